@@ -1,0 +1,1 @@
+"""pydiff's Triton kernels, one op family per module (shipped in the wheel as ``pydiff.kernels``)."""

@@ -1,0 +1,1 @@
+"""Drop-in integrations with other libraries (the only part of pydiff that imports them)."""

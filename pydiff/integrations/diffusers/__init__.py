@@ -1,0 +1,25 @@
+"""pydiff inside diffusers pipelines: a fused drop-in scheduler and fused attention processors.
+
+    from pydiff.integrations.diffusers import FusedScheduler
+    pipe.scheduler = FusedScheduler.from_scheduler(pipe.scheduler)
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "FusedScheduler": "scheduler",
+    "PydiffAttnProcessor": "attention_processors",
+    "PydiffJointAttnProcessor": "attention_processors",
+    "PydiffFluxAttnProcessor": "attention_processors",
+    "set_attention_backend": "attention_processors",
+}
+
+
+def __getattr__(name):
+    # Resolved on first use so importing the scheduler never pulls in the attention stack and vice versa.
+    if name in _EXPORTS:
+        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

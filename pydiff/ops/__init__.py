@@ -1,0 +1,6 @@
+"""pydiff's custom ops (``torch.ops.pydiff.*``) and backend dispatch over the compiled core and Triton."""
+
+from .backend import BACKENDS, REGISTRY, current_backend, use_backend
+from .linear import add_noise, lincomb
+
+__all__ = ["BACKENDS", "REGISTRY", "add_noise", "current_backend", "lincomb", "use_backend"]

@@ -1,0 +1,87 @@
+"""Backend selection: the backend follows the tensor's device and can be forced.
+
+Backends: ``torch`` (the pure-torch reference), ``cpp`` (compiled C++/OpenMP, CPU tensors), ``cuda`` (compiled
+CUDA C++, CUDA tensors), ``triton`` (Triton kernels: compiled on CUDA tensors, run by the Triton interpreter on
+CPU tensors). ``auto`` picks per device: CPU -> cpp, CUDA -> the op's fastest measured GPU backend.
+Force one with ``pydiff.use_backend("triton")`` or the ``PYDIFF_BACKEND`` environment variable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from typing import Callable, Dict, Iterator, Sequence
+
+import torch
+
+BACKENDS = ("auto", "torch", "cpp", "cuda", "triton")
+
+#: every op's backend table by op name (``pydiff::lincomb`` ...), filled as op modules are imported
+REGISTRY: Dict[str, "OpBackends"] = {}
+
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("pydiff_backend", default=None)
+
+
+def _check_name(name: str, source: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{source} must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def current_backend() -> str:
+    """The backend in force: ``use_backend`` first, then ``PYDIFF_BACKEND``, else ``auto``."""
+    forced = _forced.get()
+    if forced is not None:
+        return forced
+    return _check_name(os.environ.get("PYDIFF_BACKEND", "auto") or "auto", "PYDIFF_BACKEND")
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[str]:
+    """Force ``name`` for every pydiff op called inside the block (per thread / task)."""
+    token = _forced.set(_check_name(name, "use_backend(name)"))
+    try:
+        yield name
+    finally:
+        _forced.reset(token)
+
+
+class OpBackends:
+    """The implementations of one op, keyed by backend name, with the order ``auto`` tries on each device."""
+
+    def __init__(self, op: str, gpu_order: Sequence[str] = ("cuda", "triton", "torch")):
+        self.op = op
+        self.gpu_order = tuple(gpu_order)
+        self.impls: Dict[str, Callable] = {}
+        self.usable: Dict[str, Callable[[torch.device], str | None]] = {}
+        REGISTRY[op] = self
+
+    def register(self, backend: str, usable: Callable[[torch.device], str | None]):
+        """Decorator: register ``fn`` for ``backend``; ``usable(device)`` returns None or why it cannot run."""
+        _check_name(backend, "backend")
+
+        def wrap(fn):
+            self.impls[backend] = fn
+            self.usable[backend] = usable
+            return fn
+
+        return wrap
+
+    def why_not(self, backend: str, device: torch.device) -> str | None:
+        if backend not in self.impls:
+            return f"{self.op} has no {backend!r} implementation"
+        return self.usable[backend](device)
+
+    def select(self, device: torch.device) -> tuple[str, Callable]:
+        backend = current_backend()
+        if backend == "auto":
+            order = ("cpp", "torch") if device.type == "cpu" else self.gpu_order
+            for name in order:
+                if self.why_not(name, device) is None:
+                    return name, self.impls[name]
+            raise RuntimeError(f"{self.op}: no usable backend for device {device}")
+        reason = self.why_not(backend, device)
+        if reason is not None:
+            raise RuntimeError(f"{self.op}: backend {backend!r} cannot run on {device}: {reason}")
+        return backend, self.impls[backend]
