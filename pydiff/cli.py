@@ -35,7 +35,17 @@ SUBCOMMANDS = {
 }
 
 
+def _ensure_benchmarks_importable() -> None:
+    """``benchmarks/`` lives beside the package in a source checkout (it is not part of the wheel)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if (root / "benchmarks" / "report.py").exists() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+
+
 def build_parser() -> argparse.ArgumentParser:
+    _ensure_benchmarks_importable()
     parser = argparse.ArgumentParser(prog="pydiff", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help=SUBCOMMANDS["info"][0])

@@ -1,0 +1,118 @@
+"""``pydiff bench``: run the suites, then write results.json, report.md and the plots into one folder."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pkgutil
+import sys
+import traceback
+from pathlib import Path
+from typing import Dict, List
+
+import benchmarks
+from benchmarks.common import machine
+
+
+def discover() -> List:
+    """Every ``benchmarks/bench_<area>.py`` that defines ``run``, in report order."""
+    suites = []
+    for info in pkgutil.iter_modules(benchmarks.__path__):
+        if info.name.startswith("bench_"):
+            module = importlib.import_module(f"benchmarks.{info.name}")
+            if hasattr(module, "run"):
+                suites.append(module)
+    return sorted(suites, key=lambda m: (getattr(m, "ORDER", 100), m.__name__))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--suite", choices=("quick", "full"), default="quick",
+                        help="quick: minutes on a 2-core CPU; full: every production shape")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", default="bench-out", help="folder for results.json, report.md and plots")
+    parser.add_argument("--only", nargs="*", default=None, metavar="AREA",
+                        help="run only these areas (module names without bench_)")
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("pydiff bench: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    suites = discover()
+    if args.only:
+        known = {m.__name__.split(".bench_")[-1] for m in suites}
+        unknown = set(args.only) - known
+        if unknown:
+            print(f"pydiff bench: unknown area(s) {sorted(unknown)}; known: {sorted(known)}", file=sys.stderr)
+            return 2
+        suites = [m for m in suites if m.__name__.split(".bench_")[-1] in args.only]
+    quick = args.suite == "quick"
+    results: Dict[str, object] = {"machine": machine(), "suite": args.suite, "device": args.device, "areas": {}}
+    failures = []
+    bar = tqdm(suites, desc="pydiff bench", unit="area")
+    for module in bar:
+        area = module.__name__.split(".bench_")[-1]
+        bar.set_postfix_str(area)
+        try:
+            rows = module.run(quick=quick, device=args.device, progress=True)
+            results["areas"][area] = {"title": module.TITLE, "rows": rows}
+        except Exception as exc:  # noqa: BLE001 - one broken area must not lose the others
+            failures.append(area)
+            results["areas"][area] = {"title": getattr(module, "TITLE", area), "rows": [],
+                                      "error": f"{type(exc).__name__}: {exc}"}
+            traceback.print_exc()
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    report = write_report(results, suites, out)
+    print(report_summary(results))
+    print(f"\nwrote {out / 'results.json'}, {report} and {len(list(out.glob('*.png')))} plot(s)")
+    if failures:
+        print(f"pydiff bench: area(s) failed: {', '.join(failures)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_report(results: Dict[str, object], suites, out: Path) -> Path:
+    """report.md: the machine, then one section per area (its tables and plots)."""
+    m = results["machine"]
+    lines = [f"# pydiff benchmark report — {results['suite']} suite on {results['device']}", "",
+             "Every figure is ours beside a peer measured in the same run; speedup = peer median / our median.",
+             "Times are median (min–max) over repeated calls after warm-up.", "",
+             "| machine | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in m.items()]
+    by_area = {m_.__name__.split(".bench_")[-1]: m_ for m_ in suites}
+    for area, data in results["areas"].items():
+        lines += ["", f"## {data['title']}", ""]
+        if "error" in data:
+            lines.append(f"**This area failed:** `{data['error']}`")
+            continue
+        module = by_area[area]
+        lines.append(module.section(data["rows"]))
+        if hasattr(module, "plots"):
+            for png in module.plots(data["rows"], out):
+                lines += ["", f"![{png.stem}]({png.name})"]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def report_summary(results: Dict[str, object]) -> str:
+    """The short table printed last: per area, the figures with a speedup."""
+    lines = ["", f"{'area':<12} {'case':<38} {'shape':<18} {'vs':<22} {'speedup':>8}"]
+    for area, data in results["areas"].items():
+        for r in data["rows"]:
+            if "speedup" in r:
+                lines.append(f"{area:<12} {str(r['name'])[:38]:<38} {str(r['shape'])[:18]:<18} "
+                             f"{str(r['peer'])[:22]:<22} {r['speedup']:>7.2f}x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__)
+    add_arguments(parser)
+    raise SystemExit(main(parser.parse_args()))
