@@ -1,0 +1,279 @@
+"""``pydiff.sample``: the sampling loop -- one batched model call and one fused lincomb per stage, no host sync."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import torch
+
+from ..ops.linear import SUPPORTED_DTYPES
+from .kernel import StepKernel
+from .grid import Grid
+from .plan import Plan
+from .solvers import SAMPLERS, Sampler
+from .sources import grid_for
+
+NoiseSampler = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+class _DefaultSteps(int):
+    """The default step count, told apart from an explicit 20 so a `Grid` schedule can fix its own count."""
+
+
+DEFAULT_STEPS = _DefaultSteps(20)
+
+
+def resolve_sampler(sampler) -> Sampler:
+    """A `Sampler` from a registry name or an instance."""
+    if isinstance(sampler, Sampler):
+        return sampler
+    if isinstance(sampler, str):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {sorted(SAMPLERS)} or a Sampler instance, got {sampler!r}")
+        return SAMPLERS[sampler]()
+    raise TypeError(f"sampler must be a name or a pydiff.samplers.Sampler, got {type(sampler).__name__}")
+
+
+def _check_guidance(guidance_scale, cond, uncond) -> Optional[float]:
+    """The guidance scale in force, or None when the model is called once per step without guidance."""
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or \
+            not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    for name, value in (("cond", cond), ("uncond", uncond)):
+        if value is not None and not isinstance(value, Mapping):
+            raise TypeError(f"{name} must be a dict of model keyword arguments, got {type(value).__name__}")
+    if uncond is None:
+        if guidance_scale != 1.0:
+            raise ValueError(f"guidance_scale={guidance_scale} needs uncond (the unconditional model kwargs)")
+        return None
+    if guidance_scale == 1.0:
+        return None
+    if set(cond or {}) != set(uncond):
+        raise ValueError(f"cond and uncond must have the same keys, got {sorted(cond or {})} and {sorted(uncond)}")
+    return float(guidance_scale)
+
+
+def _batched_cond(cond, uncond, batch: int, guided: bool) -> Dict[str, Any]:
+    """Model kwargs for one call: cond alone, or cond then uncond concatenated along the batch (built once)."""
+    cond = dict(cond or {})
+    if not guided:
+        return cond
+    merged = {}
+    for key, c in cond.items():
+        u = uncond[key]
+        if isinstance(c, torch.Tensor) and isinstance(u, torch.Tensor):
+            if c.shape[1:] != u.shape[1:] or c.shape[0] != u.shape[0]:
+                raise ValueError(f"cond[{key!r}] is {tuple(c.shape)} but uncond[{key!r}] is {tuple(u.shape)}")
+            merged[key] = torch.cat([c, u])
+        elif isinstance(c, torch.Tensor) or isinstance(u, torch.Tensor) or c != u:
+            raise ValueError(f"cond[{key!r}] and uncond[{key!r}] must both be tensors (concatenated along the "
+                             "batch) or equal non-tensor values")
+        else:
+            merged[key] = c
+    return merged
+
+
+def _check_noise(noise) -> None:
+    if not isinstance(noise, torch.Tensor):
+        raise TypeError(f"noise must be a tensor, got {type(noise).__name__}")
+    if noise.dim() < 1 or noise.shape[0] < 1:
+        raise ValueError(f"noise must have a non-empty batch dimension, got shape {tuple(noise.shape)}")
+    if noise.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"noise has dtype {noise.dtype}; expected one of {SUPPORTED_DTYPES}")
+
+
+def check_model_output(out, x: torch.Tensor, batch: int, step: int) -> None:
+    """Shape/dtype/device of a model output against the sample (metadata only: no sync)."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the model must return a tensor, got {type(out).__name__} at stage {step}")
+    expected = (batch,) + tuple(x.shape[1:])
+    if tuple(out.shape) != expected or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"model output at stage {step} is {tuple(out.shape)} {out.dtype} on {out.device}; expected "
+                         f"{expected} {x.dtype} on {x.device} like the sample")
+
+
+def check_finite_output(out: torch.Tensor, step: int) -> None:
+    """Raise on NaN/inf in a model output. Reads a flag back to the host: a sync by nature, so opt-in."""
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"the model output at stage {step} contains NaN or inf")
+
+
+def draw_noise(like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Standard-normal noise shaped like ``like``, drawn the way diffusers' randn_tensor draws it."""
+    if generator is not None and generator.device.type != like.device.type:
+        return torch.randn(like.shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+_DEVICE_PLANS: "OrderedDict[tuple, Plan]" = OrderedDict()
+_DEVICE_PLANS_LOCK = threading.Lock()
+
+
+def plan_on(plan: Plan, device: torch.device) -> Plan:
+    """The plan's tables on ``device`` (copied once per plan and device, then reused)."""
+    if device.type == "cpu":
+        return plan
+    key = (id(plan), str(device))
+    with _DEVICE_PLANS_LOCK:
+        hit = _DEVICE_PLANS.get(key)
+        if hit is not None and hit[0] is plan:
+            return hit[1]
+    moved = plan.to(device)
+    with _DEVICE_PLANS_LOCK:
+        _DEVICE_PLANS[key] = (plan, moved)
+        while len(_DEVICE_PLANS) > 64:
+            _DEVICE_PLANS.popitem(last=False)
+    return moved
+
+
+def run_plan(model, x: torch.Tensor, plan: Plan, kwargs: Dict[str, Any], guided: bool, generator,
+             noise_sampler: Optional[NoiseSampler], check_finite: bool = False, progress=None, *, start: int = 0,
+             history: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
+    """The loop proper: every stage reads device views only (table rows, timesteps), so it can be graph-captured.
+
+    x: the state the plan starts from (model space for a model-space plan); start, history: resume at stage
+    ``start`` with the solver history slots given (e.g. exact starting values of a multistep method).
+    """
+    batch = x.shape[0]
+    calls = 2 * batch if guided else batch
+    # float32 model timesteps like diffusers'; float64 runs keep them exact (solver-order studies)
+    timesteps = plan.timesteps.to(device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    slots: Dict[str, torch.Tensor] = {**dict(history or {}), "x": x}
+    kernel = StepKernel(x.device)
+    for i in range(start, len(plan)):
+        state = slots["x"]
+        t = timesteps[i].expand(calls)
+        out = model(torch.cat([state, state]) if guided else state, t, **kwargs)
+        check_model_output(out, state, calls, i)
+        if check_finite:
+            check_finite_output(out, i)
+        if guided:
+            slots["cond"], slots["uncond"] = out[:batch], out[batch:]
+        else:
+            slots["cond"] = out
+        if plan.draw_noise[i]:
+            if noise_sampler is None:
+                slots["noise"] = draw_noise(state, generator)
+            else:
+                slots["noise"] = noise = noise_sampler(i, state)
+                if not isinstance(noise, torch.Tensor) or noise.shape != state.shape or \
+                        noise.dtype != state.dtype or noise.device != state.device:
+                    raise ValueError(f"noise_sampler must return a tensor like the sample ({tuple(state.shape)} "
+                                     f"{state.dtype} on {state.device}), got {getattr(noise, 'shape', noise)!r}")
+        wiring = plan.wirings[plan.kind[i]]
+        outs = kernel([slots[name] for name in wiring.inputs], plan.stage_coefs(i), plan.clamp)
+        carried = {dst: slots[src] for dst, src in plan.carry[i].items() if src in slots}
+        slots.update(carried)
+        slots.update(zip(wiring.outputs, outs))
+        if progress is not None:
+            progress.update(1)
+    return slots["x"]
+
+
+class _GraphRunner:
+    """A captured CUDA graph of the whole loop (model + fused steps) with static input buffers."""
+
+    def __init__(self, model, noise, plan, kwargs, guided, generator, noise_sampler):
+        self._keep = (model, plan, generator, noise_sampler)  # the cache key holds their ids: keep them alive
+        self.noise = noise.clone()
+        self.kwargs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        side = torch.cuda.Stream(device=noise.device)
+        side.wait_stream(torch.cuda.current_stream(noise.device))
+        with torch.cuda.stream(side):
+            # warm-up outside the capture: compiles kernels, initialises libraries, fills the allocator
+            run_plan(model, self.noise * plan.init_scale, plan, self.kwargs, guided, generator, noise_sampler)
+        torch.cuda.current_stream(noise.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        if generator is not None:
+            if not hasattr(self.graph, "register_generator_state"):
+                raise RuntimeError("this torch cannot capture a custom generator in a CUDA graph; pass generator=None")
+            self.graph.register_generator_state(generator)
+        with torch.cuda.graph(self.graph):
+            self.out = run_plan(model, self.noise * plan.init_scale, plan, self.kwargs, guided, generator,
+                                noise_sampler)
+
+    def __call__(self, noise, kwargs) -> torch.Tensor:
+        self.noise.copy_(noise)
+        for k, v in kwargs.items():
+            if isinstance(v, torch.Tensor):
+                self.kwargs[k].copy_(v)
+        self.graph.replay()
+        return self.out.clone()
+
+
+_GRAPHS: "OrderedDict[tuple, _GraphRunner]" = OrderedDict()
+_GRAPHS_LOCK = threading.Lock()
+
+
+def _graph_key(model, noise, plan, kwargs, guided, generator, noise_sampler) -> tuple:
+    sig = tuple(sorted((k, (tuple(v.shape), v.dtype, str(v.device)) if isinstance(v, torch.Tensor) else repr(v))
+                       for k, v in kwargs.items()))
+    return (id(model), id(plan), tuple(noise.shape), noise.dtype, str(noise.device), sig, guided,
+            id(generator), id(noise_sampler))
+
+
+def sample(model: Callable[..., torch.Tensor], noise: torch.Tensor, sampler="dpmpp_2m",
+           steps: Optional[int] = DEFAULT_STEPS,
+           schedule=None, guidance_scale: float = 1.0, cond: Optional[Mapping[str, Any]] = None,
+           uncond: Optional[Mapping[str, Any]] = None, generator: Optional[torch.Generator] = None,
+           progress: bool = False, cuda_graph: bool = False, *, noise_sampler: Optional[NoiseSampler] = None,
+           check_finite: bool = False, mu: Optional[float] = None) -> torch.Tensor:
+    """Sample from ``model(x, t, **cond)`` starting at standard-normal ``noise`` (B, ...); returns x0 (B, ...).
+
+    sampler: a name in ``SAMPLERS`` or a `Sampler` instance (options such as DDIM's eta live there).
+    schedule: a `pydiff.schedules.Schedule`, a diffusers-style config dict, a diffusers scheduler, or a `Grid`
+    (which fixes the step count: ``steps`` may be left out); None uses ``model.scheduler_config``.
+    guidance_scale, cond, uncond: classifier-free guidance -- with uncond given and a scale != 1 the model is called
+    once per stage on cond and uncond concatenated along the batch.
+    generator: the random stream of stochastic samplers (drawn like diffusers, so a seed reproduces its runs);
+    noise_sampler(i, x) -> noise overrides it. progress: a tqdm bar. cuda_graph: capture the loop (model + steps)
+    into a CUDA graph on first use and replay it (the graph is cached per model, shapes and settings).
+    check_finite: raise on NaN/inf in a model output -- a host sync per stage by nature, so off by default.
+    mu: the dynamic-shift parameter of flow schedules (Flux).
+    """
+    _check_noise(noise)
+    sampler = resolve_sampler(sampler)
+    if isinstance(schedule, Grid) and steps is DEFAULT_STEPS:
+        steps = None
+    grid = grid_for(schedule if schedule is not None else getattr(model, "scheduler_config", None), steps, sampler,
+                    mu=mu)
+    guidance = _check_guidance(guidance_scale, cond, uncond)
+    if noise_sampler is not None and not callable(noise_sampler):
+        raise TypeError("noise_sampler must be a callable (step index, sample) -> noise")
+    if cuda_graph and noise.device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs CUDA tensors, got noise on {noise.device}")
+    if cuda_graph and check_finite:
+        raise ValueError("check_finite reads values back to the host and cannot run inside a CUDA graph")
+    if cuda_graph and generator is not None and generator.device.type != "cuda":
+        raise ValueError("cuda_graph=True needs a CUDA generator (or None): CPU draws cannot be captured")
+    kwargs = _batched_cond(cond, uncond, noise.shape[0], guidance is not None)
+    plan = plan_on(sampler.plan(grid, guidance, model_space=True), noise.device)
+    with torch.no_grad():
+        if cuda_graph:
+            key = _graph_key(model, noise, plan, kwargs, guidance is not None, generator, noise_sampler)
+            with _GRAPHS_LOCK:
+                runner = _GRAPHS.get(key)
+            if runner is None:
+                runner = _GraphRunner(model, noise, plan, kwargs, guidance is not None, generator, noise_sampler)
+                with _GRAPHS_LOCK:
+                    _GRAPHS[key] = runner
+                    while len(_GRAPHS) > 8:
+                        _GRAPHS.popitem(last=False)
+            return runner(noise, kwargs)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(plan), desc=f"pydiff {sampler.name}")
+        try:
+            return run_plan(model, noise * plan.init_scale, plan, kwargs, guidance is not None, generator,
+                            noise_sampler, check_finite, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+__all__ = ["DEFAULT_STEPS", "check_model_output", "draw_noise", "resolve_sampler", "run_plan", "sample"]
