@@ -1,7 +1,7 @@
 """Per-step time of pydiff's fused sampler step against diffusers' ``scheduler.step``, measured in one process.
 
     pytest benchmarks/bench_steps.py --benchmark-only          # pytest-benchmark
-    python benchmarks/bench_steps.py [--full] [--device cuda]  # the table the report writer gets from run()
+    python -m benchmarks.bench_steps [--full] [--device cuda]  # the table the report writer gets from run()
 
 Each case is one steady-state step (step 10 of 20, history filled) on latents 1x4x64x64, 4x4x128x128 and
 1x16x128x128. Peers, in the same run: diffusers' ``scheduler.step`` (given the guided model output, as pipelines
@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import statistics
-import time
-from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable, Dict, List
 
 import torch
+
+from benchmarks.bench_ceilings import ceilings
+from benchmarks.common import comparison_table, measure
+
+TITLE = "Fused sampler steps vs diffusers scheduler.step"
+ORDER = 10
 
 SHAPES = [(1, 4, 64, 64), (4, 4, 128, 128), (1, 16, 128, 128)]
 STEPS, STEP_INDEX = 20, 10
@@ -40,30 +43,9 @@ CASES = {
 QUICK_CASES = ("dpmpp_2m", "unipc", "euler_ancestral")
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def time_ms(fn: Callable[[], object], device: str, reps: int, warmup: int = 3) -> Dict[str, float]:
-    """min / median / max milliseconds per call (CUDA events on GPU, perf_counter on CPU)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    samples = []
-    for _ in range(reps):
-        if device.startswith("cuda"):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return {"min": min(samples), "median": statistics.median(samples), "max": max(samples)}
+    """min / median / max milliseconds per call, by the timer every suite shares."""
+    return measure(fn, device=device, warmup=warmup, min_repeat=reps, max_repeat=reps, min_time=0.0).ms()
 
 
 def torch_step(inputs: List[torch.Tensor], coefs: torch.Tensor, clamp: float) -> List[torch.Tensor]:
@@ -191,13 +173,13 @@ def _row(area, case: StepCase, ours, peer, peer_ms, guided=False) -> dict:
     gbps = case.bytes_touched(guided) / (ours["median"] * 1e-3) / 1e9
     return {
         "area": area, "name": case.name, "shape": "x".join(map(str, case.shape)), "device": case.device,
-        "ours_ms": ours, "peer": peer, "peer_ms": peer_ms, "ratio": peer_ms["median"] / ours["median"],
+        "ours_ms": ours, "peer": peer, "peer_ms": peer_ms, "speedup": peer_ms["median"] / ours["median"],
         "ours_gbps": gbps, "tensors_touched": case.n_tensors(guided),
     }
 
 
-def run(quick: bool = True, device: str = "cpu") -> List[dict]:
-    """Rows {area, name, shape, ours_ms, peer, peer_ms, ratio, ours_gbps, ...}; ms as {min, median, max}.
+def run(quick: bool = True, device: str = "cpu", progress: bool = False) -> List[dict]:
+    """Rows {area, name, shape, ours_ms, peer, peer_ms, speedup, ours_gbps, ...}; ms as {min, median, max}.
 
     quick: three samplers, fewer repetitions, no torch.compile (tens of seconds on CPU); otherwise every sampler
     and the compiled peer (compiles once per case).
@@ -227,26 +209,83 @@ def run(quick: bool = True, device: str = "cpu") -> List[dict]:
                              time_ms(case.diffusers(guided=True), device, reps), guided=True))
             rows.append(_row("drop-in", case, time_ms(case.fused_scheduler(), device, reps),
                              "diffusers scheduler.step", time_ms(case.diffusers(), device, reps)))
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
-    if device.startswith("cuda"):
-        meta["gpu"] = torch.cuda.get_device_name()
+    copy_gbps = ceilings(device, quick)["copy_GBps"]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     for row in rows:
-        row.update(meta)
+        row["load_average"] = load
+        if "ours_gbps" in row:
+            row["fraction_of_copy"] = row["ours_gbps"] / copy_gbps
     return rows
+
+
+def section(rows: List[dict]) -> str:
+    """Tables per area (step, step+cfg, drop-in); GB/s of our step beside the measured copy bandwidth."""
+    out = ["Steady-state step 10 of 20 with its history filled. `fraction_of_copy` = our GB/s over the measured "
+           "device copy bandwidth (see Ceilings): how close the one-pass step runs to the memory ceiling (above 1 when the latents fit in cache). "
+           f"CPU figures are noisy on a loaded 2-core machine (load average {rows[0].get('load_average', 0):.1f} "
+           "when measured)." if rows else "no rows"]
+    for area, text in (("step", "Our step vs each peer"),
+                       ("step+cfg", "With classifier-free guidance: our step (combine folded in) vs combine + step"),
+                       ("drop-in", "FusedScheduler.step (diffusers' API, our kernel) vs the scheduler it replaces")):
+        sub = [r for r in rows if r["area"] == area and "skipped" not in r]
+        if sub:
+            out += ["", f"**{text}**", "", comparison_table(sub, ["ours_gbps", "fraction_of_copy",
+                                                                  "tensors_touched"])]
+    skipped = [r for r in rows if "skipped" in r]
+    out += [f"\nSkipped peer {r['peer']} for {r['name']} {r['shape']}: {r['skipped']}" for r in skipped]
+    return "\n".join(out)
+
+
+def plots(rows: List[dict], out_dir: Path) -> List[Path]:
+    """Per-step time vs latent size, ours and diffusers, one line per sampler (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sub = [r for r in rows if r["area"] == "step" and r.get("peer") == "diffusers scheduler.step"]
+    if not sub:
+        return []
+    shapes = list(dict.fromkeys(r["shape"] for r in sub))  # in run order: SHAPES, growing
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, name in enumerate(dict.fromkeys(r["name"] for r in sub)):
+        rs = {r["shape"]: r for r in sub if r["name"] == name}
+        xs = [j for j, shape in enumerate(shapes) if shape in rs]
+        color = f"C{i}"
+        ax.plot(xs, [rs[shapes[j]]["ours_ms"]["median"] for j in xs], "o-", color=color, label=f"pydiff {name}")
+        ax.plot(xs, [rs[shapes[j]]["peer_ms"]["median"] for j in xs], "s--", color=color, alpha=0.6,
+                label=f"diffusers {name}")
+    ax.set_xticks(range(len(shapes)), [f"{s}\n({_numel(s) * 4 / 2**20:.2g} MB fp32)" for s in shapes])
+    ax.set_yscale("log")
+    ax.set_xlabel("latent shape")
+    ax.set_ylabel("time per step (ms, median)")
+    ax.set_title(f"Sampler step time vs latent size ({sub[0]['device']})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = out_dir / "step_time_vs_latent_size.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def _numel(shape: str) -> int:
+    n = 1
+    for d in shape.split("x"):
+        n *= int(d)
+    return n
 
 
 def format_rows(rows: List[dict]) -> str:
     lines = [f"{'area':9s} {'sampler':16s} {'shape':13s} {'ours ms':>9s} {'GB/s':>6s}  {'peer':44s} {'peer ms':>9s} "
-             f"{'ratio':>6s}"]
+             f"{'speedup':>7s}"]
     for r in rows:
         if "skipped" in r:
             lines.append(f"{r['area']:9s} {r['name']:16s} {r['shape']:13s} {'':>9s} {'':>6s}  {r['peer']:44s} "
                          f"skipped: {r['skipped'][:40]}")
             continue
         lines.append(f"{r['area']:9s} {r['name']:16s} {r['shape']:13s} {r['ours_ms']['median']:9.3f} "
-                     f"{r['ours_gbps']:6.1f}  {r['peer']:44s} {r['peer_ms']['median']:9.3f} {r['ratio']:6.1f}")
+                     f"{r['ours_gbps']:6.1f}  {r['peer']:44s} {r['peer_ms']['median']:9.3f} {r['speedup']:7.1f}")
     return "\n".join(lines)
 
 

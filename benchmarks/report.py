@@ -103,12 +103,13 @@ def write_report(results: Dict[str, object], suites, out: Path) -> Path:
 
 def report_summary(results: Dict[str, object]) -> str:
     """The short table printed last: per area, the figures with a speedup."""
-    lines = ["", f"{'area':<12} {'case':<38} {'shape':<18} {'vs':<22} {'speedup':>8}"]
+    lines = ["", f"{'area':<18} {'case':<36} {'shape':<14} {'vs':<36} {'speedup':>8}"]
     for area, data in results["areas"].items():
         for r in data["rows"]:
             if "speedup" in r:
-                lines.append(f"{area:<12} {str(r['name'])[:38]:<38} {str(r['shape'])[:18]:<18} "
-                             f"{str(r['peer'])[:22]:<22} {r['speedup']:>7.2f}x")
+                label = r["area"] if r.get("area") and r["area"] != area else area
+                lines.append(f"{label[:18]:<18} {str(r['name'])[:36]:<36} {str(r['shape'])[:14]:<14} "
+                             f"{str(r['peer'])[:36]:<36} {r['speedup']:>7.2f}x")
     return "\n".join(lines)
 
 
