@@ -13,9 +13,13 @@ __version__ = "0.1.0"
 from .ops import add_noise, current_backend, use_backend  # noqa: E402
 from .runtime import info  # noqa: E402
 
+# Imported eagerly so that ``pydiff.attention`` is the function: the first import of a submodule binds its name
+# on the package, and the from-import below rebinds it to the function (``from pydiff.attention import ...``
+# still reaches the module through sys.modules).
+from .attention import attention  # noqa: E402
+
 # Heavier parts load on first use, so `import pydiff` stays fast and layer order stays one-way.
 _LAZY = {
-    "attention": ("pydiff.attention", "attention"),
     "sample": ("pydiff.samplers", "sample"),
     "schedules": ("pydiff.schedules", None),
     "samplers": ("pydiff.samplers", None),

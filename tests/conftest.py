@@ -18,6 +18,14 @@ def _has_cuda() -> bool:
 
 if not _has_cuda():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # The interpreter's dots are numpy matmuls on tiny blocks: BLAS thread spin-up costs more than the math
+    # (about 100x slower on a loaded 2-core machine), so keep BLAS single-threaded in the test process.
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+    except ImportError:
+        pass
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -1,0 +1,295 @@
+"""Attention: ``pydiff.attention`` (the fused Triton kernel) against PyTorch SDPA, one row per SDPA backend
+available (flash, efficient, cuDNN), at production shapes (Flux, SD3, SDXL self/cross, SD1.5's head dim 40,
+16k-token video), and each fused variant against the stock op sequence it replaces (concatenate + SDPA + split,
+masked SDPA, two SDPA calls, norm + RoPE + SDPA, a loop over segments). Throughput in TFLOP/s (4 B H Nq Nk D per
+attention) beside the bf16 matmul ceiling measured in the same run.
+
+On a CPU the suite still runs, on tiny shapes, with "ours" being the torch backend (the reference: SDPA plus the
+variant math) — a smoke test of the suite, not a performance claim.
+
+    python benchmarks/bench_attention.py [--device cuda] [--quick]      # prints the table last
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable for ``benchmarks.*``
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks.common import comparison_row, comparison_table, measure  # noqa: E402
+
+TITLE = "Attention: fused kernel vs SDPA backends and the stock op sequences"
+ORDER = 20
+
+
+@dataclass
+class Shape:
+    name: str
+    batch: int
+    heads: int
+    n_q: int
+    n_k: int
+    head_dim: int
+
+    def __str__(self):
+        return f"B{self.batch} H{self.heads} N{self.n_q}x{self.n_k} D{self.head_dim}"
+
+
+# Production shapes (batch 2 where classifier-free guidance doubles it; Flux is guidance-distilled).
+GPU_SHAPES = [
+    Shape("Flux (4096 img + 512 txt)", 1, 24, 4608, 4608, 128),
+    Shape("SD3 (4096 img + 154 txt)", 2, 24, 4250, 4250, 64),
+    Shape("SDXL self-attention", 2, 10, 4096, 4096, 64),
+    Shape("SDXL cross-attention", 2, 10, 4096, 77, 64),
+    Shape("SD1.5 self-attention (D 40)", 2, 8, 4096, 4096, 40),
+    Shape("video 16k tokens", 1, 24, 16384, 16384, 128),
+]
+GPU_QUICK = (0, 2, 3)
+CPU_SHAPES = [
+    Shape("tiny self-attention", 1, 2, 256, 256, 64),
+    Shape("tiny cross-attention", 1, 2, 256, 77, 64),
+    Shape("tiny self-attention (D 40)", 1, 2, 256, 256, 40),
+]
+
+
+def _flops(batch, heads, n_q, n_k, head_dim) -> float:
+    return 4.0 * batch * heads * n_q * n_k * head_dim
+
+
+def _sdpa_backends(device: str) -> Dict[str, Optional[object]]:
+    """name -> torch.nn.attention.SDPBackend (None: PyTorch's own choice)."""
+    if device != "cuda":
+        return {"sdpa (default)": None}
+    try:
+        from torch.nn.attention import SDPBackend
+    except ImportError:
+        return {"sdpa (default)": None}
+    names = {"sdpa flash": "FLASH_ATTENTION", "sdpa efficient": "EFFICIENT_ATTENTION", "sdpa cudnn": "CUDNN_ATTENTION"}
+    return {name: getattr(SDPBackend, attr) for name, attr in names.items() if hasattr(SDPBackend, attr)}
+
+
+def _sdpa_context(backend):
+    if backend is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import sdpa_kernel
+
+    return sdpa_kernel(backend)
+
+
+def _row(name, shape, ours, peer, peer_timing, flops, ceiling, **extra):
+    ours_tflops = flops / ours.median / 1e12
+    return comparison_row("attention", name, shape, ours, peer, peer_timing,
+                          ours_TFLOPs=ours_tflops, peer_TFLOPs=flops / peer_timing.median / 1e12,
+                          ours_of_ceiling=ours_tflops / ceiling if ceiling else None, **extra)
+
+
+def _time(fn: Callable[[], object], device: str, quick: bool):
+    return measure(fn, device=device, warmup=2, min_repeat=3 if quick else 5, min_time=0.05 if quick else 0.25)
+
+
+def _plain_rows(shape: Shape, device, dtype, quick, ceiling, ours_fn) -> List[Dict[str, object]]:
+    """Ours vs each SDPA backend on one (B, H, N, D) shape; an unavailable backend gives a note, not a crash."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(shape.batch, shape.heads, shape.n_q, shape.head_dim, device=device, dtype=dtype, generator=gen)
+    k = torch.randn(shape.batch, shape.heads, shape.n_k, shape.head_dim, device=device, dtype=dtype, generator=gen)
+    v = torch.randn_like(k)
+    flops = _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)
+    ours = _time(lambda: ours_fn(q, k, v), device, quick)
+    rows = []
+    for peer, backend in _sdpa_backends(device).items():
+        try:
+            with _sdpa_context(backend):
+                F.scaled_dot_product_attention(q, k, v)
+                peer_timing = _time(lambda: F.scaled_dot_product_attention(q, k, v), device, quick)
+        except RuntimeError as exc:  # this backend does not take these inputs (or is not built)
+            rows.append({"area": "attention", "name": shape.name, "shape": str(shape), "peer": peer,
+                         "unavailable": str(exc).splitlines()[0][:160]})
+            continue
+        rows.append(_row(shape.name, str(shape), ours, peer, peer_timing, flops, ceiling))
+    return rows
+
+
+def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, object]]:
+    """Each fused variant against the stock PyTorch op sequence it replaces."""
+    from pydiff.reference.attention import rope_reference
+
+    gpu = device == "cuda"
+    gen = torch.Generator(device=device).manual_seed(1)
+
+    def rand(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype, generator=gen)
+
+    rows = []
+
+    # 1. SD3 joint attention, (B, N, H, D) projections: cat + SDPA + split vs two streams in one pass.
+    b, h, d, n_img, n_txt = (2, 24, 64, 4096, 154) if gpu else (1, 2, 64, 192, 33)
+    img = [rand(b, n_img, h, d) for _ in range(3)]
+    txt = [rand(b, n_txt, h, d) for _ in range(3)]
+
+    def joint_stock():
+        q, k, v = (torch.cat([i, t], 1).transpose(1, 2) for i, t in zip(img, txt))
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        return out[:, :n_img], out[:, n_img:]
+
+    def joint_ours():
+        a, c = attention(*img, layout="bnhd", joint=tuple(txt))
+        return a.flatten(2), c.flatten(2)
+
+    n = n_img + n_txt
+    rows.append(_variant("joint attention (SD3)", f"B{b} H{h} N{n_img}+{n_txt} D{d}", joint_ours, joint_stock,
+                         "cat + sdpa + split", _flops(b, h, n, n, d), device, quick, ceiling))
+
+    # 2. Flux: per-stream QK RMSNorm, [text; image] join, interleaved RoPE, SDPA, split.
+    b, h, d, n_img, n_txt = (1, 24, 128, 4096, 512) if gpu else (1, 2, 64, 192, 33)
+    img = [rand(b, n_img, h, d) for _ in range(3)]
+    txt = [rand(b, n_txt, h, d) for _ in range(3)]
+    weights = [torch.rand(d, device=device) + 0.5 for _ in range(4)]
+    angles = torch.arange(n_img + n_txt, device=device)[:, None] * torch.rand(d // 2, device=device)[None, :]
+    cos, sin = angles.cos().repeat_interleave(2, 1), angles.sin().repeat_interleave(2, 1)
+
+    def flux_stock():
+        q = torch.cat([F.rms_norm(txt[0], (d,), weights[0], 1e-6), F.rms_norm(img[0], (d,), weights[2], 1e-6)], 1)
+        k = torch.cat([F.rms_norm(txt[1], (d,), weights[1], 1e-6), F.rms_norm(img[1], (d,), weights[3], 1e-6)], 1)
+        v = torch.cat([txt[2], img[2]], 1)
+        q = rope_reference(q.float().transpose(1, 2), cos, sin, True).to(dtype)
+        k = rope_reference(k.float().transpose(1, 2), cos, sin, True).to(dtype)
+        out = F.scaled_dot_product_attention(q, k, v.transpose(1, 2)).transpose(1, 2).flatten(2)
+        return out[:, :n_txt], out[:, n_txt:]
+
+    def flux_ours():
+        c, a = attention(*txt, layout="bnhd", joint=tuple(img), rope=(cos, sin), rope_interleaved=True,
+                         q_norm_weight=weights[0], k_norm_weight=weights[1], joint_q_norm_weight=weights[2],
+                         joint_k_norm_weight=weights[3])
+        return c.flatten(2), a.flatten(2)
+
+    n = n_img + n_txt
+    rows.append(_variant("joint + QK norm + RoPE (Flux)", f"B{b} H{h} N{n_txt}+{n_img} D{d}", flux_ours,
+                         flux_stock, "rms_norm + cat + rope + sdpa + split", _flops(b, h, n, n, d), device, quick,
+                         ceiling))
+
+    # 3. Key padding: text padded to 77 tokens of which a few are real.
+    b, h, d, n_q, n_k = (2, 10, 64, 4096, 77) if gpu else (2, 2, 64, 256, 77)
+    q, k, v = rand(b, h, n_q, d), rand(b, h, n_k, d), rand(b, h, n_k, d)
+    lens = torch.tensor([20, 77], device=device, dtype=torch.int32)
+    keep = (torch.arange(n_k, device=device)[None, :] < lens[:, None])[:, None, None, :]
+    rows.append(_variant("key padding (kv_lens)", f"B{b} H{h} N{n_q}x{n_k} D{d}",
+                         lambda: attention(q, k, v, kv_lens=lens),
+                         lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=keep), "sdpa with a boolean mask",
+                         _flops(b, h, n_q, n_k, d), device, quick, ceiling))
+
+    # 4. Negative-prompt attention (NASA) in cross-attention: A(q, k+, v+) - alpha A(q, k-, v-).
+    k_neg, v_neg = rand(b, h, n_k, d), rand(b, h, n_k, d)
+    rows.append(_variant("negative-prompt attention (NASA)", f"B{b} H{h} N{n_q}x{n_k}+{n_k} D{d}",
+                         lambda: attention(q, k, v, negative=(k_neg, v_neg), negative_scale=0.5),
+                         lambda: F.scaled_dot_product_attention(q, k, v)
+                         - 0.5 * F.scaled_dot_product_attention(q, k_neg, v_neg),
+                         "2 x sdpa + sub", 2 * _flops(b, h, n_q, n_k, d), device, quick, ceiling))
+
+    # 5. Variable-length segments (e.g. image groups of different sizes) packed along the tokens.
+    h, d = (24, 64) if gpu else (2, 64)
+    lengths = [1024, 3072, 2048, 2048] if gpu else [64, 96, 32, 64]
+    total = sum(lengths)
+    x = [rand(1, h, total, d) for _ in range(3)]
+    offsets = [0]
+    for length in lengths:
+        offsets.append(offsets[-1] + length)
+    cu = torch.tensor(offsets, device=device, dtype=torch.int32)
+
+    def segments_stock():
+        return torch.cat([F.scaled_dot_product_attention(*(t[:, :, s:e] for t in x))
+                          for s, e in zip(offsets, offsets[1:])], 2)
+
+    flops = sum(_flops(1, h, length, length, d) for length in lengths)
+    rows.append(_variant("packed segments (cu_seqlens)", f"H{h} segments {lengths} D{d}",
+                         lambda: attention(*x, cu_seqlens_q=cu, max_seqlen_q=max(lengths)), segments_stock,
+                         "loop of sdpa per segment", flops, device, quick, ceiling))
+    return rows
+
+
+def _variant(name, shape, ours_fn, stock_fn, peer, flops, device, quick, ceiling):
+    try:
+        ours = _time(ours_fn, device, quick)
+        stock = _time(stock_fn, device, quick)
+    except (RuntimeError, ValueError) as exc:  # e.g. out of memory on a small card: report, keep going
+        return {"area": "attention", "name": name, "shape": shape, "peer": peer, "error": str(exc)[:200]}
+    return _row(name, shape, ours, f"stock ops: {peer}", stock, flops, ceiling)
+
+
+@contextlib.contextmanager
+def _autotune(enabled: bool):
+    previous = os.environ.get("PYDIFF_ATTENTION_AUTOTUNE")
+    os.environ["PYDIFF_ATTENTION_AUTOTUNE"] = "1" if enabled else "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["PYDIFF_ATTENTION_AUTOTUNE"]
+        else:
+            os.environ["PYDIFF_ATTENTION_AUTOTUNE"] = previous
+
+
+def run(quick: bool, device: str, progress: bool = False) -> List[Dict[str, object]]:
+    """Rows: the matmul ceiling, ours vs every SDPA backend per shape, then each variant vs its stock sequence."""
+    import pydiff
+    from benchmarks.bench_ceilings import ceilings
+
+    gpu = device == "cuda"
+    if gpu and not torch.cuda.is_available():
+        raise RuntimeError("device cuda requested but torch sees no CUDA device")
+    dtype = torch.bfloat16 if gpu else torch.float32
+    measured = ceilings(device, quick)
+    ceiling_name = "bf16_matmul_TFLOPs" if gpu else "fp32_matmul_TFLOPs"
+    ceiling = measured.get(ceiling_name)
+    backend = "triton" if gpu else "torch"
+    rows: List[Dict[str, object]] = [{"area": "attention", "name": ceiling_name, "value": ceiling,
+                                      "ours_backend": backend, "autotuned": gpu and not quick,
+                                      "dtype": str(dtype).replace("torch.", "")}]
+    shapes = [GPU_SHAPES[i] for i in GPU_QUICK] if gpu and quick else (GPU_SHAPES if gpu else CPU_SHAPES)
+    with pydiff.use_backend(backend), _autotune(gpu and not quick), torch.no_grad():
+        for shape in shapes:
+            if progress:
+                print(f"  attention: {shape.name} {shape}", file=sys.stderr)
+            rows += _plain_rows(shape, device, dtype, quick, ceiling, lambda q, k, v: pydiff.attention(q, k, v))
+        if progress:
+            print("  attention: variants", file=sys.stderr)
+        rows += _variant_rows(device, dtype, quick, ceiling, pydiff.attention)
+    return rows
+
+
+def section(rows) -> str:
+    head = [r for r in rows if "value" in r]
+    lines = []
+    for r in head:
+        lines.append(f"Ceiling: {r['name']} = {r['value']:.3g} (ours = backend `{r['ours_backend']}`, dtype "
+                     f"{r['dtype']}, autotuned: {r['autotuned']}). TFLOP/s count 4 B H Nq Nk D per attention.")
+    figures = [r for r in rows if "speedup" in r]
+    lines += ["", comparison_table(figures, extra_columns=["ours_TFLOPs", "peer_TFLOPs", "ours_of_ceiling"])]
+    skipped = [r for r in rows if "unavailable" in r or "error" in r]
+    if skipped:
+        lines += ["", "Not measured:"]
+        lines += [f"- {r['name']} vs {r['peer']}: {r.get('unavailable') or r.get('error')}" for r in skipped]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes, shorter timing, no autotuning")
+    args = parser.parse_args(argv)
+    rows = run(quick=args.quick, device=args.device, progress=True)
+    print(section(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

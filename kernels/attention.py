@@ -1,0 +1,524 @@
+"""Triton flash-attention forward (FlashAttention, Dao et al. 2022, in FlashAttention-2's loop order, Dao 2023) with
+the diffusion variants fused in.
+
+One program owns BLOCK_M query rows of one (batch, head[, segment]) and streams key/value blocks through an online
+softmax kept in float32 and base 2 (``exp2``, the scale folded with log2(e)). In the same pass, selected by
+constexpr flags (so a plain call compiles to a plain flash-attention):
+
+* key padding (``kv_lens``) and packed variable-length segments (``cu_seqlens``), which also give group attention;
+* joint attention over two token streams (SD3/Flux MMDiT) read from separate tensors into separate outputs;
+* negative-prompt attention (SNOOPI's NASA): a second online softmax over negative keys on the same q tile,
+  ``out = A(q, k+, v+) - alpha A(q, k-, v-)``;
+* a prologue on q and k as they are loaded: per-head RMSNorm with weights, then RoPE from a per-token cos/sin table
+  (interleaved pairs or half-split).
+
+Head dims that are not a power of two are split into two power-of-two chunks (e.g. 80 = 64 + 16, 160 = 128 + 32)
+instead of being padded to the next power of two, so SD1.5's 40/80/160 do not pay 1.6x the matmul work.
+Strides are taken as given, so (B, H, N, D) and (B, N, H, D) tensors are read without copies.
+"""
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _round_to_bf16(x):
+    """float32 -> nearest-even bfloat16 value, kept in float32 (Triton's interpreter truncates bf16 casts)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _rope_chunk(x, base, rows, stride_n, stride_d, d, mask, fill, rstd, w_on, W, COS, SIN, pos,
+                stride_cn, stride_cd, stride_sn, stride_sd,
+                HEAD_DIM: tl.constexpr, HAS_NORM: tl.constexpr, INTERLEAVED: tl.constexpr):
+    """RoPE (RoFormer) of one head-dim chunk x (float32, already normalised): x cos + sign * x[partner] sin."""
+    if INTERLEAVED:
+        partner = d ^ 1
+        sign = tl.where((d & 1) == 0, -1.0, 1.0)
+    else:
+        first = d < HEAD_DIM // 2
+        partner = tl.where(first, d + HEAD_DIM // 2, d - HEAD_DIM // 2)
+        sign = tl.where(first, -1.0, 1.0)
+    # The partner may sit in the other head-dim chunk, so it is read again (from cache) rather than shuffled.
+    xp = tl.load(base + rows[:, None] * stride_n + partner[None, :] * stride_d, mask=mask, other=fill)
+    xp = xp.to(tl.float32)
+    if HAS_NORM:
+        wp = tl.where(w_on, tl.load(W + partner, mask=partner < HEAD_DIM, other=0.0), 1.0)
+        xp = xp * rstd[:, None] * wp[None, :]
+    c = tl.load(COS + pos[:, None] * stride_cn + d[None, :] * stride_cd, mask=mask, other=fill).to(tl.float32)
+    s = tl.load(SIN + pos[:, None] * stride_sn + d[None, :] * stride_sd, mask=mask, other=fill).to(tl.float32)
+    return x * c + (sign[None, :] * xp) * s
+
+
+@triton.jit
+def _load_qk(base, rows, stride_n, stride_d, mask_a, mask_b, fill, W, norm_on, eps, COS, SIN, pos0,
+             stride_cn, stride_cd, stride_sn, stride_sd,
+             HEAD_DIM: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr,
+             HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
+             EMULATE_BF16: tl.constexpr):
+    """A q or k tile (rows x head dim, as one or two chunks) with the fused prologue, in the input dtype:
+    RMSNorm over the head dim (Zhang & Sennrich 2019) with weights W, then RoPE, both in float32.
+
+    norm_on switches the norm off at run time (rstd = w = 1): the two query streams of joint attention share one
+    code path but may differ in having a norm.
+    """
+    d_a = tl.arange(0, BLOCK_DA)
+    d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
+    x_a = tl.load(base + rows[:, None] * stride_n + d_a[None, :] * stride_d, mask=mask_a, other=fill)
+    if SPLIT_D:
+        x_b = tl.load(base + rows[:, None] * stride_n + d_b[None, :] * stride_d, mask=mask_b, other=fill)
+    else:
+        x_b = x_a
+    if HAS_NORM or HAS_ROPE:
+        f_a = x_a.to(tl.float32)
+        f_b = x_b.to(tl.float32)
+        rstd = 1.0
+        if HAS_NORM:
+            sum_sq = tl.sum(f_a * f_a, 1)
+            if SPLIT_D:
+                sum_sq += tl.sum(f_b * f_b, 1)
+            rstd = tl.where(norm_on, tl.math.rsqrt(sum_sq / HEAD_DIM + eps), 1.0)
+            f_a = f_a * rstd[:, None] * tl.where(norm_on, tl.load(W + d_a, mask=d_a < HEAD_DIM, other=0.0),
+                                                 1.0)[None, :]
+            if SPLIT_D:
+                f_b = f_b * rstd[:, None] * tl.where(norm_on, tl.load(W + d_b, mask=d_b < HEAD_DIM, other=0.0),
+                                                     1.0)[None, :]
+        if HAS_ROPE:
+            pos = pos0 + rows
+            f_a = _rope_chunk(f_a, base, rows, stride_n, stride_d, d_a, mask_a, fill, rstd, norm_on, W, COS, SIN,
+                              pos, stride_cn, stride_cd, stride_sn, stride_sd, HEAD_DIM, HAS_NORM, INTERLEAVED)
+            if SPLIT_D:
+                f_b = _rope_chunk(f_b, base, rows, stride_n, stride_d, d_b, mask_b, fill, rstd, norm_on, W, COS,
+                                  SIN, pos, stride_cn, stride_cd, stride_sn, stride_sd, HEAD_DIM, HAS_NORM,
+                                  INTERLEAVED)
+        if EMULATE_BF16:
+            x_a = _round_to_bf16(f_a)
+            x_b = _round_to_bf16(f_b)
+        else:
+            x_a = f_a.to(x_a.dtype)
+            x_b = f_b.to(x_b.dtype)
+    return x_a, x_b
+
+
+@triton.jit
+def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
+                  stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                  KW, eps, COS, SIN, pos_shift, stride_cn, stride_cd, stride_sn, stride_sd,
+                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
+                  SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr,
+                  HAS_KNORM: tl.constexpr, HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
+                  EMULATE_BF16: tl.constexpr):
+    """One key/value block into the online softmax (FlashAttention-2 algorithm 1, base 2)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    d_a = tl.arange(0, BLOCK_DA)
+    d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
+    col_mask = (start_n + offs_n) < n_end
+    # Key lengths that are multiples of BLOCK_N with a power-of-two head dim load without any mask.
+    if MASK_N:
+        mask_a = col_mask[:, None] & (d_a < HEAD_DIM)[None, :]
+        mask_b = col_mask[:, None] & (d_b < HEAD_DIM)[None, :]
+        fill = 0.0
+    elif MASK_D:
+        mask_a = (d_a < HEAD_DIM)[None, :]
+        mask_b = (d_b < HEAD_DIM)[None, :]
+        fill = 0.0
+    else:
+        mask_a = None
+        mask_b = None
+        fill = None
+    k_blk = K + tl.cast(start_n, tl.int64) * stride_kn
+    v_blk = V + tl.cast(start_n, tl.int64) * stride_vn
+    k_a, k_b = _load_qk(k_blk, offs_n, stride_kn, stride_kd, mask_a, mask_b, fill, KW, True, eps, COS, SIN,
+                        start_n + pos_shift, stride_cn, stride_cd, stride_sn, stride_sd,
+                        HEAD_DIM, BLOCK_DA, BLOCK_DB, SPLIT_D, HAS_KNORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16)
+    if EMULATE_BF16:
+        s = tl.dot(q_a.to(tl.float32), tl.trans(k_a.to(tl.float32)))
+        if SPLIT_D:
+            s += tl.dot(q_b.to(tl.float32), tl.trans(k_b.to(tl.float32)))
+    else:
+        s = tl.dot(q_a, tl.trans(k_a))
+        if SPLIT_D:
+            s += tl.dot(q_b, tl.trans(k_b))
+    s = s * qk_scale
+    if MASK_N:
+        s = tl.where(col_mask[None, :], s, float("-inf"))
+    # Every block holds at least one valid key, so m_new is finite and no (-inf) - (-inf) can appear.
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v_a = tl.load(v_blk + offs_n[:, None] * stride_vn + d_a[None, :] * stride_vd, mask=mask_a, other=fill)
+    if EMULATE_BF16:
+        p = _round_to_bf16(p)
+        v_a = v_a.to(tl.float32)
+    else:
+        p = p.to(v_a.dtype)
+    acc_a = acc_a * alpha[:, None] + tl.dot(p, v_a)
+    if SPLIT_D:
+        v_b = tl.load(v_blk + offs_n[:, None] * stride_vn + d_b[None, :] * stride_vd, mask=mask_b, other=fill)
+        if EMULATE_BF16:
+            v_b = v_b.to(tl.float32)
+        acc_b = acc_b * alpha[:, None] + tl.dot(p, v_b)
+    return acc_a, acc_b, m_new, l_i
+
+
+@triton.jit
+def _query_block(
+    Q, O, row_start, row_end, stride_qn, stride_qd, stride_on, stride_od, q_pos_shift, QW, q_norm_on,
+    K, V, stride_kn, stride_kd, stride_vn, stride_vd, k_start, k_end, KW,
+    K2, V2, stride_k2n, stride_k2d, stride_v2n, stride_v2d, k2_end, K2W, k2_pos_shift,
+    KN, VN, stride_knn, stride_knd, stride_vnn, stride_vnd, kn_end,
+    COS, SIN, stride_cn, stride_cd, stride_sn, stride_sd,
+    qk_scale, eps, neg_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
+    BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
+    JOINT: tl.constexpr, NEG: tl.constexpr, HAS_QNORM: tl.constexpr, HAS_KNORM: tl.constexpr,
+    HAS_K2NORM: tl.constexpr, HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):
+    """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream."""
+    offs_m = tl.arange(0, BLOCK_M)
+    d_a = tl.arange(0, BLOCK_DA)
+    d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
+    row_mask = (row_start + offs_m) < row_end
+    mask_a = row_mask[:, None] & (d_a < HEAD_DIM)[None, :]
+    mask_b = row_mask[:, None] & (d_b < HEAD_DIM)[None, :]
+    q_blk = Q + tl.cast(row_start, tl.int64) * stride_qn
+    q_a, q_b = _load_qk(q_blk, offs_m, stride_qn, stride_qd, mask_a, mask_b, 0.0, QW, q_norm_on, eps, COS, SIN,
+                        row_start + q_pos_shift, stride_cn, stride_cd, stride_sn, stride_sd,
+                        HEAD_DIM, BLOCK_DA, BLOCK_DB, SPLIT_D, HAS_QNORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_M, BLOCK_DB], dtype=tl.float32)
+    for start_n in range(k_start, k_end, BLOCK_N):
+        acc_a, acc_b, m_i, l_i = _attend_block(
+            acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, k_end, stride_kn, stride_kd, stride_vn, stride_vd,
+            qk_scale, KW, eps, COS, SIN, 0, stride_cn, stride_cd, stride_sn, stride_sd,
+            HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, HAS_KNORM, HAS_ROPE, INTERLEAVED,
+            EMULATE_BF16)
+    if JOINT:
+        # The second key stream continues the same online softmax: joint attention without concatenation.
+        for start_n in range(0, k2_end, BLOCK_N):
+            acc_a, acc_b, m_i, l_i = _attend_block(
+                acc_a, acc_b, m_i, l_i, q_a, q_b, K2, V2, start_n, k2_end, stride_k2n, stride_k2d, stride_v2n,
+                stride_v2d, qk_scale, K2W, eps, COS, SIN, k2_pos_shift, stride_cn, stride_cd, stride_sn, stride_sd,
+                HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, HAS_K2NORM, HAS_ROPE,
+                INTERLEAVED, EMULATE_BF16)
+    # A row with no key to attend to (kv_lens == 0) has l == 0 and acc == 0: it is defined as zero.
+    l_i = tl.where(l_i == 0.0, 1.0, l_i)
+    out_a = acc_a / l_i[:, None]
+    out_b = acc_b / l_i[:, None]
+    if NEG:
+        # The q tile is already in registers: a second online softmax over the negative keys reuses it.
+        mn_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        ln_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        accn_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
+        accn_b = tl.zeros([BLOCK_M, BLOCK_DB], dtype=tl.float32)
+        for start_n in range(0, kn_end, BLOCK_N):
+            accn_a, accn_b, mn_i, ln_i = _attend_block(
+                accn_a, accn_b, mn_i, ln_i, q_a, q_b, KN, VN, start_n, kn_end, stride_knn, stride_knd, stride_vnn,
+                stride_vnd, qk_scale, KW, eps, COS, SIN, 0, stride_cn, stride_cd, stride_sn, stride_sd,
+                HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, HAS_KNORM, HAS_ROPE,
+                INTERLEAVED, EMULATE_BF16)
+        ln_i = tl.where(ln_i == 0.0, 1.0, ln_i)
+        out_a -= neg_scale * (accn_a / ln_i[:, None])
+        out_b -= neg_scale * (accn_b / ln_i[:, None])
+    if EMULATE_BF16:
+        out_a = _round_to_bf16(out_a)
+        out_b = _round_to_bf16(out_b)
+    o_blk = O + tl.cast(row_start, tl.int64) * stride_on
+    tl.store(o_blk + offs_m[:, None] * stride_on + d_a[None, :] * stride_od, out_a.to(O.dtype.element_ty),
+             mask=mask_a)
+    if SPLIT_D:
+        tl.store(o_blk + offs_m[:, None] * stride_on + d_b[None, :] * stride_od, out_b.to(O.dtype.element_ty),
+                 mask=mask_b)
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, O, Q2, K2, V2, O2, KN, VN,
+    COS, SIN, QW, KW, Q2W, K2W, KV_LENS, NEG_KV_LENS, CU_Q, CU_K,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    stride_q2b, stride_q2h, stride_q2n, stride_q2d,
+    stride_k2b, stride_k2h, stride_k2n, stride_k2d,
+    stride_v2b, stride_v2h, stride_v2n, stride_v2d,
+    stride_o2b, stride_o2h, stride_o2n, stride_o2d,
+    stride_knb, stride_knh, stride_knn, stride_knd,
+    stride_vnb, stride_vnh, stride_vnn, stride_vnd,
+    stride_cn, stride_cd, stride_sn, stride_sd,
+    H, KV_GROUP, Nq, Nk, Nq2, Nk2, Nneg, SEGMENTS,
+    qk_scale, eps, neg_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
+    BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
+    JOINT: tl.constexpr, NEG: tl.constexpr, VARLEN: tl.constexpr,
+    HAS_KV_LENS: tl.constexpr, HAS_NEG_KV_LENS: tl.constexpr,
+    HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
+    HAS_QNORM: tl.constexpr, HAS_KNORM: tl.constexpr, HAS_Q2NORM: tl.constexpr, HAS_K2NORM: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
+):
+    """grid = (query blocks [of both streams when JOINT], B * H, segments). See the module docstring."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    seg = tl.program_id(2)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // KV_GROUP  # grouped / multi-query attention: KV head hk serves query heads hk*G .. hk*G + G-1
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    hk64 = hk.to(tl.int64)
+    Kh = K + b64 * stride_kb + hk64 * stride_kh
+    Vh = V + b64 * stride_vb + hk64 * stride_vh
+    K2h = K2 + b64 * stride_k2b + hk64 * stride_k2h
+    V2h = V2 + b64 * stride_v2b + hk64 * stride_v2h
+    KNh = KN + b64 * stride_knb + hk64 * stride_knh
+    VNh = VN + b64 * stride_vnb + hk64 * stride_vnh
+
+    q_start = 0
+    q_end = Nq
+    k_start = 0
+    k_end = Nk
+    if VARLEN:
+        # Packed segments: this program's rows and keys are one segment of the token dimension.
+        q_start = tl.load(CU_Q + seg).to(tl.int32)
+        q_end = tl.minimum(tl.load(CU_Q + seg + 1).to(tl.int32), Nq)
+        k_start = tl.load(CU_K + seg).to(tl.int32)
+        k_end = tl.minimum(tl.load(CU_K + seg + 1).to(tl.int32), Nk)
+    k2_end = Nk2
+    if HAS_KV_LENS:
+        valid = tl.maximum(tl.load(KV_LENS + b * SEGMENTS + seg).to(tl.int32), 0)
+        if JOINT:
+            # Key padding counts keys of the joined sequence [stream 1; stream 2].
+            k2_end = tl.minimum(Nk2, tl.maximum(valid - Nk, 0))
+        k_end = tl.minimum(k_end, k_start + valid)
+    kn_end = Nneg
+    if HAS_NEG_KV_LENS:
+        kn_end = tl.minimum(Nneg, tl.maximum(tl.load(NEG_KV_LENS + b).to(tl.int32), 0))
+
+    if JOINT:
+        # Query blocks of stream 1, then of stream 2: pick the stream's tensors at run time so that one copy of
+        # the block code serves both (half the code to compile).
+        blocks_1 = tl.cdiv(Nq, BLOCK_M)
+        second = pid_m >= blocks_1
+        Qs = tl.where(second, Q2 + b64 * stride_q2b + h64 * stride_q2h, Q + b64 * stride_qb + h64 * stride_qh)
+        Os = tl.where(second, O2 + b64 * stride_o2b + h64 * stride_o2h, O + b64 * stride_ob + h64 * stride_oh)
+        row_start = tl.where(second, pid_m - blocks_1, pid_m) * BLOCK_M
+        row_end = tl.where(second, Nq2, Nq)
+        sqn = tl.where(second, stride_q2n, stride_qn)
+        sqd = tl.where(second, stride_q2d, stride_qd)
+        son = tl.where(second, stride_o2n, stride_on)
+        sod = tl.where(second, stride_o2d, stride_od)
+        q_pos_shift = tl.where(second, Nq, 0)
+        QWs = tl.where(second, Q2W, QW)
+        q_norm_on = tl.where(second, HAS_Q2NORM, HAS_QNORM)
+    else:
+        Qs = Q + b64 * stride_qb + h64 * stride_qh
+        Os = O + b64 * stride_ob + h64 * stride_oh
+        row_start = q_start + pid_m * BLOCK_M
+        row_end = q_end
+        sqn = stride_qn
+        sqd = stride_qd
+        son = stride_on
+        sod = stride_od
+        q_pos_shift = 0
+        QWs = QW
+        q_norm_on = HAS_QNORM
+    if row_start < row_end:
+        _query_block(
+            Qs, Os, row_start, row_end, sqn, sqd, son, sod, q_pos_shift, QWs, q_norm_on,
+            Kh, Vh, stride_kn, stride_kd, stride_vn, stride_vd, k_start, k_end, KW,
+            K2h, V2h, stride_k2n, stride_k2d, stride_v2n, stride_v2d, k2_end, K2W, Nk,
+            KNh, VNh, stride_knn, stride_knd, stride_vnn, stride_vnd, kn_end,
+            COS, SIN, stride_cn, stride_cd, stride_sn, stride_sd, qk_scale, eps, neg_scale,
+            HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT, NEG,
+            HAS_QNORM or HAS_Q2NORM, HAS_KNORM, HAS_K2NORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16)
+
+
+def _even_n(args) -> bool:
+    """Whether every key stream is a whole number of BLOCK_N blocks, so the key loop needs no column mask."""
+    if args["VARLEN"] or args["HAS_KV_LENS"] or args["HAS_NEG_KV_LENS"]:
+        return False
+    lengths = [args["Nk"]] + ([args["Nk2"]] if args["JOINT"] else []) + ([args["Nneg"]] if args["NEG"] else [])
+    return all(n % args["BLOCK_N"] == 0 for n in lengths)
+
+
+_attn_fwd_heuristic = triton.heuristics({"EVEN_N": _even_n})(_attn_fwd_kernel)
+
+
+# Hopper/Ampere candidates (BLOCK_M, BLOCK_N, num_warps, num_stages). Configs that do not fit a card's shared
+# memory fail to compile and the autotuner skips them; the prune below only spares compile time on large tiles.
+_GPU_CONFIGS = [
+    (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 4),
+    (64, 128, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 2),
+]
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """Keep tiles whose accumulators fit in registers: BLOCK_M x head dim (twice with a negative stream)."""
+    args = {**named_args, **kwargs}
+    d_total = args["BLOCK_DA"] + (args["BLOCK_DB"] if args["SPLIT_D"] else 0)
+    accumulators = 2 if args["NEG"] else 1
+    heavy = args["HAS_ROPE"] or args["JOINT"] or args["NEG"]
+    kept = []
+    for cfg in configs:
+        bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+        acc_regs = accumulators * bm * d_total / (cfg.num_warps * 32)
+        if acc_regs > 128 or (d_total > 128 and bn > 64) or (heavy and cfg.num_stages > 3):
+            continue
+        kept.append(cfg)
+    # Nothing fits (head dim 256 with a negative stream): a narrow tile keeps the accumulators in registers.
+    return kept or [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2)]
+
+
+_AUTOTUNE_KEY = ["Nq", "Nk", "Nq2", "Nk2", "Nneg", "HEAD_DIM", "SPLIT_D", "JOINT", "NEG", "VARLEN",
+                 "HAS_ROPE", "HAS_QNORM", "HAS_KNORM", "HAS_Q2NORM", "HAS_K2NORM"]
+_attn_fwd_autotuned = triton.autotune(
+    configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in
+             _GPU_CONFIGS],
+    key=_AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": _prune_configs},
+)(_attn_fwd_heuristic)
+
+
+def default_config(head_dim: int, heavy: bool, negative: bool = False):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) used without autotuning (PYDIFF_ATTENTION_AUTOTUNE=0)."""
+    if head_dim > 128:
+        return (32, 32, 4, 2) if negative else (64, 32, 4, 2)
+    if heavy:
+        return 128, 64, 8, 2
+    return 128, 64, 4 if head_dim <= 64 else 8, 3
+
+
+def head_dim_blocks(head_dim: int):
+    """(BLOCK_DA, BLOCK_DB, SPLIT_D): the head dim as one power of two, or two when that saves matmul work.
+
+    tl.dot needs K >= 16, so chunks are at least 16 wide: 40 -> 32 + 16, 72 -> 64 + 16, 80 -> 64 + 16,
+    96 -> 64 + 32, 160 -> 128 + 32; 100 -> 128 (a split would not be smaller).
+    """
+    padded = max(16, triton.next_power_of_2(head_dim))
+    first = max(16, 1 << (head_dim.bit_length() - 1))
+    if first >= head_dim:
+        return padded, 16, False
+    second = max(16, triton.next_power_of_2(head_dim - first))
+    if first + second < padded:
+        return first, second, True
+    return padded, 16, False
+
+
+def _dims(t, bnhd: bool):
+    """(B, H, N, D) sizes and strides of a tensor in either layout, as ints (symbolic sizes under torch.compile are
+    specialised: tile choices and the grid depend on them)."""
+    order = (0, 2, 1, 3) if bnhd else (0, 1, 2, 3)
+    return [int(t.shape[i]) for i in order], [int(t.stride(i)) for i in order]
+
+
+def interpreter_blocks(max_rows: int, max_keys: int):
+    """One large fixed tile under the Triton interpreter, where every program instance costs about a millisecond."""
+    block_m = min(128, max(16, triton.next_power_of_2(max(max_rows, 1))))
+    block_n = min(128, max(16, triton.next_power_of_2(max(max_keys, 1))))
+    return block_m, block_n
+
+
+def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, negative=None, negative_scale=1.0,
+                      kv_lens=None, negative_kv_lens=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0,
+                      rope=None, rope_interleaved=True, q_norm_weight=None, k_norm_weight=None,
+                      joint_q_norm_weight=None, joint_k_norm_weight=None, norm_eps=1e-6,
+                      block_m=None, block_n=None, num_warps=4, num_stages=2):
+    """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
+    ``torch.library.wrap_triton``). All arguments were checked by the caller.
+
+    joint: (q2, k2, v2, out2); negative: (k_neg, v_neg); rope: (cos, sin) tables (rows, D).
+    bnhd: tensors are (B, N, H, D) instead of (B, H, N, D); outputs use the same layout as inputs.
+    """
+    import torch
+
+    (batch, heads, n_q, head_dim), sq = _dims(q, bnhd)
+    (_, kv_heads, n_k, _), sk = _dims(k, bnhd)
+    _, sv = _dims(v, bnhd)
+    _, so = _dims(out, bnhd)
+    if joint is not None:
+        q2, k2, v2, out2 = joint
+        (_, _, n_q2, _), sq2 = _dims(q2, bnhd)
+        (_, _, n_k2, _), sk2 = _dims(k2, bnhd)
+        _, sv2 = _dims(v2, bnhd)
+        _, so2 = _dims(out2, bnhd)
+    else:
+        q2, k2, v2, out2 = q, k, v, out
+        n_q2 = n_k2 = 0
+        sq2 = sk2 = sv2 = so2 = [0, 0, 0, 0]
+    if negative is not None:
+        k_neg, v_neg = negative
+        (_, _, n_neg, _), skn = _dims(k_neg, bnhd)
+        _, svn = _dims(v_neg, bnhd)
+    else:
+        k_neg, v_neg = k, v
+        n_neg = 0
+        skn = svn = [0, 0, 0, 0]
+    if rope is not None:
+        cos, sin = rope
+        rope_strides = [int(cos.stride(0)), int(cos.stride(1)), int(sin.stride(0)), int(sin.stride(1))]
+    else:
+        cos = sin = q
+        rope_strides = [0, 0, 0, 0]
+    varlen = cu_seqlens_q is not None
+    segments = int(cu_seqlens_q.shape[0]) - 1 if varlen else 1
+    block_da, block_db, split_d = head_dim_blocks(head_dim)
+    mask_d = (block_da + (block_db if split_d else 0)) != head_dim
+    if batch * heads > 65535 or segments > 65535:
+        raise ValueError(f"attention grid too large: batch*heads={batch * heads} and segments={segments} must be "
+                         f"<= 65535")
+
+    def grid(meta):
+        bm = meta["BLOCK_M"]
+        if joint is not None:
+            blocks = triton.cdiv(n_q, bm) + triton.cdiv(n_q2, bm)
+        elif varlen:
+            blocks = triton.cdiv(max_seqlen_q, bm)
+        else:
+            blocks = triton.cdiv(n_q, bm)
+        return (blocks, batch * heads, segments)
+
+    dummy = q
+    # Norm weights (D values each) go in as float32: the two query streams' weights are selected at run time in
+    # the kernel, which needs one pointer type; a missing one is stood in for by the other (it is never applied).
+    q_w, k_w, q2_w, k2_w = (None if w is None else w.float() for w in (q_norm_weight, k_norm_weight,
+                                                                       joint_q_norm_weight, joint_k_norm_weight))
+    q_w_arg = q_w if q_w is not None else (q2_w if q2_w is not None else dummy)
+    q2_w_arg = q2_w if q2_w is not None else q_w_arg
+    args = [
+        q, k, v, out, q2, k2, v2, out2, k_neg, v_neg,
+        cos, sin,
+        q_w_arg,
+        k_w if k_w is not None else dummy,
+        q2_w_arg,
+        k2_w if k2_w is not None else dummy,
+        kv_lens if kv_lens is not None else dummy,
+        negative_kv_lens if negative_kv_lens is not None else dummy,
+        cu_seqlens_q if varlen else dummy,
+        (cu_seqlens_k if cu_seqlens_k is not None else cu_seqlens_q) if varlen else dummy,
+        *sq, *sk, *sv, *so, *sq2, *sk2, *sv2, *so2, *skn, *svn, *rope_strides,
+        heads, heads // kv_heads, n_q, n_k, n_q2, n_k2, n_neg, segments,
+        float(scale) * LOG2E, float(norm_eps), float(negative_scale),
+    ]
+    flags = dict(
+        HEAD_DIM=head_dim, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d, MASK_D=mask_d,
+        JOINT=joint is not None, NEG=negative is not None, VARLEN=varlen,
+        HAS_KV_LENS=kv_lens is not None, HAS_NEG_KV_LENS=negative_kv_lens is not None,
+        HAS_ROPE=rope is not None, INTERLEAVED=bool(rope_interleaved),
+        HAS_QNORM=q_norm_weight is not None, HAS_KNORM=k_norm_weight is not None,
+        HAS_Q2NORM=joint_q_norm_weight is not None, HAS_K2NORM=joint_k_norm_weight is not None,
+        # Triton's interpreter (CPU tensors) multiplies bf16 operands as raw 16-bit integers in tl.dot and
+        # truncates bf16 casts: there, bf16 values go through the dots as (exact) fp32, as a tensor core forms
+        # the products, and every rounding to bf16 is done to nearest even by hand.
+        EMULATE_BF16=q.device.type == "cpu" and q.dtype == torch.bfloat16,
+    )
+    if block_m is not None:
+        flags.update(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
+    kernel[grid](*args, **flags)

@@ -1,0 +1,454 @@
+"""``pydiff.attention``: fused, non-causal attention forward with the diffusion variants, as ``pydiff::attention``.
+
+    out = pydiff.attention(q, k, v)                          # (B, H, N, D) like F.scaled_dot_product_attention
+    out = pydiff.attention(q, k, v, layout="bnhd")           # (B, N, H, D) read in place, output (B, N, H, D)
+    img, txt = pydiff.attention(q_img, k_img, v_img, joint=(q_txt, k_txt, v_txt))   # SD3/Flux joint attention
+
+Backends: "triton" (the fused kernel of ``pydiff.kernels.attention``; compiled on CUDA, interpreted on CPU under
+TRITON_INTERPRET=1) and "torch" (``pydiff.reference.attention``: SDPA plus each variant's math). ``auto`` runs the
+kernel on CUDA tensors and the torch reference on CPU tensors.
+
+On a CUDA machine the op is a ``torch.library.triton_op`` so Inductor and export see the kernel; elsewhere it is a
+``torch.library.custom_op`` (``triton_op`` would hand fake tensors to the Triton interpreter).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from .ops import native
+from .ops.backend import OpBackends
+from .reference.attention import LAYOUTS, attention_reference
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+LENGTH_DTYPES = (torch.int32, torch.int64)
+
+backends = OpBackends("pydiff::attention", gpu_order=("triton", "torch"))
+
+
+@dataclass
+class _Call:
+    """The op's arguments, as the backends receive them."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    scale: float
+    layout: str
+    kv_lens: Optional[torch.Tensor]
+    cu_seqlens_q: Optional[torch.Tensor]
+    cu_seqlens_k: Optional[torch.Tensor]
+    max_seqlen_q: int
+    joint: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    negative: Optional[Tuple[torch.Tensor, torch.Tensor]]
+    negative_scale: float
+    negative_kv_lens: Optional[torch.Tensor]
+    rope: Optional[Tuple[torch.Tensor, torch.Tensor]]
+    rope_interleaved: bool
+    q_norm_weight: Optional[torch.Tensor]
+    k_norm_weight: Optional[torch.Tensor]
+    joint_q_norm_weight: Optional[torch.Tensor]
+    joint_k_norm_weight: Optional[torch.Tensor]
+    norm_eps: float
+
+    def bhnd(self, t: torch.Tensor) -> Tuple[int, int, int, int]:
+        """(B, H, N, D) of a q/k/v-like tensor in this call's layout."""
+        b, x, y, d = t.shape
+        return (b, y, x, d) if self.layout == "bnhd" else (b, x, y, d)
+
+
+def _describe(t) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"{tuple(t.shape)} {t.dtype} on {t.device}"
+    return type(t).__name__
+
+
+def _check_qkv_like(name: str, t, ref: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be 4-D, got {_describe(t)}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype}; expected {ref.dtype} like q")
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device}; expected {ref.device} like q")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty: {_describe(t)}; every dimension must be >= 1")
+
+
+def _check_lengths(name: str, t, device: torch.device, count: int, what: str) -> None:
+    if not isinstance(t, torch.Tensor) or t.dtype not in LENGTH_DTYPES:
+        raise TypeError(f"{name} must be an int32 or int64 tensor, got {_describe(t)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}; expected {device} like q")
+    if t.numel() != count:
+        raise ValueError(f"{name} must hold {count} lengths ({what}), got {_describe(t)}")
+
+
+def _check_weight(name: str, t, head_dim: int, device: torch.device) -> None:
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {_describe(t)}")
+    if t.shape != (head_dim,):
+        raise ValueError(f"{name} must have shape ({head_dim},) (the head dim), got {_describe(t)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}; expected {device} like q")
+
+
+def check_attention_args(call: _Call) -> None:
+    """Validate every argument before anything is allocated or launched (shared by the op and its fake)."""
+    q, k, v = call.q, call.k, call.v
+    if not isinstance(q, torch.Tensor):
+        raise TypeError(f"q must be a tensor, got {type(q).__name__}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"q has dtype {q.dtype}; expected one of {SUPPORTED_DTYPES}")
+    if call.layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {call.layout!r}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_qkv_like(name, t, q)
+    batch, heads, n_q, head_dim = call.bhnd(q)
+    kb, kv_heads, n_k, kd = call.bhnd(k)
+    vb, vh, n_v, vd = call.bhnd(v)
+    dims = "(B, N, H, D)" if call.layout == "bnhd" else "(B, H, N, D)"
+    if head_dim > MAX_HEAD_DIM:
+        raise ValueError(f"head dim D = {head_dim} is larger than the supported {MAX_HEAD_DIM}")
+    if (kb, kd) != (batch, head_dim) or (vb, vd, vh, n_v) != (batch, head_dim, kv_heads, n_k):
+        raise ValueError(f"k {_describe(k)} and v {_describe(v)} must match q {_describe(q)} in batch and head dim "
+                         f"and each other in heads and length; tensors are {dims}")
+    if heads % kv_heads != 0:
+        raise ValueError(f"q has {heads} heads, not a multiple of k/v's {kv_heads} (grouped-query attention needs "
+                         f"H_q = G * H_kv)")
+    if not math.isfinite(call.scale):
+        raise ValueError(f"scale must be finite, got {call.scale}")
+    if not (math.isfinite(call.norm_eps) and call.norm_eps >= 0):
+        raise ValueError(f"norm_eps must be finite and >= 0, got {call.norm_eps}")
+
+    segments = 1
+    if call.cu_seqlens_q is not None:
+        for name, cu in (("cu_seqlens_q", call.cu_seqlens_q), ("cu_seqlens_k", call.cu_seqlens_k)):
+            if not isinstance(cu, torch.Tensor) or cu.dtype not in LENGTH_DTYPES or cu.dim() != 1 or cu.shape[0] < 2:
+                raise TypeError(f"{name} must be a 1-D int32/int64 tensor of segment offsets (S + 1 >= 2 values), "
+                                f"got {_describe(cu)}")
+            if cu.device != q.device:
+                raise ValueError(f"{name} is on {cu.device}; expected {q.device} like q")
+        if call.cu_seqlens_k.shape != call.cu_seqlens_q.shape:
+            raise ValueError(f"cu_seqlens_k {_describe(call.cu_seqlens_k)} must have as many segments as "
+                             f"cu_seqlens_q {_describe(call.cu_seqlens_q)}")
+        if call.max_seqlen_q < 1:
+            raise ValueError(f"max_seqlen_q must be >= 1 with cu_seqlens_q, got {call.max_seqlen_q}")
+        if call.joint is not None or call.negative is not None:
+            raise ValueError("cu_seqlens_q (packed segments) cannot be combined with joint= or negative=")
+        segments = call.cu_seqlens_q.shape[0] - 1
+    if call.kv_lens is not None:
+        _check_lengths("kv_lens", call.kv_lens, q.device, batch * segments,
+                       "one per batch row" if segments == 1 else f"B x S = {batch} x {segments}, row-major")
+
+    rows_q, rows_k = n_q, n_k
+    if call.joint is not None:
+        if len(call.joint) != 3:
+            raise ValueError(f"joint must be (q2, k2, v2), got {len(call.joint)} tensors")
+        q2, k2, v2 = call.joint
+        for name, t in (("joint q", q2), ("joint k", k2), ("joint v", v2)):
+            _check_qkv_like(name, t, q)
+        b2, h2, n_q2, d2 = call.bhnd(q2)
+        kb2, kh2, n_k2, kd2 = call.bhnd(k2)
+        if (b2, h2, d2) != (batch, heads, head_dim) or (kb2, kh2, kd2) != (batch, kv_heads, head_dim) \
+                or call.bhnd(v2) != (batch, kv_heads, n_k2, head_dim):
+            raise ValueError(f"joint (q2, k2, v2) = ({_describe(q2)}, {_describe(k2)}, {_describe(v2)}) must match "
+                             f"q, k, v in batch, heads and head dim, with k2 and v2 of one length; tensors are {dims}")
+        rows_q, rows_k = n_q + n_q2, n_k + n_k2
+    for name, w in (("joint_q_norm_weight", call.joint_q_norm_weight),
+                    ("joint_k_norm_weight", call.joint_k_norm_weight)):
+        if w is not None and call.joint is None:
+            raise ValueError(f"{name} is given but joint= is not")
+    if call.negative is not None:
+        if len(call.negative) != 2:
+            raise ValueError(f"negative must be (k_neg, v_neg), got {len(call.negative)} tensors")
+        k_neg, v_neg = call.negative
+        for name, t in (("negative k", k_neg), ("negative v", v_neg)):
+            _check_qkv_like(name, t, q)
+        nb, nh, n_neg, nd = call.bhnd(k_neg)
+        if (nb, nh, nd) != (batch, kv_heads, head_dim) or call.bhnd(v_neg) != (batch, kv_heads, n_neg, head_dim):
+            raise ValueError(f"negative (k_neg, v_neg) = ({_describe(k_neg)}, {_describe(v_neg)}) must match k in "
+                             f"batch, heads and head dim, and each other in length; tensors are {dims}")
+        if not math.isfinite(call.negative_scale):
+            raise ValueError(f"negative_scale must be finite, got {call.negative_scale}")
+        rows_k = max(rows_k, n_neg)
+        if call.negative_kv_lens is not None:
+            _check_lengths("negative_kv_lens", call.negative_kv_lens, q.device, batch, "one per batch row")
+    elif call.negative_kv_lens is not None:
+        raise ValueError("negative_kv_lens is given but negative= is not")
+
+    if call.rope is not None:
+        if head_dim % 2:
+            raise ValueError(f"RoPE needs an even head dim, got D = {head_dim}")
+        need = max(rows_q, rows_k)
+        for name, t in (("rope cos", call.rope[0]), ("rope sin", call.rope[1])):
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() != 2:
+                raise TypeError(f"{name} must be a 2-D floating-point table (tokens, D), got {_describe(t)}")
+            if t.shape[1] != head_dim or t.shape[0] < need:
+                raise ValueError(f"{name} must have shape (>= {need}, {head_dim}) (one row per token position), "
+                                 f"got {_describe(t)}")
+            if t.device != q.device:
+                raise ValueError(f"{name} is on {t.device}; expected {q.device} like q")
+    for name, w in (("q_norm_weight", call.q_norm_weight), ("k_norm_weight", call.k_norm_weight),
+                    ("joint_q_norm_weight", call.joint_q_norm_weight),
+                    ("joint_k_norm_weight", call.joint_k_norm_weight)):
+        if w is not None:
+            _check_weight(name, w, head_dim, q.device)
+
+
+def _allocate(call: _Call) -> List[torch.Tensor]:
+    # Packed segments need not cover every token; tokens outside all segments are defined as zero.
+    new = torch.zeros if call.cu_seqlens_q is not None else torch.empty
+    outs = [new(call.q.shape, dtype=call.q.dtype, device=call.q.device)]
+    if call.joint is not None:
+        outs.append(torch.empty(call.joint[0].shape, dtype=call.q.dtype, device=call.q.device))
+    return outs
+
+
+def _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, joint_q, joint_k, joint_v,
+               negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos, rope_sin, rope_interleaved,
+               q_norm_weight, k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, norm_eps) -> _Call:
+    joint = None if joint_q is None and joint_k is None and joint_v is None else (joint_q, joint_k, joint_v)
+    negative = None if negative_k is None and negative_v is None else (negative_k, negative_v)
+    rope = None if rope_cos is None and rope_sin is None else (rope_cos, rope_sin)
+    if cu_seqlens_q is not None and cu_seqlens_k is None:
+        cu_seqlens_k = cu_seqlens_q
+    return _Call(q, k, v, float(scale), layout, kv_lens, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), joint,
+                 negative, float(negative_scale), negative_kv_lens, rope, bool(rope_interleaved), q_norm_weight,
+                 k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, float(norm_eps))
+
+
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, layout: str,
+                  kv_lens: Optional[torch.Tensor], cu_seqlens_q: Optional[torch.Tensor],
+                  cu_seqlens_k: Optional[torch.Tensor], max_seqlen_q: int,
+                  joint_q: Optional[torch.Tensor], joint_k: Optional[torch.Tensor], joint_v: Optional[torch.Tensor],
+                  negative_k: Optional[torch.Tensor], negative_v: Optional[torch.Tensor], negative_scale: float,
+                  negative_kv_lens: Optional[torch.Tensor], rope_cos: Optional[torch.Tensor],
+                  rope_sin: Optional[torch.Tensor], rope_interleaved: bool, q_norm_weight: Optional[torch.Tensor],
+                  k_norm_weight: Optional[torch.Tensor], joint_q_norm_weight: Optional[torch.Tensor],
+                  joint_k_norm_weight: Optional[torch.Tensor], norm_eps: float) -> List[torch.Tensor]:
+    call = _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, joint_q, joint_k,
+                      joint_v, negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos, rope_sin,
+                      rope_interleaved, q_norm_weight, k_norm_weight, joint_q_norm_weight, joint_k_norm_weight,
+                      norm_eps)
+    check_attention_args(call)
+    outs = _allocate(call)
+    backend, impl = backends.select(q.device)
+    if backend == "triton" and q.is_cuda:
+        _attention_triton_cuda(call, outs)  # called by name so triton_op finds the kernel inside
+    else:
+        impl(call, outs)
+    return outs
+
+
+def _attention_fake(*args):
+    """Shapes only: the same checks, outputs shaped like q (and the joint q)."""
+    call = _make_call(*args)
+    check_attention_args(call)
+    return _allocate(call)
+
+
+def _reference_args(call: _Call) -> dict:
+    return dict(layout=call.layout, kv_lens=call.kv_lens, cu_seqlens_q=call.cu_seqlens_q,
+                cu_seqlens_k=call.cu_seqlens_k, joint=call.joint, negative=call.negative,
+                negative_scale=call.negative_scale, negative_kv_lens=call.negative_kv_lens, rope=call.rope,
+                rope_interleaved=call.rope_interleaved, q_norm_weight=call.q_norm_weight,
+                k_norm_weight=call.k_norm_weight, joint_q_norm_weight=call.joint_q_norm_weight,
+                joint_k_norm_weight=call.joint_k_norm_weight, norm_eps=call.norm_eps)
+
+
+@backends.register("torch", usable=lambda device: None)
+def _attention_torch(call: _Call, outs: List[torch.Tensor]) -> None:
+    result = attention_reference(call.q, call.k, call.v, call.scale, **_reference_args(call))
+    for out, ref in zip(outs, result if call.joint is not None else (result,)):
+        out.copy_(ref)
+
+
+def _triton_kwargs(call: _Call, outs: List[torch.Tensor]) -> dict:
+    return dict(
+        bnhd=call.layout == "bnhd", scale=call.scale,
+        joint=None if call.joint is None else (*call.joint, outs[1]),
+        negative=call.negative, negative_scale=call.negative_scale, kv_lens=call.kv_lens,
+        negative_kv_lens=call.negative_kv_lens, cu_seqlens_q=call.cu_seqlens_q, cu_seqlens_k=call.cu_seqlens_k,
+        max_seqlen_q=call.max_seqlen_q, rope=call.rope, rope_interleaved=call.rope_interleaved,
+        q_norm_weight=call.q_norm_weight, k_norm_weight=call.k_norm_weight,
+        joint_q_norm_weight=call.joint_q_norm_weight, joint_k_norm_weight=call.joint_k_norm_weight,
+        norm_eps=call.norm_eps)
+
+
+@backends.register("triton", usable=native.triton_why_not)
+def _attention_triton(call: _Call, outs: List[torch.Tensor]) -> None:
+    if call.q.is_cuda:
+        _attention_triton_cuda(call, outs)
+        return
+    from pydiff.kernels.attention import attention_forward, interpreter_blocks
+
+    n_q = call.bhnd(call.q)[2]
+    rows = call.max_seqlen_q if call.cu_seqlens_q is not None else n_q
+    keys = call.bhnd(call.k)[2]
+    if call.joint is not None:
+        rows = max(rows, call.bhnd(call.joint[0])[2])
+        keys = max(keys, call.bhnd(call.joint[1])[2])
+    if call.negative is not None:
+        keys = max(keys, call.bhnd(call.negative[0])[2])
+    block_m, block_n = interpreter_blocks(rows, keys)
+    attention_forward(native.triton_kernel("attention", "_attn_fwd_heuristic"), call.q, call.k, call.v, outs[0],
+                      block_m=block_m, block_n=block_n, **_triton_kwargs(call, outs))
+
+
+def autotune_enabled() -> bool:
+    """Whether the CUDA kernel autotunes its tile sizes (``PYDIFF_ATTENTION_AUTOTUNE``, default on); off, each head
+    dim uses one default tile (no tuning compiles: faster first calls, e.g. on a short-lived GPU machine)."""
+    value = os.environ.get("PYDIFF_ATTENTION_AUTOTUNE", "1").strip().lower()
+    if value not in ("0", "1", "false", "true", "off", "on", ""):
+        raise ValueError(f"PYDIFF_ATTENTION_AUTOTUNE must be 0 or 1, got {value!r}")
+    return value not in ("0", "false", "off")
+
+
+def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:
+    from pydiff.kernels.attention import attention_forward, default_config
+
+    with torch.cuda.device(call.q.device):
+        if autotune_enabled():
+            attention_forward(wrap_triton(_attn_fwd_autotuned), call.q, call.k, call.v, outs[0],
+                              **_triton_kwargs(call, outs))
+        else:
+            heavy = call.rope is not None or call.joint is not None or call.negative is not None
+            block_m, block_n, warps, stages = default_config(call.bhnd(call.q)[3], heavy, call.negative is not None)
+            attention_forward(wrap_triton(_attn_fwd_heuristic), call.q, call.k, call.v, outs[0],
+                              block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
+                              **_triton_kwargs(call, outs))
+
+
+def define_attention_op(name: str, use_triton_op: bool):
+    """Register the attention op under ``name`` as a ``triton_op`` (CUDA: Inductor traces into the kernel) or a
+    ``custom_op`` with a fake (CPU and the interpreter). Returns the op definition."""
+    if use_triton_op:
+        op = torch.library.triton_op(name, _attention_op, mutates_args=())
+    else:
+        op = torch.library.custom_op(name, _attention_op, mutates_args=())
+    # triton_op would trace its own body for shapes; the checks and allocations alone are cheaper and never run a
+    # backend on fake tensors.
+    op.register_fake(_attention_fake)
+    return op
+
+
+# The CUDA launcher's kernels and wrap_triton, bound at import on a CUDA machine. They are module globals because
+# triton_op finds the kernels of an op by reading the names passed to wrap_triton in its source.
+_attn_fwd_autotuned = _attn_fwd_heuristic = None
+
+
+def wrap_triton(kernel):
+    """Identity until ``_load_gpu_kernel`` binds ``torch.library.wrap_triton`` (only CUDA launches use it)."""
+    return kernel
+
+
+def _load_gpu_kernel() -> bool:
+    """On a machine where Triton compiles for CUDA, bind the kernels and wrap_triton; returns whether it did."""
+    global _attn_fwd_autotuned, _attn_fwd_heuristic, wrap_triton
+    if not torch.cuda.is_available() or native.triton_error() is not None or native.triton_interpreting():
+        return False
+    from torch.library import wrap_triton
+
+    from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_heuristic
+    return True
+
+
+attention_op = define_attention_op("pydiff::attention", use_triton_op=_load_gpu_kernel())
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None, *,
+    layout: str = "bhnd",
+    kv_lens: Optional[torch.Tensor] = None,
+    cu_seqlens_q: Optional[torch.Tensor] = None,
+    cu_seqlens_k: Optional[torch.Tensor] = None,
+    max_seqlen_q: Optional[int] = None,
+    joint: Optional[Sequence[torch.Tensor]] = None,
+    negative: Optional[Sequence[torch.Tensor]] = None,
+    negative_scale: float = 1.0,
+    negative_kv_lens: Optional[torch.Tensor] = None,
+    rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    rope_interleaved: bool = True,
+    q_norm_weight: Optional[torch.Tensor] = None,
+    k_norm_weight: Optional[torch.Tensor] = None,
+    joint_q_norm_weight: Optional[torch.Tensor] = None,
+    joint_k_norm_weight: Optional[torch.Tensor] = None,
+    norm_eps: float = 1e-6,
+):
+    """Non-causal softmax attention ``softmax(q k^T * scale) v`` in one fused pass (FlashAttention-2 forward).
+
+    q: (B, H, N_q, D); k, v: (B, H_kv, N_k, D) with H = G * H_kv (grouped/multi-query); fp16, bf16 or fp32;
+    D <= 256. ``layout="bnhd"`` takes and returns (B, N, H, D) instead, read through strides without a copy.
+    scale defaults to 1/sqrt(D). Returns a tensor shaped like q (two with ``joint``). Variants (combinable except
+    where noted; all in the same kernel pass):
+
+    * ``kv_lens`` (int, B values): key padding, row b attends to its first kv_lens[b] keys (0 keys gives zeros).
+    * ``cu_seqlens_q`` / ``cu_seqlens_k`` (int, S + 1 offsets into the token dim): packed variable-length segments,
+      each attending only within itself, in every batch row (FlashAttention's varlen; G images of N tokens laid out
+      as one (G*N)-token segment give group attention without a copy). cu_seqlens_k defaults to cu_seqlens_q;
+      kv_lens then holds B*S lengths (row-major). Pass ``max_seqlen_q`` to avoid reading the offsets on the host
+      (needed under torch.compile and CUDA graphs). Not with joint/negative.
+    * ``joint=(q2, k2, v2)``: joint attention over two token streams (SD3/Flux MMDiT) without concatenating:
+      returns (out, out2) equal to attention over [stream 1; stream 2] split back. kv_lens then counts keys of the
+      joined sequence, and RoPE rows follow it (stream 2 starts at row N_1).
+    * ``negative=(k_neg, v_neg)``, ``negative_scale`` alpha, ``negative_kv_lens``: negative-prompt attention
+      (SNOOPI's NASA): A(q, k, v) - alpha * A(q, k_neg, v_neg), q read once.
+    * ``q_norm_weight`` / ``k_norm_weight`` (D,): per-head RMSNorm of q / k (k_neg too) with ``norm_eps``;
+      ``joint_q_norm_weight`` / ``joint_k_norm_weight`` for stream 2 (None: no norm there).
+    * ``rope=(cos, sin)`` tables (rows, D), one row per token position, as diffusers builds them: rotary
+      embedding of q and k after the norm; ``rope_interleaved`` pairs (2i, 2i+1) (Flux) or halves (i, i + D/2).
+    """
+    if not isinstance(q, torch.Tensor) or q.dim() != 4:
+        raise ValueError(f"q must be a 4-D tensor, got {_describe(q)}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    joint_q = joint_k = joint_v = negative_k = negative_v = rope_cos = rope_sin = None
+    if joint is not None:
+        if not isinstance(joint, (tuple, list)) or len(joint) != 3:
+            raise ValueError(f"joint must be a (q2, k2, v2) tuple, got {_describe(joint)}")
+        joint_q, joint_k, joint_v = joint
+    if negative is not None:
+        if not isinstance(negative, (tuple, list)) or len(negative) != 2:
+            raise ValueError(f"negative must be a (k_neg, v_neg) tuple, got {_describe(negative)}")
+        negative_k, negative_v = negative
+    if rope is not None:
+        if not isinstance(rope, (tuple, list)) or len(rope) != 2:
+            raise ValueError(f"rope must be a (cos, sin) tuple of tables, got {_describe(rope)}")
+        rope_cos, rope_sin = rope
+    if cu_seqlens_q is None:
+        if cu_seqlens_k is not None or max_seqlen_q is not None:
+            raise ValueError("cu_seqlens_k and max_seqlen_q need cu_seqlens_q")
+        max_seqlen_q = 0
+    elif max_seqlen_q is None:
+        max_seqlen_q = _max_segment(cu_seqlens_q, "cu_seqlens_q")
+        if cu_seqlens_k is not None:
+            _max_segment(cu_seqlens_k, "cu_seqlens_k")
+    outs = torch.ops.pydiff.attention(
+        q, k, v, float(scale), layout, kv_lens, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
+        joint_q, joint_k, joint_v, negative_k, negative_v, float(negative_scale), negative_kv_lens,
+        rope_cos, rope_sin, bool(rope_interleaved), q_norm_weight, k_norm_weight, joint_q_norm_weight,
+        joint_k_norm_weight, float(norm_eps))
+    return (outs[0], outs[1]) if joint is not None else outs[0]
+
+
+def _max_segment(cu: torch.Tensor, name: str) -> int:
+    """Longest segment of offsets ``cu`` (one host read); checks that the offsets start at >= 0 and never fall."""
+    if not isinstance(cu, torch.Tensor) or cu.dim() != 1 or cu.shape[0] < 2 or cu.dtype not in LENGTH_DTYPES:
+        raise TypeError(f"{name} must be a 1-D int32/int64 tensor of S + 1 >= 2 offsets, got {_describe(cu)}")
+    offsets = cu.tolist()
+    lengths = [b - a for a, b in zip(offsets, offsets[1:])]
+    if offsets[0] < 0 or min(lengths) < 0:
+        raise ValueError(f"{name} must start at >= 0 and never decrease, got {offsets}")
+    return max(max(lengths), 1)
+
+
+__all__ = ["MAX_HEAD_DIM", "SUPPORTED_DTYPES", "attention", "attention_op", "attention_reference", "autotune_enabled",
+           "backends", "define_attention_op"]

@@ -1,0 +1,289 @@
+"""diffusers attention processors that run ``pydiff.attention``: one fused pass where diffusers runs several ops.
+
+    from pydiff.integrations.diffusers import set_attention_backend
+    set_attention_backend(pipe)   # or a model: UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel
+
+* ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
+  (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
+* ``PydiffJointAttnProcessor`` replaces SD3's ``JointAttnProcessor2_0``: image and text streams are attended
+  jointly without concatenating q/k/v or splitting the output; the QK RMSNorms run inside the kernel.
+* ``PydiffFluxAttnProcessor`` replaces Flux's ``FluxAttnProcessor``: joint attention plus the QK RMSNorms and
+  the RoPE table applied inside the kernel as q and k are loaded.
+
+Outputs equal the stock processors' (same math; the fused kernel keeps the prologue in float32). Cases the kernel
+does not cover run the stock computation: an attention mask in the UNet/Flux processors, and QK norms that are
+not RMSNorms over the head dim (those are applied as modules before the fused call).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProcessor2_0
+from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+from pydiff.attention import attention
+
+
+def _rms_norm_params(norm, head_dim: int, device: torch.device) -> Optional[Tuple[torch.Tensor, Optional[float]]]:
+    """(weight, eps) when ``norm`` is an RMSNorm over the head dim that the kernel can apply; None otherwise.
+
+    eps None means torch.nn.RMSNorm's default (the input dtype's machine epsilon).
+    """
+    if isinstance(norm, torch.nn.RMSNorm):
+        if tuple(norm.normalized_shape) != (head_dim,):
+            return None
+        weight, eps = norm.weight, norm.eps
+    elif isinstance(norm, DiffusersRMSNorm):
+        if norm.bias is not None or tuple(norm.dim) != (head_dim,):
+            return None
+        weight, eps = norm.weight, norm.eps
+    else:
+        return None
+    if weight is None:
+        weight = torch.ones(head_dim, device=device)
+    return weight.detach(), eps
+
+
+def _plan_norms(norms: Dict[str, Optional[torch.nn.Module]], head_dim: int, dtype: torch.dtype,
+                device: torch.device):
+    """Split QK norms into those fused into the kernel (one shared eps) and those applied as modules first."""
+    fused: Dict[str, torch.Tensor] = {}
+    separate: Dict[str, torch.nn.Module] = {}
+    eps: Optional[float] = None
+    for name, norm in norms.items():
+        if norm is None:
+            continue
+        params = _rms_norm_params(norm, head_dim, device)
+        if params is not None:
+            weight, norm_eps = params
+            norm_eps = torch.finfo(dtype).eps if norm_eps is None else float(norm_eps)
+            if eps is None or norm_eps == eps:
+                eps = norm_eps
+                fused[name] = weight
+                continue
+        separate[name] = norm
+    return fused, separate, (1e-6 if eps is None else eps)
+
+
+class PydiffAttnProcessor:
+    """Drop-in for diffusers' ``AttnProcessor2_0`` (``Attention``: UNet and VAE self- and cross-attention)."""
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
+                 *args, **kwargs) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        # (B, N, H, D) views of the projections: the kernel reads them through strides, no transposed copies.
+        q = query.unflatten(-1, (attn.heads, head_dim))
+        k = key.unflatten(-1, (attn.heads, head_dim))
+        v = value.unflatten(-1, (attn.heads, head_dim))
+
+        if attention_mask is not None:
+            out = _masked_sdpa(attn, q, k, v, attention_mask, encoder_hidden_states)
+        else:
+            fused, separate, eps = _plan_norms({"q": attn.norm_q, "k": attn.norm_k}, head_dim, q.dtype, q.device)
+            if "q" in separate:
+                q = separate["q"](q)
+            if "k" in separate:
+                k = separate["k"](k)
+            out = attention(q, k, v, layout="bnhd", q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"),
+                            norm_eps=eps)
+        hidden_states = out.flatten(2).to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+def _masked_sdpa(attn, q, k, v, attention_mask, encoder_hidden_states):
+    """The stock computation for an arbitrary attention mask (additive or boolean), which the kernel does not take."""
+    batch_size, key_length = encoder_hidden_states.shape[0], encoder_hidden_states.shape[1]
+    mask = attn.prepare_attention_mask(attention_mask, key_length, batch_size)
+    mask = mask.view(batch_size, attn.heads, -1, mask.shape[-1])
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+
+
+class PydiffJointAttnProcessor:
+    """Drop-in for SD3's ``JointAttnProcessor2_0``: joint image+text attention without concatenation."""
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, *args, **kwargs):
+        # Like the stock processor, attention_mask is not used by SD3's joint attention.
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        q, k, v = (t.unflatten(-1, (attn.heads, head_dim)) for t in (query, key, value))
+        norms = {"q": attn.norm_q, "k": attn.norm_k}
+        if encoder_hidden_states is not None:
+            joint = tuple(proj(encoder_hidden_states).unflatten(-1, (attn.heads, head_dim))
+                          for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+            norms.update(q2=attn.norm_added_q, k2=attn.norm_added_k)
+        fused, separate, eps = _plan_norms(norms, head_dim, q.dtype, q.device)
+        tensors = {"q": q, "k": k}
+        if encoder_hidden_states is not None:
+            tensors.update(q2=joint[0], k2=joint[1])
+        for name, norm in separate.items():
+            tensors[name] = norm(tensors[name])
+        weights = dict(q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"), norm_eps=eps)
+        if encoder_hidden_states is None:
+            image = attention(tensors["q"], tensors["k"], v, layout="bnhd", **weights)
+            context = None
+        else:
+            image, context = attention(tensors["q"], tensors["k"], v, layout="bnhd",
+                                       joint=(tensors["q2"], tensors["k2"], joint[2]),
+                                       joint_q_norm_weight=fused.get("q2"), joint_k_norm_weight=fused.get("k2"),
+                                       **weights)
+        hidden_states = image.flatten(2).to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if encoder_hidden_states is None:
+            return hidden_states
+        context = context.flatten(2).to(query.dtype)
+        if not attn.context_pre_only:
+            context = attn.to_add_out(context)
+        return hidden_states, context
+
+
+class PydiffFluxAttnProcessor:
+    """Drop-in for Flux's ``FluxAttnProcessor``: joint attention with QK RMSNorm and RoPE fused into the kernel."""
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None,
+                 image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+        if attn.fused_projections:
+            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        joint = encoder_hidden_states is not None and attn.added_kv_proj_dim is not None
+        if joint:
+            if attn.fused_projections:
+                context_qkv = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
+            else:
+                context_qkv = (attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states),
+                               attn.add_v_proj(encoder_hidden_states))
+        q, k, v = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
+        if attention_mask is not None:
+            out = self._masked(attn, q, k, v, context_qkv if joint else None, attention_mask, image_rotary_emb)
+            return self._project(attn, out.flatten(2).to(query.dtype), encoder_hidden_states if joint else None)
+
+        norms = {"q": attn.norm_q, "k": attn.norm_k}
+        tensors = {"q": q, "k": k}
+        if joint:
+            cq, ck, cv = (t.unflatten(-1, (-1, attn.head_dim)) for t in context_qkv)
+            norms.update(cq=attn.norm_added_q, ck=attn.norm_added_k)
+            tensors.update(cq=cq, ck=ck)
+        fused, separate, eps = _plan_norms(norms, attn.head_dim, q.dtype, q.device)
+        for name, norm in separate.items():
+            tensors[name] = norm(tensors[name])
+        rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
+        if joint:
+            # Flux joins [text; image]: text is stream 1 so that the RoPE rows line up with the joined sequence.
+            context, image = attention(
+                tensors["cq"], tensors["ck"], cv, layout="bnhd", joint=(tensors["q"], tensors["k"], v), rope=rope,
+                rope_interleaved=True, q_norm_weight=fused.get("cq"), k_norm_weight=fused.get("ck"),
+                joint_q_norm_weight=fused.get("q"), joint_k_norm_weight=fused.get("k"), norm_eps=eps)
+            hidden_states = image.flatten(2).to(query.dtype)
+            hidden_states = attn.to_out[0](hidden_states)
+            hidden_states = attn.to_out[1](hidden_states)
+            return hidden_states, attn.to_add_out(context.flatten(2).to(query.dtype))
+        out = attention(tensors["q"], tensors["k"], v, layout="bnhd", rope=rope, rope_interleaved=True,
+                        q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"), norm_eps=eps)
+        return out.flatten(2).to(query.dtype)
+
+    @staticmethod
+    def _masked(attn, q, k, v, context_qkv, attention_mask, image_rotary_emb):
+        """The stock computation (norms, [text; image] concatenation, interleaved RoPE, masked SDPA)."""
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        if context_qkv is not None:
+            cq, ck, cv = (t.unflatten(-1, (-1, attn.head_dim)) for t in context_qkv)
+            q = torch.cat([attn.norm_added_q(cq), q], dim=1)
+            k = torch.cat([attn.norm_added_k(ck), k], dim=1)
+            v = torch.cat([cv, v], dim=1)
+        if image_rotary_emb is not None:
+            q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
+            k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=attention_mask)
+        return out.transpose(1, 2)
+
+    @staticmethod
+    def _project(attn, hidden_states, encoder_hidden_states):
+        if encoder_hidden_states is None:
+            return hidden_states
+        context, hidden_states = hidden_states.split_with_sizes(
+            [encoder_hidden_states.shape[1], hidden_states.shape[1] - encoder_hidden_states.shape[1]], dim=1)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))
+        return hidden_states, attn.to_add_out(context.contiguous())
+
+
+_REPLACEMENTS = (
+    (AttnProcessor2_0, PydiffAttnProcessor),
+    (JointAttnProcessor2_0, PydiffJointAttnProcessor),
+    (FluxAttnProcessor, PydiffFluxAttnProcessor),
+)
+
+
+def _roots(model_or_pipe) -> List[torch.nn.Module]:
+    if isinstance(model_or_pipe, torch.nn.Module):
+        return [model_or_pipe]
+    components = getattr(model_or_pipe, "components", None)
+    if not isinstance(components, dict):
+        raise TypeError(f"set_attention_backend expects a torch.nn.Module or a diffusers pipeline (with "
+                        f".components), got {type(model_or_pipe).__name__}")
+    return [c for c in components.values() if isinstance(c, torch.nn.Module)]
+
+
+def set_attention_backend(model_or_pipe) -> int:
+    """Swap every stock SDPA processor in a diffusers model or pipeline for its pydiff counterpart.
+
+    AttnProcessor2_0 -> PydiffAttnProcessor, JointAttnProcessor2_0 -> PydiffJointAttnProcessor,
+    FluxAttnProcessor -> PydiffFluxAttnProcessor; other processors (IP-adapter, added-KV, ...) stay.
+    The backend the processors use follows ``pydiff.use_backend`` / ``PYDIFF_BACKEND`` at call time.
+    Returns the number of attention modules switched.
+    """
+    switched = 0
+    for root in _roots(model_or_pipe):
+        for module in root.modules():
+            processor = getattr(module, "processor", None)
+            if processor is None or not hasattr(module, "set_processor"):
+                continue
+            for stock, ours in _REPLACEMENTS:
+                if type(processor) is stock:
+                    module.set_processor(ours())
+                    switched += 1
+                    break
+    return switched
+
+
+__all__ = ["PydiffAttnProcessor", "PydiffFluxAttnProcessor", "PydiffJointAttnProcessor", "set_attention_backend"]

@@ -1,0 +1,194 @@
+"""References for ``pydiff.attention``: SDPA plus each variant's math, written plainly and runnable in float64.
+
+Every variant is defined here the simple way (concatenate, slice, call attention twice); the fused kernel must
+match these numbers. Tensors are (B, H, N, D) for ``layout="bhnd"`` and (B, N, H, D) for ``layout="bnhd"``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+LAYOUTS = ("bhnd", "bnhd")
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim (Zhang & Sennrich 2019): ``x / sqrt(mean(x^2) + eps) * weight``, in x's dtype."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.to(x.dtype)
+
+
+def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool,
+                   offset: int = 0) -> torch.Tensor:
+    """Rotary embedding (Su et al. 2021, RoFormer) of x (B, H, N, D) with rows ``offset:offset+N`` of cos/sin (rows, D).
+
+    interleaved: rotate pairs (2i, 2i+1) (Flux, CogVideoX); otherwise the halves (i, i + D/2) (GPT-NeoX style).
+    The tables hold one value per element (each frequency repeated to fill D), as diffusers builds them.
+    """
+    n, d = x.shape[-2], x.shape[-1]
+    c = cos[offset:offset + n].to(x.dtype)
+    s = sin[offset:offset + n].to(x.dtype)
+    if interleaved:
+        pairs = x.unflatten(-1, (d // 2, 2))
+        rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+    else:
+        first, second = x[..., : d // 2], x[..., d // 2:]
+        rotated = torch.cat([-second, first], dim=-1)
+    return x * c + rotated * s
+
+
+def _prologue(x: torch.Tensor, norm_weight: Optional[torch.Tensor], rope, interleaved: bool, offset: int,
+              eps: float, dtype: torch.dtype) -> torch.Tensor:
+    """QK RMSNorm then RoPE (the order of Flux and SD3), computed in ``dtype``."""
+    if norm_weight is None and rope is None:
+        return x
+    y = x.to(dtype)
+    if norm_weight is not None:
+        y = rms_norm_reference(y, norm_weight, eps)
+    if rope is not None:
+        y = rope_reference(y, rope[0], rope[1], interleaved, offset)
+    return y
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+          kv_lens: Optional[torch.Tensor]) -> torch.Tensor:
+    """Softmax attention over the first ``kv_lens[b]`` keys of each batch row; rows with no key give zeros."""
+    if kv_lens is None:
+        group = q.shape[1] // k.shape[1]
+        if group > 1:  # grouped / multi-query: KV head j serves query heads j*group .. j*group+group-1
+            k = k.repeat_interleave(group, dim=1)
+            v = v.repeat_interleave(group, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    lens = kv_lens.to(device=q.device, dtype=torch.long).reshape(-1, 1, 1, 1)
+    keep = torch.arange(k.shape[2], device=q.device).reshape(1, 1, 1, -1) < lens
+    return _masked_sdpa(q, k, v, scale, keep)
+
+
+def _segment_mask(cu_q: torch.Tensor, cu_k: torch.Tensor, n_q: int, n_k: int, batch: int,
+                  kv_lens: Optional[torch.Tensor]) -> torch.Tensor:
+    """(B, 1, N_q, N_k) bool: query token i may see key token j when both lie in the same packed segment s
+    (cu[s] <= token < cu[s+1]) and j is among the segment's first kv_lens[b, s] keys. Tensor ops only, no host
+    reads, so the reference traces under torch.compile and fake tensors."""
+    cu_q, cu_k = cu_q.to(torch.long), cu_k.to(torch.long)
+    segments = cu_q.shape[0] - 1
+    tok_q = torch.arange(n_q, device=cu_q.device)
+    tok_k = torch.arange(n_k, device=cu_k.device)
+    seg_q = torch.searchsorted(cu_q, tok_q, right=True) - 1   # -1 before the first segment, S after the last
+    seg_k = torch.searchsorted(cu_k, tok_k, right=True) - 1
+    inside_q = (seg_q >= 0) & (seg_q < segments)
+    inside_k = (seg_k >= 0) & (seg_k < segments)
+    keep = (seg_q[:, None] == seg_k[None, :]) & inside_q[:, None] & inside_k[None, :]
+    keep = keep.expand(batch, n_q, n_k)
+    if kv_lens is not None:
+        lens = kv_lens.to(device=cu_q.device, dtype=torch.long).reshape(batch, segments)
+        seg_k_safe = seg_k.clamp(0, segments - 1)
+        position = tok_k - cu_k[seg_k_safe]                    # key index within its segment
+        keep = keep & (position[None, None, :] < lens[:, seg_k_safe][:, None, :])
+    return keep[:, None]
+
+
+def _masked_sdpa(q, k, v, scale, keep):
+    """SDPA under a boolean mask (B, 1, N_q or 1, N_k); a row that may see no key is defined as zeros (as in
+    FlashAttention), not NaN."""
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale)
+    return torch.where(keep.any(-1, keepdim=True), out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+def attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None, *,
+    layout: str = "bhnd",
+    kv_lens: Optional[torch.Tensor] = None,
+    cu_seqlens_q: Optional[torch.Tensor] = None,
+    cu_seqlens_k: Optional[torch.Tensor] = None,
+    joint: Optional[Sequence[torch.Tensor]] = None,
+    negative: Optional[Sequence[torch.Tensor]] = None,
+    negative_scale: float = 1.0,
+    negative_kv_lens: Optional[torch.Tensor] = None,
+    rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    rope_interleaved: bool = True,
+    q_norm_weight: Optional[torch.Tensor] = None,
+    k_norm_weight: Optional[torch.Tensor] = None,
+    joint_q_norm_weight: Optional[torch.Tensor] = None,
+    joint_k_norm_weight: Optional[torch.Tensor] = None,
+    norm_eps: float = 1e-6,
+    compute_dtype: Optional[torch.dtype] = None,
+):
+    """The definition of ``pydiff.attention`` and its variants (same arguments; see ``pydiff.attention``).
+
+    compute_dtype: None computes like the stock PyTorch sequence (prologue in float32, rounded to the input dtype,
+    then SDPA in the input dtype) and returns the input dtype; a dtype (float64 for ground truth) computes
+    everything in it and returns it.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    in_dtype = q.dtype
+    if compute_dtype is None:
+        attn_dtype, pro_dtype = in_dtype, torch.promote_types(in_dtype, torch.float32)
+    else:
+        attn_dtype = pro_dtype = compute_dtype
+
+    def bhnd(t):
+        return t.transpose(1, 2) if layout == "bnhd" else t
+
+    def back(t):
+        return t.transpose(1, 2).contiguous() if layout == "bnhd" else t.contiguous()
+
+    def pro(t, weight, offset):
+        return _prologue(t, weight, rope, rope_interleaved, offset, norm_eps, pro_dtype).to(attn_dtype)
+
+    q, k, v = bhnd(q), bhnd(k), bhnd(v)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+
+    if joint is not None:
+        q2, k2, v2 = (bhnd(t) for t in joint)
+        n1 = q.shape[2]
+        # Norms differ per stream (norm_q vs norm_added_q), so normalise before joining; RoPE rows follow the join.
+        if q_norm_weight is not None:
+            q = rms_norm_reference(q.to(pro_dtype), q_norm_weight, norm_eps)
+        if joint_q_norm_weight is not None:
+            q2 = rms_norm_reference(q2.to(pro_dtype), joint_q_norm_weight, norm_eps)
+        if k_norm_weight is not None:
+            k = rms_norm_reference(k.to(pro_dtype), k_norm_weight, norm_eps)
+        if joint_k_norm_weight is not None:
+            k2 = rms_norm_reference(k2.to(pro_dtype), joint_k_norm_weight, norm_eps)
+        q_all = torch.cat([q.to(pro_dtype), q2.to(pro_dtype)], dim=2)
+        k_all = torch.cat([k.to(pro_dtype), k2.to(pro_dtype)], dim=2)
+        v_all = torch.cat([v, v2], dim=2).to(attn_dtype)
+        q_all = _prologue(q_all, None, rope, rope_interleaved, 0, norm_eps, pro_dtype).to(attn_dtype)
+        k_all = _prologue(k_all, None, rope, rope_interleaved, 0, norm_eps, pro_dtype).to(attn_dtype)
+        out = _sdpa(q_all, k_all, v_all, scale, kv_lens)
+        if negative is not None:
+            out = _subtract_negative(out, q_all, negative, bhnd, pro, k_norm_weight, scale, negative_scale,
+                                     negative_kv_lens)
+        out = out.to(attn_dtype if compute_dtype is not None else in_dtype)
+        return back(out[:, :, :n1]), back(out[:, :, n1:])
+
+    if cu_seqlens_q is not None:
+        # RoPE rows are absolute token indices of the packed sequence dimension.
+        qp, kp, vp = pro(q, q_norm_weight, 0), pro(k, k_norm_weight, 0), v.to(attn_dtype)
+        keep = _segment_mask(cu_seqlens_q, cu_seqlens_k if cu_seqlens_k is not None else cu_seqlens_q,
+                             q.shape[2], k.shape[2], q.shape[0], kv_lens)
+        return back(_masked_sdpa(qp, kp, vp, scale, keep).to(attn_dtype if compute_dtype is not None else in_dtype))
+
+    qp, kp, vp = pro(q, q_norm_weight, 0), pro(k, k_norm_weight, 0), v.to(attn_dtype)
+    out = _sdpa(qp, kp, vp, scale, kv_lens)
+    if negative is not None:
+        out = _subtract_negative(out, qp, negative, bhnd, pro, k_norm_weight, scale, negative_scale,
+                                 negative_kv_lens)
+    return back(out.to(attn_dtype if compute_dtype is not None else in_dtype))
+
+
+def _subtract_negative(out, q, negative, bhnd, pro, k_norm_weight, scale, negative_scale, negative_kv_lens):
+    """Negative-away steering attention (SNOOPI's NASA, Nguyen et al. 2024): A(q, k+, v+) - alpha A(q, k-, v-)."""
+    k_neg, v_neg = (bhnd(t) for t in negative)
+    neg = _sdpa(q, pro(k_neg, k_norm_weight, 0), v_neg.to(q.dtype), scale, negative_kv_lens)
+    combined = out.to(torch.promote_types(out.dtype, torch.float32)) - negative_scale * neg.to(
+        torch.promote_types(out.dtype, torch.float32))
+    return combined.to(out.dtype)

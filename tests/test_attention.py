@@ -1,0 +1,634 @@
+"""pydiff.attention: the fused Triton kernel (interpreted on CPU) and the torch backend against float64 references.
+
+Accuracy rule: fp32 within 1e-5 relative of float64 (TF32 tolerance on a GPU); fp16/bf16 within twice the error of
+the same computation done by plain PyTorch in that precision, plus 1e-3.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Tuple
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pydiff
+from pydiff.ops import native
+from pydiff.reference.attention import attention_reference
+
+attention_module = __import__("pydiff.attention", fromlist=["attention"])
+
+CPU = torch.device("cpu")
+needs_interpreter = pytest.mark.skipif(native.triton_why_not(CPU) is not None,
+                                       reason=f"Triton on CPU: {native.triton_why_not(CPU)}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_threaded_blas():
+    """The interpreter runs tl.dot as numpy matmuls on small tiles; OpenBLAS's thread pool spinning on a shared
+    2-core machine makes those ~100x slower, so keep BLAS single-threaded while this module runs."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# case construction
+
+
+@dataclass
+class Case:
+    dtype: torch.dtype
+    head_dim: int
+    n_q: int
+    n_k: int
+    heads: int = 2
+    kv_heads: Optional[int] = None
+    batch: int = 1
+    layout: str = "bhnd"
+    strided: bool = False          # inputs are slices of larger tensors (token stride and head-dim stride 2)
+    kv_lens: Optional[Sequence[int]] = None
+    cu_q: Optional[Sequence[int]] = None
+    cu_k: Optional[Sequence[int]] = None
+    joint: Optional[Tuple[int, int]] = None      # (n_q2, n_k2)
+    negative: Optional[int] = None               # n_neg
+    negative_scale: float = 0.75
+    negative_kv_lens: Optional[Sequence[int]] = None
+    rope: Optional[str] = None                   # "interleaved" | "half"
+    q_norm: bool = False
+    k_norm: bool = False
+    joint_q_norm: bool = False
+    joint_k_norm: bool = False
+    scale: Optional[float] = None
+    blocks: Tuple[int, int] = (64, 32)
+    name: str = field(default="")
+
+    def __str__(self):
+        return self.name
+
+
+def _qkv_like(case: Case, gen: torch.Generator, heads: int, n: int) -> torch.Tensor:
+    shape_bhnd = (case.batch, heads, n, case.head_dim)
+    if case.strided:
+        # every stride differs from the contiguous one, head-dim stride included
+        big = torch.randn(case.batch, heads, 2 * n + 1, 2 * case.head_dim, generator=gen)
+        t = big[:, :, 1::2][:, :, :n, ::2]
+    else:
+        t = torch.randn(*shape_bhnd, generator=gen)
+    t = t.to(case.dtype)
+    if case.layout == "bnhd":
+        # (B, N, H, D) storage, handed over as is
+        t = t.transpose(1, 2).contiguous() if not case.strided else t.transpose(1, 2)
+    return t
+
+
+def build(case: Case, seed: int = 0):
+    """(q, k, v, kwargs) for pydiff.attention / attention_reference, with random inputs."""
+    gen = torch.Generator().manual_seed(seed)
+    kv_heads = case.kv_heads or case.heads
+    q = _qkv_like(case, gen, case.heads, case.n_q)
+    k = _qkv_like(case, gen, kv_heads, case.n_k)
+    # non-uniform value scales so that a wrong weighting shows
+    v = _qkv_like(case, gen, kv_heads, case.n_k)
+    kw = {"layout": case.layout}
+    if case.scale is not None:
+        kw["scale"] = case.scale
+    if case.kv_lens is not None:
+        kw["kv_lens"] = torch.tensor(case.kv_lens, dtype=torch.int32)
+    if case.cu_q is not None:
+        kw["cu_seqlens_q"] = torch.tensor(case.cu_q, dtype=torch.int32)
+        if case.cu_k is not None:
+            kw["cu_seqlens_k"] = torch.tensor(case.cu_k, dtype=torch.int64)
+    rows = max(case.n_q, case.n_k)
+    if case.joint is not None:
+        n_q2, n_k2 = case.joint
+        kw["joint"] = (_qkv_like(case, gen, case.heads, n_q2), _qkv_like(case, gen, kv_heads, n_k2),
+                       _qkv_like(case, gen, kv_heads, n_k2))
+        rows = max(case.n_q + n_q2, case.n_k + n_k2)
+    if case.negative is not None:
+        kw["negative"] = (_qkv_like(case, gen, kv_heads, case.negative), _qkv_like(case, gen, kv_heads, case.negative))
+        kw["negative_scale"] = case.negative_scale
+        rows = max(rows, case.negative)
+        if case.negative_kv_lens is not None:
+            kw["negative_kv_lens"] = torch.tensor(case.negative_kv_lens, dtype=torch.int64)
+    if case.rope is not None:
+        # diffusers-style tables: one frequency per pair, repeated to fill D, for positions 0..rows+2
+        half = case.head_dim // 2
+        freqs = 1.0 / (50.0 ** (torch.arange(half, dtype=torch.float64) / half))
+        angles = torch.arange(rows + 3, dtype=torch.float64)[:, None] * freqs[None, :]
+        if case.rope == "interleaved":
+            angles = angles.repeat_interleave(2, dim=1)
+        else:
+            angles = torch.cat([angles, angles], dim=1)
+        kw["rope"] = (angles.cos().float(), angles.sin().float())
+        kw["rope_interleaved"] = case.rope == "interleaved"
+    for flag, name in ((case.q_norm, "q_norm_weight"), (case.k_norm, "k_norm_weight"),
+                       (case.joint_q_norm, "joint_q_norm_weight"), (case.joint_k_norm, "joint_k_norm_weight")):
+        if flag:
+            # a half-precision model holds its norm weights in its own dtype
+            kw[name] = (0.5 + torch.rand(case.head_dim, generator=gen)).to(case.dtype)
+    if case.q_norm or case.k_norm or case.joint_q_norm or case.joint_k_norm:
+        kw["norm_eps"] = 1e-5
+    return q, k, v, kw
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def assert_accurate(out, ref64, lowp, dtype, fp32_rtol=1e-5):
+    """fp32: relative error vs float64; fp16/bf16: max error <= 2x plain PyTorch's + 1e-3."""
+    assert out.shape == ref64.shape and out.dtype == dtype
+    assert torch.isfinite(out).all(), "non-finite output (an element was never written or the math overflowed)"
+    if dtype == torch.float32:
+        err = rel_err(out, ref64)
+        assert err <= fp32_rtol, f"fp32 relative error {err:.3g} > {fp32_rtol}"
+    else:
+        ours = (out.double() - ref64.double()).abs().max().item()
+        torch_err = (lowp.double() - ref64.double()).abs().max().item()
+        assert ours <= 2 * torch_err + 1e-3, f"{dtype}: max error {ours:.3g} > 2 x torch's {torch_err:.3g} + 1e-3"
+
+
+def references(q, k, v, kw):
+    ref64 = attention_reference(q, k, v, compute_dtype=torch.float64, **kw)
+    lowp = attention_reference(q, k, v, **kw) if q.dtype != torch.float32 else None
+    return ref64, lowp
+
+
+def run_kernel(q, k, v, kw, blocks, poison=float("nan")):
+    """The Triton kernel through its launcher, into outputs poisoned beforehand (every element must be written)."""
+    from pydiff.kernels.attention import _attn_fwd_heuristic, attention_forward
+
+    out = torch.full_like(q, poison, memory_format=torch.contiguous_format)
+    joint = None
+    if "joint" in kw:
+        out2 = torch.full_like(kw["joint"][0], poison, memory_format=torch.contiguous_format)
+        joint = (*kw["joint"], out2)
+    cu_q = kw.get("cu_seqlens_q")
+    max_seqlen = 0 if cu_q is None else int((cu_q[1:] - cu_q[:-1]).max())
+    attention_forward(
+        _attn_fwd_heuristic, q, k, v, out, bnhd=kw["layout"] == "bnhd",
+        scale=kw.get("scale", 1.0 / math.sqrt(q.shape[-1])), joint=joint, negative=kw.get("negative"),
+        negative_scale=kw.get("negative_scale", 1.0), kv_lens=kw.get("kv_lens"),
+        negative_kv_lens=kw.get("negative_kv_lens"), cu_seqlens_q=cu_q, cu_seqlens_k=kw.get("cu_seqlens_k"),
+        max_seqlen_q=max_seqlen, rope=kw.get("rope"), rope_interleaved=kw.get("rope_interleaved", True),
+        q_norm_weight=kw.get("q_norm_weight"), k_norm_weight=kw.get("k_norm_weight"),
+        joint_q_norm_weight=kw.get("joint_q_norm_weight"), joint_k_norm_weight=kw.get("joint_k_norm_weight"),
+        norm_eps=kw.get("norm_eps", 1e-6), block_m=blocks[0], block_n=blocks[1])
+    return (out, joint[3]) if joint is not None else out
+
+
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+
+# A curated hostile grid: every dtype, head dims 32..256 (non powers of two included), odd lengths 1..1025,
+# Nq != Nk, both layouts, strided inputs, grouped/multi-query heads, each variant and their combinations.
+GRID = [
+    Case(F32, 64, 97, 97, batch=2, name="f32-d64-97x97"),
+    Case(F16, 40, 77, 333, heads=4, kv_heads=2, layout="bnhd", name="f16-d40-77x333-bnhd-gqa"),
+    Case(BF16, 80, 1, 97, heads=3, kv_heads=1, name="bf16-d80-1x97-mqa"),
+    Case(F32, 72, 333, 7, heads=1, layout="bnhd", blocks=(128, 16), name="f32-d72-333x7-bnhd"),
+    Case(F16, 96, 97, 77, strided=True, name="f16-d96-strided"),
+    Case(BF16, 160, 64, 128, heads=1, name="bf16-d160-even-blocks"),
+    Case(F32, 256, 33, 65, heads=1, blocks=(32, 32), name="f32-d256"),
+    Case(F32, 32, 1025, 1025, heads=1, blocks=(128, 128), name="f32-d32-1025"),
+    Case(F16, 128, 130, 256, heads=3, kv_heads=1, layout="bnhd", strided=True, name="f16-d128-bnhd-strided-mqa"),
+    Case(F32, 48, 7, 33, scale=0.3, name="f32-d48-custom-scale"),
+    # key padding, with a row that may attend to nothing (defined as zeros)
+    Case(F32, 64, 97, 77, batch=3, kv_lens=[77, 13, 0], name="f32-kvlens"),
+    Case(F16, 80, 33, 77, batch=2, heads=4, kv_heads=2, layout="bnhd", kv_lens=[5, 77], name="f16-kvlens-bnhd-gqa"),
+    # packed variable-length segments (one empty), per-segment key padding, separate key offsets
+    Case(F32, 64, 201, 201, cu_q=[0, 7, 7, 104, 201], kv_lens=[7, 0, 90, 97], name="f32-varlen-kvlens"),
+    Case(BF16, 40, 99, 60, batch=2, cu_q=[0, 33, 99], cu_k=[0, 21, 60], layout="bnhd", name="bf16-varlen-cross"),
+    # joint two-stream attention, with key padding over the joined sequence
+    Case(F32, 64, 97, 97, joint=(13, 13), kv_lens=[105], name="f32-joint-kvlens"),
+    Case(BF16, 80, 77, 77, heads=4, kv_heads=2, joint=(33, 33), layout="bnhd", name="bf16-joint-gqa-bnhd"),
+    # negative-prompt attention
+    Case(F32, 64, 97, 97, negative=77, negative_scale=0.7, name="f32-negative"),
+    Case(F16, 40, 33, 77, batch=2, heads=4, kv_heads=2, layout="bnhd", negative=13, negative_kv_lens=[13, 4],
+         kv_lens=[77, 50], name="f16-negative-lens-gqa"),
+    # fused prologue
+    Case(F32, 64, 97, 77, rope="interleaved", name="f32-rope-interleaved"),
+    Case(BF16, 96, 77, 77, rope="half", name="bf16-rope-half-d96"),
+    Case(F32, 40, 33, 33, rope="half", q_norm=True, k_norm=True, name="f32-norm-rope-half-d40"),
+    Case(F16, 72, 33, 97, q_norm=True, k_norm=True, name="f16-qknorm-d72"),
+    Case(F32, 160, 33, 33, heads=1, rope="interleaved", k_norm=True, blocks=(32, 16), name="f32-rope-knorm-d160"),
+    # everything at once: Flux-like joint attention with per-stream norms and RoPE, plus a negative stream
+    Case(F32, 64, 45, 45, joint=(19, 19), rope="interleaved", q_norm=True, k_norm=True, joint_q_norm=True,
+         joint_k_norm=True, negative=23, name="f32-joint-norms-rope-negative"),
+    Case(F16, 128, 64, 64, heads=2, joint=(16, 16), rope="interleaved", q_norm=True, k_norm=True, joint_q_norm=True,
+         joint_k_norm=True, layout="bnhd", blocks=(64, 64), name="f16-flux-like-even"),
+    Case(F32, 64, 33, 33, joint=(17, 17), joint_q_norm=True, k_norm=True, name="f32-joint-one-sided-norms"),
+]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case", GRID, ids=str)
+def test_kernel_accuracy(case):
+    q, k, v, kw = build(case)
+    out = run_kernel(q, k, v, kw, case.blocks)
+    ref64, lowp = references(q, k, v, kw)
+    if case.joint is not None:
+        for got, ref, low in zip(out, ref64, lowp if lowp is not None else (None, None)):
+            assert_accurate(got, ref, low, case.dtype)
+    else:
+        assert_accurate(out, ref64, lowp, case.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the references are themselves checked against independent formulations
+
+
+def naive_attention(q, k, v, scale, keep=None):
+    """softmax(q k^T scale) v in float64 with an explicit boolean key mask; rows with no key give zeros."""
+    q, k, v = q.double(), k.double(), v.double()
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    s = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
+    if keep is not None:
+        s = s.masked_fill(~keep, float("-inf"))
+    p = torch.softmax(s, -1).nan_to_num(0.0)
+    return torch.einsum("bhqk,bhkd->bhqd", p, v)
+
+
+def test_reference_against_naive_math():
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(3, 4, 9, 16, generator=gen)
+    k = torch.randn(3, 2, 11, 16, generator=gen)
+    v = torch.randn(3, 2, 11, 16, generator=gen)
+    lens = torch.tensor([11, 3, 0])
+    keep = (torch.arange(11)[None, :] < lens[:, None])[:, None, None, :]
+    ref = attention_reference(q, k, v, kv_lens=lens, compute_dtype=torch.float64)
+    assert rel_err(ref, naive_attention(q, k, v, 0.25, keep)) < 1e-12
+    assert ref[2].abs().max() == 0
+    k_neg, v_neg = torch.randn(3, 2, 5, 16, generator=gen), torch.randn(3, 2, 5, 16, generator=gen)
+    ref = attention_reference(q, k, v, negative=(k_neg, v_neg), negative_scale=0.3, compute_dtype=torch.float64)
+    expect = naive_attention(q, k, v, 0.25) - 0.3 * naive_attention(q, k_neg, v_neg, 0.25)
+    assert rel_err(ref, expect) < 1e-12
+    # group attention = packed segments: 2 groups of 3 "images" x 4 tokens attend jointly within their group
+    x = torch.randn(1, 2, 24, 16, generator=gen, dtype=torch.float64)
+    grouped = attention_reference(x, x, x, cu_seqlens_q=torch.tensor([0, 12, 24]), compute_dtype=torch.float64)
+    keep = torch.zeros(24, 24, dtype=torch.bool)
+    keep[:12, :12] = keep[12:, 12:] = True
+    assert rel_err(grouped, naive_attention(x, x, x, 0.25, keep)) < 1e-12
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the public API, both backends
+
+
+API_CASES = [
+    Case(F32, 40, 33, 21, batch=2, heads=4, kv_heads=2, layout="bnhd", kv_lens=[21, 8], name="api-bnhd-gqa-lens"),
+    Case(F32, 64, 29, 29, joint=(7, 7), rope="half", q_norm=True, k_norm=True, joint_q_norm=True,
+         joint_k_norm=True, name="api-joint-prologue"),
+    Case(BF16, 64, 31, 17, negative=9, name="api-negative-bf16"),
+    Case(F16, 32, 40, 40, cu_q=[0, 10, 10, 40], name="api-varlen-f16"),
+]
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_interpreter)])
+@pytest.mark.parametrize("case", API_CASES, ids=str)
+def test_api_backends(case, backend):
+    q, k, v, kw = build(case, seed=3)
+    with pydiff.use_backend(backend):
+        out = pydiff.attention(q, k, v, **kw)
+    ref64, lowp = references(q, k, v, kw)
+    if case.joint is not None:
+        assert isinstance(out, tuple) and len(out) == 2
+        for got, ref in zip(out, ref64):
+            assert got.is_contiguous()
+            assert_accurate(got, ref, None, case.dtype)
+    else:
+        assert out.is_contiguous() and out.shape == q.shape
+        assert_accurate(out, ref64, lowp, case.dtype)
+
+
+def test_layouts_agree_and_bnhd_is_read_in_place():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 19, 3, 3, 24, generator=gen)  # (B, N, 3, H, D): a fused qkv projection's view
+    q, k, v = x.unbind(2)                             # (B, N, H, D) views, no copy
+    out = pydiff.attention(q, k, v, layout="bnhd")
+    assert out.shape == (2, 19, 3, 24) and out.is_contiguous()
+    ref = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    torch.testing.assert_close(out, ref.transpose(1, 2))
+
+
+def test_varlen_gaps_are_zero_and_max_seqlen_is_found():
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 2, 30, 16, generator=gen)
+    cu = torch.tensor([2, 10, 25])  # tokens 0-1 and 25-29 belong to no segment
+    for backend in ("torch",) + (("triton",) if native.triton_why_not(CPU) is None else ()):
+        with pydiff.use_backend(backend):
+            out = pydiff.attention(q, q, q, cu_seqlens_q=cu)
+            explicit = pydiff.attention(q, q, q, cu_seqlens_q=cu, max_seqlen_q=15)
+        assert out[:, :, :2].abs().max() == 0 and out[:, :, 25:].abs().max() == 0
+        torch.testing.assert_close(out, explicit)
+        seg = F.scaled_dot_product_attention(q[:, :, 10:25], q[:, :, 10:25], q[:, :, 10:25])
+        torch.testing.assert_close(out[:, :, 10:25], seg)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_interpreter)])
+def test_group_attention_without_copies(backend):
+    """Group attention (the images of a group attend jointly): groups of 2 and 3 images of 16 tokens packed in one
+    (B, N, H, D) tensor as segments, against SDPA run group by group."""
+    gen = torch.Generator().manual_seed(13)
+    images = torch.randn(5, 16, 2, 3, 32, generator=gen)   # 5 images, (N, 3 for q/k/v, H, D)
+    packed = images.reshape(1, 80, 2, 3, 32)                 # a view: the images are already contiguous
+    q, k, v = packed.unbind(3)
+    with pydiff.use_backend(backend):
+        out = pydiff.attention(q, k, v, layout="bnhd", cu_seqlens_q=torch.tensor([0, 32, 80]), max_seqlen_q=48)
+    for start, end in ((0, 32), (32, 80)):
+        group = [t[:, start:end].transpose(1, 2) for t in (q, k, v)]
+        expect = F.scaled_dot_product_attention(*group).transpose(1, 2)
+        torch.testing.assert_close(out[:, start:end], expect, rtol=1e-5, atol=1e-5)
+
+
+def test_pydiff_attention_is_the_function_and_auto_is_torch_on_cpu():
+    import sys
+
+    from pydiff.attention import attention, backends
+
+    assert pydiff.attention is attention and sys.modules["pydiff.attention"].attention is attention
+    q = torch.randn(1, 1, 5, 8)
+    torch.testing.assert_close(pydiff.attention(q, q, q), attention(q, q, q))
+    assert backends.select(CPU)[0] == "torch"
+    with pydiff.use_backend("auto"):
+        assert backends.select(CPU)[0] == "torch"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bad input: a clear error before anything is launched
+
+
+def _ok():
+    gen = torch.Generator().manual_seed(6)
+    return torch.randn(2, 4, 9, 16, generator=gen), torch.randn(2, 2, 7, 16, generator=gen), \
+        torch.randn(2, 2, 7, 16, generator=gen)
+
+
+BAD = [
+    ("q", lambda q, k, v: (q[0], k, v, {}), ValueError),
+    ("k", lambda q, k, v: (q, k[:1], v, {}), ValueError),
+    ("heads", lambda q, k, v: (q[:, :3], k, v, {}), ValueError),
+    ("each other in heads and length", lambda q, k, v: (q, k, v[:, :, :5], {}), ValueError),
+    ("head dim", lambda q, k, v: (q, k[..., :8], v, {}), ValueError),
+    ("dtype", lambda q, k, v: (q, k.half(), v, {}), TypeError),
+    ("on meta", lambda q, k, v: (q, k.to("meta"), v, {}), ValueError),
+    ("on meta", lambda q, k, v: (q, k, v, {"kv_lens": torch.tensor([3, 4], device="meta")}), ValueError),
+    ("dtype", lambda q, k, v: (q.double(), k.double(), v.double(), {}), TypeError),
+    ("larger than the supported 256", lambda q, k, v: (q.new_zeros(1, 1, 2, 264), k.new_zeros(1, 1, 2, 264),
+                                                        v.new_zeros(1, 1, 2, 264), {}), ValueError),
+    ("empty", lambda q, k, v: (q[:, :, :0], k, v, {}), ValueError),
+    ("layout", lambda q, k, v: (q, k, v, {"layout": "nhd"}), ValueError),
+    ("kv_lens", lambda q, k, v: (q, k, v, {"kv_lens": torch.tensor([3])}), ValueError),
+    ("kv_lens", lambda q, k, v: (q, k, v, {"kv_lens": torch.tensor([3.0, 4.0])}), TypeError),
+    ("joint", lambda q, k, v: (q, k, v, {"joint": (q[:, :2], k, v)}), ValueError),
+    ("joint", lambda q, k, v: (q, k, v, {"joint": (q, k)}), ValueError),
+    ("negative", lambda q, k, v: (q, k, v, {"negative": (k, v[:, :, :3])}), ValueError),
+    ("rope", lambda q, k, v: (q, k, v, {"rope": (torch.ones(4, 16), torch.ones(4, 16))}), ValueError),
+    ("rope", lambda q, k, v: (q, k, v, {"rope": (torch.ones(9, 16),)}), ValueError),
+    ("q_norm_weight", lambda q, k, v: (q, k, v, {"q_norm_weight": torch.ones(8)}), ValueError),
+    ("joint_q_norm_weight", lambda q, k, v: (q, k, v, {"joint_q_norm_weight": torch.ones(16)}), ValueError),
+    ("negative_kv_lens", lambda q, k, v: (q, k, v, {"negative_kv_lens": torch.tensor([1, 2])}), ValueError),
+    ("cu_seqlens_q", lambda q, k, v: (q, k, v, {"cu_seqlens_q": torch.tensor([0, 5, 3])}), ValueError),
+    ("cu_seqlens_q", lambda q, k, v: (q, k, v, {"cu_seqlens_q": torch.tensor([0.0, 5.0])}), TypeError),
+    ("cannot be combined", lambda q, k, v: (q, k, v, {"cu_seqlens_q": torch.tensor([0, 5]),
+                                                      "negative": (k, v)}), ValueError),
+    ("scale", lambda q, k, v: (q, k, v, {"scale": float("nan")}), ValueError),
+]
+
+
+@pytest.mark.parametrize("needle,make,error", BAD, ids=[f"{i}-{b[0]}" for i, b in enumerate(BAD)])
+def test_bad_input_raises_before_launch(needle, make, error, monkeypatch):
+    q, k, v = _ok()
+    q, k, v, kw = make(q, k, v)
+    launched = []
+    module = attention_module
+    for name in list(module.backends.impls):
+        monkeypatch.setitem(module.backends.impls, name, lambda *a, **kw: launched.append(a))
+    with pytest.raises(error, match=needle):
+        pydiff.attention(q, k, v, **kw)
+    assert not launched
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# torch.library: opcheck, torch.compile(fullgraph=True), the triton_op form of the registration
+
+
+def _op_args(q, k, v, kw, max_seqlen=0):
+    rope = kw.get("rope", (None, None))
+    joint = kw.get("joint", (None, None, None))
+    neg = kw.get("negative", (None, None))
+    return (q, k, v, kw.get("scale", q.shape[-1] ** -0.5), kw["layout"], kw.get("kv_lens"),
+            kw.get("cu_seqlens_q"), kw.get("cu_seqlens_k"), max_seqlen, *joint, *neg, kw.get("negative_scale", 1.0),
+            kw.get("negative_kv_lens"), rope[0], rope[1], kw.get("rope_interleaved", True), kw.get("q_norm_weight"),
+            kw.get("k_norm_weight"), kw.get("joint_q_norm_weight"), kw.get("joint_k_norm_weight"),
+            kw.get("norm_eps", 1e-6))
+
+
+OPCHECK_CASES = [
+    Case(F32, 16, 9, 7, layout="bnhd", kv_lens=[4], name="plain"),
+    Case(F32, 16, 9, 9, joint=(5, 5), rope="interleaved", q_norm=True, k_norm=True, joint_q_norm=True,
+         joint_k_norm=True, negative=6, name="joint-prologue-negative"),
+]
+
+
+@pytest.mark.parametrize("case,backend", [
+    (OPCHECK_CASES[0], "torch"), (OPCHECK_CASES[1], "torch"),
+    pytest.param(OPCHECK_CASES[0], "triton", marks=needs_interpreter),
+], ids=["plain-torch", "joint-prologue-negative-torch", "plain-triton"])
+def test_opcheck(case, backend):
+    q, k, v, kw = build(case, seed=7)
+    with pydiff.use_backend(backend):
+        torch.library.opcheck(torch.ops.pydiff.attention.default, _op_args(q, k, v, kw))
+
+
+def test_opcheck_varlen():
+    q, k, v, kw = build(Case(F32, 16, 12, 12, cu_q=[0, 5, 12], kv_lens=[3, 7], name="varlen"), seed=8)
+    torch.library.opcheck(torch.ops.pydiff.attention.default, _op_args(q, k, v, kw, max_seqlen=7))
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_interpreter)])
+def test_torch_compile_fullgraph(backend):
+    case = Case(F32, 16, 11, 11, joint=(5, 5), rope="half", q_norm=True, k_norm=True, joint_q_norm=True,
+                joint_k_norm=True, name="compile")
+    q, k, v, kw = build(case, seed=9)
+
+    def block(q, k, v, q2, k2, v2):
+        img, txt = pydiff.attention(q * 2, k, v, joint=(q2, k2, v2), rope=kw["rope"], rope_interleaved=False,
+                                    q_norm_weight=kw["q_norm_weight"], k_norm_weight=kw["k_norm_weight"],
+                                    joint_q_norm_weight=kw["joint_q_norm_weight"],
+                                    joint_k_norm_weight=kw["joint_k_norm_weight"], norm_eps=kw["norm_eps"])
+        return img.sum(1) + 1, txt
+
+    with pydiff.use_backend(backend):
+        eager = block(q, k, v, *kw["joint"])
+        torch._dynamo.reset()
+        compiled = torch.compile(block, fullgraph=True, backend="aot_eager")(q, k, v, *kw["joint"])
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b)
+
+
+def test_torch_compile_inductor_cpu():
+    q, k, v, kw = build(Case(F32, 16, 13, 9, kv_lens=[5], name="inductor"), seed=10)
+
+    def f(q, k, v, lens):
+        return pydiff.attention(q.sin(), k, v, kv_lens=lens).cos()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v, kw["kv_lens"]), f(q, k, v, kw["kv_lens"]))
+
+
+def test_torch_export():
+    class Block(torch.nn.Module):
+        def forward(self, q, k, v, q2, k2, v2):
+            img, txt = pydiff.attention(q, k, v, layout="bnhd", joint=(q2, k2, v2))
+            return img.flatten(2), txt.flatten(2)
+
+    q, k, v, kw = build(Case(F32, 16, 9, 9, layout="bnhd", joint=(4, 4), name="export"), seed=14)
+    args = (q, k, v, *kw["joint"])
+    program = torch.export.export(Block(), args)
+    assert "pydiff.attention" in str(program.graph)
+    for a, b in zip(program.module()(*args), Block()(*args)):
+        torch.testing.assert_close(a, b)
+
+
+@needs_interpreter
+def test_triton_op_registration_runs_eagerly():
+    """The CUDA registration (torch.library.triton_op) built on CPU: the same body, dispatched eagerly."""
+    op = attention_module.define_attention_op("pydiff_test::attention_triton_op", use_triton_op=True)
+    q, k, v, kw = build(Case(F32, 16, 9, 7, negative=4, name="triton-op"), seed=11)
+    with pydiff.use_backend("triton"):
+        outs = op(*_op_args(q, k, v, kw))
+    ref64, _ = references(q, k, v, kw)
+    assert_accurate(outs[0], ref64, None, F32)
+    # what a GPU machine does with CPU tensors: the torch backend traced through the triton_op body, varlen included
+    q, k, v, kw = build(Case(F32, 16, 12, 12, cu_q=[0, 5, 12], kv_lens=[3, 7], name="varlen"), seed=8)
+    with pydiff.use_backend("torch"):
+        torch.library.opcheck(op, _op_args(q, k, v, kw, max_seqlen=7))
+
+
+def test_tiling_choices():
+    from pydiff.kernels.attention import _GPU_CONFIGS, _prune_configs, default_config, head_dim_blocks
+    import triton
+
+    # non-powers of two are split into two power-of-two chunks when that is less work than padding
+    assert head_dim_blocks(40) == (32, 16, True) and head_dim_blocks(72) == (64, 16, True)
+    assert head_dim_blocks(80) == (64, 16, True) and head_dim_blocks(96) == (64, 32, True)
+    assert head_dim_blocks(160) == (128, 32, True) and head_dim_blocks(100)[0:3:2] == (128, False)
+    assert head_dim_blocks(64)[0:3:2] == (64, False) and head_dim_blocks(8)[0:3:2] == (16, False)
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+               for bm, bn, w, s in _GPU_CONFIGS]
+    base = dict(BLOCK_DA=64, BLOCK_DB=16, SPLIT_D=False, NEG=False, HAS_ROPE=False, JOINT=False)
+    assert len(_prune_configs(configs, base)) == len(configs)
+    heavy = _prune_configs(configs, {**base, "BLOCK_DA": 128, "HAS_ROPE": True})
+    assert heavy and all(c.num_stages <= 3 for c in heavy) and len(heavy) < len(configs)
+    wide = _prune_configs(configs, {**base, "BLOCK_DA": 256, "NEG": True})
+    assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in wide] == [(32, 32)]
+    for d in (32, 64, 128, 160, 256):
+        for negative in (False, True):
+            bm, bn, warps, stages = default_config(d, heavy=negative, negative=negative)
+            assert (2 if negative else 1) * bm * head_dim_blocks(d)[0] <= 128 * warps * 32
+
+
+def test_autotune_switch(monkeypatch):
+    for value, expect in (("0", False), ("1", True), ("off", False)):
+        monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", value)
+        assert attention_module.autotune_enabled() is expect
+    monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "sometimes")
+    with pytest.raises(ValueError, match="PYDIFF_ATTENTION_AUTOTUNE"):
+        attention_module.autotune_enabled()
+
+
+def test_benchmark_suite_runs_on_cpu():
+    """benchmarks/bench_attention.py on tiny CPU shapes (ours = the torch backend): every row is measured."""
+    bench = pytest.importorskip("benchmarks.bench_attention")
+    rows = bench.run(quick=True, device="cpu")
+    figures = [r for r in rows if "speedup" in r]
+    assert len(figures) == len(bench.CPU_SHAPES) + 5
+    assert all(r["ours_TFLOPs"] > 0 and r["peer_TFLOPs"] > 0 for r in figures)
+    assert not [r for r in rows if "error" in r or "unavailable" in r]
+    assert "joint + QK norm + RoPE (Flux)" in bench.section(rows)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GPU (skipped without CUDA): the compiled kernel, autotuned, with TF32 tolerance for fp32
+
+
+GPU_GRID = [GRID[i] for i in (0, 1, 2, 4, 6, 8, 10, 13, 15, 17, 20, 23)] + [
+    Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
+         name="gpu-flux-shape"),
+    Case(F16, 64, 4096, 77, heads=10, batch=2, name="gpu-sdxl-cross"),
+]
+
+
+def _to_device(kw, device):
+    move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    return {name: tuple(move(t) for t in value) if isinstance(value, tuple) else move(value)
+            for name, value in kw.items()}
+
+
+def _gpu_check(case, device):
+    q, k, v, kw = build(case)
+    q, k, v = q.to(device), k.to(device), v.to(device)
+    kw = _to_device(kw, device)
+    with pydiff.use_backend("triton"):
+        out = pydiff.attention(q, k, v, **kw)
+    ref64 = attention_reference(q, k, v, compute_dtype=torch.float64, **kw)
+    lowp = attention_reference(q, k, v, **kw) if case.dtype != F32 else None
+    outs, refs = (out, ref64) if case.joint is not None else ((out,), (ref64,))
+    if lowp is None:
+        lows = (None,) * len(outs)
+    else:
+        lows = lowp if case.joint is not None else (lowp,)
+    for got, ref, low in zip(outs, refs, lows):
+        # fp32 runs through TF32 tensor cores on the GPU
+        assert_accurate(got.cpu(), ref.cpu(), None if low is None else low.cpu(), case.dtype, fp32_rtol=5e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_GRID, ids=str)
+def test_gpu_accuracy(case, cuda_device, monkeypatch):
+    # one default tile per head dim: the grid checks the math, not the tuner (and compiles once per variant)
+    monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
+    _gpu_check(case, cuda_device)
+
+
+@pytest.mark.gpu
+def test_gpu_autotuned(cuda_device, monkeypatch):
+    monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "1")
+    _gpu_check(Case(F16, 64, 1025, 1025, heads=4, layout="bnhd", name="gpu-autotuned"), cuda_device)
+
+
+@pytest.mark.gpu
+def test_gpu_opcheck_and_compile(cuda_device, monkeypatch):
+    monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
+    case = OPCHECK_CASES[1]
+    q, k, v, kw = build(case, seed=12)
+    to = lambda t: t.to(cuda_device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    args = tuple(to(a) for a in _op_args(q, k, v, kw))
+    torch.library.opcheck(torch.ops.pydiff.attention.default, args)
+    qc, kc, vc = to(q), to(k), to(v)
+    lens = to(torch.tensor([7], dtype=torch.int32))
+    rope = tuple(to(t) for t in kw["rope"])
+
+    def f(q, k, v, lens):
+        return pydiff.attention(q * 1.5, k, v, kv_lens=lens, rope=rope).sum(-1)
+
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(qc, kc, vc, lens), f(qc, kc, vc, lens),
+                               rtol=2e-3, atol=2e-3)
+
+    class Attend(torch.nn.Module):
+        def forward(self, q, k, v):
+            return pydiff.attention(q, k, v, rope=rope)
+
+    program = torch.export.export(Attend(), (qc, kc, vc))
+    torch.testing.assert_close(program.module()(qc, kc, vc), Attend()(qc, kc, vc), rtol=2e-3, atol=2e-3)

@@ -1,0 +1,223 @@
+"""pydiff's diffusers attention processors give the stock processors' outputs on tiny UNet, SD3 and Flux models.
+
+Each model is built from a small config in code, run with its stock processors, then switched with
+``set_attention_backend`` and run again on the torch backend and on the Triton kernel (interpreted on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import pydiff
+from pydiff.ops import native
+from pydiff.reference.attention import rms_norm_reference, rope_reference
+
+diffusers = pytest.importorskip("diffusers")
+
+from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
+    PydiffAttnProcessor,
+    PydiffFluxAttnProcessor,
+    PydiffJointAttnProcessor,
+    set_attention_backend,
+)
+
+CPU = torch.device("cpu")
+needs_interpreter = pytest.mark.skipif(native.triton_why_not(CPU) is not None,
+                                       reason=f"Triton on CPU: {native.triton_why_not(CPU)}")
+BACKENDS = ["torch", pytest.param("triton", marks=needs_interpreter)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_threaded_blas():
+    """The Triton interpreter's dots are numpy matmuls on small tiles; OpenBLAS threads spinning on a shared
+    machine make them ~100x slower."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def test_reference_prologue_matches_diffusers_conventions():
+    """The kernel is checked against pydiff's references; these follow diffusers' RoPE and RMSNorm conventions."""
+    from diffusers.models import embeddings as diffusers_embeddings
+    from diffusers.models import normalization as norm_mod
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 7, 8, generator=gen)
+    cos, sin = torch.rand(7, 8, generator=gen), torch.rand(7, 8, generator=gen)
+    for interleaved, unbind in ((True, -1), (False, -2)):
+        ours = rope_reference(x, cos, sin, interleaved)
+        theirs = diffusers_embeddings.apply_rotary_emb(x, (cos, sin), use_real=True, use_real_unbind_dim=unbind)
+        torch.testing.assert_close(ours, theirs)
+    norm = norm_mod.RMSNorm(8, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(8, generator=gen) + 0.5)
+    torch.testing.assert_close(rms_norm_reference(x, norm.weight.detach(), 1e-6), norm(x))
+
+
+def _perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random weights everywhere (zero-initialised output layers would hide attention differences)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return model.eval()
+
+
+def _processor_types(model):
+    return {type(m.processor) for m in model.modules() if hasattr(m, "set_processor")}
+
+
+def _compare(model, run, backend, expect_types, rtol=2e-5):
+    with torch.no_grad():
+        stock = run(model)
+        ours_model = copy.deepcopy(model)
+        switched = set_attention_backend(ours_model)
+        assert switched > 0 and expect_types <= _processor_types(ours_model)
+        with pydiff.use_backend(backend):
+            ours = run(ours_model)
+    stock = stock if isinstance(stock, tuple) else (stock,)
+    ours = ours if isinstance(ours, tuple) else (ours,)
+    for a, b in zip(ours, stock):
+        err = ((a.double() - b.double()).norm() / b.double().norm()).item()
+        assert err <= rtol, f"relative difference to the stock processors {err:.3g} > {rtol}"
+
+
+def tiny_unet():
+    from diffusers import UNet2DConditionModel
+
+    model = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=24, attention_head_dim=2, norm_num_groups=8)
+    return _perturb(model, 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unet2d_condition(backend):
+    model = tiny_unet()
+    gen = torch.Generator().manual_seed(1)
+    sample = torch.randn(2, 4, 8, 8, generator=gen)
+    context = torch.randn(2, 7, 24, generator=gen)
+    t = torch.tensor([10, 500])
+    _compare(model, lambda m: m(sample, t, encoder_hidden_states=context).sample, backend, {PydiffAttnProcessor})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vae_attention(backend):
+    """The VAE's mid-block attention: 4-D input, group norm, residual connection, output rescale."""
+    from diffusers import AutoencoderKL
+
+    model = _perturb(AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                                   up_block_types=("UpDecoderBlock2D",), block_out_channels=(32,),
+                                   latent_channels=4, norm_num_groups=8, sample_size=16), 8)
+    image = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(9))
+    _compare(model, lambda m: m(image, sample_posterior=False).sample, backend, {PydiffAttnProcessor})
+
+
+def test_unet2d_condition_with_encoder_mask_falls_back_to_stock_math():
+    model = tiny_unet()
+    gen = torch.Generator().manual_seed(2)
+    sample = torch.randn(2, 4, 8, 8, generator=gen)
+    context = torch.randn(2, 7, 24, generator=gen)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0]])
+    _compare(model, lambda m: m(sample, torch.tensor([3, 900]), encoder_hidden_states=context,
+                                encoder_attention_mask=mask).sample, "torch", {PydiffAttnProcessor})
+
+
+def tiny_sd3(qk_norm):
+    from diffusers import SD3Transformer2DModel
+
+    model = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=24, out_channels=4,
+        pos_embed_max_size=8, dual_attention_layers=(0,), qk_norm=qk_norm)
+    return _perturb(model, 3)
+
+
+@pytest.mark.parametrize("qk_norm,backend", [
+    ("rms_norm", "torch"), pytest.param("rms_norm", "triton", marks=needs_interpreter),
+    (None, "torch"), pytest.param(None, "triton", marks=needs_interpreter),
+    # LayerNorm QK norms are applied as modules before the fused call: the same kernel as qk_norm=None
+    ("layer_norm", "torch"),
+])
+def test_sd3_transformer(qk_norm, backend):
+    model = tiny_sd3(qk_norm)
+    gen = torch.Generator().manual_seed(4)
+    latents = torch.randn(2, 4, 8, 8, generator=gen)
+    context = torch.randn(2, 9, 32, generator=gen)
+    pooled = torch.randn(2, 24, generator=gen)
+    t = torch.tensor([0.3, 0.8])
+    _compare(model, lambda m: m(latents, context, pooled, t).sample, backend, {PydiffJointAttnProcessor})
+
+
+def tiny_flux():
+    from diffusers import FluxTransformer2DModel
+
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=8, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=24, guidance_embeds=False, axes_dims_rope=(4, 6, 6))
+    return _perturb(model, 5)
+
+
+def _flux_inputs(seed):
+    gen = torch.Generator().manual_seed(seed)
+    img_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(5.0), indexing="ij"),
+                          -1).reshape(-1, 3)
+    txt_ids = torch.zeros(6, 3)
+    return dict(hidden_states=torch.randn(1, 20, 8, generator=gen),
+                encoder_hidden_states=torch.randn(1, 6, 32, generator=gen),
+                pooled_projections=torch.randn(1, 24, generator=gen), timestep=torch.tensor([0.7]),
+                img_ids=img_ids, txt_ids=txt_ids)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flux_transformer(backend):
+    model = tiny_flux()
+    inputs = _flux_inputs(6)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffFluxAttnProcessor})
+
+
+def test_flux_fused_projections_and_attention_mask_match_stock():
+    model = tiny_flux()
+    block = model.transformer_blocks[0]
+    gen = torch.Generator().manual_seed(7)
+    hidden = torch.randn(1, 20, 32, generator=gen)
+    context = torch.randn(1, 6, 32, generator=gen)
+    rope = model.pos_embed(torch.cat([torch.zeros(6, 3), torch.randn(20, 3, generator=gen).round()], 0))
+    mask = torch.ones(1, 1, 26, 26, dtype=torch.bool)
+    mask[..., 3:6] = False
+    with torch.no_grad():
+        for kwargs in ({}, {"attention_mask": mask}):
+            stock = block.attn(hidden, context, image_rotary_emb=rope, **kwargs)
+            ours = PydiffFluxAttnProcessor()(block.attn, hidden, context, image_rotary_emb=rope, **kwargs)
+            for a, b in zip(ours, stock):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        fused = copy.deepcopy(block.attn)
+        fused.fuse_projections()
+        assert fused.fused_projections
+        ours = PydiffFluxAttnProcessor()(fused, hidden, context, image_rotary_emb=rope)
+        for a, b in zip(ours, block.attn(hidden, context, image_rotary_emb=rope)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_set_attention_backend_on_a_pipeline_and_bad_input():
+    class Pipe:  # what set_attention_backend uses of a DiffusionPipeline
+        def __init__(self, **components):
+            self.components = components
+
+    unet, flux = tiny_unet(), tiny_flux()
+    pipe = Pipe(unet=unet, transformer=flux, scheduler=object(), tokenizer=None)
+    expected = sum(1 for m in list(unet.modules()) + list(flux.modules()) if hasattr(m, "set_processor"))
+    assert set_attention_backend(pipe) == expected
+    assert _processor_types(unet) == {PydiffAttnProcessor}
+    assert _processor_types(flux) == {PydiffFluxAttnProcessor}
+    assert set_attention_backend(pipe) == 0  # already switched
+    with pytest.raises(TypeError, match="pipeline"):
+        set_attention_backend(object())
