@@ -27,6 +27,8 @@ TITLE = "Fused sampler steps vs diffusers scheduler.step"
 ORDER = 10
 
 SHAPES = [(1, 4, 64, 64), (4, 4, 128, 128), (1, 16, 128, 128)]
+#: on a GPU also a 64 MB float32 latent, large enough to measure the step against copy bandwidth
+GPU_SHAPES = SHAPES + [(16, 16, 256, 256)]
 STEPS, STEP_INDEX = 20, 10
 GUIDANCE = 7.5
 SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
@@ -188,7 +190,7 @@ def run(quick: bool = True, device: str = "cpu", progress: bool = False) -> List
     reps = 10 if quick else 30
     rows = []
     compile_ok = not quick
-    for shape in SHAPES:
+    for shape in GPU_SHAPES if device.startswith("cuda") else SHAPES:
         for name in names:
             case = StepCase(name, shape, device)
             ours = time_ms(case.ours(), device, reps)

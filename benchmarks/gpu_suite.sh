@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
 # The GPU suite, one command on a GPU machine: build (CUDA module included), check correctness on the GPU
-# (the gpu-marked tests, plus the CUDA-graph sampling test), then benchmark against the peers and the measured
-# ceilings. Results land in benchmarks/results/<date>-<card>/ (or $1), and a short table is printed last.
+# (every gpu-marked test: CUDA C++ and compiled Triton kernels, CUDA-graph capture of whole sampling loops),
+# then benchmark against the peers and the measured ceilings. Results land in $1 (default
+# benchmarks/results/<date>-<card>/), and a short table is printed last.
+#   GPU_TEST_TIMEOUT / GPU_BENCH_TIMEOUT / GPU_ATTN_TIMEOUT: seconds for each stage (the lease is short).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//')
 out=${1:-benchmarks/results/$(date -u +%F)-${card:-gpu}}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/nvidia-smi.txt" 2>&1
 python3 -m pip install --no-build-isolation --no-deps -e . >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+grep -E -- "-- pydiff:" "$out/build.log"
 python3 -m pydiff info | tee "$out/info.txt"
-python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/gpu-tests.log" | tail -25
-tests_rc=${PIPESTATUS[0]}
-python3 -m pydiff bench --suite full --device cuda --out "$out" 2>&1 | tee "$out/bench.log" | tail -60
-bench_rc=${PIPESTATUS[0]}
-echo "gpu tests exit code: $tests_rc, bench exit code: $bench_rc, results in $out"
-exit $(( tests_rc != 0 || bench_rc != 0 ))
+# Triton compiles dominate the GPU tests: spread them over processes when pytest-xdist is there.
+par=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
+timeout "${GPU_TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu $par -p no:cacheprovider tests >"$out/gpu-tests.log" 2>&1
+tests_rc=$?
+tail -25 "$out/gpu-tests.log"
+# Steps, end-to-end sampling and quality: quick settings (no torch.compile peer); then attention, autotuned.
+timeout "${GPU_BENCH_TIMEOUT:-200}" python3 -m pydiff bench --suite quick --device cuda \
+  --only ceilings steps sampling quality --out "$out/bench" >"$out/bench.log" 2>&1
+bench_rc=$?
+timeout "${GPU_ATTN_TIMEOUT:-240}" python3 -m pydiff bench --suite full --device cuda --only ceilings attention \
+  --out "$out/bench-attention" >"$out/bench-attention.log" 2>&1
+attn_rc=$?
+tail -45 "$out/bench.log"
+tail -30 "$out/bench-attention.log"
+echo "exit codes: gpu tests $tests_rc, bench $bench_rc, attention bench $attn_rc (124 = stage timed out); results in $out"
+exit $(( tests_rc != 0 || bench_rc != 0 || attn_rc != 0 ))

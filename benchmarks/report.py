@@ -67,7 +67,8 @@ def main(args: argparse.Namespace) -> int:
             results["areas"][area] = {"title": getattr(module, "TITLE", area), "rows": [],
                                       "error": f"{type(exc).__name__}: {exc}"}
             traceback.print_exc()
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        # after every area, so a run cut short keeps what it measured
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     report = write_report(results, suites, out)
     print(report_summary(results))
     print(f"\nwrote {out / 'results.json'}, {report} and {len(list(out.glob('*.png')))} plot(s)")
