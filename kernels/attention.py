@@ -341,17 +341,6 @@ def _attn_fwd_kernel(
             HAS_QNORM or HAS_Q2NORM, HAS_KNORM, HAS_K2NORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16)
 
 
-def _even_n(args) -> bool:
-    """Whether every key stream is a whole number of BLOCK_N blocks, so the key loop needs no column mask."""
-    if args["VARLEN"] or args["HAS_KV_LENS"] or args["HAS_NEG_KV_LENS"]:
-        return False
-    lengths = [args["Nk"]] + ([args["Nk2"]] if args["JOINT"] else []) + ([args["Nneg"]] if args["NEG"] else [])
-    return all(n % args["BLOCK_N"] == 0 for n in lengths)
-
-
-_attn_fwd_heuristic = triton.heuristics({"EVEN_N": _even_n})(_attn_fwd_kernel)
-
-
 # Hopper/Ampere candidates (BLOCK_M, BLOCK_N, num_warps, num_stages). Configs that do not fit a card's shared
 # memory fail to compile and the autotuner skips them; the prune below only spares compile time on large tiles.
 _GPU_CONFIGS = [
@@ -384,7 +373,7 @@ _attn_fwd_autotuned = triton.autotune(
              _GPU_CONFIGS],
     key=_AUTOTUNE_KEY,
     prune_configs_by={"early_config_prune": _prune_configs},
-)(_attn_fwd_heuristic)
+)(_attn_fwd_kernel)
 
 
 def default_config(head_dim: int, heavy: bool, negative: bool = False):
@@ -519,6 +508,13 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         # the products, and every rounding to bf16 is done to nearest even by hand.
         EMULATE_BF16=q.device.type == "cpu" and q.dtype == torch.bfloat16,
     )
+    # EVEN_N: every key stream is a whole number of key blocks, so the key loop needs no column mask. Decided here
+    # (not by a triton.heuristics wrapper, which torch.library.wrap_triton does not accept) against the block in
+    # use, or against the largest autotune candidate, whose multiples every smaller power-of-two block divides.
+    lengths = [n_k] + ([n_k2] if joint is not None else []) + ([n_neg] if negative is not None else [])
+    widest = block_n if block_n is not None else max(c.kwargs["BLOCK_N"] for c in _attn_fwd_autotuned.configs)
+    flags["EVEN_N"] = not (varlen or kv_lens is not None or negative_kv_lens is not None) and \
+        all(n % widest == 0 for n in lengths)
     if block_m is not None:
         flags.update(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
     kernel[grid](*args, **flags)

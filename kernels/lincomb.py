@@ -46,7 +46,7 @@ def _store_output(out_ptr, acc, d, c_ptr, o: tl.constexpr, ROW: tl.constexpr, N_
 def _lincomb_kernel(
     in0, in1, in2, in3, in4, in5, in6, in7, in8, in9,
     out0, out1, out2, out3, out4, out5,
-    coefs_ptr, coef_batch_stride, inner, clamp,
+    coefs_ptr, coef_batch_stride, inner, clamp_hi, clamp_lo,
     N_IN: tl.constexpr, N_OUT: tl.constexpr, HAS_CLAMP: tl.constexpr, ACC_F64: tl.constexpr, ROUND_BF16: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -95,7 +95,10 @@ def _lincomb_kernel(
         d, a0, a1, a2, a3, a4, a5 = _fold_input(tl.load(in9 + offs, mask=mask).to(acc_ty), c_ptr, 9, ROW, N_OUT,
                                                 d, a0, a1, a2, a3, a4, a5)
     if HAS_CLAMP:
-        d = tl.minimum(tl.maximum(d, -clamp), clamp)
+        # scalar float arguments arrive as float32: the bound is passed as hi + lo so float64 data is clamped at
+        # the float64 value (for float32 accumulation lo is below its resolution)
+        bound = tl.cast(clamp_hi, acc_ty) + tl.cast(clamp_lo, acc_ty)
+        d = tl.minimum(tl.maximum(d, -bound), bound)
     _store_output(out0, a0, d, c_ptr, 0, ROW, N_IN, offs, mask, ROUND_BF16)
     if N_OUT > 1:
         _store_output(out1, a1, d, c_ptr, 1, ROW, N_IN, offs, mask, ROUND_BF16)
@@ -117,6 +120,8 @@ def lincomb_forward(kernel, inputs, outputs, coefs, batch, inner, clamp, block=N
     import torch
 
     n_in, n_out = len(inputs), len(outputs)
+    clamp = float(max(clamp, 0.0))
+    clamp_hi = float(torch.tensor(clamp, dtype=torch.float32))  # the float32 nearest the bound
     if block is None:
         # Few large blocks under the interpreter (each program costs ~1 ms there); 1024 x 4 warps on a GPU.
         block = 1024 if inputs[0].is_cuda else max(16, min(1 << 16, triton.next_power_of_2(max(inner, 1))))
@@ -124,7 +129,7 @@ def lincomb_forward(kernel, inputs, outputs, coefs, batch, inner, clamp, block=N
     outs = list(outputs) + [outputs[0]] * (MAX_OUTPUTS - n_out)
     grid = (triton.cdiv(inner, block), batch)
     kernel[grid](
-        *ins, *outs, coefs, coefs.stride(0) if coefs.shape[0] > 1 else 0, inner, float(max(clamp, 0.0)),
+        *ins, *outs, coefs, coefs.stride(0) if coefs.shape[0] > 1 else 0, inner, clamp_hi, clamp - clamp_hi,
         N_IN=n_in, N_OUT=n_out, HAS_CLAMP=clamp > 0, ACC_F64=inputs[0].dtype == torch.float64,
         ROUND_BF16=inputs[0].dtype == torch.bfloat16, BLOCK=block,
         num_warps=4,

@@ -299,7 +299,7 @@ def _attention_triton(call: _Call, outs: List[torch.Tensor]) -> None:
     if call.negative is not None:
         keys = max(keys, call.bhnd(call.negative[0])[2])
     block_m, block_n = interpreter_blocks(rows, keys)
-    attention_forward(native.triton_kernel("attention", "_attn_fwd_heuristic"), call.q, call.k, call.v, outs[0],
+    attention_forward(native.triton_kernel("attention", "_attn_fwd_kernel"), call.q, call.k, call.v, outs[0],
                       block_m=block_m, block_n=block_n, **_triton_kwargs(call, outs))
 
 
@@ -322,7 +322,7 @@ def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:
         else:
             heavy = call.rope is not None or call.joint is not None or call.negative is not None
             block_m, block_n, warps, stages = default_config(call.bhnd(call.q)[3], heavy, call.negative is not None)
-            attention_forward(wrap_triton(_attn_fwd_heuristic), call.q, call.k, call.v, outs[0],
+            attention_forward(wrap_triton(_attn_fwd_kernel), call.q, call.k, call.v, outs[0],
                               block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
                               **_triton_kwargs(call, outs))
 
@@ -342,7 +342,7 @@ def define_attention_op(name: str, use_triton_op: bool):
 
 # The CUDA launcher's kernels and wrap_triton, bound at import on a CUDA machine. They are module globals because
 # triton_op finds the kernels of an op by reading the names passed to wrap_triton in its source.
-_attn_fwd_autotuned = _attn_fwd_heuristic = None
+_attn_fwd_autotuned = _attn_fwd_kernel = None
 
 
 def wrap_triton(kernel):
@@ -352,12 +352,12 @@ def wrap_triton(kernel):
 
 def _load_gpu_kernel() -> bool:
     """On a machine where Triton compiles for CUDA, bind the kernels and wrap_triton; returns whether it did."""
-    global _attn_fwd_autotuned, _attn_fwd_heuristic, wrap_triton
+    global _attn_fwd_autotuned, _attn_fwd_kernel, wrap_triton
     if not torch.cuda.is_available() or native.triton_error() is not None or native.triton_interpreting():
         return False
     from torch.library import wrap_triton
 
-    from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_heuristic
+    from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_kernel
     return True
 
 

@@ -164,7 +164,7 @@ def references(q, k, v, kw):
 
 def run_kernel(q, k, v, kw, blocks, poison=float("nan")):
     """The Triton kernel through its launcher, into outputs poisoned beforehand (every element must be written)."""
-    from pydiff.kernels.attention import _attn_fwd_heuristic, attention_forward
+    from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward
 
     out = torch.full_like(q, poison, memory_format=torch.contiguous_format)
     joint = None
@@ -174,7 +174,7 @@ def run_kernel(q, k, v, kw, blocks, poison=float("nan")):
     cu_q = kw.get("cu_seqlens_q")
     max_seqlen = 0 if cu_q is None else int((cu_q[1:] - cu_q[:-1]).max())
     attention_forward(
-        _attn_fwd_heuristic, q, k, v, out, bnhd=kw["layout"] == "bnhd",
+        _attn_fwd_kernel, q, k, v, out, bnhd=kw["layout"] == "bnhd",
         scale=kw.get("scale", 1.0 / math.sqrt(q.shape[-1])), joint=joint, negative=kw.get("negative"),
         negative_scale=kw.get("negative_scale", 1.0), kv_lens=kw.get("kv_lens"),
         negative_kv_lens=kw.get("negative_kv_lens"), cu_seqlens_q=cu_q, cu_seqlens_k=kw.get("cu_seqlens_k"),
