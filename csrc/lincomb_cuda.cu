@@ -51,44 +51,55 @@ __global__ void lincomb_kernel(LincombArgs a) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * VEC;
   for (int64_t i0 = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC; i0 < a.inner;
        i0 += stride) {
-    Acc v[kLincombMaxInputs + 1][VEC];
+    // Every loop over inputs/outputs is unrolled to the maximum count with a run-time guard, so the arrays
+    // below are indexed by constants and stay in registers (a run-time index would put them in local memory).
+    Acc v[kLincombMaxInputs][VEC];
+    Acc d[VEC];
     const bool full = i0 + VEC <= a.inner;
 #pragma unroll
     for (int j = 0; j < kLincombMaxInputs; ++j) {
-      if (j >= n_in) break;
-      const S* src = static_cast<const S*>(a.in[j]) + base + i0;
-      if (VEC > 1 && full) {
-        S tmp[VEC];
-        *reinterpret_cast<uint4*>(tmp) = *reinterpret_cast<const uint4*>(src);
+      if (j < n_in) {
+        const S* src = static_cast<const S*>(a.in[j]) + base + i0;
+        if (VEC > 1 && full) {
+          S tmp[VEC];
+          *reinterpret_cast<uint4*>(tmp) = *reinterpret_cast<const uint4*>(src);
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) v[j][k] = CudaStorage<S>::load(tmp[k]);
-      } else {
+          for (int k = 0; k < VEC; ++k) v[j][k] = CudaStorage<S>::load(tmp[k]);
+        } else {
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) v[j][k] = (i0 + k < a.inner) ? CudaStorage<S>::load(src[k]) : Acc(0);
+          for (int k = 0; k < VEC; ++k) v[j][k] = (i0 + k < a.inner) ? CudaStorage<S>::load(src[k]) : Acc(0);
+        }
       }
     }
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
-      Acc d = 0;
-      for (int j = 0; j < n_in; ++j) d += coef[j] * v[j][k];
-      if (clamp > Acc(0)) d = d < -clamp ? -clamp : (d > clamp ? clamp : d);
-      v[kLincombMaxInputs][k] = d;
+      Acc acc = 0;
+#pragma unroll
+      for (int j = 0; j < kLincombMaxInputs; ++j)
+        if (j < n_in) acc += coef[j] * v[j][k];
+      if (clamp > Acc(0)) acc = acc < -clamp ? -clamp : (acc > clamp ? clamp : acc);
+      d[k] = acc;
     }
-    for (int o = 0; o < a.n_out; ++o) {
-      const Acc* co = coef + (1 + o) * row;
-      S res[VEC];
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        Acc acc = co[n_in] * v[kLincombMaxInputs][k];
-        for (int j = 0; j < n_in; ++j) acc += co[j] * v[j][k];
-        res[k] = CudaStorage<S>::store(acc);
-      }
-      S* dst = static_cast<S*>(a.out[o]) + base + i0;
-      if (VEC > 1 && full) {
-        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(res);
-      } else {
+    for (int o = 0; o < kLincombMaxOutputs; ++o) {
+      if (o < a.n_out) {
+        const Acc* co = coef + (1 + o) * row;
+        S res[VEC];
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) if (i0 + k < a.inner) dst[k] = res[k];
+        for (int k = 0; k < VEC; ++k) {
+          Acc acc = co[n_in] * d[k];
+#pragma unroll
+          for (int j = 0; j < kLincombMaxInputs; ++j)
+            if (j < n_in) acc += co[j] * v[j][k];
+          res[k] = CudaStorage<S>::store(acc);
+        }
+        S* dst = static_cast<S*>(a.out[o]) + base + i0;
+        if (VEC > 1 && full) {
+          *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(res);
+        } else {
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) if (i0 + k < a.inner) dst[k] = res[k];
+        }
       }
     }
   }
