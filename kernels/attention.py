@@ -265,6 +265,11 @@ def _attn_fwd_kernel(
     EMULATE_BF16: tl.constexpr,
 ):
     """grid = (query blocks [of both streams when JOINT], B * H, segments). See the module docstring."""
+    # Inductor's copy of this kernel types Python float arguments as fp64: without the casts the online-softmax
+    # state would turn fp64 inside the key loop, which Triton rejects (loop-carried type change).
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    eps = tl.cast(eps, tl.float32)
+    neg_scale = tl.cast(neg_scale, tl.float32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     seg = tl.program_id(2)
@@ -388,15 +393,18 @@ def default_config(head_dim: int, heavy: bool, negative: bool = False):
 def head_dim_blocks(head_dim: int):
     """(BLOCK_DA, BLOCK_DB, SPLIT_D): the head dim as one power of two, or two when that saves matmul work.
 
-    tl.dot needs K >= 16, so chunks are at least 16 wide: 40 -> 32 + 16, 72 -> 64 + 16, 80 -> 64 + 16,
-    96 -> 64 + 32, 160 -> 128 + 32; 100 -> 128 (a split would not be smaller).
+    tl.dot needs K >= 16, so chunks are at least 16 wide: 80 -> 64 + 16, 96 -> 64 + 32, 160 -> 128 + 32;
+    40 -> 64 and 72 -> 128 (no partly masked second chunk, see below); 100 -> 128.
     """
     padded = max(16, triton.next_power_of_2(head_dim))
     first = max(16, 1 << (head_dim.bit_length() - 1))
     if first >= head_dim:
         return padded, 16, False
     second = max(16, triton.next_power_of_2(head_dim - first))
-    if first + second < padded:
+    # Split only where the two chunks cover the head dim exactly: a split whose second chunk is partly masked
+    # (40 -> 32 + 16) gave wrong rows in 16-bit on an H200 with Triton 3.6 (fine in the interpreter), so those
+    # head dims take one padded chunk.
+    if first + second == head_dim and first + second < padded:
         return first, second, True
     return padded, 16, False
 

@@ -241,6 +241,31 @@ def test_kernel_accuracy(case):
         assert_accurate(out, ref64, lowp, case.dtype)
 
 
+def _gpu_default_tile(case):
+    from pydiff.kernels.attention import default_config
+
+    heavy = case.rope is not None or case.joint is not None or case.negative is not None
+    return default_config(case.head_dim, heavy, case.negative is not None)[:2]
+
+
+# The op's interpreter path runs one large tile; a GPU runs default_config's (or the tuner's) tiles, so the cases
+# that once failed on a GPU are run here with that tile and with a narrow one: many query and key blocks per
+# segment, segments starting off block boundaries, masked head-dim chunks.
+MULTI_BLOCK = [GRID[i] for i in (1, 13, 17)]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("tile", ["gpu-default", (32, 16)], ids=str)
+@pytest.mark.parametrize("case", MULTI_BLOCK, ids=str)
+def test_kernel_accuracy_gpu_tiles(case, tile):
+    q, k, v, kw = build(case, seed=15)
+    blocks = _gpu_default_tile(case) if tile == "gpu-default" else tile
+    assert blocks != case.blocks
+    out = run_kernel(q, k, v, kw, blocks)
+    ref64, lowp = references(q, k, v, kw)
+    assert_accurate(out, ref64, lowp, case.dtype)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the references are themselves checked against independent formulations
 
@@ -520,7 +545,7 @@ def test_tiling_choices():
     import triton
 
     # non-powers of two are split into two power-of-two chunks when that is less work than padding
-    assert head_dim_blocks(40) == (32, 16, True) and head_dim_blocks(72) == (64, 16, True)
+    assert head_dim_blocks(40) == (64, 16, False) and head_dim_blocks(72) == (128, 16, False)
     assert head_dim_blocks(80) == (64, 16, True) and head_dim_blocks(96) == (64, 32, True)
     assert head_dim_blocks(160) == (128, 32, True) and head_dim_blocks(100)[0:3:2] == (128, False)
     assert head_dim_blocks(64)[0:3:2] == (64, False) and head_dim_blocks(8)[0:3:2] == (16, False)
