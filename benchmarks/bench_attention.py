@@ -281,6 +281,51 @@ def section(rows) -> str:
     return "\n".join(lines)
 
 
+def plots(rows, out_dir) -> List:
+    """TFLOP/s vs sequence length (queries x keys) for the plain shapes: ours and every SDPA backend."""
+    import re
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plain = [r for r in rows if "speedup" in r and str(r.get("peer", "")).startswith("sdpa")]
+    if not plain:
+        return []
+
+    def tokens(shape: str) -> float:
+        n_q, n_k = map(int, re.search(r"N(\d+)x(\d+)", shape).groups())
+        return (n_q * n_k) ** 0.5
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ours = {r["shape"]: r for r in plain}
+    xs = sorted(ours, key=tokens)
+    ax.plot([tokens(s) for s in xs], [ours[s]["ours_TFLOPs"] for s in xs], "o-", lw=2, label="pydiff (ours)")
+    for i, peer in enumerate(dict.fromkeys(r["peer"] for r in plain)):
+        pts = sorted((r for r in plain if r["peer"] == peer), key=lambda r: tokens(r["shape"]))
+        ax.plot([tokens(r["shape"]) for r in pts], [r["peer_TFLOPs"] for r in pts], "s--", alpha=0.7, label=peer,
+                color=f"C{i + 1}")
+    for s in xs:
+        ax.annotate(ours[s]["name"], (tokens(s), ours[s]["ours_TFLOPs"]), fontsize=6, alpha=0.7,
+                    xytext=(3, 3), textcoords="offset points")
+    ceiling = next((r["value"] for r in rows if "value" in r and r["value"]), None)
+    if ceiling:
+        ax.axhline(ceiling, color="gray", linestyle=":", label=f"matmul ceiling ({ceiling:.0f} TFLOP/s)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sequence length (sqrt(Nq x Nk) tokens)")
+    ax.set_ylabel("TFLOP/s (4 B H Nq Nk D / time)")
+    ax.set_title(f"Attention throughput vs sequence length ({plain[0].get('dtype', rows[0].get('dtype', ''))})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(out_dir) / "attention_tflops_vs_seqlen.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
