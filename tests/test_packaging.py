@@ -38,6 +38,8 @@ def test_regular_wheel_ships_kernels(tmp_path):
     wheel = next((tmp_path / "dist").glob("pydiff-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "pydiff/kernels/lincomb.py" in names and any(n.startswith("pydiff/_C_cpu") for n in names)
+    # the bundled demo model and classifier ship inside the package (no download at run time)
+    assert {"pydiff/models/weights/digits_dit.safetensors", "pydiff/models/weights/digits_classifier.safetensors"} <= set(names)
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)

@@ -57,7 +57,8 @@ class GaussianData:
         try:
             std = torch.broadcast_to(std, mean.shape).clone()
         except RuntimeError as err:
-            raise ValueError(f"std of shape {tuple(std.shape)} does not broadcast to mean's {tuple(mean.shape)}") from err
+            raise ValueError(f"std of shape {tuple(std.shape)} does not broadcast to mean's "
+                             f"{tuple(mean.shape)}") from err
         if not (std > 0).all():
             raise ValueError("std must be > 0")
         self.mean, self.std = mean, std
@@ -166,7 +167,8 @@ class AnalyticDenoiser:
     `pydiff.schedules.Schedule`, or a diffusers scheduler or config dict (read by `Schedule.from_diffusers`);
     VP schedules use their float64 alphas_cumprod table, flow schedules sigma = t / num_train_timesteps.
     prediction_type: "epsilon", "sample", "v_prediction" or "flow_prediction" (or the aliases eps/x0/v/flow;
-    default: the schedule's own, epsilon for a bare table). t: scalar or (B,) train timesteps, clamped to [0, N-1] (VP) or [0, N] (flow).
+    default: the schedule's own, epsilon for a bare table).
+    t: scalar or (B,) train timesteps, clamped to [0, N-1] (VP) or [0, N] (flow).
     The output has x's dtype; the math runs in float64.
     """
 
@@ -194,7 +196,8 @@ class AnalyticDenoiser:
         lo, hi = log_sigmas[low], log_sigmas[low + 1]
         # The end points are taken as they are so an infinite log sigma (abar = 0) never meets a zero weight.
         log_sigma = torch.where(frac == 0, lo, torch.where(frac == 1, hi, (1 - frac) * lo + frac * hi))
-        # log_sigma is k-diffusion's log sqrt((1 - abar) / abar): alpha^2 = sigmoid(-2 log_sigma), sigma^2 = 1 - alpha^2.
+        # log_sigma = log sqrt((1 - abar) / abar) (k-diffusion's sigma): alpha^2 = sigmoid(-2 log_sigma),
+        # sigma^2 = sigmoid(2 log_sigma) = 1 - alpha^2, both without cancellation.
         return torch.sigmoid(-2 * log_sigma).sqrt(), torch.sigmoid(2 * log_sigma).sqrt()
 
     def __call__(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
