@@ -25,19 +25,6 @@ needs_interpreter = pytest.mark.skipif(native.triton_why_not(CPU) is not None,
                                        reason=f"Triton on CPU: {native.triton_why_not(CPU)}")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_threaded_blas():
-    """The interpreter runs tl.dot as numpy matmuls on small tiles; OpenBLAS's thread pool spinning on a shared
-    2-core machine makes those ~100x slower, so keep BLAS single-threaded while this module runs."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # case construction
 

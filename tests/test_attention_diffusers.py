@@ -30,19 +30,6 @@ needs_interpreter = pytest.mark.skipif(native.triton_why_not(CPU) is not None,
 BACKENDS = ["torch", pytest.param("triton", marks=needs_interpreter)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_threaded_blas():
-    """The Triton interpreter's dots are numpy matmuls on small tiles; OpenBLAS threads spinning on a shared
-    machine make them ~100x slower."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
 def test_reference_prologue_matches_diffusers_conventions():
     """The kernel is checked against pydiff's references; these follow diffusers' RoPE and RMSNorm conventions."""
     from diffusers.models import embeddings as diffusers_embeddings
