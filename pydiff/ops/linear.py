@@ -57,13 +57,20 @@ def check_lincomb_args(inputs: Sequence[torch.Tensor], coefs: torch.Tensor, clam
 
 @torch.library.custom_op("pydiff::lincomb", mutates_args=())
 def lincomb_op(inputs: List[torch.Tensor], coefs: torch.Tensor, clamp: float) -> List[torch.Tensor]:
-    n_out = check_lincomb_args(inputs, coefs, clamp)
-    inputs = [t.contiguous() for t in inputs]
-    outputs = [torch.empty_like(inputs[0]) for _ in range(n_out)]
-    if inputs[0].numel() == 0:
-        return outputs
-    _, impl = backends.select(inputs[0].device)
-    impl(inputs, outputs, coefs.contiguous(), clamp)
+    check_lincomb_args(inputs, coefs, clamp)
+    return run_lincomb(backends.select(inputs[0].device)[1], inputs, coefs, clamp)
+
+
+def run_lincomb(impl, inputs: Sequence[torch.Tensor], coefs: torch.Tensor, clamp: float) -> List[torch.Tensor]:
+    """Run backend ``impl`` on checked arguments: contiguous inputs, fresh contiguous outputs (one per coefs row).
+
+    The op's body, shared with the sampling loop's direct path (pydiff/samplers/kernel.py), which checks once per
+    run instead of once per call.
+    """
+    inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
+    outputs = [torch.empty_like(inputs[0], memory_format=torch.contiguous_format) for _ in range(coefs.shape[1] - 1)]
+    if inputs[0].numel():
+        impl(inputs, outputs, coefs if coefs.is_contiguous() else coefs.contiguous(), clamp)
     return outputs
 
 

@@ -13,7 +13,7 @@ from typing import List, Sequence
 
 import torch
 
-from ..ops.linear import backends, check_lincomb_args, lincomb
+from ..ops.linear import backends, check_lincomb_args, lincomb, run_lincomb
 
 #: route every step through the registered op instead (slower; for tracing tools that must see each call)
 USE_OP = False
@@ -37,9 +37,4 @@ class StepKernel:
             # metadata only; within a run the loop builds every later input of a wiring alike
             check_lincomb_args(inputs, coefs, clamp)
             self._checked.add(key)
-        inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
-        outputs = [torch.empty_like(inputs[0], memory_format=torch.contiguous_format)
-                   for _ in range(coefs.shape[1] - 1)]
-        if inputs[0].numel():
-            self._impl(inputs, outputs, coefs if coefs.is_contiguous() else coefs.contiguous(), clamp)
-        return outputs
+        return run_lincomb(self._impl, inputs, coefs, clamp)
