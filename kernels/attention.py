@@ -9,8 +9,9 @@ constexpr flags (so a plain call compiles to a plain flash-attention):
 * joint attention over two token streams (SD3/Flux MMDiT) read from separate tensors into separate outputs;
 * negative-prompt attention (SNOOPI's NASA): a second online softmax over negative keys on the same q tile,
   ``out = A(q, k+, v+) - alpha A(q, k-, v-)``;
-* a prologue on q and k as they are loaded: per-head RMSNorm with weights, then RoPE from a per-token cos/sin table
-  (interleaved pairs or half-split).
+* a prologue on q as it is loaded: per-head RMSNorm with weights, then RoPE from a per-token cos/sin table
+  (interleaved pairs or half-split). Keys are read by every query block, so theirs is applied once beforehand
+  (``_kv_prologue``, one pass over each key tensor) instead of N_q / BLOCK_M times inside the loop.
 
 Head dims that are not a power of two are split into two power-of-two chunks (e.g. 80 = 64 + 16, 160 = 128 + 32)
 instead of being padded to the next power of two, so SD1.5's 40/80/160 do not pay 1.6x the matmul work.
@@ -107,11 +108,8 @@ def _load_qk(base, rows, stride_n, stride_d, mask_a, mask_b, fill, W, norm_on, e
 @triton.jit
 def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
                   stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                  KW, eps, COS, SIN, pos_shift, stride_cn, stride_cd, stride_sn, stride_sd,
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
-                  SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr,
-                  HAS_KNORM: tl.constexpr, HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
-                  EMULATE_BF16: tl.constexpr):
+                  SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr):
     """One key/value block into the online softmax (FlashAttention-2 algorithm 1, base 2)."""
     offs_n = tl.arange(0, BLOCK_N)
     d_a = tl.arange(0, BLOCK_DA)
@@ -132,16 +130,16 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
         fill = None
     k_blk = K + tl.cast(start_n, tl.int64) * stride_kn
     v_blk = V + tl.cast(start_n, tl.int64) * stride_vn
-    k_a, k_b = _load_qk(k_blk, offs_n, stride_kn, stride_kd, mask_a, mask_b, fill, KW, True, eps, COS, SIN,
-                        start_n + pos_shift, stride_cn, stride_cd, stride_sn, stride_sd,
-                        HEAD_DIM, BLOCK_DA, BLOCK_DB, SPLIT_D, HAS_KNORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16)
+    k_a = tl.load(k_blk + offs_n[:, None] * stride_kn + d_a[None, :] * stride_kd, mask=mask_a, other=fill)
     if EMULATE_BF16:
         s = tl.dot(q_a.to(tl.float32), tl.trans(k_a.to(tl.float32)))
-        if SPLIT_D:
-            s += tl.dot(q_b.to(tl.float32), tl.trans(k_b.to(tl.float32)))
     else:
         s = tl.dot(q_a, tl.trans(k_a))
-        if SPLIT_D:
+    if SPLIT_D:
+        k_b = tl.load(k_blk + offs_n[:, None] * stride_kn + d_b[None, :] * stride_kd, mask=mask_b, other=fill)
+        if EMULATE_BF16:
+            s += tl.dot(q_b.to(tl.float32), tl.trans(k_b.to(tl.float32)))
+        else:
             s += tl.dot(q_b, tl.trans(k_b))
     s = s * qk_scale
     if MASK_N:
@@ -169,17 +167,20 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
 @triton.jit
 def _query_block(
     Q, O, row_start, row_end, stride_qn, stride_qd, stride_on, stride_od, q_pos_shift, QW, q_norm_on,
-    K, V, stride_kn, stride_kd, stride_vn, stride_vd, k_start, k_end, KW,
-    K2, V2, stride_k2n, stride_k2d, stride_v2n, stride_v2d, k2_end, K2W, k2_pos_shift,
+    K, V, stride_kn, stride_kd, stride_vn, stride_vd, k_start, k_end,
+    K2, V2, stride_k2n, stride_k2d, stride_v2n, stride_v2d, k2_end,
     KN, VN, stride_knn, stride_knd, stride_vnn, stride_vnd, kn_end,
     COS, SIN, stride_cn, stride_cd, stride_sn, stride_sd,
     qk_scale, eps, neg_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
-    JOINT: tl.constexpr, NEG: tl.constexpr, HAS_QNORM: tl.constexpr, HAS_KNORM: tl.constexpr,
-    HAS_K2NORM: tl.constexpr, HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    JOINT: tl.constexpr, NEG: tl.constexpr, HAS_QNORM: tl.constexpr, HAS_ROPE: tl.constexpr,
+    INTERLEAVED: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):
-    """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream."""
+    """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream.
+
+    The q tile gets its prologue (norm, RoPE) here, once; the keys arrive already prepared (see _kv_prologue).
+    """
     offs_m = tl.arange(0, BLOCK_M)
     d_a = tl.arange(0, BLOCK_DA)
     d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
@@ -198,17 +199,14 @@ def _query_block(
     for start_n in range(k_start, k_end, BLOCK_N):
         acc_a, acc_b, m_i, l_i = _attend_block(
             acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, k_end, stride_kn, stride_kd, stride_vn, stride_vd,
-            qk_scale, KW, eps, COS, SIN, 0, stride_cn, stride_cd, stride_sn, stride_sd,
-            HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, HAS_KNORM, HAS_ROPE, INTERLEAVED,
-            EMULATE_BF16)
+            qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16)
     if JOINT:
         # The second key stream continues the same online softmax: joint attention without concatenation.
         for start_n in range(0, k2_end, BLOCK_N):
             acc_a, acc_b, m_i, l_i = _attend_block(
                 acc_a, acc_b, m_i, l_i, q_a, q_b, K2, V2, start_n, k2_end, stride_k2n, stride_k2d, stride_v2n,
-                stride_v2d, qk_scale, K2W, eps, COS, SIN, k2_pos_shift, stride_cn, stride_cd, stride_sn, stride_sd,
-                HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, HAS_K2NORM, HAS_ROPE,
-                INTERLEAVED, EMULATE_BF16)
+                stride_v2d, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N,
+                EMULATE_BF16)
     # A row with no key to attend to (kv_lens == 0) has l == 0 and acc == 0: it is defined as zero.
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out_a = acc_a / l_i[:, None]
@@ -222,9 +220,8 @@ def _query_block(
         for start_n in range(0, kn_end, BLOCK_N):
             accn_a, accn_b, mn_i, ln_i = _attend_block(
                 accn_a, accn_b, mn_i, ln_i, q_a, q_b, KN, VN, start_n, kn_end, stride_knn, stride_knd, stride_vnn,
-                stride_vnd, qk_scale, KW, eps, COS, SIN, 0, stride_cn, stride_cd, stride_sn, stride_sd,
-                HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, HAS_KNORM, HAS_ROPE,
-                INTERLEAVED, EMULATE_BF16)
+                stride_vnd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N,
+                EMULATE_BF16)
         ln_i = tl.where(ln_i == 0.0, 1.0, ln_i)
         out_a -= neg_scale * (accn_a / ln_i[:, None])
         out_b -= neg_scale * (accn_b / ln_i[:, None])
@@ -242,7 +239,7 @@ def _query_block(
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, O, Q2, K2, V2, O2, KN, VN,
-    COS, SIN, QW, KW, Q2W, K2W, KV_LENS, NEG_KV_LENS, CU_Q, CU_K,
+    COS, SIN, QW, Q2W, KV_LENS, NEG_KV_LENS, CU_Q, CU_K,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -261,10 +258,12 @@ def _attn_fwd_kernel(
     JOINT: tl.constexpr, NEG: tl.constexpr, VARLEN: tl.constexpr,
     HAS_KV_LENS: tl.constexpr, HAS_NEG_KV_LENS: tl.constexpr,
     HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
-    HAS_QNORM: tl.constexpr, HAS_KNORM: tl.constexpr, HAS_Q2NORM: tl.constexpr, HAS_K2NORM: tl.constexpr,
-    EMULATE_BF16: tl.constexpr,
+    HAS_QNORM: tl.constexpr, HAS_Q2NORM: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):
-    """grid = (query blocks [of both streams when JOINT], B * H, segments). See the module docstring."""
+    """grid = (query blocks [of both streams when JOINT], B * H, segments). See the module docstring.
+
+    K, K2, KN hold keys with their prologue already applied (``_kv_prologue``); HAS_ROPE rotates the queries.
+    """
     # Inductor's copy of this kernel types Python float arguments as fp64: without the casts the online-softmax
     # state would turn fp64 inside the key loop, which Triton rejects (loop-carried type change).
     qk_scale = tl.cast(qk_scale, tl.float32)
@@ -338,18 +337,56 @@ def _attn_fwd_kernel(
     if row_start < row_end:
         _query_block(
             Qs, Os, row_start, row_end, sqn, sqd, son, sod, q_pos_shift, QWs, q_norm_on,
-            Kh, Vh, stride_kn, stride_kd, stride_vn, stride_vd, k_start, k_end, KW,
-            K2h, V2h, stride_k2n, stride_k2d, stride_v2n, stride_v2d, k2_end, K2W, Nk,
+            Kh, Vh, stride_kn, stride_kd, stride_vn, stride_vd, k_start, k_end,
+            K2h, V2h, stride_k2n, stride_k2d, stride_v2n, stride_v2d, k2_end,
             KNh, VNh, stride_knn, stride_knd, stride_vnn, stride_vnd, kn_end,
             COS, SIN, stride_cn, stride_cd, stride_sn, stride_sd, qk_scale, eps, neg_scale,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT, NEG,
-            HAS_QNORM or HAS_Q2NORM, HAS_KNORM, HAS_K2NORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16)
+            HAS_QNORM or HAS_Q2NORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16)
+
+
+@triton.jit
+def _kv_prologue(
+    X, Y, W, COS, SIN,
+    stride_xb, stride_xh, stride_xn, stride_xd, stride_yb, stride_yh, stride_yn, stride_yd,
+    stride_cn, stride_cd, stride_sn, stride_sd,
+    H, N, pos_shift, eps,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
+    SPLIT_D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
+):
+    """Y = RoPE(RMSNorm(X)) for a key tensor, one pass, grid = (row blocks, B * H).
+
+    Keys are read by every query block of the attention kernel: applying their prologue there would redo it
+    N_q / BLOCK_M times (with extra reads of the cos/sin tables each time), so it is done once here instead.
+    """
+    eps = tl.cast(eps, tl.float32)
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    rows = tl.arange(0, BLOCK_M)
+    row_start = pid_m * BLOCK_M
+    d_a = tl.arange(0, BLOCK_DA)
+    d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
+    row_mask = (row_start + rows) < N
+    mask_a = row_mask[:, None] & (d_a < HEAD_DIM)[None, :]
+    mask_b = row_mask[:, None] & (d_b < HEAD_DIM)[None, :]
+    x_blk = X + b * stride_xb + h * stride_xh + tl.cast(row_start, tl.int64) * stride_xn
+    y_blk = Y + b * stride_yb + h * stride_yh + tl.cast(row_start, tl.int64) * stride_yn
+    y_a, y_b = _load_qk(x_blk, rows, stride_xn, stride_xd, mask_a, mask_b, 0.0, W, HAS_NORM, eps, COS, SIN,
+                        row_start + pos_shift, stride_cn, stride_cd, stride_sn, stride_sd,
+                        HEAD_DIM, BLOCK_DA, BLOCK_DB, SPLIT_D, HAS_NORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16)
+    tl.store(y_blk + rows[:, None] * stride_yn + d_a[None, :] * stride_yd, y_a.to(Y.dtype.element_ty), mask=mask_a)
+    if SPLIT_D:
+        tl.store(y_blk + rows[:, None] * stride_yn + d_b[None, :] * stride_yd, y_b.to(Y.dtype.element_ty),
+                 mask=mask_b)
 
 
 # Hopper/Ampere candidates (BLOCK_M, BLOCK_N, num_warps, num_stages). Configs that do not fit a card's shared
 # memory fail to compile and the autotuner skips them; the prune below only spares compile time on large tiles.
 _GPU_CONFIGS = [
-    (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 4),
+    (128, 128, 8, 3), (128, 128, 8, 2), (128, 128, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 4),
     (64, 128, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 2),
 ]
 
@@ -372,7 +409,7 @@ def _prune_configs(configs, named_args, **kwargs):
 
 
 _AUTOTUNE_KEY = ["Nq", "Nk", "Nq2", "Nk2", "Nneg", "HEAD_DIM", "SPLIT_D", "JOINT", "NEG", "VARLEN",
-                 "HAS_ROPE", "HAS_QNORM", "HAS_KNORM", "HAS_Q2NORM", "HAS_K2NORM"]
+                 "HAS_ROPE", "HAS_QNORM", "HAS_Q2NORM"]
 _attn_fwd_autotuned = triton.autotune(
     configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in
              _GPU_CONFIGS],
@@ -427,14 +464,26 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                       kv_lens=None, negative_kv_lens=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0,
                       rope=None, rope_interleaved=True, q_norm_weight=None, k_norm_weight=None,
                       joint_q_norm_weight=None, joint_k_norm_weight=None, norm_eps=1e-6,
-                      block_m=None, block_n=None, num_warps=4, num_stages=2):
+                      block_m=None, block_n=None, num_warps=4, num_stages=2, prologue_kernel=None):
     """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
     ``torch.library.wrap_triton``). All arguments were checked by the caller.
 
     joint: (q2, k2, v2, out2); negative: (k_neg, v_neg); rope: (cos, sin) tables (rows, D).
     bnhd: tensors are (B, N, H, D) instead of (B, H, N, D); outputs use the same layout as inputs.
+    prologue_kernel: ``_kv_prologue`` as the caller launches it (wrapped for torch.library); None: this module's.
+    When the keys have a norm or RoPE, each key tensor first gets it in one pass of its own (``_kv_prologue``).
     """
     import torch
+
+    if rope is not None or k_norm_weight is not None or joint_k_norm_weight is not None:
+        prepare = _key_preparer(prologue_kernel if prologue_kernel is not None else _kv_prologue, bnhd, rope,
+                                rope_interleaved, norm_eps, q.device.type == "cpu" and q.dtype == torch.bfloat16)
+        k = prepare(k, k_norm_weight, 0)
+        if joint is not None:
+            n_k = _dims(k, bnhd)[0][2]
+            joint = (joint[0], prepare(joint[1], joint_k_norm_weight, n_k), joint[2], joint[3])
+        if negative is not None:
+            negative = (prepare(negative[0], k_norm_weight, 0), negative[1])
 
     (batch, heads, n_q, head_dim), sq = _dims(q, bnhd)
     (_, kv_heads, n_k, _), sk = _dims(k, bnhd)
@@ -485,17 +534,14 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     dummy = q
     # Norm weights (D values each) go in as float32: the two query streams' weights are selected at run time in
     # the kernel, which needs one pointer type; a missing one is stood in for by the other (it is never applied).
-    q_w, k_w, q2_w, k2_w = (None if w is None else w.float() for w in (q_norm_weight, k_norm_weight,
-                                                                       joint_q_norm_weight, joint_k_norm_weight))
+    q_w, q2_w = (None if w is None else w.float() for w in (q_norm_weight, joint_q_norm_weight))
     q_w_arg = q_w if q_w is not None else (q2_w if q2_w is not None else dummy)
     q2_w_arg = q2_w if q2_w is not None else q_w_arg
     args = [
         q, k, v, out, q2, k2, v2, out2, k_neg, v_neg,
         cos, sin,
         q_w_arg,
-        k_w if k_w is not None else dummy,
         q2_w_arg,
-        k2_w if k2_w is not None else dummy,
         kv_lens if kv_lens is not None else dummy,
         negative_kv_lens if negative_kv_lens is not None else dummy,
         cu_seqlens_q if varlen else dummy,
@@ -509,8 +555,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         JOINT=joint is not None, NEG=negative is not None, VARLEN=varlen,
         HAS_KV_LENS=kv_lens is not None, HAS_NEG_KV_LENS=negative_kv_lens is not None,
         HAS_ROPE=rope is not None, INTERLEAVED=bool(rope_interleaved),
-        HAS_QNORM=q_norm_weight is not None, HAS_KNORM=k_norm_weight is not None,
-        HAS_Q2NORM=joint_q_norm_weight is not None, HAS_K2NORM=joint_k_norm_weight is not None,
+        HAS_QNORM=q_norm_weight is not None, HAS_Q2NORM=joint_q_norm_weight is not None,
         # Triton's interpreter (CPU tensors) multiplies bf16 operands as raw 16-bit integers in tl.dot and
         # truncates bf16 casts: there, bf16 values go through the dots as (exact) fp32, as a tensor core forms
         # the products, and every rounding to bf16 is done to nearest even by hand.
@@ -526,3 +571,29 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     if block_m is not None:
         flags.update(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
     kernel[grid](*args, **flags)
+
+
+def _key_preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16):
+    """``prepare(k, weight, pos_shift)`` -> a new key tensor with the norm (when ``weight`` is given) and RoPE
+    (when ``rope`` is given, rows from ``pos_shift`` on) applied; the input itself when neither applies."""
+    import torch
+
+    def prepare(k, weight, pos_shift):
+        if weight is None and rope is None:
+            return k
+        (batch, heads, n, head_dim), sx = _dims(k, bnhd)
+        y = torch.empty_like(k)
+        _, sy = _dims(y, bnhd)
+        block_da, block_db, split_d = head_dim_blocks(head_dim)
+        cos, sin = rope if rope is not None else (k, k)
+        rope_strides = [int(t.stride(i)) for t in (cos, sin) for i in (0, 1)] if rope is not None else [0] * 4
+        block_m = 64 if k.is_cuda else interpreter_blocks(n, 1)[0]
+        kernel[(triton.cdiv(n, block_m), batch * heads)](
+            k, y, weight.float() if weight is not None else k, cos, sin, *sx, *sy, *rope_strides,
+            heads, n, pos_shift, float(norm_eps),
+            HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d,
+            HAS_NORM=weight is not None, HAS_ROPE=rope is not None, INTERLEAVED=bool(rope_interleaved),
+            EMULATE_BF16=emulate_bf16, num_warps=4)
+        return y
+
+    return prepare

@@ -318,13 +318,13 @@ def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:
     with torch.cuda.device(call.q.device):
         if autotune_enabled():
             attention_forward(wrap_triton(_attn_fwd_autotuned), call.q, call.k, call.v, outs[0],
-                              **_triton_kwargs(call, outs))
+                              prologue_kernel=wrap_triton(_kv_prologue), **_triton_kwargs(call, outs))
         else:
             heavy = call.rope is not None or call.joint is not None or call.negative is not None
             block_m, block_n, warps, stages = default_config(call.bhnd(call.q)[3], heavy, call.negative is not None)
             attention_forward(wrap_triton(_attn_fwd_kernel), call.q, call.k, call.v, outs[0],
                               block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
-                              **_triton_kwargs(call, outs))
+                              prologue_kernel=wrap_triton(_kv_prologue), **_triton_kwargs(call, outs))
 
 
 def define_attention_op(name: str, use_triton_op: bool):
@@ -342,7 +342,7 @@ def define_attention_op(name: str, use_triton_op: bool):
 
 # The CUDA launcher's kernels and wrap_triton, bound at import on a CUDA machine. They are module globals because
 # triton_op finds the kernels of an op by reading the names passed to wrap_triton in its source.
-_attn_fwd_autotuned = _attn_fwd_kernel = None
+_attn_fwd_autotuned = _attn_fwd_kernel = _kv_prologue = None
 
 
 def wrap_triton(kernel):
@@ -352,12 +352,12 @@ def wrap_triton(kernel):
 
 def _load_gpu_kernel() -> bool:
     """On a machine where Triton compiles for CUDA, bind the kernels and wrap_triton; returns whether it did."""
-    global _attn_fwd_autotuned, _attn_fwd_kernel, wrap_triton
+    global _attn_fwd_autotuned, _attn_fwd_kernel, _kv_prologue, wrap_triton
     if not torch.cuda.is_available() or native.triton_error() is not None or native.triton_interpreting():
         return False
     from torch.library import wrap_triton
 
-    from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_kernel
+    from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_kernel, _kv_prologue
     return True
 
 
@@ -431,12 +431,31 @@ def attention(
         max_seqlen_q = _max_segment(cu_seqlens_q, "cu_seqlens_q")
         if cu_seqlens_k is not None:
             _max_segment(cu_seqlens_k, "cu_seqlens_k")
-    outs = torch.ops.pydiff.attention(
-        q, k, v, float(scale), layout, kv_lens, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
-        joint_q, joint_k, joint_v, negative_k, negative_v, float(negative_scale), negative_kv_lens,
-        rope_cos, rope_sin, bool(rope_interleaved), q_norm_weight, k_norm_weight, joint_q_norm_weight,
-        joint_k_norm_weight, float(norm_eps))
+    args = (q, k, v, float(scale), layout, kv_lens, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
+            joint_q, joint_k, joint_v, negative_k, negative_v, float(negative_scale), negative_kv_lens,
+            rope_cos, rope_sin, bool(rope_interleaved), q_norm_weight, k_norm_weight, joint_q_norm_weight,
+            joint_k_norm_weight, float(norm_eps))
+    outs = _attention_op(*args) if plain_eager(args) else torch.ops.pydiff.attention(*args)
     return (outs[0], outs[1]) if joint is not None else outs[0]
+
+
+def plain_eager(args) -> bool:
+    """Whether a call may run the op's body directly instead of through ``torch.ops`` (same checks, same kernels).
+
+    torch.library's dispatch costs ~100 us of Python per call on a slow host core, several times the kernel at
+    small shapes (cross-attention over 77 text tokens). Nothing in plain eager execution needs it: the op only
+    has to be seen by compilers, tracers and dispatch modes, and by autograd (which it refuses). So the body runs
+    directly unless torch.compile/export is tracing, a dispatch or torch-function mode is active, an argument is
+    a tensor subclass (fake or functional tensors), or an input requires grad.
+    """
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or \
+            torch._C._is_torch_function_mode_enabled():
+        return False
+    grad = torch.is_grad_enabled()
+    for t in args:
+        if isinstance(t, torch.Tensor) and (type(t) is not torch.Tensor or (grad and t.requires_grad)):
+            return False
+    return True
 
 
 def _max_segment(cu: torch.Tensor, name: str) -> int:

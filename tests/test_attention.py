@@ -559,6 +559,40 @@ def test_autotune_switch(monkeypatch):
         attention_module.autotune_enabled()
 
 
+def test_eager_calls_skip_dispatch_but_tracers_see_the_op(monkeypatch):
+    """Plain eager calls run the op's body directly (no torch.library dispatch); a dispatch mode, grad-requiring
+    inputs or fake tensors go through torch.ops.pydiff.attention, with the same result."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    q, k, v, _ = build(Case(F32, 32, 9, 11, name="fast-path"), seed=21)
+    direct = []
+    body = attention_module._attention_op
+    monkeypatch.setattr(attention_module, "_attention_op", lambda *a: direct.append(1) or body(*a))
+    eager = pydiff.attention(q, k, v)
+    assert len(direct) == 1
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Seen() as mode:
+        traced = pydiff.attention(q, k, v)
+    assert len(direct) == 1 and any("pydiff.attention" in name for name in mode.ops)
+    torch.testing.assert_close(traced, eager, rtol=0, atol=0)
+    assert not attention_module.plain_eager((q.requires_grad_(), k, v))
+    with torch.no_grad():
+        assert attention_module.plain_eager((q, k, v))
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as fake:
+        assert not attention_module.plain_eager((fake.from_tensor(k),))
+
+
 def test_benchmark_suite_runs_on_cpu():
     """benchmarks/bench_attention.py on tiny CPU shapes (ours = the torch backend): every row is measured."""
     bench = pytest.importorskip("benchmarks.bench_attention")
