@@ -93,6 +93,21 @@ def _row(name, shape, ours, peer, peer_timing, flops, ceiling, **extra):
                           ours_of_ceiling=ours_tflops / ceiling if ceiling else None, **extra)
 
 
+def _tile() -> Dict[str, object]:
+    """The tile the autotuner picked for our last timed call, and every candidate's time (empty when not tuning)."""
+    if os.environ.get("PYDIFF_ATTENTION_AUTOTUNE") != "1" or not torch.cuda.is_available():
+        return {}
+    from pydiff.kernels.attention import _attn_fwd_autotuned
+
+    def name(cfg) -> str:
+        return f"{cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']} w{cfg.num_warps} s{cfg.num_stages}"
+
+    best = getattr(_attn_fwd_autotuned, "best_config", None)
+    timings = getattr(_attn_fwd_autotuned, "configs_timings", None) or {}
+    return {"tile": name(best) if best is not None else None,
+            "tile_ms": {name(c): (t[0] if isinstance(t, (list, tuple)) else t) for c, t in timings.items()}}
+
+
 def _time(fn: Callable[[], object], device: str, quick: bool):
     return measure(fn, device=device, warmup=2, min_repeat=3 if quick else 5, min_time=0.05 if quick else 0.25)
 
@@ -105,6 +120,7 @@ def _plain_rows(shape: Shape, device, dtype, quick, ceiling, ours_fn) -> List[Di
     v = torch.randn_like(k)
     flops = _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)
     ours = _time(lambda: ours_fn(q, k, v), device, quick)
+    tile = _tile()
     rows = []
     for peer, backend in _sdpa_backends(device).items():
         try:
@@ -115,7 +131,7 @@ def _plain_rows(shape: Shape, device, dtype, quick, ceiling, ours_fn) -> List[Di
             rows.append({"area": "attention", "name": shape.name, "shape": str(shape), "peer": peer,
                          "unavailable": str(exc).splitlines()[0][:160]})
             continue
-        rows.append(_row(shape.name, str(shape), ours, peer, peer_timing, flops, ceiling))
+        rows.append(_row(shape.name, str(shape), ours, peer, peer_timing, flops, ceiling, **tile))
     return rows
 
 
@@ -219,10 +235,11 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
 def _variant(name, shape, ours_fn, stock_fn, peer, flops, device, quick, ceiling):
     try:
         ours = _time(ours_fn, device, quick)
+        tile = _tile()
         stock = _time(stock_fn, device, quick)
     except (RuntimeError, ValueError) as exc:  # e.g. out of memory on a small card: report, keep going
         return {"area": "attention", "name": name, "shape": shape, "peer": peer, "error": str(exc)[:200]}
-    return _row(name, shape, ours, f"stock ops: {peer}", stock, flops, ceiling)
+    return _row(name, shape, ours, f"stock ops: {peer}", stock, flops, ceiling, **tile)
 
 
 @contextlib.contextmanager
@@ -273,7 +290,9 @@ def section(rows) -> str:
         lines.append(f"Ceiling: {r['name']} = {r['value']:.3g} (ours = backend `{r['ours_backend']}`, dtype "
                      f"{r['dtype']}, autotuned: {r['autotuned']}). TFLOP/s count 4 B H Nq Nk D per attention.")
     figures = [r for r in rows if "speedup" in r]
-    lines += ["", comparison_table(figures, extra_columns=["ours_TFLOPs", "peer_TFLOPs", "ours_of_ceiling"])]
+    extra = ["ours_TFLOPs", "peer_TFLOPs", "ours_of_ceiling"] + (["tile"] if any(r.get("tile") for r in figures)
+                                                                 else [])
+    lines += ["", comparison_table(figures, extra_columns=extra)]
     skipped = [r for r in rows if "unavailable" in r or "error" in r]
     if skipped:
         lines += ["", "Not measured:"]
