@@ -50,6 +50,26 @@ def time_ms(fn: Callable[[], object], device: str, reps: int, warmup: int = 3) -
     return measure(fn, device=device, warmup=warmup, min_repeat=reps, max_repeat=reps, min_time=0.0).ms()
 
 
+def graph_time_ms(fn: Callable[[], object], reps: int, calls: int = 20) -> Dict[str, float]:
+    """min / median / max milliseconds per call of ``fn`` replayed from a CUDA graph of ``calls`` calls.
+
+    Events around each eager call also time the host's launch work (tens of microseconds of Python), which hides
+    the kernel at small sizes and still weighs at 64 MB; graph replays leave the device time alone.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    ms = measure(graph.replay, device="cuda", warmup=2, min_repeat=reps, max_repeat=reps, min_time=0.0).ms()
+    return {k: v / calls for k, v in ms.items()}
+
+
 def torch_step(inputs: List[torch.Tensor], coefs: torch.Tensor, clamp: float) -> List[torch.Tensor]:
     """The fused step in plain torch, one op per term: d = clamp(c0 . in); out_o = c_o . in + c_o[n] d."""
     c = coefs[0].to(inputs[0].dtype)
@@ -121,14 +141,16 @@ class StepCase:
             return fn()
         return step
 
-    def ours(self, guided: bool = False) -> Callable[[], object]:
+    def ours(self, guided: bool = False, backend: str = "auto") -> Callable[[], object]:
         """The step as pydiff.sample runs it (StepKernel: the selected lincomb backend, validated once)."""
+        from pydiff.ops.backend import use_backend
         from pydiff.samplers.kernel import StepKernel
 
         plan = self.plan_cfg if guided else self.plan
         inputs = self._inputs(plan, guided)
         coefs = plan.stage_coefs(STEP_INDEX)
-        kernel = StepKernel(torch.device(self.device))
+        with use_backend(backend):
+            kernel = StepKernel(torch.device(self.device))
         return self._with_noise(plan, inputs, lambda: kernel(inputs, coefs, plan.clamp))
 
     def ours_op(self) -> Callable[[], object]:
@@ -211,6 +233,13 @@ def run(quick: bool = True, device: str = "cpu", progress: bool = False) -> List
                              time_ms(case.diffusers(guided=True), device, reps), guided=True))
             rows.append(_row("drop-in", case, time_ms(case.fused_scheduler(), device, reps),
                              "diffusers scheduler.step", time_ms(case.diffusers(), device, reps)))
+            if device.startswith("cuda"):
+                # device time alone (graph replays): the figure to hold against copy bandwidth
+                ours_graph = graph_time_ms(case.ours(), reps)
+                rows.append(_row("step (graph)", case, ours_graph, "torch eager (graph replay)",
+                                 graph_time_ms(case.torch_eager(), reps)))
+                rows.append(_row("step (graph)", case, ours_graph, "pydiff triton backend (graph replay)",
+                                 graph_time_ms(case.ours(backend="triton"), reps)))
     copy_gbps = ceilings(device, quick)["copy_GBps"]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     for row in rows:
@@ -228,7 +257,9 @@ def section(rows: List[dict]) -> str:
               "when measured)." if rows[0].get("device") == "cpu" else "") if rows else "no rows"]
     for area, text in (("step", "Our step vs each peer"),
                        ("step+cfg", "With classifier-free guidance: our step (combine folded in) vs combine + step"),
-                       ("drop-in", "FusedScheduler.step (diffusers' API, our kernel) vs the scheduler it replaces")):
+                       ("drop-in", "FusedScheduler.step (diffusers' API, our kernel) vs the scheduler it replaces"),
+                       ("step (graph)", "Device time alone: 20 steps captured in a CUDA graph and replayed (ours "
+                                        "= the default backend, CUDA C++)")):
         sub = [r for r in rows if r["area"] == area and "skipped" not in r]
         if sub:
             out += ["", f"**{text}**", "", comparison_table(sub, ["ours_gbps", "fraction_of_copy",
