@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.common import comparison_row, comparison_table, measure  # noqa: E402
+from benchmarks.common import comparison_row, comparison_table, measure, measure_graph  # noqa: E402
 
 TITLE = "Attention: fused kernel vs SDPA backends and the stock op sequences"
 ORDER = 20
@@ -122,6 +122,13 @@ def _plain_rows(shape: Shape, device, dtype, quick, ceiling, ours_fn) -> List[Di
     ours = _time(lambda: ours_fn(q, k, v), device, quick)
     tile = _tile()
     rows = []
+    graphed = []
+
+    def ours_graph():
+        if not graphed:
+            graphed.append(measure_graph(lambda: ours_fn(q, k, v)))
+        return graphed[0]
+
     for peer, backend in _sdpa_backends(device).items():
         try:
             with _sdpa_context(backend):
@@ -132,6 +139,16 @@ def _plain_rows(shape: Shape, device, dtype, quick, ceiling, ours_fn) -> List[Di
                          "unavailable": str(exc).splitlines()[0][:160]})
             continue
         rows.append(_row(shape.name, str(shape), ours, peer, peer_timing, flops, ceiling, **tile))
+        if device == "cuda":
+            # device time alone: at small shapes the eager figures above are mostly host launch work
+            try:
+                with _sdpa_context(backend):
+                    peer_graph = measure_graph(lambda: F.scaled_dot_product_attention(q, k, v))
+                rows.append(_row(f"{shape.name} (graph replay)", str(shape), ours_graph(),
+                                 f"{peer} (graph replay)", peer_graph, flops, ceiling))
+            except RuntimeError as exc:
+                rows.append({"area": "attention", "name": f"{shape.name} (graph replay)", "shape": str(shape),
+                             "peer": f"{peer} (graph replay)", "unavailable": str(exc).splitlines()[0][:160]})
     return rows
 
 
@@ -310,7 +327,8 @@ def plots(rows, out_dir) -> List:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plain = [r for r in rows if "speedup" in r and str(r.get("peer", "")).startswith("sdpa")]
+    plain = [r for r in rows if "speedup" in r and str(r.get("peer", "")).startswith("sdpa")
+             and "graph replay" not in r["peer"]]
     if not plain:
         return []
 

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List
 import torch
 
 from benchmarks.bench_ceilings import ceilings
-from benchmarks.common import comparison_table, measure
+from benchmarks.common import comparison_table, measure, measure_graph
 
 TITLE = "Fused sampler steps vs diffusers scheduler.step"
 ORDER = 10
@@ -50,24 +50,9 @@ def time_ms(fn: Callable[[], object], device: str, reps: int, warmup: int = 3) -
     return measure(fn, device=device, warmup=warmup, min_repeat=reps, max_repeat=reps, min_time=0.0).ms()
 
 
-def graph_time_ms(fn: Callable[[], object], reps: int, calls: int = 20) -> Dict[str, float]:
-    """min / median / max milliseconds per call of ``fn`` replayed from a CUDA graph of ``calls`` calls.
-
-    Events around each eager call also time the host's launch work (tens of microseconds of Python), which hides
-    the kernel at small sizes and still weighs at 64 MB; graph replays leave the device time alone.
-    """
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    ms = measure(graph.replay, device="cuda", warmup=2, min_repeat=reps, max_repeat=reps, min_time=0.0).ms()
-    return {k: v / calls for k, v in ms.items()}
+def graph_time_ms(fn: Callable[[], object], reps: int) -> Dict[str, float]:
+    """Per-call milliseconds of ``fn`` replayed from a CUDA graph of 20 calls (see ``measure_graph``)."""
+    return measure_graph(fn, repeat=reps).ms()
 
 
 def torch_step(inputs: List[torch.Tensor], coefs: torch.Tensor, clamp: float) -> List[torch.Tensor]:

@@ -61,6 +61,27 @@ def measure(fn: Callable[[], object], device: str = "cpu", warmup: int = 2, min_
     return Timing(min(times), statistics.median(times), max(times), len(times))
 
 
+def measure_graph(fn: Callable[[], object], calls: int = 20, repeat: int = 10) -> Timing:
+    """Time ``fn`` on CUDA as ``calls`` calls captured in one CUDA graph and replayed: seconds per call.
+
+    Events around each eager call also count the host's launch work (tens of microseconds of Python for any
+    Triton or custom-op launch), which can exceed a small kernel; graph replays leave the device time alone.
+    ``fn`` must be capturable (no host sync); it is warmed up (compiles, autotuning) outside the capture.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    t = measure(graph.replay, device="cuda", warmup=2, min_repeat=repeat, max_repeat=repeat, min_time=0.0)
+    return Timing(t.min / calls, t.median / calls, t.max / calls, t.n * calls)
+
+
 def machine() -> Dict[str, object]:
     """Machine, versions and date: stamped on every results file."""
     info: Dict[str, object] = {
