@@ -109,7 +109,8 @@ def _load_qk(base, rows, stride_n, stride_d, mask_a, mask_b, fill, W, norm_on, e
 def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
                   stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
-                  SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr):
+                  SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                  SCALE_POSITIVE: tl.constexpr):
     """One key/value block into the online softmax (FlashAttention-2 algorithm 1, base 2)."""
     offs_n = tl.arange(0, BLOCK_N)
     d_a = tl.arange(0, BLOCK_DA)
@@ -141,12 +142,19 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
             s += tl.dot(q_b.to(tl.float32), tl.trans(k_b.to(tl.float32)))
         else:
             s += tl.dot(q_b, tl.trans(k_b))
-    s = s * qk_scale
+    if not SCALE_POSITIVE:
+        s = s * qk_scale
     if MASK_N:
         s = tl.where(col_mask[None, :], s, float("-inf"))
     # Every block holds at least one valid key, so m_new is finite and no (-inf) - (-inf) can appear.
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    p = tl.math.exp2(s - m_new[:, None])
+    if SCALE_POSITIVE:
+        # max(s) * scale == max(s * scale), so the scale folds into exp2's argument as one fused multiply-add
+        # per score (the softmax, not the matmuls, bounds this loop at small head dims)
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     v_a = tl.load(v_blk + offs_n[:, None] * stride_vn + d_a[None, :] * stride_vd, mask=mask_a, other=fill)
@@ -175,7 +183,7 @@ def _query_block(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
     JOINT: tl.constexpr, NEG: tl.constexpr, HAS_QNORM: tl.constexpr, HAS_ROPE: tl.constexpr,
-    INTERLEAVED: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    INTERLEAVED: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
 ):
     """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream.
 
@@ -199,14 +207,15 @@ def _query_block(
     for start_n in range(k_start, k_end, BLOCK_N):
         acc_a, acc_b, m_i, l_i = _attend_block(
             acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, k_end, stride_kn, stride_kd, stride_vn, stride_vd,
-            qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16)
+            qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16,
+            SCALE_POSITIVE)
     if JOINT:
         # The second key stream continues the same online softmax: joint attention without concatenation.
         for start_n in range(0, k2_end, BLOCK_N):
             acc_a, acc_b, m_i, l_i = _attend_block(
                 acc_a, acc_b, m_i, l_i, q_a, q_b, K2, V2, start_n, k2_end, stride_k2n, stride_k2d, stride_v2n,
                 stride_v2d, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N,
-                EMULATE_BF16)
+                EMULATE_BF16, SCALE_POSITIVE)
     # A row with no key to attend to (kv_lens == 0) has l == 0 and acc == 0: it is defined as zero.
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out_a = acc_a / l_i[:, None]
@@ -221,7 +230,7 @@ def _query_block(
             accn_a, accn_b, mn_i, ln_i = _attend_block(
                 accn_a, accn_b, mn_i, ln_i, q_a, q_b, KN, VN, start_n, kn_end, stride_knn, stride_knd, stride_vnn,
                 stride_vnd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N,
-                EMULATE_BF16)
+                EMULATE_BF16, SCALE_POSITIVE)
         ln_i = tl.where(ln_i == 0.0, 1.0, ln_i)
         out_a -= neg_scale * (accn_a / ln_i[:, None])
         out_b -= neg_scale * (accn_b / ln_i[:, None])
@@ -258,7 +267,7 @@ def _attn_fwd_kernel(
     JOINT: tl.constexpr, NEG: tl.constexpr, VARLEN: tl.constexpr,
     HAS_KV_LENS: tl.constexpr, HAS_NEG_KV_LENS: tl.constexpr,
     HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
-    HAS_QNORM: tl.constexpr, HAS_Q2NORM: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    HAS_QNORM: tl.constexpr, HAS_Q2NORM: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
 ):
     """grid = (query blocks [of both streams when JOINT], B * H, segments). See the module docstring.
 
@@ -342,7 +351,7 @@ def _attn_fwd_kernel(
             KNh, VNh, stride_knn, stride_knd, stride_vnn, stride_vnd, kn_end,
             COS, SIN, stride_cn, stride_cd, stride_sn, stride_sd, qk_scale, eps, neg_scale,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT, NEG,
-            HAS_QNORM or HAS_Q2NORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16)
+            HAS_QNORM or HAS_Q2NORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16, SCALE_POSITIVE)
 
 
 @triton.jit
@@ -556,6 +565,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         HAS_KV_LENS=kv_lens is not None, HAS_NEG_KV_LENS=negative_kv_lens is not None,
         HAS_ROPE=rope is not None, INTERLEAVED=bool(rope_interleaved),
         HAS_QNORM=q_norm_weight is not None, HAS_Q2NORM=joint_q_norm_weight is not None,
+        SCALE_POSITIVE=scale > 0,
         # Triton's interpreter (CPU tensors) multiplies bf16 operands as raw 16-bit integers in tl.dot and
         # truncates bf16 casts: there, bf16 values go through the dots as (exact) fp32, as a tensor core forms
         # the products, and every rounding to bf16 is done to nearest even by hand.

@@ -212,6 +212,8 @@ GRID = [
     Case(F16, 128, 64, 64, heads=2, joint=(16, 16), rope="interleaved", q_norm=True, k_norm=True, joint_q_norm=True,
          joint_k_norm=True, layout="bnhd", blocks=(64, 64), name="f16-flux-like-even"),
     Case(F32, 64, 33, 33, joint=(17, 17), joint_q_norm=True, k_norm=True, name="f32-joint-one-sided-norms"),
+    # a negative scale keeps the scale out of the running max (the positive-scale path folds it into exp2)
+    Case(F16, 48, 19, 45, scale=-0.2, kv_lens=[30], name="f16-negative-scale-kvlens"),
 ]
 
 
@@ -608,7 +610,7 @@ def test_benchmark_suite_runs_on_cpu():
 # GPU (skipped without CUDA): the compiled kernel, autotuned, with TF32 tolerance for fp32
 
 
-GPU_GRID = [GRID[i] for i in (0, 1, 2, 4, 6, 8, 10, 13, 15, 17, 20, 23)] + [
+GPU_GRID = [GRID[i] for i in (0, 1, 2, 4, 6, 8, 10, 13, 15, 17, 20, 23, -1)] + [
     Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
          name="gpu-flux-shape"),
     Case(F16, 64, 4096, 77, heads=10, batch=2, name="gpu-sdxl-cross"),
