@@ -442,11 +442,11 @@ def head_dim_blocks(head_dim: int):
     tl.dot needs K >= 16, so chunks are at least 16 wide: 80 -> 64 + 16, 96 -> 64 + 32, 160 -> 128 + 32;
     40 -> 64 and 72 -> 128 (no partly masked second chunk, see below); 100 -> 128.
     """
-    padded = max(16, triton.next_power_of_2(head_dim))
+    padded = max(16, _pow2(head_dim))
     first = max(16, 1 << (head_dim.bit_length() - 1))
     if first >= head_dim:
         return padded, 16, False
-    second = max(16, triton.next_power_of_2(head_dim - first))
+    second = max(16, _pow2(head_dim - first))
     # Split only where the two chunks cover the head dim exactly: a split whose second chunk is partly masked
     # (40 -> 32 + 16) gave wrong rows in 16-bit on an H200 with Triton 3.6 (fine in the interpreter), so those
     # head dims take one padded chunk.
@@ -458,14 +458,21 @@ def head_dim_blocks(head_dim: int):
 def _dims(t, bnhd: bool):
     """(B, H, N, D) sizes and strides of a tensor in either layout, as ints (symbolic sizes under torch.compile are
     specialised: tile choices and the grid depend on them)."""
+    shape, stride = t.shape, t.stride()
     order = (0, 2, 1, 3) if bnhd else (0, 1, 2, 3)
-    return [int(t.shape[i]) for i in order], [int(t.stride(i)) for i in order]
+    return [int(shape[i]) for i in order], [int(stride[i]) for i in order]
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n (plain Python: triton.next_power_of_2 costs microseconds per call on the
+    launch path)."""
+    return 1 << max(n - 1, 0).bit_length()
 
 
 def interpreter_blocks(max_rows: int, max_keys: int):
     """One large fixed tile under the Triton interpreter, where every program instance costs about a millisecond."""
-    block_m = min(128, max(16, triton.next_power_of_2(max(max_rows, 1))))
-    block_n = min(128, max(16, triton.next_power_of_2(max(max_keys, 1))))
+    block_m = min(128, max(16, _pow2(max_rows)))
+    block_n = min(128, max(16, _pow2(max_keys)))
     return block_m, block_n
 
 
