@@ -139,9 +139,9 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
     if SPLIT_D:
         k_b = tl.load(k_blk + offs_n[:, None] * stride_kn + d_b[None, :] * stride_kd, mask=mask_b, other=fill)
         if EMULATE_BF16:
-            s += tl.dot(q_b.to(tl.float32), tl.trans(k_b.to(tl.float32)))
+            s = tl.dot(q_b.to(tl.float32), tl.trans(k_b.to(tl.float32)), s)
         else:
-            s += tl.dot(q_b, tl.trans(k_b))
+            s = tl.dot(q_b, tl.trans(k_b), s)
     if not SCALE_POSITIVE:
         s = s * qk_scale
     if MASK_N:
@@ -163,12 +163,13 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
         v_a = v_a.to(tl.float32)
     else:
         p = p.to(v_a.dtype)
-    acc_a = acc_a * alpha[:, None] + tl.dot(p, v_a)
+    # the rescaled accumulator goes into the matrix unit as its addend (no separate add)
+    acc_a = tl.dot(p, v_a, acc_a * alpha[:, None])
     if SPLIT_D:
         v_b = tl.load(v_blk + offs_n[:, None] * stride_vn + d_b[None, :] * stride_vd, mask=mask_b, other=fill)
         if EMULATE_BF16:
             v_b = v_b.to(tl.float32)
-        acc_b = acc_b * alpha[:, None] + tl.dot(p, v_b)
+        acc_b = tl.dot(p, v_b, acc_b * alpha[:, None])
     return acc_a, acc_b, m_new, l_i
 
 
