@@ -3,6 +3,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <utility>
+
 #include "pydiff_core.h"
 
 namespace pydiff {
@@ -34,65 +36,75 @@ constexpr int kThreads = 256;
 constexpr int kMaxCoefs = (kLincombMaxOutputs + 1) * (kLincombMaxInputs + 1);
 
 // VEC elements per thread (16 bytes of storage when VEC > 1): grid.y is the batch row, so coefficients are
-// uniform across a block and sit in shared memory.
-template <typename S, int VEC>
-__global__ void lincomb_kernel(LincombArgs a) {
+// uniform across a block and sit in shared memory. N_IN is a template argument: the input values of one vector
+// live in registers until every output is written, and sizing that array for the largest count (10 inputs)
+// would cost every call the registers of the worst case (130 per thread for 16-bit storage: one block per SM).
+template <typename S, int VEC, int N_IN>
+__global__ void __launch_bounds__(256) lincomb_kernel(LincombArgs a) {
   using Acc = typename CudaStorage<S>::Acc;
   __shared__ Acc coef[kMaxCoefs];
-  const int n_in = a.n_in;
-  const int row = n_in + 1;
+  constexpr int row = N_IN + 1;
   const int n_coef = (a.n_out + 1) * row;
   const int64_t b = blockIdx.y;
   for (int i = threadIdx.x; i < n_coef; i += blockDim.x)
     coef[i] = static_cast<Acc>(a.coefs[b * a.coef_batch_stride + i]);
   __syncthreads();
+  // Read the coefficients through a volatile view: each use is a broadcast shared-memory load, which stops the
+  // compiler from hoisting all (n_out + 1) x (n_in + 1) of them into registers for the whole loop.
+  const volatile Acc* cv = coef;
   const Acc clamp = static_cast<Acc>(a.clamp);
   const int64_t base = b * a.inner;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * VEC;
   for (int64_t i0 = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC; i0 < a.inner;
        i0 += stride) {
-    // Every loop over inputs/outputs is unrolled to the maximum count with a run-time guard, so the arrays
-    // below are indexed by constants and stay in registers (a run-time index would put them in local memory).
-    Acc v[kLincombMaxInputs][VEC];
+    // Loops over inputs and outputs are unrolled, so the arrays below are indexed by constants and stay in
+    // registers (a run-time index would put them in local memory).
+    Acc v[N_IN][VEC];
     Acc d[VEC];
     const bool full = i0 + VEC <= a.inner;
 #pragma unroll
-    for (int j = 0; j < kLincombMaxInputs; ++j) {
-      if (j < n_in) {
-        const S* src = static_cast<const S*>(a.in[j]) + base + i0;
-        if (VEC > 1 && full) {
-          S tmp[VEC];
-          *reinterpret_cast<uint4*>(tmp) = *reinterpret_cast<const uint4*>(src);
+    for (int j = 0; j < N_IN; ++j) {
+      const S* src = static_cast<const S*>(a.in[j]) + base + i0;
+      if (VEC > 1 && full) {
+        S tmp[VEC];
+        *reinterpret_cast<uint4*>(tmp) = *reinterpret_cast<const uint4*>(src);
 #pragma unroll
-          for (int k = 0; k < VEC; ++k) v[j][k] = CudaStorage<S>::load(tmp[k]);
-        } else {
+        for (int k = 0; k < VEC; ++k) v[j][k] = CudaStorage<S>::load(tmp[k]);
+      } else {
 #pragma unroll
-          for (int k = 0; k < VEC; ++k) v[j][k] = (i0 + k < a.inner) ? CudaStorage<S>::load(src[k]) : Acc(0);
-        }
+        for (int k = 0; k < VEC; ++k) v[j][k] = (i0 + k < a.inner) ? CudaStorage<S>::load(src[k]) : Acc(0);
       }
     }
+    // Each coefficient is read once per vector and applied to all its VEC elements.
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      Acc acc = 0;
+    for (int k = 0; k < VEC; ++k) d[k] = 0;
 #pragma unroll
-      for (int j = 0; j < kLincombMaxInputs; ++j)
-        if (j < n_in) acc += coef[j] * v[j][k];
-      if (clamp > Acc(0)) acc = acc < -clamp ? -clamp : (acc > clamp ? clamp : acc);
-      d[k] = acc;
+    for (int j = 0; j < N_IN; ++j) {
+      const Acc c = cv[j];
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) d[k] += c * v[j][k];
+    }
+    if (clamp > Acc(0)) {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) d[k] = d[k] < -clamp ? -clamp : (d[k] > clamp ? clamp : d[k]);
     }
 #pragma unroll
     for (int o = 0; o < kLincombMaxOutputs; ++o) {
       if (o < a.n_out) {
-        const Acc* co = coef + (1 + o) * row;
+        const volatile Acc* co = cv + (1 + o) * row;
+        Acc acc[VEC];
+        const Acc cd = co[N_IN];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) acc[k] = cd * d[k];
+#pragma unroll
+        for (int j = 0; j < N_IN; ++j) {
+          const Acc c = co[j];
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) acc[k] += c * v[j][k];
+        }
         S res[VEC];
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-          Acc acc = co[n_in] * d[k];
-#pragma unroll
-          for (int j = 0; j < kLincombMaxInputs; ++j)
-            if (j < n_in) acc += co[j] * v[j][k];
-          res[k] = CudaStorage<S>::store(acc);
-        }
+        for (int k = 0; k < VEC; ++k) res[k] = CudaStorage<S>::store(acc[k]);
         S* dst = static_cast<S*>(a.out[o]) + base + i0;
         if (VEC > 1 && full) {
           *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(res);
@@ -103,6 +115,12 @@ __global__ void lincomb_kernel(LincombArgs a) {
       }
     }
   }
+}
+
+// The kernel instantiated for a.n_in inputs (1 .. kLincombMaxInputs, checked by the caller).
+template <typename S, int VEC, int... I>
+void launch_inputs(const LincombArgs& a, dim3 grid, cudaStream_t stream, std::integer_sequence<int, I...>) {
+  ((a.n_in == I + 1 ? (lincomb_kernel<S, VEC, I + 1><<<grid, kThreads, 0, stream>>>(a), 0) : 0), ...);
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -119,9 +137,9 @@ int launch(const LincombArgs& a, cudaStream_t stream) {
   if (blocks < 1) blocks = 1;
   dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(a.batch));
   if (vec_ok) {
-    lincomb_kernel<S, kVec><<<grid, kThreads, 0, stream>>>(a);
+    launch_inputs<S, kVec>(a, grid, stream, std::make_integer_sequence<int, kLincombMaxInputs>{});
   } else {
-    lincomb_kernel<S, 1><<<grid, kThreads, 0, stream>>>(a);
+    launch_inputs<S, 1>(a, grid, stream, std::make_integer_sequence<int, kLincombMaxInputs>{});
   }
   return cudaGetLastError() == cudaSuccess ? kOk : kLaunchFailed;
 }
