@@ -4,6 +4,7 @@
 # then benchmark against the peers and the measured ceilings. Results land in $1 (default
 # benchmarks/results/<date>-<card>/), and a short table is printed last.
 #   GPU_TEST_TIMEOUT / GPU_BENCH_TIMEOUT / GPU_ATTN_TIMEOUT: seconds for each stage (the lease is short).
+#   GPU_BENCH_AREAS: the quick-suite areas to run (default: ceilings steps sampling quality).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//')
@@ -21,7 +22,7 @@ tests_rc=$?
 tail -25 "$out/gpu-tests.log"
 # Steps, end-to-end sampling and quality: quick settings (no torch.compile peer); then attention, autotuned.
 timeout "${GPU_BENCH_TIMEOUT:-200}" python3 -m pydiff bench --suite quick --device cuda \
-  --only ceilings steps sampling quality --out "$out/bench" >"$out/bench.log" 2>&1
+  --only ${GPU_BENCH_AREAS:-ceilings steps sampling quality} --out "$out/bench" >"$out/bench.log" 2>&1
 bench_rc=$?
 timeout "${GPU_ATTN_TIMEOUT:-240}" python3 -m pydiff bench --suite full --device cuda --only ceilings attention \
   --out "$out/bench-attention" >"$out/bench-attention.log" 2>&1
