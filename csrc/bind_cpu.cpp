@@ -22,6 +22,19 @@ PYBIND11_MODULE(_C_cpu, m) {
       },
       py::arg("inputs"), py::arg("outputs"), py::arg("batch"), py::arg("inner"), py::arg("coefs"),
       py::arg("coef_batch_stride"), py::arg("clamp"), py::arg("dtype"));
+  m.def(
+      "pair_moments",
+      [](uintptr_t a, uintptr_t b, int64_t batch, int64_t inner, uintptr_t out, int dtype) {
+        if (batch < 0 || inner < 0) throw py::value_error("pair_moments: batch and inner must be >= 0");
+        int status;
+        {
+          py::gil_scoped_release release;
+          status = pydiff::pair_moments_cpu(reinterpret_cast<const void*>(a), reinterpret_cast<const void*>(b), batch,
+                                            inner, reinterpret_cast<double*>(out), pydiff::to_dtype(dtype));
+        }
+        pydiff::check_status(status, "pair_moments_cpu");
+      },
+      py::arg("a"), py::arg("b"), py::arg("batch"), py::arg("inner"), py::arg("out"), py::arg("dtype"));
   m.def("openmp_threads", []() {
 #ifdef _OPENMP
     return omp_get_max_threads();

@@ -16,6 +16,19 @@ PYBIND11_MODULE(_C_cuda, m) {
       },
       py::arg("inputs"), py::arg("outputs"), py::arg("batch"), py::arg("inner"), py::arg("coefs"),
       py::arg("coef_batch_stride"), py::arg("clamp"), py::arg("dtype"), py::arg("stream"));
+  m.def(
+      "pair_moments",
+      [](uintptr_t a, uintptr_t b, int64_t batch, int64_t inner, uintptr_t out, int dtype, uintptr_t stream) {
+        if (batch < 0 || inner < 0) throw py::value_error("pair_moments: batch and inner must be >= 0");
+        if (batch > 65535) throw py::value_error("pair_moments: the CUDA kernel takes at most 65535 batch rows");
+        pydiff::check_status(
+            pydiff::pair_moments_cuda(reinterpret_cast<const void*>(a), reinterpret_cast<const void*>(b), batch,
+                                      inner, reinterpret_cast<double*>(out), pydiff::to_dtype(dtype),
+                                      reinterpret_cast<void*>(stream)),
+            "pair_moments_cuda");
+      },
+      py::arg("a"), py::arg("b"), py::arg("batch"), py::arg("inner"), py::arg("out"), py::arg("dtype"),
+      py::arg("stream"));
   m.def("device_count", []() {
     int n = 0;
     return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;

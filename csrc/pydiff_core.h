@@ -49,4 +49,14 @@ int lincomb_cpu(const LincombArgs& args, DType dtype);
 // stream: a cudaStream_t passed as void* so this header needs no CUDA include.
 int lincomb_cuda(const LincombArgs& args, DType dtype, void* stream);
 
+// Per-batch raw moments of two tensors laid out as [batch, inner]: out[b] = {sum a, sum b, sum a*a, sum b*b,
+// sum a*b} over row b, accumulated in float64 whatever the storage (raw moments, not centred: fine for model
+// outputs, whose mean is not large against their spread). out is float64 [batch][5], fully overwritten.
+constexpr int kMomentsPerRow = 5;
+
+int pair_moments_cpu(const void* a, const void* b, int64_t batch, int64_t inner, double* out, DType dtype);
+// stream: a cudaStream_t passed as void*; out is zeroed on the stream, then accumulated by atomics.
+int pair_moments_cuda(const void* a, const void* b, int64_t batch, int64_t inner, double* out, DType dtype,
+                      void* stream);
+
 }  // namespace pydiff

@@ -2,5 +2,6 @@
 
 from .backend import BACKENDS, REGISTRY, current_backend, use_backend
 from .linear import add_noise, lincomb
+from .moments import pair_moments
 
-__all__ = ["BACKENDS", "REGISTRY", "add_noise", "current_backend", "lincomb", "use_backend"]
+__all__ = ["BACKENDS", "REGISTRY", "add_noise", "current_backend", "lincomb", "pair_moments", "use_backend"]

@@ -5,6 +5,7 @@ than the kernel itself at 1x4x64x64). A sampling loop calls the same op thousand
 itself, so it validates once per run and then calls the backend that ``pydiff::lincomb`` would select (same
 kernels: C++/OpenMP, CUDA, Triton or the torch reference, following ``use_backend``) on fresh contiguous outputs.
 Under torch.compile (or with ``use_op=True``) it calls the registered op, so graphs still see ``pydiff::lincomb``.
+`MomentsKernel` does the same for ``pydiff::pair_moments``, the reduction behind guidance rescale.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import List, Sequence
 
 import torch
 
+from ..ops import moments
 from ..ops.linear import backends, check_lincomb_args, lincomb, run_lincomb
 
 #: route every step through the registered op instead (slower; for tracing tools that must see each call)
@@ -38,3 +40,22 @@ class StepKernel:
             check_lincomb_args(inputs, coefs, clamp)
             self._checked.add(key)
         return run_lincomb(self._impl, inputs, coefs, clamp)
+
+
+class MomentsKernel:
+    """``moments(a, b) -> float64 (B, 5)`` per-row sums (see pydiff/ops/moments.py), bound to a backend per run."""
+
+    def __init__(self, device: torch.device, use_op: bool = False):
+        self.device = torch.device(device)
+        self.use_op = use_op or USE_OP
+        self.backend, self._impl = moments.backends.select(self.device)
+        self._checked = set()
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.use_op or torch.compiler.is_compiling():
+            return moments.pair_moments(a, b)
+        key = (a.shape, a.dtype, b.shape, b.dtype)
+        if key not in self._checked:
+            moments.check_pair_moments_args(a, b)
+            self._checked.add(key)
+        return moments.run_pair_moments(self._impl, a, b)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 
 from ..ops.linear import SUPPORTED_DTYPES
-from .kernel import StepKernel
+from .kernel import MomentsKernel, StepKernel
 from .grid import Grid
 from .plan import Plan
 from .solvers import SAMPLERS, Sampler
@@ -54,6 +54,57 @@ def _check_guidance(guidance_scale, cond, uncond) -> Optional[float]:
     if set(cond or {}) != set(uncond):
         raise ValueError(f"cond and uncond must have the same keys, got {sorted(cond or {})} and {sorted(uncond)}")
     return float(guidance_scale)
+
+
+def _check_rescale(guidance_rescale, guidance: Optional[float]) -> float:
+    """The guidance-rescale factor phi in [0, 1]; phi > 0 needs classifier-free guidance to be on."""
+    if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, (int, float)) or \
+            not math.isfinite(guidance_rescale) or not 0.0 <= guidance_rescale <= 1.0:
+        raise ValueError(f"guidance_rescale must be a finite number in [0, 1], got {guidance_rescale!r}")
+    if guidance_rescale > 0 and guidance is None:
+        raise ValueError(f"guidance_rescale={guidance_rescale} needs classifier-free guidance: pass uncond and a "
+                         "guidance_scale != 1")
+    return float(guidance_rescale)
+
+
+def rescale_factors(moments: torch.Tensor, numel: int, guidance_scale: float, guidance_rescale: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2023, sec. 3.4): r_b = phi std(cond_b) / std(guided_b) + 1 - phi, float64 (B,).
+
+    moments: ``pair_moments(cond, uncond)`` (B, 5); numel: elements per row. The sums of the guided output
+    g cond + (1 - g) uncond follow from the moments by expanding its square, and the (n - 1) of both variances
+    cancels in the ratio. A row whose guided output is constant (centred sum of squares at the rounding level of the
+    raw one, 1e-12 of it: std/|mean| < 1e-6), where diffusers would divide by zero, is left unscaled (r = 1).
+    Device ops on (B,) tensors only (no host sync), and few of them: each is a kernel launch per stage.
+    """
+    g, h, phi = guidance_scale, 1.0 - guidance_scale, guidance_rescale
+    s_c, s_u, s_cc, s_uu, s_cu = moments.unbind(1)
+    s_g = torch.lerp(s_u, s_c, g)
+    s_gg = (g * g) * s_cc + (h * h) * s_uu + (2.0 * g * h) * s_cu
+    ss_c = torch.addcmul(s_cc, s_c, s_c, value=-1.0 / numel)  # centred sums of squares: (n - 1) var
+    ss_g = torch.addcmul(s_gg, s_g, s_g, value=-1.0 / numel)
+    ratio = (ss_c.clamp_min(0.0) / ss_g).sqrt()  # inf/NaN on flat rows, which the where drops
+    return torch.where(ss_g > 1e-12 * s_gg, phi * ratio + (1.0 - phi), 1.0)
+
+
+def model_output_columns(inputs: Sequence[str]) -> slice:
+    """The columns of a wiring's table that read the model outputs (cond, uncond): adjacent by the plan's order."""
+    columns = [j for j, name in enumerate(inputs) if name in ("cond", "uncond")]
+    if not columns:
+        return slice(0, 0)
+    if columns[-1] - columns[0] + 1 != len(columns):
+        raise RuntimeError(f"the model-output columns of wiring {inputs} are not adjacent")
+    return slice(columns[0], columns[-1] + 1)
+
+
+def rescaled_coefs(coefs: torch.Tensor, columns: slice, factors: torch.Tensor) -> torch.Tensor:
+    """Per-batch coefficients (B, n_out+1, n_in+1): the (1, ...) table with its model-output columns scaled by r_b.
+
+    Every row is linear in the guided output g cond + (1 - g) uncond, so scaling that output by r_b is scaling the
+    cond and uncond columns of every row (the clamped intermediate's included).
+    """
+    out = coefs.repeat(factors.shape[0], 1, 1)
+    out[:, :, columns].mul_(factors[:, None, None])
+    return out
 
 
 def _batched_cond(cond, uncond, batch: int, guided: bool) -> Dict[str, Any]:
@@ -131,18 +182,30 @@ def plan_on(plan: Plan, device: torch.device) -> Plan:
 
 def run_plan(model, x: torch.Tensor, plan: Plan, kwargs: Dict[str, Any], guided: bool, generator,
              noise_sampler: Optional[NoiseSampler], check_finite: bool = False, progress=None, *, start: int = 0,
-             history: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
+             history: Optional[Mapping[str, torch.Tensor]] = None, guidance_scale: float = 1.0,
+             guidance_rescale: float = 0.0) -> torch.Tensor:
     """The loop proper: every stage reads device views only (table rows, timesteps), so it can be graph-captured.
 
     x: the state the plan starts from (model space for a model-space plan); start, history: resume at stage
     ``start`` with the solver history slots given (e.g. exact starting values of a multistep method).
+    guidance_scale, guidance_rescale: with guidance rescale on (phi > 0, guided plans only) each stage first reduces
+    cond and uncond to per-row moments (``pydiff::pair_moments``) and scales the model-output columns of its
+    coefficients by the factors `rescale_factors` derives from them on the device. The step itself stays one
+    lincomb pass; the reduction is a pass of its own, since it must finish before any element is written.
     """
+    if guidance_rescale > 0 and not guided:
+        raise ValueError("guidance_rescale > 0 needs a guided plan (guided=True)")
     batch = x.shape[0]
     calls = 2 * batch if guided else batch
     # float32 model timesteps like diffusers'; float64 runs keep them exact (solver-order studies)
     timesteps = plan.timesteps.to(device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     slots: Dict[str, torch.Tensor] = {**dict(history or {}), "x": x}
     kernel = StepKernel(x.device)
+    rescale = guidance_rescale > 0
+    if rescale:
+        moments = MomentsKernel(x.device)
+        numel = math.prod(x.shape[1:])
+        model_columns = [model_output_columns(w.inputs) for w in plan.wirings]
     for i in range(start, len(plan)):
         state = slots["x"]
         t = timesteps[i].expand(calls)
@@ -164,7 +227,12 @@ def run_plan(model, x: torch.Tensor, plan: Plan, kwargs: Dict[str, Any], guided:
                     raise ValueError(f"noise_sampler must return a tensor like the sample ({tuple(state.shape)} "
                                      f"{state.dtype} on {state.device}), got {getattr(noise, 'shape', noise)!r}")
         wiring = plan.wirings[plan.kind[i]]
-        outs = kernel([slots[name] for name in wiring.inputs], plan.stage_coefs(i), plan.clamp)
+        coefs = plan.stage_coefs(i)
+        if rescale:
+            factors = rescale_factors(moments(slots["cond"], slots["uncond"]), numel, guidance_scale,
+                                      guidance_rescale)
+            coefs = rescaled_coefs(coefs, model_columns[plan.kind[i]], factors)
+        outs = kernel([slots[name] for name in wiring.inputs], coefs, plan.clamp)
         carried = {dst: slots[src] for dst, src in plan.carry[i].items() if src in slots}
         slots.update(carried)
         slots.update(zip(wiring.outputs, outs))
@@ -176,7 +244,7 @@ def run_plan(model, x: torch.Tensor, plan: Plan, kwargs: Dict[str, Any], guided:
 class _GraphRunner:
     """A captured CUDA graph of the whole loop (model + fused steps) with static input buffers."""
 
-    def __init__(self, model, noise, plan, kwargs, guided, generator, noise_sampler):
+    def __init__(self, model, noise, plan, kwargs, guided, generator, noise_sampler, guidance):
         self._keep = (model, plan, generator, noise_sampler)  # the cache key holds their ids: keep them alive
         self.noise = noise.clone()
         self.kwargs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
@@ -184,7 +252,8 @@ class _GraphRunner:
         side.wait_stream(torch.cuda.current_stream(noise.device))
         with torch.cuda.stream(side):
             # warm-up outside the capture: compiles kernels, initialises libraries, fills the allocator
-            run_plan(model, self.noise * plan.init_scale, plan, self.kwargs, guided, generator, noise_sampler)
+            run_plan(model, self.noise * plan.init_scale, plan, self.kwargs, guided, generator, noise_sampler,
+                     **guidance)
         torch.cuda.current_stream(noise.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         if generator is not None:
@@ -193,7 +262,7 @@ class _GraphRunner:
             self.graph.register_generator_state(generator)
         with torch.cuda.graph(self.graph):
             self.out = run_plan(model, self.noise * plan.init_scale, plan, self.kwargs, guided, generator,
-                                noise_sampler)
+                                noise_sampler, **guidance)
 
     def __call__(self, noise, kwargs) -> torch.Tensor:
         self.noise.copy_(noise)
@@ -208,11 +277,11 @@ _GRAPHS: "OrderedDict[tuple, _GraphRunner]" = OrderedDict()
 _GRAPHS_LOCK = threading.Lock()
 
 
-def _graph_key(model, noise, plan, kwargs, guided, generator, noise_sampler) -> tuple:
+def _graph_key(model, noise, plan, kwargs, guided, generator, noise_sampler, guidance_rescale) -> tuple:
     sig = tuple(sorted((k, (tuple(v.shape), v.dtype, str(v.device)) if isinstance(v, torch.Tensor) else repr(v))
                        for k, v in kwargs.items()))
     return (id(model), id(plan), tuple(noise.shape), noise.dtype, str(noise.device), sig, guided,
-            id(generator), id(noise_sampler))
+            id(generator), id(noise_sampler), guidance_rescale)
 
 
 def sample(model: Callable[..., torch.Tensor], noise: torch.Tensor, sampler="dpmpp_2m",
@@ -220,7 +289,7 @@ def sample(model: Callable[..., torch.Tensor], noise: torch.Tensor, sampler="dpm
            schedule=None, guidance_scale: float = 1.0, cond: Optional[Mapping[str, Any]] = None,
            uncond: Optional[Mapping[str, Any]] = None, generator: Optional[torch.Generator] = None,
            progress: bool = False, cuda_graph: bool = False, *, noise_sampler: Optional[NoiseSampler] = None,
-           check_finite: bool = False, mu: Optional[float] = None) -> torch.Tensor:
+           check_finite: bool = False, mu: Optional[float] = None, guidance_rescale: float = 0.0) -> torch.Tensor:
     """Sample from ``model(x, t, **cond)`` starting at standard-normal ``noise`` (B, ...); returns x0 (B, ...).
 
     sampler: a name in ``SAMPLERS`` or a `Sampler` instance (options such as DDIM's eta live there).
@@ -228,6 +297,10 @@ def sample(model: Callable[..., torch.Tensor], noise: torch.Tensor, sampler="dpm
     (which fixes the step count: ``steps`` may be left out); None uses ``model.scheduler_config``.
     guidance_scale, cond, uncond: classifier-free guidance -- with uncond given and a scale != 1 the model is called
     once per stage on cond and uncond concatenated along the batch.
+    guidance_rescale: phi in [0, 1], guidance rescale (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample
+    Steps are Flawed", sec. 3.4): per batch row the guided output is scaled by phi std(cond) / std(guided) + 1 - phi
+    (std over all non-batch elements), as diffusers' ``rescale_noise_cfg``; needs guidance on. A row whose guided
+    output is constant is left unscaled. Costs one extra read of the model outputs per stage.
     generator: the random stream of stochastic samplers (drawn like diffusers, so a seed reproduces its runs);
     noise_sampler(i, x) -> noise overrides it. progress: a tqdm bar. cuda_graph: capture the loop (model + steps)
     into a CUDA graph on first use and replay it (the graph is cached per model, shapes and settings).
@@ -241,6 +314,7 @@ def sample(model: Callable[..., torch.Tensor], noise: torch.Tensor, sampler="dpm
     grid = grid_for(schedule if schedule is not None else getattr(model, "scheduler_config", None), steps, sampler,
                     mu=mu)
     guidance = _check_guidance(guidance_scale, cond, uncond)
+    rescale = _check_rescale(guidance_rescale, guidance)
     if noise_sampler is not None and not callable(noise_sampler):
         raise TypeError("noise_sampler must be a callable (step index, sample) -> noise")
     if cuda_graph and noise.device.type != "cuda":
@@ -251,13 +325,15 @@ def sample(model: Callable[..., torch.Tensor], noise: torch.Tensor, sampler="dpm
         raise ValueError("cuda_graph=True needs a CUDA generator (or None): CPU draws cannot be captured")
     kwargs = _batched_cond(cond, uncond, noise.shape[0], guidance is not None)
     plan = plan_on(sampler.plan(grid, guidance, model_space=True), noise.device)
+    guidance_kw = dict(guidance_scale=guidance if guidance is not None else 1.0, guidance_rescale=rescale)
     with torch.no_grad():
         if cuda_graph:
-            key = _graph_key(model, noise, plan, kwargs, guidance is not None, generator, noise_sampler)
+            key = _graph_key(model, noise, plan, kwargs, guidance is not None, generator, noise_sampler, rescale)
             with _GRAPHS_LOCK:
                 runner = _GRAPHS.get(key)
             if runner is None:
-                runner = _GraphRunner(model, noise, plan, kwargs, guidance is not None, generator, noise_sampler)
+                runner = _GraphRunner(model, noise, plan, kwargs, guidance is not None, generator, noise_sampler,
+                                      guidance_kw)
                 with _GRAPHS_LOCK:
                     _GRAPHS[key] = runner
                     while len(_GRAPHS) > 8:
@@ -270,10 +346,11 @@ def sample(model: Callable[..., torch.Tensor], noise: torch.Tensor, sampler="dpm
             bar = tqdm(total=len(plan), desc=f"pydiff {sampler.name}")
         try:
             return run_plan(model, noise * plan.init_scale, plan, kwargs, guidance is not None, generator,
-                            noise_sampler, check_finite, bar)
+                            noise_sampler, check_finite, bar, **guidance_kw)
         finally:
             if bar is not None:
                 bar.close()
 
 
-__all__ = ["DEFAULT_STEPS", "check_model_output", "draw_noise", "resolve_sampler", "run_plan", "sample"]
+__all__ = ["DEFAULT_STEPS", "check_model_output", "draw_noise", "rescale_factors", "resolve_sampler", "run_plan",
+           "sample"]
