@@ -117,7 +117,7 @@ def _plain_rows(shape: Shape, device, dtype, quick, ceiling, ours_fn) -> List[Di
     gen = torch.Generator(device=device).manual_seed(0)
     q = torch.randn(shape.batch, shape.heads, shape.n_q, shape.head_dim, device=device, dtype=dtype, generator=gen)
     k = torch.randn(shape.batch, shape.heads, shape.n_k, shape.head_dim, device=device, dtype=dtype, generator=gen)
-    v = torch.randn_like(k)
+    v = torch.randn(k.shape, device=device, dtype=dtype, generator=gen)
     flops = _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)
     ours = _time(lambda: ours_fn(q, k, v), device, quick)
     tile = _tile()
@@ -139,8 +139,9 @@ def _plain_rows(shape: Shape, device, dtype, quick, ceiling, ours_fn) -> List[Di
                          "unavailable": str(exc).splitlines()[0][:160]})
             continue
         rows.append(_row(shape.name, str(shape), ours, peer, peer_timing, flops, ceiling, **tile))
-        if device == "cuda":
-            # device time alone: at small shapes the eager figures above are mostly host launch work
+        if device == "cuda" and peer == "sdpa flash":
+            # device time alone: at small shapes the eager figures above are mostly host launch work (flash only:
+            # the efficient backend draws RNG offsets, whose capture state leaks when a capture fails)
             try:
                 with _sdpa_context(backend):
                     peer_graph = measure_graph(lambda: F.scaled_dot_product_attention(q, k, v))
@@ -186,8 +187,8 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
     b, h, d, n_img, n_txt = (1, 24, 128, 4096, 512) if gpu else (1, 2, 64, 192, 33)
     img = [rand(b, n_img, h, d) for _ in range(3)]
     txt = [rand(b, n_txt, h, d) for _ in range(3)]
-    weights = [torch.rand(d, device=device) + 0.5 for _ in range(4)]
-    angles = torch.arange(n_img + n_txt, device=device)[:, None] * torch.rand(d // 2, device=device)[None, :]
+    weights = [torch.rand(d, device=device, generator=gen) + 0.5 for _ in range(4)]
+    angles = torch.arange(n_img + n_txt, device=device)[:, None] * torch.rand(d // 2, device=device, generator=gen)[None, :]
     cos, sin = angles.cos().repeat_interleave(2, 1), angles.sin().repeat_interleave(2, 1)
 
     def flux_stock():
@@ -289,14 +290,27 @@ def run(quick: bool, device: str, progress: bool = False) -> List[Dict[str, obje
                                       "ours_backend": backend, "autotuned": gpu and not quick,
                                       "dtype": str(dtype).replace("torch.", "")}]
     shapes = [GPU_SHAPES[i] for i in GPU_QUICK] if gpu and quick else (GPU_SHAPES if gpu else CPU_SHAPES)
+    def report(new: List[Dict[str, object]]) -> List[Dict[str, object]]:
+        # every row goes to the log as soon as it is measured: a run cut short by its time limit keeps them
+        for r in new if progress else ():
+            if "speedup" in r:
+                print(f"    {r['name']} | {r['shape']} | vs {r['peer']}: {r['speedup']:.2f}x, ours "
+                      f"{r['ours_TFLOPs']:.1f} TFLOP/s ({r['ours_ms']['median']:.4f} ms), peer {r['peer_TFLOPs']:.3g}"
+                      + (f", tile {r['tile']}" if r.get("tile") else ""), file=sys.stderr, flush=True)
+            else:
+                print(f"    {r['name']} vs {r.get('peer')}: {r.get('unavailable') or r.get('error')}", file=sys.stderr,
+                      flush=True)
+        return new
+
     with pydiff.use_backend(backend), _autotune(gpu and not quick), torch.no_grad():
         for shape in shapes:
             if progress:
                 print(f"  attention: {shape.name} {shape}", file=sys.stderr)
-            rows += _plain_rows(shape, device, dtype, quick, ceiling, lambda q, k, v: pydiff.attention(q, k, v))
+            rows += report(_plain_rows(shape, device, dtype, quick, ceiling,
+                                       lambda q, k, v: pydiff.attention(q, k, v)))
         if progress:
             print("  attention: variants", file=sys.stderr)
-        rows += _variant_rows(device, dtype, quick, ceiling, pydiff.attention)
+        rows += report(_variant_rows(device, dtype, quick, ceiling, pydiff.attention))
     return rows
 
 
