@@ -295,7 +295,7 @@ def run(quick: bool, device: str, progress: bool = False) -> List[Dict[str, obje
         for r in new if progress else ():
             if "speedup" in r:
                 print(f"    {r['name']} | {r['shape']} | vs {r['peer']}: {r['speedup']:.2f}x, ours "
-                      f"{r['ours_TFLOPs']:.1f} TFLOP/s ({r['ours_ms']['median']:.4f} ms), peer {r['peer_TFLOPs']:.3g}"
+                      f"{r['ours_TFLOPs']:.3g} TFLOP/s ({r['ours_ms']['median']:.4f} ms), peer {r['peer_TFLOPs']:.3g}"
                       + (f", tile {r['tile']}" if r.get("tile") else ""), file=sys.stderr, flush=True)
             else:
                 print(f"    {r['name']} vs {r.get('peer')}: {r.get('unavailable') or r.get('error')}", file=sys.stderr,
