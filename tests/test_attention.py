@@ -530,7 +530,7 @@ def test_triton_op_registration_runs_eagerly():
 
 
 def test_tiling_choices():
-    from pydiff.kernels.attention import _GPU_CONFIGS, _prune_configs, default_config, head_dim_blocks
+    from pydiff.kernels.attention import _GPU_CONFIGS, _HEAVY_CONFIGS, _prune_configs, default_config, head_dim_blocks
     import triton
 
     # non-powers of two are split into two power-of-two chunks when that is less work than padding
@@ -543,7 +543,8 @@ def test_tiling_choices():
     base = dict(BLOCK_DA=64, BLOCK_DB=16, SPLIT_D=False, NEG=False, HAS_ROPE=False, JOINT=False)
     assert len(_prune_configs(configs, base)) == len(configs)
     heavy = _prune_configs(configs, {**base, "BLOCK_DA": 128, "HAS_ROPE": True})
-    assert heavy and all(c.num_stages <= 3 for c in heavy) and len(heavy) < len(configs)
+    assert _HEAVY_CONFIGS <= set(_GPU_CONFIGS)  # the variants' short list names real candidates
+    assert len(heavy) == len(_HEAVY_CONFIGS) and all(c.num_stages <= 3 for c in heavy)
     wide = _prune_configs(configs, {**base, "BLOCK_DA": 256, "NEG": True})
     assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in wide] == [(32, 32)]
     for d in (32, 64, 128, 160, 256):
