@@ -12,7 +12,13 @@ out=${1:-benchmarks/results/$(date -u +%F)-${card:-gpu}}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/nvidia-smi.txt" 2>&1
-python3 -m pip install --no-build-isolation --no-deps -e . >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+# diffusers (parity tests, the step benchmark's peer) from a wheel in .whl/ when the machine has none and no network
+if ! python3 -c "import diffusers" 2>/dev/null; then
+  for whl in .whl/diffusers-*.whl; do
+    [ -e "$whl" ] && python3 -m pip install --no-deps --no-index "$whl" >>"$out/build.log" 2>&1
+  done
+fi
+python3 -m pip install --no-build-isolation --no-deps -e . >>"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 grep -E -- "-- pydiff:" "$out/build.log"
 python3 -m pydiff info | tee "$out/info.txt"
 # Triton compiles dominate the GPU tests: spread them over processes when pytest-xdist is there.
