@@ -9,9 +9,11 @@ constexpr flags (so a plain call compiles to a plain flash-attention):
 * joint attention over two token streams (SD3/Flux MMDiT) read from separate tensors into separate outputs;
 * negative-prompt attention (SNOOPI's NASA): a second online softmax over negative keys on the same q tile,
   ``out = A(q, k+, v+) - alpha A(q, k-, v-)``;
-* a prologue on q as it is loaded: per-head RMSNorm with weights, then RoPE from a per-token cos/sin table
-  (interleaved pairs or half-split). Keys are read by every query block, so theirs is applied once beforehand
-  (``_kv_prologue``, one pass over each key tensor) instead of N_q / BLOCK_M times inside the loop.
+* a prologue on q and k: per-head RMSNorm with weights, then RoPE from a per-token cos/sin table (interleaved
+  pairs or half-split), applied by ``_qk_prologue`` in one pass per tensor before the attention kernel. Inside the
+  kernel it cost twice: keys are read by every query block (the prologue was redone N_q / BLOCK_M times), and a
+  q tile computed in registers stays there through the key loop (sm_90 ptxas: 255 registers and 250+ bytes of
+  spills per thread at D 128 with RoPE, none without).
 
 Head dims that are not a power of two are split into two power-of-two chunks (e.g. 80 = 64 + 16, 160 = 128 + 32)
 instead of being padded to the next power of two, so SD1.5's 40/80/160 do not pay 1.6x the matmul work.
@@ -33,7 +35,7 @@ def _round_to_bf16(x):
 
 
 @triton.jit
-def _rope_chunk(x, base, rows, stride_n, stride_d, d, mask, fill, rstd, w_on, W, COS, SIN, pos,
+def _rope_chunk(x, base, rows, stride_n, stride_d, d, mask, rstd, W, COS, SIN, pos,
                 stride_cn, stride_cd, stride_sn, stride_sd,
                 HEAD_DIM: tl.constexpr, HAS_NORM: tl.constexpr, INTERLEAVED: tl.constexpr):
     """RoPE (RoFormer) of one head-dim chunk x (float32, already normalised): x cos + sign * x[partner] sin."""
@@ -45,33 +47,29 @@ def _rope_chunk(x, base, rows, stride_n, stride_d, d, mask, fill, rstd, w_on, W,
         partner = tl.where(first, d + HEAD_DIM // 2, d - HEAD_DIM // 2)
         sign = tl.where(first, -1.0, 1.0)
     # The partner may sit in the other head-dim chunk, so it is read again (from cache) rather than shuffled.
-    xp = tl.load(base + rows[:, None] * stride_n + partner[None, :] * stride_d, mask=mask, other=fill)
+    xp = tl.load(base + rows[:, None] * stride_n + partner[None, :] * stride_d, mask=mask, other=0.0)
     xp = xp.to(tl.float32)
     if HAS_NORM:
-        wp = tl.where(w_on, tl.load(W + partner, mask=partner < HEAD_DIM, other=0.0), 1.0)
+        wp = tl.load(W + partner, mask=partner < HEAD_DIM, other=0.0)
         xp = xp * rstd[:, None] * wp[None, :]
-    c = tl.load(COS + pos[:, None] * stride_cn + d[None, :] * stride_cd, mask=mask, other=fill).to(tl.float32)
-    s = tl.load(SIN + pos[:, None] * stride_sn + d[None, :] * stride_sd, mask=mask, other=fill).to(tl.float32)
+    c = tl.load(COS + pos[:, None] * stride_cn + d[None, :] * stride_cd, mask=mask, other=0.0).to(tl.float32)
+    s = tl.load(SIN + pos[:, None] * stride_sn + d[None, :] * stride_sd, mask=mask, other=0.0).to(tl.float32)
     return x * c + (sign[None, :] * xp) * s
 
 
 @triton.jit
-def _load_qk(base, rows, stride_n, stride_d, mask_a, mask_b, fill, W, norm_on, eps, COS, SIN, pos0,
+def _load_qk(base, rows, stride_n, stride_d, mask_a, mask_b, W, eps, COS, SIN, pos0,
              stride_cn, stride_cd, stride_sn, stride_sd,
              HEAD_DIM: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr,
              HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
              EMULATE_BF16: tl.constexpr):
-    """A q or k tile (rows x head dim, as one or two chunks) with the fused prologue, in the input dtype:
-    RMSNorm over the head dim (Zhang & Sennrich 2019) with weights W, then RoPE, both in float32.
-
-    norm_on switches the norm off at run time (rstd = w = 1): the two query streams of joint attention share one
-    code path but may differ in having a norm.
-    """
+    """A q or k tile (rows x head dim, as one or two chunks) with its prologue, in the input dtype:
+    RMSNorm over the head dim (Zhang & Sennrich 2019) with weights W, then RoPE, both in float32."""
     d_a = tl.arange(0, BLOCK_DA)
     d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
-    x_a = tl.load(base + rows[:, None] * stride_n + d_a[None, :] * stride_d, mask=mask_a, other=fill)
+    x_a = tl.load(base + rows[:, None] * stride_n + d_a[None, :] * stride_d, mask=mask_a, other=0.0)
     if SPLIT_D:
-        x_b = tl.load(base + rows[:, None] * stride_n + d_b[None, :] * stride_d, mask=mask_b, other=fill)
+        x_b = tl.load(base + rows[:, None] * stride_n + d_b[None, :] * stride_d, mask=mask_b, other=0.0)
     else:
         x_b = x_a
     if HAS_NORM or HAS_ROPE:
@@ -82,20 +80,17 @@ def _load_qk(base, rows, stride_n, stride_d, mask_a, mask_b, fill, W, norm_on, e
             sum_sq = tl.sum(f_a * f_a, 1)
             if SPLIT_D:
                 sum_sq += tl.sum(f_b * f_b, 1)
-            rstd = tl.where(norm_on, tl.math.rsqrt(sum_sq / HEAD_DIM + eps), 1.0)
-            f_a = f_a * rstd[:, None] * tl.where(norm_on, tl.load(W + d_a, mask=d_a < HEAD_DIM, other=0.0),
-                                                 1.0)[None, :]
+            rstd = tl.math.rsqrt(sum_sq / HEAD_DIM + eps)
+            f_a = f_a * rstd[:, None] * tl.load(W + d_a, mask=d_a < HEAD_DIM, other=0.0)[None, :]
             if SPLIT_D:
-                f_b = f_b * rstd[:, None] * tl.where(norm_on, tl.load(W + d_b, mask=d_b < HEAD_DIM, other=0.0),
-                                                     1.0)[None, :]
+                f_b = f_b * rstd[:, None] * tl.load(W + d_b, mask=d_b < HEAD_DIM, other=0.0)[None, :]
         if HAS_ROPE:
             pos = pos0 + rows
-            f_a = _rope_chunk(f_a, base, rows, stride_n, stride_d, d_a, mask_a, fill, rstd, norm_on, W, COS, SIN,
-                              pos, stride_cn, stride_cd, stride_sn, stride_sd, HEAD_DIM, HAS_NORM, INTERLEAVED)
+            f_a = _rope_chunk(f_a, base, rows, stride_n, stride_d, d_a, mask_a, rstd, W, COS, SIN, pos,
+                              stride_cn, stride_cd, stride_sn, stride_sd, HEAD_DIM, HAS_NORM, INTERLEAVED)
             if SPLIT_D:
-                f_b = _rope_chunk(f_b, base, rows, stride_n, stride_d, d_b, mask_b, fill, rstd, norm_on, W, COS,
-                                  SIN, pos, stride_cn, stride_cd, stride_sn, stride_sd, HEAD_DIM, HAS_NORM,
-                                  INTERLEAVED)
+                f_b = _rope_chunk(f_b, base, rows, stride_n, stride_d, d_b, mask_b, rstd, W, COS, SIN, pos,
+                                  stride_cn, stride_cd, stride_sn, stride_sd, HEAD_DIM, HAS_NORM, INTERLEAVED)
         if EMULATE_BF16:
             x_a = _round_to_bf16(f_a)
             x_b = _round_to_bf16(f_b)
@@ -115,29 +110,27 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
     offs_n = tl.arange(0, BLOCK_N)
     d_a = tl.arange(0, BLOCK_DA)
     d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
-    col_mask = (start_n + offs_n) < n_end
-    # Key lengths that are multiples of BLOCK_N with a power-of-two head dim load without any mask.
+    # A partial last block reads its missing rows from the last key instead of masking the loads (load
+    # predicates over the whole tile stay live through the loop and cost spills on sm_90); those columns get a
+    # score of -inf below, so they carry zero weight.
     if MASK_N:
-        mask_a = col_mask[:, None] & (d_a < HEAD_DIM)[None, :]
-        mask_b = col_mask[:, None] & (d_b < HEAD_DIM)[None, :]
-        fill = 0.0
-    elif MASK_D:
-        mask_a = (d_a < HEAD_DIM)[None, :]
-        mask_b = (d_b < HEAD_DIM)[None, :]
-        fill = 0.0
+        rows = tl.minimum(offs_n, n_end - 1 - start_n)
     else:
-        mask_a = None
-        mask_b = None
-        fill = None
+        rows = offs_n
+    # Head-dim padding likewise: padded columns read the last real column. In Q K^T they meet q's zero padding;
+    # in P V they land in output columns that are never stored.
+    if MASK_D:
+        d_a = tl.minimum(d_a, HEAD_DIM - 1)
+        d_b = tl.minimum(d_b, HEAD_DIM - 1)
     k_blk = K + tl.cast(start_n, tl.int64) * stride_kn
     v_blk = V + tl.cast(start_n, tl.int64) * stride_vn
-    k_a = tl.load(k_blk + offs_n[:, None] * stride_kn + d_a[None, :] * stride_kd, mask=mask_a, other=fill)
+    k_a = tl.load(k_blk + rows[:, None] * stride_kn + d_a[None, :] * stride_kd)
     if EMULATE_BF16:
         s = tl.dot(q_a.to(tl.float32), tl.trans(k_a.to(tl.float32)))
     else:
         s = tl.dot(q_a, tl.trans(k_a))
     if SPLIT_D:
-        k_b = tl.load(k_blk + offs_n[:, None] * stride_kn + d_b[None, :] * stride_kd, mask=mask_b, other=fill)
+        k_b = tl.load(k_blk + rows[:, None] * stride_kn + d_b[None, :] * stride_kd)
         if EMULATE_BF16:
             s = tl.dot(q_b.to(tl.float32), tl.trans(k_b.to(tl.float32)), s)
         else:
@@ -145,7 +138,7 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
     if not SCALE_POSITIVE:
         s = s * qk_scale
     if MASK_N:
-        s = tl.where(col_mask[None, :], s, float("-inf"))
+        s = tl.where(((start_n + offs_n) < n_end)[None, :], s, float("-inf"))
     # Every block holds at least one valid key, so m_new is finite and no (-inf) - (-inf) can appear.
     if SCALE_POSITIVE:
         # max(s) * scale == max(s * scale), so the scale folds into exp2's argument as one fused multiply-add
@@ -157,7 +150,7 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
         p = tl.math.exp2(s - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v_a = tl.load(v_blk + offs_n[:, None] * stride_vn + d_a[None, :] * stride_vd, mask=mask_a, other=fill)
+    v_a = tl.load(v_blk + rows[:, None] * stride_vn + d_a[None, :] * stride_vd)
     if EMULATE_BF16:
         p = _round_to_bf16(p)
         v_a = v_a.to(tl.float32)
@@ -166,7 +159,7 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
     # the rescaled accumulator goes into the matrix unit as its addend (no separate add)
     acc_a = tl.dot(p, v_a, acc_a * alpha[:, None])
     if SPLIT_D:
-        v_b = tl.load(v_blk + offs_n[:, None] * stride_vn + d_b[None, :] * stride_vd, mask=mask_b, other=fill)
+        v_b = tl.load(v_blk + rows[:, None] * stride_vn + d_b[None, :] * stride_vd)
         if EMULATE_BF16:
             v_b = v_b.to(tl.float32)
         acc_b = tl.dot(p, v_b, acc_b * alpha[:, None])
@@ -175,31 +168,27 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
 
 @triton.jit
 def _query_block(
-    Q, O, row_start, row_end, stride_qn, stride_qd, stride_on, stride_od, q_pos_shift, QW, q_norm_on,
+    Q, O, row_start, row_end, stride_qn, stride_qd, stride_on, stride_od,
     K, V, stride_kn, stride_kd, stride_vn, stride_vd, k_start, k_end,
     K2, V2, stride_k2n, stride_k2d, stride_v2n, stride_v2d, k2_end,
     KN, VN, stride_knn, stride_knd, stride_vnn, stride_vnd, kn_end,
-    COS, SIN, stride_cn, stride_cd, stride_sn, stride_sd,
-    qk_scale, eps, neg_scale,
+    qk_scale, neg_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
-    JOINT: tl.constexpr, NEG: tl.constexpr, HAS_QNORM: tl.constexpr, HAS_ROPE: tl.constexpr,
-    INTERLEAVED: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
+    JOINT: tl.constexpr, NEG: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
 ):
-    """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream.
-
-    The q tile gets its prologue (norm, RoPE) here, once; the keys arrive already prepared (see _kv_prologue).
-    """
+    """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream."""
     offs_m = tl.arange(0, BLOCK_M)
     d_a = tl.arange(0, BLOCK_DA)
     d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
     row_mask = (row_start + offs_m) < row_end
-    mask_a = row_mask[:, None] & (d_a < HEAD_DIM)[None, :]
-    mask_b = row_mask[:, None] & (d_b < HEAD_DIM)[None, :]
     q_blk = Q + tl.cast(row_start, tl.int64) * stride_qn
-    q_a, q_b = _load_qk(q_blk, offs_m, stride_qn, stride_qd, mask_a, mask_b, 0.0, QW, q_norm_on, eps, COS, SIN,
-                        row_start + q_pos_shift, stride_cn, stride_cd, stride_sn, stride_sd,
-                        HEAD_DIM, BLOCK_DA, BLOCK_DB, SPLIT_D, HAS_QNORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16)
+    q_a = tl.load(q_blk + offs_m[:, None] * stride_qn + d_a[None, :] * stride_qd,
+                  mask=row_mask[:, None] & (d_a < HEAD_DIM)[None, :], other=0.0)
+    q_b = q_a
+    if SPLIT_D:
+        q_b = tl.load(q_blk + offs_m[:, None] * stride_qn + d_b[None, :] * stride_qd,
+                      mask=row_mask[:, None] & (d_b < HEAD_DIM)[None, :], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -239,17 +228,25 @@ def _query_block(
         out_a = _round_to_bf16(out_a)
         out_b = _round_to_bf16(out_b)
     o_blk = O + tl.cast(row_start, tl.int64) * stride_on
+    # The store's mask is built here from the row count, not reused from the q load: a 2-D mask made before the
+    # key loop stays live through it (register spills on sm_90 in every tile).
+    rows_left = row_end - row_start
+    store_a = offs_m[:, None] < rows_left
+    store_b = offs_m[:, None] < rows_left
+    if MASK_D:
+        store_a = store_a & (d_a < HEAD_DIM)[None, :]
+        store_b = store_b & (d_b < HEAD_DIM)[None, :]
     tl.store(o_blk + offs_m[:, None] * stride_on + d_a[None, :] * stride_od, out_a.to(O.dtype.element_ty),
-             mask=mask_a)
+             mask=store_a)
     if SPLIT_D:
         tl.store(o_blk + offs_m[:, None] * stride_on + d_b[None, :] * stride_od, out_b.to(O.dtype.element_ty),
-                 mask=mask_b)
+                 mask=store_b)
 
 
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, O, Q2, K2, V2, O2, KN, VN,
-    COS, SIN, QW, Q2W, KV_LENS, NEG_KV_LENS, CU_Q, CU_K,
+    KV_LENS, NEG_KV_LENS, CU_Q, CU_K,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -260,24 +257,21 @@ def _attn_fwd_kernel(
     stride_o2b, stride_o2h, stride_o2n, stride_o2d,
     stride_knb, stride_knh, stride_knn, stride_knd,
     stride_vnb, stride_vnh, stride_vnn, stride_vnd,
-    stride_cn, stride_cd, stride_sn, stride_sd,
     H, KV_GROUP, Nq, Nk, Nq2, Nk2, Nneg, SEGMENTS,
-    qk_scale, eps, neg_scale,
+    qk_scale, neg_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
     JOINT: tl.constexpr, NEG: tl.constexpr, VARLEN: tl.constexpr,
-    HAS_KV_LENS: tl.constexpr, HAS_NEG_KV_LENS: tl.constexpr,
-    HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
-    HAS_QNORM: tl.constexpr, HAS_Q2NORM: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
+    HAS_KV_LENS: tl.constexpr, HAS_NEG_KV_LENS: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    SCALE_POSITIVE: tl.constexpr,
 ):
     """grid = (query blocks [of both streams when JOINT], B * H, segments). See the module docstring.
 
-    K, K2, KN hold keys with their prologue already applied (``_kv_prologue``); HAS_ROPE rotates the queries.
+    Queries and keys arrive with their prologue (norm, RoPE) already applied by ``_qk_prologue``.
     """
     # Inductor's copy of this kernel types Python float arguments as fp64: without the casts the online-softmax
     # state would turn fp64 inside the key loop, which Triton rejects (loop-carried type change).
     qk_scale = tl.cast(qk_scale, tl.float32)
-    eps = tl.cast(eps, tl.float32)
     neg_scale = tl.cast(neg_scale, tl.float32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -329,9 +323,6 @@ def _attn_fwd_kernel(
         sqd = tl.where(second, stride_q2d, stride_qd)
         son = tl.where(second, stride_o2n, stride_on)
         sod = tl.where(second, stride_o2d, stride_od)
-        q_pos_shift = tl.where(second, Nq, 0)
-        QWs = tl.where(second, Q2W, QW)
-        q_norm_on = tl.where(second, HAS_Q2NORM, HAS_QNORM)
     else:
         Qs = Q + b64 * stride_qb + h64 * stride_qh
         Os = O + b64 * stride_ob + h64 * stride_oh
@@ -341,22 +332,19 @@ def _attn_fwd_kernel(
         sqd = stride_qd
         son = stride_on
         sod = stride_od
-        q_pos_shift = 0
-        QWs = QW
-        q_norm_on = HAS_QNORM
     if row_start < row_end:
         _query_block(
-            Qs, Os, row_start, row_end, sqn, sqd, son, sod, q_pos_shift, QWs, q_norm_on,
+            Qs, Os, row_start, row_end, sqn, sqd, son, sod,
             Kh, Vh, stride_kn, stride_kd, stride_vn, stride_vd, k_start, k_end,
             K2h, V2h, stride_k2n, stride_k2d, stride_v2n, stride_v2d, k2_end,
             KNh, VNh, stride_knn, stride_knd, stride_vnn, stride_vnd, kn_end,
-            COS, SIN, stride_cn, stride_cd, stride_sn, stride_sd, qk_scale, eps, neg_scale,
-            HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT, NEG,
-            HAS_QNORM or HAS_Q2NORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16, SCALE_POSITIVE)
+            qk_scale, neg_scale,
+            HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT, NEG, EMULATE_BF16,
+            SCALE_POSITIVE)
 
 
 @triton.jit
-def _kv_prologue(
+def _qk_prologue(
     X, Y, W, COS, SIN,
     stride_xb, stride_xh, stride_xn, stride_xd, stride_yb, stride_yh, stride_yn, stride_yd,
     stride_cn, stride_cd, stride_sn, stride_sd,
@@ -365,11 +353,7 @@ def _kv_prologue(
     SPLIT_D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
 ):
-    """Y = RoPE(RMSNorm(X)) for a key tensor, one pass, grid = (row blocks, B * H).
-
-    Keys are read by every query block of the attention kernel: applying their prologue there would redo it
-    N_q / BLOCK_M times (with extra reads of the cos/sin tables each time), so it is done once here instead.
-    """
+    """Y = RoPE(RMSNorm(X)) for a query or key tensor, one pass, grid = (row blocks, B * H)."""
     eps = tl.cast(eps, tl.float32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -384,7 +368,7 @@ def _kv_prologue(
     mask_b = row_mask[:, None] & (d_b < HEAD_DIM)[None, :]
     x_blk = X + b * stride_xb + h * stride_xh + tl.cast(row_start, tl.int64) * stride_xn
     y_blk = Y + b * stride_yb + h * stride_yh + tl.cast(row_start, tl.int64) * stride_yn
-    y_a, y_b = _load_qk(x_blk, rows, stride_xn, stride_xd, mask_a, mask_b, 0.0, W, HAS_NORM, eps, COS, SIN,
+    y_a, y_b = _load_qk(x_blk, rows, stride_xn, stride_xd, mask_a, mask_b, W, eps, COS, SIN,
                         row_start + pos_shift, stride_cn, stride_cd, stride_sn, stride_sd,
                         HEAD_DIM, BLOCK_DA, BLOCK_DB, SPLIT_D, HAS_NORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16)
     tl.store(y_blk + rows[:, None] * stride_yn + d_a[None, :] * stride_yd, y_a.to(Y.dtype.element_ty), mask=mask_a)
@@ -397,11 +381,11 @@ def _kv_prologue(
 # memory fail to compile and the autotuner skips them; the prune below only spares compile time on large tiles.
 _GPU_CONFIGS = [
     (128, 128, 8, 3), (128, 128, 8, 2), (128, 128, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 4),
-    (64, 128, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 2),
+    (64, 128, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 2), (64, 32, 8, 2),
 ]
 
 
-#: the candidates kept for the variants (RoPE, joint, negative): each variant is its own compile of every
+#: the candidates kept for the variants (joint, negative): each variant is its own compile of every
 #: candidate, and a full list made an H200 benchmark run spend minutes compiling before it measured anything
 _HEAVY_CONFIGS = {(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2)}
 
@@ -412,7 +396,7 @@ def _prune_configs(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
     d_total = args["BLOCK_DA"] + (args["BLOCK_DB"] if args["SPLIT_D"] else 0)
     accumulators = 2 if args["NEG"] else 1
-    heavy = args["HAS_ROPE"] or args["JOINT"] or args["NEG"]
+    heavy = args["JOINT"] or args["NEG"]
     kept = []
     for cfg in configs:
         bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
@@ -425,8 +409,7 @@ def _prune_configs(configs, named_args, **kwargs):
     return kept or [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2)]
 
 
-_AUTOTUNE_KEY = ["Nq", "Nk", "Nq2", "Nk2", "Nneg", "HEAD_DIM", "SPLIT_D", "JOINT", "NEG", "VARLEN",
-                 "HAS_ROPE", "HAS_QNORM", "HAS_Q2NORM"]
+_AUTOTUNE_KEY = ["Nq", "Nk", "Nq2", "Nk2", "Nneg", "HEAD_DIM", "SPLIT_D", "JOINT", "NEG", "VARLEN"]
 _attn_fwd_autotuned = triton.autotune(
     configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in
              _GPU_CONFIGS],
@@ -438,7 +421,8 @@ _attn_fwd_autotuned = triton.autotune(
 def default_config(head_dim: int, heavy: bool, negative: bool = False):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) used without autotuning (PYDIFF_ATTENTION_AUTOTUNE=0)."""
     if head_dim > 128:
-        return (32, 32, 4, 2) if negative else (64, 32, 4, 2)
+        # 8 warps share the wide accumulator: 4 spilled at D 160/256 on sm_90 (ptxas), 8 do not
+        return (32, 32, 4, 2) if negative else (64, 32, 8, 2)
     if heavy:
         return 128, 64, 8, 2
     return 128, 64, 4 if head_dim <= 64 else 8, 3
@@ -494,18 +478,21 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
 
     joint: (q2, k2, v2, out2); negative: (k_neg, v_neg); rope: (cos, sin) tables (rows, D).
     bnhd: tensors are (B, N, H, D) instead of (B, H, N, D); outputs use the same layout as inputs.
-    prologue_kernel: ``_kv_prologue`` as the caller launches it (wrapped for torch.library); None: this module's.
-    When the keys have a norm or RoPE, each key tensor first gets it in one pass of its own (``_kv_prologue``).
+    prologue_kernel: ``_qk_prologue`` as the caller launches it (wrapped for torch.library); None: this module's.
+    When q or k has a norm or RoPE, each such tensor first gets it in one pass of its own (``_qk_prologue``).
     """
     import torch
 
-    if rope is not None or k_norm_weight is not None or joint_k_norm_weight is not None:
-        prepare = _key_preparer(prologue_kernel if prologue_kernel is not None else _kv_prologue, bnhd, rope,
-                                rope_interleaved, norm_eps, q.device.type == "cpu" and q.dtype == torch.bfloat16)
-        k = prepare(k, k_norm_weight, 0)
+    if rope is not None or any(w is not None for w in (q_norm_weight, k_norm_weight, joint_q_norm_weight,
+                                                       joint_k_norm_weight)):
+        prepare = _preparer(prologue_kernel if prologue_kernel is not None else _qk_prologue, bnhd, rope,
+                            rope_interleaved, norm_eps, q.device.type == "cpu" and q.dtype == torch.bfloat16)
+        n_q, n_k = _dims(q, bnhd)[0][2], _dims(k, bnhd)[0][2]
+        # RoPE rows follow the joined sequence [stream 1; stream 2]; negative keys start at row 0
+        q, k = prepare(q, q_norm_weight, 0), prepare(k, k_norm_weight, 0)
         if joint is not None:
-            n_k = _dims(k, bnhd)[0][2]
-            joint = (joint[0], prepare(joint[1], joint_k_norm_weight, n_k), joint[2], joint[3])
+            joint = (prepare(joint[0], joint_q_norm_weight, n_q), prepare(joint[1], joint_k_norm_weight, n_k),
+                     joint[2], joint[3])
         if negative is not None:
             negative = (prepare(negative[0], k_norm_weight, 0), negative[1])
 
@@ -531,12 +518,6 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         k_neg, v_neg = k, v
         n_neg = 0
         skn = svn = [0, 0, 0, 0]
-    if rope is not None:
-        cos, sin = rope
-        rope_strides = [int(cos.stride(0)), int(cos.stride(1)), int(sin.stride(0)), int(sin.stride(1))]
-    else:
-        cos = sin = q
-        rope_strides = [0, 0, 0, 0]
     varlen = cu_seqlens_q is not None
     segments = int(cu_seqlens_q.shape[0]) - 1 if varlen else 1
     block_da, block_db, split_d = head_dim_blocks(head_dim)
@@ -556,30 +537,20 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         return (blocks, batch * heads, segments)
 
     dummy = q
-    # Norm weights (D values each) go in as float32: the two query streams' weights are selected at run time in
-    # the kernel, which needs one pointer type; a missing one is stood in for by the other (it is never applied).
-    q_w, q2_w = (None if w is None else w.float() for w in (q_norm_weight, joint_q_norm_weight))
-    q_w_arg = q_w if q_w is not None else (q2_w if q2_w is not None else dummy)
-    q2_w_arg = q2_w if q2_w is not None else q_w_arg
     args = [
         q, k, v, out, q2, k2, v2, out2, k_neg, v_neg,
-        cos, sin,
-        q_w_arg,
-        q2_w_arg,
         kv_lens if kv_lens is not None else dummy,
         negative_kv_lens if negative_kv_lens is not None else dummy,
         cu_seqlens_q if varlen else dummy,
         (cu_seqlens_k if cu_seqlens_k is not None else cu_seqlens_q) if varlen else dummy,
-        *sq, *sk, *sv, *so, *sq2, *sk2, *sv2, *so2, *skn, *svn, *rope_strides,
+        *sq, *sk, *sv, *so, *sq2, *sk2, *sv2, *so2, *skn, *svn,
         heads, heads // kv_heads, n_q, n_k, n_q2, n_k2, n_neg, segments,
-        float(scale) * LOG2E, float(norm_eps), float(negative_scale),
+        float(scale) * LOG2E, float(negative_scale),
     ]
     flags = dict(
         HEAD_DIM=head_dim, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d, MASK_D=mask_d,
         JOINT=joint is not None, NEG=negative is not None, VARLEN=varlen,
         HAS_KV_LENS=kv_lens is not None, HAS_NEG_KV_LENS=negative_kv_lens is not None,
-        HAS_ROPE=rope is not None, INTERLEAVED=bool(rope_interleaved),
-        HAS_QNORM=q_norm_weight is not None, HAS_Q2NORM=joint_q_norm_weight is not None,
         SCALE_POSITIVE=scale > 0,
         # Triton's interpreter (CPU tensors) multiplies bf16 operands as raw 16-bit integers in tl.dot and
         # truncates bf16 casts: there, bf16 values go through the dots as (exact) fp32, as a tensor core forms
@@ -598,23 +569,24 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     kernel[grid](*args, **flags)
 
 
-def _key_preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16):
-    """``prepare(k, weight, pos_shift)`` -> a new key tensor with the norm (when ``weight`` is given) and RoPE
+def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16):
+    """``prepare(x, weight, pos_shift)`` -> a new q or k tensor with the norm (when ``weight`` is given) and RoPE
     (when ``rope`` is given, rows from ``pos_shift`` on) applied; the input itself when neither applies."""
     import torch
 
-    def prepare(k, weight, pos_shift):
+    def prepare(x, weight, pos_shift):
         if weight is None and rope is None:
-            return k
-        (batch, heads, n, head_dim), sx = _dims(k, bnhd)
-        y = torch.empty_like(k)
+            return x
+        (batch, heads, n, head_dim), sx = _dims(x, bnhd)
+        y = torch.empty_like(x)
         _, sy = _dims(y, bnhd)
         block_da, block_db, split_d = head_dim_blocks(head_dim)
-        cos, sin = rope if rope is not None else (k, k)
+        cos, sin = rope if rope is not None else (x, x)
         rope_strides = [int(t.stride(i)) for t in (cos, sin) for i in (0, 1)] if rope is not None else [0] * 4
-        block_m = 64 if k.is_cuda else interpreter_blocks(n, 1)[0]
+        # 16 rows x D per program: the tile, its RoPE partner, cos and sin fit in registers (64 rows spilled at D 128)
+        block_m = 16 if x.is_cuda else interpreter_blocks(n, 1)[0]
         kernel[(triton.cdiv(n, block_m), batch * heads)](
-            k, y, weight.float() if weight is not None else k, cos, sin, *sx, *sy, *rope_strides,
+            x, y, weight.float() if weight is not None else x, cos, sin, *sx, *sy, *rope_strides,
             heads, n, pos_shift, float(norm_eps),
             HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d,
             HAS_NORM=weight is not None, HAS_ROPE=rope is not None, INTERLEAVED=bool(rope_interleaved),

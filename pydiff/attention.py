@@ -318,13 +318,13 @@ def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:
     with torch.cuda.device(call.q.device):
         if autotune_enabled():
             attention_forward(wrap_triton(_attn_fwd_autotuned), call.q, call.k, call.v, outs[0],
-                              prologue_kernel=wrap_triton(_kv_prologue), **_triton_kwargs(call, outs))
+                              prologue_kernel=wrap_triton(_qk_prologue), **_triton_kwargs(call, outs))
         else:
-            heavy = call.rope is not None or call.joint is not None or call.negative is not None
+            heavy = call.joint is not None or call.negative is not None
             block_m, block_n, warps, stages = default_config(call.bhnd(call.q)[3], heavy, call.negative is not None)
             attention_forward(wrap_triton(_attn_fwd_kernel), call.q, call.k, call.v, outs[0],
                               block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
-                              prologue_kernel=wrap_triton(_kv_prologue), **_triton_kwargs(call, outs))
+                              prologue_kernel=wrap_triton(_qk_prologue), **_triton_kwargs(call, outs))
 
 
 def define_attention_op(name: str, use_triton_op: bool):
@@ -342,7 +342,7 @@ def define_attention_op(name: str, use_triton_op: bool):
 
 # The CUDA launcher's kernels and wrap_triton, bound at import on a CUDA machine. They are module globals because
 # triton_op finds the kernels of an op by reading the names passed to wrap_triton in its source.
-_attn_fwd_autotuned = _attn_fwd_kernel = _kv_prologue = None
+_attn_fwd_autotuned = _attn_fwd_kernel = _qk_prologue = None
 
 
 def wrap_triton(kernel):
@@ -352,12 +352,12 @@ def wrap_triton(kernel):
 
 def _load_gpu_kernel() -> bool:
     """On a machine where Triton compiles for CUDA, bind the kernels and wrap_triton; returns whether it did."""
-    global _attn_fwd_autotuned, _attn_fwd_kernel, _kv_prologue, wrap_triton
+    global _attn_fwd_autotuned, _attn_fwd_kernel, _qk_prologue, wrap_triton
     if not torch.cuda.is_available() or native.triton_error() is not None or native.triton_interpreting():
         return False
     from torch.library import wrap_triton
 
-    from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_kernel, _kv_prologue
+    from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_kernel, _qk_prologue
     return True
 
 

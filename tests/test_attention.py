@@ -233,7 +233,7 @@ def test_kernel_accuracy(case):
 def _gpu_default_tile(case):
     from pydiff.kernels.attention import default_config
 
-    heavy = case.rope is not None or case.joint is not None or case.negative is not None
+    heavy = case.joint is not None or case.negative is not None
     return default_config(case.head_dim, heavy, case.negative is not None)[:2]
 
 
@@ -540,9 +540,9 @@ def test_tiling_choices():
     assert head_dim_blocks(64)[0:3:2] == (64, False) and head_dim_blocks(8)[0:3:2] == (16, False)
     configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                for bm, bn, w, s in _GPU_CONFIGS]
-    base = dict(BLOCK_DA=64, BLOCK_DB=16, SPLIT_D=False, NEG=False, HAS_ROPE=False, JOINT=False)
+    base = dict(BLOCK_DA=64, BLOCK_DB=16, SPLIT_D=False, NEG=False, JOINT=False)
     assert len(_prune_configs(configs, base)) == len(configs)
-    heavy = _prune_configs(configs, {**base, "BLOCK_DA": 128, "HAS_ROPE": True})
+    heavy = _prune_configs(configs, {**base, "BLOCK_DA": 128, "JOINT": True})
     assert _HEAVY_CONFIGS <= set(_GPU_CONFIGS)  # the variants' short list names real candidates
     assert len(heavy) == len(_HEAVY_CONFIGS) and all(c.num_stages <= 3 for c in heavy)
     wide = _prune_configs(configs, {**base, "BLOCK_DA": 256, "NEG": True})

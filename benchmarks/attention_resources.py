@@ -1,0 +1,91 @@
+"""Registers and spills of the attention kernels per tile and variant, compiled for sm_90a without a GPU.
+
+    python3 benchmarks/attention_resources.py            # a table: variant, head dim, tile, registers, spill bytes
+
+Triton compiles the kernel for a Hopper target on any machine; the PTX then goes through the CUDA toolkit's
+``ptxas -v`` (the resource report a GPU run would give). A newer Triton may emit a PTX version newer than the
+installed ptxas knows; the version line is lowered to the toolkit's own, which these kernels' instructions satisfy.
+Spills are the thing to watch: a flash-attention tile that spills streams registers through local memory on every
+key block.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU target, not for the interpreter
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernels import attention as A  # noqa: E402
+
+POINTERS = {"Q", "K", "V", "O", "Q2", "K2", "V2", "O2", "KN", "VN", "X", "Y"}
+INT_POINTERS = {"KV_LENS", "NEG_KV_LENS", "CU_Q", "CU_K"}
+FLOATS = {"qk_scale", "neg_scale", "eps"}
+#: (name, head dim, (BLOCK_M, BLOCK_N, warps, stages), flags beyond the plain kernel's)
+CASES = [
+    ("plain", 128, (128, 64, 8, 3), {}), ("plain", 128, (128, 128, 8, 3), {}), ("plain", 64, (128, 64, 4, 3), {}),
+    ("plain", 64, (128, 128, 8, 3), {}), ("plain", 40, (128, 64, 4, 3), {}), ("plain", 80, (128, 64, 8, 3), {}),
+    ("plain", 160, (64, 32, 8, 2), {}), ("plain", 256, (64, 32, 8, 2), {}),
+    ("key padding", 64, (128, 64, 4, 3), {"HAS_KV_LENS": True, "EVEN_N": False}),
+    ("packed segments", 64, (128, 64, 4, 3), {"VARLEN": True, "EVEN_N": False}),
+    ("joint", 128, (128, 64, 8, 2), {"JOINT": True}), ("negative", 64, (128, 64, 8, 3), {"NEG": True}),
+]
+
+
+def ptxas_report(ptx: str, arch: str = "sm_90a") -> tuple:
+    """(registers, spill-store bytes) from ptxas -v."""
+    ptxas = shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas"
+    version = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout
+    release = re.search(r"release (\d+)\.(\d+)", version)
+    if release:  # lower the PTX ISA version to the one this ptxas reads (CUDA 13.x -> 9.x)
+        ptx = re.sub(r"\.version \d+\.\d+", f".version {int(release[1]) - 4}.{release[2]}", ptx, count=1)
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(ptx)
+    out = subprocess.run([ptxas, f"-arch={arch}", "-v", f.name, "-o", os.devnull], capture_output=True, text=True)
+    os.unlink(f.name)
+    regs = re.search(r"Used (\d+) registers", out.stderr)
+    spill = re.search(r"(\d+) bytes spill stores", out.stderr)
+    if regs is None:
+        raise RuntimeError(f"ptxas failed: {out.stderr.strip()[-300:]}")
+    return int(regs[1]), int(spill[1]) if spill else 0
+
+
+def compile_attention(head_dim: int, tile, flags) -> tuple:
+    bm, bn, warps, stages = tile
+    da, db, split = A.head_dim_blocks(head_dim)
+    const = dict(HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=bn, BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split,
+                 MASK_D=(da + (db if split else 0)) != head_dim, EVEN_N=True, JOINT=False, NEG=False, VARLEN=False,
+                 HAS_KV_LENS=False, HAS_NEG_KV_LENS=False, EMULATE_BF16=False, SCALE_POSITIVE=True)
+    const.update(flags)
+    fn = A._attn_fwd_kernel
+    signature = {name: "constexpr" if name in const else "*bf16" if name in POINTERS else
+                 "*i32" if name in INT_POINTERS else "fp32" if name in FLOATS else "i32" for name in fn.arg_names}
+    source = ASTSource(fn=fn, signature=signature,
+                       constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": warps, "num_stages": stages})
+    return ptxas_report(kernel.asm["ptx"])
+
+
+def main() -> int:
+    print("| variant | D | tile (M x N, warps, stages) | registers | spill bytes |\n|---|---|---|---|---|")
+    for name, head_dim, tile, flags in CASES:
+        regs, spill = compile_attention(head_dim, tile, flags)
+        print(f"| {name} | {head_dim} | {tile[0]}x{tile[1]} w{tile[2]} s{tile[3]} | {regs} | {spill} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
