@@ -11,9 +11,8 @@ constexpr flags (so a plain call compiles to a plain flash-attention):
   ``out = A(q, k+, v+) - alpha A(q, k-, v-)``;
 * a prologue on q and k: per-head RMSNorm with weights, then RoPE from a per-token cos/sin table (interleaved
   pairs or half-split), applied by ``_qk_prologue`` in one pass per tensor before the attention kernel. Inside the
-  kernel it cost twice: keys are read by every query block (the prologue was redone N_q / BLOCK_M times), and a
-  q tile computed in registers stays there through the key loop (sm_90 ptxas: 255 registers and 250+ bytes of
-  spills per thread at D 128 with RoPE, none without).
+  kernel, keys are read by every query block (their prologue was redone N_q / BLOCK_M times), and the q prologue
+  made the joint kernel 252 registers per thread instead of 176 (ptxas, sm_90a) and a compile variant of its own.
 
 Head dims that are not a power of two are split into two power-of-two chunks (e.g. 80 = 64 + 16, 160 = 128 + 32)
 instead of being padded to the next power of two, so SD1.5's 40/80/160 do not pay 1.6x the matmul work.
@@ -110,27 +109,32 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
     offs_n = tl.arange(0, BLOCK_N)
     d_a = tl.arange(0, BLOCK_DA)
     d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
-    # A partial last block reads its missing rows from the last key instead of masking the loads (load
-    # predicates over the whole tile stay live through the loop and cost spills on sm_90); those columns get a
+    # A partial last block reads its missing rows from the last key instead of masking the loads (fewer registers
+    # for the pipelined loads: 255 -> 228 per thread with key padding at D 64, ptxas sm_90a); those columns get a
     # score of -inf below, so they carry zero weight.
     if MASK_N:
         rows = tl.minimum(offs_n, n_end - 1 - start_n)
     else:
         rows = offs_n
-    # Head-dim padding likewise: padded columns read the last real column. In Q K^T they meet q's zero padding;
-    # in P V they land in output columns that are never stored.
+    # Padded head-dim columns are masked (zeros): a mask constant over 8-column groups keeps the loads vectorised
+    # and asynchronous, where clamped column indices would not.
     if MASK_D:
-        d_a = tl.minimum(d_a, HEAD_DIM - 1)
-        d_b = tl.minimum(d_b, HEAD_DIM - 1)
+        mask_a = (d_a < HEAD_DIM)[None, :]
+        mask_b = (d_b < HEAD_DIM)[None, :]
+        fill = 0.0
+    else:
+        mask_a = None
+        mask_b = None
+        fill = None
     k_blk = K + tl.cast(start_n, tl.int64) * stride_kn
     v_blk = V + tl.cast(start_n, tl.int64) * stride_vn
-    k_a = tl.load(k_blk + rows[:, None] * stride_kn + d_a[None, :] * stride_kd)
+    k_a = tl.load(k_blk + rows[:, None] * stride_kn + d_a[None, :] * stride_kd, mask=mask_a, other=fill)
     if EMULATE_BF16:
         s = tl.dot(q_a.to(tl.float32), tl.trans(k_a.to(tl.float32)))
     else:
         s = tl.dot(q_a, tl.trans(k_a))
     if SPLIT_D:
-        k_b = tl.load(k_blk + rows[:, None] * stride_kn + d_b[None, :] * stride_kd)
+        k_b = tl.load(k_blk + rows[:, None] * stride_kn + d_b[None, :] * stride_kd, mask=mask_b, other=fill)
         if EMULATE_BF16:
             s = tl.dot(q_b.to(tl.float32), tl.trans(k_b.to(tl.float32)), s)
         else:
@@ -150,7 +154,7 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
         p = tl.math.exp2(s - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v_a = tl.load(v_blk + rows[:, None] * stride_vn + d_a[None, :] * stride_vd)
+    v_a = tl.load(v_blk + rows[:, None] * stride_vn + d_a[None, :] * stride_vd, mask=mask_a, other=fill)
     if EMULATE_BF16:
         p = _round_to_bf16(p)
         v_a = v_a.to(tl.float32)
@@ -159,7 +163,7 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
     # the rescaled accumulator goes into the matrix unit as its addend (no separate add)
     acc_a = tl.dot(p, v_a, acc_a * alpha[:, None])
     if SPLIT_D:
-        v_b = tl.load(v_blk + rows[:, None] * stride_vn + d_b[None, :] * stride_vd)
+        v_b = tl.load(v_blk + rows[:, None] * stride_vn + d_b[None, :] * stride_vd, mask=mask_b, other=fill)
         if EMULATE_BF16:
             v_b = v_b.to(tl.float32)
         acc_b = tl.dot(p, v_b, acc_b * alpha[:, None])
@@ -229,7 +233,7 @@ def _query_block(
         out_b = _round_to_bf16(out_b)
     o_blk = O + tl.cast(row_start, tl.int64) * stride_on
     # The store's mask is built here from the row count, not reused from the q load: a 2-D mask made before the
-    # key loop stays live through it (register spills on sm_90 in every tile).
+    # key loop would stay live through it (registers).
     rows_left = row_end - row_start
     store_a = offs_m[:, None] < rows_left
     store_b = offs_m[:, None] < rows_left
@@ -381,7 +385,7 @@ def _qk_prologue(
 # memory fail to compile and the autotuner skips them; the prune below only spares compile time on large tiles.
 _GPU_CONFIGS = [
     (128, 128, 8, 3), (128, 128, 8, 2), (128, 128, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 4),
-    (64, 128, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 2), (64, 32, 8, 2),
+    (64, 128, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 2),
 ]
 
 
@@ -421,8 +425,7 @@ _attn_fwd_autotuned = triton.autotune(
 def default_config(head_dim: int, heavy: bool, negative: bool = False):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) used without autotuning (PYDIFF_ATTENTION_AUTOTUNE=0)."""
     if head_dim > 128:
-        # 8 warps share the wide accumulator: 4 spilled at D 160/256 on sm_90 (ptxas), 8 do not
-        return (32, 32, 4, 2) if negative else (64, 32, 8, 2)
+        return (32, 32, 4, 2) if negative else (64, 32, 4, 2)
     if heavy:
         return 128, 64, 8, 2
     return 128, 64, 4 if head_dim <= 64 else 8, 3
@@ -583,7 +586,7 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16):
         block_da, block_db, split_d = head_dim_blocks(head_dim)
         cos, sin = rope if rope is not None else (x, x)
         rope_strides = [int(t.stride(i)) for t in (cos, sin) for i in (0, 1)] if rope is not None else [0] * 4
-        # 16 rows x D per program: the tile, its RoPE partner, cos and sin fit in registers (64 rows spilled at D 128)
+        # 16 rows x D per program: the tile, its RoPE partner, cos and sin stay in registers
         block_m = 16 if x.is_cuda else interpreter_blocks(n, 1)[0]
         kernel[(triton.cdiv(n, block_m), batch * heads)](
             x, y, weight.float() if weight is not None else x, cos, sin, *sx, *sy, *rope_strides,
