@@ -388,7 +388,7 @@ def attention(
     q: (B, H, N_q, D); k, v: (B, H_kv, N_k, D) with H = G * H_kv (grouped/multi-query); fp16, bf16 or fp32;
     D <= 256. ``layout="bnhd"`` takes and returns (B, N, H, D) instead, read through strides without a copy.
     scale defaults to 1/sqrt(D). Returns a tensor shaped like q (two with ``joint``). Variants (combinable except
-    where noted; all in the same kernel pass):
+    where noted; all in the same attention pass, the norm and RoPE in one pre-pass per q/k tensor):
 
     * ``kv_lens`` (int, B values): key padding, row b attends to its first kv_lens[b] keys (0 keys gives zeros).
     * ``cu_seqlens_q`` / ``cu_seqlens_k`` (int, S + 1 offsets into the token dim): packed variable-length segments,
@@ -405,6 +405,8 @@ def attention(
       ``joint_q_norm_weight`` / ``joint_k_norm_weight`` for stream 2 (None: no norm there).
     * ``rope=(cos, sin)`` tables (rows, D), one row per token position, as diffusers builds them: rotary
       embedding of q and k after the norm; ``rope_interleaved`` pairs (2i, 2i+1) (Flux) or halves (i, i + D/2).
+      The Triton backend applies norm and RoPE in one float32 pass per tensor (read once, written once in the
+      input dtype) before the attention pass, instead of per query block.
     """
     if not isinstance(q, torch.Tensor) or q.dim() != 4:
         raise ValueError(f"q must be a 4-D tensor, got {_describe(q)}")

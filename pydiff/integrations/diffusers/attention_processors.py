@@ -8,9 +8,9 @@
 * ``PydiffJointAttnProcessor`` replaces SD3's ``JointAttnProcessor2_0``: image and text streams are attended
   jointly without concatenating q/k/v or splitting the output; the QK RMSNorms run inside the kernel.
 * ``PydiffFluxAttnProcessor`` replaces Flux's ``FluxAttnProcessor``: joint attention plus the QK RMSNorms and
-  the RoPE table applied inside the kernel as q and k are loaded.
+  the RoPE table, applied by pydiff in one float32 pass per tensor (no torch op sequence, no concatenation).
 
-Outputs equal the stock processors' (same math; the fused kernel keeps the prologue in float32). Cases the kernel
+Outputs equal the stock processors' (same math; pydiff keeps the norm and RoPE in float32). Cases the kernel
 does not cover run the stock computation: an attention mask in the UNet/Flux processors, and QK norms that are
 not RMSNorms over the head dim (those are applied as modules before the fused call).
 """
