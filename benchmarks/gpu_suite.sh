@@ -5,6 +5,7 @@
 # benchmarks/results/<date>-<card>/), and a short table is printed last.
 #   GPU_TEST_TIMEOUT / GPU_BENCH_TIMEOUT / GPU_ATTN_TIMEOUT: seconds for each stage (the lease is short).
 #   GPU_BENCH_AREAS: the quick-suite areas to run (default: ceilings steps sampling quality).
+#   GPU_PROBE_TIMEOUT: seconds for benchmarks/attention_hopper_probe.py (TMA + warp-specialisation probe).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//')
@@ -33,7 +34,12 @@ bench_rc=$?
 timeout "${GPU_ATTN_TIMEOUT:-240}" python3 -m pydiff bench --suite full --device cuda --only ceilings attention \
   --out "$out/bench-attention" >"$out/bench-attention.log" 2>&1
 attn_rc=$?
+# The Hopper probe (TMA descriptors, warp specialisation) beside SDPA-flash and pydiff: informs issue 4's next step.
+timeout "${GPU_PROBE_TIMEOUT:-120}" python3 benchmarks/attention_hopper_probe.py >"$out/hopper-probe.md" \
+  2>"$out/hopper-probe.log"
+probe_rc=$?
 tail -45 "$out/bench.log"
 tail -30 "$out/bench-attention.log"
-echo "exit codes: gpu tests $tests_rc, bench $bench_rc, attention bench $attn_rc (124 = stage timed out); results in $out"
+cat "$out/hopper-probe.md"
+echo "exit codes: gpu tests $tests_rc, bench $bench_rc, attention bench $attn_rc, probe $probe_rc (124 = stage timed out); results in $out"
 exit $(( tests_rc != 0 || bench_rc != 0 || attn_rc != 0 ))

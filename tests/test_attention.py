@@ -596,6 +596,14 @@ def test_eager_calls_skip_dispatch_but_tracers_see_the_op(monkeypatch):
         assert not attention_module.plain_eager((fake.from_tensor(k),))
 
 
+@needs_interpreter
+def test_hopper_probe_kernel_math():
+    """benchmarks/attention_hopper_probe.py (the TMA + warp-specialisation probe run on GPU machines): its kernel's
+    math under the interpreter, descriptors emulated, against float64."""
+    probe = pytest.importorskip("benchmarks.attention_hopper_probe")
+    assert probe.check_cpu() < 1e-5
+
+
 def test_benchmark_suite_runs_on_cpu():
     """benchmarks/bench_attention.py on tiny CPU shapes (ours = the torch backend): every row is measured."""
     bench = pytest.importorskip("benchmarks.bench_attention")
