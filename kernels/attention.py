@@ -14,8 +14,9 @@ constexpr flags (so a plain call compiles to a plain flash-attention):
   kernel, keys are read by every query block (their prologue was redone N_q / BLOCK_M times), and the q prologue
   made the joint kernel 252 registers per thread instead of 176 (ptxas, sm_90a) and a compile variant of its own.
 
-Head dims that are not a power of two are split into two power-of-two chunks (e.g. 80 = 64 + 16, 160 = 128 + 32)
-instead of being padded to the next power of two, so SD1.5's 40/80/160 do not pay 1.6x the matmul work.
+Head dims that are the sum of two powers of two are split into those chunks (80 = 64 + 16, 96 = 64 + 32,
+160 = 128 + 32) instead of being padded to the next power of two, so SD1.5's 80 and 160 do not pay 1.6x the
+matmul work; other head dims (40, 72) are padded to one chunk (see ``head_dim_blocks``).
 Strides are taken as given, so (B, H, N, D) and (B, N, H, D) tensors are read without copies.
 """
 
