@@ -424,7 +424,9 @@ _attn_fwd_autotuned = triton.autotune(
 
 
 def default_config(head_dim: int, heavy: bool, negative: bool = False):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) used without autotuning (PYDIFF_ATTENTION_AUTOTUNE=0)."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) used without autotuning (PYDIFF_ATTENTION_AUTOTUNE=0).
+
+    heavy: a joint or negative stream (a second key loop, and with a negative stream a second accumulator)."""
     if head_dim > 128:
         return (32, 32, 4, 2) if negative else (64, 32, 4, 2)
     if heavy:
