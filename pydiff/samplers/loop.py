@@ -69,25 +69,18 @@ def _check_rescale(guidance_rescale, guidance: Optional[float]) -> float:
 
 def _moment_weights(guidance_scale: float, device) -> torch.Tensor:
     """(5, 4) float64: pair_moments(cond, uncond) @ W = [sum c, sum guided, sum c^2, sum guided^2] per row, where
-    guided = g c + (1 - g) u (its square expanded into the moments).
-
-    Filled entry by entry on the device: a tensor made from host data is a copy that a CUDA graph being captured
-    (run_plan under cuda_graph=True) does not allow.
-    """
+    guided = g c + (1 - g) u (its square expanded into the moments)."""
     g, h = guidance_scale, 1.0 - guidance_scale
-    weights = torch.zeros(5, 4, dtype=torch.float64, device=device)
-    for (row, col), value in {(0, 0): 1.0, (0, 1): g, (1, 1): h, (2, 2): 1.0, (2, 3): g * g, (3, 3): h * h,
-                              (4, 3): 2.0 * g * h}.items():
-        weights[row, col] = value
-    return weights
+    return torch.tensor([[1.0, g, 0.0, 0.0], [0.0, h, 0.0, 0.0], [0.0, 0.0, 1.0, g * g], [0.0, 0.0, 0.0, h * h],
+                         [0.0, 0.0, 0.0, 2.0 * g * h]], dtype=torch.float64, device=device)
 
 
 def rescale_factors(moments: torch.Tensor, numel: int, guidance_scale: float, guidance_rescale: float,
                     weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Guidance rescale (Lin et al. 2023, sec. 3.4): r_b = phi std(cond_b) / std(guided_b) + 1 - phi, float64 (B,).
 
-    moments: ``pair_moments(cond, uncond)`` (B, 5); numel: elements per row; weights: `_moment_weights`, made once
-    per run by a loop (None: made here). The
+    moments: ``pair_moments(cond, uncond)`` (B, 5); numel: elements per row; weights: `_moment_weights` made
+    beforehand (a loop passes it: creating it copies from the host, which a CUDA graph cannot capture). The
     (n - 1) of both variances cancels in the ratio. A row whose guided output is constant (centred sum of squares
     at the rounding level of the raw one, 1e-12 of it: std/|mean| < 1e-6), where diffusers would divide by zero,
     is left unscaled (r = 1). A few device ops on (B,) tensors, no host sync.
