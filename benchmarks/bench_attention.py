@@ -180,15 +180,16 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
         return a.flatten(2), c.flatten(2)
 
     n = n_img + n_txt
-    rows.append(_variant("joint attention (SD3)", f"B{b} H{h} N{n_img}+{n_txt} D{d}", joint_ours, joint_stock,
-                         "cat + sdpa + split", _flops(b, h, n, n, d), device, quick, ceiling))
+    rows += _variant("joint attention (SD3)", f"B{b} H{h} N{n_img}+{n_txt} D{d}", joint_ours, joint_stock,
+                     "cat + sdpa + split", _flops(b, h, n, n, d), device, quick, ceiling)
 
     # 2. Flux: per-stream QK RMSNorm, [text; image] join, interleaved RoPE, SDPA, split.
     b, h, d, n_img, n_txt = (1, 24, 128, 4096, 512) if gpu else (1, 2, 64, 192, 33)
     img = [rand(b, n_img, h, d) for _ in range(3)]
     txt = [rand(b, n_txt, h, d) for _ in range(3)]
     weights = [torch.rand(d, device=device, generator=gen) + 0.5 for _ in range(4)]
-    angles = torch.arange(n_img + n_txt, device=device)[:, None] * torch.rand(d // 2, device=device, generator=gen)[None, :]
+    freqs = torch.rand(d // 2, device=device, generator=gen)
+    angles = torch.arange(n_img + n_txt, device=device)[:, None] * freqs[None, :]
     cos, sin = angles.cos().repeat_interleave(2, 1), angles.sin().repeat_interleave(2, 1)
 
     def flux_stock():
@@ -207,27 +208,27 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
         return c.flatten(2), a.flatten(2)
 
     n = n_img + n_txt
-    rows.append(_variant("joint + QK norm + RoPE (Flux)", f"B{b} H{h} N{n_txt}+{n_img} D{d}", flux_ours,
-                         flux_stock, "rms_norm + cat + rope + sdpa + split", _flops(b, h, n, n, d), device, quick,
-                         ceiling))
+    rows += _variant("joint + QK norm + RoPE (Flux)", f"B{b} H{h} N{n_txt}+{n_img} D{d}", flux_ours,
+                     flux_stock, "rms_norm + cat + rope + sdpa + split", _flops(b, h, n, n, d), device, quick,
+                     ceiling)
 
     # 3. Key padding: text padded to 77 tokens of which a few are real.
     b, h, d, n_q, n_k = (2, 10, 64, 4096, 77) if gpu else (2, 2, 64, 256, 77)
     q, k, v = rand(b, h, n_q, d), rand(b, h, n_k, d), rand(b, h, n_k, d)
     lens = torch.tensor([20, 77], device=device, dtype=torch.int32)
     keep = (torch.arange(n_k, device=device)[None, :] < lens[:, None])[:, None, None, :]
-    rows.append(_variant("key padding (kv_lens)", f"B{b} H{h} N{n_q}x{n_k} D{d}",
-                         lambda: attention(q, k, v, kv_lens=lens),
-                         lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=keep), "sdpa with a boolean mask",
-                         _flops(b, h, n_q, n_k, d), device, quick, ceiling))
+    rows += _variant("key padding (kv_lens)", f"B{b} H{h} N{n_q}x{n_k} D{d}",
+                     lambda: attention(q, k, v, kv_lens=lens),
+                     lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=keep), "sdpa with a boolean mask",
+                     _flops(b, h, n_q, n_k, d), device, quick, ceiling)
 
     # 4. Negative-prompt attention (NASA) in cross-attention: A(q, k+, v+) - alpha A(q, k-, v-).
     k_neg, v_neg = rand(b, h, n_k, d), rand(b, h, n_k, d)
-    rows.append(_variant("negative-prompt attention (NASA)", f"B{b} H{h} N{n_q}x{n_k}+{n_k} D{d}",
-                         lambda: attention(q, k, v, negative=(k_neg, v_neg), negative_scale=0.5),
-                         lambda: F.scaled_dot_product_attention(q, k, v)
-                         - 0.5 * F.scaled_dot_product_attention(q, k_neg, v_neg),
-                         "2 x sdpa + sub", 2 * _flops(b, h, n_q, n_k, d), device, quick, ceiling))
+    rows += _variant("negative-prompt attention (NASA)", f"B{b} H{h} N{n_q}x{n_k}+{n_k} D{d}",
+                     lambda: attention(q, k, v, negative=(k_neg, v_neg), negative_scale=0.5),
+                     lambda: F.scaled_dot_product_attention(q, k, v)
+                     - 0.5 * F.scaled_dot_product_attention(q, k_neg, v_neg),
+                     "2 x sdpa + sub", 2 * _flops(b, h, n_q, n_k, d), device, quick, ceiling)
 
     # 5. Variable-length segments (e.g. image groups of different sizes) packed along the tokens.
     h, d = (24, 64) if gpu else (2, 64)
@@ -244,20 +245,30 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
                           for s, e in zip(offsets, offsets[1:])], 2)
 
     flops = sum(_flops(1, h, length, length, d) for length in lengths)
-    rows.append(_variant("packed segments (cu_seqlens)", f"H{h} segments {lengths} D{d}",
-                         lambda: attention(*x, cu_seqlens_q=cu, max_seqlen_q=max(lengths)), segments_stock,
-                         "loop of sdpa per segment", flops, device, quick, ceiling))
+    rows += _variant("packed segments (cu_seqlens)", f"H{h} segments {lengths} D{d}",
+                     lambda: attention(*x, cu_seqlens_q=cu, max_seqlen_q=max(lengths)), segments_stock,
+                     "loop of sdpa per segment", flops, device, quick, ceiling)
     return rows
 
 
-def _variant(name, shape, ours_fn, stock_fn, peer, flops, device, quick, ceiling):
+def _variant(name, shape, ours_fn, stock_fn, peer, flops, device, quick, ceiling) -> List[Dict[str, object]]:
+    """Ours vs the stock sequence, eagerly and (on CUDA) under graph replay, where the stock sequence's several
+    launches and ours compare by device time alone."""
     try:
         ours = _time(ours_fn, device, quick)
         tile = _tile()
         stock = _time(stock_fn, device, quick)
     except (RuntimeError, ValueError) as exc:  # e.g. out of memory on a small card: report, keep going
-        return {"area": "attention", "name": name, "shape": shape, "peer": peer, "error": str(exc)[:200]}
-    return _row(name, shape, ours, f"stock ops: {peer}", stock, flops, ceiling, **tile)
+        return [{"area": "attention", "name": name, "shape": shape, "peer": peer, "error": str(exc)[:200]}]
+    rows = [_row(name, shape, ours, f"stock ops: {peer}", stock, flops, ceiling, **tile)]
+    if device == "cuda":
+        try:
+            rows.append(_row(f"{name} (graph replay)", shape, measure_graph(ours_fn),
+                             f"stock ops: {peer} (graph replay)", measure_graph(stock_fn), flops, ceiling))
+        except RuntimeError as exc:
+            rows.append({"area": "attention", "name": f"{name} (graph replay)", "shape": shape, "peer": peer,
+                         "unavailable": str(exc).splitlines()[0][:160]})
+    return rows
 
 
 @contextlib.contextmanager
