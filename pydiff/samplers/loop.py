@@ -67,30 +67,23 @@ def _check_rescale(guidance_rescale, guidance: Optional[float]) -> float:
     return float(guidance_rescale)
 
 
-def _moment_weights(guidance_scale: float, device) -> torch.Tensor:
-    """(5, 4) float64: pair_moments(cond, uncond) @ W = [sum c, sum guided, sum c^2, sum guided^2] per row, where
-    guided = g c + (1 - g) u (its square expanded into the moments)."""
-    g, h = guidance_scale, 1.0 - guidance_scale
-    return torch.tensor([[1.0, g, 0.0, 0.0], [0.0, h, 0.0, 0.0], [0.0, 0.0, 1.0, g * g], [0.0, 0.0, 0.0, h * h],
-                         [0.0, 0.0, 0.0, 2.0 * g * h]], dtype=torch.float64, device=device)
-
-
-def rescale_factors(moments: torch.Tensor, numel: int, guidance_scale: float, guidance_rescale: float,
-                    weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+def rescale_factors(moments: torch.Tensor, numel: int, guidance_scale: float, guidance_rescale: float) -> torch.Tensor:
     """Guidance rescale (Lin et al. 2023, sec. 3.4): r_b = phi std(cond_b) / std(guided_b) + 1 - phi, float64 (B,).
 
-    moments: ``pair_moments(cond, uncond)`` (B, 5); numel: elements per row; weights: `_moment_weights` made
-    beforehand (a loop passes it: creating it copies from the host, which a CUDA graph cannot capture). The
-    (n - 1) of both variances cancels in the ratio. A row whose guided output is constant (centred sum of squares
-    at the rounding level of the raw one, 1e-12 of it: std/|mean| < 1e-6), where diffusers would divide by zero,
-    is left unscaled (r = 1). A few device ops on (B,) tensors, no host sync.
+    moments: ``pair_moments(cond, uncond)`` (B, 5); numel: elements per row. The sums of the guided output
+    g cond + (1 - g) uncond follow from the moments by expanding its square, and the (n - 1) of both variances
+    cancels in the ratio. A row whose guided output is constant (centred sum of squares at the rounding level of the
+    raw one, 1e-12 of it: std/|mean| < 1e-6), where diffusers would divide by zero, is left unscaled (r = 1).
+    Device ops on (B,) tensors only (no host sync), and few of them: each is a kernel launch per stage.
     """
-    if weights is None:
-        weights = _moment_weights(guidance_scale, moments.device)
-    sums = moments @ weights  # (B, 4): sum c, sum g, sum c^2, sum g^2
-    centred = torch.addcmul(sums[:, 2:], sums[:, :2], sums[:, :2], value=-1.0 / numel)  # (n - 1) var of c, g
-    ratio = (centred[:, 0].clamp_min(0.0) / centred[:, 1]).sqrt()  # inf/NaN on flat rows, which the where drops
-    return torch.where(centred[:, 1] > 1e-12 * sums[:, 3], ratio * guidance_rescale + (1.0 - guidance_rescale), 1.0)
+    g, h, phi = guidance_scale, 1.0 - guidance_scale, guidance_rescale
+    s_c, s_u, s_cc, s_uu, s_cu = moments.unbind(1)
+    s_g = torch.lerp(s_u, s_c, g)
+    s_gg = (g * g) * s_cc + (h * h) * s_uu + (2.0 * g * h) * s_cu
+    ss_c = torch.addcmul(s_cc, s_c, s_c, value=-1.0 / numel)  # centred sums of squares: (n - 1) var
+    ss_g = torch.addcmul(s_gg, s_g, s_g, value=-1.0 / numel)
+    ratio = (ss_c.clamp_min(0.0) / ss_g).sqrt()  # inf/NaN on flat rows, which the where drops
+    return torch.where(ss_g > 1e-12 * s_gg, phi * ratio + (1.0 - phi), 1.0)
 
 
 def model_output_columns(inputs: Sequence[str]) -> slice:
@@ -103,32 +96,15 @@ def model_output_columns(inputs: Sequence[str]) -> slice:
     return slice(columns[0], columns[-1] + 1)
 
 
-class GuidanceRescale:
-    """Per-stage coefficients with guidance rescale, prepared once per run on the device.
+def rescaled_coefs(coefs: torch.Tensor, columns: slice, factors: torch.Tensor) -> torch.Tensor:
+    """Per-batch coefficients (B, n_out+1, n_in+1): the (1, ...) table with its model-output columns scaled by r_b.
 
-    Every row of a plan is linear in the guided output g cond + (1 - g) uncond, so scaling that output by r_b is
-    scaling the cond and uncond columns of every row (the clamped intermediate's included): each table is split
-    into its model-output columns and the rest, and stage i's per-batch coefficients are rest + r_b * model.
+    Every row is linear in the guided output g cond + (1 - g) uncond, so scaling that output by r_b is scaling the
+    cond and uncond columns of every row (the clamped intermediate's included).
     """
-
-    def __init__(self, plan: Plan, device: torch.device, numel: int, guidance_scale: float, guidance_rescale: float):
-        self.moments = MomentsKernel(device)
-        self.numel, self.guidance_scale, self.guidance_rescale = numel, guidance_scale, guidance_rescale
-        self.weights = _moment_weights(guidance_scale, device)
-        self.model, self.rest = [], []
-        for wiring, table in zip(plan.wirings, plan.tables):
-            model = torch.zeros_like(table)
-            columns = model_output_columns(wiring.inputs)
-            model[..., columns] = table[..., columns]
-            self.model.append(model)
-            self.rest.append(table - model)
-
-    def stage_coefs(self, plan: Plan, i: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
-        """(B, n_out+1, n_in+1) coefficients of stage i for these model outputs (device ops only)."""
-        factors = rescale_factors(self.moments(cond, uncond), self.numel, self.guidance_scale, self.guidance_rescale,
-                                  self.weights)
-        k, row = plan.kind[i], plan.row[i]
-        return torch.addcmul(self.rest[k][row], self.model[k][row], factors[:, None, None])
+    out = coefs.repeat(factors.shape[0], 1, 1)
+    out[:, :, columns].mul_(factors[:, None, None])
+    return out
 
 
 def _batched_cond(cond, uncond, batch: int, guided: bool) -> Dict[str, Any]:
@@ -225,8 +201,11 @@ def run_plan(model, x: torch.Tensor, plan: Plan, kwargs: Dict[str, Any], guided:
     timesteps = plan.timesteps.to(device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     slots: Dict[str, torch.Tensor] = {**dict(history or {}), "x": x}
     kernel = StepKernel(x.device)
-    rescale = GuidanceRescale(plan, x.device, math.prod(x.shape[1:]), guidance_scale, guidance_rescale) \
-        if guidance_rescale > 0 else None
+    rescale = guidance_rescale > 0
+    if rescale:
+        moments = MomentsKernel(x.device)
+        numel = math.prod(x.shape[1:])
+        model_columns = [model_output_columns(w.inputs) for w in plan.wirings]
     for i in range(start, len(plan)):
         state = slots["x"]
         t = timesteps[i].expand(calls)
@@ -248,10 +227,11 @@ def run_plan(model, x: torch.Tensor, plan: Plan, kwargs: Dict[str, Any], guided:
                     raise ValueError(f"noise_sampler must return a tensor like the sample ({tuple(state.shape)} "
                                      f"{state.dtype} on {state.device}), got {getattr(noise, 'shape', noise)!r}")
         wiring = plan.wirings[plan.kind[i]]
-        if rescale is None:
-            coefs = plan.stage_coefs(i)
-        else:
-            coefs = rescale.stage_coefs(plan, i, slots["cond"], slots["uncond"])
+        coefs = plan.stage_coefs(i)
+        if rescale:
+            factors = rescale_factors(moments(slots["cond"], slots["uncond"]), numel, guidance_scale,
+                                      guidance_rescale)
+            coefs = rescaled_coefs(coefs, model_columns[plan.kind[i]], factors)
         outs = kernel([slots[name] for name in wiring.inputs], coefs, plan.clamp)
         carried = {dst: slots[src] for dst, src in plan.carry[i].items() if src in slots}
         slots.update(carried)
