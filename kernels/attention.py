@@ -101,12 +101,27 @@ def _load_qk(base, rows, stride_n, stride_d, mask_a, mask_b, W, eps, COS, SIN, p
 
 
 @triton.jit
+def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
+                 stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
+                 SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                 SCALE_POSITIVE: tl.constexpr):
+    """Keys [k_start, n_end) of one stream, block by block, into the online softmax (FlashAttention-2 algorithm 1,
+    base 2)."""
+    for start_n in range(k_start, n_end, BLOCK_N):
+        acc_a, acc_b, m_i, l_i = _attend_block(
+            acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end, stride_kn, stride_kd, stride_vn, stride_vd,
+            qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE)
+    return acc_a, acc_b, m_i, l_i
+
+
+@triton.jit
 def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
                   stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                   SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
                   SCALE_POSITIVE: tl.constexpr):
-    """One key/value block into the online softmax (FlashAttention-2 algorithm 1, base 2)."""
+    """One key/value block into the online softmax."""
     offs_n = tl.arange(0, BLOCK_N)
     d_a = tl.arange(0, BLOCK_DA)
     d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
@@ -199,18 +214,14 @@ def _query_block(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
     acc_b = tl.zeros([BLOCK_M, BLOCK_DB], dtype=tl.float32)
-    for start_n in range(k_start, k_end, BLOCK_N):
-        acc_a, acc_b, m_i, l_i = _attend_block(
-            acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, k_end, stride_kn, stride_kd, stride_vn, stride_vd,
-            qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16,
-            SCALE_POSITIVE)
+    acc_a, acc_b, m_i, l_i = _attend_keys(
+        acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, k_end, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+        HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE)
     if JOINT:
         # The second key stream continues the same online softmax: joint attention without concatenation.
-        for start_n in range(0, k2_end, BLOCK_N):
-            acc_a, acc_b, m_i, l_i = _attend_block(
-                acc_a, acc_b, m_i, l_i, q_a, q_b, K2, V2, start_n, k2_end, stride_k2n, stride_k2d, stride_v2n,
-                stride_v2d, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N,
-                EMULATE_BF16, SCALE_POSITIVE)
+        acc_a, acc_b, m_i, l_i = _attend_keys(
+            acc_a, acc_b, m_i, l_i, q_a, q_b, K2, V2, 0, k2_end, stride_k2n, stride_k2d, stride_v2n, stride_v2d,
+            qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE)
     # A row with no key to attend to (kv_lens == 0) has l == 0 and acc == 0: it is defined as zero.
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out_a = acc_a / l_i[:, None]
@@ -221,11 +232,9 @@ def _query_block(
         ln_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         accn_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
         accn_b = tl.zeros([BLOCK_M, BLOCK_DB], dtype=tl.float32)
-        for start_n in range(0, kn_end, BLOCK_N):
-            accn_a, accn_b, mn_i, ln_i = _attend_block(
-                accn_a, accn_b, mn_i, ln_i, q_a, q_b, KN, VN, start_n, kn_end, stride_knn, stride_knd, stride_vnn,
-                stride_vnd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N,
-                EMULATE_BF16, SCALE_POSITIVE)
+        accn_a, accn_b, mn_i, ln_i = _attend_keys(
+            accn_a, accn_b, mn_i, ln_i, q_a, q_b, KN, VN, 0, kn_end, stride_knn, stride_knd, stride_vnn, stride_vnd,
+            qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE)
         ln_i = tl.where(ln_i == 0.0, 1.0, ln_i)
         out_a -= neg_scale * (accn_a / ln_i[:, None])
         out_b -= neg_scale * (accn_b / ln_i[:, None])

@@ -10,13 +10,11 @@ model outputs, whose mean is not large against their spread.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import native
 from .backend import OpBackends
-from .linear import SUPPORTED_DTYPES
+from .linear import SUPPORTED_DTYPES, _batch_inner
 
 #: the five sums per row, in the output's column order
 MOMENTS = ("sum_a", "sum_b", "sum_aa", "sum_bb", "sum_ab")
@@ -36,10 +34,6 @@ def check_pair_moments_args(a: torch.Tensor, b: torch.Tensor) -> None:
     if b.shape != a.shape or b.dtype != a.dtype or b.device != a.device:
         raise ValueError(f"b is {tuple(b.shape)} {b.dtype} on {b.device}; expected {tuple(a.shape)} {a.dtype} on "
                          f"{a.device} like a")
-
-
-def _batch_inner(t: torch.Tensor) -> tuple[int, int]:
-    return t.shape[0], math.prod(t.shape[1:])
 
 
 def pair_moments_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

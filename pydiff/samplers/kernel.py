@@ -21,41 +21,44 @@ from ..ops.linear import backends, check_lincomb_args, lincomb, run_lincomb
 USE_OP = False
 
 
-class StepKernel:
-    """``kernel(inputs, coefs, clamp) -> outputs``, bound to the backend in force when it was made (per run)."""
+class _DirectOp:
+    """An op's backend as ``pydiff::<op>`` would select it, bound when made (per run), called without the dispatch;
+    arguments are checked the first time each ``key`` (their metadata) is seen."""
 
-    def __init__(self, device: torch.device, use_op: bool = False, check_every_call: bool = False):
+    def __init__(self, op_backends, device: torch.device, use_op: bool, check_every_call: bool):
         self.device = torch.device(device)
         self.use_op = use_op or USE_OP
         self.check_every_call = check_every_call
-        self.backend, self._impl = backends.select(self.device)
+        self.backend, self._impl = op_backends.select(self.device)
         self._checked = set()
+
+    def _call(self, key, op, check, run, *args):
+        if self.use_op or torch.compiler.is_compiling():
+            return op(*args)
+        if self.check_every_call or key not in self._checked:
+            # metadata only; within a run the loop builds every later call of the same key alike
+            check(*args)
+            self._checked.add(key)
+        return run(self._impl, *args)
+
+
+class StepKernel(_DirectOp):
+    """``kernel(inputs, coefs, clamp) -> outputs``: lincomb's backend, bound when made (per run)."""
+
+    def __init__(self, device: torch.device, use_op: bool = False, check_every_call: bool = False):
+        super().__init__(backends, device, use_op, check_every_call)
 
     def __call__(self, inputs: Sequence[torch.Tensor], coefs: torch.Tensor, clamp: float) -> List[torch.Tensor]:
-        if self.use_op or torch.compiler.is_compiling():
-            return lincomb(inputs, coefs, clamp)
         key = (len(inputs), tuple(coefs.shape), inputs[0].shape, inputs[0].dtype)
-        if self.check_every_call or key not in self._checked:
-            # metadata only; within a run the loop builds every later input of a wiring alike
-            check_lincomb_args(inputs, coefs, clamp)
-            self._checked.add(key)
-        return run_lincomb(self._impl, inputs, coefs, clamp)
+        return self._call(key, lincomb, check_lincomb_args, run_lincomb, inputs, coefs, clamp)
 
 
-class MomentsKernel:
-    """``moments(a, b) -> float64 (B, 5)`` per-row sums (see pydiff/ops/moments.py), bound to a backend per run."""
+class MomentsKernel(_DirectOp):
+    """``moments(a, b) -> float64 (B, 5)`` per-row sums (see pydiff/ops/moments.py): its backend, bound per run."""
 
     def __init__(self, device: torch.device, use_op: bool = False):
-        self.device = torch.device(device)
-        self.use_op = use_op or USE_OP
-        self.backend, self._impl = moments.backends.select(self.device)
-        self._checked = set()
+        super().__init__(moments.backends, device, use_op, check_every_call=False)
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if self.use_op or torch.compiler.is_compiling():
-            return moments.pair_moments(a, b)
-        key = (a.shape, a.dtype, b.shape, b.dtype)
-        if key not in self._checked:
-            moments.check_pair_moments_args(a, b)
-            self._checked.add(key)
-        return moments.run_pair_moments(self._impl, a, b)
+        return self._call((a.shape, a.dtype, b.shape, b.dtype), moments.pair_moments,
+                          moments.check_pair_moments_args, moments.run_pair_moments, a, b)
