@@ -31,8 +31,8 @@ LOG2E = 1.4426950408889634
 #: (name, B, H, N, D) -- production shapes whose N is a multiple of 128
 SHAPES = [("Flux", 1, 24, 4608, 128), ("SDXL self", 2, 10, 4096, 64), ("video 16k", 1, 24, 16384, 128)]
 #: (BLOCK_M, BLOCK_N, warps, stages, warp_specialize)
-TILES = [(128, 128, 8, 3, False), (128, 128, 8, 3, True), (128, 64, 4, 3, False), (128, 64, 4, 3, True),
-         (128, 64, 8, 3, False), (128, 64, 8, 3, True)]
+TILES = [(128, 128, 8, 3, False), (128, 128, 8, 3, True), (128, 64, 8, 3, False), (128, 64, 8, 3, True),
+         (128, 64, 4, 3, False)]
 
 
 @triton.jit

@@ -1,6 +1,7 @@
 """Registers and spills of the attention kernels per tile and variant, compiled for sm_90a without a GPU.
 
     python3 benchmarks/attention_resources.py            # a table: variant, head dim, tile, registers, spill bytes
+    python3 benchmarks/attention_resources.py --candidates   # every autotune candidate of every variant builds?
 
 Triton compiles the kernel for a Hopper target on any machine; the PTX then goes through the CUDA toolkit's
 ``ptxas -v`` (the resource report a GPU run would give). A newer Triton may emit a PTX version newer than the
@@ -46,8 +47,8 @@ CASES = [
 
 
 def ptxas_report(ptx: str, arch: str = "sm_90a") -> tuple:
-    """(registers, spill-store bytes, cp.async count) from ptxas -v and the PTX (cp.async: the key loop is
-    software-pipelined)."""
+    """(registers, spill-store bytes, async copies) from ptxas -v and the PTX (cp.async, or the tensor memory
+    accelerator's cp.async.bulk.tensor: the key loop is software-pipelined)."""
     ptxas = shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas"
     version = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout
     release = re.search(r"release (\d+)\.(\d+)", version)
@@ -61,16 +62,19 @@ def ptxas_report(ptx: str, arch: str = "sm_90a") -> tuple:
     spill = re.search(r"(\d+) bytes spill stores", out.stderr)
     if regs is None:
         raise RuntimeError(f"ptxas failed: {out.stderr.strip()[-300:]}")
-    return int(regs[1]), int(spill[1]) if spill else 0, ptx.count("cp.async.cg")
+    return int(regs[1]), int(spill[1]) if spill else 0, ptx.count("cp.async.cg") + ptx.count("cp.async.bulk.tensor")
 
 
 def compile_attention(head_dim: int, tile, flags, module=None) -> tuple:
-    bm, bn, warps, stages = tile
+    """(registers, spill bytes, async copies) of one specialisation; tile = (BLOCK_M, BLOCK_N, warps, stages[,
+    key/value loads through tensor descriptors])."""
+    bm, bn, warps, stages = tile[:4]
     module = module or A
     da, db, split = module.head_dim_blocks(head_dim)
     const = dict(HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=bn, BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split,
                  MASK_D=(da + (db if split else 0)) != head_dim, EVEN_N=True, JOINT=False, NEG=False, VARLEN=False,
-                 HAS_KV_LENS=False, HAS_NEG_KV_LENS=False, EMULATE_BF16=False, SCALE_POSITIVE=True)
+                 HAS_KV_LENS=False, HAS_NEG_KV_LENS=False, EMULATE_BF16=False, SCALE_POSITIVE=True, TMA_OK=True,
+                 USE_TMA=len(tile) > 4 and tile[4])
     const.update(flags)
     fn = module._attn_fwd_kernel
     # What Triton's launcher specialises at run time for contiguous, 16-byte aligned tensors: head-dim strides of 1
@@ -87,7 +91,45 @@ def compile_attention(head_dim: int, tile, flags, module=None) -> tuple:
     return ptxas_report(kernel.asm["ptx"])
 
 
+#: (name, head dim, flags): the specialisations the benchmark and the diffusers models launch
+VARIANTS = [("plain", 128, {}), ("plain", 64, {}), ("plain", 40, {}), ("plain", 80, {}),
+            ("plain, partial key blocks", 64, {"EVEN_N": False}),
+            ("key padding", 64, {"HAS_KV_LENS": True, "EVEN_N": False}),
+            ("packed segments", 64, {"VARLEN": True, "EVEN_N": False}),
+            ("joint", 64, {"JOINT": True, "EVEN_N": False}), ("joint", 128, {"JOINT": True}),
+            ("negative", 64, {"NEG": True, "EVEN_N": False})]
+
+
+def candidates() -> int:
+    """Compile every autotune candidate the pruner keeps for each variant (a candidate that fails to build with an
+    error the autotuner does not catch would end a tuning run). Returns the number of failures."""
+    import time
+
+    failures = 0
+    print("| variant | D | candidate | registers | spill bytes | compile s |\n|---|---|---|---|---|---|")
+    for name, head_dim, flags in VARIANTS:
+        da, db, split = A.head_dim_blocks(head_dim)
+        args = {"BLOCK_DA": da, "BLOCK_DB": db, "SPLIT_D": split, "JOINT": False, "NEG": False, "TMA_OK": True,
+                **flags}
+        for cfg in A._prune_configs(A._attn_fwd_autotuned.configs, args):
+            kw = cfg.kwargs
+            tile = (kw["BLOCK_M"], kw["BLOCK_N"], cfg.num_warps, cfg.num_stages, kw.get("USE_TMA", False))
+            label = f"{tile[0]}x{tile[1]} w{tile[2]} s{tile[3]}" + (" tma" if tile[4] else "")
+            start = time.perf_counter()
+            try:
+                regs, spill, _ = compile_attention(head_dim, tile, flags)
+                cells = [str(regs), str(spill)]
+            except Exception as exc:  # noqa: BLE001 - report every failing candidate, then exit non-zero
+                failures += 1
+                cells = [f"FAILED {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:100]}", "-"]
+            print(f"| {name} | {head_dim} | {label} | " + " | ".join(cells) +
+                  f" | {time.perf_counter() - start:.1f} |", flush=True)
+    return failures
+
+
 def main() -> int:
+    if "--candidates" in sys.argv[1:]:
+        return 1 if candidates() else 0
     print("| variant | D | tile (M x N, warps, stages) | registers | spill bytes | async copies |\n"
           "|---|---|---|---|---|---|")
     for name, head_dim, tile, flags in CASES:

@@ -100,12 +100,23 @@ def _tile() -> Dict[str, object]:
     from pydiff.kernels.attention import _attn_fwd_autotuned
 
     def name(cfg) -> str:
-        return f"{cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']} w{cfg.num_warps} s{cfg.num_stages}"
+        return (f"{cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']} w{cfg.num_warps} s{cfg.num_stages}"
+                + (" tma" if cfg.kwargs.get("USE_TMA") else ""))
 
     best = getattr(_attn_fwd_autotuned, "best_config", None)
     timings = getattr(_attn_fwd_autotuned, "configs_timings", None) or {}
     return {"tile": name(best) if best is not None else None,
             "tile_ms": {name(c): (t[0] if isinstance(t, (list, tuple)) else t) for c, t in timings.items()}}
+
+
+def _loads_summary(row) -> str:
+    """The tuner's best time with pointer loads and with tensor-descriptor loads (Hopper), when it tried both."""
+    times = row.get("tile_ms") or {}
+    best = {kind: min((t for name, t in times.items() if name.endswith(" tma") == (kind == "tma")), default=None)
+            for kind in ("pointers", "tma")}
+    if best["pointers"] is None or best["tma"] is None:
+        return ""
+    return f"; tuner best: pointers {best['pointers']:.4f} ms, tma {best['tma']:.4f} ms"
 
 
 def _time(fn: Callable[[], object], device: str, quick: bool):
@@ -307,7 +318,8 @@ def run(quick: bool, device: str, progress: bool = False) -> List[Dict[str, obje
             if "speedup" in r:
                 print(f"    {r['name']} | {r['shape']} | vs {r['peer']}: {r['speedup']:.2f}x, ours "
                       f"{r['ours_TFLOPs']:.3g} TFLOP/s ({r['ours_ms']['median']:.4f} ms), peer {r['peer_TFLOPs']:.3g}"
-                      + (f", tile {r['tile']}" if r.get("tile") else ""), file=sys.stderr, flush=True)
+                      + (f", tile {r['tile']}" if r.get("tile") else "") + _loads_summary(r), file=sys.stderr,
+                      flush=True)
             else:
                 print(f"    {r['name']} vs {r.get('peer')}: {r.get('unavailable') or r.get('error')}", file=sys.stderr,
                       flush=True)

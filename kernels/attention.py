@@ -18,6 +18,11 @@ Head dims that are the sum of two powers of two are split into those chunks (80 
 160 = 128 + 32) instead of being padded to the next power of two, so SD1.5's 80 and 160 do not pay 1.6x the
 matmul work; other head dims (40, 72) are padded to one chunk (see ``head_dim_blocks``).
 Strides are taken as given, so (B, H, N, D) and (B, N, H, D) tensors are read without copies.
+
+On Hopper the autotuner also tries candidates whose key/value blocks are read through device-side tensor
+descriptors (``USE_TMA``: the tensor memory accelerator copies each block into shared memory, zero-filling rows and
+columns past the ends), where ``tma_usable`` finds the tensors aligned for it; Triton's global scratch for the
+descriptors comes from torch's allocator (``_scratch``).
 """
 
 import triton
@@ -101,26 +106,41 @@ def _load_qk(base, rows, stride_n, stride_d, mask_a, mask_b, W, eps, COS, SIN, p
 
 
 @triton.jit
-def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
+def _kv_source(X, n_rows, stride_n, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+               USE_TMA: tl.constexpr):
+    """What a key loop reads one head-dim chunk of K or V from: the pointer itself, or (USE_TMA) a tensor
+    descriptor over its rows [0, n_rows) x head dim, whose block loads go through Hopper's tensor memory
+    accelerator and fill rows and columns past the ends with zeros. The caller checked that the head dim is
+    contiguous and that the base and row stride are 16-byte multiples."""
+    src = X
+    if USE_TMA:
+        src = tl.make_tensor_descriptor(X, shape=[tl.maximum(n_rows, 1), HEAD_DIM], strides=[stride_n, 1],
+                                        block_shape=[BLOCK_N, BLOCK_D])
+    return src
+
+
+@triton.jit
+def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, n_end,
                  stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                  SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                 SCALE_POSITIVE: tl.constexpr):
+                 SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr):
     """Keys [k_start, n_end) of one stream, block by block, into the online softmax (FlashAttention-2 algorithm 1,
-    base 2)."""
+    base 2). K, V: pointers or (USE_TMA) descriptors of the first head-dim chunk; KB, VB: of the second."""
     for start_n in range(k_start, n_end, BLOCK_N):
         acc_a, acc_b, m_i, l_i = _attend_block(
-            acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end, stride_kn, stride_kd, stride_vn, stride_vd,
-            qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE)
+            acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end, stride_kn, stride_kd, stride_vn,
+            stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16,
+            SCALE_POSITIVE, USE_TMA)
     return acc_a, acc_b, m_i, l_i
 
 
 @triton.jit
-def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
+def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end,
                   stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                   SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                  SCALE_POSITIVE: tl.constexpr):
+                  SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr):
     """One key/value block into the online softmax."""
     offs_n = tl.arange(0, BLOCK_N)
     d_a = tl.arange(0, BLOCK_DA)
@@ -142,15 +162,21 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
         mask_a = None
         mask_b = None
         fill = None
-    k_blk = K + tl.cast(start_n, tl.int64) * stride_kn
-    v_blk = V + tl.cast(start_n, tl.int64) * stride_vn
-    k_a = tl.load(k_blk + rows[:, None] * stride_kn + d_a[None, :] * stride_kd, mask=mask_a, other=fill)
+    if USE_TMA:
+        k_a = K.load([start_n, 0])
+    else:
+        k_blk = K + tl.cast(start_n, tl.int64) * stride_kn
+        v_blk = V + tl.cast(start_n, tl.int64) * stride_vn
+        k_a = tl.load(k_blk + rows[:, None] * stride_kn + d_a[None, :] * stride_kd, mask=mask_a, other=fill)
     if EMULATE_BF16:
         s = tl.dot(q_a.to(tl.float32), tl.trans(k_a.to(tl.float32)))
     else:
         s = tl.dot(q_a, tl.trans(k_a))
     if SPLIT_D:
-        k_b = tl.load(k_blk + rows[:, None] * stride_kn + d_b[None, :] * stride_kd, mask=mask_b, other=fill)
+        if USE_TMA:
+            k_b = KB.load([start_n, BLOCK_DA])
+        else:
+            k_b = tl.load(k_blk + rows[:, None] * stride_kn + d_b[None, :] * stride_kd, mask=mask_b, other=fill)
         if EMULATE_BF16:
             s = tl.dot(q_b.to(tl.float32), tl.trans(k_b.to(tl.float32)), s)
         else:
@@ -170,7 +196,10 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
         p = tl.math.exp2(s - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v_a = tl.load(v_blk + rows[:, None] * stride_vn + d_a[None, :] * stride_vd, mask=mask_a, other=fill)
+    if USE_TMA:
+        v_a = V.load([start_n, 0])
+    else:
+        v_a = tl.load(v_blk + rows[:, None] * stride_vn + d_a[None, :] * stride_vd, mask=mask_a, other=fill)
     if EMULATE_BF16:
         p = _round_to_bf16(p)
         v_a = v_a.to(tl.float32)
@@ -179,7 +208,10 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, start_n, n_end,
     # the rescaled accumulator goes into the matrix unit as its addend (no separate add)
     acc_a = tl.dot(p, v_a, acc_a * alpha[:, None])
     if SPLIT_D:
-        v_b = tl.load(v_blk + rows[:, None] * stride_vn + d_b[None, :] * stride_vd, mask=mask_b, other=fill)
+        if USE_TMA:
+            v_b = VB.load([start_n, BLOCK_DA])
+        else:
+            v_b = tl.load(v_blk + rows[:, None] * stride_vn + d_b[None, :] * stride_vd, mask=mask_b, other=fill)
         if EMULATE_BF16:
             v_b = v_b.to(tl.float32)
         acc_b = tl.dot(p, v_b, acc_b * alpha[:, None])
@@ -196,6 +228,7 @@ def _query_block(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
     JOINT: tl.constexpr, NEG: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream."""
     offs_m = tl.arange(0, BLOCK_M)
@@ -215,13 +248,23 @@ def _query_block(
     acc_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
     acc_b = tl.zeros([BLOCK_M, BLOCK_DB], dtype=tl.float32)
     acc_a, acc_b, m_i, l_i = _attend_keys(
-        acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, k_end, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-        HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE)
+        acc_a, acc_b, m_i, l_i, q_a, q_b,
+        _kv_source(K, k_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA),
+        _kv_source(V, k_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA),
+        _kv_source(K, k_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D),
+        _kv_source(V, k_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D),
+        k_start, k_end, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+        HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
     if JOINT:
         # The second key stream continues the same online softmax: joint attention without concatenation.
         acc_a, acc_b, m_i, l_i = _attend_keys(
-            acc_a, acc_b, m_i, l_i, q_a, q_b, K2, V2, 0, k2_end, stride_k2n, stride_k2d, stride_v2n, stride_v2d,
-            qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE)
+            acc_a, acc_b, m_i, l_i, q_a, q_b,
+            _kv_source(K2, k2_end, stride_k2n, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA),
+            _kv_source(V2, k2_end, stride_v2n, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA),
+            _kv_source(K2, k2_end, stride_k2n, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D),
+            _kv_source(V2, k2_end, stride_v2n, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D),
+            0, k2_end, stride_k2n, stride_k2d, stride_v2n, stride_v2d, qk_scale,
+            HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
     # A row with no key to attend to (kv_lens == 0) has l == 0 and acc == 0: it is defined as zero.
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out_a = acc_a / l_i[:, None]
@@ -233,8 +276,13 @@ def _query_block(
         accn_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
         accn_b = tl.zeros([BLOCK_M, BLOCK_DB], dtype=tl.float32)
         accn_a, accn_b, mn_i, ln_i = _attend_keys(
-            accn_a, accn_b, mn_i, ln_i, q_a, q_b, KN, VN, 0, kn_end, stride_knn, stride_knd, stride_vnn, stride_vnd,
-            qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE)
+            accn_a, accn_b, mn_i, ln_i, q_a, q_b,
+            _kv_source(KN, kn_end, stride_knn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA),
+            _kv_source(VN, kn_end, stride_vnn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA),
+            _kv_source(KN, kn_end, stride_knn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D),
+            _kv_source(VN, kn_end, stride_vnn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D),
+            0, kn_end, stride_knn, stride_knd, stride_vnn, stride_vnd, qk_scale,
+            HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
         ln_i = tl.where(ln_i == 0.0, 1.0, ln_i)
         out_a -= neg_scale * (accn_a / ln_i[:, None])
         out_b -= neg_scale * (accn_b / ln_i[:, None])
@@ -277,7 +325,7 @@ def _attn_fwd_kernel(
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
     JOINT: tl.constexpr, NEG: tl.constexpr, VARLEN: tl.constexpr,
     HAS_KV_LENS: tl.constexpr, HAS_NEG_KV_LENS: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    SCALE_POSITIVE: tl.constexpr,
+    SCALE_POSITIVE: tl.constexpr, TMA_OK: tl.constexpr, USE_TMA: tl.constexpr = False,
 ):
     """grid = (query blocks [of both streams when JOINT], B * H, segments). See the module docstring.
 
@@ -354,7 +402,7 @@ def _attn_fwd_kernel(
             KNh, VNh, stride_knn, stride_knd, stride_vnn, stride_vnd, kn_end,
             qk_scale, neg_scale,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT, NEG, EMULATE_BF16,
-            SCALE_POSITIVE)
+            SCALE_POSITIVE, USE_TMA)
 
 
 @triton.jit
@@ -398,15 +446,23 @@ _GPU_CONFIGS = [
     (64, 128, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 2),
 ]
 
+#: Hopper (compute capability 9+) candidates whose key/value blocks arrive through tensor descriptors (the tensor
+#: memory accelerator: no per-thread address arithmetic, 162 -> 140 registers per thread at D 128 with 128 x 64 x 8
+#: warps, ptxas sm_90a). Triton 3.6's warp specialisation of this loop was tried: with 8 warps it compiled to the
+#: same code (no register split between producer and consumers), with 4 it failed inside the compiler.
+_TMA_CONFIGS = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3)]
+
 
 #: the candidates kept for the variants (joint, negative): each variant is its own compile of every
 #: candidate, and a full list made an H200 benchmark run spend minutes compiling before it measured anything
 _HEAVY_CONFIGS = {(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2)}
+_HEAVY_TMA_CONFIGS = {(128, 64, 8, 3), (128, 128, 8, 2)}
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """Keep tiles whose accumulators fit in registers: BLOCK_M x head dim (twice with a negative stream); the
-    variants try a short list."""
+    """Keep tiles whose accumulators fit in registers: BLOCK_M x head dim (twice with a negative stream) under 128
+    per thread, and with the BLOCK_M x BLOCK_N scores at most 192 (ptxas sm_90a: 128 x 128 over 4 warps spilled
+    248 bytes at D 128 and 92 at D 80, and 128 x 64 spilled 156 at D 128); the variants try a short list; descriptor loads only where the launcher found them usable (``TMA_OK``)."""
     args = {**named_args, **kwargs}
     d_total = args["BLOCK_DA"] + (args["BLOCK_DB"] if args["SPLIT_D"] else 0)
     accumulators = 2 if args["NEG"] else 1
@@ -414,19 +470,25 @@ def _prune_configs(configs, named_args, **kwargs):
     kept = []
     for cfg in configs:
         bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
-        acc_regs = accumulators * bm * d_total / (cfg.num_warps * 32)
-        if acc_regs > 128 or (d_total > 128 and bn > 64) or \
-                (heavy and (bm, bn, cfg.num_warps, cfg.num_stages) not in _HEAVY_CONFIGS):
+        tma = cfg.kwargs.get("USE_TMA", False)
+        threads = cfg.num_warps * 32
+        acc_regs = accumulators * bm * d_total / threads
+        score_regs = bm * bn / threads
+        shape = (bm, bn, cfg.num_warps, cfg.num_stages)
+        if acc_regs >= 128 or acc_regs + score_regs > 192 or (d_total > 128 and bn > 64) or (tma and not args["TMA_OK"]) or \
+                (heavy and shape not in (_HEAVY_TMA_CONFIGS if tma else _HEAVY_CONFIGS)):
             continue
         kept.append(cfg)
     # Nothing fits (head dim 256 with a negative stream): a narrow tile keeps the accumulators in registers.
     return kept or [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2)]
 
 
-_AUTOTUNE_KEY = ["Nq", "Nk", "Nq2", "Nk2", "Nneg", "HEAD_DIM", "SPLIT_D", "JOINT", "NEG", "VARLEN"]
+_AUTOTUNE_KEY = ["Nq", "Nk", "Nq2", "Nk2", "Nneg", "HEAD_DIM", "SPLIT_D", "JOINT", "NEG", "VARLEN", "TMA_OK"]
 _attn_fwd_autotuned = triton.autotune(
     configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in
-             _GPU_CONFIGS],
+             _GPU_CONFIGS]
+    + [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "USE_TMA": True}, num_warps=w, num_stages=s)
+       for bm, bn, w, s in _TMA_CONFIGS],
     key=_AUTOTUNE_KEY,
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_attn_fwd_kernel)
@@ -462,6 +524,48 @@ def head_dim_blocks(head_dim: int):
     return padded, 16, False
 
 
+def tma_usable(tensors) -> bool:
+    """Whether these key/value tensors can be read through device-side tensor descriptors: CUDA tensors on compute
+    capability 9 or newer, a contiguous head dim, and a base address and every other stride that are multiples of
+    16 bytes (the tensor memory accelerator's rules). False while tracing (fake tensors have no addresses), and
+    when ``PYDIFF_ATTENTION_TMA=0``."""
+    import os
+
+    import torch
+
+    if os.environ.get("PYDIFF_ATTENTION_TMA", "1").strip() == "0" or torch.compiler.is_compiling():
+        return False
+    if not hasattr(tl, "make_tensor_descriptor"):
+        return False
+    for t in tensors:
+        if not t.is_cuda or torch.cuda.get_device_capability(t.device)[0] < 9 or t.stride(-1) != 1:
+            return False
+        size = t.element_size()
+        try:
+            address = t.data_ptr()
+        except Exception:  # noqa: BLE001 - a fake or functional tensor under tracing has no address
+            return False
+        if address % 16 or any((st * size) % 16 for st in t.stride()[:-1]):
+            return False
+    return True
+
+
+def _scratch(size: int, alignment: int, stream):
+    """Triton's global scratch (device-side tensor descriptors are written there) from torch's caching allocator,
+    so it is stream-ordered and captured into CUDA graphs like any other allocation."""
+    import torch
+
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _ensure_scratch_allocator():
+    """Install ``_scratch`` as Triton's allocator unless the caller has set one of their own."""
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(_scratch)
+
+
 def _dims(t, bnhd: bool):
     """(B, H, N, D) sizes and strides of a tensor in either layout, as ints (symbolic sizes under torch.compile are
     specialised: tile choices and the grid depend on them)."""
@@ -487,12 +591,14 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                       kv_lens=None, negative_kv_lens=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0,
                       rope=None, rope_interleaved=True, q_norm_weight=None, k_norm_weight=None,
                       joint_q_norm_weight=None, joint_k_norm_weight=None, norm_eps=1e-6,
-                      block_m=None, block_n=None, num_warps=4, num_stages=2, prologue_kernel=None):
+                      block_m=None, block_n=None, num_warps=4, num_stages=2, use_tma=False, prologue_kernel=None):
     """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
     ``torch.library.wrap_triton``). All arguments were checked by the caller.
 
     joint: (q2, k2, v2, out2); negative: (k_neg, v_neg); rope: (cos, sin) tables (rows, D).
     bnhd: tensors are (B, N, H, D) instead of (B, H, N, D); outputs use the same layout as inputs.
+    use_tma: with ``block_m``, key/value loads through tensor descriptors (Hopper; the autotuned kernel tries them
+    itself where ``tma_usable``).
     prologue_kernel: ``_qk_prologue`` as the caller launches it (wrapped for torch.library); None: this module's.
     When q or k has a norm or RoPE, each such tensor first gets it in one pass of its own (``_qk_prologue``).
     """
@@ -579,8 +685,15 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     widest = block_n if block_n is not None else max(c.kwargs["BLOCK_N"] for c in _attn_fwd_autotuned.configs)
     flags["EVEN_N"] = not (varlen or kv_lens is not None or negative_kv_lens is not None) and \
         all(n % widest == 0 for n in lengths)
+    kv = [k, v] + ([k2, v2] if joint is not None else []) + ([k_neg, v_neg] if negative is not None else [])
+    flags["TMA_OK"] = block_m is None and tma_usable(kv)
+    if use_tma and q.is_cuda and not tma_usable(kv):
+        raise ValueError("use_tma: the key/value tensors need compute capability 9+, a contiguous head dim and "
+                         "16-byte aligned addresses and strides")
     if block_m is not None:
-        flags.update(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
+        flags.update(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, USE_TMA=use_tma)
+    if flags["TMA_OK"] or (use_tma and q.is_cuda):
+        _ensure_scratch_allocator()
     kernel[grid](*args, **flags)
 
 

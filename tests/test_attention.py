@@ -149,8 +149,9 @@ def references(q, k, v, kw):
     return ref64, lowp
 
 
-def run_kernel(q, k, v, kw, blocks, poison=float("nan")):
-    """The Triton kernel through its launcher, into outputs poisoned beforehand (every element must be written)."""
+def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False):
+    """The Triton kernel through its launcher, into outputs poisoned beforehand (every element must be written);
+    use_tma: key/value blocks through tensor descriptors."""
     from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward
 
     out = torch.full_like(q, poison, memory_format=torch.contiguous_format)
@@ -168,7 +169,7 @@ def run_kernel(q, k, v, kw, blocks, poison=float("nan")):
         max_seqlen_q=max_seqlen, rope=kw.get("rope"), rope_interleaved=kw.get("rope_interleaved", True),
         q_norm_weight=kw.get("q_norm_weight"), k_norm_weight=kw.get("k_norm_weight"),
         joint_q_norm_weight=kw.get("joint_q_norm_weight"), joint_k_norm_weight=kw.get("joint_k_norm_weight"),
-        norm_eps=kw.get("norm_eps", 1e-6), block_m=blocks[0], block_n=blocks[1])
+        norm_eps=kw.get("norm_eps", 1e-6), block_m=blocks[0], block_n=blocks[1], use_tma=use_tma)
     return (out, joint[3]) if joint is not None else out
 
 
@@ -218,10 +219,11 @@ GRID = [
 
 
 @needs_interpreter
+@pytest.mark.parametrize("use_tma", [False, True], ids=["pointers", "descriptors"])
 @pytest.mark.parametrize("case", GRID, ids=str)
-def test_kernel_accuracy(case):
+def test_kernel_accuracy(case, use_tma):
     q, k, v, kw = build(case)
-    out = run_kernel(q, k, v, kw, case.blocks)
+    out = run_kernel(q, k, v, kw, case.blocks, use_tma=use_tma)
     ref64, lowp = references(q, k, v, kw)
     if case.joint is not None:
         for got, ref, low in zip(out, ref64, lowp if lowp is not None else (None, None)):
@@ -530,21 +532,27 @@ def test_triton_op_registration_runs_eagerly():
 
 
 def test_tiling_choices():
-    from pydiff.kernels.attention import _GPU_CONFIGS, _HEAVY_CONFIGS, _prune_configs, default_config, head_dim_blocks
-    import triton
+    from pydiff.kernels.attention import (_GPU_CONFIGS, _HEAVY_CONFIGS, _HEAVY_TMA_CONFIGS, _TMA_CONFIGS,
+                                          _attn_fwd_autotuned, _prune_configs, default_config, head_dim_blocks)
 
     # non-powers of two are split into two power-of-two chunks when that is less work than padding
     assert head_dim_blocks(40) == (64, 16, False) and head_dim_blocks(72) == (128, 16, False)
     assert head_dim_blocks(80) == (64, 16, True) and head_dim_blocks(96) == (64, 32, True)
     assert head_dim_blocks(160) == (128, 32, True) and head_dim_blocks(100)[0:3:2] == (128, False)
     assert head_dim_blocks(64)[0:3:2] == (64, False) and head_dim_blocks(8)[0:3:2] == (16, False)
-    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-               for bm, bn, w, s in _GPU_CONFIGS]
-    base = dict(BLOCK_DA=64, BLOCK_DB=16, SPLIT_D=False, NEG=False, JOINT=False)
-    assert len(_prune_configs(configs, base)) == len(configs)
-    heavy = _prune_configs(configs, {**base, "BLOCK_DA": 128, "JOINT": True})
-    assert _HEAVY_CONFIGS <= set(_GPU_CONFIGS)  # the variants' short list names real candidates
-    assert len(heavy) == len(_HEAVY_CONFIGS) and all(c.num_stages <= 3 for c in heavy)
+    configs = _attn_fwd_autotuned.configs
+    pointer = [c for c in configs if not c.kwargs.get("USE_TMA")]
+    assert len(pointer) == len(_GPU_CONFIGS) and len(configs) == len(_GPU_CONFIGS) + len(_TMA_CONFIGS)
+    base = dict(BLOCK_DA=64, BLOCK_DB=16, SPLIT_D=False, NEG=False, JOINT=False, TMA_OK=False)
+    # descriptor candidates only where the launcher found the tensors fit for them
+    assert _prune_configs(configs, base) == pointer
+    assert len(_prune_configs(configs, {**base, "TMA_OK": True})) == len(configs)
+    heavy = _prune_configs(configs, {**base, "JOINT": True, "TMA_OK": True})
+    assert _HEAVY_CONFIGS <= set(_GPU_CONFIGS) and _HEAVY_TMA_CONFIGS <= set(_TMA_CONFIGS)
+    assert len(heavy) == len(_HEAVY_CONFIGS) + len(_HEAVY_TMA_CONFIGS) and all(c.num_stages <= 3 for c in heavy)
+    # 128 rows x D 128 over 4 warps would hold 128 accumulator registers per thread (it spilled): pruned
+    d128 = _prune_configs(configs, {**base, "BLOCK_DA": 128})
+    assert d128 and all(c.kwargs["BLOCK_M"] * 128 < 128 * c.num_warps * 32 for c in d128)
     wide = _prune_configs(configs, {**base, "BLOCK_DA": 256, "NEG": True})
     assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in wide] == [(32, 32)]
     for d in (32, 64, 128, 160, 256):
@@ -656,6 +664,29 @@ def test_gpu_accuracy(case, cuda_device, monkeypatch):
     # one default tile per head dim: the grid checks the math, not the tuner (and compiles once per variant)
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     _gpu_check(case, cuda_device)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_GRID, ids=str)
+def test_gpu_accuracy_descriptors(case, cuda_device):
+    """The key/value loads through tensor descriptors (the Hopper candidates the autotuner may pick), on every grid
+    case whose tensors the descriptors take."""
+    from pydiff.kernels.attention import tma_usable
+
+    if torch.cuda.get_device_capability(cuda_device)[0] < 9:
+        pytest.skip("tensor descriptors need compute capability 9+")
+    q, k, v, kw = build(case)
+    q, k, v = q.to(cuda_device), k.to(cuda_device), v.to(cuda_device)
+    kw = _to_device(kw, cuda_device)
+    kv = [k, v] + list(kw.get("joint", ())[1:3]) + list(kw.get("negative", ()))
+    if not tma_usable(kv):
+        pytest.skip("these key/value tensors are not 16-byte aligned")
+    out = run_kernel(q, k, v, kw, _gpu_default_tile(case), use_tma=True)
+    ref64, lowp = references(q, k, v, kw)
+    outs, refs = (out, ref64) if case.joint is not None else ((out,), (ref64,))
+    lows = (None,) * len(outs) if lowp is None else (lowp if case.joint is not None else (lowp,))
+    for got, ref, low in zip(outs, refs, lows):
+        assert_accurate(got.cpu(), ref.cpu(), None if low is None else low.cpu(), case.dtype, fp32_rtol=5e-3)
 
 
 @pytest.mark.gpu
