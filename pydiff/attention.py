@@ -14,6 +14,7 @@ On a CUDA machine the op is a ``torch.library.triton_op`` so Inductor and export
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -437,8 +438,23 @@ def attention(
             joint_q, joint_k, joint_v, negative_k, negative_v, float(negative_scale), negative_kv_lens,
             rope_cos, rope_sin, bool(rope_interleaved), q_norm_weight, k_norm_weight, joint_q_norm_weight,
             joint_k_norm_weight, float(norm_eps))
-    outs = _attention_op(*args) if plain_eager(args) else torch.ops.pydiff.attention(*args)
+    if plain_eager(args):
+        with _direct_launch():
+            outs = _attention_op(*args)
+    else:
+        outs = torch.ops.pydiff.attention(*args)
     return (outs[0], outs[1]) if joint is not None else outs[0]
+
+
+def _direct_launch():
+    """What torch.library does around a triton_op's body when it runs eagerly: ``wrap_triton`` then launches the
+    kernel itself. Left enabled, every launch goes through the tracing higher-order op, which rebuilds the autotuner
+    with no key (re-tuning every call: over a second per call at Flux's shape on an H200)."""
+    try:
+        from torch._library.triton import set_wrap_triton_enabled
+    except ImportError:  # torch without triton_op: wrap_triton is the identity
+        return contextlib.nullcontext()
+    return set_wrap_triton_enabled(False)
 
 
 def plain_eager(args) -> bool:

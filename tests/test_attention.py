@@ -576,11 +576,16 @@ def test_eager_calls_skip_dispatch_but_tracers_see_the_op(monkeypatch):
     from torch.utils._python_dispatch import TorchDispatchMode
 
     q, k, v, _ = build(Case(F32, 32, 9, 11, name="fast-path"), seed=21)
-    direct = []
+    from torch._library.triton import is_wrap_triton_enabled
+
+    direct, wrapping = [], []
     body = attention_module._attention_op
-    monkeypatch.setattr(attention_module, "_attention_op", lambda *a: direct.append(1) or body(*a))
+    monkeypatch.setattr(attention_module, "_attention_op",
+                        lambda *a: direct.append(1) or wrapping.append(is_wrap_triton_enabled()) or body(*a))
     eager = pydiff.attention(q, k, v)
-    assert len(direct) == 1
+    # launched as torch.library launches a triton_op body: wrap_triton off (through the tracing op, the autotuner
+    # was rebuilt and re-tuned on every call)
+    assert len(direct) == 1 and wrapping == [False] and is_wrap_triton_enabled()
 
     class Seen(TorchDispatchMode):
         def __init__(self):
