@@ -314,18 +314,36 @@ def autotune_enabled() -> bool:
 
 
 def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:
-    from pydiff.kernels.attention import attention_forward, default_config
+    from pydiff.kernels.attention import attention_forward, default_config, default_use_tma
 
-    with torch.cuda.device(call.q.device):
+    # Triton launches on the current device: switch only when q lives elsewhere (the guard costs host time)
+    index = call.q.device.index
+    guard = contextlib.nullcontext() if index is None or index == torch.cuda.current_device() else \
+        torch.cuda.device(index)
+    with guard:
         if autotune_enabled():
+            # eager launches remember the tuner's choice per specialisation and then skip the tuner; a tracer
+            # (torch.compile, export) sees the autotuned kernel itself
+            tuned = None if _wrap_triton_enabled() else (_attn_fwd_autotuned, wrap_triton(_attn_fwd_kernel))
             attention_forward(wrap_triton(_attn_fwd_autotuned), call.q, call.k, call.v, outs[0],
-                              prologue_kernel=wrap_triton(_qk_prologue), **_triton_kwargs(call, outs))
+                              prologue_kernel=wrap_triton(_qk_prologue), tuned=tuned, **_triton_kwargs(call, outs))
         else:
+            head_dim = call.bhnd(call.q)[3]
             heavy = call.joint is not None or call.negative is not None
-            block_m, block_n, warps, stages = default_config(call.bhnd(call.q)[3], heavy, call.negative is not None)
+            block_m, block_n, warps, stages = default_config(head_dim, heavy, call.negative is not None)
             attention_forward(wrap_triton(_attn_fwd_kernel), call.q, call.k, call.v, outs[0],
                               block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
-                              prologue_kernel=wrap_triton(_qk_prologue), **_triton_kwargs(call, outs))
+                              use_tma=default_use_tma(head_dim), prologue_kernel=wrap_triton(_qk_prologue),
+                              **_triton_kwargs(call, outs))
+
+
+def _wrap_triton_enabled() -> bool:
+    """Whether ``wrap_triton`` records launches for a tracer (False when a triton_op body runs eagerly)."""
+    try:
+        from torch._library.triton import is_wrap_triton_enabled
+    except ImportError:
+        return False
+    return is_wrap_triton_enabled()
 
 
 def define_attention_op(name: str, use_triton_op: bool):

@@ -561,6 +561,41 @@ def test_tiling_choices():
             assert (2 if negative else 1) * bm * head_dim_blocks(d)[0] <= 128 * warps * 32
 
 
+def test_eager_launches_reuse_the_tuners_choice():
+    """attention_forward with ``tuned``: the first launch of a specialisation goes through the tuner, later ones
+    launch the plain kernel with the tile it chose (and its grid); a new shape goes to the tuner again."""
+    import triton
+    from pydiff.kernels import attention as kernels
+
+    calls = []
+    chosen = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2)
+
+    class Tuner:
+        best_config = None
+
+        def __getitem__(self, grid):
+            def launch(*args, **flags):
+                calls.append(("tuner", grid({**flags, **chosen.kwargs}), flags))
+                Tuner.best_config = chosen
+            return launch
+
+    class Plain:
+        def __getitem__(self, grid):
+            return lambda *args, **flags: calls.append(("plain", grid(flags), flags))
+
+    tuner = Tuner()
+    gen = torch.Generator().manual_seed(5)
+    k, v = torch.randn(1, 2, 50, 32, generator=gen), torch.randn(1, 2, 50, 32, generator=gen)
+    kernels._TUNED.clear()
+    for n_q in (100, 100, 77):
+        q = torch.randn(1, 2, n_q, 32, generator=gen)
+        kernels.attention_forward(tuner, q, k, v, torch.empty_like(q), scale=0.2, tuned=(tuner, Plain()))
+    assert [c[0] for c in calls] == ["tuner", "plain", "tuner"]
+    assert calls[1][1] == (2, 2, 1) and calls[1][2]["BLOCK_M"] == 64 and calls[1][2]["num_warps"] == 4
+    assert "BLOCK_M" not in calls[0][2] and "BLOCK_M" not in calls[2][2]
+    kernels._TUNED.clear()
+
+
 def test_autotune_switch(monkeypatch):
     for value, expect in (("0", False), ("1", True), ("off", False)):
         monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", value)
@@ -696,8 +731,14 @@ def test_gpu_accuracy_descriptors(case, cuda_device):
 
 @pytest.mark.gpu
 def test_gpu_autotuned(cuda_device, monkeypatch):
+    from pydiff.kernels.attention import _TUNED
+
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "1")
-    _gpu_check(Case(F16, 64, 1025, 1025, heads=4, layout="bnhd", name="gpu-autotuned"), cuda_device)
+    _TUNED.clear()
+    case = Case(F16, 64, 1025, 1025, heads=4, layout="bnhd", name="gpu-autotuned")
+    _gpu_check(case, cuda_device)   # through the tuner
+    assert len(_TUNED) == 1
+    _gpu_check(case, cuda_device)   # the plain kernel with the tuner's tile
 
 
 @pytest.mark.gpu
