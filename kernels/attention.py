@@ -483,6 +483,7 @@ def _prune_configs(configs, named_args, **kwargs):
     return kept or [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2)]
 
 
+_WIDEST_BLOCK_N = max(bn for _, bn, _, _ in _GPU_CONFIGS + _TMA_CONFIGS)
 _AUTOTUNE_KEY = ["Nq", "Nk", "Nq2", "Nk2", "Nneg", "HEAD_DIM", "SPLIT_D", "JOINT", "NEG", "VARLEN", "TMA_OK"]
 _attn_fwd_autotuned = triton.autotune(
     configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in
@@ -545,9 +546,8 @@ def tma_usable(tensors) -> bool:
 
     import torch
 
-    if os.environ.get("PYDIFF_ATTENTION_TMA", "1").strip() == "0" or torch.compiler.is_compiling():
-        return False
-    if not hasattr(tl, "make_tensor_descriptor"):
+    if not tensors[0].is_cuda or not _HAS_DESCRIPTORS or torch.compiler.is_compiling() or \
+            os.environ.get("PYDIFF_ATTENTION_TMA", "1").strip() == "0":
         return False
     for t in tensors:
         if not t.is_cuda or t.stride(-1) != 1:
@@ -569,6 +569,7 @@ def tma_usable(tensors) -> bool:
 
 #: compute capability major per device (torch's lookup costs microseconds on every launch)
 _CAPABILITY = {}
+_HAS_DESCRIPTORS = hasattr(tl, "make_tensor_descriptor")
 
 
 def _scratch(size: int, alignment: int, stream):
@@ -590,9 +591,11 @@ def _ensure_scratch_allocator():
 def _dims(t, bnhd: bool):
     """(B, H, N, D) sizes and strides of a tensor in either layout, as ints (symbolic sizes under torch.compile are
     specialised: tile choices and the grid depend on them)."""
-    shape, stride = t.shape, t.stride()
-    order = (0, 2, 1, 3) if bnhd else (0, 1, 2, 3)
-    return [int(shape[i]) for i in order], [int(stride[i]) for i in order]
+    b, x, y, d = t.shape
+    sb, sx, sy, sd = t.stride()
+    if bnhd:
+        return [int(b), int(y), int(x), int(d)], [int(sb), int(sy), int(sx), int(sd)]
+    return [int(b), int(x), int(y), int(d)], [int(sb), int(sx), int(sy), int(sd)]
 
 
 def _pow2(n: int) -> int:
@@ -674,13 +677,14 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                          f"<= 65535")
 
     def grid(meta):
+        # (ceil divisions inline: triton.cdiv is a jit function, microseconds per call from Python)
         bm = meta["BLOCK_M"]
         if joint is not None:
-            blocks = triton.cdiv(n_q, bm) + triton.cdiv(n_q2, bm)
+            blocks = -(-n_q // bm) - (-n_q2 // bm)
         elif varlen:
-            blocks = triton.cdiv(max_seqlen_q, bm)
+            blocks = -(-max_seqlen_q // bm)
         else:
-            blocks = triton.cdiv(n_q, bm)
+            blocks = -(-n_q // bm)
         return (blocks, batch * heads, segments)
 
     dummy = q
@@ -708,7 +712,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     # (not by a triton.heuristics wrapper, which torch.library.wrap_triton does not accept) against the block in
     # use, or against the largest autotune candidate, whose multiples every smaller power-of-two block divides.
     lengths = [n_k] + ([n_k2] if joint is not None else []) + ([n_neg] if negative is not None else [])
-    widest = block_n if block_n is not None else max(c.kwargs["BLOCK_N"] for c in _attn_fwd_autotuned.configs)
+    widest = block_n if block_n is not None else _WIDEST_BLOCK_N
     flags["EVEN_N"] = not (varlen or kv_lens is not None or negative_kv_lens is not None) and \
         all(n % widest == 0 for n in lengths)
     kv = [k, v] + ([k2, v2] if joint is not None else []) + ([k_neg, v_neg] if negative is not None else [])
@@ -758,7 +762,7 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16):
         rope_strides = [int(t.stride(i)) for t in (cos, sin) for i in (0, 1)] if rope is not None else [0] * 4
         # 16 rows x D per program: the tile, its RoPE partner, cos and sin stay in registers
         block_m = 16 if x.is_cuda else interpreter_blocks(n, 1)[0]
-        kernel[(triton.cdiv(n, block_m), batch * heads)](
+        kernel[(-(-n // block_m), batch * heads)](
             x, y, weight.float() if weight is not None else x, cos, sin, *sx, *sy, *rope_strides,
             heads, n, pos_shift, float(norm_eps),
             HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d,

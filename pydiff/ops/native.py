@@ -55,15 +55,21 @@ def triton_interpreting() -> bool:
 
 
 def triton_why_not(device: torch.device) -> str | None:
-    if device.type not in ("cuda", "cpu"):
+    return _triton_why_not(device.type)
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_why_not(device_type: str) -> str | None:
+    """Per device type, once: every op call asks (the interpreter switch is fixed when triton is imported)."""
+    if device_type not in ("cuda", "cpu"):
         return "Triton runs on CUDA tensors (and on CPU tensors through its interpreter)"
     if triton_error() is not None:
         return triton_error()
     # The interpreter is chosen when triton (and its standard library of jitted functions) is imported, so it
     # cannot be switched per call: CPU tensors need TRITON_INTERPRET=1 from the start, CUDA tensors need it off.
-    if device.type == "cpu" and not triton_interpreting():
+    if device_type == "cpu" and not triton_interpreting():
         return "Triton on CPU tensors needs the interpreter: set TRITON_INTERPRET=1 before triton is imported"
-    if device.type == "cuda" and triton_interpreting():
+    if device_type == "cuda" and triton_interpreting():
         return "TRITON_INTERPRET=1 is set, so Triton would interpret instead of compiling for the GPU"
     return None
 
