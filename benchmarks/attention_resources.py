@@ -75,15 +75,19 @@ def compile_attention(head_dim: int, tile, flags, module=None) -> tuple:
                  MASK_D=(da + (db if split else 0)) != head_dim, EVEN_N=True, JOINT=False, NEG=False, VARLEN=False,
                  HAS_KV_LENS=False, HAS_NEG_KV_LENS=False, EMULATE_BF16=False, SCALE_POSITIVE=True, TMA_OK=True,
                  USE_TMA=len(tile) > 4 and tile[4])
+    if "ROW_ALIGN" in module._attn_fwd_kernel.arg_names:  # the launcher's hint for bf16 rows of 8k elements
+        const["ROW_ALIGN"] = 8 if head_dim % 8 == 0 else 1
     const.update(flags)
     fn = module._attn_fwd_kernel
-    # What Triton's launcher specialises at run time for contiguous, 16-byte aligned tensors: head-dim strides of 1
-    # and 16-divisible pointers and strides. Without them the loads stay scalar and the key loop is not pipelined.
+    # What Triton's launcher specialises at run time for contiguous (B, H, N, D) bf16 tensors at production sizes:
+    # head-dim strides of 1, 16-divisible pointers, batch and head strides, and token strides (= D) only when D is
+    # 16-divisible. Without these the loads stay scalar and the key loop is not pipelined.
     const.update({name: 1 for name in fn.arg_names if name.startswith("stride_") and name.endswith("d")})
     signature = {name: "constexpr" if name in const else "*bf16" if name in POINTERS else
                  "*i32" if name in INT_POINTERS else "fp32" if name in FLOATS else "i32" for name in fn.arg_names}
     aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-               if name not in const and (signature[name].startswith("*") or name.startswith("stride_"))}
+               if name not in const and (signature[name].startswith("*") or
+                                         (name.startswith("stride_") and (head_dim % 16 == 0 or name[-1] != "n")))}
     source = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()},
                        attrs=aligned)
     kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32),

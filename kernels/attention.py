@@ -306,6 +306,13 @@ def _query_block(
 
 
 @triton.jit
+def _al(stride, ALIGN: tl.constexpr):
+    """A stride known to be a multiple of ALIGN elements. Strides are never negative, so the maximum changes
+    nothing; it gives the hint an operation to sit on (Triton 3.6 drops it on a bare kernel argument)."""
+    return tl.multiple_of(tl.maximum(stride, 0), ALIGN)
+
+
+@triton.jit
 def _attn_fwd_kernel(
     Q, K, V, O, Q2, K2, V2, O2, KN, VN,
     KV_LENS, NEG_KV_LENS, CU_Q, CU_K,
@@ -325,16 +332,35 @@ def _attn_fwd_kernel(
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
     JOINT: tl.constexpr, NEG: tl.constexpr, VARLEN: tl.constexpr,
     HAS_KV_LENS: tl.constexpr, HAS_NEG_KV_LENS: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    SCALE_POSITIVE: tl.constexpr, TMA_OK: tl.constexpr, USE_TMA: tl.constexpr = False,
+    SCALE_POSITIVE: tl.constexpr, TMA_OK: tl.constexpr, USE_TMA: tl.constexpr = False, ROW_ALIGN: tl.constexpr = 1,
 ):
     """grid = (query blocks [of both streams when JOINT], B * H, segments). See the module docstring.
 
     Queries and keys arrive with their prologue (norm, RoPE) already applied by ``_qk_prologue``.
+    ROW_ALIGN: every batch, head and token stride is a multiple of this many elements (16 bytes; the launcher
+    checked). Triton's launcher marks only 16-divisible ints, so without the hint rows of 40 or 72 elements load one
+    element at a time.
     """
     # Inductor's copy of this kernel types Python float arguments as fp64: without the casts the online-softmax
     # state would turn fp64 inside the key loop, which Triton rejects (loop-carried type change).
     qk_scale = tl.cast(qk_scale, tl.float32)
     neg_scale = tl.cast(neg_scale, tl.float32)
+    if ROW_ALIGN > 1:
+        stride_qb, stride_qh, stride_qn = _al(stride_qb, ROW_ALIGN), _al(stride_qh, ROW_ALIGN), _al(stride_qn, ROW_ALIGN)
+        stride_kb, stride_kh, stride_kn = _al(stride_kb, ROW_ALIGN), _al(stride_kh, ROW_ALIGN), _al(stride_kn, ROW_ALIGN)
+        stride_vb, stride_vh, stride_vn = _al(stride_vb, ROW_ALIGN), _al(stride_vh, ROW_ALIGN), _al(stride_vn, ROW_ALIGN)
+        stride_ob, stride_oh, stride_on = _al(stride_ob, ROW_ALIGN), _al(stride_oh, ROW_ALIGN), _al(stride_on, ROW_ALIGN)
+        if JOINT:
+            stride_q2b, stride_q2h = _al(stride_q2b, ROW_ALIGN), _al(stride_q2h, ROW_ALIGN)
+            stride_q2n, stride_k2b = _al(stride_q2n, ROW_ALIGN), _al(stride_k2b, ROW_ALIGN)
+            stride_k2h, stride_k2n = _al(stride_k2h, ROW_ALIGN), _al(stride_k2n, ROW_ALIGN)
+            stride_v2b, stride_v2h = _al(stride_v2b, ROW_ALIGN), _al(stride_v2h, ROW_ALIGN)
+            stride_v2n, stride_o2b = _al(stride_v2n, ROW_ALIGN), _al(stride_o2b, ROW_ALIGN)
+            stride_o2h, stride_o2n = _al(stride_o2h, ROW_ALIGN), _al(stride_o2n, ROW_ALIGN)
+        if NEG:
+            stride_knb, stride_knh = _al(stride_knb, ROW_ALIGN), _al(stride_knh, ROW_ALIGN)
+            stride_knn, stride_vnb = _al(stride_knn, ROW_ALIGN), _al(stride_vnb, ROW_ALIGN)
+            stride_vnh, stride_vnn = _al(stride_vnh, ROW_ALIGN), _al(stride_vnn, ROW_ALIGN)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     seg = tl.program_id(2)
@@ -715,6 +741,10 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     widest = block_n if block_n is not None else _WIDEST_BLOCK_N
     flags["EVEN_N"] = not (varlen or kv_lens is not None or negative_kv_lens is not None) and \
         all(n % widest == 0 for n in lengths)
+    # 16 bytes of elements: the widest load Triton can issue per thread
+    align = 16 // q.element_size()
+    strides = args[14:54]  # (batch, head, token, head dim) per tensor; the head-dim ones are not hinted
+    flags["ROW_ALIGN"] = align if all(st % align == 0 for i, st in enumerate(strides) if i % 4 != 3) else 1
     kv = [k, v] + ([k2, v2] if joint is not None else []) + ([k_neg, v_neg] if negative is not None else [])
     usable = tma_usable(kv)
     flags["TMA_OK"] = block_m is None and usable

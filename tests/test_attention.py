@@ -596,6 +596,33 @@ def test_eager_launches_reuse_the_tuners_choice():
     kernels._TUNED.clear()
 
 
+def test_row_alignment_hint():
+    """ROW_ALIGN (16 bytes of elements) only when every batch, head and token stride of every tensor is a multiple
+    of it: the kernel tells Triton so, and a false hint would load misaligned vectors."""
+    from pydiff.kernels import attention as kernels
+
+    seen = []
+
+    class Capture:
+        def __getitem__(self, grid):
+            return lambda *args, **flags: seen.append(flags["ROW_ALIGN"])
+
+    gen = torch.Generator().manual_seed(6)
+
+    def launch(q, k, v):
+        kernels.attention_forward(Capture(), q, k, v, torch.empty_like(q), scale=0.1, block_m=16, block_n=16)
+
+    def rand(*shape, dtype=torch.bfloat16):
+        return torch.randn(*shape, generator=gen).to(dtype)
+
+    launch(*(rand(1, 2, 33, 40) for _ in range(3)))                      # rows of 80 bytes
+    launch(*(rand(1, 2, 33, 36) for _ in range(3)))                      # rows of 72 bytes
+    launch(*(rand(1, 2, 33, 36, dtype=torch.float32) for _ in range(3)))  # rows of 144 bytes
+    wide = rand(1, 2, 33, 41)
+    launch(wide[..., :40], rand(1, 2, 33, 40), rand(1, 2, 33, 40))      # q rows 82 bytes apart
+    assert seen == [8, 1, 4, 1]
+
+
 def test_autotune_switch(monkeypatch):
     for value, expect in (("0", False), ("1", True), ("off", False)):
         monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", value)
