@@ -439,10 +439,14 @@ def _qk_prologue(
     H, N, pos_shift, eps,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
     SPLIT_D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
-    EMULATE_BF16: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, ROW_ALIGN: tl.constexpr = 1,
 ):
-    """Y = RoPE(RMSNorm(X)) for a query or key tensor, one pass, grid = (row blocks, B * H)."""
+    """Y = RoPE(RMSNorm(X)) for a query or key tensor, one pass, grid = (row blocks, B * H). ROW_ALIGN: as in
+    ``_attn_fwd_kernel``, for X's and Y's batch, head and token strides."""
     eps = tl.cast(eps, tl.float32)
+    if ROW_ALIGN > 1:
+        stride_xb, stride_xh, stride_xn = _al(stride_xb, ROW_ALIGN), _al(stride_xh, ROW_ALIGN), _al(stride_xn, ROW_ALIGN)
+        stride_yb, stride_yh, stride_yn = _al(stride_yb, ROW_ALIGN), _al(stride_yh, ROW_ALIGN), _al(stride_yn, ROW_ALIGN)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -741,10 +745,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     widest = block_n if block_n is not None else _WIDEST_BLOCK_N
     flags["EVEN_N"] = not (varlen or kv_lens is not None or negative_kv_lens is not None) and \
         all(n % widest == 0 for n in lengths)
-    # 16 bytes of elements: the widest load Triton can issue per thread
-    align = 16 // q.element_size()
-    strides = args[14:54]  # (batch, head, token, head dim) per tensor; the head-dim ones are not hinted
-    flags["ROW_ALIGN"] = align if all(st % align == 0 for i, st in enumerate(strides) if i % 4 != 3) else 1
+    flags["ROW_ALIGN"] = _row_align(q.element_size(), args[14:54])
     kv = [k, v] + ([k2, v2] if joint is not None else []) + ([k_neg, v_neg] if negative is not None else [])
     usable = tma_usable(kv)
     flags["TMA_OK"] = block_m is None and usable
@@ -772,6 +773,13 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         tuned[1][grid](*args, **flags, **choice)
 
 
+def _row_align(element_size: int, strides) -> int:
+    """The kernels' ROW_ALIGN: 16 bytes of elements (the widest load per thread) when every batch, head and token
+    stride in ``strides`` (four per tensor, head dim last, which is not hinted) is a multiple of it, else 1."""
+    align = 16 // element_size
+    return align if all(st % align == 0 for i, st in enumerate(strides) if i % 4 != 3) else 1
+
+
 #: tile the autotuner chose, per launch specialisation (see ``attention_forward``'s ``tuned``)
 _TUNED = {}
 
@@ -797,7 +805,7 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16):
             heads, n, pos_shift, float(norm_eps),
             HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d,
             HAS_NORM=weight is not None, HAS_ROPE=rope is not None, INTERLEAVED=bool(rope_interleaved),
-            EMULATE_BF16=emulate_bf16, num_warps=4)
+            EMULATE_BF16=emulate_bf16, ROW_ALIGN=_row_align(x.element_size(), sx + sy), num_warps=4)
         return y
 
     return prepare
