@@ -36,10 +36,13 @@ class Timing:
 
 
 def measure(fn: Callable[[], object], device: str = "cpu", warmup: int = 2, min_repeat: int = 5,
-            max_repeat: int = 200, min_time: float = 0.25) -> Timing:
-    """Time ``fn``: ``warmup`` untimed calls, then repeat until ``min_time`` s and ``min_repeat`` calls.
+            max_repeat: int = 200, min_time: float = 0.25, batch: int = 1) -> Timing:
+    """Time ``fn``: ``warmup`` untimed calls, then repeat until ``min_time`` s and ``min_repeat`` samples.
 
-    On CUDA each call is bracketed by CUDA events (device time, no host sync inside the call).
+    On CUDA each sample is bracketed by CUDA events (no host sync inside it). A sample is ``batch`` calls back to
+    back, divided by ``batch``: with 1, the host's launch work for the call is exposed in full (the device idles
+    until it is done); with several, later calls are launched while earlier ones run, as in a pipeline, so the
+    figure is device time wherever the device is the slower side.
     """
     for _ in range(warmup):
         fn()
@@ -50,14 +53,16 @@ def measure(fn: Callable[[], object], device: str = "cpu", warmup: int = 2, min_
         if cuda:
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
-            fn()
+            for _ in range(batch):
+                fn()
             end.record()
             end.synchronize()
-            times.append(begin.elapsed_time(end) / 1e3)
+            times.append(begin.elapsed_time(end) / 1e3 / batch)
         else:
             t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+            for _ in range(batch):
+                fn()
+            times.append((time.perf_counter() - t0) / batch)
     return Timing(min(times), statistics.median(times), max(times), len(times))
 
 

@@ -7,6 +7,7 @@ the same computation done by plain PyTorch in that precision, plus 1e-3.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple
 
@@ -621,6 +622,22 @@ def test_row_alignment_hint():
     wide = rand(1, 2, 33, 41)
     launch(wide[..., :40], rand(1, 2, 33, 40), rand(1, 2, 33, 40))      # q rows 82 bytes apart
     assert seen == [8, 1, 4, 1]
+
+
+def test_measure_batches_back_to_back_calls():
+    """benchmarks.common.measure with ``batch``: each sample is that many calls, and the time is per call."""
+    common = pytest.importorskip("benchmarks.common")
+    calls = []
+
+    def fn():
+        calls.append(1)
+        busy = time.perf_counter() + 1e-3
+        while time.perf_counter() < busy:
+            pass
+
+    timing = common.measure(fn, warmup=1, min_repeat=4, max_repeat=4, min_time=0.0, batch=3)
+    assert timing.n == 4 and len(calls) == 1 + 4 * 3
+    assert 0.9e-3 < timing.median < 3e-3  # per call, not per sample of three
 
 
 def test_autotune_switch(monkeypatch):
