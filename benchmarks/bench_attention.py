@@ -67,7 +67,7 @@ def _flops(batch, heads, n_q, n_k, head_dim) -> float:
 
 
 def _sdpa_backends(device: str) -> Dict[str, Optional[object]]:
-    """name -> torch.nn.attention.SDPBackend (None: PyTorch's own choice)."""
+    """name -> torch.nn.attention.SDPBackend (None: PyTorch's own choice), the default first."""
     if device != "cuda":
         return {"sdpa (default)": None}
     try:
@@ -75,7 +75,9 @@ def _sdpa_backends(device: str) -> Dict[str, Optional[object]]:
     except ImportError:
         return {"sdpa (default)": None}
     names = {"sdpa flash": "FLASH_ATTENTION", "sdpa efficient": "EFFICIENT_ATTENTION", "sdpa cudnn": "CUDNN_ATTENTION"}
-    return {name: getattr(SDPBackend, attr) for name, attr in names.items() if hasattr(SDPBackend, attr)}
+    # the default: what F.scaled_dot_product_attention picks by itself (and what the stock sequences below call)
+    return {"sdpa (default)": None,
+            **{name: getattr(SDPBackend, attr) for name, attr in names.items() if hasattr(SDPBackend, attr)}}
 
 
 def _sdpa_context(backend):
