@@ -346,21 +346,19 @@ def _attn_fwd_kernel(
     qk_scale = tl.cast(qk_scale, tl.float32)
     neg_scale = tl.cast(neg_scale, tl.float32)
     if ROW_ALIGN > 1:
-        stride_qb, stride_qh, stride_qn = _al(stride_qb, ROW_ALIGN), _al(stride_qh, ROW_ALIGN), _al(stride_qn, ROW_ALIGN)
-        stride_kb, stride_kh, stride_kn = _al(stride_kb, ROW_ALIGN), _al(stride_kh, ROW_ALIGN), _al(stride_kn, ROW_ALIGN)
-        stride_vb, stride_vh, stride_vn = _al(stride_vb, ROW_ALIGN), _al(stride_vh, ROW_ALIGN), _al(stride_vn, ROW_ALIGN)
-        stride_ob, stride_oh, stride_on = _al(stride_ob, ROW_ALIGN), _al(stride_oh, ROW_ALIGN), _al(stride_on, ROW_ALIGN)
+        A: tl.constexpr = ROW_ALIGN
+        stride_qb, stride_qh, stride_qn = _al(stride_qb, A), _al(stride_qh, A), _al(stride_qn, A)
+        stride_kb, stride_kh, stride_kn = _al(stride_kb, A), _al(stride_kh, A), _al(stride_kn, A)
+        stride_vb, stride_vh, stride_vn = _al(stride_vb, A), _al(stride_vh, A), _al(stride_vn, A)
+        stride_ob, stride_oh, stride_on = _al(stride_ob, A), _al(stride_oh, A), _al(stride_on, A)
         if JOINT:
-            stride_q2b, stride_q2h = _al(stride_q2b, ROW_ALIGN), _al(stride_q2h, ROW_ALIGN)
-            stride_q2n, stride_k2b = _al(stride_q2n, ROW_ALIGN), _al(stride_k2b, ROW_ALIGN)
-            stride_k2h, stride_k2n = _al(stride_k2h, ROW_ALIGN), _al(stride_k2n, ROW_ALIGN)
-            stride_v2b, stride_v2h = _al(stride_v2b, ROW_ALIGN), _al(stride_v2h, ROW_ALIGN)
-            stride_v2n, stride_o2b = _al(stride_v2n, ROW_ALIGN), _al(stride_o2b, ROW_ALIGN)
-            stride_o2h, stride_o2n = _al(stride_o2h, ROW_ALIGN), _al(stride_o2n, ROW_ALIGN)
+            stride_q2b, stride_q2h, stride_q2n = _al(stride_q2b, A), _al(stride_q2h, A), _al(stride_q2n, A)
+            stride_k2b, stride_k2h, stride_k2n = _al(stride_k2b, A), _al(stride_k2h, A), _al(stride_k2n, A)
+            stride_v2b, stride_v2h, stride_v2n = _al(stride_v2b, A), _al(stride_v2h, A), _al(stride_v2n, A)
+            stride_o2b, stride_o2h, stride_o2n = _al(stride_o2b, A), _al(stride_o2h, A), _al(stride_o2n, A)
         if NEG:
-            stride_knb, stride_knh = _al(stride_knb, ROW_ALIGN), _al(stride_knh, ROW_ALIGN)
-            stride_knn, stride_vnb = _al(stride_knn, ROW_ALIGN), _al(stride_vnb, ROW_ALIGN)
-            stride_vnh, stride_vnn = _al(stride_vnh, ROW_ALIGN), _al(stride_vnn, ROW_ALIGN)
+            stride_knb, stride_knh, stride_knn = _al(stride_knb, A), _al(stride_knh, A), _al(stride_knn, A)
+            stride_vnb, stride_vnh, stride_vnn = _al(stride_vnb, A), _al(stride_vnh, A), _al(stride_vnn, A)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     seg = tl.program_id(2)
@@ -445,8 +443,9 @@ def _qk_prologue(
     ``_attn_fwd_kernel``, for X's and Y's batch, head and token strides."""
     eps = tl.cast(eps, tl.float32)
     if ROW_ALIGN > 1:
-        stride_xb, stride_xh, stride_xn = _al(stride_xb, ROW_ALIGN), _al(stride_xh, ROW_ALIGN), _al(stride_xn, ROW_ALIGN)
-        stride_yb, stride_yh, stride_yn = _al(stride_yb, ROW_ALIGN), _al(stride_yh, ROW_ALIGN), _al(stride_yn, ROW_ALIGN)
+        A: tl.constexpr = ROW_ALIGN
+        stride_xb, stride_xh, stride_xn = _al(stride_xb, A), _al(stride_xh, A), _al(stride_xn, A)
+        stride_yb, stride_yh, stride_yn = _al(stride_yb, A), _al(stride_yh, A), _al(stride_yn, A)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -492,7 +491,8 @@ _HEAVY_TMA_CONFIGS = {(128, 64, 8, 3), (128, 128, 8, 2)}
 def _prune_configs(configs, named_args, **kwargs):
     """Keep tiles whose accumulators fit in registers: BLOCK_M x head dim (twice with a negative stream) under 128
     per thread, and with the BLOCK_M x BLOCK_N scores at most 192 (ptxas sm_90a: 128 x 128 over 4 warps spilled
-    248 bytes at D 128 and 92 at D 80, and 128 x 64 spilled 156 at D 128); the variants try a short list; descriptor loads only where the launcher found them usable (``TMA_OK``)."""
+    248 bytes at D 128 and 92 at D 80, and 128 x 64 spilled 156 at D 128); the variants try a short list;
+    descriptor loads only where the launcher found them usable (``TMA_OK``)."""
     args = {**named_args, **kwargs}
     d_total = args["BLOCK_DA"] + (args["BLOCK_DB"] if args["SPLIT_D"] else 0)
     accumulators = 2 if args["NEG"] else 1
@@ -505,7 +505,8 @@ def _prune_configs(configs, named_args, **kwargs):
         acc_regs = accumulators * bm * d_total / threads
         score_regs = bm * bn / threads
         shape = (bm, bn, cfg.num_warps, cfg.num_stages)
-        if acc_regs >= 128 or acc_regs + score_regs > 192 or (d_total > 128 and bn > 64) or (tma and not args["TMA_OK"]) or \
+        too_big = acc_regs >= 128 or acc_regs + score_regs > 192 or (d_total > 128 and bn > 64)
+        if too_big or (tma and not args["TMA_OK"]) or \
                 (heavy and shape not in (_HEAVY_TMA_CONFIGS if tma else _HEAVY_CONFIGS)):
             continue
         kept.append(cfg)
