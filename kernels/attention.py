@@ -543,8 +543,9 @@ def default_config(head_dim: int, heavy: bool, negative: bool = False):
 
 def default_use_tma(head_dim: int):
     """Without autotuning: tensor-descriptor loads (where usable: None) for head dims padded to a wider block,
-    whose masked pointer loads were 3.2x slower at D 40 on an H200 (0.586 vs 0.183 ms, 128 x 64 tiles, the
-    autotuner's timings); pointer loads (False) elsewhere, where they were 1-7% faster."""
+    where pointer loads were 3.2x slower at D 40 on an H200 (0.586 vs 0.183 ms, 128 x 64 tiles, the autotuner's
+    timings; they were scalar and unpipelined then, before ROW_ALIGN); pointer loads (False) elsewhere, where they
+    were 1-7% faster."""
     block_da, block_db, split_d = head_dim_blocks(head_dim)
     return None if block_da + (block_db if split_d else 0) != head_dim else False
 
@@ -581,21 +582,26 @@ def tma_usable(tensors) -> bool:
             os.environ.get("PYDIFF_ATTENTION_TMA", "1").strip() == "0":
         return False
     for t in tensors:
-        if not t.is_cuda or t.stride(-1) != 1:
+        if not t.is_cuda:
             return False
         major = _CAPABILITY.get(t.device)
         if major is None:
             major = _CAPABILITY[t.device] = torch.cuda.get_device_capability(t.device)[0]
         if major < 9:
             return False
-        size = t.element_size()
         try:
             address = t.data_ptr()
         except Exception:  # noqa: BLE001 - a fake or functional tensor under tracing has no address
             return False
-        if address % 16 or any((st * size) % 16 for st in t.stride()[:-1]):
+        if not descriptor_layout_ok(address, t.stride(), t.element_size()):
             return False
     return True
+
+
+def descriptor_layout_ok(address: int, strides, element_size: int) -> bool:
+    """The tensor memory accelerator's layout rules for one tensor: unit stride along the last dim, and the base
+    address and every other stride (in bytes) multiples of 16."""
+    return strides[-1] == 1 and address % 16 == 0 and all((st * element_size) % 16 == 0 for st in strides[:-1])
 
 
 #: compute capability major per device (torch's lookup costs microseconds on every launch)

@@ -597,6 +597,21 @@ def test_eager_launches_reuse_the_tuners_choice():
     kernels._TUNED.clear()
 
 
+def test_descriptor_layout_rules():
+    """Which layouts the tensor-descriptor loads accept (the rest of tma_usable needs a Hopper GPU)."""
+    from pydiff.kernels.attention import descriptor_layout_ok, tma_usable
+
+    bf16 = 2
+    assert descriptor_layout_ok(4096, (2 * 24 * 77 * 40, 77 * 40, 40, 1), bf16)   # (B, H, N, 40): 80-byte rows
+    assert descriptor_layout_ok(4096, (4608 * 24 * 128, 128, 24 * 128, 1), bf16)  # (B, N, H, D) read in place
+    assert not descriptor_layout_ok(4096, (77 * 36, 36, 1), bf16)                 # 72-byte rows
+    assert not descriptor_layout_ok(4096 + 8, (77 * 40, 40, 1), bf16)             # base 8 bytes off
+    assert not descriptor_layout_ok(4096, (77 * 40, 1, 77), bf16)                 # head dim strided
+    assert descriptor_layout_ok(4096, (77 * 36, 36, 1), 4)                        # fp32: 144-byte rows
+    gen = torch.Generator().manual_seed(7)
+    assert not tma_usable([torch.randn(1, 2, 16, 64, generator=gen)])              # CPU tensors never
+
+
 def test_row_alignment_hint():
     """ROW_ALIGN (16 bytes of elements) only when every batch, head and token stride of every tensor is a multiple
     of it: the kernel tells Triton so, and a false hint would load misaligned vectors."""
