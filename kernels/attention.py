@@ -120,16 +120,20 @@ def _kv_source(X, n_rows, stride_n, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexp
 
 
 @triton.jit
-def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, n_end,
+def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
                  stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                  SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
                  SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr):
-    """Keys [k_start, n_end) of one stream, block by block, into the online softmax (FlashAttention-2 algorithm 1,
-    base 2). K, V: pointers or (USE_TMA) descriptors of the first head-dim chunk; KB, VB: of the second."""
+    """Keys [k_start, n_end) of one stream (K, V: the head's base pointers), block by block, into the online softmax
+    (FlashAttention-2 algorithm 1, base 2); with USE_TMA read through descriptors, one per head-dim chunk."""
+    k_a = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
+    v_a = _kv_source(V, n_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
+    k_b = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D)
+    v_b = _kv_source(V, n_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D)
     for start_n in range(k_start, n_end, BLOCK_N):
         acc_a, acc_b, m_i, l_i = _attend_block(
-            acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end, stride_kn, stride_kd, stride_vn,
+            acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, start_n, n_end, stride_kn, stride_kd, stride_vn,
             stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16,
             SCALE_POSITIVE, USE_TMA)
     return acc_a, acc_b, m_i, l_i
@@ -248,21 +252,13 @@ def _query_block(
     acc_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
     acc_b = tl.zeros([BLOCK_M, BLOCK_DB], dtype=tl.float32)
     acc_a, acc_b, m_i, l_i = _attend_keys(
-        acc_a, acc_b, m_i, l_i, q_a, q_b,
-        _kv_source(K, k_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA),
-        _kv_source(V, k_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA),
-        _kv_source(K, k_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D),
-        _kv_source(V, k_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D),
+        acc_a, acc_b, m_i, l_i, q_a, q_b, K, V,
         k_start, k_end, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
         HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
     if JOINT:
         # The second key stream continues the same online softmax: joint attention without concatenation.
         acc_a, acc_b, m_i, l_i = _attend_keys(
-            acc_a, acc_b, m_i, l_i, q_a, q_b,
-            _kv_source(K2, k2_end, stride_k2n, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA),
-            _kv_source(V2, k2_end, stride_v2n, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA),
-            _kv_source(K2, k2_end, stride_k2n, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D),
-            _kv_source(V2, k2_end, stride_v2n, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D),
+            acc_a, acc_b, m_i, l_i, q_a, q_b, K2, V2,
             0, k2_end, stride_k2n, stride_k2d, stride_v2n, stride_v2d, qk_scale,
             HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
     # A row with no key to attend to (kv_lens == 0) has l == 0 and acc == 0: it is defined as zero.
@@ -276,11 +272,7 @@ def _query_block(
         accn_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
         accn_b = tl.zeros([BLOCK_M, BLOCK_DB], dtype=tl.float32)
         accn_a, accn_b, mn_i, ln_i = _attend_keys(
-            accn_a, accn_b, mn_i, ln_i, q_a, q_b,
-            _kv_source(KN, kn_end, stride_knn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA),
-            _kv_source(VN, kn_end, stride_vnn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA),
-            _kv_source(KN, kn_end, stride_knn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D),
-            _kv_source(VN, kn_end, stride_vnn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D),
+            accn_a, accn_b, mn_i, ln_i, q_a, q_b, KN, VN,
             0, kn_end, stride_knn, stride_knd, stride_vnn, stride_vnd, qk_scale,
             HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
         ln_i = tl.where(ln_i == 0.0, 1.0, ln_i)
