@@ -172,28 +172,14 @@ def _plain_rows(shape: Shape, device, dtype, quick, ceiling, ours_fn) -> List[Di
 def _host_rows(device, dtype, attention) -> List[Dict[str, object]]:
     """Host time per call: 200 back-to-back calls at SDXL's cross-attention shape (15-20 us of device time), so the
     host's launch work sets the pace; ours vs SDPA's default backend."""
-    import statistics
-    import time
-
-    from benchmarks.common import Timing
-
     gen = torch.Generator(device=device).manual_seed(2)
     n_q = 4096 if device == "cuda" else 64
     q = torch.randn(2, 10, n_q, 64, device=device, dtype=dtype, generator=gen)
     k, v = (torch.randn(2, 10, 77, 64, device=device, dtype=dtype, generator=gen) for _ in range(2))
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
-    def per_call(fn, calls=200, rounds=5) -> Timing:
-        times = []
-        for _ in range(rounds + 1):
-            sync()
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            sync()
-            times.append((time.perf_counter() - start) / calls)
-        times = times[1:]  # the first round warms up
-        return Timing(min(times), statistics.median(times), max(times), len(times))
+    def per_call(fn):
+        # the device idles between samples, so each sample of 200 launches takes the host's pace
+        return measure(fn, device=device, warmup=20, min_repeat=5, max_repeat=5, min_time=0.0, batch=200)
 
     ours = per_call(lambda: attention(q, k, v))
     peer = per_call(lambda: F.scaled_dot_product_attention(q, k, v))

@@ -26,6 +26,17 @@ from .ops import native
 from .ops.backend import OpBackends
 from .reference.attention import LAYOUTS, attention_reference
 
+try:  # torch with triton_op (2.6+); without it wrap_triton is the identity and never records
+    from torch._library.triton import is_wrap_triton_enabled as _wrap_triton_enabled
+    from torch._library.triton import set_wrap_triton_enabled as _set_wrap_triton_enabled
+except ImportError:
+    def _wrap_triton_enabled() -> bool:
+        return False
+
+    def _set_wrap_triton_enabled(enabled: bool):
+        return contextlib.nullcontext()
+
+
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 LENGTH_DTYPES = (torch.int32, torch.int64)
@@ -337,15 +348,6 @@ def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:
                               **_triton_kwargs(call, outs))
 
 
-def _wrap_triton_enabled() -> bool:
-    """Whether ``wrap_triton`` records launches for a tracer (False when a triton_op body runs eagerly)."""
-    try:
-        from torch._library.triton import is_wrap_triton_enabled
-    except ImportError:
-        return False
-    return is_wrap_triton_enabled()
-
-
 def define_attention_op(name: str, use_triton_op: bool):
     """Register the attention op under ``name`` as a ``triton_op`` (CUDA: Inductor traces into the kernel) or a
     ``custom_op`` with a fake (CPU and the interpreter). Returns the op definition."""
@@ -468,11 +470,7 @@ def _direct_launch():
     """What torch.library does around a triton_op's body when it runs eagerly: ``wrap_triton`` then launches the
     kernel itself. Left enabled, every launch goes through the tracing higher-order op, which rebuilds the autotuner
     with no key (re-tuning every call: over a second per call at Flux's shape on an H200)."""
-    try:
-        from torch._library.triton import set_wrap_triton_enabled
-    except ImportError:  # torch without triton_op: wrap_triton is the identity
-        return contextlib.nullcontext()
-    return set_wrap_triton_enabled(False)
+    return _set_wrap_triton_enabled(False)
 
 
 def plain_eager(args) -> bool:
