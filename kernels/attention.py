@@ -329,7 +329,8 @@ def _attn_fwd_kernel(
     """grid = (query blocks [of both streams when JOINT], B * H, segments). See the module docstring.
 
     Queries and keys arrive with their prologue (norm, RoPE) already applied by ``_qk_prologue``.
-    ROW_ALIGN: every batch, head and token stride is a multiple of this many elements (16 bytes; the launcher
+    TMA_OK: unused here; whether the launcher found the key/value tensors fit for USE_TMA, read by the autotuner's
+    pruner and key. ROW_ALIGN: every batch, head and token stride is a multiple of this many elements (16 bytes; the launcher
     checked). Triton's launcher marks only 16-divisible ints, so without the hint rows of 40 or 72 elements load one
     element at a time.
     """
