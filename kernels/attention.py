@@ -25,8 +25,12 @@ columns past the ends), where ``tma_usable`` finds the tensors aligned for it; T
 descriptors comes from torch's allocator (``_scratch``).
 """
 
+import os
+
 import triton
 import triton.language as tl
+from triton.runtime import driver
+from triton.runtime.jit import KernelInterface
 
 LOG2E = 1.4426950408889634
 
@@ -567,8 +571,6 @@ def tma_usable(tensors) -> bool:
     capability 9 or newer, a contiguous head dim, and a base address and every other stride that are multiples of
     16 bytes (the tensor memory accelerator's rules). False while tracing (fake tensors have no addresses), and
     when ``PYDIFF_ATTENTION_TMA=0``."""
-    import os
-
     import torch
 
     if not tensors[0].is_cuda or not _HAS_DESCRIPTORS or torch.compiler.is_compiling() or \
@@ -676,29 +678,44 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         if negative is not None:
             negative = (prepare(negative[0], k_norm_weight, 0), negative[1])
 
+    # Eager calls of a signature seen before launch its compiled kernel directly (see ``_PLANS``).
+    if joint is not None:
+        q2, k2, v2, out2 = joint
+    else:
+        q2, k2, v2, out2 = q, k, v, out
+    k_neg, v_neg = negative if negative is not None else (k, v)
+    varlen = cu_seqlens_q is not None
+    if varlen and cu_seqlens_k is None:
+        cu_seqlens_k = cu_seqlens_q
+    optional = (kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k)
+    tensors = (q, k, v, out, q2, k2, v2, out2, k_neg, v_neg, *(q if t is None else t for t in optional))
+    plan_key = None
+    if _PLANNABLE and type(q) is torch.Tensor and (block_m is not None or tuned is not None):
+        present = (q, k, v, out, *(joint or ()), *(negative or ()), *optional)
+        plan_key = (_unwrapped(kernel), bnhd, float(scale), float(negative_scale), max_seqlen_q,
+                    block_m, block_n, num_warps, num_stages, use_tma, joint is not None, negative is not None,
+                    os.environ.get("PYDIFF_ATTENTION_TMA"), *(None if t is None else _tensor_key(t) for t in present))
+        if _run_plan(plan_key, tensors):
+            return
+
     (batch, heads, n_q, head_dim), sq = _dims(q, bnhd)
     (_, kv_heads, n_k, _), sk = _dims(k, bnhd)
     _, sv = _dims(v, bnhd)
     _, so = _dims(out, bnhd)
     if joint is not None:
-        q2, k2, v2, out2 = joint
         (_, _, n_q2, _), sq2 = _dims(q2, bnhd)
         (_, _, n_k2, _), sk2 = _dims(k2, bnhd)
         _, sv2 = _dims(v2, bnhd)
         _, so2 = _dims(out2, bnhd)
     else:
-        q2, k2, v2, out2 = q, k, v, out
         n_q2 = n_k2 = 0
         sq2 = sk2 = sv2 = so2 = [0, 0, 0, 0]
     if negative is not None:
-        k_neg, v_neg = negative
         (_, _, n_neg, _), skn = _dims(k_neg, bnhd)
         _, svn = _dims(v_neg, bnhd)
     else:
-        k_neg, v_neg = k, v
         n_neg = 0
         skn = svn = [0, 0, 0, 0]
-    varlen = cu_seqlens_q is not None
     segments = int(cu_seqlens_q.shape[0]) - 1 if varlen else 1
     block_da, block_db, split_d = head_dim_blocks(head_dim)
     mask_d = (block_da + (block_db if split_d else 0)) != head_dim
@@ -717,13 +734,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
             blocks = -(-n_q // bm)
         return (blocks, batch * heads, segments)
 
-    dummy = q
     args = [
-        q, k, v, out, q2, k2, v2, out2, k_neg, v_neg,
-        kv_lens if kv_lens is not None else dummy,
-        negative_kv_lens if negative_kv_lens is not None else dummy,
-        cu_seqlens_q if varlen else dummy,
-        (cu_seqlens_k if cu_seqlens_k is not None else cu_seqlens_q) if varlen else dummy,
+        *tensors,
         *sq, *sk, *sv, *so, *sq2, *sk2, *sv2, *so2, *skn, *svn,
         heads, heads // kv_heads, n_q, n_k, n_q2, n_k2, n_neg, segments,
         float(scale) * LOG2E, float(negative_scale),
@@ -756,10 +768,11 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                          "16-byte aligned addresses and strides")
     if block_m is not None:
         flags.update(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, USE_TMA=use_tma)
-    if flags["TMA_OK"] or (use_tma and q.is_cuda):
+    scratch = flags["TMA_OK"] or (use_tma and q.is_cuda)
+    if scratch:
         _ensure_scratch_allocator()
     if block_m is not None or tuned is None:
-        kernel[grid](*args, **flags)
+        _launch(kernel, grid, args, flags, plan_key, len(tensors), scratch)
         return
     # The tuner's own key (shapes, the head-dim split, the variant flags, dtypes) is a subset of this one.
     key = (n_q, n_k, n_q2, n_k2, n_neg, segments, q.device, *flags.values(),
@@ -770,7 +783,56 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         kernel[grid](*args, **flags)
         _TUNED[key] = tuner.best_config.all_kwargs()
     else:
-        tuned[1][grid](*args, **flags, **choice)
+        _launch(tuned[1], grid, args, {**flags, **choice}, plan_key, len(tensors), scratch)
+
+
+#: Eager launch plans: per call signature (``_tensor_key`` of every tensor, the scalars and the launch config), the
+#: compiled kernel Triton's JIT returned for it, the grid, and every argument after the leading tensors. A launch
+#: through Triton's JIT binds and specialises each of the kernel's 82 parameters on every call (69 us per call on
+#: a 2-core host with Triton 3.6); a plan launches the compiled kernel in about 4 us. Triton 3.3+ (its compiled
+#: kernels take every parameter, constexprs included; older ones take the others only).
+_PLANS = {}
+_PLANNABLE = tuple(int(part) for part in triton.__version__.split(".")[:2]) >= (3, 3)
+
+
+def _tensor_key(t):
+    """What a launch specialises on for one tensor argument: sizes, strides, dtype, device and alignment (Triton
+    marks 16-byte aligned pointers, and descriptor loads need them)."""
+    return t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16
+
+
+def _unwrapped(kernel):
+    """The Triton kernel inside ``torch.library.wrap_triton``'s wrapper (made anew on every call), else ``kernel``."""
+    inner = None if isinstance(kernel, KernelInterface) else getattr(kernel, "kernel", None)
+    return kernel if inner is None else inner
+
+
+def _run_plan(key, tensors) -> bool:
+    """Launch the plan remembered under ``key`` with these leading tensor arguments; False when there is none."""
+    plan = _PLANS.get(key)
+    if plan is None:
+        return False
+    compiled, grid, tail, scratch = plan
+    if scratch:  # Triton's allocator is per thread (a context variable): this thread may not have one yet
+        _ensure_scratch_allocator()
+    compiled[grid](*tensors, *tail, stream=driver.active.get_current_stream(tensors[0].device.index))
+    return True
+
+
+def _launch(kernel, grid, args, flags, plan_key, leading: int, scratch: bool = False):
+    """``kernel[grid](*args, **flags)``; with a ``plan_key``, remember the launch as a plan (for ``_run_plan`` with
+    the first ``leading`` arguments, the tensors) when Triton's JIT returned its compiled kernel (not under the
+    interpreter or a tracer). scratch: the launch may need Triton's global scratch (descriptor loads)."""
+    compiled = kernel[grid](*args, **flags)
+    if plan_key is None or not hasattr(compiled, "packed_metadata"):
+        return
+    fn = _unwrapped(kernel)
+    values = {**dict(zip(fn.arg_names, args)), **flags}
+    if any(p.name not in values and not p.has_default for p in fn.params):
+        return
+    full = [values[p.name] if p.name in values else p.default for p in fn.params]
+    dims = tuple(grid(values) if callable(grid) else grid)
+    _PLANS[plan_key] = (compiled, dims + (1,) * (3 - len(dims)), tuple(full[leading:]), scratch)
 
 
 def _row_align(element_size: int, strides) -> int:
@@ -792,20 +854,26 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16):
     def prepare(x, weight, pos_shift):
         if weight is None and rope is None:
             return x
-        (batch, heads, n, head_dim), sx = _dims(x, bnhd)
         y = torch.empty_like(x)
+        cos, sin = rope if rope is not None else (x, x)
+        tensors = (x, y, weight.float() if weight is not None else x, cos, sin)
+        plan_key = None
+        if _PLANNABLE and type(x) is torch.Tensor:
+            plan_key = (_unwrapped(kernel), bnhd, pos_shift, float(norm_eps), bool(rope_interleaved),
+                        weight is not None, rope is not None, *(_tensor_key(t) for t in tensors))
+            if _run_plan(plan_key, tensors):
+                return y
+        (batch, heads, n, head_dim), sx = _dims(x, bnhd)
         _, sy = _dims(y, bnhd)
         block_da, block_db, split_d = head_dim_blocks(head_dim)
-        cos, sin = rope if rope is not None else (x, x)
         rope_strides = [int(t.stride(i)) for t in (cos, sin) for i in (0, 1)] if rope is not None else [0] * 4
         # 16 rows x D per program: the tile, its RoPE partner, cos and sin stay in registers
         block_m = 16 if x.is_cuda else interpreter_blocks(n, 1)[0]
-        kernel[(-(-n // block_m), batch * heads)](
-            x, y, weight.float() if weight is not None else x, cos, sin, *sx, *sy, *rope_strides,
-            heads, n, pos_shift, float(norm_eps),
-            HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d,
-            HAS_NORM=weight is not None, HAS_ROPE=rope is not None, INTERLEAVED=bool(rope_interleaved),
-            EMULATE_BF16=emulate_bf16, ROW_ALIGN=_row_align(x.element_size(), sx + sy), num_warps=4)
+        flags = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d,
+                     HAS_NORM=weight is not None, HAS_ROPE=rope is not None, INTERLEAVED=bool(rope_interleaved),
+                     EMULATE_BF16=emulate_bf16, ROW_ALIGN=_row_align(x.element_size(), sx + sy), num_warps=4)
+        args = [*tensors, *sx, *sy, *rope_strides, heads, n, pos_shift, float(norm_eps)]
+        _launch(kernel, (-(-n // block_m), batch * heads), args, flags, plan_key, len(tensors))
         return y
 
     return prepare

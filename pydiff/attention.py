@@ -327,6 +327,11 @@ def autotune_enabled() -> bool:
 def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:
     from pydiff.kernels.attention import attention_forward, default_config, default_use_tma
 
+    if _wrap_triton_enabled():  # a tracer (torch.compile, export) records the kernels through torch.library
+        plain, tuner, prologue = wrap_triton(_attn_fwd_kernel), wrap_triton(_attn_fwd_autotuned), \
+            wrap_triton(_qk_prologue)
+    else:  # eager: the wrapper would only forward the launch
+        plain, tuner, prologue = _attn_fwd_kernel, _attn_fwd_autotuned, _qk_prologue
     # Triton launches on the current device: switch only when q lives elsewhere (the guard costs host time)
     index = call.q.device.index
     guard = contextlib.nullcontext() if index is None or index == torch.cuda.current_device() else \
@@ -334,18 +339,17 @@ def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:
     with guard:
         if autotune_enabled():
             # eager launches remember the tuner's choice per specialisation and then skip the tuner; a tracer
-            # (torch.compile, export) sees the autotuned kernel itself
-            tuned = None if _wrap_triton_enabled() else (_attn_fwd_autotuned, wrap_triton(_attn_fwd_kernel))
-            attention_forward(wrap_triton(_attn_fwd_autotuned), call.q, call.k, call.v, outs[0],
-                              prologue_kernel=wrap_triton(_qk_prologue), tuned=tuned, **_triton_kwargs(call, outs))
+            # sees the autotuned kernel itself
+            tuned = None if plain is not _attn_fwd_kernel else (tuner, plain)
+            attention_forward(tuner, call.q, call.k, call.v, outs[0], prologue_kernel=prologue, tuned=tuned,
+                              **_triton_kwargs(call, outs))
         else:
             head_dim = call.bhnd(call.q)[3]
             heavy = call.joint is not None or call.negative is not None
             block_m, block_n, warps, stages = default_config(head_dim, heavy, call.negative is not None)
-            attention_forward(wrap_triton(_attn_fwd_kernel), call.q, call.k, call.v, outs[0],
-                              block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
-                              use_tma=default_use_tma(head_dim), prologue_kernel=wrap_triton(_qk_prologue),
-                              **_triton_kwargs(call, outs))
+            attention_forward(plain, call.q, call.k, call.v, outs[0], block_m=block_m, block_n=block_n,
+                              num_warps=warps, num_stages=stages, use_tma=default_use_tma(head_dim),
+                              prologue_kernel=prologue, **_triton_kwargs(call, outs))
 
 
 def define_attention_op(name: str, use_triton_op: bool):
@@ -373,13 +377,19 @@ def wrap_triton(kernel):
 
 def _load_gpu_kernel() -> bool:
     """On a machine where Triton compiles for CUDA, bind the kernels and wrap_triton; returns whether it did."""
-    global _attn_fwd_autotuned, _attn_fwd_kernel, _qk_prologue, wrap_triton
     if not torch.cuda.is_available() or native.triton_error() is not None or native.triton_interpreting():
         return False
+    bind_gpu_kernels()
+    return True
+
+
+def bind_gpu_kernels() -> None:
+    """Bind the compiled (not interpreted) kernels and torch.library's wrap_triton for CUDA launches; done at import
+    on a CUDA machine (benchmarks/attention_host.py also does it to time the launch path without a GPU)."""
+    global _attn_fwd_autotuned, _attn_fwd_kernel, _qk_prologue, wrap_triton
     from torch.library import wrap_triton
 
     from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_kernel, _qk_prologue
-    return True
 
 
 attention_op = define_attention_op("pydiff::attention", use_triton_op=_load_gpu_kernel())

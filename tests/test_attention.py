@@ -790,14 +790,54 @@ def test_gpu_accuracy_descriptors(case, cuda_device):
 
 @pytest.mark.gpu
 def test_gpu_autotuned(cuda_device, monkeypatch):
-    from pydiff.kernels.attention import _TUNED
+    from pydiff.kernels.attention import _PLANS, _TUNED
 
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "1")
     _TUNED.clear()
+    _PLANS.clear()  # plans of the tuned kernel carry the tile the tuner chose
     case = Case(F16, 64, 1025, 1025, heads=4, layout="bnhd", name="gpu-autotuned")
     _gpu_check(case, cuda_device)   # through the tuner
     assert len(_TUNED) == 1
-    _gpu_check(case, cuda_device)   # the plain kernel with the tuner's tile
+    _gpu_check(case, cuda_device)   # the plain kernel with the tuner's tile, through Triton's JIT
+    assert len(_PLANS) == 1
+    _gpu_check(case, cuda_device)   # the same, launched from its plan
+
+
+# plain fp32, D40 (B, N, H, D) GQA, strided D96, segments, joint GQA, NASA with lengths, norms + RoPE + joint +
+# negative
+PLAN_CASES = [GRID[i] for i in (0, 1, 4, 13, 15, 17, 23)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", PLAN_CASES, ids=str)
+def test_gpu_plans(case, cuda_device, monkeypatch):
+    """Eager calls after the first launch their compiled kernels from a plan (no Triton JIT): the same numbers as
+    the first call, bit for bit, and inside a CUDA graph too."""
+    from pydiff.kernels.attention import _PLANS
+
+    monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
+    q, k, v, kw = build(case)
+    q, k, v = q.to(cuda_device), k.to(cuda_device), v.to(cuda_device)
+    kw = _to_device(kw, cuda_device)
+    first = pydiff.attention(q, k, v, **kw)
+    plans = len(_PLANS)
+    assert plans > 0
+    second = pydiff.attention(q, k, v, **kw)
+    assert len(_PLANS) == plans
+    firsts, seconds = (first, second) if case.joint is not None else ((first,), (second,))
+    for a, b in zip(firsts, seconds):
+        assert torch.equal(a, b)
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = pydiff.attention(q, k, v, **kw)
+    q.copy_(torch.randn_like(q))  # the replay reads the new values
+    graph.replay()
+    eager = pydiff.attention(q, k, v, **kw)
+    captured, eager = (captured, eager) if case.joint is not None else ((captured,), (eager,))
+    assert len(_PLANS) == plans
+    for a, b in zip(captured, eager):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.gpu

@@ -1,0 +1,145 @@
+"""Launch plans against Triton's own launch, on a host without a GPU (run by test_attention_plans.py).
+
+The kernels compile for sm_90 through ``benchmarks.stub_driver``, which records what each launch would pass to
+the GPU. For every case: the first call goes through Triton's JIT and leaves a plan; the second launches the plan
+and must pass the same grid, compiled kernel and arguments; a call that differs in anything the kernel is
+specialised on (a scalar, alignment, a stride, a variant) must not reuse it. Needs a process without
+TRITON_INTERPRET. Prints one line per case.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from benchmarks.stub_driver import stub_cuda_driver
+from pydiff.kernels import attention as ka
+
+torch.manual_seed(0)
+BF16 = torch.bfloat16
+
+
+def _bhnd(b, h, n, d, dtype=BF16):
+    return torch.randn(b, h, n, d, dtype=dtype)
+
+
+def _same_launch(a, b, label):
+    (grid_a, fn_a, args_a), (grid_b, fn_b, args_b) = a, b
+    assert grid_a == grid_b and fn_a == fn_b, f"{label}: grid/kernel {grid_a}/{fn_a} vs {grid_b}/{fn_b}"
+    assert len(args_a) == len(args_b), f"{label}: {len(args_a)} vs {len(args_b)} arguments"
+    for i, (x, y) in enumerate(zip(args_a, args_b)):
+        if isinstance(x, torch.Tensor):
+            # prologue outputs are new tensors on every call; everything the kernel specialises on must match
+            same = isinstance(y, torch.Tensor) and ka._tensor_key(x)[:4] == ka._tensor_key(y)[:4]
+        else:
+            same = type(x) is type(y) and x == y
+        assert same, f"{label}: argument {i} differs: {x!r} vs {y!r}"
+
+
+class _JitCounter:
+    """Counts launches that go through Triton's JIT (``JITFunction.run``) of the given kernels."""
+
+    def __init__(self, *kernels):
+        self.count = 0
+        for kernel in kernels:
+            run = kernel.run
+
+            def counted(*args, _run=run, **kwargs):
+                self.count += 1
+                return _run(*args, **kwargs)
+
+            kernel.run = counted
+
+
+def check(name, call, launches, jit, changed=()):
+    """``call()`` twice: the second must be all plans, equal launch for launch; each of ``changed`` (calls that
+    differ in one specialisation) must go through the JIT again."""
+    launches.clear()
+    jit.count = 0
+    call()
+    first, jit_launches = list(launches), jit.count
+    # (launches of one specialisation within the call, like the q and k prologues of equal shapes, share a plan)
+    assert 0 < jit_launches <= len(first), f"{name}: {jit_launches} JIT launches for {len(first)} launches"
+    plans = len(ka._PLANS)
+    launches.clear()
+    call()
+    second = list(launches)
+    assert jit.count == jit_launches, f"{name}: the repeated call went through Triton's JIT"
+    assert len(ka._PLANS) == plans and len(second) == len(first), f"{name}: {len(second)} vs {len(first)} launches"
+    for i, (a, b) in enumerate(zip(first, second)):
+        _same_launch(a, b, f"{name}, launch {i}")
+    for label, other in changed:
+        launches.clear()
+        before = jit.count
+        other()
+        assert jit.count > before, f"{name}: '{label}' reused a plan made for another specialisation"
+    print(f"ok {name}: {len(first)} launches, {len(changed)} specialisation changes", flush=True)
+
+
+def main():
+    kernel, prologue = ka._attn_fwd_kernel, ka._qk_prologue
+    with stub_cuda_driver() as launches:
+        jit = _JitCounter(kernel, prologue)
+        blocks = dict(block_m=64, block_n=64, num_warps=4, num_stages=2, use_tma=False)
+
+        def run(q, k, v, out=None, **kw):
+            ka.attention_forward(kernel, q, k, v, torch.empty_like(q) if out is None else out, prologue_kernel=prologue,
+                                 **{**blocks, "scale": 0.125, **kw})
+
+        # plain (B, H, N, D), SDXL cross-attention-like
+        q, k, v = _bhnd(2, 3, 97, 64), _bhnd(2, 3, 77, 64), _bhnd(2, 3, 77, 64)
+        out = torch.empty_like(q)
+        # k's sizes and strides two bytes past a 16-byte boundary: only the alignment differs
+        shifted = torch.randn(k.numel() + 8, dtype=BF16)[1:1 + k.numel()].view_as(k)
+        check("plain", lambda: run(q, k, v, out), launches, jit, changed=[
+            ("scale", lambda: run(q, k, v, out, scale=0.2)),
+            ("k misaligned", lambda: run(q, shifted, v, out)),
+            ("kv_lens", lambda: run(q, k, v, out, kv_lens=torch.tensor([77, 30], dtype=torch.int32))),
+            ("key block", lambda: run(q, k, v, out, block_n=32)),
+        ])
+
+        # key/value blocks through tensor descriptors (the Hopper path; the stub compiles it for sm_90)
+        check("descriptor loads", lambda: run(q, k, v, out, use_tma=True), launches, jit)
+
+        # (B, N, H, D) at head dim 40 (padded to 64, rows 80 bytes: the ROW_ALIGN hint)
+        qb, kb, vb = (torch.randn(1, 333, 4, 40, dtype=torch.float16) for _ in range(3))
+        check("bnhd D40 fp16", lambda: run(qb, kb, vb, bnhd=True), launches, jit, changed=[
+            ("token stride", lambda: run(qb, torch.randn(1, 333, 5, 40, dtype=torch.float16)[:, :, :4], vb,
+                                         bnhd=True)),
+        ])
+
+        # Flux-like joint attention with QK norm and RoPE: four prologue launches and the attention launch
+        d = 128
+        qi, ki, vi = (torch.randn(1, 160, 2, d, dtype=BF16) for _ in range(3))
+        qt, kt, vt = (torch.randn(1, 24, 2, d, dtype=BF16) for _ in range(3))
+        cos, sin = torch.rand(184, d), torch.rand(184, d)
+        weights = [torch.rand(d) + 0.5 for _ in range(4)]
+
+        def flux(interleaved=True):
+            out_t = torch.empty_like(qt)
+            run(qi, ki, vi, bnhd=True, joint=(qt, kt, vt, out_t), rope=(cos, sin), rope_interleaved=interleaved,
+                q_norm_weight=weights[0], k_norm_weight=weights[1], joint_q_norm_weight=weights[2],
+                joint_k_norm_weight=weights[3])
+
+        check("joint + norm + RoPE", flux, launches, jit, changed=[("RoPE pairing", lambda: flux(False))])
+
+        # negative-prompt attention with key padding on both key sets
+        kn, vn = _bhnd(2, 3, 50, 64), _bhnd(2, 3, 50, 64)
+        lens, neg_lens = torch.tensor([77, 41], dtype=torch.int32), torch.tensor([50, 9], dtype=torch.int32)
+        check("negative + kv_lens", lambda: run(q, k, v, out, negative=(kn, vn), negative_scale=0.5, kv_lens=lens,
+                                                 negative_kv_lens=neg_lens), launches, jit, changed=[
+            ("negative scale", lambda: run(q, k, v, out, negative=(kn, vn), negative_scale=0.25, kv_lens=lens,
+                                           negative_kv_lens=neg_lens)),
+        ])
+
+        # packed segments
+        cu = torch.tensor([0, 40, 97], dtype=torch.int32)
+        check("segments", lambda: run(q, q, q, out, cu_seqlens_q=cu, max_seqlen_q=57), launches, jit, changed=[
+            ("max segment", lambda: run(q, q, q, out, cu_seqlens_q=cu, max_seqlen_q=97)),
+        ])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
