@@ -39,7 +39,7 @@ def _cases():
     image = [torch.randn(1, 4096, 24, 128, **bf16) for _ in range(3)]
     text = [torch.randn(1, 512, 24, 128, **bf16) for _ in range(3)]
     cos, sin = torch.rand(4608, 128), torch.rand(4608, 128)
-    norms = [torch.rand(128) + 0.5 for _ in range(4)]
+    norms = [(torch.rand(128) + 0.5).to(torch.bfloat16) for _ in range(4)]  # a bf16 model holds them in bf16
     attention = importlib.import_module("pydiff").attention
     return [
         ("SDXL cross", "B2 H10 N4096x77 D64", lambda: attention(q, k, v)),

@@ -59,7 +59,7 @@ def _rope_chunk(x, base, rows, stride_n, stride_d, d, mask, rstd, W, COS, SIN, p
     xp = tl.load(base + rows[:, None] * stride_n + partner[None, :] * stride_d, mask=mask, other=0.0)
     xp = xp.to(tl.float32)
     if HAS_NORM:
-        wp = tl.load(W + partner, mask=partner < HEAD_DIM, other=0.0)
+        wp = tl.load(W + partner, mask=partner < HEAD_DIM, other=0.0).to(tl.float32)
         xp = xp * rstd[:, None] * wp[None, :]
     c = tl.load(COS + pos[:, None] * stride_cn + d[None, :] * stride_cd, mask=mask, other=0.0).to(tl.float32)
     s = tl.load(SIN + pos[:, None] * stride_sn + d[None, :] * stride_sd, mask=mask, other=0.0).to(tl.float32)
@@ -90,9 +90,9 @@ def _load_qk(base, rows, stride_n, stride_d, mask_a, mask_b, W, eps, COS, SIN, p
             if SPLIT_D:
                 sum_sq += tl.sum(f_b * f_b, 1)
             rstd = tl.math.rsqrt(sum_sq / HEAD_DIM + eps)
-            f_a = f_a * rstd[:, None] * tl.load(W + d_a, mask=d_a < HEAD_DIM, other=0.0)[None, :]
+            f_a = f_a * rstd[:, None] * tl.load(W + d_a, mask=d_a < HEAD_DIM, other=0.0).to(tl.float32)[None, :]
             if SPLIT_D:
-                f_b = f_b * rstd[:, None] * tl.load(W + d_b, mask=d_b < HEAD_DIM, other=0.0)[None, :]
+                f_b = f_b * rstd[:, None] * tl.load(W + d_b, mask=d_b < HEAD_DIM, other=0.0).to(tl.float32)[None, :]
         if HAS_ROPE:
             pos = pos0 + rows
             f_a = _rope_chunk(f_a, base, rows, stride_n, stride_d, d_a, mask_a, rstd, W, COS, SIN, pos,
@@ -856,7 +856,8 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16):
             return x
         y = torch.empty_like(x)
         cos, sin = rope if rope is not None else (x, x)
-        tensors = (x, y, weight.float() if weight is not None else x, cos, sin)
+        # the weights in their own dtype (a half-precision model's): the kernel widens them as it loads them
+        tensors = (x, y, weight.contiguous() if weight is not None else x, cos, sin)
         plan_key = None
         if _PLANNABLE and type(x) is torch.Tensor:
             plan_key = (_unwrapped(kernel), bnhd, pos_shift, float(norm_eps), bool(rope_interleaved),

@@ -233,6 +233,22 @@ def test_kernel_accuracy(case, use_tma):
         assert_accurate(out, ref64, lowp, case.dtype)
 
 
+@needs_interpreter
+def test_norm_weights_in_any_float_dtype_and_stride():
+    """QK-norm weights are read in their own dtype (a bf16 model's) and through any stride: the kernel widens them as
+    it loads them, with no cast or copy launched beforehand unless they are strided."""
+    case = Case(BF16, 80, 97, 77, rope="half", q_norm=True, k_norm=True, name="bf16-strided-norm-weights")
+    q, k, v, kw = build(case, seed=3)
+    for name in ("q_norm_weight", "k_norm_weight"):
+        spaced = torch.full((2 * case.head_dim,), float("nan"), dtype=BF16)
+        spaced[::2] = kw[name]
+        kw[name] = spaced[::2]
+    assert kw["q_norm_weight"].dtype == BF16 and kw["q_norm_weight"].stride() == (2,)
+    out = run_kernel(q, k, v, kw, case.blocks)
+    ref64, lowp = references(q, k, v, kw)
+    assert_accurate(out, ref64, lowp, BF16)
+
+
 def _gpu_default_tile(case):
     from pydiff.kernels.attention import default_config
 
