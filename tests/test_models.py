@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pydiff.models as models
-from pydiff.models import GaussianData, GaussianMixtureData
+from pydiff.models import ClassifierConfig, GaussianData, GaussianMixtureData
 from pydiff.models.dit import DiT, DiTConfig, rope_2d_tables
 
 SMALL = DiTConfig(sample_size=6, in_channels=3, patch_size=2, width=24, depth=2, num_heads=3)
@@ -133,6 +133,13 @@ def test_dit_rejects_bad_inputs(bad, exc, match):
 def test_dit_config_rejects_impossible_values(field, value):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(SMALL, **{field: value})
+
+
+@pytest.mark.parametrize("field, value", [("channels", 0), ("num_classes", True), ("feature_dim", 8.0),
+                                          ("sample_size", 18)])
+def test_classifier_config_rejects_impossible_values(field, value):
+    with pytest.raises(ValueError, match=f"ClassifierConfig.{field} must be"):
+        ClassifierConfig(**{field: value})
 
 
 # ---------------------------------------------------------------------------------------------- weights

@@ -7,6 +7,8 @@ import dataclasses
 import torch
 from torch import nn
 
+from .config import require_positive_ints
+
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
@@ -19,10 +21,7 @@ class ClassifierConfig:
     num_classes: int = 10
 
     def __post_init__(self):
-        for name in ("sample_size", "in_channels", "channels", "feature_dim", "num_classes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ClassifierConfig.{name} must be a positive int, got {value!r}")
+        require_positive_ints(self, ("sample_size", "in_channels", "channels", "feature_dim", "num_classes"))
         if self.sample_size % 4:
             raise ValueError(f"ClassifierConfig.sample_size must be a multiple of 4, got {self.sample_size}")
 

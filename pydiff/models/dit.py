@@ -13,6 +13,8 @@ from torch import nn
 from pydiff.attention import attention as pydiff_attention
 from pydiff.reference.attention import rope_reference
 
+from .config import require_positive_ints
+
 
 @dataclasses.dataclass(frozen=True)
 class DiTConfig:
@@ -30,11 +32,8 @@ class DiTConfig:
     frequency_embedding_size: int = 256
 
     def __post_init__(self):
-        for name in ("sample_size", "in_channels", "patch_size", "width", "depth", "num_heads", "num_classes",
-                     "frequency_embedding_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"DiTConfig.{name} must be a positive int, got {value!r}")
+        require_positive_ints(self, ("sample_size", "in_channels", "patch_size", "width", "depth", "num_heads",
+                                     "num_classes", "frequency_embedding_size"))
         if self.sample_size % self.patch_size:
             raise ValueError(f"DiTConfig.sample_size ({self.sample_size}) must be a multiple of patch_size "
                              f"({self.patch_size})")

@@ -72,6 +72,27 @@ def batches(n: int, batch_size: int, generator: torch.Generator):
             yield perm[i:i + batch_size]
 
 
+def optimise(opt, args, generator: torch.Generator, examples: int, desc: str, loss_of, clip=None,
+             after_step=None) -> None:
+    """The trainers' loop: ``args.steps`` optimizer steps at ``lr_at``'s rate over shuffled batches of
+    ``args.batch_size`` example indices; ``loss_of(indices)`` gives the loss, gradients of ``clip`` are clipped to
+    norm 1, and ``after_step(step)`` runs after each step (the EMA)."""
+    index_batches = batches(examples, args.batch_size, generator)
+    bar = tqdm(range(args.steps), desc=desc, mininterval=5)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.steps, args.warmup, args.lr)
+        loss = loss_of(next(index_batches))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(clip, 1.0)
+        opt.step()
+        if after_step is not None:
+            after_step(step)
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+
+
 def random_shift(images: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> torch.Tensor:
     """Translate each image by up to max_shift pixels per axis, filling with background (-1)."""
     b, _, h, w = images.shape
@@ -86,17 +107,11 @@ def train_classifier(args, generator: torch.Generator) -> tuple[DigitsClassifier
     model = DigitsClassifier(ClassifierConfig())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     model.train()
-    index_batches = batches(len(train.labels), args.batch_size, generator)
-    bar = tqdm(range(args.steps), desc="classifier", mininterval=5)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.warmup, args.lr)
-        idx = next(index_batches)
-        loss = F.cross_entropy(model(random_shift(train.images[idx], generator)), train.labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+
+    def loss_of(idx):
+        return F.cross_entropy(model(random_shift(train.images[idx], generator)), train.labels[idx])
+
+    optimise(opt, args, generator, len(train.labels), "classifier", loss_of)
     model.eval()
     with torch.no_grad():
         accuracy = (model(test.images).argmax(1) == test.labels).double().mean().item()
@@ -117,26 +132,21 @@ def train_dit(args, generator: torch.Generator) -> tuple[DiT, dict]:
     params, ema_params = list(model.parameters()), list(ema.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     model.train()
-    index_batches = batches(len(train.labels), args.batch_size, generator)
-    bar = tqdm(range(args.steps), desc="dit", mininterval=5)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.warmup, args.lr)
-        idx = next(index_batches)
+
+    def loss_of(idx):
         x0, y = train.images[idx], train.labels[idx].clone()
         y[torch.rand(len(y), generator=generator) < args.label_dropout] = NUM_CLASSES
         t = torch.randint(0, SCHEDULER_CONFIG["num_train_timesteps"], (len(y),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         a = abar[t].view(-1, 1, 1, 1)
-        loss = F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, y=y), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        return F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, y=y), noise)
+
+    def update_ema(step):
         # EMA warm-up (decay (1+n)/(10+n) early on) so the average does not remember the random init.
         decay = min(args.ema_decay, (1 + step) / (10 + step))
         torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+
+    optimise(opt, args, generator, len(train.labels), "dit", loss_of, clip=params, after_step=update_ema)
     return ema.eval(), {}
 
 
