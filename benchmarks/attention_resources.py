@@ -6,9 +6,10 @@
 Triton compiles the kernel for a Hopper target on any machine; the PTX then goes through the CUDA toolkit's
 ``ptxas -v`` (the resource report a GPU run would give). A newer Triton may emit a PTX version newer than the
 installed ptxas knows; the version line is lowered to the toolkit's own, which these kernels' instructions satisfy.
-Watch the spills (a tile that spills streams registers through local memory on every key block) and the async
-copies (none means the key loop is not software-pipelined). The compile is specialised the way Triton's launcher
-specialises contiguous, 16-byte aligned tensors; without that, loads stay scalar and the numbers are meaningless.
+Watch the spills (a tile that spills streams registers through local memory on every key block), the async
+copies (none means the key loop is not software-pipelined) and the PTX instructions per key block (the loop body's
+length). The compile is specialised the way Triton's launcher specialises contiguous, 16-byte aligned tensors;
+without that, loads stay scalar and the numbers are meaningless.
 """
 
 from __future__ import annotations
@@ -40,15 +41,28 @@ CASES = [
     ("plain", 128, (128, 64, 8, 3), {}), ("plain", 128, (128, 128, 8, 3), {}), ("plain", 64, (128, 64, 4, 3), {}),
     ("plain", 64, (128, 128, 8, 3), {}), ("plain", 40, (128, 64, 4, 3), {}), ("plain", 80, (128, 64, 8, 3), {}),
     ("plain", 160, (64, 32, 4, 2), {}), ("plain", 256, (64, 32, 4, 2), {}),
+    ("plain, partial key blocks (SD3)", 64, (128, 64, 4, 3), {"EVEN_N": False}),
     ("key padding", 64, (128, 64, 4, 3), {"HAS_KV_LENS": True, "EVEN_N": False}),
     ("packed segments", 64, (128, 64, 4, 3), {"VARLEN": True, "EVEN_N": False}),
     ("joint", 128, (128, 64, 8, 2), {"JOINT": True}), ("negative", 64, (128, 64, 8, 3), {"NEG": True}),
 ]
 
 
+def key_loop_instructions(ptx: str) -> int:
+    """PTX instructions per key block: the shortest basic block holding a matrix multiply (the key loop's body; a
+    partial last block handled after the loop is longer, and runs once)."""
+    sizes = []
+    for body in re.split(r"\n\$L__BB\d+_\d+:", ptx)[1:]:
+        if "wgmma.mma_async" in body or "mma.sync" in body:
+            lines = [line.strip() for line in body.splitlines()]
+            sizes.append(sum(1 for line in lines if line and not line.startswith("//") and not line.endswith(":")
+                             and line not in ("{", "}")))
+    return min(sizes) if sizes else 0
+
+
 def ptxas_report(ptx: str, arch: str = "sm_90a") -> tuple:
-    """(registers, spill-store bytes, async copies) from ptxas -v and the PTX (cp.async, or the tensor memory
-    accelerator's cp.async.bulk.tensor: the key loop is software-pipelined)."""
+    """(registers, spill-store bytes, async copies, key-loop instructions) from ptxas -v and the PTX (cp.async, or
+    the tensor memory accelerator's cp.async.bulk.tensor: the key loop is software-pipelined)."""
     ptxas = shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas"
     version = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout
     release = re.search(r"release (\d+)\.(\d+)", version)
@@ -62,12 +76,13 @@ def ptxas_report(ptx: str, arch: str = "sm_90a") -> tuple:
     spill = re.search(r"(\d+) bytes spill stores", out.stderr)
     if regs is None:
         raise RuntimeError(f"ptxas failed: {out.stderr.strip()[-300:]}")
-    return int(regs[1]), int(spill[1]) if spill else 0, ptx.count("cp.async.cg") + ptx.count("cp.async.bulk.tensor")
+    copies = ptx.count("cp.async.cg") + ptx.count("cp.async.bulk.tensor")
+    return int(regs[1]), int(spill[1]) if spill else 0, copies, key_loop_instructions(ptx)
 
 
 def compile_attention(head_dim: int, tile, flags, module=None) -> tuple:
-    """(registers, spill bytes, async copies) of one specialisation; tile = (BLOCK_M, BLOCK_N, warps, stages[,
-    key/value loads through tensor descriptors])."""
+    """(registers, spill bytes, async copies, key-loop instructions) of one specialisation; tile = (BLOCK_M,
+    BLOCK_N, warps, stages[, key/value loads through tensor descriptors])."""
     bm, bn, warps, stages = tile[:4]
     module = module or A
     da, db, split = module.head_dim_blocks(head_dim)
@@ -121,7 +136,7 @@ def candidates() -> int:
             label = f"{tile[0]}x{tile[1]} w{tile[2]} s{tile[3]}" + (" tma" if tile[4] else "")
             start = time.perf_counter()
             try:
-                regs, spill, _ = compile_attention(head_dim, tile, flags)
+                regs, spill, _, _ = compile_attention(head_dim, tile, flags)
                 cells = [str(regs), str(spill)]
             except Exception as exc:  # noqa: BLE001 - report every failing candidate, then exit non-zero
                 failures += 1
@@ -134,12 +149,12 @@ def candidates() -> int:
 def main() -> int:
     if "--candidates" in sys.argv[1:]:
         return 1 if candidates() else 0
-    print("| variant | D | tile (M x N, warps, stages) | registers | spill bytes | async copies |\n"
-          "|---|---|---|---|---|---|")
+    print("| variant | D | tile (M x N, warps, stages) | registers | spill bytes | async copies | PTX per key block |"
+          "\n|---|---|---|---|---|---|---|")
     for name, head_dim, tile, flags in CASES:
-        regs, spill, copies = compile_attention(head_dim, tile, flags)
-        print(f"| {name} | {head_dim} | {tile[0]}x{tile[1]} w{tile[2]} s{tile[3]} | {regs} | {spill} | {copies} |",
-              flush=True)
+        regs, spill, copies, loop = compile_attention(head_dim, tile, flags)
+        print(f"| {name} | {head_dim} | {tile[0]}x{tile[1]} w{tile[2]} s{tile[3]} | {regs} | {spill} | {copies} | "
+              f"{loop} |", flush=True)
     return 0
 
 

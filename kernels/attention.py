@@ -130,16 +130,27 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
                  SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
                  SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr):
     """Keys [k_start, n_end) of one stream (K, V: the head's base pointers), block by block, into the online softmax
-    (FlashAttention-2 algorithm 1, base 2); with USE_TMA read through descriptors, one per head-dim chunk."""
+    (FlashAttention-2 algorithm 1, base 2); with USE_TMA read through descriptors, one per head-dim chunk.
+    MASK_N: the stream may end inside a block. Then the whole blocks still run without the column mask (a select
+    per score in a loop the softmax bounds at small head dims) and only the partial last block pays for it."""
     k_a = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
     v_a = _kv_source(V, n_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
     k_b = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D)
     v_b = _kv_source(V, n_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D)
-    for start_n in range(k_start, n_end, BLOCK_N):
+    n_whole = n_end
+    if MASK_N:
+        n_whole = k_start + tl.maximum(n_end - k_start, 0) // BLOCK_N * BLOCK_N
+    for start_n in range(k_start, n_whole, BLOCK_N):
         acc_a, acc_b, m_i, l_i = _attend_block(
             acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, start_n, n_end, stride_kn, stride_kd, stride_vn,
-            stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16,
+            stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, False, EMULATE_BF16,
             SCALE_POSITIVE, USE_TMA)
+    if MASK_N:
+        if n_whole < n_end:
+            acc_a, acc_b, m_i, l_i = _attend_block(
+                acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, n_whole, n_end, stride_kn, stride_kd,
+                stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, True,
+                EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
     return acc_a, acc_b, m_i, l_i
 
 
@@ -487,9 +498,9 @@ _HEAVY_TMA_CONFIGS = {(128, 64, 8, 3), (128, 128, 8, 2)}
 
 def _prune_configs(configs, named_args, **kwargs):
     """Keep tiles whose accumulators fit in registers: BLOCK_M x head dim (twice with a negative stream) under 128
-    per thread, and with the BLOCK_M x BLOCK_N scores at most 192 (ptxas sm_90a: 128 x 128 over 4 warps spilled
-    248 bytes at D 128 and 92 at D 80, and 128 x 64 spilled 156 at D 128); the variants try a short list;
-    descriptor loads only where the launcher found them usable (``TMA_OK``)."""
+    per thread, and with the BLOCK_M x BLOCK_N scores under 192 (ptxas sm_90a: 128 x 128 over 4 warps spilled
+    248 bytes at D 128, 92 at D 80 and 16 at D 64 and 40, and 128 x 64 spilled 156 at D 128); the variants try a
+    short list; descriptor loads only where the launcher found them usable (``TMA_OK``)."""
     args = {**named_args, **kwargs}
     d_total = args["BLOCK_DA"] + (args["BLOCK_DB"] if args["SPLIT_D"] else 0)
     accumulators = 2 if args["NEG"] else 1
@@ -502,7 +513,7 @@ def _prune_configs(configs, named_args, **kwargs):
         acc_regs = accumulators * bm * d_total / threads
         score_regs = bm * bn / threads
         shape = (bm, bn, cfg.num_warps, cfg.num_stages)
-        too_big = acc_regs >= 128 or acc_regs + score_regs > 192 or (d_total > 128 and bn > 64)
+        too_big = acc_regs >= 128 or acc_regs + score_regs >= 192 or (d_total > 128 and bn > 64)
         if too_big or (tma and not args["TMA_OK"]) or \
                 (heavy and shape not in (_HEAVY_TMA_CONFIGS if tma else _HEAVY_CONFIGS)):
             continue

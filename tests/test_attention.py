@@ -561,9 +561,11 @@ def test_tiling_choices():
     pointer = [c for c in configs if not c.kwargs.get("USE_TMA")]
     assert len(pointer) == len(_GPU_CONFIGS) and len(configs) == len(_GPU_CONFIGS) + len(_TMA_CONFIGS)
     base = dict(BLOCK_DA=64, BLOCK_DB=16, SPLIT_D=False, NEG=False, JOINT=False, TMA_OK=False)
-    # descriptor candidates only where the launcher found the tensors fit for them
-    assert _prune_configs(configs, base) == pointer
-    assert len(_prune_configs(configs, {**base, "TMA_OK": True})) == len(configs)
+    # descriptor candidates only where the launcher found the tensors fit for them; at D 64 the 128 x 128 tile over
+    # 4 warps (64 accumulator and 128 score registers per thread) spilled, so it is the one pointer tile pruned
+    shape = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps)  # noqa: E731
+    assert _prune_configs(configs, base) == [c for c in pointer if shape(c) != (128, 128, 4)]
+    assert len(_prune_configs(configs, {**base, "TMA_OK": True})) == len(configs) - 1
     heavy = _prune_configs(configs, {**base, "JOINT": True, "TMA_OK": True})
     assert _HEAVY_CONFIGS <= set(_GPU_CONFIGS) and _HEAVY_TMA_CONFIGS <= set(_TMA_CONFIGS)
     assert len(heavy) == len(_HEAVY_CONFIGS) + len(_HEAVY_TMA_CONFIGS) and all(c.num_stages <= 3 for c in heavy)
