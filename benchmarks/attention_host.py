@@ -51,8 +51,9 @@ def _cases():
     ]
 
 
-def run():
-    """Rows of ours (plans) vs Triton's JIT launch, host microseconds per call."""
+def run(rounds: int = 3):
+    """Rows of ours (plans) vs Triton's JIT launch, host microseconds per call: the best median of ``rounds``
+    alternating measurements of each."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise SystemExit("attention_host: run without TRITON_INTERPRET (interpreted kernels do not compile)")
     os.environ["PYDIFF_ATTENTION_AUTOTUNE"] = "0"
@@ -64,9 +65,12 @@ def run():
     with stub_cuda_driver(), cuda_route:
         for name, shape, call in _cases():
             call()  # compiles, and leaves the plans
-            planned = measure(call, batch=200)
-            with mock.patch.object(kernels, "_PLANNABLE", False):
-                jit = measure(call, batch=200)
+            planned, jit = [], []
+            for _ in range(rounds):  # alternated, so a drift in the host's speed hits both sides alike
+                planned.append(measure(call, batch=200))
+                with mock.patch.object(kernels, "_PLANNABLE", False):
+                    jit.append(measure(call, batch=200))
+            planned, jit = (min(timings, key=lambda t: t.median) for timings in (planned, jit))
             rows.append(comparison_row("attention-host", name, shape, planned, "Triton JIT launch", jit,
                                        ours_us=planned.median * 1e6, peer_us=jit.median * 1e6))
             print(f"{name}: {planned.median * 1e6:.1f} us planned, {jit.median * 1e6:.1f} us JIT", flush=True)
