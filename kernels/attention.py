@@ -839,7 +839,9 @@ def _launch(kernel, grid, args, flags, plan_key, leading: int, scratch: bool = F
         return
     fn = _unwrapped(kernel)
     values = {**dict(zip(fn.arg_names, args)), **flags}
-    if any(p.name not in values and not p.has_default for p in fn.params):
+    # the compiled kernel must take every parameter (its signature lists the constexprs too), and each must be known
+    if len(getattr(getattr(compiled, "src", None), "signature", ())) != len(fn.params) or \
+            any(p.name not in values and not p.has_default for p in fn.params):
         return
     full = [values[p.name] if p.name in values else p.default for p in fn.params]
     dims = tuple(grid(values) if callable(grid) else grid)
