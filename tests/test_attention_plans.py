@@ -1,8 +1,8 @@
-"""Eager launch plans of the attention kernels (``pydiff.kernels.attention._PLANS``) against Triton's own launch.
+"""Eager launch plans of the attention kernels (``pydiff.kernels.attention._PLANS``) against Triton's own launch, and
+the host-time benchmark built on them.
 
-The check compiles the real kernels for sm_90 (Triton's compiler, no GPU) and compares what each launch would pass
-to the GPU; it runs in a process of its own, since this one interprets Triton kernels (see
-tests/attention_plan_check.py).
+Both compile the real kernels for sm_90 (Triton's compiler, no GPU) behind a stub driver, in a process of their
+own, since this one interprets Triton kernels (see tests/attention_plan_check.py and benchmarks/stub_driver.py).
 """
 
 from __future__ import annotations
@@ -19,15 +19,28 @@ triton = pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_plans_launch_what_triton_launches():
+def _compiled_run(*command) -> str:
+    """Run Python with ``command`` in a process that compiles Triton kernels (no TRITON_INTERPRET); its stdout."""
     from pydiff.kernels import attention as kernels
 
     if not kernels._PLANNABLE:
         pytest.skip(f"Triton {triton.__version__}: launch plans need 3.3+")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "attention_plan_check.py")], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, *command], env=env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    cases = [line for line in result.stdout.splitlines() if line.startswith("ok ")]
-    assert len(cases) == 6, result.stdout
+    return result.stdout
+
+
+def test_plans_launch_what_triton_launches():
+    out = _compiled_run(str(ROOT / "tests" / "attention_plan_check.py"))
+    assert len([line for line in out.splitlines() if line.startswith("ok ")]) == 6, out
+
+
+def test_host_benchmark_runs():
+    """benchmarks/attention_host.py (host time per eager call, no GPU needed): every row is measured."""
+    out = _compiled_run("-m", "benchmarks.attention_host")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("|") and "Triton JIT launch" in line]
+    assert len(rows) == 4, out
+    assert all(float(row[-3]) > 0 and float(row[-2]) > 0 for row in rows), out
