@@ -32,7 +32,8 @@ from benchmarks.stub_driver import stub_cuda_driver  # noqa: E402
 def _cases():
     """(name, shape, call) at production shapes, bf16."""
     bf16 = dict(dtype=torch.bfloat16)
-    q, k, v = torch.randn(2, 10, 4096, 64, **bf16), torch.randn(2, 10, 77, 64, **bf16), torch.randn(2, 10, 77, 64, **bf16)
+    q = torch.randn(2, 10, 4096, 64, **bf16)
+    k, v = torch.randn(2, 10, 77, 64, **bf16), torch.randn(2, 10, 77, 64, **bf16)
     lens = torch.tensor([77, 60], dtype=torch.int32)
     k_neg, v_neg = torch.randn_like(k), torch.randn_like(v)
     # Flux: 4096 image + 512 text tokens, (B, N, H, D), per-stream QK norm, RoPE over the joined sequence

@@ -345,9 +345,9 @@ def _attn_fwd_kernel(
 
     Queries and keys arrive with their prologue (norm, RoPE) already applied by ``_qk_prologue``.
     TMA_OK: unused here; whether the launcher found the key/value tensors fit for USE_TMA, read by the autotuner's
-    pruner and key. ROW_ALIGN: every batch, head and token stride is a multiple of this many elements (16 bytes; the launcher
-    checked). Triton's launcher marks only 16-divisible ints, so without the hint rows of 40 or 72 elements load one
-    element at a time.
+    pruner and key. ROW_ALIGN: every batch, head and token stride is a multiple of this many elements (16 bytes;
+    the launcher checked). Triton's launcher marks only 16-divisible ints, so without the hint rows of 40 or 72
+    elements load one element at a time.
     """
     # Inductor's copy of this kernel types Python float arguments as fp64: without the casts the online-softmax
     # state would turn fp64 inside the key loop, which Triton rejects (loop-carried type change).
