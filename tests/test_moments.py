@@ -46,27 +46,28 @@ def _usable(backend, device):
         pytest.skip(reason)
 
 
+def _check_backend(backend, shape, dtype, seed, noncontiguous):
+    """pair_moments on CPU through ``backend`` for one random pair, against float64."""
+    _usable(backend, "cpu")
+    a, b = _pair(shape, dtype, seed=seed, noncontiguous=noncontiguous)
+    with use_backend(backend):
+        out = pair_moments(a, b)
+    _check(out, a, b, backend)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("inner", [1, 7, 333, 1025, 4099])
 @pytest.mark.parametrize("noncontig", [False, True], ids=["contiguous", "strided"])
 def test_matches_float64(backend, dtype, batch, inner, noncontig):
-    _usable(backend, "cpu")
-    a, b = _pair((batch, inner), dtype, seed=batch * 10007 + inner, noncontiguous=noncontig)
-    with use_backend(backend):
-        out = pair_moments(a, b)
-    _check(out, a, b, backend)
+    _check_backend(backend, (batch, inner), dtype, seed=batch * 10007 + inner, noncontiguous=noncontig)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_multi_chunk_rows_and_nd_shapes(backend):
     """Rows longer than one C++ chunk (8192) and one interpreted Triton block (65536), in (B, C, H, W) layout."""
-    _usable(backend, "cpu")
-    a, b = _pair((2, 4, 131, 137), torch.float32, seed=11, noncontiguous=True)
-    with use_backend(backend):
-        out = pair_moments(a, b)
-    _check(out, a, b, backend)
+    _check_backend(backend, (2, 4, 131, 137), torch.float32, seed=11, noncontiguous=True)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
