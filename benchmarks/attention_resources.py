@@ -106,7 +106,7 @@ def compile_attention(head_dim: int, tile, flags, module=None) -> tuple:
     source = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()},
                        attrs=aligned)
     kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": warps, "num_stages": stages})
+                            options={"num_warps": warps, "num_stages": stages, "enable_fp_fusion": True})
     return ptxas_report(kernel.asm["ptx"])
 
 

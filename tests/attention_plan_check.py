@@ -4,17 +4,21 @@ The kernels compile for sm_90 through ``benchmarks.stub_driver``, which records 
 the GPU. For every case: the first call goes through Triton's JIT and leaves a plan; the second launches the plan
 and must pass the same grid, compiled kernel and arguments; a call that differs in anything the kernel is
 specialised on (a scalar, alignment, a stride, a variant) must not reuse it. Needs a process without
-TRITON_INTERPRET. Prints one line per case.
+TRITON_INTERPRET. Prints one line per case, and one for the compile options.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
-import torch
+# Triton's default without multiply-add contraction (3.10's): the kernels must pin it on themselves
+os.environ["TRITON_DEFAULT_FP_FUSION"] = "0"
 
-from benchmarks.stub_driver import stub_cuda_driver
-from pydiff.kernels import attention as ka
+import torch  # noqa: E402
+
+from benchmarks.stub_driver import stub_cuda_driver  # noqa: E402
+from pydiff.kernels import attention as ka  # noqa: E402
 
 torch.manual_seed(0)
 BF16 = torch.bfloat16
@@ -138,6 +142,9 @@ def main():
         check("segments", lambda: run(q, q, q, out, cu_seqlens_q=cu, max_seqlen_q=57), launches, jit, changed=[
             ("max segment", lambda: run(q, q, q, out, cu_seqlens_q=cu, max_seqlen_q=97)),
         ])
+    unfused = [plan[0].metadata.name for plan in ka._PLANS.values() if not plan[0].metadata.enable_fp_fusion]
+    assert not unfused, f"compiled without multiply-add contraction: {unfused}"
+    print(f"ok multiply-add contraction in all {len(ka._PLANS)} compiled launches", flush=True)
     return 0
 
 
