@@ -4,9 +4,10 @@ ptxas), and a launch records what it would have passed to the GPU instead of run
 It measures and checks the host side of a launch (argument binding, specialisation, pydiff's launch plans) on a
 CPU-only machine. Use it in a process that never set ``TRITON_INTERPRET`` (interpreted kernels do not compile)::
 
-    with stub_cuda_driver() as launches:
+    with stub_cuda_driver() as stub:
         attention_forward(...)            # CPU tensors stand in for CUDA ones
-    grid, function, args = launches[-1]
+    grid, function, args = stub.launches[-1]
+    name, metadata = stub.compiled[-1]   # what the last kernel was compiled with
 """
 
 from __future__ import annotations
@@ -36,19 +37,20 @@ class _Utils:
 
 
 class StubCudaDriver:
-    """Triton's driver interface as the JIT and compiled kernels use it; ``launches`` keeps
+    """Triton's driver interface as the JIT and compiled kernels use it. ``launches`` keeps
     ``(grid, function, kernel arguments)`` of the last 64 launches (a growing list would make timing loops measure
-    the garbage collector)."""
+    the garbage collector); ``compiled`` has ``(kernel name, compile metadata)`` of every kernel loaded."""
 
     def __init__(self, capability: int = 90):
         self.target = GPUTarget("cuda", capability, 32)
         self.utils = _Utils()
         self.launches = collections.deque(maxlen=64)
+        self.compiled = []
         stub = self
 
         class Launcher:
             def __init__(self, src, metadata):
-                pass
+                stub.compiled.append((metadata.name, metadata))
 
             def __call__(self, grid_x, grid_y, grid_z, stream, function, packed_metadata, launch_metadata,
                          enter_hook, exit_hook, *args):
@@ -76,11 +78,11 @@ class StubCudaDriver:
 
 @contextlib.contextmanager
 def stub_cuda_driver(capability: int = 90):
-    """Make a ``StubCudaDriver`` Triton's active driver for the block; yields its launch list."""
+    """Make a ``StubCudaDriver`` Triton's active driver for the block; yields it."""
     stub = StubCudaDriver(capability)
     previous = driver._active  # reset_active() would create the default driver, which fails without a GPU
     driver.set_active(stub)
     try:
-        yield stub.launches
+        yield stub
     finally:
         driver._active = previous

@@ -32,6 +32,8 @@ import triton.language as tl
 from triton.runtime import driver
 from triton.runtime.jit import KernelInterface
 
+from . import launch_options
+
 LOG2E = 1.4426950408889634
 
 
@@ -779,7 +781,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                          "16-byte aligned addresses and strides")
     if block_m is not None:
         flags.update(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, USE_TMA=use_tma)
-    flags.update(_options(kernel))
+    flags.update(launch_options(kernel))
     scratch = flags["TMA_OK"] or (use_tma and q.is_cuda)
     if scratch:
         _ensure_scratch_allocator()
@@ -811,13 +813,6 @@ def _tensor_key(t):
     """What a launch specialises on for one tensor argument: sizes, strides, dtype, device and alignment (Triton
     marks 16-byte aligned pointers, and descriptor loads need them)."""
     return t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16
-
-
-def _options(kernel) -> dict:
-    """Compile options pinned instead of left to Triton's defaults, for a Triton kernel launched directly (a tracer's
-    wrapper takes launch options it knows only): multiply-add contraction, which the softmax's scale-and-subtract
-    per score relies on (Triton 3.9 warns that 3.10 turns it off by default)."""
-    return {"enable_fp_fusion": True} if isinstance(kernel, KernelInterface) else {}
 
 
 def _unwrapped(kernel):
@@ -894,7 +889,7 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16):
         flags = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d,
                      HAS_NORM=weight is not None, HAS_ROPE=rope is not None, INTERLEAVED=bool(rope_interleaved),
                      EMULATE_BF16=emulate_bf16, ROW_ALIGN=_row_align(x.element_size(), sx + sy), num_warps=4,
-                     **_options(kernel))
+                     **launch_options(kernel))
         args = [*tensors, *sx, *sy, *rope_strides, heads, n, pos_shift, float(norm_eps)]
         _launch(kernel, (-(-n // block_m), batch * heads), args, flags, plan_key, len(tensors))
         return y

@@ -8,6 +8,8 @@ and one write of every output: one pass over memory.
 import triton
 import triton.language as tl
 
+from . import launch_options
+
 MAX_INPUTS = 10
 MAX_OUTPUTS = 6
 
@@ -132,5 +134,5 @@ def lincomb_forward(kernel, inputs, outputs, coefs, batch, inner, clamp, block=N
         *ins, *outs, coefs, coefs.stride(0) if coefs.shape[0] > 1 else 0, inner, clamp_hi, clamp - clamp_hi,
         N_IN=n_in, N_OUT=n_out, HAS_CLAMP=clamp > 0, ACC_F64=inputs[0].dtype == torch.float64,
         ROUND_BF16=inputs[0].dtype == torch.bfloat16, BLOCK=block,
-        num_warps=4,
+        num_warps=4, **launch_options(kernel),
     )

@@ -8,6 +8,8 @@ of its own ahead of the step that uses it.
 import triton
 import triton.language as tl
 
+from . import launch_options
+
 MOMENTS = 5
 
 
@@ -40,4 +42,5 @@ def pair_moments_forward(kernel, a, b, out, batch, inner, block=None):
         # Few large blocks under the interpreter (each program costs ~1 ms there); 4096 x 8 warps on a GPU.
         block = 4096 if a.is_cuda else max(16, min(1 << 16, triton.next_power_of_2(max(inner, 1))))
     grid = (triton.cdiv(inner, block), batch)
-    kernel[grid](a, b, out, inner, ACC_F64=a.dtype == torch.float64, BLOCK=block, num_warps=8)
+    kernel[grid](a, b, out, inner, ACC_F64=a.dtype == torch.float64, BLOCK=block, num_warps=8,
+                 **launch_options(kernel))

@@ -1,10 +1,12 @@
-"""Launch plans against Triton's own launch, on a host without a GPU (run by test_attention_plans.py).
+"""Launch plans against Triton's own launch, and the compile options of every pydiff Triton kernel, on a host
+without a GPU (run by test_attention_plans.py).
 
 The kernels compile for sm_90 through ``benchmarks.stub_driver``, which records what each launch would pass to
 the GPU. For every case: the first call goes through Triton's JIT and leaves a plan; the second launches the plan
 and must pass the same grid, compiled kernel and arguments; a call that differs in anything the kernel is
-specialised on (a scalar, alignment, a stride, a variant) must not reuse it. Needs a process without
-TRITON_INTERPRET. Prints one line per case, and one for the compile options.
+specialised on (a scalar, alignment, a stride, a variant) must not reuse it. Every kernel (attention, its prologue,
+the sampler step, the moments) must be compiled with multiply-add contraction although Triton's default is set
+off here. Needs a process without TRITON_INTERPRET. Prints one line per case, and one for the compile options.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import torch  # noqa: E402
 
 from benchmarks.stub_driver import stub_cuda_driver  # noqa: E402
 from pydiff.kernels import attention as ka  # noqa: E402
+from pydiff.kernels import lincomb, moments  # noqa: E402
+from pydiff.kernels.lincomb import lincomb_forward  # noqa: E402
+from pydiff.kernels.moments import pair_moments_forward  # noqa: E402
 
 torch.manual_seed(0)
 BF16 = torch.bfloat16
@@ -83,7 +88,8 @@ def check(name, call, launches, jit, changed=()):
 
 def main():
     kernel, prologue = ka._attn_fwd_kernel, ka._qk_prologue
-    with stub_cuda_driver() as launches:
+    with stub_cuda_driver() as stub:
+        launches = stub.launches
         jit = _JitCounter(kernel, prologue)
         blocks = dict(block_m=64, block_n=64, num_warps=4, num_stages=2, use_tma=False)
 
@@ -142,9 +148,18 @@ def main():
         check("segments", lambda: run(q, q, q, out, cu_seqlens_q=cu, max_seqlen_q=57), launches, jit, changed=[
             ("max segment", lambda: run(q, q, q, out, cu_seqlens_q=cu, max_seqlen_q=97)),
         ])
-    unfused = [plan[0].metadata.name for plan in ka._PLANS.values() if not plan[0].metadata.enable_fp_fusion]
+        # the sampler-step and moments kernels, compiled the same way
+        x = [torch.randn(3, 1000) for _ in range(3)]
+        lincomb_forward(lincomb._lincomb_kernel, x[:2], [x[2]], torch.rand(1, 2, 3, dtype=torch.float64), 3, 1000,
+                        0.0)
+        pair_moments_forward(moments._pair_moments_kernel, x[0], x[1], torch.zeros(3, 5, dtype=torch.float64), 3,
+                             1000)
+    names = sorted({name for name, _ in stub.compiled})
+    unfused = [name for name, metadata in stub.compiled if not metadata.enable_fp_fusion]
     assert not unfused, f"compiled without multiply-add contraction: {unfused}"
-    print(f"ok multiply-add contraction in all {len(ka._PLANS)} compiled launches", flush=True)
+    assert {"_lincomb_kernel", "_pair_moments_kernel", "_qk_prologue", "_attn_fwd_kernel"} <= set(names), names
+    print(f"ok multiply-add contraction in all {len(stub.compiled)} compiled kernels ({', '.join(names)})",
+          flush=True)
     return 0
 
 
