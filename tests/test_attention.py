@@ -831,17 +831,31 @@ PLAN_CASES = [GRID[i] for i in (0, 1, 4, 13, 15, 17, 23)]
 def test_gpu_plans(case, cuda_device, monkeypatch):
     """Eager calls after the first launch their compiled kernels from a plan (no Triton JIT): the same numbers as
     the first call, bit for bit, and inside a CUDA graph too."""
+    from pydiff.kernels import attention as kernels
     from pydiff.kernels.attention import _PLANS
 
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
+    jit_launches = []
+
+    def counted(run):
+        def launch(*args, **kwargs):
+            jit_launches.append(1)
+            return run(*args, **kwargs)
+        return launch
+
+    for kernel in (kernels._attn_fwd_kernel, kernels._qk_prologue):
+        monkeypatch.setattr(kernel, "run", counted(kernel.run))
     q, k, v, kw = build(case)
     q, k, v = q.to(cuda_device), k.to(cuda_device), v.to(cuda_device)
     kw = _to_device(kw, cuda_device)
+    if case.cu_q is not None:  # given, so that no call reads the offsets back (not allowed while capturing)
+        kw["max_seqlen_q"] = max(b - a for a, b in zip(case.cu_q, case.cu_q[1:]))
     first = pydiff.attention(q, k, v, **kw)
     plans = len(_PLANS)
     assert plans > 0
+    jit_launches.clear()
     second = pydiff.attention(q, k, v, **kw)
-    assert len(_PLANS) == plans
+    assert len(_PLANS) == plans and not jit_launches
     firsts, seconds = (first, second) if case.joint is not None else ((first,), (second,))
     for a, b in zip(firsts, seconds):
         assert torch.equal(a, b)
@@ -853,7 +867,7 @@ def test_gpu_plans(case, cuda_device, monkeypatch):
     graph.replay()
     eager = pydiff.attention(q, k, v, **kw)
     captured, eager = (captured, eager) if case.joint is not None else ((captured,), (eager,))
-    assert len(_PLANS) == plans
+    assert len(_PLANS) == plans and not jit_launches
     for a, b in zip(captured, eager):
         assert torch.equal(a, b)
 
