@@ -10,6 +10,8 @@
 #   quality take minutes more).
 #   GPU_TESTS: pytest paths for the GPU tests (default: tests).
 #   GPU_PROBE_TIMEOUT: seconds for benchmarks/attention_hopper_probe.py (TMA + warp-specialisation probe).
+#   GPU_ATTN_BASELINE: an earlier attention results file to compare against (default: the committed
+#   benchmarks/results/*/attention.json with the latest date; "none" skips the comparison).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//')
@@ -48,15 +50,20 @@ if [ "${GPU_BENCH_AREAS:-}" != none ]; then
     --only ${GPU_BENCH_AREAS:-ceilings steps} --out "$out/bench" >"$out/bench.log" 2>&1
   bench_rc=$?
 fi
+# the committed attention results measured last (by the date they record; directory names do not sort by time)
+newest='import glob, json; p = glob.glob("benchmarks/results/*/attention.json");
+print(max(p, key=lambda f: json.load(open(f)).get("machine", {}).get("date", "")) if p else "")'
+baseline=${GPU_ATTN_BASELINE:-$(python3 -c "$newest")}
+[ "$baseline" = none ] && baseline=
 timeout "${GPU_ATTN_TIMEOUT:-200}" python3 -m pydiff bench --suite full --device cuda --only ceilings attention \
-  --out "$out/bench-attention" >"$out/bench-attention.log" 2>&1
+  --out "$out/bench-attention" ${baseline:+--baseline "$baseline"} >"$out/bench-attention.log" 2>&1
 attn_rc=$?
 # The Hopper probe (TMA descriptors, warp specialisation) beside SDPA-flash and pydiff: informs issue 4's next step.
 timeout "${GPU_PROBE_TIMEOUT:-40}" python3 benchmarks/attention_hopper_probe.py >"$out/hopper-probe.md" \
   2>"$out/hopper-probe.log"
 probe_rc=$?
 [ -e "$out/bench.log" ] && tail -45 "$out/bench.log"
-tail -40 "$out/bench-attention.log"
+tail -75 "$out/bench-attention.log"   # the summary, then the figures against the baseline
 cat "$out/hopper-probe.md"
 echo "exit codes: gpu tests $tests_rc, bench $bench_rc, attention bench $attn_rc, probe $probe_rc (124 = stage timed out); results in $out"
 exit $(( tests_rc != 0 || bench_rc != 0 || attn_rc != 0 ))

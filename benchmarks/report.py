@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench-out", help="folder for results.json, report.md and plots")
     parser.add_argument("--only", nargs="*", default=None, metavar="AREA",
                         help="run only these areas (module names without bench_)")
+    parser.add_argument("--baseline", default=None, metavar="RESULTS_JSON",
+                        help="an earlier run's results.json: also report each figure then and now")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -52,6 +54,11 @@ def main(args: argparse.Namespace) -> int:
             print(f"pydiff bench: unknown area(s) {sorted(unknown)}; known: {sorted(known)}", file=sys.stderr)
             return 2
         suites = [m for m in suites if m.__name__.split(".bench_")[-1] in args.only]
+    try:
+        baseline = load_baseline(args.baseline) if args.baseline else None
+    except ValueError as exc:
+        print(f"pydiff bench: {exc}", file=sys.stderr)
+        return 2
     quick = args.suite == "quick"
     results: Dict[str, object] = {"machine": machine(), "suite": args.suite, "device": args.device, "areas": {}}
     failures = []
@@ -69,8 +76,10 @@ def main(args: argparse.Namespace) -> int:
             traceback.print_exc()
         # after every area, so a run cut short keeps what it measured
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    report = write_report(results, suites, out)
+    report = write_report(results, suites, out, baseline)
     print(report_summary(results))
+    if baseline is not None:
+        print("\n" + baseline_comparison(results, baseline))
     print(f"\nwrote {out / 'results.json'}, {report} and {len(list(out.glob('*.png')))} plot(s)")
     if failures:
         print(f"pydiff bench: area(s) failed: {', '.join(failures)}", file=sys.stderr)
@@ -78,8 +87,9 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_report(results: Dict[str, object], suites, out: Path) -> Path:
-    """report.md: the machine, then one section per area (its tables and plots)."""
+def write_report(results: Dict[str, object], suites, out: Path, baseline: Dict[str, object] = None) -> Path:
+    """report.md: the machine, then one section per area (its tables and plots), then the figures against an
+    earlier run's (``baseline``) when given."""
     m = results["machine"]
     lines = [f"# pydiff benchmark report — {results['suite']} suite on {results['device']}", "",
              "Every figure is ours beside a peer measured in the same run; speedup = peer median / our median.",
@@ -97,9 +107,57 @@ def write_report(results: Dict[str, object], suites, out: Path) -> Path:
         if hasattr(module, "plots"):
             for png in module.plots(data["rows"], out):
                 lines += ["", f"![{png.stem}]({png.name})"]
+    if baseline is not None:
+        lines += ["", "## Against the baseline", "", baseline_comparison(results, baseline)]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def load_baseline(path) -> Dict[str, object]:
+    """An earlier run's results.json (checked before anything runs)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(f"--baseline {path}: cannot read it ({exc.strerror})") from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"--baseline {path}: cannot read it as JSON ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("areas"), dict):
+        raise ValueError(f"--baseline {path}: not a results.json written by pydiff bench (no 'areas')")
+    return data
+
+
+def _figures(results: Dict[str, object]) -> Dict[tuple, Dict[str, object]]:
+    """Rows with a speedup, by (area, case, shape, peer)."""
+    return {(area, r["name"], r["shape"], r["peer"]): r for area, data in results["areas"].items()
+            for r in data.get("rows", []) if "speedup" in r}
+
+
+def baseline_comparison(results: Dict[str, object], baseline: Dict[str, object]) -> str:
+    """Markdown: every figure of ``results`` that ``baseline`` (an earlier results.json) also has, same area, case,
+    shape and peer: our median time then and now (then / now > 1: faster now) and the speedup over the peer then
+    and now. The baseline may come from another card or versions: its machine is named first."""
+    then = baseline.get("machine", {})
+    now = results.get("machine", {})
+    describe = lambda m: (f"{m.get('gpu') or m.get('processor')}, torch {m.get('torch')}, "  # noqa: E731
+                          f"triton {m.get('triton')}, {str(m.get('date', ''))[:10]}")
+    lines = [f"Baseline: {describe(then)}. Now: {describe(now)}.", "",
+             "| case | shape | peer | ours ms then | ours ms now | then / now | speedup then | speedup now |",
+             "|---|---|---|---|---|---|---|---|"]
+    old, new = _figures(baseline), _figures(results)
+    common = [key for key in new if key in old]
+    for key in common:
+        a, b = old[key]["ours_ms"]["median"], new[key]["ours_ms"]["median"]
+        lines.append(f"| {key[1]} | {key[2]} | {key[3]} | {a:.3f} | {b:.3f} | {a / b:.2f}x | "
+                     f"{old[key]['speedup']:.2f}x | {new[key]['speedup']:.2f}x |")
+    missing = len(new) - len(common)
+    if not common:
+        lines.append("| (no figure in common) | | | | | | | |")
+    if missing:
+        lines += ["", f"{missing} figure(s) of this run have no counterpart in the baseline."]
+    return "\n".join(lines)
 
 
 def report_summary(results: Dict[str, object]) -> str:
