@@ -3,7 +3,7 @@
 The kernels compile for sm_90 with Triton's own compiler and each launch goes to ``benchmarks.stub_driver``,
 which records it instead of running it. What is timed is therefore the host side alone: the argument checks,
 output allocation, the launcher, and Triton's launch. Ours: launch plans (a call whose signature was seen before
-launches the compiled kernels directly, ``pydiff.kernels.attention._PLANS``). Peer: Triton's JIT launch on every
+launches the compiled kernels directly, ``pydiff.kernels.plans``). Peer: Triton's JIT launch on every
 call (plans off), in the same process. Tiles are the untuned defaults (no autotuning: nothing runs to time).
 
 CPU tensors stand in for CUDA ones, so pydiff's CUDA route is bound by hand below. Run in a process without
@@ -59,7 +59,7 @@ def run(rounds: int = 3):
         raise SystemExit("attention_host: run without TRITON_INTERPRET (interpreted kernels do not compile)")
     os.environ["PYDIFF_ATTENTION_AUTOTUNE"] = "0"
     module = importlib.import_module("pydiff.attention")
-    kernels = importlib.import_module("pydiff.kernels.attention")
+    plans = importlib.import_module("pydiff.kernels.plans")
     module.bind_gpu_kernels()
     cuda_route = mock.patch.object(module.backends, "select", lambda device: ("triton", module._attention_triton_cuda))
     rows = []
@@ -69,7 +69,7 @@ def run(rounds: int = 3):
             planned, jit = [], []
             for _ in range(rounds):  # alternated, so a drift in the host's speed hits both sides alike
                 planned.append(measure(call, batch=200))
-                with mock.patch.object(kernels, "_PLANNABLE", False):
+                with mock.patch.object(plans, "ENABLED", False):
                     jit.append(measure(call, batch=200))
             planned, jit = (min(timings, key=lambda t: t.median) for timings in (planned, jit))
             rows.append(comparison_row("attention-host", name, shape, planned, "Triton JIT launch", jit,

@@ -29,10 +29,8 @@ import os
 
 import triton
 import triton.language as tl
-from triton.runtime import driver
-from triton.runtime.jit import KernelInterface
 
-from . import launch_options
+from . import launch_options, plans
 
 LOG2E = 1.4426950408889634
 
@@ -691,7 +689,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         if negative is not None:
             negative = (prepare(negative[0], k_norm_weight, 0), negative[1])
 
-    # Eager calls of a signature seen before launch its compiled kernel directly (see ``_PLANS``).
+    # Eager calls of a signature seen before launch its compiled kernel directly (``plans``).
     if joint is not None:
         q2, k2, v2, out2 = joint
     else:
@@ -703,12 +701,13 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     optional = (kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k)
     tensors = (q, k, v, out, q2, k2, v2, out2, k_neg, v_neg, *(q if t is None else t for t in optional))
     plan_key = None
-    if _PLANNABLE and type(q) is torch.Tensor and (block_m is not None or tuned is not None):
+    if plans.ENABLED and type(q) is torch.Tensor and (block_m is not None or tuned is not None):
         present = (q, k, v, out, *(joint or ()), *(negative or ()), *optional)
-        plan_key = (_unwrapped(kernel), bnhd, float(scale), float(negative_scale), max_seqlen_q,
+        plan_key = (plans.unwrapped(kernel), bnhd, float(scale), float(negative_scale), max_seqlen_q,
                     block_m, block_n, num_warps, num_stages, use_tma, joint is not None, negative is not None,
-                    os.environ.get("PYDIFF_ATTENTION_TMA"), *(None if t is None else _tensor_key(t) for t in present))
-        if _run_plan(plan_key, tensors):
+                    os.environ.get("PYDIFF_ATTENTION_TMA"),
+                    *(None if t is None else plans.tensor_key(t) for t in present))
+        if plans.run(plan_key, tensors):
             return
 
     (batch, heads, n_q, head_dim), sq = _dims(q, bnhd)
@@ -782,11 +781,12 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     if block_m is not None:
         flags.update(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, USE_TMA=use_tma)
     flags.update(launch_options(kernel))
-    scratch = flags["TMA_OK"] or (use_tma and q.is_cuda)
-    if scratch:
-        _ensure_scratch_allocator()
+    # descriptor loads need Triton's allocator, which is per thread (a context variable): planned launches set it too
+    before = _ensure_scratch_allocator if flags["TMA_OK"] or (use_tma and q.is_cuda) else None
+    if before is not None:
+        before()
     if block_m is not None or tuned is None:
-        _launch(kernel, grid, args, flags, plan_key, len(tensors), scratch)
+        plans.launch(kernel, grid, args, flags, plan_key, len(tensors), before)
         return
     # The tuner's own key (shapes, the head-dim split, the variant flags, dtypes) is a subset of this one.
     key = (n_q, n_k, n_q2, n_k2, n_neg, segments, q.device, *flags.values(),
@@ -797,58 +797,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         kernel[grid](*args, **flags)
         _TUNED[key] = tuner.best_config.all_kwargs()
     else:
-        _launch(tuned[1], grid, args, {**flags, **choice}, plan_key, len(tensors), scratch)
-
-
-#: Eager launch plans: per call signature (``_tensor_key`` of every tensor, the scalars and the launch config), the
-#: compiled kernel Triton's JIT returned for it, the grid, and every argument after the leading tensors. A launch
-#: through Triton's JIT binds and specialises each of the kernel's 82 parameters on every call (69 us per call on
-#: a 2-core host with Triton 3.6); a plan launches the compiled kernel in about 4 us. Triton 3.3+ (its compiled
-#: kernels take every parameter, constexprs included; older ones take the others only).
-_PLANS = {}
-_PLANNABLE = tuple(int(part) for part in triton.__version__.split(".")[:2]) >= (3, 3)
-
-
-def _tensor_key(t):
-    """What a launch specialises on for one tensor argument: sizes, strides, dtype, device and alignment (Triton
-    marks 16-byte aligned pointers, and descriptor loads need them)."""
-    return t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16
-
-
-def _unwrapped(kernel):
-    """The Triton kernel inside ``torch.library.wrap_triton``'s wrapper (made anew on every call), else ``kernel``."""
-    inner = None if isinstance(kernel, KernelInterface) else getattr(kernel, "kernel", None)
-    return kernel if inner is None else inner
-
-
-def _run_plan(key, tensors) -> bool:
-    """Launch the plan remembered under ``key`` with these leading tensor arguments; False when there is none."""
-    plan = _PLANS.get(key)
-    if plan is None:
-        return False
-    compiled, grid, tail, scratch = plan
-    if scratch:  # Triton's allocator is per thread (a context variable): this thread may not have one yet
-        _ensure_scratch_allocator()
-    compiled[grid](*tensors, *tail, stream=driver.active.get_current_stream(tensors[0].device.index))
-    return True
-
-
-def _launch(kernel, grid, args, flags, plan_key, leading: int, scratch: bool = False):
-    """``kernel[grid](*args, **flags)``; with a ``plan_key``, remember the launch as a plan (for ``_run_plan`` with
-    the first ``leading`` arguments, the tensors) when Triton's JIT returned its compiled kernel (not under the
-    interpreter or a tracer). scratch: the launch may need Triton's global scratch (descriptor loads)."""
-    compiled = kernel[grid](*args, **flags)
-    if plan_key is None or not hasattr(compiled, "packed_metadata"):
-        return
-    fn = _unwrapped(kernel)
-    values = {**dict(zip(fn.arg_names, args)), **flags}
-    # the compiled kernel must take every parameter (its signature lists the constexprs too), and each must be known
-    if len(getattr(getattr(compiled, "src", None), "signature", ())) != len(fn.params) or \
-            any(p.name not in values and not p.has_default for p in fn.params):
-        return
-    full = [values[p.name] if p.name in values else p.default for p in fn.params]
-    dims = tuple(grid(values) if callable(grid) else grid)
-    _PLANS[plan_key] = (compiled, dims + (1,) * (3 - len(dims)), tuple(full[leading:]), scratch)
+        plans.launch(tuned[1], grid, args, {**flags, **choice}, plan_key, len(tensors), before)
 
 
 def _row_align(element_size: int, strides) -> int:
@@ -875,10 +824,10 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16):
         # the weights in their own dtype (a half-precision model's): the kernel widens them as it loads them
         tensors = (x, y, weight.contiguous() if weight is not None else x, cos, sin)
         plan_key = None
-        if _PLANNABLE and type(x) is torch.Tensor:
-            plan_key = (_unwrapped(kernel), bnhd, pos_shift, float(norm_eps), bool(rope_interleaved),
-                        weight is not None, rope is not None, *(_tensor_key(t) for t in tensors))
-            if _run_plan(plan_key, tensors):
+        if plans.ENABLED and type(x) is torch.Tensor:
+            plan_key = (plans.unwrapped(kernel), bnhd, pos_shift, float(norm_eps), bool(rope_interleaved),
+                        weight is not None, rope is not None, *(plans.tensor_key(t) for t in tensors))
+            if plans.run(plan_key, tensors):
                 return y
         (batch, heads, n, head_dim), sx = _dims(x, bnhd)
         _, sy = _dims(y, bnhd)
@@ -891,7 +840,7 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16):
                      EMULATE_BF16=emulate_bf16, ROW_ALIGN=_row_align(x.element_size(), sx + sy), num_warps=4,
                      **launch_options(kernel))
         args = [*tensors, *sx, *sy, *rope_strides, heads, n, pos_shift, float(norm_eps)]
-        _launch(kernel, (-(-n // block_m), batch * heads), args, flags, plan_key, len(tensors))
+        plans.launch(kernel, (-(-n // block_m), batch * heads), args, flags, plan_key, len(tensors))
         return y
 
     return prepare

@@ -21,6 +21,7 @@ import torch  # noqa: E402
 
 from benchmarks.stub_driver import stub_cuda_driver  # noqa: E402
 from pydiff.kernels import attention as ka  # noqa: E402
+from pydiff.kernels import plans  # noqa: E402
 from pydiff.kernels import lincomb, moments  # noqa: E402
 from pydiff.kernels.lincomb import lincomb_forward  # noqa: E402
 from pydiff.kernels.moments import pair_moments_forward  # noqa: E402
@@ -40,7 +41,7 @@ def _same_launch(a, b, label):
     for i, (x, y) in enumerate(zip(args_a, args_b)):
         if isinstance(x, torch.Tensor):
             # prologue outputs are new tensors on every call; everything the kernel specialises on must match
-            same = isinstance(y, torch.Tensor) and ka._tensor_key(x)[:4] == ka._tensor_key(y)[:4]
+            same = isinstance(y, torch.Tensor) and plans.tensor_key(x)[:4] == plans.tensor_key(y)[:4]
         else:
             same = type(x) is type(y) and x == y
         assert same, f"{label}: argument {i} differs: {x!r} vs {y!r}"
@@ -70,12 +71,12 @@ def check(name, call, launches, jit, changed=()):
     first, jit_launches = list(launches), jit.count
     # (launches of one specialisation within the call, like the q and k prologues of equal shapes, share a plan)
     assert 0 < jit_launches <= len(first), f"{name}: {jit_launches} JIT launches for {len(first)} launches"
-    plans = len(ka._PLANS)
+    count = len(plans.CACHE)
     launches.clear()
     call()
     second = list(launches)
     assert jit.count == jit_launches, f"{name}: the repeated call went through Triton's JIT"
-    assert len(ka._PLANS) == plans and len(second) == len(first), f"{name}: {len(second)} vs {len(first)} launches"
+    assert len(plans.CACHE) == count and len(second) == len(first), f"{name}: {len(second)} vs {len(first)} launches"
     for i, (a, b) in enumerate(zip(first, second)):
         _same_launch(a, b, f"{name}, launch {i}")
     for label, other in changed:

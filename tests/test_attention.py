@@ -808,7 +808,8 @@ def test_gpu_accuracy_descriptors(case, cuda_device):
 
 @pytest.mark.gpu
 def test_gpu_autotuned(cuda_device, monkeypatch):
-    from pydiff.kernels.attention import _PLANS, _TUNED
+    from pydiff.kernels.attention import _TUNED
+    from pydiff.kernels.plans import CACHE as _PLANS
 
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "1")
     _TUNED.clear()
@@ -832,7 +833,7 @@ def test_gpu_plans(case, cuda_device, monkeypatch):
     """Eager calls after the first launch their compiled kernels from a plan (no Triton JIT): the same numbers as
     the first call, bit for bit, and inside a CUDA graph too."""
     from pydiff.kernels import attention as kernels
-    from pydiff.kernels.attention import _PLANS
+    from pydiff.kernels.plans import CACHE as _PLANS
 
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     jit_launches = []

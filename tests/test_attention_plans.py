@@ -1,4 +1,4 @@
-"""Eager launch plans of the attention kernels (``pydiff.kernels.attention._PLANS``) against Triton's own launch, the
+"""Eager launch plans of the attention kernels (``pydiff.kernels.plans``) against Triton's own launch, the
 compile options every pydiff Triton kernel pins (``pydiff.kernels.launch_options``), and the host-time benchmark.
 
 Both compile the real kernels for sm_90 (Triton's compiler, no GPU) behind a stub driver, in a process of their
@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _compiled_run(*command) -> str:
     """Run Python with ``command`` in a process that compiles Triton kernels (no TRITON_INTERPRET); its stdout."""
-    from pydiff.kernels import attention as kernels
+    from pydiff.kernels import plans
 
-    if not kernels._PLANNABLE:
+    if not plans.ENABLED:
         pytest.skip(f"Triton {triton.__version__}: launch plans need 3.3+")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
@@ -44,3 +44,24 @@ def test_host_benchmark_runs():
     rows = [line.split("|") for line in out.splitlines() if line.startswith("|") and "Triton JIT launch" in line]
     assert len(rows) == 4, out
     assert all(float(row[-3]) > 0 and float(row[-2]) > 0 for row in rows), out
+
+
+def test_plan_cache_is_bounded(monkeypatch):
+    """The oldest plans go once MAX_PLANS are held (keys hold scalars such as the scale, so they need not repeat)."""
+    from types import SimpleNamespace
+
+    from pydiff.kernels import plans
+
+    class Kernel:  # a JIT function's launch interface, returning its compiled kernel
+        arg_names = ["x", "n"]
+        params = [SimpleNamespace(name="x", has_default=False), SimpleNamespace(name="n", has_default=False)]
+
+        def __getitem__(self, grid):
+            return lambda *args, **flags: SimpleNamespace(packed_metadata=None, src=SimpleNamespace(signature="xn"))
+
+    monkeypatch.setattr(plans, "CACHE", {})
+    monkeypatch.setattr(plans, "MAX_PLANS", 4)
+    for i in range(7):
+        plans.launch(Kernel(), (i, 1), ["tensor", i], {}, key=("k", i), leading=1)
+    assert list(plans.CACHE) == [("k", i) for i in range(3, 7)]
+    assert plans.CACHE[("k", 6)][1:3] == ((6, 1, 1), (6,))
