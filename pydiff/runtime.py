@@ -43,7 +43,7 @@ def info() -> Dict[str, Any]:
         "triton (GPU)": {
             "built": triton_version is not None,
             "usable": triton_version is not None and bool(cuda_devices) and not interpreting,
-            "detail": f"triton {triton_version}" if triton_version else native.triton_error(),
+            "detail": f"triton {triton_version}, {_launch_plans()}" if triton_version else native.triton_error(),
         },
         "triton (interpreter, CPU)": {
             "built": triton_version is not None,
@@ -71,6 +71,13 @@ def info() -> Dict[str, Any]:
         "backends": backends,
         "ops": ops,
     }
+
+
+def _launch_plans() -> str:
+    """Whether repeated eager launches skip Triton's JIT (``pydiff.kernels.plans``)."""
+    from pydiff.kernels import plans
+
+    return "eager launch plans" if plans.ENABLED else "no eager launch plans (they need Triton 3.3+)"
 
 
 def format_info(data: Dict[str, Any]) -> str:

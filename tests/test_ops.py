@@ -215,6 +215,8 @@ def test_info_reports_backends():
     assert data["backends"]["cpp (CPU C++/OpenMP)"]["usable"]
     assert "pydiff::lincomb" in data["ops"]
     assert "cpp" in data["ops"]["pydiff::lincomb"]["cpu"]
+    if data["triton"] is not None:
+        assert "launch plans" in data["backends"]["triton (GPU)"]["detail"]
 
 
 def test_cli_info_runs():
