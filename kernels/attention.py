@@ -30,7 +30,7 @@ import os
 import triton
 import triton.language as tl
 
-from . import launch_options, plans
+from . import plans
 
 LOG2E = 1.4426950408889634
 
@@ -313,10 +313,12 @@ def _query_block(
 
 
 @triton.jit
-def _al(stride, ALIGN: tl.constexpr):
-    """A stride known to be a multiple of ALIGN elements. Strides are never negative, so the maximum changes
-    nothing; it gives the hint an operation to sit on (Triton 3.6 drops it on a bare kernel argument)."""
-    return tl.multiple_of(tl.maximum(stride, 0), ALIGN)
+def _al(stride_b, stride_h, stride_n, ALIGN: tl.constexpr):
+    """One tensor's batch, head and token strides, known to be multiples of ALIGN elements. Strides are never
+    negative, so the maximum changes nothing; it gives the hint an operation to sit on (Triton 3.6 drops it on a
+    bare kernel argument)."""
+    return (tl.multiple_of(tl.maximum(stride_b, 0), ALIGN), tl.multiple_of(tl.maximum(stride_h, 0), ALIGN),
+            tl.multiple_of(tl.maximum(stride_n, 0), ALIGN))
 
 
 @triton.jit
@@ -355,18 +357,18 @@ def _attn_fwd_kernel(
     neg_scale = tl.cast(neg_scale, tl.float32)
     if ROW_ALIGN > 1:
         A: tl.constexpr = ROW_ALIGN
-        stride_qb, stride_qh, stride_qn = _al(stride_qb, A), _al(stride_qh, A), _al(stride_qn, A)
-        stride_kb, stride_kh, stride_kn = _al(stride_kb, A), _al(stride_kh, A), _al(stride_kn, A)
-        stride_vb, stride_vh, stride_vn = _al(stride_vb, A), _al(stride_vh, A), _al(stride_vn, A)
-        stride_ob, stride_oh, stride_on = _al(stride_ob, A), _al(stride_oh, A), _al(stride_on, A)
+        stride_qb, stride_qh, stride_qn = _al(stride_qb, stride_qh, stride_qn, A)
+        stride_kb, stride_kh, stride_kn = _al(stride_kb, stride_kh, stride_kn, A)
+        stride_vb, stride_vh, stride_vn = _al(stride_vb, stride_vh, stride_vn, A)
+        stride_ob, stride_oh, stride_on = _al(stride_ob, stride_oh, stride_on, A)
         if JOINT:
-            stride_q2b, stride_q2h, stride_q2n = _al(stride_q2b, A), _al(stride_q2h, A), _al(stride_q2n, A)
-            stride_k2b, stride_k2h, stride_k2n = _al(stride_k2b, A), _al(stride_k2h, A), _al(stride_k2n, A)
-            stride_v2b, stride_v2h, stride_v2n = _al(stride_v2b, A), _al(stride_v2h, A), _al(stride_v2n, A)
-            stride_o2b, stride_o2h, stride_o2n = _al(stride_o2b, A), _al(stride_o2h, A), _al(stride_o2n, A)
+            stride_q2b, stride_q2h, stride_q2n = _al(stride_q2b, stride_q2h, stride_q2n, A)
+            stride_k2b, stride_k2h, stride_k2n = _al(stride_k2b, stride_k2h, stride_k2n, A)
+            stride_v2b, stride_v2h, stride_v2n = _al(stride_v2b, stride_v2h, stride_v2n, A)
+            stride_o2b, stride_o2h, stride_o2n = _al(stride_o2b, stride_o2h, stride_o2n, A)
         if NEG:
-            stride_knb, stride_knh, stride_knn = _al(stride_knb, A), _al(stride_knh, A), _al(stride_knn, A)
-            stride_vnb, stride_vnh, stride_vnn = _al(stride_vnb, A), _al(stride_vnh, A), _al(stride_vnn, A)
+            stride_knb, stride_knh, stride_knn = _al(stride_knb, stride_knh, stride_knn, A)
+            stride_vnb, stride_vnh, stride_vnn = _al(stride_vnb, stride_vnh, stride_vnn, A)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     seg = tl.program_id(2)
@@ -452,8 +454,8 @@ def _qk_prologue(
     eps = tl.cast(eps, tl.float32)
     if ROW_ALIGN > 1:
         A: tl.constexpr = ROW_ALIGN
-        stride_xb, stride_xh, stride_xn = _al(stride_xb, A), _al(stride_xh, A), _al(stride_xn, A)
-        stride_yb, stride_yh, stride_yn = _al(stride_yb, A), _al(stride_yh, A), _al(stride_yn, A)
+        stride_xb, stride_xh, stride_xn = _al(stride_xb, stride_xh, stride_xn, A)
+        stride_yb, stride_yh, stride_yn = _al(stride_yb, stride_yh, stride_yn, A)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -746,9 +748,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
             blocks = -(-n_q // bm)
         return (blocks, batch * heads, segments)
 
+    strides = [*sq, *sk, *sv, *so, *sq2, *sk2, *sv2, *so2, *skn, *svn]
     args = [
-        *tensors,
-        *sq, *sk, *sv, *so, *sq2, *sk2, *sv2, *so2, *skn, *svn,
+        *tensors, *strides,
         heads, heads // kv_heads, n_q, n_k, n_q2, n_k2, n_neg, segments,
         float(scale) * LOG2E, float(negative_scale),
     ]
@@ -769,7 +771,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     widest = block_n if block_n is not None else _WIDEST_BLOCK_N
     flags["EVEN_N"] = not (varlen or kv_lens is not None or negative_kv_lens is not None) and \
         all(n % widest == 0 for n in lengths)
-    flags["ROW_ALIGN"] = _row_align(q.element_size(), args[14:54])
+    flags["ROW_ALIGN"] = _row_align(q.element_size(), strides)
     kv = [k, v] + ([k2, v2] if joint is not None else []) + ([k_neg, v_neg] if negative is not None else [])
     usable = tma_usable(kv)
     flags["TMA_OK"] = block_m is None and usable
@@ -780,7 +782,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                          "16-byte aligned addresses and strides")
     if block_m is not None:
         flags.update(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, USE_TMA=use_tma)
-    flags.update(launch_options(kernel))
+    flags.update(plans.launch_options(kernel))
     # descriptor loads need Triton's allocator, which is per thread (a context variable): planned launches set it too
     before = _ensure_scratch_allocator if flags["TMA_OK"] or (use_tma and q.is_cuda) else None
     if before is not None:
@@ -838,7 +840,7 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16):
         flags = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d,
                      HAS_NORM=weight is not None, HAS_ROPE=rope is not None, INTERLEAVED=bool(rope_interleaved),
                      EMULATE_BF16=emulate_bf16, ROW_ALIGN=_row_align(x.element_size(), sx + sy), num_warps=4,
-                     **launch_options(kernel))
+                     **plans.launch_options(kernel))
         args = [*tensors, *sx, *sy, *rope_strides, heads, n, pos_shift, float(norm_eps)]
         plans.launch(kernel, (-(-n // block_m), batch * heads), args, flags, plan_key, len(tensors))
         return y

@@ -8,7 +8,7 @@ and one write of every output: one pass over memory.
 import triton
 import triton.language as tl
 
-from . import launch_options
+from .plans import launch_options
 
 MAX_INPUTS = 10
 MAX_OUTPUTS = 6

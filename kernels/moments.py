@@ -8,7 +8,7 @@ of its own ahead of the step that uses it.
 import triton
 import triton.language as tl
 
-from . import launch_options
+from .plans import launch_options
 
 MOMENTS = 5
 

@@ -1,4 +1,4 @@
-"""Launch plans for eager calls of pydiff's Triton kernels.
+"""Launching pydiff's Triton kernels: the compile options every launch pins, and launch plans for eager calls.
 
 A launch through Triton's JIT binds and specialises every parameter of the kernel on every call (69 us per call for
 the 82-parameter attention kernel on a 2-core host with Triton 3.6). A plan remembers, per call signature (the
@@ -26,6 +26,13 @@ def tensor_key(t):
     """What a launch specialises on for one tensor argument: sizes, strides, dtype, device and alignment (Triton
     marks 16-byte aligned pointers, and descriptor loads need them)."""
     return t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16
+
+
+def launch_options(kernel) -> dict:
+    """Compile options every launch pins instead of taking Triton's defaults, for a Triton kernel launched directly
+    (a tracer's wrapper, ``torch.library.wrap_triton``, accepts only the launch options it knows): multiply-add
+    contraction, which the kernels' arithmetic is written for (Triton 3.9 warns that 3.10 turns it off by default)."""
+    return {"enable_fp_fusion": True} if isinstance(kernel, KernelInterface) else {}
 
 
 def unwrapped(kernel):

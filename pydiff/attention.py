@@ -327,7 +327,8 @@ def autotune_enabled() -> bool:
 def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:
     from pydiff.kernels.attention import attention_forward, default_config, default_use_tma
 
-    if _wrap_triton_enabled():  # a tracer (torch.compile, export) records the kernels through torch.library
+    tracing = _wrap_triton_enabled()  # a tracer (torch.compile, export) records the kernels through torch.library
+    if tracing:
         plain, tuner, prologue = wrap_triton(_attn_fwd_kernel), wrap_triton(_attn_fwd_autotuned), \
             wrap_triton(_qk_prologue)
     else:  # eager: the wrapper would only forward the launch
@@ -340,7 +341,7 @@ def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:
         if autotune_enabled():
             # eager launches remember the tuner's choice per specialisation and then skip the tuner; a tracer
             # sees the autotuned kernel itself
-            tuned = None if plain is not _attn_fwd_kernel else (tuner, plain)
+            tuned = None if tracing else (tuner, plain)
             attention_forward(tuner, call.q, call.k, call.v, outs[0], prologue_kernel=prologue, tuned=tuned,
                               **_triton_kwargs(call, outs))
         else:

@@ -1,5 +1,5 @@
-"""Eager launch plans of the attention kernels (``pydiff.kernels.plans``) against Triton's own launch, the
-compile options every pydiff Triton kernel pins (``pydiff.kernels.launch_options``), and the host-time benchmark.
+"""Eager launch plans of the attention kernels (``pydiff.kernels.plans``) against Triton's own launch, the compile
+options every pydiff Triton kernel pins (``plans.launch_options``), and the host-time benchmark.
 
 Both compile the real kernels for sm_90 (Triton's compiler, no GPU) behind a stub driver, in a process of their
 own, since this one interprets Triton kernels (see tests/attention_plan_check.py and benchmarks/stub_driver.py).
