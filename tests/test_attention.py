@@ -7,8 +7,8 @@ the same computation done by plain PyTorch in that precision, plus 1e-3.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Optional, Sequence, Tuple
 
 import pytest
@@ -657,20 +657,20 @@ def test_row_alignment_hint():
     assert seen == [8, 1, 4, 1]
 
 
-def test_measure_batches_back_to_back_calls():
+def test_measure_batches_back_to_back_calls(monkeypatch):
     """benchmarks.common.measure with ``batch``: each sample is that many calls, and the time is per call."""
     common = pytest.importorskip("benchmarks.common")
+    clock = [0.0]  # a call takes exactly 1 ms of this clock: the figure is checked, no time is measured
+    monkeypatch.setattr(common, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     calls = []
 
     def fn():
         calls.append(1)
-        busy = time.perf_counter() + 1e-3
-        while time.perf_counter() < busy:
-            pass
+        clock[0] += 1e-3
 
     timing = common.measure(fn, warmup=1, min_repeat=4, max_repeat=4, min_time=0.0, batch=3)
     assert timing.n == 4 and len(calls) == 1 + 4 * 3
-    assert 0.9e-3 < timing.median < 3e-3  # per call, not per sample of three
+    assert timing.median == pytest.approx(1e-3)  # per call, not per sample of three
 
 
 def test_autotune_switch(monkeypatch):
@@ -757,22 +757,30 @@ def _to_device(kw, device):
             for name, value in kw.items()}
 
 
-def _gpu_check(case, device):
+def _streams(case, result):
+    """One call's outputs (or references) as a tuple: (out, out2) with a joint stream, else (out,)."""
+    return result if case.joint is not None else (result,)
+
+
+def _on_device(case, device):
+    """``build(case)`` with every tensor on ``device``."""
     q, k, v, kw = build(case)
-    q, k, v = q.to(device), k.to(device), v.to(device)
-    kw = _to_device(kw, device)
-    with pydiff.use_backend("triton"):
-        out = pydiff.attention(q, k, v, **kw)
-    ref64 = attention_reference(q, k, v, compute_dtype=torch.float64, **kw)
-    lowp = attention_reference(q, k, v, **kw) if case.dtype != F32 else None
-    outs, refs = (out, ref64) if case.joint is not None else ((out,), (ref64,))
-    if lowp is None:
-        lows = (None,) * len(outs)
-    else:
-        lows = lowp if case.joint is not None else (lowp,)
-    for got, ref, low in zip(outs, refs, lows):
+    return q.to(device), k.to(device), v.to(device), _to_device(kw, device)
+
+
+def _assert_gpu_accurate(case, out, q, k, v, kw):
+    ref64, lowp = references(q, k, v, kw)
+    lows = (None,) * len(_streams(case, out)) if lowp is None else _streams(case, lowp)
+    for got, ref, low in zip(_streams(case, out), _streams(case, ref64), lows):
         # fp32 runs through TF32 tensor cores on the GPU
         assert_accurate(got.cpu(), ref.cpu(), None if low is None else low.cpu(), case.dtype, fp32_rtol=5e-3)
+
+
+def _gpu_check(case, device):
+    q, k, v, kw = _on_device(case, device)
+    with pydiff.use_backend("triton"):
+        out = pydiff.attention(q, k, v, **kw)
+    _assert_gpu_accurate(case, out, q, k, v, kw)
 
 
 @pytest.mark.gpu
@@ -792,18 +800,11 @@ def test_gpu_accuracy_descriptors(case, cuda_device):
 
     if torch.cuda.get_device_capability(cuda_device)[0] < 9:
         pytest.skip("tensor descriptors need compute capability 9+")
-    q, k, v, kw = build(case)
-    q, k, v = q.to(cuda_device), k.to(cuda_device), v.to(cuda_device)
-    kw = _to_device(kw, cuda_device)
+    q, k, v, kw = _on_device(case, cuda_device)
     kv = [k, v] + list(kw.get("joint", ())[1:3]) + list(kw.get("negative", ()))
     if not tma_usable(kv):
         pytest.skip("these key/value tensors are not 16-byte aligned")
-    out = run_kernel(q, k, v, kw, _gpu_default_tile(case), use_tma=True)
-    ref64, lowp = references(q, k, v, kw)
-    outs, refs = (out, ref64) if case.joint is not None else ((out,), (ref64,))
-    lows = (None,) * len(outs) if lowp is None else (lowp if case.joint is not None else (lowp,))
-    for got, ref, low in zip(outs, refs, lows):
-        assert_accurate(got.cpu(), ref.cpu(), None if low is None else low.cpu(), case.dtype, fp32_rtol=5e-3)
+    _assert_gpu_accurate(case, run_kernel(q, k, v, kw, _gpu_default_tile(case), use_tma=True), q, k, v, kw)
 
 
 @pytest.mark.gpu
@@ -846,9 +847,7 @@ def test_gpu_plans(case, cuda_device, monkeypatch):
 
     for kernel in (kernels._attn_fwd_kernel, kernels._qk_prologue):
         monkeypatch.setattr(kernel, "run", counted(kernel.run))
-    q, k, v, kw = build(case)
-    q, k, v = q.to(cuda_device), k.to(cuda_device), v.to(cuda_device)
-    kw = _to_device(kw, cuda_device)
+    q, k, v, kw = _on_device(case, cuda_device)
     if case.cu_q is not None:  # given, so that no call reads the offsets back (not allowed while capturing)
         kw["max_seqlen_q"] = max(b - a for a, b in zip(case.cu_q, case.cu_q[1:]))
     first = pydiff.attention(q, k, v, **kw)
@@ -857,8 +856,7 @@ def test_gpu_plans(case, cuda_device, monkeypatch):
     jit_launches.clear()
     second = pydiff.attention(q, k, v, **kw)
     assert len(_PLANS) == plans and not jit_launches
-    firsts, seconds = (first, second) if case.joint is not None else ((first,), (second,))
-    for a, b in zip(firsts, seconds):
+    for a, b in zip(_streams(case, first), _streams(case, second)):
         assert torch.equal(a, b)
 
     graph = torch.cuda.CUDAGraph()
@@ -867,9 +865,8 @@ def test_gpu_plans(case, cuda_device, monkeypatch):
     q.copy_(torch.randn_like(q))  # the replay reads the new values
     graph.replay()
     eager = pydiff.attention(q, k, v, **kw)
-    captured, eager = (captured, eager) if case.joint is not None else ((captured,), (eager,))
     assert len(_PLANS) == plans and not jit_launches
-    for a, b in zip(captured, eager):
+    for a, b in zip(_streams(case, captured), _streams(case, eager)):
         assert torch.equal(a, b)
 
 
