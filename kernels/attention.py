@@ -132,20 +132,24 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
     """Keys [k_start, n_end) of one stream (K, V: the head's base pointers), block by block, into the online softmax
     (FlashAttention-2 algorithm 1, base 2); with USE_TMA read through descriptors, one per head-dim chunk.
     MASK_N: the stream may end inside a block. Then the whole blocks still run without the column mask (a select
-    per score in a loop the softmax bounds at small head dims) and only the partial last block pays for it."""
+    per score in a loop the softmax bounds at small head dims) and only the partial last block pays for it, after
+    the loop; except with a split head dim (SPLIT_D), where Triton 3.6 miscompiled that block for an H200 (wrong
+    output columns, and out-of-range shared-memory addresses with descriptor loads: compute-sanitizer, D 80 with
+    97 keys), so there every block takes the mask."""
+    SPLIT_N: tl.constexpr = MASK_N and not SPLIT_D
     k_a = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
     v_a = _kv_source(V, n_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
     k_b = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D)
     v_b = _kv_source(V, n_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D)
     n_whole = n_end
-    if MASK_N:
+    if SPLIT_N:
         n_whole = k_start + tl.maximum(n_end - k_start, 0) // BLOCK_N * BLOCK_N
     for start_n in range(k_start, n_whole, BLOCK_N):
         acc_a, acc_b, m_i, l_i = _attend_block(
             acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, start_n, n_end, stride_kn, stride_kd, stride_vn,
-            stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, False, EMULATE_BF16,
-            SCALE_POSITIVE, USE_TMA)
-    if MASK_N:
+            stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N and not SPLIT_N,
+            EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
+    if SPLIT_N:
         if n_whole < n_end:
             acc_a, acc_b, m_i, l_i = _attend_block(
                 acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, n_whole, n_end, stride_kn, stride_kd,
