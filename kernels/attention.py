@@ -679,6 +679,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     60 arguments on every call).
     prologue_kernel: ``_qk_prologue`` as the caller launches it (wrapped for torch.library); None: this module's.
     When q or k has a norm or RoPE, each such tensor first gets it in one pass of its own (``_qk_prologue``).
+    Returns the attention launch's plan (``plans``; with the prologue, not the whole call), or None without one.
     """
     import torch
 
@@ -696,16 +697,12 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
             negative = (prepare(negative[0], k_norm_weight, 0), negative[1])
 
     # Eager calls of a signature seen before launch its compiled kernel directly (``plans``).
-    if joint is not None:
-        q2, k2, v2, out2 = joint
-    else:
-        q2, k2, v2, out2 = q, k, v, out
-    k_neg, v_neg = negative if negative is not None else (k, v)
     varlen = cu_seqlens_q is not None
     if varlen and cu_seqlens_k is None:
         cu_seqlens_k = cu_seqlens_q
     optional = (kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k)
-    tensors = (q, k, v, out, q2, k2, v2, out2, k_neg, v_neg, *(q if t is None else t for t in optional))
+    tensors = leading_tensors(q, k, v, out, joint, negative, *optional)
+    q2, k2, v2, out2, k_neg, v_neg = tensors[4:10]
     plan_key = None
     if plans.ENABLED and type(q) is torch.Tensor and (block_m is not None or tuned is not None):
         present = (q, k, v, out, *(joint or ()), *(negative or ()), *optional)
@@ -713,8 +710,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                     block_m, block_n, num_warps, num_stages, use_tma, joint is not None, negative is not None,
                     os.environ.get("PYDIFF_ATTENTION_TMA"),
                     *(None if t is None else plans.tensor_key(t) for t in present))
-        if plans.run(plan_key, tensors):
-            return
+        plan = plans.run(plan_key, tensors)
+        if plan is not None:
+            return plan
 
     (batch, heads, n_q, head_dim), sq = _dims(q, bnhd)
     (_, kv_heads, n_k, _), sk = _dims(k, bnhd)
@@ -792,8 +790,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     if before is not None:
         before()
     if block_m is not None or tuned is None:
-        plans.launch(kernel, grid, args, flags, plan_key, len(tensors), before)
-        return
+        return plans.launch(kernel, grid, args, flags, plan_key, len(tensors), before)
     # The tuner's own key (shapes, the head-dim split, the variant flags, dtypes) is a subset of this one.
     key = (n_q, n_k, n_q2, n_k2, n_neg, segments, q.device, *flags.values(),
            *(t.dtype for t in args[:14]))
@@ -802,8 +799,19 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         tuner, _ = tuned
         kernel[grid](*args, **flags)
         _TUNED[key] = tuner.best_config.all_kwargs()
-    else:
-        plans.launch(tuned[1], grid, args, {**flags, **choice}, plan_key, len(tensors), before)
+        return None
+    return plans.launch(tuned[1], grid, args, {**flags, **choice}, plan_key, len(tensors), before)
+
+
+def leading_tensors(q, k, v, out, joint, negative, kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k):
+    """The attention kernel's 14 tensor arguments, in order: the streams (q, k, v, out; q2, k2, v2, out2 from
+    ``joint``; k_neg, v_neg from ``negative``), then the lengths and offsets; q or the first stream's tensors stand
+    in for what the call does not have (the kernel's flags say it is absent)."""
+    q2, k2, v2, out2 = joint if joint is not None else (q, k, v, out)
+    k_neg, v_neg = negative if negative is not None else (k, v)
+    return (q, k, v, out, q2, k2, v2, out2, k_neg, v_neg, q if kv_lens is None else kv_lens,
+            q if negative_kv_lens is None else negative_kv_lens, q if cu_seqlens_q is None else cu_seqlens_q,
+            q if cu_seqlens_k is None else cu_seqlens_k)
 
 
 def _row_align(element_size: int, strides) -> int:

@@ -5,7 +5,8 @@ the 82-parameter attention kernel on a 2-core host with Triton 3.6). A plan reme
 caller's key: ``tensor_key`` of every tensor, the scalars, the launch config), the compiled kernel Triton's JIT
 returned, the grid and every argument after the leading tensors; a later call with the same key launches the
 compiled kernel directly, in about 4 us. Plans need Triton 3.3+, whose compiled kernels take every parameter,
-constexprs included (older ones take the others only).
+constexprs included (older ones take the others only). A caller may keep a plan under a key of its own and launch
+it with ``launch_plan`` (``pydiff.attention``'s call plans skip its checks and launcher that way).
 """
 
 import threading
@@ -41,34 +42,47 @@ def unwrapped(kernel):
     return kernel if inner is None else inner
 
 
-def run(key, tensors) -> bool:
-    """Launch the plan remembered under ``key`` with these leading tensor arguments; False when there is none."""
+def run(key, tensors):
+    """Launch the plan remembered under ``key`` with these leading tensor arguments; the plan, or None when there is
+    none (nothing launched)."""
     plan = CACHE.get(key)
-    if plan is None:
-        return False
+    if plan is not None:
+        launch_plan(plan, tensors)
+    return plan
+
+
+def launch_plan(plan, tensors) -> None:
+    """Launch a plan (``run``'s, or one a caller kept) with these leading tensor arguments."""
     compiled, grid, tail, before = plan
     if before is not None:
         before()
     compiled[grid](*tensors, *tail, stream=driver.active.get_current_stream(tensors[0].device.index))
-    return True
 
 
-def launch(kernel, grid, args, flags, key, leading: int, before=None) -> None:
+def remember(cache: dict, key, value) -> None:
+    """``cache[key] = value``, the oldest entry going first when the cache would hold more than ``MAX_PLANS``."""
+    with _INSERT:  # lookups need no lock; evicting while another thread inserts would
+        while len(cache) >= MAX_PLANS:
+            del cache[next(iter(cache))]
+        cache[key] = value
+
+
+def launch(kernel, grid, args, flags, key, leading: int, before=None):
     """``kernel[grid](*args, **flags)``; with a ``key``, remember the launch as a plan (for ``run`` with the first
     ``leading`` arguments, the tensors) when Triton's JIT returned its compiled kernel (not under the interpreter or
-    a tracer). before: what each planned launch must run first (the launch itself ran it already)."""
+    a tracer). before: what each planned launch must run first (the launch itself ran it already). Returns the plan,
+    or None when none was made."""
     compiled = kernel[grid](*args, **flags)
     if key is None or not hasattr(compiled, "packed_metadata"):
-        return
+        return None
     fn = unwrapped(kernel)
     values = {**dict(zip(fn.arg_names, args)), **flags}
     # the compiled kernel must take every parameter (its signature lists the constexprs too), and each must be known
     if len(getattr(getattr(compiled, "src", None), "signature", ())) != len(fn.params) or \
             any(p.name not in values and not p.has_default for p in fn.params):
-        return
+        return None
     full = [values[p.name] if p.name in values else p.default for p in fn.params]
     dims = tuple(grid(values) if callable(grid) else grid)
-    with _INSERT:  # lookups need no lock; evicting while another thread inserts would
-        while len(CACHE) >= MAX_PLANS:
-            del CACHE[next(iter(CACHE))]
-        CACHE[key] = (compiled, dims + (1,) * (3 - len(dims)), tuple(full[leading:]), before)
+    plan = (compiled, dims + (1,) * (3 - len(dims)), tuple(full[leading:]), before)
+    remember(CACHE, key, plan)
+    return plan

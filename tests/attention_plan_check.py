@@ -87,6 +87,70 @@ def check(name, call, launches, jit, changed=()):
     print(f"ok {name}: {len(first)} launches, {len(changed)} specialisation changes", flush=True)
 
 
+def check_calls(launches):
+    """Call plans (``pydiff.attention``'s ``_CALLS``): a repeated eager call launches without running the op's body
+    (no checks, no launcher), passing what the body passed with new outputs; a call that differs in a checked
+    argument or a switch runs the body again, and a bad one still gets its error."""
+    import importlib
+    from unittest import mock
+
+    module = importlib.import_module("pydiff.attention")
+    module.bind_gpu_kernels()  # what a CUDA machine does at import; CPU tensors take the CUDA route below
+    body = module._run
+    ran = []
+    route = mock.patch.object(module.backends, "select", lambda device: ("triton", module._attention_triton_cuda))
+    with route, mock.patch.object(module, "_run", lambda call: ran.append(1) or body(call)), \
+            mock.patch.dict(os.environ, {"PYDIFF_ATTENTION_AUTOTUNE": "0"}):
+        q, k, v = _bhnd(2, 3, 97, 64), _bhnd(2, 3, 77, 64), _bhnd(2, 3, 77, 64)
+        lens = torch.tensor([77, 30], dtype=torch.int32)
+        attention = module.attention
+        cases = [
+            ("plain", lambda: [attention(q, k, v)], [
+                ("scale", lambda: attention(q, k, v, 0.2)),
+                ("k strides", lambda: attention(q, k.transpose(1, 2).contiguous().transpose(1, 2), v)),
+                ("kv_lens", lambda: attention(q, k, v, kv_lens=lens)),
+                ("descriptor switch", lambda: mock.patch.dict(os.environ, {"PYDIFF_ATTENTION_TMA": "0"})(
+                    lambda: attention(q, k, v))()),
+            ]),
+            ("joint + negative", lambda: list(attention(q, k, v, joint=(q[:, :, :20], k[:, :, :9], v[:, :, :9]),
+                                                        negative=(k, v), negative_scale=0.5)), []),
+        ]
+        for name, call, changed in cases:
+            launches.clear()
+            ran.clear()
+            first_out = call()
+            first = list(launches)
+            launches.clear()
+            second_out = call()
+            second = list(launches)
+            assert len(ran) == 1, f"call plan {name}: the repeated call ran the op's body"
+            assert len(first) == len(second) == 1, f"call plan {name}: {len(first)} / {len(second)} launches"
+            _same_launch(first[0], second[0], f"call plan {name}")
+            assert all(a.data_ptr() != b.data_ptr() for a, b in zip(first_out, second_out)), f"{name}: outputs reused"
+            for label, other in changed:
+                before = len(ran)
+                other()
+                assert len(ran) == before + 1, f"call plan {name}: '{label}' skipped the op's body"
+        try:
+            attention(q, k.to(torch.float16), v)
+        except TypeError as error:
+            assert "k has dtype" in str(error), error
+        else:
+            raise AssertionError("call plan: a k of another dtype was launched")
+    print(f"ok call plans: {len(cases)} cases, repeated calls skip the op's body", flush=True)
+    # torch.library.triton_op finds the kernels an op launches by reading its source and the functions it calls by
+    # name (Inductor and export need them): from the op's body, through the shared body, to the CUDA launcher
+    try:
+        from torch._library.triton import get_inner_triton_kernels
+    except ImportError:
+        print("ok triton_op kernel discovery: not in this torch", flush=True)
+        return
+    found = {id(kernel) for kernel in get_inner_triton_kernels(module._attention_op)}
+    expected = {id(ka._attn_fwd_autotuned), id(ka._attn_fwd_kernel), id(ka._qk_prologue)}
+    assert found == expected, f"triton_op finds {len(found & expected)} of the op's 3 kernels"
+    print("ok triton_op kernel discovery: the op's 3 kernels", flush=True)
+
+
 def main():
     kernel, prologue = ka._attn_fwd_kernel, ka._qk_prologue
     with stub_cuda_driver() as stub:
@@ -149,6 +213,7 @@ def main():
         check("segments", lambda: run(q, q, q, out, cu_seqlens_q=cu, max_seqlen_q=57), launches, jit, changed=[
             ("max segment", lambda: run(q, q, q, out, cu_seqlens_q=cu, max_seqlen_q=97)),
         ])
+        check_calls(launches)
         # the sampler-step and moments kernels, compiled the same way
         x = [torch.randn(3, 1000) for _ in range(3)]
         lincomb_forward(lincomb._lincomb_kernel, x[:2], [x[2]], torch.rand(1, 2, 3, dtype=torch.float64), 3, 1000,
