@@ -2,6 +2,7 @@
 
     python3 benchmarks/attention_resources.py            # a table: variant, head dim, tile, registers, spill bytes
     python3 benchmarks/attention_resources.py --candidates   # every autotune candidate of every variant builds?
+    python3 benchmarks/attention_resources.py --probe    # the Hopper probe's exp2 split: MUFU vs FMA work per block
 
 Triton compiles the kernel for a Hopper target on any machine; the PTX then goes through the CUDA toolkit's
 ``ptxas -v`` (the resource report a GPU run would give). A newer Triton may emit a PTX version newer than the
@@ -48,16 +49,21 @@ CASES = [
 ]
 
 
-def key_loop_instructions(ptx: str) -> int:
-    """PTX instructions per key block: the shortest basic block holding a matrix multiply (the key loop's body; a
-    partial last block handled after the loop is longer, and runs once)."""
-    sizes = []
+def key_loop(ptx: str) -> list:
+    """The PTX instructions of one key block: the shortest basic block holding a matrix multiply (the key loop's
+    body; a partial last block handled after the loop is longer, and runs once)."""
+    bodies = []
     for body in re.split(r"\n\$L__BB\d+_\d+:", ptx)[1:]:
         if "wgmma.mma_async" in body or "mma.sync" in body:
             lines = [line.strip() for line in body.splitlines()]
-            sizes.append(sum(1 for line in lines if line and not line.startswith("//") and not line.endswith(":")
-                             and line not in ("{", "}")))
-    return min(sizes) if sizes else 0
+            bodies.append([line for line in lines if line and not line.startswith("//") and not line.endswith(":")
+                           and line not in ("{", "}")])
+    return min(bodies, key=len) if bodies else []
+
+
+def key_loop_instructions(ptx: str) -> int:
+    """PTX instructions per key block (``key_loop``)."""
+    return len(key_loop(ptx))
 
 
 def ptxas_report(ptx: str, arch: str = "sm_90a") -> tuple:
@@ -146,9 +152,39 @@ def candidates() -> int:
     return failures
 
 
+def probe_exp2_split() -> None:
+    """The Hopper probe's kernel (benchmarks/attention_hopper_probe.py) with each exp2 split: registers, spills, PTX
+    per key block, and its special-function (ex2) and FMA instructions, per thread."""
+    from benchmarks import attention_hopper_probe as P
+
+    fn = P._probe_attn
+    print("| D | tile | exp2 split | registers | spill bytes | PTX per key block | ex2 | fma |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for d, bm, bn, warps in ((64, 128, 64, 8), (128, 128, 128, 8)):
+        for poly in (0, 2, 4):
+            const = dict(D=d, BLOCK_M=bm, BLOCK_N=bn, WS=False, POLY=poly)
+            signature = {name: "constexpr" if name in const else "*bf16" if name in "QKVO" else
+                         "fp32" if name == "qk_scale" else "i32" for name in fn.arg_names}
+            aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+                       if name in ("Q", "K", "V", "O", "N", "ROWS")}
+            source = ASTSource(fn=fn, signature=signature, attrs=aligned,
+                               constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
+            ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                                 options={"num_warps": warps, "num_stages": 3, "enable_fp_fusion": True}).asm["ptx"]
+            regs, spill, _, _ = ptxas_report(ptx)
+            loop = key_loop(ptx)
+            ex2, fma = (sum(line.startswith(op) for line in loop) for op in ("ex2.approx", "fma.rn"))
+            split = "all ex2" if poly == 0 else f"1 in {poly} by polynomial"
+            print(f"| {d} | {bm}x{bn} w{warps} | {split} | {regs} | {spill} | {len(loop)} | {ex2} | {fma} |",
+                  flush=True)
+
+
 def main() -> int:
     if "--candidates" in sys.argv[1:]:
         return 1 if candidates() else 0
+    if "--probe" in sys.argv[1:]:
+        probe_exp2_split()
+        return 0
     print("| variant | D | tile (M x N, warps, stages) | registers | spill bytes | async copies | PTX per key block |"
           "\n|---|---|---|---|---|---|---|")
     for name, head_dim, tile, flags in CASES:

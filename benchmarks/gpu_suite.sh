@@ -9,7 +9,8 @@
 #   GPU_BENCH_AREAS: the quick-suite areas to run (default: ceilings steps; "none" skips the stage; sampling and
 #   quality take minutes more).
 #   GPU_TESTS: pytest paths for the GPU tests (default: tests).
-#   GPU_PROBE_TIMEOUT: seconds for benchmarks/attention_hopper_probe.py (TMA + warp-specialisation probe).
+#   GPU_PROBE_TIMEOUT: seconds for benchmarks/attention_hopper_probe.py (TMA, warp-specialisation and exp2-split
+#   probe: 8 tiles x 3 shapes).
 #   GPU_ATTN_BASELINE: an earlier attention results file to compare against (default: the committed
 #   benchmarks/results/*/attention.json with the latest date; "none" skips the comparison).
 set -uo pipefail
@@ -59,7 +60,7 @@ timeout "${GPU_ATTN_TIMEOUT:-200}" python3 -m pydiff bench --suite full --device
   --out "$out/bench-attention" ${baseline:+--baseline "$baseline"} >"$out/bench-attention.log" 2>&1
 attn_rc=$?
 # The Hopper probe (TMA descriptors, warp specialisation) beside SDPA-flash and pydiff: informs issue 4's next step.
-timeout "${GPU_PROBE_TIMEOUT:-40}" python3 benchmarks/attention_hopper_probe.py >"$out/hopper-probe.md" \
+timeout "${GPU_PROBE_TIMEOUT:-60}" python3 benchmarks/attention_hopper_probe.py >"$out/hopper-probe.md" \
   2>"$out/hopper-probe.log"
 probe_rc=$?
 [ -e "$out/bench.log" ] && tail -45 "$out/bench.log"

@@ -724,10 +724,15 @@ def test_eager_calls_skip_dispatch_but_tracers_see_the_op(monkeypatch):
 
 @needs_interpreter
 def test_hopper_probe_kernel_math():
-    """benchmarks/attention_hopper_probe.py (the TMA + warp-specialisation probe run on GPU machines): its kernel's
-    math under the interpreter, descriptors emulated, against float64."""
+    """benchmarks/attention_hopper_probe.py (the TMA + warp-specialisation + exp2-split probe run on GPU machines):
+    its kernel's math under the interpreter, descriptors emulated, against float64; and its polynomial exp2's
+    arithmetic over the softmax's range (the PTX's bit trick: masked scores give 2^-125, never garbage)."""
     probe = pytest.importorskip("benchmarks.attention_hopper_probe")
-    assert probe.check_cpu() < 1e-5
+    attention_err, poly_err = probe.check_cpu()
+    assert attention_err < 1e-5 and poly_err < 1e-4
+    tiny = probe.poly_exp2_reference(torch.tensor([float("-inf"), -1e4, -125.0, -0.5, 0.0]))
+    torch.testing.assert_close(tiny[:3], torch.full((3,), 2.0 ** -125), rtol=1e-4, atol=0)
+    torch.testing.assert_close(tiny[3:], torch.tensor([2.0 ** -0.5, 1.0]), rtol=1e-4, atol=0)
 
 
 def test_benchmark_suite_runs_on_cpu():
