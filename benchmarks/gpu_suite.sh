@@ -26,8 +26,17 @@ if ! python3 -c "import diffusers" 2>/dev/null; then
     [ -e "$whl" ] && python3 -m pip install --no-deps --no-index "$whl" >>"$out/build.log" 2>&1
   done
 fi
-python3 -m pip install --no-build-isolation --no-deps -e . >>"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
-grep -E -- "-- pydiff:" "$out/build.log"
+if python3 -m pip install --no-build-isolation --no-deps -e . >>"$out/build.log" 2>&1; then
+  grep -E -- "-- pydiff:" "$out/build.log"
+else
+  # One H200 machine (2026-11-26) could not import its build backend (scikit_build_core). Rather than spend the
+  # lease on nothing, run from the source tree without the C++/CUDA module: Triton kernels, attention and its
+  # benchmark still run, tests of the compiled module fail or skip.
+  tail -3 "$out/build.log"
+  echo "build failed: running from the source tree without the C++/CUDA module"
+  # (what the installed package maps: pydiff.kernels is kernels/; every command below runs from this directory)
+  ln -s ../kernels pydiff/kernels && trap 'rm -f pydiff/kernels' EXIT
+fi
 python3 -m pydiff info | tee "$out/info.txt"
 # Tensor-descriptor (TMA) loads first: if they fail on this card, the rest runs without them (PYDIFF_ATTENTION_TMA=0)
 # instead of the autotuner crashing the benchmark on a bad candidate.
