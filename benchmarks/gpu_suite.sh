@@ -13,6 +13,8 @@
 #   probe: 8 tiles x 3 shapes).
 #   GPU_ATTN_BASELINE: an earlier attention results file to compare against (default: the committed
 #   benchmarks/results/*/attention.json with the latest date; "none" skips the comparison).
+#   GPU_KEEP: a folder that receives, flat, the 8 files worth committing (a device lease returns at most 8), e.g.
+#   `GPU_KEEP=$OUT bash benchmarks/gpu_suite.sh /tmp/r`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//')
@@ -75,5 +77,14 @@ probe_rc=$?
 [ -e "$out/bench.log" ] && tail -45 "$out/bench.log"
 tail -75 "$out/bench-attention.log"   # the summary, then the figures against the baseline
 cat "$out/hopper-probe.md"
+if [ -n "${GPU_KEEP:-}" ]; then
+  mkdir -p "$GPU_KEEP"
+  for f in info.txt gpu-tests-descriptors.log gpu-tests.log bench-attention.log hopper-probe.md; do
+    [ -e "$out/$f" ] && cp "$out/$f" "$GPU_KEEP/"
+  done
+  for f in results.json:attention.json report.md:attention.md attention_tflops_vs_seqlen.png:plot.png; do
+    [ -e "$out/bench-attention/${f%%:*}" ] && cp "$out/bench-attention/${f%%:*}" "$GPU_KEEP/${f##*:}"
+  done
+fi
 echo "exit codes: gpu tests $tests_rc, bench $bench_rc, attention bench $attn_rc, probe $probe_rc (124 = stage timed out); results in $out"
 exit $(( tests_rc != 0 || bench_rc != 0 || attn_rc != 0 ))
