@@ -2,7 +2,7 @@
 
     python3 benchmarks/attention_resources.py            # a table: variant, head dim, tile, registers, spill bytes
     python3 benchmarks/attention_resources.py --candidates   # every autotune candidate of every variant builds?
-    python3 benchmarks/attention_resources.py --probe    # the Hopper probe's exp2 split: MUFU vs FMA work per block
+    python3 benchmarks/attention_resources.py --probe    # the Hopper probe's softmax variants: work per key block
 
 Triton compiles the kernel for a Hopper target on any machine; the PTX then goes through the CUDA toolkit's
 ``ptxas -v`` (the resource report a GPU run would give). A newer Triton may emit a PTX version newer than the
@@ -46,6 +46,10 @@ CASES = [
     ("key padding", 64, (128, 64, 4, 3), {"HAS_KV_LENS": True, "EVEN_N": False}),
     ("packed segments", 64, (128, 64, 4, 3), {"VARLEN": True, "EVEN_N": False}),
     ("joint", 128, (128, 64, 8, 2), {"JOINT": True}), ("negative", 64, (128, 64, 8, 3), {"NEG": True}),
+    ("plain", 64, (64, 64, 4, 3), {}), ("plain, row sums by MMA", 64, (64, 64, 4, 3), {"ROWSUM_MMA": True}),
+    ("plain, row sums by MMA", 64, (128, 64, 4, 3), {"ROWSUM_MMA": True}),
+    ("plain, row sums by MMA", 128, (128, 128, 8, 3), {"ROWSUM_MMA": True}),
+    ("negative, row sums by MMA", 64, (128, 64, 8, 3), {"NEG": True, "ROWSUM_MMA": True}),
 ]
 
 
@@ -98,6 +102,8 @@ def compile_attention(head_dim: int, tile, flags, module=None) -> tuple:
                  USE_TMA=len(tile) > 4 and tile[4])
     if "ROW_ALIGN" in module._attn_fwd_kernel.arg_names:  # the launcher's hint for bf16 rows of 8k elements
         const["ROW_ALIGN"] = 8 if head_dim % 8 == 0 else 1
+    if "ROWSUM_MMA" in module._attn_fwd_kernel.arg_names:
+        const["ROWSUM_MMA"] = False
     const.update(flags)
     fn = module._attn_fwd_kernel
     # What Triton's launcher specialises at run time for contiguous (B, H, N, D) bf16 tensors at production sizes:
@@ -152,17 +158,18 @@ def candidates() -> int:
     return failures
 
 
-def probe_exp2_split() -> None:
-    """The Hopper probe's kernel (benchmarks/attention_hopper_probe.py) with each exp2 split: registers, spills, PTX
-    per key block, and its special-function (ex2) and FMA instructions, per thread."""
+def probe_softmax_variants() -> None:
+    """The Hopper probe's kernel (benchmarks/attention_hopper_probe.py) with each exp2 split and with the row sums on
+    the tensor cores: registers, spills, PTX per key block, and its special-function (ex2), FMA and add instructions
+    per thread."""
     from benchmarks import attention_hopper_probe as P
 
     fn = P._probe_attn
-    print("| D | tile | exp2 split | registers | spill bytes | PTX per key block | ex2 | fma |\n"
-          "|---|---|---|---|---|---|---|---|")
+    print("| D | tile | softmax | registers | spill bytes | PTX per key block | ex2 | fma | add |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for d, bm, bn, warps in ((64, 128, 64, 8), (128, 128, 128, 8)):
-        for poly in (0, 2, 4):
-            const = dict(D=d, BLOCK_M=bm, BLOCK_N=bn, WS=False, POLY=poly)
+        for poly, rowsum in ((0, False), (2, False), (4, False), (0, True)):
+            const = dict(D=d, BLOCK_M=bm, BLOCK_N=bn, WS=False, POLY=poly, ROWSUM_MMA=rowsum)
             signature = {name: "constexpr" if name in const else "*bf16" if name in "QKVO" else
                          "fp32" if name == "qk_scale" else "i32" for name in fn.arg_names}
             aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
@@ -173,9 +180,9 @@ def probe_exp2_split() -> None:
                                  options={"num_warps": warps, "num_stages": 3, "enable_fp_fusion": True}).asm["ptx"]
             regs, spill, _, _ = ptxas_report(ptx)
             loop = key_loop(ptx)
-            ex2, fma = (sum(line.startswith(op) for line in loop) for op in ("ex2.approx", "fma.rn"))
-            split = "all ex2" if poly == 0 else f"1 in {poly} by polynomial"
-            print(f"| {d} | {bm}x{bn} w{warps} | {split} | {regs} | {spill} | {len(loop)} | {ex2} | {fma} |",
+            ex2, fma, add = (sum(line.startswith(op) for line in loop) for op in ("ex2.approx", "fma.rn", "add.f32"))
+            variant = "row sums by MMA" if rowsum else "all ex2" if poly == 0 else f"1 exp2 in {poly} by polynomial"
+            print(f"| {d} | {bm}x{bn} w{warps} | {variant} | {regs} | {spill} | {len(loop)} | {ex2} | {fma} | {add} |",
                   flush=True)
 
 
@@ -183,7 +190,7 @@ def main() -> int:
     if "--candidates" in sys.argv[1:]:
         return 1 if candidates() else 0
     if "--probe" in sys.argv[1:]:
-        probe_exp2_split()
+        probe_softmax_variants()
         return 0
     print("| variant | D | tile (M x N, warps, stages) | registers | spill bytes | async copies | PTX per key block |"
           "\n|---|---|---|---|---|---|---|")

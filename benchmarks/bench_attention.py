@@ -187,6 +187,37 @@ def _host_rows(device, dtype, attention) -> List[Dict[str, object]]:
                            ours, "sdpa (default)", peer)]
 
 
+def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
+    """The kernel's ROWSUM_MMA experiment (the softmax's row sums on the tensor cores) against the same tile summing
+    with adds, device time under graph replay, at the production shapes of head dim 64 and 128: each head dim's
+    default tile, and for head dim 64 the autotuner's choice on an H200 (64 x 64)."""
+    from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward, default_config
+
+    rows = []
+    for shape in [GPU_SHAPES[i] for i in (0, 1, 2)]:
+        gen = torch.Generator(device=device).manual_seed(3)
+        q, k, v = (torch.randn(shape.batch, shape.heads, shape.n_q, shape.head_dim, device=device, dtype=dtype,
+                               generator=gen) for _ in range(3))
+        out = torch.empty_like(q)
+        flops = _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)
+        tiles = [default_config(shape.head_dim, False)] + ([(64, 64, 4, 3)] if shape.head_dim == 64 else [])
+        for bm, bn, warps, stages in tiles:
+            def launch(rowsum, bm=bm, bn=bn, warps=warps, stages=stages):
+                attention_forward(_attn_fwd_kernel, q, k, v, out, scale=shape.head_dim ** -0.5, block_m=bm,
+                                  block_n=bn, num_warps=warps, num_stages=stages, rowsum_mma=rowsum)
+
+            tile = f"{bm}x{bn} w{warps} s{stages}"
+            try:
+                rows.append(_row(f"{shape.name}: row sums by MMA, {tile} (graph replay)", str(shape),
+                                 measure_graph(lambda: launch(True)), "same tile, row sums by adds (graph replay)",
+                                 measure_graph(lambda: launch(False)), flops, ceiling))
+            except Exception as exc:  # noqa: BLE001 - an experiment that does not build is a finding, not a crash
+                rows.append({"area": "attention", "name": f"{shape.name}: row sums by MMA, {tile}",
+                             "shape": str(shape), "peer": "same tile, row sums by adds",
+                             "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"})
+    return rows
+
+
 def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, object]]:
     """Each fused variant against the stock PyTorch op sequence it replaces."""
     from pydiff.reference.attention import rope_reference
@@ -360,6 +391,8 @@ def run(quick: bool, device: str, progress: bool = False) -> List[Dict[str, obje
         rows += report(_variant_rows(device, dtype, quick, ceiling, pydiff.attention))
         if gpu:
             rows += report(_host_rows(device, dtype, pydiff.attention))
+            if not quick:
+                rows += report(_experiment_rows(device, dtype, ceiling))
     return rows
 
 

@@ -128,7 +128,7 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
                  stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                  SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                 SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr):
+                 SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr):
     """Keys [k_start, n_end) of one stream (K, V: the head's base pointers), block by block, into the online softmax
     (FlashAttention-2 algorithm 1, base 2); with USE_TMA read through descriptors, one per head-dim chunk.
     MASK_N: the stream may end inside a block. Then the whole blocks still run without the column mask (a select
@@ -148,13 +148,13 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
         acc_a, acc_b, m_i, l_i = _attend_block(
             acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, start_n, n_end, stride_kn, stride_kd, stride_vn,
             stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N and not SPLIT_N,
-            EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
+            EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
     if SPLIT_N:
         if n_whole < n_end:
             acc_a, acc_b, m_i, l_i = _attend_block(
                 acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, n_whole, n_end, stride_kn, stride_kd,
                 stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, True,
-                EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
+                EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
     return acc_a, acc_b, m_i, l_i
 
 
@@ -163,8 +163,8 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end
                   stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                   SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                  SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr):
-    """One key/value block into the online softmax."""
+                  SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr):
+    """One key/value block into the online softmax (``l_i``: see ``_row_sums``)."""
     offs_n = tl.arange(0, BLOCK_N)
     d_a = tl.arange(0, BLOCK_DA)
     d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
@@ -218,7 +218,8 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.math.exp2(s - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
+    if not ROWSUM_MMA:
+        l_i = l_i * alpha + tl.sum(p, 1)
     if USE_TMA:
         v_a = V.load([start_n, 0])
     else:
@@ -228,6 +229,8 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end
         v_a = v_a.to(tl.float32)
     else:
         p = p.to(v_a.dtype)
+    if ROWSUM_MMA:
+        l_i = tl.dot(p, tl.full([BLOCK_N, 16], 1.0, p.dtype), l_i * alpha[:, None])
     # the rescaled accumulator goes into the matrix unit as its addend (no separate add)
     acc_a = tl.dot(p, v_a, acc_a * alpha[:, None])
     if SPLIT_D:
@@ -242,6 +245,17 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end
 
 
 @triton.jit
+def _row_sums(BLOCK_M: tl.constexpr, ROWSUM_MMA: tl.constexpr):
+    """The online softmax's row sums, zero: one per row, or with ROWSUM_MMA 16 equal columns per row (the tensor
+    cores' smallest output width)."""
+    if ROWSUM_MMA:  # (one return: Triton 3.6 types every return of a function alike, taken or not)
+        sums = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
+    else:
+        sums = tl.zeros([BLOCK_M], dtype=tl.float32)
+    return sums
+
+
+@triton.jit
 def _query_block(
     Q, O, row_start, row_end, stride_qn, stride_qd, stride_on, stride_od,
     K, V, stride_kn, stride_kd, stride_vn, stride_vd, k_start, k_end,
@@ -251,7 +265,7 @@ def _query_block(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
     JOINT: tl.constexpr, NEG: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    USE_TMA: tl.constexpr,
+    USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr,
 ):
     """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream."""
     offs_m = tl.arange(0, BLOCK_M)
@@ -267,33 +281,40 @@ def _query_block(
                       mask=row_mask[:, None] & (d_b < HEAD_DIM)[None, :], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    l_i = _row_sums(BLOCK_M, ROWSUM_MMA)
     acc_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
     acc_b = tl.zeros([BLOCK_M, BLOCK_DB], dtype=tl.float32)
     acc_a, acc_b, m_i, l_i = _attend_keys(
         acc_a, acc_b, m_i, l_i, q_a, q_b, K, V,
         k_start, k_end, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-        HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
+        HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA,
+        ROWSUM_MMA)
     if JOINT:
         # The second key stream continues the same online softmax: joint attention without concatenation.
         acc_a, acc_b, m_i, l_i = _attend_keys(
             acc_a, acc_b, m_i, l_i, q_a, q_b, K2, V2,
             0, k2_end, stride_k2n, stride_k2d, stride_v2n, stride_v2d, qk_scale,
-            HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
+            HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA,
+            ROWSUM_MMA)
     # A row with no key to attend to (kv_lens == 0) has l == 0 and acc == 0: it is defined as zero.
+    if ROWSUM_MMA:
+        l_i = tl.max(l_i, 1)  # its 16 columns are equal
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out_a = acc_a / l_i[:, None]
     out_b = acc_b / l_i[:, None]
     if NEG:
         # The q tile is already in registers: a second online softmax over the negative keys reuses it.
         mn_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        ln_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        ln_i = _row_sums(BLOCK_M, ROWSUM_MMA)
         accn_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
         accn_b = tl.zeros([BLOCK_M, BLOCK_DB], dtype=tl.float32)
         accn_a, accn_b, mn_i, ln_i = _attend_keys(
             accn_a, accn_b, mn_i, ln_i, q_a, q_b, KN, VN,
             0, kn_end, stride_knn, stride_knd, stride_vnn, stride_vnd, qk_scale,
-            HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
+            HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA,
+            ROWSUM_MMA)
+        if ROWSUM_MMA:
+            ln_i = tl.max(ln_i, 1)
         ln_i = tl.where(ln_i == 0.0, 1.0, ln_i)
         out_a -= neg_scale * (accn_a / ln_i[:, None])
         out_b -= neg_scale * (accn_b / ln_i[:, None])
@@ -346,6 +367,7 @@ def _attn_fwd_kernel(
     JOINT: tl.constexpr, NEG: tl.constexpr, VARLEN: tl.constexpr,
     HAS_KV_LENS: tl.constexpr, HAS_NEG_KV_LENS: tl.constexpr, EMULATE_BF16: tl.constexpr,
     SCALE_POSITIVE: tl.constexpr, TMA_OK: tl.constexpr, USE_TMA: tl.constexpr = False, ROW_ALIGN: tl.constexpr = 1,
+    ROWSUM_MMA: tl.constexpr = False,
 ):
     """grid = (query blocks [of both streams when JOINT], B * H, segments). See the module docstring.
 
@@ -353,7 +375,9 @@ def _attn_fwd_kernel(
     TMA_OK: unused here; whether the launcher found the key/value tensors fit for USE_TMA, read by the autotuner's
     pruner and key. ROW_ALIGN: every batch, head and token stride is a multiple of this many elements (16 bytes;
     the launcher checked). Triton's launcher marks only 16-divisible ints, so without the hint rows of 40 or 72
-    elements load one element at a time.
+    elements load one element at a time. ROWSUM_MMA: the softmax's row sums come from the tensor cores, as P times a
+    block of ones beside P times V, instead of an add per score (sm_90a, the probe's D 64 loop: 332 -> 298 PTX
+    instructions per key block); an experiment, off unless asked for.
     """
     # Inductor's copy of this kernel types Python float arguments as fp64: without the casts the online-softmax
     # state would turn fp64 inside the key loop, which Triton rejects (loop-carried type change).
@@ -440,7 +464,7 @@ def _attn_fwd_kernel(
             KNh, VNh, stride_knn, stride_knd, stride_vnn, stride_vnd, kn_end,
             qk_scale, neg_scale,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT, NEG, EMULATE_BF16,
-            SCALE_POSITIVE, USE_TMA)
+            SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
 
 
 @triton.jit
@@ -665,7 +689,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                       rope=None, rope_interleaved=True, q_norm_weight=None, k_norm_weight=None,
                       joint_q_norm_weight=None, joint_k_norm_weight=None, norm_eps=1e-6,
                       block_m=None, block_n=None, num_warps=4, num_stages=2, use_tma=False, prologue_kernel=None,
-                      tuned=None):
+                      tuned=None, rowsum_mma=False):
     """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
     ``torch.library.wrap_triton``). All arguments were checked by the caller.
 
@@ -678,11 +702,14 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     with the tile it chose, skipping the tuner's per-call key work (the autotuner builds its cache key from all
     60 arguments on every call).
     prologue_kernel: ``_qk_prologue`` as the caller launches it (wrapped for torch.library); None: this module's.
+    rowsum_mma: the kernel's ROWSUM_MMA experiment, with ``block_m`` (the benchmark and the tests time and check it).
     When q or k has a norm or RoPE, each such tensor first gets it in one pass of its own (``_qk_prologue``).
     Returns the attention launch's plan (``plans``; with the prologue, not the whole call), or None without one.
     """
     import torch
 
+    if rowsum_mma and block_m is None:
+        raise ValueError("rowsum_mma: an experiment for a fixed tile (block_m, block_n), not for the autotuner")
     if rope is not None or any(w is not None for w in (q_norm_weight, k_norm_weight, joint_q_norm_weight,
                                                        joint_k_norm_weight)):
         prepare = _preparer(prologue_kernel if prologue_kernel is not None else _qk_prologue, bnhd, rope,
@@ -707,8 +734,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     if plans.ENABLED and type(q) is torch.Tensor and (block_m is not None or tuned is not None):
         present = (q, k, v, out, *(joint or ()), *(negative or ()), *optional)
         plan_key = (plans.unwrapped(kernel), bnhd, float(scale), float(negative_scale), max_seqlen_q,
-                    block_m, block_n, num_warps, num_stages, use_tma, joint is not None, negative is not None,
-                    os.environ.get("PYDIFF_ATTENTION_TMA"),
+                    block_m, block_n, num_warps, num_stages, use_tma, rowsum_mma, joint is not None,
+                    negative is not None, os.environ.get("PYDIFF_ATTENTION_TMA"),
                     *(None if t is None else plans.tensor_key(t) for t in present))
         plan = plans.run(plan_key, tensors)
         if plan is not None:
@@ -783,7 +810,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         raise ValueError("use_tma: the key/value tensors need compute capability 9+, a contiguous head dim and "
                          "16-byte aligned addresses and strides")
     if block_m is not None:
-        flags.update(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, USE_TMA=use_tma)
+        flags.update(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, USE_TMA=use_tma,
+                     ROWSUM_MMA=bool(rowsum_mma))
     flags.update(plans.launch_options(kernel))
     # descriptor loads need Triton's allocator, which is per thread (a context variable): planned launches set it too
     before = _ensure_scratch_allocator if flags["TMA_OK"] or (use_tma and q.is_cuda) else None

@@ -150,9 +150,9 @@ def references(q, k, v, kw):
     return ref64, lowp
 
 
-def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False):
+def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_mma=False):
     """The Triton kernel through its launcher, into outputs poisoned beforehand (every element must be written);
-    use_tma: key/value blocks through tensor descriptors."""
+    use_tma: key/value blocks through tensor descriptors; rowsum_mma: the row sums on the tensor cores."""
     from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward
 
     out = torch.full_like(q, poison, memory_format=torch.contiguous_format)
@@ -170,7 +170,8 @@ def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False):
         max_seqlen_q=max_seqlen, rope=kw.get("rope"), rope_interleaved=kw.get("rope_interleaved", True),
         q_norm_weight=kw.get("q_norm_weight"), k_norm_weight=kw.get("k_norm_weight"),
         joint_q_norm_weight=kw.get("joint_q_norm_weight"), joint_k_norm_weight=kw.get("joint_k_norm_weight"),
-        norm_eps=kw.get("norm_eps", 1e-6), block_m=blocks[0], block_n=blocks[1], use_tma=use_tma)
+        norm_eps=kw.get("norm_eps", 1e-6), block_m=blocks[0], block_n=blocks[1], use_tma=use_tma,
+        rowsum_mma=rowsum_mma)
     return (out, joint[3]) if joint is not None else out
 
 
@@ -272,6 +273,32 @@ def test_kernel_accuracy_gpu_tiles(case, tile):
     out = run_kernel(q, k, v, kw, blocks)
     ref64, lowp = references(q, k, v, kw)
     assert_accurate(out, ref64, lowp, case.dtype)
+
+
+ROWSUM_CASES = [c for c in GRID if c.name in (
+    "f32-d64-97x97", "bf16-d80-1x97-mqa", "f32-varlen-kvlens", "f32-joint-kvlens", "f16-negative-lens-gqa",
+    "f32-joint-norms-rope-negative", "f16-negative-scale-kvlens")]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case", ROWSUM_CASES, ids=str)
+def test_row_sums_on_the_tensor_cores(case):
+    """The kernel's ROWSUM_MMA experiment (row sums as P times ones): as accurate as the adds, every variant, the
+    partial key block and the fully masked rows (kv_lens 0) included."""
+    q, k, v, kw = build(case, seed=17)
+    out = run_kernel(q, k, v, kw, case.blocks, rowsum_mma=True)
+    ref64, lowp = references(q, k, v, kw)
+    lows = (None,) * len(_streams(case, out)) if lowp is None else _streams(case, lowp)
+    for got, ref, low in zip(_streams(case, out), _streams(case, ref64), lows):
+        assert_accurate(got, ref, low, case.dtype)
+
+
+def test_row_sums_experiment_needs_a_fixed_tile():
+    from pydiff.kernels.attention import _attn_fwd_autotuned, attention_forward
+
+    q = torch.randn(1, 1, 8, 16)
+    with pytest.raises(ValueError, match="rowsum_mma"):
+        attention_forward(_attn_fwd_autotuned, q, q, q, torch.empty_like(q), scale=0.25, rowsum_mma=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -735,6 +762,22 @@ def test_hopper_probe_kernel_math():
     torch.testing.assert_close(tiny[3:], torch.tensor([2.0 ** -0.5, 1.0]), rtol=1e-4, atol=0)
 
 
+@needs_interpreter
+def test_benchmark_experiment_rows_dry_run(monkeypatch):
+    """The GPU benchmark's ROWSUM_MMA rows, run on CPU under the interpreter at tiny shapes (a graph replay stands in
+    as one timed call): both sides launch and every row is measured."""
+    bench = pytest.importorskip("benchmarks.bench_attention")
+    from benchmarks.common import measure
+
+    monkeypatch.setattr(bench, "GPU_SHAPES", [bench.Shape("t128", 1, 1, 64, 64, 128),
+                                              bench.Shape("t64", 1, 1, 64, 64, 64),
+                                              bench.Shape("t64", 1, 2, 32, 32, 64)])
+    monkeypatch.setattr(bench, "measure_graph", lambda fn: measure(fn, warmup=0, min_repeat=1, min_time=0.0))
+    rows = bench._experiment_rows("cpu", torch.float32, None)
+    assert [r["name"].split(":")[0] for r in rows] == ["t128", "t64", "t64", "t64", "t64"]
+    assert all(r["speedup"] > 0 for r in rows), rows
+
+
 def test_benchmark_suite_runs_on_cpu():
     """benchmarks/bench_attention.py on tiny CPU shapes (ours = the torch backend): every row is measured."""
     bench = pytest.importorskip("benchmarks.bench_attention")
@@ -811,6 +854,14 @@ def test_gpu_accuracy_descriptors(case, cuda_device):
     if not tma_usable(kv):
         pytest.skip("these key/value tensors are not 16-byte aligned")
     _assert_gpu_accurate(case, run_kernel(q, k, v, kw, _gpu_default_tile(case), use_tma=True), q, k, v, kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_GRID, ids=str)
+def test_gpu_accuracy_rowsum_mma(case, cuda_device):
+    """The ROWSUM_MMA experiment compiled for the GPU (the benchmark times it): every grid case at its default tile."""
+    q, k, v, kw = _on_device(case, cuda_device)
+    _assert_gpu_accurate(case, run_kernel(q, k, v, kw, _gpu_default_tile(case), rowsum_mma=True), q, k, v, kw)
 
 
 @pytest.mark.gpu
