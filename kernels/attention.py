@@ -704,7 +704,6 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     prologue_kernel: ``_qk_prologue`` as the caller launches it (wrapped for torch.library); None: this module's.
     rowsum_mma: the kernel's ROWSUM_MMA experiment, with ``block_m`` (the benchmark and the tests time and check it).
     When q or k has a norm or RoPE, each such tensor first gets it in one pass of its own (``_qk_prologue``).
-    Returns the attention launch's plan (``plans``; with the prologue, not the whole call), or None without one.
     """
     import torch
 
@@ -728,7 +727,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     if varlen and cu_seqlens_k is None:
         cu_seqlens_k = cu_seqlens_q
     optional = (kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k)
-    tensors = leading_tensors(q, k, v, out, joint, negative, *optional)
+    tensors = _leading_tensors(q, k, v, out, joint, negative, *optional)
     q2, k2, v2, out2, k_neg, v_neg = tensors[4:10]
     plan_key = None
     if plans.ENABLED and type(q) is torch.Tensor and (block_m is not None or tuned is not None):
@@ -737,9 +736,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                     block_m, block_n, num_warps, num_stages, use_tma, rowsum_mma, joint is not None,
                     negative is not None, os.environ.get("PYDIFF_ATTENTION_TMA"),
                     *(None if t is None else plans.tensor_key(t) for t in present))
-        plan = plans.run(plan_key, tensors)
-        if plan is not None:
-            return plan
+        if plans.run(plan_key, tensors):
+            return
 
     (batch, heads, n_q, head_dim), sq = _dims(q, bnhd)
     (_, kv_heads, n_k, _), sk = _dims(k, bnhd)
@@ -818,7 +816,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     if before is not None:
         before()
     if block_m is not None or tuned is None:
-        return plans.launch(kernel, grid, args, flags, plan_key, len(tensors), before)
+        plans.launch(kernel, grid, args, flags, plan_key, len(tensors), before, writes=_WRITES)
+        return
     # The tuner's own key (shapes, the head-dim split, the variant flags, dtypes) is a subset of this one.
     key = (n_q, n_k, n_q2, n_k2, n_neg, segments, q.device, *flags.values(),
            *(t.dtype for t in args[:14]))
@@ -826,12 +825,17 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     if choice is None:
         tuner, _ = tuned
         kernel[grid](*args, **flags)
+        plans.unplanned(tensors)
         _TUNED[key] = tuner.best_config.all_kwargs()
-        return None
-    return plans.launch(tuned[1], grid, args, {**flags, **choice}, plan_key, len(tensors), before)
+    else:
+        plans.launch(tuned[1], grid, args, {**flags, **choice}, plan_key, len(tensors), before, writes=_WRITES)
 
 
-def leading_tensors(q, k, v, out, joint, negative, kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k):
+#: the attention kernel's tensor arguments it writes: O and O2 (``_leading_tensors``)
+_WRITES = (3, 7)
+
+
+def _leading_tensors(q, k, v, out, joint, negative, kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k):
     """The attention kernel's 14 tensor arguments, in order: the streams (q, k, v, out; q2, k2, v2, out2 from
     ``joint``; k_neg, v_neg from ``negative``), then the lengths and offsets; q or the first stream's tensors stand
     in for what the call does not have (the kernel's flags say it is absent)."""
@@ -882,7 +886,7 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16):
                      EMULATE_BF16=emulate_bf16, ROW_ALIGN=_row_align(x.element_size(), sx + sy), num_warps=4,
                      **plans.launch_options(kernel))
         args = [*tensors, *sx, *sy, *rope_strides, heads, n, pos_shift, float(norm_eps)]
-        plans.launch(kernel, (-(-n // block_m), batch * heads), args, flags, plan_key, len(tensors))
+        plans.launch(kernel, (-(-n // block_m), batch * heads), args, flags, plan_key, len(tensors), writes=(1,))
         return y
 
     return prepare

@@ -5,22 +5,28 @@ the 82-parameter attention kernel on a 2-core host with Triton 3.6). A plan reme
 caller's key: ``tensor_key`` of every tensor, the scalars, the launch config), the compiled kernel Triton's JIT
 returned, the grid and every argument after the leading tensors; a later call with the same key launches the
 compiled kernel directly, in about 4 us. Plans need Triton 3.3+, whose compiled kernels take every parameter,
-constexprs included (older ones take the others only). A caller may keep a plan under a key of its own and launch
-it with ``launch_plan`` (``pydiff.attention``'s call plans skip its checks and launcher that way).
+constexprs included (older ones take the others only).
+
+A caller may also record every launch a call of its own makes (``recording``) and replay those plans later with
+``launch_plan`` (``pydiff.attention``'s call plans skip its checks and launcher that way). A plan knows which of its
+leading tensors the kernel writes, so a recording can tell outputs made for the call from inputs.
 """
 
+import contextlib
 import threading
 
 import triton
 from triton.runtime import driver
 from triton.runtime.jit import KernelInterface
 
-#: key -> (compiled kernel, grid, arguments after the tensors, callable to run before each launch or None); the
-#: oldest plan goes when a new one would make more than MAX_PLANS (keys also hold scalars such as the scale)
+#: key -> (compiled kernel, grid, arguments after the tensors, callable to run before each launch or None, indices
+#: of the leading tensors the kernel writes); the oldest plan goes when a new one would make more than MAX_PLANS (keys
+#: also hold scalars such as the scale)
 CACHE = {}
 MAX_PLANS = 1024
 ENABLED = tuple(int(part) for part in triton.__version__.split(".")[:2]) >= (3, 3)
 _INSERT = threading.Lock()
+_RECORDER = threading.local()
 
 
 def tensor_key(t):
@@ -42,18 +48,42 @@ def unwrapped(kernel):
     return kernel if inner is None else inner
 
 
+@contextlib.contextmanager
+def recording():
+    """Collect the launches this thread makes inside the block, as a list of (plan, leading tensors); a launch made
+    without a plan (through Triton's JIT, or ``unplanned``) appears with plan None."""
+    outer = getattr(_RECORDER, "launches", None)
+    launches = _RECORDER.launches = []
+    try:
+        yield launches
+    finally:
+        _RECORDER.launches = outer
+
+
+def unplanned(tensors=()) -> None:
+    """Tell a recording that a launch was made without a plan (it cannot be replayed)."""
+    _record(None, tensors)
+
+
+def _record(plan, tensors) -> None:
+    launches = getattr(_RECORDER, "launches", None)
+    if launches is not None:
+        launches.append((plan, tuple(tensors)))
+
+
 def run(key, tensors):
     """Launch the plan remembered under ``key`` with these leading tensor arguments; the plan, or None when there is
     none (nothing launched)."""
     plan = CACHE.get(key)
     if plan is not None:
         launch_plan(plan, tensors)
+        _record(plan, tensors)
     return plan
 
 
 def launch_plan(plan, tensors) -> None:
     """Launch a plan (``run``'s, or one a caller kept) with these leading tensor arguments."""
-    compiled, grid, tail, before = plan
+    compiled, grid, tail, before, _ = plan
     if before is not None:
         before()
     compiled[grid](*tensors, *tail, stream=driver.active.get_current_stream(tensors[0].device.index))
@@ -67,13 +97,22 @@ def remember(cache: dict, key, value) -> None:
         cache[key] = value
 
 
-def launch(kernel, grid, args, flags, key, leading: int, before=None):
+def launch(kernel, grid, args, flags, key, leading: int, before=None, writes=()):
     """``kernel[grid](*args, **flags)``; with a ``key``, remember the launch as a plan (for ``run`` with the first
     ``leading`` arguments, the tensors) when Triton's JIT returned its compiled kernel (not under the interpreter or
-    a tracer). before: what each planned launch must run first (the launch itself ran it already). Returns the plan,
-    or None when none was made."""
+    a tracer). before: what each planned launch must run first (the launch itself ran it already); writes: the
+    indices of the leading tensors the kernel writes. Returns the plan, or None when none was made."""
     compiled = kernel[grid](*args, **flags)
-    if key is None or not hasattr(compiled, "packed_metadata"):
+    plan = _plan(compiled, kernel, grid, args, flags, leading, before, writes) if key is not None else None
+    if plan is not None:
+        remember(CACHE, key, plan)
+    _record(plan, args[:leading])
+    return plan
+
+
+def _plan(compiled, kernel, grid, args, flags, leading, before, writes):
+    """The plan of a launch that returned ``compiled``, or None where its arguments cannot be replayed."""
+    if not hasattr(compiled, "packed_metadata"):
         return None
     fn = unwrapped(kernel)
     values = {**dict(zip(fn.arg_names, args)), **flags}
@@ -83,6 +122,4 @@ def launch(kernel, grid, args, flags, key, leading: int, before=None):
         return None
     full = [values[p.name] if p.name in values else p.default for p in fn.params]
     dims = tuple(grid(values) if callable(grid) else grid)
-    plan = (compiled, dims + (1,) * (3 - len(dims)), tuple(full[leading:]), before)
-    remember(CACHE, key, plan)
-    return plan
+    return compiled, dims + (1,) * (3 - len(dims)), tuple(full[leading:]), before, tuple(writes)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -250,18 +251,19 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
     return _run(_make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, joint_q,
                            joint_k, joint_v, negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos,
                            rope_sin, rope_interleaved, q_norm_weight, k_norm_weight, joint_q_norm_weight,
-                           joint_k_norm_weight, norm_eps))[0]
+                           joint_k_norm_weight, norm_eps))
 
 
-def _run(call: _Call):
-    """The op's body: check, allocate, run the selected backend. Returns (outputs, the attention launch's plan or
-    None; see ``pydiff.kernels.plans``)."""
+def _run(call: _Call) -> List[torch.Tensor]:
+    """The op's body: check, allocate, run the selected backend."""
     check_attention_args(call)
     outs = _allocate(call.q, call.joint[0] if call.joint is not None else None, call.cu_seqlens_q is not None)
     backend, impl = backends.select(call.q.device)
     if backend == "triton" and call.q.is_cuda:
-        return outs, _attention_triton_cuda(call, outs)  # called by name so triton_op finds the kernel inside
-    return outs, impl(call, outs)
+        _attention_triton_cuda(call, outs)  # called by name so triton_op finds the kernel inside
+    else:
+        impl(call, outs)
+    return outs
 
 
 def _attention_fake(*args):
@@ -328,9 +330,8 @@ def autotune_enabled() -> bool:
     return value not in ("0", "false", "off")
 
 
-def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]):
-    """The kernel on CUDA tensors: autotuned, or each head dim's default tile. Returns the attention launch's plan
-    (eager calls), or None."""
+def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:
+    """The kernel on CUDA tensors: autotuned, or each head dim's default tile."""
     from pydiff.kernels.attention import attention_forward, default_config, default_use_tma
 
     tracing = _wrap_triton_enabled()  # a tracer (torch.compile, export) records the kernels through torch.library
@@ -348,14 +349,15 @@ def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]):
             # eager launches remember the tuner's choice per specialisation and then skip the tuner; a tracer
             # sees the autotuned kernel itself
             tuned = None if tracing else (tuner, plain)
-            return attention_forward(tuner, call.q, call.k, call.v, outs[0], prologue_kernel=prologue, tuned=tuned,
-                                     **_triton_kwargs(call, outs))
-        head_dim = call.bhnd(call.q)[3]
-        heavy = call.joint is not None or call.negative is not None
-        block_m, block_n, warps, stages = default_config(head_dim, heavy, call.negative is not None)
-        return attention_forward(plain, call.q, call.k, call.v, outs[0], block_m=block_m, block_n=block_n,
-                                 num_warps=warps, num_stages=stages, use_tma=default_use_tma(head_dim),
-                                 prologue_kernel=prologue, **_triton_kwargs(call, outs))
+            attention_forward(tuner, call.q, call.k, call.v, outs[0], prologue_kernel=prologue, tuned=tuned,
+                              **_triton_kwargs(call, outs))
+        else:
+            head_dim = call.bhnd(call.q)[3]
+            heavy = call.joint is not None or call.negative is not None
+            block_m, block_n, warps, stages = default_config(head_dim, heavy, call.negative is not None)
+            attention_forward(plain, call.q, call.k, call.v, outs[0], block_m=block_m, block_n=block_n,
+                              num_warps=warps, num_stages=stages, use_tma=default_use_tma(head_dim),
+                              prologue_kernel=prologue, **_triton_kwargs(call, outs))
 
 
 def define_attention_op(name: str, use_triton_op: bool):
@@ -374,8 +376,8 @@ def define_attention_op(name: str, use_triton_op: bool):
 # The CUDA launcher's kernels and wrap_triton, bound at import on a CUDA machine. They are module globals because
 # triton_op finds the kernels of an op by reading the names passed to wrap_triton in its source.
 _attn_fwd_autotuned = _attn_fwd_kernel = _qk_prologue = None
-# with them, launch plans (pydiff.kernels.plans) and the kernel's tensor-argument order, for eager calls
-_plans = _leading_tensors = None
+# with them, launch plans (pydiff.kernels.plans), for eager calls
+_plans = None
 
 
 def wrap_triton(kernel):
@@ -394,12 +396,11 @@ def _load_gpu_kernel() -> bool:
 def bind_gpu_kernels() -> None:
     """Bind the compiled (not interpreted) kernels and torch.library's wrap_triton for CUDA launches; done at import
     on a CUDA machine (benchmarks/attention_host.py also does it to time the launch path without a GPU)."""
-    global _attn_fwd_autotuned, _attn_fwd_kernel, _qk_prologue, wrap_triton, _plans, _leading_tensors
+    global _attn_fwd_autotuned, _attn_fwd_kernel, _qk_prologue, wrap_triton, _plans
     from torch.library import wrap_triton
 
     from pydiff.kernels import plans as _plans
     from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_kernel, _qk_prologue
-    from pydiff.kernels.attention import leading_tensors as _leading_tensors
 
 
 attention_op = define_attention_op("pydiff::attention", use_triton_op=_load_gpu_kernel())
@@ -482,42 +483,73 @@ def attention(
     return (outs[0], outs[1]) if joint is not None else outs[0]
 
 
-#: plain eager CUDA calls whose body made one planned launch: signature (``_call_key``) -> that launch's plan
+#: plain eager calls whose body made only planned launches: signature (``_call_key``) -> replay (``_replay``)
 _CALLS = {}
+_SCALARS = (float, int, bool, str)
 
 
 def _eager(args) -> List[torch.Tensor]:
-    """A plain eager call: the op's body; or, for a signature whose body already ran and made one planned launch,
-    that launch alone with new outputs. The checks passed for these shapes, strides, dtypes and devices, and the
-    backend, tile and kernel follow from them, the environment switches and the tuner's choice (kept per
-    signature), so the body would launch the same plan."""
+    """A plain eager call: the op's body; or, for a signature whose body already ran making only planned launches
+    (``pydiff.kernels.plans``), those launches alone, into new outputs and intermediates. The checks passed for
+    these shapes, strides, dtypes and devices, and the backend, tiles and kernels follow from them, the environment
+    switches and the tuner's choice (kept per signature), so the body would launch the same plans."""
     key = _call_key(args)
-    plan = _CALLS.get(key) if key is not None else None
-    if plan is None:
+    replay = _CALLS.get(key) if key is not None else None
+    if replay is not None:
+        return replay(args)
+    if key is None:
         with _direct_launch():
-            outs, plan = _run(_make_call(*args))
-        if key is not None and plan is not None:
-            _plans.remember(_CALLS, key, plan)
-        return outs
-    q, k, v, _, _, kv_lens, cu_q, cu_k, _, joint_q, joint_k, joint_v, neg_k, neg_v, _, neg_kv_lens = args[:16]
-    outs = _allocate(q, joint_q, cu_q is not None)
-    joint = None if joint_q is None else (joint_q, joint_k, joint_v, outs[1])
-    negative = None if neg_k is None else (neg_k, neg_v)
-    _plans.launch_plan(plan, _leading_tensors(q, k, v, outs[0], joint, negative, kv_lens, neg_kv_lens, cu_q,
-                                              cu_q if cu_k is None else cu_k))
+            return _run(_make_call(*args))
+    with _direct_launch(), _plans.recording() as launches:
+        outs = _run(_make_call(*args))
+    replay = _replay(args, outs, launches)
+    if replay is not None:
+        _plans.remember(_CALLS, key, replay)
     return outs
+
+
+def _replay(args, outs, launches):
+    """A function ``replay(args) -> outputs`` repeating ``launches`` (the body's, recorded) for a call with these
+    argument signatures; None when one was not planned, when a launch read a tensor that neither the call passed nor
+    a launch wrote (one the body made otherwise, such as a contiguous copy of a strided norm weight), or when the
+    call passed one tensor twice (which argument a launch read would be ambiguous)."""
+    if not launches or any(plan is None for plan, _ in launches):
+        return None
+    # each tensor's place in [*args, *outputs, *intermediates], the list a replay indexes
+    where = {id(t): i for i, t in enumerate(args) if isinstance(t, torch.Tensor)}
+    if len(where) != sum(isinstance(t, torch.Tensor) for t in args):
+        return None
+    where.update({id(t): len(args) + i for i, t in enumerate(outs)})
+    temps, steps = [], []
+    for plan, tensors in launches:
+        for slot, t in enumerate(tensors):
+            if id(t) not in where:
+                if slot not in plan[4]:
+                    return None
+                where[id(t)] = len(args) + len(outs) + len(temps)
+                temps.append((t.shape, t.stride(), t.dtype, t.device))
+        steps.append((plan, operator.itemgetter(*(where[id(t)] for t in tensors))))
+    packed = args[6] is not None
+    launch = _plans.launch_plan
+
+    def replay(call_args):
+        new = _allocate(call_args[0], call_args[9], packed)
+        tensors = [*call_args, *new, *(torch.empty_strided(size, stride, dtype=dtype, device=device)
+                                       for size, stride, dtype, device in temps)]
+        for plan, pick in steps:
+            launch(plan, pick(tensors))
+        return new
+
+    return replay
 
 
 def _call_key(args):
     """A plain eager call's signature for ``_CALLS``: ``tensor_key`` of every tensor, the other arguments, the
     backend in force, the environment switches and the current device. None where calls are not planned: off
-    a CUDA machine (``bind_gpu_kernels`` not run), without launch plans (Triton < 3.3), with a QK norm or RoPE
-    (their passes are launches of their own), on a device other than the current one, and where an argument is not
-    what the checks take (the body then raises its error). Only calls whose body returned a plan are kept."""
-    (q, k, v, scale, layout, kv_lens, cu_q, cu_k, max_seqlen_q, joint_q, joint_k, joint_v, neg_k, neg_v, neg_scale,
-     neg_kv_lens, cos, sin, _, q_w, k_w, joint_q_w, joint_k_w, _) = args
-    if _plans is None or not _plans.ENABLED or cos is not None or sin is not None or q_w is not None or \
-            k_w is not None or joint_q_w is not None or joint_k_w is not None or type(layout) is not str:
+    a CUDA machine (``bind_gpu_kernels`` not run), without launch plans (Triton < 3.3), on a device other than the
+    current one, and where an argument is not what the checks take (the body then raises its error)."""
+    q, layout = args[0], args[4]
+    if _plans is None or not _plans.ENABLED or type(layout) is not str:
         return None
     device = None
     if q.is_cuda:
@@ -526,12 +558,13 @@ def _call_key(args):
             return None
     tensor_key = _plans.tensor_key
     key = [current_backend(), os.environ.get("PYDIFF_ATTENTION_AUTOTUNE"), os.environ.get("PYDIFF_ATTENTION_TMA"),
-           device, scale, layout, max_seqlen_q, neg_scale, tensor_key(q)]
-    for t in (k, v, kv_lens, cu_q, cu_k, joint_q, joint_k, joint_v, neg_k, neg_v, neg_kv_lens):
-        if t is None:
-            key.append(None)
-        elif type(t) is torch.Tensor:
-            key.append(tensor_key(t))
+           device]
+    for a in args:
+        kind = type(a)
+        if kind is torch.Tensor:
+            key.append(tensor_key(a))
+        elif a is None or kind in _SCALARS:
+            key.append(a)
         else:
             return None
     return tuple(key)

@@ -87,10 +87,22 @@ def check(name, call, launches, jit, changed=()):
     print(f"ok {name}: {len(first)} launches, {len(changed)} specialisation changes", flush=True)
 
 
+def _wiring(launches):
+    """Which tensor arguments of a call's launches share memory: (launch, slot) pairs grouped by address."""
+    groups = {}
+    for i, (_, _, args) in enumerate(launches):
+        for slot, a in enumerate(args):
+            if isinstance(a, torch.Tensor):
+                groups.setdefault(a.data_ptr(), []).append((i, slot))
+    return sorted(groups.values())
+
+
 def check_calls(launches):
     """Call plans (``pydiff.attention``'s ``_CALLS``): a repeated eager call launches without running the op's body
-    (no checks, no launcher), passing what the body passed with new outputs; a call that differs in a checked
-    argument or a switch runs the body again, and a bad one still gets its error."""
+    (no checks, no launcher), passing what the body passed with new outputs and intermediates, wired alike (the
+    QK prologue's output is what the attention launch reads); a call that differs in a checked argument or a switch
+    runs the body again, and a bad one still gets its error. Calls a replay could get wrong run the body every time:
+    one tensor passed twice, a norm weight the body copies (strided)."""
     import importlib
     from unittest import mock
 
@@ -103,7 +115,20 @@ def check_calls(launches):
             mock.patch.dict(os.environ, {"PYDIFF_ATTENTION_AUTOTUNE": "0"}):
         q, k, v = _bhnd(2, 3, 97, 64), _bhnd(2, 3, 77, 64), _bhnd(2, 3, 77, 64)
         lens = torch.tensor([77, 30], dtype=torch.int32)
+        k_neg, v_neg = _bhnd(2, 3, 50, 64), _bhnd(2, 3, 50, 64)
         attention = module.attention
+        # Flux-like: (B, N, H, D) streams, per-stream QK norm, RoPE over the joined sequence (4 prologue launches)
+        image, text = [torch.randn(1, 40, 2, 64, dtype=BF16) for _ in range(3)], [torch.randn(1, 8, 2, 64, dtype=BF16)
+                                                                                 for _ in range(3)]
+        rope = (torch.rand(48, 64), torch.rand(48, 64))
+        weights = [torch.rand(64, dtype=BF16) + 0.5 for _ in range(4)]
+        strided = torch.rand(128, dtype=BF16)[::2]
+
+        def flux(k_weight=weights[1]):
+            return list(attention(*image, layout="bnhd", joint=tuple(text), rope=rope, q_norm_weight=weights[0],
+                                  k_norm_weight=k_weight, joint_q_norm_weight=weights[2],
+                                  joint_k_norm_weight=weights[3]))
+
         cases = [
             ("plain", lambda: [attention(q, k, v)], [
                 ("scale", lambda: attention(q, k, v, 0.2)),
@@ -113,7 +138,10 @@ def check_calls(launches):
                     lambda: attention(q, k, v))()),
             ]),
             ("joint + negative", lambda: list(attention(q, k, v, joint=(q[:, :, :20], k[:, :, :9], v[:, :, :9]),
-                                                        negative=(k, v), negative_scale=0.5)), []),
+                                                        negative=(k_neg, v_neg), negative_scale=0.5)), []),
+            ("joint + QK norm + RoPE", flux, [("RoPE pairing", lambda: attention(
+                *image, layout="bnhd", joint=tuple(text), rope=rope, rope_interleaved=False,
+                q_norm_weight=weights[0]))]),
         ]
         for name, call, changed in cases:
             launches.clear()
@@ -124,20 +152,29 @@ def check_calls(launches):
             second_out = call()
             second = list(launches)
             assert len(ran) == 1, f"call plan {name}: the repeated call ran the op's body"
-            assert len(first) == len(second) == 1, f"call plan {name}: {len(first)} / {len(second)} launches"
-            _same_launch(first[0], second[0], f"call plan {name}")
+            assert len(first) == len(second) > 0, f"call plan {name}: {len(first)} / {len(second)} launches"
+            for i, (a, b) in enumerate(zip(first, second)):
+                _same_launch(a, b, f"call plan {name}, launch {i}")
+            assert _wiring(first) == _wiring(second), f"call plan {name}: launches wired differently"
             assert all(a.data_ptr() != b.data_ptr() for a, b in zip(first_out, second_out)), f"{name}: outputs reused"
             for label, other in changed:
                 before = len(ran)
                 other()
                 assert len(ran) == before + 1, f"call plan {name}: '{label}' skipped the op's body"
+        for name, call in [("one tensor passed twice", lambda: attention(k, k, v)),
+                           ("a strided norm weight", lambda: flux(strided))]:
+            before = len(ran)
+            call()
+            call()
+            assert len(ran) == before + 2, f"call plan: {name} was replayed"
         try:
             attention(q, k.to(torch.float16), v)
         except TypeError as error:
             assert "k has dtype" in str(error), error
         else:
             raise AssertionError("call plan: a k of another dtype was launched")
-    print(f"ok call plans: {len(cases)} cases, repeated calls skip the op's body", flush=True)
+    print(f"ok call plans: {len(cases)} cases, repeated calls skip the op's body, 2 cases a replay could get "
+          "wrong run it", flush=True)
     # torch.library.triton_op finds the kernels an op launches by reading its source and the functions it calls by
     # name (Inductor and export need them): from the op's body, through the shared body, to the CUDA launcher
     try:
