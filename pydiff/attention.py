@@ -528,7 +528,9 @@ def _replay(args, outs, launches):
                     return None
                 where[id(t)] = len(args) + len(outs) + len(temps)
                 temps.append((t.shape, t.stride(), t.dtype, t.device))
-        steps.append((plan, operator.itemgetter(*(where[id(t)] for t in tensors))))
+        places = [where[id(t)] for t in tensors]
+        # (itemgetter of one index returns the item itself, not a tuple)
+        steps.append((plan, operator.itemgetter(*places) if len(places) > 1 else lambda ts, i=places[0]: (ts[i],)))
     packed = args[6] is not None
     launch = _plans.launch_plan
 
