@@ -888,12 +888,15 @@ PLAN_CASES = [GRID[i] for i in (0, 1, 4, 13, 15, 17, 23)]
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", PLAN_CASES, ids=str)
 def test_gpu_plans(case, cuda_device, monkeypatch):
-    """Eager calls after the first launch their compiled kernels from a plan (no Triton JIT): the same numbers as
+    """Eager calls after the first replay its launches (a call plan: no op body, no Triton JIT): the same numbers as
     the first call, bit for bit, and inside a CUDA graph too."""
     from pydiff.kernels import attention as kernels
     from pydiff.kernels.plans import CACHE as _PLANS
 
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
+    body, bodies = attention_module._run, []
+    monkeypatch.setattr(attention_module, "_run", lambda call: bodies.append(1) or body(call))
+    monkeypatch.setattr(attention_module, "_CALLS", {})  # (another test may have made this call already)
     jit_launches = []
 
     def counted(run):
@@ -909,10 +912,10 @@ def test_gpu_plans(case, cuda_device, monkeypatch):
         kw["max_seqlen_q"] = max(b - a for a, b in zip(case.cu_q, case.cu_q[1:]))
     first = pydiff.attention(q, k, v, **kw)
     plans = len(_PLANS)
-    assert plans > 0
+    assert plans > 0 and len(bodies) == 1
     jit_launches.clear()
     second = pydiff.attention(q, k, v, **kw)
-    assert len(_PLANS) == plans and not jit_launches
+    assert len(_PLANS) == plans and not jit_launches and len(bodies) == 1
     for a, b in zip(_streams(case, first), _streams(case, second)):
         assert torch.equal(a, b)
 
@@ -922,7 +925,7 @@ def test_gpu_plans(case, cuda_device, monkeypatch):
     q.copy_(torch.randn_like(q))  # the replay reads the new values
     graph.replay()
     eager = pydiff.attention(q, k, v, **kw)
-    assert len(_PLANS) == plans and not jit_launches
+    assert len(_PLANS) == plans and not jit_launches and len(bodies) == 1
     for a, b in zip(_streams(case, captured), _streams(case, eager)):
         assert torch.equal(a, b)
 
