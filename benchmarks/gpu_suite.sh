@@ -13,6 +13,8 @@
 #   probe: 8 tiles x 3 shapes).
 #   GPU_ATTN_BASELINE: an earlier attention results file to compare against (default: the committed
 #   benchmarks/results/*/attention.json with the latest date; "none" skips the comparison).
+#   GPU_ISOLATE_TIMEOUT: seconds for benchmarks/attention_isolate.py, run when the GPU tests fail (each attention
+#   case in a process of its own: a CUDA error fails every later test of its process).
 #   GPU_KEEP: a folder that receives, flat, the 8 files worth committing (a device lease returns at most 8), e.g.
 #   `GPU_KEEP=$OUT bash benchmarks/gpu_suite.sh /tmp/r`.
 set -uo pipefail
@@ -55,6 +57,14 @@ timeout "${GPU_TEST_TIMEOUT:-150}" python3 -m pytest -q -m gpu $par -p no:cachep
   >"$out/gpu-tests.log" 2>&1
 tests_rc=$?
 tail -25 "$out/gpu-tests.log"
+if [ "$tests_rc" != 0 ]; then
+  # A CUDA error fails every later test of its process: run each attention case alone to find the one that broke
+  # (appended to the test log, which GPU_KEEP returns).
+  timeout "${GPU_ISOLATE_TIMEOUT:-120}" python3 benchmarks/attention_isolate.py >"$out/isolate.md" 2>&1
+  { echo; echo "# benchmarks/attention_isolate.py (each case in its own process)"; cat "$out/isolate.md"; } \
+    >>"$out/gpu-tests.log"
+  grep -E "FAIL|ERROR|TIMEOUT|failed" "$out/isolate.md"
+fi
 # Steps, end-to-end sampling and quality: quick settings (no torch.compile peer); then attention, autotuned.
 bench_rc=0
 if [ "${GPU_BENCH_AREAS:-}" != none ]; then

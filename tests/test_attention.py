@@ -778,6 +778,20 @@ def test_benchmark_experiment_rows_dry_run(monkeypatch):
     assert all(r["speedup"] > 0 for r in rows), rows
 
 
+@needs_interpreter
+def test_isolation_tool_runs_each_case_apart():
+    """benchmarks/attention_isolate.py (each GPU grid case and mode in a process of its own, for finding the case
+    that breaks a GPU test run): it runs cases here under the interpreter, and its verdicts follow the GPU tests'
+    tolerances."""
+    tool = pytest.importorskip("benchmarks.attention_isolate")
+    assert tool.main(["f16-negative-scale-kvlens", "--modes", "plain", "rowsum+noplans", "--jobs", "2"]) == 0
+    assert tool._failed({"err": 0.2, "torch": 0.001, "scale": 1.0, "bad": 3, "of": 10})
+    assert tool._failed({"err": 0.01, "torch": None, "scale": 1.0, "bad": 0, "of": 10})
+    assert not tool._failed({"err": 0.002, "torch": 0.001, "scale": 1.0, "bad": 0, "of": 10})
+    with pytest.raises(SystemExit):
+        tool.main(["no-such-case"])
+
+
 def test_benchmark_suite_runs_on_cpu():
     """benchmarks/bench_attention.py on tiny CPU shapes (ours = the torch backend): every row is measured."""
     bench = pytest.importorskip("benchmarks.bench_attention")

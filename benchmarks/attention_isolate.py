@@ -1,0 +1,143 @@
+"""Attention accuracy on a GPU, every case in a process of its own: for finding which case breaks when the GPU
+tests fail.
+
+A CUDA error such as an illegal memory access is sticky: every later test in the same process fails too. On an
+H200 (2026-11-26), one miscompiled case took 40 of 63 GPU tests down with it. Here each (case, mode) runs alone,
+and its line says which output elements are wrong or which CUDA error it raised.
+
+    python3 benchmarks/attention_isolate.py                  # every GPU grid case, each mode; a table, last
+    python3 benchmarks/attention_isolate.py bf16-d80-1x97-mqa --modes tma noalign   # chosen cases and modes
+
+Modes (combinable with +):
+- plain: the default tile, pointer loads;
+- tma: key/value loads through tensor descriptors;
+- rowsum: the ROWSUM_MMA experiment;
+- noalign: without the row-alignment hint (ROW_ALIGN 1);
+- noplans: without launch plans.
+
+Not a test: it reports, and exits non-zero when a case fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = ["plain", "tma", "rowsum", "noalign", "noplans"]
+
+
+def _case(name: str):
+    sys.path.insert(0, str(ROOT / "tests"))
+    import test_attention as T
+
+    cases = {c.name: c for c in T.GRID + T.GPU_GRID}
+    if name not in cases:
+        raise SystemExit(f"unknown case {name!r}; known: {', '.join(cases)}")
+    return T, cases[name]
+
+
+def run_one(name: str, mode: str) -> dict:
+    """One case in this process: per output stream, the largest error against float64, PyTorch's own in that
+    dtype (None for fp32), the reference's largest magnitude, and the elements off by more than 0.05."""
+    import torch
+
+    import pydiff.kernels.attention as A
+    from pydiff.kernels import plans
+
+    T, case = _case(name)
+    parts = mode.split("+")
+    if "noalign" in parts:
+        A._row_align = lambda *args: 1
+    if "noplans" in parts:
+        plans.ENABLED = False
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    q, k, v, kw = T.build(case)
+    out = T.run_kernel(*T._on_device(case, device), T._gpu_default_tile(case), use_tma="tma" in parts,
+                       rowsum_mma="rowsum" in parts)
+    ref64, lowp = T.references(q, k, v, kw)
+    lows = (None,) * len(T._streams(case, ref64)) if lowp is None else T._streams(case, lowp)
+    streams = []
+    for got, ref, low in zip(T._streams(case, out), T._streams(case, ref64), lows):
+        err = (got.cpu().double() - ref.double()).abs().nan_to_num(float("inf"))
+        bad = err > 0.05
+        streams.append({"err": err.max().item(), "scale": ref.abs().max().item(),
+                        "torch": None if low is None else (low.double() - ref.double()).abs().max().item(),
+                        "bad": int(bad.sum()), "of": err.numel(), "first_bad": bad.nonzero()[:3].tolist()})
+    return {"tile": list(T._gpu_default_tile(case)), "streams": streams}
+
+
+def _failed(stream: dict) -> bool:
+    """The GPU tests' tolerance: 2x PyTorch's error + 1e-3 in 16-bit; in fp32 (TF32 on a GPU) 5e-3 of the scale."""
+    limit = 5e-3 * stream["scale"] if stream["torch"] is None else 2 * stream["torch"] + 1e-3
+    return stream["bad"] > 0 or stream["err"] > limit
+
+
+def _describe(stream: dict) -> str:
+    torch_err = "-" if stream["torch"] is None else f"{stream['torch']:.3g}"
+    return (f"err {stream['err']:.3g} (torch {torch_err}), {stream['bad']} of {stream['of']} off by > 0.05"
+            + (f", first {stream['first_bad']}" if stream["bad"] else ""))
+
+
+def _spawn(name: str, mode: str, timeout: float) -> tuple:
+    """(failed, table row) of one (case, mode) in a process of its own."""
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, __file__, "--one", name, mode], capture_output=True, text=True,
+                              timeout=timeout, cwd=ROOT)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if lines:
+            streams = json.loads(lines[0][len("RESULT "):])["streams"]
+            failed = any(_failed(s) for s in streams)
+            status, cells = ("FAIL" if failed else "ok"), "; ".join(_describe(s) for s in streams)
+        else:
+            failed, status = True, "ERROR"
+            cells = " | ".join((done.stderr.strip().splitlines() or ["no output"])[-2:])[-240:].replace("|", "/")
+    except subprocess.TimeoutExpired:
+        failed, status, cells = True, "TIMEOUT", f"over {timeout:.0f} s"
+    return failed, f"| {name} | {mode} | {status} | {cells} | {time.perf_counter() - start:.0f} s |"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("cases", nargs="*", help="case names (default: the GPU grid)")
+    parser.add_argument("--modes", nargs="+", default=MODES[:3], help=f"of {MODES}, combinable with + "
+                        "(default: plain tma rowsum)")
+    parser.add_argument("--jobs", type=int, default=min(12, os.cpu_count() or 1), help="processes at once")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds per process")
+    parser.add_argument("--one", nargs=2, metavar=("CASE", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print("RESULT " + json.dumps(run_one(*args.one)), flush=True)
+        return 0
+    for mode in args.modes:
+        unknown = [part for part in mode.split("+") if part not in MODES]
+        if unknown:
+            parser.error(f"--modes: unknown {unknown}; expected parts of {MODES}")
+    if args.cases:
+        names = args.cases
+        for name in names:
+            _case(name)
+    else:
+        names = [c.name for c in _case("f32-d64-97x97")[0].GPU_GRID]
+    jobs = [(name, mode) for name in names for mode in args.modes]
+    print("| case | mode | result | per output stream | time |\n|---|---|---|---|---|", flush=True)
+    failures = 0
+    with ThreadPoolExecutor(args.jobs) as pool:
+        # each row as soon as its process ends: a run cut short by a time limit keeps what it found
+        for done in as_completed([pool.submit(_spawn, name, mode, args.timeout) for name, mode in jobs]):
+            failed, row = done.result()
+            failures += failed
+            print(row, flush=True)
+    print(f"\n{failures} of {len(jobs)} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
