@@ -115,11 +115,16 @@ def compile_attention(head_dim: int, tile, flags, module=None) -> tuple:
     aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
                if name not in const and (signature[name].startswith("*") or
                                          (name.startswith("stride_") and (head_dim % 16 == 0 or name[-1] != "n")))}
-    source = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()},
-                       attrs=aligned)
-    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": warps, "num_stages": stages, "enable_fp_fusion": True})
-    return ptxas_report(kernel.asm["ptx"])
+    return ptxas_report(compile_ptx(fn, signature, const, aligned, warps, stages))
+
+
+def compile_ptx(fn, signature: dict, const: dict, aligned: dict, warps: int, stages: int) -> str:
+    """The PTX of ``fn`` for sm_90 with these argument types, constexprs (name -> value) and 16-divisible
+    arguments, with multiply-add contraction as the launches pin it."""
+    source = ASTSource(fn=fn, signature=signature, attrs=aligned,
+                       constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": warps, "num_stages": stages, "enable_fp_fusion": True}).asm["ptx"]
 
 
 #: (name, head dim, flags): the specialisations the benchmark and the diffusers models launch
@@ -174,10 +179,7 @@ def probe_softmax_variants() -> None:
                          "fp32" if name == "qk_scale" else "i32" for name in fn.arg_names}
             aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
                        if name in ("Q", "K", "V", "O", "N", "ROWS")}
-            source = ASTSource(fn=fn, signature=signature, attrs=aligned,
-                               constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
-            ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                                 options={"num_warps": warps, "num_stages": 3, "enable_fp_fusion": True}).asm["ptx"]
+            ptx = compile_ptx(fn, signature, const, aligned, warps, 3)
             regs, spill, _, _ = ptxas_report(ptx)
             loop = key_loop(ptx)
             ex2, fma, add = (sum(line.startswith(op) for line in loop) for op in ("ex2.approx", "fma.rn", "add.f32"))

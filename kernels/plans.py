@@ -60,7 +60,7 @@ def recording():
         _RECORDER.launches = outer
 
 
-def unplanned(tensors=()) -> None:
+def unplanned(tensors) -> None:
     """Tell a recording that a launch was made without a plan (it cannot be replayed)."""
     _record(None, tensors)
 

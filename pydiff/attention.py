@@ -226,6 +226,10 @@ def _allocate(q: torch.Tensor, joint_q: Optional[torch.Tensor], packed: bool) ->
     return outs
 
 
+def _outputs(call: _Call) -> List[torch.Tensor]:
+    return _allocate(call.q, call.joint[0] if call.joint is not None else None, call.cu_seqlens_q is not None)
+
+
 def _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, joint_q, joint_k, joint_v,
                negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos, rope_sin, rope_interleaved,
                q_norm_weight, k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, norm_eps) -> _Call:
@@ -257,7 +261,7 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
 def _run(call: _Call) -> List[torch.Tensor]:
     """The op's body: check, allocate, run the selected backend."""
     check_attention_args(call)
-    outs = _allocate(call.q, call.joint[0] if call.joint is not None else None, call.cu_seqlens_q is not None)
+    outs = _outputs(call)
     backend, impl = backends.select(call.q.device)
     if backend == "triton" and call.q.is_cuda:
         _attention_triton_cuda(call, outs)  # called by name so triton_op finds the kernel inside
@@ -270,7 +274,7 @@ def _attention_fake(*args):
     """Shapes only: the same checks, outputs shaped like q (and the joint q)."""
     call = _make_call(*args)
     check_attention_args(call)
-    return _allocate(call.q, call.joint[0] if call.joint is not None else None, call.cu_seqlens_q is not None)
+    return _outputs(call)
 
 
 def _reference_args(call: _Call) -> dict:
@@ -497,12 +501,9 @@ def _eager(args) -> List[torch.Tensor]:
     replay = _CALLS.get(key) if key is not None else None
     if replay is not None:
         return replay(args)
-    if key is None:
-        with _direct_launch():
-            return _run(_make_call(*args))
-    with _direct_launch(), _plans.recording() as launches:
+    with _direct_launch(), _plans.recording() if key is not None else contextlib.nullcontext() as launches:
         outs = _run(_make_call(*args))
-    replay = _replay(args, outs, launches)
+    replay = _replay(args, outs, launches) if key is not None else None
     if replay is not None:
         _plans.remember(_CALLS, key, replay)
     return outs
