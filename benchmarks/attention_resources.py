@@ -45,7 +45,7 @@ CASES = [
     ("plain, partial key blocks (SD3)", 64, (128, 64, 4, 3), {"EVEN_N": False}),
     ("key padding", 64, (128, 64, 4, 3), {"HAS_KV_LENS": True, "EVEN_N": False}),
     ("packed segments", 64, (128, 64, 4, 3), {"VARLEN": True, "EVEN_N": False}),
-    ("joint", 128, (128, 64, 8, 2), {"JOINT": True}), ("negative", 64, (128, 64, 8, 3), {"NEG": True}),
+    ("joint", 128, (128, 128, 8, 3), {"JOINT": True}), ("negative", 64, (128, 64, 8, 3), {"NEG": True}),
     ("plain", 64, (64, 64, 4, 3), {}), ("plain, row sums by MMA", 64, (64, 64, 4, 3), {"ROWSUM_MMA": True}),
     ("plain, row sums by MMA", 64, (128, 64, 4, 3), {"ROWSUM_MMA": True}),
     ("plain, row sums by MMA", 128, (128, 128, 8, 3), {"ROWSUM_MMA": True}),
