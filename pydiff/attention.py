@@ -483,7 +483,8 @@ def attention(
             joint_q, joint_k, joint_v, negative_k, negative_v, float(negative_scale), negative_kv_lens,
             rope_cos, rope_sin, bool(rope_interleaved), q_norm_weight, k_norm_weight, joint_q_norm_weight,
             joint_k_norm_weight, float(norm_eps))
-    outs = _eager(args) if plain_eager(args) else torch.ops.pydiff.attention(*args)
+    key = _call_key(args)
+    outs = torch.ops.pydiff.attention(*args) if key is _THROUGH_OP else _eager(args, key)
     return (outs[0], outs[1]) if joint is not None else outs[0]
 
 
@@ -492,12 +493,12 @@ _CALLS = {}
 _SCALARS = (float, int, bool, str)
 
 
-def _eager(args) -> List[torch.Tensor]:
-    """A plain eager call: the op's body; or, for a signature whose body already ran making only planned launches
-    (``pydiff.kernels.plans``), those launches alone, into new outputs and intermediates. The checks passed for
-    these shapes, strides, dtypes and devices, and the backend, tiles and kernels follow from them, the environment
-    switches and the tuner's choice (kept per signature), so the body would launch the same plans."""
-    key = _call_key(args)
+def _eager(args, key) -> List[torch.Tensor]:
+    """A plain eager call (``key``: its ``_call_key``): the op's body; or, for a signature whose body already ran
+    making only planned launches (``pydiff.kernels.plans``), those launches alone, into new outputs and
+    intermediates. The checks passed for these shapes, strides, dtypes and devices, and the backend, tiles and
+    kernels follow from them, the environment switches and the tuner's choice (kept per signature), so the body
+    would launch the same plans."""
     replay = _CALLS.get(key) if key is not None else None
     if replay is not None:
         return replay(args)
@@ -546,31 +547,50 @@ def _replay(args, outs, launches):
     return replay
 
 
+#: ``_call_key``'s answer for a call that must go through ``torch.ops`` (see ``plain_eager``)
+_THROUGH_OP = object()
+
+
 def _call_key(args):
-    """A plain eager call's signature for ``_CALLS``: ``tensor_key`` of every tensor, the other arguments, the
-    backend in force, the environment switches and the current device. None where calls are not planned: off
-    a CUDA machine (``bind_gpu_kernels`` not run), without launch plans (Triton < 3.3), on a device other than the
+    """What one walk over a call's arguments says: ``_THROUGH_OP`` where the call must go through torch.ops (see
+    ``plain_eager``); else its signature for ``_CALLS``: ``tensor_key`` of every tensor, the other arguments, the
+    backend in force, the environment switches and the current device; or None where calls are not planned: off a
+    CUDA machine (``bind_gpu_kernels`` not run), without launch plans (Triton < 3.3), on a device other than the
     current one, and where an argument is not what the checks take (the body then raises its error)."""
-    q, layout = args[0], args[4]
-    if _plans is None or not _plans.ENABLED or type(layout) is not str:
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or \
+            torch._C._is_torch_function_mode_enabled():
+        return _THROUGH_OP
+    key = _key_start(args[0], args[4])
+    grad = torch.is_grad_enabled()
+    for a in args:
+        kind = type(a)
+        if a is None or kind in _SCALARS:
+            if key is not None:
+                key.append(a)
+        elif kind is torch.Tensor:
+            if grad and a.requires_grad:
+                return _THROUGH_OP
+            if key is not None:
+                key.append(_plans.tensor_key(a))
+        elif isinstance(a, torch.Tensor):  # a subclass: fake, functional or another wrapper
+            return _THROUGH_OP
+        else:
+            key = None
+    return None if key is None else tuple(key)
+
+
+def _key_start(q, layout):
+    """The first entries of a planned call's key (the backend, the environment switches, the current device), or
+    None where calls are not planned."""
+    if _plans is None or not _plans.ENABLED or type(layout) is not str or type(q) is not torch.Tensor:
         return None
     device = None
     if q.is_cuda:
         device = torch.cuda.current_device()
         if q.device.index != device:  # the body switches devices around its launches
             return None
-    tensor_key = _plans.tensor_key
-    key = [current_backend(), os.environ.get("PYDIFF_ATTENTION_AUTOTUNE"), os.environ.get("PYDIFF_ATTENTION_TMA"),
-           device]
-    for a in args:
-        kind = type(a)
-        if kind is torch.Tensor:
-            key.append(tensor_key(a))
-        elif a is None or kind in _SCALARS:
-            key.append(a)
-        else:
-            return None
-    return tuple(key)
+    return [current_backend(), os.environ.get("PYDIFF_ATTENTION_AUTOTUNE"), os.environ.get("PYDIFF_ATTENTION_TMA"),
+            device]
 
 
 def _direct_launch():
@@ -587,16 +607,10 @@ def plain_eager(args) -> bool:
     small shapes (cross-attention over 77 text tokens). Nothing in plain eager execution needs it: the op only
     has to be seen by compilers, tracers and dispatch modes, and by autograd (which it refuses). So the body runs
     directly unless torch.compile/export is tracing, a dispatch or torch-function mode is active, an argument is
-    a tensor subclass (fake or functional tensors), or an input requires grad.
+    a tensor subclass (fake or functional tensors), or an input requires grad. (``_call_key`` decides it, in the
+    same walk over the arguments that builds the call's signature.)
     """
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or \
-            torch._C._is_torch_function_mode_enabled():
-        return False
-    grad = torch.is_grad_enabled()
-    for t in args:
-        if isinstance(t, torch.Tensor) and (type(t) is not torch.Tensor or (grad and t.requires_grad)):
-            return False
-    return True
+    return _call_key(args) is not _THROUGH_OP
 
 
 def _max_segment(cu: torch.Tensor, name: str) -> int:

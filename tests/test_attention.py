@@ -740,13 +740,20 @@ def test_eager_calls_skip_dispatch_but_tracers_see_the_op(monkeypatch):
     # dispatched: the mode sees the op, whose body runs the same checks and kernels once more
     assert len(direct) == 2 and any("pydiff.attention" in name for name in mode.ops)
     torch.testing.assert_close(traced, eager, rtol=0, atol=0)
-    assert not attention_module.plain_eager((q.requires_grad_(), k, v))
+    args = lambda q, k, v: _op_args(q, k, v, {"layout": "bhnd"})  # noqa: E731
+    assert not attention_module.plain_eager(args(q.requires_grad_(), k, v))
+    q = q.detach()
+    assert not attention_module.plain_eager(args(q, k, v.requires_grad_()))  # any input, not only the first
     with torch.no_grad():
-        assert attention_module.plain_eager((q, k, v))
+        assert attention_module.plain_eager(args(q, k, v))
+    v = v.detach()
+    assert attention_module.plain_eager(args(q, k, v))
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode() as fake:
-        assert not attention_module.plain_eager((fake.from_tensor(k),))
+        fake_k = fake.from_tensor(k)
+        assert not attention_module.plain_eager(args(q, k, v))  # the mode is active
+    assert not attention_module.plain_eager(args(q, fake_k, v))  # a tensor subclass
 
 
 @needs_interpreter
