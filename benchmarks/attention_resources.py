@@ -127,13 +127,15 @@ def compile_ptx(fn, signature: dict, const: dict, aligned: dict, warps: int, sta
                           options={"num_warps": warps, "num_stages": stages, "enable_fp_fusion": True}).asm["ptx"]
 
 
-#: (name, head dim, flags): the specialisations the benchmark and the diffusers models launch
+#: (name, head dim, flags[, key counts the pruner sees]): the specialisations the benchmark and the diffusers
+#: models launch
 VARIANTS = [("plain", 128, {}), ("plain", 64, {}), ("plain", 40, {}), ("plain", 80, {}),
             ("plain, partial key blocks", 64, {"EVEN_N": False}),
             ("key padding", 64, {"HAS_KV_LENS": True, "EVEN_N": False}),
             ("packed segments", 64, {"VARLEN": True, "EVEN_N": False}),
             ("joint", 64, {"JOINT": True, "EVEN_N": False}), ("joint", 128, {"JOINT": True}),
-            ("negative", 64, {"NEG": True, "EVEN_N": False})]
+            ("negative", 64, {"NEG": True, "EVEN_N": False}),
+            ("negative, 77 text keys", 64, {"NEG": True, "EVEN_N": False}, {"Nk": 77, "Nneg": 77})]
 
 
 def candidates() -> int:
@@ -143,10 +145,10 @@ def candidates() -> int:
 
     failures = 0
     print("| variant | D | candidate | registers | spill bytes | compile s |\n|---|---|---|---|---|---|")
-    for name, head_dim, flags in VARIANTS:
+    for name, head_dim, flags, *keys in VARIANTS:
         da, db, split = A.head_dim_blocks(head_dim)
         args = {"BLOCK_DA": da, "BLOCK_DB": db, "SPLIT_D": split, "JOINT": False, "NEG": False, "TMA_OK": True,
-                **flags}
+                **flags, **(keys[0] if keys else {})}
         for cfg in A._prune_configs(A._attn_fwd_autotuned.configs, args):
             kw = cfg.kwargs
             tile = (kw["BLOCK_M"], kw["BLOCK_N"], cfg.num_warps, cfg.num_stages, kw.get("USE_TMA", False))

@@ -528,17 +528,28 @@ _TMA_CONFIGS = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4
 #: joint D 128 at 3 stages: 224 KiB of shared memory as plain, 248 registers, no spills).
 _HEAVY_CONFIGS = {(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)}
 _HEAVY_TMA_CONFIGS = {(128, 64, 8, 3), (128, 128, 8, 3)}
+#: the variants' extra candidates where every key stream is short (cross-attention over up to 128 text tokens):
+#: narrow key blocks, which won at 4096 x 77 on the H200 (session 5 tuner: plain 128 x 32 0.0197 ms against
+#: 64 x 64 0.0209; key padding 64 x 32 0.0170 against 0.0202); the negative-prompt call, two such streams, had
+#: none to try and took 64 x 64 (0.0358)
+_SHORT_KEY_CONFIGS = {(128, 32, 4, 4), (64, 32, 4, 2)}
+_SHORT_KEYS = 128
 
 
 def _prune_configs(configs, named_args, **kwargs):
     """Keep tiles whose accumulators fit in registers: BLOCK_M x head dim (twice with a negative stream) under 128
     per thread, and with the BLOCK_M x BLOCK_N scores under 192 (ptxas sm_90a: 128 x 128 over 4 warps spilled
     248 bytes at D 128, 92 at D 80 and 16 at D 64 and 40, and 128 x 64 spilled 156 at D 128); the variants try a
-    short list; descriptor loads only where the launcher found them usable (``TMA_OK``)."""
+    short list (with narrow key blocks too where every key stream is short); descriptor loads only where the
+    launcher found them usable (``TMA_OK``)."""
     args = {**named_args, **kwargs}
     d_total = args["BLOCK_DA"] + (args["BLOCK_DB"] if args["SPLIT_D"] else 0)
     accumulators = 2 if args["NEG"] else 1
     heavy = args["JOINT"] or args["NEG"]
+    # (a key count the caller did not give counts as long)
+    keys = max(args.get("Nk", _SHORT_KEYS + 1), args.get("Nk2", 0) if args["JOINT"] else 0,
+               args.get("Nneg", 0) if args["NEG"] else 0)
+    short_list = _HEAVY_CONFIGS | (_SHORT_KEY_CONFIGS if keys <= _SHORT_KEYS else set())
     kept = []
     for cfg in configs:
         bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
@@ -549,7 +560,7 @@ def _prune_configs(configs, named_args, **kwargs):
         shape = (bm, bn, cfg.num_warps, cfg.num_stages)
         too_big = acc_regs >= 128 or acc_regs + score_regs >= 192 or (d_total > 128 and bn > 64)
         if too_big or (tma and not args["TMA_OK"]) or \
-                (heavy and shape not in (_HEAVY_TMA_CONFIGS if tma else _HEAVY_CONFIGS)):
+                (heavy and shape not in (_HEAVY_TMA_CONFIGS if tma else short_list)):
             continue
         kept.append(cfg)
     # Nothing fits (head dim 256 with a negative stream): a narrow tile keeps the accumulators in registers.

@@ -576,8 +576,9 @@ def test_triton_op_registration_runs_eagerly():
 
 
 def test_tiling_choices():
-    from pydiff.kernels.attention import (_GPU_CONFIGS, _HEAVY_CONFIGS, _HEAVY_TMA_CONFIGS, _TMA_CONFIGS,
-                                          _attn_fwd_autotuned, _prune_configs, default_config, head_dim_blocks)
+    from pydiff.kernels.attention import (_GPU_CONFIGS, _HEAVY_CONFIGS, _HEAVY_TMA_CONFIGS, _SHORT_KEY_CONFIGS,
+                                          _TMA_CONFIGS, _attn_fwd_autotuned, _prune_configs, default_config,
+                                          head_dim_blocks)
 
     # non-powers of two are split into two power-of-two chunks when that is less work than padding
     assert head_dim_blocks(40) == (64, 16, False) and head_dim_blocks(72) == (128, 16, False)
@@ -596,6 +597,18 @@ def test_tiling_choices():
     heavy = _prune_configs(configs, {**base, "JOINT": True, "TMA_OK": True})
     assert _HEAVY_CONFIGS <= set(_GPU_CONFIGS) and _HEAVY_TMA_CONFIGS <= set(_TMA_CONFIGS)
     assert len(heavy) == len(_HEAVY_CONFIGS) + len(_HEAVY_TMA_CONFIGS) and all(c.num_stages <= 3 for c in heavy)
+    # where every key stream is short (text), the variants try narrow key blocks too; one long stream rules them out
+    negative = {**base, "NEG": True, "Nk": 77, "Nneg": 77}
+    tiles = {shape(c) + (c.num_stages,) for c in _prune_configs(configs, negative)}
+    # (128 x 32 over 4 warps would hold two 128 x 64 accumulators: 128 registers per thread, pruned)
+    assert tiles == {t for t in _HEAVY_CONFIGS | _SHORT_KEY_CONFIGS if 2 * t[0] * 64 < 128 * t[2] * 32}
+    assert (64, 32, 4, 2) in tiles
+    for long_stream in ({"Nk": 4096}, {"Nneg": 333}):
+        tiles = {shape(c) + (c.num_stages,) for c in _prune_configs(configs, {**negative, **long_stream})}
+        assert tiles and tiles <= _HEAVY_CONFIGS
+    joint = {**base, "JOINT": True, "Nk": 77, "Nk2": 77}
+    assert (64, 32, 4, 2) in {shape(c) + (c.num_stages,) for c in _prune_configs(configs, joint)}
+    assert (64, 32, 4, 2) not in {shape(c) + (c.num_stages,) for c in _prune_configs(configs, {**joint, "Nk2": 4096})}
     # 128 rows x D 128 over 4 warps would hold 128 accumulator registers per thread (it spilled): pruned
     d128 = _prune_configs(configs, {**base, "BLOCK_DA": 128})
     assert d128 and all(c.kwargs["BLOCK_M"] * 128 < 128 * c.num_warps * 32 for c in d128)
