@@ -3,6 +3,8 @@
     python3 benchmarks/attention_resources.py            # a table: variant, head dim, tile, registers, spill bytes
     python3 benchmarks/attention_resources.py --candidates   # every autotune candidate of every variant builds?
     python3 benchmarks/attention_resources.py --probe    # the Hopper probe's softmax variants: work per key block
+    python3 benchmarks/attention_resources.py --waves benchmarks/results/<run>/attention.json
+        # the tuner's measured candidates of a GPU run against the waves of CTAs each launches
 
 Triton compiles the kernel for a Hopper target on any machine; the PTX then goes through the CUDA toolkit's
 ``ptxas -v`` (the resource report a GPU run would give). A newer Triton may emit a PTX version newer than the
@@ -90,9 +92,10 @@ def ptxas_report(ptx: str, arch: str = "sm_90a") -> tuple:
     return int(regs[1]), int(spill[1]) if spill else 0, copies, key_loop_instructions(ptx)
 
 
-def compile_attention(head_dim: int, tile, flags, module=None) -> tuple:
+def compile_attention(head_dim: int, tile, flags, module=None, shared: list = None) -> tuple:
     """(registers, spill bytes, async copies, key-loop instructions) of one specialisation; tile = (BLOCK_M,
-    BLOCK_N, warps, stages[, key/value loads through tensor descriptors])."""
+    BLOCK_N, warps, stages[, key/value loads through tensor descriptors]); ``shared`` (a list) receives its shared
+    memory in bytes."""
     bm, bn, warps, stages = tile[:4]
     module = module or A
     da, db, split = module.head_dim_blocks(head_dim)
@@ -115,16 +118,20 @@ def compile_attention(head_dim: int, tile, flags, module=None) -> tuple:
     aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
                if name not in const and (signature[name].startswith("*") or
                                          (name.startswith("stride_") and (head_dim % 16 == 0 or name[-1] != "n")))}
-    return ptxas_report(compile_ptx(fn, signature, const, aligned, warps, stages))
+    return ptxas_report(compile_ptx(fn, signature, const, aligned, warps, stages, shared))
 
 
-def compile_ptx(fn, signature: dict, const: dict, aligned: dict, warps: int, stages: int) -> str:
+def compile_ptx(fn, signature: dict, const: dict, aligned: dict, warps: int, stages: int, shared: list = None) -> str:
     """The PTX of ``fn`` for sm_90 with these argument types, constexprs (name -> value) and 16-divisible
-    arguments, with multiply-add contraction as the launches pin it."""
+    arguments, with multiply-add contraction as the launches pin it; ``shared`` (a list) receives the kernel's
+    shared memory in bytes."""
     source = ASTSource(fn=fn, signature=signature, attrs=aligned,
                        constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": warps, "num_stages": stages, "enable_fp_fusion": True}).asm["ptx"]
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": warps, "num_stages": stages, "enable_fp_fusion": True})
+    if shared is not None:
+        shared.append(compiled.metadata.shared)
+    return compiled.asm["ptx"]
 
 
 #: (name, head dim, flags[, key counts the pruner sees]): the specialisations the benchmark and the diffusers
@@ -190,7 +197,56 @@ def probe_softmax_variants() -> None:
                   flush=True)
 
 
+#: Hopper's per-SM limits (H100 / H200 SXM): registers, shared memory (and what each CTA reserves of it), warps
+_SM_REGISTERS, _SM_SHARED, _CTA_RESERVED_SHARED, _SM_WARPS = 65536, 233472, 1024, 64
+
+
+def ctas_per_sm(registers: int, shared: int, warps: int) -> int:
+    """How many CTAs of a kernel one Hopper SM holds at once: registers are allocated per warp in units of 256,
+    shared memory per CTA plus 1 KiB the hardware reserves."""
+    per_warp = -(-registers * 32 // 256) * 256
+    return max(0, min(_SM_REGISTERS // (per_warp * warps), _SM_SHARED // (shared + _CTA_RESERVED_SHARED),
+                      _SM_WARPS // warps, 32))
+
+
+def waves(results: str, sms: int = 132) -> None:
+    """How the autotuner's measured time of every candidate tile (a GPU run's attention.json, plain shapes) relates
+    to the waves of CTAs it launches: tiles (query blocks x batch x heads), CTAs per SM (this compile's registers
+    and shared memory), waves of ``sms`` SMs, the last wave's fill, and the time per key block of one wave (a
+    candidate whose time is set by the number of waves, not the tiles, shows the same figure at every size)."""
+    import json
+
+    rows = json.loads(Path(results).read_text())["areas"]["attention"]["rows"]
+    print("| shape | tile | tiles | CTAs/SM | waves | last wave full | tuner ms | TFLOP/s | us per key block and "
+          "wave |\n|---|---|---|---|---|---|---|---|---|")
+    seen = set()
+    for row in rows:
+        shape = re.fullmatch(r"B(\d+) H(\d+) N(\d+)x(\d+) D(\d+)", row.get("shape", ""))
+        if not shape or not row.get("tile_ms") or row["shape"] in seen:
+            continue
+        seen.add(row["shape"])
+        b, h, n_q, n_k, d = map(int, shape.groups())
+        for label, ms in sorted(row["tile_ms"].items(), key=lambda item: item[1]):
+            bm, bn, warps, stages = map(int, re.match(r"(\d+)x(\d+) w(\d+) s(\d+)", label).groups())
+            shared = []
+            regs, _, _, _ = compile_attention(d, (bm, bn, warps, stages, label.endswith("tma")),
+                                              {"EVEN_N": n_k % bn == 0}, shared=shared)
+            per_sm = ctas_per_sm(regs, shared[0], warps)
+            tiles = b * h * -(-n_q // bm)
+            count = tiles / (per_sm * sms)
+            rounds = -(-tiles // (per_sm * sms))
+            key_blocks = -(-n_k // bn)
+            print(f"| {row['shape']} | {label} | {tiles} | {per_sm} | {count:.2f} | {count / rounds:.0%} | {ms:.4f} | "
+                  f"{4 * b * h * n_q * n_k * d / ms / 1e9:.0f} | {ms * 1e3 / rounds / key_blocks:.3f} |", flush=True)
+
+
 def main() -> int:
+    if "--waves" in sys.argv[1:]:
+        args = sys.argv[sys.argv.index("--waves") + 1:]
+        if not args:
+            raise SystemExit("usage: attention_resources.py --waves RESULTS/attention.json [SMS]")
+        waves(args[0], int(args[1]) if len(args) > 1 else 132)
+        return 0
     if "--candidates" in sys.argv[1:]:
         return 1 if candidates() else 0
     if "--probe" in sys.argv[1:]:
