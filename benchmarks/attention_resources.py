@@ -212,13 +212,14 @@ def ctas_per_sm(registers: int, shared: int, warps: int) -> int:
 def waves(results: str, sms: int = 132) -> None:
     """How the autotuner's measured time of every candidate tile (a GPU run's attention.json, plain shapes) relates
     to the waves of CTAs it launches: tiles (query blocks x batch x heads), CTAs per SM (this compile's registers
-    and shared memory), waves of ``sms`` SMs, the last wave's fill, and the time per key block of one wave (a
-    candidate whose time is set by the number of waves, not the tiles, shows the same figure at every size)."""
+    and shared memory), waves of ``sms`` SMs, the share of the whole waves launched that holds work, and the time
+    per key block of one wave (a candidate whose time is set by the number of waves, not the tiles, shows the same
+    figure at every size)."""
     import json
 
     rows = json.loads(Path(results).read_text())["areas"]["attention"]["rows"]
-    print("| shape | tile | tiles | CTAs/SM | waves | last wave full | tuner ms | TFLOP/s | us per key block and "
-          "wave |\n|---|---|---|---|---|---|---|---|---|")
+    print("| shape | tile | tiles | CTAs/SM | waves | waves / whole waves | tuner ms | TFLOP/s | us per key block "
+          "and wave |\n|---|---|---|---|---|---|---|---|---|")
     seen = set()
     for row in rows:
         shape = re.fullmatch(r"B(\d+) H(\d+) N(\d+)x(\d+) D(\d+)", row.get("shape", ""))
