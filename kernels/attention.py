@@ -268,18 +268,8 @@ def _query_block(
     USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr,
 ):
     """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream."""
-    offs_m = tl.arange(0, BLOCK_M)
-    d_a = tl.arange(0, BLOCK_DA)
-    d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
-    row_mask = (row_start + offs_m) < row_end
-    q_blk = Q + tl.cast(row_start, tl.int64) * stride_qn
-    q_a = tl.load(q_blk + offs_m[:, None] * stride_qn + d_a[None, :] * stride_qd,
-                  mask=row_mask[:, None] & (d_a < HEAD_DIM)[None, :], other=0.0)
-    q_b = q_a
-    if SPLIT_D:
-        q_b = tl.load(q_blk + offs_m[:, None] * stride_qn + d_b[None, :] * stride_qd,
-                      mask=row_mask[:, None] & (d_b < HEAD_DIM)[None, :], other=0.0)
-
+    q_a, q_b = _load_rows(Q, row_start, row_end, stride_qn, stride_qd, HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB,
+                          SPLIT_D)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = _row_sums(BLOCK_M, ROWSUM_MMA)
     acc_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
@@ -318,6 +308,37 @@ def _query_block(
         ln_i = tl.where(ln_i == 0.0, 1.0, ln_i)
         out_a -= neg_scale * (accn_a / ln_i[:, None])
         out_b -= neg_scale * (accn_b / ln_i[:, None])
+    _store_rows(O, row_start, row_end, stride_on, stride_od, out_a, out_b, HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB,
+                SPLIT_D, MASK_D, EMULATE_BF16)
+
+
+@triton.jit
+def _load_rows(X, row_start, row_end, stride_n, stride_d, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr):
+    """Rows [row_start, row_start + BLOCK_M) of one head (rows from row_end on and padded columns read as zeros),
+    as its two head-dim chunks (the second is the first again without SPLIT_D)."""
+    offs_m = tl.arange(0, BLOCK_M)
+    d_a = tl.arange(0, BLOCK_DA)
+    d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
+    row_mask = (row_start + offs_m) < row_end
+    blk = X + tl.cast(row_start, tl.int64) * stride_n
+    x_a = tl.load(blk + offs_m[:, None] * stride_n + d_a[None, :] * stride_d,
+                  mask=row_mask[:, None] & (d_a < HEAD_DIM)[None, :], other=0.0)
+    x_b = x_a
+    if SPLIT_D:
+        x_b = tl.load(blk + offs_m[:, None] * stride_n + d_b[None, :] * stride_d,
+                      mask=row_mask[:, None] & (d_b < HEAD_DIM)[None, :], other=0.0)
+    return x_a, x_b
+
+
+@triton.jit
+def _store_rows(O, row_start, row_end, stride_on, stride_od, out_a, out_b, HEAD_DIM: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr,
+                MASK_D: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """Write output rows [row_start, min(row_start + BLOCK_M, row_end)) of one head in O's dtype."""
+    offs_m = tl.arange(0, BLOCK_M)
+    d_a = tl.arange(0, BLOCK_DA)
+    d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
     if EMULATE_BF16:
         out_a = _round_to_bf16(out_a)
         out_b = _round_to_bf16(out_b)
@@ -465,6 +486,160 @@ def _attn_fwd_kernel(
             qk_scale, neg_scale,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT, NEG, EMULATE_BF16,
             SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
+
+
+@triton.jit
+def _stream_k_range(p, programs, total):
+    """Key-block iterations [first, end) of stream-K program p of ``programs``: an even share of ``total``."""
+    return p * total // programs, (p + 1) * total // programs
+
+
+@triton.jit
+def _attn_fwd_stream_k(
+    Q, K, V, O, WORK,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    H, KV_GROUP, Nq, Nk, BH, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
+    BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr, ROW_ALIGN: tl.constexpr = 1,
+):
+    """Stream-K attention (plain: no variant), an experiment: grid = (P,). The work, every query block of every
+    (batch, head) times its key blocks, is cut into P equal runs of key-block iterations, one per program, instead
+    of one program per query block. A tile of one CTA per SM launched one program per query block fills whole
+    waves only when the blocks divide evenly: Flux's 864 blocks on 132 SMs make 6.55 waves, and the seventh runs
+    55% full. A query block that one program covers whole is written as the plain kernel writes it; one that
+    programs share leaves each part's unnormalised state (accumulator, row maxima, row sums; base 2) in WORK,
+    slot 2p for the program's first block and 2p + 1 for its last, for ``_attn_stream_k_combine``."""
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    if ROW_ALIGN > 1:
+        A: tl.constexpr = ROW_ALIGN
+        stride_qb, stride_qh, stride_qn = _al(stride_qb, stride_qh, stride_qn, A)
+        stride_kb, stride_kh, stride_kn = _al(stride_kb, stride_kh, stride_kn, A)
+        stride_vb, stride_vh, stride_vn = _al(stride_vb, stride_vh, stride_vn, A)
+        stride_ob, stride_oh, stride_on = _al(stride_ob, stride_oh, stride_on, A)
+    p = tl.program_id(0)
+    blocks_q = tl.cdiv(Nq, BLOCK_M)
+    n_blocks = tl.cdiv(Nk, BLOCK_N)
+    first, end = _stream_k_range(p, tl.num_programs(0), blocks_q.to(tl.int64) * BH * n_blocks)
+    it = first
+    while it < end:
+        tile = it // n_blocks
+        kb0 = (it - tile * n_blocks).to(tl.int32)
+        kb1 = tl.minimum(n_blocks, kb0 + (end - it)).to(tl.int32)
+        row_start = (tile % blocks_q).to(tl.int32) * BLOCK_M
+        bh = (tile // blocks_q).to(tl.int32)
+        b64 = (bh // H).to(tl.int64)
+        h64 = (bh % H).to(tl.int64)
+        hk64 = h64 // KV_GROUP
+        row_q = _per_iteration(stride_qn, it, ROW_ALIGN)
+        row_o = _per_iteration(stride_on, it, ROW_ALIGN)
+        q_a, q_b = _load_rows(Q + b64 * stride_qb + h64 * stride_qh, row_start, Nq, row_q, stride_qd,
+                              HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB, SPLIT_D)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
+        acc_b = tl.zeros([BLOCK_M, BLOCK_DB], dtype=tl.float32)
+        acc_a, acc_b, m_i, l_i = _attend_keys(
+            acc_a, acc_b, m_i, l_i, q_a, q_b, K + b64 * stride_kb + hk64 * stride_kh,
+            V + b64 * stride_vb + hk64 * stride_vh, kb0 * BLOCK_N, tl.minimum(kb1 * BLOCK_N, Nk),
+            _per_iteration(stride_kn, it, ROW_ALIGN), stride_kd, _per_iteration(stride_vn, it, ROW_ALIGN), stride_vd,
+            qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D,
+            MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, False, False)
+        if (kb0 == 0) & (kb1 == n_blocks):
+            _store_rows(O + b64 * stride_ob + h64 * stride_oh, row_start, Nq, row_o, stride_od,
+                        acc_a / l_i[:, None], acc_b / l_i[:, None], HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB, SPLIT_D,
+                        MASK_D, EMULATE_BF16)
+        else:
+            slot = WORK + (2 * p + (it != first).to(tl.int32)).to(tl.int64) * _slot_size(BLOCK_M, BLOCK_DA, BLOCK_DB)
+            _partial_io(slot, _per_iteration(BLOCK_DA + BLOCK_DB, it, 1), acc_a, acc_b, m_i, l_i, True, BLOCK_M,
+                        BLOCK_DA, BLOCK_DB, SPLIT_D)
+        it += kb1 - kb0
+
+
+@triton.jit
+def _per_iteration(value, it, ALIGN: tl.constexpr):
+    """``value`` (a multiple of ALIGN, it >= 0) as a value of loop iteration ``it``. The offset tiles built from a
+    loop-invariant stride would be hoisted out of the stream-K work loop by the compiler and stay live through the
+    key loop (ptxas sm_90a, D 128, 128 x 64 x 8 warps: 246 registers per thread instead of 160)."""
+    return tl.multiple_of(tl.where(it >= 0, value, 0), ALIGN)
+
+
+@triton.jit
+def _slot_size(BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
+    """Floats per stream-K slot: a BLOCK_M x (BLOCK_DA + BLOCK_DB) accumulator, then the row maxima and sums."""
+    return BLOCK_M * (BLOCK_DA + BLOCK_DB + 2)
+
+
+@triton.jit
+def _partial_io(slot, width, acc_a, acc_b, m_i, l_i, STORE: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr):
+    """Store one part's softmax state in a slot (STORE), or load it (returned; the arguments give the shapes).
+    width: BLOCK_DA + BLOCK_DB, passed as a value of the caller's loop iteration (see ``_per_iteration``)."""
+    offs_m = tl.arange(0, BLOCK_M)
+    ptr_a = slot + offs_m[:, None] * width + tl.arange(0, BLOCK_DA)[None, :]
+    ptr_b = slot + offs_m[:, None] * width + BLOCK_DA + tl.arange(0, BLOCK_DB)[None, :]
+    ptr_m = slot + BLOCK_M * width + offs_m
+    if STORE:
+        tl.store(ptr_a, acc_a)
+        if SPLIT_D:
+            tl.store(ptr_b, acc_b)
+        tl.store(ptr_m, m_i)
+        tl.store(ptr_m + BLOCK_M, l_i)
+    else:
+        acc_a = tl.load(ptr_a)
+        if SPLIT_D:
+            acc_b = tl.load(ptr_b)
+        m_i = tl.load(ptr_m)
+        l_i = tl.load(ptr_m + BLOCK_M)
+    return acc_a, acc_b, m_i, l_i
+
+
+@triton.jit
+def _attn_stream_k_combine(
+    O, WORK, stride_ob, stride_oh, stride_on, stride_od, H, Nq, Nk, BH,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
+    BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):
+    """grid = (P,), as ``_attn_fwd_stream_k`` ran: program p finishes the query block whose last key block it
+    processed when earlier programs began it (p's first iteration is inside that block's keys). It merges the
+    parts' states, m = max m_j, l = sum l_j 2^(m_j - m), acc = sum acc_j 2^(m_j - m), and writes acc / l."""
+    p = tl.program_id(0)
+    programs = tl.num_programs(0)
+    blocks_q = tl.cdiv(Nq, BLOCK_M)
+    n_blocks = tl.cdiv(Nk, BLOCK_N)
+    total = blocks_q.to(tl.int64) * BH * n_blocks
+    first, end = _stream_k_range(p, programs, total)
+    tile = first // n_blocks
+    tile_first = tile * n_blocks
+    if (first < end) & (first > tile_first) & (tile_first + n_blocks <= end):
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
+        acc_b = tl.zeros([BLOCK_M, BLOCK_DB], dtype=tl.float32)
+        # the programs holding the block's key blocks: from the one whose run holds its first (a program's run
+        # [first_j, end_j) holds iteration i when j = ((i + 1) P - 1) // total) to p; runs may be empty
+        for j in range((((tile_first + 1) * programs - 1) // total).to(tl.int32), p + 1):
+            first_j, end_j = _stream_k_range(j, programs, total)
+            if first_j < end_j:
+                slot = WORK + (2 * j + (first_j < tile_first).to(tl.int32)).to(tl.int64) * \
+                    _slot_size(BLOCK_M, BLOCK_DA, BLOCK_DB)
+                part_a, part_b, m_j, l_j = _partial_io(slot, BLOCK_DA + BLOCK_DB, acc_a, acc_b, m_i, l_i, False,
+                                                       BLOCK_M, BLOCK_DA, BLOCK_DB, SPLIT_D)
+                m_new = tl.maximum(m_i, m_j)
+                old = tl.math.exp2(m_i - m_new)
+                new = tl.math.exp2(m_j - m_new)
+                l_i = l_i * old + l_j * new
+                acc_a = acc_a * old[:, None] + part_a * new[:, None]
+                if SPLIT_D:
+                    acc_b = acc_b * old[:, None] + part_b * new[:, None]
+                m_i = m_new
+        bh = (tile // blocks_q).to(tl.int32)
+        _store_rows(O + (bh // H).to(tl.int64) * stride_ob + (bh % H).to(tl.int64) * stride_oh,
+                    (tile % blocks_q).to(tl.int32) * BLOCK_M, Nq, stride_on, stride_od, acc_a / l_i[:, None],
+                    acc_b / l_i[:, None], HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EMULATE_BF16)
 
 
 @triton.jit
@@ -844,6 +1019,36 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         _TUNED[key] = tuner.best_config.all_kwargs()
     else:
         plans.launch(tuned[1], grid, args, {**flags, **choice}, plan_key, len(tensors), before, writes=_WRITES)
+
+
+def stream_k_forward(q, k, v, out, *, scale, programs: int, block_m: int, block_n: int, num_warps: int = 8,
+                     num_stages: int = 3, bnhd: bool = False):
+    """The stream-K experiment (``_attn_fwd_stream_k``, then ``_attn_stream_k_combine``) for plain attention with a
+    fixed tile: ``programs`` programs share the work evenly (a GPU's SM count times the CTAs of the tile one SM
+    holds). The benchmark and the tests run it; ``attention_forward`` does not. Arguments as
+    ``attention_forward``'s, checked by the caller."""
+    import torch
+
+    if programs < 1:
+        raise ValueError(f"programs must be >= 1, got {programs}")
+    (batch, heads, n_q, head_dim), sq = _dims(q, bnhd)
+    (_, kv_heads, n_k, _), sk = _dims(k, bnhd)
+    _, sv = _dims(v, bnhd)
+    _, so = _dims(out, bnhd)
+    block_da, block_db, split_d = head_dim_blocks(head_dim)
+    emulate_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16
+    shape = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DA=block_da, BLOCK_DB=block_db,
+                 SPLIT_D=split_d, MASK_D=(block_da + (block_db if split_d else 0)) != head_dim,
+                 EMULATE_BF16=emulate_bf16)
+    work = torch.empty(2 * programs * block_m * (block_da + block_db + 2), device=q.device, dtype=torch.float32)
+    options = plans.launch_options(_attn_fwd_stream_k)
+    _attn_fwd_stream_k[(programs,)](
+        q, k, v, out, work, *sq, *sk, *sv, *so, heads, heads // kv_heads, n_q, n_k, batch * heads,
+        float(scale) * LOG2E, EVEN_N=n_k % block_n == 0, SCALE_POSITIVE=scale > 0,
+        ROW_ALIGN=_row_align(q.element_size(), sq + sk + sv + so), num_warps=num_warps, num_stages=num_stages,
+        **shape, **options)
+    _attn_stream_k_combine[(programs,)](out, work, *so[:4], heads, n_q, n_k, batch * heads, num_warps=num_warps,
+                                        **shape, **options)
 
 
 #: the attention kernel's tensor arguments it writes: O and O2 (``_leading_tensors``)

@@ -293,6 +293,44 @@ def test_row_sums_on_the_tensor_cores(case):
         assert_accurate(got, ref, low, case.dtype)
 
 
+def run_stream_k(q, k, v, kw, blocks, programs, warps=4, stages=2, poison=float("nan")):
+    """The stream-K experiment (plain attention) into a poisoned output."""
+    from pydiff.kernels.attention import stream_k_forward
+
+    out = torch.full_like(q, poison, memory_format=torch.contiguous_format)
+    stream_k_forward(q, k, v, out, scale=kw.get("scale", 1.0 / math.sqrt(q.shape[-1])), programs=programs,
+                     block_m=blocks[0], block_n=blocks[1], num_warps=warps, num_stages=stages,
+                     bnhd=kw["layout"] == "bnhd")
+    return out
+
+
+# the plain cases (stream-K takes no variant): dtypes, head dims 40/48/64/80/96/128 (split and padded), 1 query row,
+# GQA and MQA, (B, N, H, D) and strided inputs
+STREAM_K_CASES = [c for c in GRID if c.name in (
+    "f32-d64-97x97", "f16-d40-77x333-bnhd-gqa", "bf16-d80-1x97-mqa", "f16-d96-strided", "f32-d48-custom-scale",
+    "f16-d128-bnhd-strided-mqa")]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("programs", [1, 5, 100])
+@pytest.mark.parametrize("case", STREAM_K_CASES, ids=str)
+def test_stream_k(case, programs):
+    """Stream-K (``_attn_fwd_stream_k`` + ``_attn_stream_k_combine``): every query block's keys shared among programs
+    in every way the counts allow (one program with all the work; query blocks split between 2 or more programs,
+    some holding a middle part only; more programs than key blocks, so some have none), at a tile with several
+    query and key blocks; every output element written, as accurate as the one-program-per-block kernel."""
+    q, k, v, kw = build(case, seed=19)
+    out = run_stream_k(q, k, v, kw, (32, 32), programs)
+    ref64, lowp = references(q, k, v, kw)
+    assert_accurate(out, ref64, lowp, case.dtype)
+
+
+def test_stream_k_programs_must_be_positive():
+    q = torch.randn(1, 1, 8, 16)
+    with pytest.raises(ValueError, match="programs must be >= 1"):
+        run_stream_k(q, q, q, {"layout": "bhnd"}, (16, 16), 0)
+
+
 def test_row_sums_experiment_needs_a_fixed_tile():
     from pydiff.kernels.attention import _attn_fwd_autotuned, attention_forward
 
@@ -784,8 +822,8 @@ def test_hopper_probe_kernel_math():
 
 @needs_interpreter
 def test_benchmark_experiment_rows_dry_run(monkeypatch):
-    """The GPU benchmark's ROWSUM_MMA rows, run on CPU under the interpreter at tiny shapes (a graph replay stands in
-    as one timed call): both sides launch and every row is measured."""
+    """The GPU benchmark's experiment rows (ROWSUM_MMA, stream-K), run on CPU under the interpreter at tiny shapes (a
+    graph replay stands in as one timed call): both sides launch and every row is measured."""
     bench = pytest.importorskip("benchmarks.bench_attention")
     from benchmarks.common import measure
 
@@ -793,8 +831,10 @@ def test_benchmark_experiment_rows_dry_run(monkeypatch):
                                               bench.Shape("t64", 1, 1, 64, 64, 64),
                                               bench.Shape("t64", 1, 2, 32, 32, 64)])
     monkeypatch.setattr(bench, "measure_graph", lambda fn: measure(fn, warmup=0, min_repeat=1, min_time=0.0))
+    monkeypatch.setattr(bench, "_stream_k_programs", lambda device: 3)
     rows = bench._experiment_rows("cpu", torch.float32, None)
-    assert [r["name"].split(":")[0] for r in rows] == ["t128", "t64", "t64", "t64", "t64"]
+    assert [r["name"].split(":")[0] for r in rows] == ["t128", "t64", "t64", "t64", "t64", "t128"]
+    assert "stream-K over 3 programs" in rows[-1]["name"]
     assert all(r["speedup"] > 0 for r in rows), rows
 
 
@@ -914,6 +954,23 @@ def test_gpu_accuracy_rowsum_mma(case, cuda_device):
     """The ROWSUM_MMA experiment compiled for the GPU (the benchmark times it): every grid case at its default tile."""
     q, k, v, kw = _on_device(case, cuda_device)
     _assert_gpu_accurate(case, run_kernel(q, k, v, kw, _gpu_default_tile(case), rowsum_mma=True), q, k, v, kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [c for c in GPU_GRID if c in STREAM_K_CASES or c.name == "gpu-sdxl-cross"] + [
+    Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", name="gpu-flux-plain")], ids=str)
+def test_gpu_accuracy_stream_k(case, cuda_device):
+    """The stream-K experiment compiled for the GPU (the benchmark times it) at the case's default tile, and at the
+    production sizes also at the 128 x 128 x 8 warps tile it is meant for; over as many programs as SMs and over 7."""
+    from pydiff.kernels.attention import default_config
+
+    q, k, v, kw = _on_device(case, cuda_device)
+    sms = torch.cuda.get_device_properties(cuda_device).multi_processor_count
+    tiles = [default_config(case.head_dim, False)] + ([(128, 128, 8, 3)] if case.name.startswith("gpu-") else [])
+    for bm, bn, warps, stages in tiles:
+        for programs in (sms, 7):
+            out = run_stream_k(q, k, v, kw, (bm, bn), programs, warps, stages)
+            _assert_gpu_accurate(case, out, q, k, v, kw)
 
 
 @pytest.mark.gpu
