@@ -190,7 +190,7 @@ def _host_rows(device, dtype, attention) -> List[Dict[str, object]]:
 def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
     """The kernel's ROWSUM_MMA experiment (the softmax's row sums on the tensor cores) against the same tile summing
     with adds, device time under graph replay, at the production shapes of head dim 64 and 128: each head dim's
-    default tile, and for head dim 64 the autotuner's choice on an H200 (64 x 64)."""
+    default tile, and for head dim 64 the autotuner's choice on an H200 (64 x 64); then the stream-K rows."""
     from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward, default_config
 
     rows = []
@@ -215,6 +215,42 @@ def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
                 rows.append({"area": "attention", "name": f"{shape.name}: row sums by MMA, {tile}",
                              "shape": str(shape), "peer": "same tile, row sums by adds",
                              "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"})
+    return rows + _stream_k_rows(device, dtype, ceiling)
+
+
+def _stream_k_programs(device) -> int:
+    """The stream-K programs: one per SM (the 128 x 128 tile at head dim 128 holds one CTA per SM)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _stream_k_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
+    """The stream-K experiment (``stream_k_forward``: as many programs as SMs share every query block's key blocks
+    evenly, and a second launch merges the blocks they share) against the same tile launched one program per query
+    block, device time under graph replay, at head dim 128 (one CTA of the 128 x 128 tile per SM: Flux's 864 query
+    blocks fill 6.55 waves of an H100 or H200)."""
+    from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward, stream_k_forward
+
+    sms = _stream_k_programs(device)
+    rows = []
+    for shape in [shape for shape in GPU_SHAPES if shape.head_dim == 128]:
+        gen = torch.Generator(device=device).manual_seed(4)
+        q, k, v = (torch.randn(shape.batch, shape.heads, shape.n_q, shape.head_dim, device=device, dtype=dtype,
+                               generator=gen) for _ in range(3))
+        out = torch.empty_like(q)
+        flops = _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)
+        tile = dict(block_m=128, block_n=128, num_warps=8, num_stages=3)
+        name = f"{shape.name}: stream-K over {sms} programs, 128x128 w8 s3"
+        try:
+            ours = measure_graph(lambda: stream_k_forward(q, k, v, out, scale=shape.head_dim ** -0.5, programs=sms,
+                                                          **tile))
+            peer = measure_graph(lambda: attention_forward(_attn_fwd_kernel, q, k, v, out,
+                                                           scale=shape.head_dim ** -0.5, **tile))
+            rows.append(_row(f"{name} (graph replay)", str(shape), ours,
+                             "same tile, a program per query block (graph replay)", peer, flops, ceiling))
+        except Exception as exc:  # noqa: BLE001 - an experiment that does not build is a finding, not a crash
+            rows.append({"area": "attention", "name": name, "shape": str(shape),
+                         "peer": "same tile, a program per query block",
+                         "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"})
     return rows
 
 

@@ -5,7 +5,7 @@
 # benchmarks/results/<date>-<card>/), and a short table is printed last.
 #   GPU_TEST_TIMEOUT / GPU_BENCH_TIMEOUT / GPU_ATTN_TIMEOUT: seconds for each stage (the lease is short). The
 #   defaults fit one 600 s call: on an H200 (2026-11-26) the build took ~60 s, the descriptor tests 35 s, the GPU
-#   tests 50 s, the autotuned attention benchmark ~130 s (before its row-sum experiment rows, about 30 s more).
+#   tests 50 s, the autotuned attention benchmark ~130 s (before its experiment rows: row sums by MMA, stream-K).
 #   GPU_BENCH_AREAS: the quick-suite areas to run (default: ceilings steps; "none" skips the stage; sampling and
 #   quality take minutes more).
 #   GPU_TESTS: pytest paths for the GPU tests (default: tests).
