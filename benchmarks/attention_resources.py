@@ -121,19 +121,21 @@ def compile_attention(head_dim: int, tile, flags, module=None, shared: list = No
     return ptxas_report(compile_ptx(fn, signature, const, aligned, warps, stages, shared))
 
 
-#: (head dim, tile) of the stream-K experiment's report rows
-STREAM_K_CASES = [(128, (128, 128, 8, 3)), (128, (128, 64, 8, 3)), (64, (128, 64, 4, 3)), (80, (128, 64, 8, 3))]
+#: (head dim, tile, joint) of the stream-K experiment's report rows
+STREAM_K_CASES = [(128, (128, 128, 8, 3), False), (128, (128, 128, 8, 3), True), (128, (128, 64, 8, 3), False),
+                  (64, (128, 64, 4, 3), False), (80, (128, 64, 8, 3), False)]
 
 
-def compile_stream_k(fn, head_dim: int, tile) -> tuple:
+def compile_stream_k(fn, head_dim: int, tile, joint: bool = False) -> tuple:
     """``compile_attention``'s figures for the stream-K kernels (``_attn_fwd_stream_k``, or its combine pass with
-    the tile's warps and one stage), plain attention, bf16, specialised as the launcher specialises them."""
+    the tile's warps and one stage), plain or joint attention, bf16, specialised as the launcher specialises them."""
     bm, bn, warps, stages = tile
     da, db, split = A.head_dim_blocks(head_dim)
     const = dict(HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=bn, BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split,
-                 MASK_D=(da + (db if split else 0)) != head_dim, EMULATE_BF16=False)
+                 MASK_D=(da + (db if split else 0)) != head_dim, EMULATE_BF16=False, JOINT=joint,
+                 ROW_ALIGN=8 if head_dim % 8 == 0 else 1)
     if fn is A._attn_fwd_stream_k:
-        const.update(EVEN_N=True, SCALE_POSITIVE=True, ROW_ALIGN=8 if head_dim % 8 == 0 else 1)
+        const.update(EVEN_N=True, SCALE_POSITIVE=True)
     else:
         stages = 1
     const.update({name: 1 for name in fn.arg_names if name.startswith("stride_") and name.endswith("d")})
@@ -283,9 +285,10 @@ def main() -> int:
         regs, spill, copies, loop = compile_attention(head_dim, tile, flags)
         print(f"| {name} | {head_dim} | {tile[0]}x{tile[1]} w{tile[2]} s{tile[3]} | {regs} | {spill} | {copies} | "
               f"{loop} |", flush=True)
-    for head_dim, tile in STREAM_K_CASES:
+    for head_dim, tile, joint in STREAM_K_CASES:
         for name, fn in (("stream-K experiment", A._attn_fwd_stream_k), ("its combine pass", A._attn_stream_k_combine)):
-            regs, spill, copies, loop = compile_stream_k(fn, head_dim, tile)
+            name = name + (", joint" if joint else "")
+            regs, spill, copies, loop = compile_stream_k(fn, head_dim, tile, joint)
             print(f"| {name} | {head_dim} | {tile[0]}x{tile[1]} w{tile[2]} s{tile[3]} | {regs} | {spill} | {copies} "
                   f"| {loop} |", flush=True)
     return 0

@@ -224,31 +224,49 @@ def _stream_k_programs(device) -> int:
 
 
 def _stream_k_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
-    """The stream-K experiment (``stream_k_forward``: as many programs as SMs share every query block's key blocks
-    evenly, and a second launch merges the blocks they share) against the same tile launched one program per query
-    block, device time under graph replay, at head dim 128 (one CTA of the 128 x 128 tile per SM: Flux's 864 query
-    blocks fill 6.55 waves of an H100 or H200)."""
-    from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward, stream_k_forward
+    """The stream-K experiment (``attention_forward(stream_k=...)``: as many programs as SMs share every query
+    block's key blocks evenly, and a second launch merges the blocks they share) against the same tile launched one
+    program per query block, device time under graph replay, at head dim 128 (one CTA of the 128 x 128 tile per
+    SM: Flux's 864 query blocks fill 6.55 waves of an H100 or H200): the plain shapes, and Flux's joint call with
+    its QK norms and RoPE ((B, N, H, D), the prologue passes included on both sides)."""
+    from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward
 
     sms = _stream_k_programs(device)
-    rows = []
+    gen = torch.Generator(device=device).manual_seed(4)
+    cases = []
     for shape in [shape for shape in GPU_SHAPES if shape.head_dim == 128]:
-        gen = torch.Generator(device=device).manual_seed(4)
         q, k, v = (torch.randn(shape.batch, shape.heads, shape.n_q, shape.head_dim, device=device, dtype=dtype,
                                generator=gen) for _ in range(3))
-        out = torch.empty_like(q)
-        flops = _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)
-        tile = dict(block_m=128, block_n=128, num_warps=8, num_stages=3)
-        name = f"{shape.name}: stream-K over {sms} programs, 128x128 w8 s3"
+        cases.append((shape.name, str(shape), (q, k, v, torch.empty_like(q)), {},
+                      _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)))
+    shape = GPU_SHAPES[0]  # Flux: 512 text + 4096 image tokens
+    n_txt = 512
+    txt, img = ([torch.randn(shape.batch, n, shape.heads, shape.head_dim, device=device, dtype=dtype, generator=gen)
+                 for _ in range(3)] for n in (n_txt, shape.n_q - n_txt))
+    weights = [torch.rand(shape.head_dim, device=device, generator=gen).to(dtype) + 0.5 for _ in range(4)]
+    angles = torch.arange(shape.n_q, device=device)[:, None] * torch.rand(shape.head_dim // 2, device=device,
+                                                                         generator=gen)
+    cos, sin = angles.cos().repeat_interleave(2, 1), angles.sin().repeat_interleave(2, 1)
+    cases.append(("Flux joint + QK norm + RoPE", f"B{shape.batch} H{shape.heads} N{n_txt}+{shape.n_q - n_txt} "
+                  f"D{shape.head_dim}", (*txt, torch.empty_like(txt[0])),
+                  dict(bnhd=True, joint=(*img, torch.empty_like(img[0])), rope=(cos, sin), q_norm_weight=weights[0],
+                       k_norm_weight=weights[1], joint_q_norm_weight=weights[2], joint_k_norm_weight=weights[3]),
+                  _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)))
+    tile = dict(block_m=128, block_n=128, num_warps=8, num_stages=3)
+    rows = []
+    for label, shape_text, (q, k, v, out), extra, flops in cases:
+        name = f"{label}: stream-K over {sms} programs, 128x128 w8 s3"
+        scale = q.shape[-1] ** -0.5
+
+        def launch(programs, q=q, k=k, v=v, out=out, extra=extra):
+            attention_forward(_attn_fwd_kernel, q, k, v, out, scale=scale, stream_k=programs, **tile, **extra)
+
         try:
-            ours = measure_graph(lambda: stream_k_forward(q, k, v, out, scale=shape.head_dim ** -0.5, programs=sms,
-                                                          **tile))
-            peer = measure_graph(lambda: attention_forward(_attn_fwd_kernel, q, k, v, out,
-                                                           scale=shape.head_dim ** -0.5, **tile))
-            rows.append(_row(f"{name} (graph replay)", str(shape), ours,
-                             "same tile, a program per query block (graph replay)", peer, flops, ceiling))
+            rows.append(_row(f"{name} (graph replay)", shape_text, measure_graph(lambda: launch(sms)),
+                             "same tile, a program per query block (graph replay)",
+                             measure_graph(lambda: launch(None)), flops, ceiling))
         except Exception as exc:  # noqa: BLE001 - an experiment that does not build is a finding, not a crash
-            rows.append({"area": "attention", "name": name, "shape": str(shape),
+            rows.append({"area": "attention", "name": name, "shape": shape_text,
                          "peer": "same tile, a program per query block",
                          "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"})
     return rows

@@ -77,7 +77,7 @@ newest='import glob, json; p = glob.glob("benchmarks/results/*/attention.json");
 print(max(p, key=lambda f: json.load(open(f)).get("machine", {}).get("date", "")) if p else "")'
 baseline=${GPU_ATTN_BASELINE:-$(python3 -c "$newest")}
 [ "$baseline" = none ] && baseline=
-timeout "${GPU_ATTN_TIMEOUT:-240}" python3 -m pydiff bench --suite full --device cuda --only ceilings attention \
+timeout "${GPU_ATTN_TIMEOUT:-280}" python3 -m pydiff bench --suite full --device cuda --only ceilings attention \
   --out "$out/bench-attention" ${baseline:+--baseline "$baseline"} >"$out/bench-attention.log" 2>&1
 attn_rc=$?
 # The Hopper probe (TMA descriptors, warp specialisation) beside SDPA-flash and pydiff: informs issue 4's next step.

@@ -495,24 +495,73 @@ def _stream_k_range(p, programs, total):
 
 
 @triton.jit
+def _stream_k_work(Nq, Nk, Nq2, Nk2, BH, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, JOINT: tl.constexpr):
+    """(query blocks of stream 1, query blocks, key blocks of stream 1, key blocks per query block, iterations) of a
+    stream-K launch: every query block of both streams (JOINT) of every (batch, head), times the key blocks of both
+    key streams."""
+    blocks_1 = tl.cdiv(Nq, BLOCK_M)
+    keys_1 = tl.cdiv(Nk, BLOCK_N)
+    blocks_q = blocks_1
+    n_blocks = keys_1
+    if JOINT:
+        blocks_q += tl.cdiv(Nq2, BLOCK_M)
+        n_blocks += tl.cdiv(Nk2, BLOCK_N)
+    return blocks_1, blocks_q, keys_1, n_blocks, blocks_q.to(tl.int64) * BH * n_blocks
+
+
+@triton.jit
+def _per_iteration(value, it, ALIGN: tl.constexpr):
+    """``value`` (a multiple of ALIGN; it >= 0) as a value of loop iteration ``it``. Offset tiles built from a
+    loop-invariant stride would be hoisted out of the stream-K work loop by the compiler and stay live through the
+    key loop (ptxas sm_90a, D 128, 128 x 64 x 8 warps: 246 registers per thread instead of 160)."""
+    return tl.multiple_of(tl.where(it >= 0, value, 0), ALIGN)
+
+
+@triton.jit
+def _stream_rows(pid_m, b64, h64, blocks_1, X, X2, stride_b, stride_h, stride_n, stride_d,
+                 stride_2b, stride_2h, stride_2n, stride_2d, Nq, Nq2, it,
+                 BLOCK_M: tl.constexpr, JOINT: tl.constexpr, ALIGN: tl.constexpr):
+    """Query block ``pid_m`` (stream 1's blocks, then stream 2's with JOINT) of head (b, h) in X (or X2): the head's
+    base, the block's first row, the stream's rows, and its row and column strides (``_per_iteration`` values)."""
+    base = X + b64 * stride_b + h64 * stride_h
+    row_start = pid_m * BLOCK_M
+    rows = Nq
+    row_stride = stride_n
+    col_stride = stride_d
+    if JOINT:
+        second = pid_m >= blocks_1
+        base = tl.where(second, X2 + b64 * stride_2b + h64 * stride_2h, base)
+        row_start = tl.where(second, pid_m - blocks_1, pid_m) * BLOCK_M
+        rows = tl.where(second, Nq2, Nq)
+        row_stride = tl.where(second, stride_2n, stride_n)
+        col_stride = tl.where(second, stride_2d, stride_d)
+    return base, row_start, rows, _per_iteration(row_stride, it, ALIGN), col_stride
+
+
+@triton.jit
 def _attn_fwd_stream_k(
-    Q, K, V, O, WORK,
+    Q, K, V, O, Q2, K2, V2, O2, WORK,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
-    H, KV_GROUP, Nq, Nk, BH, qk_scale,
+    stride_q2b, stride_q2h, stride_q2n, stride_q2d,
+    stride_k2b, stride_k2h, stride_k2n, stride_k2d,
+    stride_v2b, stride_v2h, stride_v2n, stride_v2d,
+    stride_o2b, stride_o2h, stride_o2n, stride_o2d,
+    H, KV_GROUP, Nq, Nk, Nq2, Nk2, BH, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
-    EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr, ROW_ALIGN: tl.constexpr = 1,
+    JOINT: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr, ROW_ALIGN: tl.constexpr = 1,
 ):
-    """Stream-K attention (plain: no variant), an experiment: grid = (P,). The work, every query block of every
-    (batch, head) times its key blocks, is cut into P equal runs of key-block iterations, one per program, instead
-    of one program per query block. A tile of one CTA per SM launched one program per query block fills whole
-    waves only when the blocks divide evenly: Flux's 864 blocks on 132 SMs make 6.55 waves, and the seventh runs
-    55% full. A query block that one program covers whole is written as the plain kernel writes it; one that
-    programs share leaves each part's unnormalised state (accumulator, row maxima, row sums; base 2) in WORK,
-    slot 2p for the program's first block and 2p + 1 for its last, for ``_attn_stream_k_combine``."""
+    """Stream-K attention, plain or joint (no other variant), an experiment: grid = (P,). The work, every query
+    block of every (batch, head) times its key blocks, is cut into P equal runs of key-block iterations, one per
+    program, instead of one program per query block. With one CTA per SM (the 128 x 128 tile at D 128), one program
+    per query block fills whole waves only when the blocks divide evenly: Flux's 864 query blocks make 6.55 waves
+    on 132 SMs, and the seventh runs 55% full. A query block one program covers whole is written as the attention
+    kernel writes it; one that programs share leaves each part's unnormalised state (accumulator, row maxima, row
+    sums; base 2) in WORK, slot 2p for the program's first block and 2p + 1 for its last, for
+    ``_attn_stream_k_combine``. Joint key blocks run stream 1's, then stream 2's, as one sequence."""
     qk_scale = tl.cast(qk_scale, tl.float32)
     if ROW_ALIGN > 1:
         A: tl.constexpr = ROW_ALIGN
@@ -520,51 +569,57 @@ def _attn_fwd_stream_k(
         stride_kb, stride_kh, stride_kn = _al(stride_kb, stride_kh, stride_kn, A)
         stride_vb, stride_vh, stride_vn = _al(stride_vb, stride_vh, stride_vn, A)
         stride_ob, stride_oh, stride_on = _al(stride_ob, stride_oh, stride_on, A)
+        if JOINT:
+            stride_q2b, stride_q2h, stride_q2n = _al(stride_q2b, stride_q2h, stride_q2n, A)
+            stride_k2b, stride_k2h, stride_k2n = _al(stride_k2b, stride_k2h, stride_k2n, A)
+            stride_v2b, stride_v2h, stride_v2n = _al(stride_v2b, stride_v2h, stride_v2n, A)
+            stride_o2b, stride_o2h, stride_o2n = _al(stride_o2b, stride_o2h, stride_o2n, A)
     p = tl.program_id(0)
-    blocks_q = tl.cdiv(Nq, BLOCK_M)
-    n_blocks = tl.cdiv(Nk, BLOCK_N)
-    first, end = _stream_k_range(p, tl.num_programs(0), blocks_q.to(tl.int64) * BH * n_blocks)
+    blocks_1, blocks_q, keys_1, n_blocks, total = _stream_k_work(Nq, Nk, Nq2, Nk2, BH, BLOCK_M, BLOCK_N, JOINT)
+    first, end = _stream_k_range(p, tl.num_programs(0), total)
     it = first
     while it < end:
         tile = it // n_blocks
         kb0 = (it - tile * n_blocks).to(tl.int32)
         kb1 = tl.minimum(n_blocks, kb0 + (end - it)).to(tl.int32)
-        row_start = (tile % blocks_q).to(tl.int32) * BLOCK_M
+        pid_m = (tile % blocks_q).to(tl.int32)
         bh = (tile // blocks_q).to(tl.int32)
         b64 = (bh // H).to(tl.int64)
         h64 = (bh % H).to(tl.int64)
         hk64 = h64 // KV_GROUP
-        row_q = _per_iteration(stride_qn, it, ROW_ALIGN)
-        row_o = _per_iteration(stride_on, it, ROW_ALIGN)
-        q_a, q_b = _load_rows(Q + b64 * stride_qb + h64 * stride_qh, row_start, Nq, row_q, stride_qd,
-                              HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB, SPLIT_D)
+        Qs, row_start, rows, sqn, sqd = _stream_rows(
+            pid_m, b64, h64, blocks_1, Q, Q2, stride_qb, stride_qh, stride_qn, stride_qd, stride_q2b, stride_q2h,
+            stride_q2n, stride_q2d, Nq, Nq2, it, BLOCK_M, JOINT, ROW_ALIGN)
+        q_a, q_b = _load_rows(Qs, row_start, rows, sqn, sqd, HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB, SPLIT_D)
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
         acc_b = tl.zeros([BLOCK_M, BLOCK_DB], dtype=tl.float32)
+        # this part's key blocks of stream 1 (an empty range when it starts past them), then of stream 2
         acc_a, acc_b, m_i, l_i = _attend_keys(
             acc_a, acc_b, m_i, l_i, q_a, q_b, K + b64 * stride_kb + hk64 * stride_kh,
-            V + b64 * stride_vb + hk64 * stride_vh, kb0 * BLOCK_N, tl.minimum(kb1 * BLOCK_N, Nk),
+            V + b64 * stride_vb + hk64 * stride_vh, kb0 * BLOCK_N, tl.minimum(tl.minimum(kb1, keys_1) * BLOCK_N, Nk),
             _per_iteration(stride_kn, it, ROW_ALIGN), stride_kd, _per_iteration(stride_vn, it, ROW_ALIGN), stride_vd,
-            qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D,
-            MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, False, False)
+            qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16,
+            SCALE_POSITIVE, False, False)
+        if JOINT:
+            acc_a, acc_b, m_i, l_i = _attend_keys(
+                acc_a, acc_b, m_i, l_i, q_a, q_b, K2 + b64 * stride_k2b + hk64 * stride_k2h,
+                V2 + b64 * stride_v2b + hk64 * stride_v2h, tl.maximum(kb0 - keys_1, 0) * BLOCK_N,
+                tl.minimum(tl.maximum(kb1 - keys_1, 0) * BLOCK_N, Nk2), _per_iteration(stride_k2n, it, ROW_ALIGN),
+                stride_k2d, _per_iteration(stride_v2n, it, ROW_ALIGN), stride_v2d, qk_scale, HEAD_DIM, BLOCK_N,
+                BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, False, False)
         if (kb0 == 0) & (kb1 == n_blocks):
-            _store_rows(O + b64 * stride_ob + h64 * stride_oh, row_start, Nq, row_o, stride_od,
-                        acc_a / l_i[:, None], acc_b / l_i[:, None], HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB, SPLIT_D,
-                        MASK_D, EMULATE_BF16)
+            Os, _, _, son, sod = _stream_rows(
+                pid_m, b64, h64, blocks_1, O, O2, stride_ob, stride_oh, stride_on, stride_od, stride_o2b,
+                stride_o2h, stride_o2n, stride_o2d, Nq, Nq2, it, BLOCK_M, JOINT, ROW_ALIGN)
+            _store_rows(Os, row_start, rows, son, sod, acc_a / l_i[:, None], acc_b / l_i[:, None], HEAD_DIM,
+                        BLOCK_M, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EMULATE_BF16)
         else:
             slot = WORK + (2 * p + (it != first).to(tl.int32)).to(tl.int64) * _slot_size(BLOCK_M, BLOCK_DA, BLOCK_DB)
             _partial_io(slot, _per_iteration(BLOCK_DA + BLOCK_DB, it, 1), acc_a, acc_b, m_i, l_i, True, BLOCK_M,
                         BLOCK_DA, BLOCK_DB, SPLIT_D)
         it += kb1 - kb0
-
-
-@triton.jit
-def _per_iteration(value, it, ALIGN: tl.constexpr):
-    """``value`` (a multiple of ALIGN, it >= 0) as a value of loop iteration ``it``. The offset tiles built from a
-    loop-invariant stride would be hoisted out of the stream-K work loop by the compiler and stay live through the
-    key loop (ptxas sm_90a, D 128, 128 x 64 x 8 warps: 246 registers per thread instead of 160)."""
-    return tl.multiple_of(tl.where(it >= 0, value, 0), ALIGN)
 
 
 @triton.jit
@@ -577,7 +632,7 @@ def _slot_size(BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.const
 def _partial_io(slot, width, acc_a, acc_b, m_i, l_i, STORE: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr):
     """Store one part's softmax state in a slot (STORE), or load it (returned; the arguments give the shapes).
-    width: BLOCK_DA + BLOCK_DB, passed as a value of the caller's loop iteration (see ``_per_iteration``)."""
+    width: BLOCK_DA + BLOCK_DB, as a value of the caller's loop iteration (``_per_iteration``)."""
     offs_m = tl.arange(0, BLOCK_M)
     ptr_a = slot + offs_m[:, None] * width + tl.arange(0, BLOCK_DA)[None, :]
     ptr_b = slot + offs_m[:, None] * width + BLOCK_DA + tl.arange(0, BLOCK_DB)[None, :]
@@ -599,18 +654,18 @@ def _partial_io(slot, width, acc_a, acc_b, m_i, l_i, STORE: tl.constexpr, BLOCK_
 
 @triton.jit
 def _attn_stream_k_combine(
-    O, WORK, stride_ob, stride_oh, stride_on, stride_od, H, Nq, Nk, BH,
+    O, O2, WORK, stride_ob, stride_oh, stride_on, stride_od, stride_o2b, stride_o2h, stride_o2n, stride_o2d,
+    H, Nq, Nk, Nq2, Nk2, BH,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
-    BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, JOINT: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, ROW_ALIGN: tl.constexpr = 1,
 ):
     """grid = (P,), as ``_attn_fwd_stream_k`` ran: program p finishes the query block whose last key block it
     processed when earlier programs began it (p's first iteration is inside that block's keys). It merges the
     parts' states, m = max m_j, l = sum l_j 2^(m_j - m), acc = sum acc_j 2^(m_j - m), and writes acc / l."""
     p = tl.program_id(0)
     programs = tl.num_programs(0)
-    blocks_q = tl.cdiv(Nq, BLOCK_M)
-    n_blocks = tl.cdiv(Nk, BLOCK_N)
-    total = blocks_q.to(tl.int64) * BH * n_blocks
+    blocks_1, blocks_q, _, n_blocks, total = _stream_k_work(Nq, Nk, Nq2, Nk2, BH, BLOCK_M, BLOCK_N, JOINT)
     first, end = _stream_k_range(p, programs, total)
     tile = first // n_blocks
     tile_first = tile * n_blocks
@@ -636,10 +691,13 @@ def _attn_stream_k_combine(
                 if SPLIT_D:
                     acc_b = acc_b * old[:, None] + part_b * new[:, None]
                 m_i = m_new
+        pid_m = (tile % blocks_q).to(tl.int32)
         bh = (tile // blocks_q).to(tl.int32)
-        _store_rows(O + (bh // H).to(tl.int64) * stride_ob + (bh % H).to(tl.int64) * stride_oh,
-                    (tile % blocks_q).to(tl.int32) * BLOCK_M, Nq, stride_on, stride_od, acc_a / l_i[:, None],
-                    acc_b / l_i[:, None], HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EMULATE_BF16)
+        Os, row_start, rows, son, sod = _stream_rows(
+            pid_m, (bh // H).to(tl.int64), (bh % H).to(tl.int64), blocks_1, O, O2, stride_ob, stride_oh, stride_on,
+            stride_od, stride_o2b, stride_o2h, stride_o2n, stride_o2d, Nq, Nq2, tile, BLOCK_M, JOINT, ROW_ALIGN)
+        _store_rows(Os, row_start, rows, son, sod, acc_a / l_i[:, None], acc_b / l_i[:, None], HEAD_DIM, BLOCK_M,
+                    BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EMULATE_BF16)
 
 
 @triton.jit
@@ -879,7 +937,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                       rope=None, rope_interleaved=True, q_norm_weight=None, k_norm_weight=None,
                       joint_q_norm_weight=None, joint_k_norm_weight=None, norm_eps=1e-6,
                       block_m=None, block_n=None, num_warps=4, num_stages=2, use_tma=False, prologue_kernel=None,
-                      tuned=None, rowsum_mma=False):
+                      tuned=None, rowsum_mma=False, stream_k=None):
     """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
     ``torch.library.wrap_triton``). All arguments were checked by the caller.
 
@@ -893,12 +951,22 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     60 arguments on every call).
     prologue_kernel: ``_qk_prologue`` as the caller launches it (wrapped for torch.library); None: this module's.
     rowsum_mma: the kernel's ROWSUM_MMA experiment, with ``block_m`` (the benchmark and the tests time and check it).
+    stream_k: the stream-K experiment over this many programs (``_attn_fwd_stream_k``; a GPU's SM count times the
+    CTAs of the tile one SM holds), with ``block_m``, for plain and joint attention (the benchmark and the tests).
     When q or k has a norm or RoPE, each such tensor first gets it in one pass of its own (``_qk_prologue``).
     """
     import torch
 
     if rowsum_mma and block_m is None:
         raise ValueError("rowsum_mma: an experiment for a fixed tile (block_m, block_n), not for the autotuner")
+    if stream_k is not None:
+        if block_m is None or rowsum_mma or use_tma is not False:
+            raise ValueError("stream_k: an experiment for a fixed tile (block_m, block_n) with pointer loads and row "
+                             "sums by adds")
+        if negative is not None or any(t is not None for t in (kv_lens, negative_kv_lens, cu_seqlens_q)):
+            raise ValueError("stream_k: plain and joint attention only (no negative, kv_lens or cu_seqlens)")
+        if stream_k < 1:
+            raise ValueError(f"stream_k must be >= 1 programs, got {stream_k}")
     if rope is not None or any(w is not None for w in (q_norm_weight, k_norm_weight, joint_q_norm_weight,
                                                        joint_k_norm_weight)):
         prepare = _preparer(prologue_kernel if prologue_kernel is not None else _qk_prologue, bnhd, rope,
@@ -989,6 +1057,18 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     flags["EVEN_N"] = not (varlen or kv_lens is not None or negative_kv_lens is not None) and \
         all(n % widest == 0 for n in lengths)
     flags["ROW_ALIGN"] = _row_align(q.element_size(), strides)
+    if stream_k is not None:
+        work = torch.empty(2 * stream_k * block_m * (block_da + block_db + 2), device=q.device, dtype=torch.float32)
+        shape = {name: flags[name] for name in ("HEAD_DIM", "BLOCK_DA", "BLOCK_DB", "SPLIT_D", "MASK_D", "JOINT",
+                                                "EMULATE_BF16", "ROW_ALIGN")}
+        shape.update(BLOCK_M=block_m, BLOCK_N=block_n, **plans.launch_options(_attn_fwd_stream_k))
+        sizes = [heads, n_q, n_k, n_q2, n_k2, batch * heads]
+        _attn_fwd_stream_k[(stream_k,)](
+            *tensors[:8], work, *strides[:32], heads, heads // kv_heads, *sizes[1:], float(scale) * LOG2E,
+            EVEN_N=flags["EVEN_N"], SCALE_POSITIVE=flags["SCALE_POSITIVE"], num_warps=num_warps,
+            num_stages=num_stages, **shape)
+        _attn_stream_k_combine[(stream_k,)](out, out2, work, *so, *so2, *sizes, num_warps=num_warps, **shape)
+        return
     kv = [k, v] + ([k2, v2] if joint is not None else []) + ([k_neg, v_neg] if negative is not None else [])
     usable = tma_usable(kv)
     flags["TMA_OK"] = block_m is None and usable
@@ -1019,36 +1099,6 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         _TUNED[key] = tuner.best_config.all_kwargs()
     else:
         plans.launch(tuned[1], grid, args, {**flags, **choice}, plan_key, len(tensors), before, writes=_WRITES)
-
-
-def stream_k_forward(q, k, v, out, *, scale, programs: int, block_m: int, block_n: int, num_warps: int = 8,
-                     num_stages: int = 3, bnhd: bool = False):
-    """The stream-K experiment (``_attn_fwd_stream_k``, then ``_attn_stream_k_combine``) for plain attention with a
-    fixed tile: ``programs`` programs share the work evenly (a GPU's SM count times the CTAs of the tile one SM
-    holds). The benchmark and the tests run it; ``attention_forward`` does not. Arguments as
-    ``attention_forward``'s, checked by the caller."""
-    import torch
-
-    if programs < 1:
-        raise ValueError(f"programs must be >= 1, got {programs}")
-    (batch, heads, n_q, head_dim), sq = _dims(q, bnhd)
-    (_, kv_heads, n_k, _), sk = _dims(k, bnhd)
-    _, sv = _dims(v, bnhd)
-    _, so = _dims(out, bnhd)
-    block_da, block_db, split_d = head_dim_blocks(head_dim)
-    emulate_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16
-    shape = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DA=block_da, BLOCK_DB=block_db,
-                 SPLIT_D=split_d, MASK_D=(block_da + (block_db if split_d else 0)) != head_dim,
-                 EMULATE_BF16=emulate_bf16)
-    work = torch.empty(2 * programs * block_m * (block_da + block_db + 2), device=q.device, dtype=torch.float32)
-    options = plans.launch_options(_attn_fwd_stream_k)
-    _attn_fwd_stream_k[(programs,)](
-        q, k, v, out, work, *sq, *sk, *sv, *so, heads, heads // kv_heads, n_q, n_k, batch * heads,
-        float(scale) * LOG2E, EVEN_N=n_k % block_n == 0, SCALE_POSITIVE=scale > 0,
-        ROW_ALIGN=_row_align(q.element_size(), sq + sk + sv + so), num_warps=num_warps, num_stages=num_stages,
-        **shape, **options)
-    _attn_stream_k_combine[(programs,)](out, work, *so[:4], heads, n_q, n_k, batch * heads, num_warps=num_warps,
-                                        **shape, **options)
 
 
 #: the attention kernel's tensor arguments it writes: O and O2 (``_leading_tensors``)

@@ -150,9 +150,11 @@ def references(q, k, v, kw):
     return ref64, lowp
 
 
-def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_mma=False):
+def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_mma=False, stream_k=None, warps=4,
+               stages=2):
     """The Triton kernel through its launcher, into outputs poisoned beforehand (every element must be written);
-    use_tma: key/value blocks through tensor descriptors; rowsum_mma: the row sums on the tensor cores."""
+    use_tma: key/value blocks through tensor descriptors; rowsum_mma: the row sums on the tensor cores; stream_k:
+    the stream-K kernels over this many programs."""
     from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward
 
     out = torch.full_like(q, poison, memory_format=torch.contiguous_format)
@@ -170,8 +172,8 @@ def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_m
         max_seqlen_q=max_seqlen, rope=kw.get("rope"), rope_interleaved=kw.get("rope_interleaved", True),
         q_norm_weight=kw.get("q_norm_weight"), k_norm_weight=kw.get("k_norm_weight"),
         joint_q_norm_weight=kw.get("joint_q_norm_weight"), joint_k_norm_weight=kw.get("joint_k_norm_weight"),
-        norm_eps=kw.get("norm_eps", 1e-6), block_m=blocks[0], block_n=blocks[1], use_tma=use_tma,
-        rowsum_mma=rowsum_mma)
+        norm_eps=kw.get("norm_eps", 1e-6), block_m=blocks[0], block_n=blocks[1], num_warps=warps,
+        num_stages=stages, use_tma=use_tma, rowsum_mma=rowsum_mma, stream_k=stream_k)
     return (out, joint[3]) if joint is not None else out
 
 
@@ -293,22 +295,11 @@ def test_row_sums_on_the_tensor_cores(case):
         assert_accurate(got, ref, low, case.dtype)
 
 
-def run_stream_k(q, k, v, kw, blocks, programs, warps=4, stages=2, poison=float("nan")):
-    """The stream-K experiment (plain attention) into a poisoned output."""
-    from pydiff.kernels.attention import stream_k_forward
-
-    out = torch.full_like(q, poison, memory_format=torch.contiguous_format)
-    stream_k_forward(q, k, v, out, scale=kw.get("scale", 1.0 / math.sqrt(q.shape[-1])), programs=programs,
-                     block_m=blocks[0], block_n=blocks[1], num_warps=warps, num_stages=stages,
-                     bnhd=kw["layout"] == "bnhd")
-    return out
-
-
-# the plain cases (stream-K takes no variant): dtypes, head dims 40/48/64/80/96/128 (split and padded), 1 query row,
-# GQA and MQA, (B, N, H, D) and strided inputs
+# stream-K takes plain and joint attention: dtypes, head dims 40/48/64/80/96/128 (split and padded), 1 query row,
+# GQA and MQA, (B, N, H, D) and strided inputs; joint streams with the QK prologue (norms, RoPE) before them
 STREAM_K_CASES = [c for c in GRID if c.name in (
     "f32-d64-97x97", "f16-d40-77x333-bnhd-gqa", "bf16-d80-1x97-mqa", "f16-d96-strided", "f32-d48-custom-scale",
-    "f16-d128-bnhd-strided-mqa")]
+    "f16-d128-bnhd-strided-mqa", "bf16-joint-gqa-bnhd", "f16-flux-like-even", "f32-joint-one-sided-norms")]
 
 
 @needs_interpreter
@@ -317,18 +308,31 @@ STREAM_K_CASES = [c for c in GRID if c.name in (
 def test_stream_k(case, programs):
     """Stream-K (``_attn_fwd_stream_k`` + ``_attn_stream_k_combine``): every query block's keys shared among programs
     in every way the counts allow (one program with all the work; query blocks split between 2 or more programs,
-    some holding a middle part only; more programs than key blocks, so some have none), at a tile with several
-    query and key blocks; every output element written, as accurate as the one-program-per-block kernel."""
+    some holding a middle part only, joint blocks split inside either key stream or across the two; more programs
+    than key blocks, so some have none), at a tile with several query and key blocks; every output element
+    written, as accurate as the one-program-per-block kernel."""
     q, k, v, kw = build(case, seed=19)
-    out = run_stream_k(q, k, v, kw, (32, 32), programs)
+    out = run_kernel(q, k, v, kw, (32, 32), stream_k=programs)
     ref64, lowp = references(q, k, v, kw)
-    assert_accurate(out, ref64, lowp, case.dtype)
+    lows = (None,) * len(_streams(case, out)) if lowp is None else _streams(case, lowp)
+    for got, ref, low in zip(_streams(case, out), _streams(case, ref64), lows):
+        assert_accurate(got, ref, low, case.dtype)
 
 
-def test_stream_k_programs_must_be_positive():
+def test_stream_k_takes_what_it_can_run():
+    """The experiment's limits are errors before launch: a fixed tile, pointer loads, no other variant."""
+    from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_kernel, attention_forward
+
     q = torch.randn(1, 1, 8, 16)
-    with pytest.raises(ValueError, match="programs must be >= 1"):
-        run_stream_k(q, q, q, {"layout": "bhnd"}, (16, 16), 0)
+    lens = torch.tensor([4], dtype=torch.int32)
+    for kernel, extra, match in ((_attn_fwd_kernel, {"stream_k": 0}, "stream_k must be >= 1"),
+                                 (_attn_fwd_autotuned, {"stream_k": 3, "block_m": None}, "fixed tile"),
+                                 (_attn_fwd_kernel, {"stream_k": 3, "use_tma": True}, "pointer loads"),
+                                 (_attn_fwd_kernel, {"stream_k": 3, "kv_lens": lens}, "plain and joint"),
+                                 (_attn_fwd_kernel, {"stream_k": 3, "negative": (q, q)}, "plain and joint")):
+        with pytest.raises(ValueError, match=match):
+            attention_forward(kernel, q, q, q, torch.empty_like(q), scale=0.25,
+                              **{"block_m": 16, "block_n": 16, **extra})
 
 
 def test_row_sums_experiment_needs_a_fixed_tile():
@@ -827,14 +831,15 @@ def test_benchmark_experiment_rows_dry_run(monkeypatch):
     bench = pytest.importorskip("benchmarks.bench_attention")
     from benchmarks.common import measure
 
-    monkeypatch.setattr(bench, "GPU_SHAPES", [bench.Shape("t128", 1, 1, 64, 64, 128),
+    monkeypatch.setattr(bench, "GPU_SHAPES", [bench.Shape("t128", 1, 1, 600, 600, 128),
                                               bench.Shape("t64", 1, 1, 64, 64, 64),
                                               bench.Shape("t64", 1, 2, 32, 32, 64)])
     monkeypatch.setattr(bench, "measure_graph", lambda fn: measure(fn, warmup=0, min_repeat=1, min_time=0.0))
     monkeypatch.setattr(bench, "_stream_k_programs", lambda device: 3)
     rows = bench._experiment_rows("cpu", torch.float32, None)
-    assert [r["name"].split(":")[0] for r in rows] == ["t128", "t64", "t64", "t64", "t64", "t128"]
-    assert "stream-K over 3 programs" in rows[-1]["name"]
+    names = [r["name"].split(":")[0] for r in rows]
+    assert names == ["t128", "t64", "t64", "t64", "t64", "t128", "Flux joint + QK norm + RoPE"], rows
+    assert all("stream-K over 3 programs" in r["name"] for r in rows[-2:])
     assert all(r["speedup"] > 0 for r in rows), rows
 
 
@@ -957,8 +962,8 @@ def test_gpu_accuracy_rowsum_mma(case, cuda_device):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", [c for c in GPU_GRID if c in STREAM_K_CASES or c.name == "gpu-sdxl-cross"] + [
-    Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", name="gpu-flux-plain")], ids=str)
+@pytest.mark.parametrize("case", [c for c in GPU_GRID if c.negative is None and c.kv_lens is None and c.cu_q is None]
+                         + [Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", name="gpu-flux-plain")], ids=str)
 def test_gpu_accuracy_stream_k(case, cuda_device):
     """The stream-K experiment compiled for the GPU (the benchmark times it) at the case's default tile, and at the
     production sizes also at the 128 x 128 x 8 warps tile it is meant for; over as many programs as SMs and over 7."""
@@ -966,10 +971,11 @@ def test_gpu_accuracy_stream_k(case, cuda_device):
 
     q, k, v, kw = _on_device(case, cuda_device)
     sms = torch.cuda.get_device_properties(cuda_device).multi_processor_count
-    tiles = [default_config(case.head_dim, False)] + ([(128, 128, 8, 3)] if case.name.startswith("gpu-") else [])
-    for bm, bn, warps, stages in tiles:
+    tiles = [default_config(case.head_dim, case.joint is not None)]
+    tiles += [(128, 128, 8, 3)] if case.name.startswith("gpu-") else []
+    for bm, bn, warps, stages in dict.fromkeys(tiles):
         for programs in (sms, 7):
-            out = run_stream_k(q, k, v, kw, (bm, bn), programs, warps, stages)
+            out = run_kernel(q, k, v, kw, (bm, bn), stream_k=programs, warps=warps, stages=stages)
             _assert_gpu_accurate(case, out, q, k, v, kw)
 
 
