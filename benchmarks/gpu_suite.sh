@@ -15,8 +15,8 @@
 #   benchmarks/results/*/attention.json with the latest date; "none" skips the comparison).
 #   GPU_ISOLATE_TIMEOUT: seconds for benchmarks/attention_isolate.py, run when the GPU tests fail (each attention
 #   case in a process of its own: a CUDA error fails every later test of its process).
-#   GPU_KEEP: a folder that receives, flat, the 8 files worth committing (a device lease returns at most 8), e.g.
-#   `GPU_KEEP=$OUT bash benchmarks/gpu_suite.sh /tmp/r`.
+#   GPU_KEEP: a folder that receives, flat, the 8 files worth committing (a device lease returns at most 8), after
+#   every stage, e.g. `GPU_KEEP=$OUT bash benchmarks/gpu_suite.sh /tmp/r`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//')
@@ -42,6 +42,20 @@ else
   ln -s ../kernels pydiff/kernels && trap 'rm -f pydiff/kernels' EXIT
 fi
 python3 -m pydiff info | tee "$out/info.txt"
+# GPU_KEEP gets the files worth committing after every stage, not only at the end: a device call cut off at its time
+# limit returns what is in $OUT then.
+keep() {
+  [ -n "${GPU_KEEP:-}" ] || return 0
+  mkdir -p "$GPU_KEEP"
+  for f in info.txt gpu-tests-descriptors.log gpu-tests.log bench-attention.log hopper-probe.md; do
+    [ -e "$out/$f" ] && cp "$out/$f" "$GPU_KEEP/"
+  done
+  for f in results.json:attention.json report.md:attention.md attention_tflops_vs_seqlen.png:plot.png; do
+    [ -e "$out/bench-attention/${f%%:*}" ] && cp "$out/bench-attention/${f%%:*}" "$GPU_KEEP/${f##*:}"
+  done
+  return 0
+}
+keep
 # Tensor-descriptor (TMA) loads first: if they fail on this card, the rest runs without them (PYDIFF_ATTENTION_TMA=0)
 # instead of the autotuner crashing the benchmark on a bad candidate.
 if ! timeout "${GPU_TMA_TIMEOUT:-90}" python3 -m pytest -q -m gpu -k descriptors -p no:cacheprovider \
@@ -51,6 +65,7 @@ if ! timeout "${GPU_TMA_TIMEOUT:-90}" python3 -m pytest -q -m gpu -k descriptors
   export PYDIFF_ATTENTION_TMA=0
 fi
 tail -1 "$out/gpu-tests-descriptors.log"
+keep
 # Triton compiles dominate the GPU tests: spread them over processes when pytest-xdist is there.
 par=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
 timeout "${GPU_TEST_TIMEOUT:-150}" python3 -m pytest -q -m gpu $par -p no:cacheprovider ${GPU_TESTS:-tests} \
@@ -65,6 +80,7 @@ if [ "$tests_rc" != 0 ]; then
     >>"$out/gpu-tests.log"
   grep -E "FAIL|ERROR|TIMEOUT|failed" "$out/isolate.md"
 fi
+keep
 # Steps, end-to-end sampling and quality: quick settings (no torch.compile peer); then attention, autotuned.
 bench_rc=0
 if [ "${GPU_BENCH_AREAS:-}" != none ]; then
@@ -80,6 +96,7 @@ baseline=${GPU_ATTN_BASELINE:-$(python3 -c "$newest")}
 timeout "${GPU_ATTN_TIMEOUT:-280}" python3 -m pydiff bench --suite full --device cuda --only ceilings attention \
   --out "$out/bench-attention" ${baseline:+--baseline "$baseline"} >"$out/bench-attention.log" 2>&1
 attn_rc=$?
+keep
 # The Hopper probe (TMA descriptors, warp specialisation) beside SDPA-flash and pydiff: informs issue 4's next step.
 timeout "${GPU_PROBE_TIMEOUT:-60}" python3 benchmarks/attention_hopper_probe.py >"$out/hopper-probe.md" \
   2>"$out/hopper-probe.log"
@@ -87,14 +104,6 @@ probe_rc=$?
 [ -e "$out/bench.log" ] && tail -45 "$out/bench.log"
 tail -75 "$out/bench-attention.log"   # the summary, then the figures against the baseline
 cat "$out/hopper-probe.md"
-if [ -n "${GPU_KEEP:-}" ]; then
-  mkdir -p "$GPU_KEEP"
-  for f in info.txt gpu-tests-descriptors.log gpu-tests.log bench-attention.log hopper-probe.md; do
-    [ -e "$out/$f" ] && cp "$out/$f" "$GPU_KEEP/"
-  done
-  for f in results.json:attention.json report.md:attention.md attention_tflops_vs_seqlen.png:plot.png; do
-    [ -e "$out/bench-attention/${f%%:*}" ] && cp "$out/bench-attention/${f%%:*}" "$GPU_KEEP/${f##*:}"
-  done
-fi
+keep
 echo "exit codes: gpu tests $tests_rc, bench $bench_rc, attention bench $attn_rc, probe $probe_rc (124 = stage timed out); results in $out"
 exit $(( tests_rc != 0 || bench_rc != 0 || attn_rc != 0 ))
