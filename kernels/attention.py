@@ -23,6 +23,10 @@ On Hopper the autotuner also tries candidates whose key/value blocks are read th
 descriptors (``USE_TMA``: the tensor memory accelerator copies each block into shared memory, zero-filling rows and
 columns past the ends), where ``tma_usable`` finds the tensors aligned for it; Triton's global scratch for the
 descriptors comes from torch's allocator (``_scratch``).
+
+An experiment beside it, reached only through ``attention_forward(stream_k=P)`` (the benchmark and the tests):
+stream-K (``_attn_fwd_stream_k``), where P programs share all query blocks' key blocks evenly instead of one
+program per query block, and ``_attn_stream_k_combine`` merges the blocks they share.
 """
 
 import os
