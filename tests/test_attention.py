@@ -811,6 +811,26 @@ def test_eager_calls_skip_dispatch_but_tracers_see_the_op(monkeypatch):
     assert not attention_module.plain_eager(args(q, fake_k, v))  # a tensor subclass
 
 
+def test_waves_report_occupancy():
+    """attention_resources.py --waves: CTAs per Hopper SM from registers (per warp, in units of 256), shared memory
+    (plus the 1 KiB each CTA reserves) and warps, as its table gives them for the tiles the H200 tuner timed. In a
+    process of its own: the tool clears TRITON_INTERPRET at import, for its sm_90a compiles."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    check = ("from benchmarks.attention_resources import ctas_per_sm as c; "
+             "print(c(230, 229376, 8), c(127, 57344, 4), c(125, 65536, 8), c(180, 114688, 8), c(40, 8192, 4), "
+             "c(16, 0, 1))")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    # D 128 128 x 128 (shared memory), D 64 64 x 64 (both), D 64 128 x 64 x 8 warps (registers), D 64
+    # 128 x 128 x 8 warps (registers: 184 x 32 x 8 > 65536 / 2), a small kernel (registers: 5 x 256 per warp),
+    # a one-warp kernel (32 CTAs at most)
+    assert done.stdout.split() == ["1", "4", "2", "1", "12", "32"]
+
+
 @needs_interpreter
 def test_hopper_probe_kernel_math():
     """benchmarks/attention_hopper_probe.py (the TMA + warp-specialisation + exp2-split probe run on GPU machines):
