@@ -8,10 +8,11 @@ and its line says which output elements are wrong or which CUDA error it raised.
     python3 benchmarks/attention_isolate.py                  # every GPU grid case, each mode; a table, last
     python3 benchmarks/attention_isolate.py bf16-d80-1x97-mqa --modes tma noalign   # chosen cases and modes
 
-Modes (combinable with +):
+Modes (combinable with +; default: plain, tma, rowsum, streamk):
 - plain: the default tile, pointer loads;
 - tma: key/value loads through tensor descriptors;
 - rowsum: the ROWSUM_MMA experiment;
+- streamk: the stream-K experiment over as many programs as SMs (plain and joint cases; others report n/a);
 - noalign: without the row-alignment hint (ROW_ALIGN 1);
 - noplans: without launch plans.
 
@@ -30,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ["plain", "tma", "rowsum", "noalign", "noplans"]
+MODES = ["plain", "tma", "rowsum", "streamk", "noalign", "noplans"]
 
 
 def _case(name: str):
@@ -58,9 +59,14 @@ def run_one(name: str, mode: str) -> dict:
         A._row_align = lambda *args: 1
     if "noplans" in parts:
         plans.ENABLED = False
+    stream_k = None
+    if "streamk" in parts:
+        if case.negative is not None or case.kv_lens is not None or case.cu_q is not None:
+            return {"tile": list(T._gpu_default_tile(case)), "streams": [], "skipped": "stream-K: plain and joint only"}
+        stream_k = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 7
     q, k, v, kw = T._on_device(case, "cuda" if torch.cuda.is_available() else "cpu")
     out = T.run_kernel(q, k, v, kw, T._gpu_default_tile(case), use_tma="tma" in parts,
-                       rowsum_mma="rowsum" in parts)
+                       rowsum_mma="rowsum" in parts, stream_k=stream_k)
     streams = []
     for got, ref, low, failure in T.gpu_stream_checks(case, out, q, k, v, kw):
         err = (got.double() - ref.double()).abs().nan_to_num(float("inf"))
@@ -86,9 +92,12 @@ def _spawn(name: str, mode: str, timeout: float) -> tuple:
                               timeout=timeout, cwd=ROOT)
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if lines:
-            streams = json.loads(lines[0][len("RESULT "):])["streams"]
+            result = json.loads(lines[0][len("RESULT "):])
+            streams = result["streams"]
             failed = any(s["failure"] is not None for s in streams)
             status, cells = ("FAIL" if failed else "ok"), "; ".join(_describe(s) for s in streams)
+            if "skipped" in result:
+                status, cells = "n/a", result["skipped"]
         else:
             failed, status = True, "ERROR"
             cells = " | ".join((done.stderr.strip().splitlines() or ["no output"])[-2:])[-240:].replace("|", "/")
@@ -100,8 +109,8 @@ def _spawn(name: str, mode: str, timeout: float) -> tuple:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cases", nargs="*", help="case names (default: the GPU grid)")
-    parser.add_argument("--modes", nargs="+", default=MODES[:3], help=f"of {MODES}, combinable with + "
-                        "(default: plain tma rowsum)")
+    parser.add_argument("--modes", nargs="+", default=MODES[:4], help=f"of {MODES}, combinable with + "
+                        "(default: plain tma rowsum streamk)")
     parser.add_argument("--jobs", type=int, default=min(12, os.cpu_count() or 1), help="processes at once")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per process")
     parser.add_argument("--one", nargs=2, metavar=("CASE", "MODE"), help=argparse.SUPPRESS)

@@ -864,12 +864,15 @@ def test_benchmark_experiment_rows_dry_run(monkeypatch):
 
 
 @needs_interpreter
-def test_isolation_tool_runs_each_case_apart(monkeypatch):
+def test_isolation_tool_runs_each_case_apart(monkeypatch, capsys):
     """benchmarks/attention_isolate.py (each GPU grid case and mode in a process of its own, for finding the case
     that breaks a GPU test run): it runs cases here under the interpreter, and its verdicts follow the GPU tests'
-    tolerances."""
+    tolerances; stream-K runs where it applies."""
     tool = pytest.importorskip("benchmarks.attention_isolate")
-    assert tool.main(["f16-negative-scale-kvlens", "--modes", "plain", "rowsum+noplans", "--jobs", "2"]) == 0
+    assert tool.main(["f16-negative-scale-kvlens", "f32-d48-custom-scale", "--modes", "plain", "rowsum+noplans",
+                      "streamk", "--jobs", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "| f32-d48-custom-scale | streamk | ok |" in table and "| f16-negative-scale-kvlens | streamk | n/a |" in table
     with pytest.raises(SystemExit):
         tool.main(["no-such-case"])
     # in this process, outputs off by 0.01 fail the GPU check in 16-bit and in fp32 (TF32 tolerance)
