@@ -206,16 +206,21 @@ def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
                 attention_forward(_attn_fwd_kernel, q, k, v, out, scale=shape.head_dim ** -0.5, block_m=bm,
                                   block_n=bn, num_warps=warps, num_stages=stages, rowsum_mma=rowsum)
 
-            tile = f"{bm}x{bn} w{warps} s{stages}"
-            try:
-                rows.append(_row(f"{shape.name}: row sums by MMA, {tile} (graph replay)", str(shape),
-                                 measure_graph(lambda: launch(True)), "same tile, row sums by adds (graph replay)",
-                                 measure_graph(lambda: launch(False)), flops, ceiling))
-            except Exception as exc:  # noqa: BLE001 - an experiment that does not build is a finding, not a crash
-                rows.append({"area": "attention", "name": f"{shape.name}: row sums by MMA, {tile}",
-                             "shape": str(shape), "peer": "same tile, row sums by adds",
-                             "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"})
+            rows.append(_experiment_row(f"{shape.name}: row sums by MMA, {bm}x{bn} w{warps} s{stages}", str(shape),
+                                        lambda: launch(True), "same tile, row sums by adds", lambda: launch(False),
+                                        flops, ceiling))
     return rows + _stream_k_rows(device, dtype, ceiling)
+
+
+def _experiment_row(name, shape, ours_fn, peer, peer_fn, flops, ceiling) -> Dict[str, object]:
+    """An experiment against its peer, device time under graph replay; a row with the error when it does not build
+    or run (a finding, not a crash)."""
+    try:
+        return _row(f"{name} (graph replay)", shape, measure_graph(ours_fn), f"{peer} (graph replay)",
+                    measure_graph(peer_fn), flops, ceiling)
+    except Exception as exc:  # noqa: BLE001 - report every failure of an experiment and go on
+        return {"area": "attention", "name": name, "shape": shape, "peer": peer,
+                "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
 
 
 def _stream_k_programs(device) -> int:
@@ -261,14 +266,8 @@ def _stream_k_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
         def launch(programs, q=q, k=k, v=v, out=out, extra=extra):
             attention_forward(_attn_fwd_kernel, q, k, v, out, scale=scale, stream_k=programs, **tile, **extra)
 
-        try:
-            rows.append(_row(f"{name} (graph replay)", shape_text, measure_graph(lambda: launch(sms)),
-                             "same tile, a program per query block (graph replay)",
-                             measure_graph(lambda: launch(None)), flops, ceiling))
-        except Exception as exc:  # noqa: BLE001 - an experiment that does not build is a finding, not a crash
-            rows.append({"area": "attention", "name": name, "shape": shape_text,
-                         "peer": "same tile, a program per query block",
-                         "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"})
+        rows.append(_experiment_row(name, shape_text, lambda: launch(sms), "same tile, a program per query block",
+                                    lambda: launch(None), flops, ceiling))
     return rows
 
 
