@@ -98,27 +98,11 @@ def compile_attention(head_dim: int, tile, flags, module=None, shared: list = No
     memory in bytes."""
     bm, bn, warps, stages = tile[:4]
     module = module or A
-    da, db, split = module.head_dim_blocks(head_dim)
-    const = dict(HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=bn, BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split,
-                 MASK_D=(da + (db if split else 0)) != head_dim, EVEN_N=True, JOINT=False, NEG=False, VARLEN=False,
-                 HAS_KV_LENS=False, HAS_NEG_KV_LENS=False, EMULATE_BF16=False, SCALE_POSITIVE=True, TMA_OK=True,
-                 USE_TMA=len(tile) > 4 and tile[4])
-    if "ROW_ALIGN" in module._attn_fwd_kernel.arg_names:  # the launcher's hint for bf16 rows of 8k elements
-        const["ROW_ALIGN"] = 8 if head_dim % 8 == 0 else 1
-    if "ROWSUM_MMA" in module._attn_fwd_kernel.arg_names:
-        const["ROWSUM_MMA"] = False
+    const = dict(_head_dim_constants(head_dim, module), BLOCK_M=bm, BLOCK_N=bn, EVEN_N=True, JOINT=False, NEG=False,
+                 VARLEN=False, HAS_KV_LENS=False, HAS_NEG_KV_LENS=False, SCALE_POSITIVE=True, TMA_OK=True,
+                 USE_TMA=len(tile) > 4 and tile[4], ROWSUM_MMA=False)
     const.update(flags)
-    fn = module._attn_fwd_kernel
-    # What Triton's launcher specialises at run time for contiguous (B, H, N, D) bf16 tensors at production sizes:
-    # head-dim strides of 1, 16-divisible pointers, batch and head strides, and token strides (= D) only when D is
-    # 16-divisible. Without these the loads stay scalar and the key loop is not pipelined.
-    const.update({name: 1 for name in fn.arg_names if name.startswith("stride_") and name.endswith("d")})
-    signature = {name: "constexpr" if name in const else "*bf16" if name in POINTERS else
-                 "*i32" if name in INT_POINTERS else "fp32" if name in FLOATS else "i32" for name in fn.arg_names}
-    aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-               if name not in const and (signature[name].startswith("*") or
-                                         (name.startswith("stride_") and (head_dim % 16 == 0 or name[-1] != "n")))}
-    return ptxas_report(compile_ptx(fn, signature, const, aligned, warps, stages, shared))
+    return compile_specialised(module._attn_fwd_kernel, head_dim, const, warps, stages, shared)
 
 
 #: (head dim, tile, joint) of the stream-K experiment's report rows
@@ -128,23 +112,36 @@ STREAM_K_CASES = [(128, (128, 128, 8, 3), False), (128, (128, 128, 8, 3), True),
 
 def compile_stream_k(fn, head_dim: int, tile, joint: bool = False) -> tuple:
     """``compile_attention``'s figures for the stream-K kernels (``_attn_fwd_stream_k``, or its combine pass with
-    the tile's warps and one stage), plain or joint attention, bf16, specialised as the launcher specialises them."""
+    the tile's warps and one stage), plain or joint attention."""
     bm, bn, warps, stages = tile
-    da, db, split = A.head_dim_blocks(head_dim)
-    const = dict(HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=bn, BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split,
-                 MASK_D=(da + (db if split else 0)) != head_dim, EMULATE_BF16=False, JOINT=joint,
-                 ROW_ALIGN=8 if head_dim % 8 == 0 else 1)
-    if fn is A._attn_fwd_stream_k:
-        const.update(EVEN_N=True, SCALE_POSITIVE=True)
-    else:
-        stages = 1
+    const = dict(_head_dim_constants(head_dim, A), BLOCK_M=bm, BLOCK_N=bn, JOINT=joint, EVEN_N=True,
+                 SCALE_POSITIVE=True)
+    return compile_specialised(fn, head_dim, const, warps, stages if fn is A._attn_fwd_stream_k else 1)
+
+
+def _head_dim_constants(head_dim: int, module) -> dict:
+    """The head-dim constexprs the launchers pass for bf16 (no bf16 emulation: that is the CPU interpreter's), with
+    the row-alignment hint of rows of 8k elements."""
+    da, db, split = module.head_dim_blocks(head_dim)
+    return dict(HEAD_DIM=head_dim, BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split,
+                MASK_D=(da + (db if split else 0)) != head_dim, EMULATE_BF16=False,
+                ROW_ALIGN=8 if head_dim % 8 == 0 else 1)
+
+
+def compile_specialised(fn, head_dim: int, const: dict, warps: int, stages: int, shared: list = None) -> tuple:
+    """``ptxas_report`` of ``fn`` with these constexprs (those ``fn`` does not take are left out: older kernel copies
+    lack some), specialised the way Triton's launcher specialises contiguous (B, H, N, D) bf16 tensors at production
+    sizes: head-dim strides of 1, 16-divisible pointers, batch and head strides, and token strides (= D) only when D
+    is 16-divisible. Without these the loads stay scalar and the key loop is not pipelined."""
+    const = {name: value for name, value in const.items() if name in fn.arg_names}
     const.update({name: 1 for name in fn.arg_names if name.startswith("stride_") and name.endswith("d")})
     signature = {name: "constexpr" if name in const else "*bf16" if name in POINTERS else
-                 "*fp32" if name == "WORK" else "fp32" if name in FLOATS else "i32" for name in fn.arg_names}
+                 "*i32" if name in INT_POINTERS else "*fp32" if name == "WORK" else "fp32" if name in FLOATS else
+                 "i32" for name in fn.arg_names}
     aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
                if name not in const and (signature[name].startswith("*") or
                                          (name.startswith("stride_") and (head_dim % 16 == 0 or name[-1] != "n")))}
-    return ptxas_report(compile_ptx(fn, signature, const, aligned, warps, stages))
+    return ptxas_report(compile_ptx(fn, signature, const, aligned, warps, stages, shared))
 
 
 def compile_ptx(fn, signature: dict, const: dict, aligned: dict, warps: int, stages: int, shared: list = None) -> str:
