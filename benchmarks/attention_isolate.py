@@ -8,11 +8,12 @@ and its line says which output elements are wrong or which CUDA error it raised.
     python3 benchmarks/attention_isolate.py                  # every GPU grid case, each mode; a table, last
     python3 benchmarks/attention_isolate.py bf16-d80-1x97-mqa --modes tma noalign   # chosen cases and modes
 
-Modes (combinable with +; default: plain, tma, rowsum, streamk):
+Modes (combinable with +; default: plain, tma, rowsum, streamk, overlap):
 - plain: the default tile, pointer loads;
 - tma: key/value loads through tensor descriptors;
 - rowsum: the ROWSUM_MMA experiment;
 - streamk: the stream-K experiment over as many programs as SMs (plain and joint cases; others report n/a);
+- overlap: the OVERLAP experiment (each block's softmax under the next block's scores);
 - noalign: without the row-alignment hint (ROW_ALIGN 1);
 - noplans: without launch plans.
 
@@ -31,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ["plain", "tma", "rowsum", "streamk", "noalign", "noplans"]
+MODES = ["plain", "tma", "rowsum", "streamk", "overlap", "noalign", "noplans"]
 
 
 def _case(name: str):
@@ -66,7 +67,7 @@ def run_one(name: str, mode: str) -> dict:
         stream_k = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 7
     q, k, v, kw = T._on_device(case, "cuda" if torch.cuda.is_available() else "cpu")
     out = T.run_kernel(q, k, v, kw, T._gpu_default_tile(case), use_tma="tma" in parts,
-                       rowsum_mma="rowsum" in parts, stream_k=stream_k)
+                       rowsum_mma="rowsum" in parts, stream_k=stream_k, overlap="overlap" in parts)
     streams = []
     for got, ref, low, failure in T.gpu_stream_checks(case, out, q, k, v, kw):
         err = (got.double() - ref.double()).abs().nan_to_num(float("inf"))
@@ -109,8 +110,8 @@ def _spawn(name: str, mode: str, timeout: float) -> tuple:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cases", nargs="*", help="case names (default: the GPU grid)")
-    parser.add_argument("--modes", nargs="+", default=MODES[:4], help=f"of {MODES}, combinable with + "
-                        "(default: plain tma rowsum streamk)")
+    parser.add_argument("--modes", nargs="+", default=MODES[:5], help=f"of {MODES}, combinable with + "
+                        "(default: plain tma rowsum streamk overlap)")
     parser.add_argument("--jobs", type=int, default=min(12, os.cpu_count() or 1), help="processes at once")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per process")
     parser.add_argument("--one", nargs=2, metavar=("CASE", "MODE"), help=argparse.SUPPRESS)

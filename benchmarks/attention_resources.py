@@ -3,6 +3,7 @@
     python3 benchmarks/attention_resources.py            # a table: variant, head dim, tile, registers, spill bytes
     python3 benchmarks/attention_resources.py --candidates   # every autotune candidate of every variant builds?
     python3 benchmarks/attention_resources.py --probe    # the Hopper probe's softmax variants: work per key block
+    python3 benchmarks/attention_resources.py --overlap  # the OVERLAP experiment: softmax issued under the MMAs?
     python3 benchmarks/attention_resources.py --waves benchmarks/results/<run>/attention.json
         # the tuner's measured candidates of a GPU run against the waves of CTAs each launches
 
@@ -92,17 +93,17 @@ def ptxas_report(ptx: str, arch: str = "sm_90a") -> tuple:
     return int(regs[1]), int(spill[1]) if spill else 0, copies, key_loop_instructions(ptx)
 
 
-def compile_attention(head_dim: int, tile, flags, module=None, shared: list = None) -> tuple:
+def compile_attention(head_dim: int, tile, flags, module=None, info: dict = None) -> tuple:
     """(registers, spill bytes, async copies, key-loop instructions) of one specialisation; tile = (BLOCK_M,
-    BLOCK_N, warps, stages[, key/value loads through tensor descriptors]); ``shared`` (a list) receives its shared
-    memory in bytes."""
+    BLOCK_N, warps, stages[, key/value loads through tensor descriptors]); ``info`` (a dict) receives its shared
+    memory and PTX (``compile_ptx``)."""
     bm, bn, warps, stages = tile[:4]
     module = module or A
     const = dict(_head_dim_constants(head_dim, module), BLOCK_M=bm, BLOCK_N=bn, EVEN_N=True, JOINT=False, NEG=False,
                  VARLEN=False, HAS_KV_LENS=False, HAS_NEG_KV_LENS=False, SCALE_POSITIVE=True, TMA_OK=True,
-                 USE_TMA=len(tile) > 4 and tile[4], ROWSUM_MMA=False)
+                 USE_TMA=len(tile) > 4 and tile[4], ROWSUM_MMA=False, OVERLAP=False)
     const.update(flags)
-    return compile_specialised(module._attn_fwd_kernel, head_dim, const, warps, stages, shared)
+    return compile_specialised(module._attn_fwd_kernel, head_dim, const, warps, stages, info)
 
 
 #: (head dim, tile, joint) of the stream-K experiment's report rows
@@ -128,7 +129,7 @@ def _head_dim_constants(head_dim: int, module) -> dict:
                 ROW_ALIGN=8 if head_dim % 8 == 0 else 1)
 
 
-def compile_specialised(fn, head_dim: int, const: dict, warps: int, stages: int, shared: list = None) -> tuple:
+def compile_specialised(fn, head_dim: int, const: dict, warps: int, stages: int, info: dict = None) -> tuple:
     """``ptxas_report`` of ``fn`` with these constexprs (those ``fn`` does not take are left out: older kernel copies
     lack some), specialised the way Triton's launcher specialises contiguous (B, H, N, D) bf16 tensors at production
     sizes: head-dim strides of 1, 16-divisible pointers, batch and head strides, and token strides (= D) only when D
@@ -141,19 +142,19 @@ def compile_specialised(fn, head_dim: int, const: dict, warps: int, stages: int,
     aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
                if name not in const and (signature[name].startswith("*") or
                                          (name.startswith("stride_") and (head_dim % 16 == 0 or name[-1] != "n")))}
-    return ptxas_report(compile_ptx(fn, signature, const, aligned, warps, stages, shared))
+    return ptxas_report(compile_ptx(fn, signature, const, aligned, warps, stages, info))
 
 
-def compile_ptx(fn, signature: dict, const: dict, aligned: dict, warps: int, stages: int, shared: list = None) -> str:
+def compile_ptx(fn, signature: dict, const: dict, aligned: dict, warps: int, stages: int, info: dict = None) -> str:
     """The PTX of ``fn`` for sm_90 with these argument types, constexprs (name -> value) and 16-divisible
-    arguments, with multiply-add contraction as the launches pin it; ``shared`` (a list) receives the kernel's
-    shared memory in bytes."""
+    arguments, with multiply-add contraction as the launches pin it; ``info`` (a dict) receives the kernel's
+    shared memory in bytes ("shared") and the PTX ("ptx")."""
     source = ASTSource(fn=fn, signature=signature, attrs=aligned,
                        constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": warps, "num_stages": stages, "enable_fp_fusion": True})
-    if shared is not None:
-        shared.append(compiled.metadata.shared)
+    if info is not None:
+        info.update(shared=compiled.metadata.shared, ptx=compiled.asm["ptx"])
     return compiled.asm["ptx"]
 
 
@@ -220,6 +221,47 @@ def probe_softmax_variants() -> None:
                   flush=True)
 
 
+def softmax_under_mma(ptx: str) -> int:
+    """exp2s (``ex2.approx``) issued, in PTX order, after a group of matrix multiplies was committed and before any
+    wait on it: the softmax running while the tensor cores work (the OVERLAP experiment's point; zero when every
+    multiply is waited on before the softmax reads the scores)."""
+    pending, count = False, 0
+    for line in ptx.splitlines():
+        op = line.strip()
+        if op.startswith("wgmma.commit_group"):
+            pending = True
+        elif op.startswith("wgmma.wait_group"):
+            pending = False
+        elif op.startswith("ex2.approx"):
+            count += pending
+    return count
+
+
+#: (name, head dim, tile, flags) of the OVERLAP experiment's report: the tiles the GPU benchmark times it at
+OVERLAP_CASES = [("plain", 128, (128, 128, 8, 3, True), {}), ("plain", 128, (128, 64, 8, 3), {}),
+                 ("plain", 64, (64, 64, 4, 3), {}), ("plain", 64, (128, 64, 8, 3), {}),
+                 ("plain, partial key blocks (SD3)", 64, (64, 64, 4, 4), {"EVEN_N": False}),
+                 ("joint", 128, (128, 128, 8, 3, True), {"JOINT": True}),
+                 ("joint", 128, (128, 64, 8, 3), {"JOINT": True}),
+                 ("negative", 64, (64, 64, 4, 3), {"NEG": True, "EVEN_N": False}),
+                 ("split head dim", 80, (128, 64, 8, 3), {"EVEN_N": False})]
+
+
+def overlap_report() -> None:
+    """The OVERLAP experiment (``_attend_overlapped``) against the plain key loop at the same tile: registers,
+    spills, and the exp2s issued while a matrix multiply is in flight (``softmax_under_mma``)."""
+    print("| variant | D | tile | registers | spill bytes | ex2 under MMA | with OVERLAP: registers | spill bytes | "
+          "ex2 under MMA |\n|---|---|---|---|---|---|---|---|---|")
+    for name, head_dim, tile, flags in OVERLAP_CASES:
+        cells = []
+        for overlap in (False, True):
+            info = {}
+            regs, spill, _, _ = compile_attention(head_dim, tile, {**flags, "OVERLAP": overlap}, info=info)
+            cells += [str(regs), str(spill), str(softmax_under_mma(info["ptx"]))]
+        label = f"{tile[0]}x{tile[1]} w{tile[2]} s{tile[3]}" + (" tma" if len(tile) > 4 and tile[4] else "")
+        print(f"| {name} | {head_dim} | {label} | " + " | ".join(cells) + " |", flush=True)
+
+
 #: Hopper's per-SM limits (H100 / H200 SXM): registers, shared memory (and what each CTA reserves of it), warps
 _SM_REGISTERS, _SM_SHARED, _CTA_RESERVED_SHARED, _SM_WARPS = 65536, 233472, 1024, 64
 
@@ -252,10 +294,10 @@ def waves(results: str, sms: int = 132) -> None:
         b, h, n_q, n_k, d = map(int, shape.groups())
         for label, ms in sorted(row["tile_ms"].items(), key=lambda item: item[1]):
             bm, bn, warps, stages = map(int, re.match(r"(\d+)x(\d+) w(\d+) s(\d+)", label).groups())
-            shared = []
+            info = {}
             regs, _, _, _ = compile_attention(d, (bm, bn, warps, stages, label.endswith("tma")),
-                                              {"EVEN_N": n_k % bn == 0}, shared=shared)
-            per_sm = ctas_per_sm(regs, shared[0], warps)
+                                              {"EVEN_N": n_k % bn == 0}, info=info)
+            per_sm = ctas_per_sm(regs, info["shared"], warps)
             tiles = b * h * -(-n_q // bm)
             count = tiles / (per_sm * sms)
             rounds = -(-tiles // (per_sm * sms))
@@ -275,6 +317,9 @@ def main() -> int:
         return 1 if candidates() else 0
     if "--probe" in sys.argv[1:]:
         probe_softmax_variants()
+        return 0
+    if "--overlap" in sys.argv[1:]:
+        overlap_report()
         return 0
     print("| variant | D | tile (M x N, warps, stages) | registers | spill bytes | async copies | PTX per key block |"
           "\n|---|---|---|---|---|---|---|")

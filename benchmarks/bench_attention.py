@@ -188,12 +188,14 @@ def _host_rows(device, dtype, attention) -> List[Dict[str, object]]:
 
 
 def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
-    """The kernel's ROWSUM_MMA experiment (the softmax's row sums on the tensor cores) against the same tile summing
-    with adds, device time under graph replay, at the production shapes of head dim 64 and 128: each head dim's
-    default tile, and for head dim 64 the autotuner's choice on an H200 (64 x 64); then the stream-K rows."""
+    """The experiments, each against the same tile without it, device time under graph replay: first the softmax
+    overlapped with the next block's scores (``_overlap_rows``); then the kernel's ROWSUM_MMA experiment (the
+    softmax's row sums on the tensor cores) against row sums by adds at the production shapes of head dim 64 and
+    128 (each head dim's default tile, and for head dim 64 the autotuner's choice on an H200, 64 x 64); then the
+    stream-K rows."""
     from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward, default_config
 
-    rows = []
+    rows = _overlap_rows(device, dtype, ceiling)
     for shape in [GPU_SHAPES[i] for i in (0, 1, 2)]:
         gen = torch.Generator(device=device).manual_seed(3)
         q, k, v = (torch.randn(shape.batch, shape.heads, shape.n_q, shape.head_dim, device=device, dtype=dtype,
@@ -212,6 +214,46 @@ def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
     return rows + _stream_k_rows(device, dtype, ceiling)
 
 
+def _overlap_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
+    """The kernel's OVERLAP experiment (``attention_forward(overlap=True)``: each key block's softmax runs while the
+    tensor cores compute the next block's scores, FlashAttention-3's intra-warpgroup overlap) against the same tile
+    without it: Flux at 128 x 128 with descriptor loads (the tile that fits the overlap's registers without
+    spilling at head dim 128, sm_90a) and at 128 x 64; SD3 (partial key blocks) and SDXL self-attention at the
+    autotuner's H200 tiles; Flux's joint call with its QK norms and RoPE. The shape rows of the same run give the
+    autotuned kernel's time to set these against."""
+    from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward
+
+    rows = []
+    flux, sd3, sdxl = GPU_SHAPES[0], GPU_SHAPES[1], GPU_SHAPES[2]
+    for shape, (bm, bn, warps, stages, tma) in ((flux, (128, 128, 8, 3, True)), (flux, (128, 64, 8, 3, False)),
+                                                (sd3, (64, 64, 4, 4, False)), (sdxl, (64, 64, 4, 3, False))):
+        gen = torch.Generator(device=device).manual_seed(5)
+        q, k, v = (torch.randn(shape.batch, shape.heads, shape.n_q, shape.head_dim, device=device, dtype=dtype,
+                               generator=gen) for _ in range(3))
+        out = torch.empty_like(q)
+
+        def launch(overlap, q=q, k=k, v=v, out=out, tile=dict(block_m=bm, block_n=bn, num_warps=warps,
+                                                              num_stages=stages, use_tma=tma)):
+            attention_forward(_attn_fwd_kernel, q, k, v, out, scale=q.shape[-1] ** -0.5, overlap=overlap, **tile)
+
+        label = f"{bm}x{bn} w{warps} s{stages}" + (" tma" if tma else "")
+        rows.append(_experiment_row(f"{shape.name}: softmax under the next scores' MMA, {label}", str(shape),
+                                    lambda: launch(True), "same tile, softmax after the scores", lambda: launch(False),
+                                    _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim), ceiling))
+    label, shape_text, (q, k, v, out), extra, flops = _flux_joint_case(device, dtype, torch.Generator(
+        device=device).manual_seed(5))
+    tile = dict(block_m=128, block_n=128, num_warps=8, num_stages=3, use_tma=True)
+
+    def joint(overlap):
+        attention_forward(_attn_fwd_kernel, q, k, v, out, scale=q.shape[-1] ** -0.5, overlap=overlap, **tile,
+                          **extra)
+
+    rows.append(_experiment_row(f"{label}: softmax under the next scores' MMA, 128x128 w8 s3 tma", shape_text,
+                                lambda: joint(True), "same tile, softmax after the scores", lambda: joint(False),
+                                flops, ceiling))
+    return rows
+
+
 def _experiment_row(name, shape, ours_fn, peer, peer_fn, flops, ceiling) -> Dict[str, object]:
     """An experiment against its peer, device time under graph replay; a row with the error when it does not build
     or run (a finding, not a crash)."""
@@ -226,6 +268,25 @@ def _experiment_row(name, shape, ours_fn, peer, peer_fn, flops, ceiling) -> Dict
 def _stream_k_programs(device) -> int:
     """The stream-K programs: one per SM (the 128 x 128 tile at head dim 128 holds one CTA per SM)."""
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _flux_joint_case(device, dtype, gen):
+    """(label, shape, (q, k, v, out), attention_forward's joint/prologue arguments, FLOPs) of Flux's joint call:
+    512 text + 4096 image tokens in (B, N, H, D), QK norms on both streams, interleaved RoPE over the joined
+    sequence."""
+    shape = GPU_SHAPES[0]
+    n_txt = 512
+    txt, img = ([torch.randn(shape.batch, n, shape.heads, shape.head_dim, device=device, dtype=dtype, generator=gen)
+                 for _ in range(3)] for n in (n_txt, shape.n_q - n_txt))
+    weights = [torch.rand(shape.head_dim, device=device, generator=gen).to(dtype) + 0.5 for _ in range(4)]
+    angles = torch.arange(shape.n_q, device=device)[:, None] * torch.rand(shape.head_dim // 2, device=device,
+                                                                         generator=gen)
+    cos, sin = angles.cos().repeat_interleave(2, 1), angles.sin().repeat_interleave(2, 1)
+    return ("Flux joint + QK norm + RoPE", f"B{shape.batch} H{shape.heads} N{n_txt}+{shape.n_q - n_txt} "
+            f"D{shape.head_dim}", (*txt, torch.empty_like(txt[0])),
+            dict(bnhd=True, joint=(*img, torch.empty_like(img[0])), rope=(cos, sin), q_norm_weight=weights[0],
+                 k_norm_weight=weights[1], joint_q_norm_weight=weights[2], joint_k_norm_weight=weights[3]),
+            _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim))
 
 
 def _stream_k_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
@@ -244,19 +305,7 @@ def _stream_k_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
                                generator=gen) for _ in range(3))
         cases.append((shape.name, str(shape), (q, k, v, torch.empty_like(q)), {},
                       _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)))
-    shape = GPU_SHAPES[0]  # Flux: 512 text + 4096 image tokens
-    n_txt = 512
-    txt, img = ([torch.randn(shape.batch, n, shape.heads, shape.head_dim, device=device, dtype=dtype, generator=gen)
-                 for _ in range(3)] for n in (n_txt, shape.n_q - n_txt))
-    weights = [torch.rand(shape.head_dim, device=device, generator=gen).to(dtype) + 0.5 for _ in range(4)]
-    angles = torch.arange(shape.n_q, device=device)[:, None] * torch.rand(shape.head_dim // 2, device=device,
-                                                                         generator=gen)
-    cos, sin = angles.cos().repeat_interleave(2, 1), angles.sin().repeat_interleave(2, 1)
-    cases.append(("Flux joint + QK norm + RoPE", f"B{shape.batch} H{shape.heads} N{n_txt}+{shape.n_q - n_txt} "
-                  f"D{shape.head_dim}", (*txt, torch.empty_like(txt[0])),
-                  dict(bnhd=True, joint=(*img, torch.empty_like(img[0])), rope=(cos, sin), q_norm_weight=weights[0],
-                       k_norm_weight=weights[1], joint_q_norm_weight=weights[2], joint_k_norm_weight=weights[3]),
-                  _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)))
+    cases.append(_flux_joint_case(device, dtype, gen))
     tile = dict(block_m=128, block_n=128, num_warps=8, num_stages=3)
     rows = []
     for label, shape_text, (q, k, v, out), extra, flops in cases:

@@ -5,7 +5,8 @@
 # benchmarks/results/<date>-<card>/), and a short table is printed last.
 #   GPU_TEST_TIMEOUT / GPU_BENCH_TIMEOUT / GPU_ATTN_TIMEOUT: seconds for each stage (the lease is short). The
 #   defaults fit one 600 s call: on an H200 (2026-11-26) the build took ~60 s, the descriptor tests 35 s, the GPU
-#   tests 50 s, the autotuned attention benchmark ~130 s (before its experiment rows: row sums by MMA, stream-K).
+#   tests 50 s, the autotuned attention benchmark ~130 s (before its experiment rows: softmax overlap, row sums by
+#   MMA, stream-K).
 #   GPU_BENCH_AREAS: the quick-suite areas to run (default: ceilings steps; "none" skips the stage; sampling and
 #   quality take minutes more).
 #   GPU_TESTS: pytest paths for the GPU tests (default: tests).
@@ -93,7 +94,7 @@ newest='import glob, json; p = glob.glob("benchmarks/results/*/attention.json");
 print(max(p, key=lambda f: json.load(open(f)).get("machine", {}).get("date", "")) if p else "")'
 baseline=${GPU_ATTN_BASELINE:-$(python3 -c "$newest")}
 [ "$baseline" = none ] && baseline=
-timeout "${GPU_ATTN_TIMEOUT:-280}" python3 -m pydiff bench --suite full --device cuda --only ceilings attention \
+timeout "${GPU_ATTN_TIMEOUT:-300}" python3 -m pydiff bench --suite full --device cuda --only ceilings attention \
   --out "$out/bench-attention" ${baseline:+--baseline "$baseline"} >"$out/bench-attention.log" 2>&1
 attn_rc=$?
 keep

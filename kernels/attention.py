@@ -24,9 +24,11 @@ descriptors (``USE_TMA``: the tensor memory accelerator copies each block into s
 columns past the ends), where ``tma_usable`` finds the tensors aligned for it; Triton's global scratch for the
 descriptors comes from torch's allocator (``_scratch``).
 
-An experiment beside it, reached only through ``attention_forward(stream_k=P)`` (the benchmark and the tests):
-stream-K (``_attn_fwd_stream_k``), where P programs share all query blocks' key blocks evenly instead of one
-program per query block, and ``_attn_stream_k_combine`` merges the blocks they share.
+Experiments beside it, reached only through ``attention_forward`` (the benchmark and the tests time and check
+them): stream-K (``stream_k=P``: ``_attn_fwd_stream_k``), where P programs share all query blocks' key blocks
+evenly instead of one program per query block, and ``_attn_stream_k_combine`` merges the blocks they share; the
+softmax overlapped with the matmuls (``overlap=True``: ``_attend_overlapped``, FlashAttention-3's intra-warpgroup
+pipelining in Triton's terms); the row sums on the tensor cores (``rowsum_mma=True``).
 """
 
 import os
@@ -132,14 +134,15 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
                  stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                  SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                 SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr):
+                 SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr,
+                 OVERLAP: tl.constexpr = False):
     """Keys [k_start, n_end) of one stream (K, V: the head's base pointers), block by block, into the online softmax
     (FlashAttention-2 algorithm 1, base 2); with USE_TMA read through descriptors, one per head-dim chunk.
     MASK_N: the stream may end inside a block. Then the whole blocks still run without the column mask (a select
     per score in a loop the softmax bounds at small head dims) and only the partial last block pays for it, after
     the loop; except with a split head dim (SPLIT_D), where Triton 3.6 miscompiled that block for an H200 (wrong
     output columns, and out-of-range shared-memory addresses with descriptor loads: compute-sanitizer, D 80 with
-    97 keys), so there every block takes the mask."""
+    97 keys), so there every block takes the mask. OVERLAP: the whole blocks go through ``_attend_overlapped``."""
     SPLIT_N: tl.constexpr = MASK_N and not SPLIT_D
     k_a = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
     v_a = _kv_source(V, n_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
@@ -148,11 +151,24 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
     n_whole = n_end
     if SPLIT_N:
         n_whole = k_start + tl.maximum(n_end - k_start, 0) // BLOCK_N * BLOCK_N
-    for start_n in range(k_start, n_whole, BLOCK_N):
-        acc_a, acc_b, m_i, l_i = _attend_block(
-            acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, start_n, n_end, stride_kn, stride_kd, stride_vn,
-            stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N and not SPLIT_N,
-            EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
+    if OVERLAP:
+        if n_whole - k_start > BLOCK_N:
+            acc_a, acc_b, m_i, l_i = _attend_overlapped(
+                acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, k_start, n_whole, stride_kn, stride_kd,
+                stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D,
+                MASK_N and not SPLIT_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
+        else:
+            for start_n in range(k_start, n_whole, BLOCK_N):
+                acc_a, acc_b, m_i, l_i = _attend_block(
+                    acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, start_n, n_end, stride_kn, stride_kd,
+                    stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D,
+                    MASK_N and not SPLIT_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
+    else:
+        for start_n in range(k_start, n_whole, BLOCK_N):
+            acc_a, acc_b, m_i, l_i = _attend_block(
+                acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, start_n, n_end, stride_kn, stride_kd,
+                stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D,
+                MASK_N and not SPLIT_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
     if SPLIT_N:
         if n_whole < n_end:
             acc_a, acc_b, m_i, l_i = _attend_block(
@@ -163,38 +179,105 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
 
 
 @triton.jit
+def _attend_overlapped(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, n_end,
+                       stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                       HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
+                       BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr,
+                       EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr):
+    """Key blocks [k_start, n_end), at least two (with MASK_N every block is masked at n_end), in a rotated order:
+    each iteration multiplies the previous block's P by its V, then starts the next block's scores and runs this
+    block's softmax while the tensor cores compute them (FlashAttention-3's intra-warpgroup overlap of softmax and
+    matmuls). In Triton's terms the scores' dot is "properly async": its result is read only in the next iteration,
+    after the P V dot's wait, so no wait separates its issue from the softmax (sm_90a PTX: wgmma, commit, then the
+    ex2s). The loop carries the in-flight scores and P in the values' dtype; the first block's scores and softmax,
+    the second's scores and the last two P V products run outside it. A split head dim gains nothing: the second
+    chunk's score dot accumulates into the first's, so Triton waits on that one before the softmax
+    (``benchmarks/attention_resources.py --overlap``)."""
+    last = k_start + (tl.cdiv(n_end - k_start, BLOCK_N) - 1) * BLOCK_N
+    s = _block_scores(q_a, q_b, K, KB, k_start, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA,
+                      BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
+    p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, False)
+    p = _p_operand(p, q_a.dtype, EMULATE_BF16)
+    s = _block_scores(q_a, q_b, K, KB, k_start + BLOCK_N, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N,
+                      BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
+    for start_n in range(k_start + 2 * BLOCK_N, last + 1, BLOCK_N):
+        acc_a, acc_b, l_i = _block_accumulate(
+            acc_a, acc_b, l_i, p, alpha, V, VB, start_n - 2 * BLOCK_N, n_end, stride_vn, stride_vd, HEAD_DIM, BLOCK_N,
+            BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA, False)
+        s_next = _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N,
+                               BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
+        p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, False)
+        p = _p_operand(p, q_a.dtype, EMULATE_BF16)
+        s = s_next
+    acc_a, acc_b, l_i = _block_accumulate(
+        acc_a, acc_b, l_i, p, alpha, V, VB, last - BLOCK_N, n_end, stride_vn, stride_vd, HEAD_DIM, BLOCK_N, BLOCK_DA,
+        BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA, False)
+    p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, False)
+    acc_a, acc_b, l_i = _block_accumulate(
+        acc_a, acc_b, l_i, p, alpha, V, VB, last, n_end, stride_vn, stride_vd, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB,
+        SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA, False)
+    return acc_a, acc_b, m_i, l_i
+
+
+@triton.jit
 def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end,
                   stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                   SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
                   SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr):
     """One key/value block into the online softmax (``l_i``: see ``_row_sums``)."""
+    s = _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA,
+                      BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
+    p, alpha, m_new, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA)
+    acc_a, acc_b, l_i = _block_accumulate(acc_a, acc_b, l_i, p, alpha, V, VB, start_n, n_end, stride_vn, stride_vd,
+                                          HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N,
+                                          EMULATE_BF16, USE_TMA, ROWSUM_MMA)
+    return acc_a, acc_b, m_new, l_i
+
+
+@triton.jit
+def _block_rows(start_n, n_end, BLOCK_N: tl.constexpr, MASK_N: tl.constexpr):
+    """The key rows of the block at start_n to read. A partial last block (MASK_N) reads its missing rows from the
+    last key instead of masking the loads (fewer registers for the pipelined loads: 255 -> 228 per thread with key
+    padding at D 64, ptxas sm_90a); those columns get a score of -inf in ``_block_scores``, so they carry zero
+    weight."""
     offs_n = tl.arange(0, BLOCK_N)
-    d_a = tl.arange(0, BLOCK_DA)
-    d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
-    # A partial last block reads its missing rows from the last key instead of masking the loads (fewer registers
-    # for the pipelined loads: 255 -> 228 per thread with key padding at D 64, ptxas sm_90a); those columns get a
-    # score of -inf below, so they carry zero weight.
     if MASK_N:
         rows = tl.minimum(offs_n, n_end - 1 - start_n)
     else:
         rows = offs_n
-    # Padded head-dim columns are masked (zeros): a mask constant over 8-column groups keeps the loads vectorised
-    # and asynchronous, where clamped column indices would not.
+    return rows
+
+
+@triton.jit
+def _kv_chunk(blk, rows, stride_n, d, stride_d, HEAD_DIM: tl.constexpr, MASK_D: tl.constexpr):
+    """Rows ``rows`` x head-dim columns ``d`` of a key or value block. Padded head-dim columns are masked (zeros): a
+    mask constant over 8-column groups keeps the loads vectorised and asynchronous, where clamped column indices
+    would not."""
+    ptrs = blk + rows[:, None] * stride_n + d[None, :] * stride_d
     if MASK_D:
-        mask_a = (d_a < HEAD_DIM)[None, :]
-        mask_b = (d_b < HEAD_DIM)[None, :]
-        fill = 0.0
+        x = tl.load(ptrs, mask=(d < HEAD_DIM)[None, :], other=0.0)
     else:
-        mask_a = None
-        mask_b = None
-        fill = None
+        x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scale,
+                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
+                  SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                  SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr):
+    """The scores q k^T of the key block at start_n (times the scale unless SCALE_POSITIVE, where the softmax folds
+    it in), -inf past n_end with MASK_N."""
+    offs_n = tl.arange(0, BLOCK_N)
+    d_a = tl.arange(0, BLOCK_DA)
+    d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
+    rows = _block_rows(start_n, n_end, BLOCK_N, MASK_N)
     if USE_TMA:
         k_a = K.load([start_n, 0])
     else:
         k_blk = K + tl.cast(start_n, tl.int64) * stride_kn
-        v_blk = V + tl.cast(start_n, tl.int64) * stride_vn
-        k_a = tl.load(k_blk + rows[:, None] * stride_kn + d_a[None, :] * stride_kd, mask=mask_a, other=fill)
+        k_a = _kv_chunk(k_blk, rows, stride_kn, d_a, stride_kd, HEAD_DIM, MASK_D)
     if EMULATE_BF16:
         s = tl.dot(q_a.to(tl.float32), tl.trans(k_a.to(tl.float32)))
     else:
@@ -203,7 +286,7 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end
         if USE_TMA:
             k_b = KB.load([start_n, BLOCK_DA])
         else:
-            k_b = tl.load(k_blk + rows[:, None] * stride_kn + d_b[None, :] * stride_kd, mask=mask_b, other=fill)
+            k_b = _kv_chunk(k_blk, rows, stride_kn, d_b, stride_kd, HEAD_DIM, MASK_D)
         if EMULATE_BF16:
             s = tl.dot(q_b.to(tl.float32), tl.trans(k_b.to(tl.float32)), s)
         else:
@@ -212,6 +295,13 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end
         s = s * qk_scale
     if MASK_N:
         s = tl.where(((start_n + offs_n) < n_end)[None, :], s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE: tl.constexpr, ROWSUM_MMA: tl.constexpr):
+    """One block's step of the online softmax: (P in float32, the rescale factor of the old state, the new row
+    maxima, the row sums; with ROWSUM_MMA the sums are left to ``_block_accumulate``)."""
     # Every block holds at least one valid key, so m_new is finite and no (-inf) - (-inf) can appear.
     if SCALE_POSITIVE:
         # max(s) * scale == max(s * scale), so the scale folds into exp2's argument as one fused multiply-add
@@ -224,15 +314,36 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end
     alpha = tl.math.exp2(m_i - m_new)
     if not ROWSUM_MMA:
         l_i = l_i * alpha + tl.sum(p, 1)
+    return p, alpha, m_new, l_i
+
+
+@triton.jit
+def _p_operand(p, dtype, EMULATE_BF16: tl.constexpr):
+    """P as the P V matmul's operand: in the values' dtype (bf16 values kept in float32 under the interpreter)."""
+    if EMULATE_BF16:
+        p = _round_to_bf16(p)
+    else:
+        p = p.to(dtype)
+    return p
+
+
+@triton.jit
+def _block_accumulate(acc_a, acc_b, l_i, p, alpha, V, VB, start_n, n_end, stride_vn, stride_vd,
+                      HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
+                      SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                      USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr):
+    """acc * alpha + P V for the value block at start_n (and with ROWSUM_MMA the row sums as P times ones)."""
+    d_a = tl.arange(0, BLOCK_DA)
+    d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
+    rows = _block_rows(start_n, n_end, BLOCK_N, MASK_N)
     if USE_TMA:
         v_a = V.load([start_n, 0])
     else:
-        v_a = tl.load(v_blk + rows[:, None] * stride_vn + d_a[None, :] * stride_vd, mask=mask_a, other=fill)
+        v_blk = V + tl.cast(start_n, tl.int64) * stride_vn
+        v_a = _kv_chunk(v_blk, rows, stride_vn, d_a, stride_vd, HEAD_DIM, MASK_D)
+    p = _p_operand(p, v_a.dtype, EMULATE_BF16)
     if EMULATE_BF16:
-        p = _round_to_bf16(p)
         v_a = v_a.to(tl.float32)
-    else:
-        p = p.to(v_a.dtype)
     if ROWSUM_MMA:
         l_i = tl.dot(p, tl.full([BLOCK_N, 16], 1.0, p.dtype), l_i * alpha[:, None])
     # the rescaled accumulator goes into the matrix unit as its addend (no separate add)
@@ -241,11 +352,11 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end
         if USE_TMA:
             v_b = VB.load([start_n, BLOCK_DA])
         else:
-            v_b = tl.load(v_blk + rows[:, None] * stride_vn + d_b[None, :] * stride_vd, mask=mask_b, other=fill)
+            v_b = _kv_chunk(v_blk, rows, stride_vn, d_b, stride_vd, HEAD_DIM, MASK_D)
         if EMULATE_BF16:
             v_b = v_b.to(tl.float32)
         acc_b = tl.dot(p, v_b, acc_b * alpha[:, None])
-    return acc_a, acc_b, m_new, l_i
+    return acc_a, acc_b, l_i
 
 
 @triton.jit
@@ -269,7 +380,7 @@ def _query_block(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
     JOINT: tl.constexpr, NEG: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr,
+    USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr, OVERLAP: tl.constexpr,
 ):
     """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream."""
     q_a, q_b = _load_rows(Q, row_start, row_end, stride_qn, stride_qd, HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB,
@@ -282,14 +393,14 @@ def _query_block(
         acc_a, acc_b, m_i, l_i, q_a, q_b, K, V,
         k_start, k_end, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
         HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA,
-        ROWSUM_MMA)
+        ROWSUM_MMA, OVERLAP)
     if JOINT:
         # The second key stream continues the same online softmax: joint attention without concatenation.
         acc_a, acc_b, m_i, l_i = _attend_keys(
             acc_a, acc_b, m_i, l_i, q_a, q_b, K2, V2,
             0, k2_end, stride_k2n, stride_k2d, stride_v2n, stride_v2d, qk_scale,
             HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA,
-            ROWSUM_MMA)
+            ROWSUM_MMA, OVERLAP)
     # A row with no key to attend to (kv_lens == 0) has l == 0 and acc == 0: it is defined as zero.
     if ROWSUM_MMA:
         l_i = tl.max(l_i, 1)  # its 16 columns are equal
@@ -306,7 +417,7 @@ def _query_block(
             accn_a, accn_b, mn_i, ln_i, q_a, q_b, KN, VN,
             0, kn_end, stride_knn, stride_knd, stride_vnn, stride_vnd, qk_scale,
             HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA,
-            ROWSUM_MMA)
+            ROWSUM_MMA, OVERLAP)
         if ROWSUM_MMA:
             ln_i = tl.max(ln_i, 1)
         ln_i = tl.where(ln_i == 0.0, 1.0, ln_i)
@@ -392,7 +503,7 @@ def _attn_fwd_kernel(
     JOINT: tl.constexpr, NEG: tl.constexpr, VARLEN: tl.constexpr,
     HAS_KV_LENS: tl.constexpr, HAS_NEG_KV_LENS: tl.constexpr, EMULATE_BF16: tl.constexpr,
     SCALE_POSITIVE: tl.constexpr, TMA_OK: tl.constexpr, USE_TMA: tl.constexpr = False, ROW_ALIGN: tl.constexpr = 1,
-    ROWSUM_MMA: tl.constexpr = False,
+    ROWSUM_MMA: tl.constexpr = False, OVERLAP: tl.constexpr = False,
 ):
     """grid = (query blocks [of both streams when JOINT], B * H, segments). See the module docstring.
 
@@ -402,7 +513,8 @@ def _attn_fwd_kernel(
     the launcher checked). Triton's launcher marks only 16-divisible ints, so without the hint rows of 40 or 72
     elements load one element at a time. ROWSUM_MMA: the softmax's row sums come from the tensor cores, as P times a
     block of ones beside P times V, instead of an add per score (sm_90a, the probe's D 64 loop: 332 -> 298 PTX
-    instructions per key block); an experiment, off unless asked for.
+    instructions per key block); an experiment, off unless asked for. OVERLAP: each key block's softmax runs while
+    the tensor cores compute the next block's scores (``_attend_overlapped``); an experiment, off unless asked for.
     """
     # Inductor's copy of this kernel types Python float arguments as fp64: without the casts the online-softmax
     # state would turn fp64 inside the key loop, which Triton rejects (loop-carried type change).
@@ -489,7 +601,7 @@ def _attn_fwd_kernel(
             KNh, VNh, stride_knn, stride_knd, stride_vnn, stride_vnd, kn_end,
             qk_scale, neg_scale,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT, NEG, EMULATE_BF16,
-            SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
+            SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, OVERLAP)
 
 
 @triton.jit
@@ -938,7 +1050,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                       rope=None, rope_interleaved=True, q_norm_weight=None, k_norm_weight=None,
                       joint_q_norm_weight=None, joint_k_norm_weight=None, norm_eps=1e-6,
                       block_m=None, block_n=None, num_warps=4, num_stages=2, use_tma=False, prologue_kernel=None,
-                      tuned=None, rowsum_mma=False, stream_k=None):
+                      tuned=None, rowsum_mma=False, stream_k=None, overlap=False):
     """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
     ``torch.library.wrap_triton``). All arguments were checked by the caller.
 
@@ -952,6 +1064,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     60 arguments on every call).
     prologue_kernel: ``_qk_prologue`` as the caller launches it (wrapped for torch.library); None: this module's.
     rowsum_mma: the kernel's ROWSUM_MMA experiment, with ``block_m`` (the benchmark and the tests time and check it).
+    overlap: the kernel's OVERLAP experiment (each block's softmax while the next block's scores are computed,
+    ``_attend_overlapped``), with ``block_m``, every variant; not with ``rowsum_mma`` or ``stream_k``.
     stream_k: the stream-K experiment over this many programs (``_attn_fwd_stream_k``; a GPU's SM count times the
     CTAs of the tile one SM holds), with ``block_m``, for plain and joint attention (the benchmark and the tests).
     When q or k has a norm or RoPE, each such tensor first gets it in one pass of its own (``_qk_prologue``).
@@ -960,6 +1074,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
 
     if rowsum_mma and block_m is None:
         raise ValueError("rowsum_mma: an experiment for a fixed tile (block_m, block_n), not for the autotuner")
+    if overlap and (block_m is None or rowsum_mma or stream_k is not None):
+        raise ValueError("overlap: an experiment for a fixed tile (block_m, block_n) with row sums by adds and one "
+                         "program per query block (not with rowsum_mma or stream_k)")
     if stream_k is not None:
         if block_m is None or rowsum_mma or use_tma is not False:
             raise ValueError("stream_k: an experiment for a fixed tile (block_m, block_n) with pointer loads and row "
@@ -992,7 +1109,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     if plans.ENABLED and type(q) is torch.Tensor and (block_m is not None or tuned is not None):
         present = (q, k, v, out, *(joint or ()), *(negative or ()), *optional)
         plan_key = (plans.unwrapped(kernel), bnhd, float(scale), float(negative_scale), max_seqlen_q,
-                    block_m, block_n, num_warps, num_stages, use_tma, rowsum_mma, joint is not None,
+                    block_m, block_n, num_warps, num_stages, use_tma, rowsum_mma, overlap, joint is not None,
                     negative is not None, os.environ.get("PYDIFF_ATTENTION_TMA"),
                     *(None if t is None else plans.tensor_key(t) for t in present))
         if plans.run(plan_key, tensors):
@@ -1080,7 +1197,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                          "16-byte aligned addresses and strides")
     if block_m is not None:
         flags.update(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, USE_TMA=use_tma,
-                     ROWSUM_MMA=bool(rowsum_mma))
+                     ROWSUM_MMA=bool(rowsum_mma), OVERLAP=bool(overlap))
     flags.update(plans.launch_options(kernel))
     # descriptor loads need Triton's allocator, which is per thread (a context variable): planned launches set it too
     before = _ensure_scratch_allocator if flags["TMA_OK"] or (use_tma and q.is_cuda) else None

@@ -151,10 +151,10 @@ def references(q, k, v, kw):
 
 
 def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_mma=False, stream_k=None, warps=4,
-               stages=2):
+               stages=2, overlap=False):
     """The Triton kernel through its launcher, into outputs poisoned beforehand (every element must be written);
     use_tma: key/value blocks through tensor descriptors; rowsum_mma: the row sums on the tensor cores; stream_k:
-    the stream-K kernels over this many programs."""
+    the stream-K kernels over this many programs; overlap: the softmax overlapped with the next block's scores."""
     from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward
 
     out = torch.full_like(q, poison, memory_format=torch.contiguous_format)
@@ -173,7 +173,7 @@ def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_m
         q_norm_weight=kw.get("q_norm_weight"), k_norm_weight=kw.get("k_norm_weight"),
         joint_q_norm_weight=kw.get("joint_q_norm_weight"), joint_k_norm_weight=kw.get("joint_k_norm_weight"),
         norm_eps=kw.get("norm_eps", 1e-6), block_m=blocks[0], block_n=blocks[1], num_warps=warps,
-        num_stages=stages, use_tma=use_tma, rowsum_mma=rowsum_mma, stream_k=stream_k)
+        num_stages=stages, use_tma=use_tma, rowsum_mma=rowsum_mma, stream_k=stream_k, overlap=overlap)
     return (out, joint[3]) if joint is not None else out
 
 
@@ -341,6 +341,41 @@ def test_row_sums_experiment_needs_a_fixed_tile():
     q = torch.randn(1, 1, 8, 16)
     with pytest.raises(ValueError, match="rowsum_mma"):
         attention_forward(_attn_fwd_autotuned, q, q, q, torch.empty_like(q), scale=0.25, rowsum_mma=True)
+
+
+# the overlapped key loop: every variant and dtype, split and padded head dims, partial blocks, key counts giving
+# 0, 1, 2 and more whole blocks per stream (kv_lens 16/21/32/33/0 at 16-key blocks: the loop needs two)
+OVERLAP_CASES = [c for c in GRID if c.name in (
+    "f32-d64-97x97", "f16-d40-77x333-bnhd-gqa", "bf16-d80-1x97-mqa", "f16-d96-strided", "f16-d128-bnhd-strided-mqa",
+    "f32-varlen-kvlens", "bf16-varlen-cross", "f32-joint-kvlens", "bf16-joint-gqa-bnhd", "f16-negative-lens-gqa",
+    "f32-joint-norms-rope-negative", "f16-negative-scale-kvlens")] + [
+    Case(F32, 64, 33, 77, batch=5, kv_lens=[16, 21, 32, 33, 0], name="f32-kvlens-block-counts")]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case", OVERLAP_CASES, ids=str)
+def test_softmax_overlap(case):
+    """The kernel's OVERLAP experiment (``_attend_overlapped``: each block's softmax while the next block's scores
+    are computed, the P V products one block behind) at a tile of many key blocks: as accurate as the plain loop,
+    every output element written; descriptor loads too for the cases without key padding."""
+    q, k, v, kw = build(case, seed=23)
+    ref64, lowp = references(q, k, v, kw)
+    lows = (None,) * (2 if case.joint else 1) if lowp is None else _streams(case, lowp)
+    for use_tma in (False, True) if case.kv_lens is None and case.cu_q is None else (False,):
+        out = run_kernel(q, k, v, kw, (32, 16), overlap=True, use_tma=use_tma)
+        for got, ref, low in zip(_streams(case, out), _streams(case, ref64), lows):
+            assert_accurate(got, ref, low, case.dtype)
+
+
+def test_softmax_overlap_takes_what_it_can_run():
+    from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_kernel, attention_forward
+
+    q = torch.randn(1, 1, 8, 16)
+    for kernel, extra in ((_attn_fwd_autotuned, {"block_m": None}), (_attn_fwd_kernel, {"rowsum_mma": True}),
+                          (_attn_fwd_kernel, {"stream_k": 2})):
+        with pytest.raises(ValueError, match="overlap: an experiment for a fixed tile"):
+            attention_forward(kernel, q, q, q, torch.empty_like(q), scale=0.25,
+                              **{"block_m": 16, "block_n": 16, "overlap": True, **extra})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -831,6 +866,31 @@ def test_waves_report_occupancy():
     assert done.stdout.split() == ["1", "4", "2", "1", "12", "32"]
 
 
+def test_overlap_puts_the_softmax_under_the_scores_mma():
+    """The OVERLAP experiment's point, in the code Triton generates for sm_90a: with it, the softmax's exp2s are
+    issued while the next block's score matmul is in flight (no wgmma wait between its commit and them); without
+    it, none are. Compiled without a GPU by this machine's Triton (the GPU machine's 3.6 gives the same:
+    attention_resources.py --overlap), in a process of its own: the tool clears TRITON_INTERPRET at import."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    check = ("from benchmarks.attention_resources import compile_attention, softmax_under_mma\n"
+             "for overlap in (False, True):\n"
+             "    info = {}\n"
+             "    regs, spill, _, _ = compile_attention(64, (64, 64, 4, 3), {'OVERLAP': overlap}, info=info)\n"
+             "    print(softmax_under_mma(info['ptx']), spill)")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[1])
+    if done.returncode != 0 and "ptxas" in done.stderr:
+        pytest.skip(f"no ptxas for sm_90a: {done.stderr.strip().splitlines()[-1]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (plain, plain_spill), (overlapped, overlapped_spill) = (map(int, line.split())
+                                                            for line in done.stdout.splitlines()[:2])
+    # 64 x 64 scores over 128 threads: 32 exp2 per thread and block, and 2 for the rescale factors
+    assert (plain, overlapped) == (0, 34) and plain_spill == overlapped_spill == 0
+
+
 @needs_interpreter
 def test_hopper_probe_kernel_math():
     """benchmarks/attention_hopper_probe.py (the TMA + warp-specialisation + exp2-split probe run on GPU machines):
@@ -846,8 +906,8 @@ def test_hopper_probe_kernel_math():
 
 @needs_interpreter
 def test_benchmark_experiment_rows_dry_run(monkeypatch):
-    """The GPU benchmark's experiment rows (ROWSUM_MMA, stream-K), run on CPU under the interpreter at tiny shapes (a
-    graph replay stands in as one timed call): both sides launch and every row is measured."""
+    """The GPU benchmark's experiment rows (OVERLAP, ROWSUM_MMA, stream-K), run on CPU under the interpreter at tiny
+    shapes (a graph replay stands in as one timed call): both sides launch and every row is measured."""
     bench = pytest.importorskip("benchmarks.bench_attention")
     from benchmarks.common import measure
 
@@ -858,7 +918,9 @@ def test_benchmark_experiment_rows_dry_run(monkeypatch):
     monkeypatch.setattr(bench, "_stream_k_programs", lambda device: 3)
     rows = bench._experiment_rows("cpu", torch.float32, None)
     names = [r["name"].split(":")[0] for r in rows]
-    assert names == ["t128", "t64", "t64", "t64", "t64", "t128", "Flux joint + QK norm + RoPE"], rows
+    assert names == ["t128", "t128", "t64", "t64", "Flux joint + QK norm + RoPE",
+                     "t128", "t64", "t64", "t64", "t64", "t128", "Flux joint + QK norm + RoPE"], rows
+    assert all("softmax under the next scores' MMA" in r["name"] for r in rows[:5])
     assert all("stream-K over 3 programs" in r["name"] for r in rows[-2:])
     assert all(r["speedup"] > 0 for r in rows), rows
 
@@ -870,9 +932,10 @@ def test_isolation_tool_runs_each_case_apart(monkeypatch, capsys):
     tolerances; stream-K runs where it applies."""
     tool = pytest.importorskip("benchmarks.attention_isolate")
     assert tool.main(["f16-negative-scale-kvlens", "f32-d48-custom-scale", "--modes", "plain", "rowsum+noplans",
-                      "streamk", "--jobs", "2"]) == 0
+                      "streamk", "overlap", "--jobs", "2"]) == 0
     table = capsys.readouterr().out
     assert "| f32-d48-custom-scale | streamk | ok |" in table and "| f16-negative-scale-kvlens | streamk | n/a |" in table
+    assert "| f16-negative-scale-kvlens | overlap | ok |" in table
     with pytest.raises(SystemExit):
         tool.main(["no-such-case"])
     # in this process, outputs off by 0.01 fail the GPU check in 16-bit and in fp32 (TF32 tolerance)
@@ -1000,6 +1063,28 @@ def test_gpu_accuracy_stream_k(case, cuda_device):
         for programs in (sms, 7):
             out = run_kernel(q, k, v, kw, (bm, bn), stream_k=programs, warps=warps, stages=stages)
             _assert_gpu_accurate(case, out, q, k, v, kw)
+
+
+# The tiles the benchmark times the OVERLAP experiment at, on production-size cases: (BLOCK_M, BLOCK_N, warps,
+# stages, descriptor loads)
+OVERLAP_GPU_TILES = {"gpu-flux-shape": [(128, 128, 8, 3, True), (128, 64, 8, 3, False)],
+                     "gpu-sd3-plain": [(64, 64, 4, 4, False), (64, 64, 4, 3, False)],
+                     "gpu-flux-joint": [(128, 128, 8, 3, True)]}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_GRID + [
+    Case(BF16, 64, 4250, 4250, heads=4, batch=2, name="gpu-sd3-plain"),
+    Case(BF16, 128, 512, 512, heads=4, joint=(4096, 4096), layout="bnhd", rope="interleaved", q_norm=True,
+         k_norm=True, joint_q_norm=True, joint_k_norm=True, name="gpu-flux-joint")], ids=str)
+def test_gpu_accuracy_overlap(case, cuda_device):
+    """The OVERLAP experiment compiled for the GPU (the benchmark times it): every grid case at its default tile,
+    and the production-size cases at the tiles the benchmark times."""
+    q, k, v, kw = _on_device(case, cuda_device)
+    tiles = OVERLAP_GPU_TILES.get(case.name) or [(*_gpu_default_tile(case), 4, 2, False)]
+    for bm, bn, warps, stages, tma in tiles:
+        out = run_kernel(q, k, v, kw, (bm, bn), overlap=True, warps=warps, stages=stages, use_tma=tma)
+        _assert_gpu_accurate(case, out, q, k, v, kw)
 
 
 @pytest.mark.gpu
