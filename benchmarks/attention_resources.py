@@ -243,6 +243,7 @@ OVERLAP_CASES = [("plain", 128, (128, 128, 8, 3, True), {}), ("plain", 128, (128
                  ("plain, partial key blocks (SD3)", 64, (64, 64, 4, 4), {"EVEN_N": False}),
                  ("joint", 128, (128, 128, 8, 3, True), {"JOINT": True}),
                  ("joint", 128, (128, 64, 8, 3), {"JOINT": True}),
+                 ("plain, row sums by MMA", 64, (64, 64, 4, 3), {"ROWSUM_MMA": True}),
                  ("negative", 64, (64, 64, 4, 3), {"NEG": True, "EVEN_N": False}),
                  ("split head dim", 80, (128, 64, 8, 3), {"EVEN_N": False})]
 

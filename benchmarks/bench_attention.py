@@ -219,27 +219,33 @@ def _overlap_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
     tensor cores compute the next block's scores, FlashAttention-3's intra-warpgroup overlap) against the same tile
     without it: Flux at 128 x 128 with descriptor loads (the tile that fits the overlap's registers without
     spilling at head dim 128, sm_90a) and at 128 x 64; SD3 (partial key blocks) and SDXL self-attention at the
-    autotuner's H200 tiles; Flux's joint call with its QK norms and RoPE. The shape rows of the same run give the
-    autotuned kernel's time to set these against."""
+    autotuner's H200 tiles, SDXL also with the row sums on the tensor cores (ROWSUM_MMA) against neither; Flux's
+    joint call with its QK norms and RoPE. The shape rows of the same run give the autotuned kernel's time to set
+    these against."""
     from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward
 
     rows = []
     flux, sd3, sdxl = GPU_SHAPES[0], GPU_SHAPES[1], GPU_SHAPES[2]
-    for shape, (bm, bn, warps, stages, tma) in ((flux, (128, 128, 8, 3, True)), (flux, (128, 64, 8, 3, False)),
-                                                (sd3, (64, 64, 4, 4, False)), (sdxl, (64, 64, 4, 3, False))):
+    for shape, (bm, bn, warps, stages, tma), rowsum in (
+            (flux, (128, 128, 8, 3, True), False), (flux, (128, 64, 8, 3, False), False),
+            (sd3, (64, 64, 4, 4, False), False), (sdxl, (64, 64, 4, 3, False), False),
+            (sdxl, (64, 64, 4, 3, False), True)):
         gen = torch.Generator(device=device).manual_seed(5)
         q, k, v = (torch.randn(shape.batch, shape.heads, shape.n_q, shape.head_dim, device=device, dtype=dtype,
                                generator=gen) for _ in range(3))
         out = torch.empty_like(q)
 
-        def launch(overlap, q=q, k=k, v=v, out=out, tile=dict(block_m=bm, block_n=bn, num_warps=warps,
-                                                              num_stages=stages, use_tma=tma)):
-            attention_forward(_attn_fwd_kernel, q, k, v, out, scale=q.shape[-1] ** -0.5, overlap=overlap, **tile)
+        def launch(on, q=q, k=k, v=v, out=out, rowsum=rowsum, tile=dict(block_m=bm, block_n=bn, num_warps=warps,
+                                                                         num_stages=stages, use_tma=tma)):
+            attention_forward(_attn_fwd_kernel, q, k, v, out, scale=q.shape[-1] ** -0.5, overlap=on,
+                              rowsum_mma=on and rowsum, **tile)
 
         label = f"{bm}x{bn} w{warps} s{stages}" + (" tma" if tma else "")
-        rows.append(_experiment_row(f"{shape.name}: softmax under the next scores' MMA, {label}", str(shape),
-                                    lambda: launch(True), "same tile, softmax after the scores", lambda: launch(False),
-                                    _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim), ceiling))
+        rows.append(_experiment_row(
+            f"{shape.name}: softmax under the next scores' MMA{' + row sums by MMA' if rowsum else ''}, {label}",
+            str(shape), lambda: launch(True), "same tile, softmax after the scores" + (", row sums by adds"
+                                                                                       if rowsum else ""),
+            lambda: launch(False), _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim), ceiling))
     label, shape_text, (q, k, v, out), extra, flops = _flux_joint_case(device, dtype, torch.Generator(
         device=device).manual_seed(5))
     tile = dict(block_m=128, block_n=128, num_warps=8, num_stages=3, use_tma=True)

@@ -156,7 +156,7 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
             acc_a, acc_b, m_i, l_i = _attend_overlapped(
                 acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, k_start, n_whole, stride_kn, stride_kd,
                 stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D,
-                MASK_N and not SPLIT_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
+                MASK_N and not SPLIT_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
         else:
             for start_n in range(k_start, n_whole, BLOCK_N):
                 acc_a, acc_b, m_i, l_i = _attend_block(
@@ -183,7 +183,8 @@ def _attend_overlapped(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, 
                        stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
                        HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
                        BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr,
-                       EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr):
+                       EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr,
+                       ROWSUM_MMA: tl.constexpr):
     """Key blocks [k_start, n_end), at least two (with MASK_N every block is masked at n_end), in a rotated order:
     each iteration multiplies the previous block's P by its V, then starts the next block's scores and runs this
     block's softmax while the tensor cores compute them (FlashAttention-3's intra-warpgroup overlap of softmax and
@@ -196,26 +197,26 @@ def _attend_overlapped(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, 
     last = k_start + (tl.cdiv(n_end - k_start, BLOCK_N) - 1) * BLOCK_N
     s = _block_scores(q_a, q_b, K, KB, k_start, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA,
                       BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
-    p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, False)
+    p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA)
     p = _p_operand(p, q_a.dtype, EMULATE_BF16)
     s = _block_scores(q_a, q_b, K, KB, k_start + BLOCK_N, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N,
                       BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
     for start_n in range(k_start + 2 * BLOCK_N, last + 1, BLOCK_N):
         acc_a, acc_b, l_i = _block_accumulate(
             acc_a, acc_b, l_i, p, alpha, V, VB, start_n - 2 * BLOCK_N, n_end, stride_vn, stride_vd, HEAD_DIM, BLOCK_N,
-            BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA, False)
+            BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA, ROWSUM_MMA)
         s_next = _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N,
                                BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
-        p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, False)
+        p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA)
         p = _p_operand(p, q_a.dtype, EMULATE_BF16)
         s = s_next
     acc_a, acc_b, l_i = _block_accumulate(
         acc_a, acc_b, l_i, p, alpha, V, VB, last - BLOCK_N, n_end, stride_vn, stride_vd, HEAD_DIM, BLOCK_N, BLOCK_DA,
-        BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA, False)
-    p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, False)
+        BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA, ROWSUM_MMA)
+    p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA)
     acc_a, acc_b, l_i = _block_accumulate(
         acc_a, acc_b, l_i, p, alpha, V, VB, last, n_end, stride_vn, stride_vd, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB,
-        SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA, False)
+        SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA, ROWSUM_MMA)
     return acc_a, acc_b, m_i, l_i
 
 
@@ -1065,7 +1066,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     prologue_kernel: ``_qk_prologue`` as the caller launches it (wrapped for torch.library); None: this module's.
     rowsum_mma: the kernel's ROWSUM_MMA experiment, with ``block_m`` (the benchmark and the tests time and check it).
     overlap: the kernel's OVERLAP experiment (each block's softmax while the next block's scores are computed,
-    ``_attend_overlapped``), with ``block_m``, every variant; not with ``rowsum_mma`` or ``stream_k``.
+    ``_attend_overlapped``), with ``block_m``, every variant, with or without ``rowsum_mma``; not with
+    ``stream_k``.
     stream_k: the stream-K experiment over this many programs (``_attn_fwd_stream_k``; a GPU's SM count times the
     CTAs of the tile one SM holds), with ``block_m``, for plain and joint attention (the benchmark and the tests).
     When q or k has a norm or RoPE, each such tensor first gets it in one pass of its own (``_qk_prologue``).
@@ -1074,9 +1076,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
 
     if rowsum_mma and block_m is None:
         raise ValueError("rowsum_mma: an experiment for a fixed tile (block_m, block_n), not for the autotuner")
-    if overlap and (block_m is None or rowsum_mma or stream_k is not None):
-        raise ValueError("overlap: an experiment for a fixed tile (block_m, block_n) with row sums by adds and one "
-                         "program per query block (not with rowsum_mma or stream_k)")
+    if overlap and (block_m is None or stream_k is not None):
+        raise ValueError("overlap: an experiment for a fixed tile (block_m, block_n) and one program per query block "
+                         "(not with stream_k)")
     if stream_k is not None:
         if block_m is None or rowsum_mma or use_tma is not False:
             raise ValueError("stream_k: an experiment for a fixed tile (block_m, block_n) with pointer loads and row "

@@ -357,12 +357,14 @@ OVERLAP_CASES = [c for c in GRID if c.name in (
 def test_softmax_overlap(case):
     """The kernel's OVERLAP experiment (``_attend_overlapped``: each block's softmax while the next block's scores
     are computed, the P V products one block behind) at a tile of many key blocks: as accurate as the plain loop,
-    every output element written; descriptor loads too for the cases without key padding."""
+    every output element written; descriptor loads too for the cases without key padding, and with the row sums on
+    the tensor cores (ROWSUM_MMA)."""
     q, k, v, kw = build(case, seed=23)
     ref64, lowp = references(q, k, v, kw)
     lows = (None,) * (2 if case.joint else 1) if lowp is None else _streams(case, lowp)
-    for use_tma in (False, True) if case.kv_lens is None and case.cu_q is None else (False,):
-        out = run_kernel(q, k, v, kw, (32, 16), overlap=True, use_tma=use_tma)
+    loads = (False, True) if case.kv_lens is None and case.cu_q is None else (False,)
+    for use_tma, rowsum_mma in [(tma, False) for tma in loads] + [(False, True)]:
+        out = run_kernel(q, k, v, kw, (32, 16), overlap=True, use_tma=use_tma, rowsum_mma=rowsum_mma)
         for got, ref, low in zip(_streams(case, out), _streams(case, ref64), lows):
             assert_accurate(got, ref, low, case.dtype)
 
@@ -371,8 +373,7 @@ def test_softmax_overlap_takes_what_it_can_run():
     from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_kernel, attention_forward
 
     q = torch.randn(1, 1, 8, 16)
-    for kernel, extra in ((_attn_fwd_autotuned, {"block_m": None}), (_attn_fwd_kernel, {"rowsum_mma": True}),
-                          (_attn_fwd_kernel, {"stream_k": 2})):
+    for kernel, extra in ((_attn_fwd_autotuned, {"block_m": None}), (_attn_fwd_kernel, {"stream_k": 2})):
         with pytest.raises(ValueError, match="overlap: an experiment for a fixed tile"):
             attention_forward(kernel, q, q, q, torch.empty_like(q), scale=0.25,
                               **{"block_m": 16, "block_n": 16, "overlap": True, **extra})
@@ -918,9 +919,10 @@ def test_benchmark_experiment_rows_dry_run(monkeypatch):
     monkeypatch.setattr(bench, "_stream_k_programs", lambda device: 3)
     rows = bench._experiment_rows("cpu", torch.float32, None)
     names = [r["name"].split(":")[0] for r in rows]
-    assert names == ["t128", "t128", "t64", "t64", "Flux joint + QK norm + RoPE",
+    assert names == ["t128", "t128", "t64", "t64", "t64", "Flux joint + QK norm + RoPE",
                      "t128", "t64", "t64", "t64", "t64", "t128", "Flux joint + QK norm + RoPE"], rows
-    assert all("softmax under the next scores' MMA" in r["name"] for r in rows[:5])
+    assert all("softmax under the next scores' MMA" in r["name"] for r in rows[:6])
+    assert "row sums by MMA" in rows[4]["name"] and "row sums by adds" in rows[4]["peer"]
     assert all("stream-K over 3 programs" in r["name"] for r in rows[-2:])
     assert all(r["speedup"] > 0 for r in rows), rows
 
@@ -1066,10 +1068,10 @@ def test_gpu_accuracy_stream_k(case, cuda_device):
 
 
 # The tiles the benchmark times the OVERLAP experiment at, on production-size cases: (BLOCK_M, BLOCK_N, warps,
-# stages, descriptor loads)
-OVERLAP_GPU_TILES = {"gpu-flux-shape": [(128, 128, 8, 3, True), (128, 64, 8, 3, False)],
-                     "gpu-sd3-plain": [(64, 64, 4, 4, False), (64, 64, 4, 3, False)],
-                     "gpu-flux-joint": [(128, 128, 8, 3, True)]}
+# stages, descriptor loads, row sums by MMA)
+OVERLAP_GPU_TILES = {"gpu-flux-shape": [(128, 128, 8, 3, True, False), (128, 64, 8, 3, False, False)],
+                     "gpu-sd3-plain": [(64, 64, 4, 4, False, False), (64, 64, 4, 3, False, True)],
+                     "gpu-flux-joint": [(128, 128, 8, 3, True, False)]}
 
 
 @pytest.mark.gpu
@@ -1081,9 +1083,10 @@ def test_gpu_accuracy_overlap(case, cuda_device):
     """The OVERLAP experiment compiled for the GPU (the benchmark times it): every grid case at its default tile,
     and the production-size cases at the tiles the benchmark times."""
     q, k, v, kw = _on_device(case, cuda_device)
-    tiles = OVERLAP_GPU_TILES.get(case.name) or [(*_gpu_default_tile(case), 4, 2, False)]
-    for bm, bn, warps, stages, tma in tiles:
-        out = run_kernel(q, k, v, kw, (bm, bn), overlap=True, warps=warps, stages=stages, use_tma=tma)
+    tiles = OVERLAP_GPU_TILES.get(case.name) or [(*_gpu_default_tile(case), 4, 2, False, False)]
+    for bm, bn, warps, stages, tma, rowsum in tiles:
+        out = run_kernel(q, k, v, kw, (bm, bn), overlap=True, warps=warps, stages=stages, use_tma=tma,
+                         rowsum_mma=rowsum)
         _assert_gpu_accurate(case, out, q, k, v, kw)
 
 
