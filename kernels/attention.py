@@ -157,24 +157,37 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
                 acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, k_start, n_whole, stride_kn, stride_kd,
                 stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D,
                 MASK_N and not SPLIT_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
-        else:
-            for start_n in range(k_start, n_whole, BLOCK_N):
-                acc_a, acc_b, m_i, l_i = _attend_block(
-                    acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, start_n, n_end, stride_kn, stride_kd,
-                    stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D,
-                    MASK_N and not SPLIT_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
-    else:
-        for start_n in range(k_start, n_whole, BLOCK_N):
-            acc_a, acc_b, m_i, l_i = _attend_block(
-                acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, start_n, n_end, stride_kn, stride_kd,
+        else:  # fewer than two blocks
+            acc_a, acc_b, m_i, l_i = _attend_blocks(
+                acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, k_start, n_whole, n_end, stride_kn, stride_kd,
                 stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D,
                 MASK_N and not SPLIT_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
+    else:
+        acc_a, acc_b, m_i, l_i = _attend_blocks(
+            acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, k_start, n_whole, n_end, stride_kn, stride_kd,
+            stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D,
+            MASK_N and not SPLIT_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
     if SPLIT_N:
         if n_whole < n_end:
             acc_a, acc_b, m_i, l_i = _attend_block(
                 acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, n_whole, n_end, stride_kn, stride_kd,
                 stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, True,
                 EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
+    return acc_a, acc_b, m_i, l_i
+
+
+@triton.jit
+def _attend_blocks(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, k_end, n_end,
+                   stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
+                   SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                   SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr):
+    """The key blocks starting in [k_start, k_end), one after another (``_attend_block``; keys end at n_end)."""
+    for start_n in range(k_start, k_end, BLOCK_N):
+        acc_a, acc_b, m_i, l_i = _attend_block(
+            acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end, stride_kn, stride_kd, stride_vn,
+            stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16,
+            SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
     return acc_a, acc_b, m_i, l_i
 
 
