@@ -7,13 +7,15 @@ attention) beside the bf16 matmul ceiling measured in the same run.
 On a CPU the suite still runs, on tiny shapes, with "ours" being the torch backend (the reference: SDPA plus the
 variant math) — a smoke test of the suite, not a performance claim.
 
-    python benchmarks/bench_attention.py [--device cuda] [--quick]      # prints the table last
+    python benchmarks/bench_attention.py [--device cuda] [--quick] [--out DIR]   # prints the table last
+    python benchmarks/bench_attention.py --experiments --out DIR   # the experiments alone, for a short GPU lease
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 from dataclasses import dataclass
@@ -185,6 +187,26 @@ def _host_rows(device, dtype, attention) -> List[Dict[str, object]]:
     peer = per_call(lambda: F.scaled_dot_product_attention(q, k, v))
     return [comparison_row("attention", "host time per call (200 back-to-back calls)", f"B2 H10 N{n_q}x77 D64",
                            ours, "sdpa (default)", peer)]
+
+
+def _tuned_rows(device, dtype, ceiling, attention) -> List[Dict[str, object]]:
+    """The library's own path (autotuned on a GPU) at the experiments' plain shapes (Flux, SD3, SDXL self), device
+    time under graph replay against SDPA's flash backend, with the tuner's tile: the time an experiment has to beat
+    to be adopted, measured in the same run as the experiment rows."""
+    rows = []
+    for shape in GPU_SHAPES[:3]:
+        gen = torch.Generator(device=device).manual_seed(6)
+        q, k, v = (torch.randn(shape.batch, shape.heads, shape.n_q, shape.head_dim, device=device, dtype=dtype,
+                               generator=gen) for _ in range(3))
+        ours = measure_graph(lambda: attention(q, k, v))
+        tile = _tile()
+        flash = _sdpa_backends(device).get("sdpa flash")
+        with _sdpa_context(flash):
+            peer = measure_graph(lambda: F.scaled_dot_product_attention(q, k, v))
+        rows.append(_row(f"{shape.name}: autotuned (graph replay)", str(shape), ours,
+                         f"{'sdpa flash' if flash is not None else 'sdpa (default)'} (graph replay)", peer,
+                         _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim), ceiling, **tile))
+    return rows
 
 
 def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
@@ -458,8 +480,10 @@ def _autotune(enabled: bool):
             os.environ["PYDIFF_ATTENTION_AUTOTUNE"] = previous
 
 
-def run(quick: bool, device: str, progress: bool = False) -> List[Dict[str, object]]:
-    """Rows: the matmul ceiling, ours vs every SDPA backend per shape, then each variant vs its stock sequence."""
+def run(quick: bool, device: str, progress: bool = False, experiments: bool = False) -> List[Dict[str, object]]:
+    """Rows: the matmul ceiling, ours vs every SDPA backend per shape, then each variant vs its stock sequence (and
+    on a GPU the host time and, unless quick, the experiments). experiments: the ceiling, the autotuned kernel at the
+    experiments' plain shapes (``_tuned_rows``) and the experiments alone, for a short GPU lease."""
     import pydiff
     from benchmarks.bench_ceilings import ceilings
 
@@ -471,8 +495,9 @@ def run(quick: bool, device: str, progress: bool = False) -> List[Dict[str, obje
     ceiling_name = "bf16_matmul_TFLOPs" if gpu else "fp32_matmul_TFLOPs"
     ceiling = measured.get(ceiling_name)
     backend = "triton" if gpu else "torch"
+    tuned = gpu and (experiments or not quick)
     rows: List[Dict[str, object]] = [{"area": "attention", "name": ceiling_name, "value": ceiling,
-                                      "ours_backend": backend, "autotuned": gpu and not quick,
+                                      "ours_backend": backend, "autotuned": tuned,
                                       "dtype": str(dtype).replace("torch.", "")}]
     shapes = [GPU_SHAPES[i] for i in GPU_QUICK] if gpu and quick else (GPU_SHAPES if gpu else CPU_SHAPES)
     def report(new: List[Dict[str, object]]) -> List[Dict[str, object]]:
@@ -489,7 +514,10 @@ def run(quick: bool, device: str, progress: bool = False) -> List[Dict[str, obje
                       flush=True)
         return new
 
-    with pydiff.use_backend(backend), _autotune(gpu and not quick), torch.no_grad():
+    with pydiff.use_backend(backend), _autotune(tuned), torch.no_grad():
+        if experiments:
+            rows += report(_tuned_rows(device, dtype, ceiling, pydiff.attention))
+            return rows + report(_experiment_rows(device, dtype, ceiling))
         for shape in shapes:
             if progress:
                 print(f"  attention: {shape.name} {shape}", file=sys.stderr)
@@ -574,9 +602,27 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="fewer shapes, shorter timing, no autotuning")
+    parser.add_argument("--experiments", action="store_true",
+                        help="only the experiments, beside the autotuned kernel at their shapes (a short GPU lease)")
+    parser.add_argument("--out", default=None, metavar="DIR", help="also write results.json and report.md here")
     args = parser.parse_args(argv)
-    rows = run(quick=args.quick, device=args.device, progress=True)
+    rows = run(quick=args.quick, device=args.device, progress=True, experiments=args.experiments)
     print(section(rows))
+    if args.out:
+        import json
+
+        from benchmarks.common import machine
+        from benchmarks.report import write_report
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        results = {"machine": machine(), "suite": "attention experiments" if args.experiments else
+                   ("quick" if args.quick else "full"), "device": args.device,
+                   "areas": {"attention": {"title": TITLE, "rows": rows}}}
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        # (the report writer knows an area by its module's name, which a script run does not have)
+        module = importlib.import_module("benchmarks.bench_attention")
+        print(f"wrote {out / 'results.json'} and {write_report(results, [module], out)}")
     return 0
 
 

@@ -18,6 +18,9 @@
 #   case in a process of its own: a CUDA error fails every later test of its process).
 #   GPU_KEEP: a folder that receives, flat, the 8 files worth committing (a device lease returns at most 8), after
 #   every stage, e.g. `GPU_KEEP=$OUT bash benchmarks/gpu_suite.sh /tmp/r`.
+# A lease too short for the whole suite: `python3 -m pip install --no-build-isolation --no-deps -e . &&
+# python3 benchmarks/bench_attention.py --experiments --out $OUT` times only the attention experiments, beside the
+# autotuned kernel at their shapes (results.json, report.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//')

@@ -905,10 +905,10 @@ def test_hopper_probe_kernel_math():
     torch.testing.assert_close(tiny[3:], torch.tensor([2.0 ** -0.5, 1.0]), rtol=1e-4, atol=0)
 
 
-@needs_interpreter
-def test_benchmark_experiment_rows_dry_run(monkeypatch):
-    """The GPU benchmark's experiment rows (OVERLAP, ROWSUM_MMA, stream-K), run on CPU under the interpreter at tiny
-    shapes (a graph replay stands in as one timed call): both sides launch and every row is measured."""
+@pytest.fixture
+def tiny_bench(monkeypatch):
+    """benchmarks/bench_attention.py with tiny stand-ins for the GPU shapes, a graph replay standing in as one timed
+    call, and 3 SMs, for its GPU rows under the interpreter."""
     bench = pytest.importorskip("benchmarks.bench_attention")
     from benchmarks.common import measure
 
@@ -917,7 +917,14 @@ def test_benchmark_experiment_rows_dry_run(monkeypatch):
                                               bench.Shape("t64", 1, 2, 32, 32, 64)])
     monkeypatch.setattr(bench, "measure_graph", lambda fn: measure(fn, warmup=0, min_repeat=1, min_time=0.0))
     monkeypatch.setattr(bench, "_stream_k_programs", lambda device: 3)
-    rows = bench._experiment_rows("cpu", torch.float32, None)
+    return bench
+
+
+@needs_interpreter
+def test_benchmark_experiment_rows_dry_run(tiny_bench):
+    """The GPU benchmark's experiment rows (OVERLAP, ROWSUM_MMA, stream-K), run on CPU under the interpreter at tiny
+    shapes: both sides launch and every row is measured."""
+    rows = tiny_bench._experiment_rows("cpu", torch.float32, None)
     names = [r["name"].split(":")[0] for r in rows]
     assert names == ["t128", "t128", "t64", "t64", "t64", "Flux joint + QK norm + RoPE",
                      "t128", "t64", "t64", "t64", "t64", "t128", "Flux joint + QK norm + RoPE"], rows
@@ -925,6 +932,22 @@ def test_benchmark_experiment_rows_dry_run(monkeypatch):
     assert "row sums by MMA" in rows[4]["name"] and "row sums by adds" in rows[4]["peer"]
     assert all("stream-K over 3 programs" in r["name"] for r in rows[-2:])
     assert all(r["speedup"] > 0 for r in rows), rows
+
+
+@needs_interpreter
+def test_benchmark_experiments_alone(tiny_bench, tmp_path):
+    """``bench_attention.py --experiments --out DIR`` (the short-lease run): the ceiling, the library's own path at
+    the experiments' plain shapes, then the experiment rows, into results.json and report.md; on CPU under the
+    interpreter at tiny shapes."""
+    import json
+
+    assert tiny_bench.main(["--experiments", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["areas"]["attention"]["rows"]
+    names = [r["name"] for r in rows]
+    assert names[0] == "fp32_matmul_TFLOPs"
+    assert [n.split(":")[1].strip() for n in names[1:4]] == ["autotuned (graph replay)"] * 3
+    assert len(rows) == 4 + 13 and all(r["speedup"] > 0 for r in rows[1:]), rows
+    assert "autotuned (graph replay)" in (tmp_path / "report.md").read_text()
 
 
 @needs_interpreter
