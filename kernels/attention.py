@@ -203,34 +203,47 @@ def _attend_overlapped(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, 
     block's softmax while the tensor cores compute them (FlashAttention-3's intra-warpgroup overlap of softmax and
     matmuls). In Triton's terms the scores' dot is "properly async": its result is read only in the next iteration,
     after the P V dot's wait, so no wait separates its issue from the softmax (sm_90a PTX: wgmma, commit, then the
-    ex2s). The loop carries the in-flight scores and P in the values' dtype; the first block's scores and softmax,
-    the second's scores and the last two P V products run outside it. A split head dim gains nothing: the second
-    chunk's score dot accumulates into the first's, so Triton waits on that one before the softmax
-    (``benchmarks/attention_resources.py --overlap``)."""
+    ex2s). The loop carries the in-flight scores and P in the values' dtype, P as integer bits: a loop-carried float
+    P reached the P V matmul through shared memory (32 KiB more at 128 x 128, sm_90a), its bits reach it from
+    registers. The first block's scores and softmax, the second's scores and the last two P V products run outside
+    the loop. A split head dim gains nothing: the second chunk's score dot accumulates into the first's, so Triton
+    waits on that one before the softmax (``benchmarks/attention_resources.py --overlap``)."""
     last = k_start + (tl.cdiv(n_end - k_start, BLOCK_N) - 1) * BLOCK_N
     s = _block_scores(q_a, q_b, K, KB, k_start, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA,
                       BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
     p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA)
     p = _p_operand(p, q_a.dtype, EMULATE_BF16)
+    p_dtype: tl.constexpr = p.dtype
+    p = _as_bits(p)
     s = _block_scores(q_a, q_b, K, KB, k_start + BLOCK_N, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N,
                       BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
     for start_n in range(k_start + 2 * BLOCK_N, last + 1, BLOCK_N):
         acc_a, acc_b, l_i = _block_accumulate(
-            acc_a, acc_b, l_i, p, alpha, V, VB, start_n - 2 * BLOCK_N, n_end, stride_vn, stride_vd, HEAD_DIM, BLOCK_N,
+            acc_a, acc_b, l_i, p.to(p_dtype, bitcast=True), alpha, V, VB, start_n - 2 * BLOCK_N, n_end, stride_vn, stride_vd, HEAD_DIM, BLOCK_N,
             BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA, ROWSUM_MMA)
         s_next = _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N,
                                BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
         p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA)
-        p = _p_operand(p, q_a.dtype, EMULATE_BF16)
+        p = _as_bits(_p_operand(p, q_a.dtype, EMULATE_BF16))
         s = s_next
     acc_a, acc_b, l_i = _block_accumulate(
-        acc_a, acc_b, l_i, p, alpha, V, VB, last - BLOCK_N, n_end, stride_vn, stride_vd, HEAD_DIM, BLOCK_N, BLOCK_DA,
+        acc_a, acc_b, l_i, p.to(p_dtype, bitcast=True), alpha, V, VB, last - BLOCK_N, n_end, stride_vn, stride_vd, HEAD_DIM, BLOCK_N, BLOCK_DA,
         BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA, ROWSUM_MMA)
     p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA)
     acc_a, acc_b, l_i = _block_accumulate(
         acc_a, acc_b, l_i, p, alpha, V, VB, last, n_end, stride_vn, stride_vd, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB,
         SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA, ROWSUM_MMA)
     return acc_a, acc_b, m_i, l_i
+
+
+@triton.jit
+def _as_bits(x):
+    """x's bits as integers of its width."""
+    if x.dtype.primitive_bitwidth == 16:
+        bits = x.to(tl.int16, bitcast=True)
+    else:
+        bits = x.to(tl.int32, bitcast=True)
+    return bits
 
 
 @triton.jit
