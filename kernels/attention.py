@@ -219,16 +219,17 @@ def _attend_overlapped(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, 
                       BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
     for start_n in range(k_start + 2 * BLOCK_N, last + 1, BLOCK_N):
         acc_a, acc_b, l_i = _block_accumulate(
-            acc_a, acc_b, l_i, p.to(p_dtype, bitcast=True), alpha, V, VB, start_n - 2 * BLOCK_N, n_end, stride_vn, stride_vd, HEAD_DIM, BLOCK_N,
-            BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA, ROWSUM_MMA)
+            acc_a, acc_b, l_i, p.to(p_dtype, bitcast=True), alpha, V, VB, start_n - 2 * BLOCK_N, n_end, stride_vn,
+            stride_vd, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA,
+            ROWSUM_MMA)
         s_next = _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N,
                                BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
         p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA)
         p = _as_bits(_p_operand(p, q_a.dtype, EMULATE_BF16))
         s = s_next
     acc_a, acc_b, l_i = _block_accumulate(
-        acc_a, acc_b, l_i, p.to(p_dtype, bitcast=True), alpha, V, VB, last - BLOCK_N, n_end, stride_vn, stride_vd, HEAD_DIM, BLOCK_N, BLOCK_DA,
-        BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA, ROWSUM_MMA)
+        acc_a, acc_b, l_i, p.to(p_dtype, bitcast=True), alpha, V, VB, last - BLOCK_N, n_end, stride_vn, stride_vd,
+        HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA, ROWSUM_MMA)
     p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA)
     acc_a, acc_b, l_i = _block_accumulate(
         acc_a, acc_b, l_i, p, alpha, V, VB, last, n_end, stride_vn, stride_vd, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB,
