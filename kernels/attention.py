@@ -142,7 +142,8 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
     per score in a loop the softmax bounds at small head dims) and only the partial last block pays for it, after
     the loop; except with a split head dim (SPLIT_D), where Triton 3.6 miscompiled that block for an H200 (wrong
     output columns, and out-of-range shared-memory addresses with descriptor loads: compute-sanitizer, D 80 with
-    97 keys), so there every block takes the mask. OVERLAP: the whole blocks go through ``_attend_overlapped``."""
+    97 keys), so there every block takes the mask. OVERLAP: the loop's blocks (all but a partial last one run
+    after it) go through ``_attend_overlapped`` when there are two or more."""
     SPLIT_N: tl.constexpr = MASK_N and not SPLIT_D
     k_a = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
     v_a = _kv_source(V, n_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
