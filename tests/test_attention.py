@@ -1104,12 +1104,13 @@ OVERLAP_GPU_TILES = {"gpu-flux-shape": [(128, 128, 8, 2, True, False), (128, 64,
          k_norm=True, joint_q_norm=True, joint_k_norm=True, name="gpu-flux-joint")], ids=str)
 def test_gpu_accuracy_overlap(case, cuda_device):
     """The OVERLAP experiment compiled for the GPU (the benchmark times it): every grid case at its default tile,
-    and the production-size cases at the tiles the benchmark times."""
+    and the production-size cases at the tiles the benchmark times (descriptor loads where usable: the GPU suite
+    turns them off when their own tests fail)."""
     q, k, v, kw = _on_device(case, cuda_device)
     tiles = OVERLAP_GPU_TILES.get(case.name) or [(*_gpu_default_tile(case), 4, 2, False, False)]
     for bm, bn, warps, stages, tma, rowsum in tiles:
-        out = run_kernel(q, k, v, kw, (bm, bn), overlap=True, warps=warps, stages=stages, use_tma=tma,
-                         rowsum_mma=rowsum)
+        out = run_kernel(q, k, v, kw, (bm, bn), overlap=True, warps=warps, stages=stages,
+                         use_tma=None if tma else False, rowsum_mma=rowsum)
         _assert_gpu_accurate(case, out, q, k, v, kw)
 
 
