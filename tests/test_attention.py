@@ -886,10 +886,11 @@ def test_overlap_puts_the_softmax_under_the_scores_mma():
     if done.returncode != 0 and "ptxas" in done.stderr:
         pytest.skip(f"no ptxas for sm_90a: {done.stderr.strip().splitlines()[-1]}")
     assert done.returncode == 0, done.stderr[-2000:]
-    (plain, plain_spill), (overlapped, overlapped_spill) = (map(int, line.split())
-                                                            for line in done.stdout.splitlines()[:2])
-    # 64 x 64 scores over 128 threads: 32 exp2 per thread and block, and 2 for the rescale factors
-    assert (plain, overlapped) == (0, 34) and plain_spill == overlapped_spill == 0
+    (plain, _), (overlapped, overlapped_spill) = (map(int, line.split())
+                                                  for line in done.stdout.splitlines()[:2])
+    # 64 x 64 scores over 128 threads: 32 exp2 per thread and block (and 2 for the rescale factors; Triton 3.6 and
+    # 3.9: 0 and 34, no spills)
+    assert overlapped >= 32 > plain and overlapped_spill == 0
 
 
 @needs_interpreter
