@@ -598,6 +598,22 @@ def plots(rows, out_dir) -> List:
     return [path]
 
 
+def write_results(rows, out, suite: str, device: str) -> Path:
+    """results.json and report.md of this area's rows in ``out`` (the report writer's format); returns the report."""
+    import json
+
+    from benchmarks.common import machine
+    from benchmarks.report import write_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"machine": machine(), "suite": suite, "device": device,
+               "areas": {"attention": {"title": TITLE, "rows": rows}}}
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    # (the report writer knows an area by its module's name, which a script run does not have)
+    return write_report(results, [importlib.import_module("benchmarks.bench_attention")], out)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -606,23 +622,15 @@ def main(argv=None) -> int:
                         help="only the experiments, beside the autotuned kernel at their shapes (a short GPU lease)")
     parser.add_argument("--out", default=None, metavar="DIR", help="also write results.json and report.md here")
     args = parser.parse_args(argv)
+    if args.experiments and args.device != "cuda":
+        parser.error("--experiments: the experiments run at production shapes on a GPU (the tests run them on CPU "
+                     "at tiny shapes)")
     rows = run(quick=args.quick, device=args.device, progress=True, experiments=args.experiments)
     print(section(rows))
     if args.out:
-        import json
-
-        from benchmarks.common import machine
-        from benchmarks.report import write_report
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        results = {"machine": machine(), "suite": "attention experiments" if args.experiments else
-                   ("quick" if args.quick else "full"), "device": args.device,
-                   "areas": {"attention": {"title": TITLE, "rows": rows}}}
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-        # (the report writer knows an area by its module's name, which a script run does not have)
-        module = importlib.import_module("benchmarks.bench_attention")
-        print(f"wrote {out / 'results.json'} and {write_report(results, [module], out)}")
+        suite = "attention experiments" if args.experiments else ("quick" if args.quick else "full")
+        report = write_results(rows, args.out, suite, args.device)
+        print(f"wrote {Path(args.out) / 'results.json'} and {report}")
     return 0
 
 
