@@ -232,7 +232,7 @@ def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
 
             rows.append(_experiment_row(f"{shape.name}: row sums by MMA, {bm}x{bn} w{warps} s{stages}", str(shape),
                                         lambda: launch(True), "same tile, row sums by adds", lambda: launch(False),
-                                        flops, ceiling))
+                                        flops, ceiling, (out,)))
     return rows + _stream_k_rows(device, dtype, ceiling)
 
 
@@ -268,7 +268,8 @@ def _overlap_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
             f"{shape.name}: softmax under the next scores' MMA{' + row sums by MMA' if rowsum else ''}, {label}",
             str(shape), lambda: launch(True), "same tile, softmax after the scores" + (", row sums by adds"
                                                                                        if rowsum else ""),
-            lambda: launch(False), _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim), ceiling))
+            lambda: launch(False), _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim), ceiling,
+            (out,)))
     label, shape_text, (q, k, v, out), extra, flops = _flux_joint_case(device, dtype, torch.Generator(
         device=device).manual_seed(5))
     tile = dict(block_m=128, block_n=128, num_warps=8, num_stages=2, use_tma=True)
@@ -279,16 +280,28 @@ def _overlap_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
 
     rows.append(_experiment_row(f"{label}: softmax under the next scores' MMA, 128x128 w8 s2 tma", shape_text,
                                 lambda: joint(True), "same tile, softmax after the scores", lambda: joint(False),
-                                flops, ceiling))
+                                flops, ceiling, (out, extra["joint"][3])))
     return rows
 
 
-def _experiment_row(name, shape, ours_fn, peer, peer_fn, flops, ceiling) -> Dict[str, object]:
+def _experiment_row(name, shape, ours_fn, peer, peer_fn, flops, ceiling, outputs=()) -> Dict[str, object]:
     """An experiment against its peer, device time under graph replay; a row with the error when it does not build
-    or run (a finding, not a crash)."""
+    or run (a finding, not a crash). Both sides write ``outputs``: ours into NaN-poisoned ones, after the peer's were
+    kept. The row records the largest difference (``max_diff``); one over 0.05 (outputs of order 1, which the two
+    sides round apart by a few units in the last place) or an element left unwritten makes it an error row, since
+    the time of a wrong kernel is no finding."""
     try:
-        return _row(f"{name} (graph replay)", shape, measure_graph(ours_fn), f"{peer} (graph replay)",
-                    measure_graph(peer_fn), flops, ceiling)
+        peer_fn()
+        expected = [t.clone() for t in outputs]
+        for t in outputs:
+            t.fill_(float("nan"))
+        ours_fn()
+        diff = max(((t.float() - e.float()).abs().max().item() for t, e in zip(outputs, expected)), default=None)
+        if diff is not None and not diff <= 0.05:  # (NaN: an element left unwritten)
+            raise RuntimeError(f"outputs differ from the peer's by {diff:.3g}")
+        row = _row(f"{name} (graph replay)", shape, measure_graph(ours_fn), f"{peer} (graph replay)",
+                   measure_graph(peer_fn), flops, ceiling)
+        return dict(row, max_diff=diff)
     except Exception as exc:  # noqa: BLE001 - report every failure of an experiment and go on
         return {"area": "attention", "name": name, "shape": shape, "peer": peer,
                 "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
@@ -345,7 +358,8 @@ def _stream_k_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
             attention_forward(_attn_fwd_kernel, q, k, v, out, scale=scale, stream_k=programs, **tile, **extra)
 
         rows.append(_experiment_row(name, shape_text, lambda: launch(sms), "same tile, a program per query block",
-                                    lambda: launch(None), flops, ceiling))
+                                    lambda: launch(None), flops, ceiling,
+                                    (out,) + ((extra["joint"][3],) if "joint" in extra else ())))
     return rows
 
 
