@@ -207,8 +207,8 @@ def _attend_overlapped(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, 
     ex2s). The loop carries the in-flight scores and P in the values' dtype, P as integer bits: a loop-carried float
     P reached the P V matmul through shared memory (32 KiB more at 128 x 128, sm_90a), its bits reach it from
     registers. The first block's scores and softmax, the second's scores and the last two P V products run outside
-    the loop. A split head dim gains nothing: the second chunk's score dot accumulates into the first's, so Triton
-    waits on that one before the softmax (``benchmarks/attention_resources.py --overlap``)."""
+    the loop. A split head dim gains nothing: Triton 3.6 waits on both chunks' score dots before the softmax (the
+    first feeds the second as its accumulator; ``benchmarks/attention_resources.py --overlap``)."""
     last = k_start + (tl.cdiv(n_end - k_start, BLOCK_N) - 1) * BLOCK_N
     s = _block_scores(q_a, q_b, K, KB, k_start, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA,
                       BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
