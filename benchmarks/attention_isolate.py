@@ -66,8 +66,9 @@ def run_one(name: str, mode: str) -> dict:
             return {"tile": list(T._gpu_default_tile(case)), "streams": [], "skipped": "stream-K: plain and joint only"}
         stream_k = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 7
     q, k, v, kw = T._on_device(case, "cuda" if torch.cuda.is_available() else "cpu")
-    out = T.run_kernel(q, k, v, kw, T._gpu_default_tile(case), use_tma="tma" in parts,
-                       rowsum_mma="rowsum" in parts, stream_k=stream_k, overlap="overlap" in parts)
+    tile = T._overlap_tile(case) if "overlap" in parts else T._gpu_default_tile(case)
+    out = T.run_kernel(q, k, v, kw, tile, use_tma="tma" in parts, rowsum_mma="rowsum" in parts, stream_k=stream_k,
+                       overlap="overlap" in parts)
     streams = []
     for got, ref, low, failure in T.gpu_stream_checks(case, out, q, k, v, kw):
         err = (got.double() - ref.double()).abs().nan_to_num(float("inf"))
@@ -75,7 +76,7 @@ def run_one(name: str, mode: str) -> dict:
         streams.append({"err": err.max().item(), "failure": failure,
                         "torch": None if low is None else (low.double() - ref.double()).abs().max().item(),
                         "bad": int(bad.sum()), "of": err.numel(), "first_bad": bad.nonzero()[:3].tolist()})
-    return {"tile": list(T._gpu_default_tile(case)), "streams": streams}
+    return {"tile": list(tile), "streams": streams}
 
 
 def _describe(stream: dict) -> str:

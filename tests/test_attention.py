@@ -1107,6 +1107,12 @@ def test_gpu_accuracy_stream_k(case, cuda_device):
             _assert_gpu_accurate(case, out, q, k, v, kw)
 
 
+def _overlap_tile(case):
+    """The OVERLAP experiment's tile for a grid case: the GPU default, but 32 x 32 above head dim 128 (fp32 at D 256
+    with 64 x 32 would need 256 KiB of shared memory overlapped, more than an SM has; sm_90a, Triton 3.6)."""
+    return _gpu_default_tile(case) if case.head_dim <= 128 else (32, 32)
+
+
 # Tiles the benchmark times the OVERLAP experiment at, on production-size cases: (BLOCK_M, BLOCK_N, warps, stages,
 # descriptor loads, row sums by MMA). The benchmark's rows check their own outputs against the same tile without
 # the experiment, so one tile per case here keeps the GPU test stage short.
@@ -1125,9 +1131,7 @@ def test_gpu_accuracy_overlap(case, cuda_device):
     and the production-size cases at the tiles the benchmark times (descriptor loads where usable: the GPU suite
     turns them off when their own tests fail)."""
     q, k, v, kw = _on_device(case, cuda_device)
-    # (above head dim 128, 32 x 32: fp32 at D 256 and 64 x 32 would need 256 KiB of shared memory overlapped, sm_90a)
-    default = _gpu_default_tile(case) if case.head_dim <= 128 else (32, 32)
-    tiles = OVERLAP_GPU_TILES.get(case.name) or [(*default, 4, 2, False, False)]
+    tiles = OVERLAP_GPU_TILES.get(case.name) or [(*_overlap_tile(case), 4, 2, False, False)]
     for bm, bn, warps, stages, tma, rowsum in tiles:
         out = run_kernel(q, k, v, kw, (bm, bn), overlap=True, warps=warps, stages=stages,
                          use_tma=None if tma else False, rowsum_mma=rowsum)
