@@ -152,17 +152,11 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
     n_whole = n_end
     if SPLIT_N:
         n_whole = k_start + tl.maximum(n_end - k_start, 0) // BLOCK_N * BLOCK_N
-    if OVERLAP:
-        if n_whole - k_start > BLOCK_N:
-            acc_a, acc_b, m_i, l_i = _attend_overlapped(
-                acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, k_start, n_whole, stride_kn, stride_kd,
-                stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D,
-                MASK_N and not SPLIT_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
-        else:  # fewer than two blocks
-            acc_a, acc_b, m_i, l_i = _attend_blocks(
-                acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, k_start, n_whole, n_end, stride_kn, stride_kd,
-                stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D,
-                MASK_N and not SPLIT_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
+    if OVERLAP and n_whole - k_start > BLOCK_N:
+        acc_a, acc_b, m_i, l_i = _attend_overlapped(
+            acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, k_start, n_whole, stride_kn, stride_kd, stride_vn,
+            stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N and not SPLIT_N,
+            EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
     else:
         acc_a, acc_b, m_i, l_i = _attend_blocks(
             acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, k_start, n_whole, n_end, stride_kn, stride_kd,
