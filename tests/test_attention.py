@@ -319,29 +319,25 @@ def test_stream_k(case, programs):
         assert_accurate(got, ref, low, case.dtype)
 
 
-def test_stream_k_takes_what_it_can_run():
-    """The experiment's limits are errors before launch: a fixed tile, pointer loads, no other variant."""
+def test_experiments_take_what_they_can_run():
+    """The experiments' limits are errors before launch. Stream-K: a fixed tile, pointer loads, no other variant,
+    at least one program; row sums by MMA and the overlap: a fixed tile; the overlap not with stream-K."""
     from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_kernel, attention_forward
 
     q = torch.randn(1, 1, 8, 16)
     lens = torch.tensor([4], dtype=torch.int32)
+    fixed_tile = "overlap: an experiment for a fixed tile"
     for kernel, extra, match in ((_attn_fwd_kernel, {"stream_k": 0}, "stream_k must be >= 1"),
                                  (_attn_fwd_autotuned, {"stream_k": 3, "block_m": None}, "fixed tile"),
                                  (_attn_fwd_kernel, {"stream_k": 3, "use_tma": True}, "pointer loads"),
                                  (_attn_fwd_kernel, {"stream_k": 3, "kv_lens": lens}, "plain and joint"),
-                                 (_attn_fwd_kernel, {"stream_k": 3, "negative": (q, q)}, "plain and joint")):
+                                 (_attn_fwd_kernel, {"stream_k": 3, "negative": (q, q)}, "plain and joint"),
+                                 (_attn_fwd_autotuned, {"rowsum_mma": True, "block_m": None}, "rowsum_mma"),
+                                 (_attn_fwd_autotuned, {"overlap": True, "block_m": None}, fixed_tile),
+                                 (_attn_fwd_kernel, {"overlap": True, "stream_k": 2}, fixed_tile)):
         with pytest.raises(ValueError, match=match):
             attention_forward(kernel, q, q, q, torch.empty_like(q), scale=0.25,
                               **{"block_m": 16, "block_n": 16, **extra})
-
-
-def test_row_sums_experiment_needs_a_fixed_tile():
-    from pydiff.kernels.attention import _attn_fwd_autotuned, attention_forward
-
-    q = torch.randn(1, 1, 8, 16)
-    with pytest.raises(ValueError, match="rowsum_mma"):
-        attention_forward(_attn_fwd_autotuned, q, q, q, torch.empty_like(q), scale=0.25, rowsum_mma=True)
-
 
 # the overlapped key loop: every variant and dtype, split and padded head dims, partial blocks, key counts giving
 # 0, 1, 2 and more whole blocks per stream (kv_lens 16/21/32/33/0 at 16-key blocks: the loop needs two)
@@ -367,16 +363,6 @@ def test_softmax_overlap(case):
         out = run_kernel(q, k, v, kw, (32, 16), overlap=True, use_tma=use_tma, rowsum_mma=rowsum_mma)
         for got, ref, low in zip(_streams(case, out), _streams(case, ref64), lows):
             assert_accurate(got, ref, low, case.dtype)
-
-
-def test_softmax_overlap_takes_what_it_can_run():
-    from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_kernel, attention_forward
-
-    q = torch.randn(1, 1, 8, 16)
-    for kernel, extra in ((_attn_fwd_autotuned, {"block_m": None}), (_attn_fwd_kernel, {"stream_k": 2})):
-        with pytest.raises(ValueError, match="overlap: an experiment for a fixed tile"):
-            attention_forward(kernel, q, q, q, torch.empty_like(q), scale=0.25,
-                              **{"block_m": 16, "block_n": 16, "overlap": True, **extra})
 
 
 # ----------------------------------------------------------------------------------------------------------------
