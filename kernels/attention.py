@@ -734,7 +734,8 @@ def _attn_fwd_stream_k(
         # this part's key blocks of stream 1 (an empty range when it starts past them), then of stream 2
         acc_a, acc_b, m_i, l_i = _attend_keys(
             acc_a, acc_b, m_i, l_i, q_a, q_b, _head(K, b64, hk64, stride_kb, stride_kh, ROW_ALIGN),
-            _head(V, b64, hk64, stride_vb, stride_vh, ROW_ALIGN), kb0 * BLOCK_N, tl.minimum(tl.minimum(kb1, keys_1) * BLOCK_N, Nk),
+            _head(V, b64, hk64, stride_vb, stride_vh, ROW_ALIGN), kb0 * BLOCK_N,
+            tl.minimum(tl.minimum(kb1, keys_1) * BLOCK_N, Nk),
             _per_iteration(stride_kn, it, ROW_ALIGN), stride_kd, _per_iteration(stride_vn, it, ROW_ALIGN), stride_vd,
             qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16,
             SCALE_POSITIVE, False, False)
