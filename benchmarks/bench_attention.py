@@ -68,6 +68,13 @@ def _flops(batch, heads, n_q, n_k, head_dim) -> float:
     return 4.0 * batch * heads * n_q * n_k * head_dim
 
 
+def _qkv(shape: Shape, device, dtype, gen):
+    """Random q (B, H, Nq, D), k and v (B, H, Nk, D) of a shape, drawn from ``gen`` in that order."""
+    q = torch.randn(shape.batch, shape.heads, shape.n_q, shape.head_dim, device=device, dtype=dtype, generator=gen)
+    k = torch.randn(shape.batch, shape.heads, shape.n_k, shape.head_dim, device=device, dtype=dtype, generator=gen)
+    return q, k, torch.randn(k.shape, device=device, dtype=dtype, generator=gen)
+
+
 def _sdpa_backends(device: str) -> Dict[str, Optional[object]]:
     """name -> torch.nn.attention.SDPBackend (None: PyTorch's own choice), the default first."""
     if device != "cuda":
@@ -132,10 +139,7 @@ def _time(fn: Callable[[], object], device: str, quick: bool):
 
 def _plain_rows(shape: Shape, device, dtype, quick, ceiling, ours_fn) -> List[Dict[str, object]]:
     """Ours vs each SDPA backend on one (B, H, N, D) shape; an unavailable backend gives a note, not a crash."""
-    gen = torch.Generator(device=device).manual_seed(0)
-    q = torch.randn(shape.batch, shape.heads, shape.n_q, shape.head_dim, device=device, dtype=dtype, generator=gen)
-    k = torch.randn(shape.batch, shape.heads, shape.n_k, shape.head_dim, device=device, dtype=dtype, generator=gen)
-    v = torch.randn(k.shape, device=device, dtype=dtype, generator=gen)
+    q, k, v = _qkv(shape, device, dtype, torch.Generator(device=device).manual_seed(0))
     flops = _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)
     ours = _time(lambda: ours_fn(q, k, v), device, quick)
     tile = _tile()
@@ -195,9 +199,7 @@ def _tuned_rows(device, dtype, ceiling, attention) -> List[Dict[str, object]]:
     to be adopted, measured in the same run as the experiment rows."""
     rows = []
     for shape in GPU_SHAPES[:3]:
-        gen = torch.Generator(device=device).manual_seed(6)
-        q, k, v = (torch.randn(shape.batch, shape.heads, shape.n_q, shape.head_dim, device=device, dtype=dtype,
-                               generator=gen) for _ in range(3))
+        q, k, v = _qkv(shape, device, dtype, torch.Generator(device=device).manual_seed(6))
         ours = measure_graph(lambda: attention(q, k, v))
         tile = _tile()
         flash = _sdpa_backends(device).get("sdpa flash")
@@ -219,9 +221,7 @@ def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
 
     rows = _overlap_rows(device, dtype, ceiling)
     for shape in [GPU_SHAPES[i] for i in (0, 1, 2)]:
-        gen = torch.Generator(device=device).manual_seed(3)
-        q, k, v = (torch.randn(shape.batch, shape.heads, shape.n_q, shape.head_dim, device=device, dtype=dtype,
-                               generator=gen) for _ in range(3))
+        q, k, v = _qkv(shape, device, dtype, torch.Generator(device=device).manual_seed(3))
         out = torch.empty_like(q)
         flops = _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)
         tiles = [default_config(shape.head_dim, False)] + ([(64, 64, 4, 3)] if shape.head_dim == 64 else [])
@@ -253,9 +253,7 @@ def _overlap_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
             (flux, (128, 128, 8, 2, True), False), (flux, (128, 64, 8, 3, False), False),
             (sd3, (64, 64, 4, 2, False), False), (sdxl, (64, 64, 4, 3, False), False),
             (sdxl, (64, 64, 4, 3, False), True)):
-        gen = torch.Generator(device=device).manual_seed(5)
-        q, k, v = (torch.randn(shape.batch, shape.heads, shape.n_q, shape.head_dim, device=device, dtype=dtype,
-                               generator=gen) for _ in range(3))
+        q, k, v = _qkv(shape, device, dtype, torch.Generator(device=device).manual_seed(5))
         out = torch.empty_like(q)
 
         def launch(on, q=q, k=k, v=v, out=out, rowsum=rowsum, tile=dict(block_m=bm, block_n=bn, num_warps=warps,
@@ -343,8 +341,7 @@ def _stream_k_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
     gen = torch.Generator(device=device).manual_seed(4)
     cases = []
     for shape in [shape for shape in GPU_SHAPES if shape.head_dim == 128]:
-        q, k, v = (torch.randn(shape.batch, shape.heads, shape.n_q, shape.head_dim, device=device, dtype=dtype,
-                               generator=gen) for _ in range(3))
+        q, k, v = _qkv(shape, device, dtype, gen)
         cases.append((shape.name, str(shape), (q, k, v, torch.empty_like(q)), {},
                       _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)))
     cases.append(_flux_joint_case(device, dtype, gen))
