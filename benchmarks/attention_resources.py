@@ -4,6 +4,7 @@
     python3 benchmarks/attention_resources.py --candidates   # every autotune candidate of every variant builds?
     python3 benchmarks/attention_resources.py --probe    # the Hopper probe's softmax variants: work per key block
     python3 benchmarks/attention_resources.py --overlap  # the OVERLAP experiment: softmax issued under the MMAs?
+    python3 benchmarks/attention_resources.py --warpgroups   # warpgroups per CTA, CTAs per SM, barriers per key block
     python3 benchmarks/attention_resources.py --waves benchmarks/results/<run>/attention.json
         # the tuner's measured candidates of a GPU run against the waves of CTAs each launches
 
@@ -148,13 +149,13 @@ def compile_specialised(fn, head_dim: int, const: dict, warps: int, stages: int,
 def compile_ptx(fn, signature: dict, const: dict, aligned: dict, warps: int, stages: int, info: dict = None) -> str:
     """The PTX of ``fn`` for sm_90 with these argument types, constexprs (name -> value) and 16-divisible
     arguments, with multiply-add contraction as the launches pin it; ``info`` (a dict) receives the kernel's
-    shared memory in bytes ("shared") and the PTX ("ptx")."""
+    shared memory in bytes ("shared"), the PTX ("ptx") and the machine code ("cubin")."""
     source = ASTSource(fn=fn, signature=signature, attrs=aligned,
                        constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": warps, "num_stages": stages, "enable_fp_fusion": True})
     if info is not None:
-        info.update(shared=compiled.metadata.shared, ptx=compiled.asm["ptx"])
+        info.update(shared=compiled.metadata.shared, ptx=compiled.asm["ptx"], cubin=compiled.asm["cubin"])
     return compiled.asm["ptx"]
 
 
@@ -267,6 +268,68 @@ def overlap_report() -> None:
         print(f"| {name} | {head_dim} | {label} | " + " | ".join(cells) + " |", flush=True)
 
 
+def sass_key_loop(cubin: bytes) -> list:
+    """The machine instructions (SASS, through the ``nvdisasm`` Triton ships) of the key loop: the shortest span from
+    a label back to a branch to it that holds a matrix multiply (``HGMMA``) and the softmax's ``MUFU.EX2``s (the
+    spans of barrier-wait retries, placed after the function, branch back into the loop and run past its end)."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        lines = subprocess.run([str(tool), "-c", f.name], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    lines = lines.splitlines()
+    labels = {line.strip()[:-1]: i for i, line in enumerate(lines) if re.fullmatch(r"\.L_x_\d+:", line.strip())}
+    loops = []
+    for i, line in enumerate(lines):
+        target = re.search(r"BRA\s+`\((\.L_x_\d+)\)", line)
+        if target and labels.get(target[1], i) < i:
+            body = [op for op in lines[labels[target[1]]:i + 1] if re.search(r"/\*[0-9a-f]{4}\*/", op)]
+            if any("HGMMA" in op for op in body) and sum("MUFU.EX2" in op for op in body) >= 16:
+                loops.append(body)
+    return min(loops, key=len) if loops else []
+
+
+#: (name, head dim, tile, flags) of the warpgroup report: head dim 128's tiles of two warpgroups per CTA (the H200
+#: tuner's choices: 128 x 128 x 3 stages plain, 64 x 64 for the joint call) against the single-warpgroup tiles, of
+#: which two CTAs share an SM
+WARPGROUP_CASES = [("plain", 128, (128, 128, 8, 3), {}), ("plain", 128, (128, 128, 8, 3, True), {}),
+                   ("plain", 128, (128, 64, 8, 3), {}), ("plain", 128, (64, 64, 4, 3), {}),
+                   ("plain", 128, (128, 64, 4, 2, True), {}), ("plain", 128, (128, 64, 4, 2), {}),
+                   ("plain", 128, (128, 32, 4, 3, True), {}),
+                   ("plain, partial key blocks", 128, (128, 64, 4, 2, True), {"EVEN_N": False}),
+                   ("joint", 128, (128, 128, 8, 3, True), {"JOINT": True}),
+                   ("joint", 128, (64, 64, 4, 3), {"JOINT": True}),
+                   ("joint", 128, (128, 64, 4, 2, True), {"JOINT": True})]
+
+
+def warpgroup_figures(head_dim: int, tile, flags) -> tuple:
+    """(warpgroups (4 warps) per CTA, CTAs one Hopper SM holds, registers, spill bytes, local-memory accesses in the
+    key loop's machine code (spills inside the loop), its CTA-wide barriers (``BAR.SYNC``: a CTA's warpgroups meet
+    there every key block, so they run their softmax at the same time), its instructions per score and warp (what
+    the SM's four schedulers issue per score of the tile, against the tensor cores' 1/8 cycle per score at head dim
+    128)) of one specialisation."""
+    info = {}
+    regs, spill, _, _ = compile_attention(head_dim, tile, flags, info=info)
+    loop = sass_key_loop(info["cubin"])
+    bm, bn, warps = tile[:3]
+    return (warps // 4, ctas_per_sm(regs, info["shared"], warps), regs, spill,
+            sum(bool(re.search(r"\b(LDL|STL)\b", op)) for op in loop), sum("BAR.SYNC" in op for op in loop),
+            warps * len(loop) / (bm * bn))
+
+
+def warpgroup_report() -> None:
+    """``warpgroup_figures`` of ``WARPGROUP_CASES``."""
+    print("| variant | D | tile | warpgroups per CTA | CTAs/SM | registers | spill bytes | local memory ops in the key "
+          "loop | CTA barriers per key block | instructions per score |\n|---|---|---|---|---|---|---|---|---|---|")
+    for name, head_dim, tile, flags in WARPGROUP_CASES:
+        *counts, per_score = warpgroup_figures(head_dim, tile, flags)
+        label = f"{tile[0]}x{tile[1]} w{tile[2]} s{tile[3]}" + (" tma" if len(tile) > 4 and tile[4] else "")
+        print(f"| {name} | {head_dim} | {label} | " + " | ".join(map(str, counts)) + f" | {per_score:.3f} |",
+              flush=True)
+
+
 #: Hopper's per-SM limits (H100 / H200 SXM): registers, shared memory (and what each CTA reserves of it), warps
 _SM_REGISTERS, _SM_SHARED, _CTA_RESERVED_SHARED, _SM_WARPS = 65536, 233472, 1024, 64
 
@@ -325,6 +388,9 @@ def main() -> int:
         return 0
     if "--overlap" in sys.argv[1:]:
         overlap_report()
+        return 0
+    if "--warpgroups" in sys.argv[1:]:
+        warpgroup_report()
         return 0
     print("| variant | D | tile (M x N, warps, stages) | registers | spill bytes | async copies | PTX per key block |"
           "\n|---|---|---|---|---|---|---|")

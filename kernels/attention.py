@@ -887,7 +887,18 @@ _GPU_CONFIGS = [
 #: memory accelerator: no per-thread address arithmetic, 162 -> 140 registers per thread at D 128 with 128 x 64 x 8
 #: warps, ptxas sm_90a). Triton 3.6's warp specialisation of this loop was tried: with 8 warps it compiled to the
 #: same code (no register split between producer and consumers), with 4 it failed inside the compiler.
-_TMA_CONFIGS = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3)]
+#: 128 x 64 x 4 warps x 2 stages is ``_ONE_WARPGROUP_TILES``' tile at D 128.
+_TMA_CONFIGS = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (128, 64, 4, 2)]
+
+#: Descriptor-load tiles kept at D 128 although one warpgroup holds the whole 128 x 128 accumulator: two such
+#: CTAs share an SM and run out of step. An 8-warp CTA's two warpgroups meet at every key block (2-3 CTA-wide
+#: barriers per block in the key loop, Triton 3.6 sm_90a), so both run their softmax at the same time while the
+#: tensor cores idle; two single-warpgroup CTAs have no barrier between them, and one's softmax can run under the
+#: other's matrix multiplies (what FlashAttention-3's ping-pong schedule arranges). 128 x 64 x 2 stages: 255
+#: registers, 96 KiB of shared memory, two CTAs per SM, no local memory in the key loop (its 28 spill bytes are
+#: outside it); with pointer loads the same tile spills inside the loop (148 bytes), and 128 x 32 (230 registers)
+#: issues half again as many instructions per score (``benchmarks/attention_resources.py --warpgroups``).
+_ONE_WARPGROUP_TILES = {(128, 64, 4, 2)}
 
 
 #: the candidates kept for the variants (joint, negative): each variant is its own compile of every
@@ -897,7 +908,7 @@ _TMA_CONFIGS = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4
 #: took 64 x 64 x 4 warps at 0.574. The joint kernel's second key loop shares the first one's buffers (sm_90a,
 #: joint D 128 at 3 stages: 224 KiB of shared memory as plain, 248 registers, no spills).
 _HEAVY_CONFIGS = {(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)}
-_HEAVY_TMA_CONFIGS = {(128, 64, 8, 3), (128, 128, 8, 3)}
+_HEAVY_TMA_CONFIGS = {(128, 64, 8, 3), (128, 128, 8, 3)} | _ONE_WARPGROUP_TILES
 #: the variants' extra candidates where every key stream is short (cross-attention over up to 128 text tokens):
 #: narrow key blocks, which won at 4096 x 77 on the H200 (session 5 tuner: plain 128 x 32 0.0197 ms against
 #: 64 x 64 0.0209; key padding 64 x 32 0.0170 against 0.0202); the negative-prompt call, two such streams, had
@@ -909,9 +920,10 @@ _SHORT_KEYS = 128
 def _prune_configs(configs, named_args, **kwargs):
     """Keep tiles whose accumulators fit in registers: BLOCK_M x head dim (twice with a negative stream) under 128
     per thread, and with the BLOCK_M x BLOCK_N scores under 192 (ptxas sm_90a: 128 x 128 over 4 warps spilled
-    248 bytes at D 128, 92 at D 80 and 16 at D 64 and 40, and 128 x 64 spilled 156 at D 128); the variants try a
-    short list (with narrow key blocks too where every key stream is short); descriptor loads only where the
-    launcher found them usable (``TMA_OK``)."""
+    248 bytes at D 128, 92 at D 80 and 16 at D 64 and 40, and 128 x 64 spilled 156 at D 128), except the
+    descriptor-load ``_ONE_WARPGROUP_TILES`` at up to 128 accumulator registers (one accumulator); the variants try a short list
+    (with narrow key blocks too where every key stream is short); descriptor loads only where the launcher found
+    them usable (``TMA_OK``)."""
     args = {**named_args, **kwargs}
     d_total = args["BLOCK_DA"] + (args["BLOCK_DB"] if args["SPLIT_D"] else 0)
     accumulators = 2 if args["NEG"] else 1
@@ -929,6 +941,8 @@ def _prune_configs(configs, named_args, **kwargs):
         score_regs = bm * bn / threads
         shape = (bm, bn, cfg.num_warps, cfg.num_stages)
         too_big = acc_regs >= 128 or acc_regs + score_regs >= 192 or (d_total > 128 and bn > 64)
+        if tma and shape in _ONE_WARPGROUP_TILES and accumulators == 1:
+            too_big = acc_regs > 128
         if too_big or (tma and not args["TMA_OK"]) or \
                 (heavy and shape not in (_HEAVY_TMA_CONFIGS if tma else short_list)):
             continue

@@ -640,9 +640,9 @@ def test_triton_op_registration_runs_eagerly():
 
 
 def test_tiling_choices():
-    from pydiff.kernels.attention import (_GPU_CONFIGS, _HEAVY_CONFIGS, _HEAVY_TMA_CONFIGS, _SHORT_KEY_CONFIGS,
-                                          _TMA_CONFIGS, _attn_fwd_autotuned, _prune_configs, default_config,
-                                          head_dim_blocks)
+    from pydiff.kernels.attention import (_GPU_CONFIGS, _HEAVY_CONFIGS, _HEAVY_TMA_CONFIGS, _ONE_WARPGROUP_TILES,
+                                          _SHORT_KEY_CONFIGS, _TMA_CONFIGS, _attn_fwd_autotuned, _prune_configs,
+                                          default_config, head_dim_blocks)
 
     # non-powers of two are split into two power-of-two chunks when that is less work than padding
     assert head_dim_blocks(40) == (64, 16, False) and head_dim_blocks(72) == (128, 16, False)
@@ -676,6 +676,15 @@ def test_tiling_choices():
     # 128 rows x D 128 over 4 warps would hold 128 accumulator registers per thread (it spilled): pruned
     d128 = _prune_configs(configs, {**base, "BLOCK_DA": 128})
     assert d128 and all(c.kwargs["BLOCK_M"] * 128 < 128 * c.num_warps * 32 for c in d128)
+    # ... except the descriptor-load tiles that put two single-warpgroup CTAs on an SM, for one accumulator (plain
+    # or joint), and not past head dim 128
+    one_warpgroup = lambda args: {shape(c) + (c.num_stages,) for c in _prune_configs(configs, args)  # noqa: E731
+                                  if c.kwargs.get("USE_TMA") and c.kwargs["BLOCK_M"] * 128 >= 128 * c.num_warps * 32}
+    d128 = {**base, "BLOCK_DA": 128, "TMA_OK": True}
+    assert _ONE_WARPGROUP_TILES and _ONE_WARPGROUP_TILES <= set(_TMA_CONFIGS) & _HEAVY_TMA_CONFIGS
+    assert one_warpgroup(d128) == one_warpgroup({**d128, "JOINT": True}) == _ONE_WARPGROUP_TILES
+    assert not one_warpgroup({**base, "TMA_OK": True, "NEG": True}) and not one_warpgroup({**d128, "BLOCK_DB": 32,
+                                                                                          "SPLIT_D": True})
     wide = _prune_configs(configs, {**base, "BLOCK_DA": 256, "NEG": True})
     assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in wide] == [(32, 32)]
     for d in (32, 64, 128, 160, 256):
@@ -877,6 +886,32 @@ def test_overlap_puts_the_softmax_under_the_scores_mma():
     # 64 x 64 scores over 128 threads: 32 exp2 per thread and block (and 2 for the rescale factors; Triton 3.6 and
     # 3.9: 0 and 34, no spills)
     assert overlapped >= 32 > plain and overlapped_spill == 0
+
+
+def test_one_warpgroup_tile_gives_an_sm_two_ctas():
+    """Why the autotuner keeps ``_ONE_WARPGROUP_TILES`` at head dim 128, in the code Triton generates for sm_90a
+    (``attention_resources.py --warpgroups``): the tuner's 8-warp tile is one CTA per SM whose two warpgroups meet
+    at CTA-wide barriers every key block; the single-warpgroup tile fits two CTAs on an SM, with no spill inside its
+    key loop. In a process of its own: the tool clears TRITON_INTERPRET at import."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pydiff.kernels.attention import _ONE_WARPGROUP_TILES
+
+    tiles = [(128, 128, 8, 3, True)] + [(*tile, True) for tile in sorted(_ONE_WARPGROUP_TILES)]
+    check = ("from benchmarks.attention_resources import warpgroup_figures\n"
+             f"for tile in {tiles!r}:\n"
+             "    print(*warpgroup_figures(128, tile, {})[:6])")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[1])
+    if done.returncode != 0 and "ptxas" in done.stderr:
+        pytest.skip(f"no ptxas for sm_90a: {done.stderr.strip().splitlines()[-1]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (groups, ctas, _, _, _, barriers), *single = ([int(x) for x in line.split()] for line in done.stdout.splitlines())
+    assert (groups, ctas) == (2, 1) and barriers >= 1   # Triton 3.6: 3 barriers, 3.9: 5
+    # 255 registers, 96 KiB of shared memory; spill bytes outside the loop only (3.6: 28, 3.9: 4)
+    assert single and all(groups == 1 and ctas == 2 and local == 0 for groups, ctas, _, _, local, _ in single)
 
 
 @needs_interpreter
@@ -1121,6 +1156,22 @@ def test_gpu_accuracy_overlap(case, cuda_device):
     for bm, bn, warps, stages, tma, rowsum in tiles:
         out = run_kernel(q, k, v, kw, (bm, bn), overlap=True, warps=warps, stages=stages,
                          use_tma=None if tma else False, rowsum_mma=rowsum)
+        _assert_gpu_accurate(case, out, q, k, v, kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [c for c in GPU_GRID if c.head_dim == 128 and c.negative is None] + [
+    Case(BF16, 128, 512, 512, heads=4, joint=(4096, 4096), layout="bnhd", rope="interleaved", q_norm=True,
+         k_norm=True, joint_q_norm=True, joint_k_norm=True, name="gpu-flux-joint")], ids=str)
+def test_gpu_accuracy_one_warpgroup(case, cuda_device):
+    """The autotuner's single-warpgroup candidates at head dim 128 (``_ONE_WARPGROUP_TILES``, descriptor loads where
+    usable), which the default-tile grid does not run: the head dim 128 grid cases (Flux's size among them) and
+    Flux's joint call."""
+    from pydiff.kernels.attention import _ONE_WARPGROUP_TILES
+
+    q, k, v, kw = _on_device(case, cuda_device)
+    for bm, bn, warps, stages in sorted(_ONE_WARPGROUP_TILES):
+        out = run_kernel(q, k, v, kw, (bm, bn), warps=warps, stages=stages, use_tma=None)
         _assert_gpu_accurate(case, out, q, k, v, kw)
 
 
