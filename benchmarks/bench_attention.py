@@ -212,14 +212,15 @@ def _tuned_rows(device, dtype, ceiling, attention) -> List[Dict[str, object]]:
 
 
 def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
-    """The experiments, each against the same tile without it, device time under graph replay: first the softmax
-    overlapped with the next block's scores (``_overlap_rows``); then the kernel's ROWSUM_MMA experiment (the
+    """The experiments, each against the same tile without it, device time under graph replay: first the
+    single-warpgroup tiles at head dim 128 (``_one_warpgroup_rows``), then the softmax overlapped with the next
+    block's scores (``_overlap_rows``); then the kernel's ROWSUM_MMA experiment (the
     softmax's row sums on the tensor cores) against row sums by adds at the production shapes of head dim 64 and
     128 (each head dim's default tile, and for head dim 64 the autotuner's choice on an H200, 64 x 64); then the
     stream-K rows."""
     from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward, default_config
 
-    rows = _overlap_rows(device, dtype, ceiling)
+    rows = _one_warpgroup_rows(device, dtype, ceiling) + _overlap_rows(device, dtype, ceiling)
     for shape in [GPU_SHAPES[i] for i in (0, 1, 2)]:
         q, k, v = _qkv(shape, device, dtype, torch.Generator(device=device).manual_seed(3))
         out = torch.empty_like(q)
@@ -234,6 +235,35 @@ def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
                                         lambda: launch(True), "same tile, row sums by adds", lambda: launch(False),
                                         flops, ceiling, (out,)))
     return rows + _stream_k_rows(device, dtype, ceiling)
+
+
+def _one_warpgroup_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
+    """The autotuner's single-warpgroup candidates at head dim 128 (``_ONE_WARPGROUP_TILES``, descriptor loads: two
+    CTAs per SM, out of step) against the H200 tuner's 128 x 128 x 8 warps x 3 stages (one CTA per SM, its two
+    warpgroups in step), device time under graph replay: Flux, 16k-token video, and Flux's joint call with its QK
+    norms and RoPE. The tuner times them too; these rows put the two tiles side by side in every run."""
+    from pydiff.kernels.attention import _ONE_WARPGROUP_TILES, _attn_fwd_kernel, attention_forward
+
+    gen = torch.Generator(device=device).manual_seed(7)
+    cases = []
+    for shape in [shape for shape in GPU_SHAPES if shape.head_dim == 128]:
+        q, k, v = _qkv(shape, device, dtype, gen)
+        cases.append((shape.name, str(shape), (q, k, v, torch.empty_like(q)), {},
+                      _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)))
+    cases.append(_flux_joint_case(device, dtype, gen))
+    rows = []
+    for label, shape_text, (q, k, v, out), extra, flops in cases:
+        def launch(bm, bn, warps, stages, tma, q=q, k=k, v=v, out=out, extra=extra):
+            attention_forward(_attn_fwd_kernel, q, k, v, out, scale=q.shape[-1] ** -0.5, block_m=bm, block_n=bn,
+                              num_warps=warps, num_stages=stages, use_tma=tma, **extra)
+
+        for bm, bn, warps, stages in sorted(_ONE_WARPGROUP_TILES):
+            rows.append(_experiment_row(
+                f"{label}: one warpgroup per CTA, {bm}x{bn} w{warps} s{stages} tma", shape_text,
+                lambda tile=(bm, bn, warps, stages): launch(*tile, True),
+                "two warpgroups per CTA, 128x128 w8 s3", lambda: launch(128, 128, 8, 3, False), flops, ceiling,
+                (out,) + ((extra["joint"][3],) if "joint" in extra else ())))
+    return rows
 
 
 def _overlap_rows(device, dtype, ceiling) -> List[Dict[str, object]]:

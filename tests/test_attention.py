@@ -944,14 +944,16 @@ def tiny_bench(monkeypatch):
 
 @needs_interpreter
 def test_benchmark_experiment_rows_dry_run(tiny_bench):
-    """The GPU benchmark's experiment rows (OVERLAP, ROWSUM_MMA, stream-K), run on CPU under the interpreter at tiny
-    shapes: both sides launch and every row is measured."""
+    """The GPU benchmark's experiment rows (single-warpgroup tiles, OVERLAP, ROWSUM_MMA, stream-K), run on CPU under
+    the interpreter at tiny shapes: both sides launch and every row is measured."""
     rows = tiny_bench._experiment_rows("cpu", torch.float32, None)
     names = [r["name"].split(":")[0] for r in rows]
-    assert names == ["t128", "t128", "t64", "t64", "t64", "Flux joint + QK norm + RoPE",
-                     "t128", "t64", "t64", "t64", "t64", "t128", "Flux joint + QK norm + RoPE"], rows
-    assert all("softmax under the next scores' MMA" in r["name"] for r in rows[:6])
-    assert "row sums by MMA" in rows[4]["name"] and "row sums by adds" in rows[4]["peer"]
+    assert names == ["t128", "Flux joint + QK norm + RoPE", "t128", "t128", "t64", "t64", "t64",
+                     "Flux joint + QK norm + RoPE", "t128", "t64", "t64", "t64", "t64", "t128",
+                     "Flux joint + QK norm + RoPE"], rows
+    assert all("one warpgroup per CTA, 128x64 w4 s2 tma" in r["name"] for r in rows[:2])
+    assert all("softmax under the next scores' MMA" in r["name"] for r in rows[2:8])
+    assert "row sums by MMA" in rows[6]["name"] and "row sums by adds" in rows[6]["peer"]
     assert all("stream-K over 3 programs" in r["name"] for r in rows[-2:])
     assert all(r["speedup"] > 0 and r["max_diff"] < 1e-4 for r in rows), rows
 
@@ -984,7 +986,7 @@ def test_benchmark_experiments_alone(tiny_bench, tmp_path):
     names = [r["name"] for r in rows]
     assert names[0] == "fp32_matmul_TFLOPs"
     assert [n.split(":")[1].strip() for n in names[1:4]] == ["autotuned (graph replay)"] * 3
-    assert len(rows) == 4 + 13 and all(r["speedup"] > 0 for r in rows[1:]), rows
+    assert len(rows) == 4 + 15 and all(r["speedup"] > 0 for r in rows[1:]), rows
     assert "autotuned (graph replay)" in (tmp_path / "report.md").read_text()
 
 
