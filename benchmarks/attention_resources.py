@@ -4,7 +4,7 @@
     python3 benchmarks/attention_resources.py --candidates   # every autotune candidate of every variant builds?
     python3 benchmarks/attention_resources.py --probe    # the Hopper probe's softmax variants: work per key block
     python3 benchmarks/attention_resources.py --overlap  # the OVERLAP experiment: softmax issued under the MMAs?
-    python3 benchmarks/attention_resources.py --warpgroups   # warpgroups per CTA, CTAs per SM, barriers per key block
+    python3 benchmarks/attention_resources.py --warpgroups   # warpgroups and CTAs per SM, barriers, instructions per score
     python3 benchmarks/attention_resources.py --waves benchmarks/results/<run>/attention.json
         # the tuner's measured candidates of a GPU run against the waves of CTAs each launches
 
@@ -293,7 +293,7 @@ def sass_key_loop(cubin: bytes) -> list:
 
 #: (name, head dim, tile, flags) of the warpgroup report: head dim 128's tiles of two warpgroups per CTA (the H200
 #: tuner's choices: 128 x 128 x 3 stages plain, 64 x 64 for the joint call) against the single-warpgroup tiles, of
-#: which two CTAs share an SM
+#: which two CTAs share an SM; head dim 64's 64 x 64 (the H200 tuner's choice) against 64 x 128 with descriptors
 WARPGROUP_CASES = [("plain", 128, (128, 128, 8, 3), {}), ("plain", 128, (128, 128, 8, 3, True), {}),
                    ("plain", 128, (128, 64, 8, 3), {}), ("plain", 128, (64, 64, 4, 3), {}),
                    ("plain", 128, (128, 64, 4, 2, True), {}), ("plain", 128, (128, 64, 4, 2), {}),
@@ -301,7 +301,12 @@ WARPGROUP_CASES = [("plain", 128, (128, 128, 8, 3), {}), ("plain", 128, (128, 12
                    ("plain, partial key blocks", 128, (128, 64, 4, 2, True), {"EVEN_N": False}),
                    ("joint", 128, (128, 128, 8, 3, True), {"JOINT": True}),
                    ("joint", 128, (64, 64, 4, 3), {"JOINT": True}),
-                   ("joint", 128, (128, 64, 4, 2, True), {"JOINT": True})]
+                   ("joint", 128, (128, 64, 4, 2, True), {"JOINT": True}),
+                   ("plain", 64, (64, 64, 4, 3), {}), ("plain", 64, (64, 64, 4, 4), {}),
+                   ("plain", 64, (64, 128, 4, 3), {}), ("plain", 64, (64, 128, 4, 2, True), {}),
+                   ("plain, partial key blocks (SD3)", 64, (64, 128, 4, 2, True), {"EVEN_N": False}),
+                   ("joint", 64, (64, 128, 4, 2, True), {"JOINT": True, "EVEN_N": False}),
+                   ("negative", 64, (64, 128, 4, 2, True), {"NEG": True, "EVEN_N": False})]
 
 
 def warpgroup_figures(head_dim: int, tile, flags) -> tuple:

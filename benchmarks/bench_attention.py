@@ -212,15 +212,15 @@ def _tuned_rows(device, dtype, ceiling, attention) -> List[Dict[str, object]]:
 
 
 def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
-    """The experiments, each against the same tile without it, device time under graph replay: first the
-    single-warpgroup tiles at head dim 128 (``_one_warpgroup_rows``), then the softmax overlapped with the next
-    block's scores (``_overlap_rows``); then the kernel's ROWSUM_MMA experiment (the
+    """The experiments, each against the same tile without it, device time under graph replay: first the tuner's
+    extra descriptor-load tiles against its H200 choices (``_descriptor_tile_rows``), then the softmax overlapped
+    with the next block's scores (``_overlap_rows``); then the kernel's ROWSUM_MMA experiment (the
     softmax's row sums on the tensor cores) against row sums by adds at the production shapes of head dim 64 and
     128 (each head dim's default tile, and for head dim 64 the autotuner's choice on an H200, 64 x 64); then the
     stream-K rows."""
     from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward, default_config
 
-    rows = _one_warpgroup_rows(device, dtype, ceiling) + _overlap_rows(device, dtype, ceiling)
+    rows = _descriptor_tile_rows(device, dtype, ceiling) + _overlap_rows(device, dtype, ceiling)
     for shape in [GPU_SHAPES[i] for i in (0, 1, 2)]:
         q, k, v = _qkv(shape, device, dtype, torch.Generator(device=device).manual_seed(3))
         out = torch.empty_like(q)
@@ -237,32 +237,43 @@ def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
     return rows + _stream_k_rows(device, dtype, ceiling)
 
 
-def _one_warpgroup_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
-    """The autotuner's single-warpgroup candidates at head dim 128 (``_ONE_WARPGROUP_TILES``, descriptor loads: two
-    CTAs per SM, out of step) against the H200 tuner's 128 x 128 x 8 warps x 3 stages (one CTA per SM, its two
-    warpgroups in step), device time under graph replay: Flux, 16k-token video, and Flux's joint call with its QK
-    norms and RoPE. The tuner times them too; these rows put the two tiles side by side in every run."""
-    from pydiff.kernels.attention import _ONE_WARPGROUP_TILES, _attn_fwd_kernel, attention_forward
+def _descriptor_tile_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
+    """The autotuner's extra descriptor-load candidates against the H200 tuner's choices, device time under graph
+    replay: at head dim 128 (Flux, 16k-token video, Flux's joint call with its QK norms and RoPE) the
+    single-warpgroup tile (``_ONE_WARPGROUP_TILES``: two CTAs per SM, out of step) against 128 x 128 x 8 warps x 3
+    stages (one CTA per SM, its two warpgroups in step); at head dim 64 (SD3, SDXL self-attention) the 64 x 128 tile
+    (``_WIDE_KEY_BLOCK_TILES``: three CTAs per SM, fewer instructions per score) against 64 x 64 x 4 warps x 3
+    stages. The tuner times them too; these rows put each pair side by side in every run."""
+    from pydiff.kernels.attention import (_ONE_WARPGROUP_TILES, _WIDE_KEY_BLOCK_TILES, _attn_fwd_kernel,
+                                          attention_forward)
 
     gen = torch.Generator(device=device).manual_seed(7)
-    cases = []
-    for shape in [shape for shape in GPU_SHAPES if shape.head_dim == 128]:
+
+    def plain(shape):
         q, k, v = _qkv(shape, device, dtype, gen)
-        cases.append((shape.name, str(shape), (q, k, v, torch.empty_like(q)), {},
-                      _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)))
-    cases.append(_flux_joint_case(device, dtype, gen))
+        return ((shape.name, str(shape), (q, k, v, torch.empty_like(q)), {},
+                 _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)), shape.head_dim)
+
+    self_attention = [shape for shape in GPU_SHAPES if shape.n_k == shape.n_q]
+    cases = ([plain(shape) for shape in self_attention if shape.head_dim == 128]
+             + [(_flux_joint_case(device, dtype, gen), 128)]
+             + [plain(shape) for shape in self_attention if shape.head_dim == 64])
     rows = []
-    for label, shape_text, (q, k, v, out), extra, flops in cases:
+    for (label, shape_text, (q, k, v, out), extra, flops), head_dim in cases:
         def launch(bm, bn, warps, stages, tma, q=q, k=k, v=v, out=out, extra=extra):
             attention_forward(_attn_fwd_kernel, q, k, v, out, scale=q.shape[-1] ** -0.5, block_m=bm, block_n=bn,
                               num_warps=warps, num_stages=stages, use_tma=tma, **extra)
 
-        for bm, bn, warps, stages in sorted(_ONE_WARPGROUP_TILES):
+        tiles, kind = (_ONE_WARPGROUP_TILES, "one warpgroup per CTA") if head_dim == 128 else \
+            (_WIDE_KEY_BLOCK_TILES, "64 rows x 128 keys")
+        peer, peer_kind = ((128, 128, 8, 3), "two warpgroups per CTA") if head_dim == 128 else \
+            ((64, 64, 4, 3), "pointer loads")
+        for bm, bn, warps, stages in sorted(tiles):
             rows.append(_experiment_row(
-                f"{label}: one warpgroup per CTA, {bm}x{bn} w{warps} s{stages} tma", shape_text,
+                f"{label}: {kind}, {bm}x{bn} w{warps} s{stages} tma", shape_text,
                 lambda tile=(bm, bn, warps, stages): launch(*tile, True),
-                "two warpgroups per CTA, 128x128 w8 s3", lambda: launch(128, 128, 8, 3, False), flops, ceiling,
-                (out,) + ((extra["joint"][3],) if "joint" in extra else ())))
+                f"{peer_kind}, {peer[0]}x{peer[1]} w{peer[2]} s{peer[3]}", lambda: launch(*peer, False), flops,
+                ceiling, (out,) + ((extra["joint"][3],) if "joint" in extra else ())))
     return rows
 
 

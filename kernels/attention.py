@@ -887,8 +887,9 @@ _GPU_CONFIGS = [
 #: memory accelerator: no per-thread address arithmetic, 162 -> 140 registers per thread at D 128 with 128 x 64 x 8
 #: warps, ptxas sm_90a). Triton 3.6's warp specialisation of this loop was tried: with 8 warps it compiled to the
 #: same code (no register split between producer and consumers), with 4 it failed inside the compiler.
-#: 128 x 64 x 4 warps x 2 stages is ``_ONE_WARPGROUP_TILES``' tile at D 128.
-_TMA_CONFIGS = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (128, 64, 4, 2)]
+#: 128 x 64 x 4 warps x 2 stages is ``_ONE_WARPGROUP_TILES``' tile at D 128, 64 x 128 ``_WIDE_KEY_BLOCK_TILES``'.
+_TMA_CONFIGS = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (128, 64, 4, 2),
+                (64, 128, 4, 2)]
 
 #: Descriptor-load tiles kept at D 128 although one warpgroup holds the whole 128 x 128 accumulator: two such
 #: CTAs share an SM and run out of step. An 8-warp CTA's two warpgroups meet at every key block (2-3 CTA-wide
@@ -900,6 +901,14 @@ _TMA_CONFIGS = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4
 #: issues half again as many instructions per score (``benchmarks/attention_resources.py --warpgroups``).
 _ONE_WARPGROUP_TILES = {(128, 64, 4, 2)}
 
+#: Descriptor-load tiles for head dims up to 64: 64 query rows against 128-key blocks spread each block's fixed
+#: work (waits, barriers, the row maxima's shuffles) over twice the scores of the 64 x 64 tile the H200 tuner chose
+#: (pointer loads, 3 stages, 4 CTAs per SM), and at 2 stages with descriptors three CTAs fit an SM (154 registers,
+#: 72 KiB). Its key loop issues 0.21 instructions per score and warp against 0.28 (Triton 3.6 sm_90a; 3.9: 0.22 and
+#: 0.30), where at head dim 64 the SM's four schedulers issue a warp instruction in the time the tensor cores take
+#: for 1/16 of a score: the pointer-load tile is issue-bound before the tensor cores are.
+_WIDE_KEY_BLOCK_TILES = {(64, 128, 4, 2)}
+
 
 #: the candidates kept for the variants (joint, negative): each variant is its own compile of every
 #: candidate, and a full list made an H200 benchmark run spend minutes compiling before it measured anything.
@@ -908,7 +917,7 @@ _ONE_WARPGROUP_TILES = {(128, 64, 4, 2)}
 #: took 64 x 64 x 4 warps at 0.574. The joint kernel's second key loop shares the first one's buffers (sm_90a,
 #: joint D 128 at 3 stages: 224 KiB of shared memory as plain, 248 registers, no spills).
 _HEAVY_CONFIGS = {(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)}
-_HEAVY_TMA_CONFIGS = {(128, 64, 8, 3), (128, 128, 8, 3)} | _ONE_WARPGROUP_TILES
+_HEAVY_TMA_CONFIGS = {(128, 64, 8, 3), (128, 128, 8, 3)} | _ONE_WARPGROUP_TILES | _WIDE_KEY_BLOCK_TILES
 #: the variants' extra candidates where every key stream is short (cross-attention over up to 128 text tokens):
 #: narrow key blocks, which won at 4096 x 77 on the H200 (session 5 tuner: plain 128 x 32 0.0197 ms against
 #: 64 x 64 0.0209; key padding 64 x 32 0.0170 against 0.0202); the negative-prompt call, two such streams, had
@@ -921,9 +930,9 @@ def _prune_configs(configs, named_args, **kwargs):
     """Keep tiles whose accumulators fit in registers: BLOCK_M x head dim (twice with a negative stream) under 128
     per thread, and with the BLOCK_M x BLOCK_N scores under 192 (ptxas sm_90a: 128 x 128 over 4 warps spilled
     248 bytes at D 128, 92 at D 80 and 16 at D 64 and 40, and 128 x 64 spilled 156 at D 128), except the
-    descriptor-load ``_ONE_WARPGROUP_TILES`` at up to 128 accumulator registers (one accumulator); the variants try a short list
-    (with narrow key blocks too where every key stream is short); descriptor loads only where the launcher found
-    them usable (``TMA_OK``)."""
+    descriptor-load ``_ONE_WARPGROUP_TILES`` at up to 128 accumulator registers (one accumulator), and the
+    ``_WIDE_KEY_BLOCK_TILES`` only up to head dim 64; the variants try a short list (with narrow key blocks too
+    where every key stream is short); descriptor loads only where the launcher found them usable (``TMA_OK``)."""
     args = {**named_args, **kwargs}
     d_total = args["BLOCK_DA"] + (args["BLOCK_DB"] if args["SPLIT_D"] else 0)
     accumulators = 2 if args["NEG"] else 1
@@ -943,6 +952,8 @@ def _prune_configs(configs, named_args, **kwargs):
         too_big = acc_regs >= 128 or acc_regs + score_regs >= 192 or (d_total > 128 and bn > 64)
         if tma and shape in _ONE_WARPGROUP_TILES and accumulators == 1:
             too_big = acc_regs > 128
+        if tma and shape in _WIDE_KEY_BLOCK_TILES and d_total > 64:
+            too_big = True  # (one CTA per SM: 144 KiB of shared memory at D 128)
         if too_big or (tma and not args["TMA_OK"]) or \
                 (heavy and shape not in (_HEAVY_TMA_CONFIGS if tma else short_list)):
             continue

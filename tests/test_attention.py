@@ -641,8 +641,8 @@ def test_triton_op_registration_runs_eagerly():
 
 def test_tiling_choices():
     from pydiff.kernels.attention import (_GPU_CONFIGS, _HEAVY_CONFIGS, _HEAVY_TMA_CONFIGS, _ONE_WARPGROUP_TILES,
-                                          _SHORT_KEY_CONFIGS, _TMA_CONFIGS, _attn_fwd_autotuned, _prune_configs,
-                                          default_config, head_dim_blocks)
+                                          _SHORT_KEY_CONFIGS, _TMA_CONFIGS, _WIDE_KEY_BLOCK_TILES,
+                                          _attn_fwd_autotuned, _prune_configs, default_config, head_dim_blocks)
 
     # non-powers of two are split into two power-of-two chunks when that is less work than padding
     assert head_dim_blocks(40) == (64, 16, False) and head_dim_blocks(72) == (128, 16, False)
@@ -685,6 +685,13 @@ def test_tiling_choices():
     assert one_warpgroup(d128) == one_warpgroup({**d128, "JOINT": True}) == _ONE_WARPGROUP_TILES
     assert not one_warpgroup({**base, "TMA_OK": True, "NEG": True}) and not one_warpgroup({**d128, "BLOCK_DB": 32,
                                                                                           "SPLIT_D": True})
+    # the 64 x 128 descriptor tile: for every variant up to head dim 64, not above
+    wide = lambda args: {shape(c) + (c.num_stages,) for c in _prune_configs(configs, args)  # noqa: E731
+                         if c.kwargs.get("USE_TMA")} & _WIDE_KEY_BLOCK_TILES
+    assert _WIDE_KEY_BLOCK_TILES and _WIDE_KEY_BLOCK_TILES <= set(_TMA_CONFIGS) & _HEAVY_TMA_CONFIGS
+    for variant in ({}, {"JOINT": True}, {"NEG": True}):
+        assert wide({**base, "TMA_OK": True, **variant}) == _WIDE_KEY_BLOCK_TILES
+    assert not wide(d128) and not wide({**base, "BLOCK_DA": 32, "BLOCK_DB": 64, "SPLIT_D": True, "TMA_OK": True})
     wide = _prune_configs(configs, {**base, "BLOCK_DA": 256, "NEG": True})
     assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in wide] == [(32, 32)]
     for d in (32, 64, 128, 160, 256):
@@ -888,30 +895,39 @@ def test_overlap_puts_the_softmax_under_the_scores_mma():
     assert overlapped >= 32 > plain and overlapped_spill == 0
 
 
-def test_one_warpgroup_tile_gives_an_sm_two_ctas():
-    """Why the autotuner keeps ``_ONE_WARPGROUP_TILES`` at head dim 128, in the code Triton generates for sm_90a
-    (``attention_resources.py --warpgroups``): the tuner's 8-warp tile is one CTA per SM whose two warpgroups meet
-    at CTA-wide barriers every key block; the single-warpgroup tile fits two CTAs on an SM, with no spill inside its
-    key loop. In a process of its own: the tool clears TRITON_INTERPRET at import."""
+def test_descriptor_candidates_in_sm90a_code():
+    """Why the autotuner keeps its extra descriptor-load tiles, in the code Triton generates for sm_90a
+    (``attention_resources.py --warpgroups``). Head dim 128 (``_ONE_WARPGROUP_TILES``): the tuner's 8-warp tile is
+    one CTA per SM whose two warpgroups meet at CTA-wide barriers every key block; the single-warpgroup tile fits two
+    CTAs on an SM, with no spill inside its key loop. Head dim 64 (``_WIDE_KEY_BLOCK_TILES``): three CTAs per SM,
+    and fewer instructions per score than the 64 x 64 pointer-load tile the H200 tuner chose. In a process of its
+    own: the tool clears TRITON_INTERPRET at import."""
     import subprocess
     import sys
     from pathlib import Path
 
-    from pydiff.kernels.attention import _ONE_WARPGROUP_TILES
+    from pydiff.kernels.attention import _ONE_WARPGROUP_TILES, _WIDE_KEY_BLOCK_TILES
 
-    tiles = [(128, 128, 8, 3, True)] + [(*tile, True) for tile in sorted(_ONE_WARPGROUP_TILES)]
+    cases = ([(128, (128, 128, 8, 3, True))] + [(128, (*tile, True)) for tile in sorted(_ONE_WARPGROUP_TILES)]
+             + [(64, (64, 64, 4, 3))] + [(64, (*tile, True)) for tile in sorted(_WIDE_KEY_BLOCK_TILES)])
     check = ("from benchmarks.attention_resources import warpgroup_figures\n"
-             f"for tile in {tiles!r}:\n"
-             "    print(*warpgroup_figures(128, tile, {})[:6])")
+             f"for head_dim, tile in {cases!r}:\n"
+             "    print(*warpgroup_figures(head_dim, tile, {}))")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=600,
                           cwd=Path(__file__).resolve().parents[1])
     if done.returncode != 0 and "ptxas" in done.stderr:
         pytest.skip(f"no ptxas for sm_90a: {done.stderr.strip().splitlines()[-1]}")
     assert done.returncode == 0, done.stderr[-2000:]
-    (groups, ctas, _, _, _, barriers), *single = ([int(x) for x in line.split()] for line in done.stdout.splitlines())
-    assert (groups, ctas) == (2, 1) and barriers >= 1   # Triton 3.6: 3 barriers, 3.9: 5
+    figures = [line.split() for line in done.stdout.splitlines()]
+    # (warpgroups per CTA, CTAs per SM, registers, spill bytes, local memory ops in the key loop, CTA barriers per
+    # key block, instructions per score and warp)
+    d128, *single = figures[:1 + len(_ONE_WARPGROUP_TILES)]
+    d64, *wide = figures[1 + len(_ONE_WARPGROUP_TILES):]
+    assert d128[:2] == ["2", "1"] and int(d128[5]) >= 1   # Triton 3.6: 3 barriers, 3.9: 5
     # 255 registers, 96 KiB of shared memory; spill bytes outside the loop only (3.6: 28, 3.9: 4)
-    assert single and all(groups == 1 and ctas == 2 and local == 0 for groups, ctas, _, _, local, _ in single)
+    assert single and all(f[:2] == ["1", "2"] and f[4] == "0" for f in single)
+    # 3.6: 0.28 and 0.21 instructions per score, 3.9: 0.30 and 0.22
+    assert wide and all(f[1] == "3" and f[4] == "0" and float(f[6]) < 0.8 * float(d64[6]) for f in wide)
 
 
 @needs_interpreter
@@ -944,16 +960,17 @@ def tiny_bench(monkeypatch):
 
 @needs_interpreter
 def test_benchmark_experiment_rows_dry_run(tiny_bench):
-    """The GPU benchmark's experiment rows (single-warpgroup tiles, OVERLAP, ROWSUM_MMA, stream-K), run on CPU under
-    the interpreter at tiny shapes: both sides launch and every row is measured."""
+    """The GPU benchmark's experiment rows (the tuner's extra descriptor tiles, OVERLAP, ROWSUM_MMA, stream-K), run
+    on CPU under the interpreter at tiny shapes: both sides launch and every row is measured."""
     rows = tiny_bench._experiment_rows("cpu", torch.float32, None)
     names = [r["name"].split(":")[0] for r in rows]
-    assert names == ["t128", "Flux joint + QK norm + RoPE", "t128", "t128", "t64", "t64", "t64",
+    assert names == ["t128", "Flux joint + QK norm + RoPE", "t64", "t64", "t128", "t128", "t64", "t64", "t64",
                      "Flux joint + QK norm + RoPE", "t128", "t64", "t64", "t64", "t64", "t128",
                      "Flux joint + QK norm + RoPE"], rows
     assert all("one warpgroup per CTA, 128x64 w4 s2 tma" in r["name"] for r in rows[:2])
-    assert all("softmax under the next scores' MMA" in r["name"] for r in rows[2:8])
-    assert "row sums by MMA" in rows[6]["name"] and "row sums by adds" in rows[6]["peer"]
+    assert all("64 rows x 128 keys, 64x128 w4 s2 tma" in r["name"] and "64x64 w4 s3" in r["peer"] for r in rows[2:4])
+    assert all("softmax under the next scores' MMA" in r["name"] for r in rows[4:10])
+    assert "row sums by MMA" in rows[8]["name"] and "row sums by adds" in rows[8]["peer"]
     assert all("stream-K over 3 programs" in r["name"] for r in rows[-2:])
     assert all(r["speedup"] > 0 and r["max_diff"] < 1e-4 for r in rows), rows
 
@@ -986,7 +1003,7 @@ def test_benchmark_experiments_alone(tiny_bench, tmp_path):
     names = [r["name"] for r in rows]
     assert names[0] == "fp32_matmul_TFLOPs"
     assert [n.split(":")[1].strip() for n in names[1:4]] == ["autotuned (graph replay)"] * 3
-    assert len(rows) == 4 + 15 and all(r["speedup"] > 0 for r in rows[1:]), rows
+    assert len(rows) == 4 + 17 and all(r["speedup"] > 0 for r in rows[1:]), rows
     assert "autotuned (graph replay)" in (tmp_path / "report.md").read_text()
 
 
@@ -1161,18 +1178,27 @@ def test_gpu_accuracy_overlap(case, cuda_device):
         _assert_gpu_accurate(case, out, q, k, v, kw)
 
 
+def _tuner_descriptor_tiles(case):
+    """The autotuner's extra descriptor-load candidates that apply to a case (``_prune_configs``)."""
+    from pydiff.kernels.attention import _ONE_WARPGROUP_TILES, _WIDE_KEY_BLOCK_TILES
+
+    if case.head_dim == 128 and case.negative is None:
+        return sorted(_ONE_WARPGROUP_TILES)
+    return sorted(_WIDE_KEY_BLOCK_TILES) if case.head_dim <= 64 else []
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", [c for c in GPU_GRID if c.head_dim == 128 and c.negative is None] + [
+@pytest.mark.parametrize("case", [c for c in GPU_GRID if _tuner_descriptor_tiles(c)] + [
+    Case(BF16, 64, 4250, 4250, heads=4, batch=2, name="gpu-sd3-plain"),
     Case(BF16, 128, 512, 512, heads=4, joint=(4096, 4096), layout="bnhd", rope="interleaved", q_norm=True,
          k_norm=True, joint_q_norm=True, joint_k_norm=True, name="gpu-flux-joint")], ids=str)
-def test_gpu_accuracy_one_warpgroup(case, cuda_device):
-    """The autotuner's single-warpgroup candidates at head dim 128 (``_ONE_WARPGROUP_TILES``, descriptor loads where
-    usable), which the default-tile grid does not run: the head dim 128 grid cases (Flux's size among them) and
-    Flux's joint call."""
-    from pydiff.kernels.attention import _ONE_WARPGROUP_TILES
-
+def test_gpu_accuracy_tuner_descriptor_tiles(case, cuda_device):
+    """The autotuner's extra descriptor-load candidates, which the default-tile grid does not run: the
+    single-warpgroup tile at head dim 128 (``_ONE_WARPGROUP_TILES``) and the 64 x 128 tile up to head dim 64
+    (``_WIDE_KEY_BLOCK_TILES``), on the grid cases they apply to, SD3's size and Flux's joint call (descriptor loads
+    where usable)."""
     q, k, v, kw = _on_device(case, cuda_device)
-    for bm, bn, warps, stages in sorted(_ONE_WARPGROUP_TILES):
+    for bm, bn, warps, stages in _tuner_descriptor_tiles(case):
         out = run_kernel(q, k, v, kw, (bm, bn), warps=warps, stages=stages, use_tma=None)
         _assert_gpu_accurate(case, out, q, k, v, kw)
 
