@@ -930,9 +930,10 @@ def _prune_configs(configs, named_args, **kwargs):
     """Keep tiles whose accumulators fit in registers: BLOCK_M x head dim (twice with a negative stream) under 128
     per thread, and with the BLOCK_M x BLOCK_N scores under 192 (ptxas sm_90a: 128 x 128 over 4 warps spilled
     248 bytes at D 128, 92 at D 80 and 16 at D 64 and 40, and 128 x 64 spilled 156 at D 128), except the
-    descriptor-load ``_ONE_WARPGROUP_TILES`` at up to 128 accumulator registers (one accumulator), and the
-    ``_WIDE_KEY_BLOCK_TILES`` only up to head dim 64; the variants try a short list (with narrow key blocks too
-    where every key stream is short); descriptor loads only where the launcher found them usable (``TMA_OK``)."""
+    descriptor-load ``_ONE_WARPGROUP_TILES`` at up to 128 accumulator registers (one accumulator, head dims above
+    64), and the ``_WIDE_KEY_BLOCK_TILES`` only up to head dim 64; the variants try a short list (with narrow key
+    blocks too where every key stream is short); descriptor loads only where the launcher found them usable
+    (``TMA_OK``)."""
     args = {**named_args, **kwargs}
     d_total = args["BLOCK_DA"] + (args["BLOCK_DB"] if args["SPLIT_D"] else 0)
     accumulators = 2 if args["NEG"] else 1
@@ -950,8 +951,10 @@ def _prune_configs(configs, named_args, **kwargs):
         score_regs = bm * bn / threads
         shape = (bm, bn, cfg.num_warps, cfg.num_stages)
         too_big = acc_regs >= 128 or acc_regs + score_regs >= 192 or (d_total > 128 and bn > 64)
-        if tma and shape in _ONE_WARPGROUP_TILES and accumulators == 1:
-            too_big = acc_regs > 128
+        if tma and shape in _ONE_WARPGROUP_TILES:
+            # above head dim 64 only: at 64 the tuner's tiles are single-warpgroup already (64 x 64, four CTAs per
+            # SM; 128 x 64 x 4 warps lost to it on the H200)
+            too_big = accumulators > 1 or not 64 < d_total <= 128
         if tma and shape in _WIDE_KEY_BLOCK_TILES and d_total > 64:
             too_big = True  # (one CTA per SM: 144 KiB of shared memory at D 128)
         if too_big or (tma and not args["TMA_OK"]) or \

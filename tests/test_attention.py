@@ -654,13 +654,15 @@ def test_tiling_choices():
     assert len(pointer) == len(_GPU_CONFIGS) and len(configs) == len(_GPU_CONFIGS) + len(_TMA_CONFIGS)
     base = dict(BLOCK_DA=64, BLOCK_DB=16, SPLIT_D=False, NEG=False, JOINT=False, TMA_OK=False)
     # descriptor candidates only where the launcher found the tensors fit for them; at D 64 the 128 x 128 tile over
-    # 4 warps (64 accumulator and 128 score registers per thread) spilled, so it is the one pointer tile pruned
+    # 4 warps (64 accumulator and 128 score registers per thread) spilled, so it is the one pointer tile pruned, and
+    # the single-warpgroup descriptor tiles are for head dims above 64
     shape = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps)  # noqa: E731
     assert _prune_configs(configs, base) == [c for c in pointer if shape(c) != (128, 128, 4)]
-    assert len(_prune_configs(configs, {**base, "TMA_OK": True})) == len(configs) - 1
+    assert len(_prune_configs(configs, {**base, "TMA_OK": True})) == len(configs) - 1 - len(_ONE_WARPGROUP_TILES)
     heavy = _prune_configs(configs, {**base, "JOINT": True, "TMA_OK": True})
     assert _HEAVY_CONFIGS <= set(_GPU_CONFIGS) and _HEAVY_TMA_CONFIGS <= set(_TMA_CONFIGS)
-    assert len(heavy) == len(_HEAVY_CONFIGS) + len(_HEAVY_TMA_CONFIGS) and all(c.num_stages <= 3 for c in heavy)
+    assert len(heavy) == len(_HEAVY_CONFIGS) + len(_HEAVY_TMA_CONFIGS - _ONE_WARPGROUP_TILES)
+    assert all(c.num_stages <= 3 for c in heavy)
     # where every key stream is short (text), the variants try narrow key blocks too; one long stream rules them out
     negative = {**base, "NEG": True, "Nk": 77, "Nneg": 77}
     tiles = {shape(c) + (c.num_stages,) for c in _prune_configs(configs, negative)}
@@ -677,21 +679,24 @@ def test_tiling_choices():
     d128 = _prune_configs(configs, {**base, "BLOCK_DA": 128})
     assert d128 and all(c.kwargs["BLOCK_M"] * 128 < 128 * c.num_warps * 32 for c in d128)
     # ... except the descriptor-load tiles that put two single-warpgroup CTAs on an SM, for one accumulator (plain
-    # or joint), and not past head dim 128
+    # or joint), above head dim 64 and not past 128
     one_warpgroup = lambda args: {shape(c) + (c.num_stages,) for c in _prune_configs(configs, args)  # noqa: E731
                                   if c.kwargs.get("USE_TMA") and c.kwargs["BLOCK_M"] * 128 >= 128 * c.num_warps * 32}
-    d128 = {**base, "BLOCK_DA": 128, "TMA_OK": True}
+    d128_tma = {**base, "BLOCK_DA": 128, "TMA_OK": True}
     assert _ONE_WARPGROUP_TILES and _ONE_WARPGROUP_TILES <= set(_TMA_CONFIGS) & _HEAVY_TMA_CONFIGS
-    assert one_warpgroup(d128) == one_warpgroup({**d128, "JOINT": True}) == _ONE_WARPGROUP_TILES
-    assert not one_warpgroup({**base, "TMA_OK": True, "NEG": True}) and not one_warpgroup({**d128, "BLOCK_DB": 32,
-                                                                                          "SPLIT_D": True})
+    assert one_warpgroup(d128_tma) == one_warpgroup({**d128_tma, "JOINT": True}) == _ONE_WARPGROUP_TILES
+    assert _ONE_WARPGROUP_TILES <= one_warpgroup({**base, "BLOCK_DB": 32, "SPLIT_D": True, "TMA_OK": True})  # D 96
+    assert not one_warpgroup({**d128_tma, "NEG": True})
+    assert not one_warpgroup({**d128_tma, "BLOCK_DB": 32, "SPLIT_D": True})  # D 160
+    assert not {shape(c) + (c.num_stages,) for c in _prune_configs(configs, {**base, "TMA_OK": True})
+                if c.kwargs.get("USE_TMA")} & _ONE_WARPGROUP_TILES
     # the 64 x 128 descriptor tile: for every variant up to head dim 64, not above
-    wide = lambda args: {shape(c) + (c.num_stages,) for c in _prune_configs(configs, args)  # noqa: E731
-                         if c.kwargs.get("USE_TMA")} & _WIDE_KEY_BLOCK_TILES
+    wide_keys = lambda args: {shape(c) + (c.num_stages,) for c in _prune_configs(configs, args)  # noqa: E731
+                              if c.kwargs.get("USE_TMA")} & _WIDE_KEY_BLOCK_TILES
     assert _WIDE_KEY_BLOCK_TILES and _WIDE_KEY_BLOCK_TILES <= set(_TMA_CONFIGS) & _HEAVY_TMA_CONFIGS
     for variant in ({}, {"JOINT": True}, {"NEG": True}):
-        assert wide({**base, "TMA_OK": True, **variant}) == _WIDE_KEY_BLOCK_TILES
-    assert not wide(d128) and not wide({**base, "BLOCK_DA": 32, "BLOCK_DB": 64, "SPLIT_D": True, "TMA_OK": True})
+        assert wide_keys({**base, "TMA_OK": True, **variant}) == _WIDE_KEY_BLOCK_TILES
+    assert not wide_keys(d128_tma) and not wide_keys({**base, "BLOCK_DB": 32, "SPLIT_D": True, "TMA_OK": True})
     wide = _prune_configs(configs, {**base, "BLOCK_DA": 256, "NEG": True})
     assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in wide] == [(32, 32)]
     for d in (32, 64, 128, 160, 256):
@@ -1182,7 +1187,7 @@ def _tuner_descriptor_tiles(case):
     """The autotuner's extra descriptor-load candidates that apply to a case (``_prune_configs``)."""
     from pydiff.kernels.attention import _ONE_WARPGROUP_TILES, _WIDE_KEY_BLOCK_TILES
 
-    if case.head_dim == 128 and case.negative is None:
+    if 64 < case.head_dim <= 128 and case.negative is None:
         return sorted(_ONE_WARPGROUP_TILES)
     return sorted(_WIDE_KEY_BLOCK_TILES) if case.head_dim <= 64 else []
 
@@ -1194,7 +1199,7 @@ def _tuner_descriptor_tiles(case):
          k_norm=True, joint_q_norm=True, joint_k_norm=True, name="gpu-flux-joint")], ids=str)
 def test_gpu_accuracy_tuner_descriptor_tiles(case, cuda_device):
     """The autotuner's extra descriptor-load candidates, which the default-tile grid does not run: the
-    single-warpgroup tile at head dim 128 (``_ONE_WARPGROUP_TILES``) and the 64 x 128 tile up to head dim 64
+    single-warpgroup tile above head dim 64 (``_ONE_WARPGROUP_TILES``) and the 64 x 128 tile up to head dim 64
     (``_WIDE_KEY_BLOCK_TILES``), on the grid cases they apply to, SD3's size and Flux's joint call (descriptor loads
     where usable)."""
     q, k, v, kw = _on_device(case, cuda_device)
