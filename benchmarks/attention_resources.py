@@ -4,7 +4,7 @@
     python3 benchmarks/attention_resources.py --candidates   # every autotune candidate of every variant builds?
     python3 benchmarks/attention_resources.py --probe    # the Hopper probe's softmax variants: work per key block
     python3 benchmarks/attention_resources.py --overlap  # the OVERLAP experiment: softmax issued under the MMAs?
-    python3 benchmarks/attention_resources.py --warpgroups   # warpgroups and CTAs per SM, barriers, instructions per score
+    python3 benchmarks/attention_resources.py --warpgroups   # warpgroups, CTAs per SM, barriers, instructions per score
     python3 benchmarks/attention_resources.py --waves benchmarks/results/<run>/attention.json
         # the tuner's measured candidates of a GPU run against the waves of CTAs each launches
 
