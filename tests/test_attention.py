@@ -854,24 +854,33 @@ def test_eager_calls_skip_dispatch_but_tracers_see_the_op(monkeypatch):
     assert not attention_module.plain_eager(args(q, fake_k, v))  # a tensor subclass
 
 
-def test_waves_report_occupancy():
-    """attention_resources.py --waves: CTAs per Hopper SM from registers (per warp, in units of 256), shared memory
-    (plus the 1 KiB each CTA reserves) and warps, as its table gives them for the tiles the H200 tuner timed. In a
-    process of its own: the tool clears TRITON_INTERPRET at import, for its sm_90a compiles."""
+def _resources_tool(script: str) -> str:
+    """The standard output of ``script`` run with benchmarks/attention_resources.py importable, in a process of its
+    own (the tool clears TRITON_INTERPRET at import, for its sm_90a compiles); skips where ptxas cannot compile
+    for sm_90a."""
     import subprocess
     import sys
     from pathlib import Path
 
-    check = ("from benchmarks.attention_resources import ctas_per_sm as c; "
-             "print(c(230, 229376, 8), c(127, 57344, 4), c(125, 65536, 8), c(180, 114688, 8), c(40, 8192, 4), "
-             "c(16, 0, 1))")
-    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300,
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
                           cwd=Path(__file__).resolve().parents[1])
+    if done.returncode != 0 and "ptxas" in done.stderr:
+        pytest.skip(f"no ptxas for sm_90a: {done.stderr.strip().splitlines()[-1]}")
     assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_waves_report_occupancy():
+    """attention_resources.py --waves: CTAs per Hopper SM from registers (per warp, in units of 256), shared memory
+    (plus the 1 KiB each CTA reserves) and warps, as its table gives them for the tiles the H200 tuner timed. In a
+    process of its own: the tool clears TRITON_INTERPRET at import, for its sm_90a compiles."""
+    out = _resources_tool("from benchmarks.attention_resources import ctas_per_sm as c; "
+                          "print(c(230, 229376, 8), c(127, 57344, 4), c(125, 65536, 8), c(180, 114688, 8), "
+                          "c(40, 8192, 4), c(16, 0, 1))")
     # D 128 128 x 128 (shared memory), D 64 64 x 64 (both), D 64 128 x 64 x 8 warps (registers), D 64
     # 128 x 128 x 8 warps (registers: 184 x 32 x 8 > 65536 / 2), a small kernel (registers: 5 x 256 per warp),
     # a one-warp kernel (32 CTAs at most)
-    assert done.stdout.split() == ["1", "4", "2", "1", "12", "32"]
+    assert out.split() == ["1", "4", "2", "1", "12", "32"]
 
 
 def test_overlap_puts_the_softmax_under_the_scores_mma():
@@ -879,22 +888,13 @@ def test_overlap_puts_the_softmax_under_the_scores_mma():
     issued while the next block's score matmul is in flight (no wgmma wait between its commit and them); without
     it, none are. Compiled without a GPU by this machine's Triton (the GPU machine's 3.6 gives the same:
     attention_resources.py --overlap), in a process of its own: the tool clears TRITON_INTERPRET at import."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    check = ("from benchmarks.attention_resources import compile_attention, softmax_under_mma\n"
-             "for overlap in (False, True):\n"
-             "    info = {}\n"
-             "    regs, spill, _, _ = compile_attention(64, (64, 64, 4, 3), {'OVERLAP': overlap}, info=info)\n"
-             "    print(softmax_under_mma(info['ptx']), spill)")
-    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=600,
-                          cwd=Path(__file__).resolve().parents[1])
-    if done.returncode != 0 and "ptxas" in done.stderr:
-        pytest.skip(f"no ptxas for sm_90a: {done.stderr.strip().splitlines()[-1]}")
-    assert done.returncode == 0, done.stderr[-2000:]
-    (plain, _), (overlapped, overlapped_spill) = (map(int, line.split())
-                                                  for line in done.stdout.splitlines()[:2])
+    out = _resources_tool("from benchmarks.attention_resources import compile_attention, softmax_under_mma\n"
+                          "for overlap in (False, True):\n"
+                          "    info = {}\n"
+                          "    regs, spill, _, _ = compile_attention(64, (64, 64, 4, 3), {'OVERLAP': overlap}, "
+                          "info=info)\n"
+                          "    print(softmax_under_mma(info['ptx']), spill)")
+    (plain, _), (overlapped, overlapped_spill) = (map(int, line.split()) for line in out.splitlines()[:2])
     # 64 x 64 scores over 128 threads: 32 exp2 per thread and block (and 2 for the rescale factors; Triton 3.6 and
     # 3.9: 0 and 34, no spills)
     assert overlapped >= 32 > plain and overlapped_spill == 0
@@ -907,23 +907,13 @@ def test_descriptor_candidates_in_sm90a_code():
     CTAs on an SM, with no spill inside its key loop. Head dim 64 (``_WIDE_KEY_BLOCK_TILES``): three CTAs per SM,
     and fewer instructions per score than the 64 x 64 pointer-load tile the H200 tuner chose. In a process of its
     own: the tool clears TRITON_INTERPRET at import."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from pydiff.kernels.attention import _ONE_WARPGROUP_TILES, _WIDE_KEY_BLOCK_TILES
 
     cases = ([(128, (128, 128, 8, 3, True))] + [(128, (*tile, True)) for tile in sorted(_ONE_WARPGROUP_TILES)]
              + [(64, (64, 64, 4, 3))] + [(64, (*tile, True)) for tile in sorted(_WIDE_KEY_BLOCK_TILES)])
-    check = ("from benchmarks.attention_resources import warpgroup_figures\n"
-             f"for head_dim, tile in {cases!r}:\n"
-             "    print(*warpgroup_figures(head_dim, tile, {}))")
-    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=600,
-                          cwd=Path(__file__).resolve().parents[1])
-    if done.returncode != 0 and "ptxas" in done.stderr:
-        pytest.skip(f"no ptxas for sm_90a: {done.stderr.strip().splitlines()[-1]}")
-    assert done.returncode == 0, done.stderr[-2000:]
-    figures = [line.split() for line in done.stdout.splitlines()]
+    figures = [line.split() for line in _resources_tool(
+        f"from benchmarks.attention_resources import warpgroup_figures\nfor head_dim, tile in {cases!r}:\n"
+        "    print(*warpgroup_figures(head_dim, tile, {}))").splitlines()]
     # (warpgroups per CTA, CTAs per SM, registers, spill bytes, local memory ops in the key loop, CTA barriers per
     # key block, instructions per score and warp)
     d128, *single = figures[:1 + len(_ONE_WARPGROUP_TILES)]
