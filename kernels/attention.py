@@ -963,8 +963,13 @@ def _prune_configs(configs, named_args, **kwargs):
                 (heavy and shape not in (_HEAVY_TMA_CONFIGS if tma else short_list)):
             continue
         kept.append(cfg)
-    # Nothing fits (head dim 256 with a negative stream): a narrow tile keeps the accumulators in registers.
-    return kept or [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2)]
+    if kept:
+        return kept
+    # Nothing fits (head dim 256: 64 rows over 4 warps hold 128 accumulator registers per thread): the untuned
+    # default, 64 x 32 (238 registers, no spills; ptxas sm_90a) or with a negative stream 32 x 32. A 32-row tile
+    # for one accumulator would compile to the Ampere matrix instructions (mma.sync) instead of wgmma.
+    bm, bn, warps, stages = default_config(args.get("HEAD_DIM", d_total), heavy, args["NEG"])
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)]
 
 
 _WIDEST_BLOCK_N = max(bn for _, bn, _, _ in _GPU_CONFIGS + _TMA_CONFIGS)

@@ -697,8 +697,10 @@ def test_tiling_choices():
     for variant in ({}, {"JOINT": True}, {"NEG": True}):
         assert wide_keys({**base, "TMA_OK": True, **variant}) == _WIDE_KEY_BLOCK_TILES
     assert not wide_keys(d128_tma) and not wide_keys({**base, "BLOCK_DB": 32, "SPLIT_D": True, "TMA_OK": True})
-    wide = _prune_configs(configs, {**base, "BLOCK_DA": 256, "NEG": True})
-    assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in wide] == [(32, 32)]
+    # head dim 256: nothing fits the rule, so the untuned default runs (64 rows: the Hopper matrix instructions)
+    for negative, tile in ((True, (32, 32)), (False, (64, 32))):
+        wide = _prune_configs(configs, {**base, "BLOCK_DA": 256, "NEG": negative, "HEAD_DIM": 256})
+        assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in wide] == [tile]
     for d in (32, 64, 128, 160, 256):
         for negative in (False, True):
             bm, bn, warps, stages = default_config(d, heavy=negative, negative=negative)
