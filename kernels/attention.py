@@ -1158,7 +1158,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         if negative is not None:
             negative = (prepare(negative[0], k_norm_weight, 0), negative[1])
 
-    # Eager calls of a signature seen before launch its compiled kernel directly (``plans``).
+    # Eager calls of a signature seen before launch its compiled kernel directly (``plans``); not the stream-K
+    # experiment, which launches its own two kernels (the plain kernel's plan of the same tile is not its work).
     varlen = cu_seqlens_q is not None
     if varlen and cu_seqlens_k is None:
         cu_seqlens_k = cu_seqlens_q
@@ -1166,7 +1167,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     tensors = _leading_tensors(q, k, v, out, joint, negative, *optional)
     q2, k2, v2, out2, k_neg, v_neg = tensors[4:10]
     plan_key = None
-    if plans.ENABLED and type(q) is torch.Tensor and (block_m is not None or tuned is not None):
+    if plans.ENABLED and stream_k is None and type(q) is torch.Tensor and \
+            (block_m is not None or tuned is not None):
         present = (q, k, v, out, *(joint or ()), *(negative or ()), *optional)
         plan_key = (plans.unwrapped(kernel), bnhd, float(scale), float(negative_scale), max_seqlen_q,
                     block_m, block_n, num_warps, num_stages, use_tma, rowsum_mma, overlap, joint is not None,

@@ -210,6 +210,12 @@ def main():
             ("kv_lens", lambda: run(q, k, v, out, kv_lens=torch.tensor([77, 30], dtype=torch.int32))),
             ("key block", lambda: run(q, k, v, out, block_n=32)),
         ])
+        # the stream-K experiment at the same tile runs its own two kernels, not the plain call's plan
+        launches.clear()
+        run(q, k, v, out, stream_k=3)
+        grids = [grid for grid, _, _ in launches]
+        assert grids == [(3, 1, 1)] * 2, f"stream-K: launched {grids} (the plain call's plan?)"
+        print("ok stream-K after a plain call of its tile: its own kernels", flush=True)
 
         # key/value blocks through tensor descriptors (the Hopper path; the stub compiles it for sm_90)
         check("descriptor loads", lambda: run(q, k, v, out, use_tma=True), launches, jit)
