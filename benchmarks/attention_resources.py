@@ -107,17 +107,20 @@ def compile_attention(head_dim: int, tile, flags, module=None, info: dict = None
     return compile_specialised(module._attn_fwd_kernel, head_dim, const, warps, stages, info)
 
 
-#: (head dim, tile, joint) of the stream-K experiment's report rows
+#: (head dim, tile, joint) of the stream-K experiment's report rows (a fifth tile entry: descriptor loads)
 STREAM_K_CASES = [(128, (128, 128, 8, 3), False), (128, (128, 128, 8, 3), True), (128, (128, 64, 8, 3), False),
-                  (64, (128, 64, 4, 3), False), (80, (128, 64, 8, 3), False)]
+                  (64, (128, 64, 4, 3), False), (80, (128, 64, 8, 3), False), (128, (128, 64, 4, 2, True), False),
+                  (128, (128, 64, 4, 2, True), True)]
 
 
 def compile_stream_k(fn, head_dim: int, tile, joint: bool = False) -> tuple:
     """``compile_attention``'s figures for the stream-K kernels (``_attn_fwd_stream_k``, or its combine pass with
-    the tile's warps and one stage), plain or joint attention."""
-    bm, bn, warps, stages = tile
+    the warps the launcher gives it, at least 8, and one stage), plain or joint attention; tile as
+    ``compile_attention`` takes it."""
+    bm, bn, warps, stages = tile[:4]
+    warps = warps if fn is A._attn_fwd_stream_k else max(warps, 8)
     const = dict(_head_dim_constants(head_dim, A), BLOCK_M=bm, BLOCK_N=bn, JOINT=joint, EVEN_N=True,
-                 SCALE_POSITIVE=True)
+                 SCALE_POSITIVE=True, USE_TMA=len(tile) > 4 and tile[4])
     return compile_specialised(fn, head_dim, const, warps, stages if fn is A._attn_fwd_stream_k else 1)
 
 
@@ -407,8 +410,9 @@ def main() -> int:
         for name, fn in (("stream-K experiment", A._attn_fwd_stream_k), ("its combine pass", A._attn_stream_k_combine)):
             name = name + (", joint" if joint else "")
             regs, spill, copies, loop = compile_stream_k(fn, head_dim, tile, joint)
-            print(f"| {name} | {head_dim} | {tile[0]}x{tile[1]} w{tile[2]} s{tile[3]} | {regs} | {spill} | {copies} "
-                  f"| {loop} |", flush=True)
+            loads = " tma" if len(tile) > 4 and tile[4] else ""
+            print(f"| {name} | {head_dim} | {tile[0]}x{tile[1]} w{tile[2]} s{tile[3]}{loads} | {regs} | {spill} | "
+                  f"{copies} | {loop} |", flush=True)
     return 0
 
 

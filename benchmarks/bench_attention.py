@@ -375,8 +375,10 @@ def _stream_k_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
     block's key blocks evenly, and a second launch merges the blocks they share) against the same tile launched one
     program per query block, device time under graph replay, at head dim 128 (one CTA of the 128 x 128 tile per
     SM: Flux's 864 query blocks fill 6.55 waves of an H100 or H200): the plain shapes, and Flux's joint call with
-    its QK norms and RoPE ((B, N, H, D), the prologue passes included on both sides)."""
-    from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward
+    its QK norms and RoPE ((B, N, H, D), the prologue passes included on both sides); at 128 x 128 x 8 warps over
+    one program per SM, and at the single-warpgroup tiles with descriptor loads over two per SM (Flux: 3.27 waves
+    of two CTAs per SM)."""
+    from pydiff.kernels.attention import _ONE_WARPGROUP_TILES, _attn_fwd_kernel, attention_forward
 
     sms = _stream_k_programs(device)
     gen = torch.Generator(device=device).manual_seed(4)
@@ -386,18 +388,20 @@ def _stream_k_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
         cases.append((shape.name, str(shape), (q, k, v, torch.empty_like(q)), {},
                       _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)))
     cases.append(_flux_joint_case(device, dtype, gen))
-    tile = dict(block_m=128, block_n=128, num_warps=8, num_stages=3)
+    tiles = [((128, 128, 8, 3), False, 1)] + [(tile, True, 2) for tile in sorted(_ONE_WARPGROUP_TILES)]
     rows = []
     for label, shape_text, (q, k, v, out), extra, flops in cases:
-        name = f"{label}: stream-K over {sms} programs, 128x128 w8 s3"
-        scale = q.shape[-1] ** -0.5
+        for (bm, bn, warps, stages), tma, per_sm in tiles:
+            tile = dict(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages, use_tma=tma)
 
-        def launch(programs, q=q, k=k, v=v, out=out, extra=extra):
-            attention_forward(_attn_fwd_kernel, q, k, v, out, scale=scale, stream_k=programs, **tile, **extra)
+            def launch(programs, q=q, k=k, v=v, out=out, extra=extra, tile=tile):
+                attention_forward(_attn_fwd_kernel, q, k, v, out, scale=q.shape[-1] ** -0.5, stream_k=programs,
+                                  **tile, **extra)
 
-        rows.append(_experiment_row(name, shape_text, lambda: launch(sms), "same tile, a program per query block",
-                                    lambda: launch(None), flops, ceiling,
-                                    (out,) + ((extra["joint"][3],) if "joint" in extra else ())))
+            rows.append(_experiment_row(
+                f"{label}: stream-K over {per_sm * sms} programs, {bm}x{bn} w{warps} s{stages}{' tma' if tma else ''}",
+                shape_text, lambda programs=per_sm * sms: launch(programs), "same tile, a program per query block",
+                lambda: launch(None), flops, ceiling, (out,) + ((extra["joint"][3],) if "joint" in extra else ())))
     return rows
 
 

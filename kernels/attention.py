@@ -700,6 +700,7 @@ def _attn_fwd_stream_k(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
     JOINT: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr, ROW_ALIGN: tl.constexpr = 1,
+    USE_TMA: tl.constexpr = False,
 ):
     """Stream-K attention, plain or joint (no other variant), an experiment: grid = (P,). The work, every query
     block of every (batch, head) times its key blocks, is cut into P equal runs of key-block iterations, one per
@@ -708,7 +709,9 @@ def _attn_fwd_stream_k(
     on 132 SMs, and the seventh runs 55% full. A query block one program covers whole is written as the attention
     kernel writes it; one that programs share leaves each part's unnormalised state (accumulator, row maxima, row
     sums; base 2) in WORK, slot 2p for the program's first block and 2p + 1 for its last, for
-    ``_attn_stream_k_combine``. Joint key blocks run stream 1's, then stream 2's, as one sequence."""
+    ``_attn_stream_k_combine``. Joint key blocks run stream 1's, then stream 2's, as one sequence. USE_TMA: key and
+    value blocks through tensor descriptors, made for each work item's head (the single-warpgroup tiles, two CTAs
+    per SM, leave Flux's last wave 27% full: 864 query blocks over 264 CTAs)."""
     qk_scale = tl.cast(qk_scale, tl.float32)
     p = tl.program_id(0)
     blocks_1, blocks_q, keys_1, n_blocks, total = _stream_k_work(Nq, Nk, Nq2, Nk2, BH, BLOCK_M, BLOCK_N, JOINT)
@@ -738,14 +741,14 @@ def _attn_fwd_stream_k(
             tl.minimum(tl.minimum(kb1, keys_1) * BLOCK_N, Nk),
             _per_iteration(stride_kn, it, ROW_ALIGN), stride_kd, _per_iteration(stride_vn, it, ROW_ALIGN), stride_vd,
             qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16,
-            SCALE_POSITIVE, False, False)
+            SCALE_POSITIVE, USE_TMA, False)
         if JOINT:
             acc_a, acc_b, m_i, l_i = _attend_keys(
                 acc_a, acc_b, m_i, l_i, q_a, q_b, _head(K2, b64, hk64, stride_k2b, stride_k2h, ROW_ALIGN),
                 _head(V2, b64, hk64, stride_v2b, stride_v2h, ROW_ALIGN), tl.maximum(kb0 - keys_1, 0) * BLOCK_N,
                 tl.minimum(tl.maximum(kb1 - keys_1, 0) * BLOCK_N, Nk2), _per_iteration(stride_k2n, it, ROW_ALIGN),
                 stride_k2d, _per_iteration(stride_v2n, it, ROW_ALIGN), stride_v2d, qk_scale, HEAD_DIM, BLOCK_N,
-                BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, False, False)
+                BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, False)
         if (kb0 == 0) & (kb1 == n_blocks):
             Os, _, _, son, sod = _stream_rows(
                 pid_m, b64, h64, blocks_1, O, O2, stride_ob, stride_oh, stride_on, stride_od, stride_o2b,
@@ -1127,7 +1130,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     ``_attend_overlapped``), with ``block_m``, every variant, with or without ``rowsum_mma``; not with
     ``stream_k``.
     stream_k: the stream-K experiment over this many programs (``_attn_fwd_stream_k``; a GPU's SM count times the
-    CTAs of the tile one SM holds), with ``block_m``, for plain and joint attention (the benchmark and the tests).
+    CTAs of the tile one SM holds), with ``block_m`` and pointer or descriptor loads (``use_tma``), for plain and
+    joint attention (the benchmark and the tests).
     When q or k has a norm or RoPE, each such tensor first gets it in one pass of its own (``_qk_prologue``).
     """
     import torch
@@ -1138,9 +1142,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         raise ValueError("overlap: an experiment for a fixed tile (block_m, block_n) and one program per query block "
                          "(not with stream_k)")
     if stream_k is not None:
-        if block_m is None or rowsum_mma or use_tma is not False:
-            raise ValueError("stream_k: an experiment for a fixed tile (block_m, block_n) with pointer loads and row "
-                             "sums by adds")
+        if block_m is None or rowsum_mma:
+            raise ValueError("stream_k: an experiment for a fixed tile (block_m, block_n) with row sums by adds")
         if negative is not None or any(t is not None for t in (kv_lens, negative_kv_lens, cu_seqlens_q)):
             raise ValueError("stream_k: plain and joint attention only (no negative, kv_lens or cu_seqlens)")
         if stream_k < 1:
@@ -1237,18 +1240,6 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     flags["EVEN_N"] = not (varlen or kv_lens is not None or negative_kv_lens is not None) and \
         all(n % widest == 0 for n in lengths)
     flags["ROW_ALIGN"] = _row_align(q.element_size(), strides)
-    if stream_k is not None:
-        work = torch.empty(2 * stream_k * block_m * (block_da + block_db + 2), device=q.device, dtype=torch.float32)
-        shape = {name: flags[name] for name in ("HEAD_DIM", "BLOCK_DA", "BLOCK_DB", "SPLIT_D", "MASK_D", "JOINT",
-                                                "EMULATE_BF16", "ROW_ALIGN")}
-        shape.update(BLOCK_M=block_m, BLOCK_N=block_n, **plans.launch_options(_attn_fwd_stream_k))
-        sizes = [heads, n_q, n_k, n_q2, n_k2, batch * heads]
-        _attn_fwd_stream_k[(stream_k,)](
-            *tensors[:8], work, *strides[:32], heads, heads // kv_heads, *sizes[1:], float(scale) * LOG2E,
-            EVEN_N=flags["EVEN_N"], SCALE_POSITIVE=flags["SCALE_POSITIVE"], num_warps=num_warps,
-            num_stages=num_stages, **shape)
-        _attn_stream_k_combine[(stream_k,)](out, out2, work, *so, *so2, *sizes, num_warps=num_warps, **shape)
-        return
     kv = [k, v] + ([k2, v2] if joint is not None else []) + ([k_neg, v_neg] if negative is not None else [])
     usable = tma_usable(kv)
     flags["TMA_OK"] = block_m is None and usable
@@ -1257,14 +1248,29 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     elif use_tma and q.is_cuda and not usable:
         raise ValueError("use_tma: the key/value tensors need compute capability 9+, a contiguous head dim and "
                          "16-byte aligned addresses and strides")
-    if block_m is not None:
-        flags.update(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, USE_TMA=use_tma,
-                     ROWSUM_MMA=bool(rowsum_mma), OVERLAP=bool(overlap))
-    flags.update(plans.launch_options(kernel))
     # descriptor loads need Triton's allocator, which is per thread (a context variable): planned launches set it too
     before = _ensure_scratch_allocator if flags["TMA_OK"] or (use_tma and q.is_cuda) else None
     if before is not None:
         before()
+    if stream_k is not None:
+        work = torch.empty(2 * stream_k * block_m * (block_da + block_db + 2), device=q.device, dtype=torch.float32)
+        shape = {name: flags[name] for name in ("HEAD_DIM", "BLOCK_DA", "BLOCK_DB", "SPLIT_D", "MASK_D", "JOINT",
+                                                "EMULATE_BF16", "ROW_ALIGN")}
+        shape.update(BLOCK_M=block_m, BLOCK_N=block_n, **plans.launch_options(_attn_fwd_stream_k))
+        sizes = [heads, n_q, n_k, n_q2, n_k2, batch * heads]
+        _attn_fwd_stream_k[(stream_k,)](
+            *tensors[:8], work, *strides[:32], heads, heads // kv_heads, *sizes[1:], float(scale) * LOG2E,
+            EVEN_N=flags["EVEN_N"], SCALE_POSITIVE=flags["SCALE_POSITIVE"], USE_TMA=bool(use_tma),
+            num_warps=num_warps, num_stages=num_stages, **shape)
+        # (the merge holds two parts' BLOCK_M x D float32 accumulators: at 128 x 128 over 4 warps it spilled 380
+        # bytes per thread, over 8 none; ptxas sm_90a)
+        _attn_stream_k_combine[(stream_k,)](out, out2, work, *so, *so2, *sizes, num_warps=max(num_warps, 8),
+                                            **shape)
+        return
+    if block_m is not None:
+        flags.update(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, USE_TMA=use_tma,
+                     ROWSUM_MMA=bool(rowsum_mma), OVERLAP=bool(overlap))
+    flags.update(plans.launch_options(kernel))
     if block_m is not None or tuned is None:
         plans.launch(kernel, grid, args, flags, plan_key, len(tensors), before, writes=_WRITES)
         return

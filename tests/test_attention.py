@@ -303,16 +303,16 @@ STREAM_K_CASES = [c for c in GRID if c.name in (
 
 
 @needs_interpreter
-@pytest.mark.parametrize("programs", [1, 5, 100])
+@pytest.mark.parametrize("programs, use_tma", [(1, False), (5, False), (100, False), (5, True)])
 @pytest.mark.parametrize("case", STREAM_K_CASES, ids=str)
-def test_stream_k(case, programs):
+def test_stream_k(case, programs, use_tma):
     """Stream-K (``_attn_fwd_stream_k`` + ``_attn_stream_k_combine``): every query block's keys shared among programs
     in every way the counts allow (one program with all the work; query blocks split between 2 or more programs,
     some holding a middle part only, joint blocks split inside either key stream or across the two; more programs
-    than key blocks, so some have none), at a tile with several query and key blocks; every output element
-    written, as accurate as the one-program-per-block kernel."""
+    than key blocks, so some have none), at a tile with several query and key blocks, with pointer and (shared
+    blocks) descriptor loads; every output element written, as accurate as the one-program-per-block kernel."""
     q, k, v, kw = build(case, seed=19)
-    out = run_kernel(q, k, v, kw, (32, 32), stream_k=programs)
+    out = run_kernel(q, k, v, kw, (32, 32), stream_k=programs, use_tma=use_tma)
     ref64, lowp = references(q, k, v, kw)
     lows = (None,) * len(_streams(case, out)) if lowp is None else _streams(case, lowp)
     for got, ref, low in zip(_streams(case, out), _streams(case, ref64), lows):
@@ -320,8 +320,8 @@ def test_stream_k(case, programs):
 
 
 def test_experiments_take_what_they_can_run():
-    """The experiments' limits are errors before launch. Stream-K: a fixed tile, pointer loads, no other variant,
-    at least one program; row sums by MMA and the overlap: a fixed tile; the overlap not with stream-K."""
+    """The experiments' limits are errors before launch. Stream-K: a fixed tile, row sums by adds, no other
+    variant, at least one program; row sums by MMA and the overlap: a fixed tile; the overlap not with stream-K."""
     from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_kernel, attention_forward
 
     q = torch.randn(1, 1, 8, 16)
@@ -329,7 +329,7 @@ def test_experiments_take_what_they_can_run():
     fixed_tile = "overlap: an experiment for a fixed tile"
     for kernel, extra, match in ((_attn_fwd_kernel, {"stream_k": 0}, "stream_k must be >= 1"),
                                  (_attn_fwd_autotuned, {"stream_k": 3, "block_m": None}, "fixed tile"),
-                                 (_attn_fwd_kernel, {"stream_k": 3, "use_tma": True}, "pointer loads"),
+                                 (_attn_fwd_kernel, {"stream_k": 3, "rowsum_mma": True}, "row sums by adds"),
                                  (_attn_fwd_kernel, {"stream_k": 3, "kv_lens": lens}, "plain and joint"),
                                  (_attn_fwd_kernel, {"stream_k": 3, "negative": (q, q)}, "plain and joint"),
                                  (_attn_fwd_autotuned, {"rowsum_mma": True, "block_m": None}, "rowsum_mma"),
@@ -962,13 +962,15 @@ def test_benchmark_experiment_rows_dry_run(tiny_bench):
     rows = tiny_bench._experiment_rows("cpu", torch.float32, None)
     names = [r["name"].split(":")[0] for r in rows]
     assert names == ["t128", "Flux joint + QK norm + RoPE", "t64", "t64", "t128", "t128", "t64", "t64", "t64",
-                     "Flux joint + QK norm + RoPE", "t128", "t64", "t64", "t64", "t64", "t128",
-                     "Flux joint + QK norm + RoPE"], rows
+                     "Flux joint + QK norm + RoPE", "t128", "t64", "t64", "t64", "t64", "t128", "t128",
+                     "Flux joint + QK norm + RoPE", "Flux joint + QK norm + RoPE"], rows
     assert all("one warpgroup per CTA, 128x64 w4 s2 tma" in r["name"] for r in rows[:2])
     assert all("64 rows x 128 keys, 64x128 w4 s2 tma" in r["name"] and "64x64 w4 s3" in r["peer"] for r in rows[2:4])
     assert all("softmax under the next scores' MMA" in r["name"] for r in rows[4:10])
     assert "row sums by MMA" in rows[8]["name"] and "row sums by adds" in rows[8]["peer"]
-    assert all("stream-K over 3 programs" in r["name"] for r in rows[-2:])
+    assert [r["name"].split(": ")[1] for r in rows[-4:]] == [
+        "stream-K over 3 programs, 128x128 w8 s3 (graph replay)",
+        "stream-K over 6 programs, 128x64 w4 s2 tma (graph replay)"] * 2
     assert all(r["speedup"] > 0 and r["max_diff"] < 1e-4 for r in rows), rows
 
 
@@ -1000,7 +1002,7 @@ def test_benchmark_experiments_alone(tiny_bench, tmp_path):
     names = [r["name"] for r in rows]
     assert names[0] == "fp32_matmul_TFLOPs"
     assert [n.split(":")[1].strip() for n in names[1:4]] == ["autotuned (graph replay)"] * 3
-    assert len(rows) == 4 + 17 and all(r["speedup"] > 0 for r in rows[1:]), rows
+    assert len(rows) == 4 + 19 and all(r["speedup"] > 0 for r in rows[1:]), rows
     assert "autotuned (graph replay)" in (tmp_path / "report.md").read_text()
 
 
@@ -1131,16 +1133,20 @@ def test_gpu_accuracy_rowsum_mma(case, cuda_device):
                          + [Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", name="gpu-flux-plain")], ids=str)
 def test_gpu_accuracy_stream_k(case, cuda_device):
     """The stream-K experiment compiled for the GPU (the benchmark times it) at the case's default tile, and at the
-    production sizes also at the 128 x 128 x 8 warps tile it is meant for; over as many programs as SMs and over 7."""
-    from pydiff.kernels.attention import default_config
+    production sizes also at the tiles it is meant for: 128 x 128 x 8 warps, and at head dim 128 the
+    single-warpgroup tiles with descriptor loads where usable (two CTAs per SM); over as many programs as the SMs
+    hold and over 7."""
+    from pydiff.kernels.attention import _ONE_WARPGROUP_TILES, default_config
 
     q, k, v, kw = _on_device(case, cuda_device)
     sms = torch.cuda.get_device_properties(cuda_device).multi_processor_count
-    tiles = [default_config(case.head_dim, case.joint is not None)]
-    tiles += [(128, 128, 8, 3)] if case.name.startswith("gpu-") else []
-    for bm, bn, warps, stages in dict.fromkeys(tiles):
-        for programs in (sms, 7):
-            out = run_kernel(q, k, v, kw, (bm, bn), stream_k=programs, warps=warps, stages=stages)
+    tiles = [(*default_config(case.head_dim, case.joint is not None), False, 1)]
+    if case.name.startswith("gpu-"):
+        tiles += [(128, 128, 8, 3, False, 1)]
+        tiles += [(*tile, None, 2) for tile in sorted(_ONE_WARPGROUP_TILES)] if case.head_dim == 128 else []
+    for bm, bn, warps, stages, tma, per_sm in dict.fromkeys(tiles):
+        for programs in (per_sm * sms, 7):
+            out = run_kernel(q, k, v, kw, (bm, bn), stream_k=programs, warps=warps, stages=stages, use_tma=tma)
             _assert_gpu_accurate(case, out, q, k, v, kw)
 
 
