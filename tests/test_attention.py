@@ -1195,11 +1195,12 @@ def _tuner_descriptor_tiles(case):
     Case(BF16, 64, 4250, 4250, heads=4, batch=2, name="gpu-sd3-plain"),
     Case(BF16, 128, 512, 512, heads=4, joint=(4096, 4096), layout="bnhd", rope="interleaved", q_norm=True,
          k_norm=True, joint_q_norm=True, joint_k_norm=True, name="gpu-flux-joint")], ids=str)
-def test_gpu_accuracy_tuner_descriptor_tiles(case, cuda_device):
+def test_gpu_accuracy_descriptors_tuner_tiles(case, cuda_device):
     """The autotuner's extra descriptor-load candidates, which the default-tile grid does not run: the
     single-warpgroup tile above head dim 64 (``_ONE_WARPGROUP_TILES``) and the 64 x 128 tile up to head dim 64
     (``_WIDE_KEY_BLOCK_TILES``), on the grid cases they apply to, SD3's size and Flux's joint call (descriptor loads
-    where usable)."""
+    where usable). Named for the GPU suite's descriptor stage (``-k descriptors``), whose failure turns descriptor
+    loads, and with them these candidates, off for the rest of the suite."""
     q, k, v, kw = _on_device(case, cuda_device)
     for bm, bn, warps, stages in _tuner_descriptor_tiles(case):
         out = run_kernel(q, k, v, kw, (bm, bn), warps=warps, stages=stages, use_tma=None)
