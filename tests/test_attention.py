@@ -974,9 +974,9 @@ def test_benchmark_experiment_rows_dry_run(tiny_bench):
     assert all(r["speedup"] > 0 and r["max_diff"] < 1e-4 for r in rows), rows
 
 
-def test_experiment_rows_refuse_a_wrong_kernel():
-    """An experiment row whose kernel writes different outputs from its peer's, or leaves some unwritten, is an
-    error row, not a timing."""
+def test_benchmark_rows_refuse_a_wrong_kernel():
+    """An experiment row whose kernel writes outputs off its peer's by more than 3% of the largest, or leaves some
+    unwritten, is an error row, not a timing; so is a shape row whose output is not SDPA's (4% off, on CPU)."""
     bench = pytest.importorskip("benchmarks.bench_attention")
     out = torch.zeros(4)
 
@@ -986,6 +986,13 @@ def test_experiment_rows_refuse_a_wrong_kernel():
     for ours in (lambda: out.copy_(torch.arange(4.0) + 0.1), lambda: out[:3].copy_(torch.arange(3.0))):
         row = bench._experiment_row("x", "s", ours, "peer", peer, 1.0, None, (out,))
         assert "outputs differ from the peer's" in row["error"], row
+    assert bench._max_diff([torch.arange(4.0) + 0.08], [torch.arange(4.0)]) == pytest.approx(0.08)  # under 3%
+    shape = bench.Shape("tiny", 1, 2, 64, 64, 32)
+    for factor, error in ((1.04, True), (1.0, False)):
+        rows = bench._plain_rows(shape, "cpu", torch.float32, True, None,
+                                 lambda q, k, v: F.scaled_dot_product_attention(q, k, v) * factor)
+        assert ("outputs differ from the peer's" in rows[0].get("error", "")) == error, rows
+        assert error or all(r["max_diff"] == 0 for r in rows if "speedup" in r)
 
 
 @needs_interpreter
