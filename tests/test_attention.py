@@ -976,7 +976,8 @@ def test_benchmark_experiment_rows_dry_run(tiny_bench):
 
 def test_benchmark_rows_refuse_a_wrong_kernel():
     """An experiment row whose kernel writes outputs off its peer's by more than 3% of the largest, or leaves some
-    unwritten, is an error row, not a timing; so is a shape row whose output is not SDPA's (4% off, on CPU)."""
+    unwritten, is an error row, not a timing; so is a shape row whose output is not SDPA's and a variant row whose
+    outputs are not the stock sequence's (4% off, on CPU)."""
     bench = pytest.importorskip("benchmarks.bench_attention")
     out = torch.zeros(4)
 
@@ -993,6 +994,9 @@ def test_benchmark_rows_refuse_a_wrong_kernel():
                                  lambda q, k, v: F.scaled_dot_product_attention(q, k, v) * factor)
         assert ("outputs differ from the peer's" in rows[0].get("error", "")) == error, rows
         assert error or all(r["max_diff"] == 0 for r in rows if "speedup" in r)
+        x = torch.randn(3, 5)
+        rows = bench._variant("v", "s", lambda: (x, x * factor), lambda: (x, x), "stock", 1.0, "cpu", True, None)
+        assert ("outputs differ from the peer's" in rows[0].get("error", "")) == error, rows
 
 
 @needs_interpreter
