@@ -94,6 +94,11 @@ def ptxas_report(ptx: str, arch: str = "sm_90a") -> tuple:
     return int(regs[1]), int(spill[1]) if spill else 0, copies, key_loop_instructions(ptx)
 
 
+def tile_label(tile) -> str:
+    """A tile as the tables and the tuner's timings name it: "128x64 w4 s2", with " tma" for descriptor loads."""
+    return f"{tile[0]}x{tile[1]} w{tile[2]} s{tile[3]}" + (" tma" if len(tile) > 4 and tile[4] else "")
+
+
 def compile_attention(head_dim: int, tile, flags, module=None, info: dict = None) -> tuple:
     """(registers, spill bytes, async copies, key-loop instructions) of one specialisation; tile = (BLOCK_M,
     BLOCK_N, warps, stages[, key/value loads through tensor descriptors]); ``info`` (a dict) receives its shared
@@ -187,7 +192,7 @@ def candidates() -> int:
         for cfg in A._prune_configs(A._attn_fwd_autotuned.configs, args):
             kw = cfg.kwargs
             tile = (kw["BLOCK_M"], kw["BLOCK_N"], cfg.num_warps, cfg.num_stages, kw.get("USE_TMA", False))
-            label = f"{tile[0]}x{tile[1]} w{tile[2]} s{tile[3]}" + (" tma" if tile[4] else "")
+            label = tile_label(tile)
             start = time.perf_counter()
             try:
                 regs, spill, _, _ = compile_attention(head_dim, tile, flags)
@@ -267,8 +272,7 @@ def overlap_report() -> None:
             regs, spill, _, _ = compile_attention(head_dim, tile, {**flags, "OVERLAP": overlap}, info=info)
             cells += [str(regs), str(spill), str(ctas_per_sm(regs, info["shared"], tile[2])),
                       str(softmax_under_mma(info["ptx"]))]
-        label = f"{tile[0]}x{tile[1]} w{tile[2]} s{tile[3]}" + (" tma" if len(tile) > 4 and tile[4] else "")
-        print(f"| {name} | {head_dim} | {label} | " + " | ".join(cells) + " |", flush=True)
+        print(f"| {name} | {head_dim} | {tile_label(tile)} | " + " | ".join(cells) + " |", flush=True)
 
 
 def sass_key_loop(cubin: bytes) -> list:
@@ -333,9 +337,8 @@ def warpgroup_report() -> None:
           "loop | CTA barriers per key block | instructions per score |\n|---|---|---|---|---|---|---|---|---|---|")
     for name, head_dim, tile, flags in WARPGROUP_CASES:
         *counts, per_score = warpgroup_figures(head_dim, tile, flags)
-        label = f"{tile[0]}x{tile[1]} w{tile[2]} s{tile[3]}" + (" tma" if len(tile) > 4 and tile[4] else "")
-        print(f"| {name} | {head_dim} | {label} | " + " | ".join(map(str, counts)) + f" | {per_score:.3f} |",
-              flush=True)
+        print(f"| {name} | {head_dim} | {tile_label(tile)} | " + " | ".join(map(str, counts))
+              + f" | {per_score:.3f} |", flush=True)
 
 
 #: Hopper's per-SM limits (H100 / H200 SXM): registers, shared memory (and what each CTA reserves of it), warps
@@ -410,9 +413,7 @@ def main() -> int:
         for name, fn in (("stream-K experiment", A._attn_fwd_stream_k), ("its combine pass", A._attn_stream_k_combine)):
             name = name + (", joint" if joint else "")
             regs, spill, copies, loop = compile_stream_k(fn, head_dim, tile, joint)
-            loads = " tma" if len(tile) > 4 and tile[4] else ""
-            print(f"| {name} | {head_dim} | {tile[0]}x{tile[1]} w{tile[2]} s{tile[3]}{loads} | {regs} | {spill} | "
-                  f"{copies} | {loop} |", flush=True)
+            print(f"| {name} | {head_dim} | {tile_label(tile)} | {regs} | {spill} | {copies} | {loop} |", flush=True)
     return 0
 
 
