@@ -859,15 +859,15 @@ def test_eager_calls_skip_dispatch_but_tracers_see_the_op(monkeypatch):
 def _resources_tool(script: str) -> str:
     """The standard output of ``script`` run with benchmarks/attention_resources.py importable, in a process of its
     own (the tool clears TRITON_INTERPRET at import, for its sm_90a compiles); skips where ptxas cannot compile
-    for sm_90a."""
+    for sm_90a or Triton's wheel has no nvdisasm (the SASS figures)."""
     import subprocess
     import sys
     from pathlib import Path
 
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
                           cwd=Path(__file__).resolve().parents[1])
-    if done.returncode != 0 and "ptxas" in done.stderr:
-        pytest.skip(f"no ptxas for sm_90a: {done.stderr.strip().splitlines()[-1]}")
+    if done.returncode != 0 and ("ptxas" in done.stderr or "nvdisasm" in done.stderr):
+        pytest.skip(f"no ptxas for sm_90a or no nvdisasm: {done.stderr.strip().splitlines()[-1]}")
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
