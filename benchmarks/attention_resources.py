@@ -249,7 +249,7 @@ def softmax_under_mma(ptx: str) -> int:
 #: (name, head dim, tile, flags) of the OVERLAP experiment's report: the tiles the GPU benchmark times it at, and
 #: the 128 x 128 tile at head dim 128 with 3 stages, whose overlapped loop needs more shared memory than an SM has
 OVERLAP_CASES = [("plain", 128, (128, 128, 8, 2, True), {}), ("plain", 128, (128, 128, 8, 3, True), {}),
-                 ("plain", 128, (128, 64, 8, 3), {}),
+                 ("plain", 128, (128, 64, 8, 3), {}), ("plain", 128, (64, 64, 4, 2, True), {}),
                  ("plain", 64, (64, 64, 4, 3), {}), ("plain, partial key blocks (SD3)", 64, (64, 64, 4, 2),
                                                     {"EVEN_N": False}),
                  ("plain, row sums by MMA", 64, (64, 64, 4, 3), {"ROWSUM_MMA": True}),
