@@ -75,6 +75,11 @@ def _qkv(shape: Shape, device, dtype, gen):
     return q, k, torch.randn(k.shape, device=device, dtype=dtype, generator=gen)
 
 
+def _tile_label(bm, bn, warps, stages, tma=False) -> str:
+    """A tile as the rows and the tuner's timings name it: "128x64 w4 s2", with " tma" for descriptor loads."""
+    return f"{bm}x{bn} w{warps} s{stages}" + (" tma" if tma else "")
+
+
 def _sdpa_backends(device: str) -> Dict[str, Optional[object]]:
     """name -> torch.nn.attention.SDPBackend (None: PyTorch's own choice), the default first."""
     if device != "cuda":
@@ -111,8 +116,8 @@ def _tile() -> Dict[str, object]:
     from pydiff.kernels.attention import _attn_fwd_autotuned
 
     def name(cfg) -> str:
-        return (f"{cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']} w{cfg.num_warps} s{cfg.num_stages}"
-                + (" tma" if cfg.kwargs.get("USE_TMA") else ""))
+        return _tile_label(cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages,
+                           cfg.kwargs.get("USE_TMA", False))
 
     best = getattr(_attn_fwd_autotuned, "best_config", None)
     timings = getattr(_attn_fwd_autotuned, "configs_timings", None) or {}
@@ -250,9 +255,9 @@ def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
                 attention_forward(_attn_fwd_kernel, q, k, v, out, scale=shape.head_dim ** -0.5, block_m=bm,
                                   block_n=bn, num_warps=warps, num_stages=stages, rowsum_mma=rowsum)
 
-            rows.append(_experiment_row(f"{shape.name}: row sums by MMA, {bm}x{bn} w{warps} s{stages}", str(shape),
-                                        lambda: launch(True), "same tile, row sums by adds", lambda: launch(False),
-                                        flops, ceiling, (out,)))
+            rows.append(_experiment_row(f"{shape.name}: row sums by MMA, {_tile_label(bm, bn, warps, stages)}",
+                                        str(shape), lambda: launch(True), "same tile, row sums by adds",
+                                        lambda: launch(False), flops, ceiling, (out,)))
     return rows
 
 
@@ -267,16 +272,10 @@ def _descriptor_tile_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
                                           attention_forward)
 
     gen = torch.Generator(device=device).manual_seed(7)
-
-    def plain(shape):
-        q, k, v = _qkv(shape, device, dtype, gen)
-        return ((shape.name, str(shape), (q, k, v, torch.empty_like(q)), {},
-                 _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)), shape.head_dim)
-
     self_attention = [shape for shape in GPU_SHAPES if shape.n_k == shape.n_q]
-    cases = ([plain(shape) for shape in self_attention if shape.head_dim == 128]
+    cases = ([(_plain_case(shape, device, dtype, gen), 128) for shape in self_attention if shape.head_dim == 128]
              + [(_flux_joint_case(device, dtype, gen), 128)]
-             + [plain(shape) for shape in self_attention if shape.head_dim == 64])
+             + [(_plain_case(shape, device, dtype, gen), 64) for shape in self_attention if shape.head_dim == 64])
     rows = []
     for (label, shape_text, (q, k, v, out), extra, flops), head_dim in cases:
         def launch(bm, bn, warps, stages, tma, q=q, k=k, v=v, out=out, extra=extra):
@@ -289,10 +288,10 @@ def _descriptor_tile_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
             ((64, 64, 4, 3), "pointer loads")
         for bm, bn, warps, stages in sorted(tiles):
             rows.append(_experiment_row(
-                f"{label}: {kind}, {bm}x{bn} w{warps} s{stages} tma", shape_text,
+                f"{label}: {kind}, {_tile_label(bm, bn, warps, stages, True)}", shape_text,
                 lambda tile=(bm, bn, warps, stages): launch(*tile, True),
-                f"{peer_kind}, {peer[0]}x{peer[1]} w{peer[2]} s{peer[3]}", lambda: launch(*peer, False), flops,
-                ceiling, (out,) + ((extra["joint"][3],) if "joint" in extra else ())))
+                f"{peer_kind}, {_tile_label(*peer)}", lambda: launch(*peer, False), flops, ceiling,
+                _outputs(out, extra)))
     return rows
 
 
@@ -302,7 +301,8 @@ def _overlap_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
     without it, at tiles where the overlapped loop fits an SM (``attention_resources.py --overlap``, sm_90a):
     Flux at 128 x 128 with descriptor loads and 2 stages (3 would need 288 KiB of shared memory), at 128 x 64, and
     at 64 x 64 x 4 warps x 2 stages with descriptors (two CTAs per SM, out of step, each overlapping: 175
-    registers, 112 KiB; the H200 tuner timed 64 x 64 x 3 stages at 460 TFLOP/s against 501 for its choice); SD3 (partial key blocks) at 64 x 64 with 2 stages (4 CTAs per SM with and without); SDXL self-attention at the
+    registers, 112 KiB; the H200 tuner timed 64 x 64 x 3 stages at 460 TFLOP/s against 501 for its choice); SD3
+    (partial key blocks) at 64 x 64 with 2 stages (4 CTAs per SM with and without); SDXL self-attention at the
     autotuner's H200 tile, 64 x 64 x 3 stages (3 CTAs per SM instead of 4), also with the row sums on the tensor
     cores (ROWSUM_MMA) against neither; Flux's joint call with its QK norms and RoPE at 128 x 128 x 2 stages. The
     autotuned kernel's time at these shapes, from the same run, is what an experiment must beat."""
@@ -323,9 +323,9 @@ def _overlap_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
             attention_forward(_attn_fwd_kernel, q, k, v, out, scale=q.shape[-1] ** -0.5, overlap=on,
                               rowsum_mma=on and rowsum, **tile)
 
-        label = f"{bm}x{bn} w{warps} s{stages}" + (" tma" if tma else "")
         rows.append(_experiment_row(
-            f"{shape.name}: softmax under the next scores' MMA{' + row sums by MMA' if rowsum else ''}, {label}",
+            f"{shape.name}: softmax under the next scores' MMA{' + row sums by MMA' if rowsum else ''}, "
+            f"{_tile_label(bm, bn, warps, stages, tma)}",
             str(shape), lambda: launch(True), "same tile, softmax after the scores" + (", row sums by adds"
                                                                                        if rowsum else ""),
             lambda: launch(False), _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim), ceiling,
@@ -340,7 +340,7 @@ def _overlap_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
 
     rows.append(_experiment_row(f"{label}: softmax under the next scores' MMA, 128x128 w8 s2 tma", shape_text,
                                 lambda: joint(True), "same tile, softmax after the scores", lambda: joint(False),
-                                flops, ceiling, (out, extra["joint"][3])))
+                                flops, ceiling, _outputs(out, extra)))
     return rows
 
 
@@ -381,6 +381,18 @@ def _stream_k_programs(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def _plain_case(shape: Shape, device, dtype, gen):
+    """(label, shape, (q, k, v, out), no extra arguments, FLOPs) of a plain shape, in ``_flux_joint_case``'s form."""
+    q, k, v = _qkv(shape, device, dtype, gen)
+    return (shape.name, str(shape), (q, k, v, torch.empty_like(q)), {},
+            _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim))
+
+
+def _outputs(out, extra) -> tuple:
+    """A case's outputs: ``out``, and the joint stream's with a joint call."""
+    return (out,) + ((extra["joint"][3],) if "joint" in extra else ())
+
+
 def _flux_joint_case(device, dtype, gen):
     """(label, shape, (q, k, v, out), attention_forward's joint/prologue arguments, FLOPs) of Flux's joint call:
     512 text + 4096 image tokens in (B, N, H, D), QK norms on both streams, interleaved RoPE over the joined
@@ -412,11 +424,7 @@ def _stream_k_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
 
     sms = _stream_k_programs(device)
     gen = torch.Generator(device=device).manual_seed(4)
-    cases = []
-    for shape in [shape for shape in GPU_SHAPES if shape.head_dim == 128]:
-        q, k, v = _qkv(shape, device, dtype, gen)
-        cases.append((shape.name, str(shape), (q, k, v, torch.empty_like(q)), {},
-                      _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim)))
+    cases = [_plain_case(shape, device, dtype, gen) for shape in GPU_SHAPES if shape.head_dim == 128]
     cases.append(_flux_joint_case(device, dtype, gen))
     tiles = [((128, 128, 8, 3), False, 1)] + [(tile, True, 2) for tile in sorted(_ONE_WARPGROUP_TILES)]
     rows = []
@@ -429,9 +437,9 @@ def _stream_k_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
                                   **tile, **extra)
 
             rows.append(_experiment_row(
-                f"{label}: stream-K over {per_sm * sms} programs, {bm}x{bn} w{warps} s{stages}{' tma' if tma else ''}",
+                f"{label}: stream-K over {per_sm * sms} programs, {_tile_label(bm, bn, warps, stages, tma)}",
                 shape_text, lambda programs=per_sm * sms: launch(programs), "same tile, a program per query block",
-                lambda: launch(None), flops, ceiling, (out,) + ((extra["joint"][3],) if "joint" in extra else ())))
+                lambda: launch(None), flops, ceiling, _outputs(out, extra)))
     return rows
 
 

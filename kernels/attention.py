@@ -886,23 +886,15 @@ _GPU_CONFIGS = [
     (64, 128, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 2),
 ]
 
-#: Hopper (compute capability 9+) candidates whose key/value blocks arrive through tensor descriptors (the tensor
-#: memory accelerator: no per-thread address arithmetic, 162 -> 140 registers per thread at D 128 with 128 x 64 x 8
-#: warps, ptxas sm_90a). Triton 3.6's warp specialisation of this loop was tried: with 8 warps it compiled to the
-#: same code (no register split between producer and consumers), with 4 it failed inside the compiler.
-#: The last two are ``_ONE_WARPGROUP_TILES`` and ``_WIDE_KEY_BLOCK_TILES`` (below).
-_TMA_CONFIGS = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (128, 64, 4, 2),
-                (64, 128, 4, 2)]
-
 #: Descriptor-load tiles kept above head dim 64 (up to 128) although one warpgroup holds the whole accumulator
 #: (128 x 128 at D 128): two such CTAs share an SM and run out of step. An 8-warp CTA's two warpgroups meet at
 #: every key block (2-3 CTA-wide barriers per block in the key loop, Triton 3.6 sm_90a), so both run their softmax
 #: at the same time while the tensor cores idle; two single-warpgroup CTAs have no barrier between them, and one's
 #: softmax can run under the other's matrix multiplies (what FlashAttention-3's ping-pong schedule arranges). At
-#: D 128, 128 x 64 x 2 stages: 255
-#: registers, 96 KiB of shared memory, two CTAs per SM, no local memory in the key loop (its 28 spill bytes are
-#: outside it); with pointer loads the same tile spills inside the loop (148 bytes), and 128 x 32 (230 registers)
-#: issues half again as many instructions per score (``benchmarks/attention_resources.py --warpgroups``).
+#: D 128, 128 x 64 x 2 stages: 255 registers, 96 KiB of shared memory, two CTAs per SM, no local memory in the key
+#: loop (its 28 spill bytes are outside it); with pointer loads the same tile spills inside the loop (148 bytes),
+#: and 128 x 32 (230 registers) issues half again as many instructions per score
+#: (``benchmarks/attention_resources.py --warpgroups``).
 _ONE_WARPGROUP_TILES = {(128, 64, 4, 2)}
 
 #: Descriptor-load tiles for head dims up to 64: 64 query rows against 128-key blocks spread each block's fixed
@@ -913,6 +905,13 @@ _ONE_WARPGROUP_TILES = {(128, 64, 4, 2)}
 #: cycle, so above 0.25 per score the loop is bound by issue before the tensor cores: the 64 x 64 tile is, this one
 #: is not.
 _WIDE_KEY_BLOCK_TILES = {(64, 128, 4, 2)}
+
+#: Hopper (compute capability 9+) candidates whose key/value blocks arrive through tensor descriptors (the tensor
+#: memory accelerator: no per-thread address arithmetic, 162 -> 140 registers per thread at D 128 with 128 x 64 x 8
+#: warps, ptxas sm_90a). Triton 3.6's warp specialisation of this loop was tried: with 8 warps it compiled to the
+#: same code (no register split between producer and consumers), with 4 it failed inside the compiler.
+_TMA_CONFIGS = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3)] + sorted(
+    _ONE_WARPGROUP_TILES | _WIDE_KEY_BLOCK_TILES, reverse=True)
 
 
 #: the candidates kept for the variants (joint, negative): each variant is its own compile of every

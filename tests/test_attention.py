@@ -680,19 +680,18 @@ def test_tiling_choices():
     assert d128 and all(c.kwargs["BLOCK_M"] * 128 < 128 * c.num_warps * 32 for c in d128)
     # ... except the descriptor-load tiles that put two single-warpgroup CTAs on an SM, for one accumulator (plain
     # or joint), above head dim 64 and not past 128
-    one_warpgroup = lambda args: {shape(c) + (c.num_stages,) for c in _prune_configs(configs, args)  # noqa: E731
-                                  if c.kwargs.get("USE_TMA") and c.kwargs["BLOCK_M"] * 128 >= 128 * c.num_warps * 32}
+    tma_kept = lambda args: {shape(c) + (c.num_stages,) for c in _prune_configs(configs, args)  # noqa: E731
+                             if c.kwargs.get("USE_TMA")}
+    one_warpgroup = lambda args: {t for t in tma_kept(args) if t[0] * 128 >= 128 * t[2] * 32}  # noqa: E731
     d128_tma = {**base, "BLOCK_DA": 128, "TMA_OK": True}
     assert _ONE_WARPGROUP_TILES and _ONE_WARPGROUP_TILES <= set(_TMA_CONFIGS) & _HEAVY_TMA_CONFIGS
     assert one_warpgroup(d128_tma) == one_warpgroup({**d128_tma, "JOINT": True}) == _ONE_WARPGROUP_TILES
     assert _ONE_WARPGROUP_TILES <= one_warpgroup({**base, "BLOCK_DB": 32, "SPLIT_D": True, "TMA_OK": True})  # D 96
     assert not one_warpgroup({**d128_tma, "NEG": True})
     assert not one_warpgroup({**d128_tma, "BLOCK_DB": 32, "SPLIT_D": True})  # D 160
-    assert not {shape(c) + (c.num_stages,) for c in _prune_configs(configs, {**base, "TMA_OK": True})
-                if c.kwargs.get("USE_TMA")} & _ONE_WARPGROUP_TILES
+    assert not tma_kept({**base, "TMA_OK": True}) & _ONE_WARPGROUP_TILES
     # the 64 x 128 descriptor tile: for every variant up to head dim 64, not above
-    wide_keys = lambda args: {shape(c) + (c.num_stages,) for c in _prune_configs(configs, args)  # noqa: E731
-                              if c.kwargs.get("USE_TMA")} & _WIDE_KEY_BLOCK_TILES
+    wide_keys = lambda args: tma_kept(args) & _WIDE_KEY_BLOCK_TILES  # noqa: E731
     assert _WIDE_KEY_BLOCK_TILES and _WIDE_KEY_BLOCK_TILES <= set(_TMA_CONFIGS) & _HEAVY_TMA_CONFIGS
     for variant in ({}, {"JOINT": True}, {"NEG": True}):
         assert wide_keys({**base, "TMA_OK": True, **variant}) == _WIDE_KEY_BLOCK_TILES
@@ -1162,6 +1161,12 @@ def test_gpu_accuracy_stream_k(case, cuda_device):
             _assert_gpu_accurate(case, out, q, k, v, kw)
 
 
+# production-size cases beyond the GPU grid: SD3's self-attention size (partial key blocks), and Flux's joint call
+GPU_SD3 = Case(BF16, 64, 4250, 4250, heads=4, batch=2, name="gpu-sd3-plain")
+GPU_FLUX_JOINT = Case(BF16, 128, 512, 512, heads=4, joint=(4096, 4096), layout="bnhd", rope="interleaved",
+                      q_norm=True, k_norm=True, joint_q_norm=True, joint_k_norm=True, name="gpu-flux-joint")
+
+
 def _overlap_tile(case):
     """The OVERLAP experiment's tile for a grid case: the GPU default, but 32 x 32 above head dim 128 (fp32 at D 256
     with 64 x 32 would need 256 KiB of shared memory overlapped, more than an SM has; sm_90a, Triton 3.6)."""
@@ -1178,9 +1183,7 @@ OVERLAP_GPU_TILES = {"gpu-flux-shape": [(128, 128, 8, 2, True, False)],
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_GRID + [
-    Case(BF16, 64, 4250, 4250, heads=4, batch=2, name="gpu-sd3-plain"),
-    Case(BF16, 128, 512, 512, heads=4, joint=(4096, 4096), layout="bnhd", rope="interleaved", q_norm=True,
-         k_norm=True, joint_q_norm=True, joint_k_norm=True, name="gpu-flux-joint")], ids=str)
+    GPU_SD3, GPU_FLUX_JOINT], ids=str)
 def test_gpu_accuracy_overlap(case, cuda_device):
     """The OVERLAP experiment compiled for the GPU (the benchmark times it): every grid case at its default tile,
     and the production-size cases at the tiles the benchmark times (descriptor loads where usable: the GPU suite
@@ -1194,19 +1197,21 @@ def test_gpu_accuracy_overlap(case, cuda_device):
 
 
 def _tuner_descriptor_tiles(case):
-    """The autotuner's extra descriptor-load candidates that apply to a case (``_prune_configs``)."""
-    from pydiff.kernels.attention import _ONE_WARPGROUP_TILES, _WIDE_KEY_BLOCK_TILES
+    """The autotuner's extra descriptor-load candidates that ``_prune_configs`` keeps for a case."""
+    from pydiff.kernels.attention import (_ONE_WARPGROUP_TILES, _WIDE_KEY_BLOCK_TILES, _attn_fwd_autotuned,
+                                          _prune_configs, head_dim_blocks)
 
-    if 64 < case.head_dim <= 128 and case.negative is None:
-        return sorted(_ONE_WARPGROUP_TILES)
-    return sorted(_WIDE_KEY_BLOCK_TILES) if case.head_dim <= 64 else []
+    da, db, split = head_dim_blocks(case.head_dim)
+    args = dict(BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split, JOINT=case.joint is not None, NEG=case.negative is not None,
+                TMA_OK=True, HEAD_DIM=case.head_dim)
+    kept = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+            for c in _prune_configs(_attn_fwd_autotuned.configs, args) if c.kwargs.get("USE_TMA")}
+    return sorted(kept & (_ONE_WARPGROUP_TILES | _WIDE_KEY_BLOCK_TILES))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", [c for c in GPU_GRID if _tuner_descriptor_tiles(c)] + [
-    Case(BF16, 64, 4250, 4250, heads=4, batch=2, name="gpu-sd3-plain"),
-    Case(BF16, 128, 512, 512, heads=4, joint=(4096, 4096), layout="bnhd", rope="interleaved", q_norm=True,
-         k_norm=True, joint_q_norm=True, joint_k_norm=True, name="gpu-flux-joint")], ids=str)
+    GPU_SD3, GPU_FLUX_JOINT], ids=str)
 def test_gpu_accuracy_descriptors_tuner_tiles(case, cuda_device):
     """The autotuner's extra descriptor-load candidates, which the default-tile grid does not run: the
     single-warpgroup tile above head dim 64 (``_ONE_WARPGROUP_TILES``) and the 64 x 128 tile up to head dim 64
