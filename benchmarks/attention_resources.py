@@ -36,6 +36,7 @@ from triton.compiler import ASTSource  # noqa: E402
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import tile_label  # noqa: E402
 from kernels import attention as A  # noqa: E402
 
 POINTERS = {"Q", "K", "V", "O", "Q2", "K2", "V2", "O2", "KN", "VN", "X", "Y"}
@@ -92,11 +93,6 @@ def ptxas_report(ptx: str, arch: str = "sm_90a") -> tuple:
         raise RuntimeError(f"ptxas failed: {out.stderr.strip()[-300:]}")
     copies = ptx.count("cp.async.cg") + ptx.count("cp.async.bulk.tensor")
     return int(regs[1]), int(spill[1]) if spill else 0, copies, key_loop_instructions(ptx)
-
-
-def tile_label(tile) -> str:
-    """A tile as the tables and the tuner's timings name it: "128x64 w4 s2", with " tma" for descriptor loads."""
-    return f"{tile[0]}x{tile[1]} w{tile[2]} s{tile[3]}" + (" tma" if len(tile) > 4 and tile[4] else "")
 
 
 def compile_attention(head_dim: int, tile, flags, module=None, info: dict = None) -> tuple:

@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.common import comparison_row, comparison_table, measure, measure_graph  # noqa: E402
+from benchmarks.common import comparison_row, comparison_table, measure, measure_graph, tile_label  # noqa: E402
 
 TITLE = "Attention: fused kernel vs SDPA backends and the stock op sequences"
 ORDER = 20
@@ -75,11 +75,6 @@ def _qkv(shape: Shape, device, dtype, gen):
     return q, k, torch.randn(k.shape, device=device, dtype=dtype, generator=gen)
 
 
-def _tile_label(bm, bn, warps, stages, tma=False) -> str:
-    """A tile as the rows and the tuner's timings name it: "128x64 w4 s2", with " tma" for descriptor loads."""
-    return f"{bm}x{bn} w{warps} s{stages}" + (" tma" if tma else "")
-
-
 def _sdpa_backends(device: str) -> Dict[str, Optional[object]]:
     """name -> torch.nn.attention.SDPBackend (None: PyTorch's own choice), the default first."""
     if device != "cuda":
@@ -116,8 +111,8 @@ def _tile() -> Dict[str, object]:
     from pydiff.kernels.attention import _attn_fwd_autotuned
 
     def name(cfg) -> str:
-        return _tile_label(cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages,
-                           cfg.kwargs.get("USE_TMA", False))
+        return tile_label((cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages,
+                           cfg.kwargs.get("USE_TMA", False)))
 
     best = getattr(_attn_fwd_autotuned, "best_config", None)
     timings = getattr(_attn_fwd_autotuned, "configs_timings", None) or {}
@@ -255,7 +250,7 @@ def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
                 attention_forward(_attn_fwd_kernel, q, k, v, out, scale=shape.head_dim ** -0.5, block_m=bm,
                                   block_n=bn, num_warps=warps, num_stages=stages, rowsum_mma=rowsum)
 
-            rows.append(_experiment_row(f"{shape.name}: row sums by MMA, {_tile_label(bm, bn, warps, stages)}",
+            rows.append(_experiment_row(f"{shape.name}: row sums by MMA, {tile_label((bm, bn, warps, stages))}",
                                         str(shape), lambda: launch(True), "same tile, row sums by adds",
                                         lambda: launch(False), flops, ceiling, (out,)))
     return rows
@@ -288,9 +283,9 @@ def _descriptor_tile_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
             ((64, 64, 4, 3), "pointer loads")
         for bm, bn, warps, stages in sorted(tiles):
             rows.append(_experiment_row(
-                f"{label}: {kind}, {_tile_label(bm, bn, warps, stages, True)}", shape_text,
+                f"{label}: {kind}, {tile_label((bm, bn, warps, stages, True))}", shape_text,
                 lambda tile=(bm, bn, warps, stages): launch(*tile, True),
-                f"{peer_kind}, {_tile_label(*peer)}", lambda: launch(*peer, False), flops, ceiling,
+                f"{peer_kind}, {tile_label(peer)}", lambda: launch(*peer, False), flops, ceiling,
                 _outputs(out, extra)))
     return rows
 
@@ -325,7 +320,7 @@ def _overlap_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
 
         rows.append(_experiment_row(
             f"{shape.name}: softmax under the next scores' MMA{' + row sums by MMA' if rowsum else ''}, "
-            f"{_tile_label(bm, bn, warps, stages, tma)}",
+            f"{tile_label((bm, bn, warps, stages, tma))}",
             str(shape), lambda: launch(True), "same tile, softmax after the scores" + (", row sums by adds"
                                                                                        if rowsum else ""),
             lambda: launch(False), _flops(shape.batch, shape.heads, shape.n_q, shape.n_k, shape.head_dim), ceiling,
@@ -437,7 +432,7 @@ def _stream_k_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
                                   **tile, **extra)
 
             rows.append(_experiment_row(
-                f"{label}: stream-K over {per_sm * sms} programs, {_tile_label(bm, bn, warps, stages, tma)}",
+                f"{label}: stream-K over {per_sm * sms} programs, {tile_label((bm, bn, warps, stages, tma))}",
                 shape_text, lambda programs=per_sm * sms: launch(programs), "same tile, a program per query block",
                 lambda: launch(None), flops, ceiling, _outputs(out, extra)))
     return rows

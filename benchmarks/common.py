@@ -152,3 +152,9 @@ def _fmt_extra(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
+
+
+def tile_label(tile) -> str:
+    """An attention tile (BLOCK_M, BLOCK_N, warps, stages[, descriptor loads]) as the benchmark rows, the resource
+    tables and the tuner's timings name it: "128x64 w4 s2", with " tma" for descriptor loads."""
+    return f"{tile[0]}x{tile[1]} w{tile[2]} s{tile[3]}" + (" tma" if len(tile) > 4 and tile[4] else "")
