@@ -39,7 +39,8 @@ class _Utils:
 class StubCudaDriver:
     """Triton's driver interface as the JIT and compiled kernels use it. ``launches`` keeps
     ``(grid, function, kernel arguments)`` of the last 64 launches (a growing list would make timing loops measure
-    the garbage collector); ``compiled`` has ``(kernel name, compile metadata)`` of every kernel loaded."""
+    the garbage collector); ``compiled`` has ``(kernel name, compile metadata)`` of every kernel loaded. A launch
+    calls the launch hooks it is passed, as Triton's launchers do."""
 
     def __init__(self, capability: int = 90):
         self.target = GPUTarget("cuda", capability, 32)
@@ -54,7 +55,12 @@ class StubCudaDriver:
 
             def __call__(self, grid_x, grid_y, grid_z, stream, function, packed_metadata, launch_metadata,
                          enter_hook, exit_hook, *args):
+                # the hooks as Triton's launchers call them (a profiler's), around the launch
+                if enter_hook is not None:
+                    enter_hook(launch_metadata)
                 stub.launches.append(((grid_x, grid_y, grid_z), function, args))
+                if exit_hook is not None:
+                    exit_hook(launch_metadata)
 
         self.launcher_cls = Launcher
 

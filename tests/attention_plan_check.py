@@ -11,8 +11,10 @@ off here. Needs a process without TRITON_INTERPRET. Prints one line per case, an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from unittest import mock
 
 # Triton's default without multiply-add contraction (3.10's): the kernels must pin it on themselves
 os.environ["TRITON_DEFAULT_FP_FUSION"] = "0"
@@ -85,6 +87,53 @@ def check(name, call, launches, jit, changed=()):
         other()
         assert jit.count > before, f"{name}: '{label}' reused a plan made for another specialisation"
     print(f"ok {name}: {len(first)} launches, {len(changed)} specialisation changes", flush=True)
+
+
+@contextlib.contextmanager
+def _launch_hook(hook):
+    """``hook`` set as Triton's launch-enter hook for the block, as a profiler (Proton) sets one."""
+    try:
+        from triton import knobs
+        runtime = knobs.runtime
+    except ImportError:  # Triton < 3.4 keeps the hooks on CompiledKernel
+        from triton.compiler.compiler import CompiledKernel as runtime
+    chain = runtime.launch_enter_hook
+    if hasattr(chain, "add"):  # a chain of hooks (Triton 3.5+)
+        chain.add(hook)
+        try:
+            yield
+        finally:
+            chain.remove(hook)
+    else:
+        runtime.launch_enter_hook = hook
+        try:
+            yield
+        finally:
+            runtime.launch_enter_hook = chain
+
+
+def check_launch_hooks(name, call, launches, kernel_names):
+    """A planned call (``call``, already made once, launching kernels named ``kernel_names``) launches without
+    Triton's runner while no launch hook is set, and through it, calling the hook for every launch, while one is."""
+    from triton.compiler.compiler import CompiledKernel
+
+    with mock.patch.object(CompiledKernel, "__getitem__", autospec=True,
+                           side_effect=CompiledKernel.__getitem__) as runner:
+        launches.clear()
+        call()
+        direct = runner.call_count
+        assert len(launches) == len(kernel_names), f"{name}: {len(launches)} launches"
+        seen = []
+        with _launch_hook(seen.append):
+            launches.clear()
+            call()
+    assert direct == 0 or plans._knobs is None, f"{name}: {direct} launches went through Triton's runner"
+    assert runner.call_count - direct == len(launches) == len(kernel_names), \
+        f"{name}: {runner.call_count - direct} of {len(launches)} launches through the runner with a hook set"
+    seen_names = [metadata.get()["name"] for metadata in seen]
+    assert seen_names == list(kernel_names), f"{name}: the hook saw {seen_names}, expected {list(kernel_names)}"
+    print(f"ok launch hooks ({name}): {len(launches)} launches without Triton's runner, each seen by a hook set "
+          "later", flush=True)
 
 
 def _wiring(launches):
@@ -210,6 +259,7 @@ def main():
             ("kv_lens", lambda: run(q, k, v, out, kv_lens=torch.tensor([77, 30], dtype=torch.int32))),
             ("key block", lambda: run(q, k, v, out, block_n=32)),
         ])
+        check_launch_hooks("plain", lambda: run(q, k, v, out), launches, ["_attn_fwd_kernel"])
         # the stream-K experiment at the same tile runs its own two kernels, not the plain call's plan
         launches.clear()
         run(q, k, v, out, stream_k=3)
@@ -241,6 +291,7 @@ def main():
                 joint_k_norm_weight=weights[3])
 
         check("joint + norm + RoPE", flux, launches, jit, changed=[("RoPE pairing", lambda: flux(False))])
+        check_launch_hooks("joint + norm + RoPE", flux, launches, ["_qk_prologue"] * 4 + ["_attn_fwd_kernel"])
 
         # negative-prompt attention with key padding on both key sets
         kn, vn = _bhnd(2, 3, 50, 64), _bhnd(2, 3, 50, 64)
