@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .ops import native
-from .ops.backend import OpBackends, current_backend
+from .ops.backend import OpBackends, backend_key, environment_reader
 from .reference.attention import LAYOUTS, attention_reference
 
 try:  # torch with triton_op (2.6+); without it wrap_triton is the identity and never records
@@ -547,6 +547,9 @@ def _replay(args, outs, launches):
     return replay
 
 
+#: the environment switches that change what a call launches (the tuner, descriptor loads), for call signatures
+_SWITCHES = environment_reader("PYDIFF_ATTENTION_AUTOTUNE", "PYDIFF_ATTENTION_TMA")
+
 #: ``_call_key``'s answer for a call that must go through ``torch.ops`` (see ``plain_eager``)
 _THROUGH_OP = object()
 
@@ -589,8 +592,7 @@ def _key_start(q, layout):
         device = torch.cuda.current_device()
         if q.device.index != device:  # the body switches devices around its launches
             return None
-    return [current_backend(), os.environ.get("PYDIFF_ATTENTION_AUTOTUNE"), os.environ.get("PYDIFF_ATTENTION_TMA"),
-            device]
+    return [*backend_key(), *_SWITCHES(), device]
 
 
 def _direct_launch():

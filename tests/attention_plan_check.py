@@ -136,6 +136,14 @@ def check_launch_hooks(name, call, launches, kernel_names):
           "later", flush=True)
 
 
+def _forced(backend, call):
+    """``call()`` with ``backend`` forced (``pydiff.use_backend``)."""
+    from pydiff import use_backend
+
+    with use_backend(backend):
+        return call()
+
+
 def _wiring(launches):
     """Which tensor arguments of a call's launches share memory: (launch, slot) pairs grouped by address."""
     groups = {}
@@ -185,6 +193,11 @@ def check_calls(launches):
                 ("kv_lens", lambda: attention(q, k, v, kv_lens=lens)),
                 ("descriptor switch", lambda: mock.patch.dict(os.environ, {"PYDIFF_ATTENTION_TMA": "0"})(
                     lambda: attention(q, k, v))()),
+                ("tuner switch", lambda: mock.patch.dict(os.environ, {"PYDIFF_ATTENTION_AUTOTUNE": "off"})(
+                    lambda: attention(q, k, v))()),
+                ("PYDIFF_BACKEND", lambda: mock.patch.dict(os.environ, {"PYDIFF_BACKEND": "triton"})(
+                    lambda: attention(q, k, v))()),
+                ("use_backend", lambda: _forced("triton", lambda: attention(q, k, v))),
             ]),
             ("joint + negative", lambda: list(attention(q, k, v, joint=(q[:, :, :20], k[:, :, :9], v[:, :, :9]),
                                                         negative=(k_neg, v_neg), negative_scale=0.5)), []),

@@ -209,6 +209,29 @@ def test_backend_forcing_and_env():
                           check=True).stdout.strip() == "torch"
 
 
+def test_environment_reader_follows_changes(monkeypatch):
+    """The raw settings cached calls key on follow every change made through os.environ."""
+    from pydiff.ops.backend import backend_key, environment_reader
+
+    read = environment_reader("PYDIFF_TEST_SWITCH_A", "PYDIFF_TEST_SWITCH_B")
+    monkeypatch.delenv("PYDIFF_TEST_SWITCH_A", raising=False)
+    monkeypatch.setenv("PYDIFF_TEST_SWITCH_B", "1")
+    first = read()
+    assert first[0] is None and first[1] in ("1", b"1")
+    monkeypatch.setenv("PYDIFF_TEST_SWITCH_A", "0")
+    monkeypatch.setenv("PYDIFF_TEST_SWITCH_B", "2")
+    second = read()
+    assert second[0] in ("0", b"0") and second[1] in ("2", b"2")
+    monkeypatch.delenv("PYDIFF_TEST_SWITCH_A")
+    assert read()[0] is None
+    monkeypatch.setenv("PYDIFF_BACKEND", "torch")
+    unforced = backend_key()
+    with use_backend("triton"):
+        assert backend_key() != unforced
+    monkeypatch.setenv("PYDIFF_BACKEND", "auto")
+    assert backend_key() != unforced
+
+
 def test_info_reports_backends():
     data = pydiff.info()
     assert data["torch"] == torch.__version__
