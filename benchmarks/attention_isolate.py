@@ -11,6 +11,9 @@ and its line says which output elements are wrong or which CUDA error it raised.
 Modes (combinable with +; default: plain, tma, rowsum, streamk, overlap):
 - plain: the default tile, pointer loads;
 - tma: key/value loads through tensor descriptors;
+- tuner: the autotuner's extra descriptor-load tiles that apply to the case (one warpgroup of 128 rows above head
+  dim 64, 64 x 128 up to 64; others report n/a), each in turn, as the descriptor stage's test runs them; asked
+  for, the production-size cases of that test (SD3's size, Flux's joint call) join the default cases;
 - rowsum: the ROWSUM_MMA experiment;
 - streamk: the stream-K experiment over as many programs as SMs (plain and joint cases; others report n/a);
 - overlap: the OVERLAP experiment (each block's softmax under the next block's scores);
@@ -32,14 +35,15 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ["plain", "tma", "rowsum", "streamk", "overlap", "noalign", "noplans"]
+MODES = ["plain", "tma", "tuner", "rowsum", "streamk", "overlap", "noalign", "noplans"]
+DEFAULT_MODES = ["plain", "tma", "rowsum", "streamk", "overlap"]
 
 
 def _case(name: str):
     sys.path.insert(0, str(ROOT / "tests"))
     import test_attention as T
 
-    cases = {c.name: c for c in T.GRID + T.GPU_GRID}
+    cases = {c.name: c for c in T.GRID + T.GPU_GRID + T.DESCRIPTOR_PRODUCTION_CASES}
     if name not in cases:
         raise SystemExit(f"unknown case {name!r}; known: {', '.join(cases)}")
     return T, cases[name]
@@ -63,25 +67,35 @@ def run_one(name: str, mode: str) -> dict:
     stream_k = None
     if "streamk" in parts:
         if case.negative is not None or case.kv_lens is not None or case.cu_q is not None:
-            return {"tile": list(T._gpu_default_tile(case)), "streams": [], "skipped": "stream-K: plain and joint only"}
+            return {"streams": [], "skipped": "stream-K: plain and joint only"}
         stream_k = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 7
+    # (BLOCK_M, BLOCK_N, warps, stages) of each tile to run
+    if "tuner" in parts:
+        tiles = T._tuner_descriptor_tiles(case)
+        if not tiles:
+            return {"streams": [], "skipped": "no extra descriptor tile applies"}
+    else:
+        tiles = [(*(T._overlap_tile(case) if "overlap" in parts else T._gpu_default_tile(case)), 4, 2)]
     q, k, v, kw = T._on_device(case, "cuda" if torch.cuda.is_available() else "cpu")
-    tile = T._overlap_tile(case) if "overlap" in parts else T._gpu_default_tile(case)
-    out = T.run_kernel(q, k, v, kw, tile, use_tma="tma" in parts, rowsum_mma="rowsum" in parts, stream_k=stream_k,
-                       overlap="overlap" in parts)
     streams = []
-    for got, ref, low, failure in T.gpu_stream_checks(case, out, q, k, v, kw):
-        err = (got.double() - ref.double()).abs().nan_to_num(float("inf"))
-        bad = err > 0.05
-        streams.append({"err": err.max().item(), "failure": failure,
-                        "torch": None if low is None else (low.double() - ref.double()).abs().max().item(),
-                        "bad": int(bad.sum()), "of": err.numel(), "first_bad": bad.nonzero()[:3].tolist()})
-    return {"tile": list(tile), "streams": streams}
+    for block_m, block_n, warps, stages in tiles:
+        out = T.run_kernel(q, k, v, kw, (block_m, block_n), warps=warps, stages=stages,
+                           use_tma=None if "tuner" in parts else "tma" in parts, rowsum_mma="rowsum" in parts,
+                           stream_k=stream_k, overlap="overlap" in parts)
+        for got, ref, low, failure in T.gpu_stream_checks(case, out, q, k, v, kw):
+            err = (got.double() - ref.double()).abs().nan_to_num(float("inf"))
+            bad = err > 0.05
+            streams.append({"err": err.max().item(), "failure": failure, "tile": [block_m, block_n, warps, stages],
+                            "torch": None if low is None else (low.double() - ref.double()).abs().max().item(),
+                            "bad": int(bad.sum()), "of": err.numel(), "first_bad": bad.nonzero()[:3].tolist()})
+    return {"streams": streams}
 
 
 def _describe(stream: dict) -> str:
     torch_err = "-" if stream["torch"] is None else f"{stream['torch']:.3g}"
-    return (f"err {stream['err']:.3g} (torch {torch_err}), {stream['bad']} of {stream['of']} off by > 0.05"
+    block_m, block_n, warps, stages = stream["tile"]
+    return (f"{block_m}x{block_n} w{warps} s{stages}: err {stream['err']:.3g} (torch {torch_err}), {stream['bad']} of "
+            f"{stream['of']} off by > 0.05"
             + (f", first {stream['first_bad']}" if stream["bad"] else "")
             + (f"; {stream['failure']}" if stream["failure"] else ""))
 
@@ -111,7 +125,7 @@ def _spawn(name: str, mode: str, timeout: float) -> tuple:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cases", nargs="*", help="case names (default: the GPU grid)")
-    parser.add_argument("--modes", nargs="+", default=MODES[:5], help=f"of {MODES}, combinable with + "
+    parser.add_argument("--modes", nargs="+", default=DEFAULT_MODES, help=f"of {MODES}, combinable with + "
                         "(default: plain tma rowsum streamk overlap)")
     parser.add_argument("--jobs", type=int, default=min(12, os.cpu_count() or 1), help="processes at once")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per process")
@@ -129,7 +143,9 @@ def main(argv=None) -> int:
         for name in names:
             _case(name)
     else:
-        names = [c.name for c in _case("f32-d64-97x97")[0].GPU_GRID]
+        T = _case("f32-d64-97x97")[0]
+        tuner = any("tuner" in mode.split("+") for mode in args.modes)
+        names = [c.name for c in T.GPU_GRID + (T.DESCRIPTOR_PRODUCTION_CASES if tuner else [])]
     jobs = [(name, mode) for name in names for mode in args.modes]
     print("| case | mode | result | per output stream | time |\n|---|---|---|---|---|", flush=True)
     failures = 0

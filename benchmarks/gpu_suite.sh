@@ -15,8 +15,8 @@
 #   probe: 8 tiles x 3 shapes).
 #   GPU_ATTN_BASELINE: an earlier attention results file to compare against (default: the committed
 #   benchmarks/results/*/attention.json with the latest date; "none" skips the comparison).
-#   GPU_ISOLATE_TIMEOUT: seconds for benchmarks/attention_isolate.py, run when the GPU tests fail (each attention
-#   case in a process of its own: a CUDA error fails every later test of its process).
+#   GPU_ISOLATE_TIMEOUT: seconds for benchmarks/attention_isolate.py, run when the descriptor stage or the GPU tests
+#   fail (each attention case in a process of its own: a CUDA error fails every later test of its process).
 #   GPU_KEEP: a folder that receives, flat, the 8 files worth committing (a device lease returns at most 8), after
 #   every stage, e.g. `GPU_KEEP=$OUT bash benchmarks/gpu_suite.sh /tmp/r`.
 # A lease too short for the whole suite: `python3 -m pip install --no-build-isolation --no-deps -e . &&
@@ -66,6 +66,12 @@ keep
 if ! timeout "${GPU_TMA_TIMEOUT:-150}" python3 -m pytest -q -m gpu -k descriptors -p no:cacheprovider \
     tests/test_attention.py >"$out/gpu-tests-descriptors.log" 2>&1; then
   tail -15 "$out/gpu-tests-descriptors.log"
+  # which case and tile broke (the default tiles with descriptors, the tuner's extra descriptor tiles), each alone
+  timeout "${GPU_ISOLATE_TIMEOUT:-120}" python3 benchmarks/attention_isolate.py --modes tma tuner \
+    >"$out/isolate-descriptors.md" 2>&1
+  { echo; echo "# benchmarks/attention_isolate.py --modes tma tuner (each case in its own process)"
+    cat "$out/isolate-descriptors.md"; } >>"$out/gpu-tests-descriptors.log"
+  grep -E "FAIL|ERROR|TIMEOUT|failed" "$out/isolate-descriptors.md"
   echo "descriptor loads failed: continuing with PYDIFF_ATTENTION_TMA=0"
   export PYDIFF_ATTENTION_TMA=0
 fi

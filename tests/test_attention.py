@@ -1021,13 +1021,17 @@ def test_benchmark_experiments_alone(tiny_bench, tmp_path):
 def test_isolation_tool_runs_each_case_apart(monkeypatch, capsys):
     """benchmarks/attention_isolate.py (each GPU grid case and mode in a process of its own, for finding the case
     that breaks a GPU test run): it runs cases here under the interpreter, and its verdicts follow the GPU tests'
-    tolerances; stream-K runs where it applies."""
+    tolerances; stream-K and the tuner's extra tiles run where they apply."""
     tool = pytest.importorskip("benchmarks.attention_isolate")
     assert tool.main(["f16-negative-scale-kvlens", "f32-d48-custom-scale", "--modes", "plain", "rowsum+noplans",
-                      "streamk", "overlap", "--jobs", "2"]) == 0
+                      "streamk", "overlap", "tuner", "--jobs", "2"]) == 0
+    assert tool.main(["f32-d256", "--modes", "tuner"]) == 0
     table = capsys.readouterr().out
     assert "| f32-d48-custom-scale | streamk | ok |" in table and "| f16-negative-scale-kvlens | streamk | n/a |" in table
     assert "| f16-negative-scale-kvlens | overlap | ok |" in table
+    # the tuner's extra descriptor tile at head dim 48, none at 256
+    assert "| f16-negative-scale-kvlens | tuner | ok | 64x128 w4 s2: err" in table
+    assert "| f32-d256 | tuner | n/a |" in table
     with pytest.raises(SystemExit):
         tool.main(["no-such-case"])
     # in this process, outputs off by 0.01 fail the GPU check in 16-bit and in fp32 (TF32 tolerance)
@@ -1209,9 +1213,14 @@ def _tuner_descriptor_tiles(case):
     return sorted(kept & (_ONE_WARPGROUP_TILES | _WIDE_KEY_BLOCK_TILES))
 
 
+#: production-size cases the descriptor stage runs the tuner's extra tiles on (so does attention_isolate.py's tuner
+#: mode)
+DESCRIPTOR_PRODUCTION_CASES = [GPU_SD3, GPU_FLUX_JOINT]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", [c for c in GPU_GRID if _tuner_descriptor_tiles(c)] + [
-    GPU_SD3, GPU_FLUX_JOINT], ids=str)
+@pytest.mark.parametrize("case", [c for c in GPU_GRID if _tuner_descriptor_tiles(c)] + DESCRIPTOR_PRODUCTION_CASES,
+                         ids=str)
 def test_gpu_accuracy_descriptors_tuner_tiles(case, cuda_device):
     """The autotuner's extra descriptor-load candidates, which the default-tile grid does not run: the
     single-warpgroup tile above head dim 64 (``_ONE_WARPGROUP_TILES``) and the 64 x 128 tile up to head dim 64
