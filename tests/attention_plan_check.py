@@ -250,6 +250,51 @@ def check_calls(launches):
     print("ok triton_op kernel discovery: the op's 3 kernels", flush=True)
 
 
+def check_diffusers_models():
+    """The diffusers models with pydiff's processors (the tiny UNet, SD3 and Flux of test_attention_diffusers.py):
+    a repeated forward replays every attention call (call plans), the first having run the op's body once per
+    signature. A processor that hands the op new signatures each step (a weight copied per call, say) would make
+    every call pay the op's checks and launcher."""
+    import importlib
+    from pathlib import Path
+    from unittest import mock
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import test_attention_diffusers as models
+
+    from pydiff.integrations.diffusers import set_attention_backend
+
+    module = importlib.import_module("pydiff.attention")
+    module.bind_gpu_kernels()
+    body, ran, calls = module._run, [], []
+    route = mock.patch.object(module.backends, "select", lambda device: ("triton", module._attention_triton_cuda))
+    counted = mock.patch.object(module, "_eager", side_effect=module._eager)
+    gen = torch.Generator().manual_seed(1)
+    unet, sd3, flux = models.tiny_unet(), models.tiny_sd3("rms_norm"), models.tiny_flux()
+    sample, context = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 7, 24, generator=gen)
+    latents, text, pooled = (torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 9, 32, generator=gen),
+                             torch.randn(2, 24, generator=gen))
+    flux_inputs = models._flux_inputs(6)
+    forwards = [("UNet2DCondition", unet, lambda: unet(sample, torch.tensor([10, 500]), encoder_hidden_states=context)),
+                ("SD3", sd3, lambda: sd3(latents, text, pooled, torch.tensor([0.3, 0.8]))),
+                ("Flux", flux, lambda: flux(**flux_inputs))]
+    with stub_cuda_driver(), route, counted as eager, torch.no_grad(), \
+            mock.patch.object(module, "_run", lambda call: ran.append(1) or body(call)), \
+            mock.patch.dict(os.environ, {"PYDIFF_ATTENTION_AUTOTUNE": "0"}):
+        for name, model, forward in forwards:
+            assert set_attention_backend(model) > 0, name
+            for step in range(2):
+                ran.clear()
+                eager.reset_mock()
+                forward()
+                calls.append(eager.call_count)
+                assert eager.call_count > 0, f"{name}: no eager attention call"
+                assert (len(ran) > 0) if step == 0 else (len(ran) == 0), \
+                    f"{name}, forward {step}: the op's body ran {len(ran)} times in {eager.call_count} calls"
+    print(f"ok diffusers models: the second forward replays all {sum(calls[1::2])} attention calls of "
+          f"{', '.join(name for name, _, _ in forwards)}", flush=True)
+
+
 def main():
     kernel, prologue = ka._attn_fwd_kernel, ka._qk_prologue
     with stub_cuda_driver() as stub:
@@ -337,4 +382,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(check_diffusers_models() if sys.argv[1:] == ["--diffusers"] else main())

@@ -38,6 +38,13 @@ def test_plans_launch_what_triton_launches():
     assert len([line for line in out.splitlines() if line.startswith("ok ")]) == 12, out
 
 
+def test_diffusers_models_replay_their_calls():
+    """The diffusers processors' eager calls get call plans: a model's second forward runs no op body."""
+    pytest.importorskip("diffusers")
+    out = _compiled_run(str(ROOT / "tests" / "attention_plan_check.py"), "--diffusers")
+    assert "ok diffusers models: the second forward replays all" in out, out
+
+
 def test_host_benchmark_runs():
     """benchmarks/attention_host.py (host time per eager call, no GPU needed): every row is measured."""
     out = _compiled_run("-m", "benchmarks.attention_host")
