@@ -1,6 +1,7 @@
 """Registers and spills of the attention kernels per tile and variant, compiled for sm_90a without a GPU.
 
     python3 benchmarks/attention_resources.py            # a table: variant, head dim, tile, registers, spill bytes
+                                                         # (the QK prologue's last, per heads per program)
     python3 benchmarks/attention_resources.py --candidates   # every autotune candidate of every variant builds?
     python3 benchmarks/attention_resources.py --probe    # the Hopper probe's softmax variants: work per key block
     python3 benchmarks/attention_resources.py --overlap  # the OVERLAP experiment: softmax issued under the MMAs?
@@ -39,8 +40,9 @@ if __package__ in (None, ""):
 from benchmarks.common import tile_label  # noqa: E402
 from kernels import attention as A  # noqa: E402
 
-POINTERS = {"Q", "K", "V", "O", "Q2", "K2", "V2", "O2", "KN", "VN", "X", "Y"}
+POINTERS = {"Q", "K", "V", "O", "Q2", "K2", "V2", "O2", "KN", "VN", "X", "Y", "W"}
 INT_POINTERS = {"KV_LENS", "NEG_KV_LENS", "CU_Q", "CU_K"}
+FLOAT_POINTERS = {"WORK", "COS", "SIN"}
 FLOATS = {"qk_scale", "neg_scale", "eps"}
 #: (name, head dim, (BLOCK_M, BLOCK_N, warps, stages), flags beyond the plain kernel's)
 CASES = [
@@ -142,7 +144,7 @@ def compile_specialised(fn, head_dim: int, const: dict, warps: int, stages: int,
     const = {name: value for name, value in const.items() if name in fn.arg_names}
     const.update({name: 1 for name in fn.arg_names if name.startswith("stride_") and name.endswith("d")})
     signature = {name: "constexpr" if name in const else "*bf16" if name in POINTERS else
-                 "*i32" if name in INT_POINTERS else "*fp32" if name == "WORK" else "fp32" if name in FLOATS else
+                 "*i32" if name in INT_POINTERS else "*fp32" if name in FLOAT_POINTERS else "fp32" if name in FLOATS else
                  "i32" for name in fn.arg_names}
     aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
                if name not in const and (signature[name].startswith("*") or
@@ -161,6 +163,18 @@ def compile_ptx(fn, signature: dict, const: dict, aligned: dict, warps: int, sta
     if info is not None:
         info.update(shared=compiled.metadata.shared, ptx=compiled.asm["ptx"], cubin=compiled.asm["cubin"])
     return compiled.asm["ptx"]
+
+
+#: (head dim, heads per program) of the QK prologue's report rows (RMSNorm and interleaved RoPE, Flux's)
+PROLOGUE_CASES = [(128, 1), (128, 4), (128, 8), (64, 1), (64, 8), (80, 1), (80, 8)]
+
+
+def compile_prologue(head_dim: int, heads: int) -> tuple:
+    """``compile_attention``'s figures for the QK prologue (``_qk_prologue``) with RMSNorm and interleaved RoPE,
+    ``heads`` heads per program over the rows its launcher gives them on a GPU (16 / heads), 4 warps."""
+    const = dict(_head_dim_constants(head_dim, A), BLOCK_M=max(1, 16 // heads), HEADS=heads, HAS_NORM=True,
+                 HAS_ROPE=True, INTERLEAVED=True)
+    return compile_specialised(A._qk_prologue, head_dim, const, 4, 1)
 
 
 #: (name, head dim, flags[, key counts the pruner sees]): the specialisations the benchmark and the diffusers
@@ -410,6 +424,10 @@ def main() -> int:
             name = name + (", joint" if joint else "")
             regs, spill, copies, loop = compile_stream_k(fn, head_dim, tile, joint)
             print(f"| {name} | {head_dim} | {tile_label(tile)} | {regs} | {spill} | {copies} | {loop} |", flush=True)
+    for head_dim, heads in PROLOGUE_CASES:
+        regs, spill, _, _ = compile_prologue(head_dim, heads)
+        print(f"| QK prologue, {heads} head{'s' if heads > 1 else ''} per program | {head_dim} | "
+              f"{max(1, 16 // heads)} rows x {heads} w4 | {regs} | {spill} | - | - |", flush=True)
     return 0
 
 

@@ -56,6 +56,8 @@ GPU_SHAPES = [
     Shape("SD1.5 self-attention (D 40)", 2, 8, 4096, 4096, 40),
     Shape("video 16k tokens", 1, 24, 16384, 16384, 128),
 ]
+#: text tokens of Flux's joint call (the rest of GPU_SHAPES[0]'s tokens are the image's)
+FLUX_TEXT_TOKENS = 512
 GPU_QUICK = (0, 2, 3)
 CPU_SHAPES = [
     Shape("tiny self-attention", 1, 2, 256, 256, 64),
@@ -233,13 +235,13 @@ def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
     """The experiments, each against the same tile without it, device time under graph replay, most telling
     first (a stage cut short by its time limit keeps what it measured): the tuner's extra descriptor-load tiles
     against its H200 choices (``_descriptor_tile_rows``), the softmax overlapped with the next block's scores
-    (``_overlap_rows``), the stream-K rows; then the kernel's ROWSUM_MMA experiment (the softmax's row sums on the
+    (``_overlap_rows``), the stream-K rows, the QK prologue over head groups (``_prologue_rows``); then the kernel's ROWSUM_MMA experiment (the softmax's row sums on the
     tensor cores) against row sums by adds at the production shapes of head dim 64 and 128 (each head dim's default
     tile, and for head dim 64 the autotuner's choice on an H200, 64 x 64)."""
     from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward, default_config
 
     rows = (_descriptor_tile_rows(device, dtype, ceiling) + _overlap_rows(device, dtype, ceiling)
-            + _stream_k_rows(device, dtype, ceiling))
+            + _stream_k_rows(device, dtype, ceiling) + _prologue_rows(device, dtype, ceiling))
     for shape in [GPU_SHAPES[i] for i in (0, 1, 2)]:
         q, k, v = _qkv(shape, device, dtype, torch.Generator(device=device).manual_seed(3))
         out = torch.empty_like(q)
@@ -339,6 +341,29 @@ def _overlap_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
     return rows
 
 
+def _prologue_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
+    """Flux's joint call with the QK prologue taking 4 and 8 heads per program (``prologue_heads``: a program's heads
+    share the RoPE table rows it reads; each group size that divides the head count) against one head per program,
+    at the H200 tuner's tile for that call
+    (64 x 64 x 4 warps x 3 stages). The attention pass is the same on both sides, so the difference is the
+    prologue's: on the H200 the call took 0.662 ms under graph replay against 0.574 ms for the tuner's kernel alone,
+    ~88 us for four passes over ~113 MB, while one head per program reads 16 KB of float32 cos/sin for each 4 KB of
+    a head's q or k."""
+    from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward
+
+    label, shape_text, (q, k, v, out), extra, flops = _flux_joint_case(device, dtype, torch.Generator(
+        device=device).manual_seed(6))
+    tile = dict(block_m=64, block_n=64, num_warps=4, num_stages=3)
+
+    def joint(heads):
+        attention_forward(_attn_fwd_kernel, q, k, v, out, scale=q.shape[-1] ** -0.5, prologue_heads=heads, **tile,
+                          **extra)
+
+    return [_experiment_row(f"{label}: QK prologue {heads} heads per program, 64x64 w4 s3", shape_text,
+                            lambda heads=heads: joint(heads), "same, 1 head per program", lambda: joint(1), flops,
+                            ceiling, _outputs(out, extra)) for heads in (4, 8) if GPU_SHAPES[0].heads % heads == 0]
+
+
 def _max_diff(outputs, expected) -> Optional[float]:
     """The largest difference between our outputs and the peer's (None for none). A RuntimeError when it passes 3%
     of the peer's largest output or an element was left unwritten (NaN), since the time of a wrong kernel is no
@@ -393,7 +418,7 @@ def _flux_joint_case(device, dtype, gen):
     512 text + 4096 image tokens in (B, N, H, D), QK norms on both streams, interleaved RoPE over the joined
     sequence."""
     shape = GPU_SHAPES[0]
-    n_txt = 512
+    n_txt = FLUX_TEXT_TOKENS
     txt, img = ([torch.randn(shape.batch, n, shape.heads, shape.head_dim, device=device, dtype=dtype, generator=gen)
                  for _ in range(3)] for n in (n_txt, shape.n_q - n_txt))
     weights = [torch.rand(shape.head_dim, device=device, generator=gen).to(dtype) + 0.5 for _ in range(4)]

@@ -50,10 +50,32 @@ def _round_to_bf16(x):
 
 
 @triton.jit
-def _rope_chunk(x, base, rows, stride_n, stride_d, d, mask, rstd, W, COS, SIN, pos,
+def _head_sums(x, BLOCK_M: tl.constexpr, HEADS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Sums of x (BLOCK_M rows x HEADS heads of BLOCK_D columns each) over each head's columns: one per row and
+    head (BLOCK_M x HEADS; BLOCK_M with one head)."""
+    if HEADS == 1:
+        sums = tl.sum(x, 1)
+    else:
+        sums = tl.sum(tl.reshape(x, (BLOCK_M, HEADS, BLOCK_D)), 2)
+    return sums
+
+
+@triton.jit
+def _head_columns(v, BLOCK_M: tl.constexpr, HEADS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A value per row and head (``_head_sums``' shape) over each of its head's BLOCK_D columns."""
+    if HEADS == 1:
+        cols = v[:, None]
+    else:
+        cols = tl.reshape(tl.broadcast_to(v[:, :, None], (BLOCK_M, HEADS, BLOCK_D)), (BLOCK_M, HEADS * BLOCK_D))
+    return cols
+
+
+@triton.jit
+def _rope_chunk(x, base, rows, stride_n, stride_d, head_off, d, mask, rstd, W, COS, SIN, pos,
                 stride_cn, stride_cd, stride_sn, stride_sd,
                 HEAD_DIM: tl.constexpr, HAS_NORM: tl.constexpr, INTERLEAVED: tl.constexpr):
-    """RoPE (RoFormer) of one head-dim chunk x (float32, already normalised): x cos + sign * x[partner] sin."""
+    """RoPE (RoFormer) of one head-dim chunk x (float32, already normalised; columns at ``head_off`` + ``d``, d
+    within the head, rstd per column): x cos + sign * x[partner] sin."""
     if INTERLEAVED:
         partner = d ^ 1
         sign = tl.where((d & 1) == 0, -1.0, 1.0)
@@ -62,50 +84,55 @@ def _rope_chunk(x, base, rows, stride_n, stride_d, d, mask, rstd, W, COS, SIN, p
         partner = tl.where(first, d + HEAD_DIM // 2, d - HEAD_DIM // 2)
         sign = tl.where(first, -1.0, 1.0)
     # The partner may sit in the other head-dim chunk, so it is read again (from cache) rather than shuffled.
-    xp = tl.load(base + rows[:, None] * stride_n + partner[None, :] * stride_d, mask=mask, other=0.0)
+    xp = tl.load(base + rows[:, None] * stride_n + (head_off + partner * stride_d)[None, :], mask=mask, other=0.0)
     xp = xp.to(tl.float32)
     if HAS_NORM:
         wp = tl.load(W + partner, mask=partner < HEAD_DIM, other=0.0).to(tl.float32)
-        xp = xp * rstd[:, None] * wp[None, :]
+        xp = xp * rstd * wp[None, :]
+    # every head of a token reads the same table row: one program's heads share its lines in cache
     c = tl.load(COS + pos[:, None] * stride_cn + d[None, :] * stride_cd, mask=mask, other=0.0).to(tl.float32)
     s = tl.load(SIN + pos[:, None] * stride_sn + d[None, :] * stride_sd, mask=mask, other=0.0).to(tl.float32)
     return x * c + (sign[None, :] * xp) * s
 
 
 @triton.jit
-def _load_qk(base, rows, stride_n, stride_d, mask_a, mask_b, W, eps, COS, SIN, pos0,
-             stride_cn, stride_cd, stride_sn, stride_sd,
-             HEAD_DIM: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr,
-             HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
-             EMULATE_BF16: tl.constexpr):
-    """A q or k tile (rows x head dim, as one or two chunks) with its prologue, in the input dtype:
-    RMSNorm over the head dim (Zhang & Sennrich 2019) with weights W, then RoPE, both in float32."""
-    d_a = tl.arange(0, BLOCK_DA)
-    d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
-    x_a = tl.load(base + rows[:, None] * stride_n + d_a[None, :] * stride_d, mask=mask_a, other=0.0)
+def _load_qk(base, rows, stride_n, stride_d, head_off_a, d_a, head_off_b, d_b, mask_a, mask_b, W, eps, COS, SIN,
+             pos0, stride_cn, stride_cd, stride_sn, stride_sd,
+             HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, HEADS: tl.constexpr, BLOCK_DA: tl.constexpr,
+             BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr,
+             INTERLEAVED: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """A q or k tile (rows x HEADS heads, each head dim as one or two chunks: chunk a's columns at head_off_a + d_a,
+    d_a within the head, chunk b's likewise) with its prologue, in the input dtype: RMSNorm over each head's dims
+    (Zhang & Sennrich 2019) with weights W, then RoPE, both in float32."""
+    x_a = tl.load(base + rows[:, None] * stride_n + (head_off_a + d_a * stride_d)[None, :], mask=mask_a, other=0.0)
     if SPLIT_D:
-        x_b = tl.load(base + rows[:, None] * stride_n + d_b[None, :] * stride_d, mask=mask_b, other=0.0)
+        x_b = tl.load(base + rows[:, None] * stride_n + (head_off_b + d_b * stride_d)[None, :], mask=mask_b,
+                      other=0.0)
     else:
         x_b = x_a
     if HAS_NORM or HAS_ROPE:
         f_a = x_a.to(tl.float32)
         f_b = x_b.to(tl.float32)
-        rstd = 1.0
+        rstd_a = 1.0
+        rstd_b = 1.0
         if HAS_NORM:
-            sum_sq = tl.sum(f_a * f_a, 1)
+            sum_sq = _head_sums(f_a * f_a, BLOCK_M, HEADS, BLOCK_DA)
             if SPLIT_D:
-                sum_sq += tl.sum(f_b * f_b, 1)
+                sum_sq += _head_sums(f_b * f_b, BLOCK_M, HEADS, BLOCK_DB)
             rstd = tl.math.rsqrt(sum_sq / HEAD_DIM + eps)
-            f_a = f_a * rstd[:, None] * tl.load(W + d_a, mask=d_a < HEAD_DIM, other=0.0).to(tl.float32)[None, :]
+            rstd_a = _head_columns(rstd, BLOCK_M, HEADS, BLOCK_DA)
+            f_a = f_a * rstd_a * tl.load(W + d_a, mask=d_a < HEAD_DIM, other=0.0).to(tl.float32)[None, :]
             if SPLIT_D:
-                f_b = f_b * rstd[:, None] * tl.load(W + d_b, mask=d_b < HEAD_DIM, other=0.0).to(tl.float32)[None, :]
+                rstd_b = _head_columns(rstd, BLOCK_M, HEADS, BLOCK_DB)
+                f_b = f_b * rstd_b * tl.load(W + d_b, mask=d_b < HEAD_DIM, other=0.0).to(tl.float32)[None, :]
         if HAS_ROPE:
             pos = pos0 + rows
-            f_a = _rope_chunk(f_a, base, rows, stride_n, stride_d, d_a, mask_a, rstd, W, COS, SIN, pos,
-                              stride_cn, stride_cd, stride_sn, stride_sd, HEAD_DIM, HAS_NORM, INTERLEAVED)
+            f_a = _rope_chunk(f_a, base, rows, stride_n, stride_d, head_off_a, d_a, mask_a, rstd_a, W, COS, SIN,
+                              pos, stride_cn, stride_cd, stride_sn, stride_sd, HEAD_DIM, HAS_NORM, INTERLEAVED)
             if SPLIT_D:
-                f_b = _rope_chunk(f_b, base, rows, stride_n, stride_d, d_b, mask_b, rstd, W, COS, SIN, pos,
-                                  stride_cn, stride_cd, stride_sn, stride_sd, HEAD_DIM, HAS_NORM, INTERLEAVED)
+                f_b = _rope_chunk(f_b, base, rows, stride_n, stride_d, head_off_b, d_b, mask_b, rstd_b, W, COS,
+                                  SIN, pos, stride_cn, stride_cd, stride_sn, stride_sd, HEAD_DIM, HAS_NORM,
+                                  INTERLEAVED)
         if EMULATE_BF16:
             x_a = _round_to_bf16(f_a)
             x_b = _round_to_bf16(f_b)
@@ -841,6 +868,19 @@ def _attn_stream_k_combine(
 
 
 @triton.jit
+def _head_dim_columns(HEADS: tl.constexpr, BLOCK_D: tl.constexpr, first):
+    """The columns of one head-dim chunk over HEADS heads: (head of each, dim within the head from ``first``)."""
+    j = tl.arange(0, HEADS * BLOCK_D)
+    if HEADS == 1:
+        head = 0
+        d = first + j
+    else:
+        head = j // BLOCK_D
+        d = first + j % BLOCK_D
+    return head, d
+
+
+@triton.jit
 def _qk_prologue(
     X, Y, W, COS, SIN,
     stride_xb, stride_xh, stride_xn, stride_xd, stride_yb, stride_yh, stride_yn, stride_yd,
@@ -848,10 +888,12 @@ def _qk_prologue(
     H, N, pos_shift, eps,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
     SPLIT_D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
-    EMULATE_BF16: tl.constexpr, ROW_ALIGN: tl.constexpr = 1,
+    EMULATE_BF16: tl.constexpr, HEADS: tl.constexpr = 1, ROW_ALIGN: tl.constexpr = 1,
 ):
-    """Y = RoPE(RMSNorm(X)) for a query or key tensor, one pass, grid = (row blocks, B * H). ROW_ALIGN: as in
-    ``_attn_fwd_kernel``, for X's and Y's batch, head and token strides."""
+    """Y = RoPE(RMSNorm(X)) for a query or key tensor, one pass, grid = (row blocks, B * H / HEADS): each program
+    takes BLOCK_M tokens of HEADS heads (HEADS divides H), whose RoPE table rows it reads once per token from memory
+    (the heads' loads of a row meet in cache). ROW_ALIGN: as in ``_attn_fwd_kernel``, for X's and Y's batch, head
+    and token strides."""
     eps = tl.cast(eps, tl.float32)
     if ROW_ALIGN > 1:
         A: tl.constexpr = ROW_ALIGN
@@ -859,24 +901,27 @@ def _qk_prologue(
         stride_yb, stride_yh, stride_yn = _al(stride_yb, stride_yh, stride_yn, A)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
+    groups = H // HEADS
+    b = (pid_bh // groups).to(tl.int64)
+    h = (pid_bh % groups).to(tl.int64) * HEADS
     rows = tl.arange(0, BLOCK_M)
     row_start = pid_m * BLOCK_M
-    d_a = tl.arange(0, BLOCK_DA)
-    d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
+    head_a, d_a = _head_dim_columns(HEADS, BLOCK_DA, 0)
+    head_b, d_b = _head_dim_columns(HEADS, BLOCK_DB, BLOCK_DA)
     row_mask = (row_start + rows) < N
     mask_a = row_mask[:, None] & (d_a < HEAD_DIM)[None, :]
     mask_b = row_mask[:, None] & (d_b < HEAD_DIM)[None, :]
     x_blk = X + b * stride_xb + h * stride_xh + tl.cast(row_start, tl.int64) * stride_xn
     y_blk = Y + b * stride_yb + h * stride_yh + tl.cast(row_start, tl.int64) * stride_yn
-    y_a, y_b = _load_qk(x_blk, rows, stride_xn, stride_xd, mask_a, mask_b, W, eps, COS, SIN,
-                        row_start + pos_shift, stride_cn, stride_cd, stride_sn, stride_sd,
-                        HEAD_DIM, BLOCK_DA, BLOCK_DB, SPLIT_D, HAS_NORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16)
-    tl.store(y_blk + rows[:, None] * stride_yn + d_a[None, :] * stride_yd, y_a.to(Y.dtype.element_ty), mask=mask_a)
+    y_a, y_b = _load_qk(x_blk, rows, stride_xn, stride_xd, head_a * stride_xh, d_a, head_b * stride_xh, d_b,
+                        mask_a, mask_b, W, eps, COS, SIN, row_start + pos_shift, stride_cn, stride_cd, stride_sn,
+                        stride_sd, HEAD_DIM, BLOCK_M, HEADS, BLOCK_DA, BLOCK_DB, SPLIT_D, HAS_NORM, HAS_ROPE,
+                        INTERLEAVED, EMULATE_BF16)
+    tl.store(y_blk + rows[:, None] * stride_yn + (head_a * stride_yh + d_a * stride_yd)[None, :],
+             y_a.to(Y.dtype.element_ty), mask=mask_a)
     if SPLIT_D:
-        tl.store(y_blk + rows[:, None] * stride_yn + d_b[None, :] * stride_yd, y_b.to(Y.dtype.element_ty),
-                 mask=mask_b)
+        tl.store(y_blk + rows[:, None] * stride_yn + (head_b * stride_yh + d_b * stride_yd)[None, :],
+                 y_b.to(Y.dtype.element_ty), mask=mask_b)
 
 
 # Hopper/Ampere candidates (BLOCK_M, BLOCK_N, num_warps, num_stages). Configs that do not fit a card's shared
@@ -1111,7 +1156,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                       rope=None, rope_interleaved=True, q_norm_weight=None, k_norm_weight=None,
                       joint_q_norm_weight=None, joint_k_norm_weight=None, norm_eps=1e-6,
                       block_m=None, block_n=None, num_warps=4, num_stages=2, use_tma=False, prologue_kernel=None,
-                      tuned=None, rowsum_mma=False, stream_k=None, overlap=False):
+                      tuned=None, rowsum_mma=False, stream_k=None, overlap=False, prologue_heads=1):
     """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
     ``torch.library.wrap_triton``). All arguments were checked by the caller.
 
@@ -1132,6 +1177,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     CTAs of the tile one SM holds), with ``block_m`` and pointer or descriptor loads (``use_tma``), for plain and
     joint attention (the benchmark and the tests).
     When q or k has a norm or RoPE, each such tensor first gets it in one pass of its own (``_qk_prologue``).
+    prologue_heads: heads per program of those passes, a power of two dividing the head count of every tensor they
+    prologue (an experiment: a program's heads share the RoPE table rows they read; 16 / prologue_heads tokens per
+    program on a GPU, so each program holds as many elements as with one head).
     """
     import torch
 
@@ -1149,8 +1197,15 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
             raise ValueError(f"stream_k must be >= 1 programs, got {stream_k}")
     if rope is not None or any(w is not None for w in (q_norm_weight, k_norm_weight, joint_q_norm_weight,
                                                        joint_k_norm_weight)):
+        prologued = [q, k] + ([joint[0], joint[1]] if joint is not None else []) + \
+            ([negative[0]] if negative is not None else [])
+        head_counts = sorted({_dims(t, bnhd)[0][1] for t in prologued})
+        if prologue_heads < 1 or prologue_heads & (prologue_heads - 1) or any(n % prologue_heads for n in head_counts):
+            raise ValueError(f"prologue_heads must be a power of two dividing every prologued tensor's head count "
+                             f"{head_counts}, got {prologue_heads}")
         prepare = _preparer(prologue_kernel if prologue_kernel is not None else _qk_prologue, bnhd, rope,
-                            rope_interleaved, norm_eps, q.device.type == "cpu" and q.dtype == torch.bfloat16)
+                            rope_interleaved, norm_eps, q.device.type == "cpu" and q.dtype == torch.bfloat16,
+                            prologue_heads)
         n_q, n_k = _dims(q, bnhd)[0][2], _dims(k, bnhd)[0][2]
         # RoPE rows follow the joined sequence [stream 1; stream 2]; negative keys start at row 0
         q, k = prepare(q, q_norm_weight, 0), prepare(k, k_norm_weight, 0)
@@ -1312,9 +1367,10 @@ def _row_align(element_size: int, strides) -> int:
 _TUNED = {}
 
 
-def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16):
+def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16, heads_per_program=1):
     """``prepare(x, weight, pos_shift)`` -> a new q or k tensor with the norm (when ``weight`` is given) and RoPE
-    (when ``rope`` is given, rows from ``pos_shift`` on) applied; the input itself when neither applies."""
+    (when ``rope`` is given, rows from ``pos_shift`` on) applied, ``heads_per_program`` heads per program (a power
+    of two dividing x's); the input itself when neither applies."""
     import torch
 
     def prepare(x, weight, pos_shift):
@@ -1327,21 +1383,23 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16):
         plan_key = None
         if plans.ENABLED and type(x) is torch.Tensor:
             plan_key = (plans.unwrapped(kernel), bnhd, pos_shift, float(norm_eps), bool(rope_interleaved),
-                        weight is not None, rope is not None, *(plans.tensor_key(t) for t in tensors))
+                        weight is not None, rope is not None, heads_per_program,
+                        *(plans.tensor_key(t) for t in tensors))
             if plans.run(plan_key, tensors):
                 return y
         (batch, heads, n, head_dim), sx = _dims(x, bnhd)
         _, sy = _dims(y, bnhd)
         block_da, block_db, split_d = head_dim_blocks(head_dim)
         rope_strides = [int(t.stride(i)) for t in (cos, sin) for i in (0, 1)] if rope is not None else [0] * 4
-        # 16 rows x D per program: the tile, its RoPE partner, cos and sin stay in registers
-        block_m = 16 if x.is_cuda else interpreter_blocks(n, 1)[0]
+        # 16 rows x D per program (over its heads): the tile, its RoPE partner, cos and sin stay in registers
+        block_m = max(1, 16 // heads_per_program) if x.is_cuda else interpreter_blocks(n, 1)[0]
         flags = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d,
                      HAS_NORM=weight is not None, HAS_ROPE=rope is not None, INTERLEAVED=bool(rope_interleaved),
-                     EMULATE_BF16=emulate_bf16, ROW_ALIGN=_row_align(x.element_size(), sx + sy), num_warps=4,
-                     **plans.launch_options(kernel))
+                     EMULATE_BF16=emulate_bf16, HEADS=heads_per_program,
+                     ROW_ALIGN=_row_align(x.element_size(), sx + sy), num_warps=4, **plans.launch_options(kernel))
         args = [*tensors, *sx, *sy, *rope_strides, heads, n, pos_shift, float(norm_eps)]
-        plans.launch(kernel, (-(-n // block_m), batch * heads), args, flags, plan_key, len(tensors), writes=(1,))
+        plans.launch(kernel, (-(-n // block_m), batch * heads // heads_per_program), args, flags, plan_key,
+                     len(tensors), writes=(1,))
         return y
 
     return prepare

@@ -151,10 +151,11 @@ def references(q, k, v, kw):
 
 
 def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_mma=False, stream_k=None, warps=4,
-               stages=2, overlap=False):
+               stages=2, overlap=False, prologue_heads=1):
     """The Triton kernel through its launcher, into outputs poisoned beforehand (every element must be written);
     use_tma: key/value blocks through tensor descriptors; rowsum_mma: the row sums on the tensor cores; stream_k:
-    the stream-K kernels over this many programs; overlap: the softmax overlapped with the next block's scores."""
+    the stream-K kernels over this many programs; overlap: the softmax overlapped with the next block's scores;
+    prologue_heads: heads per program of the QK prologue."""
     from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward
 
     out = torch.full_like(q, poison, memory_format=torch.contiguous_format)
@@ -173,7 +174,8 @@ def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_m
         q_norm_weight=kw.get("q_norm_weight"), k_norm_weight=kw.get("k_norm_weight"),
         joint_q_norm_weight=kw.get("joint_q_norm_weight"), joint_k_norm_weight=kw.get("joint_k_norm_weight"),
         norm_eps=kw.get("norm_eps", 1e-6), block_m=blocks[0], block_n=blocks[1], num_warps=warps,
-        num_stages=stages, use_tma=use_tma, rowsum_mma=rowsum_mma, stream_k=stream_k, overlap=overlap)
+        num_stages=stages, use_tma=use_tma, rowsum_mma=rowsum_mma, stream_k=stream_k, overlap=overlap,
+        prologue_heads=prologue_heads)
     return (out, joint[3]) if joint is not None else out
 
 
@@ -275,6 +277,52 @@ def test_kernel_accuracy_gpu_tiles(case, tile):
     out = run_kernel(q, k, v, kw, blocks)
     ref64, lowp = references(q, k, v, kw)
     assert_accurate(out, ref64, lowp, case.dtype)
+
+
+def _prologued(case) -> bool:
+    return case.rope is not None or case.q_norm or case.k_norm or case.joint_q_norm or case.joint_k_norm
+
+
+def _prologue_group(case) -> int:
+    """The largest power of two dividing every head count the case's QK prologue sees (q, k and the joint stream's)."""
+    counts = [case.heads, case.kv_heads or case.heads]
+    group = 1
+    while all(n % (group * 2) == 0 for n in counts):
+        group *= 2
+    return group
+
+
+#: prologued grid cases with at least two heads per group, and two made for it: Flux's layout at head dim 80 (split
+#: into 64 + 16) with GQA, and four heads in (B, H, N, D) with half-split RoPE
+PROLOGUE_GROUP_CASES = [c for c in GRID if _prologued(c) and _prologue_group(c) > 1] + [
+    Case(BF16, 80, 37, 29, heads=8, kv_heads=4, layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
+         joint=(11, 7), joint_q_norm=True, name="bf16-d80-bnhd-gqa-joint-prologue"),
+    Case(F32, 64, 45, 45, heads=4, batch=2, rope="half", q_norm=True, negative=9, strided=True,
+         name="f32-d64-half-rope-negative-strided"),
+]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case", PROLOGUE_GROUP_CASES, ids=str)
+def test_prologue_head_groups(case):
+    """The QK prologue taking several heads per program (``prologue_heads``, an experiment whose programs share the
+    RoPE table rows across their heads) is as accurate as one head per program, against float64."""
+    q, k, v, kw = build(case, seed=21)
+    ref64, lowp = references(q, k, v, kw)
+    for heads in sorted({2, _prologue_group(case)}):
+        out = run_kernel(q, k, v, kw, case.blocks, prologue_heads=heads)
+        for got, ref, low in zip(_streams(case, out), _streams(case, ref64),
+                                 _streams(case, lowp) if lowp is not None else (None,) * 2):
+            assert_accurate(got, ref, low, case.dtype)
+
+
+@needs_interpreter
+def test_prologue_head_groups_bad_input():
+    case = PROLOGUE_GROUP_CASES[-2]  # 8 query heads, 4 key/value heads
+    q, k, v, kw = build(case)
+    for heads in (0, 3, 8):
+        with pytest.raises(ValueError, match=r"prologue_heads must be a power of two dividing .*\[4, 8\], got"):
+            run_kernel(q, k, v, kw, case.blocks, prologue_heads=heads)
 
 
 ROWSUM_CASES = [c for c in GRID if c.name in (
@@ -871,6 +919,18 @@ def _resources_tool(script: str) -> str:
     return done.stdout
 
 
+def test_prologue_head_groups_in_sm90a_code():
+    """The QK prologue over head groups (RMSNorm + interleaved RoPE, 16 / heads rows of ``heads`` heads per program,
+    4 warps), compiled for sm_90a: no spills, and at most 128 registers (four or more CTAs per SM), as with one head
+    per program (Triton 3.6: 56-64 registers; 3.9: 42-72)."""
+    out = _resources_tool("from benchmarks.attention_resources import PROLOGUE_CASES, compile_prologue\n"
+                          "for head_dim, heads in PROLOGUE_CASES:\n"
+                          "    print(head_dim, heads, *compile_prologue(head_dim, heads)[:2])")
+    figures = [[int(x) for x in line.split()] for line in out.splitlines()]
+    assert len(figures) >= 6 and any(heads > 1 for _, heads, _, _ in figures), out
+    assert all(spill == 0 and registers <= 128 for _, _, registers, spill in figures), out
+
+
 def test_waves_report_occupancy():
     """attention_resources.py --waves: CTAs per Hopper SM from registers (per warp, in units of 256), shared memory
     (plus the 1 KiB each CTA reserves) and warps, as its table gives them for the tiles the H200 tuner timed. In a
@@ -971,6 +1031,19 @@ def test_benchmark_experiment_rows_dry_run(tiny_bench):
         "stream-K over 3 programs, 128x128 w8 s3 (graph replay)",
         "stream-K over 6 programs, 128x64 w4 s2 tma (graph replay)"] * 2
     assert all("row sums by MMA" in r["name"] for r in rows[15:])
+    assert all(r["speedup"] > 0 and r["max_diff"] < 1e-4 for r in rows), rows
+
+
+@needs_interpreter
+def test_benchmark_prologue_rows_dry_run(tiny_bench, monkeypatch):
+    """The benchmark's QK-prologue rows (Flux's joint call, 4 and 8 heads per prologue program against one) at a
+    tiny Flux-like shape of 8 heads under the interpreter: both sides run and agree."""
+    monkeypatch.setattr(tiny_bench, "GPU_SHAPES", [tiny_bench.Shape("t128", 1, 8, 48, 48, 128)])
+    monkeypatch.setattr(tiny_bench, "FLUX_TEXT_TOKENS", 16)
+    rows = tiny_bench._prologue_rows("cpu", torch.float32, None)
+    assert [r["name"] for r in rows] == [f"Flux joint + QK norm + RoPE: QK prologue {heads} heads per program, "
+                                         "64x64 w4 s3 (graph replay)" for heads in (4, 8)], rows
+    assert all(r["peer"] == "same, 1 head per program (graph replay)" for r in rows)
     assert all(r["speedup"] > 0 and r["max_diff"] < 1e-4 for r in rows), rows
 
 
