@@ -6,8 +6,8 @@
 #   GPU_TMA_TIMEOUT / GPU_TEST_TIMEOUT / GPU_BENCH_TIMEOUT / GPU_ATTN_TIMEOUT: seconds for each stage (the lease
 #   is short). The defaults fit one 600 s call: on an H200 (2026-11-26) the build took ~60 s, the 15 descriptor
 #   tests then 35 s (31 now: the autotuner's extra descriptor tiles), the other GPU tests 50 s, the autotuned
-#   attention benchmark ~130 s (before its experiment rows: descriptor tiles, softmax overlap, row sums by MMA,
-#   stream-K).
+#   attention benchmark ~130 s (before its experiment rows: descriptor tiles, softmax overlap, stream-K, the QK
+#   prologue over head groups, row sums by MMA).
 #   GPU_BENCH_AREAS: the quick-suite areas to run (default: ceilings steps; "none" skips the stage; sampling and
 #   quality take minutes more).
 #   GPU_TESTS: pytest paths for the GPU tests (default: tests).
