@@ -1259,6 +1259,20 @@ OVERLAP_GPU_TILES = {"gpu-flux-shape": [(128, 128, 8, 2, True, False)],
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("case", [c for c in GPU_GRID if _prologued(c)] + [GPU_FLUX_JOINT], ids=str)
+def test_gpu_accuracy_prologue_head_groups(case, cuda_device):
+    """The QK prologue over head groups compiled for the GPU (``prologue_heads``: 16 / G tokens of G heads per
+    program, which the benchmark times at Flux's joint call): every group size up to the case's, at its default
+    tile."""
+    q, k, v, kw = _on_device(case, cuda_device)
+    heads = 2
+    while heads <= _prologue_group(case):
+        out = run_kernel(q, k, v, kw, _gpu_default_tile(case), prologue_heads=heads)
+        _assert_gpu_accurate(case, out, q, k, v, kw)
+        heads *= 2
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_GRID + [
     GPU_SD3, GPU_FLUX_JOINT], ids=str)
 def test_gpu_accuracy_overlap(case, cuda_device):
