@@ -144,8 +144,8 @@ def compile_specialised(fn, head_dim: int, const: dict, warps: int, stages: int,
     const = {name: value for name, value in const.items() if name in fn.arg_names}
     const.update({name: 1 for name in fn.arg_names if name.startswith("stride_") and name.endswith("d")})
     signature = {name: "constexpr" if name in const else "*bf16" if name in POINTERS else
-                 "*i32" if name in INT_POINTERS else "*fp32" if name in FLOAT_POINTERS else "fp32" if name in FLOATS else
-                 "i32" for name in fn.arg_names}
+                 "*i32" if name in INT_POINTERS else "*fp32" if name in FLOAT_POINTERS else
+                 "fp32" if name in FLOATS else "i32" for name in fn.arg_names}
     aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
                if name not in const and (signature[name].startswith("*") or
                                          (name.startswith("stride_") and (head_dim % 16 == 0 or name[-1] != "n")))}
@@ -171,8 +171,8 @@ PROLOGUE_CASES = [(128, 1), (128, 4), (128, 8), (64, 1), (64, 8), (80, 1), (80, 
 
 def compile_prologue(head_dim: int, heads: int) -> tuple:
     """``compile_attention``'s figures for the QK prologue (``_qk_prologue``) with RMSNorm and interleaved RoPE,
-    ``heads`` heads per program over the rows its launcher gives them on a GPU (16 / heads), 4 warps."""
-    const = dict(_head_dim_constants(head_dim, A), BLOCK_M=max(1, 16 // heads), HEADS=heads, HAS_NORM=True,
+    ``heads`` heads per program over the rows its launcher gives them on a GPU (``prologue_rows``), 4 warps."""
+    const = dict(_head_dim_constants(head_dim, A), BLOCK_M=A.prologue_rows(heads), HEADS=heads, HAS_NORM=True,
                  HAS_ROPE=True, INTERLEAVED=True)
     return compile_specialised(A._qk_prologue, head_dim, const, 4, 1)
 
@@ -427,7 +427,7 @@ def main() -> int:
     for head_dim, heads in PROLOGUE_CASES:
         regs, spill, _, _ = compile_prologue(head_dim, heads)
         print(f"| QK prologue, {heads} head{'s' if heads > 1 else ''} per program | {head_dim} | "
-              f"{max(1, 16 // heads)} rows x {heads} w4 | {regs} | {spill} | - | - |", flush=True)
+              f"{A.prologue_rows(heads)} rows x {heads} w4 | {regs} | {spill} | - | - |", flush=True)
     return 0
 
 

@@ -235,9 +235,10 @@ def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
     """The experiments, each against the same tile without it, device time under graph replay, most telling
     first (a stage cut short by its time limit keeps what it measured): the tuner's extra descriptor-load tiles
     against its H200 choices (``_descriptor_tile_rows``), the softmax overlapped with the next block's scores
-    (``_overlap_rows``), the stream-K rows, the QK prologue over head groups (``_prologue_rows``); then the kernel's ROWSUM_MMA experiment (the softmax's row sums on the
-    tensor cores) against row sums by adds at the production shapes of head dim 64 and 128 (each head dim's default
-    tile, and for head dim 64 the autotuner's choice on an H200, 64 x 64)."""
+    (``_overlap_rows``), the stream-K rows, the QK prologue over head groups (``_prologue_rows``); then the
+    kernel's ROWSUM_MMA experiment (the softmax's row sums on the tensor cores) against row sums by adds at the
+    production shapes of head dim 64 and 128 (each head dim's default tile, and for head dim 64 the autotuner's
+    choice on an H200, 64 x 64)."""
     from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward, default_config
 
     rows = (_descriptor_tile_rows(device, dtype, ceiling) + _overlap_rows(device, dtype, ceiling)
@@ -344,22 +345,21 @@ def _overlap_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
 def _prologue_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
     """Flux's joint call with the QK prologue taking 4 and 8 heads per program (``prologue_heads``: a program's heads
     share the RoPE table rows it reads; each group size that divides the head count) against one head per program,
-    at the H200 tuner's tile for that call
-    (64 x 64 x 4 warps x 3 stages). The attention pass is the same on both sides, so the difference is the
-    prologue's: on the H200 the call took 0.662 ms under graph replay against 0.574 ms for the tuner's kernel alone,
-    ~88 us for four passes over ~113 MB, while one head per program reads 16 KB of float32 cos/sin for each 4 KB of
-    a head's q or k."""
+    at the H200 tuner's tile for that call (64 x 64 x 4 warps x 3 stages). The attention pass is the same on both
+    sides, so the difference is the prologue's: on the H200 the call took 0.662 ms under graph replay against 0.574
+    ms for the tuner's kernel alone, ~88 us for four passes over ~113 MB, while one head per program reads 16 KB of
+    float32 cos/sin for each 4 KB of a head's q or k."""
     from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward
 
     label, shape_text, (q, k, v, out), extra, flops = _flux_joint_case(device, dtype, torch.Generator(
         device=device).manual_seed(6))
-    tile = dict(block_m=64, block_n=64, num_warps=4, num_stages=3)
+    bm, bn, warps, stages = tile = (64, 64, 4, 3)
 
     def joint(heads):
-        attention_forward(_attn_fwd_kernel, q, k, v, out, scale=q.shape[-1] ** -0.5, prologue_heads=heads, **tile,
-                          **extra)
+        attention_forward(_attn_fwd_kernel, q, k, v, out, scale=q.shape[-1] ** -0.5, prologue_heads=heads,
+                          block_m=bm, block_n=bn, num_warps=warps, num_stages=stages, **extra)
 
-    return [_experiment_row(f"{label}: QK prologue {heads} heads per program, 64x64 w4 s3", shape_text,
+    return [_experiment_row(f"{label}: QK prologue {heads} heads per program, {tile_label(tile)}", shape_text,
                             lambda heads=heads: joint(heads), "same, 1 head per program", lambda: joint(1), flops,
                             ceiling, _outputs(out, extra)) for heads in (4, 8) if GPU_SHAPES[0].heads % heads == 0]
 

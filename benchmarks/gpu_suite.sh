@@ -61,17 +61,24 @@ keep() {
   return 0
 }
 keep
+# isolate LOG [MODES...]: when a GPU test stage fails, run each attention case alone (a CUDA error fails every later
+# test of its process) in those modes (default: the tool's), append the table to the stage's LOG (which GPU_KEEP
+# returns) and print the cases that failed
+isolate() {
+  local log=$1 table=${1%.log}-isolate.md
+  shift
+  local args=(${1+--modes} "$@")
+  timeout "${GPU_ISOLATE_TIMEOUT:-120}" python3 benchmarks/attention_isolate.py "${args[@]}" >"$table" 2>&1
+  { echo; echo "# benchmarks/attention_isolate.py${args[*]:+ ${args[*]}} (each case in its own process)"; cat "$table"; } >>"$log"
+  grep -E "FAIL|ERROR|TIMEOUT|failed" "$table"
+}
 # Tensor-descriptor (TMA) loads first: if they fail on this card, the rest runs without them (PYDIFF_ATTENTION_TMA=0)
 # instead of the autotuner crashing the benchmark on a bad candidate.
 if ! timeout "${GPU_TMA_TIMEOUT:-150}" python3 -m pytest -q -m gpu -k descriptors -p no:cacheprovider \
     tests/test_attention.py >"$out/gpu-tests-descriptors.log" 2>&1; then
   tail -15 "$out/gpu-tests-descriptors.log"
-  # which case and tile broke (the default tiles with descriptors, the tuner's extra descriptor tiles), each alone
-  timeout "${GPU_ISOLATE_TIMEOUT:-120}" python3 benchmarks/attention_isolate.py --modes tma tuner \
-    >"$out/isolate-descriptors.md" 2>&1
-  { echo; echo "# benchmarks/attention_isolate.py --modes tma tuner (each case in its own process)"
-    cat "$out/isolate-descriptors.md"; } >>"$out/gpu-tests-descriptors.log"
-  grep -E "FAIL|ERROR|TIMEOUT|failed" "$out/isolate-descriptors.md"
+  # which case and tile broke (the default tiles with descriptors, the tuner's extra descriptor tiles)
+  isolate "$out/gpu-tests-descriptors.log" tma tuner
   echo "descriptor loads failed: continuing with PYDIFF_ATTENTION_TMA=0"
   export PYDIFF_ATTENTION_TMA=0
 fi
@@ -85,12 +92,7 @@ timeout "${GPU_TEST_TIMEOUT:-150}" python3 -m pytest -q -m gpu -k "not descripto
 tests_rc=$?
 tail -25 "$out/gpu-tests.log"
 if [ "$tests_rc" != 0 ]; then
-  # A CUDA error fails every later test of its process: run each attention case alone to find the one that broke
-  # (appended to the test log, which GPU_KEEP returns).
-  timeout "${GPU_ISOLATE_TIMEOUT:-120}" python3 benchmarks/attention_isolate.py >"$out/isolate.md" 2>&1
-  { echo; echo "# benchmarks/attention_isolate.py (each case in its own process)"; cat "$out/isolate.md"; } \
-    >>"$out/gpu-tests.log"
-  grep -E "FAIL|ERROR|TIMEOUT|failed" "$out/isolate.md"
+  isolate "$out/gpu-tests.log"
 fi
 keep
 # Steps, end-to-end sampling and quality: quick settings (no torch.compile peer); then attention, autotuned.

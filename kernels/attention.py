@@ -1197,12 +1197,14 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
             raise ValueError(f"stream_k must be >= 1 programs, got {stream_k}")
     if rope is not None or any(w is not None for w in (q_norm_weight, k_norm_weight, joint_q_norm_weight,
                                                        joint_k_norm_weight)):
-        prologued = [q, k] + ([joint[0], joint[1]] if joint is not None else []) + \
-            ([negative[0]] if negative is not None else [])
-        head_counts = sorted({_dims(t, bnhd)[0][1] for t in prologued})
-        if prologue_heads < 1 or prologue_heads & (prologue_heads - 1) or any(n % prologue_heads for n in head_counts):
-            raise ValueError(f"prologue_heads must be a power of two dividing every prologued tensor's head count "
-                             f"{head_counts}, got {prologue_heads}")
+        if prologue_heads != 1:  # (the experiment's check, off the default path)
+            prologued = [q, k] + ([joint[0], joint[1]] if joint is not None else []) + \
+                ([negative[0]] if negative is not None else [])
+            head_counts = sorted({_dims(t, bnhd)[0][1] for t in prologued})
+            if prologue_heads < 1 or prologue_heads & (prologue_heads - 1) or \
+                    any(n % prologue_heads for n in head_counts):
+                raise ValueError(f"prologue_heads must be a power of two dividing every prologued tensor's head "
+                                 f"count {head_counts}, got {prologue_heads}")
         prepare = _preparer(prologue_kernel if prologue_kernel is not None else _qk_prologue, bnhd, rope,
                             rope_interleaved, norm_eps, q.device.type == "cpu" and q.dtype == torch.bfloat16,
                             prologue_heads)
@@ -1367,6 +1369,12 @@ def _row_align(element_size: int, strides) -> int:
 _TUNED = {}
 
 
+def prologue_rows(heads_per_program: int) -> int:
+    """Tokens per program of the QK prologue on a GPU: 16 rows x D elements over its heads, so that the tile, its RoPE
+    partner, cos and sin stay in registers however many heads a program takes."""
+    return max(1, 16 // heads_per_program)
+
+
 def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16, heads_per_program=1):
     """``prepare(x, weight, pos_shift)`` -> a new q or k tensor with the norm (when ``weight`` is given) and RoPE
     (when ``rope`` is given, rows from ``pos_shift`` on) applied, ``heads_per_program`` heads per program (a power
@@ -1391,8 +1399,7 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16, head
         _, sy = _dims(y, bnhd)
         block_da, block_db, split_d = head_dim_blocks(head_dim)
         rope_strides = [int(t.stride(i)) for t in (cos, sin) for i in (0, 1)] if rope is not None else [0] * 4
-        # 16 rows x D per program (over its heads): the tile, its RoPE partner, cos and sin stay in registers
-        block_m = max(1, 16 // heads_per_program) if x.is_cuda else interpreter_blocks(n, 1)[0]
+        block_m = prologue_rows(heads_per_program) if x.is_cuda else interpreter_blocks(n, 1)[0]
         flags = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d,
                      HAS_NORM=weight is not None, HAS_ROPE=rope is not None, INTERLEAVED=bool(rope_interleaved),
                      EMULATE_BF16=emulate_bf16, HEADS=heads_per_program,
