@@ -104,8 +104,8 @@ def launch_plan(plan, tensors) -> None:
 def _no_launch_hooks(runtime) -> bool:
     """Whether no launch hook is set (a profiler such as Proton sets them): each is None, or an empty chain of
     hooks (Triton 3.5+)."""
-    return all(hook is None or not getattr(hook, "calls", True)
-               for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
+    enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook  # (one test each: a third of a loop's time)
+    return (enter is None or not getattr(enter, "calls", True)) and (leave is None or not getattr(leave, "calls", True))
 
 
 def remember(cache: dict, key, value) -> None:

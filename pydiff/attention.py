@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .ops import native
-from .ops.backend import OpBackends, backend_key, environment_reader
+from .ops.backend import OpBackends, backend_key_reader
 from .reference.attention import LAYOUTS, attention_reference
 
 try:  # torch with triton_op (2.6+); without it wrap_triton is the identity and never records
@@ -547,8 +547,9 @@ def _replay(args, outs, launches):
     return replay
 
 
-#: the environment switches that change what a call launches (the tuner, descriptor loads), for call signatures
-_SWITCHES = environment_reader("PYDIFF_ATTENTION_AUTOTUNE", "PYDIFF_ATTENTION_TMA")
+#: the backend in force and the environment switches that change what a call launches (the tuner, descriptor
+#: loads), for call signatures
+_SETTINGS = backend_key_reader("PYDIFF_ATTENTION_AUTOTUNE", "PYDIFF_ATTENTION_TMA")
 
 #: ``_call_key``'s answer for a call that must go through ``torch.ops`` (see ``plain_eager``)
 _THROUGH_OP = object()
@@ -565,20 +566,25 @@ def _call_key(args):
         return _THROUGH_OP
     key = _key_start(args[0], args[4])
     grad = torch.is_grad_enabled()
-    for a in args:
+    add = None if key is None else key.append
+    for a in args:  # most are None (variants not asked for)
+        if a is None:
+            if add is not None:
+                add(None)
+            continue
         kind = type(a)
-        if a is None or kind in _SCALARS:
-            if key is not None:
-                key.append(a)
-        elif kind is torch.Tensor:
+        if kind is torch.Tensor:
             if grad and a.requires_grad:
                 return _THROUGH_OP
-            if key is not None:
-                key.append(_plans.tensor_key(a))
+            if add is not None:
+                add(_plans.tensor_key(a))
+        elif kind in _SCALARS:
+            if add is not None:
+                add(a)
         elif isinstance(a, torch.Tensor):  # a subclass: fake, functional or another wrapper
             return _THROUGH_OP
         else:
-            key = None
+            key = add = None
     return None if key is None else tuple(key)
 
 
@@ -592,7 +598,7 @@ def _key_start(q, layout):
         device = torch.cuda.current_device()
         if q.device.index != device:  # the body switches devices around its launches
             return None
-    return [*backend_key(), *_SWITCHES(), device]
+    return [*_SETTINGS(), device]
 
 
 def _direct_launch():

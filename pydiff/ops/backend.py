@@ -41,13 +41,15 @@ def environment_reader(*names: str) -> Callable[[], tuple]:
     return lambda: tuple(map(os.environ.get, names))
 
 
-_BACKEND_SETTING = environment_reader("PYDIFF_BACKEND")
+def backend_key_reader(*names: str) -> Callable[[], tuple]:
+    """A function giving what decides ``current_backend()`` (the forced name and the raw setting), without checking
+    it, and the raw values of the other environment variables ``names``, in one read (``environment_reader``): a
+    key for cached calls, each made after ``current_backend()`` accepted the same two."""
+    read = environment_reader("PYDIFF_BACKEND", *names)
+    return lambda: (_forced.get(), *read())
 
 
-def backend_key() -> tuple:
-    """What decides ``current_backend()`` (the forced name and the raw setting), without checking it: a key for
-    cached calls, each made after ``current_backend()`` accepted the same two."""
-    return _forced.get(), *_BACKEND_SETTING()
+backend_key = backend_key_reader()
 
 
 def current_backend() -> str:
