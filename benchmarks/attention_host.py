@@ -10,13 +10,24 @@ CPU tensors stand in for CUDA ones, so pydiff's CUDA route is bound by hand belo
 TRITON_INTERPRET (interpreted kernels do not compile):
 
     python3 -m benchmarks.attention_host        # prints the table last
+    python3 -m benchmarks.attention_host --first-call [--candidates N]
+
+``--first-call`` times instead the first call of a new signature with the autotuner on, which compiles every tile
+the tuner keeps (the Hopper list, descriptor-load tiles included: the launcher is told the keys fit them) before
+timing them: ours compiles them on ``pydiff.kernels.plans.compile_threads()`` threads first (``precompile``); the
+peer is Triton's autotuner compiling each as it times it (``PYDIFF_COMPILE_THREADS=1``). Each measurement starts
+from an empty Triton cache, alternating between the two; ``--candidates N`` keeps the tuner's first N tiles.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
+import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -25,7 +36,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch  # noqa: E402
 
-from benchmarks.common import comparison_row, comparison_table, measure  # noqa: E402
+from benchmarks.common import Timing, comparison_row, comparison_table, measure  # noqa: E402
 from benchmarks.stub_driver import stub_cuda_driver  # noqa: E402
 
 
@@ -78,12 +89,57 @@ def run(rounds: int = 3):
     return rows
 
 
+def first_call_rows(rounds: int = 2, candidates: int = 0):
+    """One row: the first tuned call of a new signature (SDXL cross-attention's shape, a new key count each time),
+    ours (the tuner's tiles compiled at once) against one compile after another, ``rounds`` alternated
+    measurements of each from an empty Triton cache; ``candidates``: keep the tuner's first N tiles (0: all)."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise SystemExit("attention_host: run without TRITON_INTERPRET (interpreted kernels do not compile)")
+    ka = importlib.import_module("pydiff.kernels.attention")
+    plans = importlib.import_module("pydiff.kernels.plans")
+    tuner, plain = ka._attn_fwd_autotuned, ka._attn_fwd_kernel
+    threads = plans.compile_threads()
+    if threads < 2:
+        raise SystemExit(f"attention_host --first-call: {threads} compile thread(s) here, nothing to compare")
+    kept = tuner.configs[:candidates] if candidates else tuner.configs
+    times = {"ours": [], "peer": []}
+    counts = []
+    with stub_cuda_driver(), mock.patch.object(ka, "tma_usable", lambda kv: True), \
+            mock.patch.object(tuner, "configs", kept), mock.patch.dict(os.environ, {"PYDIFF_COMPILE_THREADS": ""}), \
+            mock.patch.object(plans, "precompile", lambda *a, _p=plans.precompile: counts.append(_p(*a))):
+        for i in range(2 * rounds):
+            side = ("ours", "peer")[i % 2]
+            os.environ["PYDIFF_COMPILE_THREADS"] = str(threads) if side == "ours" else "1"
+            os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="pydiff-first-call-")
+            plain.device_caches.clear()  # (Triton's in-memory kernels: every compile starts afresh)
+            q = torch.randn(2, 10, 4096, 64, dtype=torch.bfloat16)
+            # (a new key count for the tuner each time, never a multiple of 16: the same specialisation)
+            k, v = (torch.randn(2, 10, 77 + 2 * i, 64, dtype=torch.bfloat16) for _ in range(2))
+            start = time.perf_counter()
+            ka.attention_forward(tuner, q, k, v, torch.empty_like(q), scale=0.125, tuned=(tuner, plain))
+            times[side].append(time.perf_counter() - start)
+            print(f"{side}: {times[side][-1]:.1f} s", file=sys.stderr, flush=True)
+    ours, peer = (Timing(min(t), statistics.median(t), max(t), len(t)) for t in (times["ours"], times["peer"]))
+    return [comparison_row("attention-host", f"first tuned call, {max(counts)} tiles on {threads} threads",
+                           "B2 H10 N4096x77 D64", ours, "one compile after another", peer)]
+
+
 def main():
     import triton
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--first-call", action="store_true", help="time the first tuned call's compiles instead")
+    parser.add_argument("--candidates", type=int, default=0, help="with --first-call: the tuner's first N tiles")
+    parser.add_argument("--rounds", type=int, default=2, help="with --first-call: measurements of each side")
+    options = parser.parse_args()
+    machine = f"torch {torch.__version__}, Triton {triton.__version__}, {os.cpu_count()} CPUs"
+    if options.first_call:
+        rows = first_call_rows(options.rounds, options.candidates)
+        print(f"\nFirst tuned call, compiles for sm_90 without a GPU (a stub driver), {machine}")
+        print(comparison_table(rows))
+        return
     rows = run()
-    print(f"\nHost time per eager call (no GPU: launches go to a stub driver), torch {torch.__version__}, "
-          f"Triton {triton.__version__}, {os.cpu_count()} CPUs")
+    print(f"\nHost time per eager call (no GPU: launches go to a stub driver), {machine}")
     print(comparison_table(rows, extra_columns=["ours_us", "peer_us"]))
 
 

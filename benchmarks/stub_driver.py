@@ -32,6 +32,9 @@ class _Utils:
         check can tell which compiled kernel a launch used."""
         return 0, next(self._handles), 128, 0, 1024
 
+    def unload_module(self, module):  # (Triton 3.9+ unloads a compiled kernel's module when it is collected)
+        pass
+
     def get_device_properties(self, device):
         return dict(_PROPERTIES)
 
@@ -75,6 +78,14 @@ class StubCudaDriver:
 
     def get_current_stream(self, device=None):
         return 0
+
+    def get_benchmarker(self):
+        """What Triton's autotuner times its candidates with: each runs (compiling it) once, at a made-up time."""
+        def bench(kernel_call, quantiles=None, **_):
+            kernel_call()
+            return [1.0] * len(quantiles) if quantiles else 1.0
+
+        return bench
 
     def get_active_torch_device(self):
         import torch

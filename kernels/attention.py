@@ -1165,9 +1165,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     use_tma: with ``block_m``, key/value loads through tensor descriptors (Hopper; the autotuned kernel tries them
     itself where ``tma_usable``); None: where ``tma_usable``.
     tuned: (tuner, plain kernel) for eager launches of the autotuned ``kernel``: the first launch of each
-    specialisation goes through the tuner (Triton's ``Autotuner``, as bound), later ones launch the plain kernel
-    with the tile it chose, skipping the tuner's per-call key work (the autotuner builds its cache key from all
-    60 arguments on every call).
+    specialisation goes through the tuner (Triton's ``Autotuner``, as bound), its candidate tiles compiled at once
+    first (``plans.precompile``); later ones launch the plain kernel with the tile it chose, skipping the tuner's
+    per-call key work (the autotuner builds its cache key from all 60 arguments on every call).
     prologue_kernel: ``_qk_prologue`` as the caller launches it (wrapped for torch.library); None: this module's.
     rowsum_mma: the kernel's ROWSUM_MMA experiment, with ``block_m`` (the benchmark and the tests time and check it).
     overlap: the kernel's OVERLAP experiment (each block's softmax while the next block's scores are computed,
@@ -1335,7 +1335,10 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
            *(t.dtype for t in args[:14]))
     choice = _TUNED.get(key)
     if choice is None:
-        tuner, _ = tuned
+        tuner, plain = tuned
+        # the tuner's candidates compile at once, then it times them
+        plans.precompile(plain, grid, args, flags,
+                         _prune_configs(tuner.configs, dict(zip(tuner.arg_names, args)), **flags))
         kernel[grid](*args, **flags)
         plans.unplanned(tensors)
         _TUNED[key] = tuner.best_config.all_kwargs()

@@ -1,4 +1,5 @@
-"""Launching pydiff's Triton kernels: the compile options every launch pins, and launch plans for eager calls.
+"""Launching pydiff's Triton kernels: the compile options every launch pins, launch plans for eager calls, and
+compiling an autotuner's candidates at once.
 
 A launch through Triton's JIT binds and specialises every parameter of the kernel on every call (69 us per call for
 the 82-parameter attention kernel on a 2-core host with Triton 3.6). A plan remembers, per call signature (the
@@ -10,10 +11,14 @@ constexprs included (older ones take the others only).
 A caller may also record every launch a call of its own makes (``recording``) and replay those plans later with
 ``launch_plan`` (``pydiff.attention``'s call plans skip its checks and launcher that way). A plan knows which of its
 leading tensors the kernel writes, so a recording can tell outputs made for the call from inputs.
+
+``precompile`` compiles an autotuner's candidates for a launch at once, on threads, before the autotuner times them.
 """
 
 import contextlib
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import triton
 from triton.runtime import driver
@@ -23,6 +28,10 @@ try:
     from triton import knobs as _knobs
 except ImportError:  # Triton < 3.4 keeps the launch hooks on CompiledKernel: plans launch through Triton's runner
     _knobs = None
+try:
+    from triton.runtime import _async_compile
+except ImportError:  # older Triton: an autotuner compiles its candidates one by one as it times them
+    _async_compile = None
 
 #: key -> (compiled kernel, grid, arguments after the tensors, callable to run before each launch or None, indices
 #: of the leading tensors the kernel writes); the oldest plan goes when a new one would make more than MAX_PLANS (keys
@@ -106,6 +115,38 @@ def _no_launch_hooks(runtime) -> bool:
     hooks (Triton 3.5+)."""
     enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook  # (one test each: a third of a loop's time)
     return (enter is None or not getattr(enter, "calls", True)) and (leave is None or not getattr(leave, "calls", True))
+
+
+def compile_threads() -> int:
+    """Threads ``precompile`` uses: ``PYDIFF_COMPILE_THREADS``, else the CPUs this process may run on (1: none)."""
+    setting = os.environ.get("PYDIFF_COMPILE_THREADS", "").strip()
+    if setting:
+        if not setting.isdigit():
+            raise ValueError(f"PYDIFF_COMPILE_THREADS must be a whole number of threads, got {setting!r}")
+        return int(setting)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def precompile(kernel, grid, args, flags, configs) -> int:
+    """Compile the JIT ``kernel`` for each of an autotuner's candidate ``configs`` at this launch (``args``,
+    ``flags``: what the autotuner is then called with), several at a time, so that the autotuner finds every
+    candidate compiled when it times them instead of compiling them one after another. It uses Triton's own
+    asynchronous compile mode on a pool of ``compile_threads()`` threads (the compiler releases the GIL in its
+    passes, and ptxas is a process of its own). A candidate that fails to compile is left for the autotuner, which
+    compiles it again and skips it as before. Returns how many compiles ran at once: 0 with one thread or one
+    candidate, without the mode (older Triton), or while another such mode is active."""
+    threads = min(compile_threads(), len(configs))
+    if threads < 2 or _async_compile is None or _async_compile.active_mode.get() is not None:
+        return 0
+    with ThreadPoolExecutor(threads, thread_name_prefix="pydiff-compile") as pool:
+        try:
+            mode = _async_compile.AsyncCompileMode(pool, ignore_errors=True)
+        except TypeError:  # (a version whose mode would raise the first error instead of leaving it)
+            return 0
+        with mode:
+            for config in configs:
+                kernel.warmup(*args, grid=grid, **flags, **config.all_kwargs())
+    return len(configs)
 
 
 def remember(cache: dict, key, value) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from unittest import mock
 
 # Triton's default without multiply-add contraction (3.10's): the kernels must pin it on themselves
@@ -295,9 +296,49 @@ def check_diffusers_models():
           f"{', '.join(name for name, _, _ in forwards)}", flush=True)
 
 
+def check_parallel_compile():
+    """The first tuned launch of a signature compiles each candidate the tuner keeps on ``plans.precompile``'s
+    threads, and the tuner, timing them, compiles none itself; with ``PYDIFF_COMPILE_THREADS=1`` each compiles on the
+    calling thread inside the tuner, as Triton does. (The tuner's first three tiles, to keep the compiles few.)"""
+    from triton import knobs
+    from triton.runtime import _async_compile  # noqa: F401  (the mode precompile needs: Triton 3.5+)
+
+    tuner, plain = ka._attn_fwd_autotuned, ka._attn_fwd_kernel
+    threads, kept = [], []
+    precompile = plans.precompile
+
+    def listener(*, src, **_):
+        if getattr(src, "fn", None) is plain:
+            threads.append(threading.current_thread().name)
+
+    def counted(kernel, grid, args, flags, configs):
+        kept.append(len(configs))
+        return precompile(kernel, grid, args, flags, configs)
+
+    with mock.patch.object(knobs.compilation, "listener", listener), mock.patch.object(plans, "precompile", counted), \
+            mock.patch.object(tuner, "configs", tuner.configs[:3]), \
+            mock.patch.dict(os.environ, {"PYDIFF_COMPILE_THREADS": ""}):
+        # head dims no other check compiles, each a specialisation of its own
+        for setting, head_dim in (("2", 32), ("1", 48)):
+            os.environ["PYDIFF_COMPILE_THREADS"] = setting
+            q, k, v = _bhnd(1, 2, 97, head_dim), _bhnd(1, 2, 77, head_dim), _bhnd(1, 2, 77, head_dim)
+            threads.clear()
+            kept.clear()
+            ka.attention_forward(tuner, q, k, v, torch.empty_like(q), scale=0.125, tuned=(tuner, plain))
+            pool = [name for name in threads if name.startswith("pydiff-compile")]
+            label = f"D{head_dim}, {setting} threads"
+            assert len(kept) == 1 and kept[0] >= 2, f"{label}: precompile given {kept} candidates"
+            assert len(threads) == kept[0], f"{label}: {len(threads)} compiles for {kept[0]} candidates"
+            assert len(pool) == (len(threads) if setting == "2" else 0), \
+                f"{label}: {len(pool)} of {len(threads)} compiles on the pool's threads ({threads})"
+    print("ok parallel compile: the tuner's candidates compile on 2 threads before it times them, on the caller "
+          "with 1", flush=True)
+
+
 def main():
     kernel, prologue = ka._attn_fwd_kernel, ka._qk_prologue
     with stub_cuda_driver() as stub:
+        check_parallel_compile()
         launches = stub.launches
         jit = _JitCounter(kernel, prologue)
         blocks = dict(block_m=64, block_n=64, num_warps=4, num_stages=2, use_tma=False)

@@ -35,7 +35,7 @@ def _compiled_run(*command) -> str:
 
 def test_plans_launch_what_triton_launches():
     out = _compiled_run(str(ROOT / "tests" / "attention_plan_check.py"))
-    assert len([line for line in out.splitlines() if line.startswith("ok ")]) == 12, out
+    assert len([line for line in out.splitlines() if line.startswith("ok ")]) == 13, out
 
 
 def test_diffusers_models_replay_their_calls():
@@ -51,6 +51,28 @@ def test_host_benchmark_runs():
     rows = [line.split("|") for line in out.splitlines() if line.startswith("|") and "Triton JIT launch" in line]
     assert len(rows) == 4, out
     assert all(float(row[-3]) > 0 and float(row[-2]) > 0 for row in rows), out
+
+
+def test_first_call_benchmark_runs():
+    """benchmarks/attention_host.py --first-call (the tuner's compiles at once against one after another, no GPU
+    needed) measures both sides; three tiles, one round, to keep it short."""
+    out = _compiled_run("-m", "benchmarks.attention_host", "--first-call", "--candidates", "3", "--rounds", "1")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| first tuned call")]
+    assert len(rows) == 1 and float(rows[0][-2].strip().rstrip("x")) > 0, out
+
+
+def test_compile_threads_setting(monkeypatch):
+    """PYDIFF_COMPILE_THREADS sets precompile's threads; anything but a whole number is an error naming it."""
+    from pydiff.kernels import plans
+
+    monkeypatch.setenv("PYDIFF_COMPILE_THREADS", "3")
+    assert plans.compile_threads() == 3
+    monkeypatch.setenv("PYDIFF_COMPILE_THREADS", "two")
+    with pytest.raises(ValueError, match="PYDIFF_COMPILE_THREADS"):
+        plans.compile_threads()
+    monkeypatch.delenv("PYDIFF_COMPILE_THREADS")
+    expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    assert plans.compile_threads() == expected
 
 
 def test_plan_cache_is_bounded(monkeypatch):
