@@ -72,9 +72,12 @@ isolate() {
   { echo; echo "# benchmarks/attention_isolate.py${args[*]:+ ${args[*]}} (each case in its own process)"; cat "$table"; } >>"$log"
   grep -E "FAIL|ERROR|TIMEOUT|failed" "$table"
 }
+# Triton compiles dominate the GPU tests: spread them over processes when pytest-xdist is there (a CUDA error then
+# fails only the later tests of its own process).
+par=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
 # Tensor-descriptor (TMA) loads first: if they fail on this card, the rest runs without them (PYDIFF_ATTENTION_TMA=0)
 # instead of the autotuner crashing the benchmark on a bad candidate.
-if ! timeout "${GPU_TMA_TIMEOUT:-150}" python3 -m pytest -q -m gpu -k descriptors -p no:cacheprovider \
+if ! timeout "${GPU_TMA_TIMEOUT:-150}" python3 -m pytest -q -m gpu -k descriptors $par -p no:cacheprovider \
     tests/test_attention.py >"$out/gpu-tests-descriptors.log" 2>&1; then
   tail -15 "$out/gpu-tests-descriptors.log"
   # which case and tile broke (the default tiles with descriptors, the tuner's extra descriptor tiles)
@@ -84,8 +87,6 @@ if ! timeout "${GPU_TMA_TIMEOUT:-150}" python3 -m pytest -q -m gpu -k descriptor
 fi
 tail -1 "$out/gpu-tests-descriptors.log"
 keep
-# Triton compiles dominate the GPU tests: spread them over processes when pytest-xdist is there.
-par=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
 # (the descriptor tests ran above)
 timeout "${GPU_TEST_TIMEOUT:-150}" python3 -m pytest -q -m gpu -k "not descriptors" $par -p no:cacheprovider \
   ${GPU_TESTS:-tests} >"$out/gpu-tests.log" 2>&1

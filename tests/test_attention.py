@@ -765,6 +765,7 @@ def test_eager_launches_reuse_the_tuners_choice():
 
     class Tuner:
         best_config = None
+        configs, arg_names = [chosen], []  # (one candidate: nothing for plans.precompile to compile at once)
 
         def __getitem__(self, grid):
             def launch(*args, **flags):
