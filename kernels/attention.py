@@ -999,13 +999,13 @@ def _prune_configs(configs, named_args, **kwargs):
         acc_regs = accumulators * bm * d_total / threads
         score_regs = bm * bn / threads
         shape = (bm, bn, cfg.num_warps, cfg.num_stages)
-        too_big = acc_regs >= 128 or acc_regs + score_regs >= 192 or (d_total > 128 and bn > 64)
         if tma and shape in _ONE_WARPGROUP_TILES:
             # above head dim 64 only: at 64 the tuner's tiles are single-warpgroup already (64 x 64, four CTAs per
             # SM; 128 x 64 x 4 warps lost to it on the H200)
             too_big = accumulators > 1 or not 64 < d_total <= 128
-        if tma and shape in _WIDE_KEY_BLOCK_TILES and d_total > 64:
-            too_big = True  # (one CTA per SM: 144 KiB of shared memory at D 128)
+        else:
+            too_big = acc_regs >= 128 or acc_regs + score_regs >= 192 or (d_total > 128 and bn > 64) or \
+                (tma and shape in _WIDE_KEY_BLOCK_TILES and d_total > 64)  # (one CTA per SM: 144 KiB at D 128)
         if too_big or (tma and not args["TMA_OK"]) or \
                 (heavy and shape not in (_HEAVY_TMA_CONFIGS if tma else short_list)):
             continue
