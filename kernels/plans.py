@@ -12,10 +12,12 @@ A caller may also record every launch a call of its own makes (``recording``) an
 ``launch_plan`` (``pydiff.attention``'s call plans skip its checks and launcher that way). A plan knows which of its
 leading tensors the kernel writes, so a recording can tell outputs made for the call from inputs.
 
-``precompile`` compiles an autotuner's candidates for a launch at once, on threads, before the autotuner times them.
+``precompile`` compiles an autotuner's candidates for a launch at once, on threads, before the autotuner times them;
+inside ``compile_only``, launches compile that way instead of running.
 """
 
 import contextlib
+import contextvars
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +43,8 @@ MAX_PLANS = 1024
 ENABLED = tuple(int(part) for part in triton.__version__.split(".")[:2]) >= (3, 3)
 _INSERT = threading.Lock()
 _RECORDER = threading.local()
+#: inside ``compile_only``: ``launch`` compiles instead of running
+_COMPILE_ONLY = contextvars.ContextVar("pydiff_compile_only", default=False)
 
 
 def tensor_key(t):
@@ -87,8 +91,8 @@ def _record(plan, tensors) -> None:
 
 def run(key, tensors):
     """Launch the plan remembered under ``key`` with these leading tensor arguments; the plan, or None when there is
-    none (nothing launched)."""
-    plan = CACHE.get(key)
+    none or inside ``compile_only`` (nothing launched)."""
+    plan = None if _COMPILE_ONLY.get() else CACHE.get(key)
     if plan is not None:
         launch_plan(plan, tensors)
         _record(plan, tensors)
@@ -127,26 +131,60 @@ def compile_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def precompile(kernel, grid, args, flags, configs) -> int:
-    """Compile the JIT ``kernel`` for each of an autotuner's candidate ``configs`` at this launch (``args``,
-    ``flags``: what the autotuner is then called with), several at a time, so that the autotuner finds every
-    candidate compiled when it times them instead of compiling them one after another. It uses Triton's own
-    asynchronous compile mode on a pool of ``compile_threads()`` threads (the compiler releases the GIL in its
-    passes, and ptxas is a process of its own). A candidate that fails to compile is left for the autotuner, which
-    compiles it again and skips it as before. Returns how many compiles ran at once: 0 with one thread or one
-    candidate, without the mode (older Triton), or while another such mode is active."""
-    threads = min(compile_threads(), len(configs))
+@contextlib.contextmanager
+def _compiles_at_once(threads: int):
+    """Triton's own asynchronous compile mode for the block, on a pool of ``threads`` threads (the compiler releases
+    the GIL in its passes, and ptxas is a process of its own): a JIT warm-up in the block starts its compile and
+    returns, and the block ends when every compile has. A compile that fails is dropped (the kernel's next launch
+    compiles it again and raises as usual). Yields whether the mode is on: not with under 2 threads, without the mode
+    (older Triton) or while another such mode is active."""
     if threads < 2 or _async_compile is None or _async_compile.active_mode.get() is not None:
-        return 0
+        yield False
+        return
     with ThreadPoolExecutor(threads, thread_name_prefix="pydiff-compile") as pool:
         try:
             mode = _async_compile.AsyncCompileMode(pool, ignore_errors=True)
-        except TypeError:  # (a version whose mode would raise the first error instead of leaving it)
-            return 0
+        except TypeError:  # (a version whose mode would raise the first error instead of dropping it)
+            mode = None
+        if mode is None:
+            yield False
+            return
         with mode:
-            for config in configs:
-                kernel.warmup(*args, grid=grid, **flags, **config.all_kwargs())
+            yield True
+
+
+def precompile(kernel, grid, args, flags, configs) -> int:
+    """Compile the JIT ``kernel`` for each of an autotuner's candidate ``configs`` at this launch (``args``,
+    ``flags``: what the autotuner is then called with), all at once (``_compiles_at_once`` on ``compile_threads()``
+    threads), so that the autotuner finds every candidate compiled when it times them instead of compiling them one
+    after another; one that fails is left for the autotuner, which compiles it again and skips it as before. Returns
+    how many compiles ran at once (0 where they cannot)."""
+    with _compiles_at_once(min(compile_threads(), len(configs))) as at_once:
+        if not at_once:
+            return 0
+        for config in configs:
+            kernel.warmup(*args, grid=grid, **flags, **config.all_kwargs())
     return len(configs)
+
+
+@contextlib.contextmanager
+def compile_only():
+    """For a benchmark about to time many launches of different kernels one by one: inside the block, ``launch``
+    compiles each kernel instead of running it, all at once (``_compiles_at_once`` on ``compile_threads()``
+    threads), and ``run`` launches no plan; the block ends when every compile has. What those launches would write
+    is left unwritten. Launches made otherwise (a kernel launched directly) run as usual, after their compile.
+    Yields whether compiles run at once; where they cannot, launches run as usual."""
+    with _compiles_at_once(compile_threads()) as at_once:
+        token = _COMPILE_ONLY.set(at_once)
+        try:
+            yield at_once
+        finally:
+            _COMPILE_ONLY.reset(token)
+
+
+def compiling_only() -> bool:
+    """Whether this is inside ``compile_only`` with compiles at once (launches compile and do not run)."""
+    return _COMPILE_ONLY.get()
 
 
 def remember(cache: dict, key, value) -> None:
@@ -161,7 +199,11 @@ def launch(kernel, grid, args, flags, key, leading: int, before=None, writes=())
     """``kernel[grid](*args, **flags)``; with a ``key``, remember the launch as a plan (for ``run`` with the first
     ``leading`` arguments, the tensors) when Triton's JIT returned its compiled kernel (not under the interpreter or
     a tracer). before: what each planned launch must run first (the launch itself ran it already); writes: the
-    indices of the leading tensors the kernel writes. Returns the plan, or None when none was made."""
+    indices of the leading tensors the kernel writes. Returns the plan, or None when none was made (and inside
+    ``compile_only``, where the kernel compiles and does not run)."""
+    if _COMPILE_ONLY.get():
+        kernel.warmup(*args, grid=grid, **flags)
+        return None
     compiled = kernel[grid](*args, **flags)
     plan = _plan(compiled, kernel, grid, args, flags, leading, before, writes) if key is not None else None
     if plan is not None:

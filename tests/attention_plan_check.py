@@ -335,10 +335,52 @@ def check_parallel_compile():
           "with 1", flush=True)
 
 
+def check_compile_only(launches):
+    """Inside ``plans.compile_only`` fixed-tile launches compile on its threads and nothing runs (no launch reaches
+    the driver, no plan is made); after it the same launches run what was compiled, compiling nothing."""
+    from triton import knobs
+
+    plain = ka._attn_fwd_kernel
+    threads = []
+
+    def listener(*, src, **_):
+        if getattr(src, "fn", None) is plain:
+            threads.append(threading.current_thread().name)
+
+    q, k, v = _bhnd(1, 2, 97, 32), _bhnd(1, 2, 77, 32), _bhnd(1, 2, 77, 32)
+    out = torch.empty_like(q)
+    tiles = [(64, 32, 4, 2), (64, 64, 4, 3)]  # (tiles no other check compiles at head dim 32)
+
+    def run_all():
+        for bm, bn, warps, stages in tiles:
+            ka.attention_forward(plain, q, k, v, out, scale=0.125, block_m=bm, block_n=bn, num_warps=warps,
+                                 num_stages=stages)
+
+    with mock.patch.object(knobs.compilation, "listener", listener), \
+            mock.patch.dict(os.environ, {"PYDIFF_COMPILE_THREADS": "2"}):
+        launches.clear()
+        plans_before = len(plans.CACHE)
+        with plans.compile_only() as at_once:
+            assert at_once and plans.compiling_only(), "compile_only: compiles not at once"
+            run_all()
+        assert not plans.compiling_only()
+        pool = [name for name in threads if name.startswith("pydiff-compile")]
+        assert len(threads) == len(tiles) == len(pool), f"compile_only: {threads} compiles for {len(tiles)} tiles"
+        assert not launches and len(plans.CACHE) == plans_before, \
+            f"compile_only: {len(launches)} launches ran, {len(plans.CACHE) - plans_before} plans made"
+        threads.clear()
+        run_all()
+        assert len(launches) == len(tiles) and not threads, \
+            f"after compile_only: {len(launches)} launches, {len(threads)} compiles"
+    print(f"ok compile only: {len(tiles)} tiles compiled on 2 threads without running, then launched without "
+          f"compiling", flush=True)
+
+
 def main():
     kernel, prologue = ka._attn_fwd_kernel, ka._qk_prologue
     with stub_cuda_driver() as stub:
         check_parallel_compile()
+        check_compile_only(stub.launches)
         launches = stub.launches
         jit = _JitCounter(kernel, prologue)
         blocks = dict(block_m=64, block_n=64, num_warps=4, num_stages=2, use_tma=False)

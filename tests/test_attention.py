@@ -1035,6 +1035,34 @@ def test_benchmark_experiment_rows_dry_run(tiny_bench):
     assert all(r["speedup"] > 0 and r["max_diff"] < 1e-4 for r in rows), rows
 
 
+def test_benchmark_experiments_compile_first(monkeypatch):
+    """On a GPU the experiment rows first go through once inside ``plans.compile_only`` (every kernel they launch
+    compiles at once), where each row calls both sides and times nothing, then once for the rows."""
+    import contextlib
+
+    bench = pytest.importorskip("benchmarks.bench_attention")
+    from pydiff.kernels import plans
+
+    passes, calls = [], []
+
+    @contextlib.contextmanager
+    def compile_only():
+        monkeypatch.setattr(plans, "compiling_only", lambda: True)
+        yield True
+        monkeypatch.setattr(plans, "compiling_only", lambda: False)
+
+    monkeypatch.setattr(plans, "compile_only", compile_only)
+    monkeypatch.setattr(bench, "_each_experiment", lambda *args: passes.append(plans.compiling_only()) or ["row"])
+    assert bench._experiment_rows("cuda", torch.bfloat16, None) == ["row"] and passes == [True, False]
+    assert bench._experiment_rows("cpu", torch.float32, None) == ["row"] and passes == [True, False, False]
+    # a row in the compile pass: both sides called, nothing timed, no row
+    monkeypatch.setattr(plans, "compiling_only", lambda: True)
+    monkeypatch.setattr(bench, "measure_graph", lambda fn: pytest.fail("timed in the compile pass"))
+    row = bench._experiment_row("x", "s", lambda: calls.append("ours"), "peer", lambda: calls.append("peer"), 1.0,
+                                None)
+    assert row == {} and calls == ["peer", "ours"]
+
+
 @needs_interpreter
 def test_benchmark_prologue_rows_dry_run(tiny_bench, monkeypatch):
     """The benchmark's QK-prologue rows (Flux's joint call, 4 and 8 heads per prologue program against one) at a
