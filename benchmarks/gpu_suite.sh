@@ -7,7 +7,9 @@
 #   is short). The defaults fit one 600 s call: on an H200 (2026-11-26) the build took ~60 s, the 15 descriptor
 #   tests then 35 s (31 now: the autotuner's extra descriptor tiles), the other GPU tests 50 s, the autotuned
 #   attention benchmark ~130 s (before its experiment rows: descriptor tiles, softmax overlap, stream-K, the QK
-#   prologue over head groups, row sums by MMA).
+#   prologue over head groups, row sums by MMA), most of it compiling the tuner's candidates one after another;
+#   they now compile at once on the machine's cores (PYDIFF_COMPILE_THREADS=1 turns that off), as do the experiment
+#   rows' kernels, and the descriptor tests run over pytest-xdist's processes: not yet timed on a GPU.
 #   GPU_BENCH_AREAS: the quick-suite areas to run (default: ceilings steps; "none" skips the stage; sampling and
 #   quality take minutes more).
 #   GPU_TESTS: pytest paths for the GPU tests (default: tests).
