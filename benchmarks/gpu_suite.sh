@@ -37,7 +37,10 @@ if ! python3 -c "import diffusers" 2>/dev/null; then
     [ -e "$whl" ] && python3 -m pip install --no-deps --no-index "$whl" >>"$out/build.log" 2>&1
   done
 fi
-if python3 -m pip install --no-build-isolation --no-deps -e . >>"$out/build.log" 2>&1; then
+# the CUDA module for this card's architecture only (CMake's CUDAARCHS; the default builds sm_80 and sm_90a)
+cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -cd '0-9')
+case "$cap" in 90) arch=90a ;; [1-9][0-9]*) arch=$cap ;; *) arch= ;; esac
+if CUDAARCHS=$arch python3 -m pip install --no-build-isolation --no-deps -e . >>"$out/build.log" 2>&1; then
   grep -E -- "-- pydiff:" "$out/build.log"
 else
   # One H200 machine (2026-11-26) could not import its build backend (scikit_build_core). Rather than spend the
