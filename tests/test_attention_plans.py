@@ -71,8 +71,9 @@ def test_compile_threads_setting(monkeypatch):
     with pytest.raises(ValueError, match="PYDIFF_COMPILE_THREADS"):
         plans.compile_threads()
     monkeypatch.delenv("PYDIFF_COMPILE_THREADS")
-    expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    assert plans.compile_threads() == expected
+    assert plans.compile_threads() >= 1
+    if hasattr(os, "sched_getaffinity"):  # (the CPUs this process may run on)
+        assert plans.compile_threads() == len(os.sched_getaffinity(0))
 
 
 def test_plan_cache_is_bounded(monkeypatch):
