@@ -52,9 +52,11 @@ else
   ln -s ../kernels pydiff/kernels && trap 'rm -f pydiff/kernels' EXIT
 fi
 python3 -m pydiff info | tee "$out/info.txt"
-# GPU_KEEP gets the files worth committing after every stage, not only at the end: a device call cut off at its time
-# limit returns what is in $OUT then.
+# keep STAGE: after each stage, its end time goes into info.txt (seconds since the suite started: the lease is short),
+# and GPU_KEEP gets the files worth committing, not only at the end: a device call cut off at its time limit returns
+# what is in $OUT then.
 keep() {
+  echo "suite: $1 done at ${SECONDS} s" >>"$out/info.txt"
   [ -n "${GPU_KEEP:-}" ] || return 0
   mkdir -p "$GPU_KEEP"
   for f in info.txt gpu-tests-descriptors.log gpu-tests.log bench-attention.log hopper-probe.md; do
@@ -65,7 +67,7 @@ keep() {
   done
   return 0
 }
-keep
+keep "build"
 # isolate LOG [MODES...]: when a GPU test stage fails, run each attention case alone (a CUDA error fails every later
 # test of its process) in those modes (default: the tool's), append the table to the stage's LOG (which GPU_KEEP
 # returns) and print the cases that failed
@@ -91,7 +93,7 @@ if ! timeout "${GPU_TMA_TIMEOUT:-150}" python3 -m pytest -q -m gpu -k descriptor
   export PYDIFF_ATTENTION_TMA=0
 fi
 tail -1 "$out/gpu-tests-descriptors.log"
-keep
+keep "descriptor tests"
 # (the descriptor tests ran above)
 timeout "${GPU_TEST_TIMEOUT:-150}" python3 -m pytest -q -m gpu -k "not descriptors" $par -p no:cacheprovider \
   ${GPU_TESTS:-tests} >"$out/gpu-tests.log" 2>&1
@@ -100,7 +102,7 @@ tail -25 "$out/gpu-tests.log"
 if [ "$tests_rc" != 0 ]; then
   isolate "$out/gpu-tests.log"
 fi
-keep
+keep "GPU tests"
 # Steps, end-to-end sampling and quality: quick settings (no torch.compile peer); then attention, autotuned.
 bench_rc=0
 if [ "${GPU_BENCH_AREAS:-}" != none ]; then
@@ -116,7 +118,7 @@ baseline=${GPU_ATTN_BASELINE:-$(python3 -c "$newest")}
 timeout "${GPU_ATTN_TIMEOUT:-300}" python3 -m pydiff bench --suite full --device cuda --only ceilings attention \
   --out "$out/bench-attention" ${baseline:+--baseline "$baseline"} >"$out/bench-attention.log" 2>&1
 attn_rc=$?
-keep
+keep "attention benchmark"
 # The Hopper probe (TMA descriptors, warp specialisation) beside SDPA-flash and pydiff: informs issue 4's next step.
 timeout "${GPU_PROBE_TIMEOUT:-60}" python3 benchmarks/attention_hopper_probe.py >"$out/hopper-probe.md" \
   2>"$out/hopper-probe.log"
@@ -124,6 +126,6 @@ probe_rc=$?
 [ -e "$out/bench.log" ] && tail -45 "$out/bench.log"
 tail -75 "$out/bench-attention.log"   # the summary, then the figures against the baseline
 cat "$out/hopper-probe.md"
-keep
+keep "probe"
 echo "exit codes: gpu tests $tests_rc, bench $bench_rc, attention bench $attn_rc, probe $probe_rc (124 = stage timed out); results in $out"
 exit $(( tests_rc != 0 || bench_rc != 0 || attn_rc != 0 ))
