@@ -258,7 +258,6 @@ def check_diffusers_models():
     every call pay the op's checks and launcher."""
     import importlib
     from pathlib import Path
-    from unittest import mock
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import test_attention_diffusers as models
@@ -296,26 +295,36 @@ def check_diffusers_models():
           f"{', '.join(name for name, _, _ in forwards)}", flush=True)
 
 
+@contextlib.contextmanager
+def _compiling_threads(kernel):
+    """For the block: a list of the thread names that Triton's compiler (cache hits included) ran on for ``kernel``."""
+    from triton import knobs
+
+    names = []
+
+    def listener(*, src, **_):
+        if getattr(src, "fn", None) is kernel:
+            names.append(threading.current_thread().name)
+
+    with mock.patch.object(knobs.compilation, "listener", listener):
+        yield names
+
+
 def check_parallel_compile():
     """The first tuned launch of a signature compiles each candidate the tuner keeps on ``plans.precompile``'s
     threads, and the tuner, timing them, compiles none itself; with ``PYDIFF_COMPILE_THREADS=1`` each compiles on the
     calling thread inside the tuner, as Triton does. (The tuner's first three tiles, to keep the compiles few.)"""
-    from triton import knobs
     from triton.runtime import _async_compile  # noqa: F401  (the mode precompile needs: Triton 3.5+)
 
     tuner, plain = ka._attn_fwd_autotuned, ka._attn_fwd_kernel
-    threads, kept = [], []
+    kept = []
     precompile = plans.precompile
-
-    def listener(*, src, **_):
-        if getattr(src, "fn", None) is plain:
-            threads.append(threading.current_thread().name)
 
     def counted(kernel, grid, args, flags, configs):
         kept.append(len(configs))
         return precompile(kernel, grid, args, flags, configs)
 
-    with mock.patch.object(knobs.compilation, "listener", listener), mock.patch.object(plans, "precompile", counted), \
+    with _compiling_threads(plain) as threads, mock.patch.object(plans, "precompile", counted), \
             mock.patch.object(tuner, "configs", tuner.configs[:3]), \
             mock.patch.dict(os.environ, {"PYDIFF_COMPILE_THREADS": ""}):
         # head dims no other check compiles, each a specialisation of its own
@@ -338,15 +347,7 @@ def check_parallel_compile():
 def check_compile_only(launches):
     """Inside ``plans.compile_only`` fixed-tile launches compile on its threads and nothing runs (no launch reaches
     the driver, no plan is made); after it the same launches run what was compiled, compiling nothing."""
-    from triton import knobs
-
     plain = ka._attn_fwd_kernel
-    threads = []
-
-    def listener(*, src, **_):
-        if getattr(src, "fn", None) is plain:
-            threads.append(threading.current_thread().name)
-
     q, k, v = _bhnd(1, 2, 97, 32), _bhnd(1, 2, 77, 32), _bhnd(1, 2, 77, 32)
     out = torch.empty_like(q)
     tiles = [(64, 32, 4, 2), (64, 64, 4, 3)]  # (tiles no other check compiles at head dim 32)
@@ -356,8 +357,7 @@ def check_compile_only(launches):
             ka.attention_forward(plain, q, k, v, out, scale=0.125, block_m=bm, block_n=bn, num_warps=warps,
                                  num_stages=stages)
 
-    with mock.patch.object(knobs.compilation, "listener", listener), \
-            mock.patch.dict(os.environ, {"PYDIFF_COMPILE_THREADS": "2"}):
+    with _compiling_threads(plain) as threads, mock.patch.dict(os.environ, {"PYDIFF_COMPILE_THREADS": "2"}):
         launches.clear()
         plans_before = len(plans.CACHE)
         with plans.compile_only() as at_once:
