@@ -114,7 +114,7 @@ def _tile() -> Dict[str, object]:
 
     def name(cfg) -> str:
         return tile_label((cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages,
-                           cfg.kwargs.get("USE_TMA", False)))
+                           cfg.kwargs.get("USE_TMA", False), cfg.kwargs.get("WARP_SPEC", False)))
 
     best = getattr(_attn_fwd_autotuned, "best_config", None)
     timings = getattr(_attn_fwd_autotuned, "configs_timings", None) or {}

@@ -155,6 +155,8 @@ def _fmt_extra(value) -> str:
 
 
 def tile_label(tile) -> str:
-    """An attention tile (BLOCK_M, BLOCK_N, warps, stages[, descriptor loads]) as the benchmark rows, the resource
-    tables and the tuner's timings name it: "128x64 w4 s2", with " tma" for descriptor loads."""
-    return f"{tile[0]}x{tile[1]} w{tile[2]} s{tile[3]}" + (" tma" if len(tile) > 4 and tile[4] else "")
+    """An attention tile (BLOCK_M, BLOCK_N, warps, stages[, descriptor loads[, warp-specialised]]) as the benchmark
+    rows, the resource tables and the tuner's timings name it: "128x64 w4 s2", with " tma" for descriptor loads and
+    " ws" for a warp-specialised key loop."""
+    return f"{tile[0]}x{tile[1]} w{tile[2]} s{tile[3]}" + (" tma" if len(tile) > 4 and tile[4] else "") + \
+        (" ws" if len(tile) > 5 and tile[5] else "")

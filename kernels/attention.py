@@ -22,7 +22,9 @@ Strides are taken as given, so (B, H, N, D) and (B, N, H, D) tensors are read wi
 On Hopper the autotuner also tries candidates whose key/value blocks are read through device-side tensor
 descriptors (``USE_TMA``: the tensor memory accelerator copies each block into shared memory, zero-filling rows and
 columns past the ends), where ``tma_usable`` finds the tensors aligned for it; Triton's global scratch for the
-descriptors comes from torch's allocator (``_scratch``).
+descriptors comes from torch's allocator (``_scratch``). Asked for (``PYDIFF_ATTENTION_WARP_SPEC=1``), it also tries
+descriptor tiles whose key loop Triton warp-specialises (``WARP_SPEC``: a producer warpgroup loading, two consumer
+warpgroups computing) for calls with one key stream (no joint or negative stream).
 
 Experiments beside it, reached only through ``attention_forward`` (the benchmark and the tests time and check
 them): stream-K (``stream_k=P``: ``_attn_fwd_stream_k``), where P programs share all query blocks' key blocks
@@ -31,6 +33,7 @@ softmax overlapped with the matmuls (``overlap=True``: ``_attend_overlapped``, F
 pipelining in Triton's terms); the row sums on the tensor cores (``rowsum_mma=True``).
 """
 
+import inspect
 import os
 
 import triton
@@ -162,7 +165,7 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                  SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
                  SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr,
-                 OVERLAP: tl.constexpr = False):
+                 OVERLAP: tl.constexpr = False, WARP_SPEC: tl.constexpr = False):
     """Keys [k_start, n_end) of one stream (K, V: the head's base pointers), block by block, into the online softmax
     (FlashAttention-2 algorithm 1, base 2); with USE_TMA read through descriptors, one per head-dim chunk.
     MASK_N: the stream may end inside a block. Then the whole blocks still run without the column mask (a select
@@ -170,8 +173,10 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
     the loop; except with a split head dim (SPLIT_D), where Triton 3.6 miscompiled that block for an H200 (wrong
     output columns, and out-of-range shared-memory addresses with descriptor loads: compute-sanitizer, D 80 with
     97 keys), so there every block takes the mask. OVERLAP: the loop's blocks (all but a partial last one run
-    after it) go through ``_attend_overlapped`` when there are two or more."""
-    SPLIT_N: tl.constexpr = MASK_N and not SPLIT_D
+    after it) go through ``_attend_overlapped`` when there are two or more. WARP_SPEC: the loop is warp-specialised
+    (``_attend_blocks``), and with MASK_N every block takes the mask too: Triton 3.6 does not specialise a loop
+    followed by a block of its own (sm_90a: no register split, 4 warps only)."""
+    SPLIT_N: tl.constexpr = MASK_N and not SPLIT_D and not WARP_SPEC
     k_a = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
     v_a = _kv_source(V, n_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
     k_b = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D)
@@ -188,7 +193,7 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
         acc_a, acc_b, m_i, l_i = _attend_blocks(
             acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, k_start, n_whole, n_end, stride_kn, stride_kd,
             stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D,
-            MASK_N and not SPLIT_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
+            MASK_N and not SPLIT_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, WARP_SPEC)
     if SPLIT_N:
         if n_whole < n_end:
             acc_a, acc_b, m_i, l_i = _attend_block(
@@ -203,13 +208,26 @@ def _attend_blocks(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, k_en
                    stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
                    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                    SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                   SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr):
-    """The key blocks starting in [k_start, k_end), one after another (``_attend_block``; keys end at n_end)."""
-    for start_n in range(k_start, k_end, BLOCK_N):
-        acc_a, acc_b, m_i, l_i = _attend_block(
-            acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end, stride_kn, stride_kd, stride_vn,
-            stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16,
-            SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
+                   SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr,
+                   WARP_SPEC: tl.constexpr = False):
+    """The key blocks starting in [k_start, k_end), one after another (``_attend_block``; keys end at n_end).
+    WARP_SPEC (with USE_TMA, and q read through descriptors too): Triton's warp specialisation of the loop, which on
+    Hopper splits the program's warps into a producer warpgroup issuing the descriptor loads and consumer
+    warpgroups, each over a share of the query rows, that run the matrix multiplies and the softmax with the
+    registers the producer gives up (FlashAttention-3's layout; ``num_warps`` = 4 per warpgroup). Only this branch
+    names the loop option, which Tritons before 3.4 lack."""
+    if WARP_SPEC:
+        for start_n in tl.range(k_start, k_end, BLOCK_N, warp_specialize=True):
+            acc_a, acc_b, m_i, l_i = _attend_block(
+                acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end, stride_kn, stride_kd, stride_vn,
+                stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16,
+                SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
+    else:
+        for start_n in range(k_start, k_end, BLOCK_N):
+            acc_a, acc_b, m_i, l_i = _attend_block(
+                acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end, stride_kn, stride_kd, stride_vn,
+                stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16,
+                SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
     return acc_a, acc_b, m_i, l_i
 
 
@@ -430,11 +448,11 @@ def _query_block(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
     JOINT: tl.constexpr, NEG: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr, OVERLAP: tl.constexpr,
+    USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr, OVERLAP: tl.constexpr, WARP_SPEC: tl.constexpr = False,
 ):
     """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream."""
     q_a, q_b = _load_rows(Q, row_start, row_end, stride_qn, stride_qd, HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB,
-                          SPLIT_D)
+                          SPLIT_D, WARP_SPEC)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = _row_sums(BLOCK_M, ROWSUM_MMA)
     acc_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
@@ -443,7 +461,7 @@ def _query_block(
         acc_a, acc_b, m_i, l_i, q_a, q_b, K, V,
         k_start, k_end, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
         HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA,
-        ROWSUM_MMA, OVERLAP)
+        ROWSUM_MMA, OVERLAP, WARP_SPEC)
     if JOINT:
         # The second key stream continues the same online softmax: joint attention without concatenation.
         acc_a, acc_b, m_i, l_i = _attend_keys(
@@ -479,20 +497,28 @@ def _query_block(
 
 @triton.jit
 def _load_rows(X, row_start, row_end, stride_n, stride_d, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-               BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr):
+               BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr,
+               DESCRIPTORS: tl.constexpr = False):
     """Rows [row_start, row_start + BLOCK_M) of one head (rows from row_end on and padded columns read as zeros),
-    as its two head-dim chunks (the second is the first again without SPLIT_D)."""
-    offs_m = tl.arange(0, BLOCK_M)
-    d_a = tl.arange(0, BLOCK_DA)
-    d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
-    row_mask = (row_start + offs_m) < row_end
-    blk = X + tl.cast(row_start, tl.int64) * stride_n
-    x_a = tl.load(blk + offs_m[:, None] * stride_n + d_a[None, :] * stride_d,
-                  mask=row_mask[:, None] & (d_a < HEAD_DIM)[None, :], other=0.0)
-    x_b = x_a
-    if SPLIT_D:
-        x_b = tl.load(blk + offs_m[:, None] * stride_n + d_b[None, :] * stride_d,
-                      mask=row_mask[:, None] & (d_b < HEAD_DIM)[None, :], other=0.0)
+    as its two head-dim chunks (the second is the first again without SPLIT_D); with DESCRIPTORS through tensor
+    descriptors (a contiguous head dim, 16-byte aligned base and row stride: the launcher checked)."""
+    if DESCRIPTORS:
+        x_a = _kv_source(X, row_end, stride_n, HEAD_DIM, BLOCK_M, BLOCK_DA, True).load([row_start, 0])
+        x_b = x_a
+        if SPLIT_D:
+            x_b = _kv_source(X, row_end, stride_n, HEAD_DIM, BLOCK_M, BLOCK_DB, True).load([row_start, BLOCK_DA])
+    else:
+        offs_m = tl.arange(0, BLOCK_M)
+        d_a = tl.arange(0, BLOCK_DA)
+        d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
+        row_mask = (row_start + offs_m) < row_end
+        blk = X + tl.cast(row_start, tl.int64) * stride_n
+        x_a = tl.load(blk + offs_m[:, None] * stride_n + d_a[None, :] * stride_d,
+                      mask=row_mask[:, None] & (d_a < HEAD_DIM)[None, :], other=0.0)
+        x_b = x_a
+        if SPLIT_D:
+            x_b = tl.load(blk + offs_m[:, None] * stride_n + d_b[None, :] * stride_d,
+                          mask=row_mask[:, None] & (d_b < HEAD_DIM)[None, :], other=0.0)
     return x_a, x_b
 
 
@@ -553,7 +579,8 @@ def _attn_fwd_kernel(
     JOINT: tl.constexpr, NEG: tl.constexpr, VARLEN: tl.constexpr,
     HAS_KV_LENS: tl.constexpr, HAS_NEG_KV_LENS: tl.constexpr, EMULATE_BF16: tl.constexpr,
     SCALE_POSITIVE: tl.constexpr, TMA_OK: tl.constexpr, USE_TMA: tl.constexpr = False, ROW_ALIGN: tl.constexpr = 1,
-    ROWSUM_MMA: tl.constexpr = False, OVERLAP: tl.constexpr = False,
+    ROWSUM_MMA: tl.constexpr = False, OVERLAP: tl.constexpr = False, WS_OK: tl.constexpr = False,
+    WARP_SPEC: tl.constexpr = False,
 ):
     """grid = (query blocks [of both streams when JOINT], B * H, segments). See the module docstring.
 
@@ -565,6 +592,9 @@ def _attn_fwd_kernel(
     block of ones beside P times V, instead of an add per score (sm_90a, the probe's D 64 loop: 332 -> 298 PTX
     instructions per key block); an experiment, off unless asked for. OVERLAP: each key block's softmax runs while
     the tensor cores compute the next block's scores (``_attend_overlapped``); an experiment, off unless asked for.
+    WARP_SPEC (with USE_TMA; one key stream: not JOINT or NEG): q is read through tensor descriptors too and the key
+    loop is warp-specialised (``_attend_blocks``). WS_OK: unused here, like TMA_OK; whether the launcher found
+    warp specialisation usable (``warp_spec_usable``).
     """
     # Inductor's copy of this kernel types Python float arguments as fp64: without the casts the online-softmax
     # state would turn fp64 inside the key loop, which Triton rejects (loop-carried type change).
@@ -651,7 +681,7 @@ def _attn_fwd_kernel(
             KNh, VNh, stride_knn, stride_knd, stride_vnn, stride_vnd, kn_end,
             qk_scale, neg_scale,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT, NEG, EMULATE_BF16,
-            SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, OVERLAP)
+            SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, OVERLAP, WARP_SPEC)
 
 
 @triton.jit
@@ -953,11 +983,21 @@ _WIDE_KEY_BLOCK_TILES = {(64, 128, 4, 2)}
 
 #: Hopper (compute capability 9+) candidates whose key/value blocks arrive through tensor descriptors (the tensor
 #: memory accelerator: no per-thread address arithmetic, 162 -> 140 registers per thread at D 128 with 128 x 64 x 8
-#: warps, ptxas sm_90a). Triton 3.6's warp specialisation of this loop was tried: with 8 warps it compiled to the
-#: same code (no register split between producer and consumers), with 4 it failed inside the compiler.
+#: warps, ptxas sm_90a).
 _TMA_CONFIGS = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3)] + sorted(
     _ONE_WARPGROUP_TILES | _WIDE_KEY_BLOCK_TILES, reverse=True)
 
+#: Descriptor-load tiles whose key loop Triton warp-specialises (WARP_SPEC), tried where ``warp_spec_usable``: 4
+#: warps per warpgroup, and Triton 3.6 makes three warpgroups of them for sm_90a, a producer that issues the
+#: descriptor loads and two consumers of BLOCK_M / 2 query rows each, raised to 232 registers per thread
+#: (setmaxnreg) while the producer gives its registers up: FlashAttention-3's layout. Compiled for sm_90a (Triton
+#: 3.6 and 3.9): no spills at head dims 32-160 for 128 x 128 and 128 x 64; 256 x 64 spills above head dim 64; one CTA
+#: per SM (168 registers at launch x 384 threads). Only for calls with one key stream (plain, key padding, packed
+#: segments): a joint or negative stream's second loop fails inside Triton's compiler (an assertion, which ends the
+#: process). A stream that ends inside a block takes the mask in every block (``_attend_keys``). q must come through
+#: descriptors as well: with q loaded through pointers the pass fails (``benchmarks/attention_resources.py
+#: --warp-spec``).
+_WARP_SPEC_TILES = [(128, 128, 4, 2), (128, 64, 4, 2), (256, 64, 4, 2)]
 
 #: the candidates kept for the variants (joint, negative): each variant is its own compile of every
 #: candidate, and a full list made an H200 benchmark run spend minutes compiling before it measured anything.
@@ -982,7 +1022,8 @@ def _prune_configs(configs, named_args, **kwargs):
     descriptor-load ``_ONE_WARPGROUP_TILES`` at up to 128 accumulator registers (one accumulator, head dims above
     64), and the ``_WIDE_KEY_BLOCK_TILES`` only up to head dim 64; the variants try a short list (with narrow key
     blocks too where every key stream is short); descriptor loads only where the launcher found them usable
-    (``TMA_OK``)."""
+    (``TMA_OK``), and warp-specialised ones (``_WARP_SPEC_TILES``) only where it found that usable (``WS_OK``), for
+    one key stream (no joint or negative stream) at head dims up to 128 (256-row tiles up to 64)."""
     args = {**named_args, **kwargs}
     d_total = args["BLOCK_DA"] + (args["BLOCK_DB"] if args["SPLIT_D"] else 0)
     accumulators = 2 if args["NEG"] else 1
@@ -999,6 +1040,10 @@ def _prune_configs(configs, named_args, **kwargs):
         acc_regs = accumulators * bm * d_total / threads
         score_regs = bm * bn / threads
         shape = (bm, bn, cfg.num_warps, cfg.num_stages)
+        if cfg.kwargs.get("WARP_SPEC", False):
+            if args.get("WS_OK", False) and not heavy and d_total <= (64 if bm > 128 else 128):
+                kept.append(cfg)
+            continue
         if tma and shape in _ONE_WARPGROUP_TILES:
             # above head dim 64 only: at 64 the tuner's tiles are single-warpgroup already (64 x 64, four CTAs per
             # SM; 128 x 64 x 4 warps lost to it on the H200)
@@ -1019,13 +1064,16 @@ def _prune_configs(configs, named_args, **kwargs):
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)]
 
 
-_WIDEST_BLOCK_N = max(bn for _, bn, _, _ in _GPU_CONFIGS + _TMA_CONFIGS)
-_AUTOTUNE_KEY = ["Nq", "Nk", "Nq2", "Nk2", "Nneg", "HEAD_DIM", "SPLIT_D", "JOINT", "NEG", "VARLEN", "TMA_OK"]
+_WIDEST_BLOCK_N = max(bn for _, bn, _, _ in _GPU_CONFIGS + _TMA_CONFIGS + _WARP_SPEC_TILES)
+_AUTOTUNE_KEY = ["Nq", "Nk", "Nq2", "Nk2", "Nneg", "HEAD_DIM", "SPLIT_D", "JOINT", "NEG", "VARLEN", "TMA_OK",
+                 "WS_OK"]
 _attn_fwd_autotuned = triton.autotune(
     configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in
              _GPU_CONFIGS]
     + [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "USE_TMA": True}, num_warps=w, num_stages=s)
-       for bm, bn, w, s in _TMA_CONFIGS],
+       for bm, bn, w, s in _TMA_CONFIGS]
+    + [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "USE_TMA": True, "WARP_SPEC": True}, num_warps=w, num_stages=s)
+       for bm, bn, w, s in _WARP_SPEC_TILES],
     key=_AUTOTUNE_KEY,
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_attn_fwd_kernel)
@@ -1101,6 +1149,16 @@ def tma_usable(tensors) -> bool:
     return True
 
 
+def warp_spec_usable(q) -> bool:
+    """Whether the autotuner may try warp-specialised tiles (``_WARP_SPEC_TILES``) for a call whose key/value
+    tensors passed ``tma_usable``: asked for with ``PYDIFF_ATTENTION_WARP_SPEC=1`` (off by default until a GPU run has
+    checked them), a Hopper GPU (compute capability 9; Blackwell's warp specialisation is another compiler path), a
+    Triton with warp-specialised loops, and q fit for a tensor descriptor."""
+    if not _HAS_WARP_SPEC or os.environ.get("PYDIFF_ATTENTION_WARP_SPEC", "").strip() != "1":
+        return False
+    return _CAPABILITY.get(q.device) == 9 and descriptor_layout_ok(q.data_ptr(), q.stride(), q.element_size())
+
+
 def descriptor_layout_ok(address: int, strides, element_size: int) -> bool:
     """The tensor memory accelerator's layout rules for one tensor: unit stride along the last dim, and the base
     address and every other stride (in bytes) multiples of 16."""
@@ -1110,6 +1168,7 @@ def descriptor_layout_ok(address: int, strides, element_size: int) -> bool:
 #: compute capability major per device (torch's lookup costs microseconds on every launch)
 _CAPABILITY = {}
 _HAS_DESCRIPTORS = hasattr(tl, "make_tensor_descriptor")
+_HAS_WARP_SPEC = "warp_specialize" in inspect.signature(tl.range).parameters
 
 
 def _scratch(size: int, alignment: int, stream):
@@ -1156,7 +1215,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                       rope=None, rope_interleaved=True, q_norm_weight=None, k_norm_weight=None,
                       joint_q_norm_weight=None, joint_k_norm_weight=None, norm_eps=1e-6,
                       block_m=None, block_n=None, num_warps=4, num_stages=2, use_tma=False, prologue_kernel=None,
-                      tuned=None, rowsum_mma=False, stream_k=None, overlap=False, prologue_heads=1):
+                      tuned=None, rowsum_mma=False, stream_k=None, overlap=False, prologue_heads=1,
+                      warp_spec=False):
     """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
     ``torch.library.wrap_triton``). All arguments were checked by the caller.
 
@@ -1180,6 +1240,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     prologue_heads: heads per program of those passes, a power of two dividing the head count of every tensor they
     prologue (an experiment: a program's heads share the RoPE table rows they read; 16 / prologue_heads tokens per
     program on a GPU, so each program holds as many elements as with one head).
+    warp_spec: with ``block_m`` and descriptor loads, the kernel's WARP_SPEC (q through descriptors too, the key loop
+    warp-specialised; ``_WARP_SPEC_TILES``), with one key stream (no joint or negative; the tests and the
+    benchmark; the autotuned kernel tries it itself where ``warp_spec_usable``).
     """
     import torch
 
@@ -1195,6 +1258,13 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
             raise ValueError("stream_k: plain and joint attention only (no negative, kv_lens or cu_seqlens)")
         if stream_k < 1:
             raise ValueError(f"stream_k must be >= 1 programs, got {stream_k}")
+    if warp_spec:
+        if block_m is None or not use_tma or rowsum_mma or overlap or stream_k is not None:
+            raise ValueError("warp_spec: for a fixed tile (block_m, block_n) with descriptor loads (use_tma), not with "
+                             "rowsum_mma, overlap or stream_k")
+        if joint is not None or negative is not None:
+            # (a second key loop fails inside Triton's compiler, which ends the process)
+            raise ValueError("warp_spec: one key stream only (no joint or negative)")
     if rope is not None or any(w is not None for w in (q_norm_weight, k_norm_weight, joint_q_norm_weight,
                                                        joint_k_norm_weight)):
         if prologue_heads != 1:  # (the experiment's check, off the default path)
@@ -1230,8 +1300,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
             (block_m is not None or tuned is not None):
         present = (q, k, v, out, *(joint or ()), *(negative or ()), *optional)
         plan_key = (plans.unwrapped(kernel), bnhd, float(scale), float(negative_scale), max_seqlen_q,
-                    block_m, block_n, num_warps, num_stages, use_tma, rowsum_mma, overlap, joint is not None,
-                    negative is not None, os.environ.get("PYDIFF_ATTENTION_TMA"),
+                    block_m, block_n, num_warps, num_stages, use_tma, rowsum_mma, overlap, warp_spec,
+                    joint is not None, negative is not None, os.environ.get("PYDIFF_ATTENTION_TMA"),
+                    os.environ.get("PYDIFF_ATTENTION_WARP_SPEC"),
                     *(None if t is None else plans.tensor_key(t) for t in present))
         if plans.run(plan_key, tensors):
             return
@@ -1299,11 +1370,18 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     kv = [k, v] + ([k2, v2] if joint is not None else []) + ([k_neg, v_neg] if negative is not None else [])
     usable = tma_usable(kv)
     flags["TMA_OK"] = block_m is None and usable
+    flags["WS_OK"] = flags["TMA_OK"] and warp_spec_usable(q)
     if use_tma is None:
         use_tma = usable
     elif use_tma and q.is_cuda and not usable:
         raise ValueError("use_tma: the key/value tensors need compute capability 9+, a contiguous head dim and "
                          "16-byte aligned addresses and strides")
+    if warp_spec:
+        if not use_tma:
+            raise ValueError("warp_spec: needs descriptor loads, which these key/value tensors cannot use")
+        if not descriptor_layout_ok(q.data_ptr(), q.stride(), q.element_size()):
+            raise ValueError(f"warp_spec: q is read through a tensor descriptor too, which needs a contiguous head "
+                             f"dim and a 16-byte aligned address and strides; got strides {tuple(q.stride())}")
     # descriptor loads need Triton's allocator, which is per thread (a context variable): planned launches set it too
     before = _ensure_scratch_allocator if flags["TMA_OK"] or (use_tma and q.is_cuda) else None
     if before is not None:
@@ -1325,7 +1403,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         return
     if block_m is not None:
         flags.update(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, USE_TMA=use_tma,
-                     ROWSUM_MMA=bool(rowsum_mma), OVERLAP=bool(overlap))
+                     ROWSUM_MMA=bool(rowsum_mma), OVERLAP=bool(overlap), WARP_SPEC=bool(warp_spec))
     flags.update(plans.launch_options(kernel))
     if block_m is not None or tuned is None:
         plans.launch(kernel, grid, args, flags, plan_key, len(tensors), before, writes=_WRITES)

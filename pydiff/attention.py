@@ -548,8 +548,8 @@ def _replay(args, outs, launches):
 
 
 #: the backend in force and the environment switches that change what a call launches (the tuner, descriptor
-#: loads), for call signatures
-_SETTINGS = backend_key_reader("PYDIFF_ATTENTION_AUTOTUNE", "PYDIFF_ATTENTION_TMA")
+#: loads, warp-specialised tiles), for call signatures
+_SETTINGS = backend_key_reader("PYDIFF_ATTENTION_AUTOTUNE", "PYDIFF_ATTENTION_TMA", "PYDIFF_ATTENTION_WARP_SPEC")
 
 #: ``_call_key``'s answer for a call that must go through ``torch.ops`` (see ``plain_eager``)
 _THROUGH_OP = object()

@@ -194,6 +194,8 @@ def check_calls(launches):
                 ("kv_lens", lambda: attention(q, k, v, kv_lens=lens)),
                 ("descriptor switch", lambda: mock.patch.dict(os.environ, {"PYDIFF_ATTENTION_TMA": "0"})(
                     lambda: attention(q, k, v))()),
+                ("warp-specialisation switch", lambda: mock.patch.dict(
+                    os.environ, {"PYDIFF_ATTENTION_WARP_SPEC": "1"})(lambda: attention(q, k, v))()),
                 ("tuner switch", lambda: mock.patch.dict(os.environ, {"PYDIFF_ATTENTION_AUTOTUNE": "off"})(
                     lambda: attention(q, k, v))()),
                 ("PYDIFF_BACKEND", lambda: mock.patch.dict(os.environ, {"PYDIFF_BACKEND": "triton"})(
@@ -410,6 +412,21 @@ def main():
 
         # key/value blocks through tensor descriptors (the Hopper path; the stub compiles it for sm_90)
         check("descriptor loads", lambda: run(q, k, v, out, use_tma=True), launches, jit)
+        # the warp-specialised key loop, over whole key blocks and with key padding (every block masked): Triton makes
+        # three warpgroups of the 4 warps asked for, a producer loading through descriptors and two consumers, whose
+        # registers it raises (setmaxnreg)
+        kw_, vw = _bhnd(2, 3, 128, 64), _bhnd(2, 3, 128, 64)
+        specialised = dict(block_m=128, use_tma=True, warp_spec=True)
+        padded = torch.tensor([128, 50], dtype=torch.int32)
+        for label, call in (("warp-specialised", lambda: run(q, kw_, vw, out, **specialised)),
+                            ("warp-specialised, key padding", lambda: run(q, kw_, vw, out, kv_lens=padded,
+                                                                          **specialised))):
+            check(label, call, launches, jit)
+            name, metadata = stub.compiled[-1]
+            assert name == "_attn_fwd_kernel" and metadata.num_warps == 12, \
+                f"{label}: {name} compiled with {metadata.num_warps} warps, not 3 warpgroups"
+            assert "setmaxnreg" in plans.CACHE[next(reversed(plans.CACHE))][0].asm["ptx"], \
+                f"{label}: its compiled kernel reallocates no registers"
 
         # (B, N, H, D) at head dim 40 (padded to 64, rows 80 bytes: the ROW_ALIGN hint)
         qb, kb, vb = (torch.randn(1, 333, 4, 40, dtype=torch.float16) for _ in range(3))

@@ -151,11 +151,12 @@ def references(q, k, v, kw):
 
 
 def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_mma=False, stream_k=None, warps=4,
-               stages=2, overlap=False, prologue_heads=1):
+               stages=2, overlap=False, prologue_heads=1, warp_spec=False):
     """The Triton kernel through its launcher, into outputs poisoned beforehand (every element must be written);
     use_tma: key/value blocks through tensor descriptors; rowsum_mma: the row sums on the tensor cores; stream_k:
     the stream-K kernels over this many programs; overlap: the softmax overlapped with the next block's scores;
-    prologue_heads: heads per program of the QK prologue."""
+    prologue_heads: heads per program of the QK prologue; warp_spec: q through descriptors too and the key loop
+    warp-specialised."""
     from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward
 
     out = torch.full_like(q, poison, memory_format=torch.contiguous_format)
@@ -175,7 +176,7 @@ def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_m
         joint_q_norm_weight=kw.get("joint_q_norm_weight"), joint_k_norm_weight=kw.get("joint_k_norm_weight"),
         norm_eps=kw.get("norm_eps", 1e-6), block_m=blocks[0], block_n=blocks[1], num_warps=warps,
         num_stages=stages, use_tma=use_tma, rowsum_mma=rowsum_mma, stream_k=stream_k, overlap=overlap,
-        prologue_heads=prologue_heads)
+        prologue_heads=prologue_heads, warp_spec=warp_spec)
     return (out, joint[3]) if joint is not None else out
 
 
@@ -382,10 +383,57 @@ def test_experiments_take_what_they_can_run():
                                  (_attn_fwd_kernel, {"stream_k": 3, "negative": (q, q)}, "plain and joint"),
                                  (_attn_fwd_autotuned, {"rowsum_mma": True, "block_m": None}, "rowsum_mma"),
                                  (_attn_fwd_autotuned, {"overlap": True, "block_m": None}, fixed_tile),
-                                 (_attn_fwd_kernel, {"overlap": True, "stream_k": 2}, fixed_tile)):
+                                 (_attn_fwd_kernel, {"overlap": True, "stream_k": 2}, fixed_tile),
+                                 (_attn_fwd_autotuned, {"warp_spec": True, "block_m": None}, "warp_spec: for a fixed"),
+                                 (_attn_fwd_kernel, {"warp_spec": True}, "with descriptor loads"),
+                                 (_attn_fwd_kernel, {"warp_spec": True, "use_tma": True, "overlap": True},
+                                  "not with rowsum_mma, overlap"),
+                                 (_attn_fwd_kernel, {"warp_spec": True, "use_tma": True, "negative": (q, q)},
+                                  "one key stream only"),
+                                 (_attn_fwd_kernel, {"warp_spec": True, "use_tma": True,
+                                                     "joint": (q, q, q, torch.empty_like(q))}, "one key stream only")):
         with pytest.raises(ValueError, match=match):
             attention_forward(kernel, q, q, q, torch.empty_like(q), scale=0.25,
                               **{"block_m": 16, "block_n": 16, **extra})
+    # warp_spec reads q through a descriptor: a head dim with a stride is an error (k and v may have one)
+    strided = torch.randn(1, 1, 8, 32)[..., ::2]
+    with pytest.raises(ValueError, match=r"q is read through a tensor descriptor.*strides \(256, 256, 32, 2\)"):
+        attention_forward(_attn_fwd_kernel, strided, q, q, torch.empty_like(q), scale=0.25, block_m=16, block_n=16,
+                          use_tma=True, warp_spec=True)
+
+
+# the warp-specialised key loop (WARP_SPEC: q through descriptors too), one key stream: every dtype, head dims
+# padded (40) and split (80, 96), one query row, GQA and MQA, (B, N, H, D), strided keys and values (q's head dim
+# must be contiguous), the QK prologue before it; keys ending inside a block (every block masked), key padding with
+# a row of none, packed segments (one empty)
+WARP_SPEC_CASES = [
+    Case(F32, 64, 97, 64, batch=2, name="f32-d64-97x64"),
+    Case(F16, 40, 77, 96, heads=4, kv_heads=2, layout="bnhd", name="f16-d40-77x96-bnhd-gqa"),
+    Case(BF16, 80, 1, 64, heads=3, kv_heads=1, name="bf16-d80-1x64-mqa"),
+    Case(F16, 96, 45, 32, layout="bnhd", name="f16-d96-45x32-bnhd"),
+    Case(F32, 128, 33, 64, heads=1, name="f32-d128-33x64"),
+    Case(BF16, 64, 50, 96, rope="interleaved", q_norm=True, k_norm=True, name="bf16-norm-rope-d64"),
+    Case(F16, 80, 33, 77, heads=3, kv_heads=1, name="f16-d80-33x77-partial"),
+    Case(F32, 64, 40, 77, batch=3, kv_lens=[77, 13, 0], name="f32-kvlens"),
+    Case(BF16, 40, 99, 60, batch=2, cu_q=[0, 33, 33, 99], cu_k=[0, 21, 40, 60], layout="bnhd", name="bf16-varlen"),
+]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case", WARP_SPEC_CASES, ids=str)
+def test_warp_specialised_loop(case):
+    """The kernel's WARP_SPEC tiles (``_WARP_SPEC_TILES``' path: q read through tensor descriptors, zero-filled past
+    its rows and head dim, the key loop marked for Triton's warp specialisation, which the interpreter runs as a
+    plain loop, and a partial last key block masked inside it) at a tile of several query and key blocks: as
+    accurate as the plain kernel, every output element written. With keys and values strided (one case's k and v
+    are slices of wider tensors) where their head dim is still contiguous."""
+    q, k, v, kw = build(case, seed=29)
+    if case.name == "f32-d64-97x64":
+        k, v = (torch.cat([t, torch.randn_like(t)], dim=-2)[..., ::2, :] for t in (k, v))
+        assert not k.is_contiguous() and k.stride(-1) == 1
+    out = run_kernel(q, k, v, kw, (32, 32), use_tma=True, warp_spec=True)
+    ref64, lowp = references(q, k, v, kw)
+    assert_accurate(out, ref64, lowp, case.dtype)
 
 # the overlapped key loop: every variant and dtype, split and padded head dims, partial blocks, key counts giving
 # 0, 1, 2 and more whole blocks per stream (kv_lens 16/21/32/33/0 at 16-key blocks: the loop needs two)
@@ -689,7 +737,7 @@ def test_triton_op_registration_runs_eagerly():
 
 def test_tiling_choices():
     from pydiff.kernels.attention import (_GPU_CONFIGS, _HEAVY_CONFIGS, _HEAVY_TMA_CONFIGS, _ONE_WARPGROUP_TILES,
-                                          _SHORT_KEY_CONFIGS, _TMA_CONFIGS, _WIDE_KEY_BLOCK_TILES,
+                                          _SHORT_KEY_CONFIGS, _TMA_CONFIGS, _WARP_SPEC_TILES, _WIDE_KEY_BLOCK_TILES,
                                           _attn_fwd_autotuned, _prune_configs, default_config, head_dim_blocks)
 
     # non-powers of two are split into two power-of-two chunks when that is less work than padding
@@ -699,14 +747,16 @@ def test_tiling_choices():
     assert head_dim_blocks(64)[0:3:2] == (64, False) and head_dim_blocks(8)[0:3:2] == (16, False)
     configs = _attn_fwd_autotuned.configs
     pointer = [c for c in configs if not c.kwargs.get("USE_TMA")]
-    assert len(pointer) == len(_GPU_CONFIGS) and len(configs) == len(_GPU_CONFIGS) + len(_TMA_CONFIGS)
+    assert len(pointer) == len(_GPU_CONFIGS)
+    assert len(configs) == len(_GPU_CONFIGS) + len(_TMA_CONFIGS) + len(_WARP_SPEC_TILES)
     base = dict(BLOCK_DA=64, BLOCK_DB=16, SPLIT_D=False, NEG=False, JOINT=False, TMA_OK=False)
     # descriptor candidates only where the launcher found the tensors fit for them; at D 64 the 128 x 128 tile over
     # 4 warps (64 accumulator and 128 score registers per thread) spilled, so it is the one pointer tile pruned, and
     # the single-warpgroup descriptor tiles are for head dims above 64
     shape = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps)  # noqa: E731
     assert _prune_configs(configs, base) == [c for c in pointer if shape(c) != (128, 128, 4)]
-    assert len(_prune_configs(configs, {**base, "TMA_OK": True})) == len(configs) - 1 - len(_ONE_WARPGROUP_TILES)
+    assert len(_prune_configs(configs, {**base, "TMA_OK": True})) == \
+        len(configs) - 1 - len(_ONE_WARPGROUP_TILES) - len(_WARP_SPEC_TILES)
     heavy = _prune_configs(configs, {**base, "JOINT": True, "TMA_OK": True})
     assert _HEAVY_CONFIGS <= set(_GPU_CONFIGS) and _HEAVY_TMA_CONFIGS <= set(_TMA_CONFIGS)
     assert len(heavy) == len(_HEAVY_CONFIGS) + len(_HEAVY_TMA_CONFIGS - _ONE_WARPGROUP_TILES)
@@ -752,6 +802,39 @@ def test_tiling_choices():
         for negative in (False, True):
             bm, bn, warps, stages = default_config(d, heavy=negative, negative=negative)
             assert (2 if negative else 1) * bm * head_dim_blocks(d)[0] <= 128 * warps * 32
+
+
+def test_warp_specialised_candidates(monkeypatch):
+    """The warp-specialised tiles: tried only where the launcher found them usable (WS_OK), for one key stream (no
+    joint or negative) up to head dim 128, the 256-row tile up to 64; and WS_OK only when asked for
+    (PYDIFF_ATTENTION_WARP_SPEC=1), on compute capability 9, with q fit for a tensor descriptor."""
+    import pydiff.kernels.attention as A
+
+    configs = A._attn_fwd_autotuned.configs
+    base = dict(BLOCK_DA=64, BLOCK_DB=16, SPLIT_D=False, NEG=False, JOINT=False, TMA_OK=True, WS_OK=True)
+
+    def kept(**args):
+        return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+                for c in A._prune_configs(configs, {**base, **args}) if c.kwargs.get("WARP_SPEC")}
+
+    assert all(c.kwargs.get("USE_TMA") for c in configs if c.kwargs.get("WARP_SPEC"))
+    assert kept() == kept(EVEN_N=False, VARLEN=True) == set(A._WARP_SPEC_TILES) and (256, 64, 4, 2) in kept()
+    assert kept(BLOCK_DB=16, SPLIT_D=True) == kept(BLOCK_DA=128) == {t for t in A._WARP_SPEC_TILES if t[0] <= 128}
+    for off in ({"WS_OK": False}, {"JOINT": True}, {"NEG": True}, {"BLOCK_DA": 128, "BLOCK_DB": 32, "SPLIT_D": True}):
+        assert not kept(**off), off
+    assert not kept(TMA_OK=False, WS_OK=False)
+
+    q = torch.randn(1, 2, 8, 64)
+    monkeypatch.setitem(A._CAPABILITY, q.device, 9)
+    monkeypatch.setenv("PYDIFF_ATTENTION_WARP_SPEC", "1")
+    assert A.warp_spec_usable(q) == A._HAS_WARP_SPEC
+    assert not A.warp_spec_usable(torch.randn(1, 2, 8, 128)[..., ::2])  # a strided head dim
+    monkeypatch.setitem(A._CAPABILITY, q.device, 10)
+    assert not A.warp_spec_usable(q)
+    monkeypatch.setitem(A._CAPABILITY, q.device, 9)
+    for setting in ("", "0"):
+        monkeypatch.setenv("PYDIFF_ATTENTION_WARP_SPEC", setting)
+        assert not A.warp_spec_usable(q)
 
 
 def test_eager_launches_reuse_the_tuners_choice():
@@ -1316,17 +1399,25 @@ def test_gpu_accuracy_overlap(case, cuda_device):
         _assert_gpu_accurate(case, out, q, k, v, kw)
 
 
-def _tuner_descriptor_tiles(case):
-    """The autotuner's extra descriptor-load candidates that ``_prune_configs`` keeps for a case."""
-    from pydiff.kernels.attention import (_ONE_WARPGROUP_TILES, _WIDE_KEY_BLOCK_TILES, _attn_fwd_autotuned,
-                                          _prune_configs, head_dim_blocks)
+def _kept_tiles(case, warp_spec):
+    """(BLOCK_M, BLOCK_N, warps, stages) of the descriptor-load candidates ``_prune_configs`` keeps for a case where
+    the launcher finds descriptors usable: the warp-specialised ones (``warp_spec``, where usable too) or the
+    others."""
+    from pydiff.kernels.attention import _attn_fwd_autotuned, _prune_configs, head_dim_blocks
 
     da, db, split = head_dim_blocks(case.head_dim)
     args = dict(BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split, JOINT=case.joint is not None, NEG=case.negative is not None,
-                TMA_OK=True, HEAD_DIM=case.head_dim)
-    kept = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
-            for c in _prune_configs(_attn_fwd_autotuned.configs, args) if c.kwargs.get("USE_TMA")}
-    return sorted(kept & (_ONE_WARPGROUP_TILES | _WIDE_KEY_BLOCK_TILES))
+                TMA_OK=True, WS_OK=warp_spec, HEAD_DIM=case.head_dim)
+    return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+            for c in _prune_configs(_attn_fwd_autotuned.configs, args)
+            if c.kwargs.get("USE_TMA") and c.kwargs.get("WARP_SPEC", False) == warp_spec}
+
+
+def _tuner_descriptor_tiles(case):
+    """The autotuner's extra descriptor-load candidates that ``_prune_configs`` keeps for a case."""
+    from pydiff.kernels.attention import _ONE_WARPGROUP_TILES, _WIDE_KEY_BLOCK_TILES
+
+    return sorted(_kept_tiles(case, False) & (_ONE_WARPGROUP_TILES | _WIDE_KEY_BLOCK_TILES))
 
 
 #: production-size cases the descriptor stage runs the tuner's extra tiles on (so does attention_isolate.py's tuner
@@ -1347,6 +1438,68 @@ def test_gpu_accuracy_descriptors_tuner_tiles(case, cuda_device):
     for bm, bn, warps, stages in _tuner_descriptor_tiles(case):
         out = run_kernel(q, k, v, kw, (bm, bn), warps=warps, stages=stages, use_tma=None)
         _assert_gpu_accurate(case, out, q, k, v, kw)
+
+
+# the warp-specialised tiles on a GPU: Flux's, SDXL's and SD3's head dims and lengths (SD3's keys end inside a
+# block), cross-attention over 77 text keys, padded (40) and split (80, 96) head dims, GQA and MQA, (B, N, H, D),
+# query counts ending inside a block, fp32 (TF32 products), key padding and packed segments
+WARP_SPEC_GPU_CASES = [
+    Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", name="gpu-ws-flux-plain"),
+    Case(F16, 64, 4096, 4096, heads=2, batch=2, name="gpu-ws-sdxl-self"),
+    Case(BF16, 64, 4250, 4250, heads=2, batch=2, name="gpu-ws-sd3-plain"),
+    Case(F16, 64, 4096, 77, heads=10, batch=2, name="gpu-ws-sdxl-cross"),
+    Case(BF16, 40, 1000, 1024, heads=4, kv_heads=2, layout="bnhd", name="gpu-ws-d40-gqa"),
+    Case(F16, 80, 333, 512, heads=3, kv_heads=1, name="gpu-ws-d80-mqa"),
+    Case(F32, 96, 97, 333, name="gpu-ws-f32-d96-partial"),
+    Case(F16, 64, 1025, 1025, batch=3, kv_lens=[1025, 77, 0], name="gpu-ws-kvlens"),
+    Case(BF16, 80, 1201, 1201, cu_q=[0, 7, 7, 604, 1201], kv_lens=[7, 0, 590, 597], name="gpu-ws-varlen-kvlens"),
+]
+
+
+def _warp_spec_tiles(case):
+    """The warp-specialised candidates (``_WARP_SPEC_TILES``) that ``_prune_configs`` keeps for a case."""
+    return sorted(_kept_tiles(case, True))
+
+
+def _needs_hopper_warp_spec(device):
+    from pydiff.kernels.attention import _HAS_WARP_SPEC
+
+    if torch.cuda.get_device_capability(device)[0] != 9 or not _HAS_WARP_SPEC:
+        pytest.skip("warp-specialised tiles: Hopper (compute capability 9) and a Triton with warp-specialised loops")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", WARP_SPEC_GPU_CASES, ids=str)
+def test_gpu_accuracy_descriptors_warp_specialised(case, cuda_device):
+    """Every warp-specialised tile that applies, on a Hopper GPU: Triton's warp specialisation (a producer
+    warpgroup loading through descriptors, two consumers computing; the interpreter cannot check it) as accurate as
+    the plain kernel. Named for the GPU suite's descriptor stage, whose failure here turns these candidates off for
+    the rest of the suite (PYDIFF_ATTENTION_WARP_SPEC=0)."""
+    _needs_hopper_warp_spec(cuda_device)
+    q, k, v, kw = _on_device(case, cuda_device)
+    tiles = _warp_spec_tiles(case)
+    assert tiles
+    for bm, bn, warps, stages in tiles:
+        out = run_kernel(q, k, v, kw, (bm, bn), warps=warps, stages=stages, use_tma=True, warp_spec=True)
+        _assert_gpu_accurate(case, out, q, k, v, kw)
+
+
+@pytest.mark.gpu
+def test_gpu_autotuned_descriptors_warp_specialised(cuda_device, monkeypatch):
+    """With PYDIFF_ATTENTION_WARP_SPEC=1 the autotuner times the warp-specialised tiles beside the others, and its
+    choice is accurate."""
+    from pydiff.kernels.attention import _TUNED, _attn_fwd_autotuned
+    from pydiff.kernels.plans import CACHE as _PLANS
+
+    _needs_hopper_warp_spec(cuda_device)
+    monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "1")
+    monkeypatch.setenv("PYDIFF_ATTENTION_WARP_SPEC", "1")
+    _TUNED.clear()
+    _PLANS.clear()
+    case = WARP_SPEC_GPU_CASES[1]
+    _gpu_check(case, cuda_device)
+    timed = [c for c in (_attn_fwd_autotuned.configs_timings or {}) if c.kwargs.get("WARP_SPEC")]
+    assert len(timed) == len(_warp_spec_tiles(case))
 
 
 @pytest.mark.gpu
