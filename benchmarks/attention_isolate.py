@@ -14,6 +14,8 @@ Modes (combinable with +; default: plain, tma, rowsum, streamk, overlap):
 - tuner: the autotuner's extra descriptor-load tiles that apply to the case (one warpgroup of 128 rows above head
   dim 64, 64 x 128 up to 64; others report n/a), each in turn, as the descriptor stage's test runs them; asked
   for, the production-size cases of that test (SD3's size, Flux's joint call) join the default cases;
+- warpspec: the warp-specialised tiles (``_WARP_SPEC_TILES``), each in turn, on the cases of the descriptor stage's
+  test of them (others report n/a), which join the default cases when asked for;
 - rowsum: the ROWSUM_MMA experiment;
 - streamk: the stream-K experiment over as many programs as SMs (plain and joint cases; others report n/a);
 - overlap: the OVERLAP experiment (each block's softmax under the next block's scores);
@@ -35,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ["plain", "tma", "tuner", "rowsum", "streamk", "overlap", "noalign", "noplans"]
+MODES = ["plain", "tma", "tuner", "warpspec", "rowsum", "streamk", "overlap", "noalign", "noplans"]
 DEFAULT_MODES = ["plain", "tma", "rowsum", "streamk", "overlap"]
 
 
@@ -43,7 +45,7 @@ def _case(name: str):
     sys.path.insert(0, str(ROOT / "tests"))
     import test_attention as T
 
-    cases = {c.name: c for c in T.GRID + T.GPU_GRID + T.DESCRIPTOR_PRODUCTION_CASES}
+    cases = {c.name: c for c in T.GRID + T.GPU_GRID + T.DESCRIPTOR_PRODUCTION_CASES + T.WARP_SPEC_GPU_CASES}
     if name not in cases:
         raise SystemExit(f"unknown case {name!r}; known: {', '.join(cases)}")
     return T, cases[name]
@@ -74,14 +76,19 @@ def run_one(name: str, mode: str) -> dict:
         tiles = T._tuner_descriptor_tiles(case)
         if not tiles:
             return {"streams": [], "skipped": "no extra descriptor tile applies"}
+    elif "warpspec" in parts:
+        if case not in T.WARP_SPEC_GPU_CASES:
+            return {"streams": [], "skipped": "warp-specialised tiles: their own cases"}
+        tiles = T._warp_spec_tiles(case)
     else:
         tiles = [(*(T._overlap_tile(case) if "overlap" in parts else T._gpu_default_tile(case)), 4, 2)]
     q, k, v, kw = T._on_device(case, "cuda" if torch.cuda.is_available() else "cpu")
     streams = []
     for block_m, block_n, warps, stages in tiles:
         out = T.run_kernel(q, k, v, kw, (block_m, block_n), warps=warps, stages=stages,
-                           use_tma=None if "tuner" in parts else "tma" in parts, rowsum_mma="rowsum" in parts,
-                           stream_k=stream_k, overlap="overlap" in parts)
+                           use_tma=None if "tuner" in parts else "tma" in parts or "warpspec" in parts,
+                           rowsum_mma="rowsum" in parts, stream_k=stream_k, overlap="overlap" in parts,
+                           warp_spec="warpspec" in parts)
         for got, ref, low, failure in T.gpu_stream_checks(case, out, q, k, v, kw):
             err = (got.double() - ref.double()).abs().nan_to_num(float("inf"))
             bad = err > 0.05
@@ -144,8 +151,9 @@ def main(argv=None) -> int:
             _case(name)
     else:
         T = _case("f32-d64-97x97")[0]
-        tuner = any("tuner" in mode.split("+") for mode in args.modes)
-        names = [c.name for c in T.GPU_GRID + (T.DESCRIPTOR_PRODUCTION_CASES if tuner else [])]
+        asked = {part for mode in args.modes for part in mode.split("+")}
+        names = [c.name for c in T.GPU_GRID + (T.DESCRIPTOR_PRODUCTION_CASES if "tuner" in asked else [])
+                 + (T.WARP_SPEC_GPU_CASES if "warpspec" in asked else [])]
     jobs = [(name, mode) for name in names for mode in args.modes]
     print("| case | mode | result | per output stream | time |\n|---|---|---|---|---|", flush=True)
     failures = 0

@@ -6,6 +6,7 @@
     python3 benchmarks/attention_resources.py --probe    # the Hopper probe's softmax variants: work per key block
     python3 benchmarks/attention_resources.py --overlap  # the OVERLAP experiment: softmax issued under the MMAs?
     python3 benchmarks/attention_resources.py --warpgroups   # warpgroups, CTAs per SM, barriers, instructions per score
+    python3 benchmarks/attention_resources.py --warp-spec    # the warp-specialised tiles: warpgroups, register split
     python3 benchmarks/attention_resources.py --waves benchmarks/results/<run>/attention.json
         # the tuner's measured candidates of a GPU run against the waves of CTAs each launches
 
@@ -99,13 +100,14 @@ def ptxas_report(ptx: str, arch: str = "sm_90a") -> tuple:
 
 def compile_attention(head_dim: int, tile, flags, module=None, info: dict = None) -> tuple:
     """(registers, spill bytes, async copies, key-loop instructions) of one specialisation; tile = (BLOCK_M,
-    BLOCK_N, warps, stages[, key/value loads through tensor descriptors]); ``info`` (a dict) receives its shared
-    memory and PTX (``compile_ptx``)."""
+    BLOCK_N, warps, stages[, key/value loads through tensor descriptors[, the key loop warp-specialised]]); ``info``
+    (a dict) receives its shared memory and PTX (``compile_ptx``)."""
     bm, bn, warps, stages = tile[:4]
     module = module or A
     const = dict(_head_dim_constants(head_dim, module), BLOCK_M=bm, BLOCK_N=bn, EVEN_N=True, JOINT=False, NEG=False,
-                 VARLEN=False, HAS_KV_LENS=False, HAS_NEG_KV_LENS=False, SCALE_POSITIVE=True, TMA_OK=True,
-                 USE_TMA=len(tile) > 4 and tile[4], ROWSUM_MMA=False, OVERLAP=False)
+                 VARLEN=False, HAS_KV_LENS=False, HAS_NEG_KV_LENS=False, SCALE_POSITIVE=True, TMA_OK=True, WS_OK=False,
+                 USE_TMA=len(tile) > 4 and tile[4], ROWSUM_MMA=False, OVERLAP=False,
+                 WARP_SPEC=len(tile) > 5 and tile[5])
     const.update(flags)
     return compile_specialised(module._attn_fwd_kernel, head_dim, const, warps, stages, info)
 
@@ -155,13 +157,15 @@ def compile_specialised(fn, head_dim: int, const: dict, warps: int, stages: int,
 def compile_ptx(fn, signature: dict, const: dict, aligned: dict, warps: int, stages: int, info: dict = None) -> str:
     """The PTX of ``fn`` for sm_90 with these argument types, constexprs (name -> value) and 16-divisible
     arguments, with multiply-add contraction as the launches pin it; ``info`` (a dict) receives the kernel's
-    shared memory in bytes ("shared"), the PTX ("ptx") and the machine code ("cubin")."""
+    shared memory in bytes ("shared"), the PTX ("ptx"), the machine code ("cubin") and the warps it launches with
+    ("warps": a warp-specialised kernel's warpgroups together)."""
     source = ASTSource(fn=fn, signature=signature, attrs=aligned,
                        constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": warps, "num_stages": stages, "enable_fp_fusion": True})
     if info is not None:
-        info.update(shared=compiled.metadata.shared, ptx=compiled.asm["ptx"], cubin=compiled.asm["cubin"])
+        info.update(shared=compiled.metadata.shared, ptx=compiled.asm["ptx"], cubin=compiled.asm["cubin"],
+                    warps=compiled.metadata.num_warps)
     return compiled.asm["ptx"]
 
 
@@ -198,10 +202,11 @@ def candidates() -> int:
     for name, head_dim, flags, *keys in VARIANTS:
         da, db, split = A.head_dim_blocks(head_dim)
         args = {"BLOCK_DA": da, "BLOCK_DB": db, "SPLIT_D": split, "JOINT": False, "NEG": False, "TMA_OK": True,
-                **flags, **(keys[0] if keys else {})}
+                "WS_OK": True, "EVEN_N": True, **flags, **(keys[0] if keys else {})}
         for cfg in A._prune_configs(A._attn_fwd_autotuned.configs, args):
             kw = cfg.kwargs
-            tile = (kw["BLOCK_M"], kw["BLOCK_N"], cfg.num_warps, cfg.num_stages, kw.get("USE_TMA", False))
+            tile = (kw["BLOCK_M"], kw["BLOCK_N"], cfg.num_warps, cfg.num_stages, kw.get("USE_TMA", False),
+                    kw.get("WARP_SPEC", False))
             label = tile_label(tile)
             start = time.perf_counter()
             try:
@@ -351,6 +356,37 @@ def warpgroup_report() -> None:
               + f" | {per_score:.3f} |", flush=True)
 
 
+#: head dims of the warp-specialised report (``_WARP_SPEC_TILES``): SD1.5's 40 and 80, SD3's and SDXL's 64, Flux's
+#: 128, and 160 beyond the tuner's range
+WARP_SPEC_HEAD_DIMS = [32, 40, 64, 80, 96, 128, 160]
+
+
+#: the warp-specialised report's variants beyond plain attention over whole key blocks (every key block masked)
+WARP_SPEC_VARIANTS = [("partial key blocks", {"EVEN_N": False}), ("key padding", {"EVEN_N": False, "HAS_KV_LENS": True}),
+                      ("packed segments", {"EVEN_N": False, "VARLEN": True})]
+
+
+def warp_spec_report() -> None:
+    """Each warp-specialised tile (``_WARP_SPEC_TILES``) compiled for sm_90a, plain attention over whole key blocks
+    at ``WARP_SPEC_HEAD_DIMS`` and the ``WARP_SPEC_VARIANTS`` at head dims 64 and 128: the warpgroups it launches,
+    the registers per thread at launch, the register counts its warpgroups move to (``setmaxnreg``: none means the
+    loop was not specialised), spill bytes, shared memory and CTAs per SM. Joint and negative streams are left out:
+    their second key loop fails inside Triton's compiler, an assertion that ends the process."""
+    print("| variant | D | tile | warpgroups | registers at launch | setmaxnreg to | spill bytes | shared KiB | "
+          "CTAs/SM |\n|---|---|---|---|---|---|---|---|---|")
+    cases = [("plain", head_dim, {}) for head_dim in WARP_SPEC_HEAD_DIMS] + \
+        [(name, head_dim, flags) for name, flags in WARP_SPEC_VARIANTS for head_dim in (64, 128)]
+    for name, head_dim, flags in cases:
+        for bm, bn, warps, stages in A._WARP_SPEC_TILES:
+            info = {}
+            tile = (bm, bn, warps, stages, True, True)
+            regs, spill, _, _ = compile_attention(head_dim, tile, flags, info=info)
+            targets = sorted({int(n) for n in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", info["ptx"])})
+            print(f"| {name} | {head_dim} | {tile_label(tile)} | {info['warps'] // 4} | {regs} | "
+                  f"{', '.join(map(str, targets)) or 'none'} | {spill} | {info['shared'] / 1024:.0f} | "
+                  f"{ctas_per_sm(regs, info['shared'], info['warps'])} |", flush=True)
+
+
 #: Hopper's per-SM limits (H100 / H200 SXM): registers, shared memory (and what each CTA reserves of it), warps
 _SM_REGISTERS, _SM_SHARED, _CTA_RESERVED_SHARED, _SM_WARPS = 65536, 233472, 1024, 64
 
@@ -384,9 +420,9 @@ def waves(results: str, sms: int = 132) -> None:
         for label, ms in sorted(row["tile_ms"].items(), key=lambda item: item[1]):
             bm, bn, warps, stages = map(int, re.match(r"(\d+)x(\d+) w(\d+) s(\d+)", label).groups())
             info = {}
-            regs, _, _, _ = compile_attention(d, (bm, bn, warps, stages, label.endswith("tma")),
+            regs, _, _, _ = compile_attention(d, (bm, bn, warps, stages, " tma" in label, label.endswith(" ws")),
                                               {"EVEN_N": n_k % bn == 0}, info=info)
-            per_sm = ctas_per_sm(regs, info["shared"], warps)
+            per_sm = ctas_per_sm(regs, info["shared"], info["warps"])
             tiles = b * h * -(-n_q // bm)
             count = tiles / (per_sm * sms)
             rounds = -(-tiles // (per_sm * sms))
@@ -412,6 +448,9 @@ def main() -> int:
         return 0
     if "--warpgroups" in sys.argv[1:]:
         warpgroup_report()
+        return 0
+    if "--warp-spec" in sys.argv[1:]:
+        warp_spec_report()
         return 0
     print("| variant | D | tile (M x N, warps, stages) | registers | spill bytes | async copies | PTX per key block |"
           "\n|---|---|---|---|---|---|---|")
