@@ -371,7 +371,7 @@ def warp_spec_report() -> None:
     at ``WARP_SPEC_HEAD_DIMS`` and the ``WARP_SPEC_VARIANTS`` at head dims 64 and 128: the warpgroups it launches,
     the registers per thread at launch, the register counts its warpgroups move to (``setmaxnreg``: none means the
     loop was not specialised), spill bytes, shared memory and CTAs per SM. Joint and negative streams are left out:
-    their second key loop fails inside Triton's compiler, an assertion that ends the process."""
+    their second key loop fails inside Triton's compiler (an internal assertion, raised as a RuntimeError)."""
     print("| variant | D | tile | warpgroups | registers at launch | setmaxnreg to | spill bytes | shared KiB | "
           "CTAs/SM |\n|---|---|---|---|---|---|---|---|---|")
     cases = [("plain", head_dim, {}) for head_dim in WARP_SPEC_HEAD_DIMS] + \

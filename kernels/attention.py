@@ -992,9 +992,10 @@ _TMA_CONFIGS = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4
 #: descriptor loads and two consumers of BLOCK_M / 2 query rows each, raised to 232 registers per thread
 #: (setmaxnreg) while the producer gives its registers up: FlashAttention-3's layout. Compiled for sm_90a (Triton
 #: 3.6 and 3.9): no spills at head dims 32-160 for 128 x 128 and 128 x 64; 256 x 64 spills above head dim 64; one CTA
-#: per SM (168 registers at launch x 384 threads). Only for calls with one key stream (plain, key padding, packed
-#: segments): a joint or negative stream's second loop fails inside Triton's compiler (an assertion, which ends the
-#: process). A stream that ends inside a block takes the mask in every block (``_attend_keys``). q must come through
+#: per SM (168 registers at launch x 384 threads). Only for 16-bit inputs and calls with one key stream (plain, key
+#: padding, packed segments): with fp32 (TF32 products), or a joint or negative stream's second loop, Triton's
+#: compiler fails (an internal assertion, raised as "PassManager::run failed", which Triton's autotuner does not
+#: skip). A stream that ends inside a block takes the mask in every block (``_attend_keys``). q must come through
 #: descriptors as well: with q loaded through pointers the pass fails (``benchmarks/attention_resources.py
 #: --warp-spec``).
 _WARP_SPEC_TILES = [(128, 128, 4, 2), (128, 64, 4, 2), (256, 64, 4, 2)]
@@ -1023,7 +1024,8 @@ def _prune_configs(configs, named_args, **kwargs):
     64), and the ``_WIDE_KEY_BLOCK_TILES`` only up to head dim 64; the variants try a short list (with narrow key
     blocks too where every key stream is short); descriptor loads only where the launcher found them usable
     (``TMA_OK``), and warp-specialised ones (``_WARP_SPEC_TILES``) only where it found that usable (``WS_OK``), for
-    one key stream (no joint or negative stream) at head dims up to 128 (256-row tiles up to 64)."""
+    16-bit inputs with one key stream (no joint or negative stream) at head dims up to 128 (256-row tiles up to
+    64)."""
     args = {**named_args, **kwargs}
     d_total = args["BLOCK_DA"] + (args["BLOCK_DB"] if args["SPLIT_D"] else 0)
     accumulators = 2 if args["NEG"] else 1
@@ -1041,7 +1043,9 @@ def _prune_configs(configs, named_args, **kwargs):
         score_regs = bm * bn / threads
         shape = (bm, bn, cfg.num_warps, cfg.num_stages)
         if cfg.kwargs.get("WARP_SPEC", False):
-            if args.get("WS_OK", False) and not heavy and d_total <= (64 if bm > 128 else 128):
+            q = args.get("Q")
+            if args.get("WS_OK", False) and not heavy and d_total <= (64 if bm > 128 else 128) and \
+                    (q is None or q.element_size() == 2):
                 kept.append(cfg)
             continue
         if tma and shape in _ONE_WARPGROUP_TILES:
@@ -1263,8 +1267,11 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
             raise ValueError("warp_spec: for a fixed tile (block_m, block_n) with descriptor loads (use_tma), not with "
                              "rowsum_mma, overlap or stream_k")
         if joint is not None or negative is not None:
-            # (a second key loop fails inside Triton's compiler, which ends the process)
+            # (a second key loop fails inside Triton's compiler)
             raise ValueError("warp_spec: one key stream only (no joint or negative)")
+        if q.is_cuda and q.element_size() > 2:  # (the interpreter compiles nothing: fp32 checks the path there)
+            raise ValueError(f"warp_spec: 16-bit inputs only on a GPU, got {q.dtype} (Triton's warp specialisation "
+                             f"fails to compile TF32 matrix multiplies)")
     if rope is not None or any(w is not None for w in (q_norm_weight, k_norm_weight, joint_q_norm_weight,
                                                        joint_k_norm_weight)):
         if prologue_heads != 1:  # (the experiment's check, off the default path)
