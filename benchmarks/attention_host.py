@@ -106,7 +106,7 @@ def first_call_rows(rounds: int = 2, candidates: int = 0):
     counts = []
     with stub_cuda_driver(), mock.patch.object(ka, "tma_usable", lambda kv: True), \
             mock.patch.object(tuner, "configs", kept), mock.patch.dict(os.environ, {"PYDIFF_COMPILE_THREADS": ""}), \
-            mock.patch.object(plans, "precompile", lambda *a, _p=plans.precompile: counts.append(_p(*a))):
+            mock.patch.object(plans, "precompile", lambda *a, _p=plans.precompile: counts.append(len(a[4])) or _p(*a)):
         for i in range(2 * rounds):
             side = ("ours", "peer")[i % 2]
             os.environ["PYDIFF_COMPILE_THREADS"] = str(threads) if side == "ours" else "1"

@@ -362,7 +362,8 @@ WARP_SPEC_HEAD_DIMS = [32, 40, 64, 80, 96, 128, 160]
 
 
 #: the warp-specialised report's variants beyond plain attention over whole key blocks (every key block masked)
-WARP_SPEC_VARIANTS = [("partial key blocks", {"EVEN_N": False}), ("key padding", {"EVEN_N": False, "HAS_KV_LENS": True}),
+WARP_SPEC_VARIANTS = [("partial key blocks", {"EVEN_N": False}),
+                      ("key padding", {"EVEN_N": False, "HAS_KV_LENS": True}),
                       ("packed segments", {"EVEN_N": False, "VARLEN": True})]
 
 

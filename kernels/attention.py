@@ -33,8 +33,10 @@ softmax overlapped with the matmuls (``overlap=True``: ``_attend_overlapped``, F
 pipelining in Triton's terms); the row sums on the tensor cores (``rowsum_mma=True``).
 """
 
+import contextvars
 import inspect
 import os
+import warnings
 
 import triton
 import triton.language as tl
@@ -1025,8 +1027,9 @@ def _prune_configs(configs, named_args, **kwargs):
     blocks too where every key stream is short); descriptor loads only where the launcher found them usable
     (``TMA_OK``), and warp-specialised ones (``_WARP_SPEC_TILES``) only where it found that usable (``WS_OK``), for
     16-bit inputs with one key stream (no joint or negative stream) at head dims up to 128 (256-row tiles up to
-    64)."""
+    64); none whose compile failed for this launch (``_UNBUILT``)."""
     args = {**named_args, **kwargs}
+    unbuilt = _UNBUILT.get()
     d_total = args["BLOCK_DA"] + (args["BLOCK_DB"] if args["SPLIT_D"] else 0)
     accumulators = 2 if args["NEG"] else 1
     heavy = args["JOINT"] or args["NEG"]
@@ -1042,6 +1045,8 @@ def _prune_configs(configs, named_args, **kwargs):
         acc_regs = accumulators * bm * d_total / threads
         score_regs = bm * bn / threads
         shape = (bm, bn, cfg.num_warps, cfg.num_stages)
+        if id(cfg) in unbuilt:
+            continue
         if cfg.kwargs.get("WARP_SPEC", False):
             q = args.get("Q")
             if args.get("WS_OK", False) and not heavy and d_total <= (64 if bm > 128 else 128) and \
@@ -1068,6 +1073,9 @@ def _prune_configs(configs, named_args, **kwargs):
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)]
 
 
+#: ids of the candidates whose compile failed for the launch the autotuner is timing (``attention_forward``'s tuned
+#: launch sets it around the autotuner's call): ``_prune_configs`` leaves them out
+_UNBUILT = contextvars.ContextVar("pydiff_attention_unbuilt", default=frozenset())
 _WIDEST_BLOCK_N = max(bn for _, bn, _, _ in _GPU_CONFIGS + _TMA_CONFIGS + _WARP_SPEC_TILES)
 _AUTOTUNE_KEY = ["Nq", "Nk", "Nq2", "Nk2", "Nneg", "HEAD_DIM", "SPLIT_D", "JOINT", "NEG", "VARLEN", "TMA_OK",
                  "WS_OK"]
@@ -1230,8 +1238,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     itself where ``tma_usable``); None: where ``tma_usable``.
     tuned: (tuner, plain kernel) for eager launches of the autotuned ``kernel``: the first launch of each
     specialisation goes through the tuner (Triton's ``Autotuner``, as bound), its candidate tiles compiled at once
-    first (``plans.precompile``); later ones launch the plain kernel with the tile it chose, skipping the tuner's
-    per-call key work (the autotuner builds its cache key from all 60 arguments on every call).
+    first (``plans.precompile``; one whose compile failed is left out, with a warning); later ones launch the plain
+    kernel with the tile it chose, skipping the tuner's per-call key work (the autotuner builds its cache key from
+    all 60 arguments on every call).
     prologue_kernel: ``_qk_prologue`` as the caller launches it (wrapped for torch.library); None: this module's.
     rowsum_mma: the kernel's ROWSUM_MMA experiment, with ``block_m`` (the benchmark and the tests time and check it).
     overlap: the kernel's OVERLAP experiment (each block's softmax while the next block's scores are computed,
@@ -1421,10 +1430,17 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     choice = _TUNED.get(key)
     if choice is None:
         tuner, plain = tuned
-        # the tuner's candidates compile at once, then it times them
-        plans.precompile(plain, grid, args, flags,
-                         _prune_configs(tuner.configs, dict(zip(tuner.arg_names, args)), **flags))
-        kernel[grid](*args, **flags)
+        # the tuner's candidates compile at once, then it times those that compiled
+        failed = plans.precompile(plain, grid, args, flags,
+                                  _prune_configs(tuner.configs, dict(zip(tuner.arg_names, args)), **flags))
+        for config, error in failed:
+            warnings.warn(f"pydiff attention: autotune candidate {config} failed to compile and is skipped: "
+                          f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[-1]}", RuntimeWarning)
+        token = _UNBUILT.set(frozenset(id(config) for config, _ in failed))
+        try:
+            kernel[grid](*args, **flags)
+        finally:
+            _UNBUILT.reset(token)
         plans.unplanned(tensors)
         _TUNED[key] = tuner.best_config.all_kwargs()
     else:

@@ -153,18 +153,23 @@ def _compiles_at_once(threads: int):
             yield True
 
 
-def precompile(kernel, grid, args, flags, configs) -> int:
+def precompile(kernel, grid, args, flags, configs) -> list:
     """Compile the JIT ``kernel`` for each of an autotuner's candidate ``configs`` at this launch (``args``,
     ``flags``: what the autotuner is then called with), all at once (``_compiles_at_once`` on ``compile_threads()``
     threads), so that the autotuner finds every candidate compiled when it times them instead of compiling them one
-    after another; one that fails is left for the autotuner, which compiles it again and skips it as before. Returns
-    how many compiles ran at once (0 where they cannot)."""
+    after another. Returns (config, error) of each candidate whose compile raised, for the caller to keep from the
+    autotuner (which skips only the compile errors it knows, such as running out of shared memory, and passes others
+    on to the caller, a compiler pass's RuntimeError among them); empty where compiles cannot run at once, and the
+    autotuner then compiles each candidate itself, as Triton does."""
     with _compiles_at_once(min(compile_threads(), len(configs))) as at_once:
         if not at_once:
-            return 0
-        for config in configs:
-            kernel.warmup(*args, grid=grid, **flags, **config.all_kwargs())
-    return len(configs)
+            return []
+        # a warm-up in the mode returns a handle on its compile's future (which Triton 3.9 drops once the mode has
+        # ended), or a kernel its caches held
+        started = [(config, getattr(kernel.warmup(*args, grid=grid, **flags, **config.all_kwargs()), "future", None))
+                   for config in configs]
+    return [(config, future.exception()) for config, future in started
+            if future is not None and future.exception() is not None]
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from unittest import mock
 os.environ["TRITON_DEFAULT_FP_FUSION"] = "0"
 
 import torch  # noqa: E402
+import triton  # noqa: E402
 
 from benchmarks.stub_driver import stub_cuda_driver  # noqa: E402
 from pydiff.kernels import attention as ka  # noqa: E402
@@ -346,6 +347,29 @@ def check_parallel_compile():
           "with 1", flush=True)
 
 
+def check_failed_candidates():
+    """A candidate whose compile fails inside Triton's compiler (a RuntimeError, which Triton's autotuner passes on
+    to the caller) is reported by ``plans.precompile`` and kept from the tuner, with a warning naming it: the call
+    runs on the candidates that compiled. The failing candidate, which the pruner keeps once warp specialisation is
+    made usable here: a warp-specialised tile whose keys and values load through pointers (Triton's pass fails)."""
+    import warnings
+
+    tuner, plain = ka._attn_fwd_autotuned, ka._attn_fwd_kernel
+    good = tuner.configs[0]
+    bad = triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "WARP_SPEC": True}, num_warps=4, num_stages=2)
+    q, k, v = _bhnd(1, 2, 97, 64), _bhnd(1, 2, 128, 64), _bhnd(1, 2, 128, 64)
+    with mock.patch.object(tuner, "configs", [good, bad]), mock.patch.object(ka, "tma_usable", lambda kv: True), \
+            mock.patch.object(ka, "warp_spec_usable", lambda q: True), \
+            mock.patch.dict(os.environ, {"PYDIFF_COMPILE_THREADS": "2"}), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        ka.attention_forward(tuner, q, k, v, torch.empty_like(q), scale=0.125, tuned=(tuner, plain))
+    skipped = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
+    assert len(skipped) == 1 and "WARP_SPEC: True" in skipped[0] and "failed to compile" in skipped[0], skipped
+    assert tuner.best_config is good, f"the tuner chose {tuner.best_config}"
+    print(f"ok failed candidates: one that failed to compile ({skipped[0].split(': ')[-1][:60]}) was kept from the "
+          f"tuner", flush=True)
+
+
 def check_compile_only(launches):
     """Inside ``plans.compile_only`` fixed-tile launches compile on its threads and nothing runs (no launch reaches
     the driver, no plan is made); after it the same launches run what was compiled, compiling nothing."""
@@ -382,6 +406,7 @@ def main():
     kernel, prologue = ka._attn_fwd_kernel, ka._qk_prologue
     with stub_cuda_driver() as stub:
         check_parallel_compile()
+        check_failed_candidates()
         check_compile_only(stub.launches)
         launches = stub.launches
         jit = _JitCounter(kernel, prologue)

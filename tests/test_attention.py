@@ -839,6 +839,21 @@ def test_warp_specialised_candidates(monkeypatch):
         assert not A.warp_spec_usable(q)
 
 
+def test_pruner_leaves_out_candidates_that_failed_to_compile():
+    """Candidates whose compile failed for the launch being tuned (``_UNBUILT``, set by ``attention_forward`` from
+    ``plans.precompile``'s report) are not offered to the tuner; the rest are, as before."""
+    import pydiff.kernels.attention as A
+
+    base = dict(BLOCK_DA=64, BLOCK_DB=16, SPLIT_D=False, NEG=False, JOINT=False, TMA_OK=False)
+    kept = A._prune_configs(A._attn_fwd_autotuned.configs, base)
+    token = A._UNBUILT.set(frozenset({id(kept[0]), id(kept[2])}))
+    try:
+        assert A._prune_configs(A._attn_fwd_autotuned.configs, base) == [kept[1]] + kept[3:]
+    finally:
+        A._UNBUILT.reset(token)
+    assert A._prune_configs(A._attn_fwd_autotuned.configs, base) == kept
+
+
 def test_eager_launches_reuse_the_tuners_choice():
     """attention_forward with ``tuned``: the first launch of a specialisation goes through the tuner, later ones
     launch the plain kernel with the tile it chose (and its grid); a new shape goes to the tuner again."""
