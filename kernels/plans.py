@@ -12,8 +12,8 @@ A caller may also record every launch a call of its own makes (``recording``) an
 ``launch_plan`` (``pydiff.attention``'s call plans skip its checks and launcher that way). A plan knows which of its
 leading tensors the kernel writes, so a recording can tell outputs made for the call from inputs.
 
-``precompile`` compiles an autotuner's candidates for a launch at once, on threads, before the autotuner times them;
-inside ``compile_only``, launches compile that way instead of running.
+``precompile`` compiles an autotuner's candidates for a launch at once, on threads, before the autotuner times them,
+and reports those whose compile failed; inside ``compile_only``, launches compile that way instead of running.
 """
 
 import contextlib
