@@ -992,15 +992,17 @@ _TMA_CONFIGS = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4
 #: Descriptor-load tiles whose key loop Triton warp-specialises (WARP_SPEC), tried where ``warp_spec_usable``: 4
 #: warps per warpgroup, and Triton 3.6 makes three warpgroups of them for sm_90a, a producer that issues the
 #: descriptor loads and two consumers of BLOCK_M / 2 query rows each, raised to 232 registers per thread
-#: (setmaxnreg) while the producer gives its registers up: FlashAttention-3's layout. Compiled for sm_90a (Triton
-#: 3.6 and 3.9): no spills at head dims 32-160 for 128 x 128 and 128 x 64; 256 x 64 spills above head dim 64; one CTA
+#: (setmaxnreg) while the producer gives its registers up: FlashAttention-3's layout. Each tile is kept up to the
+#: head dim given: compiled for sm_90a (Triton 3.6 and 3.9), 128 x 128 and 128 x 64 do not spill at head dims 32-160,
+#: 256 x 64 spills above 64, and 128 x 128 with 3 stages needs 240 KiB of shared memory at 128 (185 at 96); one CTA
 #: per SM (168 registers at launch x 384 threads). Only for 16-bit inputs and calls with one key stream (plain, key
 #: padding, packed segments): with fp32 (TF32 products), or a joint or negative stream's second loop, Triton's
 #: compiler fails (an internal assertion, raised as "PassManager::run failed", which Triton's autotuner does not
 #: skip). A stream that ends inside a block takes the mask in every block (``_attend_keys``). q must come through
 #: descriptors as well: with q loaded through pointers the pass fails (``benchmarks/attention_resources.py
 #: --warp-spec``).
-_WARP_SPEC_TILES = [(128, 128, 4, 2), (128, 64, 4, 2), (256, 64, 4, 2)]
+_WARP_SPEC_TILES = {(128, 128, 4, 2): 128, (128, 64, 4, 2): 128, (128, 64, 4, 3): 128, (128, 128, 4, 3): 96,
+                    (256, 64, 4, 2): 64}
 
 #: the candidates kept for the variants (joint, negative): each variant is its own compile of every
 #: candidate, and a full list made an H200 benchmark run spend minutes compiling before it measured anything.
@@ -1026,8 +1028,8 @@ def _prune_configs(configs, named_args, **kwargs):
     64), and the ``_WIDE_KEY_BLOCK_TILES`` only up to head dim 64; the variants try a short list (with narrow key
     blocks too where every key stream is short); descriptor loads only where the launcher found them usable
     (``TMA_OK``), and warp-specialised ones (``_WARP_SPEC_TILES``) only where it found that usable (``WS_OK``), for
-    16-bit inputs with one key stream (no joint or negative stream) at head dims up to 128 (256-row tiles up to
-    64); none whose compile failed for this launch (``_UNBUILT``)."""
+    16-bit inputs with one key stream (no joint or negative stream) up to each tile's widest head dim; none whose
+    compile failed for this launch (``_UNBUILT``)."""
     args = {**named_args, **kwargs}
     unbuilt = _UNBUILT.get()
     d_total = args["BLOCK_DA"] + (args["BLOCK_DB"] if args["SPLIT_D"] else 0)
@@ -1049,7 +1051,7 @@ def _prune_configs(configs, named_args, **kwargs):
             continue
         if cfg.kwargs.get("WARP_SPEC", False):
             q = args.get("Q")
-            if args.get("WS_OK", False) and not heavy and d_total <= (64 if bm > 128 else 128) and \
+            if args.get("WS_OK", False) and not heavy and d_total <= _WARP_SPEC_TILES[shape] and \
                     (q is None or q.element_size() == 2):
                 kept.append(cfg)
             continue
@@ -1076,7 +1078,7 @@ def _prune_configs(configs, named_args, **kwargs):
 #: ids of the candidates whose compile failed for the launch the autotuner is timing (``attention_forward``'s tuned
 #: launch sets it around the autotuner's call): ``_prune_configs`` leaves them out
 _UNBUILT = contextvars.ContextVar("pydiff_attention_unbuilt", default=frozenset())
-_WIDEST_BLOCK_N = max(bn for _, bn, _, _ in _GPU_CONFIGS + _TMA_CONFIGS + _WARP_SPEC_TILES)
+_WIDEST_BLOCK_N = max(bn for _, bn, _, _ in _GPU_CONFIGS + _TMA_CONFIGS + [*_WARP_SPEC_TILES])
 _AUTOTUNE_KEY = ["Nq", "Nk", "Nq2", "Nk2", "Nneg", "HEAD_DIM", "SPLIT_D", "JOINT", "NEG", "VARLEN", "TMA_OK",
                  "WS_OK"]
 _attn_fwd_autotuned = triton.autotune(

@@ -806,8 +806,9 @@ def test_tiling_choices():
 
 def test_warp_specialised_candidates(monkeypatch):
     """The warp-specialised tiles: tried only where the launcher found them usable (WS_OK), for 16-bit inputs with
-    one key stream (no joint or negative) up to head dim 128, the 256-row tile up to 64; and WS_OK only when asked
-    for (PYDIFF_ATTENTION_WARP_SPEC=1), on compute capability 9, with q fit for a tensor descriptor."""
+    one key stream (no joint or negative) up to each tile's widest head dim (128; 96 for the 3-stage 128 x 128, 64
+    for the 256-row tile); and WS_OK only when asked for (PYDIFF_ATTENTION_WARP_SPEC=1), on compute capability 9, with q
+    fit for a tensor descriptor."""
     import pydiff.kernels.attention as A
 
     configs = A._attn_fwd_autotuned.configs
@@ -819,7 +820,9 @@ def test_warp_specialised_candidates(monkeypatch):
 
     assert all(c.kwargs.get("USE_TMA") for c in configs if c.kwargs.get("WARP_SPEC"))
     assert kept() == kept(EVEN_N=False, VARLEN=True) == set(A._WARP_SPEC_TILES) and (256, 64, 4, 2) in kept()
-    assert kept(BLOCK_DB=16, SPLIT_D=True) == kept(BLOCK_DA=128) == {t for t in A._WARP_SPEC_TILES if t[0] <= 128}
+    up_to = lambda d: {t for t, widest in A._WARP_SPEC_TILES.items() if widest >= d}  # noqa: E731
+    assert (256, 64, 4, 2) not in up_to(80) and (128, 128, 4, 3) in up_to(80) - up_to(128)
+    assert kept(BLOCK_DB=16, SPLIT_D=True) == up_to(80) and kept(BLOCK_DA=128) == up_to(128)
     assert kept(Q=torch.empty(1, dtype=torch.float16)) == kept(Q=torch.empty(1, dtype=torch.bfloat16)) == kept()
     for off in ({"WS_OK": False}, {"JOINT": True}, {"NEG": True}, {"BLOCK_DA": 128, "BLOCK_DB": 32, "SPLIT_D": True},
                 {"Q": torch.empty(1)}):
