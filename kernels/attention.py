@@ -1274,9 +1274,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         if stream_k < 1:
             raise ValueError(f"stream_k must be >= 1 programs, got {stream_k}")
     if warp_spec:
-        if block_m is None or not use_tma or rowsum_mma or overlap or stream_k is not None:
-            raise ValueError("warp_spec: for a fixed tile (block_m, block_n) with descriptor loads (use_tma), not with "
-                             "rowsum_mma, overlap or stream_k")
+        if block_m is None or rowsum_mma or overlap or stream_k is not None:
+            raise ValueError("warp_spec: for a fixed tile (block_m, block_n), not with rowsum_mma, overlap or "
+                             "stream_k")
         if joint is not None or negative is not None:
             # (a second key loop fails inside Triton's compiler)
             raise ValueError("warp_spec: one key stream only (no joint or negative)")
@@ -1396,7 +1396,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                          "16-byte aligned addresses and strides")
     if warp_spec:
         if not use_tma:
-            raise ValueError("warp_spec: needs descriptor loads, which these key/value tensors cannot use")
+            raise ValueError("warp_spec: needs descriptor loads (use_tma True, or None where the key/value tensors "
+                             "fit them)")
         if not descriptor_layout_ok(q.data_ptr(), q.stride(), q.element_size()):
             raise ValueError(f"warp_spec: q is read through a tensor descriptor too, which needs a contiguous head "
                              f"dim and a 16-byte aligned address and strides; got strides {tuple(q.stride())}")

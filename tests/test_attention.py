@@ -385,7 +385,7 @@ def test_experiments_take_what_they_can_run():
                                  (_attn_fwd_autotuned, {"overlap": True, "block_m": None}, fixed_tile),
                                  (_attn_fwd_kernel, {"overlap": True, "stream_k": 2}, fixed_tile),
                                  (_attn_fwd_autotuned, {"warp_spec": True, "block_m": None}, "warp_spec: for a fixed"),
-                                 (_attn_fwd_kernel, {"warp_spec": True}, "with descriptor loads"),
+                                 (_attn_fwd_kernel, {"warp_spec": True}, "needs descriptor loads"),
                                  (_attn_fwd_kernel, {"warp_spec": True, "use_tma": True, "overlap": True},
                                   "not with rowsum_mma, overlap"),
                                  (_attn_fwd_kernel, {"warp_spec": True, "use_tma": True, "negative": (q, q)},
