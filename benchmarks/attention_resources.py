@@ -7,6 +7,7 @@
     python3 benchmarks/attention_resources.py --overlap  # the OVERLAP experiment: softmax issued under the MMAs?
     python3 benchmarks/attention_resources.py --warpgroups   # warpgroups, CTAs per SM, barriers, instructions per score
     python3 benchmarks/attention_resources.py --warp-spec    # the warp-specialised tiles: warpgroups, register split
+    python3 benchmarks/attention_resources.py --warp-spec-cases   # each GPU test case's warp-specialised tiles build?
     python3 benchmarks/attention_resources.py --waves benchmarks/results/<run>/attention.json
         # the tuner's measured candidates of a GPU run against the waves of CTAs each launches
 
@@ -388,6 +389,41 @@ def warp_spec_report() -> None:
                   f"{ctas_per_sm(regs, info['shared'], info['warps'])} |", flush=True)
 
 
+def warp_spec_cases() -> int:
+    """Compile, through the launcher and a stub CUDA driver (sm_90), every warp-specialised tile the GPU tests run on
+    each of their cases (``WARP_SPEC_GPU_CASES``; bf16 as fp16, since CPU tensors in bf16 take the interpreter's fp32
+    emulation), and report the warps each compiled with (12: three warpgroups). Returns the failures: a tile that does
+    not build or is not specialised would fail the GPU suite's descriptor stage."""
+    import time
+
+    import torch
+
+    from benchmarks.stub_driver import stub_cuda_driver
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import test_attention as T
+
+    failures = 0
+    print("| case | tile | warps | compile s |\n|---|---|---|---|")
+    with stub_cuda_driver() as stub:
+        for case in T.WARP_SPEC_GPU_CASES:
+            q, k, v, kw = T._on_device(case, "cpu")
+            q, k, v = (t.to(torch.float16) if t.dtype == torch.bfloat16 else t for t in (q, k, v))
+            for bm, bn, warps, stages in T._warp_spec_tiles(case):
+                start = time.perf_counter()
+                try:
+                    T.run_kernel(q, k, v, kw, (bm, bn), warps=warps, stages=stages, use_tma=True, warp_spec=True)
+                    built = stub.compiled[-1][1].num_warps
+                    cell = str(built)
+                    failures += built != 3 * warps
+                except Exception as exc:  # noqa: BLE001 - report every failing tile, then exit non-zero
+                    failures += 1
+                    cell = f"FAILED {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:100]}"
+                print(f"| {case.name} | {tile_label((bm, bn, warps, stages, True, True))} | {cell} | "
+                      f"{time.perf_counter() - start:.1f} |", flush=True)
+    return failures
+
+
 #: Hopper's per-SM limits (H100 / H200 SXM): registers, shared memory (and what each CTA reserves of it), warps
 _SM_REGISTERS, _SM_SHARED, _CTA_RESERVED_SHARED, _SM_WARPS = 65536, 233472, 1024, 64
 
@@ -453,6 +489,8 @@ def main() -> int:
     if "--warp-spec" in sys.argv[1:]:
         warp_spec_report()
         return 0
+    if "--warp-spec-cases" in sys.argv[1:]:
+        return 1 if warp_spec_cases() else 0
     print("| variant | D | tile (M x N, warps, stages) | registers | spill bytes | async copies | PTX per key block |"
           "\n|---|---|---|---|---|---|---|")
     for name, head_dim, tile, flags in CASES:

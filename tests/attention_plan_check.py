@@ -31,7 +31,7 @@ from pydiff.kernels.lincomb import lincomb_forward  # noqa: E402
 from pydiff.kernels.moments import pair_moments_forward  # noqa: E402
 
 torch.manual_seed(0)
-BF16 = torch.bfloat16
+BF16, F16 = torch.bfloat16, torch.float16
 
 
 def _bhnd(b, h, n, d, dtype=BF16):
@@ -439,12 +439,13 @@ def main():
         check("descriptor loads", lambda: run(q, k, v, out, use_tma=True), launches, jit)
         # the warp-specialised key loop, over whole key blocks and with key padding (every block masked): Triton makes
         # three warpgroups of the 4 warps asked for, a producer loading through descriptors and two consumers, whose
-        # registers it raises (setmaxnreg)
-        kw_, vw = _bhnd(2, 3, 128, 64), _bhnd(2, 3, 128, 64)
+        # registers it raises (setmaxnreg); fp16, since CPU tensors in bf16 take the interpreter's fp32 emulation
+        qh, kh, vh = _bhnd(2, 3, 97, 64, F16), _bhnd(2, 3, 128, 64, F16), _bhnd(2, 3, 128, 64, F16)
+        outh = torch.empty_like(qh)
         specialised = dict(block_m=128, use_tma=True, warp_spec=True)
         padded = torch.tensor([128, 50], dtype=torch.int32)
-        for label, call in (("warp-specialised", lambda: run(q, kw_, vw, out, **specialised)),
-                            ("warp-specialised, key padding", lambda: run(q, kw_, vw, out, kv_lens=padded,
+        for label, call in (("warp-specialised", lambda: run(qh, kh, vh, outh, **specialised)),
+                            ("warp-specialised, key padding", lambda: run(qh, kh, vh, outh, kv_lens=padded,
                                                                           **specialised))):
             check(label, call, launches, jit)
             name, metadata = stub.compiled[-1]
