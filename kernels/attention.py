@@ -150,10 +150,10 @@ def _load_qk(base, rows, stride_n, stride_d, head_off_a, d_a, head_off_b, d_b, m
 @triton.jit
 def _kv_source(X, n_rows, stride_n, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                USE_TMA: tl.constexpr):
-    """What a key loop reads one head-dim chunk of K or V from: the pointer itself, or (USE_TMA) a tensor
-    descriptor over its rows [0, n_rows) x head dim, whose block loads go through Hopper's tensor memory
-    accelerator and fill rows and columns past the ends with zeros. The caller checked that the head dim is
-    contiguous and that the base and row stride are 16-byte multiples."""
+    """What a key loop reads one head-dim chunk of K or V from (or ``_load_rows`` q's, with WARP_SPEC): the pointer
+    itself, or (USE_TMA) a tensor descriptor over its rows [0, n_rows) x head dim, whose block loads go through
+    Hopper's tensor memory accelerator and fill rows and columns past the ends with zeros. The caller checked that
+    the head dim is contiguous and that the base and row stride are 16-byte multiples."""
     src = X
     if USE_TMA:
         src = tl.make_tensor_descriptor(X, shape=[tl.maximum(n_rows, 1), HEAD_DIM], strides=[stride_n, 1],
