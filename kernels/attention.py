@@ -1028,8 +1028,8 @@ def _prune_configs(configs, named_args, **kwargs):
     64), and the ``_WIDE_KEY_BLOCK_TILES`` only up to head dim 64; the variants try a short list (with narrow key
     blocks too where every key stream is short); descriptor loads only where the launcher found them usable
     (``TMA_OK``), and warp-specialised ones (``_WARP_SPEC_TILES``) only where it found that usable (``WS_OK``), for
-    16-bit inputs with one key stream (no joint or negative stream) up to each tile's widest head dim; none whose
-    compile failed for this launch (``_UNBUILT``)."""
+    one key stream (no joint or negative stream) up to each tile's widest head dim; none whose compile failed for
+    this launch (``_UNBUILT``)."""
     args = {**named_args, **kwargs}
     unbuilt = _UNBUILT.get()
     d_total = args["BLOCK_DA"] + (args["BLOCK_DB"] if args["SPLIT_D"] else 0)
@@ -1050,9 +1050,7 @@ def _prune_configs(configs, named_args, **kwargs):
         if id(cfg) in unbuilt:
             continue
         if cfg.kwargs.get("WARP_SPEC", False):
-            q = args.get("Q")
-            if args.get("WS_OK", False) and not heavy and d_total <= _WARP_SPEC_TILES[shape] and \
-                    (q is None or q.element_size() == 2):
+            if args.get("WS_OK", False) and not heavy and d_total <= _WARP_SPEC_TILES[shape]:
                 kept.append(cfg)
             continue
         if tma and shape in _ONE_WARPGROUP_TILES:
@@ -1167,10 +1165,12 @@ def warp_spec_usable(q) -> bool:
     """Whether the autotuner may try warp-specialised tiles (``_WARP_SPEC_TILES``) for a call whose key/value
     tensors passed ``tma_usable``: asked for with ``PYDIFF_ATTENTION_WARP_SPEC=1`` (off by default until a GPU run has
     checked them), a Hopper GPU (compute capability 9; Blackwell's warp specialisation is another compiler path), a
-    Triton with warp-specialised loops, and q fit for a tensor descriptor."""
+    Triton with warp-specialised loops, and a 16-bit q fit for a tensor descriptor (fp32's TF32 products fail to
+    compile)."""
     if not _HAS_WARP_SPEC or os.environ.get("PYDIFF_ATTENTION_WARP_SPEC", "").strip() != "1":
         return False
-    return _CAPABILITY.get(q.device) == 9 and descriptor_layout_ok(q.data_ptr(), q.stride(), q.element_size())
+    return _CAPABILITY.get(q.device) == 9 and q.element_size() == 2 and \
+        descriptor_layout_ok(q.data_ptr(), q.stride(), q.element_size())
 
 
 def descriptor_layout_ok(address: int, strides, element_size: int) -> bool:
