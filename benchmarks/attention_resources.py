@@ -108,7 +108,7 @@ def compile_attention(head_dim: int, tile, flags, module=None, info: dict = None
     const = dict(_head_dim_constants(head_dim, module), BLOCK_M=bm, BLOCK_N=bn, EVEN_N=True, JOINT=False, NEG=False,
                  VARLEN=False, HAS_KV_LENS=False, HAS_NEG_KV_LENS=False, SCALE_POSITIVE=True, TMA_OK=True, WS_OK=False,
                  USE_TMA=len(tile) > 4 and tile[4], ROWSUM_MMA=False, OVERLAP=False,
-                 WARP_SPEC=len(tile) > 5 and tile[5])
+                 WARP_SPEC=len(tile) > 5 and tile[5], JOINED_KV=False)
     const.update(flags)
     return compile_specialised(module._attn_fwd_kernel, head_dim, const, warps, stages, info)
 
@@ -365,15 +365,17 @@ WARP_SPEC_HEAD_DIMS = [32, 40, 64, 80, 96, 128, 160]
 #: the warp-specialised report's variants beyond plain attention over whole key blocks (every key block masked)
 WARP_SPEC_VARIANTS = [("partial key blocks", {"EVEN_N": False}),
                       ("key padding", {"EVEN_N": False, "HAS_KV_LENS": True}),
-                      ("packed segments", {"EVEN_N": False, "VARLEN": True})]
+                      ("packed segments", {"EVEN_N": False, "VARLEN": True}),
+                      ("joint, keys joined", {"EVEN_N": False, "JOINT": True, "JOINED_KV": True})]
 
 
 def warp_spec_report() -> None:
     """Each warp-specialised tile (``_WARP_SPEC_TILES``) compiled for sm_90a, plain attention over whole key blocks
     at ``WARP_SPEC_HEAD_DIMS`` and the ``WARP_SPEC_VARIANTS`` at head dims 64 and 128: the warpgroups it launches,
     the registers per thread at launch, the register counts its warpgroups move to (``setmaxnreg``: none means the
-    loop was not specialised), spill bytes, shared memory and CTAs per SM. Joint and negative streams are left out:
-    their second key loop fails inside Triton's compiler (an internal assertion, raised as a RuntimeError)."""
+    loop was not specialised), spill bytes, shared memory and CTAs per SM. A negative stream, and a joint one with
+    its own keys, are left out: their second key loop fails inside Triton's compiler (an internal assertion, raised
+    as a RuntimeError); a joint call with its keys joined (JOINED_KV) is in."""
     print("| variant | D | tile | warpgroups | registers at launch | setmaxnreg to | spill bytes | shared KiB | "
           "CTAs/SM |\n|---|---|---|---|---|---|---|---|---|")
     cases = [("plain", head_dim, {}) for head_dim in WARP_SPEC_HEAD_DIMS] + \
@@ -408,7 +410,14 @@ def warp_spec_cases() -> int:
     with stub_cuda_driver() as stub:
         for case in T.WARP_SPEC_GPU_CASES:
             q, k, v, kw = T._on_device(case, "cpu")
-            q, k, v = (t.to(torch.float16) if t.dtype == torch.bfloat16 else t for t in (q, k, v))
+
+            def fp16(t):
+                if isinstance(t, tuple):
+                    return tuple(map(fp16, t))
+                return t.to(torch.float16) if isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 else t
+
+            q, k, v = fp16(q), fp16(k), fp16(v)
+            kw = {name: fp16(value) for name, value in kw.items()}
             for bm, bn, warps, stages in T._warp_spec_tiles(case):
                 start = time.perf_counter()
                 try:

@@ -123,13 +123,16 @@ def _tile() -> Dict[str, object]:
 
 
 def _loads_summary(row) -> str:
-    """The tuner's best time with pointer loads and with tensor-descriptor loads (Hopper), when it tried both."""
+    """The tuner's best time with pointer loads, with tensor-descriptor loads (Hopper) and, where it tried them,
+    warp-specialised, when it tried the first two."""
     times = row.get("tile_ms") or {}
-    best = {kind: min((t for name, t in times.items() if name.endswith(" tma") == (kind == "tma")), default=None)
-            for kind in ("pointers", "tma")}
+    kinds = {"pointers": "", "tma": " tma", "tma ws": " tma ws"}
+    best = {kind: min((t for name, t in times.items() if name.endswith(end) and
+                       not (kind == "pointers" and " tma" in name)), default=None)
+            for kind, end in kinds.items()}
     if best["pointers"] is None or best["tma"] is None:
         return ""
-    return f"; tuner best: pointers {best['pointers']:.4f} ms, tma {best['tma']:.4f} ms"
+    return "; tuner best: " + ", ".join(f"{kind} {t:.4f} ms" for kind, t in best.items() if t is not None)
 
 
 def _time(fn: Callable[[], object], device: str, quick: bool):
@@ -234,8 +237,8 @@ def _tuned_rows(device, dtype, ceiling, attention) -> List[Dict[str, object]]:
 def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
     """The experiments, each against the same tile without it, device time under graph replay, most telling
     first (a stage cut short by its time limit keeps what it measured): the tuner's extra descriptor-load tiles
-    against its H200 choices (``_descriptor_tile_rows``), the softmax overlapped with the next block's scores
-    (``_overlap_rows``), the stream-K rows, the QK prologue over head groups (``_prologue_rows``); then the
+    against its H200 choices (``_descriptor_tile_rows``), Flux's joint call with its keys joined, warp-specialised
+    on Hopper (``_joined_key_rows``), the softmax overlapped with the next block's scores (``_overlap_rows``), the stream-K rows, the QK prologue over head groups (``_prologue_rows``); then the
     kernel's ROWSUM_MMA experiment (the softmax's row sums on the tensor cores) against row sums by adds at the
     production shapes of head dim 64 and 128 (each head dim's default tile, and for head dim 64 the autotuner's
     choice on an H200, 64 x 64). On a GPU, a first pass over the rows compiles every kernel they launch at once
@@ -254,7 +257,8 @@ def _each_experiment(device, dtype, ceiling) -> List[Dict[str, object]]:
     """``_experiment_rows``' rows, in its order."""
     from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward, default_config
 
-    rows = (_descriptor_tile_rows(device, dtype, ceiling) + _overlap_rows(device, dtype, ceiling)
+    rows = (_descriptor_tile_rows(device, dtype, ceiling) + _joined_key_rows(device, dtype, ceiling)
+            + _overlap_rows(device, dtype, ceiling)
             + _stream_k_rows(device, dtype, ceiling) + _prologue_rows(device, dtype, ceiling))
     for shape in [GPU_SHAPES[i] for i in (0, 1, 2)]:
         q, k, v = _qkv(shape, device, dtype, torch.Generator(device=device).manual_seed(3))
@@ -304,6 +308,35 @@ def _descriptor_tile_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
                 f"{peer_kind}, {tile_label(peer)}", lambda: launch(*peer, False), flops, ceiling,
                 _outputs(out, extra)))
     return rows
+
+
+def _joined_key_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
+    """Flux's joint call with its keys joined first (``attention_forward(join_keys=True)``: the key prologue writes
+    both streams' keys into one tensor, the values are copied beside them, and one key loop serves both query
+    streams) against a key loop per stream, device time under graph replay. First at the same tile, which measures
+    what joining costs or saves without warp specialisation (one more pass, over the values, against one key loop
+    fewer): at 128 x 128 x 8 warps x 3 stages with descriptor loads, the plain kernel's best at head dim 128 on the
+    H200, and at 128 x 64 x 8 warps x 3 stages, where the H200 tuner timed the joint kernel 6% slower than the plain
+    one (0.576 against 0.543 ms; 0.5% at 128 x 128 x 2 stages). Then, on Hopper, each warp-specialised tile for head
+    dim 128, which takes one key loop only and so needs the keys joined, against the two-loop kernel at 128 x 128."""
+    from pydiff.kernels.attention import _HAS_WARP_SPEC, _WARP_SPEC_TILES, _attn_fwd_kernel, attention_forward
+
+    label, shape_text, (q, k, v, out), extra, flops = _flux_joint_case(device, dtype, torch.Generator(
+        device=device).manual_seed(8))
+
+    def launch(bm, bn, warps, stages, tma, ws=False, join=False):
+        attention_forward(_attn_fwd_kernel, q, k, v, out, scale=q.shape[-1] ** -0.5, block_m=bm, block_n=bn,
+                          num_warps=warps, num_stages=stages, use_tma=tma, warp_spec=ws, join_keys=join, **extra)
+
+    pairs = [(tile, tile) for tile in ((128, 128, 8, 3, True), (128, 64, 8, 3, False))]
+    if device == "cuda" and torch.cuda.get_device_capability(device)[0] == 9 and _HAS_WARP_SPEC:
+        pairs += [((*tile, True, True), pairs[0][1]) for tile, widest in sorted(_WARP_SPEC_TILES.items())
+                  if widest >= 128]
+    return [_experiment_row(f"{label}: keys joined, {tile_label(tile)}", shape_text,
+                            lambda tile=tile: launch(*tile[:5], ws=len(tile) > 5, join=True),
+                            f"{'same tile' if tile == peer else tile_label(peer)}, a key loop per stream",
+                            lambda peer=peer: launch(*peer), flops, ceiling, _outputs(out, extra))
+            for tile, peer in pairs]
 
 
 def _overlap_rows(device, dtype, ceiling) -> List[Dict[str, object]]:

@@ -24,7 +24,9 @@ descriptors (``USE_TMA``: the tensor memory accelerator copies each block into s
 columns past the ends), where ``tma_usable`` finds the tensors aligned for it; Triton's global scratch for the
 descriptors comes from torch's allocator (``_scratch``). Asked for (``PYDIFF_ATTENTION_WARP_SPEC=1``), it also tries
 descriptor tiles whose key loop Triton warp-specialises (``WARP_SPEC``: a producer warpgroup loading, two consumer
-warpgroups computing) for calls with one key stream (no joint or negative stream).
+warpgroups computing) for calls with one key loop: no negative stream, and a joint call only with its two key
+streams joined first (``JOINED_KV``, ``attention_forward``'s join_keys), which it does where the keys have a
+prologue (a pass that writes them anyway; the values then cost one copy).
 
 Experiments beside it, reached only through ``attention_forward`` (the benchmark and the tests time and check
 them): stream-K (``stream_k=P``: ``_attn_fwd_stream_k``), where P programs share all query blocks' key blocks
@@ -449,10 +451,11 @@ def _query_block(
     qk_scale, neg_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
-    JOINT: tl.constexpr, NEG: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
+    JOINT_KEYS: tl.constexpr, NEG: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
     USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr, OVERLAP: tl.constexpr, WARP_SPEC: tl.constexpr = False,
 ):
-    """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream."""
+    """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream: K/V's,
+    then (JOINT_KEYS) K2/V2's, and (NEG) the negative stream's into an output of their own."""
     q_a, q_b = _load_rows(Q, row_start, row_end, stride_qn, stride_qd, HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB,
                           SPLIT_D, WARP_SPEC)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -464,7 +467,7 @@ def _query_block(
         k_start, k_end, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
         HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA,
         ROWSUM_MMA, OVERLAP, WARP_SPEC)
-    if JOINT:
+    if JOINT_KEYS:
         # The second key stream continues the same online softmax: joint attention without concatenation.
         acc_a, acc_b, m_i, l_i = _attend_keys(
             acc_a, acc_b, m_i, l_i, q_a, q_b, K2, V2,
@@ -582,7 +585,7 @@ def _attn_fwd_kernel(
     HAS_KV_LENS: tl.constexpr, HAS_NEG_KV_LENS: tl.constexpr, EMULATE_BF16: tl.constexpr,
     SCALE_POSITIVE: tl.constexpr, TMA_OK: tl.constexpr, USE_TMA: tl.constexpr = False, ROW_ALIGN: tl.constexpr = 1,
     ROWSUM_MMA: tl.constexpr = False, OVERLAP: tl.constexpr = False, WS_OK: tl.constexpr = False,
-    WARP_SPEC: tl.constexpr = False,
+    WARP_SPEC: tl.constexpr = False, JOINED_KV: tl.constexpr = False,
 ):
     """grid = (query blocks [of both streams when JOINT], B * H, segments). See the module docstring.
 
@@ -594,9 +597,11 @@ def _attn_fwd_kernel(
     block of ones beside P times V, instead of an add per score (sm_90a, the probe's D 64 loop: 332 -> 298 PTX
     instructions per key block); an experiment, off unless asked for. OVERLAP: each key block's softmax runs while
     the tensor cores compute the next block's scores (``_attend_overlapped``); an experiment, off unless asked for.
-    WARP_SPEC (with USE_TMA; one key stream: not JOINT or NEG): q is read through tensor descriptors too and the key
-    loop is warp-specialised (``_attend_blocks``). WS_OK: unused here, like TMA_OK; whether the launcher found
-    warp specialisation usable (``warp_spec_usable``).
+    JOINED_KV (with JOINT): K and V hold both streams' keys, joined [stream 1; stream 2] along the tokens (Nk of them;
+    key padding counts them as before), so one key loop serves the queries of both streams and K2/V2 go unread.
+    WARP_SPEC (with USE_TMA; one key stream: not NEG, and JOINT only with JOINED_KV): q is read through tensor
+    descriptors too and the key loop is warp-specialised (``_attend_blocks``). WS_OK: unused here, like TMA_OK;
+    whether the launcher found warp specialisation usable (``warp_spec_usable``).
     """
     # Inductor's copy of this kernel types Python float arguments as fp64: without the casts the online-softmax
     # state would turn fp64 inside the key loop, which Triton rejects (loop-carried type change).
@@ -682,8 +687,8 @@ def _attn_fwd_kernel(
             K2h, V2h, stride_k2n, stride_k2d, stride_v2n, stride_v2d, k2_end,
             KNh, VNh, stride_knn, stride_knd, stride_vnn, stride_vnd, kn_end,
             qk_scale, neg_scale,
-            HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT, NEG, EMULATE_BF16,
-            SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, OVERLAP, WARP_SPEC)
+            HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT and not JOINED_KV, NEG,
+            EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, OVERLAP, WARP_SPEC)
 
 
 @triton.jit
@@ -995,12 +1000,15 @@ _TMA_CONFIGS = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4
 #: (setmaxnreg) while the producer gives its registers up: FlashAttention-3's layout. Each tile is kept up to the
 #: head dim given: compiled for sm_90a (Triton 3.6 and 3.9), 128 x 128 and 128 x 64 do not spill at head dims 32-160,
 #: 256 x 64 spills above 64, and 128 x 128 with 3 stages needs 240 KiB of shared memory at 128 (185 at 96); one CTA
-#: per SM (168 registers at launch x 384 threads). Only for 16-bit inputs and calls with one key stream (plain, key
-#: padding, packed segments): with fp32 (TF32 products), or a joint or negative stream's second loop, Triton's
-#: compiler fails (an internal assertion, raised as "PassManager::run failed", which Triton's autotuner does not
-#: skip). A stream that ends inside a block takes the mask in every block (``_attend_keys``). q must come through
-#: descriptors as well: with q loaded through pointers the pass fails (``benchmarks/attention_resources.py
-#: --warp-spec``).
+#: per SM (168 registers at launch x 384 threads). Only for 16-bit inputs and calls with one key loop (plain, key
+#: padding, packed segments, joint with its keys joined: JOINED_KV): with fp32 (TF32 products), or a joint or
+#: negative stream's second loop, Triton's compiler fails (an internal assertion, raised as "PassManager::run
+#: failed", which Triton's autotuner does not skip). Nor does one loop over both joint streams take them without
+#: joining (Triton 3.6 and 3.9, sm_90a): picking each block's descriptor in an ``if`` leaves the loop unspecialised;
+#: loading both and keeping one with ``tl.where`` specialises it, at twice the loads and 416 KiB of shared memory at
+#: 128 x 128; an outer loop over the two streams fails in the pass ("value not sliced"). A stream that ends inside a
+#: block takes the mask in every block (``_attend_keys``). q must come through descriptors as well: with q loaded
+#: through pointers the pass fails (``benchmarks/attention_resources.py --warp-spec``).
 _WARP_SPEC_TILES = {(128, 128, 4, 2): 128, (128, 64, 4, 2): 128, (128, 64, 4, 3): 128, (128, 128, 4, 3): 96,
                     (256, 64, 4, 2): 64}
 
@@ -1034,7 +1042,7 @@ def _prune_configs(configs, named_args, **kwargs):
     unbuilt = _UNBUILT.get()
     d_total = args["BLOCK_DA"] + (args["BLOCK_DB"] if args["SPLIT_D"] else 0)
     accumulators = 2 if args["NEG"] else 1
-    heavy = args["JOINT"] or args["NEG"]
+    heavy = (args["JOINT"] and not args.get("JOINED_KV", False)) or args["NEG"]  # a second key loop
     # (a key count the caller did not give counts as long)
     keys = max(args.get("Nk", _SHORT_KEYS + 1), args.get("Nk2", 0) if args["JOINT"] else 0,
                args.get("Nneg", 0) if args["NEG"] else 0)
@@ -1077,8 +1085,8 @@ def _prune_configs(configs, named_args, **kwargs):
 #: launch sets it around the autotuner's call): ``_prune_configs`` leaves them out
 _UNBUILT = contextvars.ContextVar("pydiff_attention_unbuilt", default=frozenset())
 _WIDEST_BLOCK_N = max(bn for _, bn, _, _ in _GPU_CONFIGS + _TMA_CONFIGS + [*_WARP_SPEC_TILES])
-_AUTOTUNE_KEY = ["Nq", "Nk", "Nq2", "Nk2", "Nneg", "HEAD_DIM", "SPLIT_D", "JOINT", "NEG", "VARLEN", "TMA_OK",
-                 "WS_OK"]
+_AUTOTUNE_KEY = ["Nq", "Nk", "Nq2", "Nk2", "Nneg", "HEAD_DIM", "SPLIT_D", "JOINT", "JOINED_KV", "NEG", "VARLEN",
+                 "TMA_OK", "WS_OK"]
 _attn_fwd_autotuned = triton.autotune(
     configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in
              _GPU_CONFIGS]
@@ -1167,7 +1175,10 @@ def warp_spec_usable(q) -> bool:
     checked them), a Hopper GPU (compute capability 9; Blackwell's warp specialisation is another compiler path), a
     Triton with warp-specialised loops, and a 16-bit q fit for a tensor descriptor (fp32's TF32 products fail to
     compile)."""
-    if not _HAS_WARP_SPEC or os.environ.get("PYDIFF_ATTENTION_WARP_SPEC", "").strip() != "1":
+    import torch
+
+    if not _HAS_WARP_SPEC or os.environ.get("PYDIFF_ATTENTION_WARP_SPEC", "").strip() != "1" or \
+            torch.compiler.is_compiling():  # (fake tensors under tracing have no addresses)
         return False
     return _CAPABILITY.get(q.device) == 9 and q.element_size() == 2 and \
         descriptor_layout_ok(q.data_ptr(), q.stride(), q.element_size())
@@ -1230,7 +1241,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                       joint_q_norm_weight=None, joint_k_norm_weight=None, norm_eps=1e-6,
                       block_m=None, block_n=None, num_warps=4, num_stages=2, use_tma=False, prologue_kernel=None,
                       tuned=None, rowsum_mma=False, stream_k=None, overlap=False, prologue_heads=1,
-                      warp_spec=False):
+                      warp_spec=False, join_keys=None):
     """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
     ``torch.library.wrap_triton``). All arguments were checked by the caller.
 
@@ -1256,8 +1267,13 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     prologue (an experiment: a program's heads share the RoPE table rows they read; 16 / prologue_heads tokens per
     program on a GPU, so each program holds as many elements as with one head).
     warp_spec: with ``block_m`` and descriptor loads, the kernel's WARP_SPEC (q through descriptors too, the key loop
-    warp-specialised; ``_WARP_SPEC_TILES``), with one key stream (no joint or negative; the tests and the
-    benchmark; the autotuned kernel tries it itself where ``warp_spec_usable``).
+    warp-specialised; ``_WARP_SPEC_TILES``), with one key stream (no negative, and joint only with its keys
+    joined; the tests and the benchmark; the autotuned kernel tries it itself where ``warp_spec_usable``).
+    join_keys: a joint call's keys and values joined into one tensor each first, [stream 1; stream 2] along the
+    tokens, so that one key loop serves both query streams (the kernel's JOINED_KV): the keys' prologue writes them
+    there (a pass it makes anyway), the values are copied (one more pass over them). None: where the call has a
+    key prologue (norm or RoPE), no negative stream, and warp specialisation may be used (``warp_spec`` given, or
+    the autotuned kernel where ``warp_spec_usable``): Triton's warp specialisation takes one key loop only.
     """
     import torch
 
@@ -1273,18 +1289,26 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
             raise ValueError("stream_k: plain and joint attention only (no negative, kv_lens or cu_seqlens)")
         if stream_k < 1:
             raise ValueError(f"stream_k must be >= 1 programs, got {stream_k}")
+    has_prologue = rope is not None or any(w is not None for w in (q_norm_weight, k_norm_weight,
+                                                                    joint_q_norm_weight, joint_k_norm_weight))
+    if join_keys is None:
+        keys_prologued = rope is not None or k_norm_weight is not None or joint_k_norm_weight is not None
+        join_keys = joint is not None and negative is None and keys_prologued and stream_k is None and \
+            (warp_spec or (block_m is None and warp_spec_usable(q)))
+    elif join_keys and (joint is None or stream_k is not None):
+        raise ValueError("join_keys: for joint attention (joint=...), not with stream_k")
     if warp_spec:
         if block_m is None or rowsum_mma or overlap or stream_k is not None:
             raise ValueError("warp_spec: for a fixed tile (block_m, block_n), not with rowsum_mma, overlap or "
                              "stream_k")
-        if joint is not None or negative is not None:
+        if (joint is not None and not join_keys) or negative is not None:
             # (a second key loop fails inside Triton's compiler)
-            raise ValueError("warp_spec: one key stream only (no joint or negative)")
+            raise ValueError("warp_spec: one key stream only (no negative, and joint only with join_keys=True)")
         if q.is_cuda and q.element_size() > 2:  # (the interpreter compiles nothing: fp32 checks the path there)
             raise ValueError(f"warp_spec: 16-bit inputs only on a GPU, got {q.dtype} (Triton's warp specialisation "
                              f"fails to compile TF32 matrix multiplies)")
-    if rope is not None or any(w is not None for w in (q_norm_weight, k_norm_weight, joint_q_norm_weight,
-                                                       joint_k_norm_weight)):
+    prepare = None
+    if has_prologue:
         if prologue_heads != 1:  # (the experiment's check, off the default path)
             prologued = [q, k] + ([joint[0], joint[1]] if joint is not None else []) + \
                 ([negative[0]] if negative is not None else [])
@@ -1298,12 +1322,18 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                             prologue_heads)
         n_q, n_k = _dims(q, bnhd)[0][2], _dims(k, bnhd)[0][2]
         # RoPE rows follow the joined sequence [stream 1; stream 2]; negative keys start at row 0
-        q, k = prepare(q, q_norm_weight, 0), prepare(k, k_norm_weight, 0)
-        if joint is not None:
-            joint = (prepare(joint[0], joint_q_norm_weight, n_q), prepare(joint[1], joint_k_norm_weight, n_k),
-                     joint[2], joint[3])
         if negative is not None:
             negative = (prepare(negative[0], k_norm_weight, 0), negative[1])
+        q = prepare(q, q_norm_weight, 0)
+        if joint is not None:
+            joint = (prepare(joint[0], joint_q_norm_weight, n_q), *joint[1:])
+        if not join_keys:
+            k = prepare(k, k_norm_weight, 0)
+            if joint is not None:
+                joint = (joint[0], prepare(joint[1], joint_k_norm_weight, n_k), *joint[2:])
+    if join_keys:
+        k, v = _joined_keys(prepare, bnhd, (k, k_norm_weight), (joint[1], joint_k_norm_weight), v, joint[2])
+        joint = (joint[0], k, v, joint[3])
 
     # Eager calls of a signature seen before launch its compiled kernel directly (``plans``); not the stream-K
     # experiment, which launches its own two kernels (the plain kernel's plan of the same tile is not its work).
@@ -1318,7 +1348,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
             (block_m is not None or tuned is not None):
         present = (q, k, v, out, *(joint or ()), *(negative or ()), *optional)
         plan_key = (plans.unwrapped(kernel), bnhd, float(scale), float(negative_scale), max_seqlen_q,
-                    block_m, block_n, num_warps, num_stages, use_tma, rowsum_mma, overlap, warp_spec,
+                    block_m, block_n, num_warps, num_stages, use_tma, rowsum_mma, overlap, warp_spec, join_keys,
                     joint is not None, negative is not None, os.environ.get("PYDIFF_ATTENTION_TMA"),
                     os.environ.get("PYDIFF_ATTENTION_WARP_SPEC"),
                     *(None if t is None else plans.tensor_key(t) for t in present))
@@ -1369,7 +1399,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     ]
     flags = dict(
         HEAD_DIM=head_dim, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d, MASK_D=mask_d,
-        JOINT=joint is not None, NEG=negative is not None, VARLEN=varlen,
+        JOINT=joint is not None, JOINED_KV=bool(join_keys), NEG=negative is not None, VARLEN=varlen,
         HAS_KV_LENS=kv_lens is not None, HAS_NEG_KV_LENS=negative_kv_lens is not None,
         SCALE_POSITIVE=scale > 0,
         # Triton's interpreter (CPU tensors) multiplies bf16 operands as raw 16-bit integers in tl.dot and
@@ -1450,6 +1480,23 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         plans.launch(tuned[1], grid, args, {**flags, **choice}, plan_key, len(tensors), before, writes=_WRITES)
 
 
+def _joined_keys(prepare, bnhd, k, k2, v, v2):
+    """(keys, values) of a joint call joined [stream 1; stream 2] along the tokens (``attention_forward``'s
+    join_keys): k and k2, each (tensor, norm weight), through their prologue (``prepare``, RoPE rows of stream 2
+    from stream 1's length on) into the joined keys, or copied there without one; v and v2 copied."""
+    import torch
+
+    axis = 1 if bnhd else 2
+    (k, weight), (k2, weight2) = k, k2
+    if prepare is None:
+        return torch.cat([k, k2], axis), torch.cat([v, v2], axis)
+    n_k, n_k2 = k.shape[axis], k2.shape[axis]
+    keys = k.new_empty([*k.shape[:axis], n_k + n_k2, *k.shape[axis + 1:]])
+    prepare(k, weight, 0, out=keys.narrow(axis, 0, n_k))
+    prepare(k2, weight2, n_k, out=keys.narrow(axis, n_k, n_k2))
+    return keys, torch.cat([v, v2], axis)
+
+
 #: the attention kernel's tensor arguments it writes: O and O2 (``_leading_tensors``)
 _WRITES = (3, 7)
 
@@ -1483,15 +1530,16 @@ def prologue_rows(heads_per_program: int) -> int:
 
 
 def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16, heads_per_program=1):
-    """``prepare(x, weight, pos_shift)`` -> a new q or k tensor with the norm (when ``weight`` is given) and RoPE
-    (when ``rope`` is given, rows from ``pos_shift`` on) applied, ``heads_per_program`` heads per program (a power
-    of two dividing x's); the input itself when neither applies."""
+    """``prepare(x, weight, pos_shift, out=None)`` -> a new q or k tensor (or ``out``, shaped like x) with the norm
+    (when ``weight`` is given) and RoPE (when ``rope`` is given, rows from ``pos_shift`` on) applied,
+    ``heads_per_program`` heads per program (a power of two dividing x's); when neither applies, x itself (or x
+    copied into ``out``)."""
     import torch
 
-    def prepare(x, weight, pos_shift):
+    def prepare(x, weight, pos_shift, out=None):
         if weight is None and rope is None:
-            return x
-        y = torch.empty_like(x)
+            return x if out is None else out.copy_(x)
+        y = torch.empty_like(x) if out is None else out
         cos, sin = rope if rope is not None else (x, x)
         # the weights in their own dtype (a half-precision model's): the kernel widens them as it loads them
         tensors = (x, y, weight.contiguous() if weight is not None else x, cos, sin)

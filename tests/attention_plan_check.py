@@ -476,6 +476,19 @@ def main():
 
         check("joint + norm + RoPE", flux, launches, jit, changed=[("RoPE pairing", lambda: flux(False))])
         check_launch_hooks("joint + norm + RoPE", flux, launches, ["_qk_prologue"] * 4 + ["_attn_fwd_kernel"])
+        # the same, warp-specialised: the key prologue writes both streams' keys into one tensor (join_keys), so one
+        # specialised key loop serves both query streams
+        qi16, ki16, vi16, qt16, kt16, vt16 = (t.to(F16) for t in (qi, ki, vi, qt, kt, vt))
+
+        def flux_specialised():
+            run(qi16, ki16, vi16, bnhd=True, joint=(qt16, kt16, vt16, torch.empty_like(qt16)), rope=(cos, sin),
+                q_norm_weight=weights[0], k_norm_weight=weights[1], joint_q_norm_weight=weights[2],
+                joint_k_norm_weight=weights[3], **specialised)
+
+        check("joint + norm + RoPE, keys joined, warp-specialised", flux_specialised, launches, jit)
+        name, metadata = stub.compiled[-1]
+        assert name == "_attn_fwd_kernel" and metadata.num_warps == 12, \
+            f"joint, keys joined: {name} compiled with {metadata.num_warps} warps, not 3 warpgroups"
 
         # negative-prompt attention with key padding on both key sets
         kn, vn = _bhnd(2, 3, 50, 64), _bhnd(2, 3, 50, 64)

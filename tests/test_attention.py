@@ -151,12 +151,12 @@ def references(q, k, v, kw):
 
 
 def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_mma=False, stream_k=None, warps=4,
-               stages=2, overlap=False, prologue_heads=1, warp_spec=False):
+               stages=2, overlap=False, prologue_heads=1, warp_spec=False, join_keys=None):
     """The Triton kernel through its launcher, into outputs poisoned beforehand (every element must be written);
     use_tma: key/value blocks through tensor descriptors; rowsum_mma: the row sums on the tensor cores; stream_k:
     the stream-K kernels over this many programs; overlap: the softmax overlapped with the next block's scores;
     prologue_heads: heads per program of the QK prologue; warp_spec: q through descriptors too and the key loop
-    warp-specialised."""
+    warp-specialised; join_keys: a joint call's keys and values joined first, one key loop."""
     from pydiff.kernels.attention import _attn_fwd_kernel, attention_forward
 
     out = torch.full_like(q, poison, memory_format=torch.contiguous_format)
@@ -176,7 +176,7 @@ def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_m
         joint_q_norm_weight=kw.get("joint_q_norm_weight"), joint_k_norm_weight=kw.get("joint_k_norm_weight"),
         norm_eps=kw.get("norm_eps", 1e-6), block_m=blocks[0], block_n=blocks[1], num_warps=warps,
         num_stages=stages, use_tma=use_tma, rowsum_mma=rowsum_mma, stream_k=stream_k, overlap=overlap,
-        prologue_heads=prologue_heads, warp_spec=warp_spec)
+        prologue_heads=prologue_heads, warp_spec=warp_spec, join_keys=join_keys)
     return (out, joint[3]) if joint is not None else out
 
 
@@ -391,7 +391,13 @@ def test_experiments_take_what_they_can_run():
                                  (_attn_fwd_kernel, {"warp_spec": True, "use_tma": True, "negative": (q, q)},
                                   "one key stream only"),
                                  (_attn_fwd_kernel, {"warp_spec": True, "use_tma": True,
-                                                     "joint": (q, q, q, torch.empty_like(q))}, "one key stream only")):
+                                                     "joint": (q, q, q, torch.empty_like(q))}, "one key stream only"),
+                                 (_attn_fwd_kernel, {"warp_spec": True, "use_tma": True, "join_keys": False,
+                                                     "joint": (q, q, q, torch.empty_like(q)), "q_norm_weight": q[0, 0, 0]},
+                                  "joint only with join_keys"),
+                                 (_attn_fwd_kernel, {"join_keys": True}, "join_keys: for joint attention"),
+                                 (_attn_fwd_kernel, {"join_keys": True, "stream_k": 2,
+                                                     "joint": (q, q, q, torch.empty_like(q))}, "not with stream_k")):
         with pytest.raises(ValueError, match=match):
             attention_forward(kernel, q, q, q, torch.empty_like(q), scale=0.25,
                               **{"block_m": 16, "block_n": 16, **extra})
@@ -417,6 +423,39 @@ WARP_SPEC_CASES = [
     Case(F32, 64, 40, 77, batch=3, kv_lens=[77, 13, 0], name="f32-kvlens"),
     Case(BF16, 40, 99, 60, batch=2, cu_q=[0, 33, 33, 99], cu_k=[0, 21, 40, 60], layout="bnhd", name="bf16-varlen"),
 ]
+
+
+# joint calls with their keys joined first (one key loop): key padding over the joined sequence, GQA in (B, N, H, D),
+# Flux's per-stream norms and RoPE (with a negative stream, and one-sided norms, whose unnormed keys are copied)
+JOINED_KEY_CASES = [c for c in GRID if c.joint is not None]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("loads", ["pointers", "descriptors", "warp-specialised"])
+@pytest.mark.parametrize("case", JOINED_KEY_CASES, ids=str)
+def test_joined_keys(case, loads, monkeypatch):
+    """A joint call with join_keys (the keys through their prologue into one tensor, the values copied beside
+    them, the kernel's JOINED_KV: one key loop over both streams): as accurate as two key loops, both outputs
+    written. join_keys=None joins them where the call has a key prologue and warp specialisation is asked for
+    (which takes one key loop only), and not without warp specialisation."""
+    import pydiff.kernels.attention as A
+
+    warp_spec = loads == "warp-specialised"
+    if warp_spec and case.negative is not None:
+        pytest.skip("a negative stream is a second key loop, which warp specialisation does not take")
+    joins, join = [], A._joined_keys
+    monkeypatch.setattr(A, "_joined_keys", lambda *a: joins.append(a[2][0].shape) or join(*a))
+    q, k, v, kw = build(case, seed=31)
+    prologued = any(name in kw for name in ("rope", "k_norm_weight", "joint_k_norm_weight"))
+    out = run_kernel(q, k, v, kw, case.blocks, use_tma=loads != "pointers", warp_spec=warp_spec,
+                     join_keys=None if warp_spec and prologued else True)
+    assert joins == [k.shape]
+    ref64, lowp = references(q, k, v, kw)
+    for got, ref, low in zip(out, ref64, lowp if lowp is not None else (None, None)):
+        assert_accurate(got, ref, low, case.dtype)
+    joins.clear()
+    run_kernel(q, k, v, kw, case.blocks, use_tma=loads != "pointers")  # (no warp specialisation: not joined)
+    assert not joins
 
 
 @needs_interpreter
@@ -825,6 +864,8 @@ def test_warp_specialised_candidates(monkeypatch):
     assert kept(BLOCK_DB=16, SPLIT_D=True) == up_to(80) and kept(BLOCK_DA=128) == up_to(128)
     for off in ({"WS_OK": False}, {"JOINT": True}, {"NEG": True}, {"BLOCK_DA": 128, "BLOCK_DB": 32, "SPLIT_D": True}):
         assert not kept(**off), off
+    # one key loop over both streams' keys: the plain call's candidates
+    assert A._prune_configs(configs, {**base, "JOINT": True, "JOINED_KV": True}) == A._prune_configs(configs, base)
     assert not kept(TMA_OK=False, WS_OK=False)
 
     q = torch.randn(1, 2, 8, 64, dtype=torch.float16)
@@ -1119,21 +1160,25 @@ def tiny_bench(monkeypatch):
 
 @needs_interpreter
 def test_benchmark_experiment_rows_dry_run(tiny_bench):
-    """The GPU benchmark's experiment rows (the tuner's extra descriptor tiles, OVERLAP, ROWSUM_MMA, stream-K), run
-    on CPU under the interpreter at tiny shapes: both sides launch and every row is measured."""
+    """The GPU benchmark's experiment rows (the tuner's extra descriptor tiles, Flux's joint call with its keys
+    joined, OVERLAP, ROWSUM_MMA, stream-K), run on CPU under the interpreter at tiny shapes: both sides launch and
+    every row is measured."""
     rows = tiny_bench._experiment_rows("cpu", torch.float32, None)
     names = [r["name"].split(":")[0] for r in rows]
-    assert names == ["t128", "Flux joint + QK norm + RoPE", "t64", "t64", "t128", "t128", "t128", "t64", "t64",
-                     "t64", "Flux joint + QK norm + RoPE", "t128", "t128", "Flux joint + QK norm + RoPE",
-                     "Flux joint + QK norm + RoPE", "t128", "t64", "t64", "t64", "t64"], rows
+    flux = "Flux joint + QK norm + RoPE"
+    assert names == ["t128", flux, "t64", "t64", flux, flux, "t128", "t128", "t128", "t64", "t64", "t64", flux, "t128",
+                     "t128", flux, flux, "t128", "t64", "t64", "t64", "t64"], rows
     assert all("one warpgroup per CTA, 128x64 w4 s2 tma" in r["name"] for r in rows[:2])
     assert all("64 rows x 128 keys, 64x128 w4 s2 tma" in r["name"] and "64x64 w4 s3" in r["peer"] for r in rows[2:4])
-    assert all("softmax under the next scores' MMA" in r["name"] for r in rows[4:11])
-    assert "row sums by MMA" in rows[9]["name"] and "row sums by adds" in rows[9]["peer"]
-    assert [r["name"].split(": ")[1] for r in rows[11:15]] == [
+    assert [r["name"].split(": ")[1] for r in rows[4:6]] == ["keys joined, 128x128 w8 s3 tma (graph replay)",
+                                                             "keys joined, 128x64 w8 s3 (graph replay)"]
+    assert all(r["peer"] == "same tile, a key loop per stream (graph replay)" for r in rows[4:6])
+    assert all("softmax under the next scores' MMA" in r["name"] for r in rows[6:13])
+    assert "row sums by MMA" in rows[11]["name"] and "row sums by adds" in rows[11]["peer"]
+    assert [r["name"].split(": ")[1] for r in rows[13:17]] == [
         "stream-K over 3 programs, 128x128 w8 s3 (graph replay)",
         "stream-K over 6 programs, 128x64 w4 s2 tma (graph replay)"] * 2
-    assert all("row sums by MMA" in r["name"] for r in rows[15:])
+    assert all("row sums by MMA" in r["name"] for r in rows[17:])
     assert all(r["speedup"] > 0 and r["max_diff"] < 1e-4 for r in rows), rows
 
 
@@ -1217,7 +1262,7 @@ def test_benchmark_experiments_alone(tiny_bench, tmp_path):
     names = [r["name"] for r in rows]
     assert names[0] == "fp32_matmul_TFLOPs"
     assert [n.split(":")[1].strip() for n in names[1:4]] == ["autotuned (graph replay)"] * 3
-    assert len(rows) == 4 + 20 and all(r["speedup"] > 0 for r in rows[1:]), rows
+    assert len(rows) == 4 + 22 and all(r["speedup"] > 0 for r in rows[1:]), rows
     assert "autotuned (graph replay)" in (tmp_path / "report.md").read_text()
 
 
@@ -1425,8 +1470,9 @@ def _kept_tiles(case, warp_spec):
     from pydiff.kernels.attention import _attn_fwd_autotuned, _prune_configs, head_dim_blocks
 
     da, db, split = head_dim_blocks(case.head_dim)
+    # (a joint call that may be warp-specialised has its keys joined: JOINED_KV)
     args = dict(BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split, JOINT=case.joint is not None, NEG=case.negative is not None,
-                TMA_OK=True, WS_OK=warp_spec, HEAD_DIM=case.head_dim)
+                JOINED_KV=warp_spec and case.joint is not None, TMA_OK=True, WS_OK=warp_spec, HEAD_DIM=case.head_dim)
     return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
             for c in _prune_configs(_attn_fwd_autotuned.configs, args)
             if c.kwargs.get("USE_TMA") and c.kwargs.get("WARP_SPEC", False) == warp_spec}
@@ -1461,7 +1507,8 @@ def test_gpu_accuracy_descriptors_tuner_tiles(case, cuda_device):
 
 # the warp-specialised tiles on a GPU: Flux's, SDXL's and SD3's head dims and lengths (SD3's keys end inside a
 # block), cross-attention over 77 text keys, padded (40) and split (80, 96) head dims, GQA and MQA, (B, N, H, D),
-# query counts ending inside a block, key padding and packed segments; 16-bit (fp32 fails to compile)
+# query counts ending inside a block, key padding and packed segments, a joint call with its keys joined; 16-bit
+# (fp32 fails to compile)
 WARP_SPEC_GPU_CASES = [
     Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", name="gpu-ws-flux-plain"),
     Case(F16, 64, 4096, 4096, heads=2, batch=2, name="gpu-ws-sdxl-self"),
@@ -1472,6 +1519,9 @@ WARP_SPEC_GPU_CASES = [
     Case(F16, 96, 97, 333, name="gpu-ws-f16-d96-partial"),
     Case(F16, 64, 1025, 1025, batch=3, kv_lens=[1025, 77, 0], name="gpu-ws-kvlens"),
     Case(BF16, 80, 1201, 1201, cu_q=[0, 7, 7, 604, 1201], kv_lens=[7, 0, 590, 597], name="gpu-ws-varlen-kvlens"),
+    # Flux-like: the keys of both streams joined by their prologue (join_keys), the streams meeting inside a block
+    Case(BF16, 128, 77, 77, heads=4, joint=(1000, 1000), layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
+         joint_q_norm=True, joint_k_norm=True, name="gpu-ws-joint-joined-keys"),
 ]
 
 
