@@ -14,7 +14,12 @@ The exp2 split: per score, one exp2 goes to the special-function unit, which on 
 per clock as the tensor cores finish scores at head dim 64 (16 per SM each), so the softmax can bound the loop
 there. ``poly=2`` (``poly=4``) computes one of every 2 (4) exp2 as a degree-3 polynomial on the FMA units instead
 (2^x = 2^round(x) * p(x - round(x)), relative error 7.5e-5, well under bf16's 3.9e-3), leaving the rest to
-``ex2.approx``; ``--check`` verifies the polynomial's arithmetic on the CPU.
+``ex2.approx``; ``--check`` verifies the polynomial's arithmetic on the CPU. Its machine code says it cannot pay
+on Hopper (``python3 benchmarks/attention_resources.py --probe``, Triton 3.6, sm_90a): at D 64 the key loop is
+bound by instruction issue before the special-function unit (0.072 and 0.066 SM cycles per score, the tensor
+cores 0.0625), and each polynomial exp2 issues about eight instructions where ``ex2.approx`` issues one, so one in
+four raises issue to 0.086 and one in two to 0.100; at D 128 the tensor cores bound it (0.125 against 0.059 and
+0.065). The row sums on the tensor cores lower issue instead (0.065 at D 64).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@
     python3 benchmarks/attention_resources.py --probe    # the Hopper probe's softmax variants: work per key block
     python3 benchmarks/attention_resources.py --overlap  # the OVERLAP experiment: softmax issued under the MMAs?
     python3 benchmarks/attention_resources.py --warpgroups   # warpgroups, CTAs per SM, barriers, instructions per score
+    python3 benchmarks/attention_resources.py --cycles   # SM cycles per score: issue, exp2 units, tensor cores
     python3 benchmarks/attention_resources.py --warp-spec    # the warp-specialised tiles: warpgroups, register split
     python3 benchmarks/attention_resources.py --warp-spec-cases   # each GPU test case's warp-specialised tiles build?
     python3 benchmarks/attention_resources.py --waves benchmarks/results/<run>/attention.json
@@ -224,12 +225,13 @@ def candidates() -> int:
 def probe_softmax_variants() -> None:
     """The Hopper probe's kernel (benchmarks/attention_hopper_probe.py) with each exp2 split and with the row sums on
     the tensor cores: registers, spills, PTX per key block, and its special-function (ex2), FMA and add instructions
-    per thread."""
+    per thread; then from the machine code of its key loop (``sass_key_loop``) the SM cycles per score each unit
+    needs, against the tensor cores' (``_score_cycles``)."""
     from benchmarks import attention_hopper_probe as P
 
     fn = P._probe_attn
-    print("| D | tile | softmax | registers | spill bytes | PTX per key block | ex2 | fma | add |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+    print("| D | tile | softmax | registers | spill bytes | PTX per key block | ex2 | fma | add | SM cycles per score: "
+          "issue | special-function unit | tensor cores |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     for d, bm, bn, warps in ((64, 128, 64, 8), (128, 128, 128, 8)):
         for poly, rowsum in ((0, False), (2, False), (4, False), (0, True)):
             const = dict(D=d, BLOCK_M=bm, BLOCK_N=bn, WS=False, POLY=poly, ROWSUM_MMA=rowsum)
@@ -237,13 +239,25 @@ def probe_softmax_variants() -> None:
                          "fp32" if name == "qk_scale" else "i32" for name in fn.arg_names}
             aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
                        if name in ("Q", "K", "V", "O", "N", "ROWS")}
-            ptx = compile_ptx(fn, signature, const, aligned, warps, 3)
+            info = {}
+            ptx = compile_ptx(fn, signature, const, aligned, warps, 3, info)
             regs, spill, _, _ = ptxas_report(ptx)
             loop = key_loop(ptx)
             ex2, fma, add = (sum(line.startswith(op) for line in loop) for op in ("ex2.approx", "fma.rn", "add.f32"))
+            issue, special, tensor = _score_cycles(sass_key_loop(info["cubin"]), bm * bn, warps, d)
             variant = "row sums by MMA" if rowsum else "all ex2" if poly == 0 else f"1 exp2 in {poly} by polynomial"
-            print(f"| {d} | {bm}x{bn} w{warps} | {variant} | {regs} | {spill} | {len(loop)} | {ex2} | {fma} | {add} |",
-                  flush=True)
+            print(f"| {d} | {bm}x{bn} w{warps} | {variant} | {regs} | {spill} | {len(loop)} | {ex2} | {fma} | {add} | "
+                  f"{issue:.4f} | {special:.4f} | {tensor:.4f} |", flush=True)
+
+
+def _score_cycles(loop: list, scores: int, warps: int, head_dim: int) -> tuple:
+    """Cycles of one Hopper SM per score of a key loop (``sass_key_loop``'s instructions; ``scores`` per key block,
+    ``warps`` running it): to issue its instructions (four schedulers, one warp instruction a cycle each), to
+    compute its exp2s on the special-function units (``MUFU``: 16 lanes a cycle), and for the tensor cores to do
+    the score's 2 x head_dim multiply-adds (2048 bf16 a cycle: 989 TFLOP/s dense over 132 SMs at 1.83 GHz)."""
+    per_score = warps / scores
+    special = sum("MUFU" in op for op in loop) * per_score * 32 / 16
+    return len(loop) * per_score / 4, special, 2 * head_dim / 2048
 
 
 def softmax_under_mma(ptx: str) -> int:
@@ -355,6 +369,31 @@ def warpgroup_report() -> None:
         *counts, per_score = warpgroup_figures(head_dim, tile, flags)
         print(f"| {name} | {head_dim} | {tile_label(tile)} | " + " | ".join(map(str, counts))
               + f" | {per_score:.3f} |", flush=True)
+
+
+#: (head dim, tile) of the cycle report: at head dim 64 the H200 tuner's 64 x 64 and 128 x 64 x 8 warps with pointer
+#: loads, the wide-key descriptor tile, the warp-specialised tiles; at 128 its 128 x 128 x 8 warps with pointer and
+#: descriptor loads, the single-warpgroup descriptor tile, the warp-specialised tiles
+CYCLE_CASES = [(64, (64, 64, 4, 3)), (64, (128, 64, 8, 3)), (64, (64, 128, 4, 2, True)),
+               (64, (128, 64, 4, 2, True, True)), (64, (128, 128, 4, 2, True, True)),
+               (64, (256, 64, 4, 2, True, True)), (128, (128, 128, 8, 3)), (128, (128, 128, 8, 3, True)),
+               (128, (128, 64, 4, 2, True)), (128, (128, 64, 4, 2, True, True)), (128, (128, 128, 4, 2, True, True))]
+
+
+def cycle_report() -> None:
+    """Plain attention's key loop at ``CYCLE_CASES``, compiled for sm_90a: the SM cycles per score each unit needs
+    (``_score_cycles``; in a warp-specialised kernel the two consumer warpgroups run the loop), against the tensor
+    cores'. Where issue or the special-function unit needs more, no overlap can reach the tensor cores' rate."""
+    print("| D | tile | registers | spill bytes | SASS per key block and warp | SM cycles per score: issue | "
+          "special-function unit | tensor cores |\n|---|---|---|---|---|---|---|---|")
+    for head_dim, tile in CYCLE_CASES:
+        info = {}
+        regs, spill, _, _ = compile_attention(head_dim, tile, {}, info=info)
+        loop = sass_key_loop(info["cubin"])
+        warps = tile[2] * (2 if len(tile) > 5 and tile[5] else 1)
+        cycles = _score_cycles(loop, tile[0] * tile[1], warps, head_dim)
+        print(f"| {head_dim} | {tile_label(tile)} | {regs} | {spill} | {len(loop)} | "
+              + " | ".join(f"{c:.4f}" for c in cycles) + " |", flush=True)
 
 
 #: head dims of the warp-specialised report (``_WARP_SPEC_TILES``): SD1.5's 40 and 80, SD3's and SDXL's 64, Flux's
@@ -494,6 +533,9 @@ def main() -> int:
         return 0
     if "--warpgroups" in sys.argv[1:]:
         warpgroup_report()
+        return 0
+    if "--cycles" in sys.argv[1:]:
+        cycle_report()
         return 0
     if "--warp-spec" in sys.argv[1:]:
         warp_spec_report()

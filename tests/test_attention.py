@@ -1105,6 +1105,27 @@ def test_overlap_puts_the_softmax_under_the_scores_mma():
     assert overlapped >= 32 > plain and overlapped_spill == 0
 
 
+def test_cycles_per_score_in_sm90a_code():
+    """The cycle report's ceilings (``attention_resources.py --cycles``), in the code Triton generates for sm_90a: at
+    head dim 64 the 64 x 64 tile the H200 tuner chose needs more SM cycles per score to issue its key loop than the
+    tensor cores need for the score (bound by issue however well it overlaps), the wide-key descriptor tile fewer;
+    at head dim 128 the 8-warp tile needs under two thirds of the tensor cores' cycles to issue and for its exp2s.
+    Triton 3.6: 0.0703 and 0.0531 against 0.0625, 0.059 and 0.0645 against 0.125; 3.9: 0.0752, 0.0555, 0.062."""
+    out = _resources_tool("from benchmarks.attention_resources import compile_attention, sass_key_loop, "
+                          "_score_cycles\n"
+                          "for head_dim, tile in ((64, (64, 64, 4, 3)), (64, (64, 128, 4, 2, True)), "
+                          "(128, (128, 128, 8, 3, True))):\n"
+                          "    info = {}\n"
+                          "    compile_attention(head_dim, tile, {}, info=info)\n"
+                          "    print(*_score_cycles(sass_key_loop(info['cubin']), tile[0] * tile[1], tile[2], "
+                          "head_dim))")
+    (issue_64, special_64, tensor_64), (issue_wide, _, _), (issue_128, special_128, tensor_128) = (
+        map(float, line.split()) for line in out.splitlines()[:3])
+    assert tensor_64 == 0.0625 and tensor_128 == 0.125
+    assert issue_64 > tensor_64 > issue_wide and special_64 > tensor_64  # (16 exp2 lanes: 1/16 cycle per score)
+    assert max(issue_128, special_128) < 2 / 3 * tensor_128
+
+
 def test_descriptor_candidates_in_sm90a_code():
     """Why the autotuner keeps its extra descriptor-load tiles, in the code Triton generates for sm_90a
     (``attention_resources.py --warpgroups``). Head dim 128 (``_ONE_WARPGROUP_TILES``): the tuner's 8-warp tile is
