@@ -235,15 +235,15 @@ def _tuned_rows(device, dtype, ceiling, attention) -> List[Dict[str, object]]:
 
 
 def _experiment_rows(device, dtype, ceiling) -> List[Dict[str, object]]:
-    """The experiments, each against the same tile without it, device time under graph replay, most telling
-    first (a stage cut short by its time limit keeps what it measured): the tuner's extra descriptor-load tiles
-    against its H200 choices (``_descriptor_tile_rows``), Flux's joint call with its keys joined, warp-specialised
-    on Hopper (``_joined_key_rows``), the softmax overlapped with the next block's scores (``_overlap_rows``), the stream-K rows, the QK prologue over head groups (``_prologue_rows``); then the
-    kernel's ROWSUM_MMA experiment (the softmax's row sums on the tensor cores) against row sums by adds at the
-    production shapes of head dim 64 and 128 (each head dim's default tile, and for head dim 64 the autotuner's
-    choice on an H200, 64 x 64). On a GPU, a first pass over the rows compiles every kernel they launch at once
-    and runs and times nothing (``plans.compile_only``; ``_experiment_row``), instead of each compiling before its
-    row is timed."""
+    """The experiments, each against the same tile without it, device time under graph replay, most telling first (a
+    stage cut short by its time limit keeps what it measured): the tuner's extra descriptor-load tiles against its
+    H200 choices (``_descriptor_tile_rows``), Flux's joint call with its keys joined, warp-specialised on Hopper
+    (``_joined_key_rows``), the softmax overlapped with the next block's scores (``_overlap_rows``), the stream-K
+    rows, the QK prologue over head groups (``_prologue_rows``); then the kernel's ROWSUM_MMA experiment (the
+    softmax's row sums on the tensor cores) against row sums by adds at the production shapes of head dim 64 and 128
+    (each head dim's default tile, and for head dim 64 the autotuner's choice on an H200, 64 x 64). On a GPU, a
+    first pass over the rows compiles every kernel they launch at once and runs and times nothing
+    (``plans.compile_only``; ``_experiment_row``), instead of each compiling before its row is timed."""
     from pydiff.kernels import plans
 
     if device == "cuda":

@@ -393,8 +393,8 @@ def test_experiments_take_what_they_can_run():
                                  (_attn_fwd_kernel, {"warp_spec": True, "use_tma": True,
                                                      "joint": (q, q, q, torch.empty_like(q))}, "one key stream only"),
                                  (_attn_fwd_kernel, {"warp_spec": True, "use_tma": True, "join_keys": False,
-                                                     "joint": (q, q, q, torch.empty_like(q)), "q_norm_weight": q[0, 0, 0]},
-                                  "joint only with join_keys"),
+                                                     "joint": (q, q, q, torch.empty_like(q)),
+                                                     "k_norm_weight": q[0, 0, 0]}, "joint only with join_keys"),
                                  (_attn_fwd_kernel, {"join_keys": True}, "join_keys: for joint attention"),
                                  (_attn_fwd_kernel, {"join_keys": True, "stream_k": 2,
                                                      "joint": (q, q, q, torch.empty_like(q))}, "not with stream_k")):
