@@ -1273,7 +1273,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     tokens, so that one key loop serves both query streams (the kernel's JOINED_KV): the keys' prologue writes them
     there (a pass it makes anyway), the values are copied (one more pass over them). None: where the call has a
     key prologue (norm or RoPE), no negative stream, and warp specialisation may be used (``warp_spec`` given, or
-    the autotuned kernel where ``warp_spec_usable``): Triton's warp specialisation takes one key loop only.
+    the autotuned kernel where ``warp_spec_usable`` finds both query streams fit, after their prologue): Triton's
+    warp specialisation takes one key loop only.
     """
     import torch
 
@@ -1292,9 +1293,11 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     has_prologue = rope is not None or any(w is not None for w in (q_norm_weight, k_norm_weight,
                                                                     joint_q_norm_weight, joint_k_norm_weight))
     if join_keys is None:
-        keys_prologued = rope is not None or k_norm_weight is not None or joint_k_norm_weight is not None
-        join_keys = joint is not None and negative is None and keys_prologued and stream_k is None and \
-            (warp_spec or (block_m is None and warp_spec_usable(q)))
+        # one key loop where warp specialisation is asked for, or may be for the autotuner (decided after the queries'
+        # prologue: from the queries as the kernel reads them), and where a key prologue writes the keys anyway
+        wanted = joint is not None and negative is None and stream_k is None and \
+            (rope is not None or k_norm_weight is not None or joint_k_norm_weight is not None)
+        join_keys = wanted and (True if warp_spec else None if block_m is None else False)
     elif join_keys and (joint is None or stream_k is not None):
         raise ValueError("join_keys: for joint attention (joint=...), not with stream_k")
     if warp_spec:
@@ -1327,6 +1330,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         q = prepare(q, q_norm_weight, 0)
         if joint is not None:
             joint = (prepare(joint[0], joint_q_norm_weight, n_q), *joint[1:])
+        if join_keys is None:
+            join_keys = warp_spec_usable(q) and warp_spec_usable(joint[0])
         if not join_keys:
             k = prepare(k, k_norm_weight, 0)
             if joint is not None:
@@ -1418,7 +1423,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     kv = [k, v] + ([k2, v2] if joint is not None else []) + ([k_neg, v_neg] if negative is not None else [])
     usable = tma_usable(kv)
     flags["TMA_OK"] = block_m is None and usable
-    flags["WS_OK"] = flags["TMA_OK"] and warp_spec_usable(q)
+    flags["WS_OK"] = flags["TMA_OK"] and warp_spec_usable(q) and (joint is None or warp_spec_usable(q2))
     if use_tma is None:
         use_tma = usable
     elif use_tma and q.is_cuda and not usable:
@@ -1428,9 +1433,10 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         if not use_tma:
             raise ValueError("warp_spec: needs descriptor loads (use_tma True, or None where the key/value tensors "
                              "fit them)")
-        if not descriptor_layout_ok(q.data_ptr(), q.stride(), q.element_size()):
-            raise ValueError(f"warp_spec: q is read through a tensor descriptor too, which needs a contiguous head "
-                             f"dim and a 16-byte aligned address and strides; got strides {tuple(q.stride())}")
+        for name, x in (("q", q), ("joint q", q2 if joint is not None else q)):
+            if not descriptor_layout_ok(x.data_ptr(), x.stride(), x.element_size()):
+                raise ValueError(f"warp_spec: {name} is read through a tensor descriptor too, which needs a contiguous "
+                                 f"head dim and a 16-byte aligned address and strides; got strides {tuple(x.stride())}")
     # descriptor loads need Triton's allocator, which is per thread (a context variable): planned launches set it too
     before = _ensure_scratch_allocator if flags["TMA_OK"] or (use_tma and q.is_cuda) else None
     if before is not None:

@@ -401,11 +401,15 @@ def test_experiments_take_what_they_can_run():
         with pytest.raises(ValueError, match=match):
             attention_forward(kernel, q, q, q, torch.empty_like(q), scale=0.25,
                               **{"block_m": 16, "block_n": 16, **extra})
-    # warp_spec reads q through a descriptor: a head dim with a stride is an error (k and v may have one)
+    # warp_spec reads q through a descriptor: a head dim with a stride is an error (k and v may have one), in either
+    # query stream of a joint call
     strided = torch.randn(1, 1, 8, 32)[..., ::2]
     with pytest.raises(ValueError, match=r"q is read through a tensor descriptor.*strides \(256, 256, 32, 2\)"):
         attention_forward(_attn_fwd_kernel, strided, q, q, torch.empty_like(q), scale=0.25, block_m=16, block_n=16,
                           use_tma=True, warp_spec=True)
+    with pytest.raises(ValueError, match=r"warp_spec: joint q is read through a tensor descriptor"):
+        attention_forward(_attn_fwd_kernel, q, q, q, torch.empty_like(q), scale=0.25, block_m=16, block_n=16,
+                          use_tma=True, warp_spec=True, join_keys=True, joint=(strided, q, q, torch.empty_like(q)))
 
 
 # the warp-specialised key loop (WARP_SPEC: q through descriptors too), one key stream: every dtype, head dims
