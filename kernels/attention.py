@@ -1433,7 +1433,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         if not use_tma:
             raise ValueError("warp_spec: needs descriptor loads (use_tma True, or None where the key/value tensors "
                              "fit them)")
-        for name, x in (("q", q), ("joint q", q2 if joint is not None else q)):
+        for name, x in (("q", q), ("joint q", q2)):  # (q2 is q without a joint stream)
             if not descriptor_layout_ok(x.data_ptr(), x.stride(), x.element_size()):
                 raise ValueError(f"warp_spec: {name} is read through a tensor descriptor too, which needs a contiguous "
                                  f"head dim and a 16-byte aligned address and strides; got strides {tuple(x.stride())}")
