@@ -190,6 +190,7 @@ VARIANTS = [("plain", 128, {}), ("plain", 64, {}), ("plain", 40, {}), ("plain", 
             ("key padding", 64, {"HAS_KV_LENS": True, "EVEN_N": False}),
             ("packed segments", 64, {"VARLEN": True, "EVEN_N": False}),
             ("joint", 64, {"JOINT": True, "EVEN_N": False}), ("joint", 128, {"JOINT": True}),
+            ("joint, keys joined", 128, {"JOINT": True, "JOINED_KV": True, "EVEN_N": False}),
             ("negative", 64, {"NEG": True, "EVEN_N": False}),
             ("negative, 77 text keys", 64, {"NEG": True, "EVEN_N": False}, {"Nk": 77, "Nneg": 77})]
 
