@@ -517,6 +517,12 @@ def waves(results: str, sms: int = 132) -> None:
                   f"{4 * b * h * n_q * n_k * d / ms / 1e9:.0f} | {ms * 1e3 / rounds / key_blocks:.3f} |", flush=True)
 
 
+#: the reports by command-line flag (see the module docstring)
+REPORTS = {"--candidates": candidates, "--probe": probe_softmax_variants, "--overlap": overlap_report,
+           "--warpgroups": warpgroup_report, "--cycles": cycle_report, "--warp-spec": warp_spec_report,
+           "--warp-spec-cases": warp_spec_cases}
+
+
 def main() -> int:
     if "--waves" in sys.argv[1:]:
         args = sys.argv[sys.argv.index("--waves") + 1:]
@@ -524,25 +530,9 @@ def main() -> int:
             raise SystemExit("usage: attention_resources.py --waves RESULTS/attention.json [SMS]")
         waves(args[0], int(args[1]) if len(args) > 1 else 132)
         return 0
-    if "--candidates" in sys.argv[1:]:
-        return 1 if candidates() else 0
-    if "--probe" in sys.argv[1:]:
-        probe_softmax_variants()
-        return 0
-    if "--overlap" in sys.argv[1:]:
-        overlap_report()
-        return 0
-    if "--warpgroups" in sys.argv[1:]:
-        warpgroup_report()
-        return 0
-    if "--cycles" in sys.argv[1:]:
-        cycle_report()
-        return 0
-    if "--warp-spec" in sys.argv[1:]:
-        warp_spec_report()
-        return 0
-    if "--warp-spec-cases" in sys.argv[1:]:
-        return 1 if warp_spec_cases() else 0
+    for flag, report in REPORTS.items():
+        if flag in sys.argv[1:]:
+            return 1 if report() else 0  # (the checks return their failures, the tables None)
     print("| variant | D | tile (M x N, warps, stages) | registers | spill bytes | async copies | PTX per key block |"
           "\n|---|---|---|---|---|---|---|")
     for name, head_dim, tile, flags in CASES:
