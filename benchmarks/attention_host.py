@@ -17,6 +17,13 @@ the tuner keeps (the Hopper list, descriptor-load tiles included: the launcher i
 timing them: ours compiles them on ``pydiff.kernels.plans.compile_threads()`` threads first (``precompile``); the
 peer is Triton's autotuner compiling each as it times it (``PYDIFF_COMPILE_THREADS=1``). Each measurement starts
 from an empty Triton cache, alternating between the two; ``--candidates N`` keeps the tuner's first N tiles.
+
+``--stored`` times the first tuned call of a signature in a new process (the launcher's, the tuner's and Triton's
+in-memory state cleared) whose Triton cache already holds the compiled candidates: ours launches the choice an
+earlier process kept on disk (``plans.store_choice``), loading one compiled tile; the peer tunes again
+(``PYDIFF_TUNING_CACHE=0``), loading every candidate and timing each. The stub's timings are made up and take no
+time, so on a GPU the peer also pays the real timing of each candidate (Triton's benchmarker: 25 ms warm-up and
+100 ms of runs per candidate by default).
 """
 
 from __future__ import annotations
@@ -124,15 +131,60 @@ def first_call_rows(rounds: int = 2, candidates: int = 0):
                            "B2 H10 N4096x77 D64", ours, "one compile after another", peer)]
 
 
+def stored_choice_rows(rounds: int = 5, candidates: int = 0):
+    """One row: the first tuned call of a signature (SDXL cross-attention's shape) in a new process whose Triton
+    cache holds the compiled candidates, launching the choice kept on disk against tuning again, ``rounds``
+    alternated measurements of each; ``candidates``: keep the tuner's first N tiles (0: all)."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise SystemExit("attention_host: run without TRITON_INTERPRET (interpreted kernels do not compile)")
+    ka = importlib.import_module("pydiff.kernels.attention")
+    plans = importlib.import_module("pydiff.kernels.plans")
+    tuner, plain = ka._attn_fwd_autotuned, ka._attn_fwd_kernel
+    kept = tuner.configs[:candidates] if candidates else tuner.configs
+    q = torch.randn(2, 10, 4096, 64, dtype=torch.bfloat16)
+    k, v = (torch.randn(2, 10, 77, 64, dtype=torch.bfloat16) for _ in range(2))
+    times, tiles = {"ours": [], "peer": []}, []
+    precompile = plans.precompile
+    with stub_cuda_driver(), mock.patch.object(ka, "tma_usable", lambda kv: True), \
+            mock.patch.object(tuner, "configs", kept), \
+            mock.patch.object(plans, "precompile", lambda *a: tiles.append(len(a[4])) or precompile(*a)), \
+            mock.patch.dict(os.environ, {"TRITON_CACHE_DIR": tempfile.mkdtemp(prefix="pydiff-stored-"),
+                                         "PYDIFF_TUNING_CACHE": "1"}):
+        for i in range(-1, 2 * rounds):  # (-1: the process that compiles the candidates and stores its choice)
+            side = "peer" if i % 2 == 1 and i >= 0 else "ours"
+            os.environ["PYDIFF_TUNING_CACHE"] = "0" if side == "peer" else "1"
+            ka._TUNED.clear()
+            plans.CACHE.clear()
+            tuner.cache.clear()
+            plain.device_caches.clear()
+            start = time.perf_counter()
+            ka.attention_forward(tuner, q, k, v, torch.empty_like(q), scale=0.125, tuned=(tuner, plain))
+            if i >= 0:
+                times[side].append(time.perf_counter() - start)
+                print(f"{side}: {times[side][-1]:.2f} s", file=sys.stderr, flush=True)
+    ours, peer = (Timing(min(t), statistics.median(t), max(t), len(t)) for t in (times["ours"], times["peer"]))
+    return [comparison_row("attention-host", f"first tuned call in a new process, {max(tiles)} tiles compiled: "
+                           f"the stored choice", "B2 H10 N4096x77 D64", ours, "tuning again", peer)]
+
+
 def main():
     import triton
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--first-call", action="store_true", help="time the first tuned call's compiles instead")
-    parser.add_argument("--candidates", type=int, default=0, help="with --first-call: the tuner's first N tiles")
-    parser.add_argument("--rounds", type=int, default=2, help="with --first-call: measurements of each side")
+    parser.add_argument("--stored", action="store_true",
+                        help="time a new process's first tuned call with the stored choice instead")
+    parser.add_argument("--candidates", type=int, default=0,
+                        help="with --first-call or --stored: the tuner's first N tiles")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="with --first-call or --stored: measurements of each side")
     options = parser.parse_args()
     machine = f"torch {torch.__version__}, Triton {triton.__version__}, {os.cpu_count()} CPUs"
+    if options.stored:
+        rows = stored_choice_rows(options.rounds, options.candidates)
+        print(f"\nFirst tuned call in a new process, Triton's cache warm, no GPU (a stub driver), {machine}")
+        print(comparison_table(rows))
+        return
     if options.first_call:
         rows = first_call_rows(options.rounds, options.candidates)
         print(f"\nFirst tuned call, compiles for sm_90 without a GPU (a stub driver), {machine}")

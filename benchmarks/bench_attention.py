@@ -641,15 +641,19 @@ def _variant(name, shape, ours_fn, stock_fn, peer, flops, device, quick, ceiling
 
 @contextlib.contextmanager
 def _autotune(enabled: bool):
-    previous = os.environ.get("PYDIFF_ATTENTION_AUTOTUNE")
-    os.environ["PYDIFF_ATTENTION_AUTOTUNE"] = "1" if enabled else "0"
+    """The tuner on or off; with it on, every specialisation is tuned in this run (no choice kept on disk from an
+    earlier one): its timings of the candidates are reported beside each row (``_tile``)."""
+    settings = {"PYDIFF_ATTENTION_AUTOTUNE": "1" if enabled else "0", "PYDIFF_TUNING_CACHE": "0"}
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        if previous is None:
-            del os.environ["PYDIFF_ATTENTION_AUTOTUNE"]
-        else:
-            os.environ["PYDIFF_ATTENTION_AUTOTUNE"] = previous
+        for name, value in previous.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
 
 
 def run(quick: bool, device: str, progress: bool = False, experiments: bool = False) -> List[Dict[str, object]]:

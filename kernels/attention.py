@@ -36,9 +36,12 @@ pipelining in Triton's terms); the row sums on the tensor cores (``rowsum_mma=Tr
 """
 
 import contextvars
+import functools
+import hashlib
 import inspect
 import os
 import warnings
+from pathlib import Path
 
 import triton
 import triton.language as tl
@@ -1253,7 +1256,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     specialisation goes through the tuner (Triton's ``Autotuner``, as bound), its candidate tiles compiled at once
     first (``plans.precompile``; one whose compile failed is left out, with a warning); later ones launch the plain
     kernel with the tile it chose, skipping the tuner's per-call key work (the autotuner builds its cache key from
-    all 60 arguments on every call).
+    all 60 arguments on every call). The choice is also kept on disk (``plans.store_choice``, unless
+    ``PYDIFF_TUNING_CACHE=0``): a later process's first launch of the specialisation, on a GPU of the same name,
+    with this file and Triton's version unchanged, launches the stored tile without compiling or timing the others.
     prologue_kernel: ``_qk_prologue`` as the caller launches it (wrapped for torch.library); None: this module's.
     rowsum_mma: the kernel's ROWSUM_MMA experiment, with ``block_m`` (the benchmark and the tests time and check it).
     overlap: the kernel's OVERLAP experiment (each block's softmax while the next block's scores are computed,
@@ -1278,6 +1283,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     """
     import torch
 
+    if tuned is not None:
+        plans.tuning_store_enabled()  # (a bad PYDIFF_TUNING_CACHE named before anything launches)
     if rowsum_mma and block_m is None:
         raise ValueError("rowsum_mma: an experiment for a fixed tile (block_m, block_n), not for the autotuner")
     if overlap and (block_m is None or stream_k is not None):
@@ -1464,26 +1471,32 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         plans.launch(kernel, grid, args, flags, plan_key, len(tensors), before, writes=_WRITES)
         return
     # The tuner's own key (shapes, the head-dim split, the variant flags, dtypes) is a subset of this one.
-    key = (n_q, n_k, n_q2, n_k2, n_neg, segments, q.device, *flags.values(),
-           *(t.dtype for t in args[:14]))
+    specialisation = (n_q, n_k, n_q2, n_k2, n_neg, segments, *flags.values(), *(t.dtype for t in args[:14]))
+    key = (*specialisation, q.device)
     choice = _TUNED.get(key)
     if choice is None:
         tuner, plain = tuned
-        # the tuner's candidates compile at once, then it times those that compiled
-        failed = plans.precompile(plain, grid, args, flags,
-                                  _prune_configs(tuner.configs, dict(zip(tuner.arg_names, args)), **flags))
-        for config, error in failed:
-            warnings.warn(f"pydiff attention: autotune candidate {config} failed to compile and is skipped: "
-                          f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[-1]}", RuntimeWarning)
-        token = _UNBUILT.set(frozenset(id(config) for config, _ in failed))
-        try:
-            kernel[grid](*args, **flags)
-        finally:
-            _UNBUILT.reset(token)
-        plans.unplanned(tensors)
-        _TUNED[key] = tuner.best_config.all_kwargs()
-    else:
-        plans.launch(tuned[1], grid, args, {**flags, **choice}, plan_key, len(tensors), before, writes=_WRITES)
+        candidates = _prune_configs(tuner.configs, dict(zip(tuner.arg_names, args)), **flags)
+        stored = repr((_source_digest(), triton.__version__, _device_name(q.device), specialisation))
+        choice = plans.stored_choice(stored)
+        if choice not in [config.all_kwargs() for config in candidates]:  # (None, or a tile no longer offered)
+            # the tuner's candidates compile at once, then it times those that compiled
+            failed = plans.precompile(plain, grid, args, flags, candidates)
+            for config, error in failed:
+                warnings.warn(f"pydiff attention: autotune candidate {config} failed to compile and is skipped: "
+                              f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[-1]}",
+                              RuntimeWarning)
+            token = _UNBUILT.set(frozenset(id(config) for config, _ in failed))
+            try:
+                kernel[grid](*args, **flags)
+            finally:
+                _UNBUILT.reset(token)
+            plans.unplanned(tensors)
+            _TUNED[key] = tuner.best_config.all_kwargs()
+            plans.store_choice(stored, _TUNED[key])
+            return
+        _TUNED[key] = choice
+    plans.launch(tuned[1], grid, args, {**flags, **choice}, plan_key, len(tensors), before, writes=_WRITES)
 
 
 def _joined_keys(prepare, bnhd, k, k2, v, v2):
@@ -1525,8 +1538,28 @@ def _row_align(element_size: int, strides) -> int:
     return align if all(st % align == 0 for i, st in enumerate(strides) if i % 4 != 3) else 1
 
 
-#: tile the autotuner chose, per launch specialisation (see ``attention_forward``'s ``tuned``)
+#: tile the autotuner chose, per launch specialisation (see ``attention_forward``'s ``tuned``); also kept on disk
+#: (``plans.store_choice``) under the specialisation, this file's digest, Triton's version and the GPU's name
 _TUNED = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _source_digest() -> str:
+    """The sha256 of this file: the kernels, the candidate tiles and the pruner, so that an edit to any of them
+    retires the choices kept on disk."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _device_name(device) -> str:
+    """What a tuned choice is kept for: the GPU's name and compute capability (the device type elsewhere)."""
+    import torch
+
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"{torch.cuda.get_device_name(index)} sm_{major}{minor}"
 
 
 def prologue_rows(heads_per_program: int) -> int:

@@ -14,16 +14,23 @@ leading tensors the kernel writes, so a recording can tell outputs made for the 
 
 ``precompile`` compiles an autotuner's candidates for a launch at once, on threads, before the autotuner times them,
 and reports those whose compile failed; inside ``compile_only``, launches compile that way instead of running.
+
+``stored_choice`` and ``store_choice`` keep an autotuner's choice on disk, in Triton's cache directory, so that a
+later process launches the chosen tile at once instead of compiling and timing every candidate again.
 """
 
 import contextlib
 import contextvars
+import hashlib
+import json
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import triton
 from triton.runtime import driver
+from triton.runtime.cache import get_cache_manager
 from triton.runtime.jit import KernelInterface
 
 try:
@@ -230,3 +237,51 @@ def _plan(compiled, kernel, grid, args, flags, leading, before, writes):
     full = [values[p.name] if p.name in values else p.default for p in fn.params]
     dims = tuple(grid(values) if callable(grid) else grid)
     return compiled, dims + (1,) * (3 - len(dims)), tuple(full[leading:]), before, tuple(writes)
+
+
+#: the file a tuned choice is kept in, in a directory of Triton's cache of its own per key (so processes storing
+#: different keys never write one file)
+_CHOICE_FILE = "pydiff-tuned-choice.json"
+
+
+def tuning_store_enabled() -> bool:
+    """Whether autotuners' choices are kept on disk and read back (``PYDIFF_TUNING_CACHE``, default on)."""
+    value = os.environ.get("PYDIFF_TUNING_CACHE", "1").strip().lower()
+    if value not in ("0", "1", "false", "true", "off", "on", ""):
+        raise ValueError(f"PYDIFF_TUNING_CACHE must be 0 or 1, got {value!r}")
+    return value not in ("0", "false", "off")
+
+
+def _choice_cache(key: str):
+    return get_cache_manager(hashlib.sha256(key.encode()).hexdigest())
+
+
+def stored_choice(key: str):
+    """The choice (a dict of a config's ``all_kwargs``) that ``store_choice`` kept under ``key``, a string naming
+    everything the choice depends on (the kernel's source, Triton's version, the GPU, the call's specialisation);
+    None when none is kept, the store is off, or the file does not hold one for this key."""
+    if not tuning_store_enabled():
+        return None
+    try:
+        path = _choice_cache(key).get_file(_CHOICE_FILE)
+        if path is None:
+            return None
+        with open(path) as f:
+            entry = json.load(f)
+    except (OSError, RuntimeError, ValueError):  # (no cache directory, or a damaged file: the caller tunes again)
+        return None
+    choice = entry.get("choice") if isinstance(entry, dict) and entry.get("key") == key else None
+    return choice if isinstance(choice, dict) else None
+
+
+def store_choice(key: str, choice: dict) -> None:
+    """Keep ``choice`` under ``key`` (see ``stored_choice``), replacing what was kept there (Triton's cache writes
+    a temporary file and renames it); a directory that cannot be written is reported with a warning, and the
+    choice then lives in this process only."""
+    if not tuning_store_enabled():
+        return
+    try:
+        _choice_cache(key).put(json.dumps({"key": key, "choice": choice}), _CHOICE_FILE, binary=False)
+    except (OSError, RuntimeError) as error:  # (Triton's cache raises RuntimeError when it has no directory)
+        warnings.warn(f"pydiff: the tuned choice could not be kept on disk ({error}); set TRITON_CACHE_DIR to a "
+                      f"writable directory, or PYDIFF_TUNING_CACHE=0", RuntimeWarning)

@@ -19,6 +19,8 @@ from unittest import mock
 
 # Triton's default without multiply-add contraction (3.10's): the kernels must pin it on themselves
 os.environ["TRITON_DEFAULT_FP_FUSION"] = "0"
+# the checks of the tuner count its compiles: no choice an earlier run kept on disk (check_tuning_store turns it on)
+os.environ["PYDIFF_TUNING_CACHE"] = "0"
 
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -347,6 +349,45 @@ def check_parallel_compile():
           "with 1", flush=True)
 
 
+def check_tuning_store(stub):
+    """The tuner's choice kept on disk (``plans.store_choice``): after the first tuned launch of a signature, a new
+    process's first launch (the launcher's, the tuner's and Triton's in-memory state cleared) compiles the stored tile
+    alone and launches it, without precompiling or timing the others; with PYDIFF_TUNING_CACHE=0 it tunes again. (The
+    tuner's first three tiles, at check_parallel_compile's D 32 signature, whose compiles Triton's cache holds.)"""
+    import uuid
+
+    tuner, plain = ka._attn_fwd_autotuned, ka._attn_fwd_kernel
+    precompiled = []
+    precompile = plans.precompile
+    digest = f"plan check {uuid.uuid4()}"  # (a key no earlier run stored)
+    q, k, v = _bhnd(1, 2, 97, 32), _bhnd(1, 2, 77, 32), _bhnd(1, 2, 77, 32)
+
+    def first_launch():
+        ka._TUNED.clear()
+        plans.CACHE.clear()
+        tuner.cache.clear()
+        plain.device_caches.clear()
+        compiled = len(stub.compiled)
+        ka.attention_forward(tuner, q, k, v, torch.empty_like(q), scale=0.125, tuned=(tuner, plain))
+        return len(stub.compiled) - compiled
+
+    with mock.patch.object(plans, "precompile", lambda *a: precompiled.append(len(a[4])) or precompile(*a)), \
+            mock.patch.object(tuner, "configs", tuner.configs[:3]), \
+            mock.patch.object(ka, "_source_digest", lambda: digest), \
+            mock.patch.dict(os.environ, {"PYDIFF_TUNING_CACHE": "1"}):
+        first_launch()
+        choice = dict(next(iter(ka._TUNED.values())))
+        assert precompiled == [3], f"the first tuned launch precompiled {precompiled}"
+        loaded = first_launch()
+        assert precompiled == [3] and loaded == 1, f"stored choice: precompiled {precompiled[1:]}, {loaded} compiles"
+        assert list(ka._TUNED.values()) == [choice], f"stored {choice}, launched {ka._TUNED}"
+        with mock.patch.dict(os.environ, {"PYDIFF_TUNING_CACHE": "0"}):
+            first_launch()
+        assert precompiled == [3, 3], f"with the store off: precompiled {precompiled[1:]}"
+    print(f"ok tuning store: a new process launches the stored tile ({choice['BLOCK_M']} x {choice['BLOCK_N']}), "
+          f"one compile, no tuning", flush=True)
+
+
 def check_failed_candidates():
     """A candidate whose compile fails inside Triton's compiler (a RuntimeError, which Triton's autotuner passes on
     to the caller) is reported by ``plans.precompile`` and kept from the tuner, with a warning naming it: the call
@@ -406,6 +447,7 @@ def main():
     kernel, prologue = ka._attn_fwd_kernel, ka._qk_prologue
     with stub_cuda_driver() as stub:
         check_parallel_compile()
+        check_tuning_store(stub)
         check_failed_candidates()
         check_compile_only(stub.launches)
         launches = stub.launches

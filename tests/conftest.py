@@ -6,6 +6,10 @@ The interpreter is chosen when triton is first imported, so the variable is set 
 
 import os
 
+# Tests time the tuner's candidates where they tune: a choice an earlier run kept on disk would skip that (the tests
+# of the store turn it on over a directory of their own)
+os.environ.setdefault("PYDIFF_TUNING_CACHE", "0")
+
 
 def _has_cuda() -> bool:
     try:

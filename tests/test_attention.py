@@ -6,6 +6,7 @@ the same computation done by plain PyTorch in that precision, plus 1e-3.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -937,6 +938,93 @@ def test_eager_launches_reuse_the_tuners_choice():
     kernels._TUNED.clear()
 
 
+@needs_interpreter
+def test_tuned_choice_kept_on_disk(tmp_path, monkeypatch):
+    """The tuner's choice is kept in Triton's cache directory: a later process's first launch of the specialisation
+    (the in-memory choices cleared) launches the stored tile without the tuner, with the same numbers; a new
+    specialisation, an edit of the kernels' file, a damaged entry, a tile the tuner no longer offers or
+    PYDIFF_TUNING_CACHE=0 tunes again; an unwritable cache warns and still runs; a bad switch is named before
+    anything launches."""
+    import triton
+    from pydiff.kernels import attention as kernels
+
+    calls = []
+    chosen = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2)
+    plain = kernels._attn_fwd_kernel
+
+    class Tuner:
+        best_config = None
+        configs, arg_names = [chosen], []
+
+        def __getitem__(self, grid):
+            def launch(*args, **flags):
+                calls.append("tuner")
+                Tuner.best_config = chosen
+                plain[grid](*args, **flags, **chosen.all_kwargs())
+            return launch
+
+    class Plain:
+        def __getitem__(self, grid):
+            def launch(*args, **flags):
+                calls.append(("plain", flags["BLOCK_M"], flags["BLOCK_N"]))
+                plain[grid](*args, **flags)
+            return launch
+
+    tuner = Tuner()
+    gen = torch.Generator().manual_seed(11)
+    q = torch.randn(1, 2, 100, 32, generator=gen)
+    k, v = torch.randn(1, 2, 50, 32, generator=gen), torch.randn(1, 2, 50, 32, generator=gen)
+    ref = attention_reference(q, k, v, scale=0.2, compute_dtype=torch.float64)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("PYDIFF_TUNING_CACHE", "1")
+
+    def first_launch(query=q):
+        """A new process's first launch of the specialisation: what it launched, its output."""
+        kernels._TUNED.clear()
+        calls.clear()
+        out = torch.full_like(query, float("nan"))
+        kernels.attention_forward(tuner, query, k, v, out, scale=0.2, tuned=(tuner, Plain()))
+        return list(calls), out
+
+    def stored():
+        return [json.loads(path.read_text()) for path in tmp_path.rglob("pydiff-tuned-choice.json")]
+
+    launched, out = first_launch()
+    assert launched == ["tuner"] and rel_err(out, ref) <= 1e-5
+    assert [entry["choice"] for entry in stored()] == [chosen.all_kwargs()]
+    launched, out = first_launch()
+    assert launched == [("plain", 64, 32)] and rel_err(out, ref) <= 1e-5
+    assert list(kernels._TUNED.values()) == [chosen.all_kwargs()]
+    assert first_launch(q[:, :, :77])[0] == ["tuner"] and len(stored()) == 2  # a new specialisation
+    monkeypatch.setenv("PYDIFF_TUNING_CACHE", "0")
+    assert first_launch()[0] == ["tuner"]
+    monkeypatch.setenv("PYDIFF_TUNING_CACHE", "1")
+    with monkeypatch.context() as edited:
+        edited.setattr(kernels, "_source_digest", lambda: "an edited kernels file")
+        assert first_launch()[0] == ["tuner"] and len(stored()) == 3
+    for path in tmp_path.rglob("pydiff-tuned-choice.json"):
+        entry = json.loads(path.read_text())
+        if entry["key"].count("an edited kernels file"):
+            path.write_text("{")  # damaged
+        else:
+            path.write_text(json.dumps({**entry, "choice": {**entry["choice"], "BLOCK_M": 128}}))  # not offered
+    assert first_launch()[0] == ["tuner"] and first_launch()[0] == [("plain", 64, 32)]
+    with monkeypatch.context() as edited:
+        edited.setattr(kernels, "_source_digest", lambda: "an edited kernels file")
+        assert first_launch()[0] == ["tuner"] and first_launch()[0] == [("plain", 64, 32)]
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(not_a_directory))
+    with pytest.warns(RuntimeWarning, match="could not be kept on disk"):
+        launched, out = first_launch()
+    assert launched == ["tuner"] and rel_err(out, ref) <= 1e-5
+    monkeypatch.setenv("PYDIFF_TUNING_CACHE", "sometimes")
+    with pytest.raises(ValueError, match="PYDIFF_TUNING_CACHE must be 0 or 1"):
+        first_launch()
+    assert calls == []
+    kernels._TUNED.clear()
+
+
 def test_descriptor_layout_rules():
     """Which layouts the tensor-descriptor loads accept (the rest of tma_usable needs a Hopper GPU)."""
     from pydiff.kernels.attention import descriptor_layout_ok, tma_usable
@@ -1612,6 +1700,34 @@ def test_gpu_autotuned(cuda_device, monkeypatch):
     _gpu_check(case, cuda_device)   # the plain kernel with the tuner's tile, through Triton's JIT
     assert len(_PLANS) == 1
     _gpu_check(case, cuda_device)   # the same, launched from its plan
+
+
+@pytest.mark.gpu
+def test_gpu_tuned_choice_kept_on_disk(cuda_device, monkeypatch):
+    """The tuner's choice kept on disk: a new process's first call of the signature (every in-memory choice, plan and
+    kernel cleared) launches the stored tile without precompiling or timing the candidates, accurately."""
+    import uuid
+
+    from pydiff.kernels import attention as kernels, plans
+
+    monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "1")
+    monkeypatch.setenv("PYDIFF_TUNING_CACHE", "1")
+    monkeypatch.setattr(kernels, "_source_digest", lambda: f"gpu test {uuid.uuid4()}")  # (nothing stored before)
+    precompiled = []
+    precompile = plans.precompile
+    monkeypatch.setattr(plans, "precompile", lambda *a: precompiled.append(len(a[4])) or precompile(*a))
+    case = Case(F16, 64, 1025, 1025, heads=4, layout="bnhd", name="gpu-autotuned")  # (test_gpu_autotuned's)
+    choices = []
+    for _ in range(2):
+        kernels._TUNED.clear()
+        plans.CACHE.clear()
+        attention_module._CALLS.clear()
+        kernels._attn_fwd_autotuned.cache.clear()
+        kernels._attn_fwd_kernel.device_caches.clear()
+        _gpu_check(case, cuda_device)
+        choices.append(list(kernels._TUNED.values()))
+    assert len(precompiled) == 1 and precompiled[0] >= 2, precompiled
+    assert len(choices[0]) == 1 and choices[1] == choices[0]
 
 
 # plain fp32, D40 (B, N, H, D) GQA, strided D96, segments, joint GQA, NASA with lengths, norms + RoPE + joint +

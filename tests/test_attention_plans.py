@@ -35,7 +35,7 @@ def _compiled_run(*command) -> str:
 
 def test_plans_launch_what_triton_launches():
     out = _compiled_run(str(ROOT / "tests" / "attention_plan_check.py"))
-    assert len([line for line in out.splitlines() if line.startswith("ok ")]) == 18, out
+    assert len([line for line in out.splitlines() if line.startswith("ok ")]) == 19, out
 
 
 def test_diffusers_models_replay_their_calls():
@@ -59,6 +59,14 @@ def test_first_call_benchmark_runs():
     out = _compiled_run("-m", "benchmarks.attention_host", "--first-call", "--candidates", "3", "--rounds", "1")
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| first tuned call")]
     assert len(rows) == 1 and float(rows[0][-2].strip().rstrip("x")) > 0, out
+
+
+def test_stored_choice_benchmark_runs():
+    """benchmarks/attention_host.py --stored (a new process's first tuned call: the choice kept on disk against
+    tuning again, no GPU needed) measures both sides; three tiles, one round, to keep it short."""
+    out = _compiled_run("-m", "benchmarks.attention_host", "--stored", "--candidates", "3", "--rounds", "1")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| first tuned call in a new process")]
+    assert len(rows) == 1 and "tiles compiled" in rows[0][1] and float(rows[0][-2].strip().rstrip("x")) > 0, out
 
 
 def test_compile_threads_setting(monkeypatch):
