@@ -38,12 +38,15 @@ out=${1:-benchmarks/results/$(date -u +%F)-${card:-gpu}}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/nvidia-smi.txt" 2>&1
-# diffusers (parity tests, the step benchmark's peer) from a wheel in .whl/ when the machine has none and no network
-if ! python3 -c "import diffusers" 2>/dev/null; then
-  for whl in .whl/diffusers-*.whl; do
+# What the machine may lack, from wheels in .whl/ (it has no network; the device call carries the folder): diffusers
+# (parity tests, the step benchmark's peer), execnet and pytest-xdist (the GPU tests over processes, below). Each is
+# module:wheel-name.
+for pkg in diffusers:diffusers execnet:execnet xdist:pytest_xdist; do
+  python3 -c "import ${pkg%%:*}" 2>/dev/null && continue
+  for whl in .whl/"${pkg##*:}"-*.whl; do
     [ -e "$whl" ] && python3 -m pip install --no-deps --no-index "$whl" >>"$out/build.log" 2>&1
   done
-fi
+done
 # the CUDA module for this card's architecture only (CMake's CUDAARCHS; the default builds sm_80 and sm_90a)
 cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -cd '0-9')
 case "$cap" in 90) arch=90a ;; [1-9][0-9]*) arch=$cap ;; *) arch= ;; esac
@@ -86,8 +89,8 @@ isolate() {
   { echo; echo "# benchmarks/attention_isolate.py${args[*]:+ ${args[*]}} (each case in its own process)"; cat "$table"; } >>"$log"
   grep -E "FAIL|ERROR|TIMEOUT|failed" "$table"
 }
-# Triton compiles dominate the GPU tests: spread them over processes when pytest-xdist is there (a CUDA error then
-# fails only the later tests of its own process).
+# Triton compiles dominate the GPU tests: spread them over processes when pytest-xdist is there (installed above from
+# .whl/ where the machine lacks it; a CUDA error then fails only the later tests of its own process).
 par=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
 # The autotuner tries the warp-specialised descriptor tiles too (off by default in the library until a run like this
 # one has checked and timed them; PYDIFF_ATTENTION_WARP_SPEC=0 leaves them out).
