@@ -38,9 +38,9 @@ out=${1:-benchmarks/results/$(date -u +%F)-${card:-gpu}}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/nvidia-smi.txt" 2>&1
-# What the machine may lack, from wheels in .whl/ (it has no network; the device call carries the folder): diffusers
-# (parity tests, the step benchmark's peer), execnet and pytest-xdist (the GPU tests over processes, below). Each is
-# module:wheel-name.
+# What the machine may lack, from wheels in .whl/ (it has no network; the device call carries the folder, which
+# `pip download --no-deps -d .whl diffusers execnet pytest-xdist` fills): diffusers (parity tests, the step
+# benchmark's peer), execnet and pytest-xdist (the GPU tests over processes, below). Each is module:wheel-name.
 for pkg in diffusers:diffusers execnet:execnet xdist:pytest_xdist; do
   python3 -c "import ${pkg%%:*}" 2>/dev/null && continue
   for whl in .whl/"${pkg##*:}"-*.whl; do
