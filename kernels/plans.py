@@ -252,6 +252,17 @@ def tuning_store_enabled() -> bool:
     return value not in ("0", "false", "off")
 
 
+def tuning_store_place() -> str:
+    """Where ``store_choice`` keeps the choices (Triton's cache directory), or that it is off."""
+    if not tuning_store_enabled():
+        return "off (PYDIFF_TUNING_CACHE=0)"
+    if _knobs is not None:
+        return _knobs.cache.dir
+    from triton.runtime.cache import default_cache_dir  # (Triton < 3.4)
+
+    return default_cache_dir()
+
+
 def _choice_cache(key: str):
     return get_cache_manager(hashlib.sha256(key.encode()).hexdigest())
 

@@ -74,10 +74,15 @@ def info() -> Dict[str, Any]:
 
 
 def _launch_plans() -> str:
-    """Whether repeated eager launches skip Triton's JIT (``pydiff.kernels.plans``)."""
+    """Whether repeated eager launches skip Triton's JIT, and where the autotuner's choices are kept
+    (``pydiff.kernels.plans``)."""
     from pydiff.kernels import plans
 
-    return "eager launch plans" if plans.ENABLED else "no eager launch plans (they need Triton 3.3+)"
+    try:
+        store = f"tuned choices kept: {plans.tuning_store_place()}"
+    except ValueError as error:  # (a bad PYDIFF_TUNING_CACHE: info still reports the rest)
+        store = str(error)
+    return ("eager launch plans" if plans.ENABLED else "no eager launch plans (they need Triton 3.3+)") + f", {store}"
 
 
 def format_info(data: Dict[str, Any]) -> str:

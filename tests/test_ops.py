@@ -232,7 +232,7 @@ def test_environment_reader_follows_changes(monkeypatch):
     assert backend_key() != unforced
 
 
-def test_info_reports_backends():
+def test_info_reports_backends(monkeypatch, tmp_path):
     data = pydiff.info()
     assert data["torch"] == torch.__version__
     assert data["backends"]["cpp (CPU C++/OpenMP)"]["usable"]
@@ -240,6 +240,14 @@ def test_info_reports_backends():
     assert "cpp" in data["ops"]["pydiff::lincomb"]["cpu"]
     if data["triton"] is not None:
         assert "launch plans" in data["backends"]["triton (GPU)"]["detail"]
+        # where the autotuner's choices are kept (Triton's cache directory), that the store is off, or why not
+        monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+        monkeypatch.setenv("PYDIFF_TUNING_CACHE", "1")
+        assert f"tuned choices kept: {tmp_path}" in pydiff.info()["backends"]["triton (GPU)"]["detail"]
+        monkeypatch.setenv("PYDIFF_TUNING_CACHE", "0")
+        assert "tuned choices kept: off" in pydiff.info()["backends"]["triton (GPU)"]["detail"]
+        monkeypatch.setenv("PYDIFF_TUNING_CACHE", "maybe")
+        assert "PYDIFF_TUNING_CACHE must be 0 or 1" in pydiff.info()["backends"]["triton (GPU)"]["detail"]
 
 
 def test_cli_info_runs():
