@@ -1712,7 +1712,8 @@ def test_gpu_tuned_choice_kept_on_disk(cuda_device, monkeypatch):
 
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "1")
     monkeypatch.setenv("PYDIFF_TUNING_CACHE", "1")
-    monkeypatch.setattr(kernels, "_source_digest", lambda: f"gpu test {uuid.uuid4()}")  # (nothing stored before)
+    digest = f"gpu test {uuid.uuid4()}"  # (a key nothing stored before)
+    monkeypatch.setattr(kernels, "_source_digest", lambda: digest)
     precompiled = []
     precompile = plans.precompile
     monkeypatch.setattr(plans, "precompile", lambda *a: precompiled.append(len(a[4])) or precompile(*a))
