@@ -1317,6 +1317,18 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         if q.is_cuda and q.element_size() > 2:  # (the interpreter compiles nothing: fp32 checks the path there)
             raise ValueError(f"warp_spec: 16-bit inputs only on a GPU, got {q.dtype} (Triton's warp specialisation "
                              f"fails to compile TF32 matrix multiplies)")
+        if use_tma is False:
+            raise ValueError(_WARP_SPEC_NEEDS_TMA)
+        # q (and the joint q) are read through descriptors too, as the kernel gets them: where a prologue applies,
+        # a new tensor shaped like it (the same strides where it is dense, as torch.empty_like makes them)
+        for name, x, weight in (("q", q, q_norm_weight),
+                                ("joint q", joint[0] if joint is not None else None, joint_q_norm_weight)):
+            fresh = x is not None and (rope is not None or weight is not None)
+            if x is not None and not descriptor_layout_ok(0 if fresh else x.data_ptr(), _strides_read(x, fresh),
+                                                          x.element_size()):
+                raise ValueError(f"warp_spec: {name} is read through a tensor descriptor too, which needs a contiguous "
+                                 f"head dim and a 16-byte aligned address and strides; got strides "
+                                 f"{_strides_read(x, fresh)}" + (" (its prologue's output)" if fresh else ""))
     prepare = None
     if has_prologue:
         if prologue_heads != 1:  # (the experiment's check, off the default path)
@@ -1433,17 +1445,12 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     flags["WS_OK"] = flags["TMA_OK"] and warp_spec_usable(q) and (joint is None or warp_spec_usable(q2))
     if use_tma is None:
         use_tma = usable
-    elif use_tma and q.is_cuda and not usable:
+    elif use_tma and not (usable if q.is_cuda else  # (the interpreter's descriptors take the layout rules too)
+                          all(descriptor_layout_ok(t.data_ptr(), t.stride(), t.element_size()) for t in kv)):
         raise ValueError("use_tma: the key/value tensors need compute capability 9+, a contiguous head dim and "
                          "16-byte aligned addresses and strides")
-    if warp_spec:
-        if not use_tma:
-            raise ValueError("warp_spec: needs descriptor loads (use_tma True, or None where the key/value tensors "
-                             "fit them)")
-        for name, x in (("q", q), ("joint q", q2)):  # (q2 is q without a joint stream)
-            if not descriptor_layout_ok(x.data_ptr(), x.stride(), x.element_size()):
-                raise ValueError(f"warp_spec: {name} is read through a tensor descriptor too, which needs a contiguous "
-                                 f"head dim and a 16-byte aligned address and strides; got strides {tuple(x.stride())}")
+    if warp_spec and not use_tma:  # (use_tma None: the key/value tensors, after any prologue, did not fit)
+        raise ValueError(_WARP_SPEC_NEEDS_TMA)
     # descriptor loads need Triton's allocator, which is per thread (a context variable): planned launches set it too
     before = _ensure_scratch_allocator if flags["TMA_OK"] or (use_tma and q.is_cuda) else None
     if before is not None:
@@ -1497,6 +1504,17 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
             return
         _TUNED[key] = choice
     plans.launch(tuned[1], grid, args, {**flags, **choice}, plan_key, len(tensors), before, writes=_WRITES)
+
+
+_WARP_SPEC_NEEDS_TMA = "warp_spec: needs descriptor loads (use_tma True, or None where the key/value tensors fit them)"
+
+
+def _strides_read(x, fresh: bool) -> tuple:
+    """The strides of the tensor the kernel reads for ``x``: x's own, or with ``fresh`` (a prologue writes a new
+    tensor for it) those ``torch.empty_like(x)`` gives."""
+    import torch
+
+    return tuple(torch.empty_like(x, device="meta").stride() if fresh else x.stride())
 
 
 def _joined_keys(prepare, bnhd, k, k2, v, v2):

@@ -411,6 +411,32 @@ def test_experiments_take_what_they_can_run():
     with pytest.raises(ValueError, match=r"warp_spec: joint q is read through a tensor descriptor"):
         attention_forward(_attn_fwd_kernel, q, q, q, torch.empty_like(q), scale=0.25, block_m=16, block_n=16,
                           use_tma=True, warp_spec=True, join_keys=True, joint=(strided, q, q, torch.empty_like(q)))
+    # where a prologue writes q anew, the new tensor is what the descriptor reads: a strided q is fine then, 72-byte
+    # rows (fp16, head dim 36) are not, and that is named before the prologue launches
+    rope = (torch.rand(8, 16), torch.rand(8, 16))
+    keys = torch.randn(2, 1, 8, 16)
+    out = torch.full_like(strided, float("nan"))
+    attention_forward(_attn_fwd_kernel, strided, keys[0:1], keys[1:], out, scale=0.25, block_m=16, block_n=16,
+                      use_tma=True, warp_spec=True, rope=rope)
+    assert rel_err(out, attention_reference(strided, keys[0:1], keys[1:], scale=0.25, rope=rope,
+                                            compute_dtype=torch.float64)) <= 1e-5
+    # (the interpreter's descriptors take the layout rules too: a key or value head dim with a stride is an error)
+    with pytest.raises(ValueError, match="use_tma: the key/value tensors need"):
+        attention_forward(_attn_fwd_kernel, q, q, strided, torch.empty_like(q), scale=0.25, block_m=16, block_n=16,
+                          use_tma=True)
+    launched = []
+
+    class Prologue:
+        def __getitem__(self, grid):
+            return lambda *args, **flags: launched.append(grid)
+
+    rope = (torch.rand(8, 36), torch.rand(8, 36))
+    for x in (torch.randn(1, 1, 8, 72, dtype=torch.float16)[..., ::2], torch.randn(1, 1, 8, 36, dtype=torch.float16)):
+        with pytest.raises(ValueError, match=r"q is read through a tensor descriptor.*\(288, 288, 36, 1\) \(its "
+                                             r"prologue's output\)"):
+            attention_forward(_attn_fwd_kernel, x, x, x, torch.empty_like(x), scale=0.25, block_m=16, block_n=16,
+                              use_tma=True, warp_spec=True, rope=rope, prologue_kernel=Prologue())
+    assert launched == []
 
 
 # the warp-specialised key loop (WARP_SPEC: q through descriptors too), one key stream: every dtype, head dims
