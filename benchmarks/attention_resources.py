@@ -8,7 +8,7 @@
     python3 benchmarks/attention_resources.py --warpgroups   # warpgroups, CTAs per SM, barriers, instructions per score
     python3 benchmarks/attention_resources.py --cycles   # SM cycles per score: issue, exp2 units, tensor cores
     python3 benchmarks/attention_resources.py --warp-spec    # the warp-specialised tiles: warpgroups, register split
-    python3 benchmarks/attention_resources.py --descriptor-cases  # every launch of the GPU descriptor tests builds?
+    python3 benchmarks/attention_resources.py --gpu-cases  # every fixed-tile launch of the GPU tests builds?
     python3 benchmarks/attention_resources.py --waves benchmarks/results/<run>/attention.json
         # the tuner's measured candidates of a GPU run against the waves of CTAs each launches
 
@@ -431,13 +431,14 @@ def warp_spec_report() -> None:
                   f"{ctas_per_sm(regs, info['shared'], info['warps'])} |", flush=True)
 
 
-def descriptor_cases() -> int:
-    """Compile, through the launcher and a stub CUDA driver (sm_90), every launch the GPU suite's descriptor stage
-    (``pytest -m gpu -k descriptors``) makes: each GPU grid case at its default tile with descriptor loads, the
-    tuner's extra descriptor tiles on their cases and the production cases, and every warp-specialised tile on
-    each of ``WARP_SPEC_GPU_CASES`` (whose warps are reported: 12, three warpgroups, or the tile is not specialised).
-    bf16 as fp16, since CPU tensors in bf16 take the interpreter's fp32 emulation. Returns the failures: a launch
-    that does not build there fails that stage, which turns descriptor loads off for the rest of the suite."""
+def gpu_cases() -> int:
+    """Compile, through the launcher and a stub CUDA driver (sm_90), every launch of the GPU tests that run the kernel
+    at fixed tiles (the tests' ``GPU_LAUNCHES``: the descriptor stage's default tiles with descriptor loads, the
+    tuner's extra descriptor tiles and the warp-specialised tiles, whose warps are reported: 12, three warpgroups, or
+    the tile is not specialised; then row sums by MMA, stream-K, the prologue over head groups, the overlap).
+    Descriptor loads where the GPU would use them (``use_tma=None`` where the layouts fit); bf16 as fp16, since CPU
+    tensors in bf16 take the interpreter's fp32 emulation. Returns the failures: a launch that does not build fails
+    its GPU test, and in the descriptor stage turns descriptor loads off for the rest of the GPU suite."""
     import time
 
     import torch
@@ -452,35 +453,33 @@ def descriptor_cases() -> int:
             return tuple(map(fp16, t))
         return t.to(torch.float16) if isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 else t
 
-    # (test, case, tiles as (BLOCK_M, BLOCK_N, warps, stages), run_kernel's extra arguments)
-    launches = [("default tile", case, [(*T._gpu_default_tile(case), 4, 2)], {}) for case in T.GPU_GRID]
-    launches += [("tuner's descriptor tiles", case, T._tuner_descriptor_tiles(case), {}) for case in
-                 [c for c in T.GPU_GRID if T._tuner_descriptor_tiles(c)] + T.DESCRIPTOR_PRODUCTION_CASES]
-    launches += [("warp-specialised", case, T._warp_spec_tiles(case), {"warp_spec": True})
-                 for case in T.WARP_SPEC_GPU_CASES]
     failures = 0
-    print("| test | case | tile | warps | compile s |\n|---|---|---|---|---|")
+    print("| test | case | launch | warps | compile s |\n|---|---|---|---|---|")
     with stub_cuda_driver() as stub:
-        for test, case, tiles, extra in launches:
-            q, k, v, kw = T._on_device(case, "cpu")
-            q, k, v = fp16(q), fp16(k), fp16(v)
-            kw = {name: fp16(value) for name, value in kw.items()}
-            kv = [k, v] + list(kw.get("joint", ())[1:3]) + list(kw.get("negative", ()))
-            for bm, bn, warps, stages in tiles:
-                start = time.perf_counter()
-                label = tile_label((bm, bn, warps, stages, True, bool(extra)))
-                if not all(A.descriptor_layout_ok(t.data_ptr(), t.stride(), t.element_size()) for t in kv):
-                    print(f"| {test} | {case.name} | {label} | skipped: the GPU test skips these layouts | - |")
-                    continue
-                try:
-                    T.run_kernel(q, k, v, kw, (bm, bn), warps=warps, stages=stages, use_tma=True, **extra)
-                    built = stub.compiled[-1][1].num_warps
-                    cell = str(built)
-                    failures += bool(extra) and built != 3 * warps
-                except Exception as exc:  # noqa: BLE001 - report every failing launch, then exit non-zero
-                    failures += 1
-                    cell = f"FAILED {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:100]}"
-                print(f"| {test} | {case.name} | {label} | {cell} | {time.perf_counter() - start:.1f} |", flush=True)
+        for test, cases, launches in T.GPU_LAUNCHES:
+            for case in cases:
+                q, k, v, kw = T._on_device(case, "cpu")
+                q, k, v = fp16(q), fp16(k), fp16(v)
+                kw = {name: fp16(value) for name, value in kw.items()}
+                kv = [k, v] + list(kw.get("joint", ())[1:3]) + list(kw.get("negative", ()))
+                fits = all(A.descriptor_layout_ok(t.data_ptr(), t.stride(), t.element_size()) for t in kv)
+                for launch in launches(case):
+                    label = ", ".join(f"{name} {value}" for name, value in launch.items())
+                    if launch.get("use_tma") and not fits:
+                        print(f"| {test} | {case.name} | {label} | skipped: the GPU test skips these layouts | - |")
+                        continue
+                    start = time.perf_counter()
+                    try:
+                        T.run_kernel(q, k, v, kw, **{**launch, "use_tma": fits if launch.get("use_tma") is None
+                                                     else launch["use_tma"]})
+                        built = stub.compiled[-1][1].num_warps
+                        cell = str(built)
+                        failures += launch.get("warp_spec", False) and built != 3 * launch["warps"]
+                    except Exception as exc:  # noqa: BLE001 - report every failing launch, then exit non-zero
+                        failures += 1
+                        cell = f"FAILED {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:100]}"
+                    print(f"| {test} | {case.name} | {label} | {cell} | {time.perf_counter() - start:.1f} |",
+                          flush=True)
     return failures
 
 
@@ -531,7 +530,7 @@ def waves(results: str, sms: int = 132) -> None:
 #: the reports by command-line flag (see the module docstring)
 REPORTS = {"--candidates": candidates, "--probe": probe_softmax_variants, "--overlap": overlap_report,
            "--warpgroups": warpgroup_report, "--cycles": cycle_report, "--warp-spec": warp_spec_report,
-           "--descriptor-cases": descriptor_cases}
+           "--gpu-cases": gpu_cases}
 
 
 def main() -> int:

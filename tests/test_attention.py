@@ -6,6 +6,7 @@ the same computation done by plain PyTorch in that precision, plus 1e-3.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from dataclasses import dataclass, field
@@ -1520,7 +1521,14 @@ def test_gpu_accuracy_descriptors(case, cuda_device):
     kv = [k, v] + list(kw.get("joint", ())[1:3]) + list(kw.get("negative", ()))
     if not tma_usable(kv):
         pytest.skip("these key/value tensors are not 16-byte aligned")
-    _assert_gpu_accurate(case, run_kernel(q, k, v, kw, _gpu_default_tile(case), use_tma=True), q, k, v, kw)
+    for launch in _descriptor_launches(case):
+        _assert_gpu_accurate(case, run_kernel(q, k, v, kw, **launch), q, k, v, kw)
+
+
+def _descriptor_launches(case):
+    """``run_kernel``'s arguments for each launch of ``test_gpu_accuracy_descriptors`` (and of the other GPU tests
+    below, in ``GPU_LAUNCHES``, which ``benchmarks/attention_resources.py --gpu-cases`` compiles without a GPU)."""
+    return [dict(blocks=_gpu_default_tile(case), use_tma=True)]
 
 
 @pytest.mark.gpu
@@ -1528,29 +1536,39 @@ def test_gpu_accuracy_descriptors(case, cuda_device):
 def test_gpu_accuracy_rowsum_mma(case, cuda_device):
     """The ROWSUM_MMA experiment compiled for the GPU (the benchmark times it): every grid case at its default tile."""
     q, k, v, kw = _on_device(case, cuda_device)
-    _assert_gpu_accurate(case, run_kernel(q, k, v, kw, _gpu_default_tile(case), rowsum_mma=True), q, k, v, kw)
+    for launch in _rowsum_launches(case):
+        _assert_gpu_accurate(case, run_kernel(q, k, v, kw, **launch), q, k, v, kw)
+
+
+def _rowsum_launches(case):
+    return [dict(blocks=_gpu_default_tile(case), rowsum_mma=True)]
+
+
+STREAM_K_GPU_CASES = [c for c in GPU_GRID if c.negative is None and c.kv_lens is None and c.cu_q is None] + \
+    [Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", name="gpu-flux-plain")]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", [c for c in GPU_GRID if c.negative is None and c.kv_lens is None and c.cu_q is None]
-                         + [Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", name="gpu-flux-plain")], ids=str)
+@pytest.mark.parametrize("case", STREAM_K_GPU_CASES, ids=str)
 def test_gpu_accuracy_stream_k(case, cuda_device):
     """The stream-K experiment compiled for the GPU (the benchmark times it) at the case's default tile, and at the
     production sizes also at the tiles it is meant for: 128 x 128 x 8 warps, and at head dim 128 the
     single-warpgroup tiles with descriptor loads where usable (two CTAs per SM); over as many programs as the SMs
     hold and over 7."""
+    q, k, v, kw = _on_device(case, cuda_device)
+    for launch in _stream_k_launches(case, torch.cuda.get_device_properties(cuda_device).multi_processor_count):
+        _assert_gpu_accurate(case, run_kernel(q, k, v, kw, **launch), q, k, v, kw)
+
+
+def _stream_k_launches(case, sms=132):
     from pydiff.kernels.attention import _ONE_WARPGROUP_TILES, default_config
 
-    q, k, v, kw = _on_device(case, cuda_device)
-    sms = torch.cuda.get_device_properties(cuda_device).multi_processor_count
     tiles = [(*default_config(case.head_dim, case.joint is not None), False, 1)]
     if case.name.startswith("gpu-"):
         tiles += [(128, 128, 8, 3, False, 1)]
         tiles += [(*tile, None, 2) for tile in sorted(_ONE_WARPGROUP_TILES)] if case.head_dim == 128 else []
-    for bm, bn, warps, stages, tma, per_sm in dict.fromkeys(tiles):
-        for programs in (per_sm * sms, 7):
-            out = run_kernel(q, k, v, kw, (bm, bn), stream_k=programs, warps=warps, stages=stages, use_tma=tma)
-            _assert_gpu_accurate(case, out, q, k, v, kw)
+    return [dict(blocks=(bm, bn), stream_k=programs, warps=warps, stages=stages, use_tma=tma)
+            for bm, bn, warps, stages, tma, per_sm in dict.fromkeys(tiles) for programs in (per_sm * sms, 7)]
 
 
 # production-size cases beyond the GPU grid: SD3's self-attention size (partial key blocks), and Flux's joint call
@@ -1573,33 +1591,41 @@ OVERLAP_GPU_TILES = {"gpu-flux-shape": [(128, 128, 8, 2, True, False)],
                      "gpu-flux-joint": [(128, 128, 8, 2, True, False)]}
 
 
+HEAD_GROUP_GPU_CASES = [c for c in GPU_GRID if _prologued(c)] + [GPU_FLUX_JOINT]
+OVERLAP_GPU_CASES = GPU_GRID + [GPU_SD3, GPU_FLUX_JOINT]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", [c for c in GPU_GRID if _prologued(c)] + [GPU_FLUX_JOINT], ids=str)
+@pytest.mark.parametrize("case", HEAD_GROUP_GPU_CASES, ids=str)
 def test_gpu_accuracy_prologue_head_groups(case, cuda_device):
     """The QK prologue over head groups compiled for the GPU (``prologue_heads``: 16 / G tokens of G heads per
     program, which the benchmark times at Flux's joint call): every group size up to the case's, at its default
     tile."""
     q, k, v, kw = _on_device(case, cuda_device)
-    heads = 2
-    while heads <= _prologue_group(case):
-        out = run_kernel(q, k, v, kw, _gpu_default_tile(case), prologue_heads=heads)
-        _assert_gpu_accurate(case, out, q, k, v, kw)
-        heads *= 2
+    for launch in _head_group_launches(case):
+        _assert_gpu_accurate(case, run_kernel(q, k, v, kw, **launch), q, k, v, kw)
+
+
+def _head_group_launches(case):
+    groups = [2 ** i for i in range(1, _prologue_group(case).bit_length())]  # 2, 4, ... up to the case's group
+    return [dict(blocks=_gpu_default_tile(case), prologue_heads=heads) for heads in groups]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", GPU_GRID + [
-    GPU_SD3, GPU_FLUX_JOINT], ids=str)
+@pytest.mark.parametrize("case", OVERLAP_GPU_CASES, ids=str)
 def test_gpu_accuracy_overlap(case, cuda_device):
     """The OVERLAP experiment compiled for the GPU (the benchmark times it): every grid case at its default tile,
     and the production-size cases at the tiles the benchmark times (descriptor loads where usable: the GPU suite
     turns them off when their own tests fail)."""
     q, k, v, kw = _on_device(case, cuda_device)
+    for launch in _overlap_launches(case):
+        _assert_gpu_accurate(case, run_kernel(q, k, v, kw, **launch), q, k, v, kw)
+
+
+def _overlap_launches(case):
     tiles = OVERLAP_GPU_TILES.get(case.name) or [(*_overlap_tile(case), 4, 2, False, False)]
-    for bm, bn, warps, stages, tma, rowsum in tiles:
-        out = run_kernel(q, k, v, kw, (bm, bn), overlap=True, warps=warps, stages=stages,
-                         use_tma=None if tma else False, rowsum_mma=rowsum)
-        _assert_gpu_accurate(case, out, q, k, v, kw)
+    return [dict(blocks=(bm, bn), overlap=True, warps=warps, stages=stages, use_tma=None if tma else False,
+                 rowsum_mma=rowsum) for bm, bn, warps, stages, tma, rowsum in tiles]
 
 
 def _kept_tiles(case, warp_spec):
@@ -1629,9 +1655,11 @@ def _tuner_descriptor_tiles(case):
 DESCRIPTOR_PRODUCTION_CASES = [GPU_SD3, GPU_FLUX_JOINT]
 
 
+TUNER_TILE_GPU_CASES = [c for c in GPU_GRID if _tuner_descriptor_tiles(c)] + DESCRIPTOR_PRODUCTION_CASES
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", [c for c in GPU_GRID if _tuner_descriptor_tiles(c)] + DESCRIPTOR_PRODUCTION_CASES,
-                         ids=str)
+@pytest.mark.parametrize("case", TUNER_TILE_GPU_CASES, ids=str)
 def test_gpu_accuracy_descriptors_tuner_tiles(case, cuda_device):
     """The autotuner's extra descriptor-load candidates, which the default-tile grid does not run: the
     single-warpgroup tile above head dim 64 (``_ONE_WARPGROUP_TILES``) and the 64 x 128 tile up to head dim 64
@@ -1639,9 +1667,13 @@ def test_gpu_accuracy_descriptors_tuner_tiles(case, cuda_device):
     where usable). Named for the GPU suite's descriptor stage (``-k descriptors``), whose failure turns descriptor
     loads, and with them these candidates, off for the rest of the suite."""
     q, k, v, kw = _on_device(case, cuda_device)
-    for bm, bn, warps, stages in _tuner_descriptor_tiles(case):
-        out = run_kernel(q, k, v, kw, (bm, bn), warps=warps, stages=stages, use_tma=None)
-        _assert_gpu_accurate(case, out, q, k, v, kw)
+    for launch in _tuner_tile_launches(case):
+        _assert_gpu_accurate(case, run_kernel(q, k, v, kw, **launch), q, k, v, kw)
+
+
+def _tuner_tile_launches(case):
+    return [dict(blocks=(bm, bn), warps=warps, stages=stages, use_tma=None)
+            for bm, bn, warps, stages in _tuner_descriptor_tiles(case)]
 
 
 # the warp-specialised tiles on a GPU: Flux's, SDXL's and SD3's head dims and lengths (SD3's keys end inside a
@@ -1689,9 +1721,39 @@ def test_gpu_accuracy_descriptors_warp_specialised(case, cuda_device):
     assert tiles
     with pytest.raises(ValueError, match="16-bit inputs only"):  # (TF32 products fail to compile)
         run_kernel(q.float(), k.float(), v.float(), kw, tiles[0][:2], warps=4, use_tma=True, warp_spec=True)
-    for bm, bn, warps, stages in tiles:
-        out = run_kernel(q, k, v, kw, (bm, bn), warps=warps, stages=stages, use_tma=True, warp_spec=True)
-        _assert_gpu_accurate(case, out, q, k, v, kw)
+    for launch in _warp_spec_launches(case):
+        _assert_gpu_accurate(case, run_kernel(q, k, v, kw, **launch), q, k, v, kw)
+
+
+def _warp_spec_launches(case):
+    return [dict(blocks=(bm, bn), warps=warps, stages=stages, use_tma=True, warp_spec=True)
+            for bm, bn, warps, stages in _warp_spec_tiles(case)]
+
+
+#: (GPU test, its cases, its launches per case: ``run_kernel``'s arguments) of every GPU test that launches the
+#: kernel at fixed tiles; ``benchmarks/attention_resources.py --gpu-cases`` compiles them all without a GPU (the
+#: first three are the GPU suite's descriptor stage)
+GPU_LAUNCHES = [("test_gpu_accuracy_descriptors", GPU_GRID, _descriptor_launches),
+                ("test_gpu_accuracy_descriptors_tuner_tiles", TUNER_TILE_GPU_CASES, _tuner_tile_launches),
+                ("test_gpu_accuracy_descriptors_warp_specialised", WARP_SPEC_GPU_CASES, _warp_spec_launches),
+                ("test_gpu_accuracy_rowsum_mma", GPU_GRID, _rowsum_launches),
+                ("test_gpu_accuracy_stream_k", STREAM_K_GPU_CASES, _stream_k_launches),
+                ("test_gpu_accuracy_prologue_head_groups", HEAD_GROUP_GPU_CASES, _head_group_launches),
+                ("test_gpu_accuracy_overlap", OVERLAP_GPU_CASES, _overlap_launches)]
+
+
+def test_gpu_launch_lists():
+    """``GPU_LAUNCHES`` names GPU tests, and each test's launches are ``run_kernel`` arguments (what
+    ``attention_resources.py --gpu-cases`` compiles): no test without launches, and every warp-specialised case and
+    production case gets some."""
+    known = set(inspect.signature(run_kernel).parameters)
+    for test, cases, launches in GPU_LAUNCHES:
+        assert callable(globals().get(test)), test
+        made = {case.name: launches(case) for case in cases}
+        assert all(set(launch) <= known and "blocks" in launch for runs in made.values() for launch in runs), test
+        assert sum(map(len, made.values())) > 0, test
+        if "warp_specialised" in test or "tuner_tiles" in test:
+            assert all(made.values()), f"{test}: a case without launches"
 
 
 @pytest.mark.gpu
