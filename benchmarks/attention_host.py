@@ -4,7 +4,8 @@ The kernels compile for sm_90 with Triton's own compiler and each launch goes to
 which records it instead of running it. What is timed is therefore the host side alone: the argument checks,
 output allocation, the launcher, and Triton's launch. Ours: a call whose signature was seen before replays the
 compiled kernels its body launched (``pydiff.kernels.plans``), skipping the op's checks and launcher (call plans,
-``pydiff.attention._CALLS``). Peer: Triton's JIT launch on every call (plans off), in the same process. Tiles are the untuned defaults (no autotuning: nothing runs to time).
+``pydiff.attention._CALLS``). Peer: Triton's JIT launch on every call (plans off), in the same process. Tiles are
+the untuned defaults (no autotuning: nothing runs to time).
 
 CPU tensors stand in for CUDA ones, so pydiff's CUDA route is bound by hand below. Run in a process without
 TRITON_INTERPRET (interpreted kernels do not compile):

@@ -246,10 +246,9 @@ _CHOICE_FILE = "pydiff-tuned-choice.json"
 
 def tuning_store_enabled() -> bool:
     """Whether autotuners' choices are kept on disk and read back (``PYDIFF_TUNING_CACHE``, default on)."""
-    value = os.environ.get("PYDIFF_TUNING_CACHE", "1").strip().lower()
-    if value not in ("0", "1", "false", "true", "off", "on", ""):
-        raise ValueError(f"PYDIFF_TUNING_CACHE must be 0 or 1, got {value!r}")
-    return value not in ("0", "false", "off")
+    from pydiff.ops.backend import env_switch
+
+    return env_switch("PYDIFF_TUNING_CACHE")
 
 
 def tuning_store_place() -> str:

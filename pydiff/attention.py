@@ -17,14 +17,13 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
-import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from .ops import native
-from .ops.backend import OpBackends, backend_key_reader
+from .ops.backend import OpBackends, backend_key_reader, env_switch
 from .reference.attention import LAYOUTS, attention_reference
 
 try:  # torch with triton_op (2.6+); without it wrap_triton is the identity and never records
@@ -328,10 +327,7 @@ def _attention_triton(call: _Call, outs: List[torch.Tensor]) -> None:
 def autotune_enabled() -> bool:
     """Whether the CUDA kernel autotunes its tile sizes (``PYDIFF_ATTENTION_AUTOTUNE``, default on); off, each head
     dim uses one default tile (no tuning compiles: faster first calls, e.g. on a short-lived GPU machine)."""
-    value = os.environ.get("PYDIFF_ATTENTION_AUTOTUNE", "1").strip().lower()
-    if value not in ("0", "1", "false", "true", "off", "on", ""):
-        raise ValueError(f"PYDIFF_ATTENTION_AUTOTUNE must be 0 or 1, got {value!r}")
-    return value not in ("0", "false", "off")
+    return env_switch("PYDIFF_ATTENTION_AUTOTUNE")
 
 
 def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:

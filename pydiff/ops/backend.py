@@ -29,6 +29,15 @@ def _check_name(name: str, source: str) -> str:
     return name
 
 
+def env_switch(name: str, default: bool = True) -> bool:
+    """An on/off environment setting: 1/0, true/false or on/off (any case; unset or empty: ``default``); anything
+    else is an error naming it."""
+    value = os.environ.get(name, "").strip().lower()
+    if value not in ("0", "1", "false", "true", "off", "on", ""):
+        raise ValueError(f"{name} must be 0 or 1, got {value!r}")
+    return default if value == "" else value in ("1", "true", "on")
+
+
 def environment_reader(*names: str) -> Callable[[], tuple]:
     """A function giving the raw values of these environment variables (None where unset) in one cheap read, for
     the keys of cached calls that must follow them. On POSIX it reads ``os.environ``'s own bytes mapping, which
