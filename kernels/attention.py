@@ -1152,8 +1152,10 @@ def tma_usable(tensors) -> bool:
     when ``PYDIFF_ATTENTION_TMA=0``."""
     import torch
 
+    from pydiff.ops.backend import env_switch
+
     if not tensors[0].is_cuda or not _HAS_DESCRIPTORS or torch.compiler.is_compiling() or \
-            os.environ.get("PYDIFF_ATTENTION_TMA", "1").strip() == "0":
+            not env_switch("PYDIFF_ATTENTION_TMA"):
         return False
     for t in tensors:
         if not t.is_cuda:
@@ -1180,7 +1182,9 @@ def warp_spec_usable(q) -> bool:
     compile)."""
     import torch
 
-    if not _HAS_WARP_SPEC or os.environ.get("PYDIFF_ATTENTION_WARP_SPEC", "").strip() != "1" or \
+    from pydiff.ops.backend import env_switch
+
+    if not _HAS_WARP_SPEC or not env_switch("PYDIFF_ATTENTION_WARP_SPEC", default=False) or \
             torch.compiler.is_compiling():  # (fake tensors under tracing have no addresses)
         return False
     return _CAPABILITY.get(q.device) == 9 and q.element_size() == 2 and \
@@ -1283,8 +1287,10 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     """
     import torch
 
-    if tuned is not None:
-        plans.tuning_store_enabled()  # (a bad PYDIFF_TUNING_CACHE named before anything launches)
+    from pydiff.ops.backend import env_switch
+
+    for name, default in _SWITCHES:  # (a bad value named before anything launches: they are read after the prologue)
+        env_switch(name, default)
     if rowsum_mma and block_m is None:
         raise ValueError("rowsum_mma: an experiment for a fixed tile (block_m, block_n), not for the autotuner")
     if overlap and (block_m is None or stream_k is not None):
@@ -1506,6 +1512,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     plans.launch(tuned[1], grid, args, {**flags, **choice}, plan_key, len(tensors), before, writes=_WRITES)
 
 
+#: the on/off environment settings the launcher reads, with their defaults (``pydiff.ops.backend.env_switch``)
+_SWITCHES = (("PYDIFF_ATTENTION_TMA", True), ("PYDIFF_ATTENTION_WARP_SPEC", False), ("PYDIFF_TUNING_CACHE", True))
 _WARP_SPEC_NEEDS_TMA = "warp_spec: needs descriptor loads (use_tma True, or None where the key/value tensors fit them)"
 
 

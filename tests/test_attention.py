@@ -1119,6 +1119,35 @@ def test_autotune_switch(monkeypatch):
         attention_module.autotune_enabled()
 
 
+def test_attention_switches_named_before_launch(monkeypatch):
+    """The launcher's on/off settings (PYDIFF_ATTENTION_TMA, PYDIFF_ATTENTION_WARP_SPEC, PYDIFF_TUNING_CACHE) take
+    0/1, true/false or on/off in any case (so "false" turns descriptor loads off, where only "0" once did); anything
+    else is an error naming the variable, before anything launches (the launcher reads them after the prologue)."""
+    from pydiff.kernels import attention as kernels
+    from pydiff.ops.backend import env_switch
+
+    for value, expect in (("0", False), ("off", False), ("False", False), ("1", True), ("ON", True), ("", True)):
+        monkeypatch.setenv("PYDIFF_TEST_SWITCH", value)
+        assert env_switch("PYDIFF_TEST_SWITCH") is expect
+    monkeypatch.delenv("PYDIFF_TEST_SWITCH")
+    assert env_switch("PYDIFF_TEST_SWITCH", default=False) is False
+    launched = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **flags: launched.append(grid)
+
+    q = torch.randn(1, 1, 8, 16)
+    rope = (torch.rand(8, 16), torch.rand(8, 16))
+    for name, _ in kernels._SWITCHES:
+        with monkeypatch.context() as bad:
+            bad.setenv(name, "yes please")
+            with pytest.raises(ValueError, match=f"{name} must be 0 or 1"):
+                kernels.attention_forward(Kernel(), q, q, q, torch.empty_like(q), scale=0.25, block_m=16, block_n=16,
+                                          rope=rope, prologue_kernel=Kernel())
+    assert launched == []
+
+
 def test_eager_calls_skip_dispatch_but_tracers_see_the_op(monkeypatch):
     """Plain eager calls run the op's body directly (no torch.library dispatch); a dispatch mode, grad-requiring
     inputs or fake tensors go through torch.ops.pydiff.attention, with the same result."""
