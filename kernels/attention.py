@@ -1287,10 +1287,12 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     """
     import torch
 
-    from pydiff.ops.backend import env_switch
+    if _switch_reader()() != _UNSET:
+        # (a bad value named before anything launches: the launcher reads them after the prologue)
+        from pydiff.ops.backend import env_switch
 
-    for name, default in _SWITCHES:  # (a bad value named before anything launches: they are read after the prologue)
-        env_switch(name, default)
+        for name, default in _SWITCHES:
+            env_switch(name, default)
     if rowsum_mma and block_m is None:
         raise ValueError("rowsum_mma: an experiment for a fixed tile (block_m, block_n), not for the autotuner")
     if overlap and (block_m is None or stream_k is not None):
@@ -1514,6 +1516,17 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
 
 #: the on/off environment settings the launcher reads, with their defaults (``pydiff.ops.backend.env_switch``)
 _SWITCHES = (("PYDIFF_ATTENTION_TMA", True), ("PYDIFF_ATTENTION_WARP_SPEC", False), ("PYDIFF_TUNING_CACHE", True))
+_UNSET = (None,) * len(_SWITCHES)
+
+
+@functools.lru_cache(maxsize=None)
+def _switch_reader():
+    """Reads the raw values of ``_SWITCHES`` at once (``environment_reader``: a tuple, None where unset)."""
+    from pydiff.ops.backend import environment_reader
+
+    return environment_reader(*(name for name, _ in _SWITCHES))
+
+
 _WARP_SPEC_NEEDS_TMA = "warp_spec: needs descriptor loads (use_tma True, or None where the key/value tensors fit them)"
 
 
