@@ -462,7 +462,7 @@ def gpu_cases() -> int:
                 q, k, v = fp16(q), fp16(k), fp16(v)
                 kw = {name: fp16(value) for name, value in kw.items()}
                 kv = [k, v] + list(kw.get("joint", ())[1:3]) + list(kw.get("negative", ()))
-                fits = all(A.descriptor_layout_ok(t.data_ptr(), t.stride(), t.element_size()) for t in kv)
+                fits = A.descriptor_layouts_ok(kv)
                 for launch in launches(case):
                     label = ", ".join(f"{name} {value}" for name, value in launch.items())
                     if launch.get("use_tma") and not fits:

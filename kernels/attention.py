@@ -1197,6 +1197,11 @@ def descriptor_layout_ok(address: int, strides, element_size: int) -> bool:
     return strides[-1] == 1 and address % 16 == 0 and all((st * element_size) % 16 == 0 for st in strides[:-1])
 
 
+def descriptor_layouts_ok(tensors) -> bool:
+    """``descriptor_layout_ok`` of every tensor (its address, strides and element size)."""
+    return all(descriptor_layout_ok(t.data_ptr(), t.stride(), t.element_size()) for t in tensors)
+
+
 #: compute capability major per device (torch's lookup costs microseconds on every launch)
 _CAPABILITY = {}
 _HAS_DESCRIPTORS = hasattr(tl, "make_tensor_descriptor")
@@ -1453,8 +1458,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     flags["WS_OK"] = flags["TMA_OK"] and warp_spec_usable(q) and (joint is None or warp_spec_usable(q2))
     if use_tma is None:
         use_tma = usable
-    elif use_tma and not (usable if q.is_cuda else  # (the interpreter's descriptors take the layout rules too)
-                          all(descriptor_layout_ok(t.data_ptr(), t.stride(), t.element_size()) for t in kv)):
+    elif use_tma and not (usable if q.is_cuda else descriptor_layouts_ok(kv)):  # (the interpreter's take them too)
         raise ValueError("use_tma: the key/value tensors need compute capability 9+, a contiguous head dim and "
                          "16-byte aligned addresses and strides")
     if warp_spec and not use_tma:  # (use_tma None: the key/value tensors, after any prologue, did not fit)
