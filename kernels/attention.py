@@ -1146,24 +1146,14 @@ def head_dim_blocks(head_dim: int):
 
 
 def tma_usable(tensors) -> bool:
-    """Whether these key/value tensors can be read through device-side tensor descriptors: CUDA tensors on compute
-    capability 9 or newer, a contiguous head dim, and a base address and every other stride that are multiples of
-    16 bytes (the tensor memory accelerator's rules). False while tracing (fake tensors have no addresses), and
-    when ``PYDIFF_ATTENTION_TMA=0``."""
-    import torch
-
-    from pydiff.ops.backend import env_switch
-
-    if not tensors[0].is_cuda or not _HAS_DESCRIPTORS or torch.compiler.is_compiling() or \
-            not env_switch("PYDIFF_ATTENTION_TMA"):
+    """Whether these key/value tensors can be read through device-side tensor descriptors: CUDA tensors where
+    ``descriptors_on`` their device, a contiguous head dim, and a base address and every other stride that are
+    multiples of 16 bytes (the tensor memory accelerator's rules). False while tracing (fake tensors have no
+    addresses)."""
+    if not tensors[0].is_cuda or not descriptors_on(tensors[0].device):
         return False
     for t in tensors:
-        if not t.is_cuda:
-            return False
-        major = _CAPABILITY.get(t.device)
-        if major is None:
-            major = _CAPABILITY[t.device] = torch.cuda.get_device_capability(t.device)[0]
-        if major < 9:
+        if not t.is_cuda or _capability(t.device) < 9:
             return False
         try:
             address = t.data_ptr()
@@ -1172,6 +1162,30 @@ def tma_usable(tensors) -> bool:
         if not descriptor_layout_ok(address, t.stride(), t.element_size()):
             return False
     return True
+
+
+def descriptors_on(device) -> bool:
+    """Whether kernels on ``device`` may read through tensor descriptors: Triton's interpreter (CPU) always; a CUDA
+    device of compute capability 9 or newer with a Triton that has them, outside tracing, unless
+    ``PYDIFF_ATTENTION_TMA=0``."""
+    import torch
+
+    from pydiff.ops.backend import env_switch
+
+    if device.type == "cpu":
+        return True
+    return _HAS_DESCRIPTORS and not torch.compiler.is_compiling() and env_switch("PYDIFF_ATTENTION_TMA") and \
+        _capability(device) >= 9
+
+
+def _capability(device) -> int:
+    """The compute capability major of a CUDA device (``_CAPABILITY``)."""
+    major = _CAPABILITY.get(device)
+    if major is None:
+        import torch
+
+        major = _CAPABILITY[device] = torch.cuda.get_device_capability(device)[0]
+    return major
 
 
 def warp_spec_usable(q) -> bool:
@@ -1342,7 +1356,17 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                 raise ValueError(f"warp_spec: {name} is read through a tensor descriptor too, which needs a contiguous "
                                  f"head dim and a 16-byte aligned address and strides; got strides "
                                  f"{_strides_read(x, fresh)}" + (" (its prologue's output)" if fresh else ""))
-    prepare = None
+    if use_tma or warp_spec:
+        # (the experiments' descriptor loads, judged before anything launches on the key/value tensors the kernel
+        # will read, which a prologue or the key join write anew; use_tma None takes them on a GPU only)
+        if block_m is None:
+            raise ValueError("use_tma: for a fixed tile (block_m, block_n); the autotuned kernel tries descriptor "
+                             "loads itself")
+        if (use_tma is None and not q.is_cuda) or not descriptors_on(q.device) or not all(
+                descriptor_layout_ok(*read) for read in _kv_read(k, v, joint, negative, bnhd, rope, k_norm_weight,
+                                                                 joint_k_norm_weight, join_keys, has_prologue)):
+            raise ValueError(_USE_TMA_UNFIT if use_tma else _WARP_SPEC_NEEDS_TMA)
+    prepare = queries_ws = None  # (queries_ws: warp_spec_usable of the query streams, asked once)
     if has_prologue:
         if prologue_heads != 1:  # (the experiment's check, off the default path)
             prologued = [q, k] + ([joint[0], joint[1]] if joint is not None else []) + \
@@ -1363,7 +1387,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         if joint is not None:
             joint = (prepare(joint[0], joint_q_norm_weight, n_q), *joint[1:])
         if join_keys is None:
-            join_keys = warp_spec_usable(q) and warp_spec_usable(joint[0])
+            join_keys = queries_ws = warp_spec_usable(q) and warp_spec_usable(joint[0])
         if not join_keys:
             k = prepare(k, k_norm_weight, 0)
             if joint is not None:
@@ -1455,13 +1479,11 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     kv = [k, v] + ([k2, v2] if joint is not None else []) + ([k_neg, v_neg] if negative is not None else [])
     usable = tma_usable(kv)
     flags["TMA_OK"] = block_m is None and usable
-    flags["WS_OK"] = flags["TMA_OK"] and warp_spec_usable(q) and (joint is None or warp_spec_usable(q2))
+    flags["WS_OK"] = flags["TMA_OK"] and (queries_ws if queries_ws is not None else
+                                          warp_spec_usable(q) and (joint is None or warp_spec_usable(q2)))
     if use_tma is None:
         use_tma = usable
-    elif use_tma and not (usable if q.is_cuda else descriptor_layouts_ok(kv)):  # (the interpreter's take them too)
-        raise ValueError("use_tma: the key/value tensors need compute capability 9+, a contiguous head dim and "
-                         "16-byte aligned addresses and strides")
-    if warp_spec and not use_tma:  # (use_tma None: the key/value tensors, after any prologue, did not fit)
+    if warp_spec and not use_tma:  # (judged before the prologue too, on the tensors it was to write)
         raise ValueError(_WARP_SPEC_NEEDS_TMA)
     # descriptor loads need Triton's allocator, which is per thread (a context variable): planned launches set it too
     before = _ensure_scratch_allocator if flags["TMA_OK"] or (use_tma and q.is_cuda) else None
@@ -1540,6 +1562,40 @@ def _strides_read(x, fresh: bool) -> tuple:
     import torch
 
     return tuple(torch.empty_like(x, device="meta").stride() if fresh else x.stride())
+
+
+_USE_TMA_UNFIT = ("use_tma: the key/value tensors need compute capability 9+, a contiguous head dim and 16-byte "
+                  "aligned addresses and strides")
+
+
+def _kv_read(k, v, joint, negative, bnhd, rope, k_norm_weight, joint_k_norm_weight, join_keys, has_prologue):
+    """(address, strides, element size) of each key/value tensor the kernel will read, known before the prologue
+    and the key join (``_joined_keys``) write new ones: those are fresh allocations, aligned, so address 0 stands
+    for them. joint: (q2, k2, v2, out2); negative: (k_neg, v_neg)."""
+    import torch
+
+    def read(x, strides=None):
+        return (0 if strides is not None else x.data_ptr(), tuple(x.stride() if strides is None else strides),
+                x.element_size())
+
+    def keys(x, weight):  # a key prologue writes them anew where it has a norm or RoPE
+        return read(x, _strides_read(x, True)) if rope is not None or weight is not None else read(x)
+
+    if join_keys:
+        axis = 1 if bnhd else 2
+        meta = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta") for t in (k, joint[1], v,
+                                                                                                   joint[2])]
+        joined_k = torch.cat(meta[:2], axis)
+        if has_prologue:  # (written by the prologue into a new tensor)
+            joined_k = joined_k.contiguous()
+        streams = [read(k, joined_k.stride()), read(v, torch.cat(meta[2:], axis).stride())]
+    else:
+        streams = [keys(k, k_norm_weight), read(v)]
+        if joint is not None:
+            streams += [keys(joint[1], joint_k_norm_weight), read(joint[2])]
+    if negative is not None:
+        streams += [keys(negative[0], k_norm_weight), read(negative[1])]
+    return streams
 
 
 def _joined_keys(prepare, bnhd, k, k2, v, v2):

@@ -437,7 +437,36 @@ def test_experiments_take_what_they_can_run():
                                              r"prologue's output\)"):
             attention_forward(_attn_fwd_kernel, x, x, x, torch.empty_like(x), scale=0.25, block_m=16, block_n=16,
                               use_tma=True, warp_spec=True, rope=rope, prologue_kernel=Prologue())
+    # the key/value tensors too are judged before the prologue, as the kernel will read them: keys a prologue
+    # writes anew with 72-byte rows, a joint call's keys and values joined into such rows, negative keys; and
+    # warp_spec without use_tma, which takes descriptor loads on a GPU only
+    half = dict(dtype=torch.float16)
+    fit, unfit = torch.randn(1, 1, 8, 64, **half), torch.randn(1, 1, 8, 36, **half)
+    rope64 = (torch.rand(8, 64), torch.rand(8, 64))
+    for x, extra, match in (
+            (unfit, dict(rope=rope), "use_tma: the key/value tensors need"),
+            (unfit, dict(k_norm_weight=torch.rand(36, **half)), "use_tma: the key/value tensors need"),
+            (unfit, dict(join_keys=True, k_norm_weight=torch.rand(36, **half),
+                         joint=(unfit, unfit, unfit, torch.empty_like(unfit))), "use_tma: the key/value tensors need"),
+            (fit, dict(rope=rope64, negative=(unfit, unfit)), "use_tma: the key/value tensors need"),
+            (fit, dict(rope=rope64, use_tma=None, warp_spec=True), "warp_spec: needs descriptor loads"),
+            (fit, dict(block_m=None), "use_tma: for a fixed tile")):
+        with pytest.raises(ValueError, match=match):
+            attention_forward(_attn_fwd_kernel, x, x, x, torch.empty_like(x), scale=0.25,
+                              **{"block_m": 16, "block_n": 16, "use_tma": True, "prologue_kernel": Prologue(),
+                                 **extra})
     assert launched == []
+    # strided keys and values that the key join copies into fitting rows run through descriptors, accurately
+    gen = torch.Generator().manual_seed(5)
+    big = torch.randn(4, 1, 16, 64, generator=gen)[..., ::2]          # head-dim stride 2: unfit as they are
+    q2, k2, v2 = (torch.randn(1, 1, 8, 32, generator=gen) for _ in range(3))
+    out, out2 = torch.full((1, 1, 16, 32), float("nan")), torch.full_like(q2, float("nan"))
+    k_weight = 0.5 + torch.rand(32, generator=gen)
+    attention_forward(_attn_fwd_kernel, big[0:1], big[1:2], big[2:3], out, scale=0.25, block_m=16, block_n=16,
+                      use_tma=True, join_keys=True, k_norm_weight=k_weight, joint=(q2, k2, v2, out2))
+    refs = attention_reference(big[0:1], big[1:2], big[2:3], scale=0.25, k_norm_weight=k_weight, joint=(q2, k2, v2),
+                               compute_dtype=torch.float64)
+    assert max(rel_err(out, refs[0]), rel_err(out2, refs[1])) <= 1e-5
 
 
 # the warp-specialised key loop (WARP_SPEC: q through descriptors too), one key stream: every dtype, head dims
