@@ -1516,6 +1516,11 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     key = (*specialisation, q.device)
     choice = _TUNED.get(key)
     if choice is None:
+        if _capturing(q):  # (the tuner times its candidates, and a first launch loads its kernel: neither captures)
+            raise RuntimeError("pydiff.attention: the first call of each signature (shapes, dtypes, layout, variant) "
+                               "chooses its tile and loads its kernel, which cannot happen while a CUDA graph is "
+                               "being captured; make the same call once before capturing (a warm-up, as "
+                               "torch.cuda.graphs asks)")
         tuner, plain = tuned
         candidates = _prune_configs(tuner.configs, dict(zip(tuner.arg_names, args)), **flags)
         stored = repr((_source_digest(), triton.__version__, _device_name(q.device), specialisation))
@@ -1554,6 +1559,13 @@ def _switch_reader():
 
 
 _WARP_SPEC_NEEDS_TMA = "warp_spec: needs descriptor loads (use_tma True, or None where the key/value tensors fit them)"
+
+
+def _capturing(q) -> bool:
+    """Whether a CUDA graph is being captured on the current stream of q's device."""
+    import torch
+
+    return q.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def _strides_read(x, fresh: bool) -> tuple:

@@ -991,6 +991,18 @@ def test_eager_launches_reuse_the_tuners_choice():
     assert [c[0] for c in calls] == ["tuner", "plain", "tuner"]
     assert calls[1][1] == (2, 2, 1) and calls[1][2]["BLOCK_M"] == 64 and calls[1][2]["num_warps"] == 4
     assert "BLOCK_M" not in calls[0][2] and "BLOCK_M" not in calls[2][2]
+    # under CUDA-graph capture a seen signature launches its choice; a new one (which would tune) is an error naming
+    # the warm-up, before its launch
+    calls.clear()
+    with pytest.MonkeyPatch.context() as capture:
+        capture.setattr(kernels, "_capturing", lambda q: True)
+        q = torch.randn(1, 2, 100, 32, generator=gen)
+        kernels.attention_forward(tuner, q, k, v, torch.empty_like(q), scale=0.2, tuned=(tuner, Plain()))
+        q = torch.randn(1, 2, 33, 32, generator=gen)
+        with pytest.raises(RuntimeError, match=r"first call of each signature .* CUDA graph is being captured; make "
+                                               r"the same call once before capturing"):
+            kernels.attention_forward(tuner, q, k, v, torch.empty_like(q), scale=0.2, tuned=(tuner, Plain()))
+    assert [c[0] for c in calls] == ["plain"]
     kernels._TUNED.clear()
 
 
@@ -1875,6 +1887,32 @@ def test_gpu_tuned_choice_kept_on_disk(cuda_device, monkeypatch):
         choices.append(list(kernels._TUNED.values()))
     assert len(precompiled) == 1 and precompiled[0] >= 2, precompiled
     assert len(choices[0]) == 1 and choices[1] == choices[0]
+
+
+@pytest.mark.gpu
+def test_gpu_capture_needs_a_warm_up(cuda_device, monkeypatch):
+    """A signature's first call, which tunes its tile, is an error naming the warm-up when it comes inside a CUDA-graph
+    capture (Triton's benchmarker cannot run there); after one call outside, the same call captures and replays."""
+    from pydiff.kernels import attention as kernels
+
+    monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "1")
+    monkeypatch.setattr(attention_module, "_CALLS", {})
+    monkeypatch.setattr(kernels, "_TUNED", {})
+    gen = torch.Generator(device=cuda_device).manual_seed(9)
+    q, k, v = (torch.randn(1, 3, 203, 64, device=cuda_device, dtype=torch.float16, generator=gen) for _ in range(3))
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="make the same call once before capturing"):
+        with torch.cuda.graph(graph):
+            pydiff.attention(q, k, v)
+    eager = pydiff.attention(q, k, v)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = pydiff.attention(q, k, v)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, eager)
+    ref64 = attention_reference(q, k, v, compute_dtype=torch.float64)
+    assert_accurate(eager, ref64, attention_reference(q, k, v), torch.float16)
 
 
 # plain fp32, D40 (B, N, H, D) GQA, strided D96, segments, joint GQA, NASA with lengths, norms + RoPE + joint +
