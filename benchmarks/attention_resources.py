@@ -451,7 +451,7 @@ def gpu_cases() -> int:
     def fp16(t):
         if isinstance(t, tuple):
             return tuple(map(fp16, t))
-        return t.to(torch.float16) if isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 else t
+        return T.moved(t, dtype=torch.float16) if isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 else t
 
     failures = 0
     print("| test | case | launch | warps | compile s |\n|---|---|---|---|---|")

@@ -66,12 +66,12 @@ class Case:
 def _qkv_like(case: Case, gen: torch.Generator, heads: int, n: int) -> torch.Tensor:
     shape_bhnd = (case.batch, heads, n, case.head_dim)
     if case.strided:
-        # every stride differs from the contiguous one, head-dim stride included
-        big = torch.randn(case.batch, heads, 2 * n + 1, 2 * case.head_dim, generator=gen)
+        # every stride differs from the contiguous one, head-dim stride included (the dtype set first: Tensor.to
+        # gives a strided view contiguous strides)
+        big = torch.randn(case.batch, heads, 2 * n + 1, 2 * case.head_dim, generator=gen).to(case.dtype)
         t = big[:, :, 1::2][:, :, :n, ::2]
     else:
-        t = torch.randn(*shape_bhnd, generator=gen)
-    t = t.to(case.dtype)
+        t = torch.randn(*shape_bhnd, generator=gen).to(case.dtype)
     if case.layout == "bnhd":
         # (B, N, H, D) storage, handed over as is
         t = t.transpose(1, 2).contiguous() if not case.strided else t.transpose(1, 2)
@@ -150,6 +150,18 @@ def references(q, k, v, kw):
     ref64 = attention_reference(q, k, v, compute_dtype=torch.float64, **kw)
     lowp = attention_reference(q, k, v, **kw) if q.dtype != torch.float32 else None
     return ref64, lowp
+
+
+def descriptors_fit(case: Case) -> bool:
+    """Whether the case's tensors meet the descriptor loads' layout rules (a contiguous head dim, 16-byte aligned
+    rows); the launcher refuses ``use_tma=True`` otherwise."""
+    return not case.strided and case.head_dim * case.dtype.itemsize % 16 == 0
+
+
+def refused_descriptors(q, k, v, kw, blocks, **launch) -> None:
+    """``run_kernel`` with descriptor loads on tensors that do not fit them: an error before any launch."""
+    with pytest.raises(ValueError, match="use_tma: the key/value tensors need .* a contiguous head dim"):
+        run_kernel(q, k, v, kw, blocks, use_tma=True, **launch)
 
 
 def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_mma=False, stream_k=None, warps=4,
@@ -232,6 +244,8 @@ GRID = [
 @pytest.mark.parametrize("case", GRID, ids=str)
 def test_kernel_accuracy(case, use_tma):
     q, k, v, kw = build(case)
+    if use_tma and not descriptors_fit(case):
+        return refused_descriptors(q, k, v, kw, case.blocks)
     out = run_kernel(q, k, v, kw, case.blocks, use_tma=use_tma)
     ref64, lowp = references(q, k, v, kw)
     if case.joint is not None:
@@ -363,6 +377,8 @@ def test_stream_k(case, programs, use_tma):
     than key blocks, so some have none), at a tile with several query and key blocks, with pointer and (shared
     blocks) descriptor loads; every output element written, as accurate as the one-program-per-block kernel."""
     q, k, v, kw = build(case, seed=19)
+    if use_tma and not descriptors_fit(case):
+        return refused_descriptors(q, k, v, kw, (32, 32), stream_k=programs)
     out = run_kernel(q, k, v, kw, (32, 32), stream_k=programs, use_tma=use_tma)
     ref64, lowp = references(q, k, v, kw)
     lows = (None,) * len(_streams(case, out)) if lowp is None else _streams(case, lowp)
@@ -554,7 +570,7 @@ def test_softmax_overlap(case):
     q, k, v, kw = build(case, seed=23)
     ref64, lowp = references(q, k, v, kw)
     lows = (None,) * (2 if case.joint else 1) if lowp is None else _streams(case, lowp)
-    loads = (False, True) if case.kv_lens is None and case.cu_q is None else (False,)
+    loads = (False, True) if case.kv_lens is None and case.cu_q is None and descriptors_fit(case) else (False,)
     for use_tma, rowsum_mma in [(tma, False) for tma in loads] + [(False, True)]:
         out = run_kernel(q, k, v, kw, (32, 16), overlap=True, use_tma=use_tma, rowsum_mma=rowsum_mma)
         for got, ref, low in zip(_streams(case, out), _streams(case, ref64), lows):
@@ -1486,7 +1502,8 @@ def test_isolation_tool_runs_each_case_apart(monkeypatch, capsys):
                       "streamk", "overlap", "tuner", "--jobs", "2"]) == 0
     assert tool.main(["f32-d256", "--modes", "tuner"]) == 0
     table = capsys.readouterr().out
-    assert "| f32-d48-custom-scale | streamk | ok |" in table and "| f16-negative-scale-kvlens | streamk | n/a |" in table
+    assert "| f32-d48-custom-scale | streamk | ok |" in table
+    assert "| f16-negative-scale-kvlens | streamk | n/a |" in table
     assert "| f16-negative-scale-kvlens | overlap | ok |" in table
     # the tuner's extra descriptor tile at head dim 48, none at 256
     assert "| f16-negative-scale-kvlens | tuner | ok | 64x128 w4 s2: err" in table
@@ -1524,8 +1541,15 @@ GPU_GRID = [GRID[i] for i in (0, 1, 2, 4, 6, 8, 10, 13, 15, 17, 20, 23, -1)] + [
 ]
 
 
+def moved(t: torch.Tensor, device=None, dtype=None) -> torch.Tensor:
+    """t on ``device`` in ``dtype`` as the same view of its storage: its strides and storage offset kept
+    (``Tensor.to`` gives a strided view contiguous strides)."""
+    whole = t.new_empty(0).set_(t.untyped_storage(), 0, (t.untyped_storage().nbytes() // t.element_size(),))
+    return whole.to(device=device, dtype=dtype).as_strided(t.shape, t.stride(), t.storage_offset())
+
+
 def _to_device(kw, device):
-    move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    move = lambda t: moved(t, device) if isinstance(t, torch.Tensor) else t  # noqa: E731
     return {name: tuple(move(t) for t in value) if isinstance(value, tuple) else move(value)
             for name, value in kw.items()}
 
@@ -1538,7 +1562,7 @@ def _streams(case, result):
 def _on_device(case, device):
     """``build(case)`` with every tensor on ``device``."""
     q, k, v, kw = build(case)
-    return q.to(device), k.to(device), v.to(device), _to_device(kw, device)
+    return moved(q, device), moved(k, device), moved(v, device), _to_device(kw, device)
 
 
 def gpu_stream_checks(case, out, q, k, v, kw):
