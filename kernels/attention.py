@@ -1080,7 +1080,9 @@ def _prune_configs(configs, named_args, **kwargs):
     # Nothing fits (head dim 256: 64 rows over 4 warps hold 128 accumulator registers per thread): the untuned
     # default, 64 x 32 (238 registers, no spills; ptxas sm_90a) or with a negative stream 32 x 32. A 32-row tile
     # for one accumulator would compile to the Ampere matrix instructions (mma.sync) instead of wgmma.
-    bm, bn, warps, stages = default_config(args.get("HEAD_DIM", d_total), heavy, args["NEG"])
+    q = args.get("Q")
+    fits = {} if q is None else dict(element_size=q.element_size(), shared_limit=shared_limit_of(q.device))
+    bm, bn, warps, stages = default_config(args.get("HEAD_DIM", d_total), heavy, args["NEG"], **fits)
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)]
 
 
@@ -1102,19 +1104,59 @@ _attn_fwd_autotuned = triton.autotune(
 )(_attn_fwd_kernel)
 
 
-def default_config(head_dim: int, heavy: bool, negative: bool = False):
+#: the shared memory one program may take on an H100 or H200 (Triton's ``max_shared_mem``: 227 KiB)
+HOPPER_SHARED = 232448
+
+
+def default_config(head_dim: int, heavy: bool, negative: bool = False, element_size: int = 2,
+                   shared_limit: int = HOPPER_SHARED):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) used without autotuning (PYDIFF_ATTENTION_AUTOTUNE=0).
 
     heavy: a joint or negative stream (a second key loop, and with a negative stream a second accumulator).
     Head dim 128 takes the tile the autotuner chose at Flux's and 16k-token video's shapes on an H200 (10% and 6%
-    faster than 128 x 64 there)."""
+    faster than 128 x 64 there). Where that tile's shared memory (``shared_bytes``, inputs of ``element_size``
+    bytes) exceeds ``shared_limit`` (``shared_limit_of`` the device), the first that fits of fewer stages, then
+    narrower key and query blocks: fp32 at head dim 128 takes 448 KiB at 128 x 128 over 3 stages, an A100 allows
+    163 KiB per program and a consumer card 99 KiB."""
     if head_dim > 128:
-        return (32, 32, 4, 2) if negative else (64, 32, 4, 2)
-    if heavy:
-        return 128, 64, 8, 2
-    if head_dim <= 64:
-        return 128, 64, 4, 3
-    return (128, 128, 8, 3) if head_dim_blocks(head_dim) == (128, 16, False) else (128, 64, 8, 3)
+        tile = (32, 32, 4, 2) if negative else (64, 32, 4, 2)
+    elif heavy:
+        tile = 128, 64, 8, 2
+    elif head_dim <= 64:
+        tile = 128, 64, 4, 3
+    else:
+        tile = (128, 128, 8, 3) if head_dim_blocks(head_dim) == (128, 16, False) else (128, 64, 8, 3)
+    bm, bn, warps, stages = tile
+    for tile in (tile, (bm, bn, warps, 2), (bm, min(bn, 64), warps, 2), (64, min(bn, 64), 4, 2), (64, 32, 4, 2),
+                 (32, 32, 4, 2), (32, 16, 4, 1)):
+        if shared_bytes(*tile, head_dim, element_size) <= shared_limit:
+            break
+    return tile
+
+
+def shared_bytes(block_m: int, block_n: int, num_warps: int, num_stages: int, head_dim: int,
+                 element_size: int) -> int:
+    """Shared memory of the attention kernel at a tile: the key and value blocks of each pipeline stage and the
+    query block, over the head dim as the kernel holds it (``head_dim_blocks``). Exact for the tiles the tests
+    compile (sm_90a, Triton 3.6 and 3.9); an upper bound at 32 x 32, where the products are not wgmma."""
+    block_da, block_db, split_d = head_dim_blocks(head_dim)
+    return (2 * num_stages * block_n + block_m) * (block_da + (block_db if split_d else 0)) * element_size
+
+
+def shared_limit_of(device) -> int:
+    """The shared memory one program may take on ``device`` (Triton's driver, kept per device); Hopper's off CUDA
+    (the interpreter has no limit)."""
+    limit = _SHARED_LIMIT.get(device)
+    if limit is None:
+        if device.type != "cuda":
+            return HOPPER_SHARED
+        index = device.index if device.index is not None else triton.runtime.driver.active.get_current_device()
+        limit = _SHARED_LIMIT[device] = triton.runtime.driver.active.utils.get_device_properties(index)[
+            "max_shared_mem"]
+    return limit
+
+
+_SHARED_LIMIT = {}
 
 
 def default_use_tma(head_dim: int):

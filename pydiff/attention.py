@@ -332,7 +332,7 @@ def autotune_enabled() -> bool:
 
 def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:
     """The kernel on CUDA tensors: autotuned, or each head dim's default tile."""
-    from pydiff.kernels.attention import attention_forward, default_config, default_use_tma
+    from pydiff.kernels.attention import attention_forward, default_config, default_use_tma, shared_limit_of
 
     tracing = _wrap_triton_enabled()  # a tracer (torch.compile, export) records the kernels through torch.library
     if tracing:
@@ -354,7 +354,8 @@ def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:
         else:
             head_dim = call.bhnd(call.q)[3]
             heavy = call.joint is not None or call.negative is not None
-            block_m, block_n, warps, stages = default_config(head_dim, heavy, call.negative is not None)
+            block_m, block_n, warps, stages = default_config(head_dim, heavy, call.negative is not None,
+                                                             call.q.element_size(), shared_limit_of(call.q.device))
             attention_forward(plain, call.q, call.k, call.v, outs[0], block_m=block_m, block_n=block_n,
                               num_warps=warps, num_stages=stages, use_tma=default_use_tma(head_dim),
                               prologue_kernel=prologue, **_triton_kwargs(call, outs))

@@ -275,7 +275,7 @@ def _gpu_default_tile(case):
     from pydiff.kernels.attention import default_config
 
     heavy = case.joint is not None or case.negative is not None
-    return default_config(case.head_dim, heavy, case.negative is not None)[:2]
+    return default_config(case.head_dim, heavy, case.negative is not None, case.dtype.itemsize)[:2]
 
 
 # The op's interpreter path runs one large tile; a GPU runs default_config's (or the tuner's) tiles, so the cases
@@ -918,6 +918,31 @@ def test_tiling_choices():
         for negative in (False, True):
             bm, bn, warps, stages = default_config(d, heavy=negative, negative=negative)
             assert (2 if negative else 1) * bm * head_dim_blocks(d)[0] <= 128 * warps * 32
+
+
+def test_default_tiles_fit_shared_memory():
+    """Without autotuning, every head dim, dtype and variant gets a tile whose shared memory fits the device:
+    Hopper's 16-bit tiles as timed; fp32, an A100 (163 KiB a program) and a consumer card (99 KiB) with fewer stages
+    or narrower blocks where those do not fit (fp32 at head dim 128 took 448 KiB, a launch that failed). The
+    estimate (``shared_bytes``) is what Triton's compiler allocates for sm_90a at the tiles that take the most."""
+    from pydiff.kernels.attention import HOPPER_SHARED, default_config, shared_bytes
+
+    for limit in (HOPPER_SHARED, 166912, 101376):
+        for size in (2, 4):
+            for head_dim in range(1, 257):
+                for heavy, negative in ((False, False), (True, False), (True, True)):
+                    tile = default_config(head_dim, heavy, negative, size, limit)
+                    assert shared_bytes(*tile, head_dim, size) <= limit, (limit, size, head_dim, heavy, tile)
+    assert [default_config(d, False, element_size=2) for d in (64, 96, 128)] == \
+        [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3)]
+    assert default_config(128, False, element_size=4) == (128, 64, 8, 2)
+    assert shared_bytes(128, 128, 8, 3, 128, 4) > HOPPER_SHARED
+    tiles = [(128, (128, 128, 8, 3)), (96, (128, 64, 8, 3)), (72, (64, 64, 4, 2)), (256, (64, 32, 4, 2))]
+    compiled = _resources_tool(
+        "from benchmarks.attention_resources import compile_attention\n"
+        f"for head_dim, tile in {tiles!r}:\n"
+        "    info = {}\n    compile_attention(head_dim, tile, {}, info=info)\n    print(info['shared'])").split()
+    assert [int(n) for n in compiled] == [shared_bytes(*tile, head_dim, 2) for head_dim, tile in tiles]
 
 
 def test_warp_specialised_candidates(monkeypatch):
@@ -1657,7 +1682,7 @@ def test_gpu_accuracy_stream_k(case, cuda_device):
 def _stream_k_launches(case, sms=132):
     from pydiff.kernels.attention import _ONE_WARPGROUP_TILES, default_config
 
-    tiles = [(*default_config(case.head_dim, case.joint is not None), False, 1)]
+    tiles = [(*default_config(case.head_dim, case.joint is not None, element_size=case.dtype.itemsize), False, 1)]
     if case.name.startswith("gpu-"):
         tiles += [(128, 128, 8, 3, False, 1)]
         tiles += [(*tile, None, 2) for tile in sorted(_ONE_WARPGROUP_TILES)] if case.head_dim == 128 else []
