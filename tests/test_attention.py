@@ -255,6 +255,91 @@ def test_kernel_accuracy(case, use_tma):
         assert_accurate(out, ref64, lowp, case.dtype)
 
 
+def random_case(seed: int):
+    """(case, launch) drawn at random: any dtype, head dims 16-256, lengths 1-150 (block edges and odd ones), 1-3
+    batches, 1-4 heads with grouped/multi-query key/value heads, either layout, strided inputs, a scale of either
+    sign; the variants (key padding, packed segments with their own key offsets and padding, joint streams,
+    negative keys with their padding and a scale of either sign) and the prologue (RoPE of both kinds, each norm),
+    alone and combined; a random tile and warps, and a random one of the launcher's modes that takes the case:
+    descriptor loads, row sums by MMA, the overlap, stream-K, warp specialisation, joined keys, prologue head
+    groups."""
+    import random
+
+    r = random.Random(seed)
+
+    def length(most=150):
+        return r.choice([1, 2, 15, 16, 17, 31, 33, 63, 64, 65, 77, 97, 128, 129, r.randint(1, most)])
+
+    def offsets(total, segments):
+        return [0, *sorted(r.randint(0, total) for _ in range(segments - 1)), total]
+
+    heads = r.choice([1, 2, 3, 4])
+    c = dict(dtype=r.choice([F32, F16, BF16]), head_dim=r.choice([16, 32, 40, 48, 64, 72, 80, 96, 100, 112, 128,
+                                                                     160, 192, 256]),
+             n_q=length(), n_k=length(), heads=heads, kv_heads=r.choice([g for g in (1, 2, 3, 4) if heads % g == 0]),
+             batch=r.choice([1, 1, 2, 3]), layout=r.choice(["bhnd", "bnhd"]), strided=r.random() < 0.3,
+             blocks=r.choice([(16, 16), (32, 16), (16, 32), (32, 32), (64, 32), (64, 16), (32, 64), (64, 64),
+                              (128, 16), (128, 32)]))
+    if r.random() < 0.2:
+        c["scale"] = r.choice([0.05, 0.3, -0.2, 1.5])
+    variant = r.choice(["plain", "kv_lens", "segments", "joint", "negative", "joint+negative"])
+    if variant == "segments":
+        segments, c["batch"] = r.randint(1, 4), r.choice([1, 2])
+        c["cu_q"] = offsets(c["n_q"], segments)
+        if r.random() < 0.5:
+            c["cu_k"] = offsets(c["n_k"], segments)
+        else:
+            c["n_k"] = c["n_q"]
+        if r.random() < 0.4:
+            c["kv_lens"] = [r.randint(0, 40) for _ in range(segments * c["batch"])]
+    if "joint" in variant:
+        c["joint"] = (length(40), length(40))
+    if "negative" in variant:
+        c["negative"] = length(80)
+        c["negative_scale"] = r.choice([0.75, 1.0, 3.0, -0.5])
+        if r.random() < 0.4:
+            c["negative_kv_lens"] = [r.randint(0, c["negative"]) for _ in range(c["batch"])]
+    if variant in ("kv_lens", "joint", "negative", "joint+negative") and r.random() < 0.5:
+        c["kv_lens"] = [r.randint(0, c["n_k"] + c.get("joint", (0, 0))[1]) for _ in range(c["batch"])]
+    if c["head_dim"] % 2 == 0 and r.random() < 0.4:
+        c["rope"] = r.choice(["interleaved", "half"])
+    for flag in ("q_norm", "k_norm") + (("joint_q_norm", "joint_k_norm") if "joint" in c else ()):
+        c[flag] = r.random() < 0.3
+    case = Case(**c, name=f"random-{seed}")
+
+    # the modes that take the case (the launcher's limits, each an error otherwise)
+    fits = descriptors_fit(case)
+    one_stream = case.negative is None
+    plain = one_stream and case.kv_lens is None and case.cu_q is None
+    modes = [{}, {"rowsum_mma": True}, {"overlap": True}, {"overlap": True, "rowsum_mma": True}]
+    if fits:
+        modes.append({"use_tma": True})
+    if plain:
+        modes.append({"stream_k": r.choice([1, 2, 3, 7]), **({"use_tma": True} if fits else {})})
+    if one_stream and fits:
+        modes.append({"use_tma": True, "warp_spec": True, **({"join_keys": True} if case.joint else {})})
+    if case.joint is not None and one_stream:
+        modes.append({"join_keys": True, **({"use_tma": True} if fits else {})})
+    launch = r.choice(modes)
+    if _prologued(case) and _prologue_group(case) > 1 and r.random() < 0.3:
+        launch["prologue_heads"] = 2
+    launch["warps"] = r.choice([1, 2, 4])
+    return case, launch
+
+
+@needs_interpreter
+@pytest.mark.parametrize("seed", range(64))
+def test_kernel_accuracy_random_cases(seed):
+    """Random cases and launch modes (``random_case``), against float64, every output element written."""
+    case, launch = random_case(seed)
+    q, k, v, kw = build(case, seed=seed)
+    out = run_kernel(q, k, v, kw, case.blocks, **launch)
+    ref64, lowp = references(q, k, v, kw)
+    lows = (None,) * len(_streams(case, out)) if lowp is None else _streams(case, lowp)
+    for got, ref, low in zip(_streams(case, out), _streams(case, ref64), lows):
+        assert_accurate(got, ref, low, case.dtype)
+
+
 @needs_interpreter
 def test_norm_weights_in_any_float_dtype_and_stride():
     """QK-norm weights are read in their own dtype (a bf16 model's) and through any stride: the kernel widens them as
@@ -1627,6 +1712,31 @@ def test_gpu_accuracy(case, cuda_device, monkeypatch):
     _gpu_check(case, cuda_device)
 
 
+#: ``random_case``'s first cases, for the GPU
+RANDOM_GPU_CASES = [random_case(seed)[0] for seed in range(24)]
+
+
+def _default_launches(case):
+    """The library's own launch of a case without autotuning: ``default_config``'s tile, warps and stages, descriptor
+    loads where ``default_use_tma`` leaves them to the tensors (None: where they fit)."""
+    from pydiff.kernels.attention import default_config, default_use_tma
+
+    heavy = case.joint is not None or case.negative is not None
+    block_m, block_n, warps, stages = default_config(case.head_dim, heavy, case.negative is not None,
+                                                     case.dtype.itemsize)
+    return [dict(blocks=(block_m, block_n), warps=warps, stages=stages, use_tma=default_use_tma(case.head_dim))]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", RANDOM_GPU_CASES, ids=str)
+def test_gpu_accuracy_random_cases(case, cuda_device):
+    """Random cases (combinations the grid does not hold, where a miscompile would show) at the library's own
+    untuned launch, every output element written."""
+    q, k, v, kw = _on_device(case, cuda_device)
+    for launch in _default_launches(case):
+        _assert_gpu_accurate(case, run_kernel(q, k, v, kw, **launch), q, k, v, kw)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_GRID, ids=str)
 def test_gpu_accuracy_descriptors(case, cuda_device):
@@ -1858,7 +1968,8 @@ GPU_LAUNCHES = [("test_gpu_accuracy_descriptors", GPU_GRID, _descriptor_launches
                 ("test_gpu_accuracy_rowsum_mma", GPU_GRID, _rowsum_launches),
                 ("test_gpu_accuracy_stream_k", STREAM_K_GPU_CASES, _stream_k_launches),
                 ("test_gpu_accuracy_prologue_head_groups", HEAD_GROUP_GPU_CASES, _head_group_launches),
-                ("test_gpu_accuracy_overlap", OVERLAP_GPU_CASES, _overlap_launches)]
+                ("test_gpu_accuracy_overlap", OVERLAP_GPU_CASES, _overlap_launches),
+                ("test_gpu_accuracy_random_cases", RANDOM_GPU_CASES, _default_launches)]
 
 
 def test_gpu_launch_lists():
