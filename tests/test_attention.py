@@ -2,6 +2,8 @@
 
 Accuracy rule: fp32 within 1e-5 relative of float64 (TF32 tolerance on a GPU); fp16/bf16 within twice the error of
 the same computation done by plain PyTorch in that precision, plus 1e-3.
+Cases: a curated hostile grid (``GRID``) and random ones (``random_case``); GPU tests move inputs with ``moved``,
+which keeps their strides (``Tensor.to`` does not).
 """
 
 from __future__ import annotations
