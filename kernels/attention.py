@@ -1040,9 +1040,13 @@ def _prune_configs(configs, named_args, **kwargs):
     blocks too where every key stream is short); descriptor loads only where the launcher found them usable
     (``TMA_OK``), and warp-specialised ones (``_WARP_SPEC_TILES``) only where it found that usable (``WS_OK``), for
     one key stream (no joint or negative stream) up to each tile's widest head dim; none whose compile failed for
-    this launch (``_UNBUILT``)."""
+    this launch (``_UNBUILT``); none whose shared memory (``shared_bytes``, for q's dtype) exceeds q's device's
+    (fp32 at head dim 128 on Hopper: 8 of 11 candidates, which would compile only to fail at launch)."""
     args = {**named_args, **kwargs}
     unbuilt = _UNBUILT.get()
+    q = args.get("Q")
+    fits = {} if q is None else dict(element_size=q.element_size(), shared_limit=shared_limit_of(q.device))
+    size, limit = fits.get("element_size", 2), fits.get("shared_limit", HOPPER_SHARED)
     d_total = args["BLOCK_DA"] + (args["BLOCK_DB"] if args["SPLIT_D"] else 0)
     accumulators = 2 if args["NEG"] else 1
     heavy = (args["JOINT"] and not args.get("JOINED_KV", False)) or args["NEG"]  # a second key loop
@@ -1058,7 +1062,7 @@ def _prune_configs(configs, named_args, **kwargs):
         acc_regs = accumulators * bm * d_total / threads
         score_regs = bm * bn / threads
         shape = (bm, bn, cfg.num_warps, cfg.num_stages)
-        if id(cfg) in unbuilt:
+        if id(cfg) in unbuilt or shared_bytes(*shape, args.get("HEAD_DIM", d_total), size) > limit:
             continue
         if cfg.kwargs.get("WARP_SPEC", False):
             if args.get("WS_OK", False) and not heavy and d_total <= _WARP_SPEC_TILES[shape]:
@@ -1080,8 +1084,6 @@ def _prune_configs(configs, named_args, **kwargs):
     # Nothing fits (head dim 256: 64 rows over 4 warps hold 128 accumulator registers per thread): the untuned
     # default, 64 x 32 (238 registers, no spills; ptxas sm_90a) or with a negative stream 32 x 32. A 32-row tile
     # for one accumulator would compile to the Ampere matrix instructions (mma.sync) instead of wgmma.
-    q = args.get("Q")
-    fits = {} if q is None else dict(element_size=q.element_size(), shared_limit=shared_limit_of(q.device))
     bm, bn, warps, stages = default_config(args.get("HEAD_DIM", d_total), heavy, args["NEG"], **fits)
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)]
 

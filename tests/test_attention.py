@@ -1030,6 +1030,16 @@ def test_default_tiles_fit_shared_memory():
         f"for head_dim, tile in {tiles!r}:\n"
         "    info = {}\n    compile_attention(head_dim, tile, {}, info=info)\n    print(info['shared'])").split()
     assert [int(n) for n in compiled] == [shared_bytes(*tile, head_dim, 2) for head_dim, tile in tiles]
+    # the autotuner's candidates for q's dtype: fp32 at head dim 128 kept 8 of 11 that could not fit
+    from pydiff.kernels.attention import _attn_fwd_autotuned, _prune_configs
+
+    base = dict(BLOCK_DA=128, BLOCK_DB=16, SPLIT_D=False, JOINT=False, NEG=False, TMA_OK=True, WS_OK=False,
+                HEAD_DIM=128)
+    kept = {dtype: [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+                    for c in _prune_configs(_attn_fwd_autotuned.configs, {**base, "Q": torch.ones(1, dtype=dtype)})]
+            for dtype in (BF16, F32)}
+    assert len(kept[BF16]) == len(_prune_configs(_attn_fwd_autotuned.configs, base)) == 11
+    assert 0 < len(kept[F32]) < 11 and all(shared_bytes(*tile, 128, 4) <= HOPPER_SHARED for tile in kept[F32])
 
 
 def test_warp_specialised_candidates(monkeypatch):
