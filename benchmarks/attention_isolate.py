@@ -20,7 +20,9 @@ Modes (combinable with +; default: plain, tma, rowsum, streamk, overlap):
 - streamk: the stream-K experiment over as many programs as SMs (plain and joint cases; others report n/a);
 - overlap: the OVERLAP experiment (each block's softmax under the next block's scores);
 - noalign: without the row-alignment hint (ROW_ALIGN 1);
-- noplans: without launch plans.
+- noplans: without launch plans;
+- default: the library's untuned launch (``default_config``'s tile, warps and stages), as the GPU test of the random
+  cases (``random-N``, by name) runs it.
 
 Not a test: it reports, and exits non-zero when a case fails.
 """
@@ -37,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ["plain", "tma", "tuner", "warpspec", "rowsum", "streamk", "overlap", "noalign", "noplans"]
+MODES = ["plain", "tma", "tuner", "warpspec", "rowsum", "streamk", "overlap", "noalign", "noplans", "default"]
 DEFAULT_MODES = ["plain", "tma", "rowsum", "streamk", "overlap"]
 
 
@@ -45,7 +47,8 @@ def _case(name: str):
     sys.path.insert(0, str(ROOT / "tests"))
     import test_attention as T
 
-    cases = {c.name: c for c in T.GRID + T.GPU_GRID + T.DESCRIPTOR_PRODUCTION_CASES + T.WARP_SPEC_GPU_CASES}
+    cases = {c.name: c for c in T.GRID + T.GPU_GRID + T.DESCRIPTOR_PRODUCTION_CASES + T.WARP_SPEC_GPU_CASES +
+             T.RANDOM_GPU_CASES}
     if name not in cases:
         raise SystemExit(f"unknown case {name!r}; known: {', '.join(cases)}")
     return T, cases[name]
@@ -82,13 +85,19 @@ def run_one(name: str, mode: str) -> dict:
         tiles = T._warp_spec_tiles(case)
     else:
         tiles = [(*(T._overlap_tile(case) if "overlap" in parts else T._gpu_default_tile(case)), 4, 2)]
+    if "default" in parts:  # (the library's untuned launch, as the GPU test of the random cases runs it)
+        launches = T._default_launches(case)
+    else:
+        launches = [dict(blocks=(block_m, block_n), warps=warps, stages=stages, stream_k=stream_k,
+                         use_tma=None if "tuner" in parts else "tma" in parts or "warpspec" in parts,
+                         rowsum_mma="rowsum" in parts, overlap="overlap" in parts, warp_spec="warpspec" in parts)
+                    for block_m, block_n, warps, stages in tiles]
     q, k, v, kw = T._on_device(case, "cuda" if torch.cuda.is_available() else "cpu")
     streams = []
-    for block_m, block_n, warps, stages in tiles:
-        out = T.run_kernel(q, k, v, kw, (block_m, block_n), warps=warps, stages=stages,
-                           use_tma=None if "tuner" in parts else "tma" in parts or "warpspec" in parts,
-                           rowsum_mma="rowsum" in parts, stream_k=stream_k, overlap="overlap" in parts,
-                           warp_spec="warpspec" in parts)
+    for launch in launches:
+        out = T.run_kernel(q, k, v, kw, **launch)
+        block_m, block_n = launch["blocks"]
+        warps, stages = launch["warps"], launch["stages"]
         for got, ref, low, failure in T.gpu_stream_checks(case, out, q, k, v, kw):
             err = (got.double() - ref.double()).abs().nan_to_num(float("inf"))
             bad = err > 0.05

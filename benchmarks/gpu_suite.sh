@@ -80,11 +80,11 @@ keep() {
 keep "build"
 # isolate LOG [MODES...]: when a GPU test stage fails, run each attention case alone (a CUDA error fails every later
 # test of its process) in those modes (default: the tool's), append the table to the stage's LOG (which GPU_KEEP
-# returns) and print the cases that failed
+# returns) and print the cases that failed; ISOLATE_CASES: those cases instead of the GPU grid
 isolate() {
   local log=$1 table=${1%.log}-isolate.md
   shift
-  local args=(${1+--modes} "$@")
+  local args=(${ISOLATE_CASES:-} ${1+--modes} "$@")
   timeout "${GPU_ISOLATE_TIMEOUT:-120}" python3 benchmarks/attention_isolate.py "${args[@]}" >"$table" 2>&1
   { echo; echo "# benchmarks/attention_isolate.py${args[*]:+ ${args[*]}} (each case in its own process)"; cat "$table"; } >>"$log"
   grep -E "FAIL|ERROR|TIMEOUT|failed" "$table"
@@ -125,6 +125,9 @@ if [ "${GPU_TEST_TIMEOUT:-150}" != 0 ]; then
   tail -25 "$out/gpu-tests.log"
   if [ "$tests_rc" != 0 ]; then
     isolate "$out/gpu-tests.log"
+    # the random cases that failed, at the library's untuned launch as their test runs them
+    randoms=$(grep -E "^(FAILED|ERROR)" "$out/gpu-tests.log" | grep -oE "random-[0-9]+" | sort -u | tr '\n' ' ')
+    [ -z "$randoms" ] || ISOLATE_CASES=$randoms isolate "$out/gpu-tests.log" default
   fi
 fi
 keep "GPU tests"

@@ -1623,7 +1623,9 @@ def test_isolation_tool_runs_each_case_apart(monkeypatch, capsys):
     assert tool.main(["f16-negative-scale-kvlens", "f32-d48-custom-scale", "--modes", "plain", "rowsum+noplans",
                       "streamk", "overlap", "tuner", "--jobs", "2"]) == 0
     assert tool.main(["f32-d256", "--modes", "tuner"]) == 0
+    assert tool.main(["random-15", "--modes", "default"]) == 0  # (fp32, head dim 100: the untuned 128 x 64 tile)
     table = capsys.readouterr().out
+    assert "| random-15 | default | ok | 128x64 w8 s2: err" in table
     assert "| f32-d48-custom-scale | streamk | ok |" in table
     assert "| f16-negative-scale-kvlens | streamk | n/a |" in table
     assert "| f16-negative-scale-kvlens | overlap | ok |" in table
