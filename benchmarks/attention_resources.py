@@ -9,6 +9,7 @@
     python3 benchmarks/attention_resources.py --cycles   # SM cycles per score: issue, exp2 units, tensor cores
     python3 benchmarks/attention_resources.py --warp-spec    # the warp-specialised tiles: warpgroups, register split
     python3 benchmarks/attention_resources.py --gpu-cases  # every fixed-tile launch of the GPU tests builds?
+    python3 benchmarks/attention_resources.py --random-candidates  # every tuner tile of 40 random cases builds?
     python3 benchmarks/attention_resources.py --waves benchmarks/results/<run>/attention.json
         # the tuner's measured candidates of a GPU run against the waves of CTAs each launches
 
@@ -431,14 +432,16 @@ def warp_spec_report() -> None:
                   f"{ctas_per_sm(regs, info['shared'], info['warps'])} |", flush=True)
 
 
-def gpu_cases() -> int:
+def gpu_cases(lists=None) -> int:
     """Compile, through the launcher and a stub CUDA driver (sm_90), every launch of the GPU tests that run the kernel
     at fixed tiles (the tests' ``GPU_LAUNCHES``: the descriptor stage's default tiles with descriptor loads, the
     tuner's extra descriptor tiles and the warp-specialised tiles, whose warps are reported: 12, three warpgroups, or
-    the tile is not specialised; then row sums by MMA, stream-K, the prologue over head groups, the overlap).
-    Descriptor loads where the GPU would use them (``use_tma=None`` where the layouts fit); bf16 as fp16, since CPU
-    tensors in bf16 take the interpreter's fp32 emulation. Returns the failures: a launch that does not build fails
-    its GPU test, and in the descriptor stage turns descriptor loads off for the rest of the GPU suite."""
+    the tile is not specialised; then row sums by MMA, stream-K, the prologue over head groups, the overlap, the
+    random cases' untuned launch), or ``lists(tests module)``'s. Descriptor loads where the GPU would use them
+    (``use_tma=None`` where the layouts fit); bf16 as fp16, since CPU tensors in bf16 take the interpreter's fp32
+    emulation. A tile whose shared memory exceeds Hopper's fails to load (Triton's OutOfResources). Returns the
+    failures: a launch that does not build fails its GPU test, and in the descriptor stage turns descriptor loads off
+    for the rest of the GPU suite."""
     import time
 
     import torch
@@ -456,7 +459,7 @@ def gpu_cases() -> int:
     failures = 0
     print("| test | case | launch | warps | compile s |\n|---|---|---|---|---|")
     with stub_cuda_driver() as stub:
-        for test, cases, launches in T.GPU_LAUNCHES:
+        for test, cases, launches in (lists or (lambda T: T.GPU_LAUNCHES))(T):
             for case in cases:
                 q, k, v, kw = T._on_device(case, "cpu")
                 q, k, v = fp16(q), fp16(k), fp16(v)
@@ -481,6 +484,36 @@ def gpu_cases() -> int:
                     print(f"| {test} | {case.name} | {label} | {cell} | {time.perf_counter() - start:.1f} |",
                           flush=True)
     return failures
+
+
+def candidate_launches(T, case) -> list:
+    """``run_kernel``'s arguments for every tile the autotuner keeps on Hopper for a case of the tests module ``T``,
+    with warp specialisation on (as the GPU suite runs): descriptor loads where the case's tensors take them,
+    warp-specialised tiles for one key stream in 16 bits, a joint call's keys joined where a key prologue writes them
+    (the launcher joins them then, for every candidate)."""
+    import torch
+
+    size = 4 if case.dtype == torch.float32 else 2
+    fits = T.descriptors_fit(case)
+    joined = case.joint is not None and case.negative is None and \
+        (case.rope is not None or case.k_norm or case.joint_k_norm)
+    ws = fits and size == 2 and case.negative is None and (case.joint is None or joined)
+    joined = joined and ws
+    da, db, split = A.head_dim_blocks(case.head_dim)
+    args = dict(BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split, JOINT=case.joint is not None, JOINED_KV=joined,
+                NEG=case.negative is not None, TMA_OK=fits, WS_OK=ws, HEAD_DIM=case.head_dim, Nk=case.n_k,
+                Nk2=(case.joint or (0, 0))[1], Nneg=case.negative or 0, Q=torch.ones(1, dtype=case.dtype))
+    return [dict(blocks=(cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]), warps=cfg.num_warps, stages=cfg.num_stages,
+                 use_tma=cfg.kwargs.get("USE_TMA", False), warp_spec=cfg.kwargs.get("WARP_SPEC", False),
+                 **({"join_keys": True} if joined else {}))
+            for cfg in A._prune_configs(A._attn_fwd_autotuned.configs, args)]
+
+
+def random_candidates(count: int = 40) -> int:
+    """``gpu_cases`` over ``candidate_launches`` of the first ``count`` random cases (the tests' ``random_case``: fp32
+    and odd head dims included), as their first tuned call on Hopper compiles them. Returns the failures."""
+    return gpu_cases(lambda T: [("autotuner candidates", [T.random_case(seed)[0] for seed in range(count)],
+                                 lambda case: candidate_launches(T, case))])
 
 
 #: Hopper's per-SM limits (H100 / H200 SXM): registers, shared memory (and what each CTA reserves of it), warps
@@ -530,7 +563,7 @@ def waves(results: str, sms: int = 132) -> None:
 #: the reports by command-line flag (see the module docstring)
 REPORTS = {"--candidates": candidates, "--probe": probe_softmax_variants, "--overlap": overlap_report,
            "--warpgroups": warpgroup_report, "--cycles": cycle_report, "--warp-spec": warp_spec_report,
-           "--gpu-cases": gpu_cases}
+           "--gpu-cases": gpu_cases, "--random-candidates": random_candidates}
 
 
 def main() -> int:

@@ -1986,6 +1986,25 @@ GPU_LAUNCHES = [("test_gpu_accuracy_descriptors", GPU_GRID, _descriptor_launches
                 ("test_gpu_accuracy_random_cases", RANDOM_GPU_CASES, _default_launches)]
 
 
+def test_random_candidate_launches():
+    """``attention_resources.py --random-candidates`` compiles, for 40 random cases, every tile the autotuner keeps
+    on Hopper: each is a ``run_kernel`` launch that fits Hopper's shared memory in the case's dtype, descriptor and
+    warp-specialised tiles among them."""
+    out = _resources_tool(
+        "import sys, torch\nsys.path.insert(0, 'tests')\nimport test_attention as T\n"
+        "from benchmarks import attention_resources as R\nimport pydiff.kernels.attention as A\n"
+        "known = set(__import__('inspect').signature(T.run_kernel).parameters)\n"
+        "for seed in range(40):\n    case = T.random_case(seed)[0]\n    launches = R.candidate_launches(T, case)\n"
+        "    size = 4 if case.dtype == torch.float32 else 2\n"
+        "    assert launches and all(set(l) <= known for l in launches), seed\n"
+        "    assert all(A.shared_bytes(*l['blocks'], l['warps'], l['stages'], case.head_dim, size) <= A.HOPPER_SHARED"
+        " for l in launches), seed\n"
+        "    print(len(launches), sum(l['use_tma'] for l in launches), sum(l['warp_spec'] for l in launches))")
+    counts = [list(map(int, line.split())) for line in out.splitlines()]
+    assert len(counts) == 40 and all(n >= 1 for n, _, _ in counts)
+    assert sum(tma for _, tma, _ in counts) > 0 and sum(ws for _, _, ws in counts) > 0
+
+
 def test_gpu_launch_lists():
     """``GPU_LAUNCHES`` names GPU tests, and each test's launches are ``run_kernel`` arguments (what
     ``attention_resources.py --gpu-cases`` compiles): no test without launches, and every warp-specialised case and
