@@ -872,6 +872,17 @@ def test_opcheck(case, backend):
         torch.library.opcheck(torch.ops.pydiff.attention.default, _op_args(q, k, v, kw))
 
 
+def test_opcheck_random_cases():
+    """opcheck (schema, fake tensors, autograd registration) over random cases: every variant, layout and stride
+    combination ``random_case`` draws gets outputs of the right shape, dtype and strides from the fake too."""
+    for seed in range(24):
+        case = random_case(seed)[0]
+        q, k, v, kw = build(case, seed=seed)
+        longest = 0 if case.cu_q is None else max(max(b - a for a, b in zip(case.cu_q, case.cu_q[1:])), 1)
+        with pydiff.use_backend("torch"):
+            torch.library.opcheck(torch.ops.pydiff.attention.default, _op_args(q, k, v, kw, max_seqlen=longest))
+
+
 def test_opcheck_varlen():
     q, k, v, kw = build(Case(F32, 16, 12, 12, cu_q=[0, 5, 12], kv_lens=[3, 7], name="varlen"), seed=8)
     torch.library.opcheck(torch.ops.pydiff.attention.default, _op_args(q, k, v, kw, max_seqlen=7))
