@@ -2098,10 +2098,12 @@ def test_gpu_capture_needs_a_warm_up(cuda_device, monkeypatch):
     """A signature's first call, which tunes its tile, is an error naming the warm-up when it comes inside a CUDA-graph
     capture (Triton's benchmarker cannot run there); after one call outside, the same call captures and replays."""
     from pydiff.kernels import attention as kernels
+    from pydiff.kernels import plans
 
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "1")
     monkeypatch.setattr(attention_module, "_CALLS", {})
     monkeypatch.setattr(kernels, "_TUNED", {})
+    monkeypatch.setattr(plans, "CACHE", {})  # (no launch plan of another test's call either)
     gen = torch.Generator(device=cuda_device).manual_seed(9)
     q, k, v = (torch.randn(1, 3, 203, 64, device=cuda_device, dtype=torch.float16, generator=gen) for _ in range(3))
     graph = torch.cuda.CUDAGraph()
