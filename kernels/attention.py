@@ -1145,20 +1145,15 @@ def shared_bytes(block_m: int, block_n: int, num_warps: int, num_stages: int, he
     return (2 * num_stages * block_n + block_m) * (block_da + (block_db if split_d else 0)) * element_size
 
 
+@functools.lru_cache(maxsize=None)
 def shared_limit_of(device) -> int:
-    """The shared memory one program may take on ``device`` (Triton's driver, kept per device); Hopper's off CUDA
-    (the interpreter has no limit)."""
-    limit = _SHARED_LIMIT.get(device)
-    if limit is None:
-        if device.type != "cuda":
-            return HOPPER_SHARED
-        index = device.index if device.index is not None else triton.runtime.driver.active.get_current_device()
-        limit = _SHARED_LIMIT[device] = triton.runtime.driver.active.utils.get_device_properties(index)[
-            "max_shared_mem"]
-    return limit
-
-
-_SHARED_LIMIT = {}
+    """The shared memory one program may take on ``device`` (Triton's driver); Hopper's off CUDA (the interpreter has
+    no limit)."""
+    if device.type != "cuda":
+        return HOPPER_SHARED
+    driver = triton.runtime.driver.active
+    index = device.index if device.index is not None else driver.get_current_device()
+    return driver.utils.get_device_properties(index)["max_shared_mem"]
 
 
 def default_use_tma(head_dim: int):
