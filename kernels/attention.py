@@ -1044,9 +1044,8 @@ def _prune_configs(configs, named_args, **kwargs):
     (fp32 at head dim 128 on Hopper: 8 of 11 candidates, which would compile only to fail at launch)."""
     args = {**named_args, **kwargs}
     unbuilt = _UNBUILT.get()
-    q = args.get("Q")
-    fits = {} if q is None else dict(element_size=q.element_size(), shared_limit=shared_limit_of(q.device))
-    size, limit = fits.get("element_size", 2), fits.get("shared_limit", HOPPER_SHARED)
+    q = args.get("Q")  # (absent where a caller prunes by hand: 16-bit inputs on Hopper)
+    size, limit = (2, HOPPER_SHARED) if q is None else (q.element_size(), shared_limit_of(q.device))
     d_total = args["BLOCK_DA"] + (args["BLOCK_DB"] if args["SPLIT_D"] else 0)
     accumulators = 2 if args["NEG"] else 1
     heavy = (args["JOINT"] and not args.get("JOINED_KV", False)) or args["NEG"]  # a second key loop
@@ -1084,7 +1083,7 @@ def _prune_configs(configs, named_args, **kwargs):
     # Nothing fits (head dim 256: 64 rows over 4 warps hold 128 accumulator registers per thread): the untuned
     # default, 64 x 32 (238 registers, no spills; ptxas sm_90a) or with a negative stream 32 x 32. A 32-row tile
     # for one accumulator would compile to the Ampere matrix instructions (mma.sync) instead of wgmma.
-    bm, bn, warps, stages = default_config(args.get("HEAD_DIM", d_total), heavy, args["NEG"], **fits)
+    bm, bn, warps, stages = default_config(args.get("HEAD_DIM", d_total), heavy, args["NEG"], size, limit)
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)]
 
 
