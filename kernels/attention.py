@@ -1217,12 +1217,12 @@ def descriptors_on(device) -> bool:
 
 
 def _capability(device) -> int:
-    """The compute capability major of a CUDA device (``_CAPABILITY``)."""
+    """The compute capability major of a CUDA device (``_CAPABILITY``); 0 for another device."""
     major = _CAPABILITY.get(device)
     if major is None:
         import torch
 
-        major = _CAPABILITY[device] = torch.cuda.get_device_capability(device)[0]
+        major = _CAPABILITY[device] = torch.cuda.get_device_capability(device)[0] if device.type == "cuda" else 0
     return major
 
 
@@ -1239,7 +1239,7 @@ def warp_spec_usable(q) -> bool:
     if not _HAS_WARP_SPEC or not env_switch("PYDIFF_ATTENTION_WARP_SPEC", default=False) or \
             torch.compiler.is_compiling():  # (fake tensors under tracing have no addresses)
         return False
-    return _CAPABILITY.get(q.device) == 9 and q.element_size() == 2 and \
+    return _capability(q.device) == 9 and q.element_size() == 2 and \
         descriptor_layout_ok(q.data_ptr(), q.stride(), q.element_size())
 
 

@@ -1087,6 +1087,13 @@ def test_warp_specialised_candidates(monkeypatch):
     monkeypatch.setitem(A._CAPABILITY, q.device, 10)
     assert not A.warp_spec_usable(q)
     monkeypatch.setitem(A._CAPABILITY, q.device, 9)
+    # a GPU not yet looked up is looked up (the joined-keys decision asks before the key/value checks fill the cache)
+    gpu = torch.device("cuda", 7)
+    monkeypatch.delitem(A._CAPABILITY, gpu, raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    on_gpu = SimpleNamespace(device=gpu, element_size=lambda: 2, data_ptr=lambda: 256, stride=lambda: (512, 64, 1))
+    assert A.warp_spec_usable(on_gpu) == A._HAS_WARP_SPEC and A._CAPABILITY[gpu] == 9
+    monkeypatch.delitem(A._CAPABILITY, gpu)
     for setting in ("", "0"):
         monkeypatch.setenv("PYDIFF_ATTENTION_WARP_SPEC", setting)
         assert not A.warp_spec_usable(q)
