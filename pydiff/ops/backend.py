@@ -34,7 +34,7 @@ def env_switch(name: str, default: bool = True) -> bool:
     else is an error naming it."""
     value = os.environ.get(name, "").strip().lower()
     if value not in ("0", "1", "false", "true", "off", "on", ""):
-        raise ValueError(f"{name} must be 0 or 1, got {value!r}")
+        raise ValueError(f"{name} must be 0 or 1 (or false/true, off/on), got {value!r}")
     return default if value == "" else value in ("1", "true", "on")
 
 
