@@ -166,6 +166,13 @@ def refused_descriptors(q, k, v, kw, blocks, **launch) -> None:
         run_kernel(q, k, v, kw, blocks, use_tma=True, **launch)
 
 
+def streams_accurate(case, out, ref64, lowp):
+    """``assert_accurate`` on each output stream of a call (two with a joint stream) against its references."""
+    lows = (None,) * len(_streams(case, out)) if lowp is None else _streams(case, lowp)
+    for got, ref, low in zip(_streams(case, out), _streams(case, ref64), lows):
+        assert_accurate(got, ref, low, case.dtype)
+
+
 def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_mma=False, stream_k=None, warps=4,
                stages=2, overlap=False, prologue_heads=1, warp_spec=False, join_keys=None):
     """The Triton kernel through its launcher, into outputs poisoned beforehand (every element must be written);
@@ -249,12 +256,7 @@ def test_kernel_accuracy(case, use_tma):
     if use_tma and not descriptors_fit(case):
         return refused_descriptors(q, k, v, kw, case.blocks)
     out = run_kernel(q, k, v, kw, case.blocks, use_tma=use_tma)
-    ref64, lowp = references(q, k, v, kw)
-    if case.joint is not None:
-        for got, ref, low in zip(out, ref64, lowp if lowp is not None else (None, None)):
-            assert_accurate(got, ref, low, case.dtype)
-    else:
-        assert_accurate(out, ref64, lowp, case.dtype)
+    streams_accurate(case, out, *references(q, k, v, kw))
 
 
 def random_case(seed: int):
@@ -336,10 +338,7 @@ def test_kernel_accuracy_random_cases(seed):
     case, launch = random_case(seed)
     q, k, v, kw = build(case, seed=seed)
     out = run_kernel(q, k, v, kw, case.blocks, **launch)
-    ref64, lowp = references(q, k, v, kw)
-    lows = (None,) * len(_streams(case, out)) if lowp is None else _streams(case, lowp)
-    for got, ref, low in zip(_streams(case, out), _streams(case, ref64), lows):
-        assert_accurate(got, ref, low, case.dtype)
+    streams_accurate(case, out, *references(q, k, v, kw))
 
 
 @needs_interpreter
@@ -415,9 +414,7 @@ def test_prologue_head_groups(case):
     ref64, lowp = references(q, k, v, kw)
     for heads in sorted({2, _prologue_group(case)}):
         out = run_kernel(q, k, v, kw, case.blocks, prologue_heads=heads)
-        for got, ref, low in zip(_streams(case, out), _streams(case, ref64),
-                                 _streams(case, lowp) if lowp is not None else (None,) * 2):
-            assert_accurate(got, ref, low, case.dtype)
+        streams_accurate(case, out, ref64, lowp)
 
 
 @needs_interpreter
@@ -441,10 +438,7 @@ def test_row_sums_on_the_tensor_cores(case):
     partial key block and the fully masked rows (kv_lens 0) included."""
     q, k, v, kw = build(case, seed=17)
     out = run_kernel(q, k, v, kw, case.blocks, rowsum_mma=True)
-    ref64, lowp = references(q, k, v, kw)
-    lows = (None,) * len(_streams(case, out)) if lowp is None else _streams(case, lowp)
-    for got, ref, low in zip(_streams(case, out), _streams(case, ref64), lows):
-        assert_accurate(got, ref, low, case.dtype)
+    streams_accurate(case, out, *references(q, k, v, kw))
 
 
 # stream-K takes plain and joint attention: dtypes, head dims 40/48/64/80/96/128 (split and padded), 1 query row,
@@ -467,10 +461,7 @@ def test_stream_k(case, programs, use_tma):
     if use_tma and not descriptors_fit(case):
         return refused_descriptors(q, k, v, kw, (32, 32), stream_k=programs)
     out = run_kernel(q, k, v, kw, (32, 32), stream_k=programs, use_tma=use_tma)
-    ref64, lowp = references(q, k, v, kw)
-    lows = (None,) * len(_streams(case, out)) if lowp is None else _streams(case, lowp)
-    for got, ref, low in zip(_streams(case, out), _streams(case, ref64), lows):
-        assert_accurate(got, ref, low, case.dtype)
+    streams_accurate(case, out, *references(q, k, v, kw))
 
 
 def test_experiments_take_what_they_can_run():
@@ -614,9 +605,7 @@ def test_joined_keys(case, loads, monkeypatch):
     out = run_kernel(q, k, v, kw, case.blocks, use_tma=loads != "pointers", warp_spec=warp_spec,
                      join_keys=None if warp_spec and prologued else True)
     assert joins == [k.shape]
-    ref64, lowp = references(q, k, v, kw)
-    for got, ref, low in zip(out, ref64, lowp if lowp is not None else (None, None)):
-        assert_accurate(got, ref, low, case.dtype)
+    streams_accurate(case, out, *references(q, k, v, kw))
     joins.clear()
     run_kernel(q, k, v, kw, case.blocks, use_tma=loads != "pointers")  # (no warp specialisation: not joined)
     assert not joins
@@ -656,12 +645,10 @@ def test_softmax_overlap(case):
     the tensor cores (ROWSUM_MMA)."""
     q, k, v, kw = build(case, seed=23)
     ref64, lowp = references(q, k, v, kw)
-    lows = (None,) * (2 if case.joint else 1) if lowp is None else _streams(case, lowp)
     loads = (False, True) if case.kv_lens is None and case.cu_q is None and descriptors_fit(case) else (False,)
     for use_tma, rowsum_mma in [(tma, False) for tma in loads] + [(False, True)]:
         out = run_kernel(q, k, v, kw, (32, 16), overlap=True, use_tma=use_tma, rowsum_mma=rowsum_mma)
-        for got, ref, low in zip(_streams(case, out), _streams(case, ref64), lows):
-            assert_accurate(got, ref, low, case.dtype)
+        streams_accurate(case, out, ref64, lowp)
 
 
 # ----------------------------------------------------------------------------------------------------------------
