@@ -580,7 +580,7 @@ def _attn_fwd_kernel(
     stride_o2b, stride_o2h, stride_o2n, stride_o2d,
     stride_knb, stride_knh, stride_knn, stride_knd,
     stride_vnb, stride_vnh, stride_vnn, stride_vnd,
-    H, KV_GROUP, Nq, Nk, Nq2, Nk2, Nneg, SEGMENTS,
+    KV_GROUP, Nq, Nk, Nq2, Nk2, Nneg, SEGMENTS,
     qk_scale, neg_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
@@ -590,7 +590,9 @@ def _attn_fwd_kernel(
     ROWSUM_MMA: tl.constexpr = False, OVERLAP: tl.constexpr = False, WS_OK: tl.constexpr = False,
     WARP_SPEC: tl.constexpr = False, JOINED_KV: tl.constexpr = False,
 ):
-    """grid = (query blocks [of both streams when JOINT], B * H, segments). See the module docstring.
+    """grid = (query blocks [of both streams when JOINT], H, B * segments): programs run in the order of (query
+    block, head, batch), as with one axis of B * H, whose 65535 programs a batch of B * H > 65535 would overflow
+    (temporal attention in video UNets: a batch of B x latent height x width). See the module docstring.
 
     Queries and keys arrive with their prologue (norm, RoPE) already applied by ``_qk_prologue``.
     TMA_OK: unused here; whether the launcher found the key/value tensors fit for USE_TMA, read by the autotuner's
@@ -625,10 +627,13 @@ def _attn_fwd_kernel(
             stride_knb, stride_knh, stride_knn = _al(stride_knb, stride_knh, stride_knn, A)
             stride_vnb, stride_vnh, stride_vnn = _al(stride_vnb, stride_vnh, stride_vnn, A)
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    seg = tl.program_id(2)
-    b = pid_bh // H
-    h = pid_bh % H
+    h = tl.program_id(1)
+    if VARLEN:
+        b = tl.program_id(2) // SEGMENTS
+        seg = tl.program_id(2) % SEGMENTS
+    else:
+        b = tl.program_id(2)
+        seg = 0
     hk = h // KV_GROUP  # grouped / multi-query attention: KV head hk serves query heads hk*G .. hk*G + G-1
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
@@ -925,25 +930,23 @@ def _qk_prologue(
     X, Y, W, COS, SIN,
     stride_xb, stride_xh, stride_xn, stride_xd, stride_yb, stride_yh, stride_yn, stride_yd,
     stride_cn, stride_cd, stride_sn, stride_sd,
-    H, N, pos_shift, eps,
+    N, pos_shift, eps,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
     SPLIT_D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
     EMULATE_BF16: tl.constexpr, HEADS: tl.constexpr = 1, ROW_ALIGN: tl.constexpr = 1,
 ):
-    """Y = RoPE(RMSNorm(X)) for a query or key tensor, one pass, grid = (row blocks, B * H / HEADS): each program
-    takes BLOCK_M tokens of HEADS heads (HEADS divides H), whose RoPE table rows it reads once per token from memory
-    (the heads' loads of a row meet in cache). ROW_ALIGN: as in ``_attn_fwd_kernel``, for X's and Y's batch, head
-    and token strides."""
+    """Y = RoPE(RMSNorm(X)) for a query or key tensor, one pass, grid = (row blocks, H / HEADS, B): each program
+    takes BLOCK_M tokens of HEADS heads (HEADS divides the head count H), whose RoPE table rows it reads once per
+    token from memory (the heads' loads of a row meet in cache). ROW_ALIGN: as in ``_attn_fwd_kernel``, for X's and
+    Y's batch, head and token strides."""
     eps = tl.cast(eps, tl.float32)
     if ROW_ALIGN > 1:
         A: tl.constexpr = ROW_ALIGN
         stride_xb, stride_xh, stride_xn = _al(stride_xb, stride_xh, stride_xn, A)
         stride_yb, stride_yh, stride_yn = _al(stride_yb, stride_yh, stride_yn, A)
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    groups = H // HEADS
-    b = (pid_bh // groups).to(tl.int64)
-    h = (pid_bh % groups).to(tl.int64) * HEADS
+    h = tl.program_id(1).to(tl.int64) * HEADS
+    b = tl.program_id(2).to(tl.int64)
     rows = tl.arange(0, BLOCK_M)
     row_start = pid_m * BLOCK_M
     head_a, d_a = _head_dim_columns(HEADS, BLOCK_DA, 0)
@@ -1107,6 +1110,9 @@ _attn_fwd_autotuned = triton.autotune(
 
 #: the shared memory one program may take on an H100 or H200 (Triton's ``max_shared_mem``: 227 KiB)
 HOPPER_SHARED = 232448
+#: programs along a CUDA grid's second and third axes (the first takes 2**31 - 1): the kernels put the heads on the
+#: second and the batch (times the segments of packed sequences) on the third
+GRID_AXIS_LIMIT = 65535
 
 
 def default_config(head_dim: int, heavy: bool, negative: bool = False, element_size: int = 2,
@@ -1350,6 +1356,12 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
 
         for name, default in _SWITCHES:
             env_switch(name, default)
+    (batch, heads, _, _), _ = _dims(q, bnhd)
+    segments = int(cu_seqlens_q.shape[0]) - 1 if cu_seqlens_q is not None else 1
+    if heads > GRID_AXIS_LIMIT or batch * segments > GRID_AXIS_LIMIT:
+        raise ValueError(f"q has {heads} heads and a batch of {batch} x {segments} segments (cu_seqlens_q); the "
+                         f"Triton kernel takes at most {GRID_AXIS_LIMIT} heads and {GRID_AXIS_LIMIT} batch x segments "
+                         f"(a CUDA grid's second and third axes)")
     if rowsum_mma and block_m is None:
         raise ValueError("rowsum_mma: an experiment for a fixed tile (block_m, block_n), not for the autotuner")
     if overlap and (block_m is None or stream_k is not None):
@@ -1475,9 +1487,6 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     segments = int(cu_seqlens_q.shape[0]) - 1 if varlen else 1
     block_da, block_db, split_d = head_dim_blocks(head_dim)
     mask_d = (block_da + (block_db if split_d else 0)) != head_dim
-    if batch * heads > 65535 or segments > 65535:
-        raise ValueError(f"attention grid too large: batch*heads={batch * heads} and segments={segments} must be "
-                         f"<= 65535")
 
     def grid(meta):
         # (ceil divisions inline: triton.cdiv is a jit function, microseconds per call from Python)
@@ -1488,12 +1497,12 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
             blocks = -(-max_seqlen_q // bm)
         else:
             blocks = -(-n_q // bm)
-        return (blocks, batch * heads, segments)
+        return (blocks, heads, batch * segments)
 
     strides = [*sq, *sk, *sv, *so, *sq2, *sk2, *sv2, *so2, *skn, *svn]
     args = [
         *tensors, *strides,
-        heads, heads // kv_heads, n_q, n_k, n_q2, n_k2, n_neg, segments,
+        heads // kv_heads, n_q, n_k, n_q2, n_k2, n_neg, segments,
         float(scale) * LOG2E, float(negative_scale),
     ]
     flags = dict(
@@ -1747,8 +1756,8 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16, head
                      HAS_NORM=weight is not None, HAS_ROPE=rope is not None, INTERLEAVED=bool(rope_interleaved),
                      EMULATE_BF16=emulate_bf16, HEADS=heads_per_program,
                      ROW_ALIGN=_row_align(x.element_size(), sx + sy), num_warps=4, **plans.launch_options(kernel))
-        args = [*tensors, *sx, *sy, *rope_strides, heads, n, pos_shift, float(norm_eps)]
-        plans.launch(kernel, (-(-n // block_m), batch * heads // heads_per_program), args, flags, plan_key,
+        args = [*tensors, *sx, *sy, *rope_strides, n, pos_shift, float(norm_eps)]
+        plans.launch(kernel, (-(-n // block_m), heads // heads_per_program, batch), args, flags, plan_key,
                      len(tensors), writes=(1,))
         return y
 

@@ -827,6 +827,47 @@ def test_bad_input_raises_before_launch(needle, make, error, monkeypatch):
     assert not launched
 
 
+def test_grid_axes_take_large_batches(monkeypatch):
+    """The kernels put the heads on a CUDA grid's second axis and the batch (times the segments) on its third, each
+    up to 65535 programs, in the order one axis of B * H ran them. So a batch x heads past 65535 launches: temporal
+    attention in a video UNet attends over the frames with a batch of videos x latent pixels (SVD at 576 x 1024 with
+    guidance: 2 x 72 x 128 = 18432, times 5 heads). Heads, or batch x segments, past 65535 are an error before any
+    launch, the prologue's included."""
+    from pydiff.kernels import attention as kernels
+
+    launches = []
+
+    def launch(kernel, grid, args, flags, *rest, **kwargs):
+        launches.append((kernel, grid(flags) if callable(grid) else grid))
+
+    monkeypatch.setattr(kernels.plans, "launch", launch)
+    gen = torch.Generator().manual_seed(3)
+
+    def call(batch, heads, n, layout="bnhd", **kw):
+        q = torch.randn(batch, n, heads, 8, generator=gen) if layout == "bnhd" else \
+            torch.randn(batch, heads, n, 8, generator=gen)
+        launches.clear()
+        kernels.attention_forward(kernels._attn_fwd_kernel, q, q, q, torch.empty_like(q), bnhd=layout == "bnhd",
+                                  scale=0.3, block_m=16, block_n=16, **kw)
+        return [grid for _, grid in launches]
+
+    # 20000 videos' pixels x 5 heads = 100000 (B, H) pairs; a QK norm launches the prologue on q and k first
+    norm = torch.rand(8) + 0.5
+    assert call(20000, 5, 3, q_norm_weight=norm, k_norm_weight=norm) == \
+        [(1, 5, 20000), (1, 5, 20000), (1, 5, 20000)]
+    assert call(3, 4, 40, layout="bhnd") == [(3, 4, 3)]  # 40 queries in blocks of 16
+    cu = torch.tensor([0, 7, 20, 33], dtype=torch.int32)
+    assert call(2, 3, 33, cu_seqlens_q=cu, max_seqlen_q=13) == [(1, 3, 6)]  # 2 batches x 3 segments
+    joint = [torch.randn(2, 9, 3, 8, generator=gen) for _ in range(3)]
+    assert call(2, 3, 20, joint=(*joint, torch.empty_like(joint[0]))) == [(2 + 1, 3, 2)]
+    for batch, heads, kw in ((65536, 1, {}), (1, 65536, {}), (1, 65536, {"q_norm_weight": norm}),
+                             (1, 1, {"cu_seqlens_q": torch.arange(65537, dtype=torch.int32), "max_seqlen_q": 1})):
+        n = 65536 if "cu_seqlens_q" in kw else 1
+        with pytest.raises(ValueError, match="at most 65535 heads and 65535 batch x segments"):
+            call(batch, heads, n, **kw)
+        assert not launches
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # torch.library: opcheck, torch.compile(fullgraph=True), the triton_op form of the registration
 
@@ -2113,6 +2154,23 @@ def test_gpu_capture_needs_a_warm_up(cuda_device, monkeypatch):
     assert torch.equal(captured, eager)
     ref64 = attention_reference(q, k, v, compute_dtype=torch.float64)
     assert_accurate(eager, ref64, attention_reference(q, k, v), torch.float16)
+
+
+@pytest.mark.gpu
+def test_gpu_batch_times_heads_past_65535(cuda_device, monkeypatch):
+    """Temporal attention as a video UNet runs it (SVD at 576 x 1024 with guidance: a batch of 2 x 72 x 128 latent
+    pixels, 5 heads, 14 frames), with a QK norm and RoPE: 92160 (batch, head) pairs, past one grid axis's 65535.
+    Accurate at the library's untuned tile, the prologue's launches included."""
+    monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
+    gen = torch.Generator(device=cuda_device).manual_seed(12)
+    q, k, v = (torch.randn(18432, 14, 5, 64, device=cuda_device, dtype=torch.bfloat16, generator=gen)
+               for _ in range(3))
+    kw = dict(layout="bnhd", rope=tuple(torch.rand(14, 64, device=cuda_device, generator=gen) for _ in range(2)),
+              q_norm_weight=torch.rand(64, device=cuda_device, generator=gen) + 0.5,
+              k_norm_weight=torch.rand(64, device=cuda_device, generator=gen) + 0.5)
+    with pydiff.use_backend("triton"):
+        out = pydiff.attention(q, k, v, **kw)
+    assert_accurate(out, *references(q, k, v, kw), torch.bfloat16)
 
 
 # plain fp32, D40 (B, N, H, D) GQA, strided D96, segments, joint GQA, NASA with lengths, norms + RoPE + joint +
