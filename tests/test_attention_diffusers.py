@@ -208,3 +208,47 @@ def test_set_attention_backend_on_a_pipeline_and_bad_input():
     assert set_attention_backend(pipe) == 0  # already switched
     with pytest.raises(TypeError, match="pipeline"):
         set_attention_backend(object())
+
+
+def _wide_head_vae():
+    """A Stable Diffusion VAE's mid-block attention in small: one head over all its channels (512 in SD's VAE; here
+    264, past the kernel's 256)."""
+    from diffusers import AutoencoderKL
+
+    return _perturb(AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                                  up_block_types=("UpDecoderBlock2D",), block_out_channels=(264,), latent_channels=4,
+                                  norm_num_groups=8, sample_size=8), 4)
+
+
+def _wide_head_sd3():
+    from diffusers import SD3Transformer2DModel
+
+    return _perturb(SD3Transformer2DModel(
+        sample_size=4, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=260, num_attention_heads=1,
+        joint_attention_dim=32, caption_projection_dim=260, pooled_projection_dim=24, out_channels=4,
+        pos_embed_max_size=4), 5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_head_dims_past_the_kernel_stay_stock(backend):
+    """Head dims over 256 (every Stable Diffusion VAE's mid-block attention has 512) keep their stock processor:
+    ``set_attention_backend`` leaves them, so a pipeline's VAE decodes as before, and a pydiff processor set on
+    such a module by hand passes its calls to the stock one. The same outputs as the stock processors, no error."""
+    gen = torch.Generator().manual_seed(8)
+    image = torch.randn(1, 3, 8, 8, generator=gen)
+    sd3_inputs = dict(hidden_states=torch.randn(1, 4, 4, 4, generator=gen),
+                      encoder_hidden_states=torch.randn(1, 5, 32, generator=gen),
+                      pooled_projections=torch.randn(1, 24, generator=gen), timestep=torch.tensor([3]))
+    for model, run, ours in ((_wide_head_vae(), lambda m: m(image, sample_posterior=False).sample, PydiffAttnProcessor),
+                             (_wide_head_sd3(), lambda m: m(**sd3_inputs).sample, PydiffJointAttnProcessor)):
+        with torch.no_grad():
+            stock = run(model)
+            kept = copy.deepcopy(model)
+            assert set_attention_backend(kept) == 0
+            assert ours not in _processor_types(kept)
+            by_hand = copy.deepcopy(model)
+            by_hand.set_attn_processor(ours())
+            assert _processor_types(by_hand) == {ours}
+            with pydiff.use_backend(backend):
+                for switched in (kept, by_hand):
+                    torch.testing.assert_close(run(switched), stock, rtol=0, atol=0)

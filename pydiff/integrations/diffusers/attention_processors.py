@@ -10,9 +10,11 @@
 * ``PydiffFluxAttnProcessor`` replaces Flux's ``FluxAttnProcessor``: joint attention plus the QK RMSNorms and
   the RoPE table, applied by pydiff in one float32 pass per tensor (no torch op sequence, no concatenation).
 
-Outputs equal the stock processors' (same math; pydiff keeps the norm and RoPE in float32). Cases the kernel
-does not cover run the stock computation: an attention mask in the UNet/Flux processors, and QK norms that are
-not RMSNorms over the head dim (those are applied as modules before the fused call).
+Outputs equal the stock processors' (same math; pydiff keeps the norm and RoPE in float32). Calls the kernel
+does not take go to the stock processor itself: an attention mask (UNet/VAE and Flux) and head dims over 256 (the
+VAE's mid-block attention: one head of 512 channels in every Stable Diffusion VAE; ``set_attention_backend`` leaves
+such modules their stock processor). QK norms that are not RMSNorms over the head dim are applied as modules before
+the fused call.
 """
 
 from __future__ import annotations
@@ -20,12 +22,11 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProcessor2_0
 from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
 
-from pydiff.attention import attention
+from pydiff.attention import MAX_HEAD_DIM, attention
 
 
 def _rms_norm_params(norm, head_dim: int, device: torch.device) -> Optional[Tuple[torch.Tensor, Optional[float]]]:
@@ -69,12 +70,22 @@ def _plan_norms(norms: Dict[str, Optional[torch.nn.Module]], head_dim: int, dtyp
     return fused, separate, (1e-6 if eps is None else eps)
 
 
+def _head_dim(attn) -> int:
+    """The head dim a stock processor splits ``attn``'s key projection into (Flux's modules name it)."""
+    return attn.head_dim if isinstance(attn, FluxAttention) else attn.inner_kv_dim // attn.heads
+
+
 class PydiffAttnProcessor:
     """Drop-in for diffusers' ``AttnProcessor2_0`` (``Attention``: UNet and VAE self- and cross-attention)."""
+
+    def __init__(self):
+        self.stock = AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
                  *args, **kwargs) -> torch.Tensor:
+        if attention_mask is not None or _head_dim(attn) > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -98,16 +109,13 @@ class PydiffAttnProcessor:
         k = key.unflatten(-1, (attn.heads, head_dim))
         v = value.unflatten(-1, (attn.heads, head_dim))
 
-        if attention_mask is not None:
-            out = _masked_sdpa(attn, q, k, v, attention_mask, encoder_hidden_states)
-        else:
-            fused, separate, eps = _plan_norms({"q": attn.norm_q, "k": attn.norm_k}, head_dim, q.dtype, q.device)
-            if "q" in separate:
-                q = separate["q"](q)
-            if "k" in separate:
-                k = separate["k"](k)
-            out = attention(q, k, v, layout="bnhd", q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"),
-                            norm_eps=eps)
+        fused, separate, eps = _plan_norms({"q": attn.norm_q, "k": attn.norm_k}, head_dim, q.dtype, q.device)
+        if "q" in separate:
+            q = separate["q"](q)
+        if "k" in separate:
+            k = separate["k"](k)
+        out = attention(q, k, v, layout="bnhd", q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"),
+                        norm_eps=eps)
         hidden_states = out.flatten(2).to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
@@ -118,24 +126,16 @@ class PydiffAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
-def _masked_sdpa(attn, q, k, v, attention_mask, encoder_hidden_states):
-    """The stock computation for an arbitrary attention mask (additive or boolean), which the kernel does not take."""
-    batch_size, key_length = encoder_hidden_states.shape[0], encoder_hidden_states.shape[1]
-    mask = attn.prepare_attention_mask(attention_mask, key_length, batch_size)
-    mask = mask.view(batch_size, attn.heads, -1, mask.shape[-1])
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    if attn.norm_q is not None:
-        q = attn.norm_q(q)
-    if attn.norm_k is not None:
-        k = attn.norm_k(k)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
-
-
 class PydiffJointAttnProcessor:
     """Drop-in for SD3's ``JointAttnProcessor2_0``: joint image+text attention without concatenation."""
 
+    def __init__(self):
+        self.stock = JointAttnProcessor2_0()
+
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, *args, **kwargs):
+        if _head_dim(attn) > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         # Like the stock processor, attention_mask is not used by SD3's joint attention.
         query = attn.to_q(hidden_states)
         key = attn.to_k(hidden_states)
@@ -176,9 +176,14 @@ class PydiffJointAttnProcessor:
 class PydiffFluxAttnProcessor:
     """Drop-in for Flux's ``FluxAttnProcessor``: joint attention with QK RMSNorm and RoPE fused into the kernel."""
 
+    def __init__(self):
+        self.stock = FluxAttnProcessor()
+
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None,
                  image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+        if attention_mask is not None or _head_dim(attn) > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         if attn.fused_projections:
             query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
         else:
@@ -191,10 +196,6 @@ class PydiffFluxAttnProcessor:
                 context_qkv = (attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states),
                                attn.add_v_proj(encoder_hidden_states))
         q, k, v = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
-        if attention_mask is not None:
-            out = self._masked(attn, q, k, v, context_qkv if joint else None, attention_mask, image_rotary_emb)
-            return self._project(attn, out.flatten(2).to(query.dtype), encoder_hidden_states if joint else None)
-
         norms = {"q": attn.norm_q, "k": attn.norm_k}
         tensors = {"q": q, "k": k}
         if joint:
@@ -219,33 +220,6 @@ class PydiffFluxAttnProcessor:
                         q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"), norm_eps=eps)
         return out.flatten(2).to(query.dtype)
 
-    @staticmethod
-    def _masked(attn, q, k, v, context_qkv, attention_mask, image_rotary_emb):
-        """The stock computation (norms, [text; image] concatenation, interleaved RoPE, masked SDPA)."""
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        q, k = attn.norm_q(q), attn.norm_k(k)
-        if context_qkv is not None:
-            cq, ck, cv = (t.unflatten(-1, (-1, attn.head_dim)) for t in context_qkv)
-            q = torch.cat([attn.norm_added_q(cq), q], dim=1)
-            k = torch.cat([attn.norm_added_k(ck), k], dim=1)
-            v = torch.cat([cv, v], dim=1)
-        if image_rotary_emb is not None:
-            q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
-            k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                             attn_mask=attention_mask)
-        return out.transpose(1, 2)
-
-    @staticmethod
-    def _project(attn, hidden_states, encoder_hidden_states):
-        if encoder_hidden_states is None:
-            return hidden_states
-        context, hidden_states = hidden_states.split_with_sizes(
-            [encoder_hidden_states.shape[1], hidden_states.shape[1] - encoder_hidden_states.shape[1]], dim=1)
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))
-        return hidden_states, attn.to_add_out(context.contiguous())
-
 
 _REPLACEMENTS = (
     (AttnProcessor2_0, PydiffAttnProcessor),
@@ -268,7 +242,8 @@ def set_attention_backend(model_or_pipe) -> int:
     """Swap every stock SDPA processor in a diffusers model or pipeline for its pydiff counterpart.
 
     AttnProcessor2_0 -> PydiffAttnProcessor, JointAttnProcessor2_0 -> PydiffJointAttnProcessor,
-    FluxAttnProcessor -> PydiffFluxAttnProcessor; other processors (IP-adapter, added-KV, ...) stay.
+    FluxAttnProcessor -> PydiffFluxAttnProcessor; other processors (IP-adapter, added-KV, ...) stay, and so do
+    modules whose head dim is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention).
     The backend the processors use follows ``pydiff.use_backend`` / ``PYDIFF_BACKEND`` at call time.
     Returns the number of attention modules switched.
     """
@@ -279,7 +254,7 @@ def set_attention_backend(model_or_pipe) -> int:
             if processor is None or not hasattr(module, "set_processor"):
                 continue
             for stock, ours in _REPLACEMENTS:
-                if type(processor) is stock:
+                if type(processor) is stock and _head_dim(module) <= MAX_HEAD_DIM:
                     module.set_processor(ours())
                     switched += 1
                     break
