@@ -252,3 +252,23 @@ def test_head_dims_past_the_kernel_stay_stock(backend):
             with pydiff.use_backend(backend):
                 for switched in (kept, by_hand):
                     torch.testing.assert_close(run(switched), stock, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_svd_spatio_temporal_unet(backend):
+    """Stable Video Diffusion's UNet: spatial attention per frame, and temporal attention over the frames of each
+    latent pixel (a batch of videos x pixels: past 65535 (batch, head) pairs at SVD's own size, which the kernel's
+    grid takes; ``test_grid_axes_take_large_batches``)."""
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    model = _perturb(UNetSpatioTemporalConditionModel(
+        sample_size=4, in_channels=8, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=24, cross_attention_dim=16, transformer_layers_per_block=1,
+        num_attention_heads=(2, 4), num_frames=3), 1)
+    gen = torch.Generator().manual_seed(0)
+    video = torch.randn(2, 3, 8, 4, 4, generator=gen)  # (batch, frames, channels, height, width)
+    image = torch.randn(2, 1, 16, generator=gen)
+    added = torch.randn(2, 3, generator=gen)
+    _compare(model, lambda m: m(video, torch.tensor([10.0]), image, added).sample, backend, {PydiffAttnProcessor})
