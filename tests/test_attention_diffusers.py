@@ -272,3 +272,26 @@ def test_svd_spatio_temporal_unet(backend):
     image = torch.randn(2, 1, 16, generator=gen)
     added = torch.randn(2, 3, generator=gen)
     _compare(model, lambda m: m(video, torch.tensor([10.0]), image, added).sample, backend, {PydiffAttnProcessor})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compiled_fullgraph_models(backend):
+    """``torch.compile(model, fullgraph=True)``, as diffusers' docs compile a pipeline's transformer, traces our
+    processors without a graph break (the op through torch.library, the stock path's checks as Python), with the
+    eager outputs."""
+    unet, sd3, flux = tiny_unet(), tiny_sd3("rms_norm"), tiny_flux()
+    gen = torch.Generator().manual_seed(4)
+    unet_inputs = (torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([10, 500]),
+                   torch.randn(2, 7, 24, generator=gen))
+    sd3_inputs = dict(hidden_states=torch.randn(1, 4, 8, 8, generator=gen),
+                      encoder_hidden_states=torch.randn(1, 5, 32, generator=gen),
+                      pooled_projections=torch.randn(1, 24, generator=gen), timestep=torch.tensor([3]))
+    flux_inputs = _flux_inputs(6)
+    for model, run in ((unet, lambda m: m(*unet_inputs).sample), (sd3, lambda m: m(**sd3_inputs).sample),
+                       (flux, lambda m: m(**flux_inputs).sample)):
+        torch._dynamo.reset()
+        assert set_attention_backend(model) > 0
+        with torch.no_grad(), pydiff.use_backend(backend):
+            eager = run(model)
+            compiled = run(torch.compile(model, fullgraph=True, backend="aot_eager"))
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
