@@ -254,24 +254,31 @@ def test_head_dims_past_the_kernel_stay_stock(backend):
                     torch.testing.assert_close(run(switched), stock, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_svd_spatio_temporal_unet(backend):
-    """Stable Video Diffusion's UNet: spatial attention per frame, and temporal attention over the frames of each
-    latent pixel (a batch of videos x pixels: past 65535 (batch, head) pairs at SVD's own size, which the kernel's
-    grid takes; ``test_grid_axes_take_large_batches``)."""
+def tiny_svd():
     from diffusers import UNetSpatioTemporalConditionModel
 
-    model = _perturb(UNetSpatioTemporalConditionModel(
+    return _perturb(UNetSpatioTemporalConditionModel(
         sample_size=4, in_channels=8, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
         down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
         up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=24, cross_attention_dim=16, transformer_layers_per_block=1,
         num_attention_heads=(2, 4), num_frames=3), 1)
-    gen = torch.Generator().manual_seed(0)
-    video = torch.randn(2, 3, 8, 4, 4, generator=gen)  # (batch, frames, channels, height, width)
-    image = torch.randn(2, 1, 16, generator=gen)
-    added = torch.randn(2, 3, generator=gen)
-    _compare(model, lambda m: m(video, torch.tensor([10.0]), image, added).sample, backend, {PydiffAttnProcessor})
+
+
+def _svd_inputs(seed):
+    gen = torch.Generator().manual_seed(seed)
+    # (batch, frames, channels, height, width), a timestep, the image embedding, the added time ids
+    return (torch.randn(2, 3, 8, 4, 4, generator=gen), torch.tensor([10.0]), torch.randn(2, 1, 16, generator=gen),
+            torch.randn(2, 3, generator=gen))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_svd_spatio_temporal_unet(backend):
+    """Stable Video Diffusion's UNet: spatial attention per frame, and temporal attention over the frames of each
+    latent pixel (a batch of videos x pixels: past 65535 (batch, head) pairs at SVD's own size, which the kernel's
+    grid takes; ``test_grid_axes_take_large_batches``)."""
+    inputs = _svd_inputs(0)
+    _compare(tiny_svd(), lambda m: m(*inputs).sample, backend, {PydiffAttnProcessor})
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -295,3 +302,40 @@ def test_compiled_fullgraph_models(backend):
             eager = run(model)
             compiled = run(torch.compile(model, fullgraph=True, backend="aot_eager"))
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def _moved(x, device, dtype):
+    """Inputs on ``device``, their floating-point tensors in ``dtype`` (tuples and dicts of them too)."""
+    if isinstance(x, dict):
+        return {name: _moved(t, device, dtype) for name, t in x.items()}
+    if isinstance(x, tuple):
+        return tuple(_moved(t, device, dtype) for t in x)
+    return x.to(device, dtype) if x.is_floating_point() else x.to(device)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_gpu_models_against_float64(cuda_device, dtype):
+    """On a GPU, the compiled kernel behind our processors, in a model that runs in half precision: its output's
+    error against the same model in float64 (stock processors) is within 2x the stock processors' own error in
+    that precision, plus 1e-3. A UNet, SD3 and Flux transformers, and SVD's spatio-temporal UNet."""
+    gen = torch.Generator().manual_seed(6)
+    unet_inputs = (torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([10, 500]),
+                   torch.randn(2, 7, 24, generator=gen))
+    sd3_inputs = (torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 9, 32, generator=gen),
+                  torch.randn(2, 24, generator=gen), torch.tensor([0.3, 0.8]))
+    for model, inputs in ((tiny_unet(), unet_inputs), (tiny_sd3("rms_norm"), sd3_inputs),
+                          (tiny_flux(), _flux_inputs(7)), (tiny_svd(), _svd_inputs(8))):
+        def run(m, precision):
+            args = _moved(inputs, cuda_device, precision)
+            return (m(**args) if isinstance(args, dict) else m(*args)).sample.double()
+
+        with torch.no_grad():
+            ref = run(copy.deepcopy(model).to(cuda_device, torch.float64), torch.float64)
+            stock = run(copy.deepcopy(model).to(cuda_device, dtype), dtype)
+            ours_model = copy.deepcopy(model).to(cuda_device, dtype)
+            assert set_attention_backend(ours_model) > 0
+            with pydiff.use_backend("triton"):
+                ours = run(ours_model, dtype)
+        err_ours, err_stock = ((x - ref).norm().item() / ref.norm().item() for x in (ours, stock))
+        assert err_ours <= 2 * err_stock + 1e-3, f"{type(model).__name__}: {err_ours:.3g} vs stock {err_stock:.3g}"
