@@ -96,14 +96,18 @@ def test_unet2d_condition(backend):
     _compare(model, lambda m: m(sample, t, encoder_hidden_states=context).sample, backend, {PydiffAttnProcessor})
 
 
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return _perturb(AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                                  up_block_types=("UpDecoderBlock2D",), block_out_channels=(32,), latent_channels=4,
+                                  norm_num_groups=8, sample_size=16), 8)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_vae_attention(backend):
     """The VAE's mid-block attention: 4-D input, group norm, residual connection, output rescale."""
-    from diffusers import AutoencoderKL
-
-    model = _perturb(AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-                                   up_block_types=("UpDecoderBlock2D",), block_out_channels=(32,),
-                                   latent_channels=4, norm_num_groups=8, sample_size=16), 8)
+    model = tiny_vae()
     image = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(9))
     _compare(model, lambda m: m(image, sample_posterior=False).sample, backend, {PydiffAttnProcessor})
 
@@ -118,13 +122,13 @@ def test_unet2d_condition_with_encoder_mask_falls_back_to_stock_math():
                                 encoder_attention_mask=mask).sample, "torch", {PydiffAttnProcessor})
 
 
-def tiny_sd3(qk_norm):
+def tiny_sd3(qk_norm, dual_attention_layers=(0,)):
     from diffusers import SD3Transformer2DModel
 
     model = SD3Transformer2DModel(
         sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
         joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=24, out_channels=4,
-        pos_embed_max_size=8, dual_attention_layers=(0,), qk_norm=qk_norm)
+        pos_embed_max_size=8, dual_attention_layers=dual_attention_layers, qk_norm=qk_norm)
     return _perturb(model, 3)
 
 
@@ -318,13 +322,16 @@ def _moved(x, device, dtype):
 def test_gpu_models_against_float64(cuda_device, dtype):
     """On a GPU, the compiled kernel behind our processors, in a model that runs in half precision: its output's
     error against the same model in float64 (stock processors) is within 2x the stock processors' own error in
-    that precision, plus 1e-3. A UNet, SD3 and Flux transformers, and SVD's spatio-temporal UNet."""
+    that precision, plus 1e-3. A UNet (its projections also fused: q, k and v strided views of one matmul), SD3 and
+    Flux transformers, and SVD's spatio-temporal UNet."""
     gen = torch.Generator().manual_seed(6)
     unet_inputs = (torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([10, 500]),
                    torch.randn(2, 7, 24, generator=gen))
     sd3_inputs = (torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 9, 32, generator=gen),
                   torch.randn(2, 24, generator=gen), torch.tensor([0.3, 0.8]))
-    for model, inputs in ((tiny_unet(), unet_inputs), (tiny_sd3("rms_norm"), sd3_inputs),
+    fused_unet = tiny_unet()
+    fused_unet.fuse_qkv_projections()
+    for model, inputs in ((tiny_unet(), unet_inputs), (fused_unet, unet_inputs), (tiny_sd3("rms_norm"), sd3_inputs),
                           (tiny_flux(), _flux_inputs(7)), (tiny_svd(), _svd_inputs(8))):
         def run(m, precision):
             args = _moved(inputs, cuda_device, precision)
@@ -339,3 +346,32 @@ def test_gpu_models_against_float64(cuda_device, dtype):
                 ours = run(ours_model, dtype)
         err_ours, err_stock = ((x - ref).norm().item() / ref.norm().item() for x in (ours, stock))
         assert err_ours <= 2 * err_stock + 1e-3, f"{type(model).__name__}: {err_ours:.3g} vs stock {err_stock:.3g}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_projections(backend):
+    """After ``fuse_qkv_projections()`` (diffusers' fused processors, one matmul for q, k and v), our processors
+    read the fused projections: the same outputs as diffusers' fused processors, a masked call included. SD3.5-style
+    QK norms keep ``FusedJointAttnProcessor2_0``, which skips them."""
+    from diffusers.models.attention_processor import FusedJointAttnProcessor2_0
+
+    gen = torch.Generator().manual_seed(5)
+    sample, t = torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([3, 900])
+    context = torch.randn(2, 7, 24, generator=gen)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0]])
+    image = torch.randn(1, 3, 16, 16, generator=gen)
+    latents, pooled = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 24, generator=gen)
+    sd3_context = torch.randn(2, 9, 32, generator=gen)
+    for model, run, ours in (
+            (tiny_unet(), lambda m: m(sample, t, encoder_hidden_states=context).sample, PydiffAttnProcessor),
+            (tiny_unet(), lambda m: m(sample, t, encoder_hidden_states=context, encoder_attention_mask=mask).sample,
+             PydiffAttnProcessor),
+            (tiny_vae(), lambda m: m(image, sample_posterior=False).sample, PydiffAttnProcessor),
+            # (no dual attention: diffusers' fused joint processor fails on its self-attention, which has no text)
+            (tiny_sd3(None, ()), lambda m: m(latents, sd3_context, pooled, t.float() / 1000).sample,
+             PydiffJointAttnProcessor)):
+        model.fuse_qkv_projections()
+        _compare(model, run, backend, {ours})
+    normed = tiny_sd3("rms_norm", ())
+    normed.fuse_qkv_projections()
+    assert set_attention_backend(normed) == 0 and _processor_types(normed) == {FusedJointAttnProcessor2_0}

@@ -7,6 +7,9 @@
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
 * ``PydiffJointAttnProcessor`` replaces SD3's ``JointAttnProcessor2_0``: image and text streams are attended
   jointly without concatenating q/k/v or splitting the output; the QK RMSNorms run inside the kernel.
+* Both read fused projections too (``fuse_qkv_projections()``: one matmul for q, k and v), and so replace
+  diffusers' ``FusedAttnProcessor2_0`` and, where a joint module has no QK norms, ``FusedJointAttnProcessor2_0``
+  (which skips them); q, k and v are then strided views of the one projection.
 * ``PydiffFluxAttnProcessor`` replaces Flux's ``FluxAttnProcessor``: joint attention plus the QK RMSNorms and
   the RoPE table, applied by pydiff in one float32 pass per tensor (no torch op sequence, no concatenation).
 
@@ -22,7 +25,12 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProcessor2_0
+from diffusers.models.attention_processor import (
+    AttnProcessor2_0,
+    FusedAttnProcessor2_0,
+    FusedJointAttnProcessor2_0,
+    JointAttnProcessor2_0,
+)
 from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
 from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
 
@@ -75,17 +83,25 @@ def _head_dim(attn) -> int:
     return attn.head_dim if isinstance(attn, FluxAttention) else attn.inner_kv_dim // attn.heads
 
 
+def _fused(attn) -> bool:
+    """Whether ``attn``'s projections are fused (``fuse_qkv_projections``): one ``to_qkv`` (self-attention) or
+    ``to_kv`` (cross-attention), and ``to_added_qkv`` for a joint module's second stream."""
+    return getattr(attn, "fused_projections", False)
+
+
 class PydiffAttnProcessor:
-    """Drop-in for diffusers' ``AttnProcessor2_0`` (``Attention``: UNet and VAE self- and cross-attention)."""
+    """Drop-in for diffusers' ``AttnProcessor2_0`` and, on fused projections, ``FusedAttnProcessor2_0``
+    (``Attention``: UNet and VAE self- and cross-attention)."""
 
     def __init__(self):
-        self.stock = AttnProcessor2_0()
+        self.stock, self.stock_fused = AttnProcessor2_0(), FusedAttnProcessor2_0()
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
                  *args, **kwargs) -> torch.Tensor:
         if attention_mask is not None or _head_dim(attn) > MAX_HEAD_DIM:
-            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+            stock = self.stock_fused if _fused(attn) else self.stock
+            return stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -96,13 +112,17 @@ class PydiffAttnProcessor:
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
+        if encoder_hidden_states is not None and attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
+        if _fused(attn) and encoder_hidden_states is None:
+            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            query = attn.to_q(hidden_states)
+            source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+            if _fused(attn):
+                key, value = attn.to_kv(source).chunk(2, dim=-1)
+            else:
+                key, value = attn.to_k(source), attn.to_v(source)
         head_dim = key.shape[-1] // attn.heads
         # (B, N, H, D) views of the projections: the kernel reads them through strides, no transposed copies.
         q = query.unflatten(-1, (attn.heads, head_dim))
@@ -127,25 +147,30 @@ class PydiffAttnProcessor:
 
 
 class PydiffJointAttnProcessor:
-    """Drop-in for SD3's ``JointAttnProcessor2_0``: joint image+text attention without concatenation."""
+    """Drop-in for SD3's ``JointAttnProcessor2_0`` and, on fused projections without QK norms,
+    ``FusedJointAttnProcessor2_0``: joint image+text attention without concatenation."""
 
     def __init__(self):
-        self.stock = JointAttnProcessor2_0()
+        self.stock, self.stock_fused = JointAttnProcessor2_0(), FusedJointAttnProcessor2_0()
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, *args, **kwargs):
         if _head_dim(attn) > MAX_HEAD_DIM:
-            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+            stock = self.stock_fused if _fused(attn) else self.stock
+            return stock(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         # Like the stock processor, attention_mask is not used by SD3's joint attention.
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
+        if _fused(attn):
+            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         head_dim = key.shape[-1] // attn.heads
         q, k, v = (t.unflatten(-1, (attn.heads, head_dim)) for t in (query, key, value))
         norms = {"q": attn.norm_q, "k": attn.norm_k}
         if encoder_hidden_states is not None:
-            joint = tuple(proj(encoder_hidden_states).unflatten(-1, (attn.heads, head_dim))
-                          for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+            context_qkv = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1) if _fused(attn) else \
+                (attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states),
+                 attn.add_v_proj(encoder_hidden_states))
+            joint = tuple(t.unflatten(-1, (attn.heads, head_dim)) for t in context_qkv)
             norms.update(q2=attn.norm_added_q, k2=attn.norm_added_k)
         fused, separate, eps = _plan_norms(norms, head_dim, q.dtype, q.device)
         tensors = {"q": q, "k": k}
@@ -221,10 +246,18 @@ class PydiffFluxAttnProcessor:
         return out.flatten(2).to(query.dtype)
 
 
+def _no_qk_norms(attn) -> bool:
+    """diffusers' fused joint processor skips the QK norms (SD3.5's), which ours would apply: replaced only without."""
+    return all(getattr(attn, name, None) is None for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"))
+
+
+#: (stock processor, ours, which modules: all where None)
 _REPLACEMENTS = (
-    (AttnProcessor2_0, PydiffAttnProcessor),
-    (JointAttnProcessor2_0, PydiffJointAttnProcessor),
-    (FluxAttnProcessor, PydiffFluxAttnProcessor),
+    (AttnProcessor2_0, PydiffAttnProcessor, None),
+    (FusedAttnProcessor2_0, PydiffAttnProcessor, None),
+    (JointAttnProcessor2_0, PydiffJointAttnProcessor, None),
+    (FusedJointAttnProcessor2_0, PydiffJointAttnProcessor, _no_qk_norms),
+    (FluxAttnProcessor, PydiffFluxAttnProcessor, None),
 )
 
 
@@ -241,9 +274,11 @@ def _roots(model_or_pipe) -> List[torch.nn.Module]:
 def set_attention_backend(model_or_pipe) -> int:
     """Swap every stock SDPA processor in a diffusers model or pipeline for its pydiff counterpart.
 
-    AttnProcessor2_0 -> PydiffAttnProcessor, JointAttnProcessor2_0 -> PydiffJointAttnProcessor,
-    FluxAttnProcessor -> PydiffFluxAttnProcessor; other processors (IP-adapter, added-KV, ...) stay, and so do
-    modules whose head dim is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention).
+    AttnProcessor2_0 and FusedAttnProcessor2_0 -> PydiffAttnProcessor, JointAttnProcessor2_0 and (without QK norms)
+    FusedJointAttnProcessor2_0 -> PydiffJointAttnProcessor, FluxAttnProcessor -> PydiffFluxAttnProcessor; other
+    processors (IP-adapter, added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable
+    Diffusion VAE's 512-channel mid-block attention). ``fuse_qkv_projections()`` sets diffusers' fused processors
+    over ours: call this after it.
     The backend the processors use follows ``pydiff.use_backend`` / ``PYDIFF_BACKEND`` at call time.
     Returns the number of attention modules switched.
     """
@@ -253,8 +288,8 @@ def set_attention_backend(model_or_pipe) -> int:
             processor = getattr(module, "processor", None)
             if processor is None or not hasattr(module, "set_processor"):
                 continue
-            for stock, ours in _REPLACEMENTS:
-                if type(processor) is stock and _head_dim(module) <= MAX_HEAD_DIM:
+            for stock, ours, takes in _REPLACEMENTS:
+                if type(processor) is stock and _head_dim(module) <= MAX_HEAD_DIM and (takes is None or takes(module)):
                     module.set_processor(ours())
                     switched += 1
                     break
