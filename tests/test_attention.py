@@ -2224,6 +2224,29 @@ def test_gpu_plans(case, cuda_device, monkeypatch):
 
 
 @pytest.mark.gpu
+def test_gpu_compile_autotuned_dynamic_shapes(cuda_device, monkeypatch):
+    """``torch.compile(dynamic=True)``, as a pipeline compiled once for several resolutions runs it, with the
+    autotuner on (the library's default): Inductor traces the op's kernels with symbolic sizes and tunes the tile
+    itself (the pruner sees symbolic key counts). Each length's output is accurate against float64."""
+    monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "1")
+    gen = torch.Generator(device=cuda_device).manual_seed(5)
+    weight = torch.rand(64, device=cuda_device, generator=gen) + 0.5
+
+    def f(q, k, v, lens, cos, sin):
+        return pydiff.attention(q * 1.5, k, v, layout="bnhd", kv_lens=lens, rope=(cos, sin), q_norm_weight=weight)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, dynamic=True)
+    for n in (77, 200, 333):
+        q, k, v = (torch.randn(2, n, 3, 64, device=cuda_device, dtype=torch.bfloat16, generator=gen)
+                   for _ in range(3))
+        lens = torch.tensor([n, n // 2], device=cuda_device, dtype=torch.int32)
+        cos, sin = (torch.rand(n, 64, device=cuda_device, generator=gen) for _ in range(2))
+        kw = dict(layout="bnhd", kv_lens=lens, rope=(cos, sin), q_norm_weight=weight)
+        assert_accurate(compiled(q, k, v, lens, cos, sin), *references(q * 1.5, k, v, kw), torch.bfloat16)
+
+
+@pytest.mark.gpu
 def test_gpu_opcheck_and_compile(cuda_device, monkeypatch):
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     case = OPCHECK_CASES[1]
