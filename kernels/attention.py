@@ -590,9 +590,9 @@ def _attn_fwd_kernel(
     ROWSUM_MMA: tl.constexpr = False, OVERLAP: tl.constexpr = False, WS_OK: tl.constexpr = False,
     WARP_SPEC: tl.constexpr = False, JOINED_KV: tl.constexpr = False,
 ):
-    """grid = (query blocks [of both streams when JOINT], H, B * segments): programs run in the order of (query
-    block, head, batch), as with one axis of B * H, whose 65535 programs a batch of B * H > 65535 would overflow
-    (temporal attention in video UNets: a batch of B x latent height x width). See the module docstring.
+    """grid = (query blocks [of both streams when JOINT], H, B * segments), run in the order (query block, head,
+    batch). The second and third axes take 65535 programs each, so B and H do not share one: temporal attention in
+    a video UNet has a batch of videos x latent pixels. See the module docstring.
 
     Queries and keys arrive with their prologue (norm, RoPE) already applied by ``_qk_prologue``.
     TMA_OK: unused here; whether the launcher found the key/value tensors fit for USE_TMA, read by the autotuner's

@@ -83,7 +83,7 @@ def _head_dim(attn) -> int:
     return attn.head_dim if isinstance(attn, FluxAttention) else attn.inner_kv_dim // attn.heads
 
 
-def _fused(attn) -> bool:
+def _fused_projections(attn) -> bool:
     """Whether ``attn``'s projections are fused (``fuse_qkv_projections``): one ``to_qkv`` (self-attention) or
     ``to_kv`` (cross-attention), and ``to_added_qkv`` for a joint module's second stream."""
     return getattr(attn, "fused_projections", False)
@@ -100,7 +100,7 @@ class PydiffAttnProcessor:
                  attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
                  *args, **kwargs) -> torch.Tensor:
         if attention_mask is not None or _head_dim(attn) > MAX_HEAD_DIM:
-            stock = self.stock_fused if _fused(attn) else self.stock
+            stock = self.stock_fused if _fused_projections(attn) else self.stock
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -114,12 +114,12 @@ class PydiffAttnProcessor:
 
         if encoder_hidden_states is not None and attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        if _fused(attn) and encoder_hidden_states is None:
+        if _fused_projections(attn) and encoder_hidden_states is None:
             query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
         else:
             query = attn.to_q(hidden_states)
             source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-            if _fused(attn):
+            if _fused_projections(attn):
                 key, value = attn.to_kv(source).chunk(2, dim=-1)
             else:
                 key, value = attn.to_k(source), attn.to_v(source)
@@ -156,10 +156,10 @@ class PydiffJointAttnProcessor:
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, *args, **kwargs):
         if _head_dim(attn) > MAX_HEAD_DIM:
-            stock = self.stock_fused if _fused(attn) else self.stock
+            stock = self.stock_fused if _fused_projections(attn) else self.stock
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         # Like the stock processor, attention_mask is not used by SD3's joint attention.
-        if _fused(attn):
+        if _fused_projections(attn):
             query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
         else:
             query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
@@ -167,9 +167,11 @@ class PydiffJointAttnProcessor:
         q, k, v = (t.unflatten(-1, (attn.heads, head_dim)) for t in (query, key, value))
         norms = {"q": attn.norm_q, "k": attn.norm_k}
         if encoder_hidden_states is not None:
-            context_qkv = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1) if _fused(attn) else \
-                (attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states),
-                 attn.add_v_proj(encoder_hidden_states))
+            if _fused_projections(attn):
+                context_qkv = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
+            else:
+                context_qkv = (attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states),
+                               attn.add_v_proj(encoder_hidden_states))
             joint = tuple(t.unflatten(-1, (attn.heads, head_dim)) for t in context_qkv)
             norms.update(q2=attn.norm_added_q, k2=attn.norm_added_k)
         fused, separate, eps = _plan_norms(norms, head_dim, q.dtype, q.device)
