@@ -450,6 +450,9 @@ def attention(
       embedding of q and k after the norm; ``rope_interleaved`` pairs (2i, 2i+1) (Flux) or halves (i, i + D/2).
       The Triton backend applies norm and RoPE in one float32 pass per tensor (read once, written once in the
       input dtype) before the attention pass, instead of per query block.
+
+    On a GPU, the Triton kernel takes up to 65535 heads and 65535 batch rows (times the segments of packed
+    sequences); beyond that it is an error before anything launches.
     """
     if not isinstance(q, torch.Tensor) or q.dim() != 4:
         raise ValueError(f"q must be a 4-D tensor, got {_describe(q)}")
