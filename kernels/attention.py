@@ -1484,7 +1484,6 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     else:
         n_neg = 0
         skn = svn = [0, 0, 0, 0]
-    segments = int(cu_seqlens_q.shape[0]) - 1 if varlen else 1
     block_da, block_db, split_d = head_dim_blocks(head_dim)
     mask_d = (block_da + (block_db if split_d else 0)) != head_dim
 
