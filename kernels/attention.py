@@ -1194,18 +1194,12 @@ def tma_usable(tensors) -> bool:
     ``descriptors_on`` their device, a contiguous head dim, and a base address and every other stride that are
     multiples of 16 bytes (the tensor memory accelerator's rules). False while tracing (fake tensors have no
     addresses)."""
-    if not tensors[0].is_cuda or not descriptors_on(tensors[0].device):
+    if not tensors[0].is_cuda or not descriptors_on(tensors[0].device):  # (the caller checked: one device)
         return False
-    for t in tensors:
-        if not t.is_cuda or _capability(t.device) < 9:
-            return False
-        try:
-            address = t.data_ptr()
-        except Exception:  # noqa: BLE001 - a fake or functional tensor under tracing has no address
-            return False
-        if not descriptor_layout_ok(address, t.stride(), t.element_size()):
-            return False
-    return True
+    try:
+        return descriptor_layouts_ok(tensors)
+    except Exception:  # noqa: BLE001 - a fake or functional tensor under tracing has no address
+        return False
 
 
 def descriptors_on(device) -> bool:
