@@ -96,12 +96,13 @@ def test_unet2d_condition(backend):
     _compare(model, lambda m: m(sample, t, encoder_hidden_states=context).sample, backend, {PydiffAttnProcessor})
 
 
-def tiny_vae():
+def tiny_vae(channels=32, sample_size=16, seed=8):
+    """A one-block VAE; its mid-block attention has one head over all ``channels``."""
     from diffusers import AutoencoderKL
 
     return _perturb(AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-                                  up_block_types=("UpDecoderBlock2D",), block_out_channels=(32,), latent_channels=4,
-                                  norm_num_groups=8, sample_size=16), 8)
+                                  up_block_types=("UpDecoderBlock2D",), block_out_channels=(channels,),
+                                  latent_channels=4, norm_num_groups=8, sample_size=sample_size), seed)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -214,16 +215,6 @@ def test_set_attention_backend_on_a_pipeline_and_bad_input():
         set_attention_backend(object())
 
 
-def _wide_head_vae():
-    """A Stable Diffusion VAE's mid-block attention in small: one head over all its channels (512 in SD's VAE; here
-    264, past the kernel's 256)."""
-    from diffusers import AutoencoderKL
-
-    return _perturb(AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-                                  up_block_types=("UpDecoderBlock2D",), block_out_channels=(264,), latent_channels=4,
-                                  norm_num_groups=8, sample_size=8), 4)
-
-
 def _wide_head_sd3():
     from diffusers import SD3Transformer2DModel
 
@@ -243,7 +234,9 @@ def test_head_dims_past_the_kernel_stay_stock(backend):
     sd3_inputs = dict(hidden_states=torch.randn(1, 4, 4, 4, generator=gen),
                       encoder_hidden_states=torch.randn(1, 5, 32, generator=gen),
                       pooled_projections=torch.randn(1, 24, generator=gen), timestep=torch.tensor([3]))
-    for model, run, ours in ((_wide_head_vae(), lambda m: m(image, sample_posterior=False).sample, PydiffAttnProcessor),
+    # a Stable Diffusion VAE's mid-block attention in small: one head over 264 channels (SD's has 512)
+    for model, run, ours in ((tiny_vae(264, 8, 4), lambda m: m(image, sample_posterior=False).sample,
+                              PydiffAttnProcessor),
                              (_wide_head_sd3(), lambda m: m(**sd3_inputs).sample, PydiffJointAttnProcessor)):
         with torch.no_grad():
             stock = run(model)
