@@ -55,6 +55,7 @@ def _cases():
     k, v = torch.randn(2, 10, 77, 64, **bf16), torch.randn(2, 10, 77, 64, **bf16)
     lens = torch.tensor([77, 60], dtype=torch.int32)
     k_neg, v_neg = torch.randn_like(k), torch.randn_like(v)
+    text_padding = ((torch.arange(77) >= lens[:, None]) * -10000.0).to(torch.bfloat16)[:, None, None]  # (B,1,1,Nk)
     # Flux: 4096 image + 512 text tokens, (B, N, H, D), per-stream QK norm, RoPE over the joined sequence
     image = [torch.randn(1, 4096, 24, 128, **bf16) for _ in range(3)]
     text = [torch.randn(1, 512, 24, 128, **bf16) for _ in range(3)]
@@ -64,6 +65,7 @@ def _cases():
     return [
         ("SDXL cross", "B2 H10 N4096x77 D64", lambda: attention(q, k, v)),
         ("key padding", "B2 H10 N4096x77 D64", lambda: attention(q, k, v, kv_lens=lens)),
+        ("key mask", "B2 H10 N4096x77 D64", lambda: attention(q, k, v, attn_mask=text_padding)),
         ("negative prompt (NASA)", "B2 H10 N4096x77+77 D64", lambda: attention(q, k, v, negative=(k_neg, v_neg))),
         ("Flux joint + QK norm + RoPE", "B1 H24 N4096+512 D128", lambda: attention(
             *image, layout="bnhd", joint=tuple(text), rope=(cos, sin), q_norm_weight=norms[0],

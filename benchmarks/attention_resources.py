@@ -46,7 +46,7 @@ from kernels import attention as A  # noqa: E402
 
 POINTERS = {"Q", "K", "V", "O", "Q2", "K2", "V2", "O2", "KN", "VN", "X", "Y", "W"}
 INT_POINTERS = {"KV_LENS", "NEG_KV_LENS", "CU_Q", "CU_K"}
-FLOAT_POINTERS = {"WORK", "COS", "SIN"}
+FLOAT_POINTERS = {"WORK", "COS", "SIN", "BIAS"}
 FLOATS = {"qk_scale", "neg_scale", "eps"}
 #: (name, head dim, (BLOCK_M, BLOCK_N, warps, stages), flags beyond the plain kernel's)
 CASES = [
@@ -61,6 +61,12 @@ CASES = [
     ("plain, row sums by MMA", 64, (128, 64, 4, 3), {"ROWSUM_MMA": True}),
     ("plain, row sums by MMA", 128, (128, 128, 8, 3), {"ROWSUM_MMA": True}),
     ("negative, row sums by MMA", 64, (128, 64, 8, 3), {"NEG": True, "ROWSUM_MMA": True}),
+    # (a mask's key stride of 1, as Triton's launcher specialises it)
+    ("key mask (float32)", 64, (128, 64, 4, 3), {"HAS_BIAS": True, "SCALE_POSITIVE": False, "EVEN_N": False,
+                                                 "stride_mn": 1}),
+    ("key mask (float32)", 72, (128, 64, 4, 3), {"HAS_BIAS": True, "SCALE_POSITIVE": False, "EVEN_N": False,
+                                                 "stride_mn": 1}),
+    ("plain, scale in the scores", 64, (128, 64, 4, 3), {"SCALE_POSITIVE": False, "EVEN_N": False}),
 ]
 
 
@@ -108,8 +114,8 @@ def compile_attention(head_dim: int, tile, flags, module=None, info: dict = None
     bm, bn, warps, stages = tile[:4]
     module = module or A
     const = dict(_head_dim_constants(head_dim, module), BLOCK_M=bm, BLOCK_N=bn, EVEN_N=True, JOINT=False, NEG=False,
-                 VARLEN=False, HAS_KV_LENS=False, HAS_NEG_KV_LENS=False, SCALE_POSITIVE=True, TMA_OK=True, WS_OK=False,
-                 USE_TMA=len(tile) > 4 and tile[4], ROWSUM_MMA=False, OVERLAP=False,
+                 VARLEN=False, HAS_KV_LENS=False, HAS_NEG_KV_LENS=False, HAS_BIAS=False, SCALE_POSITIVE=True,
+                 TMA_OK=True, WS_OK=False, USE_TMA=len(tile) > 4 and tile[4], ROWSUM_MMA=False, OVERLAP=False,
                  WARP_SPEC=len(tile) > 5 and tile[5], JOINED_KV=False)
     const.update(flags)
     return compile_specialised(module._attn_fwd_kernel, head_dim, const, warps, stages, info)
@@ -502,7 +508,8 @@ def candidate_launches(T, case) -> list:
     da, db, split = A.head_dim_blocks(case.head_dim)
     args = dict(BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split, JOINT=case.joint is not None, JOINED_KV=joined,
                 NEG=case.negative is not None, TMA_OK=fits, WS_OK=ws, HEAD_DIM=case.head_dim, Nk=case.n_k,
-                Nk2=(case.joint or (0, 0))[1], Nneg=case.negative or 0, Q=torch.ones(1, dtype=case.dtype))
+                Nk2=(case.joint or (0, 0))[1], Nneg=case.negative or 0, Q=torch.ones(1, dtype=case.dtype),
+                HAS_BIAS=case.mask is not None)
     return [dict(blocks=(cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]), warps=cfg.num_warps, stages=cfg.num_stages,
                  use_tma=cfg.kwargs.get("USE_TMA", False), warp_spec=cfg.kwargs.get("WARP_SPEC", False),
                  **({"join_keys": True} if joined else {}))

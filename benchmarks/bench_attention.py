@@ -592,7 +592,22 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
                      - 0.5 * F.scaled_dot_product_attention(q, k_neg, v_neg),
                      "2 x sdpa + sub", 2 * _flops(b, h, n_q, n_k, d), device, quick, ceiling)
 
-    # 5. Variable-length segments (e.g. image groups of different sizes) packed along the tokens.
+    # 5. A key mask: PixArt's cross-attention over T5 text padded to 300 tokens, diffusers' additive (B, 1, N_k)
+    # mask ((1 - mask) * -10000), which the stock processor repeats per head for SDPA.
+    b, h, d, n_q, n_k = (2, 16, 72, 4096, 300) if gpu else (2, 2, 72, 256, 77)
+    q, k, v = rand(b, h, n_q, d), rand(b, h, n_k, d), rand(b, h, n_k, d)
+    real = torch.arange(n_k, device=device)[None, :] < torch.tensor([[40], [n_k // 2]], device=device)
+    bias = ((1.0 - real.to(dtype)) * -10000.0)[:, None]  # (B, 1, N_k), as PixArt builds it
+
+    def masked_stock():
+        mask = bias.repeat_interleave(h, 0).view(b, h, 1, n_k)  # prepare_attention_mask, then the processor's view
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    rows += _variant("key mask (PixArt text padding)", f"B{b} H{h} N{n_q}x{n_k} D{d}",
+                     lambda: attention(q, k, v, attn_mask=bias[:, None]), masked_stock,
+                     "repeat mask per head + sdpa with it", _flops(b, h, n_q, n_k, d), device, quick, ceiling)
+
+    # 6. Variable-length segments (e.g. image groups of different sizes) packed along the tokens.
     h, d = (24, 64) if gpu else (2, 64)
     lengths = [1024, 3072, 2048, 2048] if gpu else [64, 96, 32, 64]
     total = sum(lengths)

@@ -6,6 +6,8 @@ softmax kept in float32 and base 2 (``exp2``, the scale folded with log2(e)). In
 constexpr flags (so a plain call compiles to a plain flash-attention):
 
 * key padding (``kv_lens``) and packed variable-length segments (``cu_seqlens``), which also give group attention;
+* a key mask (``attn_mask``: bool, or float added to the scores), one row of values per batch row and head that
+  every query shares (diffusers' text-padding masks), read as given, one BLOCK_N vector per key block;
 * joint attention over two token streams (SD3/Flux MMDiT) read from separate tensors into separate outputs;
 * negative-prompt attention (SNOOPI's NASA): a second online softmax over negative keys on the same q tile,
   ``out = A(q, k+, v+) - alpha A(q, k-, v-)``;
@@ -172,7 +174,8 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                  SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
                  SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr,
-                 OVERLAP: tl.constexpr = False, WARP_SPEC: tl.constexpr = False):
+                 OVERLAP: tl.constexpr = False, WARP_SPEC: tl.constexpr = False, MB=None, stride_mn=0,
+                 HAS_BIAS: tl.constexpr = False):
     """Keys [k_start, n_end) of one stream (K, V: the head's base pointers), block by block, into the online softmax
     (FlashAttention-2 algorithm 1, base 2); with USE_TMA read through descriptors, one per head-dim chunk.
     MASK_N: the stream may end inside a block. Then the whole blocks still run without the column mask (a select
@@ -195,18 +198,19 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
         acc_a, acc_b, m_i, l_i = _attend_overlapped(
             acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, k_start, n_whole, stride_kn, stride_kd, stride_vn,
             stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N and not SPLIT_N,
-            EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
+            EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, MB=MB, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
     else:
         acc_a, acc_b, m_i, l_i = _attend_blocks(
             acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, k_start, n_whole, n_end, stride_kn, stride_kd,
             stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D,
-            MASK_N and not SPLIT_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, WARP_SPEC)
+            MASK_N and not SPLIT_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, WARP_SPEC, MB=MB,
+            stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
     if SPLIT_N:
         if n_whole < n_end:
             acc_a, acc_b, m_i, l_i = _attend_block(
                 acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, n_whole, n_end, stride_kn, stride_kd,
                 stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, True,
-                EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
+                EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, MB=MB, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
     return acc_a, acc_b, m_i, l_i
 
 
@@ -216,7 +220,7 @@ def _attend_blocks(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, k_en
                    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                    SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
                    SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr,
-                   WARP_SPEC: tl.constexpr = False):
+                   WARP_SPEC: tl.constexpr = False, MB=None, stride_mn=0, HAS_BIAS: tl.constexpr = False):
     """The key blocks starting in [k_start, k_end), one after another (``_attend_block``; keys end at n_end).
     WARP_SPEC (with USE_TMA, and q read through descriptors too): Triton's warp specialisation of the loop, which on
     Hopper splits the program's warps into a producer warpgroup issuing the descriptor loads and consumer
@@ -228,13 +232,13 @@ def _attend_blocks(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, k_en
             acc_a, acc_b, m_i, l_i = _attend_block(
                 acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end, stride_kn, stride_kd, stride_vn,
                 stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16,
-                SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
+                SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, MB=MB, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
     else:
         for start_n in range(k_start, k_end, BLOCK_N):
             acc_a, acc_b, m_i, l_i = _attend_block(
                 acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end, stride_kn, stride_kd, stride_vn,
                 stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16,
-                SCALE_POSITIVE, USE_TMA, ROWSUM_MMA)
+                SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, MB=MB, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
     return acc_a, acc_b, m_i, l_i
 
 
@@ -244,7 +248,7 @@ def _attend_overlapped(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, 
                        HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
                        BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr,
                        EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr,
-                       ROWSUM_MMA: tl.constexpr):
+                       ROWSUM_MMA: tl.constexpr, MB=None, stride_mn=0, HAS_BIAS: tl.constexpr = False):
     """Key blocks [k_start, n_end), at least two (with MASK_N every block is masked at n_end), in a rotated order:
     each iteration multiplies the previous block's P by its V, then starts the next block's scores and runs this
     block's softmax while the tensor cores compute them (FlashAttention-3's intra-warpgroup overlap of softmax and
@@ -257,27 +261,30 @@ def _attend_overlapped(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, 
     first feeds the second as its accumulator; ``benchmarks/attention_resources.py --overlap``)."""
     last = k_start + (tl.cdiv(n_end - k_start, BLOCK_N) - 1) * BLOCK_N
     s = _block_scores(q_a, q_b, K, KB, k_start, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA,
-                      BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
-    p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA)
+                      BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, MB=MB,
+                      stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
+    p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA, HAS_BIAS)
     p = _p_operand(p, q_a.dtype, EMULATE_BF16)
     p_dtype: tl.constexpr = p.dtype
     p = _as_bits(p)
     s = _block_scores(q_a, q_b, K, KB, k_start + BLOCK_N, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N,
-                      BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
+                      BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, MB=MB,
+                      stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
     for start_n in range(k_start + 2 * BLOCK_N, last + 1, BLOCK_N):
         acc_a, acc_b, l_i = _block_accumulate(
             acc_a, acc_b, l_i, p.to(p_dtype, bitcast=True), alpha, V, VB, start_n - 2 * BLOCK_N, n_end, stride_vn,
             stride_vd, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA,
             ROWSUM_MMA)
         s_next = _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N,
-                               BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
-        p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA)
+                               BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA,
+                               MB=MB, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
+        p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA, HAS_BIAS)
         p = _as_bits(_p_operand(p, q_a.dtype, EMULATE_BF16))
         s = s_next
     acc_a, acc_b, l_i = _block_accumulate(
         acc_a, acc_b, l_i, p.to(p_dtype, bitcast=True), alpha, V, VB, last - BLOCK_N, n_end, stride_vn, stride_vd,
         HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA, ROWSUM_MMA)
-    p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA)
+    p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA, HAS_BIAS)
     acc_a, acc_b, l_i = _block_accumulate(
         acc_a, acc_b, l_i, p, alpha, V, VB, last, n_end, stride_vn, stride_vd, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB,
         SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, USE_TMA, ROWSUM_MMA)
@@ -299,11 +306,13 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end
                   stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                   SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                  SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr):
-    """One key/value block into the online softmax (``l_i``: see ``_row_sums``)."""
+                  SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr, MB=None,
+                  stride_mn=0, HAS_BIAS: tl.constexpr = False):
+    """One key/value block into the online softmax (``l_i``: see ``_row_sums``; HAS_BIAS: ``_block_scores``)."""
     s = _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA,
-                      BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA)
-    p, alpha, m_new, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA)
+                      BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, MB=MB,
+                      stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
+    p, alpha, m_new, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA, HAS_BIAS)
     acc_a, acc_b, l_i = _block_accumulate(acc_a, acc_b, l_i, p, alpha, V, VB, start_n, n_end, stride_vn, stride_vd,
                                           HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N,
                                           EMULATE_BF16, USE_TMA, ROWSUM_MMA)
@@ -341,9 +350,12 @@ def _kv_chunk(blk, rows, stride_n, d, stride_d, HEAD_DIM: tl.constexpr, MASK_D: 
 def _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scale,
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                   SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                  SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr):
+                  SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, MB=None, stride_mn=0,
+                  HAS_BIAS: tl.constexpr = False):
     """The scores q k^T of the key block at start_n (times the scale unless SCALE_POSITIVE, where the softmax folds
-    it in), -inf past n_end with MASK_N."""
+    it in), -inf past n_end with MASK_N. HAS_BIAS: plus the key mask (MB: its row for this batch row and head,
+    indexed by key position, stride_mn apart): a float mask's values in float32, in base 2 like the scaled scores
+    (so not with SCALE_POSITIVE: the launcher sees to it); a boolean mask's -inf where False."""
     offs_n = tl.arange(0, BLOCK_N)
     d_a = tl.arange(0, BLOCK_DA)
     d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
@@ -368,25 +380,39 @@ def _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scal
             s = tl.dot(q_b, tl.trans(k_b), s)
     if not SCALE_POSITIVE:
         s = s * qk_scale
+    if HAS_BIAS:
+        # (rows: a partial block's missing keys read the last key's value, then take -inf below)
+        bias = tl.load(MB + (start_n + rows).to(tl.int64) * stride_mn)
+        if MB.dtype.element_ty == tl.int1:  # a boolean mask: True takes part
+            bias = tl.where(bias, 0.0, float("-inf"))
+        else:
+            bias = bias.to(tl.float32) * 1.4426950408889634  # log2(e), as LOG2E
+        s += bias[None, :]
     if MASK_N:
         s = tl.where(((start_n + offs_n) < n_end)[None, :], s, float("-inf"))
     return s
 
 
 @triton.jit
-def _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE: tl.constexpr, ROWSUM_MMA: tl.constexpr):
+def _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE: tl.constexpr, ROWSUM_MMA: tl.constexpr,
+                   HAS_BIAS: tl.constexpr = False):
     """One block's step of the online softmax: (P in float32, the rescale factor of the old state, the new row
     maxima, the row sums; with ROWSUM_MMA the sums are left to ``_block_accumulate``)."""
-    # Every block holds at least one valid key, so m_new is finite and no (-inf) - (-inf) can appear.
+    # Every block holds at least one valid key, so m_new is finite and no (-inf) - (-inf) can appear; except with a
+    # key mask (HAS_BIAS), whose -inf may cover every key a row has seen so far: the row then subtracts 0 instead.
     if SCALE_POSITIVE:
         # max(s) * scale == max(s * scale), so the scale folds into exp2's argument as one fused multiply-add
         # per score (the softmax, not the matmuls, bounds this loop at small head dims)
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        p = tl.math.exp2(s * qk_scale - m_new[:, None])
+        m_sub = m_new
+        p = tl.math.exp2(s * qk_scale - m_sub[:, None])
     else:
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
+        m_sub = m_new
+        if HAS_BIAS:
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_sub[:, None])
+    alpha = tl.math.exp2(m_i - m_sub)
     if not ROWSUM_MMA:
         l_i = l_i * alpha + tl.sum(p, 1)
     return p, alpha, m_new, l_i
@@ -456,9 +482,11 @@ def _query_block(
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
     JOINT_KEYS: tl.constexpr, NEG: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
     USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr, OVERLAP: tl.constexpr, WARP_SPEC: tl.constexpr = False,
+    MB=None, MB2=None, stride_mn=0, HAS_BIAS: tl.constexpr = False,
 ):
     """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream: K/V's,
-    then (JOINT_KEYS) K2/V2's, and (NEG) the negative stream's into an output of their own."""
+    then (JOINT_KEYS) K2/V2's, and (NEG) the negative stream's into an output of their own. HAS_BIAS: the key mask
+    (``_block_scores``) of K's keys at MB, of K2's at MB2; the negative stream has none."""
     q_a, q_b = _load_rows(Q, row_start, row_end, stride_qn, stride_qd, HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB,
                           SPLIT_D, WARP_SPEC)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -469,15 +497,16 @@ def _query_block(
         acc_a, acc_b, m_i, l_i, q_a, q_b, K, V,
         k_start, k_end, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
         HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA,
-        ROWSUM_MMA, OVERLAP, WARP_SPEC)
+        ROWSUM_MMA, OVERLAP, WARP_SPEC, MB=MB, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
     if JOINT_KEYS:
         # The second key stream continues the same online softmax: joint attention without concatenation.
         acc_a, acc_b, m_i, l_i = _attend_keys(
             acc_a, acc_b, m_i, l_i, q_a, q_b, K2, V2,
             0, k2_end, stride_k2n, stride_k2d, stride_v2n, stride_v2d, qk_scale,
             HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA,
-            ROWSUM_MMA, OVERLAP)
-    # A row with no key to attend to (kv_lens == 0) has l == 0 and acc == 0: it is defined as zero.
+            ROWSUM_MMA, OVERLAP, MB=MB2, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
+    # A row with no key to attend to (kv_lens == 0, or every key masked) has l == 0 and acc == 0: it is defined
+    # as zero.
     if ROWSUM_MMA:
         l_i = tl.max(l_i, 1)  # its 16 columns are equal
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
@@ -569,7 +598,7 @@ def _al(stride_b, stride_h, stride_n, ALIGN: tl.constexpr):
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, O, Q2, K2, V2, O2, KN, VN,
-    KV_LENS, NEG_KV_LENS, CU_Q, CU_K,
+    KV_LENS, NEG_KV_LENS, CU_Q, CU_K, BIAS,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -580,6 +609,7 @@ def _attn_fwd_kernel(
     stride_o2b, stride_o2h, stride_o2n, stride_o2d,
     stride_knb, stride_knh, stride_knn, stride_knd,
     stride_vnb, stride_vnh, stride_vnn, stride_vnd,
+    stride_mb, stride_mh, stride_mn,
     KV_GROUP, Nq, Nk, Nq2, Nk2, Nneg, SEGMENTS,
     qk_scale, neg_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
@@ -588,7 +618,7 @@ def _attn_fwd_kernel(
     HAS_KV_LENS: tl.constexpr, HAS_NEG_KV_LENS: tl.constexpr, EMULATE_BF16: tl.constexpr,
     SCALE_POSITIVE: tl.constexpr, TMA_OK: tl.constexpr, USE_TMA: tl.constexpr = False, ROW_ALIGN: tl.constexpr = 1,
     ROWSUM_MMA: tl.constexpr = False, OVERLAP: tl.constexpr = False, WS_OK: tl.constexpr = False,
-    WARP_SPEC: tl.constexpr = False, JOINED_KV: tl.constexpr = False,
+    WARP_SPEC: tl.constexpr = False, JOINED_KV: tl.constexpr = False, HAS_BIAS: tl.constexpr = False,
 ):
     """grid = (query blocks [of both streams when JOINT], H, B * segments), run in the order (query block, head,
     batch). The second and third axes take 65535 programs each, so B and H do not share one: temporal attention in
@@ -607,6 +637,9 @@ def _attn_fwd_kernel(
     WARP_SPEC (with USE_TMA; one key stream: not NEG, and JOINT only with JOINED_KV): q is read through tensor
     descriptors too and the key loop is warp-specialised (``_attend_blocks``). WS_OK: unused here, like TMA_OK;
     whether the launcher found warp specialisation usable (``warp_spec_usable``).
+    HAS_BIAS (not with SCALE_POSITIVE or NEG): a key mask, float32 values added to the scores, one per key of the
+    joined sequence [stream 1; stream 2] (the token dimension with packed segments) for each batch row and query
+    head (strides stride_mb, stride_mh, stride_mn; 0 where broadcast); -inf masks a key.
     """
     # Inductor's copy of this kernel types Python float arguments as fp64: without the casts the online-softmax
     # state would turn fp64 inside the key loop, which Triton rejects (loop-carried type change).
@@ -644,6 +677,7 @@ def _attn_fwd_kernel(
     V2h = V2 + b64 * stride_v2b + hk64 * stride_v2h
     KNh = KN + b64 * stride_knb + hk64 * stride_knh
     VNh = VN + b64 * stride_vnb + hk64 * stride_vnh
+    Mh = BIAS + b64 * stride_mb + h64 * stride_mh
 
     q_start = 0
     q_end = Nq
@@ -696,7 +730,8 @@ def _attn_fwd_kernel(
             KNh, VNh, stride_knn, stride_knd, stride_vnn, stride_vnd, kn_end,
             qk_scale, neg_scale,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT and not JOINED_KV, NEG,
-            EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, OVERLAP, WARP_SPEC)
+            EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, OVERLAP, WARP_SPEC,
+            MB=Mh, MB2=Mh + Nk * stride_mn, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
 
 
 @triton.jit
@@ -1044,7 +1079,8 @@ def _prune_configs(configs, named_args, **kwargs):
     (``TMA_OK``), and warp-specialised ones (``_WARP_SPEC_TILES``) only where it found that usable (``WS_OK``), for
     one key stream (no joint or negative stream) up to each tile's widest head dim; none whose compile failed for
     this launch (``_UNBUILT``); none whose shared memory (``shared_bytes``, for q's dtype) exceeds q's device's
-    (fp32 at head dim 128 on Hopper: 8 of 11 candidates, which would compile only to fail at launch)."""
+    (fp32 at head dim 128 on Hopper: 8 of 11 candidates, which would compile only to fail at launch); with a key
+    mask, no warp-specialised tile of 128-key blocks (they fail to compile)."""
     args = {**named_args, **kwargs}
     unbuilt = _UNBUILT.get()
     q = args.get("Q")  # (absent where a caller prunes by hand: 16-bit inputs on Hopper)
@@ -1067,7 +1103,9 @@ def _prune_configs(configs, named_args, **kwargs):
         if id(cfg) in unbuilt or shared_bytes(*shape, args.get("HEAD_DIM", d_total), size) > limit:
             continue
         if cfg.kwargs.get("WARP_SPEC", False):
-            if args.get("WS_OK", False) and not heavy and d_total <= _WARP_SPEC_TILES[shape]:
+            # (with a key mask, Triton 3.6 fails to specialise the 128-key blocks: "PassManager::run failed")
+            if args.get("WS_OK", False) and not heavy and d_total <= _WARP_SPEC_TILES[shape] and \
+                    not (args.get("HAS_BIAS", False) and bn > 64):
                 kept.append(cfg)
             continue
         if tma and shape in _ONE_WARPGROUP_TILES:
@@ -1095,7 +1133,7 @@ def _prune_configs(configs, named_args, **kwargs):
 _UNBUILT = contextvars.ContextVar("pydiff_attention_unbuilt", default=frozenset())
 _WIDEST_BLOCK_N = max(bn for _, bn, _, _ in _GPU_CONFIGS + _TMA_CONFIGS + [*_WARP_SPEC_TILES])
 _AUTOTUNE_KEY = ["Nq", "Nk", "Nq2", "Nk2", "Nneg", "HEAD_DIM", "SPLIT_D", "JOINT", "JOINED_KV", "NEG", "VARLEN",
-                 "TMA_OK", "WS_OK"]
+                 "HAS_BIAS", "TMA_OK", "WS_OK"]
 _attn_fwd_autotuned = triton.autotune(
     configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in
              _GPU_CONFIGS]
@@ -1305,7 +1343,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                       joint_q_norm_weight=None, joint_k_norm_weight=None, norm_eps=1e-6,
                       block_m=None, block_n=None, num_warps=4, num_stages=2, use_tma=False, prologue_kernel=None,
                       tuned=None, rowsum_mma=False, stream_k=None, overlap=False, prologue_heads=1,
-                      warp_spec=False, join_keys=None):
+                      warp_spec=False, join_keys=None, attn_mask=None):
     """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
     ``torch.library.wrap_triton``). All arguments were checked by the caller.
 
@@ -1317,7 +1355,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     specialisation goes through the tuner (Triton's ``Autotuner``, as bound), its candidate tiles compiled at once
     first (``plans.precompile``; one whose compile failed is left out, with a warning); later ones launch the plain
     kernel with the tile it chose, skipping the tuner's per-call key work (the autotuner builds its cache key from
-    all 60 arguments on every call). The choice is also kept on disk (``plans.store_choice``, unless
+    67 run-time arguments on every call). The choice is also kept on disk (``plans.store_choice``, unless
     ``PYDIFF_TUNING_CACHE=0``): a later process's first launch of the specialisation, on a GPU of the same name,
     with this file and Triton's version unchanged, launches the stored tile without compiling or timing the others.
     prologue_kernel: ``_qk_prologue`` as the caller launches it (wrapped for torch.library); None: this module's.
@@ -1341,6 +1379,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     key prologue (norm or RoPE), no negative stream, and warp specialisation may be used (``warp_spec`` given, or
     the autotuned kernel where ``warp_spec_usable`` finds both query streams fit, after their prologue): Triton's
     warp specialisation takes one key loop only.
+    attn_mask: a key mask, bool (True: the key takes part) or float (added to the scores), read by the kernel as
+    given (no conversion pass): sizes broadcastable to (B, H, 1, keys), the keys of the joined sequence with
+    ``joint``; not with ``negative`` or ``stream_k``.
     """
     import torch
 
@@ -1364,8 +1405,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     if stream_k is not None:
         if block_m is None or rowsum_mma:
             raise ValueError("stream_k: an experiment for a fixed tile (block_m, block_n) with row sums by adds")
-        if negative is not None or any(t is not None for t in (kv_lens, negative_kv_lens, cu_seqlens_q)):
-            raise ValueError("stream_k: plain and joint attention only (no negative, kv_lens or cu_seqlens)")
+        if negative is not None or any(t is not None for t in (kv_lens, negative_kv_lens, cu_seqlens_q, attn_mask)):
+            raise ValueError("stream_k: plain and joint attention only (no negative, kv_lens, cu_seqlens or "
+                             "attn_mask)")
         if stream_k < 1:
             raise ValueError(f"stream_k must be >= 1 programs, got {stream_k}")
     has_prologue = rope is not None or any(w is not None for w in (q_norm_weight, k_norm_weight,
@@ -1445,7 +1487,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     varlen = cu_seqlens_q is not None
     if varlen and cu_seqlens_k is None:
         cu_seqlens_k = cu_seqlens_q
-    optional = (kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k)
+    optional = (kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k, attn_mask)
     tensors = _leading_tensors(q, k, v, out, joint, negative, *optional)
     q2, k2, v2, out2, k_neg, v_neg = tensors[4:10]
     plan_key = None
@@ -1492,7 +1534,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
             blocks = -(-n_q // bm)
         return (blocks, heads, batch * segments)
 
-    strides = [*sq, *sk, *sv, *so, *sq2, *sk2, *sv2, *so2, *skn, *svn]
+    stream_strides = [*sq, *sk, *sv, *so, *sq2, *sk2, *sv2, *so2, *skn, *svn]
+    strides = stream_strides + _mask_strides(attn_mask)
     args = [
         *tensors, *strides,
         heads // kv_heads, n_q, n_k, n_q2, n_k2, n_neg, segments,
@@ -1502,7 +1545,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         HEAD_DIM=head_dim, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d, MASK_D=mask_d,
         JOINT=joint is not None, JOINED_KV=bool(join_keys), NEG=negative is not None, VARLEN=varlen,
         HAS_KV_LENS=kv_lens is not None, HAS_NEG_KV_LENS=negative_kv_lens is not None,
-        SCALE_POSITIVE=scale > 0,
+        HAS_BIAS=attn_mask is not None, SCALE_POSITIVE=scale > 0 and attn_mask is None,
         # Triton's interpreter (CPU tensors) multiplies bf16 operands as raw 16-bit integers in tl.dot and
         # truncates bf16 casts: there, bf16 values go through the dots as (exact) fp32, as a tensor core forms
         # the products, and every rounding to bf16 is done to nearest even by hand.
@@ -1515,7 +1558,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     widest = block_n if block_n is not None else _WIDEST_BLOCK_N
     flags["EVEN_N"] = not (varlen or kv_lens is not None or negative_kv_lens is not None) and \
         all(n % widest == 0 for n in lengths)
-    flags["ROW_ALIGN"] = _row_align(q.element_size(), strides)
+    flags["ROW_ALIGN"] = _row_align(q.element_size(), stream_strides)
     kv = [k, v] + ([k2, v2] if joint is not None else []) + ([k_neg, v_neg] if negative is not None else [])
     usable = tma_usable(kv)
     flags["TMA_OK"] = block_m is None and usable
@@ -1552,7 +1595,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         plans.launch(kernel, grid, args, flags, plan_key, len(tensors), before, writes=_WRITES)
         return
     # The tuner's own key (shapes, the head-dim split, the variant flags, dtypes) is a subset of this one.
-    specialisation = (n_q, n_k, n_q2, n_k2, n_neg, segments, *flags.values(), *(t.dtype for t in args[:14]))
+    specialisation = (n_q, n_k, n_q2, n_k2, n_neg, segments, *flags.values(), *(t.dtype for t in tensors))
     key = (*specialisation, q.device)
     choice = _TUNED.get(key)
     if choice is None:
@@ -1671,15 +1714,25 @@ def _joined_keys(prepare, bnhd, k, k2, v, v2):
 _WRITES = (3, 7)
 
 
-def _leading_tensors(q, k, v, out, joint, negative, kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k):
-    """The attention kernel's 14 tensor arguments, in order: the streams (q, k, v, out; q2, k2, v2, out2 from
-    ``joint``; k_neg, v_neg from ``negative``), then the lengths and offsets; q or the first stream's tensors stand
-    in for what the call does not have (the kernel's flags say it is absent)."""
+def _leading_tensors(q, k, v, out, joint, negative, kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k,
+                     attn_mask):
+    """The attention kernel's 15 tensor arguments, in order: the streams (q, k, v, out; q2, k2, v2, out2 from
+    ``joint``; k_neg, v_neg from ``negative``), then the lengths, offsets and key mask; q or the first stream's
+    tensors stand in for what the call does not have (the kernel's flags say it is absent)."""
     q2, k2, v2, out2 = joint if joint is not None else (q, k, v, out)
     k_neg, v_neg = negative if negative is not None else (k, v)
-    return (q, k, v, out, q2, k2, v2, out2, k_neg, v_neg, q if kv_lens is None else kv_lens,
-            q if negative_kv_lens is None else negative_kv_lens, q if cu_seqlens_q is None else cu_seqlens_q,
-            q if cu_seqlens_k is None else cu_seqlens_k)
+    return (q, k, v, out, q2, k2, v2, out2, k_neg, v_neg, *(q if t is None else t for t in (
+        kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k, attn_mask)))
+
+
+def _mask_strides(attn_mask) -> list:
+    """The key mask's batch, head and key strides as the kernel takes them: 0 where a size-1 dimension (or one the
+    mask lacks: it broadcasts like ``F.scaled_dot_product_attention``'s) serves every batch row or head."""
+    if attn_mask is None:
+        return [0, 0, 0]
+    lead = 4 - attn_mask.dim()
+    sizes, strides = (1,) * lead + tuple(attn_mask.shape), (0,) * lead + attn_mask.stride()
+    return [0 if sizes[i] == 1 else strides[i] for i in (0, 1, 3)]
 
 
 def _row_align(element_size: int, strides) -> int:

@@ -68,6 +68,7 @@ class _Call:
     joint_q_norm_weight: Optional[torch.Tensor]
     joint_k_norm_weight: Optional[torch.Tensor]
     norm_eps: float
+    attn_mask: Optional[torch.Tensor]
 
     def bhnd(self, t: torch.Tensor) -> Tuple[int, int, int, int]:
         """(B, H, N, D) of a q/k/v-like tensor in this call's layout."""
@@ -110,6 +111,21 @@ def _check_weight(name: str, t, head_dim: int, device: torch.device) -> None:
         raise ValueError(f"{name} must have shape ({head_dim},) (the head dim), got {_describe(t)}")
     if t.device != device:
         raise ValueError(f"{name} is on {t.device}; expected {device} like q")
+
+
+def _check_key_mask(mask, device: torch.device, expected: Tuple[int, int, int, int], negative: bool) -> None:
+    """attn_mask: bool or float, broadcastable to ``expected`` = (B, H, 1, keys): the same for every query."""
+    if negative:
+        raise ValueError("attn_mask cannot be combined with negative= (the kernel masks the positive keys only)")
+    if not isinstance(mask, torch.Tensor) or (mask.dtype != torch.bool and mask.dtype not in SUPPORTED_DTYPES):
+        raise TypeError(f"attn_mask must be a bool or {SUPPORTED_DTYPES} tensor, got {_describe(mask)}")
+    if mask.device != device:
+        raise ValueError(f"attn_mask is on {mask.device}; expected {device} like q")
+    sizes = (1,) * (4 - mask.dim()) + tuple(mask.shape)
+    if not 1 <= mask.dim() <= 4 or sizes[2:] != expected[2:] or any(n not in (1, e) for n, e in
+                                                                      zip(sizes[:2], expected[:2])):
+        raise ValueError(f"attn_mask must broadcast to (B, H, 1, N_k) = {expected}: a key mask, the same for every "
+                         f"query (N_k counts both streams' keys with joint=); got {_describe(mask)}")
 
 
 def check_attention_args(call: _Call) -> None:
@@ -195,6 +211,8 @@ def check_attention_args(call: _Call) -> None:
             _check_lengths("negative_kv_lens", call.negative_kv_lens, q.device, batch, "one per batch row")
     elif call.negative_kv_lens is not None:
         raise ValueError("negative_kv_lens is given but negative= is not")
+    if call.attn_mask is not None:
+        _check_key_mask(call.attn_mask, q.device, (batch, heads, 1, rows_k), call.negative is not None)
 
     if call.rope is not None:
         if head_dim % 2:
@@ -231,7 +249,7 @@ def _outputs(call: _Call) -> List[torch.Tensor]:
 
 def _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, joint_q, joint_k, joint_v,
                negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos, rope_sin, rope_interleaved,
-               q_norm_weight, k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, norm_eps) -> _Call:
+               q_norm_weight, k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, norm_eps, attn_mask) -> _Call:
     joint = None if joint_q is None and joint_k is None and joint_v is None else (joint_q, joint_k, joint_v)
     negative = None if negative_k is None and negative_v is None else (negative_k, negative_v)
     rope = None if rope_cos is None and rope_sin is None else (rope_cos, rope_sin)
@@ -239,7 +257,7 @@ def _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_
         cu_seqlens_k = cu_seqlens_q
     return _Call(q, k, v, float(scale), layout, kv_lens, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), joint,
                  negative, float(negative_scale), negative_kv_lens, rope, bool(rope_interleaved), q_norm_weight,
-                 k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, float(norm_eps))
+                 k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, float(norm_eps), attn_mask)
 
 
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, layout: str,
@@ -250,11 +268,12 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
                   negative_kv_lens: Optional[torch.Tensor], rope_cos: Optional[torch.Tensor],
                   rope_sin: Optional[torch.Tensor], rope_interleaved: bool, q_norm_weight: Optional[torch.Tensor],
                   k_norm_weight: Optional[torch.Tensor], joint_q_norm_weight: Optional[torch.Tensor],
-                  joint_k_norm_weight: Optional[torch.Tensor], norm_eps: float) -> List[torch.Tensor]:
+                  joint_k_norm_weight: Optional[torch.Tensor], norm_eps: float,
+                  attn_mask: Optional[torch.Tensor]) -> List[torch.Tensor]:
     return _run(_make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, joint_q,
                            joint_k, joint_v, negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos,
                            rope_sin, rope_interleaved, q_norm_weight, k_norm_weight, joint_q_norm_weight,
-                           joint_k_norm_weight, norm_eps))
+                           joint_k_norm_weight, norm_eps, attn_mask))
 
 
 def _run(call: _Call) -> List[torch.Tensor]:
@@ -282,7 +301,7 @@ def _reference_args(call: _Call) -> dict:
                 negative_scale=call.negative_scale, negative_kv_lens=call.negative_kv_lens, rope=call.rope,
                 rope_interleaved=call.rope_interleaved, q_norm_weight=call.q_norm_weight,
                 k_norm_weight=call.k_norm_weight, joint_q_norm_weight=call.joint_q_norm_weight,
-                joint_k_norm_weight=call.joint_k_norm_weight, norm_eps=call.norm_eps)
+                joint_k_norm_weight=call.joint_k_norm_weight, norm_eps=call.norm_eps, attn_mask=call.attn_mask)
 
 
 @backends.register("torch", usable=lambda device: None)
@@ -301,7 +320,7 @@ def _triton_kwargs(call: _Call, outs: List[torch.Tensor]) -> dict:
         max_seqlen_q=call.max_seqlen_q, rope=call.rope, rope_interleaved=call.rope_interleaved,
         q_norm_weight=call.q_norm_weight, k_norm_weight=call.k_norm_weight,
         joint_q_norm_weight=call.joint_q_norm_weight, joint_k_norm_weight=call.joint_k_norm_weight,
-        norm_eps=call.norm_eps)
+        norm_eps=call.norm_eps, attn_mask=call.attn_mask)
 
 
 @backends.register("triton", usable=native.triton_why_not)
@@ -411,6 +430,7 @@ def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None, *,
     layout: str = "bhnd",
     kv_lens: Optional[torch.Tensor] = None,
+    attn_mask: Optional[torch.Tensor] = None,
     cu_seqlens_q: Optional[torch.Tensor] = None,
     cu_seqlens_k: Optional[torch.Tensor] = None,
     max_seqlen_q: Optional[int] = None,
@@ -434,6 +454,10 @@ def attention(
     where noted; all in the same attention pass, the norm and RoPE in one pre-pass per q/k tensor):
 
     * ``kv_lens`` (int, B values): key padding, row b attends to its first kv_lens[b] keys (0 keys gives zeros).
+    * ``attn_mask``: a key mask as ``F.scaled_dot_product_attention`` takes one, the same for every query: bool
+      (True: the key takes part) or float (added to the scaled scores; -inf masks), sizes broadcastable to
+      (B, H, 1, N_k) whatever the layout (diffusers' text-padding masks). A query whose keys are all masked gives
+      zeros. The kernel reads it as given. Not with negative.
     * ``cu_seqlens_q`` / ``cu_seqlens_k`` (int, S + 1 offsets into the token dim): packed variable-length segments,
       each attending only within itself, in every batch row (FlashAttention's varlen; G images of N tokens laid out
       as one (G*N)-token segment give group attention without a copy). cu_seqlens_k defaults to cu_seqlens_q;
@@ -482,7 +506,7 @@ def attention(
     args = (q, k, v, float(scale), layout, kv_lens, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
             joint_q, joint_k, joint_v, negative_k, negative_v, float(negative_scale), negative_kv_lens,
             rope_cos, rope_sin, bool(rope_interleaved), q_norm_weight, k_norm_weight, joint_q_norm_weight,
-            joint_k_norm_weight, float(norm_eps))
+            joint_k_norm_weight, float(norm_eps), attn_mask)
     key = _call_key(args)
     outs = torch.ops.pydiff.attention(*args) if key is _THROUGH_OP else _eager(args, key)
     return (outs[0], outs[1]) if joint is not None else outs[0]

@@ -58,6 +58,9 @@ class Case:
     joint_q_norm: bool = False
     joint_k_norm: bool = False
     scale: Optional[float] = None
+    # a key mask (``attn_mask``): (values "bool" | "float" [-inf, q's dtype] | "f32" | "diffusers" [0 / -10000],
+    # shape "b11n" | "bh1n" | "1h1n" | "n" [1-D] | "strided" [every other key of a longer tensor])
+    mask: Optional[Tuple[str, str]] = None
     blocks: Tuple[int, int] = (64, 32)
     name: str = field(default="")
 
@@ -109,6 +112,8 @@ def build(case: Case, seed: int = 0):
         rows = max(rows, case.negative)
         if case.negative_kv_lens is not None:
             kw["negative_kv_lens"] = torch.tensor(case.negative_kv_lens, dtype=torch.int64)
+    if case.mask is not None:
+        kw["attn_mask"] = _key_mask(case, gen, case.n_k + (case.joint[1] if case.joint is not None else 0))
     if case.rope is not None:
         # diffusers-style tables: one frequency per pair, repeated to fill D, for positions 0..rows+2
         half = case.head_dim // 2
@@ -128,6 +133,33 @@ def build(case: Case, seed: int = 0):
     if case.q_norm or case.k_norm or case.joint_q_norm or case.joint_k_norm:
         kw["norm_eps"] = 1e-5
     return q, k, v, kw
+
+
+def _key_mask(case: Case, gen: torch.Generator, keys: int) -> torch.Tensor:
+    """``case.mask``'s key mask over ``keys`` keys: random, with the first 20 keys of batch row 0 masked (whole key
+    blocks masked before any valid one) and, with more than one batch row, the last row's every key masked (zeros;
+    with "diffusers" values -10000 is finite, so that row attends to every key, as in PyTorch)."""
+    values, shape = case.mask
+    keep = torch.rand(case.batch, case.heads, 1, keys, generator=gen) > 0.3
+    keep[0, ..., :20] = False
+    if case.batch > 1:
+        keep[-1] = False
+    if values == "diffusers":
+        bias = (1.0 - keep.to(case.dtype)) * -10000.0
+    else:
+        bias = (2 * torch.randn(keep.shape, generator=gen)).masked_fill(~keep, float("-inf"))
+    mask = {"bool": keep, "float": bias.to(case.dtype), "f32": bias, "diffusers": bias}[values]
+    if shape in ("b11n", "strided"):
+        mask = mask[:, :1]
+    elif shape == "1h1n":
+        mask = mask[:1]
+    elif shape == "n":
+        mask = mask[0, 0, 0]
+    if shape == "strided":
+        wide = torch.zeros(*mask.shape[:-1], 2 * keys, dtype=mask.dtype)
+        wide[..., ::2] = mask
+        mask = wide[..., ::2]
+    return mask
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -199,7 +231,7 @@ def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_m
         joint_q_norm_weight=kw.get("joint_q_norm_weight"), joint_k_norm_weight=kw.get("joint_k_norm_weight"),
         norm_eps=kw.get("norm_eps", 1e-6), block_m=blocks[0], block_n=blocks[1], num_warps=warps,
         num_stages=stages, use_tma=use_tma, rowsum_mma=rowsum_mma, stream_k=stream_k, overlap=overlap,
-        prologue_heads=prologue_heads, warp_spec=warp_spec, join_keys=join_keys)
+        prologue_heads=prologue_heads, warp_spec=warp_spec, join_keys=join_keys, attn_mask=kw.get("attn_mask"))
     return (out, joint[3]) if joint is not None else out
 
 
@@ -243,6 +275,16 @@ GRID = [
     Case(F16, 128, 64, 64, heads=2, joint=(16, 16), rope="interleaved", q_norm=True, k_norm=True, joint_q_norm=True,
          joint_k_norm=True, layout="bnhd", blocks=(64, 64), name="f16-flux-like-even"),
     Case(F32, 64, 33, 33, joint=(17, 17), joint_q_norm=True, k_norm=True, name="f32-joint-one-sided-norms"),
+    # key masks (attn_mask): bool and float, every broadcast shape, strided; with key padding, GQA, packed
+    # segments, joint streams (a mask over the joined keys) and a negative scale
+    Case(F32, 64, 97, 77, batch=3, mask=("bool", "b11n"), blocks=(32, 16), name="f32-mask-bool"),
+    Case(F16, 40, 33, 77, batch=2, heads=4, kv_heads=2, layout="bnhd", kv_lens=[77, 50], mask=("float", "bh1n"),
+         name="f16-mask-float-bnhd-gqa-kvlens"),
+    Case(BF16, 80, 33, 45, heads=3, mask=("diffusers", "1h1n"), name="bf16-mask-diffusers"),
+    Case(F32, 64, 201, 201, cu_q=[0, 7, 7, 104, 201], mask=("f32", "n"), name="f32-mask-varlen"),
+    Case(F16, 64, 45, 45, batch=2, joint=(19, 19), rope="interleaved", q_norm=True, k_norm=True, joint_q_norm=True,
+         joint_k_norm=True, mask=("bool", "strided"), name="f16-mask-joint-prologue-strided"),
+    Case(BF16, 96, 77, 40, strided=True, scale=-0.2, mask=("f32", "b11n"), name="bf16-mask-strided-negative-scale"),
     # a negative scale keeps the scale out of the running max (the positive-scale path folds it into exp2)
     Case(F16, 48, 19, 45, scale=-0.2, kv_lens=[30], name="f16-negative-scale-kvlens"),
 ]
@@ -264,7 +306,8 @@ def random_case(seed: int):
     ones), 1-3 batches, 1-4 heads with grouped/multi-query key/value heads, either layout, strided inputs, a scale of
     either sign; the variants (key padding, packed segments with their own key offsets and padding, joint streams,
     negative keys with their padding and a scale of either sign) and the prologue (RoPE of both kinds, each norm),
-    alone and combined; a random tile and warps, and a random one of the launcher's modes that takes the case:
+    alone and combined, and a key mask; a random tile and warps, and a random one of the launcher's modes that
+    takes the case:
     descriptor loads, row sums by MMA, the overlap, stream-K, warp specialisation, joined keys, prologue head
     groups."""
     import random
@@ -328,6 +371,10 @@ def random_case(seed: int):
     if _prologued(case) and _prologue_group(case) > 1 and r.random() < 0.3:
         launch["prologue_heads"] = 2
     launch["warps"] = r.choice([1, 2, 4])
+    # (drawn last, so that the cases drawn before masks existed stay as they were)
+    if case.negative is None and "stream_k" not in launch and r.random() < 0.3:
+        case.mask = (r.choice(["bool", "float", "f32", "diffusers"]), r.choice(["b11n", "bh1n", "1h1n", "n",
+                                                                                  "strided"]))
     return case, launch
 
 
@@ -811,6 +858,19 @@ BAD = [
     ("cannot be combined", lambda q, k, v: (q, k, v, {"cu_seqlens_q": torch.tensor([0, 5]),
                                                       "negative": (k, v)}), ValueError),
     ("scale", lambda q, k, v: (q, k, v, {"scale": float("nan")}), ValueError),
+    ("attn_mask must be a bool", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(7, dtype=torch.int32)}),
+     TypeError),
+    ("attn_mask must be a bool", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(7, dtype=torch.float64)}),
+     TypeError),
+    ("attn_mask is on meta", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(7, device="meta")}), ValueError),
+    (r"attn_mask must broadcast to \(B, H, 1, N_k\) = \(2, 4, 1, 7\)",
+     lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(2, 4, 9, 7)}), ValueError),  # a per-query mask
+    ("attn_mask must broadcast", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(2, 2, 1, 7)}), ValueError),
+    ("attn_mask must broadcast", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(8)}), ValueError),
+    ("attn_mask must broadcast", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(1, 2, 1, 1, 7)}), ValueError),
+    ("attn_mask must broadcast", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(())}), ValueError),
+    ("attn_mask cannot be combined with negative", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(7),
+                                                                              "negative": (k, v)}), ValueError),
 ]
 
 
@@ -880,7 +940,7 @@ def _op_args(q, k, v, kw, max_seqlen=0):
             kw.get("cu_seqlens_q"), kw.get("cu_seqlens_k"), max_seqlen, *joint, *neg, kw.get("negative_scale", 1.0),
             kw.get("negative_kv_lens"), rope[0], rope[1], kw.get("rope_interleaved", True), kw.get("q_norm_weight"),
             kw.get("k_norm_weight"), kw.get("joint_q_norm_weight"), kw.get("joint_k_norm_weight"),
-            kw.get("norm_eps", 1e-6))
+            kw.get("norm_eps", 1e-6), kw.get("attn_mask"))
 
 
 OPCHECK_CASES = [
@@ -1694,10 +1754,11 @@ def test_benchmark_suite_runs_on_cpu():
     bench = pytest.importorskip("benchmarks.bench_attention")
     rows = bench.run(quick=True, device="cpu")
     figures = [r for r in rows if "speedup" in r]
-    assert len(figures) == len(bench.CPU_SHAPES) + 5
+    assert len(figures) == len(bench.CPU_SHAPES) + 6  # the six variants
     assert all(r["ours_TFLOPs"] > 0 and r["peer_TFLOPs"] > 0 for r in figures)
     assert not [r for r in rows if "error" in r or "unavailable" in r]
     assert "joint + QK norm + RoPE (Flux)" in bench.section(rows)
+    assert "key mask (PixArt text padding)" in bench.section(rows)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1705,9 +1766,13 @@ def test_benchmark_suite_runs_on_cpu():
 
 
 GPU_GRID = [GRID[i] for i in (0, 1, 2, 4, 6, 8, 10, 13, 15, 17, 20, 23, -1)] + [
+    c for c in GRID if c.name in ("f16-mask-float-bnhd-gqa-kvlens", "f16-mask-joint-prologue-strided",
+                                  "bf16-mask-strided-negative-scale")] + [
     Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
          name="gpu-flux-shape"),
     Case(F16, 64, 4096, 77, heads=10, batch=2, name="gpu-sdxl-cross"),
+    Case(F16, 72, 4096, 300, heads=16, batch=2, layout="bnhd", mask=("diffusers", "b11n"),
+         name="gpu-pixart-cross-masked"),
 ]
 
 
@@ -1833,7 +1898,8 @@ def _rowsum_launches(case):
     return [dict(blocks=_gpu_default_tile(case), rowsum_mma=True)]
 
 
-STREAM_K_GPU_CASES = [c for c in GPU_GRID if c.negative is None and c.kv_lens is None and c.cu_q is None] + \
+STREAM_K_GPU_CASES = [c for c in GPU_GRID if c.negative is None and c.kv_lens is None and c.cu_q is None and
+                      c.mask is None] + \
     [Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", name="gpu-flux-plain")]
 
 
@@ -1926,7 +1992,8 @@ def _kept_tiles(case, warp_spec):
     da, db, split = head_dim_blocks(case.head_dim)
     # (a joint call that may be warp-specialised has its keys joined: JOINED_KV)
     args = dict(BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split, JOINT=case.joint is not None, NEG=case.negative is not None,
-                JOINED_KV=warp_spec and case.joint is not None, TMA_OK=True, WS_OK=warp_spec, HEAD_DIM=case.head_dim)
+                JOINED_KV=warp_spec and case.joint is not None, TMA_OK=True, WS_OK=warp_spec, HEAD_DIM=case.head_dim,
+                HAS_BIAS=case.mask is not None)
     return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
             for c in _prune_configs(_attn_fwd_autotuned.configs, args)
             if c.kwargs.get("USE_TMA") and c.kwargs.get("WARP_SPEC", False) == warp_spec}
@@ -1976,6 +2043,7 @@ WARP_SPEC_GPU_CASES = [
     Case(F16, 64, 4096, 77, heads=10, batch=2, name="gpu-ws-sdxl-cross"),
     Case(BF16, 40, 1000, 1024, heads=4, kv_heads=2, layout="bnhd", name="gpu-ws-d40-gqa"),
     Case(F16, 80, 333, 512, heads=3, kv_heads=1, name="gpu-ws-d80-mqa"),
+    Case(F16, 64, 4096, 300, heads=2, batch=2, mask=("diffusers", "b11n"), name="gpu-ws-masked-cross"),
     Case(F16, 96, 97, 333, name="gpu-ws-f16-d96-partial"),
     Case(F16, 64, 1025, 1025, batch=3, kv_lens=[1025, 77, 0], name="gpu-ws-kvlens"),
     Case(BF16, 80, 1201, 1201, cu_q=[0, 7, 7, 604, 1201], kv_lens=[7, 0, 590, 597], name="gpu-ws-varlen-kvlens"),

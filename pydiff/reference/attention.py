@@ -53,8 +53,15 @@ def _prologue(x: torch.Tensor, norm_weight: Optional[torch.Tensor], rope, interl
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-          kv_lens: Optional[torch.Tensor]) -> torch.Tensor:
-    """Softmax attention over the first ``kv_lens[b]`` keys of each batch row; rows with no key give zeros."""
+          kv_lens: Optional[torch.Tensor], attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Softmax attention over the first ``kv_lens[b]`` keys of each batch row, under ``attn_mask``; rows with no
+    key give zeros."""
+    if attn_mask is not None:
+        keep = None
+        if kv_lens is not None:
+            lens = kv_lens.to(device=q.device, dtype=torch.long).reshape(-1, 1, 1, 1)
+            keep = torch.arange(k.shape[2], device=q.device).reshape(1, 1, 1, -1) < lens
+        return _masked_sdpa(q, k, v, scale, keep, attn_mask)
     if kv_lens is None:
         group = q.shape[1] // k.shape[1]
         if group > 1:  # grouped / multi-query: KV head j serves query heads j*group .. j*group+group-1
@@ -89,14 +96,23 @@ def _segment_mask(cu_q: torch.Tensor, cu_k: torch.Tensor, n_q: int, n_k: int, ba
     return keep[:, None]
 
 
-def _masked_sdpa(q, k, v, scale, keep):
-    """SDPA under a boolean mask (B, 1, N_q or 1, N_k); a row that may see no key is defined as zeros (as in
-    FlashAttention), not NaN."""
+def _masked_sdpa(q, k, v, scale, keep, attn_mask=None):
+    """SDPA under a boolean mask ``keep`` (B, 1, N_q or 1, N_k) and the key mask ``attn_mask`` (bool, or float
+    added to the scores in q's dtype); a row that may see no key is defined as zeros (as in FlashAttention), not
+    NaN."""
     group = q.shape[1] // k.shape[1]
     if group > 1:
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale)
+    mask = keep
+    if attn_mask is not None:
+        zero, minus_inf = (torch.tensor(x, dtype=q.dtype, device=q.device) for x in (0.0, float("-inf")))
+        attn_mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + attn_mask.shape)  # (SDPA wants 2-D or more)
+        mask = torch.where(attn_mask, zero, minus_inf) if attn_mask.dtype == torch.bool else attn_mask.to(q.dtype)
+        if keep is not None:
+            mask = torch.where(keep, mask, minus_inf)
+        keep = mask > minus_inf
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return torch.where(keep.any(-1, keepdim=True), out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
@@ -117,6 +133,7 @@ def attention_reference(
     joint_q_norm_weight: Optional[torch.Tensor] = None,
     joint_k_norm_weight: Optional[torch.Tensor] = None,
     norm_eps: float = 1e-6,
+    attn_mask: Optional[torch.Tensor] = None,
     compute_dtype: Optional[torch.dtype] = None,
 ):
     """The definition of ``pydiff.attention`` and its variants (same arguments; see ``pydiff.attention``).
@@ -163,7 +180,7 @@ def attention_reference(
         v_all = torch.cat([v, v2], dim=2).to(attn_dtype)
         q_all = _prologue(q_all, None, rope, rope_interleaved, 0, norm_eps, pro_dtype).to(attn_dtype)
         k_all = _prologue(k_all, None, rope, rope_interleaved, 0, norm_eps, pro_dtype).to(attn_dtype)
-        out = _sdpa(q_all, k_all, v_all, scale, kv_lens)
+        out = _sdpa(q_all, k_all, v_all, scale, kv_lens, attn_mask)
         if negative is not None:
             out = _subtract_negative(out, q_all, negative, bhnd, pro, k_norm_weight, scale, negative_scale,
                                      negative_kv_lens)
@@ -175,10 +192,11 @@ def attention_reference(
         qp, kp, vp = pro(q, q_norm_weight, 0), pro(k, k_norm_weight, 0), v.to(attn_dtype)
         keep = _segment_mask(cu_seqlens_q, cu_seqlens_k if cu_seqlens_k is not None else cu_seqlens_q,
                              q.shape[2], k.shape[2], q.shape[0], kv_lens)
-        return back(_masked_sdpa(qp, kp, vp, scale, keep).to(attn_dtype if compute_dtype is not None else in_dtype))
+        out = _masked_sdpa(qp, kp, vp, scale, keep, attn_mask)
+        return back(out.to(attn_dtype if compute_dtype is not None else in_dtype))
 
     qp, kp, vp = pro(q, q_norm_weight, 0), pro(k, k_norm_weight, 0), v.to(attn_dtype)
-    out = _sdpa(qp, kp, vp, scale, kv_lens)
+    out = _sdpa(qp, kp, vp, scale, kv_lens, attn_mask)
     if negative is not None:
         out = _subtract_negative(out, qp, negative, bhnd, pro, k_norm_weight, scale, negative_scale,
                                  negative_kv_lens)
