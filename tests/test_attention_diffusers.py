@@ -113,14 +113,85 @@ def test_vae_attention(backend):
     _compare(model, lambda m: m(image, sample_posterior=False).sample, backend, {PydiffAttnProcessor})
 
 
-def test_unet2d_condition_with_encoder_mask_falls_back_to_stock_math():
+def _masked_calls(monkeypatch):
+    """Records, for every ``pydiff.attention`` call the processors make, whether it carried a key mask."""
+    from pydiff.integrations.diffusers import attention_processors
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("attn_mask") is not None)
+        return pydiff.attention(*args, **kwargs)
+
+    monkeypatch.setattr(attention_processors, "attention", spy)
+    return calls
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unet2d_condition_with_encoder_mask(backend, monkeypatch):
+    """The UNet's text-padding mask ((1 - mask) * -10000, (B, 1, N_k)) goes into the kernel as its key mask."""
     model = tiny_unet()
     gen = torch.Generator().manual_seed(2)
     sample = torch.randn(2, 4, 8, 8, generator=gen)
     context = torch.randn(2, 7, 24, generator=gen)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0]])
+    calls = _masked_calls(monkeypatch)
     _compare(model, lambda m: m(sample, torch.tensor([3, 900]), encoder_hidden_states=context,
-                                encoder_attention_mask=mask).sample, "torch", {PydiffAttnProcessor})
+                                encoder_attention_mask=mask).sample, backend, {PydiffAttnProcessor})
+    assert calls.count(True) == calls.count(False) == _cross_attentions(model)  # self-attention has no mask
+
+
+def _cross_attentions(model) -> int:
+    return sum(getattr(m, "is_cross_attention", False) for m in model.modules())
+
+
+def _pixart_inputs(seed):
+    gen = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(3, 4, 8, 8, generator=gen),
+                encoder_hidden_states=torch.randn(3, 9, 24, generator=gen), timestep=torch.tensor([3, 500, 999]),
+                encoder_attention_mask=torch.tensor([[1] * 9, [1, 1, 1, 0, 0, 0, 0, 0, 0], [0] * 9]))
+
+
+def tiny_pixart():
+    from diffusers import PixArtTransformer2DModel
+
+    return _perturb(PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
+        cross_attention_dim=16, norm_num_groups=8, sample_size=8, patch_size=2, caption_channels=24,
+        use_additional_conditions=False), 12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pixart_transformer_with_text_padding(backend, monkeypatch):
+    """PixArt's T5 text padding (the pipeline's encoder_attention_mask): every cross-attention call is masked; a
+    prompt whose every token is padding attends to all of them with -10000 each, as in PyTorch."""
+    model = tiny_pixart()
+    inputs = _pixart_inputs(13)
+    calls = _masked_calls(monkeypatch)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffAttnProcessor})
+    assert calls.count(True) == calls.count(False) == _cross_attentions(model)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_attention_masks_of_every_form(backend, monkeypatch):
+    """``AttnProcessor2_0``'s masks on one module: (B, 1, N_k) float and bool (used in place), (B*H, 1, N_k) (one row
+    per head, as ``prepare_attention_mask`` makes them) go into the kernel; a per-query mask (B, N_q, N_k) goes to
+    the stock processor. Outputs equal the stock processor's."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    gen = torch.Generator().manual_seed(14)
+    attn = _perturb(Attention(query_dim=16, cross_attention_dim=12, heads=2, dim_head=8), 15)
+    hidden, context = torch.randn(2, 10, 16, generator=gen), torch.randn(2, 6, 12, generator=gen)
+    keep = torch.rand(2, 1, 6, generator=gen) > 0.4
+    masks = [(1.0 - keep.float()) * -10000.0, keep, torch.randn(4, 1, 6, generator=gen),
+             torch.randn(2, 10, 6, generator=gen)]
+    calls = _masked_calls(monkeypatch)
+    with torch.no_grad(), pydiff.use_backend(backend):
+        for mask in masks:
+            stock = AttnProcessor2_0()(attn, hidden, context, attention_mask=mask)
+            ours = PydiffAttnProcessor()(attn, hidden, context, attention_mask=mask)
+            torch.testing.assert_close(ours, stock, rtol=1e-5, atol=1e-5)
+    assert calls == [True] * 3
 
 
 def tiny_sd3(qk_norm, dual_attention_layers=(0,)):
@@ -176,7 +247,7 @@ def test_flux_transformer(backend):
     _compare(model, lambda m: m(**inputs).sample, backend, {PydiffFluxAttnProcessor})
 
 
-def test_flux_fused_projections_and_attention_mask_match_stock():
+def test_flux_fused_projections_and_attention_mask_match_stock(monkeypatch):
     model = tiny_flux()
     block = model.transformer_blocks[0]
     gen = torch.Generator().manual_seed(7)
@@ -185,12 +256,16 @@ def test_flux_fused_projections_and_attention_mask_match_stock():
     rope = model.pos_embed(torch.cat([torch.zeros(6, 3), torch.randn(20, 3, generator=gen).round()], 0))
     mask = torch.ones(1, 1, 26, 26, dtype=torch.bool)
     mask[..., 3:6] = False
+    # a per-query mask (Chroma's) goes to the stock processor; key masks, bool or float, into the kernel
+    key_masks = [mask[:, :, :1], torch.randn(1, 2, 1, 26, generator=gen)]
+    calls = _masked_calls(monkeypatch)
     with torch.no_grad():
-        for kwargs in ({}, {"attention_mask": mask}):
+        for kwargs in ({}, {"attention_mask": mask}, *({"attention_mask": m} for m in key_masks)):
             stock = block.attn(hidden, context, image_rotary_emb=rope, **kwargs)
             ours = PydiffFluxAttnProcessor()(block.attn, hidden, context, image_rotary_emb=rope, **kwargs)
             for a, b in zip(ours, stock):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert calls == [False, True, True]
         fused = copy.deepcopy(block.attn)
         fused.fuse_projections()
         assert fused.fused_projections
@@ -283,16 +358,16 @@ def test_compiled_fullgraph_models(backend):
     """``torch.compile(model, fullgraph=True)``, as diffusers' docs compile a pipeline's transformer, traces our
     processors without a graph break (the op through torch.library, the stock path's checks as Python), with the
     eager outputs."""
-    unet, sd3, flux = tiny_unet(), tiny_sd3("rms_norm"), tiny_flux()
+    unet, sd3, flux, pixart = tiny_unet(), tiny_sd3("rms_norm"), tiny_flux(), tiny_pixart()
     gen = torch.Generator().manual_seed(4)
     unet_inputs = (torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([10, 500]),
                    torch.randn(2, 7, 24, generator=gen))
     sd3_inputs = dict(hidden_states=torch.randn(1, 4, 8, 8, generator=gen),
                       encoder_hidden_states=torch.randn(1, 5, 32, generator=gen),
                       pooled_projections=torch.randn(1, 24, generator=gen), timestep=torch.tensor([3]))
-    flux_inputs = _flux_inputs(6)
+    flux_inputs, pixart_inputs = _flux_inputs(6), _pixart_inputs(9)
     for model, run in ((unet, lambda m: m(*unet_inputs).sample), (sd3, lambda m: m(**sd3_inputs).sample),
-                       (flux, lambda m: m(**flux_inputs).sample)):
+                       (flux, lambda m: m(**flux_inputs).sample), (pixart, lambda m: m(**pixart_inputs).sample)):
         torch._dynamo.reset()
         assert set_attention_backend(model) > 0
         with torch.no_grad(), pydiff.use_backend(backend):
@@ -316,8 +391,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     """On a GPU, the compiled kernel behind our processors, in a model that runs in half precision: its output's
     error against the same model in float64 (stock processors) is within 2x the stock processors' own error in
     that precision, plus 1e-3. A UNet (its projections also fused: q, k and v strided views of one matmul), SD3 and
-    Flux transformers, and SVD's spatio-temporal UNet. At the untuned default tiles: tuning each of their dozens of
-    small signatures would take minutes."""
+    Flux transformers, SVD's spatio-temporal UNet, and PixArt with its text-padding mask (the kernel's key mask).
+    At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
     unet_inputs = (torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([10, 500]),
@@ -327,7 +402,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     fused_unet = tiny_unet()
     fused_unet.fuse_qkv_projections()
     for model, inputs in ((tiny_unet(), unet_inputs), (fused_unet, unet_inputs), (tiny_sd3("rms_norm"), sd3_inputs),
-                          (tiny_flux(), _flux_inputs(7)), (tiny_svd(), _svd_inputs(8))):
+                          (tiny_flux(), _flux_inputs(7)), (tiny_svd(), _svd_inputs(8)),
+                          (tiny_pixart(), _pixart_inputs(10))):
         def run(m, precision):
             args = _moved(inputs, cuda_device, precision)
             return (m(**args) if isinstance(args, dict) else m(*args)).sample.double()

@@ -13,11 +13,12 @@
 * ``PydiffFluxAttnProcessor`` replaces Flux's ``FluxAttnProcessor``: joint attention plus the QK RMSNorms and
   the RoPE table, applied by pydiff in one float32 pass per tensor (no torch op sequence, no concatenation).
 
-Outputs equal the stock processors' (same math; pydiff keeps the norm and RoPE in float32). Calls the kernel
-does not take go to the stock processor itself: an attention mask (UNet/VAE and Flux) and head dims over 256 (the
-VAE's mid-block attention: one head of 512 channels in every Stable Diffusion VAE; ``set_attention_backend`` leaves
-such modules their stock processor). QK norms that are not RMSNorms over the head dim are applied as modules before
-the fused call.
+Outputs equal the stock processors' (same math; pydiff keeps the norm and RoPE in float32). Attention masks that
+are the same for every query (PixArt's and Sana's text padding: diffusers' (B, 1, N_k) additive masks) go into the
+kernel as its key mask (``attn_mask``), read in place. Calls the kernel does not take go to the stock processor
+itself: masks that differ per query (Chroma's) and head dims over 256 (the VAE's mid-block attention: one head of
+512 channels in every Stable Diffusion VAE; ``set_attention_backend`` leaves such modules their stock processor).
+QK norms that are not RMSNorms over the head dim are applied as modules before the fused call.
 """
 
 from __future__ import annotations
@@ -83,6 +84,22 @@ def _head_dim(attn) -> int:
     return attn.head_dim if isinstance(attn, FluxAttention) else attn.inner_kv_dim // attn.heads
 
 
+_MASK_DTYPES = (torch.bool, torch.float16, torch.bfloat16, torch.float32)
+
+
+def _key_mask(attn, mask: torch.Tensor, batch: int, keys: int) -> Optional[torch.Tensor]:
+    """diffusers' attention mask for ``AttnProcessor2_0`` as the kernel's key mask, (B, H or 1, 1, N_k); None where
+    it differs per query or has a dtype the kernel does not read. A (B, 1, N_k) mask (what the UNet, PixArt and Sana
+    pass) is used as a view: ``prepare_attention_mask`` would repeat it for every head."""
+    if mask.dtype not in _MASK_DTYPES:
+        return None
+    if mask.dim() == 3 and tuple(mask.shape) == (batch, 1, keys):
+        return mask[:, None]
+    mask = attn.prepare_attention_mask(mask, keys, batch)
+    mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
+    return mask if mask.shape[2] == 1 else None
+
+
 def _fused_projections(attn) -> bool:
     """Whether ``attn``'s projections are fused (``fuse_qkv_projections``): one ``to_qkv`` (self-attention) or
     ``to_kv`` (cross-attention), and ``to_added_qkv`` for a joint module's second stream."""
@@ -99,7 +116,13 @@ class PydiffAttnProcessor:
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
                  *args, **kwargs) -> torch.Tensor:
-        if attention_mask is not None or _head_dim(attn) > MAX_HEAD_DIM:
+        key_mask = None
+        if attention_mask is not None:
+            # (the keys: the encoder's tokens, or the image's, flattened as the stock processor flattens them)
+            source = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
+            keys = source.shape[2] * source.shape[3] if source.ndim == 4 else source.shape[1]
+            key_mask = _key_mask(attn, attention_mask, source.shape[0], keys)
+        if _head_dim(attn) > MAX_HEAD_DIM or (attention_mask is not None and key_mask is None):
             stock = self.stock_fused if _fused_projections(attn) else self.stock
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         residual = hidden_states
@@ -134,8 +157,8 @@ class PydiffAttnProcessor:
             q = separate["q"](q)
         if "k" in separate:
             k = separate["k"](k)
-        out = attention(q, k, v, layout="bnhd", q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"),
-                        norm_eps=eps)
+        out = attention(q, k, v, layout="bnhd", attn_mask=key_mask, q_norm_weight=fused.get("q"),
+                        k_norm_weight=fused.get("k"), norm_eps=eps)
         hidden_states = out.flatten(2).to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
@@ -209,7 +232,10 @@ class PydiffFluxAttnProcessor:
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None,
                  image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
-        if attention_mask is not None or _head_dim(attn) > MAX_HEAD_DIM:
+        # a mask the same for every query, (B or 1, H or 1, 1, N_k) over [text; image], is the kernel's key mask
+        per_query = attention_mask is not None and (attention_mask.dim() != 4 or attention_mask.shape[2] != 1 or
+                                                    attention_mask.dtype not in _MASK_DTYPES)
+        if per_query or _head_dim(attn) > MAX_HEAD_DIM:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         if attn.fused_projections:
             query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
@@ -236,15 +262,17 @@ class PydiffFluxAttnProcessor:
         if joint:
             # Flux joins [text; image]: text is stream 1 so that the RoPE rows line up with the joined sequence.
             context, image = attention(
-                tensors["cq"], tensors["ck"], cv, layout="bnhd", joint=(tensors["q"], tensors["k"], v), rope=rope,
+                tensors["cq"], tensors["ck"], cv, layout="bnhd", joint=(tensors["q"], tensors["k"], v),
+                attn_mask=attention_mask, rope=rope,
                 rope_interleaved=True, q_norm_weight=fused.get("cq"), k_norm_weight=fused.get("ck"),
                 joint_q_norm_weight=fused.get("q"), joint_k_norm_weight=fused.get("k"), norm_eps=eps)
             hidden_states = image.flatten(2).to(query.dtype)
             hidden_states = attn.to_out[0](hidden_states)
             hidden_states = attn.to_out[1](hidden_states)
             return hidden_states, attn.to_add_out(context.flatten(2).to(query.dtype))
-        out = attention(tensors["q"], tensors["k"], v, layout="bnhd", rope=rope, rope_interleaved=True,
-                        q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"), norm_eps=eps)
+        out = attention(tensors["q"], tensors["k"], v, layout="bnhd", attn_mask=attention_mask, rope=rope,
+                        rope_interleaved=True, q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"),
+                        norm_eps=eps)
         return out.flatten(2).to(query.dtype)
 
 
