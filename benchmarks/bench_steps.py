@@ -237,7 +237,8 @@ def run(quick: bool = True, device: str = "cpu", progress: bool = False) -> List
 def section(rows: List[dict]) -> str:
     """Tables per area (step, step+cfg, drop-in); GB/s of our step beside the measured copy bandwidth."""
     out = ["Steady-state step 10 of 20 with its history filled. `fraction_of_copy` = our GB/s over the measured "
-           "device copy bandwidth (see Ceilings): how close the one-pass step runs to the memory ceiling (above 1 when the latents fit in cache). "
+           "device copy bandwidth (see Ceilings): how close the one-pass step runs to the memory ceiling (above 1 "
+           "when the latents fit in cache). "
            + (f"CPU figures are noisy on a shared machine (load average {rows[0].get('load_average') or 0:.1f} "
               "when measured)." if rows[0].get("device") == "cpu" else "") if rows else "no rows"]
     for area, text in (("step", "Our step vs each peer"),

@@ -39,7 +39,8 @@ def test_regular_wheel_ships_kernels(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "pydiff/kernels/lincomb.py" in names and any(n.startswith("pydiff/_C_cpu") for n in names)
     # the bundled demo model and classifier ship inside the package (no download at run time)
-    assert {"pydiff/models/weights/digits_dit.safetensors", "pydiff/models/weights/digits_classifier.safetensors"} <= set(names)
+    weights = "pydiff/models/weights/"
+    assert {weights + "digits_dit.safetensors", weights + "digits_classifier.safetensors"} <= set(names)
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)
