@@ -62,11 +62,11 @@ CASES = [
     ("plain, row sums by MMA", 128, (128, 128, 8, 3), {"ROWSUM_MMA": True}),
     ("negative, row sums by MMA", 64, (128, 64, 8, 3), {"NEG": True, "ROWSUM_MMA": True}),
     # (a mask's key stride of 1, as Triton's launcher specialises it)
-    ("key mask (float32)", 64, (128, 64, 4, 3), {"HAS_BIAS": True, "SCALE_POSITIVE": False, "EVEN_N": False,
-                                                 "stride_mn": 1}),
-    ("key mask (float32)", 72, (128, 64, 4, 3), {"HAS_BIAS": True, "SCALE_POSITIVE": False, "EVEN_N": False,
-                                                 "stride_mn": 1}),
-    ("plain, scale in the scores", 64, (128, 64, 4, 3), {"SCALE_POSITIVE": False, "EVEN_N": False}),
+    ("key mask (float32)", 64, (128, 64, 4, 3), {"HAS_BIAS": True, "EVEN_N": False, "stride_mn": 1}),
+    ("key mask (float32)", 64, (128, 64, 8, 3), {"HAS_BIAS": True, "EVEN_N": False, "stride_mn": 1}),
+    ("key mask (float32)", 72, (128, 64, 8, 3), {"HAS_BIAS": True, "EVEN_N": False, "stride_mn": 1}),
+    ("plain, partial key blocks", 64, (128, 64, 8, 3), {"EVEN_N": False}),
+    ("plain, partial key blocks", 72, (128, 64, 8, 3), {"EVEN_N": False}),
 ]
 
 

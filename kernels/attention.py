@@ -174,7 +174,7 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                  SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
                  SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr,
-                 OVERLAP: tl.constexpr = False, WARP_SPEC: tl.constexpr = False, MB=None, stride_mn=0,
+                 OVERLAP: tl.constexpr = False, WARP_SPEC: tl.constexpr = False, MB=None, stride_mn=0, mask_shift=0.0,
                  HAS_BIAS: tl.constexpr = False):
     """Keys [k_start, n_end) of one stream (K, V: the head's base pointers), block by block, into the online softmax
     (FlashAttention-2 algorithm 1, base 2); with USE_TMA read through descriptors, one per head-dim chunk.
@@ -185,7 +185,8 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
     97 keys), so there every block takes the mask. OVERLAP: the loop's blocks (all but a partial last one run
     after it) go through ``_attend_overlapped`` when there are two or more. WARP_SPEC: the loop is warp-specialised
     (``_attend_blocks``), and with MASK_N every block takes the mask too: Triton 3.6 does not specialise a loop
-    followed by a block of its own (sm_90a: no register split, 4 warps only)."""
+    followed by a block of its own (sm_90a: no register split, 4 warps only). HAS_BIAS: the key mask at MB
+    (``_block_scores``)."""
     SPLIT_N: tl.constexpr = MASK_N and not SPLIT_D and not WARP_SPEC
     k_a = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
     v_a = _kv_source(V, n_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
@@ -198,19 +199,21 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
         acc_a, acc_b, m_i, l_i = _attend_overlapped(
             acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, k_start, n_whole, stride_kn, stride_kd, stride_vn,
             stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N and not SPLIT_N,
-            EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, MB=MB, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
+            EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA,
+            MB=MB, stride_mn=stride_mn, mask_shift=mask_shift, HAS_BIAS=HAS_BIAS)
     else:
         acc_a, acc_b, m_i, l_i = _attend_blocks(
             acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, k_start, n_whole, n_end, stride_kn, stride_kd,
             stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D,
             MASK_N and not SPLIT_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, WARP_SPEC, MB=MB,
-            stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
+            stride_mn=stride_mn, mask_shift=mask_shift, HAS_BIAS=HAS_BIAS)
     if SPLIT_N:
         if n_whole < n_end:
             acc_a, acc_b, m_i, l_i = _attend_block(
                 acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, n_whole, n_end, stride_kn, stride_kd,
                 stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, True,
-                EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, MB=MB, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
+                EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA,
+                MB=MB, stride_mn=stride_mn, mask_shift=mask_shift, HAS_BIAS=HAS_BIAS)
     return acc_a, acc_b, m_i, l_i
 
 
@@ -220,7 +223,8 @@ def _attend_blocks(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, k_en
                    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                    SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
                    SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr,
-                   WARP_SPEC: tl.constexpr = False, MB=None, stride_mn=0, HAS_BIAS: tl.constexpr = False):
+                   WARP_SPEC: tl.constexpr = False, MB=None, stride_mn=0,
+                   mask_shift=0.0, HAS_BIAS: tl.constexpr = False):
     """The key blocks starting in [k_start, k_end), one after another (``_attend_block``; keys end at n_end).
     WARP_SPEC (with USE_TMA, and q read through descriptors too): Triton's warp specialisation of the loop, which on
     Hopper splits the program's warps into a producer warpgroup issuing the descriptor loads and consumer
@@ -232,13 +236,15 @@ def _attend_blocks(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, k_en
             acc_a, acc_b, m_i, l_i = _attend_block(
                 acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end, stride_kn, stride_kd, stride_vn,
                 stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16,
-                SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, MB=MB, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
+                SCALE_POSITIVE, USE_TMA, ROWSUM_MMA,
+                MB=MB, stride_mn=stride_mn, mask_shift=mask_shift, HAS_BIAS=HAS_BIAS)
     else:
         for start_n in range(k_start, k_end, BLOCK_N):
             acc_a, acc_b, m_i, l_i = _attend_block(
                 acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end, stride_kn, stride_kd, stride_vn,
                 stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16,
-                SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, MB=MB, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
+                SCALE_POSITIVE, USE_TMA, ROWSUM_MMA,
+                MB=MB, stride_mn=stride_mn, mask_shift=mask_shift, HAS_BIAS=HAS_BIAS)
     return acc_a, acc_b, m_i, l_i
 
 
@@ -248,7 +254,7 @@ def _attend_overlapped(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, 
                        HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
                        BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr,
                        EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr,
-                       ROWSUM_MMA: tl.constexpr, MB=None, stride_mn=0, HAS_BIAS: tl.constexpr = False):
+                       ROWSUM_MMA: tl.constexpr, MB=None, stride_mn=0, mask_shift=0.0, HAS_BIAS: tl.constexpr = False):
     """Key blocks [k_start, n_end), at least two (with MASK_N every block is masked at n_end), in a rotated order:
     each iteration multiplies the previous block's P by its V, then starts the next block's scores and runs this
     block's softmax while the tensor cores compute them (FlashAttention-3's intra-warpgroup overlap of softmax and
@@ -262,14 +268,14 @@ def _attend_overlapped(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, 
     last = k_start + (tl.cdiv(n_end - k_start, BLOCK_N) - 1) * BLOCK_N
     s = _block_scores(q_a, q_b, K, KB, k_start, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA,
                       BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, MB=MB,
-                      stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
+                      stride_mn=stride_mn, mask_shift=mask_shift, HAS_BIAS=HAS_BIAS)
     p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA, HAS_BIAS)
     p = _p_operand(p, q_a.dtype, EMULATE_BF16)
     p_dtype: tl.constexpr = p.dtype
     p = _as_bits(p)
     s = _block_scores(q_a, q_b, K, KB, k_start + BLOCK_N, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N,
                       BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, MB=MB,
-                      stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
+                      stride_mn=stride_mn, mask_shift=mask_shift, HAS_BIAS=HAS_BIAS)
     for start_n in range(k_start + 2 * BLOCK_N, last + 1, BLOCK_N):
         acc_a, acc_b, l_i = _block_accumulate(
             acc_a, acc_b, l_i, p.to(p_dtype, bitcast=True), alpha, V, VB, start_n - 2 * BLOCK_N, n_end, stride_vn,
@@ -277,7 +283,7 @@ def _attend_overlapped(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, 
             ROWSUM_MMA)
         s_next = _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N,
                                BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA,
-                               MB=MB, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
+                               MB=MB, stride_mn=stride_mn, mask_shift=mask_shift, HAS_BIAS=HAS_BIAS)
         p, alpha, m_i, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA, HAS_BIAS)
         p = _as_bits(_p_operand(p, q_a.dtype, EMULATE_BF16))
         s = s_next
@@ -307,11 +313,11 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                   SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
                   SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr, MB=None,
-                  stride_mn=0, HAS_BIAS: tl.constexpr = False):
+                  stride_mn=0, mask_shift=0.0, HAS_BIAS: tl.constexpr = False):
     """One key/value block into the online softmax (``l_i``: see ``_row_sums``; HAS_BIAS: ``_block_scores``)."""
     s = _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA,
                       BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, MB=MB,
-                      stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
+                      stride_mn=stride_mn, mask_shift=mask_shift, HAS_BIAS=HAS_BIAS)
     p, alpha, m_new, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA, HAS_BIAS)
     acc_a, acc_b, l_i = _block_accumulate(acc_a, acc_b, l_i, p, alpha, V, VB, start_n, n_end, stride_vn, stride_vd,
                                           HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N,
@@ -350,12 +356,12 @@ def _kv_chunk(blk, rows, stride_n, d, stride_d, HEAD_DIM: tl.constexpr, MASK_D: 
 def _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scale,
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                   SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                  SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, MB=None, stride_mn=0,
+                  SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, MB=None, stride_mn=0, mask_shift=0.0,
                   HAS_BIAS: tl.constexpr = False):
     """The scores q k^T of the key block at start_n (times the scale unless SCALE_POSITIVE, where the softmax folds
     it in), -inf past n_end with MASK_N. HAS_BIAS: plus the key mask (MB: its row for this batch row and head,
-    indexed by key position, stride_mn apart): a float mask's values in float32, in base 2 like the scaled scores
-    (so not with SCALE_POSITIVE: the launcher sees to it); a boolean mask's -inf where False."""
+    indexed by key position, stride_mn apart): a float mask's values less ``mask_shift`` (``_mask_top``) in float32,
+    in the scores' units; a boolean mask's -inf where False."""
     offs_n = tl.arange(0, BLOCK_N)
     d_a = tl.arange(0, BLOCK_DA)
     d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
@@ -386,7 +392,12 @@ def _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scal
         if MB.dtype.element_ty == tl.int1:  # a boolean mask: True takes part
             bias = tl.where(bias, 0.0, float("-inf"))
         else:
-            bias = bias.to(tl.float32) * 1.4426950408889634  # log2(e), as LOG2E
+            # in the scores' units: base 2 (log2(e), as LOG2E) where they are scaled; divided by the scale where
+            # the softmax folds it in (SCALE_POSITIVE: one multiply-add per score fewer)
+            unit = 1.4426950408889634
+            if SCALE_POSITIVE:
+                unit = unit / qk_scale
+            bias = (bias.to(tl.float32) - mask_shift) * unit
         s += bias[None, :]
     if MASK_N:
         s = tl.where(((start_n + offs_n) < n_end)[None, :], s, float("-inf"))
@@ -404,13 +415,14 @@ def _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE: tl.constexpr, ROWSUM_M
         # max(s) * scale == max(s * scale), so the scale folds into exp2's argument as one fused multiply-add
         # per score (the softmax, not the matmuls, bounds this loop at small head dims)
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        m_sub = m_new
-        p = tl.math.exp2(s * qk_scale - m_sub[:, None])
     else:
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_sub = m_new
-        if HAS_BIAS:
-            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    m_sub = m_new
+    if HAS_BIAS:
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    if SCALE_POSITIVE:
+        p = tl.math.exp2(s * qk_scale - m_sub[:, None])
+    else:
         p = tl.math.exp2(s - m_sub[:, None])
     alpha = tl.math.exp2(m_i - m_sub)
     if not ROWSUM_MMA:
@@ -493,18 +505,24 @@ def _query_block(
     l_i = _row_sums(BLOCK_M, ROWSUM_MMA)
     acc_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
     acc_b = tl.zeros([BLOCK_M, BLOCK_DB], dtype=tl.float32)
+    mask_shift = 0.0
+    if HAS_BIAS and MB.dtype.element_ty != tl.int1:  # (a boolean mask's 0 and -inf need no shift)
+        mask_shift = _mask_top(MB, stride_mn, k_start, k_end, BLOCK_N)
+        if JOINT_KEYS:
+            mask_shift = tl.maximum(mask_shift, _mask_top(MB2, stride_mn, 0, k2_end, BLOCK_N))
+        mask_shift = tl.where(mask_shift == float("-inf"), 0.0, mask_shift)
     acc_a, acc_b, m_i, l_i = _attend_keys(
         acc_a, acc_b, m_i, l_i, q_a, q_b, K, V,
         k_start, k_end, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
         HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA,
-        ROWSUM_MMA, OVERLAP, WARP_SPEC, MB=MB, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
+        ROWSUM_MMA, OVERLAP, WARP_SPEC, MB=MB, stride_mn=stride_mn, mask_shift=mask_shift, HAS_BIAS=HAS_BIAS)
     if JOINT_KEYS:
         # The second key stream continues the same online softmax: joint attention without concatenation.
         acc_a, acc_b, m_i, l_i = _attend_keys(
             acc_a, acc_b, m_i, l_i, q_a, q_b, K2, V2,
             0, k2_end, stride_k2n, stride_k2d, stride_v2n, stride_v2d, qk_scale,
             HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA,
-            ROWSUM_MMA, OVERLAP, MB=MB2, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
+            ROWSUM_MMA, OVERLAP, MB=MB2, stride_mn=stride_mn, mask_shift=mask_shift, HAS_BIAS=HAS_BIAS)
     # A row with no key to attend to (kv_lens == 0, or every key masked) has l == 0 and acc == 0: it is defined
     # as zero.
     if ROWSUM_MMA:
@@ -530,6 +548,21 @@ def _query_block(
         out_b -= neg_scale * (accn_b / ln_i[:, None])
     _store_rows(O, row_start, row_end, stride_on, stride_od, out_a, out_b, HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB,
                 SPLIT_D, MASK_D, EMULATE_BF16)
+
+
+@triton.jit
+def _mask_top(MB, stride_mn, k_start, k_end, BLOCK_N: tl.constexpr):
+    """The largest value of a float key mask over keys [k_start, k_end) (-inf where there is none). The softmax does
+    not change when every score of a row shifts alike, and a key mask's values are the same for every query row:
+    subtracting their largest keeps the scores near zero, where float32 still resolves them (a prompt whose every
+    token is padding scores s - 10000 per key in diffusers: 1.6e-4 off in float32 without the shift)."""
+    offs = tl.arange(0, BLOCK_N)
+    most = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+    for start in range(k_start, k_end, BLOCK_N):
+        keys = start + offs
+        values = tl.load(MB + keys.to(tl.int64) * stride_mn, mask=keys < k_end, other=float("-inf"))
+        most = tl.maximum(most, values.to(tl.float32))
+    return tl.max(most, 0)
 
 
 @triton.jit
@@ -637,9 +670,9 @@ def _attn_fwd_kernel(
     WARP_SPEC (with USE_TMA; one key stream: not NEG, and JOINT only with JOINED_KV): q is read through tensor
     descriptors too and the key loop is warp-specialised (``_attend_blocks``). WS_OK: unused here, like TMA_OK;
     whether the launcher found warp specialisation usable (``warp_spec_usable``).
-    HAS_BIAS (not with SCALE_POSITIVE or NEG): a key mask, float32 values added to the scores, one per key of the
-    joined sequence [stream 1; stream 2] (the token dimension with packed segments) for each batch row and query
-    head (strides stride_mb, stride_mh, stride_mn; 0 where broadcast); -inf masks a key.
+    HAS_BIAS (not with NEG): a key mask, bool (False masks a key) or float (added to the scores; -inf masks), one
+    value per key of the joined sequence [stream 1; stream 2] (the token dimension with packed segments) for each
+    batch row and query head (strides stride_mb, stride_mh, stride_mn; 0 where broadcast).
     """
     # Inductor's copy of this kernel types Python float arguments as fp64: without the casts the online-softmax
     # state would turn fp64 inside the key loop, which Triton rejects (loop-carried type change).
@@ -1545,7 +1578,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         HEAD_DIM=head_dim, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d, MASK_D=mask_d,
         JOINT=joint is not None, JOINED_KV=bool(join_keys), NEG=negative is not None, VARLEN=varlen,
         HAS_KV_LENS=kv_lens is not None, HAS_NEG_KV_LENS=negative_kv_lens is not None,
-        HAS_BIAS=attn_mask is not None, SCALE_POSITIVE=scale > 0 and attn_mask is None,
+        HAS_BIAS=attn_mask is not None, SCALE_POSITIVE=scale > 0,
         # Triton's interpreter (CPU tensors) multiplies bf16 operands as raw 16-bit integers in tl.dot and
         # truncates bf16 casts: there, bf16 values go through the dots as (exact) fp32, as a tensor core forms
         # the products, and every rounding to bf16 is done to nearest even by hand.

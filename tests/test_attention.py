@@ -285,6 +285,10 @@ GRID = [
     Case(F16, 64, 45, 45, batch=2, joint=(19, 19), rope="interleaved", q_norm=True, k_norm=True, joint_q_norm=True,
          joint_k_norm=True, mask=("bool", "strided"), name="f16-mask-joint-prologue-strided"),
     Case(BF16, 96, 77, 40, strided=True, scale=-0.2, mask=("f32", "b11n"), name="bf16-mask-strided-negative-scale"),
+    # a row whose every key is -10000 (diffusers' all-padding prompt) attends to all keys: float32 resolves the
+    # scores only once the mask's largest value is taken out (the kernel's shift), over both streams when joint
+    Case(F32, 64, 45, 77, batch=2, mask=("diffusers", "b11n"), name="f32-mask-all-padding"),
+    Case(F32, 40, 33, 33, batch=2, joint=(17, 17), mask=("diffusers", "bh1n"), name="f32-mask-joint-all-padding"),
     # a negative scale keeps the scale out of the running max (the positive-scale path folds it into exp2)
     Case(F16, 48, 19, 45, scale=-0.2, kv_lens=[30], name="f16-negative-scale-kvlens"),
 ]
