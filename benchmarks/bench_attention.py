@@ -574,6 +574,43 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
                      flux_stock, "rms_norm + cat + rope + sdpa + split", _flops(b, h, n, n, d), device, quick,
                      ceiling)
 
+    # 2b. Qwen-Image: Flux's sequence with a complex RoPE per stream and the text padding masked ([text mask;
+    # image ones] as a bool key mask, so SDPA cannot take its flash or cuDNN kernels). Ours as its processor calls
+    # it, building the RoPE tables and the key mask on every call.
+    n_txt_real = n_txt // 4
+    text_mask = torch.arange(n_txt, device=device)[None, :].expand(b, n_txt) < n_txt_real
+    txt_freqs, img_freqs = (torch.polar(torch.ones_like(a), a) for a in (angles[:n_txt], angles[n_txt:]))
+
+    def complex_rope(x, freqs):  # diffusers' apply_rotary_emb_qwen(use_real=False)
+        pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+        return torch.view_as_real(pairs * freqs[:, None]).flatten(3).type_as(x)
+
+    def qwen_mask():
+        return torch.cat([text_mask, text_mask.new_ones(b, n_img)], 1)[:, None, None]
+
+    def qwen_stock():
+        q = torch.cat([complex_rope(F.rms_norm(txt[0], (d,), weights[0], 1e-6), txt_freqs),
+                       complex_rope(F.rms_norm(img[0], (d,), weights[2], 1e-6), img_freqs)], 1)
+        k = torch.cat([complex_rope(F.rms_norm(txt[1], (d,), weights[1], 1e-6), txt_freqs),
+                       complex_rope(F.rms_norm(img[1], (d,), weights[3], 1e-6), img_freqs)], 1)
+        v = torch.cat([txt[2], img[2]], 1)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=qwen_mask()).transpose(1, 2).flatten(2)
+        return out[:, :n_txt], out[:, n_txt:]
+
+    def qwen_ours():
+        freqs = torch.cat([txt_freqs, img_freqs])
+        table = (freqs.real.repeat_interleave(2, -1), freqs.imag.repeat_interleave(2, -1))
+        c, a = attention(*txt, layout="bnhd", joint=tuple(img), attn_mask=qwen_mask(), rope=table,
+                         rope_interleaved=True, q_norm_weight=weights[0], k_norm_weight=weights[1],
+                         joint_q_norm_weight=weights[2], joint_k_norm_weight=weights[3])
+        return c.flatten(2), a.flatten(2)
+
+    rows += _variant("joint + QK norm + RoPE + text mask (Qwen-Image)",
+                     f"B{b} H{h} N{n_txt}+{n_img} ({n_txt_real} text real) D{d}", qwen_ours, qwen_stock,
+                     "rms_norm + complex rope + cat + sdpa with mask + split", _flops(b, h, n, n, d), device, quick,
+                     ceiling)
+
     # 3. Key padding: text padded to 77 tokens of which a few are real.
     b, h, d, n_q, n_k = (2, 10, 64, 4096, 77) if gpu else (2, 2, 64, 256, 77)
     q, k, v = rand(b, h, n_q, d), rand(b, h, n_k, d), rand(b, h, n_k, d)

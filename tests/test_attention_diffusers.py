@@ -17,10 +17,12 @@ from pydiff.reference.attention import rms_norm_reference, rope_reference
 
 diffusers = pytest.importorskip("diffusers")
 
+from pydiff.integrations.diffusers import attention_processors  # noqa: E402
 from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffAttnProcessor,
     PydiffFluxAttnProcessor,
     PydiffJointAttnProcessor,
+    PydiffQwenImageAttnProcessor,
     set_attention_backend,
 )
 
@@ -143,6 +145,39 @@ def test_unet2d_condition_with_encoder_mask(backend, monkeypatch):
 
 def _cross_attentions(model) -> int:
     return sum(getattr(m, "is_cross_attention", False) for m in model.modules())
+
+
+def tiny_qwen_image():
+    from diffusers import QwenImageTransformer2DModel
+
+    return _perturb(QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, axes_dims_rope=(4, 6, 6)), 16)
+
+
+def _qwen_inputs(seed, padded=True):
+    """Qwen-Image inputs: 4 x 5 latent patches, 7 text tokens, the second prompt padded after 3 tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 3:] = 0
+    return dict(hidden_states=torch.randn(2, 20, 16, generator=gen),
+                encoder_hidden_states=torch.randn(2, 7, 32, generator=gen),
+                encoder_hidden_states_mask=mask if padded else None, timestep=torch.tensor([0.3, 0.8]),
+                img_shapes=[(1, 4, 5)] * 2)
+
+
+@pytest.mark.parametrize("padded", [True, False], ids=["text-padding", "no-mask"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_qwen_image_transformer(backend, padded, monkeypatch):
+    """Qwen-Image's joint attention: per-stream QK RMSNorms, complex RoPE over [text; image], the text padding
+    (diffusers 0.38+ masks it) as the kernel's key mask; every block's call fused."""
+    if not any(ours is PydiffQwenImageAttnProcessor for _, ours, _ in attention_processors._REPLACEMENTS):
+        pytest.skip(f"diffusers {diffusers.__version__}: its Qwen-Image processor predates the text mask (0.38)")
+    model = tiny_qwen_image()
+    inputs = _qwen_inputs(17, padded)
+    calls = _masked_calls(monkeypatch)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffQwenImageAttnProcessor})
+    assert calls == [padded] * len(model.transformer_blocks)
 
 
 def _pixart_inputs(seed):
@@ -358,16 +393,17 @@ def test_compiled_fullgraph_models(backend):
     """``torch.compile(model, fullgraph=True)``, as diffusers' docs compile a pipeline's transformer, traces our
     processors without a graph break (the op through torch.library, the stock path's checks as Python), with the
     eager outputs."""
-    unet, sd3, flux, pixart = tiny_unet(), tiny_sd3("rms_norm"), tiny_flux(), tiny_pixart()
+    unet, sd3, flux, pixart, qwen = tiny_unet(), tiny_sd3("rms_norm"), tiny_flux(), tiny_pixart(), tiny_qwen_image()
     gen = torch.Generator().manual_seed(4)
     unet_inputs = (torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([10, 500]),
                    torch.randn(2, 7, 24, generator=gen))
     sd3_inputs = dict(hidden_states=torch.randn(1, 4, 8, 8, generator=gen),
                       encoder_hidden_states=torch.randn(1, 5, 32, generator=gen),
                       pooled_projections=torch.randn(1, 24, generator=gen), timestep=torch.tensor([3]))
-    flux_inputs, pixart_inputs = _flux_inputs(6), _pixart_inputs(9)
+    flux_inputs, pixart_inputs, qwen_inputs = _flux_inputs(6), _pixart_inputs(9), _qwen_inputs(11)
     for model, run in ((unet, lambda m: m(*unet_inputs).sample), (sd3, lambda m: m(**sd3_inputs).sample),
-                       (flux, lambda m: m(**flux_inputs).sample), (pixart, lambda m: m(**pixart_inputs).sample)):
+                       (flux, lambda m: m(**flux_inputs).sample), (pixart, lambda m: m(**pixart_inputs).sample),
+                       (qwen, lambda m: m(**qwen_inputs).sample)):
         torch._dynamo.reset()
         assert set_attention_backend(model) > 0
         with torch.no_grad(), pydiff.use_backend(backend):
@@ -382,6 +418,8 @@ def _moved(x, device, dtype):
         return {name: _moved(t, device, dtype) for name, t in x.items()}
     if isinstance(x, tuple):
         return tuple(_moved(t, device, dtype) for t in x)
+    if not isinstance(x, torch.Tensor):  # (Qwen-Image's img_shapes: a list of sizes)
+        return x
     return x.to(device, dtype) if x.is_floating_point() else x.to(device)
 
 
@@ -391,7 +429,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     """On a GPU, the compiled kernel behind our processors, in a model that runs in half precision: its output's
     error against the same model in float64 (stock processors) is within 2x the stock processors' own error in
     that precision, plus 1e-3. A UNet (its projections also fused: q, k and v strided views of one matmul), SD3 and
-    Flux transformers, SVD's spatio-temporal UNet, and PixArt with its text-padding mask (the kernel's key mask).
+    Flux transformers, SVD's spatio-temporal UNet, and PixArt and Qwen-Image with their text-padding masks (the
+    kernel's key mask).
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -403,7 +442,7 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     fused_unet.fuse_qkv_projections()
     for model, inputs in ((tiny_unet(), unet_inputs), (fused_unet, unet_inputs), (tiny_sd3("rms_norm"), sd3_inputs),
                           (tiny_flux(), _flux_inputs(7)), (tiny_svd(), _svd_inputs(8)),
-                          (tiny_pixart(), _pixart_inputs(10))):
+                          (tiny_pixart(), _pixart_inputs(10)), (tiny_qwen_image(), _qwen_inputs(12))):
         def run(m, precision):
             args = _moved(inputs, cuda_device, precision)
             return (m(**args) if isinstance(args, dict) else m(*args)).sample.double()

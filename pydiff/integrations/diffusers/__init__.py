@@ -11,6 +11,7 @@ _EXPORTS = {
     "PydiffAttnProcessor": "attention_processors",
     "PydiffJointAttnProcessor": "attention_processors",
     "PydiffFluxAttnProcessor": "attention_processors",
+    "PydiffQwenImageAttnProcessor": "attention_processors",
     "set_attention_backend": "attention_processors",
 }
 

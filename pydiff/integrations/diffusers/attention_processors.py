@@ -1,7 +1,8 @@
 """diffusers attention processors that run ``pydiff.attention``: one fused pass where diffusers runs several ops.
 
     from pydiff.integrations.diffusers import set_attention_backend
-    set_attention_backend(pipe)   # or a model: UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel
+    set_attention_backend(pipe)   # or a model: UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel,
+                                  # QwenImageTransformer2DModel, PixArtTransformer2DModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
@@ -12,6 +13,8 @@
   (which skips them); q, k and v are then strided views of the one projection.
 * ``PydiffFluxAttnProcessor`` replaces Flux's ``FluxAttnProcessor``: joint attention plus the QK RMSNorms and
   the RoPE table, applied by pydiff in one float32 pass per tensor (no torch op sequence, no concatenation).
+* ``PydiffQwenImageAttnProcessor`` replaces Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.38+):
+  the same joint call, its complex RoPE as cos/sin tables, and the text padding as the kernel's key mask.
 
 Outputs equal the stock processors' (same math; pydiff keeps the norm and RoPE in float32). Attention masks that
 are the same for every query (PixArt's and Sana's text padding: diffusers' (B, 1, N_k) additive masks) go into the
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
+import diffusers
 import torch
 from diffusers.models.attention_processor import (
     AttnProcessor2_0,
@@ -34,8 +38,13 @@ from diffusers.models.attention_processor import (
 )
 from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
 from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
+from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
 
 from pydiff.attention import MAX_HEAD_DIM, attention
+
+#: Qwen-Image's stock processor masks the text padding (from encoder_hidden_states_mask) since diffusers 0.38; before,
+#: it took an attention_mask as given and ignored the text mask. Ours does what 0.38 does, so it replaces only there.
+_QWEN_MASKS_TEXT = tuple(int(part) for part in diffusers.__version__.split(".")[:2]) >= (0, 38)
 
 
 def _rms_norm_params(norm, head_dim: int, device: torch.device) -> Optional[Tuple[torch.Tensor, Optional[float]]]:
@@ -223,6 +232,47 @@ class PydiffJointAttnProcessor:
         return hidden_states, context
 
 
+def _heads(attn, x: torch.Tensor, fused: str, names: Tuple[str, str, str], head_dim: int) -> List[torch.Tensor]:
+    """q, k and v of ``x`` as (B, N, H, D) views: from the module's fused projection ``fused`` where it has one
+    (``fuse_qkv_projections``), else from its three projections ``names``."""
+    if _fused_projections(attn):
+        parts = getattr(attn, fused)(x).chunk(3, dim=-1)
+    else:
+        parts = [getattr(attn, name)(x) for name in names]
+    return [t.unflatten(-1, (-1, head_dim)) for t in parts]
+
+
+def _text_first_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor],
+                          head_dim: int, rope, attn_mask: Optional[torch.Tensor]):
+    """One ``pydiff.attention`` call over [text; image] as Flux and Qwen-Image join them: the text (from
+    ``encoder_hidden_states``, where given) is stream 1, so that the RoPE rows and the key mask follow the joined
+    sequence, with no concatenation or split; the QK RMSNorms of both streams run in the kernel's prologue (other
+    norms as modules first). Returns the (text, image) outputs, or the image's alone, as (B, N, H, D)."""
+    q, k, v = _heads(attn, hidden_states, "to_qkv", ("to_q", "to_k", "to_v"), head_dim)
+    norms, tensors = {"q": attn.norm_q, "k": attn.norm_k}, {"q": q, "k": k}
+    if encoder_hidden_states is not None:
+        cq, ck, cv = _heads(attn, encoder_hidden_states, "to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj"),
+                            head_dim)
+        norms.update(cq=attn.norm_added_q, ck=attn.norm_added_k)
+        tensors.update(cq=cq, ck=ck)
+    fused, separate, eps = _plan_norms(norms, head_dim, q.dtype, q.device)
+    for name, norm in separate.items():
+        tensors[name] = norm(tensors[name])
+    common = dict(layout="bnhd", attn_mask=attn_mask, rope=rope, rope_interleaved=True, norm_eps=eps)
+    if encoder_hidden_states is None:
+        return attention(tensors["q"], tensors["k"], v, q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"),
+                         **common)
+    return attention(tensors["cq"], tensors["ck"], cv, joint=(tensors["q"], tensors["k"], v),
+                     q_norm_weight=fused.get("cq"), k_norm_weight=fused.get("ck"), joint_q_norm_weight=fused.get("q"),
+                     joint_k_norm_weight=fused.get("k"), **common)
+
+
+def _key_mask_4d(mask: Optional[torch.Tensor]) -> bool:
+    """Whether a 4-D SDPA mask (Flux's processors pass it to SDPA as given) is the kernel's key mask: the same for
+    every query, (B or 1, H or 1, 1, N_k), in a dtype the kernel reads."""
+    return mask.dim() == 4 and mask.shape[2] == 1 and mask.dtype in _MASK_DTYPES
+
+
 class PydiffFluxAttnProcessor:
     """Drop-in for Flux's ``FluxAttnProcessor``: joint attention with QK RMSNorm and RoPE fused into the kernel."""
 
@@ -232,48 +282,50 @@ class PydiffFluxAttnProcessor:
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None,
                  image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
-        # a mask the same for every query, (B or 1, H or 1, 1, N_k) over [text; image], is the kernel's key mask
-        per_query = attention_mask is not None and (attention_mask.dim() != 4 or attention_mask.shape[2] != 1 or
-                                                    attention_mask.dtype not in _MASK_DTYPES)
-        if per_query or _head_dim(attn) > MAX_HEAD_DIM:
+        if (attention_mask is not None and not _key_mask_4d(attention_mask)) or _head_dim(attn) > MAX_HEAD_DIM:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        if attn.fused_projections:
-            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        else:
-            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         joint = encoder_hidden_states is not None and attn.added_kv_proj_dim is not None
-        if joint:
-            if attn.fused_projections:
-                context_qkv = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
-            else:
-                context_qkv = (attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states),
-                               attn.add_v_proj(encoder_hidden_states))
-        q, k, v = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
-        norms = {"q": attn.norm_q, "k": attn.norm_k}
-        tensors = {"q": q, "k": k}
-        if joint:
-            cq, ck, cv = (t.unflatten(-1, (-1, attn.head_dim)) for t in context_qkv)
-            norms.update(cq=attn.norm_added_q, ck=attn.norm_added_k)
-            tensors.update(cq=cq, ck=ck)
-        fused, separate, eps = _plan_norms(norms, attn.head_dim, q.dtype, q.device)
-        for name, norm in separate.items():
-            tensors[name] = norm(tensors[name])
         rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
-        if joint:
-            # Flux joins [text; image]: text is stream 1 so that the RoPE rows line up with the joined sequence.
-            context, image = attention(
-                tensors["cq"], tensors["ck"], cv, layout="bnhd", joint=(tensors["q"], tensors["k"], v),
-                attn_mask=attention_mask, rope=rope,
-                rope_interleaved=True, q_norm_weight=fused.get("cq"), k_norm_weight=fused.get("ck"),
-                joint_q_norm_weight=fused.get("q"), joint_k_norm_weight=fused.get("k"), norm_eps=eps)
-            hidden_states = image.flatten(2).to(query.dtype)
-            hidden_states = attn.to_out[0](hidden_states)
-            hidden_states = attn.to_out[1](hidden_states)
-            return hidden_states, attn.to_add_out(context.flatten(2).to(query.dtype))
-        out = attention(tensors["q"], tensors["k"], v, layout="bnhd", attn_mask=attention_mask, rope=rope,
-                        rope_interleaved=True, q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"),
-                        norm_eps=eps)
-        return out.flatten(2).to(query.dtype)
+        out = _text_first_attention(attn, hidden_states, encoder_hidden_states if joint else None, attn.head_dim,
+                                    rope, attention_mask)
+        # (the outputs have the projections' dtype, as the stock processor's)
+        if not joint:
+            return out.flatten(2)
+        context, image = out
+        return attn.to_out[1](attn.to_out[0](image.flatten(2))), attn.to_add_out(context.flatten(2))
+
+
+class PydiffQwenImageAttnProcessor:
+    """Drop-in for Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.38+, which masks the text
+    padding): joint [text; image] attention with the per-stream QK RMSNorms and the RoPE in the kernel's prologue
+    and the text padding as its key mask; no concatenation, no split, no complex-number RoPE passes."""
+
+    def __init__(self):
+        self.stock = QwenDoubleStreamAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 encoder_hidden_states_mask: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None):
+        head_dim = attn.inner_dim // attn.heads
+        complex_rope = image_rotary_emb is None or all(torch.is_complex(f) and f.dim() == 2 for f in image_rotary_emb)
+        if encoder_hidden_states is None or attention_mask is not None or head_dim > MAX_HEAD_DIM or \
+                not complex_rope:  # (the stock processor refuses the first two)
+            return self.stock(attn, hidden_states, encoder_hidden_states, encoder_hidden_states_mask, attention_mask,
+                              image_rotary_emb)
+        rope = None
+        if image_rotary_emb is not None:
+            image_freqs, text_freqs = image_rotary_emb
+            freqs = torch.cat([text_freqs, image_freqs])  # e^(i theta) per pair of channels, rows as the join
+            rope = (freqs.real.repeat_interleave(2, -1), freqs.imag.repeat_interleave(2, -1))
+        mask = None
+        if encoder_hidden_states_mask is not None:
+            image_keys = encoder_hidden_states_mask.new_ones(hidden_states.shape[:2], dtype=torch.bool)
+            mask = torch.cat([encoder_hidden_states_mask.to(torch.bool), image_keys], dim=1)[:, None, None]
+        context, image = _text_first_attention(attn, hidden_states, encoder_hidden_states, head_dim, rope, mask)
+        image = attn.to_out[0](image.flatten(2))
+        if len(attn.to_out) > 1:
+            image = attn.to_out[1](image)
+        return image, attn.to_add_out(context.flatten(2))
 
 
 def _no_qk_norms(attn) -> bool:
@@ -288,7 +340,7 @@ _REPLACEMENTS = (
     (JointAttnProcessor2_0, PydiffJointAttnProcessor, None),
     (FusedJointAttnProcessor2_0, PydiffJointAttnProcessor, _no_qk_norms),
     (FluxAttnProcessor, PydiffFluxAttnProcessor, None),
-)
+) + (((QwenDoubleStreamAttnProcessor2_0, PydiffQwenImageAttnProcessor, None),) if _QWEN_MASKS_TEXT else ())
 
 
 def _roots(model_or_pipe) -> List[torch.nn.Module]:
@@ -305,7 +357,8 @@ def set_attention_backend(model_or_pipe) -> int:
     """Swap every stock SDPA processor in a diffusers model or pipeline for its pydiff counterpart.
 
     AttnProcessor2_0 and FusedAttnProcessor2_0 -> PydiffAttnProcessor, JointAttnProcessor2_0 and (without QK norms)
-    FusedJointAttnProcessor2_0 -> PydiffJointAttnProcessor, FluxAttnProcessor -> PydiffFluxAttnProcessor; other
+    FusedJointAttnProcessor2_0 -> PydiffJointAttnProcessor, FluxAttnProcessor -> PydiffFluxAttnProcessor,
+    QwenDoubleStreamAttnProcessor2_0 (diffusers 0.38+) -> PydiffQwenImageAttnProcessor; other
     processors (IP-adapter, added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable
     Diffusion VAE's 512-channel mid-block attention). ``fuse_qkv_projections()`` sets diffusers' fused processors
     over ours: call this after it.
@@ -326,4 +379,5 @@ def set_attention_backend(model_or_pipe) -> int:
     return switched
 
 
-__all__ = ["PydiffAttnProcessor", "PydiffFluxAttnProcessor", "PydiffJointAttnProcessor", "set_attention_backend"]
+__all__ = ["PydiffAttnProcessor", "PydiffFluxAttnProcessor", "PydiffJointAttnProcessor", "PydiffQwenImageAttnProcessor",
+           "set_attention_backend"]
