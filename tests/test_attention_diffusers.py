@@ -170,9 +170,9 @@ def _qwen_inputs(seed, padded=True):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_qwen_image_transformer(backend, padded, monkeypatch):
     """Qwen-Image's joint attention: per-stream QK RMSNorms, complex RoPE over [text; image], the text padding
-    (diffusers 0.38+ masks it) as the kernel's key mask; every block's call fused."""
-    if not any(ours is PydiffQwenImageAttnProcessor for _, ours, _ in attention_processors._REPLACEMENTS):
-        pytest.skip(f"diffusers {diffusers.__version__}: its Qwen-Image processor predates the text mask (0.38)")
+    (diffusers 0.39+ masks it) as the kernel's key mask; every block's call fused."""
+    if not attention_processors._QWEN_MASKS_TEXT:
+        pytest.skip(f"diffusers {diffusers.__version__}: its Qwen-Image processor predates the text mask (0.39)")
     model = tiny_qwen_image()
     inputs = _qwen_inputs(17, padded)
     calls = _masked_calls(monkeypatch)
@@ -401,9 +401,11 @@ def test_compiled_fullgraph_models(backend):
                       encoder_hidden_states=torch.randn(1, 5, 32, generator=gen),
                       pooled_projections=torch.randn(1, 24, generator=gen), timestep=torch.tensor([3]))
     flux_inputs, pixart_inputs, qwen_inputs = _flux_inputs(6), _pixart_inputs(9), _qwen_inputs(11)
-    for model, run in ((unet, lambda m: m(*unet_inputs).sample), (sd3, lambda m: m(**sd3_inputs).sample),
-                       (flux, lambda m: m(**flux_inputs).sample), (pixart, lambda m: m(**pixart_inputs).sample),
-                       (qwen, lambda m: m(**qwen_inputs).sample)):
+    models = [(unet, lambda m: m(*unet_inputs).sample), (sd3, lambda m: m(**sd3_inputs).sample),
+              (flux, lambda m: m(**flux_inputs).sample), (pixart, lambda m: m(**pixart_inputs).sample)]
+    if attention_processors._QWEN_MASKS_TEXT:  # (replaced from diffusers 0.39)
+        models.append((qwen, lambda m: m(**qwen_inputs).sample))
+    for model, run in models:
         torch._dynamo.reset()
         assert set_attention_backend(model) > 0
         with torch.no_grad(), pydiff.use_backend(backend):
@@ -440,9 +442,11 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
                   torch.randn(2, 24, generator=gen), torch.tensor([0.3, 0.8]))
     fused_unet = tiny_unet()
     fused_unet.fuse_qkv_projections()
-    for model, inputs in ((tiny_unet(), unet_inputs), (fused_unet, unet_inputs), (tiny_sd3("rms_norm"), sd3_inputs),
-                          (tiny_flux(), _flux_inputs(7)), (tiny_svd(), _svd_inputs(8)),
-                          (tiny_pixart(), _pixart_inputs(10)), (tiny_qwen_image(), _qwen_inputs(12))):
+    models = [(tiny_unet(), unet_inputs), (fused_unet, unet_inputs), (tiny_sd3("rms_norm"), sd3_inputs),
+              (tiny_flux(), _flux_inputs(7)), (tiny_svd(), _svd_inputs(8)), (tiny_pixart(), _pixart_inputs(10))]
+    if attention_processors._QWEN_MASKS_TEXT:
+        models.append((tiny_qwen_image(), _qwen_inputs(12)))
+    for model, inputs in models:
         def run(m, precision):
             args = _moved(inputs, cuda_device, precision)
             return (m(**args) if isinstance(args, dict) else m(*args)).sample.double()

@@ -13,7 +13,7 @@
   (which skips them); q, k and v are then strided views of the one projection.
 * ``PydiffFluxAttnProcessor`` replaces Flux's ``FluxAttnProcessor``: joint attention plus the QK RMSNorms and
   the RoPE table, applied by pydiff in one float32 pass per tensor (no torch op sequence, no concatenation).
-* ``PydiffQwenImageAttnProcessor`` replaces Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.38+):
+* ``PydiffQwenImageAttnProcessor`` replaces Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.39+):
   the same joint call, its complex RoPE as cos/sin tables, and the text padding as the kernel's key mask.
 
 Outputs equal the stock processors' (same math; pydiff keeps the norm and RoPE in float32). Attention masks that
@@ -42,9 +42,10 @@ from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStream
 
 from pydiff.attention import MAX_HEAD_DIM, attention
 
-#: Qwen-Image's stock processor masks the text padding (from encoder_hidden_states_mask) since diffusers 0.38; before,
-#: it took an attention_mask as given and ignored the text mask. Ours does what 0.38 does, so it replaces only there.
-_QWEN_MASKS_TEXT = tuple(int(part) for part in diffusers.__version__.split(".")[:2]) >= (0, 38)
+#: Qwen-Image's stock processor masks the text padding itself (from encoder_hidden_states_mask) and refuses an
+#: attention_mask since diffusers 0.39; before, it took an attention_mask as given (0.38's transformer built the
+#: joint mask, 0.35-0.37 none) and ignored the text mask. Ours does what 0.39 does, so it replaces only there.
+_QWEN_MASKS_TEXT = tuple(int(part) for part in diffusers.__version__.split(".")[:2]) >= (0, 39)
 
 
 def _rms_norm_params(norm, head_dim: int, device: torch.device) -> Optional[Tuple[torch.Tensor, Optional[float]]]:
@@ -296,7 +297,7 @@ class PydiffFluxAttnProcessor:
 
 
 class PydiffQwenImageAttnProcessor:
-    """Drop-in for Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.38+, which masks the text
+    """Drop-in for Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.39+, which masks the text
     padding): joint [text; image] attention with the per-stream QK RMSNorms and the RoPE in the kernel's prologue
     and the text padding as its key mask; no concatenation, no split, no complex-number RoPE passes."""
 
@@ -358,7 +359,7 @@ def set_attention_backend(model_or_pipe) -> int:
 
     AttnProcessor2_0 and FusedAttnProcessor2_0 -> PydiffAttnProcessor, JointAttnProcessor2_0 and (without QK norms)
     FusedJointAttnProcessor2_0 -> PydiffJointAttnProcessor, FluxAttnProcessor -> PydiffFluxAttnProcessor,
-    QwenDoubleStreamAttnProcessor2_0 (diffusers 0.38+) -> PydiffQwenImageAttnProcessor; other
+    QwenDoubleStreamAttnProcessor2_0 (diffusers 0.39+) -> PydiffQwenImageAttnProcessor; other
     processors (IP-adapter, added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable
     Diffusion VAE's 512-channel mid-block attention). ``fuse_qkv_projections()`` sets diffusers' fused processors
     over ours: call this after it.
