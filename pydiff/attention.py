@@ -456,8 +456,9 @@ def attention(
     * ``kv_lens`` (int, B values): key padding, row b attends to its first kv_lens[b] keys (0 keys gives zeros).
     * ``attn_mask``: a key mask as ``F.scaled_dot_product_attention`` takes one, the same for every query: bool
       (True: the key takes part) or float (added to the scaled scores; -inf masks), sizes broadcastable to
-      (B, H, 1, N_k) whatever the layout (diffusers' text-padding masks). A query whose keys are all masked gives
-      zeros. The kernel reads it as given. Not with negative.
+      (B, H, 1, N_k) whatever the layout (diffusers' text-padding masks); with ``joint``, N_k keys of the joined
+      sequence [stream 1; stream 2]. A query whose keys are all masked gives zeros. The kernel reads it as given.
+      Not with negative.
     * ``cu_seqlens_q`` / ``cu_seqlens_k`` (int, S + 1 offsets into the token dim): packed variable-length segments,
       each attending only within itself, in every batch row (FlashAttention's varlen; G images of N tokens laid out
       as one (G*N)-token segment give group attention without a copy). cu_seqlens_k defaults to cu_seqlens_q;
