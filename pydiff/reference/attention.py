@@ -56,21 +56,17 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
           kv_lens: Optional[torch.Tensor], attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Softmax attention over the first ``kv_lens[b]`` keys of each batch row, under ``attn_mask``; rows with no
     key give zeros."""
-    if attn_mask is not None:
-        keep = None
-        if kv_lens is not None:
-            lens = kv_lens.to(device=q.device, dtype=torch.long).reshape(-1, 1, 1, 1)
-            keep = torch.arange(k.shape[2], device=q.device).reshape(1, 1, 1, -1) < lens
-        return _masked_sdpa(q, k, v, scale, keep, attn_mask)
-    if kv_lens is None:
+    if kv_lens is None and attn_mask is None:
         group = q.shape[1] // k.shape[1]
         if group > 1:  # grouped / multi-query: KV head j serves query heads j*group .. j*group+group-1
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    lens = kv_lens.to(device=q.device, dtype=torch.long).reshape(-1, 1, 1, 1)
-    keep = torch.arange(k.shape[2], device=q.device).reshape(1, 1, 1, -1) < lens
-    return _masked_sdpa(q, k, v, scale, keep)
+    keep = None
+    if kv_lens is not None:
+        lens = kv_lens.to(device=q.device, dtype=torch.long).reshape(-1, 1, 1, 1)
+        keep = torch.arange(k.shape[2], device=q.device).reshape(1, 1, 1, -1) < lens
+    return _masked_sdpa(q, k, v, scale, keep, attn_mask)
 
 
 def _segment_mask(cu_q: torch.Tensor, cu_k: torch.Tensor, n_q: int, n_k: int, batch: int,
@@ -98,8 +94,8 @@ def _segment_mask(cu_q: torch.Tensor, cu_k: torch.Tensor, n_q: int, n_k: int, ba
 
 def _masked_sdpa(q, k, v, scale, keep, attn_mask=None):
     """SDPA under a boolean mask ``keep`` (B, 1, N_q or 1, N_k) and the key mask ``attn_mask`` (bool, or float
-    added to the scores in q's dtype); a row that may see no key is defined as zeros (as in FlashAttention), not
-    NaN."""
+    added to the scores in q's dtype), either of them None; a row that may see no key is defined as zeros (as in
+    FlashAttention), not NaN."""
     group = q.shape[1] // k.shape[1]
     if group > 1:
         k = k.repeat_interleave(group, dim=1)
