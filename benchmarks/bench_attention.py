@@ -574,7 +574,22 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
                      flux_stock, "rms_norm + cat + rope + sdpa + split", _flops(b, h, n, n, d), device, quick,
                      ceiling)
 
-    # 2b. Qwen-Image: Flux's sequence with a complex RoPE per stream and the text padding masked ([text mask;
+    # 2b. FLUX.2's single-stream blocks: QK RMSNorm and RoPE over the already joined [text; image] tokens, then
+    # plain attention (no concatenation to save: what the prologue alone gains against norm + RoPE + SDPA).
+    joined = [torch.cat([t, i], 1) for t, i in zip(txt, img)]
+
+    def single_stock():
+        q = rope_reference(F.rms_norm(joined[0], (d,), weights[2], 1e-6).float().transpose(1, 2), cos, sin, True)
+        k = rope_reference(F.rms_norm(joined[1], (d,), weights[3], 1e-6).float().transpose(1, 2), cos, sin, True)
+        return F.scaled_dot_product_attention(q.to(dtype), k.to(dtype), joined[2].transpose(1, 2)).transpose(1, 2) \
+            .flatten(2)
+
+    rows += _variant("QK norm + RoPE (FLUX.2 single-stream)", f"B{b} H{h} N{n} D{d}",
+                     lambda: attention(*joined, layout="bnhd", rope=(cos, sin), rope_interleaved=True,
+                                       q_norm_weight=weights[2], k_norm_weight=weights[3]).flatten(2),
+                     single_stock, "rms_norm + rope + sdpa", _flops(b, h, n, n, d), device, quick, ceiling)
+
+    # 2c. Qwen-Image: Flux's sequence with a complex RoPE per stream and the text padding masked ([text mask;
     # image ones] as a bool key mask, so SDPA cannot take its flash or cuDNN kernels). Ours as its processor calls
     # it, building the RoPE tables and the key mask on every call.
     n_txt_real = n_txt // 4

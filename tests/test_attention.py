@@ -1758,12 +1758,13 @@ def test_benchmark_suite_runs_on_cpu():
     bench = pytest.importorskip("benchmarks.bench_attention")
     rows = bench.run(quick=True, device="cpu")
     figures = [r for r in rows if "speedup" in r]
-    assert len(figures) == len(bench.CPU_SHAPES) + 7  # the seven variants
+    assert len(figures) == len(bench.CPU_SHAPES) + 8  # the eight variants
     assert all(r["ours_TFLOPs"] > 0 and r["peer_TFLOPs"] > 0 for r in figures)
     assert not [r for r in rows if "error" in r or "unavailable" in r]
     assert "joint + QK norm + RoPE (Flux)" in bench.section(rows)
     assert "key mask (PixArt text padding)" in bench.section(rows)
     assert "joint + QK norm + RoPE + text mask (Qwen-Image)" in bench.section(rows)
+    assert "QK norm + RoPE (FLUX.2 single-stream)" in bench.section(rows)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ diffusers = pytest.importorskip("diffusers")
 from pydiff.integrations.diffusers import attention_processors  # noqa: E402
 from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffAttnProcessor,
+    PydiffFlux2AttnProcessor,
+    PydiffFlux2ParallelSelfAttnProcessor,
     PydiffFluxAttnProcessor,
     PydiffJointAttnProcessor,
     PydiffQwenImageAttnProcessor,
@@ -145,6 +147,76 @@ def test_unet2d_condition_with_encoder_mask(backend, monkeypatch):
 
 def _cross_attentions(model) -> int:
     return sum(getattr(m, "is_cross_attention", False) for m in model.modules())
+
+
+needs_flux2 = pytest.mark.skipif(attention_processors.Flux2AttnProcessor is None,
+                                 reason=f"diffusers {diffusers.__version__} predates FLUX.2 (0.36)")
+
+
+def tiny_flux2():
+    from diffusers import Flux2Transformer2DModel
+
+    return _perturb(Flux2Transformer2DModel(
+        patch_size=1, in_channels=8, num_layers=1, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, timestep_guidance_channels=16, mlp_ratio=2.0, axes_dims_rope=(4, 4, 4, 4),
+        guidance_embeds=False), 18)
+
+
+def _flux2_inputs(seed):
+    """FLUX.2 inputs: 4 x 5 image tokens, 6 text tokens, 4-axis positions (time, height, width, text index)."""
+    gen = torch.Generator().manual_seed(seed)
+    img_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(5.0), torch.zeros(1),
+                                         indexing="ij"), -1).reshape(-1, 4)
+    txt_ids = torch.zeros(6, 4)
+    txt_ids[:, 3] = torch.arange(6.0)
+    return dict(hidden_states=torch.randn(1, 20, 8, generator=gen),
+                encoder_hidden_states=torch.randn(1, 6, 32, generator=gen), timestep=torch.tensor([0.7]),
+                img_ids=img_ids, txt_ids=txt_ids)
+
+
+@needs_flux2
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flux2_transformer(backend, monkeypatch):
+    """FLUX.2: the double-stream blocks' joint call and the single-stream blocks' attention (beside their MLP, from
+    one projection) with QK RMSNorm and 4-axis RoPE in the kernel; every block's call fused."""
+    model = tiny_flux2()
+    calls = _masked_calls(monkeypatch)
+    _compare(model, lambda m: m(**_flux2_inputs(19)).sample, backend,
+             {PydiffFlux2AttnProcessor, PydiffFlux2ParallelSelfAttnProcessor})
+    assert len(calls) == len(model.transformer_blocks) + len(model.single_transformer_blocks)
+
+
+@needs_flux2
+def test_flux2_key_masks_and_fallbacks(monkeypatch):
+    """FLUX.2's processors with a key mask (into the kernel), a per-query mask (to the stock processor), and fused
+    projections in the double-stream block; outputs equal the stock processors'."""
+    model = tiny_flux2()
+    gen = torch.Generator().manual_seed(20)
+    double, single = model.transformer_blocks[0].attn, model.single_transformer_blocks[0].attn
+    hidden, context = torch.randn(1, 20, 32, generator=gen), torch.randn(1, 6, 32, generator=gen)
+    ids = torch.cat([torch.zeros(6, 4), torch.randn(20, 4, generator=gen).round()])
+    rope = model.pos_embed(ids)
+    per_query = torch.rand(1, 1, 26, 26, generator=gen) > 0.3
+    per_query[..., :2] = True  # (every query sees a key)
+    key_mask = torch.randn(1, 2, 1, 26, generator=gen)
+    calls = _masked_calls(monkeypatch)
+    with torch.no_grad():
+        for mask in (None, key_mask, per_query):
+            kwargs = {} if mask is None else {"attention_mask": mask}
+            joined = torch.cat([context, hidden], 1)
+            for ours, attn, args in ((PydiffFlux2AttnProcessor(), double, (hidden, context)),
+                                     (PydiffFlux2ParallelSelfAttnProcessor(), single, (joined,))):
+                stock = attn(*args, image_rotary_emb=rope, **kwargs)
+                got = ours(attn, *args, image_rotary_emb=rope, **kwargs)
+                for a, b in zip(got if isinstance(got, tuple) else (got,), stock if isinstance(stock, tuple)
+                                else (stock,)):
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert calls == [False, False, True, True]  # the per-query mask went to the stock processors
+        fused = copy.deepcopy(double)
+        fused.fuse_projections()
+        for a, b in zip(PydiffFlux2AttnProcessor()(fused, hidden, context, image_rotary_emb=rope),
+                        double(hidden, context, image_rotary_emb=rope)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def tiny_qwen_image():
@@ -405,6 +477,9 @@ def test_compiled_fullgraph_models(backend):
               (flux, lambda m: m(**flux_inputs).sample), (pixart, lambda m: m(**pixart_inputs).sample)]
     if attention_processors._QWEN_MASKS_TEXT:  # (replaced from diffusers 0.39)
         models.append((qwen, lambda m: m(**qwen_inputs).sample))
+    if attention_processors.Flux2AttnProcessor is not None:  # (diffusers 0.36+)
+        flux2_inputs = _flux2_inputs(12)
+        models.append((tiny_flux2(), lambda m: m(**flux2_inputs).sample))
     for model, run in models:
         torch._dynamo.reset()
         assert set_attention_backend(model) > 0
@@ -431,8 +506,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     """On a GPU, the compiled kernel behind our processors, in a model that runs in half precision: its output's
     error against the same model in float64 (stock processors) is within 2x the stock processors' own error in
     that precision, plus 1e-3. A UNet (its projections also fused: q, k and v strided views of one matmul), SD3 and
-    Flux transformers, SVD's spatio-temporal UNet, and PixArt and Qwen-Image with their text-padding masks (the
-    kernel's key mask).
+    Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, and PixArt and Qwen-Image with their text-padding masks
+    (the kernel's key mask).
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -446,6 +521,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
               (tiny_flux(), _flux_inputs(7)), (tiny_svd(), _svd_inputs(8)), (tiny_pixart(), _pixart_inputs(10))]
     if attention_processors._QWEN_MASKS_TEXT:
         models.append((tiny_qwen_image(), _qwen_inputs(12)))
+    if attention_processors.Flux2AttnProcessor is not None:
+        models.append((tiny_flux2(), _flux2_inputs(13)))
     for model, inputs in models:
         def run(m, precision):
             args = _moved(inputs, cuda_device, precision)

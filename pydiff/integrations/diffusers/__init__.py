@@ -11,6 +11,8 @@ _EXPORTS = {
     "PydiffAttnProcessor": "attention_processors",
     "PydiffJointAttnProcessor": "attention_processors",
     "PydiffFluxAttnProcessor": "attention_processors",
+    "PydiffFlux2AttnProcessor": "attention_processors",
+    "PydiffFlux2ParallelSelfAttnProcessor": "attention_processors",
     "PydiffQwenImageAttnProcessor": "attention_processors",
     "set_attention_backend": "attention_processors",
 }

@@ -2,7 +2,7 @@
 
     from pydiff.integrations.diffusers import set_attention_backend
     set_attention_backend(pipe)   # or a model: UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel,
-                                  # QwenImageTransformer2DModel, PixArtTransformer2DModel, ...
+                                  # Flux2Transformer2DModel, QwenImageTransformer2DModel, PixArtTransformer2DModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
@@ -13,6 +13,9 @@
   (which skips them); q, k and v are then strided views of the one projection.
 * ``PydiffFluxAttnProcessor`` replaces Flux's ``FluxAttnProcessor``: joint attention plus the QK RMSNorms and
   the RoPE table, applied by pydiff in one float32 pass per tensor (no torch op sequence, no concatenation).
+* ``PydiffFlux2AttnProcessor`` and ``PydiffFlux2ParallelSelfAttnProcessor`` replace FLUX.2's processors (diffusers
+  0.36+): the double-stream blocks' joint call as FLUX.1's, and the single-stream blocks' attention (whose one
+  projection also feeds the MLP) with its QK RMSNorms and RoPE in the kernel.
 * ``PydiffQwenImageAttnProcessor`` replaces Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.39+):
   the same joint call, its complex RoPE as cos/sin tables, and the text padding as the kernel's key mask.
 
@@ -37,10 +40,15 @@ from diffusers.models.attention_processor import (
     JointAttnProcessor2_0,
 )
 from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
-from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
 
 from pydiff.attention import MAX_HEAD_DIM, attention
+
+try:  # FLUX.2 (diffusers 0.36+)
+    from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
+except ImportError:
+    Flux2AttnProcessor = Flux2ParallelSelfAttnProcessor = None
 
 #: Qwen-Image's stock processor masks the text padding itself (from encoder_hidden_states_mask) and refuses an
 #: attention_mask since diffusers 0.39; before, it took an attention_mask as given (0.38's transformer built the
@@ -91,7 +99,7 @@ def _plan_norms(norms: Dict[str, Optional[torch.nn.Module]], head_dim: int, dtyp
 
 def _head_dim(attn) -> int:
     """The head dim a stock processor splits ``attn``'s key projection into (Flux's modules name it)."""
-    return attn.head_dim if isinstance(attn, FluxAttention) else attn.inner_kv_dim // attn.heads
+    return getattr(attn, "head_dim", None) or attn.inner_kv_dim // attn.heads
 
 
 _MASK_DTYPES = (torch.bool, torch.float16, torch.bfloat16, torch.float32)
@@ -243,29 +251,37 @@ def _heads(attn, x: torch.Tensor, fused: str, names: Tuple[str, str, str], head_
     return [t.unflatten(-1, (-1, head_dim)) for t in parts]
 
 
-def _text_first_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor],
-                          head_dim: int, rope, attn_mask: Optional[torch.Tensor]):
-    """One ``pydiff.attention`` call over [text; image] as Flux and Qwen-Image join them: the text (from
-    ``encoder_hidden_states``, where given) is stream 1, so that the RoPE rows and the key mask follow the joined
-    sequence, with no concatenation or split; the QK RMSNorms of both streams run in the kernel's prologue (other
-    norms as modules first). Returns the (text, image) outputs, or the image's alone, as (B, N, H, D)."""
-    q, k, v = _heads(attn, hidden_states, "to_qkv", ("to_q", "to_k", "to_v"), head_dim)
+def _text_first_attention(attn, image: List[torch.Tensor], text: Optional[List[torch.Tensor]], head_dim: int, rope,
+                          attn_mask: Optional[torch.Tensor]):
+    """One ``pydiff.attention`` call over [text; image] as the Flux models and Qwen-Image join them: ``text`` (q, k,
+    v, where given) is stream 1, so that the RoPE rows and the key mask follow the joined sequence, with no
+    concatenation or split; the QK RMSNorms of both streams run in the kernel's prologue (other norms as modules
+    first). q, k and v are (B, N, H, D). Returns the (text, image) outputs, or the image's alone."""
+    q, k, v = image
     norms, tensors = {"q": attn.norm_q, "k": attn.norm_k}, {"q": q, "k": k}
-    if encoder_hidden_states is not None:
-        cq, ck, cv = _heads(attn, encoder_hidden_states, "to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj"),
-                            head_dim)
+    if text is not None:
         norms.update(cq=attn.norm_added_q, ck=attn.norm_added_k)
-        tensors.update(cq=cq, ck=ck)
+        tensors.update(cq=text[0], ck=text[1])
     fused, separate, eps = _plan_norms(norms, head_dim, q.dtype, q.device)
     for name, norm in separate.items():
         tensors[name] = norm(tensors[name])
     common = dict(layout="bnhd", attn_mask=attn_mask, rope=rope, rope_interleaved=True, norm_eps=eps)
-    if encoder_hidden_states is None:
+    if text is None:
         return attention(tensors["q"], tensors["k"], v, q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"),
                          **common)
-    return attention(tensors["cq"], tensors["ck"], cv, joint=(tensors["q"], tensors["k"], v),
+    return attention(tensors["cq"], tensors["ck"], text[2], joint=(tensors["q"], tensors["k"], v),
                      q_norm_weight=fused.get("cq"), k_norm_weight=fused.get("ck"), joint_q_norm_weight=fused.get("q"),
                      joint_k_norm_weight=fused.get("k"), **common)
+
+
+def _text_image_heads(attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor],
+                      head_dim: int):
+    """The image's q, k, v and the text's (None without ``encoder_hidden_states``) for ``_text_first_attention``."""
+    image = _heads(attn, hidden_states, "to_qkv", ("to_q", "to_k", "to_v"), head_dim)
+    if encoder_hidden_states is None:
+        return image, None
+    return image, _heads(attn, encoder_hidden_states, "to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj"),
+                         head_dim)
 
 
 def _key_mask_4d(mask: Optional[torch.Tensor]) -> bool:
@@ -287,13 +303,43 @@ class PydiffFluxAttnProcessor:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         joint = encoder_hidden_states is not None and attn.added_kv_proj_dim is not None
         rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
-        out = _text_first_attention(attn, hidden_states, encoder_hidden_states if joint else None, attn.head_dim,
-                                    rope, attention_mask)
+        image, text = _text_image_heads(attn, hidden_states, encoder_hidden_states if joint else None, attn.head_dim)
+        out = _text_first_attention(attn, image, text, attn.head_dim, rope, attention_mask)
         # (the outputs have the projections' dtype, as the stock processor's)
         if not joint:
             return out.flatten(2)
         context, image = out
         return attn.to_out[1](attn.to_out[0](image.flatten(2))), attn.to_add_out(context.flatten(2))
+
+
+class PydiffFlux2AttnProcessor(PydiffFluxAttnProcessor):
+    """Drop-in for FLUX.2's ``Flux2AttnProcessor`` (its double-stream blocks; diffusers 0.36+): FLUX.1's math."""
+
+    def __init__(self):
+        self.stock = Flux2AttnProcessor()
+
+
+class PydiffFlux2ParallelSelfAttnProcessor:
+    """Drop-in for FLUX.2's ``Flux2ParallelSelfAttnProcessor`` (its single-stream blocks, whose one projection feeds
+    the attention and the MLP): the attention with its QK RMSNorms and RoPE in one ``pydiff.attention`` call."""
+
+    def __init__(self):
+        self.stock = Flux2ParallelSelfAttnProcessor()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                 image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        if (attention_mask is not None and not _key_mask_4d(attention_mask)) or attn.head_dim > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states, attention_mask, image_rotary_emb)
+        projected = attn.to_qkv_mlp_proj(hidden_states)
+        # (the stock processor's split, by the global ratio of the two parts: the same where the projection is
+        # column-sharded)
+        qkv_dim, mlp_dim = 3 * attn.inner_dim, attn.mlp_hidden_dim * attn.mlp_mult_factor
+        local_qkv = projected.shape[-1] * qkv_dim // (qkv_dim + mlp_dim)
+        qkv, mlp = torch.split(projected, [local_qkv, projected.shape[-1] - local_qkv], dim=-1)
+        image = [t.unflatten(-1, (-1, attn.head_dim)) for t in qkv.chunk(3, dim=-1)]
+        rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
+        out = _text_first_attention(attn, image, None, attn.head_dim, rope, attention_mask)
+        return attn.to_out(torch.cat([out.flatten(2), attn.mlp_act_fn(mlp)], dim=-1))
 
 
 class PydiffQwenImageAttnProcessor:
@@ -322,7 +368,8 @@ class PydiffQwenImageAttnProcessor:
         if encoder_hidden_states_mask is not None:
             image_keys = encoder_hidden_states_mask.new_ones(hidden_states.shape[:2], dtype=torch.bool)
             mask = torch.cat([encoder_hidden_states_mask.to(torch.bool), image_keys], dim=1)[:, None, None]
-        context, image = _text_first_attention(attn, hidden_states, encoder_hidden_states, head_dim, rope, mask)
+        image, text = _text_image_heads(attn, hidden_states, encoder_hidden_states, head_dim)
+        context, image = _text_first_attention(attn, image, text, head_dim, rope, mask)
         image = attn.to_out[0](image.flatten(2))
         if len(attn.to_out) > 1:
             image = attn.to_out[1](image)
@@ -334,14 +381,18 @@ def _no_qk_norms(attn) -> bool:
     return all(getattr(attn, name, None) is None for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"))
 
 
-#: (stock processor, ours, which modules: all where None)
-_REPLACEMENTS = (
+#: (stock processor, ours, which modules: all where None); those this diffusers lacks, or where ours would differ
+#: from it (Qwen-Image before 0.39), left out
+_REPLACEMENTS = tuple(entry for entry in (
     (AttnProcessor2_0, PydiffAttnProcessor, None),
     (FusedAttnProcessor2_0, PydiffAttnProcessor, None),
     (JointAttnProcessor2_0, PydiffJointAttnProcessor, None),
     (FusedJointAttnProcessor2_0, PydiffJointAttnProcessor, _no_qk_norms),
     (FluxAttnProcessor, PydiffFluxAttnProcessor, None),
-) + (((QwenDoubleStreamAttnProcessor2_0, PydiffQwenImageAttnProcessor, None),) if _QWEN_MASKS_TEXT else ())
+    (Flux2AttnProcessor, PydiffFlux2AttnProcessor, None),
+    (Flux2ParallelSelfAttnProcessor, PydiffFlux2ParallelSelfAttnProcessor, None),
+    (QwenDoubleStreamAttnProcessor2_0 if _QWEN_MASKS_TEXT else None, PydiffQwenImageAttnProcessor, None),
+) if entry[0] is not None)
 
 
 def _roots(model_or_pipe) -> List[torch.nn.Module]:
@@ -359,7 +410,8 @@ def set_attention_backend(model_or_pipe) -> int:
 
     AttnProcessor2_0 and FusedAttnProcessor2_0 -> PydiffAttnProcessor, JointAttnProcessor2_0 and (without QK norms)
     FusedJointAttnProcessor2_0 -> PydiffJointAttnProcessor, FluxAttnProcessor -> PydiffFluxAttnProcessor,
-    QwenDoubleStreamAttnProcessor2_0 (diffusers 0.39+) -> PydiffQwenImageAttnProcessor; other
+    QwenDoubleStreamAttnProcessor2_0 (diffusers 0.39+) -> PydiffQwenImageAttnProcessor, Flux2AttnProcessor and
+    Flux2ParallelSelfAttnProcessor (0.36+) -> PydiffFlux2AttnProcessor and PydiffFlux2ParallelSelfAttnProcessor; other
     processors (IP-adapter, added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable
     Diffusion VAE's 512-channel mid-block attention). ``fuse_qkv_projections()`` sets diffusers' fused processors
     over ours: call this after it.
@@ -380,5 +432,6 @@ def set_attention_backend(model_or_pipe) -> int:
     return switched
 
 
-__all__ = ["PydiffAttnProcessor", "PydiffFluxAttnProcessor", "PydiffJointAttnProcessor", "PydiffQwenImageAttnProcessor",
+__all__ = ["PydiffAttnProcessor", "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor",
+           "PydiffFluxAttnProcessor", "PydiffJointAttnProcessor", "PydiffQwenImageAttnProcessor",
            "set_attention_backend"]
