@@ -251,37 +251,37 @@ def _heads(attn, x: torch.Tensor, fused: str, names: Tuple[str, str, str], head_
     return [t.unflatten(-1, (-1, head_dim)) for t in parts]
 
 
-def _text_first_attention(attn, image: List[torch.Tensor], text: Optional[List[torch.Tensor]], head_dim: int, rope,
-                          attn_mask: Optional[torch.Tensor]):
-    """One ``pydiff.attention`` call over [text; image] as the Flux models and Qwen-Image join them: ``text`` (q, k,
-    v, where given) is stream 1, so that the RoPE rows and the key mask follow the joined sequence, with no
-    concatenation or split; the QK RMSNorms of both streams run in the kernel's prologue (other norms as modules
-    first). q, k and v are (B, N, H, D). Returns the (text, image) outputs, or the image's alone."""
-    q, k, v = image
-    norms, tensors = {"q": attn.norm_q, "k": attn.norm_k}, {"q": q, "k": k}
-    if text is not None:
-        norms.update(cq=attn.norm_added_q, ck=attn.norm_added_k)
-        tensors.update(cq=text[0], ck=text[1])
+def _streams_attention(streams, head_dim: int, rope, attn_mask: Optional[torch.Tensor]):
+    """One ``pydiff.attention`` call over one or two token streams, each (q, k, v, q norm, k norm) with q, k and v
+    (B, N, H, D): joint attention over [stream 1; stream 2] without concatenation or split, the RoPE rows and the
+    key mask following that joined sequence; the streams' QK RMSNorms run in the kernel's prologue (other norms as
+    modules first). Returns the output, or both streams' with two."""
+    (q, k, v, q_norm, k_norm), *second = streams
+    norms, tensors = {"q": q_norm, "k": k_norm}, {"q": q, "k": k}
+    if second:
+        q2, k2, v2, q2_norm, k2_norm = second[0]
+        norms.update(q2=q2_norm, k2=k2_norm)
+        tensors.update(q2=q2, k2=k2)
     fused, separate, eps = _plan_norms(norms, head_dim, q.dtype, q.device)
     for name, norm in separate.items():
         tensors[name] = norm(tensors[name])
-    common = dict(layout="bnhd", attn_mask=attn_mask, rope=rope, rope_interleaved=True, norm_eps=eps)
-    if text is None:
-        return attention(tensors["q"], tensors["k"], v, q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"),
-                         **common)
-    return attention(tensors["cq"], tensors["ck"], text[2], joint=(tensors["q"], tensors["k"], v),
-                     q_norm_weight=fused.get("cq"), k_norm_weight=fused.get("ck"), joint_q_norm_weight=fused.get("q"),
-                     joint_k_norm_weight=fused.get("k"), **common)
+    common = dict(layout="bnhd", attn_mask=attn_mask, rope=rope, rope_interleaved=True, norm_eps=eps,
+                  q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"))
+    if not second:
+        return attention(tensors["q"], tensors["k"], v, **common)
+    return attention(tensors["q"], tensors["k"], v, joint=(tensors["q2"], tensors["k2"], v2),
+                     joint_q_norm_weight=fused.get("q2"), joint_k_norm_weight=fused.get("k2"), **common)
 
 
-def _text_image_heads(attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor],
-                      head_dim: int):
-    """The image's q, k, v and the text's (None without ``encoder_hidden_states``) for ``_text_first_attention``."""
-    image = _heads(attn, hidden_states, "to_qkv", ("to_q", "to_k", "to_v"), head_dim)
-    if encoder_hidden_states is None:
-        return image, None
-    return image, _heads(attn, encoder_hidden_states, "to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj"),
-                         head_dim)
+def _image_stream(attn, hidden_states: torch.Tensor, head_dim: int):
+    """The image tokens' stream for ``_streams_attention``: q, k, v of the module's own projections, its QK norms."""
+    return (*_heads(attn, hidden_states, "to_qkv", ("to_q", "to_k", "to_v"), head_dim), attn.norm_q, attn.norm_k)
+
+
+def _text_stream(attn, encoder_hidden_states: torch.Tensor, head_dim: int):
+    """The text tokens' stream for ``_streams_attention``: the added projections and their QK norms."""
+    return (*_heads(attn, encoder_hidden_states, "to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj"),
+                    head_dim), attn.norm_added_q, attn.norm_added_k)
 
 
 def _key_mask_4d(mask: Optional[torch.Tensor]) -> bool:
@@ -301,14 +301,14 @@ class PydiffFluxAttnProcessor:
                  image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
         if (attention_mask is not None and not _key_mask_4d(attention_mask)) or _head_dim(attn) > MAX_HEAD_DIM:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        joint = encoder_hidden_states is not None and attn.added_kv_proj_dim is not None
         rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
-        image, text = _text_image_heads(attn, hidden_states, encoder_hidden_states if joint else None, attn.head_dim)
-        out = _text_first_attention(attn, image, text, attn.head_dim, rope, attention_mask)
+        image = _image_stream(attn, hidden_states, attn.head_dim)
         # (the outputs have the projections' dtype, as the stock processor's)
-        if not joint:
-            return out.flatten(2)
-        context, image = out
+        if encoder_hidden_states is None or attn.added_kv_proj_dim is None:
+            return _streams_attention([image], attn.head_dim, rope, attention_mask).flatten(2)
+        # Flux joins [text; image]: text is stream 1, so the RoPE rows and the mask follow the joined sequence
+        context, image = _streams_attention([_text_stream(attn, encoder_hidden_states, attn.head_dim), image],
+                                            attn.head_dim, rope, attention_mask)
         return attn.to_out[1](attn.to_out[0](image.flatten(2))), attn.to_add_out(context.flatten(2))
 
 
@@ -336,9 +336,9 @@ class PydiffFlux2ParallelSelfAttnProcessor:
         qkv_dim, mlp_dim = 3 * attn.inner_dim, attn.mlp_hidden_dim * attn.mlp_mult_factor
         local_qkv = projected.shape[-1] * qkv_dim // (qkv_dim + mlp_dim)
         qkv, mlp = torch.split(projected, [local_qkv, projected.shape[-1] - local_qkv], dim=-1)
-        image = [t.unflatten(-1, (-1, attn.head_dim)) for t in qkv.chunk(3, dim=-1)]
+        q, k, v = (t.unflatten(-1, (-1, attn.head_dim)) for t in qkv.chunk(3, dim=-1))
         rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
-        out = _text_first_attention(attn, image, None, attn.head_dim, rope, attention_mask)
+        out = _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], attn.head_dim, rope, attention_mask)
         return attn.to_out(torch.cat([out.flatten(2), attn.mlp_act_fn(mlp)], dim=-1))
 
 
@@ -368,8 +368,8 @@ class PydiffQwenImageAttnProcessor:
         if encoder_hidden_states_mask is not None:
             image_keys = encoder_hidden_states_mask.new_ones(hidden_states.shape[:2], dtype=torch.bool)
             mask = torch.cat([encoder_hidden_states_mask.to(torch.bool), image_keys], dim=1)[:, None, None]
-        image, text = _text_image_heads(attn, hidden_states, encoder_hidden_states, head_dim)
-        context, image = _text_first_attention(attn, image, text, head_dim, rope, mask)
+        context, image = _streams_attention([_text_stream(attn, encoder_hidden_states, head_dim),
+                                             _image_stream(attn, hidden_states, head_dim)], head_dim, rope, mask)
         image = attn.to_out[0](image.flatten(2))
         if len(attn.to_out) > 1:
             image = attn.to_out[1](image)
