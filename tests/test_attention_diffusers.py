@@ -23,6 +23,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffFlux2AttnProcessor,
     PydiffFlux2ParallelSelfAttnProcessor,
     PydiffFluxAttnProcessor,
+    PydiffHunyuanVideoAttnProcessor,
     PydiffJointAttnProcessor,
     PydiffQwenImageAttnProcessor,
     set_attention_backend,
@@ -217,6 +218,37 @@ def test_flux2_key_masks_and_fallbacks(monkeypatch):
         for a, b in zip(PydiffFlux2AttnProcessor()(fused, hidden, context, image_rotary_emb=rope),
                         double(hidden, context, image_rotary_emb=rope)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def tiny_hunyuan_video():
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    return _perturb(HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=1, num_single_layers=2,
+        num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=False, text_embed_dim=24,
+        pooled_projection_dim=8, rope_axes_dim=(4, 6, 6)), 21)
+
+
+def _hunyuan_inputs(seed):
+    """HunyuanVideo inputs: 2 frames of 4 x 5 latents, 7 text tokens, the second prompt padded after 3."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 3:] = 0
+    return dict(hidden_states=torch.randn(2, 4, 2, 4, 5, generator=gen), timestep=torch.tensor([3, 500]),
+                encoder_hidden_states=torch.randn(2, 7, 24, generator=gen), encoder_attention_mask=mask,
+                pooled_projections=torch.randn(2, 8, generator=gen))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hunyuan_video_transformer(backend, monkeypatch):
+    """HunyuanVideo: [video; text] attention, joint in the dual-stream blocks and over the joined tokens in the
+    single-stream ones, RoPE on the video tokens only, the text padding as the key mask: every block's call fused
+    and masked (the token refiner's per-query mask stays with the stock processor)."""
+    model = tiny_hunyuan_video()
+    inputs = _hunyuan_inputs(22)
+    calls = _masked_calls(monkeypatch)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffHunyuanVideoAttnProcessor})
+    assert calls == [True] * (len(model.transformer_blocks) + len(model.single_transformer_blocks))
 
 
 def tiny_qwen_image():
@@ -473,8 +505,10 @@ def test_compiled_fullgraph_models(backend):
                       encoder_hidden_states=torch.randn(1, 5, 32, generator=gen),
                       pooled_projections=torch.randn(1, 24, generator=gen), timestep=torch.tensor([3]))
     flux_inputs, pixart_inputs, qwen_inputs = _flux_inputs(6), _pixart_inputs(9), _qwen_inputs(11)
+    hunyuan_inputs = _hunyuan_inputs(14)
     models = [(unet, lambda m: m(*unet_inputs).sample), (sd3, lambda m: m(**sd3_inputs).sample),
-              (flux, lambda m: m(**flux_inputs).sample), (pixart, lambda m: m(**pixart_inputs).sample)]
+              (flux, lambda m: m(**flux_inputs).sample), (pixart, lambda m: m(**pixart_inputs).sample),
+              (tiny_hunyuan_video(), lambda m: m(**hunyuan_inputs).sample)]
     if attention_processors._QWEN_MASKS_TEXT:  # (replaced from diffusers 0.39)
         models.append((qwen, lambda m: m(**qwen_inputs).sample))
     if attention_processors.Flux2AttnProcessor is not None:  # (diffusers 0.36+)
@@ -506,8 +540,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     """On a GPU, the compiled kernel behind our processors, in a model that runs in half precision: its output's
     error against the same model in float64 (stock processors) is within 2x the stock processors' own error in
     that precision, plus 1e-3. A UNet (its projections also fused: q, k and v strided views of one matmul), SD3 and
-    Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, and PixArt and Qwen-Image with their text-padding masks
-    (the kernel's key mask).
+    Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, and PixArt, Qwen-Image and HunyuanVideo with their
+    text-padding masks (the kernel's key mask).
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -518,7 +552,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     fused_unet = tiny_unet()
     fused_unet.fuse_qkv_projections()
     models = [(tiny_unet(), unet_inputs), (fused_unet, unet_inputs), (tiny_sd3("rms_norm"), sd3_inputs),
-              (tiny_flux(), _flux_inputs(7)), (tiny_svd(), _svd_inputs(8)), (tiny_pixart(), _pixart_inputs(10))]
+              (tiny_flux(), _flux_inputs(7)), (tiny_svd(), _svd_inputs(8)), (tiny_pixart(), _pixart_inputs(10)),
+              (tiny_hunyuan_video(), _hunyuan_inputs(15))]
     if attention_processors._QWEN_MASKS_TEXT:
         models.append((tiny_qwen_image(), _qwen_inputs(12)))
     if attention_processors.Flux2AttnProcessor is not None:

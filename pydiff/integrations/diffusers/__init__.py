@@ -13,6 +13,7 @@ _EXPORTS = {
     "PydiffFluxAttnProcessor": "attention_processors",
     "PydiffFlux2AttnProcessor": "attention_processors",
     "PydiffFlux2ParallelSelfAttnProcessor": "attention_processors",
+    "PydiffHunyuanVideoAttnProcessor": "attention_processors",
     "PydiffQwenImageAttnProcessor": "attention_processors",
     "set_attention_backend": "attention_processors",
 }

@@ -2,7 +2,8 @@
 
     from pydiff.integrations.diffusers import set_attention_backend
     set_attention_backend(pipe)   # or a model: UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel,
-                                  # Flux2Transformer2DModel, QwenImageTransformer2DModel, PixArtTransformer2DModel, ...
+                                  # Flux2Transformer2DModel, QwenImageTransformer2DModel, PixArtTransformer2DModel,
+                                  # HunyuanVideoTransformer3DModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
@@ -16,6 +17,9 @@
 * ``PydiffFlux2AttnProcessor`` and ``PydiffFlux2ParallelSelfAttnProcessor`` replace FLUX.2's processors (diffusers
   0.36+): the double-stream blocks' joint call as FLUX.1's, and the single-stream blocks' attention (whose one
   projection also feeds the MLP) with its QK RMSNorms and RoPE in the kernel.
+* ``PydiffHunyuanVideoAttnProcessor`` replaces HunyuanVideo's ``HunyuanVideoAttnProcessor2_0``: [video; text]
+  attention (joint, or over a single-stream block's joined tokens) with the RoPE on the video tokens only and the
+  text padding as the key mask.
 * ``PydiffQwenImageAttnProcessor`` replaces Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.39+):
   the same joint call, its complex RoPE as cos/sin tables, and the text padding as the kernel's key mask.
 
@@ -41,6 +45,7 @@ from diffusers.models.attention_processor import (
 )
 from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
 
 from pydiff.attention import MAX_HEAD_DIM, attention
@@ -342,6 +347,47 @@ class PydiffFlux2ParallelSelfAttnProcessor:
         return attn.to_out(torch.cat([out.flatten(2), attn.mlp_act_fn(mlp)], dim=-1))
 
 
+class PydiffHunyuanVideoAttnProcessor:
+    """Drop-in for HunyuanVideo's ``HunyuanVideoAttnProcessor2_0``: [video; text] attention in one call, joint
+    (dual-stream blocks: the text through its added projections) or over the blocks' joined tokens (single-stream),
+    with the QK RMSNorms in the prologue, the RoPE on the video tokens (identity rows for the text) and the text
+    padding as the key mask; no concatenation of q, k, v and no split."""
+
+    def __init__(self):
+        self.stock = HunyuanVideoAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None):
+        head_dim = attn.inner_dim // attn.heads
+        if (attention_mask is not None and not _key_mask_4d(attention_mask)) or head_dim > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        n_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        rope = None
+        if image_rotary_emb is not None:
+            cos, sin = image_rotary_emb
+            # the stock processor rotates the video tokens only: the text's rows turn by nothing
+            rope = (torch.cat([cos, cos.new_ones(n_text, cos.shape[1])]),
+                    torch.cat([sin, sin.new_zeros(n_text, sin.shape[1])]))
+        if attn.add_q_proj is not None and encoder_hidden_states is not None:
+            video, text = _streams_attention([_image_stream(attn, hidden_states, head_dim),
+                                              _text_stream(attn, encoder_hidden_states, head_dim)],
+                                             head_dim, rope, attention_mask)
+            video, text = video.flatten(2), text.flatten(2)
+        else:
+            joined = hidden_states if encoder_hidden_states is None else \
+                torch.cat([hidden_states, encoder_hidden_states], dim=1)
+            out = _streams_attention([_image_stream(attn, joined, head_dim)], head_dim, rope, attention_mask)
+            out = out.flatten(2)
+            if encoder_hidden_states is None:
+                return out, None
+            video, text = out[:, :-n_text], out[:, -n_text:]
+        if getattr(attn, "to_out", None) is not None:
+            video = attn.to_out[1](attn.to_out[0](video))
+        if getattr(attn, "to_add_out", None) is not None:
+            text = attn.to_add_out(text)
+        return video, text
+
+
 class PydiffQwenImageAttnProcessor:
     """Drop-in for Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.39+, which masks the text
     padding): joint [text; image] attention with the per-stream QK RMSNorms and the RoPE in the kernel's prologue
@@ -392,6 +438,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (Flux2AttnProcessor, PydiffFlux2AttnProcessor, None),
     (Flux2ParallelSelfAttnProcessor, PydiffFlux2ParallelSelfAttnProcessor, None),
     (QwenDoubleStreamAttnProcessor2_0 if _QWEN_MASKS_TEXT else None, PydiffQwenImageAttnProcessor, None),
+    (HunyuanVideoAttnProcessor2_0, PydiffHunyuanVideoAttnProcessor, None),
 ) if entry[0] is not None)
 
 
@@ -411,7 +458,8 @@ def set_attention_backend(model_or_pipe) -> int:
     AttnProcessor2_0 and FusedAttnProcessor2_0 -> PydiffAttnProcessor, JointAttnProcessor2_0 and (without QK norms)
     FusedJointAttnProcessor2_0 -> PydiffJointAttnProcessor, FluxAttnProcessor -> PydiffFluxAttnProcessor,
     QwenDoubleStreamAttnProcessor2_0 (diffusers 0.39+) -> PydiffQwenImageAttnProcessor, Flux2AttnProcessor and
-    Flux2ParallelSelfAttnProcessor (0.36+) -> PydiffFlux2AttnProcessor and PydiffFlux2ParallelSelfAttnProcessor; other
+    Flux2ParallelSelfAttnProcessor (0.36+) -> PydiffFlux2AttnProcessor and PydiffFlux2ParallelSelfAttnProcessor,
+    HunyuanVideoAttnProcessor2_0 -> PydiffHunyuanVideoAttnProcessor; other
     processors (IP-adapter, added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable
     Diffusion VAE's 512-channel mid-block attention). ``fuse_qkv_projections()`` sets diffusers' fused processors
     over ours: call this after it.
@@ -433,5 +481,5 @@ def set_attention_backend(model_or_pipe) -> int:
 
 
 __all__ = ["PydiffAttnProcessor", "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor",
-           "PydiffFluxAttnProcessor", "PydiffJointAttnProcessor", "PydiffQwenImageAttnProcessor",
-           "set_attention_backend"]
+           "PydiffFluxAttnProcessor", "PydiffHunyuanVideoAttnProcessor", "PydiffJointAttnProcessor",
+           "PydiffQwenImageAttnProcessor", "set_attention_backend"]
