@@ -103,7 +103,8 @@ def _plan_norms(norms: Dict[str, Optional[torch.nn.Module]], head_dim: int, dtyp
 
 
 def _head_dim(attn) -> int:
-    """The head dim a stock processor splits ``attn``'s key projection into (Flux's modules name it)."""
+    """The head dim a stock processor splits ``attn``'s key projection into (the Flux models' attention modules name
+    it; diffusers' ``Attention`` does not)."""
     return getattr(attn, "head_dim", None) or attn.inner_kv_dim // attn.heads
 
 
