@@ -175,6 +175,13 @@ def _flux2_inputs(seed):
                 img_ids=img_ids, txt_ids=txt_ids)
 
 
+def test_flux2_processors_name_the_diffusers_they_need(monkeypatch):
+    monkeypatch.setattr(attention_processors, "Flux2AttnProcessor", None)
+    for processor in (PydiffFlux2AttnProcessor, PydiffFlux2ParallelSelfAttnProcessor):
+        with pytest.raises(ImportError, match="need diffusers 0.36 or newer"):
+            processor()
+
+
 @needs_flux2
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_flux2_transformer(backend, monkeypatch):

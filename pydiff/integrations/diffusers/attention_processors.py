@@ -318,10 +318,16 @@ class PydiffFluxAttnProcessor:
         return attn.to_out[1](attn.to_out[0](image.flatten(2))), attn.to_add_out(context.flatten(2))
 
 
+def _need_flux2() -> None:
+    if Flux2AttnProcessor is None:
+        raise ImportError(f"the FLUX.2 processors need diffusers 0.36 or newer, found {diffusers.__version__}")
+
+
 class PydiffFlux2AttnProcessor(PydiffFluxAttnProcessor):
     """Drop-in for FLUX.2's ``Flux2AttnProcessor`` (its double-stream blocks; diffusers 0.36+): FLUX.1's math."""
 
     def __init__(self):
+        _need_flux2()
         self.stock = Flux2AttnProcessor()
 
 
@@ -330,6 +336,7 @@ class PydiffFlux2ParallelSelfAttnProcessor:
     the attention and the MLP): the attention with its QK RMSNorms and RoPE in one ``pydiff.attention`` call."""
 
     def __init__(self):
+        _need_flux2()
         self.stock = Flux2ParallelSelfAttnProcessor()
 
     def __call__(self, attn, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
