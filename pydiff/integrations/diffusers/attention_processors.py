@@ -205,43 +205,18 @@ class PydiffJointAttnProcessor:
         if _head_dim(attn) > MAX_HEAD_DIM:
             stock = self.stock_fused if _fused_projections(attn) else self.stock
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
-        # Like the stock processor, attention_mask is not used by SD3's joint attention.
-        if _fused_projections(attn):
-            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        else:
-            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-        q, k, v = (t.unflatten(-1, (attn.heads, head_dim)) for t in (query, key, value))
-        norms = {"q": attn.norm_q, "k": attn.norm_k}
+        # Like the stock processor, attention_mask is not used by SD3's joint attention. SD3 joins [image; text].
+        head_dim = _head_dim(attn)
+        streams = [_image_stream(attn, hidden_states, head_dim)]
         if encoder_hidden_states is not None:
-            if _fused_projections(attn):
-                context_qkv = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
-            else:
-                context_qkv = (attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states),
-                               attn.add_v_proj(encoder_hidden_states))
-            joint = tuple(t.unflatten(-1, (attn.heads, head_dim)) for t in context_qkv)
-            norms.update(q2=attn.norm_added_q, k2=attn.norm_added_k)
-        fused, separate, eps = _plan_norms(norms, head_dim, q.dtype, q.device)
-        tensors = {"q": q, "k": k}
-        if encoder_hidden_states is not None:
-            tensors.update(q2=joint[0], k2=joint[1])
-        for name, norm in separate.items():
-            tensors[name] = norm(tensors[name])
-        weights = dict(q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"), norm_eps=eps)
-        if encoder_hidden_states is None:
-            image = attention(tensors["q"], tensors["k"], v, layout="bnhd", **weights)
-            context = None
-        else:
-            image, context = attention(tensors["q"], tensors["k"], v, layout="bnhd",
-                                       joint=(tensors["q2"], tensors["k2"], joint[2]),
-                                       joint_q_norm_weight=fused.get("q2"), joint_k_norm_weight=fused.get("k2"),
-                                       **weights)
-        hidden_states = image.flatten(2).to(query.dtype)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
+            streams.append(_text_stream(attn, encoder_hidden_states, head_dim))
+        out = _streams_attention(streams, head_dim, None, None)
+        image, context = (out, None) if encoder_hidden_states is None else out
+        # (the outputs have the projections' dtype, as the stock processor's)
+        hidden_states = attn.to_out[1](attn.to_out[0](image.flatten(2)))
         if encoder_hidden_states is None:
             return hidden_states
-        context = context.flatten(2).to(query.dtype)
+        context = context.flatten(2)
         if not attn.context_pre_only:
             context = attn.to_add_out(context)
         return hidden_states, context
