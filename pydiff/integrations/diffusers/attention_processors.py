@@ -176,14 +176,8 @@ class PydiffAttnProcessor:
         k = key.unflatten(-1, (attn.heads, head_dim))
         v = value.unflatten(-1, (attn.heads, head_dim))
 
-        fused, separate, eps = _plan_norms({"q": attn.norm_q, "k": attn.norm_k}, head_dim, q.dtype, q.device)
-        if "q" in separate:
-            q = separate["q"](q)
-        if "k" in separate:
-            k = separate["k"](k)
-        out = attention(q, k, v, layout="bnhd", attn_mask=key_mask, q_norm_weight=fused.get("q"),
-                        k_norm_weight=fused.get("k"), norm_eps=eps)
-        hidden_states = out.flatten(2).to(query.dtype)
+        out = _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], head_dim, None, key_mask)
+        hidden_states = out.flatten(2)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
         if input_ndim == 4:
