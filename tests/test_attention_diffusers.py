@@ -208,23 +208,15 @@ def test_flux2_key_masks_and_fallbacks(monkeypatch):
     per_query[..., :2] = True  # (every query sees a key)
     key_mask = torch.randn(1, 2, 1, 26, generator=gen)
     calls = _masked_calls(monkeypatch)
-    with torch.no_grad():
-        for mask in (None, key_mask, per_query):
-            kwargs = {} if mask is None else {"attention_mask": mask}
-            joined = torch.cat([context, hidden], 1)
-            for ours, attn, args in ((PydiffFlux2AttnProcessor(), double, (hidden, context)),
-                                     (PydiffFlux2ParallelSelfAttnProcessor(), single, (joined,))):
-                stock = attn(*args, image_rotary_emb=rope, **kwargs)
-                got = ours(attn, *args, image_rotary_emb=rope, **kwargs)
-                for a, b in zip(got if isinstance(got, tuple) else (got,), stock if isinstance(stock, tuple)
-                                else (stock,)):
-                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-        assert calls == [False, False, True, True]  # the per-query mask went to the stock processors
-        fused = copy.deepcopy(double)
-        fused.fuse_projections()
-        for a, b in zip(PydiffFlux2AttnProcessor()(fused, hidden, context, image_rotary_emb=rope),
-                        double(hidden, context, image_rotary_emb=rope)):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    masks = [None, key_mask, per_query]
+    _block_matches_stock(PydiffFlux2AttnProcessor(), double, (hidden, context), rope, masks)
+    _block_matches_stock(PydiffFlux2ParallelSelfAttnProcessor(), single, (torch.cat([context, hidden], 1),), rope,
+                         masks)
+    assert calls == [False, True, False, True]  # the per-query mask went to the stock processors
+    fused = copy.deepcopy(double)
+    fused.fuse_projections()
+    assert fused.fused_projections
+    _block_matches_stock(PydiffFlux2AttnProcessor(), fused, (hidden, context), rope, [None], stock=double)
 
 
 def tiny_hunyuan_video():
@@ -405,19 +397,27 @@ def test_flux_fused_projections_and_attention_mask_match_stock(monkeypatch):
     # a per-query mask (Chroma's) goes to the stock processor; key masks, bool or float, into the kernel
     key_masks = [mask[:, :, :1], torch.randn(1, 2, 1, 26, generator=gen)]
     calls = _masked_calls(monkeypatch)
+    _block_matches_stock(PydiffFluxAttnProcessor(), block.attn, (hidden, context), rope, [None, mask, *key_masks])
+    assert calls == [False, True, True]
+    fused = copy.deepcopy(block.attn)
+    fused.fuse_projections()
+    assert fused.fused_projections
+    _block_matches_stock(PydiffFluxAttnProcessor(), fused, (hidden, context), rope, [None], stock=block.attn)
+
+
+def _block_matches_stock(ours, attn, args, rope, masks, stock=None):
+    """``ours(attn, *args, ...)`` against the stock module ``stock`` (default ``attn``) for each attention mask in
+    ``masks`` (None: no mask): every output equal."""
+    stock = attn if stock is None else stock
     with torch.no_grad():
-        for kwargs in ({}, {"attention_mask": mask}, *({"attention_mask": m} for m in key_masks)):
-            stock = block.attn(hidden, context, image_rotary_emb=rope, **kwargs)
-            ours = PydiffFluxAttnProcessor()(block.attn, hidden, context, image_rotary_emb=rope, **kwargs)
-            for a, b in zip(ours, stock):
+        for mask in masks:
+            kwargs = {} if mask is None else {"attention_mask": mask}
+            got, want = ours(attn, *args, image_rotary_emb=rope, **kwargs), stock(*args, image_rotary_emb=rope,
+                                                                                   **kwargs)
+            got, want = (x if isinstance(x, tuple) else (x,) for x in (got, want))
+            assert len(got) == len(want)
+            for a, b in zip(got, want):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-        assert calls == [False, True, True]
-        fused = copy.deepcopy(block.attn)
-        fused.fuse_projections()
-        assert fused.fused_projections
-        ours = PydiffFluxAttnProcessor()(fused, hidden, context, image_rotary_emb=rope)
-        for a, b in zip(ours, block.attn(hidden, context, image_rotary_emb=rope)):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_set_attention_backend_on_a_pipeline_and_bad_input():
