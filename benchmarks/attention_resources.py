@@ -65,6 +65,9 @@ CASES = [
     ("key mask (float32)", 64, (128, 64, 4, 3), {"HAS_BIAS": True, "EVEN_N": False, "stride_mn": 1}),
     ("key mask (float32)", 64, (128, 64, 8, 3), {"HAS_BIAS": True, "EVEN_N": False, "stride_mn": 1}),
     ("key mask (float32)", 72, (128, 64, 8, 3), {"HAS_BIAS": True, "EVEN_N": False, "stride_mn": 1}),
+    ("mask per query (float32)", 64, (128, 64, 4, 3), {"HAS_BIAS": 2, "EVEN_N": False, "stride_mn": 1}),
+    ("mask per query (float32)", 64, (128, 64, 8, 3), {"HAS_BIAS": 2, "EVEN_N": False, "stride_mn": 1}),
+    ("mask per query (float32)", 128, (128, 64, 8, 3), {"HAS_BIAS": 2, "EVEN_N": False, "stride_mn": 1}),
     ("plain, partial key blocks", 64, (128, 64, 8, 3), {"EVEN_N": False}),
     ("plain, partial key blocks", 72, (128, 64, 8, 3), {"EVEN_N": False}),
 ]

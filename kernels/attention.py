@@ -6,8 +6,9 @@ softmax kept in float32 and base 2 (``exp2``, the scale folded with log2(e)). In
 constexpr flags (so a plain call compiles to a plain flash-attention):
 
 * key padding (``kv_lens``) and packed variable-length segments (``cu_seqlens``), which also give group attention;
-* a key mask (``attn_mask``: bool, or float added to the scores), one row of values per batch row and head that
-  every query shares (diffusers' text-padding masks), read as given, one BLOCK_N vector per key block;
+* an attention mask (``attn_mask``: bool, or float added to the scores), read as given: a key mask, one row of
+  values per batch row and head that every query shares (diffusers' text-padding masks; one BLOCK_N vector per key
+  block), or one row per query (Chroma's; one BLOCK_M x BLOCK_N tile per key block);
 * joint attention over two token streams (SD3/Flux MMDiT) read from separate tensors into separate outputs;
 * negative-prompt attention (SNOOPI's NASA): a second online softmax over negative keys on the same q tile,
   ``out = A(q, k+, v+) - alpha A(q, k-, v-)``;
@@ -51,6 +52,8 @@ import triton.language as tl
 from . import plans
 
 LOG2E = 1.4426950408889634
+#: the kernel's HAS_BIAS for a mask with a row of values per query (1, True: a key mask, one row every query shares)
+ROW_MASK = tl.constexpr(2)
 
 
 @triton.jit
@@ -185,7 +188,7 @@ def _attend_keys(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, k_start, n_end,
     97 keys), so there every block takes the mask. OVERLAP: the loop's blocks (all but a partial last one run
     after it) go through ``_attend_overlapped`` when there are two or more. WARP_SPEC: the loop is warp-specialised
     (``_attend_blocks``), and with MASK_N every block takes the mask too: Triton 3.6 does not specialise a loop
-    followed by a block of its own (sm_90a: no register split, 4 warps only). HAS_BIAS: the key mask at MB
+    followed by a block of its own (sm_90a: no register split, 4 warps only). HAS_BIAS: the mask at MB
     (``_block_scores``)."""
     SPLIT_N: tl.constexpr = MASK_N and not SPLIT_D and not WARP_SPEC
     k_a = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
@@ -359,9 +362,10 @@ def _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scal
                   SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, MB=None, stride_mn=0, mask_shift=0.0,
                   HAS_BIAS: tl.constexpr = False):
     """The scores q k^T of the key block at start_n (times the scale unless SCALE_POSITIVE, where the softmax folds
-    it in), -inf past n_end with MASK_N. HAS_BIAS: plus the key mask (MB: its row for this batch row and head,
-    indexed by key position, stride_mn apart): a float mask's values less ``mask_shift`` (``_mask_top``) in float32,
-    in the scores' units; a boolean mask's -inf where False."""
+    it in), -inf past n_end with MASK_N. HAS_BIAS: plus the mask (MB: its row for this batch row and head, indexed
+    by key position, stride_mn apart; with ROW_MASK one such row per query row, BLOCK_M pointers): a float mask's
+    values less ``mask_shift`` (``_mask_top``: a scalar, or a column of one per query row) in float32, in the
+    scores' units; a boolean mask's -inf where False."""
     offs_n = tl.arange(0, BLOCK_N)
     d_a = tl.arange(0, BLOCK_DA)
     d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
@@ -388,7 +392,11 @@ def _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scal
         s = s * qk_scale
     if HAS_BIAS:
         # (rows: a partial block's missing keys read the last key's value, then take -inf below)
-        bias = tl.load(MB + (start_n + rows).to(tl.int64) * stride_mn)
+        cols = (start_n + rows).to(tl.int64) * stride_mn
+        if HAS_BIAS == ROW_MASK:
+            bias = tl.load(MB[:, None] + cols[None, :])
+        else:
+            bias = tl.load(MB + cols)[None, :]
         if MB.dtype.element_ty == tl.int1:  # a boolean mask: True takes part
             bias = tl.where(bias, 0.0, float("-inf"))
         else:
@@ -398,7 +406,7 @@ def _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scal
             if SCALE_POSITIVE:
                 unit = unit / qk_scale
             bias = (bias.to(tl.float32) - mask_shift) * unit
-        s += bias[None, :]
+        s += bias
     if MASK_N:
         s = tl.where(((start_n + offs_n) < n_end)[None, :], s, float("-inf"))
     return s
@@ -410,7 +418,7 @@ def _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE: tl.constexpr, ROWSUM_M
     """One block's step of the online softmax: (P in float32, the rescale factor of the old state, the new row
     maxima, the row sums; with ROWSUM_MMA the sums are left to ``_block_accumulate``)."""
     # Every block holds at least one valid key, so m_new is finite and no (-inf) - (-inf) can appear; except with a
-    # key mask (HAS_BIAS), whose -inf may cover every key a row has seen so far: the row then subtracts 0 instead.
+    # mask (HAS_BIAS), whose -inf may cover every key a row has seen so far: the row then subtracts 0 instead.
     if SCALE_POSITIVE:
         # max(s) * scale == max(s * scale), so the scale folds into exp2's argument as one fused multiply-add
         # per score (the softmax, not the matmuls, bounds this loop at small head dims)
@@ -497,8 +505,9 @@ def _query_block(
     MB=None, MB2=None, stride_mn=0, HAS_BIAS: tl.constexpr = False,
 ):
     """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream: K/V's,
-    then (JOINT_KEYS) K2/V2's, and (NEG) the negative stream's into an output of their own. HAS_BIAS: the key mask
-    (``_block_scores``) of K's keys at MB, of K2's at MB2; the negative stream has none."""
+    then (JOINT_KEYS) K2/V2's, and (NEG) the negative stream's into an output of their own. HAS_BIAS: the mask
+    (``_block_scores``) of K's keys at MB, of K2's at MB2 (with ROW_MASK, BLOCK_M pointers each: the rows of this
+    block's queries); the negative stream has none."""
     q_a, q_b = _load_rows(Q, row_start, row_end, stride_qn, stride_qd, HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB,
                           SPLIT_D, WARP_SPEC)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -507,9 +516,9 @@ def _query_block(
     acc_b = tl.zeros([BLOCK_M, BLOCK_DB], dtype=tl.float32)
     mask_shift = 0.0
     if HAS_BIAS and MB.dtype.element_ty != tl.int1:  # (a boolean mask's 0 and -inf need no shift)
-        mask_shift = _mask_top(MB, stride_mn, k_start, k_end, BLOCK_N)
+        mask_shift = _mask_top(MB, stride_mn, k_start, k_end, BLOCK_M, BLOCK_N, HAS_BIAS)
         if JOINT_KEYS:
-            mask_shift = tl.maximum(mask_shift, _mask_top(MB2, stride_mn, 0, k2_end, BLOCK_N))
+            mask_shift = tl.maximum(mask_shift, _mask_top(MB2, stride_mn, 0, k2_end, BLOCK_M, BLOCK_N, HAS_BIAS))
         mask_shift = tl.where(mask_shift == float("-inf"), 0.0, mask_shift)
     acc_a, acc_b, m_i, l_i = _attend_keys(
         acc_a, acc_b, m_i, l_i, q_a, q_b, K, V,
@@ -551,18 +560,29 @@ def _query_block(
 
 
 @triton.jit
-def _mask_top(MB, stride_mn, k_start, k_end, BLOCK_N: tl.constexpr):
-    """The largest value of a float key mask over keys [k_start, k_end) (-inf where there is none). The softmax does
-    not change when every score of a row shifts alike, and a key mask's values are the same for every query row:
-    subtracting their largest keeps the scores near zero, where float32 still resolves them (a prompt whose every
-    token is padding scores s - 10000 per key in diffusers: 1.6e-4 off in float32 without the shift)."""
+def _mask_top(MB, stride_mn, k_start, k_end, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The largest value of a float mask over keys [k_start, k_end) (-inf where there is none): of the key mask's
+    one row, or (ROW_MASK) of each query row's, as a column. The softmax does not change when every score of a row
+    shifts alike: subtracting the row's largest mask value keeps the scores near zero, where float32 still resolves
+    them (a prompt whose every token is padding scores s - 10000 per key in diffusers: 1.6e-4 off in float32
+    without the shift)."""
     offs = tl.arange(0, BLOCK_N)
-    most = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
-    for start in range(k_start, k_end, BLOCK_N):
-        keys = start + offs
-        values = tl.load(MB + keys.to(tl.int64) * stride_mn, mask=keys < k_end, other=float("-inf"))
-        most = tl.maximum(most, values.to(tl.float32))
-    return tl.max(most, 0)
+    if HAS_BIAS == ROW_MASK:
+        most = tl.full([BLOCK_M, BLOCK_N], float("-inf"), dtype=tl.float32)
+        for start in range(k_start, k_end, BLOCK_N):
+            keys = start + offs
+            values = tl.load(MB[:, None] + keys.to(tl.int64)[None, :] * stride_mn, mask=(keys < k_end)[None, :],
+                             other=float("-inf"))
+            most = tl.maximum(most, values.to(tl.float32))
+        top = tl.max(most, 1)[:, None]
+    else:
+        most = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+        for start in range(k_start, k_end, BLOCK_N):
+            keys = start + offs
+            values = tl.load(MB + keys.to(tl.int64) * stride_mn, mask=keys < k_end, other=float("-inf"))
+            most = tl.maximum(most, values.to(tl.float32))
+        top = tl.max(most, 0)
+    return top
 
 
 @triton.jit
@@ -642,7 +662,7 @@ def _attn_fwd_kernel(
     stride_o2b, stride_o2h, stride_o2n, stride_o2d,
     stride_knb, stride_knh, stride_knn, stride_knd,
     stride_vnb, stride_vnh, stride_vnn, stride_vnd,
-    stride_mb, stride_mh, stride_mn,
+    stride_mb, stride_mh, stride_mm, stride_mn,
     KV_GROUP, Nq, Nk, Nq2, Nk2, Nneg, SEGMENTS,
     qk_scale, neg_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
@@ -670,9 +690,11 @@ def _attn_fwd_kernel(
     WARP_SPEC (with USE_TMA; one key stream: not NEG, and JOINT only with JOINED_KV): q is read through tensor
     descriptors too and the key loop is warp-specialised (``_attend_blocks``). WS_OK: unused here, like TMA_OK;
     whether the launcher found warp specialisation usable (``warp_spec_usable``).
-    HAS_BIAS (not with NEG): a key mask, bool (False masks a key) or float (added to the scores; -inf masks), one
-    value per key of the joined sequence [stream 1; stream 2] (the token dimension with packed segments) for each
-    batch row and query head (strides stride_mb, stride_mh, stride_mn; 0 where broadcast).
+    HAS_BIAS (not with NEG): an attention mask, bool (False masks a score) or float (added to the scores; -inf
+    masks), one value per key of the joined sequence [stream 1; stream 2] (the token dimension with packed segments)
+    for each batch row and query head (strides stride_mb, stride_mh, stride_mn; 0 where broadcast): a key mask,
+    the same for every query (True, 1), or (ROW_MASK) one such row per query of the joined (packed) sequence, rows
+    stride_mm apart.
     """
     # Inductor's copy of this kernel types Python float arguments as fp64: without the casts the online-softmax
     # state would turn fp64 inside the key loop, which Triton rejects (loop-carried type change).
@@ -710,7 +732,6 @@ def _attn_fwd_kernel(
     V2h = V2 + b64 * stride_v2b + hk64 * stride_v2h
     KNh = KN + b64 * stride_knb + hk64 * stride_knh
     VNh = VN + b64 * stride_vnb + hk64 * stride_vnh
-    Mh = BIAS + b64 * stride_mb + h64 * stride_mh
 
     q_start = 0
     q_end = Nq
@@ -755,6 +776,13 @@ def _attn_fwd_kernel(
         sqd = stride_qd
         son = stride_on
         sod = stride_od
+    MB = BIAS + b64 * stride_mb + h64 * stride_mh
+    if HAS_BIAS == ROW_MASK:
+        # the mask rows of this block's queries (rows past the end read the last one's, and are not stored)
+        q_rows = tl.minimum(row_start + tl.arange(0, BLOCK_M), row_end - 1)
+        if JOINT:
+            q_rows += tl.where(second, Nq, 0)
+        MB = MB + q_rows.to(tl.int64) * stride_mm
     if row_start < row_end:
         _query_block(
             Qs, Os, row_start, row_end, sqn, sqd, son, sod,
@@ -764,7 +792,7 @@ def _attn_fwd_kernel(
             qk_scale, neg_scale,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT and not JOINED_KV, NEG,
             EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, OVERLAP, WARP_SPEC,
-            MB=Mh, MB2=Mh + Nk * stride_mn, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
+            MB=MB, MB2=MB + Nk * stride_mn, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
 
 
 @triton.jit
@@ -1136,9 +1164,11 @@ def _prune_configs(configs, named_args, **kwargs):
         if id(cfg) in unbuilt or shared_bytes(*shape, args.get("HEAD_DIM", d_total), size) > limit:
             continue
         if cfg.kwargs.get("WARP_SPEC", False):
-            # (with a key mask, Triton 3.6 fails to specialise the 128-key blocks: "PassManager::run failed")
+            # (Triton 3.6 fails to specialise the 128-key blocks with a key mask, and every block with a mask per
+            # query: "PassManager::run failed")
+            bias = args.get("HAS_BIAS", 0)
             if args.get("WS_OK", False) and not heavy and d_total <= _WARP_SPEC_TILES[shape] and \
-                    not (args.get("HAS_BIAS", False) and bn > 64):
+                    not (bias and bn > 64) and bias != ROW_MASK.value:
                 kept.append(cfg)
             continue
         if tma and shape in _ONE_WARPGROUP_TILES:
@@ -1412,9 +1442,10 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     key prologue (norm or RoPE), no negative stream, and warp specialisation may be used (``warp_spec`` given, or
     the autotuned kernel where ``warp_spec_usable`` finds both query streams fit, after their prologue): Triton's
     warp specialisation takes one key loop only.
-    attn_mask: a key mask, bool (True: the key takes part) or float (added to the scores), read by the kernel as
-    given (no conversion pass): sizes broadcastable to (B, H, 1, keys), the keys of the joined sequence with
-    ``joint``; not with ``negative`` or ``stream_k``.
+    attn_mask: an attention mask, bool (True: the score takes part) or float (added to the scores), read by the
+    kernel as given (no conversion pass): sizes broadcastable to (B, H, queries, keys), the queries and keys of the
+    joined sequence with ``joint``; a key mask where the query size is 1 (or its stride 0); not with ``negative``
+    or ``stream_k``.
     """
     import torch
 
@@ -1445,10 +1476,12 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
             raise ValueError(f"stream_k must be >= 1 programs, got {stream_k}")
     has_prologue = rope is not None or any(w is not None for w in (q_norm_weight, k_norm_weight,
                                                                     joint_q_norm_weight, joint_k_norm_weight))
+    # (a mask per query: Triton 3.6 fails to warp-specialise its key loop, "PassManager::run failed")
+    row_mask = attn_mask is not None and _mask_strides(attn_mask)[2] != 0
     if join_keys is None:
         # one key loop where warp specialisation is asked for, or may be for the autotuner (decided after the queries'
         # prologue: from the queries as the kernel reads them), and where a key prologue writes the keys anyway
-        wanted = joint is not None and negative is None and stream_k is None and \
+        wanted = joint is not None and negative is None and stream_k is None and not row_mask and \
             (rope is not None or k_norm_weight is not None or joint_k_norm_weight is not None)
         join_keys = wanted and (True if warp_spec else None if block_m is None else False)
     elif join_keys and (joint is None or stream_k is not None):
@@ -1457,6 +1490,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         if block_m is None or rowsum_mma or overlap or stream_k is not None:
             raise ValueError("warp_spec: for a fixed tile (block_m, block_n), not with rowsum_mma, overlap or "
                              "stream_k")
+        if row_mask:
+            raise ValueError("warp_spec: not with a mask per query (attn_mask with a query dimension; Triton 3.6 "
+                             "fails to compile it); a key mask is fine")
         if (joint is not None and not join_keys) or negative is not None:
             # (a second key loop fails inside Triton's compiler)
             raise ValueError("warp_spec: one key stream only (no negative, and joint only with join_keys=True)")
@@ -1578,7 +1614,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         HEAD_DIM=head_dim, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d, MASK_D=mask_d,
         JOINT=joint is not None, JOINED_KV=bool(join_keys), NEG=negative is not None, VARLEN=varlen,
         HAS_KV_LENS=kv_lens is not None, HAS_NEG_KV_LENS=negative_kv_lens is not None,
-        HAS_BIAS=attn_mask is not None, SCALE_POSITIVE=scale > 0,
+        HAS_BIAS=0 if attn_mask is None else ROW_MASK.value if row_mask else 1, SCALE_POSITIVE=scale > 0,
         # Triton's interpreter (CPU tensors) multiplies bf16 operands as raw 16-bit integers in tl.dot and
         # truncates bf16 casts: there, bf16 values go through the dots as (exact) fp32, as a tensor core forms
         # the products, and every rounding to bf16 is done to nearest even by hand.
@@ -1750,7 +1786,7 @@ _WRITES = (3, 7)
 def _leading_tensors(q, k, v, out, joint, negative, kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k,
                      attn_mask):
     """The attention kernel's 15 tensor arguments, in order: the streams (q, k, v, out; q2, k2, v2, out2 from
-    ``joint``; k_neg, v_neg from ``negative``), then the lengths, offsets and key mask; q or the first stream's
+    ``joint``; k_neg, v_neg from ``negative``), then the lengths, offsets and mask; q or the first stream's
     tensors stand in for what the call does not have (the kernel's flags say it is absent)."""
     q2, k2, v2, out2 = joint if joint is not None else (q, k, v, out)
     k_neg, v_neg = negative if negative is not None else (k, v)
@@ -1759,13 +1795,14 @@ def _leading_tensors(q, k, v, out, joint, negative, kv_lens, negative_kv_lens, c
 
 
 def _mask_strides(attn_mask) -> list:
-    """The key mask's batch, head and key strides as the kernel takes them: 0 where a size-1 dimension (or one the
-    mask lacks: it broadcasts like ``F.scaled_dot_product_attention``'s) serves every batch row or head."""
+    """The mask's batch, head, query and key strides as the kernel takes them: 0 where a size-1 dimension (or one
+    the mask lacks: it broadcasts like ``F.scaled_dot_product_attention``'s) serves every batch row, head or query.
+    A query stride of 0 makes it a key mask (an expanded key mask too)."""
     if attn_mask is None:
-        return [0, 0, 0]
+        return [0, 0, 0, 0]
     lead = 4 - attn_mask.dim()
     sizes, strides = (1,) * lead + tuple(attn_mask.shape), (0,) * lead + attn_mask.stride()
-    return [0 if sizes[i] == 1 else strides[i] for i in (0, 1, 3)]
+    return [0 if size == 1 else stride for size, stride in zip(sizes, strides)]
 
 
 def _row_align(element_size: int, strides) -> int:

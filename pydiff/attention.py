@@ -113,8 +113,8 @@ def _check_weight(name: str, t, head_dim: int, device: torch.device) -> None:
         raise ValueError(f"{name} is on {t.device}; expected {device} like q")
 
 
-def _check_key_mask(mask, device: torch.device, expected: Tuple[int, int, int, int], negative: bool) -> None:
-    """attn_mask: bool or float, broadcastable to ``expected`` = (B, H, 1, keys): the same for every query."""
+def _check_attn_mask(mask, device: torch.device, expected: Tuple[int, int, int, int], negative: bool) -> None:
+    """attn_mask: bool or float, broadcastable to ``expected`` = (B, H, queries, keys) as SDPA broadcasts it."""
     if negative:
         raise ValueError("attn_mask cannot be combined with negative= (the kernel masks the positive keys only)")
     if not isinstance(mask, torch.Tensor) or (mask.dtype != torch.bool and mask.dtype not in SUPPORTED_DTYPES):
@@ -122,10 +122,10 @@ def _check_key_mask(mask, device: torch.device, expected: Tuple[int, int, int, i
     if mask.device != device:
         raise ValueError(f"attn_mask is on {mask.device}; expected {device} like q")
     sizes = (1,) * (4 - mask.dim()) + tuple(mask.shape)
-    if not 1 <= mask.dim() <= 4 or sizes[2:] != expected[2:] or any(n not in (1, e) for n, e in
-                                                                      zip(sizes[:2], expected[:2])):
-        raise ValueError(f"attn_mask must broadcast to (B, H, 1, N_k) = {expected}: a key mask, the same for every "
-                         f"query (N_k counts both streams' keys with joint=); got {_describe(mask)}")
+    if not 1 <= mask.dim() <= 4 or sizes[3] != expected[3] or any(n not in (1, e) for n, e in
+                                                                   zip(sizes[:3], expected[:3])):
+        raise ValueError(f"attn_mask must broadcast to (B, H, N_q, N_k) = {expected} (N_q and N_k count both "
+                         f"streams' tokens with joint=); got {_describe(mask)}")
 
 
 def check_attention_args(call: _Call) -> None:
@@ -212,7 +212,7 @@ def check_attention_args(call: _Call) -> None:
     elif call.negative_kv_lens is not None:
         raise ValueError("negative_kv_lens is given but negative= is not")
     if call.attn_mask is not None:
-        _check_key_mask(call.attn_mask, q.device, (batch, heads, 1, rows_k), call.negative is not None)
+        _check_attn_mask(call.attn_mask, q.device, (batch, heads, rows_q, rows_k), call.negative is not None)
 
     if call.rope is not None:
         if head_dim % 2:
@@ -454,11 +454,12 @@ def attention(
     where noted; all in the same attention pass, the norm and RoPE in one pre-pass per q/k tensor):
 
     * ``kv_lens`` (int, B values): key padding, row b attends to its first kv_lens[b] keys (0 keys gives zeros).
-    * ``attn_mask``: a key mask as ``F.scaled_dot_product_attention`` takes one, the same for every query: bool
-      (True: the key takes part) or float (added to the scaled scores; -inf masks), sizes broadcastable to
-      (B, H, 1, N_k) whatever the layout (diffusers' text-padding masks); with ``joint``, N_k keys of the joined
-      sequence [stream 1; stream 2]. A query whose keys are all masked gives zeros. The kernel reads it as given.
-      Not with negative.
+    * ``attn_mask``: an attention mask as ``F.scaled_dot_product_attention`` takes one: bool (True: the score
+      takes part) or float (added to the scaled scores; -inf masks), sizes broadcastable to (B, H, N_q, N_k)
+      whatever the layout; with ``joint``, N_q and N_k count the tokens of the joined sequence [stream 1; stream 2].
+      A key mask (query size 1: diffusers' text-padding masks) costs one vector per key block, a mask per query
+      (Chroma's) one tile. A query whose keys are all masked gives zeros. The kernel reads it as given. Not with
+      negative.
     * ``cu_seqlens_q`` / ``cu_seqlens_k`` (int, S + 1 offsets into the token dim): packed variable-length segments,
       each attending only within itself, in every batch row (FlashAttention's varlen; G images of N tokens laid out
       as one (G*N)-token segment give group attention without a copy). cu_seqlens_k defaults to cu_seqlens_q;

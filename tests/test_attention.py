@@ -58,8 +58,10 @@ class Case:
     joint_q_norm: bool = False
     joint_k_norm: bool = False
     scale: Optional[float] = None
-    # a key mask (``attn_mask``): (values "bool" | "float" [-inf, q's dtype] | "f32" | "diffusers" [0 / -10000],
-    # shape "b11n" | "bh1n" | "1h1n" | "n" [1-D] | "strided" [every other key of a longer tensor])
+    # an attention mask (``attn_mask``): (values "bool" | "float" [-inf, q's dtype] | "f32" | "diffusers"
+    # [0 / -10000], shape); key masks "b11n" | "bh1n" | "1h1n" | "n" [1-D] | "strided" [every other key of a longer
+    # tensor] | "expanded" [a key mask expanded over the queries, stride 0]; masks per query "bhmn" | "b1mn" | "mn"
+    # [2-D] | "transposed" [(B, H, N_k, N_q) storage] | "outer" [Chroma's: token mask x token mask, N_q == N_k]
     mask: Optional[Tuple[str, str]] = None
     blocks: Tuple[int, int] = (64, 32)
     name: str = field(default="")
@@ -113,7 +115,8 @@ def build(case: Case, seed: int = 0):
         if case.negative_kv_lens is not None:
             kw["negative_kv_lens"] = torch.tensor(case.negative_kv_lens, dtype=torch.int64)
     if case.mask is not None:
-        kw["attn_mask"] = _key_mask(case, gen, case.n_k + (case.joint[1] if case.joint is not None else 0))
+        joined = case.joint if case.joint is not None else (0, 0)
+        kw["attn_mask"] = _attn_mask(case, gen, case.n_q + joined[0], case.n_k + joined[1])
     if case.rope is not None:
         # diffusers-style tables: one frequency per pair, repeated to fill D, for positions 0..rows+2
         half = case.head_dim // 2
@@ -135,26 +138,43 @@ def build(case: Case, seed: int = 0):
     return q, k, v, kw
 
 
-def _key_mask(case: Case, gen: torch.Generator, keys: int) -> torch.Tensor:
-    """``case.mask``'s key mask over ``keys`` keys: random, with the first 20 keys of batch row 0 masked (whole key
-    blocks masked before any valid one) and, with more than one batch row, the last row's every key masked (zeros;
-    with "diffusers" values -10000 is finite, so that row attends to every key, as in PyTorch)."""
+_ROW_MASKS = ("bhmn", "b1mn", "mn", "transposed", "outer")
+
+
+def _attn_mask(case: Case, gen: torch.Generator, queries: int, keys: int) -> torch.Tensor:
+    """``case.mask``'s mask over ``queries`` x ``keys``: random, with the first 20 keys of batch row 0 masked (whole
+    key blocks masked before any valid one) and, with more than one batch row, the last row's every key masked
+    (zeros; with "diffusers" values -10000 is finite, so that row attends to every key, as in PyTorch); per query,
+    also query rows 1 and 2 of batch row 0 with every key masked. "outer": a random token mask t (the first 20
+    tokens out) as t_q & t_k, so the masked tokens' queries see no key."""
     values, shape = case.mask
-    keep = torch.rand(case.batch, case.heads, 1, keys, generator=gen) > 0.3
+    rows = queries if shape in _ROW_MASKS else 1
+    keep = torch.rand(case.batch, case.heads, rows, keys, generator=gen) > 0.3
     keep[0, ..., :20] = False
     if case.batch > 1:
         keep[-1] = False
+    if rows > 1:
+        keep[0, :, 1:3] = False
+    if shape == "outer":
+        tokens = keep[:, :1, 0]
+        keep = tokens[..., :queries, None] & tokens[..., None, :]
     if values == "diffusers":
         bias = (1.0 - keep.to(case.dtype)) * -10000.0
     else:
         bias = (2 * torch.randn(keep.shape, generator=gen)).masked_fill(~keep, float("-inf"))
     mask = {"bool": keep, "float": bias.to(case.dtype), "f32": bias, "diffusers": bias}[values]
-    if shape in ("b11n", "strided"):
+    if shape in ("b11n", "strided", "b1mn"):
         mask = mask[:, :1]
     elif shape == "1h1n":
         mask = mask[:1]
     elif shape == "n":
         mask = mask[0, 0, 0]
+    elif shape == "mn":
+        mask = mask[0, 0]
+    elif shape == "expanded":
+        mask = mask.expand(-1, -1, queries, -1)
+    elif shape == "transposed":
+        mask = mask.transpose(2, 3).contiguous().transpose(2, 3)
     if shape == "strided":
         wide = torch.zeros(*mask.shape[:-1], 2 * keys, dtype=mask.dtype)
         wide[..., ::2] = mask
@@ -289,6 +309,20 @@ GRID = [
     # scores only once the mask's largest value is taken out (the kernel's shift), over both streams when joint
     Case(F32, 64, 45, 77, batch=2, mask=("diffusers", "b11n"), name="f32-mask-all-padding"),
     Case(F32, 40, 33, 33, batch=2, joint=(17, 17), mask=("diffusers", "bh1n"), name="f32-mask-joint-all-padding"),
+    # masks per query (a BLOCK_M x BLOCK_N tile per key block): bool and float, every broadcast shape, transposed
+    # storage, query rows with every key masked; with key padding, GQA, packed segments (rows are tokens), joint
+    # streams (rows and keys of the joined sequence: Chroma's outer-product mask with its prologue) and the
+    # per-row shift of all-padding rows; a key mask expanded over the queries reads as a key mask
+    Case(F32, 64, 97, 77, batch=3, mask=("bool", "bhmn"), blocks=(32, 16), name="f32-rowmask-bool"),
+    Case(F16, 40, 33, 77, batch=2, heads=4, kv_heads=2, layout="bnhd", kv_lens=[77, 50], mask=("float", "b1mn"),
+         name="f16-rowmask-float-bnhd-gqa-kvlens"),
+    Case(BF16, 80, 33, 45, heads=3, mask=("diffusers", "transposed"), name="bf16-rowmask-diffusers-transposed"),
+    Case(F32, 64, 201, 201, cu_q=[0, 7, 7, 104, 201], mask=("f32", "mn"), name="f32-rowmask-varlen"),
+    Case(F16, 64, 45, 45, batch=2, joint=(19, 19), rope="interleaved", q_norm=True, k_norm=True, joint_q_norm=True,
+         joint_k_norm=True, mask=("bool", "outer"), name="f16-rowmask-joint-outer-prologue"),
+    Case(F32, 64, 45, 77, batch=2, mask=("diffusers", "bhmn"), name="f32-rowmask-all-padding"),
+    Case(F32, 40, 33, 33, batch=2, joint=(17, 17), mask=("diffusers", "b1mn"), name="f32-rowmask-joint-all-padding"),
+    Case(F16, 48, 19, 45, batch=2, mask=("float", "expanded"), name="f16-mask-expanded"),
     # a negative scale keeps the scale out of the running max (the positive-scale path folds it into exp2)
     Case(F16, 48, 19, 45, scale=-0.2, kv_lens=[30], name="f16-negative-scale-kvlens"),
 ]
@@ -310,8 +344,8 @@ def random_case(seed: int):
     ones), 1-3 batches, 1-4 heads with grouped/multi-query key/value heads, either layout, strided inputs, a scale of
     either sign; the variants (key padding, packed segments with their own key offsets and padding, joint streams,
     negative keys with their padding and a scale of either sign) and the prologue (RoPE of both kinds, each norm),
-    alone and combined, and a key mask; a random tile and warps, and a random one of the launcher's modes that
-    takes the case:
+    alone and combined, and a mask (per key or per query); a random tile and warps, and a random one of the
+    launcher's modes that takes the case:
     descriptor loads, row sums by MMA, the overlap, stream-K, warp specialisation, joined keys, prologue head
     groups."""
     import random
@@ -377,8 +411,11 @@ def random_case(seed: int):
     launch["warps"] = r.choice([1, 2, 4])
     # (drawn last, so that the cases drawn before masks existed stay as they were)
     if case.negative is None and "stream_k" not in launch and r.random() < 0.3:
-        case.mask = (r.choice(["bool", "float", "f32", "diffusers"]), r.choice(["b11n", "bh1n", "1h1n", "n",
-                                                                                  "strided"]))
+        shapes = ["b11n", "bh1n", "1h1n", "n", "strided", "expanded", "bhmn", "b1mn", "mn", "transposed"]
+        joined = case.joint if case.joint is not None else (0, 0)
+        if case.n_q + joined[0] == case.n_k + joined[1]:
+            shapes.append("outer")
+        case.mask = (r.choice(["bool", "float", "f32", "diffusers"]), r.choice(shapes))
     return case, launch
 
 
@@ -542,6 +579,9 @@ def test_experiments_take_what_they_can_run():
                                  (_attn_fwd_kernel, {"warp_spec": True, "use_tma": True, "join_keys": False,
                                                      "joint": (q, q, q, torch.empty_like(q)),
                                                      "k_norm_weight": q[0, 0, 0]}, "joint only with join_keys"),
+                                 (_attn_fwd_kernel, {"warp_spec": True, "use_tma": True,
+                                                     "attn_mask": torch.ones(1, 1, 8, 8, dtype=torch.bool)},
+                                  "warp_spec: not with a mask per query"),
                                  (_attn_fwd_kernel, {"join_keys": True}, "join_keys: for joint attention"),
                                  (_attn_fwd_kernel, {"join_keys": True, "stream_k": 2,
                                                      "joint": (q, q, q, torch.empty_like(q))}, "not with stream_k")):
@@ -628,6 +668,7 @@ WARP_SPEC_CASES = [
     Case(F16, 80, 33, 77, heads=3, kv_heads=1, name="f16-d80-33x77-partial"),
     Case(F32, 64, 40, 77, batch=3, kv_lens=[77, 13, 0], name="f32-kvlens"),
     Case(BF16, 40, 99, 60, batch=2, cu_q=[0, 33, 33, 99], cu_k=[0, 21, 40, 60], layout="bnhd", name="bf16-varlen"),
+    Case(F16, 64, 50, 77, batch=2, mask=("diffusers", "b11n"), name="f16-key-mask"),
 ]
 
 
@@ -652,6 +693,12 @@ def test_joined_keys(case, loads, monkeypatch):
     joins, join = [], A._joined_keys
     monkeypatch.setattr(A, "_joined_keys", lambda *a: joins.append(a[2][0].shape) or join(*a))
     q, k, v, kw = build(case, seed=31)
+    if warp_spec and case.mask is not None and case.mask[1] in _ROW_MASKS:
+        for join_keys in (None, True):  # (refused before the keys are joined)
+            with pytest.raises(ValueError, match="warp_spec: not with a mask per query"):
+                run_kernel(q, k, v, kw, case.blocks, use_tma=True, warp_spec=True, join_keys=join_keys)
+        assert not joins
+        return
     prologued = any(name in kw for name in ("rope", "k_norm_weight", "joint_k_norm_weight"))
     out = run_kernel(q, k, v, kw, case.blocks, use_tma=loads != "pointers", warp_spec=warp_spec,
                      join_keys=None if warp_spec and prologued else True)
@@ -867,8 +914,9 @@ BAD = [
     ("attn_mask must be a bool", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(7, dtype=torch.float64)}),
      TypeError),
     ("attn_mask is on meta", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(7, device="meta")}), ValueError),
-    (r"attn_mask must broadcast to \(B, H, 1, N_k\) = \(2, 4, 1, 7\)",
-     lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(2, 4, 9, 7)}), ValueError),  # a per-query mask
+    (r"attn_mask must broadcast to \(B, H, N_q, N_k\) = \(2, 4, 9, 7\)",
+     lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(2, 4, 8, 7)}), ValueError),  # rows for 8 queries, not 9
+    ("attn_mask must broadcast", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(9, 8)}), ValueError),
     ("attn_mask must broadcast", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(2, 2, 1, 7)}), ValueError),
     ("attn_mask must broadcast", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(8)}), ValueError),
     ("attn_mask must broadcast", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(1, 2, 1, 1, 7)}), ValueError),
@@ -1148,8 +1196,8 @@ def test_default_tiles_fit_shared_memory():
 def test_warp_specialised_candidates(monkeypatch):
     """The warp-specialised tiles: tried only where the launcher found them usable (WS_OK), for one key stream (no
     joint or negative) up to each tile's widest head dim (128; 96 for the 3-stage 128 x 128, 64 for the 256-row
-    tile); and WS_OK only when asked for (PYDIFF_ATTENTION_WARP_SPEC=1), on compute capability 9, with a 16-bit q fit
-    for a tensor descriptor."""
+    tile), with a key mask those of 64-key blocks, with a mask per query none; and WS_OK only when asked for
+    (PYDIFF_ATTENTION_WARP_SPEC=1), on compute capability 9, with a 16-bit q fit for a tensor descriptor."""
     import pydiff.kernels.attention as A
 
     configs = A._attn_fwd_autotuned.configs
@@ -1164,8 +1212,11 @@ def test_warp_specialised_candidates(monkeypatch):
     up_to = lambda d: {t for t, widest in A._WARP_SPEC_TILES.items() if widest >= d}  # noqa: E731
     assert (256, 64, 4, 2) not in up_to(80) and (128, 128, 4, 3) in up_to(80) - up_to(128)
     assert kept(BLOCK_DB=16, SPLIT_D=True) == up_to(80) and kept(BLOCK_DA=128) == up_to(128)
-    for off in ({"WS_OK": False}, {"JOINT": True}, {"NEG": True}, {"BLOCK_DA": 128, "BLOCK_DB": 32, "SPLIT_D": True}):
+    for off in ({"WS_OK": False}, {"JOINT": True}, {"NEG": True}, {"BLOCK_DA": 128, "BLOCK_DB": 32, "SPLIT_D": True},
+                {"HAS_BIAS": A.ROW_MASK.value}):
         assert not kept(**off), off
+    # (Triton 3.6 compiles the 64-key blocks with a key mask, and no block with a mask per query)
+    assert kept(HAS_BIAS=1) == {t for t in A._WARP_SPEC_TILES if t[1] <= 64} != set()
     # one key loop over both streams' keys: the plain call's candidates
     assert A._prune_configs(configs, {**base, "JOINT": True, "JOINED_KV": True}) == A._prune_configs(configs, base)
     assert not kept(TMA_OK=False, WS_OK=False)
@@ -1758,13 +1809,15 @@ def test_benchmark_suite_runs_on_cpu():
     bench = pytest.importorskip("benchmarks.bench_attention")
     rows = bench.run(quick=True, device="cpu")
     figures = [r for r in rows if "speedup" in r]
-    assert len(figures) == len(bench.CPU_SHAPES) + 8  # the eight variants
+    assert len(figures) == len(bench.CPU_SHAPES) + 9  # the nine variants
     assert all(r["ours_TFLOPs"] > 0 and r["peer_TFLOPs"] > 0 for r in figures)
     assert not [r for r in rows if "error" in r or "unavailable" in r]
     assert "joint + QK norm + RoPE (Flux)" in bench.section(rows)
     assert "key mask (PixArt text padding)" in bench.section(rows)
     assert "joint + QK norm + RoPE + text mask (Qwen-Image)" in bench.section(rows)
     assert "QK norm + RoPE (FLUX.2 single-stream)" in bench.section(rows)
+    chroma = [r for r in figures if r["name"] == "joint + QK norm + RoPE + mask per query (Chroma)"]
+    assert len(chroma) == 1 and chroma[0]["max_diff"] < 1e-2  # (padded text queries: zeros in both)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1773,12 +1826,16 @@ def test_benchmark_suite_runs_on_cpu():
 
 GPU_GRID = [GRID[i] for i in (0, 1, 2, 4, 6, 8, 10, 13, 15, 17, 20, 23, -1)] + [
     c for c in GRID if c.name in ("f16-mask-float-bnhd-gqa-kvlens", "f16-mask-joint-prologue-strided",
-                                  "bf16-mask-strided-negative-scale")] + [
+                                  "bf16-mask-strided-negative-scale", "f16-rowmask-float-bnhd-gqa-kvlens",
+                                  "bf16-rowmask-diffusers-transposed", "f16-rowmask-joint-outer-prologue")] + [
     Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
          name="gpu-flux-shape"),
     Case(F16, 64, 4096, 77, heads=10, batch=2, name="gpu-sdxl-cross"),
     Case(F16, 72, 4096, 300, heads=16, batch=2, layout="bnhd", mask=("diffusers", "b11n"),
          name="gpu-pixart-cross-masked"),
+    # Chroma: Flux's joint call [text; image] under the outer product of its token mask
+    Case(BF16, 128, 512, 512, heads=4, joint=(4096, 4096), layout="bnhd", rope="interleaved", q_norm=True,
+         k_norm=True, joint_q_norm=True, joint_k_norm=True, mask=("bool", "outer"), name="gpu-chroma-shape"),
 ]
 
 
