@@ -626,6 +626,30 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
                      "rms_norm + complex rope + cat + sdpa with mask + split", _flops(b, h, n, n, d), device, quick,
                      ceiling)
 
+    # 2d. Chroma: Flux's sequence under the outer product of its token mask ([text mask; image ones], as
+    # ChromaPipeline and its transformer blocks build it): a (B, 1, N, N) mask per query, read as given by both.
+    tokens = torch.cat([text_mask, text_mask.new_ones(b, n_img)], 1)
+    outer = tokens[:, None, None, :] & tokens[:, None, :, None]
+
+    def chroma_stock():
+        q = torch.cat([F.rms_norm(txt[0], (d,), weights[0], 1e-6), F.rms_norm(img[0], (d,), weights[2], 1e-6)], 1)
+        k = torch.cat([F.rms_norm(txt[1], (d,), weights[1], 1e-6), F.rms_norm(img[1], (d,), weights[3], 1e-6)], 1)
+        q = rope_reference(q.float().transpose(1, 2), cos, sin, True).to(dtype)
+        k = rope_reference(k.float().transpose(1, 2), cos, sin, True).to(dtype)
+        v = torch.cat([txt[2], img[2]], 1).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=outer).transpose(1, 2).flatten(2)
+        return out[:, :n_txt], out[:, n_txt:]
+
+    def chroma_ours():
+        c, a = attention(*txt, layout="bnhd", joint=tuple(img), attn_mask=outer, rope=(cos, sin),
+                         rope_interleaved=True, q_norm_weight=weights[0], k_norm_weight=weights[1],
+                         joint_q_norm_weight=weights[2], joint_k_norm_weight=weights[3])
+        return c.flatten(2), a.flatten(2)
+
+    rows += _variant("joint + QK norm + RoPE + mask per query (Chroma)",
+                     f"B{b} H{h} N{n_txt}+{n_img} ({n_txt_real} text real) D{d}", chroma_ours, chroma_stock,
+                     "rms_norm + cat + rope + sdpa with mask + split", _flops(b, h, n, n, d), device, quick, ceiling)
+
     # 3. Key padding: text padded to 77 tokens of which a few are real.
     b, h, d, n_q, n_k = (2, 10, 64, 4096, 77) if gpu else (2, 2, 64, 256, 77)
     q, k, v = rand(b, h, n_q, d), rand(b, h, n_k, d), rand(b, h, n_k, d)

@@ -119,13 +119,15 @@ def test_vae_attention(backend):
 
 
 def _masked_calls(monkeypatch):
-    """Records, for every ``pydiff.attention`` call the processors make, whether it carried a key mask."""
+    """Records, for every ``pydiff.attention`` call the processors make, the mask it carried: None, "keys" (a key
+    mask: one row every query shares) or "rows" (one per query)."""
     from pydiff.integrations.diffusers import attention_processors
 
     calls = []
 
     def spy(*args, **kwargs):
-        calls.append(kwargs.get("attn_mask") is not None)
+        mask = kwargs.get("attn_mask")
+        calls.append(None if mask is None else "rows" if mask.dim() > 1 and mask.shape[-2] > 1 else "keys")
         return pydiff.attention(*args, **kwargs)
 
     monkeypatch.setattr(attention_processors, "attention", spy)
@@ -143,7 +145,7 @@ def test_unet2d_condition_with_encoder_mask(backend, monkeypatch):
     calls = _masked_calls(monkeypatch)
     _compare(model, lambda m: m(sample, torch.tensor([3, 900]), encoder_hidden_states=context,
                                 encoder_attention_mask=mask).sample, backend, {PydiffAttnProcessor})
-    assert calls.count(True) == calls.count(False) == _cross_attentions(model)  # self-attention has no mask
+    assert calls.count("keys") == calls.count(None) == _cross_attentions(model)  # self-attention has no mask
 
 
 def _cross_attentions(model) -> int:
@@ -196,8 +198,8 @@ def test_flux2_transformer(backend, monkeypatch):
 
 @needs_flux2
 def test_flux2_key_masks_and_fallbacks(monkeypatch):
-    """FLUX.2's processors with a key mask (into the kernel), a per-query mask (to the stock processor), and fused
-    projections in the double-stream block; outputs equal the stock processors'."""
+    """FLUX.2's processors with a key mask and a per-query mask (both into the kernel), and fused projections in the
+    double-stream block; outputs equal the stock processors'."""
     model = tiny_flux2()
     gen = torch.Generator().manual_seed(20)
     double, single = model.transformer_blocks[0].attn, model.single_transformer_blocks[0].attn
@@ -212,7 +214,7 @@ def test_flux2_key_masks_and_fallbacks(monkeypatch):
     _block_matches_stock(PydiffFlux2AttnProcessor(), double, (hidden, context), rope, masks)
     _block_matches_stock(PydiffFlux2ParallelSelfAttnProcessor(), single, (torch.cat([context, hidden], 1),), rope,
                          masks)
-    assert calls == [False, True, False, True]  # the per-query mask went to the stock processors
+    assert calls == [None, "keys", "rows"] * 2
     fused = copy.deepcopy(double)
     fused.fuse_projections()
     assert fused.fused_projections
@@ -242,12 +244,14 @@ def _hunyuan_inputs(seed):
 def test_hunyuan_video_transformer(backend, monkeypatch):
     """HunyuanVideo: [video; text] attention, joint in the dual-stream blocks and over the joined tokens in the
     single-stream ones, RoPE on the video tokens only, the text padding as the key mask: every block's call fused
-    and masked (the token refiner's per-query mask stays with the stock processor)."""
+    and masked, and the token refiner's per-query mask into the kernel too."""
     model = tiny_hunyuan_video()
     inputs = _hunyuan_inputs(22)
     calls = _masked_calls(monkeypatch)
     _compare(model, lambda m: m(**inputs).sample, backend, {PydiffHunyuanVideoAttnProcessor})
-    assert calls == [True] * (len(model.transformer_blocks) + len(model.single_transformer_blocks))
+    refiner = len(model.context_embedder.token_refiner.refiner_blocks)
+    assert calls == ["rows"] * refiner + ["keys"] * (len(model.transformer_blocks) +
+                                                     len(model.single_transformer_blocks))
 
 
 def tiny_qwen_image():
@@ -280,7 +284,7 @@ def test_qwen_image_transformer(backend, padded, monkeypatch):
     inputs = _qwen_inputs(17, padded)
     calls = _masked_calls(monkeypatch)
     _compare(model, lambda m: m(**inputs).sample, backend, {PydiffQwenImageAttnProcessor})
-    assert calls == [padded] * len(model.transformer_blocks)
+    assert calls == ["keys" if padded else None] * len(model.transformer_blocks)
 
 
 def _pixart_inputs(seed):
@@ -307,29 +311,32 @@ def test_pixart_transformer_with_text_padding(backend, monkeypatch):
     inputs = _pixart_inputs(13)
     calls = _masked_calls(monkeypatch)
     _compare(model, lambda m: m(**inputs).sample, backend, {PydiffAttnProcessor})
-    assert calls.count(True) == calls.count(False) == _cross_attentions(model)
+    assert calls.count("keys") == calls.count(None) == _cross_attentions(model)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_attention_masks_of_every_form(backend, monkeypatch):
     """``AttnProcessor2_0``'s masks on one module: (B, 1, N_k) float and bool (used in place), (B*H, 1, N_k) (one row
-    per head, as ``prepare_attention_mask`` makes them) go into the kernel; a per-query mask (B, N_q, N_k) goes to
-    the stock processor. Outputs equal the stock processor's."""
+    per head, as ``prepare_attention_mask`` makes them) go into the kernel as key masks, per-query masks
+    (B, N_q, N_k) and (B, 1, N_q, N_k) bool (the token refiner's) one row per query. Outputs equal the stock
+    processor's."""
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
     gen = torch.Generator().manual_seed(14)
     attn = _perturb(Attention(query_dim=16, cross_attention_dim=12, heads=2, dim_head=8), 15)
     hidden, context = torch.randn(2, 10, 16, generator=gen), torch.randn(2, 6, 12, generator=gen)
     keep = torch.rand(2, 1, 6, generator=gen) > 0.4
+    rows = torch.rand(2, 1, 10, 6, generator=gen) > 0.4
+    rows[..., 0] = True  # (every query sees a key: the stock processor's SDPA gives NaN for a row that sees none)
     masks = [(1.0 - keep.float()) * -10000.0, keep, torch.randn(4, 1, 6, generator=gen),
-             torch.randn(2, 10, 6, generator=gen)]
+             torch.randn(2, 10, 6, generator=gen), rows]
     calls = _masked_calls(monkeypatch)
     with torch.no_grad(), pydiff.use_backend(backend):
         for mask in masks:
             stock = AttnProcessor2_0()(attn, hidden, context, attention_mask=mask)
             ours = PydiffAttnProcessor()(attn, hidden, context, attention_mask=mask)
             torch.testing.assert_close(ours, stock, rtol=1e-5, atol=1e-5)
-    assert calls == [True] * 3
+    assert calls == ["keys"] * 3 + ["rows"] * 2
 
 
 def tiny_sd3(qk_norm, dual_attention_layers=(0,)):
@@ -394,15 +401,50 @@ def test_flux_fused_projections_and_attention_mask_match_stock(monkeypatch):
     rope = model.pos_embed(torch.cat([torch.zeros(6, 3), torch.randn(20, 3, generator=gen).round()], 0))
     mask = torch.ones(1, 1, 26, 26, dtype=torch.bool)
     mask[..., 3:6] = False
-    # a per-query mask (Chroma's) goes to the stock processor; key masks, bool or float, into the kernel
+    # a per-query mask (Chroma's) and key masks, bool or float, into the kernel
     key_masks = [mask[:, :, :1], torch.randn(1, 2, 1, 26, generator=gen)]
     calls = _masked_calls(monkeypatch)
     _block_matches_stock(PydiffFluxAttnProcessor(), block.attn, (hidden, context), rope, [None, mask, *key_masks])
-    assert calls == [False, True, True]
+    assert calls == [None, "rows", "keys", "keys"]
     fused = copy.deepcopy(block.attn)
     fused.fuse_projections()
     assert fused.fused_projections
     _block_matches_stock(PydiffFluxAttnProcessor(), fused, (hidden, context), rope, [None], stock=block.attn)
+
+
+def tiny_chroma():
+    from diffusers import ChromaTransformer2DModel
+
+    return _perturb(ChromaTransformer2DModel(
+        patch_size=1, in_channels=8, num_layers=1, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, axes_dims_rope=(4, 6, 6), approximator_num_channels=8, approximator_hidden_dim=32,
+        approximator_layers=1), 23)
+
+
+def _chroma_inputs(seed):
+    """Chroma inputs: Flux's 4 x 5 image and 6 text tokens for two prompts, the second padded after 3 tokens, and
+    the token mask [text; image] as ChromaPipeline builds it."""
+    gen = torch.Generator().manual_seed(seed)
+    inputs = _flux_inputs(seed)
+    inputs.pop("pooled_projections")
+    inputs.update(hidden_states=torch.randn(2, 20, 8, generator=gen), timestep=torch.tensor([0.7, 0.2]),
+                  encoder_hidden_states=torch.randn(2, 6, 32, generator=gen))
+    text = torch.ones(2, 6, dtype=torch.bool)
+    text[1, 3:] = False
+    inputs["attention_mask"] = torch.cat([text, torch.ones(2, 20, dtype=torch.bool)], dim=1)
+    return inputs
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_chroma_transformer(backend, monkeypatch):
+    """Chroma: Flux's blocks under the outer product of its token mask ([text; image], the second prompt's text
+    padded after 3 tokens; ChromaPipeline's layout), a mask per query: every block's call fused and masked, the
+    padded tokens' queries (which see no key) zeros as in the stock processors."""
+    model = tiny_chroma()
+    inputs = _chroma_inputs(24)
+    calls = _masked_calls(monkeypatch)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffFluxAttnProcessor})
+    assert calls == ["rows"] * (len(model.transformer_blocks) + len(model.single_transformer_blocks))
 
 
 def _block_matches_stock(ours, attn, args, rope, masks, stock=None):
@@ -547,8 +589,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     """On a GPU, the compiled kernel behind our processors, in a model that runs in half precision: its output's
     error against the same model in float64 (stock processors) is within 2x the stock processors' own error in
     that precision, plus 1e-3. A UNet (its projections also fused: q, k and v strided views of one matmul), SD3 and
-    Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, and PixArt, Qwen-Image and HunyuanVideo with their
-    text-padding masks (the kernel's key mask).
+    Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, PixArt, Qwen-Image and HunyuanVideo with their
+    text-padding masks (the kernel's key mask), and Chroma with its per-query mask.
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -560,7 +602,7 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     fused_unet.fuse_qkv_projections()
     models = [(tiny_unet(), unet_inputs), (fused_unet, unet_inputs), (tiny_sd3("rms_norm"), sd3_inputs),
               (tiny_flux(), _flux_inputs(7)), (tiny_svd(), _svd_inputs(8)), (tiny_pixart(), _pixart_inputs(10)),
-              (tiny_hunyuan_video(), _hunyuan_inputs(15))]
+              (tiny_hunyuan_video(), _hunyuan_inputs(15)), (tiny_chroma(), _chroma_inputs(16))]
     if attention_processors._QWEN_MASKS_TEXT:
         models.append((tiny_qwen_image(), _qwen_inputs(12)))
     if attention_processors.Flux2AttnProcessor is not None:

@@ -23,11 +23,12 @@
 * ``PydiffQwenImageAttnProcessor`` replaces Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.39+):
   the same joint call, its complex RoPE as cos/sin tables, and the text padding as the kernel's key mask.
 
-Outputs equal the stock processors' (same math; pydiff keeps the norm and RoPE in float32). Attention masks that
-are the same for every query (PixArt's and Sana's text padding: diffusers' (B, 1, N_k) additive masks) go into the
-kernel as its key mask (``attn_mask``), read in place. Calls the kernel does not take go to the stock processor
-itself: masks that differ per query (Chroma's) and head dims over 256 (the VAE's mid-block attention: one head of
-512 channels in every Stable Diffusion VAE; ``set_attention_backend`` leaves such modules their stock processor).
+Outputs equal the stock processors' (same math; pydiff keeps the norm and RoPE in float32). Attention masks go into
+the kernel (``attn_mask``), read in place: those the same for every query (PixArt's and Sana's text padding:
+diffusers' (B, 1, N_k) additive masks) as its key mask, those that differ per query (Chroma's outer product of its
+token mask, HunyuanVideo's token refiner) one tile per key block. Calls the kernel does not take go to the stock
+processor itself: masks of other dtypes and head dims over 256 (the VAE's mid-block attention: one head of 512
+channels in every Stable Diffusion VAE; ``set_attention_backend`` leaves such modules their stock processor).
 QK norms that are not RMSNorms over the head dim are applied as modules before the fused call.
 """
 
@@ -111,17 +112,24 @@ def _head_dim(attn) -> int:
 _MASK_DTYPES = (torch.bool, torch.float16, torch.bfloat16, torch.float32)
 
 
-def _key_mask(attn, mask: torch.Tensor, batch: int, keys: int) -> Optional[torch.Tensor]:
-    """diffusers' attention mask for ``AttnProcessor2_0`` as the kernel's key mask, (B, H or 1, 1, N_k); None where
-    it differs per query or has a dtype the kernel does not read. A (B, 1, N_k) mask (what the UNet, PixArt and Sana
-    pass) is used as a view: ``prepare_attention_mask`` would repeat it for every head."""
-    if mask.dtype not in _MASK_DTYPES:
+def _kernel_reads(mask: torch.Tensor) -> bool:
+    """Whether the kernel reads an SDPA mask as given (Flux's and HunyuanVideo's processors pass theirs to SDPA
+    unchanged): its dtype; it takes every shape SDPA broadcasts, per key or per query."""
+    return mask.dtype in _MASK_DTYPES
+
+
+def _processor_mask(attn, mask: torch.Tensor, batch: int, keys: int) -> Optional[torch.Tensor]:
+    """diffusers' attention mask for ``AttnProcessor2_0`` as the kernel's, (B, H or 1, N_q or 1, N_k); None where it
+    has a dtype the kernel does not read. A mask of one batch row per sample, (B, N_q or 1, N_k) or
+    (B, 1, N_q or 1, N_k) (the UNet's, PixArt's and Sana's text padding, HunyuanVideo's token refiner), is used as a
+    view: ``prepare_attention_mask`` would repeat it for every head."""
+    if not _kernel_reads(mask):
         return None
-    if mask.dim() == 3 and tuple(mask.shape) == (batch, 1, keys):
-        return mask[:, None]
+    if mask.shape[0] == batch and mask.shape[-1] == keys and (mask.dim() == 3 or (mask.dim() == 4 and
+                                                                              mask.shape[1] == 1)):
+        return mask[:, None] if mask.dim() == 3 else mask
     mask = attn.prepare_attention_mask(mask, keys, batch)
-    mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
-    return mask if mask.shape[2] == 1 else None
+    return mask.view(batch, attn.heads, -1, mask.shape[-1])
 
 
 def _fused_projections(attn) -> bool:
@@ -140,13 +148,13 @@ class PydiffAttnProcessor:
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
                  *args, **kwargs) -> torch.Tensor:
-        key_mask = None
+        mask = None
         if attention_mask is not None:
             # (the keys: the encoder's tokens, or the image's, flattened as the stock processor flattens them)
             source = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
             keys = source.shape[2] * source.shape[3] if source.ndim == 4 else source.shape[1]
-            key_mask = _key_mask(attn, attention_mask, source.shape[0], keys)
-        if _head_dim(attn) > MAX_HEAD_DIM or (attention_mask is not None and key_mask is None):
+            mask = _processor_mask(attn, attention_mask, source.shape[0], keys)
+        if _head_dim(attn) > MAX_HEAD_DIM or (attention_mask is not None and mask is None):
             stock = self.stock_fused if _fused_projections(attn) else self.stock
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         residual = hidden_states
@@ -176,7 +184,7 @@ class PydiffAttnProcessor:
         k = key.unflatten(-1, (attn.heads, head_dim))
         v = value.unflatten(-1, (attn.heads, head_dim))
 
-        out = _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], head_dim, None, key_mask)
+        out = _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], head_dim, None, mask)
         hidden_states = out.flatten(2)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
@@ -229,7 +237,7 @@ def _heads(attn, x: torch.Tensor, fused: str, names: Tuple[str, str, str], head_
 def _streams_attention(streams, head_dim: int, rope, attn_mask: Optional[torch.Tensor]):
     """One ``pydiff.attention`` call over one or two token streams, each (q, k, v, q norm, k norm) with q, k and v
     (B, N, H, D): joint attention over [stream 1; stream 2] without concatenation or split, the RoPE rows and the
-    key mask following that joined sequence; the streams' QK RMSNorms run in the kernel's prologue (other norms as
+    mask following that joined sequence; the streams' QK RMSNorms run in the kernel's prologue (other norms as
     modules first). Returns the output, or both streams' with two."""
     (q, k, v, q_norm, k_norm), *second = streams
     norms, tensors = {"q": q_norm, "k": k_norm}, {"q": q, "k": k}
@@ -259,10 +267,6 @@ def _text_stream(attn, encoder_hidden_states: torch.Tensor, head_dim: int):
                     head_dim), attn.norm_added_q, attn.norm_added_k)
 
 
-def _key_mask_4d(mask: Optional[torch.Tensor]) -> bool:
-    """Whether a 4-D SDPA mask (Flux's processors pass it to SDPA as given) is the kernel's key mask: the same for
-    every query, (B or 1, H or 1, 1, N_k), in a dtype the kernel reads."""
-    return mask.dim() == 4 and mask.shape[2] == 1 and mask.dtype in _MASK_DTYPES
 
 
 class PydiffFluxAttnProcessor:
@@ -274,7 +278,7 @@ class PydiffFluxAttnProcessor:
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None,
                  image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
-        if (attention_mask is not None and not _key_mask_4d(attention_mask)) or _head_dim(attn) > MAX_HEAD_DIM:
+        if (attention_mask is not None and not _kernel_reads(attention_mask)) or _head_dim(attn) > MAX_HEAD_DIM:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
         image = _image_stream(attn, hidden_states, attn.head_dim)
@@ -310,7 +314,7 @@ class PydiffFlux2ParallelSelfAttnProcessor:
 
     def __call__(self, attn, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                  image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
-        if (attention_mask is not None and not _key_mask_4d(attention_mask)) or attn.head_dim > MAX_HEAD_DIM:
+        if (attention_mask is not None and not _kernel_reads(attention_mask)) or attn.head_dim > MAX_HEAD_DIM:
             return self.stock(attn, hidden_states, attention_mask, image_rotary_emb)
         projected = attn.to_qkv_mlp_proj(hidden_states)
         # (the stock processor's split, by the global ratio of the two parts: the same where the projection is
@@ -336,7 +340,7 @@ class PydiffHunyuanVideoAttnProcessor:
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None):
         head_dim = attn.inner_dim // attn.heads
-        if (attention_mask is not None and not _key_mask_4d(attention_mask)) or head_dim > MAX_HEAD_DIM:
+        if (attention_mask is not None and not _kernel_reads(attention_mask)) or head_dim > MAX_HEAD_DIM:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         n_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         rope = None
