@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Optional, Sequence, Tuple
 
@@ -257,6 +257,26 @@ def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_m
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
+_KEY_MASK_CASES = [
+    Case(F32, 64, 97, 77, batch=3, mask=("bool", "b11n"), blocks=(32, 16), name="f32-mask-bool"),
+    Case(F16, 40, 33, 77, batch=2, heads=4, kv_heads=2, layout="bnhd", kv_lens=[77, 50], mask=("float", "bh1n"),
+         name="f16-mask-float-bnhd-gqa-kvlens"),
+    Case(BF16, 80, 33, 45, heads=3, mask=("diffusers", "1h1n"), name="bf16-mask-diffusers"),
+    Case(F32, 64, 201, 201, cu_q=[0, 7, 7, 104, 201], mask=("f32", "n"), name="f32-mask-varlen"),
+    Case(F16, 64, 45, 45, batch=2, joint=(19, 19), rope="interleaved", q_norm=True, k_norm=True, joint_q_norm=True,
+         joint_k_norm=True, mask=("bool", "strided"), name="f16-mask-joint-prologue-strided"),
+    Case(BF16, 96, 77, 40, strided=True, scale=-0.2, mask=("f32", "b11n"), name="bf16-mask-strided-negative-scale"),
+    # a row whose every key is -10000 (diffusers' all-padding prompt) attends to all keys: float32 resolves the
+    # scores only once the mask's largest value is taken out (the kernel's shift), over both streams when joint
+    Case(F32, 64, 45, 77, batch=2, mask=("diffusers", "b11n"), name="f32-mask-all-padding"),
+    Case(F32, 40, 33, 33, batch=2, joint=(17, 17), mask=("diffusers", "bh1n"), name="f32-mask-joint-all-padding"),
+]
+#: each key mask's shape -> a mask per query (a BLOCK_M x BLOCK_N tile per key block) in its place: every broadcast
+#: shape, transposed storage, Chroma's outer product (the joint case with its prologue: rows and keys of the joined
+#: sequence), query rows with every key masked, rows as tokens with packed segments, the all-padding rows' shift
+#: per row
+_PER_QUERY = {"b11n": "bhmn", "bh1n": "b1mn", "1h1n": "transposed", "n": "mn", "strided": "outer"}
+
 # A curated hostile grid: every dtype, head dims 32..256 (non powers of two included), odd lengths 1..1025,
 # Nq != Nk, both layouts, strided inputs, grouped/multi-query heads, each variant and their combinations.
 GRID = [
@@ -296,32 +316,12 @@ GRID = [
          joint_k_norm=True, layout="bnhd", blocks=(64, 64), name="f16-flux-like-even"),
     Case(F32, 64, 33, 33, joint=(17, 17), joint_q_norm=True, k_norm=True, name="f32-joint-one-sided-norms"),
     # key masks (attn_mask): bool and float, every broadcast shape, strided; with key padding, GQA, packed
-    # segments, joint streams (a mask over the joined keys) and a negative scale
-    Case(F32, 64, 97, 77, batch=3, mask=("bool", "b11n"), blocks=(32, 16), name="f32-mask-bool"),
-    Case(F16, 40, 33, 77, batch=2, heads=4, kv_heads=2, layout="bnhd", kv_lens=[77, 50], mask=("float", "bh1n"),
-         name="f16-mask-float-bnhd-gqa-kvlens"),
-    Case(BF16, 80, 33, 45, heads=3, mask=("diffusers", "1h1n"), name="bf16-mask-diffusers"),
-    Case(F32, 64, 201, 201, cu_q=[0, 7, 7, 104, 201], mask=("f32", "n"), name="f32-mask-varlen"),
-    Case(F16, 64, 45, 45, batch=2, joint=(19, 19), rope="interleaved", q_norm=True, k_norm=True, joint_q_norm=True,
-         joint_k_norm=True, mask=("bool", "strided"), name="f16-mask-joint-prologue-strided"),
-    Case(BF16, 96, 77, 40, strided=True, scale=-0.2, mask=("f32", "b11n"), name="bf16-mask-strided-negative-scale"),
-    # a row whose every key is -10000 (diffusers' all-padding prompt) attends to all keys: float32 resolves the
-    # scores only once the mask's largest value is taken out (the kernel's shift), over both streams when joint
-    Case(F32, 64, 45, 77, batch=2, mask=("diffusers", "b11n"), name="f32-mask-all-padding"),
-    Case(F32, 40, 33, 33, batch=2, joint=(17, 17), mask=("diffusers", "bh1n"), name="f32-mask-joint-all-padding"),
-    # masks per query (a BLOCK_M x BLOCK_N tile per key block): bool and float, every broadcast shape, transposed
-    # storage, query rows with every key masked; with key padding, GQA, packed segments (rows are tokens), joint
-    # streams (rows and keys of the joined sequence: Chroma's outer-product mask with its prologue) and the
-    # per-row shift of all-padding rows; a key mask expanded over the queries reads as a key mask
-    Case(F32, 64, 97, 77, batch=3, mask=("bool", "bhmn"), blocks=(32, 16), name="f32-rowmask-bool"),
-    Case(F16, 40, 33, 77, batch=2, heads=4, kv_heads=2, layout="bnhd", kv_lens=[77, 50], mask=("float", "b1mn"),
-         name="f16-rowmask-float-bnhd-gqa-kvlens"),
-    Case(BF16, 80, 33, 45, heads=3, mask=("diffusers", "transposed"), name="bf16-rowmask-diffusers-transposed"),
-    Case(F32, 64, 201, 201, cu_q=[0, 7, 7, 104, 201], mask=("f32", "mn"), name="f32-rowmask-varlen"),
-    Case(F16, 64, 45, 45, batch=2, joint=(19, 19), rope="interleaved", q_norm=True, k_norm=True, joint_q_norm=True,
-         joint_k_norm=True, mask=("bool", "outer"), name="f16-rowmask-joint-outer-prologue"),
-    Case(F32, 64, 45, 77, batch=2, mask=("diffusers", "bhmn"), name="f32-rowmask-all-padding"),
-    Case(F32, 40, 33, 33, batch=2, joint=(17, 17), mask=("diffusers", "b1mn"), name="f32-rowmask-joint-all-padding"),
+    # segments, joint streams (a mask over the joined keys) and a negative scale; then each again with a mask per
+    # query (``_PER_QUERY``)
+    *_KEY_MASK_CASES,
+    *(replace(c, mask=(c.mask[0], _PER_QUERY[c.mask[1]]), name=c.name.replace("-mask-", "-rowmask-"))
+      for c in _KEY_MASK_CASES),
+    # a key mask expanded over the queries (stride 0) reads as a key mask
     Case(F16, 48, 19, 45, batch=2, mask=("float", "expanded"), name="f16-mask-expanded"),
     # a negative scale keeps the scale out of the running max (the positive-scale path folds it into exp2)
     Case(F16, 48, 19, 45, scale=-0.2, kv_lens=[30], name="f16-negative-scale-kvlens"),
@@ -1827,7 +1827,7 @@ def test_benchmark_suite_runs_on_cpu():
 GPU_GRID = [GRID[i] for i in (0, 1, 2, 4, 6, 8, 10, 13, 15, 17, 20, 23, -1)] + [
     c for c in GRID if c.name in ("f16-mask-float-bnhd-gqa-kvlens", "f16-mask-joint-prologue-strided",
                                   "bf16-mask-strided-negative-scale", "f16-rowmask-float-bnhd-gqa-kvlens",
-                                  "bf16-rowmask-diffusers-transposed", "f16-rowmask-joint-outer-prologue")] + [
+                                  "bf16-rowmask-diffusers", "f16-rowmask-joint-prologue-strided")] + [
     Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
          name="gpu-flux-shape"),
     Case(F16, 64, 4096, 77, heads=10, batch=2, name="gpu-sdxl-cross"),
