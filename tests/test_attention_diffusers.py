@@ -554,10 +554,11 @@ def test_compiled_fullgraph_models(backend):
                       encoder_hidden_states=torch.randn(1, 5, 32, generator=gen),
                       pooled_projections=torch.randn(1, 24, generator=gen), timestep=torch.tensor([3]))
     flux_inputs, pixart_inputs, qwen_inputs = _flux_inputs(6), _pixart_inputs(9), _qwen_inputs(11)
-    hunyuan_inputs = _hunyuan_inputs(14)
+    hunyuan_inputs, chroma_inputs = _hunyuan_inputs(14), _chroma_inputs(15)
     models = [(unet, lambda m: m(*unet_inputs).sample), (sd3, lambda m: m(**sd3_inputs).sample),
               (flux, lambda m: m(**flux_inputs).sample), (pixart, lambda m: m(**pixart_inputs).sample),
-              (tiny_hunyuan_video(), lambda m: m(**hunyuan_inputs).sample)]
+              (tiny_hunyuan_video(), lambda m: m(**hunyuan_inputs).sample),
+              (tiny_chroma(), lambda m: m(**chroma_inputs).sample)]
     if attention_processors._QWEN_MASKS_TEXT:  # (replaced from diffusers 0.39)
         models.append((qwen, lambda m: m(**qwen_inputs).sample))
     if attention_processors.Flux2AttnProcessor is not None:  # (diffusers 0.36+)
