@@ -7,6 +7,7 @@ Each model is built from a small config in code, run with its stock processors, 
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -621,7 +622,10 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
             with pydiff.use_backend("triton"):
                 ours = run(ours_model, dtype)
         err_ours, err_stock = ((x - ref).norm().item() / ref.norm().item() for x in (ours, stock))
-        assert err_ours <= 2 * err_stock + 1e-3, f"{type(model).__name__}: {err_ours:.3g} vs stock {err_stock:.3g}"
+        # (SDPA's memory-efficient kernel has given NaN for query rows that see no key, pytorch#110213: Chroma's
+        # padded text tokens; then a fixed bound, ours as finite as the float64 reference)
+        bound = 2 * err_stock + 1e-3 if math.isfinite(err_stock) else 1e-2
+        assert err_ours <= bound, f"{type(model).__name__}: {err_ours:.3g} vs stock {err_stock:.3g}"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
