@@ -122,8 +122,7 @@ def _check_attn_mask(mask, device: torch.device, expected: Tuple[int, int, int, 
     if mask.device != device:
         raise ValueError(f"attn_mask is on {mask.device}; expected {device} like q")
     sizes = (1,) * (4 - mask.dim()) + tuple(mask.shape)
-    if not 1 <= mask.dim() <= 4 or sizes[3] != expected[3] or any(n not in (1, e) for n, e in
-                                                                   zip(sizes[:3], expected[:3])):
+    if not 1 <= mask.dim() <= 4 or any(n not in (1, e) for n, e in zip(sizes, expected)):
         raise ValueError(f"attn_mask must broadcast to (B, H, N_q, N_k) = {expected} (N_q and N_k count both "
                          f"streams' tokens with joint=); got {_describe(mask)}")
 

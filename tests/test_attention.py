@@ -61,7 +61,8 @@ class Case:
     # an attention mask (``attn_mask``): (values "bool" | "float" [-inf, q's dtype] | "f32" | "diffusers"
     # [0 / -10000], shape); key masks "b11n" | "bh1n" | "1h1n" | "n" [1-D] | "strided" [every other key of a longer
     # tensor] | "expanded" [a key mask expanded over the queries, stride 0]; masks per query "bhmn" | "b1mn" | "mn"
-    # [2-D] | "transposed" [(B, H, N_k, N_q) storage] | "outer" [Chroma's: token mask x token mask, N_q == N_k]
+    # [2-D] | "transposed" [(B, H, N_k, N_q) storage] | "outer" [Chroma's: token mask x token mask, N_q == N_k] |
+    # "bhm1" [one value per query for every key: its key dim broadcast]
     mask: Optional[Tuple[str, str]] = None
     blocks: Tuple[int, int] = (64, 32)
     name: str = field(default="")
@@ -138,7 +139,7 @@ def build(case: Case, seed: int = 0):
     return q, k, v, kw
 
 
-_ROW_MASKS = ("bhmn", "b1mn", "mn", "transposed", "outer")
+_ROW_MASKS = ("bhmn", "b1mn", "mn", "transposed", "outer", "bhm1")
 
 
 def _attn_mask(case: Case, gen: torch.Generator, queries: int, keys: int) -> torch.Tensor:
@@ -149,7 +150,7 @@ def _attn_mask(case: Case, gen: torch.Generator, queries: int, keys: int) -> tor
     tokens out) as t_q & t_k, so the masked tokens' queries see no key."""
     values, shape = case.mask
     rows = queries if shape in _ROW_MASKS else 1
-    keep = torch.rand(case.batch, case.heads, rows, keys, generator=gen) > 0.3
+    keep = torch.rand(case.batch, case.heads, rows, 1 if shape == "bhm1" else keys, generator=gen) > 0.3
     keep[0, ..., :20] = False
     if case.batch > 1:
         keep[-1] = False
@@ -321,8 +322,9 @@ GRID = [
     *_KEY_MASK_CASES,
     *(replace(c, mask=(c.mask[0], _PER_QUERY[c.mask[1]]), name=c.name.replace("-mask-", "-rowmask-"))
       for c in _KEY_MASK_CASES),
-    # a key mask expanded over the queries (stride 0) reads as a key mask
+    # a key mask expanded over the queries (stride 0) reads as a key mask; a mask's key dim of 1 broadcasts
     Case(F16, 48, 19, 45, batch=2, mask=("float", "expanded"), name="f16-mask-expanded"),
+    Case(F32, 64, 33, 45, batch=2, mask=("f32", "bhm1"), name="f32-rowmask-broadcast-keys"),
     # a negative scale keeps the scale out of the running max (the positive-scale path folds it into exp2)
     Case(F16, 48, 19, 45, scale=-0.2, kv_lens=[30], name="f16-negative-scale-kvlens"),
 ]
