@@ -506,13 +506,15 @@ def candidate_launches(T, case) -> list:
     fits = T.descriptors_fit(case)
     joined = case.joint is not None and case.negative is None and \
         (case.rope is not None or case.k_norm or case.joint_k_norm)
-    ws = fits and size == 2 and case.negative is None and (case.joint is None or joined)
+    # (a mask per query: not warp-specialised, so not joined)
+    ws = fits and size == 2 and case.negative is None and T.mask_flag(case) != A.ROW_MASK.value and \
+        (case.joint is None or joined)
     joined = joined and ws
     da, db, split = A.head_dim_blocks(case.head_dim)
     args = dict(BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split, JOINT=case.joint is not None, JOINED_KV=joined,
                 NEG=case.negative is not None, TMA_OK=fits, WS_OK=ws, HEAD_DIM=case.head_dim, Nk=case.n_k,
                 Nk2=(case.joint or (0, 0))[1], Nneg=case.negative or 0, Q=torch.ones(1, dtype=case.dtype),
-                HAS_BIAS=case.mask is not None)
+                HAS_BIAS=T.mask_flag(case))
     return [dict(blocks=(cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]), warps=cfg.num_warps, stages=cfg.num_stages,
                  use_tma=cfg.kwargs.get("USE_TMA", False), warp_spec=cfg.kwargs.get("WARP_SPEC", False),
                  **({"join_keys": True} if joined else {}))

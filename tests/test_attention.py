@@ -183,6 +183,13 @@ def _attn_mask(case: Case, gen: torch.Generator, queries: int, keys: int) -> tor
     return mask
 
 
+def mask_flag(case: Case) -> int:
+    """The kernel's HAS_BIAS for the case's mask: 0 none, 1 a key mask, ``ROW_MASK`` a mask per query."""
+    from pydiff.kernels.attention import ROW_MASK
+
+    return 0 if case.mask is None else ROW_MASK.value if case.mask[1] in _ROW_MASKS else 1
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = out.double(), ref.double()
     return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
@@ -2058,7 +2065,7 @@ def _kept_tiles(case, warp_spec):
     # (a joint call that may be warp-specialised has its keys joined: JOINED_KV)
     args = dict(BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split, JOINT=case.joint is not None, NEG=case.negative is not None,
                 JOINED_KV=warp_spec and case.joint is not None, TMA_OK=True, WS_OK=warp_spec, HEAD_DIM=case.head_dim,
-                HAS_BIAS=case.mask is not None)
+                HAS_BIAS=mask_flag(case))
     return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
             for c in _prune_configs(_attn_fwd_autotuned.configs, args)
             if c.kwargs.get("USE_TMA") and c.kwargs.get("WARP_SPEC", False) == warp_spec}
