@@ -61,6 +61,8 @@ def _cases():
     text = [torch.randn(1, 512, 24, 128, **bf16) for _ in range(3)]
     cos, sin = torch.rand(4608, 128), torch.rand(4608, 128)
     norms = [(torch.rand(128) + 0.5).to(torch.bfloat16) for _ in range(4)]  # a bf16 model holds them in bf16
+    tokens = torch.arange(4608) < 4300  # Chroma: its token mask's outer product, (B, 1, N, N) bool
+    outer = (tokens[:, None] & tokens[None, :])[None, None]
     attention = importlib.import_module("pydiff").attention
     return [
         ("SDXL cross", "B2 H10 N4096x77 D64", lambda: attention(q, k, v)),
@@ -70,6 +72,9 @@ def _cases():
         ("Flux joint + QK norm + RoPE", "B1 H24 N4096+512 D128", lambda: attention(
             *image, layout="bnhd", joint=tuple(text), rope=(cos, sin), q_norm_weight=norms[0],
             k_norm_weight=norms[1], joint_q_norm_weight=norms[2], joint_k_norm_weight=norms[3])),
+        ("Chroma: the same + mask per query", "B1 H24 N4096+512 D128", lambda: attention(
+            *image, layout="bnhd", joint=tuple(text), rope=(cos, sin), q_norm_weight=norms[0],
+            k_norm_weight=norms[1], joint_q_norm_weight=norms[2], joint_k_norm_weight=norms[3], attn_mask=outer)),
     ]
 
 
