@@ -683,6 +683,22 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
                      lambda: attention(q, k, v, attn_mask=bias[:, None]), masked_stock,
                      "repeat mask per head + sdpa with it", _flops(b, h, n_q, n_k, d), device, quick, ceiling)
 
+    # 5b. Wan's image-to-video cross-attention: the text's attention plus the image context's, (B, N, H, D)
+    # projections as its processor has them; ours reads q once (the negative stream at scale -1).
+    b, h, d, n_q, n_txt, n_ctx = (1, 40, 128, 8192, 512, 257) if gpu else (1, 2, 64, 256, 77, 33)
+    q = rand(b, n_q, h, d)
+    text_kv, image_kv = [rand(b, n_txt, h, d) for _ in range(2)], [rand(b, n_ctx, h, d) for _ in range(2)]
+
+    def summed_stock():
+        def sdpa(k, v):
+            return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return (sdpa(*text_kv) + sdpa(*image_kv)).transpose(1, 2).flatten(2)
+
+    rows += _variant("text + image-context attention (Wan I2V)", f"B{b} H{h} N{n_q}x({n_txt}+{n_ctx}) D{d}",
+                     lambda: attention(q, *text_kv, layout="bnhd", negative=tuple(image_kv),
+                                       negative_scale=-1.0).flatten(2),
+                     summed_stock, "2 x sdpa + add", _flops(b, h, n_q, n_txt + n_ctx, d), device, quick, ceiling)
+
     # 6. Variable-length segments (e.g. image groups of different sizes) packed along the tokens.
     h, d = (24, 64) if gpu else (2, 64)
     lengths = [1024, 3072, 2048, 2048] if gpu else [64, 96, 32, 64]

@@ -26,6 +26,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffFluxAttnProcessor,
     PydiffHunyuanVideoAttnProcessor,
     PydiffJointAttnProcessor,
+    PydiffWanAttnProcessor,
     PydiffQwenImageAttnProcessor,
     set_attention_backend,
 )
@@ -448,6 +449,74 @@ def test_chroma_transformer(backend, monkeypatch):
     assert calls == ["rows"] * (len(model.transformer_blocks) + len(model.single_transformer_blocks))
 
 
+def tiny_wan(image_to_video: bool):
+    """Wan 2.1 from a small config: text-to-video, or image-to-video (its cross-attention's added image keys)."""
+    from diffusers import WanTransformer3DModel
+
+    return _perturb(WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=32,
+        freq_dim=16, ffn_dim=32, num_layers=2, image_dim=24 if image_to_video else None,
+        added_kv_proj_dim=24 if image_to_video else None, rope_max_seq_len=32), 26)
+
+
+def _wan_inputs(seed, image_to_video: bool):
+    """Wan inputs: 3 frames of 8 x 6 latents; image-to-video has the text encoder's 512 tokens (the stock processor
+    splits the image context off before them) and 5 image-encoder tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    inputs = dict(hidden_states=torch.randn(2, 4, 3, 8, 6, generator=gen), timestep=torch.tensor([3, 700]),
+                  encoder_hidden_states=torch.randn(2, 512 if image_to_video else 9, 32, generator=gen))
+    if image_to_video:
+        inputs["encoder_hidden_states_image"] = torch.randn(2, 5, 24, generator=gen)
+    return inputs
+
+
+@pytest.mark.parametrize("image_to_video", [False, True], ids=["t2v", "i2v"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wan_transformer(backend, image_to_video, monkeypatch):
+    """Wan: self-attention with its RoPE in the kernel's prologue (its across-heads QK norms as modules), and
+    cross-attention; image-to-video sums the text's and the image context's attentions in one call (the negative
+    stream at scale -1). Every call fused, the outputs the stock processors'."""
+    model = tiny_wan(image_to_video)
+    inputs = _wan_inputs(27, image_to_video)
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs["rope"] is not None, kwargs["negative"] is not None, kwargs["negative_scale"]))
+        return pydiff.attention(*args, **kwargs)
+
+    monkeypatch.setattr(attention_processors, "attention", spy)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffWanAttnProcessor})
+    assert calls == [(True, False, -1.0), (False, image_to_video, -1.0)] * len(model.blocks)
+
+
+def test_wan_fused_projections_masks_and_fallbacks(monkeypatch):
+    """Wan with fused projections (``fuse_qkv_projections``: q, k, v views of one matmul) equals the unfused stock
+    model; on one self-attention module, masks per key and per query go into the kernel, and RoPE tables the kernel
+    does not read (not (1, N, 1, D)) go to the stock processor; outputs equal the stock processor's."""
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    model, inputs = tiny_wan(True), _wan_inputs(28, True)
+    fused = copy.deepcopy(model)
+    fused.fuse_qkv_projections()
+    assert set_attention_backend(fused) == 2 * len(model.blocks)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(**inputs).sample, model(**inputs).sample, rtol=1e-5, atol=1e-5)
+    attn, gen = model.blocks[0].attn1, torch.Generator().manual_seed(29)
+    hidden = torch.randn(2, 12, 24, generator=gen)
+    # (Wan's tables: one angle per pair of channels, repeated for both, (1, N, 1, D))
+    cos, sin = (torch.rand(1, 12, 1, 6, generator=gen).repeat_interleave(2, -1) for _ in range(2))
+    rows = torch.rand(2, 1, 12, 12, generator=gen) > 0.3
+    rows[..., 0] = True
+    calls = _masked_calls(monkeypatch)
+    with torch.no_grad():
+        for mask, rope in ((None, (cos, sin)), (torch.randn(2, 1, 1, 12, generator=gen), (cos, sin)),
+                           (rows, (cos, sin)), (None, (cos[0], sin[0]))):
+            got = PydiffWanAttnProcessor()(attn, hidden, None, mask, rope)
+            want = WanAttnProcessor()(attn, hidden, None, mask, rope)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert calls == [None, "keys", "rows"]  # (the 3-D tables went to the stock processor)
+
+
 def _block_matches_stock(ours, attn, args, rope, masks, stock=None):
     """``ours(attn, *args, ...)`` against the stock module ``stock`` (default ``attn``) for each attention mask in
     ``masks`` (None: no mask): every output equal."""
@@ -555,11 +624,12 @@ def test_compiled_fullgraph_models(backend):
                       encoder_hidden_states=torch.randn(1, 5, 32, generator=gen),
                       pooled_projections=torch.randn(1, 24, generator=gen), timestep=torch.tensor([3]))
     flux_inputs, pixart_inputs, qwen_inputs = _flux_inputs(6), _pixart_inputs(9), _qwen_inputs(11)
-    hunyuan_inputs, chroma_inputs = _hunyuan_inputs(14), _chroma_inputs(15)
+    hunyuan_inputs, chroma_inputs, wan_inputs = _hunyuan_inputs(14), _chroma_inputs(15), _wan_inputs(16, True)
     models = [(unet, lambda m: m(*unet_inputs).sample), (sd3, lambda m: m(**sd3_inputs).sample),
               (flux, lambda m: m(**flux_inputs).sample), (pixart, lambda m: m(**pixart_inputs).sample),
               (tiny_hunyuan_video(), lambda m: m(**hunyuan_inputs).sample),
-              (tiny_chroma(), lambda m: m(**chroma_inputs).sample)]
+              (tiny_chroma(), lambda m: m(**chroma_inputs).sample),
+              (tiny_wan(True), lambda m: m(**wan_inputs).sample)]
     if attention_processors._QWEN_MASKS_TEXT:  # (replaced from diffusers 0.39)
         models.append((qwen, lambda m: m(**qwen_inputs).sample))
     if attention_processors.Flux2AttnProcessor is not None:  # (diffusers 0.36+)
@@ -592,7 +662,7 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     error against the same model in float64 (stock processors) is within 2x the stock processors' own error in
     that precision, plus 1e-3. A UNet (its projections also fused: q, k and v strided views of one matmul), SD3 and
     Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, PixArt, Qwen-Image and HunyuanVideo with their
-    text-padding masks (the kernel's key mask), and Chroma with its per-query mask.
+    text-padding masks (the kernel's key mask), Chroma with its per-query mask, and Wan's image-to-video model.
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -604,7 +674,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     fused_unet.fuse_qkv_projections()
     models = [(tiny_unet(), unet_inputs), (fused_unet, unet_inputs), (tiny_sd3("rms_norm"), sd3_inputs),
               (tiny_flux(), _flux_inputs(7)), (tiny_svd(), _svd_inputs(8)), (tiny_pixart(), _pixart_inputs(10)),
-              (tiny_hunyuan_video(), _hunyuan_inputs(15)), (tiny_chroma(), _chroma_inputs(16))]
+              (tiny_hunyuan_video(), _hunyuan_inputs(15)), (tiny_chroma(), _chroma_inputs(16)),
+              (tiny_wan(True), _wan_inputs(17, True))]
     if attention_processors._QWEN_MASKS_TEXT:
         models.append((tiny_qwen_image(), _qwen_inputs(12)))
     if attention_processors.Flux2AttnProcessor is not None:

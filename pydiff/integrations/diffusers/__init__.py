@@ -15,6 +15,7 @@ _EXPORTS = {
     "PydiffFlux2ParallelSelfAttnProcessor": "attention_processors",
     "PydiffHunyuanVideoAttnProcessor": "attention_processors",
     "PydiffQwenImageAttnProcessor": "attention_processors",
+    "PydiffWanAttnProcessor": "attention_processors",
     "set_attention_backend": "attention_processors",
 }
 

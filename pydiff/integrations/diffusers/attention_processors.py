@@ -3,7 +3,8 @@
     from pydiff.integrations.diffusers import set_attention_backend
     set_attention_backend(pipe)   # or a model: UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel,
                                   # Flux2Transformer2DModel, QwenImageTransformer2DModel, PixArtTransformer2DModel,
-                                  # HunyuanVideoTransformer3DModel, ...
+                                  # ChromaTransformer2DModel, HunyuanVideoTransformer3DModel, WanTransformer3DModel,
+                                  # ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
@@ -22,6 +23,8 @@
   text padding as the key mask.
 * ``PydiffQwenImageAttnProcessor`` replaces Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.39+):
   the same joint call, its complex RoPE as cos/sin tables, and the text padding as the kernel's key mask.
+* ``PydiffWanAttnProcessor`` replaces Wan's ``WanAttnProcessor`` (Wan 2.1/2.2, VACE): the RoPE in the kernel's
+  prologue, and image-to-video cross-attention's two attentions (text, image context) summed in one pass over q.
 
 Outputs equal the stock processors' (same math; pydiff keeps the norm and RoPE in float32). Attention masks go into
 the kernel (``attn_mask``), read in place: those the same for every query (PixArt's and Sana's text padding:
@@ -48,6 +51,11 @@ from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
+from diffusers.models.transformers.transformer_wan import (
+    WanAttnProcessor,
+    _get_added_kv_projections,
+    _get_qkv_projections,
+)
 
 from pydiff.attention import MAX_HEAD_DIM, attention
 
@@ -105,8 +113,9 @@ def _plan_norms(norms: Dict[str, Optional[torch.nn.Module]], head_dim: int, dtyp
 
 def _head_dim(attn) -> int:
     """The head dim a stock processor splits ``attn``'s key projection into (the Flux models' attention modules name
-    it; diffusers' ``Attention`` does not)."""
-    return getattr(attn, "head_dim", None) or attn.inner_kv_dim // attn.heads
+    it; diffusers' ``Attention`` does not, and Wan's names its key width differently)."""
+    kv_width = getattr(attn, "inner_kv_dim", None) or getattr(attn, "kv_inner_dim", None)
+    return getattr(attn, "head_dim", None) or kv_width // attn.heads
 
 
 _MASK_DTYPES = (torch.bool, torch.float16, torch.bfloat16, torch.float32)
@@ -403,6 +412,44 @@ class PydiffQwenImageAttnProcessor:
         return image, attn.to_add_out(context.flatten(2))
 
 
+class PydiffWanAttnProcessor:
+    """Drop-in for Wan's ``WanAttnProcessor`` (Wan 2.1/2.2 self- and cross-attention): the RoPE in the kernel's
+    prologue (the stock processor's takes several elementwise passes per tensor); in image-to-video
+    cross-attention, the text's and the image context's attentions summed in one pass over q (the kernel's
+    negative-prompt stream with a scale of -1: out = A(q, k_text, v_text) + A(q, k_image, v_image)). Wan's QK
+    RMSNorms span every head, so they run as modules first, as in the stock processor."""
+
+    def __init__(self):
+        self.stock = WanAttnProcessor()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, rotary_emb=None) -> torch.Tensor:
+        head_dim = attn.inner_dim // attn.heads
+        image_context = attn.add_k_proj is not None
+        rope = None
+        if rotary_emb is not None and all(t.dim() == 4 and t.shape[0] == 1 and t.shape[2] == 1 for t in rotary_emb):
+            # (1, N, 1, D) -> (N, D) rows, read in place: pairs interleaved, each angle repeated for both channels
+            # of its pair (WanRotaryPosEmbed), as the kernel's interleaved tables hold them
+            rope = tuple(t[0, :, 0] for t in rotary_emb)
+        if head_dim > MAX_HEAD_DIM or _head_dim(attn) != head_dim or (rotary_emb is not None and rope is None) or \
+                (attention_mask is not None and (image_context or not _kernel_reads(attention_mask))):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        negative = None
+        if image_context:
+            # (the stock processor's split: the text encoder's 512 tokens last, the image context before them)
+            image_tokens = encoder_hidden_states.shape[1] - 512
+            image, encoder_hidden_states = encoder_hidden_states[:, :image_tokens], \
+                encoder_hidden_states[:, image_tokens:]
+            key_image, value_image = _get_added_kv_projections(attn, image)
+            negative = (attn.norm_added_k(key_image).unflatten(2, (attn.heads, -1)),
+                        value_image.unflatten(2, (attn.heads, -1)))
+        query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        q, k = attn.norm_q(query).unflatten(2, (attn.heads, -1)), attn.norm_k(key).unflatten(2, (attn.heads, -1))
+        out = attention(q, k, value.unflatten(2, (attn.heads, -1)), layout="bnhd", attn_mask=attention_mask,
+                        rope=rope, rope_interleaved=True, negative=negative, negative_scale=-1.0)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
 def _no_qk_norms(attn) -> bool:
     """diffusers' fused joint processor skips the QK norms (SD3.5's), which ours would apply: replaced only without."""
     return all(getattr(attn, name, None) is None for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"))
@@ -420,6 +467,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (Flux2ParallelSelfAttnProcessor, PydiffFlux2ParallelSelfAttnProcessor, None),
     (QwenDoubleStreamAttnProcessor2_0 if _QWEN_MASKS_TEXT else None, PydiffQwenImageAttnProcessor, None),
     (HunyuanVideoAttnProcessor2_0, PydiffHunyuanVideoAttnProcessor, None),
+    (WanAttnProcessor, PydiffWanAttnProcessor, None),
 ) if entry[0] is not None)
 
 
@@ -440,7 +488,7 @@ def set_attention_backend(model_or_pipe) -> int:
     FusedJointAttnProcessor2_0 -> PydiffJointAttnProcessor, FluxAttnProcessor -> PydiffFluxAttnProcessor,
     QwenDoubleStreamAttnProcessor2_0 (diffusers 0.39+) -> PydiffQwenImageAttnProcessor, Flux2AttnProcessor and
     Flux2ParallelSelfAttnProcessor (0.36+) -> PydiffFlux2AttnProcessor and PydiffFlux2ParallelSelfAttnProcessor,
-    HunyuanVideoAttnProcessor2_0 -> PydiffHunyuanVideoAttnProcessor; other
+    HunyuanVideoAttnProcessor2_0 -> PydiffHunyuanVideoAttnProcessor, WanAttnProcessor -> PydiffWanAttnProcessor; other
     processors (IP-adapter, added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable
     Diffusion VAE's 512-channel mid-block attention). ``fuse_qkv_projections()`` sets diffusers' fused processors
     over ours: call this after it.
@@ -463,4 +511,4 @@ def set_attention_backend(model_or_pipe) -> int:
 
 __all__ = ["PydiffAttnProcessor", "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor",
            "PydiffFluxAttnProcessor", "PydiffHunyuanVideoAttnProcessor", "PydiffJointAttnProcessor",
-           "PydiffQwenImageAttnProcessor", "set_attention_backend"]
+           "PydiffQwenImageAttnProcessor", "PydiffWanAttnProcessor", "set_attention_backend"]
