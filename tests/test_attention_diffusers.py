@@ -21,6 +21,7 @@ diffusers = pytest.importorskip("diffusers")
 from pydiff.integrations.diffusers import attention_processors  # noqa: E402
 from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffAttnProcessor,
+    PydiffCogVideoXAttnProcessor,
     PydiffFlux2AttnProcessor,
     PydiffFlux2ParallelSelfAttnProcessor,
     PydiffFluxAttnProcessor,
@@ -517,6 +518,40 @@ def test_wan_fused_projections_masks_and_fallbacks(monkeypatch):
     assert calls == [None, "keys", "rows"]  # (the 3-D tables went to the stock processor)
 
 
+def tiny_cogvideox():
+    from diffusers import CogVideoXTransformer3DModel
+
+    return _perturb(CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8,
+        text_embed_dim=24, num_layers=2, sample_width=8, sample_height=6, sample_frames=9, patch_size=2,
+        max_text_seq_length=7, use_rotary_positional_embeddings=True), 31)
+
+
+def _cogvideox_inputs(seed):
+    """CogVideoX inputs: 3 latent frames of 6 x 8 (3 x 4 patches each), 7 text tokens, and the 3-D RoPE tables its
+    pipeline builds (``get_3d_rotary_pos_embed``)."""
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+    gen = torch.Generator().manual_seed(seed)
+    tables = get_3d_rotary_pos_embed(16, ((0, 0), (3, 4)), (3, 4), 3, device="cpu")
+    return dict(hidden_states=torch.randn(2, 3, 4, 6, 8, generator=gen),
+                encoder_hidden_states=torch.randn(2, 7, 24, generator=gen), timestep=torch.tensor([3, 700]),
+                image_rotary_emb=tables)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused-projections"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cogvideox_transformer(backend, fused):
+    """CogVideoX: [text; video] attention as a joint call of the two streams (no concatenation of the hidden
+    states, no split of the output), its per-head LayerNorms as modules, the RoPE on the video tokens only in the
+    kernel's prologue; also on fused projections (``FusedCogVideoXAttnProcessor2_0``). Outputs the stock ones."""
+    model = tiny_cogvideox()
+    if fused:
+        model.fuse_qkv_projections()
+    inputs = _cogvideox_inputs(32)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffCogVideoXAttnProcessor})
+
+
 def _block_matches_stock(ours, attn, args, rope, masks, stock=None):
     """``ours(attn, *args, ...)`` against the stock module ``stock`` (default ``attn``) for each attention mask in
     ``masks`` (None: no mask): every output equal."""
@@ -625,11 +660,13 @@ def test_compiled_fullgraph_models(backend):
                       pooled_projections=torch.randn(1, 24, generator=gen), timestep=torch.tensor([3]))
     flux_inputs, pixart_inputs, qwen_inputs = _flux_inputs(6), _pixart_inputs(9), _qwen_inputs(11)
     hunyuan_inputs, chroma_inputs, wan_inputs = _hunyuan_inputs(14), _chroma_inputs(15), _wan_inputs(16, True)
+    cogvideox_inputs = _cogvideox_inputs(17)
     models = [(unet, lambda m: m(*unet_inputs).sample), (sd3, lambda m: m(**sd3_inputs).sample),
               (flux, lambda m: m(**flux_inputs).sample), (pixart, lambda m: m(**pixart_inputs).sample),
               (tiny_hunyuan_video(), lambda m: m(**hunyuan_inputs).sample),
               (tiny_chroma(), lambda m: m(**chroma_inputs).sample),
-              (tiny_wan(True), lambda m: m(**wan_inputs).sample)]
+              (tiny_wan(True), lambda m: m(**wan_inputs).sample),
+              (tiny_cogvideox(), lambda m: m(**cogvideox_inputs).sample)]
     if attention_processors._QWEN_MASKS_TEXT:  # (replaced from diffusers 0.39)
         models.append((qwen, lambda m: m(**qwen_inputs).sample))
     if attention_processors.Flux2AttnProcessor is not None:  # (diffusers 0.36+)
@@ -662,7 +699,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     error against the same model in float64 (stock processors) is within 2x the stock processors' own error in
     that precision, plus 1e-3. A UNet (its projections also fused: q, k and v strided views of one matmul), SD3 and
     Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, PixArt, Qwen-Image and HunyuanVideo with their
-    text-padding masks (the kernel's key mask), Chroma with its per-query mask, and Wan's image-to-video model.
+    text-padding masks (the kernel's key mask), Chroma with its per-query mask, Wan's image-to-video model and
+    CogVideoX.
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -675,7 +713,7 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     models = [(tiny_unet(), unet_inputs), (fused_unet, unet_inputs), (tiny_sd3("rms_norm"), sd3_inputs),
               (tiny_flux(), _flux_inputs(7)), (tiny_svd(), _svd_inputs(8)), (tiny_pixart(), _pixart_inputs(10)),
               (tiny_hunyuan_video(), _hunyuan_inputs(15)), (tiny_chroma(), _chroma_inputs(16)),
-              (tiny_wan(True), _wan_inputs(17, True))]
+              (tiny_wan(True), _wan_inputs(17, True)), (tiny_cogvideox(), _cogvideox_inputs(18))]
     if attention_processors._QWEN_MASKS_TEXT:
         models.append((tiny_qwen_image(), _qwen_inputs(12)))
     if attention_processors.Flux2AttnProcessor is not None:

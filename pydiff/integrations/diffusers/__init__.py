@@ -9,6 +9,7 @@ from importlib import import_module
 _EXPORTS = {
     "FusedScheduler": "scheduler",
     "PydiffAttnProcessor": "attention_processors",
+    "PydiffCogVideoXAttnProcessor": "attention_processors",
     "PydiffJointAttnProcessor": "attention_processors",
     "PydiffFluxAttnProcessor": "attention_processors",
     "PydiffFlux2AttnProcessor": "attention_processors",

@@ -4,7 +4,7 @@
     set_attention_backend(pipe)   # or a model: UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel,
                                   # Flux2Transformer2DModel, QwenImageTransformer2DModel, PixArtTransformer2DModel,
                                   # ChromaTransformer2DModel, HunyuanVideoTransformer3DModel, WanTransformer3DModel,
-                                  # ...
+                                  # CogVideoXTransformer3DModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
@@ -25,6 +25,8 @@
   the same joint call, its complex RoPE as cos/sin tables, and the text padding as the kernel's key mask.
 * ``PydiffWanAttnProcessor`` replaces Wan's ``WanAttnProcessor`` (Wan 2.1/2.2, VACE): the RoPE in the kernel's
   prologue, and image-to-video cross-attention's two attentions (text, image context) summed in one pass over q.
+* ``PydiffCogVideoXAttnProcessor`` replaces ``CogVideoXAttnProcessor2_0`` and its fused form (CogVideoX, ConsisID,
+  CogView3-Plus): [text; video] attention as a joint call, the RoPE on the video tokens only.
 
 Outputs equal the stock processors' (same math; pydiff keeps the norm and RoPE in float32). Attention masks go into
 the kernel (``attn_mask``), read in place: those the same for every query (PixArt's and Sana's text padding:
@@ -43,6 +45,8 @@ import diffusers
 import torch
 from diffusers.models.attention_processor import (
     AttnProcessor2_0,
+    CogVideoXAttnProcessor2_0,
+    FusedCogVideoXAttnProcessor2_0,
     FusedAttnProcessor2_0,
     FusedJointAttnProcessor2_0,
     JointAttnProcessor2_0,
@@ -337,6 +341,44 @@ class PydiffFlux2ParallelSelfAttnProcessor:
         return attn.to_out(torch.cat([out.flatten(2), attn.mlp_act_fn(mlp)], dim=-1))
 
 
+def _video_rope(tables, n_text: int, text_first: bool):
+    """A video model's RoPE tables (cos, sin), (N_video, D), over the joined sequence of video and text tokens: the
+    stock processors rotate the video tokens only, so the text's rows turn by nothing (cos 1, sin 0)."""
+    cos, sin = tables
+    parts = [(cos, sin), (cos.new_ones(n_text, cos.shape[1]), sin.new_zeros(n_text, sin.shape[1]))]
+    if text_first:
+        parts.reverse()
+    return torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
+
+
+class PydiffCogVideoXAttnProcessor:
+    """Drop-in for ``CogVideoXAttnProcessor2_0`` and, on fused projections, ``FusedCogVideoXAttnProcessor2_0``
+    (CogVideoX, ConsisID, CogView3-Plus): attention over [text; video] as a joint call of the two streams, each
+    through the module's one set of projections, with the RoPE on the video tokens only (identity rows for the
+    text) in the kernel's prologue; the stock processor concatenates the hidden states, projects, normalises,
+    rotates the video part in place, runs SDPA and splits the output."""
+
+    def __init__(self):
+        self.stock, self.stock_fused = CogVideoXAttnProcessor2_0(), FusedCogVideoXAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None):
+        head_dim = _head_dim(attn)
+        n_text = encoder_hidden_states.shape[1]
+        mask = None
+        if attention_mask is not None:
+            mask = _processor_mask(attn, attention_mask, hidden_states.shape[0], n_text + hidden_states.shape[1])
+        if head_dim > MAX_HEAD_DIM or (attention_mask is not None and mask is None) or attn.is_cross_attention:
+            stock = self.stock_fused if _fused_projections(attn) else self.stock
+            return stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        rope = None if image_rotary_emb is None else _video_rope(image_rotary_emb, n_text, text_first=True)
+        streams = [(*_heads(attn, x, "to_qkv", ("to_q", "to_k", "to_v"), head_dim), attn.norm_q, attn.norm_k)
+                   for x in (encoder_hidden_states, hidden_states)]
+        text, video = _streams_attention(streams, head_dim, rope, mask)
+        # (the stock processor's output projection runs on the joined tokens: the same per token)
+        return tuple(attn.to_out[1](attn.to_out[0](x.flatten(2))) for x in (video, text))
+
+
 class PydiffHunyuanVideoAttnProcessor:
     """Drop-in for HunyuanVideo's ``HunyuanVideoAttnProcessor2_0``: [video; text] attention in one call, joint
     (dual-stream blocks: the text through its added projections) or over the blocks' joined tokens (single-stream),
@@ -352,12 +394,7 @@ class PydiffHunyuanVideoAttnProcessor:
         if (attention_mask is not None and not _kernel_reads(attention_mask)) or head_dim > MAX_HEAD_DIM:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         n_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
-        rope = None
-        if image_rotary_emb is not None:
-            cos, sin = image_rotary_emb
-            # the stock processor rotates the video tokens only: the text's rows turn by nothing
-            rope = (torch.cat([cos, cos.new_ones(n_text, cos.shape[1])]),
-                    torch.cat([sin, sin.new_zeros(n_text, sin.shape[1])]))
+        rope = None if image_rotary_emb is None else _video_rope(image_rotary_emb, n_text, text_first=False)
         if attn.add_q_proj is not None and encoder_hidden_states is not None:
             video, text = _streams_attention([_image_stream(attn, hidden_states, head_dim),
                                               _text_stream(attn, encoder_hidden_states, head_dim)],
@@ -468,6 +505,8 @@ _REPLACEMENTS = tuple(entry for entry in (
     (QwenDoubleStreamAttnProcessor2_0 if _QWEN_MASKS_TEXT else None, PydiffQwenImageAttnProcessor, None),
     (HunyuanVideoAttnProcessor2_0, PydiffHunyuanVideoAttnProcessor, None),
     (WanAttnProcessor, PydiffWanAttnProcessor, None),
+    (CogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
+    (FusedCogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
 ) if entry[0] is not None)
 
 
@@ -488,7 +527,8 @@ def set_attention_backend(model_or_pipe) -> int:
     FusedJointAttnProcessor2_0 -> PydiffJointAttnProcessor, FluxAttnProcessor -> PydiffFluxAttnProcessor,
     QwenDoubleStreamAttnProcessor2_0 (diffusers 0.39+) -> PydiffQwenImageAttnProcessor, Flux2AttnProcessor and
     Flux2ParallelSelfAttnProcessor (0.36+) -> PydiffFlux2AttnProcessor and PydiffFlux2ParallelSelfAttnProcessor,
-    HunyuanVideoAttnProcessor2_0 -> PydiffHunyuanVideoAttnProcessor, WanAttnProcessor -> PydiffWanAttnProcessor; other
+    HunyuanVideoAttnProcessor2_0 -> PydiffHunyuanVideoAttnProcessor, WanAttnProcessor -> PydiffWanAttnProcessor,
+    CogVideoXAttnProcessor2_0 and FusedCogVideoXAttnProcessor2_0 -> PydiffCogVideoXAttnProcessor; other
     processors (IP-adapter, added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable
     Diffusion VAE's 512-channel mid-block attention). ``fuse_qkv_projections()`` sets diffusers' fused processors
     over ours: call this after it.
@@ -509,6 +549,7 @@ def set_attention_backend(model_or_pipe) -> int:
     return switched
 
 
-__all__ = ["PydiffAttnProcessor", "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor",
-           "PydiffFluxAttnProcessor", "PydiffHunyuanVideoAttnProcessor", "PydiffJointAttnProcessor",
-           "PydiffQwenImageAttnProcessor", "PydiffWanAttnProcessor", "set_attention_backend"]
+__all__ = ["PydiffAttnProcessor", "PydiffCogVideoXAttnProcessor", "PydiffFlux2AttnProcessor",
+           "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFluxAttnProcessor", "PydiffHunyuanVideoAttnProcessor",
+           "PydiffJointAttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffWanAttnProcessor",
+           "set_attention_backend"]
