@@ -46,8 +46,8 @@ import torch
 from diffusers.models.attention_processor import (
     AttnProcessor2_0,
     CogVideoXAttnProcessor2_0,
-    FusedCogVideoXAttnProcessor2_0,
     FusedAttnProcessor2_0,
+    FusedCogVideoXAttnProcessor2_0,
     FusedJointAttnProcessor2_0,
     JointAttnProcessor2_0,
 )
@@ -278,8 +278,6 @@ def _text_stream(attn, encoder_hidden_states: torch.Tensor, head_dim: int):
     """The text tokens' stream for ``_streams_attention``: the added projections and their QK norms."""
     return (*_heads(attn, encoder_hidden_states, "to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj"),
                     head_dim), attn.norm_added_q, attn.norm_added_k)
-
-
 
 
 class PydiffFluxAttnProcessor:
