@@ -1937,6 +1937,33 @@ def test_gpu_accuracy_random_cases(case, cuda_device):
         _assert_gpu_accurate(case, run_kernel(q, k, v, kw, **launch), q, k, v, kw)
 
 
+#: the calls the diffusers processors for Chroma, HunyuanVideo's token refiner, Wan and CogVideoX make: Chroma's
+#: joint call under the outer product of its token mask (tiny, as the GPU model test has it, and at 512 + 4096
+#: tokens), the refiner's mask per query, Wan's RoPE self-attention and its image-to-video cross-attention (the
+#: text's and the image context's attentions summed: the negative stream at scale -1), CogVideoX's joint
+#: [text; video] call with RoPE (its LayerNorms run as modules)
+PROCESSOR_GPU_CASES = [
+    Case(F16, 16, 6, 6, batch=2, joint=(20, 20), layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
+         joint_q_norm=True, joint_k_norm=True, mask=("bool", "outer"), name="proc-chroma-tiny"),
+    Case(BF16, 128, 512, 512, heads=4, joint=(4096, 4096), layout="bnhd", rope="interleaved", q_norm=True,
+         k_norm=True, joint_q_norm=True, joint_k_norm=True, mask=("bool", "outer"), name="proc-chroma"),
+    Case(BF16, 16, 7, 7, batch=2, layout="bnhd", mask=("bool", "b1mn"), name="proc-hunyuan-refiner"),
+    Case(BF16, 128, 1560, 1560, heads=4, layout="bnhd", rope="interleaved", name="proc-wan-self"),
+    Case(BF16, 128, 1560, 512, heads=4, layout="bnhd", negative=257, negative_scale=-1.0, name="proc-wan-i2v-cross"),
+    Case(F16, 64, 226, 226, heads=4, joint=(1350, 1350), layout="bnhd", rope="interleaved", name="proc-cogvideox"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", PROCESSOR_GPU_CASES, ids=str)
+def test_gpu_accuracy_processor_calls(case, cuda_device):
+    """The new processors' calls at the library's own untuned launch (the GPU model test's path), against float64,
+    every output element written."""
+    q, k, v, kw = _on_device(case, cuda_device)
+    for launch in _default_launches(case):
+        _assert_gpu_accurate(case, run_kernel(q, k, v, kw, **launch), q, k, v, kw)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_GRID, ids=str)
 def test_gpu_accuracy_descriptors(case, cuda_device):
@@ -2172,7 +2199,8 @@ GPU_LAUNCHES = [("test_gpu_accuracy_descriptors", GPU_GRID, _descriptor_launches
                 ("test_gpu_accuracy_stream_k", STREAM_K_GPU_CASES, _stream_k_launches),
                 ("test_gpu_accuracy_prologue_head_groups", HEAD_GROUP_GPU_CASES, _head_group_launches),
                 ("test_gpu_accuracy_overlap", OVERLAP_GPU_CASES, _overlap_launches),
-                ("test_gpu_accuracy_random_cases", RANDOM_GPU_CASES, _default_launches)]
+                ("test_gpu_accuracy_random_cases", RANDOM_GPU_CASES, _default_launches),
+                ("test_gpu_accuracy_processor_calls", PROCESSOR_GPU_CASES, _default_launches)]
 
 
 def test_random_candidate_launches():
