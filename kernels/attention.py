@@ -86,11 +86,12 @@ def _head_columns(v, BLOCK_M: tl.constexpr, HEADS: tl.constexpr, BLOCK_D: tl.con
 
 
 @triton.jit
-def _rope_chunk(x, base, rows, stride_n, stride_d, head_off, d, mask, rstd, W, COS, SIN, pos,
-                stride_cn, stride_cd, stride_sn, stride_sd,
+def _rope_chunk(x, base, rows, stride_n, stride_d, head_off, head, d, mask, rstd, W, COS, SIN, pos,
+                stride_cn, stride_cd, stride_sn, stride_sd, stride_ch, stride_sh,
                 HEAD_DIM: tl.constexpr, HAS_NORM: tl.constexpr, INTERLEAVED: tl.constexpr):
     """RoPE (RoFormer) of one head-dim chunk x (float32, already normalised; columns at ``head_off`` + ``d``, d
-    within the head, rstd per column): x cos + sign * x[partner] sin."""
+    within the head, of the program's head ``head``, rstd per column): x cos + sign * x[partner] sin, the table's
+    columns of each head stride_ch / stride_sh apart (0: one table for every head)."""
     if INTERLEAVED:
         partner = d ^ 1
         sign = tl.where((d & 1) == 0, -1.0, 1.0)
@@ -105,20 +106,23 @@ def _rope_chunk(x, base, rows, stride_n, stride_d, head_off, d, mask, rstd, W, C
         wp = tl.load(W + partner, mask=partner < HEAD_DIM, other=0.0).to(tl.float32)
         xp = xp * rstd * wp[None, :]
     # every head of a token reads the same table row: one program's heads share its lines in cache
-    c = tl.load(COS + pos[:, None] * stride_cn + d[None, :] * stride_cd, mask=mask, other=0.0).to(tl.float32)
-    s = tl.load(SIN + pos[:, None] * stride_sn + d[None, :] * stride_sd, mask=mask, other=0.0).to(tl.float32)
+    c = tl.load(COS + pos[:, None] * stride_cn + (head * stride_ch + d * stride_cd)[None, :], mask=mask,
+                other=0.0).to(tl.float32)
+    s = tl.load(SIN + pos[:, None] * stride_sn + (head * stride_sh + d * stride_sd)[None, :], mask=mask,
+                other=0.0).to(tl.float32)
     return x * c + (sign[None, :] * xp) * s
 
 
 @triton.jit
 def _load_qk(base, rows, stride_n, stride_d, head_off_a, d_a, head_off_b, d_b, mask_a, mask_b, W, eps, COS, SIN,
-             pos0, stride_cn, stride_cd, stride_sn, stride_sd,
+             pos0, stride_cn, stride_cd, stride_sn, stride_sd, head_a, head_b, stride_ch, stride_sh,
              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, HEADS: tl.constexpr, BLOCK_DA: tl.constexpr,
              BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr,
              INTERLEAVED: tl.constexpr, EMULATE_BF16: tl.constexpr):
     """A q or k tile (rows x HEADS heads, each head dim as one or two chunks: chunk a's columns at head_off_a + d_a,
-    d_a within the head, chunk b's likewise) with its prologue, in the input dtype: RMSNorm over each head's dims
-    (Zhang & Sennrich 2019) with weights W, then RoPE, both in float32."""
+    d_a within the head, of the program's head head_a, chunk b's likewise) with its prologue, in the input dtype:
+    RMSNorm over each head's dims (Zhang & Sennrich 2019) with weights W, then RoPE (``_rope_chunk``), both in
+    float32."""
     x_a = tl.load(base + rows[:, None] * stride_n + (head_off_a + d_a * stride_d)[None, :], mask=mask_a, other=0.0)
     if SPLIT_D:
         x_b = tl.load(base + rows[:, None] * stride_n + (head_off_b + d_b * stride_d)[None, :], mask=mask_b,
@@ -142,12 +146,13 @@ def _load_qk(base, rows, stride_n, stride_d, head_off_a, d_a, head_off_b, d_b, m
                 f_b = f_b * rstd_b * tl.load(W + d_b, mask=d_b < HEAD_DIM, other=0.0).to(tl.float32)[None, :]
         if HAS_ROPE:
             pos = pos0 + rows
-            f_a = _rope_chunk(f_a, base, rows, stride_n, stride_d, head_off_a, d_a, mask_a, rstd_a, W, COS, SIN,
-                              pos, stride_cn, stride_cd, stride_sn, stride_sd, HEAD_DIM, HAS_NORM, INTERLEAVED)
+            f_a = _rope_chunk(f_a, base, rows, stride_n, stride_d, head_off_a, head_a, d_a, mask_a, rstd_a, W, COS,
+                              SIN, pos, stride_cn, stride_cd, stride_sn, stride_sd, stride_ch, stride_sh, HEAD_DIM,
+                              HAS_NORM, INTERLEAVED)
             if SPLIT_D:
-                f_b = _rope_chunk(f_b, base, rows, stride_n, stride_d, head_off_b, d_b, mask_b, rstd_b, W, COS,
-                                  SIN, pos, stride_cn, stride_cd, stride_sn, stride_sd, HEAD_DIM, HAS_NORM,
-                                  INTERLEAVED)
+                f_b = _rope_chunk(f_b, base, rows, stride_n, stride_d, head_off_b, head_b, d_b, mask_b, rstd_b, W,
+                                  COS, SIN, pos, stride_cn, stride_cd, stride_sn, stride_sd, stride_ch, stride_sh,
+                                  HEAD_DIM, HAS_NORM, INTERLEAVED)
         if EMULATE_BF16:
             x_a = _round_to_bf16(f_a)
             x_b = _round_to_bf16(f_b)
@@ -1025,7 +1030,7 @@ def _head_dim_columns(HEADS: tl.constexpr, BLOCK_D: tl.constexpr, first):
 def _qk_prologue(
     X, Y, W, COS, SIN,
     stride_xb, stride_xh, stride_xn, stride_xd, stride_yb, stride_yh, stride_yn, stride_yd,
-    stride_cn, stride_cd, stride_sn, stride_sd,
+    stride_cn, stride_cd, stride_sn, stride_sd, stride_cb, stride_ch, stride_sb, stride_sh,
     N, pos_shift, eps,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
     SPLIT_D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
@@ -1033,8 +1038,9 @@ def _qk_prologue(
 ):
     """Y = RoPE(RMSNorm(X)) for a query or key tensor, one pass, grid = (row blocks, H / HEADS, B): each program
     takes BLOCK_M tokens of HEADS heads (HEADS divides the head count H), whose RoPE table rows it reads once per
-    token from memory (the heads' loads of a row meet in cache). ROW_ALIGN: as in ``_attn_fwd_kernel``, for X's and
-    Y's batch, head and token strides."""
+    token from memory (the heads' loads of a row meet in cache). The tables are (rows, D), or per batch row and
+    head (stride_cb, stride_ch and stride_sb, stride_sh; 0 where one serves all). ROW_ALIGN: as in
+    ``_attn_fwd_kernel``, for X's and Y's batch, head and token strides."""
     eps = tl.cast(eps, tl.float32)
     if ROW_ALIGN > 1:
         A: tl.constexpr = ROW_ALIGN
@@ -1052,10 +1058,12 @@ def _qk_prologue(
     mask_b = row_mask[:, None] & (d_b < HEAD_DIM)[None, :]
     x_blk = X + b * stride_xb + h * stride_xh + tl.cast(row_start, tl.int64) * stride_xn
     y_blk = Y + b * stride_yb + h * stride_yh + tl.cast(row_start, tl.int64) * stride_yn
+    cos = COS + b * stride_cb + h * stride_ch
+    sin = SIN + b * stride_sb + h * stride_sh
     y_a, y_b = _load_qk(x_blk, rows, stride_xn, stride_xd, head_a * stride_xh, d_a, head_b * stride_xh, d_b,
-                        mask_a, mask_b, W, eps, COS, SIN, row_start + pos_shift, stride_cn, stride_cd, stride_sn,
-                        stride_sd, HEAD_DIM, BLOCK_M, HEADS, BLOCK_DA, BLOCK_DB, SPLIT_D, HAS_NORM, HAS_ROPE,
-                        INTERLEAVED, EMULATE_BF16)
+                        mask_a, mask_b, W, eps, cos, sin, row_start + pos_shift, stride_cn, stride_cd, stride_sn,
+                        stride_sd, head_a, head_b, stride_ch, stride_sh, HEAD_DIM, BLOCK_M, HEADS, BLOCK_DA, BLOCK_DB,
+                        SPLIT_D, HAS_NORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16)
     tl.store(y_blk + rows[:, None] * stride_yn + (head_a * stride_yh + d_a * stride_yd)[None, :],
              y_a.to(Y.dtype.element_ty), mask=mask_a)
     if SPLIT_D:
@@ -1842,6 +1850,17 @@ def prologue_rows(heads_per_program: int) -> int:
     return max(1, 16 // heads_per_program)
 
 
+def _rope_strides(cos, sin) -> list:
+    """The prologue's table strides: token and dim of cos, of sin; then batch and head of cos, of sin (0 where one
+    table serves every batch row or head: (rows, D) tables, or the size-1 dims of (B, rows, H, D) ones)."""
+    rows, outer = [], []
+    for t in (cos, sin):
+        four = t.dim() == 4
+        rows += [t.stride(1 if four else 0), t.stride(-1)]
+        outer += [0 if not four or t.shape[i] == 1 else t.stride(i) for i in (0, 2)]
+    return [int(x) for x in rows + outer]
+
+
 def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16, heads_per_program=1):
     """``prepare(x, weight, pos_shift, out=None)`` -> a new q or k tensor (or ``out``, shaped like x) with the norm
     (when ``weight`` is given) and RoPE (when ``rope`` is given, rows from ``pos_shift`` on) applied,
@@ -1866,7 +1885,7 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16, head
         (batch, heads, n, head_dim), sx = _dims(x, bnhd)
         _, sy = _dims(y, bnhd)
         block_da, block_db, split_d = head_dim_blocks(head_dim)
-        rope_strides = [int(t.stride(i)) for t in (cos, sin) for i in (0, 1)] if rope is not None else [0] * 4
+        rope_strides = _rope_strides(cos, sin) if rope is not None else [0] * 8
         block_m = prologue_rows(heads_per_program) if x.is_cuda else interpreter_blocks(n, 1)[0]
         flags = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d,
                      HAS_NORM=weight is not None, HAS_ROPE=rope is not None, INTERLEAVED=bool(rope_interleaved),

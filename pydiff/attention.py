@@ -218,11 +218,17 @@ def check_attention_args(call: _Call) -> None:
             raise ValueError(f"RoPE needs an even head dim, got D = {head_dim}")
         need = max(rows_q, rows_k)
         for name, t in (("rope cos", call.rope[0]), ("rope sin", call.rope[1])):
-            if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() != 2:
-                raise TypeError(f"{name} must be a 2-D floating-point table (tokens, D), got {_describe(t)}")
-            if t.shape[1] != head_dim or t.shape[0] < need:
-                raise ValueError(f"{name} must have shape (>= {need}, {head_dim}) (one row per token position), "
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() not in (2, 4):
+                raise TypeError(f"{name} must be a floating-point table (tokens, D), or (B, tokens, H, D) per batch "
+                                f"row and head, got {_describe(t)}")
+            rows, dim = (t.shape[0], t.shape[1]) if t.dim() == 2 else (t.shape[1], t.shape[3])
+            if dim != head_dim or rows < need:
+                raise ValueError(f"{name} must have {head_dim} columns and >= {need} rows (one per token position), "
                                  f"got {_describe(t)}")
+            if t.dim() == 4 and (t.shape[0] not in (1, batch) or t.shape[2] not in (1, heads)
+                                 or (t.shape[2] > 1 and kv_heads != heads)):
+                raise ValueError(f"{name}: a per-head table must be (1 or B = {batch}, tokens, 1 or H = {heads}, D), "
+                                 f"its heads those of q and k alike (H_kv = {kv_heads}), got {_describe(t)}")
             if t.device != q.device:
                 raise ValueError(f"{name} is on {t.device}; expected {q.device} like q")
     for name, w in (("q_norm_weight", call.q_norm_weight), ("k_norm_weight", call.k_norm_weight),
@@ -471,8 +477,10 @@ def attention(
       (SNOOPI's NASA): A(q, k, v) - alpha * A(q, k_neg, v_neg), q read once.
     * ``q_norm_weight`` / ``k_norm_weight`` (D,): per-head RMSNorm of q / k (k_neg too) with ``norm_eps``;
       ``joint_q_norm_weight`` / ``joint_k_norm_weight`` for stream 2 (None: no norm there).
-    * ``rope=(cos, sin)`` tables (rows, D), one row per token position, as diffusers builds them: rotary
-      embedding of q and k after the norm; ``rope_interleaved`` pairs (2i, 2i+1) (Flux) or halves (i, i + D/2).
+    * ``rope=(cos, sin)`` tables (rows, D), one row per token position, as diffusers builds them, or
+      (1 or B, rows, 1 or H, D) per batch row and head (LTX-Video's, whose tables span every head's channels; then
+      q and k have the same heads): rotary embedding of q and k after the norm; ``rope_interleaved`` pairs
+      (2i, 2i+1) (Flux) or halves (i, i + D/2).
       The Triton backend applies norm and RoPE in one float32 pass per tensor (read once, written once in the
       input dtype) before the attention pass, instead of per query block.
 

@@ -53,6 +53,9 @@ class Case:
     negative_scale: float = 0.75
     negative_kv_lens: Optional[Sequence[int]] = None
     rope: Optional[str] = None                   # "interleaved" | "half"
+    # the RoPE tables: "shared" (rows, D) | "heads" (1, rows, H, D) | "batch-heads" (B, rows, H, D) as a view of
+    # (B, rows, H*D), LTX-Video's layout
+    rope_tables: str = "shared"
     q_norm: bool = False
     k_norm: bool = False
     joint_q_norm: bool = False
@@ -127,6 +130,10 @@ def build(case: Case, seed: int = 0):
             angles = angles.repeat_interleave(2, dim=1)
         else:
             angles = torch.cat([angles, angles], dim=1)
+        if case.rope_tables != "shared":  # (each batch row and head its own angles)
+            rows_b = case.batch if case.rope_tables == "batch-heads" else 1
+            scale = 0.5 + torch.rand(rows_b, 1, case.heads, 1, generator=gen, dtype=torch.float64)
+            angles = (angles[None, :, None, :] * scale).flatten(2).unflatten(2, (case.heads, case.head_dim))
         kw["rope"] = (angles.cos().float(), angles.sin().float())
         kw["rope_interleaved"] = case.rope == "interleaved"
     for flag, name in ((case.q_norm, "q_norm_weight"), (case.k_norm, "k_norm_weight"),
@@ -329,6 +336,11 @@ GRID = [
     *_KEY_MASK_CASES,
     *(replace(c, mask=(c.mask[0], _PER_QUERY[c.mask[1]]), name=c.name.replace("-mask-", "-rowmask-"))
       for c in _KEY_MASK_CASES),
+    # RoPE tables per head, and per batch row and head (LTX-Video's (B, N, H*D)), with the norms, joint streams
+    Case(F32, 64, 45, 45, batch=2, heads=3, rope="interleaved", rope_tables="batch-heads", q_norm=True, k_norm=True,
+         name="f32-rope-per-batch-and-head"),
+    Case(BF16, 80, 33, 33, rope="half", rope_tables="heads", joint=(17, 17), layout="bnhd",
+         name="bf16-rope-per-head-joint"),
     # a key mask expanded over the queries (stride 0) reads as a key mask; a mask's key dim of 1 broadcasts
     Case(F16, 48, 19, 45, batch=2, mask=("float", "expanded"), name="f16-mask-expanded"),
     Case(F32, 64, 33, 45, batch=2, mask=("f32", "bhm1"), name="f32-rowmask-broadcast-keys"),
@@ -427,6 +439,8 @@ def random_case(seed: int):
             if case.n_q + joined[0] == case.n_k + joined[1]:
                 shapes.append("outer")
         case.mask = (r.choice(["bool", "float", "f32", "diffusers"]), r.choice(shapes))
+    if case.rope is not None and case.kv_heads in (None, case.heads) and r.random() < 0.3:
+        case.rope_tables = r.choice(["heads", "batch-heads"])
     return case, launch
 
 
@@ -494,13 +508,15 @@ def _prologue_group(case) -> int:
     return group
 
 
-#: prologued grid cases with at least two heads per group, and two made for it: Flux's layout at head dim 80 (split
-#: into 64 + 16) with GQA, and four heads in (B, H, N, D) with half-split RoPE
+#: prologued grid cases with at least two heads per group, and three made for it: Flux's layout at head dim 80 (split
+#: into 64 + 16) with GQA, four heads in (B, H, N, D) with half-split RoPE, and tables per batch row and head
 PROLOGUE_GROUP_CASES = [c for c in GRID if _prologued(c) and _prologue_group(c) > 1] + [
     Case(BF16, 80, 37, 29, heads=8, kv_heads=4, layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
          joint=(11, 7), joint_q_norm=True, name="bf16-d80-bnhd-gqa-joint-prologue"),
     Case(F32, 64, 45, 45, heads=4, batch=2, rope="half", q_norm=True, negative=9, strided=True,
          name="f32-d64-half-rope-negative-strided"),
+    Case(F16, 64, 33, 29, heads=4, batch=2, rope="interleaved", rope_tables="batch-heads", q_norm=True, k_norm=True,
+         name="f16-rope-per-batch-and-head"),
 ]
 
 
@@ -518,7 +534,7 @@ def test_prologue_head_groups(case):
 
 @needs_interpreter
 def test_prologue_head_groups_bad_input():
-    case = PROLOGUE_GROUP_CASES[-2]  # 8 query heads, 4 key/value heads
+    case, = [c for c in PROLOGUE_GROUP_CASES if c.name == "bf16-d80-bnhd-gqa-joint-prologue"]  # 8 and 4 heads
     q, k, v, kw = build(case)
     for heads in (0, 3, 8):
         with pytest.raises(ValueError, match=r"prologue_heads must be a power of two dividing .*\[4, 8\], got"):
@@ -912,6 +928,11 @@ BAD = [
     ("negative", lambda q, k, v: (q, k, v, {"negative": (k, v[:, :, :3])}), ValueError),
     ("rope", lambda q, k, v: (q, k, v, {"rope": (torch.ones(4, 16), torch.ones(4, 16))}), ValueError),
     ("rope", lambda q, k, v: (q, k, v, {"rope": (torch.ones(9, 16),)}), ValueError),
+    ("rope cos must be a floating-point table", lambda q, k, v: (q, k, v, {"rope": (torch.ones(9, 4, 16),) * 2}),
+     TypeError),
+    (r"a per-head table must be \(1 or B = 2, tokens, 1 or H = 4, D\), its heads those of q and k alike \(H_kv = 2\)",
+     lambda q, k, v: (q, k, v, {"rope": (torch.ones(1, 9, 4, 16),) * 2}), ValueError),  # (GQA: 4 and 2 heads)
+    ("a per-head table", lambda q, k, v: (q, k, v, {"rope": (torch.ones(3, 9, 1, 16),) * 2}), ValueError),
     ("q_norm_weight", lambda q, k, v: (q, k, v, {"q_norm_weight": torch.ones(8)}), ValueError),
     ("joint_q_norm_weight", lambda q, k, v: (q, k, v, {"joint_q_norm_weight": torch.ones(16)}), ValueError),
     ("negative_kv_lens", lambda q, k, v: (q, k, v, {"negative_kv_lens": torch.tensor([1, 2])}), ValueError),
@@ -1839,7 +1860,8 @@ def test_benchmark_suite_runs_on_cpu():
 GPU_GRID = [GRID[i] for i in (0, 1, 2, 4, 6, 8, 10, 13, 15, 17, 20, 23, -1)] + [
     c for c in GRID if c.name in ("f16-mask-float-bnhd-gqa-kvlens", "f16-mask-joint-prologue-strided",
                                   "bf16-mask-strided-negative-scale", "f16-rowmask-float-bnhd-gqa-kvlens",
-                                  "bf16-rowmask-diffusers", "f16-rowmask-joint-prologue-strided")] + [
+                                  "bf16-rowmask-diffusers", "f16-rowmask-joint-prologue-strided",
+                                  "bf16-rope-per-head-joint")] + [
     Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
          name="gpu-flux-shape"),
     Case(F16, 64, 4096, 77, heads=10, batch=2, name="gpu-sdxl-cross"),

@@ -22,14 +22,17 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 
 def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool,
                    offset: int = 0) -> torch.Tensor:
-    """Rotary embedding (Su et al. 2021, RoFormer) of x (B, H, N, D) with rows ``offset:offset+N`` of cos/sin (rows, D).
+    """Rotary embedding (Su et al. 2021, RoFormer) of x (B, H, N, D) with rows ``offset:offset+N`` of cos/sin (rows, D),
+    or of per-batch-row and per-head tables (1 or B, rows, 1 or H, D).
 
     interleaved: rotate pairs (2i, 2i+1) (Flux, CogVideoX); otherwise the halves (i, i + D/2) (GPT-NeoX style).
     The tables hold one value per element (each frequency repeated to fill D), as diffusers builds them.
     """
     n, d = x.shape[-2], x.shape[-1]
-    c = cos[offset:offset + n].to(x.dtype)
-    s = sin[offset:offset + n].to(x.dtype)
+    if cos.dim() == 4:  # (B, rows, H, D) -> (B, H, rows, D), as x
+        cos, sin = cos.transpose(1, 2), sin.transpose(1, 2)
+    c = cos[..., offset:offset + n, :].to(x.dtype)
+    s = sin[..., offset:offset + n, :].to(x.dtype)
     if interleaved:
         pairs = x.unflatten(-1, (d // 2, 2))
         rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
