@@ -1959,11 +1959,12 @@ def test_gpu_accuracy_random_cases(case, cuda_device):
         _assert_gpu_accurate(case, run_kernel(q, k, v, kw, **launch), q, k, v, kw)
 
 
-#: the calls the diffusers processors for Chroma, HunyuanVideo's token refiner, Wan and CogVideoX make: Chroma's
-#: joint call under the outer product of its token mask (tiny, as the GPU model test has it, and at 512 + 4096
+#: the calls the diffusers processors for Chroma, HunyuanVideo's token refiner, Wan, CogVideoX and LTX-Video make:
+#: Chroma's joint call under the outer product of its token mask (tiny, as the GPU model test has it, and at 512 + 4096
 #: tokens), the refiner's mask per query, Wan's RoPE self-attention and its image-to-video cross-attention (the
 #: text's and the image context's attentions summed: the negative stream at scale -1), CogVideoX's joint
-#: [text; video] call with RoPE (its LayerNorms run as modules)
+#: [text; video] call with RoPE (its LayerNorms run as modules), LTX-Video's self-attention with RoPE tables per
+#: batch row and head
 PROCESSOR_GPU_CASES = [
     Case(F16, 16, 6, 6, batch=2, joint=(20, 20), layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
          joint_q_norm=True, joint_k_norm=True, mask=("bool", "outer"), name="proc-chroma-tiny"),
@@ -1973,6 +1974,8 @@ PROCESSOR_GPU_CASES = [
     Case(BF16, 128, 1560, 1560, heads=4, layout="bnhd", rope="interleaved", name="proc-wan-self"),
     Case(BF16, 128, 1560, 512, heads=4, layout="bnhd", negative=257, negative_scale=-1.0, name="proc-wan-i2v-cross"),
     Case(F16, 64, 226, 226, heads=4, joint=(1350, 1350), layout="bnhd", rope="interleaved", name="proc-cogvideox"),
+    Case(BF16, 64, 1560, 1560, batch=2, heads=4, layout="bnhd", rope="interleaved", rope_tables="batch-heads",
+         name="proc-ltx-video-self"),
 ]
 
 

@@ -27,6 +27,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffFluxAttnProcessor,
     PydiffHunyuanVideoAttnProcessor,
     PydiffJointAttnProcessor,
+    PydiffLTXVideoAttnProcessor,
     PydiffWanAttnProcessor,
     PydiffQwenImageAttnProcessor,
     set_attention_backend,
@@ -552,6 +553,44 @@ def test_cogvideox_transformer(backend, fused):
     _compare(model, lambda m: m(**inputs).sample, backend, {PydiffCogVideoXAttnProcessor})
 
 
+def tiny_ltx_video():
+    from diffusers import LTXVideoTransformer3DModel
+
+    return _perturb(LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
+        num_layers=2, caption_channels=24), 33)
+
+
+def _ltx_video_inputs(seed):
+    """LTX-Video inputs: 3 frames of 4 x 5 latent tokens, 7 text tokens, the second prompt padded after 4 (the
+    transformer makes the mask additive); its RoPE tables (B, N, 32) carry 2 identity columns (32 % 6)."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.ones(2, 7)
+    mask[1, 4:] = 0
+    return dict(hidden_states=torch.randn(2, 60, 8, generator=gen),
+                encoder_hidden_states=torch.randn(2, 7, 24, generator=gen), timestep=torch.tensor([3, 700]),
+                encoder_attention_mask=mask, num_frames=3, height=4, width=5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ltx_video_transformer(backend, monkeypatch):
+    """LTX-Video: self-attention with its RoPE tables, one per batch row over every head's channels, read as
+    per-head tables by the kernel's prologue (its across-heads QK norms as modules), and cross-attention with the
+    text padding as the key mask. Every call fused, the outputs the stock processors'."""
+    model = tiny_ltx_video()
+    inputs = _ltx_video_inputs(34)
+    calls = []
+
+    def spy(*args, **kwargs):
+        rope, mask = kwargs["rope"], kwargs["attn_mask"]
+        calls.append((None if rope is None else tuple(rope[0].shape), mask is not None))
+        return pydiff.attention(*args, **kwargs)
+
+    monkeypatch.setattr(attention_processors, "attention", spy)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffLTXVideoAttnProcessor})
+    assert calls == [((2, 60, 2, 16), False), (None, True)] * len(model.transformer_blocks)
+
+
 def _block_matches_stock(ours, attn, args, rope, masks, stock=None):
     """``ours(attn, *args, ...)`` against the stock module ``stock`` (default ``attn``) for each attention mask in
     ``masks`` (None: no mask): every output equal."""
@@ -660,13 +699,14 @@ def test_compiled_fullgraph_models(backend):
                       pooled_projections=torch.randn(1, 24, generator=gen), timestep=torch.tensor([3]))
     flux_inputs, pixart_inputs, qwen_inputs = _flux_inputs(6), _pixart_inputs(9), _qwen_inputs(11)
     hunyuan_inputs, chroma_inputs, wan_inputs = _hunyuan_inputs(14), _chroma_inputs(15), _wan_inputs(16, True)
-    cogvideox_inputs = _cogvideox_inputs(17)
+    cogvideox_inputs, ltx_inputs = _cogvideox_inputs(17), _ltx_video_inputs(18)
     models = [(unet, lambda m: m(*unet_inputs).sample), (sd3, lambda m: m(**sd3_inputs).sample),
               (flux, lambda m: m(**flux_inputs).sample), (pixart, lambda m: m(**pixart_inputs).sample),
               (tiny_hunyuan_video(), lambda m: m(**hunyuan_inputs).sample),
               (tiny_chroma(), lambda m: m(**chroma_inputs).sample),
               (tiny_wan(True), lambda m: m(**wan_inputs).sample),
-              (tiny_cogvideox(), lambda m: m(**cogvideox_inputs).sample)]
+              (tiny_cogvideox(), lambda m: m(**cogvideox_inputs).sample),
+              (tiny_ltx_video(), lambda m: m(**ltx_inputs).sample)]
     if attention_processors._QWEN_MASKS_TEXT:  # (replaced from diffusers 0.39)
         models.append((qwen, lambda m: m(**qwen_inputs).sample))
     if attention_processors.Flux2AttnProcessor is not None:  # (diffusers 0.36+)
@@ -699,8 +739,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     error against the same model in float64 (stock processors) is within 2x the stock processors' own error in
     that precision, plus 1e-3. A UNet (its projections also fused: q, k and v strided views of one matmul), SD3 and
     Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, PixArt, Qwen-Image and HunyuanVideo with their
-    text-padding masks (the kernel's key mask), Chroma with its per-query mask, Wan's image-to-video model and
-    CogVideoX.
+    text-padding masks (the kernel's key mask), Chroma with its per-query mask, Wan's image-to-video model,
+    CogVideoX and LTX-Video.
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -713,7 +753,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     models = [(tiny_unet(), unet_inputs), (fused_unet, unet_inputs), (tiny_sd3("rms_norm"), sd3_inputs),
               (tiny_flux(), _flux_inputs(7)), (tiny_svd(), _svd_inputs(8)), (tiny_pixart(), _pixart_inputs(10)),
               (tiny_hunyuan_video(), _hunyuan_inputs(15)), (tiny_chroma(), _chroma_inputs(16)),
-              (tiny_wan(True), _wan_inputs(17, True)), (tiny_cogvideox(), _cogvideox_inputs(18))]
+              (tiny_wan(True), _wan_inputs(17, True)), (tiny_cogvideox(), _cogvideox_inputs(18)),
+              (tiny_ltx_video(), _ltx_video_inputs(19))]
     if attention_processors._QWEN_MASKS_TEXT:
         models.append((tiny_qwen_image(), _qwen_inputs(12)))
     if attention_processors.Flux2AttnProcessor is not None:

@@ -11,6 +11,7 @@ _EXPORTS = {
     "PydiffAttnProcessor": "attention_processors",
     "PydiffCogVideoXAttnProcessor": "attention_processors",
     "PydiffJointAttnProcessor": "attention_processors",
+    "PydiffLTXVideoAttnProcessor": "attention_processors",
     "PydiffFluxAttnProcessor": "attention_processors",
     "PydiffFlux2AttnProcessor": "attention_processors",
     "PydiffFlux2ParallelSelfAttnProcessor": "attention_processors",

@@ -4,7 +4,7 @@
     set_attention_backend(pipe)   # or a model: UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel,
                                   # Flux2Transformer2DModel, QwenImageTransformer2DModel, PixArtTransformer2DModel,
                                   # ChromaTransformer2DModel, HunyuanVideoTransformer3DModel, WanTransformer3DModel,
-                                  # CogVideoXTransformer3DModel, ...
+                                  # CogVideoXTransformer3DModel, LTXVideoTransformer3DModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
@@ -27,6 +27,8 @@
   prologue, and image-to-video cross-attention's two attentions (text, image context) summed in one pass over q.
 * ``PydiffCogVideoXAttnProcessor`` replaces ``CogVideoXAttnProcessor2_0`` and its fused form (CogVideoX, ConsisID,
   CogView3-Plus): [text; video] attention as a joint call, the RoPE on the video tokens only.
+* ``PydiffLTXVideoAttnProcessor`` replaces ``LTXVideoAttnProcessor``: the RoPE, whose tables span every head's
+  channels, in the kernel's prologue as per-head tables.
 
 Outputs equal the stock processors' (same math; pydiff keeps the norm and RoPE in float32). Attention masks go into
 the kernel (``attn_mask``), read in place: those the same for every query (PixArt's and Sana's text padding:
@@ -54,6 +56,7 @@ from diffusers.models.attention_processor import (
 from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
 from diffusers.models.transformers.transformer_wan import (
     WanAttnProcessor,
@@ -485,6 +488,35 @@ class PydiffWanAttnProcessor:
         return attn.to_out[1](attn.to_out[0](out.flatten(2)))
 
 
+class PydiffLTXVideoAttnProcessor:
+    """Drop-in for ``LTXVideoAttnProcessor`` (LTX-Video): the RoPE in the kernel's prologue, its tables
+    (B, N, H*D), which span every head's channels, read in place as per-head tables (B, N, H, D); the stock
+    processor rotates q and k over the whole inner dim in several elementwise passes each. LTX's QK RMSNorms span
+    every head, so they run as modules first, as in the stock processor."""
+
+    def __init__(self):
+        self.stock = LTXVideoAttnProcessor()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None) -> torch.Tensor:
+        source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        mask = None
+        if attention_mask is not None:
+            mask = _processor_mask(attn, attention_mask, source.shape[0], source.shape[1])
+        rope = None
+        if image_rotary_emb is not None and attn.inner_kv_dim == attn.inner_dim and \
+                all(t.dim() == 3 and t.shape[-1] == attn.inner_dim for t in image_rotary_emb):
+            rope = tuple(t.unflatten(-1, (attn.heads, attn.head_dim)) for t in image_rotary_emb)
+        if attn.head_dim > MAX_HEAD_DIM or (attention_mask is not None and mask is None) or \
+                (image_rotary_emb is not None and rope is None):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (-1, attn.head_dim))
+        k = attn.norm_k(attn.to_k(source)).unflatten(2, (-1, attn.head_dim))
+        v = attn.to_v(source).unflatten(2, (-1, attn.head_dim))
+        out = attention(q, k, v, layout="bnhd", attn_mask=mask, rope=rope, rope_interleaved=True)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
 def _no_qk_norms(attn) -> bool:
     """diffusers' fused joint processor skips the QK norms (SD3.5's), which ours would apply: replaced only without."""
     return all(getattr(attn, name, None) is None for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"))
@@ -504,6 +536,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (HunyuanVideoAttnProcessor2_0, PydiffHunyuanVideoAttnProcessor, None),
     (WanAttnProcessor, PydiffWanAttnProcessor, None),
     (CogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
+    (LTXVideoAttnProcessor, PydiffLTXVideoAttnProcessor, None),
     (FusedCogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
 ) if entry[0] is not None)
 
@@ -526,7 +559,8 @@ def set_attention_backend(model_or_pipe) -> int:
     QwenDoubleStreamAttnProcessor2_0 (diffusers 0.39+) -> PydiffQwenImageAttnProcessor, Flux2AttnProcessor and
     Flux2ParallelSelfAttnProcessor (0.36+) -> PydiffFlux2AttnProcessor and PydiffFlux2ParallelSelfAttnProcessor,
     HunyuanVideoAttnProcessor2_0 -> PydiffHunyuanVideoAttnProcessor, WanAttnProcessor -> PydiffWanAttnProcessor,
-    CogVideoXAttnProcessor2_0 and FusedCogVideoXAttnProcessor2_0 -> PydiffCogVideoXAttnProcessor; other
+    CogVideoXAttnProcessor2_0 and FusedCogVideoXAttnProcessor2_0 -> PydiffCogVideoXAttnProcessor,
+    LTXVideoAttnProcessor -> PydiffLTXVideoAttnProcessor; other
     processors (IP-adapter, added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable
     Diffusion VAE's 512-channel mid-block attention). ``fuse_qkv_projections()`` sets diffusers' fused processors
     over ours: call this after it.
@@ -549,5 +583,5 @@ def set_attention_backend(model_or_pipe) -> int:
 
 __all__ = ["PydiffAttnProcessor", "PydiffCogVideoXAttnProcessor", "PydiffFlux2AttnProcessor",
            "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFluxAttnProcessor", "PydiffHunyuanVideoAttnProcessor",
-           "PydiffJointAttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffWanAttnProcessor",
-           "set_attention_backend"]
+           "PydiffJointAttnProcessor", "PydiffLTXVideoAttnProcessor", "PydiffQwenImageAttnProcessor",
+           "PydiffWanAttnProcessor", "set_attention_backend"]
