@@ -105,7 +105,8 @@ def _rope_chunk(x, base, rows, stride_n, stride_d, head_off, head, d, mask, rstd
     if HAS_NORM:
         wp = tl.load(W + partner, mask=partner < HEAD_DIM, other=0.0).to(tl.float32)
         xp = xp * rstd * wp[None, :]
-    # every head of a token reads the same table row: one program's heads share its lines in cache
+    # with a table shared by every head, the heads of a token read the same row: a program's heads share its lines
+    # in cache
     c = tl.load(COS + pos[:, None] * stride_cn + (head * stride_ch + d * stride_cd)[None, :], mask=mask,
                 other=0.0).to(tl.float32)
     s = tl.load(SIN + pos[:, None] * stride_sn + (head * stride_sh + d * stride_sd)[None, :], mask=mask,
