@@ -1486,7 +1486,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     has_prologue = rope is not None or any(w is not None for w in (q_norm_weight, k_norm_weight,
                                                                     joint_q_norm_weight, joint_k_norm_weight))
     # (a mask per query: Triton 3.6 fails to warp-specialise its key loop, "PassManager::run failed")
-    row_mask = attn_mask is not None and _mask_strides(attn_mask)[2] != 0
+    mask_strides = _mask_strides(attn_mask)
+    row_mask = mask_strides[2] != 0
     if join_keys is None:
         # one key loop where warp specialisation is asked for, or may be for the autotuner (decided after the queries'
         # prologue: from the queries as the kernel reads them), and where a key prologue writes the keys anyway
@@ -1613,7 +1614,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         return (blocks, heads, batch * segments)
 
     stream_strides = [*sq, *sk, *sv, *so, *sq2, *sk2, *sv2, *so2, *skn, *svn]
-    strides = stream_strides + _mask_strides(attn_mask)
+    strides = stream_strides + mask_strides
     args = [
         *tensors, *strides,
         heads // kv_heads, n_q, n_k, n_q2, n_k2, n_neg, segments,

@@ -134,12 +134,12 @@ def _kernel_reads(mask: torch.Tensor) -> bool:
     return mask.dtype in _MASK_DTYPES
 
 
-def _processor_mask(attn, mask: torch.Tensor, batch: int, keys: int) -> Optional[torch.Tensor]:
-    """diffusers' attention mask for ``AttnProcessor2_0`` as the kernel's, (B, H or 1, N_q or 1, N_k); None where it
-    has a dtype the kernel does not read. A mask of one batch row per sample, (B, N_q or 1, N_k) or
+def _processor_mask(attn, mask: Optional[torch.Tensor], batch: int, keys: int) -> Optional[torch.Tensor]:
+    """diffusers' attention mask for ``AttnProcessor2_0`` as the kernel's, (B, H or 1, N_q or 1, N_k); None where
+    there is none or it has a dtype the kernel does not read. A mask of one batch row per sample, (B, N_q or 1, N_k) or
     (B, 1, N_q or 1, N_k) (the UNet's, PixArt's and Sana's text padding, HunyuanVideo's token refiner), is used as a
     view: ``prepare_attention_mask`` would repeat it for every head."""
-    if not _kernel_reads(mask):
+    if mask is None or not _kernel_reads(mask):
         return None
     if mask.shape[0] == batch and mask.shape[-1] == keys and (mask.dim() == 3 or (mask.dim() == 4 and
                                                                               mask.shape[1] == 1)):
@@ -164,12 +164,10 @@ class PydiffAttnProcessor:
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
                  *args, **kwargs) -> torch.Tensor:
-        mask = None
-        if attention_mask is not None:
-            # (the keys: the encoder's tokens, or the image's, flattened as the stock processor flattens them)
-            source = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
-            keys = source.shape[2] * source.shape[3] if source.ndim == 4 else source.shape[1]
-            mask = _processor_mask(attn, attention_mask, source.shape[0], keys)
+        # (the keys: the encoder's tokens, or the image's, flattened as the stock processor flattens them)
+        source = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
+        keys = source.shape[2] * source.shape[3] if source.ndim == 4 else source.shape[1]
+        mask = _processor_mask(attn, attention_mask, source.shape[0], keys)
         if _head_dim(attn) > MAX_HEAD_DIM or (attention_mask is not None and mask is None):
             stock = self.stock_fused if _fused_projections(attn) else self.stock
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
@@ -366,9 +364,7 @@ class PydiffCogVideoXAttnProcessor:
                  attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None):
         head_dim = _head_dim(attn)
         n_text = encoder_hidden_states.shape[1]
-        mask = None
-        if attention_mask is not None:
-            mask = _processor_mask(attn, attention_mask, hidden_states.shape[0], n_text + hidden_states.shape[1])
+        mask = _processor_mask(attn, attention_mask, hidden_states.shape[0], n_text + hidden_states.shape[1])
         if head_dim > MAX_HEAD_DIM or (attention_mask is not None and mask is None) or attn.is_cross_attention:
             stock = self.stock_fused if _fused_projections(attn) else self.stock
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
@@ -500,9 +496,7 @@ class PydiffLTXVideoAttnProcessor:
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None) -> torch.Tensor:
         source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        mask = None
-        if attention_mask is not None:
-            mask = _processor_mask(attn, attention_mask, source.shape[0], source.shape[1])
+        mask = _processor_mask(attn, attention_mask, source.shape[0], source.shape[1])
         rope = None
         if image_rotary_emb is not None and attn.inner_kv_dim == attn.inner_dim and \
                 all(t.dim() == 3 and t.shape[-1] == attn.inner_dim for t in image_rotary_emb):
