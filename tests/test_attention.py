@@ -54,7 +54,7 @@ class Case:
     negative_kv_lens: Optional[Sequence[int]] = None
     rope: Optional[str] = None                   # "interleaved" | "half"
     # the RoPE tables: "shared" (rows, D) | "heads" (1, rows, H, D) | "batch-heads" (B, rows, H, D) as a view of
-    # (B, rows, H*D), LTX-Video's layout
+    # (B, rows, H*D), LTX-Video's layout | "batch" (B, rows, 1, D), Z-Image's and Lumina 2's
     rope_tables: str = "shared"
     q_norm: bool = False
     k_norm: bool = False
@@ -130,10 +130,11 @@ def build(case: Case, seed: int = 0):
             angles = angles.repeat_interleave(2, dim=1)
         else:
             angles = torch.cat([angles, angles], dim=1)
-        if case.rope_tables != "shared":  # (each batch row and head its own angles)
-            rows_b = case.batch if case.rope_tables == "batch-heads" else 1
-            scale = 0.5 + torch.rand(rows_b, 1, case.heads, 1, generator=gen, dtype=torch.float64)
-            angles = (angles[None, :, None, :] * scale).flatten(2).unflatten(2, (case.heads, case.head_dim))
+        if case.rope_tables != "shared":  # (each batch row and/or head its own angles)
+            rows_b = case.batch if case.rope_tables in ("batch", "batch-heads") else 1
+            heads = 1 if case.rope_tables == "batch" else case.heads
+            scale = 0.5 + torch.rand(rows_b, 1, heads, 1, generator=gen, dtype=torch.float64)
+            angles = (angles[None, :, None, :] * scale).flatten(2).unflatten(2, (heads, case.head_dim))
         kw["rope"] = (angles.cos().float(), angles.sin().float())
         kw["rope_interleaved"] = case.rope == "interleaved"
     for flag, name in ((case.q_norm, "q_norm_weight"), (case.k_norm, "k_norm_weight"),
@@ -341,6 +342,10 @@ GRID = [
          name="f32-rope-per-batch-and-head"),
     Case(BF16, 80, 33, 33, rope="half", rope_tables="heads", joint=(17, 17), layout="bnhd",
          name="bf16-rope-per-head-joint"),
+    # RoPE tables per batch row shared by every head (Z-Image's, Lumina 2's), with grouped-query heads, the norms, a
+    # key mask and a scale of its own (Lumina 2's call)
+    Case(F32, 72, 41, 41, batch=2, heads=6, kv_heads=2, layout="bnhd", rope="interleaved", rope_tables="batch",
+         q_norm=True, k_norm=True, mask=("bool", "b11n"), scale=0.3, name="f32-d72-gqa-rope-per-batch-masked"),
     # a key mask expanded over the queries (stride 0) reads as a key mask; a mask's key dim of 1 broadcasts
     Case(F16, 48, 19, 45, batch=2, mask=("float", "expanded"), name="f16-mask-expanded"),
     Case(F32, 64, 33, 45, batch=2, mask=("f32", "bhm1"), name="f32-rowmask-broadcast-keys"),
@@ -439,8 +444,9 @@ def random_case(seed: int):
             if case.n_q + joined[0] == case.n_k + joined[1]:
                 shapes.append("outer")
         case.mask = (r.choice(["bool", "float", "f32", "diffusers"]), r.choice(shapes))
-    if case.rope is not None and case.kv_heads in (None, case.heads) and r.random() < 0.3:
-        case.rope_tables = r.choice(["heads", "batch-heads"])
+    if case.rope is not None and r.random() < 0.3:  # (tables per head need as many key heads as query heads)
+        case.rope_tables = r.choice(["heads", "batch-heads", "batch"] if case.kv_heads in (None, case.heads) else
+                                    ["batch"])
     return case, launch
 
 
@@ -1959,12 +1965,15 @@ def test_gpu_accuracy_random_cases(case, cuda_device):
         _assert_gpu_accurate(case, run_kernel(q, k, v, kw, **launch), q, k, v, kw)
 
 
-#: the calls the diffusers processors for Chroma, HunyuanVideo's token refiner, Wan, CogVideoX and LTX-Video make:
+#: the calls the diffusers processors for Chroma, HunyuanVideo's token refiner, Wan, CogVideoX, LTX-Video, Z-Image,
+#: Lumina 2 and CogView4 make:
 #: Chroma's joint call under the outer product of its token mask (tiny, as the GPU model test has it, and at 512 + 4096
 #: tokens), the refiner's mask per query, Wan's RoPE self-attention and its image-to-video cross-attention (the
 #: text's and the image context's attentions summed: the negative stream at scale -1), CogVideoX's joint
 #: [text; video] call with RoPE (its LayerNorms run as modules), LTX-Video's self-attention with RoPE tables per
-#: batch row and head
+#: batch row and head; at 1024 x 1024, Z-Image's (QK norms, RoPE tables per sample, the padding as key mask),
+#: Lumina 2's (the same with grouped-query heads, D96 and the proportional scale) and CogView4's joint call (the
+#: half-split RoPE, its text mask a float mask per query)
 PROCESSOR_GPU_CASES = [
     Case(F16, 16, 6, 6, batch=2, joint=(20, 20), layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
          joint_q_norm=True, joint_k_norm=True, mask=("bool", "outer"), name="proc-chroma-tiny"),
@@ -1976,6 +1985,12 @@ PROCESSOR_GPU_CASES = [
     Case(F16, 64, 226, 226, heads=4, joint=(1350, 1350), layout="bnhd", rope="interleaved", name="proc-cogvideox"),
     Case(BF16, 64, 1560, 1560, batch=2, heads=4, layout="bnhd", rope="interleaved", rope_tables="batch-heads",
          name="proc-ltx-video-self"),
+    Case(BF16, 128, 4128, 4128, batch=2, heads=4, layout="bnhd", rope="interleaved", rope_tables="batch",
+         q_norm=True, k_norm=True, mask=("bool", "b11n"), name="proc-z-image"),
+    Case(BF16, 96, 4352, 4352, batch=2, heads=6, kv_heads=2, layout="bnhd", rope="interleaved", rope_tables="batch",
+         q_norm=True, k_norm=True, mask=("bool", "b11n"), scale=0.11, name="proc-lumina2"),
+    Case(BF16, 128, 224, 224, heads=4, joint=(4096, 4096), layout="bnhd", rope="half", mask=("float", "outer"),
+         name="proc-cogview4"),
 ]
 
 
