@@ -22,14 +22,17 @@ from pydiff.integrations.diffusers import attention_processors  # noqa: E402
 from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffAttnProcessor,
     PydiffCogVideoXAttnProcessor,
+    PydiffCogView4AttnProcessor,
     PydiffFlux2AttnProcessor,
     PydiffFlux2ParallelSelfAttnProcessor,
     PydiffFluxAttnProcessor,
     PydiffHunyuanVideoAttnProcessor,
     PydiffJointAttnProcessor,
     PydiffLTXVideoAttnProcessor,
+    PydiffLumina2AttnProcessor,
     PydiffWanAttnProcessor,
     PydiffQwenImageAttnProcessor,
+    PydiffZImageAttnProcessor,
     set_attention_backend,
 )
 
@@ -372,10 +375,12 @@ def test_sd3_transformer(qk_norm, backend):
 def tiny_flux():
     from diffusers import FluxTransformer2DModel
 
-    model = FluxTransformer2DModel(
-        patch_size=1, in_channels=8, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=32, pooled_projection_dim=24, guidance_embeds=False, axes_dims_rope=(4, 6, 6))
-    return _perturb(model, 5)
+    return _perturb(FluxTransformer2DModel(**_FLUX_CONFIG), 5)
+
+
+_FLUX_CONFIG = dict(patch_size=1, in_channels=8, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                    num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=24, guidance_embeds=False,
+                    axes_dims_rope=(4, 6, 6))
 
 
 def _flux_inputs(seed):
@@ -455,10 +460,12 @@ def tiny_wan(image_to_video: bool):
     """Wan 2.1 from a small config: text-to-video, or image-to-video (its cross-attention's added image keys)."""
     from diffusers import WanTransformer3DModel
 
-    return _perturb(WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=32,
-        freq_dim=16, ffn_dim=32, num_layers=2, image_dim=24 if image_to_video else None,
-        added_kv_proj_dim=24 if image_to_video else None, rope_max_seq_len=32), 26)
+    return _perturb(WanTransformer3DModel(**_WAN_CONFIG, image_dim=24 if image_to_video else None,
+                                          added_kv_proj_dim=24 if image_to_video else None), 26)
+
+
+_WAN_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+                   text_dim=32, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32)
 
 
 def _wan_inputs(seed, image_to_video: bool):
@@ -591,6 +598,194 @@ def test_ltx_video_transformer(backend, monkeypatch):
     assert calls == [((2, 60, 2, 16), False), (None, True)] * len(model.transformer_blocks)
 
 
+def _joined_masks(monkeypatch):
+    """Records, for every ``pydiff.attention`` call the processors make: its RoPE tables' shape (None: none), and
+    its mask's shape and dtype (None: none)."""
+    calls = []
+
+    def spy(*args, **kwargs):
+        rope, mask = kwargs.get("rope"), kwargs.get("attn_mask")
+        calls.append((None if rope is None else tuple(rope[0].shape),
+                      None if mask is None else (tuple(mask.shape), mask.dtype)))
+        return pydiff.attention(*args, **kwargs)
+
+    monkeypatch.setattr(attention_processors, "attention", spy)
+    return calls
+
+
+needs_z_image = pytest.mark.skipif(attention_processors.ZSingleStreamAttnProcessor is None,
+                                   reason=f"diffusers {diffusers.__version__} predates Z-Image (0.36)")
+
+
+def tiny_z_image():
+    from diffusers import ZImageTransformer2DModel
+
+    return _perturb(ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=64, n_layers=2, n_refiner_layers=1, n_heads=2,
+        n_kv_heads=2, cap_feat_dim=24, axes_dims=[8, 12, 12], axes_lens=[128, 32, 32]), 35)
+
+
+def _z_image_inputs(seed):
+    """Z-Image inputs: two images of 16 x 10 and 6 x 6 latents (40 and 9 patches) with 37 and 4 caption tokens; the
+    model pads each sample's tokens to a multiple of 32, so the samples' lengths differ (the key mask) and the RoPE
+    tables are per sample."""
+    gen = torch.Generator().manual_seed(seed)
+    return ([torch.randn(4, 1, 16, 10, generator=gen), torch.randn(4, 1, 6, 6, generator=gen)],
+            torch.tensor([0.3, 0.7]), [torch.randn(37, 24, generator=gen), torch.randn(4, 24, generator=gen)])
+
+
+def _z_image_run(inputs):
+    """Runs a Z-Image model: its output, a list of per-sample tensors, as one flat tensor."""
+    return lambda m: torch.cat([x.flatten() for x in m(*inputs).sample])
+
+
+@needs_z_image
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_z_image_transformer(backend, monkeypatch):
+    """Z-Image: the QK RMSNorms and the complex RoPE (one table per sample, (B, N, 1, D) after ``_complex_rope``)
+    in the kernel's prologue, each sample's token padding as the key mask; outputs the stock processors'."""
+    model, inputs = tiny_z_image(), _z_image_inputs(36)
+    calls = _joined_masks(monkeypatch)
+    _compare(model, _z_image_run(inputs), backend, {PydiffZImageAttnProcessor})
+    # (the caption and image refiners over 64 and 128 padded tokens, then the 2 main blocks over the 128 joined)
+    assert calls == [((2, 64, 1, 32), ((2, 1, 1, 64), torch.bool))] * 2 + \
+        [((2, 128, 1, 32), ((2, 1, 1, 128), torch.bool))] * 2
+
+
+def tiny_lumina2():
+    from diffusers import Lumina2Transformer2DModel
+
+    return _perturb(Lumina2Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, hidden_size=64, num_layers=2, num_refiner_layers=1,
+        num_attention_heads=4, num_kv_heads=2, multiple_of=16, axes_dim_rope=(4, 6, 6), axes_lens=(64, 32, 32),
+        cap_feat_dim=24), 37)
+
+
+def _lumina2_inputs(seed):
+    """Lumina 2 inputs: 8 x 6 latents (12 patches), 7 caption tokens, the second prompt padded after 4."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    return (torch.randn(2, 4, 8, 6, generator=gen), torch.tensor([0.3, 0.7]), torch.randn(2, 7, 24, generator=gen),
+            mask)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lumina2_transformer(backend, monkeypatch):
+    """Lumina 2: grouped-query attention (4 query heads, 2 key/value heads) read without repeating k and v, the QK
+    RMSNorms and complex RoPE in the prologue, the caption padding as the key mask; the proportional-attention
+    scale on one module. Outputs the stock processors'."""
+    model, inputs = tiny_lumina2(), _lumina2_inputs(38)
+    calls = _joined_masks(monkeypatch)
+    _compare(model, lambda m: m(*inputs).sample, backend, {PydiffLumina2AttnProcessor})
+    # (the caption refiner (masked), the image refiner (no padding), then the 2 blocks over the joined 19 tokens)
+    assert calls == [((2, 7, 1, 16), ((2, 1, 1, 7), torch.bool)), ((2, 12, 1, 16), None)] + \
+        [((2, 19, 1, 16), ((2, 1, 1, 19), torch.bool))] * 2
+    attn, gen = model.layers[0].attn, torch.Generator().manual_seed(39)
+    hidden = torch.randn(2, 19, 64, generator=gen)
+    freqs = torch.polar(torch.ones(2, 19, 8), torch.rand(2, 19, 8, generator=gen) * 6)
+    mask = torch.rand(2, 19, generator=gen) > 0.3
+    mask[:, 0] = True
+    from diffusers.models.transformers.transformer_lumina2 import Lumina2AttnProcessor2_0
+
+    with torch.no_grad(), pydiff.use_backend(backend):
+        for base in (None, 16):
+            got = PydiffLumina2AttnProcessor()(attn, hidden, hidden, mask.long(), freqs, base)
+            want = Lumina2AttnProcessor2_0()(attn, hidden, hidden, mask.long(), freqs, base)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def tiny_cogview4():
+    from diffusers import CogView4Transformer2DModel
+
+    return _perturb(CogView4Transformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        text_embed_dim=24, time_embed_dim=8, condition_dim=4, pos_embed_max_size=16, sample_size=8,
+        rope_axes_dim=(8, 8)), 40)
+
+
+def _cogview4_inputs(seed, text_mask=False):
+    """CogView4 inputs: 8 x 6 latents (12 patches), 7 text tokens; with ``text_mask``, the second prompt's last 3
+    tokens marked as padding ((B, N_text), as the stock processor takes it)."""
+    gen = torch.Generator().manual_seed(seed)
+    size = torch.tensor([[64.0, 48.0], [64.0, 48.0]])
+    inputs = dict(hidden_states=torch.randn(2, 4, 8, 6, generator=gen),
+                  encoder_hidden_states=torch.randn(2, 7, 24, generator=gen), timestep=torch.tensor([3, 700]),
+                  original_size=size, target_size=size, crop_coords=torch.zeros(2, 2))
+    if text_mask:
+        inputs["attention_mask"] = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    return inputs
+
+
+@pytest.mark.parametrize("text_mask", [False, True], ids=["no-mask", "text-mask"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cogview4_transformer(backend, text_mask, monkeypatch):
+    """CogView4: [text; image] as a joint call (no concatenation, no split), its LayerNorms as modules, the
+    half-split RoPE on the image tokens only in the prologue; its text mask as the stock processor builds it (a
+    float mask per query of the joined tokens) read by the kernel. Outputs the stock processors'."""
+    model, inputs = tiny_cogview4(), _cogview4_inputs(41, text_mask)
+    calls = _joined_masks(monkeypatch)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffCogView4AttnProcessor})
+    mask = ((2, 1, 19, 19), torch.float16) if text_mask else None
+    assert calls == [((19, 16), mask)] * 2
+
+
+#: models whose processors are diffusers' copies of Wan's or Flux's (``attention_processors._copies``)
+_COPY_MODELS = [("transformer_chronoedit", "ChronoEditTransformer3DModel", "WanAttnProcessor"),
+                ("transformer_skyreels_v2", "SkyReelsV2Transformer3DModel", "SkyReelsV2AttnProcessor"),
+                ("transformer_bria", "BriaTransformer2DModel", "BriaAttnProcessor"),
+                ("transformer_longcat_image", "LongCatImageTransformer2DModel", "LongCatImageAttnProcessor"),
+                ("transformer_ovis_image", "OvisImageTransformer2DModel", "OvisImageAttnProcessor")]
+
+
+def _accepted(function, arguments: dict) -> dict:
+    """The entries of ``arguments`` that ``function`` takes by name."""
+    import inspect
+
+    return {name: value for name, value in arguments.items() if name in inspect.signature(function).parameters}
+
+
+@pytest.mark.parametrize("module,model_name,stock_name", _COPY_MODELS, ids=[m[1] for m in _COPY_MODELS])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_models_with_copied_processors(backend, module, model_name, stock_name):
+    """ChronoEdit and SkyReels-V2 (Wan's processor, copied), Bria, LongCat-Image and Ovis-Image (Flux's) from Wan's and
+    Flux's tiny configs: every module gets the original's pydiff processor, falling back to the model's own stock
+    class, and the outputs are the stock processors'."""
+    models = pytest.importorskip(f"diffusers.models.transformers.{module}")
+    model_type, stock_type = getattr(models, model_name), getattr(models, stock_name)
+    wan = stock_type.__name__ in ("WanAttnProcessor", "SkyReelsV2AttnProcessor")
+    config = _accepted(model_type.__init__, _WAN_CONFIG if wan else dict(_FLUX_CONFIG, out_channels=8))
+    model = _perturb(model_type(**config), 42)
+    inputs = _accepted(model_type.forward, _wan_inputs(43, False) if wan else _flux_inputs(43))
+    ours = PydiffWanAttnProcessor if wan else PydiffFluxAttnProcessor
+    assert _processor_types(model) == {stock_type}
+    _compare(model, lambda m: m(**inputs).sample, backend, {ours})
+    switched = copy.deepcopy(model)
+    set_attention_backend(switched)
+    assert {type(m.processor.stock) for m in switched.modules() if hasattr(m, "set_processor")} == {stock_type}
+
+
+def test_context_parallelism_keeps_stock_processors():
+    """diffusers' context parallelism sets ``_parallel_config`` on every processor that has one and expects it to
+    attend across ranks. A model already under it keeps its stock processors; ours refuse one set later with a clear
+    error (each rank's attention would otherwise be silently local)."""
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+    config = object()  # (what diffusers sets: any ParallelConfig; the processors only test it against None)
+    model = tiny_flux()
+    for module in model.modules():
+        if hasattr(module, "set_processor"):
+            module.processor._parallel_config = config
+    assert set_attention_backend(model) == 0 and _processor_types(model) == {FluxAttnProcessor}
+    model = tiny_flux()
+    assert set_attention_backend(model) > 0
+    processor = model.transformer_blocks[0].attn.processor
+    processor._parallel_config = None  # (diffusers' default: allowed)
+    with pytest.raises(NotImplementedError, match="context parallelism"):
+        processor._parallel_config = config
+    assert processor._parallel_config is None
+
+
 def _block_matches_stock(ours, attn, args, rope, masks, stock=None):
     """``ours(attn, *args, ...)`` against the stock module ``stock`` (default ``attn``) for each attention mask in
     ``masks`` (None: no mask): every output equal."""
@@ -700,15 +895,20 @@ def test_compiled_fullgraph_models(backend):
     flux_inputs, pixart_inputs, qwen_inputs = _flux_inputs(6), _pixart_inputs(9), _qwen_inputs(11)
     hunyuan_inputs, chroma_inputs, wan_inputs = _hunyuan_inputs(14), _chroma_inputs(15), _wan_inputs(16, True)
     cogvideox_inputs, ltx_inputs = _cogvideox_inputs(17), _ltx_video_inputs(18)
+    lumina2_inputs, cogview4_inputs = _lumina2_inputs(19), _cogview4_inputs(20, text_mask=True)
     models = [(unet, lambda m: m(*unet_inputs).sample), (sd3, lambda m: m(**sd3_inputs).sample),
               (flux, lambda m: m(**flux_inputs).sample), (pixart, lambda m: m(**pixart_inputs).sample),
               (tiny_hunyuan_video(), lambda m: m(**hunyuan_inputs).sample),
               (tiny_chroma(), lambda m: m(**chroma_inputs).sample),
               (tiny_wan(True), lambda m: m(**wan_inputs).sample),
               (tiny_cogvideox(), lambda m: m(**cogvideox_inputs).sample),
-              (tiny_ltx_video(), lambda m: m(**ltx_inputs).sample)]
+              (tiny_ltx_video(), lambda m: m(**ltx_inputs).sample),
+              (tiny_cogview4(), lambda m: m(**cogview4_inputs).sample),
+              (tiny_lumina2(), lambda m: m(*lumina2_inputs).sample)]
     if attention_processors._QWEN_MASKS_TEXT:  # (replaced from diffusers 0.39)
         models.append((qwen, lambda m: m(**qwen_inputs).sample))
+    if attention_processors.ZSingleStreamAttnProcessor is not None:  # (diffusers 0.36+)
+        models.append((tiny_z_image(), _z_image_run(_z_image_inputs(21))))
     if attention_processors.Flux2AttnProcessor is not None:  # (diffusers 0.36+)
         flux2_inputs = _flux2_inputs(12)
         models.append((tiny_flux2(), lambda m: m(**flux2_inputs).sample))
@@ -717,17 +917,36 @@ def test_compiled_fullgraph_models(backend):
         assert set_attention_backend(model) > 0
         with torch.no_grad(), pydiff.use_backend(backend):
             eager = run(model)
-            compiled = run(torch.compile(model, fullgraph=True, backend="aot_eager"))
+            compiled = run(_compiled(model))
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
+#: models whose own forward is data-dependent (each sample's token count read from its mask: a graph break), with
+#: the blocks a user compiles instead (regional compilation, as diffusers' ``compile_repeated_blocks``)
+_REGIONAL = {"Lumina2Transformer2DModel": "Lumina2TransformerBlock",
+             "ZImageTransformer2DModel": "ZImageTransformerBlock"}
+
+
+def _compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(model, fullgraph=True)``, or for the models in ``_REGIONAL`` a copy with each of its
+    repeated blocks compiled in place with ``fullgraph=True`` (the processors run inside those blocks)."""
+    block = _REGIONAL.get(type(model).__name__)
+    if block is None:
+        return torch.compile(model, fullgraph=True, backend="aot_eager")
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if type(module).__name__ == block:
+            module.compile(fullgraph=True, backend="aot_eager")
+    return model
+
+
 def _moved(x, device, dtype):
-    """Inputs on ``device``, their floating-point tensors in ``dtype`` (tuples and dicts of them too)."""
+    """Inputs on ``device``, their floating-point tensors in ``dtype`` (tuples, lists and dicts of them too)."""
     if isinstance(x, dict):
         return {name: _moved(t, device, dtype) for name, t in x.items()}
-    if isinstance(x, tuple):
-        return tuple(_moved(t, device, dtype) for t in x)
-    if not isinstance(x, torch.Tensor):  # (Qwen-Image's img_shapes: a list of sizes)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_moved(t, device, dtype) for t in x)
+    if not isinstance(x, torch.Tensor):  # (Qwen-Image's img_shapes: sizes)
         return x
     return x.to(device, dtype) if x.is_floating_point() else x.to(device)
 
@@ -740,7 +959,7 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     that precision, plus 1e-3. A UNet (its projections also fused: q, k and v strided views of one matmul), SD3 and
     Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, PixArt, Qwen-Image and HunyuanVideo with their
     text-padding masks (the kernel's key mask), Chroma with its per-query mask, Wan's image-to-video model,
-    CogVideoX and LTX-Video.
+    CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask and Z-Image.
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -754,15 +973,20 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
               (tiny_flux(), _flux_inputs(7)), (tiny_svd(), _svd_inputs(8)), (tiny_pixart(), _pixart_inputs(10)),
               (tiny_hunyuan_video(), _hunyuan_inputs(15)), (tiny_chroma(), _chroma_inputs(16)),
               (tiny_wan(True), _wan_inputs(17, True)), (tiny_cogvideox(), _cogvideox_inputs(18)),
-              (tiny_ltx_video(), _ltx_video_inputs(19))]
+              (tiny_ltx_video(), _ltx_video_inputs(19)), (tiny_lumina2(), _lumina2_inputs(20)),
+              (tiny_cogview4(), _cogview4_inputs(21, text_mask=True))]
     if attention_processors._QWEN_MASKS_TEXT:
         models.append((tiny_qwen_image(), _qwen_inputs(12)))
+    if attention_processors.ZSingleStreamAttnProcessor is not None:
+        models.append((tiny_z_image(), _z_image_inputs(22)))
     if attention_processors.Flux2AttnProcessor is not None:
         models.append((tiny_flux2(), _flux2_inputs(13)))
     for model, inputs in models:
         def run(m, precision):
             args = _moved(inputs, cuda_device, precision)
-            return (m(**args) if isinstance(args, dict) else m(*args)).sample.double()
+            sample = (m(**args) if isinstance(args, dict) else m(*args)).sample
+            # (Z-Image's: a list of per-sample tensors)
+            return torch.cat([x.flatten() for x in sample]).double() if isinstance(sample, list) else sample.double()
 
         with torch.no_grad():
             ref = run(copy.deepcopy(model).to(cuda_device, torch.float64), torch.float64)

@@ -10,14 +10,17 @@ _EXPORTS = {
     "FusedScheduler": "scheduler",
     "PydiffAttnProcessor": "attention_processors",
     "PydiffCogVideoXAttnProcessor": "attention_processors",
+    "PydiffCogView4AttnProcessor": "attention_processors",
     "PydiffJointAttnProcessor": "attention_processors",
     "PydiffLTXVideoAttnProcessor": "attention_processors",
+    "PydiffLumina2AttnProcessor": "attention_processors",
     "PydiffFluxAttnProcessor": "attention_processors",
     "PydiffFlux2AttnProcessor": "attention_processors",
     "PydiffFlux2ParallelSelfAttnProcessor": "attention_processors",
     "PydiffHunyuanVideoAttnProcessor": "attention_processors",
     "PydiffQwenImageAttnProcessor": "attention_processors",
     "PydiffWanAttnProcessor": "attention_processors",
+    "PydiffZImageAttnProcessor": "attention_processors",
     "set_attention_backend": "attention_processors",
 }
 

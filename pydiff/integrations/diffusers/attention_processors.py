@@ -4,7 +4,8 @@
     set_attention_backend(pipe)   # or a model: UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel,
                                   # Flux2Transformer2DModel, QwenImageTransformer2DModel, PixArtTransformer2DModel,
                                   # ChromaTransformer2DModel, HunyuanVideoTransformer3DModel, WanTransformer3DModel,
-                                  # CogVideoXTransformer3DModel, LTXVideoTransformer3DModel, ...
+                                  # CogVideoXTransformer3DModel, LTXVideoTransformer3DModel, ZImageTransformer2DModel,
+                                  # Lumina2Transformer2DModel, CogView4Transformer2DModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
@@ -29,6 +30,14 @@
   CogView3-Plus): [text; video] attention as a joint call, the RoPE on the video tokens only.
 * ``PydiffLTXVideoAttnProcessor`` replaces ``LTXVideoAttnProcessor``: the RoPE, whose tables span every head's
   channels, in the kernel's prologue as per-head tables.
+* ``PydiffZImageAttnProcessor`` (diffusers 0.36+) and ``PydiffLumina2AttnProcessor`` replace Z-Image's
+  ``ZSingleStreamAttnProcessor`` and ``Lumina2AttnProcessor2_0``: the QK RMSNorms and the complex RoPE (one table
+  per sample) in the prologue, the token padding as the key mask; Lumina 2's grouped-query heads read as they are
+  (the stock processor repeats k and v per query head) and its proportional-attention scale.
+* ``PydiffCogView4AttnProcessor`` replaces ``CogView4AttnProcessor``: CogVideoX's joint call with the half-split
+  RoPE, and the stock processor's text mask (a float mask per query) in the kernel.
+* Copies diffusers keeps in other models' files (``_copies``: ChronoEdit's and SkyReels-V2's of Wan's processor,
+  Bria's, LongCat-Image's and Ovis-Image's of Flux's) get the original's pydiff processor.
 
 Outputs equal the stock processors' (same math; pydiff keeps the norm and RoPE in float32). Attention masks go into
 the kernel (``attn_mask``), read in place: those the same for every query (PixArt's and Sana's text padding:
@@ -41,6 +50,9 @@ QK norms that are not RMSNorms over the head dim are applied as modules before t
 
 from __future__ import annotations
 
+import functools
+import importlib
+import math
 from typing import Dict, List, Optional, Tuple
 
 import diffusers
@@ -54,9 +66,11 @@ from diffusers.models.attention_processor import (
     JointAttnProcessor2_0,
 )
 from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
+from diffusers.models.transformers.transformer_cogview4 import CogView4AttnProcessor
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
+from diffusers.models.transformers.transformer_lumina2 import Lumina2AttnProcessor2_0
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
 from diffusers.models.transformers.transformer_wan import (
     WanAttnProcessor,
@@ -66,10 +80,21 @@ from diffusers.models.transformers.transformer_wan import (
 
 from pydiff.attention import MAX_HEAD_DIM, attention
 
-try:  # FLUX.2 (diffusers 0.36+)
-    from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
-except ImportError:
-    Flux2AttnProcessor = Flux2ParallelSelfAttnProcessor = None
+
+
+def _stock_class(module: str, name: str):
+    """The processor class ``name`` of ``diffusers.models.transformers.<module>``; None where this diffusers has
+    none."""
+    try:
+        return getattr(importlib.import_module(f"diffusers.models.transformers.{module}"), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+# (diffusers 0.36+)
+Flux2AttnProcessor = _stock_class("transformer_flux2", "Flux2AttnProcessor")
+Flux2ParallelSelfAttnProcessor = _stock_class("transformer_flux2", "Flux2ParallelSelfAttnProcessor")
+ZSingleStreamAttnProcessor = _stock_class("transformer_z_image", "ZSingleStreamAttnProcessor")
 
 #: Qwen-Image's stock processor masks the text padding itself (from encoder_hidden_states_mask) and refuses an
 #: attention_mask since diffusers 0.39; before, it took an attention_mask as given (0.38's transformer built the
@@ -154,7 +179,27 @@ def _fused_projections(attn) -> bool:
     return getattr(attn, "fused_projections", False)
 
 
-class PydiffAttnProcessor:
+class _RankLocal:
+    """Base of pydiff's processors: they attend over the tokens they are given. diffusers' context parallelism
+    (``enable_parallelism`` with a context-parallel config: each rank holds a slice of the tokens) sets
+    ``_parallel_config`` on every processor that has the attribute and expects it to attend across ranks (ring or
+    all-to-all); on ours, setting one raises instead of leaving each rank's attention silently local.
+    ``set_attention_backend`` leaves the stock processors of a model already under context parallelism."""
+
+    @property
+    def _parallel_config(self):
+        return None
+
+    @_parallel_config.setter
+    def _parallel_config(self, config) -> None:
+        if config is not None:
+            raise NotImplementedError(
+                f"{type(self).__name__} does not run diffusers' context parallelism (the kernel attends over one "
+                f"rank's tokens): enable it on the model's stock processors, before set_attention_backend, which "
+                f"then leaves them")
+
+
+class PydiffAttnProcessor(_RankLocal):
     """Drop-in for diffusers' ``AttnProcessor2_0`` and, on fused projections, ``FusedAttnProcessor2_0``
     (``Attention``: UNet and VAE self- and cross-attention)."""
 
@@ -209,7 +254,7 @@ class PydiffAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
-class PydiffJointAttnProcessor:
+class PydiffJointAttnProcessor(_RankLocal):
     """Drop-in for SD3's ``JointAttnProcessor2_0`` and, on fused projections without QK norms,
     ``FusedJointAttnProcessor2_0``: joint image+text attention without concatenation."""
 
@@ -248,11 +293,13 @@ def _heads(attn, x: torch.Tensor, fused: str, names: Tuple[str, str, str], head_
     return [t.unflatten(-1, (-1, head_dim)) for t in parts]
 
 
-def _streams_attention(streams, head_dim: int, rope, attn_mask: Optional[torch.Tensor]):
+def _streams_attention(streams, head_dim: int, rope, attn_mask: Optional[torch.Tensor],
+                       rope_interleaved: bool = True, scale: Optional[float] = None):
     """One ``pydiff.attention`` call over one or two token streams, each (q, k, v, q norm, k norm) with q, k and v
-    (B, N, H, D): joint attention over [stream 1; stream 2] without concatenation or split, the RoPE rows and the
-    mask following that joined sequence; the streams' QK RMSNorms run in the kernel's prologue (other norms as
-    modules first). Returns the output, or both streams' with two."""
+    (B, N, H, D) (k and v may have fewer heads: grouped-query attention): joint attention over [stream 1; stream 2]
+    without concatenation or split, the RoPE rows and the mask following that joined sequence; the streams' QK
+    RMSNorms run in the kernel's prologue (other norms as modules first). Returns the output, or both streams'
+    with two."""
     (q, k, v, q_norm, k_norm), *second = streams
     norms, tensors = {"q": q_norm, "k": k_norm}, {"q": q, "k": k}
     if second:
@@ -262,8 +309,8 @@ def _streams_attention(streams, head_dim: int, rope, attn_mask: Optional[torch.T
     fused, separate, eps = _plan_norms(norms, head_dim, q.dtype, q.device)
     for name, norm in separate.items():
         tensors[name] = norm(tensors[name])
-    common = dict(layout="bnhd", attn_mask=attn_mask, rope=rope, rope_interleaved=True, norm_eps=eps,
-                  q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"))
+    common = dict(scale=scale, layout="bnhd", attn_mask=attn_mask, rope=rope, rope_interleaved=rope_interleaved,
+                  norm_eps=eps, q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"))
     if not second:
         return attention(tensors["q"], tensors["k"], v, **common)
     return attention(tensors["q"], tensors["k"], v, joint=(tensors["q2"], tensors["k2"], v2),
@@ -281,11 +328,12 @@ def _text_stream(attn, encoder_hidden_states: torch.Tensor, head_dim: int):
                     head_dim), attn.norm_added_q, attn.norm_added_k)
 
 
-class PydiffFluxAttnProcessor:
-    """Drop-in for Flux's ``FluxAttnProcessor``: joint attention with QK RMSNorm and RoPE fused into the kernel."""
+class PydiffFluxAttnProcessor(_RankLocal):
+    """Drop-in for Flux's ``FluxAttnProcessor``: joint attention with QK RMSNorm and RoPE fused into the kernel.
+    ``stock_type``: the stock processor for the calls the kernel does not take (the copy of Flux's a model has)."""
 
-    def __init__(self):
-        self.stock = FluxAttnProcessor()
+    def __init__(self, stock_type=FluxAttnProcessor):
+        self.stock = stock_type()
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None,
@@ -316,7 +364,7 @@ class PydiffFlux2AttnProcessor(PydiffFluxAttnProcessor):
         self.stock = Flux2AttnProcessor()
 
 
-class PydiffFlux2ParallelSelfAttnProcessor:
+class PydiffFlux2ParallelSelfAttnProcessor(_RankLocal):
     """Drop-in for FLUX.2's ``Flux2ParallelSelfAttnProcessor`` (its single-stream blocks, whose one projection feeds
     the attention and the MLP): the attention with its QK RMSNorms and RoPE in one ``pydiff.attention`` call."""
 
@@ -340,9 +388,18 @@ class PydiffFlux2ParallelSelfAttnProcessor:
         return attn.to_out(torch.cat([out.flatten(2), attn.mlp_act_fn(mlp)], dim=-1))
 
 
-def _video_rope(tables, n_text: int, text_first: bool):
-    """A video model's RoPE tables (cos, sin), (N_video, D), over the joined sequence of video and text tokens: the
-    stock processors rotate the video tokens only, so the text's rows turn by nothing (cos 1, sin 0)."""
+def _complex_rope(freqs: torch.Tensor):
+    """RoPE given as e^(i theta) per pair of channels, (N, D/2) or per batch row (B, N, D/2) complex, as the
+    kernel's interleaved tables (cos, sin): each angle repeated for both channels of its pair, (N, D) or
+    (B, N, 1, D). A complex product per pair is the interleaved rotation."""
+    cos, sin = freqs.real.repeat_interleave(2, -1), freqs.imag.repeat_interleave(2, -1)
+    return (cos, sin) if freqs.dim() == 2 else (cos.unsqueeze(2), sin.unsqueeze(2))
+
+
+def _latent_rope(tables, n_text: int, text_first: bool):
+    """A model's RoPE tables (cos, sin) for its latent (image or video) tokens, (N_latent, D), over the joined
+    sequence of latent and text tokens: the stock processors rotate the latent tokens only, so the text's rows turn
+    by nothing (cos 1, sin 0)."""
     cos, sin = tables
     parts = [(cos, sin), (cos.new_ones(n_text, cos.shape[1]), sin.new_zeros(n_text, sin.shape[1]))]
     if text_first:
@@ -350,33 +407,61 @@ def _video_rope(tables, n_text: int, text_first: bool):
     return torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
 
 
-class PydiffCogVideoXAttnProcessor:
+class PydiffCogVideoXAttnProcessor(_RankLocal):
     """Drop-in for ``CogVideoXAttnProcessor2_0`` and, on fused projections, ``FusedCogVideoXAttnProcessor2_0``
     (CogVideoX, ConsisID, CogView3-Plus): attention over [text; video] as a joint call of the two streams, each
     through the module's one set of projections, with the RoPE on the video tokens only (identity rows for the
     text) in the kernel's prologue; the stock processor concatenates the hidden states, projects, normalises,
     rotates the video part in place, runs SDPA and splits the output."""
 
+    #: the stock tables' layout: CogVideoX's pairs are interleaved, CogView4's halves split
+    rope_interleaved = True
+
     def __init__(self):
         self.stock, self.stock_fused = CogVideoXAttnProcessor2_0(), FusedCogVideoXAttnProcessor2_0()
+
+    def _mask(self, attn, attention_mask: torch.Tensor, batch: int, n_text: int, keys: int) -> Optional[torch.Tensor]:
+        """The kernel's mask for the stock processor's ``attention_mask`` (None: the kernel does not read it)."""
+        return _processor_mask(attn, attention_mask, batch, keys)
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                  attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None):
         head_dim = _head_dim(attn)
         n_text = encoder_hidden_states.shape[1]
-        mask = _processor_mask(attn, attention_mask, hidden_states.shape[0], n_text + hidden_states.shape[1])
+        mask = None if attention_mask is None else \
+            self._mask(attn, attention_mask, hidden_states.shape[0], n_text, n_text + hidden_states.shape[1])
         if head_dim > MAX_HEAD_DIM or (attention_mask is not None and mask is None) or attn.is_cross_attention:
             stock = self.stock_fused if _fused_projections(attn) else self.stock
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        rope = None if image_rotary_emb is None else _video_rope(image_rotary_emb, n_text, text_first=True)
+        rope = None if image_rotary_emb is None else _latent_rope(image_rotary_emb, n_text, text_first=True)
         streams = [(*_heads(attn, x, "to_qkv", ("to_q", "to_k", "to_v"), head_dim), attn.norm_q, attn.norm_k)
                    for x in (encoder_hidden_states, hidden_states)]
-        text, video = _streams_attention(streams, head_dim, rope, mask)
+        text, latent = _streams_attention(streams, head_dim, rope, mask, rope_interleaved=self.rope_interleaved)
         # (the stock processor's output projection runs on the joined tokens: the same per token)
-        return tuple(attn.to_out[1](attn.to_out[0](x.flatten(2))) for x in (video, text))
+        return tuple(attn.to_out[1](attn.to_out[0](x.flatten(2))) for x in (latent, text))
 
 
-class PydiffHunyuanVideoAttnProcessor:
+class PydiffCogView4AttnProcessor(PydiffCogVideoXAttnProcessor):
+    """Drop-in for ``CogView4AttnProcessor`` (CogView4): CogVideoX's [text; image] joint call, the RoPE tables'
+    halves split. Its text mask (B, N_text) is, as the stock processor builds it, the outer product of the joined
+    tokens' mask added as a float 0/1 mask in the query's dtype (it raises kept scores by 1 rather than masking
+    padding out: the stock math, kept); the kernel reads it per query."""
+
+    rope_interleaved = False
+
+    def __init__(self):
+        self.stock = self.stock_fused = CogView4AttnProcessor()
+
+    def _mask(self, attn, attention_mask, batch, n_text, keys):
+        if attention_mask.dim() != 2:
+            return None  # (the stock processor's assertion)
+        kept = torch.cat([attention_mask.float() > 0,
+                          attention_mask.new_ones(batch, keys - n_text, dtype=torch.bool)], dim=1)
+        # (0 and 1 are exact in every float dtype: the stock query-dtype mask's values in the fewest bytes)
+        return (kept[:, None, :, None] & kept[:, None, None, :]).to(torch.float16)
+
+
+class PydiffHunyuanVideoAttnProcessor(_RankLocal):
     """Drop-in for HunyuanVideo's ``HunyuanVideoAttnProcessor2_0``: [video; text] attention in one call, joint
     (dual-stream blocks: the text through its added projections) or over the blocks' joined tokens (single-stream),
     with the QK RMSNorms in the prologue, the RoPE on the video tokens (identity rows for the text) and the text
@@ -391,7 +476,7 @@ class PydiffHunyuanVideoAttnProcessor:
         if (attention_mask is not None and not _kernel_reads(attention_mask)) or head_dim > MAX_HEAD_DIM:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         n_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
-        rope = None if image_rotary_emb is None else _video_rope(image_rotary_emb, n_text, text_first=False)
+        rope = None if image_rotary_emb is None else _latent_rope(image_rotary_emb, n_text, text_first=False)
         if attn.add_q_proj is not None and encoder_hidden_states is not None:
             video, text = _streams_attention([_image_stream(attn, hidden_states, head_dim),
                                               _text_stream(attn, encoder_hidden_states, head_dim)],
@@ -412,7 +497,7 @@ class PydiffHunyuanVideoAttnProcessor:
         return video, text
 
 
-class PydiffQwenImageAttnProcessor:
+class PydiffQwenImageAttnProcessor(_RankLocal):
     """Drop-in for Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.39+, which masks the text
     padding): joint [text; image] attention with the per-stream QK RMSNorms and the RoPE in the kernel's prologue
     and the text padding as its key mask; no concatenation, no split, no complex-number RoPE passes."""
@@ -432,8 +517,7 @@ class PydiffQwenImageAttnProcessor:
         rope = None
         if image_rotary_emb is not None:
             image_freqs, text_freqs = image_rotary_emb
-            freqs = torch.cat([text_freqs, image_freqs])  # e^(i theta) per pair of channels, rows as the join
-            rope = (freqs.real.repeat_interleave(2, -1), freqs.imag.repeat_interleave(2, -1))
+            rope = _complex_rope(torch.cat([text_freqs, image_freqs]))  # (rows as the join)
         mask = None
         if encoder_hidden_states_mask is not None:
             image_keys = encoder_hidden_states_mask.new_ones(hidden_states.shape[:2], dtype=torch.bool)
@@ -446,15 +530,16 @@ class PydiffQwenImageAttnProcessor:
         return image, attn.to_add_out(context.flatten(2))
 
 
-class PydiffWanAttnProcessor:
+class PydiffWanAttnProcessor(_RankLocal):
     """Drop-in for Wan's ``WanAttnProcessor`` (Wan 2.1/2.2 self- and cross-attention): the RoPE in the kernel's
     prologue (the stock processor's takes several elementwise passes per tensor); in image-to-video
     cross-attention, the text's and the image context's attentions summed in one pass over q (the kernel's
     negative-prompt stream with a scale of -1: out = A(q, k_text, v_text) + A(q, k_image, v_image)). Wan's QK
-    RMSNorms span every head, so they run as modules first, as in the stock processor."""
+    RMSNorms span every head, so they run as modules first, as in the stock processor. ``stock_type``: the stock
+    processor for the calls the kernel does not take (the copy of Wan's a model has)."""
 
-    def __init__(self):
-        self.stock = WanAttnProcessor()
+    def __init__(self, stock_type=WanAttnProcessor):
+        self.stock = stock_type()
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, rotary_emb=None) -> torch.Tensor:
@@ -484,7 +569,7 @@ class PydiffWanAttnProcessor:
         return attn.to_out[1](attn.to_out[0](out.flatten(2)))
 
 
-class PydiffLTXVideoAttnProcessor:
+class PydiffLTXVideoAttnProcessor(_RankLocal):
     """Drop-in for ``LTXVideoAttnProcessor`` (LTX-Video): the RoPE in the kernel's prologue, its tables
     (B, N, H*D), which span every head's channels, read in place as per-head tables (B, N, H, D); the stock
     processor rotates q and k over the whole inner dim in several elementwise passes each. LTX's QK RMSNorms span
@@ -511,9 +596,85 @@ class PydiffLTXVideoAttnProcessor:
         return attn.to_out[1](attn.to_out[0](out.flatten(2)))
 
 
+def _per_row_complex(freqs) -> bool:
+    """Whether ``freqs`` is RoPE as the kernel's tables take it after ``_complex_rope``: complex, (B, N, D/2)."""
+    return isinstance(freqs, torch.Tensor) and torch.is_complex(freqs) and freqs.dim() == 3
+
+
+class PydiffZImageAttnProcessor(_RankLocal):
+    """Drop-in for Z-Image's ``ZSingleStreamAttnProcessor`` (diffusers 0.36+): its QK RMSNorms and its complex
+    RoPE, one table per batch row, in the kernel's prologue, and the padding of each sample's tokens as the key
+    mask; the stock processor runs the norms, a complex product per tensor in float32 and SDPA."""
+
+    def __init__(self):
+        if ZSingleStreamAttnProcessor is None:
+            raise ImportError(f"the Z-Image processor needs diffusers 0.36 or newer, found {diffusers.__version__}")
+        self.stock = ZSingleStreamAttnProcessor()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, freqs_cis: Optional[torch.Tensor] = None):
+        head_dim = _head_dim(attn)
+        if head_dim > MAX_HEAD_DIM or (freqs_cis is not None and not _per_row_complex(freqs_cis)) or \
+                (attention_mask is not None and not _kernel_reads(attention_mask)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, freqs_cis)
+        # (the stock processor reads a 2-D mask (B, N_k) as (B, 1, 1, N_k), others as SDPA does; as given: a float
+        # mask is added)
+        mask = attention_mask
+        if mask is not None and mask.dim() == 2:
+            mask = mask[:, None, None, :]
+        q, k, v = (proj(hidden_states).unflatten(-1, (attn.heads, -1)) for proj in (attn.to_q, attn.to_k, attn.to_v))
+        rope = None if freqs_cis is None else _complex_rope(freqs_cis)
+        out = _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], head_dim, rope, mask)
+        out = attn.to_out[0](out.flatten(2))
+        return attn.to_out[1](out) if len(attn.to_out) > 1 else out
+
+
+class PydiffLumina2AttnProcessor(_RankLocal):
+    """Drop-in for ``Lumina2AttnProcessor2_0`` (Lumina-Image 2.0): grouped-query attention read as is (the stock
+    processor repeats k and v for every query head), the QK RMSNorms and the complex RoPE in the kernel's prologue,
+    the token padding as the key mask, and the proportional-attention scale where a base sequence length is set."""
+
+    def __init__(self):
+        self.stock = Lumina2AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb: Optional[torch.Tensor] = None,
+                 base_sequence_length: Optional[int] = None) -> torch.Tensor:
+        batch, queries, _ = hidden_states.shape
+        head_dim = attn.inner_dim // attn.heads
+        if head_dim > MAX_HEAD_DIM or (image_rotary_emb is not None and not _per_row_complex(image_rotary_emb)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+                              base_sequence_length)
+        q = attn.to_q(hidden_states).unflatten(-1, (attn.heads, head_dim))
+        k, v = (proj(encoder_hidden_states).unflatten(-1, (-1, head_dim)) for proj in (attn.to_k, attn.to_v))
+        scale = attn.scale
+        if base_sequence_length is not None:
+            scale = math.sqrt(math.log(queries, base_sequence_length)) * attn.scale
+        rope = None if image_rotary_emb is None else _complex_rope(image_rotary_emb)
+        # (the stock processor's mask: (B, N_k), any dtype, non-zero where the key takes part)
+        mask = None if attention_mask is None else attention_mask.bool().view(batch, 1, 1, -1)
+        out = _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], head_dim, rope, mask, scale=scale)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
 def _no_qk_norms(attn) -> bool:
     """diffusers' fused joint processor skips the QK norms (SD3.5's), which ours would apply: replaced only without."""
     return all(getattr(attn, name, None) is None for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"))
+
+
+def _copies():
+    """The processors diffusers copies into other models' files (ChronoEdit's and SkyReels-V2's of Wan's; Bria's,
+    LongCat-Image's and Ovis-Image's of Flux's), each with the pydiff processor of its original. Their sources differ
+    from the originals' in names, comments, tensor-parallel head splits and context-parallel arguments only: the
+    same math on modules of the same attributes. Those this diffusers lacks are left out."""
+    for module, name, ours in (("transformer_chronoedit", "WanAttnProcessor", PydiffWanAttnProcessor),
+                               ("transformer_skyreels_v2", "SkyReelsV2AttnProcessor", PydiffWanAttnProcessor),
+                               ("transformer_bria", "BriaAttnProcessor", PydiffFluxAttnProcessor),
+                               ("transformer_longcat_image", "LongCatImageAttnProcessor", PydiffFluxAttnProcessor),
+                               ("transformer_ovis_image", "OvisImageAttnProcessor", PydiffFluxAttnProcessor)):
+        stock = _stock_class(module, name)
+        if stock is not None:
+            yield stock, ours
 
 
 #: (stock processor, ours, which modules: all where None); those this diffusers lacks, or where ours would differ
@@ -532,6 +693,10 @@ _REPLACEMENTS = tuple(entry for entry in (
     (CogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
     (LTXVideoAttnProcessor, PydiffLTXVideoAttnProcessor, None),
     (FusedCogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
+    (CogView4AttnProcessor, PydiffCogView4AttnProcessor, None),
+    (ZSingleStreamAttnProcessor, PydiffZImageAttnProcessor, None),
+    (Lumina2AttnProcessor2_0, PydiffLumina2AttnProcessor, None),
+    *((stock, functools.partial(ours, stock), None) for stock, ours in _copies()),
 ) if entry[0] is not None)
 
 
@@ -546,18 +711,12 @@ def _roots(model_or_pipe) -> List[torch.nn.Module]:
 
 
 def set_attention_backend(model_or_pipe) -> int:
-    """Swap every stock SDPA processor in a diffusers model or pipeline for its pydiff counterpart.
-
-    AttnProcessor2_0 and FusedAttnProcessor2_0 -> PydiffAttnProcessor, JointAttnProcessor2_0 and (without QK norms)
-    FusedJointAttnProcessor2_0 -> PydiffJointAttnProcessor, FluxAttnProcessor -> PydiffFluxAttnProcessor,
-    QwenDoubleStreamAttnProcessor2_0 (diffusers 0.39+) -> PydiffQwenImageAttnProcessor, Flux2AttnProcessor and
-    Flux2ParallelSelfAttnProcessor (0.36+) -> PydiffFlux2AttnProcessor and PydiffFlux2ParallelSelfAttnProcessor,
-    HunyuanVideoAttnProcessor2_0 -> PydiffHunyuanVideoAttnProcessor, WanAttnProcessor -> PydiffWanAttnProcessor,
-    CogVideoXAttnProcessor2_0 and FusedCogVideoXAttnProcessor2_0 -> PydiffCogVideoXAttnProcessor,
-    LTXVideoAttnProcessor -> PydiffLTXVideoAttnProcessor; other
-    processors (IP-adapter, added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable
-    Diffusion VAE's 512-channel mid-block attention). ``fuse_qkv_projections()`` sets diffusers' fused processors
-    over ours: call this after it.
+    """Swap every stock processor pydiff has a counterpart for, in a diffusers model or pipeline, for ours
+    (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's and Z-Image's from diffusers 0.36, Qwen-Image's
+    from 0.39). Other processors (IP-adapter, added-KV, ...) stay, and so do modules whose head dim is over the
+    kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention), SD3.5's fused joint processor (which
+    skips the QK norms) and processors under diffusers' context parallelism. ``fuse_qkv_projections()`` sets
+    diffusers' fused processors over ours: call this after it.
     The backend the processors use follows ``pydiff.use_backend`` / ``PYDIFF_BACKEND`` at call time.
     Returns the number of attention modules switched.
     """
@@ -567,6 +726,8 @@ def set_attention_backend(model_or_pipe) -> int:
             processor = getattr(module, "processor", None)
             if processor is None or not hasattr(module, "set_processor"):
                 continue
+            if getattr(processor, "_parallel_config", None) is not None:  # (context parallelism: see _RankLocal)
+                continue
             for stock, ours, takes in _REPLACEMENTS:
                 if type(processor) is stock and _head_dim(module) <= MAX_HEAD_DIM and (takes is None or takes(module)):
                     module.set_processor(ours())
@@ -575,7 +736,8 @@ def set_attention_backend(model_or_pipe) -> int:
     return switched
 
 
-__all__ = ["PydiffAttnProcessor", "PydiffCogVideoXAttnProcessor", "PydiffFlux2AttnProcessor",
-           "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFluxAttnProcessor", "PydiffHunyuanVideoAttnProcessor",
-           "PydiffJointAttnProcessor", "PydiffLTXVideoAttnProcessor", "PydiffQwenImageAttnProcessor",
-           "PydiffWanAttnProcessor", "set_attention_backend"]
+__all__ = ["PydiffAttnProcessor", "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor",
+           "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFluxAttnProcessor",
+           "PydiffHunyuanVideoAttnProcessor", "PydiffJointAttnProcessor", "PydiffLTXVideoAttnProcessor",
+           "PydiffLumina2AttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffWanAttnProcessor",
+           "PydiffZImageAttnProcessor", "set_attention_backend"]
