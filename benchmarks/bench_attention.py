@@ -650,6 +650,38 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
                      f"B{b} H{h} N{n_txt}+{n_img} ({n_txt_real} text real) D{d}", chroma_ours, chroma_stock,
                      "rms_norm + cat + rope + sdpa with mask + split", _flops(b, h, n, n, d), device, quick, ceiling)
 
+    # 2e. Lumina 2: grouped-query heads (24 query, 8 key/value heads, D96), QK RMSNorm and a complex RoPE with one
+    # table per sample, the caption padding as a key mask; its processor repeats k and v for every query head.
+    b, h, h_kv, d, n_txt = (1, 24, 8, 96, 256) if gpu else (1, 4, 2, 48, 33)
+    n = n_txt + n_img
+    q, k, v = rand(b, n, h, d), rand(b, n, h_kv, d), rand(b, n, h_kv, d)
+    norms = [torch.rand(d, device=device, generator=gen) + 0.5 for _ in range(2)]
+    sample_angles = torch.arange(n, device=device)[:, None] * torch.rand(d // 2, device=device, generator=gen)
+    sample_freqs = torch.polar(torch.ones_like(sample_angles), sample_angles).expand(b, n, d // 2)
+    token = torch.arange(n, device=device)
+    keys = ((token < n_txt // 4) | (token >= n_txt)).expand(b, 1, 1, n)  # (a quarter of the caption real)
+    scale = 1.1 / d ** 0.5  # (its proportional attention: sqrt(log_base N) times the default)
+
+    def lumina_stock():
+        def rotated(x, weight):  # RMSNorm, then diffusers' apply_rotary_emb(use_real=False), per sample
+            pairs = torch.view_as_complex(F.rms_norm(x, (d,), weight, 1e-5).float().reshape(b, n, -1, d // 2, 2))
+            return torch.view_as_real(pairs * sample_freqs[:, :, None]).flatten(3).to(dtype)
+        qs, ks = rotated(q, norms[0]), rotated(k, norms[1])
+        ks, vs = (t.repeat_interleave(h // h_kv, dim=2) for t in (ks, v))
+        return F.scaled_dot_product_attention(qs.transpose(1, 2), ks.transpose(1, 2), vs.transpose(1, 2),
+                                              attn_mask=keys, scale=scale).transpose(1, 2).flatten(2)
+
+    def lumina_ours():
+        table = (sample_freqs.real.repeat_interleave(2, -1)[:, :, None],
+                 sample_freqs.imag.repeat_interleave(2, -1)[:, :, None])
+        return attention(q, k, v, scale, layout="bnhd", attn_mask=keys, rope=table, rope_interleaved=True,
+                         q_norm_weight=norms[0], k_norm_weight=norms[1], norm_eps=1e-5).flatten(2)
+
+    rows += _variant("GQA + QK norm + RoPE per sample + text mask (Lumina 2)",
+                     f"B{b} H{h}/{h_kv} N{n_txt}+{n_img} D{d}", lumina_ours, lumina_stock,
+                     "rms_norm + complex rope + repeat k/v + sdpa with mask", _flops(b, h, n, n, d), device, quick,
+                     ceiling)
+
     # 3. Key padding: text padded to 77 tokens of which a few are real.
     b, h, d, n_q, n_k = (2, 10, 64, 4096, 77) if gpu else (2, 2, 64, 256, 77)
     q, k, v = rand(b, h, n_q, d), rand(b, h, n_k, d), rand(b, h, n_k, d)
