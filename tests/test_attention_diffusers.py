@@ -26,6 +26,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffFlux2AttnProcessor,
     PydiffFlux2ParallelSelfAttnProcessor,
     PydiffFluxAttnProcessor,
+    PydiffHunyuanVideo15AttnProcessor,
     PydiffHunyuanVideoAttnProcessor,
     PydiffJointAttnProcessor,
     PydiffLTXVideoAttnProcessor,
@@ -184,9 +185,12 @@ def _flux2_inputs(seed):
                 img_ids=img_ids, txt_ids=txt_ids)
 
 
-def test_flux2_processors_name_the_diffusers_they_need(monkeypatch):
-    monkeypatch.setattr(attention_processors, "Flux2AttnProcessor", None)
-    for processor in (PydiffFlux2AttnProcessor, PydiffFlux2ParallelSelfAttnProcessor):
+def test_processors_name_the_diffusers_they_need(monkeypatch):
+    for name in ("Flux2AttnProcessor", "Flux2ParallelSelfAttnProcessor", "ZSingleStreamAttnProcessor",
+                 "HunyuanVideo15AttnProcessor2_0"):
+        monkeypatch.setattr(attention_processors, name, None)
+    for processor in (PydiffFlux2AttnProcessor, PydiffFlux2ParallelSelfAttnProcessor, PydiffZImageAttnProcessor,
+                      PydiffHunyuanVideo15AttnProcessor):
         with pytest.raises(ImportError, match="need diffusers 0.36 or newer"):
             processor()
 
@@ -259,6 +263,55 @@ def test_hunyuan_video_transformer(backend, monkeypatch):
     refiner = len(model.context_embedder.token_refiner.refiner_blocks)
     assert calls == ["rows"] * refiner + ["keys"] * (len(model.transformer_blocks) +
                                                      len(model.single_transformer_blocks))
+
+
+needs_hunyuan_video15 = pytest.mark.skipif(attention_processors.HunyuanVideo15AttnProcessor2_0 is None,
+                                           reason=f"diffusers {diffusers.__version__} predates HunyuanVideo 1.5 (0.36)")
+
+
+def tiny_hunyuan_video15():
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    return _perturb(HunyuanVideo15Transformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2,
+        num_refiner_layers=1, text_embed_dim=24, text_embed_2_dim=20, image_embed_dim=12, rope_axes_dim=(4, 6, 6)), 44)
+
+
+def _hunyuan_video15_inputs(seed):
+    """HunyuanVideo 1.5 inputs: 3 frames of 4 x 6 latents, 7 + 5 text tokens (each prompt padded in one of its two
+    encoders) and, text-to-video, image embeddings of zeros, whose 3 tokens the model marks as padding."""
+    gen = torch.Generator().manual_seed(seed)
+    mask, mask_2 = torch.ones(2, 7, dtype=torch.long), torch.ones(2, 5, dtype=torch.long)
+    mask[1, 4:] = 0
+    mask_2[0, 3:] = 0
+    return dict(hidden_states=torch.randn(2, 4, 3, 4, 6, generator=gen), timestep=torch.tensor([3.0, 700.0]),
+                encoder_hidden_states=torch.randn(2, 7, 24, generator=gen), encoder_attention_mask=mask,
+                encoder_hidden_states_2=torch.randn(2, 5, 20, generator=gen), encoder_attention_mask_2=mask_2,
+                image_embeds=torch.zeros(2, 3, 12))
+
+
+@needs_hunyuan_video15
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hunyuan_video15_transformer(backend, monkeypatch):
+    """HunyuanVideo 1.5: [video; text] as a joint call, the QK RMSNorms in the prologue, the RoPE on the video
+    tokens; the stock processor's outer-product mask (B, 1, N, N) read as the tokens' key mask with the padding's
+    query rows zeroed (SDPA gives a query that sees no key zeros). The token refiner keeps ``PydiffAttnProcessor``.
+    Outputs the stock processors'."""
+    model, inputs = tiny_hunyuan_video15(), _hunyuan_video15_inputs(45)
+    calls = _joined_masks(monkeypatch)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffHunyuanVideo15AttnProcessor, PydiffAttnProcessor})
+    # (the refiner's self-attention over the 7 text tokens, its mask per query; then each block's 72 + 15 tokens)
+    assert calls == [(None, ((2, 1, 7, 7), torch.bool))] + [((87, 16), ((2, 1, 1, 87), torch.bool))] * 2
+    # one block's attention alone: a text mask, and without text a mask that reaches into the video tokens
+    attn, gen = model.transformer_blocks[0].attn, torch.Generator().manual_seed(46)
+    hidden, context = torch.randn(2, 10, 32, generator=gen), torch.randn(2, 6, 32, generator=gen)
+    angles = torch.rand(10, 8, generator=gen).repeat_interleave(2, -1) * 6
+    masks = torch.rand(2, 6, generator=gen) > 0.4
+    with pydiff.use_backend(backend):
+        _block_matches_stock(PydiffHunyuanVideo15AttnProcessor(), attn, (hidden, context), (angles.cos(), angles.sin()),
+                             [masks])
+        _block_matches_stock(PydiffHunyuanVideo15AttnProcessor(), attn, (hidden,), (angles.cos(), angles.sin()),
+                             [masks[:, :4]])
 
 
 def tiny_qwen_image():
@@ -908,7 +961,9 @@ def test_compiled_fullgraph_models(backend):
     if attention_processors._QWEN_MASKS_TEXT:  # (replaced from diffusers 0.39)
         models.append((qwen, lambda m: m(**qwen_inputs).sample))
     if attention_processors.ZSingleStreamAttnProcessor is not None:  # (diffusers 0.36+)
-        models.append((tiny_z_image(), _z_image_run(_z_image_inputs(21))))
+        hunyuan15_inputs = _hunyuan_video15_inputs(22)
+        models += [(tiny_z_image(), _z_image_run(_z_image_inputs(21))),
+                   (tiny_hunyuan_video15(), lambda m: m(**hunyuan15_inputs).sample)]
     if attention_processors.Flux2AttnProcessor is not None:  # (diffusers 0.36+)
         flux2_inputs = _flux2_inputs(12)
         models.append((tiny_flux2(), lambda m: m(**flux2_inputs).sample))
@@ -924,7 +979,8 @@ def test_compiled_fullgraph_models(backend):
 #: models whose own forward is data-dependent (each sample's token count read from its mask: a graph break), with
 #: the blocks a user compiles instead (regional compilation, as diffusers' ``compile_repeated_blocks``)
 _REGIONAL = {"Lumina2Transformer2DModel": "Lumina2TransformerBlock",
-             "ZImageTransformer2DModel": "ZImageTransformerBlock"}
+             "ZImageTransformer2DModel": "ZImageTransformerBlock",
+             "HunyuanVideo15Transformer3DModel": "HunyuanVideo15TransformerBlock"}
 
 
 def _compiled(model: torch.nn.Module) -> torch.nn.Module:
@@ -959,7 +1015,7 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     that precision, plus 1e-3. A UNet (its projections also fused: q, k and v strided views of one matmul), SD3 and
     Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, PixArt, Qwen-Image and HunyuanVideo with their
     text-padding masks (the kernel's key mask), Chroma with its per-query mask, Wan's image-to-video model,
-    CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask and Z-Image.
+    CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask, Z-Image and HunyuanVideo 1.5.
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -977,8 +1033,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
               (tiny_cogview4(), _cogview4_inputs(21, text_mask=True))]
     if attention_processors._QWEN_MASKS_TEXT:
         models.append((tiny_qwen_image(), _qwen_inputs(12)))
-    if attention_processors.ZSingleStreamAttnProcessor is not None:
-        models.append((tiny_z_image(), _z_image_inputs(22)))
+    if attention_processors.ZSingleStreamAttnProcessor is not None:  # (diffusers 0.36+)
+        models += [(tiny_z_image(), _z_image_inputs(22)), (tiny_hunyuan_video15(), _hunyuan_video15_inputs(23))]
     if attention_processors.Flux2AttnProcessor is not None:
         models.append((tiny_flux2(), _flux2_inputs(13)))
     for model, inputs in models:

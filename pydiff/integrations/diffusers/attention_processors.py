@@ -5,7 +5,8 @@
                                   # Flux2Transformer2DModel, QwenImageTransformer2DModel, PixArtTransformer2DModel,
                                   # ChromaTransformer2DModel, HunyuanVideoTransformer3DModel, WanTransformer3DModel,
                                   # CogVideoXTransformer3DModel, LTXVideoTransformer3DModel, ZImageTransformer2DModel,
-                                  # Lumina2Transformer2DModel, CogView4Transformer2DModel, ...
+                                  # Lumina2Transformer2DModel, CogView4Transformer2DModel,
+                                  # HunyuanVideo15Transformer3DModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
@@ -22,6 +23,9 @@
 * ``PydiffHunyuanVideoAttnProcessor`` replaces HunyuanVideo's ``HunyuanVideoAttnProcessor2_0``: [video; text]
   attention (joint, or over a single-stream block's joined tokens) with the RoPE on the video tokens only and the
   text padding as the key mask.
+* ``PydiffHunyuanVideo15AttnProcessor`` replaces HunyuanVideo 1.5's ``HunyuanVideo15AttnProcessor2_0`` (diffusers
+  0.36+): the same joint call, the stock processor's (B, 1, N, N) outer-product mask read as the tokens' key mask,
+  the padding's query rows zeroed (no N x N mask built).
 * ``PydiffQwenImageAttnProcessor`` replaces Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.39+):
   the same joint call, its complex RoPE as cos/sin tables, and the text padding as the kernel's key mask.
 * ``PydiffWanAttnProcessor`` replaces Wan's ``WanAttnProcessor`` (Wan 2.1/2.2, VACE): the RoPE in the kernel's
@@ -57,6 +61,7 @@ from typing import Dict, List, Optional, Tuple
 
 import diffusers
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention_processor import (
     AttnProcessor2_0,
     CogVideoXAttnProcessor2_0,
@@ -95,6 +100,15 @@ def _stock_class(module: str, name: str):
 Flux2AttnProcessor = _stock_class("transformer_flux2", "Flux2AttnProcessor")
 Flux2ParallelSelfAttnProcessor = _stock_class("transformer_flux2", "Flux2ParallelSelfAttnProcessor")
 ZSingleStreamAttnProcessor = _stock_class("transformer_z_image", "ZSingleStreamAttnProcessor")
+HunyuanVideo15AttnProcessor2_0 = _stock_class("transformer_hunyuan_video15", "HunyuanVideo15AttnProcessor2_0")
+
+
+def _stock(stock_type, model: str, version: str):
+    """A new ``stock_type``, diffusers' processor for ``model``; an ImportError naming the diffusers version that
+    brought it where this one has none (None)."""
+    if stock_type is None:
+        raise ImportError(f"the {model} processors need diffusers {version} or newer, found {diffusers.__version__}")
+    return stock_type()
 
 #: Qwen-Image's stock processor masks the text padding itself (from encoder_hidden_states_mask) and refuses an
 #: attention_mask since diffusers 0.39; before, it took an attention_mask as given (0.38's transformer built the
@@ -351,17 +365,12 @@ class PydiffFluxAttnProcessor(_RankLocal):
         return attn.to_out[1](attn.to_out[0](image.flatten(2))), attn.to_add_out(context.flatten(2))
 
 
-def _need_flux2() -> None:
-    if Flux2AttnProcessor is None:
-        raise ImportError(f"the FLUX.2 processors need diffusers 0.36 or newer, found {diffusers.__version__}")
-
 
 class PydiffFlux2AttnProcessor(PydiffFluxAttnProcessor):
     """Drop-in for FLUX.2's ``Flux2AttnProcessor`` (its double-stream blocks; diffusers 0.36+): FLUX.1's math."""
 
     def __init__(self):
-        _need_flux2()
-        self.stock = Flux2AttnProcessor()
+        self.stock = _stock(Flux2AttnProcessor, "FLUX.2", "0.36")
 
 
 class PydiffFlux2ParallelSelfAttnProcessor(_RankLocal):
@@ -369,8 +378,7 @@ class PydiffFlux2ParallelSelfAttnProcessor(_RankLocal):
     the attention and the MLP): the attention with its QK RMSNorms and RoPE in one ``pydiff.attention`` call."""
 
     def __init__(self):
-        _need_flux2()
-        self.stock = Flux2ParallelSelfAttnProcessor()
+        self.stock = _stock(Flux2ParallelSelfAttnProcessor, "FLUX.2", "0.36")
 
     def __call__(self, attn, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                  image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
@@ -497,6 +505,48 @@ class PydiffHunyuanVideoAttnProcessor(_RankLocal):
         return video, text
 
 
+class PydiffHunyuanVideo15AttnProcessor(_RankLocal):
+    """Drop-in for HunyuanVideo 1.5's ``HunyuanVideo15AttnProcessor2_0``: [video; text] as a joint call with the QK
+    RMSNorms in the prologue and the RoPE on the video tokens. The stock processor masks with the outer product of
+    the joined tokens' mask, a (B, 1, N, N) tensor; a query that is not padding sees the tokens' mask as its key
+    mask, and one that is sees no key, which SDPA answers with zeros: ours reads the tokens' mask as the key mask and
+    zeroes the padding's rows, so no N x N mask is built or read."""
+
+    def __init__(self):
+        self.stock = _stock(HunyuanVideo15AttnProcessor2_0, "HunyuanVideo 1.5", "0.36")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None):
+        head_dim = attn.inner_dim // attn.heads
+        if head_dim > MAX_HEAD_DIM or attention_mask is None or attention_mask.dim() != 2 or \
+                (image_rotary_emb is not None and any(t.dim() != 2 for t in image_rotary_emb)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        n_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        tokens = hidden_states.shape[1] + n_text
+        # (the stock processor's tokens' mask: the given mask's columns last, every token before them kept)
+        kept = F.pad(attention_mask, (tokens - attention_mask.shape[1], 0), value=True).bool()
+        rope = None if image_rotary_emb is None else _latent_rope(image_rotary_emb, n_text, text_first=False)
+        streams = [_image_stream(attn, hidden_states, head_dim)]
+        if encoder_hidden_states is not None:
+            streams.append(_text_stream(attn, encoder_hidden_states, head_dim))
+        out = _streams_attention(streams, head_dim, rope, kept[:, None, None, :])
+        outs = list(out) if encoder_hidden_states is not None else [out]
+        start = 0  # (the padding's query rows zeroed in the streams the given mask reaches: the text's)
+        for i, x in enumerate(outs):
+            if start + x.shape[1] > tokens - attention_mask.shape[1]:
+                outs[i] = x * kept[:, start:start + x.shape[1], None, None].to(x.dtype)
+            start += x.shape[1]
+        video, *text = (x.flatten(2) for x in outs)
+        if not text:
+            return video, None  # (the stock processor's output when there is no text)
+        text = text[0]
+        if getattr(attn, "to_out", None) is not None:
+            video = attn.to_out[1](attn.to_out[0](video))
+        if getattr(attn, "to_add_out", None) is not None:
+            text = attn.to_add_out(text)
+        return video, text
+
+
 class PydiffQwenImageAttnProcessor(_RankLocal):
     """Drop-in for Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.39+, which masks the text
     padding): joint [text; image] attention with the per-stream QK RMSNorms and the RoPE in the kernel's prologue
@@ -607,9 +657,7 @@ class PydiffZImageAttnProcessor(_RankLocal):
     mask; the stock processor runs the norms, a complex product per tensor in float32 and SDPA."""
 
     def __init__(self):
-        if ZSingleStreamAttnProcessor is None:
-            raise ImportError(f"the Z-Image processor needs diffusers 0.36 or newer, found {diffusers.__version__}")
-        self.stock = ZSingleStreamAttnProcessor()
+        self.stock = _stock(ZSingleStreamAttnProcessor, "Z-Image", "0.36")
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, freqs_cis: Optional[torch.Tensor] = None):
@@ -689,6 +737,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (Flux2ParallelSelfAttnProcessor, PydiffFlux2ParallelSelfAttnProcessor, None),
     (QwenDoubleStreamAttnProcessor2_0 if _QWEN_MASKS_TEXT else None, PydiffQwenImageAttnProcessor, None),
     (HunyuanVideoAttnProcessor2_0, PydiffHunyuanVideoAttnProcessor, None),
+    (HunyuanVideo15AttnProcessor2_0, PydiffHunyuanVideo15AttnProcessor, None),
     (WanAttnProcessor, PydiffWanAttnProcessor, None),
     (CogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
     (LTXVideoAttnProcessor, PydiffLTXVideoAttnProcessor, None),
@@ -712,8 +761,8 @@ def _roots(model_or_pipe) -> List[torch.nn.Module]:
 
 def set_attention_backend(model_or_pipe) -> int:
     """Swap every stock processor pydiff has a counterpart for, in a diffusers model or pipeline, for ours
-    (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's and Z-Image's from diffusers 0.36, Qwen-Image's
-    from 0.39). Other processors (IP-adapter, added-KV, ...) stay, and so do modules whose head dim is over the
+    (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's and HunyuanVideo 1.5's from diffusers
+    0.36, Qwen-Image's from 0.39). Other processors (IP-adapter, added-KV, ...) stay, and so do modules whose head dim is over the
     kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention), SD3.5's fused joint processor (which
     skips the QK norms) and processors under diffusers' context parallelism. ``fuse_qkv_projections()`` sets
     diffusers' fused processors over ours: call this after it.
@@ -738,6 +787,6 @@ def set_attention_backend(model_or_pipe) -> int:
 
 __all__ = ["PydiffAttnProcessor", "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor",
            "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFluxAttnProcessor",
-           "PydiffHunyuanVideoAttnProcessor", "PydiffJointAttnProcessor", "PydiffLTXVideoAttnProcessor",
-           "PydiffLumina2AttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffWanAttnProcessor",
-           "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor", "PydiffJointAttnProcessor",
+           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffQwenImageAttnProcessor",
+           "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
