@@ -762,10 +762,10 @@ def _roots(model_or_pipe) -> List[torch.nn.Module]:
 def set_attention_backend(model_or_pipe) -> int:
     """Swap every stock processor pydiff has a counterpart for, in a diffusers model or pipeline, for ours
     (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's and HunyuanVideo 1.5's from diffusers
-    0.36, Qwen-Image's from 0.39). Other processors (IP-adapter, added-KV, ...) stay, and so do modules whose head dim is over the
-    kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention), SD3.5's fused joint processor (which
-    skips the QK norms) and processors under diffusers' context parallelism. ``fuse_qkv_projections()`` sets
-    diffusers' fused processors over ours: call this after it.
+    0.36, Qwen-Image's from 0.39). Other processors (IP-adapter, added-KV, ...) stay, and so do modules whose head
+    dim is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention), SD3.5's fused joint
+    processor (which skips the QK norms) and processors under diffusers' context parallelism.
+    ``fuse_qkv_projections()`` sets diffusers' fused processors over ours: call this after it.
     The backend the processors use follows ``pydiff.use_backend`` / ``PYDIFF_BACKEND`` at call time.
     Returns the number of attention modules switched.
     """
