@@ -29,6 +29,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffHunyuanVideo15AttnProcessor,
     PydiffHunyuanVideoAttnProcessor,
     PydiffJointAttnProcessor,
+    PydiffLTX2AttnProcessor,
     PydiffLTXVideoAttnProcessor,
     PydiffLumina2AttnProcessor,
     PydiffWanAttnProcessor,
@@ -839,6 +840,55 @@ def test_context_parallelism_keeps_stock_processors():
     assert processor._parallel_config is None
 
 
+needs_ltx2 = pytest.mark.skipif(attention_processors.LTX2AudioVideoAttnProcessor is None,
+                                reason=f"diffusers {diffusers.__version__} predates LTX-2 (0.37)")
+
+
+def tiny_ltx2(rope_type: str, gated: bool):
+    from diffusers.models.transformers.transformer_ltx2 import LTX2VideoTransformer3DModel
+
+    return _perturb(LTX2VideoTransformer3DModel(
+        in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
+        audio_in_channels=6, audio_out_channels=6, audio_num_attention_heads=2, audio_attention_head_dim=8,
+        audio_cross_attention_dim=16, num_layers=2, caption_channels=24, rope_type=rope_type, gated_attn=gated,
+        audio_gated_attn=gated, use_prompt_embeddings=False), 47)
+
+
+def _ltx2_inputs(seed):
+    """LTX-2 inputs: 3 video frames of 4 x 5 latent tokens, 9 audio tokens, 7 text tokens for each (the second
+    prompt padded after 4)."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.ones(2, 7)
+    mask[1, 4:] = 0
+    return dict(hidden_states=torch.randn(2, 60, 8, generator=gen),
+                audio_hidden_states=torch.randn(2, 9, 6, generator=gen),
+                encoder_hidden_states=torch.randn(2, 7, 32, generator=gen),
+                audio_encoder_hidden_states=torch.randn(2, 7, 16, generator=gen), timestep=torch.tensor([3.0, 700.0]),
+                encoder_attention_mask=mask, audio_encoder_attention_mask=mask, num_frames=3, height=4, width=5,
+                audio_num_frames=9)
+
+
+def _ltx2_run(inputs):
+    return lambda m: (lambda out: (out.sample, out.audio_sample))(m(**inputs))
+
+
+@needs_ltx2
+@pytest.mark.parametrize("rope_type,gated", [("interleaved", False), ("split", True)],
+                         ids=["interleaved", "split-gated"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ltx2_transformer(backend, rope_type, gated, monkeypatch):
+    """LTX-2: video and audio self-attention with their RoPE tables (interleaved (B, N, H*D), or split (B, H, N, D/2)
+    with halves repeated) in the kernel's prologue, text cross-attention with the padding as the key mask, the
+    per-head gates after; the audio-video cross-attention (keys turned by tables of their own) with the stock
+    processor. Video and audio outputs the stock processors'."""
+    model, inputs = tiny_ltx2(rope_type, gated), _ltx2_inputs(48)
+    calls = _joined_masks(monkeypatch)
+    _compare(model, _ltx2_run(inputs), backend, {PydiffLTX2AttnProcessor})
+    video_rope, audio_rope = ((2, 60, 2, 16), (2, 9, 2, 8))
+    assert calls == [(video_rope, None), (audio_rope, None), (None, ((2, 1, 1, 7), torch.float32)),
+                     (None, ((2, 1, 1, 7), torch.float32))] * len(model.transformer_blocks)
+
+
 def _block_matches_stock(ours, attn, args, rope, masks, stock=None):
     """``ours(attn, *args, ...)`` against the stock module ``stock`` (default ``attn``) for each attention mask in
     ``masks`` (None: no mask): every output equal."""
@@ -964,6 +1014,8 @@ def test_compiled_fullgraph_models(backend):
         hunyuan15_inputs = _hunyuan_video15_inputs(22)
         models += [(tiny_z_image(), _z_image_run(_z_image_inputs(21))),
                    (tiny_hunyuan_video15(), lambda m: m(**hunyuan15_inputs).sample)]
+    if attention_processors.LTX2AudioVideoAttnProcessor is not None:  # (diffusers 0.37+)
+        models.append((tiny_ltx2("split", True), _ltx2_run(_ltx2_inputs(24))))
     if attention_processors.Flux2AttnProcessor is not None:  # (diffusers 0.36+)
         flux2_inputs = _flux2_inputs(12)
         models.append((tiny_flux2(), lambda m: m(**flux2_inputs).sample))
@@ -1015,7 +1067,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     that precision, plus 1e-3. A UNet (its projections also fused: q, k and v strided views of one matmul), SD3 and
     Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, PixArt, Qwen-Image and HunyuanVideo with their
     text-padding masks (the kernel's key mask), Chroma with its per-query mask, Wan's image-to-video model,
-    CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask, Z-Image and HunyuanVideo 1.5.
+    CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask, Z-Image, HunyuanVideo 1.5 and
+    LTX-2 (both RoPE layouts).
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -1035,14 +1088,18 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
         models.append((tiny_qwen_image(), _qwen_inputs(12)))
     if attention_processors.ZSingleStreamAttnProcessor is not None:  # (diffusers 0.36+)
         models += [(tiny_z_image(), _z_image_inputs(22)), (tiny_hunyuan_video15(), _hunyuan_video15_inputs(23))]
+    if attention_processors.LTX2AudioVideoAttnProcessor is not None:  # (diffusers 0.37+)
+        models += [(tiny_ltx2("interleaved", False), _ltx2_inputs(25)), (tiny_ltx2("split", True), _ltx2_inputs(26))]
     if attention_processors.Flux2AttnProcessor is not None:
         models.append((tiny_flux2(), _flux2_inputs(13)))
     for model, inputs in models:
         def run(m, precision):
             args = _moved(inputs, cuda_device, precision)
-            sample = (m(**args) if isinstance(args, dict) else m(*args)).sample
-            # (Z-Image's: a list of per-sample tensors)
-            return torch.cat([x.flatten() for x in sample]).double() if isinstance(sample, list) else sample.double()
+            out = m(**args) if isinstance(args, dict) else m(*args)
+            # (Z-Image's sample: a list of per-sample tensors; LTX-2's output: video and audio)
+            parts = out.sample if isinstance(out.sample, list) else [out.sample]
+            parts += [out.audio_sample] if getattr(out, "audio_sample", None) is not None else []
+            return torch.cat([x.flatten() for x in parts]).double()
 
         with torch.no_grad():
             ref = run(copy.deepcopy(model).to(cuda_device, torch.float64), torch.float64)

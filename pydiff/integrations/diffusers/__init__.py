@@ -13,6 +13,7 @@ _EXPORTS = {
     "PydiffCogView4AttnProcessor": "attention_processors",
     "PydiffJointAttnProcessor": "attention_processors",
     "PydiffLTXVideoAttnProcessor": "attention_processors",
+    "PydiffLTX2AttnProcessor": "attention_processors",
     "PydiffLumina2AttnProcessor": "attention_processors",
     "PydiffFluxAttnProcessor": "attention_processors",
     "PydiffFlux2AttnProcessor": "attention_processors",

@@ -6,7 +6,7 @@
                                   # ChromaTransformer2DModel, HunyuanVideoTransformer3DModel, WanTransformer3DModel,
                                   # CogVideoXTransformer3DModel, LTXVideoTransformer3DModel, ZImageTransformer2DModel,
                                   # Lumina2Transformer2DModel, CogView4Transformer2DModel,
-                                  # HunyuanVideo15Transformer3DModel, ...
+                                  # HunyuanVideo15Transformer3DModel, LTX2VideoTransformer3DModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
@@ -34,6 +34,9 @@
   CogView3-Plus): [text; video] attention as a joint call, the RoPE on the video tokens only.
 * ``PydiffLTXVideoAttnProcessor`` replaces ``LTXVideoAttnProcessor``: the RoPE, whose tables span every head's
   channels, in the kernel's prologue as per-head tables.
+* ``PydiffLTX2AttnProcessor`` replaces LTX-2's ``LTX2AudioVideoAttnProcessor`` (diffusers 0.37+): the same for its
+  video and audio self-attention (interleaved or split tables) and text cross-attention, then its per-head gates;
+  its audio-video cross-attention (keys turned by tables of their own) stays stock.
 * ``PydiffZImageAttnProcessor`` (diffusers 0.36+) and ``PydiffLumina2AttnProcessor`` replace Z-Image's
   ``ZSingleStreamAttnProcessor`` and ``Lumina2AttnProcessor2_0``: the QK RMSNorms and the complex RoPE (one table
   per sample) in the prologue, the token padding as the key mask; Lumina 2's grouped-query heads read as they are
@@ -101,6 +104,7 @@ Flux2AttnProcessor = _stock_class("transformer_flux2", "Flux2AttnProcessor")
 Flux2ParallelSelfAttnProcessor = _stock_class("transformer_flux2", "Flux2ParallelSelfAttnProcessor")
 ZSingleStreamAttnProcessor = _stock_class("transformer_z_image", "ZSingleStreamAttnProcessor")
 HunyuanVideo15AttnProcessor2_0 = _stock_class("transformer_hunyuan_video15", "HunyuanVideo15AttnProcessor2_0")
+LTX2AudioVideoAttnProcessor = _stock_class("transformer_ltx2", "LTX2AudioVideoAttnProcessor")  # (0.37+)
 
 
 def _stock(stock_type, model: str, version: str):
@@ -619,30 +623,75 @@ class PydiffWanAttnProcessor(_RankLocal):
         return attn.to_out[1](attn.to_out[0](out.flatten(2)))
 
 
+def _ltx_rope(attn, tables):
+    """LTX-Video's and LTX-2's RoPE tables as the kernel's per-head tables (B, N, H, D): interleaved tables
+    (B, N, H*D), which span every head's channels, read in place; LTX-2's split tables (B, H, N, D/2) with their
+    halves repeated (the kernel's half-split tables hold [cos, cos]). None for other forms."""
+    cos, sin = tables
+    if getattr(attn, "rope_type", "interleaved") == "interleaved":
+        if attn.inner_kv_dim == attn.inner_dim and all(t.dim() == 3 and t.shape[-1] == attn.inner_dim
+                                                       for t in tables):
+            return cos.unflatten(-1, (attn.heads, attn.head_dim)), sin.unflatten(-1, (attn.heads, attn.head_dim))
+    elif attn.rope_type == "split" and all(t.dim() == 4 and t.shape[1] == attn.heads and
+                                           2 * t.shape[-1] == attn.head_dim for t in tables):
+        return tuple(torch.cat([t, t], -1).transpose(1, 2) for t in tables)
+    return None
+
+
+def _ltx_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor],
+                   attention_mask: Optional[torch.Tensor], tables) -> Optional[torch.Tensor]:
+    """LTX-Video's and LTX-2's attention, (B, N, H, D), in one ``pydiff.attention`` call: the RoPE (``tables``) in
+    the prologue, the mask as the kernel reads it; their QK RMSNorms span every head, so they run as modules first,
+    as in the stock processors. None where the kernel does not take the call (the stock processor's then)."""
+    source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+    mask = _processor_mask(attn, attention_mask, source.shape[0], source.shape[1])
+    rope = None if tables is None else _ltx_rope(attn, tables)
+    if attn.head_dim > MAX_HEAD_DIM or (attention_mask is not None and mask is None) or \
+            (tables is not None and rope is None):
+        return None
+    q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (-1, attn.head_dim))
+    k = attn.norm_k(attn.to_k(source)).unflatten(2, (-1, attn.head_dim))
+    v = attn.to_v(source).unflatten(2, (-1, attn.head_dim))
+    return attention(q, k, v, layout="bnhd", attn_mask=mask, rope=rope,
+                     rope_interleaved=getattr(attn, "rope_type", "interleaved") == "interleaved")
+
+
 class PydiffLTXVideoAttnProcessor(_RankLocal):
     """Drop-in for ``LTXVideoAttnProcessor`` (LTX-Video): the RoPE in the kernel's prologue, its tables
     (B, N, H*D), which span every head's channels, read in place as per-head tables (B, N, H, D); the stock
-    processor rotates q and k over the whole inner dim in several elementwise passes each. LTX's QK RMSNorms span
-    every head, so they run as modules first, as in the stock processor."""
+    processor rotates q and k over the whole inner dim in several elementwise passes each."""
 
     def __init__(self):
         self.stock = LTXVideoAttnProcessor()
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None) -> torch.Tensor:
-        source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        mask = _processor_mask(attn, attention_mask, source.shape[0], source.shape[1])
-        rope = None
-        if image_rotary_emb is not None and attn.inner_kv_dim == attn.inner_dim and \
-                all(t.dim() == 3 and t.shape[-1] == attn.inner_dim for t in image_rotary_emb):
-            rope = tuple(t.unflatten(-1, (attn.heads, attn.head_dim)) for t in image_rotary_emb)
-        if attn.head_dim > MAX_HEAD_DIM or (attention_mask is not None and mask is None) or \
-                (image_rotary_emb is not None and rope is None):
+        out = _ltx_attention(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if out is None:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (-1, attn.head_dim))
-        k = attn.norm_k(attn.to_k(source)).unflatten(2, (-1, attn.head_dim))
-        v = attn.to_v(source).unflatten(2, (-1, attn.head_dim))
-        out = attention(q, k, v, layout="bnhd", attn_mask=mask, rope=rope, rope_interleaved=True)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
+class PydiffLTX2AttnProcessor(_RankLocal):
+    """Drop-in for LTX-2's ``LTX2AudioVideoAttnProcessor`` (diffusers 0.37+): LTX-Video's call for its video and
+    audio self-attention (interleaved or split RoPE tables, per head) and text cross-attention (the padding as the
+    key mask), then its per-head gates. Its audio-video cross-attention, whose keys turn by tables of their own
+    (``key_rotary_emb``), stays with the stock processor: the prologue turns q and k by one table."""
+
+    def __init__(self):
+        self.stock = _stock(LTX2AudioVideoAttnProcessor, "LTX-2", "0.37")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, query_rotary_emb=None,
+                 key_rotary_emb=None) -> torch.Tensor:
+        out = None
+        if key_rotary_emb is None:
+            out = _ltx_attention(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb)
+        if out is None:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb,
+                              key_rotary_emb)
+        if attn.to_gate_logits is not None:  # (the stock processor's per-head gates, 1 where the logits are 0)
+            out = out * (2.0 * torch.sigmoid(attn.to_gate_logits(hidden_states))).unsqueeze(-1)
         return attn.to_out[1](attn.to_out[0](out.flatten(2)))
 
 
@@ -741,6 +790,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (WanAttnProcessor, PydiffWanAttnProcessor, None),
     (CogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
     (LTXVideoAttnProcessor, PydiffLTXVideoAttnProcessor, None),
+    (LTX2AudioVideoAttnProcessor, PydiffLTX2AttnProcessor, None),
     (FusedCogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
     (CogView4AttnProcessor, PydiffCogView4AttnProcessor, None),
     (ZSingleStreamAttnProcessor, PydiffZImageAttnProcessor, None),
@@ -762,9 +812,9 @@ def _roots(model_or_pipe) -> List[torch.nn.Module]:
 def set_attention_backend(model_or_pipe) -> int:
     """Swap every stock processor pydiff has a counterpart for, in a diffusers model or pipeline, for ours
     (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's and HunyuanVideo 1.5's from diffusers
-    0.36, Qwen-Image's from 0.39). Other processors (IP-adapter, added-KV, ...) stay, and so do modules whose head
-    dim is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention), SD3.5's fused joint
-    processor (which skips the QK norms) and processors under diffusers' context parallelism.
+    0.36, LTX-2's from 0.37, Qwen-Image's from 0.39). Other processors (IP-adapter, added-KV, ...) stay, and so do
+    modules whose head dim is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention),
+    SD3.5's fused joint processor (which skips the QK norms) and processors under diffusers' context parallelism.
     ``fuse_qkv_projections()`` sets diffusers' fused processors over ours: call this after it.
     The backend the processors use follows ``pydiff.use_backend`` / ``PYDIFF_BACKEND`` at call time.
     Returns the number of attention modules switched.
@@ -788,5 +838,6 @@ def set_attention_backend(model_or_pipe) -> int:
 __all__ = ["PydiffAttnProcessor", "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor",
            "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFluxAttnProcessor",
            "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor", "PydiffJointAttnProcessor",
-           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffQwenImageAttnProcessor",
-           "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffLTX2AttnProcessor", "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor",
+           "PydiffQwenImageAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor",
+           "set_attention_backend"]
