@@ -34,6 +34,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffLumina2AttnProcessor,
     PydiffWanAttnProcessor,
     PydiffQwenImageAttnProcessor,
+    PydiffSanaAttnProcessor,
     PydiffZImageAttnProcessor,
     set_attention_backend,
 )
@@ -168,10 +169,11 @@ needs_flux2 = pytest.mark.skipif(attention_processors.Flux2AttnProcessor is None
 def tiny_flux2():
     from diffusers import Flux2Transformer2DModel
 
-    return _perturb(Flux2Transformer2DModel(
+    # (guidance_embeds: diffusers 0.37+, whose default embeds guidance; 0.36 has none)
+    return _perturb(Flux2Transformer2DModel(**_accepted(Flux2Transformer2DModel.__init__, dict(
         patch_size=1, in_channels=8, num_layers=1, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
         joint_attention_dim=32, timestep_guidance_channels=16, mlp_ratio=2.0, axes_dims_rope=(4, 4, 4, 4),
-        guidance_embeds=False), 18)
+        guidance_embeds=False))), 18)
 
 
 def _flux2_inputs(seed):
@@ -181,9 +183,14 @@ def _flux2_inputs(seed):
                                          indexing="ij"), -1).reshape(-1, 4)
     txt_ids = torch.zeros(6, 4)
     txt_ids[:, 3] = torch.arange(6.0)
-    return dict(hidden_states=torch.randn(1, 20, 8, generator=gen),
-                encoder_hidden_states=torch.randn(1, 6, 32, generator=gen), timestep=torch.tensor([0.7]),
-                img_ids=img_ids, txt_ids=txt_ids)
+    inputs = dict(hidden_states=torch.randn(1, 20, 8, generator=gen),
+                  encoder_hidden_states=torch.randn(1, 6, 32, generator=gen), timestep=torch.tensor([0.7]),
+                  img_ids=img_ids, txt_ids=txt_ids)
+    from diffusers import Flux2Transformer2DModel
+
+    if not _accepted(Flux2Transformer2DModel.__init__, {"guidance_embeds": False}):  # (0.36: guidance embedded)
+        inputs["guidance"] = torch.tensor([3.5])
+    return inputs
 
 
 def test_processors_name_the_diffusers_they_need(monkeypatch):
@@ -313,6 +320,39 @@ def test_hunyuan_video15_transformer(backend, monkeypatch):
                              [masks])
         _block_matches_stock(PydiffHunyuanVideo15AttnProcessor(), attn, (hidden,), (angles.cos(), angles.sin()),
                              [masks[:, :4]])
+
+
+def tiny_sana(qk_norm):
+    from diffusers import SanaTransformer2DModel
+
+    return _perturb(SanaTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2,
+        num_cross_attention_heads=2, cross_attention_head_dim=16, cross_attention_dim=32, caption_channels=24,
+        sample_size=8, patch_size=1, qk_norm=qk_norm), 49)
+
+
+def _sana_inputs(seed):
+    """Sana inputs: 8 x 6 latents, 7 caption tokens, the second prompt padded after 4."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.ones(2, 7)
+    mask[1, 4:] = 0
+    return dict(hidden_states=torch.randn(2, 4, 8, 6, generator=gen),
+                encoder_hidden_states=torch.randn(2, 7, 24, generator=gen), timestep=torch.tensor([3, 700]),
+                encoder_attention_mask=mask)
+
+
+@pytest.mark.parametrize("qk_norm", [None, "rms_norm_across_heads"], ids=["sana", "sana-1.5-qk-norm"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sana_cross_attention(backend, qk_norm, monkeypatch):
+    """Sana's cross-attention with the caption padding (diffusers' additive (B, 1, N_k) mask) as the kernel's key
+    mask, Sana 1.5's across-heads QK norms as modules; its linear self-attention keeps the stock processor. Outputs
+    the stock processors'."""
+    from diffusers.models.attention_processor import SanaLinearAttnProcessor2_0
+
+    model, inputs = tiny_sana(qk_norm), _sana_inputs(50)
+    calls = _masked_calls(monkeypatch)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffSanaAttnProcessor, SanaLinearAttnProcessor2_0})
+    assert calls == ["keys"] * 2
 
 
 def tiny_qwen_image():
@@ -806,7 +846,9 @@ def test_models_with_copied_processors(backend, module, model_name, stock_name):
     Flux's tiny configs: every module gets the original's pydiff processor, falling back to the model's own stock
     class, and the outputs are the stock processors'."""
     models = pytest.importorskip(f"diffusers.models.transformers.{module}")
-    model_type, stock_type = getattr(models, model_name), getattr(models, stock_name)
+    model_type, stock_type = getattr(models, model_name), getattr(models, stock_name, None)
+    if stock_type is None:  # (SkyReels-V2's before diffusers 0.36: another processor, not a copy of Wan's)
+        pytest.skip(f"diffusers {diffusers.__version__}'s {model_name} has no {stock_name}")
     wan = stock_type.__name__ in ("WanAttnProcessor", "SkyReelsV2AttnProcessor")
     config = _accepted(model_type.__init__, _WAN_CONFIG if wan else dict(_FLUX_CONFIG, out_channels=8))
     model = _perturb(model_type(**config), 42)
@@ -847,25 +889,30 @@ needs_ltx2 = pytest.mark.skipif(attention_processors.LTX2AudioVideoAttnProcessor
 def tiny_ltx2(rope_type: str, gated: bool):
     from diffusers.models.transformers.transformer_ltx2 import LTX2VideoTransformer3DModel
 
-    return _perturb(LTX2VideoTransformer3DModel(
+    # (the gates and use_prompt_embeddings: diffusers 0.38+; 0.37's LTX-2 has no gates)
+    return _perturb(LTX2VideoTransformer3DModel(**_accepted(LTX2VideoTransformer3DModel.__init__, dict(
         in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
         audio_in_channels=6, audio_out_channels=6, audio_num_attention_heads=2, audio_attention_head_dim=8,
         audio_cross_attention_dim=16, num_layers=2, caption_channels=24, rope_type=rope_type, gated_attn=gated,
-        audio_gated_attn=gated, use_prompt_embeddings=False), 47)
+        audio_gated_attn=gated, use_prompt_embeddings=False))), 47)
 
 
 def _ltx2_inputs(seed):
     """LTX-2 inputs: 3 video frames of 4 x 5 latent tokens, 9 audio tokens, 7 text tokens for each (the second
-    prompt padded after 4)."""
+    prompt padded after 4): the prompt embeddings as the attention takes them (diffusers 0.38+, whose tiny model
+    leaves them unprojected), or as the caption projections take them (0.37)."""
+    from diffusers.models.transformers.transformer_ltx2 import LTX2VideoTransformer3DModel
+
     gen = torch.Generator().manual_seed(seed)
     mask = torch.ones(2, 7)
     mask[1, 4:] = 0
+    widths = (32, 16) if _accepted(LTX2VideoTransformer3DModel.__init__, {"use_prompt_embeddings": 0}) else (24, 24)
     return dict(hidden_states=torch.randn(2, 60, 8, generator=gen),
                 audio_hidden_states=torch.randn(2, 9, 6, generator=gen),
-                encoder_hidden_states=torch.randn(2, 7, 32, generator=gen),
-                audio_encoder_hidden_states=torch.randn(2, 7, 16, generator=gen), timestep=torch.tensor([3.0, 700.0]),
-                encoder_attention_mask=mask, audio_encoder_attention_mask=mask, num_frames=3, height=4, width=5,
-                audio_num_frames=9)
+                encoder_hidden_states=torch.randn(2, 7, widths[0], generator=gen),
+                audio_encoder_hidden_states=torch.randn(2, 7, widths[1], generator=gen),
+                timestep=torch.tensor([3.0, 700.0]), encoder_attention_mask=mask, audio_encoder_attention_mask=mask,
+                num_frames=3, height=4, width=5, audio_num_frames=9)
 
 
 def _ltx2_run(inputs):
@@ -999,6 +1046,7 @@ def test_compiled_fullgraph_models(backend):
     hunyuan_inputs, chroma_inputs, wan_inputs = _hunyuan_inputs(14), _chroma_inputs(15), _wan_inputs(16, True)
     cogvideox_inputs, ltx_inputs = _cogvideox_inputs(17), _ltx_video_inputs(18)
     lumina2_inputs, cogview4_inputs = _lumina2_inputs(19), _cogview4_inputs(20, text_mask=True)
+    sana_inputs = _sana_inputs(23)
     models = [(unet, lambda m: m(*unet_inputs).sample), (sd3, lambda m: m(**sd3_inputs).sample),
               (flux, lambda m: m(**flux_inputs).sample), (pixart, lambda m: m(**pixart_inputs).sample),
               (tiny_hunyuan_video(), lambda m: m(**hunyuan_inputs).sample),
@@ -1007,7 +1055,8 @@ def test_compiled_fullgraph_models(backend):
               (tiny_cogvideox(), lambda m: m(**cogvideox_inputs).sample),
               (tiny_ltx_video(), lambda m: m(**ltx_inputs).sample),
               (tiny_cogview4(), lambda m: m(**cogview4_inputs).sample),
-              (tiny_lumina2(), lambda m: m(*lumina2_inputs).sample)]
+              (tiny_lumina2(), lambda m: m(*lumina2_inputs).sample),
+              (tiny_sana("rms_norm_across_heads"), lambda m: m(**sana_inputs).sample)]
     if attention_processors._QWEN_MASKS_TEXT:  # (replaced from diffusers 0.39)
         models.append((qwen, lambda m: m(**qwen_inputs).sample))
     if attention_processors.ZSingleStreamAttnProcessor is not None:  # (diffusers 0.36+)
@@ -1067,8 +1116,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     that precision, plus 1e-3. A UNet (its projections also fused: q, k and v strided views of one matmul), SD3 and
     Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, PixArt, Qwen-Image and HunyuanVideo with their
     text-padding masks (the kernel's key mask), Chroma with its per-query mask, Wan's image-to-video model,
-    CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask, Z-Image, HunyuanVideo 1.5 and
-    LTX-2 (both RoPE layouts).
+    CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask, Sana 1.5, Z-Image, HunyuanVideo 1.5
+    and LTX-2 (both RoPE layouts).
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -1083,7 +1132,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
               (tiny_hunyuan_video(), _hunyuan_inputs(15)), (tiny_chroma(), _chroma_inputs(16)),
               (tiny_wan(True), _wan_inputs(17, True)), (tiny_cogvideox(), _cogvideox_inputs(18)),
               (tiny_ltx_video(), _ltx_video_inputs(19)), (tiny_lumina2(), _lumina2_inputs(20)),
-              (tiny_cogview4(), _cogview4_inputs(21, text_mask=True))]
+              (tiny_cogview4(), _cogview4_inputs(21, text_mask=True)),
+              (tiny_sana("rms_norm_across_heads"), _sana_inputs(24))]
     if attention_processors._QWEN_MASKS_TEXT:
         models.append((tiny_qwen_image(), _qwen_inputs(12)))
     if attention_processors.ZSingleStreamAttnProcessor is not None:  # (diffusers 0.36+)

@@ -21,6 +21,7 @@ _EXPORTS = {
     "PydiffHunyuanVideoAttnProcessor": "attention_processors",
     "PydiffHunyuanVideo15AttnProcessor": "attention_processors",
     "PydiffQwenImageAttnProcessor": "attention_processors",
+    "PydiffSanaAttnProcessor": "attention_processors",
     "PydiffWanAttnProcessor": "attention_processors",
     "PydiffZImageAttnProcessor": "attention_processors",
     "set_attention_backend": "attention_processors",

@@ -10,6 +10,8 @@
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
+* ``PydiffSanaAttnProcessor`` replaces Sana's ``SanaAttnProcessor2_0`` (its cross-attention): the same, with its
+  across-heads QK RMSNorms as modules first.
 * ``PydiffJointAttnProcessor`` replaces SD3's ``JointAttnProcessor2_0``: image and text streams are attended
   jointly without concatenating q/k/v or splitting the output; the QK RMSNorms run inside the kernel.
 * Both read fused projections too (``fuse_qkv_projections()``: one matmul for q, k and v), and so replace
@@ -74,6 +76,7 @@ from diffusers.models.attention_processor import (
     JointAttnProcessor2_0,
 )
 from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
+from diffusers.models.transformers.sana_transformer import SanaAttnProcessor2_0
 from diffusers.models.transformers.transformer_cogview4 import CogView4AttnProcessor
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
@@ -270,6 +273,30 @@ class PydiffAttnProcessor(_RankLocal):
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+class PydiffSanaAttnProcessor(_RankLocal):
+    """Drop-in for Sana's ``SanaAttnProcessor2_0`` (its cross-attention; its linear self-attention stays): the text
+    padding, diffusers' (B, 1, N_k) additive mask, as the kernel's key mask read in place (the stock processor
+    repeats it per head); its QK RMSNorms (Sana 1.5's) span every head, so they run as modules first, as there."""
+
+    def __init__(self):
+        self.stock = SanaAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        mask = _processor_mask(attn, attention_mask, source.shape[0], source.shape[1])
+        if _head_dim(attn) > MAX_HEAD_DIM or (attention_mask is not None and mask is None):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask)
+        query, key, value = attn.to_q(hidden_states), attn.to_k(source), attn.to_v(source)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        q, k, v = (t.unflatten(-1, (attn.heads, -1)) for t in (query, key, value))
+        out = attention(q, k, v, layout="bnhd", attn_mask=mask)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2))) / attn.rescale_output_factor
 
 
 class PydiffJointAttnProcessor(_RankLocal):
@@ -502,11 +529,16 @@ class PydiffHunyuanVideoAttnProcessor(_RankLocal):
             if encoder_hidden_states is None:
                 return out, None
             video, text = out[:, :-n_text], out[:, -n_text:]
-        if getattr(attn, "to_out", None) is not None:
-            video = attn.to_out[1](attn.to_out[0](video))
-        if getattr(attn, "to_add_out", None) is not None:
-            text = attn.to_add_out(text)
-        return video, text
+        return _hunyuan_projections(attn, video, text)
+
+
+def _hunyuan_projections(attn, video: torch.Tensor, text: torch.Tensor):
+    """HunyuanVideo's (and 1.5's) output projections of the video and text outputs, where the module has them."""
+    if getattr(attn, "to_out", None) is not None:
+        video = attn.to_out[1](attn.to_out[0](video))
+    if getattr(attn, "to_add_out", None) is not None:
+        text = attn.to_add_out(text)
+    return video, text
 
 
 class PydiffHunyuanVideo15AttnProcessor(_RankLocal):
@@ -543,12 +575,7 @@ class PydiffHunyuanVideo15AttnProcessor(_RankLocal):
         video, *text = (x.flatten(2) for x in outs)
         if not text:
             return video, None  # (the stock processor's output when there is no text)
-        text = text[0]
-        if getattr(attn, "to_out", None) is not None:
-            video = attn.to_out[1](attn.to_out[0](video))
-        if getattr(attn, "to_add_out", None) is not None:
-            text = attn.to_add_out(text)
-        return video, text
+        return _hunyuan_projections(attn, video, text[0])
 
 
 class PydiffQwenImageAttnProcessor(_RankLocal):
@@ -690,8 +717,9 @@ class PydiffLTX2AttnProcessor(_RankLocal):
         if out is None:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb,
                               key_rotary_emb)
-        if attn.to_gate_logits is not None:  # (the stock processor's per-head gates, 1 where the logits are 0)
-            out = out * (2.0 * torch.sigmoid(attn.to_gate_logits(hidden_states))).unsqueeze(-1)
+        gate_logits = getattr(attn, "to_gate_logits", None)  # (diffusers 0.38+)
+        if gate_logits is not None:  # (the stock processor's per-head gates, 1 where the logits are 0)
+            out = out * (2.0 * torch.sigmoid(gate_logits(hidden_states))).unsqueeze(-1)
         return attn.to_out[1](attn.to_out[0](out.flatten(2)))
 
 
@@ -779,6 +807,7 @@ def _copies():
 _REPLACEMENTS = tuple(entry for entry in (
     (AttnProcessor2_0, PydiffAttnProcessor, None),
     (FusedAttnProcessor2_0, PydiffAttnProcessor, None),
+    (SanaAttnProcessor2_0, PydiffSanaAttnProcessor, None),
     (JointAttnProcessor2_0, PydiffJointAttnProcessor, None),
     (FusedJointAttnProcessor2_0, PydiffJointAttnProcessor, _no_qk_norms),
     (FluxAttnProcessor, PydiffFluxAttnProcessor, None),
@@ -839,5 +868,5 @@ __all__ = ["PydiffAttnProcessor", "PydiffCogVideoXAttnProcessor", "PydiffCogView
            "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFluxAttnProcessor",
            "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor", "PydiffJointAttnProcessor",
            "PydiffLTX2AttnProcessor", "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor",
-           "PydiffQwenImageAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor",
-           "set_attention_backend"]
+           "PydiffQwenImageAttnProcessor", "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor",
+           "PydiffZImageAttnProcessor", "set_attention_backend"]
