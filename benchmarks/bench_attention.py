@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import os
 import sys
 from dataclasses import dataclass
@@ -913,23 +912,9 @@ def plots(rows, out_dir) -> List:
     return [path]
 
 
-def write_results(rows, out, suite: str, device: str) -> Path:
-    """results.json and report.md of this area's rows in ``out`` (the report writer's format); returns the report."""
-    import json
-
-    from benchmarks.common import machine
-    from benchmarks.report import write_report
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = {"machine": machine(), "suite": suite, "device": device,
-               "areas": {"attention": {"title": TITLE, "rows": rows}}}
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    # (the report writer knows an area by its module's name, which a script run does not have)
-    return write_report(results, [importlib.import_module("benchmarks.bench_attention")], out)
-
-
 def main(argv=None) -> int:
+    from benchmarks.report import write_area
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="fewer shapes, shorter timing, no autotuning")
@@ -944,7 +929,7 @@ def main(argv=None) -> int:
     print(section(rows))
     if args.out:
         suite = "attention experiments" if args.experiments else ("quick" if args.quick else "full")
-        report = write_results(rows, args.out, suite, args.device)
+        report = write_area("benchmarks.bench_attention", rows, args.out, suite, args.device)
         print(f"wrote {Path(args.out) / 'results.json'} and {report}")
     return 0
 

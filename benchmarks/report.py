@@ -114,6 +114,18 @@ def write_report(results: Dict[str, object], suites, out: Path, baseline: Dict[s
     return path
 
 
+def write_area(module_name: str, rows, out, suite: str, device: str) -> Path:
+    """results.json and report.md of one area's rows (the suite ``benchmarks.bench_<area>``, run as a script) in
+    ``out``, in ``pydiff bench``'s format; returns the report."""
+    module = importlib.import_module(module_name)  # (a script runs as __main__: the report knows the module)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"machine": machine(), "suite": suite, "device": device,
+               "areas": {module_name.split(".bench_")[-1]: {"title": module.TITLE, "rows": rows}}}
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    return write_report(results, [module], out)
+
+
 def load_baseline(path) -> Dict[str, object]:
     """An earlier run's results.json (checked before anything runs)."""
     try:

@@ -1804,7 +1804,10 @@ def test_benchmark_experiments_alone(tiny_bench, tmp_path):
 
     with pytest.raises(SystemExit):
         tiny_bench.main(["--experiments", "--device", "cpu"])
-    tiny_bench.write_results(tiny_bench.run(False, "cpu", experiments=True), tmp_path, "attention experiments", "cpu")
+    from benchmarks.report import write_area
+
+    write_area("benchmarks.bench_attention", tiny_bench.run(False, "cpu", experiments=True), tmp_path,
+               "attention experiments", "cpu")
     rows = json.loads((tmp_path / "results.json").read_text())["areas"]["attention"]["rows"]
     names = [r["name"] for r in rows]
     assert names[0] == "fp32_matmul_TFLOPs"

@@ -1192,3 +1192,17 @@ def test_fused_projections(backend):
     normed = tiny_sd3("rms_norm", ())
     normed.fuse_qkv_projections()
     assert set_attention_backend(normed) == 0 and _processor_types(normed) == {FusedJointAttnProcessor2_0}
+
+
+def test_processor_benchmark_runs_on_cpu():
+    """``benchmarks/bench_processors.py`` on tiny configs (ours = the torch backend): every model this diffusers has
+    is timed with its processors switched, its output the stock processors'; a model it lacks is reported."""
+    bench = pytest.importorskip("benchmarks.bench_processors")
+    rows = bench.run(quick=True, device="cpu")
+    figures = {r["name"]: r for r in rows if "speedup" in r}
+    missing = {r["name"] for r in rows if "error" in r}
+    z_image = next(m.name for m in bench.MODELS if m.name.startswith("Z-Image"))
+    assert missing == (set() if attention_processors.ZSingleStreamAttnProcessor is not None else {z_image})
+    assert set(figures) | missing == {m.name for m in bench.MODELS}
+    assert all(r["max_diff"] < 1e-5 and r["modules_switched"] > 0 and r["speedup"] > 0 for r in figures.values())
+    assert "stock processors" in bench.section(rows)
