@@ -92,7 +92,6 @@ from diffusers.models.transformers.transformer_wan import (
 from pydiff.attention import MAX_HEAD_DIM, attention
 
 
-
 def _stock_class(module: str, name: str):
     """The processor class ``name`` of ``diffusers.models.transformers.<module>``; None where this diffusers has
     none."""
@@ -394,7 +393,6 @@ class PydiffFluxAttnProcessor(_RankLocal):
         context, image = _streams_attention([_text_stream(attn, encoder_hidden_states, attn.head_dim), image],
                                             attn.head_dim, rope, attention_mask)
         return attn.to_out[1](attn.to_out[0](image.flatten(2))), attn.to_add_out(context.flatten(2))
-
 
 
 class PydiffFlux2AttnProcessor(PydiffFluxAttnProcessor):
