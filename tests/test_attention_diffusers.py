@@ -325,10 +325,12 @@ def test_hunyuan_video15_transformer(backend, monkeypatch):
 def tiny_sana(qk_norm):
     from diffusers import SanaTransformer2DModel
 
-    return _perturb(SanaTransformer2DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2,
-        num_cross_attention_heads=2, cross_attention_head_dim=16, cross_attention_dim=32, caption_channels=24,
-        sample_size=8, patch_size=1, qk_norm=qk_norm), 49)
+    return _perturb(SanaTransformer2DModel(**_SANA_CONFIG, patch_size=1, qk_norm=qk_norm), 49)
+
+
+_SANA_CONFIG = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2,
+                    num_cross_attention_heads=2, cross_attention_head_dim=16, cross_attention_dim=32,
+                    caption_channels=24, sample_size=8)
 
 
 def _sana_inputs(seed):
@@ -829,7 +831,20 @@ _COPY_MODELS = [("transformer_chronoedit", "ChronoEditTransformer3DModel", "WanA
                 ("transformer_skyreels_v2", "SkyReelsV2Transformer3DModel", "SkyReelsV2AttnProcessor"),
                 ("transformer_bria", "BriaTransformer2DModel", "BriaAttnProcessor"),
                 ("transformer_longcat_image", "LongCatImageTransformer2DModel", "LongCatImageAttnProcessor"),
-                ("transformer_ovis_image", "OvisImageTransformer2DModel", "OvisImageAttnProcessor")]
+                ("transformer_ovis_image", "OvisImageTransformer2DModel", "OvisImageAttnProcessor"),
+                ("transformer_sana_video", "SanaVideoTransformer3DModel", "SanaAttnProcessor2_0")]
+
+
+def _copy_family(stock_name: str):
+    """The pydiff processor a copied stock processor gets, and the tiny config and inputs of its original's model
+    (Wan's, Flux's or Sana's, the last two over 3 frames)."""
+    if stock_name in ("WanAttnProcessor", "SkyReelsV2AttnProcessor"):
+        return PydiffWanAttnProcessor, _WAN_CONFIG, _wan_inputs(43, False)
+    if stock_name == "SanaAttnProcessor2_0":
+        inputs = _sana_inputs(43)
+        inputs["hidden_states"] = torch.randn(2, 4, 3, 8, 6, generator=torch.Generator().manual_seed(44))
+        return PydiffSanaAttnProcessor, dict(_SANA_CONFIG, patch_size=(1, 2, 2)), inputs
+    return PydiffFluxAttnProcessor, dict(_FLUX_CONFIG, out_channels=8), _flux_inputs(43)
 
 
 def _accepted(function, arguments: dict) -> dict:
@@ -842,23 +857,22 @@ def _accepted(function, arguments: dict) -> dict:
 @pytest.mark.parametrize("module,model_name,stock_name", _COPY_MODELS, ids=[m[1] for m in _COPY_MODELS])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_models_with_copied_processors(backend, module, model_name, stock_name):
-    """ChronoEdit and SkyReels-V2 (Wan's processor, copied), Bria, LongCat-Image and Ovis-Image (Flux's) from Wan's and
-    Flux's tiny configs: every module gets the original's pydiff processor, falling back to the model's own stock
-    class, and the outputs are the stock processors'."""
+    """ChronoEdit and SkyReels-V2 (Wan's processor, copied), Bria, LongCat-Image and Ovis-Image (Flux's), Sana-Video
+    (Sana's cross-attention) from their originals' tiny configs: every copied processor becomes the original's
+    pydiff processor, falling back to the model's own stock class, and the outputs are the stock processors'."""
     models = pytest.importorskip(f"diffusers.models.transformers.{module}")
     model_type, stock_type = getattr(models, model_name), getattr(models, stock_name, None)
     if stock_type is None:  # (SkyReels-V2's before diffusers 0.36: another processor, not a copy of Wan's)
         pytest.skip(f"diffusers {diffusers.__version__}'s {model_name} has no {stock_name}")
-    wan = stock_type.__name__ in ("WanAttnProcessor", "SkyReelsV2AttnProcessor")
-    config = _accepted(model_type.__init__, _WAN_CONFIG if wan else dict(_FLUX_CONFIG, out_channels=8))
-    model = _perturb(model_type(**config), 42)
-    inputs = _accepted(model_type.forward, _wan_inputs(43, False) if wan else _flux_inputs(43))
-    ours = PydiffWanAttnProcessor if wan else PydiffFluxAttnProcessor
-    assert _processor_types(model) == {stock_type}
+    ours, config, inputs = _copy_family(stock_name)
+    model = _perturb(model_type(**_accepted(model_type.__init__, config)), 42)
+    inputs = _accepted(model_type.forward, inputs)
+    assert stock_type in _processor_types(model)
     _compare(model, lambda m: m(**inputs).sample, backend, {ours})
     switched = copy.deepcopy(model)
     set_attention_backend(switched)
-    assert {type(m.processor.stock) for m in switched.modules() if hasattr(m, "set_processor")} == {stock_type}
+    fused = [m.processor for m in switched.modules() if isinstance(getattr(m, "processor", None), ours)]
+    assert fused and {type(processor.stock) for processor in fused} == {stock_type}
 
 
 def test_context_parallelism_keeps_stock_processors():

@@ -46,7 +46,7 @@
 * ``PydiffCogView4AttnProcessor`` replaces ``CogView4AttnProcessor``: CogVideoX's joint call with the half-split
   RoPE, and the stock processor's text mask (a float mask per query) in the kernel.
 * Copies diffusers keeps in other models' files (``_copies``: ChronoEdit's and SkyReels-V2's of Wan's processor,
-  Bria's, LongCat-Image's and Ovis-Image's of Flux's) get the original's pydiff processor.
+  Bria's, LongCat-Image's and Ovis-Image's of Flux's, Sana-Video's of Sana's) get the original's pydiff processor.
 
 Outputs equal the stock processors' (same math; pydiff keeps the norm and RoPE in float32). Attention masks go into
 the kernel (``attn_mask``), read in place: those the same for every query (PixArt's and Sana's text padding:
@@ -277,10 +277,11 @@ class PydiffAttnProcessor(_RankLocal):
 class PydiffSanaAttnProcessor(_RankLocal):
     """Drop-in for Sana's ``SanaAttnProcessor2_0`` (its cross-attention; its linear self-attention stays): the text
     padding, diffusers' (B, 1, N_k) additive mask, as the kernel's key mask read in place (the stock processor
-    repeats it per head); its QK RMSNorms (Sana 1.5's) span every head, so they run as modules first, as there."""
+    repeats it per head); its QK RMSNorms (Sana 1.5's) span every head, so they run as modules first, as there.
+    ``stock_type``: the stock processor for the calls the kernel does not take (the copy of Sana's a model has)."""
 
-    def __init__(self):
-        self.stock = SanaAttnProcessor2_0()
+    def __init__(self, stock_type=SanaAttnProcessor2_0):
+        self.stock = stock_type()
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -787,14 +788,16 @@ def _no_qk_norms(attn) -> bool:
 
 def _copies():
     """The processors diffusers copies into other models' files (ChronoEdit's and SkyReels-V2's of Wan's; Bria's,
-    LongCat-Image's and Ovis-Image's of Flux's), each with the pydiff processor of its original. Their sources differ
-    from the originals' in names, comments, tensor-parallel head splits and context-parallel arguments only: the
-    same math on modules of the same attributes. Those this diffusers lacks are left out."""
+    LongCat-Image's and Ovis-Image's of Flux's; Sana-Video's of Sana's), each with the pydiff processor of its
+    original. Their sources differ from the originals' in names, comments, tensor-parallel head splits,
+    context-parallel arguments and the attention call (SDPA or diffusers' dispatch) only: the same math on modules
+    of the same attributes. Those this diffusers lacks are left out."""
     for module, name, ours in (("transformer_chronoedit", "WanAttnProcessor", PydiffWanAttnProcessor),
                                ("transformer_skyreels_v2", "SkyReelsV2AttnProcessor", PydiffWanAttnProcessor),
                                ("transformer_bria", "BriaAttnProcessor", PydiffFluxAttnProcessor),
                                ("transformer_longcat_image", "LongCatImageAttnProcessor", PydiffFluxAttnProcessor),
-                               ("transformer_ovis_image", "OvisImageAttnProcessor", PydiffFluxAttnProcessor)):
+                               ("transformer_ovis_image", "OvisImageAttnProcessor", PydiffFluxAttnProcessor),
+                               ("transformer_sana_video", "SanaAttnProcessor2_0", PydiffSanaAttnProcessor)):
         stock = _stock_class(module, name)
         if stock is not None:
             yield stock, ours
