@@ -194,13 +194,15 @@ def _flux2_inputs(seed):
 
 
 def test_processors_name_the_diffusers_they_need(monkeypatch):
-    for name in ("Flux2AttnProcessor", "Flux2ParallelSelfAttnProcessor", "ZSingleStreamAttnProcessor",
-                 "HunyuanVideo15AttnProcessor2_0"):
-        monkeypatch.setattr(attention_processors, name, None)
-    for processor in (PydiffFlux2AttnProcessor, PydiffFlux2ParallelSelfAttnProcessor, PydiffZImageAttnProcessor,
-                      PydiffHunyuanVideo15AttnProcessor):
-        with pytest.raises(ImportError, match="need diffusers 0.36 or newer"):
-            processor()
+    """Where this diffusers lacks a model's stock processor, ours for it says which diffusers brought it."""
+    for stock, ours, version in (("Flux2AttnProcessor", PydiffFlux2AttnProcessor, "0.36"),
+                                 ("Flux2ParallelSelfAttnProcessor", PydiffFlux2ParallelSelfAttnProcessor, "0.36"),
+                                 ("ZSingleStreamAttnProcessor", PydiffZImageAttnProcessor, "0.36"),
+                                 ("HunyuanVideo15AttnProcessor2_0", PydiffHunyuanVideo15AttnProcessor, "0.36"),
+                                 ("LTX2AudioVideoAttnProcessor", PydiffLTX2AttnProcessor, "0.37")):
+        monkeypatch.setattr(attention_processors, stock, None)
+        with pytest.raises(ImportError, match=f"need diffusers {version} or newer"):
+            ours()
 
 
 @needs_flux2
