@@ -614,7 +614,7 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
 
     def qwen_ours():
         freqs = torch.cat([txt_freqs, img_freqs])
-        table = (freqs.real.repeat_interleave(2, -1), freqs.imag.repeat_interleave(2, -1))
+        table = (freqs.real, freqs.imag)  # (one angle per pair, read in place)
         c, a = attention(*txt, layout="bnhd", joint=tuple(img), attn_mask=qwen_mask(), rope=table,
                          rope_interleaved=True, q_norm_weight=weights[0], k_norm_weight=weights[1],
                          joint_q_norm_weight=weights[2], joint_k_norm_weight=weights[3])
@@ -671,8 +671,7 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
                                               attn_mask=keys, scale=scale).transpose(1, 2).flatten(2)
 
     def lumina_ours():
-        table = (sample_freqs.real.repeat_interleave(2, -1)[:, :, None],
-                 sample_freqs.imag.repeat_interleave(2, -1)[:, :, None])
+        table = (sample_freqs.real[:, :, None], sample_freqs.imag[:, :, None])  # (one angle per pair, in place)
         return attention(q, k, v, scale, layout="bnhd", attn_mask=keys, rope=table, rope_interleaved=True,
                          q_norm_weight=norms[0], k_norm_weight=norms[1], norm_eps=1e-5).flatten(2)
 

@@ -54,6 +54,9 @@ from . import plans
 LOG2E = 1.4426950408889634
 #: the kernel's HAS_BIAS for a mask with a row of values per query (1, True: a key mask, one row every query shares)
 ROW_MASK = tl.constexpr(2)
+#: ``HAS_ROPE`` of the QK prologue for RoPE tables of D/2 columns, one angle per pair of channels (read in place:
+#: a complex table's real and imaginary parts, LTX-2's split tables); 1: tables of D columns
+HALF_TABLES = tl.constexpr(2)
 
 
 @triton.jit
@@ -88,17 +91,24 @@ def _head_columns(v, BLOCK_M: tl.constexpr, HEADS: tl.constexpr, BLOCK_D: tl.con
 @triton.jit
 def _rope_chunk(x, base, rows, stride_n, stride_d, head_off, head, d, mask, rstd, W, COS, SIN, pos,
                 stride_cn, stride_cd, stride_sn, stride_sd, stride_ch, stride_sh,
-                HEAD_DIM: tl.constexpr, HAS_NORM: tl.constexpr, INTERLEAVED: tl.constexpr):
+                HEAD_DIM: tl.constexpr, HAS_NORM: tl.constexpr, INTERLEAVED: tl.constexpr,
+                HALF: tl.constexpr = False):
     """RoPE (RoFormer) of one head-dim chunk x (float32, already normalised; columns at ``head_off`` + ``d``, d
     within the head, of the program's head ``head``, rstd per column): x cos + sign * x[partner] sin, the table's
-    columns of each head stride_ch / stride_sh apart (0: one table for every head)."""
+    columns of each head stride_ch / stride_sh apart (0: one table for every head). HALF: the tables hold one
+    angle per pair of channels (D/2 columns: pair i is channels 2i, 2i+1 interleaved, i and i + D/2 otherwise)."""
+    col = d
     if INTERLEAVED:
         partner = d ^ 1
         sign = tl.where((d & 1) == 0, -1.0, 1.0)
+        if HALF:
+            col = d >> 1
     else:
         first = d < HEAD_DIM // 2
         partner = tl.where(first, d + HEAD_DIM // 2, d - HEAD_DIM // 2)
         sign = tl.where(first, -1.0, 1.0)
+        if HALF:
+            col = tl.where(first, d, d - HEAD_DIM // 2)
     # The partner may sit in the other head-dim chunk, so it is read again (from cache) rather than shuffled.
     xp = tl.load(base + rows[:, None] * stride_n + (head_off + partner * stride_d)[None, :], mask=mask, other=0.0)
     xp = xp.to(tl.float32)
@@ -107,9 +117,9 @@ def _rope_chunk(x, base, rows, stride_n, stride_d, head_off, head, d, mask, rstd
         xp = xp * rstd * wp[None, :]
     # with a table shared by every head, the heads of a token read the same row: a program's heads share its lines
     # in cache
-    c = tl.load(COS + pos[:, None] * stride_cn + (head * stride_ch + d * stride_cd)[None, :], mask=mask,
+    c = tl.load(COS + pos[:, None] * stride_cn + (head * stride_ch + col * stride_cd)[None, :], mask=mask,
                 other=0.0).to(tl.float32)
-    s = tl.load(SIN + pos[:, None] * stride_sn + (head * stride_sh + d * stride_sd)[None, :], mask=mask,
+    s = tl.load(SIN + pos[:, None] * stride_sn + (head * stride_sh + col * stride_sd)[None, :], mask=mask,
                 other=0.0).to(tl.float32)
     return x * c + (sign[None, :] * xp) * s
 
@@ -149,11 +159,11 @@ def _load_qk(base, rows, stride_n, stride_d, head_off_a, d_a, head_off_b, d_b, m
             pos = pos0 + rows
             f_a = _rope_chunk(f_a, base, rows, stride_n, stride_d, head_off_a, head_a, d_a, mask_a, rstd_a, W, COS,
                               SIN, pos, stride_cn, stride_cd, stride_sn, stride_sd, stride_ch, stride_sh, HEAD_DIM,
-                              HAS_NORM, INTERLEAVED)
+                              HAS_NORM, INTERLEAVED, HAS_ROPE == HALF_TABLES)
             if SPLIT_D:
                 f_b = _rope_chunk(f_b, base, rows, stride_n, stride_d, head_off_b, head_b, d_b, mask_b, rstd_b, W,
                                   COS, SIN, pos, stride_cn, stride_cd, stride_sn, stride_sd, stride_ch, stride_sh,
-                                  HEAD_DIM, HAS_NORM, INTERLEAVED)
+                                  HEAD_DIM, HAS_NORM, INTERLEAVED, HAS_ROPE == HALF_TABLES)
         if EMULATE_BF16:
             x_a = _round_to_bf16(f_a)
             x_b = _round_to_bf16(f_b)
@@ -1040,8 +1050,8 @@ def _qk_prologue(
     """Y = RoPE(RMSNorm(X)) for a query or key tensor, one pass, grid = (row blocks, H / HEADS, B): each program
     takes BLOCK_M tokens of HEADS heads (HEADS divides the head count H), whose RoPE table rows it reads once per
     token from memory (the heads' loads of a row meet in cache). The tables are (rows, D), or per batch row and
-    head (stride_cb, stride_ch and stride_sb, stride_sh; 0 where one serves all). ROW_ALIGN: as in
-    ``_attn_fwd_kernel``, for X's and Y's batch, head and token strides."""
+    head (stride_cb, stride_ch and stride_sb, stride_sh; 0 where one serves all); with HAS_ROPE = HALF_TABLES,
+    D/2 columns. ROW_ALIGN: as in ``_attn_fwd_kernel``, for X's and Y's batch, head and token strides."""
     eps = tl.cast(eps, tl.float32)
     if ROW_ALIGN > 1:
         A: tl.constexpr = ROW_ALIGN
@@ -1890,7 +1900,8 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16, head
         rope_strides = _rope_strides(cos, sin) if rope is not None else [0] * 8
         block_m = prologue_rows(heads_per_program) if x.is_cuda else interpreter_blocks(n, 1)[0]
         flags = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d,
-                     HAS_NORM=weight is not None, HAS_ROPE=rope is not None, INTERLEAVED=bool(rope_interleaved),
+                     HAS_NORM=weight is not None, HAS_ROPE=0 if rope is None else
+                     HALF_TABLES.value if 2 * cos.shape[-1] == head_dim else 1, INTERLEAVED=bool(rope_interleaved),
                      EMULATE_BF16=emulate_bf16, HEADS=heads_per_program,
                      ROW_ALIGN=_row_align(x.element_size(), sx + sy), num_warps=4, **plans.launch_options(kernel))
         args = [*tensors, *sx, *sy, *rope_strides, n, pos_shift, float(norm_eps)]

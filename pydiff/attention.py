@@ -222,8 +222,9 @@ def check_attention_args(call: _Call) -> None:
                 raise TypeError(f"{name} must be a floating-point table (tokens, D), or (B, tokens, H, D) per batch "
                                 f"row and head, got {_describe(t)}")
             rows, dim = (t.shape[0], t.shape[1]) if t.dim() == 2 else (t.shape[1], t.shape[3])
-            if dim != head_dim or rows < need:
-                raise ValueError(f"{name} must have {head_dim} columns and >= {need} rows (one per token position), "
+            if dim not in (head_dim, head_dim // 2) or dim != call.rope[0].shape[-1] or rows < need:
+                raise ValueError(f"{name} must have {head_dim} columns (or {head_dim // 2}: one angle per pair of "
+                                 f"channels), as many as rope cos, and >= {need} rows (one per token position), "
                                  f"got {_describe(t)}")
             if t.dim() == 4 and (t.shape[0] not in (1, batch) or t.shape[2] not in (1, heads)
                                  or (t.shape[2] > 1 and kv_heads != heads)):
@@ -480,7 +481,9 @@ def attention(
     * ``rope=(cos, sin)`` tables (rows, D), one row per token position, as diffusers builds them, or
       (1 or B, rows, 1 or H, D) per batch row and head (LTX-Video's, whose tables span every head's channels; then
       q and k have the same heads): rotary embedding of q and k after the norm; ``rope_interleaved`` pairs
-      (2i, 2i+1) (Flux) or halves (i, i + D/2).
+      (2i, 2i+1) (Flux) or halves (i, i + D/2). Tables of D/2 columns hold one angle per pair (channels 2i, 2i+1,
+      or i and i + D/2), read as given, any strides: a complex table's ``torch.view_as_real(freqs)[..., 0]`` and
+      ``[..., 1]``, or LTX-2's split tables.
       The Triton backend applies norm and RoPE in one float32 pass per tensor (read once, written once in the
       input dtype) before the attention pass, instead of per query block.
 

@@ -56,6 +56,9 @@ class Case:
     # the RoPE tables: "shared" (rows, D) | "heads" (1, rows, H, D) | "batch-heads" (B, rows, H, D) as a view of
     # (B, rows, H*D), LTX-Video's layout | "batch" (B, rows, 1, D), Z-Image's and Lumina 2's
     rope_tables: str = "shared"
+    # tables of one angle per pair of channels (D/2 columns), the real and imaginary parts of a complex table
+    # (strided views, as the diffusers processors pass Z-Image's, Lumina 2's and Qwen-Image's)
+    rope_pairs: bool = False
     q_norm: bool = False
     k_norm: bool = False
     joint_q_norm: bool = False
@@ -126,7 +129,9 @@ def build(case: Case, seed: int = 0):
         half = case.head_dim // 2
         freqs = 1.0 / (50.0 ** (torch.arange(half, dtype=torch.float64) / half))
         angles = torch.arange(rows + 3, dtype=torch.float64)[:, None] * freqs[None, :]
-        if case.rope == "interleaved":
+        if case.rope_pairs:
+            pass
+        elif case.rope == "interleaved":
             angles = angles.repeat_interleave(2, dim=1)
         else:
             angles = torch.cat([angles, angles], dim=1)
@@ -134,8 +139,12 @@ def build(case: Case, seed: int = 0):
             rows_b = case.batch if case.rope_tables in ("batch", "batch-heads") else 1
             heads = 1 if case.rope_tables == "batch" else case.heads
             scale = 0.5 + torch.rand(rows_b, 1, heads, 1, generator=gen, dtype=torch.float64)
-            angles = (angles[None, :, None, :] * scale).flatten(2).unflatten(2, (heads, case.head_dim))
-        kw["rope"] = (angles.cos().float(), angles.sin().float())
+            angles = (angles[None, :, None, :] * scale).flatten(2).unflatten(2, (heads, angles.shape[-1]))
+        if case.rope_pairs:  # (e^(i angle) as complex64, its parts read in place: column stride 2)
+            parts = torch.view_as_real(torch.polar(torch.ones_like(angles), angles).to(torch.complex64))
+            kw["rope"] = (parts[..., 0], parts[..., 1])
+        else:
+            kw["rope"] = (angles.cos().float(), angles.sin().float())
         kw["rope_interleaved"] = case.rope == "interleaved"
     for flag, name in ((case.q_norm, "q_norm_weight"), (case.k_norm, "k_norm_weight"),
                        (case.joint_q_norm, "joint_q_norm_weight"), (case.joint_k_norm, "joint_k_norm_weight")):
@@ -346,6 +355,14 @@ GRID = [
     # key mask and a scale of its own (Lumina 2's call)
     Case(F32, 72, 41, 41, batch=2, heads=6, kv_heads=2, layout="bnhd", rope="interleaved", rope_tables="batch",
          q_norm=True, k_norm=True, mask=("bool", "b11n"), scale=0.3, name="f32-d72-gqa-rope-per-batch-masked"),
+    # tables of one angle per pair of channels, read in place from complex tables (the processors' Z-Image,
+    # Lumina 2 and Qwen-Image calls), both layouts, shared and per batch row; LTX-2's split tables per head
+    Case(F32, 72, 41, 41, batch=2, heads=6, kv_heads=2, layout="bnhd", rope="interleaved", rope_tables="batch",
+         rope_pairs=True, q_norm=True, k_norm=True, mask=("bool", "b11n"), name="f32-d72-gqa-rope-pairs-per-batch"),
+    Case(BF16, 64, 33, 33, joint=(17, 17), layout="bnhd", rope="interleaved", rope_pairs=True, q_norm=True,
+         k_norm=True, joint_q_norm=True, joint_k_norm=True, name="bf16-joint-rope-pairs"),
+    Case(F16, 80, 45, 45, batch=2, heads=3, rope="half", rope_tables="batch-heads", rope_pairs=True,
+         name="f16-d80-half-rope-pairs-per-head"),
     # a key mask expanded over the queries (stride 0) reads as a key mask; a mask's key dim of 1 broadcasts
     Case(F16, 48, 19, 45, batch=2, mask=("float", "expanded"), name="f16-mask-expanded"),
     Case(F32, 64, 33, 45, batch=2, mask=("f32", "bhm1"), name="f32-rowmask-broadcast-keys"),
@@ -447,6 +464,8 @@ def random_case(seed: int):
     if case.rope is not None and r.random() < 0.3:  # (tables per head need as many key heads as query heads)
         case.rope_tables = r.choice(["heads", "batch-heads", "batch"] if case.kv_heads in (None, case.heads) else
                                     ["batch"])
+    if case.rope is not None:
+        case.rope_pairs = r.random() < 0.3
     return case, launch
 
 
@@ -934,6 +953,10 @@ BAD = [
     ("negative", lambda q, k, v: (q, k, v, {"negative": (k, v[:, :, :3])}), ValueError),
     ("rope", lambda q, k, v: (q, k, v, {"rope": (torch.ones(4, 16), torch.ones(4, 16))}), ValueError),
     ("rope", lambda q, k, v: (q, k, v, {"rope": (torch.ones(9, 16),)}), ValueError),
+    (r"rope cos must have 16 columns \(or 8: one angle per pair of channels\)",
+     lambda q, k, v: (q, k, v, {"rope": (torch.ones(9, 12), torch.ones(9, 12))}), ValueError),
+    ("rope sin must have 16 columns", lambda q, k, v: (q, k, v, {"rope": (torch.ones(9, 8), torch.ones(9, 16))}),
+     ValueError),  # (a table of pairs beside a full one)
     ("rope cos must be a floating-point table", lambda q, k, v: (q, k, v, {"rope": (torch.ones(9, 4, 16),) * 2}),
      TypeError),
     (r"a per-head table must be \(1 or B = 2, tokens, 1 or H = 4, D\), its heads those of q and k alike \(H_kv = 2\)",
@@ -1976,9 +1999,10 @@ def test_gpu_accuracy_random_cases(case, cuda_device):
 #: tokens), the refiner's mask per query, Wan's RoPE self-attention and its image-to-video cross-attention (the
 #: text's and the image context's attentions summed: the negative stream at scale -1), CogVideoX's joint
 #: [text; video] call with RoPE (its LayerNorms run as modules), LTX-Video's self-attention with RoPE tables per
-#: batch row and head; at 1024 x 1024, Z-Image's (QK norms, RoPE tables per sample, the padding as key mask),
-#: Lumina 2's (the same with grouped-query heads, D96 and the proportional scale) and CogView4's joint call (the
-#: half-split RoPE, its text mask a float mask per query)
+#: batch row and head; at 1024 x 1024, Z-Image's (QK norms, RoPE tables per sample: a complex table's parts, one
+#: angle per pair, the padding as key mask), Lumina 2's (the same with grouped-query heads, D96 and the
+#: proportional scale) and CogView4's joint call (the half-split RoPE, its text mask a float mask per query); LTX-2's
+#: self-attention with its split tables per head (one angle per pair)
 PROCESSOR_GPU_CASES = [
     Case(F16, 16, 6, 6, batch=2, joint=(20, 20), layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
          joint_q_norm=True, joint_k_norm=True, mask=("bool", "outer"), name="proc-chroma-tiny"),
@@ -1991,9 +2015,11 @@ PROCESSOR_GPU_CASES = [
     Case(BF16, 64, 1560, 1560, batch=2, heads=4, layout="bnhd", rope="interleaved", rope_tables="batch-heads",
          name="proc-ltx-video-self"),
     Case(BF16, 128, 4128, 4128, batch=2, heads=4, layout="bnhd", rope="interleaved", rope_tables="batch",
-         q_norm=True, k_norm=True, mask=("bool", "b11n"), name="proc-z-image"),
+         rope_pairs=True, q_norm=True, k_norm=True, mask=("bool", "b11n"), name="proc-z-image"),
     Case(BF16, 96, 4352, 4352, batch=2, heads=6, kv_heads=2, layout="bnhd", rope="interleaved", rope_tables="batch",
-         q_norm=True, k_norm=True, mask=("bool", "b11n"), scale=0.11, name="proc-lumina2"),
+         rope_pairs=True, q_norm=True, k_norm=True, mask=("bool", "b11n"), scale=0.11, name="proc-lumina2"),
+    Case(BF16, 128, 1560, 1560, batch=2, heads=4, layout="bnhd", rope="half", rope_tables="batch-heads",
+         rope_pairs=True, name="proc-ltx2-split"),
     Case(BF16, 128, 224, 224, heads=4, joint=(4096, 4096), layout="bnhd", rope="half", mask=("float", "outer"),
          name="proc-cogview4"),
 ]

@@ -740,14 +740,16 @@ def _z_image_run(inputs):
 @needs_z_image
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_z_image_transformer(backend, monkeypatch):
-    """Z-Image: the QK RMSNorms and the complex RoPE (one table per sample, (B, N, 1, D) after ``_complex_rope``)
-    in the kernel's prologue, each sample's token padding as the key mask; outputs the stock processors'."""
+    """Z-Image: the QK RMSNorms and the complex RoPE (one table per sample, its parts read in place as
+    (B, N, 1, D/2)) in the kernel's prologue, each sample's token padding as the key mask; outputs the stock
+    processors'."""
     model, inputs = tiny_z_image(), _z_image_inputs(36)
     calls = _joined_masks(monkeypatch)
     _compare(model, _z_image_run(inputs), backend, {PydiffZImageAttnProcessor})
-    # (the caption and image refiners over 64 and 128 padded tokens, then the 2 main blocks over the 128 joined)
-    assert calls == [((2, 64, 1, 32), ((2, 1, 1, 64), torch.bool))] * 2 + \
-        [((2, 128, 1, 32), ((2, 1, 1, 128), torch.bool))] * 2
+    # (the caption and image refiners over 64 and 128 padded tokens, then the 2 main blocks over the 128 joined;
+    # the tables: the complex table's parts, one angle per pair of the 32 channels)
+    assert calls == [((2, 64, 1, 16), ((2, 1, 1, 64), torch.bool))] * 2 + \
+        [((2, 128, 1, 16), ((2, 1, 1, 128), torch.bool))] * 2
 
 
 def tiny_lumina2():
@@ -777,8 +779,8 @@ def test_lumina2_transformer(backend, monkeypatch):
     calls = _joined_masks(monkeypatch)
     _compare(model, lambda m: m(*inputs).sample, backend, {PydiffLumina2AttnProcessor})
     # (the caption refiner (masked), the image refiner (no padding), then the 2 blocks over the joined 19 tokens)
-    assert calls == [((2, 7, 1, 16), ((2, 1, 1, 7), torch.bool)), ((2, 12, 1, 16), None)] + \
-        [((2, 19, 1, 16), ((2, 1, 1, 19), torch.bool))] * 2
+    assert calls == [((2, 7, 1, 8), ((2, 1, 1, 7), torch.bool)), ((2, 12, 1, 8), None)] + \
+        [((2, 19, 1, 8), ((2, 1, 1, 19), torch.bool))] * 2
     attn, gen = model.layers[0].attn, torch.Generator().manual_seed(39)
     hidden = torch.randn(2, 19, 64, generator=gen)
     freqs = torch.polar(torch.ones(2, 19, 8), torch.rand(2, 19, 8, generator=gen) * 6)
@@ -940,14 +942,16 @@ def _ltx2_run(inputs):
                          ids=["interleaved", "split-gated"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ltx2_transformer(backend, rope_type, gated, monkeypatch):
-    """LTX-2: video and audio self-attention with their RoPE tables (interleaved (B, N, H*D), or split (B, H, N, D/2)
-    with halves repeated) in the kernel's prologue, text cross-attention with the padding as the key mask, the
-    per-head gates after; the audio-video cross-attention (keys turned by tables of their own) with the stock
-    processor. Video and audio outputs the stock processors'."""
+    """LTX-2: video and audio self-attention with their RoPE tables (interleaved (B, N, H*D), or split
+    (B, H, N, D/2): one angle per pair, read in place) in the kernel's prologue, text cross-attention with the
+    padding as the key mask, the per-head gates after; the audio-video cross-attention (keys turned by tables of
+    their own) with the stock processor. Video and audio outputs the stock processors'."""
     model, inputs = tiny_ltx2(rope_type, gated), _ltx2_inputs(48)
     calls = _joined_masks(monkeypatch)
     _compare(model, _ltx2_run(inputs), backend, {PydiffLTX2AttnProcessor})
-    video_rope, audio_rope = ((2, 60, 2, 16), (2, 9, 2, 8))
+    # (per-head tables: interleaved (B, N, H*D) read as (B, N, H, D); split ones, one angle per pair, (B, N, H, D/2))
+    video_rope, audio_rope = ((2, 60, 2, 16), (2, 9, 2, 8)) if rope_type == "interleaved" else \
+        ((2, 60, 2, 8), (2, 9, 2, 4))
     assert calls == [(video_rope, None), (audio_rope, None), (None, ((2, 1, 1, 7), torch.float32)),
                      (None, ((2, 1, 1, 7), torch.float32))] * len(model.transformer_blocks)
 

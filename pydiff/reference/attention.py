@@ -26,11 +26,14 @@ def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interl
     or of per-batch-row and per-head tables (1 or B, rows, 1 or H, D).
 
     interleaved: rotate pairs (2i, 2i+1) (Flux, CogVideoX); otherwise the halves (i, i + D/2) (GPT-NeoX style).
-    The tables hold one value per element (each frequency repeated to fill D), as diffusers builds them.
+    The tables hold one value per element (each frequency repeated to fill D), as diffusers builds them, or one per
+    pair (D/2 columns).
     """
     n, d = x.shape[-2], x.shape[-1]
     if cos.dim() == 4:  # (B, rows, H, D) -> (B, H, rows, D), as x
         cos, sin = cos.transpose(1, 2), sin.transpose(1, 2)
+    if 2 * cos.shape[-1] == d:  # one angle per pair: each for both channels of its pair
+        cos, sin = ((t.repeat_interleave(2, -1) if interleaved else torch.cat([t, t], -1)) for t in (cos, sin))
     c = cos[..., offset:offset + n, :].to(x.dtype)
     s = sin[..., offset:offset + n, :].to(x.dtype)
     if interleaved:

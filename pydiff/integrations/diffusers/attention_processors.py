@@ -428,9 +428,9 @@ class PydiffFlux2ParallelSelfAttnProcessor(_RankLocal):
 
 def _complex_rope(freqs: torch.Tensor):
     """RoPE given as e^(i theta) per pair of channels, (N, D/2) or per batch row (B, N, D/2) complex, as the
-    kernel's interleaved tables (cos, sin): each angle repeated for both channels of its pair, (N, D) or
-    (B, N, 1, D). A complex product per pair is the interleaved rotation."""
-    cos, sin = freqs.real.repeat_interleave(2, -1), freqs.imag.repeat_interleave(2, -1)
+    kernel's interleaved tables of one angle per pair (cos, sin), (N, D/2) or (B, N, 1, D/2): the real and
+    imaginary parts, read in place (no copy). A complex product per pair is the interleaved rotation."""
+    cos, sin = freqs.real, freqs.imag
     return (cos, sin) if freqs.dim() == 2 else (cos.unsqueeze(2), sin.unsqueeze(2))
 
 
@@ -650,9 +650,9 @@ class PydiffWanAttnProcessor(_RankLocal):
 
 
 def _ltx_rope(attn, tables):
-    """LTX-Video's and LTX-2's RoPE tables as the kernel's per-head tables (B, N, H, D): interleaved tables
-    (B, N, H*D), which span every head's channels, read in place; LTX-2's split tables (B, H, N, D/2) with their
-    halves repeated (the kernel's half-split tables hold [cos, cos]). None for other forms."""
+    """LTX-Video's and LTX-2's RoPE tables as the kernel's per-head tables, read in place: interleaved tables
+    (B, N, H*D), which span every head's channels, as (B, N, H, D); LTX-2's split tables (B, H, N, D/2), one angle
+    per pair of channels, as (B, N, H, D/2). None for other forms."""
     cos, sin = tables
     if getattr(attn, "rope_type", "interleaved") == "interleaved":
         if attn.inner_kv_dim == attn.inner_dim and all(t.dim() == 3 and t.shape[-1] == attn.inner_dim
@@ -660,7 +660,7 @@ def _ltx_rope(attn, tables):
             return cos.unflatten(-1, (attn.heads, attn.head_dim)), sin.unflatten(-1, (attn.heads, attn.head_dim))
     elif attn.rope_type == "split" and all(t.dim() == 4 and t.shape[1] == attn.heads and
                                            2 * t.shape[-1] == attn.head_dim for t in tables):
-        return tuple(torch.cat([t, t], -1).transpose(1, 2) for t in tables)
+        return cos.transpose(1, 2), sin.transpose(1, 2)
     return None
 
 
