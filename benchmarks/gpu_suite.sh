@@ -24,7 +24,8 @@
 #   GPU_ISOLATE_TIMEOUT: seconds for benchmarks/attention_isolate.py, run when the descriptor stage or the GPU tests
 #   fail (each attention case in a process of its own: a CUDA error fails every later test of its process).
 #   GPU_KEEP: a folder that receives, flat, the 8 files worth committing (a device lease returns at most 8), after
-#   every stage, e.g. `GPU_KEEP=$OUT bash benchmarks/gpu_suite.sh /tmp/r`.
+#   every stage, e.g. `GPU_KEEP=$OUT bash benchmarks/gpu_suite.sh /tmp/r`; with GPU_BENCH_AREAS, 2 more (bench.json,
+#   bench.md): give such a call a results folder of its own (/tmp/r2), so that the earlier call's files stay out.
 #   PYDIFF_ATTENTION_WARP_SPEC: the suite sets 1 (the autotuner also tries the warp-specialised descriptor tiles,
 #   off by default in the library until a GPU run has checked and timed them); the descriptor stage checks them first
 #   and turns them off for the rest of the suite if they fail.
@@ -74,6 +75,11 @@ keep() {
   done
   for f in results.json:attention.json report.md:attention.md attention_tflops_vs_seqlen.png:plot.png; do
     [ -e "$out/bench-attention/${f%%:*}" ] && cp "$out/bench-attention/${f%%:*}" "$GPU_KEEP/${f##*:}"
+  done
+  # the quick-suite areas' (GPU_BENCH_AREAS, e.g. processors): with the files above, more than a lease returns, so
+  # a call that runs them writes to a folder of its own
+  for f in results.json:bench.json report.md:bench.md; do
+    [ -e "$out/bench/${f%%:*}" ] && cp "$out/bench/${f%%:*}" "$GPU_KEEP/${f##*:}"
   done
   return 0
 }
