@@ -26,6 +26,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffFlux2AttnProcessor,
     PydiffFlux2ParallelSelfAttnProcessor,
     PydiffFluxAttnProcessor,
+    PydiffHiDreamAttnProcessor,
     PydiffHunyuanVideo15AttnProcessor,
     PydiffHunyuanVideoAttnProcessor,
     PydiffJointAttnProcessor,
@@ -357,6 +358,42 @@ def test_sana_cross_attention(backend, qk_norm, monkeypatch):
     calls = _masked_calls(monkeypatch)
     _compare(model, lambda m: m(**inputs).sample, backend, {PydiffSanaAttnProcessor, SanaLinearAttnProcessor2_0})
     assert calls == ["keys"] * 2
+
+
+def tiny_hidream(partial_rope: bool):
+    """HiDream-I1 from a small config (one block of each kind, 2 experts): its RoPE turns the whole head dim, or
+    (``partial_rope``) the first half of it only."""
+    from diffusers import HiDreamImageTransformer2DModel
+
+    return _perturb(HiDreamImageTransformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, caption_channels=[24, 20], text_emb_dim=12, num_routed_experts=2,
+        num_activated_experts=1, axes_dims_rope=(4, 2, 2) if partial_rope else (8, 4, 4), max_resolution=(16, 16),
+        llama_layers=[0, 1]), 51)
+
+
+def _hidream_inputs(seed):
+    """HiDream inputs: 8 x 6 latents (non-square: the model pads the image tokens and zeroes the padding's keys), 7
+    T5 tokens and 5 Llama tokens from each of 2 layers."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(2, 4, 8, 6, generator=gen), timesteps=torch.tensor([3, 700]),
+                encoder_hidden_states_t5=torch.randn(2, 7, 24, generator=gen),
+                encoder_hidden_states_llama3=torch.randn(2, 2, 5, 20, generator=gen),
+                pooled_embeds=torch.randn(2, 12, generator=gen))
+
+
+@pytest.mark.parametrize("partial_rope", [False, True], ids=["rope", "half-dim-rope"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hidream_transformer(backend, partial_rope, monkeypatch):
+    """HiDream-I1: [image; text] as a joint call in the dual-stream block, the single-stream block over its joined
+    tokens, the rotation-matrix RoPE read in place as the prologue's tables of one angle per pair (identity pairs
+    after the half it turns), the padding's keys zeroed as in the stock processor. Outputs the stock processors'."""
+    model, inputs = tiny_hidream(partial_rope), _hidream_inputs(52)
+    calls = _joined_masks(monkeypatch)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffHiDreamAttnProcessor})
+    # (64 image tokens, the 12 of the image padded to the model's largest, + 7 T5 + 2 x 5 Llama tokens: one table
+    # per sample of 8 pairs, in both blocks)
+    assert calls == [((2, 81, 1, 8), None)] * 2
 
 
 def tiny_qwen_image():
@@ -1066,7 +1103,7 @@ def test_compiled_fullgraph_models(backend):
     hunyuan_inputs, chroma_inputs, wan_inputs = _hunyuan_inputs(14), _chroma_inputs(15), _wan_inputs(16, True)
     cogvideox_inputs, ltx_inputs = _cogvideox_inputs(17), _ltx_video_inputs(18)
     lumina2_inputs, cogview4_inputs = _lumina2_inputs(19), _cogview4_inputs(20, text_mask=True)
-    sana_inputs = _sana_inputs(23)
+    sana_inputs, hidream_inputs = _sana_inputs(23), _hidream_inputs(24)
     models = [(unet, lambda m: m(*unet_inputs).sample), (sd3, lambda m: m(**sd3_inputs).sample),
               (flux, lambda m: m(**flux_inputs).sample), (pixart, lambda m: m(**pixart_inputs).sample),
               (tiny_hunyuan_video(), lambda m: m(**hunyuan_inputs).sample),
@@ -1076,7 +1113,8 @@ def test_compiled_fullgraph_models(backend):
               (tiny_ltx_video(), lambda m: m(**ltx_inputs).sample),
               (tiny_cogview4(), lambda m: m(**cogview4_inputs).sample),
               (tiny_lumina2(), lambda m: m(*lumina2_inputs).sample),
-              (tiny_sana("rms_norm_across_heads"), lambda m: m(**sana_inputs).sample)]
+              (tiny_sana("rms_norm_across_heads"), lambda m: m(**sana_inputs).sample),
+              (tiny_hidream(True), lambda m: m(**hidream_inputs).sample)]
     if attention_processors._QWEN_MASKS_TEXT:  # (replaced from diffusers 0.39)
         models.append((qwen, lambda m: m(**qwen_inputs).sample))
     if attention_processors.ZSingleStreamAttnProcessor is not None:  # (diffusers 0.36+)
@@ -1098,10 +1136,12 @@ def test_compiled_fullgraph_models(backend):
 
 
 #: models whose own forward is data-dependent (each sample's token count read from its mask: a graph break), with
-#: the blocks a user compiles instead (regional compilation, as diffusers' ``compile_repeated_blocks``)
+#: the blocks a user compiles instead (regional compilation, as diffusers' ``compile_repeated_blocks``); HiDream's
+#: blocks route tokens to experts data-dependently too, so there its attention modules
 _REGIONAL = {"Lumina2Transformer2DModel": "Lumina2TransformerBlock",
              "ZImageTransformer2DModel": "ZImageTransformerBlock",
-             "HunyuanVideo15Transformer3DModel": "HunyuanVideo15TransformerBlock"}
+             "HunyuanVideo15Transformer3DModel": "HunyuanVideo15TransformerBlock",
+             "HiDreamImageTransformer2DModel": "HiDreamAttention"}
 
 
 def _compiled(model: torch.nn.Module) -> torch.nn.Module:
@@ -1136,8 +1176,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     that precision, plus 1e-3. A UNet (its projections also fused: q, k and v strided views of one matmul), SD3 and
     Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, PixArt, Qwen-Image and HunyuanVideo with their
     text-padding masks (the kernel's key mask), Chroma with its per-query mask, Wan's image-to-video model,
-    CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask, Sana 1.5, Z-Image, HunyuanVideo 1.5
-    and LTX-2 (both RoPE layouts).
+    CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask, Sana 1.5, HiDream, Z-Image,
+    HunyuanVideo 1.5 and LTX-2 (both RoPE layouts).
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -1153,7 +1193,7 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
               (tiny_wan(True), _wan_inputs(17, True)), (tiny_cogvideox(), _cogvideox_inputs(18)),
               (tiny_ltx_video(), _ltx_video_inputs(19)), (tiny_lumina2(), _lumina2_inputs(20)),
               (tiny_cogview4(), _cogview4_inputs(21, text_mask=True)),
-              (tiny_sana("rms_norm_across_heads"), _sana_inputs(24))]
+              (tiny_sana("rms_norm_across_heads"), _sana_inputs(24)), (tiny_hidream(False), _hidream_inputs(25))]
     if attention_processors._QWEN_MASKS_TEXT:
         models.append((tiny_qwen_image(), _qwen_inputs(12)))
     if attention_processors.ZSingleStreamAttnProcessor is not None:  # (diffusers 0.36+)

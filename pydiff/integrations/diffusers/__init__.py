@@ -18,6 +18,7 @@ _EXPORTS = {
     "PydiffFluxAttnProcessor": "attention_processors",
     "PydiffFlux2AttnProcessor": "attention_processors",
     "PydiffFlux2ParallelSelfAttnProcessor": "attention_processors",
+    "PydiffHiDreamAttnProcessor": "attention_processors",
     "PydiffHunyuanVideoAttnProcessor": "attention_processors",
     "PydiffHunyuanVideo15AttnProcessor": "attention_processors",
     "PydiffQwenImageAttnProcessor": "attention_processors",

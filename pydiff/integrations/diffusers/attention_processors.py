@@ -6,7 +6,8 @@
                                   # ChromaTransformer2DModel, HunyuanVideoTransformer3DModel, WanTransformer3DModel,
                                   # CogVideoXTransformer3DModel, LTXVideoTransformer3DModel, ZImageTransformer2DModel,
                                   # Lumina2Transformer2DModel, CogView4Transformer2DModel,
-                                  # HunyuanVideo15Transformer3DModel, LTX2VideoTransformer3DModel, ...
+                                  # HunyuanVideo15Transformer3DModel, LTX2VideoTransformer3DModel,
+                                  # HiDreamImageTransformer2DModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
@@ -28,6 +29,8 @@
 * ``PydiffHunyuanVideo15AttnProcessor`` replaces HunyuanVideo 1.5's ``HunyuanVideo15AttnProcessor2_0`` (diffusers
   0.36+): the same joint call, the stock processor's (B, 1, N, N) outer-product mask read as the tokens' key mask,
   the padding's query rows zeroed (no N x N mask built).
+* ``PydiffHiDreamAttnProcessor`` replaces HiDream-I1's ``HiDreamAttnProcessor``: [image; text] as a joint call,
+  its rotation-matrix RoPE read in place as the prologue's tables (identity pairs where it turns half the head dim).
 * ``PydiffQwenImageAttnProcessor`` replaces Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.39+):
   the same joint call, its complex RoPE as cos/sin tables, and the text padding as the kernel's key mask.
 * ``PydiffWanAttnProcessor`` replaces Wan's ``WanAttnProcessor`` (Wan 2.1/2.2, VACE): the RoPE in the kernel's
@@ -79,6 +82,7 @@ from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
 from diffusers.models.transformers.sana_transformer import SanaAttnProcessor2_0
 from diffusers.models.transformers.transformer_cogview4 import CogView4AttnProcessor
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+from diffusers.models.transformers.transformer_hidream_image import HiDreamAttnProcessor
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
 from diffusers.models.transformers.transformer_lumina2 import Lumina2AttnProcessor2_0
@@ -165,8 +169,8 @@ def _plan_norms(norms: Dict[str, Optional[torch.nn.Module]], head_dim: int, dtyp
 
 def _head_dim(attn) -> int:
     """The head dim a stock processor splits ``attn``'s key projection into (the Flux models' attention modules name
-    it; diffusers' ``Attention`` does not, and Wan's names its key width differently)."""
-    kv_width = getattr(attn, "inner_kv_dim", None) or getattr(attn, "kv_inner_dim", None)
+    it; diffusers' ``Attention`` does not, Wan's names its key width differently, HiDream's only its inner dim)."""
+    kv_width = getattr(attn, "inner_kv_dim", None) or getattr(attn, "kv_inner_dim", None) or attn.inner_dim
     return getattr(attn, "head_dim", None) or kv_width // attn.heads
 
 
@@ -781,6 +785,58 @@ class PydiffLumina2AttnProcessor(_RankLocal):
         return attn.to_out[1](attn.to_out[0](out.flatten(2)))
 
 
+def _rotation_pairs(freqs, head_dim: int):
+    """HiDream's RoPE, a 2 x 2 rotation [[cos, -sin], [sin, cos]] per pair of channels, (B, N, 1, P, 2, 2), as the
+    kernel's interleaved tables of one angle per pair, (B, N, 1, D/2): its cos and sin entries read in place where
+    it turns every pair (P = D/2); where it turns the first half of the head dim only (P = D/4: the stock
+    processor rotates q[..., :D/2]), identity pairs after them. None for other forms."""
+    if not isinstance(freqs, torch.Tensor) or freqs.dim() != 6 or tuple(freqs.shape[-2:]) != (2, 2):
+        return None
+    cos, sin = freqs[..., 0, 0], freqs[..., 1, 0]
+    if 2 * cos.shape[-1] == head_dim:
+        return cos, sin
+    if 4 * cos.shape[-1] == head_dim:
+        return torch.cat([cos, torch.ones_like(cos)], -1), torch.cat([sin, torch.zeros_like(sin)], -1)
+    return None
+
+
+class PydiffHiDreamAttnProcessor(_RankLocal):
+    """Drop-in for HiDream-I1's ``HiDreamAttnProcessor``: [image; text] as a joint call (dual-stream blocks) or over
+    the joined tokens (single-stream blocks), the RoPE in the kernel's prologue (``_rotation_pairs``: its
+    rotation matrices' entries, read in place). Its QK RMSNorms span every head, so they run as modules first, and
+    the padding of non-square images has its keys zeroed (a score of 0, not masked out), both as in the stock
+    processor."""
+
+    def __init__(self):
+        self.stock = HiDreamAttnProcessor()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, hidden_states_masks: Optional[torch.Tensor] = None,
+                 encoder_hidden_states: Optional[torch.Tensor] = None, image_rotary_emb=None, *args, **kwargs):
+        dtype, head_dim = hidden_states.dtype, attn.inner_dim // attn.heads
+        rope = _rotation_pairs(image_rotary_emb, head_dim)
+        if head_dim > MAX_HEAD_DIM or rope is None or args or kwargs:
+            return self.stock(attn, hidden_states, hidden_states_masks, encoder_hidden_states, image_rotary_emb,
+                              *args, **kwargs)
+
+        def heads(x):
+            return x.unflatten(-1, (attn.heads, head_dim))
+
+        key = heads(attn.k_rms_norm(attn.to_k(hidden_states)).to(dtype))
+        if hidden_states_masks is not None:
+            key = key * hidden_states_masks.view(hidden_states.shape[0], -1, 1, 1)
+        streams = [(heads(attn.q_rms_norm(attn.to_q(hidden_states)).to(dtype)), key, heads(attn.to_v(hidden_states)),
+                    None, None)]
+        if not attn.single:
+            streams.append((heads(attn.q_rms_norm_t(attn.to_q_t(encoder_hidden_states)).to(dtype)),
+                            heads(attn.k_rms_norm_t(attn.to_k_t(encoder_hidden_states)).to(dtype)),
+                            heads(attn.to_v_t(encoder_hidden_states)), None, None))
+        out = _streams_attention(streams, head_dim, rope, None)
+        if attn.single:
+            return attn.to_out(out.flatten(2))
+        image, text = out
+        return attn.to_out(image.flatten(2)), attn.to_out_t(text.flatten(2))
+
+
 def _no_qk_norms(attn) -> bool:
     """diffusers' fused joint processor skips the QK norms (SD3.5's), which ours would apply: replaced only without."""
     return all(getattr(attn, name, None) is None for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"))
@@ -816,6 +872,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (Flux2ParallelSelfAttnProcessor, PydiffFlux2ParallelSelfAttnProcessor, None),
     (QwenDoubleStreamAttnProcessor2_0 if _QWEN_MASKS_TEXT else None, PydiffQwenImageAttnProcessor, None),
     (HunyuanVideoAttnProcessor2_0, PydiffHunyuanVideoAttnProcessor, None),
+    (HiDreamAttnProcessor, PydiffHiDreamAttnProcessor, None),
     (HunyuanVideo15AttnProcessor2_0, PydiffHunyuanVideo15AttnProcessor, None),
     (WanAttnProcessor, PydiffWanAttnProcessor, None),
     (CogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
@@ -867,7 +924,7 @@ def set_attention_backend(model_or_pipe) -> int:
 
 __all__ = ["PydiffAttnProcessor", "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor",
            "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFluxAttnProcessor",
-           "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor", "PydiffJointAttnProcessor",
-           "PydiffLTX2AttnProcessor", "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor",
-           "PydiffQwenImageAttnProcessor", "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor",
-           "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffHiDreamAttnProcessor", "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor",
+           "PydiffJointAttnProcessor", "PydiffLTX2AttnProcessor", "PydiffLTXVideoAttnProcessor",
+           "PydiffLumina2AttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSanaAttnProcessor",
+           "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
