@@ -2022,6 +2022,14 @@ PROCESSOR_GPU_CASES = [
          rope_pairs=True, name="proc-ltx2-split"),
     Case(BF16, 128, 224, 224, heads=4, joint=(4096, 4096), layout="bnhd", rope="half", mask=("float", "outer"),
          name="proc-cogview4"),
+    Case(BF16, 128, 4608, 4608, heads=8, kv_heads=2, layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
+         mask=("bool", "b11n"), name="proc-krea2"),
+    Case(BF16, 256, 4352, 4352, heads=2, layout="bnhd", rope="half", rope_tables="batch", q_norm=True, k_norm=True,
+         mask=("bool", "b1mn"), name="proc-ideogram4"),
+    Case(BF16, 128, 4680, 4680, heads=4, layout="bnhd", rope="half", q_norm=True, k_norm=True,
+         name="proc-cosmos-self"),
+    Case(BF16, 128, 4680, 512, batch=2, heads=4, layout="bnhd", q_norm=True, k_norm=True, mask=("bool", "b11n"),
+         name="proc-cosmos-cross"),
 ]
 
 

@@ -21,15 +21,21 @@ diffusers = pytest.importorskip("diffusers")
 from pydiff.integrations.diffusers import attention_processors  # noqa: E402
 from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffAttnProcessor,
+    PydiffBriaFibo2AttnProcessor,
     PydiffCogVideoXAttnProcessor,
     PydiffCogView4AttnProcessor,
+    PydiffCosmos25AttnProcessor,
+    PydiffCosmosAttnProcessor,
     PydiffFlux2AttnProcessor,
     PydiffFlux2ParallelSelfAttnProcessor,
+    PydiffFlux3AttnProcessor,
     PydiffFluxAttnProcessor,
     PydiffHiDreamAttnProcessor,
     PydiffHunyuanVideo15AttnProcessor,
     PydiffHunyuanVideoAttnProcessor,
+    PydiffIdeogram4AttnProcessor,
     PydiffJointAttnProcessor,
+    PydiffKrea2AttnProcessor,
     PydiffLTX2AttnProcessor,
     PydiffLTXVideoAttnProcessor,
     PydiffLumina2AttnProcessor,
@@ -44,6 +50,12 @@ CPU = torch.device("cpu")
 needs_interpreter = pytest.mark.skipif(native.triton_why_not(CPU) is not None,
                                        reason=f"Triton on CPU: {native.triton_why_not(CPU)}")
 BACKENDS = ["torch", pytest.param("triton", marks=needs_interpreter)]
+
+
+def _needs(stock_name: str, model: str, version: str):
+    """Skips a test where this diffusers has no ``attention_processors.<stock_name>`` (it predates ``model``)."""
+    return pytest.mark.skipif(getattr(attention_processors, stock_name) is None,
+                              reason=f"diffusers {diffusers.__version__} predates {model} ({version})")
 
 
 def test_reference_prologue_matches_diffusers_conventions():
@@ -129,20 +141,26 @@ def test_vae_attention(backend):
     _compare(model, lambda m: m(image, sample_posterior=False).sample, backend, {PydiffAttnProcessor})
 
 
-def _masked_calls(monkeypatch):
-    """Records, for every ``pydiff.attention`` call the processors make, the mask it carried: None, "keys" (a key
-    mask: one row every query shares) or "rows" (one per query)."""
-    from pydiff.integrations.diffusers import attention_processors
-
+def _spy(monkeypatch, record):
+    """Records ``record(args, kwargs)`` for every ``pydiff.attention`` call the processors make; returns the list."""
     calls = []
 
     def spy(*args, **kwargs):
-        mask = kwargs.get("attn_mask")
-        calls.append(None if mask is None else "rows" if mask.dim() > 1 and mask.shape[-2] > 1 else "keys")
+        calls.append(record(args, kwargs))
         return pydiff.attention(*args, **kwargs)
 
     monkeypatch.setattr(attention_processors, "attention", spy)
     return calls
+
+
+def _masked_calls(monkeypatch):
+    """Records, for every ``pydiff.attention`` call the processors make, the mask it carried: None, "keys" (a key
+    mask: one row every query shares) or "rows" (one per query)."""
+    def record(args, kwargs):
+        mask = kwargs.get("attn_mask")
+        return None if mask is None else "rows" if mask.dim() > 1 and mask.shape[-2] > 1 else "keys"
+
+    return _spy(monkeypatch, record)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -163,8 +181,7 @@ def _cross_attentions(model) -> int:
     return sum(getattr(m, "is_cross_attention", False) for m in model.modules())
 
 
-needs_flux2 = pytest.mark.skipif(attention_processors.Flux2AttnProcessor is None,
-                                 reason=f"diffusers {diffusers.__version__} predates FLUX.2 (0.36)")
+needs_flux2 = _needs("Flux2AttnProcessor", "FLUX.2", "0.36")
 
 
 def tiny_flux2():
@@ -200,7 +217,12 @@ def test_processors_name_the_diffusers_they_need(monkeypatch):
                                  ("Flux2ParallelSelfAttnProcessor", PydiffFlux2ParallelSelfAttnProcessor, "0.36"),
                                  ("ZSingleStreamAttnProcessor", PydiffZImageAttnProcessor, "0.36"),
                                  ("HunyuanVideo15AttnProcessor2_0", PydiffHunyuanVideo15AttnProcessor, "0.36"),
-                                 ("LTX2AudioVideoAttnProcessor", PydiffLTX2AttnProcessor, "0.37")):
+                                 ("LTX2AudioVideoAttnProcessor", PydiffLTX2AttnProcessor, "0.37"),
+                                 ("CosmosAttnProcessor2_5", PydiffCosmos25AttnProcessor, "0.37"),
+                                 ("Krea2AttnProcessor", PydiffKrea2AttnProcessor, "0.39"),
+                                 ("Ideogram4AttnProcessor", PydiffIdeogram4AttnProcessor, "0.39"),
+                                 ("Flux3AttnProcessor", PydiffFlux3AttnProcessor, "0.42"),
+                                 ("BriaFibo2AttnProcessor", PydiffBriaFibo2AttnProcessor, "0.42")):
         monkeypatch.setattr(attention_processors, stock, None)
         with pytest.raises(ImportError, match=f"need diffusers {version} or newer"):
             ours()
@@ -276,8 +298,7 @@ def test_hunyuan_video_transformer(backend, monkeypatch):
                                                      len(model.single_transformer_blocks))
 
 
-needs_hunyuan_video15 = pytest.mark.skipif(attention_processors.HunyuanVideo15AttnProcessor2_0 is None,
-                                           reason=f"diffusers {diffusers.__version__} predates HunyuanVideo 1.5 (0.36)")
+needs_hunyuan_video15 = _needs("HunyuanVideo15AttnProcessor2_0", "HunyuanVideo 1.5", "0.36")
 
 
 def tiny_hunyuan_video15():
@@ -733,23 +754,19 @@ def test_ltx_video_transformer(backend, monkeypatch):
     assert calls == [((2, 60, 2, 16), False), (None, True)] * len(model.transformer_blocks)
 
 
-def _joined_masks(monkeypatch):
+def _joined_masks(monkeypatch, heads=False):
     """Records, for every ``pydiff.attention`` call the processors make: its RoPE tables' shape (None: none), and
-    its mask's shape and dtype (None: none)."""
-    calls = []
-
-    def spy(*args, **kwargs):
+    its mask's shape and dtype (None: none); with ``heads``, then its query and key head counts."""
+    def record(args, kwargs):
         rope, mask = kwargs.get("rope"), kwargs.get("attn_mask")
-        calls.append((None if rope is None else tuple(rope[0].shape),
-                      None if mask is None else (tuple(mask.shape), mask.dtype)))
-        return pydiff.attention(*args, **kwargs)
+        entry = (None if rope is None else tuple(rope[0].shape),
+                 None if mask is None else (tuple(mask.shape), mask.dtype))
+        return entry + (args[0].shape[2], args[1].shape[2]) if heads else entry
 
-    monkeypatch.setattr(attention_processors, "attention", spy)
-    return calls
+    return _spy(monkeypatch, record)
 
 
-needs_z_image = pytest.mark.skipif(attention_processors.ZSingleStreamAttnProcessor is None,
-                                   reason=f"diffusers {diffusers.__version__} predates Z-Image (0.36)")
+needs_z_image = _needs("ZSingleStreamAttnProcessor", "Z-Image", "0.36")
 
 
 def tiny_z_image():
@@ -867,25 +884,250 @@ def test_cogview4_transformer(backend, text_mask, monkeypatch):
     assert calls == [((19, 16), mask)] * 2
 
 
-#: models whose processors are diffusers' copies of Wan's or Flux's (``attention_processors._copies``)
+needs_flux3 = _needs("Flux3AttnProcessor", "FLUX.3", "0.42")
+
+
+def tiny_flux3():
+    from diffusers.models.transformers.transformer_flux3 import Flux3Transformer2DModel
+
+    return _perturb(Flux3Transformer2DModel(
+        in_channels=8, cond_in_channels=8, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=24, timestep_channels=32, axes_dims_rope=(4, 4, 4, 4)), 50)
+
+
+def _flux3_inputs(seed):
+    """FLUX.3 inputs: 4 x 3 image tokens and 5 text tokens, positions (t, h, w, l)."""
+    gen = torch.Generator().manual_seed(seed)
+    img_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(3.0), torch.zeros(1),
+                                         indexing="ij"), -1).reshape(-1, 4)
+    txt_ids = torch.zeros(5, 4)
+    txt_ids[:, 3] = torch.arange(5.0)
+    return dict(hidden_states=torch.randn(2, 12, 8, generator=gen),
+                encoder_hidden_states=torch.randn(2, 5, 24, generator=gen), timestep=torch.tensor([0.3, 0.7]),
+                img_ids=img_ids, txt_ids=txt_ids)
+
+
+@needs_flux3
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flux3_transformer(backend, monkeypatch):
+    """FLUX.3: each mode's self-attention (text, image) and the joined [text; image] tokens', the QK RMSNorms and the
+    interleaved RoPE in the prologue; outputs the stock processors'. Fused projections and masks (key and per
+    query) on one module too."""
+    model, inputs = tiny_flux3(), _flux3_inputs(57)
+    calls = _joined_masks(monkeypatch)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffFlux3AttnProcessor})
+    assert calls == [((5, 16), None), ((12, 16), None), ((17, 16), None)]
+    attn, gen = model.single_transformer_blocks[0].attn, torch.Generator().manual_seed(58)
+    hidden = torch.randn(2, 17, 32, generator=gen)
+    rope = model.pos_embed(torch.randn(17, 4, generator=gen).round())
+    per_query = torch.rand(2, 1, 17, 17, generator=gen) > 0.3
+    per_query[..., 0] = True
+    masks = [None, torch.randn(2, 1, 1, 17, generator=gen), per_query]
+    with pydiff.use_backend(backend):
+        _block_matches_stock(PydiffFlux3AttnProcessor(), attn, (hidden,), rope, masks)
+        fused = copy.deepcopy(attn)
+        fused.fuse_projections()
+        assert fused.fused_projections
+        _block_matches_stock(PydiffFlux3AttnProcessor(), fused, (hidden,), rope, [None], stock=attn)
+
+
+needs_krea2 = _needs("Krea2AttnProcessor", "Krea 2", "0.39")
+
+
+def tiny_krea2():
+    from diffusers.models.transformers.transformer_krea2 import Krea2Transformer2DModel
+
+    return _perturb(Krea2Transformer2DModel(
+        in_channels=8, num_layers=2, attention_head_dim=16, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=48, timestep_embed_dim=32, text_hidden_dim=24, num_text_layers=2, text_num_attention_heads=2,
+        text_num_key_value_heads=2, text_intermediate_size=32, num_layerwise_text_blocks=1, num_refiner_text_blocks=1,
+        axes_dims_rope=(4, 6, 6)), 51)
+
+
+def _krea2_inputs(seed):
+    """Krea 2 inputs: 4 x 3 image tokens, 7 text tokens (two text-encoder layers), the second prompt padded after 4;
+    positions (t, h, w) of the joined [text; image] tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    positions = torch.zeros(19, 3, dtype=torch.long)
+    positions[7:, 1], positions[7:, 2] = torch.arange(4).repeat_interleave(3), torch.arange(3).repeat(4)
+    return dict(hidden_states=torch.randn(2, 12, 8, generator=gen),
+                encoder_hidden_states=torch.randn(2, 7, 2, 24, generator=gen), timestep=torch.tensor([0.3, 0.7]),
+                position_ids=positions, encoder_attention_mask=mask)
+
+
+@needs_krea2
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_krea2_transformer(backend, monkeypatch):
+    """Krea 2: grouped-query heads (4 query, 2 key/value) read without repeating k and v, its zero-centred QK
+    RMSNorms (1 + weight) and the RoPE in the prologue, the text padding as the key mask, its sigmoid gate after;
+    outputs the stock processors'."""
+    model, inputs = tiny_krea2(), _krea2_inputs(59)
+    calls = _joined_masks(monkeypatch, heads=True)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffKrea2AttnProcessor})
+    text_mask, joined_mask = ((2, 1, 1, 7), torch.bool), ((2, 1, 1, 19), torch.bool)
+    # (the text fusion's blocks (2 heads, no RoPE): across each token's 2 encoder layers, then across the tokens;
+    # then the 2 blocks over the joined tokens)
+    assert calls == [(None, None, 2, 2), (None, text_mask, 2, 2)] + [((19, 16), joined_mask, 4, 2)] * 2
+    norm = model.transformer_blocks[0].attn.norm_q
+    assert attention_processors._rms_norm_params(norm, 16, CPU) is not None
+    assert attention_processors._rms_norm_params(norm, 8, CPU) is None
+
+
+needs_ideogram4 = _needs("Ideogram4AttnProcessor", "Ideogram 4", "0.39")
+
+
+def tiny_ideogram4():
+    from diffusers.models.transformers.transformer_ideogram4 import Ideogram4Transformer2DModel
+
+    return _perturb(Ideogram4Transformer2DModel(
+        in_channels=8, num_layers=2, attention_head_dim=16, num_attention_heads=2, intermediate_size=48, adaln_dim=16,
+        llm_features_dim=24, rope_theta=10000, mrope_section=(4, 2, 2)), 52)
+
+
+def _ideogram4_inputs(seed):
+    """Ideogram 4 inputs: packed sequences (the first row two samples of 10 and 9 tokens, the second one of 19), each
+    sample's first 3 tokens text."""
+    from diffusers.models.transformers import transformer_ideogram4 as ideogram4
+
+    gen = torch.Generator().manual_seed(seed)
+    indicator = torch.full((2, 19), ideogram4.OUTPUT_IMAGE_INDICATOR)
+    indicator[:, :3] = indicator[0, 10:13] = ideogram4.LLM_TOKEN_INDICATOR
+    return dict(hidden_states=torch.randn(2, 19, 8, generator=gen), timestep=torch.tensor([0.3, 0.7]),
+                encoder_hidden_states=torch.randn(2, 19, 24, generator=gen),
+                position_ids=torch.randint(0, 8, (2, 19, 3), generator=gen),
+                segment_ids=torch.tensor([[0] * 10 + [1] * 9, [0] * 19]), indicator=indicator)
+
+
+@needs_ideogram4
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ideogram4_transformer(backend, monkeypatch):
+    """Ideogram 4: packed samples' block-diagonal mask read per query, its QK RMSNorms and multi-axis RoPE
+    (half-split tables per batch row) in the prologue; outputs the stock processors'."""
+    model, inputs = tiny_ideogram4(), _ideogram4_inputs(60)
+    calls = _joined_masks(monkeypatch)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffIdeogram4AttnProcessor})
+    assert calls == [((2, 19, 1, 16), ((2, 1, 19, 19), torch.bool))] * 2
+
+
+needs_bria_fibo2 = _needs("BriaFibo2AttnProcessor", "Bria FIBO 2", "0.42")
+
+
+def tiny_bria_fibo2():
+    from diffusers.models.transformers.transformer_bria_fibo2 import BriaFibo2Transformer2DModel
+
+    return _perturb(BriaFibo2Transformer2DModel(
+        in_channels=4, patch_size=2, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, cap_feat_dim=24,
+        injection_layer_ids=(1,), perceiver_num_layers=1, min_num_gist_tokens=4, max_num_gist_tokens=8, gist_step=4,
+        gist_min_text_len=4, gist_max_text_len=12, axes_dims=(4, 6, 6), axes_lens=(64, 32, 32)), 53)
+
+
+def _bria_fibo2_inputs(seed):
+    """Bria FIBO 2 inputs: 8 x 6 latents (12 patches), 12 text tokens (two encoder bundles), the second prompt padded
+    after 3 (so it gets fewer gist tokens: the gist padding, a key mask)."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, 3:] = False
+    return dict(hidden_states=torch.randn(2, 4, 8, 6, generator=gen), timestep=torch.tensor([0.3, 0.7]),
+                encoder_hidden_states=torch.randn(2, 2, 12, 24, generator=gen), encoder_attention_mask=mask)
+
+
+@needs_bria_fibo2
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bria_fibo2_transformer(backend, monkeypatch):
+    """Bria FIBO 2: self-attention with its QK RMSNorms and complex RoPE (its parts read in place) in the prologue,
+    the prompts' gist padding as the key mask, and cross-attention to the text with its padding; outputs the stock
+    processors'."""
+    model, inputs = tiny_bria_fibo2(), _bria_fibo2_inputs(61)
+    calls = _joined_masks(monkeypatch)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffBriaFibo2AttnProcessor})
+    masks = {mask for _, mask in calls}
+    assert ((2, 1, 1, 12), torch.bool) in masks and any(m is not None and m[0][-1] > 12 for m in masks)
+    assert any(rope is not None and len(rope) == 4 and rope[2] == 1 for rope, _ in calls)
+
+
+def tiny_cosmos(image_context: bool):
+    from diffusers.models.transformers.transformer_cosmos import CosmosTransformer3DModel
+
+    return _perturb(CosmosTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=2, text_embed_dim=24,
+        adaln_lora_dim=8, max_size=(4, 16, 16), patch_size=(1, 2, 2), extra_pos_embed_type=None,
+        concat_padding_mask=False, **(dict(img_context_dim_in=20, img_context_num_tokens=5, img_context_dim_out=24)
+                                      if image_context else {})), 54)
+
+
+def _cosmos_inputs(seed, image_context: bool):
+    """Cosmos inputs: 3 frames of 8 x 6 latents (36 patches), 7 text tokens, the second prompt padded after 4 (with an
+    image context of 5 tokens: no mask, as the Predict 2.5 pipeline passes none)."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    text = torch.randn(2, 7, 24, generator=gen)
+    return dict(hidden_states=torch.randn(2, 4, 3, 8, 6, generator=gen), timestep=torch.tensor([0.3, 0.7]),
+                encoder_hidden_states=(text, torch.randn(2, 5, 20, generator=gen)) if image_context else text,
+                attention_mask=None if image_context else mask, fps=24)
+
+
+@pytest.mark.parametrize("image_context", [False, True], ids=["predict2", "predict2.5-image-context"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cosmos_transformer(backend, image_context, monkeypatch):
+    """Cosmos Predict 2 (and 2.5 with an image context, diffusers 0.37+): self-attention with the QK RMSNorms and
+    the half-split RoPE in the prologue, cross-attention to the text with its padding as the key mask (2.5: the
+    image context's attention, queries of its own, summed); outputs the stock processors'."""
+    if image_context and attention_processors.CosmosAttnProcessor2_5 is None:
+        pytest.skip(f"diffusers {diffusers.__version__} predates Cosmos 2.5's processor (0.37)")
+    model, inputs = tiny_cosmos(image_context), _cosmos_inputs(62, image_context)
+    calls = _joined_masks(monkeypatch)
+    expect = {PydiffCosmosAttnProcessor} | ({PydiffCosmos25AttnProcessor} if image_context else set())
+    _compare(model, lambda m: m(**inputs).sample, backend, expect)
+    cross = [(None, None), (None, None)] if image_context else [(None, ((2, 1, 1, 7), torch.bool))]
+    assert calls == ([((36, 12), None)] + cross) * 2
+    if image_context:  # (the 2.5 processor's masks, a pair (text, image), which the pipeline leaves out)
+        from diffusers.models.transformers.transformer_cosmos import CosmosAttnProcessor2_5
+
+        attn, gen = model.transformer_blocks[0].attn2, torch.Generator().manual_seed(63)
+        hidden, text, image = (torch.randn(2, n, 24, generator=gen) for n in (36, 7, 5))
+        masks = (torch.rand(2, 1, 1, 7, generator=gen) > 0.3, torch.randn(2, 1, 1, 5, generator=gen))
+        masks[0][..., 0] = True
+        with torch.no_grad(), pydiff.use_backend(backend):
+            got = PydiffCosmos25AttnProcessor()(attn, hidden, (text, image), masks)
+            want = CosmosAttnProcessor2_5()(attn, hidden, (text, image), masks)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+#: models whose processors are diffusers' copies of others' (``attention_processors._copies``)
 _COPY_MODELS = [("transformer_chronoedit", "ChronoEditTransformer3DModel", "WanAttnProcessor"),
                 ("transformer_skyreels_v2", "SkyReelsV2Transformer3DModel", "SkyReelsV2AttnProcessor"),
                 ("transformer_bria", "BriaTransformer2DModel", "BriaAttnProcessor"),
                 ("transformer_longcat_image", "LongCatImageTransformer2DModel", "LongCatImageAttnProcessor"),
                 ("transformer_ovis_image", "OvisImageTransformer2DModel", "OvisImageAttnProcessor"),
+                ("transformer_bria_fibo", "BriaFiboTransformer2DModel", "BriaFiboAttnProcessor"),
+                ("transformer_hunyuanimage", "HunyuanImageTransformer2DModel", "HunyuanImageAttnProcessor"),
                 ("transformer_sana_video", "SanaVideoTransformer3DModel", "SanaAttnProcessor2_0")]
 
 
 def _copy_family(stock_name: str):
     """The pydiff processor a copied stock processor gets, and the tiny config and inputs of its original's model
-    (Wan's, Flux's or Sana's, the last two over 3 frames)."""
+    (Wan's, Flux's or Sana's, the last over 3 frames; Bria FIBO's adds its text encoder's layers, HunyuanImage's
+    takes images)."""
     if stock_name in ("WanAttnProcessor", "SkyReelsV2AttnProcessor"):
         return PydiffWanAttnProcessor, _WAN_CONFIG, _wan_inputs(43, False)
+    gen = torch.Generator().manual_seed(44)
     if stock_name == "SanaAttnProcessor2_0":
         inputs = _sana_inputs(43)
-        inputs["hidden_states"] = torch.randn(2, 4, 3, 8, 6, generator=torch.Generator().manual_seed(44))
+        inputs["hidden_states"] = torch.randn(2, 4, 3, 8, 6, generator=gen)
         return PydiffSanaAttnProcessor, dict(_SANA_CONFIG, patch_size=(1, 2, 2)), inputs
-    return PydiffFluxAttnProcessor, dict(_FLUX_CONFIG, out_channels=8), _flux_inputs(43)
+    if stock_name == "HunyuanImageAttnProcessor":
+        inputs = _hunyuan_inputs(43)
+        inputs.update(hidden_states=torch.randn(2, 4, 4, 5, generator=gen), timestep=inputs["timestep"].float())
+        config = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+                      num_single_layers=1, num_refiner_layers=1, patch_size=(1, 1), text_embed_dim=24,
+                      rope_axes_dim=(8, 8))
+        return PydiffHunyuanVideoAttnProcessor, config, inputs
+    inputs = _flux_inputs(43)
+    inputs["text_encoder_layers"] = [torch.randn(1, 6, 32, generator=gen) for _ in range(2)]
+    return PydiffFluxAttnProcessor, dict(_FLUX_CONFIG, out_channels=8, text_encoder_dim=32), inputs
 
 
 def _accepted(function, arguments: dict) -> dict:
@@ -898,9 +1140,10 @@ def _accepted(function, arguments: dict) -> dict:
 @pytest.mark.parametrize("module,model_name,stock_name", _COPY_MODELS, ids=[m[1] for m in _COPY_MODELS])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_models_with_copied_processors(backend, module, model_name, stock_name):
-    """ChronoEdit and SkyReels-V2 (Wan's processor, copied), Bria, LongCat-Image and Ovis-Image (Flux's), Sana-Video
-    (Sana's cross-attention) from their originals' tiny configs: every copied processor becomes the original's
-    pydiff processor, falling back to the model's own stock class, and the outputs are the stock processors'."""
+    """ChronoEdit and SkyReels-V2 (Wan's processor, copied), Bria, Bria FIBO, LongCat-Image and Ovis-Image (Flux's),
+    HunyuanImage 2.1 (HunyuanVideo's), Sana-Video (Sana's cross-attention) from tiny configs: every copied processor
+    becomes the original's pydiff processor, falling back to the model's own stock class, and the outputs are the
+    stock processors'."""
     models = pytest.importorskip(f"diffusers.models.transformers.{module}")
     model_type, stock_type = getattr(models, model_name), getattr(models, stock_name, None)
     if stock_type is None:  # (SkyReels-V2's before diffusers 0.36: another processor, not a copy of Wan's)
@@ -913,7 +1156,38 @@ def test_models_with_copied_processors(backend, module, model_name, stock_name):
     switched = copy.deepcopy(model)
     set_attention_backend(switched)
     fused = [m.processor for m in switched.modules() if isinstance(getattr(m, "processor", None), ours)]
-    assert fused and {type(processor.stock) for processor in fused} == {stock_type}
+    # (each falls back to the stock class it replaced: Bria FIBO's single-stream blocks hold Bria's copy)
+    stocks = {type(processor.stock) for processor in fused}
+    assert fused and stock_type in stocks and stocks <= _processor_types(model)
+
+
+def _module_copy_inputs(stock_name: str, gen: torch.Generator):
+    """An attention module's constructor arguments and forward inputs for a copy of Wan's or LTX-2's processor:
+    self-attention over 15 tokens, 2 heads of 12 channels, with the RoPE tables the original's model makes."""
+    hidden = torch.randn(2, 15, 24, generator=gen)
+    angles = torch.rand(15, 6, generator=gen) * 6
+    if stock_name == "WanAttnProcessor":  # ((1, N, 1, D) tables, each angle for both channels of its pair)
+        tables = [t.repeat_interleave(2, -1)[None, :, None] for t in (angles.cos(), angles.sin())]
+        return dict(dim=24, heads=2, dim_head=12), dict(hidden_states=hidden, rotary_emb=tables)
+    tables = [t.repeat_interleave(2, -1).repeat(2, 1, 2) for t in (angles.cos(), angles.sin())]  # ((B, N, H*D))
+    return dict(query_dim=24, heads=2, kv_heads=2, dim_head=12), dict(hidden_states=hidden, query_rotary_emb=tables)
+
+
+@pytest.mark.parametrize("module,attention_name,stock_name,ours", [
+    ("transformer_wan_animate", "WanAttention", "WanAttnProcessor", PydiffWanAttnProcessor),
+    ("transformer_sana_wm_refiner", "SanaWMLTX2Attention", "SanaWMLTX2AudioVideoAttnProcessor",
+     PydiffLTX2AttnProcessor)], ids=["wan-animate", "sana-wm-refiner"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_attention_modules_with_copied_processors(backend, module, attention_name, stock_name, ours):
+    """Wan-Animate's attention (Wan's processor, copied) and the SANA-WM refiner's (LTX-2's), on their attention
+    modules with RoPE: the copy becomes the original's pydiff processor and the outputs are the stock one's."""
+    models = pytest.importorskip(f"diffusers.models.transformers.{module}")
+    if getattr(models, stock_name, None) is None:
+        pytest.skip(f"diffusers {diffusers.__version__}'s {module} has no {stock_name}")
+    arguments, inputs = _module_copy_inputs(stock_name, torch.Generator().manual_seed(64))
+    stock = getattr(models, stock_name)
+    attn = _perturb(getattr(models, attention_name)(**arguments, processor=stock()), 65)
+    _compare(attn, lambda m: m(**inputs), backend, {ours})
 
 
 def test_context_parallelism_keeps_stock_processors():
@@ -937,8 +1211,7 @@ def test_context_parallelism_keeps_stock_processors():
     assert processor._parallel_config is None
 
 
-needs_ltx2 = pytest.mark.skipif(attention_processors.LTX2AudioVideoAttnProcessor is None,
-                                reason=f"diffusers {diffusers.__version__} predates LTX-2 (0.37)")
+needs_ltx2 = _needs("LTX2AudioVideoAttnProcessor", "LTX-2", "0.37")
 
 
 def tiny_ltx2(rope_type: str, gated: bool):
@@ -1126,6 +1399,19 @@ def test_compiled_fullgraph_models(backend):
     if attention_processors.Flux2AttnProcessor is not None:  # (diffusers 0.36+)
         flux2_inputs = _flux2_inputs(12)
         models.append((tiny_flux2(), lambda m: m(**flux2_inputs).sample))
+    cosmos_inputs = _cosmos_inputs(25, False)
+    models.append((tiny_cosmos(False), lambda m: m(**cosmos_inputs).sample))
+    if attention_processors.CosmosAttnProcessor2_5 is not None:  # (diffusers 0.37+)
+        cosmos25_inputs = _cosmos_inputs(26, True)
+        models.append((tiny_cosmos(True), lambda m: m(**cosmos25_inputs).sample))
+    if attention_processors.Krea2AttnProcessor is not None:  # (diffusers 0.39+)
+        krea2_inputs, ideogram4_inputs = _krea2_inputs(27), _ideogram4_inputs(28)
+        models += [(tiny_krea2(), lambda m: m(**krea2_inputs).sample),
+                   (tiny_ideogram4(), lambda m: m(**ideogram4_inputs).sample)]
+    if attention_processors.Flux3AttnProcessor is not None:  # (diffusers 0.42+)
+        flux3_inputs, fibo2_inputs = _flux3_inputs(29), _bria_fibo2_inputs(30)
+        models += [(tiny_flux3(), lambda m: m(**flux3_inputs).sample),
+                   (tiny_bria_fibo2(), lambda m: m(**fibo2_inputs).sample)]
     for model, run in models:
         torch._dynamo.reset()
         assert set_attention_backend(model) > 0
@@ -1135,13 +1421,15 @@ def test_compiled_fullgraph_models(backend):
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
-#: models whose own forward is data-dependent (each sample's token count read from its mask: a graph break), with
+#: models whose own forward is data-dependent (each sample's token count, or Bria FIBO 2's gist count, read from its
+#: mask: a graph break), with
 #: the blocks a user compiles instead (regional compilation, as diffusers' ``compile_repeated_blocks``); HiDream's
 #: blocks route tokens to experts data-dependently too, so there its attention modules
 _REGIONAL = {"Lumina2Transformer2DModel": "Lumina2TransformerBlock",
              "ZImageTransformer2DModel": "ZImageTransformerBlock",
              "HunyuanVideo15Transformer3DModel": "HunyuanVideo15TransformerBlock",
-             "HiDreamImageTransformer2DModel": "HiDreamAttention"}
+             "HiDreamImageTransformer2DModel": "HiDreamAttention",
+             "BriaFibo2Transformer2DModel": "BriaFibo2TransformerBlock"}
 
 
 def _compiled(model: torch.nn.Module) -> torch.nn.Module:
@@ -1177,7 +1465,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, PixArt, Qwen-Image and HunyuanVideo with their
     text-padding masks (the kernel's key mask), Chroma with its per-query mask, Wan's image-to-video model,
     CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask, Sana 1.5, HiDream, Z-Image,
-    HunyuanVideo 1.5 and LTX-2 (both RoPE layouts).
+    HunyuanVideo 1.5 and LTX-2 (both RoPE layouts), Cosmos Predict 2 and 2.5, Krea 2 (grouped-query),
+    Ideogram 4 (packed samples' mask per query), FLUX.3 and Bria FIBO 2.
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -1202,6 +1491,13 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
         models += [(tiny_ltx2("interleaved", False), _ltx2_inputs(25)), (tiny_ltx2("split", True), _ltx2_inputs(26))]
     if attention_processors.Flux2AttnProcessor is not None:
         models.append((tiny_flux2(), _flux2_inputs(13)))
+    models.append((tiny_cosmos(False), _cosmos_inputs(27, False)))
+    if attention_processors.CosmosAttnProcessor2_5 is not None:  # (diffusers 0.37+)
+        models.append((tiny_cosmos(True), _cosmos_inputs(28, True)))
+    if attention_processors.Krea2AttnProcessor is not None:  # (diffusers 0.39+)
+        models += [(tiny_krea2(), _krea2_inputs(29)), (tiny_ideogram4(), _ideogram4_inputs(30))]
+    if attention_processors.Flux3AttnProcessor is not None:  # (diffusers 0.42+)
+        models += [(tiny_flux3(), _flux3_inputs(31)), (tiny_bria_fibo2(), _bria_fibo2_inputs(32))]
     for model, inputs in models:
         def run(m, precision):
             args = _moved(inputs, cuda_device, precision)
@@ -1261,10 +1557,14 @@ def test_processor_benchmark_runs_on_cpu():
     rows = bench.run(quick=True, device="cpu")
     figures = {r["name"]: r for r in rows if "speedup" in r}
     missing = {r["name"] for r in rows if "error" in r or "unavailable" in r}
-    z_image, qwen = (next(m.name for m in bench.MODELS if m.name.startswith(name)) for name in ("Z-Image", "Qwen"))
-    # (Z-Image's model from diffusers 0.36, Qwen-Image's processor replaced from 0.39)
-    assert missing == ({z_image} if attention_processors.ZSingleStreamAttnProcessor is None else set()) | \
-        (set() if attention_processors._QWEN_MASKS_TEXT else {qwen})
+    # (Z-Image's model from diffusers 0.36, Qwen-Image's processor replaced and Krea 2's model from 0.39, FLUX.3's
+    # from 0.42)
+    present = {"Z-Image": attention_processors.ZSingleStreamAttnProcessor is not None,
+               "Qwen-Image": attention_processors._QWEN_MASKS_TEXT,
+               "Krea 2": attention_processors.Krea2AttnProcessor is not None,
+               "FLUX.3": attention_processors.Flux3AttnProcessor is not None}
+    assert missing == {m.name for m in bench.MODELS for name, there in present.items()
+                       if m.name.startswith(name) and not there}
     assert set(figures) | missing == {m.name for m in bench.MODELS}
     assert all(r["max_diff"] < 1e-5 and r["modules_switched"] > 0 and r["speedup"] > 0 for r in figures.values())
     assert "stock processors" in bench.section(rows)

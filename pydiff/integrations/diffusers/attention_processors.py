@@ -7,7 +7,9 @@
                                   # CogVideoXTransformer3DModel, LTXVideoTransformer3DModel, ZImageTransformer2DModel,
                                   # Lumina2Transformer2DModel, CogView4Transformer2DModel,
                                   # HunyuanVideo15Transformer3DModel, LTX2VideoTransformer3DModel,
-                                  # HiDreamImageTransformer2DModel, ...
+                                  # HiDreamImageTransformer2DModel, Flux3Transformer2DModel,
+                                  # Krea2Transformer2DModel, Ideogram4Transformer2DModel,
+                                  # BriaFibo2Transformer2DModel, CosmosTransformer3DModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
@@ -48,8 +50,17 @@
   (the stock processor repeats k and v per query head) and its proportional-attention scale.
 * ``PydiffCogView4AttnProcessor`` replaces ``CogView4AttnProcessor``: CogVideoX's joint call with the half-split
   RoPE, and the stock processor's text mask (a float mask per query) in the kernel.
-* Copies diffusers keeps in other models' files (``_copies``: ChronoEdit's and SkyReels-V2's of Wan's processor,
-  Bria's, LongCat-Image's and Ovis-Image's of Flux's, Sana-Video's of Sana's) get the original's pydiff processor.
+* ``PydiffFlux3AttnProcessor`` (diffusers 0.42+), ``PydiffKrea2AttnProcessor`` and ``PydiffIdeogram4AttnProcessor``
+  (0.39+), ``PydiffBriaFibo2AttnProcessor`` (0.42+) replace those models' self-attention processors: the QK RMSNorms
+  (Krea 2's zero-centred ones too) and the RoPE (interleaved; Ideogram 4's half-split tables per batch row; FIBO 2's
+  complex ones read in place) in the prologue, Krea 2's grouped-query heads read as they are and its gate after,
+  Ideogram 4's block-diagonal mask of packed samples read per query, FIBO 2's cross-attention with its padding.
+* ``PydiffCosmosAttnProcessor`` and ``PydiffCosmos25AttnProcessor`` replace Cosmos's ``CosmosAttnProcessor2_0`` and
+  (0.37+) ``CosmosAttnProcessor2_5``: self-attention with the QK RMSNorms and the half-split RoPE in the prologue,
+  cross-attention with the text padding as the key mask, Predict 2.5's image-context attention summed.
+* Copies diffusers keeps in other models' files (``_copies``: ChronoEdit's, SkyReels-V2's and Wan-Animate's of
+  Wan's processor, Bria's, Bria FIBO's, LongCat-Image's and Ovis-Image's of Flux's, HunyuanImage 2.1's of
+  HunyuanVideo's, the SANA-WM refiner's of LTX-2's, Sana-Video's of Sana's) get the original's pydiff processor.
 
 Outputs equal the stock processors' (same math; pydiff keeps the norm and RoPE in float32). Attention masks go into
 the kernel (``attn_mask``), read in place: those the same for every query (PixArt's and Sana's text padding:
@@ -81,6 +92,7 @@ from diffusers.models.attention_processor import (
 from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
 from diffusers.models.transformers.sana_transformer import SanaAttnProcessor2_0
 from diffusers.models.transformers.transformer_cogview4 import CogView4AttnProcessor
+from diffusers.models.transformers.transformer_cosmos import CosmosAttnProcessor2_0
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from diffusers.models.transformers.transformer_hidream_image import HiDreamAttnProcessor
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
@@ -111,6 +123,12 @@ Flux2ParallelSelfAttnProcessor = _stock_class("transformer_flux2", "Flux2Paralle
 ZSingleStreamAttnProcessor = _stock_class("transformer_z_image", "ZSingleStreamAttnProcessor")
 HunyuanVideo15AttnProcessor2_0 = _stock_class("transformer_hunyuan_video15", "HunyuanVideo15AttnProcessor2_0")
 LTX2AudioVideoAttnProcessor = _stock_class("transformer_ltx2", "LTX2AudioVideoAttnProcessor")  # (0.37+)
+Krea2AttnProcessor = _stock_class("transformer_krea2", "Krea2AttnProcessor")  # (0.39+)
+Krea2RMSNorm = _stock_class("transformer_krea2", "Krea2RMSNorm")
+Ideogram4AttnProcessor = _stock_class("transformer_ideogram4", "Ideogram4AttnProcessor")  # (0.39+)
+Flux3AttnProcessor = _stock_class("transformer_flux3", "Flux3AttnProcessor")  # (0.42+)
+BriaFibo2AttnProcessor = _stock_class("transformer_bria_fibo2", "BriaFibo2AttnProcessor")  # (0.42+)
+CosmosAttnProcessor2_5 = _stock_class("transformer_cosmos", "CosmosAttnProcessor2_5")  # (0.37+)
 
 
 def _stock(stock_type, model: str, version: str):
@@ -139,6 +157,10 @@ def _rms_norm_params(norm, head_dim: int, device: torch.device) -> Optional[Tupl
         if norm.bias is not None or tuple(norm.dim) != (head_dim,):
             return None
         weight, eps = norm.weight, norm.eps
+    elif Krea2RMSNorm is not None and isinstance(norm, Krea2RMSNorm):  # (a zero-centred scale: 1 + weight)
+        if norm.dim != head_dim:
+            return None
+        weight, eps = norm.weight + 1.0, norm.eps
     else:
         return None
     if weight is None:
@@ -169,9 +191,13 @@ def _plan_norms(norms: Dict[str, Optional[torch.nn.Module]], head_dim: int, dtyp
 
 def _head_dim(attn) -> int:
     """The head dim a stock processor splits ``attn``'s key projection into (the Flux models' attention modules name
-    it; diffusers' ``Attention`` does not, Wan's names its key width differently, HiDream's only its inner dim)."""
-    kv_width = getattr(attn, "inner_kv_dim", None) or getattr(attn, "kv_inner_dim", None) or attn.inner_dim
-    return getattr(attn, "head_dim", None) or kv_width // attn.heads
+    it; diffusers' ``Attention`` does not, Wan's names its key width differently, HiDream's only its inner dim,
+    Bria FIBO 2's only its projections)."""
+    if getattr(attn, "head_dim", None):
+        return attn.head_dim
+    kv_width = getattr(attn, "inner_kv_dim", None) or getattr(attn, "kv_inner_dim", None) or \
+        getattr(attn, "inner_dim", None) or attn.to_q.out_features
+    return kv_width // attn.heads
 
 
 _MASK_DTYPES = (torch.bool, torch.float16, torch.bfloat16, torch.float32)
@@ -377,6 +403,18 @@ def _text_stream(attn, encoder_hidden_states: torch.Tensor, head_dim: int):
                     head_dim), attn.norm_added_q, attn.norm_added_k)
 
 
+def _cross_stream(attn, hidden_states: torch.Tensor, context: Optional[torch.Tensor], head_dim: int,
+                  names: Tuple[str, str, str] = ("to_q", "to_k", "to_v"),
+                  norms: Tuple[str, str] = ("norm_q", "norm_k")):
+    """A stream for ``_streams_attention``: q of ``hidden_states``, k and v of ``context`` (self-attention where
+    None) through the module's projections ``names`` as (B, N, H, D) views (k and v may have fewer heads), and its
+    QK norms ``norms``."""
+    context = hidden_states if context is None else context
+    q, k, v = (getattr(attn, name)(x).unflatten(-1, (-1, head_dim))
+               for name, x in zip(names, (hidden_states, context, context)))
+    return q, k, v, getattr(attn, norms[0]), getattr(attn, norms[1])
+
+
 class PydiffFluxAttnProcessor(_RankLocal):
     """Drop-in for Flux's ``FluxAttnProcessor``: joint attention with QK RMSNorm and RoPE fused into the kernel.
     ``stock_type``: the stock processor for the calls the kernel does not take (the copy of Flux's a model has)."""
@@ -387,16 +425,17 @@ class PydiffFluxAttnProcessor(_RankLocal):
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None,
                  image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
-        if (attention_mask is not None and not _kernel_reads(attention_mask)) or _head_dim(attn) > MAX_HEAD_DIM:
+        head_dim = _head_dim(attn)  # (Bria FIBO's single-stream blocks: diffusers' Attention, which does not name it)
+        if (attention_mask is not None and not _kernel_reads(attention_mask)) or head_dim > MAX_HEAD_DIM:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
-        image = _image_stream(attn, hidden_states, attn.head_dim)
+        image = _image_stream(attn, hidden_states, head_dim)
         # (the outputs have the projections' dtype, as the stock processor's)
         if encoder_hidden_states is None or attn.added_kv_proj_dim is None:
-            return _streams_attention([image], attn.head_dim, rope, attention_mask).flatten(2)
+            return _streams_attention([image], head_dim, rope, attention_mask).flatten(2)
         # Flux joins [text; image]: text is stream 1, so the RoPE rows and the mask follow the joined sequence
-        context, image = _streams_attention([_text_stream(attn, encoder_hidden_states, attn.head_dim), image],
-                                            attn.head_dim, rope, attention_mask)
+        context, image = _streams_attention([_text_stream(attn, encoder_hidden_states, head_dim), image],
+                                            head_dim, rope, attention_mask)
         return attn.to_out[1](attn.to_out[0](image.flatten(2))), attn.to_add_out(context.flatten(2))
 
 
@@ -507,10 +546,11 @@ class PydiffHunyuanVideoAttnProcessor(_RankLocal):
     """Drop-in for HunyuanVideo's ``HunyuanVideoAttnProcessor2_0``: [video; text] attention in one call, joint
     (dual-stream blocks: the text through its added projections) or over the blocks' joined tokens (single-stream),
     with the QK RMSNorms in the prologue, the RoPE on the video tokens (identity rows for the text) and the text
-    padding as the key mask; no concatenation of q, k, v and no split."""
+    padding as the key mask; no concatenation of q, k, v and no split. ``stock_type``: the stock processor for the
+    calls the kernel does not take (the copy of HunyuanVideo's a model has)."""
 
-    def __init__(self):
-        self.stock = HunyuanVideoAttnProcessor2_0()
+    def __init__(self, stock_type=HunyuanVideoAttnProcessor2_0):
+        self.stock = stock_type()
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None):
@@ -706,10 +746,11 @@ class PydiffLTX2AttnProcessor(_RankLocal):
     """Drop-in for LTX-2's ``LTX2AudioVideoAttnProcessor`` (diffusers 0.37+): LTX-Video's call for its video and
     audio self-attention (interleaved or split RoPE tables, per head) and text cross-attention (the padding as the
     key mask), then its per-head gates. Its audio-video cross-attention, whose keys turn by tables of their own
-    (``key_rotary_emb``), stays with the stock processor: the prologue turns q and k by one table."""
+    (``key_rotary_emb``), stays with the stock processor: the prologue turns q and k by one table. ``stock_type``: the
+    stock processor for the calls the kernel does not take (the copy of LTX-2's a model has)."""
 
-    def __init__(self):
-        self.stock = _stock(LTX2AudioVideoAttnProcessor, "LTX-2", "0.37")
+    def __init__(self, stock_type=None):
+        self.stock = _stock(stock_type or LTX2AudioVideoAttnProcessor, "LTX-2", "0.37")
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, query_rotary_emb=None,
@@ -837,22 +878,163 @@ class PydiffHiDreamAttnProcessor(_RankLocal):
         return attn.to_out(image.flatten(2)), attn.to_out_t(text.flatten(2))
 
 
+class PydiffFlux3AttnProcessor(_RankLocal):
+    """Drop-in for FLUX.3's ``Flux3AttnProcessor`` (diffusers 0.42+): self-attention over one mode's tokens or the
+    joined [text; image] tokens, its QK RMSNorms (float32 in the stock processor too) and interleaved RoPE in the
+    kernel's prologue."""
+
+    def __init__(self):
+        self.stock = _stock(Flux3AttnProcessor, "FLUX.3", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                 image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        if (attention_mask is not None and not _kernel_reads(attention_mask)) or attn.head_dim > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states, attention_mask, image_rotary_emb)
+        rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
+        out = _streams_attention([_image_stream(attn, hidden_states, attn.head_dim)], attn.head_dim, rope,
+                                 attention_mask)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
+class PydiffKrea2AttnProcessor(_RankLocal):
+    """Drop-in for Krea 2's ``Krea2AttnProcessor`` (diffusers 0.39+): grouped-query heads read as they are (the
+    stock processor repeats k and v for every query head), its zero-centred QK RMSNorms (a scale of 1 + weight) and
+    interleaved RoPE in the prologue, the text padding as the key mask, then its sigmoid output gate."""
+
+    def __init__(self):
+        self.stock = _stock(Krea2AttnProcessor, "Krea 2", "0.39")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                 image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        if (attention_mask is not None and not _kernel_reads(attention_mask)) or attn.head_dim > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states, attention_mask, image_rotary_emb)
+        rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
+        out = _streams_attention([_cross_stream(attn, hidden_states, None, attn.head_dim)], attn.head_dim, rope,
+                                 attention_mask)
+        return attn.to_out[0](out.flatten(2) * torch.sigmoid(attn.to_gate(hidden_states)))
+
+
+class PydiffIdeogram4AttnProcessor(_RankLocal):
+    """Drop-in for Ideogram 4's ``Ideogram4AttnProcessor`` (diffusers 0.39+): its QK RMSNorms and its multi-axis
+    RoPE (half-split tables per batch row, (B, N, D), read in place as (B, N, 1, D)) in the prologue, and its
+    block-diagonal mask of packed samples (B, 1, N, N) read per query."""
+
+    def __init__(self):
+        self.stock = _stock(Ideogram4AttnProcessor, "Ideogram 4", "0.39")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                 image_rotary_emb: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if (attention_mask is not None and not _kernel_reads(attention_mask)) or attn.head_dim > MAX_HEAD_DIM or \
+                any(t.dim() != 3 for t in image_rotary_emb):
+            return self.stock(attn, hidden_states, attention_mask, image_rotary_emb)
+        rope = tuple(t.unsqueeze(2) for t in image_rotary_emb)
+        out = _streams_attention([_cross_stream(attn, hidden_states, None, attn.head_dim)], attn.head_dim, rope,
+                                 attention_mask, rope_interleaved=False)
+        return attn.to_out[0](out.flatten(2))
+
+
+class PydiffBriaFibo2AttnProcessor(_RankLocal):
+    """Drop-in for ``BriaFibo2AttnProcessor`` (diffusers 0.42+): self-attention with its QK RMSNorms and complex
+    RoPE (one table per batch row, its parts read in place) in the prologue, or cross-attention to the text; a
+    (B, N_k) mask as the key mask."""
+
+    def __init__(self):
+        self.stock = _stock(BriaFibo2AttnProcessor, "Bria FIBO 2", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, freqs_cis: Optional[torch.Tensor] = None):
+        head_dim = _head_dim(attn)
+        if head_dim > MAX_HEAD_DIM or (freqs_cis is not None and not _per_row_complex(freqs_cis)) or \
+                (attention_mask is not None and not _kernel_reads(attention_mask)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, freqs_cis)
+        mask = attention_mask
+        if mask is not None and mask.dim() == 2:
+            mask = mask[:, None, None, :]
+        rope = None if freqs_cis is None else _complex_rope(freqs_cis)
+        out = _streams_attention([_cross_stream(attn, hidden_states, encoder_hidden_states, head_dim)], head_dim,
+                                 rope, mask)
+        return attn.to_out[0](out.flatten(2))
+
+
+def _cosmos_attention(attn, hidden_states: torch.Tensor, context: Optional[torch.Tensor],
+                      mask: Optional[torch.Tensor], rope, **stream) -> torch.Tensor:
+    """Cosmos's attention of ``hidden_states`` to ``context`` (itself where None): the QK RMSNorms and the
+    half-split RoPE in the prologue, (B, N, H*D); ``stream``: ``_cross_stream``'s projection and norm names."""
+    head_dim = attn.inner_dim // attn.heads
+    out = _streams_attention([_cross_stream(attn, hidden_states, context, head_dim, **stream)], head_dim, rope, mask,
+                             rope_interleaved=False)
+    return out.flatten(2)
+
+
+def _cosmos_takes(attn, masks, image_rotary_emb) -> bool:
+    """Whether the kernel takes a Cosmos processor's call: its masks' dtypes, (N, D) RoPE tables, the head dim."""
+    return attn.inner_dim // attn.heads <= MAX_HEAD_DIM and \
+        all(mask is None or _kernel_reads(mask) for mask in masks) and \
+        (image_rotary_emb is None or all(t.dim() == 2 for t in image_rotary_emb))
+
+
+class PydiffCosmosAttnProcessor(_RankLocal):
+    """Drop-in for ``CosmosAttnProcessor2_0`` (Cosmos Predict 2): self-attention with the QK RMSNorms and the
+    half-split RoPE in the prologue, cross-attention to the text with its padding as the key mask; the stock
+    processor's transposes and key/value repeats (by the head dim's ratio: none) are not needed."""
+
+    def __init__(self):
+        self.stock = CosmosAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None) -> torch.Tensor:
+        if not _cosmos_takes(attn, [attention_mask], image_rotary_emb):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        out = _cosmos_attention(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class PydiffCosmos25AttnProcessor(_RankLocal):
+    """Drop-in for ``CosmosAttnProcessor2_5`` (Cosmos Predict 2.5's cross-attention): the text's attention and,
+    where there is an image context, the image's (queries of their own, ``q_img``) summed, each one kernel call with
+    its QK RMSNorms in the prologue and its padding as the key mask."""
+
+    def __init__(self):
+        self.stock = _stock(CosmosAttnProcessor2_5, "Cosmos 2.5", "0.37")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states, attention_mask,
+                 image_rotary_emb=None) -> torch.Tensor:
+        if not isinstance(encoder_hidden_states, tuple) or not isinstance(attention_mask, (tuple, type(None))):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        text, image = encoder_hidden_states if encoder_hidden_states else (None, None)
+        text_mask, image_mask = attention_mask if attention_mask else (None, None)
+        if not _cosmos_takes(attn, [text_mask, image_mask], image_rotary_emb):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        out = _cosmos_attention(attn, hidden_states, text, text_mask, image_rotary_emb)
+        if image is not None:
+            out = out + _cosmos_attention(attn, hidden_states, image, image_mask, None,
+                                          names=("q_img", "k_img", "v_img"), norms=("q_img_norm", "k_img_norm"))
+        return attn.to_out[1](attn.to_out[0](out))
+
+
 def _no_qk_norms(attn) -> bool:
     """diffusers' fused joint processor skips the QK norms (SD3.5's), which ours would apply: replaced only without."""
     return all(getattr(attn, name, None) is None for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"))
 
 
 def _copies():
-    """The processors diffusers copies into other models' files (ChronoEdit's and SkyReels-V2's of Wan's; Bria's,
-    LongCat-Image's and Ovis-Image's of Flux's; Sana-Video's of Sana's), each with the pydiff processor of its
+    """The processors diffusers copies into other models' files (ChronoEdit's, SkyReels-V2's and Wan-Animate's of
+    Wan's; Bria's, Bria FIBO's, LongCat-Image's and Ovis-Image's of Flux's; HunyuanImage 2.1's of HunyuanVideo's;
+    the SANA-WM refiner's of LTX-2's; Sana-Video's of Sana's), each with the pydiff processor of its
     original. Their sources differ from the originals' in names, comments, tensor-parallel head splits,
     context-parallel arguments and the attention call (SDPA or diffusers' dispatch) only: the same math on modules
     of the same attributes. Those this diffusers lacks are left out."""
     for module, name, ours in (("transformer_chronoedit", "WanAttnProcessor", PydiffWanAttnProcessor),
                                ("transformer_skyreels_v2", "SkyReelsV2AttnProcessor", PydiffWanAttnProcessor),
+                               ("transformer_wan_animate", "WanAttnProcessor", PydiffWanAttnProcessor),
+                               ("transformer_sana_wm_refiner", "SanaWMLTX2AudioVideoAttnProcessor",
+                                PydiffLTX2AttnProcessor),
                                ("transformer_bria", "BriaAttnProcessor", PydiffFluxAttnProcessor),
                                ("transformer_longcat_image", "LongCatImageAttnProcessor", PydiffFluxAttnProcessor),
                                ("transformer_ovis_image", "OvisImageAttnProcessor", PydiffFluxAttnProcessor),
+                               ("transformer_bria_fibo", "BriaFiboAttnProcessor", PydiffFluxAttnProcessor),
+                               ("transformer_hunyuanimage", "HunyuanImageAttnProcessor",
+                                PydiffHunyuanVideoAttnProcessor),
                                ("transformer_sana_video", "SanaAttnProcessor2_0", PydiffSanaAttnProcessor)):
         stock = _stock_class(module, name)
         if stock is not None:
@@ -882,6 +1064,12 @@ _REPLACEMENTS = tuple(entry for entry in (
     (CogView4AttnProcessor, PydiffCogView4AttnProcessor, None),
     (ZSingleStreamAttnProcessor, PydiffZImageAttnProcessor, None),
     (Lumina2AttnProcessor2_0, PydiffLumina2AttnProcessor, None),
+    (Flux3AttnProcessor, PydiffFlux3AttnProcessor, None),
+    (Krea2AttnProcessor, PydiffKrea2AttnProcessor, None),
+    (Ideogram4AttnProcessor, PydiffIdeogram4AttnProcessor, None),
+    (BriaFibo2AttnProcessor, PydiffBriaFibo2AttnProcessor, None),
+    (CosmosAttnProcessor2_0, PydiffCosmosAttnProcessor, None),
+    (CosmosAttnProcessor2_5, PydiffCosmos25AttnProcessor, None),
     *((stock, functools.partial(ours, stock), None) for stock, ours in _copies()),
 ) if entry[0] is not None)
 
@@ -899,7 +1087,8 @@ def _roots(model_or_pipe) -> List[torch.nn.Module]:
 def set_attention_backend(model_or_pipe) -> int:
     """Swap every stock processor pydiff has a counterpart for, in a diffusers model or pipeline, for ours
     (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's and HunyuanVideo 1.5's from diffusers
-    0.36, LTX-2's from 0.37, Qwen-Image's from 0.39). Other processors (IP-adapter, added-KV, ...) stay, and so do
+    0.36, LTX-2's and Cosmos 2.5's from 0.37, Qwen-Image's, Krea 2's and Ideogram 4's from 0.39, FLUX.3's and Bria
+    FIBO 2's from 0.42). Other processors (IP-adapter, added-KV, ...) stay, and so do
     modules whose head dim is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention),
     SD3.5's fused joint processor (which skips the QK norms) and processors under diffusers' context parallelism.
     ``fuse_qkv_projections()`` sets diffusers' fused processors over ours: call this after it.
@@ -922,9 +1111,11 @@ def set_attention_backend(model_or_pipe) -> int:
     return switched
 
 
-__all__ = ["PydiffAttnProcessor", "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor",
-           "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFluxAttnProcessor",
-           "PydiffHiDreamAttnProcessor", "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor",
-           "PydiffJointAttnProcessor", "PydiffLTX2AttnProcessor", "PydiffLTXVideoAttnProcessor",
+__all__ = ["PydiffAttnProcessor", "PydiffBriaFibo2AttnProcessor", "PydiffCogVideoXAttnProcessor",
+           "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor", "PydiffCosmosAttnProcessor",
+           "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFlux3AttnProcessor",
+           "PydiffFluxAttnProcessor", "PydiffHiDreamAttnProcessor", "PydiffHunyuanVideo15AttnProcessor",
+           "PydiffHunyuanVideoAttnProcessor", "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor",
+           "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor", "PydiffLTXVideoAttnProcessor",
            "PydiffLumina2AttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSanaAttnProcessor",
            "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
