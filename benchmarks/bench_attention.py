@@ -680,6 +680,34 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
                      "rms_norm + complex rope + repeat k/v + sdpa with mask", _flops(b, h, n, n, d), device, quick,
                      ceiling)
 
+    # 2f. Ideogram 4: packed samples (two per row here, each 256 text + the image's tokens) whose block-diagonal mask
+    # is read per query, QK RMSNorms and a half-split multi-axis RoPE with a table per batch row, at head dim 256;
+    # its processor runs the norms, the rotation in the tables' dtype and SDPA with the (B, 1, N, N) mask.
+    b, h, d, per_sample = (1, 18, 256, 256 + n_img) if gpu else (1, 2, 256, 40)
+    n = 2 * per_sample
+    q, k, v = rand(b, n, h, d), rand(b, n, h, d), rand(b, n, h, d)
+    norms = [torch.rand(d, device=device, generator=gen) + 0.5 for _ in range(2)]
+    angles = torch.rand(b, n, 1, d // 2, device=device, generator=gen) * 6
+    cos, sin = (torch.cat([t, t], -1).to(dtype) for t in (angles.cos(), angles.sin()))  # (B, N, 1, D)
+    segment = torch.arange(n, device=device) // per_sample
+    packed = (segment[:, None] == segment[None, :]).expand(b, 1, n, n)
+
+    def ideogram_stock():
+        def rotated(x, weight):
+            x = F.rms_norm(x, (d,), weight, 1e-5)
+            return x * cos + torch.cat([-x[..., d // 2:], x[..., :d // 2]], -1) * sin
+        qs, ks = rotated(q, norms[0]), rotated(k, norms[1])
+        return F.scaled_dot_product_attention(qs.transpose(1, 2), ks.transpose(1, 2), v.transpose(1, 2),
+                                              attn_mask=packed).transpose(1, 2).flatten(2)
+
+    def ideogram_ours():
+        return attention(q, k, v, layout="bnhd", attn_mask=packed, rope=(cos, sin), rope_interleaved=False,
+                         q_norm_weight=norms[0], k_norm_weight=norms[1], norm_eps=1e-5).flatten(2)
+
+    rows += _variant("QK norm + RoPE per sample + packed samples' mask (Ideogram 4)",
+                     f"B{b} H{h} N2x{per_sample} D{d}", ideogram_ours, ideogram_stock,
+                     "rms_norm + rope + sdpa with block-diagonal mask", _flops(b, h, n, n, d), device, quick, ceiling)
+
     # 3. Key padding: text padded to 77 tokens of which a few are real.
     b, h, d, n_q, n_k = (2, 10, 64, 4096, 77) if gpu else (2, 2, 64, 256, 77)
     q, k, v = rand(b, h, n_q, d), rand(b, h, n_k, d), rand(b, h, n_k, d)

@@ -167,6 +167,49 @@ def _pixart_inputs(gpu: bool, gen: torch.Generator) -> Dict[str, object]:
                 encoder_attention_mask=mask)
 
 
+def _flux3(gpu: bool) -> torch.nn.Module:
+    from diffusers.models.transformers.transformer_flux3 import Flux3Transformer2DModel
+
+    if gpu:  # FLUX.3's widths, one per-mode block (per mode) and one joint block
+        return Flux3Transformer2DModel(num_layers=1, num_single_layers=1)
+    return Flux3Transformer2DModel(in_channels=8, cond_in_channels=8, num_layers=1, num_single_layers=1,
+                                   attention_head_dim=16, num_attention_heads=2, joint_attention_dim=24,
+                                   timestep_channels=32, axes_dims_rope=(4, 4, 4, 4))
+
+
+def _flux3_inputs(gpu: bool, gen: torch.Generator) -> Dict[str, object]:
+    side, text, channels, width = (64, 512, 128, 20480) if gpu else (4, 5, 8, 24)
+    text_ids = torch.zeros(text, 4)
+    text_ids[:, 3] = torch.arange(float(text))
+    return dict(hidden_states=torch.randn(1, side * side, channels, generator=gen),
+                encoder_hidden_states=torch.randn(1, text, width, generator=gen), timestep=torch.tensor([0.7]),
+                img_ids=torch.cat([_ids(1, side, side), torch.zeros(side * side, 1)], 1), txt_ids=text_ids)
+
+
+def _krea2(gpu: bool) -> torch.nn.Module:
+    from diffusers.models.transformers.transformer_krea2 import Krea2Transformer2DModel
+
+    if gpu:  # Krea 2's widths (48 query, 12 key/value heads), its text fusion and one block
+        return Krea2Transformer2DModel(num_layers=1)
+    return Krea2Transformer2DModel(in_channels=8, num_layers=1, attention_head_dim=16, num_attention_heads=4,
+                                   num_key_value_heads=2, intermediate_size=48, timestep_embed_dim=32,
+                                   text_hidden_dim=24, num_text_layers=2, text_num_attention_heads=2,
+                                   text_num_key_value_heads=2, text_intermediate_size=32, num_layerwise_text_blocks=1,
+                                   num_refiner_text_blocks=1, axes_dims_rope=(4, 6, 6))
+
+
+def _krea2_inputs(gpu: bool, gen: torch.Generator) -> Dict[str, object]:
+    # (two prompts, the second padded: the key mask; the text encoder's 12 tapped layers)
+    side, text, layers, width, channels = (64, 256, 12, 2560, 64) if gpu else (4, 7, 2, 24, 8)
+    mask = torch.ones(2, text, dtype=torch.bool)
+    mask[1, text // 3:] = False
+    positions = torch.zeros(text + side * side, 3, dtype=torch.long)
+    positions[text:, 1:] = _ids(side, side).long()
+    return dict(hidden_states=torch.randn(2, side * side, channels, generator=gen),
+                encoder_hidden_states=torch.randn(2, text, layers, width, generator=gen),
+                timestep=torch.tensor([0.5, 0.5]), position_ids=positions, encoder_attention_mask=mask)
+
+
 MODELS = [
     Model("FLUX.1 (1 double + 1 single block)", "B1 4096 img + 512 txt, H24 D128", _flux, _flux_inputs),
     Model("SD3.5 Medium (2 joint blocks)", "B2 4096 img + 333 txt, H24 D64", _sd3, _sd3_inputs),
@@ -174,6 +217,9 @@ MODELS = [
     Model("Z-Image (2 refiner + 1 block)", "B2 4096 img + 200/120 txt, H30 D128", _z_image, _z_image_inputs),
     Model("Qwen-Image (1 block, text padding)", "B2 4096 img + 256 txt, H24 D128", _qwen_image, _qwen_image_inputs),
     Model("Wan 2.1 14B (1 block)", "B1 480p x 81 frames (32760 tokens), H40 D128", _wan, _wan_inputs),
+    Model("FLUX.3 (1 per-mode + 1 joint block)", "B1 4096 img + 512 txt, H24 D128", _flux3, _flux3_inputs),
+    Model("Krea 2 (text fusion + 1 block, text padding)", "B2 256 txt + 4096 img, H48/12 D128", _krea2,
+          _krea2_inputs),
 ]
 #: the models the quick suite times on a GPU (the video block alone takes longer than the rest)
 GPU_QUICK = (0, 1, 2, 3, 4)
