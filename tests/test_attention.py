@@ -2032,6 +2032,8 @@ PROCESSOR_GPU_CASES = [
          name="proc-cosmos-self"),
     Case(BF16, 128, 4680, 512, batch=2, heads=4, layout="bnhd", q_norm=True, k_norm=True, mask=("bool", "b11n"),
          name="proc-cosmos-cross"),
+    Case(BF16, 64, 6144, 6144, heads=4, layout="bnhd", rope="interleaved", rope_tables="batch", rope_pairs=True,
+         q_norm=True, k_norm=True, name="proc-kandinsky5"),
 ]
 
 

@@ -35,6 +35,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffHunyuanVideoAttnProcessor,
     PydiffIdeogram4AttnProcessor,
     PydiffJointAttnProcessor,
+    PydiffKandinsky5AttnProcessor,
     PydiffKrea2AttnProcessor,
     PydiffLTX2AttnProcessor,
     PydiffLTXVideoAttnProcessor,
@@ -219,6 +220,7 @@ def test_processors_name_the_diffusers_they_need(monkeypatch):
                                  ("HunyuanVideo15AttnProcessor2_0", PydiffHunyuanVideo15AttnProcessor, "0.36"),
                                  ("LTX2AudioVideoAttnProcessor", PydiffLTX2AttnProcessor, "0.37"),
                                  ("CosmosAttnProcessor2_5", PydiffCosmos25AttnProcessor, "0.37"),
+                                 ("Kandinsky5AttnProcessor", PydiffKandinsky5AttnProcessor, "0.36"),
                                  ("Krea2AttnProcessor", PydiffKrea2AttnProcessor, "0.39"),
                                  ("Ideogram4AttnProcessor", PydiffIdeogram4AttnProcessor, "0.39"),
                                  ("Flux3AttnProcessor", PydiffFlux3AttnProcessor, "0.42"),
@@ -1096,6 +1098,68 @@ def test_cosmos_transformer(backend, image_context, monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+needs_kandinsky5 = _needs("Kandinsky5AttnProcessor", "Kandinsky 5", "0.36")
+
+
+def tiny_kandinsky5():
+    from diffusers.models.transformers.transformer_kandinsky import Kandinsky5Transformer3DModel
+
+    return _perturb(Kandinsky5Transformer3DModel(
+        in_visual_dim=4, in_text_dim=24, in_text_dim2=16, time_dim=32, out_visual_dim=4, patch_size=(1, 2, 2),
+        model_dim=32, ff_dim=48, num_text_blocks=1, num_visual_blocks=2, axes_dims=(4, 6, 6)), 70)
+
+
+def _kandinsky5_inputs(seed):
+    """Kandinsky 5 inputs: 3 frames of 8 x 6 latents (36 patches, channels last), 7 text tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(2, 3, 8, 6, 4, generator=gen),
+                encoder_hidden_states=torch.randn(2, 7, 24, generator=gen), timestep=torch.tensor([300.0, 700.0]),
+                pooled_projections=torch.randn(2, 16, generator=gen),
+                visual_rope_pos=(torch.arange(3), torch.arange(4), torch.arange(3)), text_rope_pos=torch.arange(7))
+
+
+def _kandinsky5_in_model_dtype(monkeypatch):
+    """Kandinsky 5's stock processor rounds the rotated q and k to bfloat16 in any model dtype: made float32 here (its
+    module's ``torch.bfloat16``, used there only), then its ``type_as`` rounds them to the model's dtype as ours
+    does, so the outputs compare in float32."""
+    from diffusers.models.transformers import transformer_kandinsky
+
+    class Torch:
+        bfloat16 = torch.float32
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+    monkeypatch.setattr(transformer_kandinsky, "torch", Torch())
+
+
+@needs_kandinsky5
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kandinsky5_transformer(backend, monkeypatch):
+    """Kandinsky 5: the text and video self-attention with the QK RMSNorms (float32's eps) and the rotation-matrix
+    RoPE (1-D for the text, 3-D for the video; the matrices' entries read in place) in the prologue, the
+    cross-attention to the text; outputs the stock processors' (without their bfloat16 rounding of q and k: within
+    bfloat16's error of them with it)."""
+    model, inputs = tiny_kandinsky5(), _kandinsky5_inputs(71)
+    with torch.no_grad():
+        rounded = model(**inputs).sample
+    _kandinsky5_in_model_dtype(monkeypatch)
+    calls = _joined_masks(monkeypatch)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffKandinsky5AttnProcessor})
+    assert calls == [((1, 7, 1, 8), None)] + [((2, 36, 1, 8), None), (None, None)] * 2
+    with torch.no_grad(), pydiff.use_backend(backend):
+        switched = copy.deepcopy(model)
+        set_attention_backend(switched)
+        ours = switched(**inputs).sample
+    assert ((ours - rounded).norm() / rounded.norm()).item() < 1e-3
+    sparse = dict(sta_mask=None, P=0.9)  # (NABLA sparse attention: the stock processor's, not called here)
+    processor = switched.visual_transformer_blocks[0].self_attention.processor
+    stock_calls = []
+    monkeypatch.setattr(processor, "stock", lambda *args: stock_calls.append(args[-1]))
+    processor(switched.visual_transformer_blocks[0].self_attention, torch.randn(2, 36, 32), None, None, sparse)
+    assert stock_calls == [sparse]
+
+
 #: models whose processors are diffusers' copies of others' (``attention_processors._copies``)
 _COPY_MODELS = [("transformer_chronoedit", "ChronoEditTransformer3DModel", "WanAttnProcessor"),
                 ("transformer_skyreels_v2", "SkyReelsV2Transformer3DModel", "SkyReelsV2AttnProcessor"),
@@ -1404,6 +1468,9 @@ def test_compiled_fullgraph_models(backend):
     if attention_processors.CosmosAttnProcessor2_5 is not None:  # (diffusers 0.37+)
         cosmos25_inputs = _cosmos_inputs(26, True)
         models.append((tiny_cosmos(True), lambda m: m(**cosmos25_inputs).sample))
+    if attention_processors.Kandinsky5AttnProcessor is not None:  # (diffusers 0.36+)
+        kandinsky5_inputs = _kandinsky5_inputs(31)
+        models.append((tiny_kandinsky5(), lambda m: m(**kandinsky5_inputs).sample))
     if attention_processors.Krea2AttnProcessor is not None:  # (diffusers 0.39+)
         krea2_inputs, ideogram4_inputs = _krea2_inputs(27), _ideogram4_inputs(28)
         models += [(tiny_krea2(), lambda m: m(**krea2_inputs).sample),
@@ -1465,7 +1532,7 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, PixArt, Qwen-Image and HunyuanVideo with their
     text-padding masks (the kernel's key mask), Chroma with its per-query mask, Wan's image-to-video model,
     CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask, Sana 1.5, HiDream, Z-Image,
-    HunyuanVideo 1.5 and LTX-2 (both RoPE layouts), Cosmos Predict 2 and 2.5, Krea 2 (grouped-query),
+    HunyuanVideo 1.5 and LTX-2 (both RoPE layouts), Cosmos Predict 2 and 2.5, Kandinsky 5, Krea 2 (grouped-query),
     Ideogram 4 (packed samples' mask per query), FLUX.3 and Bria FIBO 2.
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
@@ -1494,6 +1561,9 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     models.append((tiny_cosmos(False), _cosmos_inputs(27, False)))
     if attention_processors.CosmosAttnProcessor2_5 is not None:  # (diffusers 0.37+)
         models.append((tiny_cosmos(True), _cosmos_inputs(28, True)))
+    if attention_processors.Kandinsky5AttnProcessor is not None:  # (diffusers 0.36+)
+        _kandinsky5_in_model_dtype(monkeypatch)  # (its float64 reference would round q and k to bfloat16)
+        models.append((tiny_kandinsky5(), _kandinsky5_inputs(33)))
     if attention_processors.Krea2AttnProcessor is not None:  # (diffusers 0.39+)
         models += [(tiny_krea2(), _krea2_inputs(29)), (tiny_ideogram4(), _ideogram4_inputs(30))]
     if attention_processors.Flux3AttnProcessor is not None:  # (diffusers 0.42+)

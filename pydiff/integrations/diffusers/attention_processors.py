@@ -9,7 +9,8 @@
                                   # HunyuanVideo15Transformer3DModel, LTX2VideoTransformer3DModel,
                                   # HiDreamImageTransformer2DModel, Flux3Transformer2DModel,
                                   # Krea2Transformer2DModel, Ideogram4Transformer2DModel,
-                                  # BriaFibo2Transformer2DModel, CosmosTransformer3DModel, ...
+                                  # BriaFibo2Transformer2DModel, CosmosTransformer3DModel,
+                                  # Kandinsky5Transformer3DModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
@@ -58,6 +59,8 @@
 * ``PydiffCosmosAttnProcessor`` and ``PydiffCosmos25AttnProcessor`` replace Cosmos's ``CosmosAttnProcessor2_0`` and
   (0.37+) ``CosmosAttnProcessor2_5``: self-attention with the QK RMSNorms and the half-split RoPE in the prologue,
   cross-attention with the text padding as the key mask, Predict 2.5's image-context attention summed.
+* ``PydiffKandinsky5AttnProcessor`` (0.36+) replaces ``Kandinsky5AttnProcessor``: the QK RMSNorms and the
+  rotation-matrix RoPE (as HiDream's) in the prologue; its NABLA sparse attention stays stock.
 * Copies diffusers keeps in other models' files (``_copies``: ChronoEdit's, SkyReels-V2's and Wan-Animate's of
   Wan's processor, Bria's, Bria FIBO's, LongCat-Image's and Ovis-Image's of Flux's, HunyuanImage 2.1's of
   HunyuanVideo's, the SANA-WM refiner's of LTX-2's, Sana-Video's of Sana's) get the original's pydiff processor.
@@ -123,6 +126,7 @@ Flux2ParallelSelfAttnProcessor = _stock_class("transformer_flux2", "Flux2Paralle
 ZSingleStreamAttnProcessor = _stock_class("transformer_z_image", "ZSingleStreamAttnProcessor")
 HunyuanVideo15AttnProcessor2_0 = _stock_class("transformer_hunyuan_video15", "HunyuanVideo15AttnProcessor2_0")
 LTX2AudioVideoAttnProcessor = _stock_class("transformer_ltx2", "LTX2AudioVideoAttnProcessor")  # (0.37+)
+Kandinsky5AttnProcessor = _stock_class("transformer_kandinsky", "Kandinsky5AttnProcessor")  # (0.36+)
 Krea2AttnProcessor = _stock_class("transformer_krea2", "Krea2AttnProcessor")  # (0.39+)
 Krea2RMSNorm = _stock_class("transformer_krea2", "Krea2RMSNorm")
 Ideogram4AttnProcessor = _stock_class("transformer_ideogram4", "Ideogram4AttnProcessor")  # (0.39+)
@@ -192,12 +196,12 @@ def _plan_norms(norms: Dict[str, Optional[torch.nn.Module]], head_dim: int, dtyp
 def _head_dim(attn) -> int:
     """The head dim a stock processor splits ``attn``'s key projection into (the Flux models' attention modules name
     it; diffusers' ``Attention`` does not, Wan's names its key width differently, HiDream's only its inner dim,
-    Bria FIBO 2's only its projections)."""
+    Bria FIBO 2's and Kandinsky 5's only their projections)."""
     if getattr(attn, "head_dim", None):
         return attn.head_dim
     kv_width = getattr(attn, "inner_kv_dim", None) or getattr(attn, "kv_inner_dim", None) or \
-        getattr(attn, "inner_dim", None) or attn.to_q.out_features
-    return kv_width // attn.heads
+        getattr(attn, "inner_dim", None) or (getattr(attn, "to_q", None) or attn.to_query).out_features
+    return kv_width // (getattr(attn, "heads", None) or attn.num_heads)
 
 
 _MASK_DTYPES = (torch.bool, torch.float16, torch.bfloat16, torch.float32)
@@ -369,19 +373,21 @@ def _heads(attn, x: torch.Tensor, fused: str, names: Tuple[str, str, str], head_
 
 
 def _streams_attention(streams, head_dim: int, rope, attn_mask: Optional[torch.Tensor],
-                       rope_interleaved: bool = True, scale: Optional[float] = None):
+                       rope_interleaved: bool = True, scale: Optional[float] = None,
+                       norm_dtype: Optional[torch.dtype] = None):
     """One ``pydiff.attention`` call over one or two token streams, each (q, k, v, q norm, k norm) with q, k and v
     (B, N, H, D) (k and v may have fewer heads: grouped-query attention): joint attention over [stream 1; stream 2]
     without concatenation or split, the RoPE rows and the mask following that joined sequence; the streams' QK
-    RMSNorms run in the kernel's prologue (other norms as modules first). Returns the output, or both streams'
-    with two."""
+    RMSNorms run in the kernel's prologue (other norms as modules first; an RMSNorm without an eps takes
+    ``norm_dtype``'s, q's dtype by default, as the module does on its input). Returns the output, or both
+    streams' with two."""
     (q, k, v, q_norm, k_norm), *second = streams
     norms, tensors = {"q": q_norm, "k": k_norm}, {"q": q, "k": k}
     if second:
         q2, k2, v2, q2_norm, k2_norm = second[0]
         norms.update(q2=q2_norm, k2=k2_norm)
         tensors.update(q2=q2, k2=k2)
-    fused, separate, eps = _plan_norms(norms, head_dim, q.dtype, q.device)
+    fused, separate, eps = _plan_norms(norms, head_dim, norm_dtype or q.dtype, q.device)
     for name, norm in separate.items():
         tensors[name] = norm(tensors[name])
     common = dict(scale=scale, layout="bnhd", attn_mask=attn_mask, rope=rope, rope_interleaved=rope_interleaved,
@@ -827,10 +833,10 @@ class PydiffLumina2AttnProcessor(_RankLocal):
 
 
 def _rotation_pairs(freqs, head_dim: int):
-    """HiDream's RoPE, a 2 x 2 rotation [[cos, -sin], [sin, cos]] per pair of channels, (B, N, 1, P, 2, 2), as the
-    kernel's interleaved tables of one angle per pair, (B, N, 1, D/2): its cos and sin entries read in place where
-    it turns every pair (P = D/2); where it turns the first half of the head dim only (P = D/4: the stock
-    processor rotates q[..., :D/2]), identity pairs after them. None for other forms."""
+    """HiDream's and Kandinsky 5's RoPE, a 2 x 2 rotation [[cos, -sin], [sin, cos]] per pair of channels,
+    (B, N, 1, P, 2, 2), as the kernel's interleaved tables of one angle per pair, (B, N, 1, D/2): its cos and sin
+    entries read in place where it turns every pair (P = D/2); where it turns the first half of the head dim only
+    (P = D/4: HiDream's stock processor rotates q[..., :D/2]), identity pairs after them. None for other forms."""
     if not isinstance(freqs, torch.Tensor) or freqs.dim() != 6 or tuple(freqs.shape[-2:]) != (2, 2):
         return None
     cos, sin = freqs[..., 0, 0], freqs[..., 1, 0]
@@ -1012,6 +1018,29 @@ class PydiffCosmos25AttnProcessor(_RankLocal):
         return attn.to_out[1](attn.to_out[0](out))
 
 
+class PydiffKandinsky5AttnProcessor(_RankLocal):
+    """Drop-in for Kandinsky 5's ``Kandinsky5AttnProcessor`` (diffusers 0.36+): self-attention with its QK RMSNorms
+    (in float32 with float32's default eps, as the stock processor runs them) and its rotation-matrix RoPE (the
+    matrices' entries read in place as pair tables) in the prologue, or cross-attention to the text. The stock
+    processor rounds the rotated q and k to bfloat16 whatever the model's dtype; ours rounds them once, to the
+    model's dtype (in a bfloat16 model the same up to the order of roundings; in float32 ours keeps float32). Its
+    NABLA sparse attention (``sparse_params``: flex-attention block masks) stays with the stock processor."""
+
+    def __init__(self):
+        self.stock = _stock(Kandinsky5AttnProcessor, "Kandinsky 5", "0.36")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 rotary_emb: Optional[torch.Tensor] = None, sparse_params=None) -> torch.Tensor:
+        head_dim = _head_dim(attn)
+        rope = None if rotary_emb is None else _rotation_pairs(rotary_emb, head_dim)
+        if sparse_params is not None or head_dim > MAX_HEAD_DIM or (rotary_emb is not None and rope is None):
+            return self.stock(attn, hidden_states, encoder_hidden_states, rotary_emb, sparse_params)
+        stream = _cross_stream(attn, hidden_states, encoder_hidden_states, head_dim,
+                               ("to_query", "to_key", "to_value"), ("query_norm", "key_norm"))
+        out = _streams_attention([stream], head_dim, rope, None, norm_dtype=torch.float32)
+        return attn.out_layer(out.flatten(2))
+
+
 def _no_qk_norms(attn) -> bool:
     """diffusers' fused joint processor skips the QK norms (SD3.5's), which ours would apply: replaced only without."""
     return all(getattr(attn, name, None) is None for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"))
@@ -1070,6 +1099,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (BriaFibo2AttnProcessor, PydiffBriaFibo2AttnProcessor, None),
     (CosmosAttnProcessor2_0, PydiffCosmosAttnProcessor, None),
     (CosmosAttnProcessor2_5, PydiffCosmos25AttnProcessor, None),
+    (Kandinsky5AttnProcessor, PydiffKandinsky5AttnProcessor, None),
     *((stock, functools.partial(ours, stock), None) for stock, ours in _copies()),
 ) if entry[0] is not None)
 
@@ -1086,9 +1116,9 @@ def _roots(model_or_pipe) -> List[torch.nn.Module]:
 
 def set_attention_backend(model_or_pipe) -> int:
     """Swap every stock processor pydiff has a counterpart for, in a diffusers model or pipeline, for ours
-    (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's and HunyuanVideo 1.5's from diffusers
-    0.36, LTX-2's and Cosmos 2.5's from 0.37, Qwen-Image's, Krea 2's and Ideogram 4's from 0.39, FLUX.3's and Bria
-    FIBO 2's from 0.42). Other processors (IP-adapter, added-KV, ...) stay, and so do
+    (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's, HunyuanVideo 1.5's and Kandinsky
+    5's from diffusers 0.36, LTX-2's and Cosmos 2.5's from 0.37, Qwen-Image's, Krea 2's and Ideogram 4's from 0.39,
+    FLUX.3's and Bria FIBO 2's from 0.42). Other processors (IP-adapter, added-KV, ...) stay, and so do
     modules whose head dim is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention),
     SD3.5's fused joint processor (which skips the QK norms) and processors under diffusers' context parallelism.
     ``fuse_qkv_projections()`` sets diffusers' fused processors over ours: call this after it.
@@ -1116,6 +1146,6 @@ __all__ = ["PydiffAttnProcessor", "PydiffBriaFibo2AttnProcessor", "PydiffCogVide
            "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFlux3AttnProcessor",
            "PydiffFluxAttnProcessor", "PydiffHiDreamAttnProcessor", "PydiffHunyuanVideo15AttnProcessor",
            "PydiffHunyuanVideoAttnProcessor", "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor",
-           "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor", "PydiffLTXVideoAttnProcessor",
-           "PydiffLumina2AttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSanaAttnProcessor",
-           "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffKandinsky5AttnProcessor", "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor",
+           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffQwenImageAttnProcessor",
+           "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
