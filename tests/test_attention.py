@@ -2034,6 +2034,9 @@ PROCESSOR_GPU_CASES = [
          name="proc-cosmos-cross"),
     Case(BF16, 64, 6144, 6144, heads=4, layout="bnhd", rope="interleaved", rope_tables="batch", rope_pairs=True,
          q_norm=True, k_norm=True, name="proc-kandinsky5"),
+    Case(BF16, 128, 4770, 4770, batch=2, heads=4, joint=(256, 256), layout="bnhd", rope="interleaved",
+         rope_tables="batch-heads", rope_pairs=True, q_norm=True, k_norm=True, joint_q_norm=True, joint_k_norm=True,
+         mask=("bool", "b11n"), name="proc-mochi"),
 ]
 
 

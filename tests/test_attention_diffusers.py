@@ -40,6 +40,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffLTX2AttnProcessor,
     PydiffLTXVideoAttnProcessor,
     PydiffLumina2AttnProcessor,
+    PydiffMochiAttnProcessor,
     PydiffWanAttnProcessor,
     PydiffQwenImageAttnProcessor,
     PydiffSanaAttnProcessor,
@@ -87,7 +88,7 @@ def _perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def _processor_types(model):
-    return {type(m.processor) for m in model.modules() if hasattr(m, "set_processor")}
+    return {type(m.processor) for m in model.modules() if getattr(m, "processor", None) is not None}
 
 
 def _compare(model, run, backend, expect_types, rtol=2e-5):
@@ -1160,6 +1161,40 @@ def test_kandinsky5_transformer(backend, monkeypatch):
     assert stock_calls == [sparse]
 
 
+def tiny_mochi():
+    from diffusers import MochiTransformer3DModel
+
+    return _perturb(MochiTransformer3DModel(
+        patch_size=2, num_attention_heads=2, attention_head_dim=16, num_layers=2, pooled_projection_dim=16,
+        in_channels=4, text_embed_dim=24, time_embed_dim=8, max_sequence_length=16), 72)
+
+
+def _mochi_inputs(seed, mask=((1,) * 7, (1, 1, 1, 1, 0, 0, 0))):
+    """Mochi inputs: 3 frames of 8 x 6 latents (36 patches), 7 text tokens, the given text mask (T5's: padding last)."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(2, 4, 3, 8, 6, generator=gen),
+                encoder_hidden_states=torch.randn(2, 7, 24, generator=gen), timestep=torch.tensor([300, 700]),
+                encoder_attention_mask=torch.tensor(mask))
+
+
+@pytest.mark.parametrize("mask", [((1,) * 7, (1, 1, 1, 1, 0, 0, 0)), ((1, 0, 1, 1, 1, 1, 1), (0, 1, 1, 0, 0, 1, 0))],
+                         ids=["padding-last", "gaps"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mochi_transformer(backend, mask, monkeypatch):
+    """Mochi: [video; text] as one joint call over the batch (the stock processor loops over the samples), the QK
+    RMSNorms (Mochi's own class) and the per-head RoPE of one angle per pair on the video tokens in the prologue,
+    the text padding as the key mask, the text outputs where the stock processor puts them (the valid tokens'
+    first, also where the padding is not last); outputs the stock processors'."""
+    model, inputs = tiny_mochi(), _mochi_inputs(73, mask)
+    calls = _joined_masks(monkeypatch)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffMochiAttnProcessor})
+    assert calls == [((1, 43, 2, 8), ((2, 1, 1, 43), torch.bool))] * 2
+    from diffusers.models.normalization import MochiRMSNorm
+
+    assert isinstance(model.transformer_blocks[0].attn1.norm_q, MochiRMSNorm)
+    assert attention_processors._rms_norm_params(model.transformer_blocks[0].attn1.norm_q, 16, CPU) is not None
+
+
 #: models whose processors are diffusers' copies of others' (``attention_processors._copies``)
 _COPY_MODELS = [("transformer_chronoedit", "ChronoEditTransformer3DModel", "WanAttnProcessor"),
                 ("transformer_skyreels_v2", "SkyReelsV2Transformer3DModel", "SkyReelsV2AttnProcessor"),
@@ -1463,8 +1498,9 @@ def test_compiled_fullgraph_models(backend):
     if attention_processors.Flux2AttnProcessor is not None:  # (diffusers 0.36+)
         flux2_inputs = _flux2_inputs(12)
         models.append((tiny_flux2(), lambda m: m(**flux2_inputs).sample))
-    cosmos_inputs = _cosmos_inputs(25, False)
-    models.append((tiny_cosmos(False), lambda m: m(**cosmos_inputs).sample))
+    cosmos_inputs, mochi_inputs = _cosmos_inputs(25, False), _mochi_inputs(26)
+    models += [(tiny_cosmos(False), lambda m: m(**cosmos_inputs).sample),
+               (tiny_mochi(), lambda m: m(**mochi_inputs).sample)]
     if attention_processors.CosmosAttnProcessor2_5 is not None:  # (diffusers 0.37+)
         cosmos25_inputs = _cosmos_inputs(26, True)
         models.append((tiny_cosmos(True), lambda m: m(**cosmos25_inputs).sample))
@@ -1532,8 +1568,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, PixArt, Qwen-Image and HunyuanVideo with their
     text-padding masks (the kernel's key mask), Chroma with its per-query mask, Wan's image-to-video model,
     CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask, Sana 1.5, HiDream, Z-Image,
-    HunyuanVideo 1.5 and LTX-2 (both RoPE layouts), Cosmos Predict 2 and 2.5, Kandinsky 5, Krea 2 (grouped-query),
-    Ideogram 4 (packed samples' mask per query), FLUX.3 and Bria FIBO 2.
+    HunyuanVideo 1.5 and LTX-2 (both RoPE layouts), Cosmos Predict 2 and 2.5, Mochi (its text padding), Kandinsky 5,
+    Krea 2 (grouped-query), Ideogram 4 (packed samples' mask per query), FLUX.3 and Bria FIBO 2.
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -1558,7 +1594,7 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
         models += [(tiny_ltx2("interleaved", False), _ltx2_inputs(25)), (tiny_ltx2("split", True), _ltx2_inputs(26))]
     if attention_processors.Flux2AttnProcessor is not None:
         models.append((tiny_flux2(), _flux2_inputs(13)))
-    models.append((tiny_cosmos(False), _cosmos_inputs(27, False)))
+    models += [(tiny_cosmos(False), _cosmos_inputs(27, False)), (tiny_mochi(), _mochi_inputs(34))]
     if attention_processors.CosmosAttnProcessor2_5 is not None:  # (diffusers 0.37+)
         models.append((tiny_cosmos(True), _cosmos_inputs(28, True)))
     if attention_processors.Kandinsky5AttnProcessor is not None:  # (diffusers 0.36+)

@@ -18,6 +18,7 @@ _EXPORTS = {
     "PydiffLTXVideoAttnProcessor": "attention_processors",
     "PydiffLTX2AttnProcessor": "attention_processors",
     "PydiffLumina2AttnProcessor": "attention_processors",
+    "PydiffMochiAttnProcessor": "attention_processors",
     "PydiffFluxAttnProcessor": "attention_processors",
     "PydiffFlux2AttnProcessor": "attention_processors",
     "PydiffFlux2ParallelSelfAttnProcessor": "attention_processors",

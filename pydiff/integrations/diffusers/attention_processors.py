@@ -10,7 +10,7 @@
                                   # HiDreamImageTransformer2DModel, Flux3Transformer2DModel,
                                   # Krea2Transformer2DModel, Ideogram4Transformer2DModel,
                                   # BriaFibo2Transformer2DModel, CosmosTransformer3DModel,
-                                  # Kandinsky5Transformer3DModel, ...
+                                  # Kandinsky5Transformer3DModel, MochiTransformer3DModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
@@ -59,6 +59,9 @@
 * ``PydiffCosmosAttnProcessor`` and ``PydiffCosmos25AttnProcessor`` replace Cosmos's ``CosmosAttnProcessor2_0`` and
   (0.37+) ``CosmosAttnProcessor2_5``: self-attention with the QK RMSNorms and the half-split RoPE in the prologue,
   cross-attention with the text padding as the key mask, Predict 2.5's image-context attention summed.
+* ``PydiffMochiAttnProcessor`` replaces Mochi's ``MochiAttnProcessor2_0``: [video; text] as one joint call over
+  the batch (the stock processor loops over the samples), its per-head RoPE on the video tokens, the text padding
+  as the key mask.
 * ``PydiffKandinsky5AttnProcessor`` (0.36+) replaces ``Kandinsky5AttnProcessor``: the QK RMSNorms and the
   rotation-matrix RoPE (as HiDream's) in the prologue; its NABLA sparse attention stays stock.
 * Copies diffusers keeps in other models' files (``_copies``: ChronoEdit's, SkyReels-V2's and Wan-Animate's of
@@ -91,7 +94,9 @@ from diffusers.models.attention_processor import (
     FusedCogVideoXAttnProcessor2_0,
     FusedJointAttnProcessor2_0,
     JointAttnProcessor2_0,
+    MochiAttnProcessor2_0,
 )
+from diffusers.models.normalization import MochiRMSNorm
 from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
 from diffusers.models.transformers.sana_transformer import SanaAttnProcessor2_0
 from diffusers.models.transformers.transformer_cogview4 import CogView4AttnProcessor
@@ -159,6 +164,10 @@ def _rms_norm_params(norm, head_dim: int, device: torch.device) -> Optional[Tupl
         weight, eps = norm.weight, norm.eps
     elif isinstance(norm, DiffusersRMSNorm):
         if norm.bias is not None or tuple(norm.dim) != (head_dim,):
+            return None
+        weight, eps = norm.weight, norm.eps
+    elif isinstance(norm, MochiRMSNorm):
+        if tuple(norm.dim) != (head_dim,):
             return None
         weight, eps = norm.weight, norm.eps
     elif Krea2RMSNorm is not None and isinstance(norm, Krea2RMSNorm):  # (a zero-centred scale: 1 + weight)
@@ -484,11 +493,11 @@ def _complex_rope(freqs: torch.Tensor):
 
 
 def _latent_rope(tables, n_text: int, text_first: bool):
-    """A model's RoPE tables (cos, sin) for its latent (image or video) tokens, (N_latent, D), over the joined
-    sequence of latent and text tokens: the stock processors rotate the latent tokens only, so the text's rows turn
-    by nothing (cos 1, sin 0)."""
+    """A model's RoPE tables (cos, sin) for its latent (image or video) tokens, (N_latent, D) (or per head,
+    (N_latent, H, D)), over the joined sequence of latent and text tokens: the stock processors rotate the latent
+    tokens only, so the text's rows turn by nothing (cos 1, sin 0)."""
     cos, sin = tables
-    parts = [(cos, sin), (cos.new_ones(n_text, cos.shape[1]), sin.new_zeros(n_text, sin.shape[1]))]
+    parts = [(cos, sin), (cos.new_ones(n_text, *cos.shape[1:]), sin.new_zeros(n_text, *sin.shape[1:]))]
     if text_first:
         parts.reverse()
     return torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
@@ -625,6 +634,39 @@ class PydiffHunyuanVideo15AttnProcessor(_RankLocal):
         if not text:
             return video, None  # (the stock processor's output when there is no text)
         return _hunyuan_projections(attn, video, text[0])
+
+
+class PydiffMochiAttnProcessor(_RankLocal):
+    """Drop-in for Mochi's ``MochiAttnProcessor2_0``: [video; text] as one joint call over the batch (the stock
+    processor loops over the samples, dropping each one's text padding), the QK RMSNorms and the per-head RoPE (one
+    angle per pair, (N, H, D/2), read in place) on the video tokens in the prologue, the text padding as the key
+    mask. The text outputs are placed as the stock processor places them: each sample's valid tokens' first, in
+    order, then zeros."""
+
+    def __init__(self):
+        self.stock = MochiAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor, image_rotary_emb=None):
+        head_dim = attn.inner_dim // attn.heads
+        if head_dim > MAX_HEAD_DIM or (image_rotary_emb is not None and any(t.dim() != 3 for t in image_rotary_emb)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        n_text = encoder_hidden_states.shape[1]
+        kept = attention_mask.bool()
+        keys = torch.cat([kept.new_ones(kept.shape[0], hidden_states.shape[1]), kept], 1)[:, None, None]
+        rope = None
+        if image_rotary_emb is not None:
+            rope = tuple(t[None] for t in _latent_rope(image_rotary_emb, n_text, text_first=False))
+        video, text = _streams_attention([_image_stream(attn, hidden_states, head_dim),
+                                          _text_stream(attn, encoder_hidden_states, head_dim)], head_dim, rope, keys)
+        text = text.flatten(2)
+        # (the valid tokens' rows first: a stable sort of the padding flags puts their indices first, in order)
+        order = torch.sort((~kept).to(torch.int8), dim=1, stable=True).indices
+        text = text.gather(1, order[..., None].expand(-1, -1, text.shape[2]))
+        valid = torch.arange(n_text, device=kept.device) < kept.sum(1, keepdim=True)
+        text = text * valid[..., None].to(text.dtype)
+        video = attn.to_out[1](attn.to_out[0](video.flatten(2)))
+        return video, (attn.to_add_out(text) if hasattr(attn, "to_add_out") else text)
 
 
 class PydiffQwenImageAttnProcessor(_RankLocal):
@@ -1083,6 +1125,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (Flux2ParallelSelfAttnProcessor, PydiffFlux2ParallelSelfAttnProcessor, None),
     (QwenDoubleStreamAttnProcessor2_0 if _QWEN_MASKS_TEXT else None, PydiffQwenImageAttnProcessor, None),
     (HunyuanVideoAttnProcessor2_0, PydiffHunyuanVideoAttnProcessor, None),
+    (MochiAttnProcessor2_0, PydiffMochiAttnProcessor, None),
     (HiDreamAttnProcessor, PydiffHiDreamAttnProcessor, None),
     (HunyuanVideo15AttnProcessor2_0, PydiffHunyuanVideo15AttnProcessor, None),
     (WanAttnProcessor, PydiffWanAttnProcessor, None),
@@ -1129,13 +1172,14 @@ def set_attention_backend(model_or_pipe) -> int:
     for root in _roots(model_or_pipe):
         for module in root.modules():
             processor = getattr(module, "processor", None)
-            if processor is None or not hasattr(module, "set_processor"):
-                continue
-            if getattr(processor, "_parallel_config", None) is not None:  # (context parallelism: see _RankLocal)
+            if processor is None or getattr(processor, "_parallel_config", None) is not None:  # (see _RankLocal)
                 continue
             for stock, ours, takes in _REPLACEMENTS:
                 if type(processor) is stock and _head_dim(module) <= MAX_HEAD_DIM and (takes is None or takes(module)):
-                    module.set_processor(ours())
+                    if hasattr(module, "set_processor"):
+                        module.set_processor(ours())
+                    else:  # (Mochi's attention module holds its processor as a plain attribute)
+                        module.processor = ours()
                     switched += 1
                     break
     return switched
@@ -1147,5 +1191,6 @@ __all__ = ["PydiffAttnProcessor", "PydiffBriaFibo2AttnProcessor", "PydiffCogVide
            "PydiffFluxAttnProcessor", "PydiffHiDreamAttnProcessor", "PydiffHunyuanVideo15AttnProcessor",
            "PydiffHunyuanVideoAttnProcessor", "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor",
            "PydiffKandinsky5AttnProcessor", "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor",
-           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffQwenImageAttnProcessor",
-           "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor",
+           "PydiffQwenImageAttnProcessor", "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor",
+           "PydiffZImageAttnProcessor", "set_attention_backend"]
