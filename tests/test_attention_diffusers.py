@@ -1656,7 +1656,7 @@ def test_fused_projections(backend):
     assert set_attention_backend(normed) == 0 and _processor_types(normed) == {FusedJointAttnProcessor2_0}
 
 
-def test_processor_benchmark_runs_on_cpu():
+def test_processor_benchmark_runs_on_cpu(tmp_path):
     """``benchmarks/bench_processors.py`` on tiny configs (ours = the torch backend): every model this diffusers has
     is timed with its processors switched, its output the stock processors'; a model it lacks is reported."""
     bench = pytest.importorskip("benchmarks.bench_processors")
@@ -1674,3 +1674,5 @@ def test_processor_benchmark_runs_on_cpu():
     assert set(figures) | missing == {m.name for m in bench.MODELS}
     assert all(r["max_diff"] < 1e-5 and r["modules_switched"] > 0 and r["speedup"] > 0 for r in figures.values())
     assert "stock processors" in bench.section(rows)
+    pngs = bench.plots(rows, tmp_path)
+    assert [p.name for p in pngs] == ["processors_speedup.png"] and pngs[0].stat().st_size > 1000
