@@ -2037,6 +2037,8 @@ PROCESSOR_GPU_CASES = [
     Case(BF16, 128, 4770, 4770, batch=2, heads=4, joint=(256, 256), layout="bnhd", rope="interleaved",
          rope_tables="batch-heads", rope_pairs=True, q_norm=True, k_norm=True, joint_q_norm=True, joint_k_norm=True,
          mask=("bool", "b11n"), name="proc-mochi"),
+    Case(F16, 64, 4096, 77, batch=2, heads=10, layout="bnhd", negative=4, negative_scale=-0.6,
+         name="proc-ip-adapter"),
 ]
 
 

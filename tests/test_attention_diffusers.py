@@ -34,6 +34,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffHunyuanVideo15AttnProcessor,
     PydiffHunyuanVideoAttnProcessor,
     PydiffIdeogram4AttnProcessor,
+    PydiffIPAdapterAttnProcessor,
     PydiffJointAttnProcessor,
     PydiffKandinsky5AttnProcessor,
     PydiffKrea2AttnProcessor,
@@ -177,6 +178,75 @@ def test_unet2d_condition_with_encoder_mask(backend, monkeypatch):
     _compare(model, lambda m: m(sample, torch.tensor([3, 900]), encoder_hidden_states=context,
                                 encoder_attention_mask=mask).sample, backend, {PydiffAttnProcessor})
     assert calls.count("keys") == calls.count(None) == _cross_attentions(model)  # self-attention has no mask
+
+
+def tiny_unet_with_ip_adapters():
+    """The tiny UNet with two IP-Adapters as ``load_ip_adapter`` sets them up (random weights): an image
+    projection each (4 and 2 tokens per image) and ``IPAdapterAttnProcessor2_0`` on every cross-attention."""
+    from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
+    from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
+
+    unet = tiny_unet()
+    width = unet.config.cross_attention_dim
+    processors = {}
+    for name, module in unet.named_modules():
+        if getattr(module, "processor", None) is not None:
+            processors[f"{name}.processor"] = IPAdapterAttnProcessor2_0(
+                module.inner_dim, width, num_tokens=(4, 2), scale=[0.7, 0.4]) if module.is_cross_attention \
+                else AttnProcessor2_0()
+    unet.set_attn_processor(processors)
+    unet.encoder_hid_proj = MultiIPAdapterImageProjection([
+        ImageProjection(cross_attention_dim=width, image_embed_dim=12, num_image_text_embeds=tokens)
+        for tokens in (4, 2)])
+    unet.register_to_config(encoder_hid_dim_type="ip_image_proj")
+    return _perturb(unet, 80)
+
+
+def _ip_adapter_inputs(seed):
+    """7 text tokens; one image for the first IP-Adapter, two for the second (their tokens one key sequence)."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(sample=torch.randn(2, 4, 8, 8, generator=gen), timestep=torch.tensor([10, 500]),
+                encoder_hidden_states=torch.randn(2, 7, 24, generator=gen),
+                added_cond_kwargs={"image_embeds": [torch.randn(2, 1, 12, generator=gen),
+                                                    torch.randn(2, 2, 12, generator=gen)]})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unet_with_ip_adapters(backend, monkeypatch):
+    """IP-Adapter (two, the second with two images): the text's and the first image prompt's attentions summed in
+    one pass over q (the negative stream at -scale), the second one call more; outputs the stock processors'. Ours
+    keep the stock processors' weights (the same state dict) and stay ``IPAdapterAttnProcessor2_0``s, so a new
+    scale set on them (as ``set_ip_adapter_scale`` does) holds: 0 skips a prompt; per-image scales and IP-Adapter
+    masks take the stock path."""
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+
+    model, inputs = tiny_unet_with_ip_adapters(), _ip_adapter_inputs(81)
+    calls = _spy(monkeypatch, lambda args, kwargs: kwargs.get("negative_scale"))
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffIPAdapterAttnProcessor, PydiffAttnProcessor})
+    cross = _cross_attentions(model)
+    # (every attention module one call, each cross-attention one more for the second IP-Adapter)
+    modules = sum(getattr(m, "processor", None) is not None for m in model.modules())
+    assert calls.count(-0.7) == cross and len(calls) == modules + cross
+    ours = copy.deepcopy(model)
+    set_attention_backend(ours)
+    assert ours.state_dict().keys() == model.state_dict().keys()
+    for scales in ([0.0, 0.4], [0.0, 0.0]):
+        for m in (model, ours):
+            for processor in m.attn_processors.values():
+                if isinstance(processor, IPAdapterAttnProcessor2_0):
+                    processor.scale = scales
+        with torch.no_grad(), pydiff.use_backend(backend):
+            torch.testing.assert_close(ours(**inputs).sample, model(**inputs).sample, rtol=2e-5, atol=2e-5)
+    attn = ours.down_blocks[0].attentions[0].transformer_blocks[0].attn2
+    stock_calls = []
+    monkeypatch.setattr(attn.processor, "stock", lambda *args: stock_calls.append(args[-1]))
+    hidden, text = torch.randn(2, 16, attn.inner_dim), inputs["encoder_hidden_states"]
+    images = [torch.randn(2, 1, 4, 24), torch.randn(2, 2, 2, 24)]
+    masks = [torch.ones(1, 1, 4, 4), None]  # (IP-Adapter masks, per-image scales: the stock path)
+    attn.processor(attn, hidden, (text, images), None, None, 1.0, masks)
+    attn.processor.scale = [[0.5], 0.3]
+    attn.processor(attn, hidden, (text, images))
+    assert stock_calls == [masks, None]
 
 
 def _cross_attentions(model) -> int:
@@ -1498,9 +1568,10 @@ def test_compiled_fullgraph_models(backend):
     if attention_processors.Flux2AttnProcessor is not None:  # (diffusers 0.36+)
         flux2_inputs = _flux2_inputs(12)
         models.append((tiny_flux2(), lambda m: m(**flux2_inputs).sample))
-    cosmos_inputs, mochi_inputs = _cosmos_inputs(25, False), _mochi_inputs(26)
+    cosmos_inputs, mochi_inputs, ip_inputs = _cosmos_inputs(25, False), _mochi_inputs(26), _ip_adapter_inputs(27)
     models += [(tiny_cosmos(False), lambda m: m(**cosmos_inputs).sample),
-               (tiny_mochi(), lambda m: m(**mochi_inputs).sample)]
+               (tiny_mochi(), lambda m: m(**mochi_inputs).sample),
+               (tiny_unet_with_ip_adapters(), lambda m: m(**ip_inputs).sample)]
     if attention_processors.CosmosAttnProcessor2_5 is not None:  # (diffusers 0.37+)
         cosmos25_inputs = _cosmos_inputs(26, True)
         models.append((tiny_cosmos(True), lambda m: m(**cosmos25_inputs).sample))
@@ -1564,7 +1635,8 @@ def _moved(x, device, dtype):
 def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     """On a GPU, the compiled kernel behind our processors, in a model that runs in half precision: its output's
     error against the same model in float64 (stock processors) is within 2x the stock processors' own error in
-    that precision, plus 1e-3. A UNet (its projections also fused: q, k and v strided views of one matmul), SD3 and
+    that precision, plus 1e-3. A UNet (its projections also fused: q, k and v strided views of one matmul; and with
+    two IP-Adapters), SD3 and
     Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, PixArt, Qwen-Image and HunyuanVideo with their
     text-padding masks (the kernel's key mask), Chroma with its per-query mask, Wan's image-to-video model,
     CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask, Sana 1.5, HiDream, Z-Image,
@@ -1594,7 +1666,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
         models += [(tiny_ltx2("interleaved", False), _ltx2_inputs(25)), (tiny_ltx2("split", True), _ltx2_inputs(26))]
     if attention_processors.Flux2AttnProcessor is not None:
         models.append((tiny_flux2(), _flux2_inputs(13)))
-    models += [(tiny_cosmos(False), _cosmos_inputs(27, False)), (tiny_mochi(), _mochi_inputs(34))]
+    models += [(tiny_cosmos(False), _cosmos_inputs(27, False)), (tiny_mochi(), _mochi_inputs(34)),
+               (tiny_unet_with_ip_adapters(), _ip_adapter_inputs(35))]
     if attention_processors.CosmosAttnProcessor2_5 is not None:  # (diffusers 0.37+)
         models.append((tiny_cosmos(True), _cosmos_inputs(28, True)))
     if attention_processors.Kandinsky5AttnProcessor is not None:  # (diffusers 0.36+)

@@ -27,6 +27,7 @@ _EXPORTS = {
     "PydiffHunyuanVideoAttnProcessor": "attention_processors",
     "PydiffHunyuanVideo15AttnProcessor": "attention_processors",
     "PydiffIdeogram4AttnProcessor": "attention_processors",
+    "PydiffIPAdapterAttnProcessor": "attention_processors",
     "PydiffKandinsky5AttnProcessor": "attention_processors",
     "PydiffKrea2AttnProcessor": "attention_processors",
     "PydiffQwenImageAttnProcessor": "attention_processors",

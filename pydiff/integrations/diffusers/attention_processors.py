@@ -14,6 +14,9 @@
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
+* ``PydiffIPAdapterAttnProcessor`` replaces ``IPAdapterAttnProcessor2_0`` (a UNet's cross-attention with
+  IP-Adapter image prompts): the text's and the first image prompt's attentions summed in one pass over q, on the
+  stock processor's own weights (built from it: call ``set_attention_backend`` after ``load_ip_adapter``).
 * ``PydiffSanaAttnProcessor`` replaces Sana's ``SanaAttnProcessor2_0`` (its cross-attention): the same, with its
   across-heads QK RMSNorms as modules first.
 * ``PydiffJointAttnProcessor`` replaces SD3's ``JointAttnProcessor2_0``: image and text streams are attended
@@ -93,6 +96,7 @@ from diffusers.models.attention_processor import (
     FusedAttnProcessor2_0,
     FusedCogVideoXAttnProcessor2_0,
     FusedJointAttnProcessor2_0,
+    IPAdapterAttnProcessor2_0,
     JointAttnProcessor2_0,
     MochiAttnProcessor2_0,
 )
@@ -279,6 +283,16 @@ class PydiffAttnProcessor(_RankLocal):
         if _head_dim(attn) > MAX_HEAD_DIM or (attention_mask is not None and mask is None):
             stock = self.stock_fused if _fused_projections(attn) else self.stock
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        return self._forward(attn, hidden_states, encoder_hidden_states, mask, temb)
+
+    def _attend(self, attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+                head_dim: int, extra) -> torch.Tensor:
+        """The attention of (B, N, H, D) views q, k, v with the module's QK norms; ``extra``: a subclass's."""
+        return _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], head_dim, None, mask)
+
+    def _forward(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor],
+                 mask: Optional[torch.Tensor], temb: Optional[torch.Tensor], extra=None) -> torch.Tensor:
+        """The stock processor's steps around the attention (``_attend``), the kernel's mask ``mask`` given."""
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -306,8 +320,7 @@ class PydiffAttnProcessor(_RankLocal):
         k = key.unflatten(-1, (attn.heads, head_dim))
         v = value.unflatten(-1, (attn.heads, head_dim))
 
-        out = _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], head_dim, None, mask)
-        hidden_states = out.flatten(2)
+        hidden_states = self._attend(attn, q, k, v, mask, head_dim, extra).flatten(2)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
         if input_ndim == 4:
@@ -315,6 +328,53 @@ class PydiffAttnProcessor(_RankLocal):
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+class PydiffIPAdapterAttnProcessor(PydiffAttnProcessor, IPAdapterAttnProcessor2_0):
+    """Drop-in for ``IPAdapterAttnProcessor2_0`` (a UNet's cross-attention with IP-Adapter image prompts): the text's
+    attention and the first image prompt's, scaled, summed in one pass over q (the kernel's negative-prompt stream
+    at -scale: out = A(q, k, v) + scale A(q, k_ip, v_ip)), each further image prompt one call more. Built from the
+    stock processor it replaces, it holds that processor's settings and the same projection modules, so the model's
+    state dict, ``set_ip_adapter_scale`` and ``unload_ip_adapter`` see what they saw (it is an
+    ``IPAdapterAttnProcessor2_0``). Calls with an attention mask, IP-Adapter masks or per-image scales take the
+    stock processor's path. Like it, the module's QK norms are not applied."""
+
+    def __init__(self, stock: IPAdapterAttnProcessor2_0):
+        torch.nn.Module.__init__(self)
+        for name, value in vars(stock).items():  # (its settings: scale, num_tokens, ..., the training flag)
+            if not name.startswith("_"):
+                setattr(self, name, value)
+        for name, module in stock.named_children():  # (to_k_ip, to_v_ip: the same modules)
+            setattr(self, name, module)
+        # (the stock path, on these same weights; a partial, so no module of its own is registered)
+        self.stock = self.stock_fused = functools.partial(IPAdapterAttnProcessor2_0.__call__, self)
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None,
+                 attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
+                 scale: float = 1.0, ip_adapter_masks=None) -> torch.Tensor:
+        if not isinstance(encoder_hidden_states, tuple) or attention_mask is not None or \
+                ip_adapter_masks is not None or any(isinstance(s, list) for s in self.scale) or \
+                _fused_projections(attn) or _head_dim(attn) > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale,
+                              ip_adapter_masks)
+        text, images = encoder_hidden_states
+        return self._forward(attn, hidden_states, text, None, temb, extra=images)
+
+    def _attend(self, attn, q, k, v, mask, head_dim, extra) -> torch.Tensor:
+        prompts = [(s, x, to_k, to_v) for s, x, to_k, to_v in zip(self.scale, extra, self.to_k_ip, self.to_v_ip)
+                   if s != 0]  # (a scale of 0 skips its prompt, as in the stock processor)
+
+        def heads(projection, x):  # (several images per prompt: their tokens one key sequence)
+            return projection(x).reshape(q.shape[0], -1, attn.heads, head_dim)
+
+        if not prompts:
+            return attention(q, k, v, layout="bnhd")
+        first, *more = prompts
+        out = attention(q, k, v, layout="bnhd", negative=(heads(first[2], first[1]), heads(first[3], first[1])),
+                        negative_scale=-first[0])
+        for s, x, to_k, to_v in more:
+            out = out + s * attention(q, heads(to_k, x), heads(to_v, x), layout="bnhd")
+        return out
 
 
 class PydiffSanaAttnProcessor(_RankLocal):
@@ -1117,6 +1177,7 @@ def _copies():
 _REPLACEMENTS = tuple(entry for entry in (
     (AttnProcessor2_0, PydiffAttnProcessor, None),
     (FusedAttnProcessor2_0, PydiffAttnProcessor, None),
+    (IPAdapterAttnProcessor2_0, PydiffIPAdapterAttnProcessor, None),
     (SanaAttnProcessor2_0, PydiffSanaAttnProcessor, None),
     (JointAttnProcessor2_0, PydiffJointAttnProcessor, None),
     (FusedJointAttnProcessor2_0, PydiffJointAttnProcessor, _no_qk_norms),
@@ -1164,7 +1225,8 @@ def set_attention_backend(model_or_pipe) -> int:
     FLUX.3's and Bria FIBO 2's from 0.42). Other processors (IP-adapter, added-KV, ...) stay, and so do
     modules whose head dim is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention),
     SD3.5's fused joint processor (which skips the QK norms) and processors under diffusers' context parallelism.
-    ``fuse_qkv_projections()`` sets diffusers' fused processors over ours: call this after it.
+    ``fuse_qkv_projections()`` sets diffusers' fused processors over ours and ``load_ip_adapter`` its IP-Adapter
+    processors: call this after them.
     The backend the processors use follows ``pydiff.use_backend`` / ``PYDIFF_BACKEND`` at call time.
     Returns the number of attention modules switched.
     """
@@ -1176,10 +1238,12 @@ def set_attention_backend(model_or_pipe) -> int:
                 continue
             for stock, ours, takes in _REPLACEMENTS:
                 if type(processor) is stock and _head_dim(module) <= MAX_HEAD_DIM and (takes is None or takes(module)):
+                    # (the IP-Adapter processor is built from the stock one: it keeps its weights)
+                    new = ours(processor) if ours is PydiffIPAdapterAttnProcessor else ours()
                     if hasattr(module, "set_processor"):
-                        module.set_processor(ours())
+                        module.set_processor(new)
                     else:  # (Mochi's attention module holds its processor as a plain attribute)
-                        module.processor = ours()
+                        module.processor = new
                     switched += 1
                     break
     return switched
@@ -1189,8 +1253,8 @@ __all__ = ["PydiffAttnProcessor", "PydiffBriaFibo2AttnProcessor", "PydiffCogVide
            "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor", "PydiffCosmosAttnProcessor",
            "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFlux3AttnProcessor",
            "PydiffFluxAttnProcessor", "PydiffHiDreamAttnProcessor", "PydiffHunyuanVideo15AttnProcessor",
-           "PydiffHunyuanVideoAttnProcessor", "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor",
-           "PydiffKandinsky5AttnProcessor", "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor",
-           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor",
-           "PydiffQwenImageAttnProcessor", "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor",
-           "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffHunyuanVideoAttnProcessor", "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor",
+           "PydiffJointAttnProcessor", "PydiffKandinsky5AttnProcessor", "PydiffKrea2AttnProcessor",
+           "PydiffLTX2AttnProcessor", "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor",
+           "PydiffMochiAttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSanaAttnProcessor",
+           "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
