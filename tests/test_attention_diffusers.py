@@ -266,16 +266,21 @@ def tiny_flux2():
         guidance_embeds=False))), 18)
 
 
+def _four_axis_ids(height: int, width: int, text: int):
+    """FLUX.2's and FLUX.3's positions (time, height, width, text index): the image's (H*W, 4), the text's (T, 4)."""
+    img_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(float(height)), torch.arange(float(width)),
+                                         torch.zeros(1), indexing="ij"), -1).reshape(-1, 4)
+    txt_ids = torch.zeros(text, 4)
+    txt_ids[:, 3] = torch.arange(float(text))
+    return dict(img_ids=img_ids, txt_ids=txt_ids)
+
+
 def _flux2_inputs(seed):
-    """FLUX.2 inputs: 4 x 5 image tokens, 6 text tokens, 4-axis positions (time, height, width, text index)."""
+    """FLUX.2 inputs: 4 x 5 image tokens, 6 text tokens, 4-axis positions."""
     gen = torch.Generator().manual_seed(seed)
-    img_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(5.0), torch.zeros(1),
-                                         indexing="ij"), -1).reshape(-1, 4)
-    txt_ids = torch.zeros(6, 4)
-    txt_ids[:, 3] = torch.arange(6.0)
     inputs = dict(hidden_states=torch.randn(1, 20, 8, generator=gen),
                   encoder_hidden_states=torch.randn(1, 6, 32, generator=gen), timestep=torch.tensor([0.7]),
-                  img_ids=img_ids, txt_ids=txt_ids)
+                  **_four_axis_ids(4, 5, 6))
     from diffusers import Flux2Transformer2DModel
 
     if not _accepted(Flux2Transformer2DModel.__init__, {"guidance_embeds": False}):  # (0.36: guidance embedded)
@@ -969,15 +974,11 @@ def tiny_flux3():
 
 
 def _flux3_inputs(seed):
-    """FLUX.3 inputs: 4 x 3 image tokens and 5 text tokens, positions (t, h, w, l)."""
+    """FLUX.3 inputs: 4 x 3 image tokens and 5 text tokens, 4-axis positions."""
     gen = torch.Generator().manual_seed(seed)
-    img_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(3.0), torch.zeros(1),
-                                         indexing="ij"), -1).reshape(-1, 4)
-    txt_ids = torch.zeros(5, 4)
-    txt_ids[:, 3] = torch.arange(5.0)
     return dict(hidden_states=torch.randn(2, 12, 8, generator=gen),
                 encoder_hidden_states=torch.randn(2, 5, 24, generator=gen), timestep=torch.tensor([0.3, 0.7]),
-                img_ids=img_ids, txt_ids=txt_ids)
+                **_four_axis_ids(4, 3, 5))
 
 
 @needs_flux3

@@ -885,6 +885,10 @@ class PydiffZImageAttnProcessor(_RankLocal):
     RoPE, one table per batch row, in the kernel's prologue, and the padding of each sample's tokens as the key
     mask; the stock processor runs the norms, a complex product per tensor in float32 and SDPA."""
 
+    #: whether k and v come from ``encoder_hidden_states`` where it is given (Bria FIBO 2's cross-attention; Z-Image's
+    #: processor ignores it)
+    cross_attention = False
+
     def __init__(self):
         self.stock = _stock(ZSingleStreamAttnProcessor, "Z-Image", "0.36")
 
@@ -899,9 +903,9 @@ class PydiffZImageAttnProcessor(_RankLocal):
         mask = attention_mask
         if mask is not None and mask.dim() == 2:
             mask = mask[:, None, None, :]
-        q, k, v = (proj(hidden_states).unflatten(-1, (attn.heads, -1)) for proj in (attn.to_q, attn.to_k, attn.to_v))
         rope = None if freqs_cis is None else _complex_rope(freqs_cis)
-        out = _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], head_dim, rope, mask)
+        context = encoder_hidden_states if self.cross_attention else None
+        out = _streams_attention([_cross_stream(attn, hidden_states, context, head_dim)], head_dim, rope, mask)
         out = attn.to_out[0](out.flatten(2))
         return attn.to_out[1](out) if len(attn.to_out) > 1 else out
 
@@ -1001,25 +1005,22 @@ class PydiffFlux3AttnProcessor(_RankLocal):
         rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
         out = _streams_attention([_image_stream(attn, hidden_states, attn.head_dim)], attn.head_dim, rope,
                                  attention_mask)
-        return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+        return self._output(attn, out.flatten(2), hidden_states)
+
+    def _output(self, attn, out: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        return attn.to_out[1](attn.to_out[0](out))
 
 
-class PydiffKrea2AttnProcessor(_RankLocal):
-    """Drop-in for Krea 2's ``Krea2AttnProcessor`` (diffusers 0.39+): grouped-query heads read as they are (the
-    stock processor repeats k and v for every query head), its zero-centred QK RMSNorms (a scale of 1 + weight) and
-    interleaved RoPE in the prologue, the text padding as the key mask, then its sigmoid output gate."""
+class PydiffKrea2AttnProcessor(PydiffFlux3AttnProcessor):
+    """Drop-in for Krea 2's ``Krea2AttnProcessor`` (diffusers 0.39+): FLUX.3's call with grouped-query heads read as
+    they are (the stock processor repeats k and v for every query head), its zero-centred QK RMSNorms (a scale of
+    1 + weight) and the text padding as the key mask, then its sigmoid output gate."""
 
     def __init__(self):
         self.stock = _stock(Krea2AttnProcessor, "Krea 2", "0.39")
 
-    def __call__(self, attn, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                 image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
-        if (attention_mask is not None and not _kernel_reads(attention_mask)) or attn.head_dim > MAX_HEAD_DIM:
-            return self.stock(attn, hidden_states, attention_mask, image_rotary_emb)
-        rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
-        out = _streams_attention([_cross_stream(attn, hidden_states, None, attn.head_dim)], attn.head_dim, rope,
-                                 attention_mask)
-        return attn.to_out[0](out.flatten(2) * torch.sigmoid(attn.to_gate(hidden_states)))
+    def _output(self, attn, out, hidden_states):
+        return attn.to_out[0](out * torch.sigmoid(attn.to_gate(hidden_states)))
 
 
 class PydiffIdeogram4AttnProcessor(_RankLocal):
@@ -1041,27 +1042,15 @@ class PydiffIdeogram4AttnProcessor(_RankLocal):
         return attn.to_out[0](out.flatten(2))
 
 
-class PydiffBriaFibo2AttnProcessor(_RankLocal):
-    """Drop-in for ``BriaFibo2AttnProcessor`` (diffusers 0.42+): self-attention with its QK RMSNorms and complex
-    RoPE (one table per batch row, its parts read in place) in the prologue, or cross-attention to the text; a
-    (B, N_k) mask as the key mask."""
+class PydiffBriaFibo2AttnProcessor(PydiffZImageAttnProcessor):
+    """Drop-in for ``BriaFibo2AttnProcessor`` (diffusers 0.42+): Z-Image's call (self-attention with its QK
+    RMSNorms and complex RoPE, one table per batch row, read in place; a (B, N_k) mask as the key mask), and
+    cross-attention to the text."""
+
+    cross_attention = True
 
     def __init__(self):
         self.stock = _stock(BriaFibo2AttnProcessor, "Bria FIBO 2", "0.42")
-
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
-                 attention_mask: Optional[torch.Tensor] = None, freqs_cis: Optional[torch.Tensor] = None):
-        head_dim = _head_dim(attn)
-        if head_dim > MAX_HEAD_DIM or (freqs_cis is not None and not _per_row_complex(freqs_cis)) or \
-                (attention_mask is not None and not _kernel_reads(attention_mask)):
-            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, freqs_cis)
-        mask = attention_mask
-        if mask is not None and mask.dim() == 2:
-            mask = mask[:, None, None, :]
-        rope = None if freqs_cis is None else _complex_rope(freqs_cis)
-        out = _streams_attention([_cross_stream(attn, hidden_states, encoder_hidden_states, head_dim)], head_dim,
-                                 rope, mask)
-        return attn.to_out[0](out.flatten(2))
 
 
 def _cosmos_attention(attn, hidden_states: torch.Tensor, context: Optional[torch.Tensor],
