@@ -709,7 +709,8 @@ class PydiffMochiAttnProcessor(_RankLocal):
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                  attention_mask: torch.Tensor, image_rotary_emb=None):
         head_dim = attn.inner_dim // attn.heads
-        if head_dim > MAX_HEAD_DIM or (image_rotary_emb is not None and any(t.dim() != 3 for t in image_rotary_emb)):
+        if head_dim > MAX_HEAD_DIM or attention_mask is None or \
+                (image_rotary_emb is not None and any(t.dim() != 3 for t in image_rotary_emb)):
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         n_text = encoder_hidden_states.shape[1]
         kept = attention_mask.bool()
