@@ -246,7 +246,9 @@ def _rows(model: Model, device: str, dtype, quick: bool) -> List[Dict[str, objec
     from pydiff.integrations.diffusers import set_attention_backend
 
     gpu = device == "cuda"
-    stock = model.build(gpu).to(device, dtype).eval()
+    with torch.random.fork_rng(devices=[]):  # (the same random weights in every run, whatever ran before)
+        torch.manual_seed(0)
+        stock = model.build(gpu).to(device, dtype).eval()
     ours = copy.deepcopy(stock)
     switched = set_attention_backend(ours)
     if not switched:  # (Qwen-Image's processor is replaced from diffusers 0.39)
