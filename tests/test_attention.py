@@ -2039,6 +2039,7 @@ PROCESSOR_GPU_CASES = [
          mask=("bool", "b11n"), name="proc-mochi"),
     Case(F16, 64, 4096, 77, batch=2, heads=10, layout="bnhd", negative=4, negative_scale=-0.6,
          name="proc-ip-adapter"),
+    Case(BF16, 256, 256, 256, heads=2, joint=(4096, 4096), layout="bnhd", name="proc-auraflow"),
 ]
 
 

@@ -21,6 +21,7 @@ diffusers = pytest.importorskip("diffusers")
 from pydiff.integrations.diffusers import attention_processors  # noqa: E402
 from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffAttnProcessor,
+    PydiffAuraFlowAttnProcessor,
     PydiffBriaFibo2AttnProcessor,
     PydiffCogVideoXAttnProcessor,
     PydiffCogView4AttnProcessor,
@@ -1266,6 +1267,36 @@ def test_mochi_transformer(backend, mask, monkeypatch):
     assert attention_processors._rms_norm_params(model.transformer_blocks[0].attn1.norm_q, 16, CPU) is not None
 
 
+def tiny_auraflow():
+    from diffusers import AuraFlowTransformer2DModel
+
+    return _perturb(AuraFlowTransformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, num_mmdit_layers=1, num_single_dit_layers=1,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=24, caption_projection_dim=32,
+        out_channels=4, pos_embed_max_size=64), 74)
+
+
+def _auraflow_inputs(seed):
+    """AuraFlow inputs: 8 x 6 latents (12 patches), 7 text tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(2, 4, 8, 6, generator=gen),
+                encoder_hidden_states=torch.randn(2, 7, 24, generator=gen), timestep=torch.tensor([0.3, 0.7]))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused-projections"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_auraflow_transformer(backend, fused, monkeypatch):
+    """AuraFlow: the joint blocks' [text; image] attention as one joint call (its float32 LayerNorms on q and k as
+    modules first), the single-stream blocks' self-attention, the module's scale; also on fused projections;
+    outputs the stock processors'."""
+    model, inputs = tiny_auraflow(), _auraflow_inputs(75)
+    if fused:
+        model.fuse_qkv_projections()
+    calls = _joined_masks(monkeypatch)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffAuraFlowAttnProcessor})
+    assert calls == [(None, None)] * 2  # (the joint block's call, then the single block's)
+
+
 #: models whose processors are diffusers' copies of others' (``attention_processors._copies``)
 _COPY_MODELS = [("transformer_chronoedit", "ChronoEditTransformer3DModel", "WanAttnProcessor"),
                 ("transformer_skyreels_v2", "SkyReelsV2Transformer3DModel", "SkyReelsV2AttnProcessor"),
@@ -1570,9 +1601,11 @@ def test_compiled_fullgraph_models(backend):
         flux2_inputs = _flux2_inputs(12)
         models.append((tiny_flux2(), lambda m: m(**flux2_inputs).sample))
     cosmos_inputs, mochi_inputs, ip_inputs = _cosmos_inputs(25, False), _mochi_inputs(26), _ip_adapter_inputs(27)
+    auraflow_inputs = _auraflow_inputs(28)
     models += [(tiny_cosmos(False), lambda m: m(**cosmos_inputs).sample),
                (tiny_mochi(), lambda m: m(**mochi_inputs).sample),
-               (tiny_unet_with_ip_adapters(), lambda m: m(**ip_inputs).sample)]
+               (tiny_unet_with_ip_adapters(), lambda m: m(**ip_inputs).sample),
+               (tiny_auraflow(), lambda m: m(**auraflow_inputs).sample)]
     if attention_processors.CosmosAttnProcessor2_5 is not None:  # (diffusers 0.37+)
         cosmos25_inputs = _cosmos_inputs(26, True)
         models.append((tiny_cosmos(True), lambda m: m(**cosmos25_inputs).sample))
@@ -1641,8 +1674,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, PixArt, Qwen-Image and HunyuanVideo with their
     text-padding masks (the kernel's key mask), Chroma with its per-query mask, Wan's image-to-video model,
     CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask, Sana 1.5, HiDream, Z-Image,
-    HunyuanVideo 1.5 and LTX-2 (both RoPE layouts), Cosmos Predict 2 and 2.5, Mochi (its text padding), Kandinsky 5,
-    Krea 2 (grouped-query), Ideogram 4 (packed samples' mask per query), FLUX.3 and Bria FIBO 2.
+    HunyuanVideo 1.5 and LTX-2 (both RoPE layouts), Cosmos Predict 2 and 2.5, Mochi (its text padding), AuraFlow,
+    Kandinsky 5, Krea 2 (grouped-query), Ideogram 4 (packed samples' mask per query), FLUX.3 and Bria FIBO 2.
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -1668,7 +1701,7 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     if attention_processors.Flux2AttnProcessor is not None:
         models.append((tiny_flux2(), _flux2_inputs(13)))
     models += [(tiny_cosmos(False), _cosmos_inputs(27, False)), (tiny_mochi(), _mochi_inputs(34)),
-               (tiny_unet_with_ip_adapters(), _ip_adapter_inputs(35))]
+               (tiny_unet_with_ip_adapters(), _ip_adapter_inputs(35)), (tiny_auraflow(), _auraflow_inputs(36))]
     if attention_processors.CosmosAttnProcessor2_5 is not None:  # (diffusers 0.37+)
         models.append((tiny_cosmos(True), _cosmos_inputs(28, True)))
     if attention_processors.Kandinsky5AttnProcessor is not None:  # (diffusers 0.36+)

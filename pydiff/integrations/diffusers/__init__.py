@@ -9,6 +9,7 @@ from importlib import import_module
 _EXPORTS = {
     "FusedScheduler": "scheduler",
     "PydiffAttnProcessor": "attention_processors",
+    "PydiffAuraFlowAttnProcessor": "attention_processors",
     "PydiffBriaFibo2AttnProcessor": "attention_processors",
     "PydiffCogVideoXAttnProcessor": "attention_processors",
     "PydiffCogView4AttnProcessor": "attention_processors",

@@ -10,7 +10,8 @@
                                   # HiDreamImageTransformer2DModel, Flux3Transformer2DModel,
                                   # Krea2Transformer2DModel, Ideogram4Transformer2DModel,
                                   # BriaFibo2Transformer2DModel, CosmosTransformer3DModel,
-                                  # Kandinsky5Transformer3DModel, MochiTransformer3DModel, ...
+                                  # Kandinsky5Transformer3DModel, MochiTransformer3DModel,
+                                  # AuraFlowTransformer2DModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
@@ -24,6 +25,8 @@
 * Both read fused projections too (``fuse_qkv_projections()``: one matmul for q, k and v), and so replace
   diffusers' ``FusedAttnProcessor2_0`` and, where a joint module has no QK norms, ``FusedJointAttnProcessor2_0``
   (which skips them); q, k and v are then strided views of the one projection.
+* ``PydiffAuraFlowAttnProcessor`` replaces ``AuraFlowAttnProcessor2_0`` and its fused form (AuraFlow, Pony v7): the
+  joint [text; image] call as SD3's, with the module's scale.
 * ``PydiffFluxAttnProcessor`` replaces Flux's ``FluxAttnProcessor``: joint attention plus the QK RMSNorms and
   the RoPE table, applied by pydiff in one float32 pass per tensor (no torch op sequence, no concatenation).
 * ``PydiffFlux2AttnProcessor`` and ``PydiffFlux2ParallelSelfAttnProcessor`` replace FLUX.2's processors (diffusers
@@ -92,8 +95,10 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import (
     AttnProcessor2_0,
+    AuraFlowAttnProcessor2_0,
     CogVideoXAttnProcessor2_0,
     FusedAttnProcessor2_0,
+    FusedAuraFlowAttnProcessor2_0,
     FusedCogVideoXAttnProcessor2_0,
     FusedJointAttnProcessor2_0,
     IPAdapterAttnProcessor2_0,
@@ -488,6 +493,29 @@ def _cross_stream(attn, hidden_states: torch.Tensor, context: Optional[torch.Ten
     q, k, v = (getattr(attn, name)(x).unflatten(-1, (-1, head_dim))
                for name, x in zip(names, (hidden_states, context, context)))
     return q, k, v, getattr(attn, norms[0]), getattr(attn, norms[1])
+
+
+class PydiffAuraFlowAttnProcessor(_RankLocal):
+    """Drop-in for ``AuraFlowAttnProcessor2_0`` and, on fused projections, ``FusedAuraFlowAttnProcessor2_0`` (AuraFlow,
+    Pony v7): joint [text; image] attention without concatenation or split (its float32 LayerNorms on q and k run
+    as modules first), with the module's scale; self-attention over the single-stream blocks' tokens."""
+
+    def __init__(self):
+        self.stock, self.stock_fused = AuraFlowAttnProcessor2_0(), FusedAuraFlowAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 *args, **kwargs):
+        head_dim = _head_dim(attn)
+        if head_dim > MAX_HEAD_DIM:
+            stock = self.stock_fused if _fused_projections(attn) else self.stock
+            return stock(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        streams = [_image_stream(attn, hidden_states, head_dim)]
+        if encoder_hidden_states is None:
+            out = _streams_attention(streams, head_dim, None, None, scale=attn.scale)
+            return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+        text, image = _streams_attention([_text_stream(attn, encoder_hidden_states, head_dim)] + streams, head_dim,
+                                         None, None, scale=attn.scale)
+        return attn.to_out[1](attn.to_out[0](image.flatten(2))), attn.to_add_out(text.flatten(2))
 
 
 class PydiffFluxAttnProcessor(_RankLocal):
@@ -1172,6 +1200,8 @@ _REPLACEMENTS = tuple(entry for entry in (
     (JointAttnProcessor2_0, PydiffJointAttnProcessor, None),
     (FusedJointAttnProcessor2_0, PydiffJointAttnProcessor, _no_qk_norms),
     (FluxAttnProcessor, PydiffFluxAttnProcessor, None),
+    (AuraFlowAttnProcessor2_0, PydiffAuraFlowAttnProcessor, None),
+    (FusedAuraFlowAttnProcessor2_0, PydiffAuraFlowAttnProcessor, None),
     (Flux2AttnProcessor, PydiffFlux2AttnProcessor, None),
     (Flux2ParallelSelfAttnProcessor, PydiffFlux2ParallelSelfAttnProcessor, None),
     (QwenDoubleStreamAttnProcessor2_0 if _QWEN_MASKS_TEXT else None, PydiffQwenImageAttnProcessor, None),
@@ -1239,12 +1269,12 @@ def set_attention_backend(model_or_pipe) -> int:
     return switched
 
 
-__all__ = ["PydiffAttnProcessor", "PydiffBriaFibo2AttnProcessor", "PydiffCogVideoXAttnProcessor",
-           "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor", "PydiffCosmosAttnProcessor",
-           "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFlux3AttnProcessor",
-           "PydiffFluxAttnProcessor", "PydiffHiDreamAttnProcessor", "PydiffHunyuanVideo15AttnProcessor",
-           "PydiffHunyuanVideoAttnProcessor", "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor",
-           "PydiffJointAttnProcessor", "PydiffKandinsky5AttnProcessor", "PydiffKrea2AttnProcessor",
-           "PydiffLTX2AttnProcessor", "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor",
-           "PydiffMochiAttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSanaAttnProcessor",
-           "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
+__all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo2AttnProcessor",
+           "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor",
+           "PydiffCosmosAttnProcessor", "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor",
+           "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor", "PydiffHiDreamAttnProcessor",
+           "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor", "PydiffIPAdapterAttnProcessor",
+           "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor", "PydiffKandinsky5AttnProcessor",
+           "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor", "PydiffLTXVideoAttnProcessor",
+           "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor", "PydiffQwenImageAttnProcessor",
+           "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
