@@ -296,6 +296,8 @@ def test_processors_name_the_diffusers_they_need(monkeypatch):
                                  ("ZSingleStreamAttnProcessor", PydiffZImageAttnProcessor, "0.36"),
                                  ("HunyuanVideo15AttnProcessor2_0", PydiffHunyuanVideo15AttnProcessor, "0.36"),
                                  ("LTX2AudioVideoAttnProcessor", PydiffLTX2AttnProcessor, "0.37"),
+                                 ("LTX2PerturbedAttnProcessor", attention_processors.PydiffLTX2PerturbedAttnProcessor,
+                                  "0.38"),
                                  ("CosmosAttnProcessor2_5", PydiffCosmos25AttnProcessor, "0.37"),
                                  ("Kandinsky5AttnProcessor", PydiffKandinsky5AttnProcessor, "0.36"),
                                  ("Krea2AttnProcessor", PydiffKrea2AttnProcessor, "0.39"),
@@ -1415,15 +1417,15 @@ def test_context_parallelism_keeps_stock_processors():
 needs_ltx2 = _needs("LTX2AudioVideoAttnProcessor", "LTX-2", "0.37")
 
 
-def tiny_ltx2(rope_type: str, gated: bool):
+def tiny_ltx2(rope_type: str, gated: bool, perturbed: bool = False):
     from diffusers.models.transformers.transformer_ltx2 import LTX2VideoTransformer3DModel
 
-    # (the gates and use_prompt_embeddings: diffusers 0.38+; 0.37's LTX-2 has no gates)
+    # (the gates, use_prompt_embeddings and perturbed_attn: diffusers 0.38+; 0.37's LTX-2 has none)
     return _perturb(LTX2VideoTransformer3DModel(**_accepted(LTX2VideoTransformer3DModel.__init__, dict(
         in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
         audio_in_channels=6, audio_out_channels=6, audio_num_attention_heads=2, audio_attention_head_dim=8,
         audio_cross_attention_dim=16, num_layers=2, caption_channels=24, rope_type=rope_type, gated_attn=gated,
-        audio_gated_attn=gated, use_prompt_embeddings=False))), 47)
+        audio_gated_attn=gated, use_prompt_embeddings=False, perturbed_attn=perturbed))), 47)
 
 
 def _ltx2_inputs(seed):
@@ -1465,6 +1467,26 @@ def test_ltx2_transformer(backend, rope_type, gated, monkeypatch):
         ((2, 60, 2, 8), (2, 9, 2, 4))
     assert calls == [(video_rope, None), (audio_rope, None), (None, ((2, 1, 1, 7), torch.float32)),
                      (None, ((2, 1, 1, 7), torch.float32))] * len(model.transformer_blocks)
+
+
+needs_ltx2_perturbed = _needs("LTX2PerturbedAttnProcessor", "LTX-2's perturbed attention", "0.38")
+
+
+@needs_ltx2_perturbed
+@pytest.mark.parametrize("perturbation", [None, (1.0, 0.0), (0.0, 0.0)], ids=["no-stg", "stg-one", "stg-all"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ltx2_perturbed_attention(backend, perturbation, monkeypatch):
+    """LTX-2 built with perturbed attention (spatio-temporal guidance): LTX-2's calls, each sample's output blended
+    with its values by the perturbation mask in the guided block (the second sample's perturbed: values only), and a
+    call where every sample is perturbed left to the stock processor (no attention to run); outputs the stock
+    processors'."""
+    model, inputs = tiny_ltx2("split", True, perturbed=True), _ltx2_inputs(76)
+    if perturbation is not None:
+        inputs.update(spatio_temporal_guidance_blocks=[1], perturbation_mask=torch.tensor(perturbation))
+    calls = _masked_calls(monkeypatch)
+    _compare(model, _ltx2_run(inputs), backend, {attention_processors.PydiffLTX2PerturbedAttnProcessor})
+    # (per block: video and audio self-attention, their text cross-attention; the audio-video pair stays stock)
+    assert len(calls) == 4 * 2 - (2 if perturbation == (0.0, 0.0) else 0)
 
 
 def _block_matches_stock(ours, attn, args, rope, masks, stock=None):
@@ -1670,12 +1692,12 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     """On a GPU, the compiled kernel behind our processors, in a model that runs in half precision: its output's
     error against the same model in float64 (stock processors) is within 2x the stock processors' own error in
     that precision, plus 1e-3. A UNet (its projections also fused: q, k and v strided views of one matmul; and with
-    two IP-Adapters), SD3 and
-    Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, PixArt, Qwen-Image and HunyuanVideo with their
-    text-padding masks (the kernel's key mask), Chroma with its per-query mask, Wan's image-to-video model,
-    CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask, Sana 1.5, HiDream, Z-Image,
-    HunyuanVideo 1.5 and LTX-2 (both RoPE layouts), Cosmos Predict 2 and 2.5, Mochi (its text padding), AuraFlow,
-    Kandinsky 5, Krea 2 (grouped-query), Ideogram 4 (packed samples' mask per query), FLUX.3 and Bria FIBO 2.
+    two IP-Adapters), SD3 and Flux and FLUX.2 transformers, SVD's spatio-temporal UNet, PixArt, Qwen-Image and
+    HunyuanVideo with their text-padding masks (the kernel's key mask), Chroma with its per-query mask, Wan's
+    image-to-video model, CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask, Sana 1.5,
+    HiDream, Z-Image, HunyuanVideo 1.5 and LTX-2 (both RoPE layouts; with spatio-temporal guidance), Cosmos
+    Predict 2 and 2.5, Mochi (its text padding), AuraFlow, Kandinsky 5, Krea 2 (grouped-query), Ideogram 4
+    (packed samples' mask per query), FLUX.3 and Bria FIBO 2.
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -1698,6 +1720,9 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
         models += [(tiny_z_image(), _z_image_inputs(22)), (tiny_hunyuan_video15(), _hunyuan_video15_inputs(23))]
     if attention_processors.LTX2AudioVideoAttnProcessor is not None:  # (diffusers 0.37+)
         models += [(tiny_ltx2("interleaved", False), _ltx2_inputs(25)), (tiny_ltx2("split", True), _ltx2_inputs(26))]
+    if attention_processors.LTX2PerturbedAttnProcessor is not None:  # (diffusers 0.38+)
+        stg = dict(_ltx2_inputs(37), spatio_temporal_guidance_blocks=[1], perturbation_mask=torch.tensor([1.0, 0.0]))
+        models.append((tiny_ltx2("split", True, perturbed=True), stg))
     if attention_processors.Flux2AttnProcessor is not None:
         models.append((tiny_flux2(), _flux2_inputs(13)))
     models += [(tiny_cosmos(False), _cosmos_inputs(27, False)), (tiny_mochi(), _mochi_inputs(34)),

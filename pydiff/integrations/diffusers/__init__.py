@@ -18,6 +18,7 @@ _EXPORTS = {
     "PydiffJointAttnProcessor": "attention_processors",
     "PydiffLTXVideoAttnProcessor": "attention_processors",
     "PydiffLTX2AttnProcessor": "attention_processors",
+    "PydiffLTX2PerturbedAttnProcessor": "attention_processors",
     "PydiffLumina2AttnProcessor": "attention_processors",
     "PydiffMochiAttnProcessor": "attention_processors",
     "PydiffFluxAttnProcessor": "attention_processors",

@@ -51,6 +51,8 @@
 * ``PydiffLTX2AttnProcessor`` replaces LTX-2's ``LTX2AudioVideoAttnProcessor`` (diffusers 0.37+): the same for its
   video and audio self-attention (interleaved or split tables) and text cross-attention, then its per-head gates;
   its audio-video cross-attention (keys turned by tables of their own) stays stock.
+  ``PydiffLTX2PerturbedAttnProcessor`` (0.38+) replaces ``LTX2PerturbedAttnProcessor`` (models built for
+  spatio-temporal guidance) the same way, the perturbed samples' outputs blended with their values.
 * ``PydiffZImageAttnProcessor`` (diffusers 0.36+) and ``PydiffLumina2AttnProcessor`` replace Z-Image's
   ``ZSingleStreamAttnProcessor`` and ``Lumina2AttnProcessor2_0``: the QK RMSNorms and the complex RoPE (one table
   per sample) in the prologue, the token padding as the key mask; Lumina 2's grouped-query heads read as they are
@@ -140,6 +142,7 @@ Flux2ParallelSelfAttnProcessor = _stock_class("transformer_flux2", "Flux2Paralle
 ZSingleStreamAttnProcessor = _stock_class("transformer_z_image", "ZSingleStreamAttnProcessor")
 HunyuanVideo15AttnProcessor2_0 = _stock_class("transformer_hunyuan_video15", "HunyuanVideo15AttnProcessor2_0")
 LTX2AudioVideoAttnProcessor = _stock_class("transformer_ltx2", "LTX2AudioVideoAttnProcessor")  # (0.37+)
+LTX2PerturbedAttnProcessor = _stock_class("transformer_ltx2", "LTX2PerturbedAttnProcessor")  # (0.38+)
 Kandinsky5AttnProcessor = _stock_class("transformer_kandinsky", "Kandinsky5AttnProcessor")  # (0.36+)
 Krea2AttnProcessor = _stock_class("transformer_krea2", "Krea2AttnProcessor")  # (0.39+)
 Krea2RMSNorm = _stock_class("transformer_krea2", "Krea2RMSNorm")
@@ -846,10 +849,11 @@ def _ltx_rope(attn, tables):
 
 
 def _ltx_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor],
-                   attention_mask: Optional[torch.Tensor], tables) -> Optional[torch.Tensor]:
-    """LTX-Video's and LTX-2's attention, (B, N, H, D), in one ``pydiff.attention`` call: the RoPE (``tables``) in
-    the prologue, the mask as the kernel reads it; their QK RMSNorms span every head, so they run as modules first,
-    as in the stock processors. None where the kernel does not take the call (the stock processor's then)."""
+                   attention_mask: Optional[torch.Tensor], tables):
+    """LTX-Video's and LTX-2's attention, (B, N, H, D), in one ``pydiff.attention`` call, and the values it read
+    (B, N_k, H, D): the RoPE (``tables``) in the prologue, the mask as the kernel reads it; their QK RMSNorms span
+    every head, so they run as modules first, as in the stock processors. None where the kernel does not take the
+    call (the stock processor's then)."""
     source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
     mask = _processor_mask(attn, attention_mask, source.shape[0], source.shape[1])
     rope = None if tables is None else _ltx_rope(attn, tables)
@@ -860,7 +864,7 @@ def _ltx_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: Opt
     k = attn.norm_k(attn.to_k(source)).unflatten(2, (-1, attn.head_dim))
     v = attn.to_v(source).unflatten(2, (-1, attn.head_dim))
     return attention(q, k, v, layout="bnhd", attn_mask=mask, rope=rope,
-                     rope_interleaved=getattr(attn, "rope_type", "interleaved") == "interleaved")
+                     rope_interleaved=getattr(attn, "rope_type", "interleaved") == "interleaved"), v
 
 
 class PydiffLTXVideoAttnProcessor(_RankLocal):
@@ -873,10 +877,10 @@ class PydiffLTXVideoAttnProcessor(_RankLocal):
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None) -> torch.Tensor:
-        out = _ltx_attention(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        if out is None:
+        called = _ltx_attention(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if called is None:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+        return attn.to_out[1](attn.to_out[0](called[0].flatten(2)))
 
 
 class PydiffLTX2AttnProcessor(_RankLocal):
@@ -892,16 +896,48 @@ class PydiffLTX2AttnProcessor(_RankLocal):
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, query_rotary_emb=None,
                  key_rotary_emb=None) -> torch.Tensor:
-        out = None
+        called = None
         if key_rotary_emb is None:
-            out = _ltx_attention(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb)
-        if out is None:
+            called = _ltx_attention(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb)
+        if called is None:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb,
                               key_rotary_emb)
+        return self._output(attn, called[0], hidden_states)
+
+    def _output(self, attn, out: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The attention's output (B, N, H, D) through the per-head gates, where the module has them, and to_out."""
         gate_logits = getattr(attn, "to_gate_logits", None)  # (diffusers 0.38+)
         if gate_logits is not None:  # (the stock processor's per-head gates, 1 where the logits are 0)
             out = out * (2.0 * torch.sigmoid(gate_logits(hidden_states))).unsqueeze(-1)
         return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
+class PydiffLTX2PerturbedAttnProcessor(PydiffLTX2AttnProcessor):
+    """Drop-in for LTX-2's ``LTX2PerturbedAttnProcessor`` (diffusers 0.38+; every attention's processor in a model
+    built with ``perturbed_attn``, for spatio-temporal guidance): LTX-2's call, then each sample's output blended
+    with its values by the perturbation mask (1: the attention, 0: the values: STG's perturbed pass). A call in
+    which every sample is perturbed needs no attention and stays with the stock processor, as do audio-video calls.
+    Where the caller leaves ``all_perturbed`` open, it is read from the mask as the stock processor reads it (a
+    host sync)."""
+
+    def __init__(self):
+        self.stock = _stock(LTX2PerturbedAttnProcessor, "LTX-2's perturbed attention", "0.38")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, query_rotary_emb=None, key_rotary_emb=None,
+                 perturbation_mask: Optional[torch.Tensor] = None, all_perturbed: Optional[bool] = None):
+        if all_perturbed is None:
+            all_perturbed = perturbation_mask is not None and bool(torch.all(perturbation_mask == 0))
+        called = None
+        if key_rotary_emb is None and not all_perturbed:
+            called = _ltx_attention(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb)
+        if called is None:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb,
+                              key_rotary_emb, perturbation_mask, all_perturbed)
+        out, values = called
+        if perturbation_mask is not None:
+            out = torch.lerp(values.flatten(2), out.flatten(2), perturbation_mask).unflatten(2, out.shape[2:])
+        return self._output(attn, out, hidden_states)
 
 
 def _per_row_complex(freqs) -> bool:
@@ -1213,6 +1249,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (CogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
     (LTXVideoAttnProcessor, PydiffLTXVideoAttnProcessor, None),
     (LTX2AudioVideoAttnProcessor, PydiffLTX2AttnProcessor, None),
+    (LTX2PerturbedAttnProcessor, PydiffLTX2PerturbedAttnProcessor, None),
     (FusedCogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
     (CogView4AttnProcessor, PydiffCogView4AttnProcessor, None),
     (ZSingleStreamAttnProcessor, PydiffZImageAttnProcessor, None),
@@ -1275,6 +1312,7 @@ __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo
            "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor", "PydiffHiDreamAttnProcessor",
            "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor", "PydiffIPAdapterAttnProcessor",
            "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor", "PydiffKandinsky5AttnProcessor",
-           "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor", "PydiffLTXVideoAttnProcessor",
-           "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor", "PydiffQwenImageAttnProcessor",
-           "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor",
+           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor",
+           "PydiffQwenImageAttnProcessor", "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor",
+           "PydiffZImageAttnProcessor", "set_attention_backend"]
