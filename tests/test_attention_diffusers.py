@@ -1373,16 +1373,21 @@ def _module_copy_inputs(stock_name: str, gen: torch.Generator):
         tables = [t.repeat_interleave(2, -1)[None, :, None] for t in (angles.cos(), angles.sin())]
         return dict(dim=24, heads=2, dim_head=12), dict(hidden_states=hidden, rotary_emb=tables)
     tables = [t.repeat_interleave(2, -1).repeat(2, 1, 2) for t in (angles.cos(), angles.sin())]  # ((B, N, H*D))
-    return dict(query_dim=24, heads=2, kv_heads=2, dim_head=12), dict(hidden_states=hidden, query_rotary_emb=tables)
+    inputs = dict(hidden_states=hidden, query_rotary_emb=tables)
+    if "Perturbed" in stock_name:  # (spatio-temporal guidance: the second sample perturbed)
+        inputs["perturbation_mask"] = torch.tensor([1.0, 0.0])[:, None, None]
+    return dict(query_dim=24, heads=2, kv_heads=2, dim_head=12), inputs
 
 
 @pytest.mark.parametrize("module,attention_name,stock_name,ours", [
     ("transformer_wan_animate", "WanAttention", "WanAttnProcessor", PydiffWanAttnProcessor),
     ("transformer_sana_wm_refiner", "SanaWMLTX2Attention", "SanaWMLTX2AudioVideoAttnProcessor",
-     PydiffLTX2AttnProcessor)], ids=["wan-animate", "sana-wm-refiner"])
+     PydiffLTX2AttnProcessor),
+    ("transformer_sana_wm_refiner", "SanaWMLTX2Attention", "SanaWMLTX2PerturbedAttnProcessor",
+     attention_processors.PydiffLTX2PerturbedAttnProcessor)], ids=["wan-animate", "sana-wm-refiner", "sana-wm-stg"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_attention_modules_with_copied_processors(backend, module, attention_name, stock_name, ours):
-    """Wan-Animate's attention (Wan's processor, copied) and the SANA-WM refiner's (LTX-2's), on their attention
+    """Wan-Animate's attention (Wan's processor, copied) and the SANA-WM refiner's (LTX-2's two), on their attention
     modules with RoPE: the copy becomes the original's pydiff processor and the outputs are the stock one's."""
     models = pytest.importorskip(f"diffusers.models.transformers.{module}")
     if getattr(models, stock_name, None) is None:

@@ -74,7 +74,8 @@
   rotation-matrix RoPE (as HiDream's) in the prologue; its NABLA sparse attention stays stock.
 * Copies diffusers keeps in other models' files (``_copies``: ChronoEdit's, SkyReels-V2's and Wan-Animate's of
   Wan's processor, Bria's, Bria FIBO's, LongCat-Image's and Ovis-Image's of Flux's, HunyuanImage 2.1's of
-  HunyuanVideo's, the SANA-WM refiner's of LTX-2's, Sana-Video's of Sana's) get the original's pydiff processor.
+  HunyuanVideo's, the SANA-WM refiner's two of LTX-2's, Sana-Video's of Sana's) get the original's pydiff
+  processor.
 
 Outputs equal the stock processors' (same math; pydiff keeps the norm and RoPE in float32). Attention masks go into
 the kernel (``attn_mask``), read in place: those the same for every query (PixArt's and Sana's text padding:
@@ -918,10 +919,10 @@ class PydiffLTX2PerturbedAttnProcessor(PydiffLTX2AttnProcessor):
     with its values by the perturbation mask (1: the attention, 0: the values: STG's perturbed pass). A call in
     which every sample is perturbed needs no attention and stays with the stock processor, as do audio-video calls.
     Where the caller leaves ``all_perturbed`` open, it is read from the mask as the stock processor reads it (a
-    host sync)."""
+    host sync). ``stock_type``: the stock processor for the calls the kernel does not take (a copy's)."""
 
-    def __init__(self):
-        self.stock = _stock(LTX2PerturbedAttnProcessor, "LTX-2's perturbed attention", "0.38")
+    def __init__(self, stock_type=None):
+        self.stock = _stock(stock_type or LTX2PerturbedAttnProcessor, "LTX-2's perturbed attention", "0.38")
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, query_rotary_emb=None, key_rotary_emb=None,
@@ -1205,7 +1206,7 @@ def _no_qk_norms(attn) -> bool:
 def _copies():
     """The processors diffusers copies into other models' files (ChronoEdit's, SkyReels-V2's and Wan-Animate's of
     Wan's; Bria's, Bria FIBO's, LongCat-Image's and Ovis-Image's of Flux's; HunyuanImage 2.1's of HunyuanVideo's;
-    the SANA-WM refiner's of LTX-2's; Sana-Video's of Sana's), each with the pydiff processor of its
+    the SANA-WM refiner's two of LTX-2's; Sana-Video's of Sana's), each with the pydiff processor of its
     original. Their sources differ from the originals' in names, comments, tensor-parallel head splits,
     context-parallel arguments and the attention call (SDPA or diffusers' dispatch) only: the same math on modules
     of the same attributes. Those this diffusers lacks are left out."""
@@ -1214,6 +1215,8 @@ def _copies():
                                ("transformer_wan_animate", "WanAttnProcessor", PydiffWanAttnProcessor),
                                ("transformer_sana_wm_refiner", "SanaWMLTX2AudioVideoAttnProcessor",
                                 PydiffLTX2AttnProcessor),
+                               ("transformer_sana_wm_refiner", "SanaWMLTX2PerturbedAttnProcessor",
+                                PydiffLTX2PerturbedAttnProcessor),
                                ("transformer_bria", "BriaAttnProcessor", PydiffFluxAttnProcessor),
                                ("transformer_longcat_image", "LongCatImageAttnProcessor", PydiffFluxAttnProcessor),
                                ("transformer_ovis_image", "OvisImageAttnProcessor", PydiffFluxAttnProcessor),
