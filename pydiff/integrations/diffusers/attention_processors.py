@@ -1298,8 +1298,9 @@ def set_attention_backend(model_or_pipe) -> int:
                 continue
             for stock, ours, takes in _REPLACEMENTS:
                 if type(processor) is stock and _head_dim(module) <= MAX_HEAD_DIM and (takes is None or takes(module)):
-                    # (the IP-Adapter processor is built from the stock one: it keeps its weights)
-                    new = ours(processor) if ours is PydiffIPAdapterAttnProcessor else ours()
+                    # (a stock processor that is a module holds weights, IP-Adapter's: ours is built from it and
+                    # keeps them; the others hold nothing ours needs)
+                    new = ours(processor) if isinstance(processor, torch.nn.Module) else ours()
                     if hasattr(module, "set_processor"):
                         module.set_processor(new)
                     else:  # (Mochi's attention module holds its processor as a plain attribute)
