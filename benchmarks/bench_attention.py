@@ -708,6 +708,29 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
                      f"B{b} H{h} N2x{per_sample} D{d}", ideogram_ours, ideogram_stock,
                      "rms_norm + rope + sdpa with block-diagonal mask", _flops(b, h, n, n, d), device, quick, ceiling)
 
+    # 2g. SD3's IP-Adapter (SD3.5 Large: 38 heads of 64, 64 image-prompt tokens): the image queries over [image
+    # keys; image-prompt keys] with the adapter's own three QK RMSNorms; its processor runs the norms, joins the keys
+    # and values, then SDPA. Ours: the prompt's keys a second stream of keys only.
+    b, h, d, n_img, n_ip = (2, 38, 64, 4096, 64) if gpu else (1, 2, 64, 192, 17)
+    q, k, v = rand(b, n_img, h, d), rand(b, n_img, h, d), rand(b, n_img, h, d)
+    k_ip, v_ip = rand(b, n_ip, h, d), rand(b, n_ip, h, d)
+    norms = [torch.rand(d, device=device, generator=gen) + 0.5 for _ in range(3)]
+
+    def ip_stock():
+        qs = F.rms_norm(q, (d,), norms[0], 1e-6).transpose(1, 2)
+        ks = torch.cat([F.rms_norm(k, (d,), norms[1], 1e-6), F.rms_norm(k_ip, (d,), norms[2], 1e-6)], 1)
+        vs = torch.cat([v, v_ip], 1)
+        return F.scaled_dot_product_attention(qs, ks.transpose(1, 2), vs.transpose(1, 2)).transpose(1, 2).flatten(2)
+
+    def ip_ours():
+        out, _ = attention(q, k, v, layout="bnhd", joint=(q[:, :0], k_ip, v_ip), q_norm_weight=norms[0],
+                           k_norm_weight=norms[1], joint_k_norm_weight=norms[2])
+        return out.flatten(2)
+
+    rows += _variant("QK norms + image-prompt keys beside the image's (SD3 IP-Adapter)",
+                     f"B{b} H{h} N{n_img}x({n_img}+{n_ip}) D{d}", ip_ours, ip_stock,
+                     "rms_norm x 3 + cat k/v + sdpa", _flops(b, h, n_img, n_img + n_ip, d), device, quick, ceiling)
+
     # 3. Key padding: text padded to 77 tokens of which a few are real.
     b, h, d, n_q, n_k = (2, 10, 64, 4096, 77) if gpu else (2, 2, 64, 256, 77)
     q, k, v = rand(b, h, n_q, d), rand(b, h, n_k, d), rand(b, h, n_k, d)

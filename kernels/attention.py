@@ -1881,7 +1881,7 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16, head
     import torch
 
     def prepare(x, weight, pos_shift, out=None):
-        if weight is None and rope is None:
+        if (weight is None and rope is None) or x.numel() == 0:  # (nothing to do: an empty stream has no rows)
             return x if out is None else out.copy_(x)
         y = torch.empty_like(x) if out is None else out
         cos, sin = rope if rope is not None else (x, x)

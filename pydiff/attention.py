@@ -82,7 +82,8 @@ def _describe(t) -> str:
     return type(t).__name__
 
 
-def _check_qkv_like(name: str, t, ref: torch.Tensor) -> None:
+def _check_qkv_like(name: str, t, ref: torch.Tensor, token_dim: Optional[int] = None) -> None:
+    """t: 4-D like ``ref`` (q) in dtype and device, with no empty dimension (but its token dim, where given)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
     if t.dim() != 4:
@@ -91,7 +92,7 @@ def _check_qkv_like(name: str, t, ref: torch.Tensor) -> None:
         raise TypeError(f"{name} has dtype {t.dtype}; expected {ref.dtype} like q")
     if t.device != ref.device:
         raise ValueError(f"{name} is on {t.device}; expected {ref.device} like q")
-    if t.numel() == 0:
+    if t.numel() == 0 and (token_dim is None or any(n == 0 for i, n in enumerate(t.shape) if i != token_dim)):
         raise ValueError(f"{name} is empty: {_describe(t)}; every dimension must be >= 1")
 
 
@@ -180,7 +181,8 @@ def check_attention_args(call: _Call) -> None:
         if len(call.joint) != 3:
             raise ValueError(f"joint must be (q2, k2, v2), got {len(call.joint)} tensors")
         q2, k2, v2 = call.joint
-        for name, t in (("joint q", q2), ("joint k", k2), ("joint v", v2)):
+        _check_qkv_like("joint q", q2, q, token_dim=1 if call.layout == "bnhd" else 2)
+        for name, t in (("joint k", k2), ("joint v", v2)):
             _check_qkv_like(name, t, q)
         b2, h2, n_q2, d2 = call.bhnd(q2)
         kb2, kh2, n_k2, kd2 = call.bhnd(k2)
@@ -473,7 +475,8 @@ def attention(
       (needed under torch.compile and CUDA graphs). Not with joint/negative.
     * ``joint=(q2, k2, v2)``: joint attention over two token streams (SD3/Flux MMDiT) without concatenating:
       returns (out, out2) equal to attention over [stream 1; stream 2] split back. kv_lens then counts keys of the
-      joined sequence, and RoPE rows follow it (stream 2 starts at row N_1).
+      joined sequence, and RoPE rows follow it (stream 2 starts at row N_1). q2 may hold no tokens (B, H, 0, D):
+      a second stream of keys only, such as IP-Adapter's image-prompt keys beside SD3's (out2 is then empty).
     * ``negative=(k_neg, v_neg)``, ``negative_scale`` alpha, ``negative_kv_lens``: negative-prompt attention
       (SNOOPI's NASA): A(q, k, v) - alpha * A(q, k_neg, v_neg), q read once.
     * ``q_norm_weight`` / ``k_norm_weight`` (D,): per-head RMSNorm of q / k (k_neg too) with ``norm_eps``;
