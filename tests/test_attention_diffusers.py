@@ -31,6 +31,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffFlux2ParallelSelfAttnProcessor,
     PydiffFlux3AttnProcessor,
     PydiffFluxAttnProcessor,
+    PydiffFluxIPAdapterAttnProcessor,
     PydiffHiDreamAttnProcessor,
     PydiffHunyuanVideo15AttnProcessor,
     PydiffHunyuanVideoAttnProcessor,
@@ -46,6 +47,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffWanAttnProcessor,
     PydiffQwenImageAttnProcessor,
     PydiffSanaAttnProcessor,
+    PydiffSD3IPAdapterAttnProcessor,
     PydiffZImageAttnProcessor,
     set_attention_backend,
 )
@@ -607,6 +609,113 @@ def test_sd3_transformer(qk_norm, backend):
     pooled = torch.randn(2, 24, generator=gen)
     t = torch.tensor([0.3, 0.8])
     _compare(model, lambda m: m(latents, context, pooled, t).sample, backend, {PydiffJointAttnProcessor})
+
+
+def tiny_sd3_with_ip_adapter():
+    """The tiny SD3.5-style transformer (RMS QK norms, a dual-attention block) with an IP-Adapter as
+    ``load_ip_adapter`` sets it up (random weights): the time-aware image projection (8 tokens) and
+    ``SD3IPAdapterJointAttnProcessor2_0`` on every attention module, the dual block's image self-attention too."""
+    from diffusers.models.attention_processor import SD3IPAdapterJointAttnProcessor2_0
+    from diffusers.models.embeddings import IPAdapterTimeImageProjection
+
+    model = tiny_sd3("rms_norm")
+    head_dim, width = model.config.attention_head_dim, model.inner_dim
+    model.set_attn_processor({name: SD3IPAdapterJointAttnProcessor2_0(width, width, head_dim, timesteps_emb_dim=48,
+                                                                      scale=0.7)
+                              for name in model.attn_processors})
+    model.image_proj = IPAdapterTimeImageProjection(embed_dim=12, output_dim=width, hidden_dim=48, depth=1,
+                                                    dim_head=16, heads=3, num_queries=8, timestep_in_dim=16)
+    return _perturb(model, 82)
+
+
+def _sd3_ip_inputs(seed):
+    """9 text tokens, an image embedding of 5 tokens (the transformer pops it from the dict it is given: call
+    with a copy, ``_run_popping``)."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(2, 4, 8, 8, generator=gen),
+                encoder_hidden_states=torch.randn(2, 9, 32, generator=gen),
+                pooled_projections=torch.randn(2, 24, generator=gen), timestep=torch.tensor([0.3, 0.8]),
+                joint_attention_kwargs={"ip_adapter_image_embeds": torch.randn(2, 5, 12, generator=gen)})
+
+
+def _flux_ip_inputs(seed):
+    """``_flux_inputs`` with an image embedding for each of two IP-Adapters, the second's of two images."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    embeds = [torch.randn(1, 1, 12, generator=gen), torch.randn(1, 2, 12, generator=gen)]
+    return dict(_flux_inputs(seed), joint_attention_kwargs={"ip_adapter_image_embeds": embeds})
+
+
+def _run_popping(inputs):
+    """``run`` for ``_compare``: the model on ``inputs`` with a new ``joint_attention_kwargs`` dict each call (the
+    IP-Adapter transformers pop the image embeddings from it)."""
+    return lambda m: m(**dict(inputs, joint_attention_kwargs=dict(inputs["joint_attention_kwargs"]))).sample
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sd3_with_ip_adapter(backend, monkeypatch):
+    """SD3's IP-Adapter: the joint call, then the image queries over [image keys; image-prompt keys] with the
+    processor's own QK norms, the prompt's keys a second stream of keys only (no queries); outputs the stock
+    processors'. Ours keep the stock processors' weights; a scale of 0 (``set_ip_adapter_scale``) skips the
+    prompt's attention, as there."""
+    from diffusers.models.attention_processor import SD3IPAdapterJointAttnProcessor2_0
+
+    model, run = tiny_sd3_with_ip_adapter(), _run_popping(_sd3_ip_inputs(83))
+    calls = _spy(monkeypatch, lambda args, kwargs: kwargs["joint"][0].shape[1] if "joint" in kwargs else None)
+    _compare(model, run, backend, {PydiffSD3IPAdapterAttnProcessor})
+    # (each module a joint call with the 9 text tokens, but the dual block's image-only attn2, and the image
+    # prompt's call with no queries in stream 2)
+    modules = sum(isinstance(p, SD3IPAdapterJointAttnProcessor2_0) for p in model.attn_processors.values())
+    assert calls.count(0) == modules == 3 and calls.count(9) == modules - 1 and len(calls) == 2 * modules
+    ours = copy.deepcopy(model)
+    set_attention_backend(ours)
+    assert ours.state_dict().keys() == model.state_dict().keys()
+    for m in (model, ours):
+        for processor in m.attn_processors.values():
+            if isinstance(processor, SD3IPAdapterJointAttnProcessor2_0):
+                processor.scale = 0.0
+    calls.clear()
+    with torch.no_grad(), pydiff.use_backend(backend):
+        torch.testing.assert_close(run(ours), run(model), rtol=2e-5, atol=2e-5)
+    assert 0 not in calls
+
+
+def tiny_flux_with_ip_adapters():
+    """The tiny Flux transformer with two IP-Adapters as ``load_ip_adapter`` sets them up (random weights): an
+    image projection each (4 and 2 tokens per image) and ``FluxIPAdapterAttnProcessor`` on the double-stream
+    blocks."""
+    from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
+    from diffusers.models.transformers.transformer_flux import FluxIPAdapterAttnProcessor
+
+    model = tiny_flux()
+    width = 20
+    model.set_attn_processor({
+        name: FluxIPAdapterAttnProcessor(model.inner_dim, width, num_tokens=(4, 2), scale=[0.6, 0.3])
+        if name.startswith("transformer_blocks") else processor for name, processor in model.attn_processors.items()})
+    model.encoder_hid_proj = MultiIPAdapterImageProjection([
+        ImageProjection(cross_attention_dim=width, image_embed_dim=12, num_image_text_embeds=tokens)
+        for tokens in (4, 2)])
+    return _perturb(model, 84)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flux_with_ip_adapters(backend, monkeypatch):
+    """Flux's IP-Adapter (two, the second with two images): the joint call, then each prompt's attention of the
+    QK-normed, unrotated image queries, scaled and summed; outputs the stock processors'. Calls it does not take
+    (no image prompt) go to the stock processor."""
+    model, run = tiny_flux_with_ip_adapters(), _run_popping(_flux_ip_inputs(85))
+    calls = _spy(monkeypatch, lambda args, kwargs: (args[1].shape[1], "rope" in kwargs and kwargs["rope"] is not None,
+                                                    kwargs.get("q_norm_weight") is not None))
+    _compare(model, run, backend, {PydiffFluxIPAdapterAttnProcessor, PydiffFluxAttnProcessor})
+    # (the double-stream block: the joint call [6 text; 20 image] with RoPE, then one per prompt over its 4 and
+    # 2 x 2 tokens, q normed and not rotated; the single-stream block: its joined 26 tokens)
+    assert calls == [(6, True, True), (4, False, True), (4, False, True), (26, True, True)]
+    attn = copy.deepcopy(model)
+    set_attention_backend(attn)
+    attn = attn.transformer_blocks[0].attn
+    stock_calls = []
+    monkeypatch.setattr(attn.processor, "stock", lambda *args: stock_calls.append(args[-2]))
+    attn.processor(attn, torch.randn(1, 20, 32), torch.randn(1, 6, 32))
+    assert stock_calls == [None]
 
 
 def tiny_flux():
@@ -1632,7 +1741,9 @@ def test_compiled_fullgraph_models(backend):
     models += [(tiny_cosmos(False), lambda m: m(**cosmos_inputs).sample),
                (tiny_mochi(), lambda m: m(**mochi_inputs).sample),
                (tiny_unet_with_ip_adapters(), lambda m: m(**ip_inputs).sample),
-               (tiny_auraflow(), lambda m: m(**auraflow_inputs).sample)]
+               (tiny_auraflow(), lambda m: m(**auraflow_inputs).sample),
+               (tiny_sd3_with_ip_adapter(), _run_popping(_sd3_ip_inputs(32))),
+               (tiny_flux_with_ip_adapters(), _run_popping(_flux_ip_inputs(33)))]
     if attention_processors.CosmosAttnProcessor2_5 is not None:  # (diffusers 0.37+)
         cosmos25_inputs = _cosmos_inputs(26, True)
         models.append((tiny_cosmos(True), lambda m: m(**cosmos25_inputs).sample))
@@ -1702,7 +1813,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     image-to-video model, CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask, Sana 1.5,
     HiDream, Z-Image, HunyuanVideo 1.5 and LTX-2 (both RoPE layouts; with spatio-temporal guidance), Cosmos
     Predict 2 and 2.5, Mochi (its text padding), AuraFlow, Kandinsky 5, Krea 2 (grouped-query), Ideogram 4
-    (packed samples' mask per query), FLUX.3 and Bria FIBO 2.
+    (packed samples' mask per query), FLUX.3, Bria FIBO 2, and SD3 and Flux with IP-Adapters (SD3's image prompt
+    a second stream of keys only).
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -1731,7 +1843,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     if attention_processors.Flux2AttnProcessor is not None:
         models.append((tiny_flux2(), _flux2_inputs(13)))
     models += [(tiny_cosmos(False), _cosmos_inputs(27, False)), (tiny_mochi(), _mochi_inputs(34)),
-               (tiny_unet_with_ip_adapters(), _ip_adapter_inputs(35)), (tiny_auraflow(), _auraflow_inputs(36))]
+               (tiny_unet_with_ip_adapters(), _ip_adapter_inputs(35)), (tiny_auraflow(), _auraflow_inputs(36)),
+               (tiny_sd3_with_ip_adapter(), _sd3_ip_inputs(38)), (tiny_flux_with_ip_adapters(), _flux_ip_inputs(39))]
     if attention_processors.CosmosAttnProcessor2_5 is not None:  # (diffusers 0.37+)
         models.append((tiny_cosmos(True), _cosmos_inputs(28, True)))
     if attention_processors.Kandinsky5AttnProcessor is not None:  # (diffusers 0.36+)

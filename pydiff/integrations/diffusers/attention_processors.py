@@ -18,6 +18,11 @@
 * ``PydiffIPAdapterAttnProcessor`` replaces ``IPAdapterAttnProcessor2_0`` (a UNet's cross-attention with
   IP-Adapter image prompts): the text's and the first image prompt's attentions summed in one pass over q, on the
   stock processor's own weights (built from it: call ``set_attention_backend`` after ``load_ip_adapter``).
+* ``PydiffSD3IPAdapterAttnProcessor`` and ``PydiffFluxIPAdapterAttnProcessor`` replace SD3's and Flux's
+  IP-Adapter processors (``SD3IPAdapterJointAttnProcessor2_0``, ``FluxIPAdapterAttnProcessor``), built from them
+  the same way: the joint call as below, then the image prompt's attention (SD3's over [image keys; image-prompt
+  keys], the prompt's keys a second stream of keys only; Flux's over each prompt's keys), its QK norms in the
+  kernel's prologue.
 * ``PydiffSanaAttnProcessor`` replaces Sana's ``SanaAttnProcessor2_0`` (its cross-attention): the same, with its
   across-heads QK RMSNorms as modules first.
 * ``PydiffJointAttnProcessor`` replaces SD3's ``JointAttnProcessor2_0``: image and text streams are attended
@@ -107,13 +112,14 @@ from diffusers.models.attention_processor import (
     IPAdapterAttnProcessor2_0,
     JointAttnProcessor2_0,
     MochiAttnProcessor2_0,
+    SD3IPAdapterJointAttnProcessor2_0,
 )
 from diffusers.models.normalization import MochiRMSNorm
 from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
 from diffusers.models.transformers.sana_transformer import SanaAttnProcessor2_0
 from diffusers.models.transformers.transformer_cogview4 import CogView4AttnProcessor
 from diffusers.models.transformers.transformer_cosmos import CosmosAttnProcessor2_0
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, FluxIPAdapterAttnProcessor
 from diffusers.models.transformers.transformer_hidream_image import HiDreamAttnProcessor
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
@@ -339,6 +345,21 @@ class PydiffAttnProcessor(_RankLocal):
         return hidden_states / attn.rescale_output_factor
 
 
+def _adopt(processor: torch.nn.Module, stock: torch.nn.Module) -> None:
+    """Set up ``processor``, a pydiff processor that is also a stock IP-Adapter processor's class, as a copy of
+    ``stock`` (an instance of that class): its settings and the same weight modules, so that the model's state dict,
+    ``set_ip_adapter_scale`` and ``unload_ip_adapter`` see what they saw; ``processor.stock`` is the stock call on
+    them, for the calls the kernel does not take."""
+    torch.nn.Module.__init__(processor)
+    for name, value in vars(stock).items():  # (its settings: scale, num_tokens, ..., the training flag)
+        if not name.startswith("_"):
+            setattr(processor, name, value)
+    for name, module in stock.named_children():  # (to_k_ip, to_v_ip, ...: the same modules)
+        setattr(processor, name, module)
+    # (a partial, so no module of its own is registered)
+    processor.stock = processor.stock_fused = functools.partial(type(stock).__call__, processor)
+
+
 class PydiffIPAdapterAttnProcessor(PydiffAttnProcessor, IPAdapterAttnProcessor2_0):
     """Drop-in for ``IPAdapterAttnProcessor2_0`` (a UNet's cross-attention with IP-Adapter image prompts): the text's
     attention and the first image prompt's, scaled, summed in one pass over q (the kernel's negative-prompt stream
@@ -349,14 +370,7 @@ class PydiffIPAdapterAttnProcessor(PydiffAttnProcessor, IPAdapterAttnProcessor2_
     stock processor's path. Like it, the module's QK norms are not applied."""
 
     def __init__(self, stock: IPAdapterAttnProcessor2_0):
-        torch.nn.Module.__init__(self)
-        for name, value in vars(stock).items():  # (its settings: scale, num_tokens, ..., the training flag)
-            if not name.startswith("_"):
-                setattr(self, name, value)
-        for name, module in stock.named_children():  # (to_k_ip, to_v_ip: the same modules)
-            setattr(self, name, module)
-        # (the stock path, on these same weights; a partial, so no module of its own is registered)
-        self.stock = self.stock_fused = functools.partial(IPAdapterAttnProcessor2_0.__call__, self)
+        _adopt(self, stock)
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None,
                  attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
@@ -423,21 +437,63 @@ class PydiffJointAttnProcessor(_RankLocal):
         if _head_dim(attn) > MAX_HEAD_DIM:
             stock = self.stock_fused if _fused_projections(attn) else self.stock
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
-        # Like the stock processor, attention_mask is not used by SD3's joint attention. SD3 joins [image; text].
+        # Like the stock processor, attention_mask is not used by SD3's joint attention.
+        return self._forward(attn, hidden_states, encoder_hidden_states)
+
+    def _forward(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor], extra=None):
+        """The joint call and the output projections; ``extra``: a subclass's, for ``_added``."""
         head_dim = _head_dim(attn)
-        streams = [_image_stream(attn, hidden_states, head_dim)]
+        streams = [_image_stream(attn, hidden_states, head_dim)]  # (SD3 joins [image; text])
         if encoder_hidden_states is not None:
             streams.append(_text_stream(attn, encoder_hidden_states, head_dim))
         out = _streams_attention(streams, head_dim, None, None)
         image, context = (out, None) if encoder_hidden_states is None else out
         # (the outputs have the projections' dtype, as the stock processor's)
-        hidden_states = attn.to_out[1](attn.to_out[0](image.flatten(2)))
+        image = image.flatten(2)
+        if extra is not None:
+            image = image + self._added(attn, streams[0], head_dim, extra)
+        hidden_states = attn.to_out[1](attn.to_out[0](image))
         if encoder_hidden_states is None:
             return hidden_states
         context = context.flatten(2)
         if not attn.context_pre_only:
             context = attn.to_add_out(context)
         return hidden_states, context
+
+    def _added(self, attn, image, head_dim: int, extra) -> torch.Tensor:
+        """What a subclass adds to the image tokens' attention output, (B, N, H*D), before the output projection;
+        ``image``: their stream (q, k, v, the module's QK norms)."""
+        raise NotImplementedError
+
+
+class PydiffSD3IPAdapterAttnProcessor(PydiffJointAttnProcessor, SD3IPAdapterJointAttnProcessor2_0):
+    """Drop-in for SD3's ``SD3IPAdapterJointAttnProcessor2_0`` (``load_ip_adapter`` on SD3.5, every attention
+    module): the joint call as ``PydiffJointAttnProcessor``'s, plus the image prompt's attention, scaled, before the
+    output projection: the image queries over [image keys; image-prompt keys] with this processor's own three QK
+    RMSNorms, the prompt's keys a second stream of keys only (no concatenation; the norms in the kernel's
+    prologue). Built from the stock processor, on its weights (see ``_adopt``); a scale of 0 or no image prompt
+    skips that attention, as there."""
+
+    def __init__(self, stock: SD3IPAdapterJointAttnProcessor2_0):
+        _adopt(self, stock)
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, ip_hidden_states: Optional[torch.Tensor] = None,
+                 temb: Optional[torch.Tensor] = None):
+        if _fused_projections(attn) or _head_dim(attn) > MAX_HEAD_DIM:  # (the stock processor reads to_q, to_k, ...)
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, ip_hidden_states, temb)
+        prompt = None if self.scale == 0 or ip_hidden_states is None else (ip_hidden_states, temb)
+        return self._forward(attn, hidden_states, encoder_hidden_states, prompt)
+
+    def _added(self, attn, image, head_dim, extra):
+        ip_hidden_states, temb = extra
+        states = self.norm_ip(ip_hidden_states, temb=temb)
+        q, k, v = image[:3]
+        k_ip, v_ip = (projection(states).reshape(q.shape[0], -1, attn.heads, head_dim)
+                      for projection in (self.to_k_ip, self.to_v_ip))
+        out, _ = _streams_attention([(q, k, v, self.norm_q, self.norm_k), (q[:, :0], k_ip, v_ip, None, self.norm_ip_k)],
+                                    head_dim, None, None)
+        return out.flatten(2) * self.scale
 
 
 def _heads(attn, x: torch.Tensor, fused: str, names: Tuple[str, str, str], head_dim: int) -> List[torch.Tensor]:
@@ -544,6 +600,39 @@ class PydiffFluxAttnProcessor(_RankLocal):
         context, image = _streams_attention([_text_stream(attn, encoder_hidden_states, head_dim), image],
                                             head_dim, rope, attention_mask)
         return attn.to_out[1](attn.to_out[0](image.flatten(2))), attn.to_add_out(context.flatten(2))
+
+
+class PydiffFluxIPAdapterAttnProcessor(PydiffFluxAttnProcessor, FluxIPAdapterAttnProcessor):
+    """Drop-in for Flux's ``FluxIPAdapterAttnProcessor`` (``load_ip_adapter`` on FLUX.1: its double-stream blocks):
+    the joint call as ``PydiffFluxAttnProcessor``'s, then each image prompt's attention of the image queries
+    (QK-normed in the kernel's prologue and not rotated, as there) over that prompt's keys, scaled and summed into
+    the third output. Built from the stock processor, on its weights (see ``_adopt``). Like the stock processor,
+    it does not use ``ip_adapter_masks``."""
+
+    def __init__(self, stock: FluxIPAdapterAttnProcessor):
+        _adopt(self, stock)
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None,
+                 image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                 ip_hidden_states: Optional[List[torch.Tensor]] = None, ip_adapter_masks=None):
+        head_dim = _head_dim(attn)
+        if encoder_hidden_states is None or ip_hidden_states is None or head_dim > MAX_HEAD_DIM or \
+                (attention_mask is not None and not _kernel_reads(attention_mask)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+                              ip_hidden_states, ip_adapter_masks)
+        rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
+        image = _image_stream(attn, hidden_states, head_dim)
+        context, out = _streams_attention([_text_stream(attn, encoder_hidden_states, head_dim), image], head_dim,
+                                          rope, attention_mask)
+        out = attn.to_out[1](attn.to_out[0](out.flatten(2)))
+        q, norm_q = image[0], image[3]
+        prompts = torch.zeros_like(out)
+        for states, scale, to_k, to_v in zip(ip_hidden_states, self.scale, self.to_k_ip, self.to_v_ip):
+            # (several images per prompt: their tokens one key sequence)
+            k, v = (projection(states).reshape(q.shape[0], -1, attn.heads, head_dim) for projection in (to_k, to_v))
+            prompts = prompts + scale * _streams_attention([(q, k, v, norm_q, None)], head_dim, None, None).flatten(2)
+        return out, attn.to_add_out(context.flatten(2)), prompts
 
 
 class PydiffFlux2AttnProcessor(PydiffFluxAttnProcessor):
@@ -1235,6 +1324,8 @@ _REPLACEMENTS = tuple(entry for entry in (
     (AttnProcessor2_0, PydiffAttnProcessor, None),
     (FusedAttnProcessor2_0, PydiffAttnProcessor, None),
     (IPAdapterAttnProcessor2_0, PydiffIPAdapterAttnProcessor, None),
+    (SD3IPAdapterJointAttnProcessor2_0, PydiffSD3IPAdapterAttnProcessor, None),
+    (FluxIPAdapterAttnProcessor, PydiffFluxIPAdapterAttnProcessor, None),
     (SanaAttnProcessor2_0, PydiffSanaAttnProcessor, None),
     (JointAttnProcessor2_0, PydiffJointAttnProcessor, None),
     (FusedJointAttnProcessor2_0, PydiffJointAttnProcessor, _no_qk_norms),
@@ -1313,10 +1404,10 @@ def set_attention_backend(model_or_pipe) -> int:
 __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo2AttnProcessor",
            "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor",
            "PydiffCosmosAttnProcessor", "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor",
-           "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor", "PydiffHiDreamAttnProcessor",
-           "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor", "PydiffIPAdapterAttnProcessor",
-           "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor", "PydiffKandinsky5AttnProcessor",
-           "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor",
-           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor",
-           "PydiffQwenImageAttnProcessor", "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor",
-           "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor", "PydiffFluxIPAdapterAttnProcessor",
+           "PydiffHiDreamAttnProcessor", "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor",
+           "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor",
+           "PydiffKandinsky5AttnProcessor", "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor",
+           "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor",
+           "PydiffMochiAttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor",
+           "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
