@@ -32,6 +32,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffFlux3AttnProcessor,
     PydiffFluxAttnProcessor,
     PydiffFluxIPAdapterAttnProcessor,
+    PydiffGlmImageAttnProcessor,
     PydiffHiDreamAttnProcessor,
     PydiffHunyuanVideo15AttnProcessor,
     PydiffHunyuanVideoAttnProcessor,
@@ -1061,6 +1062,72 @@ def _cogview4_inputs(seed, text_mask=False):
     return inputs
 
 
+needs_glm_image = _needs("GlmImageAttnProcessor", "GLM-Image", "0.37")
+
+
+def tiny_glm_image():
+    from diffusers.models.transformers.transformer_glm_image import GlmImageTransformer2DModel
+
+    return _perturb(GlmImageTransformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        text_embed_dim=24, time_embed_dim=8, condition_dim=4, prior_vq_quantizer_codebook_size=32), 41)
+
+
+def _glm_image_inputs(seed, batch=2, height=8, text_mask=False):
+    """GLM-Image inputs: height x 6 latents (height / 2 x 3 patches), 7 text tokens, prior tokens (some dropped);
+    with ``text_mask``, the last sample's last 3 text tokens marked as padding ((B, N_text))."""
+    gen = torch.Generator().manual_seed(seed)
+    patches = height // 2 * 3
+    inputs = dict(hidden_states=torch.randn(batch, 4, height, 6, generator=gen),
+                  encoder_hidden_states=torch.randn(batch, 7, 24, generator=gen),
+                  prior_token_id=torch.randint(0, 32, (batch, patches), generator=gen),
+                  prior_token_drop=torch.rand(batch, patches, generator=gen) < 0.3,
+                  timestep=torch.tensor([3, 700][:batch]), target_size=torch.tensor([[64.0, 48.0]] * batch),
+                  crop_coords=torch.zeros(batch, 2))
+    if text_mask:
+        inputs["attention_mask"] = torch.tensor([[1] * 7] * (batch - 1) + [[1] * 4 + [0] * 3])
+    return inputs
+
+
+@needs_glm_image
+@pytest.mark.parametrize("text_mask", [False, True], ids=["no-mask", "text-mask"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_glm_image_transformer(backend, text_mask, monkeypatch):
+    """GLM-Image, text to image: CogView4's joint call (its text mask read per query, as CogView4's)."""
+    inputs = _glm_image_inputs(90, text_mask=text_mask)
+    calls = _masked_calls(monkeypatch)
+    _compare(tiny_glm_image(), lambda m: m(**inputs).sample, backend, {PydiffGlmImageAttnProcessor})
+    assert calls == ["rows" if text_mask else None] * 2
+
+
+@needs_glm_image
+@pytest.mark.parametrize("samples", [1, 2], ids=["shared-cache", "per-sample-caches"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_glm_image_kv_cache(backend, samples, monkeypatch):
+    """GLM-Image, image editing: the condition images' keys and values cached in write mode (by the stock
+    processor), then read beside each step's: ours a second stream of keys only, the shared cache an expanded view
+    (not copied), one cache per sample joined by the cache; the same outputs as the stock processors'."""
+    from diffusers.models.transformers.transformer_glm_image import GlmImageKVCache
+
+    def run(m):
+        caches = GlmImageKVCache(len(m.transformer_blocks))
+        caches.set_mode("write")
+        for sample in range(samples):  # (a condition image of 2 x 3 patches per sample)
+            m(**_glm_image_inputs(91 + sample, batch=1, height=4), kv_caches=caches)
+            caches.next_sample()
+        caches.set_mode("read")
+        return m(**_glm_image_inputs(93), kv_caches=caches).sample
+
+    def record(args, kwargs):
+        k_cached = kwargs["joint"][1] if "joint" in kwargs else None
+        return None if k_cached is None else (*k_cached.shape[:2], k_cached.stride(0) == 0)
+
+    calls = _spy(monkeypatch, record)
+    _compare(tiny_glm_image(), run, backend, {PydiffGlmImageAttnProcessor})
+    # (the read step's calls: 13 cached keys (7 text, 6 image) for each of the 2 samples, the shared cache's a view)
+    assert calls == [(2, 13, samples == 1)] * 2
+
+
 @pytest.mark.parametrize("text_mask", [False, True], ids=["no-mask", "text-mask"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cogview4_transformer(backend, text_mask, monkeypatch):
@@ -1750,6 +1817,9 @@ def test_compiled_fullgraph_models(backend):
     if attention_processors.Kandinsky5AttnProcessor is not None:  # (diffusers 0.36+)
         kandinsky5_inputs = _kandinsky5_inputs(31)
         models.append((tiny_kandinsky5(), lambda m: m(**kandinsky5_inputs).sample))
+    if attention_processors.GlmImageAttnProcessor is not None:  # (diffusers 0.37+)
+        glm_inputs = _glm_image_inputs(34, text_mask=True)
+        models.append((tiny_glm_image(), lambda m: m(**glm_inputs).sample))
     if attention_processors.Krea2AttnProcessor is not None:  # (diffusers 0.39+)
         krea2_inputs, ideogram4_inputs = _krea2_inputs(27), _ideogram4_inputs(28)
         models += [(tiny_krea2(), lambda m: m(**krea2_inputs).sample),
@@ -1813,8 +1883,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     image-to-video model, CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask, Sana 1.5,
     HiDream, Z-Image, HunyuanVideo 1.5 and LTX-2 (both RoPE layouts; with spatio-temporal guidance), Cosmos
     Predict 2 and 2.5, Mochi (its text padding), AuraFlow, Kandinsky 5, Krea 2 (grouped-query), Ideogram 4
-    (packed samples' mask per query), FLUX.3, Bria FIBO 2, and SD3 and Flux with IP-Adapters (SD3's image prompt
-    a second stream of keys only).
+    (packed samples' mask per query), FLUX.3, Bria FIBO 2, GLM-Image (its text mask), and SD3 and Flux with
+    IP-Adapters (SD3's image prompt a second stream of keys only).
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -1847,6 +1917,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
                (tiny_sd3_with_ip_adapter(), _sd3_ip_inputs(38)), (tiny_flux_with_ip_adapters(), _flux_ip_inputs(39))]
     if attention_processors.CosmosAttnProcessor2_5 is not None:  # (diffusers 0.37+)
         models.append((tiny_cosmos(True), _cosmos_inputs(28, True)))
+    if attention_processors.GlmImageAttnProcessor is not None:  # (diffusers 0.37+)
+        models.append((tiny_glm_image(), _glm_image_inputs(40, text_mask=True)))
     if attention_processors.Kandinsky5AttnProcessor is not None:  # (diffusers 0.36+)
         _kandinsky5_in_model_dtype(monkeypatch)  # (its float64 reference would round q and k to bfloat16)
         models.append((tiny_kandinsky5(), _kandinsky5_inputs(33)))

@@ -26,6 +26,7 @@ _EXPORTS = {
     "PydiffFlux2AttnProcessor": "attention_processors",
     "PydiffFlux2ParallelSelfAttnProcessor": "attention_processors",
     "PydiffFlux3AttnProcessor": "attention_processors",
+    "PydiffGlmImageAttnProcessor": "attention_processors",
     "PydiffHiDreamAttnProcessor": "attention_processors",
     "PydiffHunyuanVideoAttnProcessor": "attention_processors",
     "PydiffHunyuanVideo15AttnProcessor": "attention_processors",

@@ -5,7 +5,7 @@
                                   # Flux2Transformer2DModel, QwenImageTransformer2DModel, PixArtTransformer2DModel,
                                   # ChromaTransformer2DModel, HunyuanVideoTransformer3DModel, WanTransformer3DModel,
                                   # CogVideoXTransformer3DModel, LTXVideoTransformer3DModel, ZImageTransformer2DModel,
-                                  # Lumina2Transformer2DModel, CogView4Transformer2DModel,
+                                  # Lumina2Transformer2DModel, CogView4Transformer2DModel, GlmImageTransformer2DModel,
                                   # HunyuanVideo15Transformer3DModel, LTX2VideoTransformer3DModel,
                                   # HiDreamImageTransformer2DModel, Flux3Transformer2DModel,
                                   # Krea2Transformer2DModel, Ideogram4Transformer2DModel,
@@ -63,7 +63,9 @@
   per sample) in the prologue, the token padding as the key mask; Lumina 2's grouped-query heads read as they are
   (the stock processor repeats k and v per query head) and its proportional-attention scale.
 * ``PydiffCogView4AttnProcessor`` replaces ``CogView4AttnProcessor``: CogVideoX's joint call with the half-split
-  RoPE, and the stock processor's text mask (a float mask per query) in the kernel.
+  RoPE, and the stock processor's text mask (a float mask per query) in the kernel. ``PydiffGlmImageAttnProcessor``
+  (0.37+) replaces GLM-Image's ``GlmImageAttnProcessor``: the same, and in image editing the condition images'
+  cached keys and values beside each step's as a second stream of keys only (no concatenation).
 * ``PydiffFlux3AttnProcessor`` (diffusers 0.42+), ``PydiffKrea2AttnProcessor`` and ``PydiffIdeogram4AttnProcessor``
   (0.39+), ``PydiffBriaFibo2AttnProcessor`` (0.42+) replace those models' self-attention processors: the QK RMSNorms
   (Krea 2's zero-centred ones too) and the RoPE (interleaved; Ideogram 4's half-split tables per batch row; FIBO 2's
@@ -157,6 +159,7 @@ Ideogram4AttnProcessor = _stock_class("transformer_ideogram4", "Ideogram4AttnPro
 Flux3AttnProcessor = _stock_class("transformer_flux3", "Flux3AttnProcessor")  # (0.42+)
 BriaFibo2AttnProcessor = _stock_class("transformer_bria_fibo2", "BriaFibo2AttnProcessor")  # (0.42+)
 CosmosAttnProcessor2_5 = _stock_class("transformer_cosmos", "CosmosAttnProcessor2_5")  # (0.37+)
+GlmImageAttnProcessor = _stock_class("transformer_glm_image", "GlmImageAttnProcessor")  # (0.37+)
 
 
 def _stock(stock_type, model: str, version: str):
@@ -676,7 +679,8 @@ def _complex_rope(freqs: torch.Tensor):
 def _latent_rope(tables, n_text: int, text_first: bool):
     """A model's RoPE tables (cos, sin) for its latent (image or video) tokens, (N_latent, D) (or per head,
     (N_latent, H, D)), over the joined sequence of latent and text tokens: the stock processors rotate the latent
-    tokens only, so the text's rows turn by nothing (cos 1, sin 0)."""
+    tokens only, so the text's rows turn by nothing (cos 1, sin 0). (Rows that turn by nothing for other tokens
+    too: the tables this gives, taken again as the latent ones.)"""
     cos, sin = tables
     parts = [(cos, sin), (cos.new_ones(n_text, *cos.shape[1:]), sin.new_zeros(n_text, *sin.shape[1:]))]
     if text_first:
@@ -736,6 +740,46 @@ class PydiffCogView4AttnProcessor(PydiffCogVideoXAttnProcessor):
                           attention_mask.new_ones(batch, keys - n_text, dtype=torch.bool)], dim=1)
         # (0 and 1 are exact in every float dtype: the stock query-dtype mask's values in the fewest bytes)
         return (kept[:, None, :, None] & kept[:, None, None, :]).to(torch.float16)
+
+
+class PydiffGlmImageAttnProcessor(PydiffCogView4AttnProcessor):
+    """Drop-in for GLM-Image's ``GlmImageAttnProcessor`` (diffusers 0.37+): CogView4's call (the same math), and in
+    its KV cache's read mode (image editing: the condition images' keys and values, cached once by the stock
+    processor in write mode, joined to every step's) the cached keys and values as a second stream of keys only,
+    read in place (a cache shared by the batch as an expanded view, as the cache's ``get`` expands it), not
+    concatenated; the [text; image] tokens then one stream, projected joined as there, the RoPE rows of the cache
+    turning by nothing (it holds rotated keys). The stock processor places the cache first; softmax attention does
+    not depend on the keys' order."""
+
+    def __init__(self):
+        self.stock = self.stock_fused = _stock(GlmImageAttnProcessor, "GLM-Image", "0.37")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None, kv_cache=None):
+        mode = None if kv_cache is None else kv_cache.mode
+        cached = mode == "read" and len(kv_cache.k_caches) > 0
+        if mode == "write" or (cached and (attention_mask is not None or _head_dim(attn) > MAX_HEAD_DIM or
+                                           _fused_projections(attn))):
+            # (a mask of the current tokens beside cached keys: the stock processor's SDPA refuses its shape)
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, kv_cache)
+        if not cached:
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        head_dim, batch, n_text = _head_dim(attn), hidden_states.shape[0], encoder_hidden_states.shape[1]
+        q, k, v = (getattr(attn, name)(torch.cat([encoder_hidden_states, hidden_states], dim=1))
+                   .unflatten(-1, (attn.heads, head_dim)) for name in ("to_q", "to_k", "to_v"))
+        if len(kv_cache.k_caches) == 1:
+            k_cached, v_cached = (cache[0].expand(batch, -1, -1, -1)
+                                  for cache in (kv_cache.k_caches, kv_cache.v_caches))
+        else:  # (one cache per sample, or each repeated: the cache joins them)
+            k_cached, v_cached = kv_cache.get(k[:, :0], v[:, :0])
+        rope = None
+        if image_rotary_emb is not None:
+            rope = _latent_rope(_latent_rope(image_rotary_emb, n_text, text_first=True), k_cached.shape[1],
+                                text_first=False)
+        out, _ = _streams_attention([(q, k, v, attn.norm_q, attn.norm_k), (q[:, :0], k_cached, v_cached, None, None)],
+                                    head_dim, rope, None, rope_interleaved=False)
+        text, image = attn.to_out[1](attn.to_out[0](out.flatten(2))).split([n_text, hidden_states.shape[1]], dim=1)
+        return image, text
 
 
 class PydiffHunyuanVideoAttnProcessor(_RankLocal):
@@ -1346,6 +1390,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (LTX2PerturbedAttnProcessor, PydiffLTX2PerturbedAttnProcessor, None),
     (FusedCogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
     (CogView4AttnProcessor, PydiffCogView4AttnProcessor, None),
+    (GlmImageAttnProcessor, PydiffGlmImageAttnProcessor, None),
     (ZSingleStreamAttnProcessor, PydiffZImageAttnProcessor, None),
     (Lumina2AttnProcessor2_0, PydiffLumina2AttnProcessor, None),
     (Flux3AttnProcessor, PydiffFlux3AttnProcessor, None),
@@ -1372,9 +1417,9 @@ def _roots(model_or_pipe) -> List[torch.nn.Module]:
 def set_attention_backend(model_or_pipe) -> int:
     """Swap every stock processor pydiff has a counterpart for, in a diffusers model or pipeline, for ours
     (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's, HunyuanVideo 1.5's and Kandinsky
-    5's from diffusers 0.36, LTX-2's and Cosmos 2.5's from 0.37, Qwen-Image's, Krea 2's and Ideogram 4's from 0.39,
-    FLUX.3's and Bria FIBO 2's from 0.42). Other processors (IP-adapter, added-KV, ...) stay, and so do
-    modules whose head dim is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention),
+    5's from diffusers 0.36, LTX-2's, Cosmos 2.5's and GLM-Image's from 0.37, Qwen-Image's, Krea 2's and Ideogram
+    4's from 0.39, FLUX.3's and Bria FIBO 2's from 0.42). Other processors (added-KV, ...) stay, and so do modules
+    whose head dim is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention),
     SD3.5's fused joint processor (which skips the QK norms) and processors under diffusers' context parallelism.
     ``fuse_qkv_projections()`` sets diffusers' fused processors over ours and ``load_ip_adapter`` its IP-Adapter
     processors: call this after them.
@@ -1405,9 +1450,10 @@ __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo
            "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor",
            "PydiffCosmosAttnProcessor", "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor",
            "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor", "PydiffFluxIPAdapterAttnProcessor",
-           "PydiffHiDreamAttnProcessor", "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor",
-           "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor",
-           "PydiffKandinsky5AttnProcessor", "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor",
-           "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor",
-           "PydiffMochiAttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor",
-           "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffGlmImageAttnProcessor", "PydiffHiDreamAttnProcessor", "PydiffHunyuanVideo15AttnProcessor",
+           "PydiffHunyuanVideoAttnProcessor", "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor",
+           "PydiffJointAttnProcessor", "PydiffKandinsky5AttnProcessor", "PydiffKrea2AttnProcessor",
+           "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor",
+           "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor", "PydiffQwenImageAttnProcessor",
+           "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor",
+           "PydiffZImageAttnProcessor", "set_attention_backend"]
