@@ -28,6 +28,8 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffCosmos25AttnProcessor,
     PydiffCosmosAttnProcessor,
     PydiffFlux2AttnProcessor,
+    PydiffFlux2KVAttnProcessor,
+    PydiffFlux2KVParallelSelfAttnProcessor,
     PydiffFlux2ParallelSelfAttnProcessor,
     PydiffFlux3AttnProcessor,
     PydiffFluxAttnProcessor,
@@ -306,6 +308,9 @@ def test_processors_name_the_diffusers_they_need(monkeypatch):
                                  ("Krea2AttnProcessor", PydiffKrea2AttnProcessor, "0.39"),
                                  ("Ideogram4AttnProcessor", PydiffIdeogram4AttnProcessor, "0.39"),
                                  ("Flux3AttnProcessor", PydiffFlux3AttnProcessor, "0.42"),
+                                 ("Flux2KVAttnProcessor", PydiffFlux2KVAttnProcessor, "0.39"),
+                                 ("Flux2KVParallelSelfAttnProcessor", PydiffFlux2KVParallelSelfAttnProcessor, "0.39"),
+                                 ("GlmImageAttnProcessor", PydiffGlmImageAttnProcessor, "0.37"),
                                  ("BriaFibo2AttnProcessor", PydiffBriaFibo2AttnProcessor, "0.42")):
         monkeypatch.setattr(attention_processors, stock, None)
         with pytest.raises(ImportError, match=f"need diffusers {version} or newer"):
@@ -347,6 +352,49 @@ def test_flux2_key_masks_and_fallbacks(monkeypatch):
     fused.fuse_projections()
     assert fused.fused_projections
     _block_matches_stock(PydiffFlux2AttnProcessor(), fused, (hidden, context), rope, [None], stock=double)
+
+
+needs_flux2_kv = _needs("Flux2KVAttnProcessor", "FLUX.2 Klein KV", "0.39")
+
+
+@needs_flux2_kv
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flux2_klein_kv_cache(backend, monkeypatch):
+    """FLUX.2 Klein KV (its pipeline sets the KV processors): the first step (extract: the reference image's 12
+    tokens attend to themselves only, their keys and values cached) stays stock; the later steps (cached) read the
+    cached keys and values beside the tokens' as a second stream of keys only, in every block; a step without a
+    cache is FLUX.2's call. Outputs equal the stock processors'."""
+    from diffusers.models.transformers.transformer_flux2 import (
+        Flux2KVAttnProcessor,
+        Flux2KVParallelSelfAttnProcessor,
+    )
+
+    model = tiny_flux2()
+    for block in model.transformer_blocks:
+        block.attn.set_processor(Flux2KVAttnProcessor())
+    for block in model.single_transformer_blocks:
+        block.attn.set_processor(Flux2KVParallelSelfAttnProcessor())
+    gen = torch.Generator().manual_seed(95)
+    reference = torch.randn(1, 12, 8, generator=gen)
+    reference_ids = _four_axis_ids(3, 4, 0)["img_ids"]
+    reference_ids[:, 0] = 10.0  # (the reference image's time coordinate, as the pipeline sets it)
+
+    def run(m):
+        inputs = _flux2_inputs(96)
+        first = dict(inputs, hidden_states=torch.cat([reference, inputs["hidden_states"]], 1),
+                     img_ids=torch.cat([reference_ids, inputs["img_ids"]]))
+        extracted, cache = m(**first, kv_cache_mode="extract", num_ref_tokens=12, return_dict=False)
+        cached = m(**inputs, kv_cache=cache, kv_cache_mode="cached", return_dict=False)[0]
+        return extracted, cached, m(**inputs).sample
+
+    def record(args, kwargs):
+        joint = kwargs.get("joint")
+        return joint[1].shape[1] if joint is not None and joint[0].shape[1] == 0 else "tokens only"
+
+    calls = _spy(monkeypatch, record)
+    _compare(model, run, backend, {PydiffFlux2KVAttnProcessor, PydiffFlux2KVParallelSelfAttnProcessor})
+    blocks = len(model.transformer_blocks) + len(model.single_transformer_blocks)
+    assert calls == [12] * blocks + ["tokens only"] * blocks  # (the extract step: the stock processors)
 
 
 def tiny_hunyuan_video():

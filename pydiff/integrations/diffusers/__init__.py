@@ -25,6 +25,8 @@ _EXPORTS = {
     "PydiffFluxIPAdapterAttnProcessor": "attention_processors",
     "PydiffFlux2AttnProcessor": "attention_processors",
     "PydiffFlux2ParallelSelfAttnProcessor": "attention_processors",
+    "PydiffFlux2KVAttnProcessor": "attention_processors",
+    "PydiffFlux2KVParallelSelfAttnProcessor": "attention_processors",
     "PydiffFlux3AttnProcessor": "attention_processors",
     "PydiffGlmImageAttnProcessor": "attention_processors",
     "PydiffHiDreamAttnProcessor": "attention_processors",

@@ -36,7 +36,9 @@
   the RoPE table, applied by pydiff in one float32 pass per tensor (no torch op sequence, no concatenation).
 * ``PydiffFlux2AttnProcessor`` and ``PydiffFlux2ParallelSelfAttnProcessor`` replace FLUX.2's processors (diffusers
   0.36+): the double-stream blocks' joint call as FLUX.1's, and the single-stream blocks' attention (whose one
-  projection also feeds the MLP) with its QK RMSNorms and RoPE in the kernel.
+  projection also feeds the MLP) with its QK RMSNorms and RoPE in the kernel. ``PydiffFlux2KVAttnProcessor`` and
+  ``PydiffFlux2KVParallelSelfAttnProcessor`` (0.39+) replace FLUX.2 Klein KV's: the same, and in the steps after
+  the first the reference image's cached keys and values as a second stream of keys only (no concatenation).
 * ``PydiffHunyuanVideoAttnProcessor`` replaces HunyuanVideo's ``HunyuanVideoAttnProcessor2_0``: [video; text]
   attention (joint, or over a single-stream block's joined tokens) with the RoPE on the video tokens only and the
   text padding as the key mask.
@@ -148,6 +150,8 @@ def _stock_class(module: str, name: str):
 # (diffusers 0.36+)
 Flux2AttnProcessor = _stock_class("transformer_flux2", "Flux2AttnProcessor")
 Flux2ParallelSelfAttnProcessor = _stock_class("transformer_flux2", "Flux2ParallelSelfAttnProcessor")
+Flux2KVAttnProcessor = _stock_class("transformer_flux2", "Flux2KVAttnProcessor")  # (0.39+)
+Flux2KVParallelSelfAttnProcessor = _stock_class("transformer_flux2", "Flux2KVParallelSelfAttnProcessor")
 ZSingleStreamAttnProcessor = _stock_class("transformer_z_image", "ZSingleStreamAttnProcessor")
 HunyuanVideo15AttnProcessor2_0 = _stock_class("transformer_hunyuan_video15", "HunyuanVideo15AttnProcessor2_0")
 LTX2AudioVideoAttnProcessor = _stock_class("transformer_ltx2", "LTX2AudioVideoAttnProcessor")  # (0.37+)
@@ -656,6 +660,12 @@ class PydiffFlux2ParallelSelfAttnProcessor(_RankLocal):
                  image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         if (attention_mask is not None and not _kernel_reads(attention_mask)) or attn.head_dim > MAX_HEAD_DIM:
             return self.stock(attn, hidden_states, attention_mask, image_rotary_emb)
+        return self._forward(attn, hidden_states, attention_mask, image_rotary_emb)
+
+    def _forward(self, attn, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor], image_rotary_emb,
+                 cached: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """The projection, the attention and the output projection; ``cached``: keys and values to attend to
+        beside the tokens' (``_beside_cached``)."""
         projected = attn.to_qkv_mlp_proj(hidden_states)
         # (the stock processor's split, by the global ratio of the two parts: the same where the projection is
         # column-sharded)
@@ -664,8 +674,87 @@ class PydiffFlux2ParallelSelfAttnProcessor(_RankLocal):
         qkv, mlp = torch.split(projected, [local_qkv, projected.shape[-1] - local_qkv], dim=-1)
         q, k, v = (t.unflatten(-1, (-1, attn.head_dim)) for t in qkv.chunk(3, dim=-1))
         rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
-        out = _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], attn.head_dim, rope, attention_mask)
+        stream = (q, k, v, attn.norm_q, attn.norm_k)
+        if cached is None:
+            out = _streams_attention([stream], attn.head_dim, rope, attention_mask)
+        else:
+            out = _beside_cached(stream, cached, attn.head_dim, rope)
         return attn.to_out(torch.cat([out.flatten(2), attn.mlp_act_fn(mlp)], dim=-1))
+
+
+def _beside_cached(stream, cached: Tuple[torch.Tensor, torch.Tensor], head_dim: int, rope, **kwargs) -> torch.Tensor:
+    """``_streams_attention`` of one stream whose queries also attend to ``cached`` keys and values (B, N_c, H, D)
+    as they are (a KV cache's: normed and rotated already), a second stream of keys only, whose RoPE rows turn by
+    nothing. Returns the stream's output."""
+    k_cached, v_cached = cached
+    if rope is not None:
+        rope = _latent_rope(rope, k_cached.shape[1], text_first=False)
+    out, _ = _streams_attention([stream, (stream[0][:, :0], k_cached, v_cached, None, None)], head_dim, rope, None,
+                                **kwargs)
+    return out
+
+
+def _kv_cached(kv_cache, kv_cache_mode: Optional[str], num_ref_tokens: int) -> Optional[bool]:
+    """How a FLUX.2 Klein KV processor's call runs: True in the cached mode (the reference image's keys and values
+    from the cache), False without a cache (FLUX.2's call), None in the extract mode (the first step: the
+    reference tokens attend to themselves only; the stock processor's)."""
+    if kv_cache_mode == "extract" and num_ref_tokens > 0:
+        return None
+    return kv_cache_mode == "cached" and kv_cache is not None
+
+
+class PydiffFlux2KVAttnProcessor(PydiffFlux2AttnProcessor):
+    """Drop-in for FLUX.2 Klein KV's ``Flux2KVAttnProcessor`` (its double-stream blocks; diffusers 0.39+): FLUX.2's
+    call without a cache, and in the cached mode (every step after the first) the reference image's cached keys and
+    values beside the [text; image] tokens' as a second stream of keys only, not concatenated (the streams'
+    QK norms then run as modules and their q, k, v are joined: the kernel has two streams); the extract mode stays
+    stock. The stock processor places the reference keys between text and image; the order does not matter."""
+
+    def __init__(self):
+        self.stock = _stock(Flux2KVAttnProcessor, "FLUX.2 Klein KV", "0.39")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None, kv_cache=None,
+                 kv_cache_mode: Optional[str] = None, num_ref_tokens: int = 0):
+        cached = _kv_cached(kv_cache, kv_cache_mode, num_ref_tokens)
+        if cached is None or attn.head_dim > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, kv_cache,
+                              kv_cache_mode, num_ref_tokens)
+        if not cached:
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        # (like the stock processor's cached mode, no attention mask)
+        streams = [_image_stream(attn, hidden_states, attn.head_dim)]
+        if encoder_hidden_states is not None:
+            streams.insert(0, _text_stream(attn, encoder_hidden_states, attn.head_dim))
+        normed = [(q if norm_q is None else norm_q(q), k if norm_k is None else norm_k(k), v)
+                  for q, k, v, norm_q, norm_k in streams]
+        q, k, v = (torch.cat(parts, dim=1) for parts in zip(*normed))
+        rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
+        out = _beside_cached((q, k, v, None, None), kv_cache.get(), attn.head_dim, rope).flatten(2)
+        if encoder_hidden_states is None:
+            return attn.to_out[1](attn.to_out[0](out))
+        text, image = out.split([encoder_hidden_states.shape[1], hidden_states.shape[1]], dim=1)
+        return attn.to_out[1](attn.to_out[0](image)), attn.to_add_out(text)
+
+
+class PydiffFlux2KVParallelSelfAttnProcessor(PydiffFlux2ParallelSelfAttnProcessor):
+    """Drop-in for FLUX.2 Klein KV's ``Flux2KVParallelSelfAttnProcessor`` (its single-stream blocks; 0.39+): FLUX.2's
+    call, in the cached mode with the reference image's cached keys and values as a second stream of keys only
+    (the tokens' QK norms and RoPE still in the prologue); the extract mode stays stock."""
+
+    def __init__(self):
+        self.stock = _stock(Flux2KVParallelSelfAttnProcessor, "FLUX.2 Klein KV", "0.39")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                 image_rotary_emb=None, kv_cache=None, kv_cache_mode: Optional[str] = None, num_txt_tokens: int = 0,
+                 num_ref_tokens: int = 0) -> torch.Tensor:
+        cached = _kv_cached(kv_cache, kv_cache_mode, num_ref_tokens)
+        if cached is None or attn.head_dim > MAX_HEAD_DIM or \
+                (not cached and attention_mask is not None and not _kernel_reads(attention_mask)):
+            return self.stock(attn, hidden_states, attention_mask, image_rotary_emb, kv_cache, kv_cache_mode,
+                              num_txt_tokens, num_ref_tokens)
+        return self._forward(attn, hidden_states, None if cached else attention_mask, image_rotary_emb,
+                             kv_cache.get() if cached else None)
 
 
 def _complex_rope(freqs: torch.Tensor):
@@ -1378,6 +1467,8 @@ _REPLACEMENTS = tuple(entry for entry in (
     (FusedAuraFlowAttnProcessor2_0, PydiffAuraFlowAttnProcessor, None),
     (Flux2AttnProcessor, PydiffFlux2AttnProcessor, None),
     (Flux2ParallelSelfAttnProcessor, PydiffFlux2ParallelSelfAttnProcessor, None),
+    (Flux2KVAttnProcessor, PydiffFlux2KVAttnProcessor, None),
+    (Flux2KVParallelSelfAttnProcessor, PydiffFlux2KVParallelSelfAttnProcessor, None),
     (QwenDoubleStreamAttnProcessor2_0 if _QWEN_MASKS_TEXT else None, PydiffQwenImageAttnProcessor, None),
     (HunyuanVideoAttnProcessor2_0, PydiffHunyuanVideoAttnProcessor, None),
     (MochiAttnProcessor2_0, PydiffMochiAttnProcessor, None),
@@ -1448,7 +1539,8 @@ def set_attention_backend(model_or_pipe) -> int:
 
 __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo2AttnProcessor",
            "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor",
-           "PydiffCosmosAttnProcessor", "PydiffFlux2AttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor",
+           "PydiffCosmosAttnProcessor", "PydiffFlux2AttnProcessor", "PydiffFlux2KVAttnProcessor",
+           "PydiffFlux2KVParallelSelfAttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor",
            "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor", "PydiffFluxIPAdapterAttnProcessor",
            "PydiffGlmImageAttnProcessor", "PydiffHiDreamAttnProcessor", "PydiffHunyuanVideo15AttnProcessor",
            "PydiffHunyuanVideoAttnProcessor", "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor",
