@@ -47,6 +47,8 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffLTXVideoAttnProcessor,
     PydiffLumina2AttnProcessor,
     PydiffMochiAttnProcessor,
+    PydiffNucleusMoEAttnProcessor,
+    PydiffPRXAttnProcessor,
     PydiffWanAttnProcessor,
     PydiffQwenImageAttnProcessor,
     PydiffSanaAttnProcessor,
@@ -311,6 +313,8 @@ def test_processors_name_the_diffusers_they_need(monkeypatch):
                                  ("Flux2KVAttnProcessor", PydiffFlux2KVAttnProcessor, "0.39"),
                                  ("Flux2KVParallelSelfAttnProcessor", PydiffFlux2KVParallelSelfAttnProcessor, "0.39"),
                                  ("GlmImageAttnProcessor", PydiffGlmImageAttnProcessor, "0.37"),
+                                 ("PRXAttnProcessor2_0", PydiffPRXAttnProcessor, "0.36"),
+                                 ("NucleusMoEAttnProcessor2_0", PydiffNucleusMoEAttnProcessor, "0.39"),
                                  ("BriaFibo2AttnProcessor", PydiffBriaFibo2AttnProcessor, "0.42")):
         monkeypatch.setattr(attention_processors, stock, None)
         with pytest.raises(ImportError, match=f"need diffusers {version} or newer"):
@@ -395,6 +399,89 @@ def test_flux2_klein_kv_cache(backend, monkeypatch):
     _compare(model, run, backend, {PydiffFlux2KVAttnProcessor, PydiffFlux2KVParallelSelfAttnProcessor})
     blocks = len(model.transformer_blocks) + len(model.single_transformer_blocks)
     assert calls == [12] * blocks + ["tokens only"] * blocks  # (the extract step: the stock processors)
+
+
+needs_prx = _needs("PRXAttnProcessor2_0", "PRX", "0.36")
+needs_nucleus = _needs("NucleusMoEAttnProcessor2_0", "Nucleus-Image", "0.39")
+_TEXT_PADDING = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])  # (the second prompt's last 3 of 7 tokens padding)
+
+
+def _keys_only_calls(monkeypatch):
+    """Records, for every ``pydiff.attention`` call the processors make, the length of its second stream when that
+    stream holds keys only (no queries), else "tokens", and whether it carried a mask."""
+    def record(args, kwargs):
+        joint = kwargs.get("joint")
+        keys = joint[1].shape[1] if joint is not None and joint[0].shape[1] == 0 else "tokens"
+        return keys, kwargs.get("attn_mask") is not None
+
+    return _spy(monkeypatch, record)
+
+
+def tiny_prx():
+    from diffusers.models.transformers.transformer_prx import PRXTransformer2DModel
+
+    return _perturb(PRXTransformer2DModel(in_channels=4, patch_size=2, context_in_dim=24, hidden_size=32,
+                                          mlp_ratio=2.0, num_heads=2, depth=2, axes_dim=[8, 8]), 97)
+
+
+def _prx_inputs(seed, text_mask=True):
+    """PRX inputs: 8 x 6 latents (4 x 3 patches), 7 text tokens, with ``text_mask`` the second prompt's padding."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(2, 4, 8, 6, generator=gen), timestep=torch.tensor([0.3, 0.8]),
+                encoder_hidden_states=torch.randn(2, 7, 24, generator=gen),
+                attention_mask=_TEXT_PADDING if text_mask else None)
+
+
+@needs_prx
+@pytest.mark.parametrize("text_mask", [False, True], ids=["no-mask", "text-mask"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prx_transformer(backend, text_mask, monkeypatch):
+    """PRX: the image queries over [text keys; image keys], the text a second stream of keys only (its key norm in
+    the prologue, its RoPE rows turning by nothing), the text padding the key mask; outputs the stock processors'."""
+    model, inputs = tiny_prx(), _prx_inputs(98, text_mask)
+    calls = _keys_only_calls(monkeypatch)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffPRXAttnProcessor})
+    assert calls == [(7, text_mask)] * 2
+
+
+def tiny_nucleus_image():
+    from diffusers.models.transformers.transformer_nucleusmoe_image import NucleusMoEImageTransformer2DModel
+
+    return _perturb(NucleusMoEImageTransformer2DModel(
+        patch_size=2, in_channels=16, num_layers=2, attention_head_dim=16, num_attention_heads=4,
+        num_key_value_heads=2, joint_attention_dim=24, axes_dims_rope=(4, 6, 6), moe_enabled=False), 99)
+
+
+def _nucleus_inputs(seed):
+    """Nucleus-Image inputs: 12 packed image tokens (3 x 4), 7 text tokens with the second prompt's padding."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(2, 12, 16, generator=gen), img_shapes=[(1, 3, 4)] * 2,
+                encoder_hidden_states=torch.randn(2, 7, 24, generator=gen),
+                encoder_hidden_states_mask=_TEXT_PADDING.bool(), timestep=torch.tensor([0.3, 0.8]))
+
+
+@needs_nucleus
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nucleus_image_transformer(backend, monkeypatch):
+    """Nucleus-Image: the image queries over [image keys; text keys] (grouped-query heads as they are), the text a
+    second stream of keys only with its own key norm and RoPE table in the prologue; with diffusers' text K/V cache
+    hook (the text's keys and values computed once), the cached ones read as they are. Outputs the stock
+    processors'."""
+    from diffusers.hooks.text_kv_cache import TextKVCacheConfig, apply_text_kv_cache
+
+    model, inputs = tiny_nucleus_image(), _nucleus_inputs(100)
+    calls = _keys_only_calls(monkeypatch)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffNucleusMoEAttnProcessor})
+    assert calls == [(7, True)] * 2
+    stock, ours = model, copy.deepcopy(model)
+    set_attention_backend(ours)
+    for m in (stock, ours):
+        apply_text_kv_cache(m, TextKVCacheConfig())
+    calls.clear()
+    with torch.no_grad(), pydiff.use_backend(backend):
+        for _ in range(2):  # (the first call fills the cache, the second reads it)
+            torch.testing.assert_close(ours(**inputs).sample, stock(**inputs).sample, rtol=2e-5, atol=2e-5)
+    assert calls == [(7, True)] * 4
 
 
 def tiny_hunyuan_video():
@@ -1868,6 +1955,12 @@ def test_compiled_fullgraph_models(backend):
     if attention_processors.GlmImageAttnProcessor is not None:  # (diffusers 0.37+)
         glm_inputs = _glm_image_inputs(34, text_mask=True)
         models.append((tiny_glm_image(), lambda m: m(**glm_inputs).sample))
+    if attention_processors.PRXAttnProcessor2_0 is not None:  # (diffusers 0.36+)
+        prx_inputs = _prx_inputs(35)
+        models.append((tiny_prx(), lambda m: m(**prx_inputs).sample))
+    if attention_processors.NucleusMoEAttnProcessor2_0 is not None:  # (diffusers 0.39+)
+        nucleus_inputs = _nucleus_inputs(36)
+        models.append((tiny_nucleus_image(), lambda m: m(**nucleus_inputs).sample))
     if attention_processors.Krea2AttnProcessor is not None:  # (diffusers 0.39+)
         krea2_inputs, ideogram4_inputs = _krea2_inputs(27), _ideogram4_inputs(28)
         models += [(tiny_krea2(), lambda m: m(**krea2_inputs).sample),
@@ -1931,8 +2024,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     image-to-video model, CogVideoX, LTX-Video, Lumina 2 (grouped-query), CogView4 with its text mask, Sana 1.5,
     HiDream, Z-Image, HunyuanVideo 1.5 and LTX-2 (both RoPE layouts; with spatio-temporal guidance), Cosmos
     Predict 2 and 2.5, Mochi (its text padding), AuraFlow, Kandinsky 5, Krea 2 (grouped-query), Ideogram 4
-    (packed samples' mask per query), FLUX.3, Bria FIBO 2, GLM-Image (its text mask), and SD3 and Flux with
-    IP-Adapters (SD3's image prompt a second stream of keys only).
+    (packed samples' mask per query), FLUX.3, Bria FIBO 2, GLM-Image (its text mask), PRX and Nucleus-Image (the
+    text a second stream of keys only), and SD3 and Flux with IP-Adapters (SD3's image prompt such a stream).
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -1967,6 +2060,10 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
         models.append((tiny_cosmos(True), _cosmos_inputs(28, True)))
     if attention_processors.GlmImageAttnProcessor is not None:  # (diffusers 0.37+)
         models.append((tiny_glm_image(), _glm_image_inputs(40, text_mask=True)))
+    if attention_processors.PRXAttnProcessor2_0 is not None:  # (diffusers 0.36+)
+        models.append((tiny_prx(), _prx_inputs(41)))
+    if attention_processors.NucleusMoEAttnProcessor2_0 is not None:  # (diffusers 0.39+)
+        models.append((tiny_nucleus_image(), _nucleus_inputs(42)))
     if attention_processors.Kandinsky5AttnProcessor is not None:  # (diffusers 0.36+)
         _kandinsky5_in_model_dtype(monkeypatch)  # (its float64 reference would round q and k to bfloat16)
         models.append((tiny_kandinsky5(), _kandinsky5_inputs(33)))

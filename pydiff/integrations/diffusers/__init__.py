@@ -36,6 +36,8 @@ _EXPORTS = {
     "PydiffIPAdapterAttnProcessor": "attention_processors",
     "PydiffKandinsky5AttnProcessor": "attention_processors",
     "PydiffKrea2AttnProcessor": "attention_processors",
+    "PydiffNucleusMoEAttnProcessor": "attention_processors",
+    "PydiffPRXAttnProcessor": "attention_processors",
     "PydiffQwenImageAttnProcessor": "attention_processors",
     "PydiffSanaAttnProcessor": "attention_processors",
     "PydiffSD3IPAdapterAttnProcessor": "attention_processors",

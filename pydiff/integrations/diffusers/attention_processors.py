@@ -10,7 +10,8 @@
                                   # HiDreamImageTransformer2DModel, Flux3Transformer2DModel,
                                   # Krea2Transformer2DModel, Ideogram4Transformer2DModel,
                                   # BriaFibo2Transformer2DModel, CosmosTransformer3DModel,
-                                  # Kandinsky5Transformer3DModel, MochiTransformer3DModel,
+                                  # Kandinsky5Transformer3DModel, MochiTransformer3DModel, PRXTransformer2DModel,
+                                  # NucleusMoEImageTransformer2DModel,
                                   # AuraFlowTransformer2DModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
@@ -73,6 +74,11 @@
   (Krea 2's zero-centred ones too) and the RoPE (interleaved; Ideogram 4's half-split tables per batch row; FIBO 2's
   complex ones read in place) in the prologue, Krea 2's grouped-query heads read as they are and its gate after,
   Ideogram 4's block-diagonal mask of packed samples read per query, FIBO 2's cross-attention with its padding.
+* ``PydiffPRXAttnProcessor`` (0.36+) and ``PydiffNucleusMoEAttnProcessor`` (0.39+) replace PRX's and
+  Nucleus-Image's processors, whose image queries attend over the image's and the text's keys (the text has no
+  queries): the text's keys and values a second stream of keys only (no concatenation), each stream's QK norms
+  and RoPE in the prologue, the text padding as the key mask; Nucleus-Image's grouped-query heads read as they are
+  and the text keys diffusers' text K/V cache holds read as they are.
 * ``PydiffCosmosAttnProcessor`` and ``PydiffCosmos25AttnProcessor`` replace Cosmos's ``CosmosAttnProcessor2_0`` and
   (0.37+) ``CosmosAttnProcessor2_5``: self-attention with the QK RMSNorms and the half-split RoPE in the prologue,
   cross-attention with the text padding as the key mask, Predict 2.5's image-context attention summed.
@@ -164,6 +170,8 @@ Flux3AttnProcessor = _stock_class("transformer_flux3", "Flux3AttnProcessor")  # 
 BriaFibo2AttnProcessor = _stock_class("transformer_bria_fibo2", "BriaFibo2AttnProcessor")  # (0.42+)
 CosmosAttnProcessor2_5 = _stock_class("transformer_cosmos", "CosmosAttnProcessor2_5")  # (0.37+)
 GlmImageAttnProcessor = _stock_class("transformer_glm_image", "GlmImageAttnProcessor")  # (0.37+)
+PRXAttnProcessor2_0 = _stock_class("transformer_prx", "PRXAttnProcessor2_0")  # (0.36+)
+NucleusMoEAttnProcessor2_0 = _stock_class("transformer_nucleusmoe_image", "NucleusMoEAttnProcessor2_0")  # (0.39+)
 
 
 def _stock(stock_type, model: str, version: str):
@@ -767,14 +775,16 @@ def _complex_rope(freqs: torch.Tensor):
 
 def _latent_rope(tables, n_text: int, text_first: bool):
     """A model's RoPE tables (cos, sin) for its latent (image or video) tokens, (N_latent, D) (or per head,
-    (N_latent, H, D)), over the joined sequence of latent and text tokens: the stock processors rotate the latent
-    tokens only, so the text's rows turn by nothing (cos 1, sin 0). (Rows that turn by nothing for other tokens
-    too: the tables this gives, taken again as the latent ones.)"""
+    (N_latent, H, D), or per batch row, (B, N_latent, H, D)), over the joined sequence of latent and text tokens:
+    the stock processors rotate the latent tokens only, so the text's rows turn by nothing (cos 1, sin 0). (Rows
+    that turn by nothing for other tokens too: the tables this gives, taken again as the latent ones.)"""
     cos, sin = tables
-    parts = [(cos, sin), (cos.new_ones(n_text, *cos.shape[1:]), sin.new_zeros(n_text, *sin.shape[1:]))]
+    rows = 1 if cos.dim() == 4 else 0  # (tables per batch row, (B, N, H, D): their rows second)
+    shape = [*cos.shape[:rows], n_text, *cos.shape[rows + 1:]]
+    parts = [(cos, sin), (cos.new_ones(shape), sin.new_zeros(shape))]
     if text_first:
         parts.reverse()
-    return torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
+    return torch.cat([part[0] for part in parts], rows), torch.cat([part[1] for part in parts], rows)
 
 
 class PydiffCogVideoXAttnProcessor(_RankLocal):
@@ -1278,6 +1288,88 @@ class PydiffHiDreamAttnProcessor(_RankLocal):
         return attn.to_out(image.flatten(2)), attn.to_out_t(text.flatten(2))
 
 
+class PydiffPRXAttnProcessor(_RankLocal):
+    """Drop-in for PRX's ``PRXAttnProcessor2_0`` (Photoroom's PRX; diffusers 0.36+): its image queries attend over
+    [text keys; image keys] and the text has no queries, so the image tokens are one stream (QK RMSNorms and the
+    RoPE, its rotation matrices read in place by ``_rotation_pairs``, in the prologue) and the text's keys and
+    values a second stream of keys only (its key RMSNorm too, its RoPE rows turning by nothing): nothing
+    concatenated; the text padding (B, N_text) the key mask."""
+
+    def __init__(self):
+        self.stock = _stock(PRXAttnProcessor2_0, "PRX", "0.36")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None, **kwargs):
+        head_dim = attn.head_dim
+        rope = None if image_rotary_emb is None else _rotation_pairs(image_rotary_emb.transpose(1, 2), head_dim)
+        if encoder_hidden_states is None or kwargs or head_dim > MAX_HEAD_DIM or \
+                (image_rotary_emb is not None and rope is None) or (attention_mask is not None and (
+                    attention_mask.dim() != 2 or attention_mask.shape[-1] != encoder_hidden_states.shape[1])):
+            # (the stock processor's errors for a missing text and for masks of other shapes)
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
+        batch, n_image = hidden_states.shape[:2]
+        q, k, v = attn.img_qkv_proj(hidden_states).unflatten(-1, (3, attn.heads, head_dim)).unbind(2)
+        k_text, v_text = attn.txt_kv_proj(encoder_hidden_states).unflatten(-1, (2, attn.heads, head_dim)).unbind(2)
+        if rope is not None:
+            rope = _latent_rope(rope, k_text.shape[1], text_first=False)
+        mask = None
+        if attention_mask is not None:  # (keys: the image's, then the text's)
+            mask = torch.cat([attention_mask.new_ones(batch, n_image, dtype=torch.bool), attention_mask.bool()], 1)
+            mask = mask[:, None, None, :]
+        out, _ = _streams_attention([(q, k, v, attn.norm_q, attn.norm_k),
+                                     (q[:, :0], k_text, v_text, None, attn.norm_added_k)], head_dim, rope, mask)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
+class PydiffNucleusMoEAttnProcessor(_RankLocal):
+    """Drop-in for Nucleus-Image's ``NucleusMoEAttnProcessor2_0`` (diffusers 0.39+): its image queries attend over
+    [image keys; text keys] (grouped-query heads, read as they are: the stock processor repeats k and v per query
+    head) and the text has no queries: the image tokens one stream, the text's keys and values a second stream of
+    keys only, each with its key RMSNorm and complex RoPE (the image's table and the text's, joined: the kernel's
+    rows follow [image; text]) in the prologue; text keys and values the model cached (``cached_txt_key``) read as
+    they are. Its joint mask (B, N_image + N_text) is the key mask."""
+
+    def __init__(self):
+        self.stock = _stock(NucleusMoEAttnProcessor2_0, "Nucleus-Image", "0.39")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None,
+                 cached_txt_key: Optional[torch.Tensor] = None, cached_txt_value: Optional[torch.Tensor] = None):
+        head_dim = attn.inner_dim // attn.heads
+        batch, n_image = hidden_states.shape[:2]
+        cached = cached_txt_key is not None and cached_txt_value is not None
+        text = cached or encoder_hidden_states is not None
+        n_keys = n_image + (cached_txt_key.shape[1] if cached else
+                            encoder_hidden_states.shape[1] if encoder_hidden_states is not None else 0)
+        # (a mask per key, 2-D (B, keys), as diffusers' attention dispatch widens it; others as given)
+        mask = attention_mask[:, None, None, :] if attention_mask is not None and attention_mask.dim() == 2 and \
+            tuple(attention_mask.shape) == (batch, n_keys) else attention_mask
+        tables = None if image_rotary_emb is None else image_rotary_emb[0]
+        if head_dim > MAX_HEAD_DIM or (mask is not None and (mask.dim() != 4 or not _kernel_reads(mask))) or \
+                (tables is not None and tables.shape[0] != n_image):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+                              cached_txt_key, cached_txt_value)
+        heads_kv = attn.inner_kv_dim // head_dim
+        q = attn.to_q(hidden_states).unflatten(-1, (attn.heads, head_dim))
+        k, v = (projection(hidden_states).unflatten(-1, (heads_kv, head_dim)) for projection in (attn.to_k, attn.to_v))
+        streams = [(q, k, v, attn.norm_q, attn.norm_k)]
+        rope = None if tables is None else _complex_rope(tables)
+        if cached:
+            streams.append((q[:, :0], cached_txt_key, cached_txt_value, None, None))
+            if rope is not None:
+                rope = _latent_rope(rope, cached_txt_key.shape[1], text_first=False)
+        elif text:
+            k_text, v_text = (projection(encoder_hidden_states).unflatten(-1, (heads_kv, head_dim))
+                              for projection in (attn.add_k_proj, attn.add_v_proj))
+            streams.append((q[:, :0], k_text, v_text, None, attn.norm_added_k))
+            if rope is not None:
+                rope = _complex_rope(torch.cat([tables, image_rotary_emb[1]]))
+        out = _streams_attention(streams, head_dim, rope, mask)
+        out = out[0] if text else out
+        return attn.to_out[1](attn.to_out[0](out.flatten(2))) if len(attn.to_out) > 1 else \
+            attn.to_out[0](out.flatten(2))
+
+
 class PydiffFlux3AttnProcessor(_RankLocal):
     """Drop-in for FLUX.3's ``Flux3AttnProcessor`` (diffusers 0.42+): self-attention over one mode's tokens or the
     joined [text; image] tokens, its QK RMSNorms (float32 in the stock processor too) and interleaved RoPE in the
@@ -1482,6 +1574,8 @@ _REPLACEMENTS = tuple(entry for entry in (
     (FusedCogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
     (CogView4AttnProcessor, PydiffCogView4AttnProcessor, None),
     (GlmImageAttnProcessor, PydiffGlmImageAttnProcessor, None),
+    (PRXAttnProcessor2_0, PydiffPRXAttnProcessor, None),
+    (NucleusMoEAttnProcessor2_0, PydiffNucleusMoEAttnProcessor, None),
     (ZSingleStreamAttnProcessor, PydiffZImageAttnProcessor, None),
     (Lumina2AttnProcessor2_0, PydiffLumina2AttnProcessor, None),
     (Flux3AttnProcessor, PydiffFlux3AttnProcessor, None),
@@ -1507,11 +1601,12 @@ def _roots(model_or_pipe) -> List[torch.nn.Module]:
 
 def set_attention_backend(model_or_pipe) -> int:
     """Swap every stock processor pydiff has a counterpart for, in a diffusers model or pipeline, for ours
-    (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's, HunyuanVideo 1.5's and Kandinsky
-    5's from diffusers 0.36, LTX-2's, Cosmos 2.5's and GLM-Image's from 0.37, Qwen-Image's, Krea 2's and Ideogram
-    4's from 0.39, FLUX.3's and Bria FIBO 2's from 0.42). Other processors (added-KV, ...) stay, and so do modules
-    whose head dim is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention),
-    SD3.5's fused joint processor (which skips the QK norms) and processors under diffusers' context parallelism.
+    (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's, HunyuanVideo 1.5's, Kandinsky 5's
+    and PRX's from diffusers 0.36, LTX-2's, Cosmos 2.5's and GLM-Image's from 0.37, Qwen-Image's, Krea 2's,
+    Ideogram 4's, FLUX.2 Klein KV's and Nucleus-Image's from 0.39, FLUX.3's and Bria FIBO 2's from 0.42). Other
+    processors (added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable Diffusion
+    VAE's 512-channel mid-block attention), SD3.5's fused joint processor (which skips the QK norms) and processors
+    under diffusers' context parallelism.
     ``fuse_qkv_projections()`` sets diffusers' fused processors over ours and ``load_ip_adapter`` its IP-Adapter
     processors: call this after them.
     The backend the processors use follows ``pydiff.use_backend`` / ``PYDIFF_BACKEND`` at call time.
@@ -1546,6 +1641,6 @@ __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo
            "PydiffHunyuanVideoAttnProcessor", "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor",
            "PydiffJointAttnProcessor", "PydiffKandinsky5AttnProcessor", "PydiffKrea2AttnProcessor",
            "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor",
-           "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor", "PydiffQwenImageAttnProcessor",
-           "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor",
-           "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor", "PydiffNucleusMoEAttnProcessor",
+           "PydiffPRXAttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor",
+           "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
