@@ -27,6 +27,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffCogView4AttnProcessor,
     PydiffCosmos25AttnProcessor,
     PydiffCosmosAttnProcessor,
+    PydiffErnieImageAttnProcessor,
     PydiffFlux2AttnProcessor,
     PydiffFlux2KVAttnProcessor,
     PydiffFlux2KVParallelSelfAttnProcessor,
@@ -41,6 +42,8 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffIdeogram4AttnProcessor,
     PydiffIPAdapterAttnProcessor,
     PydiffJointAttnProcessor,
+    PydiffJoyImageAttnProcessor,
+    PydiffJoyImageEditPlusAttnProcessor,
     PydiffKandinsky5AttnProcessor,
     PydiffKrea2AttnProcessor,
     PydiffLTX2AttnProcessor,
@@ -315,6 +318,9 @@ def test_processors_name_the_diffusers_they_need(monkeypatch):
                                  ("GlmImageAttnProcessor", PydiffGlmImageAttnProcessor, "0.37"),
                                  ("PRXAttnProcessor2_0", PydiffPRXAttnProcessor, "0.36"),
                                  ("NucleusMoEAttnProcessor2_0", PydiffNucleusMoEAttnProcessor, "0.39"),
+                                 ("ErnieImageAttnProcessor", PydiffErnieImageAttnProcessor, "0.39"),
+                                 ("JoyImageAttnProcessor", PydiffJoyImageAttnProcessor, "0.39"),
+                                 ("JoyImageEditPlusAttnProcessor", PydiffJoyImageEditPlusAttnProcessor, "0.39"),
                                  ("BriaFibo2AttnProcessor", PydiffBriaFibo2AttnProcessor, "0.42")):
         monkeypatch.setattr(attention_processors, stock, None)
         with pytest.raises(ImportError, match=f"need diffusers {version} or newer"):
@@ -482,6 +488,70 @@ def test_nucleus_image_transformer(backend, monkeypatch):
         for _ in range(2):  # (the first call fills the cache, the second reads it)
             torch.testing.assert_close(ours(**inputs).sample, stock(**inputs).sample, rtol=2e-5, atol=2e-5)
     assert calls == [(7, True)] * 4
+
+
+needs_ernie_joy = _needs("ErnieImageAttnProcessor", "ERNIE-Image and JoyImage", "0.39")
+
+
+def tiny_ernie_image():
+    from diffusers.models.transformers.transformer_ernie_image import ErnieImageTransformer2DModel
+
+    return _perturb(ErnieImageTransformer2DModel(
+        hidden_size=32, num_attention_heads=2, num_layers=2, ffn_hidden_size=64, in_channels=4, out_channels=4,
+        patch_size=2, text_in_dim=24, rope_axes_dim=(4, 6, 6)), 101)
+
+
+def _ernie_inputs(seed):
+    """ERNIE-Image inputs: 8 x 6 latents (4 x 3 patches), 7 text tokens of which the second prompt has 4."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(2, 4, 8, 6, generator=gen), timestep=torch.tensor([0.3, 0.8]),
+                text_bth=torch.randn(2, 7, 24, generator=gen), text_lens=torch.tensor([7, 4]))
+
+
+@needs_ernie_joy
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ernie_image_transformer(backend, monkeypatch):
+    """ERNIE-Image: self-attention over [image; text] with the QK norms and its RoPE (an angle per channel, turned
+    with the partner in the other half) in the prologue, the text padding the key mask; outputs the stock
+    processors'."""
+    calls = _masked_calls(monkeypatch)
+    inputs = _ernie_inputs(102)
+    _compare(tiny_ernie_image(), lambda m: m(**inputs).sample, backend, {PydiffErnieImageAttnProcessor})
+    assert calls == ["keys"] * 2
+
+
+def tiny_joyimage(plus=False):
+    from diffusers.models.transformers import transformer_joyimage, transformer_joyimage_edit_plus
+
+    model = transformer_joyimage_edit_plus.JoyImageEditPlusTransformer3DModel if plus else \
+        transformer_joyimage.JoyImageEditTransformer3DModel
+    return _perturb(model(patch_size=[1, 2, 2], in_channels=4, hidden_size=32, num_attention_heads=2, text_dim=24,
+                          num_layers=2, rope_dim_list=[4, 6, 6]), 103)
+
+
+def _joyimage_inputs(seed, plus=False):
+    """JoyImage-Edit inputs: a 1 x 8 x 6 video latent (12 patches), 7 text tokens. Edit-Plus's: patches packed per
+    sample (B, N, C, 1, 2, 2) from a shape list (the second sample's 9 of 12 real: padding), the text padding."""
+    gen = torch.Generator().manual_seed(seed)
+    inputs = dict(timestep=torch.tensor([0.3, 0.8]), encoder_hidden_states=torch.randn(2, 7, 24, generator=gen))
+    if not plus:
+        return dict(inputs, hidden_states=torch.randn(2, 4, 1, 8, 6, generator=gen))
+    return dict(inputs, hidden_states=torch.randn(2, 12, 4, 1, 2, 2, generator=gen),
+                shape_list=[[(1, 3, 4)], [(1, 3, 3)]], encoder_hidden_states_mask=_TEXT_PADDING.float())
+
+
+@needs_ernie_joy
+@pytest.mark.parametrize("plus", [False, True], ids=["edit", "edit-plus"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_joyimage_transformer(backend, plus, monkeypatch):
+    """JoyImage-Edit: joint [image; text] attention of its two streams, each with its QK norms and RoPE table in the
+    prologue. Edit-Plus: the RoPE on the image only (a table per sample) and the joined tokens' mask as key mask.
+    Outputs the stock processors'."""
+    calls = _masked_calls(monkeypatch)
+    inputs = _joyimage_inputs(104, plus)
+    _compare(tiny_joyimage(plus), lambda m: m(**inputs).sample, backend,
+             {PydiffJoyImageEditPlusAttnProcessor if plus else PydiffJoyImageAttnProcessor})
+    assert calls == ["keys" if plus else None] * 2
 
 
 def tiny_hunyuan_video():
@@ -1959,8 +2029,12 @@ def test_compiled_fullgraph_models(backend):
         prx_inputs = _prx_inputs(35)
         models.append((tiny_prx(), lambda m: m(**prx_inputs).sample))
     if attention_processors.NucleusMoEAttnProcessor2_0 is not None:  # (diffusers 0.39+)
-        nucleus_inputs = _nucleus_inputs(36)
-        models.append((tiny_nucleus_image(), lambda m: m(**nucleus_inputs).sample))
+        nucleus_inputs, ernie_inputs = _nucleus_inputs(36), _ernie_inputs(37)
+        joy_inputs, joy_plus_inputs = _joyimage_inputs(38), _joyimage_inputs(39, plus=True)
+        models += [(tiny_nucleus_image(), lambda m: m(**nucleus_inputs).sample),
+                   (tiny_ernie_image(), lambda m: m(**ernie_inputs).sample),
+                   (tiny_joyimage(), lambda m: m(**joy_inputs).sample),
+                   (tiny_joyimage(plus=True), lambda m: m(**joy_plus_inputs).sample)]
     if attention_processors.Krea2AttnProcessor is not None:  # (diffusers 0.39+)
         krea2_inputs, ideogram4_inputs = _krea2_inputs(27), _ideogram4_inputs(28)
         models += [(tiny_krea2(), lambda m: m(**krea2_inputs).sample),
@@ -2025,7 +2099,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     HiDream, Z-Image, HunyuanVideo 1.5 and LTX-2 (both RoPE layouts; with spatio-temporal guidance), Cosmos
     Predict 2 and 2.5, Mochi (its text padding), AuraFlow, Kandinsky 5, Krea 2 (grouped-query), Ideogram 4
     (packed samples' mask per query), FLUX.3, Bria FIBO 2, GLM-Image (its text mask), PRX and Nucleus-Image (the
-    text a second stream of keys only), and SD3 and Flux with IP-Adapters (SD3's image prompt such a stream).
+    text a second stream of keys only), ERNIE-Image, JoyImage-Edit (and Edit-Plus), and SD3 and Flux with
+    IP-Adapters (SD3's image prompt a stream of keys only).
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -2063,7 +2138,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     if attention_processors.PRXAttnProcessor2_0 is not None:  # (diffusers 0.36+)
         models.append((tiny_prx(), _prx_inputs(41)))
     if attention_processors.NucleusMoEAttnProcessor2_0 is not None:  # (diffusers 0.39+)
-        models.append((tiny_nucleus_image(), _nucleus_inputs(42)))
+        models += [(tiny_nucleus_image(), _nucleus_inputs(42)), (tiny_ernie_image(), _ernie_inputs(43)),
+                   (tiny_joyimage(), _joyimage_inputs(44)), (tiny_joyimage(plus=True), _joyimage_inputs(45, True))]
     if attention_processors.Kandinsky5AttnProcessor is not None:  # (diffusers 0.36+)
         _kandinsky5_in_model_dtype(monkeypatch)  # (its float64 reference would round q and k to bfloat16)
         models.append((tiny_kandinsky5(), _kandinsky5_inputs(33)))

@@ -11,7 +11,8 @@
                                   # Krea2Transformer2DModel, Ideogram4Transformer2DModel,
                                   # BriaFibo2Transformer2DModel, CosmosTransformer3DModel,
                                   # Kandinsky5Transformer3DModel, MochiTransformer3DModel, PRXTransformer2DModel,
-                                  # NucleusMoEImageTransformer2DModel,
+                                  # NucleusMoEImageTransformer2DModel, ErnieImageTransformer2DModel,
+                                  # JoyImageEditTransformer3DModel, JoyImageEditPlusTransformer3DModel,
                                   # AuraFlowTransformer2DModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
@@ -79,6 +80,10 @@
   queries): the text's keys and values a second stream of keys only (no concatenation), each stream's QK norms
   and RoPE in the prologue, the text padding as the key mask; Nucleus-Image's grouped-query heads read as they are
   and the text keys diffusers' text K/V cache holds read as they are.
+* ``PydiffErnieImageAttnProcessor``, ``PydiffJoyImageAttnProcessor`` and ``PydiffJoyImageEditPlusAttnProcessor``
+  (0.39+) replace ERNIE-Image's, JoyImage-Edit's and JoyImage-Edit-Plus's: their self- or joint attention with the
+  QK norms and RoPE in the prologue (ERNIE-Image's an angle per channel, turned with its partner in the other half;
+  JoyImage's per-stream tables joined), their text padding as the key mask.
 * ``PydiffCosmosAttnProcessor`` and ``PydiffCosmos25AttnProcessor`` replace Cosmos's ``CosmosAttnProcessor2_0`` and
   (0.37+) ``CosmosAttnProcessor2_5``: self-attention with the QK RMSNorms and the half-split RoPE in the prologue,
   cross-attention with the text padding as the key mask, Predict 2.5's image-context attention summed.
@@ -172,6 +177,9 @@ CosmosAttnProcessor2_5 = _stock_class("transformer_cosmos", "CosmosAttnProcessor
 GlmImageAttnProcessor = _stock_class("transformer_glm_image", "GlmImageAttnProcessor")  # (0.37+)
 PRXAttnProcessor2_0 = _stock_class("transformer_prx", "PRXAttnProcessor2_0")  # (0.36+)
 NucleusMoEAttnProcessor2_0 = _stock_class("transformer_nucleusmoe_image", "NucleusMoEAttnProcessor2_0")  # (0.39+)
+ErnieImageAttnProcessor = _stock_class("transformer_ernie_image", "ErnieImageSingleStreamAttnProcessor")  # (0.39+)
+JoyImageAttnProcessor = _stock_class("transformer_joyimage", "JoyImageAttnProcessor")  # (0.39+)
+JoyImageEditPlusAttnProcessor = _stock_class("transformer_joyimage_edit_plus", "JoyImageEditPlusAttnProcessor")
 
 
 def _stock(stock_type, model: str, version: str):
@@ -1370,6 +1378,94 @@ class PydiffNucleusMoEAttnProcessor(_RankLocal):
             attn.to_out[0](out.flatten(2))
 
 
+class PydiffErnieImageAttnProcessor(_RankLocal):
+    """Drop-in for ERNIE-Image's ``ErnieImageSingleStreamAttnProcessor`` (diffusers 0.39+): self-attention over its
+    [image; text] tokens with the QK RMSNorms and the RoPE in the prologue. Its RoPE gives every channel an angle
+    of its own, (B, N, 1, D) per batch row, and turns it with its partner in the other half (Megatron's
+    ``rotate_half``): the kernel's half-split rotation on tables of those angles' cos and sin, in float32 (the stock
+    processor rounds them to the model's dtype first). The text padding is the key mask."""
+
+    def __init__(self):
+        self.stock = _stock(ErnieImageAttnProcessor, "ERNIE-Image", "0.39")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                 freqs_cis: Optional[torch.Tensor] = None) -> torch.Tensor:
+        head_dim = _head_dim(attn)
+        mask = attention_mask[:, None, None, :] if attention_mask is not None and attention_mask.dim() == 2 \
+            else attention_mask
+        if head_dim > MAX_HEAD_DIM or (mask is not None and not _kernel_reads(mask)) or \
+                (freqs_cis is not None and freqs_cis.shape[-1] != head_dim):  # (a partial rotation: stock)
+            return self.stock(attn, hidden_states, attention_mask, freqs_cis)
+        q, k, v = (getattr(attn, name)(hidden_states).unflatten(-1, (attn.heads, head_dim))
+                   for name in ("to_q", "to_k", "to_v"))
+        rope = None if freqs_cis is None else (torch.cos(freqs_cis), torch.sin(freqs_cis))
+        out = _streams_attention([(q, k, v, getattr(attn, "norm_q", None), getattr(attn, "norm_k", None))], head_dim,
+                                 rope, mask, rope_interleaved=False)
+        return attn.to_out[0](out.flatten(2))
+
+
+class PydiffJoyImageAttnProcessor(_RankLocal):
+    """Drop-in for JoyImage's ``JoyImageAttnProcessor`` (JoyImage-Edit; diffusers 0.39+): joint [image; text]
+    attention of its two streams (fused projections per stream, read as views), each stream's QK RMSNorms and RoPE
+    table (the image's and the text's, interleaved pairs, joined: the kernel's rows follow [image; text]; a stream
+    without one turns by nothing) in the prologue."""
+
+    def __init__(self):
+        self.stock = _stock(JoyImageAttnProcessor, "JoyImage", "0.39")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 image_rotary_emb=None, **kwargs):
+        rope = self._rope(image_rotary_emb, hidden_states, encoder_hidden_states, attn.head_dim)
+        if encoder_hidden_states is None or kwargs or attn.head_dim > MAX_HEAD_DIM or rope is False:
+            return self.stock(attn, hidden_states, encoder_hidden_states, image_rotary_emb, **kwargs)
+        return self._forward(attn, hidden_states, encoder_hidden_states, rope, None)
+
+    @staticmethod
+    def _rope(image_rotary_emb, hidden_states, encoder_hidden_states, head_dim: int):
+        """The kernel's tables over [image; text] (None: no RoPE; False: a form the stock processor takes only)."""
+        tables = (None, None) if image_rotary_emb is None else tuple(image_rotary_emb)
+        counts = (hidden_states.shape[1], 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1])
+        if any(t is not None and t[0].numel() != n * head_dim for t, n in zip(tables, counts)):
+            return False
+        image, text = (None if t is None else tuple(x.reshape(-1, head_dim) for x in t) for t in tables)
+        if image is not None and text is not None:
+            return tuple(torch.cat(pair) for pair in zip(image, text))
+        if image is not None:
+            return _latent_rope(image, counts[1], text_first=False)
+        return None if text is None else _latent_rope(text, counts[0], text_first=True)
+
+    def _forward(self, attn, hidden_states, encoder_hidden_states, rope, mask):
+        streams = [(*(t.unflatten(-1, (attn.heads, attn.head_dim)) for t in projection(x).chunk(3, dim=-1)), norm_q,
+                    norm_k) for x, projection, norm_q, norm_k in (
+                       (hidden_states, attn.img_attn_qkv, attn.img_attn_q_norm, attn.img_attn_k_norm),
+                       (encoder_hidden_states, attn.txt_attn_qkv, attn.txt_attn_q_norm, attn.txt_attn_k_norm))]
+        image, text = _streams_attention(streams, attn.head_dim, rope, mask)
+        return attn.img_attn_proj(image.flatten(2)), attn.txt_attn_proj(text.flatten(2))
+
+
+class PydiffJoyImageEditPlusAttnProcessor(PydiffJoyImageAttnProcessor):
+    """Drop-in for JoyImage-Edit-Plus's ``JoyImageEditPlusAttnProcessor`` (diffusers 0.39+): JoyImage's joint call,
+    the RoPE on the image tokens only (a table per batch row, (B, N_image, D), read in place as (B, N, 1, D)), its
+    mask of the joined tokens (B, 1, 1, N) the key mask."""
+
+    def __init__(self):
+        self.stock = _stock(JoyImageEditPlusAttnProcessor, "JoyImage-Edit-Plus", "0.39")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 image_rotary_emb=None, attention_mask: Optional[torch.Tensor] = None):
+        rope = None
+        if image_rotary_emb is not None and encoder_hidden_states is not None:
+            cos, sin = image_rotary_emb
+            rope = False
+            if cos.dim() == 3 and tuple(cos.shape[1:]) == (hidden_states.shape[1], attn.head_dim):
+                rope = _latent_rope((cos.unsqueeze(2), sin.unsqueeze(2)), encoder_hidden_states.shape[1],
+                                    text_first=False)
+        if encoder_hidden_states is None or attn.head_dim > MAX_HEAD_DIM or rope is False or \
+                (attention_mask is not None and not _kernel_reads(attention_mask)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, image_rotary_emb, attention_mask)
+        return self._forward(attn, hidden_states, encoder_hidden_states, rope, attention_mask)
+
+
 class PydiffFlux3AttnProcessor(_RankLocal):
     """Drop-in for FLUX.3's ``Flux3AttnProcessor`` (diffusers 0.42+): self-attention over one mode's tokens or the
     joined [text; image] tokens, its QK RMSNorms (float32 in the stock processor too) and interleaved RoPE in the
@@ -1576,6 +1672,9 @@ _REPLACEMENTS = tuple(entry for entry in (
     (GlmImageAttnProcessor, PydiffGlmImageAttnProcessor, None),
     (PRXAttnProcessor2_0, PydiffPRXAttnProcessor, None),
     (NucleusMoEAttnProcessor2_0, PydiffNucleusMoEAttnProcessor, None),
+    (ErnieImageAttnProcessor, PydiffErnieImageAttnProcessor, None),
+    (JoyImageAttnProcessor, PydiffJoyImageAttnProcessor, None),
+    (JoyImageEditPlusAttnProcessor, PydiffJoyImageEditPlusAttnProcessor, None),
     (ZSingleStreamAttnProcessor, PydiffZImageAttnProcessor, None),
     (Lumina2AttnProcessor2_0, PydiffLumina2AttnProcessor, None),
     (Flux3AttnProcessor, PydiffFlux3AttnProcessor, None),
@@ -1603,10 +1702,10 @@ def set_attention_backend(model_or_pipe) -> int:
     """Swap every stock processor pydiff has a counterpart for, in a diffusers model or pipeline, for ours
     (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's, HunyuanVideo 1.5's, Kandinsky 5's
     and PRX's from diffusers 0.36, LTX-2's, Cosmos 2.5's and GLM-Image's from 0.37, Qwen-Image's, Krea 2's,
-    Ideogram 4's, FLUX.2 Klein KV's and Nucleus-Image's from 0.39, FLUX.3's and Bria FIBO 2's from 0.42). Other
-    processors (added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable Diffusion
-    VAE's 512-channel mid-block attention), SD3.5's fused joint processor (which skips the QK norms) and processors
-    under diffusers' context parallelism.
+    Ideogram 4's, FLUX.2 Klein KV's, Nucleus-Image's, ERNIE-Image's and JoyImage's from 0.39, FLUX.3's and Bria
+    FIBO 2's from 0.42). Other processors (added-KV, ...) stay, and so do modules whose head dim is over the
+    kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention), SD3.5's fused joint processor (which
+    skips the QK norms) and processors under diffusers' context parallelism.
     ``fuse_qkv_projections()`` sets diffusers' fused processors over ours and ``load_ip_adapter`` its IP-Adapter
     processors: call this after them.
     The backend the processors use follows ``pydiff.use_backend`` / ``PYDIFF_BACKEND`` at call time.
@@ -1634,12 +1733,13 @@ def set_attention_backend(model_or_pipe) -> int:
 
 __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo2AttnProcessor",
            "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor",
-           "PydiffCosmosAttnProcessor", "PydiffFlux2AttnProcessor", "PydiffFlux2KVAttnProcessor",
-           "PydiffFlux2KVParallelSelfAttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor",
-           "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor", "PydiffFluxIPAdapterAttnProcessor",
-           "PydiffGlmImageAttnProcessor", "PydiffHiDreamAttnProcessor", "PydiffHunyuanVideo15AttnProcessor",
-           "PydiffHunyuanVideoAttnProcessor", "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor",
-           "PydiffJointAttnProcessor", "PydiffKandinsky5AttnProcessor", "PydiffKrea2AttnProcessor",
+           "PydiffCosmosAttnProcessor", "PydiffErnieImageAttnProcessor", "PydiffFlux2AttnProcessor",
+           "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
+           "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor",
+           "PydiffFluxIPAdapterAttnProcessor", "PydiffGlmImageAttnProcessor", "PydiffHiDreamAttnProcessor",
+           "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor", "PydiffIPAdapterAttnProcessor",
+           "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor", "PydiffJoyImageAttnProcessor",
+           "PydiffJoyImageEditPlusAttnProcessor", "PydiffKandinsky5AttnProcessor", "PydiffKrea2AttnProcessor",
            "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor",
            "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor", "PydiffNucleusMoEAttnProcessor",
            "PydiffPRXAttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor",
