@@ -53,6 +53,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffNucleusMoEAttnProcessor,
     PydiffPRXAttnProcessor,
     PydiffWanAttnProcessor,
+    PydiffQwenImage21AttnProcessor,
     PydiffQwenImageAttnProcessor,
     PydiffSanaAttnProcessor,
     PydiffSD3IPAdapterAttnProcessor,
@@ -321,6 +322,7 @@ def test_processors_name_the_diffusers_they_need(monkeypatch):
                                  ("ErnieImageAttnProcessor", PydiffErnieImageAttnProcessor, "0.39"),
                                  ("JoyImageAttnProcessor", PydiffJoyImageAttnProcessor, "0.39"),
                                  ("JoyImageEditPlusAttnProcessor", PydiffJoyImageEditPlusAttnProcessor, "0.39"),
+                                 ("QwenImage21AttnProcessor", PydiffQwenImage21AttnProcessor, "0.42"),
                                  ("BriaFibo2AttnProcessor", PydiffBriaFibo2AttnProcessor, "0.42")):
         monkeypatch.setattr(attention_processors, stock, None)
         with pytest.raises(ImportError, match=f"need diffusers {version} or newer"):
@@ -552,6 +554,42 @@ def test_joyimage_transformer(backend, plus, monkeypatch):
     _compare(tiny_joyimage(plus), lambda m: m(**inputs).sample, backend,
              {PydiffJoyImageEditPlusAttnProcessor if plus else PydiffJoyImageAttnProcessor})
     assert calls == ["keys" if plus else None] * 2
+
+
+needs_qwen_image21 = _needs("QwenImage21AttnProcessor", "Qwen-Image 2.1", "0.42")
+
+
+def tiny_qwen_image21():
+    from diffusers.models.transformers.transformer_qwenimage21 import QwenImage21Transformer2DModel
+
+    return _perturb(QwenImage21Transformer2DModel(
+        patch_size=1, in_channels=8, out_channels=8, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        context_in_dim=24, axes_dims_rope=(4, 6, 6)), 105)
+
+
+@needs_qwen_image21
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_qwen_image21_kv_cache(backend, monkeypatch):
+    """Qwen-Image 2.1: the first step (extract: the block-causal prefill over [text; target image], its prefix's
+    keys and values cached) stays stock; the cached steps read the 5 cached prefix keys beside the target's 16 as a
+    second stream of keys only, the padding mask (the second prompt's last 2 text tokens) as key mask. Outputs
+    the stock processors'."""
+    from diffusers.models.transformers.transformer_qwenimage21 import QwenImage21KVCache
+
+    gen = torch.Generator().manual_seed(106)
+    inputs = dict(hidden_states=torch.randn(2, 16, 8, generator=gen),
+                  encoder_hidden_states=torch.randn(2, 5, 24, generator=gen), timestep=torch.tensor([0.3, 0.8]),
+                  img_shapes=[[(1, 4, 4)]] * 2, img_mask=torch.tensor([[False] * 5 + [True] * 4] * 2),
+                  encoder_hidden_states_mask=torch.tensor([[1] * 5, [1] * 3 + [0] * 2]))
+
+    def run(m):
+        cache = QwenImage21KVCache(len(m.transformer_blocks))
+        first = m(**inputs, kv_cache=cache, kv_cache_mode="extract").sample
+        return first, m(**inputs, kv_cache=cache, kv_cache_mode="cached").sample
+
+    calls = _keys_only_calls(monkeypatch)
+    _compare(tiny_qwen_image21(), run, backend, {PydiffQwenImage21AttnProcessor})
+    assert calls == [(5, True)] * 2  # (the cached step's calls; the extract step's are stock)
 
 
 def tiny_hunyuan_video():

@@ -42,6 +42,7 @@ _EXPORTS = {
     "PydiffNucleusMoEAttnProcessor": "attention_processors",
     "PydiffPRXAttnProcessor": "attention_processors",
     "PydiffQwenImageAttnProcessor": "attention_processors",
+    "PydiffQwenImage21AttnProcessor": "attention_processors",
     "PydiffSanaAttnProcessor": "attention_processors",
     "PydiffSD3IPAdapterAttnProcessor": "attention_processors",
     "PydiffWanAttnProcessor": "attention_processors",

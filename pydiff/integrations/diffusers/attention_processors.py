@@ -13,6 +13,7 @@
                                   # Kandinsky5Transformer3DModel, MochiTransformer3DModel, PRXTransformer2DModel,
                                   # NucleusMoEImageTransformer2DModel, ErnieImageTransformer2DModel,
                                   # JoyImageEditTransformer3DModel, JoyImageEditPlusTransformer3DModel,
+                                  # QwenImage21Transformer2DModel,
                                   # AuraFlowTransformer2DModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
@@ -51,6 +52,9 @@
   its rotation-matrix RoPE read in place as the prologue's tables (identity pairs where it turns half the head dim).
 * ``PydiffQwenImageAttnProcessor`` replaces Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.39+):
   the same joint call, its complex RoPE as cos/sin tables, and the text padding as the kernel's key mask.
+* ``PydiffQwenImage21AttnProcessor`` (0.42+) replaces Qwen-Image 2.1's ``QwenImage21AttnProcessor``: in the steps
+  after the first, the target image's queries over the KV cache's prefix (text and condition images) and its own
+  keys, the cached ones a second stream of keys only; the block-causal prefill stays stock.
 * ``PydiffWanAttnProcessor`` replaces Wan's ``WanAttnProcessor`` (Wan 2.1/2.2, VACE): the RoPE in the kernel's
   prologue, and image-to-video cross-attention's two attentions (text, image context) summed in one pass over q.
 * ``PydiffCogVideoXAttnProcessor`` replaces ``CogVideoXAttnProcessor2_0`` and its fused form (CogVideoX, ConsisID,
@@ -180,6 +184,7 @@ NucleusMoEAttnProcessor2_0 = _stock_class("transformer_nucleusmoe_image", "Nucle
 ErnieImageAttnProcessor = _stock_class("transformer_ernie_image", "ErnieImageSingleStreamAttnProcessor")  # (0.39+)
 JoyImageAttnProcessor = _stock_class("transformer_joyimage", "JoyImageAttnProcessor")  # (0.39+)
 JoyImageEditPlusAttnProcessor = _stock_class("transformer_joyimage_edit_plus", "JoyImageEditPlusAttnProcessor")
+QwenImage21AttnProcessor = _stock_class("transformer_qwenimage21", "QwenImage21AttnProcessor")  # (0.42+)
 
 
 def _stock(stock_type, model: str, version: str):
@@ -698,15 +703,16 @@ class PydiffFlux2ParallelSelfAttnProcessor(_RankLocal):
         return attn.to_out(torch.cat([out.flatten(2), attn.mlp_act_fn(mlp)], dim=-1))
 
 
-def _beside_cached(stream, cached: Tuple[torch.Tensor, torch.Tensor], head_dim: int, rope, **kwargs) -> torch.Tensor:
+def _beside_cached(stream, cached: Tuple[torch.Tensor, torch.Tensor], head_dim: int, rope,
+                   attn_mask: Optional[torch.Tensor] = None, **kwargs) -> torch.Tensor:
     """``_streams_attention`` of one stream whose queries also attend to ``cached`` keys and values (B, N_c, H, D)
     as they are (a KV cache's: normed and rotated already), a second stream of keys only, whose RoPE rows turn by
-    nothing. Returns the stream's output."""
+    nothing; a mask over [the stream's keys; the cached]. Returns the stream's output."""
     k_cached, v_cached = cached
     if rope is not None:
         rope = _latent_rope(rope, k_cached.shape[1], text_first=False)
-    out, _ = _streams_attention([stream, (stream[0][:, :0], k_cached, v_cached, None, None)], head_dim, rope, None,
-                                **kwargs)
+    out, _ = _streams_attention([stream, (stream[0][:, :0], k_cached, v_cached, None, None)], head_dim, rope,
+                                attn_mask, **kwargs)
     return out
 
 
@@ -1466,6 +1472,37 @@ class PydiffJoyImageEditPlusAttnProcessor(PydiffJoyImageAttnProcessor):
         return self._forward(attn, hidden_states, encoder_hidden_states, rope, attention_mask)
 
 
+class PydiffQwenImage21AttnProcessor(_RankLocal):
+    """Drop-in for Qwen-Image 2.1's ``QwenImage21AttnProcessor`` (diffusers 0.42+): in its KV cache's cached mode
+    (every denoising step after the first: the target image's queries over the cached prefix of text and condition
+    images, then its own tokens) the cached keys and values as a second stream of keys only (no concatenation), the
+    target's QK RMSNorms and complex RoPE in the prologue, the padding mask the key mask (its halves swapped: the
+    kernel joins [target; prefix]). The prefill (block-causal segments) stays stock."""
+
+    def __init__(self):
+        self.stock = _stock(QwenImage21AttnProcessor, "Qwen-Image 2.1", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, attention_mask=None, rotary_emb=None, layer_cache=None,
+                 kv_cache_mode: Optional[str] = None, cache_write_slice=None, segments=None, key_valid=None):
+        head_dim = attn.inner_dim // attn.heads
+        mask = attention_mask
+        readable = mask is None or (isinstance(mask, torch.Tensor) and _kernel_reads(mask) and mask.dim() == 4 and
+                                    mask.shape[-2] == 1)
+        if kv_cache_mode != "cached" or layer_cache is None or segments is not None or not readable or \
+                head_dim > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states, attention_mask, rotary_emb, layer_cache, kv_cache_mode,
+                              cache_write_slice, segments, key_valid)
+        cached = layer_cache.get()
+        q, k, v = (getattr(attn, name)(hidden_states).unflatten(-1, (-1, head_dim))
+                   for name in ("to_q", "to_k", "to_v"))
+        if mask is not None:  # ([prefix; target] keys, as the stock processor joins them)
+            prefix = cached[0].shape[1]
+            mask = torch.cat([mask[..., prefix:], mask[..., :prefix]], dim=-1)
+        rope = None if rotary_emb is None else _complex_rope(rotary_emb)
+        out = _beside_cached((q, k, v, attn.norm_q, attn.norm_k), cached, head_dim, rope, mask)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
 class PydiffFlux3AttnProcessor(_RankLocal):
     """Drop-in for FLUX.3's ``Flux3AttnProcessor`` (diffusers 0.42+): self-attention over one mode's tokens or the
     joined [text; image] tokens, its QK RMSNorms (float32 in the stock processor too) and interleaved RoPE in the
@@ -1675,6 +1712,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (ErnieImageAttnProcessor, PydiffErnieImageAttnProcessor, None),
     (JoyImageAttnProcessor, PydiffJoyImageAttnProcessor, None),
     (JoyImageEditPlusAttnProcessor, PydiffJoyImageEditPlusAttnProcessor, None),
+    (QwenImage21AttnProcessor, PydiffQwenImage21AttnProcessor, None),
     (ZSingleStreamAttnProcessor, PydiffZImageAttnProcessor, None),
     (Lumina2AttnProcessor2_0, PydiffLumina2AttnProcessor, None),
     (Flux3AttnProcessor, PydiffFlux3AttnProcessor, None),
@@ -1700,12 +1738,12 @@ def _roots(model_or_pipe) -> List[torch.nn.Module]:
 
 def set_attention_backend(model_or_pipe) -> int:
     """Swap every stock processor pydiff has a counterpart for, in a diffusers model or pipeline, for ours
-    (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's, HunyuanVideo 1.5's, Kandinsky 5's
-    and PRX's from diffusers 0.36, LTX-2's, Cosmos 2.5's and GLM-Image's from 0.37, Qwen-Image's, Krea 2's,
-    Ideogram 4's, FLUX.2 Klein KV's, Nucleus-Image's, ERNIE-Image's and JoyImage's from 0.39, FLUX.3's and Bria
-    FIBO 2's from 0.42). Other processors (added-KV, ...) stay, and so do modules whose head dim is over the
-    kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention), SD3.5's fused joint processor (which
-    skips the QK norms) and processors under diffusers' context parallelism.
+    (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's, HunyuanVideo 1.5's, Kandinsky 5's and
+    PRX's from diffusers 0.36, LTX-2's, Cosmos 2.5's and GLM-Image's from 0.37, Qwen-Image's, Krea 2's, Ideogram 4's,
+    FLUX.2 Klein KV's, Nucleus-Image's, ERNIE-Image's and JoyImage's from 0.39, FLUX.3's, Bria FIBO 2's and Qwen-Image
+    2.1's from 0.42). Other processors (added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256
+    (a Stable Diffusion VAE's 512-channel mid-block attention), SD3.5's fused joint processor (which skips the QK norms)
+    and processors under diffusers' context parallelism.
     ``fuse_qkv_projections()`` sets diffusers' fused processors over ours and ``load_ip_adapter`` its IP-Adapter
     processors: call this after them.
     The backend the processors use follows ``pydiff.use_backend`` / ``PYDIFF_BACKEND`` at call time.
@@ -1742,5 +1780,6 @@ __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo
            "PydiffJoyImageEditPlusAttnProcessor", "PydiffKandinsky5AttnProcessor", "PydiffKrea2AttnProcessor",
            "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor",
            "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor", "PydiffNucleusMoEAttnProcessor",
-           "PydiffPRXAttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor",
-           "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor", "PydiffQwenImageAttnProcessor",
+           "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor",
+           "PydiffZImageAttnProcessor", "set_attention_backend"]
