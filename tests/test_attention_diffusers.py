@@ -7,6 +7,7 @@ Each model is built from a small config in code, run with its stock processors, 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import pytest
@@ -98,6 +99,11 @@ def _perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
     return model.eval()
+
+
+def _same(x):
+    """Inputs as they are (the default ``move`` of the KV-cache flows, which the GPU test moves)."""
+    return x
 
 
 def _processor_types(model):
@@ -369,13 +375,8 @@ def test_flux2_key_masks_and_fallbacks(monkeypatch):
 needs_flux2_kv = _needs("Flux2KVAttnProcessor", "FLUX.2 Klein KV", "0.39")
 
 
-@needs_flux2_kv
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_flux2_klein_kv_cache(backend, monkeypatch):
-    """FLUX.2 Klein KV (its pipeline sets the KV processors): the first step (extract: the reference image's 12
-    tokens attend to themselves only, their keys and values cached) stays stock; the later steps (cached) read the
-    cached keys and values beside the tokens' as a second stream of keys only, in every block; a step without a
-    cache is FLUX.2's call. Outputs equal the stock processors'."""
+def tiny_flux2_kv():
+    """The tiny FLUX.2 with Klein KV's processors, as its pipeline sets them."""
     from diffusers.models.transformers.transformer_flux2 import (
         Flux2KVAttnProcessor,
         Flux2KVParallelSelfAttnProcessor,
@@ -386,18 +387,37 @@ def test_flux2_klein_kv_cache(backend, monkeypatch):
         block.attn.set_processor(Flux2KVAttnProcessor())
     for block in model.single_transformer_blocks:
         block.attn.set_processor(Flux2KVParallelSelfAttnProcessor())
+    return model
+
+
+def _flux2_kv_run(move=_same):
+    """``run`` for FLUX.2 Klein KV: the first step with a reference image of 12 tokens (extract), a cached step and
+    a step without a cache; the inputs through ``move``."""
     gen = torch.Generator().manual_seed(95)
     reference = torch.randn(1, 12, 8, generator=gen)
     reference_ids = _four_axis_ids(3, 4, 0)["img_ids"]
     reference_ids[:, 0] = 10.0  # (the reference image's time coordinate, as the pipeline sets it)
+    inputs = _flux2_inputs(96)
+    first = move(dict(inputs, hidden_states=torch.cat([reference, inputs["hidden_states"]], 1),
+                      img_ids=torch.cat([reference_ids, inputs["img_ids"]])))
+    inputs = move(inputs)
 
     def run(m):
-        inputs = _flux2_inputs(96)
-        first = dict(inputs, hidden_states=torch.cat([reference, inputs["hidden_states"]], 1),
-                     img_ids=torch.cat([reference_ids, inputs["img_ids"]]))
         extracted, cache = m(**first, kv_cache_mode="extract", num_ref_tokens=12, return_dict=False)
         cached = m(**inputs, kv_cache=cache, kv_cache_mode="cached", return_dict=False)[0]
         return extracted, cached, m(**inputs).sample
+
+    return run
+
+
+@needs_flux2_kv
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flux2_klein_kv_cache(backend, monkeypatch):
+    """FLUX.2 Klein KV (its pipeline sets the KV processors): the first step (extract: the reference image's 12
+    tokens attend to themselves only, their keys and values cached) stays stock; the later steps (cached) read the
+    cached keys and values beside the tokens' as a second stream of keys only, in every block; a step without a
+    cache is FLUX.2's call. Outputs equal the stock processors'."""
+    model, run = tiny_flux2_kv(), _flux2_kv_run()
 
     def record(args, kwargs):
         joint = kwargs.get("joint")
@@ -567,6 +587,25 @@ def tiny_qwen_image21():
         context_in_dim=24, axes_dims_rope=(4, 6, 6)), 105)
 
 
+def _qwen_image21_run(move=_same):
+    """``run`` for Qwen-Image 2.1: the first step (extract) and a cached one over 5 text tokens (the second
+    prompt's last 2 padding) and a 4 x 4 target image; the inputs through ``move``."""
+    from diffusers.models.transformers.transformer_qwenimage21 import QwenImage21KVCache
+
+    gen = torch.Generator().manual_seed(106)
+    inputs = move(dict(hidden_states=torch.randn(2, 16, 8, generator=gen),
+                       encoder_hidden_states=torch.randn(2, 5, 24, generator=gen), timestep=torch.tensor([0.3, 0.8]),
+                       img_shapes=[[(1, 4, 4)]] * 2, img_mask=torch.tensor([[False] * 5 + [True] * 4] * 2),
+                       encoder_hidden_states_mask=torch.tensor([[1] * 5, [1] * 3 + [0] * 2])))
+
+    def run(m):
+        cache = QwenImage21KVCache(len(m.transformer_blocks))
+        first = m(**inputs, kv_cache=cache, kv_cache_mode="extract").sample
+        return first, m(**inputs, kv_cache=cache, kv_cache_mode="cached").sample
+
+    return run
+
+
 @needs_qwen_image21
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_qwen_image21_kv_cache(backend, monkeypatch):
@@ -574,19 +613,7 @@ def test_qwen_image21_kv_cache(backend, monkeypatch):
     keys and values cached) stays stock; the cached steps read the 5 cached prefix keys beside the target's 16 as a
     second stream of keys only, the padding mask (the second prompt's last 2 text tokens) as key mask. Outputs
     the stock processors'."""
-    from diffusers.models.transformers.transformer_qwenimage21 import QwenImage21KVCache
-
-    gen = torch.Generator().manual_seed(106)
-    inputs = dict(hidden_states=torch.randn(2, 16, 8, generator=gen),
-                  encoder_hidden_states=torch.randn(2, 5, 24, generator=gen), timestep=torch.tensor([0.3, 0.8]),
-                  img_shapes=[[(1, 4, 4)]] * 2, img_mask=torch.tensor([[False] * 5 + [True] * 4] * 2),
-                  encoder_hidden_states_mask=torch.tensor([[1] * 5, [1] * 3 + [0] * 2]))
-
-    def run(m):
-        cache = QwenImage21KVCache(len(m.transformer_blocks))
-        first = m(**inputs, kv_cache=cache, kv_cache_mode="extract").sample
-        return first, m(**inputs, kv_cache=cache, kv_cache_mode="cached").sample
-
+    run = _qwen_image21_run()
     calls = _keys_only_calls(monkeypatch)
     _compare(tiny_qwen_image21(), run, backend, {PydiffQwenImage21AttnProcessor})
     assert calls == [(5, True)] * 2  # (the cached step's calls; the extract step's are stock)
@@ -1343,6 +1370,23 @@ def test_glm_image_transformer(backend, text_mask, monkeypatch):
     assert calls == ["rows" if text_mask else None] * 2
 
 
+def _glm_cache_run(samples: int, move=_same):
+    """``run`` for GLM-Image's image editing: a condition image of 2 x 3 patches per sample (``samples`` of them)
+    written to the KV cache, then a step of the batch reading it; the inputs through ``move``."""
+    from diffusers.models.transformers.transformer_glm_image import GlmImageKVCache
+
+    def run(m):
+        caches = GlmImageKVCache(len(m.transformer_blocks))
+        caches.set_mode("write")
+        for sample in range(samples):
+            m(**move(_glm_image_inputs(91 + sample, batch=1, height=4)), kv_caches=caches)
+            caches.next_sample()
+        caches.set_mode("read")
+        return m(**move(_glm_image_inputs(93)), kv_caches=caches).sample
+
+    return run
+
+
 @needs_glm_image
 @pytest.mark.parametrize("samples", [1, 2], ids=["shared-cache", "per-sample-caches"])
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -1350,16 +1394,7 @@ def test_glm_image_kv_cache(backend, samples, monkeypatch):
     """GLM-Image, image editing: the condition images' keys and values cached in write mode (by the stock
     processor), then read beside each step's: ours a second stream of keys only, the shared cache an expanded view
     (not copied), one cache per sample joined by the cache; the same outputs as the stock processors'."""
-    from diffusers.models.transformers.transformer_glm_image import GlmImageKVCache
-
-    def run(m):
-        caches = GlmImageKVCache(len(m.transformer_blocks))
-        caches.set_mode("write")
-        for sample in range(samples):  # (a condition image of 2 x 3 patches per sample)
-            m(**_glm_image_inputs(91 + sample, batch=1, height=4), kv_caches=caches)
-            caches.next_sample()
-        caches.set_mode("read")
-        return m(**_glm_image_inputs(93), kv_caches=caches).sample
+    run = _glm_cache_run(samples)
 
     def record(args, kwargs):
         k_cached = kwargs["joint"][1] if "joint" in kwargs else None
@@ -2206,6 +2241,38 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
         # padded text tokens; then a fixed bound, ours as finite as the float64 reference)
         bound = 2 * err_stock + 1e-3 if math.isfinite(err_stock) else 1e-2
         assert err_ours <= bound, f"{type(model).__name__}: {err_ours:.3g} vs stock {err_stock:.3g}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_gpu_kv_caches_against_float64(cuda_device, dtype, monkeypatch):
+    """On a GPU, the KV-cache steps whose cached keys are the kernel's second stream of keys only (GLM-Image's
+    condition images, shared and per sample; FLUX.2 Klein KV's reference image; Qwen-Image 2.1's prefix), in half
+    precision: every output's error against float64 (stock processors) within 2x the stock processors' own, plus
+    1e-3. At the untuned default tiles."""
+    monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
+    flows = []
+    if attention_processors.GlmImageAttnProcessor is not None:  # (diffusers 0.37+)
+        flows += [(tiny_glm_image, functools.partial(_glm_cache_run, samples)) for samples in (1, 2)]
+    if attention_processors.Flux2KVAttnProcessor is not None:  # (diffusers 0.39+)
+        flows.append((tiny_flux2_kv, _flux2_kv_run))
+    if attention_processors.QwenImage21AttnProcessor is not None:  # (diffusers 0.42+)
+        flows.append((tiny_qwen_image21, _qwen_image21_run))
+    for build, flow in flows:
+        model = build()
+
+        def output(m, precision):
+            out = flow(lambda x: _moved(x, cuda_device, precision))(m.to(cuda_device, precision))
+            return torch.cat([x.flatten() for x in (out if isinstance(out, tuple) else (out,))]).double()
+
+        with torch.no_grad():
+            ref, stock = (output(copy.deepcopy(model), precision) for precision in (torch.float64, dtype))
+            ours_model = copy.deepcopy(model)
+            assert set_attention_backend(ours_model) > 0
+            with pydiff.use_backend("triton"):
+                ours = output(ours_model, dtype)
+        err_ours, err_stock = ((x - ref).norm().item() / ref.norm().item() for x in (ours, stock))
+        assert err_ours <= 2 * err_stock + 1e-3, f"{flow}: {err_ours:.3g} vs stock {err_stock:.3g}"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
