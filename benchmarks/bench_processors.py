@@ -210,6 +210,23 @@ def _krea2_inputs(gpu: bool, gen: torch.Generator) -> Dict[str, object]:
                 timestep=torch.tensor([0.5, 0.5]), position_ids=positions, encoder_attention_mask=mask)
 
 
+def _prx(gpu: bool) -> torch.nn.Module:
+    from diffusers.models.transformers.transformer_prx import PRXTransformer2DModel
+
+    if gpu:  # PRX's widths (28 heads of 64), two blocks
+        return PRXTransformer2DModel(depth=2)
+    return PRXTransformer2DModel(in_channels=4, patch_size=2, context_in_dim=24, hidden_size=32, mlp_ratio=2.0,
+                                 num_heads=2, depth=2, axes_dim=[8, 8])
+
+
+def _prx_inputs(gpu: bool, gen: torch.Generator) -> Dict[str, object]:
+    side, text, channels, width = (128, 256, 16, 2304) if gpu else (8, 7, 4, 24)
+    mask = torch.ones(2, text, dtype=torch.bool)
+    mask[1, text // 3:] = False
+    return dict(hidden_states=torch.randn(2, channels, side, side, generator=gen), timestep=torch.tensor([0.5, 0.5]),
+                encoder_hidden_states=torch.randn(2, text, width, generator=gen), attention_mask=mask)
+
+
 MODELS = [
     Model("FLUX.1 (1 double + 1 single block)", "B1 4096 img + 512 txt, H24 D128", _flux, _flux_inputs),
     Model("SD3.5 Medium (2 joint blocks)", "B2 4096 img + 333 txt, H24 D64", _sd3, _sd3_inputs),
@@ -220,6 +237,8 @@ MODELS = [
     Model("FLUX.3 (1 per-mode + 1 joint block)", "B1 4096 img + 512 txt, H24 D128", _flux3, _flux3_inputs),
     Model("Krea 2 (text fusion + 1 block, text padding)", "B2 256 txt + 4096 img, H48/12 D128", _krea2,
           _krea2_inputs),
+    # (image queries only: the text's keys a second stream of keys only)
+    Model("PRX (2 blocks, text padding)", "B2 4096 img x (4096 img + 256 txt), H28 D64", _prx, _prx_inputs),
 ]
 #: the models the quick suite times on a GPU (the video block alone takes longer than the rest)
 GPU_QUICK = (0, 1, 2, 3, 4)

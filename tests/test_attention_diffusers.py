@@ -2311,12 +2311,13 @@ def test_processor_benchmark_runs_on_cpu(tmp_path):
     rows = bench.run(quick=True, device="cpu")
     figures = {r["name"]: r for r in rows if "speedup" in r}
     missing = {r["name"] for r in rows if "error" in r or "unavailable" in r}
-    # (Z-Image's model from diffusers 0.36, Qwen-Image's processor replaced and Krea 2's model from 0.39, FLUX.3's
-    # from 0.42)
+    # (Z-Image's and PRX's models from diffusers 0.36, Qwen-Image's processor replaced and Krea 2's model from 0.39,
+    # FLUX.3's from 0.42)
     present = {"Z-Image": attention_processors.ZSingleStreamAttnProcessor is not None,
                "Qwen-Image": attention_processors._QWEN_MASKS_TEXT,
                "Krea 2": attention_processors.Krea2AttnProcessor is not None,
-               "FLUX.3": attention_processors.Flux3AttnProcessor is not None}
+               "FLUX.3": attention_processors.Flux3AttnProcessor is not None,
+               "PRX": attention_processors.PRXAttnProcessor2_0 is not None}
     assert missing == {m.name for m in bench.MODELS for name, there in present.items()
                        if m.name.startswith(name) and not there}
     assert set(figures) | missing == {m.name for m in bench.MODELS}
