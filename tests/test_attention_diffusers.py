@@ -51,6 +51,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffLTXVideoAttnProcessor,
     PydiffLumina2AttnProcessor,
     PydiffMochiAttnProcessor,
+    PydiffMotifVideoAttnProcessor,
     PydiffNucleusMoEAttnProcessor,
     PydiffPRXAttnProcessor,
     PydiffWanAttnProcessor,
@@ -329,6 +330,7 @@ def test_processors_name_the_diffusers_they_need(monkeypatch):
                                  ("JoyImageAttnProcessor", PydiffJoyImageAttnProcessor, "0.39"),
                                  ("JoyImageEditPlusAttnProcessor", PydiffJoyImageEditPlusAttnProcessor, "0.39"),
                                  ("QwenImage21AttnProcessor", PydiffQwenImage21AttnProcessor, "0.42"),
+                                 ("MotifVideoAttnProcessor2_0", PydiffMotifVideoAttnProcessor, "0.39"),
                                  ("BriaFibo2AttnProcessor", PydiffBriaFibo2AttnProcessor, "0.42")):
         monkeypatch.setattr(attention_processors, stock, None)
         with pytest.raises(ImportError, match=f"need diffusers {version} or newer"):
@@ -617,6 +619,36 @@ def test_qwen_image21_kv_cache(backend, monkeypatch):
     calls = _keys_only_calls(monkeypatch)
     _compare(tiny_qwen_image21(), run, backend, {PydiffQwenImage21AttnProcessor})
     assert calls == [(5, True)] * 2  # (the cached step's calls; the extract step's are stock)
+
+
+needs_motif_video = _needs("MotifVideoAttnProcessor2_0", "Motif-Video", "0.39")
+
+
+def tiny_motif_video():
+    from diffusers.models.transformers.transformer_motif_video import MotifVideoTransformer3DModel
+
+    return _perturb(MotifVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+        num_single_layers=1, patch_size=1, text_embed_dim=24, rope_axes_dim=(4, 6, 6)), 107)
+
+
+def _motif_video_inputs(seed):
+    """Motif-Video inputs: 2 frames of 4 x 3 latents (24 tokens), 7 text tokens with the second prompt's padding."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(2, 4, 2, 4, 3, generator=gen), timestep=torch.tensor([3, 700]),
+                encoder_hidden_states=torch.randn(2, 7, 24, generator=gen), encoder_attention_mask=_TEXT_PADDING)
+
+
+@needs_motif_video
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_motif_video_transformer(backend, monkeypatch):
+    """Motif-Video: [video; text] as a joint call in the dual-stream block and over the joined tokens in the
+    single-stream one, the RoPE on the video tokens only, the text padding as key mask; outputs the stock
+    processors'."""
+    calls = _keys_only_calls(monkeypatch)
+    inputs = _motif_video_inputs(108)
+    _compare(tiny_motif_video(), lambda m: m(**inputs).sample, backend, {PydiffMotifVideoAttnProcessor})
+    assert calls == [("tokens", True)] * 2
 
 
 def tiny_hunyuan_video():
@@ -2108,6 +2140,8 @@ def test_compiled_fullgraph_models(backend):
                    (tiny_ernie_image(), lambda m: m(**ernie_inputs).sample),
                    (tiny_joyimage(), lambda m: m(**joy_inputs).sample),
                    (tiny_joyimage(plus=True), lambda m: m(**joy_plus_inputs).sample)]
+        motif_inputs = _motif_video_inputs(40)
+        models.append((tiny_motif_video(), lambda m: m(**motif_inputs).sample))
     if attention_processors.Krea2AttnProcessor is not None:  # (diffusers 0.39+)
         krea2_inputs, ideogram4_inputs = _krea2_inputs(27), _ideogram4_inputs(28)
         models += [(tiny_krea2(), lambda m: m(**krea2_inputs).sample),
@@ -2172,7 +2206,7 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     HiDream, Z-Image, HunyuanVideo 1.5 and LTX-2 (both RoPE layouts; with spatio-temporal guidance), Cosmos
     Predict 2 and 2.5, Mochi (its text padding), AuraFlow, Kandinsky 5, Krea 2 (grouped-query), Ideogram 4
     (packed samples' mask per query), FLUX.3, Bria FIBO 2, GLM-Image (its text mask), PRX and Nucleus-Image (the
-    text a second stream of keys only), ERNIE-Image, JoyImage-Edit (and Edit-Plus), and SD3 and Flux with
+    text a second stream of keys only), ERNIE-Image, JoyImage-Edit (and Edit-Plus), Motif-Video, and SD3 and Flux with
     IP-Adapters (SD3's image prompt a stream of keys only).
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
@@ -2212,7 +2246,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
         models.append((tiny_prx(), _prx_inputs(41)))
     if attention_processors.NucleusMoEAttnProcessor2_0 is not None:  # (diffusers 0.39+)
         models += [(tiny_nucleus_image(), _nucleus_inputs(42)), (tiny_ernie_image(), _ernie_inputs(43)),
-                   (tiny_joyimage(), _joyimage_inputs(44)), (tiny_joyimage(plus=True), _joyimage_inputs(45, True))]
+                   (tiny_joyimage(), _joyimage_inputs(44)), (tiny_joyimage(plus=True), _joyimage_inputs(45, True)),
+                   (tiny_motif_video(), _motif_video_inputs(46))]
     if attention_processors.Kandinsky5AttnProcessor is not None:  # (diffusers 0.36+)
         _kandinsky5_in_model_dtype(monkeypatch)  # (its float64 reference would round q and k to bfloat16)
         models.append((tiny_kandinsky5(), _kandinsky5_inputs(33)))

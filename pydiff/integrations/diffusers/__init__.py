@@ -21,6 +21,7 @@ _EXPORTS = {
     "PydiffLTX2PerturbedAttnProcessor": "attention_processors",
     "PydiffLumina2AttnProcessor": "attention_processors",
     "PydiffMochiAttnProcessor": "attention_processors",
+    "PydiffMotifVideoAttnProcessor": "attention_processors",
     "PydiffErnieImageAttnProcessor": "attention_processors",
     "PydiffFluxAttnProcessor": "attention_processors",
     "PydiffFluxIPAdapterAttnProcessor": "attention_processors",

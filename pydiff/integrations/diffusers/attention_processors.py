@@ -13,7 +13,7 @@
                                   # Kandinsky5Transformer3DModel, MochiTransformer3DModel, PRXTransformer2DModel,
                                   # NucleusMoEImageTransformer2DModel, ErnieImageTransformer2DModel,
                                   # JoyImageEditTransformer3DModel, JoyImageEditPlusTransformer3DModel,
-                                  # QwenImage21Transformer2DModel,
+                                  # QwenImage21Transformer2DModel, MotifVideoTransformer3DModel,
                                   # AuraFlowTransformer2DModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
@@ -45,6 +45,9 @@
 * ``PydiffHunyuanVideoAttnProcessor`` replaces HunyuanVideo's ``HunyuanVideoAttnProcessor2_0``: [video; text]
   attention (joint, or over a single-stream block's joined tokens) with the RoPE on the video tokens only and the
   text padding as the key mask.
+* ``PydiffMotifVideoAttnProcessor`` (0.39+) replaces Motif-Video's ``MotifVideoAttnProcessor2_0``: the same
+  [video; text] call (joint in the dual-stream blocks, over the joined tokens in the single-stream ones), its text
+  padding as the key mask; its optional text cross-attention (RoPE on the queries only) stays stock.
 * ``PydiffHunyuanVideo15AttnProcessor`` replaces HunyuanVideo 1.5's ``HunyuanVideo15AttnProcessor2_0`` (diffusers
   0.36+): the same joint call, the stock processor's (B, 1, N, N) outer-product mask read as the tokens' key mask,
   the padding's query rows zeroed (no N x N mask built).
@@ -185,6 +188,7 @@ ErnieImageAttnProcessor = _stock_class("transformer_ernie_image", "ErnieImageSin
 JoyImageAttnProcessor = _stock_class("transformer_joyimage", "JoyImageAttnProcessor")  # (0.39+)
 JoyImageEditPlusAttnProcessor = _stock_class("transformer_joyimage_edit_plus", "JoyImageEditPlusAttnProcessor")
 QwenImage21AttnProcessor = _stock_class("transformer_qwenimage21", "QwenImage21AttnProcessor")  # (0.42+)
+MotifVideoAttnProcessor2_0 = _stock_class("transformer_motif_video", "MotifVideoAttnProcessor2_0")  # (0.39+)
 
 
 def _stock(stock_type, model: str, version: str):
@@ -1503,6 +1507,40 @@ class PydiffQwenImage21AttnProcessor(_RankLocal):
         return attn.to_out[1](attn.to_out[0](out.flatten(2)))
 
 
+class PydiffMotifVideoAttnProcessor(_RankLocal):
+    """Drop-in for Motif-Video's ``MotifVideoAttnProcessor2_0`` (diffusers 0.39+): [video; text] attention, a joint
+    call of the two streams in the dual-stream blocks (the text through its added projections) and one call over
+    the joined tokens in the single-stream ones, the QK RMSNorms and the RoPE (on the video tokens only: identity
+    rows for the text) in the prologue, the text padding mask (B, 1, 1, N) the key mask."""
+
+    def __init__(self):
+        self.stock = _stock(MotifVideoAttnProcessor2_0, "Motif-Video", "0.39")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None):
+        head_dim = _head_dim(attn)
+        if head_dim > MAX_HEAD_DIM or (attention_mask is not None and not _kernel_reads(attention_mask)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        n_video = hidden_states.shape[1]
+        n_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        rope = None if image_rotary_emb is None else _latent_rope(tuple(image_rotary_emb), n_text, text_first=False)
+        if n_text and attn.add_q_proj is not None:
+            streams = [_image_stream(attn, hidden_states, head_dim), _text_stream(attn, encoder_hidden_states,
+                                                                                 head_dim)]
+            video, text = _streams_attention(streams, head_dim, rope, attention_mask)
+        else:
+            joined = torch.cat([hidden_states, encoder_hidden_states], dim=1) if n_text else hidden_states
+            out = _streams_attention([_image_stream(attn, joined, head_dim)], head_dim, rope, attention_mask)
+            video, text = out.split([n_video, n_text], dim=1) if n_text else (out, None)
+        video = video.flatten(2)
+        if attn.to_out is not None:
+            video = attn.to_out[1](attn.to_out[0](video))
+        if text is None:
+            return video
+        text = text.flatten(2)
+        return video, (attn.to_add_out(text) if attn.to_add_out is not None else text)
+
+
 class PydiffFlux3AttnProcessor(_RankLocal):
     """Drop-in for FLUX.3's ``Flux3AttnProcessor`` (diffusers 0.42+): self-attention over one mode's tokens or the
     joined [text; image] tokens, its QK RMSNorms (float32 in the stock processor too) and interleaved RoPE in the
@@ -1713,6 +1751,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (JoyImageAttnProcessor, PydiffJoyImageAttnProcessor, None),
     (JoyImageEditPlusAttnProcessor, PydiffJoyImageEditPlusAttnProcessor, None),
     (QwenImage21AttnProcessor, PydiffQwenImage21AttnProcessor, None),
+    (MotifVideoAttnProcessor2_0, PydiffMotifVideoAttnProcessor, None),
     (ZSingleStreamAttnProcessor, PydiffZImageAttnProcessor, None),
     (Lumina2AttnProcessor2_0, PydiffLumina2AttnProcessor, None),
     (Flux3AttnProcessor, PydiffFlux3AttnProcessor, None),
@@ -1740,10 +1779,10 @@ def set_attention_backend(model_or_pipe) -> int:
     """Swap every stock processor pydiff has a counterpart for, in a diffusers model or pipeline, for ours
     (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's, HunyuanVideo 1.5's, Kandinsky 5's and
     PRX's from diffusers 0.36, LTX-2's, Cosmos 2.5's and GLM-Image's from 0.37, Qwen-Image's, Krea 2's, Ideogram 4's,
-    FLUX.2 Klein KV's, Nucleus-Image's, ERNIE-Image's and JoyImage's from 0.39, FLUX.3's, Bria FIBO 2's and Qwen-Image
-    2.1's from 0.42). Other processors (added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256
-    (a Stable Diffusion VAE's 512-channel mid-block attention), SD3.5's fused joint processor (which skips the QK norms)
-    and processors under diffusers' context parallelism.
+    FLUX.2 Klein KV's, Nucleus-Image's, ERNIE-Image's, JoyImage's and Motif-Video's from 0.39, FLUX.3's, Bria FIBO 2's
+    and Qwen-Image 2.1's from 0.42). Other processors (added-KV, ...) stay, and so do modules whose head dim is over the
+    kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention), SD3.5's fused joint processor (which skips
+    the QK norms) and processors under diffusers' context parallelism.
     ``fuse_qkv_projections()`` sets diffusers' fused processors over ours and ``load_ip_adapter`` its IP-Adapter
     processors: call this after them.
     The backend the processors use follows ``pydiff.use_backend`` / ``PYDIFF_BACKEND`` at call time.
@@ -1779,7 +1818,7 @@ __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo
            "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor", "PydiffJoyImageAttnProcessor",
            "PydiffJoyImageEditPlusAttnProcessor", "PydiffKandinsky5AttnProcessor", "PydiffKrea2AttnProcessor",
            "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor",
-           "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor", "PydiffNucleusMoEAttnProcessor",
-           "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor", "PydiffQwenImageAttnProcessor",
-           "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor", "PydiffWanAttnProcessor",
-           "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor",
+           "PydiffNucleusMoEAttnProcessor", "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor",
+           "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor",
+           "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
