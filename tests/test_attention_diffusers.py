@@ -58,6 +58,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffQwenImage21AttnProcessor,
     PydiffQwenImageAttnProcessor,
     PydiffSanaAttnProcessor,
+    PydiffSanaWMCrossAttnProcessor,
     PydiffSD3IPAdapterAttnProcessor,
     PydiffZImageAttnProcessor,
     set_attention_backend,
@@ -331,6 +332,7 @@ def test_processors_name_the_diffusers_they_need(monkeypatch):
                                  ("JoyImageEditPlusAttnProcessor", PydiffJoyImageEditPlusAttnProcessor, "0.39"),
                                  ("QwenImage21AttnProcessor", PydiffQwenImage21AttnProcessor, "0.42"),
                                  ("MotifVideoAttnProcessor2_0", PydiffMotifVideoAttnProcessor, "0.39"),
+                                 ("SanaWMCrossAttnProcessor", PydiffSanaWMCrossAttnProcessor, "0.42"),
                                  ("BriaFibo2AttnProcessor", PydiffBriaFibo2AttnProcessor, "0.42")):
         monkeypatch.setattr(attention_processors, stock, None)
         with pytest.raises(ImportError, match=f"need diffusers {version} or newer"):
@@ -649,6 +651,25 @@ def test_motif_video_transformer(backend, monkeypatch):
     inputs = _motif_video_inputs(108)
     _compare(tiny_motif_video(), lambda m: m(**inputs).sample, backend, {PydiffMotifVideoAttnProcessor})
     assert calls == [("tokens", True)] * 2
+
+
+@_needs("SanaWMCrossAttnProcessor", "SANA-WM", "0.42")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sana_wm_cross_attention(backend):
+    """SANA-WM's cross-attention (QK RMSNorms over every head's channels): outputs the stock processor's, without a
+    mask, with the text padding (B, N_text) and with its bool (B, 1, 1, N_text) form."""
+    from diffusers.models.transformers.transformer_sana_wm import MultiHeadCrossAttention
+
+    attn = _perturb(MultiHeadCrossAttention(32, 2, qk_norm=True), 109)
+    gen = torch.Generator().manual_seed(110)
+    hidden, text = torch.randn(2, 12, 32, generator=gen), torch.randn(2, 7, 32, generator=gen)
+    ours = PydiffSanaWMCrossAttnProcessor()
+    for mask in (None, _TEXT_PADDING, _TEXT_PADDING.bool()[:, None, None, :]):
+        with torch.no_grad(), pydiff.use_backend(backend):
+            got = ours(attn, hidden, text, mask)
+        torch.testing.assert_close(got, attn.processor(attn, hidden, text, mask), rtol=2e-5, atol=2e-5)
+    switched = copy.deepcopy(attn)
+    assert set_attention_backend(switched) == 1 and isinstance(switched.processor, PydiffSanaWMCrossAttnProcessor)
 
 
 def tiny_hunyuan_video():

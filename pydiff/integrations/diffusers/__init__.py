@@ -45,6 +45,7 @@ _EXPORTS = {
     "PydiffQwenImageAttnProcessor": "attention_processors",
     "PydiffQwenImage21AttnProcessor": "attention_processors",
     "PydiffSanaAttnProcessor": "attention_processors",
+    "PydiffSanaWMCrossAttnProcessor": "attention_processors",
     "PydiffSD3IPAdapterAttnProcessor": "attention_processors",
     "PydiffWanAttnProcessor": "attention_processors",
     "PydiffZImageAttnProcessor": "attention_processors",

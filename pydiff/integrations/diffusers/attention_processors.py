@@ -28,6 +28,7 @@
   kernel's prologue.
 * ``PydiffSanaAttnProcessor`` replaces Sana's ``SanaAttnProcessor2_0`` (its cross-attention): the same, with its
   across-heads QK RMSNorms as modules first.
+* ``PydiffSanaWMCrossAttnProcessor`` (0.42+) replaces SANA-WM's cross-attention processor the same way.
 * ``PydiffJointAttnProcessor`` replaces SD3's ``JointAttnProcessor2_0``: image and text streams are attended
   jointly without concatenating q/k/v or splitting the output; the QK RMSNorms run inside the kernel.
 * Both read fused projections too (``fuse_qkv_projections()``: one matmul for q, k and v), and so replace
@@ -189,6 +190,7 @@ JoyImageAttnProcessor = _stock_class("transformer_joyimage", "JoyImageAttnProces
 JoyImageEditPlusAttnProcessor = _stock_class("transformer_joyimage_edit_plus", "JoyImageEditPlusAttnProcessor")
 QwenImage21AttnProcessor = _stock_class("transformer_qwenimage21", "QwenImage21AttnProcessor")  # (0.42+)
 MotifVideoAttnProcessor2_0 = _stock_class("transformer_motif_video", "MotifVideoAttnProcessor2_0")  # (0.39+)
+SanaWMCrossAttnProcessor = _stock_class("transformer_sana_wm", "SanaWMCrossAttnProcessor")  # (0.42+)
 
 
 def _stock(stock_type, model: str, version: str):
@@ -455,6 +457,28 @@ class PydiffSanaAttnProcessor(_RankLocal):
         q, k, v = (t.unflatten(-1, (attn.heads, -1)) for t in (query, key, value))
         out = attention(q, k, v, layout="bnhd", attn_mask=mask)
         return attn.to_out[1](attn.to_out[0](out.flatten(2))) / attn.rescale_output_factor
+
+
+class PydiffSanaWMCrossAttnProcessor(_RankLocal):
+    """Drop-in for SANA-WM's ``SanaWMCrossAttnProcessor`` (its cross-attention to the text; diffusers 0.42+): the
+    projections and the QK RMSNorms (over every head's channels: modules first) as there, the attention in the
+    kernel with the text padding ((B, N_text), or as given) as the key mask, read in place."""
+
+    def __init__(self):
+        self.stock = _stock(SanaWMCrossAttnProcessor, "SANA-WM", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        mask = attention_mask.bool()[:, None, None, :] if attention_mask is not None and attention_mask.dim() == 2 \
+            else attention_mask
+        if attn.head_dim > MAX_HEAD_DIM or (mask is not None and not _kernel_reads(mask)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask)
+        batch, _, channels = hidden_states.shape
+        q = attn.q_norm(attn.q_linear(hidden_states)).view(batch, -1, attn.heads, attn.head_dim)
+        key, value = attn.kv_linear(encoder_hidden_states).view(batch, -1, 2, channels).unbind(2)
+        k = attn.k_norm(key).view(batch, -1, attn.heads, attn.head_dim)
+        out = attention(q, k, value.view(batch, -1, attn.heads, attn.head_dim), layout="bnhd", attn_mask=mask)
+        return attn.proj(out.reshape(batch, -1, channels))
 
 
 class PydiffJointAttnProcessor(_RankLocal):
@@ -1752,6 +1776,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (JoyImageEditPlusAttnProcessor, PydiffJoyImageEditPlusAttnProcessor, None),
     (QwenImage21AttnProcessor, PydiffQwenImage21AttnProcessor, None),
     (MotifVideoAttnProcessor2_0, PydiffMotifVideoAttnProcessor, None),
+    (SanaWMCrossAttnProcessor, PydiffSanaWMCrossAttnProcessor, None),
     (ZSingleStreamAttnProcessor, PydiffZImageAttnProcessor, None),
     (Lumina2AttnProcessor2_0, PydiffLumina2AttnProcessor, None),
     (Flux3AttnProcessor, PydiffFlux3AttnProcessor, None),
@@ -1779,10 +1804,10 @@ def set_attention_backend(model_or_pipe) -> int:
     """Swap every stock processor pydiff has a counterpart for, in a diffusers model or pipeline, for ours
     (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's, HunyuanVideo 1.5's, Kandinsky 5's and
     PRX's from diffusers 0.36, LTX-2's, Cosmos 2.5's and GLM-Image's from 0.37, Qwen-Image's, Krea 2's, Ideogram 4's,
-    FLUX.2 Klein KV's, Nucleus-Image's, ERNIE-Image's, JoyImage's and Motif-Video's from 0.39, FLUX.3's, Bria FIBO 2's
-    and Qwen-Image 2.1's from 0.42). Other processors (added-KV, ...) stay, and so do modules whose head dim is over the
-    kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention), SD3.5's fused joint processor (which skips
-    the QK norms) and processors under diffusers' context parallelism.
+    FLUX.2 Klein KV's, Nucleus-Image's, ERNIE-Image's, JoyImage's and Motif-Video's from 0.39, FLUX.3's, Bria FIBO 2's,
+    Qwen-Image 2.1's and SANA-WM's from 0.42). Other processors (added-KV, ...) stay, and so do modules whose head dim
+    is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention), SD3.5's fused joint processor
+    (which skips the QK norms) and processors under diffusers' context parallelism.
     ``fuse_qkv_projections()`` sets diffusers' fused processors over ours and ``load_ip_adapter`` its IP-Adapter
     processors: call this after them.
     The backend the processors use follows ``pydiff.use_backend`` / ``PYDIFF_BACKEND`` at call time.
@@ -1821,4 +1846,5 @@ __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo
            "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor",
            "PydiffNucleusMoEAttnProcessor", "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor",
            "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor",
-           "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffSanaWMCrossAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor",
+           "set_attention_backend"]
