@@ -1425,11 +1425,12 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                       joint_q_norm_weight=None, joint_k_norm_weight=None, norm_eps=1e-6,
                       block_m=None, block_n=None, num_warps=4, num_stages=2, use_tma=False, prologue_kernel=None,
                       tuned=None, rowsum_mma=False, stream_k=None, overlap=False, prologue_heads=1,
-                      warp_spec=False, join_keys=None, attn_mask=None):
+                      warp_spec=False, join_keys=None, attn_mask=None, key_rope=None):
     """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
     ``torch.library.wrap_triton``). All arguments were checked by the caller.
 
-    joint: (q2, k2, v2, out2); negative: (k_neg, v_neg); rope: (cos, sin) tables (rows, D).
+    joint: (q2, k2, v2, out2); negative: (k_neg, v_neg); rope: (cos, sin) tables (rows, D); key_rope: the keys'
+    own tables (then ``rope`` turns q alone).
     bnhd: tensors are (B, N, H, D) instead of (B, H, N, D); outputs use the same layout as inputs.
     use_tma: with ``block_m``, key/value loads through tensor descriptors (Hopper; the autotuned kernel tries them
     itself where ``tma_usable``); None: where ``tma_usable``.
@@ -1493,8 +1494,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                              "attn_mask)")
         if stream_k < 1:
             raise ValueError(f"stream_k must be >= 1 programs, got {stream_k}")
-    has_prologue = rope is not None or any(w is not None for w in (q_norm_weight, k_norm_weight,
-                                                                    joint_q_norm_weight, joint_k_norm_weight))
+    keys_rope = rope if key_rope is None else key_rope  # (the tables that turn the keys)
+    has_prologue = rope is not None or keys_rope is not None or any(
+        w is not None for w in (q_norm_weight, k_norm_weight, joint_q_norm_weight, joint_k_norm_weight))
     # (a mask per query: Triton 3.6 fails to warp-specialise its key loop, "PassManager::run failed")
     mask_strides = _mask_strides(attn_mask)
     row_mask = mask_strides[2] != 0
@@ -1502,7 +1504,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         # one key loop where warp specialisation is asked for, or may be for the autotuner (decided after the queries'
         # prologue: from the queries as the kernel reads them), and where a key prologue writes the keys anyway
         wanted = joint is not None and negative is None and stream_k is None and not row_mask and \
-            (rope is not None or k_norm_weight is not None or joint_k_norm_weight is not None)
+            (keys_rope is not None or k_norm_weight is not None or joint_k_norm_weight is not None)
         join_keys = wanted and (True if warp_spec else None if block_m is None else False)
     elif join_keys and (joint is None or stream_k is not None):
         raise ValueError("join_keys: for joint attention (joint=...), not with stream_k")
@@ -1538,10 +1540,11 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
             raise ValueError("use_tma: for a fixed tile (block_m, block_n); the autotuned kernel tries descriptor "
                              "loads itself")
         if (use_tma is None and not q.is_cuda) or not descriptors_on(q.device) or not all(
-                descriptor_layout_ok(*read) for read in _kv_read(k, v, joint, negative, bnhd, rope, k_norm_weight,
-                                                                 joint_k_norm_weight, join_keys, has_prologue)):
+                descriptor_layout_ok(*read) for read in _kv_read(k, v, joint, negative, bnhd, keys_rope,
+                                                                 k_norm_weight, joint_k_norm_weight, join_keys,
+                                                                 has_prologue)):
             raise ValueError(_USE_TMA_UNFIT if use_tma else _WARP_SPEC_NEEDS_TMA)
-    prepare = queries_ws = None  # (queries_ws: warp_spec_usable of the query streams, asked once)
+    prepare = prepare_k = queries_ws = None  # (queries_ws: warp_spec_usable of the query streams, asked once)
     if has_prologue:
         if prologue_heads != 1:  # (the experiment's check, off the default path)
             prologued = [q, k] + ([joint[0], joint[1]] if joint is not None else []) + \
@@ -1551,24 +1554,25 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                     any(n % prologue_heads for n in head_counts):
                 raise ValueError(f"prologue_heads must be a power of two dividing every prologued tensor's head "
                                  f"count {head_counts}, got {prologue_heads}")
-        prepare = _preparer(prologue_kernel if prologue_kernel is not None else _qk_prologue, bnhd, rope,
-                            rope_interleaved, norm_eps, q.device.type == "cpu" and q.dtype == torch.bfloat16,
-                            prologue_heads)
+        prepare, prepare_k = (
+            _preparer(prologue_kernel if prologue_kernel is not None else _qk_prologue, bnhd, tables,
+                      rope_interleaved, norm_eps, q.device.type == "cpu" and q.dtype == torch.bfloat16,
+                      prologue_heads) for tables in (rope, keys_rope))
         n_q, n_k = _dims(q, bnhd)[0][2], _dims(k, bnhd)[0][2]
         # RoPE rows follow the joined sequence [stream 1; stream 2]; negative keys start at row 0
         if negative is not None:
-            negative = (prepare(negative[0], k_norm_weight, 0), negative[1])
+            negative = (prepare_k(negative[0], k_norm_weight, 0), negative[1])
         q = prepare(q, q_norm_weight, 0)
         if joint is not None:
             joint = (prepare(joint[0], joint_q_norm_weight, n_q), *joint[1:])
         if join_keys is None:
             join_keys = queries_ws = warp_spec_usable(q) and warp_spec_usable(joint[0])
         if not join_keys:
-            k = prepare(k, k_norm_weight, 0)
+            k = prepare_k(k, k_norm_weight, 0)
             if joint is not None:
-                joint = (joint[0], prepare(joint[1], joint_k_norm_weight, n_k), *joint[2:])
+                joint = (joint[0], prepare_k(joint[1], joint_k_norm_weight, n_k), *joint[2:])
     if join_keys:
-        k, v = _joined_keys(prepare, bnhd, (k, k_norm_weight), (joint[1], joint_k_norm_weight), v, joint[2])
+        k, v = _joined_keys(prepare_k, bnhd, (k, k_norm_weight), (joint[1], joint_k_norm_weight), v, joint[2])
         joint = (joint[0], k, v, joint[3])
 
     # Eager calls of a signature seen before launch its compiled kernel directly (``plans``); not the stream-K

@@ -69,6 +69,7 @@ class _Call:
     joint_k_norm_weight: Optional[torch.Tensor]
     norm_eps: float
     attn_mask: Optional[torch.Tensor]
+    key_rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def bhnd(self, t: torch.Tensor) -> Tuple[int, int, int, int]:
         """(B, H, N, D) of a q/k/v-like tensor in this call's layout."""
@@ -126,6 +127,28 @@ def _check_attn_mask(mask, device: torch.device, expected: Tuple[int, int, int, 
     if not 1 <= mask.dim() <= 4 or any(n not in (1, e) for n, e in zip(sizes, expected)):
         raise ValueError(f"attn_mask must broadcast to (B, H, N_q, N_k) = {expected} (N_q and N_k count both "
                          f"streams' tokens with joint=); got {_describe(mask)}")
+
+
+def _check_rope(name: str, tables, need: int, batch: int, heads: int, other_heads: int, head_dim: int,
+                device: torch.device) -> None:
+    """RoPE tables (cos, sin) for tensors of ``heads`` heads (and, where they serve both, ``other_heads``) with
+    ``need`` token positions."""
+    for part, t in (("cos", tables[0]), ("sin", tables[1])):
+        label = f"{name} {part}"
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() not in (2, 4):
+            raise TypeError(f"{label} must be a floating-point table (tokens, D), or (B, tokens, H, D) per batch row "
+                            f"and head, got {_describe(t)}")
+        rows, dim = (t.shape[0], t.shape[1]) if t.dim() == 2 else (t.shape[1], t.shape[3])
+        if dim not in (head_dim, head_dim // 2) or dim != tables[0].shape[-1] or rows < need:
+            raise ValueError(f"{label} must have {head_dim} columns (or {head_dim // 2}: one angle per pair of "
+                             f"channels), as many as {name} cos, and >= {need} rows (one per token position), "
+                             f"got {_describe(t)}")
+        if t.dim() == 4 and (t.shape[0] not in (1, batch) or t.shape[2] not in (1, heads)
+                             or (t.shape[2] > 1 and other_heads != heads)):
+            raise ValueError(f"{label}: a per-head table must be (1 or B = {batch}, tokens, 1 or H = {heads}, D), "
+                             f"its heads those of q and k alike (H_kv = {other_heads}), got {_describe(t)}")
+        if t.device != device:
+            raise ValueError(f"{label} is on {t.device}; expected {device} like q")
 
 
 def check_attention_args(call: _Call) -> None:
@@ -215,25 +238,16 @@ def check_attention_args(call: _Call) -> None:
     if call.attn_mask is not None:
         _check_attn_mask(call.attn_mask, q.device, (batch, heads, rows_q, rows_k), call.negative is not None)
 
-    if call.rope is not None:
+    if call.rope is not None or call.key_rope is not None:
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head dim, got D = {head_dim}")
-        need = max(rows_q, rows_k)
-        for name, t in (("rope cos", call.rope[0]), ("rope sin", call.rope[1])):
-            if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() not in (2, 4):
-                raise TypeError(f"{name} must be a floating-point table (tokens, D), or (B, tokens, H, D) per batch "
-                                f"row and head, got {_describe(t)}")
-            rows, dim = (t.shape[0], t.shape[1]) if t.dim() == 2 else (t.shape[1], t.shape[3])
-            if dim not in (head_dim, head_dim // 2) or dim != call.rope[0].shape[-1] or rows < need:
-                raise ValueError(f"{name} must have {head_dim} columns (or {head_dim // 2}: one angle per pair of "
-                                 f"channels), as many as rope cos, and >= {need} rows (one per token position), "
-                                 f"got {_describe(t)}")
-            if t.dim() == 4 and (t.shape[0] not in (1, batch) or t.shape[2] not in (1, heads)
-                                 or (t.shape[2] > 1 and kv_heads != heads)):
-                raise ValueError(f"{name}: a per-head table must be (1 or B = {batch}, tokens, 1 or H = {heads}, D), "
-                                 f"its heads those of q and k alike (H_kv = {kv_heads}), got {_describe(t)}")
-            if t.device != q.device:
-                raise ValueError(f"{name} is on {t.device}; expected {q.device} like q")
+    if call.key_rope is None:
+        if call.rope is not None:  # (q's and the keys' alike)
+            _check_rope("rope", call.rope, max(rows_q, rows_k), batch, heads, kv_heads, head_dim, q.device)
+    else:
+        if call.rope is not None:
+            _check_rope("rope", call.rope, rows_q, batch, heads, heads, head_dim, q.device)
+        _check_rope("key_rope", call.key_rope, rows_k, batch, kv_heads, kv_heads, head_dim, q.device)
     for name, w in (("q_norm_weight", call.q_norm_weight), ("k_norm_weight", call.k_norm_weight),
                     ("joint_q_norm_weight", call.joint_q_norm_weight),
                     ("joint_k_norm_weight", call.joint_k_norm_weight)):
@@ -257,15 +271,17 @@ def _outputs(call: _Call) -> List[torch.Tensor]:
 
 def _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, joint_q, joint_k, joint_v,
                negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos, rope_sin, rope_interleaved,
-               q_norm_weight, k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, norm_eps, attn_mask) -> _Call:
+               q_norm_weight, k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, norm_eps, attn_mask,
+               key_rope_cos=None, key_rope_sin=None) -> _Call:
     joint = None if joint_q is None and joint_k is None and joint_v is None else (joint_q, joint_k, joint_v)
     negative = None if negative_k is None and negative_v is None else (negative_k, negative_v)
     rope = None if rope_cos is None and rope_sin is None else (rope_cos, rope_sin)
+    key_rope = None if key_rope_cos is None and key_rope_sin is None else (key_rope_cos, key_rope_sin)
     if cu_seqlens_q is not None and cu_seqlens_k is None:
         cu_seqlens_k = cu_seqlens_q
     return _Call(q, k, v, float(scale), layout, kv_lens, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), joint,
                  negative, float(negative_scale), negative_kv_lens, rope, bool(rope_interleaved), q_norm_weight,
-                 k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, float(norm_eps), attn_mask)
+                 k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, float(norm_eps), attn_mask, key_rope)
 
 
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, layout: str,
@@ -277,11 +293,12 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
                   rope_sin: Optional[torch.Tensor], rope_interleaved: bool, q_norm_weight: Optional[torch.Tensor],
                   k_norm_weight: Optional[torch.Tensor], joint_q_norm_weight: Optional[torch.Tensor],
                   joint_k_norm_weight: Optional[torch.Tensor], norm_eps: float,
-                  attn_mask: Optional[torch.Tensor]) -> List[torch.Tensor]:
+                  attn_mask: Optional[torch.Tensor], key_rope_cos: Optional[torch.Tensor] = None,
+                  key_rope_sin: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
     return _run(_make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, joint_q,
                            joint_k, joint_v, negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos,
                            rope_sin, rope_interleaved, q_norm_weight, k_norm_weight, joint_q_norm_weight,
-                           joint_k_norm_weight, norm_eps, attn_mask))
+                           joint_k_norm_weight, norm_eps, attn_mask, key_rope_cos, key_rope_sin))
 
 
 def _run(call: _Call) -> List[torch.Tensor]:
@@ -309,7 +326,8 @@ def _reference_args(call: _Call) -> dict:
                 negative_scale=call.negative_scale, negative_kv_lens=call.negative_kv_lens, rope=call.rope,
                 rope_interleaved=call.rope_interleaved, q_norm_weight=call.q_norm_weight,
                 k_norm_weight=call.k_norm_weight, joint_q_norm_weight=call.joint_q_norm_weight,
-                joint_k_norm_weight=call.joint_k_norm_weight, norm_eps=call.norm_eps, attn_mask=call.attn_mask)
+                joint_k_norm_weight=call.joint_k_norm_weight, norm_eps=call.norm_eps, attn_mask=call.attn_mask,
+                key_rope=call.key_rope)
 
 
 @backends.register("torch", usable=lambda device: None)
@@ -328,7 +346,7 @@ def _triton_kwargs(call: _Call, outs: List[torch.Tensor]) -> dict:
         max_seqlen_q=call.max_seqlen_q, rope=call.rope, rope_interleaved=call.rope_interleaved,
         q_norm_weight=call.q_norm_weight, k_norm_weight=call.k_norm_weight,
         joint_q_norm_weight=call.joint_q_norm_weight, joint_k_norm_weight=call.joint_k_norm_weight,
-        norm_eps=call.norm_eps, attn_mask=call.attn_mask)
+        norm_eps=call.norm_eps, attn_mask=call.attn_mask, key_rope=call.key_rope)
 
 
 @backends.register("triton", usable=native.triton_why_not)
@@ -448,6 +466,7 @@ def attention(
     negative_kv_lens: Optional[torch.Tensor] = None,
     rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     rope_interleaved: bool = True,
+    key_rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     q_norm_weight: Optional[torch.Tensor] = None,
     k_norm_weight: Optional[torch.Tensor] = None,
     joint_q_norm_weight: Optional[torch.Tensor] = None,
@@ -489,6 +508,10 @@ def attention(
       ``[..., 1]``, or LTX-2's split tables.
       The Triton backend applies norm and RoPE in one float32 pass per tensor (read once, written once in the
       input dtype) before the attention pass, instead of per query block.
+    * ``key_rope=(cos, sin)``: tables of the keys' own (k, the joint k2 and the negative keys), in ``rope``'s forms
+      and pairing, rows following the keys' positions, where queries and keys turn by different tables (LTX-2's
+      audio-video cross-attention); ``rope`` then turns q alone (or, None, nothing does). Keys that must not turn
+      take tables of cos 1 and sin 0 (one angle per pair: (N_k, D/2)).
 
     On a GPU, the Triton kernel takes up to 65535 heads and 65535 batch rows (times the segments of packed
     sequences); beyond that it is an error before anything launches.
@@ -506,10 +529,14 @@ def attention(
         if not isinstance(negative, (tuple, list)) or len(negative) != 2:
             raise ValueError(f"negative must be a (k_neg, v_neg) tuple, got {_describe(negative)}")
         negative_k, negative_v = negative
+    key_rope_cos = key_rope_sin = None
+    for name, tables in (("rope", rope), ("key_rope", key_rope)):
+        if tables is not None and (not isinstance(tables, (tuple, list)) or len(tables) != 2):
+            raise ValueError(f"{name} must be a (cos, sin) tuple of tables, got {_describe(tables)}")
     if rope is not None:
-        if not isinstance(rope, (tuple, list)) or len(rope) != 2:
-            raise ValueError(f"rope must be a (cos, sin) tuple of tables, got {_describe(rope)}")
         rope_cos, rope_sin = rope
+    if key_rope is not None:
+        key_rope_cos, key_rope_sin = key_rope
     if cu_seqlens_q is None:
         if cu_seqlens_k is not None or max_seqlen_q is not None:
             raise ValueError("cu_seqlens_k and max_seqlen_q need cu_seqlens_q")
@@ -521,7 +548,7 @@ def attention(
     args = (q, k, v, float(scale), layout, kv_lens, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
             joint_q, joint_k, joint_v, negative_k, negative_v, float(negative_scale), negative_kv_lens,
             rope_cos, rope_sin, bool(rope_interleaved), q_norm_weight, k_norm_weight, joint_q_norm_weight,
-            joint_k_norm_weight, float(norm_eps), attn_mask)
+            joint_k_norm_weight, float(norm_eps), attn_mask, key_rope_cos, key_rope_sin)
     key = _call_key(args)
     outs = torch.ops.pydiff.attention(*args) if key is _THROUGH_OP else _eager(args, key)
     return (outs[0], outs[1]) if joint is not None else outs[0]

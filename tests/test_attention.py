@@ -59,6 +59,10 @@ class Case:
     # tables of one angle per pair of channels (D/2 columns), the real and imaginary parts of a complex table
     # (strided views, as the diffusers processors pass Z-Image's, Lumina 2's and Qwen-Image's)
     rope_pairs: bool = False
+    # the keys' own tables (``key_rope``, other angles in the same form; per head: the key heads'); with
+    # rope_queries False, ``rope`` is left out: the keys turn, the queries do not
+    key_rope: bool = False
+    rope_queries: bool = True
     q_norm: bool = False
     k_norm: bool = False
     joint_q_norm: bool = False
@@ -125,26 +129,10 @@ def build(case: Case, seed: int = 0):
         joined = case.joint if case.joint is not None else (0, 0)
         kw["attn_mask"] = _attn_mask(case, gen, case.n_q + joined[0], case.n_k + joined[1])
     if case.rope is not None:
-        # diffusers-style tables: one frequency per pair, repeated to fill D, for positions 0..rows+2
-        half = case.head_dim // 2
-        freqs = 1.0 / (50.0 ** (torch.arange(half, dtype=torch.float64) / half))
-        angles = torch.arange(rows + 3, dtype=torch.float64)[:, None] * freqs[None, :]
-        if case.rope_pairs:
-            pass
-        elif case.rope == "interleaved":
-            angles = angles.repeat_interleave(2, dim=1)
-        else:
-            angles = torch.cat([angles, angles], dim=1)
-        if case.rope_tables != "shared":  # (each batch row and/or head its own angles)
-            rows_b = case.batch if case.rope_tables in ("batch", "batch-heads") else 1
-            heads = 1 if case.rope_tables == "batch" else case.heads
-            scale = 0.5 + torch.rand(rows_b, 1, heads, 1, generator=gen, dtype=torch.float64)
-            angles = (angles[None, :, None, :] * scale).flatten(2).unflatten(2, (heads, angles.shape[-1]))
-        if case.rope_pairs:  # (e^(i angle) as complex64, its parts read in place: column stride 2)
-            parts = torch.view_as_real(torch.polar(torch.ones_like(angles), angles).to(torch.complex64))
-            kw["rope"] = (parts[..., 0], parts[..., 1])
-        else:
-            kw["rope"] = (angles.cos().float(), angles.sin().float())
+        if case.rope_queries:
+            kw["rope"] = _rope_tables(case, gen, rows, case.heads, 50.0)
+        if case.key_rope:
+            kw["key_rope"] = _rope_tables(case, gen, rows, kv_heads, 20.0)
         kw["rope_interleaved"] = case.rope == "interleaved"
     for flag, name in ((case.q_norm, "q_norm_weight"), (case.k_norm, "k_norm_weight"),
                        (case.joint_q_norm, "joint_q_norm_weight"), (case.joint_k_norm, "joint_k_norm_weight")):
@@ -154,6 +142,30 @@ def build(case: Case, seed: int = 0):
     if case.q_norm or case.k_norm or case.joint_q_norm or case.joint_k_norm:
         kw["norm_eps"] = 1e-5
     return q, k, v, kw
+
+
+def _rope_tables(case: Case, gen: torch.Generator, rows: int, heads: int, base: float):
+    """``case.rope``'s (cos, sin) tables in ``case.rope_tables``' form for ``heads`` heads (where per head), rows for
+    positions 0..rows+2: diffusers-style, one frequency per pair (powers of ``base``) repeated to fill D, or one
+    angle per pair read in place from a complex table (``case.rope_pairs``)."""
+    half = case.head_dim // 2
+    freqs = 1.0 / (base ** (torch.arange(half, dtype=torch.float64) / half))
+    angles = torch.arange(rows + 3, dtype=torch.float64)[:, None] * freqs[None, :]
+    if case.rope_pairs:
+        pass
+    elif case.rope == "interleaved":
+        angles = angles.repeat_interleave(2, dim=1)
+    else:
+        angles = torch.cat([angles, angles], dim=1)
+    if case.rope_tables != "shared":  # (each batch row and/or head its own angles)
+        rows_b = case.batch if case.rope_tables in ("batch", "batch-heads") else 1
+        heads = 1 if case.rope_tables == "batch" else heads
+        scale = 0.5 + torch.rand(rows_b, 1, heads, 1, generator=gen, dtype=torch.float64)
+        angles = (angles[None, :, None, :] * scale).flatten(2).unflatten(2, (heads, angles.shape[-1]))
+    if case.rope_pairs:  # (e^(i angle) as complex64, its parts read in place: column stride 2)
+        parts = torch.view_as_real(torch.polar(torch.ones_like(angles), angles).to(torch.complex64))
+        return parts[..., 0], parts[..., 1]
+    return angles.cos().float(), angles.sin().float()
 
 
 _ROW_MASKS = ("bhmn", "b1mn", "mn", "transposed", "outer", "bhm1")
@@ -278,7 +290,8 @@ def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_m
         joint_q_norm_weight=kw.get("joint_q_norm_weight"), joint_k_norm_weight=kw.get("joint_k_norm_weight"),
         norm_eps=kw.get("norm_eps", 1e-6), block_m=blocks[0], block_n=blocks[1], num_warps=warps,
         num_stages=stages, use_tma=use_tma, rowsum_mma=rowsum_mma, stream_k=stream_k, overlap=overlap,
-        prologue_heads=prologue_heads, warp_spec=warp_spec, join_keys=join_keys, attn_mask=kw.get("attn_mask"))
+        prologue_heads=prologue_heads, warp_spec=warp_spec, join_keys=join_keys, attn_mask=kw.get("attn_mask"),
+        key_rope=kw.get("key_rope"))
     return (out, joint[3]) if joint is not None else out
 
 
@@ -342,6 +355,14 @@ GRID = [
     Case(F16, 128, 64, 64, heads=2, joint=(16, 16), rope="interleaved", q_norm=True, k_norm=True, joint_q_norm=True,
          joint_k_norm=True, layout="bnhd", blocks=(64, 64), name="f16-flux-like-even"),
     Case(F32, 64, 33, 33, joint=(17, 17), joint_q_norm=True, k_norm=True, name="f32-joint-one-sided-norms"),
+    # the keys' own RoPE tables (LTX-2's audio-video cross-attention): with norms, a joint stream and a negative
+    # stream; per head with grouped-query heads (the key heads' tables); keys turned while the queries are not
+    Case(F32, 64, 45, 33, rope="interleaved", key_rope=True, q_norm=True, k_norm=True, joint=(19, 17),
+         joint_k_norm=True, negative=13, name="f32-key-rope-joint-negative"),
+    Case(BF16, 80, 33, 41, batch=2, heads=4, kv_heads=2, layout="bnhd", rope="half", rope_tables="batch-heads",
+         rope_pairs=True, key_rope=True, name="bf16-key-rope-per-head-gqa"),
+    Case(F16, 48, 29, 37, rope="interleaved", key_rope=True, rope_queries=False, kv_lens=[30],
+         name="f16-key-rope-only"),
     # a second stream of keys only (no queries: IP-Adapter's image-prompt keys joined to SD3's, a cache of
     # reference keys), with its own norm, RoPE rows after stream 1's, key padding over the joined keys; GQA
     Case(F32, 64, 45, 45, joint=(0, 19), rope="interleaved", q_norm=True, k_norm=True, joint_k_norm=True,
@@ -972,6 +993,15 @@ BAD = [
     (r"a per-head table must be \(1 or B = 2, tokens, 1 or H = 4, D\), its heads those of q and k alike \(H_kv = 2\)",
      lambda q, k, v: (q, k, v, {"rope": (torch.ones(1, 9, 4, 16),) * 2}), ValueError),  # (GQA: 4 and 2 heads)
     ("a per-head table", lambda q, k, v: (q, k, v, {"rope": (torch.ones(3, 9, 1, 16),) * 2}), ValueError),
+    # the keys' own tables: rows for the 7 keys, per head the 2 key heads'; the queries' then for the 9 queries alone
+    (r"key_rope cos must have 16 columns \(or 8: one angle per pair of channels\), as many as key_rope cos, and >= 7 "
+     r"rows", lambda q, k, v: (q, k, v, {"key_rope": (torch.ones(6, 16),) * 2}), ValueError),
+    (r"key_rope cos: a per-head table must be \(1 or B = 2, tokens, 1 or H = 2, D\)",
+     lambda q, k, v: (q, k, v, {"key_rope": (torch.ones(1, 7, 4, 16),) * 2}), ValueError),
+    ("key_rope must be a", lambda q, k, v: (q, k, v, {"key_rope": torch.ones(7, 16)}), ValueError),
+    (r"rope cos must have 16 columns .* >= 9 rows", lambda q, k, v: (q, k, v, {"rope": (torch.ones(8, 16),) * 2,
+                                                                             "key_rope": (torch.ones(7, 16),) * 2}),
+     ValueError),
     ("q_norm_weight", lambda q, k, v: (q, k, v, {"q_norm_weight": torch.ones(8)}), ValueError),
     ("joint_q_norm_weight", lambda q, k, v: (q, k, v, {"joint_q_norm_weight": torch.ones(16)}), ValueError),
     ("negative_kv_lens", lambda q, k, v: (q, k, v, {"negative_kv_lens": torch.tensor([1, 2])}), ValueError),
@@ -1909,7 +1939,8 @@ GPU_GRID = [GRID[i] for i in (0, 1, 2, 4, 6, 8, 10, 13, 15, 17, 20, 23, -1)] + [
     c for c in GRID if c.name in ("f16-mask-float-bnhd-gqa-kvlens", "f16-mask-joint-prologue-strided",
                                   "bf16-mask-strided-negative-scale", "f16-rowmask-float-bnhd-gqa-kvlens",
                                   "bf16-rowmask-diffusers", "f16-rowmask-joint-prologue-strided",
-                                  "bf16-rope-per-head-joint", "f32-joint-keys-only-prologue-kvlens")] + [
+                                  "bf16-rope-per-head-joint", "f32-joint-keys-only-prologue-kvlens",
+                                  "bf16-key-rope-per-head-gqa")] + [
     Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
          name="gpu-flux-shape"),
     Case(F16, 64, 4096, 77, heads=10, batch=2, name="gpu-sdxl-cross"),

@@ -1969,16 +1969,22 @@ def _ltx2_run(inputs):
 def test_ltx2_transformer(backend, rope_type, gated, monkeypatch):
     """LTX-2: video and audio self-attention with their RoPE tables (interleaved (B, N, H*D), or split
     (B, H, N, D/2): one angle per pair, read in place) in the kernel's prologue, text cross-attention with the
-    padding as the key mask, the per-head gates after; the audio-video cross-attention (keys turned by tables of
-    their own) with the stock processor. Video and audio outputs the stock processors'."""
+    padding as the key mask, the audio-video cross-attention both ways with the keys turned by tables of their own
+    (``key_rope``), the per-head gates after. Video and audio outputs the stock processors'."""
     model, inputs = tiny_ltx2(rope_type, gated), _ltx2_inputs(48)
-    calls = _joined_masks(monkeypatch)
+
+    def record(args, kwargs):
+        tables = [kwargs.get(name) for name in ("rope", "key_rope", "attn_mask")]
+        return tuple(None if t is None else tuple((t[0] if isinstance(t, tuple) else t).shape) for t in tables)
+
+    calls = _spy(monkeypatch, record)
     _compare(model, _ltx2_run(inputs), backend, {PydiffLTX2AttnProcessor})
-    # (per-head tables: interleaved (B, N, H*D) read as (B, N, H, D); split ones, one angle per pair, (B, N, H, D/2))
-    video_rope, audio_rope = ((2, 60, 2, 16), (2, 9, 2, 8)) if rope_type == "interleaved" else \
-        ((2, 60, 2, 8), (2, 9, 2, 4))
-    assert calls == [(video_rope, None), (audio_rope, None), (None, ((2, 1, 1, 7), torch.float32)),
-                     (None, ((2, 1, 1, 7), torch.float32))] * len(model.transformer_blocks)
+    # (per-head tables: interleaved (B, N, H*D) read as (B, N, H, D); split ones, one angle per pair, (B, N, H, D/2);
+    # the audio-video pair's narrower: video 60 tokens, audio 9)
+    video, audio, cross = (16, 8, 8) if rope_type == "interleaved" else (8, 4, 4)
+    assert calls == [((2, 60, 2, video), None, None), ((2, 9, 2, audio), None, None), (None, None, (2, 1, 1, 7)),
+                     (None, None, (2, 1, 1, 7)), ((2, 60, 2, cross), (2, 9, 2, cross), None),
+                     ((2, 9, 2, cross), (2, 60, 2, cross), None)] * len(model.transformer_blocks)
 
 
 needs_ltx2_perturbed = _needs("LTX2PerturbedAttnProcessor", "LTX-2's perturbed attention", "0.38")
@@ -1997,8 +2003,9 @@ def test_ltx2_perturbed_attention(backend, perturbation, monkeypatch):
         inputs.update(spatio_temporal_guidance_blocks=[1], perturbation_mask=torch.tensor(perturbation))
     calls = _masked_calls(monkeypatch)
     _compare(model, _ltx2_run(inputs), backend, {attention_processors.PydiffLTX2PerturbedAttnProcessor})
-    # (per block: video and audio self-attention, their text cross-attention; the audio-video pair stays stock)
-    assert len(calls) == 4 * 2 - (2 if perturbation == (0.0, 0.0) else 0)
+    # (per block: video and audio self-attention, their text cross-attention, the audio-video pair; where every
+    # sample is perturbed, the guided block's perturbed attentions stay stock)
+    assert len(calls) == 6 * 2 - (2 if perturbation == (0.0, 0.0) else 0)
 
 
 def _block_matches_stock(ours, attn, args, rope, masks, stock=None):

@@ -136,6 +136,7 @@ def attention_reference(
     joint_k_norm_weight: Optional[torch.Tensor] = None,
     norm_eps: float = 1e-6,
     attn_mask: Optional[torch.Tensor] = None,
+    key_rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     compute_dtype: Optional[torch.dtype] = None,
 ):
     """The definition of ``pydiff.attention`` and its variants (same arguments; see ``pydiff.attention``).
@@ -158,8 +159,13 @@ def attention_reference(
     def back(t):
         return t.transpose(1, 2).contiguous() if layout == "bnhd" else t.contiguous()
 
-    def pro(t, weight, offset):
-        return _prologue(t, weight, rope, rope_interleaved, offset, norm_eps, pro_dtype).to(attn_dtype)
+    keys_rope = rope if key_rope is None else key_rope  # (the keys' tables)
+
+    def pro(t, weight, offset, tables=rope):
+        return _prologue(t, weight, tables, rope_interleaved, offset, norm_eps, pro_dtype).to(attn_dtype)
+
+    def pro_k(t, weight, offset):
+        return pro(t, weight, offset, keys_rope)
 
     q, k, v = bhnd(q), bhnd(k), bhnd(v)
     if scale is None:
@@ -181,26 +187,26 @@ def attention_reference(
         k_all = torch.cat([k.to(pro_dtype), k2.to(pro_dtype)], dim=2)
         v_all = torch.cat([v, v2], dim=2).to(attn_dtype)
         q_all = _prologue(q_all, None, rope, rope_interleaved, 0, norm_eps, pro_dtype).to(attn_dtype)
-        k_all = _prologue(k_all, None, rope, rope_interleaved, 0, norm_eps, pro_dtype).to(attn_dtype)
+        k_all = _prologue(k_all, None, keys_rope, rope_interleaved, 0, norm_eps, pro_dtype).to(attn_dtype)
         out = _sdpa(q_all, k_all, v_all, scale, kv_lens, attn_mask)
         if negative is not None:
-            out = _subtract_negative(out, q_all, negative, bhnd, pro, k_norm_weight, scale, negative_scale,
+            out = _subtract_negative(out, q_all, negative, bhnd, pro_k, k_norm_weight, scale, negative_scale,
                                      negative_kv_lens)
         out = out.to(attn_dtype if compute_dtype is not None else in_dtype)
         return back(out[:, :, :n1]), back(out[:, :, n1:])
 
     if cu_seqlens_q is not None:
         # RoPE rows are absolute token indices of the packed sequence dimension.
-        qp, kp, vp = pro(q, q_norm_weight, 0), pro(k, k_norm_weight, 0), v.to(attn_dtype)
+        qp, kp, vp = pro(q, q_norm_weight, 0), pro_k(k, k_norm_weight, 0), v.to(attn_dtype)
         keep = _segment_mask(cu_seqlens_q, cu_seqlens_k if cu_seqlens_k is not None else cu_seqlens_q,
                              q.shape[2], k.shape[2], q.shape[0], kv_lens)
         out = _masked_sdpa(qp, kp, vp, scale, keep, attn_mask)
         return back(out.to(attn_dtype if compute_dtype is not None else in_dtype))
 
-    qp, kp, vp = pro(q, q_norm_weight, 0), pro(k, k_norm_weight, 0), v.to(attn_dtype)
+    qp, kp, vp = pro(q, q_norm_weight, 0), pro_k(k, k_norm_weight, 0), v.to(attn_dtype)
     out = _sdpa(qp, kp, vp, scale, kv_lens, attn_mask)
     if negative is not None:
-        out = _subtract_negative(out, qp, negative, bhnd, pro, k_norm_weight, scale, negative_scale,
+        out = _subtract_negative(out, qp, negative, bhnd, pro_k, k_norm_weight, scale, negative_scale,
                                  negative_kv_lens)
     return back(out.to(attn_dtype if compute_dtype is not None else in_dtype))
 

@@ -66,8 +66,8 @@
 * ``PydiffLTXVideoAttnProcessor`` replaces ``LTXVideoAttnProcessor``: the RoPE, whose tables span every head's
   channels, in the kernel's prologue as per-head tables.
 * ``PydiffLTX2AttnProcessor`` replaces LTX-2's ``LTX2AudioVideoAttnProcessor`` (diffusers 0.37+): the same for its
-  video and audio self-attention (interleaved or split tables) and text cross-attention, then its per-head gates;
-  its audio-video cross-attention (keys turned by tables of their own) stays stock.
+  video and audio self-attention (interleaved or split tables), text cross-attention and audio-video
+  cross-attention (the keys turned by tables of their own: the kernel's ``key_rope``), then its per-head gates.
   ``PydiffLTX2PerturbedAttnProcessor`` (0.38+) replaces ``LTX2PerturbedAttnProcessor`` (models built for
   spatio-temporal guidance) the same way, the perturbed samples' outputs blended with their values.
 * ``PydiffZImageAttnProcessor`` (diffusers 0.36+) and ``PydiffLumina2AttnProcessor`` replace Z-Image's
@@ -1124,21 +1124,23 @@ def _ltx_rope(attn, tables):
 
 
 def _ltx_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor],
-                   attention_mask: Optional[torch.Tensor], tables):
+                   attention_mask: Optional[torch.Tensor], tables, key_tables=None):
     """LTX-Video's and LTX-2's attention, (B, N, H, D), in one ``pydiff.attention`` call, and the values it read
-    (B, N_k, H, D): the RoPE (``tables``) in the prologue, the mask as the kernel reads it; their QK RMSNorms span
+    (B, N_k, H, D): the RoPE (``tables``; the keys' own, LTX-2's audio-video cross-attention's, ``key_tables``,
+    used only with ``tables`` as there) in the prologue, the mask as the kernel reads it; their QK RMSNorms span
     every head, so they run as modules first, as in the stock processors. None where the kernel does not take the
     call (the stock processor's then)."""
     source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
     mask = _processor_mask(attn, attention_mask, source.shape[0], source.shape[1])
     rope = None if tables is None else _ltx_rope(attn, tables)
+    key_rope = None if tables is None or key_tables is None else _ltx_rope(attn, key_tables)
     if attn.head_dim > MAX_HEAD_DIM or (attention_mask is not None and mask is None) or \
-            (tables is not None and rope is None):
+            (tables is not None and rope is None) or (key_tables is not None and rope is not None and key_rope is None):
         return None
     q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (-1, attn.head_dim))
     k = attn.norm_k(attn.to_k(source)).unflatten(2, (-1, attn.head_dim))
     v = attn.to_v(source).unflatten(2, (-1, attn.head_dim))
-    return attention(q, k, v, layout="bnhd", attn_mask=mask, rope=rope,
+    return attention(q, k, v, layout="bnhd", attn_mask=mask, rope=rope, key_rope=key_rope,
                      rope_interleaved=getattr(attn, "rope_type", "interleaved") == "interleaved"), v
 
 
@@ -1160,10 +1162,10 @@ class PydiffLTXVideoAttnProcessor(_RankLocal):
 
 class PydiffLTX2AttnProcessor(_RankLocal):
     """Drop-in for LTX-2's ``LTX2AudioVideoAttnProcessor`` (diffusers 0.37+): LTX-Video's call for its video and
-    audio self-attention (interleaved or split RoPE tables, per head) and text cross-attention (the padding as the
-    key mask), then its per-head gates. Its audio-video cross-attention, whose keys turn by tables of their own
-    (``key_rotary_emb``), stays with the stock processor: the prologue turns q and k by one table. ``stock_type``: the
-    stock processor for the calls the kernel does not take (the copy of LTX-2's a model has)."""
+    audio self-attention (interleaved or split RoPE tables, per head), text cross-attention (the padding as the key
+    mask) and audio-video cross-attention (the keys turned by tables of their own, ``key_rotary_emb``: the kernel's
+    ``key_rope``), then its per-head gates. ``stock_type``: the stock processor for the calls the kernel does not
+    take (the copy of LTX-2's a model has)."""
 
     def __init__(self, stock_type=None):
         self.stock = _stock(stock_type or LTX2AudioVideoAttnProcessor, "LTX-2", "0.37")
@@ -1171,9 +1173,8 @@ class PydiffLTX2AttnProcessor(_RankLocal):
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, query_rotary_emb=None,
                  key_rotary_emb=None) -> torch.Tensor:
-        called = None
-        if key_rotary_emb is None:
-            called = _ltx_attention(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb)
+        called = _ltx_attention(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb,
+                                key_rotary_emb)
         if called is None:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb,
                               key_rotary_emb)
@@ -1191,7 +1192,7 @@ class PydiffLTX2PerturbedAttnProcessor(PydiffLTX2AttnProcessor):
     """Drop-in for LTX-2's ``LTX2PerturbedAttnProcessor`` (diffusers 0.38+; every attention's processor in a model
     built with ``perturbed_attn``, for spatio-temporal guidance): LTX-2's call, then each sample's output blended
     with its values by the perturbation mask (1: the attention, 0: the values: STG's perturbed pass). A call in
-    which every sample is perturbed needs no attention and stays with the stock processor, as do audio-video calls.
+    which every sample is perturbed needs no attention and stays with the stock processor.
     Where the caller leaves ``all_perturbed`` open, it is read from the mask as the stock processor reads it (a
     host sync). ``stock_type``: the stock processor for the calls the kernel does not take (a copy's)."""
 
@@ -1204,8 +1205,9 @@ class PydiffLTX2PerturbedAttnProcessor(PydiffLTX2AttnProcessor):
         if all_perturbed is None:
             all_perturbed = perturbation_mask is not None and bool(torch.all(perturbation_mask == 0))
         called = None
-        if key_rotary_emb is None and not all_perturbed:
-            called = _ltx_attention(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb)
+        if not all_perturbed:
+            called = _ltx_attention(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb,
+                                    key_rotary_emb)
         if called is None:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb,
                               key_rotary_emb, perturbation_mask, all_perturbed)
