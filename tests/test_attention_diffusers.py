@@ -38,6 +38,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffFluxIPAdapterAttnProcessor,
     PydiffGlmImageAttnProcessor,
     PydiffHiDreamAttnProcessor,
+    PydiffHunyuanDiTAttnProcessor,
     PydiffHunyuanVideo15AttnProcessor,
     PydiffHunyuanVideoAttnProcessor,
     PydiffIdeogram4AttnProcessor,
@@ -670,6 +671,42 @@ def test_sana_wm_cross_attention(backend):
         torch.testing.assert_close(got, attn.processor(attn, hidden, text, mask), rtol=2e-5, atol=2e-5)
     switched = copy.deepcopy(attn)
     assert set_attention_backend(switched) == 1 and isinstance(switched.processor, PydiffSanaWMCrossAttnProcessor)
+
+
+def tiny_hunyuan_dit():
+    from diffusers import HunyuanDiT2DModel
+
+    return _perturb(HunyuanDiT2DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, patch_size=2, sample_size=8, hidden_size=32,
+        num_layers=2, cross_attention_dim=24, cross_attention_dim_t5=32, pooled_projection_dim=16, text_len=7,
+        text_len_t5=5), 111)
+
+
+def _hunyuan_dit_inputs(seed):
+    """HunyuanDiT inputs: 8 x 8 latents (4 x 4 patches), 7 CLIP and 5 T5 text tokens with padding, its 2-D RoPE."""
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed
+
+    gen = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(2, 4, 8, 8, generator=gen), timestep=torch.tensor([3.0, 700.0]),
+                encoder_hidden_states=torch.randn(2, 7, 24, generator=gen), text_embedding_mask=_TEXT_PADDING,
+                encoder_hidden_states_t5=torch.randn(2, 5, 32, generator=gen),
+                text_embedding_mask_t5=torch.tensor([[1] * 5, [1] * 2 + [0] * 3]),
+                image_meta_size=torch.randn(2, 6, generator=gen), style=torch.tensor([0, 0]),
+                image_rotary_emb=get_2d_rotary_pos_embed(16, ((0, 0), (4, 4)), (4, 4)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hunyuan_dit_transformer(backend, monkeypatch):
+    """HunyuanDiT: self-attention with its RoPE on q and k in the prologue, cross-attention with the RoPE on the
+    queries alone (the keys' tables turn nothing), LayerNorm QK norms as modules; outputs the stock processors'."""
+    def record(args, kwargs):
+        key_rope = kwargs.get("key_rope")
+        return kwargs.get("rope") is not None, None if key_rope is None else bool((key_rope[1] == 0).all())
+
+    calls = _spy(monkeypatch, record)
+    model, inputs = tiny_hunyuan_dit(), _hunyuan_dit_inputs(112)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffHunyuanDiTAttnProcessor})
+    assert calls == [(True, None), (True, True)] * len(model.blocks)
 
 
 def tiny_hunyuan_video():
@@ -2141,6 +2178,8 @@ def test_compiled_fullgraph_models(backend):
     if attention_processors.Flux2AttnProcessor is not None:  # (diffusers 0.36+)
         flux2_inputs = _flux2_inputs(12)
         models.append((tiny_flux2(), lambda m: m(**flux2_inputs).sample))
+    hunyuan_dit_inputs = _hunyuan_dit_inputs(41)
+    models.append((tiny_hunyuan_dit(), lambda m: m(**hunyuan_dit_inputs).sample))
     cosmos_inputs, mochi_inputs, ip_inputs = _cosmos_inputs(25, False), _mochi_inputs(26), _ip_adapter_inputs(27)
     auraflow_inputs = _auraflow_inputs(28)
     models += [(tiny_cosmos(False), lambda m: m(**cosmos_inputs).sample),
@@ -2234,8 +2273,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     HiDream, Z-Image, HunyuanVideo 1.5 and LTX-2 (both RoPE layouts; with spatio-temporal guidance), Cosmos
     Predict 2 and 2.5, Mochi (its text padding), AuraFlow, Kandinsky 5, Krea 2 (grouped-query), Ideogram 4
     (packed samples' mask per query), FLUX.3, Bria FIBO 2, GLM-Image (its text mask), PRX and Nucleus-Image (the
-    text a second stream of keys only), ERNIE-Image, JoyImage-Edit (and Edit-Plus), Motif-Video, and SD3 and Flux with
-    IP-Adapters (SD3's image prompt a stream of keys only).
+    text a second stream of keys only), ERNIE-Image, JoyImage-Edit (and Edit-Plus), Motif-Video, HunyuanDiT (keys
+    not turned in cross-attention), and SD3 and Flux with IP-Adapters (SD3's image prompt a stream of keys only).
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -2265,7 +2304,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
         models.append((tiny_flux2(), _flux2_inputs(13)))
     models += [(tiny_cosmos(False), _cosmos_inputs(27, False)), (tiny_mochi(), _mochi_inputs(34)),
                (tiny_unet_with_ip_adapters(), _ip_adapter_inputs(35)), (tiny_auraflow(), _auraflow_inputs(36)),
-               (tiny_sd3_with_ip_adapter(), _sd3_ip_inputs(38)), (tiny_flux_with_ip_adapters(), _flux_ip_inputs(39))]
+               (tiny_sd3_with_ip_adapter(), _sd3_ip_inputs(38)), (tiny_flux_with_ip_adapters(), _flux_ip_inputs(39)),
+               (tiny_hunyuan_dit(), _hunyuan_dit_inputs(47))]
     if attention_processors.CosmosAttnProcessor2_5 is not None:  # (diffusers 0.37+)
         models.append((tiny_cosmos(True), _cosmos_inputs(28, True)))
     if attention_processors.GlmImageAttnProcessor is not None:  # (diffusers 0.37+)

@@ -32,6 +32,7 @@ _EXPORTS = {
     "PydiffFlux3AttnProcessor": "attention_processors",
     "PydiffGlmImageAttnProcessor": "attention_processors",
     "PydiffHiDreamAttnProcessor": "attention_processors",
+    "PydiffHunyuanDiTAttnProcessor": "attention_processors",
     "PydiffHunyuanVideoAttnProcessor": "attention_processors",
     "PydiffHunyuanVideo15AttnProcessor": "attention_processors",
     "PydiffIdeogram4AttnProcessor": "attention_processors",

@@ -2,6 +2,7 @@
 
     from pydiff.integrations.diffusers import set_attention_backend
     set_attention_backend(pipe)   # or a model: UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel,
+                                  # HunyuanDiT2DModel,
                                   # Flux2Transformer2DModel, QwenImageTransformer2DModel, PixArtTransformer2DModel,
                                   # ChromaTransformer2DModel, HunyuanVideoTransformer3DModel, WanTransformer3DModel,
                                   # CogVideoXTransformer3DModel, LTXVideoTransformer3DModel, ZImageTransformer2DModel,
@@ -26,6 +27,8 @@
   the same way: the joint call as below, then the image prompt's attention (SD3's over [image keys; image-prompt
   keys], the prompt's keys a second stream of keys only; Flux's over each prompt's keys), its QK norms in the
   kernel's prologue.
+* ``PydiffHunyuanDiTAttnProcessor`` replaces HunyuanDiT's ``HunyuanAttnProcessor2_0``: the same steps with its RoPE
+  in the prologue, on the queries alone in cross-attention (``key_rope`` tables that turn nothing).
 * ``PydiffSanaAttnProcessor`` replaces Sana's ``SanaAttnProcessor2_0`` (its cross-attention): the same, with its
   across-heads QK RMSNorms as modules first.
 * ``PydiffSanaWMCrossAttnProcessor`` (0.42+) replaces SANA-WM's cross-attention processor the same way.
@@ -132,6 +135,7 @@ from diffusers.models.attention_processor import (
     FusedAuraFlowAttnProcessor2_0,
     FusedCogVideoXAttnProcessor2_0,
     FusedJointAttnProcessor2_0,
+    HunyuanAttnProcessor2_0,
     IPAdapterAttnProcessor2_0,
     JointAttnProcessor2_0,
     MochiAttnProcessor2_0,
@@ -434,6 +438,35 @@ class PydiffIPAdapterAttnProcessor(PydiffAttnProcessor, IPAdapterAttnProcessor2_
         return out
 
 
+class PydiffHunyuanDiTAttnProcessor(PydiffAttnProcessor):
+    """Drop-in for HunyuanDiT's ``HunyuanAttnProcessor2_0``: ``AttnProcessor2_0``'s steps with the RoPE (interleaved
+    tables (N, D)) in the kernel's prologue; in cross-attention the queries alone turn, as there (the keys by
+    tables that turn nothing, ``key_rope``). Its LayerNorm QK norms run as modules first."""
+
+    def __init__(self):
+        self.stock = self.stock_fused = HunyuanAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
+                 image_rotary_emb=None) -> torch.Tensor:
+        source = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
+        keys = source.shape[2] * source.shape[3] if source.ndim == 4 else source.shape[1]
+        mask = _processor_mask(attn, attention_mask, source.shape[0], keys)
+        if _head_dim(attn) > MAX_HEAD_DIM or (attention_mask is not None and mask is None) or \
+                _fused_projections(attn):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, image_rotary_emb)
+        return self._forward(attn, hidden_states, encoder_hidden_states, mask, temb, extra=image_rotary_emb)
+
+    def _attend(self, attn, q, k, v, mask, head_dim, extra):
+        rope = key_rope = None
+        if extra is not None:
+            rope = tuple(extra)
+            if attn.is_cross_attention:  # (cos 1, sin 0: one angle per pair of channels, for every key)
+                key_rope = (q.new_ones(k.shape[1], head_dim // 2, dtype=torch.float32),
+                            q.new_zeros(k.shape[1], head_dim // 2, dtype=torch.float32))
+        return _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], head_dim, rope, mask, key_rope=key_rope)
+
+
 class PydiffSanaAttnProcessor(_RankLocal):
     """Drop-in for Sana's ``SanaAttnProcessor2_0`` (its cross-attention; its linear self-attention stays): the text
     padding, diffusers' (B, 1, N_k) additive mask, as the kernel's key mask read in place (the stock processor
@@ -564,13 +597,13 @@ def _heads(attn, x: torch.Tensor, fused: str, names: Tuple[str, str, str], head_
 
 def _streams_attention(streams, head_dim: int, rope, attn_mask: Optional[torch.Tensor],
                        rope_interleaved: bool = True, scale: Optional[float] = None,
-                       norm_dtype: Optional[torch.dtype] = None):
+                       norm_dtype: Optional[torch.dtype] = None, key_rope=None):
     """One ``pydiff.attention`` call over one or two token streams, each (q, k, v, q norm, k norm) with q, k and v
     (B, N, H, D) (k and v may have fewer heads: grouped-query attention): joint attention over [stream 1; stream 2]
     without concatenation or split, the RoPE rows and the mask following that joined sequence; the streams' QK
     RMSNorms run in the kernel's prologue (other norms as modules first; an RMSNorm without an eps takes
-    ``norm_dtype``'s, q's dtype by default, as the module does on its input). Returns the output, or both
-    streams' with two."""
+    ``norm_dtype``'s, q's dtype by default, as the module does on its input; ``key_rope``: the keys' own tables).
+    Returns the output, or both streams' with two."""
     (q, k, v, q_norm, k_norm), *second = streams
     norms, tensors = {"q": q_norm, "k": k_norm}, {"q": q, "k": k}
     if second:
@@ -582,6 +615,8 @@ def _streams_attention(streams, head_dim: int, rope, attn_mask: Optional[torch.T
         tensors[name] = norm(tensors[name])
     common = dict(scale=scale, layout="bnhd", attn_mask=attn_mask, rope=rope, rope_interleaved=rope_interleaved,
                   norm_eps=eps, q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"))
+    if key_rope is not None:
+        common["key_rope"] = key_rope
     if not second:
         return attention(tensors["q"], tensors["k"], v, **common)
     return attention(tensors["q"], tensors["k"], v, joint=(tensors["q2"], tensors["k2"], v2),
@@ -1746,6 +1781,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (AttnProcessor2_0, PydiffAttnProcessor, None),
     (FusedAttnProcessor2_0, PydiffAttnProcessor, None),
     (IPAdapterAttnProcessor2_0, PydiffIPAdapterAttnProcessor, None),
+    (HunyuanAttnProcessor2_0, PydiffHunyuanDiTAttnProcessor, None),
     (SD3IPAdapterJointAttnProcessor2_0, PydiffSD3IPAdapterAttnProcessor, None),
     (FluxIPAdapterAttnProcessor, PydiffFluxIPAdapterAttnProcessor, None),
     (SanaAttnProcessor2_0, PydiffSanaAttnProcessor, None),
@@ -1841,12 +1877,12 @@ __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo
            "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
            "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor",
            "PydiffFluxIPAdapterAttnProcessor", "PydiffGlmImageAttnProcessor", "PydiffHiDreamAttnProcessor",
-           "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor", "PydiffIPAdapterAttnProcessor",
-           "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor", "PydiffJoyImageAttnProcessor",
-           "PydiffJoyImageEditPlusAttnProcessor", "PydiffKandinsky5AttnProcessor", "PydiffKrea2AttnProcessor",
-           "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor",
-           "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor",
-           "PydiffNucleusMoEAttnProcessor", "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor",
-           "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor",
-           "PydiffSanaWMCrossAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor",
-           "set_attention_backend"]
+           "PydiffHunyuanDiTAttnProcessor", "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor",
+           "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor",
+           "PydiffJoyImageAttnProcessor", "PydiffJoyImageEditPlusAttnProcessor", "PydiffKandinsky5AttnProcessor",
+           "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor",
+           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor",
+           "PydiffMotifVideoAttnProcessor", "PydiffNucleusMoEAttnProcessor", "PydiffPRXAttnProcessor",
+           "PydiffQwenImage21AttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor",
+           "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor", "PydiffWanAttnProcessor",
+           "PydiffZImageAttnProcessor", "set_attention_backend"]
