@@ -47,6 +47,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffJoyImageAttnProcessor,
     PydiffJoyImageEditPlusAttnProcessor,
     PydiffKandinsky5AttnProcessor,
+    PydiffKandinsky6AttnProcessor,
     PydiffKrea2AttnProcessor,
     PydiffLTX2AttnProcessor,
     PydiffLTXVideoAttnProcessor,
@@ -334,6 +335,7 @@ def test_processors_name_the_diffusers_they_need(monkeypatch):
                                  ("QwenImage21AttnProcessor", PydiffQwenImage21AttnProcessor, "0.42"),
                                  ("MotifVideoAttnProcessor2_0", PydiffMotifVideoAttnProcessor, "0.39"),
                                  ("SanaWMCrossAttnProcessor", PydiffSanaWMCrossAttnProcessor, "0.42"),
+                                 ("Kandinsky6AttnProcessor", PydiffKandinsky6AttnProcessor, "0.42"),
                                  ("BriaFibo2AttnProcessor", PydiffBriaFibo2AttnProcessor, "0.42")):
         monkeypatch.setattr(attention_processors, stock, None)
         with pytest.raises(ImportError, match=f"need diffusers {version} or newer"):
@@ -1737,6 +1739,47 @@ def _kandinsky5_inputs(seed):
                 visual_rope_pos=(torch.arange(3), torch.arange(4), torch.arange(3)), text_rope_pos=torch.arange(7))
 
 
+needs_kandinsky6 = _needs("Kandinsky6AttnProcessor", "Kandinsky 6", "0.42")
+
+
+def tiny_kandinsky6():
+    """The tiny Kandinsky 6 with its audio branch and RoPE in cross-attention (``ca_rope``)."""
+    from diffusers.models.transformers.transformer_kandinsky6 import Kandinsky6Transformer3DModel
+
+    return _perturb(Kandinsky6Transformer3DModel(
+        in_visual_dim=4, out_visual_dim=4, in_text_dim=24, in_text_dim2=16, time_dim=32, patch_size=(1, 2, 2),
+        model_dim=32, ff_dim=48, num_text_blocks=1, num_visual_blocks=2, axes_dims=(4, 6, 6), in_audio_dim=4,
+        out_audio_dim=4, model_dim_a=32, time_dim_a=32, ff_dim_a=48, axes_dims_a=(16,), visual_cond=False,
+        ca_rope=True), 113)
+
+
+def _kandinsky6_inputs(seed):
+    """Kandinsky 6 inputs: 3 frames of 8 x 6 latents (36 patches, channels last), 5 audio latents, 7 text tokens
+    (the second prompt's last 3 padding)."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(2, 3, 8, 6, 4, generator=gen),
+                encoder_hidden_states=torch.randn(2, 7, 24, generator=gen),
+                pooled_projections=torch.randn(2, 16, generator=gen), timestep=torch.tensor([300.0, 700.0]),
+                audio_hidden_states=torch.randn(2, 5, 4, generator=gen), encoder_attention_mask=_TEXT_PADDING.bool())
+
+
+@needs_kandinsky6
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kandinsky6_transformer(backend, monkeypatch):
+    """Kandinsky 6: text, video and audio self-attention (one table), their text cross-attention (the padding as
+    key mask) and the video-audio cross-attention both ways, whose queries and keys turn by tables of their own
+    (``key_rope``); video and audio outputs the stock processors'."""
+    def record(args, kwargs):
+        return kwargs.get("rope") is not None, kwargs.get("key_rope") is not None, kwargs.get("attn_mask") is not None
+
+    calls = _spy(monkeypatch, record)
+    inputs = _kandinsky6_inputs(114)
+    _compare(tiny_kandinsky6(), _video_and_audio(inputs), backend, {PydiffKandinsky6AttnProcessor})
+    # (the two text branches; per visual block: video self, video-text, audio self, audio-text, video-audio both ways)
+    assert calls == [(True, False, True)] * 2 + [(True, False, False), (False, False, True), (True, False, False),
+                                                 (False, False, True), (True, True, False), (True, True, False)] * 2
+
+
 def _kandinsky5_in_model_dtype(monkeypatch):
     """Kandinsky 5's stock processor rounds the rotated q and k to bfloat16 in any model dtype: made float32 here (its
     module's ``torch.bfloat16``, used there only), then its ``type_as`` rounds them to the model's dtype as ours
@@ -1995,7 +2038,8 @@ def _ltx2_inputs(seed):
                 num_frames=3, height=4, width=5, audio_num_frames=9)
 
 
-def _ltx2_run(inputs):
+def _video_and_audio(inputs):
+    """``run`` for the models with a video and an audio output (LTX-2, Kandinsky 6)."""
     return lambda m: (lambda out: (out.sample, out.audio_sample))(m(**inputs))
 
 
@@ -2015,7 +2059,7 @@ def test_ltx2_transformer(backend, rope_type, gated, monkeypatch):
         return tuple(None if t is None else tuple((t[0] if isinstance(t, tuple) else t).shape) for t in tables)
 
     calls = _spy(monkeypatch, record)
-    _compare(model, _ltx2_run(inputs), backend, {PydiffLTX2AttnProcessor})
+    _compare(model, _video_and_audio(inputs), backend, {PydiffLTX2AttnProcessor})
     # (per-head tables: interleaved (B, N, H*D) read as (B, N, H, D); split ones, one angle per pair, (B, N, H, D/2);
     # the audio-video pair's narrower: video 60 tokens, audio 9)
     video, audio, cross = (16, 8, 8) if rope_type == "interleaved" else (8, 4, 4)
@@ -2039,7 +2083,7 @@ def test_ltx2_perturbed_attention(backend, perturbation, monkeypatch):
     if perturbation is not None:
         inputs.update(spatio_temporal_guidance_blocks=[1], perturbation_mask=torch.tensor(perturbation))
     calls = _masked_calls(monkeypatch)
-    _compare(model, _ltx2_run(inputs), backend, {attention_processors.PydiffLTX2PerturbedAttnProcessor})
+    _compare(model, _video_and_audio(inputs), backend, {attention_processors.PydiffLTX2PerturbedAttnProcessor})
     # (per block: video and audio self-attention, their text cross-attention, the audio-video pair; where every
     # sample is perturbed, the guided block's perturbed attentions stay stock)
     assert len(calls) == 6 * 2 - (2 if perturbation == (0.0, 0.0) else 0)
@@ -2174,7 +2218,7 @@ def test_compiled_fullgraph_models(backend):
         models += [(tiny_z_image(), _z_image_run(_z_image_inputs(21))),
                    (tiny_hunyuan_video15(), lambda m: m(**hunyuan15_inputs).sample)]
     if attention_processors.LTX2AudioVideoAttnProcessor is not None:  # (diffusers 0.37+)
-        models.append((tiny_ltx2("split", True), _ltx2_run(_ltx2_inputs(24))))
+        models.append((tiny_ltx2("split", True), _video_and_audio(_ltx2_inputs(24))))
     if attention_processors.Flux2AttnProcessor is not None:  # (diffusers 0.36+)
         flux2_inputs = _flux2_inputs(12)
         models.append((tiny_flux2(), lambda m: m(**flux2_inputs).sample))
@@ -2213,6 +2257,9 @@ def test_compiled_fullgraph_models(backend):
         krea2_inputs, ideogram4_inputs = _krea2_inputs(27), _ideogram4_inputs(28)
         models += [(tiny_krea2(), lambda m: m(**krea2_inputs).sample),
                    (tiny_ideogram4(), lambda m: m(**ideogram4_inputs).sample)]
+    if attention_processors.Kandinsky6AttnProcessor is not None:  # (diffusers 0.42+)
+        kandinsky6_inputs = _kandinsky6_inputs(42)
+        models.append((tiny_kandinsky6(), lambda m: m(**kandinsky6_inputs).sample))
     if attention_processors.Flux3AttnProcessor is not None:  # (diffusers 0.42+)
         flux3_inputs, fibo2_inputs = _flux3_inputs(29), _bria_fibo2_inputs(30)
         models += [(tiny_flux3(), lambda m: m(**flux3_inputs).sample),
@@ -2274,7 +2321,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     Predict 2 and 2.5, Mochi (its text padding), AuraFlow, Kandinsky 5, Krea 2 (grouped-query), Ideogram 4
     (packed samples' mask per query), FLUX.3, Bria FIBO 2, GLM-Image (its text mask), PRX and Nucleus-Image (the
     text a second stream of keys only), ERNIE-Image, JoyImage-Edit (and Edit-Plus), Motif-Video, HunyuanDiT (keys
-    not turned in cross-attention), and SD3 and Flux with IP-Adapters (SD3's image prompt a stream of keys only).
+    not turned in cross-attention), Kandinsky 6 (keys turned by tables of their own), and SD3 and Flux with
+    IP-Adapters (SD3's image prompt a stream of keys only).
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -2323,6 +2371,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
         models += [(tiny_krea2(), _krea2_inputs(29)), (tiny_ideogram4(), _ideogram4_inputs(30))]
     if attention_processors.Flux3AttnProcessor is not None:  # (diffusers 0.42+)
         models += [(tiny_flux3(), _flux3_inputs(31)), (tiny_bria_fibo2(), _bria_fibo2_inputs(32))]
+    if attention_processors.Kandinsky6AttnProcessor is not None:  # (diffusers 0.42+)
+        models.append((tiny_kandinsky6(), _kandinsky6_inputs(48)))
     for model, inputs in models:
         def run(m, precision):
             args = _moved(inputs, cuda_device, precision)

@@ -40,6 +40,7 @@ _EXPORTS = {
     "PydiffJoyImageAttnProcessor": "attention_processors",
     "PydiffJoyImageEditPlusAttnProcessor": "attention_processors",
     "PydiffKandinsky5AttnProcessor": "attention_processors",
+    "PydiffKandinsky6AttnProcessor": "attention_processors",
     "PydiffKrea2AttnProcessor": "attention_processors",
     "PydiffNucleusMoEAttnProcessor": "attention_processors",
     "PydiffPRXAttnProcessor": "attention_processors",

@@ -103,6 +103,8 @@
   as the key mask.
 * ``PydiffKandinsky5AttnProcessor`` (0.36+) replaces ``Kandinsky5AttnProcessor``: the QK RMSNorms and the
   rotation-matrix RoPE (as HiDream's) in the prologue; its NABLA sparse attention stays stock.
+* ``PydiffKandinsky6AttnProcessor`` (0.42+) replaces ``Kandinsky6AttnProcessor``: the same with the queries and
+  keys turned by tables of their own (its video-audio cross-attention), the text padding as the key mask.
 * Copies diffusers keeps in other models' files (``_copies``: ChronoEdit's, SkyReels-V2's and Wan-Animate's of
   Wan's processor, Bria's, Bria FIBO's, LongCat-Image's and Ovis-Image's of Flux's, HunyuanImage 2.1's of
   HunyuanVideo's, the SANA-WM refiner's two of LTX-2's, Sana-Video's of Sana's) get the original's pydiff
@@ -195,6 +197,7 @@ JoyImageEditPlusAttnProcessor = _stock_class("transformer_joyimage_edit_plus", "
 QwenImage21AttnProcessor = _stock_class("transformer_qwenimage21", "QwenImage21AttnProcessor")  # (0.42+)
 MotifVideoAttnProcessor2_0 = _stock_class("transformer_motif_video", "MotifVideoAttnProcessor2_0")  # (0.39+)
 SanaWMCrossAttnProcessor = _stock_class("transformer_sana_wm", "SanaWMCrossAttnProcessor")  # (0.42+)
+Kandinsky6AttnProcessor = _stock_class("transformer_kandinsky6", "Kandinsky6AttnProcessor")  # (0.42+)
 
 
 def _stock(stock_type, model: str, version: str):
@@ -438,6 +441,12 @@ class PydiffIPAdapterAttnProcessor(PydiffAttnProcessor, IPAdapterAttnProcessor2_
         return out
 
 
+def _unturned(keys: int, head_dim: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``key_rope`` tables that turn nothing (cos 1, sin 0, one angle per pair of channels) for ``keys`` keys: the
+    keys of a call whose queries alone turn."""
+    return (torch.ones(keys, head_dim // 2, device=device), torch.zeros(keys, head_dim // 2, device=device))
+
+
 class PydiffHunyuanDiTAttnProcessor(PydiffAttnProcessor):
     """Drop-in for HunyuanDiT's ``HunyuanAttnProcessor2_0``: ``AttnProcessor2_0``'s steps with the RoPE (interleaved
     tables (N, D)) in the kernel's prologue; in cross-attention the queries alone turn, as there (the keys by
@@ -461,9 +470,8 @@ class PydiffHunyuanDiTAttnProcessor(PydiffAttnProcessor):
         rope = key_rope = None
         if extra is not None:
             rope = tuple(extra)
-            if attn.is_cross_attention:  # (cos 1, sin 0: one angle per pair of channels, for every key)
-                key_rope = (q.new_ones(k.shape[1], head_dim // 2, dtype=torch.float32),
-                            q.new_zeros(k.shape[1], head_dim // 2, dtype=torch.float32))
+            if attn.is_cross_attention:
+                key_rope = _unturned(k.shape[1], head_dim, k.device)
         return _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], head_dim, rope, mask, key_rope=key_rope)
 
 
@@ -1317,11 +1325,15 @@ class PydiffLumina2AttnProcessor(_RankLocal):
 
 def _rotation_pairs(freqs, head_dim: int):
     """HiDream's and Kandinsky 5's RoPE, a 2 x 2 rotation [[cos, -sin], [sin, cos]] per pair of channels,
-    (B, N, 1, P, 2, 2), as the kernel's interleaved tables of one angle per pair, (B, N, 1, D/2): its cos and sin
-    entries read in place where it turns every pair (P = D/2); where it turns the first half of the head dim only
-    (P = D/4: HiDream's stock processor rotates q[..., :D/2]), identity pairs after them. None for other forms."""
-    if not isinstance(freqs, torch.Tensor) or freqs.dim() != 6 or tuple(freqs.shape[-2:]) != (2, 2):
+    (B, N, 1, P, 2, 2) (Kandinsky 6's one for every batch row, (N, 1, P, 2, 2)), as the kernel's interleaved tables
+    of one angle per pair, (B, N, 1, D/2) (or (N, D/2)): its cos and sin entries read in place where it turns every
+    pair (P = D/2); where it turns the first half of the head dim only (P = D/4: HiDream's stock processor rotates
+    q[..., :D/2]), identity pairs after them. None for other forms."""
+    if not isinstance(freqs, torch.Tensor) or freqs.dim() not in (5, 6) or tuple(freqs.shape[-2:]) != (2, 2) or \
+            (freqs.dim() == 5 and freqs.shape[1] != 1):
         return None
+    if freqs.dim() == 5:
+        freqs = freqs[:, 0]
     cos, sin = freqs[..., 0, 0], freqs[..., 1, 0]
     if 2 * cos.shape[-1] == head_dim:
         return cos, sin
@@ -1744,6 +1756,38 @@ class PydiffKandinsky5AttnProcessor(_RankLocal):
         return attn.out_layer(out.flatten(2))
 
 
+class PydiffKandinsky6AttnProcessor(_RankLocal):
+    """Drop-in for Kandinsky 6's ``Kandinsky6AttnProcessor`` (diffusers 0.42+): self- and cross-attention (text,
+    and between video and audio) with its QK RMSNorms and rotation-matrix RoPE in the prologue, the queries and keys
+    each turned by their own tables (``rotary_emb``, ``rotary_emb_kv``: the kernel's ``rope`` and ``key_rope``; the
+    keys by none where they have none), the text padding (B, N_text) the key mask."""
+
+    def __init__(self):
+        self.stock = _stock(Kandinsky6AttnProcessor, "Kandinsky 6", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 rotary_emb: Optional[torch.Tensor] = None, rotary_emb_kv: Optional[torch.Tensor] = None,
+                 attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        head_dim = _head_dim(attn)
+        source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        rope = None if rotary_emb is None else _rotation_pairs(rotary_emb, head_dim)
+        key_rope = None if rotary_emb_kv is None else _rotation_pairs(rotary_emb_kv, head_dim)
+        mask = attn_mask
+        if mask is not None and mask.dim() == 2 and tuple(mask.shape) == (source.shape[0], source.shape[1]):
+            mask = mask[:, None, None, :]  # (as diffusers' attention dispatch widens it)
+        if head_dim > MAX_HEAD_DIM or (rotary_emb is not None and rope is None) or \
+                (rotary_emb_kv is not None and key_rope is None) or (mask is not None and not _kernel_reads(mask)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, rotary_emb, rotary_emb_kv, attn_mask)
+        if rope is not None and key_rope is None:
+            key_rope = _unturned(source.shape[1], head_dim, source.device)
+        elif rotary_emb_kv is rotary_emb:  # (one table for both: the prologue's rope)
+            key_rope = None
+        stream = _cross_stream(attn, hidden_states, encoder_hidden_states, head_dim,
+                               ("to_query", "to_key", "to_value"), ("query_norm", "key_norm"))
+        out = _streams_attention([stream], head_dim, rope, mask, key_rope=key_rope)
+        return attn.out_layer(out.flatten(2))
+
+
 def _no_qk_norms(attn) -> bool:
     """diffusers' fused joint processor skips the QK norms (SD3.5's), which ours would apply: replaced only without."""
     return all(getattr(attn, name, None) is None for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"))
@@ -1824,6 +1868,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (CosmosAttnProcessor2_0, PydiffCosmosAttnProcessor, None),
     (CosmosAttnProcessor2_5, PydiffCosmos25AttnProcessor, None),
     (Kandinsky5AttnProcessor, PydiffKandinsky5AttnProcessor, None),
+    (Kandinsky6AttnProcessor, PydiffKandinsky6AttnProcessor, None),
     *((stock, functools.partial(ours, stock), None) for stock, ours in _copies()),
 ) if entry[0] is not None)
 
@@ -1843,9 +1888,9 @@ def set_attention_backend(model_or_pipe) -> int:
     (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's, HunyuanVideo 1.5's, Kandinsky 5's and
     PRX's from diffusers 0.36, LTX-2's, Cosmos 2.5's and GLM-Image's from 0.37, Qwen-Image's, Krea 2's, Ideogram 4's,
     FLUX.2 Klein KV's, Nucleus-Image's, ERNIE-Image's, JoyImage's and Motif-Video's from 0.39, FLUX.3's, Bria FIBO 2's,
-    Qwen-Image 2.1's and SANA-WM's from 0.42). Other processors (added-KV, ...) stay, and so do modules whose head dim
-    is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention), SD3.5's fused joint processor
-    (which skips the QK norms) and processors under diffusers' context parallelism.
+    Qwen-Image 2.1's, SANA-WM's and Kandinsky 6's from 0.42). Other processors (added-KV, ...) stay, and so do modules
+    whose head dim is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention), SD3.5's fused
+    joint processor (which skips the QK norms) and processors under diffusers' context parallelism.
     ``fuse_qkv_projections()`` sets diffusers' fused processors over ours and ``load_ip_adapter`` its IP-Adapter
     processors: call this after them.
     The backend the processors use follows ``pydiff.use_backend`` / ``PYDIFF_BACKEND`` at call time.
@@ -1880,9 +1925,9 @@ __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo
            "PydiffHunyuanDiTAttnProcessor", "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor",
            "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor",
            "PydiffJoyImageAttnProcessor", "PydiffJoyImageEditPlusAttnProcessor", "PydiffKandinsky5AttnProcessor",
-           "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor",
-           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor",
-           "PydiffMotifVideoAttnProcessor", "PydiffNucleusMoEAttnProcessor", "PydiffPRXAttnProcessor",
-           "PydiffQwenImage21AttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor",
-           "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor", "PydiffWanAttnProcessor",
-           "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffKandinsky6AttnProcessor", "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor",
+           "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor",
+           "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor", "PydiffNucleusMoEAttnProcessor",
+           "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor", "PydiffQwenImageAttnProcessor",
+           "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor",
+           "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
