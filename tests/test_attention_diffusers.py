@@ -54,6 +54,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffLumina2AttnProcessor,
     PydiffMochiAttnProcessor,
     PydiffMotifVideoAttnProcessor,
+    PydiffMotifVideoCrossAttnProcessor,
     PydiffNucleusMoEAttnProcessor,
     PydiffPRXAttnProcessor,
     PydiffWanAttnProcessor,
@@ -629,31 +630,47 @@ def test_qwen_image21_kv_cache(backend, monkeypatch):
 needs_motif_video = _needs("MotifVideoAttnProcessor2_0", "Motif-Video", "0.39")
 
 
-def tiny_motif_video():
+def tiny_motif_video(cross=False):
+    """The tiny Motif-Video; ``cross``: with its text cross-attention in both kinds of block and an image
+    condition (its tokens before the text's)."""
     from diffusers.models.transformers.transformer_motif_video import MotifVideoTransformer3DModel
 
+    extra = dict(enable_text_cross_attention_dual=True, enable_text_cross_attention_single=True,
+                 image_embed_dim=12) if cross else {}
     return _perturb(MotifVideoTransformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=1,
-        num_single_layers=1, patch_size=1, text_embed_dim=24, rope_axes_dim=(4, 6, 6)), 107)
+        num_single_layers=1, patch_size=1, text_embed_dim=24, rope_axes_dim=(4, 6, 6), **extra), 107)
 
 
-def _motif_video_inputs(seed):
-    """Motif-Video inputs: 2 frames of 4 x 3 latents (24 tokens), 7 text tokens with the second prompt's padding."""
+def _motif_video_inputs(seed, cross=False):
+    """Motif-Video inputs: 2 frames of 4 x 3 latents (24 tokens), 7 text tokens with the second prompt's padding;
+    with ``cross``, 3 image-condition tokens."""
     gen = torch.Generator().manual_seed(seed)
-    return dict(hidden_states=torch.randn(2, 4, 2, 4, 3, generator=gen), timestep=torch.tensor([3, 700]),
-                encoder_hidden_states=torch.randn(2, 7, 24, generator=gen), encoder_attention_mask=_TEXT_PADDING)
+    inputs = dict(hidden_states=torch.randn(2, 4, 2, 4, 3, generator=gen), timestep=torch.tensor([3, 700]),
+                  encoder_hidden_states=torch.randn(2, 7, 24, generator=gen), encoder_attention_mask=_TEXT_PADDING)
+    return dict(inputs, image_embeds=torch.randn(2, 3, 12, generator=gen)) if cross else inputs
 
 
 @needs_motif_video
+@pytest.mark.parametrize("cross", [False, True], ids=["joint", "text-cross-attention"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_motif_video_transformer(backend, monkeypatch):
+def test_motif_video_transformer(backend, cross, monkeypatch):
     """Motif-Video: [video; text] as a joint call in the dual-stream block and over the joined tokens in the
-    single-stream one, the RoPE on the video tokens only, the text padding as key mask; outputs the stock
-    processors'."""
-    calls = _keys_only_calls(monkeypatch)
-    inputs = _motif_video_inputs(108)
-    _compare(tiny_motif_video(), lambda m: m(**inputs).sample, backend, {PydiffMotifVideoAttnProcessor})
-    assert calls == [("tokens", True)] * 2
+    single-stream one, the RoPE on the video tokens only, the text padding as key mask; with its text
+    cross-attention (the RoPE on the queries alone, the condition image's tokens left out) in each block too.
+    Outputs the stock processors'."""
+    def record(args, kwargs):
+        return args[1].shape[1], kwargs.get("key_rope") is not None
+
+    calls = _spy(monkeypatch, record)
+    inputs = _motif_video_inputs(108, cross)
+    _compare(tiny_motif_video(cross), lambda m: m(**inputs).sample, backend,
+             {PydiffMotifVideoAttnProcessor} | ({PydiffMotifVideoCrossAttnProcessor} if cross else set()))
+    # (the dual block's joint call: its video keys, then the text's; the single block's over [video; text]; the
+    # cross-attentions' keys: the 7 text tokens)
+    text = 10 if cross else 7
+    assert calls == ([(24, False), (7, True), (24 + text, False), (7, True)] if cross else
+                     [(24, False), (24 + text, False)])
 
 
 @_needs("SanaWMCrossAttnProcessor", "SANA-WM", "0.42")

@@ -22,6 +22,7 @@ _EXPORTS = {
     "PydiffLumina2AttnProcessor": "attention_processors",
     "PydiffMochiAttnProcessor": "attention_processors",
     "PydiffMotifVideoAttnProcessor": "attention_processors",
+    "PydiffMotifVideoCrossAttnProcessor": "attention_processors",
     "PydiffErnieImageAttnProcessor": "attention_processors",
     "PydiffFluxAttnProcessor": "attention_processors",
     "PydiffFluxIPAdapterAttnProcessor": "attention_processors",

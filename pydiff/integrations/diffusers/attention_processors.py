@@ -51,7 +51,8 @@
   text padding as the key mask.
 * ``PydiffMotifVideoAttnProcessor`` (0.39+) replaces Motif-Video's ``MotifVideoAttnProcessor2_0``: the same
   [video; text] call (joint in the dual-stream blocks, over the joined tokens in the single-stream ones), its text
-  padding as the key mask; its optional text cross-attention (RoPE on the queries only) stays stock.
+  padding as the key mask; ``PydiffMotifVideoCrossAttnProcessor`` its optional text cross-attention (the RoPE on
+  the queries alone).
 * ``PydiffHunyuanVideo15AttnProcessor`` replaces HunyuanVideo 1.5's ``HunyuanVideo15AttnProcessor2_0`` (diffusers
   0.36+): the same joint call, the stock processor's (B, 1, N, N) outer-product mask read as the tokens' key mask,
   the padding's query rows zeroed (no N x N mask built).
@@ -196,6 +197,7 @@ JoyImageAttnProcessor = _stock_class("transformer_joyimage", "JoyImageAttnProces
 JoyImageEditPlusAttnProcessor = _stock_class("transformer_joyimage_edit_plus", "JoyImageEditPlusAttnProcessor")
 QwenImage21AttnProcessor = _stock_class("transformer_qwenimage21", "QwenImage21AttnProcessor")  # (0.42+)
 MotifVideoAttnProcessor2_0 = _stock_class("transformer_motif_video", "MotifVideoAttnProcessor2_0")  # (0.39+)
+MotifVideoCrossAttnProcessor2_0 = _stock_class("transformer_motif_video", "MotifVideoCrossAttnProcessor2_0")
 SanaWMCrossAttnProcessor = _stock_class("transformer_sana_wm", "SanaWMCrossAttnProcessor")  # (0.42+)
 Kandinsky6AttnProcessor = _stock_class("transformer_kandinsky6", "Kandinsky6AttnProcessor")  # (0.42+)
 
@@ -1614,6 +1616,32 @@ class PydiffMotifVideoAttnProcessor(_RankLocal):
         return video, (attn.to_add_out(text) if attn.to_add_out is not None else text)
 
 
+class PydiffMotifVideoCrossAttnProcessor(_RankLocal):
+    """Drop-in for Motif-Video's ``MotifVideoCrossAttnProcessor2_0`` (its optional text cross-attention; 0.39+): the
+    video queries over the text (the condition image's tokens left out, as there), the QK RMSNorms and the RoPE on
+    the queries alone in the prologue (the keys' tables turn nothing), the text's part of the padding mask as the
+    key mask."""
+
+    def __init__(self):
+        self.stock = _stock(MotifVideoCrossAttnProcessor2_0, "Motif-Video", "0.39")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None,
+                 image_embed_seq_len: int = 0) -> torch.Tensor:
+        head_dim = _head_dim(attn)
+        if head_dim > MAX_HEAD_DIM or (attention_mask is not None and not _kernel_reads(attention_mask)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+                              image_embed_seq_len)
+        text = encoder_hidden_states[:, image_embed_seq_len:]
+        mask = None if attention_mask is None else attention_mask[..., attention_mask.shape[-1] - text.shape[1]:]
+        rope = key_rope = None
+        if image_rotary_emb is not None:
+            rope, key_rope = tuple(image_rotary_emb), _unturned(text.shape[1], head_dim, text.device)
+        out = _streams_attention([_cross_stream(attn, hidden_states, text, head_dim)], head_dim, rope, mask,
+                                 key_rope=key_rope)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
 class PydiffFlux3AttnProcessor(_RankLocal):
     """Drop-in for FLUX.3's ``Flux3AttnProcessor`` (diffusers 0.42+): self-attention over one mode's tokens or the
     joined [text; image] tokens, its QK RMSNorms (float32 in the stock processor too) and interleaved RoPE in the
@@ -1858,6 +1886,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (JoyImageEditPlusAttnProcessor, PydiffJoyImageEditPlusAttnProcessor, None),
     (QwenImage21AttnProcessor, PydiffQwenImage21AttnProcessor, None),
     (MotifVideoAttnProcessor2_0, PydiffMotifVideoAttnProcessor, None),
+    (MotifVideoCrossAttnProcessor2_0, PydiffMotifVideoCrossAttnProcessor, None),
     (SanaWMCrossAttnProcessor, PydiffSanaWMCrossAttnProcessor, None),
     (ZSingleStreamAttnProcessor, PydiffZImageAttnProcessor, None),
     (Lumina2AttnProcessor2_0, PydiffLumina2AttnProcessor, None),
@@ -1927,7 +1956,8 @@ __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo
            "PydiffJoyImageAttnProcessor", "PydiffJoyImageEditPlusAttnProcessor", "PydiffKandinsky5AttnProcessor",
            "PydiffKandinsky6AttnProcessor", "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor",
            "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor",
-           "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor", "PydiffNucleusMoEAttnProcessor",
-           "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor", "PydiffQwenImageAttnProcessor",
-           "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor",
-           "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor", "PydiffMotifVideoCrossAttnProcessor",
+           "PydiffNucleusMoEAttnProcessor", "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor",
+           "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor",
+           "PydiffSanaWMCrossAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor",
+           "set_attention_backend"]
