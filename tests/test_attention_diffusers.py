@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import math
 
 import pytest
@@ -332,7 +333,7 @@ def test_processors_name_the_diffusers_they_need(monkeypatch):
                                  ("NucleusMoEAttnProcessor2_0", PydiffNucleusMoEAttnProcessor, "0.39"),
                                  ("ErnieImageAttnProcessor", PydiffErnieImageAttnProcessor, "0.39"),
                                  ("JoyImageAttnProcessor", PydiffJoyImageAttnProcessor, "0.39"),
-                                 ("JoyImageEditPlusAttnProcessor", PydiffJoyImageEditPlusAttnProcessor, "0.39"),
+                                 ("JoyImageEditPlusAttnProcessor", PydiffJoyImageEditPlusAttnProcessor, "0.42"),
                                  ("QwenImage21AttnProcessor", PydiffQwenImage21AttnProcessor, "0.42"),
                                  ("MotifVideoAttnProcessor2_0", PydiffMotifVideoAttnProcessor, "0.39"),
                                  ("SanaWMCrossAttnProcessor", PydiffSanaWMCrossAttnProcessor, "0.42"),
@@ -551,10 +552,11 @@ def test_ernie_image_transformer(backend, monkeypatch):
 
 
 def tiny_joyimage(plus=False):
-    from diffusers.models.transformers import transformer_joyimage, transformer_joyimage_edit_plus
+    from diffusers.models import transformers
 
-    model = transformer_joyimage_edit_plus.JoyImageEditPlusTransformer3DModel if plus else \
-        transformer_joyimage.JoyImageEditTransformer3DModel
+    model = importlib.import_module(f"{transformers.__name__}.transformer_joyimage_edit_plus")\
+        .JoyImageEditPlusTransformer3DModel if plus else \
+        importlib.import_module(f"{transformers.__name__}.transformer_joyimage").JoyImageEditTransformer3DModel
     return _perturb(model(patch_size=[1, 2, 2], in_channels=4, hidden_size=32, num_attention_heads=2, text_dim=24,
                           num_layers=2, rope_dim_list=[4, 6, 6]), 103)
 
@@ -571,7 +573,8 @@ def _joyimage_inputs(seed, plus=False):
 
 
 @needs_ernie_joy
-@pytest.mark.parametrize("plus", [False, True], ids=["edit", "edit-plus"])
+@pytest.mark.parametrize("plus", [False, pytest.param(True, marks=_needs(
+    "JoyImageEditPlusAttnProcessor", "JoyImage-Edit-Plus", "0.42"))], ids=["edit", "edit-plus"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_joyimage_transformer(backend, plus, monkeypatch):
     """JoyImage-Edit: joint [image; text] attention of its two streams, each with its QK norms and RoPE table in the
@@ -711,7 +714,7 @@ def _hunyuan_dit_inputs(seed):
                 encoder_hidden_states_t5=torch.randn(2, 5, 32, generator=gen),
                 text_embedding_mask_t5=torch.tensor([[1] * 5, [1] * 2 + [0] * 3]),
                 image_meta_size=torch.randn(2, 6, generator=gen), style=torch.tensor([0, 0]),
-                image_rotary_emb=get_2d_rotary_pos_embed(16, ((0, 0), (4, 4)), (4, 4)))
+                image_rotary_emb=get_2d_rotary_pos_embed(16, ((0, 0), (4, 4)), (4, 4), output_type="pt"))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -2266,8 +2269,9 @@ def test_compiled_fullgraph_models(backend):
         joy_inputs, joy_plus_inputs = _joyimage_inputs(38), _joyimage_inputs(39, plus=True)
         models += [(tiny_nucleus_image(), lambda m: m(**nucleus_inputs).sample),
                    (tiny_ernie_image(), lambda m: m(**ernie_inputs).sample),
-                   (tiny_joyimage(), lambda m: m(**joy_inputs).sample),
-                   (tiny_joyimage(plus=True), lambda m: m(**joy_plus_inputs).sample)]
+                   (tiny_joyimage(), lambda m: m(**joy_inputs).sample)]
+        if attention_processors.JoyImageEditPlusAttnProcessor is not None:  # (diffusers 0.42+)
+            models.append((tiny_joyimage(plus=True), lambda m: m(**joy_plus_inputs).sample))
         motif_inputs = _motif_video_inputs(40)
         models.append((tiny_motif_video(), lambda m: m(**motif_inputs).sample))
     if attention_processors.Krea2AttnProcessor is not None:  # (diffusers 0.39+)
@@ -2379,8 +2383,9 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
         models.append((tiny_prx(), _prx_inputs(41)))
     if attention_processors.NucleusMoEAttnProcessor2_0 is not None:  # (diffusers 0.39+)
         models += [(tiny_nucleus_image(), _nucleus_inputs(42)), (tiny_ernie_image(), _ernie_inputs(43)),
-                   (tiny_joyimage(), _joyimage_inputs(44)), (tiny_joyimage(plus=True), _joyimage_inputs(45, True)),
-                   (tiny_motif_video(), _motif_video_inputs(46))]
+                   (tiny_joyimage(), _joyimage_inputs(44)), (tiny_motif_video(), _motif_video_inputs(46))]
+        if attention_processors.JoyImageEditPlusAttnProcessor is not None:  # (diffusers 0.42+)
+            models.append((tiny_joyimage(plus=True), _joyimage_inputs(45, True)))
     if attention_processors.Kandinsky5AttnProcessor is not None:  # (diffusers 0.36+)
         _kandinsky5_in_model_dtype(monkeypatch)  # (its float64 reference would round q and k to bfloat16)
         models.append((tiny_kandinsky5(), _kandinsky5_inputs(33)))

@@ -92,10 +92,11 @@
   queries): the text's keys and values a second stream of keys only (no concatenation), each stream's QK norms
   and RoPE in the prologue, the text padding as the key mask; Nucleus-Image's grouped-query heads read as they are
   and the text keys diffusers' text K/V cache holds read as they are.
-* ``PydiffErnieImageAttnProcessor``, ``PydiffJoyImageAttnProcessor`` and ``PydiffJoyImageEditPlusAttnProcessor``
-  (0.39+) replace ERNIE-Image's, JoyImage-Edit's and JoyImage-Edit-Plus's: their self- or joint attention with the
-  QK norms and RoPE in the prologue (ERNIE-Image's an angle per channel, turned with its partner in the other half;
-  JoyImage's per-stream tables joined), their text padding as the key mask.
+* ``PydiffErnieImageAttnProcessor``, ``PydiffJoyImageAttnProcessor`` (0.39+) and
+  ``PydiffJoyImageEditPlusAttnProcessor`` (0.42+) replace ERNIE-Image's, JoyImage-Edit's and JoyImage-Edit-Plus's:
+  their self- or joint attention with the QK norms and RoPE in the prologue (ERNIE-Image's an angle per channel,
+  turned with its partner in the other half; JoyImage's per-stream tables joined), their text padding as the key
+  mask.
 * ``PydiffCosmosAttnProcessor`` and ``PydiffCosmos25AttnProcessor`` replace Cosmos's ``CosmosAttnProcessor2_0`` and
   (0.37+) ``CosmosAttnProcessor2_5``: self-attention with the QK RMSNorms and the half-split RoPE in the prologue,
   cross-attention with the text padding as the key mask, Predict 2.5's image-context attention summed.
@@ -194,7 +195,8 @@ PRXAttnProcessor2_0 = _stock_class("transformer_prx", "PRXAttnProcessor2_0")  # 
 NucleusMoEAttnProcessor2_0 = _stock_class("transformer_nucleusmoe_image", "NucleusMoEAttnProcessor2_0")  # (0.39+)
 ErnieImageAttnProcessor = _stock_class("transformer_ernie_image", "ErnieImageSingleStreamAttnProcessor")  # (0.39+)
 JoyImageAttnProcessor = _stock_class("transformer_joyimage", "JoyImageAttnProcessor")  # (0.39+)
-JoyImageEditPlusAttnProcessor = _stock_class("transformer_joyimage_edit_plus", "JoyImageEditPlusAttnProcessor")
+JoyImageEditPlusAttnProcessor = _stock_class("transformer_joyimage_edit_plus",  # (0.42+)
+                                             "JoyImageEditPlusAttnProcessor")
 QwenImage21AttnProcessor = _stock_class("transformer_qwenimage21", "QwenImage21AttnProcessor")  # (0.42+)
 MotifVideoAttnProcessor2_0 = _stock_class("transformer_motif_video", "MotifVideoAttnProcessor2_0")  # (0.39+)
 MotifVideoCrossAttnProcessor2_0 = _stock_class("transformer_motif_video", "MotifVideoCrossAttnProcessor2_0")
@@ -1529,12 +1531,12 @@ class PydiffJoyImageAttnProcessor(_RankLocal):
 
 
 class PydiffJoyImageEditPlusAttnProcessor(PydiffJoyImageAttnProcessor):
-    """Drop-in for JoyImage-Edit-Plus's ``JoyImageEditPlusAttnProcessor`` (diffusers 0.39+): JoyImage's joint call,
+    """Drop-in for JoyImage-Edit-Plus's ``JoyImageEditPlusAttnProcessor`` (diffusers 0.42+): JoyImage's joint call,
     the RoPE on the image tokens only (a table per batch row, (B, N_image, D), read in place as (B, N, 1, D)), its
     mask of the joined tokens (B, 1, 1, N) the key mask."""
 
     def __init__(self):
-        self.stock = _stock(JoyImageEditPlusAttnProcessor, "JoyImage-Edit-Plus", "0.39")
+        self.stock = _stock(JoyImageEditPlusAttnProcessor, "JoyImage-Edit-Plus", "0.42")
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  image_rotary_emb=None, attention_mask: Optional[torch.Tensor] = None):
@@ -1916,10 +1918,11 @@ def set_attention_backend(model_or_pipe) -> int:
     """Swap every stock processor pydiff has a counterpart for, in a diffusers model or pipeline, for ours
     (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's, HunyuanVideo 1.5's, Kandinsky 5's and
     PRX's from diffusers 0.36, LTX-2's, Cosmos 2.5's and GLM-Image's from 0.37, Qwen-Image's, Krea 2's, Ideogram 4's,
-    FLUX.2 Klein KV's, Nucleus-Image's, ERNIE-Image's, JoyImage's and Motif-Video's from 0.39, FLUX.3's, Bria FIBO 2's,
-    Qwen-Image 2.1's, SANA-WM's and Kandinsky 6's from 0.42). Other processors (added-KV, ...) stay, and so do modules
-    whose head dim is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention), SD3.5's fused
-    joint processor (which skips the QK norms) and processors under diffusers' context parallelism.
+    FLUX.2 Klein KV's, Nucleus-Image's, ERNIE-Image's, JoyImage-Edit's and Motif-Video's from 0.39, FLUX.3's, Bria FIBO
+    2's, Qwen-Image 2.1's, SANA-WM's, Kandinsky 6's and JoyImage-Edit-Plus's from 0.42). Other processors (added-KV,
+    ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block
+    attention), SD3.5's fused joint processor (which skips the QK norms) and processors under diffusers' context
+    parallelism.
     ``fuse_qkv_projections()`` sets diffusers' fused processors over ours and ``load_ip_adapter`` its IP-Adapter
     processors: call this after them.
     The backend the processors use follows ``pydiff.use_backend`` / ``PYDIFF_BACKEND`` at call time.
