@@ -731,6 +731,23 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
                      f"B{b} H{h} N{n_img}x({n_img}+{n_ip}) D{d}", ip_ours, ip_stock,
                      "rms_norm x 3 + cat k/v + sdpa", _flops(b, h, n_img, n_img + n_ip, d), device, quick, ceiling)
 
+    # 2h. LTX-2's audio-video cross-attention: the video's queries over the audio's keys, each turned by tables of
+    # its own (interleaved, one table per token); its processor rotates q and k by torch ops, then SDPA.
+    b, h, d, n_video, n_audio = (2, 32, 64, 8192, 512) if gpu else (1, 2, 64, 192, 33)
+    q, k, v = rand(b, n_video, h, d), rand(b, n_audio, h, d), rand(b, n_audio, h, d)
+    q_tables, k_tables = ((angles.cos().repeat_interleave(2, 1), angles.sin().repeat_interleave(2, 1)) for angles in
+                          (torch.arange(n, device=device)[:, None] * torch.rand(d // 2, device=device, generator=gen)
+                           for n in (n_video, n_audio)))
+
+    def tables_stock():
+        qs, ks = (rope_reference(x.float().transpose(1, 2), *tables, True).to(dtype)
+                  for x, tables in ((q, q_tables), (k, k_tables)))
+        return F.scaled_dot_product_attention(qs, ks, v.transpose(1, 2)).transpose(1, 2).flatten(2)
+
+    rows += _variant("q and k RoPE tables of their own (LTX-2 audio-video)", f"B{b} H{h} N{n_video}x{n_audio} D{d}",
+                     lambda: attention(q, k, v, layout="bnhd", rope=q_tables, key_rope=k_tables).flatten(2),
+                     tables_stock, "rope x 2 + sdpa", _flops(b, h, n_video, n_audio, d), device, quick, ceiling)
+
     # 3. Key padding: text padded to 77 tokens of which a few are real.
     b, h, d, n_q, n_k = (2, 10, 64, 4096, 77) if gpu else (2, 2, 64, 256, 77)
     q, k, v = rand(b, h, n_q, d), rand(b, h, n_k, d), rand(b, h, n_k, d)

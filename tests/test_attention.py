@@ -1913,7 +1913,7 @@ def test_benchmark_suite_runs_on_cpu():
     bench = pytest.importorskip("benchmarks.bench_attention")
     rows = bench.run(quick=True, device="cpu")
     figures = [r for r in rows if "speedup" in r]
-    assert len(figures) == len(bench.CPU_SHAPES) + 13  # the thirteen variants
+    assert len(figures) == len(bench.CPU_SHAPES) + 14  # the fourteen variants
     assert all(r["ours_TFLOPs"] > 0 and r["peer_TFLOPs"] > 0 for r in figures)
     assert not [r for r in rows if "error" in r or "unavailable" in r]
     assert "joint + QK norm + RoPE (Flux)" in bench.section(rows)
@@ -1929,6 +1929,8 @@ def test_benchmark_suite_runs_on_cpu():
     assert len(lumina) == 1 and lumina[0]["max_diff"] < 1e-4
     ip = [r for r in figures if r["name"].endswith("(SD3 IP-Adapter)")]
     assert len(ip) == 1 and ip[0]["max_diff"] < 1e-4
+    av = [r for r in figures if r["name"].endswith("(LTX-2 audio-video)")]
+    assert len(av) == 1 and av[0]["max_diff"] < 1e-4
 
 
 # ----------------------------------------------------------------------------------------------------------------
