@@ -29,6 +29,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffCogView4AttnProcessor,
     PydiffCosmos25AttnProcessor,
     PydiffCosmosAttnProcessor,
+    PydiffEasyAnimateAttnProcessor,
     PydiffErnieImageAttnProcessor,
     PydiffFlux2AttnProcessor,
     PydiffFlux2KVAttnProcessor,
@@ -693,6 +694,31 @@ def test_sana_wm_cross_attention(backend):
         torch.testing.assert_close(got, attn.processor(attn, hidden, text, mask), rtol=2e-5, atol=2e-5)
     switched = copy.deepcopy(attn)
     assert set_attention_backend(switched) == 1 and isinstance(switched.processor, PydiffSanaWMCrossAttnProcessor)
+
+
+def tiny_easyanimate():
+    from diffusers.models.transformers.transformer_easyanimate import EasyAnimateTransformer3DModel
+
+    return _perturb(EasyAnimateTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, patch_size=2, sample_width=6,
+        sample_height=8, num_layers=2, mmdit_layers=1, time_embed_dim=16, text_embed_dim=24), 115)
+
+
+def _easyanimate_inputs(seed):
+    """EasyAnimate inputs: 2 frames of 8 x 6 latents (24 patches), 7 text tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(2, 4, 2, 8, 6, generator=gen), timestep=torch.tensor([3.0, 700.0]),
+                encoder_hidden_states=torch.randn(2, 7, 24, generator=gen))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_easyanimate_transformer(backend, monkeypatch):
+    """EasyAnimate: [text; video] as a joint call in its MMDiT block and over the joined tokens in the other, the
+    RoPE on the video tokens only; outputs the stock processors'."""
+    calls = _keys_only_calls(monkeypatch)
+    inputs = _easyanimate_inputs(116)
+    _compare(tiny_easyanimate(), lambda m: m(**inputs).sample, backend, {PydiffEasyAnimateAttnProcessor})
+    assert calls == [("tokens", False)] * 2
 
 
 def tiny_hunyuan_dit():
@@ -2242,8 +2268,9 @@ def test_compiled_fullgraph_models(backend):
     if attention_processors.Flux2AttnProcessor is not None:  # (diffusers 0.36+)
         flux2_inputs = _flux2_inputs(12)
         models.append((tiny_flux2(), lambda m: m(**flux2_inputs).sample))
-    hunyuan_dit_inputs = _hunyuan_dit_inputs(41)
-    models.append((tiny_hunyuan_dit(), lambda m: m(**hunyuan_dit_inputs).sample))
+    hunyuan_dit_inputs, easyanimate_inputs = _hunyuan_dit_inputs(41), _easyanimate_inputs(43)
+    models += [(tiny_hunyuan_dit(), lambda m: m(**hunyuan_dit_inputs).sample),
+               (tiny_easyanimate(), lambda m: m(**easyanimate_inputs).sample)]
     cosmos_inputs, mochi_inputs, ip_inputs = _cosmos_inputs(25, False), _mochi_inputs(26), _ip_adapter_inputs(27)
     auraflow_inputs = _auraflow_inputs(28)
     models += [(tiny_cosmos(False), lambda m: m(**cosmos_inputs).sample),
@@ -2342,7 +2369,7 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     Predict 2 and 2.5, Mochi (its text padding), AuraFlow, Kandinsky 5, Krea 2 (grouped-query), Ideogram 4
     (packed samples' mask per query), FLUX.3, Bria FIBO 2, GLM-Image (its text mask), PRX and Nucleus-Image (the
     text a second stream of keys only), ERNIE-Image, JoyImage-Edit (and Edit-Plus), Motif-Video, HunyuanDiT (keys
-    not turned in cross-attention), Kandinsky 6 (keys turned by tables of their own), and SD3 and Flux with
+    not turned in cross-attention), Kandinsky 6 (keys turned by tables of their own), EasyAnimate, and SD3 and Flux with
     IP-Adapters (SD3's image prompt a stream of keys only).
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
@@ -2374,7 +2401,7 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     models += [(tiny_cosmos(False), _cosmos_inputs(27, False)), (tiny_mochi(), _mochi_inputs(34)),
                (tiny_unet_with_ip_adapters(), _ip_adapter_inputs(35)), (tiny_auraflow(), _auraflow_inputs(36)),
                (tiny_sd3_with_ip_adapter(), _sd3_ip_inputs(38)), (tiny_flux_with_ip_adapters(), _flux_ip_inputs(39)),
-               (tiny_hunyuan_dit(), _hunyuan_dit_inputs(47))]
+               (tiny_hunyuan_dit(), _hunyuan_dit_inputs(47)), (tiny_easyanimate(), _easyanimate_inputs(49))]
     if attention_processors.CosmosAttnProcessor2_5 is not None:  # (diffusers 0.37+)
         models.append((tiny_cosmos(True), _cosmos_inputs(28, True)))
     if attention_processors.GlmImageAttnProcessor is not None:  # (diffusers 0.37+)

@@ -23,6 +23,7 @@ _EXPORTS = {
     "PydiffMochiAttnProcessor": "attention_processors",
     "PydiffMotifVideoAttnProcessor": "attention_processors",
     "PydiffMotifVideoCrossAttnProcessor": "attention_processors",
+    "PydiffEasyAnimateAttnProcessor": "attention_processors",
     "PydiffErnieImageAttnProcessor": "attention_processors",
     "PydiffFluxAttnProcessor": "attention_processors",
     "PydiffFluxIPAdapterAttnProcessor": "attention_processors",

@@ -2,7 +2,7 @@
 
     from pydiff.integrations.diffusers import set_attention_backend
     set_attention_backend(pipe)   # or a model: UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel,
-                                  # HunyuanDiT2DModel,
+                                  # HunyuanDiT2DModel, EasyAnimateTransformer3DModel,
                                   # Flux2Transformer2DModel, QwenImageTransformer2DModel, PixArtTransformer2DModel,
                                   # ChromaTransformer2DModel, HunyuanVideoTransformer3DModel, WanTransformer3DModel,
                                   # CogVideoXTransformer3DModel, LTXVideoTransformer3DModel, ZImageTransformer2DModel,
@@ -78,6 +78,8 @@
   ``ZSingleStreamAttnProcessor`` and ``Lumina2AttnProcessor2_0``: the QK RMSNorms and the complex RoPE (one table
   per sample) in the prologue, the token padding as the key mask; Lumina 2's grouped-query heads read as they are
   (the stock processor repeats k and v per query head) and its proportional-attention scale.
+* ``PydiffEasyAnimateAttnProcessor`` replaces EasyAnimate's ``EasyAnimateAttnProcessor2_0``: CogVideoX's
+  [text; video] call (joint in its MMDiT blocks, over the joined tokens in the others).
 * ``PydiffCogView4AttnProcessor`` replaces ``CogView4AttnProcessor``: CogVideoX's joint call with the half-split
   RoPE, and the stock processor's text mask (a float mask per query) in the kernel. ``PydiffGlmImageAttnProcessor``
   (0.37+) replaces GLM-Image's ``GlmImageAttnProcessor``: the same, and in image editing the condition images'
@@ -202,6 +204,7 @@ MotifVideoAttnProcessor2_0 = _stock_class("transformer_motif_video", "MotifVideo
 MotifVideoCrossAttnProcessor2_0 = _stock_class("transformer_motif_video", "MotifVideoCrossAttnProcessor2_0")
 SanaWMCrossAttnProcessor = _stock_class("transformer_sana_wm", "SanaWMCrossAttnProcessor")  # (0.42+)
 Kandinsky6AttnProcessor = _stock_class("transformer_kandinsky6", "Kandinsky6AttnProcessor")  # (0.42+)
+EasyAnimateAttnProcessor2_0 = _stock_class("transformer_easyanimate", "EasyAnimateAttnProcessor2_0")
 
 
 def _stock(stock_type, model: str, version: str):
@@ -908,6 +911,44 @@ class PydiffCogVideoXAttnProcessor(_RankLocal):
         text, latent = _streams_attention(streams, head_dim, rope, mask, rope_interleaved=self.rope_interleaved)
         # (the stock processor's output projection runs on the joined tokens: the same per token)
         return tuple(attn.to_out[1](attn.to_out[0](x.flatten(2))) for x in (latent, text))
+
+
+class PydiffEasyAnimateAttnProcessor(_RankLocal):
+    """Drop-in for EasyAnimate's ``EasyAnimateAttnProcessor2_0``: [text; video] attention, a joint call of the two
+    streams in its MMDiT blocks (the text through its added projections) and one over the joined tokens in the
+    others, the QK norms (LayerNorms: modules first) as there and the RoPE on the video tokens only (identity rows
+    for the text; in cross-attention on the queries alone) in the prologue."""
+
+    def __init__(self):
+        self.stock = _stock(EasyAnimateAttnProcessor2_0, "EasyAnimate", "0.35")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None):
+        head_dim = _head_dim(attn)
+        if encoder_hidden_states is None or head_dim > MAX_HEAD_DIM or \
+                (attention_mask is not None and not _kernel_reads(attention_mask)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        n_text, n_video = encoder_hidden_states.shape[1], hidden_states.shape[1]
+        rope = key_rope = None
+        if image_rotary_emb is not None:
+            rope = _latent_rope(tuple(image_rotary_emb), n_text, text_first=True)
+            if attn.is_cross_attention:
+                key_rope = _unturned(n_text + n_video, head_dim, hidden_states.device)
+        if attn.add_q_proj is not None:
+            streams = [_text_stream(attn, encoder_hidden_states, head_dim), _image_stream(attn, hidden_states,
+                                                                                          head_dim)]
+            text, video = _streams_attention(streams, head_dim, rope, attention_mask, key_rope=key_rope)
+        else:
+            joined = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+            out = _streams_attention([_image_stream(attn, joined, head_dim)], head_dim, rope, attention_mask,
+                                     key_rope=key_rope)
+            text, video = out.split([n_text, n_video], dim=1)
+        video, text = video.flatten(2), text.flatten(2)
+        if getattr(attn, "to_out", None) is not None:
+            video = attn.to_out[1](attn.to_out[0](video))
+        if getattr(attn, "to_add_out", None) is not None:
+            text = attn.to_add_out(text)
+        return video, text
 
 
 class PydiffCogView4AttnProcessor(PydiffCogVideoXAttnProcessor):
@@ -1880,6 +1921,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (LTX2PerturbedAttnProcessor, PydiffLTX2PerturbedAttnProcessor, None),
     (FusedCogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
     (CogView4AttnProcessor, PydiffCogView4AttnProcessor, None),
+    (EasyAnimateAttnProcessor2_0, PydiffEasyAnimateAttnProcessor, None),
     (GlmImageAttnProcessor, PydiffGlmImageAttnProcessor, None),
     (PRXAttnProcessor2_0, PydiffPRXAttnProcessor, None),
     (NucleusMoEAttnProcessor2_0, PydiffNucleusMoEAttnProcessor, None),
@@ -1950,8 +1992,8 @@ def set_attention_backend(model_or_pipe) -> int:
 
 __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo2AttnProcessor",
            "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor",
-           "PydiffCosmosAttnProcessor", "PydiffErnieImageAttnProcessor", "PydiffFlux2AttnProcessor",
-           "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
+           "PydiffCosmosAttnProcessor", "PydiffEasyAnimateAttnProcessor", "PydiffErnieImageAttnProcessor",
+           "PydiffFlux2AttnProcessor", "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
            "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor",
            "PydiffFluxIPAdapterAttnProcessor", "PydiffGlmImageAttnProcessor", "PydiffHiDreamAttnProcessor",
            "PydiffHunyuanDiTAttnProcessor", "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor",
