@@ -721,6 +721,32 @@ def test_easyanimate_transformer(backend, monkeypatch):
     assert calls == [("tokens", False)] * 2
 
 
+@_needs("WanAnimate2CrossAttnProcessor", "Wan-Animate 2", "0.42")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wan_animate2_cross_attention(backend, monkeypatch):
+    """Wan-Animate 2's cross-attention: the text's attention, and with an image context the two summed in one pass
+    over q (the negative stream at -1); outputs the stock processor's, and ``set_attention_backend`` sets ours."""
+    from diffusers.models.transformers.transformer_wan_animate_2 import (
+        WanAnimate2Attention,
+        WanAnimate2CrossAttnProcessor,
+    )
+
+    attn = _perturb(WanAnimate2Attention(dim=32, heads=2, added_kv_proj_dim=32, is_cross_attention=True,
+                                         processor=WanAnimate2CrossAttnProcessor()), 117)
+    gen = torch.Generator().manual_seed(118)
+    hidden, text, image = (torch.randn(2, n, 32, generator=gen) for n in (12, 7, 5))
+    calls = _spy(monkeypatch, lambda args, kwargs: kwargs.get("negative_scale") if "negative" in kwargs and
+                 kwargs["negative"] is not None else None)
+    ours = copy.deepcopy(attn)
+    assert set_attention_backend(ours) == 1
+    for context in (None, image):
+        with torch.no_grad(), pydiff.use_backend(backend):
+            torch.testing.assert_close(
+                ours(hidden, encoder_hidden_states=text, encoder_hidden_states_image=context),
+                attn(hidden, encoder_hidden_states=text, encoder_hidden_states_image=context), rtol=2e-5, atol=2e-5)
+    assert calls == [None, -1.0]
+
+
 def tiny_hunyuan_dit():
     from diffusers import HunyuanDiT2DModel
 

@@ -51,6 +51,7 @@ _EXPORTS = {
     "PydiffSanaAttnProcessor": "attention_processors",
     "PydiffSanaWMCrossAttnProcessor": "attention_processors",
     "PydiffSD3IPAdapterAttnProcessor": "attention_processors",
+    "PydiffWanAnimate2CrossAttnProcessor": "attention_processors",
     "PydiffWanAttnProcessor": "attention_processors",
     "PydiffZImageAttnProcessor": "attention_processors",
     "set_attention_backend": "attention_processors",

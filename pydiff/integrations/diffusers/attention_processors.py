@@ -65,6 +65,8 @@
   keys, the cached ones a second stream of keys only; the block-causal prefill stays stock.
 * ``PydiffWanAttnProcessor`` replaces Wan's ``WanAttnProcessor`` (Wan 2.1/2.2, VACE): the RoPE in the kernel's
   prologue, and image-to-video cross-attention's two attentions (text, image context) summed in one pass over q.
+* ``PydiffWanAnimate2CrossAttnProcessor`` (0.42+) replaces Wan-Animate 2's cross-attention processor the same way
+  (its self-attention, over flex-attention block masks, stays stock).
 * ``PydiffCogVideoXAttnProcessor`` replaces ``CogVideoXAttnProcessor2_0`` and its fused form (CogVideoX, ConsisID,
   CogView3-Plus): [text; video] attention as a joint call, the RoPE on the video tokens only.
 * ``PydiffLTXVideoAttnProcessor`` replaces ``LTXVideoAttnProcessor``: the RoPE, whose tables span every head's
@@ -205,6 +207,7 @@ MotifVideoCrossAttnProcessor2_0 = _stock_class("transformer_motif_video", "Motif
 SanaWMCrossAttnProcessor = _stock_class("transformer_sana_wm", "SanaWMCrossAttnProcessor")  # (0.42+)
 Kandinsky6AttnProcessor = _stock_class("transformer_kandinsky6", "Kandinsky6AttnProcessor")  # (0.42+)
 EasyAnimateAttnProcessor2_0 = _stock_class("transformer_easyanimate", "EasyAnimateAttnProcessor2_0")
+WanAnimate2CrossAttnProcessor = _stock_class("transformer_wan_animate_2", "WanAnimate2CrossAttnProcessor")  # (0.42+)
 
 
 def _stock(stock_type, model: str, version: str):
@@ -1180,20 +1183,44 @@ class PydiffWanAttnProcessor(_RankLocal):
         if head_dim > MAX_HEAD_DIM or _head_dim(attn) != head_dim or (rotary_emb is not None and rope is None) or \
                 (attention_mask is not None and (image_context or not _kernel_reads(attention_mask))):
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        negative = None
+        image = None
         if image_context:
             # (the stock processor's split: the text encoder's 512 tokens last, the image context before them)
             image_tokens = encoder_hidden_states.shape[1] - 512
             image, encoder_hidden_states = encoder_hidden_states[:, :image_tokens], \
                 encoder_hidden_states[:, image_tokens:]
-            key_image, value_image = _get_added_kv_projections(attn, image)
-            negative = (attn.norm_added_k(key_image).unflatten(2, (attn.heads, -1)),
-                        value_image.unflatten(2, (attn.heads, -1)))
-        query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
-        q, k = attn.norm_q(query).unflatten(2, (attn.heads, -1)), attn.norm_k(key).unflatten(2, (attn.heads, -1))
-        out = attention(q, k, value.unflatten(2, (attn.heads, -1)), layout="bnhd", attn_mask=attention_mask,
-                        rope=rope, rope_interleaved=True, negative=negative, negative_scale=-1.0)
-        return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+        return _wan_attention(attn, hidden_states, encoder_hidden_states, image, attention_mask, rope)
+
+
+def _wan_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor],
+                   image: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor], rope) -> torch.Tensor:
+    """Wan's attention through its output projection: its across-heads QK norms as modules, the RoPE tables
+    ``rope`` in the prologue; with an image context ``image``, its attention (the added projections) summed with
+    the text's in the same pass over q (the negative stream at a scale of -1)."""
+    negative = None
+    if image is not None:
+        key_image, value_image = _get_added_kv_projections(attn, image)
+        negative = (attn.norm_added_k(key_image).unflatten(2, (attn.heads, -1)),
+                    value_image.unflatten(2, (attn.heads, -1)))
+    query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+    q, k = attn.norm_q(query).unflatten(2, (attn.heads, -1)), attn.norm_k(key).unflatten(2, (attn.heads, -1))
+    out = attention(q, k, value.unflatten(2, (attn.heads, -1)), layout="bnhd", attn_mask=attention_mask,
+                    rope=rope, rope_interleaved=True, negative=negative, negative_scale=-1.0)
+    return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
+class PydiffWanAnimate2CrossAttnProcessor(_RankLocal):
+    """Drop-in for Wan-Animate 2's ``WanAnimate2CrossAttnProcessor`` (diffusers 0.42+): Wan's cross-attention, the
+    text's and the image context's (given apart) attentions summed in one pass over q."""
+
+    def __init__(self):
+        self.stock = _stock(WanAnimate2CrossAttnProcessor, "Wan-Animate 2", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 encoder_hidden_states_image: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if _head_dim(attn) > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states, encoder_hidden_states, encoder_hidden_states_image)
+        return _wan_attention(attn, hidden_states, encoder_hidden_states, encoder_hidden_states_image, None, None)
 
 
 def _ltx_rope(attn, tables):
@@ -1915,6 +1942,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (HiDreamAttnProcessor, PydiffHiDreamAttnProcessor, None),
     (HunyuanVideo15AttnProcessor2_0, PydiffHunyuanVideo15AttnProcessor, None),
     (WanAttnProcessor, PydiffWanAttnProcessor, None),
+    (WanAnimate2CrossAttnProcessor, PydiffWanAnimate2CrossAttnProcessor, None),
     (CogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
     (LTXVideoAttnProcessor, PydiffLTXVideoAttnProcessor, None),
     (LTX2AudioVideoAttnProcessor, PydiffLTX2AttnProcessor, None),
@@ -1961,10 +1989,10 @@ def set_attention_backend(model_or_pipe) -> int:
     (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's, HunyuanVideo 1.5's, Kandinsky 5's and
     PRX's from diffusers 0.36, LTX-2's, Cosmos 2.5's and GLM-Image's from 0.37, Qwen-Image's, Krea 2's, Ideogram 4's,
     FLUX.2 Klein KV's, Nucleus-Image's, ERNIE-Image's, JoyImage-Edit's and Motif-Video's from 0.39, FLUX.3's, Bria FIBO
-    2's, Qwen-Image 2.1's, SANA-WM's, Kandinsky 6's and JoyImage-Edit-Plus's from 0.42). Other processors (added-KV,
-    ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block
-    attention), SD3.5's fused joint processor (which skips the QK norms) and processors under diffusers' context
-    parallelism.
+    2's, Qwen-Image 2.1's, SANA-WM's, Kandinsky 6's, JoyImage-Edit-Plus's and Wan-Animate 2's from 0.42). Other
+    processors (added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable Diffusion VAE's
+    512-channel mid-block attention), SD3.5's fused joint processor (which skips the QK norms) and processors under
+    diffusers' context parallelism.
     ``fuse_qkv_projections()`` sets diffusers' fused processors over ours and ``load_ip_adapter`` its IP-Adapter
     processors: call this after them.
     The backend the processors use follows ``pydiff.use_backend`` / ``PYDIFF_BACKEND`` at call time.
@@ -2004,5 +2032,5 @@ __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo
            "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor", "PydiffMotifVideoCrossAttnProcessor",
            "PydiffNucleusMoEAttnProcessor", "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor",
            "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor",
-           "PydiffSanaWMCrossAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor",
-           "set_attention_backend"]
+           "PydiffSanaWMCrossAttnProcessor", "PydiffWanAnimate2CrossAttnProcessor", "PydiffWanAttnProcessor",
+           "PydiffZImageAttnProcessor", "set_attention_backend"]
