@@ -58,6 +58,8 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffMotifVideoAttnProcessor,
     PydiffMotifVideoCrossAttnProcessor,
     PydiffNucleusMoEAttnProcessor,
+    PydiffPAGCFGIdentitySelfAttnProcessor,
+    PydiffPAGIdentitySelfAttnProcessor,
     PydiffPRXAttnProcessor,
     PydiffWanAttnProcessor,
     PydiffQwenImage21AttnProcessor,
@@ -272,6 +274,44 @@ def test_unet_with_ip_adapters(backend, monkeypatch):
     attn.processor.scale = [[0.5], 0.3]
     attn.processor(attn, hidden, (text, images))
     assert stock_calls == [masks, None]
+
+
+@pytest.mark.parametrize("cfg", [False, True], ids=["pag", "pag-cfg"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unet_with_pag_processors(backend, cfg, monkeypatch):
+    """Perturbed-attention guidance on the tiny UNet's self-attention (as a PAG pipeline sets it during a call, with
+    CFG: [unconditional, conditional, perturbed] samples; without: [original, perturbed]): the unperturbed samples
+    in the kernel, the perturbed ones' identity attention; outputs the stock processors'. A PAG pipeline's
+    ``_pag_attn_processors`` become ours."""
+    from diffusers.models.attention_processor import (
+        AttnProcessor2_0,
+        PAGCFGIdentitySelfAttnProcessor2_0,
+        PAGIdentitySelfAttnProcessor2_0,
+    )
+
+    stock_pag = PAGCFGIdentitySelfAttnProcessor2_0 if cfg else PAGIdentitySelfAttnProcessor2_0
+    ours_pag = PydiffPAGCFGIdentitySelfAttnProcessor if cfg else PydiffPAGIdentitySelfAttnProcessor
+    model = tiny_unet()
+    model.set_attn_processor({name: stock_pag() if name.endswith("attn1.processor") else AttnProcessor2_0()
+                              for name in model.attn_processors})
+    batch = 3 if cfg else 2
+    gen = torch.Generator().manual_seed(119)
+    inputs = (torch.randn(batch, 4, 8, 8, generator=gen), torch.tensor([10] * batch),
+              torch.randn(batch, 7, 24, generator=gen))
+    calls = _spy(monkeypatch, lambda args, kwargs: args[0].shape[0])
+    _compare(model, lambda m: m(*inputs).sample, backend, {ours_pag, PydiffAttnProcessor})
+    # (the self-attentions over the unperturbed samples, the cross-attentions over all)
+    self_attentions = sum(name.endswith("attn1.processor") for name in model.attn_processors)
+    assert calls.count(batch - 1) == self_attentions and calls.count(batch) == _cross_attentions(model)
+
+    class Pipe:  # (what set_attention_backend reads of a PAG pipeline)
+        components = {"unet": copy.deepcopy(model)}
+        _pag_attn_processors = (PAGCFGIdentitySelfAttnProcessor2_0(), PAGIdentitySelfAttnProcessor2_0())
+
+    pipe = Pipe()
+    set_attention_backend(pipe)
+    assert [type(p) for p in pipe._pag_attn_processors] == [PydiffPAGCFGIdentitySelfAttnProcessor,
+                                                             PydiffPAGIdentitySelfAttnProcessor]
 
 
 def _cross_attentions(model) -> int:

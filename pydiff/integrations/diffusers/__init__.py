@@ -46,6 +46,8 @@ _EXPORTS = {
     "PydiffKrea2AttnProcessor": "attention_processors",
     "PydiffNucleusMoEAttnProcessor": "attention_processors",
     "PydiffPRXAttnProcessor": "attention_processors",
+    "PydiffPAGCFGIdentitySelfAttnProcessor": "attention_processors",
+    "PydiffPAGIdentitySelfAttnProcessor": "attention_processors",
     "PydiffQwenImageAttnProcessor": "attention_processors",
     "PydiffQwenImage21AttnProcessor": "attention_processors",
     "PydiffSanaAttnProcessor": "attention_processors",

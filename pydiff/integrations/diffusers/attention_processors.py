@@ -27,6 +27,10 @@
   the same way: the joint call as below, then the image prompt's attention (SD3's over [image keys; image-prompt
   keys], the prompt's keys a second stream of keys only; Flux's over each prompt's keys), its QK norms in the
   kernel's prologue.
+* ``PydiffPAGIdentitySelfAttnProcessor`` and ``PydiffPAGCFGIdentitySelfAttnProcessor`` replace the PAG pipelines'
+  perturbed-attention processors for UNets (``PAGIdentitySelfAttnProcessor2_0``,
+  ``PAGCFGIdentitySelfAttnProcessor2_0``): the unperturbed part of the batch in the kernel, the perturbed part's
+  identity attention as there.
 * ``PydiffHunyuanDiTAttnProcessor`` replaces HunyuanDiT's ``HunyuanAttnProcessor2_0``: the same steps with its RoPE
   in the prologue, on the queries alone in cross-attention (``key_rope`` tables that turn nothing).
 * ``PydiffSanaAttnProcessor`` replaces Sana's ``SanaAttnProcessor2_0`` (its cross-attention): the same, with its
@@ -144,6 +148,8 @@ from diffusers.models.attention_processor import (
     FusedCogVideoXAttnProcessor2_0,
     FusedJointAttnProcessor2_0,
     HunyuanAttnProcessor2_0,
+    PAGCFGIdentitySelfAttnProcessor2_0,
+    PAGIdentitySelfAttnProcessor2_0,
     IPAdapterAttnProcessor2_0,
     JointAttnProcessor2_0,
     MochiAttnProcessor2_0,
@@ -449,6 +455,62 @@ class PydiffIPAdapterAttnProcessor(PydiffAttnProcessor, IPAdapterAttnProcessor2_
         for s, x, to_k, to_v in more:
             out = out + s * attention(q, heads(to_k, x), heads(to_v, x), layout="bnhd")
         return out
+
+
+class PydiffPAGIdentitySelfAttnProcessor(_RankLocal):
+    """Drop-in for ``PAGIdentitySelfAttnProcessor2_0`` (perturbed-attention guidance on a UNet's self-attention
+    layers, without CFG): the batch's first half attends as ``AttnProcessor2_0`` does, in the kernel; its second
+    half (the perturbed pass) takes the identity attention, its values, as there. Like the stock processor, the
+    module's QK norms are not applied. The PAG pipelines set these processors on their layers for each call
+    (``set_attention_backend`` gives a pipeline's ``_pag_attn_processors`` ours)."""
+
+    #: the batch's parts: [original, perturbed], or with CFG [unconditional, conditional, perturbed]
+    chunks = 2
+
+    def __init__(self):
+        self.stock = PAGIdentitySelfAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None) -> torch.Tensor:
+        tokens = hidden_states.shape[2] * hidden_states.shape[3] if hidden_states.ndim == 4 else \
+            hidden_states.shape[1]
+        original = hidden_states.shape[0] // self.chunks * (self.chunks - 1)
+        mask = _processor_mask(attn, attention_mask, original, tokens)
+        if _head_dim(attn) > MAX_HEAD_DIM or (attention_mask is not None and mask is None) or \
+                hidden_states.shape[0] % self.chunks:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        shape = hidden_states.shape
+        if hidden_states.ndim == 4:
+            hidden_states = hidden_states.flatten(2).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        states, perturbed = hidden_states[:original], hidden_states[original:]
+        q, k, v = (getattr(attn, name)(states).unflatten(-1, (attn.heads, -1)) for name in ("to_q", "to_k", "to_v"))
+        out = torch.cat([attention(q, k, v, layout="bnhd", attn_mask=mask).flatten(2), attn.to_v(perturbed)])
+        out = attn.to_out[1](attn.to_out[0](out))  # (per token: the two parts' projections at once)
+        if len(shape) == 4:
+            out = out.transpose(-1, -2).reshape(shape)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+class PydiffPAGCFGIdentitySelfAttnProcessor(PydiffPAGIdentitySelfAttnProcessor):
+    """Drop-in for ``PAGCFGIdentitySelfAttnProcessor2_0`` (perturbed-attention guidance with CFG): the batch's first
+    two thirds (unconditional and conditional) attend, the last third takes the identity attention."""
+
+    chunks = 3
+
+    def __init__(self):
+        self.stock = PAGCFGIdentitySelfAttnProcessor2_0()
+
+
+#: the PAG processors a PAG pipeline sets on its layers for each call, and ours
+_PAG = {PAGCFGIdentitySelfAttnProcessor2_0: PydiffPAGCFGIdentitySelfAttnProcessor,
+        PAGIdentitySelfAttnProcessor2_0: PydiffPAGIdentitySelfAttnProcessor}
 
 
 def _unturned(keys: int, head_dim: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -1924,6 +1986,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (FusedAttnProcessor2_0, PydiffAttnProcessor, None),
     (IPAdapterAttnProcessor2_0, PydiffIPAdapterAttnProcessor, None),
     (HunyuanAttnProcessor2_0, PydiffHunyuanDiTAttnProcessor, None),
+    *((stock, ours, None) for stock, ours in _PAG.items()),
     (SD3IPAdapterJointAttnProcessor2_0, PydiffSD3IPAdapterAttnProcessor, None),
     (FluxIPAdapterAttnProcessor, PydiffFluxIPAdapterAttnProcessor, None),
     (SanaAttnProcessor2_0, PydiffSanaAttnProcessor, None),
@@ -1994,11 +2057,15 @@ def set_attention_backend(model_or_pipe) -> int:
     512-channel mid-block attention), SD3.5's fused joint processor (which skips the QK norms) and processors under
     diffusers' context parallelism.
     ``fuse_qkv_projections()`` sets diffusers' fused processors over ours and ``load_ip_adapter`` its IP-Adapter
-    processors: call this after them.
+    processors: call this after them. A PAG pipeline's perturbed-attention processors (``_pag_attn_processors``,
+    which it sets on its layers for each call) become ours too (not counted: they are on no module yet).
     The backend the processors use follows ``pydiff.use_backend`` / ``PYDIFF_BACKEND`` at call time.
     Returns the number of attention modules switched.
     """
     switched = 0
+    pag = getattr(model_or_pipe, "_pag_attn_processors", None)  # (a PAG pipeline's, set on its layers per call)
+    if isinstance(pag, tuple):
+        model_or_pipe._pag_attn_processors = tuple(_PAG[type(p)]() if type(p) in _PAG else p for p in pag)
     for root in _roots(model_or_pipe):
         for module in root.modules():
             processor = getattr(module, "processor", None)
@@ -2030,7 +2097,8 @@ __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo
            "PydiffKandinsky6AttnProcessor", "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor",
            "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor",
            "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor", "PydiffMotifVideoCrossAttnProcessor",
-           "PydiffNucleusMoEAttnProcessor", "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor",
+           "PydiffNucleusMoEAttnProcessor", "PydiffPAGCFGIdentitySelfAttnProcessor",
+           "PydiffPAGIdentitySelfAttnProcessor", "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor",
            "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor",
            "PydiffSanaWMCrossAttnProcessor", "PydiffWanAnimate2CrossAttnProcessor", "PydiffWanAttnProcessor",
            "PydiffZImageAttnProcessor", "set_attention_backend"]
