@@ -2299,7 +2299,7 @@ def test_svd_spatio_temporal_unet(backend):
 def test_compiled_fullgraph_models(backend):
     """``torch.compile(model, fullgraph=True)``, as diffusers' docs compile a pipeline's transformer, traces our
     processors without a graph break (the op through torch.library, the stock path's checks as Python), with the
-    eager outputs."""
+    eager outputs (on the Triton backend, the first six models)."""
     unet, sd3, flux, pixart, qwen = tiny_unet(), tiny_sd3("rms_norm"), tiny_flux(), tiny_pixart(), tiny_qwen_image()
     gen = torch.Generator().manual_seed(4)
     unet_inputs = (torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([10, 500]),
@@ -2378,6 +2378,11 @@ def test_compiled_fullgraph_models(backend):
         flux3_inputs, fibo2_inputs = _flux3_inputs(29), _bria_fibo2_inputs(30)
         models += [(tiny_flux3(), lambda m: m(**flux3_inputs).sample),
                    (tiny_bria_fibo2(), lambda m: m(**fibo2_inputs).sample)]
+    if backend == "triton":
+        # (the graph a model traces does not depend on the backend, which the op picks when it runs: every model
+        # compiles on the torch backend; through the interpreted kernel, slow on a CPU, the first six: plain,
+        # joint with QK norms and RoPE, a key mask, a mask per query)
+        models = models[:6]
     for model, run in models:
         torch._dynamo.reset()
         assert set_attention_backend(model) > 0
