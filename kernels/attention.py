@@ -1554,10 +1554,13 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                     any(n % prologue_heads for n in head_counts):
                 raise ValueError(f"prologue_heads must be a power of two dividing every prologued tensor's head "
                                  f"count {head_counts}, got {prologue_heads}")
-        prepare, prepare_k = (
-            _preparer(prologue_kernel if prologue_kernel is not None else _qk_prologue, bnhd, tables,
-                      rope_interleaved, norm_eps, q.device.type == "cpu" and q.dtype == torch.bfloat16,
-                      prologue_heads) for tables in (rope, keys_rope))
+        def preparer(tables):
+            return _preparer(prologue_kernel if prologue_kernel is not None else _qk_prologue, bnhd, tables,
+                             rope_interleaved, norm_eps, q.device.type == "cpu" and q.dtype == torch.bfloat16,
+                             prologue_heads)
+
+        prepare = preparer(rope)
+        prepare_k = prepare if key_rope is None else preparer(key_rope)  # (the keys' tables where they have own)
         n_q, n_k = _dims(q, bnhd)[0][2], _dims(k, bnhd)[0][2]
         # RoPE rows follow the joined sequence [stream 1; stream 2]; negative keys start at row 0
         if negative is not None:
