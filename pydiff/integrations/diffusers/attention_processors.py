@@ -312,6 +312,14 @@ def _processor_mask(attn, mask: Optional[torch.Tensor], batch: int, keys: int) -
     return mask.view(batch, attn.heads, -1, mask.shape[-1])
 
 
+def _key_mask(mask: Optional[torch.Tensor], batch: int, keys: int) -> Optional[torch.Tensor]:
+    """A mask of one row per sample, (B, N_k), as the kernel's key mask (B, 1, 1, N_k), a view (as diffusers'
+    attention dispatch widens it for SDPA); any other mask (or None) as given."""
+    if mask is not None and mask.dim() == 2 and tuple(mask.shape) == (batch, keys):
+        return mask[:, None, None, :]
+    return mask
+
+
 def _fused_projections(attn) -> bool:
     """Whether ``attn``'s projections are fused (``fuse_qkv_projections``): one ``to_qkv`` (self-attention) or
     ``to_kv`` (cross-attention), and ``to_added_qkv`` for a joint module's second stream."""
@@ -582,8 +590,9 @@ class PydiffSanaWMCrossAttnProcessor(_RankLocal):
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                  attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        mask = attention_mask.bool()[:, None, None, :] if attention_mask is not None and attention_mask.dim() == 2 \
-            else attention_mask
+        # (the stock processor makes a 2-D mask boolean)
+        mask = _key_mask(attention_mask.bool() if attention_mask is not None and attention_mask.dim() == 2 else
+                         attention_mask, hidden_states.shape[0], encoder_hidden_states.shape[1])
         if attn.head_dim > MAX_HEAD_DIM or (mask is not None and not _kernel_reads(mask)):
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask)
         batch, _, channels = hidden_states.shape
@@ -1566,9 +1575,7 @@ class PydiffNucleusMoEAttnProcessor(_RankLocal):
         text = cached or encoder_hidden_states is not None
         n_keys = n_image + (cached_txt_key.shape[1] if cached else
                             encoder_hidden_states.shape[1] if encoder_hidden_states is not None else 0)
-        # (a mask per key, 2-D (B, keys), as diffusers' attention dispatch widens it; others as given)
-        mask = attention_mask[:, None, None, :] if attention_mask is not None and attention_mask.dim() == 2 and \
-            tuple(attention_mask.shape) == (batch, n_keys) else attention_mask
+        mask = _key_mask(attention_mask, batch, n_keys)
         tables = None if image_rotary_emb is None else image_rotary_emb[0]
         if head_dim > MAX_HEAD_DIM or (mask is not None and (mask.dim() != 4 or not _kernel_reads(mask))) or \
                 (tables is not None and tables.shape[0] != n_image):
@@ -1608,8 +1615,7 @@ class PydiffErnieImageAttnProcessor(_RankLocal):
     def __call__(self, attn, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                  freqs_cis: Optional[torch.Tensor] = None) -> torch.Tensor:
         head_dim = _head_dim(attn)
-        mask = attention_mask[:, None, None, :] if attention_mask is not None and attention_mask.dim() == 2 \
-            else attention_mask
+        mask = _key_mask(attention_mask, *hidden_states.shape[:2])
         if head_dim > MAX_HEAD_DIM or (mask is not None and not _kernel_reads(mask)) or \
                 (freqs_cis is not None and freqs_cis.shape[-1] != head_dim):  # (a partial rotation: stock)
             return self.stock(attn, hidden_states, attention_mask, freqs_cis)
@@ -1932,9 +1938,7 @@ class PydiffKandinsky6AttnProcessor(_RankLocal):
         source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         rope = None if rotary_emb is None else _rotation_pairs(rotary_emb, head_dim)
         key_rope = None if rotary_emb_kv is None else _rotation_pairs(rotary_emb_kv, head_dim)
-        mask = attn_mask
-        if mask is not None and mask.dim() == 2 and tuple(mask.shape) == (source.shape[0], source.shape[1]):
-            mask = mask[:, None, None, :]  # (as diffusers' attention dispatch widens it)
+        mask = _key_mask(attn_mask, *source.shape[:2])
         if head_dim > MAX_HEAD_DIM or (rotary_emb is not None and rope is None) or \
                 (rotary_emb_kv is not None and key_rope is None) or (mask is not None and not _kernel_reads(mask)):
             return self.stock(attn, hidden_states, encoder_hidden_states, rotary_emb, rotary_emb_kv, attn_mask)
