@@ -71,8 +71,11 @@ def run_one(name: str, mode: str) -> dict:
         plans.ENABLED = False
     stream_k = None
     if "streamk" in parts:
-        if case.negative is not None or case.kv_lens is not None or case.cu_q is not None:
+        if case.negative is not None or case.kv_lens is not None or case.cu_q is not None or \
+                case.block_mask is not None:
             return {"streams": [], "skipped": "stream-K: plain and joint only"}
+    if "overlap" in parts and case.block_mask is not None:
+        return {"streams": [], "skipped": "the overlap: not block-sparse"}
         stream_k = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 7
     # (BLOCK_M, BLOCK_N, warps, stages) of each tile to run
     if "tuner" in parts:

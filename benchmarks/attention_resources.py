@@ -45,7 +45,7 @@ from benchmarks.common import tile_label  # noqa: E402
 from kernels import attention as A  # noqa: E402
 
 POINTERS = {"Q", "K", "V", "O", "Q2", "K2", "V2", "O2", "KN", "VN", "X", "Y", "W"}
-INT_POINTERS = {"KV_LENS", "NEG_KV_LENS", "CU_Q", "CU_K"}
+INT_POINTERS = {"KV_LENS", "NEG_KV_LENS", "CU_Q", "CU_K", "BLOCK_COUNTS", "BLOCK_LISTS"}
 FLOAT_POINTERS = {"WORK", "COS", "SIN", "BIAS"}
 FLOATS = {"qk_scale", "neg_scale", "eps"}
 #: (name, head dim, (BLOCK_M, BLOCK_N, warps, stages), flags beyond the plain kernel's)
@@ -70,6 +70,7 @@ CASES = [
     ("mask per query (float32)", 128, (128, 64, 8, 3), {"HAS_BIAS": 2, "EVEN_N": False, "stride_mn": 1}),
     ("plain, partial key blocks", 64, (128, 64, 8, 3), {"EVEN_N": False}),
     ("plain, partial key blocks", 72, (128, 64, 8, 3), {"EVEN_N": False}),
+    ("block-sparse", 64, (64, 64, 4, 3), {"SPARSE": True}), ("block-sparse", 128, (128, 64, 8, 3), {"SPARSE": True}),
 ]
 
 
@@ -119,7 +120,7 @@ def compile_attention(head_dim: int, tile, flags, module=None, info: dict = None
     const = dict(_head_dim_constants(head_dim, module), BLOCK_M=bm, BLOCK_N=bn, EVEN_N=True, JOINT=False, NEG=False,
                  VARLEN=False, HAS_KV_LENS=False, HAS_NEG_KV_LENS=False, HAS_BIAS=False, SCALE_POSITIVE=True,
                  TMA_OK=True, WS_OK=False, USE_TMA=len(tile) > 4 and tile[4], ROWSUM_MMA=False, OVERLAP=False,
-                 WARP_SPEC=len(tile) > 5 and tile[5], JOINED_KV=False)
+                 WARP_SPEC=len(tile) > 5 and tile[5], JOINED_KV=False, SPARSE=False)
     const.update(flags)
     return compile_specialised(module._attn_fwd_kernel, head_dim, const, warps, stages, info)
 
@@ -514,7 +515,8 @@ def candidate_launches(T, case) -> list:
     args = dict(BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split, JOINT=case.joint is not None, JOINED_KV=joined,
                 NEG=case.negative is not None, TMA_OK=fits, WS_OK=ws, HEAD_DIM=case.head_dim, Nk=case.n_k,
                 Nk2=(case.joint or (0, 0))[1], Nneg=case.negative or 0, Q=torch.ones(1, dtype=case.dtype),
-                HAS_BIAS=T.mask_flag(case))
+                HAS_BIAS=T.mask_flag(case), SPARSE=case.block_mask is not None,
+                **dict(zip(("BLOCK_Q", "BLOCK_K"), case.block_mask or ())))
     return [dict(blocks=(cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]), warps=cfg.num_warps, stages=cfg.num_stages,
                  use_tma=cfg.kwargs.get("USE_TMA", False), warp_spec=cfg.kwargs.get("WARP_SPEC", False),
                  **({"join_keys": True} if joined else {}))

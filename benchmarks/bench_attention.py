@@ -815,6 +815,32 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
     rows += _variant("packed segments (cu_seqlens)", f"H{h} segments {lengths} D{d}",
                      lambda: attention(*x, cu_seqlens_q=cu, max_seqlen_q=max(lengths)), segments_stock,
                      "loop of sdpa per segment", flops, device, quick, ceiling)
+
+    # 7. Block-sparse video attention (Kandinsky 6 SR's NABLA: 64 x 64 blocks, each query block attending to its own
+    # key block and about a fifth of the others, per head): the figure counts the attended blocks' work only.
+    b, h, d, n = (1, 16, 128, 16384) if gpu else (1, 2, 64, 512)
+    q, k, v = rand(b, h, n, d), rand(b, h, n, d), rand(b, h, n, d)
+    blocks = torch.rand(b, h, n // 64, n // 64, device=device) < 0.2
+    blocks |= torch.eye(n // 64, dtype=torch.bool, device=device)
+    keep = blocks.repeat_interleave(64, 2).repeat_interleave(64, 3)
+    flops = _flops(b, h, n, n, d) * blocks.float().mean().item()
+    rows += _variant("block-sparse attention (NABLA, 64 x 64 blocks)", f"B{b} H{h} N{n} D{d}, "
+                     f"{blocks.float().mean().item():.0%} of blocks",
+                     lambda: attention(q, k, v, block_mask=blocks, block_size=64),
+                     lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=keep),
+                     "sdpa with the blocks as a boolean mask", flops, device, quick, ceiling)
+    if gpu:
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+        counts = blocks.sum(-1, dtype=torch.int32)
+        lists = torch.sort((~blocks).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
+        flex_mask = BlockMask.from_kv_blocks(torch.zeros_like(counts), lists, counts, lists, BLOCK_SIZE=64)
+        flex = torch.compile(flex_attention)
+        rows += _variant("block-sparse attention (NABLA, 64 x 64 blocks)", f"B{b} H{h} N{n} D{d}, "
+                         f"{blocks.float().mean().item():.0%} of blocks",
+                         lambda: attention(q, k, v, block_mask=flex_mask),
+                         lambda: flex(q, k, v, block_mask=flex_mask), "flex attention (torch.compile)", flops,
+                         device, quick, ceiling)
     return rows
 
 

@@ -12,6 +12,8 @@ constexpr flags (so a plain call compiles to a plain flash-attention):
 * joint attention over two token streams (SD3/Flux MMDiT) read from separate tensors into separate outputs;
 * negative-prompt attention (SNOOPI's NASA): a second online softmax over negative keys on the same q tile,
   ``out = A(q, k+, v+) - alpha A(q, k-, v-)``;
+* block-sparse attention (``block_mask``: video models' sliding-tile and NABLA patterns): each query block's key
+  loop runs over the key blocks listed for it (``_attend_listed``), the others never read;
 * a prologue on q and k: per-head RMSNorm with weights, then RoPE from a per-token cos/sin table (interleaved
   pairs or half-split), applied by ``_qk_prologue`` in one pass per tensor before the attention kernel. Inside the
   kernel, keys are read by every query block (their prologue was redone N_q / BLOCK_M times), and the q prologue
@@ -42,6 +44,7 @@ import contextvars
 import functools
 import hashlib
 import inspect
+import math
 import os
 import warnings
 from pathlib import Path
@@ -264,6 +267,34 @@ def _attend_blocks(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, k_en
                 stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16,
                 SCALE_POSITIVE, USE_TMA, ROWSUM_MMA,
                 MB=MB, stride_mn=stride_mn, mask_shift=mask_shift, HAS_BIAS=HAS_BIAS)
+    return acc_a, acc_b, m_i, l_i
+
+
+@triton.jit
+def _attend_listed(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, LIST, count, BLOCK_K, n_end,
+                   stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
+                   SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                   SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr, MB=None,
+                   stride_mn=0, mask_shift=0.0, HAS_BIAS: tl.constexpr = False):
+    """Block-sparse attention: the ``count`` key blocks of BLOCK_K keys listed at LIST (block numbers, ascending),
+    each as BLOCK_K / BLOCK_N key blocks of the loop (the launcher chose BLOCK_N to divide BLOCK_K), in one loop
+    over the listed blocks' key blocks, so that the pipeliner prefetches across them; the blocks not listed are
+    never read. Keys end at n_end (every listed block starts before it): with MASK_N every block takes the column
+    mask. The key/value sources are made once, over keys [0, n_end)."""
+    k_a = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
+    v_a = _kv_source(V, n_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
+    k_b = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D)
+    v_b = _kv_source(V, n_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D)
+    per_block = BLOCK_K // BLOCK_N
+    for i in range(0, count * per_block):
+        listed = i // per_block
+        start_n = tl.load(LIST + listed) * BLOCK_K + (i - listed * per_block) * BLOCK_N
+        acc_a, acc_b, m_i, l_i = _attend_block(
+            acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, start_n, n_end, stride_kn, stride_kd, stride_vn,
+            stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16,
+            SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, MB=MB, stride_mn=stride_mn, mask_shift=mask_shift,
+            HAS_BIAS=HAS_BIAS)
     return acc_a, acc_b, m_i, l_i
 
 
@@ -518,12 +549,14 @@ def _query_block(
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
     JOINT_KEYS: tl.constexpr, NEG: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
     USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr, OVERLAP: tl.constexpr, WARP_SPEC: tl.constexpr = False,
-    MB=None, MB2=None, stride_mn=0, HAS_BIAS: tl.constexpr = False,
+    MB=None, MB2=None, stride_mn=0, HAS_BIAS: tl.constexpr = False, LIST=None, count=0, BLOCK_K=0,
+    SPARSE: tl.constexpr = False,
 ):
     """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream: K/V's,
     then (JOINT_KEYS) K2/V2's, and (NEG) the negative stream's into an output of their own. HAS_BIAS: the mask
     (``_block_scores``) of K's keys at MB, of K2's at MB2 (with ROW_MASK, BLOCK_M pointers each: the rows of this
-    block's queries); the negative stream has none."""
+    block's queries); the negative stream has none. SPARSE: K's keys are only the ``count`` blocks of BLOCK_K
+    listed at LIST (``_attend_listed``)."""
     q_a, q_b = _load_rows(Q, row_start, row_end, stride_qn, stride_qd, HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB,
                           SPLIT_D, WARP_SPEC)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -536,11 +569,19 @@ def _query_block(
         if JOINT_KEYS:
             mask_shift = tl.maximum(mask_shift, _mask_top(MB2, stride_mn, 0, k2_end, BLOCK_M, BLOCK_N, HAS_BIAS))
         mask_shift = tl.where(mask_shift == float("-inf"), 0.0, mask_shift)
-    acc_a, acc_b, m_i, l_i = _attend_keys(
-        acc_a, acc_b, m_i, l_i, q_a, q_b, K, V,
-        k_start, k_end, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-        HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA,
-        ROWSUM_MMA, OVERLAP, WARP_SPEC, MB=MB, stride_mn=stride_mn, mask_shift=mask_shift, HAS_BIAS=HAS_BIAS)
+    if SPARSE:
+        acc_a, acc_b, m_i, l_i = _attend_listed(
+            acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, LIST, count, BLOCK_K, k_end, stride_kn, stride_kd, stride_vn,
+            stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16,
+            SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, MB=MB, stride_mn=stride_mn, mask_shift=mask_shift,
+            HAS_BIAS=HAS_BIAS)
+    else:
+        acc_a, acc_b, m_i, l_i = _attend_keys(
+            acc_a, acc_b, m_i, l_i, q_a, q_b, K, V,
+            k_start, k_end, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+            HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE,
+            USE_TMA, ROWSUM_MMA, OVERLAP, WARP_SPEC, MB=MB, stride_mn=stride_mn, mask_shift=mask_shift,
+            HAS_BIAS=HAS_BIAS)
     if JOINT_KEYS:
         # The second key stream continues the same online softmax: joint attention without concatenation.
         acc_a, acc_b, m_i, l_i = _attend_keys(
@@ -667,7 +708,7 @@ def _al(stride_b, stride_h, stride_n, ALIGN: tl.constexpr):
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, O, Q2, K2, V2, O2, KN, VN,
-    KV_LENS, NEG_KV_LENS, CU_Q, CU_K, BIAS,
+    KV_LENS, NEG_KV_LENS, CU_Q, CU_K, BIAS, BLOCK_COUNTS, BLOCK_LISTS,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -679,7 +720,8 @@ def _attn_fwd_kernel(
     stride_knb, stride_knh, stride_knn, stride_knd,
     stride_vnb, stride_vnh, stride_vnn, stride_vnd,
     stride_mb, stride_mh, stride_mm, stride_mn,
-    KV_GROUP, Nq, Nk, Nq2, Nk2, Nneg, SEGMENTS,
+    stride_cb, stride_ch, stride_cm, stride_lb, stride_lh, stride_lm,
+    KV_GROUP, Nq, Nk, Nq2, Nk2, Nneg, SEGMENTS, BLOCK_Q, BLOCK_K,
     qk_scale, neg_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
@@ -688,6 +730,7 @@ def _attn_fwd_kernel(
     SCALE_POSITIVE: tl.constexpr, TMA_OK: tl.constexpr, USE_TMA: tl.constexpr = False, ROW_ALIGN: tl.constexpr = 1,
     ROWSUM_MMA: tl.constexpr = False, OVERLAP: tl.constexpr = False, WS_OK: tl.constexpr = False,
     WARP_SPEC: tl.constexpr = False, JOINED_KV: tl.constexpr = False, HAS_BIAS: tl.constexpr = False,
+    SPARSE: tl.constexpr = False,
 ):
     """grid = (query blocks [of both streams when JOINT], H, B * segments), run in the order (query block, head,
     batch). The second and third axes take 65535 programs each, so B and H do not share one: temporal attention in
@@ -711,6 +754,11 @@ def _attn_fwd_kernel(
     for each batch row and query head (strides stride_mb, stride_mh, stride_mn; 0 where broadcast): a key mask,
     the same for every query (True, 1), or (ROW_MASK) one such row per query of the joined (packed) sequence, rows
     stride_mm apart.
+    SPARSE (one query stream and one key stream: not JOINT, NEG or VARLEN): block-sparse attention. The queries and
+    keys fall in blocks of BLOCK_Q and BLOCK_K tokens (BLOCK_M divides BLOCK_Q, BLOCK_N divides BLOCK_K), and query
+    block r of (batch b, head h) attends only to the BLOCK_COUNTS[b, h, r] key blocks listed at BLOCK_LISTS[b, h, r]
+    (block numbers, ascending, each starting before the batch row's last key; strides stride_c*, stride_l*, 0
+    where broadcast): the launcher's lists of a boolean block mask. The other key blocks are never read.
     """
     # Inductor's copy of this kernel types Python float arguments as fp64: without the casts the online-softmax
     # state would turn fp64 inside the key loop, which Triton rejects (loop-carried type change).
@@ -799,6 +847,13 @@ def _attn_fwd_kernel(
         if JOINT:
             q_rows += tl.where(second, Nq, 0)
         MB = MB + q_rows.to(tl.int64) * stride_mm
+    LIST = BLOCK_LISTS
+    count = 0
+    if SPARSE:
+        # this query block's row of the block mask (BLOCK_M divides BLOCK_Q: every row of the block shares it)
+        r = (row_start // BLOCK_Q).to(tl.int64)
+        count = tl.load(BLOCK_COUNTS + b64 * stride_cb + h64 * stride_ch + r * stride_cm)
+        LIST = BLOCK_LISTS + b64 * stride_lb + h64 * stride_lh + r * stride_lm
     if row_start < row_end:
         _query_block(
             Qs, Os, row_start, row_end, sqn, sqd, son, sod,
@@ -808,7 +863,8 @@ def _attn_fwd_kernel(
             qk_scale, neg_scale,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT and not JOINED_KV, NEG,
             EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, OVERLAP, WARP_SPEC,
-            MB=MB, MB2=MB + Nk * stride_mn, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS)
+            MB=MB, MB2=MB + Nk * stride_mn, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS, LIST=LIST, count=count,
+            BLOCK_K=BLOCK_K, SPARSE=SPARSE)
 
 
 @triton.jit
@@ -1160,7 +1216,8 @@ def _prune_configs(configs, named_args, **kwargs):
     one key stream (no joint or negative stream) up to each tile's widest head dim; none whose compile failed for
     this launch (``_UNBUILT``); none whose shared memory (``shared_bytes``, for q's dtype) exceeds q's device's
     (fp32 at head dim 128 on Hopper: 8 of 11 candidates, which would compile only to fail at launch); with a key
-    mask, no warp-specialised tile of 128-key blocks (they fail to compile)."""
+    mask, no warp-specialised tile of 128-key blocks (they fail to compile); block-sparse (SPARSE), tiles that
+    divide the mask's blocks (BLOCK_Q, BLOCK_K), none warp-specialised."""
     args = {**named_args, **kwargs}
     unbuilt = _UNBUILT.get()
     q = args.get("Q")  # (absent where a caller prunes by hand: 16-bit inputs on Hopper)
@@ -1182,6 +1239,9 @@ def _prune_configs(configs, named_args, **kwargs):
         shape = (bm, bn, cfg.num_warps, cfg.num_stages)
         if id(cfg) in unbuilt or shared_bytes(*shape, args.get("HEAD_DIM", d_total), size) > limit:
             continue
+        if args.get("SPARSE", False) and (cfg.kwargs.get("WARP_SPEC", False) or args["BLOCK_Q"] % bm or
+                                          args["BLOCK_K"] % bn):
+            continue  # (block-sparse: tiles inside the mask's blocks, and one loop of listed blocks)
         if cfg.kwargs.get("WARP_SPEC", False):
             # (Triton 3.6 fails to specialise the 128-key blocks with a key mask, and every block with a mask per
             # query: "PassManager::run failed")
@@ -1207,6 +1267,8 @@ def _prune_configs(configs, named_args, **kwargs):
     # default, 64 x 32 (238 registers, no spills; ptxas sm_90a) or with a negative stream 32 x 32. A 32-row tile
     # for one accumulator would compile to the Ampere matrix instructions (mma.sync) instead of wgmma.
     bm, bn, warps, stages = default_config(args.get("HEAD_DIM", d_total), heavy, args["NEG"], size, limit)
+    if args.get("SPARSE", False):
+        bm, bn = math.gcd(bm, args["BLOCK_Q"]), math.gcd(bn, args["BLOCK_K"])
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)]
 
 
@@ -1215,7 +1277,7 @@ def _prune_configs(configs, named_args, **kwargs):
 _UNBUILT = contextvars.ContextVar("pydiff_attention_unbuilt", default=frozenset())
 _WIDEST_BLOCK_N = max(bn for _, bn, _, _ in _GPU_CONFIGS + _TMA_CONFIGS + [*_WARP_SPEC_TILES])
 _AUTOTUNE_KEY = ["Nq", "Nk", "Nq2", "Nk2", "Nneg", "HEAD_DIM", "SPLIT_D", "JOINT", "JOINED_KV", "NEG", "VARLEN",
-                 "HAS_BIAS", "TMA_OK", "WS_OK"]
+                 "HAS_BIAS", "TMA_OK", "WS_OK", "SPARSE", "BLOCK_Q", "BLOCK_K"]
 _attn_fwd_autotuned = triton.autotune(
     configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in
              _GPU_CONFIGS]
@@ -1425,7 +1487,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                       joint_q_norm_weight=None, joint_k_norm_weight=None, norm_eps=1e-6,
                       block_m=None, block_n=None, num_warps=4, num_stages=2, use_tma=False, prologue_kernel=None,
                       tuned=None, rowsum_mma=False, stream_k=None, overlap=False, prologue_heads=1,
-                      warp_spec=False, join_keys=None, attn_mask=None, key_rope=None):
+                      warp_spec=False, join_keys=None, attn_mask=None, key_rope=None, block_mask=None,
+                      block_size=(0, 0)):
     """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
     ``torch.library.wrap_triton``). All arguments were checked by the caller.
 
@@ -1466,6 +1529,12 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     kernel as given (no conversion pass): sizes broadcastable to (B, H, queries, keys), the queries and keys of the
     joined sequence with ``joint``; a key mask where the query size is 1 (or its stride 0); not with ``negative``
     or ``stream_k``.
+    block_mask, block_size = (block_q, block_k): block-sparse attention (the kernel's SPARSE): a boolean mask
+    broadcastable to (B, H, ceil(N_q / block_q), ceil(N_k / block_k)), True where a block of queries attends to a
+    block of keys;
+    the kernel reads only the listed key blocks (``_block_lists``). block_m must divide block_q and block_n
+    block_k (the autotuner keeps such tiles). One query and one key stream: not with ``joint``, ``negative``,
+    ``cu_seqlens_q``, ``stream_k``, ``overlap`` or ``warp_spec``.
     """
     import torch
 
@@ -1494,6 +1563,15 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                              "attn_mask)")
         if stream_k < 1:
             raise ValueError(f"stream_k must be >= 1 programs, got {stream_k}")
+    if block_mask is not None:
+        block_q, block_k = block_size
+        if joint is not None or negative is not None or cu_seqlens_q is not None or stream_k is not None or \
+                overlap or warp_spec:
+            raise ValueError("block_mask: one query and one key stream (not with joint, negative or cu_seqlens_q), "
+                             "and not with the stream_k, overlap or warp_spec experiments")
+        if block_m is not None and (block_q % block_m or block_k % block_n):
+            raise ValueError(f"block_mask: the tile ({block_m}, {block_n}) must divide the mask's blocks "
+                             f"({block_q}, {block_k})")
     keys_rope = rope if key_rope is None else key_rope  # (the tables that turn the keys)
     has_prologue = rope is not None or keys_rope is not None or any(
         w is not None for w in (q_norm_weight, k_norm_weight, joint_q_norm_weight, joint_k_norm_weight))
@@ -1584,15 +1662,19 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     if varlen and cu_seqlens_k is None:
         cu_seqlens_k = cu_seqlens_q
     optional = (kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k, attn_mask)
-    tensors = _leading_tensors(q, k, v, out, joint, negative, *optional)
+    block_q, block_k, lists = 0, 0, (None, None)
+    if block_mask is not None:
+        block_q, block_k = block_size
+        lists = _block_lists(block_mask, block_k, kv_lens)
+    tensors = _leading_tensors(q, k, v, out, joint, negative, *optional, *lists)
     q2, k2, v2, out2, k_neg, v_neg = tensors[4:10]
     plan_key = None
     if plans.ENABLED and stream_k is None and type(q) is torch.Tensor and \
             (block_m is not None or tuned is not None):
-        present = (q, k, v, out, *(joint or ()), *(negative or ()), *optional)
-        plan_key = (plans.unwrapped(kernel), bnhd, float(scale), float(negative_scale), max_seqlen_q,
-                    block_m, block_n, num_warps, num_stages, use_tma, rowsum_mma, overlap, warp_spec, join_keys,
-                    joint is not None, negative is not None, os.environ.get("PYDIFF_ATTENTION_TMA"),
+        present = (q, k, v, out, *(joint or ()), *(negative or ()), *optional, *lists)
+        plan_key = (plans.unwrapped(kernel), bnhd, float(scale), float(negative_scale), max_seqlen_q, block_q,
+                    block_k, block_m, block_n, num_warps, num_stages, use_tma, rowsum_mma, overlap, warp_spec,
+                    join_keys, joint is not None, negative is not None, os.environ.get("PYDIFF_ATTENTION_TMA"),
                     os.environ.get("PYDIFF_ATTENTION_WARP_SPEC"),
                     *(None if t is None else plans.tensor_key(t) for t in present))
         if plans.run(plan_key, tensors):
@@ -1631,10 +1713,11 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         return (blocks, heads, batch * segments)
 
     stream_strides = [*sq, *sk, *sv, *so, *sq2, *sk2, *sv2, *so2, *skn, *svn]
-    strides = stream_strides + mask_strides
+    strides = stream_strides + mask_strides + [0 if t is None or t.shape[i] == 1 else t.stride(i)
+                                               for t in lists for i in range(3)]
     args = [
         *tensors, *strides,
-        heads // kv_heads, n_q, n_k, n_q2, n_k2, n_neg, segments,
+        heads // kv_heads, n_q, n_k, n_q2, n_k2, n_neg, segments, block_q, block_k,
         float(scale) * LOG2E, float(negative_scale),
     ]
     flags = dict(
@@ -1642,6 +1725,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         JOINT=joint is not None, JOINED_KV=bool(join_keys), NEG=negative is not None, VARLEN=varlen,
         HAS_KV_LENS=kv_lens is not None, HAS_NEG_KV_LENS=negative_kv_lens is not None,
         HAS_BIAS=0 if attn_mask is None else ROW_MASK.value if row_mask else 1, SCALE_POSITIVE=scale > 0,
+        SPARSE=block_mask is not None,
         # Triton's interpreter (CPU tensors) multiplies bf16 operands as raw 16-bit integers in tl.dot and
         # truncates bf16 casts: there, bf16 values go through the dots as (exact) fp32, as a tensor core forms
         # the products, and every rounding to bf16 is done to nearest even by hand.
@@ -1691,7 +1775,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         plans.launch(kernel, grid, args, flags, plan_key, len(tensors), before, writes=_WRITES)
         return
     # The tuner's own key (shapes, the head-dim split, the variant flags, dtypes) is a subset of this one.
-    specialisation = (n_q, n_k, n_q2, n_k2, n_neg, segments, *flags.values(), *(t.dtype for t in tensors))
+    specialisation = (n_q, n_k, n_q2, n_k2, n_neg, segments, block_q, block_k, *flags.values(),
+                      *(t.dtype for t in tensors))
     key = (*specialisation, q.device)
     choice = _TUNED.get(key)
     if choice is None:
@@ -1811,14 +1896,31 @@ _WRITES = (3, 7)
 
 
 def _leading_tensors(q, k, v, out, joint, negative, kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k,
-                     attn_mask):
-    """The attention kernel's 15 tensor arguments, in order: the streams (q, k, v, out; q2, k2, v2, out2 from
-    ``joint``; k_neg, v_neg from ``negative``), then the lengths, offsets and mask; q or the first stream's
-    tensors stand in for what the call does not have (the kernel's flags say it is absent)."""
+                     attn_mask, block_counts=None, block_lists=None):
+    """The attention kernel's 17 tensor arguments, in order: the streams (q, k, v, out; q2, k2, v2, out2 from
+    ``joint``; k_neg, v_neg from ``negative``), then the lengths, offsets, mask and block lists; q or the first
+    stream's tensors stand in for what the call does not have (the kernel's flags say it is absent)."""
     q2, k2, v2, out2 = joint if joint is not None else (q, k, v, out)
     k_neg, v_neg = negative if negative is not None else (k, v)
     return (q, k, v, out, q2, k2, v2, out2, k_neg, v_neg, *(q if t is None else t for t in (
-        kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k, attn_mask)))
+        kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k, attn_mask, block_counts, block_lists)))
+
+
+def _block_lists(mask, block_k: int, kv_lens):
+    """(counts, lists) of a block mask (bool, broadcastable to (B, H, query blocks, key blocks)): for each query
+    block, how many key blocks it attends to and their numbers, ascending (the rest of the row after them: the
+    blocks left out), as int32 (1, H), (B, 1) or (B, H) x query blocks [x key blocks]. With key padding, blocks
+    starting at or past a batch row's last key are left out (then the lists are per batch row). Tensor ops only:
+    no host reads, so CUDA graphs capture them."""
+    import torch
+
+    mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    if kv_lens is not None:
+        starts = torch.arange(mask.shape[-1], device=mask.device) * block_k
+        mask = mask & (starts < kv_lens.reshape(-1, 1, 1, 1))
+    counts = mask.sum(-1, dtype=torch.int32)
+    lists = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
+    return counts, lists
 
 
 def _mask_strides(attn_mask) -> list:

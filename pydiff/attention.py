@@ -70,6 +70,8 @@ class _Call:
     norm_eps: float
     attn_mask: Optional[torch.Tensor]
     key_rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    block_mask: Optional[torch.Tensor] = None
+    block_size: Tuple[int, int] = (0, 0)
 
     def bhnd(self, t: torch.Tensor) -> Tuple[int, int, int, int]:
         """(B, H, N, D) of a q/k/v-like tensor in this call's layout."""
@@ -127,6 +129,33 @@ def _check_attn_mask(mask, device: torch.device, expected: Tuple[int, int, int, 
     if not 1 <= mask.dim() <= 4 or any(n not in (1, e) for n, e in zip(sizes, expected)):
         raise ValueError(f"attn_mask must broadcast to (B, H, N_q, N_k) = {expected} (N_q and N_k count both "
                          f"streams' tokens with joint=); got {_describe(mask)}")
+
+
+#: what the block sizes of a block mask must be multiples of: the kernel's smallest query and key tiles on a GPU
+BLOCK_MULTIPLES = (64, 32)
+
+
+def _check_block_mask(call: _Call, batch: int, heads: int, n_q: int, n_k: int) -> None:
+    """block_mask: bool, broadcastable to (B, H, query blocks, key blocks) for its block sizes; one query and one key
+    stream."""
+    mask, (block_q, block_k) = call.block_mask, call.block_size
+    if call.joint is not None or call.negative is not None or call.cu_seqlens_q is not None:
+        raise ValueError("block_mask cannot be combined with joint=, negative= or cu_seqlens_q (one query and one key "
+                         "stream)")
+    if any(size < 1 or size % multiple for size, multiple in zip((block_q, block_k), BLOCK_MULTIPLES)):
+        raise ValueError(f"block_size must be (query block, key block) in multiples of {BLOCK_MULTIPLES} tokens (the "
+                         f"kernel's tiles), got {(block_q, block_k)}")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"block_mask must be a bool tensor (True: a block of queries attends to a block of keys), "
+                        f"got {_describe(mask)}")
+    if mask.device != call.q.device:
+        raise ValueError(f"block_mask is on {mask.device}; expected {call.q.device} like q")
+    expected = (batch, heads, -(-n_q // block_q), -(-n_k // block_k))
+    sizes = (1,) * (4 - mask.dim()) + tuple(mask.shape)
+    if not 2 <= mask.dim() <= 4 or any(n not in (1, e) for n, e in zip(sizes[:2], expected)) or \
+            sizes[2:] != expected[2:]:
+        raise ValueError(f"block_mask must broadcast to (B, H, ceil(N_q / {block_q}), ceil(N_k / {block_k})) = "
+                         f"{expected} (its last two sizes exactly), got {_describe(mask)}")
 
 
 def _check_rope(name: str, tables, need: int, batch: int, heads: int, other_heads: int, head_dim: int,
@@ -237,6 +266,8 @@ def check_attention_args(call: _Call) -> None:
         raise ValueError("negative_kv_lens is given but negative= is not")
     if call.attn_mask is not None:
         _check_attn_mask(call.attn_mask, q.device, (batch, heads, rows_q, rows_k), call.negative is not None)
+    if call.block_mask is not None:
+        _check_block_mask(call, batch, heads, n_q, n_k)
 
     if call.rope is not None or call.key_rope is not None:
         if head_dim % 2:
@@ -272,7 +303,7 @@ def _outputs(call: _Call) -> List[torch.Tensor]:
 def _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, joint_q, joint_k, joint_v,
                negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos, rope_sin, rope_interleaved,
                q_norm_weight, k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, norm_eps, attn_mask,
-               key_rope_cos=None, key_rope_sin=None) -> _Call:
+               key_rope_cos=None, key_rope_sin=None, block_mask=None, block_size_q=0, block_size_k=0) -> _Call:
     joint = None if joint_q is None and joint_k is None and joint_v is None else (joint_q, joint_k, joint_v)
     negative = None if negative_k is None and negative_v is None else (negative_k, negative_v)
     rope = None if rope_cos is None and rope_sin is None else (rope_cos, rope_sin)
@@ -281,7 +312,8 @@ def _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_
         cu_seqlens_k = cu_seqlens_q
     return _Call(q, k, v, float(scale), layout, kv_lens, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), joint,
                  negative, float(negative_scale), negative_kv_lens, rope, bool(rope_interleaved), q_norm_weight,
-                 k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, float(norm_eps), attn_mask, key_rope)
+                 k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, float(norm_eps), attn_mask, key_rope,
+                 block_mask, (int(block_size_q), int(block_size_k)))
 
 
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, layout: str,
@@ -294,11 +326,13 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
                   k_norm_weight: Optional[torch.Tensor], joint_q_norm_weight: Optional[torch.Tensor],
                   joint_k_norm_weight: Optional[torch.Tensor], norm_eps: float,
                   attn_mask: Optional[torch.Tensor], key_rope_cos: Optional[torch.Tensor] = None,
-                  key_rope_sin: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+                  key_rope_sin: Optional[torch.Tensor] = None, block_mask: Optional[torch.Tensor] = None,
+                  block_size_q: int = 0, block_size_k: int = 0) -> List[torch.Tensor]:
     return _run(_make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, joint_q,
                            joint_k, joint_v, negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos,
                            rope_sin, rope_interleaved, q_norm_weight, k_norm_weight, joint_q_norm_weight,
-                           joint_k_norm_weight, norm_eps, attn_mask, key_rope_cos, key_rope_sin))
+                           joint_k_norm_weight, norm_eps, attn_mask, key_rope_cos, key_rope_sin, block_mask,
+                           block_size_q, block_size_k))
 
 
 def _run(call: _Call) -> List[torch.Tensor]:
@@ -327,7 +361,7 @@ def _reference_args(call: _Call) -> dict:
                 rope_interleaved=call.rope_interleaved, q_norm_weight=call.q_norm_weight,
                 k_norm_weight=call.k_norm_weight, joint_q_norm_weight=call.joint_q_norm_weight,
                 joint_k_norm_weight=call.joint_k_norm_weight, norm_eps=call.norm_eps, attn_mask=call.attn_mask,
-                key_rope=call.key_rope)
+                key_rope=call.key_rope, block_mask=call.block_mask, block_size=call.block_size)
 
 
 @backends.register("torch", usable=lambda device: None)
@@ -346,7 +380,15 @@ def _triton_kwargs(call: _Call, outs: List[torch.Tensor]) -> dict:
         max_seqlen_q=call.max_seqlen_q, rope=call.rope, rope_interleaved=call.rope_interleaved,
         q_norm_weight=call.q_norm_weight, k_norm_weight=call.k_norm_weight,
         joint_q_norm_weight=call.joint_q_norm_weight, joint_k_norm_weight=call.joint_k_norm_weight,
-        norm_eps=call.norm_eps, attn_mask=call.attn_mask, key_rope=call.key_rope)
+        norm_eps=call.norm_eps, attn_mask=call.attn_mask, key_rope=call.key_rope, block_mask=call.block_mask,
+        block_size=call.block_size)
+
+
+def _tile_in_blocks(call: _Call, block_m: int, block_n: int) -> Tuple[int, int]:
+    """A tile (block_m, block_n) narrowed, where a block mask needs it, to divide the mask's blocks."""
+    if call.block_mask is None:
+        return block_m, block_n
+    return math.gcd(block_m, call.block_size[0]), math.gcd(block_n, call.block_size[1])
 
 
 @backends.register("triton", usable=native.triton_why_not)
@@ -364,7 +406,7 @@ def _attention_triton(call: _Call, outs: List[torch.Tensor]) -> None:
         keys = max(keys, call.bhnd(call.joint[1])[2])
     if call.negative is not None:
         keys = max(keys, call.bhnd(call.negative[0])[2])
-    block_m, block_n = interpreter_blocks(rows, keys)
+    block_m, block_n = _tile_in_blocks(call, *interpreter_blocks(rows, keys))
     attention_forward(native.triton_kernel("attention", "_attn_fwd_kernel"), call.q, call.k, call.v, outs[0],
                       block_m=block_m, block_n=block_n, **_triton_kwargs(call, outs))
 
@@ -401,6 +443,7 @@ def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:
             heavy = call.joint is not None or call.negative is not None
             block_m, block_n, warps, stages = default_config(head_dim, heavy, call.negative is not None,
                                                              call.q.element_size(), shared_limit_of(call.q.device))
+            block_m, block_n = _tile_in_blocks(call, block_m, block_n)
             attention_forward(plain, call.q, call.k, call.v, outs[0], block_m=block_m, block_n=block_n,
                               num_warps=warps, num_stages=stages, use_tma=default_use_tma(head_dim),
                               prologue_kernel=prologue, **_triton_kwargs(call, outs))
@@ -472,6 +515,8 @@ def attention(
     joint_q_norm_weight: Optional[torch.Tensor] = None,
     joint_k_norm_weight: Optional[torch.Tensor] = None,
     norm_eps: float = 1e-6,
+    block_mask=None,
+    block_size=None,
 ):
     """Non-causal softmax attention ``softmax(q k^T * scale) v`` in one fused pass (FlashAttention-2 forward).
 
@@ -512,6 +557,14 @@ def attention(
       and pairing, rows following the keys' positions, where queries and keys turn by different tables (LTX-2's
       audio-video cross-attention); ``rope`` then turns q alone (or, None, nothing does). Keys that must not turn
       take tables of cos 1 and sin 0 (one angle per pair: (N_k, D/2)).
+    * ``block_mask``, ``block_size``: block-sparse attention (video models' sliding-tile and NABLA patterns): the
+      queries and keys fall in blocks of ``block_size`` = (query block, key block) tokens (an int: both; default
+      128), and a bool mask broadcastable to (B, H, ceil(N_q / query block), ceil(N_k / key block)) says which
+      key blocks each query block attends to; the kernel never reads the others, so the work falls with the mask's
+      density. Block sizes are multiples of (64, 32). A ``torch.nn.attention.flex_attention.BlockMask`` is taken too
+      (its block sizes; one without a ``mask_mod``, whose blocks are all whole, as ``BlockMask.from_kv_blocks``
+      makes them). Combines with kv_lens, attn_mask, the prologue and grouped heads; not with joint, negative or
+      cu_seqlens_q. A query whose blocks are all masked gives zeros.
 
     On a GPU, the Triton kernel takes up to 65535 heads and 65535 batch rows (times the segments of packed
     sequences); beyond that it is an error before anything launches.
@@ -549,6 +602,11 @@ def attention(
             joint_q, joint_k, joint_v, negative_k, negative_v, float(negative_scale), negative_kv_lens,
             rope_cos, rope_sin, bool(rope_interleaved), q_norm_weight, k_norm_weight, joint_q_norm_weight,
             joint_k_norm_weight, float(norm_eps), attn_mask, key_rope_cos, key_rope_sin)
+    if block_mask is not None:
+        block_mask, block_size = _dense_block_mask(block_mask, block_size)
+        args += (block_mask, *block_size)
+    elif block_size is not None:
+        raise ValueError("block_size is given but block_mask is not")
     key = _call_key(args)
     outs = torch.ops.pydiff.attention(*args) if key is _THROUGH_OP else _eager(args, key)
     return (outs[0], outs[1]) if joint is not None else outs[0]
@@ -685,6 +743,32 @@ def plain_eager(args) -> bool:
     same walk over the arguments that builds the call's signature.)
     """
     return _call_key(args) is not _THROUGH_OP
+
+
+def _dense_block_mask(block_mask, block_size) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """(mask, (query block, key block)) of ``attention``'s block_mask and block_size: a tensor as given, with
+    block_size an int, a pair or None (128); a flex attention ``BlockMask`` as its dense block mask and its sizes."""
+    if type(block_mask).__name__ == "BlockMask" and hasattr(block_mask, "to_dense"):
+        from torch.nn.attention.flex_attention import noop_mask
+
+        if block_mask.mask_mod is not noop_mask:
+            raise ValueError("block_mask: a BlockMask with a mask_mod masks inside its partial blocks, which the "
+                             "kernel does not evaluate; pass one whose blocks are whole (BlockMask.from_kv_blocks "
+                             "without a mask_mod), or a bool block mask with attn_mask for the elements")
+        sizes = tuple(int(n) for n in block_mask.BLOCK_SIZE)
+        if block_size is not None and _block_pair(block_size) != sizes:
+            raise ValueError(f"block_size {block_size} differs from the BlockMask's BLOCK_SIZE {sizes}")
+        return block_mask.to_dense().bool(), sizes
+    return block_mask, _block_pair(128 if block_size is None else block_size)
+
+
+def _block_pair(block_size) -> Tuple[int, int]:
+    if isinstance(block_size, int) and not isinstance(block_size, bool):
+        return block_size, block_size
+    if isinstance(block_size, (tuple, list)) and len(block_size) == 2 and \
+            all(isinstance(n, int) and not isinstance(n, bool) for n in block_size):
+        return int(block_size[0]), int(block_size[1])
+    raise TypeError(f"block_size must be an int or a (query block, key block) pair of ints, got {block_size!r}")
 
 
 def _max_segment(cu: torch.Tensor, name: str) -> int:

@@ -74,6 +74,9 @@ class Case:
     # [2-D] | "transposed" [(B, H, N_k, N_q) storage] | "outer" [Chroma's: token mask x token mask, N_q == N_k] |
     # "bhm1" [one value per query for every key: its key dim broadcast]
     mask: Optional[Tuple[str, str]] = None
+    # block-sparse attention (``block_mask``): (query block, key block, the mask's shape "bhmn" | "b1mn" | "1hmn" |
+    # "mn" [2-D]), random blocks with batch row 0's second query block attending to none
+    block_mask: Optional[Tuple[int, int, str]] = None
     blocks: Tuple[int, int] = (64, 32)
     name: str = field(default="")
 
@@ -128,6 +131,10 @@ def build(case: Case, seed: int = 0):
     if case.mask is not None:
         joined = case.joint if case.joint is not None else (0, 0)
         kw["attn_mask"] = _attn_mask(case, gen, case.n_q + joined[0], case.n_k + joined[1])
+    if case.block_mask is not None:
+        block_q, block_k, shape = case.block_mask
+        kw["block_mask"] = _block_mask(case, gen, block_q, block_k, shape)
+        kw["block_size"] = (block_q, block_k)
     if case.rope is not None:
         if case.rope_queries:
             kw["rope"] = _rope_tables(case, gen, rows, case.heads, 50.0)
@@ -166,6 +173,15 @@ def _rope_tables(case: Case, gen: torch.Generator, rows: int, heads: int, base: 
         parts = torch.view_as_real(torch.polar(torch.ones_like(angles), angles).to(torch.complex64))
         return parts[..., 0], parts[..., 1]
     return angles.cos().float(), angles.sin().float()
+
+
+def _block_mask(case: Case, gen: torch.Generator, block_q: int, block_k: int, shape: str) -> torch.Tensor:
+    """A random block mask (about half the blocks) of ``shape``, batch row 0's second query block (where there is
+    one) attending to no key block."""
+    rows, cols = -(-case.n_q // block_q), -(-case.n_k // block_k)
+    keep = torch.rand(case.batch, case.heads, rows, cols, generator=gen) > 0.5
+    keep[0, :, 1:2] = False
+    return {"bhmn": keep, "b1mn": keep[:, :1], "1hmn": keep[:1], "mn": keep[0, 0]}[shape]
 
 
 _ROW_MASKS = ("bhmn", "b1mn", "mn", "transposed", "outer", "bhm1")
@@ -291,7 +307,7 @@ def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_m
         norm_eps=kw.get("norm_eps", 1e-6), block_m=blocks[0], block_n=blocks[1], num_warps=warps,
         num_stages=stages, use_tma=use_tma, rowsum_mma=rowsum_mma, stream_k=stream_k, overlap=overlap,
         prologue_heads=prologue_heads, warp_spec=warp_spec, join_keys=join_keys, attn_mask=kw.get("attn_mask"),
-        key_rope=kw.get("key_rope"))
+        key_rope=kw.get("key_rope"), block_mask=kw.get("block_mask"), block_size=kw.get("block_size", (0, 0)))
     return (out, joint[3]) if joint is not None else out
 
 
@@ -396,6 +412,16 @@ GRID = [
     Case(F32, 64, 33, 45, batch=2, mask=("f32", "bhm1"), name="f32-rowmask-broadcast-keys"),
     # a negative scale keeps the scale out of the running max (the positive-scale path folds it into exp2)
     Case(F16, 48, 19, 45, scale=-0.2, kv_lens=[30], name="f16-negative-scale-kvlens"),
+    # block-sparse attention (``block_mask``): each broadcast shape, tiles smaller than the mask's blocks (several
+    # key blocks of the loop per listed block: a key block of 96 at 32-key tiles), partial last blocks, GQA, both
+    # layouts, strided inputs, key padding (blocks past a row's last key left out; a row of none), the prologue, a
+    # key mask inside the listed blocks, query blocks attending to no block
+    Case(F32, 64, 200, 333, batch=2, heads=2, kv_heads=1, block_mask=(64, 32, "bhmn"), name="f32-block-sparse-gqa"),
+    Case(BF16, 80, 130, 97, batch=2, layout="bnhd", kv_lens=[90, 0], block_mask=(64, 64, "b1mn"),
+         name="bf16-block-sparse-bnhd-kvlens"),
+    Case(F16, 96, 77, 150, strided=True, block_mask=(64, 96, "mn"), name="f16-block-sparse-strided-wide-blocks"),
+    Case(F32, 128, 256, 256, heads=3, rope="interleaved", q_norm=True, k_norm=True, mask=("bool", "b11n"),
+         block_mask=(128, 64, "1hmn"), blocks=(32, 16), name="f32-block-sparse-prologue-key-mask"),
 ]
 
 
@@ -524,10 +550,14 @@ def test_norm_weights_in_any_float_dtype_and_stride():
 
 
 def _gpu_default_tile(case):
+    """The GPU's untuned tile for a case (narrowed, with a block mask, to divide its blocks, as the op does)."""
     from pydiff.kernels.attention import default_config
 
     heavy = case.joint is not None or case.negative is not None
-    return default_config(case.head_dim, heavy, case.negative is not None, case.dtype.itemsize)[:2]
+    block_m, block_n = default_config(case.head_dim, heavy, case.negative is not None, case.dtype.itemsize)[:2]
+    if case.block_mask is not None:
+        block_m, block_n = math.gcd(block_m, case.block_mask[0]), math.gcd(block_n, case.block_mask[1])
+    return block_m, block_n
 
 
 # The op's interpreter path runs one large tile; a GPU runs default_config's (or the tuner's) tiles, so the cases
@@ -663,6 +693,12 @@ def test_experiments_take_what_they_can_run():
                                                      "attn_mask": torch.ones(1, 1, 8, 8, dtype=torch.bool)},
                                   "warp_spec: not with a mask per query"),
                                  (_attn_fwd_kernel, {"join_keys": True}, "join_keys: for joint attention"),
+                                 *((_attn_fwd_kernel, {"block_mask": torch.ones(1, 1, dtype=torch.bool),
+                                                       "block_size": (64, 32), **extra}, match)
+                                   for extra, match in (({"stream_k": 2}, "block_mask: one query and one key"),
+                                                        ({"overlap": True}, "not with the stream_k, overlap"),
+                                                        ({"negative": (q, q)}, "block_mask: one query"),
+                                                        ({"block_n": 64}, r"the tile \(16, 64\) must divide"))),
                                  (_attn_fwd_kernel, {"join_keys": True, "stream_k": 2,
                                                      "joint": (q, q, q, torch.empty_like(q))}, "not with stream_k")):
         with pytest.raises(ValueError, match=match):
@@ -865,6 +901,18 @@ def test_reference_against_naive_math():
     keep = torch.zeros(24, 24, dtype=torch.bool)
     keep[:12, :12] = keep[12:, 12:] = True
     assert rel_err(grouped, naive_attention(x, x, x, 0.25, keep)) < 1e-12
+    # block-sparse: query block i (of 64 tokens) sees key block j (of 32) where the block mask says so; key padding
+    # on top; the second query block sees nothing (zeros)
+    blocks = torch.rand(3, 4, 2, 1, generator=gen) > 0.4
+    blocks[:, :, 1] = False
+    q = torch.randn(3, 4, 100, 16, generator=gen)
+    ref = attention_reference(q, k, v, kv_lens=lens, block_mask=blocks, block_size=(64, 32),
+                              compute_dtype=torch.float64)
+    rows = (torch.arange(100) // 64)[:, None].expand(100, 11)
+    keep_blocks = blocks[:, :, rows, torch.zeros_like(rows)]  # (one key block: 11 keys)
+    keep_lens = (torch.arange(11)[None, :] < lens[:, None])[:, None, None, :]
+    assert rel_err(ref, naive_attention(q, k, v, 0.25, keep_blocks & keep_lens)) < 1e-12
+    assert ref[:, :, 64:].abs().max() == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -877,6 +925,8 @@ API_CASES = [
          joint_k_norm=True, name="api-joint-prologue"),
     Case(BF16, 64, 31, 17, negative=9, name="api-negative-bf16"),
     Case(F16, 32, 40, 40, cu_q=[0, 10, 10, 40], name="api-varlen-f16"),
+    Case(BF16, 48, 150, 100, batch=2, heads=4, kv_heads=2, layout="bnhd", kv_lens=[100, 33], q_norm=True,
+         block_mask=(64, 32, "bhmn"), name="api-block-sparse-bf16"),
 ]
 
 
@@ -895,6 +945,45 @@ def test_api_backends(case, backend):
     else:
         assert out.is_contiguous() and out.shape == q.shape
         assert_accurate(out, ref64, lowp, case.dtype)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_interpreter)])
+def test_block_mask_forms_agree(backend):
+    """A block mask given as a bool tensor with its block sizes, as a flex attention BlockMask of whole blocks (its
+    sizes taken from it), and spelled out per query and key as attn_mask give the same output; broadcast over the
+    batch or the heads, and as 2-D."""
+    gen = torch.Generator().manual_seed(41)
+    q = torch.randn(2, 2, 150, 32, generator=gen)
+    k, v = torch.randn(2, 2, 300, 32, generator=gen), torch.randn(2, 2, 300, 32, generator=gen)
+    dense = torch.rand(2, 2, 3, 5, generator=gen) > 0.5
+    dense[1, 0, 2] = False
+    with pydiff.use_backend(backend):
+        for blocks in (dense, dense[:1], dense[:, :1], dense[0, 0]):
+            elements = blocks.repeat_interleave(64, -2)[..., :150, :].repeat_interleave(64, -1)[..., :300]
+            expect = pydiff.attention(q, k, v, attn_mask=elements)
+            got = pydiff.attention(q, k, v, block_mask=blocks, block_size=64)
+            assert rel_err(got, expect) <= 1e-6
+            whole = blocks.reshape((1,) * (4 - blocks.dim()) + blocks.shape)
+            assert rel_err(pydiff.attention(q, k, v, block_mask=_flex_block_mask(whole, 64)), expect) <= 1e-6
+        assert pydiff.attention(q, k, v, block_mask=dense, block_size=64)[1, 0, 128:].abs().max() == 0
+
+
+@needs_interpreter
+def test_block_sparse_kernel_skips_the_masked_blocks():
+    """The kernel reads only the listed key blocks: key and value blocks that no query block attends to, filled
+    with NaN, leave the output unchanged (a dense mask would multiply them by zero: NaN)."""
+    gen = torch.Generator().manual_seed(43)
+    q = torch.randn(1, 2, 192, 64, generator=gen)
+    k, v = torch.randn(1, 1, 320, 64, generator=gen), torch.randn(1, 1, 320, 64, generator=gen)
+    blocks = torch.rand(1, 2, 3, 5, generator=gen) > 0.5
+    blocks[..., 1] = blocks[..., 3] = False  # (key blocks 1 and 3: no query of either head attends to them)
+    blocks[..., 0] = True
+    with pydiff.use_backend("triton"):
+        clean = pydiff.attention(q, k, v, block_mask=blocks, block_size=64)
+        for t in (k, v):
+            t[:, :, 64:128] = t[:, :, 192:256] = float("nan")
+        poisoned = pydiff.attention(q, k, v, block_mask=blocks, block_size=64)
+    assert torch.isfinite(poisoned).all() and torch.equal(poisoned, clean)
 
 
 def test_layouts_agree_and_bnhd_is_read_in_place():
@@ -1024,7 +1113,44 @@ BAD = [
     ("attn_mask must broadcast", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(())}), ValueError),
     ("attn_mask cannot be combined with negative", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(7),
                                                                               "negative": (k, v)}), ValueError),
+    # block masks: 9 queries and 7 keys make one block each
+    (r"block_size must be \(query block, key block\) in multiples of \(64, 32\) tokens .* got \(48, 32\)",
+     lambda q, k, v: (q, k, v, {"block_mask": torch.ones(1, 1, dtype=torch.bool), "block_size": (48, 32)}),
+     ValueError),
+    ("block_size must be an int or a", lambda q, k, v: (q, k, v, {"block_mask": torch.ones(1, 1, dtype=torch.bool),
+                                                                   "block_size": "64"}), TypeError),
+    ("block_size is given but block_mask is not", lambda q, k, v: (q, k, v, {"block_size": 64}), ValueError),
+    ("block_mask must be a bool tensor", lambda q, k, v: (q, k, v, {"block_mask": torch.ones(1, 1)}), TypeError),
+    ("block_mask is on meta", lambda q, k, v: (q, k, v, {"block_mask": torch.ones(1, 1, dtype=torch.bool,
+                                                                                    device="meta")}), ValueError),
+    (r"block_mask must broadcast to \(B, H, ceil\(N_q / 128\), ceil\(N_k / 128\)\) = \(2, 4, 1, 1\) \(its last two "
+     r"sizes exactly\)", lambda q, k, v: (q, k, v, {"block_mask": torch.ones(2, 2, 1, 1, dtype=torch.bool)}),
+     ValueError),  # (the key heads' count, not the query heads')
+    ("block_mask must broadcast", lambda q, k, v: (q, k, v, {"block_mask": torch.ones(1, 2, dtype=torch.bool),
+                                                             "block_size": (64, 32)}), ValueError),
+    ("block_mask must broadcast", lambda q, k, v: (q, k, v, {"block_mask": torch.ones(1, dtype=torch.bool)}),
+     ValueError),
+    ("block_mask cannot be combined with joint=", lambda q, k, v: (q, k, v, {
+        "block_mask": torch.ones(1, 1, dtype=torch.bool), "joint": (q, k, v)}), ValueError),
+    ("block_mask cannot be combined", lambda q, k, v: (q, k, v, {
+        "block_mask": torch.ones(1, 1, dtype=torch.bool), "negative": (k, v)}), ValueError),
+    ("a BlockMask with a mask_mod", lambda q, k, v: (q, k, v, {"block_mask": _flex_block_mask(
+        torch.ones(1, 1, 1, 1, dtype=torch.bool), 64, mask_mod=lambda b, h, i, j: i >= j)}), ValueError),
+    ("block_size .* differs from the BlockMask's BLOCK_SIZE", lambda q, k, v: (q, k, v, {
+        "block_mask": _flex_block_mask(torch.ones(1, 1, 1, 1, dtype=torch.bool), 64), "block_size": 128}),
+     ValueError),
 ]
+
+
+def _flex_block_mask(dense: torch.Tensor, block_size, mask_mod=None):
+    """A flex attention BlockMask of whole blocks where ``dense`` (B, H, query blocks, key blocks) is True (as
+    Kandinsky 6 SR's NABLA builds one), with ``mask_mod`` inside them if given."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    counts = dense.sum(-1, dtype=torch.int32)
+    lists = torch.sort((~dense).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
+    return BlockMask.from_kv_blocks(torch.zeros_like(counts), lists, counts, lists, BLOCK_SIZE=block_size,
+                                    mask_mod=mask_mod)
 
 
 @pytest.mark.parametrize("needle,make,error", BAD, ids=[f"{i}-{b[0]}" for i, b in enumerate(BAD)])
@@ -1093,20 +1219,24 @@ def _op_args(q, k, v, kw, max_seqlen=0):
             kw.get("cu_seqlens_q"), kw.get("cu_seqlens_k"), max_seqlen, *joint, *neg, kw.get("negative_scale", 1.0),
             kw.get("negative_kv_lens"), rope[0], rope[1], kw.get("rope_interleaved", True), kw.get("q_norm_weight"),
             kw.get("k_norm_weight"), kw.get("joint_q_norm_weight"), kw.get("joint_k_norm_weight"),
-            kw.get("norm_eps", 1e-6), kw.get("attn_mask"))
+            kw.get("norm_eps", 1e-6), kw.get("attn_mask"), *kw.get("key_rope", (None, None)), kw.get("block_mask"),
+            *kw.get("block_size", (0, 0)))
 
 
 OPCHECK_CASES = [
     Case(F32, 16, 9, 7, layout="bnhd", kv_lens=[4], name="plain"),
     Case(F32, 16, 9, 9, joint=(5, 5), rope="interleaved", q_norm=True, k_norm=True, joint_q_norm=True,
          joint_k_norm=True, negative=6, name="joint-prologue-negative"),
+    Case(F32, 16, 130, 70, batch=2, kv_lens=[70, 20], rope="half", key_rope=True, block_mask=(64, 32, "b1mn"),
+         name="block-sparse-key-rope"),
 ]
 
 
 @pytest.mark.parametrize("case,backend", [
-    (OPCHECK_CASES[0], "torch"), (OPCHECK_CASES[1], "torch"),
+    (OPCHECK_CASES[0], "torch"), (OPCHECK_CASES[1], "torch"), (OPCHECK_CASES[2], "torch"),
     pytest.param(OPCHECK_CASES[0], "triton", marks=needs_interpreter),
-], ids=["plain-torch", "joint-prologue-negative-torch", "plain-triton"])
+    pytest.param(OPCHECK_CASES[2], "triton", marks=needs_interpreter),
+], ids=["plain-torch", "joint-prologue-negative-torch", "block-sparse-torch", "plain-triton", "block-sparse-triton"])
 def test_opcheck(case, backend):
     q, k, v, kw = build(case, seed=7)
     with pydiff.use_backend(backend):
@@ -1253,6 +1383,20 @@ def test_tiling_choices():
     for negative, tile in ((True, (32, 32)), (False, (64, 32))):
         wide = _prune_configs(configs, {**base, "BLOCK_DA": 256, "NEG": negative, "HEAD_DIM": 256})
         assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in wide] == [tile]
+    # block-sparse: tiles inside the mask's blocks (64 x 32 blocks: 64-row tiles of 32-key blocks), none
+    # warp-specialised; the untuned default narrowed to them at head dim 256
+    ws_ok = {**base, "TMA_OK": True, "WS_OK": True, "Nk": 4096}
+    for blocks in ((64, 32), (128, 64), (192, 96)):
+        sparse = {**ws_ok, "SPARSE": True, "BLOCK_Q": blocks[0], "BLOCK_K": blocks[1]}
+        kept = _prune_configs(configs, sparse)
+        assert kept and not any(c.kwargs.get("WARP_SPEC") for c in kept)
+        assert all(blocks[0] % c.kwargs["BLOCK_M"] == 0 and blocks[1] % c.kwargs["BLOCK_N"] == 0 for c in kept)
+        assert {shape(c) for c in kept} == {shape(c) for c in _prune_configs(configs, ws_ok) if not
+                                            c.kwargs.get("WARP_SPEC") and blocks[0] % c.kwargs["BLOCK_M"] == 0 and
+                                            blocks[1] % c.kwargs["BLOCK_N"] == 0}
+    wide = _prune_configs(configs, {**base, "BLOCK_DA": 256, "HEAD_DIM": 256, "SPARSE": True, "BLOCK_Q": 64,
+                                    "BLOCK_K": 32})
+    assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in wide] == [(64, 32)]
     for d in (32, 64, 128, 160, 256):
         for negative in (False, True):
             bm, bn, warps, stages = default_config(d, heavy=negative, negative=negative)
@@ -1913,7 +2057,7 @@ def test_benchmark_suite_runs_on_cpu():
     bench = pytest.importorskip("benchmarks.bench_attention")
     rows = bench.run(quick=True, device="cpu")
     figures = [r for r in rows if "speedup" in r]
-    assert len(figures) == len(bench.CPU_SHAPES) + 14  # the fourteen variants
+    assert len(figures) == len(bench.CPU_SHAPES) + 15  # the fifteen variants (flex attention's row: GPU only)
     assert all(r["ours_TFLOPs"] > 0 and r["peer_TFLOPs"] > 0 for r in figures)
     assert not [r for r in rows if "error" in r or "unavailable" in r]
     assert "joint + QK norm + RoPE (Flux)" in bench.section(rows)
@@ -1937,12 +2081,13 @@ def test_benchmark_suite_runs_on_cpu():
 # GPU (skipped without CUDA): the compiled kernel, autotuned, with TF32 tolerance for fp32
 
 
-GPU_GRID = [GRID[i] for i in (0, 1, 2, 4, 6, 8, 10, 13, 15, 17, 20, 23, -1)] + [
+GPU_GRID = [GRID[i] for i in (0, 1, 2, 4, 6, 8, 10, 13, 15, 17, 20, 23)] + [
     c for c in GRID if c.name in ("f16-mask-float-bnhd-gqa-kvlens", "f16-mask-joint-prologue-strided",
                                   "bf16-mask-strided-negative-scale", "f16-rowmask-float-bnhd-gqa-kvlens",
                                   "bf16-rowmask-diffusers", "f16-rowmask-joint-prologue-strided",
                                   "bf16-rope-per-head-joint", "f32-joint-keys-only-prologue-kvlens",
-                                  "bf16-key-rope-per-head-gqa")] + [
+                                  "bf16-key-rope-per-head-gqa", "f16-negative-scale-kvlens",
+                                  "f32-block-sparse-gqa", "bf16-block-sparse-bnhd-kvlens")] + [
     Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
          name="gpu-flux-shape"),
     Case(F16, 64, 4096, 77, heads=10, batch=2, name="gpu-sdxl-cross"),
@@ -1951,6 +2096,8 @@ GPU_GRID = [GRID[i] for i in (0, 1, 2, 4, 6, 8, 10, 13, 15, 17, 20, 23, -1)] + [
     # Chroma: Flux's joint call [text; image] under the outer product of its token mask
     Case(BF16, 128, 512, 512, heads=4, joint=(4096, 4096), layout="bnhd", rope="interleaved", q_norm=True,
          k_norm=True, joint_q_norm=True, joint_k_norm=True, mask=("bool", "outer"), name="gpu-chroma-shape"),
+    # Kandinsky 6 SR's NABLA attention: 64 x 64 blocks, about a fifth of them attended
+    Case(BF16, 128, 4096, 4096, heads=4, block_mask=(64, 64, "bhmn"), name="gpu-block-sparse-video"),
 ]
 
 
@@ -2025,9 +2172,8 @@ def _default_launches(case):
     from pydiff.kernels.attention import default_config, default_use_tma
 
     heavy = case.joint is not None or case.negative is not None
-    block_m, block_n, warps, stages = default_config(case.head_dim, heavy, case.negative is not None,
-                                                     case.dtype.itemsize)
-    return [dict(blocks=(block_m, block_n), warps=warps, stages=stages, use_tma=default_use_tma(case.head_dim))]
+    _, _, warps, stages = default_config(case.head_dim, heavy, case.negative is not None, case.dtype.itemsize)
+    return [dict(blocks=_gpu_default_tile(case), warps=warps, stages=stages, use_tma=default_use_tma(case.head_dim))]
 
 
 @pytest.mark.gpu
@@ -2135,7 +2281,7 @@ def _rowsum_launches(case):
 
 
 STREAM_K_GPU_CASES = [c for c in GPU_GRID if c.negative is None and c.kv_lens is None and c.cu_q is None and
-                      c.mask is None] + \
+                      c.mask is None and c.block_mask is None] + \
     [Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", name="gpu-flux-plain")]
 
 
@@ -2183,7 +2329,7 @@ OVERLAP_GPU_TILES = {"gpu-flux-shape": [(128, 128, 8, 2, True, False)],
 
 
 HEAD_GROUP_GPU_CASES = [c for c in GPU_GRID if _prologued(c)] + [GPU_FLUX_JOINT]
-OVERLAP_GPU_CASES = GPU_GRID + [GPU_SD3, GPU_FLUX_JOINT]
+OVERLAP_GPU_CASES = [c for c in GPU_GRID if c.block_mask is None] + [GPU_SD3, GPU_FLUX_JOINT]
 
 
 @pytest.mark.gpu
@@ -2229,7 +2375,8 @@ def _kept_tiles(case, warp_spec):
     # (a joint call that may be warp-specialised has its keys joined: JOINED_KV)
     args = dict(BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split, JOINT=case.joint is not None, NEG=case.negative is not None,
                 JOINED_KV=warp_spec and case.joint is not None, TMA_OK=True, WS_OK=warp_spec, HEAD_DIM=case.head_dim,
-                HAS_BIAS=mask_flag(case))
+                HAS_BIAS=mask_flag(case), SPARSE=case.block_mask is not None,
+                **dict(zip(("BLOCK_Q", "BLOCK_K"), case.block_mask or ())))
     return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
             for c in _prune_configs(_attn_fwd_autotuned.configs, args)
             if c.kwargs.get("USE_TMA") and c.kwargs.get("WARP_SPEC", False) == warp_spec}
@@ -2526,6 +2673,47 @@ def test_gpu_plans(case, cuda_device, monkeypatch):
     assert len(_PLANS) == plans and not jit_launches and len(bodies) == 1
     for a, b in zip(_streams(case, captured), _streams(case, eager)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=str)
+def test_gpu_block_sparse_matches_flex_attention(cuda_device, dtype, monkeypatch):
+    """Block-sparse attention against its peer, compiled flex attention (what diffusers' NABLA models run), on the
+    same BlockMask of whole 64 x 64 blocks (Kandinsky's), per head: both within 2x PyTorch's own low-precision error
+    of the float64 reference, plus 1e-3."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
+    case = Case(dtype, 128, 2048, 2048, heads=4, block_mask=(64, 64, "bhmn"), name="flex")
+    q, k, v, kw = _on_device(case, cuda_device)
+    blocks = kw.pop("block_mask")
+    kw.pop("block_size")
+    whole = _flex_block_mask(blocks, 64)
+    ours = pydiff.attention(q, k, v, block_mask=whole, **kw)
+    theirs = torch.compile(flex_attention)(q, k, v, block_mask=whole)
+    ref64, lowp = references(q.cpu(), k.cpu(), v.cpu(), {**_to_device(kw, "cpu"), "block_mask": blocks.cpu(),
+                                                           "block_size": (64, 64)})
+    for out in (ours, theirs):
+        assert_accurate(out.cpu(), ref64, lowp, dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_block_sparse_capture(cuda_device, monkeypatch):
+    """A block-sparse call captured in a CUDA graph: its block lists are made inside the graph from the mask, so a
+    replay after the mask (NABLA's changes every step) and q change computes the new pattern, as an eager call."""
+    monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
+    case = Case(BF16, 128, 1024, 1024, heads=4, block_mask=(64, 64, "bhmn"), name="capture")
+    q, k, v, kw = _on_device(case, cuda_device)
+    first = pydiff.attention(q, k, v, **kw)  # (the warm-up: the kernel loads)
+    _assert_gpu_accurate(case, first, q, k, v, kw)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = pydiff.attention(q, k, v, **kw)
+    q.copy_(torch.randn_like(q))
+    kw["block_mask"].copy_(torch.rand_like(kw["block_mask"], dtype=torch.float32) > 0.7)
+    graph.replay()
+    assert torch.equal(captured, pydiff.attention(q, k, v, **kw))
+    _assert_gpu_accurate(case, captured, q, k, v, kw)
 
 
 @pytest.mark.gpu

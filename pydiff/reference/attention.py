@@ -98,6 +98,14 @@ def _segment_mask(cu_q: torch.Tensor, cu_k: torch.Tensor, n_q: int, n_k: int, ba
     return keep[:, None]
 
 
+def _block_keep(mask: torch.Tensor, block_size, n_q: int, n_k: int) -> torch.Tensor:
+    """A block mask with blocks of ``block_size`` (an int, or (query block, key block)) tokens as a mask per query
+    and key: (B or 1, H or 1, N_q, N_k) bool."""
+    block_q, block_k = (block_size, block_size) if isinstance(block_size, int) else block_size
+    mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    return mask.repeat_interleave(block_q, 2)[:, :, :n_q].repeat_interleave(block_k, 3)[..., :n_k]
+
+
 def _masked_sdpa(q, k, v, scale, keep, attn_mask=None):
     """SDPA under a boolean mask ``keep`` (B, 1, N_q or 1, N_k) and the key mask ``attn_mask`` (bool, or float
     added to the scores in q's dtype), either of them None; a row that may see no key is defined as zeros (as in
@@ -137,6 +145,8 @@ def attention_reference(
     norm_eps: float = 1e-6,
     attn_mask: Optional[torch.Tensor] = None,
     key_rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    block_mask: Optional[torch.Tensor] = None,
+    block_size=128,
     compute_dtype: Optional[torch.dtype] = None,
 ):
     """The definition of ``pydiff.attention`` and its variants (same arguments; see ``pydiff.attention``).
@@ -147,6 +157,8 @@ def attention_reference(
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if block_mask is not None and (joint is not None or negative is not None or cu_seqlens_q is not None):
+        raise ValueError("block_mask cannot be combined with joint=, negative= or cu_seqlens_q")
     in_dtype = q.dtype
     if compute_dtype is None:
         attn_dtype, pro_dtype = in_dtype, torch.promote_types(in_dtype, torch.float32)
@@ -204,6 +216,13 @@ def attention_reference(
         return back(out.to(attn_dtype if compute_dtype is not None else in_dtype))
 
     qp, kp, vp = pro(q, q_norm_weight, 0), pro_k(k, k_norm_weight, 0), v.to(attn_dtype)
+    if block_mask is not None:
+        keep = _block_keep(block_mask, block_size, q.shape[2], k.shape[2])
+        if kv_lens is not None:
+            lens = kv_lens.to(device=q.device, dtype=torch.long).reshape(-1, 1, 1, 1)
+            keep = keep & (torch.arange(k.shape[2], device=q.device).reshape(1, 1, 1, -1) < lens)
+        return back(_masked_sdpa(qp, kp, vp, scale, keep, attn_mask).to(
+            attn_dtype if compute_dtype is not None else in_dtype))
     out = _sdpa(qp, kp, vp, scale, kv_lens, attn_mask)
     if negative is not None:
         out = _subtract_negative(out, qp, negative, bhnd, pro_k, k_norm_weight, scale, negative_scale,
