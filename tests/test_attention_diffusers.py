@@ -13,10 +13,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import pydiff
 from pydiff.ops import native
-from pydiff.reference.attention import rms_norm_reference, rope_reference
+from pydiff.reference.attention import _block_keep, rms_norm_reference, rope_reference
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -50,6 +51,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffJoyImageEditPlusAttnProcessor,
     PydiffKandinsky5AttnProcessor,
     PydiffKandinsky6AttnProcessor,
+    PydiffKandinsky6SRAttnProcessor,
     PydiffKrea2AttnProcessor,
     PydiffLTX2AttnProcessor,
     PydiffLTXVideoAttnProcessor,
@@ -379,6 +381,7 @@ def test_processors_name_the_diffusers_they_need(monkeypatch):
                                  ("MotifVideoAttnProcessor2_0", PydiffMotifVideoAttnProcessor, "0.39"),
                                  ("SanaWMCrossAttnProcessor", PydiffSanaWMCrossAttnProcessor, "0.42"),
                                  ("Kandinsky6AttnProcessor", PydiffKandinsky6AttnProcessor, "0.42"),
+                                 ("Kandinsky6SRAttnProcessor", PydiffKandinsky6SRAttnProcessor, "0.42"),
                                  ("BriaFibo2AttnProcessor", PydiffBriaFibo2AttnProcessor, "0.42")):
         monkeypatch.setattr(attention_processors, stock, None)
         with pytest.raises(ImportError, match=f"need diffusers {version} or newer"):
@@ -1926,12 +1929,83 @@ def test_kandinsky5_transformer(backend, monkeypatch):
         set_attention_backend(switched)
         ours = switched(**inputs).sample
     assert ((ours - rounded).norm() / rounded.norm()).item() < 1e-3
-    sparse = dict(sta_mask=None, P=0.9)  # (NABLA sparse attention: the stock processor's, not called here)
-    processor = switched.visual_transformer_blocks[0].self_attention.processor
-    stock_calls = []
-    monkeypatch.setattr(processor, "stock", lambda *args: stock_calls.append(args[-1]))
-    processor(switched.visual_transformer_blocks[0].self_attention, torch.randn(2, 36, 32), None, None, sparse)
-    assert stock_calls == [sparse]
+
+
+def _flex_as_compiled(monkeypatch, module):
+    """``module``'s flex attention calls as compiled flex attention computes them, over the BlockMask's blocks only
+    (eagerly flex attention attends to every key): SDPA under the blocks spelled out per query and key, for the
+    stock side of a comparison."""
+    def dispatch(query, key, value, attn_mask=None, **kwargs):
+        if attn_mask is not None:
+            attn_mask = _block_keep(attn_mask.to_dense().bool(), attn_mask.BLOCK_SIZE, query.shape[1], key.shape[1])
+        out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (query, key, value)), attn_mask=attn_mask)
+        return out.transpose(1, 2)
+
+    monkeypatch.setattr(module, "dispatch_attention_fn", dispatch)
+
+
+def _block_densities(monkeypatch):
+    """For every ``pydiff.attention`` call the processors make, the share of blocks its block mask attends (None
+    without one)."""
+    def record(args, kwargs):
+        mask = kwargs.get("block_mask")
+        return None if mask is None else mask.to_dense().float().mean().item()
+
+    return _spy(monkeypatch, record)
+
+
+@needs_kandinsky5
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kandinsky5_nabla(backend, monkeypatch):
+    """Kandinsky 5's NABLA sparse attention (``sparse_params``: 8 x 8-patch blocks of 64 tokens, a sliding-tile prior
+    of each block itself) block-sparse in the kernel, the blocks NABLA leaves out never read; outputs the stock
+    processors' as compiled flex attention computes them."""
+    from diffusers.models.transformers import transformer_kandinsky
+
+    _kandinsky5_in_model_dtype(monkeypatch)
+    _flex_as_compiled(monkeypatch, transformer_kandinsky)
+    calls = _block_densities(monkeypatch)
+    gen = torch.Generator().manual_seed(73)
+    inputs = dict(_kandinsky5_inputs(72), hidden_states=torch.randn(2, 2, 32, 32, 4, generator=gen),
+                  visual_rope_pos=(torch.arange(2), torch.arange(16), torch.arange(16)),
+                  sparse_params=dict(sta_mask=torch.eye(8, dtype=torch.bool)[None, None], to_fractal=True, P=0.5))
+    _compare(tiny_kandinsky5(), lambda m: m(**inputs).sample, backend, {PydiffKandinsky5AttnProcessor})
+    sparse = [density for density in calls if density is not None]
+    assert len(sparse) == 2 and all(0 < density < 1 for density in sparse)
+
+
+needs_kandinsky6_sr = _needs("Kandinsky6SRAttnProcessor", "Kandinsky 6 SR", "0.42")
+
+
+def tiny_kandinsky6_sr():
+    """The tiny Kandinsky 6 SR: two heads of 16, NABLA keeping the blocks of half the attention mass, a sliding-tile
+    prior of each block's spatial neighbours."""
+    from diffusers.models.transformers.transformer_kandinsky6_sr import Kandinsky6SRTransformer3DModel
+
+    return _perturb(Kandinsky6SRTransformer3DModel(
+        in_visual_dim=4, out_visual_dim=4, time_dim=32, model_dim=32, ff_dim=48, num_visual_blocks=2,
+        axes_dims=(4, 6, 6), nabla_threshold=0.5, nabla_window=(1, 3, 1)), 117)
+
+
+def _kandinsky6_sr_inputs(seed):
+    """2 frames of 16 x 16 latent tiles (the noisy latent, the anchor and its mask: 9 channels): 512 tokens in 8
+    blocks."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(2, 2, 16, 16, 9, generator=gen), timestep=torch.tensor([300.0, 700.0]))
+
+
+@needs_kandinsky6_sr
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kandinsky6_sr_transformer(backend, monkeypatch):
+    """Kandinsky 6 SR: NABLA's block-sparse self-attention in the kernel (64-token blocks; those its mask leaves out
+    never read), with no torch.compile; outputs the stock model's as compiled flex attention computes them."""
+    from diffusers.models.transformers import transformer_kandinsky6_sr
+
+    _flex_as_compiled(monkeypatch, transformer_kandinsky6_sr)
+    calls = _block_densities(monkeypatch)
+    inputs = _kandinsky6_sr_inputs(118)
+    _compare(tiny_kandinsky6_sr(), lambda m: m(**inputs).sample, backend, {PydiffKandinsky6SRAttnProcessor})
+    assert len(calls) == 2 and all(0 < density < 1 for density in calls)
 
 
 def tiny_mochi():
@@ -2372,8 +2446,9 @@ def test_compiled_fullgraph_models(backend):
         models += [(tiny_krea2(), lambda m: m(**krea2_inputs).sample),
                    (tiny_ideogram4(), lambda m: m(**ideogram4_inputs).sample)]
     if attention_processors.Kandinsky6AttnProcessor is not None:  # (diffusers 0.42+)
-        kandinsky6_inputs = _kandinsky6_inputs(42)
-        models.append((tiny_kandinsky6(), lambda m: m(**kandinsky6_inputs).sample))
+        kandinsky6_inputs, kandinsky6_sr_inputs = _kandinsky6_inputs(42), _kandinsky6_sr_inputs(44)
+        models += [(tiny_kandinsky6(), lambda m: m(**kandinsky6_inputs).sample),
+                   (tiny_kandinsky6_sr(), lambda m: m(**kandinsky6_sr_inputs).sample)]  # (NABLA's block mask)
     if attention_processors.Flux3AttnProcessor is not None:  # (diffusers 0.42+)
         flux3_inputs, fibo2_inputs = _flux3_inputs(29), _bria_fibo2_inputs(30)
         models += [(tiny_flux3(), lambda m: m(**flux3_inputs).sample),

@@ -43,6 +43,7 @@ _EXPORTS = {
     "PydiffJoyImageEditPlusAttnProcessor": "attention_processors",
     "PydiffKandinsky5AttnProcessor": "attention_processors",
     "PydiffKandinsky6AttnProcessor": "attention_processors",
+    "PydiffKandinsky6SRAttnProcessor": "attention_processors",
     "PydiffKrea2AttnProcessor": "attention_processors",
     "PydiffNucleusMoEAttnProcessor": "attention_processors",
     "PydiffPRXAttnProcessor": "attention_processors",

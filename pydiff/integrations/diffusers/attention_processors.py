@@ -112,7 +112,11 @@
   the batch (the stock processor loops over the samples), its per-head RoPE on the video tokens, the text padding
   as the key mask.
 * ``PydiffKandinsky5AttnProcessor`` (0.36+) replaces ``Kandinsky5AttnProcessor``: the QK RMSNorms and the
-  rotation-matrix RoPE (as HiDream's) in the prologue; its NABLA sparse attention stays stock.
+  rotation-matrix RoPE (as HiDream's) in the prologue; its NABLA sparse attention block-sparse in the kernel (the
+  key blocks NABLA leaves out never read, with no torch.compile: the stock processor's flex attention skips them
+  only compiled).
+* ``PydiffKandinsky6SRAttnProcessor`` (0.42+) replaces Kandinsky 6 SR's ``Kandinsky6SRAttnProcessor``: its NABLA
+  attention, block-sparse in the kernel, as Kandinsky 5's.
 * ``PydiffKandinsky6AttnProcessor`` (0.42+) replaces ``Kandinsky6AttnProcessor``: the same with the queries and
   keys turned by tables of their own (its video-audio cross-attention), the text padding as the key mask.
 * Copies diffusers keeps in other models' files (``_copies``: ChronoEdit's, SkyReels-V2's and Wan-Animate's of
@@ -173,6 +177,7 @@ from diffusers.models.transformers.transformer_wan import (
 )
 
 from pydiff.attention import MAX_HEAD_DIM, attention
+from pydiff.reference.attention import rope_reference
 
 
 def _stock_class(module: str, name: str):
@@ -212,6 +217,7 @@ MotifVideoAttnProcessor2_0 = _stock_class("transformer_motif_video", "MotifVideo
 MotifVideoCrossAttnProcessor2_0 = _stock_class("transformer_motif_video", "MotifVideoCrossAttnProcessor2_0")
 SanaWMCrossAttnProcessor = _stock_class("transformer_sana_wm", "SanaWMCrossAttnProcessor")  # (0.42+)
 Kandinsky6AttnProcessor = _stock_class("transformer_kandinsky6", "Kandinsky6AttnProcessor")  # (0.42+)
+Kandinsky6SRAttnProcessor = _stock_class("transformer_kandinsky6_sr", "Kandinsky6SRAttnProcessor")  # (0.42+)
 EasyAnimateAttnProcessor2_0 = _stock_class("transformer_easyanimate", "EasyAnimateAttnProcessor2_0")
 WanAnimate2CrossAttnProcessor = _stock_class("transformer_wan_animate_2", "WanAnimate2CrossAttnProcessor")  # (0.42+)
 
@@ -1905,17 +1911,22 @@ class PydiffKandinsky5AttnProcessor(_RankLocal):
     matrices' entries read in place as pair tables) in the prologue, or cross-attention to the text. The stock
     processor rounds the rotated q and k to bfloat16 whatever the model's dtype; ours rounds them once, to the
     model's dtype (in a bfloat16 model the same up to the order of roundings; in float32 ours keeps float32). Its
-    NABLA sparse attention (``sparse_params``: flex-attention block masks) stays with the stock processor."""
+    NABLA sparse attention (``sparse_params``) is block-sparse in the kernel (``_nabla_attention``)."""
 
     def __init__(self):
         self.stock = _stock(Kandinsky5AttnProcessor, "Kandinsky 5", "0.36")
+        self.nabla = importlib.import_module(Kandinsky5AttnProcessor.__module__)  # (its NABLA mask builder)
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  rotary_emb: Optional[torch.Tensor] = None, sparse_params=None) -> torch.Tensor:
         head_dim = _head_dim(attn)
         rope = None if rotary_emb is None else _rotation_pairs(rotary_emb, head_dim)
-        if sparse_params is not None or head_dim > MAX_HEAD_DIM or (rotary_emb is not None and rope is None):
+        if head_dim > MAX_HEAD_DIM or (rotary_emb is not None and rope is None) or \
+                (sparse_params is not None and (encoder_hidden_states is not None or rope is None)):
             return self.stock(attn, hidden_states, encoder_hidden_states, rotary_emb, sparse_params)
+        if sparse_params is not None:
+            return _nabla_attention(attn, hidden_states, rope, head_dim, lambda q, k: self.nabla.nablaT_v2(
+                q, k, sparse_params["sta_mask"], thr=sparse_params["P"]))
         stream = _cross_stream(attn, hidden_states, encoder_hidden_states, head_dim,
                                ("to_query", "to_key", "to_value"), ("query_norm", "key_norm"))
         out = _streams_attention([stream], head_dim, rope, None, norm_dtype=torch.float32)
@@ -1950,6 +1961,40 @@ class PydiffKandinsky6AttnProcessor(_RankLocal):
                                ("to_query", "to_key", "to_value"), ("query_norm", "key_norm"))
         out = _streams_attention([stream], head_dim, rope, mask, key_rope=key_rope)
         return attn.out_layer(out.flatten(2))
+
+
+class PydiffKandinsky6SRAttnProcessor(_RankLocal):
+    """Drop-in for Kandinsky 6 SR's ``Kandinsky6SRAttnProcessor`` (diffusers 0.42+): its NABLA block-sparse
+    self-attention in the kernel (``_nabla_attention``)."""
+
+    def __init__(self):
+        self.stock = _stock(Kandinsky6SRAttnProcessor, "Kandinsky 6 SR", "0.42")
+        self.nabla = importlib.import_module(Kandinsky6SRAttnProcessor.__module__)  # (its NABLA mask builder)
+
+    def __call__(self, attn, hidden_states: torch.Tensor, rotary_emb: torch.Tensor, sparse_params) -> torch.Tensor:
+        head_dim = _head_dim(attn)
+        rope = _rotation_pairs(rotary_emb, head_dim)
+        if head_dim > MAX_HEAD_DIM or rope is None:
+            return self.stock(attn, hidden_states, rotary_emb, sparse_params)
+        return _nabla_attention(attn, hidden_states, rope, head_dim, lambda q, k: self.nabla.nabla_block_mask(
+            q.transpose(1, 2), k.transpose(1, 2), sparse_params["sta_mask"], thr=sparse_params["threshold"]))
+
+
+def _nabla_attention(attn, hidden_states: torch.Tensor, rope, head_dim: int, block_mask) -> torch.Tensor:
+    """NABLA's block-sparse self-attention (Kandinsky 5's and 6 SR's), its key blocks left out never read: q and k
+    through the module's float32 QK RMSNorms and the rotation-matrix RoPE (``rope``: ``_rotation_pairs``' tables) in
+    float32, rounded once to the model's dtype; the flex BlockMask the stock processor builds from them
+    (``block_mask(q, k)``: its module's mask builder) as the kernel's ``block_mask``; the output projection. The
+    stock processors run flex attention, which skips the left-out blocks under torch.compile only: eagerly it
+    attends to every key, materialising the scores. Ours skips them eagerly, as the compiled stock model does."""
+    q, k, v, q_norm, k_norm = _cross_stream(attn, hidden_states, None, head_dim, ("to_query", "to_key", "to_value"),
+                                            ("query_norm", "key_norm"))
+
+    def turned(x, norm):
+        return rope_reference(norm(x.float()).transpose(1, 2), *rope, True).transpose(1, 2).to(x.dtype)
+
+    q, k = turned(q, q_norm), turned(k, k_norm)
+    return attn.out_layer(attention(q, k, v, layout="bnhd", block_mask=block_mask(q, k)).flatten(2))
 
 
 def _no_qk_norms(attn) -> bool:
@@ -2037,6 +2082,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (CosmosAttnProcessor2_5, PydiffCosmos25AttnProcessor, None),
     (Kandinsky5AttnProcessor, PydiffKandinsky5AttnProcessor, None),
     (Kandinsky6AttnProcessor, PydiffKandinsky6AttnProcessor, None),
+    (Kandinsky6SRAttnProcessor, PydiffKandinsky6SRAttnProcessor, None),
     *((stock, functools.partial(ours, stock), None) for stock, ours in _copies()),
 ) if entry[0] is not None)
 
@@ -2056,7 +2102,8 @@ def set_attention_backend(model_or_pipe) -> int:
     (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's, HunyuanVideo 1.5's, Kandinsky 5's and
     PRX's from diffusers 0.36, LTX-2's, Cosmos 2.5's and GLM-Image's from 0.37, Qwen-Image's, Krea 2's, Ideogram 4's,
     FLUX.2 Klein KV's, Nucleus-Image's, ERNIE-Image's, JoyImage-Edit's and Motif-Video's from 0.39, FLUX.3's, Bria FIBO
-    2's, Qwen-Image 2.1's, SANA-WM's, Kandinsky 6's, JoyImage-Edit-Plus's and Wan-Animate 2's from 0.42). Other
+    2's, Qwen-Image 2.1's, SANA-WM's, Kandinsky 6's (and 6 SR's), JoyImage-Edit-Plus's and Wan-Animate 2's from
+    0.42). Other
     processors (added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable Diffusion VAE's
     512-channel mid-block attention), SD3.5's fused joint processor (which skips the QK norms) and processors under
     diffusers' context parallelism.
@@ -2098,7 +2145,8 @@ __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo
            "PydiffHunyuanDiTAttnProcessor", "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor",
            "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor",
            "PydiffJoyImageAttnProcessor", "PydiffJoyImageEditPlusAttnProcessor", "PydiffKandinsky5AttnProcessor",
-           "PydiffKandinsky6AttnProcessor", "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor",
+           "PydiffKandinsky6AttnProcessor", "PydiffKandinsky6SRAttnProcessor", "PydiffKrea2AttnProcessor",
+           "PydiffLTX2AttnProcessor",
            "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor",
            "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor", "PydiffMotifVideoCrossAttnProcessor",
            "PydiffNucleusMoEAttnProcessor", "PydiffPAGCFGIdentitySelfAttnProcessor",
