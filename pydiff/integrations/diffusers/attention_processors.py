@@ -778,14 +778,21 @@ class PydiffFluxAttnProcessor(_RankLocal):
         if (attention_mask is not None and not _kernel_reads(attention_mask)) or head_dim > MAX_HEAD_DIM:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
-        image = _image_stream(attn, hidden_states, head_dim)
         # (the outputs have the projections' dtype, as the stock processor's)
         if encoder_hidden_states is None or attn.added_kv_proj_dim is None:
-            return _streams_attention([image], head_dim, rope, attention_mask).flatten(2)
-        # Flux joins [text; image]: text is stream 1, so the RoPE rows and the mask follow the joined sequence
-        context, image = _streams_attention([_text_stream(attn, encoder_hidden_states, head_dim), image],
-                                            head_dim, rope, attention_mask)
-        return attn.to_out[1](attn.to_out[0](image.flatten(2))), attn.to_add_out(context.flatten(2))
+            return _streams_attention([_image_stream(attn, hidden_states, head_dim)], head_dim, rope,
+                                      attention_mask).flatten(2)
+        return self._joint(attn, hidden_states, encoder_hidden_states, attention_mask, rope, head_dim)[1:]
+
+    @staticmethod
+    def _joint(attn, hidden_states, encoder_hidden_states, attention_mask, rope, head_dim):
+        """The joint call: (the image stream, the image's output through ``to_out``, the text's through
+        ``to_add_out``). Flux joins [text; image]: text is stream 1, so the RoPE rows and the mask follow the joined
+        sequence."""
+        image = _image_stream(attn, hidden_states, head_dim)
+        context, out = _streams_attention([_text_stream(attn, encoder_hidden_states, head_dim), image], head_dim,
+                                          rope, attention_mask)
+        return image, attn.to_out[1](attn.to_out[0](out.flatten(2))), attn.to_add_out(context.flatten(2))
 
 
 class PydiffFluxIPAdapterAttnProcessor(PydiffFluxAttnProcessor, FluxIPAdapterAttnProcessor):
@@ -808,17 +815,14 @@ class PydiffFluxIPAdapterAttnProcessor(PydiffFluxAttnProcessor, FluxIPAdapterAtt
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
                               ip_hidden_states, ip_adapter_masks)
         rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
-        image = _image_stream(attn, hidden_states, head_dim)
-        context, out = _streams_attention([_text_stream(attn, encoder_hidden_states, head_dim), image], head_dim,
-                                          rope, attention_mask)
-        out = attn.to_out[1](attn.to_out[0](out.flatten(2)))
+        image, out, context = self._joint(attn, hidden_states, encoder_hidden_states, attention_mask, rope, head_dim)
         q, norm_q = image[0], image[3]
         prompts = torch.zeros_like(out)
         for states, scale, to_k, to_v in zip(ip_hidden_states, self.scale, self.to_k_ip, self.to_v_ip):
             # (several images per prompt: their tokens one key sequence)
             k, v = (projection(states).reshape(q.shape[0], -1, attn.heads, head_dim) for projection in (to_k, to_v))
             prompts = prompts + scale * _streams_attention([(q, k, v, norm_q, None)], head_dim, None, None).flatten(2)
-        return out, attn.to_add_out(context.flatten(2)), prompts
+        return out, context, prompts
 
 
 class PydiffFlux2AttnProcessor(PydiffFluxAttnProcessor):
