@@ -441,10 +441,9 @@ def random_case(seed: int):
     ones), 1-3 batches, 1-4 heads with grouped/multi-query key/value heads, either layout, strided inputs, a scale of
     either sign; the variants (key padding, packed segments with their own key offsets and padding, joint streams,
     negative keys with their padding and a scale of either sign) and the prologue (RoPE of both kinds, each norm),
-    alone and combined, and a mask (per key or per query); a random tile and warps, and a random one of the
-    launcher's modes that takes the case:
-    descriptor loads, row sums by MMA, the overlap, stream-K, warp specialisation, joined keys, prologue head
-    groups."""
+    alone and combined, a mask (per key or per query) and a block mask (one query and one key stream); a random tile
+    and warps, and a random one of the launcher's modes that takes the case: descriptor loads, row sums by MMA, the
+    overlap, stream-K, warp specialisation, joined keys, prologue head groups."""
     import random
 
     r = random.Random(seed)
@@ -520,6 +519,13 @@ def random_case(seed: int):
                                     ["batch"])
     if case.rope is not None:
         case.rope_pairs = r.random() < 0.3
+    # block-sparse, for one query and one key stream (drawn last too): the tile narrowed to divide the blocks, the
+    # experiments that refuse it left out
+    if case.joint is None and case.negative is None and case.cu_q is None and r.random() < 0.4:
+        case.block_mask = (r.choice([64, 128]), r.choice([32, 64, 96, 128]), r.choice(["bhmn", "b1mn", "1hmn", "mn"]))
+        case.blocks = (math.gcd(case.blocks[0], case.block_mask[0]), math.gcd(case.blocks[1], case.block_mask[1]))
+        for experiment in ("stream_k", "overlap", "warp_spec"):
+            launch.pop(experiment, None)
     return case, launch
 
 
