@@ -561,10 +561,12 @@ def attention(
       queries and keys fall in blocks of ``block_size`` = (query block, key block) tokens (an int: both; default
       128), and a bool mask broadcastable to (B, H, ceil(N_q / query block), ceil(N_k / key block)) says which
       key blocks each query block attends to; the kernel never reads the others, so the work falls with the mask's
-      density. Block sizes are multiples of (64, 32). A ``torch.nn.attention.flex_attention.BlockMask`` is taken too
-      (its block sizes; one without a ``mask_mod``, whose blocks are all whole, as ``BlockMask.from_kv_blocks``
-      makes them). Combines with kv_lens, attn_mask, the prologue and grouped heads; not with joint, negative or
-      cu_seqlens_q. A query whose blocks are all masked gives zeros.
+      density. Block sizes are multiples of (64, 32). A ``torch.nn.attention.flex_attention.BlockMask`` is taken too,
+      with its block sizes, as compiled flex attention reads it: its full and partial blocks, and where it has a
+      ``mask_mod`` (``create_block_mask``'s), the mask_mod's elements inside the partial blocks, evaluated once per
+      call into a (B, H, N_q, N_k) bool mask (the kernel reads its tile in every listed block; not with attn_mask).
+      Combines with kv_lens, attn_mask, the prologue and grouped heads; not with joint, negative or cu_seqlens_q. A
+      query whose blocks are all masked gives zeros.
 
     On a GPU, the Triton kernel takes up to 65535 heads and 65535 batch rows (times the segments of packed
     sequences); beyond that it is an error before anything launches.
@@ -598,15 +600,23 @@ def attention(
         max_seqlen_q = _max_segment(cu_seqlens_q, "cu_seqlens_q")
         if cu_seqlens_k is not None:
             _max_segment(cu_seqlens_k, "cu_seqlens_k")
+    sparse = ()
+    if block_mask is not None:
+        axis = 1 if layout == "bnhd" else 2
+        n_k = k.shape[axis] if isinstance(k, torch.Tensor) and k.dim() == 4 else 0  # (a bad k: named by the checks)
+        block_mask, block_size, elements = _dense_block_mask(block_mask, block_size, q.shape[axis], n_k)
+        if elements is not None:
+            if attn_mask is not None:
+                raise ValueError("attn_mask cannot be combined with a BlockMask that has a mask_mod (its elements are "
+                                 "the mask)")
+            attn_mask = elements
+        sparse = (block_mask, *block_size)
+    elif block_size is not None:
+        raise ValueError("block_size is given but block_mask is not")
     args = (q, k, v, float(scale), layout, kv_lens, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
             joint_q, joint_k, joint_v, negative_k, negative_v, float(negative_scale), negative_kv_lens,
             rope_cos, rope_sin, bool(rope_interleaved), q_norm_weight, k_norm_weight, joint_q_norm_weight,
-            joint_k_norm_weight, float(norm_eps), attn_mask, key_rope_cos, key_rope_sin)
-    if block_mask is not None:
-        block_mask, block_size = _dense_block_mask(block_mask, block_size)
-        args += (block_mask, *block_size)
-    elif block_size is not None:
-        raise ValueError("block_size is given but block_mask is not")
+            joint_k_norm_weight, float(norm_eps), attn_mask, key_rope_cos, key_rope_sin, *sparse)
     key = _call_key(args)
     outs = torch.ops.pydiff.attention(*args) if key is _THROUGH_OP else _eager(args, key)
     return (outs[0], outs[1]) if joint is not None else outs[0]
@@ -745,21 +755,31 @@ def plain_eager(args) -> bool:
     return _call_key(args) is not _THROUGH_OP
 
 
-def _dense_block_mask(block_mask, block_size) -> Tuple[torch.Tensor, Tuple[int, int]]:
-    """(mask, (query block, key block)) of ``attention``'s block_mask and block_size: a tensor as given, with
-    block_size an int, a pair or None (128); a flex attention ``BlockMask`` as its dense block mask and its sizes."""
-    if type(block_mask).__name__ == "BlockMask" and hasattr(block_mask, "to_dense"):
-        from torch.nn.attention.flex_attention import noop_mask
+def _dense_block_mask(block_mask, block_size, n_q: int, n_k: int):
+    """(mask, (query block, key block), elements) of ``attention``'s block_mask and block_size for n_q queries and
+    n_k keys: a tensor as given, with block_size an int, a pair or None (128), and no elements; a flex attention
+    ``BlockMask`` as its dense block mask (its full and partial blocks) and its sizes, and where it has a mask_mod,
+    the elements it keeps, (B or 1, H or 1, n_q, n_k) bool, as compiled flex attention reads them: the mask_mod's in
+    its partial blocks, every element of its full ones."""
+    if not (type(block_mask).__name__ == "BlockMask" and hasattr(block_mask, "to_dense")):
+        return block_mask, _block_pair(128 if block_size is None else block_size), None
+    from torch.nn.attention.flex_attention import BlockMask, create_mask, noop_mask
 
-        if block_mask.mask_mod is not noop_mask:
-            raise ValueError("block_mask: a BlockMask with a mask_mod masks inside its partial blocks, which the "
-                             "kernel does not evaluate; pass one whose blocks are whole (BlockMask.from_kv_blocks "
-                             "without a mask_mod), or a bool block mask with attn_mask for the elements")
-        sizes = tuple(int(n) for n in block_mask.BLOCK_SIZE)
-        if block_size is not None and _block_pair(block_size) != sizes:
-            raise ValueError(f"block_size {block_size} differs from the BlockMask's BLOCK_SIZE {sizes}")
-        return block_mask.to_dense().bool(), sizes
-    return block_mask, _block_pair(128 if block_size is None else block_size)
+    from .reference.attention import _block_keep
+
+    sizes = tuple(int(n) for n in block_mask.BLOCK_SIZE)
+    if block_size is not None and _block_pair(block_size) != sizes:
+        raise ValueError(f"block_size {block_size} differs from the BlockMask's BLOCK_SIZE {sizes}")
+    blocks = block_mask.to_dense().bool()
+    if block_mask.mask_mod is noop_mask:
+        return blocks, sizes, None
+    batch, heads = block_mask.shape[:2]
+    elements = create_mask(block_mask.mask_mod, batch, heads, n_q, n_k, device=blocks.device)
+    if block_mask.full_kv_num_blocks is not None:
+        partial = BlockMask.from_kv_blocks(block_mask.kv_num_blocks, block_mask.kv_indices, BLOCK_SIZE=sizes,
+                                           compute_q_blocks=False).to_dense().bool()
+        elements = elements | _block_keep(blocks & ~partial, sizes, n_q, n_k)
+    return blocks, sizes, elements
 
 
 def _block_pair(block_size) -> Tuple[int, int]:

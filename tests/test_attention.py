@@ -974,6 +974,33 @@ def test_block_mask_forms_agree(backend):
         assert pydiff.attention(q, k, v, block_mask=dense, block_size=64)[1, 0, 128:].abs().max() == 0
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_interpreter)])
+def test_flex_block_masks_with_a_mask_mod(backend):
+    """A flex attention BlockMask made by ``create_block_mask`` (full blocks, and partial ones whose elements its
+    mask_mod says): the same output as flex attention's (eagerly, which evaluates the mask_mod everywhere), under
+    a block-causal sliding window over 100-token frames (the partial blocks off the block grid), per batch row, a
+    row mask per query inside the listed blocks; and with key padding beside it."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    gen = torch.Generator().manual_seed(47)
+    q, k, v = (torch.randn(2, 2, n, 32, generator=gen) for n in (300, 333, 333))
+    lens = torch.tensor([333, 150])
+
+    def window(b, h, i, j):
+        return (i // 100 >= j // 100) & ((i - j).abs() < 150 + 20 * b)
+
+    def padded(b, h, i, j):
+        return window(b, h, i, j) & (j < lens[b])
+
+    with pydiff.use_backend(backend):
+        for mask_mod, extra in ((window, {}), (padded, {"kv_lens": lens})):
+            blocks = create_block_mask(mask_mod, 2, 1, 300, 333, device="cpu", BLOCK_SIZE=64)
+            assert blocks.kv_num_blocks.sum() > 0 and blocks.full_kv_num_blocks.sum() > 0  # (both kinds of block)
+            expect = flex_attention(q.double(), k.double(), v.double(), block_mask=blocks)
+            got = pydiff.attention(q, k, v, block_mask=blocks, **extra)
+            assert rel_err(got, expect) <= 1e-5
+
+
 @needs_interpreter
 def test_block_sparse_kernel_skips_the_masked_blocks():
     """The kernel reads only the listed key blocks: key and value blocks that no query block attends to, filled
@@ -1140,8 +1167,10 @@ BAD = [
         "block_mask": torch.ones(1, 1, dtype=torch.bool), "joint": (q, k, v)}), ValueError),
     ("block_mask cannot be combined", lambda q, k, v: (q, k, v, {
         "block_mask": torch.ones(1, 1, dtype=torch.bool), "negative": (k, v)}), ValueError),
-    ("a BlockMask with a mask_mod", lambda q, k, v: (q, k, v, {"block_mask": _flex_block_mask(
-        torch.ones(1, 1, 1, 1, dtype=torch.bool), 64, mask_mod=lambda b, h, i, j: i >= j)}), ValueError),
+    ("attn_mask cannot be combined with a BlockMask that has a mask_mod", lambda q, k, v: (q, k, v, {
+        "block_mask": _flex_block_mask(torch.ones(1, 1, 1, 1, dtype=torch.bool), 64,
+                                       mask_mod=lambda b, h, i, j: i >= j),
+        "attn_mask": torch.ones(7, dtype=torch.bool)}), ValueError),
     ("block_size .* differs from the BlockMask's BLOCK_SIZE", lambda q, k, v: (q, k, v, {
         "block_mask": _flex_block_mask(torch.ones(1, 1, 1, 1, dtype=torch.bool), 64), "block_size": 128}),
      ValueError),
