@@ -70,7 +70,9 @@ CASES = [
     ("mask per query (float32)", 128, (128, 64, 8, 3), {"HAS_BIAS": 2, "EVEN_N": False, "stride_mn": 1}),
     ("plain, partial key blocks", 64, (128, 64, 8, 3), {"EVEN_N": False}),
     ("plain, partial key blocks", 72, (128, 64, 8, 3), {"EVEN_N": False}),
-    ("block-sparse", 64, (64, 64, 4, 3), {"SPARSE": True}), ("block-sparse", 128, (128, 64, 8, 3), {"SPARSE": True}),
+    ("block-sparse, 64-row blocks", 64, (64, 64, 4, 3), {"SPARSE": True, "BLOCK_Q": 64}),
+    ("block-sparse, 64-row blocks", 128, (128, 64, 8, 3), {"SPARSE": True, "BLOCK_Q": 64}),
+    ("block-sparse, 128-row blocks", 128, (128, 64, 8, 3), {"SPARSE": True, "BLOCK_Q": 128}),
 ]
 
 
@@ -120,7 +122,7 @@ def compile_attention(head_dim: int, tile, flags, module=None, info: dict = None
     const = dict(_head_dim_constants(head_dim, module), BLOCK_M=bm, BLOCK_N=bn, EVEN_N=True, JOINT=False, NEG=False,
                  VARLEN=False, HAS_KV_LENS=False, HAS_NEG_KV_LENS=False, HAS_BIAS=False, SCALE_POSITIVE=True,
                  TMA_OK=True, WS_OK=False, USE_TMA=len(tile) > 4 and tile[4], ROWSUM_MMA=False, OVERLAP=False,
-                 WARP_SPEC=len(tile) > 5 and tile[5], JOINED_KV=False, SPARSE=False)
+                 WARP_SPEC=len(tile) > 5 and tile[5], JOINED_KV=False, SPARSE=False, BLOCK_Q=0)
     const.update(flags)
     return compile_specialised(module._attn_fwd_kernel, head_dim, const, warps, stages, info)
 
@@ -496,38 +498,12 @@ def gpu_cases(lists=None) -> int:
     return failures
 
 
-def candidate_launches(T, case) -> list:
-    """``run_kernel``'s arguments for every tile the autotuner keeps on Hopper for a case of the tests module ``T``,
-    with warp specialisation on (as the GPU suite runs): descriptor loads where the case's tensors take them,
-    warp-specialised tiles for one key stream in 16 bits, a joint call's keys joined where a key prologue writes them
-    (the launcher joins them then, for every candidate)."""
-    import torch
-
-    size = 4 if case.dtype == torch.float32 else 2
-    fits = T.descriptors_fit(case)
-    joined = case.joint is not None and case.negative is None and \
-        (case.rope is not None or case.k_norm or case.joint_k_norm)
-    # (a mask per query: not warp-specialised, so not joined)
-    ws = fits and size == 2 and case.negative is None and T.mask_flag(case) != A.ROW_MASK.value and \
-        (case.joint is None or joined)
-    joined = joined and ws
-    da, db, split = A.head_dim_blocks(case.head_dim)
-    args = dict(BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split, JOINT=case.joint is not None, JOINED_KV=joined,
-                NEG=case.negative is not None, TMA_OK=fits, WS_OK=ws, HEAD_DIM=case.head_dim, Nk=case.n_k,
-                Nk2=(case.joint or (0, 0))[1], Nneg=case.negative or 0, Q=torch.ones(1, dtype=case.dtype),
-                HAS_BIAS=T.mask_flag(case), SPARSE=case.block_mask is not None,
-                **dict(zip(("BLOCK_Q", "BLOCK_K"), case.block_mask or ())))
-    return [dict(blocks=(cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]), warps=cfg.num_warps, stages=cfg.num_stages,
-                 use_tma=cfg.kwargs.get("USE_TMA", False), warp_spec=cfg.kwargs.get("WARP_SPEC", False),
-                 **({"join_keys": True} if joined else {}))
-            for cfg in A._prune_configs(A._attn_fwd_autotuned.configs, args)]
-
-
 def random_candidates(count: int = 40) -> int:
-    """``gpu_cases`` over ``candidate_launches`` of the first ``count`` random cases (the tests' ``random_case``: fp32
-    and odd head dims included), as their first tuned call on Hopper compiles them. Returns the failures."""
+    """``gpu_cases`` over the tests' ``tuner_launches`` of the first ``count`` random cases (the tests'
+    ``random_case``: fp32 and odd head dims included), as their first tuned call on Hopper compiles them. Returns the
+    failures."""
     return gpu_cases(lambda T: [("autotuner candidates", [T.random_case(seed)[0] for seed in range(count)],
-                                 lambda case: candidate_launches(T, case))])
+                                 T.tuner_launches)])
 
 
 #: Hopper's per-SM limits (H100 / H200 SXM): registers, shared memory (and what each CTA reserves of it), warps

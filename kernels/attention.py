@@ -273,28 +273,36 @@ def _attend_blocks(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, k_start, k_en
 @triton.jit
 def _attend_listed(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, LIST, count, BLOCK_K, n_end,
                    stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
-                   SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                   SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr, MB=None,
-                   stride_mn=0, mask_shift=0.0, HAS_BIAS: tl.constexpr = False):
-    """Block-sparse attention: the ``count`` key blocks of BLOCK_K keys listed at LIST (block numbers, ascending),
-    each as BLOCK_K / BLOCK_N key blocks of the loop (the launcher chose BLOCK_N to divide BLOCK_K), in one loop
-    over the listed blocks' key blocks, so that the pipeliner prefetches across them; the blocks not listed are
-    never read. Keys end at n_end (every listed block starts before it): with MASK_N every block takes the column
-    mask. The key/value sources are made once, over keys [0, n_end)."""
+                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
+                   BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr,
+                   EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr,
+                   ROWSUM_MMA: tl.constexpr, BLOCK_Q: tl.constexpr, MB=None, stride_mn=0, mask_shift=0.0,
+                   HAS_BIAS: tl.constexpr = False):
+    """Block-sparse attention: the ``count`` key blocks of BLOCK_K keys listed at LIST (ascending), each as
+    BLOCK_K / BLOCK_N key blocks of the loop (the launcher chose BLOCK_N to divide BLOCK_K), in one loop over the
+    listed blocks' key blocks, so that the pipeliner prefetches across them; the blocks not listed are never read.
+    Each entry is 4 x the block's number + which of the tile's two halves of BLOCK_Q rows attend to it (bit 0 the
+    first, bit 1 the second; both where BLOCK_M <= BLOCK_Q): where the tile spans two rows of the block mask
+    (BLOCK_M = 2 BLOCK_Q), the union of their blocks is listed and a half that does not attend to one has its
+    scores there masked (``_block_scores``' row_keep). Keys end at n_end (every listed block starts before it): with
+    MASK_N every block takes the column mask. The key/value sources are made once, over keys [0, n_end)."""
     k_a = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
     v_a = _kv_source(V, n_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
     k_b = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D)
     v_b = _kv_source(V, n_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D)
+    PAIRED: tl.constexpr = BLOCK_M > BLOCK_Q
     per_block = BLOCK_K // BLOCK_N
+    first_half = tl.arange(0, BLOCK_M) < BLOCK_Q
     for i in range(0, count * per_block):
         listed = i // per_block
-        start_n = tl.load(LIST + listed) * BLOCK_K + (i - listed * per_block) * BLOCK_N
+        entry = tl.load(LIST + listed)
+        start_n = (entry >> 2) * BLOCK_K + (i - listed * per_block) * BLOCK_N
+        row_keep = tl.where(first_half, entry & 1, entry & 2) != 0
         acc_a, acc_b, m_i, l_i = _attend_block(
             acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, start_n, n_end, stride_kn, stride_kd, stride_vn,
             stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16,
             SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, MB=MB, stride_mn=stride_mn, mask_shift=mask_shift,
-            HAS_BIAS=HAS_BIAS)
+            HAS_BIAS=HAS_BIAS, row_keep=row_keep, GATED=PAIRED)
     return acc_a, acc_b, m_i, l_i
 
 
@@ -363,12 +371,14 @@ def _attend_block(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                   SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
                   SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr, MB=None,
-                  stride_mn=0, mask_shift=0.0, HAS_BIAS: tl.constexpr = False):
-    """One key/value block into the online softmax (``l_i``: see ``_row_sums``; HAS_BIAS: ``_block_scores``)."""
+                  stride_mn=0, mask_shift=0.0, HAS_BIAS: tl.constexpr = False, row_keep=None,
+                  GATED: tl.constexpr = False):
+    """One key/value block into the online softmax (``l_i``: see ``_row_sums``; HAS_BIAS, GATED:
+    ``_block_scores``)."""
     s = _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA,
                       BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, MB=MB,
-                      stride_mn=stride_mn, mask_shift=mask_shift, HAS_BIAS=HAS_BIAS)
-    p, alpha, m_new, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA, HAS_BIAS)
+                      stride_mn=stride_mn, mask_shift=mask_shift, HAS_BIAS=HAS_BIAS, row_keep=row_keep, GATED=GATED)
+    p, alpha, m_new, l_i = _block_softmax(s, m_i, l_i, qk_scale, SCALE_POSITIVE, ROWSUM_MMA, HAS_BIAS or GATED)
     acc_a, acc_b, l_i = _block_accumulate(acc_a, acc_b, l_i, p, alpha, V, VB, start_n, n_end, stride_vn, stride_vd,
                                           HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N,
                                           EMULATE_BF16, USE_TMA, ROWSUM_MMA)
@@ -407,12 +417,12 @@ def _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scal
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
                   SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr, EMULATE_BF16: tl.constexpr,
                   SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr, MB=None, stride_mn=0, mask_shift=0.0,
-                  HAS_BIAS: tl.constexpr = False):
+                  HAS_BIAS: tl.constexpr = False, row_keep=None, GATED: tl.constexpr = False):
     """The scores q k^T of the key block at start_n (times the scale unless SCALE_POSITIVE, where the softmax folds
     it in), -inf past n_end with MASK_N. HAS_BIAS: plus the mask (MB: its row for this batch row and head, indexed
     by key position, stride_mn apart; with ROW_MASK one such row per query row, BLOCK_M pointers): a float mask's
     values less ``mask_shift`` (``_mask_top``: a scalar, or a column of one per query row) in float32, in the
-    scores' units; a boolean mask's -inf where False."""
+    scores' units; a boolean mask's -inf where False. GATED: -inf in the rows where ``row_keep`` is False."""
     offs_n = tl.arange(0, BLOCK_N)
     d_a = tl.arange(0, BLOCK_DA)
     d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
@@ -456,6 +466,8 @@ def _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scal
         s += bias
     if MASK_N:
         s = tl.where(((start_n + offs_n) < n_end)[None, :], s, float("-inf"))
+    if GATED:
+        s = tl.where(row_keep[:, None], s, float("-inf"))
     return s
 
 
@@ -550,7 +562,7 @@ def _query_block(
     JOINT_KEYS: tl.constexpr, NEG: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
     USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr, OVERLAP: tl.constexpr, WARP_SPEC: tl.constexpr = False,
     MB=None, MB2=None, stride_mn=0, HAS_BIAS: tl.constexpr = False, LIST=None, count=0, BLOCK_K=0,
-    SPARSE: tl.constexpr = False,
+    SPARSE: tl.constexpr = False, BLOCK_Q: tl.constexpr = 0,
 ):
     """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream: K/V's,
     then (JOINT_KEYS) K2/V2's, and (NEG) the negative stream's into an output of their own. HAS_BIAS: the mask
@@ -572,9 +584,9 @@ def _query_block(
     if SPARSE:
         acc_a, acc_b, m_i, l_i = _attend_listed(
             acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, LIST, count, BLOCK_K, k_end, stride_kn, stride_kd, stride_vn,
-            stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16,
-            SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, MB=MB, stride_mn=stride_mn, mask_shift=mask_shift,
-            HAS_BIAS=HAS_BIAS)
+            stride_vd, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N,
+            EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, BLOCK_Q, MB=MB, stride_mn=stride_mn,
+            mask_shift=mask_shift, HAS_BIAS=HAS_BIAS)
     else:
         acc_a, acc_b, m_i, l_i = _attend_keys(
             acc_a, acc_b, m_i, l_i, q_a, q_b, K, V,
@@ -721,7 +733,7 @@ def _attn_fwd_kernel(
     stride_vnb, stride_vnh, stride_vnn, stride_vnd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_cb, stride_ch, stride_cm, stride_lb, stride_lh, stride_lm,
-    KV_GROUP, Nq, Nk, Nq2, Nk2, Nneg, SEGMENTS, BLOCK_Q, BLOCK_K,
+    KV_GROUP, Nq, Nk, Nq2, Nk2, Nneg, SEGMENTS, BLOCK_K,
     qk_scale, neg_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
     BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, EVEN_N: tl.constexpr,
@@ -730,7 +742,7 @@ def _attn_fwd_kernel(
     SCALE_POSITIVE: tl.constexpr, TMA_OK: tl.constexpr, USE_TMA: tl.constexpr = False, ROW_ALIGN: tl.constexpr = 1,
     ROWSUM_MMA: tl.constexpr = False, OVERLAP: tl.constexpr = False, WS_OK: tl.constexpr = False,
     WARP_SPEC: tl.constexpr = False, JOINED_KV: tl.constexpr = False, HAS_BIAS: tl.constexpr = False,
-    SPARSE: tl.constexpr = False,
+    SPARSE: tl.constexpr = False, BLOCK_Q: tl.constexpr = 0,
 ):
     """grid = (query blocks [of both streams when JOINT], H, B * segments), run in the order (query block, head,
     batch). The second and third axes take 65535 programs each, so B and H do not share one: temporal attention in
@@ -755,10 +767,12 @@ def _attn_fwd_kernel(
     the same for every query (True, 1), or (ROW_MASK) one such row per query of the joined (packed) sequence, rows
     stride_mm apart.
     SPARSE (one query stream and one key stream: not JOINT, NEG or VARLEN): block-sparse attention. The queries and
-    keys fall in blocks of BLOCK_Q and BLOCK_K tokens (BLOCK_M divides BLOCK_Q, BLOCK_N divides BLOCK_K), and query
-    block r of (batch b, head h) attends only to the BLOCK_COUNTS[b, h, r] key blocks listed at BLOCK_LISTS[b, h, r]
-    (block numbers, ascending, each starting before the batch row's last key; strides stride_c*, stride_l*, 0
-    where broadcast): the launcher's lists of a boolean block mask. The other key blocks are never read.
+    keys fall in blocks of BLOCK_Q and BLOCK_K tokens (BLOCK_M divides BLOCK_Q, or is twice it; BLOCK_N divides
+    BLOCK_K), and query block r of (batch b, head h) attends only to the BLOCK_COUNTS[b, h, r] key blocks listed at
+    BLOCK_LISTS[b, h, r] (ascending, each starting before the batch row's last key; strides stride_c*, stride_l*, 0
+    where broadcast; rows from cdiv(Nq, BLOCK_Q) on list the blocks of pairs of query blocks, for tiles of
+    2 BLOCK_Q rows; entries as ``_attend_listed`` reads them): the launcher's lists of a boolean block mask
+    (``_block_lists``). The other key blocks are never read.
     """
     # Inductor's copy of this kernel types Python float arguments as fp64: without the casts the online-softmax
     # state would turn fp64 inside the key loop, which Triton rejects (loop-carried type change).
@@ -850,8 +864,12 @@ def _attn_fwd_kernel(
     LIST = BLOCK_LISTS
     count = 0
     if SPARSE:
-        # this query block's row of the block mask (BLOCK_M divides BLOCK_Q: every row of the block shares it)
-        r = (row_start // BLOCK_Q).to(tl.int64)
+        # this query block's row of the lists: of its block mask row (BLOCK_M divides BLOCK_Q), or of the pair of
+        # rows it spans (BLOCK_M = 2 BLOCK_Q), listed after the single rows
+        if BLOCK_M > BLOCK_Q:
+            r = (tl.cdiv(Nq, BLOCK_Q) + row_start // BLOCK_M).to(tl.int64)
+        else:
+            r = (row_start // BLOCK_Q).to(tl.int64)
         count = tl.load(BLOCK_COUNTS + b64 * stride_cb + h64 * stride_ch + r * stride_cm)
         LIST = BLOCK_LISTS + b64 * stride_lb + h64 * stride_lh + r * stride_lm
     if row_start < row_end:
@@ -864,7 +882,7 @@ def _attn_fwd_kernel(
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT and not JOINED_KV, NEG,
             EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, OVERLAP, WARP_SPEC,
             MB=MB, MB2=MB + Nk * stride_mn, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS, LIST=LIST, count=count,
-            BLOCK_K=BLOCK_K, SPARSE=SPARSE)
+            BLOCK_K=BLOCK_K, SPARSE=SPARSE, BLOCK_Q=BLOCK_Q)
 
 
 @triton.jit
@@ -1216,8 +1234,8 @@ def _prune_configs(configs, named_args, **kwargs):
     one key stream (no joint or negative stream) up to each tile's widest head dim; none whose compile failed for
     this launch (``_UNBUILT``); none whose shared memory (``shared_bytes``, for q's dtype) exceeds q's device's
     (fp32 at head dim 128 on Hopper: 8 of 11 candidates, which would compile only to fail at launch); with a key
-    mask, no warp-specialised tile of 128-key blocks (they fail to compile); block-sparse (SPARSE), tiles that
-    divide the mask's blocks (BLOCK_Q, BLOCK_K), none warp-specialised."""
+    mask, no warp-specialised tile of 128-key blocks (they fail to compile); block-sparse (SPARSE), the tiles
+    ``sparse_tile_fits`` takes."""
     args = {**named_args, **kwargs}
     unbuilt = _UNBUILT.get()
     q = args.get("Q")  # (absent where a caller prunes by hand: 16-bit inputs on Hopper)
@@ -1239,9 +1257,9 @@ def _prune_configs(configs, named_args, **kwargs):
         shape = (bm, bn, cfg.num_warps, cfg.num_stages)
         if id(cfg) in unbuilt or shared_bytes(*shape, args.get("HEAD_DIM", d_total), size) > limit:
             continue
-        if args.get("SPARSE", False) and (cfg.kwargs.get("WARP_SPEC", False) or args["BLOCK_Q"] % bm or
-                                          args["BLOCK_K"] % bn):
-            continue  # (block-sparse: tiles inside the mask's blocks, and one loop of listed blocks)
+        if args.get("SPARSE", False) and not sparse_tile_fits(args["BLOCK_Q"], args["BLOCK_K"], bm, bn,
+                                                                 cfg.kwargs.get("WARP_SPEC", False)):
+            continue
         if cfg.kwargs.get("WARP_SPEC", False):
             # (Triton 3.6 fails to specialise the 128-key blocks with a key mask, and every block with a mask per
             # query: "PassManager::run failed")
@@ -1272,10 +1290,20 @@ def _prune_configs(configs, named_args, **kwargs):
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)]
 
 
+def sparse_tile_fits(block_q: int, block_k: int, block_m: int, block_n: int, warp_spec: bool = False) -> bool:
+    """Whether a tile runs block-sparse attention over blocks of block_q queries and block_k keys: its rows inside one
+    row of the block mask or spanning two (the kernel lists their blocks' union and masks the half that does not
+    attend to one: 128-row tiles over NABLA's 64 x 64 blocks), its key blocks inside one block; not
+    warp-specialised (the listed loop is not)."""
+    return not warp_spec and (block_q % block_m == 0 or block_m == 2 * block_q) and block_k % block_n == 0
+
+
 #: ids of the candidates whose compile failed for the launch the autotuner is timing (``attention_forward``'s tuned
 #: launch sets it around the autotuner's call): ``_prune_configs`` leaves them out
 _UNBUILT = contextvars.ContextVar("pydiff_attention_unbuilt", default=frozenset())
 _WIDEST_BLOCK_N = max(bn for _, bn, _, _ in _GPU_CONFIGS + _TMA_CONFIGS + [*_WARP_SPEC_TILES])
+#: the most query rows of a tile the block-sparse loop takes (no warp-specialised tile)
+_WIDEST_BLOCK_M = max(bm for bm, _, _, _ in _GPU_CONFIGS + _TMA_CONFIGS)
 _AUTOTUNE_KEY = ["Nq", "Nk", "Nq2", "Nk2", "Nneg", "HEAD_DIM", "SPLIT_D", "JOINT", "JOINED_KV", "NEG", "VARLEN",
                  "HAS_BIAS", "TMA_OK", "WS_OK", "SPARSE", "BLOCK_Q", "BLOCK_K"]
 _attn_fwd_autotuned = triton.autotune(
@@ -1569,9 +1597,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                 overlap or warp_spec:
             raise ValueError("block_mask: one query and one key stream (not with joint, negative or cu_seqlens_q), "
                              "and not with the stream_k, overlap or warp_spec experiments")
-        if block_m is not None and (block_q % block_m or block_k % block_n):
+        if block_m is not None and not sparse_tile_fits(block_q, block_k, block_m, block_n):
             raise ValueError(f"block_mask: the tile ({block_m}, {block_n}) must divide the mask's blocks "
-                             f"({block_q}, {block_k})")
+                             f"({block_q}, {block_k}), or its rows span two")
     keys_rope = rope if key_rope is None else key_rope  # (the tables that turn the keys)
     has_prologue = rope is not None or keys_rope is not None or any(
         w is not None for w in (q_norm_weight, k_norm_weight, joint_q_norm_weight, joint_k_norm_weight))
@@ -1665,7 +1693,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     block_q, block_k, lists = 0, 0, (None, None)
     if block_mask is not None:
         block_q, block_k = block_size
-        lists = _block_lists(block_mask, block_k, kv_lens)
+        lists = _block_lists(block_mask, block_q, block_k, kv_lens)
     tensors = _leading_tensors(q, k, v, out, joint, negative, *optional, *lists)
     q2, k2, v2, out2, k_neg, v_neg = tensors[4:10]
     plan_key = None
@@ -1717,7 +1745,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                                                for t in lists for i in range(3)]
     args = [
         *tensors, *strides,
-        heads // kv_heads, n_q, n_k, n_q2, n_k2, n_neg, segments, block_q, block_k,
+        heads // kv_heads, n_q, n_k, n_q2, n_k2, n_neg, segments, block_k,
         float(scale) * LOG2E, float(negative_scale),
     ]
     flags = dict(
@@ -1725,7 +1753,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         JOINT=joint is not None, JOINED_KV=bool(join_keys), NEG=negative is not None, VARLEN=varlen,
         HAS_KV_LENS=kv_lens is not None, HAS_NEG_KV_LENS=negative_kv_lens is not None,
         HAS_BIAS=0 if attn_mask is None else ROW_MASK.value if row_mask else 1, SCALE_POSITIVE=scale > 0,
-        SPARSE=block_mask is not None,
+        SPARSE=block_mask is not None, BLOCK_Q=block_q,
         # Triton's interpreter (CPU tensors) multiplies bf16 operands as raw 16-bit integers in tl.dot and
         # truncates bf16 casts: there, bf16 values go through the dots as (exact) fp32, as a tensor core forms
         # the products, and every rounding to bf16 is done to nearest even by hand.
@@ -1775,7 +1803,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         plans.launch(kernel, grid, args, flags, plan_key, len(tensors), before, writes=_WRITES)
         return
     # The tuner's own key (shapes, the head-dim split, the variant flags, dtypes) is a subset of this one.
-    specialisation = (n_q, n_k, n_q2, n_k2, n_neg, segments, block_q, block_k, *flags.values(),
+    specialisation = (n_q, n_k, n_q2, n_k2, n_neg, segments, block_k, *flags.values(),
                       *(t.dtype for t in tensors))
     key = (*specialisation, q.device)
     choice = _TUNED.get(key)
@@ -1906,21 +1934,30 @@ def _leading_tensors(q, k, v, out, joint, negative, kv_lens, negative_kv_lens, c
         kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k, attn_mask, block_counts, block_lists)))
 
 
-def _block_lists(mask, block_k: int, kv_lens):
-    """(counts, lists) of a block mask (bool, broadcastable to (B, H, query blocks, key blocks)): for each query
-    block, how many key blocks it attends to and their numbers, ascending (the rest of the row after them: the
-    blocks left out), as int32 (1, H), (B, 1) or (B, H) x query blocks [x key blocks]. With key padding, blocks
-    starting at or past a batch row's last key are left out (then the lists are per batch row). Tensor ops only:
-    no host reads, so CUDA graphs capture them."""
+def _block_lists(mask, block_q: int, block_k: int, kv_lens):
+    """(counts, lists) of a block mask (bool, broadcastable to (B, H, query blocks, key blocks)) as the kernel's
+    SPARSE reads them: for each query block, how many key blocks it attends to and those blocks, ascending (the rest
+    of the row after them), as int32 (1, H), (B, 1) or (B, H) x rows [x key blocks]. Each entry is 4 x the block's
+    number + 3. Where tiles of 2 x block_q rows fit the kernel (block_q 64: 128-row tiles over NABLA's blocks),
+    rows for each pair of query blocks follow, listing the union of the pair's blocks, their entries' bits 0 and 1
+    saying whether the first and the second query block attend to it. With key padding, blocks starting at or past
+    a batch row's last key are left out (then the lists are per batch row). Tensor ops only: no host reads, so CUDA
+    graphs capture them."""
     import torch
 
     mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
     if kv_lens is not None:
         starts = torch.arange(mask.shape[-1], device=mask.device) * block_k
         mask = mask & (starts < kv_lens.reshape(-1, 1, 1, 1))
-    counts = mask.sum(-1, dtype=torch.int32)
-    lists = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
-    return counts, lists
+    bits = [mask.to(torch.int8) * 3]  # (which halves of a tile attend: both, for the single rows)
+    if 2 * block_q <= _WIDEST_BLOCK_M:
+        padded = torch.nn.functional.pad(mask, (0, 0, 0, mask.shape[-2] % 2)).unflatten(-2, (-1, 2)).to(torch.int8)
+        bits.append(padded[..., 0, :] + 2 * padded[..., 1, :])
+    bits = torch.cat(bits, -2)
+    listed = bits > 0
+    counts = listed.sum(-1, dtype=torch.int32)
+    order = torch.sort((~listed).to(torch.int8), dim=-1, stable=True).indices
+    return counts, (order * 4 + bits.gather(-1, order)).to(torch.int32)
 
 
 def _mask_strides(attn_mask) -> list:

@@ -1001,6 +1001,25 @@ def test_flex_block_masks_with_a_mask_mod(backend):
             assert rel_err(got, expect) <= 1e-5
 
 
+PAIRED_ROW_CASES = [c for c in GRID if c.block_mask is not None and c.block_mask[0] == 64]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("use_tma", [False, True], ids=["pointers", "descriptors"])
+@pytest.mark.parametrize("case", PAIRED_ROW_CASES, ids=str)
+def test_block_sparse_tiles_over_two_rows_of_blocks(case, use_tma):
+    """128-row tiles over 64-row mask blocks (``sparse_tile_fits``: the GPU's tiles over NABLA's blocks): the union
+    of the two rows' key blocks listed, each half's scores masked where its row does not attend; as accurate as the
+    64-row tile, every output element written, the query block with no key block zeros."""
+    q, k, v, kw = build(case, seed=53)
+    if use_tma and not descriptors_fit(case):
+        return refused_descriptors(q, k, v, kw, (128, 32))
+    out = run_kernel(q, k, v, kw, (128, 32), use_tma=use_tma)
+    streams_accurate(case, out, *references(q, k, v, kw))
+    assert out.transpose(1, 2)[0, :, 64:128].abs().max() == 0 if case.layout == "bnhd" else \
+        out[0, :, 64:128].abs().max() == 0
+
+
 @needs_interpreter
 def test_block_sparse_kernel_skips_the_masked_blocks():
     """The kernel reads only the listed key blocks: key and value blocks that no query block attends to, filled
@@ -1418,17 +1437,18 @@ def test_tiling_choices():
     for negative, tile in ((True, (32, 32)), (False, (64, 32))):
         wide = _prune_configs(configs, {**base, "BLOCK_DA": 256, "NEG": negative, "HEAD_DIM": 256})
         assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in wide] == [tile]
-    # block-sparse: tiles inside the mask's blocks (64 x 32 blocks: 64-row tiles of 32-key blocks), none
-    # warp-specialised; the untuned default narrowed to them at head dim 256
+    # block-sparse: tiles inside the mask's blocks or spanning two rows of them (64 x 32 blocks: 64- and 128-row
+    # tiles of 32-key blocks), none warp-specialised; the untuned default narrowed to them at head dim 256
     ws_ok = {**base, "TMA_OK": True, "WS_OK": True, "Nk": 4096}
     for blocks in ((64, 32), (128, 64), (192, 96)):
         sparse = {**ws_ok, "SPARSE": True, "BLOCK_Q": blocks[0], "BLOCK_K": blocks[1]}
         kept = _prune_configs(configs, sparse)
         assert kept and not any(c.kwargs.get("WARP_SPEC") for c in kept)
-        assert all(blocks[0] % c.kwargs["BLOCK_M"] == 0 and blocks[1] % c.kwargs["BLOCK_N"] == 0 for c in kept)
-        assert {shape(c) for c in kept} == {shape(c) for c in _prune_configs(configs, ws_ok) if not
-                                            c.kwargs.get("WARP_SPEC") and blocks[0] % c.kwargs["BLOCK_M"] == 0 and
-                                            blocks[1] % c.kwargs["BLOCK_N"] == 0}
+        fits = [c for c in _prune_configs(configs, ws_ok) if not c.kwargs.get("WARP_SPEC") and blocks[1] %
+                c.kwargs["BLOCK_N"] == 0 and (blocks[0] % c.kwargs["BLOCK_M"] == 0 or
+                                              c.kwargs["BLOCK_M"] == 2 * blocks[0])]
+        assert {shape(c) for c in kept} == {shape(c) for c in fits}
+        assert (128 in {c.kwargs["BLOCK_M"] for c in kept}) == (blocks[0] != 192)  # (192: no 2 x 96 or 128 | 192)
     wide = _prune_configs(configs, {**base, "BLOCK_DA": 256, "HEAD_DIM": 256, "SPARSE": True, "BLOCK_Q": 64,
                                     "BLOCK_K": 32})
     assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in wide] == [(64, 32)]
@@ -2505,6 +2525,47 @@ def _warp_spec_launches(case):
             for bm, bn, warps, stages in _warp_spec_tiles(case)]
 
 
+def tuner_launches(case) -> list:
+    """``run_kernel``'s arguments for every tile the autotuner keeps on Hopper for a case, with warp specialisation on
+    (as the GPU suite runs): descriptor loads where the case's tensors take them, warp-specialised tiles for one key
+    stream in 16 bits, a joint call's keys joined where a key prologue writes them (the launcher joins them then,
+    for every candidate); block-sparse, the tiles that fit its blocks (``attention_resources.py`` compiles them)."""
+    from pydiff.kernels.attention import ROW_MASK, _attn_fwd_autotuned, _prune_configs, head_dim_blocks
+
+    fits = descriptors_fit(case)
+    joined = case.joint is not None and case.negative is None and \
+        (case.rope is not None or case.k_norm or case.joint_k_norm)
+    # (a mask per query: not warp-specialised, so not joined)
+    ws = fits and case.dtype.itemsize == 2 and case.negative is None and mask_flag(case) != ROW_MASK.value and \
+        (case.joint is None or joined)
+    joined = joined and ws
+    da, db, split = head_dim_blocks(case.head_dim)
+    args = dict(BLOCK_DA=da, BLOCK_DB=db, SPLIT_D=split, JOINT=case.joint is not None, JOINED_KV=joined,
+                NEG=case.negative is not None, TMA_OK=fits, WS_OK=ws, HEAD_DIM=case.head_dim, Nk=case.n_k,
+                Nk2=(case.joint or (0, 0))[1], Nneg=case.negative or 0, Q=torch.ones(1, dtype=case.dtype),
+                HAS_BIAS=mask_flag(case), SPARSE=case.block_mask is not None,
+                **dict(zip(("BLOCK_Q", "BLOCK_K"), case.block_mask or ())))
+    return [dict(blocks=(cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]), warps=cfg.num_warps, stages=cfg.num_stages,
+                 use_tma=cfg.kwargs.get("USE_TMA", False), warp_spec=cfg.kwargs.get("WARP_SPEC", False),
+                 **({"join_keys": True} if joined else {}))
+            for cfg in _prune_configs(_attn_fwd_autotuned.configs, args)]
+
+
+BLOCK_SPARSE_GPU_CASES = [c for c in GPU_GRID if c.block_mask is not None]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", BLOCK_SPARSE_GPU_CASES, ids=str)
+def test_gpu_accuracy_block_sparse_tiles(case, cuda_device):
+    """Every tile the autotuner may pick for a block-sparse call (``tuner_launches``: pointer and descriptor loads,
+    tiles inside the mask's blocks and 128-row tiles over two rows of 64-row blocks), accurate."""
+    q, k, v, kw = _on_device(case, cuda_device)
+    launches = tuner_launches(case)
+    assert any(launch["blocks"][0] == 2 * case.block_mask[0] for launch in launches) or case.block_mask[0] > 64
+    for launch in launches:
+        _assert_gpu_accurate(case, run_kernel(q, k, v, kw, **launch), q, k, v, kw)
+
+
 #: (GPU test, its cases, its launches per case: ``run_kernel``'s arguments) of every GPU test that launches the
 #: kernel at fixed tiles; ``benchmarks/attention_resources.py --gpu-cases`` compiles them all without a GPU (the
 #: first three are the GPU suite's descriptor stage)
@@ -2516,7 +2577,8 @@ GPU_LAUNCHES = [("test_gpu_accuracy_descriptors", GPU_GRID, _descriptor_launches
                 ("test_gpu_accuracy_prologue_head_groups", HEAD_GROUP_GPU_CASES, _head_group_launches),
                 ("test_gpu_accuracy_overlap", OVERLAP_GPU_CASES, _overlap_launches),
                 ("test_gpu_accuracy_random_cases", RANDOM_GPU_CASES, _default_launches),
-                ("test_gpu_accuracy_processor_calls", PROCESSOR_GPU_CASES, _default_launches)]
+                ("test_gpu_accuracy_processor_calls", PROCESSOR_GPU_CASES, _default_launches),
+                ("test_gpu_accuracy_block_sparse_tiles", BLOCK_SPARSE_GPU_CASES, tuner_launches)]
 
 
 def test_random_candidate_launches():
@@ -2527,7 +2589,7 @@ def test_random_candidate_launches():
         "import sys, torch\nsys.path.insert(0, 'tests')\nimport test_attention as T\n"
         "from benchmarks import attention_resources as R\nimport pydiff.kernels.attention as A\n"
         "known = set(__import__('inspect').signature(T.run_kernel).parameters)\n"
-        "for seed in range(40):\n    case = T.random_case(seed)[0]\n    launches = R.candidate_launches(T, case)\n"
+        "for seed in range(40):\n    case = T.random_case(seed)[0]\n    launches = T.tuner_launches(case)\n"
         "    size = 4 if case.dtype == torch.float32 else 2\n"
         "    assert launches and all(set(l) <= known for l in launches), seed\n"
         "    assert all(A.shared_bytes(*l['blocks'], l['warps'], l['stages'], case.head_dim, size) <= A.HOPPER_SHARED"
