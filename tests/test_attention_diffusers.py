@@ -59,6 +59,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffMochiAttnProcessor,
     PydiffMotifVideoAttnProcessor,
     PydiffMotifVideoCrossAttnProcessor,
+    PydiffOmniGenAttnProcessor,
     PydiffNucleusMoEAttnProcessor,
     PydiffPAGCFGIdentitySelfAttnProcessor,
     PydiffPAGIdentitySelfAttnProcessor,
@@ -788,6 +789,45 @@ def test_wan_animate2_cross_attention(backend, monkeypatch):
                 ours(hidden, encoder_hidden_states=text, encoder_hidden_states_image=context),
                 attn(hidden, encoder_hidden_states=text, encoder_hidden_states_image=context), rtol=2e-5, atol=2e-5)
     assert calls == [None, -1.0]
+
+
+def tiny_omnigen():
+    """The tiny OmniGen: two heads of 16, two layers, its Phi-3 RoPE at a scale of 1."""
+    from diffusers.models.transformers.transformer_omnigen import OmniGenTransformer2DModel
+
+    return _perturb(OmniGenTransformer2DModel(
+        in_channels=4, patch_size=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=2,
+        intermediate_size=48, num_layers=2, vocab_size=100, pad_token_id=0, max_position_embeddings=1024,
+        original_max_position_embeddings=512, rope_scaling={"short_factor": [1.0] * 8, "long_factor": [1.0] * 8},
+        pos_embed_max_size=16, time_step_dim=32), 119)
+
+
+def _omnigen_inputs(seed):
+    """OmniGen inputs: 9 condition tokens (an input image's 4 patches among them in the first sample), the time token,
+    an 8 x 8 latent (16 patches); its mask causal over the condition and the time token, bidirectional over the
+    image, the second sample's first two condition tokens padding (each still sees itself)."""
+    gen = torch.Generator().manual_seed(seed)
+    condition = 9
+    n = condition + 1 + 16
+    mask = torch.ones(2, n, n)
+    mask[:, :condition + 1, :condition + 1] = torch.tril(torch.ones(condition + 1, condition + 1))
+    mask[:, :condition + 1, condition + 1:] = 0
+    mask[1, :, :2] = 0
+    mask[1, :2, :2] = torch.eye(2)
+    return dict(hidden_states=torch.randn(2, 4, 8, 8, generator=gen), timestep=torch.tensor([0.3, 0.7]),
+                input_ids=torch.randint(1, 100, (2, condition), generator=gen),
+                input_img_latents=[torch.randn(1, 4, 4, 4, generator=gen)], input_image_sizes={0: [(2, 6)]},
+                attention_mask=mask, position_ids=torch.arange(n)[None].expand(2, n))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_omnigen_transformer(backend, monkeypatch):
+    """OmniGen: its half-split RoPE in the prologue and its additive mask (causal condition, bidirectional image,
+    padding) the kernel's mask per query, in every layer; outputs the stock processors'."""
+    calls = _masked_calls(monkeypatch)
+    inputs = _omnigen_inputs(120)
+    _compare(tiny_omnigen(), lambda m: m(**inputs).sample, backend, {PydiffOmniGenAttnProcessor})
+    assert calls == ["rows"] * 2
 
 
 def tiny_hunyuan_dit():
@@ -2515,8 +2555,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     Predict 2 and 2.5, Mochi (its text padding), AuraFlow, Kandinsky 5, Krea 2 (grouped-query), Ideogram 4
     (packed samples' mask per query), FLUX.3, Bria FIBO 2, GLM-Image (its text mask), PRX and Nucleus-Image (the
     text a second stream of keys only), ERNIE-Image, JoyImage-Edit (and Edit-Plus), Motif-Video, HunyuanDiT (keys
-    not turned in cross-attention), Kandinsky 6 (keys turned by tables of their own), EasyAnimate, and SD3 and Flux with
-    IP-Adapters (SD3's image prompt a stream of keys only).
+    not turned in cross-attention), Kandinsky 6 (keys turned by tables of their own), EasyAnimate, OmniGen (its mask per
+    query), and SD3 and Flux with IP-Adapters (SD3's image prompt a stream of keys only).
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -2547,7 +2587,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     models += [(tiny_cosmos(False), _cosmos_inputs(27, False)), (tiny_mochi(), _mochi_inputs(34)),
                (tiny_unet_with_ip_adapters(), _ip_adapter_inputs(35)), (tiny_auraflow(), _auraflow_inputs(36)),
                (tiny_sd3_with_ip_adapter(), _sd3_ip_inputs(38)), (tiny_flux_with_ip_adapters(), _flux_ip_inputs(39)),
-               (tiny_hunyuan_dit(), _hunyuan_dit_inputs(47)), (tiny_easyanimate(), _easyanimate_inputs(49))]
+               (tiny_hunyuan_dit(), _hunyuan_dit_inputs(47)), (tiny_easyanimate(), _easyanimate_inputs(49)),
+               (tiny_omnigen(), _omnigen_inputs(50))]
     if attention_processors.CosmosAttnProcessor2_5 is not None:  # (diffusers 0.37+)
         models.append((tiny_cosmos(True), _cosmos_inputs(28, True)))
     if attention_processors.GlmImageAttnProcessor is not None:  # (diffusers 0.37+)

@@ -22,6 +22,7 @@ _EXPORTS = {
     "PydiffLumina2AttnProcessor": "attention_processors",
     "PydiffMochiAttnProcessor": "attention_processors",
     "PydiffMotifVideoAttnProcessor": "attention_processors",
+    "PydiffOmniGenAttnProcessor": "attention_processors",
     "PydiffMotifVideoCrossAttnProcessor": "attention_processors",
     "PydiffEasyAnimateAttnProcessor": "attention_processors",
     "PydiffErnieImageAttnProcessor": "attention_processors",

@@ -62,6 +62,8 @@
   the padding's query rows zeroed (no N x N mask built).
 * ``PydiffHiDreamAttnProcessor`` replaces HiDream-I1's ``HiDreamAttnProcessor``: [image; text] as a joint call,
   its rotation-matrix RoPE read in place as the prologue's tables (identity pairs where it turns half the head dim).
+* ``PydiffOmniGenAttnProcessor`` replaces OmniGen's ``OmniGenAttnProcessor2_0``: its half-split RoPE in the
+  prologue, its (B, 1, N, N) additive mask (causal condition, bidirectional images) the kernel's mask per query.
 * ``PydiffQwenImageAttnProcessor`` replaces Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.39+):
   the same joint call, its complex RoPE as cos/sin tables, and the text padding as the kernel's key mask.
 * ``PydiffQwenImage21AttnProcessor`` (0.42+) replaces Qwen-Image 2.1's ``QwenImage21AttnProcessor``: in the steps
@@ -169,6 +171,7 @@ from diffusers.models.transformers.transformer_hidream_image import HiDreamAttnP
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
 from diffusers.models.transformers.transformer_lumina2 import Lumina2AttnProcessor2_0
+from diffusers.models.transformers.transformer_omnigen import OmniGenAttnProcessor2_0
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
 from diffusers.models.transformers.transformer_wan import (
     WanAttnProcessor,
@@ -1495,6 +1498,26 @@ def _rotation_pairs(freqs, head_dim: int):
     return None
 
 
+class PydiffOmniGenAttnProcessor(_RankLocal):
+    """Drop-in for OmniGen's ``OmniGenAttnProcessor2_0``: self-attention over its [condition; time; image] tokens,
+    its half-split RoPE (one (N, D) table) in the prologue, its attention mask ((B, 1, N, N), additive: causal over
+    the condition, bidirectional over the images) the kernel's mask per query, grouped-query heads read as they
+    are."""
+
+    def __init__(self):
+        self.stock = OmniGenAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None) -> torch.Tensor:
+        head_dim = attn.to_q.out_features // attn.heads
+        if head_dim > MAX_HEAD_DIM or (attention_mask is not None and not _kernel_reads(attention_mask)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        stream = _cross_stream(attn, hidden_states, encoder_hidden_states, head_dim)
+        rope = None if image_rotary_emb is None else tuple(image_rotary_emb)
+        out = _streams_attention([stream], head_dim, rope, attention_mask, rope_interleaved=False)
+        return attn.to_out[0](out.flatten(2))
+
+
 class PydiffHiDreamAttnProcessor(_RankLocal):
     """Drop-in for HiDream-I1's ``HiDreamAttnProcessor``: [image; text] as a joint call (dual-stream blocks) or over
     the joined tokens (single-stream blocks), the RoPE in the kernel's prologue (``_rotation_pairs``: its
@@ -2056,6 +2079,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (HunyuanVideoAttnProcessor2_0, PydiffHunyuanVideoAttnProcessor, None),
     (MochiAttnProcessor2_0, PydiffMochiAttnProcessor, None),
     (HiDreamAttnProcessor, PydiffHiDreamAttnProcessor, None),
+    (OmniGenAttnProcessor2_0, PydiffOmniGenAttnProcessor, None),
     (HunyuanVideo15AttnProcessor2_0, PydiffHunyuanVideo15AttnProcessor, None),
     (WanAttnProcessor, PydiffWanAttnProcessor, None),
     (WanAnimate2CrossAttnProcessor, PydiffWanAnimate2CrossAttnProcessor, None),
@@ -2107,10 +2131,9 @@ def set_attention_backend(model_or_pipe) -> int:
     PRX's from diffusers 0.36, LTX-2's, Cosmos 2.5's and GLM-Image's from 0.37, Qwen-Image's, Krea 2's, Ideogram 4's,
     FLUX.2 Klein KV's, Nucleus-Image's, ERNIE-Image's, JoyImage-Edit's and Motif-Video's from 0.39, FLUX.3's, Bria FIBO
     2's, Qwen-Image 2.1's, SANA-WM's, Kandinsky 6's (and 6 SR's), JoyImage-Edit-Plus's and Wan-Animate 2's from
-    0.42). Other
-    processors (added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable Diffusion VAE's
-    512-channel mid-block attention), SD3.5's fused joint processor (which skips the QK norms) and processors under
-    diffusers' context parallelism.
+    0.42). Other processors (added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable
+    Diffusion VAE's 512-channel mid-block attention), SD3.5's fused joint processor (which skips the QK norms) and
+    processors under diffusers' context parallelism.
     ``fuse_qkv_projections()`` sets diffusers' fused processors over ours and ``load_ip_adapter`` its IP-Adapter
     processors: call this after them. A PAG pipeline's perturbed-attention processors (``_pag_attn_processors``,
     which it sets on its layers for each call) become ours too (not counted: they are on no module yet).
@@ -2150,11 +2173,10 @@ __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo
            "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor",
            "PydiffJoyImageAttnProcessor", "PydiffJoyImageEditPlusAttnProcessor", "PydiffKandinsky5AttnProcessor",
            "PydiffKandinsky6AttnProcessor", "PydiffKandinsky6SRAttnProcessor", "PydiffKrea2AttnProcessor",
-           "PydiffLTX2AttnProcessor",
-           "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor",
-           "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor", "PydiffMotifVideoCrossAttnProcessor",
-           "PydiffNucleusMoEAttnProcessor", "PydiffPAGCFGIdentitySelfAttnProcessor",
-           "PydiffPAGIdentitySelfAttnProcessor", "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor",
-           "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor",
-           "PydiffSanaWMCrossAttnProcessor", "PydiffWanAnimate2CrossAttnProcessor", "PydiffWanAttnProcessor",
-           "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor",
+           "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor",
+           "PydiffMotifVideoCrossAttnProcessor", "PydiffNucleusMoEAttnProcessor", "PydiffOmniGenAttnProcessor",
+           "PydiffPAGCFGIdentitySelfAttnProcessor", "PydiffPAGIdentitySelfAttnProcessor", "PydiffPRXAttnProcessor",
+           "PydiffQwenImage21AttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor",
+           "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor", "PydiffWanAnimate2CrossAttnProcessor",
+           "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
