@@ -666,13 +666,54 @@ def _qwen_image21_run(move=_same):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_qwen_image21_kv_cache(backend, monkeypatch):
     """Qwen-Image 2.1: the first step (extract: the block-causal prefill over [text; target image], its prefix's
-    keys and values cached) stays stock; the cached steps read the 5 cached prefix keys beside the target's 16 as a
-    second stream of keys only, the padding mask (the second prompt's last 2 text tokens) as key mask. Outputs
-    the stock processors'."""
+    keys and values cached) in one block-sparse call per layer, its mask per query and key from the segments and
+    the padding; the cached steps read the 5 cached prefix keys beside the target's 16 as a second stream of keys
+    only, the padding mask (the second prompt's last 2 text tokens) as key mask. Outputs the stock processors'."""
     run = _qwen_image21_run()
     calls = _keys_only_calls(monkeypatch)
     _compare(tiny_qwen_image21(), run, backend, {PydiffQwenImage21AttnProcessor})
-    assert calls == [(5, True)] * 2  # (the cached step's calls; the extract step's are stock)
+    assert calls == [("tokens", True)] * 2 + [(5, True)] * 2  # (the prefill's calls, then the cached step's)
+
+
+@needs_qwen_image21
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_qwen_image21_prefill_segments(backend, monkeypatch):
+    """Qwen-Image 2.1's prefill over [text; condition image; text; target image] (400 tokens: 4 blocks of 128, the
+    blocks above the causal ones masked whole and never read), the second sample's last text tokens padding: one
+    block-sparse call equal to the stock processor's call per segment."""
+    from diffusers.models.transformers.transformer_qwenimage21 import QwenImage21Attention
+
+    attn = _perturb(QwenImage21Attention(32, 2, 16), 121)
+    gen = torch.Generator().manual_seed(122)
+    hidden = torch.randn(2, 400, 32, generator=gen)
+    segments = [(0, 40, True), (40, 200, False), (200, 230, True)]
+    key_valid = torch.ones(2, 400, dtype=torch.bool)
+    key_valid[1, 220:230] = False
+    calls = _block_densities(monkeypatch)
+    ours = copy.deepcopy(attn)
+    assert set_attention_backend(ours) == 1
+    with torch.no_grad(), pydiff.use_backend(backend):
+        torch.testing.assert_close(ours(hidden, segments=segments, key_valid=key_valid),
+                                   attn(hidden, segments=segments, key_valid=key_valid), rtol=2e-5, atol=2e-5)
+    assert calls == [14 / 16]  # (the first 128 queries, text and condition image, see no key past 199: 2 blocks)
+
+
+@needs_qwen_image21
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_qwen_image21_flex_kv_cache(backend, monkeypatch):
+    """Qwen-Image 2.1 with its flex processor: the prefill's BlockMask (block-causal, a mask_mod in its partial
+    block) into the kernel, eagerly and without padding the tokens to its blocks; the cached steps as the other
+    processor's. Outputs the stock flex processors' (eager flex attention evaluates the mask_mod everywhere, which
+    create_block_mask's blocks agree with)."""
+    from diffusers.models.transformers.transformer_qwenimage21 import QwenImage21FlexAttnProcessor
+
+    from pydiff.integrations.diffusers.attention_processors import PydiffQwenImage21FlexAttnProcessor
+
+    model = tiny_qwen_image21()
+    model.set_attn_processor(QwenImage21FlexAttnProcessor())
+    calls = _block_densities(monkeypatch)
+    _compare(model, _qwen_image21_run(), backend, {PydiffQwenImage21FlexAttnProcessor})
+    assert len(calls) == 4 and calls[:2] == [1.0, 1.0] and calls[2:] == [None, None]  # (one block of 128 tokens)
 
 
 needs_motif_video = _needs("MotifVideoAttnProcessor2_0", "Motif-Video", "0.39")

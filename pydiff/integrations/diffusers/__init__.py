@@ -52,6 +52,7 @@ _EXPORTS = {
     "PydiffPAGIdentitySelfAttnProcessor": "attention_processors",
     "PydiffQwenImageAttnProcessor": "attention_processors",
     "PydiffQwenImage21AttnProcessor": "attention_processors",
+    "PydiffQwenImage21FlexAttnProcessor": "attention_processors",
     "PydiffSanaAttnProcessor": "attention_processors",
     "PydiffSanaWMCrossAttnProcessor": "attention_processors",
     "PydiffSD3IPAdapterAttnProcessor": "attention_processors",

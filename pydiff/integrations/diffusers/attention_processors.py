@@ -66,9 +66,11 @@
   prologue, its (B, 1, N, N) additive mask (causal condition, bidirectional images) the kernel's mask per query.
 * ``PydiffQwenImageAttnProcessor`` replaces Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.39+):
   the same joint call, its complex RoPE as cos/sin tables, and the text padding as the kernel's key mask.
-* ``PydiffQwenImage21AttnProcessor`` (0.42+) replaces Qwen-Image 2.1's ``QwenImage21AttnProcessor``: in the steps
-  after the first, the target image's queries over the KV cache's prefix (text and condition images) and its own
-  keys, the cached ones a second stream of keys only; the block-causal prefill stays stock.
+* ``PydiffQwenImage21AttnProcessor`` and ``PydiffQwenImage21FlexAttnProcessor`` (0.42+) replace Qwen-Image 2.1's
+  ``QwenImage21AttnProcessor`` and ``QwenImage21FlexAttnProcessor``: in the steps after the first, the target
+  image's queries over the KV cache's prefix (text and condition images) and its own keys, the cached ones a second
+  stream of keys only; the block-causal prefill as one block-sparse call (the flex one's BlockMask read as compiled
+  flex attention reads it, eagerly).
 * ``PydiffWanAttnProcessor`` replaces Wan's ``WanAttnProcessor`` (Wan 2.1/2.2, VACE): the RoPE in the kernel's
   prologue, and image-to-video cross-attention's two attentions (text, image context) summed in one pass over q.
 * ``PydiffWanAnimate2CrossAttnProcessor`` (0.42+) replaces Wan-Animate 2's cross-attention processor the same way
@@ -216,6 +218,7 @@ JoyImageAttnProcessor = _stock_class("transformer_joyimage", "JoyImageAttnProces
 JoyImageEditPlusAttnProcessor = _stock_class("transformer_joyimage_edit_plus",  # (0.42+)
                                              "JoyImageEditPlusAttnProcessor")
 QwenImage21AttnProcessor = _stock_class("transformer_qwenimage21", "QwenImage21AttnProcessor")  # (0.42+)
+QwenImage21FlexAttnProcessor = _stock_class("transformer_qwenimage21", "QwenImage21FlexAttnProcessor")  # (0.42+)
 MotifVideoAttnProcessor2_0 = _stock_class("transformer_motif_video", "MotifVideoAttnProcessor2_0")  # (0.39+)
 MotifVideoCrossAttnProcessor2_0 = _stock_class("transformer_motif_video", "MotifVideoCrossAttnProcessor2_0")
 SanaWMCrossAttnProcessor = _stock_class("transformer_sana_wm", "SanaWMCrossAttnProcessor")  # (0.42+)
@@ -1727,14 +1730,22 @@ class PydiffQwenImage21AttnProcessor(_RankLocal):
     (every denoising step after the first: the target image's queries over the cached prefix of text and condition
     images, then its own tokens) the cached keys and values as a second stream of keys only (no concatenation), the
     target's QK RMSNorms and complex RoPE in the prologue, the padding mask the key mask (its halves swapped: the
-    kernel joins [target; prefix]). The prefill (block-causal segments) stays stock."""
+    kernel joins [target; prefix]). The prefill (``segments``: the block-causal mask as one call per segment there)
+    as one block-sparse call (``_prefill``): its mask per query and key from the segments and the padding, the
+    128 x 128 blocks it masks whole never read."""
+
+    stock_type = QwenImage21AttnProcessor
 
     def __init__(self):
-        self.stock = _stock(QwenImage21AttnProcessor, "Qwen-Image 2.1", "0.42")
+        self.stock = _stock(self.stock_type, "Qwen-Image 2.1", "0.42")
+        self.qwen = importlib.import_module(self.stock_type.__module__)  # (the stock processors' q, k, v helper)
 
     def __call__(self, attn, hidden_states: torch.Tensor, attention_mask=None, rotary_emb=None, layer_cache=None,
                  kv_cache_mode: Optional[str] = None, cache_write_slice=None, segments=None, key_valid=None):
         head_dim = attn.inner_dim // attn.heads
+        if segments is not None and kv_cache_mode != "cached" and head_dim <= MAX_HEAD_DIM:
+            return self._prefill(attn, hidden_states, rotary_emb, layer_cache, kv_cache_mode, cache_write_slice,
+                                 lambda n: _segment_masks(segments, n, key_valid, hidden_states.device))
         mask = attention_mask
         readable = mask is None or (isinstance(mask, torch.Tensor) and _kernel_reads(mask) and mask.dim() == 4 and
                                     mask.shape[-2] == 1)
@@ -1751,6 +1762,50 @@ class PydiffQwenImage21AttnProcessor(_RankLocal):
         rope = None if rotary_emb is None else _complex_rope(rotary_emb)
         out = _beside_cached((q, k, v, attn.norm_q, attn.norm_k), cached, head_dim, rope, mask)
         return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+    def _prefill(self, attn, hidden_states, rotary_emb, layer_cache, kv_cache_mode, cache_write_slice, masks):
+        """The block-causal prefill in one ``pydiff.attention`` call: q, k and v through the stock processors' own
+        preparation (the QK norms, the RoPE, the prefix's keys and values into the cache), ``masks(tokens)`` the
+        call's mask keywords."""
+        q, k, v, n = self.qwen._qwenimage21_prepare_qkv(attn, hidden_states, rotary_emb, layer_cache, kv_cache_mode,
+                                                        cache_write_slice)
+        out = attention(q, k, v, layout="bnhd", **masks(k.shape[1]))
+        return attn.to_out[1](attn.to_out[0](out[:, :n].flatten(2).type_as(q)))
+
+
+class PydiffQwenImage21FlexAttnProcessor(PydiffQwenImage21AttnProcessor, QwenImage21FlexAttnProcessor or object):
+    """Drop-in for Qwen-Image 2.1's ``QwenImage21FlexAttnProcessor`` (diffusers 0.42+; an instance of it, so the
+    model builds it the flex BlockMask): the prefill's BlockMask (block-causal, its mask_mod inside the partial
+    blocks) taken by the kernel as compiled flex attention reads it, eagerly, with no torch.compile and no padding
+    to its blocks; the cached steps as ``PydiffQwenImage21AttnProcessor``'s."""
+
+    stock_type = QwenImage21FlexAttnProcessor
+
+    def __call__(self, attn, hidden_states: torch.Tensor, attention_mask=None, rotary_emb=None, layer_cache=None,
+                 kv_cache_mode: Optional[str] = None, cache_write_slice=None, segments=None, key_valid=None):
+        if type(attention_mask).__name__ == "BlockMask" and attn.inner_dim // attn.heads <= MAX_HEAD_DIM:
+            return self._prefill(attn, hidden_states, rotary_emb, layer_cache, kv_cache_mode, cache_write_slice,
+                                 lambda n: {"block_mask": attention_mask})
+        return super().__call__(attn, hidden_states, attention_mask, rotary_emb, layer_cache, kv_cache_mode,
+                                cache_write_slice, segments, key_valid)
+
+
+def _segment_masks(segments, tokens: int, key_valid: Optional[torch.Tensor], device: torch.device) -> dict:
+    """Qwen-Image 2.1's block-causal prefill mask as ``pydiff.attention`` keywords: ``attn_mask`` per query and key
+    (the sequence causal, each image of the prefix (``segments``: (start, end, is text)) and the target after it
+    bidirectional within itself, the padded keys of ``key_valid`` (B, N) out) and the ``block_mask`` of its 128 x
+    128 blocks that keep any element."""
+    image = torch.full((tokens,), -1, dtype=torch.long)
+    for number, (start, end, is_text) in enumerate(segments):
+        if not is_text:
+            image[start:end] = number
+    image[segments[-1][1] if segments else 0:] = len(segments)  # (the target image)
+    image, position = image.to(device), torch.arange(tokens, device=device)
+    keep = (position[:, None] >= position[None, :]) | ((image[:, None] == image[None, :]) & (image[:, None] >= 0))
+    keep = keep[None, None] if key_valid is None else keep[None, None] & key_valid.bool()[:, None, None, :tokens]
+    pad = (-tokens) % 128
+    blocks = F.pad(keep, (0, pad, 0, pad)).unflatten(-1, (-1, 128)).any(-1).unflatten(-2, (-1, 128)).any(-2)
+    return {"attn_mask": keep, "block_mask": blocks, "block_size": 128}
 
 
 class PydiffMotifVideoAttnProcessor(_RankLocal):
@@ -2111,6 +2166,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (Kandinsky5AttnProcessor, PydiffKandinsky5AttnProcessor, None),
     (Kandinsky6AttnProcessor, PydiffKandinsky6AttnProcessor, None),
     (Kandinsky6SRAttnProcessor, PydiffKandinsky6SRAttnProcessor, None),
+    (QwenImage21FlexAttnProcessor, PydiffQwenImage21FlexAttnProcessor, None),
     *((stock, functools.partial(ours, stock), None) for stock, ours in _copies()),
 ) if entry[0] is not None)
 
@@ -2177,6 +2233,7 @@ __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo
            "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor",
            "PydiffMotifVideoCrossAttnProcessor", "PydiffNucleusMoEAttnProcessor", "PydiffOmniGenAttnProcessor",
            "PydiffPAGCFGIdentitySelfAttnProcessor", "PydiffPAGIdentitySelfAttnProcessor", "PydiffPRXAttnProcessor",
-           "PydiffQwenImage21AttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor",
-           "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor", "PydiffWanAnimate2CrossAttnProcessor",
-           "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffQwenImage21AttnProcessor", "PydiffQwenImage21FlexAttnProcessor", "PydiffQwenImageAttnProcessor",
+           "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor",
+           "PydiffWanAnimate2CrossAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor",
+           "set_attention_backend"]
