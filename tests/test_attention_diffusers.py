@@ -40,6 +40,7 @@ from pydiff.integrations.diffusers.attention_processors import (  # noqa: E402
     PydiffFluxAttnProcessor,
     PydiffFluxIPAdapterAttnProcessor,
     PydiffGlmImageAttnProcessor,
+    PydiffHeliosAttnProcessor,
     PydiffHiDreamAttnProcessor,
     PydiffHunyuanDiTAttnProcessor,
     PydiffHunyuanVideo15AttnProcessor,
@@ -379,6 +380,9 @@ def test_processors_name_the_diffusers_they_need(monkeypatch):
                                  ("JoyImageAttnProcessor", PydiffJoyImageAttnProcessor, "0.39"),
                                  ("JoyImageEditPlusAttnProcessor", PydiffJoyImageEditPlusAttnProcessor, "0.42"),
                                  ("QwenImage21AttnProcessor", PydiffQwenImage21AttnProcessor, "0.42"),
+                                 ("QwenImage21FlexAttnProcessor",
+                                  attention_processors.PydiffQwenImage21FlexAttnProcessor, "0.42"),
+                                 ("HeliosAttnProcessor", PydiffHeliosAttnProcessor, "0.39"),
                                  ("MotifVideoAttnProcessor2_0", PydiffMotifVideoAttnProcessor, "0.39"),
                                  ("SanaWMCrossAttnProcessor", PydiffSanaWMCrossAttnProcessor, "0.42"),
                                  ("Kandinsky6AttnProcessor", PydiffKandinsky6AttnProcessor, "0.42"),
@@ -830,6 +834,44 @@ def test_wan_animate2_cross_attention(backend, monkeypatch):
                 ours(hidden, encoder_hidden_states=text, encoder_hidden_states_image=context),
                 attn(hidden, encoder_hidden_states=text, encoder_hidden_states_image=context), rtol=2e-5, atol=2e-5)
     assert calls == [None, -1.0]
+
+
+needs_helios = _needs("HeliosAttnProcessor", "Helios", "0.39")
+
+
+def tiny_helios():
+    """The tiny Helios: two heads of 16, two layers, its history keys amplified per head."""
+    from diffusers.models.transformers.transformer_helios import HeliosTransformer3DModel
+
+    return _perturb(HeliosTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
+        text_dim=24, freq_dim=32, ffn_dim=48, num_layers=2, rope_dim=(4, 6, 6), is_amplify_history=True), 123)
+
+
+def _helios_inputs(seed):
+    """Helios inputs: 2 frames of 8 x 8 latents (32 patches) after 2 short-history frames (32 more), 7 text tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(2, 4, 2, 8, 8, generator=gen), timestep=torch.tensor([300.0, 700.0]),
+                encoder_hidden_states=torch.randn(2, 7, 24, generator=gen),
+                indices_hidden_states=torch.tensor([[2, 3], [2, 3]]),
+                indices_latents_history_short=torch.tensor([[0, 1], [0, 1]]),
+                latents_history_short=torch.randn(2, 4, 2, 8, 8, generator=gen))
+
+
+@needs_helios
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_helios_transformer(backend, monkeypatch):
+    """Helios: self-attention over [history; current] tokens with its RoPE table read in place and the history keys
+    amplified (per head, a learned scale away from 1 here), cross-attention to the text; outputs the stock
+    processors'."""
+    model = tiny_helios()
+    for module in model.modules():
+        if isinstance(getattr(module, "history_key_scale", None), torch.nn.Parameter):
+            module.history_key_scale.data.normal_(0.0, 2.0, generator=torch.Generator().manual_seed(124))
+    calls = _spy(monkeypatch, lambda args, kwargs: (args[0].shape[1], kwargs.get("rope") is not None))
+    inputs = _helios_inputs(125)
+    _compare(model, lambda m: m(**inputs).sample, backend, {PydiffHeliosAttnProcessor})
+    assert calls == [(64, True), (32, False)] * 2
 
 
 def tiny_omnigen():
@@ -2597,7 +2639,7 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
     (packed samples' mask per query), FLUX.3, Bria FIBO 2, GLM-Image (its text mask), PRX and Nucleus-Image (the
     text a second stream of keys only), ERNIE-Image, JoyImage-Edit (and Edit-Plus), Motif-Video, HunyuanDiT (keys
     not turned in cross-attention), Kandinsky 6 (keys turned by tables of their own), EasyAnimate, OmniGen (its mask per
-    query), and SD3 and Flux with IP-Adapters (SD3's image prompt a stream of keys only).
+    query), Helios (its history), and SD3 and Flux with IP-Adapters (SD3's image prompt a stream of keys only).
     At the untuned default tiles: tuning each of their dozens of small signatures would take minutes."""
     monkeypatch.setenv("PYDIFF_ATTENTION_AUTOTUNE", "0")
     gen = torch.Generator().manual_seed(6)
@@ -2650,6 +2692,8 @@ def test_gpu_models_against_float64(cuda_device, dtype, monkeypatch):
         models += [(tiny_flux3(), _flux3_inputs(31)), (tiny_bria_fibo2(), _bria_fibo2_inputs(32))]
     if attention_processors.Kandinsky6AttnProcessor is not None:  # (diffusers 0.42+)
         models.append((tiny_kandinsky6(), _kandinsky6_inputs(48)))
+    if attention_processors.HeliosAttnProcessor is not None:  # (diffusers 0.39+)
+        models.append((tiny_helios(), _helios_inputs(51)))
     for model, inputs in models:
         def run(m, precision):
             args = _moved(inputs, cuda_device, precision)

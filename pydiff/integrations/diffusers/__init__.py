@@ -34,6 +34,7 @@ _EXPORTS = {
     "PydiffFlux2KVParallelSelfAttnProcessor": "attention_processors",
     "PydiffFlux3AttnProcessor": "attention_processors",
     "PydiffGlmImageAttnProcessor": "attention_processors",
+    "PydiffHeliosAttnProcessor": "attention_processors",
     "PydiffHiDreamAttnProcessor": "attention_processors",
     "PydiffHunyuanDiTAttnProcessor": "attention_processors",
     "PydiffHunyuanVideoAttnProcessor": "attention_processors",

@@ -64,6 +64,8 @@
   its rotation-matrix RoPE read in place as the prologue's tables (identity pairs where it turns half the head dim).
 * ``PydiffOmniGenAttnProcessor`` replaces OmniGen's ``OmniGenAttnProcessor2_0``: its half-split RoPE in the
   prologue, its (B, 1, N, N) additive mask (causal condition, bidirectional images) the kernel's mask per query.
+* ``PydiffHeliosAttnProcessor`` (0.39+) replaces Helios's ``HeliosAttnProcessor``: its RoPE (a (B, N, 2D) table)
+  in the prologue, the history keys' amplification before it, its cross-attention to the text.
 * ``PydiffQwenImageAttnProcessor`` replaces Qwen-Image's ``QwenDoubleStreamAttnProcessor2_0`` (diffusers 0.39+):
   the same joint call, its complex RoPE as cos/sin tables, and the text padding as the kernel's key mask.
 * ``PydiffQwenImage21AttnProcessor`` and ``PydiffQwenImage21FlexAttnProcessor`` (0.42+) replace Qwen-Image 2.1's
@@ -219,6 +221,7 @@ JoyImageEditPlusAttnProcessor = _stock_class("transformer_joyimage_edit_plus",  
                                              "JoyImageEditPlusAttnProcessor")
 QwenImage21AttnProcessor = _stock_class("transformer_qwenimage21", "QwenImage21AttnProcessor")  # (0.42+)
 QwenImage21FlexAttnProcessor = _stock_class("transformer_qwenimage21", "QwenImage21FlexAttnProcessor")  # (0.42+)
+HeliosAttnProcessor = _stock_class("transformer_helios", "HeliosAttnProcessor")  # (0.39+)
 MotifVideoAttnProcessor2_0 = _stock_class("transformer_motif_video", "MotifVideoAttnProcessor2_0")  # (0.39+)
 MotifVideoCrossAttnProcessor2_0 = _stock_class("transformer_motif_video", "MotifVideoCrossAttnProcessor2_0")
 SanaWMCrossAttnProcessor = _stock_class("transformer_sana_wm", "SanaWMCrossAttnProcessor")  # (0.42+)
@@ -1521,6 +1524,40 @@ class PydiffOmniGenAttnProcessor(_RankLocal):
         return attn.to_out[0](out.flatten(2))
 
 
+class PydiffHeliosAttnProcessor(_RankLocal):
+    """Drop-in for Helios's ``HeliosAttnProcessor`` (diffusers 0.39+): self-attention over [history; current] video
+    tokens with its RoPE in the prologue (its (B, N, 2D) table: the cos of the even and the sin of the odd channels,
+    read in place as tables of one angle per pair), the history keys amplified by their per-head scale first (RoPE
+    is linear: scaling before it is scaling after), and cross-attention to the text; its QK RMSNorms span every head,
+    so they run as modules first, as in Wan's."""
+
+    def __init__(self):
+        self.stock = _stock(HeliosAttnProcessor, "Helios", "0.39")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, rotary_emb: Optional[torch.Tensor] = None,
+                 original_context_length: Optional[int] = None) -> torch.Tensor:
+        head_dim = attn.inner_dim // attn.heads
+        if head_dim > MAX_HEAD_DIM or getattr(attn, "fused_projections", False) or \
+                (attention_mask is not None and not _kernel_reads(attention_mask)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb,
+                              original_context_length)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+        k = attn.norm_k(attn.to_k(context)).unflatten(2, (attn.heads, -1))
+        v = attn.to_v(context).unflatten(2, (attn.heads, -1))
+        history = hidden_states.shape[1] - (original_context_length or 0)
+        if not attn.is_cross_attention and attn.is_amplify_history and original_context_length and history > 0:
+            scale = 1.0 + torch.sigmoid(attn.history_key_scale) * (attn.max_scale - 1.0)
+            scale = scale.view(1, 1, -1, 1) if attn.history_scale_mode == "per_head" else scale
+            k = torch.cat([k[:, :history] * scale, k[:, history:]], dim=1)
+        rope = None
+        if rotary_emb is not None:
+            rope = (rotary_emb[:, :, None, 0:head_dim:2], rotary_emb[:, :, None, head_dim + 1::2])
+        out = attention(q, k, v, layout="bnhd", rope=rope, attn_mask=attention_mask)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2).type_as(q)))
+
+
 class PydiffHiDreamAttnProcessor(_RankLocal):
     """Drop-in for HiDream-I1's ``HiDreamAttnProcessor``: [image; text] as a joint call (dual-stream blocks) or over
     the joined tokens (single-stream blocks), the RoPE in the kernel's prologue (``_rotation_pairs``: its
@@ -1734,7 +1771,9 @@ class PydiffQwenImage21AttnProcessor(_RankLocal):
     as one block-sparse call (``_prefill``): its mask per query and key from the segments and the padding, the
     128 x 128 blocks it masks whole never read."""
 
-    stock_type = QwenImage21AttnProcessor
+    @property
+    def stock_type(self):
+        return QwenImage21AttnProcessor
 
     def __init__(self):
         self.stock = _stock(self.stock_type, "Qwen-Image 2.1", "0.42")
@@ -1779,7 +1818,9 @@ class PydiffQwenImage21FlexAttnProcessor(PydiffQwenImage21AttnProcessor, QwenIma
     blocks) taken by the kernel as compiled flex attention reads it, eagerly, with no torch.compile and no padding
     to its blocks; the cached steps as ``PydiffQwenImage21AttnProcessor``'s."""
 
-    stock_type = QwenImage21FlexAttnProcessor
+    @property
+    def stock_type(self):
+        return QwenImage21FlexAttnProcessor
 
     def __call__(self, attn, hidden_states: torch.Tensor, attention_mask=None, rotary_emb=None, layer_cache=None,
                  kv_cache_mode: Optional[str] = None, cache_write_slice=None, segments=None, key_valid=None):
@@ -2135,6 +2176,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (MochiAttnProcessor2_0, PydiffMochiAttnProcessor, None),
     (HiDreamAttnProcessor, PydiffHiDreamAttnProcessor, None),
     (OmniGenAttnProcessor2_0, PydiffOmniGenAttnProcessor, None),
+    (HeliosAttnProcessor, PydiffHeliosAttnProcessor, None),
     (HunyuanVideo15AttnProcessor2_0, PydiffHunyuanVideo15AttnProcessor, None),
     (WanAttnProcessor, PydiffWanAttnProcessor, None),
     (WanAnimate2CrossAttnProcessor, PydiffWanAnimate2CrossAttnProcessor, None),
@@ -2185,11 +2227,11 @@ def set_attention_backend(model_or_pipe) -> int:
     """Swap every stock processor pydiff has a counterpart for, in a diffusers model or pipeline, for ours
     (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's, HunyuanVideo 1.5's, Kandinsky 5's and
     PRX's from diffusers 0.36, LTX-2's, Cosmos 2.5's and GLM-Image's from 0.37, Qwen-Image's, Krea 2's, Ideogram 4's,
-    FLUX.2 Klein KV's, Nucleus-Image's, ERNIE-Image's, JoyImage-Edit's and Motif-Video's from 0.39, FLUX.3's, Bria FIBO
-    2's, Qwen-Image 2.1's, SANA-WM's, Kandinsky 6's (and 6 SR's), JoyImage-Edit-Plus's and Wan-Animate 2's from
-    0.42). Other processors (added-KV, ...) stay, and so do modules whose head dim is over the kernel's 256 (a Stable
-    Diffusion VAE's 512-channel mid-block attention), SD3.5's fused joint processor (which skips the QK norms) and
-    processors under diffusers' context parallelism.
+    FLUX.2 Klein KV's, Nucleus-Image's, ERNIE-Image's, JoyImage-Edit's, Motif-Video's and Helios's from 0.39, FLUX.3's,
+    Bria FIBO 2's, Qwen-Image 2.1's (both), SANA-WM's, Kandinsky 6's (and 6 SR's), JoyImage-Edit-Plus's and
+    Wan-Animate 2's from 0.42). Other processors (added-KV, ...) stay, and so do modules whose head dim is over the
+    kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention), SD3.5's fused joint processor (which
+    skips the QK norms) and processors under diffusers' context parallelism.
     ``fuse_qkv_projections()`` sets diffusers' fused processors over ours and ``load_ip_adapter`` its IP-Adapter
     processors: call this after them. A PAG pipeline's perturbed-attention processors (``_pag_attn_processors``,
     which it sets on its layers for each call) become ours too (not counted: they are on no module yet).
@@ -2224,16 +2266,16 @@ __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo
            "PydiffCosmosAttnProcessor", "PydiffEasyAnimateAttnProcessor", "PydiffErnieImageAttnProcessor",
            "PydiffFlux2AttnProcessor", "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
            "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor",
-           "PydiffFluxIPAdapterAttnProcessor", "PydiffGlmImageAttnProcessor", "PydiffHiDreamAttnProcessor",
-           "PydiffHunyuanDiTAttnProcessor", "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor",
-           "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor",
-           "PydiffJoyImageAttnProcessor", "PydiffJoyImageEditPlusAttnProcessor", "PydiffKandinsky5AttnProcessor",
-           "PydiffKandinsky6AttnProcessor", "PydiffKandinsky6SRAttnProcessor", "PydiffKrea2AttnProcessor",
-           "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor",
-           "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor",
-           "PydiffMotifVideoCrossAttnProcessor", "PydiffNucleusMoEAttnProcessor", "PydiffOmniGenAttnProcessor",
-           "PydiffPAGCFGIdentitySelfAttnProcessor", "PydiffPAGIdentitySelfAttnProcessor", "PydiffPRXAttnProcessor",
-           "PydiffQwenImage21AttnProcessor", "PydiffQwenImage21FlexAttnProcessor", "PydiffQwenImageAttnProcessor",
-           "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor",
-           "PydiffWanAnimate2CrossAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor",
-           "set_attention_backend"]
+           "PydiffFluxIPAdapterAttnProcessor", "PydiffGlmImageAttnProcessor", "PydiffHeliosAttnProcessor",
+           "PydiffHiDreamAttnProcessor", "PydiffHunyuanDiTAttnProcessor", "PydiffHunyuanVideo15AttnProcessor",
+           "PydiffHunyuanVideoAttnProcessor", "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor",
+           "PydiffJointAttnProcessor", "PydiffJoyImageAttnProcessor", "PydiffJoyImageEditPlusAttnProcessor",
+           "PydiffKandinsky5AttnProcessor", "PydiffKandinsky6AttnProcessor", "PydiffKandinsky6SRAttnProcessor",
+           "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor",
+           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor",
+           "PydiffMotifVideoAttnProcessor", "PydiffMotifVideoCrossAttnProcessor", "PydiffNucleusMoEAttnProcessor",
+           "PydiffOmniGenAttnProcessor", "PydiffPAGCFGIdentitySelfAttnProcessor", "PydiffPAGIdentitySelfAttnProcessor",
+           "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor", "PydiffQwenImage21FlexAttnProcessor",
+           "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor",
+           "PydiffSanaWMCrossAttnProcessor", "PydiffWanAnimate2CrossAttnProcessor", "PydiffWanAttnProcessor",
+           "PydiffZImageAttnProcessor", "set_attention_backend"]
