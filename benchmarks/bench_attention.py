@@ -830,11 +830,11 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
                      lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=keep),
                      "sdpa with the blocks as a boolean mask", flops, device, quick, ceiling)
     if gpu:
-        from torch.nn.attention.flex_attention import BlockMask, flex_attention
+        from torch.nn.attention.flex_attention import flex_attention
 
-        counts = blocks.sum(-1, dtype=torch.int32)
-        lists = torch.sort((~blocks).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
-        flex_mask = BlockMask.from_kv_blocks(torch.zeros_like(counts), lists, counts, lists, BLOCK_SIZE=64)
+        from pydiff.reference.attention import flex_block_mask
+
+        flex_mask = flex_block_mask(blocks, 64)
         flex = torch.compile(flex_attention)
         rows += _variant("block-sparse attention (NABLA, 64 x 64 blocks)", f"B{b} H{h} N{n} D{d}, "
                          f"{blocks.float().mean().item():.0%} of blocks",

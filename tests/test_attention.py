@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import pydiff
 from pydiff.ops import native
-from pydiff.reference.attention import attention_reference
+from pydiff.reference.attention import attention_reference, flex_block_mask
 
 attention_module = __import__("pydiff.attention", fromlist=["attention"])
 
@@ -970,7 +970,7 @@ def test_block_mask_forms_agree(backend):
             got = pydiff.attention(q, k, v, block_mask=blocks, block_size=64)
             assert rel_err(got, expect) <= 1e-6
             whole = blocks.reshape((1,) * (4 - blocks.dim()) + blocks.shape)
-            assert rel_err(pydiff.attention(q, k, v, block_mask=_flex_block_mask(whole, 64)), expect) <= 1e-6
+            assert rel_err(pydiff.attention(q, k, v, block_mask=flex_block_mask(whole, 64)), expect) <= 1e-6
         assert pydiff.attention(q, k, v, block_mask=dense, block_size=64)[1, 0, 128:].abs().max() == 0
 
 
@@ -1187,24 +1187,13 @@ BAD = [
     ("block_mask cannot be combined", lambda q, k, v: (q, k, v, {
         "block_mask": torch.ones(1, 1, dtype=torch.bool), "negative": (k, v)}), ValueError),
     ("attn_mask cannot be combined with a BlockMask that has a mask_mod", lambda q, k, v: (q, k, v, {
-        "block_mask": _flex_block_mask(torch.ones(1, 1, 1, 1, dtype=torch.bool), 64,
+        "block_mask": flex_block_mask(torch.ones(1, 1, 1, 1, dtype=torch.bool), 64,
                                        mask_mod=lambda b, h, i, j: i >= j),
         "attn_mask": torch.ones(7, dtype=torch.bool)}), ValueError),
     ("block_size .* differs from the BlockMask's BLOCK_SIZE", lambda q, k, v: (q, k, v, {
-        "block_mask": _flex_block_mask(torch.ones(1, 1, 1, 1, dtype=torch.bool), 64), "block_size": 128}),
+        "block_mask": flex_block_mask(torch.ones(1, 1, 1, 1, dtype=torch.bool), 64), "block_size": 128}),
      ValueError),
 ]
-
-
-def _flex_block_mask(dense: torch.Tensor, block_size, mask_mod=None):
-    """A flex attention BlockMask of whole blocks where ``dense`` (B, H, query blocks, key blocks) is True (as
-    Kandinsky 6 SR's NABLA builds one), with ``mask_mod`` inside them if given."""
-    from torch.nn.attention.flex_attention import BlockMask
-
-    counts = dense.sum(-1, dtype=torch.int32)
-    lists = torch.sort((~dense).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
-    return BlockMask.from_kv_blocks(torch.zeros_like(counts), lists, counts, lists, BLOCK_SIZE=block_size,
-                                    mask_mod=mask_mod)
 
 
 @pytest.mark.parametrize("needle,make,error", BAD, ids=[f"{i}-{b[0]}" for i, b in enumerate(BAD)])
@@ -2785,7 +2774,7 @@ def test_gpu_block_sparse_matches_flex_attention(cuda_device, dtype, monkeypatch
     q, k, v, kw = _on_device(case, cuda_device)
     blocks = kw.pop("block_mask")
     kw.pop("block_size")
-    whole = _flex_block_mask(blocks, 64)
+    whole = flex_block_mask(blocks, 64)
     ours = pydiff.attention(q, k, v, block_mask=whole, **kw)
     theirs = torch.compile(flex_attention)(q, k, v, block_mask=whole)
     ref64, lowp = references(q.cpu(), k.cpu(), v.cpu(), {**_to_device(kw, "cpu"), "block_mask": blocks.cpu(),

@@ -106,6 +106,17 @@ def _block_keep(mask: torch.Tensor, block_size, n_q: int, n_k: int) -> torch.Ten
     return mask.repeat_interleave(block_q, 2)[:, :, :n_q].repeat_interleave(block_k, 3)[..., :n_k]
 
 
+def flex_block_mask(blocks: torch.Tensor, block_size, mask_mod=None):
+    """A flex attention ``BlockMask`` of whole blocks where ``blocks`` (B, H, query blocks, key blocks) is True, as
+    Kandinsky's NABLA builds one (its full blocks; ``mask_mod``, if given, is kept for its partial ones: none)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    counts = blocks.sum(-1, dtype=torch.int32)
+    lists = torch.sort((~blocks).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
+    return BlockMask.from_kv_blocks(torch.zeros_like(counts), lists, counts, lists, BLOCK_SIZE=block_size,
+                                    mask_mod=mask_mod)
+
+
 def _masked_sdpa(q, k, v, scale, keep, attn_mask=None):
     """SDPA under a boolean mask ``keep`` (B, 1, N_q or 1, N_k) and the key mask ``attn_mask`` (bool, or float
     added to the scores in q's dtype), either of them None; a row that may see no key is defined as zeros (as in
