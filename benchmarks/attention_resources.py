@@ -73,6 +73,10 @@ CASES = [
     ("block-sparse, 64-row blocks", 64, (64, 64, 4, 3), {"SPARSE": True, "BLOCK_Q": 64}),
     ("block-sparse, 64-row blocks", 128, (128, 64, 8, 3), {"SPARSE": True, "BLOCK_Q": 64}),
     ("block-sparse, 128-row blocks", 128, (128, 64, 8, 3), {"SPARSE": True, "BLOCK_Q": 128}),
+    ("block-sparse, partial-block tiles", 128, (64, 64, 4, 3),
+     {"SPARSE": True, "BLOCK_Q": 64, "HAS_BIAS": 3, "BIAS": "*i1", "stride_mn": 1}),
+    ("block-sparse, partial-block tiles", 128, (128, 64, 8, 3),
+     {"SPARSE": True, "BLOCK_Q": 64, "HAS_BIAS": 3, "BIAS": "*i1", "stride_mn": 1}),
 ]
 
 
@@ -159,8 +163,11 @@ def compile_specialised(fn, head_dim: int, const: dict, warps: int, stages: int,
     sizes: head-dim strides of 1, 16-divisible pointers, batch and head strides, and token strides (= D) only when D
     is 16-divisible. Without these the loads stay scalar and the key loop is not pipelined."""
     const = {name: value for name, value in const.items() if name in fn.arg_names}
+    # (a pointer's type given among them, e.g. "BIAS": "*i1" for a boolean mask)
+    types = {name: const.pop(name) for name in list(const) if isinstance(const[name], str) and const[name][0] == "*"}
     const.update({name: 1 for name in fn.arg_names if name.startswith("stride_") and name.endswith("d")})
-    signature = {name: "constexpr" if name in const else "*bf16" if name in POINTERS else
+    signature = {name: types[name] if name in types else "constexpr" if name in const else
+                 "*bf16" if name in POINTERS else
                  "*i32" if name in INT_POINTERS else "*fp32" if name in FLOAT_POINTERS else
                  "fp32" if name in FLOATS else "i32" for name in fn.arg_names}
     aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)

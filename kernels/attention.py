@@ -57,6 +57,10 @@ from . import plans
 LOG2E = 1.4426950408889634
 #: the kernel's HAS_BIAS for a mask with a row of values per query (1, True: a key mask, one row every query shares)
 ROW_MASK = tl.constexpr(2)
+#: HAS_BIAS for block-sparse attention's partial blocks (with SPARSE): BIAS holds boolean tiles of BLOCK_Q x
+#: BLOCK_K elements (tile 0 all True: a whole block), and each listed key block names the tile of each half of
+#: the query tile (``_attend_listed``)
+TILE_MASK = tl.constexpr(3)
 #: ``HAS_ROPE`` of the QK prologue for RoPE tables of D/2 columns, one angle per pair of channels (read in place:
 #: a complex table's real and imaginary parts, LTX-2's split tables); 1: tables of D columns
 HALF_TABLES = tl.constexpr(2)
@@ -277,31 +281,63 @@ def _attend_listed(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, LIST, count, BLOCK_K,
                    BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr,
                    EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr,
                    ROWSUM_MMA: tl.constexpr, BLOCK_Q: tl.constexpr, MB=None, stride_mn=0, mask_shift=0.0,
-                   HAS_BIAS: tl.constexpr = False):
+                   HAS_BIAS: tl.constexpr = False, stride_mt=0, whole=0):
     """Block-sparse attention: the ``count`` key blocks of BLOCK_K keys listed at LIST (ascending), each as
     BLOCK_K / BLOCK_N key blocks of the loop (the launcher chose BLOCK_N to divide BLOCK_K), in one loop over the
     listed blocks' key blocks, so that the pipeliner prefetches across them; the blocks not listed are never read.
     Each entry is 4 x the block's number + which of the tile's two halves of BLOCK_Q rows attend to it (bit 0 the
     first, bit 1 the second; both where BLOCK_M <= BLOCK_Q): where the tile spans two rows of the block mask
     (BLOCK_M = 2 BLOCK_Q), the union of their blocks is listed and a half that does not attend to one has its
-    scores there masked (``_block_scores``' row_keep). Keys end at n_end (every listed block starts before it): with
-    MASK_N every block takes the column mask. The key/value sources are made once, over keys [0, n_end)."""
+    scores there masked (``_block_scores``' row_keep). HAS_BIAS == TILE_MASK (a block mask's partial blocks): each
+    entry is three int32, the entry and the tiles of the two halves' elements in that block (MB: each query row's
+    row of a tile, the tiles stride_mt apart); the first ``whole`` entries have no partial half (tile 0 in both),
+    and run in a loop of their own that reads no tile. Keys end at n_end (every listed block starts before it):
+    with MASK_N every block takes the column mask. The key/value sources are made once, over keys [0, n_end)."""
     k_a = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
     v_a = _kv_source(V, n_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DA, USE_TMA)
     k_b = _kv_source(K, n_end, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D)
     v_b = _kv_source(V, n_end, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_DB, USE_TMA and SPLIT_D)
+    if HAS_BIAS == TILE_MASK:
+        acc_a, acc_b, m_i, l_i = _attend_list_range(
+            acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, LIST, 0, whole, BLOCK_K, n_end, stride_kn,
+            stride_kd, stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D,
+            MASK_D, MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, BLOCK_Q, 3)
+    else:
+        whole = 0
+    acc_a, acc_b, m_i, l_i = _attend_list_range(
+        acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, LIST, whole, count, BLOCK_K, n_end, stride_kn,
+        stride_kd, stride_vn, stride_vd, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D,
+        MASK_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, BLOCK_Q, 3 if HAS_BIAS == TILE_MASK else 1,
+        MB=MB, stride_mn=stride_mn, mask_shift=mask_shift, HAS_BIAS=HAS_BIAS, stride_mt=stride_mt)
+    return acc_a, acc_b, m_i, l_i
+
+
+@triton.jit
+def _attend_list_range(acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, LIST, first, last, BLOCK_K, n_end,
+                       stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
+                       BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr,
+                       EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr, USE_TMA: tl.constexpr,
+                       ROWSUM_MMA: tl.constexpr, BLOCK_Q: tl.constexpr, STEP: tl.constexpr, MB=None, stride_mn=0,
+                       mask_shift=0.0, HAS_BIAS: tl.constexpr = False, stride_mt=0):
+    """Entries [first, last) of ``_attend_listed``'s list (STEP int32 each), in one loop over their key blocks."""
     PAIRED: tl.constexpr = BLOCK_M > BLOCK_Q
     per_block = BLOCK_K // BLOCK_N
     first_half = tl.arange(0, BLOCK_M) < BLOCK_Q
-    for i in range(0, count * per_block):
+    for i in range(first * per_block, last * per_block):
         listed = i // per_block
-        entry = tl.load(LIST + listed)
+        entry = tl.load(LIST + listed * STEP)
         start_n = (entry >> 2) * BLOCK_K + (i - listed * per_block) * BLOCK_N
         row_keep = tl.where(first_half, entry & 1, entry & 2) != 0
+        mb = MB
+        if HAS_BIAS == TILE_MASK:
+            # (the tile's columns start at the block's first key: MB + start_n + rows lands on them)
+            tile = tl.where(first_half, tl.load(LIST + listed * 3 + 1), tl.load(LIST + listed * 3 + 2))
+            mb = MB + tile.to(tl.int64) * stride_mt - ((entry >> 2) * BLOCK_K).to(tl.int64) * stride_mn
         acc_a, acc_b, m_i, l_i = _attend_block(
-            acc_a, acc_b, m_i, l_i, q_a, q_b, k_a, v_a, k_b, v_b, start_n, n_end, stride_kn, stride_kd, stride_vn,
+            acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, KB, VB, start_n, n_end, stride_kn, stride_kd, stride_vn,
             stride_vd, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, MASK_N, EMULATE_BF16,
-            SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, MB=MB, stride_mn=stride_mn, mask_shift=mask_shift,
+            SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, MB=mb, stride_mn=stride_mn, mask_shift=mask_shift,
             HAS_BIAS=HAS_BIAS, row_keep=row_keep, GATED=PAIRED)
     return acc_a, acc_b, m_i, l_i
 
@@ -420,9 +456,9 @@ def _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scal
                   HAS_BIAS: tl.constexpr = False, row_keep=None, GATED: tl.constexpr = False):
     """The scores q k^T of the key block at start_n (times the scale unless SCALE_POSITIVE, where the softmax folds
     it in), -inf past n_end with MASK_N. HAS_BIAS: plus the mask (MB: its row for this batch row and head, indexed
-    by key position, stride_mn apart; with ROW_MASK one such row per query row, BLOCK_M pointers): a float mask's
-    values less ``mask_shift`` (``_mask_top``: a scalar, or a column of one per query row) in float32, in the
-    scores' units; a boolean mask's -inf where False. GATED: -inf in the rows where ``row_keep`` is False."""
+    by key position, stride_mn apart; with ROW_MASK or TILE_MASK one such row per query row, BLOCK_M pointers): a
+    float mask's values less ``mask_shift`` (``_mask_top``: a scalar, or a column of one per query row) in float32,
+    in the scores' units; a boolean mask's -inf where False. GATED: -inf in the rows where ``row_keep`` is False."""
     offs_n = tl.arange(0, BLOCK_N)
     d_a = tl.arange(0, BLOCK_DA)
     d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
@@ -450,7 +486,7 @@ def _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scal
     if HAS_BIAS:
         # (rows: a partial block's missing keys read the last key's value, then take -inf below)
         cols = (start_n + rows).to(tl.int64) * stride_mn
-        if HAS_BIAS == ROW_MASK:
+        if HAS_BIAS >= ROW_MASK:
             bias = tl.load(MB[:, None] + cols[None, :])
         else:
             bias = tl.load(MB + cols)[None, :]
@@ -562,13 +598,14 @@ def _query_block(
     JOINT_KEYS: tl.constexpr, NEG: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
     USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr, OVERLAP: tl.constexpr, WARP_SPEC: tl.constexpr = False,
     MB=None, MB2=None, stride_mn=0, HAS_BIAS: tl.constexpr = False, LIST=None, count=0, BLOCK_K=0,
-    SPARSE: tl.constexpr = False, BLOCK_Q: tl.constexpr = 0,
+    SPARSE: tl.constexpr = False, BLOCK_Q: tl.constexpr = 0, stride_mt=0, whole=0,
 ):
     """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream: K/V's,
     then (JOINT_KEYS) K2/V2's, and (NEG) the negative stream's into an output of their own. HAS_BIAS: the mask
     (``_block_scores``) of K's keys at MB, of K2's at MB2 (with ROW_MASK, BLOCK_M pointers each: the rows of this
     block's queries); the negative stream has none. SPARSE: K's keys are only the ``count`` blocks of BLOCK_K
-    listed at LIST (``_attend_listed``)."""
+    listed at LIST (``_attend_listed``; with TILE_MASK, MB are the query rows' rows of a tile, tiles stride_mt
+    apart, and the first ``whole`` listed blocks have none)."""
     q_a, q_b = _load_rows(Q, row_start, row_end, stride_qn, stride_qd, HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB,
                           SPLIT_D, WARP_SPEC)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -586,7 +623,7 @@ def _query_block(
             acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, LIST, count, BLOCK_K, k_end, stride_kn, stride_kd, stride_vn,
             stride_vd, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N,
             EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, BLOCK_Q, MB=MB, stride_mn=stride_mn,
-            mask_shift=mask_shift, HAS_BIAS=HAS_BIAS)
+            mask_shift=mask_shift, HAS_BIAS=HAS_BIAS, stride_mt=stride_mt, whole=whole)
     else:
         acc_a, acc_b, m_i, l_i = _attend_keys(
             acc_a, acc_b, m_i, l_i, q_a, q_b, K, V,
@@ -772,7 +809,10 @@ def _attn_fwd_kernel(
     BLOCK_LISTS[b, h, r] (ascending, each starting before the batch row's last key; strides stride_c*, stride_l*, 0
     where broadcast; rows from cdiv(Nq, BLOCK_Q) on list the blocks of pairs of query blocks, for tiles of
     2 BLOCK_Q rows; entries as ``_attend_listed`` reads them): the launcher's lists of a boolean block mask
-    (``_block_lists``). The other key blocks are never read.
+    (``_block_lists``). The other key blocks are never read. With HAS_BIAS == TILE_MASK, BIAS holds the elements
+    of the partial blocks: tiles of BLOCK_Q x BLOCK_K booleans, stride_mb apart (rows stride_mm, keys stride_mn),
+    tile 0 all True, each list entry names the tile of each half of the query tile, the whole blocks (tile 0 in
+    both halves) listed first, and BLOCK_COUNTS holds two counts per row: the whole blocks, and all.
     """
     # Inductor's copy of this kernel types Python float arguments as fp64: without the casts the online-softmax
     # state would turn fp64 inside the key loop, which Triton rejects (loop-carried type change).
@@ -854,7 +894,11 @@ def _attn_fwd_kernel(
         sqd = stride_qd
         son = stride_on
         sod = stride_od
-    MB = BIAS + b64 * stride_mb + h64 * stride_mh
+    if HAS_BIAS == TILE_MASK:
+        # each query row's row of the tiles (tile 0's here; stride_mb: from one tile to the next)
+        MB = BIAS + ((row_start + tl.arange(0, BLOCK_M)) % BLOCK_Q).to(tl.int64) * stride_mm
+    else:
+        MB = BIAS + b64 * stride_mb + h64 * stride_mh
     if HAS_BIAS == ROW_MASK:
         # the mask rows of this block's queries (rows past the end read the last one's, and are not stored)
         q_rows = tl.minimum(row_start + tl.arange(0, BLOCK_M), row_end - 1)
@@ -863,6 +907,7 @@ def _attn_fwd_kernel(
         MB = MB + q_rows.to(tl.int64) * stride_mm
     LIST = BLOCK_LISTS
     count = 0
+    whole = 0
     if SPARSE:
         # this query block's row of the lists: of its block mask row (BLOCK_M divides BLOCK_Q), or of the pair of
         # rows it spans (BLOCK_M = 2 BLOCK_Q), listed after the single rows
@@ -870,7 +915,12 @@ def _attn_fwd_kernel(
             r = (tl.cdiv(Nq, BLOCK_Q) + row_start // BLOCK_M).to(tl.int64)
         else:
             r = (row_start // BLOCK_Q).to(tl.int64)
-        count = tl.load(BLOCK_COUNTS + b64 * stride_cb + h64 * stride_ch + r * stride_cm)
+        counts = BLOCK_COUNTS + b64 * stride_cb + h64 * stride_ch + r * stride_cm
+        if HAS_BIAS == TILE_MASK:  # (how many of them are whole, then how many in all)
+            whole = tl.load(counts)
+            count = tl.load(counts + 1)
+        else:
+            count = tl.load(counts)
         LIST = BLOCK_LISTS + b64 * stride_lb + h64 * stride_lh + r * stride_lm
     if row_start < row_end:
         _query_block(
@@ -882,7 +932,7 @@ def _attn_fwd_kernel(
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT and not JOINED_KV, NEG,
             EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, OVERLAP, WARP_SPEC,
             MB=MB, MB2=MB + Nk * stride_mn, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS, LIST=LIST, count=count,
-            BLOCK_K=BLOCK_K, SPARSE=SPARSE, BLOCK_Q=BLOCK_Q)
+            BLOCK_K=BLOCK_K, SPARSE=SPARSE, BLOCK_Q=BLOCK_Q, stride_mt=stride_mb, whole=whole)
 
 
 @triton.jit
@@ -1516,7 +1566,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                       block_m=None, block_n=None, num_warps=4, num_stages=2, use_tma=False, prologue_kernel=None,
                       tuned=None, rowsum_mma=False, stream_k=None, overlap=False, prologue_heads=1,
                       warp_spec=False, join_keys=None, attn_mask=None, key_rope=None, block_mask=None,
-                      block_size=(0, 0)):
+                      block_size=(0, 0), block_tiles=None):
     """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
     ``torch.library.wrap_triton``). All arguments were checked by the caller.
 
@@ -1563,6 +1613,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     the kernel reads only the listed key blocks (``_block_lists``). block_m must divide block_q and block_n
     block_k (the autotuner keeps such tiles). One query and one key stream: not with ``joint``, ``negative``,
     ``cu_seqlens_q``, ``stream_k``, ``overlap`` or ``warp_spec``.
+    block_tiles = (tile_ids, tiles): the elements of the block mask's partial blocks (the kernel's TILE_MASK; not
+    with attn_mask): tiles (T, block_q, block_k) bool, tile 0 all True, and tile_ids, int32 broadcastable like
+    block_mask, the tile of each block (0: the whole block).
     """
     import torch
 
@@ -1606,6 +1659,14 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     # (a mask per query: Triton 3.6 fails to warp-specialise its key loop, "PassManager::run failed")
     mask_strides = _mask_strides(attn_mask)
     row_mask = mask_strides[2] != 0
+    tile_ids = None
+    if block_tiles is not None:
+        if block_mask is None or attn_mask is not None:
+            raise ValueError("block_tiles: with block_mask, and not with attn_mask (the kernel reads the tiles in its "
+                             "place)")
+        tile_ids, attn_mask = block_tiles
+        tile_ids = tile_ids.clamp(0, attn_mask.shape[0] - 1)  # (ids out of range would read past the tiles)
+        mask_strides = [attn_mask.stride(0), 0, attn_mask.stride(1), attn_mask.stride(2)]
     if join_keys is None:
         # one key loop where warp specialisation is asked for, or may be for the autotuner (decided after the queries'
         # prologue: from the queries as the kernel reads them), and where a key prologue writes the keys anyway
@@ -1693,7 +1754,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     block_q, block_k, lists = 0, 0, (None, None)
     if block_mask is not None:
         block_q, block_k = block_size
-        lists = _block_lists(block_mask, block_q, block_k, kv_lens)
+        lists = _block_lists(block_mask, block_q, block_k, kv_lens, tile_ids)
     tensors = _leading_tensors(q, k, v, out, joint, negative, *optional, *lists)
     q2, k2, v2, out2, k_neg, v_neg = tensors[4:10]
     plan_key = None
@@ -1752,7 +1813,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         HEAD_DIM=head_dim, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d, MASK_D=mask_d,
         JOINT=joint is not None, JOINED_KV=bool(join_keys), NEG=negative is not None, VARLEN=varlen,
         HAS_KV_LENS=kv_lens is not None, HAS_NEG_KV_LENS=negative_kv_lens is not None,
-        HAS_BIAS=0 if attn_mask is None else ROW_MASK.value if row_mask else 1, SCALE_POSITIVE=scale > 0,
+        HAS_BIAS=0 if attn_mask is None else TILE_MASK.value if tile_ids is not None else ROW_MASK.value if row_mask
+        else 1, SCALE_POSITIVE=scale > 0,
         SPARSE=block_mask is not None, BLOCK_Q=block_q,
         # Triton's interpreter (CPU tensors) multiplies bf16 operands as raw 16-bit integers in tl.dot and
         # truncates bf16 casts: there, bf16 values go through the dots as (exact) fp32, as a tensor core forms
@@ -1934,30 +1996,55 @@ def _leading_tensors(q, k, v, out, joint, negative, kv_lens, negative_kv_lens, c
         kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k, attn_mask, block_counts, block_lists)))
 
 
-def _block_lists(mask, block_q: int, block_k: int, kv_lens):
+def _block_lists(mask, block_q: int, block_k: int, kv_lens, tile_ids=None):
     """(counts, lists) of a block mask (bool, broadcastable to (B, H, query blocks, key blocks)) as the kernel's
     SPARSE reads them: for each query block, how many key blocks it attends to and those blocks, ascending (the rest
     of the row after them), as int32 (1, H), (B, 1) or (B, H) x rows [x key blocks]. Each entry is 4 x the block's
     number + 3. Where tiles of 2 x block_q rows fit the kernel (block_q 64: 128-row tiles over NABLA's blocks),
     rows for each pair of query blocks follow, listing the union of the pair's blocks, their entries' bits 0 and 1
     saying whether the first and the second query block attend to it. With key padding, blocks starting at or past
-    a batch row's last key are left out (then the lists are per batch row). Tensor ops only: no host reads, so CUDA
-    graphs capture them."""
+    a batch row's last key are left out (then the lists are per batch row). tile_ids (int32, broadcastable like
+    the mask: each block's tile of elements, ``TILE_MASK``): each entry becomes three, the entry and the tiles of
+    the first and the second query block in it (0, a whole block, where one does not attend); the entries with
+    tile 0 in both come first (each part ascending), and counts holds two per row, those and all. Tensor ops only:
+    no host reads, so CUDA graphs capture them."""
     import torch
 
-    mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    def grid(x):
+        return x.reshape((1,) * (4 - x.dim()) + tuple(x.shape))
+
+    mask = grid(mask)
     if kv_lens is not None:
         starts = torch.arange(mask.shape[-1], device=mask.device) * block_k
         mask = mask & (starts < kv_lens.reshape(-1, 1, 1, 1))
+    halves = []  # (the tiles of each half of a tile, per row of the lists)
+    if tile_ids is not None:
+        mask, tile_ids = torch.broadcast_tensors(mask, grid(tile_ids))
+        tile_ids = torch.where(mask, tile_ids, 0)
+        halves = [[tile_ids], [tile_ids]]
     bits = [mask.to(torch.int8) * 3]  # (which halves of a tile attend: both, for the single rows)
     if 2 * block_q <= _WIDEST_BLOCK_M:
-        padded = torch.nn.functional.pad(mask, (0, 0, 0, mask.shape[-2] % 2)).unflatten(-2, (-1, 2)).to(torch.int8)
+        def pairs(x):
+            return torch.nn.functional.pad(x, (0, 0, 0, x.shape[-2] % 2)).unflatten(-2, (-1, 2))
+
+        padded = pairs(mask).to(torch.int8)
         bits.append(padded[..., 0, :] + 2 * padded[..., 1, :])
+        for half, ids in zip(halves, pairs(tile_ids).unbind(-2) if halves else ()):
+            half.append(ids)
     bits = torch.cat(bits, -2)
     listed = bits > 0
     counts = listed.sum(-1, dtype=torch.int32)
-    order = torch.sort((~listed).to(torch.int8), dim=-1, stable=True).indices
-    return counts, (order * 4 + bits.gather(-1, order)).to(torch.int32)
+    rank = (~listed).to(torch.int8)  # (listed first)
+    if halves:
+        halves = [torch.cat(half, -2) for half in halves]
+        partial = listed & ((halves[0] != 0) | (halves[1] != 0))
+        rank = rank * 2 + partial.to(torch.int8)  # (whole ones first, then partial ones, then the rest)
+        counts = torch.stack([counts - partial.sum(-1, dtype=torch.int32), counts], -1)
+    order = torch.sort(rank, dim=-1, stable=True).indices
+    entries = order * 4 + bits.gather(-1, order)
+    if halves:
+        entries = torch.stack([entries, *(half.gather(-1, order) for half in halves)], -1)
+    return counts, entries.to(torch.int32)
 
 
 def _mask_strides(attn_mask) -> list:

@@ -72,6 +72,7 @@ class _Call:
     key_rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
     block_mask: Optional[torch.Tensor] = None
     block_size: Tuple[int, int] = (0, 0)
+    block_tiles: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def bhnd(self, t: torch.Tensor) -> Tuple[int, int, int, int]:
         """(B, H, N, D) of a q/k/v-like tensor in this call's layout."""
@@ -156,6 +157,27 @@ def _check_block_mask(call: _Call, batch: int, heads: int, n_q: int, n_k: int) -
             sizes[2:] != expected[2:]:
         raise ValueError(f"block_mask must broadcast to (B, H, ceil(N_q / {block_q}), ceil(N_k / {block_k})) = "
                          f"{expected} (its last two sizes exactly), got {_describe(mask)}")
+    if call.block_tiles is not None:
+        _check_block_tiles(call, mask)
+
+
+def _check_block_tiles(call: _Call, mask: torch.Tensor) -> None:
+    """block_tiles = (tile_ids, tiles): int32 ids shaped like block_mask, bool tiles (T >= 1, query block, key
+    block); not with attn_mask. (Ids are not range-checked, which would read them on the host: the kernel's
+    launcher clamps them into [0, T).)"""
+    ids, tiles = call.block_tiles
+    if call.attn_mask is not None:
+        raise ValueError("block_tiles cannot be combined with attn_mask (the tiles are the elements' mask)")
+    if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int32 or ids.shape != mask.shape:
+        raise TypeError(f"block_tiles' ids must be an int32 tensor shaped like block_mask {tuple(mask.shape)}, got "
+                        f"{_describe(ids)}")
+    if not isinstance(tiles, torch.Tensor) or tiles.dtype != torch.bool or tiles.dim() != 3 or \
+            tiles.shape[0] < 1 or tuple(tiles.shape[1:]) != call.block_size:
+        raise TypeError(f"block_tiles' tiles must be a bool tensor (T >= 1, {call.block_size[0]}, "
+                        f"{call.block_size[1]}) (a block's elements, tile 0 a whole block's), got {_describe(tiles)}")
+    for name, t in (("ids", ids), ("tiles", tiles)):
+        if t.device != call.q.device:
+            raise ValueError(f"block_tiles' {name} are on {t.device}; expected {call.q.device} like q")
 
 
 def _check_rope(name: str, tables, need: int, batch: int, heads: int, other_heads: int, head_dim: int,
@@ -303,7 +325,8 @@ def _outputs(call: _Call) -> List[torch.Tensor]:
 def _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, joint_q, joint_k, joint_v,
                negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos, rope_sin, rope_interleaved,
                q_norm_weight, k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, norm_eps, attn_mask,
-               key_rope_cos=None, key_rope_sin=None, block_mask=None, block_size_q=0, block_size_k=0) -> _Call:
+               key_rope_cos=None, key_rope_sin=None, block_mask=None, block_size_q=0, block_size_k=0,
+               block_tile_ids=None, block_tiles=None) -> _Call:
     joint = None if joint_q is None and joint_k is None and joint_v is None else (joint_q, joint_k, joint_v)
     negative = None if negative_k is None and negative_v is None else (negative_k, negative_v)
     rope = None if rope_cos is None and rope_sin is None else (rope_cos, rope_sin)
@@ -313,7 +336,8 @@ def _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_
     return _Call(q, k, v, float(scale), layout, kv_lens, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), joint,
                  negative, float(negative_scale), negative_kv_lens, rope, bool(rope_interleaved), q_norm_weight,
                  k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, float(norm_eps), attn_mask, key_rope,
-                 block_mask, (int(block_size_q), int(block_size_k)))
+                 block_mask, (int(block_size_q), int(block_size_k)),
+                 None if block_tile_ids is None and block_tiles is None else (block_tile_ids, block_tiles))
 
 
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, layout: str,
@@ -327,12 +351,13 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
                   joint_k_norm_weight: Optional[torch.Tensor], norm_eps: float,
                   attn_mask: Optional[torch.Tensor], key_rope_cos: Optional[torch.Tensor] = None,
                   key_rope_sin: Optional[torch.Tensor] = None, block_mask: Optional[torch.Tensor] = None,
-                  block_size_q: int = 0, block_size_k: int = 0) -> List[torch.Tensor]:
+                  block_size_q: int = 0, block_size_k: int = 0, block_tile_ids: Optional[torch.Tensor] = None,
+                  block_tiles: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
     return _run(_make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, joint_q,
                            joint_k, joint_v, negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos,
                            rope_sin, rope_interleaved, q_norm_weight, k_norm_weight, joint_q_norm_weight,
                            joint_k_norm_weight, norm_eps, attn_mask, key_rope_cos, key_rope_sin, block_mask,
-                           block_size_q, block_size_k))
+                           block_size_q, block_size_k, block_tile_ids, block_tiles))
 
 
 def _run(call: _Call) -> List[torch.Tensor]:
@@ -361,7 +386,8 @@ def _reference_args(call: _Call) -> dict:
                 rope_interleaved=call.rope_interleaved, q_norm_weight=call.q_norm_weight,
                 k_norm_weight=call.k_norm_weight, joint_q_norm_weight=call.joint_q_norm_weight,
                 joint_k_norm_weight=call.joint_k_norm_weight, norm_eps=call.norm_eps, attn_mask=call.attn_mask,
-                key_rope=call.key_rope, block_mask=call.block_mask, block_size=call.block_size)
+                key_rope=call.key_rope, block_mask=call.block_mask, block_size=call.block_size,
+                block_tiles=call.block_tiles)
 
 
 @backends.register("torch", usable=lambda device: None)
@@ -381,7 +407,7 @@ def _triton_kwargs(call: _Call, outs: List[torch.Tensor]) -> dict:
         q_norm_weight=call.q_norm_weight, k_norm_weight=call.k_norm_weight,
         joint_q_norm_weight=call.joint_q_norm_weight, joint_k_norm_weight=call.joint_k_norm_weight,
         norm_eps=call.norm_eps, attn_mask=call.attn_mask, key_rope=call.key_rope, block_mask=call.block_mask,
-        block_size=call.block_size)
+        block_size=call.block_size, block_tiles=call.block_tiles)
 
 
 def _tile_in_blocks(call: _Call, block_m: int, block_n: int) -> Tuple[int, int]:
@@ -517,6 +543,7 @@ def attention(
     norm_eps: float = 1e-6,
     block_mask=None,
     block_size=None,
+    block_tiles=None,
 ):
     """Non-causal softmax attention ``softmax(q k^T * scale) v`` in one fused pass (FlashAttention-2 forward).
 
@@ -563,8 +590,14 @@ def attention(
       key blocks each query block attends to; the kernel never reads the others, so the work falls with the mask's
       density. Block sizes are multiples of (64, 32). A ``torch.nn.attention.flex_attention.BlockMask`` is taken too,
       with its block sizes, as compiled flex attention reads it: its full and partial blocks, and where it has a
-      ``mask_mod`` (``create_block_mask``'s), the mask_mod's elements inside the partial blocks, evaluated once per
-      call into a (B, H, N_q, N_k) bool mask (the kernel reads its tile in every listed block; not with attn_mask).
+      ``mask_mod`` (``create_block_mask``'s), the mask_mod's elements inside the partial blocks only, evaluated
+      once per call at the BlockMask's batch rows and heads into a tile of block elements per partial block (one
+      host read: how many there are); the kernel reads a block's tile only where it is partial, and skips a
+      partial block the mask_mod leaves empty (not with attn_mask).
+    * ``block_tiles=(tile_ids, tiles)``, with a block_mask tensor: the elements each block keeps, in the form a
+      BlockMask's mask_mod becomes (``block_mask_tiles``): tiles (T, query block, key block) bool, tile 0 all True
+      (a whole block), and tile_ids int32 shaped like block_mask, each block's tile. Given directly, nothing is read
+      on the host (CUDA graphs capture the call); not with attn_mask.
       Combines with kv_lens, attn_mask, the prologue and grouped heads; not with joint, negative or cu_seqlens_q. A
       query whose blocks are all masked gives zeros.
 
@@ -604,15 +637,21 @@ def attention(
     if block_mask is not None:
         axis = 1 if layout == "bnhd" else 2
         n_k = k.shape[axis] if isinstance(k, torch.Tensor) and k.dim() == 4 else 0  # (a bad k: named by the checks)
-        block_mask, block_size, elements = _dense_block_mask(block_mask, block_size, q.shape[axis], n_k)
-        if elements is not None:
-            if attn_mask is not None:
-                raise ValueError("attn_mask cannot be combined with a BlockMask that has a mask_mod (its elements are "
-                                 "the mask)")
-            attn_mask = elements
-        sparse = (block_mask, *block_size)
-    elif block_size is not None:
-        raise ValueError("block_size is given but block_mask is not")
+        block_mask, block_size, tiles = _dense_block_mask(block_mask, block_size, q.shape[axis], n_k)
+        if tiles is not None and attn_mask is not None:
+            raise ValueError("attn_mask cannot be combined with a BlockMask that has a mask_mod (its elements are "
+                             "the mask)")
+        if block_tiles is not None:
+            if tiles is not None:
+                raise ValueError("block_tiles cannot be combined with a BlockMask that has a mask_mod (its tiles "
+                                 "come from the mask_mod)")
+            if not isinstance(block_tiles, (tuple, list)) or len(block_tiles) != 2:
+                raise ValueError(f"block_tiles must be a (tile_ids, tiles) tuple, got {_describe(block_tiles)}")
+            tiles = tuple(block_tiles)
+        sparse = (block_mask, *block_size, *(tiles or ()))
+    elif block_size is not None or block_tiles is not None:
+        raise ValueError(f"{'block_size' if block_size is not None else 'block_tiles'} is given but block_mask is "
+                         f"not")
     args = (q, k, v, float(scale), layout, kv_lens, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
             joint_q, joint_k, joint_v, negative_k, negative_v, float(negative_scale), negative_kv_lens,
             rope_cos, rope_sin, bool(rope_interleaved), q_norm_weight, k_norm_weight, joint_q_norm_weight,
@@ -755,17 +794,27 @@ def plain_eager(args) -> bool:
     return _call_key(args) is not _THROUGH_OP
 
 
+def block_mask_tiles(block_mask, n_q: int, n_k: int):
+    """A flex attention ``BlockMask`` as ``attention`` takes it for n_q queries and n_k keys, made once ahead of
+    calls that must not read the host (CUDA graph capture): ``attention(q, k, v, **block_mask_tiles(bm, n_q, n_k))``
+    is ``attention(q, k, v, block_mask=bm)``. Returns {"block_mask", "block_size"[, "block_tiles"]}."""
+    if type(block_mask).__name__ != "BlockMask":
+        raise TypeError(f"block_mask must be a torch.nn.attention.flex_attention.BlockMask, got "
+                        f"{type(block_mask).__name__}")
+    blocks, sizes, tiles = _dense_block_mask(block_mask, None, n_q, n_k)
+    return dict(block_mask=blocks, block_size=sizes, **({} if tiles is None else {"block_tiles": tiles}))
+
+
 def _dense_block_mask(block_mask, block_size, n_q: int, n_k: int):
-    """(mask, (query block, key block), elements) of ``attention``'s block_mask and block_size for n_q queries and
-    n_k keys: a tensor as given, with block_size an int, a pair or None (128), and no elements; a flex attention
+    """(mask, (query block, key block), tiles) of ``attention``'s block_mask and block_size for n_q queries and n_k
+    keys: a tensor as given, with block_size an int, a pair or None (128), and no tiles; a flex attention
     ``BlockMask`` as its dense block mask (its full and partial blocks) and its sizes, and where it has a mask_mod,
-    the elements it keeps, (B or 1, H or 1, n_q, n_k) bool, as compiled flex attention reads them: the mask_mod's in
-    its partial blocks, every element of its full ones."""
+    (tile_ids, tiles) as the op takes them: the mask_mod's elements in each partial block, as compiled flex
+    attention reads them (every element of a full block). A partial block whose elements are all kept becomes a
+    whole one (tile 0); one with none kept leaves the mask."""
     if not (type(block_mask).__name__ == "BlockMask" and hasattr(block_mask, "to_dense")):
         return block_mask, _block_pair(128 if block_size is None else block_size), None
-    from torch.nn.attention.flex_attention import BlockMask, create_mask, noop_mask
-
-    from .reference.attention import _block_keep
+    from torch.nn.attention.flex_attention import BlockMask, noop_mask
 
     sizes = tuple(int(n) for n in block_mask.BLOCK_SIZE)
     if block_size is not None and _block_pair(block_size) != sizes:
@@ -773,13 +822,42 @@ def _dense_block_mask(block_mask, block_size, n_q: int, n_k: int):
     blocks = block_mask.to_dense().bool()
     if block_mask.mask_mod is noop_mask:
         return blocks, sizes, None
-    batch, heads = block_mask.shape[:2]
-    elements = create_mask(block_mask.mask_mod, batch, heads, n_q, n_k, device=blocks.device)
+    partial = blocks
     if block_mask.full_kv_num_blocks is not None:
         partial = BlockMask.from_kv_blocks(block_mask.kv_num_blocks, block_mask.kv_indices, BLOCK_SIZE=sizes,
-                                           compute_q_blocks=False).to_dense().bool()
-        elements = elements | _block_keep(blocks & ~partial, sizes, n_q, n_k)
-    return blocks, sizes, elements
+                                           compute_q_blocks=False).to_dense().bool() & blocks
+    where = partial.nonzero()  # (the one host read)
+    kept = _block_elements(block_mask.mask_mod, where, sizes, n_q, n_k)
+    whole, empty = kept.flatten(1).all(1), ~kept.flatten(1).any(1)
+    some = ~(whole | empty)
+    ids = torch.zeros(blocks.shape, dtype=torch.int32, device=blocks.device)
+    ids[tuple(where[some].T)] = torch.arange(1, int(some.sum()) + 1, dtype=torch.int32, device=blocks.device)
+    blocks = blocks.clone()
+    blocks[tuple(where[empty].T)] = False
+    tiles = torch.cat([torch.ones((1, *sizes), dtype=torch.bool, device=blocks.device), kept[some]])
+    return blocks, sizes, (ids, tiles)
+
+
+#: partial blocks whose elements one vmapped mask_mod call evaluates (bounds its index tensors' memory)
+_TILES_PER_CALL = 256
+
+
+def _block_elements(mask_mod, where: torch.Tensor, block_size: Tuple[int, int], n_q: int, n_k: int) -> torch.Tensor:
+    """What ``mask_mod(b, h, q_idx, kv_idx)`` keeps in the blocks at ``where`` ((P, 4): batch row, head, query
+    block, key block), (P, query block, key block) bool, evaluated as flex attention's ``create_mask`` does (vmapped
+    over scalar indices), for queries < n_q and keys < n_k (the rest False, and not evaluated)."""
+    block_q, block_k = block_size
+    device = where.device
+    rows = where[:, 2:3] * block_q + torch.arange(block_q, device=device)
+    cols = where[:, 3:4] * block_k + torch.arange(block_k, device=device)
+    keep = (rows < n_q)[:, :, None] & (cols < n_k)[:, None, :]
+    rows, cols = rows.clamp(max=n_q - 1), cols.clamp(max=n_k - 1)
+    over_kv = torch.vmap(mask_mod, in_dims=(None, None, None, 0))
+    tile = torch.vmap(torch.vmap(over_kv, in_dims=(None, None, 0, None)), in_dims=(0, 0, 0, 0))
+    for start in range(0, len(where), _TILES_PER_CALL):
+        part = slice(start, start + _TILES_PER_CALL)
+        keep[part] &= tile(where[part, 0], where[part, 1], rows[part], cols[part]).bool()
+    return keep
 
 
 def _block_pair(block_size) -> Tuple[int, int]:
@@ -803,4 +881,4 @@ def _max_segment(cu: torch.Tensor, name: str) -> int:
 
 
 __all__ = ["MAX_HEAD_DIM", "SUPPORTED_DTYPES", "attention", "attention_op", "attention_reference", "autotune_enabled",
-           "backends", "define_attention_op"]
+           "backends", "block_mask_tiles", "define_attention_op"]

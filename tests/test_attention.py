@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 import pydiff
 from pydiff.ops import native
-from pydiff.reference.attention import attention_reference, flex_block_mask
+from pydiff.attention import block_mask_tiles
+from pydiff.reference.attention import attention_reference, flex_block_mask, in_context_block_mask
 
 attention_module = __import__("pydiff.attention", fromlist=["attention"])
 
@@ -77,6 +78,8 @@ class Case:
     # block-sparse attention (``block_mask``): (query block, key block, the mask's shape "bhmn" | "b1mn" | "1hmn" |
     # "mn" [2-D]), random blocks with batch row 0's second query block attending to none
     block_mask: Optional[Tuple[int, int, str]] = None
+    # with block_mask, random elements in its blocks (``block_tiles``: tile 0 whole, one tile of none)
+    block_tiles: bool = False
     blocks: Tuple[int, int] = (64, 32)
     name: str = field(default="")
 
@@ -135,6 +138,8 @@ def build(case: Case, seed: int = 0):
         block_q, block_k, shape = case.block_mask
         kw["block_mask"] = _block_mask(case, gen, block_q, block_k, shape)
         kw["block_size"] = (block_q, block_k)
+        if case.block_tiles:
+            kw["block_tiles"] = _block_tiles(gen, kw["block_mask"], block_q, block_k)
     if case.rope is not None:
         if case.rope_queries:
             kw["rope"] = _rope_tables(case, gen, rows, case.heads, 50.0)
@@ -182,6 +187,14 @@ def _block_mask(case: Case, gen: torch.Generator, block_q: int, block_k: int, sh
     keep = torch.rand(case.batch, case.heads, rows, cols, generator=gen) > 0.5
     keep[0, :, 1:2] = False
     return {"bhmn": keep, "b1mn": keep[:, :1], "1hmn": keep[:1], "mn": keep[0, 0]}[shape]
+
+
+def _block_tiles(gen: torch.Generator, mask: torch.Tensor, block_q: int, block_k: int):
+    """Random (tile_ids, tiles) for ``mask``'s blocks: six tiles, tile 0 whole and tile 5 empty, the others about
+    60% kept."""
+    tiles = torch.rand(6, block_q, block_k, generator=gen) > 0.4
+    tiles[0], tiles[5] = True, False
+    return torch.randint(0, 6, mask.shape, generator=gen, dtype=torch.int32), tiles
 
 
 _ROW_MASKS = ("bhmn", "b1mn", "mn", "transposed", "outer", "bhm1")
@@ -307,7 +320,8 @@ def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_m
         norm_eps=kw.get("norm_eps", 1e-6), block_m=blocks[0], block_n=blocks[1], num_warps=warps,
         num_stages=stages, use_tma=use_tma, rowsum_mma=rowsum_mma, stream_k=stream_k, overlap=overlap,
         prologue_heads=prologue_heads, warp_spec=warp_spec, join_keys=join_keys, attn_mask=kw.get("attn_mask"),
-        key_rope=kw.get("key_rope"), block_mask=kw.get("block_mask"), block_size=kw.get("block_size", (0, 0)))
+        key_rope=kw.get("key_rope"), block_mask=kw.get("block_mask"), block_size=kw.get("block_size", (0, 0)),
+        block_tiles=kw.get("block_tiles"))
     return (out, joint[3]) if joint is not None else out
 
 
@@ -422,6 +436,14 @@ GRID = [
     Case(F16, 96, 77, 150, strided=True, block_mask=(64, 96, "mn"), name="f16-block-sparse-strided-wide-blocks"),
     Case(F32, 128, 256, 256, heads=3, rope="interleaved", q_norm=True, k_norm=True, mask=("bool", "b11n"),
          block_mask=(128, 64, "1hmn"), blocks=(32, 16), name="f32-block-sparse-prologue-key-mask"),
+    # the elements of each block (``block_tiles``, a flex BlockMask's mask_mod): random tiles, a whole and an empty
+    # one among them, with GQA, key padding, the bnhd layout, the prologue
+    Case(F32, 64, 200, 333, batch=2, heads=2, kv_heads=1, block_mask=(64, 32, "bhmn"), block_tiles=True,
+         name="f32-block-tiles-gqa"),
+    Case(BF16, 80, 130, 97, batch=2, layout="bnhd", kv_lens=[90, 0], block_mask=(64, 64, "b1mn"), block_tiles=True,
+         name="bf16-block-tiles-bnhd-kvlens"),
+    Case(F16, 128, 256, 256, heads=3, rope="half", q_norm=True, k_norm=True, block_mask=(128, 64, "1hmn"),
+         block_tiles=True, blocks=(32, 16), name="f16-block-tiles-prologue"),
 ]
 
 
@@ -524,6 +546,7 @@ def random_case(seed: int):
     if case.joint is None and case.negative is None and case.cu_q is None and r.random() < 0.4:
         case.block_mask = (r.choice([64, 128]), r.choice([32, 64, 96, 128]), r.choice(["bhmn", "b1mn", "1hmn", "mn"]))
         case.blocks = (math.gcd(case.blocks[0], case.block_mask[0]), math.gcd(case.blocks[1], case.block_mask[1]))
+        case.block_tiles = case.mask is None and r.random() < 0.5
         for experiment in ("stream_k", "overlap", "warp_spec"):
             launch.pop(experiment, None)
     return case, launch
@@ -999,6 +1022,29 @@ def test_flex_block_masks_with_a_mask_mod(backend):
             expect = flex_attention(q.double(), k.double(), v.double(), block_mask=blocks)
             got = pydiff.attention(q, k, v, block_mask=blocks, **extra)
             assert rel_err(got, expect) <= 1e-5
+            # the mask_mod evaluated in the partial blocks only, as a tile each; those it keeps whole or leaves
+            # empty are no tiles (whole blocks; blocks out of the mask)
+            made = block_mask_tiles(blocks, 300, 333)
+            ids, tiles = made["block_tiles"]
+            partial = blocks.to_dense().bool() & ~flex_block_mask_full(blocks)
+            assert 1 < tiles.shape[0] <= int(partial.sum()) + 1 and tiles[0].all()
+            assert all(0 < int(tile.sum()) < tile.numel() for tile in tiles[1:])
+            assert int(made["block_mask"].sum()) <= int(blocks.to_dense().sum())
+            assert torch.equal(pydiff.attention(q, k, v, **made, **extra), got)
+
+
+def flex_block_mask_full(blocks) -> torch.Tensor:
+    """A flex BlockMask's full blocks, dense (B, H, query blocks, key blocks) bool."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    return BlockMask.from_kv_blocks(blocks.full_kv_num_blocks, blocks.full_kv_indices, BLOCK_SIZE=blocks.BLOCK_SIZE,
+                                    compute_q_blocks=False).to_dense().bool()
+
+
+def _tiles(ids=None, tiles=None):
+    """(tile_ids, tiles) for a (1, 1) block mask of 128 x 128 blocks, for the bad-input cases (either replaced)."""
+    return (torch.zeros(1, 1, dtype=torch.int32) if ids is None else ids,
+            torch.ones(2, 128, 128, dtype=torch.bool) if tiles is None else tiles)
 
 
 PAIRED_ROW_CASES = [c for c in GRID if c.block_mask is not None and c.block_mask[0] == 64]
@@ -1193,6 +1239,24 @@ BAD = [
     ("block_size .* differs from the BlockMask's BLOCK_SIZE", lambda q, k, v: (q, k, v, {
         "block_mask": flex_block_mask(torch.ones(1, 1, 1, 1, dtype=torch.bool), 64), "block_size": 128}),
      ValueError),
+    ("block_tiles is given but block_mask is not", lambda q, k, v: (q, k, v, {"block_tiles": _tiles()}), ValueError),
+    (r"block_tiles must be a \(tile_ids, tiles\) tuple", lambda q, k, v: (q, k, v, {
+        "block_mask": torch.ones(1, 1, dtype=torch.bool), "block_tiles": _tiles()[1]}), ValueError),
+    ("block_tiles cannot be combined with a BlockMask that has a mask_mod", lambda q, k, v: (q, k, v, {
+        "block_mask": flex_block_mask(torch.ones(1, 1, 1, 1, dtype=torch.bool), 128,
+                                       mask_mod=lambda b, h, i, j: i >= j), "block_tiles": _tiles()}), ValueError),
+    ("block_tiles cannot be combined with attn_mask", lambda q, k, v: (q, k, v, {
+        "block_mask": torch.ones(1, 1, dtype=torch.bool), "block_tiles": _tiles(),
+        "attn_mask": torch.ones(7, dtype=torch.bool)}), ValueError),
+    (r"block_tiles' ids must be an int32 tensor shaped like block_mask \(1, 1\)", lambda q, k, v: (q, k, v, {
+        "block_mask": torch.ones(1, 1, dtype=torch.bool), "block_tiles": _tiles(ids=torch.zeros(1, 1).long())}),
+     TypeError),
+    (r"block_tiles' tiles must be a bool tensor \(T >= 1, 128, 128\)", lambda q, k, v: (q, k, v, {
+        "block_mask": torch.ones(1, 1, dtype=torch.bool), "block_tiles": _tiles(tiles=torch.ones(2, 128, 64) > 0)}),
+     TypeError),
+    ("block_tiles' tiles are on meta", lambda q, k, v: (q, k, v, {
+        "block_mask": torch.ones(1, 1, dtype=torch.bool),
+        "block_tiles": _tiles(tiles=torch.ones(2, 128, 128, dtype=torch.bool, device="meta"))}), ValueError),
 ]
 
 
@@ -1263,7 +1327,7 @@ def _op_args(q, k, v, kw, max_seqlen=0):
             kw.get("negative_kv_lens"), rope[0], rope[1], kw.get("rope_interleaved", True), kw.get("q_norm_weight"),
             kw.get("k_norm_weight"), kw.get("joint_q_norm_weight"), kw.get("joint_k_norm_weight"),
             kw.get("norm_eps", 1e-6), kw.get("attn_mask"), *kw.get("key_rope", (None, None)), kw.get("block_mask"),
-            *kw.get("block_size", (0, 0)))
+            *kw.get("block_size", (0, 0)), *kw.get("block_tiles", (None, None)))
 
 
 OPCHECK_CASES = [
@@ -1272,14 +1336,17 @@ OPCHECK_CASES = [
          joint_k_norm=True, negative=6, name="joint-prologue-negative"),
     Case(F32, 16, 130, 70, batch=2, kv_lens=[70, 20], rope="half", key_rope=True, block_mask=(64, 32, "b1mn"),
          name="block-sparse-key-rope"),
+    Case(F32, 16, 130, 70, heads=2, block_mask=(64, 32, "1hmn"), block_tiles=True, name="block-tiles"),
 ]
 
 
 @pytest.mark.parametrize("case,backend", [
     (OPCHECK_CASES[0], "torch"), (OPCHECK_CASES[1], "torch"), (OPCHECK_CASES[2], "torch"),
     pytest.param(OPCHECK_CASES[0], "triton", marks=needs_interpreter),
-    pytest.param(OPCHECK_CASES[2], "triton", marks=needs_interpreter),
-], ids=["plain-torch", "joint-prologue-negative-torch", "block-sparse-torch", "plain-triton", "block-sparse-triton"])
+    pytest.param(OPCHECK_CASES[2], "triton", marks=needs_interpreter), (OPCHECK_CASES[3], "torch"),
+    pytest.param(OPCHECK_CASES[3], "triton", marks=needs_interpreter),
+], ids=["plain-torch", "joint-prologue-negative-torch", "block-sparse-torch", "plain-triton", "block-sparse-triton",
+        "block-tiles-torch", "block-tiles-triton"])
 def test_opcheck(case, backend):
     q, k, v, kw = build(case, seed=7)
     with pydiff.use_backend(backend):
@@ -2131,7 +2198,8 @@ GPU_GRID = [GRID[i] for i in (0, 1, 2, 4, 6, 8, 10, 13, 15, 17, 20, 23)] + [
                                   "bf16-rowmask-diffusers", "f16-rowmask-joint-prologue-strided",
                                   "bf16-rope-per-head-joint", "f32-joint-keys-only-prologue-kvlens",
                                   "bf16-key-rope-per-head-gqa", "f16-negative-scale-kvlens",
-                                  "f32-block-sparse-gqa", "bf16-block-sparse-bnhd-kvlens")] + [
+                                  "f32-block-sparse-gqa", "bf16-block-sparse-bnhd-kvlens", "f32-block-tiles-gqa",
+                                  "bf16-block-tiles-bnhd-kvlens")] + [
     Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
          name="gpu-flux-shape"),
     Case(F16, 64, 4096, 77, heads=10, batch=2, name="gpu-sdxl-cross"),
@@ -2784,6 +2852,28 @@ def test_gpu_block_sparse_matches_flex_attention(cuda_device, dtype, monkeypatch
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=str)
+def test_gpu_block_tiles_match_flex_attention(cuda_device, dtype):
+    """A BlockMask with a mask_mod whose partial blocks fall off the block grid (Wan-Animate 2's, 400-token frames),
+    ours (its partial blocks as tiles) against compiled flex attention on the same BlockMask: both within 2x
+    PyTorch's own low-precision error of the float64 reference (the same mask, dense), plus 1e-3; then the tiles
+    made once (``block_mask_tiles``) give the same output."""
+    from torch.nn.attention.flex_attention import create_mask, flex_attention
+
+    blocks, n_q, n_k = in_context_block_mask(4, 400, cuda_device)
+    gen = torch.Generator(device=cuda_device).manual_seed(9)
+    q, k, v = (torch.randn(1, 4, n, 128, device=cuda_device, dtype=dtype, generator=gen) for n in (n_q, n_k, n_k))
+    ours = pydiff.attention(q, k, v, block_mask=blocks)
+    theirs = torch.compile(flex_attention)(q, k, v, block_mask=blocks)
+    dense = create_mask(blocks.mask_mod, 1, 1, n_q, n_k, device="cpu")
+    ref64, lowp = references(q.cpu(), k.cpu(), v.cpu(), {"layout": "bhnd", "attn_mask": dense})
+    rows = dense.any(-1)[0, 0]  # (flex gives a row of no key zeros, SDPA NaN: compared where keys are kept)
+    for out in (ours, theirs):
+        assert_accurate(out.cpu()[:, :, rows], ref64[:, :, rows], lowp[:, :, rows], dtype)
+    assert torch.equal(pydiff.attention(q, k, v, **block_mask_tiles(blocks, n_q, n_k)), ours)
+
+
+@pytest.mark.gpu
 def test_gpu_block_sparse_capture(cuda_device, monkeypatch):
     """A block-sparse call captured in a CUDA graph: its block lists are made inside the graph from the mask, so a
     replay after the mask (NABLA's changes every step) and q change computes the new pattern, as an eager call."""
@@ -2797,6 +2887,16 @@ def test_gpu_block_sparse_capture(cuda_device, monkeypatch):
         captured = pydiff.attention(q, k, v, **kw)
     q.copy_(torch.randn_like(q))
     kw["block_mask"].copy_(torch.rand_like(kw["block_mask"], dtype=torch.float32) > 0.7)
+    graph.replay()
+    assert torch.equal(captured, pydiff.attention(q, k, v, **kw))
+    _assert_gpu_accurate(case, captured, q, k, v, kw)
+    # the elements of partial blocks given as tiles (``block_tiles``): nothing read on the host, so it captures
+    ids, tiles = _block_tiles(torch.Generator().manual_seed(3), kw["block_mask"].cpu(), 64, 64)
+    kw["block_tiles"] = (ids.to(cuda_device), tiles.to(cuda_device))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = pydiff.attention(q, k, v, **kw)
+    kw["block_tiles"][0].copy_(torch.randint_like(kw["block_tiles"][0], 0, 6))
     graph.replay()
     assert torch.equal(captured, pydiff.attention(q, k, v, **kw))
     _assert_gpu_accurate(case, captured, q, k, v, kw)

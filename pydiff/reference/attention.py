@@ -98,12 +98,19 @@ def _segment_mask(cu_q: torch.Tensor, cu_k: torch.Tensor, n_q: int, n_k: int, ba
     return keep[:, None]
 
 
-def _block_keep(mask: torch.Tensor, block_size, n_q: int, n_k: int) -> torch.Tensor:
+def _block_keep(mask: torch.Tensor, block_size, n_q: int, n_k: int, block_tiles=None) -> torch.Tensor:
     """A block mask with blocks of ``block_size`` (an int, or (query block, key block)) tokens as a mask per query
-    and key: (B or 1, H or 1, N_q, N_k) bool."""
+    and key: (B or 1, H or 1, N_q, N_k) bool. block_tiles = (tile_ids, tiles): each block's elements, tile
+    tile_ids[b, h, i, j] of tiles (T, query block, key block)."""
     block_q, block_k = (block_size, block_size) if isinstance(block_size, int) else block_size
     mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
-    return mask.repeat_interleave(block_q, 2)[:, :, :n_q].repeat_interleave(block_k, 3)[..., :n_k]
+    keep = mask.repeat_interleave(block_q, 2)[:, :, :n_q].repeat_interleave(block_k, 3)[..., :n_k]
+    if block_tiles is not None:
+        ids, tiles = block_tiles
+        ids = ids.reshape((1,) * (4 - ids.dim()) + tuple(ids.shape)).long()
+        elements = tiles[ids].permute(0, 1, 2, 4, 3, 5).flatten(4, 5).flatten(2, 3)
+        keep = keep & elements[:, :, :n_q, :n_k]
+    return keep
 
 
 def flex_block_mask(blocks: torch.Tensor, block_size, mask_mod=None):
@@ -115,6 +122,27 @@ def flex_block_mask(blocks: torch.Tensor, block_size, mask_mod=None):
     lists = torch.sort((~blocks).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
     return BlockMask.from_kv_blocks(torch.zeros_like(counts), lists, counts, lists, BLOCK_SIZE=block_size,
                                     mask_mod=mask_mod)
+
+
+def in_context_block_mask(frames: int, hw: int, device=None):
+    """Wan-Animate 2's in-context BlockMask, as its transformer builds it (``create_block_mask``, 128-token blocks):
+    the queries of frames + 1 frames of hw tokens, padded to a whole block, attend to all of those tokens (the keys'
+    first part, padded alike) and to the reference keys after them (frames frames of hw, padded alike) of their own
+    frame less one; the padding's queries to none. Its partial blocks fall off the block grid wherever hw is not a
+    multiple of 128. Returns (BlockMask, queries, keys)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    tokens = (frames + 1) * hw
+    n_q = -(-tokens // 128) * 128
+    n_k = n_q + -(-frames * hw // 128) * 128
+
+    def mask_mod(b, h, i, j):
+        first = j < n_q
+        frame_k = torch.where(first, j // hw, (j - n_q) // hw + 1)
+        valid = torch.where(first, j < tokens, j - n_q < frames * hw)
+        return (i < tokens) & ((j < tokens) | ((i // hw == frame_k) & valid))
+
+    return create_block_mask(mask_mod, None, None, n_q, n_k, device=device), n_q, n_k
 
 
 def _masked_sdpa(q, k, v, scale, keep, attn_mask=None):
@@ -158,6 +186,7 @@ def attention_reference(
     key_rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     block_mask: Optional[torch.Tensor] = None,
     block_size=128,
+    block_tiles: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     compute_dtype: Optional[torch.dtype] = None,
 ):
     """The definition of ``pydiff.attention`` and its variants (same arguments; see ``pydiff.attention``).
@@ -165,11 +194,15 @@ def attention_reference(
     compute_dtype: None computes like the stock PyTorch sequence (prologue in float32, rounded to the input dtype,
     then SDPA in the input dtype) and returns the input dtype; a dtype (float64 for ground truth) computes
     everything in it and returns it.
+    block_tiles = (tile_ids, tiles), with block_mask: the elements each block keeps, tile ``tile_ids[b, h, i, j]``
+    of ``tiles`` (T, query block, key block) bool (what ``pydiff.attention`` makes of a flex BlockMask's mask_mod).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if block_mask is not None and (joint is not None or negative is not None or cu_seqlens_q is not None):
         raise ValueError("block_mask cannot be combined with joint=, negative= or cu_seqlens_q")
+    if block_tiles is not None and block_mask is None:
+        raise ValueError("block_tiles is given but block_mask is not")
     in_dtype = q.dtype
     if compute_dtype is None:
         attn_dtype, pro_dtype = in_dtype, torch.promote_types(in_dtype, torch.float32)
@@ -228,7 +261,7 @@ def attention_reference(
 
     qp, kp, vp = pro(q, q_norm_weight, 0), pro_k(k, k_norm_weight, 0), v.to(attn_dtype)
     if block_mask is not None:
-        keep = _block_keep(block_mask, block_size, q.shape[2], k.shape[2])
+        keep = _block_keep(block_mask, block_size, q.shape[2], k.shape[2], block_tiles)
         if kv_lens is not None:
             lens = kv_lens.to(device=q.device, dtype=torch.long).reshape(-1, 1, 1, 1)
             keep = keep & (torch.arange(k.shape[2], device=q.device).reshape(1, 1, 1, -1) < lens)
