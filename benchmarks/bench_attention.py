@@ -841,6 +841,32 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
                          lambda: attention(q, k, v, block_mask=flex_mask),
                          lambda: flex(q, k, v, block_mask=flex_mask), "flex attention (torch.compile)", flops,
                          device, quick, ceiling)
+    # 8. A BlockMask with a mask_mod whose partial blocks fall off the block grid (Wan-Animate 2's in-context mask,
+    # 480p frames of 1560 tokens): ours with its partial blocks as tiles, made once (as its processor makes them);
+    # the figure counts the kept elements' work only.
+    from torch.nn.attention.flex_attention import create_mask
+
+    from pydiff.attention import block_mask_tiles
+    from pydiff.reference.attention import in_context_block_mask
+
+    frames, hw, b, h, d = (8, 1560, 1, 16, 128) if gpu else (2, 100, 1, 2, 64)
+    in_context, n_q, n_k = in_context_block_mask(frames, hw, device)
+    tokens = (frames + 1) * hw  # (the queries past them, the block's padding, attend to none: SDPA's would be NaN)
+    q, k, v = rand(b, h, n_q, d), rand(b, h, n_k, d), rand(b, h, n_k, d)
+    made = block_mask_tiles(in_context, tokens, n_k)
+    dense = create_mask(in_context.mask_mod, 1, 1, tokens, n_k, device=device)
+    kept = dense.float().mean().item()
+    shape = f"B{b} H{h} Nq{tokens} Nk{n_k} D{d}, {kept:.0%} kept, {made['block_tiles'][1].shape[0] - 1} partial tiles"
+    flops = _flops(b, h, tokens, n_k, d) * kept
+    name = "block-sparse attention (Wan-Animate 2 in-context BlockMask, partial blocks as tiles)"
+    rows += _variant(name, shape, lambda: attention(q[:, :, :tokens], k, v, **made),
+                     lambda: F.scaled_dot_product_attention(q[:, :, :tokens], k, v, attn_mask=dense),
+                     "sdpa with the mask_mod's elements as a boolean mask", flops, device, quick, ceiling)
+    if gpu:
+        whole = block_mask_tiles(in_context, n_q, n_k)
+        rows += _variant(name, shape, lambda: attention(q, k, v, **whole),
+                         lambda: flex(q, k, v, block_mask=in_context), "flex attention (torch.compile)", flops,
+                         device, quick, ceiling)
     return rows
 
 

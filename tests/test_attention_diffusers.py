@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import pydiff
+from pydiff.attention import block_mask_tiles
 from pydiff.ops import native
 from pydiff.reference.attention import _block_keep, rms_norm_reference, rope_reference
 
@@ -834,6 +835,49 @@ def test_wan_animate2_cross_attention(backend, monkeypatch):
                 ours(hidden, encoder_hidden_states=text, encoder_hidden_states_image=context),
                 attn(hidden, encoder_hidden_states=text, encoder_hidden_states_image=context), rtol=2e-5, atol=2e-5)
     assert calls == [None, -1.0]
+
+
+@_needs("WanAnimate2AttnProcessor", "Wan-Animate 2", "0.42")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wan_animate2_transformer(backend, monkeypatch):
+    """The tiny Wan-Animate 2 (two heads of 16, two layers): the reference pass (dense self-attention, its keys
+    cached unturned), then generation passes over the cached reference: the whole video (5 frames of 5 x 8 patches
+    against 4 reference frames), and a segment of 3 smaller frames (4 x 6) packed into the whole video's buffer
+    (zero padding inside frames, which the stock BlockMask attends to). Outputs the stock processors' (flex
+    attention, eager, evaluating the mask_mod everywhere); each generation pass one block-sparse call per layer,
+    the BlockMask's partial blocks made into tiles once."""
+    from diffusers.models.transformers.transformer_wan_animate_2 import (
+        WanAnimate2KVCache,
+        WanAnimate2Transformer3DModel,
+    )
+
+    model = _perturb(WanAnimate2Transformer3DModel(
+        patch_size=(1, 2, 2), text_len=8, in_dim=8, dim=32, ffn_dim=32, freq_dim=32, text_dim=16, out_dim=4,
+        num_heads=2, num_layers=2, use_img_emb=False), 141)
+    gen = torch.Generator().manual_seed(142)
+    latents = {name: [torch.randn(4, f, h, w, generator=gen) for _ in range(2)]
+               for name, (f, h, w) in (("reference", (4, 10, 16)), ("video", (5, 10, 16)), ("segment", (3, 8, 12)))}
+    text = [torch.randn(5, 16, generator=gen)]
+    t = torch.tensor([500.0])
+    reference_grid = torch.tensor([[4, 5, 8]])
+
+    def run(m):
+        cache = WanAnimate2KVCache(2)
+        outs = m(latents["reference"][:1], t, text, latents["reference"][1:], cache, "extract", seq_len=160,
+                 offset_grid_sizes=reference_grid).sample
+        for name, tokens in (("video", 200), ("segment", 72)):
+            outs += m(latents[name][:1], t, text, latents[name][1:], cache, "cached", seq_len=tokens,
+                      reference_grid_sizes=reference_grid, origin_len=16, origin_area=[80, 128]).sample
+        return tuple(outs)
+
+    calls = _spy(monkeypatch, lambda args, kwargs: "block_tiles" in kwargs)
+    made = []
+    monkeypatch.setattr(attention_processors, "block_mask_tiles",
+                        lambda *args: made.append(args[1:]) or block_mask_tiles(*args))
+    _compare(model, run, backend, {attention_processors.PydiffWanAnimate2AttnProcessor,
+                                   attention_processors.PydiffWanAnimate2CrossAttnProcessor})
+    assert calls == [False] * 4 + [True, False] * 4  # (per layer: self-attention, cross-attention)
+    assert made == [(256, 512)]  # (one BlockMask for both passes: (5 + 1) x 40 and 5 x 40 tokens, padded to 128)
 
 
 needs_helios = _needs("HeliosAttnProcessor", "Helios", "0.39")

@@ -75,8 +75,10 @@
   flex attention reads it, eagerly).
 * ``PydiffWanAttnProcessor`` replaces Wan's ``WanAttnProcessor`` (Wan 2.1/2.2, VACE): the RoPE in the kernel's
   prologue, and image-to-video cross-attention's two attentions (text, image context) summed in one pass over q.
-* ``PydiffWanAnimate2CrossAttnProcessor`` (0.42+) replaces Wan-Animate 2's cross-attention processor the same way
-  (its self-attention, over flex-attention block masks, stays stock).
+* ``PydiffWanAnimate2CrossAttnProcessor`` (0.42+) replaces Wan-Animate 2's cross-attention processor the same way,
+  and ``PydiffWanAnimate2AttnProcessor`` its self-attention: the generation pass's in-context attention over the
+  model's flex BlockMask as one block-sparse call (its partial blocks as tiles), eagerly, where the stock processor
+  needs torch.compile.
 * ``PydiffCogVideoXAttnProcessor`` replaces ``CogVideoXAttnProcessor2_0`` and its fused form (CogVideoX, ConsisID,
   CogView3-Plus): [text; video] attention as a joint call, the RoPE on the video tokens only.
 * ``PydiffLTXVideoAttnProcessor`` replaces ``LTXVideoAttnProcessor``: the RoPE, whose tables span every head's
@@ -144,6 +146,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import weakref
 from typing import Dict, List, Optional, Tuple
 
 import diffusers
@@ -183,7 +186,7 @@ from diffusers.models.transformers.transformer_wan import (
     _get_qkv_projections,
 )
 
-from pydiff.attention import MAX_HEAD_DIM, attention
+from pydiff.attention import MAX_HEAD_DIM, attention, block_mask_tiles
 from pydiff.reference.attention import rope_reference
 
 
@@ -229,6 +232,7 @@ Kandinsky6AttnProcessor = _stock_class("transformer_kandinsky6", "Kandinsky6Attn
 Kandinsky6SRAttnProcessor = _stock_class("transformer_kandinsky6_sr", "Kandinsky6SRAttnProcessor")  # (0.42+)
 EasyAnimateAttnProcessor2_0 = _stock_class("transformer_easyanimate", "EasyAnimateAttnProcessor2_0")
 WanAnimate2CrossAttnProcessor = _stock_class("transformer_wan_animate_2", "WanAnimate2CrossAttnProcessor")  # (0.42+)
+WanAnimate2AttnProcessor = _stock_class("transformer_wan_animate_2", "WanAnimate2AttnProcessor")
 
 
 def _stock(stock_type, model: str, version: str):
@@ -1313,6 +1317,108 @@ class PydiffWanAnimate2CrossAttnProcessor(_RankLocal):
         return _wan_attention(attn, hidden_states, encoder_hidden_states, encoder_hidden_states_image, None, None)
 
 
+class PydiffWanAnimate2AttnProcessor(_RankLocal):
+    """Drop-in for Wan-Animate 2's ``WanAnimate2AttnProcessor`` (diffusers 0.42+), its self-attention. The reference
+    pass (``kv_cache_mode="extract"``): dense, the RoPE in the kernel's prologue. The generation pass ("cached"):
+    the stock processor's packed ``[generation | reference]`` buffer (the same zero padding, which its BlockMask
+    attends to) in one block-sparse call on the model's BlockMask, whose partial blocks become tiles once per
+    BlockMask (the model builds it once per video size, from sizes alone); the queries and the generation keys turn
+    by the generation grid's tables and the reference keys by the reference grid's (``key_rope``), in the
+    prologue. The stock processor runs this through flex attention, which needs torch.compile (eagerly, flex
+    attention materialises every score). Its RoPE is computed in float64, ours in float32, both rounded to the
+    model's dtype."""
+
+    def __init__(self):
+        self.stock = _stock(WanAnimate2AttnProcessor, "Wan-Animate 2", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, rotary_emb: torch.Tensor, grid_sizes: torch.Tensor,
+                 kv_cache, kv_cache_mode: str, rope_stride: int = 1, reference_rotary_emb=None,
+                 reference_grid_sizes=None, reference_rope_stride: int = 1, attention_mask=None,
+                 origin_latent_frames: Optional[int] = None, origin_latent_hw: Optional[int] = None) -> torch.Tensor:
+        cached = kv_cache_mode == "cached"
+        if _head_dim(attn) > MAX_HEAD_DIM or kv_cache_mode not in ("extract", "cached") or \
+                (cached and type(attention_mask).__name__ != "BlockMask"):
+            return self.stock(attn, hidden_states, rotary_emb, grid_sizes, kv_cache, kv_cache_mode, rope_stride,
+                              reference_rotary_emb, reference_grid_sizes, reference_rope_stride, attention_mask,
+                              origin_latent_frames, origin_latent_hw)
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        q, k = attn.norm_q(query).unflatten(2, (attn.heads, -1)), attn.norm_k(key).unflatten(2, (attn.heads, -1))
+        v = value.unflatten(2, (attn.heads, -1))
+        tables = _wan_grid_tables(rotary_emb, grid_sizes, rope_stride, q.shape[1])
+        if cached:
+            reference = kv_cache.get()
+            reference_tables = _wan_grid_tables(reference_rotary_emb, reference_grid_sizes, reference_rope_stride,
+                                                reference[0].shape[1])
+            out = _wan_in_context(q, k, v, tables, reference, reference_tables, grid_sizes, reference_grid_sizes,
+                                  origin_latent_frames, origin_latent_hw, attention_mask)
+        else:
+            kv_cache.store(k, v)  # (unturned, as the stock processor keeps them)
+            out = attention(q, k, v, layout="bnhd", rope=_complex_parts(tables), rope_interleaved=True)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
+def _wan_grid_tables(freqs: torch.Tensor, grid_sizes: torch.Tensor, stride: int, tokens: int) -> torch.Tensor:
+    """Wan-Animate 2's RoPE angles for each sample's (frames, height, width) grid (``rope_apply``'s: the complex
+    table ``freqs`` split over the three axes, frames ``stride`` apart), (B, tokens, D / 2) complex; 1 (no turn)
+    past a sample's grid."""
+    c = freqs.shape[1]
+    axes = freqs.split([c - 2 * (c // 3), c // 3, c // 3], dim=1)
+    tables = torch.ones(len(grid_sizes), tokens, c, dtype=freqs.dtype, device=freqs.device)
+    for i, (f, h, w) in enumerate(grid_sizes.tolist()):
+        tables[i, :f * h * w] = torch.cat([axes[0][:f * stride:stride].view(f, 1, 1, -1).expand(f, h, w, -1),
+                                           axes[1][:h].view(1, h, 1, -1).expand(f, h, w, -1),
+                                           axes[2][:w].view(1, 1, w, -1).expand(f, h, w, -1)], -1).flatten(0, 2)
+    return tables
+
+
+def _complex_parts(tables: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(B, N, D / 2) complex angles as the kernel's per-batch-row (cos, sin) tables, (B, N, 1, D / 2) float32."""
+    parts = torch.view_as_real(tables.unsqueeze(2)).float()
+    return parts[..., 0], parts[..., 1]
+
+
+def _frames_packed(x: torch.Tensor, frames: int, hw: int, origin_hw: int, length: int, fill=0) -> torch.Tensor:
+    """x's first ``frames`` frames of ``hw`` tokens (dim 1) laid out ``origin_hw`` tokens apart in a new buffer of
+    ``length`` tokens, ``fill`` elsewhere (Wan-Animate 2's packing)."""
+    out = x.new_full((x.shape[0], length, *x.shape[2:]), fill)
+    out[:, :frames * origin_hw].unflatten(1, (frames, origin_hw))[:, :, :hw] = \
+        x[:, :frames * hw].unflatten(1, (frames, hw))
+    return out
+
+
+#: a Wan-Animate 2 BlockMask -> its ``block_mask_tiles``: the model builds one per video size from sizes alone, so
+#: each is made into tiles once
+_WAN_ANIMATE_TILES = weakref.WeakKeyDictionary()
+
+
+def _wan_in_context(q, k, v, tables, reference, reference_tables, grid_sizes, reference_grid_sizes,
+                    origin_frames: int, origin_hw: int, block_mask) -> torch.Tensor:
+    """The generation pass's attention: the generation tokens (q, k, v) and the reference keys and values beside
+    them packed as the stock processor packs them, attended on ``block_mask``; the generation tokens' outputs, and
+    past the grid the queries themselves (the stock processor's pass-through)."""
+    frames, height, width = grid_sizes[0].tolist()
+    ref_frames, ref_height, ref_width = reference_grid_sizes[0].tolist()
+    hw, ref_hw = height * width, ref_height * ref_width
+    n_q = math.ceil((origin_frames + 1) * origin_hw / 128) * 128
+    n_ref = math.ceil(origin_frames * origin_hw / 128) * 128
+
+    def packed(x, y, fill=0):
+        here = _frames_packed(x, frames, hw, origin_hw, n_q, fill)
+        return here if y is None else torch.cat([here, _frames_packed(y, ref_frames, ref_hw, origin_hw, n_ref, fill)],
+                                                1)
+
+    made = _WAN_ANIMATE_TILES.setdefault(block_mask, {})
+    if (n_q, n_q + n_ref) not in made:
+        made[n_q, n_q + n_ref] = block_mask_tiles(block_mask, n_q, n_q + n_ref)
+    out = attention(packed(q, None), packed(k, reference[0]), packed(v, reference[1]), layout="bnhd",
+                    rope=_complex_parts(packed(tables, None, 1)),
+                    key_rope=_complex_parts(packed(tables, reference_tables, 1)), rope_interleaved=True,
+                    **made[n_q, n_q + n_ref])
+    valid = frames * hw
+    out = out[:, :frames * origin_hw].unflatten(1, (frames, origin_hw))[:, :, :hw].flatten(1, 2)
+    return torch.cat([out, q[:, valid:]], 1)
+
+
 def _ltx_rope(attn, tables):
     """LTX-Video's and LTX-2's RoPE tables as the kernel's per-head tables, read in place: interleaved tables
     (B, N, H*D), which span every head's channels, as (B, N, H, D); LTX-2's split tables (B, H, N, D/2), one angle
@@ -2180,6 +2286,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (HunyuanVideo15AttnProcessor2_0, PydiffHunyuanVideo15AttnProcessor, None),
     (WanAttnProcessor, PydiffWanAttnProcessor, None),
     (WanAnimate2CrossAttnProcessor, PydiffWanAnimate2CrossAttnProcessor, None),
+    (WanAnimate2AttnProcessor, PydiffWanAnimate2AttnProcessor, None),
     (CogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
     (LTXVideoAttnProcessor, PydiffLTXVideoAttnProcessor, None),
     (LTX2AudioVideoAttnProcessor, PydiffLTX2AttnProcessor, None),
@@ -2277,5 +2384,5 @@ __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo
            "PydiffOmniGenAttnProcessor", "PydiffPAGCFGIdentitySelfAttnProcessor", "PydiffPAGIdentitySelfAttnProcessor",
            "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor", "PydiffQwenImage21FlexAttnProcessor",
            "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor",
-           "PydiffSanaWMCrossAttnProcessor", "PydiffWanAnimate2CrossAttnProcessor", "PydiffWanAttnProcessor",
-           "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffSanaWMCrossAttnProcessor", "PydiffWanAnimate2AttnProcessor", "PydiffWanAnimate2CrossAttnProcessor",
+           "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
