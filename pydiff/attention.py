@@ -592,8 +592,9 @@ def attention(
       with its block sizes, as compiled flex attention reads it: its full and partial blocks, and where it has a
       ``mask_mod`` (``create_block_mask``'s), the mask_mod's elements inside the partial blocks only, evaluated
       once per call at the BlockMask's batch rows and heads into a tile of block elements per partial block (one
-      host read: how many there are); the kernel reads a block's tile only where it is partial, and skips a
-      partial block the mask_mod leaves empty (not with attn_mask).
+      host read: how many there are, so not under torch.compile or CUDA graph capture: make the tiles before,
+      ``block_mask_tiles``); the kernel reads a block's tile only where it is partial, and skips a partial block
+      the mask_mod leaves empty (not with attn_mask).
     * ``block_tiles=(tile_ids, tiles)``, with a block_mask tensor: the elements each block keeps, in the form a
       BlockMask's mask_mod becomes (``block_mask_tiles``): tiles (T, query block, key block) bool, tile 0 all True
       (a whole block), and tile_ids int32 shaped like block_mask, each block's tile. Given directly, nothing is read
@@ -822,6 +823,10 @@ def _dense_block_mask(block_mask, block_size, n_q: int, n_k: int):
     blocks = block_mask.to_dense().bool()
     if block_mask.mask_mod is noop_mask:
         return blocks, sizes, None
+    if torch.compiler.is_compiling():
+        raise ValueError("a BlockMask with a mask_mod becomes tiles through a host read (how many partial blocks), "
+                         "which torch.compile cannot trace: make them before, attention(q, k, v, "
+                         "**block_mask_tiles(block_mask, N_q, N_k)) (pydiff.attention.block_mask_tiles)")
     partial = blocks
     if block_mask.full_kv_num_blocks is not None:
         partial = BlockMask.from_kv_blocks(block_mask.kv_num_blocks, block_mask.kv_indices, BLOCK_SIZE=sizes,

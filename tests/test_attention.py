@@ -1390,6 +1390,27 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(a, b)
 
 
+def test_torch_compile_block_masks():
+    """Under torch.compile a BlockMask with a mask_mod is refused with the way out (its tiles take a host read);
+    its tiles made before (``block_mask_tiles``) compile with fullgraph and give the eager output."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, 2, n, 32, generator=gen) for n in (300, 333, 333))
+    blocks = create_block_mask(lambda b, h, i, j: i // 100 >= j // 100, 1, 1, 300, 333, device="cpu",
+                               BLOCK_SIZE=64)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match=r"block_mask_tiles\(block_mask, N_q, N_k\)"):
+        torch.compile(lambda q: pydiff.attention(q, k, v, block_mask=blocks), fullgraph=True,
+                      backend="aot_eager")(q)
+    made = block_mask_tiles(blocks, 300, 333)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, mask, ids, tiles: pydiff.attention(
+        q, k, v, block_mask=mask, block_size=64, block_tiles=(ids, tiles)), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(q, made["block_mask"], *made["block_tiles"]),
+                               pydiff.attention(q, k, v, block_mask=blocks))
+
+
 def test_torch_compile_inductor_cpu():
     q, k, v, kw = build(Case(F32, 16, 13, 9, kv_lens=[5], name="inductor"), seed=10)
 
