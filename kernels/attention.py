@@ -99,11 +99,14 @@ def _head_columns(v, BLOCK_M: tl.constexpr, HEADS: tl.constexpr, BLOCK_D: tl.con
 def _rope_chunk(x, base, rows, stride_n, stride_d, head_off, head, d, mask, rstd, W, COS, SIN, pos,
                 stride_cn, stride_cd, stride_sn, stride_sd, stride_ch, stride_sh,
                 HEAD_DIM: tl.constexpr, HAS_NORM: tl.constexpr, INTERLEAVED: tl.constexpr,
-                HALF: tl.constexpr = False):
+                HALF: tl.constexpr = False, ROT_DIM: tl.constexpr = 0):
     """RoPE (RoFormer) of one head-dim chunk x (float32, already normalised; columns at ``head_off`` + ``d``, d
     within the head, of the program's head ``head``, rstd per column): x cos + sign * x[partner] sin, the table's
     columns of each head stride_ch / stride_sh apart (0: one table for every head). HALF: the tables hold one
-    angle per pair of channels (D/2 columns: pair i is channels 2i, 2i+1 interleaved, i and i + D/2 otherwise)."""
+    angle per pair of channels (R/2 columns: pair i is channels 2i, 2i+1 interleaved, i and i + R/2 otherwise).
+    ROT_DIM (partial rotary, GPT-NeoX's): only the first R = ROT_DIM channels turn, the tables R columns (or R/2)
+    wide; the rest pass through (0: R = HEAD_DIM)."""
+    R: tl.constexpr = HEAD_DIM if ROT_DIM == 0 else ROT_DIM
     col = d
     if INTERLEAVED:
         partner = d ^ 1
@@ -111,11 +114,17 @@ def _rope_chunk(x, base, rows, stride_n, stride_d, head_off, head, d, mask, rstd
         if HALF:
             col = d >> 1
     else:
-        first = d < HEAD_DIM // 2
-        partner = tl.where(first, d + HEAD_DIM // 2, d - HEAD_DIM // 2)
+        first = d < R // 2
+        partner = tl.where(first, d + R // 2, d - R // 2)
         sign = tl.where(first, -1.0, 1.0)
         if HALF:
-            col = tl.where(first, d, d - HEAD_DIM // 2)
+            col = tl.where(first, d, d - R // 2)
+    turned = mask
+    if R < HEAD_DIM:  # (the channels past R read no table: cos 1 and sin 0, x itself)
+        inside = d < R
+        partner = tl.where(inside, partner, d)
+        col = tl.where(inside, col, 0)
+        turned = mask & inside[None, :]
     # The partner may sit in the other head-dim chunk, so it is read again (from cache) rather than shuffled.
     xp = tl.load(base + rows[:, None] * stride_n + (head_off + partner * stride_d)[None, :], mask=mask, other=0.0)
     xp = xp.to(tl.float32)
@@ -124,9 +133,9 @@ def _rope_chunk(x, base, rows, stride_n, stride_d, head_off, head, d, mask, rstd
         xp = xp * rstd * wp[None, :]
     # with a table shared by every head, the heads of a token read the same row: a program's heads share its lines
     # in cache
-    c = tl.load(COS + pos[:, None] * stride_cn + (head * stride_ch + col * stride_cd)[None, :], mask=mask,
-                other=0.0).to(tl.float32)
-    s = tl.load(SIN + pos[:, None] * stride_sn + (head * stride_sh + col * stride_sd)[None, :], mask=mask,
+    c = tl.load(COS + pos[:, None] * stride_cn + (head * stride_ch + col * stride_cd)[None, :], mask=turned,
+                other=1.0).to(tl.float32)
+    s = tl.load(SIN + pos[:, None] * stride_sn + (head * stride_sh + col * stride_sd)[None, :], mask=turned,
                 other=0.0).to(tl.float32)
     return x * c + (sign[None, :] * xp) * s
 
@@ -136,7 +145,7 @@ def _load_qk(base, rows, stride_n, stride_d, head_off_a, d_a, head_off_b, d_b, m
              pos0, stride_cn, stride_cd, stride_sn, stride_sd, head_a, head_b, stride_ch, stride_sh,
              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, HEADS: tl.constexpr, BLOCK_DA: tl.constexpr,
              BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr,
-             INTERLEAVED: tl.constexpr, EMULATE_BF16: tl.constexpr):
+             INTERLEAVED: tl.constexpr, EMULATE_BF16: tl.constexpr, ROT_DIM: tl.constexpr = 0):
     """A q or k tile (rows x HEADS heads, each head dim as one or two chunks: chunk a's columns at head_off_a + d_a,
     d_a within the head, of the program's head head_a, chunk b's likewise) with its prologue, in the input dtype:
     RMSNorm over each head's dims (Zhang & Sennrich 2019) with weights W, then RoPE (``_rope_chunk``), both in
@@ -166,11 +175,11 @@ def _load_qk(base, rows, stride_n, stride_d, head_off_a, d_a, head_off_b, d_b, m
             pos = pos0 + rows
             f_a = _rope_chunk(f_a, base, rows, stride_n, stride_d, head_off_a, head_a, d_a, mask_a, rstd_a, W, COS,
                               SIN, pos, stride_cn, stride_cd, stride_sn, stride_sd, stride_ch, stride_sh, HEAD_DIM,
-                              HAS_NORM, INTERLEAVED, HAS_ROPE == HALF_TABLES)
+                              HAS_NORM, INTERLEAVED, HAS_ROPE == HALF_TABLES, ROT_DIM)
             if SPLIT_D:
                 f_b = _rope_chunk(f_b, base, rows, stride_n, stride_d, head_off_b, head_b, d_b, mask_b, rstd_b, W,
                                   COS, SIN, pos, stride_cn, stride_cd, stride_sn, stride_sd, stride_ch, stride_sh,
-                                  HEAD_DIM, HAS_NORM, INTERLEAVED, HAS_ROPE == HALF_TABLES)
+                                  HEAD_DIM, HAS_NORM, INTERLEAVED, HAS_ROPE == HALF_TABLES, ROT_DIM)
         if EMULATE_BF16:
             x_a = _round_to_bf16(f_a)
             x_b = _round_to_bf16(f_b)
@@ -1169,13 +1178,14 @@ def _qk_prologue(
     N, pos_shift, eps,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
     SPLIT_D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
-    EMULATE_BF16: tl.constexpr, HEADS: tl.constexpr = 1, ROW_ALIGN: tl.constexpr = 1,
+    EMULATE_BF16: tl.constexpr, HEADS: tl.constexpr = 1, ROW_ALIGN: tl.constexpr = 1, ROT_DIM: tl.constexpr = 0,
 ):
     """Y = RoPE(RMSNorm(X)) for a query or key tensor, one pass, grid = (row blocks, H / HEADS, B): each program
     takes BLOCK_M tokens of HEADS heads (HEADS divides the head count H), whose RoPE table rows it reads once per
     token from memory (the heads' loads of a row meet in cache). The tables are (rows, D), or per batch row and
     head (stride_cb, stride_ch and stride_sb, stride_sh; 0 where one serves all); with HAS_ROPE = HALF_TABLES,
-    D/2 columns. ROW_ALIGN: as in ``_attn_fwd_kernel``, for X's and Y's batch, head and token strides."""
+    D/2 columns; with ROT_DIM, R = ROT_DIM (or R/2) columns turning the first R channels (``_rope_chunk``).
+    ROW_ALIGN: as in ``_attn_fwd_kernel``, for X's and Y's batch, head and token strides."""
     eps = tl.cast(eps, tl.float32)
     if ROW_ALIGN > 1:
         A: tl.constexpr = ROW_ALIGN
@@ -1198,7 +1208,7 @@ def _qk_prologue(
     y_a, y_b = _load_qk(x_blk, rows, stride_xn, stride_xd, head_a * stride_xh, d_a, head_b * stride_xh, d_b,
                         mask_a, mask_b, W, eps, cos, sin, row_start + pos_shift, stride_cn, stride_cd, stride_sn,
                         stride_sd, head_a, head_b, stride_ch, stride_sh, HEAD_DIM, BLOCK_M, HEADS, BLOCK_DA, BLOCK_DB,
-                        SPLIT_D, HAS_NORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16)
+                        SPLIT_D, HAS_NORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16, ROT_DIM)
     tl.store(y_blk + rows[:, None] * stride_yn + (head_a * stride_yh + d_a * stride_yd)[None, :],
              y_a.to(Y.dtype.element_ty), mask=mask_a)
     if SPLIT_D:
@@ -1566,7 +1576,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                       block_m=None, block_n=None, num_warps=4, num_stages=2, use_tma=False, prologue_kernel=None,
                       tuned=None, rowsum_mma=False, stream_k=None, overlap=False, prologue_heads=1,
                       warp_spec=False, join_keys=None, attn_mask=None, key_rope=None, block_mask=None,
-                      block_size=(0, 0), block_tiles=None):
+                      block_size=(0, 0), block_tiles=None, rope_dims=0):
     """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
     ``torch.library.wrap_triton``). All arguments were checked by the caller.
 
@@ -1613,6 +1623,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     the kernel reads only the listed key blocks (``_block_lists``). block_m must divide block_q and block_n
     block_k (the autotuner keeps such tiles). One query and one key stream: not with ``joint``, ``negative``,
     ``cu_seqlens_q``, ``stream_k``, ``overlap`` or ``warp_spec``.
+    rope_dims: partial rotary, the tables turning only each head's first rope_dims channels (0: all).
     block_tiles = (tile_ids, tiles): the elements of the block mask's partial blocks (the kernel's TILE_MASK; not
     with attn_mask): tiles (T, block_q, block_k) bool, tile 0 all True, and tile_ids, int32 broadcastable like
     block_mask, the tile of each block (0: the whole block).
@@ -1724,7 +1735,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         def preparer(tables):
             return _preparer(prologue_kernel if prologue_kernel is not None else _qk_prologue, bnhd, tables,
                              rope_interleaved, norm_eps, q.device.type == "cpu" and q.dtype == torch.bfloat16,
-                             prologue_heads)
+                             prologue_heads, rope_dims)
 
         prepare = preparer(rope)
         prepare_k = prepare if key_rope is None else preparer(key_rope)  # (the keys' tables where they have own)
@@ -2106,11 +2117,11 @@ def _rope_strides(cos, sin) -> list:
     return [int(x) for x in rows + outer]
 
 
-def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16, heads_per_program=1):
+def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16, heads_per_program=1, rope_dims=0):
     """``prepare(x, weight, pos_shift, out=None)`` -> a new q or k tensor (or ``out``, shaped like x) with the norm
-    (when ``weight`` is given) and RoPE (when ``rope`` is given, rows from ``pos_shift`` on) applied,
-    ``heads_per_program`` heads per program (a power of two dividing x's); when neither applies, x itself (or x
-    copied into ``out``)."""
+    (when ``weight`` is given) and RoPE (when ``rope`` is given, rows from ``pos_shift`` on; over the first
+    ``rope_dims`` channels, 0: all) applied, ``heads_per_program`` heads per program (a power of two dividing x's);
+    when neither applies, x itself (or x copied into ``out``)."""
     import torch
 
     def prepare(x, weight, pos_shift, out=None):
@@ -2123,7 +2134,7 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16, head
         plan_key = None
         if plans.ENABLED and type(x) is torch.Tensor:
             plan_key = (plans.unwrapped(kernel), bnhd, pos_shift, float(norm_eps), bool(rope_interleaved),
-                        weight is not None, rope is not None, heads_per_program,
+                        weight is not None, rope is not None, heads_per_program, rope_dims,
                         *(plans.tensor_key(t) for t in tensors))
             if plans.run(plan_key, tensors):
                 return y
@@ -2134,8 +2145,9 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16, head
         block_m = prologue_rows(heads_per_program) if x.is_cuda else interpreter_blocks(n, 1)[0]
         flags = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d,
                      HAS_NORM=weight is not None, HAS_ROPE=0 if rope is None else
-                     HALF_TABLES.value if 2 * cos.shape[-1] == head_dim else 1, INTERLEAVED=bool(rope_interleaved),
-                     EMULATE_BF16=emulate_bf16, HEADS=heads_per_program,
+                     HALF_TABLES.value if 2 * cos.shape[-1] == (rope_dims or head_dim) else 1,
+                     INTERLEAVED=bool(rope_interleaved), EMULATE_BF16=emulate_bf16, HEADS=heads_per_program,
+                     **({"ROT_DIM": rope_dims} if 0 < rope_dims < head_dim else {}),
                      ROW_ALIGN=_row_align(x.element_size(), sx + sy), num_warps=4, **plans.launch_options(kernel))
         args = [*tensors, *sx, *sy, *rope_strides, n, pos_shift, float(norm_eps)]
         plans.launch(kernel, (-(-n // block_m), heads // heads_per_program, batch), args, flags, plan_key,

@@ -73,6 +73,7 @@ class _Call:
     block_mask: Optional[torch.Tensor] = None
     block_size: Tuple[int, int] = (0, 0)
     block_tiles: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    rope_dims: int = 0
 
     def bhnd(self, t: torch.Tensor) -> Tuple[int, int, int, int]:
         """(B, H, N, D) of a q/k/v-like tensor in this call's layout."""
@@ -181,19 +182,20 @@ def _check_block_tiles(call: _Call, mask: torch.Tensor) -> None:
 
 
 def _check_rope(name: str, tables, need: int, batch: int, heads: int, other_heads: int, head_dim: int,
-                device: torch.device) -> None:
+                device: torch.device, rope_dims: int = 0) -> None:
     """RoPE tables (cos, sin) for tensors of ``heads`` heads (and, where they serve both, ``other_heads``) with
-    ``need`` token positions."""
+    ``need`` token positions, turning the first ``rope_dims`` channels (0: all of ``head_dim``)."""
+    turned = rope_dims or head_dim
     for part, t in (("cos", tables[0]), ("sin", tables[1])):
         label = f"{name} {part}"
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() not in (2, 4):
             raise TypeError(f"{label} must be a floating-point table (tokens, D), or (B, tokens, H, D) per batch row "
                             f"and head, got {_describe(t)}")
         rows, dim = (t.shape[0], t.shape[1]) if t.dim() == 2 else (t.shape[1], t.shape[3])
-        if dim not in (head_dim, head_dim // 2) or dim != tables[0].shape[-1] or rows < need:
-            raise ValueError(f"{label} must have {head_dim} columns (or {head_dim // 2}: one angle per pair of "
-                             f"channels), as many as {name} cos, and >= {need} rows (one per token position), "
-                             f"got {_describe(t)}")
+        if dim not in (turned, turned // 2) or dim != tables[0].shape[-1] or rows < need:
+            raise ValueError(f"{label} must have {turned} columns (or {turned // 2}: one angle per pair of "
+                             f"channels{'; rope_dims' if rope_dims else ''}), as many as {name} cos, and >= {need} "
+                             f"rows (one per token position), got {_describe(t)}")
         if t.dim() == 4 and (t.shape[0] not in (1, batch) or t.shape[2] not in (1, heads)
                              or (t.shape[2] > 1 and other_heads != heads)):
             raise ValueError(f"{label}: a per-head table must be (1 or B = {batch}, tokens, 1 or H = {heads}, D), "
@@ -294,13 +296,20 @@ def check_attention_args(call: _Call) -> None:
     if call.rope is not None or call.key_rope is not None:
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head dim, got D = {head_dim}")
+        if call.rope_dims and not (call.rope_dims % 2 == 0 and 2 <= call.rope_dims <= head_dim):
+            raise ValueError(f"rope_dims must be even and in [2, D = {head_dim}] (the channels RoPE turns), got "
+                             f"{call.rope_dims}")
+    elif call.rope_dims:
+        raise ValueError("rope_dims is given but neither rope nor key_rope is")
+    rope_dims = call.rope_dims
     if call.key_rope is None:
         if call.rope is not None:  # (q's and the keys' alike)
-            _check_rope("rope", call.rope, max(rows_q, rows_k), batch, heads, kv_heads, head_dim, q.device)
+            _check_rope("rope", call.rope, max(rows_q, rows_k), batch, heads, kv_heads, head_dim, q.device,
+                        rope_dims)
     else:
         if call.rope is not None:
-            _check_rope("rope", call.rope, rows_q, batch, heads, heads, head_dim, q.device)
-        _check_rope("key_rope", call.key_rope, rows_k, batch, kv_heads, kv_heads, head_dim, q.device)
+            _check_rope("rope", call.rope, rows_q, batch, heads, heads, head_dim, q.device, rope_dims)
+        _check_rope("key_rope", call.key_rope, rows_k, batch, kv_heads, kv_heads, head_dim, q.device, rope_dims)
     for name, w in (("q_norm_weight", call.q_norm_weight), ("k_norm_weight", call.k_norm_weight),
                     ("joint_q_norm_weight", call.joint_q_norm_weight),
                     ("joint_k_norm_weight", call.joint_k_norm_weight)):
@@ -326,7 +335,7 @@ def _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_
                negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos, rope_sin, rope_interleaved,
                q_norm_weight, k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, norm_eps, attn_mask,
                key_rope_cos=None, key_rope_sin=None, block_mask=None, block_size_q=0, block_size_k=0,
-               block_tile_ids=None, block_tiles=None) -> _Call:
+               block_tile_ids=None, block_tiles=None, rope_dims=0) -> _Call:
     joint = None if joint_q is None and joint_k is None and joint_v is None else (joint_q, joint_k, joint_v)
     negative = None if negative_k is None and negative_v is None else (negative_k, negative_v)
     rope = None if rope_cos is None and rope_sin is None else (rope_cos, rope_sin)
@@ -337,7 +346,8 @@ def _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_
                  negative, float(negative_scale), negative_kv_lens, rope, bool(rope_interleaved), q_norm_weight,
                  k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, float(norm_eps), attn_mask, key_rope,
                  block_mask, (int(block_size_q), int(block_size_k)),
-                 None if block_tile_ids is None and block_tiles is None else (block_tile_ids, block_tiles))
+                 None if block_tile_ids is None and block_tiles is None else (block_tile_ids, block_tiles),
+                 int(rope_dims))
 
 
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, layout: str,
@@ -352,12 +362,12 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
                   attn_mask: Optional[torch.Tensor], key_rope_cos: Optional[torch.Tensor] = None,
                   key_rope_sin: Optional[torch.Tensor] = None, block_mask: Optional[torch.Tensor] = None,
                   block_size_q: int = 0, block_size_k: int = 0, block_tile_ids: Optional[torch.Tensor] = None,
-                  block_tiles: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+                  block_tiles: Optional[torch.Tensor] = None, rope_dims: int = 0) -> List[torch.Tensor]:
     return _run(_make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, joint_q,
                            joint_k, joint_v, negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos,
                            rope_sin, rope_interleaved, q_norm_weight, k_norm_weight, joint_q_norm_weight,
                            joint_k_norm_weight, norm_eps, attn_mask, key_rope_cos, key_rope_sin, block_mask,
-                           block_size_q, block_size_k, block_tile_ids, block_tiles))
+                           block_size_q, block_size_k, block_tile_ids, block_tiles, rope_dims))
 
 
 def _run(call: _Call) -> List[torch.Tensor]:
@@ -387,7 +397,7 @@ def _reference_args(call: _Call) -> dict:
                 k_norm_weight=call.k_norm_weight, joint_q_norm_weight=call.joint_q_norm_weight,
                 joint_k_norm_weight=call.joint_k_norm_weight, norm_eps=call.norm_eps, attn_mask=call.attn_mask,
                 key_rope=call.key_rope, block_mask=call.block_mask, block_size=call.block_size,
-                block_tiles=call.block_tiles)
+                block_tiles=call.block_tiles, rope_dims=call.rope_dims)
 
 
 @backends.register("torch", usable=lambda device: None)
@@ -407,7 +417,7 @@ def _triton_kwargs(call: _Call, outs: List[torch.Tensor]) -> dict:
         q_norm_weight=call.q_norm_weight, k_norm_weight=call.k_norm_weight,
         joint_q_norm_weight=call.joint_q_norm_weight, joint_k_norm_weight=call.joint_k_norm_weight,
         norm_eps=call.norm_eps, attn_mask=call.attn_mask, key_rope=call.key_rope, block_mask=call.block_mask,
-        block_size=call.block_size, block_tiles=call.block_tiles)
+        block_size=call.block_size, block_tiles=call.block_tiles, rope_dims=call.rope_dims)
 
 
 def _tile_in_blocks(call: _Call, block_m: int, block_n: int) -> Tuple[int, int]:
@@ -544,6 +554,7 @@ def attention(
     block_mask=None,
     block_size=None,
     block_tiles=None,
+    rope_dims: Optional[int] = None,
 ):
     """Non-causal softmax attention ``softmax(q k^T * scale) v`` in one fused pass (FlashAttention-2 forward).
 
@@ -580,6 +591,9 @@ def attention(
       ``[..., 1]``, or LTX-2's split tables.
       The Triton backend applies norm and RoPE in one float32 pass per tensor (read once, written once in the
       input dtype) before the attention pass, instead of per query block.
+    * ``rope_dims`` R: partial rotary (GPT-NeoX's rotary_pct; Stable Audio 3, MiniMax-H3): RoPE turns each head's
+      first R channels (even) and passes the rest through; the tables (both ``rope`` and ``key_rope``) then have
+      R columns, or R/2 (one angle per pair), the pairs (2i, 2i+1) or (i, i + R/2) within them.
     * ``key_rope=(cos, sin)``: tables of the keys' own (k, the joint k2 and the negative keys), in ``rope``'s forms
       and pairing, rows following the keys' positions, where queries and keys turn by different tables (LTX-2's
       audio-video cross-attention); ``rope`` then turns q alone (or, None, nothing does). Keys that must not turn
@@ -634,7 +648,7 @@ def attention(
         max_seqlen_q = _max_segment(cu_seqlens_q, "cu_seqlens_q")
         if cu_seqlens_k is not None:
             _max_segment(cu_seqlens_k, "cu_seqlens_k")
-    sparse = ()
+    sparse = (None, 0, 0, None, None)  # (block_mask, its block sizes, block_tiles' two tensors)
     if block_mask is not None:
         axis = 1 if layout == "bnhd" else 2
         n_k = k.shape[axis] if isinstance(k, torch.Tensor) and k.dim() == 4 else 0  # (a bad k: named by the checks)
@@ -649,14 +663,14 @@ def attention(
             if not isinstance(block_tiles, (tuple, list)) or len(block_tiles) != 2:
                 raise ValueError(f"block_tiles must be a (tile_ids, tiles) tuple, got {_describe(block_tiles)}")
             tiles = tuple(block_tiles)
-        sparse = (block_mask, *block_size, *(tiles or ()))
+        sparse = (block_mask, *block_size, *(tiles or (None, None)))
     elif block_size is not None or block_tiles is not None:
         raise ValueError(f"{'block_size' if block_size is not None else 'block_tiles'} is given but block_mask is "
                          f"not")
     args = (q, k, v, float(scale), layout, kv_lens, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
             joint_q, joint_k, joint_v, negative_k, negative_v, float(negative_scale), negative_kv_lens,
             rope_cos, rope_sin, bool(rope_interleaved), q_norm_weight, k_norm_weight, joint_q_norm_weight,
-            joint_k_norm_weight, float(norm_eps), attn_mask, key_rope_cos, key_rope_sin, *sparse)
+            joint_k_norm_weight, float(norm_eps), attn_mask, key_rope_cos, key_rope_sin, *sparse, int(rope_dims or 0))
     key = _call_key(args)
     outs = torch.ops.pydiff.attention(*args) if key is _THROUGH_OP else _eager(args, key)
     return (outs[0], outs[1]) if joint is not None else outs[0]

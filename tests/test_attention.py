@@ -60,6 +60,8 @@ class Case:
     # tables of one angle per pair of channels (D/2 columns), the real and imaginary parts of a complex table
     # (strided views, as the diffusers processors pass Z-Image's, Lumina 2's and Qwen-Image's)
     rope_pairs: bool = False
+    # partial rotary (``rope_dims``): the tables turn each head's first R channels (R or R/2 columns); 0: all
+    rope_dims: int = 0
     # the keys' own tables (``key_rope``, other angles in the same form; per head: the key heads'); with
     # rope_queries False, ``rope`` is left out: the keys turn, the queries do not
     key_rope: bool = False
@@ -146,6 +148,8 @@ def build(case: Case, seed: int = 0):
         if case.key_rope:
             kw["key_rope"] = _rope_tables(case, gen, rows, kv_heads, 20.0)
         kw["rope_interleaved"] = case.rope == "interleaved"
+        if case.rope_dims:
+            kw["rope_dims"] = case.rope_dims
     for flag, name in ((case.q_norm, "q_norm_weight"), (case.k_norm, "k_norm_weight"),
                        (case.joint_q_norm, "joint_q_norm_weight"), (case.joint_k_norm, "joint_k_norm_weight")):
         if flag:
@@ -160,7 +164,7 @@ def _rope_tables(case: Case, gen: torch.Generator, rows: int, heads: int, base: 
     """``case.rope``'s (cos, sin) tables in ``case.rope_tables``' form for ``heads`` heads (where per head), rows for
     positions 0..rows+2: diffusers-style, one frequency per pair (powers of ``base``) repeated to fill D, or one
     angle per pair read in place from a complex table (``case.rope_pairs``)."""
-    half = case.head_dim // 2
+    half = (case.rope_dims or case.head_dim) // 2
     freqs = 1.0 / (base ** (torch.arange(half, dtype=torch.float64) / half))
     angles = torch.arange(rows + 3, dtype=torch.float64)[:, None] * freqs[None, :]
     if case.rope_pairs:
@@ -321,7 +325,7 @@ def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_m
         num_stages=stages, use_tma=use_tma, rowsum_mma=rowsum_mma, stream_k=stream_k, overlap=overlap,
         prologue_heads=prologue_heads, warp_spec=warp_spec, join_keys=join_keys, attn_mask=kw.get("attn_mask"),
         key_rope=kw.get("key_rope"), block_mask=kw.get("block_mask"), block_size=kw.get("block_size", (0, 0)),
-        block_tiles=kw.get("block_tiles"))
+        block_tiles=kw.get("block_tiles"), rope_dims=kw.get("rope_dims", 0))
     return (out, joint[3]) if joint is not None else out
 
 
@@ -444,6 +448,15 @@ GRID = [
          name="bf16-block-tiles-bnhd-kvlens"),
     Case(F16, 128, 256, 256, heads=3, rope="half", q_norm=True, k_norm=True, block_mask=(128, 64, "1hmn"),
          block_tiles=True, blocks=(32, 16), name="f16-block-tiles-prologue"),
+    # partial rotary (``rope_dims``): the first R channels turn, the rest pass (Stable Audio 3's R = D/2, whose
+    # tables of D/2 columns are one per channel, not one per pair; R/2 columns one per pair; pairs crossing the
+    # head dim's two chunks; interleaved, with the keys' own tables and a joint stream)
+    Case(F32, 64, 97, 77, rope="half", rope_dims=32, q_norm=True, k_norm=True, name="f32-partial-rope-half"),
+    Case(BF16, 128, 77, 77, batch=2, heads=4, kv_heads=2, layout="bnhd", rope="half", rope_pairs=True,
+         rope_dims=64, name="bf16-partial-rope-pairs-gqa-bnhd"),
+    Case(F16, 96, 45, 60, rope="half", rope_dims=80, k_norm=True, strided=True, name="f16-partial-rope-split-d"),
+    Case(F32, 80, 33, 40, joint=(13, 13), rope="interleaved", rope_dims=48, key_rope=True,
+         name="f32-partial-rope-interleaved-joint-key-rope"),
 ]
 
 
@@ -549,6 +562,8 @@ def random_case(seed: int):
         case.block_tiles = case.mask is None and r.random() < 0.5
         for experiment in ("stream_k", "overlap", "warp_spec"):
             launch.pop(experiment, None)
+    if case.rope is not None and r.random() < 0.25:  # partial rotary (drawn last: the cases before keep their draws)
+        case.rope_dims = 2 * r.randint(1, case.head_dim // 2)
     return case, launch
 
 
@@ -1175,6 +1190,13 @@ BAD = [
      lambda q, k, v: (q, k, v, {"rope": (torch.ones(9, 12), torch.ones(9, 12))}), ValueError),
     ("rope sin must have 16 columns", lambda q, k, v: (q, k, v, {"rope": (torch.ones(9, 8), torch.ones(9, 16))}),
      ValueError),  # (a table of pairs beside a full one)
+    ("rope_dims must be even and in \\[2, D = 16\\]", lambda q, k, v: (q, k, v, {
+        "rope": (torch.ones(9, 6), torch.ones(9, 6)), "rope_dims": 6 + 1}), ValueError),
+    ("rope_dims must be even", lambda q, k, v: (q, k, v, {"rope": (torch.ones(9, 16),) * 2, "rope_dims": 18}),
+     ValueError),
+    ("rope_dims is given but neither rope nor key_rope is", lambda q, k, v: (q, k, v, {"rope_dims": 8}), ValueError),
+    ("rope cos must have 8 columns \\(or 4: one angle per pair of channels; rope_dims\\)", lambda q, k, v: (q, k, v, {
+        "rope": (torch.ones(9, 16),) * 2, "rope_dims": 8}), ValueError),
     ("rope cos must be a floating-point table", lambda q, k, v: (q, k, v, {"rope": (torch.ones(9, 4, 16),) * 2}),
      TypeError),
     (r"a per-head table must be \(1 or B = 2, tokens, 1 or H = 4, D\), its heads those of q and k alike \(H_kv = 2\)",
@@ -1327,7 +1349,7 @@ def _op_args(q, k, v, kw, max_seqlen=0):
             kw.get("negative_kv_lens"), rope[0], rope[1], kw.get("rope_interleaved", True), kw.get("q_norm_weight"),
             kw.get("k_norm_weight"), kw.get("joint_q_norm_weight"), kw.get("joint_k_norm_weight"),
             kw.get("norm_eps", 1e-6), kw.get("attn_mask"), *kw.get("key_rope", (None, None)), kw.get("block_mask"),
-            *kw.get("block_size", (0, 0)), *kw.get("block_tiles", (None, None)))
+            *kw.get("block_size", (0, 0)), *kw.get("block_tiles", (None, None)), kw.get("rope_dims", 0))
 
 
 OPCHECK_CASES = [
@@ -2220,7 +2242,7 @@ GPU_GRID = [GRID[i] for i in (0, 1, 2, 4, 6, 8, 10, 13, 15, 17, 20, 23)] + [
                                   "bf16-rope-per-head-joint", "f32-joint-keys-only-prologue-kvlens",
                                   "bf16-key-rope-per-head-gqa", "f16-negative-scale-kvlens",
                                   "f32-block-sparse-gqa", "bf16-block-sparse-bnhd-kvlens", "f32-block-tiles-gqa",
-                                  "bf16-block-tiles-bnhd-kvlens")] + [
+                                  "bf16-partial-rope-pairs-gqa-bnhd")] + [
     Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
          name="gpu-flux-shape"),
     Case(F16, 64, 4096, 77, heads=10, batch=2, name="gpu-sdxl-cross"),

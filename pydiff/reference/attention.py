@@ -21,14 +21,17 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 
 
 def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool,
-                   offset: int = 0) -> torch.Tensor:
+                   offset: int = 0, dims: int = 0) -> torch.Tensor:
     """Rotary embedding (Su et al. 2021, RoFormer) of x (B, H, N, D) with rows ``offset:offset+N`` of cos/sin (rows, D),
     or of per-batch-row and per-head tables (1 or B, rows, 1 or H, D).
 
     interleaved: rotate pairs (2i, 2i+1) (Flux, CogVideoX); otherwise the halves (i, i + D/2) (GPT-NeoX style).
     The tables hold one value per element (each frequency repeated to fill D), as diffusers builds them, or one per
-    pair (D/2 columns).
+    pair (D/2 columns). dims: partial rotary, only the first ``dims`` channels turn (tables of dims or dims/2
+    columns, the pairs within them); 0: all.
     """
+    if 0 < dims < x.shape[-1]:
+        return torch.cat([rope_reference(x[..., :dims], cos, sin, interleaved, offset), x[..., dims:]], -1)
     n, d = x.shape[-2], x.shape[-1]
     if cos.dim() == 4:  # (B, rows, H, D) -> (B, H, rows, D), as x
         cos, sin = cos.transpose(1, 2), sin.transpose(1, 2)
@@ -46,15 +49,16 @@ def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interl
 
 
 def _prologue(x: torch.Tensor, norm_weight: Optional[torch.Tensor], rope, interleaved: bool, offset: int,
-              eps: float, dtype: torch.dtype) -> torch.Tensor:
-    """QK RMSNorm then RoPE (the order of Flux and SD3), computed in ``dtype``."""
+              eps: float, dtype: torch.dtype, rope_dims: int = 0) -> torch.Tensor:
+    """QK RMSNorm then RoPE (the order of Flux and SD3; over the first ``rope_dims`` channels, 0: all), computed in
+    ``dtype``."""
     if norm_weight is None and rope is None:
         return x
     y = x.to(dtype)
     if norm_weight is not None:
         y = rms_norm_reference(y, norm_weight, eps)
     if rope is not None:
-        y = rope_reference(y, rope[0], rope[1], interleaved, offset)
+        y = rope_reference(y, rope[0], rope[1], interleaved, offset, rope_dims)
     return y
 
 
@@ -187,6 +191,7 @@ def attention_reference(
     block_mask: Optional[torch.Tensor] = None,
     block_size=128,
     block_tiles: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    rope_dims: int = 0,
     compute_dtype: Optional[torch.dtype] = None,
 ):
     """The definition of ``pydiff.attention`` and its variants (same arguments; see ``pydiff.attention``).
@@ -218,7 +223,7 @@ def attention_reference(
     keys_rope = rope if key_rope is None else key_rope  # (the keys' tables)
 
     def pro(t, weight, offset, tables=rope):
-        return _prologue(t, weight, tables, rope_interleaved, offset, norm_eps, pro_dtype).to(attn_dtype)
+        return _prologue(t, weight, tables, rope_interleaved, offset, norm_eps, pro_dtype, rope_dims).to(attn_dtype)
 
     def pro_k(t, weight, offset):
         return pro(t, weight, offset, keys_rope)
@@ -242,8 +247,8 @@ def attention_reference(
         q_all = torch.cat([q.to(pro_dtype), q2.to(pro_dtype)], dim=2)
         k_all = torch.cat([k.to(pro_dtype), k2.to(pro_dtype)], dim=2)
         v_all = torch.cat([v, v2], dim=2).to(attn_dtype)
-        q_all = _prologue(q_all, None, rope, rope_interleaved, 0, norm_eps, pro_dtype).to(attn_dtype)
-        k_all = _prologue(k_all, None, keys_rope, rope_interleaved, 0, norm_eps, pro_dtype).to(attn_dtype)
+        q_all = _prologue(q_all, None, rope, rope_interleaved, 0, norm_eps, pro_dtype, rope_dims).to(attn_dtype)
+        k_all = _prologue(k_all, None, keys_rope, rope_interleaved, 0, norm_eps, pro_dtype, rope_dims).to(attn_dtype)
         out = _sdpa(q_all, k_all, v_all, scale, kv_lens, attn_mask)
         if negative is not None:
             out = _subtract_negative(out, q_all, negative, bhnd, pro_k, k_norm_weight, scale, negative_scale,
