@@ -880,6 +880,61 @@ def test_wan_animate2_transformer(backend, monkeypatch):
     assert made == [(256, 512)]  # (one BlockMask for both passes: (5 + 1) x 40 and 5 x 40 tokens, padded to 128)
 
 
+@_needs("MiniMaxH3AttnProcessor", "MiniMax-H3", "0.42")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_minimax_h3_attention(backend, monkeypatch):
+    """MiniMax-H3's attention (two heads of 32): its per-head QK RMSNorms and its partial rotary (the first 24
+    channels of each head turning by its 3-axis tables, halves paired) in one call; outputs the stock processor's,
+    with and without the rotary."""
+    from diffusers.models.transformers.transformer_minimax_h3 import MiniMaxH3Attention, MiniMaxH3RotaryPosEmbed
+
+    attn = _perturb(MiniMaxH3Attention(hidden_size=64, heads=2, dim_head=32), 143)
+    gen = torch.Generator().manual_seed(144)
+    hidden = torch.randn(2, 45, 64, generator=gen)
+    positions = torch.stack(torch.meshgrid(torch.arange(5), torch.arange(3), torch.arange(3), indexing="ij"), -1)
+    rotary = MiniMaxH3RotaryPosEmbed(rope_freq_dim=4)(positions.flatten(0, 2))
+    assert rotary[0].shape == (45, 24)
+    calls = _spy(monkeypatch, lambda args, kwargs: (kwargs.get("rope_dims"), kwargs.get("q_norm_weight") is not None))
+    ours = copy.deepcopy(attn)
+    assert set_attention_backend(ours) == 1
+    for tables in (rotary, None):
+        with torch.no_grad(), pydiff.use_backend(backend):
+            torch.testing.assert_close(ours(hidden, tables), attn(hidden, tables), rtol=2e-5, atol=2e-5)
+    assert calls == [(24, True), (None, True)]
+
+
+@_needs("StableAudio3SelfAttnProcessor", "Stable Audio 3", "0.42")
+@pytest.mark.parametrize("differential", [True, False], ids=["differential", "plain"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stable_audio3_attention(backend, differential, monkeypatch):
+    """Stable Audio 3's self-attention (partial rotary over the first half of each head's channels, QK RMSNorms)
+    and cross-attention (a context mask, a sample with one valid token among them), differential (two calls whose
+    difference is the output) and plain; outputs the stock processors'."""
+    from diffusers.models.transformers.transformer_stable_audio3 import (
+        StableAudio3CrossAttention,
+        StableAudio3RotaryEmbedding,
+        StableAudio3SelfAttention,
+    )
+
+    self_attn = _perturb(StableAudio3SelfAttention(64, dim_heads=32, use_differential=differential), 145)
+    cross_attn = _perturb(StableAudio3CrossAttention(64, 24, dim_heads=32, use_differential=differential), 146)
+    gen = torch.Generator().manual_seed(147)
+    hidden, context = torch.randn(2, 50, 64, generator=gen), torch.randn(2, 9, 24, generator=gen)
+    context_mask = torch.ones(2, 9, dtype=torch.bool)
+    context_mask[1, 1:] = False
+    rope = StableAudio3RotaryEmbedding(16)(60, "cpu")  # (longer than the sequence: its last rows are taken)
+    calls = _spy(monkeypatch, lambda args, kwargs: kwargs.get("rope_dims"))
+    ours_self, ours_cross = copy.deepcopy(self_attn), copy.deepcopy(cross_attn)
+    assert set_attention_backend(ours_self) == 1 and set_attention_backend(ours_cross) == 1
+    with torch.no_grad(), pydiff.use_backend(backend):
+        torch.testing.assert_close(ours_self(hidden, rope), self_attn(hidden, rope), rtol=2e-5, atol=2e-5)
+        for mask in (context_mask, None):
+            torch.testing.assert_close(ours_cross(hidden, context, mask), cross_attn(hidden, context, mask),
+                                       rtol=2e-5, atol=2e-5)
+    calls_per = 2 if differential else 1
+    assert calls == [16] * calls_per + [None] * 2 * calls_per
+
+
 needs_helios = _needs("HeliosAttnProcessor", "Helios", "0.39")
 
 

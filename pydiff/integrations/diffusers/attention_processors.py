@@ -79,6 +79,10 @@
   and ``PydiffWanAnimate2AttnProcessor`` its self-attention: the generation pass's in-context attention over the
   model's flex BlockMask as one block-sparse call (its partial blocks as tiles), eagerly, where the stock processor
   needs torch.compile.
+* ``PydiffMiniMaxH3AttnProcessor`` (0.42+) replaces MiniMax-H3's: its QK norms and partial rotary in the prologue.
+* ``PydiffStableAudio3SelfAttnProcessor`` and ``PydiffStableAudio3CrossAttnProcessor`` (0.42+) replace Stable Audio
+  3's differential attention (two calls, their QK norms and partial rotary in the prologue, the context mask as a
+  key mask).
 * ``PydiffCogVideoXAttnProcessor`` replaces ``CogVideoXAttnProcessor2_0`` and its fused form (CogVideoX, ConsisID,
   CogView3-Plus): [text; video] attention as a joint call, the RoPE on the video tokens only.
 * ``PydiffLTXVideoAttnProcessor`` replaces ``LTXVideoAttnProcessor``: the RoPE, whose tables span every head's
@@ -233,6 +237,10 @@ Kandinsky6SRAttnProcessor = _stock_class("transformer_kandinsky6_sr", "Kandinsky
 EasyAnimateAttnProcessor2_0 = _stock_class("transformer_easyanimate", "EasyAnimateAttnProcessor2_0")
 WanAnimate2CrossAttnProcessor = _stock_class("transformer_wan_animate_2", "WanAnimate2CrossAttnProcessor")  # (0.42+)
 WanAnimate2AttnProcessor = _stock_class("transformer_wan_animate_2", "WanAnimate2AttnProcessor")
+MiniMaxH3AttnProcessor = _stock_class("transformer_minimax_h3", "MiniMaxH3AttnProcessor")  # (0.42+)
+StableAudio3SelfAttnProcessor = _stock_class("transformer_stable_audio3", "StableAudio3SelfAttnProcessor")  # (0.42+)
+StableAudio3CrossAttnProcessor = _stock_class("transformer_stable_audio3", "StableAudio3CrossAttnProcessor")
+StableAudio3RMSNorm = _stock_class("transformer_stable_audio3", "StableAudio3RMSNorm")
 
 
 def _stock(stock_type, model: str, version: str):
@@ -269,6 +277,10 @@ def _rms_norm_params(norm, head_dim: int, device: torch.device) -> Optional[Tupl
         if norm.dim != head_dim:
             return None
         weight, eps = norm.weight + 1.0, norm.eps
+    elif StableAudio3RMSNorm is not None and isinstance(norm, StableAudio3RMSNorm):  # (in float32, as the prologue)
+        if tuple(norm.gamma.shape) != (head_dim,):
+            return None
+        weight, eps = norm.gamma, norm.eps
     else:
         return None
     if weight is None:
@@ -300,9 +312,9 @@ def _plan_norms(norms: Dict[str, Optional[torch.nn.Module]], head_dim: int, dtyp
 def _head_dim(attn) -> int:
     """The head dim a stock processor splits ``attn``'s key projection into (the Flux models' attention modules name
     it; diffusers' ``Attention`` does not, Wan's names its key width differently, HiDream's only its inner dim,
-    Bria FIBO 2's and Kandinsky 5's only their projections)."""
-    if getattr(attn, "head_dim", None):
-        return attn.head_dim
+    Bria FIBO 2's and Kandinsky 5's only their projections; Stable Audio 3's calls it dim_heads)."""
+    if getattr(attn, "head_dim", None) or getattr(attn, "dim_heads", None):
+        return getattr(attn, "head_dim", None) or attn.dim_heads
     kv_width = getattr(attn, "inner_kv_dim", None) or getattr(attn, "kv_inner_dim", None) or \
         getattr(attn, "inner_dim", None) or (getattr(attn, "to_q", None) or attn.to_query).out_features
     return kv_width // (getattr(attn, "heads", None) or attn.num_heads)
@@ -705,13 +717,13 @@ def _heads(attn, x: torch.Tensor, fused: str, names: Tuple[str, str, str], head_
 
 def _streams_attention(streams, head_dim: int, rope, attn_mask: Optional[torch.Tensor],
                        rope_interleaved: bool = True, scale: Optional[float] = None,
-                       norm_dtype: Optional[torch.dtype] = None, key_rope=None):
+                       norm_dtype: Optional[torch.dtype] = None, key_rope=None, rope_dims: int = 0):
     """One ``pydiff.attention`` call over one or two token streams, each (q, k, v, q norm, k norm) with q, k and v
     (B, N, H, D) (k and v may have fewer heads: grouped-query attention): joint attention over [stream 1; stream 2]
     without concatenation or split, the RoPE rows and the mask following that joined sequence; the streams' QK
     RMSNorms run in the kernel's prologue (other norms as modules first; an RMSNorm without an eps takes
-    ``norm_dtype``'s, q's dtype by default, as the module does on its input; ``key_rope``: the keys' own tables).
-    Returns the output, or both streams' with two."""
+    ``norm_dtype``'s, q's dtype by default, as the module does on its input; ``key_rope``: the keys' own tables;
+    ``rope_dims``: partial rotary). Returns the output, or both streams' with two."""
     (q, k, v, q_norm, k_norm), *second = streams
     norms, tensors = {"q": q_norm, "k": k_norm}, {"q": q, "k": k}
     if second:
@@ -725,6 +737,8 @@ def _streams_attention(streams, head_dim: int, rope, attn_mask: Optional[torch.T
                   norm_eps=eps, q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"))
     if key_rope is not None:
         common["key_rope"] = key_rope
+    if rope_dims:
+        common["rope_dims"] = rope_dims
     if not second:
         return attention(tensors["q"], tensors["k"], v, **common)
     return attention(tensors["q"], tensors["k"], v, joint=(tensors["q2"], tensors["k2"], v2),
@@ -1417,6 +1431,77 @@ def _wan_in_context(q, k, v, tables, reference, reference_tables, grid_sizes, re
     valid = frames * hw
     out = out[:, :frames * origin_hw].unflatten(1, (frames, origin_hw))[:, :, :hw].flatten(1, 2)
     return torch.cat([out, q[:, valid:]], 1)
+
+
+class PydiffMiniMaxH3AttnProcessor(_RankLocal):
+    """Drop-in for MiniMax-H3's ``MiniMaxH3AttnProcessor`` (diffusers 0.42+): its per-head QK RMSNorms and its
+    partial rotary (the first 6 x rope_freq_dim channels of each head, halves paired; ``rope_dims``) in the kernel's
+    prologue. The stock processor rotates in the model's dtype with its tables rounded to it; ours in float32."""
+
+    def __init__(self):
+        self.stock = _stock(MiniMaxH3AttnProcessor, "MiniMax-H3", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, rotary_emb=None,
+                 attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        head_dim = _head_dim(attn)
+        if head_dim > MAX_HEAD_DIM or (attention_mask is not None and not _kernel_reads(attention_mask)):
+            return self.stock(attn, hidden_states, rotary_emb, attention_mask)
+        out = _streams_attention([_image_stream(attn, hidden_states, head_dim)], head_dim, rotary_emb,
+                                 attention_mask, rope_interleaved=False,
+                                 rope_dims=0 if rotary_emb is None else rotary_emb[0].shape[-1])
+        return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
+class PydiffStableAudio3SelfAttnProcessor(_RankLocal):
+    """Drop-in for Stable Audio 3's ``StableAudio3SelfAttnProcessor`` (diffusers 0.42+): differential attention,
+    A(q1, k1, v) - A(q2, k2, v), as two calls whose QK RMSNorms and partial rotary (the first half of each head's
+    channels; ``rope_dims``) run in the kernel's prologue, the heads read in place from the fused projection; the
+    stock processor runs a norm and a float32 rotation per tensor (eight passes) before its two attentions."""
+
+    def __init__(self):
+        self.stock = _stock(StableAudio3SelfAttnProcessor, "Stable Audio 3", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        if attn.dim_heads > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states, rope)
+        parts = 5 if attn.use_differential else 3
+        heads = attn.to_qkv(hidden_states).unflatten(-1, (parts, attn.heads, attn.dim_heads)).unbind(2)
+        tables = rope[-hidden_states.shape[1]:].float()
+        rope_args = dict(rope=(tables.cos(), tables.sin()), rope_interleaved=False, rope_dims=rope.shape[-1])
+        queries, keys = (heads[:2], heads[2:4]) if attn.use_differential else (heads[:1], heads[1:2])
+        return attn.to_out(_differential(attn, queries, keys, heads[-1], rope_args).flatten(2))
+
+
+class PydiffStableAudio3CrossAttnProcessor(_RankLocal):
+    """Drop-in for Stable Audio 3's ``StableAudio3CrossAttnProcessor`` (diffusers 0.42+): its differential
+    cross-attention to the context as two calls, the QK RMSNorms in the prologue and the context mask as the
+    kernel's key mask."""
+
+    def __init__(self):
+        self.stock = _stock(StableAudio3CrossAttnProcessor, "Stable Audio 3", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, context: torch.Tensor,
+                 context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if attn.dim_heads > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states, context, context_mask)
+        split = 2 if attn.use_differential else 1
+        queries = attn.to_q(hidden_states).unflatten(-1, (split, attn.heads, attn.dim_heads)).unbind(2)
+        *keys, value = attn.to_kv(context).unflatten(-1, (split + 1, attn.heads, attn.dim_heads)).unbind(2)
+        mask = None if context_mask is None else context_mask[:, None, None, :].bool()
+        return attn.to_out(_differential(attn, queries, keys, value, dict(attn_mask=mask)).flatten(2))
+
+
+def _differential(attn, queries, keys, value: torch.Tensor, extra: dict) -> torch.Tensor:
+    """Stable Audio 3's attention (B, N, H, D) views: A(q1, k1, v) - A(q2, k2, v) (Differential Transformer, Ye et
+    al. 2024) for two queries and keys, A(q, k, v) for one, the module's QK norms in the prologue."""
+    fused, separate, eps = _plan_norms({"q": attn.q_norm, "k": attn.k_norm}, attn.dim_heads, value.dtype,
+                                       value.device)
+    outs = []
+    for q, k in zip(queries, keys):
+        q, k = separate["q"](q) if "q" in separate else q, separate["k"](k) if "k" in separate else k
+        outs.append(attention(q, k, value, layout="bnhd", q_norm_weight=fused.get("q"),
+                              k_norm_weight=fused.get("k"), norm_eps=eps, **extra))
+    return outs[0] - outs[1] if len(outs) == 2 else outs[0]
 
 
 def _ltx_rope(attn, tables):
@@ -2287,6 +2372,9 @@ _REPLACEMENTS = tuple(entry for entry in (
     (WanAttnProcessor, PydiffWanAttnProcessor, None),
     (WanAnimate2CrossAttnProcessor, PydiffWanAnimate2CrossAttnProcessor, None),
     (WanAnimate2AttnProcessor, PydiffWanAnimate2AttnProcessor, None),
+    (MiniMaxH3AttnProcessor, PydiffMiniMaxH3AttnProcessor, None),
+    (StableAudio3SelfAttnProcessor, PydiffStableAudio3SelfAttnProcessor, None),
+    (StableAudio3CrossAttnProcessor, PydiffStableAudio3CrossAttnProcessor, None),
     (CogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
     (LTXVideoAttnProcessor, PydiffLTXVideoAttnProcessor, None),
     (LTX2AudioVideoAttnProcessor, PydiffLTX2AttnProcessor, None),
@@ -2379,10 +2467,12 @@ __all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo
            "PydiffJointAttnProcessor", "PydiffJoyImageAttnProcessor", "PydiffJoyImageEditPlusAttnProcessor",
            "PydiffKandinsky5AttnProcessor", "PydiffKandinsky6AttnProcessor", "PydiffKandinsky6SRAttnProcessor",
            "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor",
-           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffMochiAttnProcessor",
-           "PydiffMotifVideoAttnProcessor", "PydiffMotifVideoCrossAttnProcessor", "PydiffNucleusMoEAttnProcessor",
-           "PydiffOmniGenAttnProcessor", "PydiffPAGCFGIdentitySelfAttnProcessor", "PydiffPAGIdentitySelfAttnProcessor",
-           "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor", "PydiffQwenImage21FlexAttnProcessor",
-           "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor",
-           "PydiffSanaWMCrossAttnProcessor", "PydiffWanAnimate2AttnProcessor", "PydiffWanAnimate2CrossAttnProcessor",
-           "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffMiniMaxH3AttnProcessor",
+           "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor", "PydiffMotifVideoCrossAttnProcessor",
+           "PydiffNucleusMoEAttnProcessor", "PydiffOmniGenAttnProcessor", "PydiffPAGCFGIdentitySelfAttnProcessor",
+           "PydiffPAGIdentitySelfAttnProcessor", "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor",
+           "PydiffQwenImage21FlexAttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor",
+           "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor", "PydiffStableAudio3CrossAttnProcessor",
+           "PydiffStableAudio3SelfAttnProcessor", "PydiffWanAnimate2AttnProcessor",
+           "PydiffWanAnimate2CrossAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor",
+           "set_attention_backend"]
