@@ -880,6 +880,26 @@ def test_wan_animate2_transformer(backend, monkeypatch):
     assert made == [(256, 512)]  # (one BlockMask for both passes: (5 + 1) x 40 and 5 x 40 tokens, padded to 128)
 
 
+@_needs("AnyFlowAttnProcessor", "AnyFlow", "0.42")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_anyflow_transformer(backend, monkeypatch):
+    """The tiny AnyFlow (two heads of 24, two layers; 3 frames of 4 x 6 patches, 7 text tokens): self-attention
+    with its complex 3-axis RoPE in the prologue, cross-attention to the text; outputs the stock processors'."""
+    from diffusers.models.transformers.transformer_anyflow import AnyFlowTransformer3DModel
+
+    model = _perturb(AnyFlowTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=24, in_channels=4, out_channels=4,
+        text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=32), 148)
+    gen = torch.Generator().manual_seed(149)
+    latents = torch.randn(1, 3, 4, 8, 12, generator=gen)
+    text = torch.randn(1, 7, 16, generator=gen)
+    calls = _spy(monkeypatch, lambda args, kwargs: kwargs.get("rope") is not None)
+    t, r = torch.full((1, 3), 700.0), torch.full((1, 3), 300.0)  # (per frame)
+    _compare(model, lambda m: m(latents, t, r, text).sample, backend,
+             {attention_processors.PydiffAnyFlowAttnProcessor, attention_processors.PydiffAnyFlowCrossAttnProcessor})
+    assert calls == [True, False] * 2
+
+
 @_needs("MiniMaxH3AttnProcessor", "MiniMax-H3", "0.42")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_minimax_h3_attention(backend, monkeypatch):

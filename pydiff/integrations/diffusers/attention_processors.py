@@ -241,6 +241,8 @@ MiniMaxH3AttnProcessor = _stock_class("transformer_minimax_h3", "MiniMaxH3AttnPr
 StableAudio3SelfAttnProcessor = _stock_class("transformer_stable_audio3", "StableAudio3SelfAttnProcessor")  # (0.42+)
 StableAudio3CrossAttnProcessor = _stock_class("transformer_stable_audio3", "StableAudio3CrossAttnProcessor")
 StableAudio3RMSNorm = _stock_class("transformer_stable_audio3", "StableAudio3RMSNorm")
+AnyFlowAttnProcessor = _stock_class("transformer_anyflow", "AnyFlowAttnProcessor")  # (0.42+)
+AnyFlowCrossAttnProcessor = _stock_class("transformer_anyflow", "AnyFlowCrossAttnProcessor")
 
 
 def _stock(stock_type, model: str, version: str):
@@ -1433,6 +1435,58 @@ def _wan_in_context(q, k, v, tables, reference, reference_tables, grid_sizes, re
     return torch.cat([out, q[:, valid:]], 1)
 
 
+class PydiffAnyFlowAttnProcessor(_RankLocal):
+    """Drop-in for AnyFlow's ``AnyFlowAttnProcessor`` (diffusers 0.42+; AnyFlow FAR's copy too): Wan's attention,
+    its QK RMSNorms (across heads) as modules first, its complex RoPE in the prologue (the keys' table as their own
+    where it is another), in float32 where the stock processor rotates in float64. ``stock_type``: the stock
+    processor for the calls the kernel does not take (the copy of it a model has)."""
+
+    def __init__(self, stock_type=AnyFlowAttnProcessor):
+        self.stock = _stock(stock_type, "AnyFlow", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, rotary_emb=None) -> torch.Tensor:
+        tables = None
+        if rotary_emb is not None and all(torch.is_complex(f) and f.dim() == 4 and f.shape[:2] == (1, 1)
+                                          for f in (rotary_emb["query"], rotary_emb["key"])):
+            tables = [_complex_rope(rotary_emb[name][0, 0]) for name in ("query", "key")]
+        if attn.inner_dim // attn.heads > MAX_HEAD_DIM or (rotary_emb is not None and tables is None) or \
+                (attention_mask is not None and not _kernel_reads(attention_mask)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        rope = key_rope = None
+        if tables is not None:
+            rope, key_rope = tables[0], (None if rotary_emb["key"] is rotary_emb["query"] else tables[1])
+        return _anyflow_attention(attn, hidden_states, encoder_hidden_states, attention_mask, rope, key_rope)
+
+
+class PydiffAnyFlowCrossAttnProcessor(_RankLocal):
+    """Drop-in for AnyFlow's ``AnyFlowCrossAttnProcessor`` (diffusers 0.42+; AnyFlow FAR's copy too): the text's
+    attention, its QK RMSNorms as modules first."""
+
+    def __init__(self, stock_type=AnyFlowCrossAttnProcessor):
+        self.stock = _stock(stock_type, "AnyFlow", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if attn.inner_dim // attn.heads > MAX_HEAD_DIM or \
+                (attention_mask is not None and not _kernel_reads(attention_mask)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask)
+        return _anyflow_attention(attn, hidden_states, encoder_hidden_states, attention_mask, None, None)
+
+
+def _anyflow_attention(attn, hidden_states: torch.Tensor, context: Optional[torch.Tensor],
+                       attention_mask: Optional[torch.Tensor], rope, key_rope) -> torch.Tensor:
+    """AnyFlow's attention through its output projection: q of ``hidden_states``, k and v of ``context`` (itself
+    where None), its optional QK norms as modules, the RoPE tables in the prologue."""
+    context = hidden_states if context is None else context
+    q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+    q = q if attn.norm_q is None else attn.norm_q(q).to(v.dtype)
+    k = k if attn.norm_k is None else attn.norm_k(k).to(v.dtype)
+    q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
+    out = attention(q, k, v, layout="bnhd", attn_mask=attention_mask, rope=rope, key_rope=key_rope)
+    return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
 class PydiffMiniMaxH3AttnProcessor(_RankLocal):
     """Drop-in for MiniMax-H3's ``MiniMaxH3AttnProcessor`` (diffusers 0.42+): its per-head QK RMSNorms and its
     partial rotary (the first 6 x rope_freq_dim channels of each head, halves paired; ``rope_dims``) in the kernel's
@@ -2336,7 +2390,10 @@ def _copies():
                                ("transformer_bria_fibo", "BriaFiboAttnProcessor", PydiffFluxAttnProcessor),
                                ("transformer_hunyuanimage", "HunyuanImageAttnProcessor",
                                 PydiffHunyuanVideoAttnProcessor),
-                               ("transformer_sana_video", "SanaAttnProcessor2_0", PydiffSanaAttnProcessor)):
+                               ("transformer_sana_video", "SanaAttnProcessor2_0", PydiffSanaAttnProcessor),
+                               ("transformer_anyflow_far", "AnyFlowAttnProcessor", PydiffAnyFlowAttnProcessor),
+                               ("transformer_anyflow_far", "AnyFlowCrossAttnProcessor",
+                                PydiffAnyFlowCrossAttnProcessor)):
         stock = _stock_class(module, name)
         if stock is not None:
             yield stock, ours
@@ -2373,6 +2430,8 @@ _REPLACEMENTS = tuple(entry for entry in (
     (WanAnimate2CrossAttnProcessor, PydiffWanAnimate2CrossAttnProcessor, None),
     (WanAnimate2AttnProcessor, PydiffWanAnimate2AttnProcessor, None),
     (MiniMaxH3AttnProcessor, PydiffMiniMaxH3AttnProcessor, None),
+    (AnyFlowAttnProcessor, PydiffAnyFlowAttnProcessor, None),
+    (AnyFlowCrossAttnProcessor, PydiffAnyFlowCrossAttnProcessor, None),
     (StableAudio3SelfAttnProcessor, PydiffStableAudio3SelfAttnProcessor, None),
     (StableAudio3CrossAttnProcessor, PydiffStableAudio3CrossAttnProcessor, None),
     (CogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
@@ -2456,10 +2515,11 @@ def set_attention_backend(model_or_pipe) -> int:
     return switched
 
 
-__all__ = ["PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo2AttnProcessor",
-           "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor",
-           "PydiffCosmosAttnProcessor", "PydiffEasyAnimateAttnProcessor", "PydiffErnieImageAttnProcessor",
-           "PydiffFlux2AttnProcessor", "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
+__all__ = ["PydiffAnyFlowAttnProcessor", "PydiffAnyFlowCrossAttnProcessor", "PydiffAttnProcessor",
+           "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo2AttnProcessor", "PydiffCogVideoXAttnProcessor",
+           "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor", "PydiffCosmosAttnProcessor",
+           "PydiffEasyAnimateAttnProcessor", "PydiffErnieImageAttnProcessor", "PydiffFlux2AttnProcessor",
+           "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
            "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor",
            "PydiffFluxIPAdapterAttnProcessor", "PydiffGlmImageAttnProcessor", "PydiffHeliosAttnProcessor",
            "PydiffHiDreamAttnProcessor", "PydiffHunyuanDiTAttnProcessor", "PydiffHunyuanVideo15AttnProcessor",
