@@ -900,6 +900,54 @@ def test_anyflow_transformer(backend, monkeypatch):
     assert calls == [True, False] * 2
 
 
+@_needs("AnyFlowCausalAttnProcessor", "AnyFlow FAR", "0.42")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_anyflow_far_transformer(backend, monkeypatch):
+    """The tiny AnyFlow FAR (two heads of 24, two layers, 8 x 12 latents: 24 tokens a frame, 6 compressed; at
+    most two full chunks): the training rollout over three chunks (its chunk-causal BlockMask), then the
+    autoregressive rollout as its pipeline runs it, each chunk's step over the KV cache (the compressed, the full
+    and its own keys, padded with zero keys as the stock processor pads them) and the cache prefill after it (a
+    BlockMask of its own). Every output equals the stock processors' (flex attention, eagerly); the BlockMask
+    calls go through tiles, and the autoregressive ones not."""
+    from diffusers.models.transformers.transformer_anyflow_far import AnyFlowFARTransformer3DModel
+
+    model = _perturb(AnyFlowFARTransformer3DModel(
+        patch_size=(1, 2, 2), compressed_patch_size=(1, 4, 4), full_chunk_limit=2, num_attention_heads=2,
+        attention_head_dim=24, in_channels=4, out_channels=4, text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2,
+        rope_max_seq_len=32, chunk_partition=(1, 1, 1)), 150)
+    gen = torch.Generator().manual_seed(151)
+    latents = torch.randn(1, 3, 4, 8, 12, generator=gen)
+    text = torch.randn(1, 7, 16, generator=gen)
+    partition = [1, 1, 1]
+
+    def times(frames, value):
+        return torch.full((1, frames), value)
+
+    def run(m):
+        outs = [m(latents, times(3, 700.0), times(3, 300.0), text, chunk_partition=partition).sample]
+        cache = {i: {"full_cache": torch.zeros(2, 1, 2, 2 * 24, 24),
+                     "compressed_cache": torch.zeros(2, 1, 2, 2 * 6, 24)} for i in range(2)}
+        flag = {"num_cached_chunks": 0, "is_cache_step": False}
+        for chunk in range(3):
+            step = latents[:, chunk:chunk + 1]
+            outs.append(m(step, times(1, 500.0), times(1, 200.0), text, chunk_partition=partition[:chunk + 1],
+                          kv_cache=cache, kv_cache_flag=copy.deepcopy(flag)).sample)
+            if chunk < 2:
+                mask = m.build_attention_mask(chunk_partition=partition[:chunk + 1], height=8, width=12, mode="cache")
+                m(latents[:, :chunk + 1], times(chunk + 1, 0.0), times(chunk + 1, 0.0), text,
+                  chunk_partition=partition[:chunk + 1], attention_mask=mask, kv_cache=cache,
+                  kv_cache_flag={**flag, "is_cache_step": True})
+                flag["num_cached_chunks"] += 1
+        return tuple(outs)
+
+    calls = _spy(monkeypatch, lambda args, kwargs: "block_tiles" in kwargs or "block_mask" in kwargs)
+    _compare(model, run, backend, {attention_processors.PydiffAnyFlowCausalAttnProcessor,
+                                   attention_processors.PydiffAnyFlowCrossAttnProcessor})
+    self_calls = calls[::2]  # (per layer: self-attention, then cross-attention)
+    assert self_calls == [True] * 2 + [False] * 2 + [True] * 2 + [False] * 2 + [True] * 2 + [False] * 2
+    assert not any(calls[1::2])
+
+
 @_needs("MiniMaxH3AttnProcessor", "MiniMax-H3", "0.42")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_minimax_h3_attention(backend, monkeypatch):

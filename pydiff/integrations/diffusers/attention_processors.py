@@ -79,6 +79,9 @@
   and ``PydiffWanAnimate2AttnProcessor`` its self-attention: the generation pass's in-context attention over the
   model's flex BlockMask as one block-sparse call (its partial blocks as tiles), eagerly, where the stock processor
   needs torch.compile.
+* ``PydiffAnyFlowAttnProcessor`` and ``PydiffAnyFlowCrossAttnProcessor`` (0.42+) replace AnyFlow's (and AnyFlow
+  FAR's copies), Wan-style; ``PydiffAnyFlowCausalAttnProcessor`` AnyFlow FAR's causal one: its KV cache as the
+  stock one keeps it, the chunk-causal BlockMask as one block-sparse call, eagerly.
 * ``PydiffMiniMaxH3AttnProcessor`` (0.42+) replaces MiniMax-H3's: its QK norms and partial rotary in the prologue.
 * ``PydiffStableAudio3SelfAttnProcessor`` and ``PydiffStableAudio3CrossAttnProcessor`` (0.42+) replace Stable Audio
   3's differential attention (two calls, their QK norms and partial rotary in the prologue, the context mask as a
@@ -243,6 +246,7 @@ StableAudio3CrossAttnProcessor = _stock_class("transformer_stable_audio3", "Stab
 StableAudio3RMSNorm = _stock_class("transformer_stable_audio3", "StableAudio3RMSNorm")
 AnyFlowAttnProcessor = _stock_class("transformer_anyflow", "AnyFlowAttnProcessor")  # (0.42+)
 AnyFlowCrossAttnProcessor = _stock_class("transformer_anyflow", "AnyFlowCrossAttnProcessor")
+AnyFlowCausalAttnProcessor = _stock_class("transformer_anyflow_far", "AnyFlowCausalAttnProcessor")
 
 
 def _stock(stock_type, model: str, version: str):
@@ -1402,9 +1406,18 @@ def _frames_packed(x: torch.Tensor, frames: int, hw: int, origin_hw: int, length
     return out
 
 
-#: a Wan-Animate 2 BlockMask -> its ``block_mask_tiles``: the model builds one per video size from sizes alone, so
-#: each is made into tiles once
-_WAN_ANIMATE_TILES = weakref.WeakKeyDictionary()
+#: a BlockMask a model built -> {(queries, keys): its ``block_mask_tiles``}. Wan-Animate 2 builds one per video size
+#: and AnyFlow FAR one per chunk layout, each from sizes alone (their mask_mods read nothing that changes), and
+#: every layer attends on it: it becomes tiles once
+_MODEL_MASK_TILES = weakref.WeakKeyDictionary()
+
+
+def _model_mask_tiles(block_mask, n_q: int, n_k: int) -> dict:
+    """``block_mask_tiles`` of a model's BlockMask, made once per BlockMask and size (``_MODEL_MASK_TILES``)."""
+    made = _MODEL_MASK_TILES.setdefault(block_mask, {})
+    if (n_q, n_k) not in made:
+        made[n_q, n_k] = block_mask_tiles(block_mask, n_q, n_k)
+    return made[n_q, n_k]
 
 
 def _wan_in_context(q, k, v, tables, reference, reference_tables, grid_sizes, reference_grid_sizes,
@@ -1423,13 +1436,10 @@ def _wan_in_context(q, k, v, tables, reference, reference_tables, grid_sizes, re
         return here if y is None else torch.cat([here, _frames_packed(y, ref_frames, ref_hw, origin_hw, n_ref, fill)],
                                                 1)
 
-    made = _WAN_ANIMATE_TILES.setdefault(block_mask, {})
-    if (n_q, n_q + n_ref) not in made:
-        made[n_q, n_q + n_ref] = block_mask_tiles(block_mask, n_q, n_q + n_ref)
     out = attention(packed(q, None), packed(k, reference[0]), packed(v, reference[1]), layout="bnhd",
                     rope=_complex_parts(packed(tables, None, 1)),
                     key_rope=_complex_parts(packed(tables, reference_tables, 1)), rope_interleaved=True,
-                    **made[n_q, n_q + n_ref])
+                    **_model_mask_tiles(block_mask, n_q, n_q + n_ref))
     valid = frames * hw
     out = out[:, :frames * origin_hw].unflatten(1, (frames, origin_hw))[:, :, :hw].flatten(1, 2)
     return torch.cat([out, q[:, valid:]], 1)
@@ -1472,6 +1482,63 @@ class PydiffAnyFlowCrossAttnProcessor(_RankLocal):
                 (attention_mask is not None and not _kernel_reads(attention_mask)):
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask)
         return _anyflow_attention(attn, hidden_states, encoder_hidden_states, attention_mask, None, None)
+
+
+class PydiffAnyFlowCausalAttnProcessor(_RankLocal):
+    """Drop-in for AnyFlow FAR's ``AnyFlowCausalAttnProcessor`` (diffusers 0.42+): the KV cache kept as the stock
+    processor keeps it (keys before their RoPE); the training rollout's and the cache prefill's chunk-causal
+    BlockMask in one block-sparse call (its partial blocks as tiles, once per BlockMask); the autoregressive step
+    over [compressed cache; full cache; new] keys, with as many zero keys after them as the stock processor pads
+    (it pads to the flex block and attends to them: a weight each in the softmax, no value); the queries' and the
+    keys' own RoPE tables in the prologue (float32; the stock processor's in float64). The stock processor needs
+    flex attention (compiled: eagerly it materialises every score)."""
+
+    def __init__(self):
+        self.stock = _stock(AnyFlowCausalAttnProcessor, "AnyFlow FAR", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask=None, rotary_emb=None, kv_cache=None, kv_cache_flag=None) -> torch.Tensor:
+        complex_tables = rotary_emb is None or all(torch.is_complex(rotary_emb[name]) and rotary_emb[name].dim() == 4
+                                                   for name in ("query", "key"))
+        if attn.inner_dim // attn.heads > MAX_HEAD_DIM or not complex_tables or \
+                (attention_mask is not None and type(attention_mask).__name__ != "BlockMask"):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, kv_cache,
+                              kv_cache_flag)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        q = q if attn.norm_q is None else attn.norm_q(q)
+        k = k if attn.norm_k is None else attn.norm_k(k)
+        # (B, H, N, D), as the cache holds them
+        q, k, v = (t.to(hidden_states.dtype).unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (q, k, v))
+        if kv_cache is not None:
+            k, v = _far_cache(kv_cache, kv_cache_flag, k, v)
+        key_freqs = None if rotary_emb is None else rotary_emb["key"][0, 0]
+        extra = {}
+        if attention_mask is not None:
+            extra = _model_mask_tiles(attention_mask, q.shape[2], k.shape[2])
+        elif q.shape[2] % 128:
+            pad = 128 - q.shape[2] % 128
+            k, v = (torch.cat([t, t.new_zeros(*t.shape[:2], pad, t.shape[3])], 2) for t in (k, v))
+            if key_freqs is not None:
+                key_freqs = torch.cat([key_freqs, key_freqs.new_ones(pad, key_freqs.shape[1])])
+        out = attention(q, k, v, rope=None if rotary_emb is None else _complex_rope(rotary_emb["query"][0, 0]),
+                        key_rope=None if key_freqs is None else _complex_rope(key_freqs), **extra)
+        return attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2)))
+
+
+def _far_cache(kv_cache: dict, flag: dict, k: torch.Tensor, v: torch.Tensor):
+    """AnyFlow FAR's KV cache, as its stock processor keeps it: the prefill (``is_cache_step``) writes k and v
+    (B, H, N, D) into its compressed and full parts and attends to them alone; a later step attends to [compressed
+    cache; full cache; k]."""
+    compressed, full = kv_cache["compressed_cache"], kv_cache["full_cache"]
+    if flag["is_cache_step"]:
+        split = flag["num_compressed_tokens"]
+        compressed[:, :, :, :split] = torch.stack([k[:, :, :split], v[:, :, :split]])
+        full[:, :, :, :flag["num_full_tokens"]] = torch.stack([k[:, :, split:], v[:, :, split:]])
+        return k, v
+    cached = [compressed[:, :, :, :flag["num_cached_compressed_tokens"]],
+              full[:, :, :, :flag["num_cached_full_tokens"]]]
+    return tuple(torch.cat([part[i] for part in cached] + [new], 2) for i, new in enumerate((k, v)))
 
 
 def _anyflow_attention(attn, hidden_states: torch.Tensor, context: Optional[torch.Tensor],
@@ -2432,6 +2499,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (MiniMaxH3AttnProcessor, PydiffMiniMaxH3AttnProcessor, None),
     (AnyFlowAttnProcessor, PydiffAnyFlowAttnProcessor, None),
     (AnyFlowCrossAttnProcessor, PydiffAnyFlowCrossAttnProcessor, None),
+    (AnyFlowCausalAttnProcessor, PydiffAnyFlowCausalAttnProcessor, None),
     (StableAudio3SelfAttnProcessor, PydiffStableAudio3SelfAttnProcessor, None),
     (StableAudio3CrossAttnProcessor, PydiffStableAudio3CrossAttnProcessor, None),
     (CogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
@@ -2515,11 +2583,11 @@ def set_attention_backend(model_or_pipe) -> int:
     return switched
 
 
-__all__ = ["PydiffAnyFlowAttnProcessor", "PydiffAnyFlowCrossAttnProcessor", "PydiffAttnProcessor",
-           "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo2AttnProcessor", "PydiffCogVideoXAttnProcessor",
-           "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor", "PydiffCosmosAttnProcessor",
-           "PydiffEasyAnimateAttnProcessor", "PydiffErnieImageAttnProcessor", "PydiffFlux2AttnProcessor",
-           "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
+__all__ = ["PydiffAnyFlowAttnProcessor", "PydiffAnyFlowCausalAttnProcessor", "PydiffAnyFlowCrossAttnProcessor",
+           "PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo2AttnProcessor",
+           "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor",
+           "PydiffCosmosAttnProcessor", "PydiffEasyAnimateAttnProcessor", "PydiffErnieImageAttnProcessor",
+           "PydiffFlux2AttnProcessor", "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
            "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor",
            "PydiffFluxIPAdapterAttnProcessor", "PydiffGlmImageAttnProcessor", "PydiffHeliosAttnProcessor",
            "PydiffHiDreamAttnProcessor", "PydiffHunyuanDiTAttnProcessor", "PydiffHunyuanVideo15AttnProcessor",
