@@ -948,6 +948,43 @@ def test_anyflow_far_transformer(backend, monkeypatch):
     assert not any(calls[1::2])
 
 
+@_needs("AudioDiTSelfAttnProcessor", "LongCat-AudioDiT", "0.42")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_longcat_audio_dit_attention(backend, monkeypatch):
+    """LongCat-AudioDiT's self-attention (QK norms across heads, its RoPE, a token mask on the keys and on the
+    outputs) and cross-attention (the audio's and the prompt's own RoPE tables, the prompt mask on the keys, the
+    audio mask on the outputs); outputs the stock processors', with and without masks."""
+    from diffusers.models.transformers.transformer_longcat_audio_dit import (
+        AudioDiTAttention,
+        AudioDiTCrossAttnProcessor,
+        AudioDiTRotaryEmbedding,
+    )
+
+    self_attn = _perturb(AudioDiTAttention(64, None, heads=2, dim_head=32, qk_norm=True), 152)
+    cross_attn = _perturb(AudioDiTAttention(64, 24, heads=2, dim_head=32, qk_norm=True,
+                                            processor=AudioDiTCrossAttnProcessor()), 153)
+    gen = torch.Generator().manual_seed(154)
+    hidden, prompt = torch.randn(2, 40, 64, generator=gen), torch.randn(2, 9, 24, generator=gen)
+    mask, prompt_mask = torch.ones(2, 40, dtype=torch.bool), torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 30:], prompt_mask[0, 5:] = False, False
+    rotary = AudioDiTRotaryEmbedding(32)
+    rope, prompt_rope = rotary(hidden), rotary(prompt)
+    calls = _spy(monkeypatch, lambda args, kwargs: (kwargs.get("attn_mask") is not None,
+                                                     kwargs.get("key_rope") is not None))
+    ours_self, ours_cross = copy.deepcopy(self_attn), copy.deepcopy(cross_attn)
+    assert set_attention_backend(ours_self) == 1 and set_attention_backend(ours_cross) == 1
+    with torch.no_grad(), pydiff.use_backend(backend):
+        for masks in ((mask, prompt_mask), (None, None)):
+            torch.testing.assert_close(ours_self(hidden, attention_mask=masks[0], audio_rotary_emb=rope),
+                                       self_attn(hidden, attention_mask=masks[0], audio_rotary_emb=rope),
+                                       rtol=2e-5, atol=2e-5)
+            kwargs = dict(post_attention_mask=masks[0], attention_mask=masks[1], audio_rotary_emb=rope,
+                          prompt_rotary_emb=prompt_rope)
+            torch.testing.assert_close(ours_cross(hidden, prompt, **kwargs), cross_attn(hidden, prompt, **kwargs),
+                                       rtol=2e-5, atol=2e-5)
+    assert calls == [(True, False), (True, True), (False, False), (False, True)]
+
+
 @_needs("MiniMaxH3AttnProcessor", "MiniMax-H3", "0.42")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_minimax_h3_attention(backend, monkeypatch):

@@ -82,6 +82,8 @@
 * ``PydiffAnyFlowAttnProcessor`` and ``PydiffAnyFlowCrossAttnProcessor`` (0.42+) replace AnyFlow's (and AnyFlow
   FAR's copies), Wan-style; ``PydiffAnyFlowCausalAttnProcessor`` AnyFlow FAR's causal one: its KV cache as the
   stock one keeps it, the chunk-causal BlockMask as one block-sparse call, eagerly.
+* ``PydiffAudioDiTSelfAttnProcessor`` and ``PydiffAudioDiTCrossAttnProcessor`` (0.42+) replace LongCat-AudioDiT's:
+  the RoPE (the prompt's keys by tables of their own) in the prologue, the token masks as key masks.
 * ``PydiffMiniMaxH3AttnProcessor`` (0.42+) replaces MiniMax-H3's: its QK norms and partial rotary in the prologue.
 * ``PydiffStableAudio3SelfAttnProcessor`` and ``PydiffStableAudio3CrossAttnProcessor`` (0.42+) replace Stable Audio
   3's differential attention (two calls, their QK norms and partial rotary in the prologue, the context mask as a
@@ -247,6 +249,8 @@ StableAudio3RMSNorm = _stock_class("transformer_stable_audio3", "StableAudio3RMS
 AnyFlowAttnProcessor = _stock_class("transformer_anyflow", "AnyFlowAttnProcessor")  # (0.42+)
 AnyFlowCrossAttnProcessor = _stock_class("transformer_anyflow", "AnyFlowCrossAttnProcessor")
 AnyFlowCausalAttnProcessor = _stock_class("transformer_anyflow_far", "AnyFlowCausalAttnProcessor")
+AudioDiTSelfAttnProcessor = _stock_class("transformer_longcat_audio_dit", "AudioDiTSelfAttnProcessor")  # (0.42+)
+AudioDiTCrossAttnProcessor = _stock_class("transformer_longcat_audio_dit", "AudioDiTCrossAttnProcessor")
 
 
 def _stock(stock_type, model: str, version: str):
@@ -1554,6 +1558,60 @@ def _anyflow_attention(attn, hidden_states: torch.Tensor, context: Optional[torc
     return attn.to_out[1](attn.to_out[0](out.flatten(2)))
 
 
+class PydiffAudioDiTSelfAttnProcessor(_RankLocal):
+    """Drop-in for LongCat-AudioDiT's ``AudioDiTSelfAttnProcessor`` (diffusers 0.42+): its QK RMSNorms (across heads)
+    as modules first, its RoPE (halves paired, tables in the model's dtype) in the prologue, the token mask as the
+    kernel's key mask, then the padded tokens' outputs zeroed as the stock processor zeroes them."""
+
+    def __init__(self):
+        self.stock = _stock(AudioDiTSelfAttnProcessor, "LongCat-AudioDiT", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                 audio_rotary_emb=None) -> torch.Tensor:
+        if attn.inner_dim // attn.heads > MAX_HEAD_DIM or \
+                (attention_mask is not None and not _kernel_reads(attention_mask)):
+            return self.stock(attn, hidden_states, attention_mask, audio_rotary_emb)
+        return _audio_dit_attention(attn, hidden_states, None, attention_mask, attention_mask, audio_rotary_emb,
+                                    audio_rotary_emb)
+
+
+class PydiffAudioDiTCrossAttnProcessor(_RankLocal):
+    """Drop-in for LongCat-AudioDiT's ``AudioDiTCrossAttnProcessor`` (diffusers 0.42+): the audio queries turned by
+    the audio's RoPE tables and the prompt's keys by the prompt's (``key_rope``), in the prologue; the prompt mask
+    as the key mask, the audio mask on the outputs after."""
+
+    def __init__(self):
+        self.stock = _stock(AudioDiTCrossAttnProcessor, "LongCat-AudioDiT", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 post_attention_mask: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, audio_rotary_emb=None,
+                 prompt_rotary_emb=None) -> torch.Tensor:
+        if attn.inner_dim // attn.heads > MAX_HEAD_DIM or \
+                (attention_mask is not None and not _kernel_reads(attention_mask)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, post_attention_mask, attention_mask,
+                              audio_rotary_emb, prompt_rotary_emb)
+        return _audio_dit_attention(attn, hidden_states, encoder_hidden_states, attention_mask, post_attention_mask,
+                                    audio_rotary_emb, prompt_rotary_emb)
+
+
+def _audio_dit_attention(attn, hidden_states: torch.Tensor, context: Optional[torch.Tensor], key_mask,
+                         post_mask, query_rope, key_rope) -> torch.Tensor:
+    """LongCat-AudioDiT's attention through its output projection: q of ``hidden_states``, k and v of ``context``
+    (itself where None), its QK norms as modules, q and k turned by tables of their own (rows (N, D), halves
+    paired), ``key_mask`` (B, N_k) on the keys and ``post_mask`` (B, N_q) on the outputs."""
+    context = hidden_states if context is None else context
+    q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+    if attn.qk_norm:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
+    out = attention(q, k, v, layout="bnhd", attn_mask=_key_mask(key_mask, q.shape[0], k.shape[1]),
+                    rope=query_rope, key_rope=None if key_rope is query_rope else key_rope, rope_interleaved=False)
+    if post_mask is not None:
+        out = out * post_mask[:, :, None, None].to(out.dtype)
+    return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
 class PydiffMiniMaxH3AttnProcessor(_RankLocal):
     """Drop-in for MiniMax-H3's ``MiniMaxH3AttnProcessor`` (diffusers 0.42+): its per-head QK RMSNorms and its
     partial rotary (the first 6 x rope_freq_dim channels of each head, halves paired; ``rope_dims``) in the kernel's
@@ -2500,6 +2558,8 @@ _REPLACEMENTS = tuple(entry for entry in (
     (AnyFlowAttnProcessor, PydiffAnyFlowAttnProcessor, None),
     (AnyFlowCrossAttnProcessor, PydiffAnyFlowCrossAttnProcessor, None),
     (AnyFlowCausalAttnProcessor, PydiffAnyFlowCausalAttnProcessor, None),
+    (AudioDiTSelfAttnProcessor, PydiffAudioDiTSelfAttnProcessor, None),
+    (AudioDiTCrossAttnProcessor, PydiffAudioDiTCrossAttnProcessor, None),
     (StableAudio3SelfAttnProcessor, PydiffStableAudio3SelfAttnProcessor, None),
     (StableAudio3CrossAttnProcessor, PydiffStableAudio3CrossAttnProcessor, None),
     (CogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
@@ -2584,10 +2644,11 @@ def set_attention_backend(model_or_pipe) -> int:
 
 
 __all__ = ["PydiffAnyFlowAttnProcessor", "PydiffAnyFlowCausalAttnProcessor", "PydiffAnyFlowCrossAttnProcessor",
-           "PydiffAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo2AttnProcessor",
-           "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor",
-           "PydiffCosmosAttnProcessor", "PydiffEasyAnimateAttnProcessor", "PydiffErnieImageAttnProcessor",
-           "PydiffFlux2AttnProcessor", "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
+           "PydiffAttnProcessor", "PydiffAudioDiTCrossAttnProcessor", "PydiffAudioDiTSelfAttnProcessor",
+           "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo2AttnProcessor", "PydiffCogVideoXAttnProcessor",
+           "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor", "PydiffCosmosAttnProcessor",
+           "PydiffEasyAnimateAttnProcessor", "PydiffErnieImageAttnProcessor", "PydiffFlux2AttnProcessor",
+           "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
            "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor",
            "PydiffFluxIPAdapterAttnProcessor", "PydiffGlmImageAttnProcessor", "PydiffHeliosAttnProcessor",
            "PydiffHiDreamAttnProcessor", "PydiffHunyuanDiTAttnProcessor", "PydiffHunyuanVideo15AttnProcessor",
