@@ -500,15 +500,14 @@ def _block_scores(q_a, q_b, K, KB, start_n, n_end, stride_kn, stride_kd, qk_scal
         else:
             bias = tl.load(MB + cols)[None, :]
         if MB.dtype.element_ty == tl.int1:  # a boolean mask: True takes part
-            bias = tl.where(bias, 0.0, float("-inf"))
+            s += tl.where(bias, 0.0, float("-inf"))
         else:
             # in the scores' units: base 2 (log2(e), as LOG2E) where they are scaled; divided by the scale where
             # the softmax folds it in (SCALE_POSITIVE: one multiply-add per score fewer)
             unit = 1.4426950408889634
             if SCALE_POSITIVE:
                 unit = unit / qk_scale
-            bias = (bias.to(tl.float32) - mask_shift) * unit
-        s += bias
+            s += (bias.to(tl.float32) - mask_shift) * unit
     if MASK_N:
         s = tl.where(((start_n + offs_n) < n_end)[None, :], s, float("-inf"))
     if GATED:
@@ -615,18 +614,24 @@ def _query_block(
     block's queries); the negative stream has none. SPARSE: K's keys are only the ``count`` blocks of BLOCK_K
     listed at LIST (``_attend_listed``; with TILE_MASK, MB are the query rows' rows of a tile, tiles stride_mt
     apart, and the first ``whole`` listed blocks have none)."""
-    q_a, q_b = _load_rows(Q, row_start, row_end, stride_qn, stride_qd, HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB,
-                          SPLIT_D, WARP_SPEC)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = _row_sums(BLOCK_M, ROWSUM_MMA)
-    acc_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
-    acc_b = tl.zeros([BLOCK_M, BLOCK_DB], dtype=tl.float32)
     mask_shift = 0.0
+    zero_rows = None
     if HAS_BIAS and MB.dtype.element_ty != tl.int1:  # (a boolean mask's 0 and -inf need no shift)
         mask_shift = _mask_top(MB, stride_mn, k_start, k_end, BLOCK_M, BLOCK_N, HAS_BIAS)
         if JOINT_KEYS:
             mask_shift = tl.maximum(mask_shift, _mask_top(MB2, stride_mn, 0, k2_end, BLOCK_M, BLOCK_N, HAS_BIAS))
         mask_shift = tl.where(mask_shift == float("-inf"), 0.0, mask_shift)
+        # A row whose every mask value is at most -1e30 (a padded query under the finfo.min masks of Hugging Face's
+        # models) has, in float64 as in SDPA's float32, its scores absorbed into the mask (s + m == m): its weights
+        # follow the mask alone (uniform over its largest values). Its query is read as zeros, so that they do here
+        # too: a key mask's rows all alike, a mask per query's row by row.
+        zero_rows = (tl.reshape(mask_shift, [BLOCK_M]) if HAS_BIAS == ROW_MASK else mask_shift) <= -1e30
+    q_a, q_b = _load_rows(Q, row_start, row_end, stride_qn, stride_qd, HEAD_DIM, BLOCK_M, BLOCK_DA, BLOCK_DB,
+                          SPLIT_D, WARP_SPEC, zero_rows)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = _row_sums(BLOCK_M, ROWSUM_MMA)
+    acc_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_M, BLOCK_DB], dtype=tl.float32)
     if SPARSE:
         acc_a, acc_b, m_i, l_i = _attend_listed(
             acc_a, acc_b, m_i, l_i, q_a, q_b, K, V, LIST, count, BLOCK_K, k_end, stride_kn, stride_kd, stride_vn,
@@ -703,20 +708,26 @@ def _mask_top(MB, stride_mn, k_start, k_end, BLOCK_M: tl.constexpr, BLOCK_N: tl.
 @triton.jit
 def _load_rows(X, row_start, row_end, stride_n, stride_d, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr,
-               DESCRIPTORS: tl.constexpr = False):
+               DESCRIPTORS: tl.constexpr = False, zero_rows=None):
     """Rows [row_start, row_start + BLOCK_M) of one head (rows from row_end on and padded columns read as zeros),
     as its two head-dim chunks (the second is the first again without SPLIT_D); with DESCRIPTORS through tensor
-    descriptors (a contiguous head dim, 16-byte aligned base and row stride: the launcher checked)."""
+    descriptors (a contiguous head dim, 16-byte aligned base and row stride: the launcher checked). zero_rows
+    (BLOCK_M booleans, or one for every row; one with DESCRIPTORS): rows read as zeros too."""
     if DESCRIPTORS:
-        x_a = _kv_source(X, row_end, stride_n, HEAD_DIM, BLOCK_M, BLOCK_DA, True).load([row_start, 0])
+        start = row_start
+        if zero_rows is not None:  # (from the descriptor's last row on: zeros)
+            start = tl.where(zero_rows, tl.maximum(row_end, 1), row_start)
+        x_a = _kv_source(X, row_end, stride_n, HEAD_DIM, BLOCK_M, BLOCK_DA, True).load([start, 0])
         x_b = x_a
         if SPLIT_D:
-            x_b = _kv_source(X, row_end, stride_n, HEAD_DIM, BLOCK_M, BLOCK_DB, True).load([row_start, BLOCK_DA])
+            x_b = _kv_source(X, row_end, stride_n, HEAD_DIM, BLOCK_M, BLOCK_DB, True).load([start, BLOCK_DA])
     else:
         offs_m = tl.arange(0, BLOCK_M)
         d_a = tl.arange(0, BLOCK_DA)
         d_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
         row_mask = (row_start + offs_m) < row_end
+        if zero_rows is not None:
+            row_mask = tl.where(zero_rows, False, row_mask)
         blk = X + tl.cast(row_start, tl.int64) * stride_n
         x_a = tl.load(blk + offs_m[:, None] * stride_n + d_a[None, :] * stride_d,
                       mask=row_mask[:, None] & (d_a < HEAD_DIM)[None, :], other=0.0)

@@ -72,10 +72,10 @@ class Case:
     joint_k_norm: bool = False
     scale: Optional[float] = None
     # an attention mask (``attn_mask``): (values "bool" | "float" [-inf, q's dtype] | "f32" | "diffusers"
-    # [0 / -10000], shape); key masks "b11n" | "bh1n" | "1h1n" | "n" [1-D] | "strided" [every other key of a longer
-    # tensor] | "expanded" [a key mask expanded over the queries, stride 0]; masks per query "bhmn" | "b1mn" | "mn"
-    # [2-D] | "transposed" [(B, H, N_k, N_q) storage] | "outer" [Chroma's: token mask x token mask, N_q == N_k] |
-    # "bhm1" [one value per query for every key: its key dim broadcast]
+    # [0 / -10000] | "min" [finfo(dtype).min, q's dtype], shape); key masks "b11n" | "bh1n" | "1h1n" | "n" [1-D] |
+    # "strided" [every other key of a longer tensor] | "expanded" [a key mask expanded over the queries, stride 0];
+    # masks per query "bhmn" | "b1mn" | "mn" [2-D] | "transposed" [(B, H, N_k, N_q) storage] | "outer" [Chroma's:
+    # token mask x token mask, N_q == N_k] | "bhm1" [one value per query for every key: its key dim broadcast]
     mask: Optional[Tuple[str, str]] = None
     # block-sparse attention (``block_mask``): (query block, key block, the mask's shape "bhmn" | "b1mn" | "1hmn" |
     # "mn" [2-D]), random blocks with batch row 0's second query block attending to none
@@ -223,9 +223,12 @@ def _attn_mask(case: Case, gen: torch.Generator, queries: int, keys: int) -> tor
         keep = tokens[..., :queries, None] & tokens[..., None, :]
     if values == "diffusers":
         bias = (1.0 - keep.to(case.dtype)) * -10000.0
+    elif values == "min":  # (Hugging Face's: the dtype's lowest finite value; a row of it absorbs the scores)
+        bias = (2 * torch.randn(keep.shape, generator=gen)).masked_fill(~keep, torch.finfo(case.dtype).min)
     else:
         bias = (2 * torch.randn(keep.shape, generator=gen)).masked_fill(~keep, float("-inf"))
-    mask = {"bool": keep, "float": bias.to(case.dtype), "f32": bias, "diffusers": bias}[values]
+    mask = {"bool": keep, "float": bias.to(case.dtype), "f32": bias, "diffusers": bias,
+            "min": bias.to(case.dtype)}[values]
     if shape in ("b11n", "strided", "b1mn"):
         mask = mask[:, :1]
     elif shape == "1h1n":
@@ -344,6 +347,10 @@ _KEY_MASK_CASES = [
     # scores only once the mask's largest value is taken out (the kernel's shift), over both streams when joint
     Case(F32, 64, 45, 77, batch=2, mask=("diffusers", "b11n"), name="f32-mask-all-padding"),
     Case(F32, 40, 33, 33, batch=2, joint=(17, 17), mask=("diffusers", "bh1n"), name="f32-mask-joint-all-padding"),
+    # Hugging Face's masks (the dtype's lowest finite value): a row of only such values has its scores absorbed into
+    # the mask, in float64 as in SDPA, and attends to every key alike (the kernel zeroes its queries)
+    Case(F32, 64, 45, 77, batch=2, mask=("min", "b11n"), name="f32-mask-min-all-padding"),
+    Case(BF16, 64, 33, 40, batch=2, joint=(17, 17), mask=("min", "bh1n"), name="bf16-mask-min-joint"),
 ]
 #: each key mask's shape -> a mask per query (a BLOCK_M x BLOCK_N tile per key block) in its place: every broadcast
 #: shape, transposed storage, Chroma's outer product (the joint case with its prologue: rows and keys of the joined
