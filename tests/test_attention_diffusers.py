@@ -985,6 +985,43 @@ def test_longcat_audio_dit_attention(backend, monkeypatch):
     assert calls == [(True, False), (True, True), (False, False), (False, True)]
 
 
+@_needs("AceStepAttnProcessor2_0", "ACE-Step 1.5", "0.42")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ace_step_attention(backend, monkeypatch):
+    """ACE-Step 1.5's attention (four query heads over two key heads of 32): self-attention with its RoPE and QK
+    norms under its sliding-window band (an additive mask per query, with key padding) and without a mask, and
+    cross-attention under a key mask; outputs the stock processor's."""
+    from diffusers.models.transformers.ace_step_transformer import (
+        AceStepAttention,
+        _ace_step_rotary_freqs,
+        _create_4d_mask,
+    )
+
+    self_attn = _perturb(AceStepAttention(64, 4, 2, 32, sliding_window=6), 155)
+    cross_attn = _perturb(AceStepAttention(64, 4, 2, 32, is_cross_attention=True), 156)
+    gen = torch.Generator().manual_seed(157)
+    hidden, context = torch.randn(2, 40, 64, generator=gen), torch.randn(2, 9, 64, generator=gen)
+    padding = torch.ones(2, 40, dtype=torch.bool)
+    padding[1, 33:] = False
+    band = _create_4d_mask(40, torch.float32, "cpu", attention_mask=padding, sliding_window=6,
+                           is_sliding_window=True, is_causal=False)
+    context_mask = torch.ones(2, 9, dtype=torch.bool)
+    context_mask[0, 4:] = False
+    rope = _ace_step_rotary_freqs(40, 32, 1000000.0, "cpu", torch.float32)
+    calls = _spy(monkeypatch, lambda args, kwargs: (kwargs.get("rope") is not None,
+                                                     kwargs.get("attn_mask") is not None))
+    ours_self, ours_cross = copy.deepcopy(self_attn), copy.deepcopy(cross_attn)
+    assert set_attention_backend(ours_self) == 1 and set_attention_backend(ours_cross) == 1
+    with torch.no_grad(), pydiff.use_backend(backend):
+        for mask in (band, None):
+            torch.testing.assert_close(ours_self(hidden, attention_mask=mask, image_rotary_emb=rope),
+                                       self_attn(hidden, attention_mask=mask, image_rotary_emb=rope),
+                                       rtol=2e-5, atol=2e-5)
+        torch.testing.assert_close(ours_cross(hidden, context, attention_mask=context_mask),
+                                   cross_attn(hidden, context, attention_mask=context_mask), rtol=2e-5, atol=2e-5)
+    assert calls == [(True, True), (True, False), (False, True)]
+
+
 @_needs("MiniMaxH3AttnProcessor", "MiniMax-H3", "0.42")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_minimax_h3_attention(backend, monkeypatch):

@@ -84,6 +84,8 @@
   stock one keeps it, the chunk-causal BlockMask as one block-sparse call, eagerly.
 * ``PydiffAudioDiTSelfAttnProcessor`` and ``PydiffAudioDiTCrossAttnProcessor`` (0.42+) replace LongCat-AudioDiT's:
   the RoPE (the prompt's keys by tables of their own) in the prologue, the token masks as key masks.
+* ``PydiffAceStepAttnProcessor`` (0.42+) replaces ACE-Step 1.5's: GQA, QK norms and RoPE in the prologue, its
+  sliding-window band mask read as given.
 * ``PydiffMiniMaxH3AttnProcessor`` (0.42+) replaces MiniMax-H3's: its QK norms and partial rotary in the prologue.
 * ``PydiffStableAudio3SelfAttnProcessor`` and ``PydiffStableAudio3CrossAttnProcessor`` (0.42+) replace Stable Audio
   3's differential attention (two calls, their QK norms and partial rotary in the prologue, the context mask as a
@@ -251,6 +253,7 @@ AnyFlowCrossAttnProcessor = _stock_class("transformer_anyflow", "AnyFlowCrossAtt
 AnyFlowCausalAttnProcessor = _stock_class("transformer_anyflow_far", "AnyFlowCausalAttnProcessor")
 AudioDiTSelfAttnProcessor = _stock_class("transformer_longcat_audio_dit", "AudioDiTSelfAttnProcessor")  # (0.42+)
 AudioDiTCrossAttnProcessor = _stock_class("transformer_longcat_audio_dit", "AudioDiTCrossAttnProcessor")
+AceStepAttnProcessor2_0 = _stock_class("ace_step_transformer", "AceStepAttnProcessor2_0")  # (0.42+)
 
 
 def _stock(stock_type, model: str, version: str):
@@ -1612,6 +1615,27 @@ def _audio_dit_attention(attn, hidden_states: torch.Tensor, context: Optional[to
     return attn.to_out[1](attn.to_out[0](out.flatten(2)))
 
 
+class PydiffAceStepAttnProcessor(_RankLocal):
+    """Drop-in for ACE-Step 1.5's ``AceStepAttnProcessor2_0`` (diffusers 0.42+): grouped-query attention with its
+    per-head QK RMSNorms and, in self-attention, its RoPE (Qwen3's: halves paired) in the kernel's prologue, with
+    the module's scale; its masks (the sliding-window layers' additive band, a padding mask) read as given."""
+
+    def __init__(self):
+        self.stock = _stock(AceStepAttnProcessor2_0, "ACE-Step 1.5", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None) -> torch.Tensor:
+        if attn.head_dim > MAX_HEAD_DIM or (attn.training and attn.dropout) or \
+                (attention_mask is not None and not _kernel_reads(attention_mask)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        cross = attn.is_cross_attention and encoder_hidden_states is not None
+        stream = _cross_stream(attn, hidden_states, encoder_hidden_states if cross else None, attn.head_dim)
+        mask = _key_mask(attention_mask, hidden_states.shape[0], stream[1].shape[1])
+        out = _streams_attention([stream], attn.head_dim, None if cross else image_rotary_emb, mask,
+                                 rope_interleaved=False, scale=attn.scaling)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
 class PydiffMiniMaxH3AttnProcessor(_RankLocal):
     """Drop-in for MiniMax-H3's ``MiniMaxH3AttnProcessor`` (diffusers 0.42+): its per-head QK RMSNorms and its
     partial rotary (the first 6 x rope_freq_dim channels of each head, halves paired; ``rope_dims``) in the kernel's
@@ -2560,6 +2584,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (AnyFlowCausalAttnProcessor, PydiffAnyFlowCausalAttnProcessor, None),
     (AudioDiTSelfAttnProcessor, PydiffAudioDiTSelfAttnProcessor, None),
     (AudioDiTCrossAttnProcessor, PydiffAudioDiTCrossAttnProcessor, None),
+    (AceStepAttnProcessor2_0, PydiffAceStepAttnProcessor, None),
     (StableAudio3SelfAttnProcessor, PydiffStableAudio3SelfAttnProcessor, None),
     (StableAudio3CrossAttnProcessor, PydiffStableAudio3CrossAttnProcessor, None),
     (CogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
@@ -2643,12 +2668,12 @@ def set_attention_backend(model_or_pipe) -> int:
     return switched
 
 
-__all__ = ["PydiffAnyFlowAttnProcessor", "PydiffAnyFlowCausalAttnProcessor", "PydiffAnyFlowCrossAttnProcessor",
-           "PydiffAttnProcessor", "PydiffAudioDiTCrossAttnProcessor", "PydiffAudioDiTSelfAttnProcessor",
-           "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo2AttnProcessor", "PydiffCogVideoXAttnProcessor",
-           "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor", "PydiffCosmosAttnProcessor",
-           "PydiffEasyAnimateAttnProcessor", "PydiffErnieImageAttnProcessor", "PydiffFlux2AttnProcessor",
-           "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
+__all__ = ["PydiffAceStepAttnProcessor", "PydiffAnyFlowAttnProcessor", "PydiffAnyFlowCausalAttnProcessor",
+           "PydiffAnyFlowCrossAttnProcessor", "PydiffAttnProcessor", "PydiffAudioDiTCrossAttnProcessor",
+           "PydiffAudioDiTSelfAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo2AttnProcessor",
+           "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor",
+           "PydiffCosmosAttnProcessor", "PydiffEasyAnimateAttnProcessor", "PydiffErnieImageAttnProcessor",
+           "PydiffFlux2AttnProcessor", "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
            "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor",
            "PydiffFluxIPAdapterAttnProcessor", "PydiffGlmImageAttnProcessor", "PydiffHeliosAttnProcessor",
            "PydiffHiDreamAttnProcessor", "PydiffHunyuanDiTAttnProcessor", "PydiffHunyuanVideo15AttnProcessor",
