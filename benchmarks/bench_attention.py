@@ -867,6 +867,14 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
         rows += _variant(name, shape, lambda: attention(q, k, v, **whole),
                          lambda: flex(q, k, v, block_mask=in_context), "flex attention (torch.compile)", flops,
                          device, quick, ceiling)
+    # 9. Causal attention (Cosmos 3's understanding pathway, MiniMax Music 3's depth decoder; AnyFlow FAR's chunks):
+    # the lower triangle of 128 x 128 blocks, against SDPA's is_causal; the figure counts the triangle's work.
+    b, h, d, n = (1, 16, 128, 8192) if gpu else (1, 2, 64, 512)
+    q, k, v = rand(b, h, n, d), rand(b, h, n, d), rand(b, h, n, d)
+    rows += _variant("causal attention (block-sparse over the triangle)", f"B{b} H{h} N{n} D{d}",
+                     lambda: attention(q, k, v, causal=True),
+                     lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), "sdpa is_causal",
+                     _flops(b, h, n, n, d) / 2, device, quick, ceiling)
     return rows
 
 

@@ -15,6 +15,7 @@ On a CUDA machine the op is a ``torch.library.triton_op`` so Inductor and export
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import operator
 from dataclasses import dataclass
@@ -555,8 +556,9 @@ def attention(
     block_size=None,
     block_tiles=None,
     rope_dims: Optional[int] = None,
+    causal: bool = False,
 ):
-    """Non-causal softmax attention ``softmax(q k^T * scale) v`` in one fused pass (FlashAttention-2 forward).
+    """Softmax attention ``softmax(q k^T * scale) v`` in one fused pass (FlashAttention-2 forward).
 
     q: (B, H, N_q, D); k, v: (B, H_kv, N_k, D) with H = G * H_kv (grouped/multi-query); fp16, bf16 or fp32;
     D <= 256. ``layout="bnhd"`` takes and returns (B, N, H, D) instead, read through strides without a copy.
@@ -609,6 +611,10 @@ def attention(
       host read: how many there are, so not under torch.compile or CUDA graph capture: make the tiles before,
       ``block_mask_tiles``); the kernel reads a block's tile only where it is partial, and skips a partial block
       the mask_mod leaves empty (not with attn_mask).
+    * ``causal=True``: query i attends to keys j <= i (top-left aligned, as SDPA's is_causal), as block-sparse
+      attention over 128 x 128 blocks: those above the diagonal are never read, those on it read a triangle tile
+      (``block_tiles``); with kv_lens, attn_mask... as block_mask; not with block_mask itself, joint, negative or
+      cu_seqlens_q.
     * ``block_tiles=(tile_ids, tiles)``, with a block_mask tensor: the elements each block keeps, in the form a
       BlockMask's mask_mod becomes (``block_mask_tiles``): tiles (T, query block, key block) bool, tile 0 all True
       (a whole block), and tile_ids int32 shaped like block_mask, each block's tile. Given directly, nothing is read
@@ -649,6 +655,16 @@ def attention(
         if cu_seqlens_k is not None:
             _max_segment(cu_seqlens_k, "cu_seqlens_k")
     sparse = (None, 0, 0, None, None)  # (block_mask, its block sizes, block_tiles' two tensors)
+    if causal:
+        if block_mask is not None or block_size is not None or block_tiles is not None:
+            raise ValueError("causal cannot be combined with block_mask, block_size or block_tiles (it is a block "
+                             "mask of its own: put the causal blocks into yours)")
+        if joint is not None or negative is not None or cu_seqlens_q is not None:
+            raise ValueError("causal cannot be combined with joint=, negative= or cu_seqlens_q (one query and one key "
+                             "stream)")
+        axis = 1 if layout == "bnhd" else 2
+        if isinstance(k, torch.Tensor) and k.dim() == 4:  # (a bad q or k: named by the checks)
+            block_mask, block_size, block_tiles = _causal_blocks(q.shape[axis], k.shape[axis], q.device)
     if block_mask is not None:
         axis = 1 if layout == "bnhd" else 2
         n_k = k.shape[axis] if isinstance(k, torch.Tensor) and k.dim() == 4 else 0  # (a bad k: named by the checks)
@@ -807,6 +823,22 @@ def plain_eager(args) -> bool:
     same walk over the arguments that builds the call's signature.)
     """
     return _call_key(args) is not _THROUGH_OP
+
+
+#: the block size of ``causal``'s block mask
+CAUSAL_BLOCK = 128
+
+
+@functools.lru_cache(maxsize=64)
+def _causal_blocks(n_q: int, n_k: int, device: torch.device):
+    """``attention``'s causal mask as a block mask, its block size and tiles: the blocks on and below the diagonal
+    (query block i, key block j <= i), those on it a lower triangle (tile 1). Made once per size and device (no host
+    read: CUDA graphs capture calls that use them)."""
+    rows, cols, size = -(-n_q // CAUSAL_BLOCK), -(-n_k // CAUSAL_BLOCK), CAUSAL_BLOCK
+    i, j = torch.arange(rows, device=device)[:, None], torch.arange(cols, device=device)[None, :]
+    tiles = torch.ones(2, size, size, dtype=torch.bool, device=device)
+    tiles[1] = tiles[1].tril()
+    return j <= i, (size, size), ((i == j).to(torch.int32), tiles)
 
 
 def block_mask_tiles(block_mask, n_q: int, n_k: int):

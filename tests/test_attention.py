@@ -1069,6 +1069,36 @@ def _tiles(ids=None, tiles=None):
             torch.ones(2, 128, 128, dtype=torch.bool) if tiles is None else tiles)
 
 
+CAUSAL_CASES = [
+    Case(F32, 64, 300, 300, batch=2, heads=2, kv_heads=1, name="f32-causal-gqa"),
+    Case(BF16, 80, 77, 333, layout="bnhd", kv_lens=[200], name="bf16-causal-short-queries-bnhd-kvlens"),
+    Case(F16, 128, 333, 77, strided=True, rope="half", q_norm=True, k_norm=True,
+         name="f16-causal-long-queries-prologue"),
+]
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_interpreter)])
+@pytest.mark.parametrize("case", CAUSAL_CASES, ids=str)
+def test_causal(case, backend):
+    """``causal=True`` (block-sparse over the lower triangle of 128 x 128 blocks, the diagonal's a triangle tile):
+    SDPA's is_causal (top-left aligned) in float64, with GQA, key padding, the prologue, N_q < N_k and N_q > N_k,
+    within 2x PyTorch's own low-precision error; a query that sees no key (key padding) gives zeros."""
+    q, k, v, kw = build(case, seed=61)
+    kw_ref = {name: value for name, value in kw.items() if name != "kv_lens"}
+    bhnd = (lambda t: t.transpose(1, 2)) if case.layout == "bnhd" else (lambda t: t)
+    keep = torch.ones(case.n_q, case.n_k, dtype=torch.bool).tril()
+    if case.kv_lens is not None:
+        keep = keep & (torch.arange(case.n_k) < case.kv_lens[0])
+    refs = [attention_reference(q, k, v, attn_mask=keep, compute_dtype=dtype, **kw_ref)
+            for dtype in ((torch.float64, None) if case.dtype != F32 else (torch.float64,))]
+    with pydiff.use_backend(backend):
+        out = pydiff.attention(q, k, v, causal=True, **kw)
+    seen = keep.any(-1)
+    assert_accurate(bhnd(out)[:, :, seen], bhnd(refs[0])[:, :, seen],
+                    None if len(refs) == 1 else bhnd(refs[1])[:, :, seen], case.dtype)
+    assert bhnd(out)[:, :, ~seen].abs().max() == 0 if (~seen).any() else True
+
+
 PAIRED_ROW_CASES = [c for c in GRID if c.block_mask is not None and c.block_mask[0] == 64]
 
 
@@ -1267,6 +1297,10 @@ BAD = [
         "attn_mask": torch.ones(7, dtype=torch.bool)}), ValueError),
     ("block_size .* differs from the BlockMask's BLOCK_SIZE", lambda q, k, v: (q, k, v, {
         "block_mask": flex_block_mask(torch.ones(1, 1, 1, 1, dtype=torch.bool), 64), "block_size": 128}),
+     ValueError),
+    ("causal cannot be combined with block_mask", lambda q, k, v: (q, k, v, {
+        "causal": True, "block_mask": torch.ones(1, 1, dtype=torch.bool)}), ValueError),
+    ("causal cannot be combined with joint=", lambda q, k, v: (q, k, v, {"causal": True, "joint": (q, k, v)}),
      ValueError),
     ("block_tiles is given but block_mask is not", lambda q, k, v: (q, k, v, {"block_tiles": _tiles()}), ValueError),
     (r"block_tiles must be a \(tile_ids, tiles\) tuple", lambda q, k, v: (q, k, v, {
@@ -2218,7 +2252,7 @@ def test_benchmark_suite_runs_on_cpu():
     bench = pytest.importorskip("benchmarks.bench_attention")
     rows = bench.run(quick=True, device="cpu")
     figures = [r for r in rows if "speedup" in r]
-    assert len(figures) == len(bench.CPU_SHAPES) + 15  # the fifteen variants (flex attention's row: GPU only)
+    assert len(figures) == len(bench.CPU_SHAPES) + 17  # the seventeen variants (flex attention's rows: GPU only)
     assert all(r["ours_TFLOPs"] > 0 and r["peer_TFLOPs"] > 0 for r in figures)
     assert not [r for r in rows if "error" in r or "unavailable" in r]
     assert "joint + QK norm + RoPE (Flux)" in bench.section(rows)
@@ -2921,6 +2955,19 @@ def test_gpu_block_tiles_match_flex_attention(cuda_device, dtype):
     for out in (ours, theirs):
         assert_accurate(out.cpu()[:, :, rows], ref64[:, :, rows], lowp[:, :, rows], dtype)
     assert torch.equal(pydiff.attention(q, k, v, **block_mask_tiles(blocks, n_q, n_k)), ours)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=str)
+def test_gpu_causal_matches_sdpa(cuda_device, dtype):
+    """``causal=True`` at a video-length sequence (B1 H8 N4000 D128, the tuner on): within 2x the error of SDPA's
+    is_causal (flash attention on the GPU) of the float64 reference."""
+    gen = torch.Generator(device=cuda_device).manual_seed(13)
+    q, k, v = (torch.randn(1, 8, 4000, 128, device=cuda_device, dtype=dtype, generator=gen) for _ in range(3))
+    ours = pydiff.attention(q, k, v, causal=True)
+    theirs = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    ref64 = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
+    assert_accurate(ours.cpu(), ref64.cpu(), theirs.cpu(), dtype)
 
 
 @pytest.mark.gpu
