@@ -1022,6 +1022,56 @@ def test_ace_step_attention(backend, monkeypatch):
     assert calls == [(True, True), (True, False), (False, True)]
 
 
+@_needs("Cosmos3AttnProcessor", "Cosmos 3", "0.42")
+@pytest.mark.parametrize("norms", ["rms", "nemotron-gen-only"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cosmos3_attention(backend, norms, monkeypatch):
+    """Cosmos 3's packed attention (four query heads over two key heads of 32): the understanding tokens' causal
+    self-attention (``causal``) and the generation tokens' over [understanding; generation] keys (a stream of keys
+    only), each pathway's RoPE tables, its QK norms (diffusers' RMSNorm; or Nemotron's, the understanding keys
+    normed for the generation pathway alone); outputs the stock processor's."""
+    from diffusers.models.transformers.transformer_cosmos3 import Cosmos3PackedMoTAttention
+
+    nemotron = norms != "rms"
+    attn = _perturb(Cosmos3PackedMoTAttention(64, 32, 4, 2, attention_bias=True, rms_norm_eps=1e-6,
+                                              qk_norm_for_text=not nemotron, use_und_k_norm_for_gen=nemotron,
+                                              norm_type="nemotron_rms_norm" if nemotron else "rms_norm"), 158)
+    gen = torch.Generator().manual_seed(159)
+    und, generation = torch.randn(150, 64, generator=gen), torch.randn(70, 64, generator=gen)
+    angles = [torch.rand(n, 16, generator=gen) * torch.arange(n)[:, None] for n in (150, 70)]
+    rotary = [f(torch.cat([a, a], -1)) for a in angles for f in (torch.cos, torch.sin)]
+    calls = _spy(monkeypatch, lambda args, kwargs: (kwargs.get("causal", False), "joint" in kwargs))
+    ours = copy.deepcopy(attn)
+    assert set_attention_backend(ours) == 1
+    with torch.no_grad(), pydiff.use_backend(backend):
+        for a, b in zip(ours(und, generation, rotary), attn(und, generation, rotary)):
+            torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+    assert calls == [(True, False), (False, True)]
+
+
+@_needs("MiniMaxMusic3AttnProcessor", "MiniMax Music 3", "0.42")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_minimax_music3_attention(backend, monkeypatch):
+    """MiniMax Music 3's attention (partial rotary over the first 16 of 32 channels) and its RVQ depth decoder's
+    causal attention; outputs the stock processors'."""
+    from diffusers.models.transformers.minimax_music3_rvq_depth_decoder import MiniMaxMusic3DepthAttention
+    from diffusers.models.transformers.transformer_minimax_music3 import MiniMaxMusic3Attention
+
+    attn = _perturb(MiniMaxMusic3Attention(64, 2, 32), 160)
+    depth = _perturb(MiniMaxMusic3DepthAttention(64, 2), 161)
+    gen = torch.Generator().manual_seed(162)
+    hidden, codes = torch.randn(2, 50, 64, generator=gen), torch.randn(3, 9, 64, generator=gen)
+    angles = torch.rand(50, 8, generator=gen) * torch.arange(50)[:, None]
+    rotary = (torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin())
+    calls = _spy(monkeypatch, lambda args, kwargs: (kwargs.get("rope_dims"), kwargs.get("causal", False)))
+    ours, ours_depth = copy.deepcopy(attn), copy.deepcopy(depth)
+    assert set_attention_backend(ours) == 1 and set_attention_backend(ours_depth) == 1
+    with torch.no_grad(), pydiff.use_backend(backend):
+        torch.testing.assert_close(ours(hidden, rotary), attn(hidden, rotary), rtol=2e-5, atol=2e-5)
+        torch.testing.assert_close(ours_depth(codes), depth(codes), rtol=2e-5, atol=2e-5)
+    assert calls == [(16, False), (None, True)]
+
+
 @_needs("MiniMaxH3AttnProcessor", "MiniMax-H3", "0.42")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_minimax_h3_attention(backend, monkeypatch):

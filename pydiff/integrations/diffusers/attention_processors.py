@@ -86,6 +86,10 @@
   the RoPE (the prompt's keys by tables of their own) in the prologue, the token masks as key masks.
 * ``PydiffAceStepAttnProcessor`` (0.42+) replaces ACE-Step 1.5's: GQA, QK norms and RoPE in the prologue, its
   sliding-window band mask read as given.
+* ``PydiffCosmos3AttnProcessor`` (0.42+) replaces Cosmos 3's: the understanding pathway's causal attention
+  (``causal``), the generation pathway's over [understanding; generation] keys without concatenation.
+* ``PydiffMiniMaxMusic3AttnProcessor`` and ``PydiffMiniMaxMusic3DepthAttnProcessor`` (0.42+) replace MiniMax Music
+  3's: its partial rotary in the prologue, its depth decoder's causal attention.
 * ``PydiffMiniMaxH3AttnProcessor`` (0.42+) replaces MiniMax-H3's: its QK norms and partial rotary in the prologue.
 * ``PydiffStableAudio3SelfAttnProcessor`` and ``PydiffStableAudio3CrossAttnProcessor`` (0.42+) replace Stable Audio
   3's differential attention (two calls, their QK norms and partial rotary in the prologue, the context mask as a
@@ -254,6 +258,10 @@ AnyFlowCausalAttnProcessor = _stock_class("transformer_anyflow_far", "AnyFlowCau
 AudioDiTSelfAttnProcessor = _stock_class("transformer_longcat_audio_dit", "AudioDiTSelfAttnProcessor")  # (0.42+)
 AudioDiTCrossAttnProcessor = _stock_class("transformer_longcat_audio_dit", "AudioDiTCrossAttnProcessor")
 AceStepAttnProcessor2_0 = _stock_class("ace_step_transformer", "AceStepAttnProcessor2_0")  # (0.42+)
+Cosmos3AttnProcessor = _stock_class("transformer_cosmos3", "Cosmos3AttnProcessor")  # (0.42+)
+Cosmos3NemotronRMSNorm = _stock_class("transformer_cosmos3", "Cosmos3NemotronRMSNorm")
+MiniMaxMusic3AttnProcessor = _stock_class("transformer_minimax_music3", "MiniMaxMusic3AttnProcessor")  # (0.42+)
+MiniMaxMusic3DepthAttnProcessor = _stock_class("minimax_music3_rvq_depth_decoder", "MiniMaxMusic3DepthAttnProcessor")
 
 
 def _stock(stock_type, model: str, version: str):
@@ -290,6 +298,10 @@ def _rms_norm_params(norm, head_dim: int, device: torch.device) -> Optional[Tupl
         if norm.dim != head_dim:
             return None
         weight, eps = norm.weight + 1.0, norm.eps
+    elif Cosmos3NemotronRMSNorm is not None and isinstance(norm, Cosmos3NemotronRMSNorm):  # (in float32, as here)
+        if tuple(norm.weight.shape) != (head_dim,):
+            return None
+        weight, eps = norm.weight, norm.eps
     elif StableAudio3RMSNorm is not None and isinstance(norm, StableAudio3RMSNorm):  # (in float32, as the prologue)
         if tuple(norm.gamma.shape) != (head_dim,):
             return None
@@ -730,13 +742,14 @@ def _heads(attn, x: torch.Tensor, fused: str, names: Tuple[str, str, str], head_
 
 def _streams_attention(streams, head_dim: int, rope, attn_mask: Optional[torch.Tensor],
                        rope_interleaved: bool = True, scale: Optional[float] = None,
-                       norm_dtype: Optional[torch.dtype] = None, key_rope=None, rope_dims: int = 0):
+                       norm_dtype: Optional[torch.dtype] = None, key_rope=None, rope_dims: int = 0,
+                       causal: bool = False):
     """One ``pydiff.attention`` call over one or two token streams, each (q, k, v, q norm, k norm) with q, k and v
     (B, N, H, D) (k and v may have fewer heads: grouped-query attention): joint attention over [stream 1; stream 2]
     without concatenation or split, the RoPE rows and the mask following that joined sequence; the streams' QK
     RMSNorms run in the kernel's prologue (other norms as modules first; an RMSNorm without an eps takes
     ``norm_dtype``'s, q's dtype by default, as the module does on its input; ``key_rope``: the keys' own tables;
-    ``rope_dims``: partial rotary). Returns the output, or both streams' with two."""
+    ``rope_dims``: partial rotary; ``causal``). Returns the output, or both streams' with two."""
     (q, k, v, q_norm, k_norm), *second = streams
     norms, tensors = {"q": q_norm, "k": k_norm}, {"q": q, "k": k}
     if second:
@@ -752,6 +765,8 @@ def _streams_attention(streams, head_dim: int, rope, attn_mask: Optional[torch.T
         common["key_rope"] = key_rope
     if rope_dims:
         common["rope_dims"] = rope_dims
+    if causal:
+        common["causal"] = True
     if not second:
         return attention(tensors["q"], tensors["k"], v, **common)
     return attention(tensors["q"], tensors["k"], v, joint=(tensors["q2"], tensors["k2"], v2),
@@ -1634,6 +1649,68 @@ class PydiffAceStepAttnProcessor(_RankLocal):
         out = _streams_attention([stream], attn.head_dim, None if cross else image_rotary_emb, mask,
                                  rope_interleaved=False, scale=attn.scaling)
         return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
+class PydiffCosmos3AttnProcessor(_RankLocal):
+    """Drop-in for Cosmos 3's ``Cosmos3AttnProcessor`` (diffusers 0.42+), its two pathways: the understanding
+    tokens' causal self-attention (``causal=True``: the blocks above the diagonal never read) and the generation
+    tokens' attention over [understanding keys; generation keys] as a joint call with a stream of keys only (no
+    concatenation), grouped-query heads, the per-head QK RMSNorms and the RoPE (halves paired; the two pathways'
+    own tables, the keys' as ``key_rope``) in the prologue. The stock processor rotates in the model's dtype."""
+
+    def __init__(self):
+        self.stock = _stock(Cosmos3AttnProcessor, "Cosmos 3", "0.42")
+
+    def __call__(self, attn, und_seq: torch.Tensor, gen_seq: torch.Tensor, rotary_emb):
+        if attn.head_dim > MAX_HEAD_DIM or any(t.dim() != 2 for t in rotary_emb):
+            return self.stock(attn, und_seq, gen_seq, rotary_emb)
+        cos_und, sin_und, cos_gen, sin_gen = rotary_emb
+        d = attn.head_dim
+        q, k, v = (getattr(attn, name)(und_seq).unflatten(-1, (-1, d))[None] for name in ("to_q", "to_k", "to_v"))
+        q2, k2, v2 = (getattr(attn, name)(gen_seq).unflatten(-1, (-1, d))[None]
+                      for name in ("add_q_proj", "add_k_proj", "add_v_proj"))
+        k_for_gen = k
+        if attn.k_norm_und_for_gen is not None:  # (a second norm, the generation pathway's: as modules)
+            k_for_gen = attn.k_norm_und_for_gen(attn.norm_k(k))
+        understanding = _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], d, (cos_und, sin_und), None,
+                                           rope_interleaved=False, causal=True)
+        keys_rope = (torch.cat([cos_und, cos_gen]), torch.cat([sin_und, sin_gen]))
+        generation, _ = _streams_attention(
+            [(q2, k_for_gen, v, attn.norm_added_q, None if attn.k_norm_und_for_gen is not None else attn.norm_k),
+             (q2[:, :0], k2, v2, None, attn.norm_added_k)], d, (cos_gen, sin_gen), None, rope_interleaved=False,
+            key_rope=keys_rope)
+        return attn.to_out(understanding[0].flatten(-2)), attn.to_add_out(generation[0].flatten(-2))
+
+
+class PydiffMiniMaxMusic3AttnProcessor(_RankLocal):
+    """Drop-in for MiniMax Music 3's ``MiniMaxMusic3AttnProcessor`` (diffusers 0.42+): its partial rotary (the
+    leading channels its tables span, halves paired; ``rope_dims``) in the prologue, in float32 where the stock
+    processor rotates in the model's dtype."""
+
+    def __init__(self):
+        self.stock = _stock(MiniMaxMusic3AttnProcessor, "MiniMax Music 3", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, rotary_emb) -> torch.Tensor:
+        if attn.head_dim > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states, rotary_emb)
+        stream = (*_heads(attn, hidden_states, "to_qkv", ("to_q", "to_k", "to_v"), attn.head_dim), None, None)
+        out = _streams_attention([stream], attn.head_dim, rotary_emb, None, rope_interleaved=False,
+                                 rope_dims=rotary_emb[0].shape[-1])
+        return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
+class PydiffMiniMaxMusic3DepthAttnProcessor(_RankLocal):
+    """Drop-in for MiniMax Music 3's RVQ depth decoder's ``MiniMaxMusic3DepthAttnProcessor`` (diffusers 0.42+): its
+    causal self-attention (``causal=True``)."""
+
+    def __init__(self):
+        self.stock = _stock(MiniMaxMusic3DepthAttnProcessor, "MiniMax Music 3", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor) -> torch.Tensor:
+        if attn.head_dim > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states)
+        q, k, v = _heads(attn, hidden_states, "to_qkv", ("to_q", "to_k", "to_v"), attn.head_dim)
+        return attn.to_out(attention(q, k, v, layout="bnhd", causal=True).flatten(2))
 
 
 class PydiffMiniMaxH3AttnProcessor(_RankLocal):
@@ -2585,6 +2662,9 @@ _REPLACEMENTS = tuple(entry for entry in (
     (AudioDiTSelfAttnProcessor, PydiffAudioDiTSelfAttnProcessor, None),
     (AudioDiTCrossAttnProcessor, PydiffAudioDiTCrossAttnProcessor, None),
     (AceStepAttnProcessor2_0, PydiffAceStepAttnProcessor, None),
+    (Cosmos3AttnProcessor, PydiffCosmos3AttnProcessor, None),
+    (MiniMaxMusic3AttnProcessor, PydiffMiniMaxMusic3AttnProcessor, None),
+    (MiniMaxMusic3DepthAttnProcessor, PydiffMiniMaxMusic3DepthAttnProcessor, None),
     (StableAudio3SelfAttnProcessor, PydiffStableAudio3SelfAttnProcessor, None),
     (StableAudio3CrossAttnProcessor, PydiffStableAudio3CrossAttnProcessor, None),
     (CogVideoXAttnProcessor2_0, PydiffCogVideoXAttnProcessor, None),
@@ -2672,21 +2752,22 @@ __all__ = ["PydiffAceStepAttnProcessor", "PydiffAnyFlowAttnProcessor", "PydiffAn
            "PydiffAnyFlowCrossAttnProcessor", "PydiffAttnProcessor", "PydiffAudioDiTCrossAttnProcessor",
            "PydiffAudioDiTSelfAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo2AttnProcessor",
            "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor",
-           "PydiffCosmosAttnProcessor", "PydiffEasyAnimateAttnProcessor", "PydiffErnieImageAttnProcessor",
-           "PydiffFlux2AttnProcessor", "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
-           "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor",
-           "PydiffFluxIPAdapterAttnProcessor", "PydiffGlmImageAttnProcessor", "PydiffHeliosAttnProcessor",
-           "PydiffHiDreamAttnProcessor", "PydiffHunyuanDiTAttnProcessor", "PydiffHunyuanVideo15AttnProcessor",
-           "PydiffHunyuanVideoAttnProcessor", "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor",
-           "PydiffJointAttnProcessor", "PydiffJoyImageAttnProcessor", "PydiffJoyImageEditPlusAttnProcessor",
-           "PydiffKandinsky5AttnProcessor", "PydiffKandinsky6AttnProcessor", "PydiffKandinsky6SRAttnProcessor",
-           "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor",
-           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffMiniMaxH3AttnProcessor",
-           "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor", "PydiffMotifVideoCrossAttnProcessor",
-           "PydiffNucleusMoEAttnProcessor", "PydiffOmniGenAttnProcessor", "PydiffPAGCFGIdentitySelfAttnProcessor",
-           "PydiffPAGIdentitySelfAttnProcessor", "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor",
-           "PydiffQwenImage21FlexAttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor",
-           "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor", "PydiffStableAudio3CrossAttnProcessor",
-           "PydiffStableAudio3SelfAttnProcessor", "PydiffWanAnimate2AttnProcessor",
-           "PydiffWanAnimate2CrossAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor",
-           "set_attention_backend"]
+           "PydiffCosmos3AttnProcessor", "PydiffCosmosAttnProcessor", "PydiffEasyAnimateAttnProcessor",
+           "PydiffErnieImageAttnProcessor", "PydiffFlux2AttnProcessor", "PydiffFlux2KVAttnProcessor",
+           "PydiffFlux2KVParallelSelfAttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor",
+           "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor", "PydiffFluxIPAdapterAttnProcessor",
+           "PydiffGlmImageAttnProcessor", "PydiffHeliosAttnProcessor", "PydiffHiDreamAttnProcessor",
+           "PydiffHunyuanDiTAttnProcessor", "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor",
+           "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor",
+           "PydiffJoyImageAttnProcessor", "PydiffJoyImageEditPlusAttnProcessor", "PydiffKandinsky5AttnProcessor",
+           "PydiffKandinsky6AttnProcessor", "PydiffKandinsky6SRAttnProcessor", "PydiffKrea2AttnProcessor",
+           "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor",
+           "PydiffLumina2AttnProcessor", "PydiffMiniMaxH3AttnProcessor", "PydiffMiniMaxMusic3AttnProcessor",
+           "PydiffMiniMaxMusic3DepthAttnProcessor", "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor",
+           "PydiffMotifVideoCrossAttnProcessor", "PydiffNucleusMoEAttnProcessor", "PydiffOmniGenAttnProcessor",
+           "PydiffPAGCFGIdentitySelfAttnProcessor", "PydiffPAGIdentitySelfAttnProcessor", "PydiffPRXAttnProcessor",
+           "PydiffQwenImage21AttnProcessor", "PydiffQwenImage21FlexAttnProcessor", "PydiffQwenImageAttnProcessor",
+           "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor",
+           "PydiffStableAudio3CrossAttnProcessor", "PydiffStableAudio3SelfAttnProcessor",
+           "PydiffWanAnimate2AttnProcessor", "PydiffWanAnimate2CrossAttnProcessor", "PydiffWanAttnProcessor",
+           "PydiffZImageAttnProcessor", "set_attention_backend"]
