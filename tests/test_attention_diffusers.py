@@ -1072,6 +1072,37 @@ def test_minimax_music3_attention(backend, monkeypatch):
     assert calls == [(16, False), (None, True)]
 
 
+@pytest.mark.skipif(attention_processors._stock_class("unets.unet_dreamlite", "DreamLiteAttnProcessor2_0") is None,
+                    reason=f"diffusers {diffusers.__version__} predates DreamLite (0.42)")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dreamlite_attention(backend, monkeypatch):
+    """DreamLite's attention (diffusers' Attention with two key heads for four query heads and per-head QK
+    RMSNorms): self-attention over a feature map and cross-attention under a mask; the kernel reads the key heads as
+    they are (the stock processor repeats them). Outputs the stock processor's."""
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.unets.unet_dreamlite import DreamLiteAttnProcessor2_0
+
+    def module(cross):
+        return _perturb(Attention(64, cross_attention_dim=24 if cross else None, heads=4, kv_heads=2, dim_head=16,
+                                  qk_norm="rms_norm", processor=DreamLiteAttnProcessor2_0()), 163 + cross)
+
+    self_attn, cross_attn = module(False), module(True)
+    gen = torch.Generator().manual_seed(165)
+    image, text = torch.randn(2, 64, 5, 7, generator=gen), torch.randn(2, 9, 24, generator=gen)
+    mask = torch.ones(2, 9)
+    mask[1, 6:] = 0
+    mask = (1 - mask) * -10000.0
+    calls = _spy(monkeypatch, lambda args, kwargs: (args[1].shape[2], kwargs.get("attn_mask") is not None))
+    ours_self, ours_cross = copy.deepcopy(self_attn), copy.deepcopy(cross_attn)
+    assert set_attention_backend(ours_self) == 1 and set_attention_backend(ours_cross) == 1
+    with torch.no_grad(), pydiff.use_backend(backend):
+        torch.testing.assert_close(ours_self(image), self_attn(image), rtol=2e-5, atol=2e-5)
+        sequence = image.flatten(2).transpose(1, 2)
+        torch.testing.assert_close(ours_cross(sequence, text, attention_mask=mask),
+                                   cross_attn(sequence, text, attention_mask=mask), rtol=2e-5, atol=2e-5)
+    assert calls == [(2, False), (2, True)]  # (two key heads, read as they are)
+
+
 @_needs("MiniMaxH3AttnProcessor", "MiniMax-H3", "0.42")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_minimax_h3_attention(backend, monkeypatch):

@@ -206,10 +206,11 @@ from pydiff.reference.attention import rope_reference
 
 
 def _stock_class(module: str, name: str):
-    """The processor class ``name`` of ``diffusers.models.transformers.<module>``; None where this diffusers has
-    none."""
+    """The processor class ``name`` of ``diffusers.models.transformers.<module>`` (of ``diffusers.models.<module>``
+    where it names its package: "unets.unet_dreamlite"); None where this diffusers has none."""
     try:
-        return getattr(importlib.import_module(f"diffusers.models.transformers.{module}"), name)
+        package = "diffusers.models" if "." in module else "diffusers.models.transformers"
+        return getattr(importlib.import_module(f"{package}.{module}"), name)
     except (ImportError, AttributeError):
         return None
 
@@ -404,10 +405,12 @@ class _RankLocal:
 
 class PydiffAttnProcessor(_RankLocal):
     """Drop-in for diffusers' ``AttnProcessor2_0`` and, on fused projections, ``FusedAttnProcessor2_0``
-    (``Attention``: UNet and VAE self- and cross-attention)."""
+    (``Attention``: UNet and VAE self- and cross-attention), and for DreamLite's ``DreamLiteAttnProcessor2_0``
+    (its copy with grouped-query heads, which the kernel reads as they are: no repeated keys). ``stock_type``: the
+    stock processor for the calls the kernel does not take."""
 
-    def __init__(self):
-        self.stock, self.stock_fused = AttnProcessor2_0(), FusedAttnProcessor2_0()
+    def __init__(self, stock_type=AttnProcessor2_0):
+        self.stock, self.stock_fused = stock_type(), FusedAttnProcessor2_0()
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
@@ -416,7 +419,7 @@ class PydiffAttnProcessor(_RankLocal):
         source = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
         keys = source.shape[2] * source.shape[3] if source.ndim == 4 else source.shape[1]
         mask = _processor_mask(attn, attention_mask, source.shape[0], keys)
-        if _head_dim(attn) > MAX_HEAD_DIM or (attention_mask is not None and mask is None):
+        if attn.inner_dim // attn.heads > MAX_HEAD_DIM or (attention_mask is not None and mask is None):
             stock = self.stock_fused if _fused_projections(attn) else self.stock
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         return self._forward(attn, hidden_states, encoder_hidden_states, mask, temb)
@@ -450,11 +453,12 @@ class PydiffAttnProcessor(_RankLocal):
                 key, value = attn.to_kv(source).chunk(2, dim=-1)
             else:
                 key, value = attn.to_k(source), attn.to_v(source)
-        head_dim = key.shape[-1] // attn.heads
-        # (B, N, H, D) views of the projections: the kernel reads them through strides, no transposed copies.
+        head_dim = query.shape[-1] // attn.heads
+        # (B, N, H, D) views of the projections: the kernel reads them through strides, no transposed copies (k
+        # and v with fewer heads where the module has kv_heads: grouped-query attention)
         q = query.unflatten(-1, (attn.heads, head_dim))
-        k = key.unflatten(-1, (attn.heads, head_dim))
-        v = value.unflatten(-1, (attn.heads, head_dim))
+        k = key.unflatten(-1, (-1, head_dim))
+        v = value.unflatten(-1, (-1, head_dim))
 
         hidden_states = self._attend(attn, q, k, v, mask, head_dim, extra).flatten(2)
         hidden_states = attn.to_out[0](hidden_states)
@@ -2599,10 +2603,11 @@ def _no_qk_norms(attn) -> bool:
 def _copies():
     """The processors diffusers copies into other models' files (ChronoEdit's, SkyReels-V2's and Wan-Animate's of
     Wan's; Bria's, Bria FIBO's, LongCat-Image's and Ovis-Image's of Flux's; HunyuanImage 2.1's of HunyuanVideo's;
-    the SANA-WM refiner's two of LTX-2's; Sana-Video's of Sana's), each with the pydiff processor of its
-    original. Their sources differ from the originals' in names, comments, tensor-parallel head splits,
-    context-parallel arguments and the attention call (SDPA or diffusers' dispatch) only: the same math on modules
-    of the same attributes. Those this diffusers lacks are left out."""
+    the SANA-WM refiner's two of LTX-2's; Sana-Video's of Sana's; AnyFlow FAR's of AnyFlow's; DreamLite's of
+    AttnProcessor2_0, with grouped-query heads), each with the pydiff processor of its original. Their sources
+    differ from the originals' in names, comments, tensor-parallel head splits, context-parallel arguments and the
+    attention call (SDPA or diffusers' dispatch) only: the same math on modules of the same attributes. Those this
+    diffusers lacks are left out."""
     for module, name, ours in (("transformer_chronoedit", "WanAttnProcessor", PydiffWanAttnProcessor),
                                ("transformer_skyreels_v2", "SkyReelsV2AttnProcessor", PydiffWanAttnProcessor),
                                ("transformer_wan_animate", "WanAttnProcessor", PydiffWanAttnProcessor),
@@ -2618,6 +2623,7 @@ def _copies():
                                 PydiffHunyuanVideoAttnProcessor),
                                ("transformer_sana_video", "SanaAttnProcessor2_0", PydiffSanaAttnProcessor),
                                ("transformer_anyflow_far", "AnyFlowAttnProcessor", PydiffAnyFlowAttnProcessor),
+                               ("unets.unet_dreamlite", "DreamLiteAttnProcessor2_0", PydiffAttnProcessor),
                                ("transformer_anyflow_far", "AnyFlowCrossAttnProcessor",
                                 PydiffAnyFlowCrossAttnProcessor)):
         stock = _stock_class(module, name)
