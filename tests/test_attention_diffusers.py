@@ -159,6 +159,27 @@ def test_unet2d_condition(backend):
     _compare(model, lambda m: m(sample, t, encoder_hidden_states=context).sample, backend, {PydiffAttnProcessor})
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unet2d_simple_cross_attention(backend, monkeypatch):
+    """A tiny UNet of DeepFloyd IF's simple cross-attention blocks (``AttnAddedKVProcessor2_0``: the image's
+    queries over [the text's added keys; its own keys]): outputs the stock processors', each such attention a
+    joint call with a stream of keys only."""
+    from diffusers import UNet2DConditionModel
+
+    model = _perturb(UNet2DConditionModel(
+        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("SimpleCrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "SimpleCrossAttnUpBlock2D"), mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        cross_attention_dim=24, attention_head_dim=16, norm_num_groups=8, encoder_hid_dim=24,
+        encoder_hid_dim_type="text_proj", resnet_time_scale_shift="scale_shift"), 166)
+    gen = torch.Generator().manual_seed(167)
+    sample, context = torch.randn(2, 3, 8, 8, generator=gen), torch.randn(2, 7, 24, generator=gen)
+    calls = _spy(monkeypatch, lambda args, kwargs: "joint" in kwargs)
+    _compare(model, lambda m: m(sample, torch.tensor([10, 500]), encoder_hidden_states=context).sample, backend,
+             {attention_processors.PydiffAttnAddedKVProcessor})
+    assert calls and all(calls)
+
+
 def tiny_vae(channels=32, sample_size=16, seed=8):
     """A one-block VAE; its mid-block attention has one head over all ``channels``."""
     from diffusers import AutoencoderKL

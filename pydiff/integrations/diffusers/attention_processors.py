@@ -168,6 +168,7 @@ import diffusers
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import (
+    AttnAddedKVProcessor2_0,
     AttnProcessor2_0,
     AuraFlowAttnProcessor2_0,
     CogVideoXAttnProcessor2_0,
@@ -468,6 +469,39 @@ class PydiffAttnProcessor(_RankLocal):
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+class PydiffAttnAddedKVProcessor(_RankLocal):
+    """Drop-in for diffusers' ``AttnAddedKVProcessor2_0`` (the simple cross-attention blocks of DeepFloyd IF's and
+    UnCLIP's UNets): the image's queries over [the text's added keys; the image's own keys] as a joint call with a
+    stream of keys only (no concatenation), or over the text's alone with ``only_cross_attention``; the feature map
+    read through strides. Masked calls keep the stock processor."""
+
+    def __init__(self):
+        self.stock = AttnAddedKVProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, *args, **kwargs) -> torch.Tensor:
+        if attention_mask is not None or args or kwargs or attn.inner_dim // attn.heads > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+        residual = hidden_states
+        tokens = hidden_states.view(hidden_states.shape[0], hidden_states.shape[1], -1).transpose(1, 2)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = tokens
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        tokens = attn.group_norm(tokens.transpose(1, 2)).transpose(1, 2)
+        head_dim = attn.inner_dim // attn.heads
+        q = attn.to_q(tokens).unflatten(-1, (attn.heads, head_dim))
+        k, v = (proj(encoder_hidden_states).unflatten(-1, (attn.heads, head_dim))
+                for proj in (attn.add_k_proj, attn.add_v_proj))
+        if attn.only_cross_attention:
+            out = attention(q, k, v, layout="bnhd")
+        else:
+            own = (q[:, :0], *(proj(tokens).unflatten(-1, (attn.heads, head_dim)) for proj in (attn.to_k, attn.to_v)))
+            out = attention(q, k, v, layout="bnhd", joint=own)[0]
+        out = attn.to_out[1](attn.to_out[0](out.flatten(2)))
+        return out.transpose(-1, -2).reshape(residual.shape) + residual
 
 
 def _adopt(processor: torch.nn.Module, stock: torch.nn.Module) -> None:
@@ -2635,6 +2669,7 @@ def _copies():
 #: from it (Qwen-Image before 0.39), left out
 _REPLACEMENTS = tuple(entry for entry in (
     (AttnProcessor2_0, PydiffAttnProcessor, None),
+    (AttnAddedKVProcessor2_0, PydiffAttnAddedKVProcessor, None),
     (FusedAttnProcessor2_0, PydiffAttnProcessor, None),
     (IPAdapterAttnProcessor2_0, PydiffIPAdapterAttnProcessor, None),
     (HunyuanAttnProcessor2_0, PydiffHunyuanDiTAttnProcessor, None),
@@ -2755,25 +2790,26 @@ def set_attention_backend(model_or_pipe) -> int:
 
 
 __all__ = ["PydiffAceStepAttnProcessor", "PydiffAnyFlowAttnProcessor", "PydiffAnyFlowCausalAttnProcessor",
-           "PydiffAnyFlowCrossAttnProcessor", "PydiffAttnProcessor", "PydiffAudioDiTCrossAttnProcessor",
-           "PydiffAudioDiTSelfAttnProcessor", "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo2AttnProcessor",
-           "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor",
-           "PydiffCosmos3AttnProcessor", "PydiffCosmosAttnProcessor", "PydiffEasyAnimateAttnProcessor",
-           "PydiffErnieImageAttnProcessor", "PydiffFlux2AttnProcessor", "PydiffFlux2KVAttnProcessor",
-           "PydiffFlux2KVParallelSelfAttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor",
-           "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor", "PydiffFluxIPAdapterAttnProcessor",
-           "PydiffGlmImageAttnProcessor", "PydiffHeliosAttnProcessor", "PydiffHiDreamAttnProcessor",
-           "PydiffHunyuanDiTAttnProcessor", "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor",
-           "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor",
-           "PydiffJoyImageAttnProcessor", "PydiffJoyImageEditPlusAttnProcessor", "PydiffKandinsky5AttnProcessor",
-           "PydiffKandinsky6AttnProcessor", "PydiffKandinsky6SRAttnProcessor", "PydiffKrea2AttnProcessor",
-           "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor",
-           "PydiffLumina2AttnProcessor", "PydiffMiniMaxH3AttnProcessor", "PydiffMiniMaxMusic3AttnProcessor",
-           "PydiffMiniMaxMusic3DepthAttnProcessor", "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor",
-           "PydiffMotifVideoCrossAttnProcessor", "PydiffNucleusMoEAttnProcessor", "PydiffOmniGenAttnProcessor",
-           "PydiffPAGCFGIdentitySelfAttnProcessor", "PydiffPAGIdentitySelfAttnProcessor", "PydiffPRXAttnProcessor",
-           "PydiffQwenImage21AttnProcessor", "PydiffQwenImage21FlexAttnProcessor", "PydiffQwenImageAttnProcessor",
-           "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor",
-           "PydiffStableAudio3CrossAttnProcessor", "PydiffStableAudio3SelfAttnProcessor",
-           "PydiffWanAnimate2AttnProcessor", "PydiffWanAnimate2CrossAttnProcessor", "PydiffWanAttnProcessor",
-           "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffAnyFlowCrossAttnProcessor", "PydiffAttnAddedKVProcessor", "PydiffAttnProcessor",
+           "PydiffAudioDiTCrossAttnProcessor", "PydiffAudioDiTSelfAttnProcessor", "PydiffAuraFlowAttnProcessor",
+           "PydiffBriaFibo2AttnProcessor", "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor",
+           "PydiffCosmos25AttnProcessor", "PydiffCosmos3AttnProcessor", "PydiffCosmosAttnProcessor",
+           "PydiffEasyAnimateAttnProcessor", "PydiffErnieImageAttnProcessor", "PydiffFlux2AttnProcessor",
+           "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
+           "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor",
+           "PydiffFluxIPAdapterAttnProcessor", "PydiffGlmImageAttnProcessor", "PydiffHeliosAttnProcessor",
+           "PydiffHiDreamAttnProcessor", "PydiffHunyuanDiTAttnProcessor", "PydiffHunyuanVideo15AttnProcessor",
+           "PydiffHunyuanVideoAttnProcessor", "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor",
+           "PydiffJointAttnProcessor", "PydiffJoyImageAttnProcessor", "PydiffJoyImageEditPlusAttnProcessor",
+           "PydiffKandinsky5AttnProcessor", "PydiffKandinsky6AttnProcessor", "PydiffKandinsky6SRAttnProcessor",
+           "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor",
+           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffMiniMaxH3AttnProcessor",
+           "PydiffMiniMaxMusic3AttnProcessor", "PydiffMiniMaxMusic3DepthAttnProcessor", "PydiffMochiAttnProcessor",
+           "PydiffMotifVideoAttnProcessor", "PydiffMotifVideoCrossAttnProcessor", "PydiffNucleusMoEAttnProcessor",
+           "PydiffOmniGenAttnProcessor", "PydiffPAGCFGIdentitySelfAttnProcessor", "PydiffPAGIdentitySelfAttnProcessor",
+           "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor", "PydiffQwenImage21FlexAttnProcessor",
+           "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor",
+           "PydiffSanaWMCrossAttnProcessor", "PydiffStableAudio3CrossAttnProcessor",
+           "PydiffStableAudio3SelfAttnProcessor", "PydiffWanAnimate2AttnProcessor",
+           "PydiffWanAnimate2CrossAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor",
+           "set_attention_backend"]
