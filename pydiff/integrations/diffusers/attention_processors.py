@@ -79,14 +79,14 @@
   and ``PydiffWanAnimate2AttnProcessor`` its self-attention: the generation pass's in-context attention over the
   model's flex BlockMask as one block-sparse call (its partial blocks as tiles), eagerly, where the stock processor
   needs torch.compile.
-* ``PydiffAnyFlowAttnProcessor`` and ``PydiffAnyFlowCrossAttnProcessor`` (0.42+) replace AnyFlow's (and AnyFlow
+* ``PydiffAnyFlowAttnProcessor`` and ``PydiffAnyFlowCrossAttnProcessor`` (0.39+) replace AnyFlow's (and AnyFlow
   FAR's copies), Wan-style; ``PydiffAnyFlowCausalAttnProcessor`` AnyFlow FAR's causal one: its KV cache as the
   stock one keeps it, the chunk-causal BlockMask as one block-sparse call, eagerly.
-* ``PydiffAudioDiTSelfAttnProcessor`` and ``PydiffAudioDiTCrossAttnProcessor`` (0.42+) replace LongCat-AudioDiT's:
+* ``PydiffAudioDiTSelfAttnProcessor`` and ``PydiffAudioDiTCrossAttnProcessor`` (0.39+) replace LongCat-AudioDiT's:
   the RoPE (the prompt's keys by tables of their own) in the prologue, the token masks as key masks.
-* ``PydiffAceStepAttnProcessor`` (0.42+) replaces ACE-Step 1.5's: GQA, QK norms and RoPE in the prologue, its
+* ``PydiffAceStepAttnProcessor`` (0.39+) replaces ACE-Step 1.5's: GQA, QK norms and RoPE in the prologue, its
   sliding-window band mask read as given.
-* ``PydiffCosmos3AttnProcessor`` (0.42+) replaces Cosmos 3's: the understanding pathway's causal attention
+* ``PydiffCosmos3AttnProcessor`` (0.39+) replaces Cosmos 3's: the understanding pathway's causal attention
   (``causal``), the generation pathway's over [understanding; generation] keys without concatenation.
 * ``PydiffMiniMaxMusic3AttnProcessor`` and ``PydiffMiniMaxMusic3DepthAttnProcessor`` (0.42+) replace MiniMax Music
   3's: its partial rotary in the prologue, its depth decoder's causal attention.
@@ -254,13 +254,13 @@ MiniMaxH3AttnProcessor = _stock_class("transformer_minimax_h3", "MiniMaxH3AttnPr
 StableAudio3SelfAttnProcessor = _stock_class("transformer_stable_audio3", "StableAudio3SelfAttnProcessor")  # (0.42+)
 StableAudio3CrossAttnProcessor = _stock_class("transformer_stable_audio3", "StableAudio3CrossAttnProcessor")
 StableAudio3RMSNorm = _stock_class("transformer_stable_audio3", "StableAudio3RMSNorm")
-AnyFlowAttnProcessor = _stock_class("transformer_anyflow", "AnyFlowAttnProcessor")  # (0.42+)
+AnyFlowAttnProcessor = _stock_class("transformer_anyflow", "AnyFlowAttnProcessor")  # (0.39+)
 AnyFlowCrossAttnProcessor = _stock_class("transformer_anyflow", "AnyFlowCrossAttnProcessor")
 AnyFlowCausalAttnProcessor = _stock_class("transformer_anyflow_far", "AnyFlowCausalAttnProcessor")
-AudioDiTSelfAttnProcessor = _stock_class("transformer_longcat_audio_dit", "AudioDiTSelfAttnProcessor")  # (0.42+)
+AudioDiTSelfAttnProcessor = _stock_class("transformer_longcat_audio_dit", "AudioDiTSelfAttnProcessor")  # (0.39+)
 AudioDiTCrossAttnProcessor = _stock_class("transformer_longcat_audio_dit", "AudioDiTCrossAttnProcessor")
-AceStepAttnProcessor2_0 = _stock_class("ace_step_transformer", "AceStepAttnProcessor2_0")  # (0.42+)
-Cosmos3AttnProcessor = _stock_class("transformer_cosmos3", "Cosmos3AttnProcessor")  # (0.42+)
+AceStepAttnProcessor2_0 = _stock_class("ace_step_transformer", "AceStepAttnProcessor2_0")  # (0.39+)
+Cosmos3AttnProcessor = _stock_class("transformer_cosmos3", "Cosmos3AttnProcessor")  # (0.39+)
 Cosmos3NemotronRMSNorm = _stock_class("transformer_cosmos3", "Cosmos3NemotronRMSNorm")
 MiniMaxMusic3AttnProcessor = _stock_class("transformer_minimax_music3", "MiniMaxMusic3AttnProcessor")  # (0.42+)
 MiniMaxMusic3DepthAttnProcessor = _stock_class("minimax_music3_rvq_depth_decoder", "MiniMaxMusic3DepthAttnProcessor")
@@ -1506,13 +1506,13 @@ def _wan_in_context(q, k, v, tables, reference, reference_tables, grid_sizes, re
 
 
 class PydiffAnyFlowAttnProcessor(_RankLocal):
-    """Drop-in for AnyFlow's ``AnyFlowAttnProcessor`` (diffusers 0.42+; AnyFlow FAR's copy too): Wan's attention,
+    """Drop-in for AnyFlow's ``AnyFlowAttnProcessor`` (diffusers 0.39+; AnyFlow FAR's copy too): Wan's attention,
     its QK RMSNorms (across heads) as modules first, its complex RoPE in the prologue (the keys' table as their own
     where it is another), in float32 where the stock processor rotates in float64. ``stock_type``: the stock
     processor for the calls the kernel does not take (the copy of it a model has)."""
 
     def __init__(self, stock_type=AnyFlowAttnProcessor):
-        self.stock = _stock(stock_type, "AnyFlow", "0.42")
+        self.stock = _stock(stock_type, "AnyFlow", "0.39")
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, rotary_emb=None) -> torch.Tensor:
@@ -1530,11 +1530,11 @@ class PydiffAnyFlowAttnProcessor(_RankLocal):
 
 
 class PydiffAnyFlowCrossAttnProcessor(_RankLocal):
-    """Drop-in for AnyFlow's ``AnyFlowCrossAttnProcessor`` (diffusers 0.42+; AnyFlow FAR's copy too): the text's
+    """Drop-in for AnyFlow's ``AnyFlowCrossAttnProcessor`` (diffusers 0.39+; AnyFlow FAR's copy too): the text's
     attention, its QK RMSNorms as modules first."""
 
     def __init__(self, stock_type=AnyFlowCrossAttnProcessor):
-        self.stock = _stock(stock_type, "AnyFlow", "0.42")
+        self.stock = _stock(stock_type, "AnyFlow", "0.39")
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -1545,7 +1545,7 @@ class PydiffAnyFlowCrossAttnProcessor(_RankLocal):
 
 
 class PydiffAnyFlowCausalAttnProcessor(_RankLocal):
-    """Drop-in for AnyFlow FAR's ``AnyFlowCausalAttnProcessor`` (diffusers 0.42+): the KV cache kept as the stock
+    """Drop-in for AnyFlow FAR's ``AnyFlowCausalAttnProcessor`` (diffusers 0.39+): the KV cache kept as the stock
     processor keeps it (keys before their RoPE); the training rollout's and the cache prefill's chunk-causal
     BlockMask in one block-sparse call (its partial blocks as tiles, once per BlockMask); the autoregressive step
     over [compressed cache; full cache; new] keys, with as many zero keys after them as the stock processor pads
@@ -1554,7 +1554,7 @@ class PydiffAnyFlowCausalAttnProcessor(_RankLocal):
     flex attention (compiled: eagerly it materialises every score)."""
 
     def __init__(self):
-        self.stock = _stock(AnyFlowCausalAttnProcessor, "AnyFlow FAR", "0.42")
+        self.stock = _stock(AnyFlowCausalAttnProcessor, "AnyFlow FAR", "0.39")
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask=None, rotary_emb=None, kv_cache=None, kv_cache_flag=None) -> torch.Tensor:
@@ -1615,12 +1615,12 @@ def _anyflow_attention(attn, hidden_states: torch.Tensor, context: Optional[torc
 
 
 class PydiffAudioDiTSelfAttnProcessor(_RankLocal):
-    """Drop-in for LongCat-AudioDiT's ``AudioDiTSelfAttnProcessor`` (diffusers 0.42+): its QK RMSNorms (across heads)
+    """Drop-in for LongCat-AudioDiT's ``AudioDiTSelfAttnProcessor`` (diffusers 0.39+): its QK RMSNorms (across heads)
     as modules first, its RoPE (halves paired, tables in the model's dtype) in the prologue, the token mask as the
     kernel's key mask, then the padded tokens' outputs zeroed as the stock processor zeroes them."""
 
     def __init__(self):
-        self.stock = _stock(AudioDiTSelfAttnProcessor, "LongCat-AudioDiT", "0.42")
+        self.stock = _stock(AudioDiTSelfAttnProcessor, "LongCat-AudioDiT", "0.39")
 
     def __call__(self, attn, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                  audio_rotary_emb=None) -> torch.Tensor:
@@ -1632,12 +1632,12 @@ class PydiffAudioDiTSelfAttnProcessor(_RankLocal):
 
 
 class PydiffAudioDiTCrossAttnProcessor(_RankLocal):
-    """Drop-in for LongCat-AudioDiT's ``AudioDiTCrossAttnProcessor`` (diffusers 0.42+): the audio queries turned by
+    """Drop-in for LongCat-AudioDiT's ``AudioDiTCrossAttnProcessor`` (diffusers 0.39+): the audio queries turned by
     the audio's RoPE tables and the prompt's keys by the prompt's (``key_rope``), in the prologue; the prompt mask
     as the key mask, the audio mask on the outputs after."""
 
     def __init__(self):
-        self.stock = _stock(AudioDiTCrossAttnProcessor, "LongCat-AudioDiT", "0.42")
+        self.stock = _stock(AudioDiTCrossAttnProcessor, "LongCat-AudioDiT", "0.39")
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                  post_attention_mask: Optional[torch.Tensor] = None,
@@ -1669,12 +1669,12 @@ def _audio_dit_attention(attn, hidden_states: torch.Tensor, context: Optional[to
 
 
 class PydiffAceStepAttnProcessor(_RankLocal):
-    """Drop-in for ACE-Step 1.5's ``AceStepAttnProcessor2_0`` (diffusers 0.42+): grouped-query attention with its
+    """Drop-in for ACE-Step 1.5's ``AceStepAttnProcessor2_0`` (diffusers 0.39+): grouped-query attention with its
     per-head QK RMSNorms and, in self-attention, its RoPE (Qwen3's: halves paired) in the kernel's prologue, with
     the module's scale; its masks (the sliding-window layers' additive band, a padding mask) read as given."""
 
     def __init__(self):
-        self.stock = _stock(AceStepAttnProcessor2_0, "ACE-Step 1.5", "0.42")
+        self.stock = _stock(AceStepAttnProcessor2_0, "ACE-Step 1.5", "0.39")
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None) -> torch.Tensor:
@@ -1690,14 +1690,14 @@ class PydiffAceStepAttnProcessor(_RankLocal):
 
 
 class PydiffCosmos3AttnProcessor(_RankLocal):
-    """Drop-in for Cosmos 3's ``Cosmos3AttnProcessor`` (diffusers 0.42+), its two pathways: the understanding
+    """Drop-in for Cosmos 3's ``Cosmos3AttnProcessor`` (diffusers 0.39+), its two pathways: the understanding
     tokens' causal self-attention (``causal=True``: the blocks above the diagonal never read) and the generation
     tokens' attention over [understanding keys; generation keys] as a joint call with a stream of keys only (no
     concatenation), grouped-query heads, the per-head QK RMSNorms and the RoPE (halves paired; the two pathways'
     own tables, the keys' as ``key_rope``) in the prologue. The stock processor rotates in the model's dtype."""
 
     def __init__(self):
-        self.stock = _stock(Cosmos3AttnProcessor, "Cosmos 3", "0.42")
+        self.stock = _stock(Cosmos3AttnProcessor, "Cosmos 3", "0.39")
 
     def __call__(self, attn, und_seq: torch.Tensor, gen_seq: torch.Tensor, rotary_emb):
         if attn.head_dim > MAX_HEAD_DIM or any(t.dim() != 2 for t in rotary_emb):
@@ -1707,14 +1707,14 @@ class PydiffCosmos3AttnProcessor(_RankLocal):
         q, k, v = (getattr(attn, name)(und_seq).unflatten(-1, (-1, d))[None] for name in ("to_q", "to_k", "to_v"))
         q2, k2, v2 = (getattr(attn, name)(gen_seq).unflatten(-1, (-1, d))[None]
                       for name in ("add_q_proj", "add_k_proj", "add_v_proj"))
-        k_for_gen = k
-        if attn.k_norm_und_for_gen is not None:  # (a second norm, the generation pathway's: as modules)
-            k_for_gen = attn.k_norm_und_for_gen(attn.norm_k(k))
+        k_for_gen, gen_norm = k, getattr(attn, "k_norm_und_for_gen", None)  # (0.42's; 0.39 has none)
+        if gen_norm is not None:  # (a second norm, the generation pathway's: as modules)
+            k_for_gen = gen_norm(attn.norm_k(k))
         understanding = _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], d, (cos_und, sin_und), None,
                                            rope_interleaved=False, causal=True)
         keys_rope = (torch.cat([cos_und, cos_gen]), torch.cat([sin_und, sin_gen]))
         generation, _ = _streams_attention(
-            [(q2, k_for_gen, v, attn.norm_added_q, None if attn.k_norm_und_for_gen is not None else attn.norm_k),
+            [(q2, k_for_gen, v, attn.norm_added_q, None if gen_norm is not None else attn.norm_k),
              (q2[:, :0], k2, v2, None, attn.norm_added_k)], d, (cos_gen, sin_gen), None, rope_interleaved=False,
             key_rope=keys_rope)
         return attn.to_out(understanding[0].flatten(-2)), attn.to_add_out(generation[0].flatten(-2))
