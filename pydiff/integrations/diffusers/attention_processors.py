@@ -2293,7 +2293,7 @@ class PydiffQwenImage21AttnProcessor(_RankLocal):
         head_dim = attn.inner_dim // attn.heads
         if segments is not None and kv_cache_mode != "cached" and head_dim <= MAX_HEAD_DIM:
             return self._prefill(attn, hidden_states, rotary_emb, layer_cache, kv_cache_mode, cache_write_slice,
-                                 lambda n: _segment_masks(segments, n, key_valid, hidden_states.device))
+                                 lambda n: _prefill_masks(segments, n, key_valid, hidden_states.device))
         mask = attention_mask
         readable = mask is None or (isinstance(mask, torch.Tensor) and _kernel_reads(mask) and mask.dim() == 4 and
                                     mask.shape[-2] == 1)
@@ -2338,6 +2338,22 @@ class PydiffQwenImage21FlexAttnProcessor(PydiffQwenImage21AttnProcessor, QwenIma
                                  lambda n: {"block_mask": attention_mask})
         return super().__call__(attn, hidden_states, attention_mask, rotary_emb, layer_cache, kv_cache_mode,
                                 cache_write_slice, segments, key_valid)
+
+
+#: the last prefill's masks: (key, the key_valid it was made for, the masks); every layer of a prefill asks for the
+#: same, built once
+_LAST_PREFILL = [None, None, None]
+
+
+def _prefill_masks(segments, tokens: int, key_valid: Optional[torch.Tensor], device: torch.device) -> dict:
+    """``_segment_masks``, made once for the layers of one prefill: the same segments, length, device and
+    key_valid tensor (the same object, unchanged in place since) give the masks made for the first layer."""
+    key = (tuple(tuple(int(x) for x in segment) for segment in segments), tokens, device,
+           None if key_valid is None else key_valid._version)
+    if _LAST_PREFILL[0] != key or (_LAST_PREFILL[1] or (lambda: None))() is not key_valid:
+        _LAST_PREFILL[:] = key, None if key_valid is None else weakref.ref(key_valid), \
+            _segment_masks(segments, tokens, key_valid, device)
+    return _LAST_PREFILL[2]
 
 
 def _segment_masks(segments, tokens: int, key_valid: Optional[torch.Tensor], device: torch.device) -> dict:
