@@ -181,6 +181,29 @@ def test_unet2d_simple_cross_attention(backend, monkeypatch):
     assert calls and all(calls)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lumina_next_transformer(backend, monkeypatch):
+    """The tiny Lumina-Next (four query heads over two key heads of 16, two layers; 6 x 8 patches, 7 text tokens
+    with padding): self-attention with its complex RoPE on queries and keys and cross-attention with it on the
+    queries alone, without and with proportional attention's scale; outputs the stock processors'."""
+    from diffusers import LuminaNextDiT2DModel
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
+
+    model = _perturb(LuminaNextDiT2DModel(
+        sample_size=16, patch_size=2, in_channels=4, hidden_size=64, num_layers=2, num_attention_heads=4,
+        num_kv_heads=2, multiple_of=16, cross_attention_dim=24, learn_sigma=False), 168)
+    gen = torch.Generator().manual_seed(169)
+    latents, text = torch.randn(2, 4, 12, 16, generator=gen), torch.randn(2, 7, 24, generator=gen)
+    text_mask = torch.ones(2, 7, dtype=torch.long)
+    text_mask[1, 4:] = 0
+    rope = get_2d_rotary_pos_embed_lumina(16, 32, 32)
+    calls = _spy(monkeypatch, lambda args, kwargs: (kwargs.get("rope") is not None, kwargs.get("key_rope") is not None))
+    for kwargs in ({}, {"base_sequence_length": 16}):  # (the pipeline's proportional attention: a scale of its own)
+        _compare(model, lambda m: m(latents, torch.tensor([0.3, 0.7]), text, text_mask, rope, kwargs).sample,
+                 backend, {attention_processors.PydiffLuminaAttnProcessor})
+    assert calls == [(True, False), (True, True)] * 4  # (cross-attention's keys unturned)
+
+
 def tiny_vae(channels=32, sample_size=16, seed=8):
     """A one-block VAE; its mid-block attention has one head over all ``channels``."""
     from diffusers import AutoencoderKL

@@ -181,6 +181,7 @@ from diffusers.models.attention_processor import (
     PAGIdentitySelfAttnProcessor2_0,
     IPAdapterAttnProcessor2_0,
     JointAttnProcessor2_0,
+    LuminaAttnProcessor2_0,
     MochiAttnProcessor2_0,
     SD3IPAdapterJointAttnProcessor2_0,
 )
@@ -502,6 +503,44 @@ class PydiffAttnAddedKVProcessor(_RankLocal):
             out = attention(q, k, v, layout="bnhd", joint=own)[0]
         out = attn.to_out[1](attn.to_out[0](out.flatten(2)))
         return out.transpose(-1, -2).reshape(residual.shape) + residual
+
+
+class PydiffLuminaAttnProcessor(_RankLocal):
+    """Drop-in for diffusers' ``LuminaAttnProcessor2_0`` (Lumina-Next): grouped-query attention (the key heads
+    read as they are, not repeated), its QK norms (across heads) as modules, the queries' and keys' complex RoPE
+    (each its own, or none) in the prologue, the key mask, its proportional attention's scale. Returns (B, N, H, D)
+    heads, as the stock processor does."""
+
+    def __init__(self):
+        self.stock = LuminaAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: Optional[torch.Tensor] = None, query_rotary_emb=None, key_rotary_emb=None,
+                 base_sequence_length: Optional[int] = None) -> torch.Tensor:
+        batch, tokens = hidden_states.shape[:2]
+        if hidden_states.ndim != 3 or attention_mask is None or attention_mask.numel() != batch * \
+                encoder_hidden_states.shape[1] or attn.inner_dim // attn.heads > MAX_HEAD_DIM or \
+                any(f is not None and not _per_row_complex(f) for f in (query_rotary_emb, key_rotary_emb)):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb,
+                              key_rotary_emb, base_sequence_length)
+        query, key = attn.to_q(hidden_states), attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = query.shape[-1] // attn.heads
+        query = query if attn.norm_q is None else attn.norm_q(query)
+        key = key if attn.norm_k is None else attn.norm_k(key)
+        q, k, v = (t.to(value.dtype).unflatten(-1, (-1, head_dim)) for t in (query, key, value))
+        scale = None
+        if key_rotary_emb is not None:
+            scale = attn.scale if base_sequence_length is None else \
+                math.sqrt(math.log(tokens, base_sequence_length)) * attn.scale
+        rope = key_rope = None
+        if query_rotary_emb is not None:
+            rope = _complex_rope(query_rotary_emb)
+            key_rope = _unturned(k.shape[1], head_dim, k.device) if key_rotary_emb is None else None
+        if key_rotary_emb is not None and key_rotary_emb is not query_rotary_emb:
+            key_rope = _complex_rope(key_rotary_emb)
+        mask = attention_mask.bool().view(batch, 1, 1, -1)
+        return attention(q, k, v, layout="bnhd", attn_mask=mask, rope=rope, key_rope=key_rope, scale=scale)
 
 
 def _adopt(processor: torch.nn.Module, stock: torch.nn.Module) -> None:
@@ -2686,6 +2725,7 @@ def _copies():
 _REPLACEMENTS = tuple(entry for entry in (
     (AttnProcessor2_0, PydiffAttnProcessor, None),
     (AttnAddedKVProcessor2_0, PydiffAttnAddedKVProcessor, None),
+    (LuminaAttnProcessor2_0, PydiffLuminaAttnProcessor, None),
     (FusedAttnProcessor2_0, PydiffAttnProcessor, None),
     (IPAdapterAttnProcessor2_0, PydiffIPAdapterAttnProcessor, None),
     (HunyuanAttnProcessor2_0, PydiffHunyuanDiTAttnProcessor, None),
@@ -2819,13 +2859,13 @@ __all__ = ["PydiffAceStepAttnProcessor", "PydiffAnyFlowAttnProcessor", "PydiffAn
            "PydiffJointAttnProcessor", "PydiffJoyImageAttnProcessor", "PydiffJoyImageEditPlusAttnProcessor",
            "PydiffKandinsky5AttnProcessor", "PydiffKandinsky6AttnProcessor", "PydiffKandinsky6SRAttnProcessor",
            "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor",
-           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffMiniMaxH3AttnProcessor",
-           "PydiffMiniMaxMusic3AttnProcessor", "PydiffMiniMaxMusic3DepthAttnProcessor", "PydiffMochiAttnProcessor",
-           "PydiffMotifVideoAttnProcessor", "PydiffMotifVideoCrossAttnProcessor", "PydiffNucleusMoEAttnProcessor",
-           "PydiffOmniGenAttnProcessor", "PydiffPAGCFGIdentitySelfAttnProcessor", "PydiffPAGIdentitySelfAttnProcessor",
-           "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor", "PydiffQwenImage21FlexAttnProcessor",
-           "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor",
-           "PydiffSanaWMCrossAttnProcessor", "PydiffStableAudio3CrossAttnProcessor",
+           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffLuminaAttnProcessor",
+           "PydiffMiniMaxH3AttnProcessor", "PydiffMiniMaxMusic3AttnProcessor", "PydiffMiniMaxMusic3DepthAttnProcessor",
+           "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor", "PydiffMotifVideoCrossAttnProcessor",
+           "PydiffNucleusMoEAttnProcessor", "PydiffOmniGenAttnProcessor", "PydiffPAGCFGIdentitySelfAttnProcessor",
+           "PydiffPAGIdentitySelfAttnProcessor", "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor",
+           "PydiffQwenImage21FlexAttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor",
+           "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor", "PydiffStableAudio3CrossAttnProcessor",
            "PydiffStableAudio3SelfAttnProcessor", "PydiffWanAnimate2AttnProcessor",
            "PydiffWanAnimate2CrossAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor",
            "set_attention_backend"]
