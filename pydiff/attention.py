@@ -664,7 +664,9 @@ def attention(
                              "stream)")
         axis = 1 if layout == "bnhd" else 2
         if isinstance(k, torch.Tensor) and k.dim() == 4:  # (a bad q or k: named by the checks)
-            block_mask, block_size, block_tiles = _causal_blocks(q.shape[axis], k.shape[axis], q.device)
+            # (traced by torch.compile through the function itself: Dynamo does not take an lru_cache's)
+            make = _causal_blocks.__wrapped__ if torch.compiler.is_compiling() else _causal_blocks
+            block_mask, block_size, block_tiles = make(q.shape[axis], k.shape[axis], q.device)
     if block_mask is not None:
         axis = 1 if layout == "bnhd" else 2
         n_k = k.shape[axis] if isinstance(k, torch.Tensor) and k.dim() == 4 else 0  # (a bad k: named by the checks)

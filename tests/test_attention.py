@@ -1455,7 +1455,8 @@ def test_torch_compile_fullgraph(backend):
 
 def test_torch_compile_block_masks():
     """Under torch.compile a BlockMask with a mask_mod is refused with the way out (its tiles take a host read);
-    its tiles made before (``block_mask_tiles``) compile with fullgraph and give the eager output."""
+    its tiles made before (``block_mask_tiles``) compile with fullgraph and give the eager output, as does
+    ``causal=True``."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     gen = torch.Generator().manual_seed(11)
@@ -1472,6 +1473,11 @@ def test_torch_compile_block_masks():
         q, k, v, block_mask=mask, block_size=64, block_tiles=(ids, tiles)), fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(q, made["block_mask"], *made["block_tiles"]),
                                pydiff.attention(q, k, v, block_mask=blocks))
+    # causal=True (its blocks and tiles made from the sizes alone) traces too
+    torch._dynamo.reset()
+    causal = torch.compile(lambda q: pydiff.attention(q * 2, k, v, causal=True), fullgraph=True,
+                           backend="aot_eager")
+    torch.testing.assert_close(causal(q), pydiff.attention(q * 2, k, v, causal=True))
 
 
 def test_torch_compile_inductor_cpu():
