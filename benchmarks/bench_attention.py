@@ -875,6 +875,14 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
                      lambda: attention(q, k, v, causal=True),
                      lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), "sdpa is_causal",
                      _flops(b, h, n, n, d) / 2, device, quick, ceiling)
+    # 10. Differential attention (Stable Audio 3: A(q1, k1, v) - A(q2, k2, v)) in one pass, against two SDPA calls
+    # and their difference; the figure counts both attentions.
+    b, h, d, n = (2, 24, 64, 4096) if gpu else (1, 2, 64, 256)
+    q, q2, k, k2, v = (rand(b, h, n, d) for _ in range(5))
+    rows += _variant("differential attention (Stable Audio 3)", f"B{b} H{h} N{n} D{d}",
+                     lambda: attention(q, k, v, negative=(q2, k2, v)),
+                     lambda: F.scaled_dot_product_attention(q, k, v) - F.scaled_dot_product_attention(q2, k2, v),
+                     "2 x sdpa + sub", 2 * _flops(b, h, n, n, d), device, quick, ceiling)
     return rows
 
 

@@ -606,14 +606,16 @@ def _query_block(
     JOINT_KEYS: tl.constexpr, NEG: tl.constexpr, EMULATE_BF16: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
     USE_TMA: tl.constexpr, ROWSUM_MMA: tl.constexpr, OVERLAP: tl.constexpr, WARP_SPEC: tl.constexpr = False,
     MB=None, MB2=None, stride_mn=0, HAS_BIAS: tl.constexpr = False, LIST=None, count=0, BLOCK_K=0,
-    SPARSE: tl.constexpr = False, BLOCK_Q: tl.constexpr = 0, stride_mt=0, whole=0,
+    SPARSE: tl.constexpr = False, BLOCK_Q: tl.constexpr = 0, stride_mt=0, whole=0, QN=None, stride_qnn=0,
+    stride_qnd=0, NEG_Q: tl.constexpr = False,
 ):
     """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream: K/V's,
     then (JOINT_KEYS) K2/V2's, and (NEG) the negative stream's into an output of their own. HAS_BIAS: the mask
     (``_block_scores``) of K's keys at MB, of K2's at MB2 (with ROW_MASK, BLOCK_M pointers each: the rows of this
     block's queries); the negative stream has none. SPARSE: K's keys are only the ``count`` blocks of BLOCK_K
     listed at LIST (``_attend_listed``; with TILE_MASK, MB are the query rows' rows of a tile, tiles stride_mt
-    apart, and the first ``whole`` listed blocks have none)."""
+    apart, and the first ``whole`` listed blocks have none). NEG_Q (differential attention): the negative stream
+    has queries of its own, these rows of QN (strides stride_qnn, stride_qnd)."""
     mask_shift = 0.0
     zero_rows = None
     if HAS_BIAS and MB.dtype.element_ty != tl.int1:  # (a boolean mask's 0 and -inf need no shift)
@@ -660,7 +662,11 @@ def _query_block(
     out_a = acc_a / l_i[:, None]
     out_b = acc_b / l_i[:, None]
     if NEG:
-        # The q tile is already in registers: a second online softmax over the negative keys reuses it.
+        # The q tile is already in registers: a second online softmax over the negative keys reuses it (or, for
+        # differential attention, the same rows of the negative queries replace it).
+        if NEG_Q:
+            q_a, q_b = _load_rows(QN, row_start, row_end, stride_qnn, stride_qnd, HEAD_DIM, BLOCK_M, BLOCK_DA,
+                                  BLOCK_DB, SPLIT_D)
         mn_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         ln_i = _row_sums(BLOCK_M, ROWSUM_MMA)
         accn_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
@@ -799,7 +805,7 @@ def _attn_fwd_kernel(
     SCALE_POSITIVE: tl.constexpr, TMA_OK: tl.constexpr, USE_TMA: tl.constexpr = False, ROW_ALIGN: tl.constexpr = 1,
     ROWSUM_MMA: tl.constexpr = False, OVERLAP: tl.constexpr = False, WS_OK: tl.constexpr = False,
     WARP_SPEC: tl.constexpr = False, JOINED_KV: tl.constexpr = False, HAS_BIAS: tl.constexpr = False,
-    SPARSE: tl.constexpr = False, BLOCK_Q: tl.constexpr = 0,
+    SPARSE: tl.constexpr = False, BLOCK_Q: tl.constexpr = 0, NEG_Q: tl.constexpr = False,
 ):
     """grid = (query blocks [of both streams when JOINT], H, B * segments), run in the order (query block, head,
     batch). The second and third axes take 65535 programs each, so B and H do not share one: temporal attention in
@@ -823,6 +829,8 @@ def _attn_fwd_kernel(
     for each batch row and query head (strides stride_mb, stride_mh, stride_mn; 0 where broadcast): a key mask,
     the same for every query (True, 1), or (ROW_MASK) one such row per query of the joined (packed) sequence, rows
     stride_mm apart.
+    NEG_Q (with NEG, not JOINT): differential attention (Ye et al. 2024; Stable Audio 3): the negative stream has
+    queries of its own, shaped like Q, in Q2's place (strides stride_q2*).
     SPARSE (one query stream and one key stream: not JOINT, NEG or VARLEN): block-sparse attention. The queries and
     keys fall in blocks of BLOCK_Q and BLOCK_K tokens (BLOCK_M divides BLOCK_Q, or is twice it; BLOCK_N divides
     BLOCK_K), and query block r of (batch b, head h) attends only to the BLOCK_COUNTS[b, h, r] key blocks listed at
@@ -852,6 +860,8 @@ def _attn_fwd_kernel(
         if NEG:
             stride_knb, stride_knh, stride_knn = _al(stride_knb, stride_knh, stride_knn, A)
             stride_vnb, stride_vnh, stride_vnn = _al(stride_vnb, stride_vnh, stride_vnn, A)
+        if NEG_Q:
+            stride_q2b, stride_q2h, stride_q2n = _al(stride_q2b, stride_q2h, stride_q2n, A)
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     if VARLEN:
@@ -952,6 +962,7 @@ def _attn_fwd_kernel(
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, EVEN_N, JOINT and not JOINED_KV, NEG,
             EMULATE_BF16, SCALE_POSITIVE, USE_TMA, ROWSUM_MMA, OVERLAP, WARP_SPEC,
             MB=MB, MB2=MB + Nk * stride_mn, stride_mn=stride_mn, HAS_BIAS=HAS_BIAS, LIST=LIST, count=count,
+            QN=Q2 + b64 * stride_q2b + h64 * stride_q2h, stride_qnn=stride_q2n, stride_qnd=stride_q2d, NEG_Q=NEG_Q,
             BLOCK_K=BLOCK_K, SPARSE=SPARSE, BLOCK_Q=BLOCK_Q, stride_mt=stride_mb, whole=whole)
 
 
@@ -1376,7 +1387,7 @@ _WIDEST_BLOCK_N = max(bn for _, bn, _, _ in _GPU_CONFIGS + _TMA_CONFIGS + [*_WAR
 #: the most query rows of a tile the block-sparse loop takes (no warp-specialised tile)
 _WIDEST_BLOCK_M = max(bm for bm, _, _, _ in _GPU_CONFIGS + _TMA_CONFIGS)
 _AUTOTUNE_KEY = ["Nq", "Nk", "Nq2", "Nk2", "Nneg", "HEAD_DIM", "SPLIT_D", "JOINT", "JOINED_KV", "NEG", "VARLEN",
-                 "HAS_BIAS", "TMA_OK", "WS_OK", "SPARSE", "BLOCK_Q", "BLOCK_K"]
+                 "HAS_BIAS", "TMA_OK", "WS_OK", "SPARSE", "BLOCK_Q", "BLOCK_K", "NEG_Q"]
 _attn_fwd_autotuned = triton.autotune(
     configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in
              _GPU_CONFIGS]
@@ -1591,8 +1602,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
     ``torch.library.wrap_triton``). All arguments were checked by the caller.
 
-    joint: (q2, k2, v2, out2); negative: (k_neg, v_neg); rope: (cos, sin) tables (rows, D); key_rope: the keys'
-    own tables (then ``rope`` turns q alone).
+    joint: (q2, k2, v2, out2); negative: (k_neg, v_neg), or (q_neg, k_neg, v_neg) for differential attention (the
+    negative stream's own queries, through q's prologue; not with joint); rope: (cos, sin) tables (rows, D);
+    key_rope: the keys' own tables (then ``rope`` turns q alone).
     bnhd: tensors are (B, N, H, D) instead of (B, H, N, D); outputs use the same layout as inputs.
     use_tma: with ``block_m``, key/value loads through tensor descriptors (Hopper; the autotuned kernel tries them
     itself where ``tma_usable``); None: where ``tma_usable``.
@@ -1641,6 +1653,12 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     """
     import torch
 
+    negative_q = None
+    if negative is not None and len(negative) == 3:
+        negative_q, negative = negative[0], tuple(negative[1:])
+        if joint is not None:
+            raise ValueError("negative=(q_neg, k_neg, v_neg), differential attention: one query stream (not with "
+                             "joint=)")
     if _switch_reader()() != _UNSET:
         # (a bad value named before anything launches: the launcher reads them after the prologue)
         from pydiff.ops.backend import env_switch
@@ -1755,6 +1773,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         if negative is not None:
             negative = (prepare_k(negative[0], k_norm_weight, 0), negative[1])
         q = prepare(q, q_norm_weight, 0)
+        if negative_q is not None:
+            negative_q = prepare(negative_q, q_norm_weight, 0)
         if joint is not None:
             joint = (prepare(joint[0], joint_q_norm_weight, n_q), *joint[1:])
         if join_keys is None:
@@ -1777,12 +1797,12 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     if block_mask is not None:
         block_q, block_k = block_size
         lists = _block_lists(block_mask, block_q, block_k, kv_lens, tile_ids)
-    tensors = _leading_tensors(q, k, v, out, joint, negative, *optional, *lists)
+    tensors = _leading_tensors(q, k, v, out, joint, negative, *optional, *lists, negative_q=negative_q)
     q2, k2, v2, out2, k_neg, v_neg = tensors[4:10]
     plan_key = None
     if plans.ENABLED and stream_k is None and type(q) is torch.Tensor and \
             (block_m is not None or tuned is not None):
-        present = (q, k, v, out, *(joint or ()), *(negative or ()), *optional, *lists)
+        present = (q, k, v, out, *(joint or ()), *(negative or ()), negative_q, *optional, *lists)
         plan_key = (plans.unwrapped(kernel), bnhd, float(scale), float(negative_scale), max_seqlen_q, block_q,
                     block_k, block_m, block_n, num_warps, num_stages, use_tma, rowsum_mma, overlap, warp_spec,
                     join_keys, joint is not None, negative is not None, os.environ.get("PYDIFF_ATTENTION_TMA"),
@@ -1803,6 +1823,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     else:
         n_q2 = n_k2 = 0
         sq2 = sk2 = sv2 = so2 = [0, 0, 0, 0]
+        if negative_q is not None:  # (the negative stream's queries, in the second stream's place)
+            _, sq2 = _dims(negative_q, bnhd)
     if negative is not None:
         (_, _, n_neg, _), skn = _dims(k_neg, bnhd)
         _, svn = _dims(v_neg, bnhd)
@@ -1837,7 +1859,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         HAS_KV_LENS=kv_lens is not None, HAS_NEG_KV_LENS=negative_kv_lens is not None,
         HAS_BIAS=0 if attn_mask is None else TILE_MASK.value if tile_ids is not None else ROW_MASK.value if row_mask
         else 1, SCALE_POSITIVE=scale > 0,
-        SPARSE=block_mask is not None, BLOCK_Q=block_q,
+        SPARSE=block_mask is not None, BLOCK_Q=block_q, NEG_Q=negative_q is not None,
         # Triton's interpreter (CPU tensors) multiplies bf16 operands as raw 16-bit integers in tl.dot and
         # truncates bf16 casts: there, bf16 values go through the dots as (exact) fp32, as a tensor core forms
         # the products, and every rounding to bf16 is done to nearest even by hand.
@@ -2008,11 +2030,12 @@ _WRITES = (3, 7)
 
 
 def _leading_tensors(q, k, v, out, joint, negative, kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k,
-                     attn_mask, block_counts=None, block_lists=None):
+                     attn_mask, block_counts=None, block_lists=None, negative_q=None):
     """The attention kernel's 17 tensor arguments, in order: the streams (q, k, v, out; q2, k2, v2, out2 from
     ``joint``; k_neg, v_neg from ``negative``), then the lengths, offsets, mask and block lists; q or the first
-    stream's tensors stand in for what the call does not have (the kernel's flags say it is absent)."""
-    q2, k2, v2, out2 = joint if joint is not None else (q, k, v, out)
+    stream's tensors stand in for what the call does not have (the kernel's flags say it is absent). negative_q
+    (differential attention, no joint stream) takes q2's place."""
+    q2, k2, v2, out2 = joint if joint is not None else (q if negative_q is None else negative_q, k, v, out)
     k_neg, v_neg = negative if negative is not None else (k, v)
     return (q, k, v, out, q2, k2, v2, out2, k_neg, v_neg, *(q if t is None else t for t in (
         kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k, attn_mask, block_counts, block_lists)))

@@ -75,6 +75,7 @@ class _Call:
     block_size: Tuple[int, int] = (0, 0)
     block_tiles: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
     rope_dims: int = 0
+    negative_q: Optional[torch.Tensor] = None
 
     def bhnd(self, t: torch.Tensor) -> Tuple[int, int, int, int]:
         """(B, H, N, D) of a q/k/v-like tensor in this call's layout."""
@@ -287,8 +288,17 @@ def check_attention_args(call: _Call) -> None:
         rows_k = max(rows_k, n_neg)
         if call.negative_kv_lens is not None:
             _check_lengths("negative_kv_lens", call.negative_kv_lens, q.device, batch, "one per batch row")
-    elif call.negative_kv_lens is not None:
-        raise ValueError("negative_kv_lens is given but negative= is not")
+        if call.negative_q is not None:
+            _check_qkv_like("negative q", call.negative_q, q)
+            if call.negative_q.shape != q.shape:
+                raise ValueError(f"negative q {_describe(call.negative_q)} must have q's shape {tuple(q.shape)} "
+                                 f"(differential attention: a second query per query)")
+            if call.joint is not None:
+                raise ValueError("negative=(q_neg, k_neg, v_neg) (differential attention) cannot be combined with "
+                                 "joint= (one query stream)")
+    elif call.negative_kv_lens is not None or call.negative_q is not None:
+        raise ValueError(f"{'negative_kv_lens' if call.negative_kv_lens is not None else 'negative_q'} is given but "
+                         f"negative= is not")
     if call.attn_mask is not None:
         _check_attn_mask(call.attn_mask, q.device, (batch, heads, rows_q, rows_k), call.negative is not None)
     if call.block_mask is not None:
@@ -336,7 +346,7 @@ def _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_
                negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos, rope_sin, rope_interleaved,
                q_norm_weight, k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, norm_eps, attn_mask,
                key_rope_cos=None, key_rope_sin=None, block_mask=None, block_size_q=0, block_size_k=0,
-               block_tile_ids=None, block_tiles=None, rope_dims=0) -> _Call:
+               block_tile_ids=None, block_tiles=None, rope_dims=0, negative_q=None) -> _Call:
     joint = None if joint_q is None and joint_k is None and joint_v is None else (joint_q, joint_k, joint_v)
     negative = None if negative_k is None and negative_v is None else (negative_k, negative_v)
     rope = None if rope_cos is None and rope_sin is None else (rope_cos, rope_sin)
@@ -348,7 +358,7 @@ def _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_
                  k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, float(norm_eps), attn_mask, key_rope,
                  block_mask, (int(block_size_q), int(block_size_k)),
                  None if block_tile_ids is None and block_tiles is None else (block_tile_ids, block_tiles),
-                 int(rope_dims))
+                 int(rope_dims), negative_q)
 
 
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, layout: str,
@@ -363,12 +373,13 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
                   attn_mask: Optional[torch.Tensor], key_rope_cos: Optional[torch.Tensor] = None,
                   key_rope_sin: Optional[torch.Tensor] = None, block_mask: Optional[torch.Tensor] = None,
                   block_size_q: int = 0, block_size_k: int = 0, block_tile_ids: Optional[torch.Tensor] = None,
-                  block_tiles: Optional[torch.Tensor] = None, rope_dims: int = 0) -> List[torch.Tensor]:
+                  block_tiles: Optional[torch.Tensor] = None, rope_dims: int = 0,
+                  negative_q: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
     return _run(_make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, joint_q,
                            joint_k, joint_v, negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos,
                            rope_sin, rope_interleaved, q_norm_weight, k_norm_weight, joint_q_norm_weight,
                            joint_k_norm_weight, norm_eps, attn_mask, key_rope_cos, key_rope_sin, block_mask,
-                           block_size_q, block_size_k, block_tile_ids, block_tiles, rope_dims))
+                           block_size_q, block_size_k, block_tile_ids, block_tiles, rope_dims, negative_q))
 
 
 def _run(call: _Call) -> List[torch.Tensor]:
@@ -392,7 +403,7 @@ def _attention_fake(*args):
 
 def _reference_args(call: _Call) -> dict:
     return dict(layout=call.layout, kv_lens=call.kv_lens, cu_seqlens_q=call.cu_seqlens_q,
-                cu_seqlens_k=call.cu_seqlens_k, joint=call.joint, negative=call.negative,
+                cu_seqlens_k=call.cu_seqlens_k, joint=call.joint, negative=_negative(call),
                 negative_scale=call.negative_scale, negative_kv_lens=call.negative_kv_lens, rope=call.rope,
                 rope_interleaved=call.rope_interleaved, q_norm_weight=call.q_norm_weight,
                 k_norm_weight=call.k_norm_weight, joint_q_norm_weight=call.joint_q_norm_weight,
@@ -412,13 +423,19 @@ def _triton_kwargs(call: _Call, outs: List[torch.Tensor]) -> dict:
     return dict(
         bnhd=call.layout == "bnhd", scale=call.scale,
         joint=None if call.joint is None else (*call.joint, outs[1]),
-        negative=call.negative, negative_scale=call.negative_scale, kv_lens=call.kv_lens,
+        negative=_negative(call), negative_scale=call.negative_scale, kv_lens=call.kv_lens,
         negative_kv_lens=call.negative_kv_lens, cu_seqlens_q=call.cu_seqlens_q, cu_seqlens_k=call.cu_seqlens_k,
         max_seqlen_q=call.max_seqlen_q, rope=call.rope, rope_interleaved=call.rope_interleaved,
         q_norm_weight=call.q_norm_weight, k_norm_weight=call.k_norm_weight,
         joint_q_norm_weight=call.joint_q_norm_weight, joint_k_norm_weight=call.joint_k_norm_weight,
         norm_eps=call.norm_eps, attn_mask=call.attn_mask, key_rope=call.key_rope, block_mask=call.block_mask,
         block_size=call.block_size, block_tiles=call.block_tiles, rope_dims=call.rope_dims)
+
+
+def _negative(call: _Call):
+    """The call's negative stream as the reference and the launcher take it: (k_neg, v_neg), or (q_neg, k_neg,
+    v_neg) for differential attention."""
+    return call.negative if call.negative_q is None else (call.negative_q, *call.negative)
 
 
 def _tile_in_blocks(call: _Call, block_m: int, block_n: int) -> Tuple[int, int]:
@@ -582,7 +599,9 @@ def attention(
       joined sequence, and RoPE rows follow it (stream 2 starts at row N_1). q2 may hold no tokens (B, H, 0, D):
       a second stream of keys only, such as IP-Adapter's image-prompt keys beside SD3's (out2 is then empty).
     * ``negative=(k_neg, v_neg)``, ``negative_scale`` alpha, ``negative_kv_lens``: negative-prompt attention
-      (SNOOPI's NASA): A(q, k, v) - alpha * A(q, k_neg, v_neg), q read once.
+      (SNOOPI's NASA): A(q, k, v) - alpha * A(q, k_neg, v_neg), q read once. ``negative=(q_neg, k_neg, v_neg)``:
+      differential attention (Differential Transformer; Stable Audio 3's), A(q, k, v) - alpha * A(q_neg, k_neg,
+      v_neg), q_neg shaped like q (the norm and RoPE of q's), in the same pass; not with joint.
     * ``q_norm_weight`` / ``k_norm_weight`` (D,): per-head RMSNorm of q / k (k_neg too) with ``norm_eps``;
       ``joint_q_norm_weight`` / ``joint_k_norm_weight`` for stream 2 (None: no norm there).
     * ``rope=(cos, sin)`` tables (rows, D), one row per token position, as diffusers builds them, or
@@ -634,10 +653,13 @@ def attention(
         if not isinstance(joint, (tuple, list)) or len(joint) != 3:
             raise ValueError(f"joint must be a (q2, k2, v2) tuple, got {_describe(joint)}")
         joint_q, joint_k, joint_v = joint
+    negative_q = None
     if negative is not None:
-        if not isinstance(negative, (tuple, list)) or len(negative) != 2:
-            raise ValueError(f"negative must be a (k_neg, v_neg) tuple, got {_describe(negative)}")
-        negative_k, negative_v = negative
+        if not isinstance(negative, (tuple, list)) or len(negative) not in (2, 3):
+            raise ValueError(f"negative must be a (k_neg, v_neg) or (q_neg, k_neg, v_neg) tuple, got "
+                             f"{_describe(negative)}")
+        *negative_q, negative_k, negative_v = negative
+        negative_q = negative_q[0] if negative_q else None
     key_rope_cos = key_rope_sin = None
     for name, tables in (("rope", rope), ("key_rope", key_rope)):
         if tables is not None and (not isinstance(tables, (tuple, list)) or len(tables) != 2):
@@ -688,7 +710,8 @@ def attention(
     args = (q, k, v, float(scale), layout, kv_lens, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
             joint_q, joint_k, joint_v, negative_k, negative_v, float(negative_scale), negative_kv_lens,
             rope_cos, rope_sin, bool(rope_interleaved), q_norm_weight, k_norm_weight, joint_q_norm_weight,
-            joint_k_norm_weight, float(norm_eps), attn_mask, key_rope_cos, key_rope_sin, *sparse, int(rope_dims or 0))
+            joint_k_norm_weight, float(norm_eps), attn_mask, key_rope_cos, key_rope_sin, *sparse, int(rope_dims or 0),
+            negative_q)
     key = _call_key(args)
     outs = torch.ops.pydiff.attention(*args) if key is _THROUGH_OP else _eager(args, key)
     return (outs[0], outs[1]) if joint is not None else outs[0]

@@ -53,6 +53,8 @@ class Case:
     negative: Optional[int] = None               # n_neg
     negative_scale: float = 0.75
     negative_kv_lens: Optional[Sequence[int]] = None
+    # with negative: queries of the negative stream's own (differential attention)
+    negative_q: bool = False
     rope: Optional[str] = None                   # "interleaved" | "half"
     # the RoPE tables: "shared" (rows, D) | "heads" (1, rows, H, D) | "batch-heads" (B, rows, H, D) as a view of
     # (B, rows, H*D), LTX-Video's layout | "batch" (B, rows, 1, D), Z-Image's and Lumina 2's
@@ -129,6 +131,8 @@ def build(case: Case, seed: int = 0):
         rows = max(case.n_q + n_q2, case.n_k + n_k2)
     if case.negative is not None:
         kw["negative"] = (_qkv_like(case, gen, kv_heads, case.negative), _qkv_like(case, gen, kv_heads, case.negative))
+        if case.negative_q:
+            kw["negative"] = (_qkv_like(case, gen, case.heads, case.n_q), *kw["negative"])
         kw["negative_scale"] = case.negative_scale
         rows = max(rows, case.negative)
         if case.negative_kv_lens is not None:
@@ -464,6 +468,12 @@ GRID = [
     Case(F16, 96, 45, 60, rope="half", rope_dims=80, k_norm=True, strided=True, name="f16-partial-rope-split-d"),
     Case(F32, 80, 33, 40, joint=(13, 13), rope="interleaved", rope_dims=48, key_rope=True,
          name="f32-partial-rope-interleaved-joint-key-rope"),
+    # differential attention (``negative=(q_neg, k_neg, v_neg)``, Stable Audio 3's): the negative stream's own
+    # queries through q's prologue, with partial rotary; with GQA, the bnhd layout and both streams' key padding
+    Case(F32, 64, 97, 77, negative=77, negative_q=True, negative_scale=1.0, rope="half", rope_dims=32, q_norm=True,
+         k_norm=True, name="f32-differential-prologue"),
+    Case(BF16, 64, 130, 130, batch=2, heads=4, kv_heads=2, layout="bnhd", negative=130, negative_q=True,
+         kv_lens=[130, 90], negative_kv_lens=[130, 60], name="bf16-differential-gqa-bnhd-lens"),
 ]
 
 
@@ -975,6 +985,7 @@ API_CASES = [
     Case(F32, 64, 29, 29, joint=(7, 7), rope="half", q_norm=True, k_norm=True, joint_q_norm=True,
          joint_k_norm=True, name="api-joint-prologue"),
     Case(BF16, 64, 31, 17, negative=9, name="api-negative-bf16"),
+    Case(F16, 64, 31, 17, negative=17, negative_q=True, rope="interleaved", q_norm=True, name="api-differential-f16"),
     Case(F16, 32, 40, 40, cu_q=[0, 10, 10, 40], name="api-varlen-f16"),
     Case(BF16, 48, 150, 100, batch=2, heads=4, kv_heads=2, layout="bnhd", kv_lens=[100, 33], q_norm=True,
          block_mask=(64, 32, "bhmn"), name="api-block-sparse-bf16"),
@@ -1298,6 +1309,12 @@ BAD = [
     ("block_size .* differs from the BlockMask's BLOCK_SIZE", lambda q, k, v: (q, k, v, {
         "block_mask": flex_block_mask(torch.ones(1, 1, 1, 1, dtype=torch.bool), 64), "block_size": 128}),
      ValueError),
+    (r"negative q \(3, 4, 9, 16\) .* must have q's shape \(2, 4, 9, 16\)", lambda q, k, v: (q, k, v, {
+        "negative": (q[:1].expand(3, -1, -1, -1), k, v)}), ValueError),
+    ("negative must be a \\(k_neg, v_neg\\) or \\(q_neg, k_neg, v_neg\\) tuple", lambda q, k, v: (q, k, v, {
+        "negative": (q, k, v, v)}), ValueError),
+    ("differential attention\\) cannot be combined with joint=", lambda q, k, v: (q, k, v, {
+        "negative": (q, k, v), "joint": (q, k, v)}), ValueError),
     ("causal cannot be combined with block_mask", lambda q, k, v: (q, k, v, {
         "causal": True, "block_mask": torch.ones(1, 1, dtype=torch.bool)}), ValueError),
     ("causal cannot be combined with joint=", lambda q, k, v: (q, k, v, {"causal": True, "joint": (q, k, v)}),
@@ -1384,13 +1401,15 @@ def test_grid_axes_take_large_batches(monkeypatch):
 def _op_args(q, k, v, kw, max_seqlen=0):
     rope = kw.get("rope", (None, None))
     joint = kw.get("joint", (None, None, None))
-    neg = kw.get("negative", (None, None))
+    *negative_q, neg_k, neg_v = kw.get("negative", (None, None))
+    neg = (neg_k, neg_v)
     return (q, k, v, kw.get("scale", q.shape[-1] ** -0.5), kw["layout"], kw.get("kv_lens"),
             kw.get("cu_seqlens_q"), kw.get("cu_seqlens_k"), max_seqlen, *joint, *neg, kw.get("negative_scale", 1.0),
             kw.get("negative_kv_lens"), rope[0], rope[1], kw.get("rope_interleaved", True), kw.get("q_norm_weight"),
             kw.get("k_norm_weight"), kw.get("joint_q_norm_weight"), kw.get("joint_k_norm_weight"),
             kw.get("norm_eps", 1e-6), kw.get("attn_mask"), *kw.get("key_rope", (None, None)), kw.get("block_mask"),
-            *kw.get("block_size", (0, 0)), *kw.get("block_tiles", (None, None)), kw.get("rope_dims", 0))
+            *kw.get("block_size", (0, 0)), *kw.get("block_tiles", (None, None)), kw.get("rope_dims", 0),
+            negative_q[0] if negative_q else None)
 
 
 OPCHECK_CASES = [
@@ -1400,6 +1419,8 @@ OPCHECK_CASES = [
     Case(F32, 16, 130, 70, batch=2, kv_lens=[70, 20], rope="half", key_rope=True, block_mask=(64, 32, "b1mn"),
          name="block-sparse-key-rope"),
     Case(F32, 16, 130, 70, heads=2, block_mask=(64, 32, "1hmn"), block_tiles=True, name="block-tiles"),
+    Case(F32, 16, 9, 7, negative=5, negative_q=True, rope="half", rope_dims=8, q_norm=True,
+         name="differential-partial-rope"),
 ]
 
 
@@ -1407,9 +1428,10 @@ OPCHECK_CASES = [
     (OPCHECK_CASES[0], "torch"), (OPCHECK_CASES[1], "torch"), (OPCHECK_CASES[2], "torch"),
     pytest.param(OPCHECK_CASES[0], "triton", marks=needs_interpreter),
     pytest.param(OPCHECK_CASES[2], "triton", marks=needs_interpreter), (OPCHECK_CASES[3], "torch"),
-    pytest.param(OPCHECK_CASES[3], "triton", marks=needs_interpreter),
+    pytest.param(OPCHECK_CASES[3], "triton", marks=needs_interpreter), (OPCHECK_CASES[4], "torch"),
+    pytest.param(OPCHECK_CASES[4], "triton", marks=needs_interpreter),
 ], ids=["plain-torch", "joint-prologue-negative-torch", "block-sparse-torch", "plain-triton", "block-sparse-triton",
-        "block-tiles-torch", "block-tiles-triton"])
+        "block-tiles-torch", "block-tiles-triton", "differential-torch", "differential-triton"])
 def test_opcheck(case, backend):
     q, k, v, kw = build(case, seed=7)
     with pydiff.use_backend(backend):
@@ -2258,7 +2280,7 @@ def test_benchmark_suite_runs_on_cpu():
     bench = pytest.importorskip("benchmarks.bench_attention")
     rows = bench.run(quick=True, device="cpu")
     figures = [r for r in rows if "speedup" in r]
-    assert len(figures) == len(bench.CPU_SHAPES) + 17  # the seventeen variants (flex attention's rows: GPU only)
+    assert len(figures) == len(bench.CPU_SHAPES) + 18  # the eighteen variants (flex attention's rows: GPU only)
     assert all(r["ours_TFLOPs"] > 0 and r["peer_TFLOPs"] > 0 for r in figures)
     assert not [r for r in rows if "error" in r or "unavailable" in r]
     assert "joint + QK norm + RoPE (Flux)" in bench.section(rows)
@@ -2289,7 +2311,7 @@ GPU_GRID = [GRID[i] for i in (0, 1, 2, 4, 6, 8, 10, 13, 15, 17, 20, 23)] + [
                                   "bf16-rope-per-head-joint", "f32-joint-keys-only-prologue-kvlens",
                                   "bf16-key-rope-per-head-gqa", "f16-negative-scale-kvlens",
                                   "f32-block-sparse-gqa", "bf16-block-sparse-bnhd-kvlens", "f32-block-tiles-gqa",
-                                  "bf16-partial-rope-pairs-gqa-bnhd")] + [
+                                  "bf16-partial-rope-pairs-gqa-bnhd", "bf16-differential-gqa-bnhd-lens")] + [
     Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
          name="gpu-flux-shape"),
     Case(F16, 64, 4096, 77, heads=10, batch=2, name="gpu-sdxl-cross"),

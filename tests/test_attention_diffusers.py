@@ -1180,8 +1180,8 @@ def test_minimax_h3_attention(backend, monkeypatch):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_stable_audio3_attention(backend, differential, monkeypatch):
     """Stable Audio 3's self-attention (partial rotary over the first half of each head's channels, QK RMSNorms)
-    and cross-attention (a context mask, a sample with one valid token among them), differential (two calls whose
-    difference is the output) and plain; outputs the stock processors'."""
+    and cross-attention (a context mask, a sample with one valid token among them), differential (the negative
+    stream with queries of its own) and plain; outputs the stock processors'."""
     from diffusers.models.transformers.transformer_stable_audio3 import (
         StableAudio3CrossAttention,
         StableAudio3RotaryEmbedding,
@@ -1195,7 +1195,7 @@ def test_stable_audio3_attention(backend, differential, monkeypatch):
     context_mask = torch.ones(2, 9, dtype=torch.bool)
     context_mask[1, 1:] = False
     rope = StableAudio3RotaryEmbedding(16)(60, "cpu")  # (longer than the sequence: its last rows are taken)
-    calls = _spy(monkeypatch, lambda args, kwargs: kwargs.get("rope_dims"))
+    calls = _spy(monkeypatch, lambda args, kwargs: (kwargs.get("rope_dims"), "negative" in kwargs))
     ours_self, ours_cross = copy.deepcopy(self_attn), copy.deepcopy(cross_attn)
     assert set_attention_backend(ours_self) == 1 and set_attention_backend(ours_cross) == 1
     with torch.no_grad(), pydiff.use_backend(backend):
@@ -1203,8 +1203,10 @@ def test_stable_audio3_attention(backend, differential, monkeypatch):
         for mask in (context_mask, None):
             torch.testing.assert_close(ours_cross(hidden, context, mask), cross_attn(hidden, context, mask),
                                        rtol=2e-5, atol=2e-5)
-    calls_per = 2 if differential else 1
-    assert calls == [16] * calls_per + [None] * 2 * calls_per
+    # (differential: one call each, two under the context mask, which the negative stream does not take)
+    expected = [(16, True), (None, False), (None, False), (None, True)] if differential else \
+        [(16, False), (None, False), (None, False)]
+    assert calls == expected
 
 
 needs_helios = _needs("HeliosAttnProcessor", "Helios", "0.39")

@@ -233,6 +233,8 @@ def attention_reference(
         scale = 1.0 / math.sqrt(q.shape[-1])
 
     if joint is not None:
+        if negative is not None and len(negative) == 3:
+            raise ValueError("negative=(q_neg, k_neg, v_neg) (differential attention) cannot be combined with joint=")
         q2, k2, v2 = (bhnd(t) for t in joint)
         n1 = q.shape[2]
         # Norms differ per stream (norm_q vs norm_added_q), so normalise before joining; RoPE rows follow the join.
@@ -274,13 +276,17 @@ def attention_reference(
             attn_dtype if compute_dtype is not None else in_dtype))
     out = _sdpa(qp, kp, vp, scale, kv_lens, attn_mask)
     if negative is not None:
-        out = _subtract_negative(out, qp, negative, bhnd, pro_k, k_norm_weight, scale, negative_scale,
+        q_neg = qp
+        if len(negative) == 3:  # (differential attention: the negative stream's own queries, q's prologue)
+            q_neg, negative = pro(bhnd(negative[0]), q_norm_weight, 0), negative[1:]
+        out = _subtract_negative(out, q_neg, negative, bhnd, pro_k, k_norm_weight, scale, negative_scale,
                                  negative_kv_lens)
     return back(out.to(attn_dtype if compute_dtype is not None else in_dtype))
 
 
 def _subtract_negative(out, q, negative, bhnd, pro, k_norm_weight, scale, negative_scale, negative_kv_lens):
-    """Negative-away steering attention (SNOOPI's NASA, Nguyen et al. 2024): A(q, k+, v+) - alpha A(q, k-, v-)."""
+    """Negative-away steering attention (SNOOPI's NASA, Nguyen et al. 2024): A(q, k+, v+) - alpha A(q, k-, v-);
+    with q the negative stream's own queries, differential attention."""
     k_neg, v_neg = (bhnd(t) for t in negative)
     neg = _sdpa(q, pro(k_neg, k_norm_weight, 0), v_neg.to(q.dtype), scale, negative_kv_lens)
     combined = out.to(torch.promote_types(out.dtype, torch.float32)) - negative_scale * neg.to(

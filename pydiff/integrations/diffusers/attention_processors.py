@@ -1811,9 +1811,10 @@ class PydiffMiniMaxH3AttnProcessor(_RankLocal):
 
 class PydiffStableAudio3SelfAttnProcessor(_RankLocal):
     """Drop-in for Stable Audio 3's ``StableAudio3SelfAttnProcessor`` (diffusers 0.42+): differential attention,
-    A(q1, k1, v) - A(q2, k2, v), as two calls whose QK RMSNorms and partial rotary (the first half of each head's
-    channels; ``rope_dims``) run in the kernel's prologue, the heads read in place from the fused projection; the
-    stock processor runs a norm and a float32 rotation per tensor (eight passes) before its two attentions."""
+    A(q1, k1, v) - A(q2, k2, v), in one call (the negative stream with queries of its own) whose QK RMSNorms and
+    partial rotary (the first half of each head's channels; ``rope_dims``) run in the kernel's prologue, the heads
+    read in place from the fused projection; the stock processor runs a norm and a float32 rotation per tensor
+    (eight passes) before its two attentions and their difference."""
 
     def __init__(self):
         self.stock = _stock(StableAudio3SelfAttnProcessor, "Stable Audio 3", "0.42")
@@ -1831,8 +1832,8 @@ class PydiffStableAudio3SelfAttnProcessor(_RankLocal):
 
 class PydiffStableAudio3CrossAttnProcessor(_RankLocal):
     """Drop-in for Stable Audio 3's ``StableAudio3CrossAttnProcessor`` (diffusers 0.42+): its differential
-    cross-attention to the context as two calls, the QK RMSNorms in the prologue and the context mask as the
-    kernel's key mask."""
+    cross-attention to the context in one call, or two under the context mask (the kernel's key mask), the QK
+    RMSNorms in the prologue."""
 
     def __init__(self):
         self.stock = _stock(StableAudio3CrossAttnProcessor, "Stable Audio 3", "0.42")
@@ -1850,15 +1851,19 @@ class PydiffStableAudio3CrossAttnProcessor(_RankLocal):
 
 def _differential(attn, queries, keys, value: torch.Tensor, extra: dict) -> torch.Tensor:
     """Stable Audio 3's attention (B, N, H, D) views: A(q1, k1, v) - A(q2, k2, v) (Differential Transformer, Ye et
-    al. 2024) for two queries and keys, A(q, k, v) for one, the module's QK norms in the prologue."""
+    al. 2024) for two queries and keys, in one call (the kernel's negative stream with queries of its own), or in
+    two where a mask is given (the negative stream takes none); A(q, k, v) for one; the module's QK norms in the
+    prologue."""
     fused, separate, eps = _plan_norms({"q": attn.q_norm, "k": attn.k_norm}, attn.dim_heads, value.dtype,
                                        value.device)
-    outs = []
-    for q, k in zip(queries, keys):
-        q, k = separate["q"](q) if "q" in separate else q, separate["k"](k) if "k" in separate else k
-        outs.append(attention(q, k, value, layout="bnhd", q_norm_weight=fused.get("q"),
-                              k_norm_weight=fused.get("k"), norm_eps=eps, **extra))
-    return outs[0] - outs[1] if len(outs) == 2 else outs[0]
+    queries = [separate["q"](q) if "q" in separate else q for q in queries]
+    keys = [separate["k"](k) if "k" in separate else k for k in keys]
+    common = dict(layout="bnhd", q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"), norm_eps=eps, **extra)
+    if len(queries) == 1:
+        return attention(queries[0], keys[0], value, **common)
+    if common.get("attn_mask") is None:
+        return attention(queries[0], keys[0], value, negative=(queries[1], keys[1], value), **common)
+    return attention(queries[0], keys[0], value, **common) - attention(queries[1], keys[1], value, **common)
 
 
 def _ltx_rope(attn, tables):
