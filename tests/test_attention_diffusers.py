@@ -1322,6 +1322,30 @@ def test_hunyuan_dit_transformer(backend, monkeypatch):
     assert calls == [(True, None), (True, True)] * len(model.blocks)
 
 
+@pytest.mark.parametrize("cfg", [False, True], ids=["pag", "pag-cfg"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hunyuan_dit_with_pag_processors(backend, cfg, monkeypatch):
+    """Perturbed-attention guidance on the tiny HunyuanDiT's self-attention (as its PAG pipeline sets it: with CFG,
+    [unconditional, conditional, perturbed] samples; without, [original, perturbed]): the unperturbed samples in
+    the kernel with their RoPE, the perturbed ones' identity attention; outputs the stock processors'."""
+    from diffusers.models.attention_processor import PAGCFGHunyuanAttnProcessor2_0, PAGHunyuanAttnProcessor2_0
+
+    model = tiny_hunyuan_dit()
+    stock_pag = PAGCFGHunyuanAttnProcessor2_0 if cfg else PAGHunyuanAttnProcessor2_0
+    for block in model.blocks:
+        block.attn1.set_processor(stock_pag())
+    inputs = _hunyuan_dit_inputs(170)
+    if cfg:  # (three samples: the second twice)
+        inputs = {name: value[[0, 1, 1]] if isinstance(value, torch.Tensor) and value.shape[0] == 2 and
+                  name != "image_rotary_emb" else value for name, value in inputs.items()}
+    batch = 3 if cfg else 2
+    calls = _spy(monkeypatch, lambda args, kwargs: args[0].shape[0])
+    ours_pag = attention_processors.PydiffPAGCFGHunyuanAttnProcessor if cfg else \
+        attention_processors.PydiffPAGHunyuanAttnProcessor
+    _compare(model, lambda m: m(**inputs).sample, backend, {ours_pag, PydiffHunyuanDiTAttnProcessor})
+    assert calls == [batch - 1, batch] * len(model.blocks)  # (self-attention over the unperturbed samples)
+
+
 def tiny_hunyuan_video():
     from diffusers import HunyuanVideoTransformer3DModel
 

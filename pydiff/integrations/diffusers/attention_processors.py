@@ -177,7 +177,9 @@ from diffusers.models.attention_processor import (
     FusedCogVideoXAttnProcessor2_0,
     FusedJointAttnProcessor2_0,
     HunyuanAttnProcessor2_0,
+    PAGCFGHunyuanAttnProcessor2_0,
     PAGCFGIdentitySelfAttnProcessor2_0,
+    PAGHunyuanAttnProcessor2_0,
     PAGIdentitySelfAttnProcessor2_0,
     IPAdapterAttnProcessor2_0,
     JointAttnProcessor2_0,
@@ -649,9 +651,6 @@ class PydiffPAGCFGIdentitySelfAttnProcessor(PydiffPAGIdentitySelfAttnProcessor):
         self.stock = PAGCFGIdentitySelfAttnProcessor2_0()
 
 
-#: the PAG processors a PAG pipeline sets on its layers for each call, and ours
-_PAG = {PAGCFGIdentitySelfAttnProcessor2_0: PydiffPAGCFGIdentitySelfAttnProcessor,
-        PAGIdentitySelfAttnProcessor2_0: PydiffPAGIdentitySelfAttnProcessor}
 
 
 def _unturned(keys: int, head_dim: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -686,6 +685,50 @@ class PydiffHunyuanDiTAttnProcessor(PydiffAttnProcessor):
             if attn.is_cross_attention:
                 key_rope = _unturned(k.shape[1], head_dim, k.device)
         return _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], head_dim, rope, mask, key_rope=key_rope)
+
+
+class PydiffPAGHunyuanAttnProcessor(PydiffHunyuanDiTAttnProcessor):
+    """Drop-in for ``PAGHunyuanAttnProcessor2_0`` (perturbed-attention guidance on HunyuanDiT's self-attention,
+    without CFG): the batch's first half attends as ``HunyuanAttnProcessor2_0`` (ours), the second half (the
+    perturbed pass) takes the identity attention, its values, as there."""
+
+    #: the batch's parts: [original, perturbed], or with CFG [unconditional, conditional, perturbed]
+    chunks = 2
+
+    def __init__(self):
+        self.stock = self.stock_fused = PAGHunyuanAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
+                 image_rotary_emb=None) -> torch.Tensor:
+        if hidden_states.ndim != 3 or hidden_states.shape[0] % self.chunks or encoder_hidden_states is not None or \
+                attention_mask is not None or attn.spatial_norm is not None or attn.group_norm is not None or \
+                _head_dim(attn) > MAX_HEAD_DIM or _fused_projections(attn):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, image_rotary_emb)
+        original = hidden_states.shape[0] // self.chunks * (self.chunks - 1)
+        states, perturbed = hidden_states[:original], hidden_states[original:]
+        out = self._forward(attn, states, None, None, temb, extra=image_rotary_emb)
+        identity = attn.to_out[1](attn.to_out[0](attn.to_v(perturbed)))
+        if attn.residual_connection:
+            identity = identity + perturbed
+        return torch.cat([out, identity / attn.rescale_output_factor])
+
+
+class PydiffPAGCFGHunyuanAttnProcessor(PydiffPAGHunyuanAttnProcessor):
+    """Drop-in for ``PAGCFGHunyuanAttnProcessor2_0`` (perturbed-attention guidance with CFG on HunyuanDiT): the
+    batch's first two thirds attend, the last third takes the identity attention."""
+
+    chunks = 3
+
+    def __init__(self):
+        self.stock = self.stock_fused = PAGCFGHunyuanAttnProcessor2_0()
+
+
+#: the PAG processors a PAG pipeline sets on its layers for each call, and ours
+_PAG = {PAGCFGIdentitySelfAttnProcessor2_0: PydiffPAGCFGIdentitySelfAttnProcessor,
+        PAGIdentitySelfAttnProcessor2_0: PydiffPAGIdentitySelfAttnProcessor,
+        PAGCFGHunyuanAttnProcessor2_0: PydiffPAGCFGHunyuanAttnProcessor,
+        PAGHunyuanAttnProcessor2_0: PydiffPAGHunyuanAttnProcessor}
 
 
 class PydiffSanaAttnProcessor(_RankLocal):
@@ -2867,7 +2910,8 @@ __all__ = ["PydiffAceStepAttnProcessor", "PydiffAnyFlowAttnProcessor", "PydiffAn
            "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffLuminaAttnProcessor",
            "PydiffMiniMaxH3AttnProcessor", "PydiffMiniMaxMusic3AttnProcessor", "PydiffMiniMaxMusic3DepthAttnProcessor",
            "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor", "PydiffMotifVideoCrossAttnProcessor",
-           "PydiffNucleusMoEAttnProcessor", "PydiffOmniGenAttnProcessor", "PydiffPAGCFGIdentitySelfAttnProcessor",
+           "PydiffNucleusMoEAttnProcessor", "PydiffOmniGenAttnProcessor", "PydiffPAGCFGHunyuanAttnProcessor",
+           "PydiffPAGCFGIdentitySelfAttnProcessor", "PydiffPAGHunyuanAttnProcessor",
            "PydiffPAGIdentitySelfAttnProcessor", "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor",
            "PydiffQwenImage21FlexAttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor",
            "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor", "PydiffStableAudio3CrossAttnProcessor",
