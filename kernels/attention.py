@@ -11,11 +11,14 @@ constexpr flags (so a plain call compiles to a plain flash-attention):
   block), or one row per query (Chroma's; one BLOCK_M x BLOCK_N tile per key block);
 * joint attention over two token streams (SD3/Flux MMDiT) read from separate tensors into separate outputs;
 * negative-prompt attention (SNOOPI's NASA): a second online softmax over negative keys on the same q tile,
-  ``out = A(q, k+, v+) - alpha A(q, k-, v-)``;
-* block-sparse attention (``block_mask``: video models' sliding-tile and NABLA patterns): each query block's key
-  loop runs over the key blocks listed for it (``_attend_listed``), the others never read;
+  ``out = A(q, k+, v+) - alpha A(q, k-, v-)``; with queries of the negative stream's own (``NEG_Q``), differential
+  attention (Stable Audio 3's);
+* block-sparse attention (``block_mask``: video models' sliding-tile and NABLA patterns, causal attention, flex
+  BlockMasks): each query block's key loop runs over the key blocks listed for it (``_attend_listed``), the others
+  never read; the partial blocks' elements as tiles (``TILE_MASK``), read only in those blocks;
 * a prologue on q and k: per-head RMSNorm with weights, then RoPE from a per-token cos/sin table (interleaved
-  pairs or half-split), applied by ``_qk_prologue`` in one pass per tensor before the attention kernel. Inside the
+  pairs or half-split; over the first ``ROT_DIM`` channels alone: partial rotary), applied by ``_qk_prologue`` in
+  one pass per tensor before the attention kernel. Inside the
   kernel, keys are read by every query block (their prologue was redone N_q / BLOCK_M times), and the q prologue
   made the joint kernel 252 registers per thread instead of 176 (ptxas, sm_90a) and a compile variant of its own.
 

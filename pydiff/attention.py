@@ -630,16 +630,16 @@ def attention(
       host read: how many there are, so not under torch.compile or CUDA graph capture: make the tiles before,
       ``block_mask_tiles``); the kernel reads a block's tile only where it is partial, and skips a partial block
       the mask_mod leaves empty (not with attn_mask).
-    * ``causal=True``: query i attends to keys j <= i (top-left aligned, as SDPA's is_causal), as block-sparse
-      attention over 128 x 128 blocks: those above the diagonal are never read, those on it read a triangle tile
-      (``block_tiles``); with kv_lens, attn_mask... as block_mask; not with block_mask itself, joint, negative or
-      cu_seqlens_q.
+      Combines with kv_lens, attn_mask, the prologue and grouped heads; not with joint, negative or cu_seqlens_q. A
+      query whose blocks are all masked gives zeros.
     * ``block_tiles=(tile_ids, tiles)``, with a block_mask tensor: the elements each block keeps, in the form a
       BlockMask's mask_mod becomes (``block_mask_tiles``): tiles (T, query block, key block) bool, tile 0 all True
       (a whole block), and tile_ids int32 shaped like block_mask, each block's tile. Given directly, nothing is read
       on the host (CUDA graphs capture the call); not with attn_mask.
-      Combines with kv_lens, attn_mask, the prologue and grouped heads; not with joint, negative or cu_seqlens_q. A
-      query whose blocks are all masked gives zeros.
+    * ``causal=True``: query i attends to keys j <= i (top-left aligned, as SDPA's is_causal), as block-sparse
+      attention over 128 x 128 blocks: those above the diagonal are never read, those on it read a triangle tile
+      (``block_tiles``). With kv_lens, the prologue and grouped heads; not with attn_mask, block_mask, joint,
+      negative or cu_seqlens_q.
 
     On a GPU, the Triton kernel takes up to 65535 heads and 65535 batch rows (times the segments of packed
     sequences); beyond that it is an error before anything launches.
@@ -681,9 +681,9 @@ def attention(
         if block_mask is not None or block_size is not None or block_tiles is not None:
             raise ValueError("causal cannot be combined with block_mask, block_size or block_tiles (it is a block "
                              "mask of its own: put the causal blocks into yours)")
-        if joint is not None or negative is not None or cu_seqlens_q is not None:
-            raise ValueError("causal cannot be combined with joint=, negative= or cu_seqlens_q (one query and one key "
-                             "stream)")
+        if joint is not None or negative is not None or cu_seqlens_q is not None or attn_mask is not None:
+            raise ValueError("causal cannot be combined with joint=, negative=, cu_seqlens_q (one query and one key "
+                             "stream) or attn_mask (put the causal mask into yours)")
         axis = 1 if layout == "bnhd" else 2
         if isinstance(k, torch.Tensor) and k.dim() == 4:  # (a bad q or k: named by the checks)
             # (traced by torch.compile through the function itself: Dynamo does not take an lru_cache's)

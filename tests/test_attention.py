@@ -1319,6 +1319,8 @@ BAD = [
         "causal": True, "block_mask": torch.ones(1, 1, dtype=torch.bool)}), ValueError),
     ("causal cannot be combined with joint=", lambda q, k, v: (q, k, v, {"causal": True, "joint": (q, k, v)}),
      ValueError),
+    ("causal cannot be combined with .* attn_mask", lambda q, k, v: (q, k, v, {
+        "causal": True, "attn_mask": torch.ones(7, dtype=torch.bool)}), ValueError),
     ("block_tiles is given but block_mask is not", lambda q, k, v: (q, k, v, {"block_tiles": _tiles()}), ValueError),
     (r"block_tiles must be a \(tile_ids, tiles\) tuple", lambda q, k, v: (q, k, v, {
         "block_mask": torch.ones(1, 1, dtype=torch.bool), "block_tiles": _tiles()[1]}), ValueError),
