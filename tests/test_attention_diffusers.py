@@ -1609,6 +1609,29 @@ def test_sd3_transformer(qk_norm, backend):
     _compare(model, lambda m: m(latents, context, pooled, t).sample, backend, {PydiffJointAttnProcessor})
 
 
+@pytest.mark.parametrize("cfg", [False, True], ids=["pag", "pag-cfg"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sd3_with_pag_processors(backend, cfg, monkeypatch):
+    """Perturbed-attention guidance on the tiny SD3's joint attention (as its PAG pipeline sets it: with CFG,
+    [unconditional, conditional, perturbed] samples; without, [original, perturbed]): the unperturbed samples' joint
+    call, and the perturbed ones' with each image token attending to itself and the text (a mask per query over
+    the joined sequence); outputs the stock processors'."""
+    from diffusers.models.attention_processor import PAGCFGJointAttnProcessor2_0, PAGJointAttnProcessor2_0
+
+    model = tiny_sd3(None, dual_attention_layers=())
+    stock_pag = PAGCFGJointAttnProcessor2_0 if cfg else PAGJointAttnProcessor2_0
+    model.set_attn_processor(stock_pag())
+    batch = 3 if cfg else 2
+    gen = torch.Generator().manual_seed(171)
+    latents, context = torch.randn(batch, 4, 8, 8, generator=gen), torch.randn(batch, 9, 32, generator=gen)
+    pooled, t = torch.randn(batch, 24, generator=gen), torch.linspace(0.3, 0.8, batch)
+    calls = _spy(monkeypatch, lambda args, kwargs: (args[0].shape[0], kwargs.get("attn_mask") is not None))
+    ours_pag = attention_processors.PydiffPAGCFGJointAttnProcessor if cfg else \
+        attention_processors.PydiffPAGJointAttnProcessor
+    _compare(model, lambda m: m(latents, context, pooled, t).sample, backend, {ours_pag})
+    assert calls == [(batch - 1, False), (1, True)] * len(model.transformer_blocks)
+
+
 def tiny_sd3_with_ip_adapter():
     """The tiny SD3.5-style transformer (RMS QK norms, a dual-attention block) with an IP-Adapter as
     ``load_ip_adapter`` sets it up (random weights): the time-aware image projection (8 tokens) and

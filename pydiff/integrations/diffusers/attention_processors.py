@@ -179,8 +179,10 @@ from diffusers.models.attention_processor import (
     HunyuanAttnProcessor2_0,
     PAGCFGHunyuanAttnProcessor2_0,
     PAGCFGIdentitySelfAttnProcessor2_0,
+    PAGCFGJointAttnProcessor2_0,
     PAGHunyuanAttnProcessor2_0,
     PAGIdentitySelfAttnProcessor2_0,
+    PAGJointAttnProcessor2_0,
     IPAdapterAttnProcessor2_0,
     JointAttnProcessor2_0,
     LuminaAttnProcessor2_0,
@@ -724,11 +726,6 @@ class PydiffPAGCFGHunyuanAttnProcessor(PydiffPAGHunyuanAttnProcessor):
         self.stock = self.stock_fused = PAGCFGHunyuanAttnProcessor2_0()
 
 
-#: the PAG processors a PAG pipeline sets on its layers for each call, and ours
-_PAG = {PAGCFGIdentitySelfAttnProcessor2_0: PydiffPAGCFGIdentitySelfAttnProcessor,
-        PAGIdentitySelfAttnProcessor2_0: PydiffPAGIdentitySelfAttnProcessor,
-        PAGCFGHunyuanAttnProcessor2_0: PydiffPAGCFGHunyuanAttnProcessor,
-        PAGHunyuanAttnProcessor2_0: PydiffPAGHunyuanAttnProcessor}
 
 
 class PydiffSanaAttnProcessor(_RankLocal):
@@ -818,6 +815,60 @@ class PydiffJointAttnProcessor(_RankLocal):
         """What a subclass adds to the image tokens' attention output, (B, N, H*D), before the output projection;
         ``image``: their stream (q, k, v, the module's QK norms)."""
         raise NotImplementedError
+
+
+class PydiffPAGJointAttnProcessor(_RankLocal):
+    """Drop-in for ``PAGJointAttnProcessor2_0`` (perturbed-attention guidance on SD3's joint attention, without
+    CFG): the batch's first half attends jointly over [image; text], the second half (the perturbed pass) with each
+    image token attending to itself and the text alone (the stock processor's mask, boolean here and made once per
+    size), both as joint calls without concatenation. Like the stock processor, the module's QK norms are not
+    applied."""
+
+    #: the batch's parts: [original, perturbed], or with CFG [unconditional, conditional, perturbed]
+    chunks = 2
+
+    def __init__(self):
+        self.stock = PAGJointAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, *args, **kwargs):
+        if args or kwargs or attention_mask is not None or hidden_states.ndim != 3 or \
+                encoder_hidden_states is None or encoder_hidden_states.ndim != 3 or \
+                hidden_states.shape[0] % self.chunks or attn.inner_dim // attn.heads > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+        original = hidden_states.shape[0] // self.chunks * (self.chunks - 1)
+        images, texts = [], []
+        for part in (slice(0, original), slice(original, None)):
+            x, context = hidden_states[part], encoder_hidden_states[part]
+            image = [getattr(attn, name)(x).unflatten(-1, (attn.heads, -1)) for name in ("to_q", "to_k", "to_v")]
+            text = [getattr(attn, name)(context).unflatten(-1, (attn.heads, -1))
+                    for name in ("add_q_proj", "add_k_proj", "add_v_proj")]
+            mask = None if part.start == 0 else _self_and_text(x.shape[1], context.shape[1], x.device)
+            image, text = attention(*image, layout="bnhd", joint=tuple(text), attn_mask=mask)
+            images.append(image)
+            texts.append(text)
+        out = attn.to_out[1](attn.to_out[0](torch.cat(images).flatten(2)))
+        text = torch.cat(texts).flatten(2)
+        return out, text if attn.context_pre_only else attn.to_add_out(text)
+
+
+class PydiffPAGCFGJointAttnProcessor(PydiffPAGJointAttnProcessor):
+    """Drop-in for ``PAGCFGJointAttnProcessor2_0`` (perturbed-attention guidance with CFG on SD3's joint attention):
+    the batch's first two thirds attend, the last third takes the perturbed attention."""
+
+    chunks = 3
+
+    def __init__(self):
+        self.stock = PAGCFGJointAttnProcessor2_0()
+
+
+@functools.lru_cache(maxsize=8)
+def _self_and_text(images: int, texts: int, device: torch.device) -> torch.Tensor:
+    """PAG's perturbed joint attention mask over [image; text] tokens, (1, 1, N, N) bool: each image token attends to
+    itself and the text, each text token to every token."""
+    keep = torch.ones(images + texts, images + texts, dtype=torch.bool, device=device)
+    keep[:images, :images] = torch.eye(images, dtype=torch.bool, device=device)
+    return keep[None, None]
 
 
 class PydiffSD3IPAdapterAttnProcessor(PydiffJointAttnProcessor, SD3IPAdapterJointAttnProcessor2_0):
@@ -2768,6 +2819,14 @@ def _copies():
             yield stock, ours
 
 
+#: the PAG processors a PAG pipeline sets on its layers for each call, and ours
+_PAG = {PAGCFGIdentitySelfAttnProcessor2_0: PydiffPAGCFGIdentitySelfAttnProcessor,
+        PAGIdentitySelfAttnProcessor2_0: PydiffPAGIdentitySelfAttnProcessor,
+        PAGCFGHunyuanAttnProcessor2_0: PydiffPAGCFGHunyuanAttnProcessor,
+        PAGHunyuanAttnProcessor2_0: PydiffPAGHunyuanAttnProcessor,
+        PAGCFGJointAttnProcessor2_0: PydiffPAGCFGJointAttnProcessor,
+        PAGJointAttnProcessor2_0: PydiffPAGJointAttnProcessor}
+
 #: (stock processor, ours, which modules: all where None); those this diffusers lacks, or where ours would differ
 #: from it (Qwen-Image before 0.39), left out
 _REPLACEMENTS = tuple(entry for entry in (
@@ -2911,10 +2970,10 @@ __all__ = ["PydiffAceStepAttnProcessor", "PydiffAnyFlowAttnProcessor", "PydiffAn
            "PydiffMiniMaxH3AttnProcessor", "PydiffMiniMaxMusic3AttnProcessor", "PydiffMiniMaxMusic3DepthAttnProcessor",
            "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor", "PydiffMotifVideoCrossAttnProcessor",
            "PydiffNucleusMoEAttnProcessor", "PydiffOmniGenAttnProcessor", "PydiffPAGCFGHunyuanAttnProcessor",
-           "PydiffPAGCFGIdentitySelfAttnProcessor", "PydiffPAGHunyuanAttnProcessor",
-           "PydiffPAGIdentitySelfAttnProcessor", "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor",
-           "PydiffQwenImage21FlexAttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor",
-           "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor", "PydiffStableAudio3CrossAttnProcessor",
-           "PydiffStableAudio3SelfAttnProcessor", "PydiffWanAnimate2AttnProcessor",
-           "PydiffWanAnimate2CrossAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor",
-           "set_attention_backend"]
+           "PydiffPAGCFGIdentitySelfAttnProcessor", "PydiffPAGCFGJointAttnProcessor", "PydiffPAGHunyuanAttnProcessor",
+           "PydiffPAGIdentitySelfAttnProcessor", "PydiffPAGJointAttnProcessor", "PydiffPRXAttnProcessor",
+           "PydiffQwenImage21AttnProcessor", "PydiffQwenImage21FlexAttnProcessor", "PydiffQwenImageAttnProcessor",
+           "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor",
+           "PydiffStableAudio3CrossAttnProcessor", "PydiffStableAudio3SelfAttnProcessor",
+           "PydiffWanAnimate2AttnProcessor", "PydiffWanAnimate2CrossAttnProcessor", "PydiffWanAttnProcessor",
+           "PydiffZImageAttnProcessor", "set_attention_backend"]
