@@ -2966,7 +2966,7 @@ def test_gpu_block_sparse_matches_flex_attention(cuda_device, dtype, monkeypatch
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [BF16, F16], ids=str)
+@pytest.mark.parametrize("dtype", [BF16], ids=str)  # (one dtype: compiling flex attention takes device time)
 def test_gpu_block_tiles_match_flex_attention(cuda_device, dtype):
     """A BlockMask with a mask_mod whose partial blocks fall off the block grid (Wan-Animate 2's, 400-token frames),
     ours (its partial blocks as tiles) against compiled flex attention on the same BlockMask: both within 2x
