@@ -677,6 +677,8 @@ def attention(
         if cu_seqlens_k is not None:
             _max_segment(cu_seqlens_k, "cu_seqlens_k")
     sparse = (None, 0, 0, None, None)  # (block_mask, its block sizes, block_tiles' two tensors)
+    axis = 1 if layout == "bnhd" else 2  # (the token axis; a bad q or k is named by the checks)
+    n_k = k.shape[axis] if isinstance(k, torch.Tensor) and k.dim() == 4 else 0
     if causal:
         if block_mask is not None or block_size is not None or block_tiles is not None:
             raise ValueError("causal cannot be combined with block_mask, block_size or block_tiles (it is a block "
@@ -684,14 +686,11 @@ def attention(
         if joint is not None or negative is not None or cu_seqlens_q is not None or attn_mask is not None:
             raise ValueError("causal cannot be combined with joint=, negative=, cu_seqlens_q (one query and one key "
                              "stream) or attn_mask (put the causal mask into yours)")
-        axis = 1 if layout == "bnhd" else 2
-        if isinstance(k, torch.Tensor) and k.dim() == 4:  # (a bad q or k: named by the checks)
+        if n_k:
             # (traced by torch.compile through the function itself: Dynamo does not take an lru_cache's)
             make = _causal_blocks.__wrapped__ if torch.compiler.is_compiling() else _causal_blocks
-            block_mask, block_size, block_tiles = make(q.shape[axis], k.shape[axis], q.device)
+            block_mask, block_size, block_tiles = make(q.shape[axis], n_k, q.device)
     if block_mask is not None:
-        axis = 1 if layout == "bnhd" else 2
-        n_k = k.shape[axis] if isinstance(k, torch.Tensor) and k.dim() == 4 else 0  # (a bad k: named by the checks)
         block_mask, block_size, tiles = _dense_block_mask(block_mask, block_size, q.shape[axis], n_k)
         if tiles is not None and attn_mask is not None:
             raise ValueError("attn_mask cannot be combined with a BlockMask that has a mask_mod (its elements are "
