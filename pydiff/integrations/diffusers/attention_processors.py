@@ -1566,7 +1566,7 @@ class PydiffWanAnimate2AttnProcessor(_RankLocal):
                                   origin_latent_frames, origin_latent_hw, attention_mask)
         else:
             kv_cache.store(k, v)  # (unturned, as the stock processor keeps them)
-            out = attention(q, k, v, layout="bnhd", rope=_complex_parts(tables), rope_interleaved=True)
+            out = attention(q, k, v, layout="bnhd", rope=_complex_rope(tables), rope_interleaved=True)
         return attn.to_out[1](attn.to_out[0](out.flatten(2)))
 
 
@@ -1582,12 +1582,6 @@ def _wan_grid_tables(freqs: torch.Tensor, grid_sizes: torch.Tensor, stride: int,
                                            axes[1][:h].view(1, h, 1, -1).expand(f, h, w, -1),
                                            axes[2][:w].view(1, 1, w, -1).expand(f, h, w, -1)], -1).flatten(0, 2)
     return tables
-
-
-def _complex_parts(tables: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(B, N, D / 2) complex angles as the kernel's per-batch-row (cos, sin) tables, (B, N, 1, D / 2) float32."""
-    parts = torch.view_as_real(tables.unsqueeze(2)).float()
-    return parts[..., 0], parts[..., 1]
 
 
 def _frames_packed(x: torch.Tensor, frames: int, hw: int, origin_hw: int, length: int, fill=0) -> torch.Tensor:
@@ -1630,8 +1624,8 @@ def _wan_in_context(q, k, v, tables, reference, reference_tables, grid_sizes, re
                                                 1)
 
     out = attention(packed(q, None), packed(k, reference[0]), packed(v, reference[1]), layout="bnhd",
-                    rope=_complex_parts(packed(tables, None, 1)),
-                    key_rope=_complex_parts(packed(tables, reference_tables, 1)), rope_interleaved=True,
+                    rope=_complex_rope(packed(tables, None, 1)),
+                    key_rope=_complex_rope(packed(tables, reference_tables, 1)), rope_interleaved=True,
                     **_model_mask_tiles(block_mask, n_q, n_q + n_ref))
     valid = frames * hw
     out = out[:, :frames * origin_hw].unflatten(1, (frames, origin_hw))[:, :, :hw].flatten(1, 2)
