@@ -102,13 +102,15 @@ def _head_columns(v, BLOCK_M: tl.constexpr, HEADS: tl.constexpr, BLOCK_D: tl.con
 def _rope_chunk(x, base, rows, stride_n, stride_d, head_off, head, d, mask, rstd, W, COS, SIN, pos,
                 stride_cn, stride_cd, stride_sn, stride_sd, stride_ch, stride_sh,
                 HEAD_DIM: tl.constexpr, HAS_NORM: tl.constexpr, INTERLEAVED: tl.constexpr,
-                HALF: tl.constexpr = False, ROT_DIM: tl.constexpr = 0):
+                HALF: tl.constexpr = False, ROT_DIM: tl.constexpr = 0, SECTIONS: tl.constexpr = 1):
     """RoPE (RoFormer) of one head-dim chunk x (float32, already normalised; columns at ``head_off`` + ``d``, d
     within the head, of the program's head ``head``, rstd per column): x cos + sign * x[partner] sin, the table's
     columns of each head stride_ch / stride_sh apart (0: one table for every head). HALF: the tables hold one
     angle per pair of channels (R/2 columns: pair i is channels 2i, 2i+1 interleaved, i and i + R/2 otherwise).
     ROT_DIM (partial rotary, GPT-NeoX's): only the first R = ROT_DIM channels turn, the tables R columns (or R/2)
-    wide; the rest pass through (0: R = HEAD_DIM)."""
+    wide; the rest pass through (0: R = HEAD_DIM). SECTIONS (halves only): the R channels fall in SECTIONS equal
+    sections of S channels, each turned by halves of its own (j and j + S/2 within it: Allegro's t, h and w
+    sections), the tables' columns in the same sections (S each, or S/2 with HALF)."""
     R: tl.constexpr = HEAD_DIM if ROT_DIM == 0 else ROT_DIM
     col = d
     if INTERLEAVED:
@@ -117,11 +119,17 @@ def _rope_chunk(x, base, rows, stride_n, stride_d, head_off, head, d, mask, rstd
         if HALF:
             col = d >> 1
     else:
-        first = d < R // 2
-        partner = tl.where(first, d + R // 2, d - R // 2)
+        S: tl.constexpr = R // SECTIONS
+        j = d  # (the channel within its section)
+        if SECTIONS > 1:
+            j = d % S
+        first = j < S // 2
+        partner = tl.where(first, d + S // 2, d - S // 2)
         sign = tl.where(first, -1.0, 1.0)
         if HALF:
-            col = tl.where(first, d, d - R // 2)
+            col = tl.where(first, d, d - S // 2)
+            if SECTIONS > 1:
+                col = (d // S) * (S // 2) + tl.where(first, j, j - S // 2)
     turned = mask
     if R < HEAD_DIM:  # (the channels past R read no table: cos 1 and sin 0, x itself)
         inside = d < R
@@ -148,7 +156,8 @@ def _load_qk(base, rows, stride_n, stride_d, head_off_a, d_a, head_off_b, d_b, m
              pos0, stride_cn, stride_cd, stride_sn, stride_sd, head_a, head_b, stride_ch, stride_sh,
              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, HEADS: tl.constexpr, BLOCK_DA: tl.constexpr,
              BLOCK_DB: tl.constexpr, SPLIT_D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr,
-             INTERLEAVED: tl.constexpr, EMULATE_BF16: tl.constexpr, ROT_DIM: tl.constexpr = 0):
+             INTERLEAVED: tl.constexpr, EMULATE_BF16: tl.constexpr, ROT_DIM: tl.constexpr = 0,
+             SECTIONS: tl.constexpr = 1):
     """A q or k tile (rows x HEADS heads, each head dim as one or two chunks: chunk a's columns at head_off_a + d_a,
     d_a within the head, of the program's head head_a, chunk b's likewise) with its prologue, in the input dtype:
     RMSNorm over each head's dims (Zhang & Sennrich 2019) with weights W, then RoPE (``_rope_chunk``), both in
@@ -178,11 +187,11 @@ def _load_qk(base, rows, stride_n, stride_d, head_off_a, d_a, head_off_b, d_b, m
             pos = pos0 + rows
             f_a = _rope_chunk(f_a, base, rows, stride_n, stride_d, head_off_a, head_a, d_a, mask_a, rstd_a, W, COS,
                               SIN, pos, stride_cn, stride_cd, stride_sn, stride_sd, stride_ch, stride_sh, HEAD_DIM,
-                              HAS_NORM, INTERLEAVED, HAS_ROPE == HALF_TABLES, ROT_DIM)
+                              HAS_NORM, INTERLEAVED, HAS_ROPE == HALF_TABLES, ROT_DIM, SECTIONS)
             if SPLIT_D:
                 f_b = _rope_chunk(f_b, base, rows, stride_n, stride_d, head_off_b, head_b, d_b, mask_b, rstd_b, W,
                                   COS, SIN, pos, stride_cn, stride_cd, stride_sn, stride_sd, stride_ch, stride_sh,
-                                  HEAD_DIM, HAS_NORM, INTERLEAVED, HAS_ROPE == HALF_TABLES, ROT_DIM)
+                                  HEAD_DIM, HAS_NORM, INTERLEAVED, HAS_ROPE == HALF_TABLES, ROT_DIM, SECTIONS)
         if EMULATE_BF16:
             x_a = _round_to_bf16(f_a)
             x_b = _round_to_bf16(f_b)
@@ -1204,12 +1213,14 @@ def _qk_prologue(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
     SPLIT_D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
     EMULATE_BF16: tl.constexpr, HEADS: tl.constexpr = 1, ROW_ALIGN: tl.constexpr = 1, ROT_DIM: tl.constexpr = 0,
+    ROPE_SECTIONS: tl.constexpr = 1,
 ):
     """Y = RoPE(RMSNorm(X)) for a query or key tensor, one pass, grid = (row blocks, H / HEADS, B): each program
     takes BLOCK_M tokens of HEADS heads (HEADS divides the head count H), whose RoPE table rows it reads once per
     token from memory (the heads' loads of a row meet in cache). The tables are (rows, D), or per batch row and
     head (stride_cb, stride_ch and stride_sb, stride_sh; 0 where one serves all); with HAS_ROPE = HALF_TABLES,
-    D/2 columns; with ROT_DIM, R = ROT_DIM (or R/2) columns turning the first R channels (``_rope_chunk``).
+    D/2 columns; with ROT_DIM, R = ROT_DIM (or R/2) columns turning the first R channels, with ROPE_SECTIONS, in
+    sections of their own (``_rope_chunk``).
     ROW_ALIGN: as in ``_attn_fwd_kernel``, for X's and Y's batch, head and token strides."""
     eps = tl.cast(eps, tl.float32)
     if ROW_ALIGN > 1:
@@ -1233,7 +1244,7 @@ def _qk_prologue(
     y_a, y_b = _load_qk(x_blk, rows, stride_xn, stride_xd, head_a * stride_xh, d_a, head_b * stride_xh, d_b,
                         mask_a, mask_b, W, eps, cos, sin, row_start + pos_shift, stride_cn, stride_cd, stride_sn,
                         stride_sd, head_a, head_b, stride_ch, stride_sh, HEAD_DIM, BLOCK_M, HEADS, BLOCK_DA, BLOCK_DB,
-                        SPLIT_D, HAS_NORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16, ROT_DIM)
+                        SPLIT_D, HAS_NORM, HAS_ROPE, INTERLEAVED, EMULATE_BF16, ROT_DIM, ROPE_SECTIONS)
     tl.store(y_blk + rows[:, None] * stride_yn + (head_a * stride_yh + d_a * stride_yd)[None, :],
              y_a.to(Y.dtype.element_ty), mask=mask_a)
     if SPLIT_D:
@@ -1601,7 +1612,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                       block_m=None, block_n=None, num_warps=4, num_stages=2, use_tma=False, prologue_kernel=None,
                       tuned=None, rowsum_mma=False, stream_k=None, overlap=False, prologue_heads=1,
                       warp_spec=False, join_keys=None, attn_mask=None, key_rope=None, block_mask=None,
-                      block_size=(0, 0), block_tiles=None, rope_dims=0):
+                      block_size=(0, 0), block_tiles=None, rope_dims=0, rope_sections=1):
     """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
     ``torch.library.wrap_triton``). All arguments were checked by the caller.
 
@@ -1650,6 +1661,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     block_k (the autotuner keeps such tiles). One query and one key stream: not with ``joint``, ``negative``,
     ``cu_seqlens_q``, ``stream_k``, ``overlap`` or ``warp_spec``.
     rope_dims: partial rotary, the tables turning only each head's first rope_dims channels (0: all).
+    rope_sections: halves turned within that many equal sections of the turned channels (Allegro's), not pairs.
     block_tiles = (tile_ids, tiles): the elements of the block mask's partial blocks (the kernel's TILE_MASK; not
     with attn_mask): tiles (T, block_q, block_k) bool, tile 0 all True, and tile_ids, int32 broadcastable like
     block_mask, the tile of each block (0: the whole block).
@@ -1767,7 +1779,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         def preparer(tables):
             return _preparer(prologue_kernel if prologue_kernel is not None else _qk_prologue, bnhd, tables,
                              rope_interleaved, norm_eps, q.device.type == "cpu" and q.dtype == torch.bfloat16,
-                             prologue_heads, rope_dims)
+                             prologue_heads, rope_dims, rope_sections)
 
         prepare = preparer(rope)
         prepare_k = prepare if key_rope is None else preparer(key_rope)  # (the keys' tables where they have own)
@@ -2154,11 +2166,13 @@ def _rope_strides(cos, sin) -> list:
     return [int(x) for x in rows + outer]
 
 
-def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16, heads_per_program=1, rope_dims=0):
+def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16, heads_per_program=1, rope_dims=0,
+              rope_sections=1):
     """``prepare(x, weight, pos_shift, out=None)`` -> a new q or k tensor (or ``out``, shaped like x) with the norm
     (when ``weight`` is given) and RoPE (when ``rope`` is given, rows from ``pos_shift`` on; over the first
-    ``rope_dims`` channels, 0: all) applied, ``heads_per_program`` heads per program (a power of two dividing x's);
-    when neither applies, x itself (or x copied into ``out``)."""
+    ``rope_dims`` channels, 0: all; by halves within ``rope_sections`` sections of them) applied,
+    ``heads_per_program`` heads per program (a power of two dividing x's); when neither applies, x itself (or x
+    copied into ``out``)."""
     import torch
 
     def prepare(x, weight, pos_shift, out=None):
@@ -2171,7 +2185,7 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16, head
         plan_key = None
         if plans.ENABLED and type(x) is torch.Tensor:
             plan_key = (plans.unwrapped(kernel), bnhd, pos_shift, float(norm_eps), bool(rope_interleaved),
-                        weight is not None, rope is not None, heads_per_program, rope_dims,
+                        weight is not None, rope is not None, heads_per_program, rope_dims, rope_sections,
                         *(plans.tensor_key(t) for t in tensors))
             if plans.run(plan_key, tensors):
                 return y
@@ -2185,6 +2199,7 @@ def _preparer(kernel, bnhd, rope, rope_interleaved, norm_eps, emulate_bf16, head
                      HALF_TABLES.value if 2 * cos.shape[-1] == (rope_dims or head_dim) else 1,
                      INTERLEAVED=bool(rope_interleaved), EMULATE_BF16=emulate_bf16, HEADS=heads_per_program,
                      **({"ROT_DIM": rope_dims} if 0 < rope_dims < head_dim else {}),
+                     **({"ROPE_SECTIONS": rope_sections} if rope_sections > 1 else {}),
                      ROW_ALIGN=_row_align(x.element_size(), sx + sy), num_warps=4, **plans.launch_options(kernel))
         args = [*tensors, *sx, *sy, *rope_strides, n, pos_shift, float(norm_eps)]
         plans.launch(kernel, (-(-n // block_m), heads // heads_per_program, batch), args, flags, plan_key,

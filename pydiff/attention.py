@@ -76,6 +76,7 @@ class _Call:
     block_tiles: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
     rope_dims: int = 0
     negative_q: Optional[torch.Tensor] = None
+    rope_sections: int = 1
 
     def bhnd(self, t: torch.Tensor) -> Tuple[int, int, int, int]:
         """(B, H, N, D) of a q/k/v-like tensor in this call's layout."""
@@ -310,8 +311,15 @@ def check_attention_args(call: _Call) -> None:
         if call.rope_dims and not (call.rope_dims % 2 == 0 and 2 <= call.rope_dims <= head_dim):
             raise ValueError(f"rope_dims must be even and in [2, D = {head_dim}] (the channels RoPE turns), got "
                              f"{call.rope_dims}")
-    elif call.rope_dims:
-        raise ValueError("rope_dims is given but neither rope nor key_rope is")
+        turned = call.rope_dims or head_dim
+        if call.rope_sections != 1 and (call.rope_sections < 1 or call.rope_interleaved or
+                                        turned % (2 * call.rope_sections)):
+            raise ValueError(f"rope_sections must be >= 1, with rope_interleaved=False (halves turned within each "
+                             f"section), and split the {turned} turned channels into sections of an even size, got "
+                             f"{call.rope_sections}{' with rope_interleaved=True' if call.rope_interleaved else ''}")
+    elif call.rope_dims or call.rope_sections != 1:
+        raise ValueError(f"{'rope_dims' if call.rope_dims else 'rope_sections'} is given but neither rope nor "
+                         f"key_rope is")
     rope_dims = call.rope_dims
     if call.key_rope is None:
         if call.rope is not None:  # (q's and the keys' alike)
@@ -346,7 +354,7 @@ def _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_
                negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos, rope_sin, rope_interleaved,
                q_norm_weight, k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, norm_eps, attn_mask,
                key_rope_cos=None, key_rope_sin=None, block_mask=None, block_size_q=0, block_size_k=0,
-               block_tile_ids=None, block_tiles=None, rope_dims=0, negative_q=None) -> _Call:
+               block_tile_ids=None, block_tiles=None, rope_dims=0, negative_q=None, rope_sections=1) -> _Call:
     joint = None if joint_q is None and joint_k is None and joint_v is None else (joint_q, joint_k, joint_v)
     negative = None if negative_k is None and negative_v is None else (negative_k, negative_v)
     rope = None if rope_cos is None and rope_sin is None else (rope_cos, rope_sin)
@@ -358,7 +366,7 @@ def _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_
                  k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, float(norm_eps), attn_mask, key_rope,
                  block_mask, (int(block_size_q), int(block_size_k)),
                  None if block_tile_ids is None and block_tiles is None else (block_tile_ids, block_tiles),
-                 int(rope_dims), negative_q)
+                 int(rope_dims), negative_q, int(rope_sections))
 
 
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, layout: str,
@@ -374,12 +382,13 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
                   key_rope_sin: Optional[torch.Tensor] = None, block_mask: Optional[torch.Tensor] = None,
                   block_size_q: int = 0, block_size_k: int = 0, block_tile_ids: Optional[torch.Tensor] = None,
                   block_tiles: Optional[torch.Tensor] = None, rope_dims: int = 0,
-                  negative_q: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+                  negative_q: Optional[torch.Tensor] = None, rope_sections: int = 1) -> List[torch.Tensor]:
     return _run(_make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, joint_q,
                            joint_k, joint_v, negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos,
                            rope_sin, rope_interleaved, q_norm_weight, k_norm_weight, joint_q_norm_weight,
                            joint_k_norm_weight, norm_eps, attn_mask, key_rope_cos, key_rope_sin, block_mask,
-                           block_size_q, block_size_k, block_tile_ids, block_tiles, rope_dims, negative_q))
+                           block_size_q, block_size_k, block_tile_ids, block_tiles, rope_dims, negative_q,
+                           rope_sections))
 
 
 def _run(call: _Call) -> List[torch.Tensor]:
@@ -409,7 +418,7 @@ def _reference_args(call: _Call) -> dict:
                 k_norm_weight=call.k_norm_weight, joint_q_norm_weight=call.joint_q_norm_weight,
                 joint_k_norm_weight=call.joint_k_norm_weight, norm_eps=call.norm_eps, attn_mask=call.attn_mask,
                 key_rope=call.key_rope, block_mask=call.block_mask, block_size=call.block_size,
-                block_tiles=call.block_tiles, rope_dims=call.rope_dims)
+                block_tiles=call.block_tiles, rope_dims=call.rope_dims, rope_sections=call.rope_sections)
 
 
 @backends.register("torch", usable=lambda device: None)
@@ -429,7 +438,8 @@ def _triton_kwargs(call: _Call, outs: List[torch.Tensor]) -> dict:
         q_norm_weight=call.q_norm_weight, k_norm_weight=call.k_norm_weight,
         joint_q_norm_weight=call.joint_q_norm_weight, joint_k_norm_weight=call.joint_k_norm_weight,
         norm_eps=call.norm_eps, attn_mask=call.attn_mask, key_rope=call.key_rope, block_mask=call.block_mask,
-        block_size=call.block_size, block_tiles=call.block_tiles, rope_dims=call.rope_dims)
+        block_size=call.block_size, block_tiles=call.block_tiles, rope_dims=call.rope_dims,
+        rope_sections=call.rope_sections)
 
 
 def _negative(call: _Call):
@@ -573,6 +583,7 @@ def attention(
     block_size=None,
     block_tiles=None,
     rope_dims: Optional[int] = None,
+    rope_sections: int = 1,
     causal: bool = False,
 ):
     """Softmax attention ``softmax(q k^T * scale) v`` in one fused pass (FlashAttention-2 forward).
@@ -615,6 +626,10 @@ def attention(
     * ``rope_dims`` R: partial rotary (GPT-NeoX's rotary_pct; Stable Audio 3, MiniMax-H3): RoPE turns each head's
       first R channels (even) and passes the rest through; the tables (both ``rope`` and ``key_rope``) then have
       R columns, or R/2 (one angle per pair), the pairs (2i, 2i+1) or (i, i + R/2) within them.
+    * ``rope_sections`` S, with halves (``rope_interleaved=False``): the turned channels fall in S equal sections,
+      each turned by halves of its own (pairs j, j + R/(2S) within a section), as Allegro's 3-D RoPE turns its t, h
+      and w thirds of each head; the tables' columns lie in the same sections (cos = [cos_t | cos_h | cos_w] for
+      each token), R/S each, or R/(2S) with one angle per pair.
     * ``key_rope=(cos, sin)``: tables of the keys' own (k, the joint k2 and the negative keys), in ``rope``'s forms
       and pairing, rows following the keys' positions, where queries and keys turn by different tables (LTX-2's
       audio-video cross-attention); ``rope`` then turns q alone (or, None, nothing does). Keys that must not turn
@@ -710,7 +725,7 @@ def attention(
             joint_q, joint_k, joint_v, negative_k, negative_v, float(negative_scale), negative_kv_lens,
             rope_cos, rope_sin, bool(rope_interleaved), q_norm_weight, k_norm_weight, joint_q_norm_weight,
             joint_k_norm_weight, float(norm_eps), attn_mask, key_rope_cos, key_rope_sin, *sparse, int(rope_dims or 0),
-            negative_q)
+            negative_q, int(rope_sections))
     key = _call_key(args)
     outs = torch.ops.pydiff.attention(*args) if key is _THROUGH_OP else _eager(args, key)
     return (outs[0], outs[1]) if joint is not None else outs[0]

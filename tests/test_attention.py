@@ -64,6 +64,8 @@ class Case:
     rope_pairs: bool = False
     # partial rotary (``rope_dims``): the tables turn each head's first R channels (R or R/2 columns); 0: all
     rope_dims: int = 0
+    # halves turned within this many equal sections of the turned channels (``rope_sections``: Allegro's t, h, w)
+    rope_sections: int = 1
     # the keys' own tables (``key_rope``, other angles in the same form; per head: the key heads'); with
     # rope_queries False, ``rope`` is left out: the keys turn, the queries do not
     key_rope: bool = False
@@ -154,6 +156,8 @@ def build(case: Case, seed: int = 0):
         kw["rope_interleaved"] = case.rope == "interleaved"
         if case.rope_dims:
             kw["rope_dims"] = case.rope_dims
+        if case.rope_sections > 1:
+            kw["rope_sections"] = case.rope_sections
     for flag, name in ((case.q_norm, "q_norm_weight"), (case.k_norm, "k_norm_weight"),
                        (case.joint_q_norm, "joint_q_norm_weight"), (case.joint_k_norm, "joint_k_norm_weight")):
         if flag:
@@ -167,16 +171,21 @@ def build(case: Case, seed: int = 0):
 def _rope_tables(case: Case, gen: torch.Generator, rows: int, heads: int, base: float):
     """``case.rope``'s (cos, sin) tables in ``case.rope_tables``' form for ``heads`` heads (where per head), rows for
     positions 0..rows+2: diffusers-style, one frequency per pair (powers of ``base``) repeated to fill D, or one
-    angle per pair read in place from a complex table (``case.rope_pairs``)."""
-    half = (case.rope_dims or case.head_dim) // 2
-    freqs = 1.0 / (base ** (torch.arange(half, dtype=torch.float64) / half))
-    angles = torch.arange(rows + 3, dtype=torch.float64)[:, None] * freqs[None, :]
-    if case.rope_pairs:
-        pass
-    elif case.rope == "interleaved":
-        angles = angles.repeat_interleave(2, dim=1)
-    else:
-        angles = torch.cat([angles, angles], dim=1)
+    angle per pair read in place from a complex table (``case.rope_pairs``); with ``case.rope_sections``, each
+    section its own frequencies, its columns after the section before's."""
+    half = (case.rope_dims or case.head_dim) // (2 * case.rope_sections)
+    sections = []
+    for section in range(case.rope_sections):
+        freqs = 1.0 / ((base + 7 * section) ** (torch.arange(half, dtype=torch.float64) / half))
+        angles = torch.arange(rows + 3, dtype=torch.float64)[:, None] * freqs[None, :]
+        if case.rope_pairs:
+            pass
+        elif case.rope == "interleaved":
+            angles = angles.repeat_interleave(2, dim=1)
+        else:
+            angles = torch.cat([angles, angles], dim=1)
+        sections.append(angles)
+    angles = torch.cat(sections, dim=1)
     if case.rope_tables != "shared":  # (each batch row and/or head its own angles)
         rows_b = case.batch if case.rope_tables in ("batch", "batch-heads") else 1
         heads = 1 if case.rope_tables == "batch" else heads
@@ -332,7 +341,8 @@ def run_kernel(q, k, v, kw, blocks, poison=float("nan"), use_tma=False, rowsum_m
         num_stages=stages, use_tma=use_tma, rowsum_mma=rowsum_mma, stream_k=stream_k, overlap=overlap,
         prologue_heads=prologue_heads, warp_spec=warp_spec, join_keys=join_keys, attn_mask=kw.get("attn_mask"),
         key_rope=kw.get("key_rope"), block_mask=kw.get("block_mask"), block_size=kw.get("block_size", (0, 0)),
-        block_tiles=kw.get("block_tiles"), rope_dims=kw.get("rope_dims", 0))
+        block_tiles=kw.get("block_tiles"), rope_dims=kw.get("rope_dims", 0),
+        rope_sections=kw.get("rope_sections", 1))
     return (out, joint[3]) if joint is not None else out
 
 
@@ -474,6 +484,15 @@ GRID = [
          k_norm=True, name="f32-differential-prologue"),
     Case(BF16, 64, 130, 130, batch=2, heads=4, kv_heads=2, layout="bnhd", negative=130, negative_q=True,
          kv_lens=[130, 90], negative_kv_lens=[130, 60], name="bf16-differential-gqa-bnhd-lens"),
+    # RoPE by halves within sections (``rope_sections``, Allegro's t, h, w thirds of a 96-channel head): sections
+    # crossing the head dim's two chunks, with the norm, GQA, the bnhd layout; one angle per pair; under partial
+    # rotary (the sections split the turned channels)
+    Case(F32, 96, 97, 77, heads=4, kv_heads=2, layout="bnhd", rope="half", rope_sections=3, q_norm=True, k_norm=True,
+         name="f32-rope-sections-gqa-bnhd"),
+    Case(BF16, 96, 77, 130, rope="half", rope_pairs=True, rope_sections=3, strided=True,
+         name="bf16-rope-sections-pairs-strided"),
+    Case(F16, 128, 45, 60, batch=2, rope="half", rope_dims=96, rope_sections=2, key_rope=True,
+         name="f16-rope-sections-partial-key-rope"),
 ]
 
 
@@ -581,6 +600,9 @@ def random_case(seed: int):
             launch.pop(experiment, None)
     if case.rope is not None and r.random() < 0.25:  # partial rotary (drawn last: the cases before keep their draws)
         case.rope_dims = 2 * r.randint(1, case.head_dim // 2)
+    if case.rope == "half" and r.random() < 0.25:  # RoPE by sections (drawn last): any that split the turned channels
+        turned = case.rope_dims or case.head_dim
+        case.rope_sections = r.choice([n for n in range(1, 5) if turned % (2 * n) == 0])
     return case, launch
 
 
@@ -1245,6 +1267,17 @@ BAD = [
     ("rope_dims is given but neither rope nor key_rope is", lambda q, k, v: (q, k, v, {"rope_dims": 8}), ValueError),
     ("rope cos must have 8 columns \\(or 4: one angle per pair of channels; rope_dims\\)", lambda q, k, v: (q, k, v, {
         "rope": (torch.ones(9, 16),) * 2, "rope_dims": 8}), ValueError),
+    ("rope_sections must be >= 1, with rope_interleaved=False .* got 3 with rope_interleaved=True", lambda q, k, v: (
+        q, k, v, {"rope": (torch.ones(9, 16),) * 2, "rope_sections": 3}), ValueError),
+    ("split the 16 turned channels into sections of an even size, got 3", lambda q, k, v: (q, k, v, {
+        "rope": (torch.ones(9, 16),) * 2, "rope_interleaved": False, "rope_sections": 3}), ValueError),
+    ("split the 12 turned channels into sections of an even size, got 4", lambda q, k, v: (q, k, v, {
+        "rope": (torch.ones(9, 12),) * 2, "rope_interleaved": False, "rope_dims": 12, "rope_sections": 4}),
+     ValueError),
+    ("rope_sections must be >= 1", lambda q, k, v: (q, k, v, {
+        "rope": (torch.ones(9, 16),) * 2, "rope_interleaved": False, "rope_sections": 0}), ValueError),
+    ("rope_sections is given but neither rope nor key_rope is", lambda q, k, v: (q, k, v, {"rope_sections": 2}),
+     ValueError),
     ("rope cos must be a floating-point table", lambda q, k, v: (q, k, v, {"rope": (torch.ones(9, 4, 16),) * 2}),
      TypeError),
     (r"a per-head table must be \(1 or B = 2, tokens, 1 or H = 4, D\), its heads those of q and k alike \(H_kv = 2\)",
@@ -1411,7 +1444,7 @@ def _op_args(q, k, v, kw, max_seqlen=0):
             kw.get("k_norm_weight"), kw.get("joint_q_norm_weight"), kw.get("joint_k_norm_weight"),
             kw.get("norm_eps", 1e-6), kw.get("attn_mask"), *kw.get("key_rope", (None, None)), kw.get("block_mask"),
             *kw.get("block_size", (0, 0)), *kw.get("block_tiles", (None, None)), kw.get("rope_dims", 0),
-            negative_q[0] if negative_q else None)
+            negative_q[0] if negative_q else None, kw.get("rope_sections", 1))
 
 
 OPCHECK_CASES = [
@@ -1421,8 +1454,8 @@ OPCHECK_CASES = [
     Case(F32, 16, 130, 70, batch=2, kv_lens=[70, 20], rope="half", key_rope=True, block_mask=(64, 32, "b1mn"),
          name="block-sparse-key-rope"),
     Case(F32, 16, 130, 70, heads=2, block_mask=(64, 32, "1hmn"), block_tiles=True, name="block-tiles"),
-    Case(F32, 16, 9, 7, negative=5, negative_q=True, rope="half", rope_dims=8, q_norm=True,
-         name="differential-partial-rope"),
+    Case(F32, 16, 9, 7, negative=5, negative_q=True, rope="half", rope_dims=8, rope_sections=2, q_norm=True,
+         name="differential-partial-rope-sections"),
 ]
 
 
@@ -2313,7 +2346,8 @@ GPU_GRID = [GRID[i] for i in (0, 1, 2, 4, 6, 8, 10, 13, 15, 17, 20, 23)] + [
                                   "bf16-rope-per-head-joint", "f32-joint-keys-only-prologue-kvlens",
                                   "bf16-key-rope-per-head-gqa", "f16-negative-scale-kvlens",
                                   "f32-block-sparse-gqa", "bf16-block-sparse-bnhd-kvlens", "f32-block-tiles-gqa",
-                                  "bf16-partial-rope-pairs-gqa-bnhd", "bf16-differential-gqa-bnhd-lens")] + [
+                                  "bf16-partial-rope-pairs-gqa-bnhd", "bf16-differential-gqa-bnhd-lens",
+                                  "bf16-rope-sections-pairs-strided")] + [
     Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
          name="gpu-flux-shape"),
     Case(F16, 64, 4096, 77, heads=10, batch=2, name="gpu-sdxl-cross"),

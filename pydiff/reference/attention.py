@@ -21,17 +21,22 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 
 
 def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool,
-                   offset: int = 0, dims: int = 0) -> torch.Tensor:
+                   offset: int = 0, dims: int = 0, sections: int = 1) -> torch.Tensor:
     """Rotary embedding (Su et al. 2021, RoFormer) of x (B, H, N, D) with rows ``offset:offset+N`` of cos/sin (rows, D),
     or of per-batch-row and per-head tables (1 or B, rows, 1 or H, D).
 
     interleaved: rotate pairs (2i, 2i+1) (Flux, CogVideoX); otherwise the halves (i, i + D/2) (GPT-NeoX style).
     The tables hold one value per element (each frequency repeated to fill D), as diffusers builds them, or one per
     pair (D/2 columns). dims: partial rotary, only the first ``dims`` channels turn (tables of dims or dims/2
-    columns, the pairs within them); 0: all.
+    columns, the pairs within them); 0: all. sections (halves only): the turned channels fall in that many equal
+    sections, each rotated by its own halves with its own columns of the tables (Allegro's t, h, w thirds).
     """
     if 0 < dims < x.shape[-1]:
-        return torch.cat([rope_reference(x[..., :dims], cos, sin, interleaved, offset), x[..., dims:]], -1)
+        return torch.cat([rope_reference(x[..., :dims], cos, sin, interleaved, offset, 0, sections), x[..., dims:]],
+                         -1)
+    if sections > 1:
+        parts = zip(x.chunk(sections, -1), cos.chunk(sections, -1), sin.chunk(sections, -1))
+        return torch.cat([rope_reference(*part, interleaved, offset) for part in parts], -1)
     n, d = x.shape[-2], x.shape[-1]
     if cos.dim() == 4:  # (B, rows, H, D) -> (B, H, rows, D), as x
         cos, sin = cos.transpose(1, 2), sin.transpose(1, 2)
@@ -49,16 +54,16 @@ def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interl
 
 
 def _prologue(x: torch.Tensor, norm_weight: Optional[torch.Tensor], rope, interleaved: bool, offset: int,
-              eps: float, dtype: torch.dtype, rope_dims: int = 0) -> torch.Tensor:
-    """QK RMSNorm then RoPE (the order of Flux and SD3; over the first ``rope_dims`` channels, 0: all), computed in
-    ``dtype``."""
+              eps: float, dtype: torch.dtype, rope_dims: int = 0, rope_sections: int = 1) -> torch.Tensor:
+    """QK RMSNorm then RoPE (the order of Flux and SD3; over the first ``rope_dims`` channels, 0: all, in
+    ``rope_sections`` sections), computed in ``dtype``."""
     if norm_weight is None and rope is None:
         return x
     y = x.to(dtype)
     if norm_weight is not None:
         y = rms_norm_reference(y, norm_weight, eps)
     if rope is not None:
-        y = rope_reference(y, rope[0], rope[1], interleaved, offset, rope_dims)
+        y = rope_reference(y, rope[0], rope[1], interleaved, offset, rope_dims, rope_sections)
     return y
 
 
@@ -192,6 +197,7 @@ def attention_reference(
     block_size=128,
     block_tiles: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     rope_dims: int = 0,
+    rope_sections: int = 1,
     compute_dtype: Optional[torch.dtype] = None,
 ):
     """The definition of ``pydiff.attention`` and its variants (same arguments; see ``pydiff.attention``).
@@ -223,7 +229,8 @@ def attention_reference(
     keys_rope = rope if key_rope is None else key_rope  # (the keys' tables)
 
     def pro(t, weight, offset, tables=rope):
-        return _prologue(t, weight, tables, rope_interleaved, offset, norm_eps, pro_dtype, rope_dims).to(attn_dtype)
+        return _prologue(t, weight, tables, rope_interleaved, offset, norm_eps, pro_dtype, rope_dims,
+                         rope_sections).to(attn_dtype)
 
     def pro_k(t, weight, offset):
         return pro(t, weight, offset, keys_rope)
@@ -249,8 +256,10 @@ def attention_reference(
         q_all = torch.cat([q.to(pro_dtype), q2.to(pro_dtype)], dim=2)
         k_all = torch.cat([k.to(pro_dtype), k2.to(pro_dtype)], dim=2)
         v_all = torch.cat([v, v2], dim=2).to(attn_dtype)
-        q_all = _prologue(q_all, None, rope, rope_interleaved, 0, norm_eps, pro_dtype, rope_dims).to(attn_dtype)
-        k_all = _prologue(k_all, None, keys_rope, rope_interleaved, 0, norm_eps, pro_dtype, rope_dims).to(attn_dtype)
+        q_all = _prologue(q_all, None, rope, rope_interleaved, 0, norm_eps, pro_dtype, rope_dims,
+                          rope_sections).to(attn_dtype)
+        k_all = _prologue(k_all, None, keys_rope, rope_interleaved, 0, norm_eps, pro_dtype, rope_dims,
+                          rope_sections).to(attn_dtype)
         out = _sdpa(q_all, k_all, v_all, scale, kv_lens, attn_mask)
         if negative is not None:
             out = _subtract_negative(out, q_all, negative, bhnd, pro_k, k_norm_weight, scale, negative_scale,
