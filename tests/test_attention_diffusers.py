@@ -1295,6 +1295,36 @@ def tiny_hunyuan_dit():
         text_len_t5=5), 111)
 
 
+def _allegro_inputs(seed):
+    """Allegro inputs: 2 frames of 8 x 8 latents (2 x 16 patches), 7 text tokens with padding, its 3-D RoPE as its
+    pipeline builds it (the axes' tables and each token's (t, h, w) positions)."""
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed_allegro
+
+    gen = torch.Generator().manual_seed(seed)
+    *freqs, grid_t, grid_h, grid_w = get_3d_rotary_pos_embed_allegro(24, ((0, 0), (4, 4)), (4, 4), 2, (2.2, 2.0, 2.0))
+    positions = torch.cartesian_prod(grid_t.long(), grid_h.long(), grid_w.long()).T.reshape(3, 1, -1)
+    return dict(hidden_states=torch.randn(2, 4, 2, 8, 8, generator=gen),
+                encoder_hidden_states=torch.randn(2, 7, 16, generator=gen), timestep=torch.tensor([3.0, 700.0]),
+                encoder_attention_mask=torch.tensor([[1] * 7, [1] * 3 + [0] * 4]),
+                image_rotary_emb=(tuple(freqs), tuple(positions)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_allegro_transformer(backend, monkeypatch):
+    """The tiny Allegro (two heads of 24, two layers): self-attention with its 3-D RoPE in the prologue (the t, h and
+    w thirds of each head turned by halves of their own: ``rope_sections=3``), cross-attention under its text
+    padding mask (no RoPE); outputs the stock processors'."""
+    from diffusers import AllegroTransformer3DModel
+
+    model = _perturb(AllegroTransformer3DModel(
+        patch_size=2, num_attention_heads=2, attention_head_dim=24, in_channels=4, out_channels=4, num_layers=2,
+        cross_attention_dim=48, sample_height=8, sample_width=8, sample_frames=2, caption_channels=16), 170)
+    calls = _spy(monkeypatch, lambda args, kwargs: (kwargs.get("rope_sections"), kwargs.get("attn_mask") is not None))
+    inputs = _allegro_inputs(171)
+    _compare(model, lambda m: m(**inputs).sample, backend, {attention_processors.PydiffAllegroAttnProcessor})
+    assert calls == [(3, False), (1, True)] * 2
+
+
 def _hunyuan_dit_inputs(seed):
     """HunyuanDiT inputs: 8 x 8 latents (4 x 4 patches), 7 CLIP and 5 T5 text tokens with padding, its 2-D RoPE."""
     from diffusers.models.embeddings import get_2d_rotary_pos_embed

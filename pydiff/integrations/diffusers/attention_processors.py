@@ -2,7 +2,7 @@
 
     from pydiff.integrations.diffusers import set_attention_backend
     set_attention_backend(pipe)   # or a model: UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel,
-                                  # HunyuanDiT2DModel, EasyAnimateTransformer3DModel,
+                                  # HunyuanDiT2DModel, EasyAnimateTransformer3DModel, AllegroTransformer3DModel,
                                   # Flux2Transformer2DModel, QwenImageTransformer2DModel, PixArtTransformer2DModel,
                                   # ChromaTransformer2DModel, HunyuanVideoTransformer3DModel, WanTransformer3DModel,
                                   # CogVideoXTransformer3DModel, LTXVideoTransformer3DModel, ZImageTransformer2DModel,
@@ -33,6 +33,8 @@
   identity attention as there.
 * ``PydiffHunyuanDiTAttnProcessor`` replaces HunyuanDiT's ``HunyuanAttnProcessor2_0``: the same steps with its RoPE
   in the prologue, on the queries alone in cross-attention (``key_rope`` tables that turn nothing).
+* ``PydiffAllegroAttnProcessor`` replaces Allegro's ``AllegroAttnProcessor2_0``: the same steps with its 3-D RoPE in
+  the prologue (the t, h and w thirds of each head turned by halves of their own: ``rope_sections=3``).
 * ``PydiffSanaAttnProcessor`` replaces Sana's ``SanaAttnProcessor2_0`` (its cross-attention): the same, with its
   across-heads QK RMSNorms as modules first.
 * ``PydiffSanaWMCrossAttnProcessor`` (0.42+) replaces SANA-WM's cross-attention processor the same way.
@@ -168,6 +170,7 @@ import diffusers
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import (
+    AllegroAttnProcessor2_0,
     AttnAddedKVProcessor2_0,
     AttnProcessor2_0,
     AuraFlowAttnProcessor2_0,
@@ -726,6 +729,44 @@ class PydiffPAGCFGHunyuanAttnProcessor(PydiffPAGHunyuanAttnProcessor):
         self.stock = self.stock_fused = PAGCFGHunyuanAttnProcessor2_0()
 
 
+
+
+class PydiffAllegroAttnProcessor(PydiffAttnProcessor):
+    """Drop-in for Allegro's ``AllegroAttnProcessor2_0``: ``AttnProcessor2_0``'s steps with its 3-D RoPE in the
+    kernel's prologue, in self-attention (as there): the t, h and w thirds of each head turned by halves of their
+    own (``rope_sections=3``), by one (N, D) table per call, the three axes' tables gathered at the tokens'
+    positions side by side (the stock processor gathers them for q and again for k, and turns each third apart)."""
+
+    def __init__(self):
+        self.stock = self.stock_fused = AllegroAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
+                 image_rotary_emb=None) -> torch.Tensor:
+        source = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
+        keys = source.shape[2] * source.shape[3] if source.ndim == 4 else source.shape[1]
+        mask = _processor_mask(attn, attention_mask, source.shape[0], keys)
+        head_dim = _head_dim(attn)
+        turns = image_rotary_emb is not None and not attn.is_cross_attention
+        if head_dim > MAX_HEAD_DIM or (attention_mask is not None and mask is None) or _fused_projections(attn) or \
+                (turns and head_dim % 6):  # (thirds of an even size, or the stock's unequal chunks)
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, image_rotary_emb)
+        return self._forward(attn, hidden_states, encoder_hidden_states, mask, temb,
+                             extra=_allegro_tables(*image_rotary_emb) if turns else None)
+
+    def _attend(self, attn, q, k, v, mask, head_dim, extra):
+        # (no QK norms: the stock processor applies none)
+        return attention(q, k, v, layout="bnhd", attn_mask=mask, rope=extra, rope_interleaved=False,
+                         rope_sections=3 if extra is not None else 1)
+
+
+def _allegro_tables(freqs, positions) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Allegro's RoPE as the kernel's sectioned tables: ((t_cos, t_sin), (h_cos, h_sin), (w_cos, w_sin)), each
+    (axis length, D/3), gathered at the tokens' positions (t, h, w), each (1 or B, N), side by side: cos and sin
+    (1 or B, N, 1, D), [t | h | w] columns."""
+    cos, sin = (torch.cat([F.embedding(pos, table[part]) for pos, table in zip(positions, freqs)], -1)[:, :, None]
+                for part in (0, 1))
+    return cos, sin
 
 
 class PydiffSanaAttnProcessor(_RankLocal):
@@ -2830,6 +2871,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (FusedAttnProcessor2_0, PydiffAttnProcessor, None),
     (IPAdapterAttnProcessor2_0, PydiffIPAdapterAttnProcessor, None),
     (HunyuanAttnProcessor2_0, PydiffHunyuanDiTAttnProcessor, None),
+    (AllegroAttnProcessor2_0, PydiffAllegroAttnProcessor, None),
     *((stock, ours, None) for stock, ours in _PAG.items()),
     (SD3IPAdapterJointAttnProcessor2_0, PydiffSD3IPAdapterAttnProcessor, None),
     (FluxIPAdapterAttnProcessor, PydiffFluxIPAdapterAttnProcessor, None),
@@ -2946,13 +2988,13 @@ def set_attention_backend(model_or_pipe) -> int:
     return switched
 
 
-__all__ = ["PydiffAceStepAttnProcessor", "PydiffAnyFlowAttnProcessor", "PydiffAnyFlowCausalAttnProcessor",
-           "PydiffAnyFlowCrossAttnProcessor", "PydiffAttnAddedKVProcessor", "PydiffAttnProcessor",
-           "PydiffAudioDiTCrossAttnProcessor", "PydiffAudioDiTSelfAttnProcessor", "PydiffAuraFlowAttnProcessor",
-           "PydiffBriaFibo2AttnProcessor", "PydiffCogVideoXAttnProcessor", "PydiffCogView4AttnProcessor",
-           "PydiffCosmos25AttnProcessor", "PydiffCosmos3AttnProcessor", "PydiffCosmosAttnProcessor",
-           "PydiffEasyAnimateAttnProcessor", "PydiffErnieImageAttnProcessor", "PydiffFlux2AttnProcessor",
-           "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
+__all__ = ["PydiffAceStepAttnProcessor", "PydiffAllegroAttnProcessor", "PydiffAnyFlowAttnProcessor",
+           "PydiffAnyFlowCausalAttnProcessor", "PydiffAnyFlowCrossAttnProcessor", "PydiffAttnAddedKVProcessor",
+           "PydiffAttnProcessor", "PydiffAudioDiTCrossAttnProcessor", "PydiffAudioDiTSelfAttnProcessor",
+           "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo2AttnProcessor", "PydiffCogVideoXAttnProcessor",
+           "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor", "PydiffCosmos3AttnProcessor",
+           "PydiffCosmosAttnProcessor", "PydiffEasyAnimateAttnProcessor", "PydiffErnieImageAttnProcessor",
+           "PydiffFlux2AttnProcessor", "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
            "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor",
            "PydiffFluxIPAdapterAttnProcessor", "PydiffGlmImageAttnProcessor", "PydiffHeliosAttnProcessor",
            "PydiffHiDreamAttnProcessor", "PydiffHunyuanDiTAttnProcessor", "PydiffHunyuanVideo15AttnProcessor",
