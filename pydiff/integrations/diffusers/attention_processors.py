@@ -1550,10 +1550,29 @@ def _wan_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: Opt
         key_image, value_image = _get_added_kv_projections(attn, image)
         negative = (attn.norm_added_k(key_image).unflatten(2, (attn.heads, -1)),
                     value_image.unflatten(2, (attn.heads, -1)))
-    query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
-    q, k = attn.norm_q(query).unflatten(2, (attn.heads, -1)), attn.norm_k(key).unflatten(2, (attn.heads, -1))
-    out = attention(q, k, value.unflatten(2, (attn.heads, -1)), layout="bnhd", attn_mask=attention_mask,
-                    rope=rope, rope_interleaved=True, negative=negative, negative_scale=-1.0)
+    return _projected_attention(attn, hidden_states, encoder_hidden_states, (attn.norm_q, attn.norm_k),
+                                attn_mask=attention_mask, rope=rope, negative=negative, negative_scale=-1.0)
+
+
+def _projected_attention(attn, hidden_states: torch.Tensor, context: Optional[torch.Tensor], norms,
+                         post_mask: Optional[torch.Tensor] = None, **kwargs) -> torch.Tensor:
+    """The attention of a module with ``to_q``, ``to_k``, ``to_v`` (or Wan's fused ones) and ``to_out`` (linear,
+    dropout), through its output projection: q of ``hidden_states``, k and v of ``context`` (itself where None),
+    ``norms`` (q's and k's, spanning every head: modules run first, or None), ``pydiff.attention`` with ``kwargs``
+    on the (B, N, H, D) views; ``post_mask`` (B, N_q) multiplies the outputs (LongCat-AudioDiT's audio mask).
+    Wan's, AnyFlow's and LongCat-AudioDiT's attentions."""
+    if _fused_projections(attn):
+        q, k, v = _get_qkv_projections(attn, hidden_states, context)
+    else:
+        source = hidden_states if context is None else context
+        q, k, v = attn.to_q(hidden_states), attn.to_k(source), attn.to_v(source)
+    q_norm, k_norm = norms
+    q = q if q_norm is None else q_norm(q).to(v.dtype)
+    k = k if k_norm is None else k_norm(k).to(v.dtype)
+    q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
+    out = attention(q, k, v, layout="bnhd", **kwargs)
+    if post_mask is not None:
+        out = out * post_mask[:, :, None, None].to(out.dtype)
     return attn.to_out[1](attn.to_out[0](out.flatten(2)))
 
 
@@ -1694,7 +1713,8 @@ class PydiffAnyFlowAttnProcessor(_RankLocal):
         rope = key_rope = None
         if tables is not None:
             rope, key_rope = tables[0], (None if rotary_emb["key"] is rotary_emb["query"] else tables[1])
-        return _anyflow_attention(attn, hidden_states, encoder_hidden_states, attention_mask, rope, key_rope)
+        return _projected_attention(attn, hidden_states, encoder_hidden_states, (attn.norm_q, attn.norm_k),
+                                    attn_mask=attention_mask, rope=rope, key_rope=key_rope)
 
 
 class PydiffAnyFlowCrossAttnProcessor(_RankLocal):
@@ -1709,7 +1729,8 @@ class PydiffAnyFlowCrossAttnProcessor(_RankLocal):
         if attn.inner_dim // attn.heads > MAX_HEAD_DIM or \
                 (attention_mask is not None and not _kernel_reads(attention_mask)):
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask)
-        return _anyflow_attention(attn, hidden_states, encoder_hidden_states, attention_mask, None, None)
+        return _projected_attention(attn, hidden_states, encoder_hidden_states, (attn.norm_q, attn.norm_k),
+                                    attn_mask=attention_mask)
 
 
 class PydiffAnyFlowCausalAttnProcessor(_RankLocal):
@@ -1769,19 +1790,6 @@ def _far_cache(kv_cache: dict, flag: dict, k: torch.Tensor, v: torch.Tensor):
     return tuple(torch.cat([part[i] for part in cached] + [new], 2) for i, new in enumerate((k, v)))
 
 
-def _anyflow_attention(attn, hidden_states: torch.Tensor, context: Optional[torch.Tensor],
-                       attention_mask: Optional[torch.Tensor], rope, key_rope) -> torch.Tensor:
-    """AnyFlow's attention through its output projection: q of ``hidden_states``, k and v of ``context`` (itself
-    where None), its optional QK norms as modules, the RoPE tables in the prologue."""
-    context = hidden_states if context is None else context
-    q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
-    q = q if attn.norm_q is None else attn.norm_q(q).to(v.dtype)
-    k = k if attn.norm_k is None else attn.norm_k(k).to(v.dtype)
-    q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
-    out = attention(q, k, v, layout="bnhd", attn_mask=attention_mask, rope=rope, key_rope=key_rope)
-    return attn.to_out[1](attn.to_out[0](out.flatten(2)))
-
-
 class PydiffAudioDiTSelfAttnProcessor(_RankLocal):
     """Drop-in for LongCat-AudioDiT's ``AudioDiTSelfAttnProcessor`` (diffusers 0.39+): its QK RMSNorms (across heads)
     as modules first, its RoPE (halves paired, tables in the model's dtype) in the prologue, the token mask as the
@@ -1795,8 +1803,7 @@ class PydiffAudioDiTSelfAttnProcessor(_RankLocal):
         if attn.inner_dim // attn.heads > MAX_HEAD_DIM or \
                 (attention_mask is not None and not _kernel_reads(attention_mask)):
             return self.stock(attn, hidden_states, attention_mask, audio_rotary_emb)
-        return _audio_dit_attention(attn, hidden_states, None, attention_mask, attention_mask, audio_rotary_emb,
-                                    audio_rotary_emb)
+        return _audio_dit_attention(attn, hidden_states, None, attention_mask, attention_mask, audio_rotary_emb, None)
 
 
 class PydiffAudioDiTCrossAttnProcessor(_RankLocal):
@@ -1821,19 +1828,14 @@ class PydiffAudioDiTCrossAttnProcessor(_RankLocal):
 
 def _audio_dit_attention(attn, hidden_states: torch.Tensor, context: Optional[torch.Tensor], key_mask,
                          post_mask, query_rope, key_rope) -> torch.Tensor:
-    """LongCat-AudioDiT's attention through its output projection: q of ``hidden_states``, k and v of ``context``
-    (itself where None), its QK norms as modules, q and k turned by tables of their own (rows (N, D), halves
-    paired), ``key_mask`` (B, N_k) on the keys and ``post_mask`` (B, N_q) on the outputs."""
-    context = hidden_states if context is None else context
-    q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
-    if attn.qk_norm:
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
-    out = attention(q, k, v, layout="bnhd", attn_mask=_key_mask(key_mask, q.shape[0], k.shape[1]),
-                    rope=query_rope, key_rope=None if key_rope is query_rope else key_rope, rope_interleaved=False)
-    if post_mask is not None:
-        out = out * post_mask[:, :, None, None].to(out.dtype)
-    return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+    """LongCat-AudioDiT's attention through its output projection: its QK norms as modules, q turned by
+    ``query_rope`` and k by ``key_rope`` (None: q's) (rows (N, D), halves paired), ``key_mask`` (B, N_k) on the
+    keys and ``post_mask`` (B, N_q) on the outputs."""
+    norms = (attn.q_norm, attn.k_norm) if attn.qk_norm else (None, None)
+    key_count = (hidden_states if context is None else context).shape[1]
+    return _projected_attention(attn, hidden_states, context, norms, post_mask,
+                                attn_mask=_key_mask(key_mask, hidden_states.shape[0], key_count), rope=query_rope,
+                                key_rope=key_rope, rope_interleaved=False)
 
 
 class PydiffAceStepAttnProcessor(_RankLocal):
