@@ -998,7 +998,8 @@ def test_anyflow_far_transformer(backend, monkeypatch):
 def test_longcat_audio_dit_attention(backend, monkeypatch):
     """LongCat-AudioDiT's self-attention (QK norms across heads, its RoPE, a token mask on the keys and on the
     outputs) and cross-attention (the audio's and the prompt's own RoPE tables, the prompt mask on the keys, the
-    audio mask on the outputs); outputs the stock processors', with and without masks."""
+    audio mask on the outputs; either side's tables alone: the other side unturned); outputs the stock processors',
+    with and without masks."""
     from diffusers.models.transformers.transformer_longcat_audio_dit import (
         AudioDiTAttention,
         AudioDiTCrossAttnProcessor,
@@ -1027,7 +1028,10 @@ def test_longcat_audio_dit_attention(backend, monkeypatch):
                           prompt_rotary_emb=prompt_rope)
             torch.testing.assert_close(ours_cross(hidden, prompt, **kwargs), cross_attn(hidden, prompt, **kwargs),
                                        rtol=2e-5, atol=2e-5)
-    assert calls == [(True, False), (True, True), (False, False), (False, True)]
+        for kwargs in (dict(audio_rotary_emb=rope), dict(prompt_rotary_emb=prompt_rope)):  # (one side turns)
+            torch.testing.assert_close(ours_cross(hidden, prompt, **kwargs), cross_attn(hidden, prompt, **kwargs),
+                                       rtol=2e-5, atol=2e-5)
+    assert calls == [(True, False), (True, True), (False, False), (False, True), (False, True), (False, True)]
 
 
 @_needs("AceStepAttnProcessor2_0", "ACE-Step 1.5", "0.39")

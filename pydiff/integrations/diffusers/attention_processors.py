@@ -1822,8 +1822,11 @@ class PydiffAudioDiTCrossAttnProcessor(_RankLocal):
                 (attention_mask is not None and not _kernel_reads(attention_mask)):
             return self.stock(attn, hidden_states, encoder_hidden_states, post_attention_mask, attention_mask,
                               audio_rotary_emb, prompt_rotary_emb)
+        key_rope = prompt_rotary_emb
+        if audio_rotary_emb is not None and key_rope is None:  # (the prompt's keys unturned, as there)
+            key_rope = _unturned(encoder_hidden_states.shape[1], _head_dim(attn), hidden_states.device)
         return _audio_dit_attention(attn, hidden_states, encoder_hidden_states, attention_mask, post_attention_mask,
-                                    audio_rotary_emb, prompt_rotary_emb)
+                                    audio_rotary_emb, key_rope)
 
 
 def _audio_dit_attention(attn, hidden_states: torch.Tensor, context: Optional[torch.Tensor], key_mask,
