@@ -64,6 +64,11 @@ def _cases():
     tokens = torch.arange(4608) < 4300  # Chroma: its token mask's outer product, (B, 1, N, N) bool
     outer = (tokens[:, None] & tokens[None, :])[None, None]
     attention = importlib.import_module("pydiff").attention
+    # block-sparse: NABLA's 64 x 64 blocks (about a fifth attended), and causal attention (MiniMax Music 3's depth
+    # decoder: a few tokens per call), whose block lists the launcher builds on every call
+    video = [torch.randn(1, 24, 4096, 128, **bf16) for _ in range(3)]
+    nabla = torch.rand(1, 24, 64, 64, generator=torch.Generator().manual_seed(0)) < 0.2
+    depth = [torch.randn(8, 16, 9, 64, **bf16) for _ in range(3)]
     return [
         ("SDXL cross", "B2 H10 N4096x77 D64", lambda: attention(q, k, v)),
         ("key padding", "B2 H10 N4096x77 D64", lambda: attention(q, k, v, kv_lens=lens)),
@@ -75,6 +80,9 @@ def _cases():
         ("Chroma: the same + mask per query", "B1 H24 N4096+512 D128", lambda: attention(
             *image, layout="bnhd", joint=tuple(text), rope=(cos, sin), q_norm_weight=norms[0],
             k_norm_weight=norms[1], joint_q_norm_weight=norms[2], joint_k_norm_weight=norms[3], attn_mask=outer)),
+        ("block-sparse (NABLA 64 x 64)", "B1 H24 N4096 D128", lambda: attention(*video, block_mask=nabla,
+                                                                                  block_size=64)),
+        ("causal (a depth decoder's step)", "B8 H16 N9 D64", lambda: attention(*depth, causal=True)),
     ]
 
 

@@ -1612,7 +1612,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                       block_m=None, block_n=None, num_warps=4, num_stages=2, use_tma=False, prologue_kernel=None,
                       tuned=None, rowsum_mma=False, stream_k=None, overlap=False, prologue_heads=1,
                       warp_spec=False, join_keys=None, attn_mask=None, key_rope=None, block_mask=None,
-                      block_size=(0, 0), block_tiles=None, rope_dims=0, rope_sections=1):
+                      block_size=(0, 0), block_tiles=None, rope_dims=0, rope_sections=1, lists_kernel=None):
     """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
     ``torch.library.wrap_triton``). All arguments were checked by the caller.
 
@@ -1630,6 +1630,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     ``PYDIFF_TUNING_CACHE=0``): a later process's first launch of the specialisation, on a GPU of the same name,
     with this file and Triton's version unchanged, launches the stored tile without compiling or timing the others.
     prologue_kernel: ``_qk_prologue`` as the caller launches it (wrapped for torch.library); None: this module's.
+    lists_kernel: ``_block_lists_kernel`` likewise.
     rowsum_mma: the kernel's ROWSUM_MMA experiment, with ``block_m`` (the benchmark and the tests time and check it).
     overlap: the kernel's OVERLAP experiment (each block's softmax while the next block's scores are computed,
     ``_attend_overlapped``), with ``block_m``, every variant, with or without ``rowsum_mma``; not with
@@ -1719,8 +1720,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         if block_mask is None or attn_mask is not None:
             raise ValueError("block_tiles: with block_mask, and not with attn_mask (the kernel reads the tiles in its "
                              "place)")
-        tile_ids, attn_mask = block_tiles
-        tile_ids = tile_ids.clamp(0, attn_mask.shape[0] - 1)  # (ids out of range would read past the tiles)
+        tile_ids, attn_mask = block_tiles  # (the lists clamp the ids to the tiles: none reads past them)
         mask_strides = [attn_mask.stride(0), 0, attn_mask.stride(1), attn_mask.stride(2)]
     if join_keys is None:
         # one key loop where warp specialisation is asked for, or may be for the autotuner (decided after the queries'
@@ -1811,7 +1811,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     block_q, block_k, lists = 0, 0, (None, None)
     if block_mask is not None:
         block_q, block_k = block_size
-        lists = _block_lists(block_mask, block_q, block_k, kv_lens, tile_ids)
+        lists = _block_lists(block_mask, block_q, block_k, kv_lens, tile_ids, lists_kernel,
+                             0 if tile_ids is None else attn_mask.shape[0])
     tensors = _leading_tensors(q, k, v, out, joint, negative, *optional, *lists, negative_q=negative_q)
     q2, k2, v2, out2, k_neg, v_neg = tensors[4:10]
     plan_key = None
@@ -2056,55 +2057,110 @@ def _leading_tensors(q, k, v, out, joint, negative, kv_lens, negative_kv_lens, c
         kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k, attn_mask, block_counts, block_lists)))
 
 
-def _block_lists(mask, block_q: int, block_k: int, kv_lens, tile_ids=None):
+@triton.jit
+def _block_lists_kernel(MASK, IDS, LENS, COUNTS, LISTS,
+                        stride_mb, stride_mh, stride_mr, stride_mc, stride_ib, stride_ih, stride_ir, stride_ic,
+                        stride_cb, stride_ch, stride_cr, stride_lb, stride_lh, stride_lr, rows, cols, block_k,
+                        tile_count, PAIRS: tl.constexpr, HAS_IDS: tl.constexpr, HAS_LENS: tl.constexpr,
+                        BLOCK_C: tl.constexpr):
+    """One row of ``_block_lists``' counts and lists per program, grid = (rows of the lists, H, B): the key blocks
+    its query block attends to (or, a row r >= ``rows`` with PAIRS, its pair of query blocks 2 (r - rows) and the
+    next), BLOCK_C columns of the block mask at a time, their entries written in order at the places a running
+    count and a prefix sum give them. HAS_IDS: two passes, the whole blocks' entries, then the partial ones' (the
+    ids clamped to [0, tile_count): none reads past the tiles)."""
+    r = tl.program_id(0)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    first = r
+    second = r
+    if PAIRS:
+        first = tl.where(r >= rows, 2 * (r - rows), r)
+        second = tl.where(r >= rows, first + 1, r)
+    keys = cols * block_k
+    if HAS_LENS:  # (blocks starting at or past the row's last key are left out)
+        keys = tl.load(LENS + b).to(tl.int32)
+    keys_b = tl.where(second < rows, keys, 0)  # (an odd last query block pairs with none)
+    mask_a = MASK + b * stride_mb + h * stride_mh + first.to(tl.int64) * stride_mr
+    mask_b = MASK + b * stride_mb + h * stride_mh + second.to(tl.int64) * stride_mr
+    ids_a = IDS + b * stride_ib + h * stride_ih + first.to(tl.int64) * stride_ir
+    ids_b = IDS + b * stride_ib + h * stride_ih + second.to(tl.int64) * stride_ir
+    out = LISTS + b * stride_lb + h * stride_lh + r.to(tl.int64) * stride_lr
+    counts = COUNTS + b * stride_cb + h * stride_ch + r.to(tl.int64) * stride_cr
+    STEP: tl.constexpr = 3 if HAS_IDS else 1
+    count = tl.full((), 0, tl.int32)
+    for part in tl.static_range(2 if HAS_IDS else 1):  # (with tiles: the whole blocks first, then the partial)
+        for start in range(0, cols, BLOCK_C):
+            c = start + tl.arange(0, BLOCK_C)
+            a = tl.load(mask_a + c * stride_mc, mask=(c < cols) & (c * block_k < keys), other=0) != 0
+            z = tl.load(mask_b + c * stride_mc, mask=(c < cols) & (c * block_k < keys_b), other=0) != 0
+            bits = a.to(tl.int32) + 2 * z.to(tl.int32)
+            take = bits > 0
+            if HAS_IDS:
+                tile_a = tl.load(ids_a + c * stride_ic, mask=a, other=0).to(tl.int32)
+                tile_b = tl.load(ids_b + c * stride_ic, mask=z, other=0).to(tl.int32)
+                tile_a = tl.minimum(tl.maximum(tile_a, 0), tile_count - 1)
+                tile_b = tl.minimum(tl.maximum(tile_b, 0), tile_count - 1)
+                partial = (tile_a != 0) | (tile_b != 0)
+                if part == 0:
+                    take = take & ~partial
+                else:
+                    take = take & partial
+            place = out + (count + tl.cumsum(take.to(tl.int32), 0) - 1).to(tl.int64) * STEP
+            tl.store(place, c * 4 + bits, mask=take)
+            if HAS_IDS:
+                tl.store(place + 1, tile_a, mask=take)
+                tl.store(place + 2, tile_b, mask=take)
+            count += tl.sum(take.to(tl.int32), 0)
+        if HAS_IDS and part == 0:
+            tl.store(counts, count)
+    tl.store(counts + STEP // 3, count)  # (all of them: the second of two counts with tiles)
+
+
+def _block_lists(mask, block_q: int, block_k: int, kv_lens, tile_ids=None, kernel=None, tile_count=0):
     """(counts, lists) of a block mask (bool, broadcastable to (B, H, query blocks, key blocks)) as the kernel's
-    SPARSE reads them: for each query block, how many key blocks it attends to and those blocks, ascending (the rest
-    of the row after them), as int32 (1, H), (B, 1) or (B, H) x rows [x key blocks]. Each entry is 4 x the block's
-    number + 3. Where tiles of 2 x block_q rows fit the kernel (block_q 64: 128-row tiles over NABLA's blocks),
-    rows for each pair of query blocks follow, listing the union of the pair's blocks, their entries' bits 0 and 1
-    saying whether the first and the second query block attend to it. With key padding, blocks starting at or past
-    a batch row's last key are left out (then the lists are per batch row). tile_ids (int32, broadcastable like
-    the mask: each block's tile of elements, ``TILE_MASK``): each entry becomes three, the entry and the tiles of
-    the first and the second query block in it (0, a whole block, where one does not attend); the entries with
-    tile 0 in both come first (each part ascending), and counts holds two per row, those and all. Tensor ops only:
-    no host reads, so CUDA graphs capture them."""
+    SPARSE reads them: for each query block, how many key blocks it attends to and those blocks, ascending, as
+    int32 (1, H), (B, 1) or (B, H) x rows [x key blocks] (entries past a row's count unwritten). Each entry is 4 x
+    the block's number + 3. Where tiles of 2 x block_q rows fit the kernel (block_q 64: 128-row tiles over NABLA's
+    blocks), rows for each pair of query blocks follow, listing the union of the pair's blocks, their entries' bits
+    0 and 1 saying whether the first and the second query block attend to it. With key padding, blocks starting at
+    or past a batch row's last key are left out (then the lists are per batch row). tile_ids (int32, broadcastable
+    like the mask: each block's tile of elements, ``TILE_MASK``, clamped to the ``tile_count`` tiles): each entry
+    becomes three, the entry and the tiles of the first and the second query block in it (0, a whole block, where
+    one does not attend); the entries with
+    tile 0 in both come first (each part ascending), and counts holds two per row, those and all. One launch of
+    ``_block_lists_kernel`` (``kernel``: as the caller launches it, wrapped for torch.library; None: this
+    module's), planned like the attention's: no host reads, and a repeated call replays it."""
     import torch
 
-    def grid(x):
-        return x.reshape((1,) * (4 - x.dim()) + tuple(x.shape))
+    kernel = _block_lists_kernel if kernel is None else kernel
+    inputs = [mask] + ([tile_ids] if tile_ids is not None else [])
+    shape = torch.broadcast_shapes(*((1,) * (4 - t.dim()) + tuple(t.shape) for t in inputs))
+    batch = max(shape[0], 1 if kv_lens is None else kv_lens.shape[0])
+    heads, rows, cols = shape[1:]
+    pairs = 2 * block_q <= _WIDEST_BLOCK_M
+    total = rows + (rows + 1) // 2 if pairs else rows
+    extra = (2,) if tile_ids is not None else ()
+    counts = torch.empty(batch, heads, total, *extra, dtype=torch.int32, device=mask.device)
+    lists = torch.empty(batch, heads, total, cols, *((3,) if extra else ()), dtype=torch.int32, device=mask.device)
+    tensors = (mask, mask if tile_ids is None else tile_ids, mask if kv_lens is None else kv_lens, counts, lists)
+    plan_key = None
+    if plans.ENABLED and type(mask) is torch.Tensor:
+        plan_key = (plans.unwrapped(kernel), block_k, pairs, tile_ids is not None, kv_lens is not None,
+                    *(plans.tensor_key(t) for t in tensors))
+        if plans.run(plan_key, tensors):
+            return counts, lists
 
-    mask = grid(mask)
-    if kv_lens is not None:
-        starts = torch.arange(mask.shape[-1], device=mask.device) * block_k
-        mask = mask & (starts < kv_lens.reshape(-1, 1, 1, 1))
-    halves = []  # (the tiles of each half of a tile, per row of the lists)
-    if tile_ids is not None:
-        mask, tile_ids = torch.broadcast_tensors(mask, grid(tile_ids))
-        tile_ids = torch.where(mask, tile_ids, 0)
-        halves = [[tile_ids], [tile_ids]]
-    bits = [mask.to(torch.int8) * 3]  # (which halves of a tile attend: both, for the single rows)
-    if 2 * block_q <= _WIDEST_BLOCK_M:
-        def pairs(x):
-            return torch.nn.functional.pad(x, (0, 0, 0, x.shape[-2] % 2)).unflatten(-2, (-1, 2))
+    def strides(t):  # (of its (B, H, rows, key blocks) broadcast: 0 along the dims it spreads over)
+        sizes, steps = (1,) * (4 - t.dim()) + tuple(t.shape), (0,) * (4 - t.dim()) + t.stride()
+        return [0 if size == 1 else step for size, step in zip(sizes, steps)]
 
-        padded = pairs(mask).to(torch.int8)
-        bits.append(padded[..., 0, :] + 2 * padded[..., 1, :])
-        for half, ids in zip(halves, pairs(tile_ids).unbind(-2) if halves else ()):
-            half.append(ids)
-    bits = torch.cat(bits, -2)
-    listed = bits > 0
-    counts = listed.sum(-1, dtype=torch.int32)
-    rank = (~listed).to(torch.int8)  # (listed first)
-    if halves:
-        halves = [torch.cat(half, -2) for half in halves]
-        partial = listed & ((halves[0] != 0) | (halves[1] != 0))
-        rank = rank * 2 + partial.to(torch.int8)  # (whole ones first, then partial ones, then the rest)
-        counts = torch.stack([counts - partial.sum(-1, dtype=torch.int32), counts], -1)
-    order = torch.sort(rank, dim=-1, stable=True).indices
-    entries = order * 4 + bits.gather(-1, order)
-    if halves:
-        entries = torch.stack([entries, *(half.gather(-1, order) for half in halves)], -1)
-    return counts, entries.to(torch.int32)
+    args = [*tensors, *strides(mask), *strides(tensors[1]), *counts.stride()[:3], *lists.stride()[:3], rows, cols,
+            block_k, tile_count]
+    flags = dict(PAIRS=pairs, HAS_IDS=tile_ids is not None, HAS_LENS=kv_lens is not None,
+                 BLOCK_C=min(max(triton.next_power_of_2(cols), 16), 1024), num_warps=4,
+                 **plans.launch_options(kernel))
+    plans.launch(kernel, (total, heads, batch), args, flags, plan_key, len(tensors), writes=(3, 4))
+    return counts, lists
 
 
 def _mask_strides(attn_mask) -> list:

@@ -487,10 +487,10 @@ def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:
 
     tracing = _wrap_triton_enabled()  # a tracer (torch.compile, export) records the kernels through torch.library
     if tracing:
-        plain, tuner, prologue = wrap_triton(_attn_fwd_kernel), wrap_triton(_attn_fwd_autotuned), \
-            wrap_triton(_qk_prologue)
+        plain, tuner, prologue, lists = wrap_triton(_attn_fwd_kernel), wrap_triton(_attn_fwd_autotuned), \
+            wrap_triton(_qk_prologue), wrap_triton(_block_lists_kernel)
     else:  # eager: the wrapper would only forward the launch
-        plain, tuner, prologue = _attn_fwd_kernel, _attn_fwd_autotuned, _qk_prologue
+        plain, tuner, prologue, lists = _attn_fwd_kernel, _attn_fwd_autotuned, _qk_prologue, _block_lists_kernel
     # Triton launches on the current device: switch only when q lives elsewhere (the guard costs host time)
     index = call.q.device.index
     guard = contextlib.nullcontext() if index is None or index == torch.cuda.current_device() else \
@@ -500,8 +500,8 @@ def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:
             # eager launches remember the tuner's choice per specialisation and then skip the tuner; a tracer
             # sees the autotuned kernel itself
             tuned = None if tracing else (tuner, plain)
-            attention_forward(tuner, call.q, call.k, call.v, outs[0], prologue_kernel=prologue, tuned=tuned,
-                              **_triton_kwargs(call, outs))
+            attention_forward(tuner, call.q, call.k, call.v, outs[0], prologue_kernel=prologue, lists_kernel=lists,
+                              tuned=tuned, **_triton_kwargs(call, outs))
         else:
             head_dim = call.bhnd(call.q)[3]
             heavy = call.joint is not None or call.negative is not None
@@ -510,7 +510,7 @@ def _attention_triton_cuda(call: _Call, outs: List[torch.Tensor]) -> None:
             block_m, block_n = _tile_in_blocks(call, block_m, block_n)
             attention_forward(plain, call.q, call.k, call.v, outs[0], block_m=block_m, block_n=block_n,
                               num_warps=warps, num_stages=stages, use_tma=default_use_tma(head_dim),
-                              prologue_kernel=prologue, **_triton_kwargs(call, outs))
+                              prologue_kernel=prologue, lists_kernel=lists, **_triton_kwargs(call, outs))
 
 
 def define_attention_op(name: str, use_triton_op: bool):
@@ -528,7 +528,7 @@ def define_attention_op(name: str, use_triton_op: bool):
 
 # The CUDA launcher's kernels and wrap_triton, bound at import on a CUDA machine. They are module globals because
 # triton_op finds the kernels of an op by reading the names passed to wrap_triton in its source.
-_attn_fwd_autotuned = _attn_fwd_kernel = _qk_prologue = None
+_attn_fwd_autotuned = _attn_fwd_kernel = _qk_prologue = _block_lists_kernel = None
 # with them, launch plans (pydiff.kernels.plans), for eager calls
 _plans = None
 
@@ -549,11 +549,11 @@ def _load_gpu_kernel() -> bool:
 def bind_gpu_kernels() -> None:
     """Bind the compiled (not interpreted) kernels and torch.library's wrap_triton for CUDA launches; done at import
     on a CUDA machine (benchmarks/attention_host.py also does it to time the launch path without a GPU)."""
-    global _attn_fwd_autotuned, _attn_fwd_kernel, _qk_prologue, wrap_triton, _plans
+    global _attn_fwd_autotuned, _attn_fwd_kernel, _qk_prologue, _block_lists_kernel, wrap_triton, _plans
     from torch.library import wrap_triton
 
     from pydiff.kernels import plans as _plans
-    from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_kernel, _qk_prologue
+    from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_kernel, _block_lists_kernel, _qk_prologue
 
 
 attention_op = define_attention_op("pydiff::attention", use_triton_op=_load_gpu_kernel())

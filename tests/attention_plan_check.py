@@ -176,6 +176,7 @@ def check_calls(launches):
             mock.patch.dict(os.environ, {"PYDIFF_ATTENTION_AUTOTUNE": "0"}):
         q, k, v = _bhnd(2, 3, 97, 64), _bhnd(2, 3, 77, 64), _bhnd(2, 3, 77, 64)
         lens = torch.tensor([77, 30], dtype=torch.int32)
+        blocks = torch.rand(2, 3, 2, 2, generator=torch.Generator().manual_seed(3)) > 0.4
         k_neg, v_neg = _bhnd(2, 3, 50, 64), _bhnd(2, 3, 50, 64)
         attention = module.attention
         # Flux-like: (B, N, H, D) streams, per-stream QK norm, RoPE over the joined sequence (4 prologue launches)
@@ -210,6 +211,12 @@ def check_calls(launches):
             ("joint + QK norm + RoPE", flux, [("RoPE pairing", lambda: attention(
                 *image, layout="bnhd", joint=tuple(text), rope=rope, rope_interleaved=False,
                 q_norm_weight=weights[0]))]),
+            # block-sparse calls: the lists' launch, then the attention's reading them (NABLA-like blocks with
+            # key padding; causal attention, its blocks and diagonal tiles)
+            ("block-sparse", lambda: [attention(q, k, v, block_mask=blocks, block_size=64, kv_lens=lens)], [
+                ("block size", lambda: attention(q, k, v, block_mask=blocks[..., :1], block_size=(64, 128))),
+            ]),
+            ("causal", lambda: [attention(q, k[:, :, :40], v[:, :, :40], causal=True)], []),
         ]
         for name, call, changed in cases:
             launches.clear()
@@ -251,9 +258,9 @@ def check_calls(launches):
         print("ok triton_op kernel discovery: not in this torch", flush=True)
         return
     found = {id(kernel) for kernel in get_inner_triton_kernels(module._attention_op)}
-    expected = {id(ka._attn_fwd_autotuned), id(ka._attn_fwd_kernel), id(ka._qk_prologue)}
-    assert found == expected, f"triton_op finds {len(found & expected)} of the op's 3 kernels"
-    print("ok triton_op kernel discovery: the op's 3 kernels", flush=True)
+    expected = {id(ka._attn_fwd_autotuned), id(ka._attn_fwd_kernel), id(ka._qk_prologue), id(ka._block_lists_kernel)}
+    assert found == expected, f"triton_op finds {len(found & expected)} of the op's {len(expected)} kernels"
+    print(f"ok triton_op kernel discovery: the op's {len(expected)} kernels", flush=True)
 
 
 def check_diffusers_models():
@@ -556,7 +563,8 @@ def main():
     names = sorted({name for name, _ in stub.compiled})
     unfused = [name for name, metadata in stub.compiled if not metadata.enable_fp_fusion]
     assert not unfused, f"compiled without multiply-add contraction: {unfused}"
-    assert {"_lincomb_kernel", "_pair_moments_kernel", "_qk_prologue", "_attn_fwd_kernel"} <= set(names), names
+    assert {"_lincomb_kernel", "_pair_moments_kernel", "_qk_prologue", "_attn_fwd_kernel",
+            "_block_lists_kernel"} <= set(names), names
     print(f"ok multiply-add contraction in all {len(stub.compiled)} compiled kernels ({', '.join(names)})",
           flush=True)
     return 0

@@ -9,6 +9,7 @@ which keeps their strides (``Tensor.to`` does not).
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -1149,6 +1150,70 @@ def test_block_sparse_tiles_over_two_rows_of_blocks(case, use_tma):
     streams_accurate(case, out, *references(q, k, v, kw))
     assert out.transpose(1, 2)[0, :, 64:128].abs().max() == 0 if case.layout == "bnhd" else \
         out[0, :, 64:128].abs().max() == 0
+
+
+def block_lists_reference(mask, block_q: int, block_k: int, kv_lens, tile_ids=None, tile_count=0):
+    """``_block_lists`` written with torch ops (a stable sort of each row, listed blocks first): the counts, and the
+    lists with every row's unlisted blocks after its listed ones (the kernel leaves those entries unwritten)."""
+    def grid(x):
+        return x.reshape((1,) * (4 - x.dim()) + tuple(x.shape))
+
+    mask = grid(mask)
+    if kv_lens is not None:
+        mask = mask & (torch.arange(mask.shape[-1]) * block_k < kv_lens.reshape(-1, 1, 1, 1))
+    halves = []  # (the tiles of each half of a tile, per row of the lists)
+    if tile_ids is not None:
+        mask, tile_ids = torch.broadcast_tensors(mask, grid(tile_ids))
+        tile_ids = torch.where(mask, tile_ids.clamp(0, tile_count - 1), 0)
+        halves = [[tile_ids], [tile_ids]]
+    bits = [mask.to(torch.int8) * 3]
+    if 2 * block_q <= 128:  # (rows for each pair of query blocks: 128-row tiles over 64-row blocks)
+        def pairs(x):
+            return F.pad(x, (0, 0, 0, x.shape[-2] % 2)).unflatten(-2, (-1, 2))
+
+        padded = pairs(mask).to(torch.int8)
+        bits.append(padded[..., 0, :] + 2 * padded[..., 1, :])
+        for half, ids in zip(halves, pairs(tile_ids).unbind(-2) if halves else ()):
+            half.append(ids)
+    bits = torch.cat(bits, -2)
+    listed = bits > 0
+    counts = listed.sum(-1, dtype=torch.int32)
+    rank = (~listed).to(torch.int8)
+    if halves:
+        halves = [torch.cat(half, -2) for half in halves]
+        partial = listed & ((halves[0] != 0) | (halves[1] != 0))
+        rank = rank * 2 + partial.to(torch.int8)  # (whole ones first, then partial ones, then the rest)
+        counts = torch.stack([counts - partial.sum(-1, dtype=torch.int32), counts], -1)
+    order = torch.sort(rank, dim=-1, stable=True).indices
+    entries = order * 4 + bits.gather(-1, order)
+    if halves:
+        entries = torch.stack([entries, *(half.gather(-1, order) for half in halves)], -1)
+    return counts, entries.to(torch.int32)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("shape,block_q,lens,tiles", [
+    ((2, 2, 4, 6), 64, None, False), ((1, 3, 5, 7), 64, [100, 0], False), ((2, 1, 3, 9), 128, [200, 64], False),
+    ((6, 40), 64, None, False), ((2, 2, 5, 6), 64, [150, 70], True), ((1, 2, 3, 4), 128, None, True),
+    ((4, 5), 64, None, True)], ids=["bhmn-pairs", "1hmn-lens", "b1mn-128-lens", "mn-wide", "tiles-pairs-lens",
+                                   "tiles-128", "tiles-mn"])
+def test_block_lists_match_reference(shape, block_q, lens, tiles):
+    """The launcher's block lists (``_block_lists``, one Triton launch) equal the torch reference's: the counts, and
+    each row's listed entries in order (whole blocks first with tiles; key padding's blocks left out; pairs of
+    64-row blocks for 128-row tiles; each broadcast shape); tile ids out of range are clamped to the tiles."""
+    from pydiff.kernels.attention import _block_lists
+
+    gen = torch.Generator().manual_seed(sum(shape) + block_q)
+    mask = torch.rand(shape, generator=gen) > 0.4
+    ids = torch.randint(-1, 4, shape[-2:], generator=gen, dtype=torch.int32) if tiles else None  # (-1, 3: clamped)
+    kv_lens = None if lens is None else torch.tensor(lens, dtype=torch.int32)
+    counts, lists = _block_lists(mask, block_q, 32, kv_lens, ids, None, 3)
+    ref_counts, ref_lists = block_lists_reference(mask, block_q, 32, kv_lens, ids, 3)
+    assert counts.shape == ref_counts.shape and lists.shape == ref_lists.shape
+    assert torch.equal(counts, ref_counts)
+    listed = counts[..., -1] if tiles else counts
+    for row in itertools.product(*map(range, listed.shape)):
+        assert torch.equal(lists[row][:listed[row]], ref_lists[row][:listed[row]]), row
 
 
 @needs_interpreter
