@@ -1213,6 +1213,83 @@ def test_stable_audio3_attention(backend, differential, monkeypatch):
     assert calls == expected
 
 
+def tiny_stable_audio_dit():
+    """Stable Audio Open's DiT at a tiny size: two query heads of 32 over one key head in its cross-attention."""
+    from diffusers import StableAudioDiTModel
+
+    return _perturb(StableAudioDiTModel(
+        sample_size=16, in_channels=4, num_layers=2, attention_head_dim=32, num_attention_heads=2,
+        num_key_value_attention_heads=1, out_channels=4, cross_attention_dim=32, time_proj_dim=16,
+        global_states_input_dim=24, cross_attention_input_dim=24), 171)
+
+
+def _stable_audio_inputs(seed, masks: bool):
+    """20 latent frames (21 tokens with the global one), 7 text tokens, the pipeline's partial rotary (D/2 = 16
+    channels, half-split); with ``masks``, the frames' and the text's padding as bool token masks."""
+    from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+    gen = torch.Generator().manual_seed(seed)
+    inputs = dict(hidden_states=torch.randn(2, 4, 20, generator=gen), timestep=torch.tensor([0.3, 0.7]),
+                  encoder_hidden_states=torch.randn(2, 7, 24, generator=gen),
+                  global_hidden_states=torch.randn(2, 1, 24, generator=gen),
+                  rotary_embedding=get_1d_rotary_pos_embed(16, 21, use_real=True, repeat_interleave_real=False))
+    if masks:
+        frames, text = torch.ones(2, 20, dtype=torch.bool), torch.ones(2, 7, dtype=torch.bool)
+        frames[1, 13:] = text[1, 3:] = False
+        inputs.update(attention_mask=frames, encoder_attention_mask=text)
+    return inputs
+
+
+@pytest.mark.parametrize("masks", [False, True], ids=["no-mask", "token-masks"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stable_audio_dit_transformer(backend, masks, monkeypatch):
+    """The tiny Stable Audio Open DiT: self-attention with the partial rotary (16 of 32 channels) on q and k, the
+    cross-attention's one key head read as it is (not repeated) under no RoPE, the token masks in the kernel;
+    outputs the stock processors'."""
+    calls = _spy(monkeypatch, lambda args, kwargs: (kwargs.get("rope_dims"), args[1].shape[2],
+                                                    kwargs.get("attn_mask") is not None))
+    model, inputs = tiny_stable_audio_dit(), _stable_audio_inputs(172, masks)
+    _compare(model, lambda m: m(**inputs).sample, backend, {attention_processors.PydiffStableAudioAttnProcessor})
+    assert calls == [(16, 2, masks), (None, 1, masks)] * len(model.transformer_blocks)
+
+
+@pytest.mark.parametrize("qk_norm", [None, "rms_norm", "layer_norm"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stable_audio_attention(backend, qk_norm, monkeypatch):
+    """``StableAudioAttnProcessor2_0`` on modules beyond the DiT's: grouped-query self-attention on a 4-D input
+    with its residual connection and output rescale, the partial rotary on q and k and a float mask per query;
+    cross-attention with the rotary on the queries alone (the keys' tables turn nothing) and a bool key mask; QK
+    norms per head (RMSNorm in the prologue, LayerNorm as modules); outputs the stock processor's."""
+    from diffusers.models.attention_processor import Attention, StableAudioAttnProcessor2_0
+    from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+    common = dict(query_dim=64, heads=4, kv_heads=2, dim_head=16, qk_norm=qk_norm, eps=1e-5, bias=True,
+                  processor=StableAudioAttnProcessor2_0())
+    self_attn = _perturb(Attention(**common, residual_connection=True, rescale_output_factor=2.0), 173)
+    cross_attn = _perturb(Attention(**common, cross_attention_dim=24), 174)
+    gen = torch.Generator().manual_seed(175)
+    image, context = torch.randn(2, 64, 3, 5, generator=gen), torch.randn(2, 9, 24, generator=gen)
+    tables = get_1d_rotary_pos_embed(8, 15, use_real=True, repeat_interleave_real=False)
+    float_mask = torch.randn(2, 15, 15, generator=gen)
+    key_mask = torch.ones(2, 9, dtype=torch.bool)
+    key_mask[1, 4:] = False
+    calls = _spy(monkeypatch, lambda args, kwargs: (kwargs.get("rope_dims"), kwargs.get("key_rope") is not None,
+                                                    kwargs.get("q_norm_weight") is not None))
+    ours_self, ours_cross = copy.deepcopy(self_attn), copy.deepcopy(cross_attn)
+    assert set_attention_backend(ours_self) == 1 and set_attention_backend(ours_cross) == 1
+    hidden = image.flatten(2).transpose(1, 2)
+    with torch.no_grad(), pydiff.use_backend(backend):
+        torch.testing.assert_close(ours_self(image, attention_mask=float_mask, rotary_emb=tables),
+                                   self_attn(image, attention_mask=float_mask, rotary_emb=tables),
+                                   rtol=2e-5, atol=2e-5)
+        for mask, rope in ((key_mask, tables), (None, None)):
+            torch.testing.assert_close(ours_cross(hidden, context, attention_mask=mask, rotary_emb=rope),
+                                       cross_attn(hidden, context, attention_mask=mask, rotary_emb=rope),
+                                       rtol=2e-5, atol=2e-5)
+    fused = qk_norm == "rms_norm"
+    assert calls == [(8, False, fused), (8, True, fused), (None, False, fused)]
+
+
 needs_helios = _needs("HeliosAttnProcessor", "Helios", "0.39")
 
 

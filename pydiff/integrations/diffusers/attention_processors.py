@@ -15,7 +15,7 @@
                                   # NucleusMoEImageTransformer2DModel, ErnieImageTransformer2DModel,
                                   # JoyImageEditTransformer3DModel, JoyImageEditPlusTransformer3DModel,
                                   # QwenImage21Transformer2DModel, MotifVideoTransformer3DModel,
-                                  # AuraFlowTransformer2DModel, ...
+                                  # AuraFlowTransformer2DModel, StableAudioDiTModel, ...
 
 * ``PydiffAttnProcessor`` replaces ``AttnProcessor2_0`` (UNet/VAE self- and cross-attention): q, k, v are read as
   (B, N, H, D) views of the projections (no transpose copies) and the output is already (B, N, H*D).
@@ -35,6 +35,9 @@
   in the prologue, on the queries alone in cross-attention (``key_rope`` tables that turn nothing).
 * ``PydiffAllegroAttnProcessor`` replaces Allegro's ``AllegroAttnProcessor2_0``: the same steps with its 3-D RoPE in
   the prologue (the t, h and w thirds of each head turned by halves of their own: ``rope_sections=3``).
+* ``PydiffStableAudioAttnProcessor`` replaces Stable Audio Open's ``StableAudioAttnProcessor2_0``: its
+  grouped-query keys and values read as they are (the stock processor repeats them per query head), its partial
+  rotary (half-split, on the first rot_dim channels) in the prologue, on the queries alone in cross-attention.
 * ``PydiffSanaAttnProcessor`` replaces Sana's ``SanaAttnProcessor2_0`` (its cross-attention): the same, with its
   across-heads QK RMSNorms as modules first.
 * ``PydiffSanaWMCrossAttnProcessor`` (0.42+) replaces SANA-WM's cross-attention processor the same way.
@@ -191,6 +194,7 @@ from diffusers.models.attention_processor import (
     LuminaAttnProcessor2_0,
     MochiAttnProcessor2_0,
     SD3IPAdapterJointAttnProcessor2_0,
+    StableAudioAttnProcessor2_0,
 )
 from diffusers.models.normalization import MochiRMSNorm
 from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
@@ -729,6 +733,35 @@ class PydiffPAGCFGHunyuanAttnProcessor(PydiffPAGHunyuanAttnProcessor):
         self.stock = self.stock_fused = PAGCFGHunyuanAttnProcessor2_0()
 
 
+class PydiffStableAudioAttnProcessor(PydiffAttnProcessor):
+    """Drop-in for Stable Audio Open's ``StableAudioAttnProcessor2_0`` (its DiT's self- and cross-attention):
+    ``AttnProcessor2_0``'s steps with the grouped-query keys and values (as many heads as the key projection's
+    width holds) read as they are, where the stock processor repeats them per query head, and its partial rotary
+    (half-split tables of rot_dim <= D columns: ``rope_dims``) in the kernel's prologue, on q always and on k in
+    self-attention alone (a cross-attention module's keys by tables that turn nothing). Like the stock processor it
+    takes SDPA's default scale; a module with a spatial or group norm (which the stock processor skips) or fused
+    projections keeps the stock call."""
+
+    def __init__(self):
+        self.stock = StableAudioAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, rotary_emb=None) -> torch.Tensor:
+        source = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
+        keys = source.shape[2] * source.shape[3] if source.ndim == 4 else source.shape[1]
+        mask = _processor_mask(attn, attention_mask, source.shape[0], keys)
+        if attn.inner_dim // attn.heads > MAX_HEAD_DIM or (attention_mask is not None and mask is None) or \
+                attn.spatial_norm is not None or attn.group_norm is not None or _fused_projections(attn):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        return self._forward(attn, hidden_states, encoder_hidden_states, mask, None, extra=rotary_emb)
+
+    def _attend(self, attn, q, k, v, mask, head_dim, extra):
+        if extra is None:
+            return _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], head_dim, None, mask)
+        rope, rot_dim = tuple(extra), extra[0].shape[-1]
+        key_rope = _unturned(k.shape[1], rot_dim, k.device) if attn.is_cross_attention else None
+        return _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], head_dim, rope, mask,
+                                  rope_interleaved=False, key_rope=key_rope, rope_dims=rot_dim)
 
 
 class PydiffAllegroAttnProcessor(PydiffAttnProcessor):
@@ -2877,6 +2910,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (IPAdapterAttnProcessor2_0, PydiffIPAdapterAttnProcessor, None),
     (HunyuanAttnProcessor2_0, PydiffHunyuanDiTAttnProcessor, None),
     (AllegroAttnProcessor2_0, PydiffAllegroAttnProcessor, None),
+    (StableAudioAttnProcessor2_0, PydiffStableAudioAttnProcessor, None),
     *((stock, ours, None) for stock, ours in _PAG.items()),
     (SD3IPAdapterJointAttnProcessor2_0, PydiffSD3IPAdapterAttnProcessor, None),
     (FluxIPAdapterAttnProcessor, PydiffFluxIPAdapterAttnProcessor, None),
@@ -3016,5 +3050,5 @@ __all__ = ["PydiffAceStepAttnProcessor", "PydiffAllegroAttnProcessor", "PydiffAn
            "PydiffQwenImage21AttnProcessor", "PydiffQwenImage21FlexAttnProcessor", "PydiffQwenImageAttnProcessor",
            "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor",
            "PydiffStableAudio3CrossAttnProcessor", "PydiffStableAudio3SelfAttnProcessor",
-           "PydiffWanAnimate2AttnProcessor", "PydiffWanAnimate2CrossAttnProcessor", "PydiffWanAttnProcessor",
-           "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffStableAudioAttnProcessor", "PydiffWanAnimate2AttnProcessor", "PydiffWanAnimate2CrossAttnProcessor",
+           "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
