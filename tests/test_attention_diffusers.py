@@ -433,7 +433,9 @@ def test_processors_name_the_diffusers_they_need(monkeypatch):
                                  ("SanaWMCrossAttnProcessor", PydiffSanaWMCrossAttnProcessor, "0.42"),
                                  ("Kandinsky6AttnProcessor", PydiffKandinsky6AttnProcessor, "0.42"),
                                  ("Kandinsky6SRAttnProcessor", PydiffKandinsky6SRAttnProcessor, "0.42"),
-                                 ("BriaFibo2AttnProcessor", PydiffBriaFibo2AttnProcessor, "0.42")):
+                                 ("BriaFibo2AttnProcessor", PydiffBriaFibo2AttnProcessor, "0.42"),
+                                 ("WanAnimateFaceBlockAttnProcessor",
+                                  attention_processors.PydiffWanAnimateFaceBlockAttnProcessor, "0.36")):
         monkeypatch.setattr(attention_processors, stock, None)
         with pytest.raises(ImportError, match=f"need diffusers {version} or newer"):
             ours()
@@ -854,6 +856,74 @@ def test_easyanimate_transformer(backend, monkeypatch):
     inputs = _easyanimate_inputs(116)
     _compare(tiny_easyanimate(), lambda m: m(**inputs).sample, backend, {PydiffEasyAnimateAttnProcessor})
     assert calls == [("tokens", False)] * 2
+
+
+needs_wan_animate = _needs("WanAnimateFaceBlockAttnProcessor", "Wan-Animate", "0.36")
+
+
+@needs_wan_animate
+@pytest.mark.parametrize("variant", ["rms-norms", "layer-norm-k", "fused-projections"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wan_animate_face_block_attention(backend, variant, monkeypatch):
+    """Wan-Animate's face-block cross-attention (two heads of 16): 12 video tokens over 3 motion frames of 3 tokens,
+    one call over B*T = 6 batch rows, its per-head QK RMSNorms in the prologue (a LayerNorm one as a module), on
+    separate and fused projections, with and without the multiplicative mask; outputs the stock processor's."""
+    from diffusers.models.transformers.transformer_wan_animate import (
+        WanAnimateFaceBlockAttnProcessor,
+        WanAnimateFaceBlockCrossAttention,
+    )
+
+    attn = WanAnimateFaceBlockCrossAttention(dim=32, heads=2, dim_head=16, cross_attention_dim_head=16,
+                                             processor=WanAnimateFaceBlockAttnProcessor())
+    if variant == "layer-norm-k":
+        attn.norm_k = torch.nn.LayerNorm(16)
+    attn = _perturb(attn, 176)
+    if variant == "fused-projections":
+        if not hasattr(attn, "use_bias"):  # (which fuse_projections reads)
+            pytest.skip(f"diffusers {diffusers.__version__}'s face block cannot fuse its projections")
+        attn.fuse_projections()
+    gen = torch.Generator().manual_seed(177)
+    hidden, motion = torch.randn(2, 12, 32, generator=gen), torch.randn(2, 3, 3, 32, generator=gen)
+    mask = (torch.rand(12, 1, generator=gen) > 0.3).float()  # (a token mask the stock processor broadcasts)
+    calls = _spy(monkeypatch, lambda args, kwargs: (args[0].shape[0], kwargs.get("q_norm_weight") is not None,
+                                                    kwargs.get("k_norm_weight") is not None))
+    ours = copy.deepcopy(attn)
+    assert set_attention_backend(ours) == 1
+    with torch.no_grad(), pydiff.use_backend(backend):
+        for attention_mask in (None, mask):
+            torch.testing.assert_close(ours(hidden, motion, attention_mask), attn(hidden, motion, attention_mask),
+                                       rtol=2e-5, atol=2e-5)
+    assert calls == [(6, True, variant != "layer-norm-k")] * 2
+
+
+def tiny_wan_animate():
+    """Wan-Animate at a tiny size: two blocks of two heads of 16, a face block after each, a 16-pixel motion
+    encoder."""
+    from diffusers import WanAnimateTransformer3DModel
+
+    return _perturb(WanAnimateTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=12, latent_channels=4,
+        out_channels=4, text_dim=24, freq_dim=16, ffn_dim=32, num_layers=2, image_dim=None, rope_max_seq_len=32,
+        motion_encoder_channel_sizes={"4": 16, "8": 16, "16": 16}, motion_encoder_size=16, motion_style_dim=16,
+        motion_dim=4, motion_encoder_dim=16, face_encoder_hidden_dim=32, face_encoder_num_heads=2,
+        inject_face_latents_blocks=1), 178)
+
+
+@needs_wan_animate
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wan_animate_transformer(backend, monkeypatch):
+    """The tiny Wan-Animate: 3 latent frames of 2 x 2 patches, 5 face frames (3 motion frames with the leading
+    pad): Wan's attention (its copy) and the face blocks' cross-attention (one call over B*T = 6 batch rows) in the
+    kernel; outputs the stock processors'."""
+    gen = torch.Generator().manual_seed(179)
+    inputs = dict(hidden_states=torch.randn(2, 12, 3, 4, 4, generator=gen), timestep=torch.tensor([10, 500]),
+                  encoder_hidden_states=torch.randn(2, 7, 24, generator=gen),
+                  pose_hidden_states=torch.randn(2, 4, 2, 4, 4, generator=gen),
+                  face_pixel_values=torch.randn(2, 3, 5, 16, 16, generator=gen))
+    calls = _spy(monkeypatch, lambda args, kwargs: args[0].shape[0])
+    _compare(tiny_wan_animate(), lambda m: m(**inputs).sample, backend,
+             {PydiffWanAttnProcessor, attention_processors.PydiffWanAnimateFaceBlockAttnProcessor})
+    assert calls == [2, 2, 6] * 2  # (each block's self- and cross-attention, then its face block's)
 
 
 @_needs("WanAnimate2CrossAttnProcessor", "Wan-Animate 2", "0.42")

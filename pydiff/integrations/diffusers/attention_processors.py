@@ -80,6 +80,9 @@
   flex attention reads it, eagerly).
 * ``PydiffWanAttnProcessor`` replaces Wan's ``WanAttnProcessor`` (Wan 2.1/2.2, VACE): the RoPE in the kernel's
   prologue, and image-to-video cross-attention's two attentions (text, image context) summed in one pass over q.
+* ``PydiffWanAnimateFaceBlockAttnProcessor`` (0.36+) replaces Wan-Animate's ``WanAnimateFaceBlockAttnProcessor``
+  (its face blocks' cross-attention to the motion vectors, frame by frame): one call over the B*T frames' batch
+  rows of views, its per-head QK RMSNorms in the prologue.
 * ``PydiffWanAnimate2CrossAttnProcessor`` (0.42+) replaces Wan-Animate 2's cross-attention processor the same way,
   and ``PydiffWanAnimate2AttnProcessor`` its self-attention: the generation pass's in-context attention over the
   model's flex BlockMask as one block-sparse call (its partial blocks as tiles), eagerly, where the stock processor
@@ -235,6 +238,7 @@ Flux2KVAttnProcessor = _stock_class("transformer_flux2", "Flux2KVAttnProcessor")
 Flux2KVParallelSelfAttnProcessor = _stock_class("transformer_flux2", "Flux2KVParallelSelfAttnProcessor")
 ZSingleStreamAttnProcessor = _stock_class("transformer_z_image", "ZSingleStreamAttnProcessor")
 HunyuanVideo15AttnProcessor2_0 = _stock_class("transformer_hunyuan_video15", "HunyuanVideo15AttnProcessor2_0")
+WanAnimateFaceBlockAttnProcessor = _stock_class("transformer_wan_animate", "WanAnimateFaceBlockAttnProcessor")
 LTX2AudioVideoAttnProcessor = _stock_class("transformer_ltx2", "LTX2AudioVideoAttnProcessor")  # (0.37+)
 LTX2PerturbedAttnProcessor = _stock_class("transformer_ltx2", "LTX2PerturbedAttnProcessor")  # (0.38+)
 Kandinsky5AttnProcessor = _stock_class("transformer_kandinsky", "Kandinsky5AttnProcessor")  # (0.36+)
@@ -1609,6 +1613,35 @@ def _projected_attention(attn, hidden_states: torch.Tensor, context: Optional[to
     return attn.to_out[1](attn.to_out[0](out.flatten(2)))
 
 
+class PydiffWanAnimateFaceBlockAttnProcessor(_RankLocal):
+    """Drop-in for Wan-Animate's ``WanAnimateFaceBlockAttnProcessor`` (diffusers 0.36+; its face adapter's
+    temporally aligned cross-attention to the motion vectors): the video's S tokens of each of the motion's T frames
+    attend to that frame's N motion tokens, as one call over B*T batch rows of (B*T, S/T, H, D) query views and
+    (B*T, N, H, D) key and value views of the projections (no copies), the per-head QK RMSNorms in the kernel's
+    prologue (other norms as modules); the pre-norms and the multiplicative mask after the output projection as
+    there."""
+
+    def __init__(self):
+        self.stock = _stock(WanAnimateFaceBlockAttnProcessor, "Wan-Animate", "0.36")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        head_dim = attn.inner_dim // attn.heads
+        if head_dim > MAX_HEAD_DIM:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask)
+        hidden_states = attn.pre_norm_q(hidden_states)
+        motion = attn.pre_norm_kv(encoder_hidden_states)
+        batch, frames, tokens, _ = motion.shape  # (B, T, N, C): N motion tokens per frame
+        query, key, value = _get_qkv_projections(attn, hidden_states, motion.flatten(1, 2))
+        q = query.unflatten(2, (attn.heads, head_dim)).unflatten(1, (frames, -1)).flatten(0, 1)
+        k, v = (t.view(batch * frames, tokens, attn.heads, -1) for t in (key, value))
+        out = _streams_attention([(q, k, v, attn.norm_q, attn.norm_k)], head_dim, None, None)
+        out = attn.to_out(out.flatten(2).unflatten(0, (batch, frames)).flatten(1, 2))
+        if attention_mask is not None:  # (multiplicative, as the stock processor takes it)
+            out = out * attention_mask.flatten(start_dim=1)
+        return out
+
+
 class PydiffWanAnimate2CrossAttnProcessor(_RankLocal):
     """Drop-in for Wan-Animate 2's ``WanAnimate2CrossAttnProcessor`` (diffusers 0.42+): Wan's cross-attention, the
     text's and the image context's (given apart) attentions summed in one pass over q."""
@@ -2932,6 +2965,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (HeliosAttnProcessor, PydiffHeliosAttnProcessor, None),
     (HunyuanVideo15AttnProcessor2_0, PydiffHunyuanVideo15AttnProcessor, None),
     (WanAttnProcessor, PydiffWanAttnProcessor, None),
+    (WanAnimateFaceBlockAttnProcessor, PydiffWanAnimateFaceBlockAttnProcessor, None),
     (WanAnimate2CrossAttnProcessor, PydiffWanAnimate2CrossAttnProcessor, None),
     (WanAnimate2AttnProcessor, PydiffWanAnimate2AttnProcessor, None),
     (MiniMaxH3AttnProcessor, PydiffMiniMaxH3AttnProcessor, None),
@@ -2991,13 +3025,14 @@ def _roots(model_or_pipe) -> List[torch.nn.Module]:
 
 def set_attention_backend(model_or_pipe) -> int:
     """Swap every stock processor pydiff has a counterpart for, in a diffusers model or pipeline, for ours
-    (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's, HunyuanVideo 1.5's, Kandinsky 5's and
-    PRX's from diffusers 0.36, LTX-2's, Cosmos 2.5's and GLM-Image's from 0.37, Qwen-Image's, Krea 2's, Ideogram 4's,
-    FLUX.2 Klein KV's, Nucleus-Image's, ERNIE-Image's, JoyImage-Edit's, Motif-Video's and Helios's from 0.39, FLUX.3's,
-    Bria FIBO 2's, Qwen-Image 2.1's (both), SANA-WM's, Kandinsky 6's (and 6 SR's), JoyImage-Edit-Plus's and
-    Wan-Animate 2's from 0.42). Other processors (added-KV, ...) stay, and so do modules whose head dim is over the
-    kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block attention), SD3.5's fused joint processor (which
-    skips the QK norms) and processors under diffusers' context parallelism.
+    (``_REPLACEMENTS``; the module's docstring lists them; FLUX.2's, Z-Image's, HunyuanVideo 1.5's, Kandinsky 5's,
+    PRX's and Wan-Animate's face blocks' from diffusers 0.36, LTX-2's, Cosmos 2.5's and GLM-Image's from 0.37,
+    Qwen-Image's, Krea 2's, Ideogram 4's, FLUX.2 Klein KV's, Nucleus-Image's, ERNIE-Image's, JoyImage-Edit's,
+    Motif-Video's and Helios's from 0.39, FLUX.3's, Bria FIBO 2's, Qwen-Image 2.1's (both), SANA-WM's, Kandinsky 6's
+    (and 6 SR's), JoyImage-Edit-Plus's and Wan-Animate 2's from 0.42). Other processors (added-KV, ...) stay, and
+    so do modules whose head dim is over the kernel's 256 (a Stable Diffusion VAE's 512-channel mid-block
+    attention), SD3.5's fused joint processor (which skips the QK norms) and processors under diffusers' context
+    parallelism.
     ``fuse_qkv_projections()`` sets diffusers' fused processors over ours and ``load_ip_adapter`` its IP-Adapter
     processors: call this after them. A PAG pipeline's perturbed-attention processors (``_pag_attn_processors``,
     which it sets on its layers for each call) become ours too (not counted: they are on no module yet).
@@ -3051,4 +3086,5 @@ __all__ = ["PydiffAceStepAttnProcessor", "PydiffAllegroAttnProcessor", "PydiffAn
            "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor",
            "PydiffStableAudio3CrossAttnProcessor", "PydiffStableAudio3SelfAttnProcessor",
            "PydiffStableAudioAttnProcessor", "PydiffWanAnimate2AttnProcessor", "PydiffWanAnimate2CrossAttnProcessor",
-           "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor", "set_attention_backend"]
+           "PydiffWanAnimateFaceBlockAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor",
+           "set_attention_backend"]
