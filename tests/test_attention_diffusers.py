@@ -1489,18 +1489,27 @@ def _hunyuan_dit_inputs(seed):
                 image_rotary_emb=get_2d_rotary_pos_embed(16, ((0, 0), (4, 4)), (4, 4), output_type="pt"))
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused-projections"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_hunyuan_dit_transformer(backend, monkeypatch):
+def test_hunyuan_dit_transformer(backend, fused, monkeypatch):
     """HunyuanDiT: self-attention with its RoPE on q and k in the prologue, cross-attention with the RoPE on the
-    queries alone (the keys' tables turn nothing), LayerNorm QK norms as modules; outputs the stock processors'."""
+    queries alone (the keys' tables turn nothing), LayerNorm QK norms as modules; after ``fuse_qkv_projections()``
+    (``FusedHunyuanAttnProcessor2_0``) the same, q, k and v strided views of the one projection (k and v of
+    ``to_kv`` in cross-attention); outputs the stock processors'."""
+    from diffusers.models.attention_processor import FusedHunyuanAttnProcessor2_0
+
     def record(args, kwargs):
         key_rope = kwargs.get("key_rope")
-        return kwargs.get("rope") is not None, None if key_rope is None else bool((key_rope[1] == 0).all())
+        return kwargs.get("rope") is not None, None if key_rope is None else bool((key_rope[1] == 0).all()), \
+            args[2].is_contiguous()  # (v: the QK norms run as modules, so q and k are new tensors)
 
     calls = _spy(monkeypatch, record)
     model, inputs = tiny_hunyuan_dit(), _hunyuan_dit_inputs(112)
+    if fused:
+        model.fuse_qkv_projections()
+        assert _processor_types(model) == {FusedHunyuanAttnProcessor2_0}
     _compare(model, lambda m: m(**inputs).sample, backend, {PydiffHunyuanDiTAttnProcessor})
-    assert calls == [(True, None), (True, True)] * len(model.blocks)
+    assert calls == [(True, None, not fused), (True, True, not fused)] * len(model.blocks)
 
 
 @pytest.mark.parametrize("cfg", [False, True], ids=["pag", "pag-cfg"])

@@ -35,6 +35,9 @@
   in the prologue, on the queries alone in cross-attention (``key_rope`` tables that turn nothing).
 * ``PydiffAllegroAttnProcessor`` replaces Allegro's ``AllegroAttnProcessor2_0``: the same steps with its 3-D RoPE in
   the prologue (the t, h and w thirds of each head turned by halves of their own: ``rope_sections=3``).
+* ``PydiffHunyuanDiTAttnProcessor`` replaces HunyuanDiT's ``HunyuanAttnProcessor2_0`` and its fused form
+  (``FusedHunyuanAttnProcessor2_0``): the same steps with its RoPE in the prologue, on the queries alone in
+  cross-attention (``key_rope`` tables that turn nothing).
 * ``PydiffStableAudioAttnProcessor`` replaces Stable Audio Open's ``StableAudioAttnProcessor2_0``: its
   grouped-query keys and values read as they are (the stock processor repeats them per query head), its partial
   rotary (half-split, on the first rot_dim channels) in the prologue, on the queries alone in cross-attention.
@@ -184,6 +187,7 @@ from diffusers.models.attention_processor import (
     FusedAttnProcessor2_0,
     FusedAuraFlowAttnProcessor2_0,
     FusedCogVideoXAttnProcessor2_0,
+    FusedHunyuanAttnProcessor2_0,
     FusedJointAttnProcessor2_0,
     HunyuanAttnProcessor2_0,
     PAGCFGHunyuanAttnProcessor2_0,
@@ -673,12 +677,14 @@ def _unturned(keys: int, head_dim: int, device: torch.device) -> Tuple[torch.Ten
 
 
 class PydiffHunyuanDiTAttnProcessor(PydiffAttnProcessor):
-    """Drop-in for HunyuanDiT's ``HunyuanAttnProcessor2_0``: ``AttnProcessor2_0``'s steps with the RoPE (interleaved
-    tables (N, D)) in the kernel's prologue; in cross-attention the queries alone turn, as there (the keys by
-    tables that turn nothing, ``key_rope``). Its LayerNorm QK norms run as modules first."""
+    """Drop-in for HunyuanDiT's ``HunyuanAttnProcessor2_0`` and, on fused projections (``fuse_qkv_projections()``:
+    q, k and v strided views of one ``to_qkv``, or k and v of one ``to_kv`` in cross-attention),
+    ``FusedHunyuanAttnProcessor2_0``: ``AttnProcessor2_0``'s steps with the RoPE (interleaved tables (N, D)) in the
+    kernel's prologue; in cross-attention the queries alone turn, as there (the keys by tables that turn nothing,
+    ``key_rope``). Its LayerNorm QK norms run as modules first."""
 
     def __init__(self):
-        self.stock = self.stock_fused = HunyuanAttnProcessor2_0()
+        self.stock, self.stock_fused = HunyuanAttnProcessor2_0(), FusedHunyuanAttnProcessor2_0()
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
@@ -686,9 +692,9 @@ class PydiffHunyuanDiTAttnProcessor(PydiffAttnProcessor):
         source = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
         keys = source.shape[2] * source.shape[3] if source.ndim == 4 else source.shape[1]
         mask = _processor_mask(attn, attention_mask, source.shape[0], keys)
-        if _head_dim(attn) > MAX_HEAD_DIM or (attention_mask is not None and mask is None) or \
-                _fused_projections(attn):
-            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, image_rotary_emb)
+        if _head_dim(attn) > MAX_HEAD_DIM or (attention_mask is not None and mask is None):
+            stock = self.stock_fused if _fused_projections(attn) else self.stock
+            return stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, image_rotary_emb)
         return self._forward(attn, hidden_states, encoder_hidden_states, mask, temb, extra=image_rotary_emb)
 
     def _attend(self, attn, q, k, v, mask, head_dim, extra):
@@ -2943,6 +2949,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (IPAdapterAttnProcessor2_0, PydiffIPAdapterAttnProcessor, None),
     (HunyuanAttnProcessor2_0, PydiffHunyuanDiTAttnProcessor, None),
     (AllegroAttnProcessor2_0, PydiffAllegroAttnProcessor, None),
+    (FusedHunyuanAttnProcessor2_0, PydiffHunyuanDiTAttnProcessor, None),
     (StableAudioAttnProcessor2_0, PydiffStableAudioAttnProcessor, None),
     *((stock, ours, None) for stock, ours in _PAG.items()),
     (SD3IPAdapterJointAttnProcessor2_0, PydiffSD3IPAdapterAttnProcessor, None),
