@@ -257,6 +257,57 @@ def test_unet2d_condition_with_encoder_mask(backend, monkeypatch):
     assert calls.count("keys") == calls.count(None) == _cross_attentions(model)  # self-attention has no mask
 
 
+def tiny_unet_with_custom_diffusion(train_q_out: bool):
+    """The tiny UNet with Custom Diffusion's processors set as its training script sets them: the cross-attention's
+    with key and value projections of their own (and query and output ones with ``train_q_out``); the
+    self-attention's with none, or with ``train_q_out`` all four (over the image's own tokens)."""
+    from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
+
+    model = tiny_unet()
+    processors = {}
+    for name, module in model.attn_processors.items():
+        attn = model.get_submodule(name[:-len(".processor")])
+        cross = name.endswith("attn2.processor")
+        processors[name] = CustomDiffusionAttnProcessor2_0(
+            train_kv=cross or train_q_out, train_q_out=train_q_out, hidden_size=attn.to_q.out_features,
+            cross_attention_dim=attn.to_k.in_features if cross else None)
+    model.set_attn_processor(processors)
+    return _perturb(model, 180)
+
+
+@pytest.mark.parametrize("train_q_out", [False, True], ids=["kv", "kv-q-out"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unet_with_custom_diffusion(backend, train_q_out, monkeypatch):
+    """Custom Diffusion's processors on the tiny UNet: ours, built from each stock one, keep its weights (the state
+    dict unchanged) and give its outputs; a masked call (one sample's self-attention) and a forward with grad on its
+    weights (training) take the stock path, whose gradients reach the custom projections."""
+    from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
+
+    model = tiny_unet_with_custom_diffusion(train_q_out)
+    assert _processor_types(model) == {CustomDiffusionAttnProcessor2_0}
+    gen = torch.Generator().manual_seed(181)
+    sample, context = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 7, 24, generator=gen)
+    t = torch.tensor([10, 500])
+    calls = _spy(monkeypatch, lambda args, kwargs: args[0].shape)
+    _compare(model, lambda m: m(sample, t, encoder_hidden_states=context).sample, backend,
+             {attention_processors.PydiffCustomDiffusionAttnProcessor})
+    assert len(calls) == len(model.attn_processors)  # (every attention module of ours)
+    ours = copy.deepcopy(model)
+    set_attention_backend(ours)
+    assert ours.state_dict().keys() == model.state_dict().keys()
+    for name, tensor in ours.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+    calls.clear()
+    attn, ours_attn = (m.down_blocks[0].attentions[0].transformer_blocks[0].attn1 for m in (model, ours))
+    hidden, mask = torch.randn(1, 64, 32, generator=gen), torch.rand(1, 1, 64, generator=gen) > 0.3
+    with torch.no_grad(), pydiff.use_backend(backend):  # (one sample: the stock processor's mask is per head)
+        torch.testing.assert_close(ours_attn(hidden, attention_mask=mask), attn(hidden, attention_mask=mask))
+    with pydiff.use_backend(backend):
+        ours(sample, t, encoder_hidden_states=context).sample.square().mean().backward()
+    weights = [p for n, p in ours.named_parameters() if "custom_diffusion" in n]
+    assert not calls and weights and all(p.grad is not None for p in weights)
+
+
 def tiny_unet_with_ip_adapters():
     """The tiny UNet with two IP-Adapters as ``load_ip_adapter`` sets them up (random weights): an image
     projection each (4 and 2 tokens per image) and ``IPAdapterAttnProcessor2_0`` on every cross-attention."""

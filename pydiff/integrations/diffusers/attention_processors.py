@@ -22,6 +22,8 @@
 * ``PydiffIPAdapterAttnProcessor`` replaces ``IPAdapterAttnProcessor2_0`` (a UNet's cross-attention with
   IP-Adapter image prompts): the text's and the first image prompt's attentions summed in one pass over q, on the
   stock processor's own weights (built from it: call ``set_attention_backend`` after ``load_ip_adapter``).
+* ``PydiffCustomDiffusionAttnProcessor`` replaces ``CustomDiffusionAttnProcessor2_0`` (Custom Diffusion's
+  fine-tuned key and value projections, and query and output ones), built from it the same way, on its weights.
 * ``PydiffSD3IPAdapterAttnProcessor`` and ``PydiffFluxIPAdapterAttnProcessor`` replace SD3's and Flux's
   IP-Adapter processors (``SD3IPAdapterJointAttnProcessor2_0``, ``FluxIPAdapterAttnProcessor``), built from them
   the same way: the joint call as below, then the image prompt's attention (SD3's over [image keys; image-prompt
@@ -184,6 +186,7 @@ from diffusers.models.attention_processor import (
     AttnProcessor2_0,
     AuraFlowAttnProcessor2_0,
     CogVideoXAttnProcessor2_0,
+    CustomDiffusionAttnProcessor2_0,
     FusedAttnProcessor2_0,
     FusedAuraFlowAttnProcessor2_0,
     FusedCogVideoXAttnProcessor2_0,
@@ -563,10 +566,10 @@ class PydiffLuminaAttnProcessor(_RankLocal):
 
 
 def _adopt(processor: torch.nn.Module, stock: torch.nn.Module) -> None:
-    """Set up ``processor``, a pydiff processor that is also a stock IP-Adapter processor's class, as a copy of
-    ``stock`` (an instance of that class): its settings and the same weight modules, so that the model's state dict,
-    ``set_ip_adapter_scale`` and ``unload_ip_adapter`` see what they saw; ``processor.stock`` is the stock call on
-    them, for the calls the kernel does not take."""
+    """Set up ``processor``, a pydiff processor that is also a stock processor's class holding weights (IP-Adapter's,
+    Custom Diffusion's), as a copy of ``stock`` (an instance of that class): its settings and the same weight
+    modules, so that the model's state dict, ``set_ip_adapter_scale`` and ``unload_ip_adapter`` see what they saw;
+    ``processor.stock`` is the stock call on them, for the calls the kernel does not take."""
     torch.nn.Module.__init__(processor)
     for name, value in vars(stock).items():  # (its settings: scale, num_tokens, ..., the training flag)
         if not name.startswith("_"):
@@ -615,6 +618,44 @@ class PydiffIPAdapterAttnProcessor(PydiffAttnProcessor, IPAdapterAttnProcessor2_
         for s, x, to_k, to_v in more:
             out = out + s * attention(q, heads(to_k, x), heads(to_v, x), layout="bnhd")
         return out
+
+
+class PydiffCustomDiffusionAttnProcessor(_RankLocal, CustomDiffusionAttnProcessor2_0):
+    """Drop-in for ``CustomDiffusionAttnProcessor2_0`` (Custom Diffusion, Kumari et al. 2023: a UNet's attention
+    with fine-tuned key and value projections of its own, and with ``train_q_out`` query and output ones): the
+    attention of (B, N, H, D) views of the projections in the kernel. Built from the stock processor it replaces,
+    it holds that processor's settings and the same weight modules (it is a ``CustomDiffusionAttnProcessor2_0``, so
+    the model's state dict sees what it saw). Like the stock processor it applies no QK norms. Calls with an
+    attention mask (which the stock processor pads to the query length and hands to SDPA as (B*H, 1, N) rows) and
+    calls autograd records (Custom Diffusion's training: grad enabled on an input or a weight of the module; the
+    kernel has no backward, and the stock processor detaches the first text token's key and value for it, which
+    changes no value of a forward pass) take the stock path."""
+
+    def __init__(self, stock: CustomDiffusionAttnProcessor2_0):
+        _adopt(self, stock)
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # (the stock processor's head dim: the input's width over the heads, as it splits q, k and v)
+        head_dim = hidden_states.shape[-1] // attn.heads
+        recorded = torch.is_grad_enabled() and (any(p.requires_grad for p in attn.parameters()) or any(
+            x is not None and x.requires_grad for x in (hidden_states, encoder_hidden_states)))
+        if attention_mask is not None or hidden_states.ndim != 3 or head_dim > MAX_HEAD_DIM or recorded:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask)
+        query = (self.to_q_custom_diffusion if self.train_q_out else attn.to_q)(hidden_states)
+        context = hidden_states
+        if encoder_hidden_states is not None:
+            context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else \
+                encoder_hidden_states
+        if self.train_kv:  # (in the custom projections' dtype, the results in the module's, as there)
+            key, value = (projection(context.to(projection.weight.dtype)).to(attn.to_q.weight.dtype)
+                          for projection in (self.to_k_custom_diffusion, self.to_v_custom_diffusion))
+        else:
+            key, value = attn.to_k(context), attn.to_v(context)
+        q, k, v = (t.view(hidden_states.shape[0], -1, attn.heads, head_dim) for t in (query, key, value))
+        out = attention(q, k, v, layout="bnhd").flatten(2)
+        to_out = self.to_out_custom_diffusion if self.train_q_out else attn.to_out
+        return to_out[1](to_out[0](out))
 
 
 class PydiffPAGIdentitySelfAttnProcessor(_RankLocal):
@@ -2947,6 +2988,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (LuminaAttnProcessor2_0, PydiffLuminaAttnProcessor, None),
     (FusedAttnProcessor2_0, PydiffAttnProcessor, None),
     (IPAdapterAttnProcessor2_0, PydiffIPAdapterAttnProcessor, None),
+    (CustomDiffusionAttnProcessor2_0, PydiffCustomDiffusionAttnProcessor, None),
     (HunyuanAttnProcessor2_0, PydiffHunyuanDiTAttnProcessor, None),
     (AllegroAttnProcessor2_0, PydiffAllegroAttnProcessor, None),
     (FusedHunyuanAttnProcessor2_0, PydiffHunyuanDiTAttnProcessor, None),
@@ -3057,8 +3099,8 @@ def set_attention_backend(model_or_pipe) -> int:
                 continue
             for stock, ours, takes in _REPLACEMENTS:
                 if type(processor) is stock and _head_dim(module) <= MAX_HEAD_DIM and (takes is None or takes(module)):
-                    # (a stock processor that is a module holds weights, IP-Adapter's: ours is built from it and
-                    # keeps them; the others hold nothing ours needs)
+                    # (a stock processor that is a module holds weights, IP-Adapter's or Custom Diffusion's: ours is
+                    # built from it and keeps them; the others hold nothing ours needs)
                     new = ours(processor) if isinstance(processor, torch.nn.Module) else ours()
                     if hasattr(module, "set_processor"):
                         module.set_processor(new)
@@ -3074,24 +3116,24 @@ __all__ = ["PydiffAceStepAttnProcessor", "PydiffAllegroAttnProcessor", "PydiffAn
            "PydiffAttnProcessor", "PydiffAudioDiTCrossAttnProcessor", "PydiffAudioDiTSelfAttnProcessor",
            "PydiffAuraFlowAttnProcessor", "PydiffBriaFibo2AttnProcessor", "PydiffCogVideoXAttnProcessor",
            "PydiffCogView4AttnProcessor", "PydiffCosmos25AttnProcessor", "PydiffCosmos3AttnProcessor",
-           "PydiffCosmosAttnProcessor", "PydiffEasyAnimateAttnProcessor", "PydiffErnieImageAttnProcessor",
-           "PydiffFlux2AttnProcessor", "PydiffFlux2KVAttnProcessor", "PydiffFlux2KVParallelSelfAttnProcessor",
-           "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFlux3AttnProcessor", "PydiffFluxAttnProcessor",
-           "PydiffFluxIPAdapterAttnProcessor", "PydiffGlmImageAttnProcessor", "PydiffHeliosAttnProcessor",
-           "PydiffHiDreamAttnProcessor", "PydiffHunyuanDiTAttnProcessor", "PydiffHunyuanVideo15AttnProcessor",
-           "PydiffHunyuanVideoAttnProcessor", "PydiffIPAdapterAttnProcessor", "PydiffIdeogram4AttnProcessor",
-           "PydiffJointAttnProcessor", "PydiffJoyImageAttnProcessor", "PydiffJoyImageEditPlusAttnProcessor",
-           "PydiffKandinsky5AttnProcessor", "PydiffKandinsky6AttnProcessor", "PydiffKandinsky6SRAttnProcessor",
-           "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor", "PydiffLTX2PerturbedAttnProcessor",
-           "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor", "PydiffLuminaAttnProcessor",
-           "PydiffMiniMaxH3AttnProcessor", "PydiffMiniMaxMusic3AttnProcessor", "PydiffMiniMaxMusic3DepthAttnProcessor",
-           "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor", "PydiffMotifVideoCrossAttnProcessor",
-           "PydiffNucleusMoEAttnProcessor", "PydiffOmniGenAttnProcessor", "PydiffPAGCFGHunyuanAttnProcessor",
-           "PydiffPAGCFGIdentitySelfAttnProcessor", "PydiffPAGCFGJointAttnProcessor", "PydiffPAGHunyuanAttnProcessor",
-           "PydiffPAGIdentitySelfAttnProcessor", "PydiffPAGJointAttnProcessor", "PydiffPRXAttnProcessor",
-           "PydiffQwenImage21AttnProcessor", "PydiffQwenImage21FlexAttnProcessor", "PydiffQwenImageAttnProcessor",
-           "PydiffSD3IPAdapterAttnProcessor", "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor",
-           "PydiffStableAudio3CrossAttnProcessor", "PydiffStableAudio3SelfAttnProcessor",
-           "PydiffStableAudioAttnProcessor", "PydiffWanAnimate2AttnProcessor", "PydiffWanAnimate2CrossAttnProcessor",
-           "PydiffWanAnimateFaceBlockAttnProcessor", "PydiffWanAttnProcessor", "PydiffZImageAttnProcessor",
-           "set_attention_backend"]
+           "PydiffCosmosAttnProcessor", "PydiffCustomDiffusionAttnProcessor", "PydiffEasyAnimateAttnProcessor",
+           "PydiffErnieImageAttnProcessor", "PydiffFlux2AttnProcessor", "PydiffFlux2KVAttnProcessor",
+           "PydiffFlux2KVParallelSelfAttnProcessor", "PydiffFlux2ParallelSelfAttnProcessor", "PydiffFlux3AttnProcessor",
+           "PydiffFluxAttnProcessor", "PydiffFluxIPAdapterAttnProcessor", "PydiffGlmImageAttnProcessor",
+           "PydiffHeliosAttnProcessor", "PydiffHiDreamAttnProcessor", "PydiffHunyuanDiTAttnProcessor",
+           "PydiffHunyuanVideo15AttnProcessor", "PydiffHunyuanVideoAttnProcessor", "PydiffIPAdapterAttnProcessor",
+           "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor", "PydiffJoyImageAttnProcessor",
+           "PydiffJoyImageEditPlusAttnProcessor", "PydiffKandinsky5AttnProcessor", "PydiffKandinsky6AttnProcessor",
+           "PydiffKandinsky6SRAttnProcessor", "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor",
+           "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor",
+           "PydiffLuminaAttnProcessor", "PydiffMiniMaxH3AttnProcessor", "PydiffMiniMaxMusic3AttnProcessor",
+           "PydiffMiniMaxMusic3DepthAttnProcessor", "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor",
+           "PydiffMotifVideoCrossAttnProcessor", "PydiffNucleusMoEAttnProcessor", "PydiffOmniGenAttnProcessor",
+           "PydiffPAGCFGHunyuanAttnProcessor", "PydiffPAGCFGIdentitySelfAttnProcessor",
+           "PydiffPAGCFGJointAttnProcessor", "PydiffPAGHunyuanAttnProcessor", "PydiffPAGIdentitySelfAttnProcessor",
+           "PydiffPAGJointAttnProcessor", "PydiffPRXAttnProcessor", "PydiffQwenImage21AttnProcessor",
+           "PydiffQwenImage21FlexAttnProcessor", "PydiffQwenImageAttnProcessor", "PydiffSD3IPAdapterAttnProcessor",
+           "PydiffSanaAttnProcessor", "PydiffSanaWMCrossAttnProcessor", "PydiffStableAudio3CrossAttnProcessor",
+           "PydiffStableAudio3SelfAttnProcessor", "PydiffStableAudioAttnProcessor", "PydiffWanAnimate2AttnProcessor",
+           "PydiffWanAnimate2CrossAttnProcessor", "PydiffWanAnimateFaceBlockAttnProcessor", "PydiffWanAttnProcessor",
+           "PydiffZImageAttnProcessor", "set_attention_backend"]
