@@ -33,13 +33,11 @@
   perturbed-attention processors for UNets (``PAGIdentitySelfAttnProcessor2_0``,
   ``PAGCFGIdentitySelfAttnProcessor2_0``): the unperturbed part of the batch in the kernel, the perturbed part's
   identity attention as there.
-* ``PydiffHunyuanDiTAttnProcessor`` replaces HunyuanDiT's ``HunyuanAttnProcessor2_0``: the same steps with its RoPE
-  in the prologue, on the queries alone in cross-attention (``key_rope`` tables that turn nothing).
-* ``PydiffAllegroAttnProcessor`` replaces Allegro's ``AllegroAttnProcessor2_0``: the same steps with its 3-D RoPE in
-  the prologue (the t, h and w thirds of each head turned by halves of their own: ``rope_sections=3``).
 * ``PydiffHunyuanDiTAttnProcessor`` replaces HunyuanDiT's ``HunyuanAttnProcessor2_0`` and its fused form
   (``FusedHunyuanAttnProcessor2_0``): the same steps with its RoPE in the prologue, on the queries alone in
   cross-attention (``key_rope`` tables that turn nothing).
+* ``PydiffAllegroAttnProcessor`` replaces Allegro's ``AllegroAttnProcessor2_0``: the same steps with its 3-D RoPE in
+  the prologue (the t, h and w thirds of each head turned by halves of their own: ``rope_sections=3``).
 * ``PydiffStableAudioAttnProcessor`` replaces Stable Audio Open's ``StableAudioAttnProcessor2_0``: its
   grouped-query keys and values read as they are (the stock processor repeats them per query head), its partial
   rotary (half-split, on the first rot_dim channels) in the prologue, on the queries alone in cross-attention.
