@@ -391,6 +391,15 @@ def _processor_mask(attn, mask: Optional[torch.Tensor], batch: int, keys: int) -
     return mask.view(batch, attn.heads, -1, mask.shape[-1])
 
 
+def _call_mask(attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor],
+               attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``_processor_mask`` of an ``Attention`` call, its keys the encoder's tokens, or the image's, flattened as the
+    stock processors flatten them."""
+    source = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
+    keys = source.shape[2] * source.shape[3] if source.ndim == 4 else source.shape[1]
+    return _processor_mask(attn, attention_mask, source.shape[0], keys)
+
+
 def _key_mask(mask: Optional[torch.Tensor], batch: int, keys: int) -> Optional[torch.Tensor]:
     """A mask of one row per sample, (B, N_k), as the kernel's key mask (B, 1, 1, N_k), a view (as diffusers'
     attention dispatch widens it for SDPA); any other mask (or None) as given."""
@@ -437,10 +446,7 @@ class PydiffAttnProcessor(_RankLocal):
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
                  *args, **kwargs) -> torch.Tensor:
-        # (the keys: the encoder's tokens, or the image's, flattened as the stock processor flattens them)
-        source = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
-        keys = source.shape[2] * source.shape[3] if source.ndim == 4 else source.shape[1]
-        mask = _processor_mask(attn, attention_mask, source.shape[0], keys)
+        mask = _call_mask(attn, hidden_states, encoder_hidden_states, attention_mask)
         if attn.inner_dim // attn.heads > MAX_HEAD_DIM or (attention_mask is not None and mask is None):
             stock = self.stock_fused if _fused_projections(attn) else self.stock
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
@@ -728,9 +734,7 @@ class PydiffHunyuanDiTAttnProcessor(PydiffAttnProcessor):
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
                  image_rotary_emb=None) -> torch.Tensor:
-        source = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
-        keys = source.shape[2] * source.shape[3] if source.ndim == 4 else source.shape[1]
-        mask = _processor_mask(attn, attention_mask, source.shape[0], keys)
+        mask = _call_mask(attn, hidden_states, encoder_hidden_states, attention_mask)
         if _head_dim(attn) > MAX_HEAD_DIM or (attention_mask is not None and mask is None):
             stock = self.stock_fused if _fused_projections(attn) else self.stock
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, image_rotary_emb)
@@ -796,9 +800,7 @@ class PydiffStableAudioAttnProcessor(PydiffAttnProcessor):
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, rotary_emb=None) -> torch.Tensor:
-        source = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
-        keys = source.shape[2] * source.shape[3] if source.ndim == 4 else source.shape[1]
-        mask = _processor_mask(attn, attention_mask, source.shape[0], keys)
+        mask = _call_mask(attn, hidden_states, encoder_hidden_states, attention_mask)
         if attn.inner_dim // attn.heads > MAX_HEAD_DIM or (attention_mask is not None and mask is None) or \
                 attn.spatial_norm is not None or attn.group_norm is not None or _fused_projections(attn):
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
@@ -825,9 +827,7 @@ class PydiffAllegroAttnProcessor(PydiffAttnProcessor):
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
                  image_rotary_emb=None) -> torch.Tensor:
-        source = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
-        keys = source.shape[2] * source.shape[3] if source.ndim == 4 else source.shape[1]
-        mask = _processor_mask(attn, attention_mask, source.shape[0], keys)
+        mask = _call_mask(attn, hidden_states, encoder_hidden_states, attention_mask)
         head_dim = _head_dim(attn)
         turns = image_rotary_emb is not None and not attn.is_cross_attention
         if head_dim > MAX_HEAD_DIM or (attention_mask is not None and mask is None) or _fused_projections(attn) or \
