@@ -77,6 +77,11 @@ CASES = [
      {"SPARSE": True, "BLOCK_Q": 64, "HAS_BIAS": 3, "BIAS": "*i1", "stride_mn": 1}),
     ("block-sparse, partial-block tiles", 128, (128, 64, 8, 3),
      {"SPARSE": True, "BLOCK_Q": 64, "HAS_BIAS": 3, "BIAS": "*i1", "stride_mn": 1}),
+    # differential attention (the negative stream's own queries), and under a key mask of both streams (Stable
+    # Audio 3's cross-attention: its context mask, boolean)
+    ("differential", 64, (128, 64, 8, 3), {"NEG": True, "NEG_Q": True, "EVEN_N": False}),
+    ("differential, key mask (bool)", 64, (128, 64, 8, 3),
+     {"NEG": True, "NEG_Q": True, "EVEN_N": False, "HAS_BIAS": True, "BIAS": "*i1", "stride_mn": 1}),
 ]
 
 

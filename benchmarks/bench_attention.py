@@ -883,6 +883,18 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
                      lambda: attention(q, k, v, negative=(q2, k2, v)),
                      lambda: F.scaled_dot_product_attention(q, k, v) - F.scaled_dot_product_attention(q2, k2, v),
                      "2 x sdpa + sub", 2 * _flops(b, h, n, n, d), device, quick, ceiling)
+    # ... its cross-attention under the context mask (both streams' keys; a second sample's last quarter padded),
+    # one pass against two masked SDPA calls
+    context = 512 if gpu else 64
+    k, k2, v = (rand(b, h, context, d) for _ in range(3))
+    padding = torch.ones(b, 1, 1, context, dtype=torch.bool, device=device)
+    padding[-1, ..., 3 * context // 4:] = False
+    rows += _variant("differential cross-attention under a key mask (Stable Audio 3)",
+                     f"B{b} H{h} N{n}x{context} D{d}",
+                     lambda: attention(q, k, v, negative=(q2, k2, v), attn_mask=padding),
+                     lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=padding) -
+                     F.scaled_dot_product_attention(q2, k2, v, attn_mask=padding), "2 x masked sdpa + sub",
+                     2 * _flops(b, h, n, context, d), device, quick, ceiling)
     return rows
 
 

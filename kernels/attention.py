@@ -675,10 +675,16 @@ def _query_block(
     out_b = acc_b / l_i[:, None]
     if NEG:
         # The q tile is already in registers: a second online softmax over the negative keys reuses it (or, for
-        # differential attention, the same rows of the negative queries replace it).
+        # differential attention, the same rows of the negative queries replace it). HAS_BIAS (differential
+        # attention only: its negative keys are the same tokens): the mask applies to them too, shifted by its top
+        # over their range.
+        if HAS_BIAS and MB.dtype.element_ty != tl.int1:
+            mask_shift = _mask_top(MB, stride_mn, 0, kn_end, BLOCK_M, BLOCK_N, HAS_BIAS)
+            mask_shift = tl.where(mask_shift == float("-inf"), 0.0, mask_shift)
+            zero_rows = (tl.reshape(mask_shift, [BLOCK_M]) if HAS_BIAS == ROW_MASK else mask_shift) <= -1e30
         if NEG_Q:
             q_a, q_b = _load_rows(QN, row_start, row_end, stride_qnn, stride_qnd, HEAD_DIM, BLOCK_M, BLOCK_DA,
-                                  BLOCK_DB, SPLIT_D)
+                                  BLOCK_DB, SPLIT_D, zero_rows=zero_rows)
         mn_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         ln_i = _row_sums(BLOCK_M, ROWSUM_MMA)
         accn_a = tl.zeros([BLOCK_M, BLOCK_DA], dtype=tl.float32)
@@ -687,7 +693,7 @@ def _query_block(
             accn_a, accn_b, mn_i, ln_i, q_a, q_b, KN, VN,
             0, kn_end, stride_knn, stride_knd, stride_vnn, stride_vnd, qk_scale,
             HEAD_DIM, BLOCK_N, BLOCK_DA, BLOCK_DB, SPLIT_D, MASK_D, not EVEN_N, EMULATE_BF16, SCALE_POSITIVE, USE_TMA,
-            ROWSUM_MMA, OVERLAP)
+            ROWSUM_MMA, OVERLAP, MB=MB, stride_mn=stride_mn, mask_shift=mask_shift, HAS_BIAS=HAS_BIAS)
         if ROWSUM_MMA:
             ln_i = tl.max(ln_i, 1)
         ln_i = tl.where(ln_i == 0.0, 1.0, ln_i)
@@ -1653,8 +1659,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     warp specialisation takes one key loop only.
     attn_mask: an attention mask, bool (True: the score takes part) or float (added to the scores), read by the
     kernel as given (no conversion pass): sizes broadcastable to (B, H, queries, keys), the queries and keys of the
-    joined sequence with ``joint``; a key mask where the query size is 1 (or its stride 0); not with ``negative``
-    or ``stream_k``.
+    joined sequence with ``joint``; a key mask where the query size is 1 (or its stride 0); with ``negative`` for
+    differential attention alone (its negative keys are the same tokens: the mask applies to both streams); not
+    with ``stream_k``.
     block_mask, block_size = (block_q, block_k): block-sparse attention (the kernel's SPARSE): a boolean mask
     broadcastable to (B, H, ceil(N_q / block_q), ceil(N_k / block_k)), True where a block of queries attends to a
     block of keys;

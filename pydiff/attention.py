@@ -122,10 +122,8 @@ def _check_weight(name: str, t, head_dim: int, device: torch.device) -> None:
         raise ValueError(f"{name} is on {t.device}; expected {device} like q")
 
 
-def _check_attn_mask(mask, device: torch.device, expected: Tuple[int, int, int, int], negative: bool) -> None:
+def _check_attn_mask(mask, device: torch.device, expected: Tuple[int, int, int, int]) -> None:
     """attn_mask: bool or float, broadcastable to ``expected`` = (B, H, queries, keys) as SDPA broadcasts it."""
-    if negative:
-        raise ValueError("attn_mask cannot be combined with negative= (the kernel masks the positive keys only)")
     if not isinstance(mask, torch.Tensor) or (mask.dtype != torch.bool and mask.dtype not in SUPPORTED_DTYPES):
         raise TypeError(f"attn_mask must be a bool or {SUPPORTED_DTYPES} tensor, got {_describe(mask)}")
     if mask.device != device:
@@ -301,7 +299,12 @@ def check_attention_args(call: _Call) -> None:
         raise ValueError(f"{'negative_kv_lens' if call.negative_kv_lens is not None else 'negative_q'} is given but "
                          f"negative= is not")
     if call.attn_mask is not None:
-        _check_attn_mask(call.attn_mask, q.device, (batch, heads, rows_q, rows_k), call.negative is not None)
+        if call.negative is not None and (call.negative_q is None or call.bhnd(call.negative[0])[2] != n_k):
+            raise ValueError(f"attn_mask cannot be combined with negative=(k_neg, v_neg) (negative-prompt attention: "
+                             f"give its padding as negative_kv_lens); with differential attention (negative=(q_neg, "
+                             f"k_neg, v_neg)) it applies to both streams, whose keys must then be as many (N_k = "
+                             f"{n_k}), got k_neg {_describe(call.negative[0])}")
+        _check_attn_mask(call.attn_mask, q.device, (batch, heads, rows_q, rows_k))
     if call.block_mask is not None:
         _check_block_mask(call, batch, heads, n_q, n_k)
 
@@ -598,8 +601,9 @@ def attention(
       takes part) or float (added to the scaled scores; -inf masks), sizes broadcastable to (B, H, N_q, N_k)
       whatever the layout; with ``joint``, N_q and N_k count the tokens of the joined sequence [stream 1; stream 2].
       A key mask (query size 1: diffusers' text-padding masks) costs one vector per key block, a mask per query
-      (Chroma's) one tile. A query whose keys are all masked gives zeros. The kernel reads it as given. Not with
-      negative.
+      (Chroma's) one tile. A query whose keys are all masked gives zeros. The kernel reads it as given. With
+      differential attention (``negative=(q_neg, k_neg, v_neg)``) it masks both streams (their keys as many); not
+      with negative-prompt attention (``negative_kv_lens`` masks its keys).
     * ``cu_seqlens_q`` / ``cu_seqlens_k`` (int, S + 1 offsets into the token dim): packed variable-length segments,
       each attending only within itself, in every batch row (FlashAttention's varlen; G images of N tokens laid out
       as one (G*N)-token segment give group attention without a copy). cu_seqlens_k defaults to cu_seqlens_q;

@@ -485,6 +485,14 @@ GRID = [
          k_norm=True, name="f32-differential-prologue"),
     Case(BF16, 64, 130, 130, batch=2, heads=4, kv_heads=2, layout="bnhd", negative=130, negative_q=True,
          kv_lens=[130, 90], negative_kv_lens=[130, 60], name="bf16-differential-gqa-bnhd-lens"),
+    # ... under a mask, which applies to both streams' keys (the same tokens): a key mask with the prologue, a
+    # boolean mask per query with GQA, finfo.min rows (a padded query: zeros in both streams)
+    Case(F32, 64, 97, 77, negative=77, negative_q=True, negative_scale=1.0, mask=("float", "b11n"), rope="half",
+         rope_dims=32, q_norm=True, k_norm=True, name="f32-differential-key-mask-prologue"),
+    Case(BF16, 64, 77, 130, batch=2, heads=4, kv_heads=2, layout="bnhd", negative=130, negative_q=True,
+         mask=("bool", "bhmn"), kv_lens=[130, 90], name="bf16-differential-mask-per-query-gqa"),
+    Case(F16, 48, 45, 45, batch=2, negative=45, negative_q=True, mask=("min", "b1mn"), negative_kv_lens=[45, 30],
+         name="f16-differential-min-mask"),
     # RoPE by halves within sections (``rope_sections``, Allegro's t, h, w thirds of a 96-channel head): sections
     # crossing the head dim's two chunks, with the norm, GQA, the bnhd layout; one angle per pair; under partial
     # rotary (the sections split the turned channels)
@@ -604,6 +612,13 @@ def random_case(seed: int):
     if case.rope == "half" and r.random() < 0.25:  # RoPE by sections (drawn last): any that split the turned channels
         turned = case.rope_dims or case.head_dim
         case.rope_sections = r.choice([n for n in range(1, 5) if turned % (2 * n) == 0])
+    # differential attention (drawn last): the negative stream's own queries over as many keys, under a mask of
+    # both streams' keys or of each query's
+    if case.negative is not None and case.joint is None and r.random() < 0.3:
+        case.negative_q, case.negative = True, case.n_k
+        if r.random() < 0.5:
+            case.mask = (r.choice(["bool", "float", "f32", "diffusers", "min"]),
+                         r.choice(["b11n", "bh1n", "n", "strided", "bhmn", "b1mn", "mn"]))
     return case, launch
 
 
@@ -1377,8 +1392,10 @@ BAD = [
     ("attn_mask must broadcast", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(8)}), ValueError),
     ("attn_mask must broadcast", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(1, 2, 1, 1, 7)}), ValueError),
     ("attn_mask must broadcast", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(())}), ValueError),
-    ("attn_mask cannot be combined with negative", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(7),
-                                                                              "negative": (k, v)}), ValueError),
+    ("attn_mask cannot be combined with negative=\\(k_neg, v_neg\\) \\(negative-prompt attention: give its padding as "
+     "negative_kv_lens\\)", lambda q, k, v: (q, k, v, {"attn_mask": torch.ones(7), "negative": (k, v)}), ValueError),
+    ("with differential attention .* whose keys must then be as many \\(N_k = 7\\)", lambda q, k, v: (q, k, v, {
+        "attn_mask": torch.ones(7), "negative": (q, k[:, :, :5], v[:, :, :5])}), ValueError),
     # block masks: 9 queries and 7 keys make one block each
     (r"block_size must be \(query block, key block\) in multiples of \(64, 32\) tokens .* got \(48, 32\)",
      lambda q, k, v: (q, k, v, {"block_mask": torch.ones(1, 1, dtype=torch.bool), "block_size": (48, 32)}),
@@ -2380,7 +2397,7 @@ def test_benchmark_suite_runs_on_cpu():
     bench = pytest.importorskip("benchmarks.bench_attention")
     rows = bench.run(quick=True, device="cpu")
     figures = [r for r in rows if "speedup" in r]
-    assert len(figures) == len(bench.CPU_SHAPES) + 18  # the eighteen variants (flex attention's rows: GPU only)
+    assert len(figures) == len(bench.CPU_SHAPES) + 19  # the nineteen variants (flex attention's rows: GPU only)
     assert all(r["ours_TFLOPs"] > 0 and r["peer_TFLOPs"] > 0 for r in figures)
     assert not [r for r in rows if "error" in r or "unavailable" in r]
     assert "joint + QK norm + RoPE (Flux)" in bench.section(rows)
@@ -2412,7 +2429,7 @@ GPU_GRID = [GRID[i] for i in (0, 1, 2, 4, 6, 8, 10, 13, 15, 17, 20, 23)] + [
                                   "bf16-key-rope-per-head-gqa", "f16-negative-scale-kvlens",
                                   "f32-block-sparse-gqa", "bf16-block-sparse-bnhd-kvlens", "f32-block-tiles-gqa",
                                   "bf16-partial-rope-pairs-gqa-bnhd", "bf16-differential-gqa-bnhd-lens",
-                                  "bf16-rope-sections-pairs-strided")] + [
+                                  "bf16-rope-sections-pairs-strided", "bf16-differential-mask-per-query-gqa")] + [
     Case(BF16, 128, 4608, 4608, heads=4, layout="bnhd", rope="interleaved", q_norm=True, k_norm=True,
          name="gpu-flux-shape"),
     Case(F16, 64, 4096, 77, heads=10, batch=2, name="gpu-sdxl-cross"),

@@ -1328,9 +1328,8 @@ def test_stable_audio3_attention(backend, differential, monkeypatch):
         for mask in (context_mask, None):
             torch.testing.assert_close(ours_cross(hidden, context, mask), cross_attn(hidden, context, mask),
                                        rtol=2e-5, atol=2e-5)
-    # (differential: one call each, two under the context mask, which the negative stream does not take)
-    expected = [(16, True), (None, False), (None, False), (None, True)] if differential else \
-        [(16, False), (None, False), (None, False)]
+    # (differential: one call each, the context mask on both streams' keys)
+    expected = [(16, True), (None, True), (None, True)] if differential else [(16, False), (None, False), (None, False)]
     assert calls == expected
 
 

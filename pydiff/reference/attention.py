@@ -285,19 +285,21 @@ def attention_reference(
             attn_dtype if compute_dtype is not None else in_dtype))
     out = _sdpa(qp, kp, vp, scale, kv_lens, attn_mask)
     if negative is not None:
-        q_neg = qp
-        if len(negative) == 3:  # (differential attention: the negative stream's own queries, q's prologue)
-            q_neg, negative = pro(bhnd(negative[0]), q_norm_weight, 0), negative[1:]
+        q_neg, neg_mask = qp, None
+        if len(negative) == 3:  # (differential attention: the negative stream's own queries, q's prologue; the
+            # mask over both streams' keys, the same tokens)
+            q_neg, negative, neg_mask = pro(bhnd(negative[0]), q_norm_weight, 0), negative[1:], attn_mask
         out = _subtract_negative(out, q_neg, negative, bhnd, pro_k, k_norm_weight, scale, negative_scale,
-                                 negative_kv_lens)
+                                 negative_kv_lens, neg_mask)
     return back(out.to(attn_dtype if compute_dtype is not None else in_dtype))
 
 
-def _subtract_negative(out, q, negative, bhnd, pro, k_norm_weight, scale, negative_scale, negative_kv_lens):
+def _subtract_negative(out, q, negative, bhnd, pro, k_norm_weight, scale, negative_scale, negative_kv_lens,
+                       attn_mask=None):
     """Negative-away steering attention (SNOOPI's NASA, Nguyen et al. 2024): A(q, k+, v+) - alpha A(q, k-, v-);
-    with q the negative stream's own queries, differential attention."""
+    with q the negative stream's own queries, differential attention (``attn_mask`` on its keys too)."""
     k_neg, v_neg = (bhnd(t) for t in negative)
-    neg = _sdpa(q, pro(k_neg, k_norm_weight, 0), v_neg.to(q.dtype), scale, negative_kv_lens)
+    neg = _sdpa(q, pro(k_neg, k_norm_weight, 0), v_neg.to(q.dtype), scale, negative_kv_lens, attn_mask)
     combined = out.to(torch.promote_types(out.dtype, torch.float32)) - negative_scale * neg.to(
         torch.promote_types(out.dtype, torch.float32))
     return combined.to(out.dtype)

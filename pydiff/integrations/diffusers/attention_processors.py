@@ -2077,8 +2077,8 @@ class PydiffStableAudio3SelfAttnProcessor(_RankLocal):
 
 class PydiffStableAudio3CrossAttnProcessor(_RankLocal):
     """Drop-in for Stable Audio 3's ``StableAudio3CrossAttnProcessor`` (diffusers 0.42+): its differential
-    cross-attention to the context in one call, or two under the context mask (the kernel's key mask), the QK
-    RMSNorms in the prologue."""
+    cross-attention to the context in one call, under the context mask (the kernel's key mask, both streams'), the
+    QK RMSNorms in the prologue."""
 
     def __init__(self):
         self.stock = _stock(StableAudio3CrossAttnProcessor, "Stable Audio 3", "0.42")
@@ -2096,9 +2096,8 @@ class PydiffStableAudio3CrossAttnProcessor(_RankLocal):
 
 def _differential(attn, queries, keys, value: torch.Tensor, extra: dict) -> torch.Tensor:
     """Stable Audio 3's attention (B, N, H, D) views: A(q1, k1, v) - A(q2, k2, v) (Differential Transformer, Ye et
-    al. 2024) for two queries and keys, in one call (the kernel's negative stream with queries of its own), or in
-    two where a mask is given (the negative stream takes none); A(q, k, v) for one; the module's QK norms in the
-    prologue."""
+    al. 2024) for two queries and keys, in one call (the kernel's negative stream with queries of its own, a mask
+    on both streams' keys); A(q, k, v) for one; the module's QK norms in the prologue."""
     fused, separate, eps = _plan_norms({"q": attn.q_norm, "k": attn.k_norm}, attn.dim_heads, value.dtype,
                                        value.device)
     queries = [separate["q"](q) if "q" in separate else q for q in queries]
@@ -2106,9 +2105,7 @@ def _differential(attn, queries, keys, value: torch.Tensor, extra: dict) -> torc
     common = dict(layout="bnhd", q_norm_weight=fused.get("q"), k_norm_weight=fused.get("k"), norm_eps=eps, **extra)
     if len(queries) == 1:
         return attention(queries[0], keys[0], value, **common)
-    if common.get("attn_mask") is None:
-        return attention(queries[0], keys[0], value, negative=(queries[1], keys[1], value), **common)
-    return attention(queries[0], keys[0], value, **common) - attention(queries[1], keys[1], value, **common)
+    return attention(queries[0], keys[0], value, negative=(queries[1], keys[1], value), **common)
 
 
 def _ltx_rope(attn, tables):
