@@ -1562,15 +1562,19 @@ def test_hunyuan_dit_transformer(backend, fused, monkeypatch):
     assert calls == [(True, None, not fused), (True, True, not fused)] * len(model.blocks)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused-projections"])
 @pytest.mark.parametrize("cfg", [False, True], ids=["pag", "pag-cfg"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_hunyuan_dit_with_pag_processors(backend, cfg, monkeypatch):
+def test_hunyuan_dit_with_pag_processors(backend, cfg, fused, monkeypatch):
     """Perturbed-attention guidance on the tiny HunyuanDiT's self-attention (as its PAG pipeline sets it: with CFG,
     [unconditional, conditional, perturbed] samples; without, [original, perturbed]): the unperturbed samples in
-    the kernel with their RoPE, the perturbed ones' identity attention; outputs the stock processors'."""
+    the kernel with their RoPE, the perturbed ones' identity attention, on separate and fused projections; outputs
+    the stock processors'."""
     from diffusers.models.attention_processor import PAGCFGHunyuanAttnProcessor2_0, PAGHunyuanAttnProcessor2_0
 
     model = tiny_hunyuan_dit()
+    if fused:
+        model.fuse_qkv_projections()
     stock_pag = PAGCFGHunyuanAttnProcessor2_0 if cfg else PAGHunyuanAttnProcessor2_0
     for block in model.blocks:
         block.attn1.set_processor(stock_pag())

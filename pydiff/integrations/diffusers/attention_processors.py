@@ -752,7 +752,8 @@ class PydiffHunyuanDiTAttnProcessor(PydiffAttnProcessor):
 class PydiffPAGHunyuanAttnProcessor(PydiffHunyuanDiTAttnProcessor):
     """Drop-in for ``PAGHunyuanAttnProcessor2_0`` (perturbed-attention guidance on HunyuanDiT's self-attention,
     without CFG): the batch's first half attends as ``HunyuanAttnProcessor2_0`` (ours), the second half (the
-    perturbed pass) takes the identity attention, its values, as there."""
+    perturbed pass) takes the identity attention, its values, as there. On fused projections (the stock processor
+    reads the separate ones, which ``fuse_qkv_projections`` keeps: the same numbers) q, k and v are views of one."""
 
     #: the batch's parts: [original, perturbed], or with CFG [unconditional, conditional, perturbed]
     chunks = 2
@@ -765,7 +766,7 @@ class PydiffPAGHunyuanAttnProcessor(PydiffHunyuanDiTAttnProcessor):
                  image_rotary_emb=None) -> torch.Tensor:
         if hidden_states.ndim != 3 or hidden_states.shape[0] % self.chunks or encoder_hidden_states is not None or \
                 attention_mask is not None or attn.spatial_norm is not None or attn.group_norm is not None or \
-                _head_dim(attn) > MAX_HEAD_DIM or _fused_projections(attn):
+                _head_dim(attn) > MAX_HEAD_DIM:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, image_rotary_emb)
         original = hidden_states.shape[0] // self.chunks * (self.chunks - 1)
         states, perturbed = hidden_states[:original], hidden_states[original:]
