@@ -2133,10 +2133,10 @@ def _block_lists(mask, block_q: int, block_k: int, kv_lens, tile_ids=None, kerne
     or past a batch row's last key are left out (then the lists are per batch row). tile_ids (int32, broadcastable
     like the mask: each block's tile of elements, ``TILE_MASK``, clamped to the ``tile_count`` tiles): each entry
     becomes three, the entry and the tiles of the first and the second query block in it (0, a whole block, where
-    one does not attend); the entries with
-    tile 0 in both come first (each part ascending), and counts holds two per row, those and all. One launch of
-    ``_block_lists_kernel`` (``kernel``: as the caller launches it, wrapped for torch.library; None: this
-    module's), planned like the attention's: no host reads, and a repeated call replays it."""
+    one does not attend); the entries with tile 0 in both come first (each part ascending), and counts holds two
+    per row, those and all. One launch of ``_block_lists_kernel`` (``kernel``: as the caller launches it, wrapped
+    for torch.library; None: this module's), planned like the attention's: no host reads, and a repeated call
+    replays it."""
     import torch
 
     kernel = _block_lists_kernel if kernel is None else kernel
@@ -2152,7 +2152,7 @@ def _block_lists(mask, block_q: int, block_k: int, kv_lens, tile_ids=None, kerne
     tensors = (mask, mask if tile_ids is None else tile_ids, mask if kv_lens is None else kv_lens, counts, lists)
     plan_key = None
     if plans.ENABLED and type(mask) is torch.Tensor:
-        plan_key = (plans.unwrapped(kernel), block_k, pairs, tile_ids is not None, kv_lens is not None,
+        plan_key = (plans.unwrapped(kernel), block_k, tile_count, pairs, tile_ids is not None, kv_lens is not None,
                     *(plans.tensor_key(t) for t in tensors))
         if plans.run(plan_key, tensors):
             return counts, lists

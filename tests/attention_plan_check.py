@@ -553,6 +553,14 @@ def main():
         check("segments", lambda: run(q, q, q, out, cu_seqlens_q=cu, max_seqlen_q=57), launches, jit, changed=[
             ("max segment", lambda: run(q, q, q, out, cu_seqlens_q=cu, max_seqlen_q=97)),
         ])
+        # the block lists of a block-sparse call: the tile count and the key block are plain arguments the plan
+        # holds (not in any tensor's key), so another must not reuse it
+        block_mask = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(5)) > 0.4
+        ids = torch.randint(0, 3, (4, 5), dtype=torch.int32, generator=torch.Generator().manual_seed(6))
+        lists_jit = _JitCounter(ka._block_lists_kernel)
+        check("block lists", lambda: ka._block_lists(block_mask, 64, 32, None, ids, None, 3), launches, lists_jit,
+              changed=[("tile count", lambda: ka._block_lists(block_mask, 64, 32, None, ids, None, 2)),
+                       ("key block", lambda: ka._block_lists(block_mask, 64, 64, None, ids, None, 3))])
         check_calls(launches)
         # the sampler-step and moments kernels, compiled the same way
         x = [torch.randn(3, 1000) for _ in range(3)]
