@@ -624,14 +624,16 @@ def _query_block(
     """Rows [row_start, row_start + BLOCK_M) of one (batch, head) query stream against every key stream: K/V's,
     then (JOINT_KEYS) K2/V2's, and (NEG) the negative stream's into an output of their own. HAS_BIAS: the mask
     (``_block_scores``) of K's keys at MB, of K2's at MB2 (with ROW_MASK, BLOCK_M pointers each: the rows of this
-    block's queries); the negative stream has none. SPARSE: K's keys are only the ``count`` blocks of BLOCK_K
-    listed at LIST (``_attend_listed``; with TILE_MASK, MB are the query rows' rows of a tile, tiles stride_mt
-    apart, and the first ``whole`` listed blocks have none). NEG_Q (differential attention): the negative stream
+    block's queries); the negative stream K's too (differential attention: the same tokens). SPARSE: K's keys are
+    only the ``count`` blocks of BLOCK_K listed at LIST (``_attend_listed``; with TILE_MASK, MB are the query rows'
+    rows of a tile, tiles stride_mt apart, and the first ``whole`` listed blocks have none; a float mask's shift
+    from the listed blocks alone). NEG_Q (differential attention): the negative stream
     has queries of its own, these rows of QN (strides stride_qnn, stride_qnd)."""
     mask_shift = 0.0
     zero_rows = None
     if HAS_BIAS and MB.dtype.element_ty != tl.int1:  # (a boolean mask's 0 and -inf need no shift)
-        mask_shift = _mask_top(MB, stride_mn, k_start, k_end, BLOCK_M, BLOCK_N, HAS_BIAS)
+        mask_shift = _mask_top(MB, stride_mn, k_start, k_end, BLOCK_M, BLOCK_N, HAS_BIAS, LIST, count, BLOCK_K,
+                               BLOCK_Q, SPARSE)
         if JOINT_KEYS:
             mask_shift = tl.maximum(mask_shift, _mask_top(MB2, stride_mn, 0, k2_end, BLOCK_M, BLOCK_N, HAS_BIAS))
         mask_shift = tl.where(mask_shift == float("-inf"), 0.0, mask_shift)
@@ -704,14 +706,39 @@ def _query_block(
 
 
 @triton.jit
-def _mask_top(MB, stride_mn, k_start, k_end, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _mask_top(MB, stride_mn, k_start, k_end, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr,
+              LIST=None, count=0, BLOCK_K=0, BLOCK_Q: tl.constexpr = 0, LISTED: tl.constexpr = False):
     """The largest value of a float mask over keys [k_start, k_end) (-inf where there is none): of the key mask's
     one row, or (ROW_MASK) of each query row's, as a column. The softmax does not change when every score of a row
     shifts alike: subtracting the row's largest mask value keeps the scores near zero, where float32 still resolves
     them (a prompt whose every token is padding scores s - 10000 per key in diffusers: 1.6e-4 off in float32
-    without the shift)."""
+    without the shift). LISTED (block-sparse): over the ``count`` key blocks of BLOCK_K listed at LIST alone (the
+    keys the scores read; a mask per query: each row over the blocks its half of the tile attends to; a key mask
+    over every listed block), so a query block reads no mask value of the blocks it skips."""
     offs = tl.arange(0, BLOCK_N)
-    if HAS_BIAS == ROW_MASK:
+    if HAS_BIAS == ROW_MASK and LISTED:
+        most = tl.full([BLOCK_M, BLOCK_N], float("-inf"), dtype=tl.float32)
+        per_block = BLOCK_K // BLOCK_N
+        first_half = tl.arange(0, BLOCK_M) < BLOCK_Q
+        for i in range(0, count * per_block):
+            listed = i // per_block
+            entry = tl.load(LIST + listed)
+            keys = (entry >> 2) * BLOCK_K + (i - listed * per_block) * BLOCK_N + offs
+            row_keep = tl.where(first_half, entry & 1, entry & 2) != 0
+            values = tl.load(MB[:, None] + keys.to(tl.int64)[None, :] * stride_mn,
+                             mask=row_keep[:, None] & (keys < k_end)[None, :], other=float("-inf"))
+            most = tl.maximum(most, values.to(tl.float32))
+        top = tl.max(most, 1)[:, None]
+    elif LISTED:
+        most = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+        per_block = BLOCK_K // BLOCK_N
+        for i in range(0, count * per_block):
+            listed = i // per_block
+            keys = (tl.load(LIST + listed) >> 2) * BLOCK_K + (i - listed * per_block) * BLOCK_N + offs
+            values = tl.load(MB + keys.to(tl.int64) * stride_mn, mask=keys < k_end, other=float("-inf"))
+            most = tl.maximum(most, values.to(tl.float32))
+        top = tl.max(most, 0)
+    elif HAS_BIAS == ROW_MASK:
         most = tl.full([BLOCK_M, BLOCK_N], float("-inf"), dtype=tl.float32)
         for start in range(k_start, k_end, BLOCK_N):
             keys = start + offs

@@ -1232,6 +1232,26 @@ def test_block_lists_match_reference(shape, block_q, lens, tiles):
 
 
 @needs_interpreter
+@pytest.mark.parametrize("per_query", [False, True], ids=["key-mask", "mask-per-query"])
+def test_block_sparse_float_mask_shift_from_listed_blocks(per_query):
+    """A float mask's shift (its row's largest value, subtracted so that float32 resolves the scores) comes from
+    the key blocks a query block attends to: query block 0 attends only to key block 0, where every value is
+    -10000 (0 in the blocks it skips); its scores are then resolved as the float64 reference's (the whole row's 0
+    would leave s - 10000 in float32: about 1e-3 off)."""
+    gen = torch.Generator().manual_seed(47)
+    q, k, v = (torch.randn(1, 2, n, 64, generator=gen) for n in (128, 192, 192))
+    blocks = torch.ones(2, 3, dtype=torch.bool)
+    blocks[0, 1:] = False
+    mask = torch.zeros(1, 1, 128 if per_query else 1, 192)
+    mask[..., :64] = -10000.0
+    with pydiff.use_backend("triton"):
+        out = pydiff.attention(q, k, v, attn_mask=mask, block_mask=blocks, block_size=64)
+    ref = attention_reference(q.double(), k.double(), v.double(), attn_mask=mask.double(), block_mask=blocks,
+                              block_size=64, compute_dtype=torch.float64)
+    assert rel_err(out, ref) <= 1e-5
+
+
+@needs_interpreter
 def test_block_sparse_kernel_skips_the_masked_blocks():
     """The kernel reads only the listed key blocks: key and value blocks that no query block attends to, filled
     with NaN, leave the output unchanged (a dense mask would multiply them by zero: NaN)."""
