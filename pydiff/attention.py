@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from .ops import native
 from .ops.backend import OpBackends, backend_key_reader, env_switch
@@ -895,6 +896,37 @@ def block_mask_tiles(block_mask, n_q: int, n_k: int):
     return dict(block_mask=blocks, block_size=sizes, **({} if tiles is None else {"block_tiles": tiles}))
 
 
+def mask_block_mask(attn_mask: torch.Tensor, n_q: int, n_k: int, block_size=128) -> dict:
+    """The blocks of a dense attention mask that keep any weight, as ``attention``'s block mask: with both,
+    ``attention(q, k, v, attn_mask=m, **mask_block_mask(m, N_q, N_k))`` equals ``attention(q, k, v, attn_mask=m)``
+    and the kernel skips the key blocks the mask leaves nothing in (a sliding window's band, a block-causal mask),
+    reading neither their keys nor their mask values. An element keeps weight where it is True (bool), or (float)
+    less than 1e4 under its row's largest value: the others weigh exp(-1e4) at most against it, 0 in float32 and
+    float64 (-10000 against 0: diffusers' padding), and a row of only masked values (all finfo.min, or all -10000:
+    SDPA attends it uniformly) keeps all of them. One pass over the mask, no host read (CUDA graphs capture it);
+    worth it where one mask serves many calls (a model's layers). Returns {"block_mask", "block_size"};
+    block_size an int or a (query block, key block) pair."""
+    if not isinstance(attn_mask, torch.Tensor) or not 1 <= attn_mask.dim() <= 4 or \
+            (attn_mask.dtype != torch.bool and not attn_mask.is_floating_point()):
+        raise TypeError(f"attn_mask must be a bool or float tensor of 1 to 4 dims, got {_describe(attn_mask)}")
+    block_q, block_k = _block_pair(block_size)
+    mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
+    if mask.shape[-2] not in (1, n_q) or mask.shape[-1] not in (1, n_k):
+        raise ValueError(f"attn_mask must broadcast to (..., N_q, N_k) = (..., {n_q}, {n_k}), got "
+                         f"{_describe(attn_mask)}")
+    if mask.dtype == torch.bool:
+        kept = mask
+    else:  # (>= top: where top - 1e4 rounds to top itself, finfo.min's rows)
+        top = mask.amax(-1, keepdim=True)
+        kept = (mask > top - 1e4) | (mask >= top)
+    # (a dim of one, a key mask's queries, stays one block: it broadcasts)
+    kept = F.pad(kept, (0, (-kept.shape[-1]) % block_k if kept.shape[-1] > 1 else 0,
+                        0, (-kept.shape[-2]) % block_q if kept.shape[-2] > 1 else 0))
+    rows, cols = max(kept.shape[-2] // block_q, 1), max(kept.shape[-1] // block_k, 1)
+    blocks = kept.unflatten(-1, (cols, -1)).any(-1).unflatten(-2, (rows, -1)).any(-2)
+    return {"block_mask": blocks, "block_size": (block_q, block_k)}
+
+
 def _dense_block_mask(block_mask, block_size, n_q: int, n_k: int):
     """(mask, (query block, key block), tiles) of ``attention``'s block_mask and block_size for n_q queries and n_k
     keys: a tensor as given, with block_size an int, a pair or None (128), and no tiles; a flex attention
@@ -975,4 +1007,4 @@ def _max_segment(cu: torch.Tensor, name: str) -> int:
 
 
 __all__ = ["MAX_HEAD_DIM", "SUPPORTED_DTYPES", "attention", "attention_op", "attention_reference", "autotune_enabled",
-           "backends", "block_mask_tiles", "define_attention_op"]
+           "backends", "block_mask_tiles", "define_attention_op", "mask_block_mask"]

@@ -1251,6 +1251,57 @@ def test_block_sparse_float_mask_shift_from_listed_blocks(per_query):
     assert rel_err(out, ref) <= 1e-5
 
 
+def _band(n: int, width: int, values: str, dtype=torch.float32) -> torch.Tensor:
+    """A sliding-window mask over n tokens (|i - j| <= width), batch row 1's tokens from 3n/4 on padding (its last
+    queries' windows padding alone), in ``values``' form: bool, float (-inf out), "min" (finfo.min out: rows of it
+    alone), "diffusers" (-10000 out)."""
+    position = torch.arange(n)
+    keep = ((position[:, None] - position[None, :]).abs() <= width)[None, None].repeat(2, 1, 1, 1)
+    keep[1, ..., 3 * n // 4:] = False
+    if values == "bool":
+        return keep
+    out = {"float": float("-inf"), "min": torch.finfo(dtype).min, "diffusers": -10000.0}[values]
+    return torch.zeros(keep.shape, dtype=dtype).masked_fill(~keep, out)
+
+
+@pytest.mark.parametrize("values", ["bool", "float", "min", "diffusers"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_interpreter)])
+def test_mask_block_mask_keeps_the_output(backend, values):
+    """``mask_block_mask``: a sliding-window band over 300 tokens as blocks of 64 x 32 that keep any weight (most
+    skipped); attention under the mask and those blocks equals attention under the mask alone and the float64
+    reference, rows of masked values alone included (finfo.min and -10000 rows list every block, attended
+    uniformly as SDPA does; a bool row of none gives zeros either way), and a key mask's blocks broadcast over the
+    queries."""
+    from pydiff.attention import mask_block_mask
+
+    gen = torch.Generator().manual_seed(48)
+    q, k, v = (torch.randn(2, 2, 300, 32, generator=gen) for _ in range(3))
+    mask = _band(300, 20, values)
+    made = mask_block_mask(mask, 300, 300, (64, 32))
+    assert made["block_size"] == (64, 32) and made["block_mask"].shape == (2, 1, 5, 10)
+    assert made["block_mask"][0].float().mean() < 0.5
+    with pydiff.use_backend(backend):
+        sparse = pydiff.attention(q, k, v, attn_mask=mask, **made)
+        dense = pydiff.attention(q, k, v, attn_mask=mask)
+    ref = attention_reference(q.double(), k.double(), v.double(), attn_mask=mask if values == "bool" else
+                              mask.double(), compute_dtype=torch.float64)
+    rows = slice(None) if values != "bool" else slice(0, 1)  # (a bool row of no key: NaN in SDPA)
+    assert rel_err(sparse, dense) <= 1e-6
+    # (the kernel against float64; the torch backend is SDPA in float32, whose -10000 rows are 3e-5 off it)
+    assert backend == "torch" or rel_err(sparse[rows], ref[rows]) <= 1e-5
+    keys = mask_block_mask((torch.arange(300) < 150)[None, None, None], 300, 300)["block_mask"]
+    assert keys.shape == (1, 1, 1, 3) and torch.equal(keys[0, 0, 0], torch.tensor([True, True, False]))
+
+
+def test_mask_block_mask_bad_inputs():
+    from pydiff.attention import mask_block_mask
+
+    with pytest.raises(TypeError, match="attn_mask must be a bool or float tensor"):
+        mask_block_mask(torch.ones(4, 4, dtype=torch.int32), 4, 4)
+    with pytest.raises(ValueError, match=r"attn_mask must broadcast to \(\.\.\., N_q, N_k\) = \(\.\.\., 5, 4\)"):
+        mask_block_mask(torch.ones(4, 4), 5, 4)
+
+
 @needs_interpreter
 def test_block_sparse_kernel_skips_the_masked_blocks():
     """The kernel reads only the listed key blocks: key and value blocks that no query block attends to, filled

@@ -1192,6 +1192,37 @@ def test_ace_step_attention(backend, monkeypatch):
     assert calls == [(True, True), (True, False), (False, True)]
 
 
+@_needs("AceStepAttnProcessor2_0", "ACE-Step 1.5", "0.39")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ace_step_sliding_window_skips_blocks(backend, monkeypatch):
+    """ACE-Step's sliding-window self-attention over 300 tokens (a band of 2 x 20 + 1): the band's 64 x 64 blocks
+    that keep no weight are skipped (most of them), the second sample padded from token 230 on, so the last
+    queries' windows hold only padding (rows of finfo.min, which the stock processor attends uniformly over every
+    key: their query blocks list every block); outputs the stock processor's, the blocks found once for two
+    calls on the same band."""
+    from diffusers.models.transformers.ace_step_transformer import AceStepAttention, _create_4d_mask
+
+    attn = _perturb(AceStepAttention(64, 4, 2, 32, sliding_window=20), 158)
+    gen = torch.Generator().manual_seed(159)
+    hidden = torch.randn(2, 300, 64, generator=gen)
+    padding = torch.ones(2, 300, dtype=torch.bool)
+    padding[1, 230:] = False
+    band = _create_4d_mask(300, torch.float32, "cpu", attention_mask=padding, sliding_window=20,
+                           is_sliding_window=True, is_causal=False)
+    calls = _spy(monkeypatch, lambda args, kwargs: kwargs.get("block_mask"))
+    ours = copy.deepcopy(attn)
+    assert set_attention_backend(ours) == 1
+    with torch.no_grad(), pydiff.use_backend(backend):
+        for _ in range(2):
+            torch.testing.assert_close(ours(hidden, attention_mask=band), attn(hidden, attention_mask=band),
+                                       rtol=2e-5, atol=2e-5)
+    assert len(calls) == 2 and calls[0] is calls[1]  # (made once)
+    blocks = calls[0]
+    assert blocks.shape == (2, 1, 5, 5) and blocks[0].sum() == 13  # (the band's: 13 of 25 blocks)
+    # (the padded sample's query blocks holding a row of padding alone list every block)
+    assert blocks[1, 0, 3:].all() and not blocks[0, 0, 3:].all()
+
+
 @_needs("Cosmos3AttnProcessor", "Cosmos 3", "0.39")
 @pytest.mark.parametrize("norms", ["rms", "nemotron-gen-only"])
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -222,7 +222,7 @@ from diffusers.models.transformers.transformer_wan import (
     _get_qkv_projections,
 )
 
-from pydiff.attention import MAX_HEAD_DIM, attention, block_mask_tiles
+from pydiff.attention import MAX_HEAD_DIM, attention, block_mask_tiles, mask_block_mask
 from pydiff.reference.attention import rope_reference
 
 
@@ -1038,13 +1038,14 @@ def _heads(attn, x: torch.Tensor, fused: str, names: Tuple[str, str, str], head_
 def _streams_attention(streams, head_dim: int, rope, attn_mask: Optional[torch.Tensor],
                        rope_interleaved: bool = True, scale: Optional[float] = None,
                        norm_dtype: Optional[torch.dtype] = None, key_rope=None, rope_dims: int = 0,
-                       causal: bool = False):
+                       causal: bool = False, **extra):
     """One ``pydiff.attention`` call over one or two token streams, each (q, k, v, q norm, k norm) with q, k and v
     (B, N, H, D) (k and v may have fewer heads: grouped-query attention): joint attention over [stream 1; stream 2]
     without concatenation or split, the RoPE rows and the mask following that joined sequence; the streams' QK
     RMSNorms run in the kernel's prologue (other norms as modules first; an RMSNorm without an eps takes
     ``norm_dtype``'s, q's dtype by default, as the module does on its input; ``key_rope``: the keys' own tables;
-    ``rope_dims``: partial rotary; ``causal``). Returns the output, or both streams' with two."""
+    ``rope_dims``: partial rotary; ``causal``; ``extra``: more of the call's keywords). Returns the output, or both
+    streams' with two."""
     (q, k, v, q_norm, k_norm), *second = streams
     norms, tensors = {"q": q_norm, "k": k_norm}, {"q": q, "k": k}
     if second:
@@ -1062,6 +1063,7 @@ def _streams_attention(streams, head_dim: int, rope, attn_mask: Optional[torch.T
         common["rope_dims"] = rope_dims
     if causal:
         common["causal"] = True
+    common.update(extra)
     if not second:
         return attention(tensors["q"], tensors["k"], v, **common)
     return attention(tensors["q"], tensors["k"], v, joint=(tensors["q2"], tensors["k2"], v2),
@@ -1953,10 +1955,27 @@ def _audio_dit_attention(attn, hidden_states: torch.Tensor, context: Optional[to
                                 key_rope=key_rope, rope_interleaved=False)
 
 
+#: the last dense mask ``_mask_blocks`` was asked for: (a weak reference to it, its version, ``mask_block_mask`` of
+#: it); a model hands its layers one mask per forward (ACE-Step's sliding-window band), whose blocks are found once
+_LAST_MASK_BLOCKS = [None, None, None]
+
+
+def _mask_blocks(mask: torch.Tensor, n_q: int, n_k: int) -> dict:
+    """``mask_block_mask(mask, n_q, n_k, 64)``, made once for the same mask tensor (again once it changes in
+    place)."""
+    ref, version, made = _LAST_MASK_BLOCKS
+    if ref is None or ref() is not mask or version != mask._version:
+        made = mask_block_mask(mask, n_q, n_k, 64)
+        _LAST_MASK_BLOCKS[:] = weakref.ref(mask), mask._version, made
+    return made
+
+
 class PydiffAceStepAttnProcessor(_RankLocal):
     """Drop-in for ACE-Step 1.5's ``AceStepAttnProcessor2_0`` (diffusers 0.39+): grouped-query attention with its
     per-head QK RMSNorms and, in self-attention, its RoPE (Qwen3's: halves paired) in the kernel's prologue, with
-    the module's scale; its masks (the sliding-window layers' additive band, a padding mask) read as given."""
+    the module's scale; its masks (the sliding-window layers' additive band, a padding mask) read as given, the
+    band's 64 x 64 blocks that keep no weight skipped (``mask_block_mask``, made once for the layers the model
+    hands one band: ``_mask_blocks``)."""
 
     def __init__(self):
         self.stock = _stock(AceStepAttnProcessor2_0, "ACE-Step 1.5", "0.39")
@@ -1969,8 +1988,11 @@ class PydiffAceStepAttnProcessor(_RankLocal):
         cross = attn.is_cross_attention and encoder_hidden_states is not None
         stream = _cross_stream(attn, hidden_states, encoder_hidden_states if cross else None, attn.head_dim)
         mask = _key_mask(attention_mask, hidden_states.shape[0], stream[1].shape[1])
+        band = not cross and getattr(attn, "sliding_window", None) is not None and mask is not None and \
+            mask.dim() == 4 and mask.shape[-2] > 1
         out = _streams_attention([stream], attn.head_dim, None if cross else image_rotary_emb, mask,
-                                 rope_interleaved=False, scale=attn.scaling)
+                                 rope_interleaved=False, scale=attn.scaling,
+                                 **(_mask_blocks(mask, stream[0].shape[1], stream[1].shape[1]) if band else {}))
         return attn.to_out[1](attn.to_out[0](out.flatten(2)))
 
 
@@ -2656,9 +2678,7 @@ def _segment_masks(segments, tokens: int, key_valid: Optional[torch.Tensor], dev
     image, position = image.to(device), torch.arange(tokens, device=device)
     keep = (position[:, None] >= position[None, :]) | ((image[:, None] == image[None, :]) & (image[:, None] >= 0))
     keep = keep[None, None] if key_valid is None else keep[None, None] & key_valid.bool()[:, None, None, :tokens]
-    pad = (-tokens) % 128
-    blocks = F.pad(keep, (0, pad, 0, pad)).unflatten(-1, (-1, 128)).any(-1).unflatten(-2, (-1, 128)).any(-2)
-    return {"attn_mask": keep, "block_mask": blocks, "block_size": 128}
+    return {"attn_mask": keep, **mask_block_mask(keep, tokens, tokens)}
 
 
 class PydiffMotifVideoAttnProcessor(_RankLocal):
