@@ -895,6 +895,22 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
                      lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=padding) -
                      F.scaled_dot_product_attention(q2, k2, v, attn_mask=padding), "2 x masked sdpa + sub",
                      2 * _flops(b, h, n, context, d), device, quick, ceiling)
+    # 11. A sliding window's dense band (ACE-Step 1.5's: |i - j| <= 128 as an additive finfo.min mask, a quarter of
+    # the second sample padding) with its blocks that keep any weight (``mask_block_mask``, 64 x 64, made once per
+    # forward for every sliding layer) against SDPA under the band; the figure counts the band's work
+    from pydiff.attention import mask_block_mask
+
+    b, h, d, n, window = (2, 16, 128, 4096, 128) if gpu else (2, 2, 64, 512, 32)
+    q, k, v = rand(b, h, n, d), rand(b, h, n, d), rand(b, h, n, d)
+    position = torch.arange(n, device=device)
+    keep = ((position[:, None] - position[None, :]).abs() <= window)[None, None].repeat(b, 1, 1, 1)
+    keep[-1, ..., 3 * n // 4:] = False
+    band = torch.zeros(keep.shape, dtype=q.dtype, device=device).masked_fill(~keep, torch.finfo(q.dtype).min)
+    blocks = mask_block_mask(band, n, n, 64)
+    rows += _variant("sliding-window band, its empty blocks skipped (ACE-Step)", f"B{b} H{h} N{n} D{d} w{window}",
+                     lambda: attention(q, k, v, attn_mask=band, **blocks),
+                     lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=band), "sdpa with the band",
+                     _flops(b, h, n, n, d) * keep.float().mean().item(), device, quick, ceiling)
     return rows
 
 

@@ -2468,7 +2468,7 @@ def test_benchmark_suite_runs_on_cpu():
     bench = pytest.importorskip("benchmarks.bench_attention")
     rows = bench.run(quick=True, device="cpu")
     figures = [r for r in rows if "speedup" in r]
-    assert len(figures) == len(bench.CPU_SHAPES) + 19  # the nineteen variants (flex attention's rows: GPU only)
+    assert len(figures) == len(bench.CPU_SHAPES) + 20  # the twenty variants (flex attention's rows: GPU only)
     assert all(r["ours_TFLOPs"] > 0 and r["peer_TFLOPs"] > 0 for r in figures)
     assert not [r for r in rows if "error" in r or "unavailable" in r]
     assert "joint + QK norm + RoPE (Flux)" in bench.section(rows)
