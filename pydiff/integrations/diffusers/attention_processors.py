@@ -96,7 +96,8 @@
 * ``PydiffAudioDiTSelfAttnProcessor`` and ``PydiffAudioDiTCrossAttnProcessor`` (0.39+) replace LongCat-AudioDiT's:
   the RoPE (the prompt's keys by tables of their own) in the prologue, the token masks as key masks.
 * ``PydiffAceStepAttnProcessor`` (0.39+) replaces ACE-Step 1.5's: GQA, QK norms and RoPE in the prologue, its
-  sliding-window band mask read as given.
+  sliding-window band mask read as given, the band's empty 64 x 64 blocks skipped (``mask_block_mask``, once per
+  forward).
 * ``PydiffCosmos3AttnProcessor`` (0.39+) replaces Cosmos 3's: the understanding pathway's causal attention
   (``causal``), the generation pathway's over [understanding; generation] keys without concatenation.
 * ``PydiffMiniMaxMusic3AttnProcessor`` and ``PydiffMiniMaxMusic3DepthAttnProcessor`` (0.42+) replace MiniMax Music
