@@ -35,7 +35,7 @@ def _compiled_run(*command) -> str:
 
 def test_plans_launch_what_triton_launches():
     out = _compiled_run(str(ROOT / "tests" / "attention_plan_check.py"))
-    assert len([line for line in out.splitlines() if line.startswith("ok ")]) == 19, out
+    assert len([line for line in out.splitlines() if line.startswith("ok ")]) == 20, out
 
 
 def test_diffusers_models_replay_their_calls():
