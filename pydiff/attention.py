@@ -651,7 +651,8 @@ def attention(
       ``block_mask_tiles``); the kernel reads a block's tile only where it is partial, and skips a partial block
       the mask_mod leaves empty (not with attn_mask).
       Combines with kv_lens, attn_mask, the prologue and grouped heads; not with joint, negative or cu_seqlens_q. A
-      query whose blocks are all masked gives zeros.
+      query whose blocks are all masked gives zeros. ``mask_block_mask`` makes one of a dense attn_mask's blocks
+      that keep any weight (the output stays the mask alone's).
     * ``block_tiles=(tile_ids, tiles)``, with a block_mask tensor: the elements each block keeps, in the form a
       BlockMask's mask_mod becomes (``block_mask_tiles``): tiles (T, query block, key block) bool, tile 0 all True
       (a whole block), and tile_ids int32 shaped like block_mask, each block's tile. Given directly, nothing is read
