@@ -1956,19 +1956,15 @@ def _audio_dit_attention(attn, hidden_states: torch.Tensor, context: Optional[to
                                 key_rope=key_rope, rope_interleaved=False)
 
 
-#: the last dense mask ``_mask_blocks`` was asked for: (a weak reference to it, its version, ``mask_block_mask`` of
-#: it); a model hands its layers one mask per forward (ACE-Step's sliding-window band), whose blocks are found once
+#: ``_made_once``'s slot for the last dense mask ``_mask_blocks`` was asked for: a model hands its layers one mask per
+#: forward (ACE-Step's sliding-window band), whose blocks are found once
 _LAST_MASK_BLOCKS = [None, None, None]
 
 
 def _mask_blocks(mask: torch.Tensor, n_q: int, n_k: int) -> dict:
     """``mask_block_mask(mask, n_q, n_k, 64)``, made once for the same mask tensor (again once it changes in
     place)."""
-    ref, version, made = _LAST_MASK_BLOCKS
-    if ref is None or ref() is not mask or version != mask._version:
-        made = mask_block_mask(mask, n_q, n_k, 64)
-        _LAST_MASK_BLOCKS[:] = weakref.ref(mask), mask._version, made
-    return made
+    return _made_once(_LAST_MASK_BLOCKS, (n_q, n_k), mask, lambda: mask_block_mask(mask, n_q, n_k, 64))
 
 
 class PydiffAceStepAttnProcessor(_RankLocal):
@@ -2650,20 +2646,25 @@ class PydiffQwenImage21FlexAttnProcessor(PydiffQwenImage21AttnProcessor, QwenIma
                                 cache_write_slice, segments, key_valid)
 
 
-#: the last prefill's masks: (key, the key_valid it was made for, the masks); every layer of a prefill asks for the
-#: same, built once
+def _made_once(slot: list, key, tensor: Optional[torch.Tensor], make):
+    """``make()``, kept in ``slot`` ([key, a weak reference to ``tensor``, what was made]) for the next call with the
+    same key and the same ``tensor`` (the same object, unchanged in place since; None: none), the last one only:
+    what every layer of a model's forward asks for alike is made for the first."""
+    key = (key, None if tensor is None else tensor._version)
+    if slot[0] != key or (slot[1] or (lambda: None))() is not tensor:
+        slot[:] = key, None if tensor is None else weakref.ref(tensor), make()
+    return slot[2]
+
+
+#: ``_made_once``'s slot for the last prefill's masks (Qwen-Image 2.1's)
 _LAST_PREFILL = [None, None, None]
 
 
 def _prefill_masks(segments, tokens: int, key_valid: Optional[torch.Tensor], device: torch.device) -> dict:
     """``_segment_masks``, made once for the layers of one prefill: the same segments, length, device and
-    key_valid tensor (the same object, unchanged in place since) give the masks made for the first layer."""
-    key = (tuple(tuple(int(x) for x in segment) for segment in segments), tokens, device,
-           None if key_valid is None else key_valid._version)
-    if _LAST_PREFILL[0] != key or (_LAST_PREFILL[1] or (lambda: None))() is not key_valid:
-        _LAST_PREFILL[:] = key, None if key_valid is None else weakref.ref(key_valid), \
-            _segment_masks(segments, tokens, key_valid, device)
-    return _LAST_PREFILL[2]
+    key_valid tensor give the masks made for the first layer."""
+    key = (tuple(tuple(int(x) for x in segment) for segment in segments), tokens, device)
+    return _made_once(_LAST_PREFILL, key, key_valid, lambda: _segment_masks(segments, tokens, key_valid, device))
 
 
 def _segment_masks(segments, tokens: int, key_valid: Optional[torch.Tensor], device: torch.device) -> dict:
