@@ -1645,7 +1645,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                       block_m=None, block_n=None, num_warps=4, num_stages=2, use_tma=False, prologue_kernel=None,
                       tuned=None, rowsum_mma=False, stream_k=None, overlap=False, prologue_heads=1,
                       warp_spec=False, join_keys=None, attn_mask=None, key_rope=None, block_mask=None,
-                      block_size=(0, 0), block_tiles=None, rope_dims=0, rope_sections=1, lists_kernel=None):
+                      block_size=(0, 0), block_tiles=None, rope_dims=0, rope_sections=1, lists_kernel=None,
+                      block_lists=None):
     """Launch ``kernel`` (the autotuned kernel, the plain one with ``block_m``/``block_n``, or either through
     ``torch.library.wrap_triton``). All arguments were checked by the caller.
 
@@ -1700,6 +1701,10 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     block_tiles = (tile_ids, tiles): the elements of the block mask's partial blocks (the kernel's TILE_MASK; not
     with attn_mask): tiles (T, block_q, block_k) bool, tile 0 all True, and tile_ids, int32 broadcastable like
     block_mask, the tile of each block (0: the whole block).
+    block_lists = (counts, lists): the lists ``_block_lists`` would make, given instead of block_mask (a
+    neighborhood's, made once without a dense mask: ``pydiff.neighborhood``), with block_size; lists (1 or B, 1 or
+    H, rows, entries) (x 3 with block_tiles, whose tile_ids are then None: the lists carry them), contiguous
+    along the entries. Trusted as made: their blocks and tiles are not range-checked.
     """
     import torch
 
@@ -1734,7 +1739,10 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
                              "attn_mask)")
         if stream_k < 1:
             raise ValueError(f"stream_k must be >= 1 programs, got {stream_k}")
-    if block_mask is not None:
+    if block_lists is not None and block_mask is not None:
+        raise ValueError("block_lists are given in place of block_mask, not with it")
+    sparse = block_mask is not None or block_lists is not None
+    if sparse:
         block_q, block_k = block_size
         if joint is not None or negative is not None or cu_seqlens_q is not None or stream_k is not None or \
                 overlap or warp_spec:
@@ -1751,7 +1759,7 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     row_mask = mask_strides[2] != 0
     tile_ids = None
     if block_tiles is not None:
-        if block_mask is None or attn_mask is not None:
+        if not sparse or attn_mask is not None:
             raise ValueError("block_tiles: with block_mask, and not with attn_mask (the kernel reads the tiles in its "
                              "place)")
         tile_ids, attn_mask = block_tiles  # (the lists clamp the ids to the tiles: none reads past them)
@@ -1843,7 +1851,10 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         cu_seqlens_k = cu_seqlens_q
     optional = (kv_lens, negative_kv_lens, cu_seqlens_q, cu_seqlens_k, attn_mask)
     block_q, block_k, lists = 0, 0, (None, None)
-    if block_mask is not None:
+    if block_lists is not None:
+        block_q, block_k = block_size
+        lists = tuple(block_lists)
+    elif block_mask is not None:
         block_q, block_k = block_size
         lists = _block_lists(block_mask, block_q, block_k, kv_lens, tile_ids, lists_kernel,
                              0 if tile_ids is None else attn_mask.shape[0])
@@ -1907,9 +1918,9 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
         HEAD_DIM=head_dim, BLOCK_DA=block_da, BLOCK_DB=block_db, SPLIT_D=split_d, MASK_D=mask_d,
         JOINT=joint is not None, JOINED_KV=bool(join_keys), NEG=negative is not None, VARLEN=varlen,
         HAS_KV_LENS=kv_lens is not None, HAS_NEG_KV_LENS=negative_kv_lens is not None,
-        HAS_BIAS=0 if attn_mask is None else TILE_MASK.value if tile_ids is not None else ROW_MASK.value if row_mask
-        else 1, SCALE_POSITIVE=scale > 0,
-        SPARSE=block_mask is not None, BLOCK_Q=block_q, NEG_Q=negative_q is not None,
+        HAS_BIAS=0 if attn_mask is None else TILE_MASK.value if block_tiles is not None else ROW_MASK.value
+        if row_mask else 1, SCALE_POSITIVE=scale > 0,
+        SPARSE=sparse, BLOCK_Q=block_q, NEG_Q=negative_q is not None,
         # Triton's interpreter (CPU tensors) multiplies bf16 operands as raw 16-bit integers in tl.dot and
         # truncates bf16 casts: there, bf16 values go through the dots as (exact) fp32, as a tensor core forms
         # the products, and every rounding to bf16 is done to nearest even by hand.

@@ -78,6 +78,7 @@ class _Call:
     rope_dims: int = 0
     negative_q: Optional[torch.Tensor] = None
     rope_sections: int = 1
+    block_lists: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def bhnd(self, t: torch.Tensor) -> Tuple[int, int, int, int]:
         """(B, H, N, D) of a q/k/v-like tensor in this call's layout."""
@@ -139,16 +140,22 @@ def _check_attn_mask(mask, device: torch.device, expected: Tuple[int, int, int, 
 BLOCK_MULTIPLES = (64, 32)
 
 
+def _check_sparse(call: _Call, name: str) -> None:
+    """What block-sparse attention (a block mask, or block lists: ``name``) takes: one query and one key stream,
+    blocks of whole tiles."""
+    if call.joint is not None or call.negative is not None or call.cu_seqlens_q is not None:
+        raise ValueError(f"{name} cannot be combined with joint=, negative= or cu_seqlens_q (one query and one key "
+                         f"stream)")
+    if any(size < 1 or size % multiple for size, multiple in zip(call.block_size, BLOCK_MULTIPLES)):
+        raise ValueError(f"block_size must be (query block, key block) in multiples of {BLOCK_MULTIPLES} tokens (the "
+                         f"kernel's tiles), got {call.block_size}")
+
+
 def _check_block_mask(call: _Call, batch: int, heads: int, n_q: int, n_k: int) -> None:
     """block_mask: bool, broadcastable to (B, H, query blocks, key blocks) for its block sizes; one query and one key
     stream."""
     mask, (block_q, block_k) = call.block_mask, call.block_size
-    if call.joint is not None or call.negative is not None or call.cu_seqlens_q is not None:
-        raise ValueError("block_mask cannot be combined with joint=, negative= or cu_seqlens_q (one query and one key "
-                         "stream)")
-    if any(size < 1 or size % multiple for size, multiple in zip((block_q, block_k), BLOCK_MULTIPLES)):
-        raise ValueError(f"block_size must be (query block, key block) in multiples of {BLOCK_MULTIPLES} tokens (the "
-                         f"kernel's tiles), got {(block_q, block_k)}")
+    _check_sparse(call, "block_mask")
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         raise TypeError(f"block_mask must be a bool tensor (True: a block of queries attends to a block of keys), "
                         f"got {_describe(mask)}")
@@ -162,6 +169,45 @@ def _check_block_mask(call: _Call, batch: int, heads: int, n_q: int, n_k: int) -
                          f"{expected} (its last two sizes exactly), got {_describe(mask)}")
     if call.block_tiles is not None:
         _check_block_tiles(call, mask)
+
+
+#: the query blocks of block lists are multiples of the kernel's widest tile (128 rows): no rows for pairs of blocks
+LIST_BLOCK_Q = 128
+
+
+def _check_block_lists(call: _Call, batch: int, heads: int, n_q: int) -> None:
+    """block_lists = (counts, lists), in place of block_mask (``BlockLists``: made by pydiff, not by hand): int32
+    (1 or B, 1 or H, query blocks, 2 with tiles else 1) and (1 or B, 1 or H, query blocks, entries[, 3]), entries
+    contiguous; query blocks of a multiple of ``LIST_BLOCK_Q``; tiles (T, query block, key block) bool, their ids
+    in the lists."""
+    counts, lists = call.block_lists
+    _check_sparse(call, "block_lists")
+    if call.block_mask is not None:
+        raise ValueError("block_lists are given in place of block_mask, not with it")
+    if call.block_size[0] % LIST_BLOCK_Q:
+        raise ValueError(f"block_lists need query blocks of a multiple of {LIST_BLOCK_Q} tokens, got "
+                         f"{call.block_size}")
+    tiled = call.block_tiles is not None
+    rows = -(-n_q // call.block_size[0])
+    for name, t, dims, last in (("counts", counts, 4, 2 if tiled else 1), ("lists", lists, 5 if tiled else 4,
+                                                                          3 if tiled else None)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.dim() != dims or \
+                t.shape[0] not in (1, batch) or t.shape[1] not in (1, heads) or t.shape[2] != rows or \
+                (last is not None and t.shape[-1] != last) or t.device != call.q.device:
+            tail = f", {last}" if last else ""
+            raise ValueError(f"block_lists' {name} must be an int32 tensor of {dims} dims, (1 or B = {batch}, 1 or H = "
+                             f"{heads}, {rows} query blocks, ...{tail}) on {call.q.device}, got {_describe(t)}")
+    if lists.stride(-1) != 1 or (tiled and lists.stride(-2) != 3) or counts.stride(-1) != 1:
+        raise ValueError("block_lists' entries must be contiguous")
+    if tiled:
+        ids, tiles = call.block_tiles
+        if call.attn_mask is not None:
+            raise ValueError("block_tiles cannot be combined with attn_mask (the tiles are the elements' mask)")
+        if ids is not None or not isinstance(tiles, torch.Tensor) or tiles.dtype != torch.bool or \
+                tiles.dim() != 3 or tuple(tiles.shape[1:]) != call.block_size or tiles.device != call.q.device:
+            raise ValueError(f"with block_lists, block_tiles must be (None, tiles): tiles bool (T, "
+                             f"{call.block_size[0]}, {call.block_size[1]}) on {call.q.device}, their ids in the lists, "
+                             f"got {_describe(tiles)}")
 
 
 def _check_block_tiles(call: _Call, mask: torch.Tensor) -> None:
@@ -306,7 +352,9 @@ def check_attention_args(call: _Call) -> None:
                              f"k_neg, v_neg)) it applies to both streams, whose keys must then be as many (N_k = "
                              f"{n_k}), got k_neg {_describe(call.negative[0])}")
         _check_attn_mask(call.attn_mask, q.device, (batch, heads, rows_q, rows_k))
-    if call.block_mask is not None:
+    if call.block_lists is not None:
+        _check_block_lists(call, batch, heads, n_q)
+    elif call.block_mask is not None:
         _check_block_mask(call, batch, heads, n_q, n_k)
 
     if call.rope is not None or call.key_rope is not None:
@@ -358,7 +406,8 @@ def _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_
                negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos, rope_sin, rope_interleaved,
                q_norm_weight, k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, norm_eps, attn_mask,
                key_rope_cos=None, key_rope_sin=None, block_mask=None, block_size_q=0, block_size_k=0,
-               block_tile_ids=None, block_tiles=None, rope_dims=0, negative_q=None, rope_sections=1) -> _Call:
+               block_tile_ids=None, block_tiles=None, rope_dims=0, negative_q=None, rope_sections=1,
+               block_counts=None, block_lists=None) -> _Call:
     joint = None if joint_q is None and joint_k is None and joint_v is None else (joint_q, joint_k, joint_v)
     negative = None if negative_k is None and negative_v is None else (negative_k, negative_v)
     rope = None if rope_cos is None and rope_sin is None else (rope_cos, rope_sin)
@@ -370,7 +419,8 @@ def _make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_
                  k_norm_weight, joint_q_norm_weight, joint_k_norm_weight, float(norm_eps), attn_mask, key_rope,
                  block_mask, (int(block_size_q), int(block_size_k)),
                  None if block_tile_ids is None and block_tiles is None else (block_tile_ids, block_tiles),
-                 int(rope_dims), negative_q, int(rope_sections))
+                 int(rope_dims), negative_q, int(rope_sections),
+                 None if block_counts is None and block_lists is None else (block_counts, block_lists))
 
 
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, layout: str,
@@ -386,13 +436,15 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
                   key_rope_sin: Optional[torch.Tensor] = None, block_mask: Optional[torch.Tensor] = None,
                   block_size_q: int = 0, block_size_k: int = 0, block_tile_ids: Optional[torch.Tensor] = None,
                   block_tiles: Optional[torch.Tensor] = None, rope_dims: int = 0,
-                  negative_q: Optional[torch.Tensor] = None, rope_sections: int = 1) -> List[torch.Tensor]:
+                  negative_q: Optional[torch.Tensor] = None, rope_sections: int = 1,
+                  block_counts: Optional[torch.Tensor] = None,
+                  block_lists: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
     return _run(_make_call(q, k, v, scale, layout, kv_lens, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, joint_q,
                            joint_k, joint_v, negative_k, negative_v, negative_scale, negative_kv_lens, rope_cos,
                            rope_sin, rope_interleaved, q_norm_weight, k_norm_weight, joint_q_norm_weight,
                            joint_k_norm_weight, norm_eps, attn_mask, key_rope_cos, key_rope_sin, block_mask,
                            block_size_q, block_size_k, block_tile_ids, block_tiles, rope_dims, negative_q,
-                           rope_sections))
+                           rope_sections, block_counts, block_lists))
 
 
 def _run(call: _Call) -> List[torch.Tensor]:
@@ -414,6 +466,26 @@ def _attention_fake(*args):
     return _outputs(call)
 
 
+def _dense_blocks(call: _Call) -> dict:
+    """The call's block-sparse pattern as the reference takes it: block_mask and block_tiles as given, or its block
+    lists as a dense block mask (B, H, query blocks, key blocks) and, with tiles, each block's tile id."""
+    if call.block_lists is None:
+        return dict(block_mask=call.block_mask, block_size=call.block_size, block_tiles=call.block_tiles)
+    counts, lists = call.block_lists
+    cols = -(-call.bhnd(call.k)[2] // call.block_size[1])
+    tiled = call.block_tiles is not None
+    entries = lists[..., 0] if tiled else lists
+    listed = torch.arange(entries.shape[-1], device=lists.device) < counts[..., -1:]
+    where = torch.where(listed, (entries >> 2).long(), cols)  # (unlisted entries land in a column cut off after)
+    mask = torch.zeros(*entries.shape[:-1], cols + 1, dtype=torch.bool, device=lists.device)
+    mask = mask.scatter_(-1, where, True)[..., :cols]
+    if not tiled:
+        return dict(block_mask=mask, block_size=call.block_size, block_tiles=None)
+    ids = torch.zeros(mask.shape[:-1] + (cols + 1,), dtype=torch.int32, device=lists.device)
+    ids = ids.scatter_(-1, where, lists[..., 1])[..., :cols]
+    return dict(block_mask=mask, block_size=call.block_size, block_tiles=(ids, call.block_tiles[1]))
+
+
 def _reference_args(call: _Call) -> dict:
     return dict(layout=call.layout, kv_lens=call.kv_lens, cu_seqlens_q=call.cu_seqlens_q,
                 cu_seqlens_k=call.cu_seqlens_k, joint=call.joint, negative=_negative(call),
@@ -421,8 +493,8 @@ def _reference_args(call: _Call) -> dict:
                 rope_interleaved=call.rope_interleaved, q_norm_weight=call.q_norm_weight,
                 k_norm_weight=call.k_norm_weight, joint_q_norm_weight=call.joint_q_norm_weight,
                 joint_k_norm_weight=call.joint_k_norm_weight, norm_eps=call.norm_eps, attn_mask=call.attn_mask,
-                key_rope=call.key_rope, block_mask=call.block_mask, block_size=call.block_size,
-                block_tiles=call.block_tiles, rope_dims=call.rope_dims, rope_sections=call.rope_sections)
+                key_rope=call.key_rope, rope_dims=call.rope_dims, rope_sections=call.rope_sections,
+                **_dense_blocks(call))
 
 
 @backends.register("torch", usable=lambda device: None)
@@ -443,7 +515,7 @@ def _triton_kwargs(call: _Call, outs: List[torch.Tensor]) -> dict:
         joint_q_norm_weight=call.joint_q_norm_weight, joint_k_norm_weight=call.joint_k_norm_weight,
         norm_eps=call.norm_eps, attn_mask=call.attn_mask, key_rope=call.key_rope, block_mask=call.block_mask,
         block_size=call.block_size, block_tiles=call.block_tiles, rope_dims=call.rope_dims,
-        rope_sections=call.rope_sections)
+        rope_sections=call.rope_sections, block_lists=call.block_lists)
 
 
 def _negative(call: _Call):
@@ -454,7 +526,7 @@ def _negative(call: _Call):
 
 def _tile_in_blocks(call: _Call, block_m: int, block_n: int) -> Tuple[int, int]:
     """A tile (block_m, block_n) narrowed, where a block mask needs it, to divide the mask's blocks."""
-    if call.block_mask is None:
+    if call.block_mask is None and call.block_lists is None:
         return block_m, block_n
     return math.gcd(block_m, call.block_size[0]), math.gcd(block_n, call.block_size[1])
 
@@ -589,6 +661,7 @@ def attention(
     rope_dims: Optional[int] = None,
     rope_sections: int = 1,
     causal: bool = False,
+    block_lists: Optional["BlockLists"] = None,
 ):
     """Softmax attention ``softmax(q k^T * scale) v`` in one fused pass (FlashAttention-2 forward).
 
@@ -661,6 +734,9 @@ def attention(
       attention over 128 x 128 blocks: those above the diagonal are never read, those on it read a triangle tile
       (``block_tiles``). With kv_lens, the prologue and grouped heads; not with attn_mask, block_mask, joint,
       negative or cu_seqlens_q.
+    * ``block_lists``: a block-sparse pattern as the kernel reads it (``BlockLists``), in place of block_mask,
+      block_size and block_tiles, made by pydiff without a dense block mask: ``pydiff.neighborhood``'s layouts
+      (neighborhood attention over 100k-token grids, whose dense block mask alone would take gigabytes).
 
     On a GPU, the Triton kernel takes up to 65535 heads and 65535 batch rows (times the segments of packed
     sequences); beyond that it is an error before anything launches.
@@ -727,14 +803,39 @@ def attention(
     elif block_size is not None or block_tiles is not None:
         raise ValueError(f"{'block_size' if block_size is not None else 'block_tiles'} is given but block_mask is "
                          f"not")
+    lists = (None, None)
+    if block_lists is not None:
+        if not isinstance(block_lists, BlockLists):
+            raise TypeError(f"block_lists must be a pydiff.attention.BlockLists (made by pydiff.neighborhood), got "
+                            f"{type(block_lists).__name__}")
+        if block_mask is not None:
+            raise ValueError("block_lists cannot be combined with block_mask, block_size, block_tiles or causal (it is "
+                             "a block pattern of its own)")
+        sparse = (None, *block_lists.block_size, None, block_lists.tiles)
+        lists = (block_lists.counts, block_lists.lists)
     args = (q, k, v, float(scale), layout, kv_lens, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
             joint_q, joint_k, joint_v, negative_k, negative_v, float(negative_scale), negative_kv_lens,
             rope_cos, rope_sin, bool(rope_interleaved), q_norm_weight, k_norm_weight, joint_q_norm_weight,
             joint_k_norm_weight, float(norm_eps), attn_mask, key_rope_cos, key_rope_sin, *sparse, int(rope_dims or 0),
-            negative_q, int(rope_sections))
+            negative_q, int(rope_sections), *lists)
     key = _call_key(args)
     outs = torch.ops.pydiff.attention(*args) if key is _THROUGH_OP else _eager(args, key)
     return (outs[0], outs[1]) if joint is not None else outs[0]
+
+
+@dataclass(frozen=True)
+class BlockLists:
+    """A block-sparse pattern in the form the kernel reads (``attention(..., block_lists=)``), made without a dense
+    block mask: for each block of ``block_size[0]`` queries (a multiple of ``LIST_BLOCK_Q``), ``counts`` (1, 1, query
+    blocks, 2): how many of its listed key blocks are whole, then how many in all; ``lists`` (1, 1, query blocks,
+    entries, 3) int32: the whole blocks first, each entry 4 x the key block's number + 3 and its tile's id twice
+    (0: a whole block) into ``tiles`` (T, query block, key block) bool, tile 0 all True. Made by pydiff's builders
+    (``pydiff.neighborhood``), which check every entry: the kernel reads them as given."""
+
+    counts: torch.Tensor
+    lists: torch.Tensor
+    tiles: torch.Tensor
+    block_size: Tuple[int, int]
 
 
 #: plain eager calls whose body made only planned launches: signature (``_call_key``) -> replay (``_replay``)
@@ -1007,5 +1108,5 @@ def _max_segment(cu: torch.Tensor, name: str) -> int:
     return max(max(lengths), 1)
 
 
-__all__ = ["MAX_HEAD_DIM", "SUPPORTED_DTYPES", "attention", "attention_op", "attention_reference", "autotune_enabled",
-           "backends", "block_mask_tiles", "define_attention_op", "mask_block_mask"]
+__all__ = ["BlockLists", "MAX_HEAD_DIM", "SUPPORTED_DTYPES", "attention", "attention_op", "attention_reference",
+           "autotune_enabled", "backends", "block_mask_tiles", "define_attention_op", "mask_block_mask"]

@@ -169,6 +169,8 @@ def check_calls(launches):
 
     module = importlib.import_module("pydiff.attention")
     module.bind_gpu_kernels()  # what a CUDA machine does at import; CPU tensors take the CUDA route below
+    from pydiff.neighborhood import neighborhood_layout
+
     body = module._run
     ran = []
     route = mock.patch.object(module.backends, "select", lambda device: ("triton", module._attention_triton_cuda))
@@ -185,6 +187,10 @@ def check_calls(launches):
         rope = (torch.rand(48, 64), torch.rand(48, 64))
         weights = [torch.rand(64, dtype=BF16) + 0.5 for _ in range(4)]
         strided = torch.rand(128, dtype=BF16)[::2]
+        # neighborhood attention over a 3 x 5 x 9 grid: its block lists made before, read as given (no lists launch)
+        hood = neighborhood_layout((3, 5, 9), (3, 3, 5))
+        hood_qkv = [torch.randn(1, hood.tokens, 2, 64, dtype=BF16) for _ in range(3)]
+        hood_rope = (torch.rand(hood.tokens, 32), torch.rand(hood.tokens, 32))
 
         def flux(k_weight=weights[1]):
             return list(attention(*image, layout="bnhd", joint=tuple(text), rope=rope, q_norm_weight=weights[0],
@@ -217,6 +223,8 @@ def check_calls(launches):
                 ("block size", lambda: attention(q, k, v, block_mask=blocks[..., :1], block_size=(64, 128))),
             ]),
             ("causal", lambda: [attention(q, k[:, :, :40], v[:, :, :40], causal=True)], []),
+            ("neighborhood", lambda: [attention(*hood_qkv, layout="bnhd", block_lists=hood.blocks, rope=hood_rope,
+                                                q_norm_weight=weights[0])], []),
         ]
         for name, call, changed in cases:
             launches.clear()

@@ -122,6 +122,20 @@ def _block_keep(mask: torch.Tensor, block_size, n_q: int, n_k: int, block_tiles=
     return keep
 
 
+def neighborhood_mask_reference(grid, kernel_size, device=None) -> torch.Tensor:
+    """Neighborhood attention's mask over a grid's tokens (row-major): (N, N) bool, query i keeping key j where j lies
+    in i's window of ``kernel_size`` along every dim, centred on i and shifted inward at the borders to hold
+    kernel_size positions (NATTEN's windows; LTX-2's decoder's ``mask_mod``)."""
+    coords = torch.stack(torch.meshgrid(*(torch.arange(n, device=device) for n in grid), indexing="ij"), -1)
+    coords = coords.reshape(-1, len(grid))
+    keep = torch.ones(coords.shape[0], coords.shape[0], dtype=torch.bool, device=device)
+    for axis, (n, window) in enumerate(zip(grid, kernel_size)):
+        position = coords[:, axis]
+        start = (position - window // 2).clamp(0, n - window)
+        keep &= (position[None, :] >= start[:, None]) & (position[None, :] < start[:, None] + window)
+    return keep
+
+
 def flex_block_mask(blocks: torch.Tensor, block_size, mask_mod=None):
     """A flex attention ``BlockMask`` of whole blocks where ``blocks`` (B, H, query blocks, key blocks) is True, as
     Kandinsky's NABLA builds one (its full blocks; ``mask_mod``, if given, is kept for its partial ones: none)."""
