@@ -11,6 +11,7 @@ import inspect
 import functools
 import importlib
 import math
+import warnings
 
 import pytest
 import torch
@@ -3091,6 +3092,31 @@ def test_ltx2_perturbed_attention(backend, perturbation, monkeypatch):
     # (per block: video and audio self-attention, their text cross-attention, the audio-video pair; where every
     # sample is perturbed, the guided block's perturbed attentions stay stock)
     assert len(calls) == 6 * 2 - (2 if perturbation == (0.0, 0.0) else 0)
+
+
+needs_ltx2_decoder = _needs("LTX2VideoVaeNeighborhoodAttnProcessor", "LTX-2's diffusion decoder", "0.42")
+
+
+@needs_ltx2_decoder
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ltx2_diffusion_decoder(backend):
+    """LTX-2's diffusion decoder (VAE) from a tiny config: every neighborhood attention (five stages, windows of 3 x
+    3 x 3 and, in the denoising stage, 3 x 5 x 5 over grids of 5 x 3 x 3 to 5 x 12 x 12) becomes pydiff's
+    block-sparse neighborhood attention (its QK norms and 3-D RoPE in the prologue; no BlockMask built), and the
+    decoded video is the stock processors' (flex attention over the decoder's BlockMasks)."""
+    from diffusers.models.autoencoders.ltx2_diffusion_decoder import LTX2VideoDiffusionDecoderModel
+
+    model = _perturb(LTX2VideoDiffusionDecoderModel(
+        out_channels=3, latent_channels=8, patch_size=4, decoder_head_dim=16,
+        decoder_stage_channels=(64, 32, 32, 32, 16), decoder_stage_depths=(1, 1, 1, 1, 2),
+        decoder_stage_kernels=((3, 3, 3),) * 4, decoder_upsample_channel_reductions=(2, 1, 1, 2),
+        decoder_upsample_strides=((1, 2, 2), (1, 1, 1), (1, 1, 1), (2, 2, 2)), decoder_stage5_kernel=(3, 5, 5),
+        decoder_t_emb_dim=32, temporal_compression_ratio=2), 81)
+    latents = torch.randn(1, 8, 3, 3, 3, generator=torch.Generator().manual_seed(82))
+    with warnings.catch_warnings():  # (the stock processors' flex attention runs unfused on CPU, and says so)
+        warnings.simplefilter("ignore", UserWarning)
+        _compare(model, lambda m: m(latents, generator=torch.Generator().manual_seed(83)).sample, backend,
+                 {attention_processors.PydiffLTX2VaeNeighborhoodAttnProcessor})
 
 
 def _block_matches_stock(ours, attn, args, rope, masks, stock=None):

@@ -19,6 +19,7 @@ _EXPORTS = {
     "PydiffLTXVideoAttnProcessor": "attention_processors",
     "PydiffLTX2AttnProcessor": "attention_processors",
     "PydiffLTX2PerturbedAttnProcessor": "attention_processors",
+    "PydiffLTX2VaeNeighborhoodAttnProcessor": "attention_processors",
     "PydiffLumina2AttnProcessor": "attention_processors",
     "PydiffMochiAttnProcessor": "attention_processors",
     "PydiffMotifVideoAttnProcessor": "attention_processors",

@@ -224,6 +224,7 @@ from diffusers.models.transformers.transformer_wan import (
 )
 
 from pydiff.attention import MAX_HEAD_DIM, attention, block_mask_tiles, mask_block_mask
+from pydiff.neighborhood import neighborhood_layout
 from pydiff.reference.attention import rope_reference
 
 
@@ -286,6 +287,8 @@ Cosmos3AttnProcessor = _stock_class("transformer_cosmos3", "Cosmos3AttnProcessor
 Cosmos3NemotronRMSNorm = _stock_class("transformer_cosmos3", "Cosmos3NemotronRMSNorm")
 MiniMaxMusic3AttnProcessor = _stock_class("transformer_minimax_music3", "MiniMaxMusic3AttnProcessor")  # (0.42+)
 MiniMaxMusic3DepthAttnProcessor = _stock_class("minimax_music3_rvq_depth_decoder", "MiniMaxMusic3DepthAttnProcessor")
+LTX2VideoVaeNeighborhoodAttnProcessor = _stock_class("autoencoders.ltx2_diffusion_decoder",  # (0.42+)
+                                                     "LTX2VideoVaeNeighborhoodAttnProcessor")
 
 
 def _stock(stock_type, model: str, version: str):
@@ -2237,6 +2240,56 @@ class PydiffLTX2PerturbedAttnProcessor(PydiffLTX2AttnProcessor):
         return self._output(attn, out, hidden_states)
 
 
+class PydiffLTX2VaeNeighborhoodAttnProcessor(_RankLocal):
+    """Drop-in for ``LTX2VideoVaeNeighborhoodAttnProcessor`` (diffusers 0.42+), the neighborhood attention of
+    LTX-2's diffusion decoder (VAE), which runs flex attention over a BlockMask whose build evaluates the window at
+    every query and key (N^2 elements: 167 GiB at the 72 x 64 x 96 grid of a 121-frame 512 x 768 decode). Here it is
+    ``pydiff.neighborhood``'s block-sparse attention: the tokens gathered into the grid's tiled layout once, before
+    the projections, the QK RMSNorms and the 3-D RoPE (one angle per pair: t, h and w positions side by side) in
+    the kernel's prologue, only the key blocks the windows reach read, the output scattered back before the out
+    projection. The decoder builds no BlockMask for it (``build_block_mask`` gives None to other processors)."""
+
+    def __init__(self):
+        self.stock = _stock(LTX2VideoVaeNeighborhoodAttnProcessor, "LTX-2's diffusion decoder", "0.42")
+
+    def __call__(self, attn, hidden_states: torch.Tensor, block_mask=None) -> torch.Tensor:
+        batch, *grid, channels = hidden_states.shape
+        norms, separate, eps = _plan_norms({"q_norm_weight": attn.norm_q, "k_norm_weight": attn.norm_k},
+                                           attn.head_dim, hidden_states.dtype, hidden_states.device)
+        if attn.head_dim > MAX_HEAD_DIM or separate:
+            return self.stock(attn, hidden_states, block_mask)
+        layout = neighborhood_layout(grid, attn.kernel_size, hidden_states.device)
+        tokens = layout.gather(hidden_states.reshape(batch, -1, channels))
+        q, k, v = (project(tokens).unflatten(-1, (attn.heads, attn.head_dim))
+                   for project in (attn.to_q, attn.to_k, attn.to_v))
+        out = attention(q, k, v, attn.scale, layout="bnhd", rope=_ltx2_vae_tables(attn.rope, layout),
+                        norm_eps=eps, block_lists=layout.blocks, **norms)
+        out = layout.scatter(out.flatten(2)).view(batch, *grid, -1)
+        return attn.to_out[0](out)
+
+
+#: ``_made_once``'s slot for the last LTX-2 decoder stage's RoPE tables
+_LAST_VAE_TABLES = [None, None, None]
+
+
+def _ltx2_vae_tables(rope, layout) -> Tuple[torch.Tensor, torch.Tensor]:
+    """LTX-2's decoder RoPE (``LTX2VideoVaeRotaryPosEmbed3D``: interleaved pairs, the head's channels in t, h and
+    w chunks, each turned by its axis position) as (cos, sin) tables of one angle per pair, a row per slot of the
+    tiled layout; made once per stage (every block of a stage has one grid)."""
+    device = layout.order.device
+    key = (layout.grid, layout.tile, layout.split, tuple(rope.rope_dim_split), float(rope.base), device)
+
+    def make():
+        positions = [torch.arange(n, dtype=torch.float32, device=device) for n in layout.grid]
+        angles = [pos[:, None] * rope._inv_freqs(dim, device)[None, :]
+                  for pos, dim in zip(positions, rope.rope_dim_split)]
+        grid = torch.meshgrid(*(torch.arange(n, device=device) for n in layout.grid), indexing="ij")
+        table = torch.cat([a[g.reshape(-1)] for a, g in zip(angles, grid)], -1)
+        table = layout.gather(table, 0)
+        return table.cos(), table.sin()
+    return _made_once(_LAST_VAE_TABLES, key, None, make)
+
+
 def _per_row_complex(freqs) -> bool:
     """Whether ``freqs`` is RoPE as the kernel's tables take it after ``_complex_rope``: complex, (B, N, D/2)."""
     return isinstance(freqs, torch.Tensor) and torch.is_complex(freqs) and freqs.dim() == 3
@@ -3076,6 +3129,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (Kandinsky6AttnProcessor, PydiffKandinsky6AttnProcessor, None),
     (Kandinsky6SRAttnProcessor, PydiffKandinsky6SRAttnProcessor, None),
     (QwenImage21FlexAttnProcessor, PydiffQwenImage21FlexAttnProcessor, None),
+    (LTX2VideoVaeNeighborhoodAttnProcessor, PydiffLTX2VaeNeighborhoodAttnProcessor, None),
     *((stock, functools.partial(ours, stock), None) for stock, ours in _copies()),
 ) if entry[0] is not None)
 
@@ -3143,6 +3197,7 @@ __all__ = ["PydiffAceStepAttnProcessor", "PydiffAllegroAttnProcessor", "PydiffAn
            "PydiffIdeogram4AttnProcessor", "PydiffJointAttnProcessor", "PydiffJoyImageAttnProcessor",
            "PydiffJoyImageEditPlusAttnProcessor", "PydiffKandinsky5AttnProcessor", "PydiffKandinsky6AttnProcessor",
            "PydiffKandinsky6SRAttnProcessor", "PydiffKrea2AttnProcessor", "PydiffLTX2AttnProcessor",
+           "PydiffLTX2VaeNeighborhoodAttnProcessor",
            "PydiffLTX2PerturbedAttnProcessor", "PydiffLTXVideoAttnProcessor", "PydiffLumina2AttnProcessor",
            "PydiffLuminaAttnProcessor", "PydiffMiniMaxH3AttnProcessor", "PydiffMiniMaxMusic3AttnProcessor",
            "PydiffMiniMaxMusic3DepthAttnProcessor", "PydiffMochiAttnProcessor", "PydiffMotifVideoAttnProcessor",
