@@ -77,6 +77,12 @@ CASES = [
      {"SPARSE": True, "BLOCK_Q": 64, "HAS_BIAS": 3, "BIAS": "*i1", "stride_mn": 1}),
     ("block-sparse, partial-block tiles", 128, (128, 64, 8, 3),
      {"SPARSE": True, "BLOCK_Q": 64, "HAS_BIAS": 3, "BIAS": "*i1", "stride_mn": 1}),
+    # neighborhood attention (pydiff.neighborhood: block lists of 128-query blocks over 64-key grid tiles, the
+    # partial ones through boolean tiles; LTX-2's decoder, head dim 64)
+    ("neighborhood (block lists, 128 x 64 tiles)", 64, (128, 64, 8, 3),
+     {"SPARSE": True, "BLOCK_Q": 128, "HAS_BIAS": 3, "BIAS": "*i1", "stride_mn": 1}),
+    ("neighborhood (block lists, 128 x 64 tiles)", 64, (64, 64, 4, 3),
+     {"SPARSE": True, "BLOCK_Q": 128, "HAS_BIAS": 3, "BIAS": "*i1", "stride_mn": 1}),
     # differential attention (the negative stream's own queries), and under a key mask of both streams (Stable
     # Audio 3's cross-attention: its context mask, boolean)
     ("differential", 64, (128, 64, 8, 3), {"NEG": True, "NEG_Q": True, "EVEN_N": False}),
@@ -217,7 +223,9 @@ VARIANTS = [("plain", 128, {}), ("plain", 64, {}), ("plain", 40, {}), ("plain", 
             ("joint", 64, {"JOINT": True, "EVEN_N": False}), ("joint", 128, {"JOINT": True}),
             ("joint, keys joined", 128, {"JOINT": True, "JOINED_KV": True, "EVEN_N": False}),
             ("negative", 64, {"NEG": True, "EVEN_N": False}),
-            ("negative, 77 text keys", 64, {"NEG": True, "EVEN_N": False}, {"Nk": 77, "Nneg": 77})]
+            ("negative, 77 text keys", 64, {"NEG": True, "EVEN_N": False}, {"Nk": 77, "Nneg": 77}),
+            ("neighborhood (block lists)", 64, {"SPARSE": True, "BLOCK_Q": 128, "BLOCK_K": 64, "HAS_BIAS": 3,
+                                                "BIAS": "*i1", "stride_mn": 1})]
 
 
 def candidates() -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -911,6 +912,46 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
                      lambda: attention(q, k, v, attn_mask=band, **blocks),
                      lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=band), "sdpa with the band",
                      _flops(b, h, n, n, d) * keep.float().mean().item(), device, quick, ceiling)
+    # 12. Neighborhood attention (LTX-2's diffusion decoder: 3-D windows shifted inward at the borders), over the
+    # grid's tiled layout (``pydiff.neighborhood``, made once per stage; the gathers into it and back timed with it)
+    # against SDPA under the dense window mask on the CPU and compiled flex attention over the windows' BlockMask on
+    # the GPU (the stock processor's, its BlockMask built compiled: the stock build's dense N^2 mask does not fit);
+    # the figure counts the windows' work.
+    from pydiff.neighborhood import neighborhood_attention, neighborhood_layout
+    from pydiff.reference.attention import neighborhood_mask_reference
+
+    (grid, window), b, h, d = (((16, 64, 64), (11, 11, 11)), 1, 4, 64) if gpu else (((4, 12, 16), (3, 5, 5)), 1, 2, 64)
+    n = math.prod(grid)
+    q, k, v = (rand(b, *grid, h, d) for _ in range(3))
+    layout = neighborhood_layout(grid, window, device)
+    flops = _flops(b, h, n, math.prod(window), d)
+    shape = f"B{b} H{h} grid {'x'.join(map(str, grid))} D{d} window {'x'.join(map(str, window))}"
+    name = "neighborhood attention, 3-D windows (LTX-2 decoder)"
+    if gpu:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        def in_window(batch, head, query, key):
+            inside = None
+            for axis, (size, width) in enumerate(zip(grid, window)):
+                step = math.prod(grid[axis + 1:])
+                at_q, at_k = (query // step) % size, (key // step) % size
+                start = (at_q - width // 2).clamp(0, size - width)
+                kept = (at_k >= start) & (at_k < start + width)
+                inside = kept if inside is None else inside & kept
+            return inside
+
+        windows = create_block_mask(in_window, None, None, n, n, device=device, _compile=True)
+        flex = torch.compile(flex_attention)
+        flat = [t.flatten(1, -3).transpose(1, 2) for t in (q, k, v)]
+        rows += _variant(name, shape, lambda: neighborhood_attention(q, k, v, window, layout=layout).flatten(1, -3),
+                         lambda: flex(*flat, block_mask=windows).transpose(1, 2),
+                         "flex attention over the windows' BlockMask (torch.compile)", flops, device, quick, ceiling)
+    else:
+        mask = neighborhood_mask_reference(grid, window, device)
+        flat = [t.flatten(1, -3).transpose(1, 2) for t in (q, k, v)]
+        rows += _variant(name, shape, lambda: neighborhood_attention(q, k, v, window, layout=layout).flatten(1, -3),
+                         lambda: F.scaled_dot_product_attention(*flat, attn_mask=mask).transpose(1, 2),
+                         "sdpa with the windows as a boolean mask", flops, device, quick, ceiling)
     return rows
 
 

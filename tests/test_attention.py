@@ -2468,7 +2468,7 @@ def test_benchmark_suite_runs_on_cpu():
     bench = pytest.importorskip("benchmarks.bench_attention")
     rows = bench.run(quick=True, device="cpu")
     figures = [r for r in rows if "speedup" in r]
-    assert len(figures) == len(bench.CPU_SHAPES) + 20  # the twenty variants (flex attention's rows: GPU only)
+    assert len(figures) == len(bench.CPU_SHAPES) + 21  # the 21 variants (flex attention's rows: GPU only)
     assert all(r["ours_TFLOPs"] > 0 and r["peer_TFLOPs"] > 0 for r in figures)
     assert not [r for r in rows if "error" in r or "unavailable" in r]
     assert "joint + QK norm + RoPE (Flux)" in bench.section(rows)
@@ -2478,6 +2478,8 @@ def test_benchmark_suite_runs_on_cpu():
     chroma = [r for r in figures if r["name"] == "joint + QK norm + RoPE + mask per query (Chroma)"]
     assert len(chroma) == 1 and chroma[0]["max_diff"] < 1e-2  # (padded text queries: zeros in both)
     assert "text + image-context attention (Wan I2V)" in bench.section(rows)
+    hood = [r for r in figures if r["name"] == "neighborhood attention, 3-D windows (LTX-2 decoder)"]
+    assert len(hood) == 1 and hood[0]["max_diff"] < 1e-5
     ideogram = [r for r in figures if r["name"].endswith("(Ideogram 4)")]
     assert len(ideogram) == 1 and ideogram[0]["max_diff"] < 1e-4
     lumina = [r for r in figures if r["name"] == "GQA + QK norm + RoPE per sample + text mask (Lumina 2)"]

@@ -115,6 +115,10 @@
   cross-attention (the keys turned by tables of their own: the kernel's ``key_rope``), then its per-head gates.
   ``PydiffLTX2PerturbedAttnProcessor`` (0.38+) replaces ``LTX2PerturbedAttnProcessor`` (models built for
   spatio-temporal guidance) the same way, the perturbed samples' outputs blended with their values.
+  ``PydiffLTX2VaeNeighborhoodAttnProcessor`` (0.42+) replaces ``LTX2VideoVaeNeighborhoodAttnProcessor``, its
+  diffusion decoder's (VAE's) 3-D neighborhood attention: ``pydiff.neighborhood``'s block-sparse attention over
+  the grid's tiles (the stock processor's flex BlockMask evaluates every query and key: N^2), its QK RMSNorms and
+  RoPE in the prologue.
 * ``PydiffZImageAttnProcessor`` (diffusers 0.36+) and ``PydiffLumina2AttnProcessor`` replace Z-Image's
   ``ZSingleStreamAttnProcessor`` and ``Lumina2AttnProcessor2_0``: the QK RMSNorms and the complex RoPE (one table
   per sample) in the prologue, the token padding as the key mask; Lumina 2's grouped-query heads read as they are
