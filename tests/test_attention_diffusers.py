@@ -1038,13 +1038,17 @@ def test_wan_animate2_transformer(backend, monkeypatch):
         return tuple(outs)
 
     calls = _spy(monkeypatch, lambda args, kwargs: "block_tiles" in kwargs)
-    made = []
+    made, tables = [], _made_counter(monkeypatch)
     monkeypatch.setattr(attention_processors, "block_mask_tiles",
                         lambda *args: made.append(args[1:]) or block_mask_tiles(*args))
     _compare(model, run, backend, {attention_processors.PydiffWanAnimate2AttnProcessor,
                                    attention_processors.PydiffWanAnimate2CrossAttnProcessor})
     assert calls == [False] * 4 + [True, False] * 4  # (per layer: self-attention, cross-attention)
     assert made == [(256, 512)]  # (one BlockMask for both passes: (5 + 1) x 40 and 5 x 40 tokens, padded to 128)
+    # (the RoPE tables made once per pass for both layers: the reference pass's; the first generation pass's
+    # generation and reference grids'; the second's generation grid's, the reference grid's kept: the same sizes)
+    generation, reference = (id(slot) for slot in attention_processors._LAST_WAN_TABLES)
+    assert tables == [generation, generation, reference, generation], tables
 
 
 @_needs("AnyFlowAttnProcessor", "AnyFlow", "0.39")
@@ -1553,9 +1557,22 @@ def test_allegro_transformer(backend, monkeypatch):
         patch_size=2, num_attention_heads=2, attention_head_dim=24, in_channels=4, out_channels=4, num_layers=2,
         cross_attention_dim=48, sample_height=8, sample_width=8, sample_frames=2, caption_channels=16), 170)
     calls = _spy(monkeypatch, lambda args, kwargs: (kwargs.get("rope_sections"), kwargs.get("attn_mask") is not None))
+    made = _made_counter(monkeypatch)
     inputs = _allegro_inputs(171)
     _compare(model, lambda m: m(**inputs).sample, backend, {attention_processors.PydiffAllegroAttnProcessor})
     assert calls == [(3, False), (1, True)] * 2
+    assert made == [id(attention_processors._LAST_ALLEGRO_TABLES)]  # (the tables gathered once for both layers)
+
+
+def _made_counter(monkeypatch) -> list:
+    """The slots (their ids) of the ``_made_once`` calls that made something (not those that found it made), in
+    order."""
+    made, once = [], attention_processors._made_once
+
+    def counted(slot, key, tensor, make):
+        return once(slot, key, tensor, lambda: made.append(id(slot)) or make())
+    monkeypatch.setattr(attention_processors, "_made_once", counted)
+    return made
 
 
 def _hunyuan_dit_inputs(seed):

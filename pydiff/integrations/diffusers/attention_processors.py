@@ -851,13 +851,25 @@ class PydiffAllegroAttnProcessor(PydiffAttnProcessor):
                          rope_sections=3 if extra is not None else 1)
 
 
+#: ``_made_once``'s slot for the last Allegro forward's RoPE tables
+_LAST_ALLEGRO_TABLES = [None, None, None]
+
+
 def _allegro_tables(freqs, positions) -> Tuple[torch.Tensor, torch.Tensor]:
     """Allegro's RoPE as the kernel's sectioned tables: ((t_cos, t_sin), (h_cos, h_sin), (w_cos, w_sin)), each
     (axis length, D/3), gathered at the tokens' positions (t, h, w), each (1 or B, N), side by side: cos and sin
-    (1 or B, N, 1, D), [t | h | w] columns."""
-    cos, sin = (torch.cat([F.embedding(pos, table[part]) for pos, table in zip(positions, freqs)], -1)[:, :, None]
-                for part in (0, 1))
-    return cos, sin
+    (1 or B, N, 1, D), [t | h | w] columns; made once per forward (every layer is handed the same tables)."""
+    def make():
+        return tuple(torch.cat([F.embedding(pos, table[part]) for pos, table in zip(positions, freqs)], -1)[:, :, None]
+                     for part in (0, 1))
+    others = [*positions[1:], *(t for table in freqs for t in table)]
+    return _made_once(_LAST_ALLEGRO_TABLES, _storage_key(others), positions[0], make)
+
+
+def _storage_key(tensors) -> tuple:
+    """What tables made from ``tensors`` are kept under beside one tensor's identity (``_made_once``): each one's
+    storage, version and shape."""
+    return tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
 
 
 class PydiffSanaAttnProcessor(_RankLocal):
@@ -1739,10 +1751,10 @@ class PydiffWanAnimate2AttnProcessor(_RankLocal):
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
         q, k = attn.norm_q(query).unflatten(2, (attn.heads, -1)), attn.norm_k(key).unflatten(2, (attn.heads, -1))
         v = value.unflatten(2, (attn.heads, -1))
-        tables = _wan_grid_tables(rotary_emb, grid_sizes, rope_stride, q.shape[1])
+        tables = _wan_tables_once(0, rotary_emb, grid_sizes, rope_stride, q.shape[1])
         if cached:
             reference = kv_cache.get()
-            reference_tables = _wan_grid_tables(reference_rotary_emb, reference_grid_sizes, reference_rope_stride,
+            reference_tables = _wan_tables_once(1, reference_rotary_emb, reference_grid_sizes, reference_rope_stride,
                                                 reference[0].shape[1])
             out = _wan_in_context(q, k, v, tables, reference, reference_tables, grid_sizes, reference_grid_sizes,
                                   origin_latent_frames, origin_latent_hw, attention_mask)
@@ -1750,6 +1762,18 @@ class PydiffWanAnimate2AttnProcessor(_RankLocal):
             kv_cache.store(k, v)  # (unturned, as the stock processor keeps them)
             out = attention(q, k, v, layout="bnhd", rope=_complex_rope(tables), rope_interleaved=True)
         return attn.to_out[1](attn.to_out[0](out.flatten(2)))
+
+
+#: ``_made_once``'s slots for Wan-Animate 2's last tables: the generation grid's, the reference grid's
+_LAST_WAN_TABLES = ([None, None, None], [None, None, None])
+
+
+def _wan_tables_once(which: int, freqs: torch.Tensor, grid_sizes: torch.Tensor, stride: int,
+                     tokens: int) -> torch.Tensor:
+    """``_wan_grid_tables``, made once per forward (``which``: 0 the generation grid's, 1 the reference grid's):
+    every layer is handed the same grid sizes and table, so no layer after the first reads the sizes on the host."""
+    return _made_once(_LAST_WAN_TABLES[which], (_storage_key([freqs]), stride, tokens), grid_sizes,
+                      lambda: _wan_grid_tables(freqs, grid_sizes, stride, tokens))
 
 
 def _wan_grid_tables(freqs: torch.Tensor, grid_sizes: torch.Tensor, stride: int, tokens: int) -> torch.Tensor:
