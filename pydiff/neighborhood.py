@@ -110,7 +110,9 @@ def choose_tile(grid: Sequence[int], kernel_size: Sequence[int]) -> Tuple[Tuple[
 
 
 def _check_grid(grid, kernel_size) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-    grid, kernel_size = tuple(grid), tuple(kernel_size)
+    """(grid, kernel_size) as tuples, checked; an int kernel_size is that window along every dim."""
+    grid = tuple(grid)
+    kernel_size = (kernel_size,) * len(grid) if isinstance(kernel_size, int) else tuple(kernel_size)
     if not 1 <= len(grid) <= 3 or any(not isinstance(n, int) or n < 1 for n in grid):
         raise ValueError(f"grid must be 1 to 3 sizes >= 1 (L; H, W; T, H, W), got {grid}")
     if len(kernel_size) != len(grid) or any(not isinstance(w, int) or not 1 <= w <= n
@@ -209,16 +211,14 @@ def _layout(grid, kernel_size, tile, split, device) -> NeighborhoodLayout:
 def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: Sequence[int],
                            scale: Optional[float] = None, *, rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
                            layout: Optional[NeighborhoodLayout] = None, **kwargs) -> torch.Tensor:
-    """Neighborhood attention (NATTEN's na1d / na2d / na3d, non-causal, no dilation): q, k, v (B, *grid, H, D),
-    grid 1 to 3 sizes (k, v may have fewer heads: grouped-query), each query attending to the ``kernel_size``
-    window around it (``neighborhood_layout``). ``rope``: (cos, sin) tables with a row per grid token (row-major),
-    as ``attention`` takes them; other keywords (``q_norm_weight``, ``k_norm_weight``, ``norm_eps``,
+    """Neighborhood attention (NATTEN's na1d / na2d / na3d, non-causal, no dilation): q, k, v (B, *grid, H, D), grid 1
+    to 3 sizes (k, v may have fewer heads: grouped-query), each query attending to the ``kernel_size`` window around it
+    (one size per grid dim, or an int for all; ``neighborhood_layout``). ``rope``: (cos, sin) tables with a row per grid
+    token (row-major), as ``attention`` takes them; other keywords (``q_norm_weight``, ``k_norm_weight``, ``norm_eps``,
     ``rope_interleaved``, ``rope_dims``, ...) pass to ``attention``. ``layout``: the grid's layout, made before
-    (``neighborhood_layout``; else made here, a graph break under torch.compile). Returns (B, *grid, H, D). The
-    tokens are
-    gathered into the tiled layout (one pass per tensor) and the output scattered back: callers that project the
-    tokens themselves gather before their projections instead (``NeighborhoodLayout.gather``), once for q, k and
-    v."""
+    (``neighborhood_layout``; else made here, a graph break under torch.compile). Returns (B, *grid, H, D). The tokens
+    are gathered into the tiled layout (one pass per tensor) and the output scattered back: callers that project the
+    tokens themselves gather before their projections instead (``NeighborhoodLayout.gather``), once for q, k and v."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or not 4 <= t.dim() <= 6:
             raise ValueError(f"{name} must be (B, *grid, H, D) with a grid of 1 to 3 sizes, got "
@@ -228,9 +228,9 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
         raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have q's grid {grid} (q {tuple(q.shape)})")
     if layout is None:
         layout = neighborhood_layout(grid, kernel_size, q.device)
-    elif layout.grid != grid or layout.kernel_size != tuple(kernel_size):
+    elif (layout.grid, layout.kernel_size) != _check_grid(grid, kernel_size):
         raise ValueError(f"layout is for grid {layout.grid} and kernel_size {layout.kernel_size}, not q's grid {grid} "
-                         f"and kernel_size {tuple(kernel_size)}")
+                         f"and kernel_size {kernel_size}")
     flat = [layout.gather(t.flatten(1, -3)) for t in (q, k, v)]
     if rope is not None:
         if not isinstance(rope, (tuple, list)) or len(rope) != 2 or \

@@ -155,6 +155,9 @@ def test_neighborhood_errors():
         neighborhood_attention(q, q, q, (3, 7, 3))
     with pytest.raises(ValueError, match=r"kernel_size must be 3 sizes"):
         neighborhood_attention(q, q, q, (3, 3))
+    with pytest.raises(ValueError, match=r"kernel_size must be 3 sizes, each >= 1 and at most its grid size"):
+        neighborhood_attention(q, q, q, 5)  # (an int: that window along every dim, here wider than the grid's 4)
+    torch.testing.assert_close(neighborhood_attention(q, q, q, 3), neighborhood_attention(q, q, q, (3, 3, 3)))
     with pytest.raises(ValueError, match=r"must have q's grid"):
         neighborhood_attention(q, q[:, :3], q, (3, 3, 3))
     with pytest.raises(ValueError, match=r"must be \(B, \*grid, H, D\)"):
