@@ -69,6 +69,12 @@ def _cases():
     video = [torch.randn(1, 24, 4096, 128, **bf16) for _ in range(3)]
     nabla = torch.rand(1, 24, 64, 64, generator=torch.Generator().manual_seed(0)) < 0.2
     depth = [torch.randn(8, 16, 9, 64, **bf16) for _ in range(3)]
+    # neighborhood attention (LTX-2's decoder, a stage-2 grid of 18 x 32 x 48 tokens, 3 x 7 x 7 windows): its
+    # block lists made once (pydiff.neighborhood), the tokens already in the tiled layout, QK norms and RoPE
+    hood = importlib.import_module("pydiff.neighborhood").neighborhood_layout((18, 32, 48), (3, 7, 7))
+    tiled = [torch.randn(1, hood.tokens, 16, 64, **bf16) for _ in range(3)]
+    angles = torch.rand(hood.tokens, 32)
+    hood_rope, hood_norms = (angles.cos(), angles.sin()), [(torch.rand(64) + 0.5).to(torch.bfloat16) for _ in range(2)]
     return [
         ("SDXL cross", "B2 H10 N4096x77 D64", lambda: attention(q, k, v)),
         ("key padding", "B2 H10 N4096x77 D64", lambda: attention(q, k, v, kv_lens=lens)),
@@ -83,6 +89,9 @@ def _cases():
         ("block-sparse (NABLA 64 x 64)", "B1 H24 N4096 D128", lambda: attention(*video, block_mask=nabla,
                                                                                   block_size=64)),
         ("causal (a depth decoder's step)", "B8 H16 N9 D64", lambda: attention(*depth, causal=True)),
+        ("neighborhood (LTX-2 decoder, 3 x 7 x 7)", "B1 H16 grid 18x32x48 D64", lambda: attention(
+            *tiled, layout="bnhd", block_lists=hood.blocks, rope=hood_rope, q_norm_weight=hood_norms[0],
+            k_norm_weight=hood_norms[1])),
     ]
 
 

@@ -51,7 +51,8 @@ def test_host_benchmark_runs():
     rows = [line.split("|") for line in out.splitlines() if line.startswith("|") and "Triton JIT launch" in line]
     assert [row[1].strip() for row in rows] == ["SDXL cross", "key padding", "key mask", "negative prompt (NASA)",
                                                 "Flux joint + QK norm + RoPE", "Chroma: the same + mask per query",
-                                                "block-sparse (NABLA 64 x 64)", "causal (a depth decoder's step)"], out
+                                                "block-sparse (NABLA 64 x 64)", "causal (a depth decoder's step)",
+                                                "neighborhood (LTX-2 decoder, 3 x 7 x 7)"], out
     assert all(float(row[-3]) > 0 and float(row[-2]) > 0 for row in rows), out
 
 
