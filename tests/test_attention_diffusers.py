@@ -3116,7 +3116,7 @@ needs_ltx2_decoder = _needs("LTX2VideoVaeNeighborhoodAttnProcessor", "LTX-2's di
 
 @needs_ltx2_decoder
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_ltx2_diffusion_decoder(backend):
+def test_ltx2_diffusion_decoder(backend, monkeypatch):
     """LTX-2's diffusion decoder (VAE) from a tiny config: every neighborhood attention (five stages, windows of 3 x
     3 x 3 and, in the denoising stage, 3 x 5 x 5 over grids of 5 x 3 x 3 to 5 x 12 x 12) becomes pydiff's
     block-sparse neighborhood attention (its QK norms and 3-D RoPE in the prologue; no BlockMask built), and the
@@ -3134,6 +3134,14 @@ def test_ltx2_diffusion_decoder(backend):
         warnings.simplefilter("ignore", UserWarning)
         _compare(model, lambda m: m(latents, generator=torch.Generator().manual_seed(83)).sample, backend,
                  {attention_processors.PydiffLTX2VaeNeighborhoodAttnProcessor})
+    if backend == "torch":  # (with our processors the decoder builds no BlockMask: its stock build is N^2)
+        from torch.nn.attention import flex_attention
+
+        ours = copy.deepcopy(model)
+        set_attention_backend(ours)
+        monkeypatch.setattr(flex_attention, "create_block_mask", lambda *args, **kwargs: pytest.fail("built"))
+        with torch.no_grad(), pydiff.use_backend(backend):
+            assert torch.isfinite(ours(latents, generator=torch.Generator().manual_seed(83)).sample).all()
 
 
 def _block_matches_stock(ours, attn, args, rope, masks, stock=None):
