@@ -2310,6 +2310,26 @@ def test_z_image_transformer(backend, monkeypatch):
         [((2, 128, 1, 16), ((2, 1, 1, 128), torch.bool))] * 2
 
 
+@needs_z_image
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_z_image_controlnet(backend):
+    """The Z-Image ControlNet (its control blocks' processor a copy of Z-Image's, its refiners the transformer's):
+    every processor becomes ours, and the control hints are the stock processors'."""
+    controlnets = pytest.importorskip("diffusers.models.controlnets.controlnet_z_image")
+    if getattr(controlnets, "ZSingleStreamAttnProcessor", None) is None:
+        pytest.skip(f"diffusers {diffusers.__version__} has no Z-Image ControlNet")
+    transformer, (latents, t, captions) = tiny_z_image(), _z_image_inputs(37)
+    controlnet = _perturb(controlnets.ZImageControlNetModel(
+        control_layers_places=[0, 1], control_refiner_layers_places=[0], control_in_dim=4, all_patch_size=(2,),
+        all_f_patch_size=(1,), dim=64, n_refiner_layers=1, n_heads=2, n_kv_heads=2), 38)
+    controlnet = controlnets.ZImageControlNetModel.from_transformer(controlnet, transformer)
+    control = [torch.randn(x.shape, generator=torch.Generator().manual_seed(39)) for x in latents]
+    assert _processor_types(controlnet) == {controlnets.ZSingleStreamAttnProcessor,
+                                            attention_processors.ZSingleStreamAttnProcessor}
+    _compare(controlnet, lambda m: tuple(m(latents, t, captions, control).values()), backend,
+             {PydiffZImageAttnProcessor})
+
+
 def tiny_lumina2():
     from diffusers import Lumina2Transformer2DModel
 

@@ -160,8 +160,8 @@
   keys turned by tables of their own (its video-audio cross-attention), the text padding as the key mask.
 * Copies diffusers keeps in other models' files (``_copies``: ChronoEdit's, SkyReels-V2's and Wan-Animate's of
   Wan's processor, Bria's, Bria FIBO's, LongCat-Image's and Ovis-Image's of Flux's, HunyuanImage 2.1's of
-  HunyuanVideo's, the SANA-WM refiner's two of LTX-2's, Sana-Video's of Sana's) get the original's pydiff
-  processor.
+  HunyuanVideo's, the SANA-WM refiner's two of LTX-2's, Sana-Video's of Sana's, the Z-Image ControlNet's of
+  Z-Image's) get the original's pydiff processor.
 
 Outputs equal the stock processors' (same math; pydiff keeps the norm and RoPE in float32). Attention masks go into
 the kernel (``attn_mask``), read in place: those the same for every query (PixArt's and Sana's text padding:
@@ -2326,14 +2326,15 @@ def _per_row_complex(freqs) -> bool:
 class PydiffZImageAttnProcessor(_RankLocal):
     """Drop-in for Z-Image's ``ZSingleStreamAttnProcessor`` (diffusers 0.36+): its QK RMSNorms and its complex
     RoPE, one table per batch row, in the kernel's prologue, and the padding of each sample's tokens as the key
-    mask; the stock processor runs the norms, a complex product per tensor in float32 and SDPA."""
+    mask; the stock processor runs the norms, a complex product per tensor in float32 and SDPA. ``stock_type``: the
+    stock processor for the calls the kernel does not take (the Z-Image ControlNet's copy)."""
 
     #: whether k and v come from ``encoder_hidden_states`` where it is given (Bria FIBO 2's cross-attention; Z-Image's
     #: processor ignores it)
     cross_attention = False
 
-    def __init__(self):
-        self.stock = _stock(ZSingleStreamAttnProcessor, "Z-Image", "0.36")
+    def __init__(self, stock_type=None):
+        self.stock = _stock(stock_type or ZSingleStreamAttnProcessor, "Z-Image", "0.36")
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, freqs_cis: Optional[torch.Tensor] = None):
@@ -3044,7 +3045,8 @@ def _copies():
     """The processors diffusers copies into other models' files (ChronoEdit's, SkyReels-V2's and Wan-Animate's of
     Wan's; Bria's, Bria FIBO's, LongCat-Image's and Ovis-Image's of Flux's; HunyuanImage 2.1's of HunyuanVideo's;
     the SANA-WM refiner's two of LTX-2's; Sana-Video's of Sana's; AnyFlow FAR's of AnyFlow's; DreamLite's of
-    AttnProcessor2_0, with grouped-query heads), each with the pydiff processor of its original. Their sources
+    AttnProcessor2_0, with grouped-query heads; the Z-Image ControlNet's of Z-Image's), each with the pydiff
+    processor of its original. Their sources
     differ from the originals' in names, comments, tensor-parallel head splits, context-parallel arguments and the
     attention call (SDPA or diffusers' dispatch) only: the same math on modules of the same attributes. Those this
     diffusers lacks are left out."""
@@ -3065,7 +3067,9 @@ def _copies():
                                ("transformer_anyflow_far", "AnyFlowAttnProcessor", PydiffAnyFlowAttnProcessor),
                                ("unets.unet_dreamlite", "DreamLiteAttnProcessor2_0", PydiffAttnProcessor),
                                ("transformer_anyflow_far", "AnyFlowCrossAttnProcessor",
-                                PydiffAnyFlowCrossAttnProcessor)):
+                                PydiffAnyFlowCrossAttnProcessor),
+                               ("controlnets.controlnet_z_image", "ZSingleStreamAttnProcessor",
+                                PydiffZImageAttnProcessor)):
         stock = _stock_class(module, name)
         if stock is not None:
             yield stock, ours
