@@ -3164,6 +3164,23 @@ def test_ltx2_diffusion_decoder(backend, monkeypatch):
             assert torch.isfinite(ours(latents, generator=torch.Generator().manual_seed(83)).sample).all()
 
 
+@needs_ltx2_decoder
+def test_ltx2_decoder_natten_processor_replaced():
+    """A module on NATTEN's processor (``LTX2VideoVaeNeighborhoodNattenProcessor``, which fetches its kernel from the
+    Hub: here one made without that) gets ours too; its output is the flex processor's (the same windows)."""
+    from diffusers.models.autoencoders import ltx2_diffusion_decoder as decoder
+
+    module = _perturb(decoder.LTX2VideoVaeNeighborhoodAttention(64, (3, 5, 5), head_dim=32), 84)
+    x = torch.randn(2, 4, 6, 7, 64, generator=torch.Generator().manual_seed(85))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        stock = module(x)
+        module.set_processor(object.__new__(decoder.LTX2VideoVaeNeighborhoodNattenProcessor))
+        assert set_attention_backend(module) == 1
+        assert isinstance(module.processor, attention_processors.PydiffLTX2VaeNeighborhoodAttnProcessor)
+        torch.testing.assert_close(module(x), stock)
+
+
 def _block_matches_stock(ours, attn, args, rope, masks, stock=None):
     """``ours(attn, *args, ...)`` against the stock module ``stock`` (default ``attn``) for each attention mask in
     ``masks`` (None: no mask): every output equal."""

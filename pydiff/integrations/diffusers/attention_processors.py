@@ -293,6 +293,8 @@ MiniMaxMusic3AttnProcessor = _stock_class("transformer_minimax_music3", "MiniMax
 MiniMaxMusic3DepthAttnProcessor = _stock_class("minimax_music3_rvq_depth_decoder", "MiniMaxMusic3DepthAttnProcessor")
 LTX2VideoVaeNeighborhoodAttnProcessor = _stock_class("autoencoders.ltx2_diffusion_decoder",  # (0.42+)
                                                      "LTX2VideoVaeNeighborhoodAttnProcessor")
+LTX2VideoVaeNeighborhoodNattenProcessor = _stock_class("autoencoders.ltx2_diffusion_decoder",
+                                                       "LTX2VideoVaeNeighborhoodNattenProcessor")
 
 
 def _stock(stock_type, model: str, version: str):
@@ -2275,7 +2277,9 @@ class PydiffLTX2VaeNeighborhoodAttnProcessor(_RankLocal):
     ``pydiff.neighborhood``'s block-sparse attention: the tokens gathered into the grid's tiled layout once, before
     the projections, the QK RMSNorms and the 3-D RoPE (one angle per pair: t, h and w positions side by side) in
     the kernel's prologue, only the key blocks the windows reach read, the output scattered back before the out
-    projection. The decoder builds no BlockMask for it (``build_block_mask`` gives None to other processors)."""
+    projection. The decoder builds no BlockMask for it (``build_block_mask`` gives None to other processors). It
+    replaces ``LTX2VideoVaeNeighborhoodNattenProcessor`` too (NATTEN's na3d, fetched from the Hub: the same
+    windows)."""
 
     def __init__(self):
         self.stock = _stock(LTX2VideoVaeNeighborhoodAttnProcessor, "LTX-2's diffusion decoder", "0.42")
@@ -3162,6 +3166,7 @@ _REPLACEMENTS = tuple(entry for entry in (
     (Kandinsky6SRAttnProcessor, PydiffKandinsky6SRAttnProcessor, None),
     (QwenImage21FlexAttnProcessor, PydiffQwenImage21FlexAttnProcessor, None),
     (LTX2VideoVaeNeighborhoodAttnProcessor, PydiffLTX2VaeNeighborhoodAttnProcessor, None),
+    (LTX2VideoVaeNeighborhoodNattenProcessor, PydiffLTX2VaeNeighborhoodAttnProcessor, None),
     *((stock, functools.partial(ours, stock), None) for stock, ours in _copies()),
 ) if entry[0] is not None)
 
