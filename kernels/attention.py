@@ -1701,10 +1701,10 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     block_tiles = (tile_ids, tiles): the elements of the block mask's partial blocks (the kernel's TILE_MASK; not
     with attn_mask): tiles (T, block_q, block_k) bool, tile 0 all True, and tile_ids, int32 broadcastable like
     block_mask, the tile of each block (0: the whole block).
-    block_lists = (counts, lists): the lists ``_block_lists`` would make, given instead of block_mask (a
-    neighborhood's, made once without a dense mask: ``pydiff.neighborhood``), with block_size; lists (1 or B, 1 or
-    H, rows, entries) (x 3 with block_tiles, whose tile_ids are then None: the lists carry them), contiguous
-    along the entries. Trusted as made: their blocks and tiles are not range-checked.
+    block_lists = (counts, lists): the lists ``_block_lists`` would make with tiles, given instead of block_mask (a
+    neighborhood's, made once without a dense mask: ``pydiff.neighborhood``), with block_size and block_tiles (whose
+    tile_ids are then None: the lists carry them); lists (1 or B, 1 or H, rows, entries, 3), contiguous along the
+    entries. Trusted as made: their blocks and tiles are not range-checked.
     """
     import torch
 

@@ -177,9 +177,9 @@ LIST_BLOCK_Q = 128
 
 def _check_block_lists(call: _Call, batch: int, heads: int, n_q: int) -> None:
     """block_lists = (counts, lists), in place of block_mask (``BlockLists``: made by pydiff, not by hand): int32
-    (1 or B, 1 or H, query blocks, 2 with tiles else 1) and (1 or B, 1 or H, query blocks, entries[, 3]), entries
-    contiguous; query blocks of a multiple of ``LIST_BLOCK_Q``; tiles (T, query block, key block) bool, their ids
-    in the lists."""
+    (1 or B, 1 or H, query blocks, 2) and (1 or B, 1 or H, query blocks, entries, 3), entries contiguous; query
+    blocks of a multiple of ``LIST_BLOCK_Q``; block_tiles (None, tiles): tiles (T, query block, key block) bool,
+    their ids in the lists; not with attn_mask."""
     counts, lists = call.block_lists
     _check_sparse(call, "block_lists")
     if call.block_mask is not None:
@@ -187,27 +187,22 @@ def _check_block_lists(call: _Call, batch: int, heads: int, n_q: int) -> None:
     if call.block_size[0] % LIST_BLOCK_Q:
         raise ValueError(f"block_lists need query blocks of a multiple of {LIST_BLOCK_Q} tokens, got "
                          f"{call.block_size}")
-    tiled = call.block_tiles is not None
     rows = -(-n_q // call.block_size[0])
-    for name, t, dims, last in (("counts", counts, 4, 2 if tiled else 1), ("lists", lists, 5 if tiled else 4,
-                                                                          3 if tiled else None)):
+    for name, t, dims, last in (("counts", counts, 4, 2), ("lists", lists, 5, 3)):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.dim() != dims or \
                 t.shape[0] not in (1, batch) or t.shape[1] not in (1, heads) or t.shape[2] != rows or \
-                (last is not None and t.shape[-1] != last) or t.device != call.q.device:
-            tail = f", {last}" if last else ""
+                t.shape[-1] != last or t.device != call.q.device:
             raise ValueError(f"block_lists' {name} must be an int32 tensor of {dims} dims, (1 or B = {batch}, 1 or H = "
-                             f"{heads}, {rows} query blocks, ...{tail}) on {call.q.device}, got {_describe(t)}")
-    if lists.stride(-1) != 1 or (tiled and lists.stride(-2) != 3) or counts.stride(-1) != 1:
+                             f"{heads}, {rows} query blocks, ..., {last}) on {call.q.device}, got {_describe(t)}")
+    if lists.stride(-1) != 1 or lists.stride(-2) != 3 or counts.stride(-1) != 1:
         raise ValueError("block_lists' entries must be contiguous")
-    if tiled:
-        ids, tiles = call.block_tiles
-        if call.attn_mask is not None:
-            raise ValueError("block_tiles cannot be combined with attn_mask (the tiles are the elements' mask)")
-        if ids is not None or not isinstance(tiles, torch.Tensor) or tiles.dtype != torch.bool or \
-                tiles.dim() != 3 or tuple(tiles.shape[1:]) != call.block_size or tiles.device != call.q.device:
-            raise ValueError(f"with block_lists, block_tiles must be (None, tiles): tiles bool (T, "
-                             f"{call.block_size[0]}, {call.block_size[1]}) on {call.q.device}, their ids in the lists, "
-                             f"got {_describe(tiles)}")
+    ids, tiles = call.block_tiles if call.block_tiles is not None else (None, None)
+    if ids is not None or not isinstance(tiles, torch.Tensor) or tiles.dtype != torch.bool or tiles.dim() != 3 or \
+            tuple(tiles.shape[1:]) != call.block_size or tiles.device != call.q.device:
+        raise ValueError(f"with block_lists, block_tiles must be (None, tiles): tiles bool (T, {call.block_size[0]}, "
+                         f"{call.block_size[1]}) on {call.q.device}, their ids in the lists, got {_describe(tiles)}")
+    if call.attn_mask is not None:
+        raise ValueError("block_tiles cannot be combined with attn_mask (the tiles are the elements' mask)")
 
 
 def _check_block_tiles(call: _Call, mask: torch.Tensor) -> None:
@@ -468,19 +463,15 @@ def _attention_fake(*args):
 
 def _dense_blocks(call: _Call) -> dict:
     """The call's block-sparse pattern as the reference takes it: block_mask and block_tiles as given, or its block
-    lists as a dense block mask (B, H, query blocks, key blocks) and, with tiles, each block's tile id."""
+    lists as a dense block mask (B, H, query blocks, key blocks) and each block's tile id."""
     if call.block_lists is None:
         return dict(block_mask=call.block_mask, block_size=call.block_size, block_tiles=call.block_tiles)
     counts, lists = call.block_lists
     cols = -(-call.bhnd(call.k)[2] // call.block_size[1])
-    tiled = call.block_tiles is not None
-    entries = lists[..., 0] if tiled else lists
-    listed = torch.arange(entries.shape[-1], device=lists.device) < counts[..., -1:]
-    where = torch.where(listed, (entries >> 2).long(), cols)  # (unlisted entries land in a column cut off after)
-    mask = torch.zeros(*entries.shape[:-1], cols + 1, dtype=torch.bool, device=lists.device)
+    listed = torch.arange(lists.shape[-2], device=lists.device) < counts[..., 1:]
+    where = torch.where(listed, (lists[..., 0] >> 2).long(), cols)  # (unlisted entries: a column cut off after)
+    mask = torch.zeros(*lists.shape[:-2], cols + 1, dtype=torch.bool, device=lists.device)
     mask = mask.scatter_(-1, where, True)[..., :cols]
-    if not tiled:
-        return dict(block_mask=mask, block_size=call.block_size, block_tiles=None)
     ids = torch.zeros(mask.shape[:-1] + (cols + 1,), dtype=torch.int32, device=lists.device)
     ids = ids.scatter_(-1, where, lists[..., 1])[..., :cols]
     return dict(block_mask=mask, block_size=call.block_size, block_tiles=(ids, call.block_tiles[1]))

@@ -59,6 +59,22 @@ def test_layout_lists_keep_the_windows(grid, kernel_size):
         assert layout.tokens % 128 == 0 and layout.tokens >= math.prod(grid)
 
 
+def test_layout_lists_keep_the_windows_random():
+    """Random grids (1 to 3 dims, sizes 1 to 40), windows (1 to the grid's size, odd and even) and tilings: the
+    lists keep exactly the windows' mask."""
+    gen = torch.Generator().manual_seed(14)
+    for _ in range(24):
+        dims = int(torch.randint(1, 4, (), generator=gen))
+        grid = tuple(int(n) for n in torch.randint(1, 41 if dims < 3 else 13, (dims,), generator=gen))
+        kernel_size = tuple(int(torch.randint(1, n + 1, (), generator=gen)) for n in grid)
+        tilings = list(_tilings(dims))
+        tile = tilings[int(torch.randint(0, len(tilings), (), generator=gen))]
+        layout = neighborhood_layout(grid, kernel_size, tile=tile)
+        mask = layout_mask(layout)
+        assert torch.equal(mask[layout.slots][:, layout.slots], neighborhood_mask_reference(grid, kernel_size)), \
+            (grid, kernel_size, tile)
+
+
 def test_choose_tile_makes_least_work():
     """The chosen tiling lists the fewest blocks of every tiling (each built), as its per-dimension count says."""
     grid, kernel_size = (6, 13, 21), (3, 5, 7)
@@ -197,6 +213,7 @@ def test_block_lists_checks():
         (dict(block_lists=blocks.lists.transpose(-1, -2).contiguous().transpose(-1, -2)),
          r"block_lists' entries must be contiguous"),
         (dict(block_tiles=blocks.tiles[:, :64]), r"with block_lists, block_tiles must be \(None, tiles\)"),
+        (dict(block_tiles=None), r"with block_lists, block_tiles must be \(None, tiles\)"),
         (dict(block_tile_ids=torch.zeros(1, dtype=torch.int32)), r"with block_lists, block_tiles must be \(None"),
         (dict(block_size_q=64), r"block_lists need query blocks of a multiple of 128"),
         (dict(block_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool)), r"in place of block_mask, not with it"),
