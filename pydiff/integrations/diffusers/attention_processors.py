@@ -2288,13 +2288,14 @@ class PydiffLTX2VaeNeighborhoodAttnProcessor(_RankLocal):
         batch, *grid, channels = hidden_states.shape
         norms, separate, eps = _plan_norms({"q_norm_weight": attn.norm_q, "k_norm_weight": attn.norm_k},
                                            attn.head_dim, hidden_states.dtype, hidden_states.device)
-        if attn.head_dim > MAX_HEAD_DIM or separate:
+        rope = getattr(attn, "rope", None)
+        if attn.head_dim > MAX_HEAD_DIM or separate or not all(hasattr(rope, name) for name in _VAE_ROPE):
             return self.stock(attn, hidden_states, block_mask)
         layout = neighborhood_layout(grid, attn.kernel_size, hidden_states.device)
         tokens = layout.gather(hidden_states.reshape(batch, -1, channels))
         q, k, v = (project(tokens).unflatten(-1, (attn.heads, attn.head_dim))
                    for project in (attn.to_q, attn.to_k, attn.to_v))
-        out = attention(q, k, v, attn.scale, layout="bnhd", rope=_ltx2_vae_tables(attn.rope, layout),
+        out = attention(q, k, v, attn.scale, layout="bnhd", rope=_ltx2_vae_tables(rope, layout),
                         norm_eps=eps, block_lists=layout.blocks, **norms)
         out = layout.scatter(out.flatten(2)).view(batch, *grid, -1)
         return attn.to_out[0](out)
@@ -2302,6 +2303,8 @@ class PydiffLTX2VaeNeighborhoodAttnProcessor(_RankLocal):
 
 #: ``_made_once``'s slot for the last LTX-2 decoder stage's RoPE tables
 _LAST_VAE_TABLES = [None, None, None]
+#: what ``_ltx2_vae_tables`` reads of the decoder's RoPE module (0.42's; another one keeps the stock processor)
+_VAE_ROPE = ("rope_dim_split", "base", "_inv_freqs")
 
 
 def _ltx2_vae_tables(rope, layout) -> Tuple[torch.Tensor, torch.Tensor]:
