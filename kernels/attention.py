@@ -1703,8 +1703,8 @@ def attention_forward(kernel, q, k, v, out, *, bnhd=False, scale, joint=None, ne
     block_mask, the tile of each block (0: the whole block).
     block_lists = (counts, lists): the lists ``_block_lists`` would make with tiles, given instead of block_mask (a
     neighborhood's, made once without a dense mask: ``pydiff.neighborhood``), with block_size and block_tiles (whose
-    tile_ids are then None: the lists carry them); lists (1 or B, 1 or H, rows, entries, 3), contiguous along the
-    entries. Trusted as made: their blocks and tiles are not range-checked.
+    tile_ids are then None: the lists carry them); lists (1, 1, rows, entries, 3), contiguous along the entries.
+    Trusted as made: their blocks and tiles are not range-checked.
     """
     import torch
 

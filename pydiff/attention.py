@@ -175,25 +175,28 @@ def _check_block_mask(call: _Call, batch: int, heads: int, n_q: int, n_k: int) -
 LIST_BLOCK_Q = 128
 
 
-def _check_block_lists(call: _Call, batch: int, heads: int, n_q: int) -> None:
-    """block_lists = (counts, lists), in place of block_mask (``BlockLists``: made by pydiff, not by hand): int32
-    (1 or B, 1 or H, query blocks, 2) and (1 or B, 1 or H, query blocks, entries, 3), entries contiguous; query
-    blocks of a multiple of ``LIST_BLOCK_Q``; block_tiles (None, tiles): tiles (T, query block, key block) bool,
-    their ids in the lists; not with attn_mask."""
+def _check_block_lists(call: _Call, n_q: int) -> None:
+    """block_lists = (counts, lists), in place of block_mask (``BlockLists``: made by pydiff, not by hand), the same
+    for every batch row and head: int32 (1, 1, query blocks, 2) and (1, 1, query blocks, entries, 3), entries
+    contiguous; query blocks of a multiple of ``LIST_BLOCK_Q``; block_tiles (None, tiles): tiles (T, query block,
+    key block) bool, their ids in the lists; not with attn_mask or kv_lens."""
     counts, lists = call.block_lists
     _check_sparse(call, "block_lists")
     if call.block_mask is not None:
         raise ValueError("block_lists are given in place of block_mask, not with it")
+    if call.kv_lens is not None:
+        raise ValueError("block_lists cannot be combined with kv_lens (the lists say which keys each query block "
+                         "reads)")
     if call.block_size[0] % LIST_BLOCK_Q:
         raise ValueError(f"block_lists need query blocks of a multiple of {LIST_BLOCK_Q} tokens, got "
                          f"{call.block_size}")
     rows = -(-n_q // call.block_size[0])
     for name, t, dims, last in (("counts", counts, 4, 2), ("lists", lists, 5, 3)):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.dim() != dims or \
-                t.shape[0] not in (1, batch) or t.shape[1] not in (1, heads) or t.shape[2] != rows or \
-                t.shape[-1] != last or t.device != call.q.device:
-            raise ValueError(f"block_lists' {name} must be an int32 tensor of {dims} dims, (1 or B = {batch}, 1 or H = "
-                             f"{heads}, {rows} query blocks, ..., {last}) on {call.q.device}, got {_describe(t)}")
+                t.shape[:3] != (1, 1, rows) or t.shape[-1] != last or t.device != call.q.device:
+            raise ValueError(f"block_lists' {name} must be an int32 tensor of {dims} dims, (1, 1, {rows} query blocks, "
+                             f"..., {last}) on {call.q.device} (the same for every batch row and head), got "
+                             f"{_describe(t)}")
     if lists.stride(-1) != 1 or lists.stride(-2) != 3 or counts.stride(-1) != 1:
         raise ValueError("block_lists' entries must be contiguous")
     ids, tiles = call.block_tiles if call.block_tiles is not None else (None, None)
@@ -348,7 +351,7 @@ def check_attention_args(call: _Call) -> None:
                              f"{n_k}), got k_neg {_describe(call.negative[0])}")
         _check_attn_mask(call.attn_mask, q.device, (batch, heads, rows_q, rows_k))
     if call.block_lists is not None:
-        _check_block_lists(call, batch, heads, n_q)
+        _check_block_lists(call, n_q)
     elif call.block_mask is not None:
         _check_block_mask(call, batch, heads, n_q, n_k)
 
@@ -461,22 +464,6 @@ def _attention_fake(*args):
     return _outputs(call)
 
 
-def _dense_blocks(call: _Call) -> dict:
-    """The call's block-sparse pattern as the reference takes it: block_mask and block_tiles as given, or its block
-    lists as a dense block mask (B, H, query blocks, key blocks) and each block's tile id."""
-    if call.block_lists is None:
-        return dict(block_mask=call.block_mask, block_size=call.block_size, block_tiles=call.block_tiles)
-    counts, lists = call.block_lists
-    cols = -(-call.bhnd(call.k)[2] // call.block_size[1])
-    listed = torch.arange(lists.shape[-2], device=lists.device) < counts[..., 1:]
-    where = torch.where(listed, (lists[..., 0] >> 2).long(), cols)  # (unlisted entries: a column cut off after)
-    mask = torch.zeros(*lists.shape[:-2], cols + 1, dtype=torch.bool, device=lists.device)
-    mask = mask.scatter_(-1, where, True)[..., :cols]
-    ids = torch.zeros(mask.shape[:-1] + (cols + 1,), dtype=torch.int32, device=lists.device)
-    ids = ids.scatter_(-1, where, lists[..., 1])[..., :cols]
-    return dict(block_mask=mask, block_size=call.block_size, block_tiles=(ids, call.block_tiles[1]))
-
-
 def _reference_args(call: _Call) -> dict:
     return dict(layout=call.layout, kv_lens=call.kv_lens, cu_seqlens_q=call.cu_seqlens_q,
                 cu_seqlens_k=call.cu_seqlens_k, joint=call.joint, negative=_negative(call),
@@ -484,8 +471,9 @@ def _reference_args(call: _Call) -> dict:
                 rope_interleaved=call.rope_interleaved, q_norm_weight=call.q_norm_weight,
                 k_norm_weight=call.k_norm_weight, joint_q_norm_weight=call.joint_q_norm_weight,
                 joint_k_norm_weight=call.joint_k_norm_weight, norm_eps=call.norm_eps, attn_mask=call.attn_mask,
-                key_rope=call.key_rope, rope_dims=call.rope_dims, rope_sections=call.rope_sections,
-                **_dense_blocks(call))
+                key_rope=call.key_rope, block_mask=call.block_mask, block_size=call.block_size,
+                block_tiles=call.block_tiles, rope_dims=call.rope_dims, rope_sections=call.rope_sections,
+                block_lists=call.block_lists)
 
 
 @backends.register("torch", usable=lambda device: None)

@@ -209,7 +209,8 @@ def test_block_lists_checks():
     bad = [
         (dict(block_counts=blocks.counts[..., :1]), r"block_lists' counts must be an int32 tensor of 4 dims"),
         (dict(block_lists=blocks.lists.long()), r"block_lists' lists must be an int32 tensor of 5 dims"),
-        (dict(block_lists=blocks.lists[:, :, :1]), r"1 or B = 1, 1 or H = 2, \d+ query blocks"),
+        (dict(block_lists=blocks.lists[:, :, :1]), r"\(1, 1, \d+ query blocks, \.\.\., 3\)"),
+        (dict(block_lists=blocks.lists.expand(2, 1, -1, -1, -1)), r"the same for every batch row and head"),
         (dict(block_lists=blocks.lists.transpose(-1, -2).contiguous().transpose(-1, -2)),
          r"block_lists' entries must be contiguous"),
         (dict(block_tiles=blocks.tiles[:, :64]), r"with block_lists, block_tiles must be \(None, tiles\)"),
@@ -224,6 +225,8 @@ def test_block_lists_checks():
         with pytest.raises((TypeError, ValueError), match=message):
             op(*args, **kwargs)
     args, kwargs = _lists_call(layout, q)
+    with pytest.raises(ValueError, match=r"block_lists cannot be combined with kv_lens"):
+        op(*args[:5], torch.tensor([100], dtype=torch.int32), *args[6:], **kwargs)
     with pytest.raises(ValueError, match=r"block_lists cannot be combined with joint="):
         op(*args[:9], q, q, q, *args[12:], **kwargs)
 

@@ -136,6 +136,42 @@ def neighborhood_mask_reference(grid, kernel_size, device=None) -> torch.Tensor:
     return keep
 
 
+#: score elements one chunk of ``_listed_sdpa`` holds at most (beyond one query block's, which it always takes)
+_LISTED_CHUNK = 1 << 24
+
+
+def _listed_sdpa(q, k, v, scale: float, block_lists, block_size, tiles) -> torch.Tensor:
+    """Softmax attention over block lists (the same for every batch row and head: (1, 1, query blocks, ...)), a
+    chunk of query blocks at a time, each over its listed key blocks alone, gathered, under their tiles: the work
+    and memory of the listed blocks, not N_q x N_k. q (B, H, N_q, D), k and v (B, H_kv, N_k, D) (grouped heads);
+    computed in float32 at least; a row that keeps no key gives zeros."""
+    counts, lists = block_lists
+    block_q, block_k = block_size
+    batch, heads, n_q, dim = q.shape
+    kv_heads, n_k = k.shape[1], k.shape[2]
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    rows, width = lists.shape[2], lists.shape[3]
+    step = max(1, _LISTED_CHUNK // (batch * heads * block_q * width * block_k))
+    columns = torch.arange(block_k, device=q.device)
+    out = torch.empty(batch, heads, rows * block_q, dim, dtype=dtype, device=q.device)
+    for first in range(0, rows, step):
+        entries = lists[0, 0, first:first + step].long()                                   # (R, M, 3)
+        listed = torch.arange(width, device=q.device) < counts[0, 0, first:first + step, 1:].long()
+        keys = ((entries[..., 0] >> 2) * block_k)[..., None] + columns                       # (R, M, block_k)
+        keep = tiles[entries[..., 1]] & (listed[..., None] & (keys < n_k))[:, :, None, :]   # (R, M, bq, bk)
+        keep = keep.permute(0, 2, 1, 3).flatten(2)                                           # (R, bq, M bk)
+        keys = keys.clamp(max=n_k - 1).flatten(1)                                            # (R, M bk)
+        chunk = slice(first * block_q, (first + len(entries)) * block_q)
+        queries = F.pad(q[:, :, chunk], (0, 0, 0, chunk.stop - min(chunk.stop, n_q)))
+        queries = queries.reshape(batch, kv_heads, heads // kv_heads, len(entries), block_q, dim).to(dtype)
+        scores = torch.einsum("bgxrqd,bgrkd->bgxrqk", queries, k[:, :, keys].to(dtype)) * scale
+        scores = scores.masked_fill(~keep, float("-inf"))
+        weights = torch.where(keep.any(-1, keepdim=True), torch.softmax(scores, -1), 0.0)
+        out[:, :, chunk] = torch.einsum("bgxrqk,bgrkd->bgxrqd", weights, v[:, :, keys].to(dtype)).reshape(
+            batch, heads, -1, dim)
+    return out[:, :, :n_q]
+
+
 def flex_block_mask(blocks: torch.Tensor, block_size, mask_mod=None):
     """A flex attention ``BlockMask`` of whole blocks where ``blocks`` (B, H, query blocks, key blocks) is True, as
     Kandinsky's NABLA builds one (its full blocks; ``mask_mod``, if given, is kept for its partial ones: none)."""
@@ -213,6 +249,7 @@ def attention_reference(
     rope_dims: int = 0,
     rope_sections: int = 1,
     compute_dtype: Optional[torch.dtype] = None,
+    block_lists: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
 ):
     """The definition of ``pydiff.attention`` and its variants (same arguments; see ``pydiff.attention``).
 
@@ -221,12 +258,14 @@ def attention_reference(
     everything in it and returns it.
     block_tiles = (tile_ids, tiles), with block_mask: the elements each block keeps, tile ``tile_ids[b, h, i, j]``
     of ``tiles`` (T, query block, key block) bool (what ``pydiff.attention`` makes of a flex BlockMask's mask_mod).
+    block_lists = (counts, lists), in place of block_mask (``pydiff.attention.BlockLists``' tensors), with
+    block_size and block_tiles = (None, tiles): attended a chunk of query blocks at a time (``_listed_sdpa``).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if block_mask is not None and (joint is not None or negative is not None or cu_seqlens_q is not None):
         raise ValueError("block_mask cannot be combined with joint=, negative= or cu_seqlens_q")
-    if block_tiles is not None and block_mask is None:
+    if block_tiles is not None and block_mask is None and block_lists is None:
         raise ValueError("block_tiles is given but block_mask is not")
     in_dtype = q.dtype
     if compute_dtype is None:
@@ -290,6 +329,9 @@ def attention_reference(
         return back(out.to(attn_dtype if compute_dtype is not None else in_dtype))
 
     qp, kp, vp = pro(q, q_norm_weight, 0), pro_k(k, k_norm_weight, 0), v.to(attn_dtype)
+    if block_lists is not None:
+        out = _listed_sdpa(qp, kp, vp, scale, block_lists, block_size, block_tiles[1])
+        return back(out.to(attn_dtype if compute_dtype is not None else in_dtype))
     if block_mask is not None:
         keep = _block_keep(block_mask, block_size, q.shape[2], k.shape[2], block_tiles)
         if kv_lens is not None:
