@@ -809,7 +809,7 @@ class BlockLists:
     blocks, 2): how many of its listed key blocks are whole, then how many in all; ``lists`` (1, 1, query blocks,
     entries, 3) int32: the whole blocks first, each entry 4 x the key block's number + 3 and its tile's id twice
     (0: a whole block) into ``tiles`` (T, query block, key block) bool, tile 0 all True. Made by pydiff's builders
-    (``pydiff.neighborhood``), which check every entry: the kernel reads them as given."""
+    (``pydiff.neighborhood``), whose entries lie in range by construction: the kernel reads them as given."""
 
     counts: torch.Tensor
     lists: torch.Tensor
