@@ -200,7 +200,8 @@ def _layout(grid, kernel_size, tile, split, device) -> NeighborhoodLayout:
     ordered = torch.sort(rank, dim=1, stable=True).indices
     width = max(int(listed.sum(1).max()), 1)
     ordered = ordered[:, :width]
-    entries = torch.stack([4 * block.gather(1, ordered) + 3, ids.gather(1, ordered), ids.gather(1, ordered)], -1)
+    tile_ids = ids.gather(1, ordered)
+    entries = torch.stack([4 * block.gather(1, ordered) + 3, tile_ids, tile_ids], -1)
     entries = torch.where(listed.gather(1, ordered)[..., None], entries, 0).to(torch.int32)
     counts = torch.stack([(listed & whole).sum(1), listed.sum(1)], -1).to(torch.int32)
     block_lists = BlockLists(counts.view(1, 1, rows, 2).to(device), entries.view(1, 1, rows, width, 3).to(device),
