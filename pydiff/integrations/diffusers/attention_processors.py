@@ -2273,7 +2273,7 @@ class PydiffLTX2PerturbedAttnProcessor(PydiffLTX2AttnProcessor):
 class PydiffLTX2VaeNeighborhoodAttnProcessor(_RankLocal):
     """Drop-in for ``LTX2VideoVaeNeighborhoodAttnProcessor`` (diffusers 0.42+), the neighborhood attention of
     LTX-2's diffusion decoder (VAE), which runs flex attention over a BlockMask whose build evaluates the window at
-    every query and key (N^2 elements: 167 GiB at the 72 x 64 x 96 grid of a 121-frame 512 x 768 decode). Here it is
+    every query and key (N^2 elements: 167 GiB at a 69 x 64 x 96 stage, by diffusers' own count). Here it is
     ``pydiff.neighborhood``'s block-sparse attention: the tokens gathered into the grid's tiled layout once, before
     the projections, the QK RMSNorms and the 3-D RoPE (one angle per pair: t, h and w positions side by side) in
     the kernel's prologue, only the key blocks the windows reach read, the output scattered back before the out
