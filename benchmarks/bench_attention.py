@@ -918,7 +918,7 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
     # the GPU (the stock processor's, its BlockMask built compiled: the stock build's dense N^2 mask does not fit);
     # the figure counts the windows' work.
     from pydiff.neighborhood import neighborhood_attention, neighborhood_layout
-    from pydiff.reference.attention import neighborhood_mask_reference
+    from pydiff.reference.attention import neighborhood_mask_mod, neighborhood_mask_reference
 
     (grid, window), b, h, d = (((16, 64, 64), (11, 11, 11)), 1, 4, 64) if gpu else (((4, 12, 16), (3, 5, 5)), 1, 2, 64)
     n = math.prod(grid)
@@ -930,17 +930,8 @@ def _variant_rows(device, dtype, quick, ceiling, attention) -> List[Dict[str, ob
     if gpu:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-        def in_window(batch, head, query, key):
-            inside = None
-            for axis, (size, width) in enumerate(zip(grid, window)):
-                step = math.prod(grid[axis + 1:])
-                at_q, at_k = (query // step) % size, (key // step) % size
-                start = (at_q - width // 2).clamp(0, size - width)
-                kept = (at_k >= start) & (at_k < start + width)
-                inside = kept if inside is None else inside & kept
-            return inside
-
-        windows = create_block_mask(in_window, None, None, n, n, device=device, _compile=True)
+        windows = create_block_mask(neighborhood_mask_mod(grid, window), None, None, n, n, device=device,
+                                    _compile=True)
         flex = torch.compile(flex_attention)
         flat = [t.flatten(1, -3).transpose(1, 2) for t in (q, k, v)]
         rows += _variant(name, shape, lambda: neighborhood_attention(q, k, v, window, layout=layout).flatten(1, -3),

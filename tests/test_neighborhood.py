@@ -11,7 +11,8 @@ import pydiff
 from pydiff.attention import attention
 from pydiff.neighborhood import TILE_TOKENS, _tilings, _work, choose_tile, neighborhood_attention, neighborhood_layout
 from pydiff.ops import native
-from pydiff.reference.attention import neighborhood_mask_reference, rms_norm_reference, rope_reference
+from pydiff.reference.attention import (neighborhood_mask_mod, neighborhood_mask_reference, rms_norm_reference,
+                                       rope_reference)
 
 CPU = torch.device("cpu")
 needs_interpreter = pytest.mark.skipif(native.triton_why_not(CPU) is not None,
@@ -73,6 +74,19 @@ def test_layout_lists_keep_the_windows_random():
         mask = layout_mask(layout)
         assert torch.equal(mask[layout.slots][:, layout.slots], neighborhood_mask_reference(grid, kernel_size)), \
             (grid, kernel_size, tile)
+
+
+def test_window_mask_mod_under_flex():
+    """``neighborhood_mask_mod`` as flex attention evaluates it (``create_mask``: vmapped over scalar indices, as
+    the GPU benchmark's BlockMask is built) gives the reference's mask, and, worked out per token, LTX-2's windows:
+    token (1, 0, 4) of a 3 x 2 x 5 grid with 3 x 1 x 3 windows keeps frames 0-2, its own row, columns 2-4."""
+    from torch.nn.attention.flex_attention import create_mask
+
+    grid, kernel_size = (3, 2, 5), (3, 1, 3)
+    mask = create_mask(neighborhood_mask_mod(grid, kernel_size), None, None, 30, 30, device="cpu")[0, 0]
+    assert torch.equal(mask, neighborhood_mask_reference(grid, kernel_size))
+    kept = {(int(j) // 10, int(j) // 5 % 2, int(j) % 5) for j in mask[1 * 10 + 0 * 5 + 4].nonzero()}
+    assert kept == {(t, 0, w) for t in range(3) for w in (2, 3, 4)}
 
 
 def test_choose_tile_makes_least_work():

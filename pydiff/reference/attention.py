@@ -122,18 +122,26 @@ def _block_keep(mask: torch.Tensor, block_size, n_q: int, n_k: int, block_tiles=
     return keep
 
 
+def neighborhood_mask_mod(grid, kernel_size):
+    """Neighborhood attention's windows as a flex attention ``mask_mod(b, h, q_idx, kv_idx)`` over a grid's tokens
+    (row-major): key j kept for query i where j lies in i's window of ``kernel_size`` along every dim, centred on i
+    and shifted inward at the borders to hold kernel_size positions (NATTEN's windows; LTX-2's decoder's)."""
+    def mask_mod(batch, head, query, key):
+        inside = None
+        for axis, (size, width) in enumerate(zip(grid, kernel_size)):
+            step = math.prod(grid[axis + 1:])
+            at_q, at_k = (query // step) % size, (key // step) % size
+            start = (at_q - width // 2).clamp(0, size - width)
+            kept = (at_k >= start) & (at_k < start + width)
+            inside = kept if inside is None else inside & kept
+        return inside
+    return mask_mod
+
+
 def neighborhood_mask_reference(grid, kernel_size, device=None) -> torch.Tensor:
-    """Neighborhood attention's mask over a grid's tokens (row-major): (N, N) bool, query i keeping key j where j lies
-    in i's window of ``kernel_size`` along every dim, centred on i and shifted inward at the borders to hold
-    kernel_size positions (NATTEN's windows; LTX-2's decoder's ``mask_mod``)."""
-    coords = torch.stack(torch.meshgrid(*(torch.arange(n, device=device) for n in grid), indexing="ij"), -1)
-    coords = coords.reshape(-1, len(grid))
-    keep = torch.ones(coords.shape[0], coords.shape[0], dtype=torch.bool, device=device)
-    for axis, (n, window) in enumerate(zip(grid, kernel_size)):
-        position = coords[:, axis]
-        start = (position - window // 2).clamp(0, n - window)
-        keep &= (position[None, :] >= start[:, None]) & (position[None, :] < start[:, None] + window)
-    return keep
+    """``neighborhood_mask_mod``'s elements: (N, N) bool, query i keeping key j."""
+    tokens = torch.arange(math.prod(grid), device=device)
+    return neighborhood_mask_mod(grid, kernel_size)(None, None, tokens[:, None], tokens[None, :])
 
 
 #: score elements one chunk of ``_listed_sdpa`` holds at most (beyond one query block's, which it always takes)
