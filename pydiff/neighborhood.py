@@ -60,13 +60,15 @@ class NeighborhoodLayout:
         return x.index_select(dim, self.slots)
 
 
-def _windows(n: int, kernel: int, extent_q: int, extent_k: int, tiles_q: int, tiles_k: int):
-    """One grid dimension of n positions in query tiles of extent_q and key tiles of extent_k (tiles_q, tiles_k of
-    them, the last ones past n where n is not a whole number of tiles): for each query tile, the key tiles its
-    queries' windows reach (first[q] + j, j < reach; those past tiles_k or reaching nothing are not ``valid``), and
-    which elements: (tiles_q, reach, extent_q, extent_k) bool, a query position keeping a key position where the key
-    lies in its window (a window of ``kernel`` positions centred on it, shifted inward at the borders); positions
-    past n keep nothing and are kept by none."""
+def _windows(n: int, kernel: int, extent_q: int, extent_k: int):
+    """One grid dimension of n positions in query tiles of extent_q and key tiles of extent_k (extent_q a multiple
+    of it), as many query tiles as cover n, the last ones past n where n is not a whole number of them: for each
+    query tile, the key tiles its queries' windows reach (first[q] + j, j < reach; those past the query tiles' end
+    or reaching nothing are not ``valid``), and which elements: (tiles_q, reach, extent_q, extent_k) bool, a query
+    position keeping a key position where the key lies in its window (a window of ``kernel`` positions centred on
+    it, shifted inward at the borders); positions past n keep nothing and are kept by none."""
+    tiles_q = -(-n // extent_q)
+    tiles_k = tiles_q * extent_q // extent_k
     queries = torch.arange(tiles_q * extent_q).view(tiles_q, extent_q)
     start = (queries - kernel // 2).clamp(0, n - kernel)
     last = torch.minimum(start + kernel - 1, torch.tensor(n - 1))
@@ -84,8 +86,7 @@ def _windows(n: int, kernel: int, extent_q: int, extent_k: int, tiles_q: int, ti
 def _work(n: int, kernel: int, extent_q: int, extent_k: int) -> int:
     """(query tile, key tile) pairs of one dimension that keep anything: a layout's listed blocks are their product
     over the dimensions."""
-    tiles_q, tiles_k = -(-n // extent_q), -(-n // extent_q) * extent_q // extent_k
-    return int(_windows(n, kernel, extent_q, extent_k, tiles_q, tiles_k)[1].sum())
+    return int(_windows(n, kernel, extent_q, extent_k)[1].sum())
 
 
 def _tilings(dims: int):
@@ -144,7 +145,6 @@ def _layout(grid, kernel_size, tile, split, device) -> NeighborhoodLayout:
     dims = len(grid)
     extents = tuple(t * (2 if i == split else 1) for i, t in enumerate(tile))
     tiles_q = tuple(-(-n // e) for n, e in zip(grid, extents))
-    tiles_k = tuple(q * e // t for q, e, t in zip(tiles_q, extents, tile))
     # the slots: query tiles row-major; in each, its two key tiles; in each, row-major
     local = torch.tensor(list(itertools.product(*(range(t) for t in tile))))               # (64, dims)
     halves = torch.zeros(2, dims, dtype=torch.long)
@@ -161,7 +161,7 @@ def _layout(grid, kernel_size, tile, split, device) -> NeighborhoodLayout:
     # per dimension: the key tiles each query tile reaches, which keep anything, and their element patterns
     tile_index, valid, full, pattern, patterns = [], [], [], [], []
     for i in range(dims):
-        reached, kept_any, kept = _windows(grid[i], kernel_size[i], extents[i], tile[i], tiles_q[i], tiles_k[i])
+        reached, kept_any, kept = _windows(grid[i], kernel_size[i], extents[i], tile[i])
         unique, ids = torch.unique(kept.flatten(2).flatten(0, 1), dim=0, return_inverse=True)
         unique = unique.view(-1, extents[i], tile[i])
         shape = [1] * (2 * dims)
