@@ -457,6 +457,15 @@ def _run(call: _Call) -> List[torch.Tensor]:
     return outs
 
 
+@backends.op_reference
+def _attention_op_reference(*args) -> List[torch.Tensor]:
+    """The op's arguments through `attention_reference` (pure torch), its outputs in q's dtype."""
+    call = _make_call(*args)
+    check_attention_args(call)
+    result = attention_reference(call.q, call.k, call.v, call.scale, **_reference_args(call))
+    return [out.to(call.q.dtype) for out in (result if call.joint is not None else (result,))]
+
+
 def _attention_fake(*args):
     """Shapes only: the same checks, outputs shaped like q (and the joint q)."""
     call = _make_call(*args)
@@ -611,7 +620,10 @@ def bind_gpu_kernels() -> None:
     from pydiff.kernels.attention import _attn_fwd_autotuned, _attn_fwd_kernel, _block_lists_kernel, _qk_prologue
 
 
-attention_op = define_attention_op("pydiff::attention", use_triton_op=_load_gpu_kernel())
+#: whether ``pydiff::attention`` is a ``triton_op`` here (a CUDA machine whose Triton compiles), which Inductor and
+#: AOTInductor compile with its Triton kernel inside
+ATTENTION_IS_TRITON_OP = _load_gpu_kernel()
+attention_op = define_attention_op("pydiff::attention", use_triton_op=ATTENTION_IS_TRITON_OP)
 
 
 def attention(

@@ -87,7 +87,15 @@ class OpBackends:
         self.gpu_order = tuple(gpu_order)
         self.impls: Dict[str, Callable] = {}
         self.usable: Dict[str, Callable[[torch.device], str | None]] = {}
+        #: the op as one pure-torch function of its own arguments returning its outputs: what exporters lower it to
+        #: (pydiff.export), so exported graphs hold standard ops only
+        self.reference: Callable | None = None
         REGISTRY[op] = self
+
+    def op_reference(self, fn: Callable) -> Callable:
+        """Keep ``fn`` as the op's reference (`reference`); returns it, so it decorates too."""
+        self.reference = fn
+        return fn
 
     def register(self, backend: str, usable: Callable[[torch.device], str | None]):
         """Decorator: register ``fn`` for ``backend``; ``usable(device)`` returns None or why it cannot run."""

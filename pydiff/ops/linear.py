@@ -21,6 +21,7 @@ MAX_OUTPUTS = 6
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 backends = OpBackends("pydiff::lincomb", gpu_order=("cuda", "triton", "torch"))
+backends.op_reference(lincomb_reference)
 
 
 def check_lincomb_args(inputs: Sequence[torch.Tensor], coefs: torch.Tensor, clamp: float) -> int:

@@ -44,6 +44,9 @@ def pair_moments_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack([x.sum(1), y.sum(1), (x * x).sum(1), (y * y).sum(1), (x * y).sum(1)], dim=1)
 
 
+backends.op_reference(pair_moments_reference)
+
+
 @torch.library.custom_op("pydiff::pair_moments", mutates_args=())
 def pair_moments_op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     check_pair_moments_args(a, b)

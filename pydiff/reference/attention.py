@@ -67,10 +67,17 @@ def _prologue(x: torch.Tensor, norm_weight: Optional[torch.Tensor], rope, interl
     return y
 
 
+def _positive_scale(q: torch.Tensor, scale: float):
+    """(q, scale), or (-q, -scale) for a negative scale: the same scores (negation is exact). torch.onnx's SDPA
+    puts sqrt(scale) on q and k, which a negative scale turns into NaN in exported graphs."""
+    return (-q, -scale) if scale < 0 else (q, scale)
+
+
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
           kv_lens: Optional[torch.Tensor], attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Softmax attention over the first ``kv_lens[b]`` keys of each batch row, under ``attn_mask``; rows with no
     key give zeros."""
+    q, scale = _positive_scale(q, scale)
     if kv_lens is None and attn_mask is None:
         group = q.shape[1] // k.shape[1]
         if group > 1:  # grouped / multi-query: KV head j serves query heads j*group .. j*group+group-1
@@ -93,8 +100,10 @@ def _segment_mask(cu_q: torch.Tensor, cu_k: torch.Tensor, n_q: int, n_k: int, ba
     segments = cu_q.shape[0] - 1
     tok_q = torch.arange(n_q, device=cu_q.device)
     tok_k = torch.arange(n_k, device=cu_k.device)
-    seg_q = torch.searchsorted(cu_q, tok_q, right=True) - 1   # -1 before the first segment, S after the last
-    seg_k = torch.searchsorted(cu_k, tok_k, right=True) - 1
+    # each token's segment: -1 before the first, S after the last (the boundaries at or before it, less one;
+    # searchsorted's count, as comparisons, which ONNX export takes)
+    seg_q = (cu_q[None, :] <= tok_q[:, None]).sum(-1) - 1
+    seg_k = (cu_k[None, :] <= tok_k[:, None]).sum(-1) - 1
     inside_q = (seg_q >= 0) & (seg_q < segments)
     inside_k = (seg_k >= 0) & (seg_k < segments)
     keep = (seg_q[:, None] == seg_k[None, :]) & inside_q[:, None] & inside_k[None, :]
@@ -216,13 +225,15 @@ def _masked_sdpa(q, k, v, scale, keep, attn_mask=None):
     """SDPA under a boolean mask ``keep`` (B, 1, N_q or 1, N_k) and the key mask ``attn_mask`` (bool, or float
     added to the scores in q's dtype), either of them None; a row that may see no key is defined as zeros (as in
     FlashAttention), not NaN."""
+    q, scale = _positive_scale(q, scale)
     group = q.shape[1] // k.shape[1]
     if group > 1:
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
     mask = keep
     if attn_mask is not None:
-        zero, minus_inf = (torch.tensor(x, dtype=q.dtype, device=q.device) for x in (0.0, float("-inf")))
+        # (torch.full: a torch.tensor constant inside an exported graph is a lifted copy export cannot lower)
+        zero, minus_inf = (torch.full((), x, dtype=q.dtype, device=q.device) for x in (0.0, float("-inf")))
         attn_mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + attn_mask.shape)  # (SDPA wants 2-D or more)
         mask = torch.where(attn_mask, zero, minus_inf) if attn_mask.dtype == torch.bool else attn_mask.to(q.dtype)
         if keep is not None:
