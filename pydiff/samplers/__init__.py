@@ -10,7 +10,7 @@ loop (loop.py) only indexes them, so it never syncs with the host and can be cap
 """
 
 from .grid import Grid, to_data, to_noise
-from .loop import draw_noise, resolve_sampler, run_plan, sample
+from .loop import SamplerModule, draw_noise, resolve_sampler, run_plan, sample
 from .plan import Lin, Plan, Stage, compile_plan
 from .solvers import (DDIM, LCM, SAMPLERS, TCD, ConsistencyMultistep, DPMSolverPP, Euler, EulerAncestral, FlowEuler,
                       FlowHeun, Heun, OneStep, Sampler, UniPC)
@@ -18,7 +18,7 @@ from .sources import grid_for, grid_from_discretization, sampler_from_diffusers
 
 __all__ = [
     "DDIM", "LCM", "SAMPLERS", "TCD", "ConsistencyMultistep", "DPMSolverPP", "Euler", "EulerAncestral", "FlowEuler",
-    "FlowHeun", "Grid", "Heun", "Lin", "OneStep", "Plan", "Sampler", "Stage", "UniPC", "compile_plan", "draw_noise",
-    "grid_for", "grid_from_discretization", "resolve_sampler", "run_plan", "sample", "sampler_from_diffusers",
-    "to_data", "to_noise",
+    "FlowHeun", "Grid", "Heun", "Lin", "OneStep", "Plan", "Sampler", "SamplerModule", "Stage", "UniPC", "compile_plan",
+    "draw_noise", "grid_for", "grid_from_discretization", "resolve_sampler", "run_plan", "sample",
+    "sampler_from_diffusers", "to_data", "to_noise",
 ]

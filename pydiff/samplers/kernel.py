@@ -29,7 +29,8 @@ class _DirectOp:
         self.device = torch.device(device)
         self.use_op = use_op or USE_OP
         self.check_every_call = check_every_call
-        self.backend, self._impl = op_backends.select(self.device)
+        # compiling, every call goes through the registered op (below): nothing to select
+        self.backend, self._impl = (None, None) if torch.compiler.is_compiling() else op_backends.select(self.device)
         self._checked = set()
 
     def _call(self, key, op, check, run, *args):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -167,6 +167,8 @@ def plan_on(plan: Plan, device: torch.device) -> Plan:
     """The plan's tables on ``device`` (copied once per plan and device, then reused)."""
     if device.type == "cpu":
         return plan
+    if torch.compiler.is_compiling():  # (the copy becomes the graph's constants)
+        return plan.to(device)
     key = (id(plan), str(device))
     with _DEVICE_PLANS_LOCK:
         hit = _DEVICE_PLANS.get(key)
@@ -284,6 +286,15 @@ def _graph_key(model, noise, plan, kwargs, guided, generator, noise_sampler, gui
             id(generator), id(noise_sampler), guidance_rescale)
 
 
+def _sampler_grid(model, sampler, steps, schedule, mu) -> Tuple[Sampler, Grid]:
+    """The sampler and its grid; schedule None: ``model.scheduler_config``; a `Grid` fixes the step count."""
+    sampler = resolve_sampler(sampler)
+    if isinstance(schedule, Grid) and steps is DEFAULT_STEPS:
+        steps = None
+    return sampler, grid_for(schedule if schedule is not None else getattr(model, "scheduler_config", None), steps,
+                             sampler, mu=mu)
+
+
 def sample(model: Callable[..., torch.Tensor], noise: torch.Tensor, sampler="dpmpp_2m",
            steps: Optional[int] = DEFAULT_STEPS,
            schedule=None, guidance_scale: float = 1.0, cond: Optional[Mapping[str, Any]] = None,
@@ -308,11 +319,7 @@ def sample(model: Callable[..., torch.Tensor], noise: torch.Tensor, sampler="dpm
     mu: the dynamic-shift parameter of flow schedules (Flux).
     """
     _check_noise(noise)
-    sampler = resolve_sampler(sampler)
-    if isinstance(schedule, Grid) and steps is DEFAULT_STEPS:
-        steps = None
-    grid = grid_for(schedule if schedule is not None else getattr(model, "scheduler_config", None), steps, sampler,
-                    mu=mu)
+    sampler, grid = _sampler_grid(model, sampler, steps, schedule, mu)
     guidance = _check_guidance(guidance_scale, cond, uncond)
     rescale = _check_rescale(guidance_rescale, guidance)
     if noise_sampler is not None and not callable(noise_sampler):
@@ -352,5 +359,56 @@ def sample(model: Callable[..., torch.Tensor], noise: torch.Tensor, sampler="dpm
                 bar.close()
 
 
-__all__ = ["DEFAULT_STEPS", "check_model_output", "draw_noise", "rescale_factors", "resolve_sampler", "run_plan",
-           "sample"]
+class SamplerModule(torch.nn.Module):
+    """A whole sampler as one module, ``pydiff.sample`` with the sampler, steps, schedule and guidance fixed when
+    made: ``forward(noise, cond, uncond=None, step_noise=None) -> x0``. Its stages unroll into one graph under
+    ``torch.export`` / ``torch.compile`` (the per-stage coefficients become constants), which is how pydiff.export
+    exports a few-step sampler with its model.
+
+    noise: (B, ...) standard normal, as ``pydiff.sample`` takes it; cond, uncond: dicts of model keyword arguments
+    (uncond exactly when made with guidance_scale != 1). step_noise: the noise of the stochastic samplers' stages,
+    (S, B, ...) for the S stages that draw it (``len(module.noise_stages)``; none for deterministic samplers), so
+    the graph itself draws nothing and reproduces ``pydiff.sample(..., noise_sampler=...)`` given the same draws.
+    """
+
+    def __init__(self, model: torch.nn.Module, sampler="dpmpp_2m", steps: Optional[int] = DEFAULT_STEPS,
+                 schedule=None, guidance_scale: float = 1.0, guidance_rescale: float = 0.0,
+                 mu: Optional[float] = None):
+        super().__init__()
+        self.model = model
+        self.sampler, grid = _sampler_grid(model, sampler, steps, schedule, mu)
+        # guided exactly when the scale is not 1: the unconditional inputs come with each call
+        self.guidance = _check_guidance(guidance_scale, {}, {})
+        self.guidance_rescale = _check_rescale(guidance_rescale, self.guidance)
+        self.plan = self.sampler.plan(grid, self.guidance, model_space=True)
+        #: the stages that draw noise, in order (step_noise's rows)
+        self.noise_stages = tuple(i for i, draws in enumerate(self.plan.draw_noise) if draws)
+
+    def forward(self, noise: torch.Tensor, cond: Optional[Mapping[str, Any]] = None,
+                uncond: Optional[Mapping[str, Any]] = None, step_noise: Optional[torch.Tensor] = None):
+        _check_noise(noise)
+        guided = self.guidance is not None
+        if guided != (uncond is not None):
+            raise ValueError(f"uncond must be given exactly when the module guides (made with guidance_scale "
+                             f"{self.guidance if guided else 1.0}), got {'None' if uncond is None else 'a dict'}")
+        _check_guidance(self.guidance or 1.0, cond, uncond)
+        kwargs = _batched_cond(cond, uncond, noise.shape[0], guided)
+        noise_sampler = None
+        if self.noise_stages:
+            expected = (len(self.noise_stages), *noise.shape)
+            if not isinstance(step_noise, torch.Tensor) or tuple(step_noise.shape) != expected or \
+                    step_noise.dtype != noise.dtype or step_noise.device != noise.device:
+                raise ValueError(f"step_noise must be a {noise.dtype} tensor of shape {expected} on {noise.device} "
+                                 f"({self.sampler.name} draws noise at {len(self.noise_stages)} stages), got "
+                                 f"{getattr(step_noise, 'shape', step_noise)!r}")
+            row = {stage: j for j, stage in enumerate(self.noise_stages)}
+            noise_sampler = lambda i, x: step_noise[row[i]]  # noqa: E731
+        elif step_noise is not None:
+            raise ValueError(f"step_noise must be None: {self.sampler.name} draws no noise")
+        plan = plan_on(self.plan, noise.device)
+        return run_plan(self.model, noise * plan.init_scale, plan, kwargs, guided, None, noise_sampler,
+                        guidance_scale=self.guidance or 1.0, guidance_rescale=self.guidance_rescale)
+
+
+__all__ = ["DEFAULT_STEPS", "SamplerModule", "check_model_output", "draw_noise", "rescale_factors", "resolve_sampler",
+           "run_plan", "sample"]
