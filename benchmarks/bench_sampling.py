@@ -72,7 +72,7 @@ def run(quick: bool, device: str, progress: bool = False) -> List[Dict[str, obje
                 with torch.inference_mode():
                     return diffusers_loop(model, scheduler, noise, labels, null, steps, guidance)
 
-            ours_t = measure(ours, device=device, warmup=1, min_repeat=3, min_time=0.5)
+            ours_t = measure(ours, device="cpu", warmup=1, min_repeat=3, min_time=0.5)
             peer_t = measure(peer, device=device, warmup=1, min_repeat=3, min_time=0.5)
             with torch.inference_mode():
                 diff = ((ours() - peer()).norm() / peer().norm()).item()
@@ -91,10 +91,41 @@ def run(quick: bool, device: str, progress: bool = False) -> List[Dict[str, obje
                 rows.append(comparison_row("sampling", f"{name} {steps} steps, cfg {guidance}, CUDA graph",
                                            f"{batch}x{shape_name}", graph_t,
                                            f"diffusers {cls_name}", peer_t))
+    if not quick and device == "cpu":  # (ONNX Runtime here has no CUDA provider)
+        rows.append(_onnx_row(model, noise, labels, null, steps, guidance, f"{batch}x{shape_name}"))
     return rows
+
+
+def _onnx_row(model, noise, labels, null, steps, guidance, shape) -> Dict[str, object]:
+    """The same loop exported as one graph (``pydiff.export.onnx`` of a ``SamplerModule``: DPM-Solver++(2M), the
+    model and every step) and run by ONNX Runtime's CPU provider, beside ``pydiff.sample`` in PyTorch on the CPU."""
+    import tempfile
+    from pathlib import Path
+
+    import pydiff
+    from pydiff import export
+    from pydiff.samplers import SamplerModule
+
+    graph = SamplerModule(model, "dpmpp_2m", steps, guidance_scale=guidance)
+    inputs = (noise, {"y": labels}, {"y": null})
+    with tempfile.TemporaryDirectory() as folder:
+        result = export.onnx(graph, inputs, Path(folder) / "sampler.onnx")
+        runner = export.OnnxRunner(result.path)
+        peer_t = measure(lambda: runner(*inputs), device="cpu", warmup=1, min_repeat=3, min_time=0.5)
+        with torch.inference_mode():
+            ours = lambda: pydiff.sample(model, noise, "dpmpp_2m", steps, guidance_scale=guidance,  # noqa: E731
+                                         cond={"y": labels}, uncond={"y": null})
+            ours_t = measure(ours, device="cpu", warmup=1, min_repeat=3, min_time=0.5)
+            expected = ours()
+            diff = ((runner(*inputs)[0] - expected).norm() / expected.norm()).item()
+    return comparison_row("sampling", f"dpmpp_2m {steps} steps, cfg {guidance}, exported", shape, ours_t,
+                          "ONNX Runtime (pydiff.export.onnx)", peer_t, export_s=result.seconds, rel_diff=diff)
 
 
 def section(rows) -> str:
     return ("Same model, schedule, noise and guidance in both loops; `rel_diff` is ||ours - diffusers|| / "
-            "||diffusers|| of the final samples. Overhead per step = (loop time - steps x one model call) / steps."
-            "\n\n" + comparison_table(rows, ["ours_overhead_ms_per_step", "peer_overhead_ms_per_step", "rel_diff"]))
+            "||diffusers|| of the final samples. Overhead per step = (loop time - steps x one model call) / steps. "
+            "The `exported` row (full suite) runs the same sampler exported with its model as one ONNX graph in ONNX "
+            "Runtime (`export_s`: the export, its check included)."
+            "\n\n" + comparison_table(rows, ["ours_overhead_ms_per_step", "peer_overhead_ms_per_step", "rel_diff",
+                                            "export_s"]))

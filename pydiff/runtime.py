@@ -70,6 +70,8 @@ def info() -> Dict[str, Any]:
         "PYDIFF_BACKEND": os.environ.get("PYDIFF_BACKEND"),
         "backends": backends,
         "ops": ops,
+        # what pydiff.export writes with: ONNX (checked by ONNX Runtime), AOTInductor (torch's), TensorRT (optional)
+        "export": {module: _version(module) for module in ("onnx", "onnxscript", "onnxruntime", "tensorrt")},
     }
 
 
@@ -98,4 +100,5 @@ def format_info(data: Dict[str, Any]) -> str:
     lines.append("ops (usable backends per device):")
     for op, per_device in data["ops"].items():
         lines.append(f"  {op:<28} " + "; ".join(f"{d}: {', '.join(bs)}" for d, bs in per_device.items()))
+    lines.append("export: " + ", ".join(f"{m} {v or 'missing'}" for m, v in data["export"].items()))
     return "\n".join(lines)
