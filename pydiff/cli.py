@@ -64,8 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unavailable(name: str, exc: Exception) -> int:
-    print(f"pydiff {name}: not available in this installation ({exc})", file=sys.stderr)
+def _unavailable(name: str, exc: ImportError) -> int:
+    module = SUBCOMMANDS[name][1]
+    missing = exc.name or ""
+    if missing.startswith("pydiff.") and (module + ".").startswith(missing + "."):  # the command's own package
+        print(f"pydiff {name}: not built yet (pydiff has no {missing})", file=sys.stderr)
+    else:
+        print(f"pydiff {name}: not available in this installation ({exc})", file=sys.stderr)
     return 2
 
 

@@ -86,6 +86,31 @@ def test_attention_onnx(case, tmp_path):
 
 
 @needs_onnx
+def test_neighborhood_attention_onnx(tmp_path):
+    """Neighborhood attention (block lists, QK norms, RoPE, grouped heads, strided views) exports: its layout, made
+    by the eager call before the export, is a constant of the graph; ONNX Runtime against float64."""
+    from pydiff.neighborhood import neighborhood_attention
+    from test_neighborhood import _inputs, _reference
+
+    grid, kernel_size, dim = (3, 6, 9), (3, 3, 5), 32
+    q, k, v = _inputs(grid, 4, 2, dim, torch.float32, seed=8, strided=True)
+    gen = torch.Generator().manual_seed(9)
+    angles = torch.rand(q.shape[1:-2].numel(), dim // 2, generator=gen) * 6
+    tables = (angles.cos(), angles.sin())
+    norms = tuple(torch.rand(dim, generator=gen) + 0.5 for _ in range(2))
+
+    class Neighborhood(torch.nn.Module):
+        def forward(self, q, k, v):
+            return neighborhood_attention(q, k, v, kernel_size, 0.3, rope=tables, q_norm_weight=norms[0],
+                                          k_norm_weight=norms[1])
+
+    result = export.onnx(Neighborhood(), (q, k, v), tmp_path / "neighborhood.onnx")
+    got = export.run_onnx(result.path, q, k, v)[0]
+    ref = _reference(q, k, v, kernel_size, scale=0.3, rope=tables, norms=norms)
+    assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+
+
+@needs_onnx
 def test_bfloat16_is_exported_unverified(tmp_path):
     """ONNX Runtime takes no bfloat16 inputs: verify=True says so; verify=False writes the graph."""
     q, k, v, kw = build(next(c for c in GRID if c.dtype == torch.bfloat16), seed=2)

@@ -253,6 +253,14 @@ def test_info_reports_backends(monkeypatch, tmp_path):
 def test_cli_info_runs():
     out = subprocess.run([sys.executable, "-m", "pydiff", "info"], capture_output=True, text=True, check=True).stdout
     assert "pydiff::lincomb" in out and "cpp (CPU C++/OpenMP)" in out
+    assert "export: onnx " in out and "tensorrt " in out
+
+
+def test_cli_names_a_command_not_built(capsys):
+    from pydiff.cli import main
+
+    assert main(["distill"]) == 2
+    assert "pydiff distill: not built yet (pydiff has no pydiff.distill)" in capsys.readouterr().err
 
 
 @pytest.mark.gpu

@@ -85,6 +85,18 @@ def export_program(model: torch.nn.Module, args: Sequence[Any], kwargs: Optional
     return lower(program, keep)
 
 
+def _eager(model: torch.nn.Module, args: Sequence[Any], kwargs: Optional[Dict[str, Any]]):
+    """The model's outputs on the example inputs, before it is exported: what the file is checked against, and a
+    first call that makes what pydiff builds on the host once and caches (neighborhood layouts, launch plans), which
+    the exported graph then holds as constants."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(args, (tuple, list)):
+        raise TypeError(f"args must be a tuple of the model's positional inputs, got {type(args).__name__}")
+    with torch.no_grad():
+        return model(*args, **(kwargs or {}))
+
+
 def _tensors(tree) -> list:
     return [x for x in pytree.tree_leaves(tree) if isinstance(x, torch.Tensor)]
 
@@ -171,6 +183,7 @@ def onnx(model: torch.nn.Module, args: Sequence[Any], path, *, kwargs: Optional[
     faster in ONNX Runtime)."""
     target = _target(path, ".onnx", overwrite)
     start = time.perf_counter()
+    expected = _eager(model, args, kwargs)
     program = export_program(model, args, kwargs, dynamic_shapes)
     with torch.no_grad():
         onnx_program = torch.onnx.export(program, tuple(args), kwargs=kwargs, dynamo=True, opset_version=opset,
@@ -182,8 +195,6 @@ def onnx(model: torch.nn.Module, args: Sequence[Any], path, *, kwargs: Optional[
         error = None
         if verify:
             got = run_onnx(scratch / target.name, *args, **(kwargs or {}))
-            with torch.no_grad():
-                expected = model(*args, **(kwargs or {}))
             error, tolerance = _check_outputs(got, expected, tolerance)
         _finish(scratch, target, overwrite)
     finally:
@@ -238,6 +249,7 @@ def aoti(model: torch.nn.Module, args: Sequence[Any], path, *, kwargs: Optional[
     start = time.perf_counter()
     cuda = any(t.is_cuda for t in _tensors((tuple(args), kwargs or {})))
     keep = ("pydiff::attention",) if cuda and attention.ATTENTION_IS_TRITON_OP else ()
+    expected = _eager(model, args, kwargs)
     program = export_program(model, args, kwargs, dynamic_shapes, keep)
     scratch = Path(tempfile.mkdtemp(prefix=".pydiff-export-", dir=target.parent))
     try:
@@ -249,7 +261,6 @@ def aoti(model: torch.nn.Module, args: Sequence[Any], path, *, kwargs: Optional[
             runner = torch._inductor.aoti_load_package(package)
             with torch.no_grad():
                 got = _tensors(runner(*args, **(kwargs or {})))
-                expected = model(*args, **(kwargs or {}))
             error, tolerance = _check_outputs(got, expected, tolerance)
         _finish(scratch, target, overwrite)
     finally:

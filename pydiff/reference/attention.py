@@ -170,7 +170,7 @@ def _listed_sdpa(q, k, v, scale: float, block_lists, block_size, tiles) -> torch
     rows, width = lists.shape[2], lists.shape[3]
     step = max(1, _LISTED_CHUNK // (batch * heads * block_q * width * block_k))
     columns = torch.arange(block_k, device=q.device)
-    out = torch.empty(batch, heads, rows * block_q, dim, dtype=dtype, device=q.device)
+    parts = []  # (joined at the end, not written into: exported graphs take no in-place writes)
     for first in range(0, rows, step):
         entries = lists[0, 0, first:first + step].long()                                   # (R, M, 3)
         listed = torch.arange(width, device=q.device) < counts[0, 0, first:first + step, 1:].long()
@@ -184,9 +184,9 @@ def _listed_sdpa(q, k, v, scale: float, block_lists, block_size, tiles) -> torch
         scores = torch.einsum("bgxrqd,bgrkd->bgxrqk", queries, k[:, :, keys].to(dtype)) * scale
         scores = scores.masked_fill(~keep, float("-inf"))
         weights = torch.where(keep.any(-1, keepdim=True), torch.softmax(scores, -1), 0.0)
-        out[:, :, chunk] = torch.einsum("bgxrqk,bgrkd->bgxrqd", weights, v[:, :, keys].to(dtype)).reshape(
-            batch, heads, -1, dim)
-    return out[:, :, :n_q]
+        parts.append(torch.einsum("bgxrqk,bgrkd->bgxrqd", weights, v[:, :, keys].to(dtype)).reshape(
+            batch, heads, -1, dim))
+    return torch.cat(parts, dim=2)[:, :, :n_q]
 
 
 def flex_block_mask(blocks: torch.Tensor, block_size, mask_mod=None):
