@@ -7,20 +7,17 @@ import argparse
 import inspect
 import sys
 
+from pydiff.models.cli import add_sampling_arguments, sampling_error
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", nargs="?", default="sampler", choices=("sampler", "model"),
                         help="sampler: noise, labels -> digits, every step in one graph (default); model: x, t, y -> "
                              "the model's prediction")
-    parser.add_argument("--model", default="digits", choices=("digits",), help="bundled model")
+    add_sampling_arguments(parser, steps=8)
     parser.add_argument("--format", default="onnx", choices=("onnx", "aoti"))
-    parser.add_argument("--sampler", default="dpmpp_2m", help="any name in pydiff.samplers.SAMPLERS")
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale")
     parser.add_argument("--batch", type=int, default=10, help="batch of the example inputs")
     parser.add_argument("--dynamic-batch", action="store_true", help="export with a symbolic batch size")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="file to write (default: <model>-<what>.onnx or .pt2)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out even if pydiff did not make it")
 
@@ -31,13 +28,11 @@ def main(args: argparse.Namespace) -> int:
     from pydiff import export
     from pydiff.metrics import evaluate
     from pydiff.models import load
-    from pydiff.samplers import SAMPLERS, SamplerModule
+    from pydiff.samplers import SamplerModule
 
-    if args.sampler not in SAMPLERS:
-        print(f"pydiff export: --sampler must be one of {sorted(SAMPLERS)}, got {args.sampler!r}", file=sys.stderr)
-        return 2
-    if args.steps < 1 or args.batch < 1:
-        print("pydiff export: --steps and --batch must be >= 1", file=sys.stderr)
+    error = sampling_error(args, "batch")
+    if error is not None:
+        print(f"pydiff export: {error}", file=sys.stderr)
         return 2
     out = args.out or f"{args.model}-{args.what}.{'onnx' if args.format == 'onnx' else 'pt2'}"
     model = load(args.model).to(args.device)

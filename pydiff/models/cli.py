@@ -7,14 +7,32 @@ import sys
 import time
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
+    """The options of the commands that sample a bundled model (``pydiff sample``, ``pydiff export``)."""
     parser.add_argument("--model", default="digits", choices=("digits",), help="bundled model")
     parser.add_argument("--sampler", default="dpmpp_2m", help="any name in pydiff.samplers.SAMPLERS")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale")
-    parser.add_argument("--per-class", type=int, default=10, help="samples per class (rows: classes 0-9)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+
+
+def sampling_error(args: argparse.Namespace, *counts: str) -> str | None:
+    """What is wrong with ``add_sampling_arguments``' options and the command's own ``counts`` (each >= 1), if
+    anything."""
+    from pydiff.samplers import SAMPLERS
+
+    if args.sampler not in SAMPLERS:
+        return f"--sampler must be one of {sorted(SAMPLERS)}, got {args.sampler!r}"
+    names = ("steps", *counts)
+    if any(getattr(args, name) < 1 for name in names):
+        return " and ".join(f"--{name.replace('_', '-')}" for name in names) + " must be >= 1"
+    return None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_sampling_arguments(parser, steps=20)
+    parser.add_argument("--per-class", type=int, default=10, help="samples per class (rows: classes 0-9)")
     parser.add_argument("--out", default="grid.png", help="PNG to write")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
@@ -28,13 +46,10 @@ def main(args: argparse.Namespace) -> int:
     from pydiff.metrics import evaluate
     from pydiff.models import load
     from pydiff.models.grid import save_grid
-    from pydiff.samplers import SAMPLERS
 
-    if args.sampler not in SAMPLERS:
-        print(f"pydiff sample: --sampler must be one of {sorted(SAMPLERS)}, got {args.sampler!r}", file=sys.stderr)
-        return 2
-    if args.steps < 1 or args.per_class < 1:
-        print("pydiff sample: --steps and --per-class must be >= 1", file=sys.stderr)
+    error = sampling_error(args, "per_class")
+    if error is not None:
+        print(f"pydiff sample: {error}", file=sys.stderr)
         return 2
     out = Path(args.out)
     if out.exists() and not args.overwrite:
