@@ -73,13 +73,17 @@ def lower(program: torch.export.ExportedProgram, keep: Sequence[str] = ()) -> to
     return program.run_decompositions(table)
 
 
-def export_program(model: torch.nn.Module, args: Sequence[Any], kwargs: Optional[Dict[str, Any]] = None,
-                   dynamic_shapes=None, keep: Sequence[str] = ()) -> torch.export.ExportedProgram:
-    """``torch.export`` of ``model(*args, **kwargs)`` in inference mode (no autograd), lowered (`lower`)."""
+def _check_call(model, args) -> None:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(args, (tuple, list)):
         raise TypeError(f"args must be a tuple of the model's positional inputs, got {type(args).__name__}")
+
+
+def export_program(model: torch.nn.Module, args: Sequence[Any], kwargs: Optional[Dict[str, Any]] = None,
+                   dynamic_shapes=None, keep: Sequence[str] = ()) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model(*args, **kwargs)`` in inference mode (no autograd), lowered (`lower`)."""
+    _check_call(model, args)
     with torch.no_grad():
         program = torch.export.export(model, tuple(args), kwargs=kwargs, dynamic_shapes=dynamic_shapes)
     return lower(program, keep)
@@ -89,10 +93,7 @@ def _eager(model: torch.nn.Module, args: Sequence[Any], kwargs: Optional[Dict[st
     """The model's outputs on the example inputs, before it is exported: what the file is checked against, and a
     first call that makes what pydiff builds on the host once and caches (neighborhood layouts, launch plans), which
     the exported graph then holds as constants."""
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(args, (tuple, list)):
-        raise TypeError(f"args must be a tuple of the model's positional inputs, got {type(args).__name__}")
+    _check_call(model, args)
     with torch.no_grad():
         return model(*args, **(kwargs or {}))
 
