@@ -329,6 +329,11 @@ def test_cli(tmp_path, capsys):
     assert main(["export", "--steps", "2", "--batch", "4", "--sampler", "lcm", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"onnx: {out}" in printed and "4 digits sampled through" in printed
+    import onnx
+
+    graph = onnx.load(str(out)).graph  # what TensorRT would take: standard ops, no float64 weights
+    assert not [n.op_type for n in graph.node if n.domain not in ("", "ai.onnx")]
+    assert not [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.DOUBLE]
     foreign = tmp_path / "notes.onnx"
     foreign.write_text("mine")
     assert main(["export", "model", "--out", str(foreign)]) == 2
