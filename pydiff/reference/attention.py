@@ -77,12 +77,12 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
           kv_lens: Optional[torch.Tensor], attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Softmax attention over the first ``kv_lens[b]`` keys of each batch row, under ``attn_mask``; rows with no
     key give zeros."""
-    q, scale = _positive_scale(q, scale)
     if kv_lens is None and attn_mask is None:
         group = q.shape[1] // k.shape[1]
         if group > 1:  # grouped / multi-query: KV head j serves query heads j*group .. j*group+group-1
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
+        q, scale = _positive_scale(q, scale)
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     keep = None
     if kv_lens is not None:
