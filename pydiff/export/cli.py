@@ -7,7 +7,7 @@ import argparse
 import inspect
 import sys
 
-from pydiff.models.cli import add_sampling_arguments, sampling_error
+from pydiff.models.cli import add_sampling_arguments, load_model, sampling_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,6 @@ def main(args: argparse.Namespace) -> int:
 
     from pydiff import export
     from pydiff.metrics import evaluate
-    from pydiff.models import load
     from pydiff.samplers import SamplerModule
 
     error = sampling_error(args, "batch")
@@ -35,7 +34,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"pydiff export: {error}", file=sys.stderr)
         return 2
     out = args.out or f"{args.model}-{args.what}.{'onnx' if args.format == 'onnx' else 'pt2'}"
-    model = load(args.model).to(args.device)
+    model = load_model(args, "export")
+    if model is None:
+        return 2
     cfg = model.config
     g = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(args.batch, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)

@@ -10,6 +10,8 @@ import time
 def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
     """The options of the commands that sample a bundled model (``pydiff sample``, ``pydiff export``)."""
     parser.add_argument("--model", default="digits", choices=("digits",), help="bundled model")
+    parser.add_argument("--weights", default=None, help="weight file for --model instead of the bundled one (e.g. "
+                                                        "a `pydiff distill` student)")
     parser.add_argument("--sampler", default="dpmpp_2m", help="any name in pydiff.samplers.SAMPLERS")
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale")
@@ -30,6 +32,17 @@ def sampling_error(args: argparse.Namespace, *counts: str) -> str | None:
     return None
 
 
+def load_model(args: argparse.Namespace, command: str):
+    """``--model`` from ``--weights`` (or the bundled file) on ``--device``; None after saying why it cannot load."""
+    from pydiff.models import load
+
+    try:
+        return load(args.model, args.weights).to(args.device)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"pydiff {command}: {exc}", file=sys.stderr)
+        return None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampling_arguments(parser, steps=20)
     parser.add_argument("--per-class", type=int, default=10, help="samples per class (rows: classes 0-9)")
@@ -44,7 +57,6 @@ def main(args: argparse.Namespace) -> int:
 
     import pydiff
     from pydiff.metrics import evaluate
-    from pydiff.models import load
     from pydiff.models.grid import save_grid
 
     error = sampling_error(args, "per_class")
@@ -55,7 +67,9 @@ def main(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         print(f"pydiff sample: {out} exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
-    model = load(args.model).to(args.device)
+    model = load_model(args, "sample")
+    if model is None:
+        return 2
     cfg = model.config
     n = cfg.num_classes * args.per_class
     g = torch.Generator().manual_seed(args.seed)

@@ -13,12 +13,12 @@ from .grid import Grid, to_data, to_noise
 from .loop import SamplerModule, draw_noise, resolve_sampler, run_plan, sample
 from .plan import Lin, Plan, Stage, compile_plan
 from .solvers import (DDIM, LCM, SAMPLERS, TCD, ConsistencyMultistep, DPMSolverPP, Euler, EulerAncestral, FlowEuler,
-                      FlowHeun, Heun, OneStep, Sampler, UniPC)
+                      FlowHeun, Heun, OneStep, Sampler, UniPC, lcm_boundary)
 from .sources import grid_for, grid_from_discretization, sampler_from_diffusers
 
 __all__ = [
     "DDIM", "LCM", "SAMPLERS", "TCD", "ConsistencyMultistep", "DPMSolverPP", "Euler", "EulerAncestral", "FlowEuler",
     "FlowHeun", "Grid", "Heun", "Lin", "OneStep", "Plan", "Sampler", "SamplerModule", "Stage", "UniPC", "compile_plan",
-    "draw_noise", "grid_for", "grid_from_discretization", "resolve_sampler", "run_plan", "sample",
+    "draw_noise", "grid_for", "grid_from_discretization", "lcm_boundary", "resolve_sampler", "run_plan", "sample",
     "sampler_from_diffusers", "to_data", "to_noise",
 ]

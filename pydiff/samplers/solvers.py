@@ -568,11 +568,12 @@ class FlowHeun(Sampler):
 # Distilled few-step samplers
 
 
-def _lcm_boundary(t: float, timestep_scaling: float, sigma_data: float = 0.5) -> Tuple[float, float]:
-    """LCM's consistency boundary condition c_skip, c_out at scaled timestep (Luo et al. 2023)."""
+def lcm_boundary(t, timestep_scaling: float, sigma_data: float = 0.5):
+    """LCM's consistency boundary condition c_skip, c_out at train timestep t (Luo et al. 2023): the consistency
+    function is c_skip x_t + c_out x0(x_t), with c_skip(0) = 1, c_out(0) = 0. t: a float or a tensor."""
     scaled = t * timestep_scaling
     c_skip = sigma_data ** 2 / (scaled ** 2 + sigma_data ** 2)
-    c_out = scaled / math.sqrt(scaled ** 2 + sigma_data ** 2)
+    c_out = scaled / (scaled ** 2 + sigma_data ** 2) ** 0.5
     return c_skip, c_out
 
 
@@ -597,7 +598,7 @@ class LCM(Sampler):
         for i, t in enumerate(grid.timesteps):
             a_t = grid.alpha_bar(t)
             x0 = to_data(grid.prediction_type, X, m, math.sqrt(a_t), math.sqrt(1.0 - a_t))
-            c_skip, c_out = _lcm_boundary(t, self.timestep_scaling)
+            c_skip, c_out = lcm_boundary(t, self.timestep_scaling)
             denoised = D * c_out + X * c_skip
             last = i == n - 1
             if last:
