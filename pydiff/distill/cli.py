@@ -1,0 +1,136 @@
+"""``pydiff distill``: a few-step consistency student of the bundled digits model, written as a weight file that
+``pydiff sample --weights`` and ``pydiff export --weights`` take, and its quality beside the teacher's."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_EVAL_STEPS = "1,2,4,8"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .consistency import LOSSES, ConsistencyDistillation
+
+    d = ConsistencyDistillation()
+    parser.add_argument("--model", default="digits", choices=("digits",), help="bundled teacher")
+    parser.add_argument("--guidance", type=float, default=d.guidance_scale,
+                        help="the teacher's classifier-free guidance, folded into the student")
+    parser.add_argument("--train-steps", type=int, default=d.train_steps, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--ema-decay", type=float, default=d.ema_decay, help="the target network's EMA")
+    parser.add_argument("--loss", default=d.loss, choices=LOSSES)
+    parser.add_argument("--original-steps", type=int, default=d.original_steps, help="skipping grid size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="digits-lcm.safetensors", help="student weight file to write (a JSON "
+                        "report and a PNG grid are written beside it)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out and its report if they exist")
+    parser.add_argument("--eval-samples", type=int, default=1000, help="class-balanced samples per row; 0 skips")
+    parser.add_argument("--eval-steps", default=DEFAULT_EVAL_STEPS, help="comma-separated step counts to compare")
+
+
+def _eval_steps(text: str, original_steps: int) -> list[int] | None:
+    try:
+        steps = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        return None
+    return steps if steps and all(1 <= s <= original_steps for s in steps) else None
+
+
+def compare(student, teacher, num_samples: int, steps_list: list[int], guidance: float, seed: int = 0) -> list[dict]:
+    """Rows of quality (`pydiff.metrics.evaluate`) for the student (LCM sampling, one model call per step) and the
+    teacher (DPM-Solver++(2M) with its guidance: two calls per step) at each step count, same noise and labels."""
+    import torch
+
+    import pydiff
+    from pydiff.metrics import evaluate
+
+    cfg = teacher.config
+    labels = torch.arange(num_samples) % cfg.num_classes
+    noise = torch.randn(num_samples, cfg.in_channels, cfg.sample_size, cfg.sample_size,
+                        generator=torch.Generator().manual_seed(seed))
+    runs = [("student", student, "lcm", 1.0, 1), ("teacher", teacher, "dpmpp_2m", guidance, 1 if guidance == 1 else 2)]
+    rows = []
+    for steps in steps_list:
+        for who, model, sampler, g, calls in runs:
+            started = time.perf_counter()
+            with torch.inference_mode():
+                x = pydiff.sample(model, noise, sampler=sampler, steps=steps, schedule=model.scheduler_config,
+                                  guidance_scale=g, cond={"y": labels},
+                                  uncond={"y": torch.full_like(labels, cfg.num_classes)},
+                                  generator=torch.Generator().manual_seed(seed + 1))
+            seconds = time.perf_counter() - started
+            rows.append({"model": who, "sampler": sampler, "steps": steps, "model_calls": steps * calls,
+                         "guidance_scale": g, "seconds": round(seconds, 3), **evaluate(x, labels)})
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = ["| steps | model | sampler | model calls | accuracy | FD-digits | FD / floor | s |", "|" + "---|" * 8]
+    for r in rows:
+        lines.append(f"| {r['steps']} | {r['model']} | {r['sampler']} | {r['model_calls']} | {r['accuracy']:.1%} | "
+                     f"{r['fd']:.1f} | {r['fd'] / r['fd_floor']:.2f} | {r['seconds']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from pydiff.models import load, load_digits, save
+    from pydiff.models.grid import save_grid
+
+    from .consistency import ConsistencyDistillation, distill_consistency
+
+    out = Path(args.out)
+    report, grid = out.with_suffix(".json"), out.with_suffix(".png")
+    existing = [str(p) for p in (out, report, grid) if p.exists()]
+    if existing and not args.overwrite:
+        print(f"pydiff distill: {', '.join(existing)} exist(s); pass --overwrite to replace", file=sys.stderr)
+        return 2
+    try:
+        settings = ConsistencyDistillation(guidance_scale=args.guidance, original_steps=args.original_steps,
+                                           train_steps=args.train_steps, batch_size=args.batch_size, lr=args.lr,
+                                           ema_decay=args.ema_decay, loss=args.loss)
+    except ValueError as exc:
+        print(f"pydiff distill: {exc}", file=sys.stderr)
+        return 2
+    eval_steps = _eval_steps(args.eval_steps, args.original_steps)
+    if eval_steps is None or args.eval_samples < 0 or args.eval_samples == 1:
+        print(f"pydiff distill: --eval-steps must be comma-separated ints in [1, --original-steps], got "
+              f"{args.eval_steps!r}; --eval-samples must be 0 or >= 2", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    teacher = load(args.model)
+    data = load_digits("train", size=teacher.config.sample_size)
+    null = torch.full_like(data.labels, teacher.config.num_classes)
+    result = distill_consistency(teacher, data.images, {"y": data.labels}, {"y": null}, settings,
+                                 generator=torch.Generator().manual_seed(args.seed))
+    provenance = {"teacher": args.model, "seed": args.seed, **result.provenance(),
+                  "command": "pydiff distill " + " ".join(sys.argv[2:])}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save(result.student, out, provenance)
+    print(f"distilled in {result.seconds:.0f} s (final loss {result.losses[-1]:.3g}); wrote {out}")
+    rows = []
+    if args.eval_samples:
+        student = load(args.model, out)  # read back, so the figures describe the file written
+        rows = compare(student, teacher, args.eval_samples, eval_steps, args.guidance, args.seed)
+        labels = torch.arange(10 * 10) // 10
+        noise = torch.randn(100, 1, student.config.sample_size, student.config.sample_size,
+                            generator=torch.Generator().manual_seed(args.seed))
+        import pydiff
+
+        with torch.inference_mode():
+            x = pydiff.sample(student, noise, sampler="lcm", steps=min(4, args.original_steps),
+                              schedule=student.scheduler_config, cond={"y": labels})
+        save_grid(x, labels, grid, title=f"{args.model} consistency student: lcm, {min(4, args.original_steps)} "
+                                         f"steps, no guidance pass")
+        print(format_rows(rows))
+        print(f"wrote {grid}")
+    report.write_text(json.dumps({**provenance, "evaluation": rows}, indent=2) + "\n")
+    print(f"wrote {report}")
+    return 0

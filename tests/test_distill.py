@@ -1,0 +1,198 @@
+"""pydiff.distill: the consistency function is one LCM step, the teacher step is guided DDIM, distillation moves a
+student towards the teacher's ODE solutions, and the command line writes a student that samples."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import pydiff
+from pydiff.distill import ConsistencyDistillation, consistency_function, distill_consistency
+from pydiff.distill.consistency import _Pairs, _teacher_step
+from pydiff.models import DiT, DiTConfig, GaussianData, load
+from pydiff.schedules import Schedule
+
+SCHEDULE = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+            "beta_schedule": "scaled_linear", "prediction_type": "epsilon"}
+FAST = ConsistencyDistillation(train_steps=2, batch_size=4)
+
+
+def tiny_dit(prediction_type="epsilon", dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    model = DiT(DiTConfig(sample_size=8, patch_size=4, width=32, depth=1, num_heads=2, num_classes=3),
+                scheduler_config={**SCHEDULE, "prediction_type": prediction_type})
+    for p in model.parameters():  # DiT zero-inits its output layer; random everywhere so predictions differ
+        torch.nn.init.normal_(p, std=0.2)
+    return model.to(dtype).eval()
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_consistency_function_is_one_lcm_step(prediction_type):
+    model = tiny_dit(prediction_type)
+    student_config = {**SCHEDULE, "_class_name": "LCMScheduler", "prediction_type": prediction_type}
+    g = torch.Generator().manual_seed(1)
+    noise, y = torch.randn(7, 1, 8, 8, generator=g), torch.tensor([0, 1, 2, 0, 1, 2, 1])
+    schedule = Schedule.from_diffusers(model.scheduler_config)
+    with torch.no_grad():
+        ours = consistency_function(model, noise, torch.full((7,), 999), {"y": y}, schedule)
+        lcm = pydiff.sample(model, noise, sampler="lcm", steps=1, schedule=student_config, cond={"y": y})
+        at_zero = consistency_function(model, noise, torch.zeros(7, dtype=torch.int64), {"y": y}, schedule)
+    assert rel(ours, lcm) < 1e-5
+    assert torch.equal(at_zero, noise)  # the boundary condition: f(x, 0) = x
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("guidance", [1.0, 2.5])
+def test_teacher_step_is_guided_ddim(prediction_type, guidance):
+    from diffusers import DDIMScheduler
+
+    model = tiny_dit(prediction_type, torch.float64)
+    schedule = Schedule.from_diffusers(model.scheduler_config)
+    pairs = _Pairs(schedule, 50, torch.device("cpu"))
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 1, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.tensor([999, 519, 39, 259, 20])
+    y, null = torch.tensor([0, 1, 2, 1, 0]), torch.full((5,), 3)
+    with torch.no_grad():
+        ours = _teacher_step(model, x, t, t - 20, {"y": y}, None if guidance == 1 else {"y": null}, guidance, pairs,
+                             prediction_type)
+        ddim = DDIMScheduler.from_config(model.scheduler_config, clip_sample=False)
+        ddim.set_timesteps(50)
+        expected = []
+        for i in range(5):
+            pred_c, pred_u = model(x[i:i + 1].repeat(2, 1, 1, 1), t[i:i + 1].repeat(2), y=torch.stack([y[i], null[i]]))
+            pred = pred_u + guidance * (pred_c - pred_u) if guidance != 1 else pred_c
+            expected.append(ddim.step(pred[None], int(t[i]), x[i:i + 1]).prev_sample)
+    assert rel(ours, torch.cat(expected)) < 1e-6  # diffusers keeps alphas_cumprod in float32
+
+
+class AffineEpsilon(nn.Module):
+    """eps(x, t) = w[t] x + b[t]: per-timestep tables, which can hold a Gaussian's exact denoiser and its exact
+    consistency function (both affine in x_t)."""
+
+    def __init__(self, w, b):
+        super().__init__()
+        self.w, self.b = nn.Parameter(w), nn.Parameter(b)
+
+    def forward(self, x, t):
+        return self.w[t].view(-1, *[1] * (x.dim() - 1)) * x + self.b[t]
+
+
+def test_distillation_reaches_the_teachers_ode_chain():
+    """Gaussian data, the exact denoiser as teacher, and a student that starts as that teacher: one student step
+    from t = 999 must land where the teacher's chain of 50 DDIM steps lands (the fixed point of consistency
+    distillation), from the 44% away of the teacher's own one-step answer."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    mean, std = torch.randn(1, 3, 5, generator=g, dtype=torch.float64), 0.5
+    teacher = GaussianData(mean, std).denoiser(SCHEDULE)
+    schedule = Schedule.from_diffusers(SCHEDULE)
+    abar = schedule.alphas_cumprod
+    alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+    var = alpha ** 2 * std ** 2 + sigma ** 2
+    student = AffineEpsilon((sigma / var).float(), (-(alpha * sigma / var).view(-1, 1, 1, 1) * mean).float())
+    noise = torch.randn(64, 1, 3, 5, generator=g)
+    t_max = torch.full((64,), 999)
+    with torch.no_grad():
+        assert rel(student(noise, t_max), teacher(noise.double(), t_max)) < 1e-6
+    pairs = _Pairs(schedule, 50, torch.device("cpu"))
+    chain = noise.double()
+    for t in pairs.timesteps.flip(0).tolist():
+        t = torch.full((64,), t)
+        chain = _teacher_step(teacher, chain, t, (t - 20).clamp(min=0), {}, None, 1.0, pairs, "epsilon")
+    data = GaussianData(mean, std).sample(2000, generator=g).float()
+    settings = ConsistencyDistillation(guidance_scale=1.0, train_steps=1500, batch_size=64, lr=1e-2)
+    result = distill_consistency(teacher, data, settings=settings, schedule=SCHEDULE, student=student,
+                                 generator=torch.Generator().manual_seed(1), progress=False)
+    with torch.no_grad():
+        before = consistency_function(student, noise, t_max, {}, schedule)
+        after = consistency_function(result.student, noise, t_max, {}, schedule)
+    assert rel(before, chain) > 0.4
+    assert rel(after, chain) < 1e-3, rel(after, chain)
+    # the chain itself is 50 first-order steps: about 2% from the exact ODE solution
+    assert rel(chain, teacher.exact_ode_solution(noise.double(), 999, 0)) < 0.03
+    assert len(result.losses) == 1500 and all(map(math.isfinite, result.losses))
+    assert torch.equal(student.w, (sigma / var).float())  # the student given is not changed
+
+
+def test_student_config_matches_diffusers_lcm():
+    from diffusers import LCMScheduler
+
+    result = distill_consistency(tiny_dit(), torch.randn(6, 1, 8, 8), {"y": torch.arange(6) % 3},
+                                 {"y": torch.full((6,), 3)}, FAST, progress=False)
+    config = result.student.scheduler_config
+    assert config["_class_name"] == "LCMScheduler" and config["original_inference_steps"] == 50
+    grid = pydiff.samplers.grid_for(config, 4, pydiff.samplers.LCM())
+    reference = LCMScheduler.from_config(config)
+    reference.set_timesteps(4)
+    assert [int(t) for t in grid.timesteps] == reference.timesteps.tolist()
+
+
+def test_bad_settings():
+    for kwargs, match in [({"train_steps": 0}, "train_steps"), ({"batch_size": 2.0}, "batch_size"),
+                          ({"original_steps": True}, "original_steps"), ({"warmup": -1}, "warmup"),
+                          ({"guidance_scale": 0.0}, "guidance_scale"), ({"lr": float("nan")}, "lr"),
+                          ({"ema_decay": 1.0}, "ema_decay"), ({"loss": "l1"}, "loss"),
+                          ({"timestep_scaling": -1}, "timestep_scaling")]:
+        with pytest.raises(ValueError, match=match):
+            ConsistencyDistillation(**kwargs)
+
+
+def test_bad_inputs():
+    model, data = tiny_dit(), torch.randn(6, 1, 8, 8)
+    cond, uncond = {"y": torch.arange(6) % 3}, {"y": torch.full((6,), 3)}
+    cases = [
+        (dict(teacher="model"), TypeError, "teacher must be an nn.Module"),
+        (dict(data=data.long()), ValueError, "data must be a floating-point"),
+        (dict(data=torch.randn(6)), ValueError, "data must be a floating-point"),
+        (dict(data=torch.randn(3, 1, 8, 8)), ValueError, "fewer than batch_size"),
+        (dict(data=torch.full((6, 1, 8, 8), float("nan"))), ValueError, "data must be finite"),
+        (dict(cond={"y": torch.arange(5)}), ValueError, r"cond\['y'\] must be a tensor with one row per data row"),
+        (dict(cond=[1]), TypeError, "cond must be a mapping"),
+        (dict(uncond=None), ValueError, "needs uncond"),
+        (dict(uncond={"z": torch.arange(6)}), ValueError, "needs uncond with the keywords"),
+        (dict(settings={"train_steps": 1}), TypeError, "settings must be a ConsistencyDistillation"),
+        (dict(schedule={"_class_name": "FlowMatchEulerDiscreteScheduler"}), ValueError, "discrete VP schedule"),
+        (dict(settings=ConsistencyDistillation(train_steps=1, batch_size=4, original_steps=2000)), ValueError,
+         "original_steps"),
+    ]
+    for change, error, match in cases:
+        kwargs = {**dict(teacher=model, data=data, cond=cond, uncond=uncond, settings=FAST, progress=False), **change}
+        with pytest.raises(error, match=match):
+            distill_consistency(**kwargs)
+    with pytest.raises(ValueError, match="schedule must be given"):
+        distill_consistency(torch.nn.Linear(2, 2), torch.randn(6, 2), settings=FAST, progress=False)
+
+
+def test_cli_writes_a_student_that_samples(tmp_path, capsys):
+    from pydiff.cli import main
+
+    out = tmp_path / "student.safetensors"
+    argv = ["distill", "--train-steps", "3", "--batch-size", "8", "--eval-samples", "20", "--eval-steps", "1,2",
+            "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| 2 | student | lcm | 2 |" in printed and "| 2 | teacher | dpmpp_2m | 4 |" in printed
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["settings"]["train_steps"] == 3 and len(report["evaluation"]) == 4
+    assert out.with_suffix(".png").stat().st_size > 0
+    student = load("digits", out)
+    assert student.scheduler_config["_class_name"] == "LCMScheduler"
+    assert main(argv) == 2 and "pass --overwrite" in capsys.readouterr().err
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "--weights", str(out), "--sampler", "lcm", "--steps", "2", "--guidance", "1",
+                 "--per-class", "1", "--out", str(grid)]) == 0
+    assert "lcm, 2 steps, guidance 1.0: 10 samples" in capsys.readouterr().out
+    assert main(["sample", "--weights", str(tmp_path / "missing.safetensors"), "--out", str(grid), "--overwrite"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["distill", "--eval-steps", "0,2", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert main(["distill", "--train-steps", "0", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "train_steps must be an int >= 1" in capsys.readouterr().err
