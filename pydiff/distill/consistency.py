@@ -25,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pydiff.models.train import lr_at
+from pydiff.ops import add_noise
 from pydiff.samplers import lcm_boundary
 from pydiff.schedules import Schedule
 from pydiff.schedules.prediction import convert_prediction
@@ -135,8 +136,7 @@ def _teacher_step(teacher, x, t, s, cond, uncond, guidance_scale: float, pairs: 
     alpha, sigma = pairs.coefficients(t, x)
     x0 = convert_prediction(pred, x, alpha, sigma, prediction_type, "sample")
     eps = convert_prediction(pred, x, alpha, sigma, prediction_type, "epsilon")
-    alpha_s, sigma_s = pairs.coefficients(s, x)
-    return alpha_s * x0 + sigma_s * eps
+    return add_noise(x0, eps, pairs.alpha[s], pairs.sigma[s])[0]
 
 
 def _check_batch(name: str, tensors, n: int, device: torch.device) -> dict:
@@ -235,8 +235,8 @@ def distill_consistency(teacher, data: torch.Tensor, cond: Optional[Mapping] = N
         n = torch.randint(0, settings.original_steps, (settings.batch_size,), generator=generator).to(device)
         t = pairs.timesteps[n]
         s = (t - pairs.skip).clamp(min=0)
-        alpha, sigma = pairs.coefficients(t, x0)
-        x_t = alpha * x0 + sigma * torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
+        noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
+        x_t = add_noise(x0, noise, pairs.alpha[t], pairs.sigma[t])[0]
         with torch.no_grad():
             batch_uncond = None if uncond is None else {k: v[idx] for k, v in uncond.items()}
             x_s = _teacher_step(teacher, x_t, t, s, batch_cond, batch_uncond, settings.guidance_scale, pairs,
