@@ -86,7 +86,8 @@ class AffineEpsilon(nn.Module):
         return self.w[t].view(-1, *[1] * (x.dim() - 1)) * x + self.b[t]
 
 
-def test_distillation_reaches_the_teachers_ode_chain():
+@pytest.mark.parametrize("loss", ["l2", "huber"])
+def test_distillation_reaches_the_teachers_ode_chain(loss):
     """Gaussian data, the exact denoiser as teacher, and a student that starts as that teacher: one student step
     from t = 999 must land where the teacher's chain of 50 DDIM steps lands (the fixed point of consistency
     distillation), from the 44% away of the teacher's own one-step answer."""
@@ -109,14 +110,15 @@ def test_distillation_reaches_the_teachers_ode_chain():
         t = torch.full((64,), t)
         chain = _teacher_step(teacher, chain, t, (t - 20).clamp(min=0), {}, None, 1.0, pairs, "epsilon")
     data = GaussianData(mean, std).sample(2000, generator=g).float()
-    settings = ConsistencyDistillation(guidance_scale=1.0, train_steps=1500, batch_size=64, lr=1e-2)
+    settings = ConsistencyDistillation(guidance_scale=1.0, train_steps=1500, batch_size=64, lr=1e-2, loss=loss)
     result = distill_consistency(teacher, data, settings=settings, schedule=SCHEDULE, student=student,
                                  generator=torch.Generator().manual_seed(1), progress=False)
     with torch.no_grad():
         before = consistency_function(student, noise, t_max, {}, schedule)
         after = consistency_function(result.student, noise, t_max, {}, schedule)
     assert rel(before, chain) > 0.4
-    assert rel(after, chain) < 1e-3, rel(after, chain)
+    # pseudo-Huber with c = 1e-3 is L1 at these distances: its gradients do not shrink near the optimum
+    assert rel(after, chain) < (1e-3 if loss == "l2" else 1e-2), rel(after, chain)
     # the chain itself is 50 first-order steps: about 2% from the exact ODE solution
     assert rel(chain, teacher.exact_ode_solution(noise.double(), 999, 0)) < 0.03
     assert len(result.losses) == 1500 and all(map(math.isfinite, result.losses))

@@ -253,10 +253,12 @@ def distill_consistency(teacher, data: torch.Tensor, cond: Optional[Mapping] = N
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         torch._foreach_lerp_(target_params, [p.detach() for p in params], 1 - settings.ema_decay)
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
+        losses.append(loss.detach())
+        if step % 50 == 0:  # the only host reads of the loop
+            bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
     student.eval().requires_grad_(False)
     if getattr(teacher, "scheduler_config", None):
         student.scheduler_config = student_scheduler_config(teacher.scheduler_config, settings.original_steps,
                                                             settings.timestep_scaling)
+    losses = torch.stack(losses).tolist() if losses else []
     return Distilled(student, losses, time.perf_counter() - started, settings)
