@@ -102,10 +102,12 @@ def test_extra_outputs_and_tuple_return():
     assert lean.step(torch.randn(SHAPE), lean.timesteps[0], torch.randn(SHAPE)).pred_original_sample is None
 
 
-def test_begin_index_resumes_mid_schedule():
+@pytest.mark.parametrize("scheduler_class", [diffusers.DPMSolverMultistepScheduler,
+                                             diffusers.UniPCMultistepScheduler])
+def test_begin_index_resumes_mid_schedule(scheduler_class):
     """img2img: set_begin_index and start from a later timestep, as pipelines do with strength < 1."""
     model = ToyModel(SHAPE[1])
-    original = diffusers.DPMSolverMultistepScheduler(solver_order=3)
+    original = scheduler_class(solver_order=3)
     fused = FusedScheduler.from_scheduler(original)
     results = []
     for scheduler in (original, fused):

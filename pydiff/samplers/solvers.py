@@ -422,9 +422,9 @@ class UniPC(Sampler):
         return f"unipc_{self.solver_type}"
 
     def step_order(self, i: int, n: int, start: int = 0) -> int:
-        """diffusers' order at step i of n (run from step ``start``)."""
+        """diffusers' order at step i of n (run from step ``start``; 1 for the steps before it, never run)."""
         order = min(self.solver_order, n - i) if self.lower_order_final else self.solver_order
-        return min(order, i - start + 1)
+        return max(1, min(order, i - start + 1))
 
     def _terms(self, lam, s0: int, t: int, order: int, corrector: bool, alpha_t: float, sigma_t: float) -> Lin:
         """The B(h) terms of an update from point s0 to t (everything but the shared base), over m{k} names."""
