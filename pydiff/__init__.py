@@ -25,6 +25,7 @@ _LAZY = {
     "samplers": ("pydiff.samplers", None),
     "models": ("pydiff.models", None),
     "metrics": ("pydiff.metrics", None),
+    "teleport": ("pydiff.teleport", None),
     "export": ("pydiff.export", None),
 }
 

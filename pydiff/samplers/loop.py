@@ -346,17 +346,25 @@ def sample(model: Callable[..., torch.Tensor], noise: torch.Tensor, sampler="dpm
                     while len(_GRAPHS) > 8:
                         _GRAPHS.popitem(last=False)
             return runner(noise, kwargs)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+        return run_with_progress(model, noise * plan.init_scale, plan, kwargs, guidance is not None, generator,
+                                 noise_sampler, check_finite, f"pydiff {sampler.name}" if progress else None,
+                                 **guidance_kw)
 
-            bar = tqdm(total=len(plan), desc=f"pydiff {sampler.name}")
-        try:
-            return run_plan(model, noise * plan.init_scale, plan, kwargs, guidance is not None, generator,
-                            noise_sampler, check_finite, bar, **guidance_kw)
-        finally:
-            if bar is not None:
-                bar.close()
+
+def run_with_progress(model, x: torch.Tensor, plan: Plan, kwargs, guided: bool, generator, noise_sampler,
+                      check_finite: bool, desc: Optional[str], start: int = 0, **guidance_kw) -> torch.Tensor:
+    """``run_plan`` from stage ``start`` with a tqdm bar named ``desc`` over its stages (no bar when desc is None)."""
+    bar = None
+    if desc is not None:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(plan) - start, desc=desc)
+    try:
+        return run_plan(model, x, plan, kwargs, guided, generator, noise_sampler, check_finite, bar, start=start,
+                        **guidance_kw)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 class SamplerModule(torch.nn.Module):
