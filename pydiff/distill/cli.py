@@ -13,10 +13,12 @@ DEFAULT_EVAL_STEPS = "1,2,4,8"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .consistency import LOSSES, ConsistencyDistillation
+    from .consistency import LOSSES, METHODS, ConsistencyDistillation
 
     d = ConsistencyDistillation()
     parser.add_argument("--model", default="digits", choices=("digits",), help="bundled teacher")
+    parser.add_argument("--method", default=d.method, choices=METHODS, help="lcm: latent consistency distillation; "
+                        "tcd: trajectory consistency distillation (the student samples with the sampler of that name)")
     parser.add_argument("--guidance", type=float, default=d.guidance_scale,
                         help="the teacher's classifier-free guidance, folded into the student")
     parser.add_argument("--train-steps", type=int, default=d.train_steps, help="optimizer steps")
@@ -27,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--original-steps", type=int, default=d.original_steps, help="skipping grid size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="digits-lcm.safetensors", help="student weight file to write (a JSON "
-                        "report and a PNG grid are written beside it)")
+    parser.add_argument("--out", default=None, help="student weight file to write (default digits-<method>"
+                        ".safetensors; a JSON report and a PNG grid are written beside it)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out and its report if they exist")
     parser.add_argument("--eval-samples", type=int, default=1000, help="class-balanced samples per row; 0 skips")
     parser.add_argument("--eval-steps", default=DEFAULT_EVAL_STEPS, help="comma-separated step counts to compare")
@@ -42,8 +44,9 @@ def _eval_steps(text: str, original_steps: int) -> list[int] | None:
     return steps if steps and all(1 <= s <= original_steps for s in steps) else None
 
 
-def compare(student, teacher, num_samples: int, steps_list: list[int], guidance: float, seed: int = 0) -> list[dict]:
-    """Rows of quality (`pydiff.metrics.evaluate`) for the student (LCM sampling, one model call per step) and the
+def compare(student, teacher, num_samples: int, steps_list: list[int], guidance: float, seed: int = 0,
+            sampler: str = "lcm") -> list[dict]:
+    """Rows of quality (`pydiff.metrics.evaluate`) for the student (``sampler``, one model call per step) and the
     teacher (DPM-Solver++(2M) with its guidance: two calls per step) at each step count, same noise and labels."""
     import torch
 
@@ -54,7 +57,8 @@ def compare(student, teacher, num_samples: int, steps_list: list[int], guidance:
     labels = torch.arange(num_samples) % cfg.num_classes
     noise = torch.randn(num_samples, cfg.in_channels, cfg.sample_size, cfg.sample_size,
                         generator=torch.Generator().manual_seed(seed))
-    runs = [("student", student, "lcm", 1.0, 1), ("teacher", teacher, "dpmpp_2m", guidance, 1 if guidance == 1 else 2)]
+    runs = [("student", student, sampler, 1.0, 1),
+            ("teacher", teacher, "dpmpp_2m", guidance, 1 if guidance == 1 else 2)]
     rows = []
     for steps in steps_list:
         for who, model, sampler, g, calls in runs:
@@ -86,16 +90,17 @@ def main(args: argparse.Namespace) -> int:
 
     from .consistency import ConsistencyDistillation, distill_consistency
 
-    out = Path(args.out)
+    out = Path(args.out or f"{args.model}-{args.method}.safetensors")
     report, grid = out.with_suffix(".json"), out.with_suffix(".png")
     existing = [str(p) for p in (out, report, grid) if p.exists()]
     if existing and not args.overwrite:
         print(f"pydiff distill: {', '.join(existing)} exist(s); pass --overwrite to replace", file=sys.stderr)
         return 2
     try:
-        settings = ConsistencyDistillation(guidance_scale=args.guidance, original_steps=args.original_steps,
-                                           train_steps=args.train_steps, batch_size=args.batch_size, lr=args.lr,
-                                           ema_decay=args.ema_decay, loss=args.loss)
+        settings = ConsistencyDistillation(method=args.method, guidance_scale=args.guidance,
+                                           original_steps=args.original_steps, train_steps=args.train_steps,
+                                           batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
+                                           loss=args.loss)
     except ValueError as exc:
         print(f"pydiff distill: {exc}", file=sys.stderr)
         return 2
@@ -118,16 +123,16 @@ def main(args: argparse.Namespace) -> int:
     rows = []
     if args.eval_samples:
         student = load(args.model, out)  # read back, so the figures describe the file written
-        rows = compare(student, teacher, args.eval_samples, eval_steps, args.guidance, args.seed)
+        rows = compare(student, teacher, args.eval_samples, eval_steps, args.guidance, args.seed, args.method)
         labels = torch.arange(10 * 10) // 10
         noise = torch.randn(100, 1, student.config.sample_size, student.config.sample_size,
                             generator=torch.Generator().manual_seed(args.seed))
         import pydiff
 
         with torch.inference_mode():
-            x = pydiff.sample(student, noise, sampler="lcm", steps=min(4, args.original_steps),
+            x = pydiff.sample(student, noise, sampler=args.method, steps=min(4, args.original_steps),
                               schedule=student.scheduler_config, cond={"y": labels})
-        save_grid(x, labels, grid, title=f"{args.model} consistency student: lcm, {min(4, args.original_steps)} "
+        save_grid(x, labels, grid, title=f"{args.model} {args.method} student: {min(4, args.original_steps)} "
                                          f"steps, no guidance pass")
         print(format_rows(rows))
         print(f"wrote {grid}")

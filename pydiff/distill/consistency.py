@@ -8,6 +8,10 @@ one guided DDIM step of the teacher from t to s = max(t - k, 0), and pull f_stud
 f_target(x_s, s), the target being an exponential moving average of the student. The student starts as a copy of
 the teacher, keeps its architecture and prediction type, and samples with ``pydiff.sample(..., sampler="lcm")``
 (one model call per step, no guidance pass) on the same skipping grid.
+
+Trajectory consistency distillation (Zheng et al. 2024, "Trajectory Consistency Distillation", arXiv:2402.19159)
+replaces the consistency function by a DDIM jump from t to a time m drawn in [0, s]: the student learns every
+point-to-point map of the trajectory, not only point-to-x0, and samples with ``sampler="tcd"``.
 """
 
 from __future__ import annotations
@@ -31,12 +35,16 @@ from pydiff.schedules import Schedule
 from pydiff.schedules.prediction import convert_prediction
 
 LOSSES = ("l2", "huber")
+METHODS = ("lcm", "tcd")
 
 
 @dataclass(frozen=True)
 class ConsistencyDistillation:
     """Settings of `distill_consistency` (defaults: what `pydiff distill` uses for the bundled digits model).
 
+    method: "lcm" (the consistency function c_skip x_t + c_out x0 maps every point to x0; sample with
+    sampler="lcm") or "tcd" (trajectory consistency distillation, Zheng et al. 2024, arXiv:2402.19159: a DDIM jump
+    from any point to any earlier time m drawn in [0, s] per row; sample with sampler="tcd").
     guidance_scale: the teacher's classifier-free guidance g (eps_u + g (eps_c - eps_u), as `pydiff.sample`); 1
     distills the unguided teacher and needs no uncond. original_steps: the skipping grid's size (LCM's 50).
     train_steps, batch_size, lr, warmup: AdamW, linear warm-up then cosine decay to lr / 10 (as the bundled model
@@ -45,6 +53,7 @@ class ConsistencyDistillation:
     (diffusers' LCMScheduler default 10).
     """
 
+    method: str = "lcm"
     guidance_scale: float = 1.5
     original_steps: int = 50
     train_steps: int = 2000
@@ -71,12 +80,14 @@ class ConsistencyDistillation:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
 
 
 @dataclass
 class Distilled:
-    """What `distill_consistency` returns: the student (eval mode; ``scheduler_config`` an LCMScheduler config
-    when the teacher had one), the loss of every optimizer step, the wall time and the settings."""
+    """What `distill_consistency` returns: the student (eval mode; ``scheduler_config`` an LCMScheduler or
+    TCDScheduler config when the teacher had one), the loss of every optimizer step, the wall time and the settings."""
 
     student: nn.Module
     losses: list = field(default_factory=list)
@@ -85,7 +96,9 @@ class Distilled:
 
     def provenance(self) -> dict:
         """JSON-ready record of how the student was made."""
-        return {"method": "latent consistency distillation (arXiv:2310.04378)", "settings": asdict(self.settings),
+        method = {"lcm": "latent consistency distillation (arXiv:2310.04378)",
+                  "tcd": "trajectory consistency distillation (arXiv:2402.19159)"}[self.settings.method]
+        return {"method": method, "settings": asdict(self.settings),
                 "seconds": round(self.seconds, 1), "final_loss": self.losses[-1] if self.losses else None}
 
 
@@ -125,6 +138,16 @@ def _consistency(model, x, t, cond, pairs: _Pairs, prediction_type: str, timeste
     return c_skip * x + c_out * x0
 
 
+def _ddim_jump(pred, x, t, s, pairs: _Pairs, prediction_type: str) -> torch.Tensor:
+    """x_s = alpha_s x0 + sigma_s eps from the prediction at (x_t, t), per row: a DDIM step from t to s, TCD's
+    first-order trajectory consistency function. Differentiable (plain torch ops)."""
+    alpha, sigma = pairs.coefficients(t, x)
+    alpha_s, sigma_s = pairs.coefficients(s, x)
+    x0 = convert_prediction(pred, x, alpha, sigma, prediction_type, "sample")
+    eps = convert_prediction(pred, x, alpha, sigma, prediction_type, "epsilon")
+    return alpha_s * x0 + sigma_s * eps
+
+
 def _teacher_step(teacher, x, t, s, cond, uncond, guidance_scale: float, pairs: _Pairs, prediction_type: str):
     """One guided DDIM step of the teacher's probability-flow ODE from t to s (per row)."""
     if uncond is None:
@@ -133,10 +156,7 @@ def _teacher_step(teacher, x, t, s, cond, uncond, guidance_scale: float, pairs: 
         both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
         pred_c, pred_u = teacher(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
         pred = pred_u + guidance_scale * (pred_c - pred_u)
-    alpha, sigma = pairs.coefficients(t, x)
-    x0 = convert_prediction(pred, x, alpha, sigma, prediction_type, "sample")
-    eps = convert_prediction(pred, x, alpha, sigma, prediction_type, "epsilon")
-    return add_noise(x0, eps, pairs.alpha[s], pairs.sigma[s])[0]
+    return _ddim_jump(pred, x, t, s, pairs, prediction_type)
 
 
 def _check_batch(name: str, tensors, n: int, device: torch.device) -> dict:
@@ -164,14 +184,18 @@ def _schedule_of(teacher: nn.Module, schedule) -> Schedule:
     return schedule
 
 
-def student_scheduler_config(teacher_config: Mapping, original_steps: int, timestep_scaling: float) -> dict:
-    """The teacher's noise schedule as a diffusers LCMScheduler config on the student's skipping grid."""
+def student_scheduler_config(teacher_config: Mapping, original_steps: int, timestep_scaling: float,
+                             method: str = "lcm") -> dict:
+    """The teacher's noise schedule as a diffusers LCMScheduler (TCDScheduler for method "tcd") config on the
+    student's skipping grid."""
     config = {k: v for k, v in teacher_config.items() if k in ("num_train_timesteps", "beta_start", "beta_end",
                                                                 "beta_schedule", "trained_betas", "prediction_type",
                                                                 "rescale_betas_zero_snr")}
-    return {**config, "_class_name": "LCMScheduler", "original_inference_steps": original_steps,
-            "timestep_scaling": timestep_scaling, "timestep_spacing": "leading", "steps_offset": 0,
-            "set_alpha_to_one": True, "clip_sample": False}
+    config = {**config, "original_inference_steps": original_steps, "timestep_spacing": "leading", "steps_offset": 0,
+              "set_alpha_to_one": True, "clip_sample": False}
+    if method == "tcd":
+        return {**config, "_class_name": "TCDScheduler"}
+    return {**config, "_class_name": "LCMScheduler", "timestep_scaling": timestep_scaling}
 
 
 def distill_consistency(teacher, data: torch.Tensor, cond: Optional[Mapping] = None,
@@ -241,8 +265,15 @@ def distill_consistency(teacher, data: torch.Tensor, cond: Optional[Mapping] = N
             batch_uncond = None if uncond is None else {k: v[idx] for k, v in uncond.items()}
             x_s = _teacher_step(teacher, x_t, t, s, batch_cond, batch_uncond, settings.guidance_scale, pairs,
                                 prediction_type)
-            goal = _consistency(target, x_s, s, batch_cond, pairs, prediction_type, settings.timestep_scaling)
-        out = _consistency(student, x_t, t, batch_cond, pairs, prediction_type, settings.timestep_scaling)
+            if settings.method == "tcd":  # a target time m in [0, s] per row, both sides jump there
+                m = (torch.rand(settings.batch_size, generator=generator).to(device) * (s + 1)).long().clamp(max=s)
+                goal = _ddim_jump(target(x_s, s, **batch_cond), x_s, s, m, pairs, prediction_type)
+            else:
+                goal = _consistency(target, x_s, s, batch_cond, pairs, prediction_type, settings.timestep_scaling)
+        if settings.method == "tcd":
+            out = _ddim_jump(student(x_t, t, **batch_cond), x_t, t, m, pairs, prediction_type)
+        else:
+            out = _consistency(student, x_t, t, batch_cond, pairs, prediction_type, settings.timestep_scaling)
         if settings.loss == "l2":
             loss = F.mse_loss(out.float(), goal.float())
         else:
@@ -259,6 +290,6 @@ def distill_consistency(teacher, data: torch.Tensor, cond: Optional[Mapping] = N
     student.eval().requires_grad_(False)
     if getattr(teacher, "scheduler_config", None):
         student.scheduler_config = student_scheduler_config(teacher.scheduler_config, settings.original_steps,
-                                                            settings.timestep_scaling)
+                                                            settings.timestep_scaling, settings.method)
     losses = torch.stack(losses).tolist() if losses else []
     return Distilled(student, losses, time.perf_counter() - started, settings)
