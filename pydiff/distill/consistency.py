@@ -209,7 +209,8 @@ def distill_consistency(teacher, data: torch.Tensor, cond: Optional[Mapping] = N
     label), needed when settings.guidance_scale != 1; schedule: the teacher's (default ``teacher.scheduler_config``),
     a discrete VP one. student: the module to start from, predicting what the teacher predicts (default: a copy of
     the teacher, which must then be an nn.Module). generator: draws batches, timesteps and noise (CPU generator).
-    Neither the teacher nor a given student is changed: the student trained is a copy.
+    The student trained is a copy: the teacher's weights and a given student's are not changed (the teacher is put
+    in eval mode).
     """
     if student is None and not isinstance(teacher, nn.Module):
         raise TypeError(f"teacher must be an nn.Module unless a student is given, got {type(teacher).__name__}")
