@@ -339,4 +339,6 @@ def test_cli(tmp_path, capsys):
     assert main(["export", "model", "--out", str(foreign)]) == 2
     assert "pydiff did not make it" in capsys.readouterr().err and foreign.read_text() == "mine"
     assert main(["export", "--steps", "0"]) == 2
+    assert main(["export", "--weights", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "w.onnx")]) == 2
+    assert "not found" in capsys.readouterr().err and not (tmp_path / "w.onnx").exists()
     assert not os.path.exists("digits-sampler.onnx")
