@@ -33,8 +33,7 @@ def generate(model, sampler: str, steps: int, n: int, guidance: float, device: s
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g).to(device)
     labels = (torch.arange(n) % cfg.num_classes).to(device)
-    kwargs = dict(sampler=sampler, schedule=model.scheduler_config, guidance_scale=guidance, cond={"y": labels},
-                  uncond={"y": torch.full_like(labels, cfg.num_classes)})
+    kwargs = dict(sampler=sampler, schedule=model.scheduler_config, **model.sampling_kwargs(labels, guidance))
     with torch.inference_mode():
         if teleport is None:
             x = pydiff.sample(model, noise, steps=steps, **kwargs)

@@ -3,6 +3,7 @@ student towards the teacher's ODE solutions, and the command line writes a stude
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -72,6 +73,39 @@ def test_teacher_step_is_guided_ddim(prediction_type, guidance):
             pred = pred_u + guidance * (pred_c - pred_u) if guidance != 1 else pred_c
             expected.append(ddim.step(pred[None], int(t[i]), x[i:i + 1]).prev_sample)
     assert rel(ours, torch.cat(expected)) < 1e-6  # diffusers keeps alphas_cumprod in float32
+
+
+def test_teacher_step_takes_one_guidance_scale_per_row():
+    model = tiny_dit("epsilon", torch.float64)
+    pairs = _Pairs(Schedule.from_diffusers(model.scheduler_config), 50, torch.device("cpu"))
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    t, y, null = torch.tensor([999, 519, 259, 39]), torch.tensor([0, 1, 2, 1]), torch.full((4,), 3)
+    scales = torch.tensor([1.0, 1.7, 2.4, 3.0], dtype=torch.float64)
+    with torch.no_grad():
+        ours = _teacher_step(model, x, t, t - 20, {"y": y}, {"y": null}, scales.view(-1, 1, 1, 1), pairs, "epsilon")
+        rows = [_teacher_step(model, x[i:i + 1], t[i:i + 1], t[i:i + 1] - 20, {"y": y[i:i + 1]},
+                              {"y": null[i:i + 1]}, float(scales[i]), pairs, "epsilon") for i in range(4)]
+    assert rel(ours, torch.cat(rows)) < 1e-12
+
+
+def test_guidance_range_trains_a_student_told_its_scale():
+    teacher = tiny_dit()
+    student = DiT(dataclasses.replace(teacher.config, guidance_embed=True), teacher.scheduler_config)
+    student.load_state_dict(teacher.state_dict(), strict=False)
+    data, cond, uncond = torch.randn(16, 1, 8, 8), {"y": torch.arange(16) % 3}, {"y": torch.full((16,), 3)}
+    settings = ConsistencyDistillation(guidance_range=(1.0, 3.0), train_steps=3, batch_size=8, lr=1e-3)
+    result = distill_consistency(teacher, data, cond, uncond, settings, student=student, progress=False)
+    assert result.settings.guidance_range == (1.0, 3.0)
+    assert not torch.equal(result.student.g_embed[2].weight, student.g_embed[2].weight)  # the guidance input learns
+    assert torch.equal(student.g_embed[2].weight, torch.zeros_like(student.g_embed[2].weight))  # a copy trained
+    with pytest.raises(ValueError, match="no guidance embedding"):  # a student that cannot be told its scale
+        distill_consistency(teacher, data, cond, uncond, settings, progress=False)
+    with pytest.raises(ValueError, match="must not hold 'guidance'"):
+        distill_consistency(teacher, data, {**cond, "guidance": torch.ones(16)}, {**uncond, "guidance": torch.ones(16)},
+                            settings, student=student, progress=False)
+    for bad in [(3.0, 1.0), (0.0, 2.0), (1.0,), "1,3", (1.0, float("inf"))]:
+        with pytest.raises(ValueError, match="guidance_range must be"):
+            ConsistencyDistillation(guidance_range=bad)
 
 
 class AffineEpsilon(nn.Module):
@@ -228,3 +262,20 @@ def test_gpu_distillation_follows_the_cpu_run(cuda_device):
     assert max(abs(a - b) / abs(a) for a, b in zip(cpu.losses, gpu.losses)) < 0.05
     for a, b in zip(cpu.student.parameters(), gpu.student.parameters()):
         assert rel(b.cpu(), a) < 1e-2
+
+
+def test_cli_guidance_range_student(tmp_path, capsys):
+    from pydiff.cli import main
+
+    out = tmp_path / "w.safetensors"
+    assert main(["distill", "--guidance-range", "1,3", "--train-steps", "2", "--batch-size", "8", "--eval-samples",
+                 "20", "--eval-steps", "1", "--out", str(out)]) == 0
+    assert "| 1 | student | lcm | 1 |" in capsys.readouterr().out
+    student = load("digits", out)
+    assert student.config.guidance_embed
+    assert json.loads(out.with_suffix(".json").read_text())["settings"]["guidance_range"] == [1.0, 3.0]
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "--weights", str(out), "--sampler", "lcm", "--steps", "1", "--guidance", "2.5",
+                 "--per-class", "1", "--out", str(grid)]) == 0
+    assert main(["distill", "--guidance-range", "3,1", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "guidance_range must be (low, high)" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 variant grid, against float64), whole samplers as one graph (ONNX and AOTInductor) against ``pydiff.sample``, the
 rules for files, the optional TensorRT builder, and ``pydiff export``."""
 
+import dataclasses
 import os
 import sys
 import zipfile
@@ -11,7 +12,7 @@ import torch
 
 import pydiff
 from pydiff import export
-from pydiff.models import load
+from pydiff.models import DiT, load, save
 from pydiff.ops.backend import REGISTRY
 from pydiff.samplers import SamplerModule
 from test_attention import GRID, _streams, build, references, rel_err
@@ -339,6 +340,16 @@ def test_cli(tmp_path, capsys):
     assert main(["export", "model", "--out", str(foreign)]) == 2
     assert "pydiff did not make it" in capsys.readouterr().err and foreign.read_text() == "mine"
     assert main(["export", "--steps", "0"]) == 2
+    teacher = load("digits")  # a guidance-embedded model (a guidance-distilled student's architecture)
+    embedded = DiT(dataclasses.replace(teacher.config, guidance_embed=True), teacher.scheduler_config)
+    embedded.load_state_dict(teacher.state_dict(), strict=False)
+    save(embedded, tmp_path / "embedded.safetensors")
+    assert main(["export", "model", "--weights", str(tmp_path / "embedded.safetensors"), "--dynamic-batch",
+                 "--batch", "3", "--out", str(tmp_path / "embedded.onnx")]) == 0
+    import onnxruntime
+
+    names = [i.name for i in onnxruntime.InferenceSession(str(tmp_path / "embedded.onnx")).get_inputs()]
+    assert names == ["x", "t", "y", "guidance"]
     assert main(["export", "--weights", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "w.onnx")]) == 2
     assert "not found" in capsys.readouterr().err and not (tmp_path / "w.onnx").exists()
     assert not os.path.exists("digits-sampler.onnx")

@@ -179,6 +179,38 @@ def test_trained_dit_denoises_held_out_digits():
     assert (eps - noise).pow(2).mean().item() < 0.2
 
 
+def test_guidance_embedding_starts_at_the_model_without_it_and_round_trips(tmp_path):
+    base = _randomize(DiT(SMALL))
+    embedded = DiT(dataclasses.replace(SMALL, guidance_embed=True))
+    assert sorted(embedded.load_state_dict(base.state_dict(), strict=False).missing_keys) == [
+        "g_embed.0.bias", "g_embed.0.weight", "g_embed.2.bias", "g_embed.2.weight"]
+    x, y = torch.randn(5, 3, 6, 6), torch.tensor([0, 3, 9, 10, 2])
+    with torch.no_grad():
+        assert torch.equal(embedded(x, 300.0, y, guidance=2.5), base(x, 300.0, y))  # its last layer starts at 0
+        torch.nn.init.normal_(embedded.g_embed[2].weight)
+        per_row = embedded(x, 300.0, y, guidance=torch.tensor([1.0, 1.5, 2.0, 2.5, 3.0]))
+        for i, w in enumerate([1.0, 1.5, 2.0, 2.5, 3.0]):
+            torch.testing.assert_close(per_row[i:i + 1], embedded(x[i:i + 1], 300.0, y[i:i + 1], guidance=w))
+        assert (embedded(x, 300.0, y, guidance=1.0) - embedded(x, 300.0, y, guidance=3.0)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="guidance .* is required"):
+        embedded(x, 300.0, y)
+    with pytest.raises(ValueError, match="guidance must be a scalar or have shape"):
+        embedded(x, 300.0, y, guidance=torch.ones(4))
+    with pytest.raises(ValueError, match="no guidance embedding"):
+        base(x, 300.0, y, guidance=1.5)
+    path = tmp_path / "embedded.safetensors"
+    models.save(embedded, path)
+    loaded = models.load("digits", path)
+    assert loaded.config.guidance_embed
+    with torch.no_grad():
+        assert torch.equal(loaded(x, 300.0, y, guidance=2.0), embedded(x, 300.0, y, guidance=2.0))
+    labels = torch.tensor([1, 2])
+    assert base.sampling_kwargs(labels, 2.0)["uncond"]["y"].tolist() == [10, 10]
+    kwargs = embedded.sampling_kwargs(labels, 2.0)
+    assert kwargs["guidance_scale"] == 1.0 and kwargs["uncond"] is None
+    assert kwargs["cond"]["guidance"].tolist() == [2.0, 2.0]
+
+
 def test_save_load_round_trip_and_file_errors(tmp_path):
     model = _randomize(DiT(SMALL, scheduler_config={"beta_schedule": "linear"}))
     path = tmp_path / "m.safetensors"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -21,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "tcd: trajectory consistency distillation (the student samples with the sampler of that name)")
     parser.add_argument("--guidance", type=float, default=d.guidance_scale,
                         help="the teacher's classifier-free guidance, folded into the student")
+    parser.add_argument("--guidance-range", default=None, help="LOW,HIGH: a student told its guidance scale (a "
+                        "guidance input, drawn per example in the range), evaluated at --guidance")
     parser.add_argument("--train-steps", type=int, default=d.train_steps, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr)
@@ -36,6 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-steps", default=DEFAULT_EVAL_STEPS, help="comma-separated step counts to compare")
 
 
+def _guidance_range(text: str | None):
+    """"low,high" -> (low, high); anything else -> itself, for ConsistencyDistillation to refuse by name."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        return text
+
+
 def _eval_steps(text: str, original_steps: int) -> list[int] | None:
     try:
         steps = sorted({int(s) for s in text.split(",") if s.strip()})
@@ -46,8 +59,9 @@ def _eval_steps(text: str, original_steps: int) -> list[int] | None:
 
 def compare(student, teacher, num_samples: int, steps_list: list[int], guidance: float, seed: int = 0,
             sampler: str = "lcm") -> list[dict]:
-    """Rows of quality (`pydiff.metrics.evaluate`) for the student (``sampler``, one model call per step) and the
-    teacher (DPM-Solver++(2M) with its guidance: two calls per step) at each step count, same noise and labels."""
+    """Rows of quality (`pydiff.metrics.evaluate`) for the student (``sampler``, one model call per step; a
+    guidance-embedded student told ``guidance``) and the teacher (DPM-Solver++(2M) with classifier-free guidance: two
+    calls per step) at each step count, same noise and labels."""
     import torch
 
     import pydiff
@@ -57,20 +71,19 @@ def compare(student, teacher, num_samples: int, steps_list: list[int], guidance:
     labels = torch.arange(num_samples) % cfg.num_classes
     noise = torch.randn(num_samples, cfg.in_channels, cfg.sample_size, cfg.sample_size,
                         generator=torch.Generator().manual_seed(seed))
-    runs = [("student", student, sampler, 1.0, 1),
-            ("teacher", teacher, "dpmpp_2m", guidance, 1 if guidance == 1 else 2)]
+    runs = [("student", student, sampler, 1.0), ("teacher", teacher, "dpmpp_2m", guidance)]
     rows = []
     for steps in steps_list:
-        for who, model, sampler, g, calls in runs:
+        for who, model, sampler, g in runs:
+            kwargs = model.sampling_kwargs(labels, g)
             started = time.perf_counter()
             with torch.inference_mode():
                 x = pydiff.sample(model, noise, sampler=sampler, steps=steps, schedule=model.scheduler_config,
-                                  guidance_scale=g, cond={"y": labels},
-                                  uncond={"y": torch.full_like(labels, cfg.num_classes)},
-                                  generator=torch.Generator().manual_seed(seed + 1))
+                                  generator=torch.Generator().manual_seed(seed + 1), **kwargs)
             seconds = time.perf_counter() - started
-            rows.append({"model": who, "sampler": sampler, "steps": steps, "model_calls": steps * calls,
-                         "guidance_scale": g, "seconds": round(seconds, 3), **evaluate(x, labels)})
+            calls = steps * (1 if kwargs["guidance_scale"] == 1 else 2)
+            rows.append({"model": who, "sampler": sampler, "steps": steps, "model_calls": calls, "guidance_scale": g,
+                         "seconds": round(seconds, 3), **evaluate(x, labels)})
     return rows
 
 
@@ -85,7 +98,7 @@ def format_rows(rows: list[dict]) -> str:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from pydiff.models import load, load_digits, save
+    from pydiff.models import DiT, load, load_digits, save
     from pydiff.models.grid import save_grid
 
     from .consistency import ConsistencyDistillation, distill_consistency
@@ -100,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
         settings = ConsistencyDistillation(method=args.method, guidance_scale=args.guidance,
                                            original_steps=args.original_steps, train_steps=args.train_steps,
                                            batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
-                                           loss=args.loss)
+                                           loss=args.loss, guidance_range=_guidance_range(args.guidance_range))
     except ValueError as exc:
         print(f"pydiff distill: {exc}", file=sys.stderr)
         return 2
@@ -113,7 +126,11 @@ def main(args: argparse.Namespace) -> int:
     teacher = load(args.model)
     data = load_digits("train", size=teacher.config.sample_size)
     null = torch.full_like(data.labels, teacher.config.num_classes)
-    result = distill_consistency(teacher, data.images, {"y": data.labels}, {"y": null}, settings,
+    student = None
+    if settings.guidance_range is not None:  # the teacher's architecture plus a guidance input, starting at zero
+        student = DiT(dataclasses.replace(teacher.config, guidance_embed=True), teacher.scheduler_config)
+        student.load_state_dict(teacher.state_dict(), strict=False)
+    result = distill_consistency(teacher, data.images, {"y": data.labels}, {"y": null}, settings, student=student,
                                  generator=torch.Generator().manual_seed(args.seed))
     provenance = {"teacher": args.model, "seed": args.seed, **result.provenance(),
                   "command": "pydiff distill " + " ".join(sys.argv[2:])}
@@ -131,7 +148,7 @@ def main(args: argparse.Namespace) -> int:
 
         with torch.inference_mode():
             x = pydiff.sample(student, noise, sampler=args.method, steps=min(4, args.original_steps),
-                              schedule=student.scheduler_config, cond={"y": labels})
+                              schedule=student.scheduler_config, **student.sampling_kwargs(labels, args.guidance))
         save_grid(x, labels, grid, title=f"{args.model} {args.method} student: {min(4, args.original_steps)} "
                                          f"steps, no guidance pass")
         print(format_rows(rows))

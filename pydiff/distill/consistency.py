@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +46,10 @@ class ConsistencyDistillation:
     sampler="lcm") or "tcd" (trajectory consistency distillation, Zheng et al. 2024, arXiv:2402.19159: a DDIM jump
     from any point to any earlier time m drawn in [0, s] per row; sample with sampler="tcd").
     guidance_scale: the teacher's classifier-free guidance g (eps_u + g (eps_c - eps_u), as `pydiff.sample`); 1
-    distills the unguided teacher and needs no uncond. original_steps: the skipping grid's size (LCM's 50).
+    distills the unguided teacher and needs no uncond. guidance_range: (low, high) instead of one scale: each row
+    draws its scale w uniformly in [low, high] and the student is called with ``guidance=w`` (LCM's w-conditioned
+    student, arXiv:2310.04378 sec. 4.2), so one student serves every scale in the range; the student must take that
+    keyword (a DiT with ``guidance_embed``). original_steps: the skipping grid's size (LCM's 50).
     train_steps, batch_size, lr, warmup: AdamW, linear warm-up then cosine decay to lr / 10 (as the bundled model
     was trained). ema_decay: the target network's EMA (LCM: 0.95). loss: "l2" or "huber" (pseudo-Huber
     sqrt(d^2 + c^2) - c, c = huber_c, per element). timestep_scaling: LCM's boundary-condition scaling
@@ -55,6 +58,7 @@ class ConsistencyDistillation:
 
     method: str = "lcm"
     guidance_scale: float = 1.5
+    guidance_range: Optional[Tuple[float, float]] = None
     original_steps: int = 50
     train_steps: int = 2000
     batch_size: int = 64
@@ -64,6 +68,11 @@ class ConsistencyDistillation:
     loss: str = "l2"
     huber_c: float = 1e-3
     timestep_scaling: float = 10.0
+
+    @property
+    def guided(self) -> bool:
+        """Whether the teacher runs classifier-free guidance (and needs uncond)."""
+        return self.guidance_range is not None or self.guidance_scale != 1
 
     def __post_init__(self):
         for name in ("original_steps", "train_steps", "batch_size"):
@@ -76,6 +85,13 @@ class ConsistencyDistillation:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.guidance_range is not None:
+            low_high = tuple(self.guidance_range) if isinstance(self.guidance_range, (tuple, list)) else ()
+            if len(low_high) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+                                             for v in low_high) or low_high[0] > low_high[1]:
+                raise ValueError(f"guidance_range must be (low, high) with 0 < low <= high, got "
+                                 f"{self.guidance_range!r}")
+            object.__setattr__(self, "guidance_range", tuple(float(v) for v in low_high))
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
         if self.loss not in LOSSES:
@@ -148,8 +164,9 @@ def _ddim_jump(pred, x, t, s, pairs: _Pairs, prediction_type: str) -> torch.Tens
     return alpha_s * x0 + sigma_s * eps
 
 
-def _teacher_step(teacher, x, t, s, cond, uncond, guidance_scale: float, pairs: _Pairs, prediction_type: str):
-    """One guided DDIM step of the teacher's probability-flow ODE from t to s (per row)."""
+def _teacher_step(teacher, x, t, s, cond, uncond, guidance_scale, pairs: _Pairs, prediction_type: str):
+    """One guided DDIM step of the teacher's probability-flow ODE from t to s (per row); guidance_scale a float or
+    a tensor broadcasting against x (one scale per row)."""
     if uncond is None:
         pred = teacher(x, t, **cond)
     else:
@@ -206,7 +223,7 @@ def distill_consistency(teacher, data: torch.Tensor, cond: Optional[Mapping] = N
 
     data: (N, ...) training samples x0, on the device of the teacher and student; cond: keyword -> tensor (N, ...)
     aligned with data (e.g. {"y": labels}); uncond: the same keywords for the unconditional pass (e.g. the null
-    label), needed when settings.guidance_scale != 1; schedule: the teacher's (default ``teacher.scheduler_config``),
+    label), needed when the settings guide; schedule: the teacher's (default ``teacher.scheduler_config``),
     a discrete VP one. student: the module to start from, predicting what the teacher predicts (default: a copy of
     the teacher, which must then be an nn.Module). generator: draws batches, timesteps and noise (CPU generator).
     The student trained is a copy: the teacher's weights and a given student's are not changed (the teacher is put
@@ -233,10 +250,12 @@ def distill_consistency(teacher, data: torch.Tensor, cond: Optional[Mapping] = N
         if wrong:
             raise ValueError(f"the {name}'s parameters are on {wrong[0]}, the data on {device}")
     cond = _check_batch("cond", cond, data.shape[0], device)
-    uncond = _check_batch("uncond", uncond, data.shape[0], device) if settings.guidance_scale != 1 else None
-    if settings.guidance_scale != 1 and sorted(uncond) != sorted(cond):
-        raise ValueError(f"guidance_scale {settings.guidance_scale} needs uncond with the keywords of cond "
-                         f"{sorted(cond)}, got {sorted(uncond)}")
+    uncond = _check_batch("uncond", uncond, data.shape[0], device) if settings.guided else None
+    if settings.guided and sorted(uncond) != sorted(cond):
+        raise ValueError(f"guidance (scale {settings.guidance_scale}, range {settings.guidance_range}) needs uncond "
+                         f"with the keywords of cond {sorted(cond)}, got {sorted(uncond)}")
+    if settings.guidance_range is not None and "guidance" in cond:
+        raise ValueError("cond must not hold 'guidance' when settings.guidance_range draws it")
     schedule = _schedule_of(teacher, schedule)
     pairs = _Pairs(schedule, settings.original_steps, device)
     prediction_type = schedule.prediction_type
@@ -262,19 +281,23 @@ def distill_consistency(teacher, data: torch.Tensor, cond: Optional[Mapping] = N
         s = (t - pairs.skip).clamp(min=0)
         noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
         x_t = add_noise(x0, noise, pairs.alpha[t], pairs.sigma[t])[0]
+        scale, student_cond = settings.guidance_scale, batch_cond
+        if settings.guidance_range is not None:  # w per row: the teacher guides with it, the student is told it
+            low, high = settings.guidance_range
+            w = (low + (high - low) * torch.rand(settings.batch_size, generator=generator)).to(device, x0.dtype)
+            scale, student_cond = w.view(-1, *[1] * (x0.dim() - 1)), {**batch_cond, "guidance": w}
         with torch.no_grad():
             batch_uncond = None if uncond is None else {k: v[idx] for k, v in uncond.items()}
-            x_s = _teacher_step(teacher, x_t, t, s, batch_cond, batch_uncond, settings.guidance_scale, pairs,
-                                prediction_type)
+            x_s = _teacher_step(teacher, x_t, t, s, batch_cond, batch_uncond, scale, pairs, prediction_type)
             if settings.method == "tcd":  # a target time m in [0, s] per row, both sides jump there
                 m = (torch.rand(settings.batch_size, generator=generator).to(device) * (s + 1)).long().clamp(max=s)
-                goal = _ddim_jump(target(x_s, s, **batch_cond), x_s, s, m, pairs, prediction_type)
+                goal = _ddim_jump(target(x_s, s, **student_cond), x_s, s, m, pairs, prediction_type)
             else:
-                goal = _consistency(target, x_s, s, batch_cond, pairs, prediction_type, settings.timestep_scaling)
+                goal = _consistency(target, x_s, s, student_cond, pairs, prediction_type, settings.timestep_scaling)
         if settings.method == "tcd":
-            out = _ddim_jump(student(x_t, t, **batch_cond), x_t, t, m, pairs, prediction_type)
+            out = _ddim_jump(student(x_t, t, **student_cond), x_t, t, m, pairs, prediction_type)
         else:
-            out = _consistency(student, x_t, t, batch_cond, pairs, prediction_type, settings.timestep_scaling)
+            out = _consistency(student, x_t, t, student_cond, pairs, prediction_type, settings.timestep_scaling)
         if settings.loss == "l2":
             loss = F.mse_loss(out.float(), goal.float())
         else:

@@ -42,20 +42,22 @@ def main(args: argparse.Namespace) -> int:
     noise = torch.randn(args.batch, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)
     labels = torch.arange(args.batch) % cfg.num_classes
     batch = torch.export.Dim("batch", min=1) if args.dynamic_batch else None
+    guided = model.sampling_kwargs(labels.to(args.device), args.guidance)  # cond (with a guidance input) + uncond
+    per_row = {name: {0: batch} for name in guided["cond"]}
     if args.what == "sampler":
-        graph = SamplerModule(model, args.sampler, args.steps, guidance_scale=args.guidance)
+        graph = SamplerModule(model, args.sampler, args.steps, guidance_scale=guided["guidance_scale"])
         inputs = (noise.to(args.device),)
-        kwargs = {"cond": {"y": labels.to(args.device)}}
+        kwargs = {"cond": guided["cond"]}
         if graph.guidance is not None:
-            kwargs["uncond"] = {"y": torch.full_like(kwargs["cond"]["y"], cfg.num_classes)}
+            kwargs["uncond"] = guided["uncond"]
         if graph.noise_stages:
             kwargs["step_noise"] = torch.randn(len(graph.noise_stages), *noise.shape, generator=g).to(args.device)
-        dims = {"noise": {0: batch}, "cond": {"y": {0: batch}}, "uncond": {"y": {0: batch}}, "step_noise": {1: batch}}
+        dims = {"noise": {0: batch}, "cond": per_row, "uncond": {"y": {0: batch}}, "step_noise": {1: batch}}
     else:
         graph = model
         inputs = (noise.to(args.device), torch.full((args.batch,), 500.0, device=args.device))
-        kwargs = {"y": labels.to(args.device)}
-        dims = {"x": {0: batch}, "t": {0: batch}, "y": {0: batch}}
+        kwargs = guided["cond"]
+        dims = {"x": {0: batch}, "t": {0: batch}, **per_row}
     names = list(inspect.signature(graph.forward).parameters)[:len(inputs)] + list(kwargs)
     shapes = None if batch is None else {name: dims[name] for name in names}
     write = export.onnx if args.format == "onnx" else export.aoti

@@ -78,8 +78,7 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with torch.inference_mode():
         x = pydiff.sample(model, noise, sampler=args.sampler, steps=args.steps, schedule=model.scheduler_config,
-                          guidance_scale=args.guidance, cond={"y": labels},
-                          uncond={"y": torch.full_like(labels, cfg.num_classes)}, generator=g, progress=True)
+                          generator=g, progress=True, **model.sampling_kwargs(labels, args.guidance))
     seconds = time.perf_counter() - start
     save_grid(x, labels, out, per_class=args.per_class,
               title=f"{args.model}: {args.sampler}, {args.steps} steps, guidance {args.guidance}")

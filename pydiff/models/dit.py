@@ -30,6 +30,8 @@ class DiTConfig:
     num_classes: int = 10
     rope: bool = False
     frequency_embedding_size: int = 256
+    #: a guidance-scale input (as FLUX.1-dev's): `model(x, t, y=labels, guidance=w)`, for guidance-distilled students
+    guidance_embed: bool = False
 
     def __post_init__(self):
         require_positive_ints(self, ("sample_size", "in_channels", "patch_size", "width", "depth", "num_heads",
@@ -143,7 +145,10 @@ class DiT(nn.Module):
 
     x: (B, in_channels, sample_size, sample_size); t: diffusers-style train timesteps 0..999 as a scalar or (B,)
     tensor (fractional allowed); y: int64 (B,) labels, `num_classes` (or y=None) being the null class used for
-    classifier-free guidance. Returns the epsilon prediction, same shape and dtype as x.
+    classifier-free guidance; guidance: the guidance scale as a float or (B,) tensor, required exactly when
+    ``config.guidance_embed`` (embedded like a timestep, x1000 as FLUX.1-dev does, and added to the conditioning;
+    its last layer starts at zero, so a model made from one without it starts equal to it). Returns the epsilon
+    prediction, same shape and dtype as x.
     `scheduler_config` is the diffusers-format noise-schedule config the model was trained with.
     """
 
@@ -157,6 +162,9 @@ class DiT(nn.Module):
             nn.Linear(config.frequency_embedding_size, config.width), nn.SiLU(), nn.Linear(config.width, config.width)
         )
         self.y_embed = nn.Embedding(config.num_classes + 1, config.width)
+        if config.guidance_embed:
+            self.g_embed = nn.Sequential(nn.Linear(config.frequency_embedding_size, config.width), nn.SiLU(),
+                                         nn.Linear(config.width, config.width))
         self.blocks = nn.ModuleList(
             DiTBlock(config.width, config.num_heads, config.mlp_ratio) for _ in range(config.depth)
         )
@@ -185,12 +193,41 @@ class DiT(nn.Module):
         nn.init.normal_(self.y_embed.weight, std=1.0)
         for layer in (self.t_embed[0], self.t_embed[2]):
             nn.init.normal_(layer.weight, std=0.02)
+        if self.config.guidance_embed:
+            nn.init.normal_(self.g_embed[0].weight, std=0.02)
+            nn.init.zeros_(self.g_embed[2].weight)
         for block in self.blocks:
             nn.init.zeros_(block.adaLN[-1].weight)
             nn.init.zeros_(block.adaLN[-1].bias)
         for layer in (self.adaLN_out[-1], self.out):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    def sampling_kwargs(self, labels: torch.Tensor, guidance_scale: float) -> dict:
+        """``pydiff.sample``'s guidance_scale, cond and uncond for class ``labels`` (B,) at a guidance scale:
+        classifier-free guidance against the null class, or for a guidance-embedded model (a guidance-distilled
+        student) one call a step with the scale as its input."""
+        if self.config.guidance_embed:
+            scale = torch.full(labels.shape, float(guidance_scale), device=labels.device)
+            return {"guidance_scale": 1.0, "cond": {"y": labels, "guidance": scale}, "uncond": None}
+        return {"guidance_scale": guidance_scale, "cond": {"y": labels},
+                "uncond": {"y": torch.full_like(labels, self.config.num_classes)}}
+
+    def _check_guidance(self, guidance, x: torch.Tensor) -> torch.Tensor | None:
+        if not self.config.guidance_embed:
+            if guidance is not None:
+                raise ValueError("guidance must be None: this DiT has no guidance embedding (DiTConfig.guidance_embed)")
+            return None
+        if guidance is None:
+            raise ValueError("guidance (the guidance scale, a float or (B,) tensor) is required: this DiT embeds it")
+        guidance = torch.as_tensor(guidance, device=x.device)
+        if not guidance.is_floating_point() and guidance.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"guidance must be a number or a float tensor, got {guidance.dtype}")
+        if guidance.dim() == 0:
+            guidance = guidance.expand(x.shape[0])
+        elif guidance.shape != (x.shape[0],):
+            raise ValueError(f"guidance must be a scalar or have shape ({x.shape[0]},), got {tuple(guidance.shape)}")
+        return guidance
 
     def _check_inputs(self, x: torch.Tensor, t, y) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
@@ -215,8 +252,9 @@ class DiT(nn.Module):
             raise ValueError(f"y must have shape ({batch},), got {tuple(y.shape)}")
         return t, y
 
-    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None, guidance=None) -> torch.Tensor:
         t, y = self._check_inputs(x, t, y)
+        guidance = self._check_guidance(guidance, x)
         cfg = self.config
         param = self.patch_embed.weight
         h = self.patch_embed(x.to(param.dtype)).flatten(2).transpose(1, 2)  # (B, N, width), row-major patches
@@ -226,6 +264,8 @@ class DiT(nn.Module):
         else:
             h = h + self.pos_embed
         c = self.t_embed(timestep_embedding(t, cfg.frequency_embedding_size).to(param.dtype)) + self.y_embed(y)
+        if guidance is not None:
+            c = c + self.g_embed(timestep_embedding(guidance * 1000, cfg.frequency_embedding_size).to(param.dtype))
         for block in self.blocks:
             h = block(h, c, rope)
         shift, scale = self.adaLN_out(c).chunk(2, dim=1)
