@@ -71,7 +71,9 @@ def compare(student, teacher, num_samples: int, steps_list: list[int], guidance:
     labels = torch.arange(num_samples) % cfg.num_classes
     noise = torch.randn(num_samples, cfg.in_channels, cfg.sample_size, cfg.sample_size,
                         generator=torch.Generator().manual_seed(seed))
-    runs = [("student", student, sampler, 1.0), ("teacher", teacher, "dpmpp_2m", guidance)]
+    # a student with a guidance input is told the scale; one distilled at a fixed scale runs without guidance
+    embedded = getattr(student.config, "guidance_embed", False)
+    runs = [("student", student, sampler, guidance if embedded else 1.0), ("teacher", teacher, "dpmpp_2m", guidance)]
     rows = []
     for steps in steps_list:
         for who, model, sampler, g in runs:
