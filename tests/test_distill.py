@@ -230,6 +230,7 @@ def test_cli_writes_a_student_that_samples(tmp_path, capsys, method):
     assert f"| 2 | student | {method} | 2 |" in printed and "| 2 | teacher | dpmpp_2m | 4 |" in printed
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["settings"]["train_steps"] == 3 and len(report["evaluation"]) == 4
+    assert [r["guidance_scale"] for r in report["evaluation"]] == [1.0, 1.5, 1.0, 1.5]  # guidance folded in
     assert out.with_suffix(".png").stat().st_size > 0
     student = load("digits", out)
     assert student.scheduler_config["_class_name"] == f"{method.upper()}Scheduler"
@@ -273,7 +274,9 @@ def test_cli_guidance_range_student(tmp_path, capsys):
     assert "| 1 | student | lcm | 1 |" in capsys.readouterr().out
     student = load("digits", out)
     assert student.config.guidance_embed
-    assert json.loads(out.with_suffix(".json").read_text())["settings"]["guidance_range"] == [1.0, 3.0]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["settings"]["guidance_range"] == [1.0, 3.0]
+    assert [r["guidance_scale"] for r in report["evaluation"]] == [1.5, 1.5]  # the student is told the scale
     grid = tmp_path / "grid.png"
     assert main(["sample", "--weights", str(out), "--sampler", "lcm", "--steps", "1", "--guidance", "2.5",
                  "--per-class", "1", "--out", str(grid)]) == 0
