@@ -57,6 +57,12 @@ def _eval_steps(text: str, original_steps: int) -> list[int] | None:
     return steps if steps and all(1 <= s <= original_steps for s in steps) else None
 
 
+def student_scale(student, guidance: float) -> float:
+    """The scale a student samples with: a student with a guidance input is told ``guidance``; one distilled at a
+    fixed scale has it folded in and runs unguided (1)."""
+    return guidance if getattr(student.config, "guidance_embed", False) else 1.0
+
+
 def compare(student, teacher, num_samples: int, steps_list: list[int], guidance: float, seed: int = 0,
             sampler: str = "lcm") -> list[dict]:
     """Rows of quality (`pydiff.metrics.evaluate`) for the student (``sampler``, one model call per step; a
@@ -71,9 +77,7 @@ def compare(student, teacher, num_samples: int, steps_list: list[int], guidance:
     labels = torch.arange(num_samples) % cfg.num_classes
     noise = torch.randn(num_samples, cfg.in_channels, cfg.sample_size, cfg.sample_size,
                         generator=torch.Generator().manual_seed(seed))
-    # a student with a guidance input is told the scale; one distilled at a fixed scale runs without guidance
-    embedded = getattr(student.config, "guidance_embed", False)
-    runs = [("student", student, sampler, guidance if embedded else 1.0), ("teacher", teacher, "dpmpp_2m", guidance)]
+    runs = [("student", student, sampler, student_scale(student, guidance)), ("teacher", teacher, "dpmpp_2m", guidance)]
     rows = []
     for steps in steps_list:
         for who, model, sampler, g in runs:
@@ -100,6 +104,7 @@ def format_rows(rows: list[dict]) -> str:
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    import pydiff
     from pydiff.models import DiT, load, load_digits, save
     from pydiff.models.grid import save_grid
 
@@ -143,14 +148,14 @@ def main(args: argparse.Namespace) -> int:
     if args.eval_samples:
         student = load(args.model, out)  # read back, so the figures describe the file written
         rows = compare(student, teacher, args.eval_samples, eval_steps, args.guidance, args.seed, args.method)
-        labels = torch.arange(10 * 10) // 10
-        noise = torch.randn(100, 1, student.config.sample_size, student.config.sample_size,
+        cfg = student.config
+        labels = torch.arange(cfg.num_classes * 10) // 10
+        noise = torch.randn(len(labels), cfg.in_channels, cfg.sample_size, cfg.sample_size,
                             generator=torch.Generator().manual_seed(args.seed))
-        import pydiff
-
         with torch.inference_mode():
             x = pydiff.sample(student, noise, sampler=args.method, steps=min(4, args.original_steps),
-                              schedule=student.scheduler_config, **student.sampling_kwargs(labels, args.guidance))
+                              schedule=student.scheduler_config,
+                              **student.sampling_kwargs(labels, student_scale(student, args.guidance)))
         save_grid(x, labels, grid, title=f"{args.model} {args.method} student: {min(4, args.original_steps)} "
                                          f"steps, no guidance pass")
         print(format_rows(rows))
