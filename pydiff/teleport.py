@@ -33,8 +33,7 @@ from typing import Any, Callable, Mapping, Optional, Tuple
 
 import torch
 
-from .samplers.loop import (DEFAULT_STEPS, NoiseSampler, _batched_cond, _check_guidance, _check_noise, _check_rescale,
-                            _sampler_grid, plan_on, run_with_progress)
+from .samplers.loop import DEFAULT_STEPS, NoiseSampler, _batched_cond, plan_on, run_with_progress, sampling_setup
 from .samplers.solvers import ConsistencyMultistep, OneStep
 
 __all__ = ["GaussianTeleport", "sample_teleported"]
@@ -323,17 +322,13 @@ def sample_teleported(model: Callable[..., torch.Tensor], noise: torch.Tensor, t
     The other arguments are ``pydiff.sample``'s; noise_sampler(i, x) gets the stage index of the whole run.
     Consistency and one-step samplers cannot be resumed mid-run and raise ValueError.
     """
-    _check_noise(noise)
     if not isinstance(teleport, GaussianTeleport):
         raise TypeError(f"teleport must be a GaussianTeleport, got {type(teleport).__name__}")
-    sampler, grid = _sampler_grid(model, sampler, steps, schedule, mu)
+    sampler, grid, guidance, rescale = sampling_setup(model, noise, sampler, steps, schedule, mu, guidance_scale,
+                                                      cond, uncond, guidance_rescale, noise_sampler)
     if isinstance(sampler, (ConsistencyMultistep, OneStep)):
         raise ValueError(f"sampler {sampler.name!r} cannot start mid-schedule; teleport before a probability-flow "
                          "sampler (e.g. dpmpp_2m, unipc, euler, ddim)")
-    guidance = _check_guidance(guidance_scale, cond, uncond)
-    rescale = _check_rescale(guidance_rescale, guidance)
-    if noise_sampler is not None and not callable(noise_sampler):
-        raise TypeError("noise_sampler must be a callable (step index, sample) -> noise")
     skip = _skip_steps(skip, grid.steps)
     stage = skip * sampler.order  # Heun-type samplers run two stages per step before the last
     full = sampler.plan(grid, guidance, model_space=True)

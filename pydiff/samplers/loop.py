@@ -295,6 +295,19 @@ def _sampler_grid(model, sampler, steps, schedule, mu) -> Tuple[Sampler, Grid]:
                              sampler, mu=mu)
 
 
+def sampling_setup(model, noise: torch.Tensor, sampler, steps: Optional[int], schedule, mu: Optional[float],
+                   guidance_scale: float, cond, uncond, guidance_rescale: float, noise_sampler):
+    """``pydiff.sample``'s argument checks and its (sampler, grid, guidance or None, rescale phi), for the calls that
+    take its arguments (``pydiff.teleport.sample_teleported``)."""
+    _check_noise(noise)
+    sampler, grid = _sampler_grid(model, sampler, steps, schedule, mu)
+    guidance = _check_guidance(guidance_scale, cond, uncond)
+    rescale = _check_rescale(guidance_rescale, guidance)
+    if noise_sampler is not None and not callable(noise_sampler):
+        raise TypeError("noise_sampler must be a callable (step index, sample) -> noise")
+    return sampler, grid, guidance, rescale
+
+
 def sample(model: Callable[..., torch.Tensor], noise: torch.Tensor, sampler="dpmpp_2m",
            steps: Optional[int] = DEFAULT_STEPS,
            schedule=None, guidance_scale: float = 1.0, cond: Optional[Mapping[str, Any]] = None,
@@ -318,12 +331,8 @@ def sample(model: Callable[..., torch.Tensor], noise: torch.Tensor, sampler="dpm
     check_finite: raise on NaN/inf in a model output -- a host sync per stage by nature, so off by default.
     mu: the dynamic-shift parameter of flow schedules (Flux).
     """
-    _check_noise(noise)
-    sampler, grid = _sampler_grid(model, sampler, steps, schedule, mu)
-    guidance = _check_guidance(guidance_scale, cond, uncond)
-    rescale = _check_rescale(guidance_rescale, guidance)
-    if noise_sampler is not None and not callable(noise_sampler):
-        raise TypeError("noise_sampler must be a callable (step index, sample) -> noise")
+    sampler, grid, guidance, rescale = sampling_setup(model, noise, sampler, steps, schedule, mu, guidance_scale,
+                                                      cond, uncond, guidance_rescale, noise_sampler)
     if cuda_graph and noise.device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs CUDA tensors, got noise on {noise.device}")
     if cuda_graph and check_finite:
