@@ -13,7 +13,8 @@ from torch import nn
 
 import pydiff
 from pydiff.distill import ConsistencyDistillation, consistency_function, distill_consistency
-from pydiff.distill.consistency import _ddim_jump, _Pairs, _teacher_step
+from pydiff.distill.common import Pairs as _Pairs
+from pydiff.distill.consistency import _ddim_jump, _teacher_step
 from pydiff.models import DiT, DiTConfig, GaussianData, load
 from pydiff.schedules import Schedule
 

@@ -17,10 +17,9 @@ point-to-point map of the trajectory, not only point-to-x0, and samples with ``s
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -33,6 +32,9 @@ from pydiff.ops import add_noise
 from pydiff.samplers import lcm_boundary
 from pydiff.schedules import Schedule
 from pydiff.schedules.prediction import convert_prediction
+
+from .common import (SCHEDULE_KEYS, Distilled, Pairs, check_batch, check_counts, check_guidance_range, check_modules,
+                     check_positive, check_uncond, guided_prediction, schedule_of)
 
 LOSSES = ("l2", "huber")
 METHODS = ("lcm", "tcd")
@@ -75,23 +77,9 @@ class ConsistencyDistillation:
         return self.guidance_range is not None or self.guidance_scale != 1
 
     def __post_init__(self):
-        for name in ("original_steps", "train_steps", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup must be an int >= 0, got {self.warmup!r}")
-        for name in ("guidance_scale", "lr", "huber_c", "timestep_scaling"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        if self.guidance_range is not None:
-            low_high = tuple(self.guidance_range) if isinstance(self.guidance_range, (tuple, list)) else ()
-            if len(low_high) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
-                                             for v in low_high) or low_high[0] > low_high[1]:
-                raise ValueError(f"guidance_range must be (low, high) with 0 < low <= high, got "
-                                 f"{self.guidance_range!r}")
-            object.__setattr__(self, "guidance_range", tuple(float(v) for v in low_high))
+        check_counts(self, ("original_steps", "train_steps", "batch_size"))
+        check_positive(self, ("guidance_scale", "lr", "huber_c", "timestep_scaling"))
+        object.__setattr__(self, "guidance_range", check_guidance_range(self.guidance_range))
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
         if self.loss not in LOSSES:
@@ -100,61 +88,24 @@ class ConsistencyDistillation:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
 
 
-@dataclass
-class Distilled:
-    """What `distill_consistency` returns: the student (eval mode; ``scheduler_config`` an LCMScheduler or
-    TCDScheduler config when the teacher had one), the loss of every optimizer step, the wall time and the settings."""
-
-    student: nn.Module
-    losses: list = field(default_factory=list)
-    seconds: float = 0.0
-    settings: ConsistencyDistillation = field(default_factory=ConsistencyDistillation)
-
-    def provenance(self) -> dict:
-        """JSON-ready record of how the student was made."""
-        method = {"lcm": "latent consistency distillation (arXiv:2310.04378)",
-                  "tcd": "trajectory consistency distillation (arXiv:2402.19159)"}[self.settings.method]
-        return {"method": method, "settings": asdict(self.settings),
-                "seconds": round(self.seconds, 1), "final_loss": self.losses[-1] if self.losses else None}
-
-
-class _Pairs:
-    """The skipping grid's (t, s) pairs and the schedule's alpha/sigma at any train timestep, on one device."""
-
-    def __init__(self, schedule: Schedule, original_steps: int, device: torch.device):
-        abar = schedule.alphas_cumprod
-        n_train = abar.shape[0]
-        if original_steps > n_train:
-            raise ValueError(f"original_steps ({original_steps}) cannot exceed the schedule's {n_train} train "
-                             f"timesteps")
-        self.skip = n_train // original_steps
-        self.timesteps = torch.arange(1, original_steps + 1, device=device) * self.skip - 1
-        self.alpha = abar.sqrt().to(device)
-        self.sigma = (1 - abar).sqrt().to(device)
-
-    def coefficients(self, t: torch.Tensor, like: torch.Tensor):
-        shape = (-1,) + (1,) * (like.dim() - 1)
-        return self.alpha[t].view(shape).to(like.dtype), self.sigma[t].view(shape).to(like.dtype)
-
-
 def consistency_function(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Mapping, schedule: Schedule,
                          timestep_scaling: float = 10.0) -> torch.Tensor:
     """f(x_t, t) = c_skip(t) x_t + c_out(t) x0(model(x_t, t, **cond)): what one `sampler="lcm"` step denoises to.
 
     x: (B, ...); t: int64 (B,) train timesteps; the model's prediction is converted to x0 by the schedule's
     prediction type."""
-    pairs = _Pairs(schedule, 1, x.device)
+    pairs = Pairs(schedule, 1, x.device)
     return _consistency(model, x, t, cond, pairs, schedule.prediction_type, timestep_scaling)
 
 
-def _consistency(model, x, t, cond, pairs: _Pairs, prediction_type: str, timestep_scaling: float) -> torch.Tensor:
+def _consistency(model, x, t, cond, pairs: Pairs, prediction_type: str, timestep_scaling: float) -> torch.Tensor:
     alpha, sigma = pairs.coefficients(t, x)
     x0 = convert_prediction(model(x, t, **cond), x, alpha, sigma, prediction_type, "sample")
     c_skip, c_out = lcm_boundary(t.to(x.dtype).view(alpha.shape), timestep_scaling)
     return c_skip * x + c_out * x0
 
 
-def _ddim_jump(pred, x, t, s, pairs: _Pairs, prediction_type: str) -> torch.Tensor:
+def _ddim_jump(pred, x, t, s, pairs: Pairs, prediction_type: str) -> torch.Tensor:
     """x_s = alpha_s x0 + sigma_s eps from the prediction at (x_t, t), per row: a DDIM step from t to s, TCD's
     first-order trajectory consistency function. Differentiable (plain torch ops)."""
     alpha, sigma = pairs.coefficients(t, x)
@@ -164,50 +115,18 @@ def _ddim_jump(pred, x, t, s, pairs: _Pairs, prediction_type: str) -> torch.Tens
     return alpha_s * x0 + sigma_s * eps
 
 
-def _teacher_step(teacher, x, t, s, cond, uncond, guidance_scale, pairs: _Pairs, prediction_type: str):
+def _teacher_step(teacher, x, t, s, cond, uncond, guidance_scale, pairs: Pairs, prediction_type: str):
     """One guided DDIM step of the teacher's probability-flow ODE from t to s (per row); guidance_scale a float or
     a tensor broadcasting against x (one scale per row)."""
-    if uncond is None:
-        pred = teacher(x, t, **cond)
-    else:
-        both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
-        pred_c, pred_u = teacher(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
-        pred = pred_u + guidance_scale * (pred_c - pred_u)
+    pred = guided_prediction(teacher, x, t, cond, uncond, guidance_scale)
     return _ddim_jump(pred, x, t, s, pairs, prediction_type)
-
-
-def _check_batch(name: str, tensors, n: int, device: torch.device) -> dict:
-    if tensors is None:
-        return {}
-    if not isinstance(tensors, Mapping):
-        raise TypeError(f"{name} must be a mapping of keyword -> tensor, got {type(tensors).__name__}")
-    for key, value in tensors.items():
-        if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != n:
-            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise ValueError(f"{name}[{key!r}] must be a tensor with one row per data row ({n}, ...), got {shape}")
-        if value.device != device:
-            raise ValueError(f"{name}[{key!r}] is on {value.device}, the data on {device}")
-    return dict(tensors)
-
-
-def _schedule_of(teacher: nn.Module, schedule) -> Schedule:
-    if schedule is None:
-        schedule = getattr(teacher, "scheduler_config", None)
-        if not schedule:
-            raise ValueError("schedule must be given: the teacher has no scheduler_config")
-    schedule = schedule if isinstance(schedule, Schedule) else Schedule.from_diffusers(schedule)
-    if schedule.kind != "vp" or schedule.alphas_cumprod is None:
-        raise ValueError(f"schedule must be a discrete VP schedule (alphas_cumprod), got a {schedule.kind!r} one")
-    return schedule
 
 
 def student_scheduler_config(teacher_config: Mapping, original_steps: int, timestep_scaling: float,
                              method: str = "lcm") -> dict:
     """The teacher's noise schedule as a diffusers LCMScheduler (TCDScheduler for method "tcd") config on the
     student's skipping grid."""
-    config = {k: v for k, v in teacher_config.items() if k in ("num_train_timesteps", "beta_start", "beta_end",
-                                                                "beta_schedule", "trained_betas", "prediction_type",
-                                                                "rescale_betas_zero_snr")}
+    config = {k: v for k, v in teacher_config.items() if k in SCHEDULE_KEYS}
     config = {**config, "original_inference_steps": original_steps, "timestep_spacing": "leading", "steps_offset": 0,
               "set_alpha_to_one": True, "clip_sample": False}
     if method == "tcd":
@@ -231,10 +150,6 @@ def distill_consistency(teacher, data: torch.Tensor, cond: Optional[Mapping] = N
     """
     if student is None and not isinstance(teacher, nn.Module):
         raise TypeError(f"teacher must be an nn.Module unless a student is given, got {type(teacher).__name__}")
-    if not callable(teacher):
-        raise TypeError(f"teacher must be callable as teacher(x, t, **cond), got {type(teacher).__name__}")
-    if student is not None and not isinstance(student, nn.Module):
-        raise TypeError(f"student must be an nn.Module, got {type(student).__name__}")
     if not isinstance(settings, ConsistencyDistillation):
         raise TypeError(f"settings must be a ConsistencyDistillation, got {type(settings).__name__}")
     if not isinstance(data, torch.Tensor) or not data.is_floating_point() or data.dim() < 2:
@@ -245,19 +160,13 @@ def distill_consistency(teacher, data: torch.Tensor, cond: Optional[Mapping] = N
     if not torch.isfinite(data).all():
         raise ValueError("data must be finite")
     device = data.device
-    for name, module in (("teacher", teacher), ("student", student if student is not None else teacher)):
-        wrong = [p.device for p in module.parameters() if p.device != device] if isinstance(module, nn.Module) else []
-        if wrong:
-            raise ValueError(f"the {name}'s parameters are on {wrong[0]}, the data on {device}")
-    cond = _check_batch("cond", cond, data.shape[0], device)
-    uncond = _check_batch("uncond", uncond, data.shape[0], device) if settings.guided else None
-    if settings.guided and sorted(uncond) != sorted(cond):
-        raise ValueError(f"guidance (scale {settings.guidance_scale}, range {settings.guidance_range}) needs uncond "
-                         f"with the keywords of cond {sorted(cond)}, got {sorted(uncond)}")
+    check_modules(device, teacher=teacher, student=student)
+    cond = check_batch("cond", cond, data.shape[0], device)
+    uncond = check_uncond(settings, cond, check_batch("uncond", uncond, data.shape[0], device))
     if settings.guidance_range is not None and "guidance" in cond:
         raise ValueError("cond must not hold 'guidance' when settings.guidance_range draws it")
-    schedule = _schedule_of(teacher, schedule)
-    pairs = _Pairs(schedule, settings.original_steps, device)
+    schedule = schedule_of(teacher, schedule)
+    pairs = Pairs(schedule, settings.original_steps, device)
     prediction_type = schedule.prediction_type
     generator = generator or torch.Generator().manual_seed(0)
 
