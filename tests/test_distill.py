@@ -281,5 +281,9 @@ def test_cli_guidance_range_student(tmp_path, capsys):
     grid = tmp_path / "grid.png"
     assert main(["sample", "--weights", str(out), "--sampler", "lcm", "--steps", "1", "--guidance", "2.5",
                  "--per-class", "1", "--out", str(grid)]) == 0
+    assert "guidance 2.5: 10 samples" in capsys.readouterr().out
+    assert main(["sample", "--weights", str(out), "--sampler", "lcm", "--steps", "1", "--per-class", "1", "--out",
+                 str(grid), "--overwrite"]) == 0  # told the bundled default scale
+    assert "guidance 1.5: 10 samples" in capsys.readouterr().out
     assert main(["distill", "--guidance-range", "3,1", "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "guidance_range must be (low, high)" in capsys.readouterr().err

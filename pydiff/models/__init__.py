@@ -82,6 +82,10 @@ def load(name: str = "digits", path: str | Path | None = None) -> nn.Module:
         model = cls(config)
     _check_state(path, model.state_dict(), tensors)
     model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
+    try:
+        model.provenance = json.loads(metadata.get("provenance", "{}"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid provenance in the file's metadata ({err})") from err
     return model.eval()
 
 

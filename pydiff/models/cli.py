@@ -6,6 +6,9 @@ import argparse
 import sys
 import time
 
+#: the guidance scale the bundled model samples with unless told otherwise
+DEFAULT_GUIDANCE = 1.5
+
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
     """The options of the commands that sample a bundled model (``pydiff sample``, ``pydiff export``)."""
@@ -14,7 +17,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
                                                         "a `pydiff distill` student)")
     parser.add_argument("--sampler", default="dpmpp_2m", help="any name in pydiff.samplers.SAMPLERS")
     parser.add_argument("--steps", type=int, default=steps)
-    parser.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale")
+    parser.add_argument("--guidance", type=float, default=None, help=f"classifier-free guidance scale (default "
+                        f"{DEFAULT_GUIDANCE}; 1 for a distilled student with its teacher's guidance folded in)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
 
@@ -37,10 +41,19 @@ def load_model(args: argparse.Namespace, command: str):
     from pydiff.models import load
 
     try:
-        return load(args.model, args.weights).to(args.device)
+        model = load(args.model, args.weights).to(args.device)
     except (FileNotFoundError, ValueError) as exc:
         print(f"pydiff {command}: {exc}", file=sys.stderr)
         return None
+    if args.guidance is None:
+        args.guidance = 1.0 if folds_guidance(model) else DEFAULT_GUIDANCE
+    return model
+
+
+def folds_guidance(model) -> bool:
+    """Whether ``model`` is a distilled student with its teacher's guidance folded in (its weight file names the
+    teacher it was distilled from, and it takes no guidance input): it samples unguided."""
+    return "teacher" in getattr(model, "provenance", {}) and not model.config.guidance_embed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
