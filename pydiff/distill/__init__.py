@@ -1,15 +1,21 @@
-"""Few-step students from many-step teachers.
+"""Few-step and one-step students from many-step teachers.
 
     from pydiff.distill import ConsistencyDistillation, distill_consistency
     result = distill_consistency(teacher, images, cond={"y": labels}, uncond={"y": null_labels},
                                  settings=ConsistencyDistillation(guidance_scale=1.5))
     x0 = pydiff.sample(result.student, noise, sampler="lcm", steps=4, cond={"y": labels})
 
-``pydiff distill`` does this for the bundled digits model and reports the student beside its teacher.
+    from pydiff.distill import ScoreDistillation, distill_one_step     # data-free: only the conditions
+    result = distill_one_step(teacher, (1, 16, 16), cond={"y": torch.arange(10)}, uncond={"y": torch.full((10,), 10)},
+                              settings=ScoreDistillation(method="dmd", guidance_scale=1.5))
+    x0 = pydiff.sample(result.student, noise, sampler="one_step", steps=1, cond={"y": labels})
+
+``pydiff distill`` does either for the bundled digits model and reports the student beside its teacher.
 """
 
-from .consistency import (ConsistencyDistillation, Distilled, consistency_function, distill_consistency,
-                          student_scheduler_config)
+from .common import Distilled
+from .consistency import ConsistencyDistillation, consistency_function, distill_consistency, student_scheduler_config
+from .score import ScoreDistillation, distill_one_step, one_step_scheduler_config
 
-__all__ = ["ConsistencyDistillation", "Distilled", "consistency_function", "distill_consistency",
-           "student_scheduler_config"]
+__all__ = ["ConsistencyDistillation", "Distilled", "ScoreDistillation", "consistency_function", "distill_consistency",
+           "distill_one_step", "one_step_scheduler_config", "student_scheduler_config"]

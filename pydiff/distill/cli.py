@@ -1,5 +1,6 @@
-"""``pydiff distill``: a few-step consistency student of the bundled digits model, written as a weight file that
-``pydiff sample --weights`` and ``pydiff export --weights`` take, and its quality beside the teacher's."""
+"""``pydiff distill``: a few-step consistency student (--method lcm, tcd) or a one-step generator (--method dmd,
+vsd) of the bundled digits model, written as a weight file that ``pydiff sample --weights`` and ``pydiff export
+--weights`` take, and its quality beside the teacher's."""
 
 from __future__ import annotations
 
@@ -13,23 +14,42 @@ from pathlib import Path
 DEFAULT_EVAL_STEPS = "1,2,4,8"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .consistency import LOSSES, METHODS, ConsistencyDistillation
+#: the options of one family of methods only: flag -> (its methods, its settings field)
+CONSISTENCY_ONLY = {"--ema-decay": "ema_decay", "--loss": "loss", "--original-steps": "original_steps"}
+SCORE_ONLY = {"--fake-updates": "fake_updates", "--fake-lr": "fake_lr", "--t-range": "t_range"}
 
-    d = ConsistencyDistillation()
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from . import consistency, score
+
+    c, s = consistency.ConsistencyDistillation(), score.ScoreDistillation()
     parser.add_argument("--model", default="digits", choices=("digits",), help="bundled teacher")
-    parser.add_argument("--method", default=d.method, choices=METHODS, help="lcm: latent consistency distillation; "
-                        "tcd: trajectory consistency distillation (the student samples with the sampler of that name)")
-    parser.add_argument("--guidance", type=float, default=d.guidance_scale,
+    parser.add_argument("--method", default=c.method, choices=consistency.METHODS + score.METHODS,
+                        help="lcm: latent consistency distillation; tcd: trajectory consistency distillation (a "
+                        "few-step student sampling with the sampler of that name); dmd: distribution matching "
+                        "distillation; vsd: variational score distillation (a data-free one-step generator, "
+                        "sampler one_step)")
+    parser.add_argument("--guidance", type=float, default=c.guidance_scale,
                         help="the teacher's classifier-free guidance, folded into the student")
-    parser.add_argument("--guidance-range", default=None, help="LOW,HIGH: a student told its guidance scale (a "
-                        "guidance input, drawn per example in the range), evaluated at --guidance")
-    parser.add_argument("--train-steps", type=int, default=d.train_steps, help="optimizer steps")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--ema-decay", type=float, default=d.ema_decay, help="the target network's EMA")
-    parser.add_argument("--loss", default=d.loss, choices=LOSSES)
-    parser.add_argument("--original-steps", type=int, default=d.original_steps, help="skipping grid size")
+    parser.add_argument("--guidance-range", default=None, help="LOW,HIGH: the teacher's scale drawn per example in "
+                        "the range; lcm/tcd: the student is told it (a guidance input) and evaluated at --guidance; "
+                        "dmd/vsd: SNOOPI's proper guidance, the generator is not told it")
+    parser.add_argument("--train-steps", type=int, default=None,
+                        help=f"optimizer steps (default {c.train_steps} for lcm/tcd, {s.train_steps} for dmd/vsd)")
+    parser.add_argument("--batch-size", type=int, default=c.batch_size)
+    parser.add_argument("--lr", type=float, default=None,
+                        help=f"peak learning rate (default {c.lr} for lcm/tcd, the generator's {s.lr} for dmd/vsd)")
+    parser.add_argument("--ema-decay", type=float, default=None, help=f"lcm/tcd: the target network's EMA "
+                        f"(default {c.ema_decay})")
+    parser.add_argument("--loss", default=None, choices=consistency.LOSSES, help=f"lcm/tcd (default {c.loss})")
+    parser.add_argument("--original-steps", type=int, default=None,
+                        help=f"lcm/tcd: skipping grid size (default {c.original_steps})")
+    parser.add_argument("--fake-updates", type=int, default=None,
+                        help=f"dmd/vsd: fake-denoiser steps per generator step (default {s.fake_updates})")
+    parser.add_argument("--fake-lr", type=float, default=None,
+                        help=f"dmd/vsd: the fake denoiser's peak learning rate (default {s.fake_lr})")
+    parser.add_argument("--t-range", default=None, help=f"dmd/vsd: LOW,HIGH noise levels compared, fractions of the "
+                        f"train timesteps (default {s.t_min},{s.t_max})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="student weight file to write (default digits-<method>"
@@ -40,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _guidance_range(text: str | None):
-    """"low,high" -> (low, high); anything else -> itself, for ConsistencyDistillation to refuse by name."""
+    """"low,high" -> (low, high); anything else -> itself, for the settings to refuse by name."""
     if text is None:
         return None
     try:
@@ -49,12 +69,36 @@ def _guidance_range(text: str | None):
         return text
 
 
-def _eval_steps(text: str, original_steps: int) -> list[int] | None:
+def _eval_steps(text: str, most: int) -> list[int] | None:
     try:
         steps = sorted({int(s) for s in text.split(",") if s.strip()})
     except ValueError:
         return None
-    return steps if steps and all(1 <= s <= original_steps for s in steps) else None
+    return steps if steps and all(1 <= s <= most for s in steps) else None
+
+
+def settings_of(args: argparse.Namespace):
+    """The method's settings from the command line (its defaults where an option is not given); ValueError names
+    an option of the other family of methods, or what the settings refuse."""
+    from . import consistency, score
+
+    one_step = args.method in score.METHODS
+    wrong = CONSISTENCY_ONLY if one_step else SCORE_ONLY
+    for flag, name in wrong.items():
+        if getattr(args, name) is not None:
+            family = "lcm or tcd" if one_step else "dmd or vsd"
+            raise ValueError(f"{flag} applies to --method {family}, not {args.method}")
+    given = {name: getattr(args, name) for name in ("train_steps", "lr", *(SCORE_ONLY if one_step else
+                                                                           CONSISTENCY_ONLY).values())}
+    given = {k: v for k, v in given.items() if v is not None}
+    if "t_range" in given:
+        t_range = _guidance_range(given.pop("t_range"))
+        if not isinstance(t_range, tuple) or len(t_range) != 2:
+            raise ValueError(f"--t-range must be LOW,HIGH, got {args.t_range!r}")
+        given["t_min"], given["t_max"] = t_range
+    kind = score.ScoreDistillation if one_step else consistency.ConsistencyDistillation
+    return kind(method=args.method, guidance_scale=args.guidance, batch_size=args.batch_size,
+                guidance_range=_guidance_range(args.guidance_range), **given)
 
 
 def student_scale(student, guidance: float) -> float:
@@ -66,8 +110,9 @@ def student_scale(student, guidance: float) -> float:
 def compare(student, teacher, num_samples: int, steps_list: list[int], guidance: float, seed: int = 0,
             sampler: str = "lcm") -> list[dict]:
     """Rows of quality (`pydiff.metrics.evaluate`) for the student (``sampler``, one model call per step; a
-    guidance-embedded student told ``guidance``) and the teacher (DPM-Solver++(2M) with classifier-free guidance: two
-    calls per step) at each step count, same noise and labels."""
+    guidance-embedded student told ``guidance``; sampler "one_step": one step only) and the teacher
+    (DPM-Solver++(2M) with classifier-free guidance: two calls per step) at each step count, same noise and
+    labels."""
     import torch
 
     import pydiff
@@ -81,6 +126,8 @@ def compare(student, teacher, num_samples: int, steps_list: list[int], guidance:
     rows = []
     for steps in steps_list:
         for who, model, sampler, g in runs:
+            if sampler == "one_step" and steps != 1:
+                continue
             kwargs = model.sampling_kwargs(labels, g)
             started = time.perf_counter()
             with torch.inference_mode():
@@ -108,7 +155,8 @@ def main(args: argparse.Namespace) -> int:
     from pydiff.models import DiT, load, load_digits, save
     from pydiff.models.grid import save_grid
 
-    from .consistency import ConsistencyDistillation, distill_consistency
+    from .consistency import distill_consistency
+    from .score import distill_one_step
 
     out = Path(args.out or f"{args.model}-{args.method}.safetensors")
     report, grid = out.with_suffix(".json"), out.with_suffix(".png")
@@ -117,28 +165,35 @@ def main(args: argparse.Namespace) -> int:
         print(f"pydiff distill: {', '.join(existing)} exist(s); pass --overwrite to replace", file=sys.stderr)
         return 2
     try:
-        settings = ConsistencyDistillation(method=args.method, guidance_scale=args.guidance,
-                                           original_steps=args.original_steps, train_steps=args.train_steps,
-                                           batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
-                                           loss=args.loss, guidance_range=_guidance_range(args.guidance_range))
+        settings = settings_of(args)
     except ValueError as exc:
         print(f"pydiff distill: {exc}", file=sys.stderr)
         return 2
-    eval_steps = _eval_steps(args.eval_steps, args.original_steps)
+    teacher = load(args.model)
+    one_step = not hasattr(settings, "original_steps")
+    sampler, most = (("one_step", teacher.scheduler_config["num_train_timesteps"]) if one_step
+                     else (args.method, settings.original_steps))
+    eval_steps = _eval_steps(args.eval_steps, most)
     if eval_steps is None or args.eval_samples < 0 or args.eval_samples == 1:
-        print(f"pydiff distill: --eval-steps must be comma-separated ints in [1, --original-steps], got "
-              f"{args.eval_steps!r}; --eval-samples must be 0 or >= 2", file=sys.stderr)
+        print(f"pydiff distill: --eval-steps must be comma-separated ints in [1, {most}], got {args.eval_steps!r}; "
+              f"--eval-samples must be 0 or >= 2", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    teacher = load(args.model)
-    data = load_digits("train", size=teacher.config.sample_size)
-    null = torch.full_like(data.labels, teacher.config.num_classes)
-    student = None
-    if settings.guidance_range is not None:  # the teacher's architecture plus a guidance input, starting at zero
-        student = DiT(dataclasses.replace(teacher.config, guidance_embed=True), teacher.scheduler_config)
-        student.load_state_dict(teacher.state_dict(), strict=False)
-    result = distill_consistency(teacher, data.images, {"y": data.labels}, {"y": null}, settings, student=student,
-                                 generator=torch.Generator().manual_seed(args.seed))
+    generator = torch.Generator().manual_seed(args.seed)
+    if one_step:  # data-free: only the labels
+        cfg = teacher.config
+        labels = torch.arange(cfg.num_classes)
+        result = distill_one_step(teacher, (cfg.in_channels, cfg.sample_size, cfg.sample_size), {"y": labels},
+                                  {"y": torch.full_like(labels, cfg.num_classes)}, settings, generator=generator)
+    else:
+        data = load_digits("train", size=teacher.config.sample_size)
+        null = torch.full_like(data.labels, teacher.config.num_classes)
+        student = None
+        if settings.guidance_range is not None:  # the teacher's architecture plus a guidance input, starting at 0
+            student = DiT(dataclasses.replace(teacher.config, guidance_embed=True), teacher.scheduler_config)
+            student.load_state_dict(teacher.state_dict(), strict=False)
+        result = distill_consistency(teacher, data.images, {"y": data.labels}, {"y": null}, settings,
+                                     student=student, generator=generator)
     provenance = {"teacher": args.model, "seed": args.seed, **result.provenance(),
                   "command": "pydiff distill " + " ".join(sys.argv[2:])}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,17 +202,17 @@ def main(args: argparse.Namespace) -> int:
     rows = []
     if args.eval_samples:
         student = load(args.model, out)  # read back, so the figures describe the file written
-        rows = compare(student, teacher, args.eval_samples, eval_steps, args.guidance, args.seed, args.method)
+        rows = compare(student, teacher, args.eval_samples, eval_steps, args.guidance, args.seed, sampler)
         cfg = student.config
         labels = torch.arange(cfg.num_classes * 10) // 10
         noise = torch.randn(len(labels), cfg.in_channels, cfg.sample_size, cfg.sample_size,
                             generator=torch.Generator().manual_seed(args.seed))
+        steps = 1 if one_step else min(4, settings.original_steps)
         with torch.inference_mode():
-            x = pydiff.sample(student, noise, sampler=args.method, steps=min(4, args.original_steps),
-                              schedule=student.scheduler_config,
+            x = pydiff.sample(student, noise, sampler=sampler, steps=steps, schedule=student.scheduler_config,
                               **student.sampling_kwargs(labels, student_scale(student, args.guidance)))
-        save_grid(x, labels, grid, title=f"{args.model} {args.method} student: {min(4, args.original_steps)} "
-                                         f"steps, no guidance pass")
+        save_grid(x, labels, grid, title=f"{args.model} {args.method} student: {steps} step{'s' * (steps > 1)}, no "
+                                         f"guidance pass")
         print(format_rows(rows))
         print(f"wrote {grid}")
     report.write_text(json.dumps({**provenance, "evaluation": rows}, indent=2) + "\n")

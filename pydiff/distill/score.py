@@ -1,0 +1,232 @@
+"""One-step generators by score distillation, data-free.
+
+The student is a copy of the teacher used as a generator: x = G(z) = x0(student(z, T - 1)), the last train
+timestep, on standard-normal z (what ``pydiff.sample(student, z, sampler="one_step", steps=1)`` computes). It learns
+to make the teacher's (guided) distribution from the difference of two denoisers at its own noised samples
+x_t = alpha_t x + sigma_t n: the teacher's, whose x0 prediction points towards the data, and a "fake" denoiser
+trained alongside, by the teacher's own denoising loss, on the generator's samples, whose prediction points towards
+what the generator makes now. Each optimizer step of the generator descends
+
+    0.5 || x - stopgrad(x - g) ||^2,   g = weight(t) (x0_fake(x_t, t) - x0_real(x_t, t)),
+
+whose gradient with respect to x is g: the gradient of KL(generator || teacher) along the diffusion (the two scores'
+difference). Then the fake denoiser takes ``fake_updates`` steps on fresh samples (DMD2's two time-scale rule).
+No data is read: only the conditions to draw (e.g. the class labels).
+
+method "dmd": distribution matching distillation (Yin et al. 2024, "One-step Diffusion with Distribution Matching
+    Distillation", arXiv:2311.18828), weight = 1 / mean |x - x0_real| per sample, t uniform in [t_min, t_max] of
+    the train timesteps; with DMD2's (Yin et al. 2024, "Improved Distribution Matching Distillation for Fast Image
+    Synthesis") fake updates per generator step and neither its regression loss nor its GAN.
+method "vsd": variational score distillation as SwiftBrush (Nguyen & Tran 2024, "SwiftBrush: One-Step
+    Text-to-Image Diffusion Model with Variational Score Distillation") uses it, ProlificDreamer's weight
+    w(t) = sigma_t^2 on eps_real - eps_fake, times d x_t / d x = alpha_t: in x0 terms weight = alpha_t^2 sigma_t.
+guidance_range: SNOOPI's proper guidance (Nguyen et al. 2024, "SNOOPI: Supercharged One-step Diffusion
+    Distillation with Proper Guidance", PG-SB): the teacher's guidance scale is drawn per sample in the range, which
+    widens the distribution the generator is pulled towards and steadies training; the generator is not told it.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from pydiff.models.train import lr_at
+from pydiff.ops import add_noise
+from pydiff.schedules.prediction import convert_prediction
+
+from .common import (SCHEDULE_KEYS, Distilled, Pairs, check_batch, check_counts, check_guidance_range, check_modules,
+                     check_positive, check_uncond, guided_prediction, schedule_of)
+
+METHODS = ("dmd", "vsd")
+
+
+@dataclass(frozen=True)
+class ScoreDistillation:
+    """Settings of `distill_one_step` (defaults: what ``pydiff distill --method dmd`` uses for the bundled digits
+    model).
+
+    method: "dmd" or "vsd" (the module docstring: how the two denoisers' difference is weighted).
+    guidance_scale: the teacher's classifier-free guidance g (pred_u + g (pred_c - pred_u)), folded into the
+    generator; 1 needs no uncond. guidance_range: (low, high): the scale drawn per sample instead (SNOOPI's PG-SB).
+    train_steps: generator steps; batch_size: samples per step (generator and fake alike); lr, fake_lr: AdamW peak
+    rates of the generator and the fake denoiser (linear warm-up over ``warmup`` steps, then cosine decay to a
+    tenth); fake_updates: fake steps per generator step (DMD2: 5). t_min, t_max: the noise levels the denoisers
+    compare at, as fractions of the train timesteps (DMD: 0.02, 0.98).
+    """
+
+    method: str = "dmd"
+    guidance_scale: float = 1.5
+    guidance_range: Optional[Tuple[float, float]] = None
+    train_steps: int = 1000
+    batch_size: int = 64
+    lr: float = 2e-5
+    fake_lr: float = 1e-4
+    fake_updates: int = 2
+    warmup: int = 20
+    t_min: float = 0.02
+    t_max: float = 0.98
+
+    @property
+    def guided(self) -> bool:
+        """Whether the teacher runs classifier-free guidance (and needs uncond)."""
+        return self.guidance_range is not None or self.guidance_scale != 1
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        check_counts(self, ("train_steps", "batch_size", "fake_updates"))
+        check_positive(self, ("guidance_scale", "lr", "fake_lr"))
+        object.__setattr__(self, "guidance_range", check_guidance_range(self.guidance_range))
+        if not (isinstance(self.t_min, (int, float)) and isinstance(self.t_max, (int, float))
+                and 0.0 <= self.t_min <= self.t_max <= 1.0):
+            raise ValueError(f"t_min and t_max must satisfy 0 <= t_min <= t_max <= 1, got {self.t_min!r}, "
+                             f"{self.t_max!r}")
+
+
+def one_step_scheduler_config(teacher_config: Mapping) -> dict:
+    """The teacher's noise schedule as a diffusers DDIMScheduler config whose single step is the generator's: one
+    "trailing" step starts at the last train timestep and lands on x0 (``set_alpha_to_one``)."""
+    config = {k: v for k, v in teacher_config.items() if k in SCHEDULE_KEYS}
+    return {**config, "_class_name": "DDIMScheduler", "timestep_spacing": "trailing", "steps_offset": 0,
+            "set_alpha_to_one": True, "clip_sample": False}
+
+
+class _Generator:
+    """x = G(z) = x0(student(z, T - 1)) for one batch shape; the fake denoiser's training targets."""
+
+    def __init__(self, pairs: Pairs, prediction_type: str, batch: int, device: torch.device):
+        self.pairs, self.prediction_type = pairs, prediction_type
+        self.t = torch.full((batch,), pairs.alpha.shape[0] - 1, device=device)
+
+    def __call__(self, student, z: torch.Tensor, cond: Mapping) -> torch.Tensor:
+        alpha, sigma = self.pairs.coefficients(self.t, z)
+        return convert_prediction(student(z, self.t, **cond), z, alpha, sigma, self.prediction_type, "sample")
+
+    def x0(self, pred, x_t, t):
+        alpha, sigma = self.pairs.coefficients(t, x_t)
+        return convert_prediction(pred, x_t, alpha, sigma, self.prediction_type, "sample")
+
+    def target(self, noise, x_t, t):
+        """What the teacher's loss regresses at x_t = alpha x + sigma noise: noise in the prediction type."""
+        alpha, sigma = self.pairs.coefficients(t, x_t)
+        return convert_prediction(noise, x_t, alpha, sigma, "epsilon", self.prediction_type)
+
+
+def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = None, uncond: Optional[Mapping] = None,
+                     settings: ScoreDistillation = ScoreDistillation(), schedule=None,
+                     student: Optional[nn.Module] = None, fake: Optional[nn.Module] = None,
+                     generator: Optional[torch.Generator] = None, progress: bool = True) -> Distilled:
+    """Distill ``teacher(x, t, **cond)`` into a one-step generator (module docstring); returns `Distilled` whose
+    student samples with ``pydiff.sample(student, z, sampler="one_step", steps=1, cond=...)``.
+
+    shape: one sample's shape (e.g. (1, 16, 16)). cond: keyword -> tensor (M, ...), the conditions each sample
+    draws a row of (e.g. {"y": torch.arange(10)}); uncond: the same keywords for the unconditional pass (e.g. the
+    null label), needed when the settings guide. schedule: the teacher's (default ``teacher.scheduler_config``), a
+    discrete VP one. student, fake: the generator and the fake denoiser to start from, each predicting what the
+    teacher predicts (default: copies of the teacher, which must then be an nn.Module). generator: draws conditions,
+    timesteps and noise (a CPU generator). The modules trained are copies: the teacher's weights and given ones are
+    not changed. Runs on the device of the teacher's parameters (CPU for a parameter-free callable).
+    """
+    if (student is None or fake is None) and not isinstance(teacher, nn.Module):
+        raise TypeError(f"teacher must be an nn.Module unless a student and a fake are given, got "
+                        f"{type(teacher).__name__}")
+    if not isinstance(settings, ScoreDistillation):
+        raise TypeError(f"settings must be a ScoreDistillation, got {type(settings).__name__}")
+    shape = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else shape
+    if not isinstance(shape, tuple) or not shape or not all(isinstance(s, int) and s >= 1 for s in shape):
+        raise ValueError(f"shape must be one sample's shape, a non-empty sequence of ints >= 1, got {shape!r}")
+    params = next(teacher.parameters(), None) if isinstance(teacher, nn.Module) else None
+    device = params.device if params is not None else torch.device("cpu")
+    check_modules(device, teacher=teacher, student=student, fake=fake)
+    rows = next(iter(cond.values())).shape[0] if isinstance(cond, Mapping) and cond else 1
+    cond = check_batch("cond", cond, rows, device, rows="condition")
+    uncond = check_uncond(settings, cond, check_batch("uncond", uncond, rows, device, rows="condition"))
+    schedule = schedule_of(teacher, schedule)
+    pairs = Pairs(schedule, 1, device)
+    n_train = pairs.alpha.shape[0]
+    t_low, t_high = round(settings.t_min * (n_train - 1)), round(settings.t_max * (n_train - 1))
+    batch = settings.batch_size
+    make = _Generator(pairs, schedule.prediction_type, batch, device)
+    generator = generator or torch.Generator().manual_seed(0)
+
+    def draw(size: int = batch):
+        """Condition rows, generator noise (float32 on the device)."""
+        idx = torch.randint(0, rows, (size,), generator=generator).to(device)
+        z = torch.randn((size, *shape), generator=generator).to(device)
+        return idx, z, {k: v[idx] for k, v in cond.items()}
+
+    def noised(x: torch.Tensor, low: int, high: int):
+        t = torch.randint(low, high + 1, (x.shape[0],), generator=generator).to(device)
+        noise = torch.randn(x.shape, generator=generator).to(device, x.dtype)
+        return t, noise, add_noise(x, noise, pairs.alpha[t], pairs.sigma[t])[0]
+
+    if isinstance(teacher, nn.Module):
+        teacher.eval()
+    student = copy.deepcopy(teacher if student is None else student).train().requires_grad_(True)
+    fake = copy.deepcopy(teacher if fake is None else fake).train().requires_grad_(True)
+    student_params, fake_params = list(student.parameters()), list(fake.parameters())
+    opt = torch.optim.AdamW(student_params, lr=settings.lr, weight_decay=0.0)
+    fake_opt = torch.optim.AdamW(fake_params, lr=settings.fake_lr, weight_decay=0.0)
+    losses, fake_losses = [], []
+    started = time.perf_counter()
+    bar = tqdm(range(settings.train_steps), desc=f"score distillation ({settings.method})", disable=not progress,
+               mininterval=5)
+    for step in bar:
+        for o, peak in ((opt, settings.lr), (fake_opt, settings.fake_lr)):
+            for group in o.param_groups:
+                group["lr"] = lr_at(step, settings.train_steps, settings.warmup, peak)
+        idx, z, batch_cond = draw()
+        x = make(student, z, batch_cond)
+        scale = settings.guidance_scale
+        if settings.guidance_range is not None:  # SNOOPI's PG-SB: the teacher's scale per sample
+            low, high = settings.guidance_range
+            w = low + (high - low) * torch.rand(batch, generator=generator)
+            scale = w.to(device, x.dtype).view(-1, *[1] * len(shape))
+        with torch.no_grad():
+            t, _, x_t = noised(x.detach(), t_low, t_high)
+            batch_uncond = None if uncond is None else {k: v[idx] for k, v in uncond.items()}
+            x0_real = make.x0(guided_prediction(teacher, x_t, t, batch_cond, batch_uncond, scale), x_t, t)
+            x0_fake = make.x0(fake(x_t, t, **batch_cond), x_t, t)
+            if settings.method == "dmd":
+                dims = tuple(range(1, x.dim()))
+                weight = 1.0 / (x.detach() - x0_real).abs().mean(dims, keepdim=True).clamp_min(1e-12)
+            else:
+                alpha, sigma = pairs.coefficients(t, x)
+                weight = alpha ** 2 * sigma
+            goal = x.detach() - weight * (x0_fake - x0_real)
+        loss = 0.5 * F.mse_loss(x.float(), goal.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student_params, 1.0)
+        opt.step()
+        fake_loss = 0.0
+        for k in range(settings.fake_updates):  # the first on this step's samples, the others on fresh ones
+            if k:
+                _, z, batch_cond = draw()
+                with torch.no_grad():
+                    x = make(student, z, batch_cond)
+            t, noise, x_t = noised(x.detach(), 0, n_train - 1)
+            one = F.mse_loss(fake(x_t, t, **batch_cond).float(), make.target(noise, x_t, t).float())
+            fake_opt.zero_grad(set_to_none=True)
+            one.backward()
+            torch.nn.utils.clip_grad_norm_(fake_params, 1.0)
+            fake_opt.step()
+            fake_loss = fake_loss + one.detach() / settings.fake_updates
+        losses.append(loss.detach())
+        fake_losses.append(fake_loss)
+        if step % 50 == 0:  # the only host reads of the loop
+            bar.set_postfix(loss=f"{loss.item():.3g}", fake=f"{float(fake_loss):.3g}", refresh=False)
+    student.eval().requires_grad_(False)
+    if getattr(teacher, "scheduler_config", None):
+        student.scheduler_config = one_step_scheduler_config(teacher.scheduler_config)
+    losses = torch.stack(losses).tolist() if losses else []
+    fake_losses = torch.stack(fake_losses).tolist() if fake_losses else []
+    return Distilled(student, losses, time.perf_counter() - started, settings, fake_losses)

@@ -1,0 +1,230 @@
+"""pydiff.distill.distill_one_step: score distillation moves a one-step generator onto the teacher's (guided)
+distribution, its scheduler config is diffusers' one DDIM step, bad settings and inputs are refused by name, and the
+command line writes a generator that samples."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import pydiff
+from pydiff.distill import ScoreDistillation, distill_one_step, one_step_scheduler_config
+from pydiff.models import DiT, DiTConfig, GaussianData, load
+from pydiff.schedules import Schedule
+
+SCHEDULE = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+            "beta_schedule": "scaled_linear", "prediction_type": "sample"}
+SHAPE = (1, 3, 5)
+STD = 0.5
+FAST = ScoreDistillation(train_steps=2, batch_size=4)
+
+
+class Gaussians:
+    """teacher(x, t, y): the exact x0 prediction of N(means[y], STD^2 I) (float64), one Gaussian per label."""
+
+    def __init__(self, means):
+        self.parts = [GaussianData(m, STD).denoiser(SCHEDULE) for m in means]
+
+    def __call__(self, x, t, y):
+        out = torch.empty(x.shape, dtype=torch.float64)
+        for k, part in enumerate(self.parts):
+            rows = y == k
+            out[rows] = part(x[rows], t[rows]).double()
+        return out
+
+
+class AffineGenerator(nn.Module):
+    """x0 prediction a z + m: a one-step generator of N(m, a^2 I)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.m = nn.Parameter(torch.ones(())), nn.Parameter(torch.zeros(SHAPE))
+
+    def forward(self, z, t, y=None):
+        return self.a * z + self.m
+
+
+class GaussianFamily(nn.Module):
+    """The exact x0 prediction of N(m, s^2 I) with learnable m and s: a fake denoiser that can hold the generator's
+    distribution exactly."""
+
+    def __init__(self, mean):
+        super().__init__()
+        self.m, self.log_s = nn.Parameter(mean.clone().float()), nn.Parameter(torch.tensor(math.log(STD)))
+        self.register_buffer("abar", Schedule.from_diffusers(SCHEDULE).alphas_cumprod.float())
+
+    def forward(self, x, t, y=None):
+        abar = self.abar[t].view(-1, *[1] * (x.dim() - 1))
+        var = self.log_s.exp() ** 2
+        return self.m + abar.sqrt() * var / (abar * var + 1 - abar) * (x - abar.sqrt() * self.m)
+
+
+def gaussian_run(method, guidance_scale=1.0, guidance_range=None, train_steps=1000):
+    g = torch.Generator().manual_seed(0)
+    cond_mean, uncond_mean = (torch.randn(SHAPE, generator=g, dtype=torch.float64) for _ in range(2))
+    settings = ScoreDistillation(method=method, guidance_scale=guidance_scale, guidance_range=guidance_range,
+                                 train_steps=train_steps, batch_size=64, lr=2e-2, fake_lr=5e-2)
+    student = AffineGenerator()
+    result = distill_one_step(Gaussians([cond_mean, uncond_mean]), SHAPE, {"y": torch.zeros(1, dtype=torch.long)},
+                              {"y": torch.ones(1, dtype=torch.long)}, settings, schedule=SCHEDULE, student=student,
+                              fake=GaussianFamily(cond_mean), generator=torch.Generator().manual_seed(1),
+                              progress=False)
+    assert student.a.item() == 1.0 and not student.m.any()  # the module given is not changed
+    return result, cond_mean, uncond_mean
+
+
+@pytest.mark.parametrize("method, guidance_scale", [("dmd", 1.0), ("vsd", 1.0), ("dmd", 2.0), ("vsd", 2.0)])
+def test_generator_reaches_the_teachers_distribution(method, guidance_scale):
+    """Gaussian classes, the exact denoiser as teacher, an affine generator starting at N(0, I) and a fake denoiser
+    of the Gaussian family: the generator must end at the guided teacher's distribution, N(m_u + g (m_c - m_u),
+    STD^2) (guidance between two Gaussians of one variance is a Gaussian), mean and std within 2%."""
+    result, cond_mean, uncond_mean = gaussian_run(method, guidance_scale)
+    target = uncond_mean + guidance_scale * (cond_mean - uncond_mean)
+    generator = result.student
+    assert float((generator.m.double() - target).norm() / target.norm()) < 0.02
+    assert abs(float(generator.a) - STD) < 0.02 * STD
+    assert len(result.losses) == len(result.fake_losses) == 1000
+    assert all(map(math.isfinite, result.losses + result.fake_losses))
+
+
+def test_guidance_range_pulls_towards_the_mean_scale():
+    """SNOOPI's random teacher scale in [1, 3], VSD weighting (the same for every scale): the pull averages over the
+    scales, so the generator, not told its scale, ends at the teacher's distribution at the mean scale 2."""
+    result, cond_mean, uncond_mean = gaussian_run("vsd", guidance_range=(1.0, 3.0))
+    target = uncond_mean + 2.0 * (cond_mean - uncond_mean)
+    assert float((result.student.m.double() - target).norm() / target.norm()) < 0.02
+    assert abs(float(result.student.a) - STD) < 0.02 * STD
+
+
+def tiny_dit(prediction_type="epsilon", seed=0):
+    torch.manual_seed(seed)
+    model = DiT(DiTConfig(sample_size=8, patch_size=4, width=32, depth=1, num_heads=2, num_classes=3),
+                scheduler_config={**SCHEDULE, "prediction_type": prediction_type})
+    for p in model.parameters():  # DiT zero-inits its output layer; random everywhere so predictions differ
+        torch.nn.init.normal_(p, std=0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_one_step_config_is_one_ddim_step_of_diffusers(prediction_type):
+    """The generator's scheduler config in diffusers' DDIMScheduler takes one step from the last train timestep to
+    x0: the same numbers as ``pydiff.sample(sampler="one_step")`` on it."""
+    from diffusers import DDIMScheduler
+
+    model = tiny_dit(prediction_type)
+    config = one_step_scheduler_config(model.scheduler_config)
+    scheduler = DDIMScheduler.from_config(config)
+    scheduler.set_timesteps(1)
+    assert scheduler.timesteps.tolist() == [999]
+    z, y = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(2)), torch.arange(5) % 3
+    with torch.no_grad():
+        expected = scheduler.step(model(z, scheduler.timesteps[0], y=y), scheduler.timesteps[0], z).prev_sample
+        ours = pydiff.sample(model, z, sampler="one_step", steps=1, schedule=config, cond={"y": y})
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_distillation_trains_a_copy(prediction_type):
+    """Two steps on a tiny DiT, guided with a scale per sample: the student and the fake are trained copies, the
+    teacher keeps its weights, the student samples in one step with its config."""
+    teacher = tiny_dit(prediction_type)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    settings = ScoreDistillation(train_steps=2, batch_size=4, guidance_range=(1.0, 3.0), lr=1e-2)
+    result = distill_one_step(teacher, (1, 8, 8), {"y": torch.arange(3)}, {"y": torch.full((3,), 3)}, settings,
+                              progress=False)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert any(not torch.equal(a, b) for a, b in zip(teacher.parameters(), result.student.parameters()))
+    assert result.student.scheduler_config == one_step_scheduler_config(teacher.scheduler_config)
+    assert not result.student.training and all(math.isfinite(v) for v in result.losses + result.fake_losses)
+    with torch.no_grad():
+        x = pydiff.sample(result.student, torch.randn(3, 1, 8, 8), sampler="one_step", steps=1,
+                          cond={"y": torch.arange(3)})
+    assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
+    assert result.provenance()["method"].startswith("distribution matching")
+
+
+def test_bad_settings():
+    for kwargs, match in [({"method": "lcm"}, "method"), ({"train_steps": 0}, "train_steps"),
+                          ({"fake_updates": 0}, "fake_updates"), ({"batch_size": 2.5}, "batch_size"),
+                          ({"warmup": -1}, "warmup"), ({"lr": 0.0}, "lr"), ({"fake_lr": float("inf")}, "fake_lr"),
+                          ({"guidance_scale": -1.0}, "guidance_scale"), ({"guidance_range": (2.0, 1.0)},
+                                                                         "guidance_range"),
+                          ({"t_min": 0.5, "t_max": 0.4}, "t_min and t_max"), ({"t_max": 1.5}, "t_min and t_max")]:
+        with pytest.raises(ValueError, match=match):
+            ScoreDistillation(**kwargs)
+
+
+def test_bad_inputs():
+    model = tiny_dit()
+    cond, uncond = {"y": torch.arange(3)}, {"y": torch.full((3,), 3)}
+    cases = [
+        (dict(teacher=lambda x, t, y: x), TypeError, "teacher must be an nn.Module unless"),
+        (dict(shape=()), ValueError, "shape must be one sample's shape"),
+        (dict(shape=(1, 0, 8)), ValueError, "shape must be one sample's shape"),
+        (dict(shape="1,8,8"), ValueError, "shape must be one sample's shape"),
+        (dict(cond={"y": torch.arange(3), "z": torch.ones(2)}), ValueError, r"cond\['z'\] must be a tensor with one "
+                                                                            r"row per condition"),
+        (dict(uncond=None), ValueError, "needs uncond"),
+        (dict(settings={"train_steps": 1}), TypeError, "settings must be a ScoreDistillation"),
+        (dict(student="model"), TypeError, "student must be an nn.Module"),
+        (dict(fake=torch.nn.Linear(2, 2).double().to("meta")), ValueError, "the fake's parameters are on meta"),
+        (dict(schedule={"_class_name": "FlowMatchEulerDiscreteScheduler"}), ValueError, "discrete VP schedule"),
+    ]
+    for change, error, match in cases:
+        kwargs = {**dict(teacher=model, shape=(1, 8, 8), cond=cond, uncond=uncond, settings=FAST, progress=False),
+                  **change}
+        with pytest.raises(error, match=match):
+            distill_one_step(**kwargs)
+
+
+def test_cli_writes_a_generator_that_samples(tmp_path, capsys):
+    from pydiff.cli import main
+
+    out = tmp_path / "gen.safetensors"
+    argv = ["distill", "--method", "dmd", "--train-steps", "2", "--batch-size", "8", "--eval-samples", "20",
+            "--eval-steps", "1,2", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| 1 | student | one_step | 1 |" in printed and "| 2 | teacher | dpmpp_2m | 4 |" in printed
+    assert "| 2 | student |" not in printed  # a one-step generator runs one step only
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["settings"]["method"] == "dmd" and report["settings"]["train_steps"] == 2
+    assert [(r["model"], r["steps"]) for r in report["evaluation"]] == [("student", 1), ("teacher", 1),
+                                                                         ("teacher", 2)]
+    assert report["evaluation"][0]["guidance_scale"] == 1.0  # guidance folded in
+    student = load("digits", out)
+    assert student.scheduler_config["_class_name"] == "DDIMScheduler"
+    grid = tmp_path / "grid.png"
+    assert student.provenance["teacher"] == "digits"
+    # a student with the guidance folded in samples unguided unless told otherwise
+    assert main(["sample", "--weights", str(out), "--sampler", "one_step", "--steps", "1", "--per-class", "1",
+                 "--out", str(grid)]) == 0
+    assert "one_step, 1 steps, guidance 1.0: 10 samples" in capsys.readouterr().out
+    assert main(["sample", "--sampler", "ddim", "--steps", "1", "--per-class", "1", "--out", str(grid),
+                 "--overwrite"]) == 0  # the bundled teacher: guided by default
+    assert "ddim, 1 steps, guidance 1.5: 10 samples" in capsys.readouterr().out
+    for bad, message in [(["--method", "dmd", "--loss", "huber"], "--loss applies to --method lcm or tcd"),
+                         (["--method", "lcm", "--fake-updates", "3"], "--fake-updates applies to --method dmd or vsd"),
+                         (["--method", "vsd", "--t-range", "0.5,0.1"], "t_min and t_max")]:
+        assert main(["distill", *bad, "--out", str(tmp_path / "x.safetensors")]) == 2
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_gpu_one_step_distillation_follows_the_cpu_run(cuda_device):
+    """The same draws (a CPU generator) on CUDA: the losses and the generator agree with the CPU run's."""
+    teacher = load("digits")
+    settings = ScoreDistillation(train_steps=3, batch_size=16)
+    runs = []
+    for device in ("cpu", cuda_device):
+        y = torch.arange(10, device=device)
+        runs.append(distill_one_step(teacher.to(device), (1, 16, 16), {"y": y}, {"y": torch.full_like(y, 10)},
+                                     settings, generator=torch.Generator().manual_seed(0), progress=False))
+    cpu, gpu = runs
+    assert max(abs(a - b) / abs(a) for a, b in zip(cpu.losses, gpu.losses)) < 0.05
+    for a, b in zip(cpu.student.parameters(), gpu.student.parameters()):
+        assert float((b.cpu().double() - a.double()).norm() / a.double().norm().clamp_min(1e-12)) < 1e-2
