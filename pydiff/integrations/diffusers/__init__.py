@@ -2,6 +2,8 @@
 
     from pydiff.integrations.diffusers import FusedScheduler
     pipe.scheduler = FusedScheduler.from_scheduler(pipe.scheduler)
+    set_attention_backend(pipe)                              # fused attention processors
+    set_negative_away_attention(pipe, negative_embeds, 0.5)  # negative prompts for one-step models (SNOOPI's NASA)
 """
 
 from importlib import import_module
@@ -25,6 +27,7 @@ _EXPORTS = {
     "PydiffMotifVideoAttnProcessor": "attention_processors",
     "PydiffOmniGenAttnProcessor": "attention_processors",
     "PydiffMotifVideoCrossAttnProcessor": "attention_processors",
+    "PydiffNegativeAwayAttnProcessor": "negative_away",
     "PydiffEasyAnimateAttnProcessor": "attention_processors",
     "PydiffErnieImageAttnProcessor": "attention_processors",
     "PydiffFluxAttnProcessor": "attention_processors",
@@ -62,6 +65,7 @@ _EXPORTS = {
     "PydiffWanAttnProcessor": "attention_processors",
     "PydiffZImageAttnProcessor": "attention_processors",
     "set_attention_backend": "attention_processors",
+    "set_negative_away_attention": "negative_away",
 }
 
 
