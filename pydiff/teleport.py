@@ -33,7 +33,8 @@ from typing import Any, Callable, Mapping, Optional, Tuple
 
 import torch
 
-from .samplers.loop import DEFAULT_STEPS, NoiseSampler, _batched_cond, plan_on, run_with_progress, sampling_setup
+from .samplers.loop import (DEFAULT_STEPS, NoiseSampler, _batched_cond, check_graph, plan_on, run_graphed,
+                            run_with_progress, sampling_setup)
 from .samplers.solvers import ConsistencyMultistep, OneStep
 
 __all__ = ["GaussianTeleport", "sample_teleported"]
@@ -304,7 +305,8 @@ def sample_teleported(model: Callable[..., torch.Tensor], noise: torch.Tensor, t
                       skip=0.2, sampler="dpmpp_2m", steps: Optional[int] = DEFAULT_STEPS, schedule=None,
                       guidance_scale: float = 1.0, cond: Optional[Mapping[str, Any]] = None,
                       uncond: Optional[Mapping[str, Any]] = None, generator: Optional[torch.Generator] = None,
-                      progress: bool = False, *, label_key: str = "y", guided_teleport: bool = False,
+                      progress: bool = False, cuda_graph: bool = False, *, label_key: str = "y",
+                      guided_teleport: bool = False,
                       noise_sampler: Optional[NoiseSampler] = None, check_finite: bool = False,
                       mu: Optional[float] = None, guidance_rescale: float = 0.0) -> torch.Tensor:
     """``pydiff.sample`` with its first ``skip`` steps replaced by the Gaussian teleport; returns x0 (B, ...).
@@ -319,6 +321,8 @@ def sample_teleported(model: Callable[..., torch.Tensor], noise: torch.Tensor, t
     guided_teleport: with guidance on, teleport along the conditional Gaussian's closed form (False, the default;
     see the module docstring for why), or along the guided Gaussian ODE (True: the ODE the sampler itself follows
     had the model been the Gaussians; RK4, about as costly as one model call on the digits model's batch).
+    cuda_graph: the sampler's steps after the teleport captured and replayed as ``pydiff.sample``'s (the teleport
+    itself runs before the graph: it reads the labels on the host).
     The other arguments are ``pydiff.sample``'s; noise_sampler(i, x) gets the stage index of the whole run.
     Consistency and one-step samplers cannot be resumed mid-run and raise ValueError.
     """
@@ -329,6 +333,7 @@ def sample_teleported(model: Callable[..., torch.Tensor], noise: torch.Tensor, t
     if isinstance(sampler, (ConsistencyMultistep, OneStep)):
         raise ValueError(f"sampler {sampler.name!r} cannot start mid-schedule; teleport before a probability-flow "
                          "sampler (e.g. dpmpp_2m, unipc, euler, ddim)")
+    check_graph(cuda_graph, noise, check_finite, generator)
     skip = _skip_steps(skip, grid.steps)
     stage = skip * sampler.order  # Heun-type samplers run two stages per step before the last
     full = sampler.plan(grid, guidance, model_space=True)
@@ -346,7 +351,11 @@ def sample_teleported(model: Callable[..., torch.Tensor], noise: torch.Tensor, t
         outer = noise_sampler
         noise_sampler = lambda i, state: outer(i + stage, state)  # noqa: E731
     kwargs = _batched_cond(cond, uncond, noise.shape[0], guidance is not None)
+    guidance_kw = dict(guidance_scale=guidance if guidance is not None else 1.0, guidance_rescale=rescale)
     with torch.no_grad():
+        if cuda_graph:
+            return run_graphed(model, x, plan, kwargs, guidance is not None, generator, noise_sampler, 1.0,
+                               **guidance_kw)
         return run_with_progress(model, x, plan, kwargs, guidance is not None, generator, noise_sampler, check_finite,
                                  f"pydiff {sampler.name} (teleported {skip} steps)" if progress else None,
-                                 guidance_scale=guidance if guidance is not None else 1.0, guidance_rescale=rescale)
+                                 **guidance_kw)

@@ -244,9 +244,10 @@ def run_plan(model, x: torch.Tensor, plan: Plan, kwargs: Dict[str, Any], guided:
 
 
 class _GraphRunner:
-    """A captured CUDA graph of the whole loop (model + fused steps) with static input buffers."""
+    """A captured CUDA graph of the whole loop (model + fused steps) with static input buffers; its input times
+    ``init_scale`` is the loop's starting state."""
 
-    def __init__(self, model, noise, plan, kwargs, guided, generator, noise_sampler, guidance):
+    def __init__(self, model, noise, plan, kwargs, guided, generator, noise_sampler, guidance, init_scale):
         self._keep = (model, plan, generator, noise_sampler)  # the cache key holds their ids: keep them alive
         self.noise = noise.clone()
         self.kwargs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
@@ -254,8 +255,7 @@ class _GraphRunner:
         side.wait_stream(torch.cuda.current_stream(noise.device))
         with torch.cuda.stream(side):
             # warm-up outside the capture: compiles kernels, initialises libraries, fills the allocator
-            run_plan(model, self.noise * plan.init_scale, plan, self.kwargs, guided, generator, noise_sampler,
-                     **guidance)
+            run_plan(model, self.noise * init_scale, plan, self.kwargs, guided, generator, noise_sampler, **guidance)
         torch.cuda.current_stream(noise.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         if generator is not None:
@@ -263,8 +263,8 @@ class _GraphRunner:
                 raise RuntimeError("this torch cannot capture a custom generator in a CUDA graph; pass generator=None")
             self.graph.register_generator_state(generator)
         with torch.cuda.graph(self.graph):
-            self.out = run_plan(model, self.noise * plan.init_scale, plan, self.kwargs, guided, generator,
-                                noise_sampler, **guidance)
+            self.out = run_plan(model, self.noise * init_scale, plan, self.kwargs, guided, generator, noise_sampler,
+                                **guidance)
 
     def __call__(self, noise, kwargs) -> torch.Tensor:
         self.noise.copy_(noise)
@@ -279,11 +279,33 @@ _GRAPHS: "OrderedDict[tuple, _GraphRunner]" = OrderedDict()
 _GRAPHS_LOCK = threading.Lock()
 
 
-def _graph_key(model, noise, plan, kwargs, guided, generator, noise_sampler, guidance_rescale) -> tuple:
+def check_graph(cuda_graph: bool, noise: torch.Tensor, check_finite: bool, generator) -> None:
+    """What ``cuda_graph=True`` needs: CUDA noise, no host reads, a CUDA generator or none."""
+    if cuda_graph and noise.device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs CUDA tensors, got noise on {noise.device}")
+    if cuda_graph and check_finite:
+        raise ValueError("check_finite reads values back to the host and cannot run inside a CUDA graph")
+    if cuda_graph and generator is not None and generator.device.type != "cuda":
+        raise ValueError("cuda_graph=True needs a CUDA generator (or None): CPU draws cannot be captured")
+
+
+def run_graphed(model, noise: torch.Tensor, plan: Plan, kwargs, guided: bool, generator, noise_sampler,
+                init_scale: float, **guidance_kw) -> torch.Tensor:
+    """``run_plan`` from ``noise * init_scale`` as a CUDA graph captured on first use and replayed after (cached per
+    model, plan, shapes and settings; the last 8 kept)."""
     sig = tuple(sorted((k, (tuple(v.shape), v.dtype, str(v.device)) if isinstance(v, torch.Tensor) else repr(v))
                        for k, v in kwargs.items()))
-    return (id(model), id(plan), tuple(noise.shape), noise.dtype, str(noise.device), sig, guided,
-            id(generator), id(noise_sampler), guidance_rescale)
+    key = (id(model), id(plan), tuple(noise.shape), noise.dtype, str(noise.device), sig, guided, id(generator),
+           id(noise_sampler), float(init_scale), tuple(sorted(guidance_kw.items())))
+    with _GRAPHS_LOCK:
+        runner = _GRAPHS.get(key)
+    if runner is None:
+        runner = _GraphRunner(model, noise, plan, kwargs, guided, generator, noise_sampler, guidance_kw, init_scale)
+        with _GRAPHS_LOCK:
+            _GRAPHS[key] = runner
+            while len(_GRAPHS) > 8:
+                _GRAPHS.popitem(last=False)
+    return runner(noise, kwargs)
 
 
 def _sampler_grid(model, sampler, steps, schedule, mu) -> Tuple[Sampler, Grid]:
@@ -333,28 +355,14 @@ def sample(model: Callable[..., torch.Tensor], noise: torch.Tensor, sampler="dpm
     """
     sampler, grid, guidance, rescale = sampling_setup(model, noise, sampler, steps, schedule, mu, guidance_scale,
                                                       cond, uncond, guidance_rescale, noise_sampler)
-    if cuda_graph and noise.device.type != "cuda":
-        raise ValueError(f"cuda_graph=True needs CUDA tensors, got noise on {noise.device}")
-    if cuda_graph and check_finite:
-        raise ValueError("check_finite reads values back to the host and cannot run inside a CUDA graph")
-    if cuda_graph and generator is not None and generator.device.type != "cuda":
-        raise ValueError("cuda_graph=True needs a CUDA generator (or None): CPU draws cannot be captured")
+    check_graph(cuda_graph, noise, check_finite, generator)
     kwargs = _batched_cond(cond, uncond, noise.shape[0], guidance is not None)
     plan = plan_on(sampler.plan(grid, guidance, model_space=True), noise.device)
     guidance_kw = dict(guidance_scale=guidance if guidance is not None else 1.0, guidance_rescale=rescale)
     with torch.no_grad():
         if cuda_graph:
-            key = _graph_key(model, noise, plan, kwargs, guidance is not None, generator, noise_sampler, rescale)
-            with _GRAPHS_LOCK:
-                runner = _GRAPHS.get(key)
-            if runner is None:
-                runner = _GraphRunner(model, noise, plan, kwargs, guidance is not None, generator, noise_sampler,
-                                      guidance_kw)
-                with _GRAPHS_LOCK:
-                    _GRAPHS[key] = runner
-                    while len(_GRAPHS) > 8:
-                        _GRAPHS.popitem(last=False)
-            return runner(noise, kwargs)
+            return run_graphed(model, noise, plan, kwargs, guidance is not None, generator, noise_sampler,
+                               plan.init_scale, **guidance_kw)
         return run_with_progress(model, noise * plan.init_scale, plan, kwargs, guidance is not None, generator,
                                  noise_sampler, check_finite, f"pydiff {sampler.name}" if progress else None,
                                  **guidance_kw)
