@@ -65,11 +65,11 @@ class ScoreDistillation:
     method: str = "dmd"
     guidance_scale: float = 1.5
     guidance_range: Optional[Tuple[float, float]] = None
-    train_steps: int = 1000
+    train_steps: int = 2000
     batch_size: int = 64
     lr: float = 2e-5
     fake_lr: float = 1e-4
-    fake_updates: int = 2
+    fake_updates: int = 5
     warmup: int = 20
     t_min: float = 0.02
     t_max: float = 0.98
