@@ -14,7 +14,7 @@ from pathlib import Path
 DEFAULT_EVAL_STEPS = "1,2,4,8"
 
 
-#: the options of one family of methods only: flag -> (its methods, its settings field)
+#: the options of one family of methods only (consistency: lcm, tcd; score: dmd, vsd): flag -> settings field
 CONSISTENCY_ONLY = {"--ema-decay": "ema_decay", "--loss": "loss", "--original-steps": "original_steps"}
 SCORE_ONLY = {"--fake-updates": "fake_updates", "--fake-lr": "fake_lr", "--t-range": "t_range"}
 
@@ -156,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
     from pydiff.models.grid import save_grid
 
     from .consistency import distill_consistency
-    from .score import distill_one_step
+    from .score import ScoreDistillation, distill_one_step
 
     out = Path(args.out or f"{args.model}-{args.method}.safetensors")
     report, grid = out.with_suffix(".json"), out.with_suffix(".png")
@@ -170,7 +170,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"pydiff distill: {exc}", file=sys.stderr)
         return 2
     teacher = load(args.model)
-    one_step = not hasattr(settings, "original_steps")
+    one_step = isinstance(settings, ScoreDistillation)
     sampler, most = (("one_step", teacher.scheduler_config["num_train_timesteps"]) if one_step
                      else (args.method, settings.original_steps))
     eval_steps = _eval_steps(args.eval_steps, most)
