@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-steps", default=DEFAULT_EVAL_STEPS, help="comma-separated step counts to compare")
 
 
-def _guidance_range(text: str | None):
+def _pair(text: str | None):
     """"low,high" -> (low, high); anything else -> itself, for the settings to refuse by name."""
     if text is None:
         return None
@@ -92,13 +92,13 @@ def settings_of(args: argparse.Namespace):
                                                                            CONSISTENCY_ONLY).values())}
     given = {k: v for k, v in given.items() if v is not None}
     if "t_range" in given:
-        t_range = _guidance_range(given.pop("t_range"))
+        t_range = _pair(given.pop("t_range"))
         if not isinstance(t_range, tuple) or len(t_range) != 2:
             raise ValueError(f"--t-range must be LOW,HIGH, got {args.t_range!r}")
         given["t_min"], given["t_max"] = t_range
     kind = score.ScoreDistillation if one_step else consistency.ConsistencyDistillation
     return kind(method=args.method, guidance_scale=args.guidance, batch_size=args.batch_size,
-                guidance_range=_guidance_range(args.guidance_range), **given)
+                guidance_range=_pair(args.guidance_range), **given)
 
 
 def student_scale(student, guidance: float) -> float:
