@@ -157,3 +157,10 @@ def check_guidance_range(value) -> Optional[tuple]:
                                      for v in low_high) or low_high[0] > low_high[1]:
         raise ValueError(f"guidance_range must be (low, high) with 0 < low <= high, got {value!r}")
     return tuple(float(v) for v in low_high)
+
+
+def draw_scales(guidance_range: tuple, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One guidance scale per row of ``like`` (B, ...), uniform in (low, high), drawn by ``generator`` (CPU), as
+    (B,) in like's dtype and device."""
+    low, high = guidance_range
+    return (low + (high - low) * torch.rand(like.shape[0], generator=generator)).to(like.device, like.dtype)

@@ -34,7 +34,7 @@ from pydiff.schedules import Schedule
 from pydiff.schedules.prediction import convert_prediction
 
 from .common import (SCHEDULE_KEYS, Distilled, Pairs, check_batch, check_counts, check_guidance_range, check_modules,
-                     check_positive, check_uncond, guided_prediction, schedule_of)
+                     check_positive, check_uncond, draw_scales, guided_prediction, schedule_of)
 
 LOSSES = ("l2", "huber")
 METHODS = ("lcm", "tcd")
@@ -192,8 +192,7 @@ def distill_consistency(teacher, data: torch.Tensor, cond: Optional[Mapping] = N
         x_t = add_noise(x0, noise, pairs.alpha[t], pairs.sigma[t])[0]
         scale, student_cond = settings.guidance_scale, batch_cond
         if settings.guidance_range is not None:  # w per row: the teacher guides with it, the student is told it
-            low, high = settings.guidance_range
-            w = (low + (high - low) * torch.rand(settings.batch_size, generator=generator)).to(device, x0.dtype)
+            w = draw_scales(settings.guidance_range, x0, generator)
             scale, student_cond = w.view(-1, *[1] * (x0.dim() - 1)), {**batch_cond, "guidance": w}
         with torch.no_grad():
             batch_uncond = None if uncond is None else {k: v[idx] for k, v in uncond.items()}

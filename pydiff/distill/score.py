@@ -43,7 +43,7 @@ from pydiff.ops import add_noise
 from pydiff.schedules.prediction import convert_prediction
 
 from .common import (SCHEDULE_KEYS, Distilled, Pairs, check_batch, check_counts, check_guidance_range, check_modules,
-                     check_positive, check_uncond, guided_prediction, schedule_of)
+                     check_positive, check_uncond, draw_scales, guided_prediction, schedule_of)
 
 METHODS = ("dmd", "vsd")
 
@@ -187,9 +187,7 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
         x = make(student, z, batch_cond)
         scale = settings.guidance_scale
         if settings.guidance_range is not None:  # SNOOPI's PG-SB: the teacher's scale per sample
-            low, high = settings.guidance_range
-            w = low + (high - low) * torch.rand(batch, generator=generator)
-            scale = w.to(device, x.dtype).view(-1, *[1] * len(shape))
+            scale = draw_scales(settings.guidance_range, x, generator).view(-1, *[1] * len(shape))
         with torch.no_grad():
             t, _, x_t = noised(x.detach(), t_low, t_high)
             batch_uncond = None if uncond is None else {k: v[idx] for k, v in uncond.items()}
