@@ -77,7 +77,8 @@ def gaussian_run(method, guidance_scale=1.0, guidance_range=None, train_steps=10
     return result, cond_mean, uncond_mean
 
 
-@pytest.mark.parametrize("method, guidance_scale", [("dmd", 1.0), ("vsd", 1.0), ("dmd", 2.0), ("vsd", 2.0)])
+@pytest.mark.parametrize("method, guidance_scale", [("dmd", 1.0), ("vsd", 1.0), ("sid", 1.0), ("dmd", 2.0),
+                                                    ("vsd", 2.0), ("sid", 2.0)])
 def test_generator_reaches_the_teachers_distribution(method, guidance_scale):
     """Gaussian classes, the exact denoiser as teacher, an affine generator starting at N(0, I) and a fake denoiser
     of the Gaussian family: the generator must end at the guided teacher's distribution, N(m_u + g (m_c - m_u),
@@ -147,13 +148,29 @@ def test_distillation_trains_a_copy(prediction_type):
     assert result.provenance()["method"].startswith("distribution matching")
 
 
+def test_sid_differentiates_through_the_denoisers_only_into_the_generator():
+    """SiD's loss runs back through the teacher and the fake at x_t: the generator learns, the teacher's and the
+    fake's gradients are not touched (a teacher whose weights require grad keeps .grad None)."""
+    teacher = tiny_dit().requires_grad_(True)
+    settings = ScoreDistillation(method="sid", train_steps=2, batch_size=4, lr=1e-2, fake_updates=1)
+    result = distill_one_step(teacher, (1, 8, 8), {"y": torch.arange(3)}, {"y": torch.full((3,), 3)}, settings,
+                              progress=False)
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(teacher.parameters(), result.student.parameters()))
+    assert all(math.isfinite(v) for v in result.losses + result.fake_losses)
+    assert result.provenance()["method"].startswith("score identity")
+    assert result.provenance()["settings"]["sid_alpha"] == 1.2
+
+
 def test_bad_settings():
     for kwargs, match in [({"method": "lcm"}, "method"), ({"train_steps": 0}, "train_steps"),
                           ({"fake_updates": 0}, "fake_updates"), ({"batch_size": 2.5}, "batch_size"),
                           ({"warmup": -1}, "warmup"), ({"lr": 0.0}, "lr"), ({"fake_lr": float("inf")}, "fake_lr"),
                           ({"guidance_scale": -1.0}, "guidance_scale"), ({"guidance_range": (2.0, 1.0)},
                                                                          "guidance_range"),
-                          ({"t_min": 0.5, "t_max": 0.4}, "t_min and t_max"), ({"t_max": 1.5}, "t_min and t_max")]:
+                          ({"t_min": 0.5, "t_max": 0.4}, "t_min and t_max"), ({"t_max": 1.5}, "t_min and t_max"),
+                          ({"method": "sid", "sid_alpha": float("nan")}, "sid_alpha must be a finite number"),
+                          ({"method": "dmd", "sid_alpha": 1.0}, "sid_alpha applies to method 'sid' only")]:
         with pytest.raises(ValueError, match=match):
             ScoreDistillation(**kwargs)
 
@@ -208,17 +225,20 @@ def test_cli_writes_a_generator_that_samples(tmp_path, capsys):
                  "--overwrite"]) == 0  # the bundled teacher: guided by default
     assert "ddim, 1 steps, guidance 1.5: 10 samples" in capsys.readouterr().out
     for bad, message in [(["--method", "dmd", "--loss", "huber"], "--loss applies to --method lcm or tcd"),
-                         (["--method", "lcm", "--fake-updates", "3"], "--fake-updates applies to --method dmd or vsd"),
+                         (["--method", "lcm", "--fake-updates", "3"],
+                          "--fake-updates applies to --method dmd, vsd or sid"),
+                         (["--method", "vsd", "--sid-alpha", "1"], "sid_alpha applies to method 'sid' only"),
                          (["--method", "vsd", "--t-range", "0.5,0.1"], "t_min and t_max")]:
         assert main(["distill", *bad, "--out", str(tmp_path / "x.safetensors")]) == 2
         assert message in capsys.readouterr().err
 
 
 @pytest.mark.gpu
-def test_gpu_one_step_distillation_follows_the_cpu_run(cuda_device):
+@pytest.mark.parametrize("method", ["dmd", "sid"])
+def test_gpu_one_step_distillation_follows_the_cpu_run(cuda_device, method):
     """The same draws (a CPU generator) on CUDA: the losses and the generator agree with the CPU run's."""
     teacher = load("digits")
-    settings = ScoreDistillation(train_steps=3, batch_size=16)
+    settings = ScoreDistillation(method=method, train_steps=3, batch_size=16)
     runs = []
     for device in ("cpu", cuda_device):
         y = torch.arange(10, device=device)
@@ -228,3 +248,4 @@ def test_gpu_one_step_distillation_follows_the_cpu_run(cuda_device):
     assert max(abs(a - b) / abs(a) for a, b in zip(cpu.losses, gpu.losses)) < 0.05
     for a, b in zip(cpu.student.parameters(), gpu.student.parameters()):
         assert float((b.cpu().double() - a.double()).norm() / a.double().norm().clamp_min(1e-12)) < 1e-2
+

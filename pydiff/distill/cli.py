@@ -1,5 +1,5 @@
 """``pydiff distill``: a few-step consistency student (--method lcm, tcd) or a one-step generator (--method dmd,
-vsd) of the bundled digits model, written as a weight file that ``pydiff sample --weights`` and ``pydiff export
+vsd, sid) of the bundled digits model, written as a weight file that ``pydiff sample --weights`` and ``pydiff export
 --weights`` take, and its quality beside the teacher's."""
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from pathlib import Path
 DEFAULT_EVAL_STEPS = "1,2,4,8"
 
 
-#: the options of one family of methods only (consistency: lcm, tcd; score: dmd, vsd): flag -> settings field
+#: the options of one family of methods only (consistency: lcm, tcd; score: dmd, vsd, sid): flag -> settings field
 CONSISTENCY_ONLY = {"--ema-decay": "ema_decay", "--loss": "loss", "--original-steps": "original_steps"}
-SCORE_ONLY = {"--fake-updates": "fake_updates", "--fake-lr": "fake_lr", "--t-range": "t_range"}
+SCORE_ONLY = {"--fake-updates": "fake_updates", "--fake-lr": "fake_lr", "--t-range": "t_range",
+              "--sid-alpha": "sid_alpha"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,29 +28,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default=c.method, choices=consistency.METHODS + score.METHODS,
                         help="lcm: latent consistency distillation; tcd: trajectory consistency distillation (a "
                         "few-step student sampling with the sampler of that name); dmd: distribution matching "
-                        "distillation; vsd: variational score distillation (a data-free one-step generator, "
-                        "sampler one_step)")
+                        "distillation; vsd: variational score distillation; sid: score identity distillation (a "
+                        "data-free one-step generator, sampler one_step)")
     parser.add_argument("--guidance", type=float, default=c.guidance_scale,
                         help="the teacher's classifier-free guidance, folded into the student")
     parser.add_argument("--guidance-range", default=None, help="LOW,HIGH: the teacher's scale drawn per example in "
                         "the range; lcm/tcd: the student is told it (a guidance input) and evaluated at --guidance; "
-                        "dmd/vsd: SNOOPI's proper guidance, the generator is not told it")
+                        "dmd/vsd/sid: SNOOPI's proper guidance, the generator is not told it")
     parser.add_argument("--train-steps", type=int, default=None,
-                        help=f"optimizer steps (default {c.train_steps} for lcm/tcd, {s.train_steps} for dmd/vsd)")
+                        help=f"optimizer steps (default {c.train_steps} for lcm/tcd, {s.train_steps} for "
+                        f"dmd/vsd/sid)")
     parser.add_argument("--batch-size", type=int, default=c.batch_size)
     parser.add_argument("--lr", type=float, default=None,
-                        help=f"peak learning rate (default {c.lr} for lcm/tcd, the generator's {s.lr} for dmd/vsd)")
+                        help=f"peak learning rate (default {c.lr} for lcm/tcd, the generator's {s.lr} for dmd/vsd/sid)")
     parser.add_argument("--ema-decay", type=float, default=None, help=f"lcm/tcd: the target network's EMA "
                         f"(default {c.ema_decay})")
     parser.add_argument("--loss", default=None, choices=consistency.LOSSES, help=f"lcm/tcd (default {c.loss})")
     parser.add_argument("--original-steps", type=int, default=None,
                         help=f"lcm/tcd: skipping grid size (default {c.original_steps})")
     parser.add_argument("--fake-updates", type=int, default=None,
-                        help=f"dmd/vsd: fake-denoiser steps per generator step (default {s.fake_updates})")
+                        help=f"dmd/vsd/sid: fake-denoiser steps per generator step (default {s.fake_updates})")
     parser.add_argument("--fake-lr", type=float, default=None,
-                        help=f"dmd/vsd: the fake denoiser's peak learning rate (default {s.fake_lr})")
-    parser.add_argument("--t-range", default=None, help=f"dmd/vsd: LOW,HIGH noise levels compared, fractions of the "
-                        f"train timesteps (default {s.t_min},{s.t_max})")
+                        help=f"dmd/vsd/sid: the fake denoiser's peak learning rate (default {s.fake_lr})")
+    parser.add_argument("--sid-alpha", type=float, default=None, help=f"sid: SiD's alpha (default {s.sid_alpha})")
+    parser.add_argument("--t-range", default=None, help=f"dmd/vsd/sid: LOW,HIGH noise levels compared, fractions of "
+                        f"the train timesteps (default {s.t_min},{s.t_max})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="student weight file to write (default digits-<method>"
@@ -86,7 +89,7 @@ def settings_of(args: argparse.Namespace):
     wrong = CONSISTENCY_ONLY if one_step else SCORE_ONLY
     for flag, name in wrong.items():
         if getattr(args, name) is not None:
-            family = "lcm or tcd" if one_step else "dmd or vsd"
+            family = "lcm or tcd" if one_step else "dmd, vsd or sid"
             raise ValueError(f"{flag} applies to --method {family}, not {args.method}")
     given = {name: getattr(args, name) for name in ("train_steps", "lr", *(SCORE_ONLY if one_step else
                                                                            CONSISTENCY_ONLY).values())}
@@ -171,6 +174,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     teacher = load(args.model)
     one_step = isinstance(settings, ScoreDistillation)
+    student = None
     sampler, most = (("one_step", teacher.scheduler_config["num_train_timesteps"]) if one_step
                      else (args.method, settings.original_steps))
     eval_steps = _eval_steps(args.eval_steps, most)
@@ -184,12 +188,13 @@ def main(args: argparse.Namespace) -> int:
         cfg = teacher.config
         labels = torch.arange(cfg.num_classes)
         result = distill_one_step(teacher, (cfg.in_channels, cfg.sample_size, cfg.sample_size), {"y": labels},
-                                  {"y": torch.full_like(labels, cfg.num_classes)}, settings, generator=generator)
+                                  {"y": torch.full_like(labels, cfg.num_classes)}, settings, student=student,
+                                  generator=generator)
     else:
         data = load_digits("train", size=teacher.config.sample_size)
         null = torch.full_like(data.labels, teacher.config.num_classes)
-        student = None
-        if settings.guidance_range is not None:  # the teacher's architecture plus a guidance input, starting at 0
+        # without --init, a guidance-conditioned student is the teacher's architecture plus a guidance input at 0
+        if student is None and settings.guidance_range is not None:
             student = DiT(dataclasses.replace(teacher.config, guidance_embed=True), teacher.scheduler_config)
             student.load_state_dict(teacher.state_dict(), strict=False)
         result = distill_consistency(teacher, data.images, {"y": data.labels}, {"y": null}, settings,

@@ -4,6 +4,7 @@ arguments and the record of a run."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
@@ -11,6 +12,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from pydiff.models.train import lr_at
 from pydiff.schedules import Schedule
 
 #: method name -> what it is, for the provenance written beside a student
@@ -19,6 +21,7 @@ METHOD_TITLES = {
     "tcd": "trajectory consistency distillation (arXiv:2402.19159)",
     "dmd": "distribution matching distillation (arXiv:2311.18828), DMD2's two time-scale updates",
     "vsd": "variational score distillation (SwiftBrush)",
+    "sid": "score identity distillation (SiD)",
 }
 
 
@@ -164,3 +167,30 @@ def draw_scales(guidance_range: tuple, like: torch.Tensor, generator: torch.Gene
     (B,) in like's dtype and device."""
     low, high = guidance_range
     return (low + (high - low) * torch.rand(like.shape[0], generator=generator)).to(like.device, like.dtype)
+
+
+def set_lr(opt: torch.optim.Optimizer, step: int, settings, peak: float) -> None:
+    """The optimizer's rate at ``step``: linear warm-up over ``settings.warmup`` steps to ``peak``, then cosine decay
+    (the bundled model's own `lr_at`) over ``settings.train_steps``."""
+    for group in opt.param_groups:
+        group["lr"] = lr_at(step, settings.train_steps, settings.warmup, peak)
+
+
+def descend(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list) -> None:
+    """One optimizer step on ``loss``: gradients into ``params`` only (none into a teacher or fake the loss runs
+    through), their norm clipped to 1."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward(inputs=params)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
+def finish(student: nn.Module, teacher, scheduler_config, started: float, settings, losses: list,
+           fake_losses: list = ()) -> Distilled:
+    """The run's record: the student in eval mode without gradients, given ``scheduler_config(teacher's config)``
+    when the teacher has one; the losses (device tensors) read once."""
+    student.eval().requires_grad_(False)
+    if getattr(teacher, "scheduler_config", None):
+        student.scheduler_config = scheduler_config(teacher.scheduler_config)
+    read = lambda values: torch.stack(list(values)).tolist() if len(values) else []  # noqa: E731
+    return Distilled(student, read(losses), time.perf_counter() - started, settings, read(fake_losses))

@@ -17,6 +17,7 @@ point-to-point map of the trajectory, not only point-to-x0, and samples with ``s
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,14 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pydiff.models.train import lr_at
 from pydiff.ops import add_noise
 from pydiff.samplers import lcm_boundary
 from pydiff.schedules import Schedule
 from pydiff.schedules.prediction import convert_prediction
 
 from .common import (SCHEDULE_KEYS, Distilled, Pairs, check_batch, check_counts, check_guidance_range, check_modules,
-                     check_positive, check_uncond, draw_scales, guided_prediction, schedule_of)
+                     check_positive, check_uncond, descend, draw_scales, finish, guided_prediction, schedule_of, set_lr)
 
 LOSSES = ("l2", "huber")
 METHODS = ("lcm", "tcd")
@@ -180,8 +180,7 @@ def distill_consistency(teacher, data: torch.Tensor, cond: Optional[Mapping] = N
     started = time.perf_counter()
     bar = tqdm(range(settings.train_steps), desc="consistency distillation", disable=not progress, mininterval=5)
     for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, settings.train_steps, settings.warmup, settings.lr)
+        set_lr(opt, step, settings, settings.lr)
         idx = torch.randint(0, data.shape[0], (settings.batch_size,), generator=generator).to(device)
         x0 = data[idx]
         batch_cond = {k: v[idx] for k, v in cond.items()}
@@ -211,17 +210,11 @@ def distill_consistency(teacher, data: torch.Tensor, cond: Optional[Mapping] = N
         else:
             c = settings.huber_c
             loss = (((out.float() - goal.float()) ** 2 + c * c).sqrt() - c).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        descend(opt, loss, params)
         torch._foreach_lerp_(target_params, [p.detach() for p in params], 1 - settings.ema_decay)
         losses.append(loss.detach())
         if step % 50 == 0:  # the only host reads of the loop
             bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
-    student.eval().requires_grad_(False)
-    if getattr(teacher, "scheduler_config", None):
-        student.scheduler_config = student_scheduler_config(teacher.scheduler_config, settings.original_steps,
-                                                            settings.timestep_scaling, settings.method)
-    losses = torch.stack(losses).tolist() if losses else []
-    return Distilled(student, losses, time.perf_counter() - started, settings)
+    config = functools.partial(student_scheduler_config, original_steps=settings.original_steps,
+                               timestep_scaling=settings.timestep_scaling, method=settings.method)
+    return finish(student, teacher, config, started, settings, losses)

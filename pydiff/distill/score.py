@@ -20,6 +20,12 @@ method "dmd": distribution matching distillation (Yin et al. 2024, "One-step Dif
 method "vsd": variational score distillation as SwiftBrush (Nguyen & Tran 2024, "SwiftBrush: One-Step
     Text-to-Image Diffusion Model with Variational Score Distillation") uses it, ProlificDreamer's weight
     w(t) = sigma_t^2 on eps_real - eps_fake, times d x_t / d x = alpha_t: in x0 terms weight = alpha_t^2 sigma_t.
+method "sid": score identity distillation (Zhou et al. 2024, "Score identity Distillation: Exponentially Fast
+    Distillation of Pretrained Diffusion Models for One-Step Generation"): the gradient also runs through both
+    denoisers at x_t (their weights held), the generator descending
+    mean(weight d (x0_real - x - sid_alpha d)), d = x0_real - x0_fake, with DMD's weight. With the denoisers held
+    constant its gradient in x is DMD's g; through them it follows the model-based Fisher divergence SiD derives
+    from Tweedie's formula. SiD's recipe: sid_alpha 1.2, one fake step per generator step.
 guidance_range: SNOOPI's proper guidance (Nguyen et al. 2024, "SNOOPI: Supercharged One-step Diffusion
     Distillation with Proper Guidance", PG-SB): the teacher's guidance scale is drawn per sample in the range, which
     widens the distribution the generator is pulled towards and steadies training; the generator is not told it.
@@ -28,6 +34,7 @@ guidance_range: SNOOPI's proper guidance (Nguyen et al. 2024, "SNOOPI: Superchar
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,14 +45,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pydiff.models.train import lr_at
-from pydiff.ops import add_noise
 from pydiff.schedules.prediction import convert_prediction
 
 from .common import (SCHEDULE_KEYS, Distilled, Pairs, check_batch, check_counts, check_guidance_range, check_modules,
-                     check_positive, check_uncond, draw_scales, guided_prediction, schedule_of)
+                     check_positive, check_uncond, descend, draw_scales, finish, guided_prediction, schedule_of,
+                     set_lr)
 
-METHODS = ("dmd", "vsd")
+METHODS = ("dmd", "vsd", "sid")
 
 
 @dataclass(frozen=True)
@@ -53,13 +59,14 @@ class ScoreDistillation:
     """Settings of `distill_one_step` (defaults: what ``pydiff distill --method dmd`` uses for the bundled digits
     model).
 
-    method: "dmd" or "vsd" (the module docstring: how the two denoisers' difference is weighted).
+    method: "dmd", "vsd" or "sid" (the module docstring: how the two denoisers' difference is weighted and followed).
     guidance_scale: the teacher's classifier-free guidance g (pred_u + g (pred_c - pred_u)), folded into the
     generator; 1 needs no uncond. guidance_range: (low, high): the scale drawn per sample instead (SNOOPI's PG-SB).
     train_steps: generator steps; batch_size: samples per step (generator and fake alike); lr, fake_lr: AdamW peak
     rates of the generator and the fake denoiser (linear warm-up over ``warmup`` steps, then cosine decay to a
     tenth); fake_updates: fake steps per generator step (DMD2: 5). t_min, t_max: the noise levels the denoisers
-    compare at, as fractions of the train timesteps (DMD: 0.02, 0.98).
+    compare at, as fractions of the train timesteps (DMD: 0.02, 0.98). sid_alpha: method "sid"'s alpha (SiD:
+    1.2; refused for the other methods unless left at its default).
     """
 
     method: str = "dmd"
@@ -73,6 +80,7 @@ class ScoreDistillation:
     warmup: int = 20
     t_min: float = 0.02
     t_max: float = 0.98
+    sid_alpha: float = 1.2
 
     @property
     def guided(self) -> bool:
@@ -89,6 +97,10 @@ class ScoreDistillation:
                 and 0.0 <= self.t_min <= self.t_max <= 1.0):
             raise ValueError(f"t_min and t_max must satisfy 0 <= t_min <= t_max <= 1, got {self.t_min!r}, "
                              f"{self.t_max!r}")
+        if not isinstance(self.sid_alpha, (int, float)) or not math.isfinite(self.sid_alpha):
+            raise ValueError(f"sid_alpha must be a finite number, got {self.sid_alpha!r}")
+        if self.method != "sid" and self.sid_alpha != ScoreDistillation.sid_alpha:
+            raise ValueError(f"sid_alpha applies to method 'sid' only, not {self.method!r}")
 
 
 def one_step_scheduler_config(teacher_config: Mapping) -> dict:
@@ -166,7 +178,8 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
     def noised(x: torch.Tensor, low: int, high: int):
         t = torch.randint(low, high + 1, (x.shape[0],), generator=generator).to(device)
         noise = torch.randn(x.shape, generator=generator).to(device, x.dtype)
-        return t, noise, add_noise(x, noise, pairs.alpha[t], pairs.sigma[t])[0]
+        alpha, sigma = pairs.coefficients(t, x)
+        return t, noise, alpha * x + sigma * noise  # by hand: SiD differentiates it
 
     if isinstance(teacher, nn.Module):
         teacher.eval()
@@ -180,31 +193,33 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
     bar = tqdm(range(settings.train_steps), desc=f"score distillation ({settings.method})", disable=not progress,
                mininterval=5)
     for step in bar:
-        for o, peak in ((opt, settings.lr), (fake_opt, settings.fake_lr)):
-            for group in o.param_groups:
-                group["lr"] = lr_at(step, settings.train_steps, settings.warmup, peak)
+        set_lr(opt, step, settings, settings.lr)
+        set_lr(fake_opt, step, settings, settings.fake_lr)
         idx, z, batch_cond = draw()
         x = make(student, z, batch_cond)
         scale = settings.guidance_scale
         if settings.guidance_range is not None:  # SNOOPI's PG-SB: the teacher's scale per sample
             scale = draw_scales(settings.guidance_range, x, generator).view(-1, *[1] * len(shape))
-        with torch.no_grad():
-            t, _, x_t = noised(x.detach(), t_low, t_high)
+        follow = settings.method == "sid"  # SiD's gradient runs through both denoisers (their weights held)
+        with torch.set_grad_enabled(follow):
+            t, _, x_t = noised(x if follow else x.detach(), t_low, t_high)
             batch_uncond = None if uncond is None else {k: v[idx] for k, v in uncond.items()}
             x0_real = make.x0(guided_prediction(teacher, x_t, t, batch_cond, batch_uncond, scale), x_t, t)
             x0_fake = make.x0(fake(x_t, t, **batch_cond), x_t, t)
-            if settings.method == "dmd":
-                dims = tuple(range(1, x.dim()))
-                weight = 1.0 / (x.detach() - x0_real).abs().mean(dims, keepdim=True).clamp_min(1e-12)
-            else:
+        with torch.no_grad():
+            if settings.method == "vsd":
                 alpha, sigma = pairs.coefficients(t, x)
                 weight = alpha ** 2 * sigma
+            else:
+                dims = tuple(range(1, x.dim()))
+                weight = 1.0 / (x.detach() - x0_real).abs().mean(dims, keepdim=True).clamp_min(1e-12)
+        if follow:
+            d = (x0_real - x0_fake).float()
+            loss = (weight * d * ((x0_real - x).float() - settings.sid_alpha * d)).mean()
+        else:
             goal = x.detach() - weight * (x0_fake - x0_real)
-        loss = 0.5 * F.mse_loss(x.float(), goal.float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student_params, 1.0)
-        opt.step()
+            loss = 0.5 * F.mse_loss(x.float(), goal.float())
+        descend(opt, loss, student_params)
         fake_loss = 0.0
         for k in range(settings.fake_updates):  # the first on this step's samples, the others on fresh ones
             if k:
@@ -213,18 +228,10 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
                     x = make(student, z, batch_cond)
             t, noise, x_t = noised(x.detach(), 0, n_train - 1)
             one = F.mse_loss(fake(x_t, t, **batch_cond).float(), make.target(noise, x_t, t).float())
-            fake_opt.zero_grad(set_to_none=True)
-            one.backward()
-            torch.nn.utils.clip_grad_norm_(fake_params, 1.0)
-            fake_opt.step()
+            descend(fake_opt, one, fake_params)
             fake_loss = fake_loss + one.detach() / settings.fake_updates
         losses.append(loss.detach())
         fake_losses.append(fake_loss)
         if step % 50 == 0:  # the only host reads of the loop
             bar.set_postfix(loss=f"{loss.item():.3g}", fake=f"{float(fake_loss):.3g}", refresh=False)
-    student.eval().requires_grad_(False)
-    if getattr(teacher, "scheduler_config", None):
-        student.scheduler_config = one_step_scheduler_config(teacher.scheduler_config)
-    losses = torch.stack(losses).tolist() if losses else []
-    fake_losses = torch.stack(fake_losses).tolist() if fake_losses else []
-    return Distilled(student, losses, time.perf_counter() - started, settings, fake_losses)
+    return finish(student, teacher, one_step_scheduler_config, started, settings, losses, fake_losses)
