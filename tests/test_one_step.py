@@ -249,3 +249,28 @@ def test_gpu_one_step_distillation_follows_the_cpu_run(cuda_device, method):
     for a, b in zip(cpu.student.parameters(), gpu.student.parameters()):
         assert float((b.cpu().double() - a.double()).norm() / a.double().norm().clamp_min(1e-12)) < 1e-2
 
+
+def test_cli_starts_a_generator_from_a_consistency_student(tmp_path, capsys):
+    """--init: an lcm student as the start of a sid generator (the two-stage recipe); the file written names its
+    start; files that cannot serve are refused by name before any training."""
+    from pydiff.cli import main
+
+    quick = ["--train-steps", "2", "--batch-size", "8", "--eval-samples", "0"]
+    lcm, guided, gen = (tmp_path / f"{name}.safetensors" for name in ("lcm", "guided", "gen"))
+    assert main(["distill", "--method", "lcm", *quick, "--out", str(lcm)]) == 0
+    assert main(["distill", "--method", "lcm", "--guidance-range", "1,3", *quick, "--out", str(guided)]) == 0
+    assert main(["distill", "--method", "sid", "--init", str(lcm), *quick, "--out", str(gen)]) == 0
+    made = load("digits", gen)
+    assert made.provenance["init"] == str(lcm) and made.provenance["init_method"].startswith("latent consistency")
+    assert made.scheduler_config["_class_name"] == "DDIMScheduler"
+    start = load("digits", lcm)
+    assert any(not torch.equal(a, b) for a, b in zip(start.parameters(), made.parameters()))
+    capsys.readouterr()
+    for bad, message in [(["--method", "sid", "--init", str(tmp_path / "none.safetensors")], "--init: weights"),
+                         (["--method", "vsd", "--init", str(guided)], "has guidance input; a one-step generator"),
+                         (["--method", "lcm", "--guidance-range", "1,3", "--init", str(lcm)],
+                          "has no guidance input; --guidance-range needs"),
+                         (["--method", "tcd", "--init", str(guided)], "its guidance input needs --guidance-range")]:
+        assert main(["distill", *bad, *quick, "--out", str(tmp_path / "x.safetensors")]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "x.safetensors").exists()

@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sid-alpha", type=float, default=None, help=f"sid: SiD's alpha (default {s.sid_alpha})")
     parser.add_argument("--t-range", default=None, help=f"dmd/vsd/sid: LOW,HIGH noise levels compared, fractions of "
                         f"the train timesteps (default {s.t_min},{s.t_max})")
+    parser.add_argument("--init", default=None, metavar="FILE",
+                        help="start the student from this weight file of the model (e.g. an lcm student for "
+                        "--method vsd/sid: a two-stage one-step generator) instead of the teacher")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="student weight file to write (default digits-<method>"
@@ -102,6 +105,30 @@ def settings_of(args: argparse.Namespace):
     kind = score.ScoreDistillation if one_step else consistency.ConsistencyDistillation
     return kind(method=args.method, guidance_scale=args.guidance, batch_size=args.batch_size,
                 guidance_range=_pair(args.guidance_range), **given)
+
+
+def initial_student(args: argparse.Namespace, teacher, one_step: bool, guided_input: bool):
+    """The student to start from: ``--init``'s model (None without it); ValueError says why the file cannot serve:
+    not the model's, another prediction type, or a guidance input where the method gives none (or none where
+    --guidance-range needs one)."""
+    from pydiff.models import load
+
+    if args.init is None:
+        return None
+    try:
+        student = load(args.model, args.init)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ValueError(f"--init: {exc}") from exc
+    ours, theirs = (m.scheduler_config.get("prediction_type") for m in (student, teacher))
+    if ours != theirs:
+        raise ValueError(f"--init {args.init} predicts {ours!r}; the teacher predicts {theirs!r}")
+    has_input = bool(getattr(student.config, "guidance_embed", False))
+    if has_input != guided_input:
+        needs = ("a one-step generator is told no guidance scale" if one_step else
+                 "--guidance-range needs a student with a guidance input" if guided_input else
+                 "its guidance input needs --guidance-range")
+        raise ValueError(f"--init {args.init} {'has' if has_input else 'has no'} guidance input; {needs}")
+    return student
 
 
 def student_scale(student, guidance: float) -> float:
@@ -174,7 +201,13 @@ def main(args: argparse.Namespace) -> int:
         return 2
     teacher = load(args.model)
     one_step = isinstance(settings, ScoreDistillation)
-    student = None
+    try:
+        student = initial_student(args, teacher, one_step, not one_step and settings.guidance_range is not None)
+    except ValueError as exc:
+        print(f"pydiff distill: {exc}", file=sys.stderr)
+        return 2
+    init = {} if student is None else {"init": args.init,
+                                       "init_method": (getattr(student, "provenance", None) or {}).get("method")}
     sampler, most = (("one_step", teacher.scheduler_config["num_train_timesteps"]) if one_step
                      else (args.method, settings.original_steps))
     eval_steps = _eval_steps(args.eval_steps, most)
@@ -199,7 +232,7 @@ def main(args: argparse.Namespace) -> int:
             student.load_state_dict(teacher.state_dict(), strict=False)
         result = distill_consistency(teacher, data.images, {"y": data.labels}, {"y": null}, settings,
                                      student=student, generator=generator)
-    provenance = {"teacher": args.model, "seed": args.seed, **result.provenance(),
+    provenance = {"teacher": args.model, "seed": args.seed, **result.provenance(), **init,
                   "command": "pydiff distill " + " ".join(sys.argv[2:])}
     out.parent.mkdir(parents=True, exist_ok=True)
     save(result.student, out, provenance)
