@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import pydiff
-from pydiff.distill import ScoreDistillation, distill_one_step, one_step_scheduler_config
+from pydiff.distill import ScoreDistillation, TeacherPairs, distill_one_step, one_step_scheduler_config, teacher_pairs
 from pydiff.models import DiT, DiTConfig, GaussianData, load
 from pydiff.schedules import Schedule
 
@@ -63,16 +63,25 @@ class GaussianFamily(nn.Module):
         return self.m + abar.sqrt() * var / (abar * var + 1 - abar) * (x - abar.sqrt() * self.m)
 
 
-def gaussian_run(method, guidance_scale=1.0, guidance_range=None, train_steps=1000):
+def gaussian_run(method, guidance_scale=1.0, guidance_range=None, train_steps=1000, regression_weight=0.0,
+                 pair_map=None):
+    """pair_map(mean) -> (m, a): DMD's regression pairs x = m + a z (exact ODE pairs of N(mean, STD^2): (mean,
+    STD)), with regression_weight."""
     g = torch.Generator().manual_seed(0)
     cond_mean, uncond_mean = (torch.randn(SHAPE, generator=g, dtype=torch.float64) for _ in range(2))
     settings = ScoreDistillation(method=method, guidance_scale=guidance_scale, guidance_range=guidance_range,
-                                 train_steps=train_steps, batch_size=64, lr=2e-2, fake_lr=5e-2)
-    student = AffineGenerator()
-    result = distill_one_step(Gaussians([cond_mean, uncond_mean]), SHAPE, {"y": torch.zeros(1, dtype=torch.long)},
+                                 train_steps=train_steps, batch_size=64, lr=2e-2, fake_lr=5e-2,
+                                 regression_weight=regression_weight)
+    student, teacher = AffineGenerator(), Gaussians([cond_mean, uncond_mean])
+    pairs = None
+    if regression_weight:
+        noise = torch.randn(200, *SHAPE, generator=g)
+        m, a = pair_map(uncond_mean + guidance_scale * (cond_mean - uncond_mean))
+        pairs = TeacherPairs(noise, (m + a * noise).float(), {"y": torch.zeros(200, dtype=torch.long)})
+    result = distill_one_step(teacher, SHAPE, {"y": torch.zeros(1, dtype=torch.long)},
                               {"y": torch.ones(1, dtype=torch.long)}, settings, schedule=SCHEDULE, student=student,
                               fake=GaussianFamily(cond_mean), generator=torch.Generator().manual_seed(1),
-                              progress=False)
+                              progress=False, regression=pairs)
     assert student.a.item() == 1.0 and not student.m.any()  # the module given is not changed
     return result, cond_mean, uncond_mean
 
@@ -90,6 +99,36 @@ def test_generator_reaches_the_teachers_distribution(method, guidance_scale):
     assert abs(float(generator.a) - STD) < 0.02 * STD
     assert len(result.losses) == len(result.fake_losses) == 1000
     assert all(map(math.isfinite, result.losses + result.fake_losses))
+
+
+@pytest.mark.parametrize("method", ["dmd", "sid"])
+def test_regression_pairs_pull_the_generator(method):
+    """DMD's regression loss beside the score pull, guided at 2. Exact ODE pairs of the guided Gaussian (x = m + STD
+    z) keep the fixed point: the generator ends at it (mean and std within 2%). Pairs of another map (x = 0.5 m +
+    0.3 z) at weight 50 move it there (within 5%): the term acts."""
+    result, cond_mean, uncond_mean = gaussian_run(method, 2.0, regression_weight=0.25, pair_map=lambda m: (m, STD))
+    target = uncond_mean + 2.0 * (cond_mean - uncond_mean)
+    assert float((result.student.m.double() - target).norm() / target.norm()) < 0.02
+    assert abs(float(result.student.a) - STD) < 0.02 * STD
+    result, _, _ = gaussian_run(method, 2.0, regression_weight=50.0, pair_map=lambda m: (0.5 * m, 0.3))
+    assert float((result.student.m.double() - 0.5 * target).norm() / (0.5 * target).norm()) < 0.05
+    assert abs(float(result.student.a) - 0.3) < 0.05 * 0.3
+
+
+def test_teacher_pairs_are_the_teachers_samples():
+    """teacher_pairs in chunks of 3 gives pydiff.sample's output on all rows at once, with the conditions kept."""
+    model = tiny_dit()
+    noise, y = torch.randn(7, 1, 8, 8, generator=torch.Generator().manual_seed(5)), torch.arange(7) % 3
+    pairs = teacher_pairs(model, noise, {"y": y}, {"y": torch.full((7,), 3)}, 2.0, steps=4, batch=3, progress=False)
+    with torch.no_grad():
+        whole = pydiff.sample(model, noise, sampler="dpmpp_2m", steps=4, guidance_scale=2.0, cond={"y": y},
+                              uncond={"y": torch.full((7,), 3)})
+    torch.testing.assert_close(pairs.samples, whole, rtol=1e-5, atol=1e-5)
+    assert pairs.noise is noise and torch.equal(pairs.cond["y"], y)
+    with pytest.raises(ValueError, match=r"noise must be a non-empty floating-point tensor"):
+        teacher_pairs(model, torch.ones(0, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"cond\['y'\] must be a tensor with one row per noise row \(7, ...\)"):
+        teacher_pairs(model, noise, {"y": y[:5]})
 
 
 def test_guidance_range_pulls_towards_the_mean_scale():
@@ -170,7 +209,8 @@ def test_bad_settings():
                                                                          "guidance_range"),
                           ({"t_min": 0.5, "t_max": 0.4}, "t_min and t_max"), ({"t_max": 1.5}, "t_min and t_max"),
                           ({"method": "sid", "sid_alpha": float("nan")}, "sid_alpha must be a finite number"),
-                          ({"method": "dmd", "sid_alpha": 1.0}, "sid_alpha applies to method 'sid' only")]:
+                          ({"method": "dmd", "sid_alpha": 1.0}, "sid_alpha applies to method 'sid' only"),
+                          ({"regression_weight": -0.1}, "regression_weight must be a finite number >= 0")]:
         with pytest.raises(ValueError, match=match):
             ScoreDistillation(**kwargs)
 
@@ -178,6 +218,8 @@ def test_bad_settings():
 def test_bad_inputs():
     model = tiny_dit()
     cond, uncond = {"y": torch.arange(3)}, {"y": torch.full((3,), 3)}
+    pairs = TeacherPairs(torch.randn(5, 1, 8, 8), torch.randn(5, 1, 8, 8), {"y": torch.arange(5) % 3})
+    regress = ScoreDistillation(train_steps=2, batch_size=4, regression_weight=0.25)
     cases = [
         (dict(teacher=lambda x, t, y: x), TypeError, "teacher must be an nn.Module unless"),
         (dict(shape=()), ValueError, "shape must be one sample's shape"),
@@ -190,6 +232,12 @@ def test_bad_inputs():
         (dict(student="model"), TypeError, "student must be an nn.Module"),
         (dict(fake=torch.nn.Linear(2, 2).double().to("meta")), ValueError, "the fake's parameters are on meta"),
         (dict(schedule={"_class_name": "FlowMatchEulerDiscreteScheduler"}), ValueError, "discrete VP schedule"),
+        (dict(regression=pairs), ValueError, "regression pairs were given but settings.regression_weight is 0"),
+        (dict(settings=regress), TypeError, "regression_weight 0.25 needs regression=TeacherPairs"),
+        (dict(settings=regress, regression=pairs._replace(samples=pairs.samples[:, :, :4])), ValueError,
+         r"regression.samples must be a floating-point tensor \(P, 1, 8, 8\)"),
+        (dict(settings=regress, regression=pairs._replace(cond={"z": pairs.cond["y"]})), ValueError,
+         r"regression.cond must hold the keywords of cond \['y'\]"),
     ]
     for change, error, match in cases:
         kwargs = {**dict(teacher=model, shape=(1, 8, 8), cond=cond, uncond=uncond, settings=FAST, progress=False),
@@ -251,16 +299,19 @@ def test_gpu_one_step_distillation_follows_the_cpu_run(cuda_device, method):
 
 
 def test_cli_starts_a_generator_from_a_consistency_student(tmp_path, capsys):
-    """--init: an lcm student as the start of a sid generator (the two-stage recipe); the file written names its
-    start; files that cannot serve are refused by name before any training."""
+    """--init: an lcm student as the start of a sid generator (the two-stage recipe, here with DMD's regression
+    pairs); the file written names its start; files and options that cannot serve are refused by name before any
+    training."""
     from pydiff.cli import main
 
     quick = ["--train-steps", "2", "--batch-size", "8", "--eval-samples", "0"]
     lcm, guided, gen = (tmp_path / f"{name}.safetensors" for name in ("lcm", "guided", "gen"))
     assert main(["distill", "--method", "lcm", *quick, "--out", str(lcm)]) == 0
     assert main(["distill", "--method", "lcm", "--guidance-range", "1,3", *quick, "--out", str(guided)]) == 0
-    assert main(["distill", "--method", "sid", "--init", str(lcm), *quick, "--out", str(gen)]) == 0
+    assert main(["distill", "--method", "sid", "--init", str(lcm), "--regression-weight", "0.25",
+                 "--regression-pairs", "12", *quick, "--out", str(gen)]) == 0
     made = load("digits", gen)
+    assert made.provenance["settings"]["regression_weight"] == 0.25
     assert made.provenance["init"] == str(lcm) and made.provenance["init_method"].startswith("latent consistency")
     assert made.scheduler_config["_class_name"] == "DDIMScheduler"
     start = load("digits", lcm)
@@ -270,7 +321,11 @@ def test_cli_starts_a_generator_from_a_consistency_student(tmp_path, capsys):
                          (["--method", "vsd", "--init", str(guided)], "has guidance input; a one-step generator"),
                          (["--method", "lcm", "--guidance-range", "1,3", "--init", str(lcm)],
                           "has no guidance input; --guidance-range needs"),
-                         (["--method", "tcd", "--init", str(guided)], "its guidance input needs --guidance-range")]:
+                         (["--method", "tcd", "--init", str(guided)], "its guidance input needs --guidance-range"),
+                         (["--method", "lcm", "--regression-weight", "1"],
+                          "--regression-weight applies to --method dmd, vsd or sid"),
+                         (["--method", "dmd", "--regression-weight", "1", "--regression-pairs", "0"],
+                          "--regression-pairs must be >= 1")]:
         assert main(["distill", *bad, *quick, "--out", str(tmp_path / "x.safetensors")]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "x.safetensors").exists()

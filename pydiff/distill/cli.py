@@ -17,7 +17,9 @@ DEFAULT_EVAL_STEPS = "1,2,4,8"
 #: the options of one family of methods only (consistency: lcm, tcd; score: dmd, vsd, sid): flag -> settings field
 CONSISTENCY_ONLY = {"--ema-decay": "ema_decay", "--loss": "loss", "--original-steps": "original_steps"}
 SCORE_ONLY = {"--fake-updates": "fake_updates", "--fake-lr": "fake_lr", "--t-range": "t_range",
-              "--sid-alpha": "sid_alpha"}
+              "--sid-alpha": "sid_alpha", "--regression-weight": "regression_weight"}
+#: DMD's regression pairs: the teacher's deterministic sampler and its step count
+PAIR_SAMPLER, PAIR_STEPS = "dpmpp_2m", 25
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sid-alpha", type=float, default=None, help=f"sid: SiD's alpha (default {s.sid_alpha})")
     parser.add_argument("--t-range", default=None, help=f"dmd/vsd/sid: LOW,HIGH noise levels compared, fractions of "
                         f"the train timesteps (default {s.t_min},{s.t_max})")
+    parser.add_argument("--regression-weight", type=float, default=None,
+                        help=f"dmd/vsd/sid: DMD's regression loss weight (DMD: 0.25; default "
+                        f"{s.regression_weight}, off): the generator pulled to the teacher's {PAIR_SAMPLER} "
+                        f"{PAIR_STEPS}-step samples (at --guidance) from the same noise")
+    parser.add_argument("--regression-pairs", type=int, default=1000,
+                        help="with --regression-weight: how many teacher samples to make")
     parser.add_argument("--init", default=None, metavar="FILE",
                         help="start the student from this weight file of the model (e.g. an lcm student for "
                         "--method vsd/sid: a two-stage one-step generator) instead of the teacher")
@@ -186,7 +194,7 @@ def main(args: argparse.Namespace) -> int:
     from pydiff.models.grid import save_grid
 
     from .consistency import distill_consistency
-    from .score import ScoreDistillation, distill_one_step
+    from .score import ScoreDistillation, distill_one_step, teacher_pairs
 
     out = Path(args.out or f"{args.model}-{args.method}.safetensors")
     report, grid = out.with_suffix(".json"), out.with_suffix(".png")
@@ -196,6 +204,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         settings = settings_of(args)
+        if args.regression_pairs < 1:
+            raise ValueError(f"--regression-pairs must be >= 1, got {args.regression_pairs}")
     except ValueError as exc:
         print(f"pydiff distill: {exc}", file=sys.stderr)
         return 2
@@ -220,9 +230,15 @@ def main(args: argparse.Namespace) -> int:
     if one_step:  # data-free: only the labels
         cfg = teacher.config
         labels = torch.arange(cfg.num_classes)
-        result = distill_one_step(teacher, (cfg.in_channels, cfg.sample_size, cfg.sample_size), {"y": labels},
-                                  {"y": torch.full_like(labels, cfg.num_classes)}, settings, student=student,
-                                  generator=generator)
+        shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+        pairs = None
+        if settings.regression_weight:  # class-balanced teacher samples from their own noise
+            pair_labels = torch.arange(args.regression_pairs) % cfg.num_classes
+            noise = torch.randn(args.regression_pairs, *shape, generator=torch.Generator().manual_seed(args.seed + 2))
+            pairs = teacher_pairs(teacher, noise, **teacher.sampling_kwargs(pair_labels, args.guidance),
+                                  steps=PAIR_STEPS, sampler=PAIR_SAMPLER)
+        result = distill_one_step(teacher, shape, {"y": labels}, {"y": torch.full_like(labels, cfg.num_classes)},
+                                  settings, student=student, generator=generator, regression=pairs)
     else:
         data = load_digits("train", size=teacher.config.sample_size)
         null = torch.full_like(data.labels, teacher.config.num_classes)

@@ -16,7 +16,9 @@ No data is read: only the conditions to draw (e.g. the class labels).
 method "dmd": distribution matching distillation (Yin et al. 2024, "One-step Diffusion with Distribution Matching
     Distillation", arXiv:2311.18828), weight = 1 / mean |x - x0_real| per sample, t uniform in [t_min, t_max] of
     the train timesteps; with DMD2's (Yin et al. 2024, "Improved Distribution Matching Distillation for Fast Image
-    Synthesis") fake updates per generator step and neither its regression loss nor its GAN.
+    Synthesis") fake updates per generator step, and DMD's regression loss when ``regression_weight`` > 0: the
+    generator's sample from noise z pulled (mean squared error; DMD uses LPIPS) to the teacher's deterministic
+    sample from the same z (`teacher_pairs`), which anchors it to the teacher's modes. Not built: DMD2's GAN.
 method "vsd": variational score distillation as SwiftBrush (Nguyen & Tran 2024, "SwiftBrush: One-Step
     Text-to-Image Diffusion Model with Variational Score Distillation") uses it, ProlificDreamer's weight
     w(t) = sigma_t^2 on eps_real - eps_fake, times d x_t / d x = alpha_t: in x0 terms weight = alpha_t^2 sigma_t.
@@ -38,7 +40,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +68,8 @@ class ScoreDistillation:
     rates of the generator and the fake denoiser (linear warm-up over ``warmup`` steps, then cosine decay to a
     tenth); fake_updates: fake steps per generator step (DMD2: 5). t_min, t_max: the noise levels the denoisers
     compare at, as fractions of the train timesteps (DMD: 0.02, 0.98). sid_alpha: method "sid"'s alpha (SiD:
-    1.2; refused for the other methods unless left at its default).
+    1.2; refused for the other methods unless left at its default). regression_weight: DMD's regression loss
+    weight (DMD: 0.25), any method; > 0 needs `teacher_pairs` given to `distill_one_step`.
     """
 
     method: str = "dmd"
@@ -81,6 +84,7 @@ class ScoreDistillation:
     t_min: float = 0.02
     t_max: float = 0.98
     sid_alpha: float = 1.2
+    regression_weight: float = 0.0
 
     @property
     def guided(self) -> bool:
@@ -99,6 +103,9 @@ class ScoreDistillation:
                              f"{self.t_max!r}")
         if not isinstance(self.sid_alpha, (int, float)) or not math.isfinite(self.sid_alpha):
             raise ValueError(f"sid_alpha must be a finite number, got {self.sid_alpha!r}")
+        if not isinstance(self.regression_weight, (int, float)) or isinstance(self.regression_weight, bool) or \
+                not 0 <= self.regression_weight < math.inf:
+            raise ValueError(f"regression_weight must be a finite number >= 0, got {self.regression_weight!r}")
         if self.method != "sid" and self.sid_alpha != ScoreDistillation.sid_alpha:
             raise ValueError(f"sid_alpha applies to method 'sid' only, not {self.method!r}")
 
@@ -109,6 +116,66 @@ def one_step_scheduler_config(teacher_config: Mapping) -> dict:
     config = {k: v for k, v in teacher_config.items() if k in SCHEDULE_KEYS}
     return {**config, "_class_name": "DDIMScheduler", "timestep_spacing": "trailing", "steps_offset": 0,
             "set_alpha_to_one": True, "clip_sample": False}
+
+
+class TeacherPairs(NamedTuple):
+    """DMD's regression pairs: noise (P, ...), the teacher's deterministic sample from each (P, ...), and the
+    conditions each was made with (keyword -> (P, ...))."""
+
+    noise: torch.Tensor
+    samples: torch.Tensor
+    cond: dict
+
+
+def teacher_pairs(teacher, noise: torch.Tensor, cond: Optional[Mapping] = None, uncond: Optional[Mapping] = None,
+                  guidance_scale: float = 1.0, steps: int = 25, sampler: str = "dpmpp_2m", schedule=None,
+                  batch: int = 250, progress: bool = True) -> TeacherPairs:
+    """The teacher's samples from ``noise`` (P, *shape) by ``pydiff.sample`` (a deterministic sampler: DMD's pairs
+    follow the teacher's ODE), ``batch`` at a time, with conditions ``cond`` (keyword -> (P, ...)) and
+    classifier-free guidance against ``uncond`` at ``guidance_scale``: `distill_one_step`'s ``regression``."""
+    from pydiff.samplers import sample
+
+    if not isinstance(noise, torch.Tensor) or not noise.is_floating_point() or noise.dim() < 2 or not noise.numel():
+        raise ValueError(f"noise must be a non-empty floating-point tensor (P, ...), got "
+                         f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+    count = noise.shape[0]
+    cond = check_batch("cond", cond, count, noise.device, rows="noise row")
+    uncond = check_batch("uncond", uncond, count, noise.device, rows="noise row") if uncond is not None else None
+    out = []
+    for i in tqdm(range(0, count, batch), desc="teacher pairs", disable=not progress, mininterval=5):
+        rows = slice(i, i + batch)
+        with torch.no_grad():
+            out.append(sample(teacher, noise[rows], sampler=sampler, steps=steps, schedule=schedule,
+                              guidance_scale=guidance_scale, cond={k: v[rows] for k, v in cond.items()},
+                              uncond=None if uncond is None else {k: v[rows] for k, v in uncond.items()}))
+    return TeacherPairs(noise, torch.cat(out), cond)
+
+
+def check_pairs(pairs, settings: ScoreDistillation, shape: tuple, cond: dict, device: torch.device):
+    """``regression``: TeacherPairs for the sample shape on ``device`` with cond's keywords when the settings
+    regress, None when they do not."""
+    if settings.regression_weight == 0:
+        if pairs is not None:
+            raise ValueError("regression pairs were given but settings.regression_weight is 0")
+        return None
+    if not isinstance(pairs, TeacherPairs):
+        raise TypeError(f"regression_weight {settings.regression_weight} needs regression=TeacherPairs (from "
+                        f"teacher_pairs), got {type(pairs).__name__}")
+    count = pairs.noise.shape[0] if isinstance(pairs.noise, torch.Tensor) else 0
+    for name in ("noise", "samples"):
+        value = getattr(pairs, name)
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != (count, *shape) or \
+                not value.is_floating_point() or value.device != device or not count:
+            got = f"{tuple(value.shape)} {value.dtype} on {value.device}" if isinstance(value, torch.Tensor) else \
+                type(value).__name__
+            raise ValueError(f"regression.{name} must be a floating-point tensor (P, {', '.join(map(str, shape))}) "
+                             f"with P >= 1 on {device}, got {got}")
+    pair_cond = check_batch("regression.cond", pairs.cond, count, device, rows="pair")
+    if sorted(pair_cond) != sorted(cond):
+        raise ValueError(f"regression.cond must hold the keywords of cond {sorted(cond)}, got {sorted(pair_cond)}")
+    return TeacherPairs(pairs.noise, pairs.samples, pair_cond)
 
 
 class _Generator:
@@ -135,7 +202,8 @@ class _Generator:
 def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = None, uncond: Optional[Mapping] = None,
                      settings: ScoreDistillation = ScoreDistillation(), schedule=None,
                      student: Optional[nn.Module] = None, fake: Optional[nn.Module] = None,
-                     generator: Optional[torch.Generator] = None, progress: bool = True) -> Distilled:
+                     generator: Optional[torch.Generator] = None, progress: bool = True,
+                     regression: Optional[TeacherPairs] = None) -> Distilled:
     """Distill ``teacher(x, t, **cond)`` into a one-step generator (module docstring); returns `Distilled` whose
     student samples with ``pydiff.sample(student, z, sampler="one_step", steps=1, cond=...)``.
 
@@ -145,7 +213,8 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
     discrete VP one. student, fake: the generator and the fake denoiser to start from, each predicting what the
     teacher predicts (default: copies of the teacher, which must then be an nn.Module). generator: draws conditions,
     timesteps and noise (a CPU generator). The modules trained are copies: the teacher's weights and given ones are
-    not changed. Runs on the device of the teacher's parameters (CPU for a parameter-free callable).
+    not changed. Runs on the device of the teacher's parameters (CPU for a parameter-free callable). regression:
+    `teacher_pairs`' output, needed when ``settings.regression_weight`` > 0 (``batch_size`` pairs a step).
     """
     if (student is None or fake is None) and not isinstance(teacher, nn.Module):
         raise TypeError(f"teacher must be an nn.Module unless a student and a fake are given, got "
@@ -161,6 +230,7 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
     rows = next(iter(cond.values())).shape[0] if isinstance(cond, Mapping) and cond else 1
     cond = check_batch("cond", cond, rows, device, rows="condition")
     uncond = check_uncond(settings, cond, check_batch("uncond", uncond, rows, device, rows="condition"))
+    regression = check_pairs(regression, settings, shape, cond, device)
     schedule = schedule_of(teacher, schedule)
     pairs = Pairs(schedule, 1, device)
     n_train = pairs.alpha.shape[0]
@@ -219,6 +289,10 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
         else:
             goal = x.detach() - weight * (x0_fake - x0_real)
             loss = 0.5 * F.mse_loss(x.float(), goal.float())
+        if regression is not None:  # DMD's pull of G(z) to the teacher's sample from z
+            j = torch.randint(0, regression.noise.shape[0], (batch,), generator=generator).to(device)
+            x_reg = make(student, regression.noise[j], {k: v[j] for k, v in regression.cond.items()})
+            loss = loss + settings.regression_weight * F.mse_loss(x_reg.float(), regression.samples[j].float())
         descend(opt, loss, student_params)
         fake_loss = 0.0
         for k in range(settings.fake_updates):  # the first on this step's samples, the others on fresh ones
