@@ -187,6 +187,40 @@ def test_distillation_trains_a_copy(prediction_type):
     assert result.provenance()["method"].startswith("distribution matching")
 
 
+class FixedPrediction(nn.Module):
+    """An x0 prediction that ignores x_t: c[y] (a denoiser whose output has no gradient in its input)."""
+
+    def __init__(self, seed):
+        super().__init__()
+        self.c = nn.Parameter(torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(seed)))
+
+    def forward(self, x, t, y=None):
+        return self.c[y]
+
+
+def test_sid_is_dmd_when_the_denoisers_ignore_their_input(monkeypatch):
+    """SiD's generator gradient in x is DMD's weight (x0_fake - x0_real) plus the terms through the denoisers'
+    inputs: with denoisers constant in x_t those vanish, so one plain gradient step of each (SGD in place of AdamW,
+    whose first step sees only the gradient's sign) moves the generator alike; with the exact Gaussian teacher they
+    do not."""
+    monkeypatch.setattr(torch.optim, "AdamW", lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr))
+    cond, uncond = {"y": torch.arange(2)}, {"y": torch.full((2,), 2)}
+
+    def one_step(method, teacher):
+        settings = ScoreDistillation(method=method, train_steps=1, batch_size=8, lr=1e-2, fake_updates=1, warmup=0)
+        return distill_one_step(teacher, SHAPE, cond, uncond, settings, schedule=SCHEDULE, student=AffineGenerator(),
+                                fake=FixedPrediction(1), generator=torch.Generator().manual_seed(3),
+                                progress=False).student
+
+    fixed = FixedPrediction(0)
+    dmd, sid = one_step("dmd", fixed), one_step("sid", fixed)
+    assert not torch.equal(dmd.m, AffineGenerator().m)
+    torch.testing.assert_close(sid.m, dmd.m, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(sid.a, dmd.a, rtol=1e-6, atol=1e-7)
+    exact = Gaussians([torch.randn(SHAPE, dtype=torch.float64) for _ in range(3)])
+    assert not torch.allclose(one_step("sid", exact).m, one_step("dmd", exact).m, rtol=1e-3, atol=0)
+
+
 def test_sid_differentiates_through_the_denoisers_only_into_the_generator():
     """SiD's loss runs back through the teacher and the fake at x_t: the generator learns, the teacher's and the
     fake's gradients are not touched (a teacher whose weights require grad keeps .grad None)."""
