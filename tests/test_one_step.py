@@ -359,7 +359,9 @@ def test_cli_starts_a_generator_from_a_consistency_student(tmp_path, capsys):
                          (["--method", "lcm", "--regression-weight", "1"],
                           "--regression-weight applies to --method dmd, vsd or sid"),
                          (["--method", "dmd", "--regression-weight", "1", "--regression-pairs", "0"],
-                          "--regression-pairs must be >= 1")]:
+                          "--regression-pairs must be >= 1"),
+                         (["--method", "dmd", "--regression-pairs", "10"],
+                          "--regression-pairs applies with --regression-weight > 0")]:
         assert main(["distill", *bad, *quick, "--out", str(tmp_path / "x.safetensors")]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "x.safetensors").exists()

@@ -19,7 +19,7 @@ CONSISTENCY_ONLY = {"--ema-decay": "ema_decay", "--loss": "loss", "--original-st
 SCORE_ONLY = {"--fake-updates": "fake_updates", "--fake-lr": "fake_lr", "--t-range": "t_range",
               "--sid-alpha": "sid_alpha", "--regression-weight": "regression_weight"}
 #: DMD's regression pairs: the teacher's deterministic sampler and its step count
-PAIR_SAMPLER, PAIR_STEPS = "dpmpp_2m", 25
+PAIR_SAMPLER, PAIR_STEPS, PAIRS = "dpmpp_2m", 25, 1000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,8 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"dmd/vsd/sid: DMD's regression loss weight (DMD: 0.25; default "
                         f"{s.regression_weight}, off): the generator pulled to the teacher's {PAIR_SAMPLER} "
                         f"{PAIR_STEPS}-step samples (at --guidance) from the same noise")
-    parser.add_argument("--regression-pairs", type=int, default=1000,
-                        help="with --regression-weight: how many teacher samples to make")
+    parser.add_argument("--regression-pairs", type=int, default=None,
+                        help=f"with --regression-weight: how many teacher samples to make (default {PAIRS})")
     parser.add_argument("--init", default=None, metavar="FILE",
                         help="start the student from this weight file of the model (e.g. an lcm student for "
                         "--method vsd/sid: a two-stage one-step generator) instead of the teacher")
@@ -204,7 +204,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         settings = settings_of(args)
-        if args.regression_pairs < 1:
+        if args.regression_pairs is not None and not getattr(settings, "regression_weight", 0):
+            raise ValueError("--regression-pairs applies with --regression-weight > 0")
+        if args.regression_pairs is not None and args.regression_pairs < 1:
             raise ValueError(f"--regression-pairs must be >= 1, got {args.regression_pairs}")
     except ValueError as exc:
         print(f"pydiff distill: {exc}", file=sys.stderr)
@@ -233,8 +235,9 @@ def main(args: argparse.Namespace) -> int:
         shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
         pairs = None
         if settings.regression_weight:  # class-balanced teacher samples from their own noise
-            pair_labels = torch.arange(args.regression_pairs) % cfg.num_classes
-            noise = torch.randn(args.regression_pairs, *shape, generator=torch.Generator().manual_seed(args.seed + 2))
+            count = args.regression_pairs or PAIRS
+            pair_labels = torch.arange(count) % cfg.num_classes
+            noise = torch.randn(count, *shape, generator=torch.Generator().manual_seed(args.seed + 2))
             pairs = teacher_pairs(teacher, noise, **teacher.sampling_kwargs(pair_labels, args.guidance),
                                   steps=PAIR_STEPS, sampler=PAIR_SAMPLER)
         result = distill_one_step(teacher, shape, {"y": labels}, {"y": torch.full_like(labels, cfg.num_classes)},
