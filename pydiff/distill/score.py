@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from pydiff.ops import add_noise
 from pydiff.schedules.prediction import convert_prediction
 
 from .common import (SCHEDULE_KEYS, Distilled, Pairs, check_batch, check_counts, check_guidance_range, check_modules,
@@ -248,8 +249,7 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
     def noised(x: torch.Tensor, low: int, high: int):
         t = torch.randint(low, high + 1, (x.shape[0],), generator=generator).to(device)
         noise = torch.randn(x.shape, generator=generator).to(device, x.dtype)
-        alpha, sigma = pairs.coefficients(t, x)
-        return t, noise, alpha * x + sigma * noise  # by hand: SiD differentiates it
+        return t, noise, add_noise(x, noise, pairs.alpha[t], pairs.sigma[t])[0]  # (SiD differentiates it)
 
     if isinstance(teacher, nn.Module):
         teacher.eval()

@@ -81,6 +81,29 @@ def _(inputs, coefs, clamp):
     return [torch.empty_like(inputs[0], memory_format=torch.contiguous_format) for _ in range(n_out)]
 
 
+def _save_for_backward(ctx, inputs, output):
+    tensors, coefs, clamp = inputs
+    ctx.save_for_backward(*tensors, coefs)
+    ctx.clamp = clamp
+
+
+def _backward(ctx, grads):
+    """Gradients of the inputs and coefs: the torch reference's, recomputed (training paths are not the fused
+    kernels' business; this keeps x_t = add_noise(x0, ...) differentiable in x0 and in alpha/sigma)."""
+    *tensors, coefs = ctx.saved_tensors
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(True) for t in tensors]
+        c = coefs.detach().requires_grad_(True)
+        outs = lincomb_reference(leaves, c, ctx.clamp)
+        pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]
+        found = torch.autograd.grad([o for o, _ in pairs], leaves + [c], [g for _, g in pairs], allow_unused=True)
+    *tensor_grads, coef_grad = (torch.zeros_like(x) if g is None else g for x, g in zip(leaves + [c], found))
+    return list(tensor_grads), coef_grad, None
+
+
+lincomb_op.register_autograd(_backward, setup_context=_save_for_backward)
+
+
 def _batch_inner(t: torch.Tensor) -> tuple[int, int]:
     batch = t.shape[0]
     return batch, (t.numel() // batch if batch else 0)
