@@ -243,6 +243,7 @@ def test_bad_settings():
                                                                          "guidance_range"),
                           ({"t_min": 0.5, "t_max": 0.4}, "t_min and t_max"), ({"t_max": 1.5}, "t_min and t_max"),
                           ({"method": "sid", "sid_alpha": float("nan")}, "sid_alpha must be a finite number"),
+                          ({"method": "sid", "sid_alpha": True}, "sid_alpha must be a finite number"),
                           ({"method": "dmd", "sid_alpha": 1.0}, "sid_alpha applies to method 'sid' only"),
                           ({"regression_weight": -0.1}, "regression_weight must be a finite number >= 0")]:
         with pytest.raises(ValueError, match=match):

@@ -102,7 +102,8 @@ class ScoreDistillation:
                 and 0.0 <= self.t_min <= self.t_max <= 1.0):
             raise ValueError(f"t_min and t_max must satisfy 0 <= t_min <= t_max <= 1, got {self.t_min!r}, "
                              f"{self.t_max!r}")
-        if not isinstance(self.sid_alpha, (int, float)) or not math.isfinite(self.sid_alpha):
+        if not isinstance(self.sid_alpha, (int, float)) or isinstance(self.sid_alpha, bool) or \
+                not math.isfinite(self.sid_alpha):
             raise ValueError(f"sid_alpha must be a finite number, got {self.sid_alpha!r}")
         if not isinstance(self.regression_weight, (int, float)) or isinstance(self.regression_weight, bool) or \
                 not 0 <= self.regression_weight < math.inf:
