@@ -4,6 +4,7 @@ command line writes a generator that samples."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -149,17 +150,18 @@ def tiny_dit(prediction_type="epsilon", seed=0):
     return model.eval()
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-def test_one_step_config_is_one_ddim_step_of_diffusers(prediction_type):
-    """The generator's scheduler config in diffusers' DDIMScheduler takes one step from the last train timestep to
-    x0: the same numbers as ``pydiff.sample(sampler="one_step")`` on it."""
+@pytest.mark.parametrize("prediction_type, timestep", [("epsilon", None), ("v_prediction", None), ("sample", None),
+                                                      ("epsilon", 500), ("v_prediction", 37)])
+def test_one_step_config_is_one_ddim_step_of_diffusers(prediction_type, timestep):
+    """The generator's scheduler config in diffusers' DDIMScheduler takes one step from its timestep (default the
+    last train timestep) to x0: the same numbers as ``pydiff.sample(sampler="one_step")`` on it."""
     from diffusers import DDIMScheduler
 
     model = tiny_dit(prediction_type)
-    config = one_step_scheduler_config(model.scheduler_config)
+    config = one_step_scheduler_config(model.scheduler_config, timestep)
     scheduler = DDIMScheduler.from_config(config)
     scheduler.set_timesteps(1)
-    assert scheduler.timesteps.tolist() == [999]
+    assert scheduler.timesteps.tolist() == [999 if timestep is None else timestep]
     z, y = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(2)), torch.arange(5) % 3
     with torch.no_grad():
         expected = scheduler.step(model(z, scheduler.timesteps[0], y=y), scheduler.timesteps[0], z).prev_sample
@@ -221,6 +223,34 @@ def test_sid_is_dmd_when_the_denoisers_ignore_their_input(monkeypatch):
     assert not torch.allclose(one_step("sid", exact).m, one_step("dmd", exact).m, rtol=1e-3, atol=0)
 
 
+def test_generator_timestep_is_where_the_generator_is_called():
+    """generator_timestep=500: training calls the student at t = 500 on pure noise, and its scheduler config makes
+    pydiff.sample call it there too."""
+    teacher, seen = tiny_dit(), []
+
+    class Recording(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = copy.deepcopy(teacher)
+
+        def forward(self, x, t, **cond):
+            seen.append(t.flatten().tolist())
+            return self.inner(x, t, **cond)
+
+    settings = ScoreDistillation(train_steps=1, batch_size=4, fake_updates=1, generator_timestep=500)
+    result = distill_one_step(teacher, (1, 8, 8), {"y": torch.arange(3)}, {"y": torch.full((3,), 3)}, settings,
+                              student=Recording(), progress=False)
+    assert seen[0] == [500] * 4
+    assert result.student.scheduler_config == one_step_scheduler_config(teacher.scheduler_config, 500)
+    seen.clear()
+    with torch.no_grad():
+        pydiff.sample(result.student, torch.randn(2, 1, 8, 8), sampler="one_step", steps=1, cond={"y": torch.arange(2)})
+    assert seen == [[500, 500]]
+    with pytest.raises(ValueError, match=r"generator_timestep must be in \[0, 999\]"):
+        distill_one_step(teacher, (1, 8, 8), {"y": torch.arange(3)}, {"y": torch.full((3,), 3)},
+                         ScoreDistillation(train_steps=1, batch_size=4, generator_timestep=1000), progress=False)
+
+
 def test_sid_differentiates_through_the_denoisers_only_into_the_generator():
     """SiD's loss runs back through the teacher and the fake at x_t: the generator learns, the teacher's and the
     fake's gradients are not touched (a teacher whose weights require grad keeps .grad None)."""
@@ -245,7 +275,9 @@ def test_bad_settings():
                           ({"method": "sid", "sid_alpha": float("nan")}, "sid_alpha must be a finite number"),
                           ({"method": "sid", "sid_alpha": True}, "sid_alpha must be a finite number"),
                           ({"method": "dmd", "sid_alpha": 1.0}, "sid_alpha applies to method 'sid' only"),
-                          ({"regression_weight": -0.1}, "regression_weight must be a finite number >= 0")]:
+                          ({"regression_weight": -0.1}, "regression_weight must be a finite number >= 0"),
+                          ({"generator_timestep": -1}, "generator_timestep must be None or an int >= 0"),
+                          ({"generator_timestep": 500.0}, "generator_timestep must be None or an int >= 0")]:
         with pytest.raises(ValueError, match=match):
             ScoreDistillation(**kwargs)
 

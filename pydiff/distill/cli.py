@@ -17,7 +17,8 @@ DEFAULT_EVAL_STEPS = "1,2,4,8"
 #: the options of one family of methods only (consistency: lcm, tcd; score: dmd, vsd, sid): flag -> settings field
 CONSISTENCY_ONLY = {"--ema-decay": "ema_decay", "--loss": "loss", "--original-steps": "original_steps"}
 SCORE_ONLY = {"--fake-updates": "fake_updates", "--fake-lr": "fake_lr", "--t-range": "t_range",
-              "--sid-alpha": "sid_alpha", "--regression-weight": "regression_weight"}
+              "--sid-alpha": "sid_alpha", "--regression-weight": "regression_weight",
+              "--generator-timestep": "generator_timestep"}
 #: DMD's regression pairs: the teacher's deterministic sampler and its step count
 PAIR_SAMPLER, PAIR_STEPS, PAIRS = "dpmpp_2m", 25, 1000
 
@@ -59,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"dmd/vsd/sid: DMD's regression loss weight (DMD: 0.25; default "
                         f"{s.regression_weight}, off): the generator pulled to the teacher's {PAIR_SAMPLER} "
                         f"{PAIR_STEPS}-step samples (at --guidance) from the same noise")
+    parser.add_argument("--generator-timestep", type=int, default=None,
+                        help="dmd/vsd/sid: the train timestep the generator is called at on pure noise (default: the "
+                        "last, 999)")
     parser.add_argument("--regression-pairs", type=int, default=None,
                         help=f"with --regression-weight: how many teacher samples to make (default {PAIRS})")
     parser.add_argument("--init", default=None, metavar="FILE",

@@ -1,11 +1,12 @@
 """One-step generators by score distillation, data-free.
 
-The student is a copy of the teacher used as a generator: x = G(z) = x0(student(z, T - 1)), the last train
-timestep, on standard-normal z (what ``pydiff.sample(student, z, sampler="one_step", steps=1)`` computes). It learns
-to make the teacher's (guided) distribution from the difference of two denoisers at its own noised samples
-x_t = alpha_t x + sigma_t n: the teacher's, whose x0 prediction points towards the data, and a "fake" denoiser
-trained alongside, by the teacher's own denoising loss, on the generator's samples, whose prediction points towards
-what the generator makes now. Each optimizer step of the generator descends
+The student is a copy of the teacher used as a generator: x = G(z) = x0(student(z, t_g)), t_g the last train
+timestep T - 1 unless ``generator_timestep`` says otherwise, on standard-normal z (what ``pydiff.sample(student, z,
+sampler="one_step", steps=1)`` computes with the student's scheduler config). It learns to make the teacher's
+(guided) distribution from the difference of two denoisers at its own noised samples x_t = alpha_t x + sigma_t n:
+the teacher's, whose x0 prediction points towards the data, and a "fake" denoiser trained alongside, by the
+teacher's own denoising loss, on the generator's samples, whose prediction points towards what the generator makes
+now. Each optimizer step of the generator descends
 
     0.5 || x - stopgrad(x - g) ||^2,   g = weight(t) (x0_fake(x_t, t) - x0_real(x_t, t)),
 
@@ -36,6 +37,7 @@ guidance_range: SNOOPI's proper guidance (Nguyen et al. 2024, "SNOOPI: Superchar
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Mapping
@@ -70,7 +72,10 @@ class ScoreDistillation:
     tenth); fake_updates: fake steps per generator step (DMD2: 5). t_min, t_max: the noise levels the denoisers
     compare at, as fractions of the train timesteps (DMD: 0.02, 0.98). sid_alpha: method "sid"'s alpha (SiD:
     1.2; refused for the other methods unless left at its default). regression_weight: DMD's regression loss
-    weight (DMD: 0.25), any method; > 0 needs `teacher_pairs` given to `distill_one_step`.
+    weight (DMD: 0.25), any method; > 0 needs `teacher_pairs` given to `distill_one_step`. generator_timestep:
+    the train timestep t_g the generator is called at on pure noise (default None: the last, as DMD and SwiftBrush
+    do). Its x0 = (z - sigma eps) / alpha multiplies an epsilon-predicting generator's error by sigma / alpha at
+    t_g: 14.6 at the last timestep of SD's schedule, 1.6 at 500 (README: a grain that a lower t_g removes).
     """
 
     method: str = "dmd"
@@ -86,6 +91,7 @@ class ScoreDistillation:
     t_max: float = 0.98
     sid_alpha: float = 1.2
     regression_weight: float = 0.0
+    generator_timestep: Optional[int] = None
 
     @property
     def guided(self) -> bool:
@@ -108,16 +114,22 @@ class ScoreDistillation:
         if not isinstance(self.regression_weight, (int, float)) or isinstance(self.regression_weight, bool) or \
                 not 0 <= self.regression_weight < math.inf:
             raise ValueError(f"regression_weight must be a finite number >= 0, got {self.regression_weight!r}")
+        if self.generator_timestep is not None and (not isinstance(self.generator_timestep, int) or isinstance(
+                self.generator_timestep, bool) or self.generator_timestep < 0):
+            raise ValueError(f"generator_timestep must be None or an int >= 0, got {self.generator_timestep!r}")
         if self.method != "sid" and self.sid_alpha != ScoreDistillation.sid_alpha:
             raise ValueError(f"sid_alpha applies to method 'sid' only, not {self.method!r}")
 
 
-def one_step_scheduler_config(teacher_config: Mapping) -> dict:
-    """The teacher's noise schedule as a diffusers DDIMScheduler config whose single step is the generator's: one
-    "trailing" step starts at the last train timestep and lands on x0 (``set_alpha_to_one``)."""
+def one_step_scheduler_config(teacher_config: Mapping, timestep: Optional[int] = None) -> dict:
+    """The teacher's noise schedule as a diffusers DDIMScheduler config whose single step is the generator's: it
+    starts at train timestep ``timestep`` and lands on x0 (``set_alpha_to_one``). The last timestep (None): one
+    "trailing" step; another: one "leading" step offset to it."""
     config = {k: v for k, v in teacher_config.items() if k in SCHEDULE_KEYS}
-    return {**config, "_class_name": "DDIMScheduler", "timestep_spacing": "trailing", "steps_offset": 0,
-            "set_alpha_to_one": True, "clip_sample": False}
+    last = config.get("num_train_timesteps", 1000) - 1
+    spacing = {"timestep_spacing": "trailing", "steps_offset": 0} if timestep in (None, last) else \
+        {"timestep_spacing": "leading", "steps_offset": int(timestep)}
+    return {**config, "_class_name": "DDIMScheduler", **spacing, "set_alpha_to_one": True, "clip_sample": False}
 
 
 class TeacherPairs(NamedTuple):
@@ -181,11 +193,11 @@ def check_pairs(pairs, settings: ScoreDistillation, shape: tuple, cond: dict, de
 
 
 class _Generator:
-    """x = G(z) = x0(student(z, T - 1)) for one batch shape; the fake denoiser's training targets."""
+    """x = G(z) = x0(student(z, t_g)) for one batch shape; the fake denoiser's training targets."""
 
-    def __init__(self, pairs: Pairs, prediction_type: str, batch: int, device: torch.device):
+    def __init__(self, pairs: Pairs, prediction_type: str, batch: int, device: torch.device, timestep: int):
         self.pairs, self.prediction_type = pairs, prediction_type
-        self.t = torch.full((batch,), pairs.alpha.shape[0] - 1, device=device)
+        self.t = torch.full((batch,), timestep, device=device)
 
     def __call__(self, student, z: torch.Tensor, cond: Mapping) -> torch.Tensor:
         alpha, sigma = self.pairs.coefficients(self.t, z)
@@ -238,7 +250,11 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
     n_train = pairs.alpha.shape[0]
     t_low, t_high = round(settings.t_min * (n_train - 1)), round(settings.t_max * (n_train - 1))
     batch = settings.batch_size
-    make = _Generator(pairs, schedule.prediction_type, batch, device)
+    t_g = n_train - 1 if settings.generator_timestep is None else settings.generator_timestep
+    if t_g >= n_train:
+        raise ValueError(f"generator_timestep must be in [0, {n_train - 1}] (the schedule's train timesteps), got "
+                         f"{t_g}")
+    make = _Generator(pairs, schedule.prediction_type, batch, device, t_g)
     generator = generator or torch.Generator().manual_seed(0)
 
     def draw(size: int = batch):
@@ -309,4 +325,5 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
         fake_losses.append(fake_loss)
         if step % 50 == 0:  # the only host reads of the loop
             bar.set_postfix(loss=f"{loss.item():.3g}", fake=f"{float(fake_loss):.3g}", refresh=False)
-    return finish(student, teacher, one_step_scheduler_config, started, settings, losses, fake_losses)
+    config = functools.partial(one_step_scheduler_config, timestep=t_g)
+    return finish(student, teacher, config, started, settings, losses, fake_losses)
