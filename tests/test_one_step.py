@@ -343,6 +343,8 @@ def test_cli_writes_a_generator_that_samples(tmp_path, capsys):
                          (["--method", "lcm", "--fake-updates", "3"],
                           "--fake-updates applies to --method dmd, vsd or sid"),
                          (["--method", "vsd", "--sid-alpha", "1"], "sid_alpha applies to method 'sid' only"),
+                         (["--method", "tcd", "--generator-timestep", "500"],
+                          "--generator-timestep applies to --method dmd, vsd or sid"),
                          (["--method", "vsd", "--t-range", "0.5,0.1"], "t_min and t_max")]:
         assert main(["distill", *bad, "--out", str(tmp_path / "x.safetensors")]) == 2
         assert message in capsys.readouterr().err
