@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 import pydiff
-from pydiff.distill import ScoreDistillation, TeacherPairs, distill_one_step, one_step_scheduler_config, teacher_pairs
+from pydiff.distill import (Discriminator, RealSamples, ScoreDistillation, TeacherPairs, distill_one_step,
+                            one_step_scheduler_config, teacher_pairs)
+from pydiff.distill.score import gan_layer_name
 from pydiff.models import DiT, DiTConfig, GaussianData, load
 from pydiff.schedules import Schedule
 
@@ -139,6 +141,88 @@ def test_guidance_range_pulls_towards_the_mean_scale():
     target = uncond_mean + 2.0 * (cond_mean - uncond_mean)
     assert float((result.student.m.double() - target).norm() / target.norm()) < 0.02
     assert abs(float(result.student.a) - STD) < 0.02 * STD
+
+
+class GaussianFamilyFeatures(GaussianFamily):
+    """GaussianFamily with a layer for DMD2's discriminator: a learned projection of the whole noised sample,
+    (B, 1, 16), beside the prediction (which does not use it)."""
+
+    def __init__(self, mean):
+        super().__init__(mean)
+        self.lift = nn.Linear(mean.numel(), 16)
+
+    def forward(self, x, t, y=None):
+        self.lift(x.flatten(1)[:, None].float())
+        return super().forward(x, t, y)
+
+
+def gan_run(real_scale, gan_weight):
+    """DMD guided at 1 towards the exact Gaussian N(m, STD^2), 400 steps, with DMD2's GAN on 500 real samples of
+    N(real_scale m, STD^2): the relative distance of the generator's mean to m and to real_scale m, its std, and the
+    discriminator's mean loss over the last 50 steps."""
+    g = torch.Generator().manual_seed(0)
+    mean, uncond_mean = (torch.randn(SHAPE, generator=g, dtype=torch.float64) for _ in range(2))
+    real = (real_scale * mean + STD * torch.randn(500, *SHAPE, generator=g, dtype=torch.float64)).float()
+    settings = ScoreDistillation(guidance_scale=1.0, train_steps=400, batch_size=64, lr=2e-2, fake_lr=5e-2,
+                                 gan_weight=gan_weight, gan_layer="lift")
+    result = distill_one_step(Gaussians([mean, uncond_mean]), SHAPE, {"y": torch.zeros(1, dtype=torch.long)}, None,
+                              settings, schedule=SCHEDULE, student=AffineGenerator(),
+                              fake=GaussianFamilyFeatures(mean), generator=torch.Generator().manual_seed(1),
+                              progress=False, real=RealSamples(real, {"y": torch.zeros(500, dtype=torch.long)}))
+    m = result.student.m.double()
+    assert len(result.gan_losses) == 400 and result.provenance()["final_gan_loss"] == result.gan_losses[-1]
+    return (float((m - mean).norm() / mean.norm()), float((m - real_scale * mean).norm() / (real_scale * mean).norm()),
+            float(result.student.a), sum(result.gan_losses[-50:]) / 50)
+
+
+def test_gan_pulls_the_generator_to_the_real_data():
+    """DMD2's GAN beside DMD's pull to the exact Gaussian teacher. Real data drawn from the teacher's distribution:
+    the generator still ends at it (mean and std within 2%) and the discriminator at chance at the end (its loss
+    softplus(l_fake) + softplus(-l_real) at 2 ln 2). Real data at half the teacher's mean: at GAN weight 0.01 the
+    generator stays with the teacher (within 3%) and the discriminator tells the two apart (loss < 1.2); at weight
+    10 the GAN wins and the generator moves most of the way to the data (mean within 20% of it, 80% away from the
+    teacher's)."""
+    to_teacher, _, std, disc = gan_run(1.0, 1.0)
+    assert to_teacher < 0.02 and abs(std - STD) < 0.02 * STD and abs(disc - 2 * math.log(2)) < 0.02
+    to_teacher, to_real, _, disc = gan_run(0.5, 0.01)
+    assert to_teacher < 0.03 and disc < 1.2
+    to_teacher, to_real, _, disc = gan_run(0.5, 10.0)
+    assert to_real < 0.2 and to_teacher > 0.4
+
+
+def test_gan_discriminator_reads_the_fakes_layer():
+    """The default layer: a DiT's middle block (a diffusers UNet's mid_block); a named one must exist. The head
+    takes tokens (B, N, C) and maps (B, C, H, W) alike, one logit per sample; on a tiny DiT the run trains it,
+    leaves the teacher's weights and repeats exactly from the same generator."""
+    teacher = tiny_dit()
+    deeper = DiT(DiTConfig(sample_size=8, patch_size=4, width=32, depth=3, num_heads=2, num_classes=3))
+    assert gan_layer_name(teacher, None) == "blocks.0" and gan_layer_name(deeper, None) == "blocks.1"
+    unet_like = nn.Module()
+    unet_like.mid_block, unet_like.blocks = nn.Identity(), nn.ModuleList([nn.Identity()] * 2)
+    assert gan_layer_name(unet_like, None) == "mid_block" and gan_layer_name(deeper, "blocks.2.attn") == "blocks.2.attn"
+    with pytest.raises(ValueError, match="gan_layer 'blocks.7' is not a submodule of the fake denoiser"):
+        gan_layer_name(deeper, "blocks.7")
+    with pytest.raises(ValueError, match="gan_layer must name the fake denoiser's layer"):
+        gan_layer_name(nn.Linear(2, 2), None)
+    head = Discriminator(6)
+    tokens = torch.randn(3, 5, 6)
+    maps = tokens.transpose(1, 2).reshape(3, 6, 5, 1)
+    torch.testing.assert_close(head(maps), head(tokens))
+    torch.testing.assert_close(head(tokens[1:2]), head(tokens)[1:2])
+    assert head(tokens).shape == (3,)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    real = RealSamples(torch.randn(9, 1, 8, 8), {"y": torch.arange(9) % 3})
+    runs = []
+    for seed in (7, 8):  # the global RNG differs; the head's initial weights are drawn by the run's generator
+        torch.manual_seed(seed)
+        runs.append(distill_one_step(teacher, (1, 8, 8), {"y": torch.arange(3)}, {"y": torch.full((3,), 3)},
+                                     ScoreDistillation(train_steps=2, batch_size=4, gan_weight=0.5), progress=False,
+                                     real=real))
+    result = runs[0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].student.parameters(), runs[1].student.parameters()))
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert len(result.gan_losses) == 2 and all(math.isfinite(v) for v in result.gan_losses + result.losses)
+    assert result.provenance()["settings"]["gan_weight"] == 0.5
 
 
 def tiny_dit(prediction_type="epsilon", seed=0):
@@ -277,7 +361,13 @@ def test_bad_settings():
                           ({"method": "dmd", "sid_alpha": 1.0}, "sid_alpha applies to method 'sid' only"),
                           ({"regression_weight": -0.1}, "regression_weight must be a finite number >= 0"),
                           ({"generator_timestep": -1}, "generator_timestep must be None or an int >= 0"),
-                          ({"generator_timestep": 500.0}, "generator_timestep must be None or an int >= 0")]:
+                          ({"generator_timestep": 500.0}, "generator_timestep must be None or an int >= 0"),
+                          ({"gan_weight": -1.0}, "gan_weight must be a finite number >= 0"),
+                          ({"gan_weight": float("nan")}, "gan_weight must be a finite number >= 0"),
+                          ({"gan_weight": 0.1, "gan_disc_weight": 0.0}, "gan_disc_weight must be a finite number > 0"),
+                          ({"gan_disc_weight": 0.1}, "gan_disc_weight and gan_layer apply with gan_weight > 0"),
+                          ({"gan_layer": "blocks.0"}, "gan_disc_weight and gan_layer apply with gan_weight > 0"),
+                          ({"gan_weight": 0.1, "gan_layer": ""}, "gan_layer must be None or a submodule's name")]:
         with pytest.raises(ValueError, match=match):
             ScoreDistillation(**kwargs)
 
@@ -287,6 +377,8 @@ def test_bad_inputs():
     cond, uncond = {"y": torch.arange(3)}, {"y": torch.full((3,), 3)}
     pairs = TeacherPairs(torch.randn(5, 1, 8, 8), torch.randn(5, 1, 8, 8), {"y": torch.arange(5) % 3})
     regress = ScoreDistillation(train_steps=2, batch_size=4, regression_weight=0.25)
+    real = RealSamples(torch.randn(6, 1, 8, 8), {"y": torch.arange(6) % 3})
+    gan = ScoreDistillation(train_steps=2, batch_size=4, gan_weight=0.1)
     cases = [
         (dict(teacher=lambda x, t, y: x), TypeError, "teacher must be an nn.Module unless"),
         (dict(shape=()), ValueError, "shape must be one sample's shape"),
@@ -305,6 +397,17 @@ def test_bad_inputs():
          r"regression.samples must be a floating-point tensor \(P, 1, 8, 8\)"),
         (dict(settings=regress, regression=pairs._replace(cond={"z": pairs.cond["y"]})), ValueError,
          r"regression.cond must hold the keywords of cond \['y'\]"),
+        (dict(real=real), ValueError, "real samples were given but settings.gan_weight is 0"),
+        (dict(settings=gan), TypeError, r"gan_weight 0.1 needs real=RealSamples\(samples, cond\), got NoneType"),
+        (dict(settings=gan, real=(real.samples, real.cond)), TypeError, "needs real=RealSamples"),
+        (dict(settings=gan, real=real._replace(samples=real.samples.long())), ValueError,
+         r"real.samples must be a floating-point tensor \(P, 1, 8, 8\)"),
+        (dict(settings=gan, real=real._replace(cond={"y": real.cond["y"][:4]})), ValueError,
+         r"real.cond\['y'\] must be a tensor with one row per sample \(6, ...\)"),
+        (dict(settings=gan, real=real._replace(cond={})), ValueError,
+         r"real.cond must hold the keywords of cond \['y'\]"),
+        (dict(settings=ScoreDistillation(train_steps=2, batch_size=4, gan_weight=0.1, gan_layer="nope"), real=real),
+         ValueError, "gan_layer 'nope' is not a submodule"),
     ]
     for change, error, match in cases:
         kwargs = {**dict(teacher=model, shape=(1, 8, 8), cond=cond, uncond=uncond, settings=FAST, progress=False),
@@ -350,17 +453,45 @@ def test_cli_writes_a_generator_that_samples(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
+def test_cli_trains_the_gan_on_the_training_digits(tmp_path, capsys):
+    """--gan-weight: DMD2's GAN on the bundled training digits, recorded in the file's provenance; its options are
+    refused without it, with the consistency methods, and with a layer the model lacks, before any training."""
+    from pydiff.cli import main
+
+    quick = ["--train-steps", "2", "--batch-size", "8", "--eval-samples", "0"]
+    out = tmp_path / "gan.safetensors"
+    assert main(["distill", "--method", "dmd", "--gan-weight", "0.01", "--gan-layer", "blocks.3", *quick,
+                 "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["settings"]["gan_weight"] == 0.01 and report["settings"]["gan_layer"] == "blocks.3"
+    assert math.isfinite(report["final_gan_loss"]) and load("digits", out).provenance["settings"]["gan_weight"] == 0.01
+    capsys.readouterr()
+    for bad, message in [(["--method", "lcm", "--gan-weight", "0.01"], "--gan-weight applies to --method dmd, vsd "
+                                                                       "or sid"),
+                         (["--method", "dmd", "--gan-disc-weight", "0.1"], "apply with gan_weight > 0"),
+                         (["--method", "sid", "--gan-weight", "0.01", "--gan-layer", "blocks.9"],
+                          "gan_layer 'blocks.9' is not a submodule")]:
+        assert main(["distill", *bad, *quick, "--out", str(tmp_path / "x.safetensors")]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "x.safetensors").exists()
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("method", ["dmd", "sid"])
+@pytest.mark.parametrize("method", ["dmd", "sid", "gan"])
 def test_gpu_one_step_distillation_follows_the_cpu_run(cuda_device, method):
-    """The same draws (a CPU generator) on CUDA: the losses and the generator agree with the CPU run's."""
+    """The same draws (a CPU generator) on CUDA: the losses and the generator agree with the CPU run's (gan: DMD
+    with DMD2's GAN on real samples)."""
     teacher = load("digits")
-    settings = ScoreDistillation(method=method, train_steps=3, batch_size=16)
+    gan = method == "gan"
+    settings = ScoreDistillation(method="dmd" if gan else method, train_steps=3, batch_size=16,
+                                 gan_weight=0.1 if gan else 0.0)
+    images = torch.randn(40, 1, 16, 16, generator=torch.Generator().manual_seed(4)).clamp(-1, 1)
     runs = []
     for device in ("cpu", cuda_device):
         y = torch.arange(10, device=device)
+        real = RealSamples(images.to(device), {"y": torch.arange(40, device=device) % 10}) if gan else None
         runs.append(distill_one_step(teacher.to(device), (1, 16, 16), {"y": y}, {"y": torch.full_like(y, 10)},
-                                     settings, generator=torch.Generator().manual_seed(0), progress=False))
+                                     settings, generator=torch.Generator().manual_seed(0), progress=False, real=real))
     cpu, gpu = runs
     assert max(abs(a - b) / abs(a) for a, b in zip(cpu.losses, gpu.losses)) < 0.05
     for a, b in zip(cpu.student.parameters(), gpu.student.parameters()):

@@ -10,14 +10,16 @@
                               settings=ScoreDistillation(method="dmd", guidance_scale=1.5))
     x0 = pydiff.sample(result.student, noise, sampler="one_step", steps=1, cond={"y": labels})
     # DMD's regression loss: the teacher's deterministic samples from 1000 noises (teacher_pairs), regression_weight
+    # DMD2's GAN: real=RealSamples(images, {"y": labels}), ScoreDistillation(gan_weight=...)
 
 ``pydiff distill`` does either for the bundled digits model and reports the student beside its teacher.
 """
 
 from .common import Distilled
 from .consistency import ConsistencyDistillation, consistency_function, distill_consistency, student_scheduler_config
-from .score import ScoreDistillation, TeacherPairs, distill_one_step, one_step_scheduler_config, teacher_pairs
+from .score import (Discriminator, RealSamples, ScoreDistillation, TeacherPairs, distill_one_step,
+                    one_step_scheduler_config, teacher_pairs)
 
-__all__ = ["ConsistencyDistillation", "Distilled", "ScoreDistillation", "TeacherPairs", "consistency_function",
-           "distill_consistency", "distill_one_step", "one_step_scheduler_config", "student_scheduler_config",
-           "teacher_pairs"]
+__all__ = ["ConsistencyDistillation", "Discriminator", "Distilled", "RealSamples", "ScoreDistillation", "TeacherPairs",
+           "consistency_function", "distill_consistency", "distill_one_step", "one_step_scheduler_config",
+           "student_scheduler_config", "teacher_pairs"]

@@ -18,7 +18,8 @@ DEFAULT_EVAL_STEPS = "1,2,4,8"
 CONSISTENCY_ONLY = {"--ema-decay": "ema_decay", "--loss": "loss", "--original-steps": "original_steps"}
 SCORE_ONLY = {"--fake-updates": "fake_updates", "--fake-lr": "fake_lr", "--t-range": "t_range",
               "--sid-alpha": "sid_alpha", "--regression-weight": "regression_weight",
-              "--generator-timestep": "generator_timestep"}
+              "--generator-timestep": "generator_timestep", "--gan-weight": "gan_weight",
+              "--gan-disc-weight": "gan_disc_weight", "--gan-layer": "gan_layer"}
 #: DMD's regression pairs: the teacher's deterministic sampler and its step count
 PAIR_SAMPLER, PAIR_STEPS, PAIRS = "dpmpp_2m", 25, 1000
 
@@ -63,6 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator-timestep", type=int, default=None,
                         help="dmd/vsd/sid: the train timestep the generator is called at on pure noise (default: the "
                         "last, 999)")
+    parser.add_argument("--gan-weight", type=float, default=None,
+                        help=f"dmd/vsd/sid: DMD2's GAN loss weight on the generator (default {s.gan_weight}, off): a "
+                        f"discriminator head on the fake denoiser's features tells the generator's samples from the "
+                        f"bundled training digits (no longer data-free)")
+    parser.add_argument("--gan-disc-weight", type=float, default=None,
+                        help=f"with --gan-weight: the discriminator's loss weight in the fake denoiser's update "
+                        f"(default {s.gan_disc_weight})")
+    parser.add_argument("--gan-layer", default=None, help="with --gan-weight: the fake denoiser's layer the "
+                        "discriminator reads (default: the middle transformer block)")
     parser.add_argument("--regression-pairs", type=int, default=None,
                         help=f"with --regression-weight: how many teacher samples to make (default {PAIRS})")
     parser.add_argument("--init", default=None, metavar="FILE",
@@ -198,7 +208,7 @@ def main(args: argparse.Namespace) -> int:
     from pydiff.models.grid import save_grid
 
     from .consistency import distill_consistency
-    from .score import ScoreDistillation, distill_one_step, teacher_pairs
+    from .score import RealSamples, ScoreDistillation, distill_one_step, gan_layer_name, teacher_pairs
 
     out = Path(args.out or f"{args.model}-{args.method}.safetensors")
     report, grid = out.with_suffix(".json"), out.with_suffix(".png")
@@ -219,6 +229,8 @@ def main(args: argparse.Namespace) -> int:
     one_step = isinstance(settings, ScoreDistillation)
     try:
         student = initial_student(args, teacher, one_step, not one_step and settings.guidance_range is not None)
+        if one_step and settings.gan_weight:  # (the fake denoiser starts as the teacher's copy)
+            gan_layer_name(teacher, settings.gan_layer)
     except ValueError as exc:
         print(f"pydiff distill: {exc}", file=sys.stderr)
         return 2
@@ -233,7 +245,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(args.seed)
-    if one_step:  # data-free: only the labels
+    if one_step:  # data-free (only the labels) unless DMD2's GAN reads the training digits
         cfg = teacher.config
         labels = torch.arange(cfg.num_classes)
         shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
@@ -244,8 +256,12 @@ def main(args: argparse.Namespace) -> int:
             noise = torch.randn(count, *shape, generator=torch.Generator().manual_seed(args.seed + 2))
             pairs = teacher_pairs(teacher, noise, **teacher.sampling_kwargs(pair_labels, args.guidance),
                                   steps=PAIR_STEPS, sampler=PAIR_SAMPLER)
+        real = None
+        if settings.gan_weight:
+            data = load_digits("train", size=cfg.sample_size)
+            real = RealSamples(data.images, {"y": data.labels})
         result = distill_one_step(teacher, shape, {"y": labels}, {"y": torch.full_like(labels, cfg.num_classes)},
-                                  settings, student=student, generator=generator, regression=pairs)
+                                  settings, student=student, generator=generator, regression=pairs, real=real)
     else:
         data = load_digits("train", size=teacher.config.sample_size)
         null = torch.full_like(data.labels, teacher.config.num_classes)

@@ -29,13 +29,15 @@ METHOD_TITLES = {
 class Distilled:
     """What a distillation returns: the student (eval mode; ``scheduler_config`` the diffusers scheduler config it
     samples with, when the teacher had one), the loss of every optimizer step (the student's; ``fake_losses``: the
-    fake denoiser's, for the score methods), the wall time and the settings."""
+    fake denoiser's, for the score methods; ``gan_losses``: DMD2's discriminator's, with its GAN), the wall time and
+    the settings."""
 
     student: nn.Module
     losses: list = field(default_factory=list)
     seconds: float = 0.0
     settings: Any = None
     fake_losses: list = field(default_factory=list)
+    gan_losses: list = field(default_factory=list)
 
     def provenance(self) -> dict:
         """JSON-ready record of how the student was made."""
@@ -43,6 +45,8 @@ class Distilled:
                   "seconds": round(self.seconds, 1), "final_loss": self.losses[-1] if self.losses else None}
         if self.fake_losses:
             record["final_fake_loss"] = self.fake_losses[-1]
+        if self.gan_losses:
+            record["final_gan_loss"] = self.gan_losses[-1]
         return record
 
 
@@ -186,11 +190,12 @@ def descend(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list) -> Non
 
 
 def finish(student: nn.Module, teacher, scheduler_config, started: float, settings, losses: list,
-           fake_losses: list = ()) -> Distilled:
+           fake_losses: list = (), gan_losses: list = ()) -> Distilled:
     """The run's record: the student in eval mode without gradients, given ``scheduler_config(teacher's config)``
     when the teacher has one; the losses (device tensors) read once."""
     student.eval().requires_grad_(False)
     if getattr(teacher, "scheduler_config", None):
         student.scheduler_config = scheduler_config(teacher.scheduler_config)
     read = lambda values: torch.stack(list(values)).tolist() if len(values) else []  # noqa: E731
-    return Distilled(student, read(losses), time.perf_counter() - started, settings, read(fake_losses))
+    return Distilled(student, read(losses), time.perf_counter() - started, settings, read(fake_losses),
+                     read(gan_losses))

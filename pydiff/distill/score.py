@@ -19,7 +19,13 @@ method "dmd": distribution matching distillation (Yin et al. 2024, "One-step Dif
     the train timesteps; with DMD2's (Yin et al. 2024, "Improved Distribution Matching Distillation for Fast Image
     Synthesis") fake updates per generator step, and DMD's regression loss when ``regression_weight`` > 0: the
     generator's sample from noise z pulled (mean squared error; DMD uses LPIPS) to the teacher's deterministic
-    sample from the same z (`teacher_pairs`), which anchors it to the teacher's modes. Not built: DMD2's GAN.
+    sample from the same z (`teacher_pairs`), which anchors it to the teacher's modes; and DMD2's GAN when
+    ``gan_weight`` > 0 (any method): a classifier head (`Discriminator`) on the fake denoiser's features at one
+    layer tells noised real data (`RealSamples`) from noised generator samples, trained with the fake denoiser
+    (its loss plus ``gan_disc_weight`` x the head's non-saturating GAN loss, which also reaches the fake's trunk);
+    the generator adds ``gan_weight`` x softplus(-logit) of its own noised samples, the gradient running through
+    the fake denoiser and the head (their weights held). The GAN reads real data: the method is no longer
+    data-free, and the generator can move past its teacher towards the data.
 method "vsd": variational score distillation as SwiftBrush (Nguyen & Tran 2024, "SwiftBrush: One-Step
     Text-to-Image Diffusion Model with Variational Score Distillation") uses it, ProlificDreamer's weight
     w(t) = sigma_t^2 on eps_real - eps_fake, times d x_t / d x = alpha_t: in x0 terms weight = alpha_t^2 sigma_t.
@@ -76,6 +82,11 @@ class ScoreDistillation:
     the train timestep t_g the generator is called at on pure noise (default None: the last, as DMD and SwiftBrush
     do). Its x0 = (z - sigma eps) / alpha multiplies an epsilon-predicting generator's error by sigma / alpha at
     t_g: 14.6 at the last timestep of SD's schedule, 1.6 at 500 (README: a grain that a lower t_g removes).
+    gan_weight: DMD2's GAN loss weight on the generator (DMD2: 3e-3 on ImageNet; default 0, off); > 0 needs
+    `RealSamples` given to `distill_one_step`. gan_disc_weight: the discriminator's loss weight in the fake
+    denoiser's update (DMD2: 1e-2). gan_layer: the fake denoiser's submodule whose output the discriminator reads
+    (a name of ``named_modules()``; None: ``mid_block`` where there is one, as DMD2 reads a UNet's bottleneck,
+    else the middle one of ``blocks`` or ``transformer_blocks``).
     """
 
     method: str = "dmd"
@@ -92,6 +103,9 @@ class ScoreDistillation:
     sid_alpha: float = 1.2
     regression_weight: float = 0.0
     generator_timestep: Optional[int] = None
+    gan_weight: float = 0.0
+    gan_disc_weight: float = 1e-2
+    gan_layer: Optional[str] = None
 
     @property
     def guided(self) -> bool:
@@ -111,14 +125,21 @@ class ScoreDistillation:
         if not isinstance(self.sid_alpha, (int, float)) or isinstance(self.sid_alpha, bool) or \
                 not math.isfinite(self.sid_alpha):
             raise ValueError(f"sid_alpha must be a finite number, got {self.sid_alpha!r}")
-        if not isinstance(self.regression_weight, (int, float)) or isinstance(self.regression_weight, bool) or \
-                not 0 <= self.regression_weight < math.inf:
-            raise ValueError(f"regression_weight must be a finite number >= 0, got {self.regression_weight!r}")
         if self.generator_timestep is not None and (not isinstance(self.generator_timestep, int) or isinstance(
                 self.generator_timestep, bool) or self.generator_timestep < 0):
             raise ValueError(f"generator_timestep must be None or an int >= 0, got {self.generator_timestep!r}")
         if self.method != "sid" and self.sid_alpha != ScoreDistillation.sid_alpha:
             raise ValueError(f"sid_alpha applies to method 'sid' only, not {self.method!r}")
+        for name in ("regression_weight", "gan_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        check_positive(self, ("gan_disc_weight",))
+        if self.gan_layer is not None and (not isinstance(self.gan_layer, str) or not self.gan_layer):
+            raise ValueError(f"gan_layer must be None or a submodule's name, got {self.gan_layer!r}")
+        if not self.gan_weight and (self.gan_layer is not None or
+                                    self.gan_disc_weight != ScoreDistillation.gan_disc_weight):
+            raise ValueError("gan_disc_weight and gan_layer apply with gan_weight > 0")
 
 
 def one_step_scheduler_config(teacher_config: Mapping, timestep: Optional[int] = None) -> dict:
@@ -167,6 +188,34 @@ def teacher_pairs(teacher, noise: torch.Tensor, cond: Optional[Mapping] = None, 
     return TeacherPairs(noise, torch.cat(out), cond)
 
 
+class RealSamples(NamedTuple):
+    """DMD2's real data for its GAN: samples (R, ...) as the generator makes them (the teacher's data space) and the
+    conditions of each (keyword -> (R, ...))."""
+
+    samples: torch.Tensor
+    cond: dict
+
+
+def _check_rows(name: str, given, fields: Sequence[str], rows: str, shape: tuple, cond: dict,
+                device: torch.device):
+    """``given`` (the argument ``name``: TeacherPairs or RealSamples) with its ``fields`` floating-point tensors
+    (P, *shape), P >= 1, on ``device`` and its ``cond`` P ``rows`` of cond's keywords; returned with cond a dict."""
+    first = getattr(given, fields[0])
+    count = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() else 0
+    for field_name in fields:
+        value = getattr(given, field_name)
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != (count, *shape) or \
+                not value.is_floating_point() or value.device != device or not count:
+            got = f"{tuple(value.shape)} {value.dtype} on {value.device}" if isinstance(value, torch.Tensor) else \
+                type(value).__name__
+            raise ValueError(f"{name}.{field_name} must be a floating-point tensor (P, {', '.join(map(str, shape))}) "
+                             f"with P >= 1 on {device}, got {got}")
+    given_cond = check_batch(f"{name}.cond", given.cond, count, device, rows=rows)
+    if sorted(given_cond) != sorted(cond):
+        raise ValueError(f"{name}.cond must hold the keywords of cond {sorted(cond)}, got {sorted(given_cond)}")
+    return given._replace(cond=given_cond)
+
+
 def check_pairs(pairs, settings: ScoreDistillation, shape: tuple, cond: dict, device: torch.device):
     """``regression``: TeacherPairs for the sample shape on ``device`` with cond's keywords when the settings
     regress, None when they do not."""
@@ -177,19 +226,69 @@ def check_pairs(pairs, settings: ScoreDistillation, shape: tuple, cond: dict, de
     if not isinstance(pairs, TeacherPairs):
         raise TypeError(f"regression_weight {settings.regression_weight} needs regression=TeacherPairs (from "
                         f"teacher_pairs), got {type(pairs).__name__}")
-    count = pairs.noise.shape[0] if isinstance(pairs.noise, torch.Tensor) else 0
-    for name in ("noise", "samples"):
-        value = getattr(pairs, name)
-        if not isinstance(value, torch.Tensor) or tuple(value.shape) != (count, *shape) or \
-                not value.is_floating_point() or value.device != device or not count:
-            got = f"{tuple(value.shape)} {value.dtype} on {value.device}" if isinstance(value, torch.Tensor) else \
-                type(value).__name__
-            raise ValueError(f"regression.{name} must be a floating-point tensor (P, {', '.join(map(str, shape))}) "
-                             f"with P >= 1 on {device}, got {got}")
-    pair_cond = check_batch("regression.cond", pairs.cond, count, device, rows="pair")
-    if sorted(pair_cond) != sorted(cond):
-        raise ValueError(f"regression.cond must hold the keywords of cond {sorted(cond)}, got {sorted(pair_cond)}")
-    return TeacherPairs(pairs.noise, pairs.samples, pair_cond)
+    return _check_rows("regression", pairs, ("noise", "samples"), "pair", shape, cond, device)
+
+
+def check_real(real, settings: ScoreDistillation, shape: tuple, cond: dict, device: torch.device):
+    """``real``: RealSamples for the sample shape on ``device`` with cond's keywords when the settings train a GAN,
+    None when they do not."""
+    if settings.gan_weight == 0:
+        if real is not None:
+            raise ValueError("real samples were given but settings.gan_weight is 0 (only DMD2's GAN reads data)")
+        return None
+    if not isinstance(real, RealSamples):
+        raise TypeError(f"gan_weight {settings.gan_weight} needs real=RealSamples(samples, cond), got "
+                        f"{type(real).__name__}")
+    return _check_rows("real", real, ("samples",), "sample", shape, cond, device)
+
+
+class Discriminator(nn.Module):
+    """DMD2's GAN classifier head on a denoiser's features: (B, N, C) tokens or (B, C, *spatial) maps -> (B,)
+    logits (real > 0), a per-position MLP (LayerNorm, C -> C, SiLU, C -> 1) averaged over the positions, so each
+    patch votes (a PatchGAN read of the features)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, channels), nn.SiLU(),
+                                 nn.Linear(channels, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        tokens = features if features.dim() == 3 else features.flatten(2).transpose(1, 2)
+        return self.net(tokens.float()).mean((1, 2))
+
+
+def gan_layer_name(fake: nn.Module, layer: Optional[str]) -> str:
+    """The submodule the discriminator reads: ``layer``, or the default (`ScoreDistillation.gan_layer`)."""
+    if layer is None:
+        if isinstance(getattr(fake, "mid_block", None), nn.Module):
+            return "mid_block"
+        for name in ("blocks", "transformer_blocks"):
+            blocks = getattr(fake, name, None)
+            if isinstance(blocks, (nn.ModuleList, nn.Sequential)) and len(blocks):
+                return f"{name}.{len(blocks) // 2}"
+        raise ValueError(f"gan_layer must name the fake denoiser's layer for the discriminator: a "
+                         f"{type(fake).__name__} has no mid_block, blocks or transformer_blocks")
+    if layer not in dict(fake.named_modules()):
+        raise ValueError(f"gan_layer {layer!r} is not a submodule of the fake denoiser ({type(fake).__name__})")
+    return layer
+
+
+class _Features:
+    """The output of one submodule at its latest call (a forward hook; a tuple's first tensor)."""
+
+    def __init__(self, module: nn.Module):
+        self.value = None
+        self.handle = module.register_forward_hook(self._keep)
+
+    def _keep(self, module, args, output):
+        self.value = output[0] if isinstance(output, (tuple, list)) else output
+
+    def take(self) -> torch.Tensor:
+        value, self.value = self.value, None
+        if not isinstance(value, torch.Tensor) or value.dim() < 3:
+            raise ValueError(f"the GAN layer's output must be a (B, N, C) or (B, C, ...) tensor, got "
+                             f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
+        return value
 
 
 class _Generator:
@@ -217,7 +316,7 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
                      settings: ScoreDistillation = ScoreDistillation(), schedule=None,
                      student: Optional[nn.Module] = None, fake: Optional[nn.Module] = None,
                      generator: Optional[torch.Generator] = None, progress: bool = True,
-                     regression: Optional[TeacherPairs] = None) -> Distilled:
+                     regression: Optional[TeacherPairs] = None, real: Optional[RealSamples] = None) -> Distilled:
     """Distill ``teacher(x, t, **cond)`` into a one-step generator (module docstring); returns `Distilled` whose
     student samples with ``pydiff.sample(student, z, sampler="one_step", steps=1, cond=...)``.
 
@@ -228,7 +327,9 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
     teacher predicts (default: copies of the teacher, which must then be an nn.Module). generator: draws conditions,
     timesteps and noise (a CPU generator). The modules trained are copies: the teacher's weights and given ones are
     not changed. Runs on the device of the teacher's parameters (CPU for a parameter-free callable). regression:
-    `teacher_pairs`' output, needed when ``settings.regression_weight`` > 0 (``batch_size`` pairs a step).
+    `teacher_pairs`' output, needed when ``settings.regression_weight`` > 0 (``batch_size`` pairs a step). real:
+    `RealSamples`, needed when ``settings.gan_weight`` > 0 (``batch_size`` a fake step); `Distilled.gan_losses`
+    then holds the discriminator's loss of each step.
     """
     if (student is None or fake is None) and not isinstance(teacher, nn.Module):
         raise TypeError(f"teacher must be an nn.Module unless a student and a fake are given, got "
@@ -245,6 +346,7 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
     cond = check_batch("cond", cond, rows, device, rows="condition")
     uncond = check_uncond(settings, cond, check_batch("uncond", uncond, rows, device, rows="condition"))
     regression = check_pairs(regression, settings, shape, cond, device)
+    real = check_real(real, settings, shape, cond, device)
     schedule = schedule_of(teacher, schedule)
     pairs = Pairs(schedule, 1, device)
     n_train = pairs.alpha.shape[0]
@@ -272,10 +374,20 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
         teacher.eval()
     student = copy.deepcopy(teacher if student is None else student).train().requires_grad_(True)
     fake = copy.deepcopy(teacher if fake is None else fake).train().requires_grad_(True)
-    student_params, fake_params = list(student.parameters()), list(fake.parameters())
+    features = discriminator = None
+    if real is not None:  # DMD2's GAN: a head on the fake's features, trained with the fake
+        features = _Features(fake.get_submodule(gan_layer_name(fake, settings.gan_layer)))
+        with torch.no_grad():
+            fake(real.samples[:1], torch.full((1,), t_high, device=device), **{k: v[:1] for k, v in real.cond.items()})
+        probe = features.take()
+        with torch.random.fork_rng(devices=[]):  # its initial weights drawn by ``generator`` too
+            torch.manual_seed(int(torch.randint(2 ** 62, (), generator=generator)))
+            discriminator = Discriminator(probe.shape[-1] if probe.dim() == 3 else probe.shape[1]).to(device)
+    student_params = list(student.parameters())
+    fake_params = list(fake.parameters()) + (list(discriminator.parameters()) if discriminator is not None else [])
     opt = torch.optim.AdamW(student_params, lr=settings.lr, weight_decay=0.0)
     fake_opt = torch.optim.AdamW(fake_params, lr=settings.fake_lr, weight_decay=0.0)
-    losses, fake_losses = [], []
+    losses, fake_losses, gan_losses = [], [], []
     started = time.perf_counter()
     bar = tqdm(range(settings.train_steps), desc=f"score distillation ({settings.method})", disable=not progress,
                mininterval=5)
@@ -310,8 +422,12 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
             j = torch.randint(0, regression.noise.shape[0], (batch,), generator=generator).to(device)
             x_reg = make(student, regression.noise[j], {k: v[j] for k, v in regression.cond.items()})
             loss = loss + settings.regression_weight * F.mse_loss(x_reg.float(), regression.samples[j].float())
+        if discriminator is not None:  # DMD2: the generator's noised samples should read as real
+            t, _, x_t = noised(x, 0, n_train - 1)
+            fake(x_t, t, **batch_cond)
+            loss = loss + settings.gan_weight * F.softplus(-discriminator(features.take())).mean()
         descend(opt, loss, student_params)
-        fake_loss = 0.0
+        fake_loss = gan_loss = 0.0
         for k in range(settings.fake_updates):  # the first on this step's samples, the others on fresh ones
             if k:
                 _, z, batch_cond = draw()
@@ -319,11 +435,24 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
                     x = make(student, z, batch_cond)
             t, noise, x_t = noised(x.detach(), 0, n_train - 1)
             one = F.mse_loss(fake(x_t, t, **batch_cond).float(), make.target(noise, x_t, t).float())
+            if discriminator is not None:  # the same call's features, then noised real data's
+                logit_fake = discriminator(features.take())
+                j = torch.randint(0, real.samples.shape[0], (batch,), generator=generator).to(device)
+                t, _, x_t = noised(real.samples[j], 0, n_train - 1)
+                fake(x_t, t, **{key: v[j] for key, v in real.cond.items()})
+                classify = (F.softplus(logit_fake) + F.softplus(-discriminator(features.take()))).mean()
+                one = one + settings.gan_disc_weight * classify
+                gan_loss = gan_loss + classify.detach() / settings.fake_updates
             descend(fake_opt, one, fake_params)
             fake_loss = fake_loss + one.detach() / settings.fake_updates
         losses.append(loss.detach())
         fake_losses.append(fake_loss)
+        if discriminator is not None:
+            gan_losses.append(gan_loss)
         if step % 50 == 0:  # the only host reads of the loop
-            bar.set_postfix(loss=f"{loss.item():.3g}", fake=f"{float(fake_loss):.3g}", refresh=False)
+            shown = {"gan": f"{float(gan_loss):.3g}"} if discriminator is not None else {}
+            bar.set_postfix(loss=f"{loss.item():.3g}", fake=f"{float(fake_loss):.3g}", **shown, refresh=False)
+    if features is not None:
+        features.handle.remove()
     config = functools.partial(one_step_scheduler_config, timestep=t_g)
-    return finish(student, teacher, config, started, settings, losses, fake_losses)
+    return finish(student, teacher, config, started, settings, losses, fake_losses, gan_losses)
