@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Optional, Tuple
 
 import torch
 
+from .models.config import check_labels
 from .samplers.loop import (DEFAULT_STEPS, NoiseSampler, _batched_cond, check_graph, plan_on, run_graphed,
                             run_with_progress, sampling_setup)
 from .samplers.solvers import ConsistencyMultistep, OneStep
@@ -47,21 +48,6 @@ def _check_float_tensor(value, name: str) -> torch.Tensor:
     if not torch.isfinite(value).all():
         raise ValueError(f"{name} must be finite (it contains NaN or inf)")
     return value
-
-
-def _check_labels(labels, batch: int, limit: int, name: str, device: Optional[torch.device] = None) -> torch.Tensor:
-    """Labels (batch,) int64/int32 in [0, limit) on ``device`` (reads their range on the host)."""
-    if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{name} must be an int64 tensor of labels, got "
-                        f"{labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__}")
-    if labels.shape != (batch,):
-        raise ValueError(f"{name} must have shape ({batch},), got {tuple(labels.shape)}")
-    if device is not None and labels.device != device:
-        raise ValueError(f"{name} is on {labels.device} but the sample is on {device}")
-    if batch and ((labels < 0) | (labels >= limit)).any():
-        raise ValueError(f"{name} must lie in [0, {limit - 1}], got values in [{int(labels.min())}, "
-                         f"{int(labels.max())}]")
-    return labels.long()
 
 
 def _check_level(value, name: str) -> float:
@@ -160,7 +146,7 @@ class GaussianTeleport:
         if labels is not None:
             if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
                 raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-            labels = _check_labels(labels, x0.shape[0], num_classes, "labels").cpu()
+            labels = check_labels(labels, x0.shape[0], num_classes, "labels").cpu()
             counts = torch.bincount(labels, minlength=num_classes)
             if (counts < 2).any():
                 k = int((counts < 2).nonzero()[0])
@@ -207,7 +193,7 @@ class GaussianTeleport:
             if k > 1:
                 raise ValueError(f"labels are required: this teleport holds {k} Gaussians")
             labels = torch.zeros(batch, dtype=torch.int64, device=x.device)
-        labels = _check_labels(labels, batch, k, "labels", x.device)
+        labels = check_labels(labels, batch, k, "labels", x.device)
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or \
                 not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
@@ -217,7 +203,7 @@ class GaussianTeleport:
                 if k > 1:
                     raise ValueError(f"guidance_scale={guidance_scale} needs uncond_labels with {k} Gaussians")
                 uncond_labels = labels
-            uncond_labels = _check_labels(uncond_labels, batch, k, "uncond_labels", x.device)
+            uncond_labels = check_labels(uncond_labels, batch, k, "uncond_labels", x.device)
             if isinstance(max_step, bool) or not isinstance(max_step, (int, float)) or not 0 < max_step < math.inf:
                 raise ValueError(f"max_step must be a finite number > 0, got {max_step!r}")
         else:

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from pydiff.schedules import Schedule, canonical_prediction_type
 
+from .config import check_labels
+
 
 def _float64(value, name: str) -> torch.Tensor:
     try:
@@ -145,7 +147,8 @@ class GaussianMixtureData:
         log_resp = (p["log_weights"] - 0.5 * dim * var_t[..., 0].log()
                     - 0.5 * centred.pow(2).sum(-1) / var_t[..., 0])  # (B, K)
         if y is not None:
-            y = _check_labels(y, batch, k, x.device)
+            # (labels 0..k-1 pick a component, k the whole mixture: the unconditional label)
+            y = check_labels(y.to(x.device) if isinstance(y, torch.Tensor) else y, batch, k + 1, "y")
             # Out-of-range labels (only possible unchecked inside CUDA-graph capture) mask every component -> NaN.
             y = torch.where((y < 0) | (y > k), k + 1, y)
             chosen = F.one_hot(y, k + 2)[:, :k].bool() | (y == k)[:, None]
@@ -243,18 +246,6 @@ class GaussianDenoiser(AnalyticDenoiser):
 def _check_count(n) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
-
-
-def _check_labels(y, batch: int, k: int, device) -> torch.Tensor:
-    if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"y must be an int64 tensor of component labels, got {type(y).__name__}")
-    if y.shape != (batch,):
-        raise ValueError(f"y must have shape ({batch},), got {tuple(y.shape)}")
-    # The range check reads the labels on the host, which a CUDA graph being captured cannot do.
-    capturing = y.is_cuda and torch.cuda.is_current_stream_capturing()
-    if not capturing and ((y < 0) | (y > k)).any():
-        raise ValueError(f"y must hold component labels in [0, {k}] ({k} = unconditional)")
-    return y.to(device=device, dtype=torch.int64)
 
 
 def _expand(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
