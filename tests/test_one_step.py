@@ -15,7 +15,7 @@ from torch import nn
 import pydiff
 from pydiff.distill import (Discriminator, RealSamples, ScoreDistillation, TeacherPairs, distill_one_step,
                             one_step_scheduler_config, teacher_pairs)
-from pydiff.distill.score import gan_layer_name
+from pydiff.distill.score import _Features, gan_layer_name
 from pydiff.models import DiT, DiTConfig, GaussianData, load
 from pydiff.schedules import Schedule
 
@@ -197,13 +197,16 @@ def test_gan_discriminator_reads_the_fakes_layer():
     teacher = tiny_dit()
     deeper = DiT(DiTConfig(sample_size=8, patch_size=4, width=32, depth=3, num_heads=2, num_classes=3))
     assert gan_layer_name(teacher, None) == "blocks.0" and gan_layer_name(deeper, None) == "blocks.1"
-    unet_like = nn.Module()
-    unet_like.mid_block, unet_like.blocks = nn.Identity(), nn.ModuleList([nn.Identity()] * 2)
-    assert gan_layer_name(unet_like, None) == "mid_block" and gan_layer_name(deeper, "blocks.2.attn") == "blocks.2.attn"
+    assert gan_layer_name(deeper, "blocks.2.attn") == "blocks.2.attn"
     with pytest.raises(ValueError, match="gan_layer 'blocks.7' is not a submodule of the fake denoiser"):
         gan_layer_name(deeper, "blocks.7")
     with pytest.raises(ValueError, match="gan_layer must name the fake denoiser's layer"):
         gan_layer_name(nn.Linear(2, 2), None)
+    joint = nn.Module()
+    joint.forward = lambda x: (x[:, :3], x)  # SD3's and Flux's blocks return (text, image): the image is read
+    features, x = _Features(joint), torch.randn(2, 8, 4)
+    joint(x)
+    assert features.take() is x and features.value is None
     head = Discriminator(6)
     tokens = torch.randn(3, 5, 6)
     maps = tokens.transpose(1, 2).reshape(3, 6, 5, 1)
@@ -223,6 +226,36 @@ def test_gan_discriminator_reads_the_fakes_layer():
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert len(result.gan_losses) == 2 and all(math.isfinite(v) for v in result.gan_losses + result.losses)
     assert result.provenance()["settings"]["gan_weight"] == 0.5
+
+
+class UNetDenoiser(nn.Module):
+    """A tiny diffusers UNet2DModel as ``denoiser(x, t, y)`` (the labels ignored)."""
+
+    def __init__(self):
+        from diffusers import UNet2DModel
+
+        super().__init__()
+        torch.manual_seed(0)
+        self.unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D",) * 2,
+                                up_block_types=("UpBlock2D",) * 2)
+        self.scheduler_config = SCHEDULE
+
+    def forward(self, x, t, y=None):
+        return self.unet(x, t).sample
+
+
+def test_gan_reads_a_diffusers_unets_bottleneck():
+    """A teacher wrapping a diffusers UNet: the discriminator reads its mid_block (found inside the wrapper, (B, C,
+    H, W) maps), and a run with the GAN trains the generator and the fake on it."""
+    teacher = UNetDenoiser()
+    assert gan_layer_name(teacher, None) == "unet.mid_block"
+    real = RealSamples(torch.randn(6, 1, 8, 8), {"y": torch.arange(6) % 3})
+    result = distill_one_step(teacher, (1, 8, 8), {"y": torch.arange(3)}, None,
+                              ScoreDistillation(guidance_scale=1.0, train_steps=2, batch_size=4, gan_weight=0.1,
+                                                lr=1e-2), progress=False, real=real)
+    assert any(not torch.equal(a, b) for a, b in zip(teacher.parameters(), result.student.parameters()))
+    assert len(result.gan_losses) == 2 and all(math.isfinite(v) for v in result.gan_losses)
 
 
 def tiny_dit(prediction_type="epsilon", seed=0):

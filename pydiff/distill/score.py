@@ -85,8 +85,8 @@ class ScoreDistillation:
     gan_weight: DMD2's GAN loss weight on the generator (DMD2: 3e-3 on ImageNet; default 0, off); > 0 needs
     `RealSamples` given to `distill_one_step`. gan_disc_weight: the discriminator's loss weight in the fake
     denoiser's update (DMD2: 1e-2). gan_layer: the fake denoiser's submodule whose output the discriminator reads
-    (a name of ``named_modules()``; None: ``mid_block`` where there is one, as DMD2 reads a UNet's bottleneck,
-    else the middle one of ``blocks`` or ``transformer_blocks``).
+    (a name of ``named_modules()``; None: the first ``mid_block`` at any depth, as DMD2 reads a UNet's bottleneck,
+    else the middle one of the first ``blocks`` or ``transformer_blocks``).
     """
 
     method: str = "dmd"
@@ -258,14 +258,17 @@ class Discriminator(nn.Module):
 
 
 def gan_layer_name(fake: nn.Module, layer: Optional[str]) -> str:
-    """The submodule the discriminator reads: ``layer``, or the default (`ScoreDistillation.gan_layer`)."""
+    """The submodule the discriminator reads: ``layer``, or the default (`ScoreDistillation.gan_layer`), found at any
+    depth (a wrapper's ``unet.mid_block``)."""
     if layer is None:
-        if isinstance(getattr(fake, "mid_block", None), nn.Module):
-            return "mid_block"
-        for name in ("blocks", "transformer_blocks"):
-            blocks = getattr(fake, name, None)
-            if isinstance(blocks, (nn.ModuleList, nn.Sequential)) and len(blocks):
-                return f"{name}.{len(blocks) // 2}"
+        named = list(fake.named_modules())
+        for name, _ in named:
+            if name.rsplit(".", 1)[-1] == "mid_block":
+                return name
+        for name, module in named:
+            if name.rsplit(".", 1)[-1] in ("blocks", "transformer_blocks") and \
+                    isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module):
+                return f"{name}.{len(module) // 2}"
         raise ValueError(f"gan_layer must name the fake denoiser's layer for the discriminator: a "
                          f"{type(fake).__name__} has no mid_block, blocks or transformer_blocks")
     if layer not in dict(fake.named_modules()):
@@ -274,14 +277,19 @@ def gan_layer_name(fake: nn.Module, layer: Optional[str]) -> str:
 
 
 class _Features:
-    """The output of one submodule at its latest call (a forward hook; a tuple's first tensor)."""
+    """The output of one submodule at its latest call (a forward hook): a tensor, or a tuple's or an output
+    object's largest one (the image stream of SD3's and Flux's blocks, which return (text, image))."""
 
     def __init__(self, module: nn.Module):
         self.value = None
         self.handle = module.register_forward_hook(self._keep)
 
     def _keep(self, module, args, output):
-        self.value = output[0] if isinstance(output, (tuple, list)) else output
+        if not isinstance(output, torch.Tensor):
+            values = output.values() if isinstance(output, Mapping) else output if isinstance(output, (tuple, list)) \
+                else ()
+            output = max((v for v in values if isinstance(v, torch.Tensor)), key=torch.Tensor.numel, default=output)
+        self.value = output
 
     def take(self) -> torch.Tensor:
         value, self.value = self.value, None
