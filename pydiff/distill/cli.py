@@ -1,6 +1,6 @@
-"""``pydiff distill``: a few-step consistency student (--method lcm, tcd) or a one-step generator (--method dmd,
-vsd, sid) of the bundled digits model, written as a weight file that ``pydiff sample --weights`` and ``pydiff export
---weights`` take, and its quality beside the teacher's."""
+"""``pydiff distill``: a few-step consistency student (--method lcm, tcd) or a one-step (``--generator-steps``: a
+few-step) generator (--method dmd, vsd, sid) of the bundled digits model, written as a weight file that ``pydiff
+sample --weights`` and ``pydiff export --weights`` take, and its quality beside the teacher's."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ CONSISTENCY_ONLY = {"--ema-decay": "ema_decay", "--loss": "loss", "--original-st
 SCORE_ONLY = {"--fake-updates": "fake_updates", "--fake-lr": "fake_lr", "--t-range": "t_range",
               "--sid-alpha": "sid_alpha", "--regression-weight": "regression_weight",
               "--generator-timestep": "generator_timestep", "--gan-weight": "gan_weight",
-              "--gan-disc-weight": "gan_disc_weight", "--gan-layer": "gan_layer"}
+              "--gan-disc-weight": "gan_disc_weight", "--gan-layer": "gan_layer",
+              "--generator-steps": "generator_steps"}
 #: DMD's regression pairs: the teacher's deterministic sampler and its step count
 PAIR_SAMPLER, PAIR_STEPS, PAIRS = "dpmpp_2m", 25, 1000
 
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lcm: latent consistency distillation; tcd: trajectory consistency distillation (a "
                         "few-step student sampling with the sampler of that name); dmd: distribution matching "
                         "distillation; vsd: variational score distillation; sid: score identity distillation (a "
-                        "data-free one-step generator, sampler one_step)")
+                        "one-step generator, sampler one_step; data-free without --gan-weight)")
     parser.add_argument("--guidance", type=float, default=c.guidance_scale,
                         help="the teacher's classifier-free guidance, folded into the student")
     parser.add_argument("--guidance-range", default=None, help="LOW,HIGH: the teacher's scale drawn per example in "
@@ -64,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator-timestep", type=int, default=None,
                         help="dmd/vsd/sid: the train timestep the generator is called at on pure noise (default: the "
                         "last, 999)")
+    parser.add_argument("--generator-steps", type=int, default=None,
+                        help=f"dmd/vsd/sid: K > 1 makes DMD2's K-step generator (LCM's grid: 999, 749, 499, 249 for "
+                        f"4; sampler lcm, at up to K steps) trained by backward simulation (default "
+                        f"{s.generator_steps})")
     parser.add_argument("--gan-weight", type=float, default=None,
                         help=f"dmd/vsd/sid: DMD2's GAN loss weight on the generator (default {s.gan_weight}, off): a "
                         f"discriminator head on the fake denoiser's features tells the generator's samples from the "
@@ -160,9 +165,9 @@ def student_scale(student, guidance: float) -> float:
 
 
 def compare(student, teacher, num_samples: int, steps_list: list[int], guidance: float, seed: int = 0,
-            sampler: str = "lcm") -> list[dict]:
+            sampler: str = "lcm", student_steps: int | None = None) -> list[dict]:
     """Rows of quality (`pydiff.metrics.evaluate`) for the student (``sampler``, one model call per step; a
-    guidance-embedded student told ``guidance``; sampler "one_step": one step only) and the teacher
+    guidance-embedded student told ``guidance``; at most ``student_steps``: a generator's steps) and the teacher
     (DPM-Solver++(2M) with classifier-free guidance: two calls per step) at each step count, same noise and
     labels."""
     import torch
@@ -178,7 +183,7 @@ def compare(student, teacher, num_samples: int, steps_list: list[int], guidance:
     rows = []
     for steps in steps_list:
         for who, model, sampler, g in runs:
-            if sampler == "one_step" and steps != 1:
+            if who == "student" and student_steps is not None and steps > student_steps:
                 continue
             kwargs = model.sampling_kwargs(labels, g)
             started = time.perf_counter()
@@ -236,7 +241,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     init = {} if student is None else {"init": args.init,
                                        "init_method": (getattr(student, "provenance", None) or {}).get("method")}
-    sampler, most = (("one_step", teacher.scheduler_config["num_train_timesteps"]) if one_step
+    # a generator: sampler one_step (K steps: lcm), its steps shown, the teacher's at any count up to T
+    sampler, most = ((("one_step" if settings.generator_steps == 1 else "lcm"),
+                      teacher.scheduler_config["num_train_timesteps"]) if one_step
                      else (args.method, settings.original_steps))
     eval_steps = _eval_steps(args.eval_steps, most)
     if eval_steps is None or args.eval_samples < 0 or args.eval_samples == 1:
@@ -279,12 +286,13 @@ def main(args: argparse.Namespace) -> int:
     rows = []
     if args.eval_samples:
         student = load(args.model, out)  # read back, so the figures describe the file written
-        rows = compare(student, teacher, args.eval_samples, eval_steps, args.guidance, args.seed, sampler)
+        rows = compare(student, teacher, args.eval_samples, eval_steps, args.guidance, args.seed, sampler,
+                       settings.generator_steps if one_step else None)
         cfg = student.config
         labels = torch.arange(cfg.num_classes * 10) // 10
         noise = torch.randn(len(labels), cfg.in_channels, cfg.sample_size, cfg.sample_size,
                             generator=torch.Generator().manual_seed(args.seed))
-        steps = 1 if one_step else min(4, settings.original_steps)
+        steps = settings.generator_steps if one_step else min(4, settings.original_steps)
         with torch.inference_mode():
             x = pydiff.sample(student, noise, sampler=sampler, steps=steps, schedule=student.scheduler_config,
                               **student.sampling_kwargs(labels, student_scale(student, args.guidance)))

@@ -1,8 +1,9 @@
-"""One-step generators by score distillation, data-free.
+"""One-step (and DMD2's few-step) generators by score distillation, data-free unless DMD2's GAN reads data.
 
 The student is a copy of the teacher used as a generator: x = G(z) = x0(student(z, t_g)), t_g the last train
 timestep T - 1 unless ``generator_timestep`` says otherwise, on standard-normal z (what ``pydiff.sample(student, z,
-sampler="one_step", steps=1)`` computes with the student's scheduler config). It learns to make the teacher's
+sampler="one_step", steps=1)`` computes with the student's scheduler config); with ``generator_steps`` K > 1, a
+K-step generator sampled by ``sampler="lcm"`` (`ScoreDistillation`). It learns to make the teacher's
 (guided) distribution from the difference of two denoisers at its own noised samples x_t = alpha_t x + sigma_t n:
 the teacher's, whose x0 prediction points towards the data, and a "fake" denoiser trained alongside, by the
 teacher's own denoising loss, on the generator's samples, whose prediction points towards what the generator makes
@@ -61,8 +62,11 @@ from pydiff.schedules.prediction import convert_prediction
 from .common import (SCHEDULE_KEYS, Distilled, Pairs, check_batch, check_counts, check_guidance_range, check_modules,
                      check_positive, check_uncond, descend, draw_scales, finish, guided_prediction, schedule_of,
                      set_lr)
+from .consistency import _consistency, student_scheduler_config
 
 METHODS = ("dmd", "vsd", "sid")
+#: a multi-step generator's boundary scaling (LCM's, as its "lcm" sampler config says): c_skip < 1e-7 at t >= 1
+LCM_TIMESTEP_SCALING = 10.0
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,11 @@ class ScoreDistillation:
     `RealSamples` given to `distill_one_step`. gan_disc_weight: the discriminator's loss weight in the fake
     denoiser's update (DMD2: 1e-2). gan_layer: the fake denoiser's submodule whose output the discriminator reads
     (a name of ``named_modules()``; None: the first ``mid_block`` at any depth, as DMD2 reads a UNet's bottleneck,
-    else the middle one of the first ``blocks`` or ``transformer_blocks``).
+    else the middle one of the first ``blocks`` or ``transformer_blocks``). generator_steps: K > 1 makes DMD2's
+    multi-step generator: it denoises at K timesteps, LCM's grid of K original steps (DMD2's 999, 749, 499, 249 for
+    K = 4), re-noising its x0 between them, and samples with the "lcm" sampler at up to K steps; each training
+    draw takes one step k (one per batch, as DMD2), its input made by the generator's own steps before k without
+    gradients (DMD2's backward simulation). DMD's regression pairs train its first step.
     """
 
     method: str = "dmd"
@@ -106,6 +114,7 @@ class ScoreDistillation:
     gan_weight: float = 0.0
     gan_disc_weight: float = 1e-2
     gan_layer: Optional[str] = None
+    generator_steps: int = 1
 
     @property
     def guided(self) -> bool:
@@ -115,7 +124,7 @@ class ScoreDistillation:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        check_counts(self, ("train_steps", "batch_size", "fake_updates"))
+        check_counts(self, ("train_steps", "batch_size", "fake_updates", "generator_steps"))
         check_positive(self, ("guidance_scale", "lr", "fake_lr"))
         object.__setattr__(self, "guidance_range", check_guidance_range(self.guidance_range))
         if not (isinstance(self.t_min, (int, float)) and isinstance(self.t_max, (int, float))
@@ -128,6 +137,9 @@ class ScoreDistillation:
         if self.generator_timestep is not None and (not isinstance(self.generator_timestep, int) or isinstance(
                 self.generator_timestep, bool) or self.generator_timestep < 0):
             raise ValueError(f"generator_timestep must be None or an int >= 0, got {self.generator_timestep!r}")
+        if self.generator_steps > 1 and self.generator_timestep is not None:
+            raise ValueError("generator_timestep applies to a one-step generator (generator_steps 1); K steps take "
+                             "LCM's grid")
         if self.method != "sid" and self.sid_alpha != ScoreDistillation.sid_alpha:
             raise ValueError(f"sid_alpha applies to method 'sid' only, not {self.method!r}")
         for name in ("regression_weight", "gan_weight"):
@@ -300,15 +312,35 @@ class _Features:
 
 
 class _Generator:
-    """x = G(z) = x0(student(z, t_g)) for one batch shape; the fake denoiser's training targets."""
+    """The generator's output x = x0(student(x_t, t_k)) at its steps t_0 > ... > t_{K-1} (one step: t_g on pure
+    noise, a DDIM jump to x0; K steps: LCM's consistency function c_skip x_t + c_out x0, as the "lcm" sampler reads
+    the student), and the fake denoiser's training targets."""
 
-    def __init__(self, pairs: Pairs, prediction_type: str, batch: int, device: torch.device, timestep: int):
-        self.pairs, self.prediction_type = pairs, prediction_type
-        self.t = torch.full((batch,), timestep, device=device)
+    def __init__(self, pairs: Pairs, prediction_type: str, timesteps: Sequence[int], device: torch.device,
+                 generator: torch.Generator):
+        self.pairs, self.prediction_type, self.generator = pairs, prediction_type, generator
+        self.timesteps = torch.tensor(timesteps, device=device)
+
+    def at(self, student, x_t: torch.Tensor, k: int, cond: Mapping) -> torch.Tensor:
+        """The student's output at step k from x_t."""
+        t = self.timesteps[k].expand(x_t.shape[0])
+        if len(self.timesteps) > 1:
+            return _consistency(student, x_t, t, cond, self.pairs, self.prediction_type, LCM_TIMESTEP_SCALING)
+        alpha, sigma = self.pairs.coefficients(t, x_t)
+        return convert_prediction(student(x_t, t, **cond), x_t, alpha, sigma, self.prediction_type, "sample")
 
     def __call__(self, student, z: torch.Tensor, cond: Mapping) -> torch.Tensor:
-        alpha, sigma = self.pairs.coefficients(self.t, z)
-        return convert_prediction(student(z, self.t, **cond), z, alpha, sigma, self.prediction_type, "sample")
+        """A sample from noise z at one of the steps, drawn per call (DMD2's backward simulation: the student's own
+        earlier steps, without gradients, make that step's input x_{t_k} = alpha x0 + sigma n, as sampling does)."""
+        steps = len(self.timesteps)
+        k = int(torch.randint(steps, (), generator=self.generator)) if steps > 1 else 0
+        x_t = z
+        with torch.no_grad():
+            for j in range(k):
+                x0 = self.at(student, x_t, j, cond)
+                alpha, sigma = self.pairs.coefficients(self.timesteps[j + 1].expand(z.shape[0]), z)
+                x_t = alpha * x0 + sigma * torch.randn(z.shape, generator=self.generator).to(z.device, z.dtype)
+        return self.at(student, x_t, k, cond)
 
     def x0(self, pred, x_t, t):
         alpha, sigma = self.pairs.coefficients(t, x_t)
@@ -364,8 +396,13 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
     if t_g >= n_train:
         raise ValueError(f"generator_timestep must be in [0, {n_train - 1}] (the schedule's train timesteps), got "
                          f"{t_g}")
-    make = _Generator(pairs, schedule.prediction_type, batch, device, t_g)
+    steps = settings.generator_steps
+    if steps > n_train:
+        raise ValueError(f"generator_steps ({steps}) cannot exceed the schedule's {n_train} train timesteps")
+    # K steps: LCM's grid of K original steps, t_k = (K - k) (T // K) - 1 (DMD2's 999, 749, 499, 249 for K = 4)
+    timesteps = [t_g] if steps == 1 else Pairs(schedule, steps, device).timesteps.flip(0).tolist()
     generator = generator or torch.Generator().manual_seed(0)
+    make = _Generator(pairs, schedule.prediction_type, timesteps, device, generator)
 
     def draw(size: int = batch):
         """Condition rows, generator noise (float32 on the device)."""
@@ -428,7 +465,7 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
             loss = 0.5 * F.mse_loss(x.float(), goal.float())
         if regression is not None:  # DMD's pull of G(z) to the teacher's sample from z
             j = torch.randint(0, regression.noise.shape[0], (batch,), generator=generator).to(device)
-            x_reg = make(student, regression.noise[j], {k: v[j] for k, v in regression.cond.items()})
+            x_reg = make.at(student, regression.noise[j], 0, {k: v[j] for k, v in regression.cond.items()})
             loss = loss + settings.regression_weight * F.mse_loss(x_reg.float(), regression.samples[j].float())
         if discriminator is not None:  # DMD2: the generator's noised samples should read as real
             t, _, x_t = noised(x, 0, n_train - 1)
@@ -462,5 +499,6 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
             bar.set_postfix(loss=f"{loss.item():.3g}", fake=f"{float(fake_loss):.3g}", **shown, refresh=False)
     if features is not None:
         features.handle.remove()
-    config = functools.partial(one_step_scheduler_config, timestep=t_g)
+    config = functools.partial(one_step_scheduler_config, timestep=t_g) if steps == 1 else \
+        functools.partial(student_scheduler_config, original_steps=steps, timestep_scaling=LCM_TIMESTEP_SCALING)
     return finish(student, teacher, config, started, settings, losses, fake_losses, gan_losses)
