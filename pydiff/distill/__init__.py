@@ -11,6 +11,7 @@
     x0 = pydiff.sample(result.student, noise, sampler="one_step", steps=1, cond={"y": labels})
     # DMD's regression loss: the teacher's deterministic samples from 1000 noises (teacher_pairs), regression_weight
     # DMD2's GAN: real=RealSamples(images, {"y": labels}), ScoreDistillation(gan_weight=...)
+    # DMD2's K-step generator: ScoreDistillation(generator_steps=4), then pydiff.sample(..., sampler="lcm", steps=4)
 
 ``pydiff distill`` does either for the bundled digits model and reports the student beside its teacher.
 """
