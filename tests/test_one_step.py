@@ -340,29 +340,32 @@ def test_sid_is_dmd_when_the_denoisers_ignore_their_input(monkeypatch):
     assert not torch.allclose(one_step("sid", exact).m, one_step("dmd", exact).m, rtol=1e-3, atol=0)
 
 
+class Recording(nn.Module):
+    """A copy of ``model`` that hands ``record`` each call's timesteps and whether gradients were on (``record``, a
+    bound method, is shared by the deep copies distillation makes)."""
+
+    def __init__(self, model, record):
+        super().__init__()
+        self.inner, self.record = copy.deepcopy(model), record
+
+    def forward(self, x, t, **cond):
+        self.record((t.flatten().tolist(), torch.is_grad_enabled()))
+        return self.inner(x, t, **cond)
+
+
 def test_generator_timestep_is_where_the_generator_is_called():
     """generator_timestep=500: training calls the student at t = 500 on pure noise, and its scheduler config makes
     pydiff.sample call it there too."""
     teacher, seen = tiny_dit(), []
-
-    class Recording(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = copy.deepcopy(teacher)
-
-        def forward(self, x, t, **cond):
-            seen.append(t.flatten().tolist())
-            return self.inner(x, t, **cond)
-
     settings = ScoreDistillation(train_steps=1, batch_size=4, fake_updates=1, generator_timestep=500)
     result = distill_one_step(teacher, (1, 8, 8), {"y": torch.arange(3)}, {"y": torch.full((3,), 3)}, settings,
-                              student=Recording(), progress=False)
-    assert seen[0] == [500] * 4
+                              student=Recording(teacher, seen.append), progress=False)
+    assert seen[0] == ([500] * 4, True)
     assert result.student.scheduler_config == one_step_scheduler_config(teacher.scheduler_config, 500)
     seen.clear()
     with torch.no_grad():
         pydiff.sample(result.student, torch.randn(2, 1, 8, 8), sampler="one_step", steps=1, cond={"y": torch.arange(2)})
-    assert seen == [[500, 500]]
+    assert seen == [([500, 500], False)]
     with pytest.raises(ValueError, match=r"generator_timestep must be in \[0, 999\]"):
         distill_one_step(teacher, (1, 8, 8), {"y": torch.arange(3)}, {"y": torch.full((3,), 3)},
                          ScoreDistillation(train_steps=1, batch_size=4, generator_timestep=1000), progress=False)
@@ -415,21 +418,12 @@ def test_multi_step_generator_simulates_its_steps_and_samples_on_them():
     from diffusers import LCMScheduler
 
     teacher, seen = tiny_dit(), []
-
-    class Recording(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = copy.deepcopy(teacher)
-
-        def forward(self, x, t, **cond):
-            seen.append((int(t[0]), torch.is_grad_enabled()))
-            return self.inner(x, t, **cond)
-
     settings = ScoreDistillation(train_steps=6, batch_size=4, fake_updates=1, generator_steps=4)
     result = distill_one_step(teacher, (1, 8, 8), {"y": torch.arange(3)}, {"y": torch.full((3,), 3)}, settings,
-                              student=Recording(), progress=False)
+                              student=Recording(teacher, seen.append), progress=False)
     chains, grid = [], [999, 749, 499, 249]
-    for t, grad in seen:  # a chain starts at 999; its last call (the step trained) alone has gradients
+    # a chain starts at 999; its last call (the step trained) alone has gradients
+    for t, grad in ((ts[0], grad) for ts, grad in seen):
         if t == 999:
             chains.append([])
         chains[-1].append((t, grad))
@@ -443,7 +437,7 @@ def test_multi_step_generator_simulates_its_steps_and_samples_on_them():
     seen.clear()
     with torch.no_grad():
         pydiff.sample(result.student, torch.randn(2, 1, 8, 8), sampler="lcm", steps=4, cond={"y": torch.arange(2)})
-    assert [t for t, _ in seen] == grid
+    assert [ts[0] for ts, _ in seen] == grid
     with pytest.raises(ValueError, match="generator_steps \(1001\) cannot exceed the schedule's 1000"):
         distill_one_step(teacher, (1, 8, 8), {"y": torch.arange(3)}, {"y": torch.full((3,), 3)},
                          ScoreDistillation(train_steps=1, batch_size=4, generator_steps=1001), progress=False)
@@ -509,19 +503,19 @@ def test_bad_inputs():
         (dict(student="model"), TypeError, "student must be an nn.Module"),
         (dict(fake=torch.nn.Linear(2, 2).double().to("meta")), ValueError, "the fake's parameters are on meta"),
         (dict(schedule={"_class_name": "FlowMatchEulerDiscreteScheduler"}), ValueError, "discrete VP schedule"),
-        (dict(regression=pairs), ValueError, "regression pairs were given but settings.regression_weight is 0"),
+        (dict(regression=pairs), ValueError, "regression was given but settings.regression_weight is 0"),
         (dict(settings=regress), TypeError, "regression_weight 0.25 needs regression=TeacherPairs"),
         (dict(settings=regress, regression=pairs._replace(samples=pairs.samples[:, :, :4])), ValueError,
          r"regression.samples must be a floating-point tensor \(P, 1, 8, 8\)"),
         (dict(settings=regress, regression=pairs._replace(cond={"z": pairs.cond["y"]})), ValueError,
          r"regression.cond must hold the keywords of cond \['y'\]"),
-        (dict(real=real), ValueError, "real samples were given but settings.gan_weight is 0"),
-        (dict(settings=gan), TypeError, r"gan_weight 0.1 needs real=RealSamples\(samples, cond\), got NoneType"),
+        (dict(real=real), ValueError, "real was given but settings.gan_weight is 0"),
+        (dict(settings=gan), TypeError, "gan_weight 0.1 needs real=RealSamples, got NoneType"),
         (dict(settings=gan, real=(real.samples, real.cond)), TypeError, "needs real=RealSamples"),
         (dict(settings=gan, real=real._replace(samples=real.samples.long())), ValueError,
          r"real.samples must be a floating-point tensor \(P, 1, 8, 8\)"),
         (dict(settings=gan, real=real._replace(cond={"y": real.cond["y"][:4]})), ValueError,
-         r"real.cond\['y'\] must be a tensor with one row per sample \(6, ...\)"),
+         r"real.cond\['y'\] must be a tensor with one row per real row \(6, ...\)"),
         (dict(settings=gan, real=real._replace(cond={})), ValueError,
          r"real.cond must hold the keywords of cond \['y'\]"),
         (dict(settings=ScoreDistillation(train_steps=2, batch_size=4, gan_weight=0.1, gan_layer="nope"), real=real),

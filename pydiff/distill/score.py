@@ -208,10 +208,19 @@ class RealSamples(NamedTuple):
     cond: dict
 
 
-def _check_rows(name: str, given, fields: Sequence[str], rows: str, shape: tuple, cond: dict,
-                device: torch.device):
-    """``given`` (the argument ``name``: TeacherPairs or RealSamples) with its ``fields`` floating-point tensors
-    (P, *shape), P >= 1, on ``device`` and its ``cond`` P ``rows`` of cond's keywords; returned with cond a dict."""
+def check_given(argument: str, given, kind: type, weight_name: str, settings: ScoreDistillation, shape: tuple,
+                cond: dict, device: torch.device):
+    """``given``, the argument that a positive ``settings.<weight_name>`` needs (None when the weight is 0): a
+    ``kind`` (TeacherPairs or RealSamples) whose tensors are floating-point (P, *shape), P >= 1, on ``device`` and
+    whose cond holds P rows of cond's keywords; returned with cond a dict."""
+    weight = getattr(settings, weight_name)
+    if weight == 0:
+        if given is not None:
+            raise ValueError(f"{argument} was given but settings.{weight_name} is 0")
+        return None
+    if not isinstance(given, kind):
+        raise TypeError(f"{weight_name} {weight} needs {argument}={kind.__name__}, got {type(given).__name__}")
+    fields = [name for name in kind._fields if name != "cond"]
     first = getattr(given, fields[0])
     count = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() else 0
     for field_name in fields:
@@ -220,38 +229,12 @@ def _check_rows(name: str, given, fields: Sequence[str], rows: str, shape: tuple
                 not value.is_floating_point() or value.device != device or not count:
             got = f"{tuple(value.shape)} {value.dtype} on {value.device}" if isinstance(value, torch.Tensor) else \
                 type(value).__name__
-            raise ValueError(f"{name}.{field_name} must be a floating-point tensor (P, {', '.join(map(str, shape))}) "
-                             f"with P >= 1 on {device}, got {got}")
-    given_cond = check_batch(f"{name}.cond", given.cond, count, device, rows=rows)
+            raise ValueError(f"{argument}.{field_name} must be a floating-point tensor (P, "
+                             f"{', '.join(map(str, shape))}) with P >= 1 on {device}, got {got}")
+    given_cond = check_batch(f"{argument}.cond", given.cond, count, device, rows=f"{argument} row")
     if sorted(given_cond) != sorted(cond):
-        raise ValueError(f"{name}.cond must hold the keywords of cond {sorted(cond)}, got {sorted(given_cond)}")
+        raise ValueError(f"{argument}.cond must hold the keywords of cond {sorted(cond)}, got {sorted(given_cond)}")
     return given._replace(cond=given_cond)
-
-
-def check_pairs(pairs, settings: ScoreDistillation, shape: tuple, cond: dict, device: torch.device):
-    """``regression``: TeacherPairs for the sample shape on ``device`` with cond's keywords when the settings
-    regress, None when they do not."""
-    if settings.regression_weight == 0:
-        if pairs is not None:
-            raise ValueError("regression pairs were given but settings.regression_weight is 0")
-        return None
-    if not isinstance(pairs, TeacherPairs):
-        raise TypeError(f"regression_weight {settings.regression_weight} needs regression=TeacherPairs (from "
-                        f"teacher_pairs), got {type(pairs).__name__}")
-    return _check_rows("regression", pairs, ("noise", "samples"), "pair", shape, cond, device)
-
-
-def check_real(real, settings: ScoreDistillation, shape: tuple, cond: dict, device: torch.device):
-    """``real``: RealSamples for the sample shape on ``device`` with cond's keywords when the settings train a GAN,
-    None when they do not."""
-    if settings.gan_weight == 0:
-        if real is not None:
-            raise ValueError("real samples were given but settings.gan_weight is 0 (only DMD2's GAN reads data)")
-        return None
-    if not isinstance(real, RealSamples):
-        raise TypeError(f"gan_weight {settings.gan_weight} needs real=RealSamples(samples, cond), got "
-                        f"{type(real).__name__}")
-    return _check_rows("real", real, ("samples",), "sample", shape, cond, device)
 
 
 class Discriminator(nn.Module):
@@ -385,8 +368,8 @@ def distill_one_step(teacher, shape: Sequence[int], cond: Optional[Mapping] = No
     rows = next(iter(cond.values())).shape[0] if isinstance(cond, Mapping) and cond else 1
     cond = check_batch("cond", cond, rows, device, rows="condition")
     uncond = check_uncond(settings, cond, check_batch("uncond", uncond, rows, device, rows="condition"))
-    regression = check_pairs(regression, settings, shape, cond, device)
-    real = check_real(real, settings, shape, cond, device)
+    regression = check_given("regression", regression, TeacherPairs, "regression_weight", settings, shape, cond, device)
+    real = check_given("real", real, RealSamples, "gan_weight", settings, shape, cond, device)
     schedule = schedule_of(teacher, schedule)
     pairs = Pairs(schedule, 1, device)
     n_train = pairs.alpha.shape[0]
