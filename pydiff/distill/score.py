@@ -309,8 +309,7 @@ class _Generator:
         t = self.timesteps[k].expand(x_t.shape[0])
         if len(self.timesteps) > 1:
             return _consistency(student, x_t, t, cond, self.pairs, self.prediction_type, LCM_TIMESTEP_SCALING)
-        alpha, sigma = self.pairs.coefficients(t, x_t)
-        return convert_prediction(student(x_t, t, **cond), x_t, alpha, sigma, self.prediction_type, "sample")
+        return self.x0(student(x_t, t, **cond), x_t, t)
 
     def __call__(self, student, z: torch.Tensor, cond: Mapping) -> torch.Tensor:
         """A sample from noise z at one of the steps, drawn per call (DMD2's backward simulation: the student's own
